@@ -1,0 +1,9 @@
+//! Berth: a zero-downtime deployment target. `berthd` (daemon) and `berth` (client) share
+//! this library; see DESIGN.md for the module map and its import rules.
+
+pub mod config;
+pub mod daemon;
+pub mod lifecycle;
+pub mod logging;
+pub mod model;
+pub mod proxy;

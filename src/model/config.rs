@@ -1,0 +1,351 @@
+//! Typed daemon configuration and its cross-field validation. Values are parsed into their
+//! final types while deserialising (addresses, durations, sizes, domains), so a `Config` that
+//! exists is usable; `Config::validate` checks what spans several fields.
+
+use std::fmt;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+use super::route::{validate_routes, RouteError, RouteSpec};
+
+/// A byte count, written as a number or with a unit: `512`, `64KiB`, `10MB`, `1g`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(try_from = "SizeRepr", into = "u64")]
+pub struct ByteSize(pub u64);
+
+#[derive(Deserialize)]
+#[serde(untagged)]
+enum SizeRepr {
+    N(u64),
+    S(String),
+}
+
+impl TryFrom<SizeRepr> for ByteSize {
+    type Error = String;
+    fn try_from(r: SizeRepr) -> Result<Self, String> {
+        match r {
+            SizeRepr::N(n) => Ok(ByteSize(n)),
+            SizeRepr::S(s) => s.parse(),
+        }
+    }
+}
+
+impl From<ByteSize> for u64 {
+    fn from(b: ByteSize) -> u64 {
+        b.0
+    }
+}
+
+impl std::str::FromStr for ByteSize {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        let t = s.trim();
+        let split = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
+        let (num, unit) = t.split_at(split);
+        let n: u64 = num.parse().map_err(|_| {
+            format!(
+                "invalid size {s:?}: expected a number with an optional unit such as 64KiB or 10MB"
+            )
+        })?;
+        let mult: u64 = match unit.trim().to_ascii_lowercase().as_str() {
+            "" | "b" => 1,
+            "k" | "kb" => 1000,
+            "kib" => 1 << 10,
+            "m" | "mb" => 1_000_000,
+            "mib" => 1 << 20,
+            "g" | "gb" => 1_000_000_000,
+            "gib" => 1 << 30,
+            other => {
+                return Err(format!(
+                    "invalid size {s:?}: unknown unit {other:?} (use B, KB, KiB, MB, MiB, GB, GiB)"
+                ))
+            }
+        };
+        n.checked_mul(mult)
+            .map(ByteSize)
+            .ok_or_else(|| format!("invalid size {s:?}: too large"))
+    }
+}
+
+impl fmt::Display for ByteSize {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}B", self.0)
+    }
+}
+
+/// `IP:port` with errors that name the problem (port range, not an IP).
+pub mod listen_addr {
+    use serde::{Deserialize, Deserializer, Serializer};
+    use std::net::SocketAddr;
+
+    pub fn serialize<S: Serializer>(a: &SocketAddr, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(a)
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<SocketAddr, D::Error> {
+        let s = String::deserialize(d)?;
+        if let Ok(a) = s.parse::<SocketAddr>() {
+            return Ok(a);
+        }
+        crate::model::route::parse_listen_addr(&s).map_err(serde::de::Error::custom)
+    }
+}
+
+/// Log output format on stderr (under systemd logs go to journald instead).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum LogFormat {
+    #[default]
+    Human,
+    Json,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LogConfig {
+    /// `tracing` filter directive, e.g. `info` or `berth=debug`.
+    pub level: String,
+    pub format: LogFormat,
+    /// One line per proxied request.
+    pub access_log: bool,
+}
+
+impl Default for LogConfig {
+    fn default() -> Self {
+        Self {
+            level: "info".into(),
+            format: LogFormat::Human,
+            access_log: true,
+        }
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct HttpConfig {
+    /// Where the plain-HTTP proxy listens.
+    #[serde(with = "listen_addr")]
+    pub listen: SocketAddr,
+}
+
+impl Default for HttpConfig {
+    fn default() -> Self {
+        Self {
+            listen: SocketAddr::from(([0, 0, 0, 0], 80)),
+        }
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ApiConfig {
+    /// Where the REST API listens (loopback unless a domain is set).
+    #[serde(with = "listen_addr")]
+    pub listen: SocketAddr,
+}
+
+impl Default for ApiConfig {
+    fn default() -> Self {
+        Self {
+            listen: SocketAddr::from(([127, 0, 0, 1], 9922)),
+        }
+    }
+}
+
+/// Proxy timeouts. Each one ends a request with a specific status (see README).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Timeouts {
+    /// TCP connect to a backend (→ 504).
+    #[serde(with = "humantime_serde")]
+    pub connect: Duration,
+    /// From sending the request to receiving the backend's response headers (→ 504).
+    #[serde(with = "humantime_serde")]
+    pub response_header: Duration,
+    /// A client must send a complete request head within this (slowloris; connection cut).
+    #[serde(with = "humantime_serde")]
+    pub client_header: Duration,
+    /// An idle keep-alive client connection is closed after this.
+    #[serde(with = "humantime_serde")]
+    pub idle: Duration,
+    /// How long in-flight requests and tunnels get when a backend or the process drains.
+    #[serde(with = "humantime_serde")]
+    pub drain: Duration,
+}
+
+impl Default for Timeouts {
+    fn default() -> Self {
+        Self {
+            connect: Duration::from_secs(5),
+            response_header: Duration::from_secs(60),
+            client_header: Duration::from_secs(10),
+            idle: Duration::from_secs(60),
+            drain: Duration::from_secs(30),
+        }
+    }
+}
+
+/// Upstream connection pool.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct PoolConfig {
+    /// Idle upstream connections are closed after this.
+    #[serde(with = "humantime_serde")]
+    pub idle_timeout: Duration,
+    /// Most idle connections kept per backend.
+    pub max_idle_per_host: usize,
+}
+
+impl Default for PoolConfig {
+    fn default() -> Self {
+        Self {
+            idle_timeout: Duration::from_secs(90),
+            max_idle_per_host: 256,
+        }
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ProxyConfig {
+    /// Tokio worker threads; 0 means one per CPU core.
+    pub workers: usize,
+    /// Largest request body accepted (→ 413).
+    pub max_body_size: ByteSize,
+    /// Largest request head accepted (→ 431).
+    pub max_header_size: ByteSize,
+    pub timeouts: Timeouts,
+    pub pool: PoolConfig,
+    /// Peers whose `X-Forwarded-*` headers are believed (CIDRs).
+    pub trusted_proxies: Vec<ipnet::IpNet>,
+}
+
+impl Default for ProxyConfig {
+    fn default() -> Self {
+        Self {
+            workers: 0,
+            max_body_size: ByteSize(100 << 20),
+            max_header_size: ByteSize(64 << 10),
+            timeouts: Timeouts::default(),
+            pool: PoolConfig::default(),
+            trusted_proxies: Vec::new(),
+        }
+    }
+}
+
+/// The whole daemon configuration (`/etc/berth/berthd.yaml`).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    pub http: HttpConfig,
+    pub api: ApiConfig,
+    pub proxy: ProxyConfig,
+    pub log: LogConfig,
+    /// State directory: `berth.db`, `certs/`.
+    pub data_dir: PathBuf,
+    /// Static routes (read-only through the API).
+    pub routes: Vec<RouteSpec>,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Self {
+            http: HttpConfig::default(),
+            api: ApiConfig::default(),
+            proxy: ProxyConfig::default(),
+            log: LogConfig::default(),
+            data_dir: PathBuf::from("/var/lib/berth"),
+            routes: Vec::new(),
+        }
+    }
+}
+
+impl Config {
+    /// Checks what individual fields cannot: unique domains, sane limits.
+    pub fn validate(&self) -> Result<(), RouteError> {
+        let err = |field: &str, message: String| RouteError {
+            field: field.into(),
+            message,
+        };
+        if self.proxy.workers > 1024 {
+            return Err(err(
+                "proxy.workers",
+                format!(
+                    "{} is out of range (0-1024; 0 = one per core)",
+                    self.proxy.workers
+                ),
+            ));
+        }
+        if self.proxy.max_header_size.0 < 1024 {
+            return Err(err(
+                "proxy.max_header_size",
+                format!(
+                    "{} is too small (at least 1KiB)",
+                    self.proxy.max_header_size
+                ),
+            ));
+        }
+        if self.proxy.max_header_size.0 > (16 << 20) {
+            return Err(err(
+                "proxy.max_header_size",
+                format!(
+                    "{} is too large (at most 16MiB)",
+                    self.proxy.max_header_size
+                ),
+            ));
+        }
+        let t = &self.proxy.timeouts;
+        for (name, d) in [
+            ("connect", t.connect),
+            ("response_header", t.response_header),
+            ("client_header", t.client_header),
+            ("idle", t.idle),
+        ] {
+            if d.is_zero() {
+                return Err(err(
+                    &format!("proxy.timeouts.{name}"),
+                    "must be greater than zero".into(),
+                ));
+            }
+        }
+        validate_routes("routes", &self.routes)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sizes() {
+        for (s, want) in [
+            ("512", 512),
+            ("64KiB", 65536),
+            ("10MB", 10_000_000),
+            ("1 gib", 1 << 30),
+            ("2k", 2000),
+        ] {
+            assert_eq!(s.parse::<ByteSize>(), Ok(ByteSize(want)), "{s}");
+        }
+        for s in ["", "x", "10 parsecs", "99999999999999999999GiB"] {
+            assert!(s.parse::<ByteSize>().is_err(), "{s}");
+        }
+    }
+
+    #[test]
+    fn defaults_validate_and_limits_are_checked() {
+        Config::default().validate().expect("defaults are valid");
+        let mut c = Config::default();
+        c.proxy.workers = 5000;
+        assert_eq!(c.validate().unwrap_err().field, "proxy.workers");
+        let mut c = Config::default();
+        c.proxy.timeouts.connect = Duration::ZERO;
+        assert_eq!(c.validate().unwrap_err().field, "proxy.timeouts.connect");
+        let mut c = Config::default();
+        c.proxy.max_header_size = ByteSize(10);
+        assert_eq!(c.validate().unwrap_err().field, "proxy.max_header_size");
+    }
+}

@@ -1,0 +1,7 @@
+//! Pure types and decisions: names, routes, balancers, configuration. No I/O, no async.
+
+pub mod balance;
+pub mod config;
+pub mod host;
+pub mod route;
+pub mod stats;

@@ -1,0 +1,230 @@
+//! Streaming bodies. `RequestBody` forwards the client's body to the upstream and fails once it
+//! exceeds the size limit; `ResponseBody` forwards the upstream's (or a local) body, counts the
+//! bytes, and writes the access-log line and releases in-flight counters when it is dropped,
+//! i.e. when the response is finished or the client went away. Nothing is buffered whole.
+
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Instant;
+
+use bytes::Bytes;
+use http_body::{Body, Frame, SizeHint};
+use hyper::body::Incoming;
+
+use crate::model::stats::BackendStats;
+
+use super::server::ConnState;
+
+pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+/// The request body grew past `proxy.max_body_size`.
+#[derive(Debug, thiserror::Error)]
+#[error("request body exceeds the limit of {0} bytes")]
+pub struct BodyTooLarge(pub u64);
+
+/// Client body on its way upstream, with a size limit.
+pub struct RequestBody {
+    inner: Option<Incoming>,
+    seen: u64,
+    limit: u64,
+}
+
+impl RequestBody {
+    pub fn new(inner: Incoming, limit: u64) -> Self {
+        Self {
+            inner: Some(inner),
+            seen: 0,
+            limit,
+        }
+    }
+    pub fn empty() -> Self {
+        Self {
+            inner: None,
+            seen: 0,
+            limit: 0,
+        }
+    }
+}
+
+impl Body for RequestBody {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        let this = &mut *self;
+        let Some(inner) = this.inner.as_mut() else {
+            return Poll::Ready(None);
+        };
+        match Pin::new(inner).poll_frame(cx) {
+            Poll::Ready(Some(Ok(frame))) => {
+                if let Some(data) = frame.data_ref() {
+                    this.seen += data.len() as u64;
+                    if this.seen > this.limit {
+                        this.inner = None;
+                        return Poll::Ready(Some(Err(Box::new(BodyTooLarge(this.limit)))));
+                    }
+                }
+                Poll::Ready(Some(Ok(frame)))
+            }
+            Poll::Ready(Some(Err(e))) => Poll::Ready(Some(Err(Box::new(e)))),
+            Poll::Ready(None) => Poll::Ready(None),
+            Poll::Pending => Poll::Pending,
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner
+            .as_ref()
+            .map(|b| b.is_end_stream())
+            .unwrap_or(true)
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner
+            .as_ref()
+            .map(|b| b.size_hint())
+            .unwrap_or_else(|| SizeHint::with_exact(0))
+    }
+}
+
+/// What the access log needs to know about a finished request.
+pub struct AccessLog {
+    pub start: Instant,
+    pub client: std::net::SocketAddr,
+    pub host: String,
+    pub method: http::Method,
+    pub path: String,
+    pub status: u16,
+    pub route: Option<String>,
+    pub upstream: Option<String>,
+}
+
+/// Counters released when the response ends.
+pub struct Completion {
+    pub log: Option<Box<AccessLog>>,
+    pub backend: Option<Arc<BackendStats>>,
+    pub conn: Option<Arc<ConnState>>,
+}
+
+impl Drop for Completion {
+    fn drop(&mut self) {
+        if let Some(b) = &self.backend {
+            b.inflight
+                .fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
+        }
+        if let Some(c) = &self.conn {
+            c.request_done();
+        }
+    }
+}
+
+enum Inner {
+    Upstream(Incoming),
+    Full(Option<Bytes>),
+}
+
+/// Response body sent to the client.
+pub struct ResponseBody {
+    inner: Inner,
+    bytes: u64,
+    done: Option<Completion>,
+}
+
+impl ResponseBody {
+    pub fn upstream(body: Incoming) -> Self {
+        Self {
+            inner: Inner::Upstream(body),
+            bytes: 0,
+            done: None,
+        }
+    }
+
+    pub fn full(data: impl Into<Bytes>) -> Self {
+        let data = data.into();
+        Self {
+            inner: Inner::Full((!data.is_empty()).then_some(data)),
+            bytes: 0,
+            done: None,
+        }
+    }
+
+    /// Attaches the completion (log line, counters) to a locally generated body.
+    pub fn with_completion(mut self, done: Completion) -> Self {
+        self.done = Some(done);
+        self
+    }
+}
+
+impl Drop for ResponseBody {
+    fn drop(&mut self) {
+        if let Some(done) = &mut self.done {
+            if let Some(log) = done.log.take() {
+                if let Some(b) = &done.backend {
+                    b.bytes_out
+                        .fetch_add(self.bytes, std::sync::atomic::Ordering::Relaxed);
+                }
+                tracing::info!(
+                    target: "berth::access",
+                    client = %log.client,
+                    host = %log.host,
+                    method = %log.method,
+                    path = %log.path,
+                    status = log.status,
+                    bytes = self.bytes,
+                    duration_ms = log.start.elapsed().as_secs_f64() * 1000.0,
+                    route = log.route.as_deref().unwrap_or("-"),
+                    upstream = log.upstream.as_deref().unwrap_or("-"),
+                    "request"
+                );
+            } else if let Some(b) = &done.backend {
+                b.bytes_out
+                    .fetch_add(self.bytes, std::sync::atomic::Ordering::Relaxed);
+            }
+        }
+    }
+}
+
+impl Body for ResponseBody {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        let this = &mut *self;
+        let res = match &mut this.inner {
+            Inner::Upstream(b) => match Pin::new(b).poll_frame(cx) {
+                Poll::Ready(Some(Ok(f))) => Poll::Ready(Some(Ok(f))),
+                Poll::Ready(Some(Err(e))) => Poll::Ready(Some(Err(Box::new(e) as BoxError))),
+                Poll::Ready(None) => Poll::Ready(None),
+                Poll::Pending => return Poll::Pending,
+            },
+            Inner::Full(data) => Poll::Ready(data.take().map(|d| Ok(Frame::data(d)))),
+        };
+        if let Poll::Ready(Some(Ok(f))) = &res {
+            if let Some(d) = f.data_ref() {
+                this.bytes += d.len() as u64;
+            }
+        }
+        res
+    }
+
+    fn is_end_stream(&self) -> bool {
+        match &self.inner {
+            Inner::Upstream(b) => b.is_end_stream(),
+            Inner::Full(d) => d.is_none(),
+        }
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        match &self.inner {
+            Inner::Upstream(b) => b.size_hint(),
+            Inner::Full(d) => SizeHint::with_exact(d.as_ref().map(|d| d.len() as u64).unwrap_or(0)),
+        }
+    }
+}

@@ -1,0 +1,214 @@
+//! Header rewriting between client and upstream: hop-by-hop removal (RFC 9110 §7.6.1) and the
+//! forwarded headers (`X-Forwarded-For/-Proto/-Host`, `X-Real-IP`). Only peers inside
+//! `trusted_proxies` may pass their own forwarded headers through.
+
+use std::net::IpAddr;
+
+use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+
+const KEEP_ALIVE: HeaderName = HeaderName::from_static("keep-alive");
+const PROXY_CONNECTION: HeaderName = HeaderName::from_static("proxy-connection");
+pub const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
+pub const X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
+pub const X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
+pub const X_REAL_IP: HeaderName = HeaderName::from_static("x-real-ip");
+
+/// Whether the request asks for a protocol upgrade (WebSocket and friends).
+pub fn is_upgrade_request(headers: &HeaderMap) -> bool {
+    headers.contains_key(header::UPGRADE) && connection_has(headers, "upgrade")
+}
+
+fn connection_has(headers: &HeaderMap, token: &str) -> bool {
+    headers.get_all(header::CONNECTION).iter().any(|v| {
+        v.to_str()
+            .map(|s| s.split(',').any(|t| t.trim().eq_ignore_ascii_case(token)))
+            .unwrap_or(false)
+    })
+}
+
+/// Removes hop-by-hop headers. With `keep_upgrade`, `Connection: upgrade` and `Upgrade` stay
+/// (the upgrade handshake itself must reach the other side).
+pub fn strip_hop_by_hop(headers: &mut HeaderMap, keep_upgrade: bool) {
+    // Headers named by Connection are hop-by-hop too.
+    let named: Vec<HeaderName> = headers
+        .get_all(header::CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|s| s.split(','))
+        .map(str::trim)
+        .filter(|t| !(keep_upgrade && t.eq_ignore_ascii_case("upgrade")))
+        .filter_map(|t| HeaderName::from_bytes(t.as_bytes()).ok())
+        .collect();
+    for name in named {
+        headers.remove(name);
+    }
+    for name in [
+        KEEP_ALIVE,
+        PROXY_CONNECTION,
+        header::TE,
+        header::TRAILER,
+        header::TRANSFER_ENCODING,
+        header::PROXY_AUTHENTICATE,
+        header::PROXY_AUTHORIZATION,
+    ] {
+        headers.remove(name);
+    }
+    if keep_upgrade {
+        headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
+    } else {
+        headers.remove(header::CONNECTION);
+        headers.remove(header::UPGRADE);
+    }
+}
+
+/// Strips IPv4-mapped IPv6 (`::ffff:1.2.3.4`) down to IPv4.
+pub fn canonical_ip(ip: IpAddr) -> IpAddr {
+    match ip {
+        IpAddr::V6(v6) => v6
+            .to_ipv4_mapped()
+            .map(IpAddr::V4)
+            .unwrap_or(IpAddr::V6(v6)),
+        v4 => v4,
+    }
+}
+
+/// Sets the forwarded headers for a request from `peer` that arrived over `scheme` for `host`.
+pub fn set_forwarded(
+    headers: &mut HeaderMap,
+    peer: IpAddr,
+    scheme: &'static str,
+    host: &str,
+    trusted: &[ipnet::IpNet],
+) {
+    let peer = canonical_ip(peer);
+    let is_trusted = |ip: &IpAddr| trusted.iter().any(|n| n.contains(ip));
+    let peer_trusted = is_trusted(&peer);
+
+    // The chain the client claims, only believed from a trusted peer.
+    let mut chain: Vec<String> = if peer_trusted {
+        headers
+            .get_all(&X_FORWARDED_FOR)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .flat_map(|s| s.split(','))
+            .map(|s| s.trim().to_string())
+            .filter(|s| !s.is_empty())
+            .collect()
+    } else {
+        Vec::new()
+    };
+    chain.push(peer.to_string());
+
+    // Real client: the rightmost address that is not one of our trusted proxies.
+    let real = chain
+        .iter()
+        .rev()
+        .find(|s| match s.parse::<IpAddr>() {
+            Ok(ip) => !is_trusted(&canonical_ip(ip)),
+            Err(_) => true,
+        })
+        .cloned()
+        .unwrap_or_else(|| chain[0].clone());
+
+    let set = |h: &mut HeaderMap, name: HeaderName, value: &str| {
+        if let Ok(v) = HeaderValue::from_str(value) {
+            h.insert(name, v);
+        }
+    };
+    set(headers, X_FORWARDED_FOR, &chain.join(", "));
+    set(headers, X_REAL_IP, &real);
+    if !(peer_trusted && headers.contains_key(&X_FORWARDED_PROTO)) {
+        set(headers, X_FORWARDED_PROTO, scheme);
+    }
+    if !(peer_trusted && headers.contains_key(&X_FORWARDED_HOST)) {
+        set(headers, X_FORWARDED_HOST, host);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn map(pairs: &[(&str, &str)]) -> HeaderMap {
+        let mut h = HeaderMap::new();
+        for (k, v) in pairs {
+            h.append(
+                HeaderName::from_bytes(k.as_bytes()).unwrap(),
+                HeaderValue::from_str(v).unwrap(),
+            );
+        }
+        h
+    }
+
+    #[test]
+    fn hop_by_hop() {
+        let mut h = map(&[
+            ("connection", "keep-alive, x-secret"),
+            ("keep-alive", "timeout=5"),
+            ("x-secret", "1"),
+            ("te", "trailers"),
+            ("trailer", "x"),
+            ("transfer-encoding", "chunked"),
+            ("upgrade", "websocket"),
+            ("proxy-authorization", "Basic x"),
+            ("proxy-connection", "keep-alive"),
+            ("x-keep", "yes"),
+        ]);
+        strip_hop_by_hop(&mut h, false);
+        let left: Vec<_> = h.keys().map(|k| k.as_str()).collect();
+        assert_eq!(left, vec!["x-keep"]);
+
+        let mut h = map(&[("connection", "Upgrade"), ("upgrade", "websocket")]);
+        assert!(is_upgrade_request(&h));
+        strip_hop_by_hop(&mut h, true);
+        assert_eq!(h.get("upgrade").unwrap(), "websocket");
+        assert_eq!(h.get("connection").unwrap(), "upgrade");
+    }
+
+    #[test]
+    fn forwarded_table() {
+        let trusted: Vec<ipnet::IpNet> = vec!["10.0.0.0/8".parse().unwrap()];
+        // (peer, incoming headers, want xff, want real ip, want proto)
+        type Case<'a> = (&'a str, &'a [(&'a str, &'a str)], &'a str, &'a str, &'a str);
+        let cases: &[Case] = &[
+            ("1.2.3.4", &[], "1.2.3.4", "1.2.3.4", "http"),
+            // Untrusted peers cannot inject a chain.
+            (
+                "1.2.3.4",
+                &[
+                    ("x-forwarded-for", "6.6.6.6"),
+                    ("x-forwarded-proto", "https"),
+                ],
+                "1.2.3.4",
+                "1.2.3.4",
+                "http",
+            ),
+            // A trusted proxy's chain is kept and appended to.
+            (
+                "10.0.0.1",
+                &[
+                    ("x-forwarded-for", "5.5.5.5, 10.0.0.9"),
+                    ("x-forwarded-proto", "https"),
+                ],
+                "5.5.5.5, 10.0.0.9, 10.0.0.1",
+                "5.5.5.5",
+                "https",
+            ),
+            ("::ffff:1.2.3.4", &[], "1.2.3.4", "1.2.3.4", "http"),
+        ];
+        for (peer, incoming, xff, real, proto) in cases {
+            let mut h = map(incoming);
+            set_forwarded(
+                &mut h,
+                peer.parse().unwrap(),
+                "http",
+                "example.com",
+                &trusted,
+            );
+            assert_eq!(h.get(&X_FORWARDED_FOR).unwrap(), xff, "peer {peer}");
+            assert_eq!(h.get(&X_REAL_IP).unwrap(), real, "peer {peer}");
+            assert_eq!(h.get(&X_FORWARDED_PROTO).unwrap(), proto, "peer {peer}");
+            assert_eq!(h.get(&X_FORWARDED_HOST).unwrap(), "example.com");
+        }
+    }
+}

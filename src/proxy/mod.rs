@@ -1,0 +1,117 @@
+//! The reverse proxy: hyper server on the client side, pooled hyper-util client on the
+//! upstream side, and the route table as an `ArcSwap` snapshot between them. A request does
+//! one `load()` of the table and touches only atomics; writers publish whole new tables.
+
+pub mod body;
+pub mod forward;
+pub mod headers;
+pub mod server;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use arc_swap::ArcSwap;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::client::legacy::Client;
+use hyper_util::rt::{TokioExecutor, TokioTimer};
+use tokio::sync::watch;
+
+use crate::model::config::{ProxyConfig, Timeouts};
+use crate::model::route::RouteTable;
+
+use body::RequestBody;
+use server::ConnTracker;
+
+/// Proxy settings derived from the configuration.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    pub max_body_size: u64,
+    pub max_header_size: usize,
+    pub timeouts: Timeouts,
+    pub trusted_proxies: Vec<ipnet::IpNet>,
+    pub access_log: bool,
+    pub pool_idle_timeout: Duration,
+    pub pool_max_idle_per_host: usize,
+}
+
+impl Settings {
+    pub fn from_config(p: &ProxyConfig, access_log: bool) -> Self {
+        Self {
+            max_body_size: p.max_body_size.0,
+            max_header_size: p.max_header_size.0 as usize,
+            timeouts: p.timeouts.clone(),
+            trusted_proxies: p.trusted_proxies.clone(),
+            access_log,
+            pool_idle_timeout: p.pool.idle_timeout,
+            pool_max_idle_per_host: p.pool.max_idle_per_host,
+        }
+    }
+}
+
+/// The current route table plus a generation counter that open tunnels watch.
+pub struct Tables {
+    current: ArcSwap<RouteTable>,
+    generation: watch::Sender<u64>,
+}
+
+impl Tables {
+    pub fn new(table: RouteTable) -> Self {
+        Self {
+            current: ArcSwap::from_pointee(table),
+            generation: watch::Sender::new(0),
+        }
+    }
+
+    /// The snapshot to read. Cheap; never blocks.
+    pub fn load(&self) -> arc_swap::Guard<Arc<RouteTable>> {
+        self.current.load()
+    }
+
+    pub fn load_full(&self) -> Arc<RouteTable> {
+        self.current.load_full()
+    }
+
+    /// Swaps in a new table atomically.
+    pub fn publish(&self, table: RouteTable) {
+        self.current.store(Arc::new(table));
+        self.generation.send_modify(|g| *g += 1);
+    }
+
+    /// Notified after every publish.
+    pub fn subscribe(&self) -> watch::Receiver<u64> {
+        self.generation.subscribe()
+    }
+}
+
+pub type UpstreamClient = Client<HttpConnector, RequestBody>;
+
+/// Everything a request needs: settings, the table, the upstream pool.
+pub struct Proxy {
+    pub settings: Settings,
+    pub tables: Arc<Tables>,
+    client: UpstreamClient,
+    /// Open upgrade tunnels (a draining process waits for them, bounded by the drain timeout).
+    pub tunnels: Arc<ConnTracker>,
+}
+
+impl Proxy {
+    pub fn new(settings: Settings, tables: Arc<Tables>) -> Self {
+        let mut http = HttpConnector::new();
+        http.set_connect_timeout(Some(settings.timeouts.connect));
+        http.set_nodelay(true);
+        http.enforce_http(true);
+        let client = Client::builder(TokioExecutor::new())
+            .pool_idle_timeout(settings.pool_idle_timeout)
+            .pool_max_idle_per_host(settings.pool_max_idle_per_host)
+            .pool_timer(TokioTimer::new())
+            .timer(TokioTimer::new())
+            .set_host(false)
+            .build(http);
+        Self {
+            settings,
+            tables,
+            client,
+            tunnels: Arc::new(ConnTracker::default()),
+        }
+    }
+}

@@ -1,0 +1,373 @@
+//! Client-side connections: the accept loop, HTTP/1.1 + h2c (prior knowledge) per connection,
+//! and a per-connection supervisor that enforces the header-read (slowloris) and idle
+//! timeouts and drains without racing keep-alive clients (house rule 7): while draining,
+//! HTTP/1 responses carry `Connection: close`, HTTP/2 gets GOAWAY, and only connections idle
+//! past the drain timeout are closed.
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicU8, AtomicUsize, Ordering};
+use std::sync::{Arc, OnceLock};
+use std::task::{Context, Poll};
+use std::time::{Duration, Instant};
+
+use futures_util::task::AtomicWaker;
+use hyper::body::Incoming;
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::server::conn::auto;
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::net::TcpListener;
+use tokio::sync::{watch, Notify};
+
+use super::Proxy;
+
+fn clock_base() -> Instant {
+    static BASE: OnceLock<Instant> = OnceLock::new();
+    *BASE.get_or_init(Instant::now)
+}
+
+/// Milliseconds since process start (never 0, so 0 can mean "unset").
+fn now_ms() -> u64 {
+    clock_base().elapsed().as_millis() as u64 + 1
+}
+
+const PROTO_UNKNOWN: u8 = 0;
+const PROTO_H1: u8 = 1;
+const PROTO_H2: u8 = 2;
+
+/// Shared state of one client connection, updated by the IO wrapper and the request handler.
+#[derive(Debug)]
+pub struct ConnState {
+    inflight: AtomicU32,
+    last_active: AtomicU64,
+    head_started: AtomicU64,
+    draining: AtomicBool,
+    timed_out: AtomicBool,
+    proto: AtomicU8,
+    read_waker: AtomicWaker,
+}
+
+impl ConnState {
+    fn new() -> Self {
+        Self {
+            inflight: AtomicU32::new(0),
+            last_active: AtomicU64::new(now_ms()),
+            head_started: AtomicU64::new(0),
+            draining: AtomicBool::new(false),
+            timed_out: AtomicBool::new(false),
+            proto: AtomicU8::new(PROTO_UNKNOWN),
+            read_waker: AtomicWaker::new(),
+        }
+    }
+
+    /// A request head was parsed and handed to the service.
+    pub fn request_started(&self) {
+        self.inflight.fetch_add(1, Ordering::Relaxed);
+        self.head_started.store(0, Ordering::Relaxed);
+    }
+
+    /// The response (body included) is finished or abandoned.
+    pub fn request_done(&self) {
+        self.last_active.store(now_ms(), Ordering::Relaxed);
+        self.inflight.fetch_sub(1, Ordering::Relaxed);
+    }
+
+    /// Whether responses should ask the client to close (process draining).
+    pub fn draining(&self) -> bool {
+        self.draining.load(Ordering::Relaxed)
+    }
+}
+
+/// IO wrapper that notes when a request head starts arriving, and answers 408 then EOF when
+/// the supervisor says the head took too long.
+struct TrackedIo<T> {
+    inner: T,
+    state: Arc<ConnState>,
+    first: bool,
+}
+
+const RESPONSE_408: &[u8] =
+    b"HTTP/1.1 408 Request Timeout\r\nconnection: close\r\ncontent-type: text/plain\r\ncontent-length: 16\r\n\r\nrequest timeout\n";
+
+impl<T: AsyncRead + AsyncWrite + Unpin> AsyncRead for TrackedIo<T> {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        let this = &mut *self;
+        if this.state.timed_out.load(Ordering::Relaxed) {
+            if this.state.proto.load(Ordering::Relaxed) == PROTO_H1 {
+                // Best effort: the socket is idle on our side, so this small write fits.
+                let _ = Pin::new(&mut this.inner).poll_write(cx, RESPONSE_408);
+                let _ = Pin::new(&mut this.inner).poll_flush(cx);
+            }
+            return Poll::Ready(Ok(()));
+        }
+        let before = buf.filled().len();
+        let res = Pin::new(&mut this.inner).poll_read(cx, buf);
+        match &res {
+            Poll::Ready(Ok(())) if buf.filled().len() > before => {
+                let now = now_ms();
+                if this.first {
+                    this.first = false;
+                    let proto = if buf.filled()[before..].starts_with(b"PRI * HTTP/2.0") {
+                        PROTO_H2
+                    } else {
+                        PROTO_H1
+                    };
+                    this.state.proto.store(proto, Ordering::Relaxed);
+                }
+                this.state.last_active.store(now, Ordering::Relaxed);
+                if this.state.inflight.load(Ordering::Relaxed) == 0
+                    && this.state.head_started.load(Ordering::Relaxed) == 0
+                {
+                    this.state.head_started.store(now, Ordering::Relaxed);
+                }
+            }
+            Poll::Pending => this.state.read_waker.register(cx.waker()),
+            _ => {}
+        }
+        res
+    }
+}
+
+impl<T: AsyncWrite + Unpin> AsyncWrite for TrackedIo<T> {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        Pin::new(&mut self.inner).poll_write(cx, buf)
+    }
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[std::io::IoSlice<'_>],
+    ) -> Poll<std::io::Result<usize>> {
+        Pin::new(&mut self.inner).poll_write_vectored(cx, bufs)
+    }
+    fn is_write_vectored(&self) -> bool {
+        self.inner.is_write_vectored()
+    }
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.inner).poll_flush(cx)
+    }
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
+}
+
+/// Counts live connections so a draining server knows when it is done.
+#[derive(Debug, Default)]
+pub struct ConnTracker {
+    live: AtomicUsize,
+    idle: Notify,
+}
+
+impl ConnTracker {
+    pub fn live(&self) -> usize {
+        self.live.load(Ordering::Acquire)
+    }
+    /// Counts one more live connection until the guard drops.
+    pub fn enter(self: &Arc<Self>) -> ConnGuard {
+        self.live.fetch_add(1, Ordering::AcqRel);
+        ConnGuard(self.clone())
+    }
+    /// Waits until no connection is left.
+    pub async fn wait_idle(&self) {
+        loop {
+            let notified = self.idle.notified();
+            if self.live() == 0 {
+                return;
+            }
+            notified.await;
+        }
+    }
+}
+
+/// Releases one live connection when dropped.
+pub struct ConnGuard(Arc<ConnTracker>);
+
+impl Drop for ConnGuard {
+    fn drop(&mut self) {
+        if self.0.live.fetch_sub(1, Ordering::AcqRel) == 1 {
+            self.0.idle.notify_waiters();
+        }
+    }
+}
+
+/// Builds the hyper connection builder once per listener.
+pub fn connection_builder(proxy: &Proxy) -> auto::Builder<TokioExecutor> {
+    let s = &proxy.settings;
+    let mut b = auto::Builder::new(TokioExecutor::new());
+    b.http1()
+        .timer(TokioTimer::new())
+        .keep_alive(true)
+        .max_buf_size(s.max_header_size.max(8192))
+        .writev(true);
+    b.http2()
+        .timer(TokioTimer::new())
+        .max_header_list_size(s.max_header_size as u32)
+        .max_concurrent_streams(256);
+    b
+}
+
+/// Serves one accepted client connection until it ends, is timed out, or drained.
+pub async fn serve_connection<T>(
+    proxy: Arc<Proxy>,
+    builder: Arc<auto::Builder<TokioExecutor>>,
+    io: T,
+    peer: SocketAddr,
+    scheme: &'static str,
+    mut drain: watch::Receiver<bool>,
+) where
+    T: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let state = Arc::new(ConnState::new());
+    let io = TokioIo::new(TrackedIo {
+        inner: io,
+        state: state.clone(),
+        first: true,
+    });
+    let svc_state = state.clone();
+    let svc_proxy = proxy.clone();
+    let service = hyper::service::service_fn(move |req: http::Request<Incoming>| {
+        let proxy = svc_proxy.clone();
+        let conn = svc_state.clone();
+        conn.request_started();
+        async move { Ok::<_, Infallible>(proxy.handle(req, peer, scheme, conn).await) }
+    });
+    let conn = builder.serve_connection_with_upgrades(io, service);
+    tokio::pin!(conn);
+
+    let t = &proxy.settings.timeouts;
+    let header_ms = t.client_header.as_millis() as u64;
+    let idle_ms = t.idle.as_millis() as u64;
+    let drain_ms = t.drain.as_millis() as u64;
+    let mut draining = *drain.borrow();
+    let mut drain_open = true;
+    let mut shutdown_sent = false;
+    if draining {
+        state.draining.store(true, Ordering::Relaxed);
+    }
+    loop {
+        // Next moment something may be due; re-evaluated whenever the timer fires.
+        let now = now_ms();
+        let idle_limit = if draining {
+            idle_ms.min(drain_ms)
+        } else {
+            idle_ms
+        };
+        let due = {
+            let hs = state.head_started.load(Ordering::Relaxed);
+            let last = state.last_active.load(Ordering::Relaxed);
+            let mut due = last + idle_limit;
+            if hs != 0 && state.proto.load(Ordering::Relaxed) != PROTO_H2 {
+                due = due.min(hs + header_ms);
+            }
+            due.max(now + 5)
+        };
+        let sleep = tokio::time::sleep(Duration::from_millis(due - now));
+        tokio::select! {
+            res = conn.as_mut() => {
+                if let Err(e) = res {
+                    tracing::debug!(%peer, error = %e, "client connection ended with an error");
+                }
+                return;
+            }
+            changed = drain.changed(), if drain_open => {
+                if changed.is_err() {
+                    drain_open = false;
+                }
+                if *drain.borrow() || changed.is_err() {
+                    draining = true;
+                    state.draining.store(true, Ordering::Relaxed);
+                    if state.proto.load(Ordering::Relaxed) == PROTO_H2 && !shutdown_sent {
+                        shutdown_sent = true;
+                        conn.as_mut().graceful_shutdown();
+                    }
+                }
+            }
+            _ = sleep => {
+                let now = now_ms();
+                if state.inflight.load(Ordering::Relaxed) != 0 {
+                    continue;
+                }
+                let hs = state.head_started.load(Ordering::Relaxed);
+                let h2 = state.proto.load(Ordering::Relaxed) == PROTO_H2;
+                if hs != 0 && !h2 {
+                    if now >= hs + header_ms {
+                        tracing::debug!(%peer, "request head not received in time; 408");
+                        state.timed_out.store(true, Ordering::Relaxed);
+                        state.read_waker.wake();
+                        // Let hyper observe EOF and finish; bounded in case it does not.
+                        let _ = tokio::time::timeout(Duration::from_secs(1), conn.as_mut()).await;
+                        return;
+                    }
+                    continue;
+                }
+                let last = state.last_active.load(Ordering::Relaxed);
+                if now >= last + idle_limit {
+                    if h2 && !shutdown_sent {
+                        shutdown_sent = true;
+                        conn.as_mut().graceful_shutdown();
+                        continue;
+                    }
+                    tracing::debug!(%peer, "closing idle connection");
+                    return;
+                }
+            }
+        }
+    }
+}
+
+/// Accepts connections until `stop` turns true, then drains open ones (bounded by the drain
+/// timeout) and returns.
+pub async fn serve_http(proxy: Arc<Proxy>, listener: TcpListener, mut stop: watch::Receiver<bool>) {
+    let builder = Arc::new(connection_builder(&proxy));
+    let tracker = Arc::new(ConnTracker::default());
+    let (drain_tx, drain_rx) = watch::channel(false);
+    loop {
+        tokio::select! {
+            accepted = listener.accept() => {
+                match accepted {
+                    Ok((stream, peer)) => {
+                        let _ = stream.set_nodelay(true);
+                        let guard = tracker.enter();
+                        let proxy = proxy.clone();
+                        let builder = builder.clone();
+                        let drain = drain_rx.clone();
+                        tokio::spawn(async move {
+                            serve_connection(proxy, builder, stream, peer, "http", drain).await;
+                            drop(guard);
+                        });
+                    }
+                    Err(e) => {
+                        // EMFILE and friends: back off briefly instead of spinning.
+                        tracing::warn!(error = %e, "accept failed");
+                        tokio::time::sleep(Duration::from_millis(20)).await;
+                    }
+                }
+            }
+            _ = stop.changed() => {
+                if *stop.borrow() {
+                    break;
+                }
+            }
+        }
+    }
+    drop(listener);
+    let _ = drain_tx.send(true);
+    let drain = proxy.settings.timeouts.drain;
+    if tokio::time::timeout(drain + Duration::from_secs(1), tracker.wait_idle())
+        .await
+        .is_err()
+    {
+        tracing::warn!(
+            left = tracker.live(),
+            "drain timeout passed; closing remaining connections"
+        );
+    }
+}
