@@ -28,6 +28,12 @@ struct Cli {
 enum Command {
     /// Run the daemon (the default).
     Run,
+    /// Hand the listening sockets to the binary now on disk, without dropping a connection.
+    Upgrade,
+    /// Re-read the configuration file in place (like SIGHUP).
+    Reload,
+    /// Show the daemon's state (pid, upgrade phase, listeners).
+    Status,
     /// Validate a configuration file and exit.
     CheckConfig {
         /// File to check (default: --config or /etc/berth/berthd.yaml).
@@ -35,9 +41,54 @@ enum Command {
     },
 }
 
+fn load_or_exit(
+    path: Option<PathBuf>,
+) -> Result<(PathBuf, berth::model::config::Config), ExitCode> {
+    let (path, required) = match path {
+        Some(p) => (p, true),
+        None => (PathBuf::from(berth::config::DEFAULT_PATH), false),
+    };
+    match berth::config::load(&path, required) {
+        Ok(c) => Ok((path, c)),
+        Err(e) => {
+            eprintln!("berthd: {e}");
+            Err(ExitCode::from(2))
+        }
+    }
+}
+
+fn control(path: Option<PathBuf>, command: &str) -> ExitCode {
+    let config = match load_or_exit(path) {
+        Ok((_, c)) => c,
+        Err(code) => return code,
+    };
+    match berth::lifecycle::control::call(&config.control_socket(), command) {
+        Ok(msg) => {
+            println!("{msg}");
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("berthd {command}: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
 fn main() -> ExitCode {
+    // Inherited sockets (systemd, previous process) are collected before any thread exists.
+    // SAFETY: nothing has spawned a thread yet; this is the first thing main does.
+    let inherited = match unsafe { berth::lifecycle::Inherited::collect() } {
+        Ok(i) => i,
+        Err(e) => {
+            eprintln!("berthd: {e}");
+            return ExitCode::from(2);
+        }
+    };
     let cli = Cli::parse();
     match cli.command.unwrap_or(Command::Run) {
+        Command::Upgrade => control(cli.config, "upgrade"),
+        Command::Reload => control(cli.config, "reload"),
+        Command::Status => control(cli.config, "status"),
         Command::CheckConfig { path } => {
             let path = path
                 .or(cli.config)
@@ -59,17 +110,16 @@ fn main() -> ExitCode {
             }
         }
         Command::Run => {
-            let (path, required) = match cli.config {
-                Some(p) => (p, true),
-                None => (PathBuf::from(berth::config::DEFAULT_PATH), false),
+            let (path, config) = match load_or_exit(cli.config) {
+                Ok(pc) => pc,
+                Err(code) => return code,
             };
-            let config = match berth::config::load(&path, required) {
-                Ok(c) => c,
-                Err(e) => {
-                    eprintln!("berthd: {e}");
-                    return ExitCode::from(2);
-                }
-            };
+            if inherited.handoff.is_some() && std::env::var_os("BERTH_DEBUG_FAIL_UPGRADE").is_some()
+            {
+                // Test hook: a successor that dies before it is ready.
+                eprintln!("berthd: BERTH_DEBUG_FAIL_UPGRADE set; exiting before ready");
+                return ExitCode::from(3);
+            }
             let format = match cli.log_format.as_deref() {
                 Some("json") => LogFormat::Json,
                 Some(_) => LogFormat::Human,
@@ -97,6 +147,7 @@ fn main() -> ExitCode {
             match runtime.block_on(berth::daemon::run(
                 config,
                 Some(path).filter(|p| p.exists()),
+                inherited,
             )) {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(e) => {

@@ -1,26 +1,222 @@
-//! Listeners and process lifecycle. Every listener has a name (`http`, `https`, `api`) so it
-//! can later be taken from systemd socket activation or a previous process instead of bound.
+//! Listeners and process lifecycle. Every listener has a name (`http`, `https`, `api`,
+//! `control`) and is taken, in this order, from systemd socket activation (`LISTEN_FDS` +
+//! `LISTEN_FDNAMES`), from the previous process during an upgrade (the versioned handoff), or
+//! bound fresh (house rule 6). Inherited descriptors are collected once, before any thread
+//! starts, and each one is claimed at most once; unclaimed ones are closed.
 
+pub mod control;
+pub mod notify;
+pub mod upgrade;
+
+use std::collections::HashMap;
 use std::net::SocketAddr;
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::path::Path;
 
 use socket2::{Domain, Protocol, Socket, Type};
 use thiserror::Error;
+
+pub use upgrade::{Handoff, Phase, HANDOFF_ENV, HANDOFF_VERSION};
 
 #[derive(Debug, Error)]
 pub enum ListenError {
     #[error("cannot listen on {addr} ({name}): {source}")]
     Bind {
         name: String,
-        addr: SocketAddr,
+        addr: String,
         source: std::io::Error,
     },
+    #[error("inherited descriptor {fd} for {name:?} is unusable: {source}")]
+    Inherited {
+        name: String,
+        fd: RawFd,
+        source: std::io::Error,
+    },
+    #[error("invalid upgrade handoff ({env}): {message}")]
+    Handoff { env: &'static str, message: String },
+}
+
+/// Where a listener came from (reported in logs and STATUS=).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Origin {
+    Systemd,
+    Upgrade,
+    Bound,
+}
+
+impl std::fmt::Display for Origin {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Origin::Systemd => "systemd",
+            Origin::Upgrade => "previous process",
+            Origin::Bound => "bound",
+        })
+    }
+}
+
+/// Descriptors this process was started with, by name.
+#[derive(Debug, Default)]
+pub struct Inherited {
+    fds: HashMap<String, (OwnedFd, Origin)>,
+    /// Present when this process was started by `berthd upgrade`.
+    pub handoff: Option<Handoff>,
+}
+
+impl Inherited {
+    /// Collects systemd and upgrade descriptors and removes the variables that carried them,
+    /// so children do not misread them.
+    ///
+    /// # Safety
+    /// Must run before any other thread exists (it edits the environment).
+    pub unsafe fn collect() -> Result<Self, ListenError> {
+        let mut me = Inherited::default();
+        // SAFETY: caller guarantees single-threaded; the crate only touches env + fcntl.
+        let sd = unsafe { sd_notify::listen_fds_with_names_and_unset_env() };
+        match sd {
+            Ok(iter) => {
+                for (fd, name) in iter {
+                    // SAFETY: systemd passed us this descriptor; nothing else owns it.
+                    let owned = unsafe { OwnedFd::from_raw_fd(fd) };
+                    if me.fds.contains_key(&name) {
+                        tracing::debug!(%name, fd, "duplicate inherited descriptor closed");
+                        continue;
+                    }
+                    me.fds.insert(name, (owned, Origin::Systemd));
+                }
+            }
+            Err(e) => tracing::warn!(error = %e, "ignoring invalid LISTEN_FDS"),
+        }
+        if let Some(raw) = std::env::var_os(HANDOFF_ENV) {
+            // SAFETY: single-threaded, see above.
+            unsafe { std::env::remove_var(HANDOFF_ENV) };
+            let handoff =
+                Handoff::parse(&raw.to_string_lossy()).map_err(|message| ListenError::Handoff {
+                    env: HANDOFF_ENV,
+                    message,
+                })?;
+            for (name, fd) in &handoff.fds {
+                if !fd_is_open(*fd) {
+                    return Err(ListenError::Handoff {
+                        env: HANDOFF_ENV,
+                        message: format!("descriptor {fd} for {name:?} is not open"),
+                    });
+                }
+                // SAFETY: the previous process cleared CLOEXEC on exactly these descriptors
+                // for us and named them in the handoff; we take ownership once.
+                let owned = unsafe { OwnedFd::from_raw_fd(*fd) };
+                set_cloexec(owned.as_raw_fd(), true);
+                if !me.fds.contains_key(name) {
+                    me.fds.insert(name.clone(), (owned, Origin::Upgrade));
+                }
+            }
+            if let Some(fd) = handoff.ready_fd {
+                set_cloexec(fd, true);
+            }
+            me.handoff = Some(handoff);
+        }
+        Ok(me)
+    }
+
+    /// Takes a TCP listener by name, or binds `addr` when none was inherited.
+    pub fn tcp(
+        &mut self,
+        name: &str,
+        addr: SocketAddr,
+    ) -> Result<(std::net::TcpListener, Origin), ListenError> {
+        if let Some((fd, origin)) = self.fds.remove(name) {
+            let raw = fd.as_raw_fd();
+            let l = std::net::TcpListener::from(fd);
+            l.set_nonblocking(true)
+                .map_err(|source| ListenError::Inherited {
+                    name: name.into(),
+                    fd: raw,
+                    source,
+                })?;
+            l.local_addr().map_err(|source| ListenError::Inherited {
+                name: name.into(),
+                fd: raw,
+                source,
+            })?;
+            return Ok((l, origin));
+        }
+        Ok((bind_tcp(name, addr)?, Origin::Bound))
+    }
+
+    /// Takes a Unix listener by name, or binds `path` (replacing a stale socket file).
+    pub fn unix(
+        &mut self,
+        name: &str,
+        path: &Path,
+    ) -> Result<(std::os::unix::net::UnixListener, Origin), ListenError> {
+        if let Some((fd, origin)) = self.fds.remove(name) {
+            let raw = fd.as_raw_fd();
+            let l = std::os::unix::net::UnixListener::from(fd);
+            l.set_nonblocking(true)
+                .map_err(|source| ListenError::Inherited {
+                    name: name.into(),
+                    fd: raw,
+                    source,
+                })?;
+            return Ok((l, origin));
+        }
+        let wrap = |source| ListenError::Bind {
+            name: name.into(),
+            addr: path.display().to_string(),
+            source,
+        };
+        if path.exists() {
+            // A live daemon answers; a stale file from a crash does not.
+            if std::os::unix::net::UnixStream::connect(path).is_ok() {
+                return Err(wrap(std::io::Error::new(
+                    std::io::ErrorKind::AddrInUse,
+                    "another berthd is running (its control socket answers)",
+                )));
+            }
+            let _ = std::fs::remove_file(path);
+        }
+        if let Some(dir) = path.parent() {
+            std::fs::create_dir_all(dir).map_err(wrap)?;
+        }
+        let l = std::os::unix::net::UnixListener::bind(path).map_err(wrap)?;
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600)).map_err(wrap)?;
+        l.set_nonblocking(true).map_err(wrap)?;
+        Ok((l, Origin::Bound))
+    }
+
+    /// Names still unclaimed (closed when `self` drops).
+    pub fn unclaimed(&self) -> Vec<String> {
+        self.fds.keys().cloned().collect()
+    }
+}
+
+fn fd_is_open(fd: RawFd) -> bool {
+    // SAFETY: F_GETFD only queries the descriptor table.
+    unsafe { libc::fcntl(fd, libc::F_GETFD) >= 0 }
+}
+
+/// Sets or clears FD_CLOEXEC. Clearing is how listeners survive `exec` into the new binary.
+pub fn set_cloexec(fd: RawFd, on: bool) -> bool {
+    // SAFETY: fcntl on a descriptor we own; only the FD_CLOEXEC flag changes.
+    unsafe {
+        let flags = libc::fcntl(fd, libc::F_GETFD);
+        if flags < 0 {
+            return false;
+        }
+        let new = if on {
+            flags | libc::FD_CLOEXEC
+        } else {
+            flags & !libc::FD_CLOEXEC
+        };
+        libc::fcntl(fd, libc::F_SETFD, new) >= 0
+    }
 }
 
 /// Binds a fresh TCP listener (SO_REUSEADDR, non-blocking, backlog 4096).
 pub fn bind_tcp(name: &str, addr: SocketAddr) -> Result<std::net::TcpListener, ListenError> {
     let wrap = |source| ListenError::Bind {
         name: name.to_string(),
-        addr,
+        addr: addr.to_string(),
         source,
     };
     let socket =

@@ -236,6 +236,27 @@ impl Default for ProxyConfig {
     }
 }
 
+/// Process lifecycle: control socket and upgrades.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LifecycleConfig {
+    /// Unix socket for `berthd upgrade|reload` (default `<data_dir>/control.sock`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub control_socket: Option<PathBuf>,
+    /// How long a new binary gets to become ready during `berthd upgrade`.
+    #[serde(with = "humantime_serde")]
+    pub upgrade_timeout: Duration,
+}
+
+impl Default for LifecycleConfig {
+    fn default() -> Self {
+        Self {
+            control_socket: None,
+            upgrade_timeout: Duration::from_secs(30),
+        }
+    }
+}
+
 /// The whole daemon configuration (`/etc/berth/berthd.yaml`).
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -244,6 +265,7 @@ pub struct Config {
     pub api: ApiConfig,
     pub proxy: ProxyConfig,
     pub log: LogConfig,
+    pub lifecycle: LifecycleConfig,
     /// State directory: `berth.db`, `certs/`.
     pub data_dir: PathBuf,
     /// Static routes (read-only through the API).
@@ -257,6 +279,7 @@ impl Default for Config {
             api: ApiConfig::default(),
             proxy: ProxyConfig::default(),
             log: LogConfig::default(),
+            lifecycle: LifecycleConfig::default(),
             data_dir: PathBuf::from("/var/lib/berth"),
             routes: Vec::new(),
         }
@@ -264,6 +287,14 @@ impl Default for Config {
 }
 
 impl Config {
+    /// Where the control socket lives.
+    pub fn control_socket(&self) -> PathBuf {
+        self.lifecycle
+            .control_socket
+            .clone()
+            .unwrap_or_else(|| self.data_dir.join("control.sock"))
+    }
+
     /// Checks what individual fields cannot: unique domains, sane limits.
     pub fn validate(&self) -> Result<(), RouteError> {
         let err = |field: &str, message: String| RouteError {
