@@ -31,7 +31,14 @@ pub fn init(level: &str, format: LogFormat) {
         }
         LogFormat::Human => {
             let _ = registry
-                .with(tracing_subscriber::fmt::layer().with_writer(std::io::stderr))
+                .with(
+                    tracing_subscriber::fmt::layer()
+                        .with_ansi(
+                            std::io::IsTerminal::is_terminal(&std::io::stderr())
+                                && std::env::var_os("NO_COLOR").is_none(),
+                        )
+                        .with_writer(std::io::stderr),
+                )
                 .try_init();
         }
     }
