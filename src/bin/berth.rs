@@ -1,1 +1,5 @@
-fn main() {}
+//! `berth`: the Berth CLI. Thin: everything lives in `berth::client`.
+
+fn main() -> std::process::ExitCode {
+    berth::client::main()
+}

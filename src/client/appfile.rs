@@ -1,0 +1,384 @@
+//! `berth.yaml`, the app file: what to deploy and where. Parsed strictly (unknown keys are
+//! errors) and every error names the file, the line and the key. Secrets are read from the
+//! local environment (or a secrets file) at deploy time and sent only in the request.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+use serde_json::{json, Value};
+
+use crate::model::route::Domain;
+
+use super::ClientError;
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Build {
+    #[serde(default = "default_context")]
+    pub context: PathBuf,
+    #[serde(default = "default_dockerfile")]
+    pub dockerfile: PathBuf,
+}
+
+fn default_context() -> PathBuf {
+    PathBuf::from(".")
+}
+fn default_dockerfile() -> PathBuf {
+    PathBuf::from("Dockerfile")
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Health {
+    #[serde(default = "default_health_path")]
+    pub path: String,
+    #[serde(
+        default,
+        with = "humantime_serde",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub interval: Option<std::time::Duration>,
+    #[serde(
+        default,
+        with = "humantime_serde",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub timeout: Option<std::time::Duration>,
+}
+
+fn default_health_path() -> String {
+    "/".into()
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum Strategy {
+    #[default]
+    Rolling,
+    Replace,
+}
+
+fn default_port() -> u16 {
+    8080
+}
+fn default_replicas() -> u32 {
+    1
+}
+
+/// The app file as written.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AppFile {
+    pub name: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub image: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub build: Option<Build>,
+    pub domains: Vec<Domain>,
+    #[serde(default)]
+    pub aliases: Vec<Domain>,
+    #[serde(default = "default_port")]
+    pub port: u16,
+    #[serde(default = "default_replicas")]
+    pub replicas: u32,
+    #[serde(default)]
+    pub strategy: Strategy,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub health: Option<Health>,
+    #[serde(default)]
+    pub env: BTreeMap<String, String>,
+    /// Names of secrets, read from the local environment or `secrets_file` at deploy time.
+    #[serde(default)]
+    pub secrets: Vec<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub secrets_file: Option<PathBuf>,
+    #[serde(default)]
+    pub volumes: Vec<String>,
+    /// Servers (names from `berth server list`) to deploy to.
+    #[serde(default)]
+    pub targets: Vec<String>,
+}
+
+fn invalid(path: &Path, line: Option<usize>, key: &str, message: impl Into<String>) -> ClientError {
+    ClientError::AppFile {
+        path: path.to_path_buf(),
+        line,
+        key: key.to_string(),
+        message: message.into(),
+    }
+}
+
+/// Line (1-based) where `key:` first appears at the start of a line, for semantic errors.
+fn line_of(text: &str, key: &str) -> Option<usize> {
+    text.lines()
+        .position(|l| l.trim_start().starts_with(&format!("{key}:")))
+        .map(|i| i + 1)
+}
+
+impl AppFile {
+    pub fn load(path: &Path) -> Result<Self, ClientError> {
+        let text = std::fs::read_to_string(path).map_err(|e| {
+            invalid(
+                path,
+                None,
+                "",
+                format!("cannot read: {e} (run `berth init` to create one)"),
+            )
+        })?;
+        Self::parse(path, &text)
+    }
+
+    pub fn parse(path: &Path, text: &str) -> Result<Self, ClientError> {
+        let app: AppFile = serde_yaml::from_str(text).map_err(|e| {
+            let line = e.location().map(|l| l.line());
+            let msg = e.to_string();
+            // serde_yaml prefixes the key path: "domains[0]: invalid ... at line 3 column 5".
+            let (key, rest) = match msg.split_once(": ") {
+                Some((k, r)) if !k.contains(' ') => (k.to_string(), r.to_string()),
+                _ => (String::new(), msg.clone()),
+            };
+            let rest = match rest.find(" at line ") {
+                Some(i) => rest[..i].to_string(),
+                None => rest,
+            };
+            // An unknown key is named in the message itself.
+            let key = match (key.is_empty(), rest.strip_prefix("unknown field `")) {
+                (true, Some(r)) => r.split('`').next().unwrap_or_default().to_string(),
+                _ => key,
+            };
+            invalid(path, line, &key, rest)
+        })?;
+        let name_ok = !app.name.is_empty()
+            && app.name.len() <= 63
+            && app
+                .name
+                .chars()
+                .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-')
+            && !app.name.starts_with('-');
+        if !name_ok {
+            return Err(invalid(
+                path,
+                line_of(text, "name"),
+                "name",
+                format!(
+                    "{:?} must be 1-63 lowercase letters, digits or '-'",
+                    app.name
+                ),
+            ));
+        }
+        match (&app.image, &app.build) {
+            (None, None) => {
+                return Err(invalid(
+                    path,
+                    None,
+                    "image",
+                    "set `image:` (a reference) or `build:` (a Dockerfile to build locally)",
+                ))
+            }
+            (Some(_), Some(_)) => {
+                return Err(invalid(
+                    path,
+                    line_of(text, "build"),
+                    "build",
+                    "set either `image:` or `build:`, not both",
+                ))
+            }
+            _ => {}
+        }
+        if app.domains.is_empty() {
+            return Err(invalid(
+                path,
+                line_of(text, "domains"),
+                "domains",
+                "list at least one domain",
+            ));
+        }
+        if app.port == 0 {
+            return Err(invalid(
+                path,
+                line_of(text, "port"),
+                "port",
+                "must be 1-65535",
+            ));
+        }
+        if app.replicas == 0 || app.replicas > 100 {
+            return Err(invalid(
+                path,
+                line_of(text, "replicas"),
+                "replicas",
+                format!("{} is out of range (1-100)", app.replicas),
+            ));
+        }
+        if let Some(h) = &app.health {
+            if !h.path.starts_with('/') {
+                return Err(invalid(
+                    path,
+                    line_of(text, "path"),
+                    "health.path",
+                    "must start with '/'",
+                ));
+            }
+        }
+        Ok(app)
+    }
+
+    /// Reads each secret from the environment, then `secrets_file` (KEY=VALUE lines).
+    pub fn resolve_secrets(&self, base: &Path) -> Result<BTreeMap<String, String>, ClientError> {
+        let mut from_file = BTreeMap::new();
+        if let Some(f) = &self.secrets_file {
+            let p = base.join(f);
+            let text = std::fs::read_to_string(&p)
+                .map_err(|e| invalid(&p, None, "secrets_file", e.to_string()))?;
+            for line in text.lines() {
+                let line = line.trim();
+                if line.is_empty() || line.starts_with('#') {
+                    continue;
+                }
+                if let Some((k, v)) = line.split_once('=') {
+                    from_file.insert(k.trim().to_string(), v.trim().to_string());
+                }
+            }
+        }
+        let mut out = BTreeMap::new();
+        for name in &self.secrets {
+            let v = std::env::var(name)
+                .ok()
+                .or_else(|| from_file.get(name).cloned())
+                .ok_or_else(|| {
+                    invalid(
+                        base,
+                        None,
+                        "secrets",
+                        format!("secret {name} is not set in the environment or the secrets file"),
+                    )
+                })?;
+            out.insert(name.clone(), v);
+        }
+        Ok(out)
+    }
+
+    /// The deploy request body (the daemon's app spec), with secrets merged into env.
+    pub fn to_spec(&self, image: &str, secrets: &BTreeMap<String, String>) -> Value {
+        let mut env = self.env.clone();
+        env.extend(secrets.iter().map(|(k, v)| (k.clone(), v.clone())));
+        let mut spec = json!({
+            "image": image,
+            "domains": self.domains,
+            "aliases": self.aliases,
+            "port": self.port,
+            "replicas": self.replicas,
+            "strategy": self.strategy,
+            "env": env,
+            "volumes": self.volumes,
+        });
+        if let Some(h) = &self.health {
+            let mut hv = json!({ "path": h.path });
+            if let Some(i) = h.interval {
+                hv["interval"] = json!(humantime::format_duration(i).to_string());
+            }
+            if let Some(t) = h.timeout {
+                hv["timeout"] = json!(humantime::format_duration(t).to_string());
+            }
+            spec["health"] = hv;
+        }
+        spec
+    }
+}
+
+/// The commented starter file `berth init` writes.
+pub fn starter(name: &str) -> String {
+    format!(
+        r#"# berth.yaml: how Berth deploys this app. Reference: README.md ("App file").
+name: {name}
+
+# Either an image reference the server can pull...
+image: {name}:latest
+# ...or build locally with Docker and upload the image (remove `image:` then):
+# build:
+#   context: .
+#   dockerfile: Dockerfile
+
+domains:
+  - {name}.example.com
+# aliases answer 301 to the first domain:
+# aliases: [www.{name}.example.com]
+
+port: 8080          # the port your app listens on inside the container
+replicas: 2
+strategy: rolling   # rolling (no downtime) or replace (stop all, then start all)
+
+health:
+  path: /           # must answer 2xx/3xx before traffic moves
+  interval: 2s
+  timeout: 2s
+
+env:
+  RUST_LOG: info
+# Secrets come from your local environment (or secrets_file) at deploy time:
+# secrets: [DATABASE_URL]
+# secrets_file: .env.secrets
+# volumes: ["{name}-data:/data"]
+
+# Servers to deploy to (see `berth server list`); default: the current server.
+# targets: [production]
+"#
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn starter_parses() {
+        let app = AppFile::parse(Path::new("berth.yaml"), &starter("shop")).unwrap();
+        assert_eq!(app.name, "shop");
+        assert_eq!(app.replicas, 2);
+        assert_eq!(app.health.as_ref().unwrap().path, "/");
+    }
+
+    #[test]
+    fn errors_name_file_line_and_key() {
+        let cases: &[(&str, &str, Option<usize>)] = &[
+            (
+                "name: a\nimage: x\ndomains: [a.com]\nreplicas: many\n",
+                "replicas",
+                Some(4),
+            ),
+            (
+                "name: a\nimage: x\ndomains: [\"bad host\"]\n",
+                "domains",
+                Some(3),
+            ),
+            (
+                "name: a\nimage: x\ndomains: [a.com]\nport: 0\n",
+                "port",
+                Some(4),
+            ),
+            (
+                "name: a\nimage: x\ndomains: [a.com]\nfoo: 1\n",
+                "foo",
+                Some(4),
+            ),
+            ("name: A_B\nimage: x\ndomains: [a.com]\n", "name", Some(1)),
+            ("name: a\ndomains: [a.com]\n", "image", None),
+            ("name: a\nimage: x\ndomains: []\n", "domains", Some(3)),
+        ];
+        for (text, key, line) in cases {
+            match AppFile::parse(Path::new("berth.yaml"), text) {
+                Err(ClientError::AppFile {
+                    path,
+                    line: l,
+                    key: k,
+                    message,
+                }) => {
+                    assert_eq!(path, Path::new("berth.yaml"));
+                    assert_eq!(&k, key, "{text}: {message}");
+                    assert_eq!(&l, line, "{text}: {message}");
+                }
+                other => panic!("{text}: expected an app file error, got {other:?}"),
+            }
+        }
+    }
+}

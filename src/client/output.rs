@@ -1,0 +1,144 @@
+//! Output: human tables or JSON; colour only when stdout is a terminal and `NO_COLOR` is unset.
+//! States are always printed as words too, so nothing depends on colour.
+
+use std::io::IsTerminal;
+
+use comfy_table::{presets, ContentArrangement, Table};
+use serde_json::Value;
+
+pub struct Out {
+    pub json: bool,
+    pub color: bool,
+    pub tty: bool,
+}
+
+impl Out {
+    pub fn detect(json: bool) -> Self {
+        let tty = std::io::stdout().is_terminal();
+        let color = tty && std::env::var_os("NO_COLOR").is_none_or(|v| v.is_empty());
+        Self { json, color, tty }
+    }
+
+    /// Plain output (tests, pipes).
+    pub fn plain(json: bool) -> Self {
+        Self {
+            json,
+            color: false,
+            tty: false,
+        }
+    }
+
+    pub fn json(&self, v: &Value) {
+        println!(
+            "{}",
+            serde_json::to_string_pretty(v).unwrap_or_else(|_| v.to_string())
+        );
+    }
+
+    pub fn table(&self, headers: &[&str], rows: Vec<Vec<String>>) {
+        println!("{}", render_table(headers, rows));
+    }
+
+    pub fn line(&self, s: &str) {
+        println!("{s}");
+    }
+
+    pub fn error(&self, msg: &str) {
+        if std::io::stderr().is_terminal() && std::env::var_os("NO_COLOR").is_none() {
+            eprintln!("\x1b[31merror:\x1b[0m {msg}");
+        } else {
+            eprintln!("error: {msg}");
+        }
+    }
+
+    /// Colours a state word (ready/healthy green, drain/deploying yellow, down/failed red).
+    pub fn state(&self, s: &str) -> String {
+        if !self.color {
+            return s.to_string();
+        }
+        let code = match s {
+            "ready" | "healthy" | "up" | "running" | "succeeded" | "ok" | "valid" => "32",
+            "drain" | "draining" | "deploying" | "pending" | "starting" | "renewing" => "33",
+            "maint" | "down" | "failed" | "unhealthy" | "aborted" | "error" | "expired" => "31",
+            _ => return s.to_string(),
+        };
+        format!("\x1b[{code}m{s}\x1b[0m")
+    }
+}
+
+/// Renders a borderless table with upper-case headers (stable for snapshot tests).
+pub fn render_table(headers: &[&str], rows: Vec<Vec<String>>) -> String {
+    let mut t = Table::new();
+    t.load_style(presets::NOTHING)
+        .set_content_arrangement(ContentArrangement::Disabled)
+        .set_header(headers.iter().map(|h| h.to_uppercase()));
+    for r in rows {
+        t.add_row(r);
+    }
+    t.to_string()
+        .lines()
+        .map(|l| l.trim_end().trim_start_matches(' ').to_string())
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
+/// Reads a field as display text from JSON, trying several names; "-" when absent.
+pub fn field(v: &Value, names: &[&str]) -> String {
+    for n in names {
+        let mut cur = v;
+        let mut found = true;
+        for part in n.split('.') {
+            match cur.get(part) {
+                Some(x) => cur = x,
+                None => {
+                    found = false;
+                    break;
+                }
+            }
+        }
+        if found {
+            return text(cur);
+        }
+    }
+    "-".into()
+}
+
+/// JSON value as short display text.
+pub fn text(v: &Value) -> String {
+    match v {
+        Value::Null => "-".into(),
+        Value::String(s) => s.clone(),
+        Value::Array(a) => a.iter().map(text).collect::<Vec<_>>().join(","),
+        other => other.to_string(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn table_snapshot() {
+        let t = render_table(
+            &["app", "replicas", "state"],
+            vec![
+                vec!["shop".into(), "3/3".into(), "healthy".into()],
+                vec!["blog".into(), "1/2".into(), "deploying".into()],
+            ],
+        );
+        assert_eq!(
+            t,
+            "APP   REPLICAS  STATE\nshop  3/3       healthy\nblog  1/2       deploying"
+        );
+    }
+
+    #[test]
+    fn fields() {
+        let v = json!({"a": {"b": 3}, "d": ["x", "y"], "n": null});
+        assert_eq!(field(&v, &["a.b"]), "3");
+        assert_eq!(field(&v, &["missing", "d"]), "x,y");
+        assert_eq!(field(&v, &["n"]), "-");
+        assert_eq!(field(&v, &["zzz"]), "-");
+    }
+}
