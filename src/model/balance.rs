@@ -1,5 +1,7 @@
-//! Balancing decisions over an immutable backend list. The only mutable state is atomics that
-//! live inside the route-table snapshot, so picking a backend never takes a lock.
+//! Balancing decisions over an immutable backend list: weighted round robin, sticky-cookie
+//! tokens, rendezvous (consistent) hashing for `uri_hash`, and least connections. The only
+//! mutable state is atomics that live inside the route-table snapshot (or in the shared
+//! per-backend stats), so picking a backend never takes a lock.
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 
@@ -74,6 +76,11 @@ impl RoundRobin {
         self.cursor.load(Ordering::Relaxed)
     }
 
+    /// Moves the cursor one step (for balancers that only use it to rotate ties).
+    pub fn advance(&self) {
+        self.cursor.fetch_add(1, Ordering::Relaxed);
+    }
+
     /// Next backend index, skipping those for which `usable` says no (at most one full turn).
     pub fn pick(&self, usable: impl Fn(usize) -> bool) -> Option<usize> {
         let n = self.schedule.len();
@@ -89,6 +96,83 @@ impl RoundRobin {
         }
         None
     }
+}
+
+/// 64-bit FNV-1a over `data`, seeded, finished with a murmur3 mix so nearby inputs spread.
+pub fn hash64(seed: u64, data: &[u8]) -> u64 {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325 ^ seed.wrapping_mul(0x9e37_79b9_7f4a_7c15);
+    for b in data {
+        h ^= u64::from(*b);
+        h = h.wrapping_mul(0x0000_0100_0000_01b3);
+    }
+    h ^= h >> 33;
+    h = h.wrapping_mul(0xff51_afd7_ed55_8ccd);
+    h ^= h >> 33;
+    h = h.wrapping_mul(0xc4ce_b9fe_1a85_ec53);
+    h ^ (h >> 33)
+}
+
+/// The opaque value a sticky cookie carries for a backend: a short hash of route name and
+/// backend id (never the address), stable across restarts and table rebuilds.
+pub fn sticky_token(route: &str, backend_id: &str) -> String {
+    let h = hash64(0x5eed, format!("{route}\0{backend_id}").as_bytes());
+    format!("{h:016x}")
+}
+
+/// The value of cookie `name` in a `Cookie` header value (`a=1; b=2`), if present.
+pub fn cookie_value<'a>(header: &'a str, name: &str) -> Option<&'a str> {
+    header.split(';').find_map(|pair| {
+        let (k, v) = pair.split_once('=')?;
+        (k.trim() == name).then(|| v.trim().trim_matches('"'))
+    })
+}
+
+/// Weighted rendezvous (highest random weight) hashing: every candidate scores
+/// `-weight / ln(u)` with `u` uniform in (0,1) from hash(key, id); the highest wins. Adding or
+/// removing one of N equal backends moves only the keys that it wins or won, about 1/N.
+/// `candidates` yields (index, stable id, weight > 0).
+pub fn rendezvous<'a>(
+    key: &[u8],
+    candidates: impl Iterator<Item = (usize, &'a str, u32)>,
+) -> Option<usize> {
+    let kh = hash64(0, key);
+    let mut best: Option<(f64, usize)> = None;
+    for (i, id, w) in candidates {
+        if w == 0 {
+            continue;
+        }
+        let h = hash64(kh, id.as_bytes());
+        // 53 random bits → u in (0, 1].
+        let u = ((h >> 11) as f64 + 1.0) / (1u64 << 53) as f64;
+        let score = -f64::from(w) / u.ln();
+        if best.is_none_or(|(b, _)| score > b) {
+            best = Some((score, i));
+        }
+    }
+    best.map(|(_, i)| i)
+}
+
+/// Least connections: the candidate with the fewest in-flight requests per unit of weight.
+/// Ties go to the first candidate at or after `start` (a rotating cursor), so equal backends
+/// share idle traffic. `candidates` yields (index, in-flight, weight > 0).
+pub fn least_loaded(
+    start: usize,
+    candidates: impl Iterator<Item = (usize, u64, u32)>,
+) -> Option<usize> {
+    let all: Vec<(usize, u64, u32)> = candidates.filter(|c| c.2 > 0).collect();
+    if all.is_empty() {
+        return None;
+    }
+    let n = all.len();
+    let mut best = all[start % n];
+    for k in 1..n {
+        let c = all[(start + k) % n];
+        // c.inflight / c.weight < best.inflight / best.weight, without division.
+        if u128::from(c.1) * u128::from(best.2) < u128::from(best.1) * u128::from(c.2) {
+            best = c;
+        }
+    }
+    Some(best.0)
 }
 
 #[cfg(test)]
@@ -137,5 +221,133 @@ mod tests {
             assert_eq!(rr.pick(|i| i == 2), Some(2));
         }
         assert_eq!(rr.pick(|_| false), None);
+    }
+
+    #[test]
+    fn cookie_parsing() {
+        let cases: &[(&str, &str, Option<&str>)] = &[
+            ("BERTH_SERVER=abc", "BERTH_SERVER", Some("abc")),
+            ("a=1; BERTH_SERVER=abc; b=2", "BERTH_SERVER", Some("abc")),
+            ("a=1;BERTH_SERVER=\"abc\"", "BERTH_SERVER", Some("abc")),
+            ("XBERTH_SERVER=abc", "BERTH_SERVER", None),
+            ("a=1", "BERTH_SERVER", None),
+            ("garbage", "BERTH_SERVER", None),
+            ("", "BERTH_SERVER", None),
+        ];
+        for (h, name, want) in cases {
+            assert_eq!(cookie_value(h, name), *want, "{h}");
+        }
+    }
+
+    #[test]
+    fn sticky_tokens_are_opaque_and_distinct() {
+        let a = sticky_token("web", "127.0.0.1:8080");
+        assert_eq!(a, sticky_token("web", "127.0.0.1:8080"));
+        assert_eq!(a.len(), 16);
+        assert!(!a.contains("127"));
+        assert_ne!(a, sticky_token("web", "127.0.0.1:8081"));
+        assert_ne!(a, sticky_token("api", "127.0.0.1:8080"));
+    }
+
+    fn owners(ids: &[String], keys: usize) -> Vec<String> {
+        (0..keys)
+            .map(|k| {
+                let key = format!("/item/{k}");
+                let i = rendezvous(
+                    key.as_bytes(),
+                    ids.iter().enumerate().map(|(i, id)| (i, id.as_str(), 1)),
+                )
+                .unwrap();
+                ids[i].clone()
+            })
+            .collect()
+    }
+
+    #[test]
+    fn uri_hash_moves_about_one_nth_of_keys() {
+        const KEYS: usize = 10_000;
+        for n in [3usize, 5, 10] {
+            let ids: Vec<String> = (0..n).map(|i| format!("10.0.0.{i}:80")).collect();
+            let before = owners(&ids, KEYS);
+            // Balanced: each backend owns about 1/N.
+            for id in &ids {
+                let share = before.iter().filter(|o| *o == id).count() as f64 / KEYS as f64;
+                assert!(
+                    (share - 1.0 / n as f64).abs() < 0.35 / n as f64,
+                    "n={n} {id} {share}"
+                );
+            }
+            // Add one: only keys that move go to the new backend, about 1/(N+1) of them.
+            let mut grown = ids.clone();
+            grown.push("10.0.0.99:80".into());
+            let after = owners(&grown, KEYS);
+            let moved: Vec<_> = (0..KEYS).filter(|k| before[*k] != after[*k]).collect();
+            assert!(moved.iter().all(|k| after[*k] == "10.0.0.99:80"), "n={n}");
+            let frac = moved.len() as f64 / KEYS as f64;
+            let ideal = 1.0 / (n + 1) as f64;
+            assert!(
+                (frac - ideal).abs() < 0.3 * ideal,
+                "add to {n}: moved {frac}, ideal {ideal}"
+            );
+            // Remove one: only the removed backend's keys move.
+            let shrunk: Vec<String> = ids[1..].to_vec();
+            let after = owners(&shrunk, KEYS);
+            let moved = (0..KEYS).filter(|k| before[*k] != after[*k]).count();
+            let owned = before.iter().filter(|o| **o == ids[0]).count();
+            assert_eq!(
+                moved, owned,
+                "remove from {n}: only the removed backend's keys move"
+            );
+            let frac = moved as f64 / KEYS as f64;
+            let ideal = 1.0 / n as f64;
+            assert!(
+                (frac - ideal).abs() < 0.3 * ideal,
+                "remove from {n}: moved {frac}"
+            );
+        }
+    }
+
+    #[test]
+    fn rendezvous_honours_weights_and_skips_zero() {
+        let ids = ["a", "b"];
+        let mut c = [0usize; 2];
+        for k in 0..10_000 {
+            let key = format!("k{k}");
+            let w = [3u32, 1u32];
+            let i = rendezvous(
+                key.as_bytes(),
+                ids.iter().enumerate().map(|(i, id)| (i, *id, w[i])),
+            )
+            .unwrap();
+            c[i] += 1;
+        }
+        let share = c[0] as f64 / 10_000.0;
+        assert!((share - 0.75).abs() < 0.03, "weighted share {share}");
+        assert_eq!(
+            rendezvous(b"x", [(0, "a", 0), (1, "b", 2)].into_iter()),
+            Some(1)
+        );
+        assert_eq!(rendezvous(b"x", std::iter::empty()), None);
+    }
+
+    #[test]
+    fn least_loaded_table() {
+        // (start, candidates (index, inflight, weight), want)
+        type Case = (usize, &'static [(usize, u64, u32)], Option<usize>);
+        let cases: &[Case] = &[
+            (0, &[(0, 5, 1), (1, 2, 1), (2, 9, 1)], Some(1)),
+            (0, &[(0, 0, 1), (1, 0, 1)], Some(0)),
+            (1, &[(0, 0, 1), (1, 0, 1)], Some(1)),
+            (0, &[(0, 4, 4), (1, 2, 1)], Some(0)), // 1/unit vs 2/unit
+            (0, &[(0, 0, 0), (1, 7, 1)], Some(1)), // weight 0 never chosen
+            (0, &[], None),
+        ];
+        for (start, cands, want) in cases {
+            assert_eq!(
+                least_loaded(*start, cands.iter().copied()),
+                *want,
+                "{cands:?}"
+            );
+        }
     }
 }

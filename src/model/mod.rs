@@ -2,6 +2,7 @@
 
 pub mod balance;
 pub mod config;
+pub mod health;
 pub mod host;
 pub mod route;
 pub mod stats;

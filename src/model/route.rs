@@ -6,11 +6,13 @@ use std::collections::{HashMap, HashSet};
 use std::fmt;
 use std::str::FromStr;
 use std::sync::Arc;
+use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 use thiserror::Error;
 
-use super::balance::RoundRobin;
+use super::balance::{cookie_value, least_loaded, rendezvous, sticky_token, RoundRobin};
+use super::health::{slowstart_weight, unix_ms, BackendHealth};
 use super::host::{normalize_host, parse_domain, DomainError};
 use super::stats::BackendStats;
 
@@ -213,13 +215,279 @@ pub enum ServerState {
     Maint,
 }
 
-/// How a route spreads requests over its backends.
+/// What `uri_hash` hashes.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
+pub enum HashKey {
+    /// The path only (`/a/b`).
+    #[default]
+    Path,
+    /// Path and query (`/a/b?c=d`).
+    Uri,
+}
+
+/// Default name of the sticky-session cookie.
+pub const DEFAULT_STICKY_COOKIE: &str = "BERTH_SERVER";
+
+/// How a route spreads requests over its backends (`balancer:` in a route).
+///
+/// Two spellings are accepted. A bare name uses the defaults:
+/// `balancer: round_robin` | `sticky_cookie` | `uri_hash` | `least_connections`.
+/// The tagged form sets options: `balancer: {kind: sticky_cookie, cookie: SESSION_PIN}`
+/// (cookie name, default `BERTH_SERVER`), `balancer: {kind: uri_hash, key: uri}` (`path`, the
+/// default, or `uri` = path and query). Serialised back in the shortest form that says it all.
+///
+/// - `round_robin`: smooth weighted round robin (the default).
+/// - `sticky_cookie`: like round robin, but the first response sets
+///   `NAME=<opaque backend token>; Path=/; HttpOnly; SameSite=Lax`, and later requests carrying a
+///   valid token go to that backend while it is up and `ready` or `drain` (HAProxy lets pinned
+///   requests into a draining server). A pin to a down, `maint` or removed backend is
+///   re-balanced and the cookie rewritten.
+/// - `uri_hash`: weighted rendezvous hashing of the key, so adding or removing one of N
+///   backends moves about 1/N of keys.
+/// - `least_connections`: fewest in-flight requests per unit of weight.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub enum BalancerKind {
-    /// Weighted round robin.
     #[default]
     RoundRobin,
+    StickyCookie {
+        cookie: String,
+    },
+    UriHash {
+        key: HashKey,
+    },
+    LeastConnections,
+}
+
+impl BalancerKind {
+    fn from_parts(
+        kind: &str,
+        cookie: Option<String>,
+        key: Option<HashKey>,
+    ) -> Result<Self, String> {
+        let kinds = "round_robin, sticky_cookie, uri_hash, least_connections";
+        let b = match kind {
+            "round_robin" => BalancerKind::RoundRobin,
+            "least_connections" => BalancerKind::LeastConnections,
+            "sticky_cookie" => {
+                let cookie = cookie.unwrap_or_else(|| DEFAULT_STICKY_COOKIE.to_string());
+                if cookie.is_empty()
+                    || cookie.len() > 64
+                    || !cookie
+                        .bytes()
+                        .all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b))
+                {
+                    return Err(format!(
+                        "invalid cookie name {cookie:?}: use 1-64 letters, digits, '-', '_' or '.'"
+                    ));
+                }
+                return match key {
+                    Some(_) => Err("`key` only applies to uri_hash".into()),
+                    None => Ok(BalancerKind::StickyCookie { cookie }),
+                };
+            }
+            "uri_hash" => {
+                return match cookie {
+                    Some(_) => Err("`cookie` only applies to sticky_cookie".into()),
+                    None => Ok(BalancerKind::UriHash {
+                        key: key.unwrap_or_default(),
+                    }),
+                }
+            }
+            other => {
+                return Err(format!(
+                    "unknown balancer {other:?} (expected one of {kinds})"
+                ))
+            }
+        };
+        if cookie.is_some() {
+            return Err("`cookie` only applies to sticky_cookie".into());
+        }
+        if key.is_some() {
+            return Err("`key` only applies to uri_hash".into());
+        }
+        Ok(b)
+    }
+}
+
+impl Serialize for BalancerKind {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeMap;
+        match self {
+            BalancerKind::RoundRobin => s.serialize_str("round_robin"),
+            BalancerKind::LeastConnections => s.serialize_str("least_connections"),
+            BalancerKind::StickyCookie { cookie } => {
+                let mut m = s.serialize_map(Some(2))?;
+                m.serialize_entry("kind", "sticky_cookie")?;
+                m.serialize_entry("cookie", cookie)?;
+                m.end()
+            }
+            BalancerKind::UriHash { key } => {
+                let mut m = s.serialize_map(Some(2))?;
+                m.serialize_entry("kind", "uri_hash")?;
+                m.serialize_entry("key", key)?;
+                m.end()
+            }
+        }
+    }
+}
+
+impl<'de> Deserialize<'de> for BalancerKind {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl<'de> serde::de::Visitor<'de> for V {
+            type Value = BalancerKind;
+            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+                f.write_str("a balancer name or {kind: NAME, cookie: .., key: ..}")
+            }
+            fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<BalancerKind, E> {
+                BalancerKind::from_parts(v, None, None).map_err(E::custom)
+            }
+            fn visit_map<A: serde::de::MapAccess<'de>>(
+                self,
+                mut map: A,
+            ) -> Result<BalancerKind, A::Error> {
+                use serde::de::Error;
+                let (mut kind, mut cookie, mut key) = (None::<String>, None, None);
+                while let Some(k) = map.next_key::<String>()? {
+                    match k.as_str() {
+                        "kind" => kind = Some(map.next_value()?),
+                        "cookie" => cookie = Some(map.next_value()?),
+                        "key" => key = Some(map.next_value()?),
+                        other => {
+                            return Err(A::Error::custom(format!(
+                                "unknown field `{other}`, expected `kind`, `cookie` or `key`"
+                            )))
+                        }
+                    }
+                }
+                let kind = kind.ok_or_else(|| A::Error::missing_field("kind"))?;
+                BalancerKind::from_parts(&kind, cookie, key).map_err(A::Error::custom)
+            }
+        }
+        d.deserialize_any(V)
+    }
+}
+
+/// What to do with a backend's open tunnels when health checks mark it down.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum OnDown {
+    /// Leave them; they end on their own (or when the backend is removed and drained).
+    #[default]
+    None,
+    /// Close them at once (HAProxy's `on-marked-down shutdown-sessions`).
+    ShutdownSessions,
+}
+
+fn default_check_path() -> String {
+    "/".into()
+}
+fn default_interval() -> Duration {
+    Duration::from_secs(15)
+}
+fn default_check_timeout() -> Duration {
+    Duration::from_secs(5)
+}
+fn default_fall() -> u32 {
+    super::health::DEFAULT_FALL
+}
+fn default_rise() -> u32 {
+    super::health::DEFAULT_RISE
+}
+fn default_expect() -> Vec<StatusPattern> {
+    vec![StatusPattern::Class(2), StatusPattern::Class(3)]
+}
+
+/// An accepted health-check status: an exact code (`204`) or a class (`2xx`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(try_from = "String", into = "String")]
+pub enum StatusPattern {
+    Exact(u16),
+    Class(u16),
+}
+
+impl StatusPattern {
+    pub fn matches(&self, status: u16) -> bool {
+        match self {
+            StatusPattern::Exact(c) => status == *c,
+            StatusPattern::Class(c) => status / 100 == *c,
+        }
+    }
+}
+
+impl TryFrom<String> for StatusPattern {
+    type Error = String;
+    fn try_from(s: String) -> Result<Self, String> {
+        let t = s.trim().to_ascii_lowercase();
+        let bad =
+            || format!("invalid status {s:?}: expected a code such as 200 or a class such as 2xx");
+        if let Some(c) = t.strip_suffix("xx") {
+            let c: u16 = c.parse().map_err(|_| bad())?;
+            return if (1..=5).contains(&c) {
+                Ok(StatusPattern::Class(c))
+            } else {
+                Err(bad())
+            };
+        }
+        let c: u16 = t.parse().map_err(|_| bad())?;
+        if (100..=599).contains(&c) {
+            Ok(StatusPattern::Exact(c))
+        } else {
+            Err(bad())
+        }
+    }
+}
+
+impl From<StatusPattern> for String {
+    fn from(p: StatusPattern) -> String {
+        match p {
+            StatusPattern::Exact(c) => c.to_string(),
+            StatusPattern::Class(c) => format!("{c}xx"),
+        }
+    }
+}
+
+/// Active health check of every backend of a route: `GET path` every `interval`, a response
+/// with an `expect`ed status within `timeout` is a success. `fall` consecutive failures mark
+/// an up backend down, `rise` consecutive successes bring it back. Backends start up.
+/// Without a `health_check`, backends are assumed up and never marked down (passive failures
+/// still trigger the retry, but nothing would ever bring a backend back).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HealthCheckSpec {
+    #[serde(default = "default_check_path")]
+    pub path: String,
+    #[serde(default = "default_interval", with = "humantime_serde")]
+    pub interval: Duration,
+    #[serde(default = "default_check_timeout", with = "humantime_serde")]
+    pub timeout: Duration,
+    #[serde(default = "default_fall")]
+    pub fall: u32,
+    #[serde(default = "default_rise")]
+    pub rise: u32,
+    /// Accepted statuses (default `[2xx, 3xx]`).
+    #[serde(default = "default_expect")]
+    pub expect: Vec<StatusPattern>,
+}
+
+impl Default for HealthCheckSpec {
+    fn default() -> Self {
+        Self {
+            path: default_check_path(),
+            interval: default_interval(),
+            timeout: default_check_timeout(),
+            fall: default_fall(),
+            rise: default_rise(),
+            expect: default_expect(),
+        }
+    }
+}
+
+impl HealthCheckSpec {
+    pub fn accepts(&self, status: u16) -> bool {
+        self.expect.iter().any(|p| p.matches(status))
+    }
 }
 
 fn default_weight() -> u32 {
@@ -261,10 +529,25 @@ pub struct RouteSpec {
     pub alias_mode: AliasMode,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub path_prefix: Option<PathPrefix>,
+    /// See [`BalancerKind`] for both spellings.
     #[serde(default)]
     pub balancer: BalancerKind,
     #[serde(default)]
     pub backends: Vec<BackendSpec>,
+    /// Active health checks; none means backends are assumed up.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub health_check: Option<HealthCheckSpec>,
+    /// A backend that comes back up (or is added to a running table) ramps its effective
+    /// weight linearly from ~0 to its weight over this duration (e.g. `30s`).
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        with = "humantime_serde::option"
+    )]
+    pub slowstart: Option<Duration>,
+    /// What happens to open tunnels of a backend that is marked down.
+    #[serde(default)]
+    pub on_down: OnDown,
 }
 
 impl RouteSpec {
@@ -367,6 +650,47 @@ pub fn validate_routes(prefix: &str, routes: &[RouteSpec]) -> Result<(), RouteEr
                 format!("route name {name:?} is already used by {prefix}[{j}]"),
             ));
         }
+        if let Some(h) = &r.health_check {
+            let f = |n: &str| format!("{at}.health_check.{n}");
+            if !h.path.starts_with('/')
+                || h.path
+                    .contains(|c: char| c.is_whitespace() || c.is_control())
+            {
+                return Err(RouteError::new(
+                    f("path"),
+                    format!("{:?} must start with '/' and contain no spaces", h.path),
+                ));
+            }
+            if h.interval < Duration::from_millis(10) || h.interval > Duration::from_secs(3600) {
+                return Err(RouteError::new(
+                    f("interval"),
+                    "must be between 10ms and 1h",
+                ));
+            }
+            if h.timeout.is_zero() || h.timeout > Duration::from_secs(300) {
+                return Err(RouteError::new(
+                    f("timeout"),
+                    "must be greater than zero and at most 5m",
+                ));
+            }
+            for (n, v) in [("fall", h.fall), ("rise", h.rise)] {
+                if !(1..=100).contains(&v) {
+                    return Err(RouteError::new(
+                        f(n),
+                        format!("{v} is out of range (1-100)"),
+                    ));
+                }
+            }
+            if h.expect.is_empty() {
+                return Err(RouteError::new(f("expect"), "needs at least one status"));
+            }
+        }
+        if r.slowstart.is_some_and(|d| d > Duration::from_secs(3600)) {
+            return Err(RouteError::new(
+                format!("{at}.slowstart"),
+                "must be at most 1h",
+            ));
+        }
         let mut ids = HashSet::new();
         for (k, b) in r.backends.iter().enumerate() {
             if b.weight > MAX_WEIGHT {
@@ -400,16 +724,30 @@ pub struct Backend {
     pub address: BackendAddr,
     /// `address` as a URI authority, parsed once at build time.
     pub authority: http::uri::Authority,
+    /// Configured weight.
     pub weight: u32,
+    /// Weight in force in this snapshot: `weight`, or less while slow start ramps.
+    pub effective_weight: u32,
     pub state: ServerState,
+    /// Sticky-cookie value for this backend (opaque; derived from route name and id).
+    pub token: String,
     /// Counters shared by every snapshot that contains this backend.
     pub stats: Arc<BackendStats>,
+    /// Runtime health shared by every snapshot that contains this backend (see
+    /// `model::health` for the carry-over invariant).
+    pub health: Arc<BackendHealth>,
 }
 
 impl Backend {
     /// Whether new, unpinned requests may go here.
     pub fn eligible(&self) -> bool {
-        self.state == ServerState::Ready && self.weight > 0
+        self.state == ServerState::Ready && self.effective_weight > 0 && self.health.is_up()
+    }
+
+    /// Whether a request pinned here (sticky cookie) may still come: up, and `ready` or
+    /// `drain` (not `maint`).
+    pub fn accepts_pinned(&self) -> bool {
+        self.state != ServerState::Maint && self.health.is_up()
     }
 }
 
@@ -424,6 +762,8 @@ pub struct Route {
     pub backends: Vec<Backend>,
     pub spec: RouteSpec,
     rr: RoundRobin,
+    /// Whether some backend's effective weight is still ramping (slow start).
+    ramping: bool,
 }
 
 /// Why a route could not pick a backend.
@@ -435,18 +775,107 @@ pub enum PickError {
     AllDown,
 }
 
+/// What a balancer may look at in a request.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct PickContext<'a> {
+    /// The `Cookie` header (joined), if any.
+    pub cookie: Option<&'a str>,
+    /// The request path.
+    pub path: &'a str,
+    /// Path and query.
+    pub path_and_query: &'a str,
+}
+
+/// A balancer's choice.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Pick {
+    /// Index into `Route::backends`.
+    pub index: usize,
+    /// For `sticky_cookie`: the `Set-Cookie` value to send, when the request had no valid pin.
+    pub set_cookie: Option<String>,
+}
+
 impl Route {
     /// Chooses a backend for a new request, skipping any in `exclude` (used for retries).
     pub fn pick(&self, exclude: Option<usize>) -> Result<usize, PickError> {
+        self.pick_for(&PickContext::default(), exclude)
+            .map(|p| p.index)
+    }
+
+    /// Chooses a backend for a request with the route's balancer.
+    pub fn pick_for(
+        &self,
+        ctx: &PickContext<'_>,
+        exclude: Option<usize>,
+    ) -> Result<Pick, PickError> {
         if self.backends.is_empty() {
             return Err(PickError::NoBackends);
         }
-        match self.balancer {
-            BalancerKind::RoundRobin => self
-                .rr
-                .pick(|i| Some(i) != exclude && self.backends[i].eligible()),
-        }
-        .ok_or(PickError::AllDown)
+        let usable = |i: usize| Some(i) != exclude && self.backends[i].eligible();
+        let plain = |index: usize| Pick {
+            index,
+            set_cookie: None,
+        };
+        let index = match &self.balancer {
+            BalancerKind::RoundRobin => self.rr.pick(usable).map(plain),
+            BalancerKind::StickyCookie { cookie } => {
+                let pinned = ctx
+                    .cookie
+                    .and_then(|h| cookie_value(h, cookie))
+                    .and_then(|tok| self.backends.iter().position(|b| b.token == tok))
+                    .filter(|i| Some(*i) != exclude && self.backends[*i].accepts_pinned());
+                match pinned {
+                    Some(i) => Some(plain(i)),
+                    None => self.rr.pick(usable).map(|i| Pick {
+                        index: i,
+                        set_cookie: Some(format!(
+                            "{cookie}={}; Path=/; HttpOnly; SameSite=Lax",
+                            self.backends[i].token
+                        )),
+                    }),
+                }
+            }
+            BalancerKind::UriHash { key } => {
+                let k = match key {
+                    HashKey::Path => ctx.path,
+                    HashKey::Uri => ctx.path_and_query,
+                };
+                rendezvous(
+                    k.as_bytes(),
+                    self.backends
+                        .iter()
+                        .enumerate()
+                        .filter(|(i, _)| usable(*i))
+                        .map(|(i, b)| (i, b.id.as_str(), b.effective_weight)),
+                )
+                .map(plain)
+            }
+            BalancerKind::LeastConnections => {
+                let start = self.rr.position();
+                self.rr.advance();
+                least_loaded(
+                    start,
+                    self.backends
+                        .iter()
+                        .enumerate()
+                        .filter(|(i, _)| usable(*i))
+                        .map(|(i, b)| {
+                            (
+                                i,
+                                b.stats.inflight.load(std::sync::atomic::Ordering::Relaxed),
+                                b.effective_weight,
+                            )
+                        }),
+                )
+                .map(plain)
+            }
+        };
+        index.ok_or(PickError::AllDown)
+    }
+
+    /// Whether a backend's slow start is still ramping (the table needs re-publishing).
+    pub fn ramping(&self) -> bool {
+        self.ramping
     }
 }
 
@@ -475,9 +904,29 @@ pub struct RouteTable {
 impl RouteTable {
     /// Builds a table from validated specs. Counters of backends that also exist in
     /// `previous` (same route name and backend id) carry over, as do round-robin cursors.
+    ///
+    /// Runtime health carries over the same way (when the address is unchanged too); a
+    /// backend new to a running table (`previous` is some) starts up but ramps through slow
+    /// start, one in the first table starts at full weight.
     pub fn build(
         specs: &[RouteSpec],
         previous: Option<&RouteTable>,
+    ) -> Result<RouteTable, RouteError> {
+        Self::build_at(specs, previous, unix_ms())
+    }
+
+    /// Rebuilds this table from its own specs (to re-evaluate slow-start weights and let
+    /// watchers see health changes).
+    pub fn rebuild(&self) -> Result<RouteTable, RouteError> {
+        let specs: Vec<RouteSpec> = self.routes.iter().map(|r| r.spec.clone()).collect();
+        Self::build(&specs, Some(self))
+    }
+
+    /// `build` with an explicit clock (unix milliseconds) for slow-start weights.
+    pub fn build_at(
+        specs: &[RouteSpec],
+        previous: Option<&RouteTable>,
+        now_ms: u64,
     ) -> Result<RouteTable, RouteError> {
         validate_routes("routes", specs)?;
         let mut routes = Vec::with_capacity(specs.len());
@@ -486,6 +935,7 @@ impl RouteTable {
             let name = spec.name();
             let prev = previous.and_then(|p| p.route(&name));
             let mut backends = Vec::with_capacity(spec.backends.len());
+            let mut ramping = false;
             for (k, b) in spec.backends.iter().enumerate() {
                 let id = b.id();
                 let authority: http::uri::Authority =
@@ -495,22 +945,47 @@ impl RouteTable {
                             format!("{} is not a valid URI authority", b.address),
                         )
                     })?;
-                let stats = prev
-                    .and_then(|p| p.backends.iter().find(|x| x.id == id))
-                    .map(|x| x.stats.clone())
-                    .unwrap_or_default();
+                let old = prev.and_then(|p| p.backends.iter().find(|x| x.id == id));
+                let stats = old.map(|x| x.stats.clone()).unwrap_or_default();
+                let health = old
+                    .filter(|x| x.address == b.address)
+                    .map(|x| x.health.clone())
+                    .unwrap_or_else(|| {
+                        // New to a running table: ramp (slow start); at boot: full weight.
+                        Arc::new(BackendHealth::new_up(if previous.is_some() {
+                            now_ms
+                        } else {
+                            0
+                        }))
+                    });
+                let elapsed = Duration::from_millis(now_ms.saturating_sub(health.since_ms()));
+                let effective_weight = slowstart_weight(b.weight, elapsed, spec.slowstart);
+                if health.is_up() && b.state != ServerState::Maint && effective_weight < b.weight {
+                    ramping = true;
+                }
                 backends.push(Backend {
+                    token: sticky_token(&name, &id),
                     id,
                     address: b.address.clone(),
                     authority,
                     weight: b.weight,
+                    effective_weight,
                     state: b.state,
                     stats,
+                    health,
                 });
             }
+            // Down backends are skipped at pick time (health is read live), so the schedule
+            // only needs admin state and weights.
             let weights: Vec<u32> = backends
                 .iter()
-                .map(|b| if b.eligible() { b.weight } else { 0 })
+                .map(|b| {
+                    if b.state == ServerState::Ready {
+                        b.effective_weight
+                    } else {
+                        0
+                    }
+                })
                 .collect();
             let rr = RoundRobin::with_start(&weights, prev.map(|p| p.rr.position()).unwrap_or(0));
             let prefix = spec.path_prefix.clone().unwrap_or_else(PathPrefix::root);
@@ -519,10 +994,11 @@ impl RouteTable {
                 canonical: spec.domains[0].to_string(),
                 alias_mode: spec.alias_mode,
                 path_prefix: prefix,
-                balancer: spec.balancer,
+                balancer: spec.balancer.clone(),
                 backends,
                 spec: spec.clone(),
                 rr,
+                ramping,
             });
             for d in &spec.domains {
                 hosts
@@ -579,6 +1055,11 @@ impl RouteTable {
 
     pub fn route(&self, name: &str) -> Option<&Arc<Route>> {
         self.routes.iter().find(|r| r.name == name)
+    }
+
+    /// Whether any route has a backend in slow start.
+    pub fn ramping(&self) -> bool {
+        self.routes.iter().any(|r| r.ramping)
     }
 }
 
@@ -761,5 +1242,284 @@ mod tests {
             empty.route("e").unwrap().pick(None),
             Err(PickError::NoBackends)
         );
+    }
+
+    #[test]
+    fn balancer_spellings() {
+        let ok: &[(&str, BalancerKind)] = &[
+            (r#""round_robin""#, BalancerKind::RoundRobin),
+            (r#""least_connections""#, BalancerKind::LeastConnections),
+            (
+                r#""sticky_cookie""#,
+                BalancerKind::StickyCookie {
+                    cookie: "BERTH_SERVER".into(),
+                },
+            ),
+            (
+                r#"{"kind":"sticky_cookie","cookie":"PIN"}"#,
+                BalancerKind::StickyCookie {
+                    cookie: "PIN".into(),
+                },
+            ),
+            (
+                r#""uri_hash""#,
+                BalancerKind::UriHash { key: HashKey::Path },
+            ),
+            (
+                r#"{"kind":"uri_hash","key":"uri"}"#,
+                BalancerKind::UriHash { key: HashKey::Uri },
+            ),
+            (r#"{"kind":"round_robin"}"#, BalancerKind::RoundRobin),
+        ];
+        for (json, want) in ok {
+            let got: BalancerKind = serde_json::from_str(json).expect(json);
+            assert_eq!(&got, want, "{json}");
+            // Round trip.
+            let again: BalancerKind =
+                serde_json::from_str(&serde_json::to_string(&got).unwrap()).unwrap();
+            assert_eq!(&again, want);
+        }
+        assert_eq!(
+            serde_json::to_string(&BalancerKind::RoundRobin).unwrap(),
+            r#""round_robin""#
+        );
+        for (json, msg) in [
+            (r#""random""#, "unknown balancer"),
+            (
+                r#"{"kind":"sticky_cookie","cookie":"a b"}"#,
+                "invalid cookie name",
+            ),
+            (
+                r#"{"kind":"round_robin","cookie":"X"}"#,
+                "only applies to sticky_cookie",
+            ),
+            (
+                r#"{"kind":"sticky_cookie","key":"path"}"#,
+                "only applies to uri_hash",
+            ),
+            (r#"{"cookie":"X"}"#, "missing field `kind`"),
+            (r#"{"kind":"uri_hash","key":"host"}"#, "unknown variant"),
+            (r#"{"kind":"uri_hash","salt":"x"}"#, "unknown field"),
+        ] {
+            let err = serde_json::from_str::<BalancerKind>(json).expect_err(json);
+            assert!(err.to_string().contains(msg), "{json}: {err}");
+        }
+    }
+
+    #[test]
+    fn health_check_spec_defaults_and_validation() {
+        let r = spec(
+            r#"[{"domains":["a.com"],"health_check":{},"slowstart":"10s","on_down":"shutdown_sessions"}]"#,
+        );
+        let h = r[0].health_check.as_ref().unwrap();
+        assert_eq!(h, &HealthCheckSpec::default());
+        assert_eq!((h.path.as_str(), h.fall, h.rise), ("/", 3, 2));
+        assert_eq!(h.interval, Duration::from_secs(15));
+        assert_eq!(h.timeout, Duration::from_secs(5));
+        assert!(h.accepts(200) && h.accepts(302) && !h.accepts(404) && !h.accepts(500));
+        assert_eq!(r[0].slowstart, Some(Duration::from_secs(10)));
+        assert_eq!(r[0].on_down, OnDown::ShutdownSessions);
+        let h: HealthCheckSpec = serde_json::from_str(r#"{"expect":["204","4xx"]}"#).unwrap();
+        assert!(h.accepts(204) && h.accepts(404) && !h.accepts(200));
+        for (json, field) in [
+            (r#"{"path":"health"}"#, "routes[0].health_check.path"),
+            (r#"{"interval":"1ms"}"#, "routes[0].health_check.interval"),
+            (r#"{"fall":0}"#, "routes[0].health_check.fall"),
+            (r#"{"rise":1000}"#, "routes[0].health_check.rise"),
+            (r#"{"expect":[]}"#, "routes[0].health_check.expect"),
+        ] {
+            let r = spec(&format!(
+                r#"[{{"domains":["a.com"],"health_check":{json}}}]"#
+            ));
+            assert_eq!(
+                validate_routes("routes", &r).unwrap_err().field,
+                field,
+                "{json}"
+            );
+        }
+        for bad in [
+            r#"{"expect":["6xx"]}"#,
+            r#"{"expect":["abc"]}"#,
+            r#"{"bogus":1}"#,
+        ] {
+            assert!(
+                serde_json::from_str::<HealthCheckSpec>(bad).is_err(),
+                "{bad}"
+            );
+        }
+    }
+
+    fn sticky_table() -> RouteTable {
+        RouteTable::build(
+            &spec(
+                r#"[{"name":"s","domains":["a.com"],"balancer":{"kind":"sticky_cookie","cookie":"PIN"},
+                "backends":[{"id":"a","address":"127.0.0.1:1"},{"id":"b","address":"127.0.0.1:2"},
+                {"id":"c","address":"127.0.0.1:3"}]}]"#,
+            ),
+            None,
+        )
+        .unwrap()
+    }
+
+    #[test]
+    fn sticky_cookie_pins_and_repins() {
+        let t = sticky_table();
+        let r = t.route("s").unwrap();
+        let ctx = |c: &'static str| PickContext {
+            cookie: Some(c),
+            path: "/",
+            path_and_query: "/",
+        };
+        // No cookie: balanced, and a cookie to set.
+        let first = r.pick_for(&PickContext::default(), None).unwrap();
+        let set = first.set_cookie.clone().unwrap();
+        let tok = &r.backends[first.index].token;
+        assert_eq!(set, format!("PIN={tok}; Path=/; HttpOnly; SameSite=Lax"));
+        // With the cookie: always that backend, nothing to set.
+        let cookie: &'static str = Box::leak(format!("x=1; PIN={tok}").into_boxed_str());
+        for _ in 0..10 {
+            assert_eq!(
+                r.pick_for(&ctx(cookie), None).unwrap(),
+                Pick {
+                    index: first.index,
+                    set_cookie: None
+                }
+            );
+        }
+        // Unknown token: re-balanced and rewritten.
+        let p = r.pick_for(&ctx("PIN=0000"), None).unwrap();
+        assert!(p.set_cookie.is_some());
+
+        // Pinned backend b: drain still accepts pins, maint and down do not.
+        let tok_b: &'static str =
+            Box::leak(format!("PIN={}", r.backends[1].token).into_boxed_str());
+        let base = r#"[{"name":"s","domains":["a.com"],"balancer":{"kind":"sticky_cookie","cookie":"PIN"},
+                "backends":[{"id":"a","address":"127.0.0.1:1"},{"id":"b","address":"127.0.0.1:2","state":"STATE"},
+                {"id":"c","address":"127.0.0.1:3"}]}]"#;
+        let t2 = RouteTable::build(&spec(&base.replace("STATE", "drain")), Some(&t)).unwrap();
+        let r2 = t2.route("s").unwrap();
+        assert_eq!(r2.pick_for(&ctx(tok_b), None).unwrap().index, 1);
+        for _ in 0..10 {
+            assert_ne!(r2.pick(None).unwrap(), 1, "drained: no unpinned traffic");
+        }
+        let t3 = RouteTable::build(&spec(&base.replace("STATE", "maint")), Some(&t)).unwrap();
+        let p = t3.route("s").unwrap().pick_for(&ctx(tok_b), None).unwrap();
+        assert_ne!(p.index, 1);
+        assert!(p.set_cookie.unwrap().starts_with("PIN="));
+        // Down.
+        for _ in 0..3 {
+            r.backends[1].health.record(false, 2, 3, 1);
+        }
+        let p = r.pick_for(&ctx(tok_b), None).unwrap();
+        assert_ne!(p.index, 1);
+        assert!(p.set_cookie.is_some());
+        // Removed.
+        let t4 = RouteTable::build(
+            &spec(r#"[{"name":"s","domains":["a.com"],"balancer":"sticky_cookie","backends":[{"id":"a","address":"127.0.0.1:1"}]}]"#),
+            Some(&t),
+        )
+        .unwrap();
+        let p = t4
+            .route("s")
+            .unwrap()
+            .pick_for(
+                &PickContext {
+                    cookie: Some("BERTH_SERVER=ffff"),
+                    ..Default::default()
+                },
+                None,
+            )
+            .unwrap();
+        assert_eq!(p.index, 0);
+        assert!(p.set_cookie.unwrap().starts_with("BERTH_SERVER="));
+    }
+
+    #[test]
+    fn health_survives_rebuilds_and_slowstart_ramps() {
+        let json = r#"[{"name":"w","domains":["a.com"],"slowstart":"10s","health_check":{},
+            "backends":[{"id":"a","address":"127.0.0.1:1","weight":100},{"id":"b","address":"127.0.0.1:2","weight":100}]}]"#;
+        let t0 = RouteTable::build_at(&spec(json), None, 1_000_000).unwrap();
+        let r = t0.route("w").unwrap();
+        assert_eq!(
+            r.backends[0].effective_weight, 100,
+            "boot: full weight at once"
+        );
+        assert!(!t0.ramping());
+        for _ in 0..3 {
+            r.backends[1].health.record(false, 2, 3, 1_000_000);
+        }
+        // Another writer rebuilds from specs: b stays down.
+        let t1 = RouteTable::build_at(&spec(json), Some(&t0), 1_001_000).unwrap();
+        let b = &t1.route("w").unwrap().backends[1];
+        assert!(!b.health.is_up() && !b.eligible());
+        for _ in 0..10 {
+            assert_eq!(t1.route("w").unwrap().pick(None), Ok(0));
+        }
+        // It recovers at t=1_002_000 and ramps over 10 s.
+        b.health.record(true, 2, 3, 1_002_000);
+        b.health.record(true, 2, 3, 1_002_000);
+        let mut last = 0;
+        for (at, want) in [
+            (1_002_000, 1),
+            (1_004_500, 25),
+            (1_007_000, 50),
+            (1_012_000, 100),
+        ] {
+            let t = RouteTable::build_at(&spec(json), Some(&t1), at).unwrap();
+            let w = t.route("w").unwrap().backends[1].effective_weight;
+            assert_eq!(w, want, "at {at}");
+            assert!(w >= last);
+            last = w;
+            assert_eq!(t.ramping(), want < 100);
+        }
+        // A backend added to a running table ramps too; an address change resets health.
+        let json2 = json.replace("127.0.0.1:2", "127.0.0.1:9").replace(
+            r#"]}]"#,
+            r#",{"id":"c","address":"127.0.0.1:3","weight":100}]}]"#,
+        );
+        let t2 = RouteTable::build_at(&spec(&json2), Some(&t1), 2_000_000).unwrap();
+        let r2 = t2.route("w").unwrap();
+        assert_eq!(r2.backends[2].effective_weight, 1);
+        assert!(r2.backends[1].health.is_up(), "new address, fresh health");
+        assert!(t2.ramping());
+    }
+
+    #[test]
+    fn least_connections_and_uri_hash_pick() {
+        let t = RouteTable::build(
+            &spec(
+                r#"[{"name":"l","domains":["l.com"],"balancer":"least_connections",
+                "backends":[{"id":"a","address":"127.0.0.1:1"},{"id":"b","address":"127.0.0.1:2"}]},
+                {"name":"h","domains":["h.com"],"balancer":{"kind":"uri_hash","key":"uri"},
+                "backends":[{"id":"a","address":"127.0.0.1:1"},{"id":"b","address":"127.0.0.1:2"},
+                {"id":"c","address":"127.0.0.1:3","state":"drain"}]}]"#,
+            ),
+            None,
+        )
+        .unwrap();
+        let l = t.route("l").unwrap();
+        l.backends[0]
+            .stats
+            .inflight
+            .store(5, std::sync::atomic::Ordering::Relaxed);
+        for _ in 0..5 {
+            assert_eq!(l.pick(None), Ok(1));
+        }
+        assert_eq!(l.pick(Some(1)), Ok(0), "retry excludes the failed one");
+        let h = t.route("h").unwrap();
+        let mut seen = HashSet::new();
+        for k in 0..200 {
+            let pq = format!("/p?x={k}");
+            let ctx = PickContext {
+                cookie: None,
+                path: "/p",
+                path_and_query: &pq,
+            };
+            let i = h.pick_for(&ctx, None).unwrap().index;
+            assert_eq!(h.pick_for(&ctx, None).unwrap().index, i, "stable");
+            assert_ne!(i, 2, "drained backend gets no hashed traffic");
+            seen.insert(i);
+        }
+        assert_eq!(seen.len(), 2, "whole-URI keys spread over both");
     }
 }

@@ -83,7 +83,10 @@ impl Proxy {
                     .and_then(|h| h.to_str().ok())
                     .map(str::to_string)
             });
-        let host = raw_host.as_deref().and_then(normalize_host);
+        let host = raw_host
+            .as_deref()
+            .and_then(normalize_host)
+            .filter(|h| valid_host_chars(h));
         let log = self.settings.access_log.then(|| {
             Box::new(AccessLog {
                 start,
@@ -341,6 +344,12 @@ async fn backend_gone(tables: &Tables, route: &str, backend: &str, drain: std::t
             std::future::pending::<()>().await;
         }
     }
+}
+
+/// RFC 9112 §3.2: a Host that is not a plausible name or IP literal is a 400, not a 404.
+fn valid_host_chars(host: &str) -> bool {
+    host.bytes()
+        .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_' | b'[' | b']' | b':'))
 }
 
 /// HTTP/2 clients may split `Cookie` into several headers; HTTP/1.1 wants one.

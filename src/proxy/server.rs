@@ -264,8 +264,14 @@ pub async fn serve_connection<T>(
             let hs = state.head_started.load(Ordering::Relaxed);
             let last = state.last_active.load(Ordering::Relaxed);
             let mut due = last + idle_limit;
-            if hs != 0 && state.proto.load(Ordering::Relaxed) != PROTO_H2 {
-                due = due.min(hs + header_ms);
+            if state.proto.load(Ordering::Relaxed) != PROTO_H2 {
+                // A head may start arriving at any moment without waking this loop, so
+                // without one in progress re-check within one header timeout.
+                due = due.min(if hs != 0 {
+                    hs + header_ms
+                } else {
+                    now + header_ms
+                });
             }
             due.max(now + 5)
         };
