@@ -7,4 +7,5 @@ source scripts/setup.sh --docker
 export PATH="$HOME/.cargo/bin:$PATH"
 echo "== cargo fmt --check"; cargo fmt --check
 echo "== cargo clippy"; cargo clippy --all-targets -- -D warnings
+echo "== nix files"; bash scripts/check-nix.sh
 echo "== cargo test"; cargo test --all-targets -- --test-threads=2
