@@ -3,5 +3,7 @@
 pub mod balance;
 pub mod config;
 pub mod host;
+pub mod renewal;
 pub mod route;
+pub mod sni;
 pub mod stats;

@@ -265,6 +265,20 @@ pub struct RouteSpec {
     pub balancer: BalancerKind,
     #[serde(default)]
     pub backends: Vec<BackendSpec>,
+    /// HTTP requests get 308 to HTTPS when the host has a certificate (tls.redirect on).
+    #[serde(default = "default_true")]
+    pub https_redirect: bool,
+    /// `Strict-Transport-Security: max-age=…` on HTTPS responses when set.
+    #[serde(
+        default,
+        with = "humantime_serde",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub hsts_max_age: Option<std::time::Duration>,
+}
+
+fn default_true() -> bool {
+    true
 }
 
 impl RouteSpec {
