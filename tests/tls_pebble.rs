@@ -217,7 +217,7 @@ async fn pebble_issue_renew_alpn_and_failures() {
     let data2 = tempfile::tempdir().expect("tmp");
     let data3 = tempfile::tempdir().expect("tmp");
 
-    let d1 = daemon::start(
+    let config1 = || {
         daemon_config(
             data1.path(),
             http1,
@@ -225,11 +225,9 @@ async fn pebble_issue_renew_alpn_and_failures() {
             &["a.berth.test", "b.berth.test"],
             backend,
             pebble.acme(AcmeChallenge::Http01),
-        ),
-        None,
-    )
-    .await
-    .expect("daemon 1");
+        )
+    };
+    let d1 = daemon::start(config1(), None).await.expect("daemon 1");
     let d2 = daemon::start(
         daemon_config(
             data2.path(),
@@ -337,6 +335,7 @@ async fn pebble_issue_renew_alpn_and_failures() {
     );
     let loop_start = Instant::now();
     let (mut ok, mut failed, mut renewed_at) = (0u32, Vec::new(), None);
+    let mut latest = String::new();
     for _ in 0..3000 {
         if loop_start.elapsed() > Duration::from_secs(150) {
             break;
@@ -344,7 +343,8 @@ async fn pebble_issue_renew_alpn_and_failures() {
         match tls_get(https_1, client.clone(), "a.berth.test", "/loop").await {
             Ok((resp, leaf)) if resp.status == 200 => {
                 ok += 1;
-                if renewed_at.is_none() && serial_of(&leaf) != first {
+                latest = serial_of(&leaf);
+                if renewed_at.is_none() && latest != first {
                     renewed_at = Some(loop_start.elapsed());
                 }
             }
