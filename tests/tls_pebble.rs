@@ -335,7 +335,6 @@ async fn pebble_issue_renew_alpn_and_failures() {
     );
     let loop_start = Instant::now();
     let (mut ok, mut failed, mut renewed_at) = (0u32, Vec::new(), None);
-    let mut latest = String::new();
     for _ in 0..3000 {
         if loop_start.elapsed() > Duration::from_secs(150) {
             break;
@@ -343,20 +342,23 @@ async fn pebble_issue_renew_alpn_and_failures() {
         match tls_get(https_1, client.clone(), "a.berth.test", "/loop").await {
             Ok((resp, leaf)) if resp.status == 200 => {
                 ok += 1;
-                latest = serial_of(&leaf);
-                if renewed_at.is_none() && latest != first {
-                    renewed_at = Some(loop_start.elapsed());
+                let serial = serial_of(&leaf);
+                if renewed_at.is_none() && serial != first {
+                    renewed_at = Some((loop_start.elapsed(), serial));
                 }
             }
             Ok((resp, _)) => failed.push(format!("status {}", resp.status)),
             Err(e) => failed.push(e),
         }
-        if renewed_at.is_some_and(|t| loop_start.elapsed() > t + Duration::from_secs(3)) {
+        if renewed_at
+            .as_ref()
+            .is_some_and(|(t, _)| loop_start.elapsed() > *t + Duration::from_secs(3))
+        {
             break;
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    let renewed_at = renewed_at.unwrap_or_else(|| {
+    let (renewed_at, latest) = renewed_at.unwrap_or_else(|| {
         panic!(
             "certificate not renewed within 150 s ({ok} ok, status {:?})",
             store1.status()
@@ -373,6 +375,27 @@ async fn pebble_issue_renew_alpn_and_failures() {
     assert_ne!(
         after.not_after, a.not_after,
         "status shows the new certificate"
+    );
+
+    // Restart: the certificate and the account key come from disk; nothing is re-ordered.
+    let account_key = std::fs::read(acme_dir.join("account.key")).expect("account key");
+    d1.shutdown().await;
+    let d1 = daemon::start(config1(), None)
+        .await
+        .expect("daemon 1 again");
+    let (_, leaf) = tls_get(https_1, client.clone(), "a.berth.test", "/")
+        .await
+        .expect("served right after restart");
+    assert_eq!(serial_of(&leaf), latest, "the stored certificate is served");
+    let store1 = d1.certs.clone().expect("store");
+    let again = wait_status(&store1, "a.berth.test", false, Duration::from_secs(5)).await;
+    assert_eq!(
+        again.not_after, after.not_after,
+        "no new order after restart"
+    );
+    assert_eq!(
+        std::fs::read(acme_dir.join("account.key")).expect("key"),
+        account_key
     );
 
     println!(
