@@ -15,7 +15,15 @@ pub const DEFAULT_PATH: &str = "/etc/berth/berthd.yaml";
 
 /// Top-level sections `BERTH_*` variables may set. Other `BERTH_*` variables (the CLI's
 /// `BERTH_SERVER`, `BERTH_TOKEN`, ...) are not configuration and are ignored here.
-const ENV_SECTIONS: &[&str] = &["http", "api", "proxy", "log", "lifecycle", "data_dir"];
+const ENV_SECTIONS: &[&str] = &[
+    "http",
+    "api",
+    "proxy",
+    "log",
+    "lifecycle",
+    "tls",
+    "data_dir",
+];
 
 #[derive(Debug, Error)]
 pub enum ConfigError {

@@ -20,6 +20,7 @@ use crate::lifecycle::{notify, Inherited, ListenError};
 use crate::model::config::Config;
 use crate::model::route::{RouteError, RouteTable};
 use crate::proxy::{server, Proxy, Settings, Tables};
+use crate::tls::{AcmeManager, CertStore, ManualCerts, TlsError};
 
 #[derive(Debug, Error)]
 pub enum DaemonError {
@@ -31,6 +32,10 @@ pub enum DaemonError {
     Routes(#[from] RouteError),
     #[error("{0}")]
     Io(#[from] std::io::Error),
+    #[error("tls: {0}")]
+    Tls(#[from] TlsError),
+    #[error("tls: {0}")]
+    Rustls(#[from] rustls::Error),
 }
 
 /// A started daemon: its bound addresses and the handles to stop it.
@@ -39,6 +44,12 @@ pub struct Running {
     pub tables: Arc<Tables>,
     pub proxy: Arc<Proxy>,
     pub config: Config,
+    /// Set when `tls.enabled`.
+    pub https_addr: Option<SocketAddr>,
+    /// The SNI certificate store (status list for `GET /v1/certificates`).
+    pub certs: Option<Arc<CertStore>>,
+    /// The ACME issuer, when `tls.acme` is configured.
+    pub acme: Option<Arc<AcmeManager>>,
     stop: watch::Sender<bool>,
     tasks: Vec<JoinHandle<()>>,
     config_path: Option<PathBuf>,
@@ -113,21 +124,168 @@ pub async fn start_with(
     let (std_listener, origin) = inherited.tcp("http", config.http.listen)?;
     let listener = tokio::net::TcpListener::from_std(std_listener)?;
     let http_addr = listener.local_addr()?;
-    let listener_fds = vec![("http".to_string(), listener.as_raw_fd())];
+    let mut listener_fds = vec![("http".to_string(), listener.as_raw_fd())];
     tracing::info!(http = %http_addr, from = %origin, routes = config.routes.len(), "listening");
 
     let (stop, stop_rx) = watch::channel(false);
-    let task = tokio::spawn(server::serve_http(proxy.clone(), listener, stop_rx));
+    let mut tasks = Vec::new();
+    let (https_addr, certs, acme) = if config.tls.enabled {
+        let tls = start_tls(
+            &config,
+            &proxy,
+            &tables,
+            &stop_rx,
+            &mut tasks,
+            inherited,
+            &mut listener_fds,
+        )
+        .await;
+        match tls {
+            Ok(t) => t,
+            Err(e) => {
+                let _ = stop.send(true);
+                for t in tasks {
+                    let _ = t.await;
+                }
+                return Err(e);
+            }
+        }
+    } else {
+        (None, None, None)
+    };
+    tasks.push(tokio::spawn(server::serve_http(
+        proxy.clone(),
+        listener,
+        stop_rx,
+    )));
     Ok(Running {
         http_addr,
         tables,
         proxy,
         config,
+        https_addr,
+        certs,
+        acme,
         stop,
-        tasks: vec![task],
+        tasks,
         config_path,
         listener_fds,
     })
+}
+
+/// The proxy's view of the certificate store (the proxy does not import `tls`).
+struct TlsHooksAdapter {
+    store: Arc<CertStore>,
+    redirect: bool,
+    https_port: u16,
+}
+
+impl crate::proxy::acme_hook::TlsHooks for TlsHooksAdapter {
+    fn http01(&self, token: &str) -> Option<String> {
+        self.store.http01(token)
+    }
+
+    fn https_authority(&self, host: &str) -> Option<String> {
+        if !self.redirect || !self.store.has_certificate(host) {
+            return None;
+        }
+        Some(if self.https_port == 443 {
+            host.to_string()
+        } else {
+            format!("{host}:{}", self.https_port)
+        })
+    }
+}
+
+/// Domains of a route table that a public CA could certify (names with a dot, not
+/// `localhost`).
+pub fn certifiable_domains(table: &RouteTable) -> std::collections::BTreeSet<String> {
+    table
+        .routes()
+        .iter()
+        .flat_map(|r| r.spec.domains.iter().chain(r.spec.aliases.iter()))
+        .map(|d| d.as_str().to_string())
+        .filter(|d| d.contains('.') && d != "localhost" && !d.ends_with(".localhost"))
+        .collect()
+}
+
+type TlsParts = (
+    Option<SocketAddr>,
+    Option<Arc<CertStore>>,
+    Option<Arc<AcmeManager>>,
+);
+
+/// Loads certificates, binds the HTTPS listener, and starts the reload and ACME tasks.
+async fn start_tls(
+    config: &Config,
+    proxy: &Arc<Proxy>,
+    tables: &Arc<Tables>,
+    stop_rx: &watch::Receiver<bool>,
+    tasks: &mut Vec<JoinHandle<()>>,
+    inherited: &mut Inherited,
+    listener_fds: &mut Vec<(String, RawFd)>,
+) -> Result<TlsParts, DaemonError> {
+    // Another provider compiled in by some dependency must not make rustls ambiguous.
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let store = Arc::new(CertStore::new());
+    let manual = {
+        let (store, cfg, dir) = (store.clone(), config.tls.clone(), config.data_dir.clone());
+        tokio::task::spawn_blocking(move || ManualCerts::load(store, &cfg, &dir))
+            .await
+            .map_err(|e| std::io::Error::other(e.to_string()))??
+    };
+    let server_config = crate::proxy::https::server_config(store.clone())?;
+    let (std_listener, origin) = inherited.tcp("https", config.tls.listen)?;
+    let listener = tokio::net::TcpListener::from_std(std_listener)?;
+    let https_addr = listener.local_addr()?;
+    listener_fds.push(("https".to_string(), listener.as_raw_fd()));
+    tracing::info!(https = %https_addr, from = %origin, "listening");
+    let _ = proxy.tls_hooks.set(Arc::new(TlsHooksAdapter {
+        store: store.clone(),
+        redirect: config.tls.redirect,
+        https_port: https_addr.port(),
+    }));
+    tasks.push(tokio::spawn(crate::proxy::https::serve_https(
+        proxy.clone(),
+        listener,
+        server_config,
+        stop_rx.clone(),
+    )));
+    tasks.push(tokio::spawn(
+        manual.run(config.tls.reload_interval, stop_rx.clone()),
+    ));
+    let acme = config.tls.acme.as_ref().map(|cfg| {
+        Arc::new(AcmeManager::new(
+            cfg.clone(),
+            &config.data_dir,
+            store.clone(),
+        ))
+    });
+    if let Some(acme) = &acme {
+        acme.set_domains(certifiable_domains(&tables.load()));
+        tasks.push(tokio::spawn(acme.clone().run(stop_rx.clone())));
+        // Every publish (config reload, deploys) updates the set of domains to certify.
+        let (acme, tables, mut stop) = (acme.clone(), tables.clone(), stop_rx.clone());
+        tasks.push(tokio::spawn(async move {
+            let mut generation = tables.subscribe();
+            loop {
+                tokio::select! {
+                    r = generation.changed() => {
+                        if r.is_err() {
+                            return;
+                        }
+                        acme.set_domains(certifiable_domains(&tables.load()));
+                    }
+                    r = stop.changed() => {
+                        if r.is_err() || *stop.borrow() {
+                            return;
+                        }
+                    }
+                }
+            }
+        }));
+    }
+    Ok((Some(https_addr), Some(store), acme))
 }
 
 /// Runs until SIGTERM/SIGINT or a successful upgrade; reloads on SIGHUP, upgrades on SIGUSR2

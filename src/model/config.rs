@@ -257,6 +257,116 @@ impl Default for LifecycleConfig {
     }
 }
 
+/// One certificate + key pair given as PEM files.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CertFiles {
+    /// PEM certificate chain, leaf first.
+    pub cert: PathBuf,
+    /// PEM private key (PKCS#8, PKCS#1 or SEC1).
+    pub key: PathBuf,
+}
+
+/// How the ACME CA checks that we control a domain.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum AcmeChallenge {
+    /// `http://DOMAIN/.well-known/acme-challenge/TOKEN` on the HTTP listener.
+    #[default]
+    #[serde(rename = "http-01")]
+    Http01,
+    /// The `acme-tls/1` ALPN protocol on the HTTPS listener (for hosts whose port 80 is closed).
+    #[serde(rename = "tls-alpn-01")]
+    TlsAlpn01,
+}
+
+/// External account binding (some CAs, e.g. ZeroSSL, require it).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EabConfig {
+    /// Key identifier given by the CA.
+    pub kid: String,
+    /// HMAC key, base64url as given by the CA.
+    pub hmac_key: String,
+}
+
+/// Automatic certificates.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AcmeConfig {
+    /// ACME directory URL (Let's Encrypt production by default).
+    pub directory: String,
+    /// Contact address given to the CA.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub email: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub eab: Option<EabConfig>,
+    /// PEM root that signs the CA's own HTTPS endpoint (private CAs such as pebble).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub ca_root: Option<PathBuf>,
+    pub challenge: AcmeChallenge,
+    /// How often certificates are checked for renewal (also checked at start).
+    #[serde(with = "humantime_serde")]
+    pub check_interval: Duration,
+    /// Longest wait between retries of a failing order.
+    #[serde(with = "humantime_serde")]
+    pub max_retry_delay: Duration,
+}
+
+pub const LETS_ENCRYPT_DIRECTORY: &str = "https://acme-v02.api.letsencrypt.org/directory";
+
+impl Default for AcmeConfig {
+    fn default() -> Self {
+        Self {
+            directory: LETS_ENCRYPT_DIRECTORY.into(),
+            email: None,
+            eab: None,
+            ca_root: None,
+            challenge: AcmeChallenge::Http01,
+            check_interval: Duration::from_secs(3600),
+            max_retry_delay: Duration::from_secs(6 * 3600),
+        }
+    }
+}
+
+/// HTTPS termination.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct TlsConfig {
+    /// Whether the HTTPS listener runs at all.
+    pub enabled: bool,
+    /// Where the HTTPS proxy listens.
+    #[serde(with = "listen_addr")]
+    pub listen: SocketAddr,
+    /// HTTP requests for a host that has a certificate get 308 to HTTPS (routes may opt out).
+    pub redirect: bool,
+    /// Certificates issued automatically for every routed domain; absent: no ACME.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub acme: Option<AcmeConfig>,
+    /// Bring-your-own certificates (also: `NAME.crt` + `NAME.key` in `<data_dir>/certs/manual/`).
+    pub certs: Vec<CertFiles>,
+    /// Served when no certificate matches the SNI name; absent: the handshake is refused.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub default_cert: Option<CertFiles>,
+    /// How often manual certificate files are checked for changes.
+    #[serde(with = "humantime_serde")]
+    pub reload_interval: Duration,
+}
+
+impl Default for TlsConfig {
+    fn default() -> Self {
+        Self {
+            enabled: false,
+            listen: SocketAddr::from(([0, 0, 0, 0], 443)),
+            redirect: true,
+            acme: None,
+            certs: Vec::new(),
+            default_cert: None,
+            reload_interval: Duration::from_secs(10),
+        }
+    }
+}
+
 /// The whole daemon configuration (`/etc/berth/berthd.yaml`).
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -270,6 +380,7 @@ pub struct Config {
     pub data_dir: PathBuf,
     /// Static routes (read-only through the API).
     pub routes: Vec<RouteSpec>,
+    pub tls: TlsConfig,
 }
 
 impl Default for Config {
@@ -282,6 +393,7 @@ impl Default for Config {
             lifecycle: LifecycleConfig::default(),
             data_dir: PathBuf::from("/var/lib/berth"),
             routes: Vec::new(),
+            tls: TlsConfig::default(),
         }
     }
 }
@@ -342,6 +454,42 @@ impl Config {
                 ));
             }
         }
+        if let Some(acme) = &self.tls.acme {
+            if !(acme.directory.starts_with("https://") || acme.directory.starts_with("http://")) {
+                return Err(err(
+                    "tls.acme.directory",
+                    format!("{:?} is not an http(s) URL", acme.directory),
+                ));
+            }
+            if acme.check_interval.is_zero() {
+                return Err(err(
+                    "tls.acme.check_interval",
+                    "must be greater than zero".into(),
+                ));
+            }
+            if let Some(email) = &acme.email {
+                if !email.contains('@') || email.contains(char::is_whitespace) {
+                    return Err(err(
+                        "tls.acme.email",
+                        format!("{email:?} is not an email address"),
+                    ));
+                }
+            }
+            if let Some(eab) = &acme.eab {
+                if eab.kid.is_empty() {
+                    return Err(err("tls.acme.eab.kid", "must not be empty".into()));
+                }
+                if eab.hmac_key.is_empty() {
+                    return Err(err("tls.acme.eab.hmac_key", "must not be empty".into()));
+                }
+            }
+        }
+        if self.tls.reload_interval.is_zero() {
+            return Err(err(
+                "tls.reload_interval",
+                "must be greater than zero".into(),
+            ));
+        }
         validate_routes("routes", &self.routes)
     }
 }
@@ -378,5 +526,36 @@ mod tests {
         let mut c = Config::default();
         c.proxy.max_header_size = ByteSize(10);
         assert_eq!(c.validate().unwrap_err().field, "proxy.max_header_size");
+        let mut c = Config::default();
+        c.tls.acme = Some(AcmeConfig {
+            directory: "ftp://x".into(),
+            ..AcmeConfig::default()
+        });
+        assert_eq!(c.validate().unwrap_err().field, "tls.acme.directory");
+        let mut c = Config::default();
+        c.tls.acme = Some(AcmeConfig {
+            email: Some("nobody".into()),
+            ..AcmeConfig::default()
+        });
+        assert_eq!(c.validate().unwrap_err().field, "tls.acme.email");
+    }
+
+    #[test]
+    fn tls_section_parses_and_rejects_unknown_fields() {
+        let c: Config = serde_json::from_str(
+            r#"{"tls":{"enabled":true,"listen":"127.0.0.1:8443","redirect":false,
+                "acme":{"directory":"https://127.0.0.1:14000/dir","email":"a@b.c",
+                        "challenge":"tls-alpn-01","ca_root":"/tmp/ca.pem"},
+                "certs":[{"cert":"/c.pem","key":"/k.pem"}]}}"#,
+        )
+        .expect("parses");
+        assert!(c.tls.enabled && !c.tls.redirect);
+        let acme = c.tls.acme.expect("acme set");
+        assert_eq!(acme.challenge, AcmeChallenge::TlsAlpn01);
+        assert_eq!(acme.check_interval, Duration::from_secs(3600));
+        let e = serde_json::from_str::<Config>(r#"{"tls":{"acme":{"directroy":"x"}}}"#)
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("directroy"), "{e}");
     }
 }

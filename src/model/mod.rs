@@ -4,5 +4,7 @@ pub mod balance;
 pub mod config;
 pub mod health;
 pub mod host;
+pub mod renewal;
 pub mod route;
+pub mod sni;
 pub mod stats;

@@ -548,6 +548,20 @@ pub struct RouteSpec {
     /// What happens to open tunnels of a backend that is marked down.
     #[serde(default)]
     pub on_down: OnDown,
+    /// HTTP requests get 308 to HTTPS when the host has a certificate (tls.redirect on).
+    #[serde(default = "default_true")]
+    pub https_redirect: bool,
+    /// `Strict-Transport-Security: max-age=…` on HTTPS responses when set.
+    #[serde(
+        default,
+        with = "humantime_serde",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub hsts_max_age: Option<std::time::Duration>,
+}
+
+fn default_true() -> bool {
+    true
 }
 
 impl RouteSpec {

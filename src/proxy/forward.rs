@@ -130,6 +130,10 @@ impl Proxy {
         let (Some(raw_host), Some(host)) = (raw_host, host) else {
             return local(StatusCode::BAD_REQUEST, "missing or invalid Host header\n");
         };
+        // TLS hook: ACME HTTP-01 answers (tokens Berth does not own go on to the app).
+        if let Some(r) = self.answer_http01(scheme, req.uri()) {
+            return r;
+        }
         let route: Arc<Route> = {
             let table = self.tables.load();
             match table.lookup_normalized(&host, req.uri().path()) {
@@ -154,6 +158,10 @@ impl Proxy {
         };
         if let Some(log) = done.log.as_mut() {
             log.route = Some(route.name.clone());
+        }
+        // TLS hook: HTTP → HTTPS redirect for hosts with a certificate.
+        if let Some(r) = self.https_redirect(scheme, &route, &host, req.uri()) {
+            return r;
         }
 
         // Refuse a declared oversized body before touching the upstream.
@@ -266,6 +274,8 @@ impl Proxy {
         }
         let (mut parts, body) = resp.into_parts();
         strip_hop_by_hop(&mut parts.headers, false);
+        // TLS hook: HSTS.
+        self.add_hsts(scheme, &route, &mut parts.headers);
         // Speak our own protocol version to the client, whatever the upstream used.
         parts.version = Version::HTTP_11;
         Response::from_parts(parts, ResponseBody::upstream(body))

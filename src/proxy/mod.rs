@@ -2,12 +2,14 @@
 //! upstream side, and the route table as an `ArcSwap` snapshot between them. A request does
 //! one `load()` of the table and touches only atomics; writers publish whole new tables.
 
+pub mod acme_hook;
 pub mod body;
 pub mod forward;
 pub mod headers;
+pub mod https;
 pub mod server;
 
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use arc_swap::ArcSwap;
@@ -92,6 +94,8 @@ pub struct Proxy {
     client: UpstreamClient,
     /// Open upgrade tunnels (a draining process waits for them, bounded by the drain timeout).
     pub tunnels: Arc<ConnTracker>,
+    /// ACME HTTP-01 answers and HTTPS redirects; set once when TLS is configured.
+    pub tls_hooks: OnceLock<Arc<dyn acme_hook::TlsHooks>>,
 }
 
 impl Proxy {
@@ -112,6 +116,7 @@ impl Proxy {
             tables,
             client,
             tunnels: Arc::new(ConnTracker::default()),
+            tls_hooks: OnceLock::new(),
         }
     }
 }

@@ -1,0 +1,107 @@
+//! The HTTPS listener: accept, TLS handshake (rustls; TLS 1.2 + 1.3, ALPN h2 / http/1.1, the
+//! certificate chosen by a resolver handed in from outside), then the same per-connection
+//! serving as plain HTTP. Connections that negotiated `acme-tls/1` exist only for a CA's
+//! TLS-ALPN-01 validation and are closed right after the handshake.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use rustls::server::ResolvesServerCert;
+use rustls::ServerConfig;
+use tokio::io::AsyncWriteExt;
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+use tokio_rustls::TlsAcceptor;
+
+use super::server::{connection_builder, serve_connection, ConnTracker};
+use super::Proxy;
+
+/// ALPN id of TLS-ALPN-01 (RFC 8737).
+pub const ACME_TLS_ALPN: &[u8] = b"acme-tls/1";
+
+/// Builds the server config: secure defaults of rustls with the ring provider, TLS 1.2 and
+/// 1.3 only, no client auth, session tickets on.
+pub fn server_config(
+    resolver: Arc<dyn ResolvesServerCert>,
+) -> Result<Arc<ServerConfig>, rustls::Error> {
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let mut cfg = ServerConfig::builder_with_provider(provider)
+        .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])?
+        .with_no_client_auth()
+        .with_cert_resolver(resolver);
+    cfg.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec(), ACME_TLS_ALPN.to_vec()];
+    cfg.ticketer = rustls::crypto::ring::Ticketer::new()?;
+    Ok(Arc::new(cfg))
+}
+
+/// Accepts TLS connections until `stop` turns true, then drains like `serve_http`.
+pub async fn serve_https(
+    proxy: Arc<Proxy>,
+    listener: TcpListener,
+    config: Arc<ServerConfig>,
+    mut stop: watch::Receiver<bool>,
+) {
+    let acceptor = TlsAcceptor::from(config);
+    let builder = Arc::new(connection_builder(&proxy));
+    let tracker = Arc::new(ConnTracker::default());
+    let (drain_tx, drain_rx) = watch::channel(false);
+    // A handshake must finish within the client header timeout (slowloris on TLS).
+    let handshake_timeout = proxy.settings.timeouts.client_header;
+    loop {
+        tokio::select! {
+            accepted = listener.accept() => {
+                match accepted {
+                    Ok((stream, peer)) => {
+                        let _ = stream.set_nodelay(true);
+                        let guard = tracker.enter();
+                        let proxy = proxy.clone();
+                        let builder = builder.clone();
+                        let drain = drain_rx.clone();
+                        let acceptor = acceptor.clone();
+                        tokio::spawn(async move {
+                            let tls = match tokio::time::timeout(handshake_timeout, acceptor.accept(stream)).await {
+                                Ok(Ok(tls)) => tls,
+                                Ok(Err(e)) => {
+                                    tracing::debug!(%peer, error = %e, "TLS handshake failed");
+                                    return;
+                                }
+                                Err(_) => {
+                                    tracing::debug!(%peer, "TLS handshake timed out");
+                                    return;
+                                }
+                            };
+                            if tls.get_ref().1.alpn_protocol() == Some(ACME_TLS_ALPN) {
+                                let mut tls = tls;
+                                let _ = tls.shutdown().await;
+                                return;
+                            }
+                            serve_connection(proxy, builder, tls, peer, "https", drain).await;
+                            drop(guard);
+                        });
+                    }
+                    Err(e) => {
+                        tracing::warn!(error = %e, "accept failed");
+                        tokio::time::sleep(Duration::from_millis(20)).await;
+                    }
+                }
+            }
+            _ = stop.changed() => {
+                if *stop.borrow() {
+                    break;
+                }
+            }
+        }
+    }
+    drop(listener);
+    let _ = drain_tx.send(true);
+    let drain = proxy.settings.timeouts.drain;
+    if tokio::time::timeout(drain + Duration::from_secs(1), tracker.wait_idle())
+        .await
+        .is_err()
+    {
+        tracing::warn!(
+            left = tracker.live(),
+            "drain timeout passed; closing remaining TLS connections"
+        );
+    }
+}

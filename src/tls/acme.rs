@@ -1,0 +1,549 @@
+//! The ACME issuer and renewal loop (instant-acme). One account per data dir, its key stored
+//! 0600 under `<data_dir>/certs/acme/account.key` and reused on every start; one certificate
+//! per routed domain under `<data_dir>/certs/acme/<domain>/{cert,key}.pem` (key 0600).
+//! Certificates are ordered when a domain first appears, renewed per `model::renewal`
+//! (ARI window when the CA offers `renewalInfo`), retried with backoff on failure; every step
+//! is visible in the store's status list.
+
+use std::collections::{BTreeSet, HashMap};
+use std::hash::{BuildHasher, Hasher};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use base64::Engine;
+use instant_acme::{
+    Account, AuthorizationStatus, CertificateIdentifier, ChallengeType, ExternalAccountKey,
+    Identifier, Key, NewAccount, NewOrder, OrderStatus, RetryPolicy,
+};
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::{PrivateKeyDer, PrivatePkcs8KeyDer};
+use rustls::sign::CertifiedKey;
+use tokio::sync::watch;
+
+use super::pem::{load_files, parse_pair, LoadedCert};
+use super::store::{rfc3339, status_for, CertSource, CertStore};
+use super::{write_file, TlsError};
+use crate::model::config::{AcmeChallenge, AcmeConfig};
+use crate::model::renewal::{self, AriWindow};
+
+/// Per-domain bookkeeping of the renewal loop.
+struct DomainState {
+    failures: u32,
+    retry_at: Option<SystemTime>,
+    /// Fraction used to pick a point inside an ARI window (fixed per certificate).
+    jitter: f64,
+    ari: Option<AriWindow>,
+    ari_next_fetch: SystemTime,
+}
+
+fn random_fraction() -> f64 {
+    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+    h.write_u64(
+        SystemTime::now()
+            .duration_since(SystemTime::UNIX_EPOCH)
+            .map(|d| d.as_nanos() as u64)
+            .unwrap_or(0),
+    );
+    (h.finish() >> 11) as f64 / (1u64 << 53) as f64
+}
+
+fn pem_encode(label: &str, der: &[u8]) -> String {
+    let b64 = base64::engine::general_purpose::STANDARD.encode(der);
+    let mut out = format!("-----BEGIN {label}-----\n");
+    for chunk in b64.as_bytes().chunks(64) {
+        out.push_str(&String::from_utf8_lossy(chunk));
+        out.push('\n');
+    }
+    out.push_str(&format!("-----END {label}-----\n"));
+    out
+}
+
+/// Removes published challenge answers when an order attempt ends, however it ends.
+struct ChallengeCleanup<'a> {
+    store: &'a CertStore,
+    tokens: Vec<String>,
+    alpn: Vec<String>,
+}
+
+impl Drop for ChallengeCleanup<'_> {
+    fn drop(&mut self) {
+        for t in &self.tokens {
+            self.store.remove_http01(t);
+        }
+        for d in &self.alpn {
+            self.store.remove_alpn(d);
+        }
+    }
+}
+
+/// The TLS-ALPN-01 certificate for `domain` (RFC 8737: self-signed, the domain as its only
+/// SAN, the critical acmeIdentifier extension holding SHA-256 of the key authorization).
+pub fn alpn_challenge_cert(domain: &str, digest: &[u8]) -> Result<Arc<CertifiedKey>, String> {
+    if digest.len() != 32 {
+        return Err("key authorization digest is not SHA-256".into());
+    }
+    let key = rcgen::KeyPair::generate().map_err(|e| e.to_string())?;
+    let mut params =
+        rcgen::CertificateParams::new(vec![domain.to_string()]).map_err(|e| e.to_string())?;
+    params.custom_extensions = vec![rcgen::CustomExtension::new_acme_identifier(digest)];
+    let cert = params.self_signed(&key).map_err(|e| e.to_string())?;
+    let der = PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(key.serialize_der()));
+    let signing = super::provider()
+        .key_provider
+        .load_private_key(der)
+        .map_err(|e| e.to_string())?;
+    Ok(Arc::new(CertifiedKey::new(
+        vec![cert.der().clone()],
+        signing,
+    )))
+}
+
+/// Orders and renews certificates for the routed domains.
+pub struct AcmeManager {
+    cfg: AcmeConfig,
+    dir: PathBuf,
+    store: Arc<CertStore>,
+    domains: watch::Sender<BTreeSet<String>>,
+}
+
+fn system_time_from_unix(ts: i64) -> SystemTime {
+    if ts >= 0 {
+        SystemTime::UNIX_EPOCH + Duration::from_secs(ts as u64)
+    } else {
+        SystemTime::UNIX_EPOCH
+    }
+}
+
+impl AcmeManager {
+    /// Creates the manager and puts every certificate already on disk into `store`, so HTTPS
+    /// works at once after a restart. Unusable files (expired, damaged) are reissued later.
+    pub fn new(cfg: AcmeConfig, data_dir: &Path, store: Arc<CertStore>) -> Self {
+        let dir = data_dir.join("certs").join("acme");
+        let me = Self {
+            cfg,
+            dir,
+            store,
+            domains: watch::Sender::new(BTreeSet::new()),
+        };
+        if let Ok(rd) = std::fs::read_dir(&me.dir) {
+            let now = SystemTime::now();
+            for e in rd.flatten() {
+                let p = e.path();
+                if !p.is_dir() {
+                    continue;
+                }
+                let Some(domain) = p.file_name().and_then(|n| n.to_str()).map(str::to_string)
+                else {
+                    continue;
+                };
+                match load_files(&p.join("cert.pem"), &p.join("key.pem"), now) {
+                    Ok(c) => {
+                        tracing::info!(%domain, not_after = %rfc3339(c.not_after), "stored certificate loaded");
+                        me.store.set_acme(&domain, Arc::new(c));
+                    }
+                    Err(e) => {
+                        tracing::warn!(%domain, error = %e, "stored certificate unusable; a new one will be ordered")
+                    }
+                }
+            }
+        }
+        me
+    }
+
+    /// Where the certificate of `domain` lives.
+    pub fn cert_path(&self, domain: &str) -> PathBuf {
+        self.dir.join(domain).join("cert.pem")
+    }
+
+    /// Sets the domains that should have certificates (called after every route publish).
+    /// Domains covered by a bring-your-own certificate are skipped.
+    pub fn set_domains<I: IntoIterator<Item = String>>(&self, domains: I) {
+        let set: BTreeSet<String> = domains.into_iter().collect();
+        self.domains.send_if_modified(|cur| {
+            if *cur == set {
+                false
+            } else {
+                *cur = set;
+                true
+            }
+        });
+    }
+
+    async fn account(&self) -> Result<Account, TlsError> {
+        let e = |m: String| TlsError::Account(m);
+        let builder = match &self.cfg.ca_root {
+            Some(p) => Account::builder_with_root(p)
+                .map_err(|err| e(format!("ca_root {}: {err}", p.display())))?,
+            None => Account::builder().map_err(|err| e(err.to_string()))?,
+        };
+        let key_path = self.dir.join("account.key");
+        let directory = self.cfg.directory.clone();
+        if key_path.exists() {
+            let pem = std::fs::read(&key_path).map_err(|err| TlsError::read(&key_path, err))?;
+            let der = PrivatePkcs8KeyDer::from_pem_slice(&pem).map_err(|err| TlsError::BadKey {
+                path: key_path.clone(),
+                message: err.to_string(),
+            })?;
+            let key = Key::from_pkcs8_der(der.clone_key()).map_err(|err| TlsError::BadKey {
+                path: key_path.clone(),
+                message: err.to_string(),
+            })?;
+            let (account, _) = builder
+                .create_from_key((key, PrivateKeyDer::Pkcs8(der)), directory)
+                .await
+                .map_err(|err| e(format!("{}: {err}", self.cfg.directory)))?;
+            return Ok(account);
+        }
+        let contact = self.cfg.email.as_ref().map(|m| format!("mailto:{m}"));
+        let contacts: Vec<&str> = contact.iter().map(String::as_str).collect();
+        let eab = match &self.cfg.eab {
+            Some(eab) => {
+                let raw = base64::engine::general_purpose::URL_SAFE_NO_PAD
+                    .decode(eab.hmac_key.trim_end_matches('='))
+                    .map_err(|err| e(format!("tls.acme.eab.hmac_key is not base64url: {err}")))?;
+                Some(ExternalAccountKey::new(eab.kid.clone(), &raw))
+            }
+            None => None,
+        };
+        let (account, creds) = builder
+            .create(
+                &NewAccount {
+                    contact: &contacts,
+                    terms_of_service_agreed: true,
+                    only_return_existing: false,
+                },
+                directory,
+                eab.as_ref(),
+            )
+            .await
+            .map_err(|err| e(format!("{}: {err}", self.cfg.directory)))?;
+        let pem = pem_encode("PRIVATE KEY", creds.private_key().secret_pkcs8_der());
+        write_file(&key_path, pem.as_bytes(), 0o600)?;
+        tracing::info!(id = %account.id(), "ACME account created");
+        Ok(account)
+    }
+
+    /// Runs one order for `domain` to completion and stores the result.
+    async fn issue(
+        &self,
+        account: &Account,
+        domain: &str,
+        replaces: Option<CertificateIdentifier<'static>>,
+    ) -> Result<LoadedCert, TlsError> {
+        let err = |m: String| TlsError::Order {
+            domain: domain.to_string(),
+            message: m,
+        };
+        let ids = [Identifier::Dns(domain.to_string())];
+        let mut new_order = NewOrder::new(&ids);
+        if let Some(r) = replaces {
+            new_order = new_order.replaces(r);
+        }
+        let mut order = account
+            .new_order(&new_order)
+            .await
+            .map_err(|e| err(format!("new order: {e}")))?;
+        let mut cleanup = ChallengeCleanup {
+            store: &self.store,
+            tokens: Vec::new(),
+            alpn: Vec::new(),
+        };
+        let kind = match self.cfg.challenge {
+            AcmeChallenge::Http01 => ChallengeType::Http01,
+            AcmeChallenge::TlsAlpn01 => ChallengeType::TlsAlpn01,
+        };
+        {
+            let mut auths = order.authorizations();
+            while let Some(a) = auths.next().await {
+                let mut a = a.map_err(|e| err(format!("authorization: {e}")))?;
+                match a.status {
+                    AuthorizationStatus::Pending => {}
+                    AuthorizationStatus::Valid => continue,
+                    s => return Err(err(format!("authorization is {s:?}"))),
+                }
+                let mut ch = a
+                    .challenge(kind.clone())
+                    .ok_or_else(|| err(format!("the CA offers no {kind:?} challenge")))?;
+                let ka = ch.key_authorization();
+                match self.cfg.challenge {
+                    AcmeChallenge::Http01 => {
+                        self.store.add_http01(&ch.token, ka.as_str());
+                        cleanup.tokens.push(ch.token.clone());
+                    }
+                    AcmeChallenge::TlsAlpn01 => {
+                        let ck = alpn_challenge_cert(domain, ka.digest().as_ref()).map_err(&err)?;
+                        self.store.add_alpn(domain, ck);
+                        cleanup.alpn.push(domain.to_string());
+                    }
+                }
+                ch.set_ready()
+                    .await
+                    .map_err(|e| err(format!("challenge: {e}")))?;
+            }
+        }
+        let retry = RetryPolicy::new()
+            .initial_delay(Duration::from_millis(250))
+            .timeout(Duration::from_secs(90));
+        let status = order
+            .poll_ready(&retry)
+            .await
+            .map_err(|e| err(format!("waiting for validation: {e}")))?;
+        if status != OrderStatus::Ready {
+            let mut details = Vec::new();
+            let mut auths = order.authorizations();
+            while let Some(Ok(mut a)) = auths.next().await {
+                if let Ok(st) = a.refresh().await {
+                    for c in &st.challenges {
+                        if let Some(p) = &c.error {
+                            details.push(p.to_string());
+                        }
+                    }
+                }
+            }
+            return Err(err(format!(
+                "order is {status:?}: {}",
+                if details.is_empty() {
+                    "no details from the CA".to_string()
+                } else {
+                    details.join("; ")
+                }
+            )));
+        }
+        let key_pem = order
+            .finalize()
+            .await
+            .map_err(|e| err(format!("finalize: {e}")))?;
+        let chain_pem = order
+            .poll_certificate(&retry)
+            .await
+            .map_err(|e| err(format!("certificate: {e}")))?;
+        drop(cleanup);
+
+        let cert_path = self.cert_path(domain);
+        let key_path = cert_path.with_file_name("key.pem");
+        let loaded = parse_pair(
+            chain_pem.as_bytes(),
+            &cert_path,
+            key_pem.as_bytes(),
+            &key_path,
+            SystemTime::now(),
+        )?;
+        // Key first: a crash between the two writes leaves a pair that fails validation
+        // (and is reissued) rather than a new cert with an old key in service.
+        write_file(&key_path, key_pem.as_bytes(), 0o600)?;
+        write_file(&cert_path, chain_pem.as_bytes(), 0o644)?;
+        Ok(loaded)
+    }
+
+    /// Orders and renews until `stop` turns true. Checks at start, whenever the domain set
+    /// changes, when a renewal or retry is due, and at least every `check_interval`.
+    pub async fn run(self: Arc<Self>, mut stop: watch::Receiver<bool>) {
+        let mut domains_rx = self.domains.subscribe();
+        let mut account: Option<Account> = None;
+        let mut account_retry: Option<SystemTime> = None;
+        let mut account_failures = 0u32;
+        let mut ari_supported = true;
+        let mut states: HashMap<String, DomainState> = HashMap::new();
+        loop {
+            let wanted: BTreeSet<String> = domains_rx
+                .borrow_and_update()
+                .iter()
+                .filter(|d| !self.store.manual_covers(d))
+                .cloned()
+                .collect();
+            // Domains no longer routed stop being served and renewed (files stay on disk).
+            let dropped: Vec<String> = states
+                .keys()
+                .filter(|d| !wanted.contains(*d))
+                .cloned()
+                .collect();
+            for d in dropped {
+                states.remove(&d);
+                self.store.remove_acme(&d);
+                self.store
+                    .remove_status(CertSource::Acme, &self.cert_path(&d).display().to_string());
+            }
+
+            let mut wake = SystemTime::now() + self.cfg.check_interval;
+            for domain in &wanted {
+                if *stop.borrow() {
+                    return;
+                }
+                let now = SystemTime::now();
+                let path = self.cert_path(domain).display().to_string();
+                let st = states.entry(domain.clone()).or_insert_with(|| DomainState {
+                    failures: 0,
+                    retry_at: None,
+                    jitter: random_fraction(),
+                    ari: None,
+                    ari_next_fetch: now,
+                });
+                let current = self.store.acme_cert(domain);
+
+                // ACME Renewal Information, when the CA has it.
+                if let (Some(cert), Some(acct), true) = (&current, &account, ari_supported) {
+                    if st.ari_next_fetch <= now {
+                        match fetch_ari(acct, cert).await {
+                            Ok(Some((w, retry_after))) => {
+                                st.ari = Some(w);
+                                st.ari_next_fetch = now + retry_after.max(Duration::from_secs(60));
+                            }
+                            Ok(None) => ari_supported = false,
+                            Err(e) => {
+                                tracing::debug!(%domain, error = %e, "renewal info unavailable");
+                                st.ari_next_fetch = now + Duration::from_secs(3600);
+                            }
+                        }
+                    }
+                }
+
+                let due = match (&current, st.retry_at) {
+                    (_, Some(r)) => r,
+                    (None, None) => now,
+                    (Some(c), None) => {
+                        renewal::renewal_time(c.not_before, c.not_after, st.ari, st.jitter).0
+                    }
+                };
+                let mut status = status_for(domain, CertSource::Acme, current.as_deref(), &path);
+                if due > now {
+                    status.next_renewal = Some(rfc3339(due));
+                    status.last_error = self
+                        .store
+                        .status()
+                        .into_iter()
+                        .find(|s| s.source == CertSource::Acme && s.path == path)
+                        .and_then(|s| s.last_error);
+                    self.store.set_status(status);
+                    wake = wake.min(due);
+                    continue;
+                }
+
+                // Due: make sure there is an account, then order.
+                if account.is_none() && account_retry.is_none_or(|t| t <= now) {
+                    match self.account().await {
+                        Ok(a) => {
+                            account = Some(a);
+                            account_failures = 0;
+                            account_retry = None;
+                        }
+                        Err(e) => {
+                            account_failures += 1;
+                            let delay =
+                                renewal::retry_delay(account_failures, self.cfg.max_retry_delay);
+                            account_retry = Some(now + delay);
+                            tracing::error!(error = %e, retry_in = ?delay, "ACME account unavailable");
+                            status.last_error = Some(e.to_string());
+                            status.next_renewal = Some(rfc3339(now + delay));
+                            self.store.set_status(status);
+                            wake = wake.min(now + delay);
+                            continue;
+                        }
+                    }
+                }
+                let Some(acct) = &account else {
+                    let at = account_retry.unwrap_or(now + Duration::from_secs(10));
+                    status.last_error = Some("ACME account unavailable".into());
+                    status.next_renewal = Some(rfc3339(at));
+                    self.store.set_status(status);
+                    wake = wake.min(at);
+                    continue;
+                };
+                let replaces = match (&current, st.ari.is_some()) {
+                    (Some(c), true) => c
+                        .certified
+                        .end_entity_cert()
+                        .ok()
+                        .and_then(|der| CertificateIdentifier::try_from(der).ok())
+                        .map(CertificateIdentifier::into_owned),
+                    _ => None,
+                };
+                let started = std::time::Instant::now();
+                tracing::info!(%domain, renewal = current.is_some(), "ordering certificate");
+                let issue = tokio::select! {
+                    r = self.issue(acct, domain, replaces) => r,
+                    _ = stop.changed() => return,
+                };
+                let now = SystemTime::now();
+                match issue {
+                    Ok(cert) => {
+                        tracing::info!(%domain, not_after = %rfc3339(cert.not_after),
+                            took_ms = started.elapsed().as_millis() as u64, "certificate issued");
+                        let cert = Arc::new(cert);
+                        self.store.set_acme(domain, cert.clone());
+                        st.failures = 0;
+                        st.retry_at = None;
+                        st.ari = None;
+                        st.ari_next_fetch = now;
+                        st.jitter = random_fraction();
+                        let next =
+                            renewal::renewal_time(cert.not_before, cert.not_after, None, st.jitter)
+                                .0;
+                        let mut s = status_for(domain, CertSource::Acme, Some(&cert), &path);
+                        s.next_renewal = Some(rfc3339(next));
+                        self.store.set_status(s);
+                        wake = wake.min(next);
+                    }
+                    Err(e) => {
+                        st.failures += 1;
+                        let delay = renewal::retry_delay(st.failures, self.cfg.max_retry_delay);
+                        st.retry_at = Some(now + delay);
+                        tracing::error!(%domain, error = %e, failures = st.failures, retry_in = ?delay, "certificate order failed");
+                        if matches!(&e, TlsError::Order { message, .. } if message.contains("accountDoesNotExist"))
+                        {
+                            // The CA forgot us (e.g. a test CA restarted): re-register.
+                            account = None;
+                        }
+                        status.last_error = Some(e.to_string());
+                        status.next_renewal = Some(rfc3339(now + delay));
+                        self.store.set_status(status);
+                        wake = wake.min(now + delay);
+                    }
+                }
+            }
+
+            let sleep = wake
+                .duration_since(SystemTime::now())
+                .unwrap_or(Duration::ZERO);
+            tokio::select! {
+                _ = tokio::time::sleep(sleep) => {}
+                r = domains_rx.changed() => {
+                    if r.is_err() {
+                        return;
+                    }
+                }
+                r = stop.changed() => {
+                    if r.is_err() || *stop.borrow() {
+                        return;
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// Asks the CA for the renewal window of `cert`. `Ok(None)`: the CA does not offer ARI.
+async fn fetch_ari(
+    account: &Account,
+    cert: &LoadedCert,
+) -> Result<Option<(AriWindow, Duration)>, String> {
+    let der = cert
+        .certified
+        .end_entity_cert()
+        .map_err(|e| e.to_string())?;
+    let id = CertificateIdentifier::try_from(der)?;
+    match account.renewal_info(&id).await {
+        Ok((info, retry_after)) => {
+            let w = info.suggested_window;
+            Ok(Some((
+                AriWindow {
+                    start: system_time_from_unix(w.start.unix_timestamp()),
+                    end: system_time_from_unix(w.end.unix_timestamp()),
+                },
+                retry_after,
+            )))
+        }
+        Err(instant_acme::Error::Unsupported(_)) => Ok(None),
+        Err(e) => Err(e.to_string()),
+    }
+}

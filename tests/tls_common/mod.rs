@@ -1,0 +1,254 @@
+//! Shared helpers of the TLS integration tests: a throwaway CA (rcgen), a tiny backend that
+//! echoes the request path, a raw HTTP/1.1 client over TLS (rustls) or TCP, free ports.
+#![allow(dead_code)]
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use rcgen::{BasicConstraints, CertificateParams, CertifiedIssuer, IsCa, KeyPair};
+use rustls::pki_types::{CertificateDer, ServerName};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+
+pub struct TestCa {
+    pub issuer: CertifiedIssuer<'static, KeyPair>,
+}
+
+impl TestCa {
+    pub fn new(name: &str) -> Self {
+        let mut params = CertificateParams::new(Vec::<String>::new()).expect("params");
+        params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        params
+            .distinguished_name
+            .push(rcgen::DnType::CommonName, name);
+        let key = KeyPair::generate().expect("ca key");
+        Self {
+            issuer: CertifiedIssuer::self_signed(params, key).expect("ca cert"),
+        }
+    }
+
+    pub fn pem(&self) -> String {
+        self.issuer.pem()
+    }
+
+    pub fn der(&self) -> CertificateDer<'static> {
+        self.issuer.der().clone()
+    }
+
+    /// A leaf for `names`; `expired` makes it valid only in 2020.
+    pub fn leaf(&self, names: &[&str], expired: bool) -> (String, String) {
+        let mut params =
+            CertificateParams::new(names.iter().map(|s| s.to_string()).collect::<Vec<_>>())
+                .expect("params");
+        params.not_before = rcgen::date_time_ymd(2020, 1, 1);
+        params.not_after = if expired {
+            rcgen::date_time_ymd(2020, 6, 1)
+        } else {
+            rcgen::date_time_ymd(2099, 1, 1)
+        };
+        let key = KeyPair::generate().expect("leaf key");
+        let cert = params.signed_by(&key, &self.issuer).expect("sign");
+        (cert.pem(), key.serialize_pem())
+    }
+
+    pub fn roots(&self) -> rustls::RootCertStore {
+        let mut r = rustls::RootCertStore::empty();
+        r.add(self.der()).expect("root");
+        r
+    }
+}
+
+/// A port that was free a moment ago (for configs that must name ports up front).
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("free port")
+}
+
+/// A backend answering every request with `backend <path>` and closing.
+pub async fn backend() -> SocketAddr {
+    let l = TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind backend");
+    let addr = l.local_addr().expect("addr");
+    tokio::spawn(async move {
+        loop {
+            let Ok((mut s, _)) = l.accept().await else {
+                return;
+            };
+            tokio::spawn(async move {
+                let mut buf = Vec::new();
+                let mut chunk = [0u8; 4096];
+                while !buf.windows(4).any(|w| w == b"\r\n\r\n") {
+                    match s.read(&mut chunk).await {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => buf.extend_from_slice(&chunk[..n]),
+                    }
+                }
+                let head = String::from_utf8_lossy(&buf);
+                let path = head.split_whitespace().nth(1).unwrap_or("?").to_string();
+                let body = format!("backend {path}");
+                let resp = format!(
+                    "HTTP/1.1 200 OK\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
+                    body.len()
+                );
+                let _ = s.write_all(resp.as_bytes()).await;
+                let _ = s.shutdown().await;
+            });
+        }
+    });
+    addr
+}
+
+/// A parsed response.
+#[derive(Debug)]
+pub struct Resp {
+    pub status: u16,
+    pub head: String,
+    pub body: String,
+}
+
+impl Resp {
+    pub fn header(&self, name: &str) -> Option<String> {
+        self.head.lines().find_map(|l| {
+            let (k, v) = l.split_once(':')?;
+            k.trim()
+                .eq_ignore_ascii_case(name)
+                .then(|| v.trim().to_string())
+        })
+    }
+}
+
+fn parse(raw: &[u8]) -> Result<Resp, String> {
+    let text = String::from_utf8_lossy(raw);
+    let (head, body) = text
+        .split_once("\r\n\r\n")
+        .ok_or_else(|| format!("no response head in {text:?}"))?;
+    let status = head
+        .split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .ok_or_else(|| format!("bad status line in {head:?}"))?;
+    Ok(Resp {
+        status,
+        head: head.to_string(),
+        body: body.to_string(),
+    })
+}
+
+async fn exchange<S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin>(
+    s: &mut S,
+    host: &str,
+    path: &str,
+) -> Result<Resp, String> {
+    let req = format!("GET {path} HTTP/1.1\r\nhost: {host}\r\nconnection: close\r\n\r\n");
+    s.write_all(req.as_bytes())
+        .await
+        .map_err(|e| format!("write: {e}"))?;
+    let mut raw = Vec::new();
+    // A TLS peer may close without close_notify after a Connection: close response.
+    let _ = s.read_to_end(&mut raw).await;
+    parse(&raw)
+}
+
+/// Plain HTTP GET.
+pub async fn http_get(addr: SocketAddr, host: &str, path: &str) -> Result<Resp, String> {
+    let fut = async {
+        let mut s = TcpStream::connect(addr)
+            .await
+            .map_err(|e| format!("connect: {e}"))?;
+        exchange(&mut s, host, path).await
+    };
+    tokio::time::timeout(Duration::from_secs(10), fut)
+        .await
+        .map_err(|_| "timed out".to_string())?
+}
+
+pub fn client_config(roots: rustls::RootCertStore) -> Arc<rustls::ClientConfig> {
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let mut cfg = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .expect("versions")
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    cfg.alpn_protocols = vec![b"http/1.1".to_vec()];
+    // Every handshake is a full one, so the certificate seen is the one served now.
+    cfg.resumption = rustls::client::Resumption::disabled();
+    Arc::new(cfg)
+}
+
+/// Handshake with `sni`, verify against the roots in `cfg`, GET `path`. Returns the response
+/// and the leaf certificate the server presented.
+pub async fn tls_get(
+    addr: SocketAddr,
+    cfg: Arc<rustls::ClientConfig>,
+    sni: &str,
+    path: &str,
+) -> Result<(Resp, CertificateDer<'static>), String> {
+    let fut = async {
+        let tcp = TcpStream::connect(addr)
+            .await
+            .map_err(|e| format!("connect: {e}"))?;
+        let name = ServerName::try_from(sni.to_string()).map_err(|e| e.to_string())?;
+        let mut tls = tokio_rustls::TlsConnector::from(cfg)
+            .connect(name, tcp)
+            .await
+            .map_err(|e| format!("handshake: {e}"))?;
+        let leaf = tls
+            .get_ref()
+            .1
+            .peer_certificates()
+            .and_then(|c| c.first().cloned())
+            .ok_or("no peer certificate")?;
+        let resp = exchange(&mut tls, sni, path).await?;
+        Ok((resp, leaf))
+    };
+    tokio::time::timeout(Duration::from_secs(10), fut)
+        .await
+        .map_err(|_| "timed out".to_string())?
+}
+
+/// DNS names of a certificate.
+pub fn names_of(der: &CertificateDer<'_>) -> Vec<String> {
+    use x509_parser::prelude::*;
+    let Ok((_, x)) = X509Certificate::from_der(der.as_ref()) else {
+        return Vec::new();
+    };
+    let mut out = Vec::new();
+    if let Ok(Some(san)) = x.subject_alternative_name() {
+        for gn in &san.value.general_names {
+            if let GeneralName::DNSName(n) = gn {
+                out.push(n.to_string());
+            }
+        }
+    }
+    out
+}
+
+/// Serial number (hex) of a certificate.
+pub fn serial_of(der: &CertificateDer<'_>) -> String {
+    use x509_parser::prelude::*;
+    X509Certificate::from_der(der.as_ref())
+        .map(|(_, x)| x.raw_serial_as_string())
+        .unwrap_or_default()
+}
+
+/// Polls `f` every 100 ms until it returns `Some` or `deadline` passes.
+pub async fn wait_for<T, F, Fut>(deadline: Duration, mut f: F) -> Option<T>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Option<T>>,
+{
+    let end = tokio::time::Instant::now() + deadline;
+    loop {
+        if let Some(v) = f().await {
+            return Some(v);
+        }
+        if tokio::time::Instant::now() >= end {
+            return None;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
