@@ -8,3 +8,5 @@ pub mod lifecycle;
 pub mod logging;
 pub mod model;
 pub mod proxy;
+pub mod runtime;
+pub mod store;
