@@ -30,6 +30,9 @@ struct Progress {
     new: BTreeMap<u32, New>,
     routed_new: Vec<String>,
     stopped_old: Vec<Replica>,
+    /// `docker stop` of drained old replicas runs in the background (a replica out of the
+    /// route with nothing in flight needs no waiting); awaited before commit or abort.
+    stops: Vec<tokio::task::JoinHandle<Result<(), RuntimeError>>>,
 }
 
 fn short(id: &str) -> &str {
@@ -41,7 +44,16 @@ pub(crate) async fn run(inner: Arc<Inner>, rec: DeploymentRecord, image: ImageSo
     let id = rec.id.clone();
     let app = rec.app.clone();
     let mut progress = Progress::default();
-    let outcome = execute(&inner, &rec, image, &mut progress).await;
+    let mut outcome = execute(&inner, &rec, image, &mut progress).await;
+    for stop in std::mem::take(&mut progress.stops) {
+        let res = match stop.await {
+            Ok(r) => r.map_err(|e| e.to_string()),
+            Err(e) => Err(e.to_string()),
+        };
+        if let (Err(e), true) = (res, outcome.is_ok()) {
+            outcome = Err(format!("stopping an old replica failed: {e}"));
+        }
+    }
     let (state, reason) = match outcome {
         Ok(()) => (DeployState::Succeeded, None),
         Err(reason) => {
