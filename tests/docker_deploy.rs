@@ -37,7 +37,11 @@ fn deployments_running(env: &Env, app: &str) -> Vec<String> {
 }
 
 fn at(events: &[DeployEvent], stage: &str) -> Vec<i64> {
-    events.iter().filter(|e| e.stage == stage).map(|e| e.at).collect()
+    events
+        .iter()
+        .filter(|e| e.stage == stage)
+        .map(|e| e.at)
+        .collect()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -54,7 +58,10 @@ async fn rolling_deploy_under_load_then_rollback() {
         .deploy(app, env.spec(IMG_V1, 3, host), reference(IMG_V1), "test")
         .await
         .unwrap();
-    let r1 = tokio::time::timeout(WAIT, engine.wait(&d1)).await.unwrap().unwrap();
+    let r1 = tokio::time::timeout(WAIT, engine.wait(&d1))
+        .await
+        .unwrap()
+        .unwrap();
     assert_eq!(r1.state, DeployState::Succeeded, "{:?}", r1.reason);
     env.wait_body(host, "v1", Duration::from_secs(5)).await;
     assert_eq!(deployments_running(&env, app), vec![d1.clone(); 3]);
@@ -83,7 +90,10 @@ async fn rolling_deploy_under_load_then_rollback() {
         other => panic!("second deploy: {other:?}"),
     }
     let (events_so_far, mut rx) = engine.subscribe(&d2).unwrap();
-    let r2 = tokio::time::timeout(WAIT, engine.wait(&d2)).await.unwrap().unwrap();
+    let r2 = tokio::time::timeout(WAIT, engine.wait(&d2))
+        .await
+        .unwrap()
+        .unwrap();
     let total = t0.elapsed();
     tokio::time::sleep(Duration::from_millis(300)).await;
     stop.store(true, std::sync::atomic::Ordering::Relaxed);
@@ -97,7 +107,11 @@ async fn rolling_deploy_under_load_then_rollback() {
     assert!(events.last().unwrap().done, "{events:?}");
 
     println!("load during v1→v2: {:?}, failed {}", l.ok, l.failed.len());
-    assert!(l.failed.is_empty(), "failed requests: {:?}", &l.failed[..l.failed.len().min(10)]);
+    assert!(
+        l.failed.is_empty(),
+        "failed requests: {:?}",
+        &l.failed[..l.failed.len().min(10)]
+    );
     assert!(l.ok.keys().all(|b| b == "v1" || b == "v2"), "{:?}", l.ok);
     assert!(l.ok.get("v1").copied().unwrap_or(0) > 0 && l.ok.get("v2").copied().unwrap_or(0) > 0);
     for _ in 0..30 {
@@ -129,8 +143,21 @@ async fn rolling_deploy_under_load_then_rollback() {
     // previous step's event to its "start" event.
     let mut docker_ms = 0;
     for s in &starts {
-        let prev = events.iter().filter(|e| e.at <= *s && e.stage != "start").map(|e| e.at).max().unwrap();
+        let prev = events
+            .iter()
+            .filter(|e| e.at <= *s && e.stage != "start")
+            .map(|e| e.at)
+            .max()
+            .unwrap();
         docker_ms += s - prev;
+    }
+    for e in &events {
+        println!(
+            "  +{:5} ms {:9} {}",
+            e.at - accepted,
+            e.stage,
+            e.message.lines().next().unwrap_or("")
+        );
     }
     let to_full = last_drain - accepted;
     let berth = to_full - app_health - docker_ms;
@@ -141,7 +168,10 @@ async fn rolling_deploy_under_load_then_rollback() {
 
     // Rollback: a rolling deploy of d1's stored spec and image.
     let rb = engine.rollback(app, None, "test").await.unwrap();
-    let r3 = tokio::time::timeout(WAIT, engine.wait(&rb)).await.unwrap().unwrap();
+    let r3 = tokio::time::timeout(WAIT, engine.wait(&rb))
+        .await
+        .unwrap()
+        .unwrap();
     assert_eq!(r3.state, DeployState::Succeeded, "{:?}", r3.reason);
     assert_eq!(r3.rollback_of.as_deref(), Some(d1.as_str()));
     assert_eq!(r3.image_id, r1.image_id);
@@ -154,7 +184,12 @@ async fn rolling_deploy_under_load_then_rollback() {
     assert_eq!(status.previous.unwrap().id, d2);
     assert_eq!(status.replicas.len(), 3);
     assert!(status.replicas.iter().all(|r| r.running == Some(true)));
-    let hist: Vec<String> = engine.deployments(app, 10).unwrap().into_iter().map(|d| d.id).collect();
+    let hist: Vec<String> = engine
+        .deployments(app, 10)
+        .unwrap()
+        .into_iter()
+        .map(|d| d.id)
+        .collect();
     assert_eq!(hist, vec![rb.clone(), d2.clone(), d1.clone()]);
 
     // Logs of the app (busybox httpd logs nothing; the stream must end without error).
@@ -180,26 +215,55 @@ async fn failing_health_check_aborts_and_v1_keeps_serving() {
         .deploy(app, env.spec(IMG_V1, 2, host), reference(IMG_V1), "test")
         .await
         .unwrap();
-    assert_eq!(engine.wait(&d1).await.unwrap().state, DeployState::Succeeded);
+    assert_eq!(
+        engine.wait(&d1).await.unwrap().state,
+        DeployState::Succeeded
+    );
 
     let stop = Arc::new(AtomicBool::new(false));
-    let loader = tokio::spawn(load(env.clone(), "abort.test", 2, 100_000, Duration::from_secs(60), stop.clone()));
+    let loader = tokio::spawn(load(
+        env.clone(),
+        "abort.test",
+        2,
+        100_000,
+        Duration::from_secs(60),
+        stop.clone(),
+    ));
     let mut bad = env.spec(IMG_BAD, 2, host);
     bad.deploy_timeout = Duration::from_secs(3);
-    let d2 = engine.deploy(app, bad, reference(IMG_BAD), "test").await.unwrap();
-    let r2 = tokio::time::timeout(WAIT, engine.wait(&d2)).await.unwrap().unwrap();
+    let d2 = engine
+        .deploy(app, bad, reference(IMG_BAD), "test")
+        .await
+        .unwrap();
+    let r2 = tokio::time::timeout(WAIT, engine.wait(&d2))
+        .await
+        .unwrap()
+        .unwrap();
     stop.store(true, std::sync::atomic::Ordering::Relaxed);
     let l = loader.await.unwrap();
 
     assert_eq!(r2.state, DeployState::Failed);
     let reason = r2.reason.unwrap();
     assert!(reason.contains("did not become healthy"), "{reason}");
-    assert!(reason.contains("404"), "last health error in reason: {reason}");
-    assert!(reason.contains("bad-build-starting"), "last log lines in reason: {reason}");
+    assert!(
+        reason.contains("404"),
+        "last health error in reason: {reason}"
+    );
+    assert!(
+        reason.contains("bad-build-starting"),
+        "last log lines in reason: {reason}"
+    );
     assert!(l.failed.is_empty(), "{:?}", l.failed);
-    assert_eq!(l.ok.keys().cloned().collect::<Vec<_>>(), vec!["v1".to_string()]);
+    assert_eq!(
+        l.ok.keys().cloned().collect::<Vec<_>>(),
+        vec!["v1".to_string()]
+    );
     assert_eq!(deployments_running(&env, app), vec![d1.clone(); 2]);
-    assert_eq!(env.containers(app).len(), 2, "no leftovers of the failed deploy");
+    assert_eq!(
+        env.containers(app).len(),
+        2,
+        "no leftovers of the failed deploy"
+    );
     assert_eq!(engine.app(app).await.unwrap().current.unwrap().id, d1);
     // The app accepts the next deploy (the lock was released).
     let (events, _) = engine.subscribe(&d2).unwrap();
@@ -216,8 +280,14 @@ async fn replace_strategy_from_an_image_tar() {
     let (app, host) = ("replace", "replace.test");
     let mut s1 = env.spec(IMG_V1, 2, host);
     s1.strategy = berth::model::deploy::Strategy::Replace;
-    let d1 = engine.deploy(app, s1.clone(), reference(IMG_V1), "test").await.unwrap();
-    assert_eq!(engine.wait(&d1).await.unwrap().state, DeployState::Succeeded);
+    let d1 = engine
+        .deploy(app, s1.clone(), reference(IMG_V1), "test")
+        .await
+        .unwrap();
+    assert_eq!(
+        engine.wait(&d1).await.unwrap().state,
+        DeployState::Succeeded
+    );
     env.wait_body(host, "v1", Duration::from_secs(5)).await;
 
     // v2 arrives as a `docker save` tar streamed into load_image.
@@ -234,7 +304,10 @@ async fn replace_strategy_from_an_image_tar() {
     let tar = futures_util::stream::iter(chunks).boxed();
     let mut s2 = env.spec("uploaded", 2, host);
     s2.strategy = berth::model::deploy::Strategy::Replace;
-    let d2 = engine.deploy(app, s2, ImageSource::Tar(tar), "test").await.unwrap();
+    let d2 = engine
+        .deploy(app, s2, ImageSource::Tar(tar), "test")
+        .await
+        .unwrap();
     let r2 = engine.wait(&d2).await.unwrap();
     assert_eq!(r2.state, DeployState::Succeeded, "{:?}", r2.reason);
     let v2_id = env.docker(&format!("image inspect -f '{{{{.Id}}}}' {IMG_V2}"));
@@ -243,7 +316,10 @@ async fn replace_strategy_from_an_image_tar() {
     let stages: Vec<&str> = events.iter().map(|e| e.stage.as_str()).collect();
     let first_start = stages.iter().position(|s| *s == "start").unwrap();
     let last_stop = stages.iter().rposition(|s| *s == "stopped").unwrap();
-    assert!(last_stop < first_start, "replace stops all old before starting new: {stages:?}");
+    assert!(
+        last_stop < first_start,
+        "replace stops all old before starting new: {stages:?}"
+    );
     for _ in 0..10 {
         assert_eq!(env.get(host).await.unwrap(), (200, "v2".to_string()));
     }
@@ -270,15 +346,24 @@ async fn hand_started_labelled_container_is_routed_then_unrouted() {
         "run -d --network {net} --label berth.test.run={run} --label berth.app={app}-bad --label berth.role=app \
          --label berth.domain.0=bad.test --label berth.port=http {IMG_V1}"
     ));
-    env.wait_body("hand.test", "v1", Duration::from_secs(20)).await;
+    env.wait_body("hand.test", "v1", Duration::from_secs(20))
+        .await;
     let (status, _) = env.get("www.hand.test").await.unwrap();
     assert_eq!(status, 301, "alias redirects to the canonical domain");
     let status = engine.app(&app).await.unwrap();
     assert_eq!(status.discovered.len(), 1);
     assert_eq!(status.discovered[0].container_id, id);
     let deadline = Instant::now() + Duration::from_secs(10);
-    while !engine.warnings().iter().any(|w| w.contains("berth.port") && w.contains("\"http\"")) {
-        assert!(Instant::now() < deadline, "no warning for bad labels: {:?}", engine.warnings());
+    while !engine
+        .warnings()
+        .iter()
+        .any(|w| w.contains("berth.port") && w.contains("\"http\""))
+    {
+        assert!(
+            Instant::now() < deadline,
+            "no warning for bad labels: {:?}",
+            engine.warnings()
+        );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     assert_eq!(env.get("bad.test").await.unwrap().0, 404);
@@ -294,7 +379,8 @@ async fn hand_started_labelled_container_is_routed_then_unrouted() {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     env.docker(&format!("stop -t 1 {id}"));
-    env.wait_body("hand.test", "v2", Duration::from_secs(10)).await;
+    env.wait_body("hand.test", "v2", Duration::from_secs(10))
+        .await;
     for _ in 0..10 {
         assert_eq!(env.get("hand.test").await.unwrap(), (200, "v2".to_string()));
     }
@@ -308,7 +394,10 @@ async fn hand_started_labelled_container_is_routed_then_unrouted() {
         assert!(Instant::now() < deadline, "still routed: {got:?}");
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    assert!(engine.app(&app).await.is_err(), "no discovered replicas left");
+    assert!(
+        engine.app(&app).await.is_err(),
+        "no discovered replicas left"
+    );
     let _ = bad;
 }
 
@@ -323,16 +412,28 @@ async fn engine_killed_mid_deploy_is_reconciled_on_restart() {
     let d2;
     {
         let engine = env.engine().await;
-        d1 = engine.deploy(app, env.spec(IMG_V1, 3, host), reference(IMG_V1), "test").await.unwrap();
-        assert_eq!(engine.wait(&d1).await.unwrap().state, DeployState::Succeeded);
-        d2 = engine.deploy(app, env.spec(IMG_V2, 3, host), reference(IMG_V2), "test").await.unwrap();
+        d1 = engine
+            .deploy(app, env.spec(IMG_V1, 3, host), reference(IMG_V1), "test")
+            .await
+            .unwrap();
+        assert_eq!(
+            engine.wait(&d1).await.unwrap().state,
+            DeployState::Succeeded
+        );
+        d2 = engine
+            .deploy(app, env.spec(IMG_V2, 3, host), reference(IMG_V2), "test")
+            .await
+            .unwrap();
         let (seen, mut rx) = engine.subscribe(&d2).unwrap();
         let mut stopped = seen.iter().filter(|e| e.stage == "stopped").count();
         // Kill after the first old replica was stopped and the second new one started:
         // one v2 routed, one v2 unrouted, one v1 stopped, two v1 serving.
         let mut started = seen.iter().filter(|e| e.stage == "start").count();
         while !(stopped >= 1 && started >= 2) {
-            let ev = tokio::time::timeout(WAIT, rx.recv()).await.unwrap().unwrap();
+            let ev = tokio::time::timeout(WAIT, rx.recv())
+                .await
+                .unwrap()
+                .unwrap();
             stopped += (ev.stage == "stopped") as usize;
             started += (ev.stage == "start") as usize;
         }
@@ -341,14 +442,26 @@ async fn engine_killed_mid_deploy_is_reconciled_on_restart() {
     }
     tokio::time::sleep(Duration::from_millis(500)).await;
     let before = env.containers(app);
-    assert!(before.len() >= 4, "mid-deploy state has old and new containers: {before:?}");
+    assert!(
+        before.len() >= 4,
+        "mid-deploy state has old and new containers: {before:?}"
+    );
 
     let engine = env.engine().await; // reconciles before returning (READY)
     let r2 = engine.deployment(&d2).unwrap();
     assert_eq!(r2.state, DeployState::Failed);
-    assert!(r2.reason.as_deref().unwrap_or("").contains("interrupted"), "{:?}", r2.reason);
+    assert!(
+        r2.reason.as_deref().unwrap_or("").contains("interrupted"),
+        "{:?}",
+        r2.reason
+    );
     assert_eq!(deployments_running(&env, app), vec![d1.clone(); 3]);
-    assert_eq!(env.containers(app).len(), 3, "nothing orphaned: {:?}", env.containers(app));
+    assert_eq!(
+        env.containers(app).len(),
+        3,
+        "nothing orphaned: {:?}",
+        env.containers(app)
+    );
     for _ in 0..10 {
         assert_eq!(env.get(host).await.unwrap(), (200, "v1".to_string()));
     }
@@ -356,8 +469,14 @@ async fn engine_killed_mid_deploy_is_reconciled_on_restart() {
     assert_eq!(status.replicas.len(), 3);
     assert_eq!(status.current.unwrap().id, d1);
     // And the app deploys normally afterwards.
-    let d3 = engine.deploy(app, env.spec(IMG_V2, 3, host), reference(IMG_V2), "test").await.unwrap();
-    assert_eq!(engine.wait(&d3).await.unwrap().state, DeployState::Succeeded);
+    let d3 = engine
+        .deploy(app, env.spec(IMG_V2, 3, host), reference(IMG_V2), "test")
+        .await
+        .unwrap();
+    assert_eq!(
+        engine.wait(&d3).await.unwrap().state,
+        DeployState::Succeeded
+    );
     env.wait_body(host, "v2", Duration::from_secs(5)).await;
     assert_eq!(deployments_running(&env, app), vec![d3.clone(); 3]);
 }

@@ -235,15 +235,16 @@ async fn execute(
                 if let Some(r) = removed {
                     progress.stopped_old.push(r);
                 }
-                inner
-                    .rt
-                    .stop(&container_id, inner.cfg.stop_grace)
-                    .await
-                    .map_err(|e| e.to_string())?;
+                let rt = inner.rt.clone();
+                let grace = inner.cfg.stop_grace;
+                let cid = container_id.clone();
+                progress
+                    .stops
+                    .push(tokio::spawn(async move { rt.stop(&cid, grace).await }));
                 inner.emit(
                     &rec.id,
                     "stopped",
-                    format!("old {} stopped", short(&container_id)),
+                    format!("old {} is out of the route; stopping", short(&container_id)),
                 );
             }
         }

@@ -116,7 +116,10 @@ fn build_image(tag: &str, index: &str, health: bool, banner: Option<&str>) {
         .arg(tag)
         .output()
         .expect("docker runs");
-    let (ok, out) = (o.status.success(), String::from_utf8_lossy(&o.stderr).into_owned());
+    let (ok, out) = (
+        o.status.success(),
+        String::from_utf8_lossy(&o.stderr).into_owned(),
+    );
     assert!(ok, "docker import {tag}: {out}");
 }
 
@@ -161,7 +164,11 @@ impl Env {
         cfg.log.access_log = false;
         let daemon = berth::daemon::start(cfg, None).await.expect("proxy starts");
         let publisher = Arc::new(ProxyRoutes::new(daemon.tables.clone(), vec![]));
-        let rt = Arc::new(DockerRuntime::connect(&network).await.expect("docker connects"));
+        let rt = Arc::new(
+            DockerRuntime::connect(&network)
+                .await
+                .expect("docker connects"),
+        );
         // Label the network for cleanup: create it here with the test label.
         let (ok, out) = sh(&format!(
             "docker network create --label berth.test.run={run} {network}"
@@ -247,7 +254,10 @@ impl Env {
             if matches!(&got, Ok((200, b)) if b == want) {
                 return;
             }
-            assert!(Instant::now() < deadline, "{host}: waited for {want:?}, last {got:?}");
+            assert!(
+                Instant::now() < deadline,
+                "{host}: waited for {want:?}, last {got:?}"
+            );
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
     }
