@@ -81,3 +81,41 @@ impl RoutePublisher for ProxyRoutes {
             .map(|b| b.stats.inflight.load(std::sync::atomic::Ordering::Relaxed))
     }
 }
+
+/// Why the deploy engine could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum EngineStartError {
+    #[error("deployment store {path}: {source}")]
+    Store {
+        path: String,
+        source: crate::store::deployments::DeploymentStoreError,
+    },
+    #[error("docker: {0}")]
+    Runtime(#[from] crate::runtime::RuntimeError),
+    #[error(transparent)]
+    Deploy(#[from] crate::deploy::DeployError),
+}
+
+/// Starts the deploy engine next to a running proxy: connects to Docker (network `network`),
+/// opens the deployment history in `db`, reconciles and publishes every route, starts
+/// discovery. Returns after reconcile, so the caller may then report READY. Keep the
+/// `ProxyRoutes` to apply config reloads (`set_base`) without dropping the engine's routes.
+pub async fn start_engine(
+    tables: Arc<Tables>,
+    base: Vec<RouteSpec>,
+    db: &std::path::Path,
+    network: &str,
+    cfg: crate::deploy::EngineConfig,
+) -> Result<(crate::deploy::Engine, Arc<ProxyRoutes>), EngineStartError> {
+    let store = crate::store::deployments::SqliteDeployments::open(db).map_err(|source| {
+        EngineStartError::Store {
+            path: db.display().to_string(),
+            source,
+        }
+    })?;
+    let rt = crate::runtime::DockerRuntime::connect(network).await?;
+    let publisher = Arc::new(ProxyRoutes::new(tables, base));
+    let engine =
+        crate::deploy::Engine::start(Arc::new(rt), Arc::new(store), publisher.clone(), cfg).await?;
+    Ok((engine, publisher))
+}

@@ -42,6 +42,7 @@ struct Fake {
     containers: Mutex<HashMap<String, FakeContainer>>,
     next: AtomicU32,
     events: Mutex<Vec<tokio::sync::mpsc::UnboundedSender<ContainerEvent>>>,
+    removed_images: Mutex<Vec<String>>,
 }
 
 const IMAGES: &[&str] = &["v1", "v2", "bad-slot1"];
@@ -165,7 +166,8 @@ impl ContainerRuntime for Fake {
             })
         }
     }
-    async fn remove_image(&self, _id: &str) -> Result<bool, RuntimeError> {
+    async fn remove_image(&self, id: &str) -> Result<bool, RuntimeError> {
+        self.removed_images.lock().unwrap().push(id.to_string());
         Ok(true)
     }
     async fn create_and_start(&self, spec: &ContainerSpec) -> Result<String, RuntimeError> {
@@ -298,14 +300,12 @@ impl World {
         Arc::new(SqliteDeployments::open(&self.db).unwrap())
     }
     async fn engine(&self) -> Engine {
-        Engine::start(
-            self.fake.clone(),
-            self.store(),
-            self.publisher.clone(),
-            EngineConfig::default(),
-        )
-        .await
-        .unwrap()
+        self.engine_with(EngineConfig::default()).await
+    }
+    async fn engine_with(&self, cfg: EngineConfig) -> Engine {
+        Engine::start(self.fake.clone(), self.store(), self.publisher.clone(), cfg)
+            .await
+            .unwrap()
     }
     /// (backend address, state) of the app's route.
     fn backends(&self, app: &str) -> Vec<(String, ServerState)> {
@@ -531,4 +531,41 @@ async fn reconcile_finishes_a_complete_interrupted_deploy_and_removes_orphans() 
     assert_eq!(w.fake.count(), 2, "v1 replicas and the orphan removed");
     assert_eq!(w.backends("web").len(), 2);
     let _ = d1;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn images_of_older_deployments_are_pruned() {
+    let w = World::new();
+    let port = free_port();
+    let engine = w
+        .engine_with(EngineConfig {
+            keep_images: 2,
+            ..EngineConfig::default()
+        })
+        .await;
+    for img in ["v1", "v2"] {
+        let d = engine
+            .deploy("web", spec(img, 1, port), by_ref(img), "t")
+            .await
+            .unwrap();
+        assert_eq!(engine.wait(&d).await.unwrap().state, DeployState::Succeeded);
+    }
+    assert!(w.fake.removed_images.lock().unwrap().is_empty(), "2 kept");
+    // A failed deploy's image is not kept.
+    let d = engine
+        .deploy("web", spec("bad-slot1", 2, port), by_ref("bad-slot1"), "t")
+        .await
+        .unwrap();
+    assert_eq!(engine.wait(&d).await.unwrap().state, DeployState::Failed);
+    let d = engine.rollback("web", None, "t").await.unwrap();
+    let r = engine.wait(&d).await.unwrap();
+    assert_eq!(r.state, DeployState::Succeeded, "{:?}", r.reason);
+    assert_eq!(r.image_id.as_deref(), Some("sha256:v1"));
+    // Kept: v1 (current, and the newest two succeeded are v1, v2); pruned: the failed one.
+    assert_eq!(
+        *w.fake.removed_images.lock().unwrap(),
+        vec!["sha256:bad-slot1".to_string()]
+    );
+    let (events, _) = engine.subscribe(&d).unwrap();
+    assert!(events.iter().any(|e| e.stage == "pruned"), "{events:?}");
 }

@@ -21,11 +21,14 @@ pub(crate) async fn start(inner: &Arc<Inner>) -> Result<(), DeployError> {
     // Subscribe before scanning so nothing that happens in between is missed.
     let events = inner.rt.events();
     let found = inner.rt.list(&[format!("{}=app", labels::ROLE)]).await?;
-    for c in found {
-        if c.running() {
-            consider(inner, c);
-        }
-    }
+    // The initial scan's health gates are awaited (each bounded by the discovery health
+    // timeout) so that routes are complete before the daemon reports READY.
+    let gates: Vec<_> = found
+        .into_iter()
+        .filter(|c| c.running())
+        .filter_map(|c| consider(inner, c))
+        .collect();
+    futures_util::future::join_all(gates).await;
     let task_inner = inner.clone();
     inner.spawn(follow(task_inner, events));
     Ok(())
@@ -53,9 +56,10 @@ async fn follow(
             if ev.is_gone() {
                 unroute(&inner, &ev.id);
             } else if ev.action == "start" || ev.action == "unpause" {
-                match inner.rt.inspect(&ev.id).await {
-                    Ok(c) if c.running() => consider(&inner, c),
-                    _ => {}
+                if let Ok(c) = inner.rt.inspect(&ev.id).await {
+                    if let Some(gate) = c.running().then(|| consider(&inner, c)).flatten() {
+                        inner.spawn(gate);
+                    }
                 }
             }
         }
@@ -71,25 +75,30 @@ async fn follow(
         }
         if let Ok(found) = inner.rt.list(&[format!("{}=app", labels::ROLE)]).await {
             for c in found.into_iter().filter(|c| c.running()) {
-                consider(&inner, c);
+                if let Some(gate) = consider(&inner, c) {
+                    inner.spawn(gate);
+                }
             }
         }
     }
 }
 
-/// Parses the labels of a running container; a usable hand-started one gets a health gate
-/// task that routes it when it passes.
-fn consider(inner: &Arc<Inner>, c: ContainerInfo) {
+/// Parses the labels of a running container; for a usable hand-started one, returns its
+/// health gate, which routes it when it passes.
+fn consider(
+    inner: &Arc<Inner>,
+    c: ContainerInfo,
+) -> Option<impl std::future::Future<Output = ()> + Send + 'static> {
     let spec = match labels::parse(&c.name, &c.labels) {
-        Parsed::NotOurs => return,
+        Parsed::NotOurs => return None,
         Parsed::Invalid(w) => {
             inner.warn(w);
-            return;
+            return None;
         }
         Parsed::Ok(s) => s,
     };
     if spec.managed || inner.state.locked().discovered.contains_key(&c.id) {
-        return;
+        return None;
     }
     let Some(ip) = c.address else {
         inner.warn(format!(
@@ -97,11 +106,11 @@ fn consider(inner: &Arc<Inner>, c: ContainerInfo) {
             c.name,
             inner.rt.network()
         ));
-        return;
+        return None;
     };
     let addr = SocketAddr::new(ip, spec.port);
     let task_inner = inner.clone();
-    inner.spawn(async move {
+    Some(async move {
         let inner = task_inner;
         let health = HealthSpec {
             path: spec.health_path.clone(),
@@ -144,7 +153,7 @@ fn consider(inner: &Arc<Inner>, c: ContainerInfo) {
             return;
         }
         tracing::info!(container = %c.name, app = %app, %addr, "discovered container routed");
-    });
+    })
 }
 
 fn unroute(inner: &Inner, id: &str) {

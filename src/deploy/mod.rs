@@ -211,9 +211,12 @@ pub(crate) trait LockExt<T> {
 
 impl Inner {
     /// Publishes the route of a deployed app from `state` (caller holds the lock).
+    /// An app with hosts but no replicas keeps a route without backends (503).
     pub(crate) fn publish_app(&self, state: &State, app: &str) -> Result<(), String> {
         let routes = match state.apps.get(app) {
-            Some(a) if !a.replicas.is_empty() => match &a.hosts {
+            // A route with no ready backend answers 503 (replace downtime); an app that runs
+            // nothing (stopped, never deployed) has no route at all.
+            Some(a) => match &a.hosts {
                 Some((domains, aliases)) => vec![RouteSpec {
                     name: Some(app_route_name(app)),
                     domains: domains.clone(),
@@ -695,6 +698,7 @@ impl Engine {
             let mut st = self.inner.state.locked();
             if let Some(a) = st.apps.get_mut(app) {
                 a.replicas.clear();
+                a.hosts = None;
             }
             if let Err(e) = self.inner.publish_app(&st, app) {
                 self.inner

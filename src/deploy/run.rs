@@ -535,9 +535,8 @@ async fn abort(inner: &Arc<Inner>, rec: &DeploymentRecord, progress: &mut Progre
         if let Some(a) = st.apps.get_mut(app) {
             a.replicas
                 .retain(|r| !progress.routed_new.contains(&r.container_id));
-            if restore_hosts.is_some() {
-                a.hosts = restore_hosts;
-            }
+            // Back to what the current deployment serves (none after a failed first deploy).
+            a.hosts = restore_hosts;
         }
         let _ = inner.publish_app(&st, app);
     }
