@@ -480,3 +480,150 @@ async fn engine_killed_mid_deploy_is_reconciled_on_restart() {
     env.wait_body(host, "v2", Duration::from_secs(5)).await;
     assert_eq!(deployments_running(&env, app), vec![d3.clone(); 3]);
 }
+
+/// The child side of `kill_9_mid_deploy_then_restart`: runs an engine in its own process and
+/// deploys v1 then v2, printing progress, until the parent kills it with SIGKILL.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "child process of kill_9_mid_deploy_then_restart"]
+async fn child_deployer_process() {
+    let (Ok(db), Ok(network), Ok(run)) = (
+        std::env::var("BERTH_CHILD_DB"),
+        std::env::var("BERTH_CHILD_NETWORK"),
+        std::env::var("BERTH_CHILD_RUN"),
+    ) else {
+        return;
+    };
+    let tables = Arc::new(berth::proxy::Tables::new(Default::default()));
+    let cfg = berth::deploy::EngineConfig {
+        extra_labels: [("berth.test.run".to_string(), run)].into(),
+        ..Default::default()
+    };
+    let (engine, _publisher) = berth::deploy_publish::start_engine(
+        tables,
+        vec![],
+        std::path::Path::new(&db),
+        &network,
+        cfg,
+    )
+    .await
+    .unwrap();
+    let spec = |img: &str| -> berth::model::deploy::AppSpec {
+        serde_json::from_value(serde_json::json!({
+            "image": img, "domains": ["kill.test"], "replicas": 3,
+            "health": {"path": "/health", "interval": "100ms", "timeout": "1s"},
+            "deploy_timeout": "20s", "drain_timeout": "5s",
+        }))
+        .unwrap()
+    };
+    let d1 = engine
+        .deploy("killed", spec(IMG_V1), reference(IMG_V1), "child")
+        .await
+        .unwrap();
+    engine.wait(&d1).await.unwrap();
+    println!("CHILD D1={d1}");
+    let d2 = engine
+        .deploy("killed", spec(IMG_V2), reference(IMG_V2), "child")
+        .await
+        .unwrap();
+    println!("CHILD D2={d2}");
+    let (seen, mut rx) = engine.subscribe(&d2).unwrap();
+    for e in seen {
+        println!("CHILD EV {}", e.stage);
+    }
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(120);
+    while let Ok(Ok(e)) = tokio::time::timeout_at(deadline, rx.recv()).await {
+        println!("CHILD EV {}", e.stage);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn kill_9_mid_deploy_then_restart() {
+    if skip() {
+        return;
+    }
+    use std::io::BufRead;
+    let env = Env::new("kill9").await;
+    let mut child = std::process::Command::new(std::env::current_exe().unwrap())
+        .args([
+            "--exact",
+            "child_deployer_process",
+            "--ignored",
+            "--nocapture",
+            "--test-threads=1",
+        ])
+        .env("BERTH_CHILD_DB", &env.db)
+        .env("BERTH_CHILD_NETWORK", &env.network)
+        .env("BERTH_CHILD_RUN", &env.run)
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let stdout = child.stdout.take().unwrap();
+    // Read the child's progress on a thread; kill -9 once one old replica was stopped and
+    // the second new one started (mid-plan: v1 and v2 containers both exist).
+    let (tx, rx) = std::sync::mpsc::channel::<String>();
+    std::thread::spawn(move || {
+        for line in std::io::BufReader::new(stdout)
+            .lines()
+            .map_while(Result::ok)
+        {
+            if tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    let (mut d1, mut d2) = (String::new(), String::new());
+    let (mut stopped, mut started) = (0, 0);
+    let deadline = Instant::now() + Duration::from_secs(120);
+    while !(stopped >= 1 && started >= 2) {
+        let line = rx
+            .recv_timeout(deadline.saturating_duration_since(Instant::now()))
+            .expect("child progress");
+        // libtest may print "test NAME ... " in front of the first line.
+        let line = match line.find("CHILD ") {
+            Some(i) => line[i..].to_string(),
+            None => continue,
+        };
+        println!("child: {line}");
+        if let Some(v) = line.strip_prefix("CHILD D1=") {
+            d1 = v.to_string();
+        } else if let Some(v) = line.strip_prefix("CHILD D2=") {
+            d2 = v.to_string();
+        } else if line == "CHILD EV stopped" {
+            stopped += 1;
+        } else if line == "CHILD EV start" {
+            started += 1;
+        }
+    }
+    child.kill().unwrap(); // SIGKILL
+    child.wait().unwrap();
+    assert!(!d1.is_empty() && !d2.is_empty());
+    let before = env.containers("killed");
+    assert!(
+        before.len() >= 4,
+        "mid-deploy: old and new containers: {before:?}"
+    );
+
+    // Restart: a new engine on the same database and dockerd reconciles before returning.
+    let engine = env.engine().await;
+    let r2 = engine.deployment(&d2).unwrap();
+    assert_eq!(r2.state, DeployState::Failed);
+    assert!(
+        r2.reason.as_deref().unwrap_or("").contains("interrupted"),
+        "{:?}",
+        r2.reason
+    );
+    assert_eq!(
+        engine.deployment(&d1).unwrap().state,
+        DeployState::Succeeded
+    );
+    assert_eq!(deployments_running(&env, "killed"), vec![d1.clone(); 3]);
+    assert_eq!(
+        env.containers("killed").len(),
+        3,
+        "nothing orphaned: {:?}",
+        env.containers("killed")
+    );
+    for _ in 0..10 {
+        assert_eq!(env.get("kill.test").await.unwrap(), (200, "v1".to_string()));
+    }
+}
