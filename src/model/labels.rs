@@ -59,6 +59,9 @@ pub fn parse(name: &str, labels: &HashMap<String, String>) -> Parsed {
     if app.is_empty() {
         return bad(APP, "is empty".into());
     }
+    if let Err(e) = super::deploy::validate_app_name(app) {
+        return bad(APP, e.message);
+    }
     let port = match labels.get(PORT) {
         None => DEFAULT_PORT,
         Some(p) => match p.trim().parse::<u16>() {
@@ -214,6 +217,14 @@ mod tests {
             (
                 &[("berth.app", "web"), ("berth.role", "app")],
                 "berth.domain.0 is missing",
+            ),
+            (
+                &[
+                    ("berth.app", "My App"),
+                    ("berth.role", "app"),
+                    ("berth.domain.0", "a.com"),
+                ],
+                "label berth.app \"My App\" must be",
             ),
             (
                 &[
