@@ -396,10 +396,10 @@ async fn conflicts_and_spec_errors() {
     let w = World::new();
     let engine = w.engine().await;
     let port = free_port();
-    let d1 = engine
-        .deploy("web", spec("v1", 2, port), by_ref("v1"), "t")
-        .await
-        .unwrap();
+    // min_ready keeps the first deploy running long enough for the conflicting calls.
+    let mut slow = spec("v1", 2, port);
+    slow.min_ready = Duration::from_secs(2);
+    let d1 = engine.deploy("web", slow, by_ref("v1"), "t").await.unwrap();
     match engine
         .deploy("web", spec("v2", 2, port), by_ref("v2"), "t")
         .await
@@ -568,4 +568,37 @@ async fn images_of_older_deployments_are_pruned() {
     );
     let (events, _) = engine.subscribe(&d).unwrap();
     assert!(events.iter().any(|e| e.stage == "pruned"), "{events:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn failed_replace_restarts_the_old_version_and_min_ready_is_waited() {
+    let w = World::new();
+    let port = free_port();
+    let engine = w.engine().await;
+    let mut s1 = spec("v1", 2, port);
+    s1.strategy = berth::model::deploy::Strategy::Replace;
+    s1.min_ready = Duration::from_millis(300);
+    let d1 = engine.deploy("web", s1, by_ref("v1"), "t").await.unwrap();
+    assert_eq!(
+        engine.wait(&d1).await.unwrap().state,
+        DeployState::Succeeded
+    );
+    let (events, _) = engine.subscribe(&d1).unwrap();
+    let start = events.iter().find(|e| e.stage == "start").unwrap().at;
+    let healthy = events.iter().find(|e| e.stage == "healthy").unwrap().at;
+    assert!(healthy - start >= 300, "min_ready waited: {events:?}");
+
+    let mut s2 = spec("bad-slot1", 2, port);
+    s2.strategy = berth::model::deploy::Strategy::Replace;
+    let d2 = engine
+        .deploy("web", s2, by_ref("bad-slot1"), "t")
+        .await
+        .unwrap();
+    let r2 = engine.wait(&d2).await.unwrap();
+    assert_eq!(r2.state, DeployState::Failed);
+    assert_eq!(w.fake.running_of(&d1), 2, "old replicas started again");
+    assert_eq!(w.fake.count(), 2);
+    let b = w.backends("web");
+    assert_eq!(b.len(), 2);
+    assert!(b.iter().all(|(_, s)| *s == ServerState::Ready));
 }
