@@ -4,8 +4,12 @@
 pub mod client;
 pub mod config;
 pub mod daemon;
+pub mod deploy;
+pub mod deploy_publish;
 pub mod lifecycle;
 pub mod logging;
 pub mod model;
 pub mod proxy;
 pub mod tls;
+pub mod runtime;
+pub mod store;

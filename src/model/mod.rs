@@ -1,10 +1,13 @@
-//! Pure types and decisions: names, routes, balancers, configuration. No I/O, no async.
+//! Pure types and decisions: names, routes, balancers, configuration, deploy plans and labels.
+//! No I/O, no async.
 
 pub mod balance;
 pub mod config;
+pub mod deploy;
 pub mod health;
 pub mod host;
 pub mod renewal;
+pub mod labels;
 pub mod route;
 pub mod sni;
 pub mod stats;

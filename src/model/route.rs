@@ -564,6 +564,26 @@ fn default_true() -> bool {
     true
 }
 
+impl Default for RouteSpec {
+    /// An empty route (no domains yet): the base for building one in code.
+    fn default() -> Self {
+        Self {
+            name: None,
+            domains: Vec::new(),
+            aliases: Vec::new(),
+            alias_mode: AliasMode::default(),
+            path_prefix: None,
+            balancer: BalancerKind::default(),
+            backends: Vec::new(),
+            health_check: None,
+            slowstart: None,
+            on_down: OnDown::default(),
+            https_redirect: true,
+            hsts_max_age: None,
+        }
+    }
+}
+
 impl RouteSpec {
     pub fn name(&self) -> String {
         if let Some(n) = &self.name {

@@ -1,0 +1,762 @@
+//! The deploy engine: runs `model::deploy::plan` through a `ContainerRuntime` and a
+//! `RoutePublisher`, one deploy per app at a time, with progress events per deployment,
+//! history in a `DeploymentStore`, rollback, label discovery and reconcile-on-start.
+//!
+//! Invariants: a deployment is inserted (persisted) before its task starts and its outcome is
+//! committed before old containers are removed; routes of one app (or one discovered app) are
+//! replaced as a whole in one `set_routes` call, made while holding the state lock so two
+//! publishes never reorder; a new replica enters a route only after its health gate passed.
+//! Each API endpoint of issue 4 is one method of `Engine`.
+
+mod discovery;
+pub mod health;
+mod reconcile;
+mod run;
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use futures_util::stream::BoxStream;
+use futures_util::StreamExt;
+use serde::Serialize;
+use thiserror::Error;
+use tokio::sync::{broadcast, watch};
+use tokio::task::JoinHandle;
+
+use crate::model::deploy::{validate_app_name, AppSpec, SpecError, Strategy};
+use crate::model::labels::LabelSpec;
+use crate::model::route::{BackendAddr, BackendSpec, Domain, RouteSpec, ServerState};
+use crate::runtime::{ByteStream, ContainerRuntime, RegistryCreds, RuntimeError};
+use crate::store::deployments::{
+    DeployState, DeploymentRecord, DeploymentStore, DeploymentStoreError,
+};
+
+use health::HealthClient;
+
+/// Where the route changes of the engine go. Implemented over the proxy's `Tables` by the
+/// daemon (see `deploy_publish.rs`); the engine never imports the proxy.
+pub trait RoutePublisher: Send + Sync + 'static {
+    /// Replaces every route published under `key` (`app/NAME`, `discovered/NAME`) in one
+    /// atomic table swap. An empty list removes them. An error changes nothing.
+    fn set_routes(&self, key: &str, routes: Vec<RouteSpec>) -> Result<(), String>;
+    /// Requests in flight to backend `backend_id` of route `route`, if that backend is
+    /// in the current table.
+    fn inflight(&self, route: &str, backend_id: &str) -> Option<u64>;
+}
+
+/// Errors of the engine's API (the API layer maps them to HTTP statuses).
+#[derive(Debug, Error)]
+pub enum DeployError {
+    /// 409: one deploy per app at a time.
+    #[error("app {app} already has a deployment in progress: {running}")]
+    Conflict { app: String, running: String },
+    /// 400, naming the field.
+    #[error("invalid app spec: {0}")]
+    Invalid(#[from] SpecError),
+    #[error("app {0} not found")]
+    AppNotFound(String),
+    #[error("deployment {0} not found")]
+    DeploymentNotFound(String),
+    #[error("cannot roll back: {0}")]
+    NoRollbackTarget(String),
+    #[error(transparent)]
+    Store(#[from] DeploymentStoreError),
+    #[error(transparent)]
+    Runtime(#[from] RuntimeError),
+}
+
+/// Where the image of a deploy comes from.
+pub enum ImageSource {
+    /// Use the local image if present, else pull it.
+    Reference {
+        reference: String,
+        creds: Option<RegistryCreds>,
+    },
+    /// An image tar (`docker save`), streamed in.
+    Tar(ByteStream),
+    /// A local image id (rollback): never pulled.
+    Id(String),
+}
+
+/// Engine settings.
+#[derive(Clone, Debug)]
+pub struct EngineConfig {
+    /// Images of this many most recent successful deployments per app are kept.
+    pub keep_images: usize,
+    /// Grace period of `docker stop` for old replicas.
+    pub stop_grace: Duration,
+    /// Added to every container Berth creates (tests put their cleanup label here).
+    pub extra_labels: HashMap<String, String>,
+    /// Longest health gate for hand-started (discovered) containers.
+    pub discovery_health_timeout: Duration,
+}
+
+impl Default for EngineConfig {
+    fn default() -> Self {
+        Self {
+            keep_images: 5,
+            stop_grace: Duration::from_secs(10),
+            extra_labels: HashMap::new(),
+            discovery_health_timeout: Duration::from_secs(60),
+        }
+    }
+}
+
+/// One progress event of a deployment (the SSE stream of `GET /v1/deployments/{id}/events`).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct DeployEvent {
+    pub deployment: String,
+    /// Unix milliseconds.
+    pub at: i64,
+    /// `accepted`, `image`, `start`, `healthy`, `routed`, `drain`, `drained`, `stopped`,
+    /// `aborting`, `restored`, `removed`, `succeeded`, `failed`, `pruned`.
+    pub stage: String,
+    pub message: String,
+    /// True on the last event (`succeeded` or `failed`).
+    pub done: bool,
+}
+
+struct Progress {
+    events: Vec<DeployEvent>,
+    tx: broadcast::Sender<DeployEvent>,
+    done: watch::Sender<Option<DeployState>>,
+}
+
+/// One routed replica.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) struct Replica {
+    pub container_id: String,
+    pub name: String,
+    pub address: BackendAddr,
+    pub deployment: String,
+    pub state: ServerState,
+}
+
+#[derive(Default)]
+pub(crate) struct AppState {
+    /// Domains and aliases the app's route answers for.
+    pub hosts: Option<(Vec<Domain>, Vec<Domain>)>,
+    /// Replicas in the route (ready or draining).
+    pub replicas: Vec<Replica>,
+    /// The deployment in progress.
+    pub running: Option<String>,
+}
+
+#[derive(Clone, Debug)]
+pub(crate) struct Discovered {
+    pub labels: LabelSpec,
+    pub replica: Replica,
+}
+
+#[derive(Default)]
+pub(crate) struct State {
+    pub apps: BTreeMap<String, AppState>,
+    /// Hand-started containers that passed their health gate, by container id.
+    pub discovered: BTreeMap<String, Discovered>,
+}
+
+pub(crate) struct Inner {
+    pub rt: Arc<dyn ContainerRuntime>,
+    pub store: Arc<dyn DeploymentStore>,
+    pub publisher: Arc<dyn RoutePublisher>,
+    pub cfg: EngineConfig,
+    pub health: HealthClient,
+    pub state: Mutex<State>,
+    progress: Mutex<HashMap<String, Progress>>,
+    tasks: Mutex<Vec<JoinHandle<()>>>,
+    pub warnings: Mutex<Vec<String>>,
+}
+
+/// Route name of a deployed app.
+pub fn app_route_name(app: &str) -> String {
+    format!("app/{app}")
+}
+
+/// Route name of hand-started containers of an app.
+pub fn discovered_route_name(app: &str) -> String {
+    format!("discovered/{app}")
+}
+
+pub(crate) fn now_ms() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0)
+}
+
+fn new_deployment_id() -> String {
+    use std::hash::{BuildHasher, Hasher};
+    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+    h.write_u128(
+        SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map(|d| d.as_nanos())
+            .unwrap_or(0),
+    );
+    format!("d{:011x}{:05x}", now_ms(), h.finish() & 0xfffff)
+}
+
+impl<T> LockExt<T> for Mutex<T> {
+    fn locked(&self) -> std::sync::MutexGuard<'_, T> {
+        // State is only mutated in small, panic-free sections; a poisoned lock still holds
+        // consistent data.
+        self.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+pub(crate) trait LockExt<T> {
+    fn locked(&self) -> std::sync::MutexGuard<'_, T>;
+}
+
+impl Inner {
+    /// Publishes the route of a deployed app from `state` (caller holds the lock).
+    /// An app with hosts but no replicas keeps a route without backends (503).
+    pub(crate) fn publish_app(&self, state: &State, app: &str) -> Result<(), String> {
+        let routes = match state.apps.get(app) {
+            // A route with no ready backend answers 503 (replace downtime); an app that runs
+            // nothing (stopped, never deployed) has no route at all.
+            Some(a) => match &a.hosts {
+                Some((domains, aliases)) => vec![RouteSpec {
+                    name: Some(app_route_name(app)),
+                    domains: domains.clone(),
+                    aliases: aliases.clone(),
+                    alias_mode: Default::default(),
+                    path_prefix: None,
+                    balancer: Default::default(),
+                    backends: a
+                        .replicas
+                        .iter()
+                        .map(|r| BackendSpec {
+                            id: Some(r.container_id.clone()),
+                            address: r.address.clone(),
+                            weight: 1,
+                            state: r.state,
+                        })
+                        .collect(),
+                    ..RouteSpec::default()
+                }],
+                None => vec![],
+            },
+            _ => vec![],
+        };
+        self.publisher.set_routes(&app_route_name(app), routes)
+    }
+
+    /// Publishes the route of hand-started containers of `app` (caller holds the lock).
+    pub(crate) fn publish_discovered(&self, state: &State, app: &str) -> Result<(), String> {
+        let members: Vec<&Discovered> = state
+            .discovered
+            .values()
+            .filter(|d| d.labels.app == app)
+            .collect();
+        let routes = match members.first() {
+            None => vec![],
+            Some(first) => vec![RouteSpec {
+                name: Some(discovered_route_name(app)),
+                domains: first.labels.domains.clone(),
+                aliases: first.labels.aliases.clone(),
+                alias_mode: Default::default(),
+                path_prefix: None,
+                balancer: Default::default(),
+                backends: members
+                    .iter()
+                    .map(|d| BackendSpec {
+                        id: Some(d.replica.container_id.clone()),
+                        address: d.replica.address.clone(),
+                        weight: 1,
+                        state: ServerState::Ready,
+                    })
+                    .collect(),
+                ..RouteSpec::default()
+            }],
+        };
+        self.publisher
+            .set_routes(&discovered_route_name(app), routes)
+    }
+
+    pub(crate) fn emit(&self, deployment: &str, stage: &str, message: impl Into<String>) {
+        let message = message.into();
+        tracing::info!(deployment, stage, "{message}");
+        let ev = DeployEvent {
+            deployment: deployment.to_string(),
+            at: now_ms(),
+            stage: stage.to_string(),
+            message,
+            done: matches!(stage, "succeeded" | "failed"),
+        };
+        let mut p = self.progress.locked();
+        if let Some(p) = p.get_mut(deployment) {
+            p.events.push(ev.clone());
+            let _ = p.tx.send(ev);
+        }
+    }
+
+    pub(crate) fn mark_done(&self, deployment: &str, state: DeployState) {
+        if let Some(p) = self.progress.locked().get(deployment) {
+            p.done.send_replace(Some(state));
+        }
+    }
+
+    pub(crate) fn spawn(
+        self: &Arc<Self>,
+        fut: impl std::future::Future<Output = ()> + Send + 'static,
+    ) {
+        let h = tokio::spawn(fut);
+        let mut tasks = self.tasks.locked();
+        tasks.retain(|t| !t.is_finished());
+        tasks.push(h);
+    }
+
+    pub(crate) fn warn(&self, msg: String) {
+        tracing::warn!("{msg}");
+        let mut w = self.warnings.locked();
+        if !w.contains(&msg) {
+            w.push(msg);
+        }
+    }
+}
+
+/// A replica as `GET /v1/apps/{app}` shows it.
+#[derive(Clone, Debug, Serialize)]
+pub struct ReplicaStatus {
+    pub container_id: String,
+    pub name: String,
+    pub address: String,
+    pub deployment: Option<String>,
+    /// Routing state: `ready` or `drain`.
+    pub routing: ServerState,
+    /// Docker's run state and HEALTHCHECK status, when inspect succeeds.
+    pub running: Option<bool>,
+    pub docker_health: Option<String>,
+    pub inflight: Option<u64>,
+}
+
+/// `GET /v1/apps/{app}`.
+#[derive(Clone, Debug, Serialize)]
+pub struct AppStatus {
+    pub name: String,
+    pub replicas: Vec<ReplicaStatus>,
+    /// Hand-started containers routed for this app.
+    pub discovered: Vec<ReplicaStatus>,
+    pub current: Option<DeploymentRecord>,
+    pub previous: Option<DeploymentRecord>,
+    pub deploying: Option<String>,
+}
+
+/// The engine. Dropping it (or `kill`) aborts its tasks without any cleanup, like `kill -9`;
+/// a new engine on the same store reconciles.
+pub struct Engine {
+    inner: Arc<Inner>,
+}
+
+impl Drop for Engine {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+impl Engine {
+    /// Reconciles (SQLite says what should run, Docker what does), rebuilds and publishes
+    /// every route, starts discovery, and only then returns: the daemon may report READY.
+    pub async fn start(
+        rt: Arc<dyn ContainerRuntime>,
+        store: Arc<dyn DeploymentStore>,
+        publisher: Arc<dyn RoutePublisher>,
+        cfg: EngineConfig,
+    ) -> Result<Engine, DeployError> {
+        let inner = Arc::new(Inner {
+            rt,
+            store,
+            publisher,
+            cfg,
+            health: HealthClient::default(),
+            state: Mutex::new(State::default()),
+            progress: Mutex::new(HashMap::new()),
+            tasks: Mutex::new(Vec::new()),
+            warnings: Mutex::new(Vec::new()),
+        });
+        inner.rt.ensure_network().await?;
+        reconcile::reconcile(&inner).await?;
+        discovery::start(&inner).await?;
+        Ok(Engine { inner })
+    }
+
+    /// Aborts every task of this engine at its next await point, without cleanup.
+    pub fn kill(&self) {
+        for t in self.inner.tasks.locked().drain(..) {
+            t.abort();
+        }
+    }
+
+    /// `POST /v1/apps/{app}/deploy`: validates, records the deployment and starts it; returns
+    /// its id at once. A deploy already running for the app → `Conflict` with its id.
+    pub async fn deploy(
+        &self,
+        app: &str,
+        spec: AppSpec,
+        image: ImageSource,
+        who: &str,
+    ) -> Result<String, DeployError> {
+        self.start_deployment(app, spec, image, who, None)
+    }
+
+    fn start_deployment(
+        &self,
+        app: &str,
+        spec: AppSpec,
+        image: ImageSource,
+        who: &str,
+        rollback_of: Option<String>,
+    ) -> Result<String, DeployError> {
+        validate_app_name(app)?;
+        spec.validate()?;
+        let id = new_deployment_id();
+        let rec = DeploymentRecord {
+            id: id.clone(),
+            app: app.to_string(),
+            spec,
+            image_id: match &image {
+                ImageSource::Id(i) => Some(i.clone()),
+                _ => None,
+            },
+            state: DeployState::Running,
+            reason: None,
+            created_by: who.to_string(),
+            created_at: now_ms(),
+            finished_at: None,
+            rollback_of,
+        };
+        {
+            let mut st = self.inner.state.locked();
+            let a = st.apps.entry(app.to_string()).or_default();
+            if let Some(running) = &a.running {
+                return Err(DeployError::Conflict {
+                    app: app.to_string(),
+                    running: running.clone(),
+                });
+            }
+            // Persist before anything runs; the in-memory claim and the row are made under
+            // the same lock, so no second deploy can slip in between.
+            self.inner.store.insert(&rec)?;
+            a.running = Some(id.clone());
+            let (tx, _) = broadcast::channel(256);
+            let mut progress = self.inner.progress.locked();
+            if progress.len() > 200 {
+                // Forget the oldest finished deployments' event logs.
+                let mut done: Vec<(String, i64)> = progress
+                    .iter()
+                    .filter(|(_, p)| p.done.borrow().is_some())
+                    .map(|(k, p)| (k.clone(), p.events.first().map_or(0, |e| e.at)))
+                    .collect();
+                done.sort_by_key(|(_, at)| *at);
+                for (k, _) in done.into_iter().take(100) {
+                    progress.remove(&k);
+                }
+            }
+            progress.insert(
+                id.clone(),
+                Progress {
+                    events: Vec::new(),
+                    tx,
+                    done: watch::Sender::new(None),
+                },
+            );
+        }
+        self.inner.emit(
+            &id,
+            "accepted",
+            format!(
+                "{} deploy of {} ({} replicas) requested by {who}",
+                match rec.spec.strategy {
+                    Strategy::Rolling => "rolling",
+                    Strategy::Replace => "replace",
+                },
+                rec.spec.image,
+                rec.spec.replicas
+            ),
+        );
+        let inner = self.inner.clone();
+        self.inner
+            .spawn(async move { run::run(inner, rec, image).await });
+        Ok(id)
+    }
+
+    /// `GET /v1/deployments/{id}/events`: the events so far plus a receiver for the rest
+    /// (no gap, no duplicate). None if the deployment did not run in this process.
+    pub fn subscribe(
+        &self,
+        id: &str,
+    ) -> Option<(Vec<DeployEvent>, broadcast::Receiver<DeployEvent>)> {
+        let p = self.inner.progress.locked();
+        let p = p.get(id)?;
+        Some((p.events.clone(), p.tx.subscribe()))
+    }
+
+    /// Waits until deployment `id` (started in this process) finishes; returns its record.
+    pub async fn wait(&self, id: &str) -> Result<DeploymentRecord, DeployError> {
+        let rx = self
+            .inner
+            .progress
+            .locked()
+            .get(id)
+            .map(|p| p.done.subscribe());
+        if let Some(mut rx) = rx {
+            let _ = rx.wait_for(|s| s.is_some()).await;
+        }
+        self.deployment(id)
+    }
+
+    /// `GET /v1/deployments/{id}`.
+    pub fn deployment(&self, id: &str) -> Result<DeploymentRecord, DeployError> {
+        self.inner
+            .store
+            .get(id)?
+            .ok_or_else(|| DeployError::DeploymentNotFound(id.to_string()))
+    }
+
+    /// `GET /v1/apps/{app}/deployments` (newest first).
+    pub fn deployments(
+        &self,
+        app: &str,
+        limit: usize,
+    ) -> Result<Vec<DeploymentRecord>, DeployError> {
+        Ok(self.inner.store.list(app, limit)?)
+    }
+
+    /// `GET /v1/apps`.
+    pub async fn apps(&self) -> Result<Vec<AppStatus>, DeployError> {
+        let mut names: Vec<String> = self
+            .inner
+            .store
+            .apps()?
+            .into_iter()
+            .map(|(a, _)| a)
+            .collect();
+        {
+            let st = self.inner.state.locked();
+            names.extend(st.discovered.values().map(|d| d.labels.app.clone()));
+        }
+        names.sort();
+        names.dedup();
+        let mut out = Vec::with_capacity(names.len());
+        for n in names {
+            out.push(self.app(&n).await?);
+        }
+        Ok(out)
+    }
+
+    /// `GET /v1/apps/{app}`: replicas (with Docker state and in-flight counts), current and
+    /// previous deployments, the deployment in progress.
+    pub async fn app(&self, app: &str) -> Result<AppStatus, DeployError> {
+        let (replicas, discovered, deploying) = {
+            let st = self.inner.state.locked();
+            let a = st.apps.get(app);
+            (
+                a.map(|a| a.replicas.clone()).unwrap_or_default(),
+                st.discovered
+                    .values()
+                    .filter(|d| d.labels.app == app)
+                    .map(|d| d.replica.clone())
+                    .collect::<Vec<_>>(),
+                a.and_then(|a| a.running.clone()),
+            )
+        };
+        let history = self.inner.store.list(app, 50)?;
+        let current = self.inner.store.current(app)?;
+        if history.is_empty() && discovered.is_empty() {
+            return Err(DeployError::AppNotFound(app.to_string()));
+        }
+        let previous = history
+            .iter()
+            .find(|d| {
+                d.state == DeployState::Succeeded && Some(&d.id) != current.as_ref().map(|c| &c.id)
+            })
+            .cloned();
+        let mut rs = Vec::new();
+        for (route, r) in replicas
+            .iter()
+            .map(|r| (app_route_name(app), r))
+            .chain(discovered.iter().map(|r| (discovered_route_name(app), r)))
+        {
+            let info = self.inner.rt.inspect(&r.container_id).await.ok();
+            rs.push(ReplicaStatus {
+                container_id: r.container_id.clone(),
+                name: r.name.clone(),
+                address: r.address.to_string(),
+                deployment: (!r.deployment.is_empty()).then(|| r.deployment.clone()),
+                routing: r.state,
+                running: info.as_ref().map(|i| i.running()),
+                docker_health: info
+                    .and_then(|i| i.health)
+                    .map(|h| format!("{h:?}").to_lowercase()),
+                inflight: self.inner.publisher.inflight(&route, &r.container_id),
+            });
+        }
+        let discovered_status = rs.split_off(replicas.len());
+        Ok(AppStatus {
+            name: app.to_string(),
+            replicas: rs,
+            discovered: discovered_status,
+            current,
+            previous,
+            deploying,
+        })
+    }
+
+    /// `POST /v1/apps/{app}/rollback`: a rolling deploy of the stored spec and image of
+    /// deployment `to`, or of the newest successful deployment before the current one.
+    pub async fn rollback(
+        &self,
+        app: &str,
+        to: Option<&str>,
+        who: &str,
+    ) -> Result<String, DeployError> {
+        let target = match to {
+            Some(id) => {
+                let d = self
+                    .inner
+                    .store
+                    .get(id)?
+                    .ok_or_else(|| DeployError::DeploymentNotFound(id.to_string()))?;
+                if d.app != app {
+                    return Err(DeployError::NoRollbackTarget(format!(
+                        "deployment {id} belongs to app {}",
+                        d.app
+                    )));
+                }
+                if d.state != DeployState::Succeeded {
+                    return Err(DeployError::NoRollbackTarget(format!(
+                        "deployment {id} did not succeed"
+                    )));
+                }
+                d
+            }
+            None => {
+                let current = self.inner.store.current(app)?.map(|c| c.id);
+                self.inner
+                    .store
+                    .list(app, 1000)?
+                    .into_iter()
+                    .find(|d| d.state == DeployState::Succeeded && Some(&d.id) != current.as_ref())
+                    .ok_or_else(|| {
+                        DeployError::NoRollbackTarget(format!(
+                            "app {app} has no earlier successful deployment"
+                        ))
+                    })?
+            }
+        };
+        let image_id = target.image_id.clone().ok_or_else(|| {
+            DeployError::NoRollbackTarget(format!("deployment {} has no image id", target.id))
+        })?;
+        if let Err(e) = self.inner.rt.image_id(&image_id).await {
+            return Err(DeployError::NoRollbackTarget(format!(
+                "the image of deployment {} is gone ({e}); only the last {} are kept",
+                target.id, self.inner.cfg.keep_images
+            )));
+        }
+        let mut spec = target.spec.clone();
+        spec.strategy = Strategy::Rolling;
+        self.start_deployment(app, spec, ImageSource::Id(image_id), who, Some(target.id))
+    }
+
+    /// `POST /v1/apps/{app}/stop`: drains and stops every replica; the app then runs
+    /// nothing (also after a restart) until the next deploy.
+    pub async fn stop(&self, app: &str) -> Result<(), DeployError> {
+        let replicas = {
+            let mut st = self.inner.state.locked();
+            let Some(a) = st.apps.get_mut(app) else {
+                return Err(DeployError::AppNotFound(app.to_string()));
+            };
+            if let Some(running) = &a.running {
+                return Err(DeployError::Conflict {
+                    app: app.to_string(),
+                    running: running.clone(),
+                });
+            }
+            // Persist first: after a crash from here on, reconcile stops the rest.
+            self.inner.store.clear_current(app)?;
+            for r in a.replicas.iter_mut() {
+                r.state = ServerState::Drain;
+            }
+            let replicas = a.replicas.clone();
+            if let Err(e) = self.inner.publish_app(&st, app) {
+                self.inner
+                    .warn(format!("app {app}: publishing drained routes failed: {e}"));
+            }
+            replicas
+        };
+        let drain = self
+            .inner
+            .store
+            .current(app)
+            .ok()
+            .flatten()
+            .map_or(Duration::from_secs(30), |c| c.spec.drain_timeout);
+        for r in &replicas {
+            run::wait_drained(&self.inner, app, &r.container_id, drain).await;
+        }
+        {
+            let mut st = self.inner.state.locked();
+            if let Some(a) = st.apps.get_mut(app) {
+                a.replicas.clear();
+                a.hosts = None;
+            }
+            if let Err(e) = self.inner.publish_app(&st, app) {
+                self.inner
+                    .warn(format!("app {app}: removing routes failed: {e}"));
+            }
+        }
+        for r in &replicas {
+            self.inner
+                .rt
+                .stop(&r.container_id, self.inner.cfg.stop_grace)
+                .await?;
+            self.inner.rt.remove(&r.container_id).await?;
+        }
+        Ok(())
+    }
+
+    /// `GET /v1/apps/{app}/logs`: log lines of every replica, prefixed with the container
+    /// name; `follow` keeps the stream open.
+    pub fn logs(
+        &self,
+        app: &str,
+        follow: bool,
+        tail: Option<usize>,
+    ) -> Result<BoxStream<'static, Result<String, RuntimeError>>, DeployError> {
+        let st = self.inner.state.locked();
+        let mut members: Vec<(String, String)> = st
+            .apps
+            .get(app)
+            .map(|a| {
+                a.replicas
+                    .iter()
+                    .map(|r| (r.container_id.clone(), r.name.clone()))
+                    .collect()
+            })
+            .unwrap_or_default();
+        members.extend(
+            st.discovered
+                .values()
+                .filter(|d| d.labels.app == app)
+                .map(|d| (d.replica.container_id.clone(), d.replica.name.clone())),
+        );
+        if members.is_empty() {
+            return Err(DeployError::AppNotFound(app.to_string()));
+        }
+        let streams = members.into_iter().map(|(id, name)| {
+            self.inner
+                .rt
+                .logs(&id, follow, tail)
+                .map(move |l| l.map(|l| format!("[{name}] {l}")))
+                .boxed()
+        });
+        Ok(futures_util::stream::select_all(streams).boxed())
+    }
+
+    /// Warnings about unusable labels of hand-started containers (each once).
+    pub fn warnings(&self) -> Vec<String> {
+        self.inner.warnings.locked().clone()
+    }
+}

@@ -1,0 +1,605 @@
+//! Executes one deployment: resolve the image, run the plan step by step, and either commit
+//! (persist success, then remove the stopped old containers and prune images) or abort (old
+//! replicas restarted and routed again, new ones drained and removed, failure recorded with
+//! the last health error and the container's last log lines).
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::time::Instant;
+
+use super::{now_ms, ImageSource, Inner, LockExt, Replica};
+use crate::model::deploy::{images_to_prune, plan, AppSpec, ImageUse, OldReplica, Step};
+use crate::model::labels::{self, LabelSpec};
+use crate::model::route::{BackendAddr, ServerState};
+use crate::runtime::{last_log_lines, ContainerSpec, RuntimeError};
+use crate::store::deployments::{DeployState, DeploymentRecord};
+
+/// A new replica started by this deployment.
+pub(crate) struct New {
+    pub id: String,
+    pub name: String,
+    pub addr: SocketAddr,
+}
+
+/// What the executor did so far, for abort.
+#[derive(Default)]
+struct Progress {
+    new: BTreeMap<u32, New>,
+    routed_new: Vec<String>,
+    stopped_old: Vec<Replica>,
+    /// `docker stop` of drained old replicas runs in the background (a replica out of the
+    /// route with nothing in flight needs no waiting); awaited before commit or abort.
+    stops: Vec<tokio::task::JoinHandle<Result<(), RuntimeError>>>,
+}
+
+fn short(id: &str) -> &str {
+    let id = id.strip_prefix("sha256:").unwrap_or(id);
+    &id[..id.len().min(12)]
+}
+
+pub(crate) async fn run(inner: Arc<Inner>, rec: DeploymentRecord, image: ImageSource) {
+    let id = rec.id.clone();
+    let app = rec.app.clone();
+    let mut progress = Progress::default();
+    let mut outcome = execute(&inner, &rec, image, &mut progress).await;
+    for stop in std::mem::take(&mut progress.stops) {
+        let res = match stop.await {
+            Ok(r) => r.map_err(|e| e.to_string()),
+            Err(e) => Err(e.to_string()),
+        };
+        if let (Err(e), true) = (res, outcome.is_ok()) {
+            outcome = Err(format!("stopping an old replica failed: {e}"));
+        }
+    }
+    let (state, reason) = match outcome {
+        Ok(()) => (DeployState::Succeeded, None),
+        Err(reason) => {
+            inner.emit(&id, "aborting", reason.clone());
+            abort(&inner, &rec, &mut progress).await;
+            (DeployState::Failed, Some(reason))
+        }
+    };
+    // Persist the outcome before removing anything the old version could still need.
+    if let Err(e) = inner.store.finish(&id, state, reason.as_deref(), now_ms()) {
+        inner.warn(format!(
+            "deployment {id}: recording the outcome failed: {e}"
+        ));
+    }
+    if state == DeployState::Succeeded {
+        for old in &progress.stopped_old {
+            if let Err(e) = inner.rt.remove(&old.container_id).await {
+                inner.warn(format!("removing old container {}: {e}", old.name));
+            }
+        }
+        prune_images(&inner, &id, &app).await;
+    }
+    inner
+        .state
+        .locked()
+        .apps
+        .entry(app.clone())
+        .or_default()
+        .running = None;
+    match reason {
+        None => inner.emit(
+            &id,
+            "succeeded",
+            format!("app {app} now runs deployment {id}"),
+        ),
+        Some(r) => inner.emit(&id, "failed", r),
+    }
+    inner.mark_done(&id, state);
+}
+
+async fn resolve_image(
+    inner: &Inner,
+    rec: &DeploymentRecord,
+    image: ImageSource,
+) -> Result<String, String> {
+    let id = match image {
+        ImageSource::Id(i) => inner
+            .rt
+            .image_id(&i)
+            .await
+            .map_err(|e| format!("image {i}: {e}"))?,
+        ImageSource::Tar(tar) => inner.rt.load_image(tar).await.map_err(|e| e.to_string())?,
+        ImageSource::Reference { reference, creds } => match inner.rt.image_id(&reference).await {
+            Ok(i) => i,
+            Err(RuntimeError::NotFound { .. }) => {
+                inner.emit(&rec.id, "image", format!("pulling {reference}"));
+                inner
+                    .rt
+                    .pull_image(&reference, creds.as_ref())
+                    .await
+                    .map_err(|e| e.to_string())?
+            }
+            Err(e) => return Err(e.to_string()),
+        },
+    };
+    Ok(id)
+}
+
+async fn execute(
+    inner: &Arc<Inner>,
+    rec: &DeploymentRecord,
+    image: ImageSource,
+    progress: &mut Progress,
+) -> Result<(), String> {
+    let spec = &rec.spec;
+    let app = &rec.app;
+    let image_id = resolve_image(inner, rec, image).await?;
+    inner
+        .store
+        .set_image(&rec.id, &image_id)
+        .map_err(|e| e.to_string())?;
+    inner.emit(&rec.id, "image", format!("image {}", short(&image_id)));
+    inner.rt.ensure_network().await.map_err(|e| e.to_string())?;
+
+    let old: Vec<Replica> = inner
+        .state
+        .locked()
+        .apps
+        .get(app)
+        .map(|a| a.replicas.clone())
+        .unwrap_or_default();
+    let current: Vec<OldReplica> = old
+        .iter()
+        .map(|r| OldReplica {
+            container_id: r.container_id.clone(),
+        })
+        .collect();
+    let host = spec.domains[0].to_string();
+    for step in plan(&current, spec) {
+        match step {
+            Step::StartNew { slot } => {
+                let new = start_replica(inner, rec, &image_id, slot).await?;
+                inner.emit(
+                    &rec.id,
+                    "start",
+                    format!("replica {slot}: container {} at {}", new.name, new.addr),
+                );
+                progress.new.insert(slot, new);
+            }
+            Step::WaitHealthy { slot } => {
+                let new = progress
+                    .new
+                    .get(&slot)
+                    .ok_or_else(|| format!("internal: replica {slot} was not started"))?;
+                gate(inner, rec, new, slot, &host).await?;
+                inner.emit(&rec.id, "healthy", format!("replica {slot} is healthy"));
+            }
+            Step::RouteNew { slot } => {
+                let new = progress
+                    .new
+                    .get(&slot)
+                    .ok_or_else(|| format!("internal: replica {slot} was not started"))?;
+                {
+                    let mut st = inner.state.locked();
+                    let a = st.apps.entry(app.clone()).or_default();
+                    a.hosts = Some((spec.domains.clone(), spec.aliases.clone()));
+                    a.replicas.push(Replica {
+                        container_id: new.id.clone(),
+                        name: new.name.clone(),
+                        address: BackendAddr::new(new.addr.ip().to_string(), new.addr.port()),
+                        deployment: rec.id.clone(),
+                        state: ServerState::Ready,
+                    });
+                    progress.routed_new.push(new.id.clone());
+                    inner
+                        .publish_app(&st, app)
+                        .map_err(|e| format!("publishing the route failed: {e}"))?;
+                }
+                inner.emit(&rec.id, "routed", format!("replica {slot} takes traffic"));
+            }
+            Step::DrainOld { container_id } => {
+                set_routing(inner, app, &container_id, ServerState::Drain)?;
+                inner.emit(
+                    &rec.id,
+                    "drain",
+                    format!("old {} drains", short(&container_id)),
+                );
+            }
+            Step::WaitDrained { container_id } => {
+                let left = wait_drained(inner, app, &container_id, spec.drain_timeout).await;
+                inner.emit(
+                    &rec.id,
+                    "drained",
+                    if left == 0 {
+                        format!("old {} has no requests in flight", short(&container_id))
+                    } else {
+                        format!(
+                            "old {}: drain timeout {:?} reached with {left} in flight",
+                            short(&container_id),
+                            spec.drain_timeout
+                        )
+                    },
+                );
+            }
+            Step::StopOld { container_id } => {
+                let removed = {
+                    let mut st = inner.state.locked();
+                    let a = st.apps.entry(app.clone()).or_default();
+                    let pos = a
+                        .replicas
+                        .iter()
+                        .position(|r| r.container_id == container_id);
+                    let removed = pos.map(|p| a.replicas.remove(p));
+                    inner
+                        .publish_app(&st, app)
+                        .map_err(|e| format!("publishing the route failed: {e}"))?;
+                    removed
+                };
+                if let Some(r) = removed {
+                    progress.stopped_old.push(r);
+                }
+                let rt = inner.rt.clone();
+                let grace = inner.cfg.stop_grace;
+                let cid = container_id.clone();
+                progress
+                    .stops
+                    .push(tokio::spawn(async move { rt.stop(&cid, grace).await }));
+                inner.emit(
+                    &rec.id,
+                    "stopped",
+                    format!("old {} is out of the route; stopping", short(&container_id)),
+                );
+            }
+        }
+    }
+    Ok(())
+}
+
+fn set_routing(
+    inner: &Inner,
+    app: &str,
+    container_id: &str,
+    to: ServerState,
+) -> Result<(), String> {
+    let mut st = inner.state.locked();
+    if let Some(a) = st.apps.get_mut(app) {
+        for r in a
+            .replicas
+            .iter_mut()
+            .filter(|r| r.container_id == container_id)
+        {
+            r.state = to;
+        }
+    }
+    inner
+        .publish_app(&st, app)
+        .map_err(|e| format!("publishing the route failed: {e}"))
+}
+
+/// Waits until backend `container_id` of the app's route has nothing in flight (seen twice,
+/// 10 ms apart, to cover a request that read the previous table just before the swap), or
+/// `timeout`. Returns what is still in flight.
+pub(crate) async fn wait_drained(
+    inner: &Inner,
+    app: &str,
+    container_id: &str,
+    timeout: Duration,
+) -> u64 {
+    let route = super::app_route_name(app);
+    let deadline = Instant::now() + timeout;
+    let mut zeros = 0;
+    loop {
+        let n = inner.publisher.inflight(&route, container_id).unwrap_or(0);
+        if n == 0 {
+            zeros += 1;
+            if zeros >= 2 {
+                return 0;
+            }
+        } else {
+            zeros = 0;
+        }
+        if Instant::now() >= deadline {
+            return n;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+pub(crate) fn container_labels(
+    inner: &Inner,
+    rec: &DeploymentRecord,
+    slot: u32,
+) -> std::collections::HashMap<String, String> {
+    let spec = &rec.spec;
+    let mut l = labels::to_labels(&LabelSpec {
+        app: rec.app.clone(),
+        deployment: Some(rec.id.clone()),
+        domains: spec.domains.clone(),
+        aliases: spec.aliases.clone(),
+        port: spec.port,
+        health_path: spec.health.path.clone(),
+        managed: true,
+    });
+    l.insert(labels::SLOT.to_string(), slot.to_string());
+    for (k, v) in &inner.cfg.extra_labels {
+        l.entry(k.clone()).or_insert_with(|| v.clone());
+    }
+    l
+}
+
+pub(crate) async fn start_replica(
+    inner: &Inner,
+    rec: &DeploymentRecord,
+    image_id: &str,
+    slot: u32,
+) -> Result<New, String> {
+    // Unique even when reconcile recreates a slot of an older deployment.
+    let name = format!(
+        "berth-{}-{}-{slot}-{:04x}",
+        rec.app,
+        &rec.id[rec.id.len().saturating_sub(6)..],
+        now_ms() & 0xffff
+    );
+    let spec = ContainerSpec {
+        name: name.clone(),
+        image: image_id.to_string(),
+        labels: container_labels(inner, rec, slot),
+        env: rec
+            .spec
+            .env
+            .iter()
+            .map(|(k, v)| format!("{k}={v}"))
+            .collect(),
+        volumes: rec.spec.volumes.clone(),
+        cmd: None,
+    };
+    let id = inner
+        .rt
+        .create_and_start(&spec)
+        .await
+        .map_err(|e| format!("replica {slot}: {e}"))?;
+    let addr = address_of(inner, &id, rec.spec.port).await;
+    match addr {
+        Ok(addr) => Ok(New { id, name, addr }),
+        Err(e) => {
+            // Not yet tracked by the caller: clean it up here.
+            let _ = inner.rt.remove(&id).await;
+            Err(format!("replica {slot}: {e}"))
+        }
+    }
+}
+
+/// The container's address on the Berth network (Docker assigns it at start).
+pub(crate) async fn address_of(inner: &Inner, id: &str, port: u16) -> Result<SocketAddr, String> {
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let info = inner.rt.inspect(id).await.map_err(|e| e.to_string())?;
+        if let Some(ip) = info.address {
+            return Ok(SocketAddr::new(ip, port));
+        }
+        if !info.running() {
+            let logs = last_log_lines(inner.rt.as_ref(), id, 20).await;
+            return Err(format!(
+                "container exited right after start ({:?}); last log lines:\n{logs}",
+                info.state
+            ));
+        }
+        if Instant::now() > deadline {
+            return Err(format!(
+                "container has no address on network {}",
+                inner.rt.network()
+            ));
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// Health gate: healthy within `deploy_timeout`, then still healthy after `min_ready`.
+async fn gate(
+    inner: &Inner,
+    rec: &DeploymentRecord,
+    new: &New,
+    slot: u32,
+    host: &str,
+) -> Result<(), String> {
+    let spec: &AppSpec = &rec.spec;
+    let deadline = Instant::now() + spec.deploy_timeout;
+    let mut res = inner
+        .health
+        .wait_healthy(
+            inner.rt.as_ref(),
+            &new.id,
+            new.addr,
+            host,
+            &spec.health,
+            deadline,
+        )
+        .await;
+    if res.is_ok() && !spec.min_ready.is_zero() {
+        tokio::time::sleep(spec.min_ready).await;
+        let deadline = Instant::now() + spec.health.timeout;
+        res = inner
+            .health
+            .wait_healthy(
+                inner.rt.as_ref(),
+                &new.id,
+                new.addr,
+                host,
+                &spec.health,
+                deadline,
+            )
+            .await
+            .map_err(|e| format!("unhealthy again after min_ready {:?}: {e}", spec.min_ready));
+    }
+    match res {
+        Ok(()) => Ok(()),
+        Err(e) => {
+            let logs = last_log_lines(inner.rt.as_ref(), &new.id, 20).await;
+            Err(format!(
+                "replica {slot} ({}) did not become healthy within {:?}: {e}; last log lines:\n{}",
+                new.name,
+                spec.deploy_timeout,
+                if logs.is_empty() { "(none)" } else { &logs }
+            ))
+        }
+    }
+}
+
+async fn abort(inner: &Arc<Inner>, rec: &DeploymentRecord, progress: &mut Progress) {
+    let app = &rec.app;
+    // 1. Old replicas stopped by this deploy come back first, health-gated.
+    for old in std::mem::take(&mut progress.stopped_old) {
+        if let Err(e) = inner.rt.start(&old.container_id).await {
+            inner.warn(format!("abort: restarting old {}: {e}", old.name));
+            continue;
+        }
+        let addr = match address_of(inner, &old.container_id, old.address.port()).await {
+            Ok(a) => a,
+            Err(e) => {
+                inner.warn(format!("abort: old {} has no address: {e}", old.name));
+                continue;
+            }
+        };
+        let old_spec = inner
+            .store
+            .get(&old.deployment)
+            .ok()
+            .flatten()
+            .map(|d| d.spec);
+        let (health, host) = match &old_spec {
+            Some(s) => (s.health.clone(), s.domains[0].to_string()),
+            None => (Default::default(), String::from("localhost")),
+        };
+        let deadline = Instant::now()
+            + old_spec
+                .as_ref()
+                .map_or(Duration::from_secs(60), |s| s.deploy_timeout);
+        if let Err(e) = inner
+            .health
+            .wait_healthy(
+                inner.rt.as_ref(),
+                &old.container_id,
+                addr,
+                &host,
+                &health,
+                deadline,
+            )
+            .await
+        {
+            inner.warn(format!(
+                "abort: old {} did not become healthy again: {e}",
+                old.name
+            ));
+        }
+        let mut st = inner.state.locked();
+        let a = st.apps.entry(app.clone()).or_default();
+        if let Some(s) = &old_spec {
+            a.hosts = Some((s.domains.clone(), s.aliases.clone()));
+        }
+        a.replicas.push(Replica {
+            address: BackendAddr::new(addr.ip().to_string(), addr.port()),
+            state: ServerState::Ready,
+            ..old.clone()
+        });
+        let _ = inner.publish_app(&st, app);
+        drop(st);
+        inner.emit(
+            &rec.id,
+            "restored",
+            format!("old {} takes traffic again", old.name),
+        );
+    }
+    // 2. Old replicas set to drain take traffic again; routed new ones drain.
+    {
+        let mut st = inner.state.locked();
+        if let Some(a) = st.apps.get_mut(app) {
+            for r in a.replicas.iter_mut() {
+                r.state = if progress.routed_new.contains(&r.container_id) {
+                    ServerState::Drain
+                } else {
+                    ServerState::Ready
+                };
+            }
+        }
+        let _ = inner.publish_app(&st, app);
+    }
+    for id in &progress.routed_new {
+        wait_drained(inner, app, id, rec.spec.drain_timeout).await;
+    }
+    // 3. New replicas leave the route and are removed.
+    {
+        let mut st = inner.state.locked();
+        let restore_hosts = inner
+            .store
+            .current(app)
+            .ok()
+            .flatten()
+            .map(|c| (c.spec.domains, c.spec.aliases));
+        if let Some(a) = st.apps.get_mut(app) {
+            a.replicas
+                .retain(|r| !progress.routed_new.contains(&r.container_id));
+            // Back to what the current deployment serves (none after a failed first deploy).
+            a.hosts = restore_hosts;
+        }
+        let _ = inner.publish_app(&st, app);
+    }
+    for (_, new) in std::mem::take(&mut progress.new) {
+        match inner.rt.remove(&new.id).await {
+            Ok(()) => inner.emit(&rec.id, "removed", format!("new {} removed", new.name)),
+            Err(e) => inner.warn(format!("abort: removing new {}: {e}", new.name)),
+        }
+    }
+}
+
+async fn prune_images(inner: &Inner, id: &str, app: &str) {
+    let keep = inner.cfg.keep_images.max(1);
+    let history = match inner.store.list(app, 10_000) {
+        Ok(h) => h,
+        Err(e) => {
+            inner.warn(format!("image pruning skipped: {e}"));
+            return;
+        }
+    };
+    let uses: Vec<ImageUse> = history
+        .iter()
+        .filter_map(|d| {
+            Some(ImageUse {
+                image_id: d.image_id.clone()?,
+                succeeded: d.state == DeployState::Succeeded,
+            })
+        })
+        .collect();
+    // Images any container still uses, and those other apps keep, stay.
+    let mut in_use: Vec<String> = match inner.rt.list(&[labels::ROLE.to_string()]).await {
+        Ok(cs) => cs.into_iter().map(|c| c.image_id).collect(),
+        Err(e) => {
+            inner.warn(format!("image pruning skipped: {e}"));
+            return;
+        }
+    };
+    if let Ok(apps) = inner.store.apps() {
+        for (other, _) in apps.into_iter().filter(|(a, _)| a != app) {
+            if let Ok(h) = inner.store.list(&other, 10_000) {
+                in_use.extend(
+                    h.into_iter()
+                        .filter(|d| d.state == DeployState::Succeeded)
+                        .take(keep)
+                        .filter_map(|d| d.image_id),
+                );
+            }
+        }
+    }
+    let doomed = images_to_prune(&uses, keep, &in_use);
+    let mut removed = Vec::new();
+    for img in doomed {
+        match inner.rt.remove_image(&img).await {
+            Ok(true) => removed.push(short(&img).to_string()),
+            Ok(false) => {}
+            Err(e) => inner.warn(format!("pruning image {}: {e}", short(&img))),
+        }
+    }
+    if !removed.is_empty() {
+        inner.emit(
+            id,
+            "pruned",
+            format!("removed old images {}", removed.join(", ")),
+        );
+    }
+}

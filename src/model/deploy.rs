@@ -1,0 +1,551 @@
+//! The app spec a deploy asks for, its validation (errors name the field), and the pure deploy
+//! plan: `plan(current, desired) -> Vec<Step>`. Rolling plans touch exactly one replica at a
+//! time (start new → healthy → route it → drain one old → wait in-flight → stop it); replace
+//! plans stop every old replica before starting new ones. No I/O here: `deploy/` executes.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+use thiserror::Error;
+
+use super::route::Domain;
+
+/// How the old version is replaced.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Strategy {
+    /// One replica at a time, never fewer healthy replicas routed than before (default).
+    #[default]
+    Rolling,
+    /// Stop all old replicas, then start all new ones: downtime accepted.
+    Replace,
+}
+
+/// HTTP health check run against each new replica before it is routed.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct HealthSpec {
+    /// Path requested with GET; a 2xx or 3xx answer is healthy.
+    pub path: String,
+    /// Pause between two checks.
+    #[serde(with = "humantime_serde")]
+    pub interval: Duration,
+    /// Longest one check may take.
+    #[serde(with = "humantime_serde")]
+    pub timeout: Duration,
+}
+
+impl Default for HealthSpec {
+    fn default() -> Self {
+        Self {
+            path: "/".into(),
+            interval: Duration::from_millis(500),
+            timeout: Duration::from_secs(2),
+        }
+    }
+}
+
+fn default_port() -> u16 {
+    8080
+}
+fn default_replicas() -> u32 {
+    1
+}
+fn default_drain() -> Duration {
+    Duration::from_secs(30)
+}
+fn default_deploy_timeout() -> Duration {
+    Duration::from_secs(120)
+}
+
+/// What an operator asks to run for one app.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AppSpec {
+    /// Image reference (`name:tag`) or image id (`sha256:…`).
+    pub image: String,
+    pub domains: Vec<Domain>,
+    #[serde(default)]
+    pub aliases: Vec<Domain>,
+    /// Port the app listens on inside the container.
+    #[serde(default = "default_port")]
+    pub port: u16,
+    #[serde(default = "default_replicas")]
+    pub replicas: u32,
+    #[serde(default)]
+    pub strategy: Strategy,
+    #[serde(default)]
+    pub health: HealthSpec,
+    /// A new replica must stay healthy this long after its first good check.
+    #[serde(default, with = "humantime_serde")]
+    pub min_ready: Duration,
+    /// Longest wait for a draining replica's in-flight requests.
+    #[serde(default = "default_drain", with = "humantime_serde")]
+    pub drain_timeout: Duration,
+    /// Longest wait for one new replica to become healthy before the deploy aborts.
+    #[serde(default = "default_deploy_timeout", with = "humantime_serde")]
+    pub deploy_timeout: Duration,
+    #[serde(default)]
+    pub env: BTreeMap<String, String>,
+    /// Docker bind/volume specs (`name:/path`, `/host:/path:ro`).
+    #[serde(default)]
+    pub volumes: Vec<String>,
+}
+
+/// A spec problem, naming the field (`replicas`, `env.FOO`, `volumes[1]`).
+#[derive(Debug, Clone, PartialEq, Eq, Error)]
+#[error("{field}: {message}")]
+pub struct SpecError {
+    pub field: String,
+    pub message: String,
+}
+
+fn err(field: impl Into<String>, message: impl Into<String>) -> SpecError {
+    SpecError {
+        field: field.into(),
+        message: message.into(),
+    }
+}
+
+/// Most replicas one app may ask for.
+pub const MAX_REPLICAS: u32 = 64;
+
+/// Checks an app name: 1-63 chars of `a-z0-9-`, starting with a letter or digit.
+pub fn validate_app_name(name: &str) -> Result<(), SpecError> {
+    let ok = !name.is_empty()
+        && name.len() <= 63
+        && name
+            .chars()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-')
+        && !name.starts_with('-');
+    if ok {
+        Ok(())
+    } else {
+        Err(err(
+            "app",
+            format!("{name:?} must be 1-63 characters of a-z, 0-9 and '-', not starting with '-'"),
+        ))
+    }
+}
+
+impl AppSpec {
+    /// Checks everything serde cannot: the first problem found, naming its field.
+    pub fn validate(&self) -> Result<(), SpecError> {
+        let image = self.image.trim();
+        if image.is_empty() {
+            return Err(err("image", "must not be empty"));
+        }
+        if image.chars().any(|c| c.is_whitespace() || c.is_control()) {
+            return Err(err("image", format!("{image:?} contains whitespace")));
+        }
+        if self.domains.is_empty() {
+            return Err(err("domains", "an app needs at least one domain"));
+        }
+        let mut seen = BTreeSet::new();
+        for (i, d) in self.domains.iter().enumerate() {
+            if !seen.insert(d.as_str()) {
+                return Err(err(format!("domains[{i}]"), format!("{d} appears twice")));
+            }
+        }
+        for (i, d) in self.aliases.iter().enumerate() {
+            if !seen.insert(d.as_str()) {
+                return Err(err(
+                    format!("aliases[{i}]"),
+                    format!("{d} is already a domain or alias of this app"),
+                ));
+            }
+        }
+        if self.port == 0 {
+            return Err(err("port", "must be 1-65535"));
+        }
+        if self.replicas == 0 || self.replicas > MAX_REPLICAS {
+            return Err(err(
+                "replicas",
+                format!("{} is out of range (1-{MAX_REPLICAS})", self.replicas),
+            ));
+        }
+        if !self.health.path.starts_with('/') || self.health.path.contains(char::is_whitespace) {
+            return Err(err(
+                "health.path",
+                format!(
+                    "{:?} must start with '/' and contain no spaces",
+                    self.health.path
+                ),
+            ));
+        }
+        if self.health.interval < Duration::from_millis(50) {
+            return Err(err("health.interval", "must be at least 50ms"));
+        }
+        if self.health.timeout < Duration::from_millis(50) {
+            return Err(err("health.timeout", "must be at least 50ms"));
+        }
+        if self.deploy_timeout < self.health.timeout {
+            return Err(err(
+                "deploy_timeout",
+                "must be at least as long as health.timeout",
+            ));
+        }
+        for k in self.env.keys() {
+            let valid = !k.is_empty()
+                && !k.starts_with(|c: char| c.is_ascii_digit())
+                && k.chars().all(|c| c.is_ascii_alphanumeric() || c == '_');
+            if !valid {
+                return Err(err(
+                    format!("env.{k}"),
+                    "variable names are letters, digits and '_', not starting with a digit",
+                ));
+            }
+        }
+        for (i, v) in self.volumes.iter().enumerate() {
+            let parts: Vec<&str> = v.split(':').collect();
+            let valid = (2..=3).contains(&parts.len())
+                && !parts[0].is_empty()
+                && parts[1].starts_with('/')
+                && parts.get(2).map_or(true, |m| {
+                    m.split(',').all(|o| ["ro", "rw", "z", "Z"].contains(&o))
+                });
+            if !valid {
+                return Err(err(
+                    format!("volumes[{i}]"),
+                    format!("{v:?} must look like NAME:/path, /host/path:/path or …:/path:ro"),
+                ));
+            }
+        }
+        Ok(())
+    }
+}
+
+/// One old replica, as the planner sees it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct OldReplica {
+    pub container_id: String,
+}
+
+/// One action of a deploy. New replicas are numbered by slot (0..replicas).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Step {
+    /// Create and start new replica `slot`.
+    StartNew { slot: u32 },
+    /// Wait until new replica `slot` answers its health check (then `min_ready`).
+    WaitHealthy { slot: u32 },
+    /// Add new replica `slot` to the app's route.
+    RouteNew { slot: u32 },
+    /// Set an old replica to drain: no new requests.
+    DrainOld { container_id: String },
+    /// Wait until a draining replica has no in-flight requests (bounded by `drain_timeout`).
+    WaitDrained { container_id: String },
+    /// Stop an old replica (it is removed once the deploy succeeds).
+    StopOld { container_id: String },
+}
+
+/// The steps that turn `current` (replicas of the running version) into `desired`.
+pub fn plan(current: &[OldReplica], desired: &AppSpec) -> Vec<Step> {
+    let new = desired.replicas;
+    let mut steps = Vec::new();
+    match desired.strategy {
+        Strategy::Rolling => {
+            let rounds = (new as usize).max(current.len());
+            for i in 0..rounds {
+                if i < new as usize {
+                    let slot = i as u32;
+                    steps.push(Step::StartNew { slot });
+                    steps.push(Step::WaitHealthy { slot });
+                    steps.push(Step::RouteNew { slot });
+                }
+                if let Some(old) = current.get(i) {
+                    let id = old.container_id.clone();
+                    steps.push(Step::DrainOld {
+                        container_id: id.clone(),
+                    });
+                    steps.push(Step::WaitDrained {
+                        container_id: id.clone(),
+                    });
+                    steps.push(Step::StopOld { container_id: id });
+                }
+            }
+        }
+        Strategy::Replace => {
+            for old in current {
+                steps.push(Step::DrainOld {
+                    container_id: old.container_id.clone(),
+                });
+            }
+            for old in current {
+                steps.push(Step::WaitDrained {
+                    container_id: old.container_id.clone(),
+                });
+                steps.push(Step::StopOld {
+                    container_id: old.container_id.clone(),
+                });
+            }
+            for slot in 0..new {
+                steps.push(Step::StartNew { slot });
+            }
+            for slot in 0..new {
+                steps.push(Step::WaitHealthy { slot });
+                steps.push(Step::RouteNew { slot });
+            }
+        }
+    }
+    steps
+}
+
+/// A past deployment, as image pruning sees it (newest first).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ImageUse {
+    pub image_id: String,
+    pub succeeded: bool,
+}
+
+/// Image ids to delete: everything not used by one of the `keep` newest succeeded deployments
+/// nor listed in `in_use`. `history` is newest first.
+pub fn images_to_prune(history: &[ImageUse], keep: usize, in_use: &[String]) -> Vec<String> {
+    let mut kept: BTreeSet<&str> = in_use.iter().map(String::as_str).collect();
+    for h in history.iter().filter(|h| h.succeeded).take(keep) {
+        kept.insert(&h.image_id);
+    }
+    let mut out = Vec::new();
+    for h in history {
+        if !h.image_id.is_empty()
+            && !kept.contains(h.image_id.as_str())
+            && !out.contains(&h.image_id)
+        {
+            out.push(h.image_id.clone());
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn spec(json: &str) -> AppSpec {
+        serde_json::from_str(json).expect("test spec parses")
+    }
+
+    fn base() -> AppSpec {
+        spec(r#"{"image":"demo:v1","domains":["a.example.com"]}"#)
+    }
+
+    #[test]
+    fn defaults() {
+        let s = base();
+        assert_eq!(s.port, 8080);
+        assert_eq!(s.replicas, 1);
+        assert_eq!(s.strategy, Strategy::Rolling);
+        assert_eq!(s.health.path, "/");
+        assert_eq!(s.drain_timeout, Duration::from_secs(30));
+        s.validate().unwrap();
+        let s = spec(
+            r#"{"image":"x","domains":["a.com"],"health":{"path":"/up","interval":"1s","timeout":"300ms"},"min_ready":"2s","strategy":"replace"}"#,
+        );
+        assert_eq!(s.health.interval, Duration::from_secs(1));
+        assert_eq!(s.health.timeout, Duration::from_millis(300));
+        assert_eq!(s.min_ready, Duration::from_secs(2));
+        assert_eq!(s.strategy, Strategy::Replace);
+    }
+
+    #[test]
+    fn validation_names_the_field() {
+        let cases: &[(&str, &str)] = &[
+            (r#"{"image":" ","domains":["a.com"]}"#, "image"),
+            (r#"{"image":"a b","domains":["a.com"]}"#, "image"),
+            (r#"{"image":"x","domains":[]}"#, "domains"),
+            (r#"{"image":"x","domains":["a.com","a.com"]}"#, "domains[1]"),
+            (
+                r#"{"image":"x","domains":["a.com"],"aliases":["a.com"]}"#,
+                "aliases[0]",
+            ),
+            (r#"{"image":"x","domains":["a.com"],"port":0}"#, "port"),
+            (
+                r#"{"image":"x","domains":["a.com"],"replicas":0}"#,
+                "replicas",
+            ),
+            (
+                r#"{"image":"x","domains":["a.com"],"replicas":65}"#,
+                "replicas",
+            ),
+            (
+                r#"{"image":"x","domains":["a.com"],"health":{"path":"up"}}"#,
+                "health.path",
+            ),
+            (
+                r#"{"image":"x","domains":["a.com"],"health":{"interval":"1ms"}}"#,
+                "health.interval",
+            ),
+            (
+                r#"{"image":"x","domains":["a.com"],"health":{"timeout":"5s"},"deploy_timeout":"1s"}"#,
+                "deploy_timeout",
+            ),
+            (
+                r#"{"image":"x","domains":["a.com"],"env":{"1X":"y"}}"#,
+                "env.1X",
+            ),
+            (
+                r#"{"image":"x","domains":["a.com"],"env":{"A-B":"y"}}"#,
+                "env.A-B",
+            ),
+            (
+                r#"{"image":"x","domains":["a.com"],"volumes":["data:/d","nopath"]}"#,
+                "volumes[1]",
+            ),
+            (
+                r#"{"image":"x","domains":["a.com"],"volumes":["data:/d:rx"]}"#,
+                "volumes[0]",
+            ),
+        ];
+        for (json, field) in cases {
+            let e = spec(json).validate().expect_err(json);
+            assert_eq!(e.field, *field, "{json}: {e}");
+        }
+        // serde-level errors name the field too.
+        let e = serde_json::from_str::<AppSpec>(r#"{"image":"x","domains":["a b"]}"#)
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("invalid host name"), "{e}");
+        let e = serde_json::from_str::<AppSpec>(r#"{"image":"x","domains":["a.com"],"bogus":1}"#)
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("bogus"), "{e}");
+        spec(r#"{"image":"x","domains":["a.com"],"volumes":["/srv/x:/x:ro","v:/y"],"env":{"A_1":"b"}}"#)
+            .validate()
+            .unwrap();
+        assert!(validate_app_name("web-1").is_ok());
+        for bad in ["", "-a", "Web", "a_b", &"a".repeat(64)] {
+            assert_eq!(validate_app_name(bad).unwrap_err().field, "app", "{bad}");
+        }
+    }
+
+    fn olds(n: usize) -> Vec<OldReplica> {
+        (0..n)
+            .map(|i| OldReplica {
+                container_id: format!("o{i}"),
+            })
+            .collect()
+    }
+
+    /// Compact rendering of a plan, for table-driven tests.
+    fn render(steps: &[Step]) -> String {
+        steps
+            .iter()
+            .map(|s| match s {
+                Step::StartNew { slot } => format!("start{slot}"),
+                Step::WaitHealthy { slot } => format!("healthy{slot}"),
+                Step::RouteNew { slot } => format!("route{slot}"),
+                Step::DrainOld { container_id } => format!("drain:{container_id}"),
+                Step::WaitDrained { container_id } => format!("drained:{container_id}"),
+                Step::StopOld { container_id } => format!("stop:{container_id}"),
+            })
+            .collect::<Vec<_>>()
+            .join(" ")
+    }
+
+    #[test]
+    fn plans() {
+        let cases: &[(Strategy, usize, u32, &str)] = &[
+            (
+                Strategy::Rolling,
+                0,
+                2,
+                "start0 healthy0 route0 start1 healthy1 route1",
+            ),
+            (
+                Strategy::Rolling,
+                2,
+                2,
+                "start0 healthy0 route0 drain:o0 drained:o0 stop:o0 \
+                 start1 healthy1 route1 drain:o1 drained:o1 stop:o1",
+            ),
+            (
+                Strategy::Rolling,
+                3,
+                1,
+                "start0 healthy0 route0 drain:o0 drained:o0 stop:o0 \
+                 drain:o1 drained:o1 stop:o1 drain:o2 drained:o2 stop:o2",
+            ),
+            (
+                Strategy::Rolling,
+                1,
+                2,
+                "start0 healthy0 route0 drain:o0 drained:o0 stop:o0 start1 healthy1 route1",
+            ),
+            (
+                Strategy::Replace,
+                2,
+                2,
+                "drain:o0 drain:o1 drained:o0 stop:o0 drained:o1 stop:o1 \
+                 start0 start1 healthy0 route0 healthy1 route1",
+            ),
+            (Strategy::Replace, 0, 1, "start0 healthy0 route0"),
+        ];
+        for (strategy, old, new, want) in cases {
+            let mut s = base();
+            s.strategy = *strategy;
+            s.replicas = *new;
+            let got = render(&plan(&olds(*old), &s));
+            let want = want.split_whitespace().collect::<Vec<_>>().join(" ");
+            assert_eq!(got, want, "{strategy:?} {old}→{new}");
+        }
+    }
+
+    /// Invariant of rolling plans: routed healthy replicas never drop below min(old, new)
+    /// once the first new one is routed, and at most one extra replica runs at a time.
+    #[test]
+    fn rolling_keeps_capacity() {
+        for old in 0..5usize {
+            for new in 1..5u32 {
+                let mut s = base();
+                s.replicas = new;
+                let steps = plan(&olds(old), &s);
+                let (mut routed, mut running) = (old as i64, old as i64);
+                let floor = old.min(new as usize) as i64;
+                let mut peak = running;
+                for st in &steps {
+                    match st {
+                        Step::StartNew { .. } => running += 1,
+                        Step::RouteNew { .. } => routed += 1,
+                        Step::DrainOld { .. } => {
+                            routed -= 1;
+                            assert!(routed >= floor, "{old}→{new}: {steps:?}");
+                        }
+                        Step::StopOld { .. } => running -= 1,
+                        _ => {}
+                    }
+                    peak = peak.max(running);
+                }
+                assert!(peak <= old.max(new as usize) as i64 + 1, "{old}→{new}");
+                assert_eq!(routed, new as i64);
+                assert_eq!(running, new as i64);
+            }
+        }
+    }
+
+    #[test]
+    fn prune_keeps_last_n_succeeded_and_in_use() {
+        let h = |id: &str, ok: bool| ImageUse {
+            image_id: id.into(),
+            succeeded: ok,
+        };
+        let history = vec![
+            h("i6", true),
+            h("i5", false),
+            h("i4", true),
+            h("i3", true),
+            h("i2", true),
+            h("i1", true),
+            h("i4", true),
+        ];
+        assert_eq!(
+            images_to_prune(&history, 2, &[]),
+            vec!["i5", "i3", "i2", "i1"]
+        );
+        assert_eq!(
+            images_to_prune(&history, 2, &["i1".to_string()]),
+            vec!["i5", "i3", "i2"]
+        );
+        assert_eq!(images_to_prune(&history, 10, &[]), vec!["i5"]);
+        assert!(images_to_prune(&[], 5, &[]).is_empty());
+    }
+}

@@ -1,0 +1,459 @@
+//! Deployment history and each app's current deployment, in SQLite. Self-contained: the
+//! tables come from `MIGRATION_SQL` (idempotent), the functions take a `&Connection`, and
+//! `DeploymentStore` is the narrow trait the deploy engine uses. Marking a deployment
+//! succeeded and making it the app's current one happen in one transaction.
+
+use std::path::Path;
+use std::sync::Mutex;
+
+use rusqlite::{params, Connection, OptionalExtension, Row};
+use serde::{Deserialize, Serialize};
+use thiserror::Error;
+
+use crate::model::deploy::AppSpec;
+
+/// Tables of this module. Idempotent; run it once per connection or register it as one step
+/// of the store's `user_version` migrations.
+pub const MIGRATION_SQL: &str = "
+CREATE TABLE IF NOT EXISTS deployments (
+    id          TEXT PRIMARY KEY,
+    app         TEXT NOT NULL,
+    spec        TEXT NOT NULL,
+    image_id    TEXT,
+    state       TEXT NOT NULL,
+    reason      TEXT,
+    created_by  TEXT NOT NULL,
+    created_at  INTEGER NOT NULL,
+    finished_at INTEGER,
+    rollback_of TEXT
+);
+CREATE INDEX IF NOT EXISTS deployments_by_app ON deployments(app, created_at);
+CREATE TABLE IF NOT EXISTS app_current (
+    app        TEXT PRIMARY KEY,
+    deployment TEXT REFERENCES deployments(id)
+);
+";
+
+#[derive(Debug, Error)]
+pub enum DeploymentStoreError {
+    #[error("database: {0}")]
+    Sqlite(#[from] rusqlite::Error),
+    #[error("deployment {id}: stored {what} is unreadable: {message}")]
+    Corrupt {
+        id: String,
+        what: &'static str,
+        message: String,
+    },
+}
+
+/// Lifecycle of a deployment.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum DeployState {
+    Running,
+    Succeeded,
+    Failed,
+}
+
+impl DeployState {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            DeployState::Running => "running",
+            DeployState::Succeeded => "succeeded",
+            DeployState::Failed => "failed",
+        }
+    }
+    fn parse(s: &str) -> Option<Self> {
+        Some(match s {
+            "running" => DeployState::Running,
+            "succeeded" => DeployState::Succeeded,
+            "failed" => DeployState::Failed,
+            _ => return None,
+        })
+    }
+}
+
+/// One deployment as stored.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DeploymentRecord {
+    pub id: String,
+    pub app: String,
+    pub spec: AppSpec,
+    /// Resolved image id (`sha256:…`), once known.
+    pub image_id: Option<String>,
+    pub state: DeployState,
+    /// Why it failed.
+    pub reason: Option<String>,
+    /// Who asked (token name, `rollback`, `reconcile`).
+    pub created_by: String,
+    /// Unix milliseconds.
+    pub created_at: i64,
+    pub finished_at: Option<i64>,
+    /// The deployment this one rolls back to.
+    pub rollback_of: Option<String>,
+}
+
+/// What the deploy engine needs from storage.
+pub trait DeploymentStore: Send + Sync + 'static {
+    fn insert(&self, rec: &DeploymentRecord) -> Result<(), DeploymentStoreError>;
+    fn set_image(&self, id: &str, image_id: &str) -> Result<(), DeploymentStoreError>;
+    /// Records the outcome; `Succeeded` also makes it the app's current deployment (atomically).
+    fn finish(
+        &self,
+        id: &str,
+        state: DeployState,
+        reason: Option<&str>,
+        at: i64,
+    ) -> Result<(), DeploymentStoreError>;
+    fn get(&self, id: &str) -> Result<Option<DeploymentRecord>, DeploymentStoreError>;
+    /// Newest first.
+    fn list(&self, app: &str, limit: usize) -> Result<Vec<DeploymentRecord>, DeploymentStoreError>;
+    /// The deployment that should be running for `app` (None: never deployed, or stopped).
+    fn current(&self, app: &str) -> Result<Option<DeploymentRecord>, DeploymentStoreError>;
+    /// Every app with a row, and its current deployment id.
+    fn apps(&self) -> Result<Vec<(String, Option<String>)>, DeploymentStoreError>;
+    /// Deployments still marked running (interrupted ones, after a crash).
+    fn unfinished(&self) -> Result<Vec<DeploymentRecord>, DeploymentStoreError>;
+    /// The app should run nothing (after `stop`).
+    fn clear_current(&self, app: &str) -> Result<(), DeploymentStoreError>;
+}
+
+/// Creates this module's tables.
+pub fn migrate(conn: &Connection) -> Result<(), DeploymentStoreError> {
+    conn.execute_batch(MIGRATION_SQL)?;
+    Ok(())
+}
+
+const COLUMNS: &str =
+    "id, app, spec, image_id, state, reason, created_by, created_at, finished_at, rollback_of";
+
+fn from_row(row: &Row<'_>) -> rusqlite::Result<(DeploymentRecord, String, String)> {
+    // Spec and state are parsed after the row is read, so a bad value becomes `Corrupt`.
+    let spec: String = row.get(2)?;
+    let state: String = row.get(4)?;
+    let placeholder = AppSpec {
+        image: String::new(),
+        domains: vec![],
+        aliases: vec![],
+        port: 0,
+        replicas: 0,
+        strategy: Default::default(),
+        health: Default::default(),
+        min_ready: Default::default(),
+        drain_timeout: Default::default(),
+        deploy_timeout: Default::default(),
+        env: Default::default(),
+        volumes: vec![],
+    };
+    Ok((
+        DeploymentRecord {
+            id: row.get(0)?,
+            app: row.get(1)?,
+            spec: placeholder,
+            image_id: row.get(3)?,
+            state: DeployState::Running,
+            reason: row.get(5)?,
+            created_by: row.get(6)?,
+            created_at: row.get(7)?,
+            finished_at: row.get(8)?,
+            rollback_of: row.get(9)?,
+        },
+        spec,
+        state,
+    ))
+}
+
+fn finish_row(
+    (mut rec, spec, state): (DeploymentRecord, String, String),
+) -> Result<DeploymentRecord, DeploymentStoreError> {
+    rec.spec = serde_json::from_str(&spec).map_err(|e| DeploymentStoreError::Corrupt {
+        id: rec.id.clone(),
+        what: "spec",
+        message: e.to_string(),
+    })?;
+    rec.state = DeployState::parse(&state).ok_or_else(|| DeploymentStoreError::Corrupt {
+        id: rec.id.clone(),
+        what: "state",
+        message: format!("unknown state {state:?}"),
+    })?;
+    Ok(rec)
+}
+
+fn query(
+    conn: &Connection,
+    sql_where: &str,
+    params: &[&dyn rusqlite::ToSql],
+) -> Result<Vec<DeploymentRecord>, DeploymentStoreError> {
+    let sql = format!("SELECT {COLUMNS} FROM deployments {sql_where}");
+    let mut stmt = conn.prepare_cached(&sql)?;
+    let rows = stmt.query_map(params, from_row)?;
+    let mut out = Vec::new();
+    for r in rows {
+        out.push(finish_row(r?)?);
+    }
+    Ok(out)
+}
+
+pub fn insert(conn: &Connection, rec: &DeploymentRecord) -> Result<(), DeploymentStoreError> {
+    let spec = serde_json::to_string(&rec.spec).map_err(|e| DeploymentStoreError::Corrupt {
+        id: rec.id.clone(),
+        what: "spec",
+        message: e.to_string(),
+    })?;
+    conn.execute(
+        &format!("INSERT INTO deployments ({COLUMNS}) VALUES (?1,?2,?3,?4,?5,?6,?7,?8,?9,?10)"),
+        params![
+            rec.id,
+            rec.app,
+            spec,
+            rec.image_id,
+            rec.state.as_str(),
+            rec.reason,
+            rec.created_by,
+            rec.created_at,
+            rec.finished_at,
+            rec.rollback_of
+        ],
+    )?;
+    Ok(())
+}
+
+pub fn set_image(conn: &Connection, id: &str, image_id: &str) -> Result<(), DeploymentStoreError> {
+    conn.execute(
+        "UPDATE deployments SET image_id = ?2 WHERE id = ?1",
+        params![id, image_id],
+    )?;
+    Ok(())
+}
+
+pub fn finish(
+    conn: &mut Connection,
+    id: &str,
+    state: DeployState,
+    reason: Option<&str>,
+    at: i64,
+) -> Result<(), DeploymentStoreError> {
+    let tx = conn.transaction()?;
+    tx.execute(
+        "UPDATE deployments SET state = ?2, reason = ?3, finished_at = ?4 WHERE id = ?1",
+        params![id, state.as_str(), reason, at],
+    )?;
+    if state == DeployState::Succeeded {
+        tx.execute(
+            "INSERT INTO app_current (app, deployment)
+             SELECT app, id FROM deployments WHERE id = ?1
+             ON CONFLICT(app) DO UPDATE SET deployment = excluded.deployment",
+            params![id],
+        )?;
+    }
+    tx.commit()?;
+    Ok(())
+}
+
+pub fn get(conn: &Connection, id: &str) -> Result<Option<DeploymentRecord>, DeploymentStoreError> {
+    Ok(query(conn, "WHERE id = ?1", &[&id])?.into_iter().next())
+}
+
+pub fn list(
+    conn: &Connection,
+    app: &str,
+    limit: usize,
+) -> Result<Vec<DeploymentRecord>, DeploymentStoreError> {
+    let limit = limit.min(i64::MAX as usize) as i64;
+    query(
+        conn,
+        "WHERE app = ?1 ORDER BY created_at DESC, rowid DESC LIMIT ?2",
+        &[&app, &limit],
+    )
+}
+
+pub fn current(
+    conn: &Connection,
+    app: &str,
+) -> Result<Option<DeploymentRecord>, DeploymentStoreError> {
+    let id: Option<String> = conn
+        .query_row(
+            "SELECT deployment FROM app_current WHERE app = ?1",
+            params![app],
+            |r| r.get(0),
+        )
+        .optional()?
+        .flatten();
+    match id {
+        Some(id) => get(conn, &id),
+        None => Ok(None),
+    }
+}
+
+pub fn apps(conn: &Connection) -> Result<Vec<(String, Option<String>)>, DeploymentStoreError> {
+    let mut stmt = conn.prepare_cached(
+        "SELECT a.app, c.deployment FROM (SELECT DISTINCT app FROM deployments) a
+         LEFT JOIN app_current c ON c.app = a.app ORDER BY a.app",
+    )?;
+    let rows = stmt.query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?;
+    Ok(rows.collect::<Result<_, _>>()?)
+}
+
+pub fn unfinished(conn: &Connection) -> Result<Vec<DeploymentRecord>, DeploymentStoreError> {
+    query(conn, "WHERE state = 'running' ORDER BY created_at", &[])
+}
+
+pub fn clear_current(conn: &Connection, app: &str) -> Result<(), DeploymentStoreError> {
+    conn.execute(
+        "INSERT INTO app_current (app, deployment) VALUES (?1, NULL)
+         ON CONFLICT(app) DO UPDATE SET deployment = NULL",
+        params![app],
+    )?;
+    Ok(())
+}
+
+/// `DeploymentStore` over one SQLite connection (the store's single writer).
+pub struct SqliteDeployments {
+    conn: Mutex<Connection>,
+}
+
+impl SqliteDeployments {
+    /// Opens (creating if needed) a database file in WAL mode and runs `MIGRATION_SQL`.
+    pub fn open(path: &Path) -> Result<Self, DeploymentStoreError> {
+        let conn = Connection::open(path)?;
+        conn.pragma_update(None, "journal_mode", "WAL")?;
+        conn.pragma_update(None, "synchronous", "NORMAL")?;
+        conn.busy_timeout(std::time::Duration::from_secs(5))?;
+        Self::from_connection(conn)
+    }
+
+    /// Wraps a connection the caller opened; runs `MIGRATION_SQL`.
+    pub fn from_connection(conn: Connection) -> Result<Self, DeploymentStoreError> {
+        migrate(&conn)?;
+        Ok(Self {
+            conn: Mutex::new(conn),
+        })
+    }
+
+    fn with<T>(
+        &self,
+        f: impl FnOnce(&mut Connection) -> Result<T, DeploymentStoreError>,
+    ) -> Result<T, DeploymentStoreError> {
+        // A panic while holding the lock cannot leave a half transaction (rusqlite rolls back
+        // on drop), so a poisoned lock is still usable.
+        let mut guard = self.conn.lock().unwrap_or_else(|p| p.into_inner());
+        f(&mut guard)
+    }
+}
+
+impl DeploymentStore for SqliteDeployments {
+    fn insert(&self, rec: &DeploymentRecord) -> Result<(), DeploymentStoreError> {
+        self.with(|c| insert(c, rec))
+    }
+    fn set_image(&self, id: &str, image_id: &str) -> Result<(), DeploymentStoreError> {
+        self.with(|c| set_image(c, id, image_id))
+    }
+    fn finish(
+        &self,
+        id: &str,
+        state: DeployState,
+        reason: Option<&str>,
+        at: i64,
+    ) -> Result<(), DeploymentStoreError> {
+        self.with(|c| finish(c, id, state, reason, at))
+    }
+    fn get(&self, id: &str) -> Result<Option<DeploymentRecord>, DeploymentStoreError> {
+        self.with(|c| get(c, id))
+    }
+    fn list(&self, app: &str, limit: usize) -> Result<Vec<DeploymentRecord>, DeploymentStoreError> {
+        self.with(|c| list(c, app, limit))
+    }
+    fn current(&self, app: &str) -> Result<Option<DeploymentRecord>, DeploymentStoreError> {
+        self.with(|c| current(c, app))
+    }
+    fn apps(&self) -> Result<Vec<(String, Option<String>)>, DeploymentStoreError> {
+        self.with(|c| apps(c))
+    }
+    fn unfinished(&self) -> Result<Vec<DeploymentRecord>, DeploymentStoreError> {
+        self.with(|c| unfinished(c))
+    }
+    fn clear_current(&self, app: &str) -> Result<(), DeploymentStoreError> {
+        self.with(|c| clear_current(c, app))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn rec(id: &str, app: &str, at: i64) -> DeploymentRecord {
+        DeploymentRecord {
+            id: id.into(),
+            app: app.into(),
+            spec: serde_json::from_str(r#"{"image":"demo:v1","domains":["a.com"],"replicas":3}"#)
+                .unwrap(),
+            image_id: None,
+            state: DeployState::Running,
+            reason: None,
+            created_by: "test".into(),
+            created_at: at,
+            finished_at: None,
+            rollback_of: None,
+        }
+    }
+
+    #[test]
+    fn lifecycle_current_and_history() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("berth.db");
+        let s = SqliteDeployments::open(&path).unwrap();
+        s.insert(&rec("d1", "web", 1)).unwrap();
+        assert_eq!(s.unfinished().unwrap().len(), 1);
+        assert!(s.current("web").unwrap().is_none());
+        s.set_image("d1", "sha256:aa").unwrap();
+        s.finish("d1", DeployState::Succeeded, None, 2).unwrap();
+        s.insert(&rec("d2", "web", 3)).unwrap();
+        s.finish("d2", DeployState::Failed, Some("health"), 4)
+            .unwrap();
+        s.insert(&rec("d3", "api", 5)).unwrap();
+
+        let cur = s.current("web").unwrap().unwrap();
+        assert_eq!(cur.id, "d1");
+        assert_eq!(cur.image_id.as_deref(), Some("sha256:aa"));
+        assert_eq!(cur.spec.replicas, 3);
+        assert_eq!(cur.state, DeployState::Succeeded);
+        let hist: Vec<String> = s
+            .list("web", 10)
+            .unwrap()
+            .into_iter()
+            .map(|r| r.id)
+            .collect();
+        assert_eq!(hist, ["d2", "d1"]);
+        assert_eq!(
+            s.get("d2").unwrap().unwrap().reason.as_deref(),
+            Some("health")
+        );
+        assert_eq!(
+            s.apps().unwrap(),
+            vec![("api".into(), None), ("web".into(), Some("d1".into()))]
+        );
+        assert_eq!(s.unfinished().unwrap()[0].id, "d3");
+        drop(s);
+
+        // Survives a reopen (what reconcile relies on); migration is idempotent.
+        let s = SqliteDeployments::open(&path).unwrap();
+        assert_eq!(s.current("web").unwrap().unwrap().id, "d1");
+        s.clear_current("web").unwrap();
+        assert!(s.current("web").unwrap().is_none());
+    }
+
+    #[test]
+    fn corrupt_rows_are_errors_not_panics() {
+        let conn = Connection::open_in_memory().unwrap();
+        migrate(&conn).unwrap();
+        conn.execute(
+            "INSERT INTO deployments (id, app, spec, state, created_by, created_at)
+             VALUES ('x', 'web', '{not json', 'running', 't', 1)",
+            [],
+        )
+        .unwrap();
+        let s = SqliteDeployments::from_connection(conn).unwrap();
+        let e = s.get("x").unwrap_err().to_string();
+        assert!(e.contains("deployment x: stored spec"), "{e}");
+    }
+}
