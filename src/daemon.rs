@@ -14,6 +14,7 @@ use crate::config::{self, ConfigError};
 use crate::lifecycle::{self, ListenError};
 use crate::model::config::Config;
 use crate::model::route::{RouteError, RouteTable};
+use crate::proxy::health::{self, HealthSettings};
 use crate::proxy::{server, Proxy, Settings, Tables};
 
 #[derive(Debug, Error)]
@@ -74,13 +75,14 @@ pub async fn start(config: Config, config_path: Option<PathBuf>) -> Result<Runni
     tracing::info!(http = %http_addr, routes = config.routes.len(), "listening");
 
     let (stop, stop_rx) = watch::channel(false);
+    let prober = health::spawn(tables.clone(), HealthSettings::default(), stop_rx.clone());
     let task = tokio::spawn(server::serve_http(proxy.clone(), listener, stop_rx));
     Ok(Running {
         http_addr,
         tables,
         proxy,
         stop,
-        tasks: vec![task],
+        tasks: vec![task, prober],
         config_path,
     })
 }
