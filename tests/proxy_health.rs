@@ -466,3 +466,54 @@ async fn uri_hash_keeps_each_path_on_one_backend() {
     }
     d.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sticky_pins_still_reach_a_draining_backend_but_not_maint() {
+    let b1 = TestBackend::start("b1").await;
+    let b2 = TestBackend::start("b2").await;
+    let spec = |state: &str| {
+        routes(&format!(
+            r#"[{{"name":"app","domains":["app.test"],"balancer":{{"kind":"sticky_cookie","cookie":"PIN"}},
+            "backends":[{{"id":"b1","address":"{}","state":"{state}"}},{{"id":"b2","address":"{}"}}]}}]"#,
+            b1.addr, b2.addr
+        ))
+    };
+    let mut cfg = config("[]");
+    cfg.routes = spec("ready");
+    let d = start(cfg).await;
+    let c = client();
+    let token = d.tables.load().route("app").unwrap().backends[0]
+        .token
+        .clone();
+    let req = |cookie: Option<&str>| {
+        let mut r = Request::get(format!("http://{}/", d.http_addr)).header("host", "app.test");
+        if let Some(c) = cookie {
+            r = r.header("cookie", c);
+        }
+        r.body(empty()).unwrap()
+    };
+    let pin = format!("PIN={token}");
+
+    let t = RouteTable::build(&spec("drain"), Some(&d.tables.load_full())).unwrap();
+    d.tables.publish(t);
+    for _ in 0..10 {
+        let (parts, _) = send(&c, req(Some(&pin))).await.unwrap();
+        assert_eq!(
+            parts.headers["x-backend"], "b1",
+            "pinned requests enter a draining backend"
+        );
+        assert!(set_cookie(&parts).is_none());
+        let (parts, _) = send(&c, req(None)).await.unwrap();
+        assert_eq!(parts.headers["x-backend"], "b2", "unpinned ones avoid it");
+        assert!(set_cookie(&parts).unwrap().starts_with("PIN="));
+    }
+    let t = RouteTable::build(&spec("maint"), Some(&d.tables.load_full())).unwrap();
+    d.tables.publish(t);
+    let (parts, _) = send(&c, req(Some(&pin))).await.unwrap();
+    assert_eq!(
+        parts.headers["x-backend"], "b2",
+        "maint takes no traffic at all"
+    );
+    assert!(set_cookie(&parts).is_some(), "and the pin is rewritten");
+    d.shutdown().await;
+}

@@ -103,6 +103,7 @@ impl Proxy {
             })
         });
         let mut done = Completion {
+            start,
             log,
             backend: None,
             conn: Some(conn),
