@@ -1,5 +1,5 @@
-//! Per-backend counters. Plain atomics, shared by every table snapshot that holds the backend,
-//! so a table swap never resets them and the request path never locks.
+//! Per-backend counters and a latency histogram. Plain atomics, shared by every table snapshot
+//! that holds the backend, so a table swap never resets them and the request path never locks.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;

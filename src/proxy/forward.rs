@@ -1,6 +1,9 @@
-//! One request: route lookup, backend choice, header rewriting, forwarding with timeouts,
-//! error mapping (400/404/413/502/503/504), upgrade tunnels, and the completion bookkeeping
-//! that feeds stats and the access log.
+//! One request: route lookup, backend choice (the route's balancer, sticky `Set-Cookie`),
+//! header rewriting, forwarding with timeouts, passive health (transport failures feed the
+//! backend's rise/fall cell) and one retry of bodiless GET/HEAD/OPTIONS on another backend,
+//! error mapping (400/404/413/502/503/504), upgrade tunnels (cut when their backend is removed
+//! and drained, or marked down with `on_down: shutdown_sessions`), and the completion
+//! bookkeeping that feeds stats and the access log.
 
 use std::net::SocketAddr;
 use std::sync::atomic::Ordering;
@@ -310,7 +313,7 @@ impl Proxy {
                 Ok(Ok(r)) => {
                     if let Some(hc) = health_check {
                         // Resets a failure streak; a plain load when there is none.
-                        backend.health.record(true, hc.rise, hc.fall, unix_ms());
+                        backend.health.record_success(hc.rise, hc.fall);
                     }
                     break (r, pick);
                 }

@@ -1,6 +1,8 @@
 //! The reverse proxy: hyper server on the client side, pooled hyper-util client on the
 //! upstream side, and the route table as an `ArcSwap` snapshot between them. A request does
-//! one `load()` of the table and touches only atomics; writers publish whole new tables.
+//! one `load()` of the table and touches only atomics; writers publish whole new tables
+//! (`publish`), and the health task re-publishes with compare-and-swap (`refresh`) so it
+//! never overwrites a newer table.
 
 pub mod body;
 pub mod forward;
