@@ -517,3 +517,42 @@ async fn sticky_pins_still_reach_a_draining_backend_but_not_maint() {
     assert!(set_cookie(&parts).is_some(), "and the pin is rewritten");
     d.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn least_connections_avoids_the_busy_backend() {
+    let b1 = TestBackend::start("b1").await;
+    let b2 = TestBackend::start("b2").await;
+    let d = start(config(&format!(
+        r#"[{{"name":"app","domains":["app.test"],"balancer":"least_connections",
+        "backends":[{{"id":"b1","address":"{}"}},{{"id":"b2","address":"{}"}}]}}]"#,
+        b1.addr, b2.addr
+    )))
+    .await;
+    let c = client();
+    // Three slow requests: they spread 2/1 or so; wait until all three are in flight.
+    let mut slow = Vec::new();
+    for _ in 0..3 {
+        let (c, addr) = (c.clone(), d.http_addr);
+        slow.push(tokio::spawn(async move {
+            fetch(&c, addr, "app.test", "/sleep?ms=1500").await
+        }));
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let busy = |b: &TestBackend| b.state.inflight.load(Ordering::SeqCst);
+    assert!(eventually(Duration::from_secs(2), || busy(&b1) + busy(&b2) == 3).await);
+    let (more, less) = if busy(&b1) > busy(&b2) {
+        ("b1", "b2")
+    } else {
+        ("b2", "b1")
+    };
+    assert_ne!(busy(&b1), busy(&b2), "3 requests cannot split evenly");
+    // Quick requests go to the less loaded backend while the slow ones run.
+    for _ in 0..10 {
+        let (s, b, _) = fetch(&c, d.http_addr, "app.test", "/").await.unwrap();
+        assert_eq!((s, b.as_str()), (200, less), "{more} has more in flight");
+    }
+    for s in slow {
+        assert_eq!(s.await.unwrap().unwrap().0, 200);
+    }
+    d.shutdown().await;
+}
