@@ -19,6 +19,7 @@ use crate::lifecycle::upgrade::{self, Phase};
 use crate::lifecycle::{notify, Inherited, ListenError};
 use crate::model::config::Config;
 use crate::model::route::{RouteError, RouteTable};
+use crate::proxy::health::{self, HealthSettings};
 use crate::proxy::{server, Proxy, Settings, Tables};
 use crate::tls::{AcmeManager, CertStore, ManualCerts, TlsError};
 
@@ -128,7 +129,11 @@ pub async fn start_with(
     tracing::info!(http = %http_addr, from = %origin, routes = config.routes.len(), "listening");
 
     let (stop, stop_rx) = watch::channel(false);
-    let mut tasks = Vec::new();
+    let mut tasks = vec![health::spawn(
+        tables.clone(),
+        HealthSettings::default(),
+        stop_rx.clone(),
+    )];
     let (https_addr, certs, acme) = if config.tls.enabled {
         let tls = start_tls(
             &config,

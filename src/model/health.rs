@@ -115,6 +115,15 @@ impl BackendHealth {
         self.since_ms.load(Ordering::Acquire)
     }
 
+    /// A success on an up backend with no failure streak changes nothing: one load, no
+    /// clock read. The request path calls this for every good response.
+    pub fn record_success(&self, rise: u32, fall: u32) -> Option<Transition> {
+        if self.state.load(Ordering::Acquire) == HealthState::new(true).pack() {
+            return None;
+        }
+        self.record(true, rise, fall, unix_ms())
+    }
+
     /// Feeds one result (active check or passive failure) into the machine, atomically.
     pub fn record(&self, ok: bool, rise: u32, fall: u32, now_ms: u64) -> Option<Transition> {
         let mut cur = self.state.load(Ordering::Acquire);
@@ -217,6 +226,12 @@ mod tests {
         assert_eq!(h.record(true, 2, 3, 40), None);
         assert_eq!(h.record(true, 2, 3, 50), Some(Transition::WentUp));
         assert!(h.is_up());
+        assert_eq!(h.since_ms(), 50);
+        // A success clears a failure streak.
+        assert_eq!(h.record(false, 2, 3, 60), None);
+        assert_eq!(h.state().streak, 1);
+        assert_eq!(h.record_success(2, 3), None);
+        assert_eq!(h.state(), HealthState::new(true));
         assert_eq!(h.since_ms(), 50);
     }
 

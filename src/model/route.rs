@@ -1,6 +1,8 @@
 //! Route specifications (what an operator asks for) and the immutable `RouteTable` snapshot the
 //! proxy reads once per request. Building a table validates the whole set of routes; a table
 //! that exists is consistent (no domain+prefix claimed twice, every backend address parsed).
+//! Per-backend counters and runtime health carry over from the previous table by (route name,
+//! backend id); balancer choice (`Route::pick_for`) reads only the snapshot and atomics.
 
 use std::collections::{HashMap, HashSet};
 use std::fmt;

@@ -105,6 +105,8 @@ pub struct AccessLog {
 
 /// Counters released when the response ends.
 pub struct Completion {
+    /// When the request arrived (feeds the backend's latency histogram).
+    pub start: Instant,
     pub log: Option<Box<AccessLog>>,
     pub backend: Option<Arc<BackendStats>>,
     pub conn: Option<Arc<ConnState>>,
@@ -115,6 +117,7 @@ impl Drop for Completion {
         if let Some(b) = &self.backend {
             b.inflight
                 .fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
+            b.latency.record(self.start.elapsed());
         }
         if let Some(c) = &self.conn {
             c.request_done();

@@ -1,6 +1,9 @@
-//! One request: route lookup, backend choice, header rewriting, forwarding with timeouts,
-//! error mapping (400/404/413/502/503/504), upgrade tunnels, and the completion bookkeeping
-//! that feeds stats and the access log.
+//! One request: route lookup, backend choice (the route's balancer, sticky `Set-Cookie`),
+//! header rewriting, forwarding with timeouts, passive health (transport failures feed the
+//! backend's rise/fall cell) and one retry of bodiless GET/HEAD/OPTIONS on another backend,
+//! error mapping (400/404/413/502/503/504), upgrade tunnels (cut when their backend is removed
+//! and drained, or marked down with `on_down: shutdown_sessions`), and the completion
+//! bookkeeping that feeds stats and the access log.
 
 use std::net::SocketAddr;
 use std::sync::atomic::Ordering;
@@ -9,12 +12,15 @@ use std::time::Instant;
 
 use bytes::Bytes;
 use http::header::{self, HeaderValue};
-use http::{Request, Response, StatusCode, Uri, Version};
+use http::uri::PathAndQuery;
+use http::{Method, Request, Response, StatusCode, Uri, Version};
+use http_body::Body as _;
 use hyper::body::Incoming;
 use hyper_util::rt::TokioIo;
 
+use crate::model::health::{unix_ms, BackendHealth, Transition};
 use crate::model::host::normalize_host;
-use crate::model::route::{Lookup, PickError, Route};
+use crate::model::route::{BalancerKind, Lookup, OnDown, PickContext, PickError, Route};
 
 use super::body::{AccessLog, BodyTooLarge, Completion, RequestBody, ResponseBody};
 use super::headers::{is_upgrade_request, set_forwarded, strip_hop_by_hop};
@@ -100,6 +106,7 @@ impl Proxy {
             })
         });
         let mut done = Completion {
+            start,
             log,
             backend: None,
             conn: Some(conn),
@@ -174,50 +181,28 @@ impl Proxy {
             return local(StatusCode::PAYLOAD_TOO_LARGE, "request body too large\n");
         }
 
-        let idx = match route.pick(None) {
-            Ok(i) => i,
-            Err(PickError::NoBackends) | Err(PickError::AllDown) => {
-                return local(
-                    StatusCode::SERVICE_UNAVAILABLE,
-                    "no backend available for this host\n",
-                );
-            }
-        };
-        let backend = &route.backends[idx];
-        backend.stats.requests.fetch_add(1, Ordering::Relaxed);
-        backend.stats.inflight.fetch_add(1, Ordering::Relaxed);
-        done.backend = Some(backend.stats.clone());
-        if let Some(log) = done.log.as_mut() {
-            log.upstream = Some(backend.address.to_string());
-        }
-
-        // Build the upstream request.
+        // Build the upstream head once; only the authority differs between attempts.
         let upgrade = req.version() == Version::HTTP_11 && is_upgrade_request(req.headers());
         let client_upgrade = upgrade.then(|| hyper::upgrade::on(&mut req));
         let (parts, body) = req.into_parts();
-        let mut up = Request::new(RequestBody::new(body, self.settings.max_body_size));
-        *up.method_mut() = parts.method;
-        *up.version_mut() = Version::HTTP_11;
-        *up.headers_mut() = parts.headers;
+        let method = parts.method;
+        // A bodiless idempotent request can be sent again if its backend failed before
+        // answering (connect error, reset).
+        let retryable = !upgrade
+            && route.backends.len() > 1
+            && matches!(method, Method::GET | Method::HEAD | Method::OPTIONS)
+            && body.is_end_stream();
+        let mut body = Some(RequestBody::new(body, self.settings.max_body_size));
         let pq = parts
             .uri
             .path_and_query()
-            .map(|p| p.as_str())
-            .unwrap_or("/");
-        match Uri::builder()
-            .scheme("http")
-            .authority(backend.authority.clone())
-            .path_and_query(pq)
-            .build()
-        {
-            Ok(uri) => *up.uri_mut() = uri,
-            Err(_) => return local(StatusCode::BAD_REQUEST, "invalid request target\n"),
-        }
-        let headers = up.headers_mut();
-        strip_hop_by_hop(headers, upgrade);
-        join_cookies(headers);
+            .cloned()
+            .unwrap_or_else(|| PathAndQuery::from_static("/"));
+        let mut headers = parts.headers;
+        strip_hop_by_hop(&mut headers, upgrade);
+        join_cookies(&mut headers);
         set_forwarded(
-            headers,
+            &mut headers,
             peer.ip(),
             scheme,
             &raw_host,
@@ -228,40 +213,125 @@ impl Proxy {
                 headers.insert(header::HOST, v);
             }
         }
-
-        let sent = tokio::time::timeout(
-            self.settings.timeouts.response_header,
-            self.client.request(up),
-        )
-        .await;
-        let mut resp = match sent {
-            Err(_) => {
-                backend.stats.failures.fetch_add(1, Ordering::Relaxed);
-                backend.stats.record_status(504);
-                return local(StatusCode::GATEWAY_TIMEOUT, "upstream timed out\n");
-            }
-            Ok(Err(e)) => {
-                let failure = classify(&e, e.is_connect());
-                let (status, msg) = match failure {
-                    UpstreamFailure::BodyTooLarge => {
-                        return local(StatusCode::PAYLOAD_TOO_LARGE, "request body too large\n")
-                    }
-                    UpstreamFailure::ConnectTimeout => {
-                        (StatusCode::GATEWAY_TIMEOUT, "upstream connect timed out\n")
-                    }
-                    UpstreamFailure::Connect => {
-                        (StatusCode::BAD_GATEWAY, "upstream refused the connection\n")
-                    }
-                    UpstreamFailure::Other => (StatusCode::BAD_GATEWAY, "upstream failed\n"),
-                };
-                tracing::warn!(route = %route.name, upstream = %backend.address, error = %e, "upstream request failed");
-                backend.stats.failures.fetch_add(1, Ordering::Relaxed);
-                backend.stats.record_status(status.as_u16());
-                return local(status, msg);
-            }
-            Ok(Ok(r)) => r,
+        let cookie: Option<String> = match route.balancer {
+            BalancerKind::StickyCookie { .. } => headers
+                .get(header::COOKIE)
+                .and_then(|v| v.to_str().ok())
+                .map(str::to_string),
+            _ => None,
         };
+        let ctx = PickContext {
+            cookie: cookie.as_deref(),
+            path: pq.path(),
+            path_and_query: pq.as_str(),
+        };
+        let health_check = route.spec.health_check.as_ref();
+
+        let mut exclude = None;
+        let mut attempt = 0u8;
+        let mut failed: Option<(StatusCode, &'static str)> = None;
+        let (resp, pick) = loop {
+            let pick = match route.pick_for(&ctx, exclude) {
+                Ok(p) => p,
+                Err(PickError::NoBackends) | Err(PickError::AllDown) => {
+                    // Nowhere else to retry: the first failure stands.
+                    if let Some((status, msg)) = failed {
+                        return local(status, msg);
+                    }
+                    return local(
+                        StatusCode::SERVICE_UNAVAILABLE,
+                        "no backend available for this host\n",
+                    );
+                }
+            };
+            let backend = &route.backends[pick.index];
+            backend.stats.requests.fetch_add(1, Ordering::Relaxed);
+            backend.stats.inflight.fetch_add(1, Ordering::Relaxed);
+            if let Some(prev) = done.backend.replace(backend.stats.clone()) {
+                prev.inflight.fetch_sub(1, Ordering::Relaxed);
+            }
+            if let Some(log) = done.log.as_mut() {
+                log.upstream = Some(backend.address.to_string());
+            }
+            let may_retry = retryable && attempt == 0;
+            let mut up = Request::new(body.take().unwrap_or_else(RequestBody::empty));
+            *up.method_mut() = method.clone();
+            *up.version_mut() = Version::HTTP_11;
+            *up.headers_mut() = if may_retry {
+                headers.clone()
+            } else {
+                std::mem::take(&mut headers)
+            };
+            match Uri::builder()
+                .scheme("http")
+                .authority(backend.authority.clone())
+                .path_and_query(pq.clone())
+                .build()
+            {
+                Ok(uri) => *up.uri_mut() = uri,
+                Err(_) => return local(StatusCode::BAD_REQUEST, "invalid request target\n"),
+            }
+
+            let sent = tokio::time::timeout(
+                self.settings.timeouts.response_header,
+                self.client.request(up),
+            )
+            .await;
+            match sent {
+                Err(_) => {
+                    backend.stats.failures.fetch_add(1, Ordering::Relaxed);
+                    backend.stats.record_status(504);
+                    return local(StatusCode::GATEWAY_TIMEOUT, "upstream timed out\n");
+                }
+                Ok(Err(e)) => {
+                    let failure = classify(&e, e.is_connect());
+                    let (status, msg) = match failure {
+                        UpstreamFailure::BodyTooLarge => {
+                            return local(StatusCode::PAYLOAD_TOO_LARGE, "request body too large\n")
+                        }
+                        UpstreamFailure::ConnectTimeout => {
+                            (StatusCode::GATEWAY_TIMEOUT, "upstream connect timed out\n")
+                        }
+                        UpstreamFailure::Connect => {
+                            (StatusCode::BAD_GATEWAY, "upstream refused the connection\n")
+                        }
+                        UpstreamFailure::Other => (StatusCode::BAD_GATEWAY, "upstream failed\n"),
+                    };
+                    backend.stats.failures.fetch_add(1, Ordering::Relaxed);
+                    // Passive health: a transport failure counts like a failed check.
+                    if let Some(hc) = health_check {
+                        if backend.health.record(false, hc.rise, hc.fall, unix_ms())
+                            == Some(Transition::WentDown)
+                        {
+                            tracing::warn!(route = %route.name, upstream = %backend.address, "backend marked down after request failures");
+                            self.tables.passive_changed();
+                        }
+                    }
+                    if may_retry {
+                        failed = Some((status, msg));
+                        tracing::debug!(route = %route.name, upstream = %backend.address, error = %e, "upstream failed; retrying on another backend");
+                        exclude = Some(pick.index);
+                        attempt += 1;
+                        continue;
+                    }
+                    tracing::warn!(route = %route.name, upstream = %backend.address, error = %e, "upstream request failed");
+                    backend.stats.record_status(status.as_u16());
+                    return local(status, msg);
+                }
+                Ok(Ok(r)) => {
+                    if let Some(hc) = health_check {
+                        // Resets a failure streak; a plain load when there is none.
+                        backend.health.record_success(hc.rise, hc.fall);
+                    }
+                    break (r, pick);
+                }
+            }
+        };
+        let mut resp = resp;
+        let idx = pick.index;
+        let backend = &route.backends[idx];
         backend.stats.record_status(resp.status().as_u16());
+        let set_cookie = pick.set_cookie.and_then(|c| HeaderValue::from_str(&c).ok());
 
         if resp.status() == StatusCode::SWITCHING_PROTOCOLS {
             if let Some(client_upgrade) = client_upgrade {
@@ -269,6 +339,9 @@ impl Proxy {
                 self.spawn_tunnel(client_upgrade, upstream_upgrade, route.clone(), idx);
                 let (mut parts, _) = resp.into_parts();
                 strip_hop_by_hop(&mut parts.headers, true);
+                if let Some(c) = set_cookie {
+                    parts.headers.append(header::SET_COOKIE, c);
+                }
                 return Response::from_parts(parts, ResponseBody::full(Bytes::new()));
             }
         }
@@ -276,6 +349,9 @@ impl Proxy {
         strip_hop_by_hop(&mut parts.headers, false);
         // TLS hook: HSTS.
         self.add_hsts(scheme, &route, &mut parts.headers);
+        if let Some(c) = set_cookie {
+            parts.headers.append(header::SET_COOKIE, c);
+        }
         // Speak our own protocol version to the client, whatever the upstream used.
         parts.version = Version::HTTP_11;
         Response::from_parts(parts, ResponseBody::upstream(body))
@@ -297,6 +373,8 @@ impl Proxy {
         let route_name = route.name.clone();
         let backend_id = route.backends[idx].id.clone();
         let addr = route.backends[idx].address.to_string();
+        let cut_when_down = (route.spec.on_down == OnDown::ShutdownSessions)
+            .then(|| route.backends[idx].health.clone());
         tokio::spawn(async move {
             let _guard = guard;
             let (c, u) = match tokio::try_join!(client, upstream) {
@@ -312,7 +390,7 @@ impl Proxy {
             let started = Instant::now();
             let result = tokio::select! {
                 r = tokio::io::copy_bidirectional(&mut c, &mut u) => Some(r),
-                _ = backend_gone(&tables, &route_name, &backend_id, drain) => None,
+                _ = backend_gone(&tables, &route_name, &backend_id, drain, cut_when_down) => None,
             };
             stats.tunnels.fetch_sub(1, Ordering::Relaxed);
             match result {
@@ -327,22 +405,34 @@ impl Proxy {
                     tracing::debug!(route = %route_name, upstream = %addr, error = %e, "tunnel ended with an error")
                 }
                 None => {
-                    tracing::info!(route = %route_name, upstream = %addr, "tunnel cut: backend removed and drain timeout passed")
+                    tracing::info!(route = %route_name, upstream = %addr, "tunnel cut: backend removed and drained, or marked down with on_down: shutdown_sessions")
                 }
             }
         });
     }
 }
 
-/// Resolves once the backend has been absent from the table for `drain`.
-async fn backend_gone(tables: &Tables, route: &str, backend: &str, drain: std::time::Duration) {
+/// Resolves once the backend has been absent from the table for `drain`, or at once when it
+/// is marked down and its route says `on_down: shutdown_sessions` (`cut_when_down`). Health
+/// changes are re-published as new tables, so the generation watch wakes this up.
+async fn backend_gone(
+    tables: &Tables,
+    route: &str,
+    backend: &str,
+    drain: std::time::Duration,
+    cut_when_down: Option<Arc<BackendHealth>>,
+) {
     let mut rx = tables.subscribe();
     let present = |t: &Tables| {
         t.load()
             .route(route)
             .is_some_and(|r| r.backends.iter().any(|b| b.id == backend))
     };
+    let down = || cut_when_down.as_ref().is_some_and(|h| !h.is_up());
     loop {
+        if down() {
+            return;
+        }
         if !present(tables) {
             tokio::time::sleep(drain).await;
             if !present(tables) {

@@ -1,11 +1,14 @@
 //! The reverse proxy: hyper server on the client side, pooled hyper-util client on the
 //! upstream side, and the route table as an `ArcSwap` snapshot between them. A request does
-//! one `load()` of the table and touches only atomics; writers publish whole new tables.
+//! one `load()` of the table and touches only atomics; writers publish whole new tables
+//! (`publish`), and the health task re-publishes with compare-and-swap (`refresh`) so it
+//! never overwrites a newer table.
 
 pub mod acme_hook;
 pub mod body;
 pub mod forward;
 pub mod headers;
+pub mod health;
 pub mod https;
 pub mod server;
 
@@ -16,7 +19,7 @@ use arc_swap::ArcSwap;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::{TokioExecutor, TokioTimer};
-use tokio::sync::watch;
+use tokio::sync::{watch, Notify};
 
 use crate::model::config::{ProxyConfig, Timeouts};
 use crate::model::route::RouteTable;
@@ -54,6 +57,9 @@ impl Settings {
 pub struct Tables {
     current: ArcSwap<RouteTable>,
     generation: watch::Sender<u64>,
+    /// Poked from the request path when a passive failure changed a backend's health; the
+    /// health task answers with a `refresh()`.
+    passive: Notify,
 }
 
 impl Tables {
@@ -61,6 +67,7 @@ impl Tables {
         Self {
             current: ArcSwap::from_pointee(table),
             generation: watch::Sender::new(0),
+            passive: Notify::new(),
         }
     }
 
@@ -79,9 +86,33 @@ impl Tables {
         self.generation.send_modify(|g| *g += 1);
     }
 
+    /// Rebuilds the current table from its own specs (new slow-start weights, health changes
+    /// visible to watchers) and swaps it in with compare-and-swap: if another writer
+    /// published meanwhile, the rebuild is redone on top of theirs, never over it.
+    pub fn refresh(&self) {
+        self.current.rcu(|cur| match cur.rebuild() {
+            Ok(t) => Arc::new(t),
+            Err(e) => {
+                tracing::error!(error = %e, "rebuilding the current route table failed");
+                cur.clone()
+            }
+        });
+        self.generation.send_modify(|g| *g += 1);
+    }
+
     /// Notified after every publish.
     pub fn subscribe(&self) -> watch::Receiver<u64> {
         self.generation.subscribe()
+    }
+
+    /// Called by the request path when a passive failure took a backend down.
+    pub fn passive_changed(&self) {
+        self.passive.notify_one();
+    }
+
+    /// Resolves after `passive_changed` (one waiter: the health task).
+    pub async fn passive_change(&self) {
+        self.passive.notified().await
     }
 }
 

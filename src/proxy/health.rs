@@ -1,0 +1,195 @@
+//! Active health checks and table refreshes. One task (see `spawn`) checks every backend of
+//! every route that has a `health_check`, concurrently up to a bound, feeds the results into
+//! each backend's rise/fall cell (`model::health::BackendHealth`), and re-publishes the table
+//! whenever a backend goes up or down (passive failures on the request path only poke this
+//! task), and every 500 ms while a slow start is ramping. Re-publishing is a compare-and-swap
+//! rebuild of the current table (`Tables::refresh`), so it never overwrites a newer table
+//! from another writer, and the request path never waits for any of it.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
+use std::time::Duration;
+
+use http::Request;
+use http_body_util::Empty;
+use hyper_util::rt::TokioIo;
+use tokio::sync::{mpsc, watch, Semaphore};
+use tokio::task::JoinHandle;
+use tokio::time::Instant;
+
+use crate::model::health::{unix_ms, Transition};
+use crate::model::route::{HealthCheckSpec, ServerState};
+
+use super::Tables;
+
+/// How often a ramping slow start re-publishes the table.
+pub const SLOWSTART_REFRESH: Duration = Duration::from_millis(500);
+
+/// Prober settings.
+#[derive(Debug, Clone)]
+pub struct HealthSettings {
+    /// Most checks in flight at once.
+    pub max_concurrent: usize,
+}
+
+impl Default for HealthSettings {
+    fn default() -> Self {
+        Self { max_concurrent: 64 }
+    }
+}
+
+/// One backend to check: route name, backend id, address.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+struct Key {
+    route: String,
+    backend: String,
+    address: String,
+}
+
+/// Starts the prober; it ends when `stop` turns true.
+pub fn spawn(
+    tables: Arc<Tables>,
+    settings: HealthSettings,
+    stop: watch::Receiver<bool>,
+) -> JoinHandle<()> {
+    tokio::spawn(run(tables, settings, stop))
+}
+
+async fn run(tables: Arc<Tables>, settings: HealthSettings, mut stop: watch::Receiver<bool>) {
+    let sem = Arc::new(Semaphore::new(settings.max_concurrent.max(1)));
+    let (tx, mut rx) = mpsc::channel::<(Key, bool)>(256);
+    let mut next_due: HashMap<Key, Instant> = HashMap::new();
+    let mut in_flight: HashSet<Key> = HashSet::new();
+    let mut generation = tables.subscribe();
+    let mut last_refresh = Instant::now();
+    loop {
+        // Schedule what is due in the current table.
+        let now = Instant::now();
+        let table = tables.load_full();
+        let mut live = HashSet::new();
+        let mut wake = now + SLOWSTART_REFRESH;
+        for route in table.routes() {
+            let Some(check) = &route.spec.health_check else {
+                continue;
+            };
+            for b in &route.backends {
+                if b.state == ServerState::Maint {
+                    continue;
+                }
+                let key = Key {
+                    route: route.name.clone(),
+                    backend: b.id.clone(),
+                    address: b.address.to_string(),
+                };
+                live.insert(key.clone());
+                let due = *next_due.entry(key.clone()).or_insert(now);
+                if due <= now && !in_flight.contains(&key) {
+                    in_flight.insert(key.clone());
+                    next_due.insert(key.clone(), now + check.interval);
+                    wake = wake.min(now + check.interval);
+                    let tx = tx.clone();
+                    let sem = sem.clone();
+                    let check = check.clone();
+                    let host = route.canonical.clone();
+                    let authority = b.authority.clone();
+                    tokio::spawn(async move {
+                        let Ok(_permit) = sem.acquire_owned().await else {
+                            return;
+                        };
+                        let ok = probe(&authority, &host, &check).await;
+                        let _ = tx.send((key, ok)).await;
+                    });
+                } else if due > now {
+                    wake = wake.min(due);
+                }
+            }
+        }
+        next_due.retain(|k, _| live.contains(k));
+        drop(table);
+
+        if tables.load().ramping() && last_refresh.elapsed() >= SLOWSTART_REFRESH {
+            tables.refresh();
+            last_refresh = Instant::now();
+        }
+
+        tokio::select! {
+            _ = tokio::time::sleep_until(wake) => {}
+            Some((key, ok)) = rx.recv() => {
+                in_flight.remove(&key);
+                if apply(&tables, &key, ok) {
+                    tables.refresh();
+                    last_refresh = Instant::now();
+                }
+            }
+            _ = tables.passive_change() => {
+                tables.refresh();
+                last_refresh = Instant::now();
+            }
+            changed = generation.changed() => {
+                if changed.is_err() {
+                    return;
+                }
+            }
+            _ = stop.wait_for(|s| *s) => return,
+        }
+    }
+}
+
+/// Records one check result; true when the backend changed state.
+fn apply(tables: &Tables, key: &Key, ok: bool) -> bool {
+    let table = tables.load();
+    let Some(route) = table.route(&key.route) else {
+        return false;
+    };
+    let Some(check) = &route.spec.health_check else {
+        return false;
+    };
+    let Some(b) = route
+        .backends
+        .iter()
+        .find(|b| b.id == key.backend && b.address.to_string() == key.address)
+    else {
+        return false;
+    };
+    match b.health.record(ok, check.rise, check.fall, unix_ms()) {
+        Some(Transition::WentDown) => {
+            tracing::warn!(route = %key.route, backend = %key.backend, upstream = %key.address, "backend marked down by health checks");
+            true
+        }
+        Some(Transition::WentUp) => {
+            tracing::info!(route = %key.route, backend = %key.backend, upstream = %key.address, "backend marked up by health checks");
+            true
+        }
+        None => false,
+    }
+}
+
+/// One check: a fresh connection, `GET path` with `Host: <the route's first domain>` (so
+/// virtual-hosted apps answer as they would for real traffic), success when the status is
+/// expected, all within the check timeout.
+async fn probe(authority: &http::uri::Authority, host: &str, check: &HealthCheckSpec) -> bool {
+    let attempt = async {
+        let tcp = tokio::net::TcpStream::connect(authority.as_str())
+            .await
+            .ok()?;
+        let _ = tcp.set_nodelay(true);
+        let (mut sender, conn) =
+            hyper::client::conn::http1::handshake::<_, Empty<bytes::Bytes>>(TokioIo::new(tcp))
+                .await
+                .ok()?;
+        let driver = tokio::spawn(conn);
+        let req = Request::get(check.path.as_str())
+            .header(http::header::HOST, host)
+            .header(http::header::USER_AGENT, "berth-health-check")
+            .header(http::header::CONNECTION, "close")
+            .body(Empty::new())
+            .ok()?;
+        let resp = sender.send_request(req).await.ok();
+        driver.abort();
+        resp.map(|r| r.status())
+    };
+    match tokio::time::timeout(check.timeout, attempt).await {
+        Ok(Some(status)) => check.accepts(status.as_u16()),
+        Ok(None) | Err(_) => false,
+    }
+}
