@@ -87,6 +87,9 @@ impl Running {
         if cfg.proxy != self.config.proxy {
             restart_needed.push("proxy");
         }
+        if cfg.tls != self.config.tls {
+            restart_needed.push("tls");
+        }
         self.tables.publish(table);
         let mut msg = format!(
             "configuration reloaded from {} ({} static routes)",
@@ -333,6 +336,11 @@ pub async fn run(
         // SAFETY: the descriptor stays open while `running` serves; borrowed only for this call.
         let fd = unsafe { std::os::fd::BorrowedFd::borrow_raw(http_fd) };
         notify::store_fd("http", fd);
+        if let Some((_, https_fd)) = running.listener_fds.iter().find(|(n, _)| n == "https") {
+            // SAFETY: as above; the HTTPS listener lives as long as `running`.
+            let fd = unsafe { std::os::fd::BorrowedFd::borrow_raw(*https_fd) };
+            notify::store_fd("https", fd);
+        }
         notify::store_fd("control", control_listener_fd(control_fd).as_fd());
     }
 

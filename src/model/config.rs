@@ -454,6 +454,16 @@ impl Config {
                 ));
             }
         }
+        if !self.tls.enabled
+            && (self.tls.acme.is_some()
+                || !self.tls.certs.is_empty()
+                || self.tls.default_cert.is_some())
+        {
+            return Err(err(
+                "tls.enabled",
+                "must be true when tls.acme, tls.certs or tls.default_cert is set".into(),
+            ));
+        }
         if let Some(acme) = &self.tls.acme {
             if !(acme.directory.starts_with("https://") || acme.directory.starts_with("http://")) {
                 return Err(err(
@@ -527,12 +537,19 @@ mod tests {
         c.proxy.max_header_size = ByteSize(10);
         assert_eq!(c.validate().unwrap_err().field, "proxy.max_header_size");
         let mut c = Config::default();
+        c.tls.acme = Some(AcmeConfig::default());
+        assert_eq!(c.validate().unwrap_err().field, "tls.enabled");
+        c.tls.enabled = true;
+        c.validate().expect("acme with defaults is valid");
+        let mut c = Config::default();
+        c.tls.enabled = true;
         c.tls.acme = Some(AcmeConfig {
             directory: "ftp://x".into(),
             ..AcmeConfig::default()
         });
         assert_eq!(c.validate().unwrap_err().field, "tls.acme.directory");
         let mut c = Config::default();
+        c.tls.enabled = true;
         c.tls.acme = Some(AcmeConfig {
             email: Some("nobody".into()),
             ..AcmeConfig::default()
