@@ -44,7 +44,7 @@ pub struct Running {
     pub tables: Arc<Tables>,
     pub proxy: Arc<Proxy>,
     pub config: Config,
-    /// Set when `tls.enabled`.
+    /// Set when HTTPS runs (`tls.enabled`, or any TLS setting given).
     pub https_addr: Option<SocketAddr>,
     /// The SNI certificate store (status list for `GET /v1/certificates`).
     pub certs: Option<Arc<CertStore>>,
@@ -132,7 +132,7 @@ pub async fn start_with(
 
     let (stop, stop_rx) = watch::channel(false);
     let mut tasks = Vec::new();
-    let (https_addr, certs, acme) = if config.tls.enabled {
+    let (https_addr, certs, acme) = if config.tls.is_enabled() {
         let tls = start_tls(
             &config,
             &proxy,

@@ -22,7 +22,7 @@ fn config(dir: &Path, backend: std::net::SocketAddr) -> Config {
     c.http.listen = "127.0.0.1:0".parse().expect("addr");
     c.data_dir = dir.to_path_buf();
     c.log.access_log = false;
-    c.tls.enabled = true;
+    c.tls.enabled = Some(true);
     c.tls.listen = "127.0.0.1:0".parse().expect("addr");
     c.tls.reload_interval = Duration::from_millis(100);
     c.routes = serde_json::from_value(serde_json::json!([
