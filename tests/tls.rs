@@ -378,3 +378,29 @@ async fn unreachable_ca_is_reported_in_the_status_list() {
     assert!(st.not_after.is_none());
     running.shutdown().await;
 }
+
+#[test]
+fn yaml_tls_section_loads_and_names_bad_fields() {
+    let tmp = tempfile::tempdir().expect("tmp");
+    let path = tmp.path().join("berthd.yaml");
+    std::fs::write(
+        &path,
+        "tls:\n  listen: 127.0.0.1:8443\n  acme:\n    directory: https://127.0.0.1:14000/dir\n    email: ops@example.com\n    challenge: tls-alpn-01\n    check_interval: 10m\n",
+    )
+    .expect("write");
+    let cfg = berth::config::load(&path, true).expect("loads");
+    assert!(cfg.tls.is_enabled());
+    let acme = cfg.tls.acme.expect("acme");
+    assert_eq!(acme.check_interval, Duration::from_secs(600));
+    assert_eq!(
+        acme.challenge,
+        berth::model::config::AcmeChallenge::TlsAlpn01
+    );
+
+    std::fs::write(&path, "tls:\n  acme:\n    emial: ops@example.com\n").expect("write");
+    let e = berth::config::load(&path, true).unwrap_err().to_string();
+    assert!(e.contains("emial"), "{e}");
+    std::fs::write(&path, "tls:\n  acme:\n    challenge: dns-01\n").expect("write");
+    let e = berth::config::load(&path, true).unwrap_err().to_string();
+    assert!(e.contains("dns-01") && e.contains("challenge"), "{e}");
+}
