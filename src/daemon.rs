@@ -45,7 +45,7 @@ pub struct Running {
     pub tables: Arc<Tables>,
     pub proxy: Arc<Proxy>,
     pub config: Config,
-    /// Set when `tls.enabled`.
+    /// Set when HTTPS runs (`tls.enabled`, or any TLS setting given).
     pub https_addr: Option<SocketAddr>,
     /// The SNI certificate store (status list for `GET /v1/certificates`).
     pub certs: Option<Arc<CertStore>>,
@@ -87,6 +87,9 @@ impl Running {
         }
         if cfg.proxy != self.config.proxy {
             restart_needed.push("proxy");
+        }
+        if cfg.tls != self.config.tls {
+            restart_needed.push("tls");
         }
         self.tables.publish(table);
         let mut msg = format!(
@@ -134,7 +137,7 @@ pub async fn start_with(
         HealthSettings::default(),
         stop_rx.clone(),
     )];
-    let (https_addr, certs, acme) = if config.tls.enabled {
+    let (https_addr, certs, acme) = if config.tls.is_enabled() {
         let tls = start_tls(
             &config,
             &proxy,
@@ -338,6 +341,11 @@ pub async fn run(
         // SAFETY: the descriptor stays open while `running` serves; borrowed only for this call.
         let fd = unsafe { std::os::fd::BorrowedFd::borrow_raw(http_fd) };
         notify::store_fd("http", fd);
+        if let Some((_, https_fd)) = running.listener_fds.iter().find(|(n, _)| n == "https") {
+            // SAFETY: as above; the HTTPS listener lives as long as `running`.
+            let fd = unsafe { std::os::fd::BorrowedFd::borrow_raw(*https_fd) };
+            notify::store_fd("https", fd);
+        }
         notify::store_fd("control", control_listener_fd(control_fd).as_fd());
     }
 

@@ -22,7 +22,7 @@ fn config(dir: &Path, backend: std::net::SocketAddr) -> Config {
     c.http.listen = "127.0.0.1:0".parse().expect("addr");
     c.data_dir = dir.to_path_buf();
     c.log.access_log = false;
-    c.tls.enabled = true;
+    c.tls.enabled = Some(true);
     c.tls.listen = "127.0.0.1:0".parse().expect("addr");
     c.tls.reload_interval = Duration::from_millis(100);
     c.routes = serde_json::from_value(serde_json::json!([
@@ -274,4 +274,133 @@ async fn bad_configured_pairs_are_refused_with_clear_errors() {
         };
         assert!(err.contains(want), "error {err:?} should contain {want:?}");
     }
+}
+
+#[tokio::test]
+async fn alpn_h2_and_tls12_are_served() {
+    use http_body_util::BodyExt;
+    let tmp = tempfile::tempdir().expect("tmp");
+    let dir = tmp.path();
+    let ca = TestCa::new("Berth Test CA");
+    let (cert, key) = ca.leaf(&["a.test"], false);
+    let mut cfg = config(dir, backend().await);
+    cfg.tls.certs = vec![CertFiles {
+        cert: write(dir, "a.crt", &cert),
+        key: write(dir, "a.key", &key),
+    }];
+    let running = daemon::start(cfg, None).await.expect("start");
+    let https = running.https_addr.expect("https");
+
+    // HTTP/2 negotiated by ALPN.
+    let provider = std::sync::Arc::new(rustls::crypto::ring::default_provider());
+    let mut h2 = rustls::ClientConfig::builder_with_provider(provider.clone())
+        .with_safe_default_protocol_versions()
+        .expect("versions")
+        .with_root_certificates(ca.roots())
+        .with_no_client_auth();
+    h2.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+    let tcp = tokio::net::TcpStream::connect(https)
+        .await
+        .expect("connect");
+    let tls = tokio_rustls::TlsConnector::from(std::sync::Arc::new(h2))
+        .connect("a.test".try_into().expect("name"), tcp)
+        .await
+        .expect("handshake");
+    assert_eq!(tls.get_ref().1.alpn_protocol(), Some(&b"h2"[..]));
+    let (mut send, conn) = hyper::client::conn::http2::handshake(
+        hyper_util::rt::TokioExecutor::new(),
+        hyper_util::rt::TokioIo::new(tls),
+    )
+    .await
+    .expect("h2 handshake");
+    let conn = tokio::spawn(conn);
+    let req = http::Request::builder()
+        .uri("https://a.test/h2")
+        .body(http_body_util::Empty::<bytes::Bytes>::new())
+        .expect("request");
+    let resp = send.send_request(req).await.expect("h2 response");
+    assert_eq!(resp.status(), 200);
+    let body = resp.into_body().collect().await.expect("body").to_bytes();
+    assert_eq!(&body[..], b"backend /h2");
+    // Close our side so the daemon's drain does not wait for this idle connection.
+    drop(send);
+    let _ = conn.await;
+
+    // TLS 1.2 only clients still connect.
+    let tls12 = rustls::ClientConfig::builder_with_provider(provider)
+        .with_protocol_versions(&[&rustls::version::TLS12])
+        .expect("versions")
+        .with_root_certificates(ca.roots())
+        .with_no_client_auth();
+    let tcp = tokio::net::TcpStream::connect(https)
+        .await
+        .expect("connect");
+    let tls = tokio_rustls::TlsConnector::from(std::sync::Arc::new(tls12))
+        .connect("a.test".try_into().expect("name"), tcp)
+        .await
+        .expect("TLS 1.2 handshake");
+    assert_eq!(
+        tls.get_ref().1.protocol_version(),
+        Some(rustls::ProtocolVersion::TLSv1_2)
+    );
+    drop(tls);
+    running.shutdown().await;
+}
+
+#[tokio::test]
+async fn unreachable_ca_is_reported_in_the_status_list() {
+    let tmp = tempfile::tempdir().expect("tmp");
+    let mut cfg = config(tmp.path(), backend().await);
+    cfg.tls.acme = Some(berth::model::config::AcmeConfig {
+        // Nothing listens on port 1: account creation fails at once.
+        directory: "https://127.0.0.1:1/dir".into(),
+        ..Default::default()
+    });
+    let running = daemon::start(cfg, None).await.expect("start");
+    let store = running.certs.clone().expect("store");
+    let st = wait_for(Duration::from_secs(10), || {
+        let store = store.clone();
+        async move {
+            store
+                .status()
+                .into_iter()
+                .find(|s| s.domain == "a.test" && s.last_error.is_some())
+        }
+    })
+    .await
+    .expect("status with an error");
+    let e = st.last_error.unwrap_or_default();
+    assert!(
+        e.contains("ACME account") && e.contains("127.0.0.1:1"),
+        "{e}"
+    );
+    assert!(st.next_renewal.is_some(), "a retry is scheduled");
+    assert!(st.not_after.is_none());
+    running.shutdown().await;
+}
+
+#[test]
+fn yaml_tls_section_loads_and_names_bad_fields() {
+    let tmp = tempfile::tempdir().expect("tmp");
+    let path = tmp.path().join("berthd.yaml");
+    std::fs::write(
+        &path,
+        "tls:\n  listen: 127.0.0.1:8443\n  acme:\n    directory: https://127.0.0.1:14000/dir\n    email: ops@example.com\n    challenge: tls-alpn-01\n    check_interval: 10m\n",
+    )
+    .expect("write");
+    let cfg = berth::config::load(&path, true).expect("loads");
+    assert!(cfg.tls.is_enabled());
+    let acme = cfg.tls.acme.expect("acme");
+    assert_eq!(acme.check_interval, Duration::from_secs(600));
+    assert_eq!(
+        acme.challenge,
+        berth::model::config::AcmeChallenge::TlsAlpn01
+    );
+
+    std::fs::write(&path, "tls:\n  acme:\n    emial: ops@example.com\n").expect("write");
+    let e = berth::config::load(&path, true).unwrap_err().to_string();
+    assert!(e.contains("emial"), "{e}");
+    std::fs::write(&path, "tls:\n  acme:\n    challenge: dns-01\n").expect("write");
+    let e = berth::config::load(&path, true).unwrap_err().to_string();
+    assert!(e.contains("dns-01") && e.contains("challenge"), "{e}");
 }

@@ -333,8 +333,10 @@ impl Default for AcmeConfig {
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct TlsConfig {
-    /// Whether the HTTPS listener runs at all.
-    pub enabled: bool,
+    /// Whether the HTTPS listener runs. Unset: on as soon as `acme`, `certs` or
+    /// `default_cert` is given (see `TlsConfig::is_enabled`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub enabled: Option<bool>,
     /// Where the HTTPS proxy listens.
     #[serde(with = "listen_addr")]
     pub listen: SocketAddr,
@@ -356,7 +358,7 @@ pub struct TlsConfig {
 impl Default for TlsConfig {
     fn default() -> Self {
         Self {
-            enabled: false,
+            enabled: None,
             listen: SocketAddr::from(([0, 0, 0, 0], 443)),
             redirect: true,
             acme: None,
@@ -364,6 +366,18 @@ impl Default for TlsConfig {
             default_cert: None,
             reload_interval: Duration::from_secs(10),
         }
+    }
+}
+
+impl TlsConfig {
+    /// Whether anything TLS is configured at all.
+    pub fn has_settings(&self) -> bool {
+        self.acme.is_some() || !self.certs.is_empty() || self.default_cert.is_some()
+    }
+
+    /// Whether the HTTPS listener runs: `enabled` when set, else whether TLS is configured.
+    pub fn is_enabled(&self) -> bool {
+        self.enabled.unwrap_or_else(|| self.has_settings())
     }
 }
 
@@ -454,6 +468,14 @@ impl Config {
                 ));
             }
         }
+        if self.tls.enabled == Some(false) && self.tls.has_settings() {
+            return Err(err(
+                "tls.enabled",
+                "is false, but tls.acme, tls.certs or tls.default_cert is set (remove them or \
+                 the `enabled: false`)"
+                    .into(),
+            ));
+        }
         if let Some(acme) = &self.tls.acme {
             if !(acme.directory.starts_with("https://") || acme.directory.starts_with("http://")) {
                 return Err(err(
@@ -527,12 +549,21 @@ mod tests {
         c.proxy.max_header_size = ByteSize(10);
         assert_eq!(c.validate().unwrap_err().field, "proxy.max_header_size");
         let mut c = Config::default();
+        assert!(!c.tls.is_enabled(), "no TLS settings: no HTTPS listener");
+        c.tls.acme = Some(AcmeConfig::default());
+        assert!(c.tls.is_enabled(), "ACME settings turn HTTPS on");
+        c.validate().expect("acme with defaults is valid");
+        c.tls.enabled = Some(false);
+        assert_eq!(c.validate().unwrap_err().field, "tls.enabled");
+        let mut c = Config::default();
+        c.tls.enabled = Some(true);
         c.tls.acme = Some(AcmeConfig {
             directory: "ftp://x".into(),
             ..AcmeConfig::default()
         });
         assert_eq!(c.validate().unwrap_err().field, "tls.acme.directory");
         let mut c = Config::default();
+        c.tls.enabled = Some(true);
         c.tls.acme = Some(AcmeConfig {
             email: Some("nobody".into()),
             ..AcmeConfig::default()
@@ -549,7 +580,7 @@ mod tests {
                 "certs":[{"cert":"/c.pem","key":"/k.pem"}]}}"#,
         )
         .expect("parses");
-        assert!(c.tls.enabled && !c.tls.redirect);
+        assert!(c.tls.is_enabled() && !c.tls.redirect);
         let acme = c.tls.acme.expect("acme set");
         assert_eq!(acme.challenge, AcmeChallenge::TlsAlpn01);
         assert_eq!(acme.check_interval, Duration::from_secs(3600));

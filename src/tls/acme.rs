@@ -343,6 +343,7 @@ impl AcmeManager {
         let mut account: Option<Account> = None;
         let mut account_retry: Option<SystemTime> = None;
         let mut account_failures = 0u32;
+        let mut account_error: Option<String> = None;
         let mut ari_supported = true;
         let mut states: HashMap<String, DomainState> = HashMap::new();
         loop {
@@ -365,7 +366,33 @@ impl AcmeManager {
                     .remove_status(CertSource::Acme, &self.cert_path(&d).display().to_string());
             }
 
+            // Register early (also validates the CA settings at start, and lets ARI be asked
+            // about certificates loaded from disk before anything is due).
+            if account.is_none()
+                && !wanted.is_empty()
+                && account_retry.is_none_or(|t| t <= SystemTime::now())
+            {
+                match self.account().await {
+                    Ok(a) => {
+                        account = Some(a);
+                        account_failures = 0;
+                        account_retry = None;
+                        account_error = None;
+                    }
+                    Err(e) => {
+                        account_failures += 1;
+                        let delay =
+                            renewal::retry_delay(account_failures, self.cfg.max_retry_delay);
+                        account_retry = Some(SystemTime::now() + delay);
+                        tracing::error!(error = %e, retry_in = ?delay, "ACME account unavailable");
+                        account_error = Some(e.to_string());
+                    }
+                }
+            }
             let mut wake = SystemTime::now() + self.cfg.check_interval;
+            if let Some(t) = account_retry {
+                wake = wake.min(t);
+            }
             for domain in &wanted {
                 if *stop.borrow() {
                     return;
@@ -419,31 +446,14 @@ impl AcmeManager {
                     continue;
                 }
 
-                // Due: make sure there is an account, then order.
-                if account.is_none() && account_retry.is_none_or(|t| t <= now) {
-                    match self.account().await {
-                        Ok(a) => {
-                            account = Some(a);
-                            account_failures = 0;
-                            account_retry = None;
-                        }
-                        Err(e) => {
-                            account_failures += 1;
-                            let delay =
-                                renewal::retry_delay(account_failures, self.cfg.max_retry_delay);
-                            account_retry = Some(now + delay);
-                            tracing::error!(error = %e, retry_in = ?delay, "ACME account unavailable");
-                            status.last_error = Some(e.to_string());
-                            status.next_renewal = Some(rfc3339(now + delay));
-                            self.store.set_status(status);
-                            wake = wake.min(now + delay);
-                            continue;
-                        }
-                    }
-                }
+                // Due: order, if there is an account.
                 let Some(acct) = &account else {
                     let at = account_retry.unwrap_or(now + Duration::from_secs(10));
-                    status.last_error = Some("ACME account unavailable".into());
+                    status.last_error = Some(
+                        account_error
+                            .clone()
+                            .unwrap_or_else(|| "ACME account unavailable".into()),
+                    );
                     status.next_renewal = Some(rfc3339(at));
                     self.store.set_status(status);
                     wake = wake.min(at);
