@@ -3,6 +3,7 @@
 pub mod balance;
 pub mod config;
 pub mod health;
+pub mod histogram;
 pub mod host;
 pub mod route;
 pub mod stats;
