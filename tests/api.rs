@@ -824,6 +824,35 @@ async fn routes_weights_and_states_survive_a_restart() {
         )
         .await;
     assert_eq!(s, StatusCode::OK);
+    // Balancer options, health checks and slow start are stored and served back as given.
+    let (s, v) = d
+        .api(
+            Method::PUT,
+            "/v1/routes/sticky",
+            Some(json!({"domains": ["sticky.test"],
+                "balancer": {"kind": "sticky_cookie", "cookie": "PIN"},
+                "health_check": {"path": "/up", "interval": "2s", "fall": 2},
+                "slowstart": "10s", "on_down": "shutdown_sessions",
+                "backends": [{"id": "a", "address": a.addr.to_string()}]})),
+        )
+        .await;
+    assert_eq!(s, StatusCode::CREATED, "{v}");
+    assert_eq!(
+        v["spec"]["balancer"],
+        json!({"kind": "sticky_cookie", "cookie": "PIN"})
+    );
+    assert_eq!(v["spec"]["health_check"]["interval"], "2s");
+    assert_eq!(v["spec"]["health_check"]["rise"], 2);
+    assert_eq!(v["spec"]["slowstart"], "10s");
+    let (s, v) = d
+        .api(
+            Method::PUT,
+            "/v1/routes/bad",
+            Some(json!({"domains": ["bad.test"], "health_check": {"interval": "0s"}})),
+        )
+        .await;
+    assert_eq!(s, StatusCode::UNPROCESSABLE_ENTITY, "{v}");
+    assert_eq!(error_field(&v), "health_check.interval");
     let (_, before) = d.api(Method::GET, "/v1/routes", None).await;
     let web_before = spread(&d, "web.test", 40).await;
     assert_eq!(
