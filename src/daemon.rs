@@ -1,4 +1,5 @@
-//! Wires the daemon together: configuration → route table → proxy → listeners, and the
+//! Wires the daemon together: configuration + store → route registry → route table → proxy
+//! and API listeners, and the
 //! lifecycle around them: READY only after listeners are live and state is restored,
 //! SIGHUP/`reload` swaps the configuration in place, SIGUSR2/`upgrade` hands the listeners to
 //! the binary now on disk, SIGTERM/SIGINT drain and exit 0. The one module that may use all
@@ -13,6 +14,7 @@ use thiserror::Error;
 use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
 
+use crate::api::{self, ApiSettings, ApiState};
 use crate::config::{self, ConfigError};
 use crate::lifecycle::control::{self, Command};
 use crate::lifecycle::upgrade::{self, Phase};
@@ -21,6 +23,8 @@ use crate::model::config::Config;
 use crate::model::route::{RouteError, RouteTable};
 use crate::proxy::health::{self, HealthSettings};
 use crate::proxy::{server, Proxy, Settings, Tables};
+use crate::store::registry::{ChangeError, RouteRegistry, TablePublisher};
+use crate::store::{Store, StoreError};
 use crate::tls::{AcmeManager, CertStore, ManualCerts, TlsError};
 
 #[derive(Debug, Error)]
@@ -37,12 +41,29 @@ pub enum DaemonError {
     Tls(#[from] TlsError),
     #[error("tls: {0}")]
     Rustls(#[from] rustls::Error),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error("routes: {0}")]
+    Registry(#[from] ChangeError),
+}
+
+/// The registry publishes into the proxy's table holder.
+impl TablePublisher for Tables {
+    fn current(&self) -> Arc<RouteTable> {
+        self.load_full()
+    }
+    fn publish(&self, table: RouteTable) {
+        Tables::publish(self, table)
+    }
 }
 
 /// A started daemon: its bound addresses and the handles to stop it.
 pub struct Running {
     pub http_addr: SocketAddr,
+    pub api_addr: SocketAddr,
     pub tables: Arc<Tables>,
+    /// Config + stored routes and the one write path that changes them.
+    pub registry: Arc<RouteRegistry>,
     pub proxy: Arc<Proxy>,
     pub config: Config,
     /// Set when HTTPS runs (`tls.enabled`, or any TLS setting given).
@@ -70,14 +91,13 @@ impl Running {
         let _ = tokio::time::timeout(drain, self.proxy.tunnels.wait_idle()).await;
     }
 
-    /// Re-reads the config file and swaps in its routes. An invalid file changes nothing.
-    pub fn reload(&mut self) -> Result<String, DaemonError> {
+    /// Re-reads the config file and swaps in its routes (routes stored through the API stay).
+    /// An invalid file changes nothing.
+    pub async fn reload(&mut self) -> Result<String, DaemonError> {
         let Some(path) = &self.config_path else {
             return Ok("no configuration file; nothing to reload".into());
         };
         let cfg = config::load(path, true)?;
-        let current = self.tables.load_full();
-        let table = RouteTable::build(&cfg.routes, Some(&current))?;
         let mut restart_needed = Vec::new();
         if cfg.http != self.config.http {
             restart_needed.push("http");
@@ -91,7 +111,7 @@ impl Running {
         if cfg.tls != self.config.tls {
             restart_needed.push("tls");
         }
-        self.tables.publish(table);
+        self.registry.replace_statics(cfg.routes.clone()).await?;
         let mut msg = format!(
             "configuration reloaded from {} ({} static routes)",
             path.display(),
@@ -120,16 +140,31 @@ pub async fn start_with(
     config_path: Option<PathBuf>,
     inherited: &mut Inherited,
 ) -> Result<Running, DaemonError> {
-    let table = RouteTable::build(&config.routes, None)?;
-    let tables = Arc::new(Tables::new(table));
+    // Nothing is served until the registry has published config + stored routes.
+    let tables = Arc::new(Tables::new(RouteTable::default()));
+    let data_dir = config.data_dir.clone();
+    let store = tokio::task::spawn_blocking(move || Store::open(&data_dir))
+        .await
+        .map_err(std::io::Error::other)??;
+    tracing::info!(db = %store.path().display(), "store opened");
+    let registry = Arc::new(
+        RouteRegistry::open(Arc::new(store), config.routes.clone(), tables.clone()).await?,
+    );
     let settings = Settings::from_config(&config.proxy, config.log.access_log);
     let proxy = Arc::new(Proxy::new(settings, tables.clone()));
 
     let (std_listener, origin) = inherited.tcp("http", config.http.listen)?;
     let listener = tokio::net::TcpListener::from_std(std_listener)?;
     let http_addr = listener.local_addr()?;
-    let mut listener_fds = vec![("http".to_string(), listener.as_raw_fd())];
-    tracing::info!(http = %http_addr, from = %origin, routes = config.routes.len(), "listening");
+    let (api_std, api_origin) = inherited.tcp("api", config.api.listen)?;
+    let api_listener = tokio::net::TcpListener::from_std(api_std)?;
+    let api_addr = api_listener.local_addr()?;
+    let mut listener_fds = vec![
+        ("http".to_string(), listener.as_raw_fd()),
+        ("api".to_string(), api_listener.as_raw_fd()),
+    ];
+    tracing::info!(http = %http_addr, from = %origin, routes = registry.routes().len(), "listening");
+    tracing::info!(api = %api_addr, from = %api_origin, "API listening");
 
     let (stop, stop_rx) = watch::channel(false);
     let mut tasks = vec![health::spawn(
@@ -164,11 +199,19 @@ pub async fn start_with(
     tasks.push(tokio::spawn(server::serve_http(
         proxy.clone(),
         listener,
-        stop_rx,
+        stop_rx.clone(),
     )));
+    let api_state = ApiState {
+        registry: registry.clone(),
+        settings: Arc::new(ApiSettings::from_config(&config.api)),
+        stop: stop_rx,
+    };
+    tasks.push(tokio::spawn(api::serve(api_listener, api_state)));
     Ok(Running {
         http_addr,
+        api_addr,
         tables,
+        registry,
         proxy,
         config,
         https_addr,
@@ -369,7 +412,7 @@ pub async fn run(
             _ = term.recv() => break,
             _ = int.recv() => break,
             _ = hup.recv() => {
-                let _ = reload(&mut running);
+                let _ = reload(&mut running).await;
                 continue;
             }
             _ = usr2.recv() => {}
@@ -377,7 +420,7 @@ pub async fn run(
                 let Some(req) = req else { continue };
                 match req.command {
                     Command::Reload => {
-                        let _ = req.reply.send(reload(&mut running));
+                        let _ = req.reply.send(reload(&mut running).await);
                         continue;
                     }
                     Command::Status => {
@@ -460,9 +503,9 @@ pub async fn run(
     Ok(())
 }
 
-fn reload(running: &mut Running) -> Result<String, String> {
+async fn reload(running: &mut Running) -> Result<String, String> {
     notify::reloading();
-    let result = running.reload().map_err(|e| e.to_string());
+    let result = running.reload().await.map_err(|e| e.to_string());
     let status = format!("serving on {}", running.http_addr);
     match &result {
         Ok(_) => notify::ready(&status),

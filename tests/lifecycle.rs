@@ -244,7 +244,7 @@ struct Daemon {
 
 fn write_config(dir: &Path, listen: &str, backend: SocketAddr, extra_route: bool) -> PathBuf {
     let mut cfg = format!(
-        "http:\n  listen: {listen}\ndata_dir: {}\nlog:\n  access_log: false\nproxy:\n  timeouts:\n    drain: 5s\nroutes:\n  - domains: [app.test]\n    backends:\n      - address: {backend}\n",
+        "http:\n  listen: {listen}\napi:\n  listen: 127.0.0.1:0\ndata_dir: {}\nlog:\n  access_log: false\nproxy:\n  timeouts:\n    drain: 5s\nroutes:\n  - domains: [app.test]\n    backends:\n      - address: {backend}\n",
         dir.display()
     );
     if extra_route {

@@ -20,6 +20,7 @@ fn write(dir: &Path, name: &str, data: &str) -> std::path::PathBuf {
 fn config(dir: &Path, backend: std::net::SocketAddr) -> Config {
     let mut c = Config::default();
     c.http.listen = "127.0.0.1:0".parse().expect("addr");
+    c.api.listen = "127.0.0.1:0".parse().expect("addr");
     c.data_dir = dir.to_path_buf();
     c.log.access_log = false;
     c.tls.enabled = Some(true);

@@ -158,6 +158,7 @@ fn daemon_config(
 ) -> Config {
     let mut c = Config::default();
     c.http.listen = SocketAddr::from(([127, 0, 0, 1], http_port));
+    c.api.listen = "127.0.0.1:0".parse().expect("addr");
     c.tls.enabled = Some(true);
     c.tls.listen = SocketAddr::from(([127, 0, 0, 1], https_port));
     c.tls.acme = Some(acme);

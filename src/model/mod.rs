@@ -5,6 +5,7 @@ pub mod balance;
 pub mod config;
 pub mod deploy;
 pub mod health;
+pub mod histogram;
 pub mod host;
 pub mod labels;
 pub mod renewal;

@@ -363,6 +363,13 @@ pub fn routes(json: &str) -> Vec<berth::model::route::RouteSpec> {
 pub fn config(routes_json: &str) -> berth::model::config::Config {
     let mut c = berth::model::config::Config::default();
     c.http.listen = "127.0.0.1:0".parse().unwrap();
+    c.api.listen = "127.0.0.1:0".parse().unwrap();
+    // Each daemon gets its own (small, left behind) data dir for berth.db.
+    c.data_dir = tempfile::Builder::new()
+        .prefix("berth-test-")
+        .tempdir()
+        .expect("temp data dir")
+        .keep();
     c.log.access_log = false;
     c.proxy.timeouts.drain = Duration::from_secs(2);
     c.routes = routes(routes_json);
