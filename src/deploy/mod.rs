@@ -224,6 +224,11 @@ impl Inner {
                     alias_mode: Default::default(),
                     path_prefix: None,
                     balancer: Default::default(),
+                    // The deploy gate checks health before routing; continuous checks are
+                    // the proxy prober's, configured by the daemon if wanted.
+                    health_check: None,
+                    slowstart: None,
+                    on_down: Default::default(),
                     backends: a
                         .replicas
                         .iter()
@@ -259,6 +264,9 @@ impl Inner {
                 alias_mode: Default::default(),
                 path_prefix: None,
                 balancer: Default::default(),
+                health_check: None,
+                slowstart: None,
+                on_down: Default::default(),
                 backends: members
                     .iter()
                     .map(|d| BackendSpec {

@@ -202,9 +202,9 @@ impl AppSpec {
             let valid = (2..=3).contains(&parts.len())
                 && !parts[0].is_empty()
                 && parts[1].starts_with('/')
-                && parts.get(2).map_or(true, |m| {
-                    m.split(',').all(|o| ["ro", "rw", "z", "Z"].contains(&o))
-                });
+                && parts
+                    .get(2)
+                    .is_none_or(|m| m.split(',').all(|o| ["ro", "rw", "z", "Z"].contains(&o)));
             if !valid {
                 return Err(err(
                     format!("volumes[{i}]"),
