@@ -377,6 +377,14 @@ async fn abort_mid_rolling_restores_old_replicas() {
     let (events, _) = engine.subscribe(&d2).unwrap();
     let stages: Vec<&str> = events.iter().map(|e| e.stage.as_str()).collect();
     assert!(stages.contains(&"restored"), "{stages:?}");
+    // The SSE payload: clients stop on `state`.
+    let last = serde_json::to_value(events.last().unwrap()).unwrap();
+    assert_eq!(last["state"], "failed");
+    assert_eq!(last["done"], true);
+    assert_eq!(
+        serde_json::to_value(&events[0]).unwrap()["state"],
+        "running"
+    );
 
     // Three v1 replicas serve again (the stopped one restarted), nothing of d2 is left.
     assert_eq!(w.fake.running_of(&d1), 3);

@@ -113,7 +113,9 @@ pub struct DeployEvent {
     /// `aborting`, `restored`, `removed`, `succeeded`, `failed`, `pruned`.
     pub stage: String,
     pub message: String,
-    /// True on the last event (`succeeded` or `failed`).
+    /// `running` until the last event, then `succeeded` or `failed` (what clients stop on).
+    pub state: DeployState,
+    /// True on the last event.
     pub done: bool,
 }
 
@@ -291,6 +293,11 @@ impl Inner {
             at: now_ms(),
             stage: stage.to_string(),
             message,
+            state: match stage {
+                "succeeded" => DeployState::Succeeded,
+                "failed" => DeployState::Failed,
+                _ => DeployState::Running,
+            },
             done: matches!(stage, "succeeded" | "failed"),
         };
         let mut p = self.progress.locked();
