@@ -170,6 +170,9 @@ pub(crate) struct Inner {
     pub warnings: Mutex<Vec<String>>,
 }
 
+/// What `Conflict.running` says while an app is being stopped.
+pub const STOPPING: &str = "stopping";
+
 /// Route name of a deployed app.
 pub fn app_route_name(app: &str) -> String {
     format!("app/{app}")
@@ -678,6 +681,11 @@ impl Engine {
     /// `POST /v1/apps/{app}/stop`: drains and stops every replica; the app then runs
     /// nothing (also after a restart) until the next deploy.
     pub async fn stop(&self, app: &str) -> Result<(), DeployError> {
+        let drain = self
+            .inner
+            .store
+            .current(app)?
+            .map_or(Duration::from_secs(30), |c| c.spec.drain_timeout);
         let replicas = {
             let mut st = self.inner.state.locked();
             let Some(a) = st.apps.get_mut(app) else {
@@ -691,6 +699,8 @@ impl Engine {
             }
             // Persist first: after a crash from here on, reconcile stops the rest.
             self.inner.store.clear_current(app)?;
+            // Deploys of this app get Conflict("stopping") until the stop is done.
+            a.running = Some(STOPPING.to_string());
             for r in a.replicas.iter_mut() {
                 r.state = ServerState::Drain;
             }
@@ -701,14 +711,20 @@ impl Engine {
             }
             replicas
         };
-        let drain = self
-            .inner
-            .store
-            .current(app)
-            .ok()
-            .flatten()
-            .map_or(Duration::from_secs(30), |c| c.spec.drain_timeout);
-        for r in &replicas {
+        let result = self.finish_stop(app, &replicas, drain).await;
+        if let Some(a) = self.inner.state.locked().apps.get_mut(app) {
+            a.running = None;
+        }
+        result
+    }
+
+    async fn finish_stop(
+        &self,
+        app: &str,
+        replicas: &[Replica],
+        drain: Duration,
+    ) -> Result<(), DeployError> {
+        for r in replicas {
             run::wait_drained(&self.inner, app, &r.container_id, drain).await;
         }
         {
@@ -722,7 +738,7 @@ impl Engine {
                     .warn(format!("app {app}: removing routes failed: {e}"));
             }
         }
-        for r in &replicas {
+        for r in replicas {
             self.inner
                 .rt
                 .stop(&r.container_id, self.inner.cfg.stop_grace)
