@@ -10,6 +10,6 @@ pub mod lifecycle;
 pub mod logging;
 pub mod model;
 pub mod proxy;
-pub mod tls;
 pub mod runtime;
 pub mod store;
+pub mod tls;
