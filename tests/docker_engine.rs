@@ -377,6 +377,14 @@ async fn abort_mid_rolling_restores_old_replicas() {
     let (events, _) = engine.subscribe(&d2).unwrap();
     let stages: Vec<&str> = events.iter().map(|e| e.stage.as_str()).collect();
     assert!(stages.contains(&"restored"), "{stages:?}");
+    // The SSE payload: clients stop on `state`.
+    let last = serde_json::to_value(events.last().unwrap()).unwrap();
+    assert_eq!(last["state"], "failed");
+    assert_eq!(last["done"], true);
+    assert_eq!(
+        serde_json::to_value(&events[0]).unwrap()["state"],
+        "running"
+    );
 
     // Three v1 replicas serve again (the stopped one restarted), nothing of d2 is left.
     assert_eq!(w.fake.running_of(&d1), 3);
@@ -601,4 +609,45 @@ async fn failed_replace_restarts_the_old_version_and_min_ready_is_waited() {
     let b = w.backends("web");
     assert_eq!(b.len(), 2);
     assert!(b.iter().all(|(_, s)| *s == ServerState::Ready));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stop_removes_everything_and_survives_a_restart() {
+    let w = World::new();
+    let port = free_port();
+    {
+        let engine = w.engine().await;
+        let d = engine
+            .deploy("web", spec("v1", 2, port), by_ref("v1"), "t")
+            .await
+            .unwrap();
+        engine.wait(&d).await.unwrap();
+        assert_eq!(w.backends("web").len(), 2);
+        engine.stop("web").await.unwrap();
+        assert_eq!(w.fake.count(), 0);
+        assert!(w.tables.load().route(&app_route_name("web")).is_none());
+        let status = engine.app("web").await.unwrap();
+        assert!(status.current.is_none() && status.replicas.is_empty());
+    }
+    // A restarted engine keeps it stopped; a new deploy starts it again.
+    let engine = w.engine().await;
+    assert_eq!(w.fake.count(), 0);
+    assert!(w.tables.load().route(&app_route_name("web")).is_none());
+    let d = engine
+        .deploy("web", spec("v2", 1, port), by_ref("v2"), "t")
+        .await
+        .unwrap();
+    assert_eq!(engine.wait(&d).await.unwrap().state, DeployState::Succeeded);
+    assert_eq!(w.backends("web").len(), 1);
+    let lines: Vec<String> = engine
+        .logs("web", false, Some(10))
+        .unwrap()
+        .map(|l| l.unwrap())
+        .collect()
+        .await;
+    assert_eq!(lines.len(), 1);
+    assert!(
+        lines[0].starts_with("[berth-web-") && lines[0].contains("fake log line"),
+        "{lines:?}"
+    );
 }

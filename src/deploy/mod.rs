@@ -113,7 +113,9 @@ pub struct DeployEvent {
     /// `aborting`, `restored`, `removed`, `succeeded`, `failed`, `pruned`.
     pub stage: String,
     pub message: String,
-    /// True on the last event (`succeeded` or `failed`).
+    /// `running` until the last event, then `succeeded` or `failed` (what clients stop on).
+    pub state: DeployState,
+    /// True on the last event.
     pub done: bool,
 }
 
@@ -167,6 +169,9 @@ pub(crate) struct Inner {
     tasks: Mutex<Vec<JoinHandle<()>>>,
     pub warnings: Mutex<Vec<String>>,
 }
+
+/// What `Conflict.running` says while an app is being stopped.
+pub const STOPPING: &str = "stopping";
 
 /// Route name of a deployed app.
 pub fn app_route_name(app: &str) -> String {
@@ -224,6 +229,11 @@ impl Inner {
                     alias_mode: Default::default(),
                     path_prefix: None,
                     balancer: Default::default(),
+                    // The deploy gate checks health before routing; continuous checks are
+                    // the proxy prober's, configured by the daemon if wanted.
+                    health_check: None,
+                    slowstart: None,
+                    on_down: Default::default(),
                     backends: a
                         .replicas
                         .iter()
@@ -259,6 +269,9 @@ impl Inner {
                 alias_mode: Default::default(),
                 path_prefix: None,
                 balancer: Default::default(),
+                health_check: None,
+                slowstart: None,
+                on_down: Default::default(),
                 backends: members
                     .iter()
                     .map(|d| BackendSpec {
@@ -283,6 +296,11 @@ impl Inner {
             at: now_ms(),
             stage: stage.to_string(),
             message,
+            state: match stage {
+                "succeeded" => DeployState::Succeeded,
+                "failed" => DeployState::Failed,
+                _ => DeployState::Running,
+            },
             done: matches!(stage, "succeeded" | "failed"),
         };
         let mut p = self.progress.locked();
@@ -663,6 +681,11 @@ impl Engine {
     /// `POST /v1/apps/{app}/stop`: drains and stops every replica; the app then runs
     /// nothing (also after a restart) until the next deploy.
     pub async fn stop(&self, app: &str) -> Result<(), DeployError> {
+        let drain = self
+            .inner
+            .store
+            .current(app)?
+            .map_or(Duration::from_secs(30), |c| c.spec.drain_timeout);
         let replicas = {
             let mut st = self.inner.state.locked();
             let Some(a) = st.apps.get_mut(app) else {
@@ -676,6 +699,8 @@ impl Engine {
             }
             // Persist first: after a crash from here on, reconcile stops the rest.
             self.inner.store.clear_current(app)?;
+            // Deploys of this app get Conflict("stopping") until the stop is done.
+            a.running = Some(STOPPING.to_string());
             for r in a.replicas.iter_mut() {
                 r.state = ServerState::Drain;
             }
@@ -686,14 +711,20 @@ impl Engine {
             }
             replicas
         };
-        let drain = self
-            .inner
-            .store
-            .current(app)
-            .ok()
-            .flatten()
-            .map_or(Duration::from_secs(30), |c| c.spec.drain_timeout);
-        for r in &replicas {
+        let result = self.finish_stop(app, &replicas, drain).await;
+        if let Some(a) = self.inner.state.locked().apps.get_mut(app) {
+            a.running = None;
+        }
+        result
+    }
+
+    async fn finish_stop(
+        &self,
+        app: &str,
+        replicas: &[Replica],
+        drain: Duration,
+    ) -> Result<(), DeployError> {
+        for r in replicas {
             run::wait_drained(&self.inner, app, &r.container_id, drain).await;
         }
         {
@@ -707,7 +738,7 @@ impl Engine {
                     .warn(format!("app {app}: removing routes failed: {e}"));
             }
         }
-        for r in &replicas {
+        for r in replicas {
             self.inner
                 .rt
                 .stop(&r.container_id, self.inner.cfg.stop_grace)
