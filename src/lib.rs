@@ -7,3 +7,4 @@ pub mod lifecycle;
 pub mod logging;
 pub mod model;
 pub mod proxy;
+pub mod store;

@@ -2,6 +2,7 @@
 
 pub mod balance;
 pub mod config;
+pub mod histogram;
 pub mod host;
 pub mod route;
 pub mod stats;

@@ -19,6 +19,8 @@ pub struct BackendStats {
     pub bytes_out: AtomicU64,
     /// Open WebSocket (upgrade) tunnels.
     pub tunnels: AtomicU64,
+    /// Time from sending the request upstream to its response headers.
+    pub latency: super::histogram::LatencyHistogram,
 }
 
 impl BackendStats {

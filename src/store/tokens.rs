@@ -1,0 +1,177 @@
+//! API bearer tokens. A token is `berth_` + 64 hex digits from the OS RNG; only its SHA-256 is
+//! stored, so the database never holds a usable secret. Verification hashes the presented token
+//! and compares it with every active hash in constant time, without stopping at a match, so the
+//! timing says nothing about which or how many bytes matched.
+
+use rand::TryRngCore;
+use rusqlite::{params, OptionalExtension};
+use serde::Serialize;
+use sha2::{Digest, Sha256};
+use subtle::ConstantTimeEq;
+
+use super::{now, Store, StoreError};
+
+/// Every token starts with this, so a leaked one is easy to recognise (secret scanners).
+pub const TOKEN_PREFIX: &str = "berth_";
+
+/// What `token list` shows. Never the secret.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct TokenInfo {
+    pub id: i64,
+    pub name: String,
+    /// Unix seconds.
+    pub created_at: i64,
+    /// Unix seconds; `None` while the token is active.
+    pub revoked_at: Option<i64>,
+}
+
+/// SHA-256 of a token as presented.
+pub fn hash_token(token: &str) -> [u8; 32] {
+    Sha256::digest(token.as_bytes()).into()
+}
+
+fn generate() -> Result<String, StoreError> {
+    let mut bytes = [0u8; 32];
+    rand::rngs::OsRng
+        .try_fill_bytes(&mut bytes)
+        .map_err(|e| StoreError::Corrupt {
+            what: "token",
+            name: "new".into(),
+            message: format!("the OS random number generator failed: {e}"),
+        })?;
+    Ok(format!("{TOKEN_PREFIX}{}", hex::encode(bytes)))
+}
+
+impl Store {
+    /// Creates a token and returns it with the secret, which is not stored and cannot be
+    /// shown again.
+    pub fn create_token(&self, name: &str) -> Result<(TokenInfo, String), StoreError> {
+        let secret = generate()?;
+        let hash = hash_token(&secret);
+        let created_at = now();
+        let conn = self.conn()?;
+        conn.execute(
+            "INSERT INTO api_tokens (name, hash, created_at) VALUES (?1, ?2, ?3)",
+            params![name, hash.as_slice(), created_at],
+        )?;
+        let info = TokenInfo {
+            id: conn.last_insert_rowid(),
+            name: name.to_string(),
+            created_at,
+            revoked_at: None,
+        };
+        Ok((info, secret))
+    }
+
+    /// All tokens, revoked ones included, oldest first.
+    pub fn list_tokens(&self) -> Result<Vec<TokenInfo>, StoreError> {
+        let conn = self.conn()?;
+        let mut q =
+            conn.prepare("SELECT id, name, created_at, revoked_at FROM api_tokens ORDER BY id")?;
+        let rows = q.query_map([], |r| {
+            Ok(TokenInfo {
+                id: r.get(0)?,
+                name: r.get(1)?,
+                created_at: r.get(2)?,
+                revoked_at: r.get(3)?,
+            })
+        })?;
+        Ok(rows.collect::<Result<_, _>>()?)
+    }
+
+    /// Revokes a token: it stops working at once, also in a running daemon.
+    pub fn revoke_token(&self, id: i64) -> Result<TokenInfo, StoreError> {
+        let conn = self.conn()?;
+        let row: Option<(String, i64, Option<i64>)> = conn
+            .query_row(
+                "SELECT name, created_at, revoked_at FROM api_tokens WHERE id = ?1",
+                params![id],
+                |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
+            )
+            .optional()?;
+        let Some((name, created_at, revoked)) = row else {
+            return Err(StoreError::TokenNotFound(id));
+        };
+        if revoked.is_some() {
+            return Err(StoreError::TokenRevoked(id));
+        }
+        let ts = now();
+        conn.execute(
+            "UPDATE api_tokens SET revoked_at = ?2 WHERE id = ?1",
+            params![id, ts],
+        )?;
+        Ok(TokenInfo {
+            id,
+            name,
+            created_at,
+            revoked_at: Some(ts),
+        })
+    }
+
+    /// The id of the active token `presented` is, if any. Reads the table on every call so
+    /// tokens created or revoked by another process take effect immediately.
+    pub fn verify_token(&self, presented: &str) -> Result<Option<i64>, StoreError> {
+        let want = hash_token(presented);
+        let conn = self.conn()?;
+        let mut q =
+            conn.prepare_cached("SELECT id, hash FROM api_tokens WHERE revoked_at IS NULL")?;
+        let rows = q.query_map([], |r| Ok((r.get::<_, i64>(0)?, r.get::<_, Vec<u8>>(1)?)))?;
+        let mut found: Option<i64> = None;
+        for row in rows {
+            let (id, hash) = row?;
+            // Compare every row; never return early on a match.
+            // `ct_eq` on slices is constant time for equal lengths and false otherwise.
+            if bool::from(hash.as_slice().ct_eq(&want[..])) {
+                found = Some(id);
+            }
+        }
+        Ok(found)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn create_verify_list_revoke() {
+        let tmp = tempfile::tempdir().unwrap();
+        let s = Store::open(tmp.path()).unwrap();
+        let (a, secret_a) = s.create_token("ci").unwrap();
+        let (b, secret_b) = s.create_token("laptop").unwrap();
+        assert!(secret_a.starts_with(TOKEN_PREFIX));
+        assert_eq!(secret_a.len(), TOKEN_PREFIX.len() + 64);
+        assert_ne!(secret_a, secret_b);
+        assert_eq!(s.verify_token(&secret_a).unwrap(), Some(a.id));
+        assert_eq!(s.verify_token(&secret_b).unwrap(), Some(b.id));
+        assert_eq!(s.verify_token("berth_nope").unwrap(), None);
+        assert_eq!(s.verify_token("").unwrap(), None);
+        // Only the hash is stored.
+        let stored: Vec<u8> = s
+            .conn()
+            .unwrap()
+            .query_row("SELECT hash FROM api_tokens WHERE id = ?1", [a.id], |r| {
+                r.get(0)
+            })
+            .unwrap();
+        assert_eq!(stored, hash_token(&secret_a).to_vec());
+
+        let revoked = s.revoke_token(a.id).unwrap();
+        assert!(revoked.revoked_at.is_some());
+        assert_eq!(s.verify_token(&secret_a).unwrap(), None);
+        assert_eq!(s.verify_token(&secret_b).unwrap(), Some(b.id));
+        assert!(matches!(
+            s.revoke_token(a.id),
+            Err(StoreError::TokenRevoked(_))
+        ));
+        assert!(matches!(
+            s.revoke_token(999),
+            Err(StoreError::TokenNotFound(999))
+        ));
+        let list = s.list_tokens().unwrap();
+        assert_eq!(list.len(), 2);
+        assert_eq!(list[0].name, "ci");
+        assert!(list[0].revoked_at.is_some());
+        assert!(list[1].revoked_at.is_none());
+    }
+}
