@@ -1,6 +1,7 @@
 //! Berth: a zero-downtime deployment target. `berthd` (daemon) and `berth` (client) share
 //! this library; see DESIGN.md for the module map and its import rules.
 
+pub mod api;
 pub mod config;
 pub mod daemon;
 pub mod lifecycle;

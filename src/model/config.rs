@@ -145,12 +145,18 @@ pub struct ApiConfig {
     /// Where the REST API listens (loopback unless a domain is set).
     #[serde(with = "listen_addr")]
     pub listen: SocketAddr,
+    /// Largest API request body accepted (→ 413).
+    pub max_body_size: ByteSize,
+    /// Whether `GET /metrics` needs an API token too (default: no, like most exporters).
+    pub metrics_auth: bool,
 }
 
 impl Default for ApiConfig {
     fn default() -> Self {
         Self {
             listen: SocketAddr::from(([127, 0, 0, 1], 9922)),
+            max_body_size: ByteSize(1 << 20),
+            metrics_auth: false,
         }
     }
 }
@@ -295,6 +301,12 @@ impl Config {
                     "{} is too large (at most 16MiB)",
                     self.proxy.max_header_size
                 ),
+            ));
+        }
+        if self.api.max_body_size.0 < 1024 || self.api.max_body_size.0 > (64 << 20) {
+            return Err(err(
+                "api.max_body_size",
+                format!("{} is out of range (1KiB-64MiB)", self.api.max_body_size),
             ));
         }
         let t = &self.proxy.timeouts;

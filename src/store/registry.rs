@@ -470,6 +470,11 @@ impl RouteRegistry {
             .cloned()
     }
 
+    /// The table being served now.
+    pub fn table(&self) -> Arc<RouteTable> {
+        self.publisher.current()
+    }
+
     /// The store this registry persists to.
     pub fn store(&self) -> &Arc<Store> {
         &self.store

@@ -1,0 +1,69 @@
+//! Bearer-token authentication for `/v1/*`. Tokens are created with `berthd token create`;
+//! the store keeps only their SHA-256 and compares in constant time. The token table is read
+//! on every request, so a token created or revoked by another process works (or stops
+//! working) at once. Missing or wrong tokens get a 401 JSON error.
+
+use axum::extract::{Request, State};
+use axum::http::header;
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+
+use super::error::ApiError;
+use super::ApiState;
+
+/// Longest `Authorization` value looked at (a real token is 70 bytes).
+const MAX_TOKEN_LEN: usize = 512;
+
+/// The token in `Authorization: Bearer <token>` (scheme case-insensitive).
+fn bearer(req: &Request) -> Result<&str, ApiError> {
+    let missing = || ApiError::Unauthorized {
+        code: "missing_token",
+        message: "send an API token as 'Authorization: Bearer <token>' (create one with \
+                  'berthd token create')"
+            .into(),
+    };
+    let value = req
+        .headers()
+        .get(header::AUTHORIZATION)
+        .ok_or_else(missing)?;
+    let value = value.to_str().map_err(|_| ApiError::Unauthorized {
+        code: "invalid_token",
+        message: "the Authorization header is not valid text".into(),
+    })?;
+    let (scheme, token) = value.trim().split_once(' ').ok_or_else(missing)?;
+    if !scheme.eq_ignore_ascii_case("bearer") {
+        return Err(ApiError::Unauthorized {
+            code: "missing_token",
+            message: format!(
+                "the Authorization scheme must be Bearer, not {:?}",
+                scheme.chars().take(20).collect::<String>()
+            ),
+        });
+    }
+    Ok(token.trim())
+}
+
+/// Middleware: lets the request through only with an active token.
+pub async fn require_token(State(state): State<ApiState>, req: Request, next: Next) -> Response {
+    let token = match bearer(&req) {
+        Ok(t) => t.to_string(),
+        Err(e) => return e.into_response(),
+    };
+    let invalid = || {
+        ApiError::Unauthorized {
+            code: "invalid_token",
+            message: "the API token is not valid (unknown or revoked)".into(),
+        }
+        .into_response()
+    };
+    if token.is_empty() || token.len() > MAX_TOKEN_LEN {
+        return invalid();
+    }
+    let store = state.registry.store().clone();
+    match tokio::task::spawn_blocking(move || store.verify_token(&token)).await {
+        Ok(Ok(Some(_id))) => next.run(req).await,
+        Ok(Ok(None)) => invalid(),
+        Ok(Err(e)) => ApiError::from(e).into_response(),
+        Err(e) => ApiError::Internal(format!("token check task: {e}")).into_response(),
+    }
+}

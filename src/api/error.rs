@@ -1,0 +1,323 @@
+//! The API's one error type and its HTTP mapping, plus the extractors that turn malformed
+//! input into it (JSON bodies with a size limit and field paths, path parameters). Every error
+//! response is `{"error": {"code": "...", "message": "...", "field": "..."}}` (`field` only when
+//! one field is at fault). Internal details are logged, never sent.
+
+use axum::extract::{FromRequest, FromRequestParts, Path, Request};
+use axum::http::request::Parts;
+use axum::http::{header, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use http_body_util::{BodyExt, LengthLimitError, Limited};
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+
+use crate::store::registry::ChangeError;
+use crate::store::StoreError;
+
+/// Default largest request body (overridden by `api.max_body_size`).
+pub const DEFAULT_MAX_BODY: usize = 1 << 20;
+
+/// The request-body limit in force, put in request extensions by the router.
+#[derive(Clone, Copy, Debug)]
+pub struct BodyLimit(pub usize);
+
+#[derive(Debug)]
+pub enum ApiError {
+    /// 401: no usable bearer token.
+    Unauthorized { code: &'static str, message: String },
+    /// 404.
+    NotFound(String),
+    /// 405.
+    MethodNotAllowed,
+    /// 400: the request is not well-formed (bad JSON syntax, empty body, bad path encoding).
+    BadRequest { code: &'static str, message: String },
+    /// 422: well-formed, but a field has a bad value.
+    Invalid { field: String, message: String },
+    /// 409: the change conflicts with the current state.
+    Conflict {
+        code: &'static str,
+        field: Option<String>,
+        message: String,
+    },
+    /// 413.
+    TooLarge { limit: usize },
+    /// 500: details are logged, not sent.
+    Internal(String),
+}
+
+#[derive(Serialize)]
+struct ErrorBody<'a> {
+    error: ErrorDetail<'a>,
+}
+
+#[derive(Serialize)]
+struct ErrorDetail<'a> {
+    code: &'a str,
+    message: &'a str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    field: Option<&'a str>,
+}
+
+impl ApiError {
+    pub fn status(&self) -> StatusCode {
+        match self {
+            ApiError::Unauthorized { .. } => StatusCode::UNAUTHORIZED,
+            ApiError::NotFound(_) => StatusCode::NOT_FOUND,
+            ApiError::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
+            ApiError::BadRequest { .. } => StatusCode::BAD_REQUEST,
+            ApiError::Invalid { .. } => StatusCode::UNPROCESSABLE_ENTITY,
+            ApiError::Conflict { .. } => StatusCode::CONFLICT,
+            ApiError::TooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
+            ApiError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
+        }
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let status = self.status();
+        let too_large;
+        let (code, message, field): (&str, &str, Option<&str>) = match &self {
+            ApiError::Unauthorized { code, message } => (code, message, None),
+            ApiError::NotFound(m) => ("not_found", m, None),
+            ApiError::MethodNotAllowed => (
+                "method_not_allowed",
+                "this endpoint does not support that method",
+                None,
+            ),
+            ApiError::BadRequest { code, message } => (code, message, None),
+            ApiError::Invalid { field, message } => {
+                ("validation_failed", message, Some(field.as_str()))
+            }
+            ApiError::Conflict {
+                code,
+                field,
+                message,
+            } => (code, message, field.as_deref()),
+            ApiError::TooLarge { limit } => {
+                too_large = format!("request body is larger than {limit} bytes");
+                ("payload_too_large", too_large.as_str(), None)
+            }
+            ApiError::Internal(detail) => {
+                tracing::error!(error = %detail, "API request failed");
+                (
+                    "internal",
+                    "internal error; the daemon log has the details",
+                    None,
+                )
+            }
+        };
+        let mut resp = (
+            status,
+            Json(ErrorBody {
+                error: ErrorDetail {
+                    code,
+                    message,
+                    field,
+                },
+            }),
+        )
+            .into_response();
+        if status == StatusCode::UNAUTHORIZED {
+            resp.headers_mut().insert(
+                header::WWW_AUTHENTICATE,
+                HeaderValue::from_static("Bearer realm=\"berth\""),
+            );
+        }
+        resp
+    }
+}
+
+impl From<ChangeError> for ApiError {
+    fn from(e: ChangeError) -> Self {
+        match e {
+            ChangeError::RouteNotFound(_) | ChangeError::BackendNotFound { .. } => {
+                ApiError::NotFound(e.to_string())
+            }
+            ChangeError::ReadOnly(_) => ApiError::Conflict {
+                code: "read_only",
+                field: None,
+                message: e.to_string(),
+            },
+            ChangeError::Invalid { field, message } => ApiError::Invalid { field, message },
+            ChangeError::Conflict { field, message } => ApiError::Conflict {
+                code: "conflict",
+                field: Some(field),
+                message,
+            },
+            ChangeError::Store(s) => ApiError::Internal(s.to_string()),
+            ChangeError::Internal(s) => ApiError::Internal(s),
+        }
+    }
+}
+
+impl From<StoreError> for ApiError {
+    fn from(e: StoreError) -> Self {
+        ApiError::Internal(e.to_string())
+    }
+}
+
+/// A JSON request body: size-limited, and every error names the field.
+/// Syntax errors → 400 `invalid_json`; type or value errors → 422 `validation_failed`.
+pub struct ApiJson<T>(pub T);
+
+impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for ApiJson<T> {
+    type Rejection = ApiError;
+
+    async fn from_request(req: Request, _state: &S) -> Result<Self, ApiError> {
+        let limit = req
+            .extensions()
+            .get::<BodyLimit>()
+            .map(|l| l.0)
+            .unwrap_or(DEFAULT_MAX_BODY);
+        let declared = req
+            .headers()
+            .get(header::CONTENT_LENGTH)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.parse::<u64>().ok());
+        if declared.is_some_and(|n| n > limit as u64) {
+            return Err(ApiError::TooLarge { limit });
+        }
+        let bytes = match Limited::new(req.into_body(), limit).collect().await {
+            Ok(c) => c.to_bytes(),
+            Err(e) if e.downcast_ref::<LengthLimitError>().is_some() => {
+                return Err(ApiError::TooLarge { limit })
+            }
+            Err(e) => {
+                return Err(ApiError::BadRequest {
+                    code: "invalid_body",
+                    message: format!("could not read the request body: {e}"),
+                })
+            }
+        };
+        parse_json(&bytes).map(ApiJson)
+    }
+}
+
+/// Parses a JSON document, naming the field at fault.
+pub fn parse_json<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
+    if bytes.iter().all(|b| b.is_ascii_whitespace()) {
+        return Err(ApiError::BadRequest {
+            code: "invalid_json",
+            message: "the request body is empty; a JSON object is required".into(),
+        });
+    }
+    let mut de = serde_json::Deserializer::from_slice(bytes);
+    let value: T = match serde_path_to_error::deserialize(&mut de) {
+        Ok(v) => v,
+        Err(e) => {
+            let path = e.path().to_string();
+            let inner = e.into_inner();
+            return Err(json_error(&path, inner));
+        }
+    };
+    de.end().map_err(|e| json_error(".", e))?;
+    Ok(value)
+}
+
+fn json_error(path: &str, e: serde_json::Error) -> ApiError {
+    use serde_json::error::Category;
+    match e.classify() {
+        Category::Data => {
+            let msg = e.to_string();
+            // Missing fields are reported at their parent; name the field itself.
+            let missing = msg
+                .strip_prefix("missing field `")
+                .and_then(|r| r.split('`').next());
+            let base = if path == "." { "" } else { path };
+            let field = match missing {
+                Some(m) if base.is_empty() => m.to_string(),
+                Some(m) => format!("{base}.{m}"),
+                None if base.is_empty() => "body".to_string(),
+                None => base.to_string(),
+            };
+            ApiError::Invalid {
+                field,
+                message: msg,
+            }
+        }
+        Category::Syntax | Category::Eof | Category::Io => ApiError::BadRequest {
+            code: "invalid_json",
+            message: format!("the request body is not valid JSON: {e}"),
+        },
+    }
+}
+
+/// Path parameters; a malformed one (bad percent-encoding) is a 400 JSON error.
+pub struct ApiPath<T>(pub T);
+
+impl<S: Send + Sync, T: DeserializeOwned + Send> FromRequestParts<S> for ApiPath<T> {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, ApiError> {
+        match Path::<T>::from_request_parts(parts, state).await {
+            Ok(Path(t)) => Ok(ApiPath(t)),
+            Err(e) => Err(ApiError::BadRequest {
+                code: "invalid_path",
+                message: e.body_text(),
+            }),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::route::RouteSpec;
+
+    fn field_of(json: &str) -> (StatusCode, Option<String>) {
+        match parse_json::<RouteSpec>(json.as_bytes()) {
+            Ok(_) => (StatusCode::OK, None),
+            Err(e) => {
+                let f = match &e {
+                    ApiError::Invalid { field, .. } => Some(field.clone()),
+                    _ => None,
+                };
+                (e.status(), f)
+            }
+        }
+    }
+
+    #[test]
+    fn json_errors_name_the_field() {
+        let cases: &[(&str, StatusCode, Option<&str>)] = &[
+            (r#"{"domains":["a.test"]}"#, StatusCode::OK, None),
+            ("", StatusCode::BAD_REQUEST, None),
+            ("{", StatusCode::BAD_REQUEST, None),
+            (r#"{"domains":["a.test"]} x"#, StatusCode::BAD_REQUEST, None),
+            ("{}", StatusCode::UNPROCESSABLE_ENTITY, Some("domains")),
+            ("[]", StatusCode::UNPROCESSABLE_ENTITY, Some("body")),
+            (
+                r#"{"domains":["a b"]}"#,
+                StatusCode::UNPROCESSABLE_ENTITY,
+                Some("domains[0]"),
+            ),
+            (
+                r#"{"domains":["a.test"],"backends":[{"address":"x"}]}"#,
+                StatusCode::UNPROCESSABLE_ENTITY,
+                Some("backends[0].address"),
+            ),
+            (
+                r#"{"domains":["a.test"],"backends":[{"weight":1}]}"#,
+                StatusCode::UNPROCESSABLE_ENTITY,
+                Some("backends[0].address"),
+            ),
+            (
+                r#"{"domains":["a.test"],"colour":"red"}"#,
+                StatusCode::UNPROCESSABLE_ENTITY,
+                Some("colour"),
+            ),
+            (
+                r#"{"domains":["a.test"],"backends":[{"address":"1.2.3.4:5","state":"off"}]}"#,
+                StatusCode::UNPROCESSABLE_ENTITY,
+                Some("backends[0].state"),
+            ),
+        ];
+        for (json, status, field) in cases {
+            let (s, f) = field_of(json);
+            assert_eq!(s, *status, "{json}");
+            assert_eq!(f.as_deref(), *field, "{json}");
+        }
+    }
+}

@@ -1,0 +1,112 @@
+//! The runtime REST API (axum): routes, backends, states, stats, Prometheus metrics, the
+//! OpenAPI document and a health probe. `/v1/*` needs a bearer token (see `auth`); `/healthz`
+//! and `/v1/openapi.json` never do; `/metrics` does only when `api.metrics_auth` is set
+//! (default off: the API listens on loopback and Prometheus scrapers rarely carry tokens).
+//!
+//! Adding endpoints (deploys, apps): write a module with `pub fn router() -> Router<ApiState>`,
+//! put any handle it needs into `ApiState`, merge it in `router()` below under `protected`, and
+//! describe it in `openapi.json` (the tests check that every documented path is served).
+//! Errors go through `ApiError`; request bodies through `ApiJson` (size limit, field names).
+
+pub mod auth;
+pub mod error;
+pub mod routes;
+pub mod stats;
+
+use std::sync::Arc;
+
+use axum::http::header;
+use axum::middleware;
+use axum::response::IntoResponse;
+use axum::routing::get;
+use axum::{Extension, Json, Router};
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+
+use crate::model::config::ApiConfig;
+use crate::store::registry::RouteRegistry;
+
+use error::{ApiError, BodyLimit};
+
+/// The OpenAPI 3 description of every endpoint, served at `/v1/openapi.json`.
+pub const OPENAPI_JSON: &str = include_str!("openapi.json");
+
+/// Settings taken from `api:` in the configuration.
+#[derive(Clone, Debug)]
+pub struct ApiSettings {
+    pub max_body_size: usize,
+    pub metrics_auth: bool,
+}
+
+impl ApiSettings {
+    pub fn from_config(c: &ApiConfig) -> Self {
+        Self {
+            max_body_size: usize::try_from(c.max_body_size.0).unwrap_or(usize::MAX),
+            metrics_auth: c.metrics_auth,
+        }
+    }
+}
+
+/// What handlers share. Cheap to clone.
+#[derive(Clone)]
+pub struct ApiState {
+    pub registry: Arc<RouteRegistry>,
+    pub settings: Arc<ApiSettings>,
+    /// Becomes `true` when the daemon stops (ends event streams).
+    pub stop: watch::Receiver<bool>,
+}
+
+/// The complete router.
+pub fn router(state: ApiState) -> Router {
+    let protected = Router::new().merge(routes::router()).merge(stats::router());
+    let metrics = Router::new().route("/metrics", get(stats::metrics));
+    let (protected, metrics) = if state.settings.metrics_auth {
+        (protected.merge(metrics), Router::new())
+    } else {
+        (protected, metrics)
+    };
+    let protected = protected.route_layer(middleware::from_fn_with_state(
+        state.clone(),
+        auth::require_token,
+    ));
+    Router::new()
+        .route("/healthz", get(healthz))
+        .route("/v1/openapi.json", get(openapi))
+        .merge(metrics)
+        .merge(protected)
+        .fallback(not_found)
+        .method_not_allowed_fallback(method_not_allowed)
+        .layer(Extension(BodyLimit(state.settings.max_body_size)))
+        .with_state(state)
+}
+
+async fn healthz() -> Json<serde_json::Value> {
+    Json(serde_json::json!({ "status": "ok" }))
+}
+
+async fn openapi() -> impl IntoResponse {
+    ([(header::CONTENT_TYPE, "application/json")], OPENAPI_JSON)
+}
+
+async fn not_found() -> ApiError {
+    ApiError::NotFound("no such endpoint; see /v1/openapi.json".into())
+}
+
+async fn method_not_allowed() -> ApiError {
+    ApiError::MethodNotAllowed
+}
+
+/// Serves the API on `listener` until `stop` becomes true.
+pub async fn serve(listener: TcpListener, state: ApiState) {
+    let mut stop = state.stop.clone();
+    let app = router(state);
+    let shutdown = async move {
+        let _ = stop.wait_for(|s| *s).await;
+    };
+    if let Err(e) = axum::serve(listener, app)
+        .with_graceful_shutdown(shutdown)
+        .await
+    {
+        tracing::error!(error = %e, "API server failed");
+    }
+}

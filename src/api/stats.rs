@@ -1,0 +1,413 @@
+//! Live statistics: `GET /v1/stats` (JSON), `GET /v1/stats/stream` (the same document as a
+//! Server-Sent Event every second), and `GET /metrics` (Prometheus text format 0.0.4). All are
+//! read from the served route table's atomics; nothing here locks the request path. Counters
+//! are cumulative since the backend entered the table (they survive table swaps); latency
+//! quantiles come from the backend's log-bucket histogram (upper bucket bound, ≤12.5% high).
+
+use std::collections::HashMap;
+use std::convert::Infallible;
+use std::fmt::Write as _;
+use std::sync::atomic::Ordering;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use axum::extract::State;
+use axum::http::header;
+use axum::response::sse::{Event, KeepAlive, Sse};
+use axum::response::IntoResponse;
+use axum::routing::get;
+use axum::{Json, Router};
+use futures_util::Stream;
+use serde::Serialize;
+
+use crate::model::histogram::HistogramSnapshot;
+use crate::model::route::{RouteTable, ServerState};
+use crate::store::RouteSource;
+
+use super::ApiState;
+
+/// The token-protected stats routes.
+pub fn router() -> Router<ApiState> {
+    Router::new()
+        .route("/v1/stats", get(stats))
+        .route("/v1/stats/stream", get(stream))
+}
+
+/// `GET /v1/stats` body.
+#[derive(Serialize)]
+pub struct StatsDoc {
+    /// Unix time in milliseconds when the snapshot was taken.
+    pub timestamp_ms: u64,
+    pub routes: Vec<RouteStats>,
+}
+
+#[derive(Serialize)]
+pub struct RouteStats {
+    pub name: String,
+    pub source: RouteSource,
+    pub requests: u64,
+    pub inflight: u64,
+    pub backends: Vec<BackendStatsView>,
+}
+
+#[derive(Serialize)]
+pub struct BackendStatsView {
+    pub id: String,
+    pub address: String,
+    pub state: ServerState,
+    pub weight: u32,
+    pub inflight: u64,
+    pub requests: u64,
+    pub responses: StatusClasses,
+    pub failures: u64,
+    pub bytes_out: u64,
+    pub tunnels: u64,
+    pub latency: LatencyView,
+}
+
+#[derive(Serialize)]
+pub struct StatusClasses {
+    #[serde(rename = "2xx")]
+    pub s2xx: u64,
+    #[serde(rename = "3xx")]
+    pub s3xx: u64,
+    #[serde(rename = "4xx")]
+    pub s4xx: u64,
+    #[serde(rename = "5xx")]
+    pub s5xx: u64,
+}
+
+#[derive(Serialize)]
+pub struct LatencyView {
+    /// Observations recorded.
+    pub count: u64,
+    /// Median upstream response-header latency in ms (`null` before the first response).
+    pub p50_ms: Option<f64>,
+    pub p99_ms: Option<f64>,
+}
+
+fn ms(d: Option<Duration>) -> Option<f64> {
+    d.map(|d| (d.as_secs_f64() * 1_000_000.0).round() / 1000.0)
+}
+
+/// Takes a stats snapshot of `table`; `sources` says where each route came from.
+pub fn snapshot(table: &RouteTable, sources: &HashMap<String, RouteSource>) -> StatsDoc {
+    let routes = table
+        .routes()
+        .iter()
+        .map(|r| {
+            let backends: Vec<BackendStatsView> = r
+                .backends
+                .iter()
+                .map(|b| {
+                    let s = &b.stats;
+                    let h: HistogramSnapshot = s.latency.snapshot();
+                    BackendStatsView {
+                        id: b.id.clone(),
+                        address: b.address.to_string(),
+                        state: b.state,
+                        weight: b.weight,
+                        inflight: s.inflight.load(Ordering::Relaxed),
+                        requests: s.requests.load(Ordering::Relaxed),
+                        responses: StatusClasses {
+                            s2xx: s.responses_2xx.load(Ordering::Relaxed),
+                            s3xx: s.responses_3xx.load(Ordering::Relaxed),
+                            s4xx: s.responses_4xx.load(Ordering::Relaxed),
+                            s5xx: s.responses_5xx.load(Ordering::Relaxed),
+                        },
+                        failures: s.failures.load(Ordering::Relaxed),
+                        bytes_out: s.bytes_out.load(Ordering::Relaxed),
+                        tunnels: s.tunnels.load(Ordering::Relaxed),
+                        latency: LatencyView {
+                            count: h.count(),
+                            p50_ms: ms(h.quantile(0.5)),
+                            p99_ms: ms(h.quantile(0.99)),
+                        },
+                    }
+                })
+                .collect();
+            RouteStats {
+                name: r.name.clone(),
+                // A route published a moment before the listing was updated is new: not config.
+                source: sources.get(&r.name).copied().unwrap_or(RouteSource::Api),
+                requests: backends.iter().map(|b| b.requests).sum(),
+                inflight: backends.iter().map(|b| b.inflight).sum(),
+                backends,
+            }
+        })
+        .collect();
+    StatsDoc {
+        timestamp_ms: SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map(|d| d.as_millis() as u64)
+            .unwrap_or(0),
+        routes,
+    }
+}
+
+fn current(state: &ApiState) -> StatsDoc {
+    let sources: HashMap<String, RouteSource> = state
+        .registry
+        .routes()
+        .iter()
+        .map(|e| (e.name(), e.source))
+        .collect();
+    snapshot(&state.registry.table(), &sources)
+}
+
+async fn stats(State(state): State<ApiState>) -> Json<StatsDoc> {
+    Json(current(&state))
+}
+
+/// One `stats` event immediately, then one per second, until the client goes away or the
+/// daemon stops.
+async fn stream(
+    State(state): State<ApiState>,
+) -> Sse<impl Stream<Item = Result<Event, Infallible>>> {
+    let mut interval = tokio::time::interval(Duration::from_secs(1));
+    interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+    let stop = state.stop.clone();
+    let s = futures_util::stream::unfold(
+        (state, interval, stop),
+        |(state, mut interval, mut stop)| async move {
+            if *stop.borrow() {
+                return None;
+            }
+            tokio::select! {
+                _ = interval.tick() => {}
+                _ = stop.wait_for(|s| *s) => return None,
+            }
+            let doc = current(&state);
+            let event = Event::default()
+                .event("stats")
+                .json_data(&doc)
+                .unwrap_or_else(|e| Event::default().event("error").data(e.to_string()));
+            Some((Ok(event), (state, interval, stop)))
+        },
+    );
+    Sse::new(s).keep_alive(KeepAlive::default())
+}
+
+/// Escapes a Prometheus label value.
+fn label(v: &str) -> String {
+    let mut out = String::with_capacity(v.len());
+    for c in v.chars() {
+        match c {
+            '\\' => out.push_str("\\\\"),
+            '"' => out.push_str("\\\""),
+            '\n' => out.push_str("\\n"),
+            c => out.push(c),
+        }
+    }
+    out
+}
+
+/// Histogram `le` bounds: powers of two from 128 µs to ~33.5 s (exact bucket boundaries).
+const LE_EXPONENTS: std::ops::RangeInclusive<u32> = 7..=25;
+
+/// Renders the Prometheus text exposition.
+pub fn prometheus(doc: &StatsDoc, table: &RouteTable) -> String {
+    let mut out = String::with_capacity(4096);
+    type Metric = (
+        &'static str,
+        &'static str,
+        &'static str,
+        fn(&BackendStatsView) -> u64,
+    );
+    let counters: &[Metric] = &[
+        (
+            "berth_backend_requests_total",
+            "counter",
+            "Requests sent to the backend.",
+            |b| b.requests,
+        ),
+        (
+            "berth_backend_failures_total",
+            "counter",
+            "Failed attempts (connect errors, resets, timeouts).",
+            |b| b.failures,
+        ),
+        (
+            "berth_backend_sent_bytes_total",
+            "counter",
+            "Response body bytes sent to clients.",
+            |b| b.bytes_out,
+        ),
+        (
+            "berth_backend_inflight",
+            "gauge",
+            "Requests being served now.",
+            |b| b.inflight,
+        ),
+        (
+            "berth_backend_tunnels",
+            "gauge",
+            "Open upgrade (WebSocket) tunnels.",
+            |b| b.tunnels,
+        ),
+        ("berth_backend_weight", "gauge", "Configured weight.", |b| {
+            u64::from(b.weight)
+        }),
+    ];
+    for (name, kind, help, get) in counters {
+        let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");
+        for r in &doc.routes {
+            for b in &r.backends {
+                let _ = writeln!(
+                    out,
+                    "{name}{{route=\"{}\",backend=\"{}\"}} {}",
+                    label(&r.name),
+                    label(&b.id),
+                    get(b)
+                );
+            }
+        }
+    }
+    let name = "berth_backend_responses_total";
+    let _ = writeln!(
+        out,
+        "# HELP {name} Responses by status class.\n# TYPE {name} counter"
+    );
+    for r in &doc.routes {
+        for b in &r.backends {
+            for (class, v) in [
+                ("2xx", b.responses.s2xx),
+                ("3xx", b.responses.s3xx),
+                ("4xx", b.responses.s4xx),
+                ("5xx", b.responses.s5xx),
+            ] {
+                let _ = writeln!(
+                    out,
+                    "{name}{{route=\"{}\",backend=\"{}\",code=\"{class}\"}} {v}",
+                    label(&r.name),
+                    label(&b.id)
+                );
+            }
+        }
+    }
+    let name = "berth_backend_state";
+    let _ = writeln!(
+        out,
+        "# HELP {name} Administrative state (1 for the current one).\n# TYPE {name} gauge"
+    );
+    for r in &doc.routes {
+        for b in &r.backends {
+            for (s, v) in [
+                ("ready", ServerState::Ready),
+                ("drain", ServerState::Drain),
+                ("maint", ServerState::Maint),
+            ] {
+                let _ = writeln!(
+                    out,
+                    "{name}{{route=\"{}\",backend=\"{}\",state=\"{s}\"}} {}",
+                    label(&r.name),
+                    label(&b.id),
+                    u8::from(b.state == v)
+                );
+            }
+        }
+    }
+    let name = "berth_backend_latency_seconds";
+    let _ = writeln!(
+        out,
+        "# HELP {name} Upstream response-header latency.\n# TYPE {name} histogram"
+    );
+    for r in table.routes() {
+        for b in &r.backends {
+            let h = b.stats.latency.snapshot();
+            let labels = format!("route=\"{}\",backend=\"{}\"", label(&r.name), label(&b.id));
+            for e in LE_EXPONENTS {
+                let us = 1u64 << e;
+                let _ = writeln!(
+                    out,
+                    "{name}_bucket{{{labels},le=\"{}\"}} {}",
+                    us as f64 / 1e6,
+                    h.count_below_us(us)
+                );
+            }
+            let _ = writeln!(
+                out,
+                "{name}_bucket{{{labels},le=\"+Inf\"}} {}\n{name}_sum{{{labels}}} {}\n{name}_count{{{labels}}} {}",
+                h.count(),
+                h.sum().as_secs_f64(),
+                h.count()
+            );
+        }
+    }
+    let name = "berth_routes";
+    let _ = writeln!(
+        out,
+        "# HELP {name} Routes served, by source.\n# TYPE {name} gauge"
+    );
+    for src in [RouteSource::Config, RouteSource::Api, RouteSource::Deploy] {
+        let n = doc.routes.iter().filter(|r| r.source == src).count();
+        let _ = writeln!(out, "{name}{{source=\"{}\"}} {n}", src.as_str());
+    }
+    out
+}
+
+/// `GET /metrics`.
+pub async fn metrics(State(state): State<ApiState>) -> impl IntoResponse {
+    let table = state.registry.table();
+    let sources: HashMap<String, RouteSource> = state
+        .registry
+        .routes()
+        .iter()
+        .map(|e| (e.name(), e.source))
+        .collect();
+    let doc = snapshot(&table, &sources);
+    (
+        [(
+            header::CONTENT_TYPE,
+            "text/plain; version=0.0.4; charset=utf-8",
+        )],
+        prometheus(&doc, &table),
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::route::RouteSpec;
+
+    #[test]
+    fn prometheus_text_is_well_formed() {
+        let specs: Vec<RouteSpec> = serde_json::from_str(
+            r#"[{"name":"we\"b","domains":["a.test"],"backends":[
+                {"id":"a","address":"127.0.0.1:1","weight":3},
+                {"id":"b","address":"127.0.0.1:2","state":"drain"}]}]"#,
+        )
+        .unwrap();
+        let table = RouteTable::build(&specs, None).unwrap();
+        let b = &table.routes()[0].backends[0].stats;
+        b.requests.fetch_add(5, Ordering::Relaxed);
+        b.record_status(200);
+        b.record_status(503);
+        b.latency.record(Duration::from_millis(3));
+        b.latency.record(Duration::from_millis(40));
+        let doc = snapshot(&table, &HashMap::new());
+        let text = prometheus(&doc, &table);
+        for want in [
+            r#"berth_backend_requests_total{route="we\"b",backend="a"} 5"#,
+            r#"berth_backend_responses_total{route="we\"b",backend="a",code="5xx"} 1"#,
+            r#"berth_backend_weight{route="we\"b",backend="a"} 3"#,
+            r#"berth_backend_state{route="we\"b",backend="b",state="drain"} 1"#,
+            r#"berth_backend_state{route="we\"b",backend="b",state="ready"} 0"#,
+            r#"berth_backend_latency_seconds_bucket{route="we\"b",backend="a",le="0.004096"} 1"#,
+            r#"berth_backend_latency_seconds_bucket{route="we\"b",backend="a",le="+Inf"} 2"#,
+            r#"berth_backend_latency_seconds_count{route="we\"b",backend="a"} 2"#,
+            r#"berth_routes{source="api"} 1"#,
+        ] {
+            assert!(text.contains(want), "missing {want}\n{text}");
+        }
+        // Every sample line is `name{labels} value` with a numeric value.
+        for line in text.lines().filter(|l| !l.starts_with('#')) {
+            let (_, v) = line.rsplit_once(' ').expect("sample has a value");
+            assert!(v.parse::<f64>().is_ok(), "{line}");
+        }
+        let a = &doc.routes[0].backends[0];
+        assert_eq!(a.latency.count, 2);
+        assert!(a.latency.p50_ms.unwrap() >= 3.0 && a.latency.p50_ms.unwrap() < 3.5);
+        assert!(a.latency.p99_ms.unwrap() >= 40.0 && a.latency.p99_ms.unwrap() < 45.0);
+        assert_eq!(doc.routes[0].requests, 5);
+    }
+}
