@@ -372,8 +372,8 @@ mod tests {
     #[test]
     fn prometheus_text_is_well_formed() {
         let specs: Vec<RouteSpec> = serde_json::from_str(
-            r#"[{"name":"we\"b","domains":["a.test"],"backends":[
-                {"id":"a","address":"127.0.0.1:1","weight":3},
+            r#"[{"name":"web","domains":["a.test"],"backends":[
+                {"id":"a\"1","address":"127.0.0.1:1","weight":3},
                 {"id":"b","address":"127.0.0.1:2","state":"drain"}]}]"#,
         )
         .unwrap();
@@ -387,14 +387,14 @@ mod tests {
         let doc = snapshot(&table, &HashMap::new());
         let text = prometheus(&doc, &table);
         for want in [
-            r#"berth_backend_requests_total{route="we\"b",backend="a"} 5"#,
-            r#"berth_backend_responses_total{route="we\"b",backend="a",code="5xx"} 1"#,
-            r#"berth_backend_weight{route="we\"b",backend="a"} 3"#,
-            r#"berth_backend_state{route="we\"b",backend="b",state="drain"} 1"#,
-            r#"berth_backend_state{route="we\"b",backend="b",state="ready"} 0"#,
-            r#"berth_backend_latency_seconds_bucket{route="we\"b",backend="a",le="0.004096"} 1"#,
-            r#"berth_backend_latency_seconds_bucket{route="we\"b",backend="a",le="+Inf"} 2"#,
-            r#"berth_backend_latency_seconds_count{route="we\"b",backend="a"} 2"#,
+            r#"berth_backend_requests_total{route="web",backend="a\"1"} 5"#,
+            r#"berth_backend_responses_total{route="web",backend="a\"1",code="5xx"} 1"#,
+            r#"berth_backend_weight{route="web",backend="a\"1"} 3"#,
+            r#"berth_backend_state{route="web",backend="b",state="drain"} 1"#,
+            r#"berth_backend_state{route="web",backend="b",state="ready"} 0"#,
+            r#"berth_backend_latency_seconds_bucket{route="web",backend="a\"1",le="0.004096"} 1"#,
+            r#"berth_backend_latency_seconds_bucket{route="web",backend="a\"1",le="+Inf"} 2"#,
+            r#"berth_backend_latency_seconds_count{route="web",backend="a\"1"} 2"#,
             r#"berth_routes{source="api"} 1"#,
         ] {
             assert!(text.contains(want), "missing {want}\n{text}");
