@@ -220,7 +220,7 @@ fn json_error(path: &str, e: serde_json::Error) -> ApiError {
     use serde_json::error::Category;
     match e.classify() {
         Category::Data => {
-            let msg = e.to_string();
+            let msg = friendly(&e.to_string());
             // Missing fields are reported at their parent; name the field itself.
             let missing = msg
                 .strip_prefix("missing field `")
@@ -241,6 +241,18 @@ fn json_error(path: &str, e: serde_json::Error) -> ApiError {
             code: "invalid_json",
             message: format!("the request body is not valid JSON: {e}"),
         },
+    }
+}
+
+/// serde names Rust types ("expected struct RouteSpec"); clients know JSON.
+fn friendly(msg: &str) -> String {
+    match msg.find("expected struct ") {
+        Some(i) => {
+            let rest = &msg[i + "expected struct ".len()..];
+            let end = rest.find(' ').unwrap_or(rest.len());
+            format!("{}expected a JSON object{}", &msg[..i], &rest[end..])
+        }
+        None => msg.to_string(),
     }
 }
 
@@ -288,6 +300,7 @@ mod tests {
             (r#"{"domains":["a.test"]} x"#, StatusCode::BAD_REQUEST, None),
             ("{}", StatusCode::UNPROCESSABLE_ENTITY, Some("domains")),
             ("[]", StatusCode::UNPROCESSABLE_ENTITY, Some("body")),
+            ("7", StatusCode::UNPROCESSABLE_ENTITY, Some("body")),
             (
                 r#"{"domains":["a b"]}"#,
                 StatusCode::UNPROCESSABLE_ENTITY,
@@ -314,6 +327,12 @@ mod tests {
                 Some("backends[0].state"),
             ),
         ];
+        let msg = match parse_json::<RouteSpec>(b"7") {
+            Err(ApiError::Invalid { message, .. }) => message,
+            other => panic!("{other:?}"),
+        };
+        assert!(msg.contains("expected a JSON object"), "{msg}");
+        assert!(!msg.contains("RouteSpec"), "{msg}");
         for (json, status, field) in cases {
             let (s, f) = field_of(json);
             assert_eq!(s, *status, "{json}");

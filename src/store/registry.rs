@@ -343,6 +343,8 @@ struct Collision {
     /// Field relative to that route's spec (`domains[0]`, `aliases[1]`).
     field: String,
     message: String,
+    /// The route lists the same host twice itself (a malformed spec, not a conflict).
+    same_route: bool,
 }
 
 /// Finds a (host, path prefix) pair claimed twice. Routes in `changed` are checked last, so a
@@ -395,6 +397,7 @@ fn find_collision(entries: &[RouteEntry], changed: &HashSet<String>) -> Option<C
                     entry: i,
                     field,
                     message,
+                    same_route: owner == i,
                 });
             }
             claims.insert(key, i);
@@ -520,9 +523,16 @@ impl RouteRegistry {
                 Some(RouteChange::PutRoute { .. }) => c.field,
                 _ => format!("route {:?}: {}", e.name(), c.field),
             };
-            return Err(ChangeError::Conflict {
-                field,
-                message: c.message,
+            return Err(if c.same_route {
+                ChangeError::Invalid {
+                    field,
+                    message: c.message,
+                }
+            } else {
+                ChangeError::Conflict {
+                    field,
+                    message: c.message,
+                }
             });
         }
         let table = build(&entries, &self.publisher.current())
@@ -776,6 +786,10 @@ mod tests {
             (
                 put("web2", r#"{"domains":["WEB.test."]}"#),
                 "conflict domains[0] \"web\"",
+            ),
+            (
+                put("dup", r#"{"domains":["d.test"],"aliases":["D.test"]}"#),
+                "invalid aliases[0]",
             ),
             (put("static", r#"{"domains":["s.test"]}"#), "read_only"),
             (
