@@ -92,7 +92,11 @@ struct Daemon {
 
 impl Daemon {
     async fn start(dir: &Path, statics: &str) -> Daemon {
-        let running = berth::daemon::start(config(dir, statics), None)
+        Daemon::start_with(config(dir, statics)).await
+    }
+
+    async fn start_with(config: Config) -> Daemon {
+        let running = berth::daemon::start(config, None)
             .await
             .expect("daemon starts");
         let (_, token) = running
@@ -1039,4 +1043,47 @@ async fn two_hundred_updates_under_load_fail_no_request() {
     assert!(ok > 200, "the load loop ran ({ok} requests)");
     assert_eq!(seen, HashSet::from(["a".into(), "b".into(), "c".into()]));
     d.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn metrics_can_require_a_token() {
+    let tmp = tempfile::tempdir().unwrap();
+    let mut c = config(tmp.path(), STATIC);
+    c.api.metrics_auth = true;
+    let d = Daemon::start_with(c).await;
+    let (s, v) = d.api_raw(Method::GET, "/metrics", None, None).await;
+    assert_eq!(s, StatusCode::UNAUTHORIZED);
+    assert_eq!(error_code(&v), "missing_token");
+    let tok = d.token.clone();
+    let (s, v) = d.api_raw(Method::GET, "/metrics", Some(&tok), None).await;
+    assert_eq!(s, StatusCode::OK);
+    assert!(
+        v.as_str()
+            .unwrap()
+            .contains("berth_routes{source=\"config\"} 1"),
+        "{v}"
+    );
+    d.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stored_route_that_collides_with_a_new_config_route_stops_the_start() {
+    let tmp = tempfile::tempdir().unwrap();
+    let d = Daemon::start(tmp.path(), STATIC).await;
+    let (s, _) = d
+        .api(
+            Method::PUT,
+            "/v1/routes/web",
+            Some(json!({"domains": ["web.test"]})),
+        )
+        .await;
+    assert_eq!(s, StatusCode::CREATED);
+    d.stop().await;
+    // The config file now claims the same domain: refuse to start, naming both routes.
+    let clash = r#"[{"name":"cfg","domains":["web.test"]}]"#;
+    let err = match berth::daemon::start(config(tmp.path(), clash), None).await {
+        Ok(_) => panic!("start must fail"),
+        Err(e) => e.to_string(),
+    };
+    assert!(err.contains("\"web\"") && err.contains("\"cfg\""), "{err}");
 }

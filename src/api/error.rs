@@ -8,7 +8,8 @@ use axum::http::request::Parts;
 use axum::http::{header, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
-use http_body_util::{BodyExt, LengthLimitError, Limited};
+use bytes::BytesMut;
+use http_body_util::BodyExt;
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 
@@ -17,6 +18,10 @@ use crate::store::StoreError;
 
 /// Default largest request body (overridden by `api.max_body_size`).
 pub const DEFAULT_MAX_BODY: usize = 1 << 20;
+
+/// How much of an oversized body is read and dropped before answering 413, and for how long.
+const DRAIN_MAX: usize = 8 << 20;
+const DRAIN_TIME: std::time::Duration = std::time::Duration::from_secs(2);
 
 /// The request-body limit in force, put in request extensions by the router.
 #[derive(Clone, Copy, Debug)]
@@ -119,6 +124,11 @@ impl IntoResponse for ApiError {
             }),
         )
             .into_response();
+        if status == StatusCode::PAYLOAD_TOO_LARGE {
+            // The rest of the body was not read: do not reuse the connection.
+            resp.headers_mut()
+                .insert(header::CONNECTION, HeaderValue::from_static("close"));
+        }
         if status == StatusCode::UNAUTHORIZED {
             resp.headers_mut().insert(
                 header::WWW_AUTHENTICATE,
@@ -176,21 +186,51 @@ impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for ApiJson<T> {
             .get(header::CONTENT_LENGTH)
             .and_then(|v| v.to_str().ok())
             .and_then(|v| v.parse::<u64>().ok());
-        if declared.is_some_and(|n| n > limit as u64) {
+        let mut body = req.into_body();
+        let mut buf = BytesMut::new();
+        let mut total: usize = declared
+            .filter(|n| *n > limit as u64)
+            .map(|_| limit + 1)
+            .unwrap_or(0);
+        let mut drain_until: Option<tokio::time::Instant> = None;
+        loop {
+            if total > limit && drain_until.is_none() {
+                drain_until = Some(tokio::time::Instant::now() + DRAIN_TIME);
+            }
+            let next = match drain_until {
+                // Over the limit: keep reading (and dropping) for a moment so the client
+                // finishes sending and sees the 413 instead of a connection reset.
+                Some(deadline) => match tokio::time::timeout_at(deadline, body.frame()).await {
+                    Ok(f) => f,
+                    Err(_) => break,
+                },
+                None => body.frame().await,
+            };
+            match next {
+                None => break,
+                Some(Err(e)) => {
+                    return Err(ApiError::BadRequest {
+                        code: "invalid_body",
+                        message: format!("could not read the request body: {e}"),
+                    })
+                }
+                Some(Ok(frame)) => {
+                    if let Ok(data) = frame.into_data() {
+                        total = total.saturating_add(data.len());
+                        if total > DRAIN_MAX {
+                            break;
+                        }
+                        if total <= limit {
+                            buf.extend_from_slice(&data);
+                        }
+                    }
+                }
+            }
+        }
+        if total > limit {
             return Err(ApiError::TooLarge { limit });
         }
-        let bytes = match Limited::new(req.into_body(), limit).collect().await {
-            Ok(c) => c.to_bytes(),
-            Err(e) if e.downcast_ref::<LengthLimitError>().is_some() => {
-                return Err(ApiError::TooLarge { limit })
-            }
-            Err(e) => {
-                return Err(ApiError::BadRequest {
-                    code: "invalid_body",
-                    message: format!("could not read the request body: {e}"),
-                })
-            }
-        };
+        let bytes = buf.freeze();
         parse_json(&bytes).map(ApiJson)
     }
 }
