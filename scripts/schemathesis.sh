@@ -24,6 +24,8 @@ if [ -z "${BERTHD:-}" ]; then
   cargo build -q --bin berthd
   BERTHD=target/debug/berthd
 fi
+venv="$(realpath "$venv")"
+BERTHD="$(realpath "$BERTHD")"
 
 work="$(mktemp -d)"
 pid=""
@@ -71,7 +73,8 @@ checks+=,ensure_resource_availability
 started=$(date +%s)
 status=0
 # The event stream never ends by design, so it is left out here (tests/api.rs covers it).
-"$venv/bin/schemathesis" run "http://127.0.0.1:$api_port/v1/openapi.json" \
+# Run from the temp dir: schemathesis keeps a .schemathesis/ cache in the working directory.
+(cd "$work" && "$venv/bin/schemathesis" run "http://127.0.0.1:$api_port/v1/openapi.json" \
   -H "Authorization: Bearer $token" \
   --checks "$checks" \
   --exclude-path /v1/stats/stream \
@@ -79,7 +82,7 @@ status=0
   --request-timeout 10 \
   --seed "${SCHEMATHESIS_SEED:-1}" \
   --no-color \
-  "$@" || status=$?
+  "$@") || status=$?
 echo "schemathesis: finished in $(( $(date +%s) - started )) s (exit $status)"
 if ! kill -0 "$pid" 2>/dev/null; then
   echo "schemathesis: berthd died during the run" >&2

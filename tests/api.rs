@@ -621,6 +621,19 @@ async fn conflicts_and_read_only_static_routes_get_409() {
     assert_eq!(s, StatusCode::OK, "{v}");
     assert_eq!(v["state"], "maint");
 
+    // Names may hold '/', percent-encoded in the path (default names of prefix routes).
+    let (s, v) = d
+        .api(
+            Method::PUT,
+            "/v1/routes/one%2Fv2",
+            Some(json!({"domains": ["one.test"], "path_prefix": "/v2"})),
+        )
+        .await;
+    assert_eq!(s, StatusCode::CREATED, "{v}");
+    assert_eq!(v["name"], "one/v2");
+    let (s, _) = d.api(Method::DELETE, "/v1/routes/one%2Fv2", None).await;
+    assert_eq!(s, StatusCode::NO_CONTENT);
+
     // 404s.
     for (method, path) in [
         (Method::GET, "/v1/routes/nope"),
