@@ -17,8 +17,13 @@ venv="${SCHEMATHESIS_VENV:-target/schemathesis-venv}"
 if [ ! -x "$venv/bin/schemathesis" ]; then
   echo "schemathesis: creating $venv"
   python3 -m venv "$venv"
-  "$venv/bin/pip" install -q --disable-pip-version-check schemathesis
+  "$venv/bin/pip" install -q --disable-pip-version-check schemathesis openapi-spec-validator
 fi
+# The document itself must be valid OpenAPI 3 before it is used to judge the server.
+"$venv/bin/python" -c 'import json, sys
+from openapi_spec_validator import validate
+validate(json.load(open(sys.argv[1])))
+print("schemathesis: src/api/openapi.json is valid OpenAPI")' src/api/openapi.json
 
 if [ -z "${BERTHD:-}" ]; then
   cargo build -q --bin berthd
