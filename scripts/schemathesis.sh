@@ -14,7 +14,7 @@ cd "$(dirname "$0")/.."
 export PATH="$HOME/.cargo/bin:$PATH"
 
 venv="${SCHEMATHESIS_VENV:-target/schemathesis-venv}"
-if [ ! -x "$venv/bin/schemathesis" ]; then
+if ! { [ -x "$venv/bin/schemathesis" ] && "$venv/bin/python" -c 'import openapi_spec_validator' 2>/dev/null; }; then
   echo "schemathesis: creating $venv"
   python3 -m venv "$venv"
   "$venv/bin/pip" install -q --disable-pip-version-check schemathesis openapi-spec-validator

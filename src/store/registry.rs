@@ -867,6 +867,74 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn a_failed_commit_publishes_nothing() {
+        let tmp = tempfile::tempdir().unwrap();
+        let sink = Arc::new(Sink::default());
+        let reg = open(tmp.path(), sink.clone()).await;
+        reg.apply(put("web", r#"{"domains":["web.test"]}"#))
+            .await
+            .unwrap();
+        let published = sink.published.load(std::sync::atomic::Ordering::SeqCst);
+        // Make every write to the routes table fail inside the transaction.
+        reg.store()
+            .conn()
+            .unwrap()
+            .execute_batch(
+                "CREATE TRIGGER no_writes BEFORE UPDATE ON routes
+                 BEGIN SELECT RAISE(ABORT, 'disk on fire'); END;",
+            )
+            .unwrap();
+        let err = reg
+            .apply(put("web", r#"{"domains":["web.test","new.test"]}"#))
+            .await
+            .unwrap_err();
+        assert!(matches!(err, ChangeError::Store(_)), "{err}");
+        assert_eq!(
+            sink.published.load(std::sync::atomic::Ordering::SeqCst),
+            published,
+            "a change that was not persisted must not be served"
+        );
+        assert_eq!(reg.route("web").unwrap().spec.domains.len(), 1);
+        assert_eq!(sink.current().route("web").unwrap().spec.domains.len(), 1);
+        // The writer is not stuck: once the store works again, changes go through.
+        reg.store()
+            .conn()
+            .unwrap()
+            .execute_batch("DROP TRIGGER no_writes")
+            .unwrap();
+        reg.apply(put("web", r#"{"domains":["web.test","new.test"]}"#))
+            .await
+            .unwrap();
+        assert_eq!(sink.current().route("web").unwrap().spec.domains.len(), 2);
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn concurrent_writers_are_serialised() {
+        let tmp = tempfile::tempdir().unwrap();
+        let sink = Arc::new(Sink::default());
+        let reg = Arc::new(open(tmp.path(), sink.clone()).await);
+        let tasks: Vec<_> = (0..20)
+            .map(|i| {
+                let reg = reg.clone();
+                tokio::spawn(async move {
+                    reg.apply(put(
+                        &format!("r{i}"),
+                        &format!(r#"{{"domains":["r{i}.test"]}}"#),
+                    ))
+                    .await
+                })
+            })
+            .collect();
+        for t in tasks {
+            assert_eq!(t.await.unwrap().unwrap(), Outcome::Created);
+        }
+        // No lost update: every route is served, listed and stored.
+        assert_eq!(sink.current().routes().len(), 21);
+        assert_eq!(reg.routes().len(), 21);
+        assert_eq!(reg.store().load_routes().unwrap().routes.len(), 20);
+    }
+
+    #[tokio::test]
     async fn batch_is_all_or_nothing_and_reload_keeps_stored_routes() {
         let tmp = tempfile::tempdir().unwrap();
         let sink = Arc::new(Sink::default());
