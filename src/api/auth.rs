@@ -48,7 +48,9 @@ pub async fn require_token(State(state): State<ApiState>, req: Request, next: Ne
     // ui: without a bearer token, a status-page session cookie (+ CSRF header) may do.
     if req.headers().get(header::AUTHORIZATION).is_none() {
         let sessions = req.extensions().get::<super::ui::Sessions>();
-        match super::ui::session_auth(&state, sessions, req.method(), req.headers()).await {
+        match super::ui::session_auth(&state, sessions, req.method(), req.uri(), req.headers())
+            .await
+        {
             Some(Ok(())) => return next.run(req).await,
             Some(Err(resp)) => return resp,
             None => {}

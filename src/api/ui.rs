@@ -15,7 +15,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use axum::extract::{Request, State};
-use axum::http::{header, HeaderMap, HeaderValue, Method, StatusCode};
+use axum::http::{header, HeaderMap, HeaderValue, Method, StatusCode, Uri};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Redirect, Response};
 use axum::routing::{get, post};
@@ -214,14 +214,16 @@ fn is_safe(method: &Method) -> bool {
 /// When the browser says where a request comes from, it must be this server's own origin
 /// (`Host` as the browser addressed it). Requests without `Origin` pass (non-browser clients,
 /// and browsers omit it on some same-origin requests); the CSRF token still guards them.
-fn same_origin(headers: &HeaderMap) -> bool {
+fn same_origin(headers: &HeaderMap, uri: &Uri) -> bool {
     let Some(origin) = headers.get(header::ORIGIN) else {
         return true;
     };
-    let (Ok(origin), Some(Ok(host))) = (
-        origin.to_str(),
-        headers.get(header::HOST).map(|h| h.to_str()),
-    ) else {
+    // HTTP/1.1 sends `Host`; HTTP/2 carries the authority in the URI instead.
+    let host = match headers.get(header::HOST) {
+        Some(h) => h.to_str().ok(),
+        None => uri.authority().map(|a| a.as_str()),
+    };
+    let (Ok(origin), Some(host)) = (origin.to_str(), host) else {
         return false;
     };
     origin
@@ -262,11 +264,16 @@ async fn session_of(
 }
 
 /// Checks the CSRF header and origin of an unsafe request made with session `info`.
-fn check_csrf(method: &Method, headers: &HeaderMap, info: &SessionInfo) -> Result<(), Forbidden> {
+fn check_csrf(
+    method: &Method,
+    uri: &Uri,
+    headers: &HeaderMap,
+    info: &SessionInfo,
+) -> Result<(), Forbidden> {
     if is_safe(method) {
         return Ok(());
     }
-    if !same_origin(headers) {
+    if !same_origin(headers, uri) {
         return Err(forbidden(
             "cross_origin",
             "the request comes from another origin",
@@ -292,12 +299,13 @@ pub async fn session_auth(
     state: &ApiState,
     sessions: Option<&Sessions>,
     method: &Method,
+    uri: &Uri,
     headers: &HeaderMap,
 ) -> Option<Result<(), Response>> {
     match session_of(state, sessions?, headers).await {
         Ok(None) => None,
         Ok(Some((_, info))) => {
-            Some(check_csrf(method, headers, &info).map_err(|f| f.into_response()))
+            Some(check_csrf(method, uri, headers, &info).map_err(|f| f.into_response()))
         }
         Err(e) => Some(Err(e.into_response())),
     }
@@ -395,10 +403,11 @@ fn session_json(csrf: &str, expires_in: Duration) -> Json<serde_json::Value> {
 async fn login(
     State(state): State<ApiState>,
     Extension(sessions): Extension<Sessions>,
+    uri: Uri,
     headers: HeaderMap,
     ApiJson(body): ApiJson<LoginBody>,
 ) -> Response {
-    if !same_origin(&headers) {
+    if !same_origin(&headers, &uri) {
         return forbidden("cross_origin", "the request comes from another origin").into_response();
     }
     let token = body.token.trim().to_string();
@@ -459,6 +468,7 @@ async fn logout(
     State(state): State<ApiState>,
     Extension(sessions): Extension<Sessions>,
     method: Method,
+    uri: Uri,
     headers: HeaderMap,
 ) -> Response {
     let (sid, info) = match session_of(&state, &sessions, &headers).await {
@@ -466,7 +476,7 @@ async fn logout(
         Ok(None) => return unauthorized("no_session", "not logged in").into_response(),
         Err(e) => return e.into_response(),
     };
-    if let Err(f) = check_csrf(&method, &headers, &info) {
+    if let Err(f) = check_csrf(&method, &uri, &headers, &info) {
         return f.into_response();
     }
     sessions.remove(&sid);
@@ -537,22 +547,32 @@ mod tests {
             csrf: "tok".into(),
             expires_in: Duration::from_secs(1),
         };
+        let u = Uri::from_static("/v1/routes");
         let mut h = HeaderMap::new();
         h.insert(header::HOST, HeaderValue::from_static("127.0.0.1:9922"));
-        assert!(check_csrf(&Method::GET, &h, &info).is_ok());
-        assert!(check_csrf(&Method::PUT, &h, &info).is_err());
+        assert!(check_csrf(&Method::GET, &u, &h, &info).is_ok());
+        assert!(check_csrf(&Method::PUT, &u, &h, &info).is_err());
         h.insert(CSRF_HEADER, HeaderValue::from_static("tok2"));
-        assert!(check_csrf(&Method::PUT, &h, &info).is_err());
+        assert!(check_csrf(&Method::PUT, &u, &h, &info).is_err());
         h.insert(CSRF_HEADER, HeaderValue::from_static("tok"));
-        assert!(check_csrf(&Method::PUT, &h, &info).is_ok());
+        assert!(check_csrf(&Method::PUT, &u, &h, &info).is_ok());
         h.insert(
             header::ORIGIN,
             HeaderValue::from_static("http://127.0.0.1:9922"),
         );
-        assert!(check_csrf(&Method::POST, &h, &info).is_ok());
+        assert!(check_csrf(&Method::POST, &u, &h, &info).is_ok());
         h.insert(header::ORIGIN, HeaderValue::from_static("http://evil.test"));
-        assert!(check_csrf(&Method::POST, &h, &info).is_err());
+        assert!(check_csrf(&Method::POST, &u, &h, &info).is_err());
         h.insert(header::ORIGIN, HeaderValue::from_static("null"));
-        assert!(check_csrf(&Method::DELETE, &h, &info).is_err());
+        assert!(check_csrf(&Method::DELETE, &u, &h, &info).is_err());
+        // HTTP/2: no Host header, the authority is in the URI.
+        h.remove(header::HOST);
+        h.insert(
+            header::ORIGIN,
+            HeaderValue::from_static("https://berth.example:9922"),
+        );
+        let h2 = Uri::from_static("https://berth.example:9922/v1/routes");
+        assert!(check_csrf(&Method::PUT, &h2, &h, &info).is_ok());
+        assert!(check_csrf(&Method::PUT, &u, &h, &info).is_err());
     }
 }
