@@ -1,7 +1,7 @@
 // Drives berthd's status page in Debian's headless chromium (playwright-core, no downloaded
 // browser). Started by run.sh, which passes BERTH_API, BERTH_PROXY, BERTH_TOKEN, CHROMIUM,
 // ARTIFACTS and UI_TMP. Two real backends on 127.0.0.1 are started here. Every wait has a
-// deadline; the whole run is capped at 150 s.
+// deadline; the whole run is capped at 240 s.
 import { chromium } from 'playwright-core';
 import http from 'node:http';
 import fs from 'node:fs';
@@ -17,7 +17,7 @@ for (const [k, v] of Object.entries({ API, PROXY, TOKEN, ART, TMP })) {
 }
 const HOST = 'web.test';
 const T0 = Date.now();
-const hardStop = setTimeout(() => { console.error('FAIL: whole test exceeded 150 s'); process.exit(1); }, 150_000);
+const hardStop = setTimeout(() => { console.error('FAIL: whole test exceeded 240 s'); process.exit(1); }, 240_000);
 
 let failures = 0;
 function ok(cond, what) {
