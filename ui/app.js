@@ -222,10 +222,13 @@
     const es = new EventSource('/v1/stats/stream', { withCredentials: true });
     S.es = es;
     es.addEventListener('open', () => setConn('live', 'live'));
-    es.addEventListener('stats', (ev) => {
+    const onEvent = (ev) => {
       setConn('live', 'live');
       try { onStats(JSON.parse(ev.data)); } catch (e) { console.error(e); }
-    });
+    };
+    es.addEventListener('stats', onEvent);
+    es.addEventListener('message', onEvent); // unnamed events, should the stream drop the name
+
     es.addEventListener('error', async () => {
       if (es.readyState !== EventSource.CLOSED) { setConn('down', 'reconnecting…'); return; }
       // Closed for good (e.g. a 401): check the session, then retry.

@@ -30,6 +30,9 @@ use super::ApiState;
 
 /// Name of the session cookie.
 pub const SESSION_COOKIE: &str = "berth_session";
+/// Its name over TLS: the `__Host-` prefix makes browsers refuse it unless it is Secure,
+/// host-only and `Path=/`, so no sibling subdomain can plant or overwrite it.
+pub const SESSION_COOKIE_TLS: &str = "__Host-berth_session";
 /// Header that must carry the session's CSRF token on unsafe requests.
 pub const CSRF_HEADER: &str = "x-csrf-token";
 /// A session ends this long after login.
@@ -157,10 +160,20 @@ impl Sessions {
         self.len() == 0
     }
 
+    /// The session cookie's name.
+    pub fn cookie_name(&self) -> &'static str {
+        if self.secure_cookies {
+            SESSION_COOKIE_TLS
+        } else {
+            SESSION_COOKIE
+        }
+    }
+
     fn cookie(&self, value: &str, max_age: u64) -> HeaderValue {
         let secure = if self.secure_cookies { "; Secure" } else { "" };
         let v = format!(
-            "{SESSION_COOKIE}={value}; Path=/; Max-Age={max_age}; HttpOnly; SameSite=Strict{secure}"
+            "{}={value}; Path=/; Max-Age={max_age}; HttpOnly; SameSite=Strict{secure}",
+            self.cookie_name()
         );
         // Session ids are hex, so the value is always a valid header.
         HeaderValue::from_str(&v).unwrap_or_else(|_| HeaderValue::from_static(""))
@@ -251,7 +264,7 @@ async fn session_of(
     sessions: &Sessions,
     headers: &HeaderMap,
 ) -> Result<Option<(String, SessionInfo)>, ApiError> {
-    let Some(id) = cookie_value(headers, SESSION_COOKIE) else {
+    let Some(id) = cookie_value(headers, sessions.cookie_name()) else {
         return Ok(None);
     };
     let expired = || unauthorized("session_expired", "the session has expired; log in again");
@@ -434,7 +447,7 @@ async fn login(
         }
     };
     // Replace any session this browser already had.
-    if let Some(old) = cookie_value(&headers, SESSION_COOKIE) {
+    if let Some(old) = cookie_value(&headers, sessions.cookie_name()) {
         sessions.remove(old);
     }
     let (sid, csrf) = match sessions.create(id) {
@@ -537,7 +550,8 @@ mod tests {
         assert!(plain.contains("HttpOnly") && plain.contains("SameSite=Strict"));
         assert!(!plain.contains("Secure"));
         let tls = Sessions::new(true).cookie("ab", 60);
-        assert!(tls.to_str().unwrap().ends_with("; Secure"));
+        let tls = tls.to_str().unwrap();
+        assert!(tls.starts_with("__Host-berth_session=ab; Path=/;") && tls.ends_with("; Secure"));
     }
 
     #[test]
