@@ -45,6 +45,17 @@ fn bearer(req: &Request) -> Result<&str, ApiError> {
 
 /// Middleware: lets the request through only with an active token.
 pub async fn require_token(State(state): State<ApiState>, req: Request, next: Next) -> Response {
+    // ui: without a bearer token, a status-page session cookie (+ CSRF header) may do.
+    if req.headers().get(header::AUTHORIZATION).is_none() {
+        let sessions = req.extensions().get::<super::ui::Sessions>();
+        match super::ui::session_auth(&state, sessions, req.method(), req.uri(), req.headers())
+            .await
+        {
+            Some(Ok(())) => return next.run(req).await,
+            Some(Err(resp)) => return resp,
+            None => {}
+        }
+    }
     let token = match bearer(&req) {
         Ok(t) => t.to_string(),
         Err(e) => return e.into_response(),

@@ -12,6 +12,7 @@ pub mod auth;
 pub mod error;
 pub mod routes;
 pub mod stats;
+pub mod ui;
 
 use std::sync::Arc;
 
@@ -75,9 +76,13 @@ pub fn router(state: ApiState) -> Router {
         .route("/v1/openapi.json", get(openapi))
         .merge(metrics)
         .merge(protected)
+        // ui: the status page at /ui/; its session table is read by `auth` too.
+        .merge(ui::router())
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(Extension(BodyLimit(state.settings.max_body_size)))
+        // ui: `true` once the API listener serves TLS (Secure cookies).
+        .layer(Extension(ui::Sessions::new(false)))
         .with_state(state)
 }
 

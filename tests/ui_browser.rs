@@ -1,0 +1,26 @@
+//! The status page in a real browser: runs tests/ui/run.sh (headless Debian chromium driven by
+//! playwright-core) against the berthd binary cargo just built. Slow and needs chromium and
+//! node, so it runs only with BERTH_SYSTEM_TESTS=1.
+
+use std::process::Command;
+use std::time::Instant;
+
+#[test]
+fn status_page_in_headless_chromium() {
+    if std::env::var("BERTH_SYSTEM_TESTS").as_deref() != Ok("1") {
+        println!("skipped: set BERTH_SYSTEM_TESTS=1");
+        return;
+    }
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/ui/run.sh");
+    let started = Instant::now();
+    let status = Command::new("bash")
+        .arg(script)
+        .env("BERTHD", env!("CARGO_BIN_EXE_berthd"))
+        .status()
+        .expect("run tests/ui/run.sh");
+    assert!(
+        status.success(),
+        "tests/ui/run.sh failed ({status}) after {:?}; screenshots in tests/ui/artifacts/",
+        started.elapsed()
+    );
+}
