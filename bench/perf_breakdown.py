@@ -69,7 +69,7 @@ def main():
         for which, rx, counter in (("alloc", ALLOC, alloc_callers), ("move", MOVE, move_callers)):
             if rx.search(leaf_sym):
                 for sym, dso in st[1:]:
-                    if "libc" in dso or rx.search(sym) or sym.startswith(("alloc::", "core::", "<alloc", "drop_in_place", "dealloc", "allocate", "<std::alloc")) or "(inlined)" in sym and not "::" in sym:
+                    if "libc" in dso or rx.search(sym) or sym.startswith(("alloc::", "core::", "<alloc", "drop_in_place", "dealloc", "allocate", "<std::alloc", "__rustc::", "__rdl", "__rust_")) or "::" not in sym:
                         continue
                     counter[re.sub(r"<.*", "<..>", sym)[:110]] += 1
                     break

@@ -4,6 +4,7 @@
   report.py line RAW.jsonl                      one progress line for the last measurement
   report.py summary RAW.jsonl META.json [--json OUT] [--markdown]
                                                 the table (stdout) and the JSON document
+  report.py table results/latest.json [--markdown]   the table of a saved run
 
 RAW.jsonl has one object per measured cell and round (written by run.sh); the "wrk" member is
 the line bench/report.lua prints at the end of a wrk run.
@@ -205,6 +206,12 @@ def cmd_summary(args):
             f.write("\n")
 
 
+def cmd_table(args):
+    with open(args.json_doc) as f:
+        doc = json.load(f)
+    print(table(doc["cells"], markdown=args.markdown))
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = ap.add_subparsers(dest="cmd", required=True)
@@ -217,6 +224,10 @@ def main():
     p.add_argument("--json")
     p.add_argument("--markdown", action="store_true")
     p.set_defaults(func=cmd_summary)
+    p = sub.add_parser("table", help="re-print the table of a results JSON (e.g. latest.json)")
+    p.add_argument("json_doc")
+    p.add_argument("--markdown", action="store_true")
+    p.set_defaults(func=cmd_table)
     args = ap.parse_args()
     args.func(args)
 
