@@ -1,13 +1,16 @@
 #!/usr/bin/env bash
 # Installs what building and testing Berth needs on a Debian machine (idempotent).
-# Usage: scripts/setup.sh [--docker] [--tools]
+# Usage: scripts/setup.sh [--docker] [--system] [--tools]
 #   --docker  also install and start dockerd (for deploy tests and the demo)
+#   --system  also install what the system tests use (pebble, chromium + node for the status
+#             page test, systemd tools, nspawn/mmdebstrap)
 #   --tools   also install load/proxy tools for the benchmark (haproxy, nginx, wrk)
 set -euo pipefail
-want_docker=0; want_tools=0
+want_docker=0; want_tools=0; want_system=0
 for a in "$@"; do
   case "$a" in
     --docker) want_docker=1 ;;
+    --system) want_system=1 ;;
     --tools) want_tools=1 ;;
     *) echo "setup.sh: unknown option $a" >&2; exit 2 ;;
   esac
@@ -17,6 +20,7 @@ SUDO=""; [ "$(id -u)" -eq 0 ] || SUDO="sudo"
 pkgs=(build-essential pkg-config curl ca-certificates python3 python3-venv systemd)
 [ $want_docker = 1 ] && pkgs+=(docker.io busybox-static)
 [ $want_tools = 1 ] && pkgs+=(haproxy nginx-light wrk nghttp2-client)
+[ $want_system = 1 ] && pkgs+=(pebble chromium nodejs npm openssl systemd-container mmdebstrap nix-bin)
 missing=()
 for p in "${pkgs[@]}"; do dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p"); done
 if [ ${#missing[@]} -gt 0 ]; then

@@ -1,11 +1,24 @@
 #!/usr/bin/env bash
-# Runs every Berth test, installing what the tests need first. The system tests (real dockerd,
-# pebble, systemd tools) run when BERTH_SYSTEM_TESTS=1 (CI sets it).
+# Runs every Berth test, installing what the tests need first (Debian packages, Rust, dockerd).
+# System tests (real dockerd, pebble, Chromium, systemd tools, schemathesis) are on by default;
+# `--quick` (or BERTH_SYSTEM_TESTS=0) runs only the fast ones.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-source scripts/setup.sh --docker
+if [ "${1:-}" = "--quick" ] || [ "${BERTH_SYSTEM_TESTS:-1}" = "0" ]; then
+  unset BERTH_SYSTEM_TESTS
+  source scripts/setup.sh
+else
+  export BERTH_SYSTEM_TESTS=1
+  source scripts/setup.sh --docker --system
+fi
 export PATH="$HOME/.cargo/bin:$PATH"
-echo "== cargo fmt --check"; cargo fmt --check
-echo "== cargo clippy"; cargo clippy --all-targets -- -D warnings
-echo "== nix files"; bash scripts/check-nix.sh
-echo "== cargo test"; cargo test --all-targets -- --test-threads=2
+start=$(date +%s)
+step() { echo; echo "== $* ($(( $(date +%s) - start ))s)"; }
+step "cargo fmt --check"; cargo fmt --check
+step "cargo clippy"; cargo clippy --all-targets -- -D warnings
+step "nix files"; bash scripts/check-nix.sh
+step "cargo test"; cargo test --all-targets -- --test-threads=2
+if [ -n "${BERTH_SYSTEM_TESTS:-}" ]; then
+  step "schemathesis against /v1/openapi.json"; bash scripts/schemathesis.sh
+fi
+step "all tests passed"
