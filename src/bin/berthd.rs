@@ -39,6 +39,16 @@ enum Command {
         /// File to check (default: --config or /etc/berth/berthd.yaml).
         path: Option<PathBuf>,
     },
+    /// First run on a server (idempotent): write a commented config if there is none, create
+    /// the data dir, create an API token, print the `berth server add` line for your laptop.
+    Init {
+        /// Name the laptop will know this server by.
+        #[arg(long, default_value = "production")]
+        server_name: String,
+        /// Create a new token even if an `init` token exists already.
+        #[arg(long)]
+        new_token: bool,
+    },
     /// Manage API tokens (stored hashed in the data dir's berth.db).
     #[command(subcommand)]
     Token(TokenCommand),
@@ -56,6 +66,128 @@ enum TokenCommand {
     List,
     /// Revoke a token by id; it stops working at once, also in a running daemon.
     Revoke { id: i64 },
+}
+
+const STARTER_CONFIG: &str = r#"# /etc/berth/berthd.yaml: berthd's configuration. Every key is optional; the values
+# shown are the defaults. Reference: README.md ("Configuration"). Check with
+# `berthd check-config`, apply with `berthd reload` (or `systemctl reload berthd`).
+
+http:
+  listen: 0.0.0.0:80          # plain-HTTP proxy listener
+
+api:
+  listen: 127.0.0.1:9922      # REST API + status page (/ui/); keep it on loopback and use an
+                              # SSH tunnel, or put it behind HTTPS
+
+# tls:
+#   listen: 0.0.0.0:443
+#   acme:
+#     email: ops@example.com  # Let's Encrypt production unless `directory:` says otherwise
+#   redirect: true            # HTTP -> HTTPS (308) for hosts that have a certificate
+
+proxy:
+  workers: 0                  # 0 = one per CPU core
+  max_body_size: 100MiB
+  timeouts:
+    connect: 5s
+    response_header: 60s
+    client_header: 10s
+    idle: 60s
+    drain: 30s
+
+log:
+  level: info
+  format: human               # human | json (journald is used under systemd)
+  access_log: true
+
+data_dir: /var/lib/berth
+
+# Static routes (the API shows them read-only); deploys add their own routes.
+# routes:
+#   - domains: [app.example.com]
+#     aliases: [www.app.example.com]
+#     backends:
+#       - address: 10.0.0.5:8080
+"#;
+
+fn init_command(config: Option<PathBuf>, server_name: &str, new_token: bool) -> ExitCode {
+    let path = config.unwrap_or_else(|| PathBuf::from(berth::config::DEFAULT_PATH));
+    if path.exists() {
+        eprintln!("berthd init: {} exists; keeping it", path.display());
+    } else {
+        if let Some(dir) = path.parent() {
+            if let Err(e) = std::fs::create_dir_all(dir) {
+                eprintln!("berthd init: cannot create {}: {e}", dir.display());
+                return ExitCode::FAILURE;
+            }
+        }
+        if let Err(e) = std::fs::write(&path, STARTER_CONFIG) {
+            eprintln!("berthd init: cannot write {}: {e}", path.display());
+            return ExitCode::FAILURE;
+        }
+        eprintln!("berthd init: wrote {}", path.display());
+    }
+    let config = match berth::config::load(&path, true) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("berthd: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    let store = match berth::store::Store::open(&config.data_dir) {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("berthd: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let _ = std::fs::set_permissions(&config.data_dir, std::fs::Permissions::from_mode(0o700));
+    }
+    let existing = match store.list_tokens() {
+        Ok(t) => t
+            .into_iter()
+            .find(|t| t.name == "init" && t.revoked_at.is_none()),
+        Err(e) => {
+            eprintln!("berthd: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let api = config.api.listen;
+    let url = if api.ip().is_unspecified() {
+        format!("http://127.0.0.1:{}", api.port())
+    } else {
+        format!("http://{api}")
+    };
+    if let (Some(t), false) = (existing, new_token) {
+        eprintln!(
+            "berthd init: data dir {} ready; an init token exists already (id {}). \
+             Run `berthd init --new-token` (or `berthd token create`) for another.",
+            config.data_dir.display(),
+            t.id
+        );
+        return ExitCode::SUCCESS;
+    }
+    match store.create_token("init") {
+        Ok((_, secret)) => {
+            eprintln!("berthd init: data dir {} ready", config.data_dir.display());
+            eprintln!(
+                "berthd init: on your laptop, open a tunnel to the API (it listens on loopback):"
+            );
+            eprintln!(
+                "  ssh -N -L {0}:127.0.0.1:{0} root@THIS-SERVER &",
+                api.port()
+            );
+            eprintln!("berthd init: then run (the token is shown only this once):");
+            println!("berth server add {server_name} {url} --token {secret}");
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("berthd: {e}");
+            ExitCode::FAILURE
+        }
+    }
 }
 
 fn rfc3339(ts: i64) -> String {
@@ -160,6 +292,10 @@ fn main() -> ExitCode {
         Command::Reload => control(cli.config, "reload"),
         Command::Status => control(cli.config, "status"),
         Command::Token(cmd) => token_command(cmd, cli.config),
+        Command::Init {
+            server_name,
+            new_token,
+        } => init_command(cli.config, &server_name, new_token),
         Command::CheckConfig { path } => {
             let path = path
                 .or(cli.config)
