@@ -161,6 +161,8 @@ impl Env {
         let db = dir.path().join("berth.db");
         let mut cfg = Config::default();
         cfg.http.listen = "127.0.0.1:0".parse().unwrap();
+        cfg.api.listen = "127.0.0.1:0".parse().unwrap();
+        cfg.data_dir = dir.path().join("data");
         cfg.log.access_log = false;
         let daemon = berth::daemon::start(cfg, None).await.expect("proxy starts");
         let publisher = Arc::new(ProxyRoutes::new(daemon.tables.clone(), vec![]));
