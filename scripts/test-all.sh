@@ -17,7 +17,7 @@ step() { echo; echo "== $* ($(( $(date +%s) - start ))s)"; }
 step "cargo fmt --check"; cargo fmt --check
 step "cargo clippy"; cargo clippy --all-targets -- -D warnings
 step "nix files"; bash scripts/check-nix.sh
-step "cargo test"; cargo test --all-targets -- --test-threads=2
+step "cargo test"; cargo test --all-targets --no-fail-fast -- --test-threads=2
 if [ -n "${BERTH_SYSTEM_TESTS:-}" ]; then
   step "schemathesis against /v1/openapi.json"; bash scripts/schemathesis.sh
 fi
