@@ -180,6 +180,9 @@ const MIGRATIONS: &[&str] = &[
         created_at INTEGER NOT NULL,
         revoked_at INTEGER
      ) STRICT;",
+    // 2: deployment history (owned by `deployments`; its SQL is idempotent, so databases
+    // where `SqliteDeployments::open` already created the tables migrate cleanly).
+    deployments::MIGRATION_SQL,
 ];
 
 fn now() -> i64 {

@@ -161,8 +161,9 @@ impl Env {
         let db = dir.path().join("berth.db");
         let mut cfg = Config::default();
         cfg.http.listen = "127.0.0.1:0".parse().unwrap();
+        // Own API port and berth.db per test daemon (not 9922 and /var/lib/berth).
         cfg.api.listen = "127.0.0.1:0".parse().unwrap();
-        cfg.data_dir = dir.path().join("data");
+        cfg.data_dir = dir.path().to_path_buf();
         cfg.log.access_log = false;
         let daemon = berth::daemon::start(cfg, None).await.expect("proxy starts");
         let publisher = Arc::new(ProxyRoutes::new(daemon.tables.clone(), vec![]));
