@@ -1137,3 +1137,39 @@ async fn a_stored_route_that_collides_with_a_new_config_route_stops_the_start() 
     };
     assert!(err.contains("\"web\"") && err.contains("\"cfg\""), "{err}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn failed_authentication_is_rate_limited_per_client_address() {
+    let tmp = tempfile::tempdir().unwrap();
+    let mut c = config(tmp.path(), STATIC);
+    c.api.auth_failures_per_minute = 3;
+    c.api.auth_limit_loopback = true;
+    let d = Daemon::start_with(c).await;
+    for i in 0..3 {
+        let (s, _) = d
+            .api_raw(Method::GET, "/v1/routes", Some("berth_guess"), None)
+            .await;
+        assert_eq!(s, StatusCode::UNAUTHORIZED, "attempt {i}");
+    }
+    // Blocked now, even with the right token, until the minute is over.
+    let (s, v) = d.api(Method::GET, "/v1/routes", None).await;
+    assert_eq!(s, StatusCode::TOO_MANY_REQUESTS, "{v}");
+    assert_eq!(error_code(&v), "too_many_auth_failures", "{v}");
+    // Unauthenticated endpoints still answer.
+    let (s, _) = d.api_raw(Method::GET, "/healthz", None, None).await;
+    assert_eq!(s, StatusCode::OK);
+    d.stop().await;
+
+    // Default: loopback clients (SSH tunnels) are not limited.
+    let tmp = tempfile::tempdir().unwrap();
+    let d = Daemon::start(tmp.path(), STATIC).await;
+    for _ in 0..15 {
+        let (s, _) = d
+            .api_raw(Method::GET, "/v1/routes", Some("berth_guess"), None)
+            .await;
+        assert_eq!(s, StatusCode::UNAUTHORIZED);
+    }
+    let (s, _) = d.api(Method::GET, "/v1/routes", None).await;
+    assert_eq!(s, StatusCode::OK);
+    d.stop().await;
+}

@@ -56,9 +56,45 @@ pub async fn require_token(State(state): State<ApiState>, req: Request, next: Ne
             None => {}
         }
     }
+    let client = req
+        .extensions()
+        .get::<axum::extract::ConnectInfo<std::net::SocketAddr>>()
+        .map(|c| c.0.ip());
+    let limiter = req
+        .extensions()
+        .get::<std::sync::Arc<super::ratelimit::AuthLimiter>>()
+        .cloned();
+    let now = std::time::Instant::now();
+    if let (Some(ip), Some(l)) = (client, &limiter) {
+        if let Some(wait) = l.blocked(ip, now) {
+            let mut resp = (
+                axum::http::StatusCode::TOO_MANY_REQUESTS,
+                axum::Json(serde_json::json!({"error": {
+                    "code": "too_many_auth_failures",
+                    "message": format!(
+                        "too many failed authentications from {ip}; retry in {} s",
+                        wait.as_secs().max(1)
+                    ),
+                }})),
+            )
+                .into_response();
+            if let Ok(v) = header::HeaderValue::from_str(&wait.as_secs().max(1).to_string()) {
+                resp.headers_mut().insert(header::RETRY_AFTER, v);
+            }
+            return resp;
+        }
+    }
+    let record_failure = || {
+        if let (Some(ip), Some(l)) = (client, &limiter) {
+            l.failed(ip, now);
+        }
+    };
     let token = match bearer(&req) {
         Ok(t) => t.to_string(),
-        Err(e) => return e.into_response(),
+        Err(e) => {
+            record_failure();
+            return e.into_response();
+        }
     };
     let invalid = || {
         ApiError::Unauthorized {
@@ -68,12 +104,16 @@ pub async fn require_token(State(state): State<ApiState>, req: Request, next: Ne
         .into_response()
     };
     if token.is_empty() || token.len() > MAX_TOKEN_LEN {
+        record_failure();
         return invalid();
     }
     let store = state.registry.store().clone();
     match tokio::task::spawn_blocking(move || store.verify_token(&token)).await {
         Ok(Ok(Some(_id))) => next.run(req).await,
-        Ok(Ok(None)) => invalid(),
+        Ok(Ok(None)) => {
+            record_failure();
+            invalid()
+        }
         Ok(Err(e)) => ApiError::from(e).into_response(),
         Err(e) => ApiError::Internal(format!("token check task: {e}")).into_response(),
     }

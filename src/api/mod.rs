@@ -10,6 +10,7 @@
 
 pub mod auth;
 pub mod error;
+pub mod ratelimit;
 pub mod routes;
 pub mod stats;
 pub mod ui;
@@ -37,6 +38,8 @@ pub const OPENAPI_JSON: &str = include_str!("openapi.json");
 pub struct ApiSettings {
     pub max_body_size: usize,
     pub metrics_auth: bool,
+    pub auth_failures_per_minute: u32,
+    pub auth_limit_loopback: bool,
 }
 
 impl ApiSettings {
@@ -44,6 +47,8 @@ impl ApiSettings {
         Self {
             max_body_size: usize::try_from(c.max_body_size.0).unwrap_or(usize::MAX),
             metrics_auth: c.metrics_auth,
+            auth_failures_per_minute: c.auth_failures_per_minute,
+            auth_limit_loopback: c.auth_limit_loopback,
         }
     }
 }
@@ -81,6 +86,10 @@ pub fn router(state: ApiState) -> Router {
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(Extension(BodyLimit(state.settings.max_body_size)))
+        .layer(Extension(Arc::new(ratelimit::AuthLimiter::new(
+            state.settings.auth_failures_per_minute,
+            state.settings.auth_limit_loopback,
+        ))))
         // ui: `true` once the API listener serves TLS (Secure cookies).
         .layer(Extension(ui::Sessions::new(false)))
         .with_state(state)
@@ -116,6 +125,7 @@ pub async fn serve(listener: TcpListener, state: ApiState) {
     let shutdown = async move {
         let _ = stop.wait_for(|s| *s).await;
     };
+    let app = app.into_make_service_with_connect_info::<std::net::SocketAddr>();
     if let Err(e) = axum::serve(listener, app)
         .with_graceful_shutdown(shutdown)
         .await

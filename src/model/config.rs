@@ -149,6 +149,10 @@ pub struct ApiConfig {
     pub max_body_size: ByteSize,
     /// Whether `GET /metrics` needs an API token too (default: no, like most exporters).
     pub metrics_auth: bool,
+    /// Failed token checks per client address per minute before it gets 429 (0: no limit).
+    pub auth_failures_per_minute: u32,
+    /// Apply that limit to loopback clients too (off: SSH tunnels all arrive from loopback).
+    pub auth_limit_loopback: bool,
 }
 
 impl Default for ApiConfig {
@@ -157,6 +161,8 @@ impl Default for ApiConfig {
             listen: SocketAddr::from(([127, 0, 0, 1], 9922)),
             max_body_size: ByteSize(1 << 20),
             metrics_auth: false,
+            auth_failures_per_minute: 10,
+            auth_limit_loopback: false,
         }
     }
 }
