@@ -54,10 +54,10 @@ PID=$!
 
 API="" HTTP=""
 for _ in $(seq 1 100); do
-  line=$(grep -m1 '"message":"listening"' "$TMP/berthd.log" || true)
-  if [ -n "$line" ]; then
-    API=$(printf '%s' "$line" | grep -o '"api":"[^"]*"' | cut -d'"' -f4)
-    HTTP=$(printf '%s' "$line" | grep -o '"http":"[^"]*"' | cut -d'"' -f4)
+  # The proxy and the API each log their own listening line.
+  HTTP=$(grep -o '"http":"[^"]*"' "$TMP/berthd.log" | head -n1 | cut -d'"' -f4 || true)
+  API=$(grep -o '"api":"[^"]*"' "$TMP/berthd.log" | head -n1 | cut -d'"' -f4 || true)
+  if [ -n "$API" ] && [ -n "$HTTP" ]; then
     break
   fi
   kill -0 "$PID" 2>/dev/null || { echo "ui test: berthd exited:" >&2; cat "$TMP/berthd.log" >&2; exit 1; }
