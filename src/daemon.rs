@@ -226,7 +226,11 @@ pub async fn run(
         // Upgrade: only reached from SIGUSR2 or an `upgrade` command.
         let set_phase = |p: Phase| {
             tracing::info!(phase = %p, "upgrade");
-            notify::status(&p.to_string());
+            // Once handed over, the successor is the unit's main process and owns STATUS=
+            // (NotifyAccess=all would let this process overwrite it).
+            if !matches!(p, Phase::Draining { .. }) {
+                notify::status(&p.to_string());
+            }
             let _ = progress_tx.send(p.to_string());
             phase_tx.send_replace(p);
         };
