@@ -16,5 +16,7 @@ fi
 mkdir -p "$out"
 args=(--profile "$profile" -o "$out")
 [ -n "$version" ] && args+=(--deb-version "$version")
+# Test packages: faster compression (the dev binaries are large; xz -9 on them takes a minute).
+[ "$profile" != release ] && args+=(--fast)
 # cargo deb prints the package path last on stdout.
 cargo deb "${args[@]}" 2> >(grep -v '^\s*Compiling' >&2) | tail -n1

@@ -26,19 +26,26 @@ machine_boot() {
   systemd-nspawn -D "$d/root" -b --register=no --keep-unit --console=pipe -M "$name" \
     "$@" >"$d/console.log" 2>&1 </dev/null &
   MACHINE_NSPAWN[$name]=$!
-  local pid=$! leader="" i
-  for i in $(seq 1 100); do
-    leader=$(awk '{print $1}' "/proc/$pid/task/$pid/children" 2>/dev/null || true)
+  local pid=$! leader="" i c
+  # The leader is nspawn's child that is PID 1 in its own PID namespace (nspawn may briefly
+  # have another child first).
+  for i in $(seq 1 200); do
+    leader=""
+    for c in $(cat "/proc/$pid/task/$pid/children" 2>/dev/null); do
+      if grep -qP '^NSpid:\t\d+\t1$' "/proc/$c/status" 2>/dev/null; then leader=$c; break; fi
+    done
     [ -n "$leader" ] && break
     sleep 0.1
   done
   [ -n "$leader" ] || { echo "machine $name: nspawn did not start"; cat "$d/console.log"; return 1; }
   MACHINE_LEADER[$name]=$leader
   local state=""
-  for i in $(seq 1 300); do
+  local end=$((SECONDS + 120))
+  while [ $SECONDS -lt $end ]; do
     state=$(m "$name" systemctl is-system-running 2>/dev/null || true)
     case $state in running|degraded) break ;; esac
-    sleep 0.1
+    kill -0 "$pid" 2>/dev/null || break
+    sleep 0.2
   done
   case $state in
     running|degraded) ;;

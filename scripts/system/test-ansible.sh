@@ -26,6 +26,12 @@ failures=0
 ok()   { echo "  ok: $*"; }
 bad()  { echo "  FAIL: $*"; failures=$((failures + 1)); }
 check() { local what=$1; shift; if "$@"; then ok "$what"; else bad "$what"; fi; }
+not() { ! "$@" >/dev/null 2>&1; }
+served() { # served MACHINE HOST: one request through berthd on :80 reaches the backend
+  local body
+  body=$(m "$1" curl -sS --max-time 5 -H "Host: $2" http://127.0.0.1/ 2>&1) || true
+  [ "$body" = backend-a ] || { echo "    got: $body"; return 1; }
+}
 section() { echo "== $* (t=$((SECONDS - t0))s)"; }
 
 section "Ansible venv (cached by requirement list)"
@@ -55,7 +61,7 @@ else
 fi
 
 section "boot two machines"
-for n in m1 m2; do
+for n in a1 a2; do
   machine_boot $n --private-network
   mkdir -p "${MACHINE_ROOT[$n]}/opt/berth-test" "${MACHINE_ROOT[$n]}/srv/a"
   cp tests/system/load.py "${MACHINE_ROOT[$n]}/opt/berth-test/"
@@ -65,7 +71,7 @@ done
 inv=$MACHINE_WORK/inventory.ini
 {
   echo "[berth]"
-  for n in m1 m2; do
+  for n in a1 a2; do
     echo "$n ansible_connection=community.docker.nsenter ansible_nsenter_pid=${MACHINE_LEADER[$n]} ansible_python_interpreter=/usr/bin/python3"
   done
 } >"$inv"
@@ -105,12 +111,12 @@ section "first run: converge"
 vars "$deb1" 0 $have_token
 if play run1 tests/system/ansible/converge.yml; then ok "first run succeeded"; else bad "first run"; tail -40 "$MACHINE_WORK/run1.log"; fi
 grep -A3 'PLAY RECAP' "$MACHINE_WORK/run1.log" | sed 's/^/    /'
-for n in m1 m2; do
+for n in a1 a2; do
   check "$n: sockets and service enabled and active" m $n systemctl is-active -q berthd.socket berthd-https.socket berthd-api.socket berthd.service
   check "$n: enabled at boot" m $n systemctl is-enabled -q berthd.socket berthd.service
-  check "$n: serves app.test" sh -c "[ \"\$(m $n curl -sS --max-time 5 -H 'Host: app.test' http://127.0.0.1/)\" = backend-a ]"
-  check "$n: config is root:berth 0640" sh -c "[ \"\$(m $n stat -c %U:%G:%a /etc/berth/berthd.yaml)\" = root:berth:640 ]"
-  check "$n: berth in group docker" sh -c "m $n id -nG berth | grep -qw docker"
+  check "$n: serves app.test" served $n app.test
+  check "$n: config is root:berth 0640" test "$(m $n stat -c %U:%G:%a /etc/berth/berthd.yaml)" = root:berth:640
+  check "$n: berth in group docker" m $n sh -c 'id -nG berth | grep -qw docker'
   if [ $have_token = 1 ]; then
     check "$n: token stored 0600 and non-empty" m $n sh -c '[ "$(stat -c %a /root/.config/berth/token)" = 600 ] && [ -s /root/.config/berth/token ]'
   fi
@@ -121,22 +127,22 @@ play run2 tests/system/ansible/converge.yml || { bad "second run"; tail -30 "$MA
 grep -A3 'PLAY RECAP' "$MACHINE_WORK/run2.log" | sed 's/^/    /'
 check "second run changed nothing" test "$(recap_changed run2)" = 0
 if [ $have_token = 1 ]; then
-  check "token kept (not created again)" sh -c "! grep -q 'Create an API token' <(grep -A1 'Create an API token' '$MACHINE_WORK/run2.log' | grep changed)"
+  check "token kept (not created again)" not grep -q 'changed: \[.*\]' <(grep -A2 'TASK \[berth : Create an API token' "$MACHINE_WORK/run2.log")
 fi
 
 section "config change: handler reloads in place"
-pid1=$(m m1 systemctl show -p MainPID --value berthd)
+pid1=$(m a1 systemctl show -p MainPID --value berthd)
 vars "$deb1" 1 $have_token
 play run3 tests/system/ansible/converge.yml || { bad "config-change run"; tail -30 "$MACHINE_WORK/run3.log"; }
 check "handler 'Reload berthd' ran" grep -q 'RUNNING HANDLER \[berth : Reload berthd\]' "$MACHINE_WORK/run3.log"
-check "no upgrade or restart for a config change" sh -c "! grep -q 'RUNNING HANDLER \[berth : Upgrade berthd\]' '$MACHINE_WORK/run3.log'"
-check "same process after the reload" test "$(m m1 systemctl show -p MainPID --value berthd)" = "$pid1"
-check "new route b.test served" sh -c "[ \"\$(m m1 curl -sS --max-time 5 -H 'Host: b.test' http://127.0.0.1/)\" = backend-a ]"
+check "no upgrade or restart for a config change" not grep -q 'RUNNING HANDLER \[berth : Upgrade berthd\]' "$MACHINE_WORK/run3.log"
+check "same process after the reload" test "$(m a1 systemctl show -p MainPID --value berthd)" = "$pid1"
+check "new route b.test served" served a1 b.test
 
 section "rolling upgrade to 0.1.0-2 under load (serial: 1)"
 vars "$deb2" 1 $have_token
 declare -A before=() lp=()
-for n in m1 m2; do
+for n in a1 a2; do
   before[$n]=$(m $n systemctl show -p MainPID --value berthd)
   m $n rm -f /root/load.stop
   m $n python3 /opt/berth-test/load.py --host app.test --expect backend-a --new 2 --keepalive 2 \
@@ -145,19 +151,19 @@ for n in m1 m2; do
 done
 sleep 1
 if play rolling tests/system/ansible/rolling.yml; then ok "rolling upgrade play succeeded"; else bad "rolling upgrade play"; tail -40 "$MACHINE_WORK/rolling.log"; fi
-for n in m1 m2; do m $n touch /root/load.stop; wait "${lp[$n]}" || true; done
+for n in a1 a2; do m $n touch /root/load.stop; wait "${lp[$n]}" || true; done
 grep -A3 'PLAY RECAP' "$MACHINE_WORK/rolling.log" | sed 's/^/    /'
-check "hosts upgraded one at a time (m1's health assertion before m2's upgrade)" python3 - "$MACHINE_WORK/rolling.log" <<'PY'
+check "hosts upgraded one at a time (a1's health assertion before a2's upgrade)" python3 - "$MACHINE_WORK/rolling.log" <<'PY'
 import re, sys
 log = open(sys.argv[1]).read()
-i_assert_m1 = log.find("runs berth 0.1.0-2", log.find("ok: [m1]"))
+i_assert_m1 = log.find("runs berth 0.1.0-2", log.find("ok: [a1]"))
 up = [m.start() for m in re.finditer(r"RUNNING HANDLER \[berth : Upgrade berthd\]", log)]
 sys.exit(0 if len(up) == 2 and up[0] < log.find("Assert this host is healthy") < up[1] else 1)
 PY
-check "handler used 'berthd upgrade', never a restart" sh -c "! grep -qi 'restart' <(grep 'RUNNING HANDLER' '$MACHINE_WORK/rolling.log')"
-for n in m1 m2; do
-  check "$n: runs 0.1.0-2" sh -c "m $n dpkg-query -W -f='\${Version}' berth | grep -qx 0.1.0-2"
-  check "$n: new main pid, unit active" sh -c "[ \"\$(m $n systemctl show -p MainPID --value berthd)\" != ${before[$n]} ] && m $n systemctl is-active -q berthd"
+check "handler used 'berthd upgrade', never a restart" not grep -qi 'restart' <(grep 'RUNNING HANDLER' "$MACHINE_WORK/rolling.log")
+for n in a1 a2; do
+  check "$n: runs 0.1.0-2" test "$(m $n dpkg-query -W -f='${Version}' berth)" = 0.1.0-2
+  check "$n: new main pid, unit active" test "$(m $n systemctl show -p MainPID --value berthd)" != "${before[$n]}" -a "$(m $n systemctl show -p ActiveState --value berthd)" = active
   echo "    $n load: $(cat "$MACHINE_WORK/load-$n.json")"
   check "$n: zero failed requests during the rollout" python3 -c "
 import json; r = json.load(open('$MACHINE_WORK/load-$n.json')); exit(0 if r['ok'] > 100 and r['failed'] == 0 else 1)"
