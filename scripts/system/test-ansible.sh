@@ -35,7 +35,7 @@ served() { # served MACHINE HOST: one request through berthd on :80 reaches the 
 section() { echo "== $* (t=$((SECONDS - t0))s)"; }
 
 section "Ansible venv (cached by requirement list)"
-reqs="ansible ansible-lint molecule molecule-plugins[docker] docker"
+reqs="ansible ansible-lint"
 venv=$cache/ansible-venv-$(echo "$reqs" | sha256sum | cut -c1-12)
 if [ ! -e "$venv/.complete" ]; then   # built in place: a venv's scripts name its path
   rm -rf "$venv"

@@ -97,7 +97,7 @@ routes:
 YAML
 
 section "socket activation: first connection starts berthd with named fds"
-m m1 systemctl enable --now berthd.socket berthd 2>/dev/null || m m1 systemctl enable berthd.socket berthd
+check "systemctl enable --now berthd.socket berthd" m m1 systemctl enable --now -q berthd.socket berthd
 m m1 systemctl stop berthd.service
 m m1 systemctl start berthd.socket
 check "all three sockets enabled (Also=) and listening" m m1 systemctl is-active -q berthd.socket berthd-https.socket berthd-api.socket
