@@ -152,7 +152,7 @@ pub async fn run(
     running.listener_fds.push(("control".into(), control_fd));
     let control_listener = tokio::net::UnixListener::from_std(control_listener)?;
     tracing::info!(path = %control_path.display(), from = %control_origin, "control socket ready");
-    for name in inherited.unclaimed() {
+    for name in inherited.close_unclaimed() {
         tracing::warn!(%name, "inherited descriptor not used by this configuration; closed");
     }
 
