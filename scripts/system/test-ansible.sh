@@ -52,8 +52,9 @@ section "build the packages (profile $BERTH_DEB_PROFILE): v1 and v2"
 deb1=$(scripts/system/build-deb.sh "$MACHINE_WORK/deb")
 deb2=$(scripts/system/build-deb.sh "$MACHINE_WORK/deb/v2" 0.1.0-2)
 echo "  $deb1"; echo "  $deb2"
-binary=target/$([ "$BERTH_DEB_PROFILE" = dev ] && echo debug || echo "$BERTH_DEB_PROFILE")/berthd
-if "$binary" token --help >/dev/null 2>&1; then
+# Does the packaged berthd have `berthd token`? (Ask the binary inside the package.)
+dpkg-deb -x "$deb1" "$MACHINE_WORK/deb1-root"
+if "$MACHINE_WORK/deb1-root/usr/bin/berthd" token --help >/dev/null 2>&1; then
   have_token=1
 else
   have_token=0
