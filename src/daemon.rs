@@ -361,7 +361,7 @@ pub async fn run(
     running.listener_fds.push(("control".into(), control_fd));
     let control_listener = tokio::net::UnixListener::from_std(control_listener)?;
     tracing::info!(path = %control_path.display(), from = %control_origin, "control socket ready");
-    for name in inherited.unclaimed() {
+    for name in inherited.close_unclaimed() {
         tracing::warn!(%name, "inherited descriptor not used by this configuration; closed");
     }
 
@@ -440,7 +440,11 @@ pub async fn run(
         // Upgrade: only reached from SIGUSR2 or an `upgrade` command.
         let set_phase = |p: Phase| {
             tracing::info!(phase = %p, "upgrade");
-            notify::status(&p.to_string());
+            // Once handed over, the successor is the unit's main process and owns STATUS=
+            // (NotifyAccess=all would let this process overwrite it).
+            if !matches!(p, Phase::Draining { .. }) {
+                notify::status(&p.to_string());
+            }
             let _ = progress_tx.send(p.to_string());
             phase_tx.send_replace(p);
         };

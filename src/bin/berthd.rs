@@ -260,11 +260,15 @@ fn load_or_exit(
 }
 
 fn control(path: Option<PathBuf>, command: &str) -> ExitCode {
-    let config = match load_or_exit(path) {
-        Ok((_, c)) => c,
+    let socket = match load_or_exit(path) {
+        Ok((_, c)) => c.control_socket(),
+        // A broken file must still reach the daemon on `reload`, so that it rejects it, logs
+        // it and reports it as STATUS= (the error above is printed too). The daemon's own
+        // socket path then comes from the defaults.
+        Err(_) if command == "reload" => berth::model::config::Config::default().control_socket(),
         Err(code) => return code,
     };
-    match berth::lifecycle::control::call(&config.control_socket(), command) {
+    match berth::lifecycle::control::call(&socket, command) {
         Ok(msg) => {
             println!("{msg}");
             ExitCode::SUCCESS

@@ -41,13 +41,17 @@ pub async fn serve(
     progress: watch::Receiver<String>,
     mut stop: watch::Receiver<bool>,
 ) {
+    // Connection tasks are kept so that answers already decided (e.g. "ok new process N is
+    // serving" right before this process hands over and exits) are written before we return.
+    let mut conns = tokio::task::JoinSet::new();
     loop {
         tokio::select! {
+            Some(_) = conns.join_next(), if !conns.is_empty() => {}
             accepted = listener.accept() => {
                 let Ok((stream, _)) = accepted else { continue };
                 let tx = tx.clone();
                 let mut progress = progress.clone();
-                tokio::spawn(async move {
+                conns.spawn(async move {
                     let (r, mut w) = stream.into_split();
                     let mut line = String::new();
                     let mut r = BufReader::new(r);
@@ -87,10 +91,18 @@ pub async fn serve(
             }
             _ = stop.changed() => {
                 if *stop.borrow() {
-                    return;
+                    break;
                 }
             }
         }
+    }
+    drop(listener);
+    let finish = async { while conns.join_next().await.is_some() {} };
+    if tokio::time::timeout(std::time::Duration::from_secs(2), finish)
+        .await
+        .is_err()
+    {
+        conns.abort_all();
     }
 }
 

@@ -184,9 +184,10 @@ impl Inherited {
         Ok((l, Origin::Bound))
     }
 
-    /// Names still unclaimed (closed when `self` drops).
-    pub fn unclaimed(&self) -> Vec<String> {
-        self.fds.keys().cloned().collect()
+    /// Closes the descriptors nobody claimed (systemd keeps its own copies listening) and
+    /// returns their names.
+    pub fn close_unclaimed(&mut self) -> Vec<String> {
+        self.fds.drain().map(|(name, _)| name).collect()
     }
 }
 

@@ -2,7 +2,8 @@
 //! listening sockets inherited (CLOEXEC cleared on exactly those descriptors) and a small
 //! versioned handoff message in `BERTH_HANDOFF`, then waits on a pipe for the successor's
 //! "ready". Only then does it stop accepting and drain; if the successor exits, says
-//! something else, or is not ready in time, it is killed and this process carries on.
+//! something else, or is not ready in time, it is killed and this process carries on. The
+//! successor is detached (its parent becomes init) so systemd can supervise it as MAINPID.
 
 use std::collections::BTreeMap;
 use std::io::Read;
@@ -117,14 +118,59 @@ pub fn current_binary() -> std::io::Result<PathBuf> {
     })
 }
 
+/// Reads one `\n`-terminated line (at most 256 bytes); empty at EOF.
+fn read_line(reader: &mut impl Read) -> String {
+    let mut buf = Vec::new();
+    let mut byte = [0u8; 1];
+    while buf.len() < 256 {
+        match reader.read(&mut byte) {
+            Ok(0) => break,
+            Ok(_) if byte[0] == b'\n' => break,
+            Ok(_) => buf.push(byte[0]),
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+            Err(_) => break,
+        }
+    }
+    String::from_utf8_lossy(&buf).into_owned()
+}
+
+/// Formats `pid N\n` into `buf` without allocating (runs between fork and exec).
+fn pid_line(buf: &mut [u8; 32], pid: libc::pid_t) -> usize {
+    let mut digits = [0u8; 20];
+    let mut n = pid.unsigned_abs();
+    let mut len = 0;
+    loop {
+        digits[len] = b'0' + (n % 10) as u8;
+        len += 1;
+        n /= 10;
+        if n == 0 {
+            break;
+        }
+    }
+    buf[..4].copy_from_slice(b"pid ");
+    for i in 0..len {
+        buf[4 + i] = digits[len - 1 - i];
+    }
+    buf[4 + len] = b'\n';
+    5 + len
+}
+
 /// Starts the successor and waits until it is ready. Returns its pid on success; on failure
-/// the successor is killed and reaped.
+/// the successor is killed.
+///
+/// The successor is detached: a short-lived intermediate child forks it and exits at once, so
+/// its parent becomes init (under systemd, the service manager itself). systemd treats a
+/// `MAINPID=` that is not its own child as "alien": it cannot wait for it, and `systemctl
+/// stop`/`restart` then skips the SIGTERM drain and sends SIGKILL at once. The intermediate
+/// reports the successor's pid on the readiness pipe (`pid N`) before `ready N`.
 pub async fn spawn_successor(
     exe: PathBuf,
     args: Vec<std::ffi::OsString>,
     listeners: Vec<(String, RawFd)>,
     timeout: Duration,
 ) -> Result<u32, UpgradeError> {
+    use std::os::unix::process::CommandExt;
+
     let (mut reader, writer) = std::io::pipe()?;
     let handoff = Handoff {
         version: HANDOFF_VERSION,
@@ -141,6 +187,24 @@ pub async fn spawn_successor(
         .env_remove("LISTEN_PID")
         .env_remove("LISTEN_FDNAMES")
         .env_remove("WATCHDOG_PID");
+    let ready_w = writer.as_raw_fd();
+    // SAFETY: runs in the forked child before exec and only calls async-signal-safe functions
+    // (fork, write, _exit) on a stack buffer.
+    unsafe {
+        cmd.pre_exec(move || {
+            let pid = libc::fork();
+            if pid < 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            if pid > 0 {
+                let mut buf = [0u8; 32];
+                let n = pid_line(&mut buf, pid);
+                libc::write(ready_w, buf.as_ptr().cast(), n);
+                libc::_exit(0);
+            }
+            Ok(())
+        });
+    }
     // Clear CLOEXEC on exactly the descriptors we hand over, spawn, then restore. Only the
     // upgrade path spawns processes, and it runs one at a time.
     let inheritable: Vec<RawFd> = listeners
@@ -156,59 +220,49 @@ pub async fn spawn_successor(
         set_cloexec(*fd, true);
     }
     drop(writer);
-    let mut child: Child = spawned.map_err(|source| UpgradeError::Spawn {
+    let mut intermediate: Child = spawned.map_err(|source| UpgradeError::Spawn {
         exe: exe.clone(),
         source,
     })?;
-    let pid = child.id();
+    // `spawn` returned after the successor's exec, so the intermediate has written the pid
+    // line and exited; reap it.
+    let _ = intermediate.wait();
+    let first = read_line(&mut reader);
+    let pid: u32 = match first.strip_prefix("pid ").and_then(|p| p.parse().ok()) {
+        Some(p) => p,
+        None => {
+            return Err(UpgradeError::Protocol {
+                pid: intermediate.id(),
+                msg: first,
+            })
+        }
+    };
     tracing::info!(pid, exe = %exe.display(), "started new process; waiting for it to be ready");
 
-    // The read ends with a line (ready) or EOF (the child exited or closed the pipe).
-    let read = tokio::task::spawn_blocking(move || {
-        let mut buf = Vec::new();
-        let mut byte = [0u8; 1];
-        while buf.len() < 256 {
-            match reader.read(&mut byte) {
-                Ok(0) => break,
-                Ok(_) if byte[0] == b'\n' => break,
-                Ok(_) => buf.push(byte[0]),
-                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
-                Err(_) => break,
-            }
-        }
-        String::from_utf8_lossy(&buf).into_owned()
-    });
+    // The read ends with a line (ready) or EOF (the successor exited or closed the pipe).
+    let read = tokio::task::spawn_blocking(move || read_line(&mut reader));
     let outcome = tokio::time::timeout(timeout, read).await;
-    let fail = |child: &mut Child| {
-        let _ = child.kill();
-        child
-            .wait()
-            .map(|s| s.to_string())
-            .unwrap_or_else(|e| e.to_string())
+    // Not our child (init reaps it): kill by pid.
+    let kill = || {
+        // SAFETY: plain kill(2) on the pid the intermediate reported.
+        unsafe { libc::kill(pid as libc::pid_t, libc::SIGKILL) };
     };
     match outcome {
-        Ok(Ok(line)) if line == format!("ready {pid}") => {
-            // Not waited for: it is the main process now and outlives us (init reaps it).
-            drop(child);
-            Ok(pid)
-        }
-        Ok(Ok(line)) if line.is_empty() => {
-            let status = match child.try_wait() {
-                Ok(Some(s)) => s.to_string(),
-                _ => fail(&mut child),
-            };
-            Err(UpgradeError::Exited { pid, status })
-        }
+        Ok(Ok(line)) if line == format!("ready {pid}") => Ok(pid),
+        Ok(Ok(line)) if line.is_empty() => Err(UpgradeError::Exited {
+            pid,
+            status: "see its log; it is init's child, not ours".into(),
+        }),
         Ok(Ok(line)) => {
-            fail(&mut child);
+            kill();
             Err(UpgradeError::Protocol { pid, msg: line })
         }
         Ok(Err(e)) => {
-            fail(&mut child);
+            kill();
             Err(UpgradeError::Io(std::io::Error::other(e)))
         }
         Err(_) => {
-            fail(&mut child);
+            kill();
             Err(UpgradeError::Timeout { pid, timeout })
         }
     }
@@ -231,5 +285,14 @@ mod tests {
         let future = s.replace("\"version\":1", "\"version\":2");
         assert!(Handoff::parse(&future).unwrap_err().contains("version 2"));
         assert!(Handoff::parse("not json").is_err());
+    }
+
+    #[test]
+    fn pid_line_formats_without_allocating() {
+        let mut buf = [0u8; 32];
+        let n = pid_line(&mut buf, 4_194_304);
+        assert_eq!(&buf[..n], b"pid 4194304\n");
+        let n = pid_line(&mut buf, 7);
+        assert_eq!(&buf[..n], b"pid 7\n");
     }
 }
