@@ -20,5 +20,8 @@ step "nix files"; bash scripts/check-nix.sh
 step "cargo test"; cargo test --all-targets --no-fail-fast -- --test-threads=2
 if [ -n "${BERTH_SYSTEM_TESTS:-}" ]; then
   step "schemathesis against /v1/openapi.json"; bash scripts/schemathesis.sh
+  command -v cargo-deb >/dev/null || { step "installing cargo-deb"; cargo install cargo-deb --locked --quiet; }
+  step "systemd units and .deb under systemd-nspawn"; bash scripts/system/test-systemd.sh
+  step "Ansible role (two nspawn machines, rolling upgrade)"; bash scripts/system/test-ansible.sh
 fi
 step "all tests passed"
