@@ -381,6 +381,7 @@ async fn routes(servers: &[String], cmd: RoutesCmd, out: &Out) -> Result<u8, Cli
                     .map(|r| {
                         let backends = r
                             .get("backends")
+                            .or_else(|| r.get("spec").and_then(|s| s.get("backends")))
                             .and_then(Value::as_array)
                             .map(|b| b.len().to_string())
                             .unwrap_or_else(|| "-".into());
