@@ -75,9 +75,20 @@ pub fn render_table(headers: &[&str], rows: Vec<Vec<String>>) -> String {
     for r in rows {
         t.add_row(r);
     }
-    t.to_string()
-        .lines()
-        .map(|l| l.trim_end().trim_start_matches(' ').to_string())
+    let text = t.to_string();
+    let lines: Vec<&str> = text.lines().collect();
+    // comfy-table pads every cell with one space on the left; drop that column only.
+    let pad = lines.iter().all(|l| l.starts_with(' ') || l.is_empty());
+    lines
+        .iter()
+        .map(|l| {
+            let l = if pad {
+                l.strip_prefix(' ').unwrap_or(l)
+            } else {
+                l
+            };
+            l.trim_end().to_string()
+        })
         .collect::<Vec<_>>()
         .join("\n")
 }
