@@ -316,6 +316,9 @@ async fn deploy_upload_conflict_rollback_logs_stop_over_http() {
         t_v1,
         t0.elapsed()
     );
-    let World { running, .. } = w;
+    let World { running, http, .. } = w;
+    drop(http);
+    let t = Instant::now();
     running.shutdown().await;
+    println!("apps_api: daemon shutdown {:?}", t.elapsed());
 }
