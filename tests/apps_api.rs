@@ -322,3 +322,127 @@ async fn deploy_upload_conflict_rollback_logs_stop_over_http() {
     running.shutdown().await;
     println!("apps_api: daemon shutdown {:?}", t.elapsed());
 }
+
+/// Runs the real `berth` binary with its settings in `cfg`; returns (exit code, stdout+stderr).
+fn berth(cfg: &std::path::Path, dir: &std::path::Path, args: &[&str]) -> (i32, String) {
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_berth"))
+        .args(args)
+        .current_dir(dir)
+        .env("BERTH_CLI_CONFIG", cfg)
+        .env("NO_COLOR", "1")
+        .output()
+        .expect("berth runs");
+    let mut text = String::from_utf8_lossy(&out.stdout).into_owned();
+    text.push_str(&String::from_utf8_lossy(&out.stderr));
+    (out.status.code().unwrap_or(-1), text)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_berth_cli_end_to_end() {
+    if skip() {
+        return;
+    }
+    let w = World::start("cli").await;
+    let app = w.app.clone();
+    let work = tempfile::tempdir().unwrap();
+    let cfg = work.path().join("cli.toml");
+    let url = format!("http://{}", w.running.api_addr);
+    let run = |args: Vec<String>| {
+        let (cfg, dir) = (cfg.clone(), work.path().to_path_buf());
+        async move {
+            tokio::task::spawn_blocking(move || {
+                let a: Vec<&str> = args.iter().map(String::as_str).collect();
+                berth(&cfg, &dir, &a)
+            })
+            .await
+            .unwrap()
+        }
+    };
+    let s = |v: &[&str]| v.iter().map(|x| x.to_string()).collect::<Vec<_>>();
+
+    let (code, out) = run(s(&["server", "add", "local", &url, "--token", &w.token])).await;
+    assert_eq!(code, 0, "{out}");
+
+    std::fs::write(
+        work.path().join("berth.yaml"),
+        format!(
+            "name: {app}\nimage: {IMG_V1}\ndomains: [{}]\nport: 8080\nreplicas: 2\n\
+             health:\n  path: /health\n  interval: 100ms\n  timeout: 1s\n",
+            w.host()
+        ),
+    )
+    .unwrap();
+    let tar = work.path().join("v1.tar");
+    let st = std::process::Command::new("docker")
+        .args(["save", "-o"])
+        .arg(&tar)
+        .arg(IMG_V1)
+        .status()
+        .unwrap();
+    assert!(st.success());
+    let t = Instant::now();
+    let (code, out) = run(s(&["deploy", "--image-tar", tar.to_str().unwrap()])).await;
+    assert_eq!(code, 0, "{out}");
+    assert!(out.contains("succeeded"), "{out}");
+    println!(
+        "apps_api: berth deploy --image-tar (2 replicas) {:?}",
+        t.elapsed()
+    );
+    assert_eq!(w.proxied().await.trim(), "v1");
+
+    let (code, out) = run(s(&["apps"])).await;
+    assert_eq!(code, 0, "{out}");
+    assert!(out.contains(&app) && out.contains("healthy"), "{out}");
+    assert!(out.contains("2/2"), "{out}");
+    println!("apps_api: berth apps:\n{out}");
+    let (code, out) = run(s(&["status", &app, "--json"])).await;
+    assert_eq!(code, 0, "{out}");
+    let v: Value = serde_json::from_str(&out).unwrap_or_else(|e| panic!("{e}: {out}"));
+    assert_eq!(v["apps"][0]["name"], app.as_str(), "{v}");
+
+    // A second deployment (v2 by reference) to have something to roll back to.
+    std::fs::write(
+        work.path().join("berth.yaml"),
+        format!(
+            "name: {app}\nimage: {IMG_V2}\ndomains: [{}]\nport: 8080\nreplicas: 2\n\
+             health:\n  path: /health\n  interval: 100ms\n  timeout: 1s\n",
+            w.host()
+        ),
+    )
+    .unwrap();
+    let (code, out) = run(s(&["deploy"])).await;
+    assert_eq!(code, 0, "{out}");
+    assert_eq!(w.proxied().await.trim(), "v2");
+    let (code, out) = run(s(&["deployments", &app])).await;
+    assert_eq!(code, 0, "{out}");
+    assert!(out.matches("succeeded").count() >= 2, "{out}");
+    let (code, out) = run(s(&["rollback", &app])).await;
+    assert_eq!(code, 0, "{out}");
+    assert_eq!(w.proxied().await.trim(), "v1", "{out}");
+    let (code, out) = run(s(&["logs", &app, "--tail", "5"])).await;
+    assert_eq!(code, 0, "{out}");
+    let (code, out) = run(s(&["stop", &app])).await;
+    assert_eq!(code, 0, "{out}");
+
+    // Wrong token → exit code 4 and a clear message.
+    let (code, out) = run(s(&[
+        "server",
+        "add",
+        "bad",
+        &url,
+        "--token",
+        "berth_wrong_token",
+    ]))
+    .await;
+    let (code2, out2) = if code == 0 {
+        run(s(&["--server", "bad", "apps"])).await
+    } else {
+        (code, out.clone())
+    };
+    assert_eq!(code2, 4, "{out}\n{out2}");
+    assert!(out2.to_lowercase().contains("token"), "{out2}");
+    println!("apps_api: wrong token: {out2}");
+    let World { running, http, .. } = w;
+    drop(http);
+    running.shutdown().await;
+}
