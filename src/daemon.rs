@@ -45,6 +45,8 @@ pub enum DaemonError {
     Store(#[from] StoreError),
     #[error("routes: {0}")]
     Registry(#[from] ChangeError),
+    #[error("deploy engine (deploy.enabled: required): {0}")]
+    Deploy(#[from] crate::deploy_publish::EngineStartError),
 }
 
 /// The registry publishes into the proxy's table holder.
@@ -72,6 +74,9 @@ pub struct Running {
     pub certs: Option<Arc<CertStore>>,
     /// The ACME issuer, when `tls.acme` is configured.
     pub acme: Option<Arc<AcmeManager>>,
+    /// The Docker deploy engine; `None` when `deploy.enabled` is `off`, or `auto` and Docker
+    /// did not answer (the deploy endpoints then answer 503).
+    pub engine: Option<Arc<crate::deploy::Engine>>,
     stop: watch::Sender<bool>,
     tasks: Vec<JoinHandle<()>>,
     config_path: Option<PathBuf>,
@@ -152,6 +157,8 @@ pub async fn start_with(
     );
     let settings = Settings::from_config(&config.proxy, config.log.access_log);
     let proxy = Arc::new(Proxy::new(settings, tables.clone()));
+    // Reconcile and discovery finish (routes published) before anything listens.
+    let engine = start_engine(&config, &registry).await?;
 
     let (std_listener, origin) = inherited.tcp("http", config.http.listen)?;
     let listener = tokio::net::TcpListener::from_std(std_listener)?;
@@ -201,10 +208,14 @@ pub async fn start_with(
         listener,
         stop_rx.clone(),
     )));
+    let mut api_settings = ApiSettings::from_config(&config.api);
+    api_settings.max_upload_size = config.deploy.max_upload_size.0;
     let api_state = ApiState {
         registry: registry.clone(),
-        settings: Arc::new(ApiSettings::from_config(&config.api)),
+        settings: Arc::new(api_settings),
         stop: stop_rx,
+        engine: engine.clone(),
+        certs: certs.clone(),
     };
     tasks.push(tokio::spawn(api::serve(api_listener, api_state)));
     Ok(Running {
@@ -217,11 +228,49 @@ pub async fn start_with(
         https_addr,
         certs,
         acme,
+        engine,
         stop,
         tasks,
         config_path,
         listener_fds,
     })
+}
+
+/// Starts the deploy engine per `deploy.enabled`: `off` → none; `auto` → none with one
+/// warning when Docker does not answer; `required` → that is an error.
+async fn start_engine(
+    config: &Config,
+    registry: &Arc<RouteRegistry>,
+) -> Result<Option<Arc<crate::deploy::Engine>>, DaemonError> {
+    use crate::model::config::DeployEnabled;
+    let d = &config.deploy;
+    if d.enabled == DeployEnabled::Off {
+        tracing::info!("deploy engine off (deploy.enabled: off)");
+        return Ok(None);
+    }
+    let cfg = crate::deploy::EngineConfig {
+        keep_images: d.keep_images,
+        stop_grace: d.stop_grace,
+        ..Default::default()
+    };
+    let db = registry.store().path().to_path_buf();
+    match crate::deploy_publish::start_engine_with_registry(registry.clone(), &db, &d.network, cfg)
+        .await
+    {
+        Ok(engine) => {
+            tracing::info!(network = %d.network, "deploy engine ready");
+            Ok(Some(Arc::new(engine)))
+        }
+        Err(e) if d.enabled == DeployEnabled::Auto => {
+            tracing::warn!(
+                error = %e,
+                "deploy engine not started (Docker unavailable); proxy and API run without \
+                 deploys; set deploy.enabled: required to make this fatal, or off to silence it"
+            );
+            Ok(None)
+        }
+        Err(e) => Err(e.into()),
+    }
 }
 
 /// The proxy's view of the certificate store (the proxy does not import `tls`).

@@ -119,3 +119,52 @@ pub async fn start_engine(
         crate::deploy::Engine::start(Arc::new(rt), Arc::new(store), publisher.clone(), cfg).await?;
     Ok((engine, publisher))
 }
+
+/// `RoutePublisher` over the daemon's route registry: the engine's routes become one more
+/// input of the registry's table build, next to config and API routes (see
+/// `store::registry`), so neither side overwrites the other and a config reload keeps them.
+pub struct RegistryRoutes(pub Arc<crate::store::registry::RouteRegistry>);
+
+impl RoutePublisher for RegistryRoutes {
+    fn set_routes(&self, key: &str, routes: Vec<RouteSpec>) -> Result<(), String> {
+        self.0.set_dynamic(key, routes).map_err(|e| e.to_string())
+    }
+
+    fn inflight(&self, route: &str, backend_id: &str) -> Option<u64> {
+        let t = self.0.table();
+        t.route(route)?
+            .backends
+            .iter()
+            .find(|b| b.id == backend_id)
+            .map(|b| b.stats.inflight.load(std::sync::atomic::Ordering::Relaxed))
+    }
+}
+
+/// Starts the deploy engine inside the daemon: history in `db` (the daemon's `berth.db`),
+/// routes published through `registry`. Returns after reconcile and the discovery scan.
+pub async fn start_engine_with_registry(
+    registry: Arc<crate::store::registry::RouteRegistry>,
+    db: &std::path::Path,
+    network: &str,
+    cfg: crate::deploy::EngineConfig,
+) -> Result<crate::deploy::Engine, EngineStartError> {
+    let store = {
+        let path = db.to_path_buf();
+        tokio::task::spawn_blocking(move || {
+            crate::store::deployments::SqliteDeployments::open(&path)
+        })
+        .await
+        .map_err(|e| {
+            EngineStartError::Runtime(crate::runtime::RuntimeError::Connect(format!(
+                "store task: {e}"
+            )))
+        })?
+        .map_err(|source| EngineStartError::Store {
+            path: db.display().to_string(),
+            source,
+        })?
+    };
+    let rt = crate::runtime::DockerRuntime::connect(network).await?;
+    let publisher = Arc::new(RegistryRoutes(registry));
+    Ok(crate::deploy::Engine::start(Arc::new(rt), Arc::new(store), publisher, cfg).await?)
+}

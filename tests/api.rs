@@ -952,7 +952,10 @@ async fn openapi_document_matches_the_router() {
                 continue;
             }
             ops += 1;
-            let concrete = path.replace("{name}", "static").replace("{id}", "s1");
+            let concrete = path
+                .replace("{name}", "static")
+                .replace("{id}", "s1")
+                .replace("{app}", "nosuchapp");
             let body = op.get("requestBody").map(|_| {
                 json!({"state": "ready", "domains": ["x.test"], "address": "127.0.0.1:1"})
                     .to_string()
@@ -988,7 +991,7 @@ async fn openapi_document_matches_the_router() {
             );
         }
     }
-    assert_eq!(ops, 15);
+    assert_eq!(ops, 25);
     d.stop().await;
 }
 

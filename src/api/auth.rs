@@ -11,6 +11,11 @@ use axum::response::{IntoResponse, Response};
 use super::error::ApiError;
 use super::ApiState;
 
+/// The id of the token a request was authenticated with (a request extension; absent for a
+/// status-page session). The deploy endpoints record its name as who deployed.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct TokenId(pub i64);
+
 /// Longest `Authorization` value looked at (a real token is 70 bytes).
 const MAX_TOKEN_LEN: usize = 512;
 
@@ -44,7 +49,11 @@ fn bearer(req: &Request) -> Result<&str, ApiError> {
 }
 
 /// Middleware: lets the request through only with an active token.
-pub async fn require_token(State(state): State<ApiState>, req: Request, next: Next) -> Response {
+pub async fn require_token(
+    State(state): State<ApiState>,
+    mut req: Request,
+    next: Next,
+) -> Response {
     // ui: without a bearer token, a status-page session cookie (+ CSRF header) may do.
     if req.headers().get(header::AUTHORIZATION).is_none() {
         let sessions = req.extensions().get::<super::ui::Sessions>();
@@ -109,7 +118,10 @@ pub async fn require_token(State(state): State<ApiState>, req: Request, next: Ne
     }
     let store = state.registry.store().clone();
     match tokio::task::spawn_blocking(move || store.verify_token(&token)).await {
-        Ok(Ok(Some(_id))) => next.run(req).await,
+        Ok(Ok(Some(id))) => {
+            req.extensions_mut().insert(TokenId(id));
+            next.run(req).await
+        }
         Ok(Ok(None)) => {
             record_failure();
             invalid()

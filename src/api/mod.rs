@@ -8,6 +8,7 @@
 //! describe it in `openapi.json` (the tests check that every documented path is served).
 //! Errors go through `ApiError`; request bodies through `ApiJson` (size limit, field names).
 
+pub mod apps;
 pub mod auth;
 pub mod error;
 pub mod ratelimit;
@@ -40,6 +41,8 @@ pub struct ApiSettings {
     pub metrics_auth: bool,
     pub auth_failures_per_minute: u32,
     pub auth_limit_loopback: bool,
+    /// apps: largest image tar of a multipart deploy (`deploy.max_upload_size`).
+    pub max_upload_size: u64,
 }
 
 impl ApiSettings {
@@ -49,6 +52,7 @@ impl ApiSettings {
             metrics_auth: c.metrics_auth,
             auth_failures_per_minute: c.auth_failures_per_minute,
             auth_limit_loopback: c.auth_limit_loopback,
+            max_upload_size: 10 << 30,
         }
     }
 }
@@ -60,11 +64,18 @@ pub struct ApiState {
     pub settings: Arc<ApiSettings>,
     /// Becomes `true` when the daemon stops (ends event streams).
     pub stop: watch::Receiver<bool>,
+    /// apps: the deploy engine, if it runs (else the deploy endpoints answer 503).
+    pub engine: Option<Arc<crate::deploy::Engine>>,
+    /// apps: the certificate store, if TLS runs (`GET /v1/certificates`).
+    pub certs: Option<Arc<crate::tls::CertStore>>,
 }
 
 /// The complete router.
 pub fn router(state: ApiState) -> Router {
-    let protected = Router::new().merge(routes::router()).merge(stats::router());
+    let protected = Router::new()
+        .merge(routes::router())
+        .merge(stats::router())
+        .merge(apps::router());
     let metrics = Router::new().route("/metrics", get(stats::metrics));
     let (protected, metrics) = if state.settings.metrics_auth {
         (protected.merge(metrics), Router::new())

@@ -313,7 +313,7 @@ fn app_rows(v: &Value, out: &Out) -> Vec<Vec<String>> {
         .map(|a| {
             vec![
                 field(a, &["name", "app"]),
-                field(a, &["replicas"]),
+                field(a, &["ready", "replicas"]),
                 out.state(&field(a, &["health", "state"])),
                 field(a, &["current.id", "current_deployment", "deployment"]),
                 field(a, &["domains"]),

@@ -393,6 +393,47 @@ impl TlsConfig {
     }
 }
 
+/// Whether the Docker deploy engine runs.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum DeployEnabled {
+    /// Runs when Docker answers; otherwise one warning and no deploy endpoints (503).
+    #[default]
+    Auto,
+    /// Docker must answer, else berthd does not start.
+    Required,
+    /// Never connects to Docker.
+    Off,
+}
+
+/// `deploy:` — the Docker deploy engine.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct DeployConfig {
+    pub enabled: DeployEnabled,
+    /// Docker network the app containers join (created if missing).
+    pub network: String,
+    /// Images of this many most recent deployments per app are kept.
+    pub keep_images: usize,
+    /// Largest image tar accepted by `POST /v1/apps/{app}/deploy` (multipart upload).
+    pub max_upload_size: ByteSize,
+    /// Grace period of `docker stop` for old replicas.
+    #[serde(with = "humantime_serde")]
+    pub stop_grace: Duration,
+}
+
+impl Default for DeployConfig {
+    fn default() -> Self {
+        Self {
+            enabled: DeployEnabled::Auto,
+            network: "berth".into(),
+            keep_images: 5,
+            max_upload_size: ByteSize(10 << 30),
+            stop_grace: Duration::from_secs(10),
+        }
+    }
+}
+
 /// The whole daemon configuration (`/etc/berth/berthd.yaml`).
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -407,6 +448,7 @@ pub struct Config {
     /// Static routes (read-only through the API).
     pub routes: Vec<RouteSpec>,
     pub tls: TlsConfig,
+    pub deploy: DeployConfig,
 }
 
 impl Default for Config {
@@ -420,6 +462,7 @@ impl Default for Config {
             data_dir: PathBuf::from("/var/lib/berth"),
             routes: Vec::new(),
             tls: TlsConfig::default(),
+            deploy: DeployConfig::default(),
         }
     }
 }

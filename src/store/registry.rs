@@ -7,11 +7,17 @@
 //! 4. and only then publishes the table.
 //!
 //! A failure at any step leaves the store, the served table and this registry as they were.
+//!
+//! The deploy engine's routes (`app/NAME`, `discovered/NAME`) are a third input, kept in
+//! memory only (the engine rebuilds them from Docker and its own history on start) and set
+//! through [`RouteRegistry::set_dynamic`]. Every table build, from any writer, happens under
+//! one short synchronous lock (`published`) that holds the dynamic routes, so a registry change
+//! and an engine change can never publish over each other.
 //! Readers never take the writer lock: the listing is an `ArcSwap` snapshot, and the proxy
 //! reads its own table snapshot.
 
-use std::collections::{HashMap, HashSet};
-use std::sync::Arc;
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::sync::{Arc, Mutex, MutexGuard};
 
 use arc_swap::ArcSwap;
 use serde::Serialize;
@@ -411,7 +417,25 @@ pub struct RouteRegistry {
     store: Arc<Store>,
     publisher: Arc<dyn TablePublisher>,
     inner: tokio::sync::Mutex<Inner>,
+    /// The deploy engine's routes by key. Held while any table is built and published.
+    published: Mutex<BTreeMap<String, Vec<RouteSpec>>>,
     listing: ArcSwap<Vec<RouteEntry>>,
+}
+
+/// Config + stored entries followed by the engine's routes.
+fn with_dynamic(
+    mut entries: Vec<RouteEntry>,
+    dynamic: &BTreeMap<String, Vec<RouteSpec>>,
+) -> Vec<RouteEntry> {
+    entries.extend(dynamic.values().flatten().map(|spec| {
+        let mut spec = spec.clone();
+        spec.name = Some(spec.name());
+        RouteEntry {
+            source: RouteSource::Deploy,
+            spec,
+        }
+    }));
+    entries
 }
 
 impl RouteRegistry {
@@ -457,8 +481,49 @@ impl RouteRegistry {
             store,
             publisher,
             inner: tokio::sync::Mutex::new(inner),
+            published: Mutex::new(BTreeMap::new()),
             listing: ArcSwap::from_pointee(entries),
         })
+    }
+
+    fn published(&self) -> MutexGuard<'_, BTreeMap<String, Vec<RouteSpec>>> {
+        // Only mutated after a successful build; a poisoned lock still holds consistent data.
+        self.published.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Replaces every engine route under `key` (`app/NAME`, `discovered/NAME`) in one table
+    /// swap; an empty list removes them. Not persisted. Refused (changing nothing) when a
+    /// domain is already served by another route.
+    pub fn set_dynamic(&self, key: &str, routes: Vec<RouteSpec>) -> Result<(), ChangeError> {
+        let mut dynamic = self.published();
+        let mut next = dynamic.clone();
+        if routes.is_empty() {
+            next.remove(key);
+        } else {
+            next.insert(key.to_string(), routes.clone());
+        }
+        // Config and stored routes as committed (the listing minus the engine's).
+        let base: Vec<RouteEntry> = self
+            .listing
+            .load()
+            .iter()
+            .filter(|e| e.source != RouteSource::Deploy)
+            .cloned()
+            .collect();
+        let entries = with_dynamic(base, &next);
+        let changed: HashSet<String> = routes.iter().map(|r| r.name()).collect();
+        if let Some(c) = find_collision(&entries, &changed) {
+            return Err(ChangeError::Conflict {
+                field: format!("route {:?}: {}", entries[c.entry].name(), c.field),
+                message: c.message,
+            });
+        }
+        let table =
+            build(&entries, &self.publisher.current()).map_err(|e| absolute_error(&entries, e))?;
+        self.publisher.publish(table);
+        self.listing.store(Arc::new(entries));
+        *dynamic = next;
+        Ok(())
     }
 
     /// Every route as served: config routes first, then stored ones in creation order.
@@ -516,7 +581,8 @@ impl RouteRegistry {
                 _ => {}
             }
         }
-        let entries = next.entries();
+        let dynamic = self.published();
+        let entries = with_dynamic(next.entries(), &dynamic);
         let changed: HashSet<String> = carried.keys().cloned().collect();
         if let Some(c) = find_collision(&entries, &changed) {
             let e = &entries[c.entry];
@@ -539,13 +605,13 @@ impl RouteRegistry {
         let table = build(&entries, &self.publisher.current())
             .map_err(|e| relative_error(&entries, &carried, e))?;
 
-        let store = self.store.clone();
-        tokio::task::spawn_blocking(move || store.apply(&ops))
-            .await
-            .map_err(|e| ChangeError::Internal(format!("store task: {e}")))??;
+        // Persisted while holding `published` (one short SQLite transaction), so no engine
+        // route change can be published between this validation and this publish.
+        self.store.apply(&ops)?;
 
         self.publisher.publish(table);
         self.listing.store(Arc::new(entries));
+        drop(dynamic);
         *inner = next;
         Ok(outcomes)
     }
@@ -556,7 +622,8 @@ impl RouteRegistry {
     /// instead of publishing a rebuilt table themselves.
     pub async fn republish(&self) -> Result<(), ChangeError> {
         let inner = self.inner.lock().await;
-        let entries = inner.entries();
+        let dynamic = self.published();
+        let entries = with_dynamic(inner.entries(), &dynamic);
         let table =
             build(&entries, &self.publisher.current()).map_err(|e| absolute_error(&entries, e))?;
         self.publisher.publish(table);
@@ -578,7 +645,8 @@ impl RouteRegistry {
                     .into(),
             });
         }
-        let entries = next.entries();
+        let dynamic = self.published();
+        let entries = with_dynamic(next.entries(), &dynamic);
         let static_names: HashSet<String> = next.statics.iter().map(|s| s.name()).collect();
         if let Some(c) = find_collision(&entries, &static_names) {
             return Err(ChangeError::Conflict {
@@ -590,6 +658,7 @@ impl RouteRegistry {
             build(&entries, &self.publisher.current()).map_err(|e| absolute_error(&entries, e))?;
         self.publisher.publish(table);
         self.listing.store(Arc::new(entries));
+        drop(dynamic);
         *inner = next;
         Ok(())
     }

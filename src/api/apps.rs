@@ -1,0 +1,546 @@
+//! The deploy endpoints of the REST API (issue 4 item 2): deploy (JSON spec with an image
+//! reference, or multipart spec + streamed image tar), deployment status and its event stream
+//! (SSE), apps, history, rollback, stop, logs (SSE), and the certificate list. Each handler is
+//! a thin mapping onto one `deploy::Engine` method; without a running engine they answer 503.
+
+use std::convert::Infallible;
+use std::sync::Arc;
+
+use axum::extract::{DefaultBodyLimit, FromRequest, Multipart, Query, Request, State};
+use axum::http::{header, StatusCode};
+use axum::response::sse::{Event, KeepAlive, Sse};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use bytes::Bytes;
+use futures_util::stream::{Stream, StreamExt};
+use serde::Deserialize;
+use serde_json::{json, Value};
+use tokio::sync::broadcast::error::RecvError;
+
+use super::auth::TokenId;
+use super::error::{parse_json, ApiError, ApiJson, ApiPath};
+use super::ApiState;
+use crate::deploy::{AppStatus, DeployError, DeployEvent, Engine, ImageSource};
+use crate::model::deploy::AppSpec;
+use crate::runtime::RuntimeError;
+use crate::store::deployments::{DeployState, DeploymentRecord};
+
+/// Longest deployment history returned at once.
+const MAX_HISTORY: usize = 500;
+
+pub fn router() -> Router<ApiState> {
+    Router::new()
+        .route(
+            "/v1/apps/{app}/deploy",
+            // The image tar is bounded by `deploy.max_upload_size` instead (see `deploy`).
+            post(deploy).layer(DefaultBodyLimit::disable()),
+        )
+        .route("/v1/apps", get(list_apps))
+        .route("/v1/apps/{app}", get(get_app))
+        .route("/v1/apps/{app}/deployments", get(list_deployments))
+        .route("/v1/apps/{app}/rollback", post(rollback))
+        .route("/v1/apps/{app}/stop", post(stop))
+        .route("/v1/apps/{app}/logs", get(logs))
+        .route("/v1/deployments/{id}", get(get_deployment))
+        .route("/v1/deployments/{id}/events", get(events))
+        .route("/v1/certificates", get(certificates))
+}
+
+/// An error answer of these endpoints: the API's usual error, or one with extra fields.
+pub enum AppsError {
+    Api(ApiError),
+    /// 409 `deploy_in_progress` with the running deployment's id.
+    InProgress {
+        message: String,
+        deployment: String,
+    },
+    /// 503: the engine does not run.
+    Unavailable,
+    /// 502: Docker refused or failed.
+    Docker(String),
+}
+
+impl From<ApiError> for AppsError {
+    fn from(e: ApiError) -> Self {
+        AppsError::Api(e)
+    }
+}
+
+impl From<DeployError> for AppsError {
+    fn from(e: DeployError) -> Self {
+        match e {
+            DeployError::Conflict { ref running, .. } => AppsError::InProgress {
+                message: e.to_string(),
+                deployment: running.clone(),
+            },
+            DeployError::Invalid(s) => AppsError::Api(ApiError::Invalid {
+                field: s.field,
+                message: s.message,
+            }),
+            DeployError::AppNotFound(_) | DeployError::DeploymentNotFound(_) => {
+                AppsError::Api(ApiError::NotFound(e.to_string()))
+            }
+            DeployError::NoRollbackTarget(_) => AppsError::Api(ApiError::Conflict {
+                code: "no_rollback_target",
+                field: None,
+                message: e.to_string(),
+            }),
+            DeployError::Store(s) => AppsError::Api(ApiError::Internal(s.to_string())),
+            DeployError::Runtime(RuntimeError::NotFound { .. }) => {
+                AppsError::Api(ApiError::NotFound(e.to_string()))
+            }
+            DeployError::Runtime(r) => AppsError::Docker(r.to_string()),
+        }
+    }
+}
+
+impl IntoResponse for AppsError {
+    fn into_response(self) -> Response {
+        let (status, code, message, extra) = match self {
+            AppsError::Api(e) => return e.into_response(),
+            AppsError::InProgress {
+                message,
+                deployment,
+            } => (
+                StatusCode::CONFLICT,
+                "deploy_in_progress",
+                message,
+                Some(deployment),
+            ),
+            AppsError::Unavailable => (
+                StatusCode::SERVICE_UNAVAILABLE,
+                "deploy_unavailable",
+                "the deploy engine is not running on this server (Docker was not reachable at \
+                 start, or deploy.enabled is off); see the berthd log"
+                    .to_string(),
+                None,
+            ),
+            AppsError::Docker(m) => (StatusCode::BAD_GATEWAY, "docker_error", m, None),
+        };
+        let mut err = json!({ "code": code, "message": message });
+        if let Some(d) = extra {
+            err["deployment"] = Value::String(d);
+        }
+        (status, Json(json!({ "error": err }))).into_response()
+    }
+}
+
+fn engine(state: &ApiState) -> Result<&Arc<Engine>, AppsError> {
+    state.engine.as_ref().ok_or(AppsError::Unavailable)
+}
+
+/// The token's name (recorded as who deployed), `session` for a status-page login.
+async fn who(state: &ApiState, token: Option<TokenId>) -> String {
+    let Some(TokenId(id)) = token else {
+        return "session".into();
+    };
+    let store = state.registry.store().clone();
+    let name = tokio::task::spawn_blocking(move || store.list_tokens())
+        .await
+        .ok()
+        .and_then(|r| r.ok())
+        .and_then(|ts| ts.into_iter().find(|t| t.id == id).map(|t| t.name));
+    name.unwrap_or_else(|| format!("token {id}"))
+}
+
+fn accepted(id: String, app: &str) -> Response {
+    (
+        StatusCode::ACCEPTED,
+        Json(json!({ "id": id, "app": app, "state": DeployState::Running })),
+    )
+        .into_response()
+}
+
+/// `POST /v1/apps/{app}/deploy`: `application/json` (an `AppSpec`; its image is used if local,
+/// else pulled) or `multipart/form-data` with a part `spec` (JSON) followed by a part `image`
+/// (a `docker save` tar, streamed to Docker as it arrives). Answers 202 with the deployment id
+/// (for uploads, once the tar is received); progress is on `/v1/deployments/{id}/events`.
+async fn deploy(
+    State(state): State<ApiState>,
+    ApiPath(app): ApiPath<String>,
+    req: Request,
+) -> Result<Response, AppsError> {
+    let engine = engine(&state)?.clone();
+    let token = req.extensions().get::<TokenId>().copied();
+    let who = who(&state, token).await;
+    let content_type = req
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("")
+        .to_ascii_lowercase();
+    if content_type.starts_with("multipart/form-data") {
+        let max_spec = state.settings.max_body_size;
+        let max_image = state.settings.max_upload_size;
+        let mp = Multipart::from_request(req, &state)
+            .await
+            .map_err(|e| bad_multipart(e.body_text()))?;
+        return deploy_upload(engine, app, mp, max_spec, max_image, who).await;
+    }
+    if !content_type.is_empty() && !content_type.starts_with("application/json") {
+        return Err(ApiError::BadRequest {
+            code: "unsupported_media_type",
+            message: format!(
+                "Content-Type {content_type:?}: send application/json (an app spec) or \
+                 multipart/form-data (parts `spec` and `image`)"
+            ),
+        }
+        .into());
+    }
+    let ApiJson(spec) = ApiJson::<AppSpec>::from_request(req, &state).await?;
+    let reference = spec.image.clone();
+    let id = engine
+        .deploy(
+            &app,
+            spec,
+            ImageSource::Reference {
+                reference,
+                creds: None,
+            },
+            &who,
+        )
+        .await?;
+    Ok(accepted(id, &app))
+}
+
+fn bad_multipart(message: String) -> AppsError {
+    ApiError::BadRequest {
+        code: "invalid_multipart",
+        message,
+    }
+    .into()
+}
+
+async fn deploy_upload(
+    engine: Arc<Engine>,
+    app: String,
+    mut mp: Multipart,
+    max_spec: usize,
+    max_image: u64,
+    who: String,
+) -> Result<Response, AppsError> {
+    let mut spec_field = mp
+        .next_field()
+        .await
+        .map_err(|e| bad_multipart(e.body_text()))?
+        .ok_or_else(|| {
+            bad_multipart("the form is empty; send a part `spec`, then `image`".into())
+        })?;
+    if spec_field.name() != Some("spec") {
+        return Err(bad_multipart(format!(
+            "the first part must be `spec` (the app spec as JSON), not {:?}",
+            spec_field.name().unwrap_or("")
+        )));
+    }
+    let mut raw = Vec::new();
+    while let Some(chunk) = spec_field
+        .chunk()
+        .await
+        .map_err(|e| bad_multipart(e.body_text()))?
+    {
+        if raw.len() + chunk.len() > max_spec {
+            return Err(ApiError::TooLarge { limit: max_spec }.into());
+        }
+        raw.extend_from_slice(&chunk);
+    }
+    drop(spec_field);
+    let spec: AppSpec = parse_json(&raw).map_err(|e| match e {
+        ApiError::Invalid { field, message } => ApiError::Invalid {
+            field: format!("spec.{field}"),
+            message,
+        },
+        other => other,
+    })?;
+    spec.validate().map_err(|e| ApiError::Invalid {
+        field: e.field,
+        message: e.message,
+    })?;
+    let mut image = mp
+        .next_field()
+        .await
+        .map_err(|e| bad_multipart(e.body_text()))?
+        .ok_or_else(|| {
+            bad_multipart("missing part `image` (a `docker save` tar) after `spec`".into())
+        })?;
+    if image.name() != Some("image") {
+        return Err(bad_multipart(format!(
+            "the second part must be `image` (a `docker save` tar), not {:?}",
+            image.name().unwrap_or("")
+        )));
+    }
+    // Small bounded channel: the upload advances only as fast as Docker loads it.
+    let (tx, rx) = tokio::sync::mpsc::channel::<Result<Bytes, std::io::Error>>(4);
+    let stream = futures_util::stream::unfold(rx, |mut rx| async move {
+        rx.recv().await.map(|item| (item, rx))
+    })
+    .boxed();
+    let id = engine
+        .deploy(&app, spec, ImageSource::Tar(stream), &who)
+        .await?;
+    let mut total: u64 = 0;
+    loop {
+        match image.chunk().await {
+            Ok(Some(chunk)) => {
+                total += chunk.len() as u64;
+                if total > max_image {
+                    let _ = tx
+                        .send(Err(std::io::Error::other(format!(
+                            "image upload larger than deploy.max_upload_size ({max_image} bytes)"
+                        ))))
+                        .await;
+                    return Err(ApiError::TooLarge {
+                        limit: usize::try_from(max_image).unwrap_or(usize::MAX),
+                    }
+                    .into());
+                }
+                if tx.send(Ok(chunk)).await.is_err() {
+                    // The engine stopped reading (load failed); its events say why.
+                    break;
+                }
+            }
+            Ok(None) => break,
+            Err(e) => {
+                let msg = e.body_text();
+                let _ = tx
+                    .send(Err(std::io::Error::other(format!(
+                        "image upload interrupted: {msg}"
+                    ))))
+                    .await;
+                return Err(bad_multipart(format!(
+                    "image upload interrupted (deployment {id} fails): {msg}"
+                )));
+            }
+        }
+    }
+    drop(tx);
+    tracing::info!(%app, deployment = %id, bytes = total, "image tar received");
+    Ok(accepted(id, &app))
+}
+
+/// What `GET /v1/apps[/{app}]` shows for one app: the engine's status plus a summary.
+fn app_json(a: &AppStatus) -> Value {
+    let mut v = serde_json::to_value(a).unwrap_or(Value::Null);
+    let spec = a.current.as_ref().map(|c| &c.spec);
+    let domains: Vec<String> = spec
+        .map(|s| {
+            s.domains
+                .iter()
+                .chain(s.aliases.iter())
+                .map(|d| d.to_string())
+                .collect()
+        })
+        .unwrap_or_default();
+    let ready = a
+        .replicas
+        .iter()
+        .filter(|r| {
+            r.routing == crate::model::route::ServerState::Ready && r.running != Some(false)
+        })
+        .count();
+    let desired = spec.map_or(0, |s| s.replicas as usize);
+    let health = if a.deploying.is_some() {
+        "deploying"
+    } else if a.current.is_none() && a.discovered.is_empty() {
+        "stopped"
+    } else if ready >= desired {
+        "healthy"
+    } else if ready > 0 {
+        "degraded"
+    } else {
+        "down"
+    };
+    if let Value::Object(o) = &mut v {
+        o.insert("domains".into(), json!(domains));
+        o.insert("health".into(), json!(health));
+        o.insert("ready".into(), json!(format!("{ready}/{desired}")));
+    }
+    v
+}
+
+async fn list_apps(State(state): State<ApiState>) -> Result<Json<Value>, AppsError> {
+    let apps = engine(&state)?.apps().await?;
+    Ok(Json(
+        json!({ "apps": apps.iter().map(app_json).collect::<Vec<_>>() }),
+    ))
+}
+
+async fn get_app(
+    State(state): State<ApiState>,
+    ApiPath(app): ApiPath<String>,
+) -> Result<Json<Value>, AppsError> {
+    Ok(Json(app_json(&engine(&state)?.app(&app).await?)))
+}
+
+#[derive(Deserialize)]
+struct HistoryQuery {
+    limit: Option<usize>,
+}
+
+async fn list_deployments(
+    State(state): State<ApiState>,
+    ApiPath(app): ApiPath<String>,
+    Query(q): Query<HistoryQuery>,
+) -> Result<Json<Value>, AppsError> {
+    let engine = engine(&state)?;
+    let list = engine.deployments(&app, q.limit.unwrap_or(50).min(MAX_HISTORY))?;
+    if list.is_empty() {
+        // Distinguish "no such app" from an empty page.
+        engine.app(&app).await?;
+    }
+    Ok(Json(json!({ "deployments": list })))
+}
+
+async fn get_deployment(
+    State(state): State<ApiState>,
+    ApiPath(id): ApiPath<String>,
+) -> Result<Json<DeploymentRecord>, AppsError> {
+    Ok(Json(engine(&state)?.deployment(&id)?))
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RollbackBody {
+    deployment: Option<String>,
+}
+
+async fn rollback(
+    State(state): State<ApiState>,
+    ApiPath(app): ApiPath<String>,
+    req: Request,
+) -> Result<Response, AppsError> {
+    let engine = engine(&state)?.clone();
+    let token = req.extensions().get::<TokenId>().copied();
+    let who = who(&state, token).await;
+    let body = Bytes::from_request(req, &state)
+        .await
+        .map_err(|e| ApiError::BadRequest {
+            code: "invalid_body",
+            message: e.body_text(),
+        })?;
+    let body: RollbackBody = if body.iter().all(|b| b.is_ascii_whitespace()) {
+        RollbackBody::default()
+    } else {
+        parse_json(&body)?
+    };
+    let id = engine
+        .rollback(&app, body.deployment.as_deref(), &who)
+        .await?;
+    Ok(accepted(id, &app))
+}
+
+async fn stop(
+    State(state): State<ApiState>,
+    ApiPath(app): ApiPath<String>,
+) -> Result<Json<Value>, AppsError> {
+    engine(&state)?.stop(&app).await?;
+    Ok(Json(json!({ "app": app, "state": "stopped" })))
+}
+
+fn sse_json(v: &impl serde::Serialize) -> Event {
+    Event::default()
+        .json_data(v)
+        .unwrap_or_else(|e| Event::default().event("error").data(e.to_string()))
+}
+
+/// `GET /v1/deployments/{id}/events`: past events first, then live ones; ends after the
+/// terminal event. A deployment from an earlier run of berthd gets one event with its outcome.
+async fn events(
+    State(state): State<ApiState>,
+    ApiPath(id): ApiPath<String>,
+) -> Result<Sse<impl Stream<Item = Result<Event, Infallible>>>, AppsError> {
+    let engine = engine(&state)?;
+    let rec = engine.deployment(&id)?;
+    let (past, rx) = match engine.subscribe(&id) {
+        Some((past, rx)) => (past, Some(rx)),
+        None => {
+            let state = rec.state;
+            let done = state != DeployState::Running;
+            let ev = DeployEvent {
+                deployment: id.clone(),
+                at: rec.finished_at.unwrap_or(rec.created_at),
+                stage: state.as_str().to_string(),
+                message: rec.reason.clone().unwrap_or_else(|| {
+                    "recorded by an earlier run of berthd; no event log kept".into()
+                }),
+                state,
+                done,
+            };
+            (vec![ev], None)
+        }
+    };
+    let finished = past.last().is_some_and(|e| e.done);
+    let stop = state.stop.clone();
+    let replay = futures_util::stream::iter(past.into_iter().map(|e| Ok(sse_json(&e))));
+    let live = futures_util::stream::unfold(
+        (rx.filter(|_| !finished), stop),
+        |(rx, mut stop)| async move {
+            let mut rx = rx?;
+            loop {
+                let got = tokio::select! {
+                    r = rx.recv() => r,
+                    _ = stop.wait_for(|s| *s) => return None,
+                };
+                match got {
+                    Ok(e) => {
+                        let next = (!e.done).then_some(rx);
+                        return Some((Ok(sse_json(&e)), (next, stop)));
+                    }
+                    Err(RecvError::Lagged(_)) => continue,
+                    Err(RecvError::Closed) => return None,
+                }
+            }
+        },
+    );
+    Ok(Sse::new(replay.chain(live)).keep_alive(KeepAlive::default()))
+}
+
+#[derive(Deserialize)]
+struct LogsQuery {
+    follow: Option<bool>,
+    tail: Option<usize>,
+}
+
+/// `GET /v1/apps/{app}/logs`: one SSE event per line, `{"container": NAME, "line": TEXT}`.
+async fn logs(
+    State(state): State<ApiState>,
+    ApiPath(app): ApiPath<String>,
+    Query(q): Query<LogsQuery>,
+) -> Result<Sse<impl Stream<Item = Result<Event, Infallible>>>, AppsError> {
+    let lines = engine(&state)?.logs(&app, q.follow.unwrap_or(false), q.tail)?;
+    let mut stop = state.stop.clone();
+    let lines = lines.take_until(async move {
+        let _ = stop.wait_for(|s| *s).await;
+    });
+    let events = lines.map(|l| {
+        Ok(match l {
+            Ok(l) => {
+                // The engine prefixes each line with `[container] `.
+                let (container, line) = l
+                    .strip_prefix('[')
+                    .and_then(|r| r.split_once("] "))
+                    .map(|(c, l)| (c.to_string(), l.to_string()))
+                    .unwrap_or_else(|| (String::new(), l.clone()));
+                sse_json(&json!({ "container": container, "line": line }))
+            }
+            Err(e) => Event::default()
+                .event("error")
+                .data(json!({ "message": e.to_string() }).to_string()),
+        })
+    });
+    Ok(Sse::new(events).keep_alive(KeepAlive::default()))
+}
+
+/// `GET /v1/certificates`: every certificate served (empty when TLS is off).
+async fn certificates(State(state): State<ApiState>) -> Json<Value> {
+    let list = state
+        .certs
+        .as_ref()
+        .map(|c| {
+            let mut l = c.status();
+            l.sort_by(|a, b| a.domain.cmp(&b.domain));
+            l
+        })
+        .unwrap_or_default();
+    Json(json!({ "certificates": list }))
+}
