@@ -22,6 +22,7 @@ cleanup() {
     [ -n "${p:-}" ] && kill "$p" 2>/dev/null || true
   fi
   [ -n "$pid" ] && kill "$pid" 2>/dev/null || true
+  [ -n "${KEEP_LOG:-}" ] && cp "$work/berthd.log" /tmp/demo-berthd.log
   docker ps -aq --filter label=berth.app=demo | xargs -r docker rm -f >/dev/null 2>&1 || true
   rm -rf "$work"
 }

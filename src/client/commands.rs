@@ -81,8 +81,8 @@ pub async fn run(cli: Cli, out: &Out) -> Result<u8, ClientError> {
                             field(d, &["id"]),
                             out.state(&field(d, &["state", "status"])),
                             field(d, &["image", "spec.image"]),
-                            field(d, &["created_at", "started_at"]),
-                            field(d, &["finished_at"]),
+                            when(&field(d, &["created_at", "started_at"])),
+                            when(&field(d, &["finished_at"])),
                             field(d, &["error", "reason"]),
                         ]
                     })
@@ -293,6 +293,20 @@ fn init(name: Option<String>, force: bool, out: &Out) -> Result<u8, ClientError>
         "wrote berth.yaml for {name}; edit it, then run `berth deploy`"
     ));
     Ok(0)
+}
+
+/// Unix milliseconds (or seconds) from the API as an RFC 3339 time; other text unchanged.
+fn when(v: &str) -> String {
+    match v.parse::<u64>() {
+        Ok(n) => {
+            let secs = if n > 100_000_000_000 { n / 1000 } else { n };
+            humantime::format_rfc3339_seconds(
+                std::time::UNIX_EPOCH + std::time::Duration::from_secs(secs),
+            )
+            .to_string()
+        }
+        Err(_) => v.to_string(),
+    }
 }
 
 fn list<'a>(v: &'a Value, key: &str) -> Vec<&'a Value> {
@@ -766,7 +780,11 @@ async fn follow_deployment_state(
                 } else {
                     format!(" {message}")
                 };
-                out.line(&format!("{pfx}{mark} {stage}{msg} ({elapsed:.1}s)"));
+                if stage == state {
+                    out.line(&format!("{pfx}{mark}{msg} ({elapsed:.1}s)"));
+                } else {
+                    out.line(&format!("{pfx}{mark} {stage}{msg} ({elapsed:.1}s)"));
+                }
             }
             if !state.is_empty() {
                 last_state = state.clone();

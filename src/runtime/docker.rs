@@ -49,6 +49,33 @@ fn derr(op: &'static str) -> impl Fn(BError) -> RuntimeError {
 }
 
 impl DockerRuntime {
+    /// Keeps the oldest network with our exact name and removes the others (racing
+    /// creators all pick the same survivor, so this converges).
+    async fn dedupe_network(&self) -> Result<(), RuntimeError> {
+        let opts = bollard::query_parameters::ListNetworksOptions {
+            filters: Some(HashMap::from([(
+                "name".to_string(),
+                vec![self.network.clone()],
+            )])),
+        };
+        let mut same: Vec<(String, String)> = self
+            .docker
+            .list_networks(Some(opts))
+            .await
+            .map_err(derr("network list"))?
+            .into_iter()
+            .filter(|n| n.name.as_deref() == Some(self.network.as_str()))
+            .filter_map(|n| Some((n.created.map(|c| c.to_string()).unwrap_or_default(), n.id?)))
+            .collect();
+        same.sort();
+        for (_, id) in same.iter().skip(1) {
+            if let Err(e) = self.docker.remove_network(id).await {
+                tracing::warn!(network = %self.network, %id, error = %e, "could not remove a duplicate network");
+            }
+        }
+        Ok(())
+    }
+
     /// Connects to the local engine (`DOCKER_HOST` or /var/run/docker.sock) and negotiates the
     /// API version. Containers will join `network`.
     pub async fn connect(network: impl Into<String>) -> Result<Self, RuntimeError> {
@@ -126,6 +153,10 @@ impl ContainerRuntime for DockerRuntime {
         match self.docker.inspect_network(&self.network, None).await {
             Ok(_) => return Ok(()),
             Err(e) if status(&e) == Some(404) => {}
+            // Two processes created it at once (Docker allows duplicate names): keep one.
+            Err(e) if e.to_string().contains("ambiguous") => {
+                return self.dedupe_network().await;
+            }
             Err(e) => return Err(derr("network inspect")(e)),
         }
         let req = NetworkCreateRequest {
@@ -138,7 +169,7 @@ impl ContainerRuntime for DockerRuntime {
             ..Default::default()
         };
         match self.docker.create_network(req).await {
-            Ok(_) => Ok(()),
+            Ok(_) => self.dedupe_network().await,
             // Created concurrently by someone else: the goal holds.
             Err(e) if status(&e) == Some(409) => Ok(()),
             Err(e) => Err(derr("network create")(e)),
