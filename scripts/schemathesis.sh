@@ -49,6 +49,8 @@ http:
 api:
   listen: 127.0.0.1:$api_port
 data_dir: $work/data
+deploy:
+  network: berth-schemathesis-$$
 log:
   level: warn
   access_log: false
@@ -99,4 +101,5 @@ if grep -q "panicked" "$work/berthd.log"; then
   cat "$work/berthd.log" >&2
   exit 1
 fi
+docker network rm "berth-schemathesis-$$" >/dev/null 2>&1 || true
 exit "$status"

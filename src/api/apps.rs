@@ -6,7 +6,7 @@
 use std::convert::Infallible;
 use std::sync::Arc;
 
-use axum::extract::{DefaultBodyLimit, FromRequest, Multipart, Query, Request, State};
+use axum::extract::{DefaultBodyLimit, FromRequest, Multipart, Request, State};
 use axum::http::{header, StatusCode};
 use axum::response::sse::{Event, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
@@ -372,6 +372,16 @@ async fn get_app(
     Ok(Json(app_json(&engine(&state)?.app(&app).await?)))
 }
 
+/// Query string parsing that answers a JSON 400 (axum's `Query` rejection is plain text).
+fn query<T: serde::de::DeserializeOwned>(uri: &axum::http::Uri) -> Result<T, ApiError> {
+    axum::extract::Query::<T>::try_from_uri(uri)
+        .map(|q| q.0)
+        .map_err(|e| ApiError::BadRequest {
+            code: "invalid_query",
+            message: e.body_text(),
+        })
+}
+
 #[derive(Deserialize)]
 struct HistoryQuery {
     limit: Option<usize>,
@@ -380,8 +390,9 @@ struct HistoryQuery {
 async fn list_deployments(
     State(state): State<ApiState>,
     ApiPath(app): ApiPath<String>,
-    Query(q): Query<HistoryQuery>,
+    uri: axum::http::Uri,
 ) -> Result<Json<Value>, AppsError> {
+    let q: HistoryQuery = query(&uri)?;
     let engine = engine(&state)?;
     let list = engine.deployments(&app, q.limit.unwrap_or(50).min(MAX_HISTORY))?;
     if list.is_empty() {
@@ -505,8 +516,9 @@ struct LogsQuery {
 async fn logs(
     State(state): State<ApiState>,
     ApiPath(app): ApiPath<String>,
-    Query(q): Query<LogsQuery>,
+    uri: axum::http::Uri,
 ) -> Result<Sse<impl Stream<Item = Result<Event, Infallible>>>, AppsError> {
+    let q: LogsQuery = query(&uri)?;
     let lines = engine(&state)?.logs(&app, q.follow.unwrap_or(false), q.tail)?;
     let mut stop = state.stop.clone();
     let lines = lines.take_until(async move {
