@@ -23,7 +23,7 @@ use crate::model::host::normalize_host;
 use crate::model::route::{BalancerKind, Lookup, OnDown, PickContext, PickError, Route};
 
 use super::body::{AccessLog, BodyTooLarge, Completion, RequestBody, ResponseBody};
-use super::headers::{is_upgrade_request, set_forwarded, strip_hop_by_hop};
+use super::headers::{is_upgrade_request, set_forwarded_cached, strip_hop_by_hop};
 use super::server::ConnState;
 use super::{Proxy, Tables};
 
@@ -201,9 +201,10 @@ impl Proxy {
         let mut headers = parts.headers;
         strip_hop_by_hop(&mut headers, upgrade);
         join_cookies(&mut headers);
-        set_forwarded(
+        set_forwarded_cached(
             &mut headers,
             peer.ip(),
+            done.conn.as_ref().and_then(|c| c.peer_ip.as_ref()),
             scheme,
             &raw_host,
             &self.settings.trusted_proxies,

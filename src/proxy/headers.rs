@@ -29,6 +29,14 @@ fn connection_has(headers: &HeaderMap, token: &str) -> bool {
 /// Removes hop-by-hop headers. With `keep_upgrade`, `Connection: upgrade` and `Upgrade` stay
 /// (the upgrade handshake itself must reach the other side).
 pub fn strip_hop_by_hop(headers: &mut HeaderMap, keep_upgrade: bool) {
+    // Fast path: one scan of the names; most messages carry no hop-by-hop header at all,
+    // and then the map is left untouched (each `remove` would hash the name).
+    if !headers.keys().any(is_hop_by_hop_name) {
+        if keep_upgrade {
+            headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
+        }
+        return;
+    }
     // Headers named by Connection are hop-by-hop too.
     let named: Vec<HeaderName> = headers
         .get_all(header::CONNECTION)
@@ -61,6 +69,25 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap, keep_upgrade: bool) {
     }
 }
 
+/// Whether `name` is one of the fixed hop-by-hop headers (those named by `Connection` aside,
+/// which can only matter when `Connection` itself is present).
+fn is_hop_by_hop_name(name: &HeaderName) -> bool {
+    name == header::CONNECTION
+        || name == header::UPGRADE
+        || name == header::TE
+        || name == header::TRAILER
+        || name == header::TRANSFER_ENCODING
+        || name == header::PROXY_AUTHENTICATE
+        || name == header::PROXY_AUTHORIZATION
+        || name == KEEP_ALIVE
+        || name == PROXY_CONNECTION
+}
+
+/// The peer address as a header value, formatted once per client connection.
+pub fn peer_header_value(peer: IpAddr) -> Option<HeaderValue> {
+    HeaderValue::from_str(&canonical_ip(peer).to_string()).ok()
+}
+
 /// Strips IPv4-mapped IPv6 (`::ffff:1.2.3.4`) down to IPv4.
 pub fn canonical_ip(ip: IpAddr) -> IpAddr {
     match ip {
@@ -69,6 +96,31 @@ pub fn canonical_ip(ip: IpAddr) -> IpAddr {
             .map(IpAddr::V4)
             .unwrap_or(IpAddr::V6(v6)),
         v4 => v4,
+    }
+}
+
+/// `set_forwarded` with the peer's address already formatted (`peer_value`, from
+/// `peer_header_value`): an untrusted peer's chain is just itself, so nothing is parsed or
+/// formatted per request. A trusted peer takes the general path.
+pub fn set_forwarded_cached(
+    headers: &mut HeaderMap,
+    peer: IpAddr,
+    peer_value: Option<&HeaderValue>,
+    scheme: &'static str,
+    host: &str,
+    trusted: &[ipnet::IpNet],
+) {
+    let untrusted = trusted.is_empty() || !trusted.iter().any(|n| n.contains(&canonical_ip(peer)));
+    match peer_value {
+        Some(v) if untrusted => {
+            headers.insert(X_FORWARDED_FOR, v.clone());
+            headers.insert(X_REAL_IP, v.clone());
+            headers.insert(X_FORWARDED_PROTO, HeaderValue::from_static(scheme));
+            if let Ok(h) = HeaderValue::from_str(host) {
+                headers.insert(X_FORWARDED_HOST, h);
+            }
+        }
+        _ => set_forwarded(headers, peer, scheme, host, trusted),
     }
 }
 
@@ -163,6 +215,45 @@ mod tests {
         strip_hop_by_hop(&mut h, true);
         assert_eq!(h.get("upgrade").unwrap(), "websocket");
         assert_eq!(h.get("connection").unwrap(), "upgrade");
+    }
+
+    #[test]
+    fn hop_by_hop_fast_path_leaves_plain_headers() {
+        let mut h = map(&[("host", "a"), ("accept", "*/*"), ("x-keep-alive", "1")]);
+        let before = h.clone();
+        strip_hop_by_hop(&mut h, false);
+        assert_eq!(h, before);
+        strip_hop_by_hop(&mut h, true);
+        assert_eq!(h.get("connection").unwrap(), "upgrade");
+        assert_eq!(h.len(), before.len() + 1);
+    }
+
+    #[test]
+    fn forwarded_cached_matches_general() {
+        let trusted: Vec<ipnet::IpNet> = vec!["10.0.0.0/8".parse().unwrap()];
+        let incoming: &[(&str, &str)] = &[
+            ("x-forwarded-for", "5.5.5.5, 10.0.0.9"),
+            ("x-forwarded-proto", "https"),
+            ("x-forwarded-host", "evil.example"),
+            ("x-real-ip", "7.7.7.7"),
+        ];
+        for peer in [
+            "1.2.3.4",
+            "10.0.0.1",
+            "::ffff:1.2.3.4",
+            "::1",
+            "::ffff:10.0.0.2",
+        ] {
+            for trusted in [&trusted[..], &[][..]] {
+                let ip: IpAddr = peer.parse().unwrap();
+                let mut a = map(incoming);
+                let mut b = map(incoming);
+                set_forwarded(&mut a, ip, "https", "example.com", trusted);
+                let v = peer_header_value(ip);
+                set_forwarded_cached(&mut b, ip, v.as_ref(), "https", "example.com", trusted);
+                assert_eq!(a, b, "peer {peer}, trusted {trusted:?}");
+            }
+        }
     }
 
     #[test]

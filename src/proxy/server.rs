@@ -46,11 +46,14 @@ pub struct ConnState {
     timed_out: AtomicBool,
     proto: AtomicU8,
     read_waker: AtomicWaker,
+    /// The client's IP as a header value, formatted once per connection (forwarded headers).
+    pub peer_ip: Option<http::HeaderValue>,
 }
 
 impl ConnState {
-    fn new() -> Self {
+    fn new(peer: SocketAddr) -> Self {
         Self {
+            peer_ip: super::headers::peer_header_value(peer.ip()),
             inflight: AtomicU32::new(0),
             last_active: AtomicU64::new(now_ms()),
             head_started: AtomicU64::new(0),
@@ -225,7 +228,7 @@ pub async fn serve_connection<T>(
 ) where
     T: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
-    let state = Arc::new(ConnState::new());
+    let state = Arc::new(ConnState::new(peer));
     let io = TokioIo::new(TrackedIo {
         inner: io,
         state: state.clone(),
