@@ -662,7 +662,7 @@ scenario_updates() {
     mkdir -p "$WORK/$name/data"
     chmod 700 "$WORK/$name/data"
     berthd_config "$name" none >"$WORK/$name/berthd.yaml"
-    UPDATES_TOKEN=$("$BERTHD" --config "$WORK/$name/berthd.yaml" token create bench 2>/dev/null) ||
+    UPDATES_TOKEN=$("$BERTHD" --config "$WORK/$name/berthd.yaml" token create --name bench 2>/dev/null) ||
         die "berthd token create failed"
     [ -n "$UPDATES_TOKEN" ] || die "berthd token create printed no token"
     start_berthd_as "$name" "$BERTHD" none
