@@ -2,8 +2,9 @@
 """Aggregates bench/run.sh measurements: medians per (proxy, scenario), ratio to HAProxy.
 
   report.py line RAW.jsonl                      one progress line for the last measurement
-  report.py summary RAW.jsonl META.json [--json OUT] [--markdown]
-                                                the table (stdout) and the JSON document
+  report.py summary RAW.jsonl META.json [--extra EXTRA.jsonl] [--json OUT] [--markdown]
+                                                the table (stdout) and the JSON document;
+                                                EXTRA has the updates/torture/deploy results
   report.py table results/latest.json [--markdown]   the table of a saved run
 
 RAW.jsonl has one object per measured cell and round (written by run.sh); the "wrk" member is
@@ -139,6 +140,8 @@ def table(cells, markdown=False):
         "vs HAProxy",
     ]
     rows = []
+    if not cells:
+        return "(no load scenarios in this run)"
     for c in cells:
         m = c["median"]
         ratio = c["rps_vs_haproxy"]
@@ -170,6 +173,83 @@ def table(cells, markdown=False):
     return "\n".join([fmt(head), fmt(["-" * w for w in widths])] + [fmt(r) for r in rows])
 
 
+def median_of(xs):
+    return statistics.median(xs) if xs else None
+
+
+def extras_report(cells, extra):
+    """The updates, torture and deploy sections: (text lines, JSON document)."""
+    lines, doc = [], {}
+    upd = [e for e in extra if e.get("part") == "updates"]
+    off = next((c for c in cells if c["scenario"] == "updates-off"), None)
+    on = next((c for c in cells if c["scenario"] == "updates-on"), None)
+    if upd and off and on:
+        ratio = on["median"]["rps"] / off["median"]["rps"] if off["median"]["rps"] else None
+        failed_load = on["errors_total"]
+        doc["updates"] = {
+            "rounds": upd,
+            "updates_sent": sum(e["sent"] for e in upd),
+            "updates_applied": sum(e["applied"] for e in upd),
+            "updates_failed": sum(e["failed"] for e in upd),
+            "update_rate_per_s_median": median_of([e["rate_per_s"] for e in upd]),
+            "api_p99_ms_median": median_of([e["api_p99_ms"] for e in upd if e["api_p99_ms"] is not None]),
+            "rps_without": off["median"]["rps"],
+            "rps_with": on["median"]["rps"],
+            "rps_ratio": ratio,
+            "p99_ms_without": off["median"]["p99_ms"],
+            "p99_ms_with": on["median"]["p99_ms"],
+            "failed_requests_with_updates": failed_load,
+            "failed_requests_without_updates": off["errors_total"],
+            "requests_with_updates": on["requests_total"],
+        }
+        u = doc["updates"]
+        lines += [
+            "",
+            f"Route updates under keep-alive load (berthd, {len(upd)} rounds, rows updates-off/updates-on above):",
+            f"  updates applied {u['updates_applied']} of {u['updates_sent']} sent "
+            f"({u['updates_failed']} failed), {u['update_rate_per_s_median']}/s, API p99 {u['api_p99_ms_median']} ms",
+            f"  req/s without {u['rps_without']:.0f}, with {u['rps_with']:.0f} -> ratio {ratio:.2f}x; "
+            f"p99 {u['p99_ms_without']:.2f} -> {u['p99_ms_with']:.2f} ms",
+            f"  failed requests during updates: {failed_load} of {u['requests_with_updates']} "
+            "(wrk socket errors + status >= 400; goal 0)",
+        ]
+    tort = [e for e in extra if e.get("part") == "torture"]
+    if tort:
+        doc["torture"] = []
+        lines += ["", "Reload torture (reloads/s under Connection: close load + keep-alive connections):"]
+        head = ["proxy", "reloads", "reload fails", "requests", "failures", "per 10k", "close fails",
+                "ka fails", "close req/s", "close p99 ms"]
+        rows = []
+        for e in tort:
+            req = e["close"]["requests"] + e["keepalive"]["requests"]
+            fails = e["close"]["failures"] + e["keepalive"]["failures"]
+            per10k = 1e4 * fails / req if req else 0.0
+            row = dict(e, requests=req, failures=fails, failures_per_10k=per10k)
+            doc["torture"].append(row)
+            rows.append([e["proxy"].removesuffix("_t"), f"{e['reloads']} in {e['reload_seconds']:.1f}s",
+                         str(e["reload_failures"]), str(req), str(fails), f"{per10k:.2f}",
+                         str(e["close"]["failures"]), str(e["keepalive"]["failures"]),
+                         f"{e['close']['rps']:.0f}", f"{e['close']['p99_ms']:.2f}"])
+        widths = [max(len(h), *(len(r[i]) for r in rows)) for i, h in enumerate(head)]
+        lines.append("  " + "  ".join(h.rjust(widths[i]) for i, h in enumerate(head)))
+        lines += ["  " + "  ".join(v.rjust(widths[i]) for i, v in enumerate(r)) for r in rows]
+        lines.append("  failures: wrk connect+read+write+timeout errors + status >= 400, both loads together")
+    dep = [e for e in extra if e.get("part") == "deploy"]
+    if dep:
+        d = dep[-1]
+        doc["deploy"] = d
+        lines.append("")
+        if "skipped" in d:
+            lines.append(f"Deploy timing: skipped ({d['skipped']})")
+        else:
+            lines.append(
+                f"Deploy timing (3 replicas, rolling, image loaded): call -> 100% new version "
+                f"{d['call_to_full_ms']} ms = Docker create/start {d['docker_ms']} ms + app health "
+                f"{d['app_health_ms']} ms + Berth {d['berth_ms']} ms; call -> done {d['call_to_done_ms']} ms"
+            )
+    return lines, doc
+
+
 def cmd_summary(args):
     raw = load(args.raw)
     with open(args.meta) as f:
@@ -199,8 +279,12 @@ def cmd_summary(args):
         "(nginx: master + worker). proxy CPU%: CPU time of the proxy / wall time (100 = one core). "
         "CPU us/req: proxy CPU time / requests, split into user and kernel time."
     )
+    extra = load(args.extra) if args.extra else []
+    lines, extra_doc = extras_report(cells, extra)
+    for line in lines:
+        print(line)
     if args.json:
-        doc = {"meta": meta, "cells": cells}
+        doc = {"meta": meta, "cells": cells, **extra_doc}
         with open(args.json, "w") as f:
             json.dump(doc, f, indent=2)
             f.write("\n")
@@ -221,6 +305,7 @@ def main():
     p = sub.add_parser("summary")
     p.add_argument("raw")
     p.add_argument("meta")
+    p.add_argument("--extra")
     p.add_argument("--json")
     p.add_argument("--markdown", action="store_true")
     p.set_defaults(func=cmd_summary)

@@ -9,11 +9,17 @@
 # median per cell. Results: a table on stdout and JSON in bench/results/latest.json.
 #
 # Usage: bash bench/run.sh            (env knobs below, e.g. ROUNDS=5 DURATION=20 bash bench/run.sh)
-#        bash bench/run.sh --planned  (also list the planned scenarios; they are not measured yet)
+#        bash bench/run.sh --only basic,https,updates,torture,deploy   (any subset; default all)
 #        bash bench/run.sh --profile  (berthd only: perf profile under load, see bench/README.md)
 #
-# Needs: haproxy, nginx-light, wrk, curl, python3, taskset/setsid (util-linux), cargo (unless
-# BERTHD=...); linux-perf for --profile.
+# Parts: basic = keepalive + close over HTTP; https = https-keepalive + https-close (same
+# self-signed ECDSA certificate for all three); updates = berthd keep-alive load with and without
+# ~100 API route updates/s; torture = 10 reloads/s for 10 s under new-connection load (berthd
+# upgrade, HAProxy master-worker SIGUSR2, nginx -s reload); deploy = the docker_deploy system
+# test's 3-replica rolling deploy timing (needs dockerd).
+#
+# Needs: haproxy, nginx-light, wrk, curl, openssl, python3, taskset/setsid (util-linux), cargo
+# (unless BERTHD=...); linux-perf for --profile; docker for deploy.
 set -euo pipefail
 
 BENCH_DIR=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
@@ -28,8 +34,13 @@ ROUNDS=${ROUNDS:-3}               # interleaved rounds; the table shows the medi
 KA_CONNS=${KA_CONNS:-64}          # connections in the keep-alive scenario
 CLOSE_CONNS=${CLOSE_CONNS:-16}    # connections in the new-connection-per-request scenario
 PROXIES=${PROXIES:-"berthd ${BERTHD_B:+berthd_b }haproxy nginx"}
-SCENARIOS=${SCENARIOS:-"keepalive close"}
-BASE_PORT=${BASE_PORT:-18480}     # backend; berthd +1, haproxy +2, nginx +3, berthd_b +4; APIs +9/+10
+SCENARIOS=${SCENARIOS:-}         # wrk load shapes; default from --only (basic, https)
+BASE_PORT=${BASE_PORT:-18480}     # backend +0/+6; proxies +1..+4, TLS +41..+44; APIs +9/+10; see below
+UPDATE_RATE=${UPDATE_RATE:-100}   # updates: API updates per second during the load
+UPDATE_ROUNDS=${UPDATE_ROUNDS:-2} # updates: interleaved quiet/updates runs, median shown
+RELOAD_RATE=${RELOAD_RATE:-10}    # torture: reloads per second ...
+RELOAD_SECS=${RELOAD_SECS:-10}    # ... for this long (bounded: RATE*SECS reloads per proxy)
+TORTURE_KA_CONNS=${TORTURE_KA_CONNS:-8} # torture: keep-alive connections next to the close load
 LOAD_CPU=${LOAD_CPU:-0}           # wrk and the backend
 PROXY_CPU=${PROXY_CPU:-1}         # the proxy under test
 BERTHD=${BERTHD:-$REPO/target/release/berthd}
@@ -37,16 +48,30 @@ BERTHD_B=${BERTHD_B:-}            # optional second berthd binary ("berthd_b") f
 BUILD=${BUILD:-1}                 # 1: cargo build --release first (no-op when up to date)
 OUT=${OUT:-$BENCH_DIR/results/latest.json}
 HOST_HEADER=bench.test
-RUN_PLANNED=0
+ONLY=basic,https,updates,torture,deploy
 PROFILE=0
-for arg in "$@"; do
-    case "$arg" in
-        --planned) RUN_PLANNED=1 ;;
+while [ $# -gt 0 ]; do
+    case "$1" in
+        --only) ONLY=${2:?--only needs a list, e.g. basic,https}; shift ;;
+        --only=*) ONLY=${1#--only=} ;;
         --profile) PROFILE=1 ;;
-        -h|--help) sed -n '2,17p' "$0"; exit 0 ;;
-        *) echo "run.sh: unknown argument $arg (try --help)" >&2; exit 2 ;;
+        -h|--help) sed -n '2,24p' "$0"; exit 0 ;;
+        *) echo "run.sh: unknown argument $1 (try --help)" >&2; exit 2 ;;
+    esac
+    shift
+done
+for part in ${ONLY//,/ }; do
+    case "$part" in
+        basic|https|updates|torture|deploy) ;;
+        *) echo "run.sh: unknown part $part in --only (basic, https, updates, torture, deploy)" >&2; exit 2 ;;
     esac
 done
+want() { case ",$ONLY," in *",$1,"*) return 0 ;; *) return 1 ;; esac; }
+if [ -z "$SCENARIOS" ]; then
+    want basic && SCENARIOS="keepalive close"
+    want https && SCENARIOS="$SCENARIOS https-keepalive https-close"
+    SCENARIOS=${SCENARIOS# }
+fi
 
 # CPU priority. The machine is shared, and with autogroup scheduling a plain `nice` only counts
 # inside one session, so the run moves into its own session (setsid) and gives that session's
@@ -69,9 +94,14 @@ if [ "$BENCH_NICE" != 0 ] && [ -n "${BERTH_BENCH_SESSION:-}" ]; then
 fi
 
 BACKEND_PORT=$BASE_PORT
+BACKEND2_PORT=$((BASE_PORT + 6))  # second listener of the same backend (route updates switch to it)
 declare -A PORT=([berthd]=$((BASE_PORT + 1)) [haproxy]=$((BASE_PORT + 2)) [nginx]=$((BASE_PORT + 3))
-                [berthd_b]=$((BASE_PORT + 4)))
-declare -A API_PORT=([berthd]=$((BASE_PORT + 9)) [berthd_b]=$((BASE_PORT + 10)))
+                [berthd_b]=$((BASE_PORT + 4)) [berthd_u]=$((BASE_PORT + 5))
+                [berthd_t]=$((BASE_PORT + 21)) [haproxy_t]=$((BASE_PORT + 22)) [nginx_t]=$((BASE_PORT + 23)))
+declare -A TLS_PORT=([berthd]=$((BASE_PORT + 41)) [haproxy]=$((BASE_PORT + 42)) [nginx]=$((BASE_PORT + 43))
+                    [berthd_b]=$((BASE_PORT + 44)))
+declare -A API_PORT=([berthd]=$((BASE_PORT + 9)) [berthd_b]=$((BASE_PORT + 10)) [berthd_u]=$((BASE_PORT + 11))
+                    [berthd_t]=$((BASE_PORT + 12)))
 
 log() { printf '[bench %s] %s\n' "$(date -u +%H:%M:%S)" "$*" >&2; }
 die() { log "error: $*"; exit 1; }
@@ -86,6 +116,8 @@ declare -A PROC_PID=()            # name -> main PID (backend, berthd, haproxy, 
 cleanup() {
     local rc=$?
     local pid
+    # berthd upgrades (torture) leave successors that are not our children: stop them by PID.
+    [ ! -f "$WORK/berthd_t.pids" ] || stop_berthd_t
     for pid in "${STARTED[@]}"; do
         kill -TERM "$pid" 2>/dev/null || true
     done
@@ -154,21 +186,34 @@ cpu_busy_ticks() {
     awk -v c="cpu$1" '$1 == c {print $2 + $3 + $4 + $7 + $8 + $9}' /proc/stat
 }
 
-wait_http() { # wait_http PORT NAME: until a request through it returns 200 (10 s deadline)
-    local port=$1 name=$2 deadline=$((SECONDS + 10))
+wait_http() { # wait_http PORT NAME [https]: until a request through it returns 200 (10 s deadline)
+    local port=$1 name=$2 scheme=${3:-http} deadline=$((SECONDS + 10))
     while [ "$SECONDS" -lt "$deadline" ]; do
         if ! kill -0 "${PROC_PID[$name]}" 2>/dev/null; then
             cat "$WORK/$name.log" >&2 || true
             die "$name exited during start-up"
         fi
-        if [ "$(curl -s -o /dev/null -w '%{http_code}' -H "Host: $HOST_HEADER" \
-                --max-time 1 "http://127.0.0.1:$port/" 2>/dev/null)" = 200 ]; then
+        if [ "$(curl -sk -o /dev/null -w '%{http_code}' -H "Host: $HOST_HEADER" \
+                --max-time 1 "$scheme://127.0.0.1:$port/" 2>/dev/null)" = 200 ]; then
             return 0
         fi
         sleep 0.1
     done
     cat "$WORK/$name.log" >&2 || true
-    die "$name did not answer 200 on 127.0.0.1:$port within 10 s"
+    die "$name did not answer 200 on $scheme://127.0.0.1:$port within 10 s"
+}
+
+# One self-signed ECDSA P-256 certificate for bench.test, shared by the three proxies (HTTPS).
+make_cert() {
+    local d=$WORK/cert
+    mkdir -p "$d"
+    openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes -days 7 \
+        -subj "/CN=$HOST_HEADER" -addext "subjectAltName=DNS:$HOST_HEADER" \
+        -keyout "$d/key.pem" -out "$d/cert.pem" 2>/dev/null || die "openssl could not make the bench certificate"
+    cat "$d/cert.pem" "$d/key.pem" >"$d/combined.pem"   # HAProxy wants both in one file
+    CERT=$d/cert.pem
+    KEY=$d/key.pem
+    COMBINED=$d/combined.pem
 }
 
 # ---------------------------------------------------------------------------------------------
@@ -176,11 +221,11 @@ wait_http() { # wait_http PORT NAME: until a request through it returns 200 (10 
 # ---------------------------------------------------------------------------------------------
 preflight() {
     local missing=()
-    for tool in haproxy nginx wrk curl python3 taskset pgrep; do
+    for tool in haproxy nginx wrk curl openssl python3 taskset pgrep; do
         command -v "$tool" >/dev/null 2>&1 || missing+=("$tool")
     done
     [ ${#missing[@]} -eq 0 ] ||
-        die "missing: ${missing[*]} (apt-get install -y haproxy nginx-light wrk curl python3 util-linux procps)"
+        die "missing: ${missing[*]} (apt-get install -y haproxy nginx-light wrk curl openssl python3 util-linux procps)"
     local ncpu
     ncpu=$(nproc)
     [ "$ncpu" -gt "$LOAD_CPU" ] && [ "$ncpu" -gt "$PROXY_CPU" ] ||
@@ -193,7 +238,7 @@ preflight() {
         esac
     done
     for s in $SCENARIOS; do
-        declare -F "wrk_args_$s" >/dev/null || die "unknown scenario $s"
+        declare -F "wrk_args_${s//-/_}" >/dev/null || die "unknown scenario $s"
     done
 }
 
@@ -228,6 +273,7 @@ http {
     keepalive_timeout 120s;
     server {
         listen 127.0.0.1:$BACKEND_PORT;
+        listen 127.0.0.1:$BACKEND2_PORT;
         default_type text/plain;
         location / { return 200 "hello from the bench backend\n"; }
     }
@@ -245,12 +291,12 @@ EOF
 start_berthd() { start_berthd_as berthd "$BERTHD"; }
 start_berthd_b() { start_berthd_as berthd_b "$BERTHD_B"; }
 
-start_berthd_as() {
-    local name=$1 bin=$2
+# berthd_config NAME [routes]: the bench config of berthd instance NAME on stdout. With "routes"
+# (the default) the bench route is in the config; with "none" it is left to the API.
+berthd_config() {
+    local name=$1 routes=${2:-routes}
     local d=$WORK/$name
-    [ -x "$bin" ] || die "no berthd binary at $bin"
-    mkdir -p "$d/data"
-    cat >"$d/berthd.yaml" <<EOF
+    cat <<EOF
 http:
   listen: "127.0.0.1:${PORT[$name]}"
 api:
@@ -261,17 +307,42 @@ proxy:
 log:
   level: warn
   access_log: false
+EOF
+    if [ -n "${TLS_PORT[$name]:-}" ]; then
+        cat <<EOF
+tls:
+  listen: "127.0.0.1:${TLS_PORT[$name]}"
+  redirect: false
+  certs: [{cert: "$CERT", key: "$KEY"}]
+  default_cert: {cert: "$CERT", key: "$KEY"}
+EOF
+    fi
+    if [ "$routes" = routes ]; then
+        cat <<EOF
 routes:
   - domains: ["$HOST_HEADER"]
     backends:
       - address: "127.0.0.1:$BACKEND_PORT"
 EOF
-    "$bin" check-config "$d/berthd.yaml" >&2 || die "$name rejected the bench config"
-    start "$name" "$PROXY_CPU" "$bin" --config "$d/berthd.yaml"
-    wait_http "${PORT[$name]}" "$name"
+    fi
 }
 
-start_haproxy() {
+start_berthd_as() {
+    local name=$1 bin=$2 routes=${3:-routes}
+    local d=$WORK/$name
+    [ -x "$bin" ] || die "no berthd binary at $bin"
+    mkdir -p "$d/data"
+    chmod 700 "$d/data"
+    berthd_config "$name" "$routes" >"$d/berthd.yaml"
+    "$bin" check-config "$d/berthd.yaml" >&2 || die "$name rejected the bench config"
+    start "$name" "$PROXY_CPU" "$bin" --config "$d/berthd.yaml"
+    if [ "$routes" = routes ]; then
+        wait_http "${PORT[$name]}" "$name"
+        [ -z "${TLS_PORT[$name]:-}" ] || wait_http "${TLS_PORT[$name]}" "$name" https
+    fi
+}
+
+write_haproxy_cfg() {
     local d=$WORK/haproxy
     mkdir -p "$d"
     cat >"$d/haproxy.cfg" <<EOF
@@ -289,7 +360,9 @@ defaults
     http-reuse always
 frontend fe
     bind 127.0.0.1:${PORT[haproxy]}
-    http-request set-header X-Forwarded-Proto http
+    bind 127.0.0.1:${TLS_PORT[haproxy]} ssl crt $COMBINED alpn http/1.1
+    http-request set-header X-Forwarded-Proto https if { ssl_fc }
+    http-request set-header X-Forwarded-Proto http if !{ ssl_fc }
     http-request set-header X-Forwarded-Host %[req.hdr(host)]
     http-request set-header X-Real-IP %[src]
     acl bench hdr(host) -i $HOST_HEADER
@@ -298,13 +371,19 @@ frontend fe
 backend be
     server s1 127.0.0.1:$BACKEND_PORT
 EOF
+}
+
+start_haproxy() {
+    local d=$WORK/haproxy
+    write_haproxy_cfg
     haproxy -c -q -f "$d/haproxy.cfg" || die "haproxy rejected the bench config"
     # -db: foreground, one process (no master), so RSS/CPU of that PID is the whole proxy.
     start haproxy "$PROXY_CPU" haproxy -db -f "$d/haproxy.cfg"
     wait_http "${PORT[haproxy]}" haproxy
+    wait_http "${TLS_PORT[haproxy]}" haproxy https
 }
 
-start_nginx() {
+write_nginx_conf() {
     local d=$WORK/nginx
     mkdir -p "$d/tmp"
     cat >"$d/nginx.conf" <<EOF
@@ -327,12 +406,17 @@ http {
         keepalive 64;
         keepalive_requests 10000000;
     }
+    ssl_certificate $CERT;
+    ssl_certificate_key $KEY;
+    ssl_protocols TLSv1.2 TLSv1.3;
     server {
         listen 127.0.0.1:${PORT[nginx]} default_server;
+        listen 127.0.0.1:${TLS_PORT[nginx]} ssl default_server;
         return 404 "no route for this host\n";
     }
     server {
         listen 127.0.0.1:${PORT[nginx]};
+        listen 127.0.0.1:${TLS_PORT[nginx]} ssl;
         server_name $HOST_HEADER;
         location / {
             proxy_pass http://be;
@@ -347,29 +431,48 @@ http {
     }
 }
 EOF
+}
+
+start_nginx() {
+    local d=$WORK/nginx
+    write_nginx_conf
     nginx -t -q -c "$d/nginx.conf" -p "$d" -e "$d/error.log" || die "nginx rejected the bench config"
     # Master + one worker, both pinned (the worker inherits the affinity); RSS/CPU are summed.
     start nginx "$PROXY_CPU" nginx -c "$d/nginx.conf" -p "$d" -e "$d/error.log"
     wait_http "${PORT[nginx]}" nginx
+    wait_http "${TLS_PORT[nginx]}" nginx https
 }
 
 # ---------------------------------------------------------------------------------------------
 # Scenarios: wrk_args_NAME prints the wrk arguments for scenario NAME. Add a scenario by adding
 # a function here and its name to SCENARIOS.
 # ---------------------------------------------------------------------------------------------
+# Scenario names may contain '-' (https-keepalive -> wrk_args_https_keepalive).
 wrk_args_keepalive() { echo "-c$KA_CONNS"; }
 wrk_args_close() { echo "-c$CLOSE_CONNS"; echo "-H"; echo "Connection: close"; }
+# HTTPS: wrk (OpenSSL) negotiates TLS 1.3; it never resumes sessions, so with Connection: close
+# every request is a new TCP connection with a full handshake (ECDHE + ECDSA P-256 signature).
+wrk_args_https_keepalive() { wrk_args_keepalive; }
+wrk_args_https_close() { wrk_args_close; }
+
+# url_of PROXY SCENARIO: where the load goes.
+url_of() {
+    case "$2" in
+        https-*) echo "https://127.0.0.1:${TLS_PORT[$1]}/" ;;
+        *) echo "http://127.0.0.1:${PORT[$1]}/" ;;
+    esac
+}
 
 # run_wrk PROXY SCENARIO SECONDS [extra wrk args...]: one wrk run against PROXY, pinned.
 run_wrk() {
     local proxy=$1 scenario=$2 secs=$3
     shift 3
     local args=()
-    mapfile -t args < <("wrk_args_$scenario")
+    mapfile -t args < <("wrk_args_${scenario//-/_}")
     # wrk stops at -d; `timeout` is a second bound in case it ever hangs.
     timeout --kill-after=5 $((secs + 30)) \
         taskset -c "$LOAD_CPU" wrk -t1 "${args[@]}" -d"${secs}s" --timeout 5s \
-        -H "Host: $HOST_HEADER" "$@" "http://127.0.0.1:${PORT[$proxy]}/"
+        -H "Host: $HOST_HEADER" "$@" "$(url_of "$proxy" "$scenario")"
 }
 
 # Fails loudly (with the server's log) if a server we started is gone.
@@ -381,10 +484,12 @@ ensure_alive() {
     fi
 }
 
-# measure PROXY SCENARIO ROUND: warm-up, then one measured run; appends a JSON line to raw.jsonl.
+# measure PROXY SCENARIO ROUND [LABEL]: warm-up, then one measured run; appends a JSON line to
+# raw.jsonl (scenario recorded as LABEL if given). If DURING_MEASURE names a function, it runs in
+# the background during the measured run and is waited for afterwards.
 measure() {
-    local proxy=$1 scenario=$2 round=$3
-    local out=$WORK/wrk-$proxy-$scenario-$round.txt
+    local proxy=$1 scenario=$2 round=$3 label=${4:-$2}
+    local out=$WORK/wrk-$proxy-$label-$round.txt
     ensure_alive backend
     ensure_alive "$proxy"
     run_wrk "$proxy" "$scenario" "$WARMUP" >/dev/null
@@ -394,7 +499,13 @@ measure() {
     local t0 u0 s0 bu0 bs0 l0 p0
     t0=$(date +%s.%N); read -r u0 s0 < <(cpu_ticks $pids); read -r bu0 bs0 < <(cpu_ticks $(pids_of backend))
     l0=$(cpu_busy_ticks "$LOAD_CPU"); p0=$(cpu_busy_ticks "$PROXY_CPU")
+    local during_pid=
+    if [ -n "${DURING_MEASURE:-}" ]; then
+        "$DURING_MEASURE" "$round" &
+        during_pid=$!
+    fi
     run_wrk "$proxy" "$scenario" "$DURATION" --latency -s "$BENCH_DIR/report.lua" >"$out"
+    [ -z "$during_pid" ] || wait "$during_pid" || die "$DURING_MEASURE failed"
     local t1 u1 s1 bu1 bs1 l1 p1 rss
     t1=$(date +%s.%N); read -r u1 s1 < <(cpu_ticks $pids); read -r bu1 bs1 < <(cpu_ticks $(pids_of backend))
     l1=$(cpu_busy_ticks "$LOAD_CPU"); p1=$(cpu_busy_ticks "$PROXY_CPU")
@@ -408,7 +519,7 @@ measure() {
         worker_rss=$(rss_kb $(pgrep -P "${PROC_PID[nginx]}" || true))
     fi
     printf '{"proxy":"%s","scenario":"%s","round":%d,"wall_s":%s,"proxy_user_ticks":%d,"proxy_sys_ticks":%d,"backend_cpu_ticks":%d,"load_cpu_busy_ticks":%d,"proxy_cpu_busy_ticks":%d,"clk_tck":%d,"rss_kb":%d,"worker_rss_kb":%d,"processes":%d,"wrk":%s}\n' \
-        "$proxy" "$scenario" "$round" "$(awk -v a="$t0" -v b="$t1" 'BEGIN {printf "%.3f", b - a}')" \
+        "$proxy" "$label" "$round" "$(awk -v a="$t0" -v b="$t1" 'BEGIN {printf "%.3f", b - a}')" \
         $((u1 - u0)) $((s1 - s0)) $((bu1 + bs1 - bu0 - bs0)) $((l1 - l0)) $((p1 - p0)) "$(getconf CLK_TCK)" \
         "$rss" "$worker_rss" "$(echo $pids | wc -w)" "$wrk_json" >>"$WORK/raw.jsonl"
     python3 "$BENCH_DIR/report.py" line "$WORK/raw.jsonl" >&2
@@ -470,21 +581,29 @@ main() {
     log "work dir $WORK; proxies on CPU $PROXY_CPU, wrk + backend on CPU $LOAD_CPU"
     log "load average before: $load_before (other processes on this machine share both CPUs)"
 
+    make_cert
     start_backend
-    for p in $PROXIES; do
-        "start_$p"
-    done
     : >"$WORK/raw.jsonl"
+    : >"$WORK/extra.jsonl"
+    if [ -n "$SCENARIOS" ]; then
+        for p in $PROXIES; do
+            "start_$p"
+        done
+    fi
     local cells
     cells=$(( ROUNDS * $(echo $PROXIES | wc -w) * $(echo $SCENARIOS | wc -w) ))
     log "$cells cells of ${WARMUP}+${DURATION} s: about $(( cells * (WARMUP + DURATION + 1) / 60 + 1 )) min"
     for round in $(seq 1 "$ROUNDS"); do
+        [ -n "$SCENARIOS" ] || break
         for p in $PROXIES; do
             for s in $SCENARIOS; do
                 measure "$p" "$s" "$round"
             done
         done
     done
+    ! want updates || scenario_updates
+    ! want torture || scenario_torture
+    ! want deploy || scenario_deploy
     local load_after
     load_after=$(cut -d' ' -f1-3 /proc/loadavg)
 
@@ -506,53 +625,254 @@ meta = {
     "load_average_after": "$load_after",
     "settings": {"duration_s": $DURATION, "warmup_s": $WARMUP, "rounds": $ROUNDS,
                  "keepalive_connections": $KA_CONNS, "close_connections": $CLOSE_CONNS,
-                 "load_cpu": $LOAD_CPU, "proxy_cpu": $PROXY_CPU, "wrk_threads": 1},
+                 "load_cpu": $LOAD_CPU, "proxy_cpu": $PROXY_CPU, "wrk_threads": 1,
+                 "only": "$ONLY", "scenarios": "$SCENARIOS", "update_rate": $UPDATE_RATE,
+                 "update_rounds": $UPDATE_ROUNDS, "reload_rate": $RELOAD_RATE, "reload_secs": $RELOAD_SECS,
+                 "torture_keepalive_connections": $TORTURE_KA_CONNS},
 }
 json.dump(meta, open(sys.argv[1], "w"))
 EOF
     mkdir -p "$(dirname "$OUT")"
-    python3 "$BENCH_DIR/report.py" summary "$WORK/raw.jsonl" "$WORK/meta.json" --json "$OUT"
+    python3 "$BENCH_DIR/report.py" summary "$WORK/raw.jsonl" "$WORK/meta.json" --extra "$WORK/extra.jsonl" --json "$OUT"
     log "JSON written to $OUT"
+}
 
-    if [ "$RUN_PLANNED" = 1 ]; then
-        planned_scenarios
+# =============================================================================================
+# updates: route updates under keep-alive load (berthd only, own instance "berthd_u" whose bench
+# route lives in the API so it can be changed at run time). Interleaved: quiet run, run with
+# UPDATE_RATE updates/s, UPDATE_ROUNDS times; rows "updates-off" / "updates-on" in the table.
+# =============================================================================================
+api_put() { # api_put NAME PATH JSON: one authenticated PUT, fails on a non-2xx answer
+    curl -sf -o /dev/null --max-time 5 -X PUT -H "Authorization: Bearer $UPDATES_TOKEN" \
+        -H 'Content-Type: application/json' --data "$3" "http://127.0.0.1:${API_PORT[$1]}$2" ||
+        die "API PUT $2 on $1 failed"
+}
+
+run_updates_loop() { # DURING_MEASURE hook: the bounded update loop for one measured run
+    timeout --kill-after=5 $((DURATION + 30)) python3 "$BENCH_DIR/api_updates.py" \
+        --port "${API_PORT[berthd_u]}" --token "$UPDATES_TOKEN" --rate "$UPDATE_RATE" \
+        --seconds "$DURATION" --backend "127.0.0.1:$BACKEND_PORT" --backend2 "127.0.0.1:$BACKEND2_PORT" |
+        sed -n 's/^UPDATES_JSON //p' | python3 -c 'import json,sys; d=json.loads(sys.stdin.read()); d["round"]=int(sys.argv[1]); d["part"]="updates"; print(json.dumps(d))' "$1" \
+        >>"$WORK/extra.jsonl"
+}
+
+scenario_updates() {
+    local name=berthd_u
+    log "updates: berthd keep-alive load with and without $UPDATE_RATE API updates/s ($UPDATE_ROUNDS rounds)"
+    mkdir -p "$WORK/$name/data"
+    chmod 700 "$WORK/$name/data"
+    berthd_config "$name" none >"$WORK/$name/berthd.yaml"
+    UPDATES_TOKEN=$("$BERTHD" --config "$WORK/$name/berthd.yaml" token create --name bench 2>/dev/null) ||
+        die "berthd token create failed"
+    [ -n "$UPDATES_TOKEN" ] || die "berthd token create printed no token"
+    start_berthd_as "$name" "$BERTHD" none
+    local deadline=$((SECONDS + 10))
+    until curl -sf -o /dev/null --max-time 1 "http://127.0.0.1:${API_PORT[$name]}/healthz"; do
+        [ "$SECONDS" -lt "$deadline" ] || die "berthd_u API did not come up"
+        sleep 0.1
+    done
+    api_put "$name" /v1/routes/bench "{\"domains\":[\"$HOST_HEADER\"],\"backends\":[{\"id\":\"a\",\"address\":\"127.0.0.1:$BACKEND_PORT\"},{\"id\":\"b\",\"address\":\"127.0.0.1:$BACKEND2_PORT\"}]}"
+    api_put "$name" /v1/routes/bench-dyn "{\"domains\":[\"dyn.bench.test\"],\"backends\":[{\"id\":\"d\",\"address\":\"127.0.0.1:$BACKEND_PORT\"}]}"
+    wait_http "${PORT[$name]}" "$name"
+    for round in $(seq 1 "$UPDATE_ROUNDS"); do
+        measure "$name" keepalive "$round" updates-off
+        DURING_MEASURE=run_updates_loop measure "$name" keepalive "$round" updates-on
+        tail -n 1 "$WORK/extra.jsonl" >&2
+    done
+}
+
+# =============================================================================================
+# torture: RELOAD_RATE reloads/s for RELOAD_SECS s under new-connection load (CLOSE_CONNS
+# connections with Connection: close) plus TORTURE_KA_CONNS keep-alive connections, for each
+# proxy in its own fresh instance: berthd ("berthd upgrade": a full binary handoff every time),
+# HAProxy master-worker (-W) with expose-fd listeners, reloaded by SIGUSR2 to the master, nginx
+# ("nginx -s reload"). Failures: every wrk error (connect/read/write/timeout) and non-2xx answer.
+# =============================================================================================
+start_berthd_t() {
+    start_berthd_as berthd_t "$BERTHD"
+    echo "${PROC_PID[berthd_t]}" >"$WORK/berthd_t.pids"
+}
+reload_berthd_t() {
+    timeout 10 "$BERTHD" --config "$WORK/berthd_t/berthd.yaml" upgrade >>"$WORK/berthd_t-upgrade.log" 2>&1 || return 1
+    # The successor is a new process (the old one drains and exits): remember it for cleanup.
+    berthd_pid_t >>"$WORK/berthd_t.pids"
+    return 0
+}
+berthd_pid_t() {
+    "$BERTHD" --config "$WORK/berthd_t/berthd.yaml" status 2>/dev/null |
+        python3 -c 'import json,sys,re
+t=sys.stdin.read()
+try: print(json.loads(t)["pid"])
+except Exception:
+    m=re.search(r"pid\D*(\d+)", t); print(m.group(1) if m else "")'
+}
+stop_berthd_t() {
+    local pid
+    for pid in $(berthd_pid_t) $(cat "$WORK/berthd_t.pids"); do
+        # Only processes still running this bench's config (guards against PID reuse).
+        if { tr '\0' ' ' <"/proc/$pid/cmdline"; } 2>/dev/null | grep -qF "$WORK/berthd_t/berthd.yaml"; then
+            kill -TERM "$pid" 2>/dev/null || true
+        fi
+    done
+}
+
+start_haproxy_t() {
+    local d=$WORK/haproxy_t
+    mkdir -p "$d"
+    [ -f "$WORK/haproxy/haproxy.cfg" ] || write_haproxy_cfg
+    sed -e "s|^    bind 127.0.0.1:${PORT[haproxy]}\$|    bind 127.0.0.1:${PORT[haproxy_t]}|" \
+        -e '/ssl crt/d' \
+        -e "s|^    nbthread 1\$|    nbthread 1\n    stats socket $d/admin.sock mode 600 level admin expose-fd listeners\n    hard-stop-after 10s|" \
+        "$WORK/haproxy/haproxy.cfg" >"$d/haproxy.cfg"
+    haproxy -c -q -f "$d/haproxy.cfg" || die "haproxy rejected the torture config"
+    # -W: master-worker; the master re-executes itself on SIGUSR2 and takes the listening sockets
+    # from the old worker over the expose-fd socket (seamless reload).
+    start haproxy_t "$PROXY_CPU" haproxy -W -db -f "$d/haproxy.cfg" -S "$d/master.sock"
+    wait_http "${PORT[haproxy_t]}" haproxy_t
+}
+# HAProxy and nginx reload asynchronously and merge signals that arrive during a reload, so each
+# reload waits (up to 3 s) until the master logs it; like "berthd upgrade", which returns once
+# the successor is ready. Without that, 100 signals give only ~45 actual reloads.
+count_in() { grep -c "$2" "$1" 2>/dev/null || true; }
+wait_count() { # wait_count FILE PATTERN BEFORE: until PATTERN occurs more than BEFORE times
+    local deadline=$((SECONDS + 3))
+    while [ "$(count_in "$1" "$2")" -le "$3" ]; do
+        [ "$SECONDS" -lt "$deadline" ] || return 1
+        sleep 0.01
+    done
+}
+reload_haproxy_t() {
+    local before
+    before=$(count_in "$WORK/haproxy_t.log" 'New worker')
+    kill -USR2 "${PROC_PID[haproxy_t]}" && wait_count "$WORK/haproxy_t.log" 'New worker' "$before"
+}
+stop_haproxy_t() { :; }
+
+start_nginx_t() {
+    local d=$WORK/nginx_t
+    mkdir -p "$d/tmp"
+    [ -f "$WORK/nginx/nginx.conf" ] || write_nginx_conf
+    sed -e "s|$WORK/nginx/|$d/|g" -e "s|$WORK/nginx |$d |g" \
+        -e "s|127.0.0.1:${PORT[nginx]}|127.0.0.1:${PORT[nginx_t]}|g" \
+        -e '/ssl/d' -e 's|^worker_processes 1;|worker_processes 1;\nworker_shutdown_timeout 10s;|' \
+        -e 's|^error_log \(.*\) warn;|error_log \1 notice;|' \
+        "$WORK/nginx/nginx.conf" >"$d/nginx.conf"
+    nginx -t -q -c "$d/nginx.conf" -p "$d" -e "$d/error.log" || die "nginx rejected the torture config"
+    start nginx_t "$PROXY_CPU" nginx -c "$d/nginx.conf" -p "$d" -e "$d/error.log"
+    wait_http "${PORT[nginx_t]}" nginx_t
+}
+reload_nginx_t() {
+    local before
+    before=$(count_in "$WORK/nginx_t/error.log" 'reconfiguring')
+    timeout 10 nginx -s reload -c "$WORK/nginx_t/nginx.conf" -p "$WORK/nginx_t" -e "$WORK/nginx_t/error.log" \
+        2>>"$WORK/nginx_t-reload.log" && wait_count "$WORK/nginx_t/error.log" 'reconfiguring' "$before"
+}
+stop_nginx_t() { :; }
+
+# reload_loop PROXY: up to RELOAD_RATE*RELOAD_SECS reloads at RELOAD_RATE/s, each one started
+# only within RELOAD_SECS s (+0.5 s slack), so all of them happen under load; a proxy that
+# reloads slower than RELOAD_RATE/s does fewer. Prints "done failed seconds".
+reload_loop() {
+    local p=$1 n=$((RELOAD_RATE * RELOAD_SECS)) ok=0 failed=0 i
+    local t0 now due
+    t0=$(date +%s.%N)
+    for i in $(seq 0 $((n - 1))); do
+        now=$(date +%s.%N)
+        due=$(awk -v t="$t0" -v i="$i" -v r="$RELOAD_RATE" -v n="$now" 'BEGIN {d = t + i / r - n; print (d > 0 ? d : 0)}')
+        sleep "$due"
+        if awk -v t="$t0" -v n="$(date +%s.%N)" -v m="$RELOAD_SECS" 'BEGIN {exit !(n - t > m + 0.5)}'; then
+            break
+        fi
+        if "reload_$p" >/dev/null; then ok=$((ok + 1)); else failed=$((failed + 1)); fi
+    done
+    echo "$ok $failed $(awk -v t="$t0" -v n="$(date +%s.%N)" 'BEGIN {printf "%.2f", n - t}')"
+}
+
+torture_one() {
+    local p=$1 secs=$((RELOAD_SECS + 5))  # load: 1 s before the first reload, >= 3 s after the last
+    log "torture: $p, $((RELOAD_RATE * RELOAD_SECS)) reloads at $RELOAD_RATE/s under load"
+    "start_$p"
+    run_wrk "$p" close "$WARMUP" >/dev/null
+    local url="http://127.0.0.1:${PORT[$p]}/"
+    timeout --kill-after=5 $((secs + 30)) taskset -c "$LOAD_CPU" wrk -t1 -c"$CLOSE_CONNS" -d"${secs}s" \
+        --timeout 5s -H "Host: $HOST_HEADER" -H "Connection: close" -s "$BENCH_DIR/report.lua" "$url" \
+        >"$WORK/torture-$p-close.txt" &
+    local wc=$!
+    timeout --kill-after=5 $((secs + 30)) taskset -c "$LOAD_CPU" wrk -t1 -c"$TORTURE_KA_CONNS" -d"${secs}s" \
+        --timeout 5s -H "Host: $HOST_HEADER" -s "$BENCH_DIR/report.lua" "$url" \
+        >"$WORK/torture-$p-keepalive.txt" &
+    local wk=$!
+    sleep 1
+    local res
+    res=$(reload_loop "$p")
+    wait "$wc" || true
+    wait "$wk" || true
+    "stop_$p"
+    python3 - "$p" "$res" "$WORK/torture-$p-close.txt" "$WORK/torture-$p-keepalive.txt" >>"$WORK/extra.jsonl" <<'EOF'
+import json, sys
+proxy, res, fc, fk = sys.argv[1:5]
+ok, failed, secs = res.split()
+def wrk(path):
+    for line in open(path):
+        if line.startswith("WRK_JSON "):
+            return json.loads(line[9:])
+    raise SystemExit(f"no WRK_JSON in {path}")
+out = {"part": "torture", "proxy": proxy, "reloads": int(ok), "reload_failures": int(failed),
+       "reload_seconds": float(secs)}
+for kind, path in (("close", fc), ("keepalive", fk)):
+    w = wrk(path)
+    e = w["errors"]
+    out[kind] = {"requests": w["requests"], "errors": e,
+                 "failures": e["connect"] + e["read"] + e["write"] + e["timeout"] + e["status"],
+                 "rps": w["requests"] / (w["duration_us"] / 1e6), "p99_ms": w["p99_us"] / 1000}
+print(json.dumps(out))
+EOF
+    tail -n 1 "$WORK/extra.jsonl" >&2
+}
+
+scenario_torture() {
+    local p
+    for p in berthd_t haproxy_t nginx_t; do
+        case "$p" in
+            berthd_t) want_proxy berthd || continue ;;
+            haproxy_t) want_proxy haproxy || continue ;;
+            nginx_t) want_proxy nginx || continue ;;
+        esac
+        torture_one "$p"
+    done
+}
+want_proxy() { case " $PROXIES " in *" $1 "*) return 0 ;; *) return 1 ;; esac; }
+
+# =============================================================================================
+# deploy: a 3-replica rolling deploy with the image already loaded, timed from the API call to
+# 100 % of traffic on the new version. Runs the docker_deploy system test that measures it (real
+# dockerd, locally built images) and parses its DEPLOY-TIMING line.
+# =============================================================================================
+scenario_deploy() {
+    if ! docker info >/dev/null 2>&1; then
+        log "deploy: skipped (dockerd is not running; see /work/shared/ENVIRONMENT.md)"
+        echo '{"part":"deploy","skipped":"dockerd is not running"}' >>"$WORK/extra.jsonl"
+        return 0
     fi
-}
-
-# =============================================================================================
-# PLANNED scenarios: not implemented yet, never part of the results above. Each one is a
-# function so it can be filled in without touching the measured part.
-# =============================================================================================
-planned_https_keepalive() {
-    # Same as keepalive over TLS: one self-signed certificate (openssl req -x509 ...) shared by
-    # berthd (tls section, when it exists), haproxy (bind ... ssl crt) and nginx (listen ... ssl).
-    echo "planned: https-keepalive: not yet implemented (needs berthd TLS)"
-}
-planned_https_close() {
-    echo "planned: https-close (full TLS handshake per request): not yet implemented (needs berthd TLS)"
-}
-planned_route_updates_under_load() {
-    # keepalive load on berthd while a bounded loop PUTs route changes to the API
-    # (127.0.0.1:$BERTHD_API_PORT) at N/s; compare req/s and p99 with the quiet run, errors must be 0.
-    echo "planned: route-updates-under-load: not yet implemented (needs the REST API)"
-}
-planned_reload_torture() {
-    # 10 binary upgrades/s for DURATION seconds under keepalive and close load; count failed
-    # requests and reset connections (must be 0), report p99 against the quiet run.
-    echo "planned: reload-torture (10 upgrades/s): not yet implemented (needs hitless upgrades)"
-}
-planned_deploy_timing() {
-    # Time from `berth deploy` to the new version serving, and requests failed during the switch.
-    echo "planned: deploy-timing: not yet implemented (needs Docker deploys)"
-}
-planned_scenarios() {
-    echo
-    echo "== Planned scenarios (not measured; not part of the results above) =="
-    planned_https_keepalive
-    planned_https_close
-    planned_route_updates_under_load
-    planned_reload_torture
-    planned_deploy_timing
+    log "deploy: cargo test --release --test docker_deploy rolling (3 replicas, real dockerd)"
+    local out=$WORK/deploy-test.txt
+    (cd "$REPO" && BERTH_SYSTEM_TESTS=1 timeout --kill-after=10 900 \
+        cargo test --release --test docker_deploy rolling -- --nocapture) >"$out" 2>&1 ||
+        { tail -n 40 "$out" >&2; die "the docker_deploy rolling test failed"; }
+    python3 - "$out" >>"$WORK/extra.jsonl" <<'EOF'
+import json, re, sys
+text = open(sys.argv[1]).read()
+m = re.search(r"DEPLOY-TIMING 3 replicas rolling: call→100% v2 traffic (\d+) ms = docker create/start (\d+) ms"
+              r" \+ app health (\d+) ms \+ berth (-?\d+) ms; call→done (\d+) ms", text)
+if not m:
+    raise SystemExit("no DEPLOY-TIMING line in the test output")
+to_full, docker, health, berth, done = map(int, m.groups())
+events = [l.strip() for l in text.splitlines() if re.match(r"\s+\+\s*\d+ ms ", l)]
+print(json.dumps({"part": "deploy", "replicas": 3, "call_to_full_ms": to_full, "docker_ms": docker,
+                  "app_health_ms": health, "berth_ms": berth, "call_to_done_ms": done,
+                  "events": events[:40]}))
+EOF
+    tail -n 1 "$WORK/extra.jsonl" | cut -c1-200 >&2
 }
 
 main
