@@ -3,7 +3,7 @@
 #! first-boot token on the serial console and for berthd to answer on the forwarded port 80,
 #! then powers the guest off. Exits non-zero on any failure or timeout.
 # Usage: image/boot-smoke.sh IMAGEDIR   (the OUTDIR of image/build.sh)
-# Env: BERTH_SMOKE_TIMEOUT (seconds, default 240), BERTH_SMOKE_PORT (host port for guest :80,
+# Env: BERTH_SMOKE_TIMEOUT (seconds, default 600), BERTH_SMOKE_PORT (host port for guest :80,
 #      default: a free one).
 set -euo pipefail
 die() { echo "boot-smoke: $*" >&2; exit 1; }
@@ -11,7 +11,7 @@ die() { echo "boot-smoke: $*" >&2; exit 1; }
 dir=$(cd "$1" && pwd)
 for f in berth-appliance.raw vmlinuz initrd.img; do [ -f "$dir/$f" ] || die "missing $dir/$f"; done
 command -v qemu-system-x86_64 >/dev/null || die "missing qemu-system-x86_64 (bookworm-backports qemu-system-x86)"
-timeout_s=${BERTH_SMOKE_TIMEOUT:-240}
+timeout_s=${BERTH_SMOKE_TIMEOUT:-600}
 port=${BERTH_SMOKE_PORT:-$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')}
 
 work=$(mktemp -d "${TMPDIR:-/tmp}/berth-smoke.XXXXXX")
@@ -31,6 +31,8 @@ cleanup() {
     qmp quit >/dev/null 2>&1 || kill "$qpid" 2>/dev/null || true
     wait "$qpid" 2>/dev/null || true
   fi
+  # Keep the console for the post-mortem.
+  [ -f "$work/console.log" ] && cp "$work/console.log" "$dir/boot-smoke-console.log"
   rm -rf "$work"
 }
 trap cleanup EXIT
@@ -52,12 +54,16 @@ deadline=$(( start + timeout_s ))
 token= healthy=
 while [ "$(date +%s)" -lt "$deadline" ]; do
   kill -0 "$qpid" 2>/dev/null || { cat "$work/qemu.out" >&2; tail -n 40 "$work/console.log" >&2; die "qemu exited"; }
-  if [ -z "$token" ] && grep -q '^BERTH_FIRST_BOOT_TOKEN=' "$work/console.log" 2>/dev/null; then
-    token=$(grep -a '^BERTH_FIRST_BOOT_TOKEN=' "$work/console.log" | head -n1 | tr -d '\r' | cut -d= -f2-)
+  if grep -aq 'Failed to start.*berth' "$work/console.log" 2>/dev/null; then
+    grep -a 'berth' "$work/console.log" | tail -n 20 >&2
+    die "a berth unit failed to start (console: $dir/boot-smoke-console.log)"
+  fi
+  if [ -z "$token" ] && grep -aq 'BERTH_FIRST_BOOT_TOKEN=' "$work/console.log" 2>/dev/null; then
+    token=$(grep -ao 'BERTH_FIRST_BOOT_TOKEN=[A-Za-z0-9_.-]*' "$work/console.log" | head -n1 | cut -d= -f2-)
     echo "boot-smoke: first-boot token on the console after $(( $(date +%s) - start )) s"
   fi
   if [ -z "$healthy" ]; then
-    code=$(curl -s -o "$work/http.out" -w '%{http_code}' --max-time 5 "http://127.0.0.1:$port/" 2>/dev/null || true)
+    code=$(curl -s -o "$work/http.out" -w '%{http_code}' --max-time 10 "http://127.0.0.1:$port/" 2>/dev/null || true)
     # Any HTTP answer from berthd (a 404/502 for an unrouted host is fine): the socket-activated
     # proxy is up. curl prints 000 while nothing answers.
     if [ -n "$code" ] && [ "$code" != 000 ]; then

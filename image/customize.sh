@@ -83,6 +83,8 @@ ConditionPathExists=!/var/lib/berth/first-boot-token
 Type=oneshot
 RemainAfterExit=yes
 ExecStart=/usr/lib/berth/first-boot
+# Errors (never the token, which goes to /dev/console only) also on the console.
+StandardError=journal+console
 
 [Install]
 WantedBy=multi-user.target
