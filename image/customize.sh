@@ -1,0 +1,98 @@
+#!/usr/bin/env bash
+#! mmdebstrap customize hook for the Berth appliance: fstab, network, units enabled, the
+#! first-boot token unit, SSH host keys at first boot. Runs outside the chroot.
+# Usage: customize.sh ROOT FS_UUID
+set -euo pipefail
+root=$1
+fs_uuid=$2
+
+echo berth >"$root/etc/hostname"
+cat >"$root/etc/hosts" <<'EOF'
+127.0.0.1	localhost
+127.0.1.1	berth
+::1	localhost ip6-localhost ip6-loopback
+EOF
+cat >"$root/etc/fstab" <<EOF
+# The appliance's root filesystem (the kernel command line says root=/dev/vda rw).
+UUID=$fs_uuid	/	ext4	defaults,errors=remount-ro	0	1
+EOF
+
+# Network: DHCP on every Ethernet interface (cloud-init writes its own, earlier-sorting
+# networkd files on providers that give it a network configuration).
+mkdir -p "$root/etc/systemd/network"
+cat >"$root/etc/systemd/network/99-berth-dhcp.network" <<'EOF'
+[Match]
+Name=en* eth*
+
+[Network]
+DHCP=yes
+EOF
+
+# SSH host keys are made on the machine at first boot, never at build time.
+cat >"$root/etc/systemd/system/berth-ssh-hostkeys.service" <<'EOF'
+[Unit]
+Description=Generate SSH host keys on first boot
+Before=ssh.service
+ConditionPathExists=!/etc/ssh/ssh_host_ed25519_key
+
+[Service]
+Type=oneshot
+ExecStart=/usr/bin/ssh-keygen -A
+
+[Install]
+WantedBy=ssh.service
+EOF
+
+# First boot: `berthd init` as the berth user creates the data dir's first API token; the
+# `berth server add ...` line is kept in /var/lib/berth/first-boot-token (0600, root) and
+# written to the console (the serial console with console=ttyS0), not to the journal.
+mkdir -p "$root/usr/lib/berth"
+cat >"$root/usr/lib/berth/first-boot" <<'EOF'
+#!/bin/sh
+# Runs once (berth-first-boot.service): create the first Berth API token.
+set -eu
+token_file=/var/lib/berth/first-boot-token
+install -d -o berth -g berth -m 0700 /var/lib/berth
+umask 077
+line=$(runuser -u berth -- /usr/bin/berthd init --server-name "$(hostname)")
+case "$line" in
+*--token\ *) ;;
+*) echo "berth-first-boot: berthd init printed no token (an init token exists already?)" >&2
+   exit 1 ;;
+esac
+printf '%s\n' "$line" >"$token_file.tmp"
+chmod 0600 "$token_file.tmp"
+mv "$token_file.tmp" "$token_file"
+token=${line##*--token }
+{
+  echo "berth-first-boot: Berth API token (also in $token_file):"
+  echo "BERTH_FIRST_BOOT_TOKEN=$token"
+  echo "berth-first-boot: on your laptop: $line"
+} >/dev/console
+echo "berth-first-boot: token written to $token_file"
+EOF
+chmod 0755 "$root/usr/lib/berth/first-boot"
+cat >"$root/etc/systemd/system/berth-first-boot.service" <<'EOF'
+[Unit]
+Description=Create the first Berth API token
+After=local-fs.target
+Before=berthd.service multi-user.target
+ConditionPathExists=!/var/lib/berth/first-boot-token
+
+[Service]
+Type=oneshot
+RemainAfterExit=yes
+ExecStart=/usr/lib/berth/first-boot
+# Errors (never the token, which goes to /dev/console only) also on the console.
+StandardError=journal+console
+
+[Install]
+WantedBy=multi-user.target
+EOF
+
+chroot "$root" systemctl enable \
+  berth-first-boot.service berth-ssh-hostkeys.service \
+  berthd.socket berthd-https.socket berthd-api.socket berthd.service \
+  docker.service systemd-networkd.service systemd-resolved.service ssh.service
+# resolv.conf via systemd-resolved's stub (a dangling link in the build tree is fine).
+ln -sf ../run/systemd/resolve/stub-resolv.conf "$root/etc/resolv.conf"
