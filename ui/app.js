@@ -495,6 +495,7 @@
       list = listOf(await api('GET', '/v1/apps'), 'apps');
     } catch (e) {
       if (e.status === 404) { absent.apps = true; notOnServer(body, 'deployments'); return POLL_ABSENT_MS; }
+      if (e.status === 503) { absent.apps = true; notOnServer(body, 'deployments (Docker unavailable)'); return POLL_ABSENT_MS; }
       throw e;
     }
     absent.apps = false;

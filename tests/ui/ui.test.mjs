@@ -163,10 +163,14 @@ async function main() {
     await until('domains on the route card', async () => (await route.locator('.meta').textContent()).includes(HOST));
     ok((await route.locator('tr[data-backend="a"] .state').textContent()).includes('ready'), 'backend a shows "ready" as text');
     ok((await route.locator('tr[data-backend="b"] td').first().textContent()) === addr(b), 'backend b shows its address');
-    await until('apps section handles the missing API', () => page.locator('#apps-body .absent').count());
-    ok((await page.locator('#apps-body').textContent()).includes('No deployments API on this server'), 'apps: "no deployments API on this server"');
-    await until('certificates section handles the missing API', () => page.locator('#certs-body .absent').count());
-    ok(true, 'certificates: "no certificates API" shown');
+    // The real endpoints answer: an empty app list (or "Docker unavailable" without dockerd),
+    // and an empty certificate list (TLS is off in this test).
+    await until('apps section shows the real API state', async () =>
+      /No apps deployed|No deployments \(Docker unavailable\)/.test(await page.locator('#apps-body').textContent()));
+    ok(true, 'apps: ' + (await page.locator('#apps-body').textContent()).trim());
+    await until('certificates section shows the real (empty) list', async () =>
+      /No certificates/.test(await page.locator('#certs-body').textContent()));
+    ok(true, 'certificates: "No certificates."');
 
     step('request counter rises under a bounded load loop (300 requests over ~5 s)');
     const counter = route.locator('[data-testid="route-requests"]');
