@@ -93,15 +93,5 @@ pub async fn serve_https(
         }
     }
     drop(listener);
-    let _ = drain_tx.send(true);
-    let drain = proxy.settings.timeouts.drain;
-    if tokio::time::timeout(drain + Duration::from_secs(1), tracker.wait_idle())
-        .await
-        .is_err()
-    {
-        tracing::warn!(
-            left = tracker.live(),
-            "drain timeout passed; closing remaining TLS connections"
-        );
-    }
+    super::server::drain_connections(&proxy, &tracker, &drain_tx, "TLS connections").await;
 }

@@ -368,6 +368,17 @@ pub async fn serve_http(proxy: Arc<Proxy>, listener: TcpListener, mut stop: watc
         }
     }
     drop(listener);
+    drain_connections(&proxy, &tracker, &drain_tx, "connections").await;
+}
+
+/// After a listener stopped accepting: tells its connections to drain and waits for them,
+/// bounded by the drain timeout (shared by the HTTP and HTTPS listeners).
+pub async fn drain_connections(
+    proxy: &Proxy,
+    tracker: &ConnTracker,
+    drain_tx: &watch::Sender<bool>,
+    what: &str,
+) {
     let _ = drain_tx.send(true);
     let drain = proxy.settings.timeouts.drain;
     if tokio::time::timeout(drain + Duration::from_secs(1), tracker.wait_idle())
@@ -376,7 +387,7 @@ pub async fn serve_http(proxy: Arc<Proxy>, listener: TcpListener, mut stop: watc
     {
         tracing::warn!(
             left = tracker.live(),
-            "drain timeout passed; closing remaining connections"
+            "drain timeout passed; closing remaining {what}"
         );
     }
 }
