@@ -272,16 +272,10 @@ impl Store {
         let mut routes: Vec<StoredRoute> = Vec::new();
         let mut index: HashMap<String, usize> = HashMap::new();
         {
-            let mut q = conn.prepare("SELECT name, source, spec FROM routes ORDER BY position")?;
-            let rows = q.query_map([], |r| {
-                Ok((
-                    r.get::<_, String>(0)?,
-                    r.get::<_, String>(1)?,
-                    r.get::<_, String>(2)?,
-                ))
-            })?;
-            for row in rows {
-                let (name, source, spec) = row?;
+            for (name, source, spec) in string_triples(
+                &conn,
+                "SELECT name, source, spec FROM routes ORDER BY position",
+            )? {
                 let corrupt = |message: String| StoreError::Corrupt {
                     what: "route",
                     name: name.clone(),
@@ -324,16 +318,9 @@ impl Store {
         }
         let mut other_states = HashMap::new();
         {
-            let mut q = conn.prepare("SELECT route, backend, state FROM backend_states")?;
-            let rows = q.query_map([], |r| {
-                Ok((
-                    r.get::<_, String>(0)?,
-                    r.get::<_, String>(1)?,
-                    r.get::<_, String>(2)?,
-                ))
-            })?;
-            for row in rows {
-                let (route, backend, state) = row?;
+            for (route, backend, state) in
+                string_triples(&conn, "SELECT route, backend, state FROM backend_states")?
+            {
                 let state = parse_state(&state).ok_or_else(|| StoreError::Corrupt {
                     what: "backend state",
                     name: format!("{route}/{backend}"),
@@ -503,6 +490,16 @@ fn migrate(conn: &mut Connection, path: &Path) -> Result<(), StoreError> {
     }
     tx.commit()?;
     Ok(())
+}
+
+/// Runs a query whose rows are three text columns (route listings of the load path).
+fn string_triples(
+    conn: &Connection,
+    sql: &str,
+) -> Result<Vec<(String, String, String)>, StoreError> {
+    let mut q = conn.prepare(sql)?;
+    let rows = q.query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?;
+    Ok(rows.collect::<Result<Vec<_>, _>>()?)
 }
 
 #[cfg(test)]
