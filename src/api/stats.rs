@@ -84,7 +84,8 @@ pub struct StatusClasses {
 pub struct LatencyView {
     /// Observations recorded.
     pub count: u64,
-    /// Median upstream response-header latency in ms (`null` before the first response).
+    /// Median request duration through the proxy (until the response body ended), in ms
+    /// (`null` before the first request).
     pub p50_ms: Option<f64>,
     pub p99_ms: Option<f64>,
 }
@@ -327,7 +328,7 @@ pub fn prometheus(doc: &StatsDoc, table: &RouteTable) -> String {
     let name = "berth_backend_latency_seconds";
     let _ = writeln!(
         out,
-        "# HELP {name} Upstream response-header latency.\n# TYPE {name} histogram"
+        "# HELP {name} Request duration through the proxy, until the response body ended.\n# TYPE {name} histogram"
     );
     for r in table.routes() {
         for b in &r.backends {
