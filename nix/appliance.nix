@@ -17,8 +17,11 @@
     wantedBy = [ "multi-user.target" ];
     after = [ "berthd.service" ];
     unitConfig.ConditionPathExists = "!/var/lib/berth/first-boot-token";
+    # As the daemon's user, so the database and its WAL files stay berth's.
     serviceConfig = {
       Type = "oneshot";
+      User = "berth";
+      Group = "berth";
       StandardOutput = "journal+console";
     };
     script = ''

@@ -1,14 +1,19 @@
-# NixOS module: services.berth. Same units and hardening as systemd/ (socket activation with
-# named fds http/https/api, Type=notify, reload, watchdog, fd store), Docker enabled, the
-# configuration rendered from `settings` (freeform) to /etc/berth/berthd.yaml.
+# NixOS module: services.berth. Uses the one copy of the units (systemd/, installed by
+# nix/package.nix): three socket units with FileDescriptorName http/https/api, the hardened
+# Type=notify service with reload, watchdog and fd store. The module only adds what NixOS must
+# say itself: the listen addresses, the `berth` user, Docker, the firewall, and
+# /etc/berth/berthd.yaml rendered from `settings` (freeform; defaults in settings-defaults.nix).
 { berthPackage }:
 { config, lib, pkgs, ... }:
 
 let
   cfg = config.services.berth;
+  defaults = import ./settings-defaults.nix;
   yaml = pkgs.formats.yaml { };
   configFile = yaml.generate "berthd.yaml" cfg.settings;
   port = addr: lib.toInt (lib.last (lib.splitString ":" addr));
+  # Override the packaged ListenStream= (the empty entry resets the list in the drop-in).
+  listenOn = addr: { socketConfig.ListenStream = [ "" addr ]; wantedBy = [ "sockets.target" ]; };
 in
 {
   options.services.berth = {
@@ -18,16 +23,17 @@ in
       type = lib.types.package;
       default = berthPackage pkgs.stdenv.hostPlatform.system;
       defaultText = lib.literalExpression "berth from this flake";
-      description = "The berth package (berthd + berth).";
+      description = "The berth package (berthd + berth, with the systemd units).";
     };
 
     settings = lib.mkOption {
       type = lib.types.submodule {
         freeformType = yaml.type;
         options = {
-          http.listen = lib.mkOption { type = lib.types.str; default = "0.0.0.0:80"; description = "HTTP proxy listener."; };
-          api.listen = lib.mkOption { type = lib.types.str; default = "127.0.0.1:9922"; description = "REST API listener."; };
-          data_dir = lib.mkOption { type = lib.types.str; default = "/var/lib/berth"; description = "State directory."; };
+          http.listen = lib.mkOption { type = lib.types.str; default = defaults.http.listen; description = "HTTP proxy listener (also the berthd.socket address)."; };
+          api.listen = lib.mkOption { type = lib.types.str; default = defaults.api.listen; description = "REST API listener (also the berthd-api.socket address)."; };
+          data_dir = lib.mkOption { type = lib.types.str; default = defaults.data_dir; description = "State directory."; };
+          log = lib.mkOption { type = yaml.type; default = defaults.log; description = "Logging (level, format, access_log)."; };
         };
       };
       default = { };
@@ -37,7 +43,7 @@ in
     httpsListen = lib.mkOption {
       type = lib.types.str;
       default = "0.0.0.0:443";
-      description = "HTTPS listener handed to berthd by the socket unit.";
+      description = "HTTPS listener handed to berthd by berthd-https.socket.";
     };
 
     openFirewall = lib.mkOption {
@@ -65,66 +71,17 @@ in
       (port cfg.httpsListen)
     ];
 
-    systemd.sockets.berthd = {
-      description = "Berth deployment daemon sockets";
-      wantedBy = [ "sockets.target" ];
-      partOf = [ "berthd.service" ];
-      socketConfig = {
-        ListenStream = [ cfg.settings.http.listen cfg.httpsListen cfg.settings.api.listen ];
-        # One name per ListenStream, in order (systemd applies FileDescriptorName per socket unit,
-        # so berthd maps them by position when names repeat; see README "NixOS").
-        FileDescriptorName = "http";
-        NoDelay = true;
-        Backlog = 4096;
-      };
-    };
+    systemd.packages = [ cfg.package ];
+    systemd.sockets.berthd = listenOn cfg.settings.http.listen;
+    systemd.sockets.berthd-https = listenOn cfg.httpsListen;
+    systemd.sockets.berthd-api = listenOn cfg.settings.api.listen;
 
     systemd.services.berthd = {
-      description = "Berth deployment daemon (reverse proxy, deploys, TLS)";
-      after = [ "network-online.target" "docker.service" ];
-      wants = [ "network-online.target" ];
-      requires = [ "berthd.socket" ];
       wantedBy = [ "multi-user.target" ];
+      # A restart keeps the listening sockets (socket units + fd store): connections queue.
       restartTriggers = [ configFile ];
-      serviceConfig = {
-        Type = "notify";
-        NotifyAccess = "all";
-        ExecStart = "${cfg.package}/bin/berthd --config /etc/berth/berthd.yaml";
-        ExecReload = "${cfg.package}/bin/berthd --config /etc/berth/berthd.yaml reload";
-        KillMode = "mixed";
-        TimeoutStopSec = 45;
-        WatchdogSec = 30;
-        Restart = "on-failure";
-        FileDescriptorStoreMax = 8;
-        User = "berth";
-        Group = "berth";
-        SupplementaryGroups = [ "docker" ];
-        StateDirectory = "berth";
-        StateDirectoryMode = "0700";
-        ConfigurationDirectory = "berth";
-        RuntimeDirectory = "berth";
-        NoNewPrivileges = true;
-        PrivateTmp = true;
-        ProtectHome = true;
-        ProtectSystem = "strict";
-        CapabilityBoundingSet = [ "CAP_NET_BIND_SERVICE" ];
-        AmbientCapabilities = [ "CAP_NET_BIND_SERVICE" ];
-        ProtectKernelTunables = true;
-        ProtectKernelModules = true;
-        ProtectKernelLogs = true;
-        ProtectControlGroups = true;
-        ProtectClock = true;
-        ProtectHostname = true;
-        RestrictNamespaces = true;
-        RestrictRealtime = true;
-        RestrictSUIDSGID = true;
-        LockPersonality = true;
-        MemoryDenyWriteExecute = true;
-        RestrictAddressFamilies = [ "AF_UNIX" "AF_INET" "AF_INET6" ];
-        SystemCallArchitectures = "native";
-        SystemCallFilter = [ "@system-service" "~@privileged" ];
-        UMask = "0077";
-      };
+      environment.BERTH_DATA_DIR = cfg.settings.data_dir;
+      serviceConfig.ReadWritePaths = lib.mkIf (cfg.settings.data_dir != defaults.data_dir) [ cfg.settings.data_dir ];
     };
   };
 }

@@ -7,13 +7,7 @@
     imports = [ (import ./common.nix { inherit berthModule; }) ];
     environment.systemPackages = [ pkgs.pebble pkgs.openssl ];
     networking.extraHosts = "127.0.0.1 demo.test";
-    services.berth.settings = {
-      routes = [{ domains = [ "demo.test" ]; backends = [{ address = "127.0.0.1:8081"; }]; }];
-      tls.acme = {
-        directory = "https://127.0.0.1:14000/dir";
-        ca_root = "/var/lib/pebble/ca.pem";
-      };
-    };
+    services.berth.settings = import ./cert-renewal-settings.nix;
   };
   testScript = ''
     server.wait_for_unit("berthd.socket")

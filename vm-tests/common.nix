@@ -12,13 +12,13 @@
   nixpkgs.overlays = [
     (final: prev: {
       berth-test-image = prev.writeShellScriptBin "berth-test-image" ''
-        # usage: berth-test-image TAG BODY — imports a 1 MB busybox httpd image
+        # usage: berth-test-image TAG BODY — imports a 1 MB busybox httpd image serving BODY
         set -eu
         d=$(mktemp -d); mkdir -p $d/bin $d/www
         cp ${prev.pkgsStatic.busybox}/bin/busybox $d/bin/
         ln -s busybox $d/bin/sh; ln -s busybox $d/bin/httpd
         echo "$2" > $d/www/index.html
-        tar -C $d -c . | docker import - "$1"
+        tar -C $d -c . | docker import -c 'CMD ["/bin/httpd","-f","-p","8080","-h","/www"]' - "$1"
       '';
       pebble-setup-and-start = prev.writeShellScriptBin "pebble-setup-and-start" ''
         # Starts pebble (HTTP-01 validation against berthd on :80, 2-minute certs) and

@@ -9,11 +9,10 @@
     server.succeed("berth-test-image demo:v1 v1 && berth-test-image demo:v2 v2")
     token = server.succeed("berthd --config /etc/berth/berthd.yaml token create --name vm").strip()
     api = f"curl -sf -H 'Authorization: Bearer {token}' -H 'Content-Type: application/json' http://127.0.0.1:9922"
-    spec = '{"image":"%s","domains":["demo.test"],"port":8080,"replicas":3,"command":["/bin/httpd","-f","-p","8080","-h","/www"]}'
-    server.succeed(api + " -X POST -d '" + (spec % "demo:v1") + "' /v1/apps/demo/deploy")
+    server.succeed(api + " -X POST --data-binary @${./specs/deploy-v1.json} /v1/apps/demo/deploy")
     server.wait_until_succeeds("curl -sf -H 'Host: demo.test' http://127.0.0.1/ | grep -q v1", timeout=120)
     server.succeed("(for i in $(seq 1 600); do curl -s -o /dev/null -w '%{http_code}\\n' -H 'Host: demo.test' http://127.0.0.1/; sleep 0.05; done) > /tmp/codes &")
-    server.succeed(api + " -X POST -d '" + (spec % "demo:v2") + "' /v1/apps/demo/deploy")
+    server.succeed(api + " -X POST --data-binary @${./specs/deploy-v2.json} /v1/apps/demo/deploy")
     server.wait_until_succeeds("curl -sf -H 'Host: demo.test' http://127.0.0.1/ | grep -q v2", timeout=120)
     server.wait_until_succeeds("test $(wc -l < /tmp/codes) -ge 600", timeout=120)
     server.succeed("test $(grep -vc '^200$' /tmp/codes) -eq 0")
