@@ -615,6 +615,7 @@ async fn failed_replace_restarts_the_old_version_and_min_ready_is_waited() {
 async fn stop_removes_everything_and_survives_a_restart() {
     let w = World::new();
     let port = free_port();
+    let first;
     {
         let engine = w.engine().await;
         let d = engine
@@ -622,6 +623,7 @@ async fn stop_removes_everything_and_survives_a_restart() {
             .await
             .unwrap();
         engine.wait(&d).await.unwrap();
+        first = d.clone();
         assert_eq!(w.backends("web").len(), 2);
         engine.stop("web").await.unwrap();
         assert_eq!(w.fake.count(), 0);
@@ -631,6 +633,28 @@ async fn stop_removes_everything_and_survives_a_restart() {
     }
     // A restarted engine keeps it stopped; a new deploy starts it again.
     let engine = w.engine().await;
+    // The first deployment's stages were stored, in order, ending with the outcome.
+    let stages: Vec<String> = engine
+        .stored_events(&first)
+        .unwrap()
+        .into_iter()
+        .map(|e| e.stage)
+        .collect();
+    assert_eq!(
+        stages.first().map(String::as_str),
+        Some("accepted"),
+        "{stages:?}"
+    );
+    assert_eq!(
+        stages.last().map(String::as_str),
+        Some("succeeded"),
+        "{stages:?}"
+    );
+    assert_eq!(
+        stages.iter().filter(|s| *s == "healthy").count(),
+        2,
+        "{stages:?}"
+    );
     assert_eq!(w.fake.count(), 0);
     assert!(w.tables.load().route(&app_route_name("web")).is_none());
     let d = engine

@@ -465,19 +465,28 @@ async fn events(
     let (past, rx) = match engine.subscribe(&id) {
         Some((past, rx)) => (past, Some(rx)),
         None => {
-            let state = rec.state;
-            let done = state != DeployState::Running;
-            let ev = DeployEvent {
-                deployment: id.clone(),
-                at: rec.finished_at.unwrap_or(rec.created_at),
-                stage: state.as_str().to_string(),
-                message: rec.reason.clone().unwrap_or_else(|| {
-                    "recorded by an earlier run of berthd; no event log kept".into()
-                }),
-                state,
-                done,
-            };
-            (vec![ev], None)
+            // Not in this process's memory: replay the stored log, and close it with the
+            // recorded outcome when the log does not end with one.
+            let mut past = engine.stored_events(&id)?;
+            if !past.last().is_some_and(|e| e.done) {
+                let state = rec.state;
+                let message = rec.reason.clone().unwrap_or_else(|| {
+                    if past.is_empty() {
+                        "recorded by an earlier run of berthd; no event log kept".into()
+                    } else {
+                        "interrupted when an earlier run of berthd stopped".into()
+                    }
+                });
+                past.push(DeployEvent {
+                    deployment: id.clone(),
+                    at: rec.finished_at.unwrap_or(rec.created_at),
+                    stage: state.as_str().to_string(),
+                    message,
+                    state,
+                    done: state != DeployState::Running,
+                });
+            }
+            (past, None)
         }
     };
     let finished = past.last().is_some_and(|e| e.done);

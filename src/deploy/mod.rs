@@ -29,7 +29,7 @@ use crate::model::labels::LabelSpec;
 use crate::model::route::{BackendAddr, BackendSpec, Domain, RouteSpec, ServerState};
 use crate::runtime::{ByteStream, ContainerRuntime, RegistryCreds, RuntimeError};
 use crate::store::deployments::{
-    DeployState, DeploymentRecord, DeploymentStore, DeploymentStoreError,
+    DeployState, DeploymentRecord, DeploymentStore, DeploymentStoreError, StoredEvent,
 };
 
 use health::HealthClient;
@@ -117,6 +117,24 @@ pub struct DeployEvent {
     pub state: DeployState,
     /// True on the last event.
     pub done: bool,
+}
+
+impl DeployEvent {
+    /// An event of `stage`; `succeeded` and `failed` end the stream.
+    pub fn new(deployment: &str, at: i64, stage: &str, message: String) -> Self {
+        DeployEvent {
+            deployment: deployment.to_string(),
+            at,
+            stage: stage.to_string(),
+            message,
+            state: match stage {
+                "succeeded" => DeployState::Succeeded,
+                "failed" => DeployState::Failed,
+                _ => DeployState::Running,
+            },
+            done: matches!(stage, "succeeded" | "failed"),
+        }
+    }
 }
 
 struct Progress {
@@ -291,18 +309,17 @@ impl Inner {
     pub(crate) fn emit(&self, deployment: &str, stage: &str, message: impl Into<String>) {
         let message = message.into();
         tracing::info!(deployment, stage, "{message}");
-        let ev = DeployEvent {
-            deployment: deployment.to_string(),
-            at: now_ms(),
-            stage: stage.to_string(),
-            message,
-            state: match stage {
-                "succeeded" => DeployState::Succeeded,
-                "failed" => DeployState::Failed,
-                _ => DeployState::Running,
-            },
-            done: matches!(stage, "succeeded" | "failed"),
+        let ev = DeployEvent::new(deployment, now_ms(), stage, message);
+        // The log outlives this process (the status page's timeline after a restart). A
+        // failed write costs the log, never the deployment.
+        let stored = StoredEvent {
+            at: ev.at,
+            stage: ev.stage.clone(),
+            message: ev.message.clone(),
         };
+        if let Err(e) = self.store.add_event(deployment, &stored) {
+            tracing::warn!(deployment, stage, error = %e, "deployment event not stored");
+        }
         let mut p = self.progress.locked();
         if let Some(p) = p.get_mut(deployment) {
             p.events.push(ev.clone());
@@ -531,6 +548,17 @@ impl Engine {
             .store
             .get(id)?
             .ok_or_else(|| DeployError::DeploymentNotFound(id.to_string()))
+    }
+
+    /// The stored event log of a deployment (what an earlier run of berthd recorded).
+    pub fn stored_events(&self, id: &str) -> Result<Vec<DeployEvent>, DeployError> {
+        Ok(self
+            .inner
+            .store
+            .events(id)?
+            .into_iter()
+            .map(|e| DeployEvent::new(id, e.at, &e.stage, e.message))
+            .collect())
     }
 
     /// `GET /v1/apps/{app}/deployments` (newest first).

@@ -34,6 +34,31 @@ CREATE TABLE IF NOT EXISTS app_current (
 );
 ";
 
+/// The event log of each deployment (the stages the status page's timeline and
+/// `GET /v1/deployments/{id}/events` replay after a restart). Idempotent, like `MIGRATION_SQL`.
+pub const EVENTS_MIGRATION_SQL: &str = "
+CREATE TABLE IF NOT EXISTS deploy_events (
+    deployment TEXT NOT NULL,
+    seq        INTEGER NOT NULL,
+    at         INTEGER NOT NULL,
+    stage      TEXT NOT NULL,
+    message    TEXT NOT NULL,
+    PRIMARY KEY (deployment, seq)
+);
+";
+
+/// Event logs kept per app: those of older deployments are deleted when one finishes.
+pub const EVENT_LOGS_KEPT: usize = 50;
+
+/// One stored progress event.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct StoredEvent {
+    /// Unix milliseconds.
+    pub at: i64,
+    pub stage: String,
+    pub message: String,
+}
+
 #[derive(Debug, Error)]
 pub enum DeploymentStoreError {
     #[error("database: {0}")]
@@ -116,11 +141,16 @@ pub trait DeploymentStore: Send + Sync + 'static {
     fn unfinished(&self) -> Result<Vec<DeploymentRecord>, DeploymentStoreError>;
     /// The app should run nothing (after `stop`).
     fn clear_current(&self, app: &str) -> Result<(), DeploymentStoreError>;
+    /// Appends one progress event to a deployment's log.
+    fn add_event(&self, deployment: &str, ev: &StoredEvent) -> Result<(), DeploymentStoreError>;
+    /// A deployment's event log, oldest first (empty when none was kept).
+    fn events(&self, deployment: &str) -> Result<Vec<StoredEvent>, DeploymentStoreError>;
 }
 
 /// Creates this module's tables.
 pub fn migrate(conn: &Connection) -> Result<(), DeploymentStoreError> {
     conn.execute_batch(MIGRATION_SQL)?;
+    conn.execute_batch(EVENTS_MIGRATION_SQL)?;
     Ok(())
 }
 
@@ -307,6 +337,45 @@ pub fn clear_current(conn: &Connection, app: &str) -> Result<(), DeploymentStore
     Ok(())
 }
 
+pub fn add_event(
+    conn: &Connection,
+    deployment: &str,
+    ev: &StoredEvent,
+) -> Result<(), DeploymentStoreError> {
+    conn.execute(
+        "INSERT INTO deploy_events (deployment, seq, at, stage, message) VALUES (?1, \
+         (SELECT COALESCE(MAX(seq), -1) + 1 FROM deploy_events WHERE deployment = ?1), ?2, ?3, ?4)",
+        params![deployment, ev.at, ev.stage, ev.message],
+    )?;
+    if matches!(ev.stage.as_str(), "succeeded" | "failed") {
+        // Keep the logs of the app's newest deployments only.
+        conn.execute(
+            "DELETE FROM deploy_events WHERE deployment IN (SELECT id FROM deployments \
+             WHERE app = (SELECT app FROM deployments WHERE id = ?1) \
+             ORDER BY created_at DESC, id DESC LIMIT -1 OFFSET ?2)",
+            params![deployment, EVENT_LOGS_KEPT as i64],
+        )?;
+    }
+    Ok(())
+}
+
+pub fn events(
+    conn: &Connection,
+    deployment: &str,
+) -> Result<Vec<StoredEvent>, DeploymentStoreError> {
+    let mut stmt = conn.prepare_cached(
+        "SELECT at, stage, message FROM deploy_events WHERE deployment = ?1 ORDER BY seq",
+    )?;
+    let rows = stmt.query_map(params![deployment], |r| {
+        Ok(StoredEvent {
+            at: r.get(0)?,
+            stage: r.get(1)?,
+            message: r.get(2)?,
+        })
+    })?;
+    Ok(rows.collect::<Result<_, _>>()?)
+}
+
 /// `DeploymentStore` over one SQLite connection (the store's single writer).
 pub struct SqliteDeployments {
     conn: Mutex<Connection>,
@@ -375,6 +444,12 @@ impl DeploymentStore for SqliteDeployments {
     fn clear_current(&self, app: &str) -> Result<(), DeploymentStoreError> {
         self.with(|c| clear_current(c, app))
     }
+    fn add_event(&self, deployment: &str, ev: &StoredEvent) -> Result<(), DeploymentStoreError> {
+        self.with(|c| add_event(c, deployment, ev))
+    }
+    fn events(&self, deployment: &str) -> Result<Vec<StoredEvent>, DeploymentStoreError> {
+        self.with(|c| events(c, deployment))
+    }
 }
 
 #[cfg(test)]
@@ -395,6 +470,58 @@ mod tests {
             finished_at: None,
             rollback_of: None,
         }
+    }
+
+    fn ev(at: i64, stage: &str) -> StoredEvent {
+        StoredEvent {
+            at,
+            stage: stage.into(),
+            message: format!("{stage} at {at}"),
+        }
+    }
+
+    #[test]
+    fn event_logs_survive_reopen_and_old_ones_are_pruned() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("berth.db");
+        {
+            let s = SqliteDeployments::open(&path).unwrap();
+            s.insert(&rec("d0", "web", 0)).unwrap();
+            for (i, stage) in ["accepted", "image", "start", "succeeded"]
+                .iter()
+                .enumerate()
+            {
+                s.add_event("d0", &ev(i as i64, stage)).unwrap();
+            }
+            s.insert(&rec("x0", "api", 0)).unwrap();
+            s.add_event("x0", &ev(1, "accepted")).unwrap();
+        }
+        let s = SqliteDeployments::open(&path).unwrap();
+        let stages: Vec<String> = s
+            .events("d0")
+            .unwrap()
+            .into_iter()
+            .map(|e| e.stage)
+            .collect();
+        assert_eq!(stages, ["accepted", "image", "start", "succeeded"]);
+        assert_eq!(s.events("d0").unwrap()[2], ev(2, "start"));
+        assert!(s.events("nope").unwrap().is_empty());
+
+        // EVENT_LOGS_KEPT more deployments of `web` finish: d0's log goes, api's stays.
+        for i in 1..=EVENT_LOGS_KEPT as i64 {
+            let id = format!("d{i}");
+            s.insert(&rec(&id, "web", i)).unwrap();
+            s.add_event(&id, &ev(i, "accepted")).unwrap();
+            assert_eq!(
+                s.events("d0").unwrap().len(),
+                4,
+                "pruned before a deploy finished"
+            );
+            s.add_event(&id, &ev(i, "failed")).unwrap();
+        }
+        assert!(s.events("d0").unwrap().is_empty());
+        assert_eq!(s.events("d1").unwrap().len(), 2);
+        assert_eq!(s.events("x0").unwrap().len(), 1);
     }
 
     #[test]

@@ -183,6 +183,8 @@ const MIGRATIONS: &[&str] = &[
     // 2: deployment history (owned by `deployments`; its SQL is idempotent, so databases
     // where `SqliteDeployments::open` already created the tables migrate cleanly).
     deployments::MIGRATION_SQL,
+    // 3: deployment event logs (idempotent for the same reason).
+    deployments::EVENTS_MIGRATION_SQL,
 ];
 
 fn now() -> i64 {
