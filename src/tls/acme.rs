@@ -436,10 +436,11 @@ impl AcmeManager {
                 .filter(|d| !wanted.contains(*d))
                 .cloned()
                 .collect();
+            // A forced domain stays queued (asking again is harmless) until its order starts.
             let forced: BTreeSet<String> = {
                 let mut r = self.requests();
-                let taken = std::mem::take(&mut r.forced);
-                taken.into_iter().filter(|d| wanted.contains(d)).collect()
+                r.forced.retain(|d| wanted.contains(d));
+                r.forced.clone()
             };
             if !forced.is_empty() && account.is_none() {
                 // An operator asked: try the CA now, not when the account backoff ends.
@@ -541,6 +542,10 @@ impl AcmeManager {
 
                 // Due: order, if there is an account.
                 let Some(acct) = &account else {
+                    if force {
+                        // The account attempt above was this request's answer.
+                        self.requests().forced.remove(domain);
+                    }
                     let at = account_retry.unwrap_or(now + Duration::from_secs(10));
                     status.last_error = Some(
                         account_error
@@ -563,7 +568,11 @@ impl AcmeManager {
                 };
                 let started = std::time::Instant::now();
                 tracing::info!(%domain, renewal = current.is_some(), forced = force, "ordering certificate");
-                self.requests().in_flight = Some(domain.clone());
+                {
+                    let mut r = self.requests();
+                    r.forced.remove(domain);
+                    r.in_flight = Some(domain.clone());
+                }
                 let issue = tokio::select! {
                     r = self.issue(acct, domain, replaces) => r,
                     _ = stop.changed() => return,
