@@ -216,6 +216,7 @@ pub async fn start_with(
         stop: stop_rx,
         engine: engine.clone(),
         certs: certs.clone(),
+        acme: acme.clone(),
     };
     tasks.push(tokio::spawn(api::serve(api_listener, api_state)));
     Ok(Running {

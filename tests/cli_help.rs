@@ -48,6 +48,7 @@ fn help_texts_match_their_snapshots() {
         ("help-deploy", vec!["deploy", "--help"]),
         ("help-server-add", vec!["server", "add", "--help"]),
         ("help-backends", vec!["backends", "--help"]),
+        ("help-certs", vec!["certs", "--help"]),
     ] {
         let out = berth(&cfg, dir.path(), &args);
         assert!(out.status.success(), "{name}");

@@ -1,6 +1,8 @@
 //! HTTPS with bring-your-own certificates: SNI selection through real handshakes, wildcard
 //! and default handling, hot reload with the old certificate kept on a bad file, clear errors
-//! for bad configured pairs, HTTP→HTTPS redirect (and opt-out), HSTS, challenge passthrough.
+//! for bad configured pairs (and bad replacements at reload, old certificate kept),
+//! HTTP→HTTPS redirect (and opt-out), HSTS (also on the proxy's own HTTPS answers: 502,
+//! alias redirects; never on plain HTTP), challenge passthrough, the retry endpoint.
 
 mod tls_common;
 
@@ -278,6 +280,173 @@ async fn bad_configured_pairs_are_refused_with_clear_errors() {
 }
 
 #[tokio::test]
+async fn certificate_without_names_is_refused() {
+    let tmp = tempfile::tempdir().expect("tmp");
+    let dir = tmp.path();
+    let ca = TestCa::new("Berth Test CA");
+    let (cert, key) = ca.leaf(&[], false);
+    let mut cfg = config(dir, "127.0.0.1:9".parse().expect("addr"));
+    cfg.tls.certs = vec![CertFiles {
+        cert: write(dir, "nameless.crt", &cert),
+        key: write(dir, "nameless.key", &key),
+    }];
+    let err = match daemon::start(cfg, None).await {
+        Ok(r) => {
+            r.shutdown().await;
+            panic!("started with a certificate that names no host");
+        }
+        Err(e) => e.to_string(),
+    };
+    assert!(
+        err.contains("nameless.crt: certificate lists no DNS names"),
+        "{err}"
+    );
+}
+
+/// Each bad replacement of a served pair is reported (naming the file) while the previous
+/// certificate stays in service; a good one afterwards is picked up.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_replacements_keep_the_serving_certificate() {
+    let tmp = tempfile::tempdir().expect("tmp");
+    let dir = tmp.path();
+    let ca = TestCa::new("Berth Test CA");
+    let (cert, key) = ca.leaf(&["a.test"], false);
+    let mut cfg = config(dir, backend().await);
+    let cert_path = write(dir, "a.crt", &cert);
+    let key_path = write(dir, "a.key", &key);
+    cfg.tls.certs = vec![CertFiles {
+        cert: cert_path.clone(),
+        key: key_path.clone(),
+    }];
+    let running = daemon::start(cfg, None).await.expect("start");
+    let https = running.https_addr.expect("https");
+    let client = client_config(ca.roots());
+    let store = running.certs.clone().expect("store");
+    let serving = serial_of(&leaf_of(&client, https, "a.test").await);
+
+    let (expired_cert, expired_key) = ca.leaf(&["a.test"], true);
+    let (nameless_cert, nameless_key) = ca.leaf(&[], false);
+    let cases: [(&str, &str, &str); 3] = [
+        (
+            &expired_cert,
+            &expired_key,
+            "a.crt: certificate expired at 2020-06-01",
+        ),
+        (
+            &nameless_cert,
+            &nameless_key,
+            "a.crt: certificate lists no DNS names",
+        ),
+        ("-----BEGIN CERTIFICATE-----\nnot base64\n", &key, "a.crt"),
+    ];
+    for (c, k, want) in cases {
+        write(dir, "a.key", k);
+        write(dir, "a.crt", c);
+        let err = wait_for(Duration::from_secs(10), || {
+            let store = store.clone();
+            async move {
+                store
+                    .status()
+                    .into_iter()
+                    .find_map(|s| s.last_error.filter(|e| e.contains(want)))
+            }
+        })
+        .await
+        .unwrap_or_else(|| panic!("no error containing {want:?}: {:?}", store.status()));
+        assert!(err.contains(want), "{err}");
+        // Still the original certificate, over a fresh full handshake.
+        let (resp, leaf) = tls_get(https, client.clone(), "a.test", "/still")
+            .await
+            .expect("still served");
+        assert_eq!(resp.status, 200);
+        assert_eq!(serial_of(&leaf), serving, "old certificate kept ({want})");
+    }
+    // A good pair replaces it and clears the error.
+    let (good_cert, good_key) = ca.leaf(&["a.test"], false);
+    write(dir, "a.key", &good_key);
+    write(dir, "a.crt", &good_cert);
+    let new = wait_for(Duration::from_secs(10), || {
+        let client = client.clone();
+        let serving = serving.clone();
+        async move {
+            let s = serial_of(&leaf_of(&client, https, "a.test").await);
+            (s != serving).then_some(s)
+        }
+    })
+    .await;
+    assert!(new.is_some(), "good replacement not served");
+    let st = store.status();
+    assert!(
+        st.iter()
+            .any(|s| s.names == vec!["a.test"] && s.last_error.is_none()),
+        "{st:?}"
+    );
+    running.shutdown().await;
+}
+
+/// HSTS also rides on answers the proxy makes itself for HTTPS requests (upstream errors,
+/// alias redirects), per the route's setting; never on plain HTTP.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hsts_on_generated_https_answers() {
+    let tmp = tempfile::tempdir().expect("tmp");
+    let dir = tmp.path();
+    let ca = TestCa::new("Berth Test CA");
+    let (w_cert, w_key) = ca.leaf(&["*.w.test"], false);
+    let backend = backend().await;
+    let mut cfg = config(dir, backend);
+    cfg.routes = serde_json::from_value(serde_json::json!([
+        {"name": "up", "domains": ["h.w.test"], "aliases": ["alias.w.test"],
+         "backends": [{"address": backend.to_string()}], "hsts_max_age": "2h"},
+        {"name": "down", "domains": ["h.w.test"], "path_prefix": "/down",
+         "https_redirect": false,
+         "backends": [{"address": "127.0.0.1:9"}], "hsts_max_age": "2h"},
+        {"name": "nohsts", "domains": ["n.w.test"], "https_redirect": false,
+         "backends": [{"address": "127.0.0.1:9"}]}
+    ]))
+    .expect("routes");
+    cfg.tls.certs = vec![CertFiles {
+        cert: write(dir, "w.crt", &w_cert),
+        key: write(dir, "w.key", &w_key),
+    }];
+    let running = daemon::start(cfg, None).await.expect("start");
+    let https = running.https_addr.expect("https");
+    let client = client_config(ca.roots());
+    let hsts = |r: &Resp| r.header("strict-transport-security");
+
+    let (r, _) = tls_get(https, client.clone(), "h.w.test", "/ok")
+        .await
+        .expect("proxied");
+    assert_eq!((r.status, hsts(&r)), (200, Some("max-age=7200".into())));
+    // Upstream refused: the proxy's own 502 carries the route's HSTS.
+    let (r, _) = tls_get(https, client.clone(), "h.w.test", "/down/x")
+        .await
+        .expect("502");
+    assert_eq!((r.status, hsts(&r)), (502, Some("max-age=7200".into())));
+    // Alias in redirect mode: the 301 to the canonical host carries it too.
+    let (r, _) = tls_get(https, client.clone(), "alias.w.test", "/p")
+        .await
+        .expect("alias");
+    assert_eq!(r.status, 301);
+    assert_eq!(r.header("location"), Some("https://h.w.test/p".into()));
+    assert_eq!(hsts(&r), Some("max-age=7200".into()));
+    // A route without HSTS gets none on its errors.
+    let (r, _) = tls_get(https, client.clone(), "n.w.test", "/")
+        .await
+        .expect("502 without hsts");
+    assert_eq!((r.status, hsts(&r)), (502, None));
+    // Plain HTTP never carries it, not even on generated answers.
+    let r = http_get(running.http_addr, "h.w.test", "/down/x")
+        .await
+        .expect("http 502");
+    assert_eq!((r.status, hsts(&r)), (502, None));
+    let r = http_get(running.http_addr, "alias.w.test", "/p")
+        .await
+        .expect("http alias");
+    assert_eq!(hsts(&r), None, "{r:?}");
+    running.shutdown().await;
+}
+
+#[tokio::test]
 async fn alpn_h2_and_tls12_are_served() {
     use http_body_util::BodyExt;
     let tmp = tempfile::tempdir().expect("tmp");
@@ -377,6 +546,197 @@ async fn unreachable_ca_is_reported_in_the_status_list() {
     );
     assert!(st.next_renewal.is_some(), "a retry is scheduled");
     assert!(st.not_after.is_none());
+    running.shutdown().await;
+}
+
+/// `POST /v1/certificates/{domain}/retry` without a working CA: the failed order is retried
+/// at once (backoff cleared); the status page's session works with its CSRF token and is
+/// refused without it; unknown and bring-your-own domains get 404; no ACME at all: 404.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn retry_endpoint_with_token_and_with_ui_session() {
+    let tmp = tempfile::tempdir().expect("tmp");
+    let dir = tmp.path();
+    let ca = TestCa::new("Berth Test CA");
+    let (m_cert, m_key) = ca.leaf(&["x.w.test"], false);
+    let mut cfg = config(dir, backend().await);
+    cfg.tls.certs = vec![CertFiles {
+        cert: write(dir, "m.crt", &m_cert),
+        key: write(dir, "m.key", &m_key),
+    }];
+    cfg.tls.acme = Some(berth::model::config::AcmeConfig {
+        directory: "https://127.0.0.1:1/dir".into(),
+        ..Default::default()
+    });
+    let running = daemon::start(cfg, None).await.expect("start");
+    let store = running.certs.clone().expect("store");
+    let api = running.api_addr;
+    let (_, token) = running.registry.store().create_token("ops").expect("token");
+    let bearer = format!("Bearer {token}");
+    let failed = |store: std::sync::Arc<berth::tls::CertStore>| async move {
+        store
+            .status()
+            .into_iter()
+            .find(|s| s.domain == "a.test" && s.last_error.is_some())
+    };
+    let first = wait_for(Duration::from_secs(10), || failed(store.clone()))
+        .await
+        .expect("failed order in the status list");
+    // The next automatic retry is 10 s away; make sure a new attempt is visible as a new
+    // schedule (times have one-second resolution).
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+
+    let post = |path: &str, headers: Vec<(&str, &str)>| {
+        let path = path.to_string();
+        let headers: Vec<(String, String)> = headers
+            .into_iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        async move {
+            let h: Vec<(&str, &str)> = headers
+                .iter()
+                .map(|(k, v)| (k.as_str(), v.as_str()))
+                .collect();
+            http_request(api, "POST", &path, &h, Some("{}"))
+                .await
+                .expect("API")
+        }
+    };
+    let r = post(
+        "/v1/certificates/A.test/retry",
+        vec![("authorization", &bearer)],
+    )
+    .await;
+    assert_eq!(r.status, 202, "{r:?}");
+    assert!(r.body.contains(r#""domain":"a.test""#), "{}", r.body);
+    let retried = wait_for(Duration::from_secs(10), || {
+        let store = store.clone();
+        let before = first.next_renewal.clone();
+        async move {
+            store.status().into_iter().find(|s| {
+                // Later than the old schedule: a new attempt failed and rescheduled (the
+                // request itself shows "now" meanwhile).
+                s.domain == "a.test" && s.last_error.is_some() && s.next_renewal > before
+            })
+        }
+    })
+    .await
+    .expect("a new attempt right after the request, not after the backoff");
+    let next = retried.next_renewal.clone().expect("rescheduled");
+    assert!(
+        next > first.next_renewal.clone().unwrap_or_default(),
+        "{next}"
+    );
+
+    // 404s: not routed, bring-your-own, and JSON errors naming the domain.
+    let r = post(
+        "/v1/certificates/nope.test/retry",
+        vec![("authorization", &bearer)],
+    )
+    .await;
+    assert_eq!(r.status, 404, "{r:?}");
+    assert!(
+        r.body.contains("nope.test") && r.body.contains("not_found"),
+        "{}",
+        r.body
+    );
+    let r = post(
+        "/v1/certificates/x.w.test/retry",
+        vec![("authorization", &bearer)],
+    )
+    .await;
+    assert_eq!(r.status, 404, "{r:?}");
+    assert!(r.body.contains("bring-your-own"), "{}", r.body);
+    let r = post("/v1/certificates/a.test/retry", vec![]).await;
+    assert_eq!(r.status, 401, "{r:?}");
+
+    // The CLI: `berth certs` lists, `berth certs retry` queues, unknown domains exit 1.
+    let berth = |args: &'static [&'static str]| {
+        let (url, token) = (format!("http://{api}"), token.clone());
+        tokio::task::spawn_blocking(move || {
+            let cfg = tempfile::tempdir().expect("tmp");
+            std::process::Command::new(env!("CARGO_BIN_EXE_berth"))
+                .args(args)
+                .env("BERTH_CLI_CONFIG", cfg.path().join("cli.yaml"))
+                .env("BERTH_URL", url)
+                .env("BERTH_TOKEN", token)
+                .env("NO_COLOR", "1")
+                .env_remove("BERTH_SERVER")
+                .output()
+                .expect("berth runs")
+        })
+    };
+    let out = berth(&["certs"]).await.expect("join");
+    let text = String::from_utf8_lossy(&out.stdout).to_string();
+    assert!(out.status.success(), "{out:?}");
+    assert!(
+        text.contains("a.test") && text.contains("x.w.test"),
+        "{text}"
+    );
+    let out = berth(&["certs", "retry", "a.test"]).await.expect("join");
+    assert!(out.status.success(), "{out:?}");
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains("a.test: certificate order queued"),
+        "{out:?}"
+    );
+    let out = berth(&["certs", "retry", "nope.test"]).await.expect("join");
+    assert_eq!(out.status.code(), Some(1), "{out:?}");
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("not found (404)"),
+        "{out:?}"
+    );
+
+    // The status page's session: cookie + CSRF token works; the cookie alone does not.
+    let login = http_request(
+        api,
+        "POST",
+        "/ui/login",
+        &[],
+        Some(&serde_json::json!({ "token": token }).to_string()),
+    )
+    .await
+    .expect("login");
+    assert_eq!(login.status, 200, "{login:?}");
+    let cookie = login
+        .header("set-cookie")
+        .and_then(|c| c.split(';').next().map(str::to_string))
+        .expect("session cookie");
+    let csrf = serde_json::from_str::<serde_json::Value>(&login.body).expect("JSON")["csrf_token"]
+        .as_str()
+        .expect("csrf")
+        .to_string();
+    let r = post("/v1/certificates/a.test/retry", vec![("cookie", &cookie)]).await;
+    assert_eq!(r.status, 403, "no CSRF token: {r:?}");
+    let r = post(
+        "/v1/certificates/a.test/retry",
+        vec![("cookie", &cookie), ("x-csrf-token", "0000")],
+    )
+    .await;
+    assert_eq!(r.status, 403, "wrong CSRF token: {r:?}");
+    let r = post(
+        "/v1/certificates/a.test/retry",
+        vec![("cookie", &cookie), ("x-csrf-token", &csrf)],
+    )
+    .await;
+    assert_eq!(r.status, 202, "session + CSRF: {r:?}");
+    running.shutdown().await;
+
+    // Without ACME nothing is ordered, so every domain is a 404.
+    let tmp2 = tempfile::tempdir().expect("tmp");
+    let running = daemon::start(config(tmp2.path(), backend().await), None)
+        .await
+        .expect("start");
+    let (_, token) = running.registry.store().create_token("ops").expect("token");
+    let r = http_request(
+        running.api_addr,
+        "POST",
+        "/v1/certificates/a.test/retry",
+        &[("authorization", &format!("Bearer {token}"))],
+        None,
+    )
+    .await
+    .expect("API");
+    assert_eq!(r.status, 404, "{r:?}");
+    assert!(r.body.contains("ACME is not configured"), "{}", r.body);
     running.shutdown().await;
 }
 

@@ -2,8 +2,10 @@
 //! name resolves to 127.0.0.1), both started and stopped here. Covers HTTP-01 issuance for two
 //! domains, SNI with pebble's root, renewal of 2-minute certificates under a bounded loop of
 //! handshakes (zero failures allowed), TLS-ALPN-01 issuance, a failing order surfacing in the
-//! status list, challenge passthrough for unknown tokens, and the redirect.
-//! Runs only with BERTH_SYSTEM_TESTS=1.
+//! status list, challenge passthrough for unknown tokens, and the redirect; and a certificate
+//! revoked at the CA replaced through `POST /v1/certificates/{domain}/retry` (pebble 2.4 has no
+//! renewalInfo, so it cannot tell Berth about the revocation itself) with zero failed
+//! handshakes. Runs only with BERTH_SYSTEM_TESTS=1.
 
 mod tls_common;
 
@@ -407,4 +409,210 @@ async fn pebble_issue_renew_alpn_and_failures() {
     d1.shutdown().await;
     d2.shutdown().await;
     d3.shutdown().await;
+}
+
+/// Pebble's view of a certificate (`GET /cert-status-by-serial/<hex>` on its management port):
+/// "Valid" or "Revoked".
+async fn ca_status(pebble: &Pebble, serial: &str) -> String {
+    let (resp, _) = tls_get(
+        pebble.mgmt,
+        client_config(pebble.ca.roots()),
+        "localhost",
+        // serial_of gives colon-separated hex; pebble wants plain hex.
+        &format!("/cert-status-by-serial/{}", serial.replace(':', "")),
+    )
+    .await
+    .expect("pebble management");
+    assert_eq!(resp.status, 200, "cert-status-by-serial/{serial}: {resp:?}");
+    let v: serde_json::Value = serde_json::from_str(&resp.body).expect("JSON");
+    v["Status"].as_str().unwrap_or("?").to_string()
+}
+
+/// Revokes `leaf` at pebble with the account Berth created (its key is in the data dir).
+async fn revoke_at_ca(pebble: &Pebble, data_dir: &Path, leaf: &CertificateDer<'static>) {
+    use instant_acme::{Account, Key, RevocationReason, RevocationRequest};
+    use rustls::pki_types::{PrivateKeyDer, PrivatePkcs8KeyDer};
+    let pem = std::fs::read(data_dir.join("certs/acme/account.key")).expect("account key");
+    let der = PrivatePkcs8KeyDer::from_pem_slice(&pem).expect("PKCS#8");
+    let key = Key::from_pkcs8_der(der.clone_key()).expect("key");
+    let (account, _) = Account::builder_with_root(&pebble.ca_pem)
+        .expect("builder")
+        .create_from_key((key, PrivateKeyDer::Pkcs8(der)), pebble.directory.clone())
+        .await
+        .expect("account from Berth's key");
+    account
+        .revoke(&RevocationRequest {
+            certificate: leaf,
+            reason: Some(RevocationReason::Superseded),
+        })
+        .await
+        .expect("revocation accepted by pebble");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pebble_revoked_certificate_replaced_on_request() {
+    if std::env::var("BERTH_SYSTEM_TESTS").as_deref() != Ok("1") {
+        println!("skipped: set BERTH_SYSTEM_TESTS=1");
+        return;
+    }
+    let started = Instant::now();
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter("berth=info")
+        .with_test_writer()
+        .try_init();
+    let backend = backend().await;
+    let (http, https_port) = (free_port(), free_port());
+    // One-hour certificates: nothing renews by itself during the test.
+    let pebble = start_pebble(http, free_port(), 3600).await;
+    let data = tempfile::tempdir().expect("tmp");
+    let domain = "r.berth.test";
+    let d = daemon::start(
+        daemon_config(
+            data.path(),
+            http,
+            https_port,
+            &[domain],
+            backend,
+            pebble.acme(AcmeChallenge::Http01),
+        ),
+        None,
+    )
+    .await
+    .expect("daemon");
+    let store = d.certs.clone().expect("store");
+    wait_status(&store, domain, false, Duration::from_secs(60)).await;
+    let client = client_config(pebble.root().await);
+    let https = d.https_addr.expect("https");
+    let (_, leaf) = tls_get(https, client.clone(), domain, "/")
+        .await
+        .expect("served");
+    let revoked = serial_of(&leaf);
+    assert_eq!(ca_status(&pebble, &revoked).await, "Valid");
+
+    revoke_at_ca(&pebble, data.path(), &leaf).await;
+    assert_eq!(ca_status(&pebble, &revoked).await, "Revoked");
+
+    let (_, token) = d.registry.store().create_token("ops").expect("token");
+    let auth = format!("Bearer {token}");
+    let api = d.api_addr;
+    let post = |path: String| {
+        let auth = auth.clone();
+        async move {
+            http_request(api, "POST", &path, &[("authorization", &auth)], None)
+                .await
+                .expect("API")
+        }
+    };
+    // Not a domain Berth orders certificates for: 404 with a JSON error.
+    let r = post("/v1/certificates/unknown.berth.test/retry".into()).await;
+    assert_eq!(r.status, 404, "{r:?}");
+    assert!(r.body.contains("unknown.berth.test"), "{}", r.body);
+    // Without a token: 401.
+    let r = http_request(
+        api,
+        "POST",
+        &format!("/v1/certificates/{domain}/retry"),
+        &[],
+        None,
+    )
+    .await
+    .expect("API");
+    assert_eq!(r.status, 401);
+
+    // A bounded loop of full handshakes runs while the certificate is replaced.
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let looper = {
+        let client = client.clone();
+        tokio::spawn(async move {
+            let (mut ok, mut failed, mut serials) = (0u32, Vec::new(), Vec::<String>::new());
+            let t0 = Instant::now();
+            for _ in 0..2000 {
+                if *stop_rx.borrow() || t0.elapsed() > Duration::from_secs(60) {
+                    break;
+                }
+                match tls_get(https, client.clone(), domain, "/loop").await {
+                    Ok((resp, leaf)) if resp.status == 200 => {
+                        ok += 1;
+                        let s = serial_of(&leaf);
+                        if serials.last() != Some(&s) {
+                            serials.push(s);
+                        }
+                    }
+                    Ok((resp, _)) => failed.push(format!("status {}", resp.status)),
+                    Err(e) => failed.push(e),
+                }
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+            (ok, failed, serials)
+        })
+    };
+
+    let asked = Instant::now();
+    let r = post(format!("/v1/certificates/{}/retry", domain.to_uppercase())).await;
+    assert_eq!(r.status, 202, "{r:?}");
+    let v: serde_json::Value = serde_json::from_str(&r.body).expect("JSON");
+    assert_eq!(v, serde_json::json!({"domain": domain, "status": "queued"}));
+    // While the order runs, another request is refused with 409 (it would order twice).
+    // Asked until seen or the new certificate is served, whichever comes first.
+    let mut conflict = None;
+    let deadline = asked + Duration::from_secs(30);
+    let new_serial = loop {
+        assert!(
+            Instant::now() < deadline,
+            "not replaced within 30 s: {:?}",
+            store.status()
+        );
+        if let Ok((_, leaf)) = tls_get(https, client.clone(), domain, "/").await {
+            let s = serial_of(&leaf);
+            if s != revoked {
+                break s;
+            }
+        }
+        if conflict.is_none() {
+            let r = post(format!("/v1/certificates/{domain}/retry")).await;
+            if r.status == 409 {
+                assert!(r.body.contains("order_in_progress"), "{}", r.body);
+                conflict = Some(asked.elapsed());
+            } else {
+                assert_eq!(r.status, 202, "{r:?}");
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    let replaced_in = asked.elapsed();
+    // Let the loop see the new certificate for a moment, then stop it.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let _ = stop_tx.send(true);
+    let (ok, failed, serials) = looper.await.expect("loop");
+    assert!(
+        failed.is_empty(),
+        "{} failed of {}: {:?}",
+        failed.len(),
+        ok as usize + failed.len(),
+        &failed[..failed.len().min(5)]
+    );
+    assert!(
+        conflict.is_some(),
+        "a second request during the order should get 409"
+    );
+    assert_eq!(
+        serials.first(),
+        Some(&revoked),
+        "loop started on the old cert"
+    );
+    assert_eq!(
+        serials.last(),
+        Some(&new_serial),
+        "the loop ends on the new certificate: {serials:?}"
+    );
+    assert_eq!(ca_status(&pebble, &new_serial).await, "Valid");
+    let st = wait_status(&store, domain, false, Duration::from_secs(5)).await;
+    assert!(st.last_error.is_none(), "{st:?}");
+    assert_ne!(st.not_after, None);
+    println!(
+        "revocation: retry → new certificate served after {replaced_in:?} (409 seen after \
+         {conflict:?}); {ok} TLS requests during the swap, 0 failed; whole test {:?}",
+        started.elapsed()
+    );
+    d.shutdown().await;
 }

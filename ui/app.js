@@ -628,9 +628,12 @@
     const rows = list.map((c) => {
       const failed = !!c.last_error;
       const retry = h('button', { type: 'button', class: 'act', 'data-action': 'retry' }, 'Retry');
+      // The order runs in the background: refresh the list shortly after so its outcome
+      // (new expiry, or the error) shows without waiting for the next poll.
       retry.addEventListener('click', () => act(
-        `Retry issuing/renewing the certificate for ${c.domain} now?`, 'Retry', 'POST',
-        `/v1/certificates/${encodeURIComponent(c.domain)}/retry`, {}, `Retry for ${c.domain} requested.`));
+        `Order a new certificate for ${c.domain} now? (A failed one is retried at once; a valid one is renewed early.)`, 'Retry', 'POST',
+        `/v1/certificates/${encodeURIComponent(c.domain)}/retry`, {}, `Certificate order for ${c.domain} queued.`)
+        .then(() => setTimeout(() => loadCerts().catch(() => {}), 3000)));
       return h('tr', { class: failed ? 'failed' : '', 'data-domain': c.domain },
         h('th', { scope: 'row', 'data-label': 'Domain' }, c.domain, (c.names && c.names.length > 1) ? h('div', { class: 'muted' }, c.names.join(', ')) : null),
         h('td', { 'data-label': 'Source' }, c.source || '–'),

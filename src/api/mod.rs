@@ -10,6 +10,7 @@
 
 pub mod apps;
 pub mod auth;
+pub mod certs;
 pub mod error;
 pub mod ratelimit;
 pub mod routes;
@@ -68,6 +69,8 @@ pub struct ApiState {
     pub engine: Option<Arc<crate::deploy::Engine>>,
     /// apps: the certificate store, if TLS runs (`GET /v1/certificates`).
     pub certs: Option<Arc<crate::tls::CertStore>>,
+    /// certs: the ACME issuer, if configured (`POST /v1/certificates/{domain}/retry`).
+    pub acme: Option<Arc<crate::tls::AcmeManager>>,
 }
 
 /// The complete router.
@@ -75,7 +78,8 @@ pub fn router(state: ApiState) -> Router {
     let protected = Router::new()
         .merge(routes::router())
         .merge(stats::router())
-        .merge(apps::router());
+        .merge(apps::router())
+        .merge(certs::router());
     let metrics = Router::new().route("/metrics", get(stats::metrics));
     let (protected, metrics) = if state.settings.metrics_auth {
         (protected.merge(metrics), Router::new())

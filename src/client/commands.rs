@@ -14,7 +14,7 @@ use super::api::{check_url, Api};
 use super::appfile::{starter, AppFile};
 use super::output::{field, text, Out};
 use super::settings::{Server, Settings};
-use super::{BackendsCmd, Cli, ClientError, Command, RoutesCmd, ServerCmd};
+use super::{BackendsCmd, CertsCmd, Cli, ClientError, Command, RoutesCmd, ServerCmd};
 
 fn seg(s: &str) -> String {
     // Path segments are names/ids; percent-encode anything unusual.
@@ -154,7 +154,63 @@ pub async fn run(cli: Cli, out: &Out) -> Result<u8, ClientError> {
         }
         Command::Routes(cmd) => routes(&g.server, cmd, out).await,
         Command::Backends { route, action } => backends(&g.server, &route, action, out).await,
+        Command::Certs { action } => certs(&g.server, action.unwrap_or(CertsCmd::List), out).await,
     }
+}
+
+async fn certs(servers: &[String], cmd: CertsCmd, out: &Out) -> Result<u8, ClientError> {
+    let (_, api) = connect(servers).await?;
+    match cmd {
+        CertsCmd::List => {
+            let v: Value = api.json(Method::GET, "/v1/certificates", None).await?;
+            if out.json {
+                out.json(&v);
+            } else {
+                let rows = list(&v, "certificates")
+                    .iter()
+                    .map(|c| {
+                        vec![
+                            field(c, &["domain"]),
+                            field(c, &["source"]),
+                            field(c, &["issuer"]),
+                            field(c, &["not_after"]),
+                            field(c, &["next_renewal"]),
+                            field(c, &["last_error"]),
+                        ]
+                    })
+                    .collect();
+                out.table(
+                    &[
+                        "domain",
+                        "source",
+                        "issuer",
+                        "expires",
+                        "renews",
+                        "last error",
+                    ],
+                    rows,
+                );
+            }
+        }
+        CertsCmd::Retry { domain } => {
+            let v: Value = api
+                .json(
+                    Method::POST,
+                    &format!("/v1/certificates/{}/retry", seg(&domain)),
+                    Some(&json!({})),
+                )
+                .await?;
+            if out.json {
+                out.json(&v);
+            } else {
+                out.line(&format!(
+                    "{}: certificate order queued (see `berth certs`)",
+                    field(&v, &["domain"])
+                ));
+            }
+        }
+    }
+    Ok(0)
 }
 
 async fn server(cmd: ServerCmd, out: &Out) -> Result<u8, ClientError> {

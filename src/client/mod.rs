@@ -190,6 +190,11 @@ pub enum Command {
         #[command(subcommand)]
         action: BackendsCmd,
     },
+    /// Certificates: list them (default), or order one now.
+    Certs {
+        #[command(subcommand)]
+        action: Option<CertsCmd>,
+    },
     /// Print shell completions.
     Completions {
         #[arg(value_parser = ["bash", "zsh", "fish"])]
@@ -230,6 +235,17 @@ pub enum RoutesCmd {
     Put { name: String, file: PathBuf },
     /// Delete a route.
     Delete { name: String },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum CertsCmd {
+    /// List certificates: issuer, expiry, next renewal, last error.
+    List,
+    /// Order a certificate for DOMAIN now (retry a failure, or renew early).
+    ///
+    /// A failed order is retried without waiting for its backoff; a healthy certificate is
+    /// renewed early (e.g. after a revocation at the CA).
+    Retry { domain: String },
 }
 
 #[derive(Debug, Subcommand)]

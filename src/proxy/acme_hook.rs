@@ -18,11 +18,34 @@ pub const CHALLENGE_PREFIX: &str = "/.well-known/acme-challenge/";
 
 use bytes::Bytes;
 use http::header::{self, HeaderValue};
-use http::{Response, StatusCode, Uri};
+use http::{Request, Response, StatusCode, Uri};
 
 use super::body::ResponseBody;
 use super::Proxy;
-use crate::model::route::Route;
+use crate::model::host::normalize_host;
+use crate::model::route::{Lookup, Route};
+
+/// Marks a response the proxy generated itself (errors, alias redirects) so that HSTS can be
+/// added to it after the fact (see [`Proxy::add_hsts_generated`]).
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Generated;
+
+/// Where an HTTPS request was addressed (cheap clones: `Uri` and `HeaderValue` share their
+/// bytes), kept so a generated answer can find the route's HSTS setting.
+pub(crate) struct HstsProbe {
+    uri: Uri,
+    host: Option<HeaderValue>,
+}
+
+impl HstsProbe {
+    /// `Some` only for HTTPS: HSTS is never sent over plain HTTP (RFC 6797 §7.2).
+    pub(crate) fn capture<B>(scheme: &str, req: &Request<B>) -> Option<Self> {
+        (scheme == "https").then(|| HstsProbe {
+            uri: req.uri().clone(),
+            host: req.headers().get(header::HOST).cloned(),
+        })
+    }
+}
 
 fn text(status: StatusCode, body: String) -> Response<ResponseBody> {
     let mut r = Response::new(ResponseBody::full(Bytes::from(body)));
@@ -79,5 +102,47 @@ impl Proxy {
                 headers.insert(header::STRICT_TRANSPORT_SECURITY, v);
             }
         }
+    }
+
+    /// HSTS on a response the proxy generated for an HTTPS request (502/503/504, 413, alias
+    /// redirect…), per the route the request was addressed to (an alias in redirect mode:
+    /// the route of its canonical host). Proxied responses already got it in `add_hsts`; only
+    /// generated ones (rare) pay for the second table lookup.
+    pub(crate) fn add_hsts_generated(
+        &self,
+        probe: Option<HstsProbe>,
+        resp: &mut Response<ResponseBody>,
+    ) {
+        let Some(probe) = probe else {
+            return;
+        };
+        if resp.extensions().get::<Generated>().is_none()
+            || resp
+                .headers()
+                .contains_key(header::STRICT_TRANSPORT_SECURITY)
+        {
+            return;
+        }
+        let raw = match probe.uri.authority() {
+            Some(a) => a.as_str(),
+            None => match probe.host.as_ref().and_then(|h| h.to_str().ok()) {
+                Some(h) => h,
+                None => return,
+            },
+        };
+        let Some(host) = normalize_host(raw) else {
+            return;
+        };
+        let path = probe.uri.path();
+        let table = self.tables.load();
+        let route = match table.lookup_normalized(&host, path) {
+            Lookup::Route(r) => r,
+            Lookup::Redirect(canonical) => match table.lookup_normalized(canonical, path) {
+                Lookup::Route(r) => r,
+                _ => return,
+            },
+            Lookup::NotFound => return,
+        };
+        self.add_hsts("https", route, resp.headers_mut());
     }
 }

@@ -35,6 +35,8 @@ fn local(status: StatusCode, msg: &'static str) -> Response<ResponseBody> {
         header::CONTENT_TYPE,
         HeaderValue::from_static("text/plain; charset=utf-8"),
     );
+    // TLS hook: lets `handle` add the route's HSTS header to HTTPS answers made here.
+    r.extensions_mut().insert(super::acme_hook::Generated);
     r
 }
 
@@ -111,9 +113,12 @@ impl Proxy {
             backend: None,
             conn: Some(conn),
         };
+        // TLS hook: HSTS on generated answers (errors, alias redirects) of HTTPS requests.
+        let hsts = super::acme_hook::HstsProbe::capture(scheme, &req);
         let mut resp = self
             .route_request(req, peer, scheme, raw_host, host, &mut done)
             .await;
+        self.add_hsts_generated(hsts, &mut resp);
         if draining_h1 {
             resp.headers_mut()
                 .insert(header::CONNECTION, HeaderValue::from_static("close"));

@@ -4,6 +4,12 @@
 //! Certificates are ordered when a domain first appears, renewed per `model::renewal`
 //! (ARI window when the CA offers `renewalInfo`), retried with backoff on failure; every step
 //! is visible in the store's status list.
+//!
+//! Operators can ask for an order now (`POST /v1/certificates/{domain}/retry`, via
+//! [`AcmeManager::request_retry`]): the domain is marked forced, the loop wakes, clears its
+//! backoff and orders at once, whether the certificate failed, is missing, or is healthy (an
+//! early renewal: the remedy for a certificate revoked at a CA that does not signal it through
+//! ARI). One order per domain runs at a time; a request while it runs is refused (409).
 
 use std::collections::{BTreeSet, HashMap};
 use std::hash::{BuildHasher, Hasher};
@@ -19,7 +25,8 @@ use instant_acme::{
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{PrivateKeyDer, PrivatePkcs8KeyDer};
 use rustls::sign::CertifiedKey;
-use tokio::sync::watch;
+use thiserror::Error;
+use tokio::sync::{watch, Notify};
 
 use super::pem::{load_files, parse_pair, LoadedCert};
 use super::store::{rfc3339, status_for, CertSource, CertStore};
@@ -99,12 +106,41 @@ pub fn alpn_challenge_cert(domain: &str, digest: &[u8]) -> Result<Arc<CertifiedK
     )))
 }
 
+/// Operator requests waiting for the renewal loop, and the order it is running.
+#[derive(Default)]
+struct Requests {
+    /// Domains to order now, whatever their schedule or backoff.
+    forced: BTreeSet<String>,
+    /// The domain whose order is running.
+    in_flight: Option<String>,
+}
+
+/// Why a retry request was refused.
+#[derive(Debug, Error, PartialEq, Eq)]
+pub enum RetryError {
+    #[error("{0} is not a domain Berth orders certificates for (not routed, or ACME is off)")]
+    NotManaged(String),
+    #[error("{0} is covered by a bring-your-own certificate; replace its files instead")]
+    Manual(String),
+    #[error("an order for {0} is already running; its result shows in GET /v1/certificates")]
+    InProgress(String),
+}
+
 /// Orders and renews certificates for the routed domains.
 pub struct AcmeManager {
     cfg: AcmeConfig,
     dir: PathBuf,
     store: Arc<CertStore>,
     domains: watch::Sender<BTreeSet<String>>,
+    requests: std::sync::Mutex<Requests>,
+    /// Wakes the loop when a retry is requested (a permit is kept if it is busy).
+    wake: Notify,
+}
+
+/// Puts `domain` into the normal form the domain set uses (lower case, no trailing dot).
+fn normalize_domain(domain: &str) -> String {
+    let d = domain.trim();
+    d.strip_suffix('.').unwrap_or(d).to_ascii_lowercase()
 }
 
 fn system_time_from_unix(ts: i64) -> SystemTime {
@@ -125,6 +161,8 @@ impl AcmeManager {
             dir,
             store,
             domains: watch::Sender::new(BTreeSet::new()),
+            requests: std::sync::Mutex::new(Requests::default()),
+            wake: Notify::new(),
         };
         if let Ok(rd) = std::fs::read_dir(&me.dir) {
             let now = SystemTime::now();
@@ -168,6 +206,45 @@ impl AcmeManager {
                 true
             }
         });
+    }
+
+    fn requests(&self) -> std::sync::MutexGuard<'_, Requests> {
+        // Plain data; a panic elsewhere cannot leave it half-written.
+        self.requests.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Asks the loop to order a certificate for `domain` now: backoff is cleared and a healthy
+    /// certificate is renewed early. Returns the normalised domain once queued (asking again
+    /// before the order starts is harmless); refused for domains Berth does not order for and
+    /// while an order for the domain is running.
+    pub fn request_retry(&self, domain: &str) -> Result<String, RetryError> {
+        let d = normalize_domain(domain);
+        if !self.domains.borrow().contains(&d) {
+            return Err(RetryError::NotManaged(d));
+        }
+        if self.store.manual_covers(&d) {
+            return Err(RetryError::Manual(d));
+        }
+        {
+            let mut r = self.requests();
+            if r.in_flight.as_deref() == Some(d.as_str()) {
+                return Err(RetryError::InProgress(d));
+            }
+            r.forced.insert(d.clone());
+        }
+        self.store.update_status(
+            CertSource::Acme,
+            &self.cert_path(&d).display().to_string(),
+            |s| s.next_renewal = Some(rfc3339(SystemTime::now())),
+        );
+        tracing::info!(domain = %d, "certificate order requested by an operator");
+        self.wake.notify_one();
+        Ok(d)
+    }
+
+    /// Whether an order for `domain` is running now.
+    pub fn in_flight(&self, domain: &str) -> bool {
+        self.requests().in_flight.as_deref() == Some(normalize_domain(domain).as_str())
     }
 
     async fn account(&self) -> Result<Account, TlsError> {
@@ -359,6 +436,17 @@ impl AcmeManager {
                 .filter(|d| !wanted.contains(*d))
                 .cloned()
                 .collect();
+            // A forced domain stays queued (asking again is harmless) until its order starts.
+            let forced: BTreeSet<String> = {
+                let mut r = self.requests();
+                r.forced.retain(|d| wanted.contains(d));
+                r.forced.clone()
+            };
+            if !forced.is_empty() && account.is_none() {
+                // An operator asked: try the CA now, not when the account backoff ends.
+                account_retry = None;
+                account_failures = 0;
+            }
             for d in dropped {
                 states.remove(&d);
                 self.store.remove_acme(&d);
@@ -407,6 +495,11 @@ impl AcmeManager {
                     ari_next_fetch: now,
                 });
                 let current = self.store.acme_cert(domain);
+                let force = forced.contains(domain);
+                if force {
+                    st.failures = 0;
+                    st.retry_at = None;
+                }
 
                 // ACME Renewal Information, when the CA has it.
                 if let (Some(cert), Some(acct), true) = (&current, &account, ari_supported) {
@@ -426,6 +519,7 @@ impl AcmeManager {
                 }
 
                 let due = match (&current, st.retry_at) {
+                    _ if force => now,
                     (_, Some(r)) => r,
                     (None, None) => now,
                     (Some(c), None) => {
@@ -448,6 +542,10 @@ impl AcmeManager {
 
                 // Due: order, if there is an account.
                 let Some(acct) = &account else {
+                    if force {
+                        // The account attempt above was this request's answer.
+                        self.requests().forced.remove(domain);
+                    }
                     let at = account_retry.unwrap_or(now + Duration::from_secs(10));
                     status.last_error = Some(
                         account_error
@@ -469,11 +567,17 @@ impl AcmeManager {
                     _ => None,
                 };
                 let started = std::time::Instant::now();
-                tracing::info!(%domain, renewal = current.is_some(), "ordering certificate");
+                tracing::info!(%domain, renewal = current.is_some(), forced = force, "ordering certificate");
+                {
+                    let mut r = self.requests();
+                    r.forced.remove(domain);
+                    r.in_flight = Some(domain.clone());
+                }
                 let issue = tokio::select! {
                     r = self.issue(acct, domain, replaces) => r,
                     _ = stop.changed() => return,
                 };
+                self.requests().in_flight = None;
                 let now = SystemTime::now();
                 match issue {
                     Ok(cert) => {
@@ -517,6 +621,7 @@ impl AcmeManager {
                 .unwrap_or(Duration::ZERO);
             tokio::select! {
                 _ = tokio::time::sleep(sleep) => {}
+                _ = self.wake.notified() => {}
                 r = domains_rx.changed() => {
                     if r.is_err() {
                         return;
@@ -555,5 +660,45 @@ async fn fetch_ari(
         }
         Err(instant_acme::Error::Unsupported(_)) => Ok(None),
         Err(e) => Err(e.to_string()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn manager(dir: &Path) -> AcmeManager {
+        AcmeManager::new(AcmeConfig::default(), dir, Arc::new(CertStore::new()))
+    }
+
+    #[test]
+    fn retry_requests_are_checked_and_queued() {
+        let dir = tempfile::tempdir().expect("tmp");
+        let m = manager(dir.path());
+        m.set_domains(["a.test".to_string(), "b.test".to_string()]);
+        assert_eq!(
+            m.request_retry("c.test"),
+            Err(RetryError::NotManaged("c.test".into()))
+        );
+        // Normalised like the domain set: case and a trailing dot do not matter.
+        assert_eq!(m.request_retry("A.Test."), Ok("a.test".into()));
+        assert_eq!(m.request_retry("a.test"), Ok("a.test".into()), "idempotent");
+        assert_eq!(
+            m.requests().forced.iter().collect::<Vec<_>>(),
+            vec!["a.test"]
+        );
+        m.requests().in_flight = Some("b.test".into());
+        assert!(m.in_flight("B.test"));
+        assert_eq!(
+            m.request_retry("b.test"),
+            Err(RetryError::InProgress("b.test".into()))
+        );
+        assert!(!m.requests().forced.contains("b.test"));
+        // A domain that is no longer routed cannot be retried.
+        m.set_domains(["b.test".to_string()]);
+        assert_eq!(
+            m.request_retry("a.test"),
+            Err(RetryError::NotManaged("a.test".into()))
+        );
     }
 }

@@ -11,7 +11,7 @@ use std::path::{Path, PathBuf};
 
 use thiserror::Error;
 
-pub use acme::AcmeManager;
+pub use acme::{AcmeManager, RetryError};
 pub use manual::ManualCerts;
 pub use store::{CertStatus, CertStore};
 
