@@ -675,3 +675,68 @@ async fn stop_removes_everything_and_survives_a_restart() {
         "{lines:?}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replica_that_stops_leaves_the_route_and_returns_when_healthy() {
+    let w = World::new();
+    let port = free_port();
+    let engine = w.engine().await;
+    let d = engine
+        .deploy("web", spec("v1", 2, port), by_ref("v1"), "t")
+        .await
+        .unwrap();
+    assert_eq!(engine.wait(&d).await.unwrap().state, DeployState::Succeeded);
+    assert_eq!(w.backends("web").len(), 2);
+    // The route is checked continuously with the app's own health check.
+    let check = w
+        .tables
+        .load()
+        .route(&app_route_name("web"))
+        .and_then(|r| r.spec.health_check.clone())
+        .expect("deployed route has a health check");
+    assert_eq!(check.path, "/health");
+    assert_eq!(check.interval, Duration::from_millis(50));
+
+    let victim = {
+        let cs = w.fake.containers.lock().unwrap();
+        cs.iter()
+            .find(|(_, c)| c.info.running())
+            .map(|(id, _)| id.clone())
+            .unwrap()
+    };
+    // Stopped outside a deploy (a crash, `docker stop`): out of the route at once.
+    w.fake.stop(&victim, Duration::ZERO).await.unwrap();
+    let deadline = std::time::Instant::now() + Duration::from_secs(2);
+    while w.backends("web").len() != 1 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "stopped replica still routed"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    // Docker's restart policy starts it again: routed after its health check passes.
+    w.fake.start(&victim).await.unwrap();
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    while w.backends("web").len() != 2 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "restarted replica not routed again"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert!(w
+        .backends("web")
+        .iter()
+        .all(|(_, s)| *s == ServerState::Ready));
+    // A deploy afterwards still replaces both.
+    let d2 = engine
+        .deploy("web", spec("v2", 2, port), by_ref("v2"), "t")
+        .await
+        .unwrap();
+    assert_eq!(
+        engine.wait(&d2).await.unwrap().state,
+        DeployState::Succeeded
+    );
+    assert_eq!(w.backends("web").len(), 2);
+    assert_eq!(w.fake.running_of(&d), 0);
+}

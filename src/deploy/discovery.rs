@@ -50,7 +50,15 @@ async fn follow(
                     break;
                 }
             };
-            if !ev.labels.contains_key(labels::APP) {
+            let Some(app) = ev.labels.get(labels::APP).cloned() else {
+                continue;
+            };
+            if ev.labels.get(labels::MANAGED).map(String::as_str) == Some("true") {
+                if ev.is_gone() {
+                    replica_down(&inner, &app, &ev.id);
+                } else if ev.action == "start" || ev.action == "unpause" {
+                    replica_started(&inner, &app, &ev.id);
+                }
                 continue;
             }
             if ev.is_gone() {
@@ -71,6 +79,24 @@ async fn follow(
             match inner.rt.inspect(&id).await {
                 Ok(c) if c.running() => {}
                 _ => unroute(&inner, &id),
+            }
+        }
+        // Deployed replicas that stopped or came back while no events arrived.
+        let replicas: Vec<(String, String)> = inner
+            .state
+            .locked()
+            .apps
+            .iter()
+            .flat_map(|(app, a)| {
+                a.replicas
+                    .iter()
+                    .map(move |r| (app.clone(), r.container_id.clone()))
+            })
+            .collect();
+        for (app, id) in replicas {
+            match inner.rt.inspect(&id).await {
+                Ok(c) if c.running() => replica_started(&inner, &app, &id),
+                _ => replica_down(&inner, &app, &id),
             }
         }
         if let Ok(found) = inner.rt.list(&[format!("{}=app", labels::ROLE)]).await {
@@ -164,4 +190,97 @@ fn unroute(inner: &Inner, id: &str) {
         }
         tracing::info!(container = %d.replica.name, app = %d.labels.app, "discovered container unrouted");
     }
+}
+
+/// A deployed replica's container stopped outside a deploy (a deploy takes a replica out of
+/// the route before stopping it, so this finds nothing then): out of the route now, instead
+/// of after the prober's `fall` failed checks or a connect timeout per request.
+fn replica_down(inner: &Inner, app: &str, id: &str) {
+    let mut st = inner.state.locked();
+    let Some(a) = st.apps.get_mut(app) else {
+        return;
+    };
+    let Some(r) = a.replicas.iter().find(|r| r.container_id == id) else {
+        return;
+    };
+    let name = r.name.clone();
+    let live: Vec<String> = a.replicas.iter().map(|r| r.container_id.clone()).collect();
+    a.down.retain(|d| live.contains(d));
+    if !a.down.insert(id.to_string()) {
+        return;
+    }
+    if let Err(e) = inner.publish_app(&st, app) {
+        inner.warn(format!("replica {name} stopped; unrouting it failed: {e}"));
+        return;
+    }
+    tracing::warn!(app, container = %name, "replica stopped; out of the route until it runs and passes its health check");
+}
+
+/// A replica that was down runs again (Docker's restart policy, `docker start`): routed again
+/// once it passes the health check of the deployment that started it.
+fn replica_started(inner: &Arc<Inner>, app: &str, id: &str) {
+    let (replica, deployment) = {
+        let st = inner.state.locked();
+        let Some(a) = st.apps.get(app) else {
+            return;
+        };
+        if !a.down.contains(id) {
+            return;
+        }
+        match a.replicas.iter().find(|r| r.container_id == id) {
+            Some(r) => (r.clone(), r.deployment.clone()),
+            None => return,
+        }
+    };
+    let inner2 = inner.clone();
+    let app = app.to_string();
+    inner.spawn(async move {
+        let inner = inner2;
+        let spec = inner.store.get(&deployment).ok().flatten().map(|d| d.spec);
+        let Some(spec) = spec else {
+            inner.warn(format!(
+                "replica {}: deployment {deployment} not found; left out of the route",
+                replica.name
+            ));
+            return;
+        };
+        let addr = match super::run::address_of(&inner, &replica.container_id, replica.address.port()).await {
+            Ok(a) => a,
+            Err(e) => {
+                inner.warn(format!("replica {}: {e}; left out of the route", replica.name));
+                return;
+            }
+        };
+        let deadline = Instant::now() + spec.deploy_timeout;
+        let host = spec.domains[0].to_string();
+        if let Err(e) = inner
+            .health
+            .wait_healthy(inner.rt.as_ref(), &replica.container_id, addr, &host, &spec.health, deadline)
+            .await
+        {
+            inner.warn(format!(
+                "replica {} runs again but is not healthy: {e}; left out of the route",
+                replica.name
+            ));
+            return;
+        }
+        let mut st = inner.state.locked();
+        let Some(a) = st.apps.get_mut(&app) else {
+            return;
+        };
+        // Still ours and still down (a deploy or stop may have replaced it meanwhile).
+        if !a.down.contains(&replica.container_id) {
+            return;
+        }
+        let Some(r) = a.replicas.iter_mut().find(|r| r.container_id == replica.container_id) else {
+            return;
+        };
+        r.address = BackendAddr::new(addr.ip().to_string(), addr.port());
+        a.down.remove(&replica.container_id);
+        if let Err(e) = inner.publish_app(&st, &app) {
+            inner.warn(format!("replica {}: routing it again failed: {e}", replica.name));
+            return;
+        }
+        tracing::info!(app = %app, container = %replica.name, %addr, "replica runs again and is healthy; back in the route");
+    });
 }

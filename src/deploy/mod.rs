@@ -13,7 +13,7 @@ pub mod health;
 mod reconcile;
 mod run;
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -24,9 +24,11 @@ use thiserror::Error;
 use tokio::sync::{broadcast, watch};
 use tokio::task::JoinHandle;
 
-use crate::model::deploy::{validate_app_name, AppSpec, SpecError, Strategy};
+use crate::model::deploy::{validate_app_name, AppSpec, HealthSpec, SpecError, Strategy};
 use crate::model::labels::LabelSpec;
-use crate::model::route::{BackendAddr, BackendSpec, Domain, RouteSpec, ServerState};
+use crate::model::route::{
+    BackendAddr, BackendSpec, Domain, HealthCheckSpec, RouteSpec, ServerState,
+};
 use crate::runtime::{ByteStream, ContainerRuntime, RegistryCreds, RuntimeError};
 use crate::store::deployments::{
     DeployState, DeploymentRecord, DeploymentStore, DeploymentStoreError, StoredEvent,
@@ -153,12 +155,33 @@ pub(crate) struct Replica {
     pub state: ServerState,
 }
 
+/// What the app's route answers for, and how its replicas are checked while they serve.
+#[derive(Clone, Debug)]
+pub(crate) struct AppHosts {
+    pub domains: Vec<Domain>,
+    pub aliases: Vec<Domain>,
+    pub health: HealthSpec,
+}
+
+impl AppHosts {
+    pub fn of(spec: &AppSpec) -> Self {
+        AppHosts {
+            domains: spec.domains.clone(),
+            aliases: spec.aliases.clone(),
+            health: spec.health.clone(),
+        }
+    }
+}
+
 #[derive(Default)]
 pub(crate) struct AppState {
     /// Domains and aliases the app's route answers for.
-    pub hosts: Option<(Vec<Domain>, Vec<Domain>)>,
+    pub hosts: Option<AppHosts>,
     /// Replicas in the route (ready or draining).
     pub replicas: Vec<Replica>,
+    /// Replicas whose container stopped outside a deploy (crash, OOM, `docker stop`): out of
+    /// the route until the container runs again and passes its health check.
+    pub down: BTreeSet<String>,
     /// The deployment in progress.
     pub running: Option<String>,
 }
@@ -240,21 +263,28 @@ impl Inner {
             // A route with no ready backend answers 503 (replace downtime); an app that runs
             // nothing (stopped, never deployed) has no route at all.
             Some(a) => match &a.hosts {
-                Some((domains, aliases)) => vec![RouteSpec {
+                Some(h) => vec![RouteSpec {
                     name: Some(app_route_name(app)),
-                    domains: domains.clone(),
-                    aliases: aliases.clone(),
+                    domains: h.domains.clone(),
+                    aliases: h.aliases.clone(),
                     alias_mode: Default::default(),
                     path_prefix: None,
                     balancer: Default::default(),
-                    // The deploy gate checks health before routing; continuous checks are
-                    // the proxy prober's, configured by the daemon if wanted.
-                    health_check: None,
+                    // The deploy gate checks a replica before it is routed; from then on the
+                    // proxy's prober checks it with the same path, interval and timeout
+                    // (a backend starts up, so a gated replica serves at once).
+                    health_check: Some(HealthCheckSpec {
+                        path: h.health.path.clone(),
+                        interval: h.health.interval,
+                        timeout: h.health.timeout,
+                        ..HealthCheckSpec::default()
+                    }),
                     slowstart: None,
                     on_down: Default::default(),
                     backends: a
                         .replicas
                         .iter()
+                        .filter(|r| !a.down.contains(&r.container_id))
                         .map(|r| BackendSpec {
                             id: Some(r.container_id.clone()),
                             address: r.address.clone(),

@@ -10,7 +10,7 @@ use std::sync::Arc;
 use tokio::time::Instant;
 
 use super::run::{address_of, start_replica};
-use super::{now_ms, AppState, DeployError, Inner, LockExt, Replica};
+use super::{now_ms, AppHosts, AppState, DeployError, Inner, LockExt, Replica};
 use crate::model::labels;
 use crate::model::route::{BackendAddr, ServerState};
 use crate::runtime::ContainerInfo;
@@ -210,10 +210,9 @@ pub(crate) async fn reconcile(inner: &Arc<Inner>) -> Result<(), DeployError> {
         st.apps.insert(
             app.clone(),
             AppState {
-                hosts: cur
-                    .as_ref()
-                    .map(|c| (c.spec.domains.clone(), c.spec.aliases.clone())),
+                hosts: cur.as_ref().map(|c| AppHosts::of(&c.spec)),
                 replicas,
+                down: Default::default(),
                 running: None,
             },
         );

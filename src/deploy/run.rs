@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use tokio::time::Instant;
 
-use super::{now_ms, ImageSource, Inner, LockExt, Replica};
+use super::{now_ms, AppHosts, ImageSource, Inner, LockExt, Replica};
 use crate::model::deploy::{images_to_prune, plan, AppSpec, ImageUse, OldReplica, Step};
 use crate::model::labels::{self, LabelSpec};
 use crate::model::route::{BackendAddr, ServerState};
@@ -179,7 +179,7 @@ async fn execute(
                 {
                     let mut st = inner.state.locked();
                     let a = st.apps.entry(app.clone()).or_default();
-                    a.hosts = Some((spec.domains.clone(), spec.aliases.clone()));
+                    a.hosts = Some(AppHosts::of(spec));
                     a.replicas.push(Replica {
                         container_id: new.id.clone(),
                         name: new.name.clone(),
@@ -491,7 +491,7 @@ async fn abort(inner: &Arc<Inner>, rec: &DeploymentRecord, progress: &mut Progre
         let mut st = inner.state.locked();
         let a = st.apps.entry(app.clone()).or_default();
         if let Some(s) = &old_spec {
-            a.hosts = Some((s.domains.clone(), s.aliases.clone()));
+            a.hosts = Some(AppHosts::of(s));
         }
         a.replicas.push(Replica {
             address: BackendAddr::new(addr.ip().to_string(), addr.port()),
@@ -531,7 +531,7 @@ async fn abort(inner: &Arc<Inner>, rec: &DeploymentRecord, progress: &mut Progre
             .current(app)
             .ok()
             .flatten()
-            .map(|c| (c.spec.domains, c.spec.aliases));
+            .map(|c| AppHosts::of(&c.spec));
         if let Some(a) = st.apps.get_mut(app) {
             a.replicas
                 .retain(|r| !progress.routed_new.contains(&r.container_id));
