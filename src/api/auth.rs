@@ -48,6 +48,32 @@ fn bearer(req: &Request) -> Result<&str, ApiError> {
     Ok(token.trim())
 }
 
+/// The real client of a request that came through this daemon's own proxy: the peer is
+/// loopback and the request carries the proxy's per-process secret (which the proxy strips
+/// from what clients send). Then `X-Real-IP` (set by the proxy) is believed; if it is missing
+/// or unreadable the peer address stands in, still counted as proxied. `None`: a direct
+/// client, whose forwarded headers mean nothing.
+pub fn proxied_client(
+    settings: &super::ApiSettings,
+    peer: std::net::IpAddr,
+    headers: &axum::http::HeaderMap,
+) -> Option<std::net::IpAddr> {
+    use subtle::ConstantTimeEq;
+    let secret = settings.proxy_secret.as_deref()?;
+    if !peer.is_loopback() {
+        return None;
+    }
+    let sent = headers.get(crate::model::config::API_PROXY_HEADER)?;
+    if !bool::from(sent.as_bytes().ct_eq(secret.as_bytes())) {
+        return None;
+    }
+    let real = headers
+        .get("x-real-ip")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.trim().parse::<std::net::IpAddr>().ok());
+    Some(real.unwrap_or(peer))
+}
+
 /// Middleware: lets the request through only with an active token.
 pub async fn require_token(
     State(state): State<ApiState>,
@@ -65,17 +91,26 @@ pub async fn require_token(
             None => {}
         }
     }
-    let client = req
+    let peer = req
         .extensions()
         .get::<axum::extract::ConnectInfo<std::net::SocketAddr>>()
         .map(|c| c.0.ip());
+    // Through our own proxy (api.domain) the peer is loopback; the client is in X-Real-IP,
+    // and the loopback exemption does not apply to it.
+    let (client, proxied) = match peer {
+        Some(ip) => match proxied_client(&state.settings, ip, req.headers()) {
+            Some(real) => (Some(real), true),
+            None => (Some(ip), false),
+        },
+        None => (None, false),
+    };
     let limiter = req
         .extensions()
         .get::<std::sync::Arc<super::ratelimit::AuthLimiter>>()
         .cloned();
     let now = std::time::Instant::now();
     if let (Some(ip), Some(l)) = (client, &limiter) {
-        if let Some(wait) = l.blocked(ip, now) {
+        if let Some(wait) = l.blocked(ip, proxied, now) {
             let mut resp = (
                 axum::http::StatusCode::TOO_MANY_REQUESTS,
                 axum::Json(serde_json::json!({"error": {
@@ -95,7 +130,7 @@ pub async fn require_token(
     }
     let record_failure = || {
         if let (Some(ip), Some(l)) = (client, &limiter) {
-            l.failed(ip, now);
+            l.failed(ip, proxied, now);
         }
     };
     let token = match bearer(&req) {

@@ -166,6 +166,7 @@ async fn server(cmd: ServerCmd, out: &Out) -> Result<u8, ClientError> {
             token,
             token_stdin,
             no_check,
+            ca_cert,
         } => {
             check_url(&url)?;
             let token = match (token, token_stdin) {
@@ -191,9 +192,12 @@ async fn server(cmd: ServerCmd, out: &Out) -> Result<u8, ClientError> {
             if token.is_empty() {
                 return Err(ClientError::Usage("the token is empty".into()));
             }
+            // Stored absolute, so later commands work from any directory.
+            let ca_cert = ca_cert.map(|p| std::path::absolute(&p).unwrap_or(p));
             let server = Server {
                 url: url.trim_end_matches('/').to_string(),
                 token,
+                ca_cert,
             };
             if !no_check {
                 let api = Api::new(&server)?;
@@ -529,7 +533,12 @@ async fn backends(
 /// Where the image comes from for a deploy.
 enum ImageSource {
     Reference(String),
-    Tar { path: PathBuf, image: String },
+    /// `temporary`: written by `docker save` for this deploy, removed afterwards.
+    Tar {
+        path: PathBuf,
+        image: String,
+        temporary: bool,
+    },
 }
 
 async fn deploy(
@@ -557,7 +566,11 @@ async fn deploy(
             .image
             .clone()
             .unwrap_or_else(|| format!("{}:uploaded", app.name));
-        ImageSource::Tar { path: tar, image }
+        ImageSource::Tar {
+            path: tar,
+            image,
+            temporary: false,
+        }
     } else if let Some(build) = &app.build {
         let tag = format!(
             "{}:berth-{}",
@@ -569,8 +582,11 @@ async fn deploy(
         );
         let ctx = base.join(&build.context);
         out.line(&format!("building {tag} with docker build"));
+        // `--pull=false`: the base image comes from the local store when present (the
+        // docker default, spelled out); Berth never asks for a registry pull itself.
         let status = std::process::Command::new("docker")
             .arg("build")
+            .arg("--pull=false")
             .arg("-t")
             .arg(&tag)
             .arg("-f")
@@ -598,6 +614,7 @@ async fn deploy(
         ImageSource::Tar {
             path: tar,
             image: tag,
+            temporary: true,
         }
     } else {
         ImageSource::Reference(app.image.clone().unwrap_or_default())
@@ -631,6 +648,14 @@ async fn deploy(
         });
     }
     let results = futures_util::future::join_all(jobs).await;
+    if let ImageSource::Tar {
+        path,
+        temporary: true,
+        ..
+    } = &source
+    {
+        let _ = std::fs::remove_file(path);
+    }
     let mut code = 0u8;
     let mut summary = Vec::new();
     for (target, r) in results {
@@ -702,10 +727,24 @@ async fn deploy_one(
             let form = reqwest::multipart::Form::new()
                 .part("spec", spec_part)
                 .part("image", image_part);
-            let resp = api
+            let sent = api
                 .send(api.request(Method::POST, &path).multipart(form))
-                .await?;
-            bar.finish_and_clear();
+                .await;
+            let resp = match sent {
+                Ok(r) => r,
+                Err(e) => {
+                    bar.abandon();
+                    return Err(e);
+                }
+            };
+            // The bar's last frame stays as a summary line (a TTY only; hidden otherwise).
+            bar.set_style(
+                ProgressStyle::with_template(
+                    "{prefix:.bold} uploaded {total_bytes} in {elapsed} ({bytes_per_sec})",
+                )
+                .unwrap_or_else(|_| ProgressStyle::default_bar()),
+            );
+            bar.finish();
             if !out.tty && !out.json {
                 out.line(&format!("uploaded {len} bytes"));
             }
