@@ -237,6 +237,11 @@ async fn upload_progress_bar_on_a_tty_and_not_without() {
         size >> 20,
         raw.len()
     );
+    let tail: String = {
+        let chars: Vec<char> = text.chars().collect();
+        chars[chars.len().saturating_sub(900)..].iter().collect()
+    };
+    println!("cli_deploy: end of the terminal output: {tail:?}");
     assert!(
         frames >= 2,
         "the bar is redrawn while uploading ({frames} frames): {text:?}"
@@ -256,11 +261,27 @@ async fn upload_progress_bar_on_a_tty_and_not_without() {
     assert!(text.contains("ETA "), "{text:?}");
     // Finished: a full bar frame or the final summary with the total, then the deploy.
     assert!(
-        text.contains(&format!("uploaded {total_mib} in ")),
-        "final line: {text:?}"
+        text.contains(&format!("{total_mib}/{total_mib}")),
+        "the bar reached the total: {text:?}"
     );
-    let after_upload = &text[text.rfind("uploaded ").unwrap()..];
-    assert!(after_upload.contains("succeeded"), "{after_upload:?}");
+    // The summary line is printed above the bar (indicatif pads each line to the terminal
+    // width, 120 columns here, instead of ending it with a newline)...
+    let summary = format!("local uploaded {total_mib} in ");
+    let at = text.find(&summary).expect("summary line");
+    let line = &text[at..];
+    let line = &line[..line.find(['\r', '\x1b']).unwrap_or(line.len())];
+    assert!(line.trim_end().ends_with("MiB/s)"), "{line:?}");
+    assert_eq!(line.chars().count(), 120, "padded to the width: {line:?}");
+    // ...then the bar is cleared (CR + erase line) and the deployment's stages take its
+    // place, one line each, ending in success.
+    let last_frame = text.rfind("uploading [").unwrap();
+    assert!(last_frame < text.rfind("\r\x1b[2K").unwrap(), "bar cleared");
+    let deploying = text.find("deploying ").expect("deploy stages follow");
+    assert!(deploying > at && deploying > last_frame, "{text:?}");
+    assert!(
+        text[deploying..].contains("\r\n") && text[deploying..].contains("succeeded"),
+        "{text:?}"
+    );
     assert_eq!(w.proxied("/").await, (200, "v1\n".to_string()));
 
     // Without a terminal: one plain line, no bar, no escape sequences, no carriage returns.

@@ -83,6 +83,8 @@ impl Api {
         let url = check_url(&server.url)?;
         let mut builder = reqwest::Client::builder()
             .connect_timeout(Duration::from_secs(10))
+            // berthd never redirects; following one could take the token elsewhere.
+            .redirect(reqwest::redirect::Policy::none())
             .user_agent(concat!("berth/", env!("CARGO_PKG_VERSION")));
         if let Some(path) = &server.ca_cert {
             let bad = |message: String| {

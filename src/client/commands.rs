@@ -553,13 +553,20 @@ async fn deploy(
     let secrets = app.resolve_secrets(base)?;
     let settings = Settings::load()?;
 
-    let targets: Vec<String> = if !servers.is_empty() {
-        servers.to_vec()
+    let names: Vec<Option<&str>> = if !servers.is_empty() {
+        servers.iter().map(|s| Some(s.as_str())).collect()
     } else if !app.targets.is_empty() {
-        app.targets.clone()
+        app.targets.iter().map(|s| Some(s.as_str())).collect()
     } else {
-        vec![settings.resolve(None)?.0]
+        vec![None]
     };
+    // Every target resolved and its URL checked before anything is built or sent.
+    let mut targets: Vec<(String, Api)> = Vec::new();
+    for name in names {
+        let (name, server) = settings.resolve(name)?;
+        let api = Api::new(&server)?;
+        targets.push((name, api));
+    }
 
     let source = if let Some(tar) = image_tar {
         let image = app
@@ -625,9 +632,8 @@ async fn deploy(
         multi.set_draw_target(indicatif::ProgressDrawTarget::hidden());
     }
     let mut jobs = Vec::new();
-    for target in &targets {
-        let (_, server) = settings.resolve(Some(target))?;
-        let api = Api::new(&server)?;
+    let multi_target = targets.len() > 1;
+    for (target, api) in targets {
         let image = match &source {
             ImageSource::Reference(r) => r.clone(),
             ImageSource::Tar { image, .. } => image.clone(),
@@ -640,8 +646,6 @@ async fn deploy(
         let bar = multi.add(ProgressBar::new(0));
         bar.set_prefix(target.clone());
         let app_name = app.name.clone();
-        let multi_target = targets.len() > 1;
-        let target = target.clone();
         jobs.push(async move {
             let r = deploy_one(&api, &app_name, spec, tar, detach, out, &bar, multi_target).await;
             (target, r)
@@ -737,14 +741,21 @@ async fn deploy_one(
                     return Err(e);
                 }
             };
-            // The bar's last frame stays as a summary line (a TTY only; hidden otherwise).
-            bar.set_style(
-                ProgressStyle::with_template(
-                    "{prefix:.bold} uploaded {total_bytes} in {elapsed} ({bytes_per_sec})",
-                )
-                .unwrap_or_else(|_| ProgressStyle::default_bar()),
-            );
-            bar.finish();
+            // The bar gives way to a summary line printed above it (a no-op when the bar is
+            // hidden, i.e. not on a terminal).
+            let secs = bar.elapsed().as_secs_f64();
+            let rate = if secs > 0.0 {
+                (len as f64 / secs) as u64
+            } else {
+                len
+            };
+            bar.println(format!(
+                "{} uploaded {} in {secs:.1}s ({}/s)",
+                bar.prefix(),
+                indicatif::HumanBytes(len),
+                indicatif::HumanBytes(rate)
+            ));
+            bar.finish_and_clear();
             if !out.tty && !out.json {
                 out.line(&format!("uploaded {len} bytes"));
             }
