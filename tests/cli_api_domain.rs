@@ -362,18 +362,20 @@ async fn failed_auth_through_the_proxy_is_limited_per_forwarded_address() {
 #[test]
 fn config_errors_name_the_file_and_key() {
     let dir = tempfile::tempdir().unwrap();
-    let check = |yaml: &str| {
+    let check_env = |yaml: &str, env: &[(&str, &str)]| {
         let path = dir.path().join("berthd.yaml");
         std::fs::write(&path, yaml).unwrap();
-        let out = std::process::Command::new(env!("CARGO_BIN_EXE_berthd"))
-            .arg("check-config")
-            .arg(&path)
-            .output()
-            .expect("berthd runs");
+        let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_berthd"));
+        cmd.arg("check-config").arg(&path);
+        for (k, v) in env {
+            cmd.env(k, v);
+        }
+        let out = cmd.output().expect("berthd runs");
         let mut text = String::from_utf8_lossy(&out.stdout).into_owned();
         text.push_str(&String::from_utf8_lossy(&out.stderr));
         (out.status.success(), text, path)
     };
+    let check = |yaml: &str| check_env(yaml, &[]);
     let tls = "tls:\n  certs:\n    - {cert: /x.crt, key: /x.key}\n";
     let (ok, text, path) = check(&format!(
         "api:\n  domain: www.example.com\n{tls}routes:\n  - name: web\n    domains: [www.example.com]\n    backends: [{{address: 127.0.0.1:8080}}]\n"
@@ -395,4 +397,43 @@ fn config_errors_name_the_file_and_key() {
     assert!(text.contains("needs HTTPS"), "{text}");
     let (ok, text, _) = check(&format!("api:\n  domain: berth.example.com\n{tls}"));
     assert!(ok, "{text}");
+    // The same keys from the environment (BERTH_API__DOMAIN, BERTH_DEPLOY__...).
+    let (ok, text, _) = check_env(tls, &[("BERTH_API__DOMAIN", "192.0.2.1")]);
+    assert!(
+        !ok && text.contains("api.domain") && text.contains("IP address"),
+        "{text}"
+    );
+    let (ok, text, _) = check_env(tls, &[("BERTH_DEPLOY__ENABLED", "sometimes")]);
+    assert!(!ok && text.contains("deploy.enabled"), "{text}");
+}
+
+/// `berthd init` with `api.domain` prints an https:// `berth server add` line and no tunnel.
+#[test]
+fn berthd_init_prints_the_https_url() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("berthd.yaml");
+    std::fs::write(
+        &path,
+        format!(
+            "data_dir: {}\napi:\n  domain: berth.example.com\n\
+             tls:\n  certs:\n    - {{cert: /x.crt, key: /x.key}}\n",
+            dir.path().join("data").display()
+        ),
+    )
+    .unwrap();
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_berthd"))
+        .args(["init", "--config"])
+        .arg(&path)
+        .output()
+        .expect("berthd runs");
+    let (stdout, stderr) = (
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr),
+    );
+    assert!(out.status.success(), "{stderr}");
+    assert!(
+        stdout.starts_with("berth server add production https://berth.example.com --token berth_"),
+        "{stdout}"
+    );
+    assert!(!stderr.contains("ssh -N"), "{stderr}");
 }
