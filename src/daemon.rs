@@ -285,6 +285,8 @@ fn api_route_spec(
         "name": crate::model::config::API_ROUTE_NAME,
         "domains": [domain.as_str()],
         "backends": [{"id": "api", "address": SocketAddr::new(ip, api_addr.port()).to_string()}],
+        // The name exists for the API only: browsers (the status page) stay on HTTPS.
+        "hsts_max_age": "365days",
     });
     serde_json::from_value(spec).map_err(|e| {
         DaemonError::Routes(RouteError {

@@ -267,6 +267,8 @@ async fn plain_http_on_api_domain_never_reaches_the_api() {
         .await
         .unwrap();
     assert_eq!(resp.status(), 200);
+    let hsts = resp.headers().get("strict-transport-security").cloned();
+    assert_eq!(hsts.unwrap(), "max-age=31536000", "HSTS on the API's name");
     let v: serde_json::Value = resp.json().await.unwrap();
     assert_eq!(v["api"], 1, "{v}");
     // The status page is there too.
