@@ -357,6 +357,23 @@ async fn failed_auth_through_the_proxy_is_limited_per_forwarded_address() {
         .unwrap();
     assert_eq!(resp.status(), 429, "still client A, still blocked");
 
+    // The status page's login (public on api.domain) counts against the same limit.
+    let login = |token: String| {
+        w.client()
+            .post(format!("{}/ui/login", w.url()))
+            .header("x-forwarded-for", "203.0.113.20")
+            .json(&serde_json::json!({ "token": token }))
+            .send()
+    };
+    for i in 0..3 {
+        let r = login("berth_wrong".into()).await.unwrap();
+        assert_eq!(r.status(), 401, "login attempt {i}");
+    }
+    let r = login(w.token.clone()).await.unwrap();
+    assert_eq!(r.status(), 429, "login blocked after 3 failures");
+    let (s, body) = w.via_proxy(&w.token, Some("203.0.113.20")).await;
+    assert_eq!(s, 429, "and so is the API for that client: {body}");
+
     let World { running, .. } = w;
     running.shutdown().await;
 }

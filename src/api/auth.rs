@@ -74,6 +74,71 @@ pub fn proxied_client(
     Some(real.unwrap_or(peer))
 }
 
+/// The failed-authentication limit as it applies to one request: who the client is (through
+/// our own proxy, the forwarded address, never exempt; else the peer) and the shared limiter.
+/// Used by the token middleware and by the status page's login.
+pub struct AuthGate {
+    client: Option<std::net::IpAddr>,
+    proxied: bool,
+    limiter: Option<std::sync::Arc<super::ratelimit::AuthLimiter>>,
+    now: std::time::Instant,
+}
+
+impl AuthGate {
+    pub fn new(
+        state: &ApiState,
+        peer: Option<std::net::IpAddr>,
+        limiter: Option<std::sync::Arc<super::ratelimit::AuthLimiter>>,
+        headers: &axum::http::HeaderMap,
+    ) -> Self {
+        // Through our own proxy (api.domain) the peer is loopback; the client is in
+        // X-Real-IP, and the loopback exemption does not apply to it.
+        let (client, proxied) = match peer {
+            Some(ip) => match proxied_client(&state.settings, ip, headers) {
+                Some(real) => (Some(real), true),
+                None => (Some(ip), false),
+            },
+            None => (None, false),
+        };
+        Self {
+            client,
+            proxied,
+            limiter,
+            now: std::time::Instant::now(),
+        }
+    }
+
+    /// The 429 answer when this client is blocked right now.
+    pub fn blocked(&self) -> Option<Response> {
+        let (Some(ip), Some(l)) = (self.client, &self.limiter) else {
+            return None;
+        };
+        let wait = l.blocked(ip, self.proxied, self.now)?;
+        let mut resp = (
+            axum::http::StatusCode::TOO_MANY_REQUESTS,
+            axum::Json(serde_json::json!({"error": {
+                "code": "too_many_auth_failures",
+                "message": format!(
+                    "too many failed authentications from {ip}; retry in {} s",
+                    wait.as_secs().max(1)
+                ),
+            }})),
+        )
+            .into_response();
+        if let Ok(v) = header::HeaderValue::from_str(&wait.as_secs().max(1).to_string()) {
+            resp.headers_mut().insert(header::RETRY_AFTER, v);
+        }
+        Some(resp)
+    }
+
+    /// Counts one failed authentication.
+    pub fn failed(&self) {
+        if let (Some(ip), Some(l)) = (self.client, &self.limiter) {
+            l.failed(ip, self.proxied, self.now);
+        }
+    }
+}
+
 /// Middleware: lets the request through only with an active token.
 pub async fn require_token(
     State(state): State<ApiState>,
@@ -95,44 +160,15 @@ pub async fn require_token(
         .extensions()
         .get::<axum::extract::ConnectInfo<std::net::SocketAddr>>()
         .map(|c| c.0.ip());
-    // Through our own proxy (api.domain) the peer is loopback; the client is in X-Real-IP,
-    // and the loopback exemption does not apply to it.
-    let (client, proxied) = match peer {
-        Some(ip) => match proxied_client(&state.settings, ip, req.headers()) {
-            Some(real) => (Some(real), true),
-            None => (Some(ip), false),
-        },
-        None => (None, false),
-    };
     let limiter = req
         .extensions()
         .get::<std::sync::Arc<super::ratelimit::AuthLimiter>>()
         .cloned();
-    let now = std::time::Instant::now();
-    if let (Some(ip), Some(l)) = (client, &limiter) {
-        if let Some(wait) = l.blocked(ip, proxied, now) {
-            let mut resp = (
-                axum::http::StatusCode::TOO_MANY_REQUESTS,
-                axum::Json(serde_json::json!({"error": {
-                    "code": "too_many_auth_failures",
-                    "message": format!(
-                        "too many failed authentications from {ip}; retry in {} s",
-                        wait.as_secs().max(1)
-                    ),
-                }})),
-            )
-                .into_response();
-            if let Ok(v) = header::HeaderValue::from_str(&wait.as_secs().max(1).to_string()) {
-                resp.headers_mut().insert(header::RETRY_AFTER, v);
-            }
-            return resp;
-        }
+    let gate = AuthGate::new(&state, peer, limiter, req.headers());
+    if let Some(resp) = gate.blocked() {
+        return resp;
     }
-    let record_failure = || {
-        if let (Some(ip), Some(l)) = (client, &limiter) {
-            l.failed(ip, proxied, now);
-        }
-    };
+    let record_failure = || gate.failed();
     let token = match bearer(&req) {
         Ok(t) => t.to_string(),
         Err(e) => {
