@@ -22,6 +22,7 @@ const ENV_SECTIONS: &[&str] = &[
     "log",
     "lifecycle",
     "tls",
+    "deploy",
     "data_dir",
 ];
 

@@ -155,7 +155,13 @@ pub async fn start_with(
     let registry = Arc::new(
         RouteRegistry::open(Arc::new(store), config.routes.clone(), tables.clone()).await?,
     );
-    let settings = Settings::from_config(&config.proxy, config.log.access_log);
+    let mut settings = Settings::from_config(&config.proxy, config.log.access_log);
+    // api.domain: the proxy serves the API too, and vouches for it with a fresh secret.
+    let proxy_secret = config.api.domain.as_ref().map(|_| {
+        let secret = hex::encode(rand::random::<[u8; 32]>());
+        settings.api_route = api_route_settings(&config, &secret);
+        secret
+    });
     let proxy = Arc::new(Proxy::new(settings, tables.clone()));
     // Reconcile and discovery finish (routes published) before anything listens.
     let engine = start_engine(&config, &registry).await?;
@@ -172,6 +178,12 @@ pub async fn start_with(
     ];
     tracing::info!(http = %http_addr, from = %origin, routes = registry.routes().len(), "listening");
     tracing::info!(api = %api_addr, from = %api_origin, "API listening");
+    if let Some(domain) = &config.api.domain {
+        registry
+            .pin_static(api_route_spec(domain, api_addr)?)
+            .await?;
+        tracing::info!(%domain, "API also served by the proxy on https://{domain}/");
+    }
 
     let (stop, stop_rx) = watch::channel(false);
     let mut tasks = vec![health::spawn(
@@ -210,6 +222,7 @@ pub async fn start_with(
     )));
     let mut api_settings = ApiSettings::from_config(&config.api);
     api_settings.max_upload_size = config.deploy.max_upload_size.0;
+    api_settings.proxy_secret = proxy_secret;
     let api_state = ApiState {
         registry: registry.clone(),
         settings: Arc::new(api_settings),
@@ -234,6 +247,53 @@ pub async fn start_with(
         tasks,
         config_path,
         listener_fds,
+    })
+}
+
+/// The proxy's treatment of the API route (see `proxy::ApiRoute`): image uploads may be as
+/// large as `deploy.max_upload_size` and are answered only once complete, so that route gets
+/// a longer response timeout than apps.
+fn api_route_settings(config: &Config, secret: &str) -> Option<crate::proxy::ApiRoute> {
+    let mut value = http::HeaderValue::from_str(secret).ok()?;
+    value.set_sensitive(true);
+    Some(crate::proxy::ApiRoute {
+        route: crate::model::config::API_ROUTE_NAME.into(),
+        secret: value,
+        max_body_size: config
+            .deploy
+            .max_upload_size
+            .0
+            .max(config.api.max_body_size.0),
+        response_header: API_RESPONSE_TIMEOUT,
+    })
+}
+
+/// How long the proxy waits for the API's answer on `api.domain` (an upload is answered
+/// after its last byte).
+const API_RESPONSE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(3600);
+
+/// The read-only route that sends `api.domain` to the API listener over loopback.
+fn api_route_spec(
+    domain: &crate::model::route::Domain,
+    api_addr: SocketAddr,
+) -> Result<crate::model::route::RouteSpec, DaemonError> {
+    let ip = match api_addr.ip() {
+        std::net::IpAddr::V4(v4) if v4.is_unspecified() => std::net::Ipv4Addr::LOCALHOST.into(),
+        std::net::IpAddr::V6(v6) if v6.is_unspecified() => std::net::Ipv6Addr::LOCALHOST.into(),
+        ip => ip,
+    };
+    let spec = serde_json::json!({
+        "name": crate::model::config::API_ROUTE_NAME,
+        "domains": [domain.as_str()],
+        "backends": [{"id": "api", "address": SocketAddr::new(ip, api_addr.port()).to_string()}],
+        // The name exists for the API only: browsers (the status page) stay on HTTPS.
+        "hsts_max_age": "365days",
+    });
+    serde_json::from_value(spec).map_err(|e| {
+        DaemonError::Routes(RouteError {
+            field: "api.domain".into(),
+            message: e.to_string(),
+        })
     })
 }
 

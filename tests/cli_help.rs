@@ -154,3 +154,87 @@ fn offline_commands_and_exit_codes() {
     let out = berth(&cfg, dir.path(), &["server", "remove", "local"]);
     assert!(out.status.success());
 }
+
+/// The token never leaves over plain HTTP to a non-loopback name, whichever way the URL
+/// arrives (flag, settings file, environment): a listener that the name actually leads to
+/// (`BERTH_RESOLVE` points it at 127.0.0.1) sees no connection at all.
+#[test]
+fn no_token_over_plain_http_to_non_loopback_names() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = dir.path().join("cli.yaml");
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    listener.set_nonblocking(true).unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let url = format!("http://api.example.test:{port}");
+    let run = |args: &[&str], env: &[(&str, &str)]| {
+        let mut cmd = Command::new(BERTH);
+        cmd.args(args)
+            .current_dir(dir.path())
+            .env("BERTH_CLI_CONFIG", &cfg)
+            .env("NO_COLOR", "1")
+            .env("BERTH_RESOLVE", "api.example.test=127.0.0.1")
+            .env_remove("BERTH_SERVER")
+            .env_remove("BERTH_TOKEN")
+            .env_remove("BERTH_URL");
+        for (k, v) in env {
+            cmd.env(k, v);
+        }
+        let out = cmd.output().expect("berth runs");
+        (
+            out.status.code(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    };
+    // 1. `server add` with the check (it would contact the server): refused, nothing saved.
+    let (code, err) = run(&["server", "add", "p", &url, "--token", "s3cret"], &[]);
+    assert_eq!(code, Some(2), "{err}");
+    assert!(err.contains("plain HTTP"), "{err}");
+    assert!(!cfg.exists());
+    // 2. A hand-edited settings file with such a URL.
+    std::fs::write(
+        &cfg,
+        format!("current: p\nservers:\n  p:\n    url: {url}\n    token: s3cret\n"),
+    )
+    .unwrap();
+    let (code, err) = run(&["apps"], &[]);
+    assert_eq!(code, Some(2), "{err}");
+    assert!(err.contains("plain HTTP"), "{err}");
+    // 3. The environment only (CI).
+    std::fs::remove_file(&cfg).unwrap();
+    let (code, err) = run(
+        &["routes", "list"],
+        &[("BERTH_URL", url.as_str()), ("BERTH_TOKEN", "s3cret")],
+    );
+    assert_eq!(code, Some(2), "{err}");
+    assert!(err.contains("plain HTTP"), "{err}");
+    // 4. deploy resolves every target the same way.
+    std::fs::write(
+        dir.path().join("berth.yaml"),
+        "name: shop\nimage: shop:1\ndomains: [shop.test]\n",
+    )
+    .unwrap();
+    let (code, err) = run(
+        &["deploy"],
+        &[("BERTH_URL", url.as_str()), ("BERTH_TOKEN", "s3cret")],
+    );
+    assert_eq!(code, Some(2), "{err}");
+    assert!(err.contains("plain HTTP"), "{err}");
+    // Nobody ever connected.
+    match listener.accept() {
+        Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
+        other => panic!("something connected to the plain-HTTP listener: {other:?}"),
+    }
+    // Plain HTTP to a loopback address is allowed (and does connect): the listener takes
+    // one connection and closes it, so the CLI reports an unreachable server (3).
+    listener.set_nonblocking(false).unwrap();
+    let accepted = std::thread::spawn(move || listener.accept().map(|_| ()).is_ok());
+    let (code, err) = run(
+        &["routes", "list"],
+        &[
+            ("BERTH_URL", &format!("http://127.0.0.1:{port}")),
+            ("BERTH_TOKEN", "s3cret"),
+        ],
+    );
+    assert_eq!(code, Some(3), "{err}");
+    assert!(accepted.join().unwrap(), "loopback is contacted");
+}

@@ -48,6 +48,97 @@ fn bearer(req: &Request) -> Result<&str, ApiError> {
     Ok(token.trim())
 }
 
+/// The real client of a request that came through this daemon's own proxy: the peer is
+/// loopback and the request carries the proxy's per-process secret (which the proxy strips
+/// from what clients send). Then `X-Real-IP` (set by the proxy) is believed; if it is missing
+/// or unreadable the peer address stands in, still counted as proxied. `None`: a direct
+/// client, whose forwarded headers mean nothing.
+pub fn proxied_client(
+    settings: &super::ApiSettings,
+    peer: std::net::IpAddr,
+    headers: &axum::http::HeaderMap,
+) -> Option<std::net::IpAddr> {
+    use subtle::ConstantTimeEq;
+    let secret = settings.proxy_secret.as_deref()?;
+    if !peer.is_loopback() {
+        return None;
+    }
+    let sent = headers.get(crate::model::config::API_PROXY_HEADER)?;
+    if !bool::from(sent.as_bytes().ct_eq(secret.as_bytes())) {
+        return None;
+    }
+    let real = headers
+        .get("x-real-ip")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.trim().parse::<std::net::IpAddr>().ok());
+    Some(real.unwrap_or(peer))
+}
+
+/// The failed-authentication limit as it applies to one request: who the client is (through
+/// our own proxy, the forwarded address, never exempt; else the peer) and the shared limiter.
+/// Used by the token middleware and by the status page's login.
+pub struct AuthGate {
+    client: Option<std::net::IpAddr>,
+    proxied: bool,
+    limiter: Option<std::sync::Arc<super::ratelimit::AuthLimiter>>,
+    now: std::time::Instant,
+}
+
+impl AuthGate {
+    pub fn new(
+        state: &ApiState,
+        peer: Option<std::net::IpAddr>,
+        limiter: Option<std::sync::Arc<super::ratelimit::AuthLimiter>>,
+        headers: &axum::http::HeaderMap,
+    ) -> Self {
+        // Through our own proxy (api.domain) the peer is loopback; the client is in
+        // X-Real-IP, and the loopback exemption does not apply to it.
+        let (client, proxied) = match peer {
+            Some(ip) => match proxied_client(&state.settings, ip, headers) {
+                Some(real) => (Some(real), true),
+                None => (Some(ip), false),
+            },
+            None => (None, false),
+        };
+        Self {
+            client,
+            proxied,
+            limiter,
+            now: std::time::Instant::now(),
+        }
+    }
+
+    /// The 429 answer when this client is blocked right now.
+    pub fn blocked(&self) -> Option<Response> {
+        let (Some(ip), Some(l)) = (self.client, &self.limiter) else {
+            return None;
+        };
+        let wait = l.blocked(ip, self.proxied, self.now)?;
+        let mut resp = (
+            axum::http::StatusCode::TOO_MANY_REQUESTS,
+            axum::Json(serde_json::json!({"error": {
+                "code": "too_many_auth_failures",
+                "message": format!(
+                    "too many failed authentications from {ip}; retry in {} s",
+                    wait.as_secs().max(1)
+                ),
+            }})),
+        )
+            .into_response();
+        if let Ok(v) = header::HeaderValue::from_str(&wait.as_secs().max(1).to_string()) {
+            resp.headers_mut().insert(header::RETRY_AFTER, v);
+        }
+        Some(resp)
+    }
+
+    /// Counts one failed authentication.
+    pub fn failed(&self) {
+        if let (Some(ip), Some(l)) = (self.client, &self.limiter) {
+            l.failed(ip, self.proxied, self.now);
+        }
+    }
+}
+
 /// Middleware: lets the request through only with an active token.
 pub async fn require_token(
     State(state): State<ApiState>,
@@ -65,7 +156,7 @@ pub async fn require_token(
             None => {}
         }
     }
-    let client = req
+    let peer = req
         .extensions()
         .get::<axum::extract::ConnectInfo<std::net::SocketAddr>>()
         .map(|c| c.0.ip());
@@ -73,31 +164,11 @@ pub async fn require_token(
         .extensions()
         .get::<std::sync::Arc<super::ratelimit::AuthLimiter>>()
         .cloned();
-    let now = std::time::Instant::now();
-    if let (Some(ip), Some(l)) = (client, &limiter) {
-        if let Some(wait) = l.blocked(ip, now) {
-            let mut resp = (
-                axum::http::StatusCode::TOO_MANY_REQUESTS,
-                axum::Json(serde_json::json!({"error": {
-                    "code": "too_many_auth_failures",
-                    "message": format!(
-                        "too many failed authentications from {ip}; retry in {} s",
-                        wait.as_secs().max(1)
-                    ),
-                }})),
-            )
-                .into_response();
-            if let Ok(v) = header::HeaderValue::from_str(&wait.as_secs().max(1).to_string()) {
-                resp.headers_mut().insert(header::RETRY_AFTER, v);
-            }
-            return resp;
-        }
+    let gate = AuthGate::new(&state, peer, limiter, req.headers());
+    if let Some(resp) = gate.blocked() {
+        return resp;
     }
-    let record_failure = || {
-        if let (Some(ip), Some(l)) = (client, &limiter) {
-            l.failed(ip, now);
-        }
-    };
+    let record_failure = || gate.failed();
     let token = match bearer(&req) {
         Ok(t) => t.to_string(),
         Err(e) => {

@@ -44,6 +44,10 @@ pub struct ApiSettings {
     pub auth_limit_loopback: bool,
     /// apps: largest image tar of a multipart deploy (`deploy.max_upload_size`).
     pub max_upload_size: u64,
+    /// Set when the proxy serves the API on `api.domain`: the secret it sends in
+    /// `API_PROXY_HEADER`. A loopback peer with this secret is the proxy, and its `X-Real-IP`
+    /// is the client the failed-authentication limit counts (see `auth`).
+    pub proxy_secret: Option<String>,
 }
 
 impl ApiSettings {
@@ -54,6 +58,7 @@ impl ApiSettings {
             auth_failures_per_minute: c.auth_failures_per_minute,
             auth_limit_loopback: c.auth_limit_loopback,
             max_upload_size: 10 << 30,
+            proxy_secret: None,
         }
     }
 }

@@ -2,7 +2,9 @@
 //! checks within a minute, that address gets 429 (with `Retry-After`) until the minute is over,
 //! even with a valid token, so a token cannot be guessed by brute force. Loopback clients are
 //! exempt unless `api.auth_limit_loopback` is set (they are local users, and SSH tunnels
-//! arrive from loopback as one address for everyone).
+//! arrive from loopback as one address for everyone). Requests that came through the
+//! daemon's own proxy (`api.domain`) are counted by their real client address and are never
+//! exempt, whatever that address is.
 
 use std::collections::HashMap;
 use std::net::IpAddr;
@@ -30,13 +32,14 @@ impl AuthLimiter {
         }
     }
 
-    fn applies(&self, ip: IpAddr) -> bool {
-        self.per_minute > 0 && (self.loopback || !ip.is_loopback())
+    fn applies(&self, ip: IpAddr, proxied: bool) -> bool {
+        self.per_minute > 0 && (proxied || self.loopback || !ip.is_loopback())
     }
 
-    /// `Some(retry_after)` when `ip` is blocked right now.
-    pub fn blocked(&self, ip: IpAddr, now: Instant) -> Option<Duration> {
-        if !self.applies(ip) {
+    /// `Some(retry_after)` when `ip` is blocked right now (`proxied`: `ip` is the real client
+    /// of a request that came through our own proxy).
+    pub fn blocked(&self, ip: IpAddr, proxied: bool, now: Instant) -> Option<Duration> {
+        if !self.applies(ip, proxied) {
             return None;
         }
         let map = self.windows.lock().unwrap_or_else(|p| p.into_inner());
@@ -49,8 +52,8 @@ impl AuthLimiter {
     }
 
     /// Records one failed authentication from `ip`.
-    pub fn failed(&self, ip: IpAddr, now: Instant) {
-        if !self.applies(ip) {
+    pub fn failed(&self, ip: IpAddr, proxied: bool, now: Instant) {
+        if !self.applies(ip, proxied) {
             return;
         }
         let mut map = self.windows.lock().unwrap_or_else(|p| p.into_inner());
@@ -82,26 +85,40 @@ mod tests {
         let local: IpAddr = "127.0.0.1".parse().unwrap();
         let t0 = Instant::now();
         for i in 0..3 {
-            assert_eq!(l.blocked(remote, t0), None, "attempt {i}");
-            l.failed(remote, t0);
+            assert_eq!(l.blocked(remote, false, t0), None, "attempt {i}");
+            l.failed(remote, false, t0);
         }
         let wait = l
-            .blocked(remote, t0 + Duration::from_secs(10))
+            .blocked(remote, false, t0 + Duration::from_secs(10))
             .expect("blocked");
         assert_eq!(wait, Duration::from_secs(50));
-        assert_eq!(l.blocked(other, t0), None, "per address");
-        assert_eq!(l.blocked(remote, t0 + WINDOW), None, "window over");
+        assert_eq!(l.blocked(other, false, t0), None, "per address");
+        assert_eq!(l.blocked(remote, false, t0 + WINDOW), None, "window over");
         for _ in 0..10 {
-            l.failed(local, t0);
+            l.failed(local, false, t0);
         }
-        assert_eq!(l.blocked(local, t0), None, "loopback exempt by default");
-        let strict = AuthLimiter::new(1, true);
-        strict.failed(local, t0);
-        assert!(strict.blocked(local, t0).is_some());
         assert_eq!(
-            AuthLimiter::new(0, true).blocked(local, t0),
+            l.blocked(local, false, t0),
+            None,
+            "loopback exempt by default"
+        );
+        let strict = AuthLimiter::new(1, true);
+        strict.failed(local, false, t0);
+        assert!(strict.blocked(local, false, t0).is_some());
+        assert_eq!(
+            AuthLimiter::new(0, true).blocked(local, true, t0),
             None,
             "0 disables"
+        );
+        // Through our own proxy, even a loopback client address is counted.
+        let l = AuthLimiter::new(2, false);
+        l.failed(local, true, t0);
+        l.failed(local, true, t0);
+        assert!(l.blocked(local, true, t0).is_some(), "proxied: not exempt");
+        assert_eq!(
+            l.blocked(local, false, t0),
+            None,
+            "direct loopback still exempt"
         );
     }
 }

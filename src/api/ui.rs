@@ -416,6 +416,8 @@ fn session_json(csrf: &str, expires_in: Duration) -> Json<serde_json::Value> {
 async fn login(
     State(state): State<ApiState>,
     Extension(sessions): Extension<Sessions>,
+    peer: Option<Extension<axum::extract::ConnectInfo<std::net::SocketAddr>>>,
+    limiter: Option<Extension<Arc<super::ratelimit::AuthLimiter>>>,
     uri: Uri,
     headers: HeaderMap,
     ApiJson(body): ApiJson<LoginBody>,
@@ -423,8 +425,19 @@ async fn login(
     if !same_origin(&headers, &uri) {
         return forbidden("cross_origin", "the request comes from another origin").into_response();
     }
+    // The same failed-authentication limit as bearer tokens.
+    let gate = super::auth::AuthGate::new(
+        &state,
+        peer.map(|Extension(c)| c.0.ip()),
+        limiter.map(|Extension(l)| l),
+        &headers,
+    );
+    if let Some(resp) = gate.blocked() {
+        return resp;
+    }
     let token = body.token.trim().to_string();
     if token.is_empty() || token.len() > MAX_TOKEN_LEN {
+        gate.failed();
         return unauthorized(
             "invalid_token",
             "the API token is not valid (unknown or revoked)",
@@ -435,11 +448,12 @@ async fn login(
     let id = match tokio::task::spawn_blocking(move || store.verify_token(&token)).await {
         Ok(Ok(Some(id))) => id,
         Ok(Ok(None)) => {
+            gate.failed();
             return unauthorized(
                 "invalid_token",
                 "the API token is not valid (unknown or revoked)",
             )
-            .into_response()
+            .into_response();
         }
         Ok(Err(e)) => return ApiError::from(e).into_response(),
         Err(e) => {

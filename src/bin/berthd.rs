@@ -77,7 +77,9 @@ http:
 
 api:
   listen: 127.0.0.1:9922      # REST API + status page (/ui/); keep it on loopback and use an
-                              # SSH tunnel, or put it behind HTTPS
+                              # SSH tunnel, or set `domain:` to serve it over HTTPS
+  # domain: berth.example.com # the proxy serves the API on https://berth.example.com/ with
+                              # a certificate like any app (needs the tls: section below)
 
 # tls:
 #   listen: 0.0.0.0:443
@@ -155,10 +157,10 @@ fn init_command(config: Option<PathBuf>, server_name: &str, new_token: bool) -> 
         }
     };
     let api = config.api.listen;
-    let url = if api.ip().is_unspecified() {
-        format!("http://127.0.0.1:{}", api.port())
-    } else {
-        format!("http://{api}")
+    let url = match &config.api.domain {
+        Some(domain) => format!("https://{domain}"),
+        None if api.ip().is_unspecified() => format!("http://127.0.0.1:{}", api.port()),
+        None => format!("http://{api}"),
     };
     if let (Some(t), false) = (existing, new_token) {
         eprintln!(
@@ -172,14 +174,18 @@ fn init_command(config: Option<PathBuf>, server_name: &str, new_token: bool) -> 
     match store.create_token("init") {
         Ok((_, secret)) => {
             eprintln!("berthd init: data dir {} ready", config.data_dir.display());
-            eprintln!(
-                "berthd init: on your laptop, open a tunnel to the API (it listens on loopback):"
-            );
-            eprintln!(
-                "  ssh -N -L {0}:127.0.0.1:{0} root@THIS-SERVER &",
-                api.port()
-            );
-            eprintln!("berthd init: then run (the token is shown only this once):");
+            if config.api.domain.is_none() {
+                eprintln!(
+                    "berthd init: on your laptop, open a tunnel to the API (it listens on loopback):"
+                );
+                eprintln!(
+                    "  ssh -N -L {0}:127.0.0.1:{0} root@THIS-SERVER &",
+                    api.port()
+                );
+                eprintln!("berthd init: then run (the token is shown only this once):");
+            } else {
+                eprintln!("berthd init: on your laptop, run (the token is shown only this once):");
+            }
             println!("berth server add {server_name} {url} --token {secret}");
             ExitCode::SUCCESS
         }

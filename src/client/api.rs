@@ -53,12 +53,62 @@ pub fn check_url(raw: &str) -> Result<reqwest::Url, ClientError> {
     }
 }
 
+/// `BERTH_RESOLVE=HOST=IP[,HOST=IP...]`: connect to IP for HOST, like curl's `--resolve`
+/// (the port stays the URL's). For trying `api.domain` before its DNS record exists.
+pub fn resolve_overrides(raw: &str) -> Result<Vec<(String, std::net::IpAddr)>, ClientError> {
+    raw.split(',')
+        .map(str::trim)
+        .filter(|s| !s.is_empty())
+        .map(|pair| {
+            let (host, ip) = pair.split_once('=').ok_or_else(|| {
+                ClientError::Usage(format!("BERTH_RESOLVE: {pair:?} is not HOST=IP"))
+            })?;
+            let ip = ip
+                .trim()
+                .trim_start_matches('[')
+                .trim_end_matches(']')
+                .parse()
+                .map_err(|_| {
+                    ClientError::Usage(format!(
+                        "BERTH_RESOLVE: {ip:?} (for {host}) is not an IP address"
+                    ))
+                })?;
+            Ok((host.trim().to_ascii_lowercase(), ip))
+        })
+        .collect()
+}
+
 impl Api {
     pub fn new(server: &Server) -> Result<Self, ClientError> {
         let url = check_url(&server.url)?;
-        let http = reqwest::Client::builder()
+        let mut builder = reqwest::Client::builder()
             .connect_timeout(Duration::from_secs(10))
-            .user_agent(concat!("berth/", env!("CARGO_PKG_VERSION")))
+            // berthd never redirects; following one could take the token elsewhere.
+            .redirect(reqwest::redirect::Policy::none())
+            .user_agent(concat!("berth/", env!("CARGO_PKG_VERSION")));
+        if let Some(path) = &server.ca_cert {
+            let bad = |message: String| {
+                ClientError::Usage(format!(
+                "CA certificate {}: {message} (set with `berth server add --ca-cert` or BERTH_CA_CERT)",
+                path.display()
+            ))
+            };
+            let pem = std::fs::read(path).map_err(|e| bad(e.to_string()))?;
+            let certs =
+                reqwest::Certificate::from_pem_bundle(&pem).map_err(|e| bad(e.to_string()))?;
+            if certs.is_empty() {
+                return Err(bad("no PEM certificate in the file".into()));
+            }
+            for cert in certs {
+                builder = builder.add_root_certificate(cert);
+            }
+        }
+        if let Ok(raw) = std::env::var("BERTH_RESOLVE") {
+            for (host, ip) in resolve_overrides(&raw)? {
+                builder = builder.resolve(&host, std::net::SocketAddr::new(ip, 0));
+            }
+        }
+        let http = builder
             .build()
             .map_err(|e| ClientError::Other(e.to_string()))?;
         Ok(Self {
@@ -257,6 +307,21 @@ mod tests {
         ] {
             assert!(check_url(bad).is_err(), "{bad}");
         }
+    }
+
+    #[test]
+    fn resolve_override_syntax() {
+        let v = resolve_overrides("API.example.com=127.0.0.1, b.test=[::1]").unwrap();
+        assert_eq!(
+            v,
+            vec![
+                ("api.example.com".to_string(), "127.0.0.1".parse().unwrap()),
+                ("b.test".to_string(), "::1".parse().unwrap()),
+            ]
+        );
+        assert!(resolve_overrides("a.test").is_err());
+        assert!(resolve_overrides("a.test=nope").is_err());
+        assert!(resolve_overrides("").unwrap().is_empty());
     }
 
     #[test]

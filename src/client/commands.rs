@@ -222,6 +222,7 @@ async fn server(cmd: ServerCmd, out: &Out) -> Result<u8, ClientError> {
             token,
             token_stdin,
             no_check,
+            ca_cert,
         } => {
             check_url(&url)?;
             let token = match (token, token_stdin) {
@@ -247,9 +248,12 @@ async fn server(cmd: ServerCmd, out: &Out) -> Result<u8, ClientError> {
             if token.is_empty() {
                 return Err(ClientError::Usage("the token is empty".into()));
             }
+            // Stored absolute, so later commands work from any directory.
+            let ca_cert = ca_cert.map(|p| std::path::absolute(&p).unwrap_or(p));
             let server = Server {
                 url: url.trim_end_matches('/').to_string(),
                 token,
+                ca_cert,
             };
             if !no_check {
                 let api = Api::new(&server)?;
@@ -585,7 +589,12 @@ async fn backends(
 /// Where the image comes from for a deploy.
 enum ImageSource {
     Reference(String),
-    Tar { path: PathBuf, image: String },
+    /// `temporary`: written by `docker save` for this deploy, removed afterwards.
+    Tar {
+        path: PathBuf,
+        image: String,
+        temporary: bool,
+    },
 }
 
 async fn deploy(
@@ -600,20 +609,31 @@ async fn deploy(
     let secrets = app.resolve_secrets(base)?;
     let settings = Settings::load()?;
 
-    let targets: Vec<String> = if !servers.is_empty() {
-        servers.to_vec()
+    let names: Vec<Option<&str>> = if !servers.is_empty() {
+        servers.iter().map(|s| Some(s.as_str())).collect()
     } else if !app.targets.is_empty() {
-        app.targets.clone()
+        app.targets.iter().map(|s| Some(s.as_str())).collect()
     } else {
-        vec![settings.resolve(None)?.0]
+        vec![None]
     };
+    // Every target resolved and its URL checked before anything is built or sent.
+    let mut targets: Vec<(String, Api)> = Vec::new();
+    for name in names {
+        let (name, server) = settings.resolve(name)?;
+        let api = Api::new(&server)?;
+        targets.push((name, api));
+    }
 
     let source = if let Some(tar) = image_tar {
         let image = app
             .image
             .clone()
             .unwrap_or_else(|| format!("{}:uploaded", app.name));
-        ImageSource::Tar { path: tar, image }
+        ImageSource::Tar {
+            path: tar,
+            image,
+            temporary: false,
+        }
     } else if let Some(build) = &app.build {
         let tag = format!(
             "{}:berth-{}",
@@ -625,8 +645,11 @@ async fn deploy(
         );
         let ctx = base.join(&build.context);
         out.line(&format!("building {tag} with docker build"));
+        // `--pull=false`: the base image comes from the local store when present (the
+        // docker default, spelled out); Berth never asks for a registry pull itself.
         let status = std::process::Command::new("docker")
             .arg("build")
+            .arg("--pull=false")
             .arg("-t")
             .arg(&tag)
             .arg("-f")
@@ -654,6 +677,7 @@ async fn deploy(
         ImageSource::Tar {
             path: tar,
             image: tag,
+            temporary: true,
         }
     } else {
         ImageSource::Reference(app.image.clone().unwrap_or_default())
@@ -664,9 +688,8 @@ async fn deploy(
         multi.set_draw_target(indicatif::ProgressDrawTarget::hidden());
     }
     let mut jobs = Vec::new();
-    for target in &targets {
-        let (_, server) = settings.resolve(Some(target))?;
-        let api = Api::new(&server)?;
+    let multi_target = targets.len() > 1;
+    for (target, api) in targets {
         let image = match &source {
             ImageSource::Reference(r) => r.clone(),
             ImageSource::Tar { image, .. } => image.clone(),
@@ -679,14 +702,20 @@ async fn deploy(
         let bar = multi.add(ProgressBar::new(0));
         bar.set_prefix(target.clone());
         let app_name = app.name.clone();
-        let multi_target = targets.len() > 1;
-        let target = target.clone();
         jobs.push(async move {
             let r = deploy_one(&api, &app_name, spec, tar, detach, out, &bar, multi_target).await;
             (target, r)
         });
     }
     let results = futures_util::future::join_all(jobs).await;
+    if let ImageSource::Tar {
+        path,
+        temporary: true,
+        ..
+    } = &source
+    {
+        let _ = std::fs::remove_file(path);
+    }
     let mut code = 0u8;
     let mut summary = Vec::new();
     for (target, r) in results {
@@ -758,9 +787,30 @@ async fn deploy_one(
             let form = reqwest::multipart::Form::new()
                 .part("spec", spec_part)
                 .part("image", image_part);
-            let resp = api
+            let sent = api
                 .send(api.request(Method::POST, &path).multipart(form))
-                .await?;
+                .await;
+            let resp = match sent {
+                Ok(r) => r,
+                Err(e) => {
+                    bar.abandon();
+                    return Err(e);
+                }
+            };
+            // The bar gives way to a summary line printed above it (a no-op when the bar is
+            // hidden, i.e. not on a terminal).
+            let secs = bar.elapsed().as_secs_f64();
+            let rate = if secs > 0.0 {
+                (len as f64 / secs) as u64
+            } else {
+                len
+            };
+            bar.println(format!(
+                "{} uploaded {} in {secs:.1}s ({}/s)",
+                bar.prefix(),
+                indicatif::HumanBytes(len),
+                indicatif::HumanBytes(rate)
+            ));
             bar.finish_and_clear();
             if !out.tty && !out.json {
                 out.line(&format!("uploaded {len} bytes"));

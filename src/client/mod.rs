@@ -208,6 +208,7 @@ pub enum ServerCmd {
     Add {
         name: String,
         url: String,
+        /// The API token (ends up in shell history; prefer --token-stdin or BERTH_TOKEN).
         #[arg(long)]
         token: Option<String>,
         /// Read the token from standard input.
@@ -216,6 +217,10 @@ pub enum ServerCmd {
         /// Do not contact the server to check the token and API version.
         #[arg(long)]
         no_check: bool,
+        /// Also trust the CA certificate(s) in this PEM file for the server's HTTPS (a
+        /// private or self-hosted CA); stored with the server.
+        #[arg(long, value_name = "FILE")]
+        ca_cert: Option<PathBuf>,
     },
     /// List servers (the current one is marked).
     List,

@@ -1,5 +1,6 @@
 //! The CLI's own settings: named servers (URL + token) in `~/.config/berth/config.yaml`
-//! (mode 0600), the current one, and the `BERTH_SERVER`/`BERTH_TOKEN`/`BERTH_URL` overrides.
+//! (mode 0600), the current one, and the `BERTH_SERVER`/`BERTH_TOKEN`/`BERTH_URL`/
+//! `BERTH_CA_CERT` overrides.
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -13,6 +14,10 @@ use super::ClientError;
 pub struct Server {
     pub url: String,
     pub token: String,
+    /// PEM file of extra CA certificates to trust for this server's HTTPS (a private CA);
+    /// `BERTH_CA_CERT` overrides it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ca_cert: Option<PathBuf>,
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -93,7 +98,14 @@ impl Settings {
             .or(self.current.clone());
         if name.is_none() {
             if let (Ok(url), Some(token)) = (std::env::var("BERTH_URL"), env_token.clone()) {
-                return Ok(("env".into(), Server { url, token }));
+                return Ok((
+                    "env".into(),
+                    Server {
+                        url,
+                        token,
+                        ca_cert: env_ca_cert(),
+                    },
+                ));
             }
         }
         let name = name.ok_or(ClientError::NoServer)?;
@@ -105,6 +117,16 @@ impl Settings {
         if let Some(t) = env_token {
             server.token = t;
         }
+        if let Some(ca) = env_ca_cert() {
+            server.ca_cert = Some(ca);
+        }
         Ok((name, server))
     }
+}
+
+/// `BERTH_CA_CERT`, when set and not empty.
+fn env_ca_cert() -> Option<PathBuf> {
+    std::env::var_os("BERTH_CA_CERT")
+        .filter(|v| !v.is_empty())
+        .map(PathBuf::from)
 }

@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
-use super::route::{validate_routes, RouteError, RouteSpec};
+use super::route::{validate_routes, Domain, RouteError, RouteSpec};
 
 /// A byte count, written as a number or with a unit: `512`, `64KiB`, `10MB`, `1g`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
@@ -152,7 +152,14 @@ pub struct ApiConfig {
     /// Failed token checks per client address per minute before it gets 429 (0: no limit).
     pub auth_failures_per_minute: u32,
     /// Apply that limit to loopback clients too (off: SSH tunnels all arrive from loopback).
+    /// Requests that came through the proxy (`domain`) are limited by their real client
+    /// address regardless.
     pub auth_limit_loopback: bool,
+    /// Public host name for the API: the proxy then serves the API and the status page on
+    /// `https://DOMAIN/` with a certificate like any app (ACME or `tls.certs`); plain HTTP
+    /// on that name is redirected (only ACME challenges are answered there). Needs TLS.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub domain: Option<Domain>,
 }
 
 impl Default for ApiConfig {
@@ -163,6 +170,7 @@ impl Default for ApiConfig {
             metrics_auth: false,
             auth_failures_per_minute: 10,
             auth_limit_loopback: false,
+            domain: None,
         }
     }
 }
@@ -573,9 +581,83 @@ impl Config {
                 "must be greater than zero".into(),
             ));
         }
-        validate_routes("routes", &self.routes)
+        validate_routes("routes", &self.routes)?;
+        self.validate_api_domain()
+    }
+
+    /// `api.domain`: a host name (not an IP literal), served over HTTPS, claimed by no route.
+    fn validate_api_domain(&self) -> Result<(), RouteError> {
+        let Some(domain) = &self.api.domain else {
+            return Ok(());
+        };
+        let err = |message: String| RouteError {
+            field: "api.domain".into(),
+            message,
+        };
+        if domain.as_str().parse::<std::net::IpAddr>().is_ok() {
+            return Err(err(format!(
+                "\"{domain}\" is an IP address; give a host name (certificates are issued for \
+                 names), or leave api.domain unset and reach the API through an SSH tunnel"
+            )));
+        }
+        let listen = self.api.listen.ip();
+        if !(listen.is_loopback() || listen.is_unspecified()) {
+            return Err(RouteError {
+                field: "api.listen".into(),
+                message: format!(
+                    "{listen} is neither loopback nor unspecified; with api.domain set the \
+                     proxy reaches the API over loopback (use 127.0.0.1:PORT)"
+                ),
+            });
+        }
+        if !self.tls.is_enabled() {
+            return Err(err(format!(
+                "\"{domain}\" needs HTTPS (the API is never served on a public name over plain \
+                 HTTP): configure tls.acme, or a certificate in tls.certs"
+            )));
+        }
+        for (i, r) in self.routes.iter().enumerate() {
+            if r.name() == API_ROUTE_NAME {
+                return Err(RouteError {
+                    field: format!("routes[{i}].name"),
+                    message: format!(
+                        "{API_ROUTE_NAME:?} is the name of the route that serves the API on \
+                         api.domain; rename this route"
+                    ),
+                });
+            }
+            let hosts = r
+                .domains
+                .iter()
+                .enumerate()
+                .map(|(k, d)| (format!("domains[{k}]"), d))
+                .chain(
+                    r.aliases
+                        .iter()
+                        .enumerate()
+                        .map(|(k, d)| (format!("aliases[{k}]"), d)),
+                );
+            for (field, d) in hosts {
+                if d == domain {
+                    return Err(err(format!(
+                        "\"{domain}\" is also routes[{i}].{field} (route {:?}); the API needs a \
+                         host name of its own",
+                        r.name()
+                    )));
+                }
+            }
+        }
+        Ok(())
     }
 }
+
+/// Name of the route that serves the API on `api.domain` (read-only, source `config`).
+pub const API_ROUTE_NAME: &str = "berth-api";
+
+/// Header the proxy sets, with a per-process secret, on requests it forwards to the API on
+/// `api.domain` (and strips from every incoming request): the API believes `X-Real-IP` only
+/// from a loopback peer that sent the right secret.
+pub const API_PROXY_HEADER: &str = "x-berth-proxy-secret";
 
 #[cfg(test)]
 mod tests {
@@ -630,6 +712,46 @@ mod tests {
             ..AcmeConfig::default()
         });
         assert_eq!(c.validate().unwrap_err().field, "tls.acme.email");
+    }
+
+    #[test]
+    fn api_domain_is_a_name_served_over_https_and_unique() {
+        let parse = |json: &str| serde_json::from_str::<Config>(json);
+        let with_tls = r#""tls":{"certs":[{"cert":"/c.pem","key":"/k.pem"}]}"#;
+        let c = parse(&format!(
+            r#"{{"api":{{"domain":"Berth.Example.COM."}},{with_tls}}}"#
+        ))
+        .expect("parses");
+        assert_eq!(c.api.domain.as_ref().unwrap().as_str(), "berth.example.com");
+        c.validate().expect("valid");
+        // Not a host name at all: rejected while parsing, naming the value.
+        let e = parse(r#"{"api":{"domain":"bad name!"}}"#)
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("invalid host name"), "{e}");
+        // An IP literal, no TLS, or a name a route claims: rejected by validate.
+        for (json, want) in [
+            (
+                format!(r#"{{"api":{{"domain":"192.0.2.1"}},{with_tls}}}"#),
+                "IP address",
+            ),
+            (
+                r#"{"api":{"domain":"berth.example.com"}}"#.to_string(),
+                "needs HTTPS",
+            ),
+            (
+                format!(
+                    r#"{{"api":{{"domain":"berth.example.com"}},{with_tls},
+                    "routes":[{{"name":"web","domains":["www.example.com"],
+                    "aliases":["berth.example.com"],"backends":[]}}]}}"#
+                ),
+                "routes[0].aliases[0] (route \"web\")",
+            ),
+        ] {
+            let e = parse(&json).expect("parses").validate().unwrap_err();
+            assert_eq!(e.field, "api.domain");
+            assert!(e.message.contains(want), "{}: {want}", e.message);
+        }
     }
 
     #[test]

@@ -37,7 +37,29 @@ pub struct Settings {
     pub access_log: bool,
     pub pool_idle_timeout: Duration,
     pub pool_max_idle_per_host: usize,
+    /// The API's own route on `api.domain`, when the daemon serves it (see [`ApiRoute`]).
+    pub api_route: Option<ApiRoute>,
 }
+
+/// How the proxy treats the route that serves berthd's own API on `api.domain`: HTTPS only
+/// (plain HTTP is redirected when the host has a certificate, refused otherwise), its own body
+/// limit and response timeout (image uploads are answered only once they are complete), and
+/// a per-process secret in the `API_PROXY_HEADER` header that tells the API the request came
+/// through this proxy, so it may believe `X-Real-IP`. The header is removed from every
+/// incoming request first, so no client can forge it.
+#[derive(Debug, Clone)]
+pub struct ApiRoute {
+    /// Route name (`model::config::API_ROUTE_NAME`).
+    pub route: String,
+    /// Marked sensitive (never printed by `Debug`).
+    pub secret: http::HeaderValue,
+    pub max_body_size: u64,
+    pub response_header: Duration,
+}
+
+/// The header carrying [`ApiRoute::secret`].
+pub const API_PROXY_HEADER: http::HeaderName =
+    http::HeaderName::from_static(crate::model::config::API_PROXY_HEADER);
 
 impl Settings {
     pub fn from_config(p: &ProxyConfig, access_log: bool) -> Self {
@@ -49,6 +71,7 @@ impl Settings {
             access_log,
             pool_idle_timeout: p.pool.idle_timeout,
             pool_max_idle_per_host: p.pool.max_idle_per_host,
+            api_route: None,
         }
     }
 }

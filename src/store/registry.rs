@@ -125,6 +125,9 @@ impl RouteEntry {
 #[derive(Clone, Debug, Default)]
 struct Inner {
     statics: Vec<RouteSpec>,
+    /// Config routes the daemon derives from settings rather than `routes:` (the API's own
+    /// route on `api.domain`): read-only like `statics`, kept across config reloads.
+    pinned: Vec<RouteSpec>,
     /// Runtime states of config-route backends, keyed by (route, backend id).
     overrides: HashMap<(String, String), ServerState>,
     stored: Vec<StoredRoute>,
@@ -132,7 +135,7 @@ struct Inner {
 
 impl Inner {
     fn entries(&self) -> Vec<RouteEntry> {
-        let statics = self.statics.iter().map(|s| {
+        let statics = self.statics.iter().chain(self.pinned.iter()).map(|s| {
             let mut spec = s.clone();
             let name = spec.name();
             for b in &mut spec.backends {
@@ -154,7 +157,10 @@ impl Inner {
     }
 
     fn is_static(&self, name: &str) -> bool {
-        self.statics.iter().any(|s| s.name() == name)
+        self.statics
+            .iter()
+            .chain(self.pinned.iter())
+            .any(|s| s.name() == name)
     }
 
     fn stored_mut(&mut self, name: &str) -> Option<&mut StoredRoute> {
@@ -291,7 +297,12 @@ impl Inner {
                     route: route.clone(),
                     backend: backend.clone(),
                 };
-                if let Some(s) = self.statics.iter().find(|s| s.name() == *route) {
+                if let Some(s) = self
+                    .statics
+                    .iter()
+                    .chain(self.pinned.iter())
+                    .find(|s| s.name() == *route)
+                {
                     if !s.backends.iter().any(|b| b.id() == *backend) {
                         return Err(not_found());
                     }
@@ -452,6 +463,7 @@ impl RouteRegistry {
             .map_err(|e| ChangeError::Internal(format!("store task: {e}")))??;
         let inner = Inner {
             statics,
+            pinned: Vec::new(),
             overrides: loaded.other_states,
             stored: loaded.routes,
         };
@@ -636,8 +648,30 @@ impl RouteRegistry {
         let mut inner = self.inner.lock().await;
         let mut next = inner.clone();
         next.statics = statics;
+        self.publish_config(&mut inner, next)
+    }
+
+    /// Adds (or replaces, by name) a read-only config route that is not in `routes:` and
+    /// survives config reloads: the daemon's route for the API on `api.domain`. Refused,
+    /// changing nothing, when another route serves its domain.
+    pub async fn pin_static(&self, spec: RouteSpec) -> Result<(), ChangeError> {
+        let mut inner = self.inner.lock().await;
+        let mut next = inner.clone();
+        let name = spec.name();
+        next.pinned.retain(|s| s.name() != name);
+        next.pinned.push(spec);
+        self.publish_config(&mut inner, next)
+    }
+
+    /// Validates and publishes a new set of config routes (`statics` + `pinned`).
+    fn publish_config(&self, inner: &mut Inner, next: Inner) -> Result<(), ChangeError> {
         let stored: HashSet<String> = next.stored.iter().map(|r| r.spec.name()).collect();
-        if let Some(s) = next.statics.iter().find(|s| stored.contains(&s.name())) {
+        if let Some(s) = next
+            .statics
+            .iter()
+            .chain(next.pinned.iter())
+            .find(|s| stored.contains(&s.name()))
+        {
             return Err(ChangeError::Conflict {
                 field: format!("routes: {:?}", s.name()),
                 message: "a route with this name was created through the API; delete it there \
@@ -647,7 +681,12 @@ impl RouteRegistry {
         }
         let dynamic = self.published();
         let entries = with_dynamic(next.entries(), &dynamic);
-        let static_names: HashSet<String> = next.statics.iter().map(|s| s.name()).collect();
+        let static_names: HashSet<String> = next
+            .statics
+            .iter()
+            .chain(next.pinned.iter())
+            .map(|s| s.name())
+            .collect();
         if let Some(c) = find_collision(&entries, &static_names) {
             return Err(ChangeError::Conflict {
                 field: format!("config route {:?}: {}", entries[c.entry].name(), c.field),
@@ -1055,5 +1094,55 @@ mod tests {
             "{err}"
         );
         assert!(sink.current().route("static").is_some());
+    }
+
+    #[tokio::test]
+    async fn pinned_routes_are_read_only_survive_reloads_and_conflict() {
+        let tmp = tempfile::tempdir().unwrap();
+        let sink = Arc::new(Sink::default());
+        let reg = open(tmp.path(), sink.clone()).await;
+        reg.apply(put(
+            "web",
+            r#"{"domains":["web.test"],"backends":[{"id":"a","address":"127.0.0.1:2"}]}"#,
+        ))
+        .await
+        .unwrap();
+        // Claiming a domain another route serves is refused and changes nothing.
+        let clash = spec(
+            r#"{"name":"berth-api","domains":["web.test"],"backends":[{"address":"127.0.0.1:9"}]}"#,
+        );
+        let err = reg.pin_static(clash).await.unwrap_err();
+        assert!(
+            matches!(err, ChangeError::Conflict { .. }) && err.to_string().contains("\"web\""),
+            "{err}"
+        );
+        assert!(sink.current().route("berth-api").is_none());
+        let api = spec(
+            r#"{"name":"berth-api","domains":["api.test"],"backends":[{"address":"127.0.0.1:9"}]}"#,
+        );
+        reg.pin_static(api).await.unwrap();
+        let entry = reg.route("berth-api").expect("listed");
+        assert!(entry.read_only());
+        assert!(sink.current().route("berth-api").is_some());
+        // Read-only through the API, and a reload of the file keeps it.
+        let err = reg
+            .apply(RouteChange::DeleteRoute {
+                name: "berth-api".into(),
+            })
+            .await
+            .unwrap_err();
+        assert!(matches!(err, ChangeError::ReadOnly(_)), "{err}");
+        let err = reg
+            .apply(put(
+                "other",
+                r#"{"domains":["api.test"],"backends":[{"address":"127.0.0.1:3"}]}"#,
+            ))
+            .await
+            .unwrap_err();
+        assert!(matches!(err, ChangeError::Conflict { .. }), "{err}");
+        reg.replace_statics(Vec::new()).await.unwrap();
+        assert!(sink.current().route("static").is_none());
+        assert!(sink.current().route("berth-api").is_some());
+        assert!(reg.route("berth-api").is_some());
     }
 }

@@ -1,0 +1,316 @@
+//! `api.domain` with a real ACME CA (Debian's `pebble`, `pebble-challtestsrv` as its DNS: every
+//! name is 127.0.0.1) and real dockerd: berthd gets a certificate for the API's name like for
+//! any app, the `berth` CLI trusts pebble's root with `--ca-cert`, and a whole deploy (image
+//! upload through the proxy, event stream) runs over `https://api.berth.test`, with the
+//! proxy's own body limit set far below the image size (the API route has its own).
+//! Runs only with BERTH_SYSTEM_TESTS=1.
+
+mod docker_support;
+mod tls_common;
+
+use std::net::SocketAddr;
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use berth::model::config::{AcmeChallenge, AcmeConfig, ByteSize, Config};
+use tls_common::{client_config, free_port, tls_get, wait_for, TestCa};
+
+const DOMAIN: &str = "api.berth.test";
+
+/// pebble + challtestsrv, killed on drop.
+struct Pebble {
+    children: Vec<Child>,
+    directory: String,
+    mgmt: SocketAddr,
+    ca_pem: std::path::PathBuf,
+    ca: TestCa,
+    _dir: tempfile::TempDir,
+}
+
+impl Drop for Pebble {
+    fn drop(&mut self) {
+        for c in &mut self.children {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+fn spawn(cmd: &mut Command, log: &Path) -> Child {
+    let out = std::fs::File::create(log).expect("log file");
+    let err = out.try_clone().expect("log file");
+    cmd.stdout(Stdio::from(out))
+        .stderr(Stdio::from(err))
+        .spawn()
+        .unwrap_or_else(|e| panic!("cannot start {cmd:?}: {e}"))
+}
+
+async fn wait_port(addr: SocketAddr, what: &str) {
+    let ok = wait_for(Duration::from_secs(20), || async move {
+        tokio::net::TcpStream::connect(addr).await.ok().map(|_| ())
+    })
+    .await;
+    assert!(ok.is_some(), "{what} did not start listening on {addr}");
+}
+
+/// pebble validating HTTP-01 on `http_port` (berthd's HTTP listener).
+async fn start_pebble(http_port: u16) -> Pebble {
+    let dir = tempfile::tempdir().expect("tmp");
+    let ca = TestCa::new("Pebble WFE test CA");
+    let (wfe_cert, wfe_key) = ca.leaf(&["localhost", "127.0.0.1"], false);
+    let ca_pem = dir.path().join("ca.pem");
+    std::fs::write(&ca_pem, ca.pem()).unwrap();
+    std::fs::write(dir.path().join("wfe.pem"), wfe_cert).unwrap();
+    std::fs::write(dir.path().join("wfe.key"), wfe_key).unwrap();
+    let (acme, mgmt, dns, dns_mgmt) = (free_port(), free_port(), free_port(), free_port());
+    let config = serde_json::json!({"pebble": {
+        "listenAddress": format!("127.0.0.1:{acme}"),
+        "managementListenAddress": format!("127.0.0.1:{mgmt}"),
+        "certificate": dir.path().join("wfe.pem"),
+        "privateKey": dir.path().join("wfe.key"),
+        "httpPort": http_port, "tlsPort": free_port(),
+        "ocspResponderURL": "", "externalAccountBindingRequired": false,
+    }});
+    let cfg_path = dir.path().join("pebble-config.json");
+    std::fs::write(&cfg_path, config.to_string()).unwrap();
+    let dns_addr = format!("127.0.0.1:{dns}");
+    let children = vec![
+        spawn(
+            Command::new("pebble-challtestsrv").args([
+                "-defaultIPv4",
+                "127.0.0.1",
+                "-defaultIPv6",
+                "",
+                "-dns01",
+                &dns_addr,
+                "-http01",
+                "",
+                "-https01",
+                "",
+                "-tlsalpn01",
+                "",
+                "-management",
+                &format!("127.0.0.1:{dns_mgmt}"),
+            ]),
+            &dir.path().join("challtestsrv.log"),
+        ),
+        spawn(
+            Command::new("pebble")
+                .arg("-config")
+                .arg(&cfg_path)
+                .args(["-dnsserver", &dns_addr])
+                .env("PEBBLE_VA_NOSLEEP", "1")
+                .env("PEBBLE_WFE_NONCEREJECT", "0")
+                .env("PEBBLE_AUTHZREUSE", "0"),
+            &dir.path().join("pebble.log"),
+        ),
+    ];
+    let p = Pebble {
+        children,
+        directory: format!("https://127.0.0.1:{acme}/dir"),
+        mgmt: SocketAddr::from(([127, 0, 0, 1], mgmt)),
+        ca_pem,
+        ca,
+        _dir: dir,
+    };
+    wait_port(SocketAddr::from(([127, 0, 0, 1], dns_mgmt)), "challtestsrv").await;
+    wait_port(SocketAddr::from(([127, 0, 0, 1], acme)), "pebble").await;
+    wait_port(p.mgmt, "pebble management").await;
+    p
+}
+
+/// Runs the real `berth` binary; (exit code, stdout + stderr).
+async fn berth(cfg: &Path, cwd: &Path, args: &[&str]) -> (i32, String) {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_berth"));
+    cmd.args(args)
+        .current_dir(cwd)
+        .env("BERTH_CLI_CONFIG", cfg)
+        .env("NO_COLOR", "1")
+        .env("BERTH_RESOLVE", format!("{DOMAIN}=127.0.0.1"))
+        .env_remove("BERTH_SERVER")
+        .env_remove("BERTH_TOKEN")
+        .env_remove("BERTH_URL")
+        .env_remove("BERTH_CA_CERT");
+    let out = tokio::task::spawn_blocking(move || cmd.output().expect("berth runs"))
+        .await
+        .unwrap();
+    let mut text = String::from_utf8_lossy(&out.stdout).into_owned();
+    text.push_str(&String::from_utf8_lossy(&out.stderr));
+    (out.status.code().unwrap_or(-1), text)
+}
+
+/// Removes the test's containers and network, also when an assertion fails.
+struct Cleanup {
+    app: String,
+    network: String,
+}
+
+impl Drop for Cleanup {
+    fn drop(&mut self) {
+        let _ = Command::new("sh")
+            .arg("-c")
+            .arg(format!(
+                "docker ps -aq --filter label=berth.app={} | xargs -r docker rm -f >/dev/null 2>&1; \
+                 docker network rm {} >/dev/null 2>&1",
+                self.app, self.network
+            ))
+            .status();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn deploy_over_https_on_api_domain_with_an_acme_certificate() {
+    if docker_support::skip() {
+        return;
+    }
+    docker_support::prepare();
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let http_port = free_port();
+    let pebble = start_pebble(http_port).await;
+    let data = tempfile::tempdir().unwrap();
+    let app = format!("apidomain-{}", std::process::id());
+    let network = format!("berth-t-{app}");
+    let _cleanup = Cleanup {
+        app: app.clone(),
+        network: network.clone(),
+    };
+
+    let mut c = Config::default();
+    c.http.listen = SocketAddr::from(([127, 0, 0, 1], http_port));
+    c.api.listen = "127.0.0.1:0".parse().unwrap();
+    c.api.domain = Some(DOMAIN.to_string().try_into().unwrap());
+    c.tls.enabled = Some(true);
+    c.tls.listen = "127.0.0.1:0".parse().unwrap();
+    c.tls.acme = Some(AcmeConfig {
+        directory: pebble.directory.clone(),
+        email: Some("ops@berth.test".into()),
+        ca_root: Some(pebble.ca_pem.clone()),
+        challenge: AcmeChallenge::Http01,
+        ..AcmeConfig::default()
+    });
+    // Far below the image tar: uploads on the API route must not be held to it.
+    c.proxy.max_body_size = ByteSize(64 << 10);
+    c.data_dir = data.path().to_path_buf();
+    c.log.access_log = false;
+    c.deploy.enabled = berth::model::config::DeployEnabled::Required;
+    c.deploy.network = network;
+    c.deploy.stop_grace = Duration::from_secs(2);
+    c.validate().expect("valid config");
+    let running = berth::daemon::start(c, None).await.expect("daemon starts");
+    let https = running.https_addr.expect("https");
+    let (_, token) = running.registry.store().create_token("laptop").unwrap();
+
+    // The API's name is certified like any app's.
+    let t = Instant::now();
+    let store = running.certs.clone().expect("cert store");
+    let issued = wait_for(Duration::from_secs(60), || {
+        let store = store.clone();
+        async move {
+            store
+                .status()
+                .into_iter()
+                .find(|s| s.domain == DOMAIN && s.not_after.is_some())
+        }
+    })
+    .await;
+    assert!(
+        issued.is_some(),
+        "no certificate for {DOMAIN}: {:?}",
+        store.status()
+    );
+    println!(
+        "cli_api_pebble: certificate for {DOMAIN} in {:?}",
+        t.elapsed()
+    );
+
+    // The CLI trusts pebble's root (new on every pebble start) through --ca-cert.
+    let (resp, _) = tls_get(
+        pebble.mgmt,
+        client_config(pebble.ca.roots()),
+        "localhost",
+        "/roots/0",
+    )
+    .await
+    .expect("pebble root");
+    assert_eq!(resp.status, 200);
+    let work = tempfile::tempdir().unwrap();
+    let root = work.path().join("pebble-root.pem");
+    std::fs::write(&root, &resp.body).unwrap();
+    let cfg = work.path().join("cli.yaml");
+    let url = format!("https://{DOMAIN}:{}", https.port());
+    let (code, out) = berth(
+        &cfg,
+        work.path(),
+        &[
+            "server",
+            "add",
+            "prod",
+            &url,
+            "--token",
+            &token,
+            "--ca-cert",
+            root.to_str().unwrap(),
+        ],
+    )
+    .await;
+    assert_eq!(code, 0, "{out}");
+
+    // A whole deploy through the proxy: upload (bigger than proxy.max_body_size), events.
+    let tar = work.path().join("v1.tar");
+    let st = Command::new("docker")
+        .args(["save", "-o"])
+        .arg(&tar)
+        .arg(docker_support::IMG_V1)
+        .status()
+        .unwrap();
+    assert!(st.success());
+    let size = std::fs::metadata(&tar).unwrap().len();
+    assert!(size > 64 << 10, "{size}");
+    std::fs::write(
+        work.path().join("berth.yaml"),
+        format!(
+            "name: {app}\nimage: {}\ndomains: [{app}.test]\nport: 8080\nreplicas: 1\n\
+             health:\n  path: /health\n  interval: 100ms\n  timeout: 1s\n",
+            docker_support::IMG_V1
+        ),
+    )
+    .unwrap();
+    let t = Instant::now();
+    let (code, out) = berth(
+        &cfg,
+        work.path(),
+        &["deploy", "--image-tar", tar.to_str().unwrap()],
+    )
+    .await;
+    assert_eq!(code, 0, "{out}");
+    assert!(
+        out.contains(&format!("uploaded {size} bytes")) && out.contains("succeeded"),
+        "{out}"
+    );
+    println!(
+        "cli_api_pebble: berth deploy of {size} bytes over https://{DOMAIN} in {:?}",
+        t.elapsed()
+    );
+    let (code, out) = berth(&cfg, work.path(), &["status", &app]).await;
+    assert_eq!(code, 0, "{out}");
+    assert!(out.contains("healthy"), "{out}");
+    // The app itself got a certificate too and serves over HTTPS.
+    let app_host = format!("{app}.test");
+    let app_cert = wait_for(Duration::from_secs(60), || {
+        let (store, host) = (store.clone(), app_host.clone());
+        async move {
+            store
+                .status()
+                .into_iter()
+                .find(|s| s.domain == host && s.not_after.is_some())
+        }
+    })
+    .await;
+    assert!(app_cert.is_some(), "{:?}", store.status());
+
+    let (code, out) = berth(&cfg, work.path(), &["stop", &app]).await;
+    assert_eq!(code, 0, "{out}");
+    running.shutdown().await;
+    drop(pebble);
+}
