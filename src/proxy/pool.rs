@@ -414,7 +414,7 @@ impl Pool {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::hash::{BuildHasher, Hash};
+    use std::hash::BuildHasher;
 
     #[test]
     fn fx_hash_spreads_addresses() {
@@ -422,9 +422,7 @@ mod tests {
         let mut seen = std::collections::HashSet::new();
         for port in 8000..8100u16 {
             let key = format!("127.0.0.1:{port}");
-            let mut h = b.build_hasher();
-            key.as_str().hash(&mut h);
-            seen.insert(h.finish());
+            seen.insert(b.hash_one(key.as_str()));
         }
         assert_eq!(seen.len(), 100);
     }
