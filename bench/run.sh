@@ -50,6 +50,7 @@ OUT=${OUT:-$BENCH_DIR/results/latest.json}
 HOST_HEADER=bench.test
 ONLY=basic,https,updates,torture,deploy
 PROFILE=0
+ARGS=("$@")   # kept for the re-exec below (the loop shifts them away)
 while [ $# -gt 0 ]; do
     case "$1" in
         --only) ONLY=${2:?--only needs a list, e.g. basic,https}; shift ;;
@@ -79,7 +80,7 @@ fi
 # the three proxies are treated alike. BENCH_NICE=0 runs without any of this.
 BENCH_NICE=${BENCH_NICE:--10}
 if [ "$BENCH_NICE" != 0 ] && [ -z "${BERTH_BENCH_SESSION:-}" ] && [ -w /proc/self/autogroup ]; then
-    BERTH_BENCH_SESSION=1 setsid bash "$0" "$@" &
+    BERTH_BENCH_SESSION=1 setsid bash "$0" ${ARGS[@]+"${ARGS[@]}"} &
     child=$!
     trap 'kill -TERM "$child" 2>/dev/null || true' INT TERM
     rc=0

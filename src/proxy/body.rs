@@ -14,6 +14,7 @@ use hyper::body::Incoming;
 
 use crate::model::stats::BackendStats;
 
+use super::pool::PooledConn;
 use super::server::ConnState;
 
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
@@ -126,7 +127,8 @@ impl Drop for Completion {
 }
 
 enum Inner {
-    Upstream(Incoming),
+    /// The upstream's body and, until it has ended, the connection it arrives on.
+    Upstream(Incoming, Option<PooledConn>),
     Full(Option<Bytes>),
 }
 
@@ -138,9 +140,11 @@ pub struct ResponseBody {
 }
 
 impl ResponseBody {
-    pub fn upstream(body: Incoming) -> Self {
+    /// The upstream's body; `conn` goes back to the pool once the body has ended (and is
+    /// dropped, closing it, if the body is abandoned before).
+    pub fn upstream(body: Incoming, conn: Option<PooledConn>) -> Self {
         Self {
-            inner: Inner::Upstream(body),
+            inner: Inner::Upstream(body, conn),
             bytes: 0,
             done: None,
         }
@@ -164,6 +168,14 @@ impl ResponseBody {
 
 impl Drop for ResponseBody {
     fn drop(&mut self) {
+        // hyper may stop polling once `is_end_stream` says so (known length): the body ended.
+        if let Inner::Upstream(b, conn) = &mut self.inner {
+            if b.is_end_stream() {
+                if let Some(c) = conn.take() {
+                    c.release();
+                }
+            }
+        }
         if let Some(done) = &mut self.done {
             if let Some(log) = done.log.take() {
                 if let Some(b) = &done.backend {
@@ -201,10 +213,26 @@ impl Body for ResponseBody {
     ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
         let this = &mut *self;
         let res = match &mut this.inner {
-            Inner::Upstream(b) => match Pin::new(b).poll_frame(cx) {
-                Poll::Ready(Some(Ok(f))) => Poll::Ready(Some(Ok(f))),
-                Poll::Ready(Some(Err(e))) => Poll::Ready(Some(Err(Box::new(e) as BoxError))),
-                Poll::Ready(None) => Poll::Ready(None),
+            Inner::Upstream(b, conn) => match Pin::new(&mut *b).poll_frame(cx) {
+                Poll::Ready(Some(Ok(f))) => {
+                    if b.is_end_stream() {
+                        if let Some(c) = conn.take() {
+                            c.release();
+                        }
+                    }
+                    Poll::Ready(Some(Ok(f)))
+                }
+                Poll::Ready(Some(Err(e))) => {
+                    // A broken body: its connection is not reused.
+                    conn.take();
+                    Poll::Ready(Some(Err(Box::new(e) as BoxError)))
+                }
+                Poll::Ready(None) => {
+                    if let Some(c) = conn.take() {
+                        c.release();
+                    }
+                    Poll::Ready(None)
+                }
                 Poll::Pending => return Poll::Pending,
             },
             Inner::Full(data) => Poll::Ready(data.take().map(|d| Ok(Frame::data(d)))),
@@ -219,14 +247,14 @@ impl Body for ResponseBody {
 
     fn is_end_stream(&self) -> bool {
         match &self.inner {
-            Inner::Upstream(b) => b.is_end_stream(),
+            Inner::Upstream(b, _) => b.is_end_stream(),
             Inner::Full(d) => d.is_none(),
         }
     }
 
     fn size_hint(&self) -> SizeHint {
         match &self.inner {
-            Inner::Upstream(b) => b.size_hint(),
+            Inner::Upstream(b, _) => b.size_hint(),
             Inner::Full(d) => SizeHint::with_exact(d.as_ref().map(|d| d.len() as u64).unwrap_or(0)),
         }
     }

@@ -5,6 +5,7 @@
 //! and drained, or marked down with `on_down: shutdown_sessions`), and the completion
 //! bookkeeping that feeds stats and the access log.
 
+use std::borrow::Cow;
 use std::net::SocketAddr;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -24,6 +25,7 @@ use crate::model::route::{BalancerKind, Lookup, OnDown, PickContext, PickError, 
 
 use super::body::{AccessLog, BodyTooLarge, Completion, RequestBody, ResponseBody};
 use super::headers::{is_upgrade_request, set_forwarded_cached, strip_hop_by_hop};
+use super::pool::UpstreamError;
 use super::server::ConnState;
 use super::{Proxy, Tables, API_PROXY_HEADER};
 
@@ -48,7 +50,11 @@ enum UpstreamFailure {
     Other,
 }
 
-fn classify(err: &(dyn std::error::Error + 'static), is_connect: bool) -> UpstreamFailure {
+fn classify(err: &UpstreamError) -> UpstreamFailure {
+    if err.is_connect_timeout() {
+        return UpstreamFailure::ConnectTimeout;
+    }
+    let is_connect = err.is_connect();
     let mut cur: Option<&(dyn std::error::Error + 'static)> = Some(err);
     let mut timed_out = false;
     while let Some(e) = cur {
@@ -81,25 +87,26 @@ impl Proxy {
     ) -> Response<ResponseBody> {
         let start = Instant::now();
         let draining_h1 = conn.draining() && req.version() != Version::HTTP_2;
-        let raw_host: Option<String> = req
-            .uri()
-            .authority()
-            .map(|a| a.as_str().to_string())
-            .or_else(|| {
-                req.headers()
-                    .get(header::HOST)
-                    .and_then(|h| h.to_str().ok())
-                    .map(str::to_string)
-            });
-        let host = raw_host
-            .as_deref()
-            .and_then(normalize_host)
+        // Kept as a header value (for HTTP/1 a reference-counted slice of the request head, no
+        // copy): it goes upstream as `Host` and `X-Forwarded-Host` as is.
+        let raw_host: Option<HeaderValue> = match req.uri().authority() {
+            Some(a) => HeaderValue::from_str(a.as_str()).ok(),
+            None => req
+                .headers()
+                .get(header::HOST)
+                .filter(|h| h.to_str().is_ok())
+                .cloned(),
+        };
+        let host: Option<Cow<'_, str>> = raw_host
+            .as_ref()
+            .and_then(|v| v.to_str().ok())
+            .and_then(normalized_host)
             .filter(|h| valid_host_chars(h));
         let log = self.settings.access_log.then(|| {
             Box::new(AccessLog {
                 start,
                 client: peer,
-                host: host.clone().unwrap_or_default(),
+                host: host.as_deref().unwrap_or_default().to_string(),
                 method: req.method().clone(),
                 path: req.uri().path().to_string(),
                 status: 0,
@@ -116,7 +123,14 @@ impl Proxy {
         // TLS hook: HSTS on generated answers (errors, alias redirects) of HTTPS requests.
         let hsts = super::acme_hook::HstsProbe::capture(scheme, &req);
         let mut resp = self
-            .route_request(req, peer, scheme, raw_host, host, &mut done)
+            .route_request(
+                req,
+                peer,
+                scheme,
+                raw_host.as_ref(),
+                host.as_deref(),
+                &mut done,
+            )
             .await;
         self.add_hsts_generated(hsts, &mut resp);
         if draining_h1 {
@@ -135,8 +149,8 @@ impl Proxy {
         mut req: Request<Incoming>,
         peer: SocketAddr,
         scheme: &'static str,
-        raw_host: Option<String>,
-        host: Option<String>,
+        raw_host: Option<&HeaderValue>,
+        host: Option<&str>,
         done: &mut Completion,
     ) -> Response<ResponseBody> {
         let (Some(raw_host), Some(host)) = (raw_host, host) else {
@@ -148,7 +162,7 @@ impl Proxy {
         }
         let route: Arc<Route> = {
             let table = self.tables.load();
-            match table.lookup_normalized(&host, req.uri().path()) {
+            match table.lookup_normalized(host, req.uri().path()) {
                 Lookup::Route(r) => r.clone(),
                 Lookup::Redirect(to) => {
                     let pq = req
@@ -172,7 +186,7 @@ impl Proxy {
             log.route = Some(route.name.clone());
         }
         // TLS hook: HTTP → HTTPS redirect for hosts with a certificate.
-        if let Some(r) = self.https_redirect(scheme, &route, &host, req.uri()) {
+        if let Some(r) = self.https_redirect(scheme, &route, host, req.uri()) {
             return r;
         }
         // berthd's own API (`api.domain`): never over plain HTTP, its own limits.
@@ -209,11 +223,12 @@ impl Proxy {
         let (parts, body) = req.into_parts();
         let method = parts.method;
         // A bodiless idempotent request can be sent again if its backend failed before
-        // answering (connect error, reset).
-        let retryable = !upgrade
-            && route.backends.len() > 1
+        // answering (connect error, reset): on a new connection to the same backend when a
+        // pooled one turned out dead, on another backend when the backend failed.
+        let replayable = !upgrade
             && matches!(method, Method::GET | Method::HEAD | Method::OPTIONS)
             && body.is_end_stream();
+        let retryable = replayable && route.backends.len() > 1;
         let mut body = Some(RequestBody::new(body, max_body_size));
         let pq = parts
             .uri
@@ -228,7 +243,7 @@ impl Proxy {
             peer.ip(),
             done.conn.as_ref().and_then(|c| c.peer_ip.as_ref()),
             scheme,
-            &raw_host,
+            raw_host,
             &self.settings.trusted_proxies,
         );
         if let Some(api) = &self.settings.api_route {
@@ -239,9 +254,7 @@ impl Proxy {
             }
         }
         if !headers.contains_key(header::HOST) {
-            if let Ok(v) = HeaderValue::from_str(&raw_host) {
-                headers.insert(header::HOST, v);
-            }
+            headers.insert(header::HOST, raw_host.clone());
         }
         let cookie: Option<String> = match route.balancer {
             BalancerKind::StickyCookie { .. } => headers
@@ -260,7 +273,7 @@ impl Proxy {
         let mut exclude = None;
         let mut attempt = 0u8;
         let mut failed: Option<(StatusCode, &'static str)> = None;
-        let (resp, pick) = loop {
+        let (resp, pooled, pick) = loop {
             let pick = match route.pick_for(&ctx, exclude) {
                 Ok(p) => p,
                 Err(PickError::NoBackends) | Err(PickError::AllDown) => {
@@ -292,17 +305,15 @@ impl Proxy {
             } else {
                 std::mem::take(&mut headers)
             };
-            match Uri::builder()
-                .scheme("http")
-                .authority(backend.authority.clone())
-                .path_and_query(pq.clone())
-                .build()
-            {
-                Ok(uri) => *up.uri_mut() = uri,
-                Err(_) => return local(StatusCode::BAD_REQUEST, "invalid request target\n"),
-            }
+            // Origin form: the upstream connection already is the backend.
+            *up.uri_mut() = Uri::from(pq.clone());
 
-            let sent = tokio::time::timeout(response_header_timeout, self.client.request(up)).await;
+            let host_pool = self.pool.host(backend.authority.as_str());
+            let sent = tokio::time::timeout(
+                response_header_timeout,
+                self.pool.send(&host_pool, up, replayable, upgrade),
+            )
+            .await;
             match sent {
                 Err(_) => {
                     backend.stats.failures.fetch_add(1, Ordering::Relaxed);
@@ -310,7 +321,7 @@ impl Proxy {
                     return local(StatusCode::GATEWAY_TIMEOUT, "upstream timed out\n");
                 }
                 Ok(Err(e)) => {
-                    let failure = classify(&e, e.is_connect());
+                    let failure = classify(&e);
                     let (status, msg) = match failure {
                         UpstreamFailure::BodyTooLarge => {
                             return local(StatusCode::PAYLOAD_TOO_LARGE, "request body too large\n")
@@ -344,12 +355,12 @@ impl Proxy {
                     backend.stats.record_status(status.as_u16());
                     return local(status, msg);
                 }
-                Ok(Ok(r)) => {
+                Ok(Ok((r, conn))) => {
                     if let Some(hc) = health_check {
                         // Resets a failure streak; a plain load when there is none.
                         backend.health.record_success(hc.rise, hc.fall);
                     }
-                    break (r, pick);
+                    break (r, conn, pick);
                 }
             }
         };
@@ -372,7 +383,10 @@ impl Proxy {
             }
         }
         let (mut parts, body) = resp.into_parts();
-        strip_hop_by_hop(&mut parts.headers, false);
+        let closing = strip_hop_by_hop(&mut parts.headers, false);
+        // The connection goes back to the pool when the body has ended, unless the upstream
+        // said it will close it.
+        let pooled = pooled.filter(|_| !closing && parts.version == Version::HTTP_11);
         // TLS hook: HSTS.
         self.add_hsts(scheme, &route, &mut parts.headers);
         if let Some(c) = set_cookie {
@@ -380,7 +394,7 @@ impl Proxy {
         }
         // Speak our own protocol version to the client, whatever the upstream used.
         parts.version = Version::HTTP_11;
-        Response::from_parts(parts, ResponseBody::upstream(body))
+        Response::from_parts(parts, ResponseBody::upstream(body, pooled))
     }
 
     /// Splices client and upstream after a 101. The tunnel lives until either side closes,
@@ -472,6 +486,21 @@ async fn backend_gone(
     }
 }
 
+/// `normalize_host`, without an allocation when the name is already normal (lower case, no
+/// port, no trailing dot), as it almost always is.
+fn normalized_host(raw: &str) -> Option<Cow<'_, str>> {
+    let plain = !raw.is_empty()
+        && !raw.ends_with('.')
+        && raw
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || matches!(b, b'-' | b'.'));
+    if plain {
+        Some(Cow::Borrowed(raw))
+    } else {
+        normalize_host(raw).map(Cow::Owned)
+    }
+}
+
 /// RFC 9112 §3.2: a Host that is not a plausible name or IP literal is a 400, not a 404.
 fn valid_host_chars(host: &str) -> bool {
     host.bytes()
@@ -489,6 +518,35 @@ fn join_cookies(headers: &mut http::HeaderMap) {
             .join("; ");
         if let Ok(v) = HeaderValue::from_str(&joined) {
             headers.insert(header::COOKIE, v);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn normalized_host_matches_normalize_host() {
+        for raw in [
+            "bench.test",
+            "Bench.Test",
+            "example.com.",
+            "example.com:8080",
+            "[::1]:80",
+            " a.b ",
+            "",
+            ".",
+            "a:b",
+            "x-y.z9",
+            "UPPER",
+            "a..b",
+        ] {
+            assert_eq!(
+                normalized_host(raw).map(Cow::into_owned),
+                normalize_host(raw),
+                "{raw:?}"
+            );
         }
     }
 }

@@ -27,61 +27,70 @@ fn connection_has(headers: &HeaderMap, token: &str) -> bool {
 }
 
 /// Removes hop-by-hop headers. With `keep_upgrade`, `Connection: upgrade` and `Upgrade` stay
-/// (the upgrade handshake itself must reach the other side).
-pub fn strip_hop_by_hop(headers: &mut HeaderMap, keep_upgrade: bool) {
-    // Fast path: one scan of the names; most messages carry no hop-by-hop header at all,
-    // and then the map is left untouched (each `remove` would hash the name).
-    if !headers.keys().any(is_hop_by_hop_name) {
-        if keep_upgrade {
-            headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
+/// (the upgrade handshake itself must reach the other side). Returns whether `Connection`
+/// said `close` (the sender will close its connection after this message).
+pub fn strip_hop_by_hop(headers: &mut HeaderMap, keep_upgrade: bool) -> bool {
+    // One scan of the names notes which fixed hop-by-hop headers are present; most messages
+    // carry none (the map is left untouched) or only `Connection: keep-alive` (one remove):
+    // each `remove` hashes the name, so only present ones are removed.
+    let mut present = 0u16;
+    for name in headers.keys() {
+        if let Some(i) = HOP_BY_HOP.iter().position(|h| h == name) {
+            present |= 1 << i;
         }
-        return;
     }
-    // Headers named by Connection are hop-by-hop too.
-    let named: Vec<HeaderName> = headers
-        .get_all(header::CONNECTION)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|s| s.split(','))
-        .map(str::trim)
-        .filter(|t| !(keep_upgrade && t.eq_ignore_ascii_case("upgrade")))
-        .filter_map(|t| HeaderName::from_bytes(t.as_bytes()).ok())
-        .collect();
-    for name in named {
-        headers.remove(name);
+    let mut close = false;
+    if present & 1 != 0 {
+        // Headers named by Connection are hop-by-hop too (the fixed ones go below).
+        let mut named: Vec<HeaderName> = Vec::new();
+        for token in headers
+            .get_all(header::CONNECTION)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .flat_map(|s| s.split(','))
+            .map(str::trim)
+        {
+            if token.eq_ignore_ascii_case("close") {
+                close = true;
+            } else if token.eq_ignore_ascii_case("keep-alive")
+                || token.eq_ignore_ascii_case("upgrade")
+            {
+                // Fixed hop-by-hop names, handled below (`upgrade` survives `keep_upgrade`).
+            } else if let Ok(name) = HeaderName::from_bytes(token.as_bytes()) {
+                if !HOP_BY_HOP.contains(&name) {
+                    named.push(name);
+                }
+            }
+        }
+        for name in named {
+            headers.remove(name);
+        }
     }
-    for name in [
-        KEEP_ALIVE,
-        PROXY_CONNECTION,
-        header::TE,
-        header::TRAILER,
-        header::TRANSFER_ENCODING,
-        header::PROXY_AUTHENTICATE,
-        header::PROXY_AUTHORIZATION,
-    ] {
-        headers.remove(name);
+    for (i, name) in HOP_BY_HOP.iter().enumerate() {
+        let keep = keep_upgrade && (*name == header::CONNECTION || *name == header::UPGRADE);
+        if present & (1 << i) != 0 && !keep {
+            headers.remove(name);
+        }
     }
     if keep_upgrade {
         headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
-    } else {
-        headers.remove(header::CONNECTION);
-        headers.remove(header::UPGRADE);
     }
+    close
 }
 
-/// Whether `name` is one of the fixed hop-by-hop headers (those named by `Connection` aside,
-/// which can only matter when `Connection` itself is present).
-fn is_hop_by_hop_name(name: &HeaderName) -> bool {
-    name == header::CONNECTION
-        || name == header::UPGRADE
-        || name == header::TE
-        || name == header::TRAILER
-        || name == header::TRANSFER_ENCODING
-        || name == header::PROXY_AUTHENTICATE
-        || name == header::PROXY_AUTHORIZATION
-        || name == KEEP_ALIVE
-        || name == PROXY_CONNECTION
-}
+/// The fixed hop-by-hop headers (RFC 9110 §7.6.1 plus `Proxy-Connection`); `Connection`
+/// first (bit 0 of the presence mask in `strip_hop_by_hop`).
+static HOP_BY_HOP: [HeaderName; 9] = [
+    header::CONNECTION,
+    header::UPGRADE,
+    header::TE,
+    header::TRAILER,
+    header::TRANSFER_ENCODING,
+    header::PROXY_AUTHENTICATE,
+    header::PROXY_AUTHORIZATION,
+    KEEP_ALIVE,
+    PROXY_CONNECTION,
+];
 
 /// The peer address as a header value, formatted once per client connection.
 pub fn peer_header_value(peer: IpAddr) -> Option<HeaderValue> {
@@ -107,7 +116,7 @@ pub fn set_forwarded_cached(
     peer: IpAddr,
     peer_value: Option<&HeaderValue>,
     scheme: &'static str,
-    host: &str,
+    host: &HeaderValue,
     trusted: &[ipnet::IpNet],
 ) {
     let untrusted = trusted.is_empty() || !trusted.iter().any(|n| n.contains(&canonical_ip(peer)));
@@ -116,11 +125,15 @@ pub fn set_forwarded_cached(
             headers.insert(X_FORWARDED_FOR, v.clone());
             headers.insert(X_REAL_IP, v.clone());
             headers.insert(X_FORWARDED_PROTO, HeaderValue::from_static(scheme));
-            if let Ok(h) = HeaderValue::from_str(host) {
-                headers.insert(X_FORWARDED_HOST, h);
-            }
+            headers.insert(X_FORWARDED_HOST, host.clone());
         }
-        _ => set_forwarded(headers, peer, scheme, host, trusted),
+        _ => set_forwarded(
+            headers,
+            peer,
+            scheme,
+            host.to_str().unwrap_or_default(),
+            trusted,
+        ),
     }
 }
 
@@ -206,15 +219,57 @@ mod tests {
             ("proxy-connection", "keep-alive"),
             ("x-keep", "yes"),
         ]);
-        strip_hop_by_hop(&mut h, false);
+        assert!(!strip_hop_by_hop(&mut h, false));
         let left: Vec<_> = h.keys().map(|k| k.as_str()).collect();
         assert_eq!(left, vec!["x-keep"]);
+        let mut h = map(&[("connection", "Close"), ("x-keep", "yes")]);
+        assert!(strip_hop_by_hop(&mut h, false));
+        assert_eq!(h.len(), 1);
 
         let mut h = map(&[("connection", "Upgrade"), ("upgrade", "websocket")]);
         assert!(is_upgrade_request(&h));
         strip_hop_by_hop(&mut h, true);
         assert_eq!(h.get("upgrade").unwrap(), "websocket");
         assert_eq!(h.get("connection").unwrap(), "upgrade");
+    }
+
+    #[test]
+    fn hop_by_hop_only_present_names_and_named_ones() {
+        // The usual upstream response: only `Connection: keep-alive`.
+        let mut h = map(&[("content-length", "3"), ("connection", "keep-alive")]);
+        assert!(!strip_hop_by_hop(&mut h, false));
+        assert_eq!(
+            h.keys().map(|k| k.as_str()).collect::<Vec<_>>(),
+            vec!["content-length"]
+        );
+        // Named headers go, `close` is reported, names repeated across values are fine.
+        let mut h = map(&[
+            ("connection", "close, X-A"),
+            ("connection", "x-b, te"),
+            ("x-a", "1"),
+            ("x-b", "2"),
+            ("te", "trailers"),
+            ("x-c", "3"),
+        ]);
+        assert!(strip_hop_by_hop(&mut h, false));
+        assert_eq!(
+            h.keys().map(|k| k.as_str()).collect::<Vec<_>>(),
+            vec!["x-c"]
+        );
+        // Upgrade kept, with Connection rewritten to exactly `upgrade`.
+        let mut h = map(&[
+            ("connection", "keep-alive, Upgrade, x-a"),
+            ("upgrade", "websocket"),
+            ("x-a", "1"),
+            ("keep-alive", "5"),
+        ]);
+        assert!(!strip_hop_by_hop(&mut h, true));
+        assert_eq!(h.get("upgrade").unwrap(), "websocket");
+        assert_eq!(
+            h.get_all("connection").iter().collect::<Vec<_>>(),
+            vec!["upgrade"]
+        );
+        assert!(h.get("x-a").is_none() && h.get("keep-alive").is_none());
     }
 
     #[test]
@@ -250,7 +305,8 @@ mod tests {
                 let mut b = map(incoming);
                 set_forwarded(&mut a, ip, "https", "example.com", trusted);
                 let v = peer_header_value(ip);
-                set_forwarded_cached(&mut b, ip, v.as_ref(), "https", "example.com", trusted);
+                let host = HeaderValue::from_static("example.com");
+                set_forwarded_cached(&mut b, ip, v.as_ref(), "https", &host, trusted);
                 assert_eq!(a, b, "peer {peer}, trusted {trusted:?}");
             }
         }

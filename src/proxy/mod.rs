@@ -1,5 +1,5 @@
-//! The reverse proxy: hyper server on the client side, pooled hyper-util client on the
-//! upstream side, and the route table as an `ArcSwap` snapshot between them. A request does
+//! The reverse proxy: hyper server on the client side, pooled HTTP/1.1 upstream connections
+//! (`pool`) on the other, and the route table as an `ArcSwap` snapshot between them. A request does
 //! one `load()` of the table and touches only atomics; writers publish whole new tables
 //! (`publish`), and the health task re-publishes with compare-and-swap (`refresh`) so it
 //! never overwrites a newer table.
@@ -10,21 +10,19 @@ pub mod forward;
 pub mod headers;
 pub mod health;
 pub mod https;
+pub mod pool;
 pub mod server;
 
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use arc_swap::ArcSwap;
-use hyper_util::client::legacy::connect::HttpConnector;
-use hyper_util::client::legacy::Client;
-use hyper_util::rt::{TokioExecutor, TokioTimer};
 use tokio::sync::{watch, Notify};
 
 use crate::model::config::{ProxyConfig, Timeouts};
 use crate::model::route::RouteTable;
 
-use body::RequestBody;
+use pool::{Pool, PoolSettings};
 use server::ConnTracker;
 
 /// Proxy settings derived from the configuration.
@@ -139,13 +137,11 @@ impl Tables {
     }
 }
 
-pub type UpstreamClient = Client<HttpConnector, RequestBody>;
-
 /// Everything a request needs: settings, the table, the upstream pool.
 pub struct Proxy {
     pub settings: Settings,
     pub tables: Arc<Tables>,
-    client: UpstreamClient,
+    pool: Pool,
     /// Open upgrade tunnels (a draining process waits for them, bounded by the drain timeout).
     pub tunnels: Arc<ConnTracker>,
     /// ACME HTTP-01 answers and HTTPS redirects; set once when TLS is configured.
@@ -154,21 +150,15 @@ pub struct Proxy {
 
 impl Proxy {
     pub fn new(settings: Settings, tables: Arc<Tables>) -> Self {
-        let mut http = HttpConnector::new();
-        http.set_connect_timeout(Some(settings.timeouts.connect));
-        http.set_nodelay(true);
-        http.enforce_http(true);
-        let client = Client::builder(TokioExecutor::new())
-            .pool_idle_timeout(settings.pool_idle_timeout)
-            .pool_max_idle_per_host(settings.pool_max_idle_per_host)
-            .pool_timer(TokioTimer::new())
-            .timer(TokioTimer::new())
-            .set_host(false)
-            .build(http);
+        let pool = Pool::new(PoolSettings {
+            connect_timeout: settings.timeouts.connect,
+            idle_timeout: settings.pool_idle_timeout,
+            max_idle_per_host: settings.pool_max_idle_per_host,
+        });
         Self {
             settings,
             tables,
-            client,
+            pool,
             tunnels: Arc::new(ConnTracker::default()),
             tls_hooks: OnceLock::new(),
         }

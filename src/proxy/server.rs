@@ -205,8 +205,11 @@ impl Drop for ConnGuard {
 pub fn connection_builder(proxy: &Proxy) -> auto::Builder<TokioExecutor> {
     let s = &proxy.settings;
     let mut b = auto::Builder::new(TokioExecutor::new());
+    // No hyper header-read timeout: `serve_connection`'s supervisor enforces the client
+    // header timeout (and answers 408); hyper's would arm a boxed timer on every request.
     b.http1()
         .timer(TokioTimer::new())
+        .header_read_timeout(None)
         .keep_alive(true)
         .max_buf_size(s.max_header_size.max(8192))
         .writev(true);

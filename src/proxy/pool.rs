@@ -1,0 +1,442 @@
+//! Upstream connection pool: per backend address, a lock-free bounded queue of idle HTTP/1.1
+//! connections (`hyper::client::conn::http1::SendRequest` handles, each driven by its own
+//! task). A request pops an idle connection (or connects), and its response body hands the
+//! connection back when the upstream body has ended; a connection that errored, closed, asked
+//! for `Connection: close`, carried an upgrade, or whose body was abandoned is never returned.
+//! Invariants: no lock anywhere (an `ArcSwap` map of hosts, read once per request, plus
+//! `crossbeam_queue::ArrayQueue` per host); at most `max_idle_per_host` idle connections per
+//! address (a full queue drops the surplus, which closes it); idle connections older than
+//! `idle_timeout` are closed by a sweeper task and never handed out. A request whose pooled
+//! connection turns out dead is retried once on a fresh connection when hyper proves it was
+//! not sent, or when the caller supplied a replay copy (idempotent requests without a body).
+
+use std::collections::HashMap;
+use std::hash::{BuildHasherDefault, Hasher};
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Weak};
+use std::time::{Duration, Instant};
+
+use arc_swap::ArcSwap;
+use crossbeam_queue::ArrayQueue;
+use http::{Request, Response};
+use hyper::body::Incoming;
+use hyper::client::conn::http1;
+use hyper_util::rt::TokioIo;
+use tokio::net::TcpStream;
+
+use super::body::RequestBody;
+
+type Sender = http1::SendRequest<RequestBody>;
+
+/// Why a request got no response from the upstream.
+#[derive(Debug, thiserror::Error)]
+pub enum UpstreamError {
+    #[error("connecting to {0} timed out")]
+    ConnectTimeout(String),
+    #[error("connecting to {addr} failed: {source}")]
+    Connect {
+        addr: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("HTTP/1.1 handshake with {addr} failed: {source}")]
+    Handshake {
+        addr: String,
+        #[source]
+        source: hyper::Error,
+    },
+    #[error(transparent)]
+    Http(#[from] hyper::Error),
+}
+
+impl UpstreamError {
+    /// Whether the failure happened before a connection existed (connect, resolve).
+    pub fn is_connect(&self) -> bool {
+        matches!(
+            self,
+            UpstreamError::ConnectTimeout(_) | UpstreamError::Connect { .. }
+        )
+    }
+    pub fn is_connect_timeout(&self) -> bool {
+        matches!(self, UpstreamError::ConnectTimeout(_))
+    }
+}
+
+/// FxHash (the rustc hasher): the key is a short backend address, hashed once per request;
+/// SipHash's DoS resistance buys nothing for keys that come from our own configuration.
+#[derive(Default)]
+struct FxHasher(u64);
+
+impl Hasher for FxHasher {
+    fn write(&mut self, bytes: &[u8]) {
+        const K: u64 = 0x51_7c_c1_b7_27_22_0a_95;
+        let mut chunks = bytes.chunks_exact(8);
+        for c in &mut chunks {
+            let w = u64::from_le_bytes([c[0], c[1], c[2], c[3], c[4], c[5], c[6], c[7]]);
+            self.0 = (self.0.rotate_left(5) ^ w).wrapping_mul(K);
+        }
+        for &b in chunks.remainder() {
+            self.0 = (self.0.rotate_left(5) ^ u64::from(b)).wrapping_mul(K);
+        }
+    }
+    fn write_u8(&mut self, b: u8) {
+        self.write(&[b]);
+    }
+    fn finish(&self) -> u64 {
+        self.0
+    }
+}
+
+type HostMap = HashMap<Box<str>, Arc<HostPool>, BuildHasherDefault<FxHasher>>;
+
+/// Pool settings.
+#[derive(Debug, Clone)]
+pub struct PoolSettings {
+    pub connect_timeout: Duration,
+    pub idle_timeout: Duration,
+    pub max_idle_per_host: usize,
+}
+
+struct Idle {
+    sender: Sender,
+    since: Instant,
+}
+
+/// The idle connections to one backend address.
+pub struct HostPool {
+    authority: Box<str>,
+    /// `authority` parsed as a socket address when it is an IP literal (no resolver then).
+    addr: Option<SocketAddr>,
+    /// `None` when pooling is off (`max_idle_per_host: 0`).
+    idle: Option<ArrayQueue<Idle>>,
+    idle_timeout: Duration,
+    /// Set on every checkout; the sweeper forgets hosts that stayed unused and empty.
+    used: AtomicBool,
+}
+
+impl HostPool {
+    fn new(authority: &str, settings: &PoolSettings) -> Self {
+        Self {
+            authority: authority.into(),
+            addr: authority.parse().ok(),
+            idle: (settings.max_idle_per_host > 0)
+                .then(|| ArrayQueue::new(settings.max_idle_per_host)),
+            idle_timeout: settings.idle_timeout,
+            used: AtomicBool::new(true),
+        }
+    }
+
+    /// A live idle connection, if there is one (closed or expired ones are dropped).
+    async fn pop(&self) -> Option<Sender> {
+        let q = self.idle.as_ref()?;
+        while let Some(mut idle) = q.pop() {
+            if idle.sender.is_closed() || idle.since.elapsed() >= self.idle_timeout {
+                continue;
+            }
+            // Returned right after its response body ended, the connection task may not yet
+            // have gone back to idle: wait for it (immediate in the common case). An error
+            // means it closed meanwhile.
+            if idle.sender.ready().await.is_ok() {
+                return Some(idle.sender);
+            }
+        }
+        None
+    }
+
+    fn push(&self, sender: Sender) {
+        if let Some(q) = &self.idle {
+            if !sender.is_closed() {
+                // Full: the surplus connection is dropped, which closes it.
+                let _ = q.push(Idle {
+                    sender,
+                    since: Instant::now(),
+                });
+            }
+        }
+    }
+
+    /// Drops idle connections that are closed or past the idle timeout. Returns how many
+    /// are left.
+    fn sweep(&self) -> usize {
+        let Some(q) = &self.idle else { return 0 };
+        let n = q.len();
+        for _ in 0..n {
+            let Some(idle) = q.pop() else { break };
+            if !idle.sender.is_closed() && idle.since.elapsed() < self.idle_timeout {
+                let _ = q.push(idle);
+            }
+        }
+        q.len()
+    }
+
+    async fn connect(
+        &self,
+        settings: &PoolSettings,
+        upgrades: bool,
+    ) -> Result<Sender, UpstreamError> {
+        let stream = tokio::time::timeout(settings.connect_timeout, self.tcp_connect())
+            .await
+            .map_err(|_| UpstreamError::ConnectTimeout(self.authority.to_string()))??;
+        let _ = stream.set_nodelay(true);
+        let (sender, conn) = http1::Builder::new()
+            .handshake(TokioIo::new(stream))
+            .await
+            .map_err(|source| UpstreamError::Handshake {
+                addr: self.authority.to_string(),
+                source,
+            })?;
+        if upgrades {
+            tokio::spawn(async move {
+                if let Err(e) = conn.with_upgrades().await {
+                    tracing::debug!(error = %e, "upstream connection ended with an error");
+                }
+            });
+        } else {
+            tokio::spawn(async move {
+                if let Err(e) = conn.await {
+                    tracing::debug!(error = %e, "upstream connection ended with an error");
+                }
+            });
+        }
+        Ok(sender)
+    }
+
+    async fn tcp_connect(&self) -> Result<TcpStream, UpstreamError> {
+        let err = |source| UpstreamError::Connect {
+            addr: self.authority.to_string(),
+            source,
+        };
+        if let Some(addr) = self.addr {
+            return TcpStream::connect(addr).await.map_err(err);
+        }
+        // A name: every address it resolves to, in order, until one accepts.
+        let mut last = None;
+        for addr in tokio::net::lookup_host(&*self.authority)
+            .await
+            .map_err(err)?
+        {
+            match TcpStream::connect(addr).await {
+                Ok(s) => return Ok(s),
+                Err(e) => last = Some(e),
+            }
+        }
+        Err(err(last.unwrap_or_else(|| {
+            std::io::Error::new(
+                std::io::ErrorKind::NotFound,
+                "the name resolved to no address",
+            )
+        })))
+    }
+}
+
+/// A connection checked out for one request; `release` hands it back to its host's queue.
+pub struct PooledConn {
+    sender: Sender,
+    host: Arc<HostPool>,
+}
+
+impl PooledConn {
+    /// Back to the idle queue (the response body has ended).
+    pub fn release(self) {
+        self.host.push(self.sender);
+    }
+}
+
+/// All upstream connections of one proxy.
+pub struct Pool {
+    hosts: Arc<ArcSwap<HostMap>>,
+    settings: PoolSettings,
+    sweeper: AtomicBool,
+}
+
+/// A copy of a request without a body (for `replayable` requests).
+fn bodiless_copy(req: &Request<RequestBody>) -> Request<RequestBody> {
+    let mut r = Request::new(RequestBody::empty());
+    *r.method_mut() = req.method().clone();
+    *r.uri_mut() = req.uri().clone();
+    *r.version_mut() = req.version();
+    *r.headers_mut() = req.headers().clone();
+    r
+}
+
+/// Whether a failed send on a reused connection may be repeated on a fresh one.
+fn dead_connection(e: &hyper::Error) -> bool {
+    if e.is_canceled() || e.is_closed() || e.is_incomplete_message() {
+        return true;
+    }
+    let mut cur = std::error::Error::source(e);
+    while let Some(s) = cur {
+        if let Some(io) = s.downcast_ref::<std::io::Error>() {
+            return matches!(
+                io.kind(),
+                std::io::ErrorKind::ConnectionReset
+                    | std::io::ErrorKind::ConnectionAborted
+                    | std::io::ErrorKind::BrokenPipe
+                    | std::io::ErrorKind::UnexpectedEof
+            );
+        }
+        cur = s.source();
+    }
+    false
+}
+
+impl Pool {
+    pub fn new(settings: PoolSettings) -> Self {
+        Self {
+            hosts: Arc::new(ArcSwap::from_pointee(HostMap::default())),
+            settings,
+            sweeper: AtomicBool::new(false),
+        }
+    }
+
+    /// The pool of one backend address (created on first use).
+    pub fn host(&self, authority: &str) -> Arc<HostPool> {
+        if let Some(h) = self.hosts.load().get(authority) {
+            // Written only when the sweeper cleared it: no shared-cache-line store per request.
+            if !h.used.load(Ordering::Relaxed) {
+                h.used.store(true, Ordering::Relaxed);
+            }
+            return h.clone();
+        }
+        self.start_sweeper();
+        let mut created = None;
+        self.hosts.rcu(|map| {
+            if map.contains_key(authority) {
+                return map.clone();
+            }
+            let mut m = HostMap::clone(map);
+            let h = created
+                .get_or_insert_with(|| Arc::new(HostPool::new(authority, &self.settings)))
+                .clone();
+            m.insert(authority.into(), h);
+            Arc::new(m)
+        });
+        self.hosts
+            .load()
+            .get(authority)
+            .cloned()
+            .unwrap_or_else(|| Arc::new(HostPool::new(authority, &self.settings)))
+    }
+
+    /// Sends `req` to `host`: on an idle connection if there is one, else on a new one.
+    /// With `replayable` (an idempotent request without a body), a copy is kept to send
+    /// again on a new connection if the reused one turns out dead after the request went
+    /// out. With `upgrade`, a fresh connection that supports protocol upgrades is used and
+    /// never pooled.
+    pub async fn send(
+        &self,
+        host: &Arc<HostPool>,
+        req: Request<RequestBody>,
+        replayable: bool,
+        upgrade: bool,
+    ) -> Result<(Response<Incoming>, Option<PooledConn>), UpstreamError> {
+        let mut req = req;
+        if !upgrade {
+            if let Some(mut sender) = host.pop().await {
+                let replay = replayable.then(|| bodiless_copy(&req));
+                match sender.try_send_request(req).await {
+                    Ok(resp) => {
+                        return Ok((
+                            resp,
+                            Some(PooledConn {
+                                sender,
+                                host: host.clone(),
+                            }),
+                        ))
+                    }
+                    Err(mut e) => {
+                        if let Some(r) = e.take_message() {
+                            tracing::debug!(upstream = %host.authority, error = %e.error(), "pooled connection was dead; request not sent, retrying on a new connection");
+                            req = r;
+                        } else if let Some(r) = replay.filter(|_| dead_connection(e.error())) {
+                            tracing::debug!(upstream = %host.authority, error = %e.error(), "pooled connection died; repeating the idempotent request on a new connection");
+                            req = r;
+                        } else {
+                            return Err(UpstreamError::Http(e.into_error()));
+                        }
+                    }
+                }
+            }
+        }
+        let mut sender = host.connect(&self.settings, upgrade).await?;
+        let resp = sender
+            .try_send_request(req)
+            .await
+            .map_err(|e| UpstreamError::Http(e.into_error()))?;
+        let pooled = (!upgrade).then(|| PooledConn {
+            sender,
+            host: host.clone(),
+        });
+        Ok((resp, pooled))
+    }
+
+    /// Starts the idle sweeper once (lazily: the pool may be built outside a runtime).
+    fn start_sweeper(&self) {
+        if self.sweeper.swap(true, Ordering::Relaxed) {
+            return;
+        }
+        let hosts: Weak<ArcSwap<HostMap>> = Arc::downgrade(&self.hosts);
+        let every = (self.settings.idle_timeout / 2)
+            .clamp(Duration::from_millis(100), Duration::from_secs(5));
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(every);
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                tick.tick().await;
+                let Some(hosts) = hosts.upgrade() else { return };
+                let mut forget = Vec::new();
+                for (k, h) in hosts.load().iter() {
+                    let left = h.sweep();
+                    // Unused since the last sweep and nothing idle: forget the address (a
+                    // backend that left the table), unless a request holds it right now.
+                    if left == 0
+                        && !h.used.swap(false, Ordering::Relaxed)
+                        && Arc::strong_count(h) == 1
+                    {
+                        forget.push(k.clone());
+                    }
+                }
+                if !forget.is_empty() {
+                    hosts.rcu(|map| {
+                        let mut m = HostMap::clone(map);
+                        for k in &forget {
+                            m.remove(k);
+                        }
+                        Arc::new(m)
+                    });
+                }
+            }
+        });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::hash::BuildHasher;
+
+    #[test]
+    fn fx_hash_spreads_addresses() {
+        let b = BuildHasherDefault::<FxHasher>::default();
+        let mut seen = std::collections::HashSet::new();
+        for port in 8000..8100u16 {
+            let key = format!("127.0.0.1:{port}");
+            seen.insert(b.hash_one(key.as_str()));
+        }
+        assert_eq!(seen.len(), 100);
+    }
+
+    #[test]
+    fn host_pool_parses_ip_literals_only() {
+        let s = PoolSettings {
+            connect_timeout: Duration::from_secs(1),
+            idle_timeout: Duration::from_secs(1),
+            max_idle_per_host: 0,
+        };
+        assert!(HostPool::new("127.0.0.1:80", &s).addr.is_some());
+        assert!(HostPool::new("[::1]:80", &s).addr.is_some());
+        assert!(HostPool::new("app.internal:80", &s).addr.is_none());
+        assert!(HostPool::new("127.0.0.1:80", &s).idle.is_none());
+    }
+}
