@@ -1,6 +1,8 @@
 //! The status page in a real browser: runs tests/ui/run.sh (headless Debian chromium driven by
-//! playwright-core) against the berthd binary cargo just built. Slow and needs chromium and
-//! node, so it runs only with BERTH_SYSTEM_TESTS=1.
+//! playwright-core) against the berthd binary cargo just built, with the real Docker deploy
+//! engine (an app deployed, shown, rolled back from the page) and a real, failing ACME loop
+//! (certificate retried from the page). Needs chromium, node and a running dockerd, so it runs
+//! only with BERTH_SYSTEM_TESTS=1.
 
 use std::process::Command;
 use std::time::Instant;

@@ -379,6 +379,9 @@
     for (const [id, row] of p.rows) if (!seen.has(id)) { row.tr.remove(); p.rows.delete(id); }
   }
 
+  // Deployed replicas are named by their 64-hex container id: show Docker's short form.
+  function shortId(id) { return /^[0-9a-f]{64}$/.test(id) ? id.slice(0, 12) : id; }
+
   function backendRow(route, id) {
     const td = (label, cls) => h('td', { 'data-label': label, class: cls });
     const row = {
@@ -390,14 +393,14 @@
     for (const target of ['ready', 'drain', 'maint']) {
       const btn = h('button', {
         type: 'button', class: 'act act-' + target, 'data-action': target,
-        'aria-label': 'Set backend ' + id + ' of ' + route + ' to ' + target,
+        'aria-label': 'Set backend ' + shortId(id) + ' of ' + route + ' to ' + target,
       }, target === 'ready' ? 'Ready' : target === 'drain' ? 'Drain' : 'Maint');
       btn.addEventListener('click', () => setBackendState(route, id, target));
       row.buttons.set(target, btn);
       actions.append(btn);
     }
     row.tr = h('tr', { 'data-backend': id },
-      h('th', { scope: 'row', 'data-label': 'Backend' }, id), row.addr,
+      h('th', { scope: 'row', 'data-label': 'Backend', title: id }, shortId(id)), row.addr,
       h('td', { 'data-label': 'State' }, row.state), row.weight, row.inflight, row.requests,
       row.rps, row.err, row.p99, actions);
     return row;
@@ -476,9 +479,9 @@
 
   function setBackendState(route, id, target) {
     const what = { ready: 'back into rotation (ready)', drain: 'to drain: no new requests, in-flight ones finish', maint: 'to maintenance: no traffic at all' }[target];
-    return act(`Set backend ${id} of route ${route} ${what}?`, 'Set ' + target, 'PUT',
+    return act(`Set backend ${shortId(id)} of route ${route} ${what}?`, 'Set ' + target, 'PUT',
       `/v1/routes/${encodeURIComponent(route)}/backends/${encodeURIComponent(id)}/state`,
-      { state: target }, `Backend ${id} of ${route} is now ${target}.`);
+      { state: target }, `Backend ${shortId(id)} of ${route} is now ${target}.`);
   }
 
   // ---------- apps ----------
@@ -524,7 +527,10 @@
   function appCard(a) {
     const replicas = [].concat(a.replicas || [], a.discovered || []);
     const healthy = replicas.filter((r) => ['healthy', 'running'].includes(replicaHealth(r))).length;
-    const overall = replicas.length === 0 ? 'no replicas' : healthy === replicas.length ? 'healthy' : healthy === 0 ? 'down' : 'degraded';
+    // berthd's own summary wins: it counts replicas in the route against the desired number
+    // (a crashed replica that is gone from Docker would otherwise leave "1/1 healthy").
+    const overall = a.health || (replicas.length === 0 ? 'no replicas' : healthy === replicas.length ? 'healthy' : healthy === 0 ? 'down' : 'degraded');
+    const count = typeof a.ready === 'string' ? a.ready + ' ready' : `${healthy}/${replicas.length} healthy`;
     const rb = h('button', { type: 'button', class: 'act', 'data-action': 'rollback', disabled: !a.previous && a.previous !== undefined },
       'Roll back');
     rb.addEventListener('click', () => act(
@@ -537,7 +543,7 @@
         h('dt', null, 'current'), h('dd', null, depLabel(a.current)),
         h('dt', null, 'previous'), h('dd', null, depLabel(a.previous)),
         a.deploying ? [h('dt', null, 'deploying'), h('dd', null, a.deploying)] : null,
-        h('dt', null, 'replicas'), h('dd', null, `${healthy}/${replicas.length} healthy`)),
+        h('dt', null, 'replicas'), h('dd', { class: 'replica-count' }, count)),
       replicas.length ? h('ul', { class: 'replicas' }, replicas.map((r) =>
         h('li', { 'data-health': replicaHealth(r) },
           (r.name || r.container_id || '?') + ' · ' + (r.address || '') + ' · ' + replicaHealth(r) +
@@ -571,7 +577,7 @@
       const evs = d.events || d.stages || S.deployEvents.get(d.id) || [];
       const state = d.state || d.status || '?';
       const dur = d.finished_at && d.created_at ? ((d.finished_at - d.created_at) / 1000).toFixed(1) + ' s' : (state === 'running' ? 'running' : '');
-      return h('li', { class: 'dep', 'data-state': state },
+      return h('li', { class: 'dep', 'data-state': state, 'data-deployment': d.id || '' },
         h('div', { class: 'dep-head' },
           h('strong', null, d.app), ' ', h('code', null, d.id || ''), ' ',
           h('span', { class: 'badge', 'data-outcome': state }, state), ' ',
@@ -589,7 +595,10 @@
   async function loadEvents(d) {
     if (!d.id || d.events || d.stages) return;
     const finished = d.finished_at || ['succeeded', 'failed'].includes(d.state);
-    if (finished && S.deployEvents.has(d.id)) return;
+    // Only a complete log (ending with the terminal event) is final: one read while the
+    // deployment ran holds just the stages up to then.
+    const cached = S.deployEvents.get(d.id);
+    if (finished && cached && cached.some((e) => e.done)) return;
     const ctl = new AbortController();
     const timer = setTimeout(() => ctl.abort(), 1500);
     let text = '';
