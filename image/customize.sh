@@ -1,10 +1,12 @@
 #!/usr/bin/env bash
 #! mmdebstrap customize hook for the Berth appliance: fstab, network, units enabled, the
-#! first-boot token unit, SSH host keys at first boot. Runs outside the chroot.
-# Usage: customize.sh ROOT FS_UUID
+#! first-boot token unit, SSH host keys at first boot, the GRUB menu. Runs outside the chroot.
+# Usage: customize.sh ROOT
 set -euo pipefail
 root=$1
-fs_uuid=$2
+# shellcheck source=image/defs.sh
+. "$(dirname "$0")/defs.sh"
+fs_uuid=$BERTH_ROOT_FS_UUID
 
 echo berth >"$root/etc/hostname"
 cat >"$root/etc/hosts" <<'EOF'
@@ -13,8 +15,31 @@ cat >"$root/etc/hosts" <<'EOF'
 ::1	localhost ip6-localhost ip6-loopback
 EOF
 cat >"$root/etc/fstab" <<EOF
-# The appliance's root filesystem (the kernel command line says root=/dev/vda rw).
+# The appliance's root filesystem (partition 3; the kernel command line says root=UUID=... ro).
 UUID=$fs_uuid	/	ext4	defaults,errors=remount-ro	0	1
+EOF
+
+# Boot menu, read by the GRUB core images that image/assemble.sh builds (BIOS and UEFI both
+# embed: search --fs-uuid for this filesystem, then configfile /boot/grub/berth.cfg). It boots
+# the /vmlinuz and /initrd.img links that the kernel packages keep current, so kernel updates
+# inside the machine need no boot loader step; update-grub is not installed and would not
+# touch this file.
+mkdir -p "$root/boot/grub"
+cat >"$root/boot/grub/berth.cfg" <<EOF
+# Berth appliance boot menu (image/customize.sh). Serial console first, then the screen.
+serial --unit=0 --speed=115200
+terminal_input serial console
+terminal_output serial console
+set timeout=2
+set default=0
+menuentry 'Berth appliance' {
+	linux /vmlinuz $BERTH_KERNEL_CMDLINE
+	initrd /initrd.img
+}
+menuentry 'Berth appliance (previous kernel)' {
+	linux /vmlinuz.old $BERTH_KERNEL_CMDLINE
+	initrd /initrd.img.old
+}
 EOF
 
 # Network: DHCP on every Ethernet interface (cloud-init writes its own, earlier-sorting
