@@ -53,6 +53,19 @@ Name=en* eth*
 DHCP=yes
 EOF
 
+# cloud-init: the image has no locales package, so its default locale (en_US.UTF-8) cannot be
+# set (cc_locale fails and cloud-init reports an error); the system locale is C.UTF-8, which
+# glibc always has.
+echo 'LANG=C.UTF-8' >"$root/etc/default/locale"
+mkdir -p "$root/etc/cloud/cloud.cfg.d"
+cat >"$root/etc/cloud/cloud.cfg.d/90-berth.cfg" <<'EOF'
+# Berth appliance (image/customize.sh): no locales package; keep /etc/default/locale (C.UTF-8).
+locale: false
+EOF
+# No VPS has a floppy drive; probing QEMU's empty one costs time and logs I/O errors.
+mkdir -p "$root/etc/modprobe.d"
+echo 'blacklist floppy' >"$root/etc/modprobe.d/berth-no-floppy.conf"
+
 # SSH host keys are made on the machine at first boot, never at build time.
 cat >"$root/etc/systemd/system/berth-ssh-hostkeys.service" <<'EOF'
 [Unit]
