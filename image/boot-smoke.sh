@@ -200,7 +200,13 @@ check "API /healthz" "$(api "http://127.0.0.1:$api_port/healthz")" 200
 check "API /v1/routes without token" "$(api "http://127.0.0.1:$api_port/v1/routes")" 401
 check "API /v1/routes with the first-boot token" "$(api -H "Authorization: Bearer $token" "http://127.0.0.1:$api_port/v1/routes")" 200
 kill "$tpid" 2>/dev/null || true; wait "$tpid" 2>/dev/null || true; tpid=
-[ ${#fails[@]} = 0 ] || { cat "$work/facts.err" >&2; die "${#fails[@]} check(s) failed: ${fails[*]}"; }
+if [ ${#fails[@]} != 0 ]; then
+  cat "$work/facts.err" >&2
+  # What went wrong inside: failed units, cloud-init's own report, errors in the journal.
+  sshg 'systemctl --failed --no-pager; cloud-init status --long; journalctl -b -p err --no-pager | tail -n 40' 2>&1 \
+    | sed 's/^/boot-smoke: guest diag: /' >&2 || true
+  die "${#fails[@]} check(s) failed: ${fails[*]}"
+fi
 checked=$(el)
 
 # ACPI power button: the guest shuts down cleanly and QEMU exits (-no-reboot).

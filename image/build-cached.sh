@@ -59,9 +59,10 @@ aptopts=(-o "Dir=$a" -o "Dir::State::status=$a/var/lib/dpkg/status" -o APT::Arch
   -o APT::Install-Suggests=false -o Debug::NoLocking=true)
 apt-get "${aptopts[@]}" update -qq >"$work/apt-update.log" 2>&1 \
   || { cat "$work/apt-update.log" >&2; die "apt-get update (private dir) failed"; }
-# mmdebstrap --variant=minbase installs the Essential:yes packages and apt, then --include.
+# mmdebstrap --variant=minbase installs the Essential:yes and Priority:required packages and
+# apt, then --include.
 # shellcheck disable=SC2046
-apt-get "${aptopts[@]}" install --simulate -qq '?essential' apt $(cat <<<"$pkgs") "$deb" \
+apt-get "${aptopts[@]}" install --simulate -qq '?essential' '?priority(required)' apt $(cat <<<"$pkgs") "$deb" \
   >"$work/sim.log" 2>&1 || { tail -n 20 "$work/sim.log" >&2; die "apt could not resolve the package set"; }
 sed -n 's/^Inst \([^ ]*\) (\([^ ]*\) .*/\1=\2/p' "$work/sim.log" | sed 's/:amd64=/=/' | LC_ALL=C sort -u >"$work/resolved.txt"
 [ -s "$work/resolved.txt" ] || { tail -n 20 "$work/sim.log" >&2; die "apt resolved nothing"; }
