@@ -192,8 +192,10 @@ check "token file holds the console's token" "$([ "${line##*--token }" = "$token
 check "no failed units" "$(fact failed_units)" ' *'
 
 # The API listens on the guest's loopback: reach it through an SSH tunnel.
-sshg -N -L "127.0.0.1:$api_port:127.0.0.1:9922" &
-tpid=$!
+ssh_opts=(-i "$work/id" -p "$ssh_port" -o BatchMode=yes -o StrictHostKeyChecking=no
+  -o UserKnownHostsFile=/dev/null -o LogLevel=ERROR -o ConnectTimeout=10)
+ssh "${ssh_opts[@]}" -N -L "127.0.0.1:$api_port:127.0.0.1:9922" root@127.0.0.1 &
+tpid=$!                                  # ssh itself (not a subshell), so kill ends the tunnel
 for _ in $(seq 1 20); do curl -s -o /dev/null --max-time 5 "http://127.0.0.1:$api_port/healthz" && break; sleep 1; done
 api() { curl -s -o /dev/null -w '%{http_code}' --max-time 10 "$@" || true; }
 check "API /healthz" "$(api "http://127.0.0.1:$api_port/healthz")" 200
