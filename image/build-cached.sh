@@ -36,9 +36,10 @@ if [ -z "$deb" ]; then
 fi
 [ -f "$deb" ] || die "no such .deb: $deb"
 deb=$(cd "$(dirname "$deb")" && pwd)/$(basename "$deb")
-# Default timestamp: the last commit that changed image/ (not HEAD), so that commits elsewhere
-# do not change the image's timestamps and the cache can hit across them.
-: "${SOURCE_DATE_EPOCH:=$(git -C "$repo" log -1 --format=%ct -- image)}"
+# Default timestamp: the last commit that changed image/*.sh (not HEAD), so that commits
+# elsewhere (or to the README) do not change the image's timestamps and the cache can hit
+# across them.
+: "${SOURCE_DATE_EPOCH:=$(git -C "$repo" log -1 --format=%ct -- 'image/*.sh')}"
 export SOURCE_DATE_EPOCH
 : "${BERTH_IMAGE_SIZE:=4G}"
 export BERTH_IMAGE_SIZE

@@ -102,11 +102,8 @@ printf '%s\n' "$line" >"$token_file.tmp"
 chmod 0600 "$token_file.tmp"
 mv "$token_file.tmp" "$token_file"
 token=${line##*--token }
-{
-  echo "berth-first-boot: Berth API token (also in $token_file):"
-  echo "BERTH_FIRST_BOOT_TOKEN=$token"
-  echo "berth-first-boot: on your laptop: $line"
-} >/dev/console
+printf '\nberth-first-boot: Berth API token (also in %s):\nBERTH_FIRST_BOOT_TOKEN=%s\nberth-first-boot: on your laptop: %s\n\n' \
+  "$token_file" "$token" "$line" >/dev/console
 echo "berth-first-boot: token written to $token_file"
 EOF
 chmod 0755 "$root/usr/lib/berth/first-boot"
@@ -114,7 +111,9 @@ cat >"$root/etc/systemd/system/berth-first-boot.service" <<'EOF'
 [Unit]
 Description=Create the first Berth API token
 After=local-fs.target
-Before=berthd.service multi-user.target
+# Before the gettys: agetty flushes the serial tty when it starts, which was seen to eat the
+# end of the token line on the console.
+Before=berthd.service multi-user.target getty.target serial-getty@ttyS0.service
 ConditionPathExists=!/var/lib/berth/first-boot-token
 
 [Service]
