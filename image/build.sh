@@ -1,22 +1,26 @@
 #!/usr/bin/env bash
-#! Builds the Berth appliance disk image (raw ext4 + qcow2, kernel/initrd beside it) with
-#! mmdebstrap from Debian bookworm, reproducibly. See image/README.md.
+#! Builds the Berth appliance disk image (GPT: BIOS boot + ESP + ext4 root, GRUB for BIOS and
+#! UEFI; raw + qcow2, kernel/initrd beside it) with mmdebstrap from Debian bookworm,
+#! reproducibly. See image/README.md.
 # Usage: image/build.sh OUTDIR [DEB]
 #   DEB: the berth .deb to install; built with scripts/system/build-deb.sh (profile
 #        BERTH_DEB_PROFILE, default deb-test) when not given.
-# Env: BERTH_IMAGE_SIZE (default 4G), BERTH_IMAGE_MIRROR (default http://deb.debian.org/debian),
-#      BERTH_IMAGE_DEB_CACHE (dir keeping downloaded .debs between builds; default
-#      /var/cache/berth-image/debs; empty string disables), SOURCE_DATE_EPOCH (default: the
-#      commit time of HEAD).
+# Env: BERTH_IMAGE_SIZE (whole disk, default 4G), BERTH_IMAGE_MIRROR (default
+#      http://deb.debian.org/debian), BERTH_IMAGE_EXTRA_PACKAGES (more bookworm packages,
+#      space- or comma-separated, e.g. "pebble" for test images), BERTH_IMAGE_DEB_CACHE (dir
+#      keeping downloaded .debs between builds; default /var/cache/berth-image/debs; empty
+#      string disables), SOURCE_DATE_EPOCH (default: the commit time of HEAD),
+#      BERTH_IMAGE_KEEP_WORK=1 (keep the work dir with the tree, for debugging).
 # Output in OUTDIR: berth-appliance.raw, berth-appliance.qcow2, vmlinuz, initrd.img,
-#      manifest.txt (dpkg name=version, sorted), SHA256SUMS.
+#      cmdline.txt (kernel command line for -kernel boots), manifest.txt (dpkg name=version,
+#      sorted), SHA256SUMS.
 set -euo pipefail
 
 die() { echo "image/build.sh: $*" >&2; exit 1; }
 [ $# -ge 1 ] && [ $# -le 2 ] || die "usage: image/build.sh OUTDIR [DEB]"
 [ "$(id -u)" = 0 ] || die "must run as root (mmdebstrap root mode, file ownership in the image)"
-for t in mmdebstrap mkfs.ext4 debugfs qemu-img; do
-  command -v "$t" >/dev/null || die "missing $t (apt-get install mmdebstrap e2fsprogs qemu-utils)"
+for t in mmdebstrap mkfs.ext4 debugfs qemu-img mkfs.vfat mcopy sfdisk python3; do
+  command -v "$t" >/dev/null || die "missing $t (apt-get install mmdebstrap e2fsprogs qemu-utils dosfstools mtools fdisk python3)"
 done
 
 here=$(cd "$(dirname "$0")" && pwd)
@@ -36,32 +40,20 @@ export E2FSPROGS_FAKE_TIME=$SOURCE_DATE_EPOCH
 export LC_ALL=C.UTF-8 TZ=UTC PYTHONHASHSEED=0
 umask 022
 
-size=${BERTH_IMAGE_SIZE:-4G}
-mirror=${BERTH_IMAGE_MIRROR:-http://deb.debian.org/debian}
 cache=${BERTH_IMAGE_DEB_CACHE-/var/cache/berth-image/debs}
-# Fixed identities: the root filesystem's UUID and its directory hash seed.
-fs_uuid=6d3e7b1a-4f0c-4c55-9b7e-2b9e1a0b3e71
-hash_seed=0b7f3c9e-1d2a-4e8b-a6c4-5f1e2d3c4b5a
+# The image definition: package set, apt sources, fixed identities, kernel command line.
+# shellcheck source=image/defs.sh
+. "$here/defs.sh"
 
-# Sorted, fixed package set (no versions: they come from the mirror at build time and are
-# recorded in manifest.txt).
-packages=(
-  ca-certificates
-  cloud-init
-  dbus
-  docker.io
-  initramfs-tools
-  iproute2
-  linux-image-amd64
-  openssh-server
-  systemd-resolved
-  systemd-sysv
-  udev
-)
-include=$(printf '%s\n' "${packages[@]}" | LC_ALL=C sort | paste -sd, -)
+# The package set (defs.sh) plus BERTH_IMAGE_EXTRA_PACKAGES.
+pkgs=$(berth_image_packages) || die "bad package list"
+include=$(paste -sd, - <<<"$pkgs")
+mapfile -t sources < <(berth_image_sources)
 
 work=$(mktemp -d "${TMPDIR:-/tmp}/berth-image.XXXXXX")
-cleanup() { rm -rf "$work"; }
+cleanup() {
+  if [ -n "${BERTH_IMAGE_KEEP_WORK:-}" ]; then echo "image/build.sh: kept $work" >&2; else rm -rf "$work"; fi
+}
 trap cleanup EXIT
 root=$work/root
 
@@ -94,9 +86,8 @@ mmdebstrap \
   --customize-hook="copy-in '$deb' /tmp" \
   --customize-hook="chroot \"\$1\" apt-get install -y --no-install-recommends /tmp/$(basename "$deb")" \
   --customize-hook="rm -f \"\$1/tmp/$(basename "$deb")\"" \
-  --customize-hook="\"$here/customize.sh\" \"\$1\" $fs_uuid" \
-  bookworm "$root" "deb $mirror bookworm main" "deb $mirror bookworm-updates main" \
-  "deb http://deb.debian.org/debian-security bookworm-security main" >&2
+  --customize-hook="\"$here/customize.sh\" \"\$1\"" \
+  bookworm "$root" "${sources[@]}" >&2
 
 # Manifest: what is in the image, by name=version.
 chroot "$root" dpkg-query -W -f='${binary:Package}=${Version}\n' | LC_ALL=C sort >"$out/manifest.txt"
@@ -105,35 +96,13 @@ chroot "$root" dpkg-query -W -f='${binary:Package}=${Version}\n' | LC_ALL=C sort
 cp "$(readlink -f "$root/vmlinuz")" "$out/vmlinuz"
 cp "$(readlink -f "$root/initrd.img")" "$out/initrd.img"
 
+printf '%s\n' "$BERTH_KERNEL_CMDLINE" >"$out/cmdline.txt"
+
 "$here/normalize.sh" "$root"
 
-echo "image/build.sh: mkfs.ext4 -d ($size)" >&2
-raw=$out/berth-appliance.raw
-rm -f "$raw" "$out/berth-appliance.qcow2"
-mkfs.ext4 -q -F -L berth-root -U "$fs_uuid" \
-  -E "hash_seed=$hash_seed,root_owner=0:0" \
-  -d "$root" "$raw" "$size"
-
-# mkfs.ext4 -d copies atime and ctime from the build tree (both set by the host when the tree
-# is written and read); pin them to SOURCE_DATE_EPOCH on every inode.
-(
-  cd "$root"
-  find . -printf '%P\n' | LC_ALL=C sort | while IFS= read -r p; do
-    printf 'sif "/%s" atime @%s\nsif "/%s" ctime @%s\n' "$p" "$SOURCE_DATE_EPOCH" "$p" "$SOURCE_DATE_EPOCH"
-  done
-  printf 'sif /lost+found atime @%s\nsif /lost+found ctime @%s\n' "$SOURCE_DATE_EPOCH" "$SOURCE_DATE_EPOCH"
-) >"$work/debugfs.cmds"
-if grep -q '"/[^"]*"[^ ]' "$work/debugfs.cmds" || find "$root" -name '*"*' | grep -q .; then
-  die "a path in the tree contains a double quote; debugfs cannot address it"
-fi
-debugfs -w -f "$work/debugfs.cmds" "$raw" >"$work/debugfs.log" 2>&1
-if grep -v '^debugfs' "$work/debugfs.log" | grep -q .; then
-  grep -v '^debugfs' "$work/debugfs.log" | head >&2
-  die "debugfs reported errors"
-fi
-e2fsck -fn "$raw" >"$work/fsck.log" 2>&1 || { cat "$work/fsck.log" >&2; die "e2fsck found errors"; }
-
-qemu-img convert -f raw -O qcow2 "$raw" "$out/berth-appliance.qcow2"
-(cd "$out" && sha256sum berth-appliance.raw berth-appliance.qcow2 vmlinuz initrd.img manifest.txt >SHA256SUMS)
+echo "image/build.sh: assembling the disk ($(numfmt --from=iec "${BERTH_IMAGE_SIZE:=4G}") bytes)" >&2
+export BERTH_IMAGE_SIZE
+"$here/assemble.sh" "$root" "$out"
+(cd "$out" && sha256sum berth-appliance.raw berth-appliance.qcow2 vmlinuz initrd.img cmdline.txt manifest.txt >SHA256SUMS)
 echo "image/build.sh: done: $out" >&2
 cat "$out/SHA256SUMS"
