@@ -16,7 +16,7 @@ start=$(date +%s)
 step() { echo "== vm-tests: $* ($(( $(date +%s) - start ))s)" >&2; }
 
 # Packages: the runner (qemu from bookworm-backports, see ENVIRONMENT.md; mtools/dosfstools for
-# the cloud-init seed; pebble; busybox + docker for the test app) and the image build.
+# the cloud-init seed; pebble; busybox for the test app image) and the image build.
 missing=()
 for p in mtools dosfstools mmdebstrap e2fsprogs pebble busybox-static openssl openssh-client curl; do
   dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p")
@@ -33,7 +33,7 @@ if ! command -v qemu-system-x86_64 >/dev/null; then
   DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends \
     -t bookworm-backports qemu-system-x86 >/dev/null
 fi
-docker info >/dev/null 2>&1 || { echo "vm-tests/qemu/ci.sh: dockerd is not running (scripts/setup.sh --docker)" >&2; exit 1; }
+
 
 step "building the .deb (profile ${BERTH_DEB_PROFILE:-dev})"
 debdir=$(mktemp -d /var/tmp/berth-vmtest-deb.XXXXXX)
