@@ -73,12 +73,15 @@ def run_http(a):
     errors = []
     expect = re.compile(a.expect_body) if a.expect_body else None
     unexpected = 0
+    slowest = 0.0
     while ok + failed < a.max_requests and time.monotonic() - start < a.max_seconds:
         if a.stop_file and os.path.exists(a.stop_file):
             break
         t = round(time.monotonic() - start, 3)
         try:
+            t_req = time.monotonic()
             status, body = http_once(a.port, a.host, a.path, a.timeout)
+            slowest = max(slowest, time.monotonic() - t_req)
             if status != 200:
                 raise IOError("status %d" % status)
             ok += 1
@@ -96,6 +99,7 @@ def run_http(a):
             time.sleep(a.interval)
     out = {
         "mode": "http", "ok": ok, "failed": failed, "unexpected_body": unexpected,
+        "slowest_ok_s": round(slowest, 3),
         "seconds": round(time.monotonic() - start, 1), "bodies": bodies, "errors": errors,
     }
     good = failed == 0 and unexpected == 0 and ok > 0
@@ -115,12 +119,15 @@ def run_tls(a):
     errors = []
     serials = []  # [serial, first_s, last_s, count, not_after]
     changed_at = None
+    slowest = 0.0
     while ok + failed < a.max_requests and time.monotonic() - start < a.max_seconds:
         if changed_at is not None and time.monotonic() - start > changed_at + a.after_change:
             break
         t = round(time.monotonic() - start, 3)
         try:
+            t_req = time.monotonic()
             status, serial, not_after = tls_once(a.port, a.host, a.path, ctx, a.timeout)
+            slowest = max(slowest, time.monotonic() - t_req)
             if status != 200:
                 raise IOError("status %d" % status)
             ok += 1
@@ -137,7 +144,7 @@ def run_tls(a):
         if a.interval > 0:
             time.sleep(a.interval)
     out = {
-        "mode": "tls", "ok": ok, "failed": failed,
+        "mode": "tls", "ok": ok, "failed": failed, "slowest_ok_s": round(slowest, 3),
         "seconds": round(time.monotonic() - start, 1),
         "renewed_after_s": changed_at,
         "serials": [

@@ -5,7 +5,9 @@
 #! exit status non-zero; logs (serial console, guest journal, berthd, pebble, load results) go
 #! to the artefact directory. The VM is always stopped on exit. See vm-tests/qemu/README.md.
 # Usage: vm-tests/qemu/run.sh --image DIR [--scenario deploy|failover|cert-renewal|all]
-#            [--artifacts DIR] [--berth PATH] [--boot kernel|disk] [--keep-work]
+#            [--artifacts DIR] [--berth PATH] [--boot kernel|disk] [--deb PATH] [--keep-work]
+#   --deb: install this berth .deb in the guest after boot (a newer berthd on an older image;
+#          CI does not use it: ci.sh builds the image with the current .deb)
 set -euo pipefail
 
 here=$(cd "$(dirname "$0")" && pwd)
@@ -17,6 +19,7 @@ art=""
 berth=""
 boot=""
 keep_work=0
+deb=""
 usage() {
   sed -n 's/^# \{0,1\}//;/^Usage:/,/^$/p' "$0" | sed -n '1,3p' >&2
   exit 2
@@ -28,6 +31,7 @@ while [ $# -gt 0 ]; do
     --artifacts) art=${2:?}; shift 2 ;;
     --berth) berth=${2:?}; shift 2 ;;
     --boot) boot=${2:?}; shift 2 ;;
+    --deb) deb=$(cd "$(dirname "${2:?}")" && pwd)/$(basename "$2"); shift 2 ;;
     --keep-work) keep_work=1; shift ;;
     -h|--help) usage ;;
     *) echo "run.sh: unknown argument $1" >&2; usage ;;
@@ -222,6 +226,11 @@ EOF
   fi
   [ "$token" = "$secret" ] || { log "console token and /var/lib/berth/first-boot-token differ"; return 1; }
 
+  if [ -n "$deb" ]; then
+    log "installing $(basename "$deb") in the guest (--deb)"
+    vscp "$deb" root@127.0.0.1:/tmp/berth.deb && vssh 'dpkg -i /tmp/berth.deb && rm /tmp/berth.deb' >>"$art/run.log" 2>&1 \
+      || { log "installing the .deb failed"; return 1; }
+  fi
   # The API listens on the guest's loopback (berthd-api.socket); hostfwd reaches the guest's
   # own address, so the test moves the socket to all addresses with a drop-in.
   vssh 'set -e
@@ -312,7 +321,7 @@ scenario_deploy() {
   touch "$work/stop"
   local loop_rc=0
   wait "$loop" || loop_rc=$?
-  log "deploy: rolling v1->v2 took ${timing[deploy_v2_s]}s; loop: $(python3 -c 'import json,sys; d=json.load(open(sys.argv[1])); print(d["ok"], "ok,", d["failed"], "failed, bodies", {k: v["count"] for k, v in d["bodies"].items()})' "$art/deploy-rolling.json")"
+  log "deploy: rolling v1->v2 took ${timing[deploy_v2_s]}s; loop: $(python3 -c 'import json,sys; d=json.load(open(sys.argv[1])); print(d["ok"], "ok,", d["failed"], "failed, slowest", d["slowest_ok_s"], "s, bodies", {k: v["count"] for k, v in d["bodies"].items()})' "$art/deploy-rolling.json")"
   [ "$deploy_rc" = 0 ] || { fail "deploy: v2 deploy failed (deploy-v2.log)"; return 1; }
   [ "$loop_rc" = 0 ] || { fail "deploy: requests failed during the rolling deploy (deploy-rolling.json)"; return 1; }
   http_loop deploy-v2-after --max-requests 50 --min-requests 50 --max-seconds 120 --interval 0 \
@@ -330,7 +339,8 @@ scenario_failover() {
   victim=$(echo "$ids" | head -1)
 
   rm -f "$work/stop"
-  http_loop failover-loop --stop-file "$work/stop" --max-seconds 600 --max-requests 200000 &
+  # 60 s per request: while berthd restarts, connections wait in the kernel's accept queue.
+  http_loop failover-loop --stop-file "$work/stop" --max-seconds 600 --max-requests 200000 --timeout 60 &
   local loop=$!
   sleep 5
   log "failover: docker kill $victim (one of $n replicas)"
@@ -363,7 +373,7 @@ scenario_failover() {
   touch "$work/stop"
   local loop_rc=0
   wait "$loop" || loop_rc=$?
-  log "failover: loop: $(python3 -c 'import json,sys; d=json.load(open(sys.argv[1])); print(d["ok"], "ok,", d["failed"], "failed", d["errors"][:3])' "$art/failover-loop.json")"
+  log "failover: loop: $(python3 -c 'import json,sys; d=json.load(open(sys.argv[1])); print(d["ok"], "ok,", d["failed"], "failed, slowest", d["slowest_ok_s"], "s", d["errors"][:3])' "$art/failover-loop.json")"
   [ "$loop_rc" = 0 ] || { fail "failover: requests failed (failover-loop.json)"; return 1; }
   "$berth" status "$app" >"$art/failover-status.txt" 2>&1 || true
   [ "$(running_replicas)" -ge "$n" ] || return 1
