@@ -74,6 +74,7 @@ def run_http(a):
     expect = re.compile(a.expect_body) if a.expect_body else None
     unexpected = 0
     slowest = 0.0
+    slow = []  # [start_s, duration_s] of requests slower than 1 s (first 50)
     while ok + failed < a.max_requests and time.monotonic() - start < a.max_seconds:
         if a.stop_file and os.path.exists(a.stop_file):
             break
@@ -81,7 +82,10 @@ def run_http(a):
         try:
             t_req = time.monotonic()
             status, body = http_once(a.port, a.host, a.path, a.timeout)
-            slowest = max(slowest, time.monotonic() - t_req)
+            took = time.monotonic() - t_req
+            slowest = max(slowest, took)
+            if took > 1 and len(slow) < 50:
+                slow.append([t, round(took, 3)])
             if status != 200:
                 raise IOError("status %d" % status)
             ok += 1
@@ -99,7 +103,7 @@ def run_http(a):
             time.sleep(a.interval)
     out = {
         "mode": "http", "ok": ok, "failed": failed, "unexpected_body": unexpected,
-        "slowest_ok_s": round(slowest, 3),
+        "slowest_ok_s": round(slowest, 3), "slow_over_1s": slow,
         "seconds": round(time.monotonic() - start, 1), "bodies": bodies, "errors": errors,
     }
     good = failed == 0 and unexpected == 0 and ok > 0
