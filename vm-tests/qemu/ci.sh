@@ -3,7 +3,8 @@
 #! appliance image (or reuses a cached image built from the same image/ scripts and the same
 #! .deb), then boots it once and runs all three scenarios with vm-tests/qemu/run.sh.
 # Usage: vm-tests/qemu/ci.sh            (root; BERTH_SYSTEM_TESTS=1 is expected but not checked)
-# Env: BERTH_DEB_PROFILE (default dev: reuses `cargo test`'s binaries, like test-systemd.sh),
+# Env: BERTH_DEB_PROFILE (default deb-test: optimised, what the VM runs were measured with;
+#      dev reuses `cargo test`'s binaries like test-systemd.sh, untested under TCG),
 #      BERTH_VM_IMAGE_CACHE (default /var/cache/berth-vmtest; empty: always build in a temp dir),
 #      BERTH_VM_ARTIFACTS (default target/vm-tests/<UTC time>), BERTH_VM_SCENARIO (default all).
 set -euo pipefail
@@ -26,19 +27,22 @@ if [ ${#missing[@]} -gt 0 ]; then
   apt-get update -qq
   DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" >/dev/null
 fi
-if ! command -v qemu-system-x86_64 >/dev/null; then
-  step "installing qemu-system-x86 from bookworm-backports"
+bpo=()
+command -v qemu-system-x86_64 >/dev/null || bpo+=(qemu-system-x86)
+command -v qemu-img >/dev/null || bpo+=(qemu-utils)
+if [ ${#bpo[@]} -gt 0 ]; then
+  step "installing ${bpo[*]} from bookworm-backports"
   echo 'deb http://deb.debian.org/debian bookworm-backports main' >/etc/apt/sources.list.d/bpo.list
   apt-get update -qq
   DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends \
-    -t bookworm-backports qemu-system-x86 >/dev/null
+    -t bookworm-backports "${bpo[@]}" >/dev/null
 fi
 
 
-step "building the .deb (profile ${BERTH_DEB_PROFILE:-dev})"
+step "building the .deb (profile ${BERTH_DEB_PROFILE:-deb-test})"
 debdir=$(mktemp -d /var/tmp/berth-vmtest-deb.XXXXXX)
 trap 'rm -rf "$debdir"' EXIT
-deb=$(BERTH_DEB_PROFILE=${BERTH_DEB_PROFILE:-dev} scripts/system/build-deb.sh "$debdir")
+deb=$(BERTH_DEB_PROFILE=${BERTH_DEB_PROFILE:-deb-test} scripts/system/build-deb.sh "$debdir")
 [ -f "$deb" ] || { echo "vm-tests/qemu/ci.sh: build-deb.sh printed no package ($deb)" >&2; exit 1; }
 # The host CLI is the one from the same package.
 dpkg-deb -x "$deb" "$debdir/root"

@@ -347,10 +347,11 @@ scenario_failover() {
   vssh "docker kill $victim" >/dev/null || { fail "failover: docker kill failed"; kill "$loop"; return 1; }
   local k=$(date +%s) i running=false
   # Does Docker's restart policy (unless-stopped) or berthd bring it back by itself?
-  for i in $(seq 1 20); do
-    sleep 3
-    running=$(vssh "docker inspect -f '{{.State.Running}}' $victim" 2>/dev/null || echo gone)
+  for i in $(seq 1 30); do
+    sleep 2
+    running=$(vssh_t 30 "docker inspect -f '{{.State.Running}}' $victim" 2>/dev/null || echo gone)
     [ "$running" = true ] && break
+    [ $(( $(date +%s) - k )) -lt 60 ] || break
   done
   if [ "$running" = true ]; then
     timing[failover_back_by_itself_s]=$(( $(date +%s) - k ))
@@ -362,6 +363,7 @@ scenario_failover() {
     vssh 'systemctl restart berthd.service' >>"$art/run.log" 2>&1 || fail "failover: systemctl restart berthd failed"
     for i in $(seq 1 60); do
       [ "$(running_replicas)" -ge "$n" ] && break
+      [ $(( $(date +%s) - r )) -lt 180 ] || break
       sleep 3
     done
     timing[failover_reconcile_s]=$(( $(date +%s) - r ))
