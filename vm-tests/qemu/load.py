@@ -74,7 +74,7 @@ def run_http(a):
     expect = re.compile(a.expect_body) if a.expect_body else None
     unexpected = 0
     slowest = 0.0
-    slow = []  # [start_s, duration_s] of requests slower than 1 s (first 50)
+    slow = []  # [start_s, duration_s] of requests slower than 1 s (first 2000)
     while ok + failed < a.max_requests and time.monotonic() - start < a.max_seconds:
         if a.stop_file and os.path.exists(a.stop_file):
             break
@@ -84,7 +84,7 @@ def run_http(a):
             status, body = http_once(a.port, a.host, a.path, a.timeout)
             took = time.monotonic() - t_req
             slowest = max(slowest, took)
-            if took > 1 and len(slow) < 50:
+            if took > 1 and len(slow) < 2000:
                 slow.append([t, round(took, 3)])
             if status != 200:
                 raise IOError("status %d" % status)

@@ -375,7 +375,7 @@ scenario_failover() {
   touch "$work/stop"
   local loop_rc=0
   wait "$loop" || loop_rc=$?
-  log "failover: loop: $(python3 -c 'import json,sys; d=json.load(open(sys.argv[1])); print(d["ok"], "ok,", d["failed"], "failed, slowest", d["slowest_ok_s"], "s", d["errors"][:3])' "$art/failover-loop.json")"
+  log "failover: loop: $(python3 -c 'import json,sys; d=json.load(open(sys.argv[1])); sl=d["slow_over_1s"]; print(d["ok"], "ok,", d["failed"], "failed, slowest", d["slowest_ok_s"], "s,", len(sl), "requests over 1 s taking", round(sum(x[1] for x in sl), 1), "s in all", d["errors"][:3])' "$art/failover-loop.json")"
   [ "$loop_rc" = 0 ] || { fail "failover: requests failed (failover-loop.json)"; return 1; }
   "$berth" status "$app" >"$art/failover-status.txt" 2>&1 || true
   [ "$(running_replicas)" -ge "$n" ] || return 1
