@@ -627,3 +627,81 @@ async fn kill_9_mid_deploy_then_restart() {
         assert_eq!(env.get("kill.test").await.unwrap(), (200, "v1".to_string()));
     }
 }
+
+/// A replica whose process crashes (kill -9 of the container's main process, not `docker
+/// kill`, which Docker counts as a manual stop): out of the route at once, restarted by
+/// Docker's unless-stopped policy, routed again after its health check; requests under load
+/// meanwhile all succeed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn crashed_replica_leaves_the_route_and_comes_back() {
+    if skip() {
+        return;
+    }
+    let env = Arc::new(Env::new("crash").await);
+    let engine = env.engine().await;
+    let (app, host) = ("crash", "crash.test");
+    let d1 = engine
+        .deploy(app, env.spec(IMG_V1, 2, host), reference(IMG_V1), "test")
+        .await
+        .unwrap();
+    assert_eq!(
+        engine.wait(&d1).await.unwrap().state,
+        DeployState::Succeeded
+    );
+    env.wait_body(host, "v1", Duration::from_secs(5)).await;
+    let victim = engine.app(app).await.unwrap().replicas[0]
+        .container_id
+        .clone();
+
+    let stop = Arc::new(AtomicBool::new(false));
+    let loader = tokio::spawn(load(
+        env.clone(),
+        host,
+        2,
+        50_000,
+        Duration::from_secs(60),
+        stop.clone(),
+    ));
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let pid = env.docker(&format!("inspect -f '{{{{.State.Pid}}}}' {victim}"));
+    let killed = std::process::Command::new("kill")
+        .args(["-9", &pid])
+        .status()
+        .unwrap();
+    assert!(killed.success(), "kill -9 {pid}");
+    let t0 = Instant::now();
+    let mut saw_out = false;
+    let back = loop {
+        let st = engine.app(app).await.unwrap();
+        let r = st
+            .replicas
+            .iter()
+            .find(|r| r.container_id == victim)
+            .expect("the crashed replica stays the app's");
+        saw_out |= !r.routed;
+        let restarts = env.docker(&format!("inspect -f '{{{{.RestartCount}}}}' {victim}"));
+        if saw_out && r.routed && r.running == Some(true) && restarts != "0" {
+            break t0.elapsed();
+        }
+        assert!(
+            t0.elapsed() < Duration::from_secs(30),
+            "not back in the route after 30 s: {r:?}, restarts {restarts}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let l = loader.await.unwrap();
+    let ok: u64 = l.ok.values().sum();
+    println!(
+        "crashed replica back in the route after {back:?}; {ok} requests ok, {} failed",
+        l.failed.len()
+    );
+    assert!(
+        l.failed.is_empty(),
+        "failed requests: {:?}",
+        &l.failed[..l.failed.len().min(5)]
+    );
+    assert!(ok > 0);
+    assert_eq!(engine.app(app).await.unwrap().replicas.len(), 2);
+}

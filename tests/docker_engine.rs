@@ -714,6 +714,18 @@ async fn a_replica_that_stops_leaves_the_route_and_returns_when_healthy() {
         );
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
+    let status = engine.app("web").await.unwrap();
+    let out: Vec<&str> = status
+        .replicas
+        .iter()
+        .filter(|r| !r.routed)
+        .map(|r| r.container_id.as_str())
+        .collect();
+    assert_eq!(
+        out,
+        [victim.as_str()],
+        "status shows the stopped replica out of the route"
+    );
     // Docker's restart policy starts it again: routed after its health check passes.
     w.fake.start(&victim).await.unwrap();
     let deadline = std::time::Instant::now() + Duration::from_secs(5);
@@ -728,6 +740,13 @@ async fn a_replica_that_stops_leaves_the_route_and_returns_when_healthy() {
         .backends("web")
         .iter()
         .all(|(_, s)| *s == ServerState::Ready));
+    assert!(engine
+        .app("web")
+        .await
+        .unwrap()
+        .replicas
+        .iter()
+        .all(|r| r.routed));
     // A deploy afterwards still replaces both.
     let d2 = engine
         .deploy("web", spec("v2", 2, port), by_ref("v2"), "t")

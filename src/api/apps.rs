@@ -335,7 +335,9 @@ fn app_json(a: &AppStatus) -> Value {
         .replicas
         .iter()
         .filter(|r| {
-            r.routing == crate::model::route::ServerState::Ready && r.running != Some(false)
+            r.routing == crate::model::route::ServerState::Ready
+                && r.routed
+                && r.running != Some(false)
         })
         .count();
     let desired = spec.map_or(0, |s| s.replicas as usize);

@@ -391,6 +391,9 @@ pub struct ReplicaStatus {
     pub deployment: Option<String>,
     /// Routing state: `ready` or `drain`.
     pub routing: ServerState,
+    /// False while the container is out of the route because it stopped outside a deploy
+    /// (until it runs again and passes its health check).
+    pub routed: bool,
     /// Docker's run state and HEALTHCHECK status, when inspect succeeds.
     pub running: Option<bool>,
     pub docker_health: Option<String>,
@@ -625,11 +628,12 @@ impl Engine {
     /// `GET /v1/apps/{app}`: replicas (with Docker state and in-flight counts), current and
     /// previous deployments, the deployment in progress.
     pub async fn app(&self, app: &str) -> Result<AppStatus, DeployError> {
-        let (replicas, discovered, deploying) = {
+        let (replicas, down, discovered, deploying) = {
             let st = self.inner.state.locked();
             let a = st.apps.get(app);
             (
                 a.map(|a| a.replicas.clone()).unwrap_or_default(),
+                a.map(|a| a.down.clone()).unwrap_or_default(),
                 st.discovered
                     .values()
                     .filter(|d| d.labels.app == app)
@@ -662,6 +666,7 @@ impl Engine {
                 address: r.address.to_string(),
                 deployment: (!r.deployment.is_empty()).then(|| r.deployment.clone()),
                 routing: r.state,
+                routed: !down.contains(&r.container_id),
                 running: info.as_ref().map(|i| i.running()),
                 docker_health: info
                     .and_then(|i| i.health)
