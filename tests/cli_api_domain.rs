@@ -456,3 +456,57 @@ fn berthd_init_prints_the_https_url() {
     );
     assert!(!stderr.contains("ssh -N"), "{stderr}");
 }
+
+/// The status page on api.domain is HTTPS (through the proxy): its session cookie is Secure
+/// and `__Host-` prefixed there, and works for the API; a direct local login (plain HTTP on
+/// loopback, e.g. an SSH tunnel) gets the plain cookie.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn status_page_cookie_is_secure_on_api_domain() {
+    let w = World::start().await;
+    let resp = w
+        .client()
+        .post(format!("{}/ui/login", w.url()))
+        .json(&serde_json::json!({ "token": w.token }))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    let set = resp
+        .headers()
+        .get("set-cookie")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or_default()
+        .to_string();
+    assert!(
+        set.starts_with("__Host-berth_session=") && set.ends_with("; Secure"),
+        "{set}"
+    );
+    let pair = set.split(';').next().unwrap().to_string();
+    let stats = w
+        .client()
+        .get(format!("{}/v1/stats", w.url()))
+        .header("cookie", &pair)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(stats.status(), 200, "the session works through the proxy");
+
+    let direct = reqwest::Client::new()
+        .post(format!("http://{}/ui/login", w.running.api_addr))
+        .json(&serde_json::json!({ "token": w.token }))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(direct.status(), 200);
+    let set = direct
+        .headers()
+        .get("set-cookie")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or_default();
+    assert!(
+        set.starts_with("berth_session=") && !set.contains("Secure"),
+        "{set}"
+    );
+    let World { running, .. } = w;
+    running.shutdown().await;
+}

@@ -160,20 +160,25 @@ impl Sessions {
         self.len() == 0
     }
 
-    /// The session cookie's name.
-    pub fn cookie_name(&self) -> &'static str {
-        if self.secure_cookies {
+    /// The session cookie's name; `tls`: this request reached the API over HTTPS (through
+    /// the proxy on `api.domain`), so the cookie is Secure and `__Host-` prefixed.
+    pub fn cookie_name(&self, tls: bool) -> &'static str {
+        if self.secure_cookies || tls {
             SESSION_COOKIE_TLS
         } else {
             SESSION_COOKIE
         }
     }
 
-    fn cookie(&self, value: &str, max_age: u64) -> HeaderValue {
-        let secure = if self.secure_cookies { "; Secure" } else { "" };
+    fn cookie(&self, value: &str, max_age: u64, tls: bool) -> HeaderValue {
+        let secure = if self.secure_cookies || tls {
+            "; Secure"
+        } else {
+            ""
+        };
         let v = format!(
             "{}={value}; Path=/; Max-Age={max_age}; HttpOnly; SameSite=Strict{secure}",
-            self.cookie_name()
+            self.cookie_name(tls)
         );
         // Session ids are hex, so the value is always a valid header.
         HeaderValue::from_str(&v).unwrap_or_else(|_| HeaderValue::from_static(""))
@@ -264,7 +269,8 @@ async fn session_of(
     sessions: &Sessions,
     headers: &HeaderMap,
 ) -> Result<Option<(String, SessionInfo)>, ApiError> {
-    let Some(id) = cookie_value(headers, sessions.cookie_name()) else {
+    let tls = via_https_proxy(state, headers);
+    let Some(id) = cookie_value(headers, sessions.cookie_name(tls)) else {
         return Ok(None);
     };
     let expired = || unauthorized("session_expired", "the session has expired; log in again");
@@ -274,6 +280,17 @@ async fn session_of(
         return Err(expired());
     }
     Ok(Some((id.to_string(), info)))
+}
+
+/// The request came through this daemon's own proxy on `api.domain`, which serves the API over
+/// HTTPS only: it carries the proxy's per-process secret (stripped from what clients send).
+fn via_https_proxy(state: &ApiState, headers: &HeaderMap) -> bool {
+    let Some(secret) = state.settings.proxy_secret.as_deref() else {
+        return false;
+    };
+    headers
+        .get(crate::model::config::API_PROXY_HEADER)
+        .is_some_and(|v| bool::from(v.as_bytes().ct_eq(secret.as_bytes())))
 }
 
 /// Checks the CSRF header and origin of an unsafe request made with session `info`.
@@ -461,7 +478,8 @@ async fn login(
         }
     };
     // Replace any session this browser already had.
-    if let Some(old) = cookie_value(&headers, sessions.cookie_name()) {
+    let tls = via_https_proxy(&state, &headers);
+    if let Some(old) = cookie_value(&headers, sessions.cookie_name(tls)) {
         sessions.remove(old);
     }
     let (sid, csrf) = match sessions.create(id) {
@@ -472,7 +490,7 @@ async fn login(
     let mut resp = session_json(&csrf, sessions.ttl).into_response();
     resp.headers_mut().insert(
         header::SET_COOKIE,
-        sessions.cookie(&sid, sessions.ttl.as_secs()),
+        sessions.cookie(&sid, sessions.ttl.as_secs(), tls),
     );
     resp
 }
@@ -507,9 +525,10 @@ async fn logout(
         return f.into_response();
     }
     sessions.remove(&sid);
+    let tls = via_https_proxy(&state, &headers);
     let mut resp = StatusCode::NO_CONTENT.into_response();
     resp.headers_mut()
-        .insert(header::SET_COOKIE, sessions.cookie("", 0));
+        .insert(header::SET_COOKIE, sessions.cookie("", 0, tls));
     resp
 }
 
@@ -559,13 +578,16 @@ mod tests {
 
     #[test]
     fn cookie_attributes() {
-        let plain = Sessions::new(false).cookie("ab", 60);
+        let plain = Sessions::new(false).cookie("ab", 60, false);
         let plain = plain.to_str().unwrap();
         assert!(plain.contains("HttpOnly") && plain.contains("SameSite=Strict"));
         assert!(!plain.contains("Secure"));
-        let tls = Sessions::new(true).cookie("ab", 60);
+        let tls = Sessions::new(true).cookie("ab", 60, false);
         let tls = tls.to_str().unwrap();
         assert!(tls.starts_with("__Host-berth_session=ab; Path=/;") && tls.ends_with("; Secure"));
+        // Reached over HTTPS through the proxy (api.domain): the same, per request.
+        let proxied = Sessions::new(false).cookie("ab", 60, true);
+        assert_eq!(proxied.to_str().unwrap(), tls);
     }
 
     #[test]
