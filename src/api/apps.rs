@@ -212,6 +212,27 @@ fn bad_multipart(message: String) -> AppsError {
     .into()
 }
 
+/// The next part of a multipart deploy, which must be called `name`.
+async fn next_part<'a>(
+    mp: &'a mut Multipart,
+    name: &str,
+    missing: &str,
+    wrong: &str,
+) -> Result<axum::extract::multipart::Field<'a>, AppsError> {
+    let field = mp
+        .next_field()
+        .await
+        .map_err(|e| bad_multipart(e.body_text()))?
+        .ok_or_else(|| bad_multipart(missing.into()))?;
+    if field.name() != Some(name) {
+        return Err(bad_multipart(format!(
+            "{wrong}, not {:?}",
+            field.name().unwrap_or("")
+        )));
+    }
+    Ok(field)
+}
+
 async fn deploy_upload(
     engine: Arc<Engine>,
     app: String,
@@ -220,19 +241,13 @@ async fn deploy_upload(
     max_image: u64,
     who: String,
 ) -> Result<Response, AppsError> {
-    let mut spec_field = mp
-        .next_field()
-        .await
-        .map_err(|e| bad_multipart(e.body_text()))?
-        .ok_or_else(|| {
-            bad_multipart("the form is empty; send a part `spec`, then `image`".into())
-        })?;
-    if spec_field.name() != Some("spec") {
-        return Err(bad_multipart(format!(
-            "the first part must be `spec` (the app spec as JSON), not {:?}",
-            spec_field.name().unwrap_or("")
-        )));
-    }
+    let mut spec_field = next_part(
+        &mut mp,
+        "spec",
+        "the form is empty; send a part `spec`, then `image`",
+        "the first part must be `spec` (the app spec as JSON)",
+    )
+    .await?;
     let mut raw = Vec::new();
     while let Some(chunk) = spec_field
         .chunk()
@@ -256,19 +271,13 @@ async fn deploy_upload(
         field: e.field,
         message: e.message,
     })?;
-    let mut image = mp
-        .next_field()
-        .await
-        .map_err(|e| bad_multipart(e.body_text()))?
-        .ok_or_else(|| {
-            bad_multipart("missing part `image` (a `docker save` tar) after `spec`".into())
-        })?;
-    if image.name() != Some("image") {
-        return Err(bad_multipart(format!(
-            "the second part must be `image` (a `docker save` tar), not {:?}",
-            image.name().unwrap_or("")
-        )));
-    }
+    let mut image = next_part(
+        &mut mp,
+        "image",
+        "missing part `image` (a `docker save` tar) after `spec`",
+        "the second part must be `image` (a `docker save` tar)",
+    )
+    .await?;
     // Small bounded channel: the upload advances only as fast as Docker loads it.
     let (tx, rx) = tokio::sync::mpsc::channel::<Result<Bytes, std::io::Error>>(4);
     let stream = futures_util::stream::unfold(rx, |mut rx| async move {
