@@ -10,49 +10,13 @@ mod tls_common;
 
 use std::net::SocketAddr;
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 use berth::model::config::{AcmeChallenge, AcmeConfig, ByteSize, Config};
-use tls_common::{client_config, free_port, tls_get, wait_for, TestCa};
+use tls_common::{client_config, free_port, spawn, tls_get, wait_for, wait_port, Pebble, TestCa};
 
 const DOMAIN: &str = "api.berth.test";
-
-/// pebble + challtestsrv, killed on drop.
-struct Pebble {
-    children: Vec<Child>,
-    directory: String,
-    mgmt: SocketAddr,
-    ca_pem: std::path::PathBuf,
-    ca: TestCa,
-    _dir: tempfile::TempDir,
-}
-
-impl Drop for Pebble {
-    fn drop(&mut self) {
-        for c in &mut self.children {
-            let _ = c.kill();
-            let _ = c.wait();
-        }
-    }
-}
-
-fn spawn(cmd: &mut Command, log: &Path) -> Child {
-    let out = std::fs::File::create(log).expect("log file");
-    let err = out.try_clone().expect("log file");
-    cmd.stdout(Stdio::from(out))
-        .stderr(Stdio::from(err))
-        .spawn()
-        .unwrap_or_else(|e| panic!("cannot start {cmd:?}: {e}"))
-}
-
-async fn wait_port(addr: SocketAddr, what: &str) {
-    let ok = wait_for(Duration::from_secs(20), || async move {
-        tokio::net::TcpStream::connect(addr).await.ok().map(|_| ())
-    })
-    .await;
-    assert!(ok.is_some(), "{what} did not start listening on {addr}");
-}
 
 /// pebble validating HTTP-01 on `http_port` (berthd's HTTP listener).
 async fn start_pebble(http_port: u16) -> Pebble {

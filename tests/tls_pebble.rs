@@ -11,8 +11,8 @@ mod tls_common;
 
 use std::net::SocketAddr;
 use std::os::unix::fs::PermissionsExt;
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::path::Path;
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 use berth::daemon;
@@ -20,41 +20,6 @@ use berth::model::config::{AcmeChallenge, AcmeConfig, Config};
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::CertificateDer;
 use tls_common::*;
-
-struct Pebble {
-    children: Vec<Child>,
-    directory: String,
-    mgmt: SocketAddr,
-    ca_pem: PathBuf,
-    ca: TestCa,
-    _dir: tempfile::TempDir,
-}
-
-impl Drop for Pebble {
-    fn drop(&mut self) {
-        for c in &mut self.children {
-            let _ = c.kill();
-            let _ = c.wait();
-        }
-    }
-}
-
-fn spawn(cmd: &mut Command, log: &Path) -> Child {
-    let out = std::fs::File::create(log).expect("log file");
-    let err = out.try_clone().expect("log file");
-    cmd.stdout(Stdio::from(out))
-        .stderr(Stdio::from(err))
-        .spawn()
-        .unwrap_or_else(|e| panic!("cannot start {cmd:?}: {e}"))
-}
-
-async fn wait_port(addr: SocketAddr, what: &str) {
-    let ok = wait_for(Duration::from_secs(20), || async move {
-        tokio::net::TcpStream::connect(addr).await.ok().map(|_| ())
-    })
-    .await;
-    assert!(ok.is_some(), "{what} did not start listening on {addr}");
-}
 
 /// Starts challtestsrv + pebble validating HTTP-01 on `http_port`, TLS-ALPN-01 on `tls_port`.
 async fn start_pebble(http_port: u16, tls_port: u16, validity_secs: u64) -> Pebble {

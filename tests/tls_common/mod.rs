@@ -289,3 +289,42 @@ where
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }
+
+/// pebble + challtestsrv started by a test, killed on drop.
+pub struct Pebble {
+    pub children: Vec<std::process::Child>,
+    pub directory: String,
+    pub mgmt: SocketAddr,
+    pub ca_pem: std::path::PathBuf,
+    pub ca: TestCa,
+    pub _dir: tempfile::TempDir,
+}
+
+impl Drop for Pebble {
+    fn drop(&mut self) {
+        for c in &mut self.children {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+/// Starts `cmd` with stdout and stderr going to `log`.
+pub fn spawn(cmd: &mut std::process::Command, log: &std::path::Path) -> std::process::Child {
+    use std::process::Stdio;
+    let out = std::fs::File::create(log).expect("log file");
+    let err = out.try_clone().expect("log file");
+    cmd.stdout(Stdio::from(out))
+        .stderr(Stdio::from(err))
+        .spawn()
+        .unwrap_or_else(|e| panic!("cannot start {cmd:?}: {e}"))
+}
+
+/// Waits (20 s at most) until something listens on `addr`.
+pub async fn wait_port(addr: SocketAddr, what: &str) {
+    let ok = wait_for(Duration::from_secs(20), || async move {
+        TcpStream::connect(addr).await.ok().map(|_| ())
+    })
+    .await;
+    assert!(ok.is_some(), "{what} did not start listening on {addr}");
+}
