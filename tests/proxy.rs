@@ -583,3 +583,153 @@ async fn h2c_prior_knowledge_round_trip() {
     }
     d.shutdown().await;
 }
+
+/// A scripted raw HTTP/1.1 backend for the direct upstream path: every framing a response can
+/// have, interim 1xx answers, an upstream that closes a keep-alive connection behind the
+/// proxy's back, and garbage. Counts accepted connections.
+struct ScriptedBackend {
+    addr: std::net::SocketAddr,
+    accepted: std::sync::Arc<std::sync::atomic::AtomicUsize>,
+}
+
+/// Writes `b`; false when the peer is gone.
+async fn put(s: &mut tokio::net::TcpStream, b: &[u8]) -> bool {
+    use tokio::io::AsyncWriteExt;
+    s.write_all(b).await.is_ok()
+}
+
+impl ScriptedBackend {
+    async fn start() -> ScriptedBackend {
+        use tokio::io::AsyncReadExt;
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let accepted = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let count = accepted.clone();
+        tokio::spawn(async move {
+            while let Ok((mut s, _)) = listener.accept().await {
+                count.fetch_add(1, Ordering::SeqCst);
+                tokio::spawn(async move {
+                    let mut buf = Vec::new();
+                    loop {
+                        let end = loop {
+                            if let Some(i) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+                                break i + 4;
+                            }
+                            let mut chunk = [0u8; 4096];
+                            match s.read(&mut chunk).await {
+                                Ok(0) | Err(_) => return,
+                                Ok(n) => buf.extend_from_slice(&chunk[..n]),
+                            }
+                        };
+                        let head = String::from_utf8_lossy(&buf[..end]).into_owned();
+                        buf.drain(..end);
+                        let mut words = head.split_whitespace();
+                        let method = words.next().unwrap_or("").to_string();
+                        let path = words.next().unwrap_or("").to_string();
+                        match path.as_str() {
+                            "/chunked" => {
+                                if !put(&mut s, b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n5;x=y\r\nhello\r\n").await {
+                                    return;
+                                }
+                                tokio::time::sleep(Duration::from_millis(50)).await;
+                                if !put(&mut s, b"6\r\n world\r\n0\r\nx-trailer: 1\r\n\r\n").await {
+                                    return;
+                                }
+                            }
+                            "/close-delimited" => {
+                                let _ = put(&mut s, b"HTTP/1.1 200 OK\r\n\r\nuntil close").await;
+                                return;
+                            }
+                            "/early-hints" => {
+                                if !put(&mut s, b"HTTP/1.1 103 Early Hints\r\nlink: </x>\r\n\r\nHTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok").await {
+                                    return;
+                                }
+                            }
+                            "/bye" => {
+                                let _ = put(&mut s, b"HTTP/1.1 200 OK\r\ncontent-length: 3\r\n\r\nbye").await;
+                                return;
+                            }
+                            "/garbage" => {
+                                let _ = put(&mut s, b"NOT HTTP AT ALL\r\n\r\n").await;
+                                return;
+                            }
+                            _ if method == "HEAD" => {
+                                if !put(&mut s, b"HTTP/1.1 200 OK\r\ncontent-length: 10\r\n\r\n").await {
+                                    return;
+                                }
+                            }
+                            _ => {
+                                if !put(&mut s, b"HTTP/1.1 200 OK\r\ncontent-length: 10\r\n\r\n0123456789").await {
+                                    return;
+                                }
+                            }
+                        }
+                    }
+                });
+            }
+        });
+        ScriptedBackend { addr, accepted }
+    }
+
+    fn accepted(&self) -> usize {
+        self.accepted.load(Ordering::SeqCst)
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn direct_path_framings_reuse_and_stale_connections() {
+    let b = ScriptedBackend::start().await;
+    let d = start(config(&one_route(&b.addr.to_string()))).await;
+    let c = client();
+    let get_ok = |path: &'static str| {
+        let c = c.clone();
+        let addr = d.http_addr;
+        async move {
+            let (s, _, body) = fetch(&c, addr, "app.test", path).await.expect(path);
+            assert_eq!(s, 200, "{path}: {body}");
+            body
+        }
+    };
+
+    assert_eq!(get_ok("/len").await, "0123456789");
+    let head = Request::builder()
+        .method("HEAD")
+        .uri(format!("http://{}/len", d.http_addr))
+        .header("host", "app.test")
+        .body(empty())
+        .unwrap();
+    let (parts, body) = send(&c, head).await.expect("HEAD");
+    assert_eq!(parts.status, StatusCode::OK);
+    assert_eq!(parts.headers["content-length"], "10");
+    assert!(body.is_empty());
+    assert_eq!(get_ok("/chunked").await, "hello world");
+    assert_eq!(get_ok("/early-hints").await, "ok");
+    assert_eq!(
+        b.accepted(),
+        1,
+        "content-length, HEAD, chunked and 1xx responses all reuse one connection"
+    );
+
+    // The upstream closes a keep-alive connection after answering, without saying so: the
+    // next request must not fail, whether or not the close arrived before it.
+    assert_eq!(get_ok("/bye").await, "bye");
+    assert_eq!(get_ok("/len").await, "0123456789");
+    assert_eq!(get_ok("/bye").await, "bye");
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    assert_eq!(get_ok("/len").await, "0123456789");
+    // A body delimited by the close is complete, and its connection is never reused.
+    assert_eq!(get_ok("/close-delimited").await, "until close");
+    assert_eq!(get_ok("/len").await, "0123456789");
+    assert_eq!(
+        b.accepted(),
+        4,
+        "one new connection after each upstream close"
+    );
+
+    let (s, _, _) = fetch(&c, d.http_addr, "app.test", "/garbage")
+        .await
+        .unwrap();
+    assert_eq!(s, 502, "a malformed upstream response is a 502");
+    assert_eq!(get_ok("/len").await, "0123456789");
+    d.shutdown().await;
+}

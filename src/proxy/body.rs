@@ -14,7 +14,8 @@ use hyper::body::Incoming;
 
 use crate::model::stats::BackendStats;
 
-use super::pool::PooledConn;
+use super::direct::DirectBody;
+use super::pool::{PooledConn, UpstreamBody};
 use super::server::ConnState;
 
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
@@ -129,6 +130,8 @@ impl Drop for Completion {
 enum Inner {
     /// The upstream's body and, until it has ended, the connection it arrives on.
     Upstream(Incoming, Option<PooledConn>),
+    /// A direct-path body (it returns its connection itself).
+    Direct(DirectBody),
     Full(Option<Bytes>),
 }
 
@@ -140,11 +143,20 @@ pub struct ResponseBody {
 }
 
 impl ResponseBody {
-    /// The upstream's body; `conn` goes back to the pool once the body has ended (and is
-    /// dropped, closing it, if the body is abandoned before).
-    pub fn upstream(body: Incoming, conn: Option<PooledConn>) -> Self {
+    /// The upstream's body; its connection goes back to the pool once the body has ended
+    /// and `reuse` allows it (and is dropped, closing it, if the body is abandoned before).
+    pub fn upstream(body: UpstreamBody, reuse: bool) -> Self {
+        let inner = match body {
+            UpstreamBody::Hyper(b, conn) => Inner::Upstream(b, conn.filter(|_| reuse)),
+            UpstreamBody::Direct(mut d) => {
+                if !reuse {
+                    d.no_reuse();
+                }
+                Inner::Direct(d)
+            }
+        };
         Self {
-            inner: Inner::Upstream(body, conn),
+            inner,
             bytes: 0,
             done: None,
         }
@@ -235,6 +247,10 @@ impl Body for ResponseBody {
                 }
                 Poll::Pending => return Poll::Pending,
             },
+            Inner::Direct(b) => match Pin::new(b).poll_frame(cx) {
+                Poll::Pending => return Poll::Pending,
+                r => r,
+            },
             Inner::Full(data) => Poll::Ready(data.take().map(|d| Ok(Frame::data(d)))),
         };
         if let Poll::Ready(Some(Ok(f))) = &res {
@@ -248,6 +264,7 @@ impl Body for ResponseBody {
     fn is_end_stream(&self) -> bool {
         match &self.inner {
             Inner::Upstream(b, _) => b.is_end_stream(),
+            Inner::Direct(b) => b.is_end_stream(),
             Inner::Full(d) => d.is_none(),
         }
     }
@@ -255,6 +272,7 @@ impl Body for ResponseBody {
     fn size_hint(&self) -> SizeHint {
         match &self.inner {
             Inner::Upstream(b, _) => b.size_hint(),
+            Inner::Direct(b) => b.size_hint(),
             Inner::Full(d) => SizeHint::with_exact(d.as_ref().map(|d| d.len() as u64).unwrap_or(0)),
         }
     }

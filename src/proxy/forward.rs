@@ -273,7 +273,7 @@ impl Proxy {
         let mut exclude = None;
         let mut attempt = 0u8;
         let mut failed: Option<(StatusCode, &'static str)> = None;
-        let (resp, pooled, pick) = loop {
+        let (resp, pick) = loop {
             let pick = match route.pick_for(&ctx, exclude) {
                 Ok(p) => p,
                 Err(PickError::NoBackends) | Err(PickError::AllDown) => {
@@ -311,7 +311,7 @@ impl Proxy {
             let host_pool = self.pool.host(backend.authority.as_str());
             let sent = tokio::time::timeout(
                 response_header_timeout,
-                self.pool.send(&host_pool, up, replayable, upgrade),
+                self.pool.send(&host_pool, up, upgrade),
             )
             .await;
             match sent {
@@ -355,12 +355,12 @@ impl Proxy {
                     backend.stats.record_status(status.as_u16());
                     return local(status, msg);
                 }
-                Ok(Ok((r, conn))) => {
+                Ok(Ok(r)) => {
                     if let Some(hc) = health_check {
                         // Resets a failure streak; a plain load when there is none.
                         backend.health.record_success(hc.rise, hc.fall);
                     }
-                    break (r, conn, pick);
+                    break (r, pick);
                 }
             }
         };
@@ -386,7 +386,7 @@ impl Proxy {
         let closing = strip_hop_by_hop(&mut parts.headers, false);
         // The connection goes back to the pool when the body has ended, unless the upstream
         // said it will close it.
-        let pooled = pooled.filter(|_| !closing && parts.version == Version::HTTP_11);
+        let reuse = !closing && parts.version == Version::HTTP_11;
         // TLS hook: HSTS.
         self.add_hsts(scheme, &route, &mut parts.headers);
         if let Some(c) = set_cookie {
@@ -394,7 +394,7 @@ impl Proxy {
         }
         // Speak our own protocol version to the client, whatever the upstream used.
         parts.version = Version::HTTP_11;
-        Response::from_parts(parts, ResponseBody::upstream(body, pooled))
+        Response::from_parts(parts, ResponseBody::upstream(body, reuse))
     }
 
     /// Splices client and upstream after a 101. The tunnel lives until either side closes,

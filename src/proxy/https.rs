@@ -59,7 +59,7 @@ pub async fn serve_https(
                         let drain = drain_rx.clone();
                         let acceptor = acceptor.clone();
                         tokio::spawn(async move {
-                            let tls = match tokio::time::timeout(handshake_timeout, acceptor.accept(stream)).await {
+                            let tls = match tokio::time::timeout(handshake_timeout, acceptor.accept(super::net::SendStream::new(stream))).await {
                                 Ok(Ok(tls)) => tls,
                                 Ok(Err(e)) => {
                                     tracing::debug!(%peer, error = %e, "TLS handshake failed");

@@ -6,10 +6,12 @@
 
 pub mod acme_hook;
 pub mod body;
+pub mod direct;
 pub mod forward;
 pub mod headers;
 pub mod health;
 pub mod https;
+pub mod net;
 pub mod pool;
 pub mod server;
 

@@ -8,7 +8,9 @@
 //! address (a full queue drops the surplus, which closes it); idle connections older than
 //! `idle_timeout` are closed by a sweeper task and never handed out. A request whose pooled
 //! connection turns out dead is retried once on a fresh connection when hyper proves it was
-//! not sent, or when the caller supplied a replay copy (idempotent requests without a body).
+//! not sent. Bodiless GET/HEAD/OPTIONS requests take the direct path instead (`direct.rs`:
+//! the request's own task writes and reads the socket); their idle connections live in a
+//! second queue per host, swept the same way.
 
 use std::collections::HashMap;
 use std::hash::{BuildHasherDefault, Hasher};
@@ -26,6 +28,8 @@ use hyper_util::rt::TokioIo;
 use tokio::net::TcpStream;
 
 use super::body::RequestBody;
+use super::direct::{self, DirectBody, DirectConn};
+use super::net::SendStream;
 
 type Sender = http1::SendRequest<RequestBody>;
 
@@ -48,6 +52,12 @@ pub enum UpstreamError {
     },
     #[error(transparent)]
     Http(#[from] hyper::Error),
+    #[error("upstream {addr}: {source}")]
+    Io {
+        addr: String,
+        #[source]
+        source: std::io::Error,
+    },
 }
 
 impl UpstreamError {
@@ -103,6 +113,18 @@ struct Idle {
     since: Instant,
 }
 
+struct DirectIdle {
+    conn: DirectConn,
+    since: Instant,
+}
+
+/// An upstream response body: from a hyper client connection (with the connection to hand
+/// back when it ends) or from the direct path (which hands its own connection back).
+pub enum UpstreamBody {
+    Hyper(Incoming, Option<PooledConn>),
+    Direct(DirectBody),
+}
+
 /// The idle connections to one backend address.
 pub struct HostPool {
     authority: Box<str>,
@@ -110,7 +132,10 @@ pub struct HostPool {
     addr: Option<SocketAddr>,
     /// `None` when pooling is off (`max_idle_per_host: 0`).
     idle: Option<ArrayQueue<Idle>>,
+    /// Idle connections of the direct path (`None` when pooling is off).
+    direct_idle: Option<ArrayQueue<DirectIdle>>,
     idle_timeout: Duration,
+    connect_timeout: Duration,
     /// Set on every checkout; the sweeper forgets hosts that stayed unused and empty.
     used: AtomicBool,
 }
@@ -122,7 +147,10 @@ impl HostPool {
             addr: authority.parse().ok(),
             idle: (settings.max_idle_per_host > 0)
                 .then(|| ArrayQueue::new(settings.max_idle_per_host)),
+            direct_idle: (settings.max_idle_per_host > 0)
+                .then(|| ArrayQueue::new(settings.max_idle_per_host)),
             idle_timeout: settings.idle_timeout,
+            connect_timeout: settings.connect_timeout,
             used: AtomicBool::new(true),
         }
     }
@@ -156,18 +184,61 @@ impl HostPool {
         }
     }
 
+    /// The backend address this pool connects to.
+    pub fn authority(&self) -> &str {
+        &self.authority
+    }
+
+    /// A usable idle connection of the direct path, if there is one.
+    pub(super) fn pop_direct(&self) -> Option<DirectConn> {
+        let q = self.direct_idle.as_ref()?;
+        while let Some(mut idle) = q.pop() {
+            if idle.since.elapsed() < self.idle_timeout && idle.conn.idle_usable() {
+                return Some(idle.conn);
+            }
+        }
+        None
+    }
+
+    /// Back to the direct path's idle queue (a full queue closes the surplus).
+    pub(super) fn push_direct(&self, conn: DirectConn, now: Instant) {
+        if let Some(q) = &self.direct_idle {
+            let _ = q.push(DirectIdle { conn, since: now });
+        }
+    }
+
+    /// A new connection for the direct path.
+    pub(super) async fn connect_direct(&self) -> Result<DirectConn, UpstreamError> {
+        let stream = tokio::time::timeout(self.connect_timeout, self.tcp_connect())
+            .await
+            .map_err(|_| UpstreamError::ConnectTimeout(self.authority.to_string()))??;
+        let _ = stream.set_nodelay(true);
+        Ok(DirectConn::new(SendStream::new(stream)))
+    }
+
     /// Drops idle connections that are closed or past the idle timeout. Returns how many
     /// are left.
     fn sweep(&self) -> usize {
-        let Some(q) = &self.idle else { return 0 };
-        let n = q.len();
-        for _ in 0..n {
-            let Some(idle) = q.pop() else { break };
-            if !idle.sender.is_closed() && idle.since.elapsed() < self.idle_timeout {
-                let _ = q.push(idle);
+        let mut left = 0;
+        if let Some(q) = &self.idle {
+            for _ in 0..q.len() {
+                let Some(idle) = q.pop() else { break };
+                if !idle.sender.is_closed() && idle.since.elapsed() < self.idle_timeout {
+                    let _ = q.push(idle);
+                }
             }
+            left += q.len();
         }
-        q.len()
+        if let Some(q) = &self.direct_idle {
+            for _ in 0..q.len() {
+                let Some(mut idle) = q.pop() else { break };
+                if idle.since.elapsed() < self.idle_timeout && idle.conn.idle_usable() {
+                    let _ = q.push(idle);
+                }
+            }
+            left += q.len();
+        }
+        left
     }
 
     async fn connect(
@@ -180,7 +251,7 @@ impl HostPool {
             .map_err(|_| UpstreamError::ConnectTimeout(self.authority.to_string()))??;
         let _ = stream.set_nodelay(true);
         let (sender, conn) = http1::Builder::new()
-            .handshake(TokioIo::new(stream))
+            .handshake(TokioIo::new(super::net::SendStream::new(stream)))
             .await
             .map_err(|source| UpstreamError::Handshake {
                 addr: self.authority.to_string(),
@@ -250,37 +321,6 @@ pub struct Pool {
     sweeper: AtomicBool,
 }
 
-/// A copy of a request without a body (for `replayable` requests).
-fn bodiless_copy(req: &Request<RequestBody>) -> Request<RequestBody> {
-    let mut r = Request::new(RequestBody::empty());
-    *r.method_mut() = req.method().clone();
-    *r.uri_mut() = req.uri().clone();
-    *r.version_mut() = req.version();
-    *r.headers_mut() = req.headers().clone();
-    r
-}
-
-/// Whether a failed send on a reused connection may be repeated on a fresh one.
-fn dead_connection(e: &hyper::Error) -> bool {
-    if e.is_canceled() || e.is_closed() || e.is_incomplete_message() {
-        return true;
-    }
-    let mut cur = std::error::Error::source(e);
-    while let Some(s) = cur {
-        if let Some(io) = s.downcast_ref::<std::io::Error>() {
-            return matches!(
-                io.kind(),
-                std::io::ErrorKind::ConnectionReset
-                    | std::io::ErrorKind::ConnectionAborted
-                    | std::io::ErrorKind::BrokenPipe
-                    | std::io::ErrorKind::UnexpectedEof
-            );
-        }
-        cur = s.source();
-    }
-    false
-}
-
 impl Pool {
     pub fn new(settings: PoolSettings) -> Self {
         Self {
@@ -319,38 +359,34 @@ impl Pool {
             .unwrap_or_else(|| Arc::new(HostPool::new(authority, &self.settings)))
     }
 
-    /// Sends `req` to `host`: on an idle connection if there is one, else on a new one.
-    /// With `replayable` (an idempotent request without a body), a copy is kept to send
-    /// again on a new connection if the reused one turns out dead after the request went
-    /// out. With `upgrade`, a fresh connection that supports protocol upgrades is used and
-    /// never pooled.
+    /// Sends `req` to `host`. Bodiless GET/HEAD/OPTIONS go the direct path (which replaces
+    /// a dead pooled connection by a fresh one itself). Others go on an idle hyper connection
+    /// if there is one, else on a new one; a pooled connection found dead before the request
+    /// went out is replaced once. With `upgrade`, a fresh connection that supports protocol
+    /// upgrades is used and never pooled.
     pub async fn send(
         &self,
         host: &Arc<HostPool>,
         req: Request<RequestBody>,
-        replayable: bool,
         upgrade: bool,
-    ) -> Result<(Response<Incoming>, Option<PooledConn>), UpstreamError> {
+    ) -> Result<Response<UpstreamBody>, UpstreamError> {
+        if direct::eligible(req.method(), upgrade, req.body()) {
+            return Ok(direct::send(host, &req).await?.map(UpstreamBody::Direct));
+        }
         let mut req = req;
         if !upgrade {
             if let Some(mut sender) = host.pop().await {
-                let replay = replayable.then(|| bodiless_copy(&req));
                 match sender.try_send_request(req).await {
                     Ok(resp) => {
-                        return Ok((
-                            resp,
-                            Some(PooledConn {
-                                sender,
-                                host: host.clone(),
-                            }),
-                        ))
+                        let conn = PooledConn {
+                            sender,
+                            host: host.clone(),
+                        };
+                        return Ok(resp.map(|b| UpstreamBody::Hyper(b, Some(conn))));
                     }
                     Err(mut e) => {
                         if let Some(r) = e.take_message() {
                             tracing::debug!(upstream = %host.authority, error = %e.error(), "pooled connection was dead; request not sent, retrying on a new connection");
-                            req = r;
-                        } else if let Some(r) = replay.filter(|_| dead_connection(e.error())) {
-                            tracing::debug!(upstream = %host.authority, error = %e.error(), "pooled connection died; repeating the idempotent request on a new connection");
                             req = r;
                         } else {
                             return Err(UpstreamError::Http(e.into_error()));
@@ -368,7 +404,7 @@ impl Pool {
             sender,
             host: host.clone(),
         });
-        Ok((resp, pooled))
+        Ok(resp.map(|b| UpstreamBody::Hyper(b, pooled)))
     }
 
     /// Starts the idle sweeper once (lazily: the pool may be built outside a runtime).

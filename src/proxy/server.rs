@@ -352,7 +352,15 @@ pub async fn serve_http(proxy: Arc<Proxy>, listener: TcpListener, mut stop: watc
                         let builder = builder.clone();
                         let drain = drain_rx.clone();
                         tokio::spawn(async move {
-                            serve_connection(proxy, builder, stream, peer, "http", drain).await;
+                            serve_connection(
+                                proxy,
+                                builder,
+                                super::net::SendStream::new(stream),
+                                peer,
+                                "http",
+                                drain,
+                            )
+                            .await;
                             drop(guard);
                         });
                     }
