@@ -19,6 +19,9 @@ use socket2::SockRef;
 use tokio::io::{AsyncRead, AsyncWrite, Interest, ReadBuf};
 use tokio::net::TcpStream;
 
+/// Vectored writes up to this size are flattened on the stack and sent with one `send`.
+const SMALL_WRITE: usize = 1024;
+
 /// A TCP stream that writes with `send`/`sendmsg`.
 #[derive(Debug)]
 pub struct SendStream(TcpStream);
@@ -86,7 +89,23 @@ impl AsyncWrite for SendStream {
         match (nonempty.next(), nonempty.next()) {
             (None, _) => Poll::Ready(Ok(0)),
             (Some(one), None) => self.poll_send(cx, |s| s.send(one)),
-            _ => self.poll_send(cx, |s| s.send_vectored(bufs)),
+            _ => {
+                // A small head + body (the usual response): one copy on the stack and a
+                // plain `send` is cheaper in the kernel than `sendmsg`'s msghdr and iovec
+                // import.
+                let total: usize = bufs.iter().map(|b| b.len()).sum();
+                if total <= SMALL_WRITE {
+                    let mut flat = [0u8; SMALL_WRITE];
+                    let mut at = 0;
+                    for b in bufs {
+                        flat[at..at + b.len()].copy_from_slice(b);
+                        at += b.len();
+                    }
+                    self.poll_send(cx, |s| s.send(&flat[..at]))
+                } else {
+                    self.poll_send(cx, |s| s.send_vectored(bufs))
+                }
+            }
         }
     }
 
@@ -129,12 +148,28 @@ mod tests {
         assert_eq!(n, 4, "both non-empty slices go out in one sendmsg");
         let one = [IoSlice::new(b""), IoSlice::new(b"d ")];
         assert_eq!(w.write_vectored(&one).await.unwrap(), 2);
+        let a = vec![b'v'; SMALL_WRITE];
+        let two_big = [IoSlice::new(&a), IoSlice::new(b"w")];
+        let n = w.write_vectored(&two_big).await.unwrap();
+        assert!(n > 0 && n <= SMALL_WRITE + 1);
+        w.write_all(
+            &[
+                &a[n.min(SMALL_WRITE)..],
+                &b"w"[n.saturating_sub(SMALL_WRITE)..],
+            ]
+            .concat(),
+        )
+        .await
+        .unwrap();
         let big = vec![b'x'; 8 << 20];
         w.write_all(&big).await.unwrap();
         w.shutdown().await.unwrap();
         let got = reader.await.unwrap();
-        assert_eq!(&got[..12], b"head abc d x");
-        assert_eq!(got.len(), 11 + big.len());
-        assert!(got[11..].iter().all(|&b| b == b'x'));
+        assert_eq!(&got[..11], b"head abc d ");
+        let vw = &got[11..11 + SMALL_WRITE + 1];
+        assert!(vw[..SMALL_WRITE].iter().all(|&b| b == b'v') && vw[SMALL_WRITE] == b'w');
+        let rest = &got[11 + SMALL_WRITE + 1..];
+        assert_eq!(rest.len(), big.len());
+        assert!(rest.iter().all(|&b| b == b'x'));
     }
 }
