@@ -14,8 +14,8 @@ CATEGORIES = [
     ("upstream conn task (hyper client dispatch: write req, read resp)", r"dispatch::Client<|hyper::client::conn"),
     ("client conn task (hyper server dispatch: parse req, write resp)", r"dispatch::Server<|UpgradeableConnection<hyper_util::rt::tokio::TokioIo<berth::proxy::server::TrackedIo"),
 ]
-HANDLER = ("request handler (berth handle/route_request + hyper_util Client::request/pool)",
-           r"berth::proxy::forward|Client<C,B>::send_request|Client<C,B>::request|pool::Checkout")
+HANDLER = ("request handler (berth handle/route_request, pool, direct upstream path)",
+           r"berth::proxy::forward|berth::proxy::pool|berth::proxy::direct|Client<C,B>::send_request|Client<C,B>::request|pool::Checkout")
 TOKIO = ("tokio runtime (scheduler, IO driver, timers, park)", r"tokio::runtime")
 ALLOC = re.compile(r"malloc|_int_free|cfree|tcache|unlink_chunk|malloc_consolidate|realloc|__libc_free")
 MOVE = re.compile(r"memmove|memcpy")

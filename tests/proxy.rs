@@ -649,6 +649,11 @@ impl ScriptedBackend {
                                 let _ = put(&mut s, b"HTTP/1.1 200 OK\r\ncontent-length: 3\r\n\r\nbye").await;
                                 return;
                             }
+                            "/reason" => {
+                                if !put(&mut s, b"HTTP/1.1 200 Fine Thanks\r\ncontent-length: 2\r\n\r\nok").await {
+                                    return;
+                                }
+                            }
                             "/garbage" => {
                                 let _ = put(&mut s, b"NOT HTTP AT ALL\r\n\r\n").await;
                                 return;
@@ -704,10 +709,19 @@ async fn direct_path_framings_reuse_and_stale_connections() {
     assert!(body.is_empty());
     assert_eq!(get_ok("/chunked").await, "hello world");
     assert_eq!(get_ok("/early-hints").await, "ok");
+    let (parts, _) = send(&c, get(d.http_addr, "app.test", "/reason"))
+        .await
+        .expect("/reason");
+    let reason = parts.extensions.get::<hyper::ext::ReasonPhrase>();
+    assert_eq!(
+        reason.map(|r| r.as_bytes()),
+        Some(&b"Fine Thanks"[..]),
+        "a non-standard reason phrase reaches the client"
+    );
     assert_eq!(
         b.accepted(),
         1,
-        "content-length, HEAD, chunked and 1xx responses all reuse one connection"
+        "content-length, HEAD, chunked, 1xx and custom-reason responses all reuse one connection"
     );
 
     // The upstream closes a keep-alive connection after answering, without saying so: the

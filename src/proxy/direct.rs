@@ -136,6 +136,8 @@ enum Chunk {
 /// A parsed response head.
 struct Head {
     status: StatusCode,
+    /// The upstream's reason phrase when it is not the standard one (forwarded as is).
+    reason: Option<hyper::ext::ReasonPhrase>,
     version: Version,
     headers: HeaderMap,
     framing: Framing,
@@ -173,6 +175,10 @@ fn parse_head(buf: &mut BytesMut, head_request: bool) -> io::Result<Option<Head>
             buf.advance(n);
             continue;
         }
+        let reason = r
+            .reason
+            .filter(|&text| status.canonical_reason() != Some(text))
+            .and_then(|text| hyper::ext::ReasonPhrase::try_from(text.as_bytes()).ok());
         let version = if r.version == Some(0) {
             Version::HTTP_10
         } else {
@@ -250,6 +256,7 @@ fn parse_head(buf: &mut BytesMut, head_request: bool) -> io::Result<Option<Head>
         let keep_alive = !close && framing != Framing::Close;
         return Ok(Some(Head {
             status,
+            reason,
             version,
             headers,
             framing,
@@ -362,6 +369,9 @@ pub async fn send(
                 *resp.status_mut() = head.status;
                 *resp.version_mut() = head.version;
                 *resp.headers_mut() = head.headers;
+                if let Some(reason) = head.reason {
+                    resp.extensions_mut().insert(reason);
+                }
                 return Ok(resp);
             }
             Err(e) if e.fresh_retry => {
@@ -633,9 +643,21 @@ mod tests {
         );
         let h = parse_head(&mut b, false).unwrap().unwrap();
         assert_eq!(h.status, StatusCode::NOT_FOUND);
+        assert!(h.reason.is_none(), "the standard phrase is not carried");
         let all: Vec<_> = h.headers.get_all("x-a").iter().collect();
         assert_eq!(all, ["one", "two"]);
         assert_eq!(&b[..], b"abc");
+    }
+
+    #[test]
+    fn custom_reason_phrase_is_kept() {
+        let h = parse(
+            b"HTTP/1.1 200 Fine Thanks\r\ncontent-length: 0\r\n\r\n",
+            false,
+        )
+        .unwrap()
+        .unwrap();
+        assert_eq!(h.reason.unwrap().as_bytes(), b"Fine Thanks");
     }
 
     #[test]
