@@ -35,8 +35,10 @@ use super::pool::HostPool;
 pub const MAX_HEAD: usize = 256 * 1024;
 /// Most response headers accepted.
 const MAX_HEADERS: usize = 128;
-/// Read size while waiting for more of a head or a body.
+/// Read size while waiting for more of a head, and the first read size of a body.
 const READ_CHUNK: usize = 8 * 1024;
+/// Body reads double (from `READ_CHUNK`) while they fill the buffer, up to this size.
+const MAX_BODY_READ: usize = 256 * 1024;
 
 /// One upstream connection of the direct path.
 pub struct DirectConn {
@@ -365,6 +367,7 @@ pub async fn send(
                     host: host.clone(),
                     framing: head.framing,
                     keep_alive: head.keep_alive,
+                    read_size: READ_CHUNK,
                 });
                 *resp.status_mut() = head.status;
                 *resp.version_mut() = head.version;
@@ -465,6 +468,8 @@ pub struct DirectBody {
     host: Arc<HostPool>,
     framing: Framing,
     keep_alive: bool,
+    /// Next read size: large bodies are read in growing chunks (fewer syscalls).
+    read_size: usize,
 }
 
 impl DirectBody {
@@ -568,7 +573,8 @@ impl Body for DirectBody {
             }
             // Need more input.
             let conn = this.conn.as_mut().expect("checked above");
-            conn.buf.reserve(READ_CHUNK);
+            conn.buf.reserve(this.read_size);
+            let spare = conn.buf.capacity() - conn.buf.len();
             let n = match ready!(tokio_util::io::poll_read_buf(
                 Pin::new(&mut conn.io),
                 cx,
@@ -577,6 +583,9 @@ impl Body for DirectBody {
                 Ok(n) => n,
                 Err(e) => return this.fail(e),
             };
+            if n == spare && this.read_size < MAX_BODY_READ {
+                this.read_size *= 2;
+            }
             if n == 0 {
                 if this.framing == Framing::Close {
                     this.conn = None;
