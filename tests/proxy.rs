@@ -626,48 +626,33 @@ impl ScriptedBackend {
                         let mut words = head.split_whitespace();
                         let method = words.next().unwrap_or("").to_string();
                         let path = words.next().unwrap_or("").to_string();
-                        match path.as_str() {
-                            "/chunked" => {
-                                if !put(&mut s, b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n5;x=y\r\nhello\r\n").await {
-                                    return;
-                                }
-                                tokio::time::sleep(Duration::from_millis(50)).await;
-                                if !put(&mut s, b"6\r\n world\r\n0\r\nx-trailer: 1\r\n\r\n").await {
-                                    return;
-                                }
-                            }
-                            "/close-delimited" => {
-                                let _ = put(&mut s, b"HTTP/1.1 200 OK\r\n\r\nuntil close").await;
+                        // (path, response, close after it); other paths get a 10-byte body.
+                        const SCRIPT: &[(&str, &[u8], bool)] = &[
+                            ("/close-delimited", b"HTTP/1.1 200 OK\r\n\r\nuntil close", true),
+                            ("/early-hints", b"HTTP/1.1 103 Early Hints\r\nlink: </x>\r\n\r\nHTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok", false),
+                            ("/bye", b"HTTP/1.1 200 OK\r\ncontent-length: 3\r\n\r\nbye", true),
+                            ("/reason", b"HTTP/1.1 200 Fine Thanks\r\ncontent-length: 2\r\n\r\nok", false),
+                            ("/garbage", b"NOT HTTP AT ALL\r\n\r\n", true),
+                        ];
+                        let (resp, close): (&[u8], bool) = if path == "/chunked" {
+                            // The first chunk, a pause, then the rest with a trailer.
+                            if !put(&mut s, b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n5;x=y\r\nhello\r\n").await {
                                 return;
                             }
-                            "/early-hints" => {
-                                if !put(&mut s, b"HTTP/1.1 103 Early Hints\r\nlink: </x>\r\n\r\nHTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok").await {
-                                    return;
-                                }
-                            }
-                            "/bye" => {
-                                let _ = put(&mut s, b"HTTP/1.1 200 OK\r\ncontent-length: 3\r\n\r\nbye").await;
-                                return;
-                            }
-                            "/reason" => {
-                                if !put(&mut s, b"HTTP/1.1 200 Fine Thanks\r\ncontent-length: 2\r\n\r\nok").await {
-                                    return;
-                                }
-                            }
-                            "/garbage" => {
-                                let _ = put(&mut s, b"NOT HTTP AT ALL\r\n\r\n").await;
-                                return;
-                            }
-                            _ if method == "HEAD" => {
-                                if !put(&mut s, b"HTTP/1.1 200 OK\r\ncontent-length: 10\r\n\r\n").await {
-                                    return;
-                                }
-                            }
-                            _ => {
-                                if !put(&mut s, b"HTTP/1.1 200 OK\r\ncontent-length: 10\r\n\r\n0123456789").await {
-                                    return;
-                                }
-                            }
+                            tokio::time::sleep(Duration::from_millis(50)).await;
+                            (b"6\r\n world\r\n0\r\nx-trailer: 1\r\n\r\n", false)
+                        } else if let Some((_, r, c)) = SCRIPT.iter().find(|(p, _, _)| *p == path) {
+                            (r, *c)
+                        } else if method == "HEAD" {
+                            (b"HTTP/1.1 200 OK\r\ncontent-length: 10\r\n\r\n", false)
+                        } else {
+                            (
+                                b"HTTP/1.1 200 OK\r\ncontent-length: 10\r\n\r\n0123456789",
+                                false,
+                            )
+                        };
+                        if !put(&mut s, resp).await || close {
+                            return;
                         }
                     }
                 });
