@@ -19,7 +19,6 @@ use std::io;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{ready, Context, Poll};
-use std::time::Instant;
 
 use bytes::{Buf, Bytes, BytesMut};
 use http::header::{self, HeaderName, HeaderValue};
@@ -482,7 +481,7 @@ impl DirectBody {
         if let Some(conn) = self.conn.take() {
             // Bytes past the end of the framing would be a broken upstream: not reused.
             if self.keep_alive && conn.buf.is_empty() {
-                self.host.push_direct(conn, Instant::now());
+                self.host.push_direct(conn);
             }
         }
     }
@@ -572,7 +571,9 @@ impl Body for DirectBody {
                 }
             }
             // Need more input.
-            let conn = this.conn.as_mut().expect("checked above");
+            let Some(conn) = this.conn.as_mut() else {
+                return Poll::Ready(None);
+            };
             conn.buf.reserve(this.read_size);
             let spare = conn.buf.capacity() - conn.buf.len();
             let n = match ready!(tokio_util::io::poll_read_buf(

@@ -108,14 +108,22 @@ pub struct PoolSettings {
     pub max_idle_per_host: usize,
 }
 
-struct Idle {
-    sender: Sender,
+/// An idle connection (a hyper sender or a direct-path socket) and since when it is idle.
+struct Idle<C> {
+    conn: C,
     since: Instant,
 }
 
-struct DirectIdle {
-    conn: DirectConn,
-    since: Instant,
+/// Keeps the entries of `q` that `keep` accepts (one pass, lock-free); returns how many are
+/// left.
+fn sweep_queue<C>(q: &ArrayQueue<Idle<C>>, mut keep: impl FnMut(&mut Idle<C>) -> bool) -> usize {
+    for _ in 0..q.len() {
+        let Some(mut idle) = q.pop() else { break };
+        if keep(&mut idle) {
+            let _ = q.push(idle);
+        }
+    }
+    q.len()
 }
 
 /// An upstream response body: from a hyper client connection (with the connection to hand
@@ -131,9 +139,9 @@ pub struct HostPool {
     /// `authority` parsed as a socket address when it is an IP literal (no resolver then).
     addr: Option<SocketAddr>,
     /// `None` when pooling is off (`max_idle_per_host: 0`).
-    idle: Option<ArrayQueue<Idle>>,
+    idle: Option<ArrayQueue<Idle<Sender>>>,
     /// Idle connections of the direct path (`None` when pooling is off).
-    direct_idle: Option<ArrayQueue<DirectIdle>>,
+    direct_idle: Option<ArrayQueue<Idle<DirectConn>>>,
     idle_timeout: Duration,
     connect_timeout: Duration,
     /// Set on every checkout; the sweeper forgets hosts that stayed unused and empty.
@@ -159,14 +167,14 @@ impl HostPool {
     async fn pop(&self) -> Option<Sender> {
         let q = self.idle.as_ref()?;
         while let Some(mut idle) = q.pop() {
-            if idle.sender.is_closed() || idle.since.elapsed() >= self.idle_timeout {
+            if idle.conn.is_closed() || idle.since.elapsed() >= self.idle_timeout {
                 continue;
             }
             // Returned right after its response body ended, the connection task may not yet
             // have gone back to idle: wait for it (immediate in the common case). An error
             // means it closed meanwhile.
-            if idle.sender.ready().await.is_ok() {
-                return Some(idle.sender);
+            if idle.conn.ready().await.is_ok() {
+                return Some(idle.conn);
             }
         }
         None
@@ -177,7 +185,7 @@ impl HostPool {
             if !sender.is_closed() {
                 // Full: the surplus connection is dropped, which closes it.
                 let _ = q.push(Idle {
-                    sender,
+                    conn: sender,
                     since: Instant::now(),
                 });
             }
@@ -201,57 +209,46 @@ impl HostPool {
     }
 
     /// Back to the direct path's idle queue (a full queue closes the surplus).
-    pub(super) fn push_direct(&self, conn: DirectConn, now: Instant) {
+    pub(super) fn push_direct(&self, conn: DirectConn) {
         if let Some(q) = &self.direct_idle {
-            let _ = q.push(DirectIdle { conn, since: now });
+            let _ = q.push(Idle {
+                conn,
+                since: Instant::now(),
+            });
         }
     }
 
     /// A new connection for the direct path.
     pub(super) async fn connect_direct(&self) -> Result<DirectConn, UpstreamError> {
-        let stream = tokio::time::timeout(self.connect_timeout, self.tcp_connect())
-            .await
-            .map_err(|_| UpstreamError::ConnectTimeout(self.authority.to_string()))??;
-        let _ = stream.set_nodelay(true);
-        Ok(DirectConn::new(SendStream::new(stream)))
+        Ok(DirectConn::new(self.open().await?))
     }
 
     /// Drops idle connections that are closed or past the idle timeout. Returns how many
     /// are left.
     fn sweep(&self) -> usize {
-        let mut left = 0;
-        if let Some(q) = &self.idle {
-            for _ in 0..q.len() {
-                let Some(idle) = q.pop() else { break };
-                if !idle.sender.is_closed() && idle.since.elapsed() < self.idle_timeout {
-                    let _ = q.push(idle);
-                }
-            }
-            left += q.len();
-        }
-        if let Some(q) = &self.direct_idle {
-            for _ in 0..q.len() {
-                let Some(mut idle) = q.pop() else { break };
-                if idle.since.elapsed() < self.idle_timeout && idle.conn.idle_usable() {
-                    let _ = q.push(idle);
-                }
-            }
-            left += q.len();
-        }
-        left
+        let fresh = |since: Instant| since.elapsed() < self.idle_timeout;
+        let hyper = self.idle.as_ref().map_or(0, |q| {
+            sweep_queue(q, |i| !i.conn.is_closed() && fresh(i.since))
+        });
+        let direct = self.direct_idle.as_ref().map_or(0, |q| {
+            sweep_queue(q, |i| fresh(i.since) && i.conn.idle_usable())
+        });
+        hyper + direct
     }
 
-    async fn connect(
-        &self,
-        settings: &PoolSettings,
-        upgrades: bool,
-    ) -> Result<Sender, UpstreamError> {
-        let stream = tokio::time::timeout(settings.connect_timeout, self.tcp_connect())
+    /// A new TCP connection to the backend (connect timeout, `TCP_NODELAY`), writing with
+    /// `send`.
+    async fn open(&self) -> Result<SendStream, UpstreamError> {
+        let stream = tokio::time::timeout(self.connect_timeout, self.tcp_connect())
             .await
             .map_err(|_| UpstreamError::ConnectTimeout(self.authority.to_string()))??;
         let _ = stream.set_nodelay(true);
+        Ok(SendStream::new(stream))
+    }
+
+    async fn connect(&self, upgrades: bool) -> Result<Sender, UpstreamError> {
         let (sender, conn) = http1::Builder::new()
-            .handshake(TokioIo::new(super::net::SendStream::new(stream)))
+            .handshake(TokioIo::new(self.open().await?))
             .await
             .map_err(|source| UpstreamError::Handshake {
                 addr: self.authority.to_string(),
@@ -395,7 +392,7 @@ impl Pool {
                 }
             }
         }
-        let mut sender = host.connect(&self.settings, upgrade).await?;
+        let mut sender = host.connect(upgrade).await?;
         let resp = sender
             .try_send_request(req)
             .await
