@@ -14,75 +14,9 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use berth::model::config::{AcmeChallenge, AcmeConfig, ByteSize, Config};
-use tls_common::{client_config, free_port, spawn, tls_get, wait_for, wait_port, Pebble, TestCa};
+use tls_common::{client_config, free_port, start_pebble, tls_get, wait_for};
 
 const DOMAIN: &str = "api.berth.test";
-
-/// pebble validating HTTP-01 on `http_port` (berthd's HTTP listener).
-async fn start_pebble(http_port: u16) -> Pebble {
-    let dir = tempfile::tempdir().expect("tmp");
-    let ca = TestCa::new("Pebble WFE test CA");
-    let (wfe_cert, wfe_key) = ca.leaf(&["localhost", "127.0.0.1"], false);
-    let ca_pem = dir.path().join("ca.pem");
-    std::fs::write(&ca_pem, ca.pem()).unwrap();
-    std::fs::write(dir.path().join("wfe.pem"), wfe_cert).unwrap();
-    std::fs::write(dir.path().join("wfe.key"), wfe_key).unwrap();
-    let (acme, mgmt, dns, dns_mgmt) = (free_port(), free_port(), free_port(), free_port());
-    let config = serde_json::json!({"pebble": {
-        "listenAddress": format!("127.0.0.1:{acme}"),
-        "managementListenAddress": format!("127.0.0.1:{mgmt}"),
-        "certificate": dir.path().join("wfe.pem"),
-        "privateKey": dir.path().join("wfe.key"),
-        "httpPort": http_port, "tlsPort": free_port(),
-        "ocspResponderURL": "", "externalAccountBindingRequired": false,
-    }});
-    let cfg_path = dir.path().join("pebble-config.json");
-    std::fs::write(&cfg_path, config.to_string()).unwrap();
-    let dns_addr = format!("127.0.0.1:{dns}");
-    let children = vec![
-        spawn(
-            Command::new("pebble-challtestsrv").args([
-                "-defaultIPv4",
-                "127.0.0.1",
-                "-defaultIPv6",
-                "",
-                "-dns01",
-                &dns_addr,
-                "-http01",
-                "",
-                "-https01",
-                "",
-                "-tlsalpn01",
-                "",
-                "-management",
-                &format!("127.0.0.1:{dns_mgmt}"),
-            ]),
-            &dir.path().join("challtestsrv.log"),
-        ),
-        spawn(
-            Command::new("pebble")
-                .arg("-config")
-                .arg(&cfg_path)
-                .args(["-dnsserver", &dns_addr])
-                .env("PEBBLE_VA_NOSLEEP", "1")
-                .env("PEBBLE_WFE_NONCEREJECT", "0")
-                .env("PEBBLE_AUTHZREUSE", "0"),
-            &dir.path().join("pebble.log"),
-        ),
-    ];
-    let p = Pebble {
-        children,
-        directory: format!("https://127.0.0.1:{acme}/dir"),
-        mgmt: SocketAddr::from(([127, 0, 0, 1], mgmt)),
-        ca_pem,
-        ca,
-        _dir: dir,
-    };
-    wait_port(SocketAddr::from(([127, 0, 0, 1], dns_mgmt)), "challtestsrv").await;
-    wait_port(SocketAddr::from(([127, 0, 0, 1], acme)), "pebble").await;
-    wait_port(p.mgmt, "pebble management").await;
-    p
-}
 
 /// Runs the real `berth` binary; (exit code, stdout + stderr).
 async fn berth(cfg: &Path, cwd: &Path, args: &[&str]) -> (i32, String) {
@@ -131,7 +65,7 @@ async fn deploy_over_https_on_api_domain_with_an_acme_certificate() {
     docker_support::prepare();
     let _ = rustls::crypto::ring::default_provider().install_default();
     let http_port = free_port();
-    let pebble = start_pebble(http_port).await;
+    let pebble = start_pebble(http_port, free_port(), None).await;
     let data = tempfile::tempdir().unwrap();
     let app = format!("apidomain-{}", std::process::id());
     let network = format!("berth-t-{app}");

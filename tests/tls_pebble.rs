@@ -12,7 +12,6 @@ mod tls_common;
 use std::net::SocketAddr;
 use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
-use std::process::Command;
 use std::time::{Duration, Instant};
 
 use berth::daemon;
@@ -20,71 +19,6 @@ use berth::model::config::{AcmeChallenge, AcmeConfig, Config};
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::CertificateDer;
 use tls_common::*;
-
-/// Starts challtestsrv + pebble validating HTTP-01 on `http_port`, TLS-ALPN-01 on `tls_port`.
-async fn start_pebble(http_port: u16, tls_port: u16, validity_secs: u64) -> Pebble {
-    let dir = tempfile::tempdir().expect("tmp");
-    let ca = TestCa::new("Pebble WFE test CA");
-    let (wfe_cert, wfe_key) = ca.leaf(&["localhost", "127.0.0.1"], false);
-    let ca_pem = dir.path().join("ca.pem");
-    std::fs::write(&ca_pem, ca.pem()).expect("ca");
-    std::fs::write(dir.path().join("wfe.pem"), wfe_cert).expect("wfe");
-    std::fs::write(dir.path().join("wfe.key"), wfe_key).expect("wfe key");
-    let (acme, mgmt, dns, dns_mgmt) = (free_port(), free_port(), free_port(), free_port());
-    let config = serde_json::json!({"pebble": {
-        "listenAddress": format!("127.0.0.1:{acme}"),
-        "managementListenAddress": format!("127.0.0.1:{mgmt}"),
-        "certificate": dir.path().join("wfe.pem"),
-        "privateKey": dir.path().join("wfe.key"),
-        "httpPort": http_port, "tlsPort": tls_port,
-        "ocspResponderURL": "", "externalAccountBindingRequired": false,
-        "certificateValidityPeriod": validity_secs,
-    }});
-    let cfg_path = dir.path().join("pebble-config.json");
-    std::fs::write(&cfg_path, config.to_string()).expect("config");
-    let mut children = Vec::new();
-    children.push(spawn(
-        Command::new("pebble-challtestsrv").args([
-            "-defaultIPv4",
-            "127.0.0.1",
-            "-defaultIPv6",
-            "",
-            "-dns01",
-            &format!("127.0.0.1:{dns}"),
-            "-http01",
-            "",
-            "-https01",
-            "",
-            "-tlsalpn01",
-            "",
-            "-management",
-            &format!("127.0.0.1:{dns_mgmt}"),
-        ]),
-        &dir.path().join("challtestsrv.log"),
-    ));
-    children.push(spawn(
-        Command::new("pebble")
-            .arg("-config")
-            .arg(&cfg_path)
-            .args(["-dnsserver", &format!("127.0.0.1:{dns}")])
-            .env("PEBBLE_VA_NOSLEEP", "1")
-            .env("PEBBLE_WFE_NONCEREJECT", "0")
-            .env("PEBBLE_AUTHZREUSE", "0"),
-        &dir.path().join("pebble.log"),
-    ));
-    let p = Pebble {
-        children,
-        directory: format!("https://127.0.0.1:{acme}/dir"),
-        mgmt: SocketAddr::from(([127, 0, 0, 1], mgmt)),
-        ca_pem,
-        ca,
-        _dir: dir,
-    };
-    wait_port(SocketAddr::from(([127, 0, 0, 1], dns_mgmt)), "challtestsrv").await;
-    wait_port(SocketAddr::from(([127, 0, 0, 1], acme)), "pebble").await;
-    wait_port(p.mgmt, "pebble management").await;
-    p
-}
 
 impl Pebble {
     /// Pebble's issuing root (new on every start), fetched from its management port.
@@ -180,7 +114,7 @@ async fn pebble_issue_renew_alpn_and_failures() {
     let backend = backend().await;
     // Daemon 1 answers HTTP-01 (pebble's httpPort), daemon 2 TLS-ALPN-01 (pebble's tlsPort).
     let (http1, https1, http2, https2) = (free_port(), free_port(), free_port(), free_port());
-    let pebble = start_pebble(http1, https2, 120).await;
+    let pebble = start_pebble(http1, https2, Some(120)).await;
     let data1 = tempfile::tempdir().expect("tmp");
     let data2 = tempfile::tempdir().expect("tmp");
     let data3 = tempfile::tempdir().expect("tmp");
@@ -428,7 +362,7 @@ async fn pebble_revoked_certificate_replaced_on_request() {
     let backend = backend().await;
     let (http, https_port) = (free_port(), free_port());
     // One-hour certificates: nothing renews by itself during the test.
-    let pebble = start_pebble(http, free_port(), 3600).await;
+    let pebble = start_pebble(http, free_port(), Some(3600)).await;
     let data = tempfile::tempdir().expect("tmp");
     let domain = "r.berth.test";
     let d = daemon::start(

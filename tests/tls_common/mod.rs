@@ -309,6 +309,75 @@ impl Drop for Pebble {
     }
 }
 
+/// Starts challtestsrv + pebble validating HTTP-01 on `http_port`, TLS-ALPN-01 on `tls_port`;
+/// `validity_secs` shortens the certificates pebble issues.
+pub async fn start_pebble(http_port: u16, tls_port: u16, validity_secs: Option<u64>) -> Pebble {
+    use std::process::Command;
+    let dir = tempfile::tempdir().expect("tmp");
+    let ca = TestCa::new("Pebble WFE test CA");
+    let (wfe_cert, wfe_key) = ca.leaf(&["localhost", "127.0.0.1"], false);
+    let ca_pem = dir.path().join("ca.pem");
+    std::fs::write(&ca_pem, ca.pem()).expect("ca");
+    std::fs::write(dir.path().join("wfe.pem"), wfe_cert).expect("wfe");
+    std::fs::write(dir.path().join("wfe.key"), wfe_key).expect("wfe key");
+    let (acme, mgmt, dns, dns_mgmt) = (free_port(), free_port(), free_port(), free_port());
+    let mut config = serde_json::json!({"pebble": {
+        "listenAddress": format!("127.0.0.1:{acme}"),
+        "managementListenAddress": format!("127.0.0.1:{mgmt}"),
+        "certificate": dir.path().join("wfe.pem"),
+        "privateKey": dir.path().join("wfe.key"),
+        "httpPort": http_port, "tlsPort": tls_port,
+        "ocspResponderURL": "", "externalAccountBindingRequired": false,
+    }});
+    if let Some(secs) = validity_secs {
+        config["pebble"]["certificateValidityPeriod"] = secs.into();
+    }
+    let cfg_path = dir.path().join("pebble-config.json");
+    std::fs::write(&cfg_path, config.to_string()).expect("config");
+    let mut children = Vec::new();
+    children.push(spawn(
+        Command::new("pebble-challtestsrv").args([
+            "-defaultIPv4",
+            "127.0.0.1",
+            "-defaultIPv6",
+            "",
+            "-dns01",
+            &format!("127.0.0.1:{dns}"),
+            "-http01",
+            "",
+            "-https01",
+            "",
+            "-tlsalpn01",
+            "",
+            "-management",
+            &format!("127.0.0.1:{dns_mgmt}"),
+        ]),
+        &dir.path().join("challtestsrv.log"),
+    ));
+    children.push(spawn(
+        Command::new("pebble")
+            .arg("-config")
+            .arg(&cfg_path)
+            .args(["-dnsserver", &format!("127.0.0.1:{dns}")])
+            .env("PEBBLE_VA_NOSLEEP", "1")
+            .env("PEBBLE_WFE_NONCEREJECT", "0")
+            .env("PEBBLE_AUTHZREUSE", "0"),
+        &dir.path().join("pebble.log"),
+    ));
+    let p = Pebble {
+        children,
+        directory: format!("https://127.0.0.1:{acme}/dir"),
+        mgmt: SocketAddr::from(([127, 0, 0, 1], mgmt)),
+        ca_pem,
+        ca,
+        _dir: dir,
+    };
+    wait_port(SocketAddr::from(([127, 0, 0, 1], dns_mgmt)), "challtestsrv").await;
+    wait_port(SocketAddr::from(([127, 0, 0, 1], acme)), "pebble").await;
+    wait_port(p.mgmt, "pebble management").await;
+    p
+}
+
 /// Starts `cmd` with stdout and stderr going to `log`.
 pub fn spawn(cmd: &mut std::process::Command, log: &std::path::Path) -> std::process::Child {
     use std::process::Stdio;
