@@ -38,25 +38,6 @@ async fn berth(cfg: &Path, cwd: &Path, args: &[&str]) -> (i32, String) {
     (out.status.code().unwrap_or(-1), text)
 }
 
-/// Removes the test's containers and network, also when an assertion fails.
-struct Cleanup {
-    app: String,
-    network: String,
-}
-
-impl Drop for Cleanup {
-    fn drop(&mut self) {
-        let _ = Command::new("sh")
-            .arg("-c")
-            .arg(format!(
-                "docker ps -aq --filter label=berth.app={} | xargs -r docker rm -f >/dev/null 2>&1; \
-                 docker network rm {} >/dev/null 2>&1",
-                self.app, self.network
-            ))
-            .status();
-    }
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn deploy_over_https_on_api_domain_with_an_acme_certificate() {
     if docker_support::skip() {
@@ -69,7 +50,7 @@ async fn deploy_over_https_on_api_domain_with_an_acme_certificate() {
     let data = tempfile::tempdir().unwrap();
     let app = format!("apidomain-{}", std::process::id());
     let network = format!("berth-t-{app}");
-    let _cleanup = Cleanup {
+    let _cleanup = docker_support::Cleanup {
         app: app.clone(),
         network: network.clone(),
     };

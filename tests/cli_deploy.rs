@@ -9,7 +9,7 @@ mod docker_support;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use docker_support::{prepare, skip, IMG_V1};
+use docker_support::{prepare, skip, Cleanup, IMG_V1};
 
 /// A 64 MiB image on top of the busybox test image: big enough that the upload takes several
 /// frames of the progress bar. Built locally (never pulled), once per machine.
@@ -22,26 +22,6 @@ struct World {
     cfg: std::path::PathBuf,
     _cleanup: Cleanup,
     _data: tempfile::TempDir,
-}
-
-/// Removes the test's containers, network and built images, also when an assertion fails.
-struct Cleanup {
-    app: String,
-    network: String,
-}
-
-impl Drop for Cleanup {
-    fn drop(&mut self) {
-        let _ = Command::new("sh")
-            .arg("-c")
-            .arg(format!(
-                "docker ps -aq --filter label=berth.app={0} | xargs -r docker rm -f >/dev/null 2>&1; \
-                 docker network rm {1} >/dev/null 2>&1; \
-                 docker images -q {0} | xargs -r docker rmi -f >/dev/null 2>&1",
-                self.app, self.network
-            ))
-            .status();
-    }
 }
 
 fn sh(cmd: &str) -> (bool, String) {

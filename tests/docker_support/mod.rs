@@ -309,6 +309,25 @@ impl Drop for Env {
     }
 }
 
+/// For tests that run the real `berth` CLI against a daemon of their own (whose containers
+/// carry `berth.app=<app>`, not the run label): removes the app's containers, the network and
+/// images built under the app's name, also when an assertion fails.
+pub struct Cleanup {
+    pub app: String,
+    pub network: String,
+}
+
+impl Drop for Cleanup {
+    fn drop(&mut self) {
+        let _ = sh(&format!(
+            "docker ps -aq --filter label=berth.app={0} | xargs -r docker rm -f >/dev/null 2>&1; \
+             docker network rm {1} >/dev/null 2>&1; \
+             docker images -q {0} | xargs -r docker rmi -f >/dev/null 2>&1",
+            self.app, self.network
+        ));
+    }
+}
+
 /// Result of a bounded load loop.
 #[derive(Debug, Default)]
 pub struct Load {
