@@ -59,12 +59,30 @@ impl TestCa {
     }
 }
 
-/// A port that was free a moment ago (for configs that must name ports up front).
+/// A port that was free a moment ago (for configs that must name ports up front, where the
+/// daemon and pebble need each other's ports before either binds).
+///
+/// Taken below the kernel's ephemeral range (32768-60999 here), never twice in one test
+/// process: a `bind(0)` port comes from the ephemeral range, where any outgoing connection
+/// of this or another process may take it as its source port before the daemon binds it
+/// (seen once as `AddrInUse` in tls_pebble).
 pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("free port")
+    use std::sync::atomic::{AtomicU32, Ordering};
+    const LOW: u32 = 20_000;
+    const SPAN: u32 = 12_000;
+    static NEXT: AtomicU32 = AtomicU32::new(0);
+    let seed = std::process::id().wrapping_mul(7_919)
+        ^ std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.subsec_nanos());
+    let _ = NEXT.compare_exchange(0, seed % SPAN + 1, Ordering::Relaxed, Ordering::Relaxed);
+    for _ in 0..SPAN {
+        let port = (LOW + NEXT.fetch_add(1, Ordering::Relaxed) % SPAN) as u16;
+        if std::net::TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            return port;
+        }
+    }
+    panic!("no free port in {LOW}..{}", LOW + SPAN)
 }
 
 /// A backend answering every request with `backend <path>` and closing.
