@@ -148,10 +148,28 @@ pub async fn start_with(
     // Nothing is served until the registry has published config + stored routes.
     let tables = Arc::new(Tables::new(RouteTable::default()));
     let data_dir = config.data_dir.clone();
-    let store = tokio::task::spawn_blocking(move || Store::open(&data_dir))
-        .await
-        .map_err(std::io::Error::other)??;
-    tracing::info!(db = %store.path().display(), "store opened");
+    let (store, damaged) = tokio::task::spawn_blocking(move || {
+        let store = Store::open(&data_dir)?;
+        let damaged = store.quick_check()?;
+        Ok::<_, StoreError>((store, damaged))
+    })
+    .await
+    .map_err(std::io::Error::other)??;
+    // A damaged store stops reconcile (it could destroy what runs on wrong data), not the
+    // proxy: routes load from what is readable and the engine routes what runs.
+    if let Some(problem) = &damaged {
+        tracing::error!(
+            db = %store.path().display(),
+            %problem,
+            "the store failed its integrity check (PRAGMA quick_check): reconcile, \
+             self-healing and deploys are off until it is repaired. Recover: stop berthd, move \
+             {db} (and {db}-wal, {db}-shm) aside, copy your latest `berthd backup` file to \
+             {db}, start berthd (README, \"Backup and restore\")",
+            db = store.path().display(),
+        );
+    } else {
+        tracing::info!(db = %store.path().display(), "store opened (quick_check ok)");
+    }
     let registry = Arc::new(
         RouteRegistry::open(Arc::new(store), config.routes.clone(), tables.clone()).await?,
     );
@@ -163,8 +181,9 @@ pub async fn start_with(
         secret
     });
     let proxy = Arc::new(Proxy::new(settings, tables.clone()));
-    // Reconcile and discovery finish (routes published) before anything listens.
-    let engine = start_engine(&config, &registry).await?;
+    // Serve first: the engine publishes what runs (one Docker listing, no health gate) and
+    // reconciles in the background; nothing here waits for a health check.
+    let engine = start_engine(&config, &registry, damaged).await?;
 
     let (std_listener, origin) = inherited.tcp("http", config.http.listen)?;
     let listener = tokio::net::TcpListener::from_std(std_listener)?;
@@ -302,6 +321,7 @@ fn api_route_spec(
 async fn start_engine(
     config: &Config,
     registry: &Arc<RouteRegistry>,
+    store_damaged: Option<String>,
 ) -> Result<Option<Arc<crate::deploy::Engine>>, DaemonError> {
     use crate::model::config::DeployEnabled;
     let d = &config.deploy;
@@ -312,11 +332,10 @@ async fn start_engine(
     let cfg = crate::deploy::EngineConfig {
         keep_images: d.keep_images,
         stop_grace: d.stop_grace,
+        store_damaged,
         ..Default::default()
     };
-    let db = registry.store().path().to_path_buf();
-    match crate::deploy_publish::start_engine_with_registry(registry.clone(), &db, &d.network, cfg)
-        .await
+    match crate::deploy_publish::start_engine_with_registry(registry.clone(), &d.network, cfg).await
     {
         Ok(engine) => {
             tracing::info!(network = %d.network, "deploy engine ready");

@@ -80,6 +80,20 @@ impl RoutePublisher for ProxyRoutes {
             .find(|b| b.id == backend_id)
             .map(|b| b.stats.inflight.load(std::sync::atomic::Ordering::Relaxed))
     }
+
+    fn healthy(&self, route: &str, backend_id: &str) -> Option<bool> {
+        backend_healthy(&self.tables.load(), route, backend_id)
+    }
+}
+
+/// The proxy's health of a backend (what it routes by), if the backend is in `table`.
+fn backend_healthy(table: &RouteTable, route: &str, backend_id: &str) -> Option<bool> {
+    table
+        .route(route)?
+        .backends
+        .iter()
+        .find(|b| b.id == backend_id)
+        .map(|b| b.health.is_up())
 }
 
 /// Why the deploy engine could not start.
@@ -98,7 +112,7 @@ pub enum EngineStartError {
 
 /// Starts the deploy engine next to a running proxy: connects to Docker (network `network`),
 /// opens the deployment history in `db`, reconciles and publishes every route, starts
-/// discovery. Returns after reconcile, so the caller may then report READY. Keep the
+/// discovery. Returns once what runs is routed (reconcile continues in the background). Keep the
 /// `ProxyRoutes` to apply config reloads (`set_base`) without dropping the engine's routes.
 pub async fn start_engine(
     tables: Arc<Tables>,
@@ -138,33 +152,22 @@ impl RoutePublisher for RegistryRoutes {
             .find(|b| b.id == backend_id)
             .map(|b| b.stats.inflight.load(std::sync::atomic::Ordering::Relaxed))
     }
+
+    fn healthy(&self, route: &str, backend_id: &str) -> Option<bool> {
+        backend_healthy(&self.0.table(), route, backend_id)
+    }
 }
 
-/// Starts the deploy engine inside the daemon: history in `db` (the daemon's `berth.db`),
-/// routes published through `registry`. Returns after reconcile and the discovery scan.
+/// Starts the deploy engine inside the daemon: history in the daemon's `Store` (the one
+/// connection to `berth.db`), routes published through `registry`. Returns as soon as what
+/// runs is routed; reconcile continues in the background (`Engine::reconciled`).
 pub async fn start_engine_with_registry(
     registry: Arc<crate::store::registry::RouteRegistry>,
-    db: &std::path::Path,
     network: &str,
     cfg: crate::deploy::EngineConfig,
 ) -> Result<crate::deploy::Engine, EngineStartError> {
-    let store = {
-        let path = db.to_path_buf();
-        tokio::task::spawn_blocking(move || {
-            crate::store::deployments::SqliteDeployments::open(&path)
-        })
-        .await
-        .map_err(|e| {
-            EngineStartError::Runtime(crate::runtime::RuntimeError::Connect(format!(
-                "store task: {e}"
-            )))
-        })?
-        .map_err(|source| EngineStartError::Store {
-            path: db.display().to_string(),
-            source,
-        })?
-    };
+    let store = registry.store().clone();
     let rt = crate::runtime::DockerRuntime::connect(network).await?;
     let publisher = Arc::new(RegistryRoutes(registry));
-    Ok(crate::deploy::Engine::start(Arc::new(rt), Arc::new(store), publisher, cfg).await?)
+    Ok(crate::deploy::Engine::start(Arc::new(rt), store, publisher, cfg).await?)
 }

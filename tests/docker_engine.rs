@@ -43,6 +43,8 @@ struct Fake {
     next: AtomicU32,
     events: Mutex<Vec<tokio::sync::mpsc::UnboundedSender<ContainerEvent>>>,
     removed_images: Mutex<Vec<String>>,
+    /// Containers whose `/health` answers 503 from their next start on.
+    unhealthy: Mutex<std::collections::HashSet<String>>,
 }
 
 const IMAGES: &[&str] = &["v1", "v2", "bad-slot1"];
@@ -81,7 +83,8 @@ impl Fake {
             })?;
             let slot = c.info.labels.get("berth.slot").cloned().unwrap_or_default();
             let ip = c.info.address.unwrap_or(IpAddr::V4(Ipv4Addr::LOCALHOST));
-            let healthy = !(c.image_ref == "bad-slot1" && slot == "1");
+            let bad_slot = c.image_ref == "bad-slot1" && slot == "1";
+            let healthy = !(bad_slot || self.unhealthy.lock().unwrap().contains(id));
             (SocketAddr::new(ip, c.port), c.image_ref.clone(), healthy)
         };
         let l = TcpListener::bind(addr)
@@ -131,6 +134,36 @@ impl Fake {
 
     fn count(&self) -> usize {
         self.containers.lock().unwrap().len()
+    }
+
+    fn ids_of(&self, deployment: &str) -> Vec<String> {
+        let mut ids: Vec<String> = self
+            .containers
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|(_, c)| {
+                c.info.labels.get("berth.deployment").map(String::as_str) == Some(deployment)
+            })
+            .map(|(id, _)| id.clone())
+            .collect();
+        ids.sort();
+        ids
+    }
+
+    fn address_of(&self, id: &str) -> String {
+        let cs = self.containers.lock().unwrap();
+        let c = &cs[id];
+        SocketAddr::new(c.info.address.unwrap(), c.port).to_string()
+    }
+}
+
+/// Polls `cond` every 20 ms until it holds or `within` passes (then panics with `what`).
+async fn eventually(within: Duration, what: &str, mut cond: impl FnMut() -> bool) {
+    let deadline = tokio::time::Instant::now() + within;
+    while !cond() {
+        assert!(tokio::time::Instant::now() < deadline, "timed out: {what}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }
 
@@ -302,7 +335,14 @@ impl World {
     async fn engine(&self) -> Engine {
         self.engine_with(EngineConfig::default()).await
     }
+    /// A started engine whose background reconcile is done.
     async fn engine_with(&self, cfg: EngineConfig) -> Engine {
+        let e = self.engine_now(cfg).await;
+        e.reconciled().await;
+        e
+    }
+    /// A started engine as `Engine::start` returns it: serving, reconcile still running.
+    async fn engine_now(&self, cfg: EngineConfig) -> Engine {
         Engine::start(self.fake.clone(), self.store(), self.publisher.clone(), cfg)
             .await
             .unwrap()
@@ -479,6 +519,17 @@ async fn reconcile_finishes_a_complete_interrupted_deploy_and_removes_orphans() 
         rollback_of: None,
     };
     store.insert(&rec).unwrap();
+    // The older deploy the orphan below belongs to failed; the store knows it (a container
+    // of a deployment the store does not know is never removed: see
+    // `store_behind_reality_adopts_and_never_removes`).
+    store
+        .insert(&DeploymentRecord {
+            id: "dold".into(),
+            state: DeployState::Failed,
+            created_at: 0,
+            ..rec.clone()
+        })
+        .unwrap();
     for slot in 0..2 {
         let mut labels: HashMap<String, String> = [
             ("berth.app", "web"),
@@ -758,4 +809,203 @@ async fn a_replica_that_stops_leaves_the_route_and_returns_when_healthy() {
     );
     assert_eq!(w.backends("web").len(), 2);
     assert_eq!(w.fake.running_of(&d), 0);
+}
+
+/// Issue 19.1: the store lost its last commits (a deleted `-wal` after `kill -9`; here: an
+/// older copy of the database put back). Before the fix, reconcile removed the running v2
+/// containers, recreated v1, and left app `b` running unrouted.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn store_behind_reality_adopts_and_never_removes() {
+    let w = World::new();
+    let port = free_port();
+    let old_db = w._dir.path().join("older.db");
+    let (d2, b1);
+    {
+        let engine = w.engine().await;
+        let d1 = engine
+            .deploy("web", spec("v1", 2, port), by_ref("v1"), "t")
+            .await
+            .unwrap();
+        assert_eq!(
+            engine.wait(&d1).await.unwrap().state,
+            DeployState::Succeeded
+        );
+        berth::store::backup(w._dir.path(), &old_db).unwrap();
+        d2 = engine
+            .deploy("web", spec("v2", 2, port), by_ref("v2"), "t")
+            .await
+            .unwrap();
+        assert_eq!(
+            engine.wait(&d2).await.unwrap().state,
+            DeployState::Succeeded
+        );
+        let mut bspec = spec("v1", 1, port);
+        bspec.domains = vec![serde_json::from_value(serde_json::json!("b.test")).unwrap()];
+        b1 = engine.deploy("b", bspec, by_ref("v1"), "t").await.unwrap();
+        assert_eq!(
+            engine.wait(&b1).await.unwrap().state,
+            DeployState::Succeeded
+        );
+        assert_eq!(w.fake.running_of(&d1), 0);
+    } // dropped like kill -9
+    for ext in ["-wal", "-shm"] {
+        let _ = std::fs::remove_file(format!("{}{ext}", w.db.display()));
+    }
+    std::fs::copy(&old_db, &w.db).unwrap();
+    let v2_ids = w.fake.ids_of(&d2);
+    let mut v2_addrs: Vec<String> = v2_ids.iter().map(|id| w.fake.address_of(id)).collect();
+    v2_addrs.sort();
+
+    let engine = w.engine_now(EngineConfig::default()).await;
+    // Routed at once, from the containers' labels.
+    let mut now: Vec<String> = w.backends("web").into_iter().map(|b| b.0).collect();
+    now.sort();
+    assert_eq!(now, v2_addrs, "v2 routed at start");
+    assert_eq!(w.backends("b").len(), 1, "b routed at start");
+    engine.reconciled().await;
+    assert_eq!(w.fake.ids_of(&d2), v2_ids, "v2 containers kept");
+    assert_eq!(w.fake.running_of(&d2), 2);
+    assert_eq!(w.fake.running_of(&b1), 1);
+    assert_eq!(w.fake.count(), 3, "nothing recreated");
+    let mut now: Vec<String> = w.backends("web").into_iter().map(|b| b.0).collect();
+    now.sort();
+    assert_eq!(now, v2_addrs, "v2 still routed after reconcile");
+    assert_eq!(w.backends("b").len(), 1);
+    let warned = engine.warnings().join("\n");
+    assert!(
+        warned.contains("store is behind") && warned.contains(&d2) && warned.contains(&b1),
+        "{warned}"
+    );
+    let web = engine.app("web").await.unwrap();
+    assert!(web.adopted.is_some());
+    assert!(engine.apps().await.unwrap().iter().any(|a| a.name == "b"));
+
+    // A deploy makes the store current again: the adopted replicas are replaced.
+    let d3 = engine
+        .deploy("web", spec("v1", 2, port), by_ref("v1"), "t")
+        .await
+        .unwrap();
+    assert_eq!(
+        engine.wait(&d3).await.unwrap().state,
+        DeployState::Succeeded
+    );
+    assert_eq!(w.fake.running_of(&d2), 0);
+    assert_eq!(w.fake.running_of(&d3), 2);
+    assert!(engine.app("web").await.unwrap().adopted.is_none());
+}
+
+/// Issue 19.2: an unhealthy replica must not hold the start. Routes are published before
+/// `Engine::start` returns (no health gate), reconcile replaces the bad replica behind.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn start_serves_at_once_and_replaces_an_unhealthy_replica_behind() {
+    let w = World::new();
+    let port = free_port();
+    let mut s = spec("v1", 2, port);
+    // Reconcile's health gate may wait this long: start must not.
+    s.deploy_timeout = Duration::from_secs(3);
+    let d1;
+    {
+        let engine = w.engine().await;
+        d1 = engine.deploy("web", s, by_ref("v1"), "t").await.unwrap();
+        assert_eq!(
+            engine.wait(&d1).await.unwrap().state,
+            DeployState::Succeeded
+        );
+    }
+    let ids = w.fake.ids_of(&d1);
+    let bad = ids[0].clone();
+    w.fake.unhealthy.lock().unwrap().insert(bad.clone());
+    w.fake.stop(&bad, Duration::ZERO).await.unwrap();
+    // The aborted server task releases its listener asynchronously.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+    while let Err(e) = w.fake.start(&bad).await {
+        assert!(tokio::time::Instant::now() < deadline, "{e}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+
+    let t0 = std::time::Instant::now();
+    let engine = w.engine_now(EngineConfig::default()).await;
+    let took = t0.elapsed();
+    assert!(took < Duration::from_secs(1), "start took {took:?}");
+    assert_eq!(w.backends("web").len(), 2, "both routed at once");
+    // Deploys wait for reconcile of this app (it could replace replicas meanwhile).
+    assert!(matches!(
+        engine
+            .deploy("web", spec("v2", 2, port), by_ref("v2"), "t")
+            .await,
+        Err(DeployError::Conflict { .. })
+    ));
+    engine.reconciled().await;
+    assert!(
+        !w.fake.ids_of(&d1).contains(&bad),
+        "unhealthy replica replaced"
+    );
+    assert_eq!(w.fake.running_of(&d1), 2);
+    let good = w.fake.address_of(&ids[1]);
+    let now: Vec<String> = w.backends("web").into_iter().map(|b| b.0).collect();
+    assert_eq!(now.len(), 2);
+    assert!(now.contains(&good), "{now:?}");
+}
+
+/// Issue 19.5: stopped or vanished replicas are restored by the self-healing loop; an app
+/// stopped on purpose stays stopped.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn self_healing_restores_replicas_but_not_a_stopped_app() {
+    let w = World::new();
+    let port = free_port();
+    let engine = w
+        .engine_with(EngineConfig {
+            heal_interval: Duration::from_millis(100),
+            ..EngineConfig::default()
+        })
+        .await;
+    let d1 = engine
+        .deploy("web", spec("v1", 2, port), by_ref("v1"), "t")
+        .await
+        .unwrap();
+    assert_eq!(
+        engine.wait(&d1).await.unwrap().state,
+        DeployState::Succeeded
+    );
+    let ids = w.fake.ids_of(&d1);
+
+    // `docker kill` of one replica: started again and routed again.
+    w.fake.stop(&ids[0], Duration::ZERO).await.unwrap();
+    eventually(Duration::from_secs(10), "killed replica restarted", || {
+        w.fake.running_of(&d1) == 2 && w.backends("web").len() == 2
+    })
+    .await;
+    assert_eq!(w.fake.ids_of(&d1), ids, "restarted, not replaced");
+
+    // A replica that is gone for good (`docker rm -f`): replaced from the image.
+    w.fake.remove(&ids[1]).await.unwrap();
+    w.fake.emit(&ids[1], "destroy");
+    eventually(Duration::from_secs(10), "lost replica replaced", || {
+        w.fake.running_of(&d1) == 2 && w.backends("web").len() == 2
+    })
+    .await;
+    assert!(!w.fake.ids_of(&d1).contains(&ids[1]));
+    let stages: Vec<String> = engine
+        .stored_events(&d1)
+        .unwrap()
+        .into_iter()
+        .map(|e| e.stage)
+        .collect();
+    assert!(stages.iter().any(|s| s == "heal"), "{stages:?}");
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+    while engine.app("web").await.unwrap().heal.is_some() {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "status line not cleared"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+
+    // `berth stop` is not undone.
+    engine.stop("web").await.unwrap();
+    assert_eq!(w.fake.running_of(&d1), 0);
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    assert_eq!(w.fake.running_of(&d1), 0, "a stopped app stays stopped");
+    assert_eq!(w.fake.count(), 0);
+    assert!(engine.app("web").await.unwrap().heal.is_none());
 }

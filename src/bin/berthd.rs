@@ -52,6 +52,13 @@ enum Command {
     /// Manage API tokens (stored hashed in the data dir's berth.db).
     #[command(subcommand)]
     Token(TokenCommand),
+    /// Copy the data dir's berth.db to FILE with SQLite's online backup (safe while berthd
+    /// runs) and check the copy. Restore: stop berthd, remove berth.db-wal and berth.db-shm,
+    /// copy FILE to the data dir as berth.db, start berthd.
+    Backup {
+        /// Where to write the backup (replaced atomically if it exists).
+        file: PathBuf,
+    },
 }
 
 #[derive(Subcommand)]
@@ -249,6 +256,28 @@ fn token_command(cmd: TokenCommand, config: Option<PathBuf>) -> ExitCode {
     }
 }
 
+fn backup_command(config: Option<PathBuf>, file: &std::path::Path) -> ExitCode {
+    let config = match load_or_exit(config) {
+        Ok((_, c)) => c,
+        Err(code) => return code,
+    };
+    match berth::store::backup(&config.data_dir, file) {
+        Ok(()) => {
+            let size = std::fs::metadata(file).map(|m| m.len()).unwrap_or(0);
+            eprintln!(
+                "berthd backup: {} -> {} ({size} bytes, quick_check ok)",
+                config.data_dir.join(berth::store::DB_FILE).display(),
+                file.display()
+            );
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("berthd backup: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
 fn load_or_exit(
     path: Option<PathBuf>,
 ) -> Result<(PathBuf, berth::model::config::Config), ExitCode> {
@@ -302,6 +331,7 @@ fn main() -> ExitCode {
         Command::Reload => control(cli.config, "reload"),
         Command::Status => control(cli.config, "status"),
         Command::Token(cmd) => token_command(cmd, cli.config),
+        Command::Backup { file } => backup_command(cli.config, &file),
         Command::Init {
             server_name,
             new_token,

@@ -21,14 +21,15 @@ pub(crate) async fn start(inner: &Arc<Inner>) -> Result<(), DeployError> {
     // Subscribe before scanning so nothing that happens in between is missed.
     let events = inner.rt.events();
     let found = inner.rt.list(&[format!("{}=app", labels::ROLE)]).await?;
-    // The initial scan's health gates are awaited (each bounded by the discovery health
-    // timeout) so that routes are complete before the daemon reports READY.
-    let gates: Vec<_> = found
+    // Serve first: the initial scan's health gates run in the background (each bounded by
+    // the discovery health timeout), never holding the daemon's start.
+    for gate in found
         .into_iter()
         .filter(|c| c.running())
         .filter_map(|c| consider(inner, c))
-        .collect();
-    futures_util::future::join_all(gates).await;
+    {
+        inner.spawn(gate);
+    }
     let task_inner = inner.clone();
     inner.spawn(follow(task_inner, events));
     Ok(())

@@ -45,6 +45,11 @@ pub trait RoutePublisher: Send + Sync + 'static {
     /// Requests in flight to backend `backend_id` of route `route`, if that backend is
     /// in the current table.
     fn inflight(&self, route: &str, backend_id: &str) -> Option<u64>;
+    /// The proxy's own health of that backend (active and passive checks), if it is in the
+    /// current table: what status reports, so it never says healthy while the route is down.
+    fn healthy(&self, _route: &str, _backend_id: &str) -> Option<bool> {
+        None
+    }
 }
 
 /// Errors of the engine's API (the API layer maps them to HTTP statuses).
@@ -92,6 +97,12 @@ pub struct EngineConfig {
     pub extra_labels: HashMap<String, String>,
     /// Longest health gate for hand-started (discovered) containers.
     pub discovery_health_timeout: Duration,
+    /// How often the self-healing loop compares each app's running replicas with its
+    /// current deployment (failed repairs back off exponentially, up to a minute).
+    pub heal_interval: Duration,
+    /// Set when the store failed its integrity check: the engine routes what runs (adopted
+    /// from the container labels), and neither reconciles, heals nor deploys.
+    pub store_damaged: Option<String>,
 }
 
 impl Default for EngineConfig {
@@ -101,6 +112,8 @@ impl Default for EngineConfig {
             stop_grace: Duration::from_secs(10),
             extra_labels: HashMap::new(),
             discovery_health_timeout: Duration::from_secs(60),
+            heal_interval: Duration::from_secs(5),
+            store_damaged: None,
         }
     }
 }
@@ -182,8 +195,11 @@ pub(crate) struct AppState {
     /// Replicas whose container stopped outside a deploy (crash, OOM, `docker stop`): out of
     /// the route until the container runs again and passes its health check.
     pub down: BTreeSet<String>,
-    /// The deployment in progress.
+    /// The deployment in progress (or [`RECONCILING`], [`STOPPING`]).
     pub running: Option<String>,
+    /// Set when the app runs containers of deployments the store has no record of (they
+    /// are routed as they run and never removed by reconcile); what was reported.
+    pub adopted: Option<String>,
 }
 
 #[derive(Clone, Debug)]
@@ -209,10 +225,17 @@ pub(crate) struct Inner {
     progress: Mutex<HashMap<String, Progress>>,
     tasks: Mutex<Vec<JoinHandle<()>>>,
     pub warnings: Mutex<Vec<String>>,
+    /// Self-healing backoff and status line per app.
+    pub heal: Mutex<HashMap<String, reconcile::HealState>>,
+    /// True once the background reconcile is done.
+    reconciled: watch::Sender<bool>,
 }
 
 /// What `Conflict.running` says while an app is being stopped.
 pub const STOPPING: &str = "stopping";
+
+/// What `Conflict.running` says while reconcile (after a start) has not finished an app.
+pub const RECONCILING: &str = "reconcile after start";
 
 /// Route name of a deployed app.
 pub fn app_route_name(app: &str) -> String {
@@ -256,6 +279,15 @@ pub(crate) trait LockExt<T> {
 }
 
 impl Inner {
+    pub(crate) fn store_damaged(&self) -> bool {
+        self.cfg.store_damaged.is_some()
+    }
+
+    /// How log lines name the store.
+    pub(crate) fn store_name(&self) -> &'static str {
+        "berth.db"
+    }
+
     /// Publishes the route of a deployed app from `state` (caller holds the lock).
     /// An app with hosts but no replicas keeps a route without backends (503).
     pub(crate) fn publish_app(&self, state: &State, app: &str) -> Result<(), String> {
@@ -391,9 +423,11 @@ pub struct ReplicaStatus {
     pub deployment: Option<String>,
     /// Routing state: `ready` or `drain`.
     pub routing: ServerState,
-    /// False while the container is out of the route because it stopped outside a deploy
-    /// (until it runs again and passes its health check).
+    /// False while the container is out of the route: it stopped outside a deploy (until it
+    /// runs again and passes its health check), or the proxy's health checks mark it down.
     pub routed: bool,
+    /// The proxy's health of this backend (the same the proxy routes by), when routed.
+    pub healthy: Option<bool>,
     /// Docker's run state and HEALTHCHECK status, when inspect succeeds.
     pub running: Option<bool>,
     pub docker_health: Option<String>,
@@ -410,6 +444,10 @@ pub struct AppStatus {
     pub current: Option<DeploymentRecord>,
     pub previous: Option<DeploymentRecord>,
     pub deploying: Option<String>,
+    /// The self-healing loop's line while the app is short of replicas.
+    pub heal: Option<String>,
+    /// Set when the app runs containers the store has no record of (see `reconcile`).
+    pub adopted: Option<String>,
 }
 
 /// The engine. Dropping it (or `kill`) aborts its tasks without any cleanup, like `kill -9`;
@@ -443,11 +481,45 @@ impl Engine {
             progress: Mutex::new(HashMap::new()),
             tasks: Mutex::new(Vec::new()),
             warnings: Mutex::new(Vec::new()),
+            heal: Mutex::new(HashMap::new()),
+            reconciled: watch::Sender::new(false),
         });
         inner.rt.ensure_network().await?;
-        reconcile::reconcile(&inner).await?;
+        // Serve first: what runs now is routed before this returns (one Docker listing, no
+        // health gate); reconcile and repairs follow in the background.
+        let adopted = reconcile::serve_first(&inner).await?;
         discovery::start(&inner).await?;
+        if let Some(why) = &inner.cfg.store_damaged {
+            tracing::error!(
+                adopted,
+                "deploy engine: the store is damaged ({why}); reconcile, self-healing and \
+                 deploys are off, running containers are routed as they are"
+            );
+            let apps: Vec<String> = inner.state.locked().apps.keys().cloned().collect();
+            for app in apps {
+                if let Some(a) = inner.state.locked().apps.get_mut(&app) {
+                    a.running = None;
+                }
+            }
+            inner.reconciled.send_replace(true);
+        } else {
+            let bg = inner.clone();
+            inner.spawn(async move {
+                if let Err(e) = reconcile::reconcile(&bg).await {
+                    bg.warn(format!("reconcile: {e}"));
+                }
+                bg.reconciled.send_replace(true);
+                tracing::info!("reconcile done");
+                reconcile::heal(bg).await;
+            });
+        }
         Ok(Engine { inner })
+    }
+
+    /// Waits until the background reconcile after start is done.
+    pub async fn reconciled(&self) {
+        let mut rx = self.inner.reconciled.subscribe();
+        let _ = rx.wait_for(|done| *done).await;
     }
 
     /// Aborts every task of this engine at its next await point, without cleanup.
@@ -479,6 +551,7 @@ impl Engine {
     ) -> Result<String, DeployError> {
         validate_app_name(app)?;
         spec.validate()?;
+        self.refuse_if_damaged(app)?;
         let id = new_deployment_id();
         let rec = DeploymentRecord {
             id: id.clone(),
@@ -550,6 +623,18 @@ impl Engine {
         Ok(id)
     }
 
+    fn refuse_if_damaged(&self, app: &str) -> Result<(), DeployError> {
+        match &self.inner.cfg.store_damaged {
+            Some(why) => Err(DeployError::Conflict {
+                app: app.to_string(),
+                running: format!(
+                    "nothing (the store is damaged: {why}; restore a backup and restart berthd)"
+                ),
+            }),
+            None => Ok(()),
+        }
+    }
+
     /// `GET /v1/deployments/{id}/events`: the events so far plus a receiver for the rest
     /// (no gap, no duplicate). None if the deployment did not run in this process.
     pub fn subscribe(
@@ -615,6 +700,12 @@ impl Engine {
         {
             let st = self.inner.state.locked();
             names.extend(st.discovered.values().map(|d| d.labels.app.clone()));
+            names.extend(
+                st.apps
+                    .iter()
+                    .filter(|(_, a)| a.adopted.is_some())
+                    .map(|(n, _)| n.clone()),
+            );
         }
         names.sort();
         names.dedup();
@@ -628,7 +719,7 @@ impl Engine {
     /// `GET /v1/apps/{app}`: replicas (with Docker state and in-flight counts), current and
     /// previous deployments, the deployment in progress.
     pub async fn app(&self, app: &str) -> Result<AppStatus, DeployError> {
-        let (replicas, down, discovered, deploying) = {
+        let (replicas, down, discovered, deploying, adopted) = {
             let st = self.inner.state.locked();
             let a = st.apps.get(app);
             (
@@ -640,11 +731,12 @@ impl Engine {
                     .map(|d| d.replica.clone())
                     .collect::<Vec<_>>(),
                 a.and_then(|a| a.running.clone()),
+                a.and_then(|a| a.adopted.clone()),
             )
         };
         let history = self.inner.store.list(app, 50)?;
         let current = self.inner.store.current(app)?;
-        if history.is_empty() && discovered.is_empty() {
+        if history.is_empty() && discovered.is_empty() && adopted.is_none() {
             return Err(DeployError::AppNotFound(app.to_string()));
         }
         let previous = history
@@ -660,13 +752,15 @@ impl Engine {
             .chain(discovered.iter().map(|r| (discovered_route_name(app), r)))
         {
             let info = self.inner.rt.inspect(&r.container_id).await.ok();
+            let healthy = self.inner.publisher.healthy(&route, &r.container_id);
             rs.push(ReplicaStatus {
                 container_id: r.container_id.clone(),
                 name: r.name.clone(),
                 address: r.address.to_string(),
                 deployment: (!r.deployment.is_empty()).then(|| r.deployment.clone()),
                 routing: r.state,
-                routed: !down.contains(&r.container_id),
+                routed: !down.contains(&r.container_id) && healthy != Some(false),
+                healthy,
                 running: info.as_ref().map(|i| i.running()),
                 docker_health: info
                     .and_then(|i| i.health)
@@ -682,6 +776,13 @@ impl Engine {
             current,
             previous,
             deploying,
+            heal: self
+                .inner
+                .heal
+                .locked()
+                .get(app)
+                .and_then(|h| h.line.clone()),
+            adopted,
         })
     }
 
@@ -744,6 +845,7 @@ impl Engine {
     /// `POST /v1/apps/{app}/stop`: drains and stops every replica; the app then runs
     /// nothing (also after a restart) until the next deploy.
     pub async fn stop(&self, app: &str) -> Result<(), DeployError> {
+        self.refuse_if_damaged(app)?;
         let drain = self
             .inner
             .store
@@ -795,6 +897,7 @@ impl Engine {
             if let Some(a) = st.apps.get_mut(app) {
                 a.replicas.clear();
                 a.hosts = None;
+                a.adopted = None;
             }
             if let Err(e) = self.inner.publish_app(&st, app) {
                 self.inner

@@ -1,23 +1,45 @@
-//! Reconcile on start (also after `kill -9` mid-deploy): SQLite says what should run, Docker
-//! says what does. An interrupted deployment is finished if all its replicas run and pass a
-//! health check, otherwise recorded as failed (rolled back). Each app's current deployment is
-//! brought back to its replica count (stopped replicas started, missing ones created, all
-//! health-gated); every other Berth-managed container of a known app is removed. Routes are
-//! published before this returns. Containers of apps this store does not know are left alone.
+//! Start-up of the engine in two phases, and the self-healing loop after it.
+//!
+//! 1. [`serve_first`] (awaited by `Engine::start`, one Docker listing and a few store reads):
+//!    every app's route is published at once from the store's current deployments and the
+//!    running containers that carry their ids, without health gates (the proxy's own prober
+//!    takes an unhealthy replica out). Containers whose `berth.deployment` the store does not
+//!    know (the store is behind reality: lost WAL, restored backup) are **adopted**: routed
+//!    from their labels and reported at ERROR, never removed. Apps being reconciled refuse
+//!    deploys and stops until phase 2 is done with them.
+//! 2. [`reconcile`] (a background task): SQLite says what should run, Docker what does. An
+//!    interrupted deployment is finished if all its replicas run and pass a health check,
+//!    otherwise recorded as failed. Each app's current deployment is brought back to its
+//!    replica count (stopped replicas started, unhealthy or missing ones replaced, all
+//!    health-gated) and containers of deployments the store knows and no longer wants are
+//!    removed. Apps with adopted containers are left as they run. Containers of apps the
+//!    store does not know are adopted (routed), never removed.
+//! 3. [`heal`] (a background loop): restores each app's replica count after `docker stop`,
+//!    `docker kill` or a lost container, with exponential backoff per app, an event on the
+//!    current deployment's log and a status line (`AppStatus::heal`). An app stopped with
+//!    `berth stop` has no current deployment, so it is never restarted.
 
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
+use std::time::Duration;
 
 use tokio::time::Instant;
 
 use super::run::{address_of, start_replica};
-use super::{now_ms, AppHosts, AppState, DeployError, Inner, LockExt, Replica};
-use crate::model::labels;
+use super::{now_ms, AppHosts, AppState, DeployError, Inner, LockExt, Replica, RECONCILING};
+use crate::model::deploy::HealthSpec;
+use crate::model::labels::{self, Parsed};
 use crate::model::route::{BackendAddr, ServerState};
-use crate::runtime::ContainerInfo;
+use crate::runtime::{ContainerInfo, RuntimeError};
 use crate::store::deployments::{DeployState, DeploymentRecord};
 
 fn deployment_of(c: &ContainerInfo) -> Option<&str> {
     c.labels.get(labels::DEPLOYMENT).map(String::as_str)
+}
+
+/// Whether the store knows deployment `id` (an unreadable store knows nothing).
+fn known(inner: &Inner, id: &str) -> bool {
+    !inner.store_damaged() && matches!(inner.store.get(id), Ok(Some(_)))
 }
 
 async fn all_healthy(inner: &Inner, d: &DeploymentRecord, cs: &[&ContainerInfo]) -> bool {
@@ -45,7 +67,145 @@ async fn all_healthy(inner: &Inner, d: &DeploymentRecord, cs: &[&ContainerInfo])
     true
 }
 
+fn replica_of(c: &ContainerInfo, port: u16, deployment: &str) -> Option<Replica> {
+    let ip = c.address?;
+    Some(Replica {
+        container_id: c.id.clone(),
+        name: c.name.clone(),
+        address: BackendAddr::new(ip.to_string(), port),
+        deployment: deployment.to_string(),
+        state: ServerState::Ready,
+    })
+}
+
+/// Phase 1: publish what runs now, at once. Returns the number of adopted containers.
+pub(crate) async fn serve_first(inner: &Arc<Inner>) -> Result<usize, DeployError> {
+    let managed = inner
+        .rt
+        .list(&[format!("{}=true", labels::MANAGED)])
+        .await?;
+    let apps = if inner.store_damaged() {
+        Vec::new()
+    } else {
+        inner.store.apps()?
+    };
+    let mut currents: BTreeMap<String, Option<DeploymentRecord>> = BTreeMap::new();
+    for (app, current) in apps {
+        let cur = match current {
+            Some(id) => inner.store.get(&id)?,
+            None => None,
+        };
+        currents.insert(app, cur);
+    }
+    // Running containers whose deployment the store has no record of, by app.
+    let mut unknown: BTreeMap<String, Vec<&ContainerInfo>> = BTreeMap::new();
+    for c in managed.iter().filter(|c| c.running()) {
+        let Some(app) = c.labels.get(labels::APP) else {
+            continue;
+        };
+        let is_known = deployment_of(c).is_some_and(|d| known(inner, d));
+        if !is_known {
+            unknown.entry(app.clone()).or_default().push(c);
+        }
+    }
+
+    let mut adopted_count = 0;
+    let mut st = inner.state.locked();
+    let names: BTreeSet<String> = currents.keys().chain(unknown.keys()).cloned().collect();
+    for app in names {
+        let cur = currents.get(&app).cloned().flatten();
+        let mut a = AppState {
+            hosts: cur.as_ref().map(|c| AppHosts::of(&c.spec)),
+            running: Some(RECONCILING.to_string()),
+            ..AppState::default()
+        };
+        if let Some(cur) = &cur {
+            a.replicas = managed
+                .iter()
+                .filter(|c| c.running() && deployment_of(c) == Some(cur.id.as_str()))
+                .filter(|c| c.labels.get(labels::APP) == Some(&app))
+                .filter_map(|c| replica_of(c, cur.spec.port, &cur.id))
+                .collect();
+        }
+        if let Some(cs) = unknown.get(&app) {
+            let mut ids = Vec::new();
+            for c in cs {
+                let spec = match labels::parse(&c.name, &c.labels) {
+                    Parsed::Ok(s) => s,
+                    Parsed::Invalid(w) => {
+                        tracing::error!(app = %app, container = %c.name, "container of a deployment unknown to the store has unusable labels ({w}); left running, not routed");
+                        continue;
+                    }
+                    Parsed::NotOurs => continue,
+                };
+                let dep = spec.deployment.clone().unwrap_or_default();
+                let Some(r) = replica_of(c, spec.port, &dep) else {
+                    tracing::error!(app = %app, container = %c.name, "container of a deployment unknown to the store has no address; left running, not routed");
+                    continue;
+                };
+                // The newest labels say what the app answers for.
+                a.hosts = Some(AppHosts {
+                    domains: spec.domains.clone(),
+                    aliases: spec.aliases.clone(),
+                    health: HealthSpec {
+                        path: spec.health_path.clone(),
+                        ..a.hosts
+                            .as_ref()
+                            .map(|h| h.health.clone())
+                            .unwrap_or_default()
+                    },
+                });
+                a.replicas.push(r);
+                if !ids.contains(&dep) {
+                    ids.push(dep);
+                }
+                adopted_count += 1;
+            }
+            if !ids.is_empty() {
+                let msg = format!(
+                    "store is behind the running containers: app {app} runs deployment(s) {} \
+                     that {} has no record of (lost or damaged berth.db-wal, a restored \
+                     backup?); adopted and routed as they run, and reconcile leaves app {app} \
+                     alone: nothing of it is removed or recreated. Deploy it again to make the \
+                     store current",
+                    ids.join(", "),
+                    inner.store_name(),
+                );
+                tracing::error!(app = %app, "{msg}");
+                inner.warn(msg.clone());
+                a.adopted = Some(msg);
+            }
+        }
+        st.apps.insert(app.clone(), a);
+        if let Err(e) = inner.publish_app(&st, &app) {
+            inner.warn(format!("start: publishing routes of {app}: {e}"));
+        }
+    }
+    Ok(adopted_count)
+}
+
+/// Clears the reconcile claim of `app` (set by `serve_first`).
+fn release(inner: &Inner, app: &str) {
+    if let Some(a) = inner.state.locked().apps.get_mut(app) {
+        if a.running.as_deref() == Some(RECONCILING) {
+            a.running = None;
+        }
+    }
+}
+
+/// Phase 2 (background): finish or fail interrupted deployments, then bring every app the
+/// store knows to its current deployment. Errors are reported per app; the rest goes on.
 pub(crate) async fn reconcile(inner: &Arc<Inner>) -> Result<(), DeployError> {
+    let result = reconcile_all(inner).await;
+    // Whatever happened, no app stays claimed.
+    let apps: Vec<String> = inner.state.locked().apps.keys().cloned().collect();
+    for app in apps {
+        release(inner, &app);
+    }
+    result
+}
+
+async fn reconcile_all(inner: &Arc<Inner>) -> Result<(), DeployError> {
     let managed = inner
         .rt
         .list(&[format!("{}=true", labels::MANAGED)])
@@ -76,149 +236,411 @@ pub(crate) async fn reconcile(inner: &Arc<Inner>) -> Result<(), DeployError> {
         }
     }
 
-    // 2. Each known app: bring the current deployment back, remove everything else.
+    // 2. Each known app: bring the current deployment back, remove what the store knows it
+    // no longer wants.
     for (app, current) in inner.store.apps()? {
-        let of_app: Vec<&ContainerInfo> = managed
+        if let Err(e) = reconcile_app(inner, &managed, &app, current).await {
+            inner.warn(format!("reconcile: app {app}: {e}"));
+        }
+        release(inner, &app);
+    }
+    Ok(())
+}
+
+async fn reconcile_app(
+    inner: &Arc<Inner>,
+    managed: &[ContainerInfo],
+    app: &str,
+    current: Option<String>,
+) -> Result<(), DeployError> {
+    if inner
+        .state
+        .locked()
+        .apps
+        .get(app)
+        .is_some_and(|a| a.adopted.is_some())
+    {
+        tracing::warn!(
+            app,
+            "reconcile: app runs containers the store does not know; left as it runs"
+        );
+        return Ok(());
+    }
+    let of_app: Vec<&ContainerInfo> = managed
+        .iter()
+        .filter(|c| c.labels.get(labels::APP).map(String::as_str) == Some(app))
+        .collect();
+    let cur = match &current {
+        Some(id) => inner.store.get(id)?,
+        None => None,
+    };
+    let mut replicas = Vec::new();
+    if let Some(cur) = &cur {
+        let mut mine: Vec<&ContainerInfo> = of_app
             .iter()
-            .filter(|c| c.labels.get(labels::APP) == Some(&app))
+            .copied()
+            .filter(|c| deployment_of(c) == Some(cur.id.as_str()))
             .collect();
-        let cur = match &current {
-            Some(id) => inner.store.get(id)?,
-            None => None,
-        };
-        let mut replicas = Vec::new();
-        if let Some(cur) = &cur {
-            let mut mine: Vec<&ContainerInfo> = of_app
-                .iter()
-                .copied()
-                .filter(|c| deployment_of(c) == Some(cur.id.as_str()))
-                .collect();
-            // Running ones first: they are the cheapest to keep.
-            mine.sort_by_key(|c| !c.running());
-            let host = cur.spec.domains[0].to_string();
-            for c in mine {
-                if replicas.len() as u32 >= cur.spec.replicas {
+        // Running ones first: they are the cheapest to keep.
+        mine.sort_by_key(|c| !c.running());
+        let host = cur.spec.domains[0].to_string();
+        for c in mine {
+            if replicas.len() as u32 >= cur.spec.replicas {
+                inner.rt.remove(&c.id).await?;
+                continue;
+            }
+            if !c.running() {
+                if let Err(e) = inner.rt.start(&c.id).await {
+                    inner.warn(format!("reconcile: starting {}: {e}; removing it", c.name));
                     inner.rt.remove(&c.id).await?;
                     continue;
                 }
-                if !c.running() {
-                    if let Err(e) = inner.rt.start(&c.id).await {
-                        inner.warn(format!("reconcile: starting {}: {e}; removing it", c.name));
-                        inner.rt.remove(&c.id).await?;
-                        continue;
-                    }
-                }
-                let ok = match address_of(inner, &c.id, cur.spec.port).await {
-                    Ok(addr) => {
-                        let deadline = Instant::now() + cur.spec.deploy_timeout;
-                        match inner
-                            .health
-                            .wait_healthy(
-                                inner.rt.as_ref(),
-                                &c.id,
-                                addr,
-                                &host,
-                                &cur.spec.health,
-                                deadline,
-                            )
-                            .await
-                        {
-                            Ok(()) => Some(addr),
-                            Err(e) => {
-                                inner.warn(format!(
-                                    "reconcile: {} unhealthy: {e}; replacing it",
-                                    c.name
-                                ));
-                                None
-                            }
-                        }
-                    }
-                    Err(e) => {
-                        inner.warn(format!("reconcile: {}: {e}; replacing it", c.name));
-                        None
-                    }
-                };
-                match ok {
-                    Some(addr) => replicas.push(Replica {
-                        container_id: c.id.clone(),
-                        name: c.name.clone(),
-                        address: BackendAddr::new(addr.ip().to_string(), addr.port()),
-                        deployment: cur.id.clone(),
-                        state: ServerState::Ready,
-                    }),
-                    None => inner.rt.remove(&c.id).await?,
-                }
             }
-            // Missing replicas are recreated from the stored spec and image id.
-            let mut slot = 0;
-            while (replicas.len() as u32) < cur.spec.replicas {
-                let Some(image) = cur.image_id.clone() else {
-                    inner.warn(format!("reconcile: deployment {} has no image id", cur.id));
-                    break;
-                };
-                match start_replica(inner, cur, &image, 100 + slot).await {
-                    Ok(new) => {
-                        let deadline = Instant::now() + cur.spec.deploy_timeout;
-                        match inner
-                            .health
-                            .wait_healthy(
-                                inner.rt.as_ref(),
-                                &new.id,
-                                new.addr,
-                                &host,
-                                &cur.spec.health,
-                                deadline,
-                            )
-                            .await
-                        {
-                            Ok(()) => replicas.push(Replica {
-                                container_id: new.id,
-                                name: new.name,
-                                address: BackendAddr::new(
-                                    new.addr.ip().to_string(),
-                                    new.addr.port(),
-                                ),
-                                deployment: cur.id.clone(),
-                                state: ServerState::Ready,
-                            }),
-                            Err(e) => {
-                                inner.warn(format!(
-                                    "reconcile: new replica of {app} unhealthy: {e}"
-                                ));
-                                inner.rt.remove(&new.id).await?;
-                                break;
-                            }
+            let ok = match address_of(inner, &c.id, cur.spec.port).await {
+                Ok(addr) => {
+                    let deadline = Instant::now() + cur.spec.deploy_timeout;
+                    match inner
+                        .health
+                        .wait_healthy(
+                            inner.rt.as_ref(),
+                            &c.id,
+                            addr,
+                            &host,
+                            &cur.spec.health,
+                            deadline,
+                        )
+                        .await
+                    {
+                        Ok(()) => Some(addr),
+                        Err(e) => {
+                            inner.warn(format!(
+                                "reconcile: {} unhealthy: {e}; replacing it",
+                                c.name
+                            ));
+                            None
                         }
                     }
-                    Err(e) => {
-                        inner.warn(format!("reconcile: starting a replica of {app}: {e}"));
-                        break;
-                    }
                 }
-                slot += 1;
+                Err(e) => {
+                    inner.warn(format!("reconcile: {}: {e}; replacing it", c.name));
+                    None
+                }
+            };
+            match ok {
+                Some(addr) => replicas.push(Replica {
+                    container_id: c.id.clone(),
+                    name: c.name.clone(),
+                    address: BackendAddr::new(addr.ip().to_string(), addr.port()),
+                    deployment: cur.id.clone(),
+                    state: ServerState::Ready,
+                }),
+                None => {
+                    // Out of the route first, then gone.
+                    unroute(inner, app, &c.id);
+                    inner.rt.remove(&c.id).await?;
+                }
             }
         }
-        // Everything else of this app (failed or interrupted deploys, replaced versions).
-        let keep: Vec<&str> = replicas.iter().map(|r| r.container_id.as_str()).collect();
-        for c in &of_app {
-            if !keep.contains(&c.id.as_str()) {
+        // Missing replicas are recreated from the stored spec and image id.
+        let mut slot = 0;
+        while (replicas.len() as u32) < cur.spec.replicas {
+            match replace_one(inner, cur, 100 + slot).await {
+                Ok(r) => replicas.push(r),
+                Err(e) => {
+                    inner.warn(format!("reconcile: app {app}: {e}"));
+                    break;
+                }
+            }
+            slot += 1;
+        }
+    }
+    // Other containers of this app: removed only when the store knows their deployment
+    // (failed or interrupted deploys, replaced versions). One it does not know is newer
+    // than the store: adopted by `serve_first` if it runs, reported here if not.
+    let keep: Vec<&str> = replicas.iter().map(|r| r.container_id.as_str()).collect();
+    for c in &of_app {
+        if keep.contains(&c.id.as_str()) {
+            continue;
+        }
+        match deployment_of(c) {
+            Some(d) if known(inner, d) => {
                 inner.rt.remove(&c.id).await?;
                 tracing::info!(container = %c.name, app = %app, "reconcile: removed leftover container");
             }
-        }
-        let mut st = inner.state.locked();
-        st.apps.insert(
-            app.clone(),
-            AppState {
-                hosts: cur.as_ref().map(|c| AppHosts::of(&c.spec)),
-                replicas,
-                down: Default::default(),
-                running: None,
-            },
-        );
-        if let Err(e) = inner.publish_app(&st, &app) {
-            inner.warn(format!("reconcile: publishing routes of {app}: {e}"));
+            other => {
+                tracing::error!(container = %c.name, app = %app, deployment = ?other, running = c.running(), "reconcile: container of a deployment the store does not know; left alone");
+            }
         }
     }
+    let mut st = inner.state.locked();
+    let down = st.apps.get(app).map(|a| a.down.clone()).unwrap_or_default();
+    let a = st.apps.entry(app.to_string()).or_default();
+    a.hosts = cur.as_ref().map(|c| AppHosts::of(&c.spec));
+    a.down = down
+        .into_iter()
+        .filter(|d| replicas.iter().any(|r| &r.container_id == d))
+        .collect();
+    a.replicas = replicas;
+    if let Err(e) = inner.publish_app(&st, app) {
+        inner.warn(format!("reconcile: publishing routes of {app}: {e}"));
+    }
     Ok(())
+}
+
+/// Takes one container out of the app's route (before it is removed).
+fn unroute(inner: &Inner, app: &str, id: &str) {
+    let mut st = inner.state.locked();
+    let Some(a) = st.apps.get_mut(app) else {
+        return;
+    };
+    let before = a.replicas.len();
+    a.replicas.retain(|r| r.container_id != id);
+    if a.replicas.len() != before {
+        if let Err(e) = inner.publish_app(&st, app) {
+            inner.warn(format!("unrouting {id} of {app}: {e}"));
+        }
+    }
+}
+
+/// Takes a stopped replica out of the route until discovery's start event has health-gated
+/// it again (the event stream may have missed its stop).
+fn mark_down(inner: &Inner, app: &str, id: &str) {
+    let mut st = inner.state.locked();
+    let Some(a) = st.apps.get_mut(app) else {
+        return;
+    };
+    if a.down.insert(id.to_string()) {
+        if let Err(e) = inner.publish_app(&st, app) {
+            inner.warn(format!("unrouting stopped {id} of {app}: {e}"));
+        }
+    }
+}
+
+/// Creates one replica of `cur` and waits for its health gate; removes it if it fails.
+async fn replace_one(
+    inner: &Arc<Inner>,
+    cur: &DeploymentRecord,
+    slot: u32,
+) -> Result<Replica, String> {
+    let image = cur
+        .image_id
+        .clone()
+        .ok_or_else(|| format!("deployment {} has no image id", cur.id))?;
+    let new = start_replica(inner, cur, &image, slot).await?;
+    let deadline = Instant::now() + cur.spec.deploy_timeout;
+    let host = cur.spec.domains[0].to_string();
+    if let Err(e) = inner
+        .health
+        .wait_healthy(
+            inner.rt.as_ref(),
+            &new.id,
+            new.addr,
+            &host,
+            &cur.spec.health,
+            deadline,
+        )
+        .await
+    {
+        let _ = inner.rt.remove(&new.id).await;
+        return Err(format!("new replica {} unhealthy: {e}", new.name));
+    }
+    Ok(Replica {
+        container_id: new.id,
+        name: new.name,
+        address: BackendAddr::new(new.addr.ip().to_string(), new.addr.port()),
+        deployment: cur.id.clone(),
+        state: ServerState::Ready,
+    })
+}
+
+/// Self-healing state of one app (backoff and the status line).
+#[derive(Clone, Debug, Default)]
+pub(crate) struct HealState {
+    pub failures: u32,
+    pub next_at: Option<Instant>,
+    /// Shown in `AppStatus::heal` while the app is short of replicas.
+    pub line: Option<String>,
+}
+
+/// Longest wait between two repair attempts of one app.
+const MAX_BACKOFF: Duration = Duration::from_secs(60);
+
+/// Phase 3 (background, forever): every `heal_interval`, restore each app's replica count.
+pub(crate) async fn heal(inner: Arc<Inner>) {
+    loop {
+        tokio::time::sleep(inner.cfg.heal_interval).await;
+        let apps: Vec<String> = {
+            let st = inner.state.locked();
+            st.apps
+                .iter()
+                .filter(|(_, a)| a.running.is_none() && a.adopted.is_none() && a.hosts.is_some())
+                .map(|(n, _)| n.clone())
+                .collect()
+        };
+        for app in apps {
+            let due = inner
+                .heal
+                .locked()
+                .get(&app)
+                .and_then(|h| h.next_at)
+                .is_none_or(|t| Instant::now() >= t);
+            if due {
+                heal_app(&inner, &app).await;
+            }
+        }
+    }
+}
+
+async fn heal_app(inner: &Arc<Inner>, app: &str) {
+    let cur = match inner.store.current(app) {
+        Ok(Some(c)) => c,
+        // Stopped (`berth stop`) or never deployed: nothing to restore.
+        Ok(None) => {
+            inner.heal.locked().remove(app);
+            return;
+        }
+        Err(e) => {
+            inner.warn(format!("heal: app {app}: reading the store: {e}"));
+            return;
+        }
+    };
+    let replicas: Vec<Replica> = {
+        let st = inner.state.locked();
+        match st.apps.get(app) {
+            Some(a) if a.running.is_none() => a
+                .replicas
+                .iter()
+                .filter(|r| r.deployment == cur.id)
+                .cloned()
+                .collect(),
+            _ => return,
+        }
+    };
+    let mut live = 0u32;
+    let mut stopped = Vec::new();
+    let mut gone = Vec::new();
+    for r in &replicas {
+        match inner.rt.inspect(&r.container_id).await {
+            Ok(c) if c.running() => live += 1,
+            Ok(_) => stopped.push(r.clone()),
+            Err(RuntimeError::NotFound { .. }) => gone.push(r.clone()),
+            Err(e) => {
+                inner.warn(format!("heal: app {app}: inspecting {}: {e}", r.name));
+                return;
+            }
+        }
+    }
+    let want = cur.spec.replicas;
+    if live >= want && gone.is_empty() {
+        if inner
+            .heal
+            .locked()
+            .remove(app)
+            .is_some_and(|h| h.line.is_some())
+        {
+            inner.emit(
+                &cur.id,
+                "healed",
+                format!("app {app}: {live}/{want} replicas run again"),
+            );
+        }
+        return;
+    }
+    let missing = want.saturating_sub(live);
+    let attempt = inner.heal.locked().get(app).map_or(0, |h| h.failures) + 1;
+    let line = format!(
+        "restoring {missing} of {want} replicas (attempt {attempt}): {} stopped, {} gone",
+        stopped.len(),
+        gone.len()
+    );
+    tracing::warn!(app, "{line}");
+    inner.emit(&cur.id, "heal", format!("app {app}: {line}"));
+    inner.heal.locked().entry(app.to_string()).or_default().line = Some(line);
+
+    let mut errors = Vec::new();
+    let mut restored = 0u32;
+    // Stopped replicas are started again; discovery's start event health-gates and routes
+    // them (as after Docker's own restart policy).
+    for r in stopped.iter().take(missing as usize) {
+        mark_down(inner, app, &r.container_id);
+        match inner.rt.start(&r.container_id).await {
+            Ok(()) => restored += 1,
+            Err(RuntimeError::NotFound { .. }) => gone.push(r.clone()),
+            Err(e) => {
+                errors.push(format!("starting {}: {e}", r.name));
+                gone.push(r.clone());
+            }
+        }
+    }
+    // Gone ones are replaced from the current deployment's image.
+    for (k, r) in gone.iter().enumerate() {
+        unroute(inner, app, &r.container_id);
+        let _ = inner.rt.remove(&r.container_id).await;
+        if live + restored >= want {
+            continue;
+        }
+        match replace_one(inner, &cur, 200 + k as u32).await {
+            Ok(new) => {
+                let name = new.name.clone();
+                let new_id = new.container_id.clone();
+                let routed = {
+                    let mut st = inner.state.locked();
+                    let ok = st
+                        .apps
+                        .get(app)
+                        .is_some_and(|a| a.running.is_none() && a.hosts.is_some());
+                    // A deploy or stop started meanwhile: it owns the app now.
+                    let still_current =
+                        matches!(inner.store.current(app), Ok(Some(c)) if c.id == cur.id);
+                    if !ok || !still_current {
+                        None
+                    } else {
+                        if let Some(a) = st.apps.get_mut(app) {
+                            a.replicas.push(new);
+                        }
+                        Some(inner.publish_app(&st, app))
+                    }
+                };
+                match routed {
+                    None => {
+                        let _ = inner.rt.remove(&new_id).await;
+                        return;
+                    }
+                    Some(Err(e)) => errors.push(format!("routing {name}: {e}")),
+                    Some(Ok(())) => {
+                        restored += 1;
+                        inner.emit(
+                            &cur.id,
+                            "heal",
+                            format!("app {app}: new replica {name} replaces {}", r.name),
+                        );
+                    }
+                }
+            }
+            Err(e) => errors.push(e),
+        }
+    }
+    let mut h = inner.heal.locked();
+    let s = h.entry(app.to_string()).or_default();
+    if errors.is_empty() {
+        s.failures = 0;
+        s.next_at = None;
+    } else {
+        s.failures += 1;
+        let backoff = inner
+            .cfg
+            .heal_interval
+            .saturating_mul(1 << s.failures.min(6))
+            .min(MAX_BACKOFF);
+        s.next_at = Some(Instant::now() + backoff);
+        let msg = format!(
+            "restoring {missing} of {want} replicas failed (attempt {attempt}): {}; next \
+             attempt in {backoff:?}",
+            errors.join("; ")
+        );
+        s.line = Some(msg.clone());
+        drop(h);
+        tracing::error!(app, "{msg}");
+        inner.emit(&cur.id, "heal", format!("app {app}: {msg}"));
+    }
 }

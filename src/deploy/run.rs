@@ -76,13 +76,15 @@ pub(crate) async fn run(inner: Arc<Inner>, rec: DeploymentRecord, image: ImageSo
         }
         prune_images(&inner, &id, &app).await;
     }
-    inner
-        .state
-        .locked()
-        .apps
-        .entry(app.clone())
-        .or_default()
-        .running = None;
+    {
+        let mut st = inner.state.locked();
+        let a = st.apps.entry(app.clone()).or_default();
+        a.running = None;
+        if state == DeployState::Succeeded {
+            // The store knows what runs again: adopted containers were replaced.
+            a.adopted = None;
+        }
+    }
     match reason {
         None => inner.emit(
             &id,

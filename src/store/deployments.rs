@@ -382,13 +382,23 @@ pub struct SqliteDeployments {
 }
 
 impl SqliteDeployments {
-    /// Opens (creating if needed) a database file in WAL mode and runs `MIGRATION_SQL`.
+    /// Opens (creating if needed) a database file with the store's settings and migrations
+    /// (`store::open_connection`: WAL, `synchronous=FULL`). The daemon does not use this: its
+    /// engine shares the `Store`'s one connection.
     pub fn open(path: &Path) -> Result<Self, DeploymentStoreError> {
-        let conn = Connection::open(path)?;
-        conn.pragma_update(None, "journal_mode", "WAL")?;
-        conn.pragma_update(None, "synchronous", "NORMAL")?;
-        conn.busy_timeout(std::time::Duration::from_secs(5))?;
-        Self::from_connection(conn)
+        let conn = crate::store::open_connection(path).map_err(|e| match e {
+            crate::store::StoreError::Sql(e) | crate::store::StoreError::Open { source: e, .. } => {
+                DeploymentStoreError::Sqlite(e)
+            }
+            other => DeploymentStoreError::Corrupt {
+                id: String::new(),
+                what: "database",
+                message: other.to_string(),
+            },
+        })?;
+        Ok(Self {
+            conn: Mutex::new(conn),
+        })
     }
 
     /// Wraps a connection the caller opened; runs `MIGRATION_SQL`.

@@ -24,6 +24,8 @@ use crate::model::route::{BackendSpec, RouteSpec, ServerState};
 
 pub use tokens::{hash_token, TokenInfo, TOKEN_PREFIX};
 
+use deployments::{DeployState, DeploymentRecord, DeploymentStoreError, StoredEvent};
+
 /// File name of the database inside the data dir.
 pub const DB_FILE: &str = "berth.db";
 
@@ -62,6 +64,11 @@ pub enum StoreError {
     TokenRevoked(i64),
     #[error("database: the store lock was poisoned by a panic")]
     Poisoned,
+    #[error(
+        "database {path} is damaged ({problem}); restore a backup (`berthd backup` makes one) \
+         or move the file aside to start empty (README, \"Backup and restore\")"
+    )]
+    Damaged { path: PathBuf, problem: String },
 }
 
 /// Who owns a stored route. Config routes are never stored (they come from the file).
@@ -227,29 +234,24 @@ impl Store {
     pub fn open(data_dir: &Path) -> Result<Store, StoreError> {
         ensure_data_dir(data_dir)?;
         let path = data_dir.join(DB_FILE);
-        let open_err = |source| StoreError::Open {
-            path: path.clone(),
-            source,
-        };
-        let mut conn = Connection::open(&path).map_err(open_err)?;
-        {
-            use std::os::unix::fs::PermissionsExt;
-            // Token hashes and the fleet layout are nobody else's business.
-            let _ = std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600));
-        }
-        conn.busy_timeout(std::time::Duration::from_secs(5))
-            .map_err(open_err)?;
-        conn.pragma_update(None, "journal_mode", "WAL")
-            .map_err(open_err)?;
-        conn.pragma_update(None, "synchronous", "FULL")
-            .map_err(open_err)?;
-        conn.pragma_update(None, "foreign_keys", "ON")
-            .map_err(open_err)?;
-        migrate(&mut conn, &path)?;
+        let conn = open_connection(&path)?;
         Ok(Store {
             conn: Mutex::new(conn),
             path,
         })
+    }
+
+    /// `PRAGMA quick_check`: `Ok(None)` when the database is intact, else what SQLite found
+    /// (first lines). A damaged store must stop reconcile (it could act on wrong data), not
+    /// the proxy.
+    pub fn quick_check(&self) -> Result<Option<String>, StoreError> {
+        quick_check(&*self.conn()?)
+    }
+
+    /// Copies the live database into `dest` with SQLite's online backup (a consistent
+    /// snapshot, also while berthd writes) and checks the copy.
+    pub fn backup_to(&self, dest: &Path) -> Result<(), StoreError> {
+        backup_connection(&*self.conn()?, dest)
     }
 
     /// Path of the database file.
@@ -400,6 +402,61 @@ impl Store {
     }
 }
 
+/// The deploy engine's history lives in the same database, behind the same one connection
+/// (one writer, one durability setting, one migration path).
+impl deployments::DeploymentStore for Store {
+    fn insert(&self, rec: &DeploymentRecord) -> Result<(), DeploymentStoreError> {
+        self.dwith(|c| deployments::insert(c, rec))
+    }
+    fn set_image(&self, id: &str, image_id: &str) -> Result<(), DeploymentStoreError> {
+        self.dwith(|c| deployments::set_image(c, id, image_id))
+    }
+    fn finish(
+        &self,
+        id: &str,
+        state: DeployState,
+        reason: Option<&str>,
+        at: i64,
+    ) -> Result<(), DeploymentStoreError> {
+        self.dwith(|c| deployments::finish(c, id, state, reason, at))
+    }
+    fn get(&self, id: &str) -> Result<Option<DeploymentRecord>, DeploymentStoreError> {
+        self.dwith(|c| deployments::get(c, id))
+    }
+    fn list(&self, app: &str, limit: usize) -> Result<Vec<DeploymentRecord>, DeploymentStoreError> {
+        self.dwith(|c| deployments::list(c, app, limit))
+    }
+    fn current(&self, app: &str) -> Result<Option<DeploymentRecord>, DeploymentStoreError> {
+        self.dwith(|c| deployments::current(c, app))
+    }
+    fn apps(&self) -> Result<Vec<(String, Option<String>)>, DeploymentStoreError> {
+        self.dwith(|c| deployments::apps(c))
+    }
+    fn unfinished(&self) -> Result<Vec<DeploymentRecord>, DeploymentStoreError> {
+        self.dwith(|c| deployments::unfinished(c))
+    }
+    fn clear_current(&self, app: &str) -> Result<(), DeploymentStoreError> {
+        self.dwith(|c| deployments::clear_current(c, app))
+    }
+    fn add_event(&self, deployment: &str, ev: &StoredEvent) -> Result<(), DeploymentStoreError> {
+        self.dwith(|c| deployments::add_event(c, deployment, ev))
+    }
+    fn events(&self, deployment: &str) -> Result<Vec<StoredEvent>, DeploymentStoreError> {
+        self.dwith(|c| deployments::events(c, deployment))
+    }
+}
+
+impl Store {
+    fn dwith<T>(
+        &self,
+        f: impl FnOnce(&mut Connection) -> Result<T, DeploymentStoreError>,
+    ) -> Result<T, DeploymentStoreError> {
+        // rusqlite rolls a half transaction back on drop, so a poisoned lock is still usable.
+        let mut guard = self.conn.lock().unwrap_or_else(|p| p.into_inner());
+        f(&mut guard)
+    }
+}
+
 fn to_json<T: Serialize>(what: &'static str, name: &str, v: &T) -> Result<String, StoreError> {
     serde_json::to_string(v).map_err(|e| StoreError::Corrupt {
         what,
@@ -472,6 +529,104 @@ fn set_state(
         params![route, backend, state_str(state), ts],
     )?;
     Ok(())
+}
+
+/// Opens the database file `path` with the store's settings (WAL, `synchronous=FULL`,
+/// foreign keys, busy timeout, mode 0600) and brings its schema up to date: the one place
+/// where a connection to `berth.db` is configured and migrated.
+pub fn open_connection(path: &Path) -> Result<Connection, StoreError> {
+    let open_err = |source| StoreError::Open {
+        path: path.to_path_buf(),
+        source,
+    };
+    let mut conn = Connection::open(path).map_err(open_err)?;
+    {
+        use std::os::unix::fs::PermissionsExt;
+        // Token hashes and the fleet layout are nobody else's business.
+        let _ = std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600));
+    }
+    conn.busy_timeout(std::time::Duration::from_secs(5))
+        .map_err(open_err)?;
+    conn.pragma_update(None, "journal_mode", "WAL")
+        .map_err(open_err)?;
+    // FULL: a committed deployment record or route change is on disk (the WAL fsynced)
+    // before anything acts on it. NORMAL could lose the last commits on a power cut.
+    conn.pragma_update(None, "synchronous", "FULL")
+        .map_err(open_err)?;
+    conn.pragma_update(None, "foreign_keys", "ON")
+        .map_err(open_err)?;
+    migrate(&mut conn, path)?;
+    Ok(conn)
+}
+
+fn quick_check(conn: &Connection) -> Result<Option<String>, StoreError> {
+    let mut q = conn.prepare("PRAGMA quick_check(20)")?;
+    let lines: Vec<String> = q
+        .query_map([], |r| r.get::<_, String>(0))?
+        .collect::<Result<_, _>>()?;
+    if lines.len() == 1 && lines[0] == "ok" {
+        Ok(None)
+    } else {
+        Ok(Some(lines.join("; ")))
+    }
+}
+
+fn backup_connection(conn: &Connection, dest: &Path) -> Result<(), StoreError> {
+    use rusqlite::backup::Backup;
+    let tmp = dest.with_extension("partial");
+    let _ = std::fs::remove_file(&tmp);
+    {
+        let mut out = Connection::open(&tmp).map_err(|source| StoreError::Open {
+            path: tmp.clone(),
+            source,
+        })?;
+        {
+            let b = Backup::new(conn, &mut out)?;
+            // Whole database in steps of 256 pages, yielding to the writer in between.
+            b.run_to_completion(256, std::time::Duration::from_millis(5), None)?;
+        }
+        // A backup file is one self-contained file, not a WAL pair.
+        out.pragma_update(None, "journal_mode", "DELETE")?;
+        if let Some(problem) = quick_check(&out)? {
+            return Err(StoreError::Damaged {
+                path: tmp.clone(),
+                problem,
+            });
+        }
+    }
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let _ = std::fs::set_permissions(&tmp, std::fs::Permissions::from_mode(0o600));
+    }
+    std::fs::rename(&tmp, dest).map_err(|source| StoreError::DataDir {
+        path: dest.to_path_buf(),
+        source,
+    })?;
+    Ok(())
+}
+
+/// `berthd backup FILE`: a consistent copy of `data_dir/berth.db` (WAL included) in `dest`,
+/// taken with SQLite's online backup while berthd may be running, and checked with
+/// `quick_check`. Restore: stop berthd, remove `berth.db-wal` and `berth.db-shm`, copy the
+/// file to `data_dir/berth.db`, start berthd (README, "Backup and restore").
+pub fn backup(data_dir: &Path, dest: &Path) -> Result<(), StoreError> {
+    let path = data_dir.join(DB_FILE);
+    if !path.is_file() {
+        return Err(StoreError::DataDir {
+            path,
+            source: std::io::Error::new(std::io::ErrorKind::NotFound, "no database here"),
+        });
+    }
+    let conn = Connection::open_with_flags(&path, rusqlite::OpenFlags::SQLITE_OPEN_READ_WRITE)
+        .map_err(|source| StoreError::Open {
+            path: path.clone(),
+            source,
+        })?;
+    conn.busy_timeout(std::time::Duration::from_secs(5))?;
+    if let Some(problem) = quick_check(&conn)? {
+        return Err(StoreError::Damaged { path, problem });
+    }
+    backup_connection(&conn, dest)
 }
 
 fn migrate(conn: &mut Connection, path: &Path) -> Result<(), StoreError> {
@@ -638,5 +793,112 @@ mod tests {
         ]);
         assert!(err.is_err());
         assert_eq!(s.load_routes().unwrap().routes.len(), 1);
+    }
+
+    fn fill(s: &Store, n: usize) {
+        let ops: Vec<StoreOp> = (0..n)
+            .map(|i| StoreOp::PutRoute {
+                source: RouteSource::Api,
+                spec: Box::new(route(&format!(
+                    r#"{{"name":"r{i}","domains":["r{i}.test"],"backends":[{{"address":"127.0.0.1:{}"}}]}}"#,
+                    1000 + i
+                ))),
+            })
+            .collect();
+        s.apply(&ops).unwrap();
+    }
+
+    #[test]
+    fn one_connection_full_durability_and_deployments_share_it() {
+        use deployments::DeploymentStore;
+        let tmp = tempfile::tempdir().unwrap();
+        let s = Store::open(tmp.path()).unwrap();
+        let sync: i64 = s
+            .conn()
+            .unwrap()
+            .query_row("PRAGMA synchronous", [], |r| r.get(0))
+            .unwrap();
+        assert_eq!(sync, 2, "synchronous=FULL");
+        let rec: DeploymentRecord = serde_json::from_value(serde_json::json!({
+            "id": "d1", "app": "web",
+            "spec": {"image": "demo:v1", "domains": ["web.test"]},
+            "image_id": null, "state": "running", "reason": null, "created_by": "t",
+            "created_at": 1, "finished_at": null, "rollback_of": null
+        }))
+        .unwrap();
+        s.insert(&rec).unwrap();
+        s.finish("d1", DeployState::Succeeded, None, 2).unwrap();
+        assert_eq!(s.current("web").unwrap().unwrap().id, "d1");
+        assert_eq!(s.quick_check().unwrap(), None);
+        // SqliteDeployments opens the same schema through the same migration path.
+        drop(s);
+        let d = deployments::SqliteDeployments::open(&tmp.path().join(DB_FILE)).unwrap();
+        assert_eq!(d.current("web").unwrap().unwrap().id, "d1");
+    }
+
+    #[test]
+    fn quick_check_finds_a_damaged_page() {
+        use std::io::{Seek, SeekFrom, Write};
+        let tmp = tempfile::tempdir().unwrap();
+        {
+            let s = Store::open(tmp.path()).unwrap();
+            fill(&s, 300);
+        }
+        // Closing the last connection checkpointed the WAL into berth.db: damage a b-tree
+        // page in the middle of the file (not the header page).
+        let path = tmp.path().join(DB_FILE);
+        let len = std::fs::metadata(&path).unwrap().len();
+        assert!(len > 8 * 4096, "{len}");
+        let mut f = std::fs::OpenOptions::new().write(true).open(&path).unwrap();
+        f.seek(SeekFrom::Start(4 * 4096)).unwrap();
+        f.write_all(&[0xA5; 4096]).unwrap();
+        drop(f);
+        match Store::open(tmp.path()) {
+            Ok(s) => {
+                let problem = s.quick_check().unwrap().expect("damage found");
+                assert!(!problem.is_empty());
+                // A backup of a damaged store is refused, naming the recovery.
+                let err = backup(tmp.path(), &tmp.path().join("b.db")).unwrap_err();
+                assert!(matches!(err, StoreError::Damaged { .. }), "{err}");
+                assert!(err.to_string().contains("restore a backup"), "{err}");
+            }
+            // Damage in the schema itself fails the open: also refused, never silent.
+            Err(e) => assert!(e.to_string().contains("malformed"), "{e}"),
+        }
+    }
+
+    #[test]
+    fn backup_while_open_then_restore() {
+        let tmp = tempfile::tempdir().unwrap();
+        let data = tmp.path().join("data");
+        let s = Store::open(&data).unwrap();
+        fill(&s, 5);
+        // The live store has uncheckpointed commits in its WAL: the backup must have them.
+        let file = tmp.path().join("berth-backup.db");
+        backup(&data, &file).unwrap();
+        s.delete_route("r0").unwrap();
+        s.put_route(
+            RouteSource::Api,
+            &route(r#"{"name":"late","domains":["late.test"]}"#),
+        )
+        .unwrap();
+        drop(s);
+        // Restore, as README says: stop berthd, remove -wal/-shm, copy the file, start.
+        for ext in ["-wal", "-shm"] {
+            let _ = std::fs::remove_file(data.join(format!("{DB_FILE}{ext}")));
+        }
+        std::fs::copy(&file, data.join(DB_FILE)).unwrap();
+        let s = Store::open(&data).unwrap();
+        assert_eq!(s.quick_check().unwrap(), None);
+        let names: Vec<String> = s
+            .load_routes()
+            .unwrap()
+            .routes
+            .iter()
+            .map(|r| r.spec.name())
+            .collect();
+        assert_eq!(names, ["r0", "r1", "r2", "r3", "r4"]);
+        // The backup is one self-contained file, not a WAL pair.
+        assert!(!tmp.path().join("berth-backup.db-wal").exists());
     }
 }

@@ -204,17 +204,20 @@ impl Env {
         }
     }
 
-    /// A new engine on this test's database (what a restarted berthd does).
+    /// A new engine on this test's database (what a restarted berthd does), once its
+    /// background reconcile is done.
     pub async fn engine(&self) -> Engine {
+        let e = self.engine_with(self.engine_config()).await;
+        e.reconciled().await;
+        e
+    }
+
+    /// A new engine as `Engine::start` returns it: routes published, reconcile running.
+    pub async fn engine_with(&self, cfg: EngineConfig) -> Engine {
         let store = Arc::new(SqliteDeployments::open(&self.db).expect("db opens"));
-        Engine::start(
-            self.rt.clone(),
-            store,
-            self.publisher.clone(),
-            self.engine_config(),
-        )
-        .await
-        .expect("engine starts")
+        Engine::start(self.rt.clone(), store, self.publisher.clone(), cfg)
+            .await
+            .expect("engine starts")
     }
 
     pub fn spec(&self, image: &str, replicas: u32, domain: &str) -> AppSpec {
