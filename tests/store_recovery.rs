@@ -430,7 +430,7 @@ async fn start_serves_within_a_second_with_an_unhealthy_replica() {
     // One replica of `sick` fails its health check from now on (it still serves `/`).
     let sick: Vec<(String, String, bool)> = containers(&h);
     let bad = sick.iter().find(|c| c.1 == dh).unwrap().0.clone();
-    let (ok, out) = sh(&format!("docker exec {bad} rm /www/health"));
+    let (ok, out) = sh(&format!("docker exec {bad} /bin/busybox rm /www/health"));
     assert!(ok, "{out}");
 
     let t0 = w.spawn();

@@ -577,9 +577,8 @@ impl Engine {
                     running: running.clone(),
                 });
             }
-            // Persist before anything runs; the in-memory claim and the row are made under
-            // the same lock, so no second deploy can slip in between.
-            self.inner.store.insert(&rec)?;
+            // Claimed here, so no second deploy can slip in; persisted (below, outside the
+            // state lock) before anything runs.
             a.running = Some(id.clone());
             let (tx, _) = broadcast::channel(256);
             let mut progress = self.inner.progress.locked();
@@ -603,6 +602,15 @@ impl Engine {
                     done: watch::Sender::new(None),
                 },
             );
+        }
+        if let Err(e) = self.inner.store.insert(&rec) {
+            if let Some(a) = self.inner.state.locked().apps.get_mut(app) {
+                if a.running.as_deref() == Some(id.as_str()) {
+                    a.running = None;
+                }
+            }
+            self.inner.progress.locked().remove(&id);
+            return Err(e.into());
         }
         self.inner.emit(
             &id,
@@ -851,7 +859,7 @@ impl Engine {
             .store
             .current(app)?
             .map_or(Duration::from_secs(30), |c| c.spec.drain_timeout);
-        let replicas = {
+        {
             let mut st = self.inner.state.locked();
             let Some(a) = st.apps.get_mut(app) else {
                 return Err(DeployError::AppNotFound(app.to_string()));
@@ -862,10 +870,22 @@ impl Engine {
                     running: running.clone(),
                 });
             }
-            // Persist first: after a crash from here on, reconcile stops the rest.
-            self.inner.store.clear_current(app)?;
             // Deploys of this app get Conflict("stopping") until the stop is done.
             a.running = Some(STOPPING.to_string());
+        }
+        // Persist first (outside the state lock): after a crash from here on, reconcile
+        // stops the rest.
+        if let Err(e) = self.inner.store.clear_current(app) {
+            if let Some(a) = self.inner.state.locked().apps.get_mut(app) {
+                a.running = None;
+            }
+            return Err(e.into());
+        }
+        let replicas = {
+            let mut st = self.inner.state.locked();
+            let Some(a) = st.apps.get_mut(app) else {
+                return Err(DeployError::AppNotFound(app.to_string()));
+            };
             for r in a.replicas.iter_mut() {
                 r.state = ServerState::Drain;
             }

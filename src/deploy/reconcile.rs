@@ -583,15 +583,17 @@ async fn heal_app(inner: &Arc<Inner>, app: &str) {
             Ok(new) => {
                 let name = new.name.clone();
                 let new_id = new.container_id.clone();
+                // A deploy or stop started meanwhile: it owns the app now. (A stop claims
+                // the app before it clears the current deployment, so checking the claim
+                // under the lock below after this read is enough.)
+                let still_current =
+                    matches!(inner.store.current(app), Ok(Some(c)) if c.id == cur.id);
                 let routed = {
                     let mut st = inner.state.locked();
                     let ok = st
                         .apps
                         .get(app)
                         .is_some_and(|a| a.running.is_none() && a.hosts.is_some());
-                    // A deploy or stop started meanwhile: it owns the app now.
-                    let still_current =
-                        matches!(inner.store.current(app), Ok(Some(c)) if c.id == cur.id);
                     if !ok || !still_current {
                         None
                     } else {

@@ -451,9 +451,12 @@ impl Store {
         &self,
         f: impl FnOnce(&mut Connection) -> Result<T, DeploymentStoreError>,
     ) -> Result<T, DeploymentStoreError> {
-        // rusqlite rolls a half transaction back on drop, so a poisoned lock is still usable.
-        let mut guard = self.conn.lock().unwrap_or_else(|p| p.into_inner());
-        f(&mut guard)
+        blocking(|| {
+            // rusqlite rolls a half transaction back on drop, so a poisoned lock is still
+            // usable.
+            let mut guard = self.conn.lock().unwrap_or_else(|p| p.into_inner());
+            f(&mut guard)
+        })
     }
 }
 
@@ -529,6 +532,19 @@ fn set_state(
         params![route, backend, state_str(state), ts],
     )?;
     Ok(())
+}
+
+/// Runs blocking SQLite work called from async code (the deploy engine, the registry's
+/// writer): on a multi-threaded tokio runtime the worker first hands its other tasks to
+/// another thread (`block_in_place`), so an fsync never stalls the proxy's or the API's
+/// tasks queued behind it; elsewhere (a current-thread runtime, a plain thread) it just runs.
+pub fn blocking<T>(f: impl FnOnce() -> T) -> T {
+    match tokio::runtime::Handle::try_current() {
+        Ok(h) if h.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread => {
+            tokio::task::block_in_place(f)
+        }
+        _ => f(),
+    }
 }
 
 /// Opens the database file `path` with the store's settings (WAL, `synchronous=FULL`,

@@ -618,8 +618,9 @@ impl RouteRegistry {
             .map_err(|e| relative_error(&entries, &carried, e))?;
 
         // Persisted while holding `published` (one short SQLite transaction), so no engine
-        // route change can be published between this validation and this publish.
-        self.store.apply(&ops)?;
+        // route change can be published between this validation and this publish. The
+        // worker thread hands its other tasks off while it waits for the fsync.
+        super::blocking(|| self.store.apply(&ops))?;
 
         self.publisher.publish(table);
         self.listing.store(Arc::new(entries));
