@@ -286,6 +286,9 @@ async fn reconcile_app(
         let host = cur.spec.domains[0].to_string();
         for c in mine {
             if replicas.len() as u32 >= cur.spec.replicas {
+                // A surplus replica may be routed since `serve_first`: out of the route
+                // first, then gone.
+                unroute(inner, app, &c.id);
                 inner.rt.remove(&c.id).await?;
                 continue;
             }
@@ -547,14 +550,24 @@ async fn heal_app(inner: &Arc<Inner>, app: &str) {
         return;
     }
     let missing = want.saturating_sub(live);
-    let attempt = inner.heal.locked().get(app).map_or(0, |h| h.failures) + 1;
+    let (attempt, first) = {
+        let h = inner.heal.locked();
+        let s = h.get(app);
+        (
+            s.map_or(0, |h| h.failures) + 1,
+            s.is_none_or(|h| h.line.is_none()),
+        )
+    };
     let line = format!(
         "restoring {missing} of {want} replicas (attempt {attempt}): {} stopped, {} gone",
         stopped.len(),
         gone.len()
     );
-    tracing::warn!(app, "{line}");
-    inner.emit(&cur.id, "heal", format!("app {app}: {line}"));
+    if first {
+        // One event per episode (and one per failed attempt, below), not one per pass.
+        tracing::warn!(app, "{line}");
+        inner.emit(&cur.id, "heal", format!("app {app}: {line}"));
+    }
     inner.heal.locked().entry(app.to_string()).or_default().line = Some(line);
 
     let mut errors = Vec::new();
@@ -572,54 +585,61 @@ async fn heal_app(inner: &Arc<Inner>, app: &str) {
             }
         }
     }
-    // Gone ones are replaced from the current deployment's image.
-    for (k, r) in gone.iter().enumerate() {
+    // Gone ones leave the route and Docker.
+    for r in &gone {
         unroute(inner, app, &r.container_id);
         let _ = inner.rt.remove(&r.container_id).await;
-        if live + restored >= want {
-            continue;
-        }
-        match replace_one(inner, &cur, 200 + k as u32).await {
-            Ok(new) => {
-                let name = new.name.clone();
-                let new_id = new.container_id.clone();
-                // A deploy or stop started meanwhile: it owns the app now. (A stop claims
-                // the app before it clears the current deployment, so checking the claim
-                // under the lock below after this read is enough.)
-                let still_current =
-                    matches!(inner.store.current(app), Ok(Some(c)) if c.id == cur.id);
-                let routed = {
-                    let mut st = inner.state.locked();
-                    let ok = st
-                        .apps
-                        .get(app)
-                        .is_some_and(|a| a.running.is_none() && a.hosts.is_some());
-                    if !ok || !still_current {
-                        None
-                    } else {
-                        if let Some(a) = st.apps.get_mut(app) {
-                            a.replicas.push(new);
-                        }
-                        Some(inner.publish_app(&st, app))
-                    }
-                };
-                match routed {
-                    None => {
-                        let _ = inner.rt.remove(&new_id).await;
-                        return;
-                    }
-                    Some(Err(e)) => errors.push(format!("routing {name}: {e}")),
-                    Some(Ok(())) => {
-                        restored += 1;
-                        inner.emit(
-                            &cur.id,
-                            "heal",
-                            format!("app {app}: new replica {name} replaces {}", r.name),
-                        );
-                    }
-                }
+    }
+    // Whatever is still missing is created from the current deployment's image.
+    let mut slot = 200;
+    while live + restored < want {
+        let new = match replace_one(inner, &cur, slot).await {
+            Ok(new) => new,
+            Err(e) => {
+                errors.push(e);
+                break;
             }
-            Err(e) => errors.push(e),
+        };
+        slot += 1;
+        let name = new.name.clone();
+        let new_id = new.container_id.clone();
+        // A deploy or stop started meanwhile: it owns the app now. (A stop claims the app
+        // before it clears the current deployment, so checking the claim under the lock
+        // below after this read is enough.)
+        let still_current = matches!(inner.store.current(app), Ok(Some(c)) if c.id == cur.id);
+        let routed = {
+            let mut st = inner.state.locked();
+            let ok = st
+                .apps
+                .get(app)
+                .is_some_and(|a| a.running.is_none() && a.hosts.is_some());
+            if !ok || !still_current {
+                None
+            } else {
+                if let Some(a) = st.apps.get_mut(app) {
+                    a.replicas.push(new);
+                }
+                Some(inner.publish_app(&st, app))
+            }
+        };
+        match routed {
+            None => {
+                let _ = inner.rt.remove(&new_id).await;
+                inner.heal.locked().remove(app);
+                return;
+            }
+            Some(Err(e)) => {
+                errors.push(format!("routing {name}: {e}"));
+                break;
+            }
+            Some(Ok(())) => {
+                restored += 1;
+                inner.emit(
+                    &cur.id,
+                    "heal",
+                    format!("app {app}: new replica {name} takes traffic"),
+                );
+            }
         }
     }
     let mut h = inner.heal.locked();
