@@ -82,6 +82,8 @@ pub struct Running {
     config_path: Option<PathBuf>,
     /// Listening descriptors by name, handed to a successor on upgrade.
     listener_fds: Vec<(String, RawFd)>,
+    /// Why the store is damaged or takes no writes (`berthd status` says it).
+    pub store_problem: Option<String>,
 }
 
 impl Running {
@@ -148,16 +150,34 @@ pub async fn start_with(
     // Nothing is served until the registry has published config + stored routes.
     let tables = Arc::new(Tables::new(RouteTable::default()));
     let data_dir = config.data_dir.clone();
-    let (store, damaged) = tokio::task::spawn_blocking(move || {
-        let store = Store::open(&data_dir)?;
-        let damaged = store.quick_check()?;
-        Ok::<_, StoreError>((store, damaged))
+    let (store, damaged) = tokio::task::spawn_blocking(move || match Store::open(&data_dir) {
+        Ok(store) => {
+            let damaged = store.quick_check()?;
+            Ok::<_, StoreError>((store, damaged))
+        }
+        // An unopenable or read-only data dir stops changes, not the routes: serve the
+        // config routes and whatever of the store is readable.
+        Err(e) => {
+            let cause = e.to_string();
+            tracing::error!(
+                error = %cause,
+                "the store cannot be opened for writing: serving the configured routes and \
+                 the last readable state; changes through the API are refused (503) and \
+                 reconcile, self-healing and deploys are off until the data dir is fixed and \
+                 berthd restarted (`berthd status` shows this)"
+            );
+            let store = Store::open_degraded(&data_dir, &cause);
+            Ok((store, Some(cause)))
+        }
     })
     .await
     .map_err(std::io::Error::other)??;
+    let store_problem = damaged.clone();
     // A damaged store stops reconcile (it could destroy what runs on wrong data), not the
     // proxy: routes load from what is readable and the engine routes what runs.
-    if let Some(problem) = &damaged {
+    if store.degraded().is_some() {
+        // Logged above.
+    } else if let Some(problem) = &damaged {
         tracing::error!(
             db = %store.path().display(),
             %problem,
@@ -266,6 +286,7 @@ pub async fn start_with(
         tasks,
         config_path,
         listener_fds,
+        store_problem,
     })
 }
 
@@ -485,7 +506,17 @@ pub async fn run(
     let upgrade_timeout = config.lifecycle.upgrade_timeout;
     notify::status("starting");
     let mut running = start_with(config, config_path, &mut inherited).await?;
-    let (control_listener, control_origin) = inherited.unix("control", &control_path)?;
+    let (control_listener, control_origin) = match inherited.unix("control", &control_path) {
+        Ok(c) => c,
+        Err(e) if running.store_problem.is_some() => {
+            // The control socket lives in the data dir by default: when that is unusable,
+            // keep serving instead of exiting (set lifecycle.control_socket elsewhere).
+            let fallback = std::env::temp_dir().join(format!("berthd-{}.sock", std::process::id()));
+            tracing::error!(error = %e, path = %control_path.display(), fallback = %fallback.display(), "control socket unavailable in the data dir; listening on the fallback path instead (`berthd -c FILE status` reaches it with lifecycle.control_socket set to it); serving anyway");
+            inherited.unix("control", &fallback)?
+        }
+        Err(e) => return Err(e.into()),
+    };
     let control_fd = control_listener.as_raw_fd();
     running.listener_fds.push(("control".into(), control_fd));
     let control_listener = tokio::net::UnixListener::from_std(control_listener)?;
@@ -554,8 +585,12 @@ pub async fn run(
                     }
                     Command::Status => {
                         let phase = phase_tx.borrow().clone();
+                        let store = match &running.store_problem {
+                            Some(p) => format!("; store: DEGRADED: {p}"),
+                            None => "; store: ok".to_string(),
+                        };
                         let _ = req.reply.send(Ok(format!(
-                            "pid {} {}; http {}",
+                            "pid {} {}; http {}{store}",
                             std::process::id(),
                             phase,
                             running.http_addr

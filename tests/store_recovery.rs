@@ -479,3 +479,82 @@ async fn start_serves_within_a_second_with_an_unhealthy_replica() {
     }
     w.terminate();
 }
+
+/// Issue 19.3: a data dir that cannot be opened (here: it is a file) stops changes, not the
+/// routes. Runs always (no Docker).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unopenable_data_dir_still_serves_config_routes() {
+    use berth::store::registry::{ChangeError, RouteChange};
+    use berth::store::{RouteSource, StoreError};
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    let backend = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let backend_addr = backend.local_addr().unwrap();
+    tokio::spawn(async move {
+        loop {
+            let Ok((mut s, _)) = backend.accept().await else {
+                return;
+            };
+            tokio::spawn(async move {
+                let mut buf = [0u8; 2048];
+                let _ = s.read(&mut buf).await;
+                let _ = s
+                    .write_all(
+                        b"HTTP/1.1 200 OK\r\ncontent-length: 6\r\nconnection: close\r\n\r\nstatic",
+                    )
+                    .await;
+            });
+        }
+    });
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    std::fs::write(&data, "a file where the data dir should be").unwrap();
+    let mut cfg = berth::model::config::Config {
+        data_dir: data,
+        ..Default::default()
+    };
+    cfg.http.listen = "127.0.0.1:0".parse().unwrap();
+    cfg.api.listen = "127.0.0.1:0".parse().unwrap();
+    cfg.log.access_log = false;
+    cfg.deploy.enabled = berth::model::config::DeployEnabled::Off;
+    cfg.routes = vec![serde_json::from_value(serde_json::json!({
+        "name": "static", "domains": ["static.test"],
+        "backends": [{"address": backend_addr.to_string()}],
+    }))
+    .unwrap()];
+    let running = berth::daemon::start(cfg, None)
+        .await
+        .expect("berthd starts without a usable data dir");
+    let problem = running
+        .store_problem
+        .clone()
+        .expect("the problem is reported");
+    assert!(problem.contains("data dir"), "{problem}");
+    let resp = reqwest::Client::new()
+        .get(format!("http://{}/", running.http_addr))
+        .header("host", "static.test")
+        .timeout(Duration::from_secs(5))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status().as_u16(), 200);
+    assert_eq!(resp.text().await.unwrap(), "static");
+    let err = running
+        .registry
+        .apply(RouteChange::PutRoute {
+            name: "new".into(),
+            source: RouteSource::Api,
+            spec: serde_json::from_value(serde_json::json!({"domains": ["new.test"]})).unwrap(),
+        })
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(&err, ChangeError::Store(StoreError::Unavailable(m)) if m.contains("data dir")),
+        "{err}"
+    );
+    assert!(
+        running.registry.route("new").is_none(),
+        "nothing half-applied"
+    );
+    running.shutdown().await;
+}

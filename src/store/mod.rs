@@ -51,7 +51,14 @@ pub enum StoreError {
         known: i64,
     },
     #[error("database: {0}")]
-    Sql(#[from] rusqlite::Error),
+    Sql(rusqlite::Error),
+    /// The disk (or the file system's quota) is full: the change was not made.
+    #[error("disk full: the change was not stored ({0}); free space in the data dir")]
+    DiskFull(String),
+    /// The store cannot take writes (read-only or unopenable data dir, damaged database):
+    /// berthd serves what it could read, and refuses changes until this is fixed.
+    #[error("the store is unavailable for changes: {0}")]
+    Unavailable(String),
     #[error("database: stored {what} {name:?} cannot be read: {message}")]
     Corrupt {
         what: &'static str,
@@ -69,6 +76,18 @@ pub enum StoreError {
          or move the file aside to start empty (README, \"Backup and restore\")"
     )]
     Damaged { path: PathBuf, problem: String },
+}
+
+impl From<rusqlite::Error> for StoreError {
+    fn from(e: rusqlite::Error) -> Self {
+        match e.sqlite_error_code() {
+            Some(rusqlite::ErrorCode::DiskFull) => StoreError::DiskFull(e.to_string()),
+            Some(rusqlite::ErrorCode::ReadOnly) => {
+                StoreError::Unavailable(format!("{e} (the data dir or berth.db is read-only)"))
+            }
+            _ => StoreError::Sql(e),
+        }
+    }
 }
 
 /// Who owns a stored route. Config routes are never stored (they come from the file).
@@ -221,6 +240,8 @@ pub fn ensure_data_dir(dir: &Path) -> Result<(), StoreError> {
 pub struct Store {
     conn: Mutex<Connection>,
     path: PathBuf,
+    /// Set when the store could not be opened for writing (see [`Store::open_degraded`]).
+    degraded: Option<String>,
 }
 
 impl std::fmt::Debug for Store {
@@ -238,7 +259,71 @@ impl Store {
         Ok(Store {
             conn: Mutex::new(conn),
             path,
+            degraded: None,
         })
+    }
+
+    /// The store when [`Store::open`] failed with `cause` (read-only or unopenable data
+    /// dir, a file that is not a database): the last readable `berth.db` opened read-only
+    /// (routes and tokens keep working), or else an empty in-memory database. Every write
+    /// fails with [`StoreError::Unavailable`] naming `cause`.
+    pub fn open_degraded(data_dir: &Path, cause: &str) -> Store {
+        let path = data_dir.join(DB_FILE);
+        let read_only = || -> Result<Connection, rusqlite::Error> {
+            use rusqlite::OpenFlags;
+            let flags = OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_URI;
+            // A read-only directory cannot hold the WAL index: fall back to reading the
+            // main file as immutable (the last checkpointed state).
+            let conn = Connection::open_with_flags(&path, flags)
+                .and_then(|c| {
+                    c.query_row("SELECT COUNT(*) FROM routes", [], |_| Ok(()))
+                        .map(|_| c)
+                })
+                .or_else(|_| {
+                    let uri = format!("file:{}?immutable=1", path.display());
+                    let c = Connection::open_with_flags(uri, flags)?;
+                    c.query_row("SELECT COUNT(*) FROM routes", [], |_| Ok(()))?;
+                    Ok::<_, rusqlite::Error>(c)
+                })?;
+            let version: i64 = conn.query_row("PRAGMA user_version", [], |r| r.get(0))?;
+            if version != MIGRATIONS.len() as i64 {
+                return Err(rusqlite::Error::InvalidQuery);
+            }
+            Ok(conn)
+        };
+        let conn = match path.is_file().then(read_only) {
+            Some(Ok(c)) => {
+                tracing::warn!(db = %path.display(), "store opened read-only: serving its last state");
+                c
+            }
+            _ => {
+                tracing::warn!(db = %path.display(), "store unreadable: starting with an empty in-memory store");
+                let mut c = Connection::open_in_memory().expect("in-memory SQLite opens");
+                if let Err(e) = migrate(&mut c, &path) {
+                    tracing::error!(error = %e, "in-memory store: migration failed");
+                }
+                c
+            }
+        };
+        // Belt and braces: SQLite itself refuses every write on this connection.
+        let _ = conn.pragma_update(None, "query_only", "ON");
+        Store {
+            conn: Mutex::new(conn),
+            path,
+            degraded: Some(cause.to_string()),
+        }
+    }
+
+    /// Why the store takes no writes, when it was opened degraded.
+    pub fn degraded(&self) -> Option<&str> {
+        self.degraded.as_deref()
+    }
+
+    fn writable(&self) -> Result<(), StoreError> {
+        match &self.degraded {
+            Some(cause) => Err(StoreError::Unavailable(cause.clone())),
+            None => Ok(()),
+        }
     }
 
     /// `PRAGMA quick_check`: `Ok(None)` when the database is intact, else what SQLite found
@@ -353,6 +438,7 @@ impl Store {
 
     /// Applies `ops` in order inside one transaction: all of them or none.
     pub fn apply(&self, ops: &[StoreOp]) -> Result<(), StoreError> {
+        self.writable()?;
         let mut conn = self.conn()?;
         let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
         let ts = now();
@@ -916,5 +1002,76 @@ mod tests {
         assert_eq!(names, ["r0", "r1", "r2", "r3", "r4"]);
         // The backup is one self-contained file, not a WAL pair.
         assert!(!tmp.path().join("berth-backup.db-wal").exists());
+    }
+
+    #[test]
+    fn degraded_store_serves_its_last_state_and_refuses_writes() {
+        let tmp = tempfile::tempdir().unwrap();
+        let secret;
+        {
+            let s = Store::open(tmp.path()).unwrap();
+            fill(&s, 3);
+            secret = s.create_token("t").unwrap().1;
+        }
+        let s = Store::open_degraded(tmp.path(), "data dir is read-only (test)");
+        assert_eq!(s.degraded(), Some("data dir is read-only (test)"));
+        assert_eq!(s.load_routes().unwrap().routes.len(), 3);
+        assert!(
+            s.verify_token(&secret).unwrap().is_some(),
+            "tokens still work"
+        );
+        let err = s.delete_route("r0").unwrap_err();
+        assert!(
+            matches!(&err, StoreError::Unavailable(m) if m.contains("read-only (test)")),
+            "{err}"
+        );
+        // Writes that bypass `apply` are refused by SQLite itself (query_only).
+        let err = s.create_token("x").unwrap_err();
+        assert!(matches!(err, StoreError::Unavailable(_)), "{err}");
+        assert_eq!(s.load_routes().unwrap().routes.len(), 3);
+
+        // Nothing readable (the data dir is a file): an empty store that refuses writes.
+        let file = tmp.path().join("not-a-dir");
+        std::fs::write(&file, "x").unwrap();
+        let cause = Store::open(&file).unwrap_err().to_string();
+        let s = Store::open_degraded(&file, &cause);
+        assert!(s.load_routes().unwrap().routes.is_empty());
+        assert!(matches!(
+            s.put_route(
+                RouteSource::Api,
+                &route(r#"{"name":"a","domains":["a.test"]}"#)
+            ),
+            Err(StoreError::Unavailable(_))
+        ));
+    }
+
+    #[test]
+    fn a_full_disk_is_reported_as_such() {
+        let tmp = tempfile::tempdir().unwrap();
+        let s = Store::open(tmp.path()).unwrap();
+        let pages: i64 = s
+            .conn()
+            .unwrap()
+            .query_row("PRAGMA page_count", [], |r| r.get(0))
+            .unwrap();
+        // The database may not grow: what a full disk does to SQLite (SQLITE_FULL).
+        s.conn()
+            .unwrap()
+            .pragma_update(None, "max_page_count", pages)
+            .unwrap();
+        let mut err = None;
+        for i in 0..200 {
+            let big = "x".repeat(3000);
+            let spec = route(&format!(
+                r#"{{"name":"big{i}","domains":["big{i}.test"],"path_prefix":"/{big}"}}"#
+            ));
+            if let Err(e) = s.put_route(RouteSource::Api, &spec) {
+                err = Some(e);
+                break;
+            }
+        }
+        let err = err.expect("the database filled up");
+        assert!(matches!(err, StoreError::DiskFull(_)), "{err}");
+        assert!(err.to_string().starts_with("disk full"), "{err}");
     }
 }
