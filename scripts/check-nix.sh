@@ -8,7 +8,8 @@
 #  3. every berthd.yaml those evaluations render goes through `berthd check-config`;
 #  4. the VM tests' final test scripts run against recording machines (nix/eval/driver_check.py):
 #     each curl has one URL with its API path, background commands close stdout;
-#  5. Cargo.toml's rust-version is at least what the locked dependencies declare, and at most
+#  5. `nix flake check --no-build` with the nixpkgs input replaced by that stand-in;
+#  6. Cargo.toml's rust-version is at least what the locked dependencies declare, and at most
 #     the rustc of the pinned nixpkgs release (nix/eval/releases.nix).
 # Never lets nix touch the network: no substituters, an empty flake registry, --readonly-mode
 # (store paths are computed, nothing is written to /nix/store).
@@ -48,6 +49,23 @@ for item in "${items[@]}"; do
   fi
 done
 python3 nix/eval/driver_check.py "$berthd" "$tmp" "${items[@]}" || fail=1
+
+# `nix flake check --no-build` on this repository with the input `nixpkgs` replaced by the
+# stand-in (nix/eval/flake.nix, given the pinned release's name): Nix's own flake checks over
+# every output, for both systems (derivations, modules, nixosConfigurations' toplevel, checks).
+# Copies the flake sources (git-tracked files) into the local /nix/store; fetches nothing.
+if [ ! -w /nix/store ]; then
+  echo "skipped: nix flake check --no-build with the nixpkgs stand-in (it copies the flake into /nix/store, which is not writable for $(id -un))"
+elif release=$(nix-instantiate --readonly-mode --eval nix/eval -A pin.release 2>/dev/null) && git rev-parse --git-dir >/dev/null 2>&1; then
+  cp -r nix/eval "$tmp/nixpkgs-stand-in"; echo "${release//\"/}" > "$tmp/nixpkgs-stand-in/release"
+  if nix flake check --no-build --no-write-lock-file --override-input nixpkgs "path:$tmp/nixpkgs-stand-in" "git+file://$PWD" > "$tmp/flake-check.log" 2>&1; then
+    echo "ok nix flake check --no-build (nixpkgs: the offline stand-in for ${release//\"/})"
+  else
+    echo "FAILED nix flake check --no-build (nixpkgs: the offline stand-in)"; grep -v '^warning: Git tree' "$tmp/flake-check.log" | sed 's/^/    /' | tail -n 25; fail=1
+  fi
+else
+  echo "FAILED nix flake check: no known pinned release, or not a git checkout"; fail=1
+fi
 
 # rust-version against the locked dependencies (cargo refuses to build one that declares a
 # newer rust-version than the compiler) — the pinned release's rustc is checked in nix/eval.

@@ -122,6 +122,26 @@ in
     system.build = mkOption { type = types.submoduleWith { modules = [ { freeformType = types.lazyAttrsOf types.unspecified; } ]; }; default = { }; description = "build products"; };
   };
 
+  # The system derivation stand-in (what `nix flake check` evaluates for a nixosConfiguration):
+  # it fails on failed assertions like NixOS does, and its drvPath depends on the merged
+  # configuration, so evaluating it evaluates every option value the Berth files set.
+  config.system.build.toplevel =
+    let
+      failed = map (a: a.message) (lib.filter (a: !a.assertion) config.assertions);
+      everything = builtins.toJSON {
+        inherit (config) environment users networking systemd virtualisation services;
+        inherit (config.system) stateVersion;
+      };
+      hash = builtins.replaceStrings [ "e" ] [ "z" ] (builtins.substring 0 32 (builtins.hashString "sha256" everything));
+    in
+    if failed != [ ] then throw "Failed assertions:\n${lib.concatMapStrings (m: "- ${m}\n") failed}"
+    else {
+      type = "derivation";
+      name = "nixos-system";
+      outPath = "/nix/store/${hash}-nixos-system";
+      drvPath = "/nix/store/${hash}-nixos-system.drv";
+    };
+
   config.assertions = lib.mapAttrsToList (n: u: {
     # nixos/modules/config/users-groups.nix asserts this for every user.
     assertion = u.isSystemUser != u.isNormalUser;

@@ -81,11 +81,17 @@ let
           if lib.isFunction config.testScript then config.testScript { inherit (config) nodes; } else config.testScript;
       };
       ev = lib.evalModules { modules = [ framework test ]; };
+      # Like the real test derivation, its path depends on the final script and every node.
+      hash = builtins.replaceStrings [ "e" ] [ "z" ] (builtins.substring 0 32 (builtins.hashString "sha256" (builtins.toJSON {
+        script = ev.config.testScriptString;
+        nodes = lib.mapAttrs (_: node: node.system.build.toplevel.drvPath) ev.config.nodes;
+      })));
     in
     {
       type = "derivation";
       name = "vm-test-run-${ev.config.name}";
-      outPath = "/nix/store/00000000000000000000000000000000-vm-test-run-${ev.config.name}";
+      outPath = "/nix/store/${hash}-vm-test-run-${ev.config.name}";
+      drvPath = "/nix/store/${hash}-vm-test-run-${ev.config.name}.drv";
       inherit (ev) config;
     };
 in
