@@ -16,8 +16,8 @@ let
   # The packaged socket units listen on 80 and 443 (port-only: IPv6 and IPv4, IPv4 alone where
   # the kernel has no IPv6) and 127.0.0.1:9922. The default addresses keep those units as they
   # are; any other address replaces their ListenStream= in the NixOS drop-in (the empty entry
-  # resets the packaged list). berthd takes its listeners from the sockets, so under systemd
-  # the *.listen keys of berthd.yaml only say which listener is which.
+  # resets the packaged list). Under systemd berthd takes its listeners from these sockets
+  # (systemd/berthd.yaml: the configured address is then not bound by berthd itself).
   socket = addr: default: {
     wantedBy = [ "sockets.target" ];
     socketConfig = lib.mkIf (addr != default) { ListenStream = [ "" addr ]; };

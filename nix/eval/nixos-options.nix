@@ -149,6 +149,6 @@ in
   }) config.users.users
   ++ lib.mapAttrsToList (n: u: {
     assertion = u.group != "" && config.users.groups ? ${u.group};
-    message = "users.users.${n}.group must name a group in users.groups";
+    message = "users.users.${n}.group is unset or names no group in users.groups (a check of this harness)";
   }) config.users.users;
 }
