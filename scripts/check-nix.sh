@@ -7,7 +7,8 @@
 #     test nodes as runNixOSTest makes it;
 #  3. every berthd.yaml those evaluations render goes through `berthd check-config`;
 #  4. the VM tests' final test scripts run against recording machines (nix/eval/driver_check.py):
-#     each curl has one URL with its API path, background commands close stdout;
+#     each curl has one URL with its API path, background commands close stdout, pyflakes
+#     (the driver's lint step) is clean;
 #  5. `nix flake check --no-build` with the nixpkgs input replaced by that stand-in;
 #  6. Cargo.toml's rust-version is at least what the locked dependencies declare, and at most
 #     the rustc of the pinned nixpkgs release (nix/eval/releases.nix).
@@ -48,7 +49,9 @@ for item in "${items[@]}"; do
     echo "FAILED nix eval: nix/eval -A $item"; sed 's/^/    /' "$tmp/$item.err" | tail -n 25; rm -f "$tmp/$item.json"; fail=1
   fi
 done
-python3 nix/eval/driver_check.py "$berthd" "$tmp" "${items[@]}" || fail=1
+# pyflakes for the test scripts (the NixOS test driver lints them with it), Debian's package.
+/usr/bin/python3 -c 'import pyflakes' 2>/dev/null || { SUDO=""; [ "$(id -u)" -eq 0 ] || SUDO=sudo; DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq python3-pyflakes >/dev/null; }
+PYFLAKES="/usr/bin/python3 -m pyflakes" python3 nix/eval/driver_check.py "$berthd" "$tmp" "${items[@]}" || fail=1
 
 # `nix flake check --no-build` on this repository with the input `nixpkgs` replaced by the
 # stand-in (nix/eval/flake.nix, given the pinned release's name): Nix's own flake checks over

@@ -9,6 +9,7 @@ the way the NixOS test driver would need them:
 - every command that puts something in the background (`cmd &`) closes stdout for it:
   the driver runs `bash -c CMD | base64` and reads until stdout is closed, so a background
   process that keeps the pipe open makes succeed() hang (the driver's docs for execute());
+- the script passes pyflakes with the driver's names as builtins (the driver's lint step);
 - the same checks on the shell scripts the nodes install (`NAME:script` entries), since the
   test runs them under succeed().
 
@@ -299,6 +300,31 @@ def subtest(name):
     yield
 
 
+# The names the NixOS test driver puts in a test script's scope besides the machines
+# (nixos/lib/test-driver: the driver's test symbols); pyflakes gets them as builtins, as the
+# driver's lint step does.
+DRIVER_SYMBOLS = [
+    "start_all", "test_script", "machines", "vlans", "driver", "log", "os", "create_machine",
+    "subtest", "run_tests", "join_all", "retry", "serial_stdout_off", "serial_stdout_on",
+    "polling_condition", "Machine", "t",
+]
+
+
+def pyflakes_findings(test, outdir, what):
+    """The lint step of the NixOS test driver (pyflakes, skipLint = false)."""
+    cmd = os.environ.get("PYFLAKES", "").split()
+    if not cmd:
+        print(f"    skipped: pyflakes on {what} (no pyflakes; set PYFLAKES)")
+        return []
+    path = os.path.join(outdir, re.sub(r"[^A-Za-z0-9_.-]", "_", what) + ".py")
+    with open(path, "w") as f:
+        f.write(test["script"])
+    env = dict(os.environ, PYFLAKES_BUILTINS=",".join(test["nodes"] + DRIVER_SYMBOLS))
+    r = subprocess.run(cmd + [path], capture_output=True, text=True, env=env)
+    print(f"    pyflakes: {'clean' if r.returncode == 0 else 'findings'}")
+    return [f"pyflakes: {line}" for line in (r.stdout + r.stderr).splitlines() if line.strip()]
+
+
 def check_test(test):
     """Findings for one VM test on one system ({"script", "nodes", "scripts"})."""
     log = []
@@ -364,7 +390,7 @@ def main():
             for system, test in sorted(res.items()):
                 what = f"checks.{system}.{item}"
                 print(f"  {what}: test script, as the driver would run it:")
-                report(what, test["failures"] + check_test(test))
+                report(what, test["failures"] + check_test(test) + pyflakes_findings(test, outdir, what))
                 for node, rendered in sorted(test["configs"].items()):
                     check_config(f"{what} node {node}", rendered)
     sys.exit(1 if failed else 0)
