@@ -354,6 +354,7 @@ async fn start_engine(
         keep_images: d.keep_images,
         stop_grace: d.stop_grace,
         store_damaged,
+        allow_host_mounts: d.allow_host_mounts,
         ..Default::default()
     };
     match crate::deploy_publish::start_engine_with_registry(registry.clone(), &d.network, cfg).await

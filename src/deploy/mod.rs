@@ -103,6 +103,8 @@ pub struct EngineConfig {
     /// Set when the store failed its integrity check: the engine routes what runs (adopted
     /// from the container labels), and neither reconciles, heals nor deploys.
     pub store_damaged: Option<String>,
+    /// `deploy.allow_host_mounts`: whether specs may bind-mount host paths.
+    pub allow_host_mounts: bool,
 }
 
 impl Default for EngineConfig {
@@ -114,6 +116,7 @@ impl Default for EngineConfig {
             discovery_health_timeout: Duration::from_secs(60),
             heal_interval: Duration::from_secs(5),
             store_damaged: None,
+            allow_host_mounts: false,
         }
     }
 }
@@ -552,6 +555,7 @@ impl Engine {
         validate_app_name(app)?;
         spec.validate()?;
         self.refuse_if_damaged(app)?;
+        spec.check_host_mounts(self.inner.cfg.allow_host_mounts)?;
         let id = new_deployment_id();
         let rec = DeploymentRecord {
             id: id.clone(),
@@ -641,6 +645,14 @@ impl Engine {
             }),
             None => Ok(()),
         }
+    }
+
+    /// The id of the deployment running for `app`, if one is (or [`RECONCILING`],
+    /// [`STOPPING`]). The API checks it before reading an image upload, so a second upload
+    /// is refused (409) without being streamed.
+    pub fn running(&self, app: &str) -> Option<String> {
+        let st = self.inner.state.locked();
+        st.apps.get(app).and_then(|a| a.running.clone())
     }
 
     /// `GET /v1/deployments/{id}/events`: the events so far plus a receiver for the rest
