@@ -406,8 +406,16 @@ async fn wal_loss_after_kill_9_keeps_and_routes_what_runs() {
     let v3 = w.deploy(&a, IMG_V1, 2).await;
     w.wait_body(&format!("{a}.test"), "v1", Duration::from_secs(10))
         .await;
-    let now = containers(&a);
-    assert!(now.iter().all(|c| c.1 == v3), "{now:?}");
+    // The replaced containers are removed right after the outcome is stored.
+    let deadline = Instant::now() + Duration::from_secs(15);
+    loop {
+        let now = containers(&a);
+        if now.iter().all(|c| c.1 == v3) {
+            break;
+        }
+        assert!(Instant::now() < deadline, "{now:?}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
     w.terminate();
 }
 
