@@ -935,7 +935,19 @@ async fn start_serves_at_once_and_replaces_an_unhealthy_replica_behind() {
             .await,
         Err(DeployError::Conflict { .. })
     ));
+    // Another app deploys meanwhile: reconcile (still gating `web`) must neither take its
+    // running deployment for one a crash interrupted nor touch its containers.
+    let mut other = spec("v2", 1, port);
+    other.domains = vec![serde_json::from_value(serde_json::json!("other.test")).unwrap()];
+    let o1 = engine
+        .deploy("other", other, by_ref("v2"), "t")
+        .await
+        .unwrap();
+    let r = engine.wait(&o1).await.unwrap();
+    assert_eq!(r.state, DeployState::Succeeded, "{:?}", r.reason);
     engine.reconciled().await;
+    assert_eq!(w.fake.running_of(&o1), 1);
+    assert_eq!(w.backends("other").len(), 1);
     assert!(
         !w.fake.ids_of(&d1).contains(&bad),
         "unhealthy replica replaced"

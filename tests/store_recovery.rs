@@ -212,14 +212,25 @@ impl World {
             "health": {"path": "/health", "interval": "200ms", "timeout": "1s"},
             "drain_timeout": "2s", "deploy_timeout": "20s",
         });
-        let (status, v) = self
-            .api_call(
-                reqwest::Method::POST,
-                &format!("/v1/apps/{app}/deploy"),
-                Some(spec),
-            )
-            .await;
-        assert_eq!(status, 202, "{v}");
+        // Right after a start, an app the store knows takes deploys once it is reconciled
+        // (409 `reconcile after start` until then).
+        let deadline = Instant::now() + Duration::from_secs(60);
+        let v = loop {
+            let (status, v) = self
+                .api_call(
+                    reqwest::Method::POST,
+                    &format!("/v1/apps/{app}/deploy"),
+                    Some(spec.clone()),
+                )
+                .await;
+            if status == 409 && v["error"]["deployment"] == "reconcile after start" {
+                assert!(Instant::now() < deadline, "{v}");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                continue;
+            }
+            assert_eq!(status, 202, "{v}");
+            break v;
+        };
         let id = v["deployment"]
             .as_str()
             .or_else(|| v["id"].as_str())
@@ -277,9 +288,10 @@ impl Drop for World {
 
 /// Containers of `app` (running or not): (id, deployment label, running).
 fn containers(app: &str) -> Vec<(String, String, bool)> {
+    // One listing (ps then inspect would race with a container's removal).
     let (ok, out) = sh(&format!(
-        "docker ps -aq --filter label=berth.app={app} | xargs -r docker inspect \
-         --format '{{{{.Id}}}} {{{{index .Config.Labels \"berth.deployment\"}}}} {{{{.State.Running}}}}'"
+        "docker ps -a --no-trunc --filter label=berth.app={app} \
+         --format '{{{{.ID}}}} {{{{.Label \"berth.deployment\"}}}} {{{{.State}}}}'"
     ));
     assert!(ok, "{out}");
     out.lines()
@@ -288,7 +300,7 @@ fn containers(app: &str) -> Vec<(String, String, bool)> {
             Some((
                 p.next()?.to_string(),
                 p.next()?.to_string(),
-                p.next()? == "true",
+                p.next()? == "running",
             ))
         })
         .collect()

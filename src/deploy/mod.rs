@@ -490,11 +490,11 @@ impl Engine {
         inner.rt.ensure_network().await?;
         // Serve first: what runs now is routed before this returns (one Docker listing, no
         // health gate); reconcile and repairs follow in the background.
-        let adopted = reconcile::serve_first(&inner).await?;
+        let startup = reconcile::serve_first(&inner).await?;
         discovery::start(&inner).await?;
         if let Some(why) = &inner.cfg.store_damaged {
             tracing::error!(
-                adopted,
+                adopted = startup.adopted,
                 "deploy engine: the store is damaged ({why}); reconcile, self-healing and \
                  deploys are off, running containers are routed as they are"
             );
@@ -508,7 +508,7 @@ impl Engine {
         } else {
             let bg = inner.clone();
             inner.spawn(async move {
-                if let Err(e) = reconcile::reconcile(&bg).await {
+                if let Err(e) = reconcile::reconcile(&bg, startup).await {
                     bg.warn(format!("reconcile: {e}"));
                 }
                 bg.reconciled.send_replace(true);

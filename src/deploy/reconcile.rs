@@ -78,16 +78,28 @@ fn replica_of(c: &ContainerInfo, port: u16, deployment: &str) -> Option<Replica>
     })
 }
 
-/// Phase 1: publish what runs now, at once. Returns the number of adopted containers.
-pub(crate) async fn serve_first(inner: &Arc<Inner>) -> Result<usize, DeployError> {
+/// What phase 1 found, for phase 2. Captured before `Engine::start` returns, so a deploy
+/// accepted afterwards (of an app the store did not know) is never mistaken for one that a
+/// crash interrupted, and never reconciled while it runs.
+pub(crate) struct Startup {
+    /// Containers adopted (their deployment is unknown to the store).
+    pub adopted: usize,
+    /// Deployments still marked running when berthd started.
+    unfinished: Vec<DeploymentRecord>,
+    /// Apps the store knew at start (claimed with [`RECONCILING`] until reconciled).
+    apps: Vec<String>,
+}
+
+/// Phase 1: publish what runs now, at once.
+pub(crate) async fn serve_first(inner: &Arc<Inner>) -> Result<Startup, DeployError> {
     let managed = inner
         .rt
         .list(&[format!("{}=true", labels::MANAGED)])
         .await?;
-    let apps = if inner.store_damaged() {
-        Vec::new()
+    let (apps, unfinished) = if inner.store_damaged() {
+        (Vec::new(), Vec::new())
     } else {
-        inner.store.apps()?
+        (inner.store.apps()?, inner.store.unfinished()?)
     };
     let mut currents: BTreeMap<String, Option<DeploymentRecord>> = BTreeMap::new();
     for (app, current) in apps {
@@ -172,7 +184,13 @@ pub(crate) async fn serve_first(inner: &Arc<Inner>) -> Result<usize, DeployError
                     inner.store_name(),
                 );
                 tracing::error!(app = %app, "{msg}");
-                inner.warn(msg.clone());
+                // Listed with the engine's warnings too (logged once, above, at ERROR).
+                {
+                    let mut w = inner.warnings.locked();
+                    if !w.contains(&msg) {
+                        w.push(msg.clone());
+                    }
+                }
                 a.adopted = Some(msg);
             }
         }
@@ -181,7 +199,12 @@ pub(crate) async fn serve_first(inner: &Arc<Inner>) -> Result<usize, DeployError
             inner.warn(format!("start: publishing routes of {app}: {e}"));
         }
     }
-    Ok(adopted_count)
+    let apps = currents.into_keys().collect();
+    Ok(Startup {
+        adopted: adopted_count,
+        unfinished,
+        apps,
+    })
 }
 
 /// Clears the reconcile claim of `app` (set by `serve_first`).
@@ -195,8 +218,8 @@ fn release(inner: &Inner, app: &str) {
 
 /// Phase 2 (background): finish or fail interrupted deployments, then bring every app the
 /// store knows to its current deployment. Errors are reported per app; the rest goes on.
-pub(crate) async fn reconcile(inner: &Arc<Inner>) -> Result<(), DeployError> {
-    let result = reconcile_all(inner).await;
+pub(crate) async fn reconcile(inner: &Arc<Inner>, startup: Startup) -> Result<(), DeployError> {
+    let result = reconcile_all(inner, startup).await;
     // Whatever happened, no app stays claimed.
     let apps: Vec<String> = inner.state.locked().apps.keys().cloned().collect();
     for app in apps {
@@ -205,14 +228,14 @@ pub(crate) async fn reconcile(inner: &Arc<Inner>) -> Result<(), DeployError> {
     result
 }
 
-async fn reconcile_all(inner: &Arc<Inner>) -> Result<(), DeployError> {
+async fn reconcile_all(inner: &Arc<Inner>, startup: Startup) -> Result<(), DeployError> {
     let managed = inner
         .rt
         .list(&[format!("{}=true", labels::MANAGED)])
         .await?;
 
     // 1. Deployments interrupted by a crash: finish or roll back.
-    for d in inner.store.unfinished()? {
+    for d in startup.unfinished {
         let mine: Vec<&ContainerInfo> = managed
             .iter()
             .filter(|c| deployment_of(c) == Some(d.id.as_str()) && c.running())
@@ -238,12 +261,25 @@ async fn reconcile_all(inner: &Arc<Inner>) -> Result<(), DeployError> {
 
     // 2. Each known app: bring the current deployment back, remove what the store knows it
     // no longer wants.
-    for (app, current) in inner.store.apps()? {
-        if let Err(e) = reconcile_app(inner, &managed, &app, current).await {
+    // Apps are independent: each is released (deploys accepted again) as soon as it is done,
+    // so one app's slow health gate holds no other app.
+    // Only apps known (and claimed) at start: a deploy accepted since owns its app.
+    let managed = &managed;
+    futures_util::future::join_all(startup.apps.into_iter().map(|app| async move {
+        let current = match inner.store.current(&app) {
+            Ok(c) => c.map(|c| c.id),
+            Err(e) => {
+                inner.warn(format!("reconcile: app {app}: {e}"));
+                release(inner, &app);
+                return;
+            }
+        };
+        if let Err(e) = reconcile_app(inner, managed, &app, current).await {
             inner.warn(format!("reconcile: app {app}: {e}"));
         }
         release(inner, &app);
-    }
+    }))
+    .await;
     Ok(())
 }
 
