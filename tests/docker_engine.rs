@@ -820,8 +820,17 @@ async fn store_behind_reality_adopts_and_never_removes() {
     let port = free_port();
     let old_db = w._dir.path().join("older.db");
     let (d2, b1);
+    let store = w.store();
     {
-        let engine = w.engine().await;
+        let engine = Engine::start(
+            w.fake.clone(),
+            store.clone(),
+            w.publisher.clone(),
+            EngineConfig::default(),
+        )
+        .await
+        .unwrap();
+        engine.reconciled().await;
         let d1 = engine
             .deploy("web", spec("v1", 2, port), by_ref("v1"), "t")
             .await
@@ -848,6 +857,18 @@ async fn store_behind_reality_adopts_and_never_removes() {
         );
         assert_eq!(w.fake.running_of(&d1), 0);
     } // dropped like kill -9
+      // Its aborted tasks let go of the connection asynchronously: a process killed with -9
+      // has no connection left either (one closing later would checkpoint its WAL into the
+      // file put back below).
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+    while Arc::strong_count(&store) > 1 {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "engine tasks still hold the store"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    drop(store);
     for ext in ["-wal", "-shm"] {
         let _ = std::fs::remove_file(format!("{}{ext}", w.db.display()));
     }

@@ -111,7 +111,12 @@ pub(crate) async fn serve_first(inner: &Arc<Inner>) -> Result<Startup, DeployErr
     }
     // Running containers whose deployment the store has no record of, by app.
     let mut unknown: BTreeMap<String, Vec<&ContainerInfo>> = BTreeMap::new();
-    for c in managed.iter().filter(|c| c.running()) {
+    // Only containers on this engine's network: another berthd on the same Docker host
+    // (tests, a second instance) owns the rest.
+    for c in managed
+        .iter()
+        .filter(|c| c.running() && c.address.is_some())
+    {
         let Some(app) = c.labels.get(labels::APP) else {
             continue;
         };
@@ -152,7 +157,6 @@ pub(crate) async fn serve_first(inner: &Arc<Inner>) -> Result<Startup, DeployErr
                 };
                 let dep = spec.deployment.clone().unwrap_or_default();
                 let Some(r) = replica_of(c, spec.port, &dep) else {
-                    tracing::error!(app = %app, container = %c.name, "container of a deployment unknown to the store has no address; left running, not routed");
                     continue;
                 };
                 // The newest labels say what the app answers for.
@@ -193,6 +197,10 @@ pub(crate) async fn serve_first(inner: &Arc<Inner>) -> Result<Startup, DeployErr
                 }
                 a.adopted = Some(msg);
             }
+        }
+        if a.adopted.is_none() && !currents.contains_key(&app) {
+            // Nothing of this app could be adopted (reported above): nothing to route.
+            continue;
         }
         st.apps.insert(app.clone(), a);
         if let Err(e) = inner.publish_app(&st, &app) {
