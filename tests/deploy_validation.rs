@@ -239,3 +239,68 @@ async fn image_parts_that_are_not_whole_tars_are_refused() {
     let (status, body) = w.deploy_upload(w.spec(json!({})), tar).await;
     assert_eq!(status, 202, "{body}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_domain_served_by_another_app_is_refused_before_202() {
+    if skip() {
+        return;
+    }
+    let w = World::start("domtaken").await;
+    let other = format!("{}-b", w.app);
+    let _cleanup_b = Cleanup {
+        app: other.clone(),
+        network: String::new(),
+    };
+    let (status, body) = w.deploy_json(w.spec(json!({}))).await;
+    assert_eq!(status, 202, "{body}");
+    let id = body["id"].as_str().unwrap().to_string();
+    // Wait for the first app's route: it is published once a replica is healthy.
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let resp = w
+            .http
+            .get(w.url(&format!("/v1/deployments/{id}")))
+            .bearer_auth(&w.token)
+            .send()
+            .await
+            .unwrap();
+        let v: Value = resp.json().await.unwrap();
+        if v["state"] == "succeeded" {
+            break;
+        }
+        assert_ne!(v["state"], "failed", "{v}");
+        assert!(std::time::Instant::now() < deadline, "{v}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let taken = format!("{}.test", w.app);
+    for extra in [
+        json!({"domains": [taken.clone()]}),
+        json!({"domains": [format!("{other}.test")], "aliases": [taken.clone()]}),
+    ] {
+        let mut spec = w.spec(json!({}));
+        spec.as_object_mut()
+            .unwrap()
+            .extend(extra.as_object().unwrap().clone());
+        let resp = w
+            .http
+            .post(w.url(&format!("/v1/apps/{other}/deploy")))
+            .bearer_auth(&w.token)
+            .json(&spec)
+            .send()
+            .await
+            .unwrap();
+        let status = resp.status().as_u16();
+        let body: Value = resp.json().await.unwrap_or(Value::Null);
+        assert_eq!(status, 409, "{extra}: {body}");
+        assert_eq!(body["error"]["field"], "domains", "{body}");
+        assert!(body.to_string().contains(&taken), "{body}");
+    }
+    let resp = w
+        .http
+        .get(w.url(&format!("/v1/apps/{other}")))
+        .bearer_auth(&w.token)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 404, "the refused app left no record");
+}

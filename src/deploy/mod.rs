@@ -42,6 +42,12 @@ pub trait RoutePublisher: Send + Sync + 'static {
     /// Replaces every route published under `key` (`app/NAME`, `discovered/NAME`) in one
     /// atomic table swap. An empty list removes them. An error changes nothing.
     fn set_routes(&self, key: &str, routes: Vec<RouteSpec>) -> Result<(), String>;
+    /// Whether `set_routes(key, routes)` would be refused (a domain another route serves),
+    /// changing nothing. The engine asks before it accepts a deploy.
+    fn check_routes(&self, key: &str, routes: Vec<RouteSpec>) -> Result<(), String> {
+        let _ = (key, routes);
+        Ok(())
+    }
     /// Requests in flight to backend `backend_id` of route `route`, if that backend is
     /// in the current table.
     fn inflight(&self, route: &str, backend_id: &str) -> Option<u64>;
@@ -62,6 +68,9 @@ pub enum DeployError {
     DeploymentNotFound(String),
     #[error("cannot roll back: {0}")]
     NoRollbackTarget(String),
+    /// 409: a domain or alias of the spec is served by another route.
+    #[error("{0}")]
+    DomainTaken(String),
     #[error(transparent)]
     Store(#[from] DeploymentStoreError),
     #[error(transparent)]
@@ -483,6 +492,18 @@ impl Engine {
         validate_app_name(app)?;
         spec.validate()?;
         spec.check_host_mounts(self.inner.cfg.allow_host_mounts)?;
+        // The domains must be free before the deploy is accepted (the route is published only
+        // after the first replica is healthy; a collision then would fail the deploy late).
+        let probe = RouteSpec {
+            name: Some(app_route_name(app)),
+            domains: spec.domains.clone(),
+            aliases: spec.aliases.clone(),
+            ..RouteSpec::default()
+        };
+        self.inner
+            .publisher
+            .check_routes(&app_route_name(app), vec![probe])
+            .map_err(DeployError::DomainTaken)?;
         let id = new_deployment_id();
         let rec = DeploymentRecord {
             id: id.clone(),
