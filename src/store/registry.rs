@@ -449,6 +449,9 @@ fn with_dynamic(
     entries
 }
 
+/// The engine's routes by key (`app/NAME`, `discovered/NAME`).
+type EngineRoutes = BTreeMap<String, Vec<RouteSpec>>;
+
 impl RouteRegistry {
     /// Loads the stored routes, builds the table from them plus `statics`, and publishes it.
     /// Fails (naming the routes) if stored routes conflict with the config file.
@@ -529,10 +532,10 @@ impl RouteRegistry {
     /// collisions against config, stored and other engine routes.
     fn with_key(
         &self,
-        dynamic: &BTreeMap<String, Vec<RouteSpec>>,
+        dynamic: &EngineRoutes,
         key: &str,
         routes: Vec<RouteSpec>,
-    ) -> Result<(Vec<RouteEntry>, BTreeMap<String, Vec<RouteSpec>>), ChangeError> {
+    ) -> Result<(Vec<RouteEntry>, EngineRoutes), ChangeError> {
         let mut next = dynamic.clone();
         let changed: HashSet<String> = routes.iter().map(|r| r.name()).collect();
         if routes.is_empty() {
