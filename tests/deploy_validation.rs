@@ -386,3 +386,45 @@ async fn pruning_never_removes_an_operators_tag() {
         "{second} (current) kept"
     );
 }
+
+/// An app that ignores SIGTERM as PID 1 (busybox httpd) stops after its own `stop_timeout`,
+/// not the daemon's 10 s grace, and `stop_signal` reaches the container.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stop_timeout_and_signal_come_from_the_spec() {
+    if skip() {
+        return;
+    }
+    let w = World::start_with("stopsig", |c| {
+        c.deploy.stop_grace = Duration::from_secs(10);
+    })
+    .await;
+    let spec = w.spec(json!({"stop_timeout": "1s", "stop_signal": "SIGQUIT"}));
+    let (status, body) = w.deploy_json(spec).await;
+    assert_eq!(status, 202, "{body}");
+    let done = w.wait(body["id"].as_str().unwrap()).await;
+    assert_eq!(done["state"], "succeeded", "{done}");
+    let out = std::process::Command::new("sh")
+        .arg("-c")
+        .arg(format!(
+            "docker ps -q --filter label=berth.app={} | xargs docker inspect -f '{{{{.Config.StopSignal}}}}'",
+            w.app
+        ))
+        .output()
+        .unwrap();
+    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "SIGQUIT");
+    let started = std::time::Instant::now();
+    let resp = w
+        .http
+        .post(w.url(&format!("/v1/apps/{}/stop", w.app)))
+        .bearer_auth(&w.token)
+        .send()
+        .await
+        .unwrap();
+    assert!(resp.status().is_success(), "{}", resp.status());
+    let took = started.elapsed();
+    assert!(
+        took < Duration::from_secs(6),
+        "stop took {took:?}: the spec's 1s stop_timeout was not used"
+    );
+    println!("stop with stop_timeout 1s took {took:?}");
+}

@@ -776,11 +776,13 @@ impl Engine {
     /// `POST /v1/apps/{app}/stop`: drains and stops every replica; the app then runs
     /// nothing (also after a restart) until the next deploy.
     pub async fn stop(&self, app: &str) -> Result<(), DeployError> {
-        let drain = self
-            .inner
-            .store
-            .current(app)?
+        let current = self.inner.store.current(app)?;
+        let drain = current
+            .as_ref()
             .map_or(Duration::from_secs(30), |c| c.spec.drain_timeout);
+        let grace = current
+            .and_then(|c| c.spec.stop_timeout)
+            .unwrap_or(self.inner.cfg.stop_grace);
         let replicas = {
             let mut st = self.inner.state.locked();
             let Some(a) = st.apps.get_mut(app) else {
@@ -806,7 +808,7 @@ impl Engine {
             }
             replicas
         };
-        let result = self.finish_stop(app, &replicas, drain).await;
+        let result = self.finish_stop(app, &replicas, drain, grace).await;
         if let Some(a) = self.inner.state.locked().apps.get_mut(app) {
             a.running = None;
         }
@@ -818,6 +820,7 @@ impl Engine {
         app: &str,
         replicas: &[Replica],
         drain: Duration,
+        grace: Duration,
     ) -> Result<(), DeployError> {
         for r in replicas {
             run::wait_drained(&self.inner, app, &r.container_id, drain).await;
@@ -834,10 +837,7 @@ impl Engine {
             }
         }
         for r in replicas {
-            self.inner
-                .rt
-                .stop(&r.container_id, self.inner.cfg.stop_grace)
-                .await?;
+            self.inner.rt.stop(&r.container_id, grace).await?;
             self.inner.rt.remove(&r.container_id).await?;
         }
         Ok(())

@@ -158,6 +158,14 @@ async fn execute(
 ) -> Result<(), String> {
     let spec = &rec.spec;
     let app = &rec.app;
+    // Old replicas stop with the grace their own deployment asked for.
+    let old_grace = inner
+        .store
+        .current(app)
+        .ok()
+        .flatten()
+        .and_then(|c| c.spec.stop_timeout)
+        .unwrap_or(inner.cfg.stop_grace);
     let image_id = resolve_image(inner, rec, image).await?;
     inner
         .store
@@ -269,7 +277,16 @@ async fn execute(
                     progress.stopped_old.push(r);
                 }
                 let rt = inner.rt.clone();
-                let grace = inner.cfg.stop_grace;
+                let grace = old_grace;
+                inner.emit(
+                    &rec.id,
+                    "stopping",
+                    format!(
+                        "old {} stops (up to {}, then killed)",
+                        short(&container_id),
+                        humantime::format_duration(grace)
+                    ),
+                );
                 let cid = container_id.clone();
                 progress
                     .stops
@@ -382,6 +399,7 @@ pub(crate) async fn start_replica(
             .collect(),
         volumes: rec.spec.volumes.clone(),
         cmd: None,
+        stop_signal: rec.spec.stop_signal.clone(),
     };
     let id = inner
         .rt

@@ -286,6 +286,7 @@ impl ContainerRuntime for DockerRuntime {
             labels: Some(spec.labels.clone()),
             env: Some(spec.env.clone()),
             cmd: spec.cmd.clone(),
+            stop_signal: spec.stop_signal.clone(),
             host_config: Some(HostConfig {
                 binds: (!spec.volumes.is_empty()).then(|| spec.volumes.clone()),
                 network_mode: Some(self.network.clone()),

@@ -54,6 +54,8 @@ pub struct ContainerSpec {
     pub volumes: Vec<String>,
     /// Overrides the image's command (tests start busybox httpd this way).
     pub cmd: Option<Vec<String>>,
+    /// Signal `docker stop` sends (the image's, usually SIGTERM, when unset).
+    pub stop_signal: Option<String>,
 }
 
 /// Run state of a container.

@@ -174,6 +174,8 @@ fn from_row(row: &Row<'_>) -> rusqlite::Result<(DeploymentRecord, String, String
         deploy_timeout: Default::default(),
         env: Default::default(),
         volumes: vec![],
+        stop_signal: None,
+        stop_timeout: None,
     };
     Ok((
         DeploymentRecord {
