@@ -187,6 +187,10 @@ fn from_row(row: &Row<'_>) -> rusqlite::Result<(DeploymentRecord, String, String
         volumes: vec![],
         stop_signal: None,
         stop_timeout: None,
+        command: None,
+        entrypoint: None,
+        resources: Default::default(),
+        pull: Default::default(),
     };
     Ok((
         DeploymentRecord {
