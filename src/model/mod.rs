@@ -4,6 +4,7 @@
 pub mod balance;
 pub mod config;
 pub mod deploy;
+pub mod dns;
 pub mod health;
 pub mod histogram;
 pub mod host;

@@ -28,10 +28,12 @@ use rustls::sign::CertifiedKey;
 use thiserror::Error;
 use tokio::sync::{watch, Notify};
 
+use super::dns01::DnsUpdater;
 use super::pem::{load_files, parse_pair, LoadedCert};
 use super::store::{rfc3339, status_for, CertSource, CertStore};
 use super::{write_file, TlsError};
 use crate::model::config::{AcmeChallenge, AcmeConfig};
+use crate::model::dns::TsigKey;
 use crate::model::renewal::{self, AriWindow};
 
 /// Per-domain bookkeeping of the renewal loop.
@@ -71,7 +73,11 @@ struct ChallengeCleanup<'a> {
     store: &'a CertStore,
     tokens: Vec<String>,
     alpn: Vec<String>,
+    /// DNS-01 records written (name, value), with the updater and key that wrote them.
+    dns: Option<DnsRecords>,
 }
+
+type DnsRecords = (Arc<DnsUpdater>, TsigKey, Vec<(String, String)>);
 
 impl Drop for ChallengeCleanup<'_> {
     fn drop(&mut self) {
@@ -80,6 +86,17 @@ impl Drop for ChallengeCleanup<'_> {
         }
         for d in &self.alpn {
             self.store.remove_alpn(d);
+        }
+        // Normally removed (and awaited) by `issue`; left only when the order was cancelled
+        // (shutdown). Delete them in the background then.
+        if let Some((u, k, records)) = self.dns.take().filter(|(_, _, r)| !r.is_empty()) {
+            if let Ok(rt) = tokio::runtime::Handle::try_current() {
+                rt.spawn(async move {
+                    for (name, value) in records {
+                        let _ = u.remove_txt(&k, &name, &value).await;
+                    }
+                });
+            }
         }
     }
 }
@@ -129,6 +146,8 @@ pub enum RetryError {
 /// Orders and renews certificates for the routed domains.
 pub struct AcmeManager {
     cfg: AcmeConfig,
+    /// Writes DNS-01 records (`tls.acme.dns`).
+    dns: Option<Arc<DnsUpdater>>,
     dir: PathBuf,
     store: Arc<CertStore>,
     domains: watch::Sender<BTreeSet<String>>,
@@ -156,8 +175,14 @@ impl AcmeManager {
     /// works at once after a restart. Unusable files (expired, damaged) are reissued later.
     pub fn new(cfg: AcmeConfig, data_dir: &Path, store: Arc<CertStore>) -> Self {
         let dir = data_dir.join("certs").join("acme");
+        let dns = cfg.dns.clone().map(|d| Arc::new(DnsUpdater::new(d)));
+        if let Some(Err(e)) = dns.as_ref().map(|d| d.key()) {
+            // Read again at every order; say so now rather than at the first renewal.
+            tracing::error!(error = %e, "DNS-01 TSIG key unusable");
+        }
         let me = Self {
             cfg,
+            dns,
             dir,
             store,
             domains: watch::Sender::new(BTreeSet::new()),
@@ -312,6 +337,21 @@ impl AcmeManager {
             domain: domain.to_string(),
             message: m,
         };
+        let challenge = self.cfg.challenge_for(domain);
+        // DNS-01 needs its server and key before anything is asked of the CA.
+        let dns = match (challenge, &self.dns) {
+            (AcmeChallenge::Dns01, Some(d)) => Some((d.clone(), d.key().map_err(&err)?)),
+            (AcmeChallenge::Dns01, None) => {
+                return Err(err(if domain.starts_with("*.") {
+                    "a wildcard certificate can only be validated with DNS-01: configure \
+                     tls.acme.dns (server, zone, tsig)"
+                        .to_string()
+                } else {
+                    "DNS-01 is chosen for this domain but tls.acme.dns is not configured".into()
+                }))
+            }
+            _ => None,
+        };
         let ids = [Identifier::Dns(domain.to_string())];
         let mut new_order = NewOrder::new(&ids);
         if let Some(r) = replaces {
@@ -325,10 +365,58 @@ impl AcmeManager {
             store: &self.store,
             tokens: Vec::new(),
             alpn: Vec::new(),
+            dns: dns.clone().map(|(u, k)| (u, k, Vec::new())),
         };
-        let kind = match self.cfg.challenge {
+        let kind = match challenge {
             AcmeChallenge::Http01 => ChallengeType::Http01,
             AcmeChallenge::TlsAlpn01 => ChallengeType::TlsAlpn01,
+            AcmeChallenge::Dns01 => ChallengeType::Dns01,
+        };
+        let result = self
+            .validate_and_finalize(&mut order, domain, challenge, kind, &mut cleanup)
+            .await;
+        // DNS records go now (the order is validated or failed either way); a failure to
+        // delete is logged, never fails the order.
+        if let Some((u, k, records)) = cleanup.dns.as_mut() {
+            for (name, value) in std::mem::take(records) {
+                match u.remove_txt(k, &name, &value).await {
+                    Ok(()) => tracing::info!(%domain, record = %name, "DNS-01 record removed"),
+                    Err(e) => tracing::warn!(%domain, error = %e, "DNS-01 record not removed"),
+                }
+            }
+        }
+        drop(cleanup);
+        let (key_pem, chain_pem) = result?;
+
+        let cert_path = self.cert_path(domain);
+        let key_path = cert_path.with_file_name("key.pem");
+        let loaded = parse_pair(
+            chain_pem.as_bytes(),
+            &cert_path,
+            key_pem.as_bytes(),
+            &key_path,
+            SystemTime::now(),
+        )?;
+        // Key first: a crash between the two writes leaves a pair that fails validation
+        // (and is reissued) rather than a new cert with an old key in service.
+        write_file(&key_path, key_pem.as_bytes(), 0o600)?;
+        write_file(&cert_path, chain_pem.as_bytes(), 0o644)?;
+        Ok(loaded)
+    }
+
+    /// Publishes the challenge answers, tells the CA, waits for validation, finalizes and
+    /// downloads. Returns (key PEM, chain PEM).
+    async fn validate_and_finalize(
+        &self,
+        order: &mut instant_acme::Order,
+        domain: &str,
+        challenge: AcmeChallenge,
+        kind: ChallengeType,
+        cleanup: &mut ChallengeCleanup<'_>,
+    ) -> Result<(String, String), TlsError> {
+        let err = |m: String| TlsError::Order {
+            domain: domain.to_string(),
+            message: m,
         };
         {
             let mut auths = order.authorizations();
@@ -339,11 +427,12 @@ impl AcmeManager {
                     AuthorizationStatus::Valid => continue,
                     s => return Err(err(format!("authorization is {s:?}"))),
                 }
+                let ident = a.identifier().to_string();
                 let mut ch = a
                     .challenge(kind.clone())
                     .ok_or_else(|| err(format!("the CA offers no {kind:?} challenge")))?;
                 let ka = ch.key_authorization();
-                match self.cfg.challenge {
+                match challenge {
                     AcmeChallenge::Http01 => {
                         self.store.add_http01(&ch.token, ka.as_str());
                         cleanup.tokens.push(ch.token.clone());
@@ -352,6 +441,19 @@ impl AcmeManager {
                         let ck = alpn_challenge_cert(domain, ka.digest().as_ref()).map_err(&err)?;
                         self.store.add_alpn(domain, ck);
                         cleanup.alpn.push(domain.to_string());
+                    }
+                    AcmeChallenge::Dns01 => {
+                        let Some((u, k, records)) = cleanup.dns.as_mut() else {
+                            return Err(err("tls.acme.dns is not configured".into()));
+                        };
+                        let name = u.record_name(&ident).map_err(&err)?;
+                        let value = ka.dns_value();
+                        u.add_txt(k, &name, &value).await.map_err(&err)?;
+                        records.push((name.clone(), value.clone()));
+                        let started = std::time::Instant::now();
+                        let served = u.wait_served(&name, &value).await;
+                        tracing::info!(%domain, record = %name, served,
+                            waited_ms = started.elapsed().as_millis() as u64, "DNS-01 record written");
                     }
                 }
                 ch.set_ready()
@@ -395,22 +497,7 @@ impl AcmeManager {
             .poll_certificate(&retry)
             .await
             .map_err(|e| err(format!("certificate: {e}")))?;
-        drop(cleanup);
-
-        let cert_path = self.cert_path(domain);
-        let key_path = cert_path.with_file_name("key.pem");
-        let loaded = parse_pair(
-            chain_pem.as_bytes(),
-            &cert_path,
-            key_pem.as_bytes(),
-            &key_path,
-            SystemTime::now(),
-        )?;
-        // Key first: a crash between the two writes leaves a pair that fails validation
-        // (and is reissued) rather than a new cert with an old key in service.
-        write_file(&key_path, key_pem.as_bytes(), 0o600)?;
-        write_file(&cert_path, chain_pem.as_bytes(), 0o644)?;
-        Ok(loaded)
+        Ok((key_pem, chain_pem))
     }
 
     /// Orders and renews until `stop` turns true. Checks at start, whenever the domain set
