@@ -429,6 +429,21 @@ impl AcmeConfig {
         }
     }
 
+    /// Why `domain` cannot be ordered with these settings: it needs DNS-01 (a wildcard, or
+    /// listed in `dns_domains`) and `tls.acme.dns` is not configured.
+    pub fn dns01_missing(&self, domain: &str) -> Option<String> {
+        if self.challenge_for(domain) != AcmeChallenge::Dns01 || self.dns.is_some() {
+            return None;
+        }
+        Some(if domain.starts_with("*.") {
+            "a wildcard certificate can only be validated with DNS-01: configure tls.acme.dns \
+             (server, zone, tsig), or route the names one by one"
+                .into()
+        } else {
+            "DNS-01 is chosen for this domain but tls.acme.dns is not configured".into()
+        })
+    }
+
     /// Checks the DNS-01 settings (field names in errors).
     fn validate_dns(&self) -> Result<(), RouteError> {
         let err = |field: &str, message: String| RouteError {
@@ -563,6 +578,54 @@ pub struct TlsConfig {
     /// How often manual certificate files are checked for changes.
     #[serde(with = "humantime_serde")]
     pub reload_interval: Duration,
+    /// On-demand TLS: certificates for names no route lists, ordered during the first
+    /// handshake when the `ask` endpoint allows the name. Needs `tls.acme`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub on_demand: Option<OnDemandConfig>,
+}
+
+/// `tls.on_demand`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct OnDemandConfig {
+    /// `GET ASK?domain=NAME` must answer 200 for a certificate to be ordered for NAME.
+    pub ask: String,
+    /// At most one order attempt per name in this interval.
+    #[serde(default = "default_name_interval", with = "humantime_serde")]
+    pub name_interval: Duration,
+    /// At most this many order attempts per hour, all names together.
+    #[serde(default = "default_max_per_hour")]
+    pub max_per_hour: u32,
+    /// A name the ask endpoint refused is refused without asking for this long.
+    #[serde(default = "default_refused_ttl", with = "humantime_serde")]
+    pub refused_ttl: Duration,
+    /// How long a handshake waits for the certificate before it is refused (the order goes
+    /// on; the next handshake gets the certificate).
+    #[serde(default = "default_on_demand_timeout", with = "humantime_serde")]
+    pub timeout: Duration,
+}
+
+fn default_name_interval() -> Duration {
+    Duration::from_secs(600)
+}
+fn default_max_per_hour() -> u32 {
+    20
+}
+fn default_refused_ttl() -> Duration {
+    Duration::from_secs(60)
+}
+fn default_on_demand_timeout() -> Duration {
+    Duration::from_secs(30)
+}
+
+impl OnDemandConfig {
+    pub fn limits(&self) -> crate::model::ondemand::Limits {
+        crate::model::ondemand::Limits {
+            name_interval: self.name_interval,
+            max_per_hour: self.max_per_hour,
+            refused_ttl: self.refused_ttl,
+        }
+    }
 }
 
 impl Default for TlsConfig {
@@ -575,6 +638,7 @@ impl Default for TlsConfig {
             certs: Vec::new(),
             default_cert: None,
             reload_interval: Duration::from_secs(10),
+            on_demand: None,
         }
     }
 }
@@ -763,6 +827,36 @@ impl Config {
                 }
                 if eab.hmac_key.is_empty() {
                     return Err(err("tls.acme.eab.hmac_key", "must not be empty".into()));
+                }
+            }
+        }
+        if let Some(od) = &self.tls.on_demand {
+            let ok = url::Url::parse(&od.ask)
+                .is_ok_and(|u| matches!(u.scheme(), "http" | "https") && u.host().is_some());
+            if !ok {
+                return Err(err(
+                    "tls.on_demand.ask",
+                    format!("{:?} is not an http(s) URL", od.ask),
+                ));
+            }
+            if self.tls.acme.is_none() {
+                return Err(err(
+                    "tls.on_demand",
+                    "needs tls.acme (the certificates are ordered through it)".into(),
+                ));
+            }
+            if od.max_per_hour == 0 {
+                return Err(err(
+                    "tls.on_demand.max_per_hour",
+                    "must be at least 1".into(),
+                ));
+            }
+            for (name, d) in [("name_interval", od.name_interval), ("timeout", od.timeout)] {
+                if d.is_zero() {
+                    return Err(err(
+                        &format!("tls.on_demand.{name}"),
+                        "must be greater than zero".into(),
+                    ));
                 }
             }
         }
@@ -1068,5 +1162,58 @@ mod tests {
         .unwrap_err()
         .to_string();
         assert!(e.contains("secert"), "{e}");
+    }
+
+    #[test]
+    fn on_demand_section_parses_and_validates() {
+        let c: Config = serde_json::from_str(
+            r#"{"tls":{"acme":{},"on_demand":{"ask":"http://127.0.0.1:9/check"}}}"#,
+        )
+        .expect("parses");
+        c.validate().expect("valid");
+        let od = c.tls.on_demand.expect("on_demand");
+        assert_eq!(
+            (
+                od.name_interval,
+                od.max_per_hour,
+                od.refused_ttl,
+                od.timeout
+            ),
+            (
+                Duration::from_secs(600),
+                20,
+                Duration::from_secs(60),
+                Duration::from_secs(30)
+            )
+        );
+        for (json, field) in [
+            (
+                r#"{"tls":{"acme":{},"on_demand":{"ask":"ftp://x/"}}}"#,
+                "tls.on_demand.ask",
+            ),
+            (
+                r#"{"tls":{"acme":{},"on_demand":{"ask":"check"}}}"#,
+                "tls.on_demand.ask",
+            ),
+            (
+                r#"{"tls":{"certs":[{"cert":"/c","key":"/k"}],"on_demand":{"ask":"http://a/"}}}"#,
+                "tls.on_demand",
+            ),
+            (
+                r#"{"tls":{"acme":{},"on_demand":{"ask":"http://a/","max_per_hour":0}}}"#,
+                "tls.on_demand.max_per_hour",
+            ),
+            (
+                r#"{"tls":{"acme":{},"on_demand":{"ask":"http://a/","timeout":"0s"}}}"#,
+                "tls.on_demand.timeout",
+            ),
+        ] {
+            let c: Config = serde_json::from_str(json).expect(json);
+            assert_eq!(c.validate().expect_err(json).field, field, "{json}");
+        }
+        assert!(serde_json::from_str::<Config>(
+            r#"{"tls":{"on_demand":{"ask":"http://a/","rate":1}}}"#
+        )
+        .is_err());
     }
 }

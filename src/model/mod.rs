@@ -9,6 +9,7 @@ pub mod health;
 pub mod histogram;
 pub mod host;
 pub mod labels;
+pub mod ondemand;
 pub mod renewal;
 pub mod route;
 pub mod sni;

@@ -29,6 +29,7 @@ use thiserror::Error;
 use tokio::sync::{watch, Notify};
 
 use super::dns01::DnsUpdater;
+pub use super::ondemand::OnDemand;
 use super::pem::{load_files, parse_pair, LoadedCert};
 use super::store::{rfc3339, status_for, CertSource, CertStore};
 use super::{write_file, TlsError};
@@ -125,11 +126,11 @@ pub fn alpn_challenge_cert(domain: &str, digest: &[u8]) -> Result<Arc<CertifiedK
 
 /// Operator requests waiting for the renewal loop, and the order it is running.
 #[derive(Default)]
-struct Requests {
+pub(super) struct Requests {
     /// Domains to order now, whatever their schedule or backoff.
-    forced: BTreeSet<String>,
+    pub(super) forced: BTreeSet<String>,
     /// The domain whose order is running.
-    in_flight: Option<String>,
+    pub(super) in_flight: Option<String>,
 }
 
 /// Why a retry request was refused.
@@ -148,12 +149,15 @@ pub struct AcmeManager {
     cfg: AcmeConfig,
     /// Writes DNS-01 records (`tls.acme.dns`).
     dns: Option<Arc<DnsUpdater>>,
-    dir: PathBuf,
-    store: Arc<CertStore>,
+    pub(super) dir: PathBuf,
+    pub(super) store: Arc<CertStore>,
     domains: watch::Sender<BTreeSet<String>>,
     requests: std::sync::Mutex<Requests>,
     /// Wakes the loop when a retry is requested (a permit is kept if it is busy).
-    wake: Notify,
+    pub(super) wake: Notify,
+    /// Names ordered on demand (`tls.on_demand`), certified and renewed like routed ones.
+    pub(super) extra: std::sync::Mutex<BTreeSet<String>>,
+    pub(super) on_demand: Option<super::ondemand::OnDemand>,
 }
 
 /// Puts `domain` into the normal form the domain set uses (lower case, no trailing dot).
@@ -188,6 +192,8 @@ impl AcmeManager {
             domains: watch::Sender::new(BTreeSet::new()),
             requests: std::sync::Mutex::new(Requests::default()),
             wake: Notify::new(),
+            extra: std::sync::Mutex::new(BTreeSet::new()),
+            on_demand: None,
         };
         if let Ok(rd) = std::fs::read_dir(&me.dir) {
             let now = SystemTime::now();
@@ -233,7 +239,7 @@ impl AcmeManager {
         });
     }
 
-    fn requests(&self) -> std::sync::MutexGuard<'_, Requests> {
+    pub(super) fn requests(&self) -> std::sync::MutexGuard<'_, Requests> {
         // Plain data; a panic elsewhere cannot leave it half-written.
         self.requests.lock().unwrap_or_else(|p| p.into_inner())
     }
@@ -342,13 +348,7 @@ impl AcmeManager {
         let dns = match (challenge, &self.dns) {
             (AcmeChallenge::Dns01, Some(d)) => Some((d.clone(), d.key().map_err(&err)?)),
             (AcmeChallenge::Dns01, None) => {
-                return Err(err(if domain.starts_with("*.") {
-                    "a wildcard certificate can only be validated with DNS-01: configure \
-                     tls.acme.dns (server, zone, tsig)"
-                        .to_string()
-                } else {
-                    "DNS-01 is chosen for this domain but tls.acme.dns is not configured".into()
-                }))
+                return Err(err(self.cfg.dns01_missing(domain).unwrap_or_default()))
             }
             _ => None,
         };
@@ -511,9 +511,11 @@ impl AcmeManager {
         let mut ari_supported = true;
         let mut states: HashMap<String, DomainState> = HashMap::new();
         loop {
+            let extra = self.extra_names();
             let wanted: BTreeSet<String> = domains_rx
                 .borrow_and_update()
                 .iter()
+                .chain(extra.iter())
                 .filter(|d| !self.store.manual_covers(d))
                 .cloned()
                 .collect();
@@ -627,6 +629,24 @@ impl AcmeManager {
                     continue;
                 }
 
+                // Due, but the settings cannot prove this name (a wildcard without DNS-01):
+                // say so in the status list instead of asking the CA.
+                if let Some(msg) = self.cfg.dns01_missing(domain) {
+                    self.requests().forced.remove(domain);
+                    let at = now + self.cfg.check_interval;
+                    status.last_error = Some(
+                        TlsError::Order {
+                            domain: domain.clone(),
+                            message: msg,
+                        }
+                        .to_string(),
+                    );
+                    status.next_renewal = Some(rfc3339(at));
+                    self.store.set_status(status);
+                    wake = wake.min(at);
+                    continue;
+                }
+
                 // Due: order, if there is an account.
                 let Some(acct) = &account else {
                     if force {
@@ -699,6 +719,12 @@ impl AcmeManager {
                         status.next_renewal = Some(rfc3339(now + delay));
                         self.store.set_status(status);
                         wake = wake.min(now + delay);
+                        if current.is_none() && extra.contains(domain) {
+                            // A first on-demand order failed: forget the name; the next
+                            // handshake may try again (rate-limited per name).
+                            self.forget_on_demand(domain);
+                            wake = SystemTime::now();
+                        }
                     }
                 }
             }

@@ -5,6 +5,7 @@
 pub mod acme;
 pub mod dns01;
 pub mod manual;
+pub mod ondemand;
 pub mod pem;
 pub mod store;
 
