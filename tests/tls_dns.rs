@@ -5,8 +5,9 @@
 //! delegation (`_acme-challenge.app.example.test CNAME app.acme.example.test.`, an in-zone
 //! target: pebble does not follow CNAMEs into another zone), removal of the TXT records after
 //! validation, renewal of 60-second certificates under a bounded handshake loop on both
-//! subdomains with zero failures, and a refused update (wrong TSIG secret) that shows BADSIG
-//! in the status list while the old certificate keeps being served. Runs only with
+//! subdomains with zero failures, an update outside the server's ACL (BADKEY), and a refused
+//! update (wrong TSIG secret) that shows BADSIG in the status list while the old certificate
+//! keeps being served. Runs only with
 //! BERTH_SYSTEM_TESTS=1.
 
 mod tls_common;
@@ -81,6 +82,8 @@ fn daemon_config(
     c.routes = serde_json::from_value(serde_json::json!([
         {"name": "wild", "domains": ["*.example.test"], "backends": [{"address": backend.to_string()}]},
         {"name": "app", "domains": ["app.example.test"], "backends": [{"address": backend.to_string()}]},
+        // Its challenge owner is outside knot's update ACL: every order is refused (BADKEY).
+        {"name": "denied", "domains": ["denied.example.test"], "backends": [{"address": backend.to_string()}]},
     ]))
     .expect("routes");
     c
@@ -156,6 +159,22 @@ async fn dns01_wildcard_delegation_renewal_and_bad_key() {
         );
         assert!(s.last_error.is_none(), "{s:?}");
     }
+    // An update outside the server's ACL: BADKEY, named with the record, no certificate.
+    let denied = wait_status(
+        &store,
+        "denied.example.test",
+        |s| s.last_error.is_some(),
+        Duration::from_secs(30),
+    )
+    .await;
+    let e = denied.last_error.clone().unwrap_or_default();
+    assert!(
+        e.contains("BADKEY")
+            && e.contains("_acme-challenge.denied.example.test")
+            && e.contains("ACL"),
+        "{e}"
+    );
+    assert!(denied.not_after.is_none(), "{denied:?}");
     // Records are gone once validation is over (delegated one at its target).
     let gone = wait_for(Duration::from_secs(10), || async {
         (knot.txt("_acme-challenge.example.test").is_empty()
