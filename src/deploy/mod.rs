@@ -92,6 +92,8 @@ pub struct EngineConfig {
     pub extra_labels: HashMap<String, String>,
     /// Longest health gate for hand-started (discovered) containers.
     pub discovery_health_timeout: Duration,
+    /// `deploy.allow_host_mounts`: whether specs may bind-mount host paths.
+    pub allow_host_mounts: bool,
 }
 
 impl Default for EngineConfig {
@@ -101,6 +103,7 @@ impl Default for EngineConfig {
             stop_grace: Duration::from_secs(10),
             extra_labels: HashMap::new(),
             discovery_health_timeout: Duration::from_secs(60),
+            allow_host_mounts: false,
         }
     }
 }
@@ -479,6 +482,7 @@ impl Engine {
     ) -> Result<String, DeployError> {
         validate_app_name(app)?;
         spec.validate()?;
+        spec.check_host_mounts(self.inner.cfg.allow_host_mounts)?;
         let id = new_deployment_id();
         let rec = DeploymentRecord {
             id: id.clone(),
@@ -552,6 +556,13 @@ impl Engine {
 
     /// `GET /v1/deployments/{id}/events`: the events so far plus a receiver for the rest
     /// (no gap, no duplicate). None if the deployment did not run in this process.
+    /// The id of the deployment running for `app`, if one is. The API checks it before
+    /// reading an image upload, so a second upload is refused (409) without being streamed.
+    pub fn running(&self, app: &str) -> Option<String> {
+        let st = self.inner.state.locked();
+        st.apps.get(app).and_then(|a| a.running.clone())
+    }
+
     pub fn subscribe(
         &self,
         id: &str,

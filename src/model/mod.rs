@@ -14,3 +14,4 @@ pub mod renewal;
 pub mod route;
 pub mod sni;
 pub mod stats;
+pub mod tar;
