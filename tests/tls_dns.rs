@@ -350,3 +350,90 @@ async fn dns01_wildcard_delegation_renewal_and_bad_key() {
     );
     d.shutdown().await;
 }
+
+/// The update client on its own against knotd: add, see, delete; an answer too big for UDP
+/// (no EDNS: 512 bytes) is fetched again over TCP; a wrong key name (BADKEY) and a zone the
+/// server does not serve (NOTAUTH) give errors naming server, zone and key.
+#[tokio::test]
+async fn dns_update_client_tcp_fallback_and_refusals() {
+    use berth::model::config::Secret;
+    use berth::tls::dns01::DnsUpdater;
+    if std::env::var("BERTH_SYSTEM_TESTS").as_deref() != Ok("1") {
+        println!("skipped: set BERTH_SYSTEM_TESTS=1 (needs knotd and kdig)");
+        return;
+    }
+    // 12 TXT values of 60 bytes at `big`: about 900 bytes, more than a plain UDP answer holds.
+    let big: Vec<String> = (0..12)
+        .map(|i| format!("big 60 TXT \"{i:02}{}\"", "x".repeat(58)))
+        .collect();
+    let big_refs: Vec<&str> = big.iter().map(String::as_str).collect();
+    let knot = start_knot(ZONE, &big_refs, &["_acme-challenge"]).await;
+    let cfg = |zone: &str, key: &str| DnsUpdateConfig {
+        server: knot.addr.to_string(),
+        zone: zone.into(),
+        tsig: TsigConfig {
+            name: key.into(),
+            algorithm: "hmac-sha256".into(),
+            secret: Some(Secret(knot.secret.clone())),
+            secret_file: None,
+        },
+        ttl: 60,
+        propagation_timeout: Duration::from_secs(5),
+        delegate: Default::default(),
+    };
+    let u = DnsUpdater::new(cfg(ZONE, "acme-key"));
+    let key = u.key().expect("key");
+    let name = u.record_name("*.example.test").expect("name");
+    assert_eq!(name, "_acme-challenge.example.test");
+    u.add_txt(&key, &name, "value-1").await.expect("add");
+    u.add_txt(&key, &name, "value-2")
+        .await
+        .expect("add a second value");
+    assert!(u.serves(&name, "value-1").await.expect("query"));
+    assert_eq!(knot.txt(&name).len(), 2, "{:?}", knot.txt(&name));
+    u.remove_txt(&key, &name, "value-1").await.expect("delete");
+    assert_eq!(
+        knot.txt(&name),
+        vec!["value-2".to_string()],
+        "only that value went"
+    );
+    u.remove_txt(&key, &name, "value-2").await.expect("delete");
+    assert!(!u.serves(&name, "value-2").await.expect("query"));
+
+    // Truncated over UDP: the answer comes over TCP.
+    let last = format!("11{}", "x".repeat(58));
+    assert!(
+        u.serves("big.example.test", &last)
+            .await
+            .expect("TCP fallback"),
+        "the 12th value is in the TCP answer"
+    );
+
+    let unknown = DnsUpdater::new(cfg(ZONE, "other-key"));
+    let e = unknown
+        .add_txt(&unknown.key().expect("key"), &name, "v")
+        .await
+        .unwrap_err();
+    assert!(
+        e.contains("BADKEY") && e.contains("TSIG key other-key"),
+        "{e}"
+    );
+    let elsewhere = DnsUpdater::new(cfg("elsewhere.test", "acme-key"));
+    let e = elsewhere
+        .add_txt(&key, "_acme-challenge.elsewhere.test", "v")
+        .await
+        .unwrap_err();
+    assert!(
+        e.contains("NOTAUTH")
+            && e.contains("zone elsewhere.test")
+            && e.contains(&knot.addr.to_string()),
+        "{e}"
+    );
+    assert!(!e.contains(&knot.secret), "{e}");
+    // A name outside the zone is refused before anything is sent.
+    let e = u.record_name("shop.example.org").unwrap_err();
+    assert!(
+        e.contains("outside tls.acme.dns.zone") && e.contains("delegate"),
+        "{e}"
+    );
+}
