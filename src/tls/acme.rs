@@ -250,7 +250,13 @@ impl AcmeManager {
     /// while an order for the domain is running.
     pub fn request_retry(&self, domain: &str) -> Result<String, RetryError> {
         let d = normalize_domain(domain);
-        if !self.domains.borrow().contains(&d) {
+        let on_demand = || {
+            self.extra
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .contains(&d)
+        };
+        if !self.domains.borrow().contains(&d) && !on_demand() {
             return Err(RetryError::NotManaged(d));
         }
         if self.store.manual_covers(&d) {
@@ -813,5 +819,8 @@ mod tests {
             m.request_retry("a.test"),
             Err(RetryError::NotManaged("a.test".into()))
         );
+        // Names certified on demand can.
+        m.extra.lock().expect("extra").insert("od.test".into());
+        assert_eq!(m.request_retry("od.test"), Ok("od.test".into()));
     }
 }
