@@ -593,10 +593,14 @@ impl RouteSpec {
         if let Some(n) = &self.name {
             return n.clone();
         }
+        // Names are URL path segments of the API: `*.example.com` → `wildcard.example.com`.
         let base = self
             .domains
             .first()
-            .map(|d| d.to_string())
+            .map(|d| match d.as_str().strip_prefix("*.") {
+                Some(rest) => format!("wildcard.{rest}"),
+                None => d.to_string(),
+            })
             .unwrap_or_default();
         match &self.path_prefix {
             Some(p) if p.as_str() != "/" => format!("{base}{}", p.as_str()),
@@ -1216,6 +1220,9 @@ mod tests {
         assert_eq!(name("one.apps.example.com", "/y").as_deref(), Some("wild"));
         assert_eq!(name("apps.example.com", "/"), None, "not the apex");
         assert_eq!(name("a.b.apps.example.com", "/"), None, "exactly one label");
+        let unnamed = spec(r#"[{"domains":["*.b.example.com"],"backends":[]}]"#);
+        assert_eq!(unnamed[0].name(), "wildcard.b.example.com");
+        RouteTable::build(&unnamed, None).expect("a wildcard route without a name is valid");
         let bad: Result<Vec<RouteSpec>, _> =
             serde_json::from_str(r#"[{"domains":["a.*.example.com"],"backends":[]}]"#);
         assert!(bad.is_err());
