@@ -89,9 +89,10 @@ async fn on_demand_asks_orders_limits_and_restarts() {
     let backend = backend().await;
     let (ask, asked) = ask_server().await;
     let (http_port, https_port) = (free_port(), free_port());
-    let pebble = start_pebble(http_port, free_port(), None).await;
+    // Pebble validates HTTP-01 on the daemon's HTTP port, TLS-ALPN-01 on its HTTPS port.
+    let pebble = start_pebble(http_port, https_port, None).await;
     let data = tempfile::tempdir().expect("tmp");
-    let config = || {
+    let config = |data: &std::path::Path, challenge: AcmeChallenge| {
         let mut c = Config::default();
         c.http.listen = SocketAddr::from(([127, 0, 0, 1], http_port));
         c.api.listen = "127.0.0.1:0".parse().expect("addr");
@@ -101,7 +102,7 @@ async fn on_demand_asks_orders_limits_and_restarts() {
             directory: pebble.directory.clone(),
             email: Some("ops@berth.test".into()),
             ca_root: Some(pebble.ca_pem.clone()),
-            challenge: AcmeChallenge::Http01,
+            challenge,
             ..AcmeConfig::default()
         });
         c.tls.on_demand = Some(OnDemandConfig {
@@ -111,7 +112,7 @@ async fn on_demand_asks_orders_limits_and_restarts() {
             refused_ttl: Duration::from_secs(60),
             timeout: Duration::from_secs(30),
         });
-        c.data_dir = data.path().to_path_buf();
+        c.data_dir = data.to_path_buf();
         c.log.access_log = false;
         c.routes = serde_json::from_value(serde_json::json!([
             {"name": "customers", "domains": ["*.custom.test"],
@@ -120,7 +121,9 @@ async fn on_demand_asks_orders_limits_and_restarts() {
         .expect("routes");
         c
     };
-    let d = daemon::start(config(), None).await.expect("daemon");
+    let d = daemon::start(config(data.path(), AcmeChallenge::Http01), None)
+        .await
+        .expect("daemon");
     let https = d.https_addr.expect("https");
     let (resp, _) = tls_get(
         pebble.mgmt,
@@ -201,7 +204,9 @@ async fn on_demand_asks_orders_limits_and_restarts() {
     // Restart: on-demand certificates come from disk and stay managed; nothing is asked.
     let asks_before = asked.lock().expect("log").len();
     d.shutdown().await;
-    let d = daemon::start(config(), None).await.expect("daemon again");
+    let d = daemon::start(config(data.path(), AcmeChallenge::Http01), None)
+        .await
+        .expect("daemon again");
     let (_, leaf) = tls_get(https, client.clone(), "yes1.custom.test", "/")
         .await
         .expect("served after restart");
@@ -221,8 +226,27 @@ async fn on_demand_asks_orders_limits_and_restarts() {
     );
     assert_eq!(asked.lock().expect("log").len(), asks_before);
 
+    // TLS-ALPN-01: the CA's validation handshake (SNI = the name, ALPN acme-tls/1) must not
+    // wait for the on-demand order it belongs to.
+    d.shutdown().await;
+    let data2 = tempfile::tempdir().expect("tmp");
+    let d = daemon::start(config(data2.path(), AcmeChallenge::TlsAlpn01), None)
+        .await
+        .expect("daemon with TLS-ALPN-01");
+    let t = Instant::now();
+    let (resp, leaf) = tls_get(https, client.clone(), "yes-alpn.custom.test", "/alpn")
+        .await
+        .expect("on-demand handshake with TLS-ALPN-01");
+    let alpn_handshake = t.elapsed();
+    assert_eq!(resp.body, "backend /alpn");
+    assert_eq!(names_of(&leaf), vec!["yes-alpn.custom.test"]);
+    assert!(
+        alpn_handshake < Duration::from_secs(15),
+        "{alpn_handshake:?}"
+    );
+
     println!(
-        "on-demand: first handshake for a new name took {first_handshake:?} (ask + order + \
+        "on-demand: TLS-ALPN-01 first handshake {alpn_handshake:?}; first handshake for a new name took {first_handshake:?} (ask + order + \
          HTTP-01 + issue); asks {:?}; whole test {:?}",
         asked.lock().expect("log"),
         started.elapsed()
