@@ -116,6 +116,8 @@ async fn on_demand_asks_orders_limits_and_restarts() {
         c.log.access_log = false;
         c.routes = serde_json::from_value(serde_json::json!([
             {"name": "customers", "domains": ["*.custom.test"],
+             "backends": [{"address": backend.to_string()}]},
+            {"name": "routed", "domains": ["routed.custom.test"],
              "backends": [{"address": backend.to_string()}]}
         ]))
         .expect("routes");
@@ -183,6 +185,16 @@ async fn on_demand_asks_orders_limits_and_restarts() {
     let r = tls_get(https, client.clone(), "yes3.custom.test", "/").await;
     assert!(r.is_err(), "over the limit: {r:?}");
     assert_eq!(count(&asked, "yes3.custom.test"), 0);
+
+    // A routed name is ordered by the renewal loop: its handshakes never ask.
+    let routed = wait_for(Duration::from_secs(30), || {
+        let client = client.clone();
+        async move { tls_get(https, client, "routed.custom.test", "/").await.ok() }
+    })
+    .await
+    .expect("routed name certified");
+    assert_eq!(names_of(&routed.1), vec!["routed.custom.test"]);
+    assert_eq!(count(&asked, "routed.custom.test"), 0);
 
     let store = d.certs.clone().expect("store");
     let st = store.status();

@@ -151,7 +151,7 @@ pub struct AcmeManager {
     dns: Option<Arc<DnsUpdater>>,
     pub(super) dir: PathBuf,
     pub(super) store: Arc<CertStore>,
-    domains: watch::Sender<BTreeSet<String>>,
+    pub(super) domains: watch::Sender<BTreeSet<String>>,
     requests: std::sync::Mutex<Requests>,
     /// Wakes the loop when a retry is requested (a permit is kept if it is busy).
     pub(super) wake: Notify,

@@ -110,6 +110,10 @@ impl AcmeManager {
         {
             return;
         }
+        if self.domains.borrow().contains(&name) {
+            // Routed: the renewal loop orders it anyway; nothing to ask.
+            return;
+        }
         let deadline = Instant::now() + od.cfg.timeout;
         let joined = {
             let mut st = lock(&od.state);
