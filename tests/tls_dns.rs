@@ -74,6 +74,7 @@ fn daemon_config(
             )]
             .into_iter()
             .collect(),
+            delegate_all: None,
         }),
         ..AcmeConfig::default()
     });
@@ -380,6 +381,7 @@ async fn dns_update_client_tcp_fallback_and_refusals() {
         ttl: 60,
         propagation_timeout: Duration::from_secs(5),
         delegate: Default::default(),
+        delegate_all: None,
     };
     let u = DnsUpdater::new(cfg(ZONE, "acme-key"));
     let key = u.key().expect("key");
@@ -436,4 +438,57 @@ async fn dns_update_client_tcp_fallback_and_refusals() {
         e.contains("outside tls.acme.dns.zone") && e.contains("delegate"),
         "{e}"
     );
+}
+
+/// `delegate_all`: every challenge name is delegated to `DOMAIN.<delegate_all>` (the operator's
+/// CNAMEs point there); the certificate is issued and the TXT record at the target removed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dns01_delegate_all() {
+    if std::env::var("BERTH_SYSTEM_TESTS").as_deref() != Ok("1") {
+        println!("skipped: set BERTH_SYSTEM_TESTS=1 (needs knotd, kdig and pebble)");
+        return;
+    }
+    let knot = start_knot(
+        ZONE,
+        &["_acme-challenge.shop 60 CNAME shop.example.test.acme.example.test."],
+        &["shop.example.test.acme"],
+    )
+    .await;
+    let pebble = start_pebble_with_dns(free_port(), free_port(), None, Some(knot.addr)).await;
+    let backend = backend().await;
+    let data = tempfile::tempdir().expect("tmp");
+    let secret_file = data.path().join("acme-key.tsig");
+    std::fs::write(&secret_file, &knot.secret).expect("secret file");
+    let mut cfg = daemon_config(data.path(), &pebble, &knot, &secret_file, backend);
+    if let Some(dns) = cfg.tls.acme.as_mut().and_then(|a| a.dns.as_mut()) {
+        dns.delegate.clear();
+        dns.delegate_all = Some("acme.example.test".into());
+    }
+    cfg.routes = serde_json::from_value(serde_json::json!([
+        {"name": "shop", "domains": ["shop.example.test"], "backends": [{"address": backend.to_string()}]},
+    ]))
+    .expect("routes");
+    let d = daemon::start(cfg, None).await.expect("daemon");
+    let store = d.certs.clone().expect("store");
+    let st = wait_status(
+        &store,
+        "shop.example.test",
+        |s| s.not_after.is_some() || s.last_error.is_some(),
+        Duration::from_secs(60),
+    )
+    .await;
+    assert!(st.last_error.is_none() && st.not_after.is_some(), "{st:?}");
+    assert!(knot.txt("shop.example.test.acme.example.test").is_empty());
+    let client = client_config(pebble_root(&pebble).await);
+    let (resp, leaf) = tls_get(
+        d.https_addr.expect("https"),
+        client,
+        "shop.example.test",
+        "/s",
+    )
+    .await
+    .expect("served");
+    assert_eq!(resp.body, "backend /s");
+    assert_eq!(names_of(&leaf), vec!["shop.example.test"]);
+    d.shutdown().await;
 }

@@ -361,6 +361,10 @@ pub struct DnsUpdateConfig {
     /// writes the TXT record at instead. The operator creates the CNAME once.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub delegate: BTreeMap<String, String>,
+    /// CNAME delegation for every domain not in `delegate`: `_acme-challenge.DOMAIN` →
+    /// `DOMAIN.<delegate_all>` (inside `zone`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub delegate_all: Option<String>,
 }
 
 fn default_dns_ttl() -> u32 {
@@ -512,6 +516,16 @@ impl AcmeConfig {
                 "dns.propagation_timeout",
                 "must be greater than zero".into(),
             ));
+        }
+        if let Some(all) = &dns.delegate_all {
+            let a = parse_domain(all, false)
+                .map_err(|e| err("dns.delegate_all", format!("{all:?}: it {e}")))?;
+            if !crate::model::dns::in_zone(&a, &dns.zone) {
+                return Err(err(
+                    "dns.delegate_all",
+                    format!("{all:?} is outside tls.acme.dns.zone {:?}", dns.zone),
+                ));
+            }
         }
         for (from, to) in &dns.delegate {
             let field = format!("dns.delegate.{from:?}");
@@ -1138,6 +1152,10 @@ mod tests {
             (
                 r#"{"server":"127.0.0.1","zone":"example.test","tsig":{"name":"k","secret":"YQ=="},"propagation_timeout":"0s"}"#,
                 "tls.acme.dns.propagation_timeout",
+            ),
+            (
+                r#"{"server":"127.0.0.1","zone":"example.test","tsig":{"name":"k","secret":"YQ=="},"delegate_all":"acme.other.test"}"#,
+                "tls.acme.dns.delegate_all",
             ),
             (
                 r#"{"server":"127.0.0.1","zone":"example.test","tsig":{"name":"k","secret":"YQ=="},"delegate":{"app.example.test":"t.example.test"}}"#,

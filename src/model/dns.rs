@@ -546,6 +546,39 @@ pub fn parse_server(s: &str) -> Result<(String, u16), String> {
     Ok((host.to_ascii_lowercase(), port))
 }
 
+/// Where the TXT record for certificate domain `domain` is written: its challenge name, or
+/// the target `delegate` gives for that challenge name, or `DOMAIN.<delegate_all>`. The result
+/// must be inside `zone`.
+pub fn record_name(
+    domain: &str,
+    zone: &str,
+    delegate: &std::collections::BTreeMap<String, String>,
+    delegate_all: Option<&str>,
+) -> Result<String, String> {
+    let challenge = challenge_name(domain);
+    let base = challenge.trim_start_matches("_acme-challenge.");
+    let name = match delegate
+        .iter()
+        .find(|(k, _)| k.trim_end_matches('.').eq_ignore_ascii_case(&challenge))
+    {
+        Some((_, v)) => v.trim_end_matches('.').to_ascii_lowercase(),
+        None => match delegate_all {
+            Some(all) => format!("{base}.{}", all.trim_end_matches('.').to_ascii_lowercase()),
+            None => challenge.clone(),
+        },
+    };
+    if name.len() > 253 {
+        return Err(format!("{name} is longer than a DNS name may be"));
+    }
+    if !in_zone(&name, zone) {
+        return Err(format!(
+            "{name} is outside tls.acme.dns.zone {zone:?}: add a CNAME from {challenge} to a name \
+             inside the zone and list it in tls.acme.dns.delegate"
+        ));
+    }
+    Ok(name)
+}
+
 /// Whether `name` is `zone` or below it (case-insensitive, no trailing dots needed).
 pub fn in_zone(name: &str, zone: &str) -> bool {
     let n = name.trim_end_matches('.').to_ascii_lowercase();
@@ -771,6 +804,40 @@ mod tests {
         let mut looped = header(1, 0, [1, 0, 0, 0]);
         looped.extend_from_slice(b"\xc0\x0c\x00\x10\x00\x01");
         assert!(parse_response(&looped).is_err());
+    }
+
+    #[test]
+    fn record_names_with_and_without_delegation() {
+        let d: std::collections::BTreeMap<String, String> = [(
+            "_acme-challenge.Shop.example.org.".to_string(),
+            "shop.acme.example.com.".to_string(),
+        )]
+        .into_iter()
+        .collect();
+        let none = std::collections::BTreeMap::new();
+        let z = "example.com";
+        assert_eq!(
+            record_name("*.a.example.com", z, &none, None).as_deref(),
+            Ok("_acme-challenge.a.example.com")
+        );
+        assert_eq!(
+            record_name("shop.example.org", z, &d, None).as_deref(),
+            Ok("shop.acme.example.com")
+        );
+        assert_eq!(
+            record_name("*.shop.example.org", z, &d, Some("all.example.com")).as_deref(),
+            Ok("shop.acme.example.com"),
+            "an explicit delegation wins"
+        );
+        assert_eq!(
+            record_name("*.x.example.net", z, &d, Some("all.example.com.")).as_deref(),
+            Ok("x.example.net.all.example.com")
+        );
+        let e = record_name("x.example.net", z, &none, None).unwrap_err();
+        assert!(
+            e.contains("outside") && e.contains("_acme-challenge.x.example.net"),
+            "{e}"
+        );
     }
 
     #[test]

@@ -92,24 +92,14 @@ impl DnsUpdater {
     }
 
     /// Where the TXT record for `domain` (a name or `*.name`) is written: `_acme-challenge.`
-    /// + the name, or its `delegate` target. Must be inside the zone.
+    /// + the name, or its `delegate` / `delegate_all` target (see `model::dns::record_name`).
     pub fn record_name(&self, domain: &str) -> Result<String, String> {
-        let challenge = dns::challenge_name(domain);
-        let name = self
-            .cfg
-            .delegate
-            .iter()
-            .find(|(k, _)| k.trim_end_matches('.').eq_ignore_ascii_case(&challenge))
-            .map(|(_, v)| v.trim_end_matches('.').to_ascii_lowercase())
-            .unwrap_or_else(|| challenge.clone());
-        if !dns::in_zone(&name, &self.cfg.zone) {
-            return Err(format!(
-                "{name} is outside tls.acme.dns.zone {:?}: add a CNAME from {challenge} to a name \
-                 inside the zone and list it in tls.acme.dns.delegate",
-                self.cfg.zone
-            ));
-        }
-        Ok(name)
+        dns::record_name(
+            domain,
+            &self.cfg.zone,
+            &self.cfg.delegate,
+            self.cfg.delegate_all.as_deref(),
+        )
     }
 
     async fn server_addr(&self) -> Result<SocketAddr, String> {
