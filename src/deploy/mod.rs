@@ -42,6 +42,12 @@ pub trait RoutePublisher: Send + Sync + 'static {
     /// Replaces every route published under `key` (`app/NAME`, `discovered/NAME`) in one
     /// atomic table swap. An empty list removes them. An error changes nothing.
     fn set_routes(&self, key: &str, routes: Vec<RouteSpec>) -> Result<(), String>;
+    /// Whether `set_routes(key, routes)` would be refused (a domain another route serves),
+    /// changing nothing. The engine asks before it accepts a deploy.
+    fn check_routes(&self, key: &str, routes: Vec<RouteSpec>) -> Result<(), String> {
+        let _ = (key, routes);
+        Ok(())
+    }
     /// Requests in flight to backend `backend_id` of route `route`, if that backend is
     /// in the current table.
     fn inflight(&self, route: &str, backend_id: &str) -> Option<u64>;
@@ -67,6 +73,9 @@ pub enum DeployError {
     DeploymentNotFound(String),
     #[error("cannot roll back: {0}")]
     NoRollbackTarget(String),
+    /// 409: a domain or alias of the spec is served by another route.
+    #[error("{0}")]
+    DomainTaken(String),
     #[error(transparent)]
     Store(#[from] DeploymentStoreError),
     #[error(transparent)]
@@ -236,6 +245,22 @@ pub(crate) struct Inner {
 
 /// What `Conflict.running` says while an app is being stopped.
 pub const STOPPING: &str = "stopping";
+/// The `running` marker while an app is being deleted.
+pub const DELETING: &str = "deleting";
+
+/// What `DELETE /v1/apps/{app}` did.
+#[derive(Clone, Debug, Serialize)]
+pub struct AppDeleted {
+    pub app: String,
+    /// Replicas drained, stopped and removed.
+    pub replicas_removed: usize,
+    /// Deployments the app had.
+    pub deployments: usize,
+    /// Whether those deployments stay readable by id.
+    pub history_kept: bool,
+    /// Berth's image tags removed (`berth/APP:DEPLOYMENT`; none when history is kept).
+    pub images_untagged: usize,
+}
 
 /// What `Conflict.running` says while reconcile (after a start) has not finished an app.
 pub const RECONCILING: &str = "reconcile after start";
@@ -556,6 +581,18 @@ impl Engine {
         spec.validate()?;
         self.refuse_if_damaged(app)?;
         spec.check_host_mounts(self.inner.cfg.allow_host_mounts)?;
+        // The domains must be free before the deploy is accepted (the route is published only
+        // after the first replica is healthy; a collision then would fail the deploy late).
+        let probe = RouteSpec {
+            name: Some(app_route_name(app)),
+            domains: spec.domains.clone(),
+            aliases: spec.aliases.clone(),
+            ..RouteSpec::default()
+        };
+        self.inner
+            .publisher
+            .check_routes(&app_route_name(app), vec![probe])
+            .map_err(DeployError::DomainTaken)?;
         let id = new_deployment_id();
         let rec = DeploymentRecord {
             id: id.clone(),
@@ -866,11 +903,13 @@ impl Engine {
     /// nothing (also after a restart) until the next deploy.
     pub async fn stop(&self, app: &str) -> Result<(), DeployError> {
         self.refuse_if_damaged(app)?;
-        let drain = self
-            .inner
-            .store
-            .current(app)?
+        let current = self.inner.store.current(app)?;
+        let drain = current
+            .as_ref()
             .map_or(Duration::from_secs(30), |c| c.spec.drain_timeout);
+        let grace = current
+            .and_then(|c| c.spec.stop_timeout)
+            .unwrap_or(self.inner.cfg.stop_grace);
         {
             let mut st = self.inner.state.locked();
             let Some(a) = st.apps.get_mut(app) else {
@@ -908,9 +947,98 @@ impl Engine {
             }
             replicas
         };
-        let result = self.finish_stop(app, &replicas, drain).await;
+        let result = self.finish_stop(app, &replicas, drain, grace).await;
         if let Some(a) = self.inner.state.locked().apps.get_mut(app) {
             a.running = None;
+        }
+        result
+    }
+
+    /// Deletes an app: drains, stops and removes its replicas and its route, then forgets it
+    /// (history kept readable by deployment id, or removed with Berth's image tags). A failed
+    /// first deploy leaves an app record behind; this is how it goes. Hand-started containers
+    /// with the app's labels are the operator's and stay.
+    pub async fn delete(&self, app: &str, keep_history: bool) -> Result<AppDeleted, DeployError> {
+        self.refuse_if_damaged(app)?;
+        let history = self.inner.store.list(app, 100_000)?;
+        let current = self.inner.store.current(app)?;
+        let drain = current
+            .as_ref()
+            .map_or(Duration::from_secs(30), |c| c.spec.drain_timeout);
+        let grace = current
+            .as_ref()
+            .and_then(|c| c.spec.stop_timeout)
+            .unwrap_or(self.inner.cfg.stop_grace);
+        let replicas = {
+            let mut st = self.inner.state.locked();
+            if history.is_empty() && !st.apps.contains_key(app) {
+                return Err(DeployError::AppNotFound(app.to_string()));
+            }
+            let a = st.apps.entry(app.to_string()).or_default();
+            if let Some(running) = &a.running {
+                return Err(DeployError::Conflict {
+                    app: app.to_string(),
+                    running: running.clone(),
+                });
+            }
+            // Deploys of this app get Conflict("deleting") until the delete is done.
+            a.running = Some(DELETING.to_string());
+            for r in a.replicas.iter_mut() {
+                r.state = ServerState::Drain;
+            }
+            let replicas = a.replicas.clone();
+            if let Err(e) = self.inner.publish_app(&st, app) {
+                self.inner
+                    .warn(format!("app {app}: publishing drained routes failed: {e}"));
+            }
+            replicas
+        };
+        let result = async {
+            // Persist first: after a crash from here on, reconcile stops the rest.
+            self.inner.store.clear_current(app)?;
+            self.finish_stop(app, &replicas, drain, grace).await?;
+            let deployments = self.inner.store.delete_app(app, keep_history, now_ms())?;
+            let mut images_untagged = 0;
+            if !keep_history {
+                for d in history.iter().filter(|d| d.image_id.is_some()) {
+                    let reference = format!("berth/{app}:{}", d.id);
+                    match self.inner.rt.untag_image(&reference).await {
+                        Ok(true) => images_untagged += 1,
+                        Ok(false) => {}
+                        Err(e) => self.inner.warn(format!("removing image {reference}: {e}")),
+                    }
+                }
+            }
+            Ok::<_, DeployError>(AppDeleted {
+                app: app.to_string(),
+                replicas_removed: replicas.len(),
+                deployments,
+                history_kept: keep_history,
+                images_untagged,
+            })
+        }
+        .await;
+        {
+            let mut st = self.inner.state.locked();
+            match &result {
+                Ok(_) => {
+                    st.apps.remove(app);
+                }
+                Err(_) => {
+                    if let Some(a) = st.apps.get_mut(app) {
+                        a.running = None;
+                    }
+                }
+            }
+        }
+        if let Ok(d) = &result {
+            tracing::info!(
+                app,
+                replicas = d.replicas_removed,
+                deployments = d.deployments,
+                history_kept = keep_history,
+                "app deleted"
+            );
         }
         result
     }
@@ -920,6 +1048,7 @@ impl Engine {
         app: &str,
         replicas: &[Replica],
         drain: Duration,
+        grace: Duration,
     ) -> Result<(), DeployError> {
         for r in replicas {
             run::wait_drained(&self.inner, app, &r.container_id, drain).await;
@@ -937,10 +1066,7 @@ impl Engine {
             }
         }
         for r in replicas {
-            self.inner
-                .rt
-                .stop(&r.container_id, self.inner.cfg.stop_grace)
-                .await?;
+            self.inner.rt.stop(&r.container_id, grace).await?;
             self.inner.rt.remove(&r.container_id).await?;
         }
         Ok(())

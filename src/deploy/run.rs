@@ -12,7 +12,9 @@ use futures_util::StreamExt as _;
 use tokio::time::Instant;
 
 use super::{now_ms, AppHosts, ImageSource, Inner, LockExt, Replica};
-use crate::model::deploy::{images_to_prune, plan, AppSpec, ImageUse, OldReplica, Step};
+use crate::model::deploy::{
+    images_to_prune, plan, AppSpec, ImageUse, OldReplica, PullPolicy, Step,
+};
 use crate::model::labels::{self, LabelSpec};
 use crate::model::route::{BackendAddr, ServerState};
 use crate::runtime::{last_log_lines, ContainerSpec, RuntimeError};
@@ -92,7 +94,10 @@ pub(crate) async fn run(inner: Arc<Inner>, rec: DeploymentRecord, image: ImageSo
             "succeeded",
             format!("app {app} now runs deployment {id}"),
         ),
-        Some(r) => inner.emit(&id, "failed", r),
+        Some(r) => {
+            tracing::warn!(%app, deployment = %id, "deployment failed: {r}");
+            inner.emit(&id, "failed", r)
+        }
     }
     inner.mark_done(&id, state);
 }
@@ -133,8 +138,26 @@ async fn resolve_image(
                 }
             }
         }
+        ImageSource::Reference { reference, creds } if rec.spec.pull == PullPolicy::Always => {
+            // A moving tag (`:latest`) gets the registry's current image on every deploy.
+            inner.emit(
+                &rec.id,
+                "image",
+                format!("pulling {reference} (pull: always)"),
+            );
+            inner
+                .rt
+                .pull_image(&reference, creds.as_ref())
+                .await
+                .map_err(|e| e.to_string())?
+        }
         ImageSource::Reference { reference, creds } => match inner.rt.image_id(&reference).await {
             Ok(i) => i,
+            Err(RuntimeError::NotFound { .. }) if rec.spec.pull == PullPolicy::Never => {
+                return Err(format!(
+                    "image {reference} is not present on the server and pull is never"
+                ))
+            }
             Err(RuntimeError::NotFound { .. }) => {
                 inner.emit(&rec.id, "image", format!("pulling {reference}"));
                 inner
@@ -157,12 +180,25 @@ async fn execute(
 ) -> Result<(), String> {
     let spec = &rec.spec;
     let app = &rec.app;
+    // Old replicas stop with the grace their own deployment asked for.
+    let old_grace = inner
+        .store
+        .current(app)
+        .ok()
+        .flatten()
+        .and_then(|c| c.spec.stop_timeout)
+        .unwrap_or(inner.cfg.stop_grace);
     let image_id = resolve_image(inner, rec, image).await?;
     inner
         .store
         .set_image(&rec.id, &image_id)
         .map_err(|e| e.to_string())?;
     inner.emit(&rec.id, "image", format!("image {}", short(&image_id)));
+    // Berth's own tag: pruning removes only these, never a tag an operator made.
+    let (repo, tag) = berth_tag(app, &rec.id);
+    if let Err(e) = inner.rt.tag_image(&image_id, &repo, &tag).await {
+        inner.warn(format!("tagging image {repo}:{tag}: {e}"));
+    }
     inner.rt.ensure_network().await.map_err(|e| e.to_string())?;
 
     let old: Vec<Replica> = inner
@@ -263,7 +299,16 @@ async fn execute(
                     progress.stopped_old.push(r);
                 }
                 let rt = inner.rt.clone();
-                let grace = inner.cfg.stop_grace;
+                let grace = old_grace;
+                inner.emit(
+                    &rec.id,
+                    "stopping",
+                    format!(
+                        "old {} stops (up to {}, then killed)",
+                        short(&container_id),
+                        humantime::format_duration(grace)
+                    ),
+                );
                 let cid = container_id.clone();
                 progress
                     .stops
@@ -375,7 +420,15 @@ pub(crate) async fn start_replica(
             .map(|(k, v)| format!("{k}={v}"))
             .collect(),
         volumes: rec.spec.volumes.clone(),
-        cmd: None,
+        cmd: rec.spec.command.clone(),
+        stop_signal: rec.spec.stop_signal.clone(),
+        entrypoint: rec.spec.entrypoint.clone(),
+        memory: rec
+            .spec
+            .resources
+            .memory
+            .map(|m| i64::try_from(m.0).unwrap_or(i64::MAX)),
+        nano_cpus: rec.spec.resources.cpus.map(|c| c.nano()),
     };
     let id = inner
         .rt
@@ -575,6 +628,11 @@ async fn abort(inner: &Arc<Inner>, rec: &DeploymentRecord, progress: &mut Progre
     }
 }
 
+/// The tag Berth gives the image of deployment `id` of `app`: `berth/APP:ID`.
+fn berth_tag(app: &str, id: &str) -> (String, String) {
+    (format!("berth/{app}"), id.to_string())
+}
+
 async fn prune_images(inner: &Inner, id: &str, app: &str) {
     let keep = inner.cfg.keep_images.max(1);
     let history = match inner.store.list(app, 10_000) {
@@ -593,33 +651,22 @@ async fn prune_images(inner: &Inner, id: &str, app: &str) {
             })
         })
         .collect();
-    // Images any container still uses, and those other apps keep, stay.
-    let mut in_use: Vec<String> = match inner.rt.list(&[labels::ROLE.to_string()]).await {
-        Ok(cs) => cs.into_iter().map(|c| c.image_id).collect(),
-        Err(e) => {
-            inner.warn(format!("image pruning skipped: {e}"));
-            return;
-        }
-    };
-    if let Ok(apps) = inner.store.apps() {
-        for (other, _) in apps.into_iter().filter(|(a, _)| a != app) {
-            if let Ok(h) = inner.store.list(&other, 10_000) {
-                in_use.extend(
-                    h.into_iter()
-                        .filter(|d| d.state == DeployState::Succeeded)
-                        .take(keep)
-                        .filter_map(|d| d.image_id),
-                );
-            }
-        }
-    }
-    let doomed = images_to_prune(&uses, keep, &in_use);
+    // Containers and other apps need no list here: untagging is never forced, so Docker keeps
+    // an image a container uses or another tag (another app's, an operator's) names.
+    let doomed = images_to_prune(&uses, keep, &[]);
     let mut removed = Vec::new();
-    for img in doomed {
-        match inner.rt.remove_image(&img).await {
-            Ok(true) => removed.push(short(&img).to_string()),
+    // Only Berth's own tags go (`berth/APP:DEPLOYMENT`); Docker deletes an image with its last
+    // tag, so an image an operator tagged (or another app uses) stays.
+    for d in history
+        .iter()
+        .filter(|d| d.image_id.as_ref().is_some_and(|i| doomed.contains(i)))
+    {
+        let (repo, tag) = berth_tag(app, &d.id);
+        let reference = format!("{repo}:{tag}");
+        match inner.rt.untag_image(&reference).await {
+            Ok(true) => removed.push(reference),
             Ok(false) => {}
-            Err(e) => inner.warn(format!("pruning image {}: {e}", short(&img))),
+            Err(e) => inner.warn(format!("pruning image {reference}: {e}")),
         }
     }
     if !removed.is_empty() {

@@ -211,6 +211,13 @@ const MIGRATIONS: &[&str] = &[
     deployments::MIGRATION_SQL,
     // 3: deployment event logs (idempotent for the same reason).
     deployments::EVENTS_MIGRATION_SQL,
+    // 4: deleted apps. `deployments::MIGRATION_SQL` (step 2) creates this table too since it
+    // was added there; databases migrated before that get it here (only this path migrates
+    // berth.db now, nothing re-runs step 2).
+    "CREATE TABLE IF NOT EXISTS deleted_apps (
+        app        TEXT PRIMARY KEY,
+        deleted_at INTEGER NOT NULL
+     );",
 ];
 
 fn now() -> i64 {
@@ -523,6 +530,14 @@ impl deployments::DeploymentStore for Store {
     }
     fn clear_current(&self, app: &str) -> Result<(), DeploymentStoreError> {
         self.dwith(|c| deployments::clear_current(c, app))
+    }
+    fn delete_app(
+        &self,
+        app: &str,
+        keep_history: bool,
+        at: i64,
+    ) -> Result<usize, DeploymentStoreError> {
+        self.dwith(|c| deployments::delete_app(c, app, keep_history, at))
     }
     fn add_event(&self, deployment: &str, ev: &StoredEvent) -> Result<(), DeploymentStoreError> {
         self.dwith(|c| deployments::add_event(c, deployment, ev))
@@ -1073,5 +1088,22 @@ mod tests {
         let err = err.expect("the database filled up");
         assert!(matches!(err, StoreError::DiskFull(_)), "{err}");
         assert!(err.to_string().starts_with("disk full"), "{err}");
+    }
+
+    #[test]
+    fn a_database_from_before_deleted_apps_is_migrated() {
+        use deployments::DeploymentStore;
+        let tmp = tempfile::tempdir().unwrap();
+        {
+            let s = Store::open(tmp.path()).unwrap();
+            let c = s.conn().unwrap();
+            // As a database migrated to version 3 before `deleted_apps` existed.
+            c.execute_batch("DROP TABLE deleted_apps; PRAGMA user_version = 3;")
+                .unwrap();
+        }
+        let s = Store::open(tmp.path()).unwrap();
+        assert_eq!(s.schema_version().unwrap(), MIGRATIONS.len() as i64);
+        assert!(s.apps().unwrap().is_empty());
+        assert_eq!(s.delete_app("web", true, 1).unwrap(), 0);
     }
 }
