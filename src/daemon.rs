@@ -47,6 +47,8 @@ pub enum DaemonError {
     Registry(#[from] ChangeError),
     #[error("deploy engine (deploy.enabled: required): {0}")]
     Deploy(#[from] crate::deploy_publish::EngineStartError),
+    #[error(transparent)]
+    Secrets(#[from] crate::store::secrets::SecretsError),
 }
 
 /// The registry publishes into the proxy's table holder.
@@ -309,9 +311,12 @@ async fn start_engine(
         tracing::info!("deploy engine off (deploy.enabled: off)");
         return Ok(None);
     }
+    // api: app secrets are sealed with this key (created here, logged, when missing).
+    let (key, _) = crate::store::secrets::SecretsKey::load_or_create(&config.data_dir)?;
     let cfg = crate::deploy::EngineConfig {
         keep_images: d.keep_images,
         stop_grace: d.stop_grace,
+        secrets: Some(Arc::new(key)),
         ..Default::default()
     };
     let db = registry.store().path().to_path_buf();

@@ -420,6 +420,25 @@ async fn status(servers: &[String], app: Option<String>, out: &Out) -> Result<u8
         &["app", "replicas", "health", "deployment", "domains"],
         app_rows(&apps, out),
     );
+    // Secrets: names and fingerprints only (the server never sends a value).
+    for a in list(&apps, "apps") {
+        let shown: Vec<String> = a
+            .pointer("/current/spec/secrets")
+            .and_then(Value::as_array)
+            .map(|l| {
+                l.iter()
+                    .map(|s| format!("{} ({})", field(s, &["name"]), field(s, &["fingerprint"])))
+                    .collect()
+            })
+            .unwrap_or_default();
+        if !shown.is_empty() {
+            out.line(&format!(
+                "{} secrets: {}",
+                field(a, &["name", "app"]),
+                shown.join(", ")
+            ));
+        }
+    }
     let cert_rows: Vec<Vec<String>> = list(&certs, "certificates")
         .iter()
         .map(|c| {
