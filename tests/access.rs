@@ -186,7 +186,10 @@ async fn scopes_are_enforced_on_every_documented_operation() {
             }
             let m = method.to_uppercase();
             let rule = rule_for(&m, path).unwrap_or_else(|| panic!("{m} {path}: no rule"));
-            if rule == Rule::Public || path == "/metrics" || path == "/v1/stats/stream" {
+            if matches!(rule, Rule::Public | Rule::Authenticated)
+                || path == "/metrics"
+                || path == "/v1/stats/stream"
+            {
                 continue;
             }
             for app in ["web", "shop-eu", "api"] {
@@ -199,7 +202,7 @@ async fn scopes_are_enforced_on_every_documented_operation() {
                     // Without an engine there is no deployment to look up: `read` or the
                     // handler's 503 (a deploy-only token gets through to it).
                     Rule::DeploymentRead => Need::Public,
-                    Rule::Public => unreachable!(),
+                    Rule::Public | Rule::Authenticated => unreachable!(),
                 };
                 for (scopes, token) in &tokens {
                     let mut req = http
@@ -232,6 +235,20 @@ async fn scopes_are_enforced_on_every_documented_operation() {
         }
     }
     assert!(checked > 100, "{checked}");
+    // Any token may ask who it is.
+    for (scopes, token) in &tokens {
+        let v: Value = http
+            .get(format!("{base}/v1/token"))
+            .bearer_auth(token)
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        assert_eq!(v["name"], "t");
+        assert_eq!(v["scopes"], serde_json::to_value(scopes).unwrap());
+    }
     // Spot checks of what a CI token can do, in the words of the issue.
     let ci = &tokens[1].1;
     let status = |m: reqwest::Method, p: &str| {
@@ -276,7 +293,7 @@ fn the_document_states_each_operations_scope_like_the_router() {
             );
             let responses = &op["responses"];
             assert!(responses.get("421").is_some(), "{m} {path}: no 421");
-            if rule != Rule::Public {
+            if !matches!(rule, Rule::Public | Rule::Authenticated) {
                 assert!(responses.get("403").is_some(), "{m} {path}: no 403");
             }
             seen.push((m, path.clone()));

@@ -234,7 +234,7 @@ async fn need_of(state: &ApiState, scopes: &Scopes, req: Request) -> (Need, Requ
             .map(|(_, v)| v.clone())
     };
     let need = match rule {
-        Rule::Public => Need::Public,
+        Rule::Public | Rule::Authenticated => Need::Public,
         Rule::Read => Need::Read,
         Rule::Admin => Need::Admin,
         // Without a readable app name (bad encoding) the handler answers 400; meanwhile
@@ -263,9 +263,12 @@ async fn need_of(state: &ApiState, scopes: &Scopes, req: Request) -> (Need, Requ
 
 /// Runs the request if `scopes` allow what its route needs; 403 naming the scope otherwise.
 async fn authorize(state: &ApiState, scopes: Scopes, req: Request, next: Next) -> Response {
-    let (need, req) = need_of(state, &scopes, req).await;
+    let (need, mut req) = need_of(state, &scopes, req).await;
     match scopes.allow(&need) {
-        Ok(()) => next.run(req).await,
+        Ok(()) => {
+            req.extensions_mut().insert(scopes);
+            next.run(req).await
+        }
         Err(missing) => {
             let path: String = req.uri().path().chars().take(200).collect();
             ApiError::Forbidden {
@@ -279,4 +282,33 @@ async fn authorize(state: &ApiState, scopes: Scopes, req: Request, next: Next) -
             .into_response()
         }
     }
+}
+
+/// `GET /v1/token`: the token this request authenticated with (a status-page session: its
+/// token) and its scopes. Any valid token may ask; `berth server add` checks a token with it.
+pub async fn whoami(
+    State(state): State<ApiState>,
+    scopes: Option<axum::Extension<Scopes>>,
+    token: Option<axum::Extension<TokenId>>,
+) -> Result<axum::Json<serde_json::Value>, ApiError> {
+    let scopes = scopes.map(|s| s.0).unwrap_or_else(Scopes::admin);
+    let id = token.map(|t| t.0 .0);
+    let name = match id {
+        Some(id) => {
+            let store = state.registry.store().clone();
+            tokio::task::spawn_blocking(move || store.list_tokens())
+                .await
+                .map_err(|e| ApiError::Internal(format!("token list task: {e}")))??
+                .into_iter()
+                .find(|t| t.id == id)
+                .map(|t| t.name)
+        }
+        None => None,
+    };
+    Ok(axum::Json(serde_json::json!({
+        "id": id,
+        "name": name,
+        "session": id.is_none(),
+        "scopes": scopes,
+    })))
 }

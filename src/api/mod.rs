@@ -92,6 +92,7 @@ pub struct ApiState {
 /// The complete router.
 pub fn router(state: ApiState) -> Router {
     let protected = Router::new()
+        .route("/v1/token", get(auth::whoami))
         .merge(routes::router())
         .merge(stats::router())
         .merge(apps::router())

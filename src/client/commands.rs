@@ -258,10 +258,18 @@ async fn server(cmd: ServerCmd, out: &Out) -> Result<u8, ClientError> {
             if !no_check {
                 let api = Api::new(&server)?;
                 let v = api.check_version().await?;
-                // A cheap authenticated call proves the token works.
-                let _: Value = api.json(Method::GET, "/v1/routes", None).await?;
+                // An authenticated call any token may make proves the token works (a daemon
+                // from before token scopes has no /v1/token: then any read will do).
+                let scopes = match api.json::<Value>(Method::GET, "/v1/token", None).await {
+                    Ok(t) => field(&t, &["scopes"]),
+                    Err(ClientError::Api { status: 404, .. }) => {
+                        let _: Value = api.json(Method::GET, "/v1/routes", None).await?;
+                        "admin".into()
+                    }
+                    Err(e) => return Err(e),
+                };
                 out.line(&format!(
-                    "connected to berthd {} at {}",
+                    "connected to berthd {} at {} (token scopes: {scopes})",
                     field(&v, &["version"]),
                     server.url
                 ));

@@ -222,6 +222,8 @@ impl Need {
 pub enum Rule {
     /// No token needed.
     Public,
+    /// Any valid token, whatever its scopes (`GET /v1/token`: who am I).
+    Authenticated,
     /// `read`.
     Read,
     /// `read`, or `deploy:` matching the `{app}` path parameter.
@@ -239,6 +241,7 @@ impl Rule {
     pub fn doc(self) -> &'static str {
         match self {
             Rule::Public => "none",
+            Rule::Authenticated => "any",
             Rule::Read => "read",
             Rule::AppRead => "read or deploy:{app}",
             Rule::AppWrite => "deploy:{app}",
@@ -254,6 +257,7 @@ pub const ROUTE_RULES: &[(&str, &str, Rule)] = &[
     ("GET", "/healthz", Rule::Public),
     ("GET", "/v1/version", Rule::Public),
     ("GET", "/v1/openapi.json", Rule::Public),
+    ("GET", "/v1/token", Rule::Authenticated),
     // Public unless `api.metrics_auth` is set; then it sits behind the token check.
     ("GET", "/metrics", Rule::Read),
     ("GET", "/v1/routes", Rule::Read),
@@ -336,7 +340,7 @@ impl ApiHosts {
                 return true;
             }
         }
-        self.names.iter().any(|n| *n == host)
+        self.names.contains(&host)
     }
 }
 
