@@ -441,3 +441,56 @@ fn berthd_token_create_with_scopes_and_list() {
         Scopes::parse(&["deploy:web", "read"]).unwrap()
     );
 }
+
+#[test]
+fn berthd_init_creates_the_secrets_key_or_uses_the_systemd_credential() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let cfg = dir.path().join("berthd.yaml");
+    std::fs::write(&cfg, format!("data_dir: {}\n", data.display())).unwrap();
+    let init = |creds: Option<&Path>| {
+        let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_berthd"));
+        cmd.arg("--config").arg(&cfg).arg("init");
+        match creds {
+            Some(c) => cmd.env("CREDENTIALS_DIRECTORY", c),
+            None => cmd.env_remove("CREDENTIALS_DIRECTORY"),
+        };
+        let out = cmd.output().unwrap();
+        (
+            out.status.success(),
+            String::from_utf8_lossy(&out.stderr).to_string(),
+        )
+    };
+    // A systemd credential wins over the data dir; a malformed one is a clear error.
+    let creds = dir.path().join("creds");
+    std::fs::create_dir(&creds).unwrap();
+    std::fs::write(creds.join("berth-secrets-key"), "not a key\n").unwrap();
+    let (ok, err) = init(Some(&creds));
+    assert!(!ok, "{err}");
+    assert!(
+        err.contains("berth-secrets-key") && err.contains("64 hex digits"),
+        "{err}"
+    );
+    std::fs::write(
+        creds.join("berth-secrets-key"),
+        format!("{}\n", "0f".repeat(32)),
+    )
+    .unwrap();
+    let (ok, err) = init(Some(&creds));
+    assert!(ok, "{err}");
+    assert!(err.contains("creds/berth-secrets-key exists"), "{err}");
+    assert!(!data.join("secrets.key").exists());
+    // Without one: init creates <data_dir>/secrets.key, 0600, once.
+    let (ok, err) = init(None);
+    assert!(ok, "{err}");
+    assert!(err.contains("created the secrets key"), "{err}");
+    let key = data.join("secrets.key");
+    let mode = std::fs::metadata(&key).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode, 0o600);
+    let first = std::fs::read_to_string(&key).unwrap();
+    assert_eq!(first.trim().len(), 64);
+    let (ok, err) = init(None);
+    assert!(ok && err.contains("exists; keeping it"), "{err}");
+    assert_eq!(std::fs::read_to_string(&key).unwrap(), first);
+}

@@ -22,11 +22,12 @@ struct Daemon {
 }
 
 impl Daemon {
-    /// Starts `berthd run` with `cfg`; waits until the API answers.
-    fn start(cfg: &Path, log: PathBuf) -> Daemon {
+    /// Starts `berthd run` with `cfg` (and a systemd-style credentials directory, if given);
+    /// waits until the API answers.
+    fn start(cfg: &Path, log: PathBuf, creds: Option<&Path>) -> Daemon {
         let file = std::fs::File::create(&log).unwrap();
-        let child = Command::new(env!("CARGO_BIN_EXE_berthd"))
-            .arg("--config")
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_berthd"));
+        cmd.arg("--config")
             .arg(cfg)
             .arg("--log-format")
             .arg("json")
@@ -34,9 +35,11 @@ impl Daemon {
             .env_remove("CREDENTIALS_DIRECTORY")
             .env_remove("JOURNAL_STREAM")
             .stdout(Stdio::null())
-            .stderr(file)
-            .spawn()
-            .expect("berthd starts");
+            .stderr(file);
+        if let Some(c) = creds {
+            cmd.env("CREDENTIALS_DIRECTORY", c);
+        }
+        let child = cmd.spawn().expect("berthd starts");
         let deadline = Instant::now() + Duration::from_secs(60);
         let api = loop {
             let text = std::fs::read_to_string(&log).unwrap_or_default();
@@ -219,7 +222,7 @@ async fn secrets_reach_the_container_and_nothing_else() {
         s.create_token("admin").unwrap()
     };
 
-    let daemon = Daemon::start(&cfg, tmp.path().join("berthd.log"));
+    let daemon = Daemon::start(&cfg, tmp.path().join("berthd.log"), None);
     let key_mode = {
         use std::os::unix::fs::PermissionsExt;
         std::fs::metadata(data.join("secrets.key"))
@@ -394,8 +397,11 @@ async fn secrets_reach_the_container_and_nothing_else() {
     assert_not_in_data_dir(&data, &value);
 
     // Another key: rolling back is refused, clearly, naming the secret; nothing panics.
+    let creds = tmp.path().join("creds");
+    std::fs::create_dir(&creds).unwrap();
+    std::fs::copy(data.join("secrets.key"), creds.join("berth-secrets-key")).unwrap();
     std::fs::write(data.join("secrets.key"), format!("{}\n", "ab".repeat(32))).unwrap();
-    let daemon = Daemon::start(&cfg, tmp.path().join("berthd2.log"));
+    let daemon = Daemon::start(&cfg, tmp.path().join("berthd2.log"), None);
     let url = format!("http://{}", daemon.api);
     let r = http
         .post(format!("{url}/v1/apps/{app}/rollback"))
@@ -415,4 +421,39 @@ async fn secrets_reach_the_container_and_nothing_else() {
     let log = daemon.stop();
     assert!(!log.contains("panicked"), "{log}");
     assert!(!log.contains(&value));
+
+    // The right key as a systemd credential (LoadCredential=) wins over the data dir's file:
+    // the rollback to v2 works after a restart, from the stored sealed copy.
+    let daemon = Daemon::start(&cfg, tmp.path().join("berthd3.log"), Some(&creds));
+    let r = http
+        .post(format!("http://{}/v1/apps/{app}/rollback", daemon.api))
+        .bearer_auth(&token)
+        .json(&json!({}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 202);
+    let id = r.json::<Value>().await.unwrap()["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let events = http
+        .get(format!("http://{}/v1/deployments/{id}/events", daemon.api))
+        .bearer_auth(&token)
+        .timeout(Duration::from_secs(60))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(events.contains("\"state\":\"succeeded\""), "{events}");
+    let env = container_env(&app);
+    assert!(
+        env.contains(&format!("DB_PASSWORD={value}")),
+        "after restart + rollback: {env:?}"
+    );
+    let log = daemon.stop();
+    assert!(!log.contains(&value));
+    assert!(!log.contains("created the secrets key"));
 }
