@@ -494,3 +494,103 @@ fn berthd_init_creates_the_secrets_key_or_uses_the_systemd_credential() {
     assert!(ok && err.contains("exists; keeping it"), "{err}");
     assert_eq!(std::fs::read_to_string(&key).unwrap(), first);
 }
+
+/// Forwards every connection on a loopback port to `to`, like `ssh -L`: the client's `Host`
+/// names the forwarder's port, not the API's.
+async fn tunnel(to: std::net::SocketAddr) -> (std::net::SocketAddr, tokio::task::JoinHandle<()>) {
+    let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = l.local_addr().unwrap();
+    let task = tokio::spawn(async move {
+        while let Ok((mut a, _)) = l.accept().await {
+            tokio::spawn(async move {
+                if let Ok(mut b) = tokio::net::TcpStream::connect(to).await {
+                    let _ = tokio::io::copy_bidirectional(&mut a, &mut b).await;
+                }
+            });
+        }
+    });
+    (addr, task)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_cli_works_through_a_tunnel_and_metrics_auth_needs_read() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut c = config(dir.path());
+    c.api.metrics_auth = true;
+    let running = berth::daemon::start(c, None).await.expect("daemon starts");
+    let store = running.registry.store().clone();
+    let (_, ci) = store
+        .create_token_scoped("ci", &Scopes::parse(&["deploy:web"]).unwrap())
+        .unwrap();
+    let (_, reader) = store
+        .create_token_scoped("reader", &Scopes::parse(&["read"]).unwrap())
+        .unwrap();
+    let (fwd, task) = tunnel(running.api_addr).await;
+    let cli_cfg = dir.path().join("cli.yaml");
+    let berth = |args: Vec<String>| {
+        let cfg = cli_cfg.clone();
+        tokio::task::spawn_blocking(move || {
+            let out = std::process::Command::new(env!("CARGO_BIN_EXE_berth"))
+                .args(&args)
+                .env("BERTH_CLI_CONFIG", cfg)
+                .env("NO_COLOR", "1")
+                .env_remove("BERTH_SERVER")
+                .env_remove("BERTH_TOKEN")
+                .env_remove("BERTH_URL")
+                .output()
+                .unwrap();
+            let mut text = String::from_utf8_lossy(&out.stdout).into_owned();
+            text.push_str(&String::from_utf8_lossy(&out.stderr));
+            (out.status.success(), text)
+        })
+    };
+    for (name, url, token) in [
+        ("t1", format!("http://127.0.0.1:{}", fwd.port()), &reader),
+        ("t2", format!("http://localhost:{}", fwd.port()), &ci),
+    ] {
+        let (ok, out) = berth(vec![
+            "server".into(),
+            "add".into(),
+            name.into(),
+            url,
+            "--token".into(),
+            token.clone(),
+        ])
+        .await
+        .unwrap();
+        assert!(ok, "{out}");
+        assert!(out.contains("token scopes:"), "{out}");
+    }
+    let (ok, out) = berth(vec![
+        "--server".into(),
+        "t1".into(),
+        "routes".into(),
+        "list".into(),
+    ])
+    .await
+    .unwrap();
+    assert!(ok && out.contains("static"), "{out}");
+    // The deploy-only token is refused the route table, with the scope named.
+    let (ok, out) = berth(vec![
+        "--server".into(),
+        "t2".into(),
+        "routes".into(),
+        "list".into(),
+    ])
+    .await
+    .unwrap();
+    assert!(!ok && out.contains("read"), "{out}");
+    // api.metrics_auth: /metrics is a read like any other.
+    let http = reqwest::Client::new();
+    for (token, want) in [(&reader, 200), (&ci, 403)] {
+        let r = http
+            .get(format!("http://{fwd}/metrics"))
+            .bearer_auth(token)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), want);
+    }
+    task.abort();
+    running.shutdown().await;
+}
