@@ -271,10 +271,15 @@ async fn authorize(state: &ApiState, scopes: Scopes, req: Request, next: Next) -
         }
         Err(missing) => {
             let path: String = req.uri().path().chars().take(200).collect();
+            let alternatives = match &need {
+                Need::AppRead(_) => format!("{missing} or read"),
+                Need::Admin => missing.clone(),
+                _ => format!("{missing} or admin"),
+            };
             ApiError::Forbidden {
                 message: format!(
-                    "this token may not {} {path}: that needs scope {missing} (or admin); the \
-                     token has {scopes}",
+                    "this token may not {} {path}: that needs scope {alternatives}; the token \
+                     has {scopes}",
                     req.method()
                 ),
                 required_scope: missing,
@@ -291,7 +296,11 @@ pub async fn whoami(
     scopes: Option<axum::Extension<Scopes>>,
     token: Option<axum::Extension<TokenId>>,
 ) -> Result<axum::Json<serde_json::Value>, ApiError> {
-    let scopes = scopes.map(|s| s.0).unwrap_or_else(Scopes::admin);
+    let Some(axum::Extension(scopes)) = scopes else {
+        return Err(ApiError::Internal(
+            "GET /v1/token reached without the token check".into(),
+        ));
+    };
     let id = token.map(|t| t.0 .0);
     let name = match id {
         Some(id) => {
