@@ -317,6 +317,7 @@ async fn start_engine(
         keep_images: d.keep_images,
         stop_grace: d.stop_grace,
         secrets: Some(Arc::new(key)),
+        allow_host_mounts: d.allow_host_mounts,
         ..Default::default()
     };
     let db = registry.store().path().to_path_buf();

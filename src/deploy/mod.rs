@@ -98,6 +98,8 @@ pub struct EngineConfig {
     /// Seals app secrets before they are stored and opens them for `docker create`; without
     /// it, a deploy with secrets is refused.
     pub secrets: Option<Arc<crate::store::secrets::SecretsKey>>,
+    /// `deploy.allow_host_mounts`: whether specs may bind-mount host paths.
+    pub allow_host_mounts: bool,
 }
 
 impl Default for EngineConfig {
@@ -108,6 +110,7 @@ impl Default for EngineConfig {
             extra_labels: HashMap::new(),
             discovery_health_timeout: Duration::from_secs(60),
             secrets: None,
+            allow_host_mounts: false,
         }
     }
 }
@@ -494,6 +497,7 @@ impl Engine {
     ) -> Result<String, DeployError> {
         validate_app_name(app)?;
         spec.validate()?;
+        spec.check_host_mounts(self.inner.cfg.allow_host_mounts)?;
         let mut spec = spec;
         if !spec.secrets.is_empty() {
             // Sealed before anything is stored; the values in clear are dropped here.
@@ -572,6 +576,13 @@ impl Engine {
 
     /// `GET /v1/deployments/{id}/events`: the events so far plus a receiver for the rest
     /// (no gap, no duplicate). None if the deployment did not run in this process.
+    /// The id of the deployment running for `app`, if one is. The API checks it before
+    /// reading an image upload, so a second upload is refused (409) without being streamed.
+    pub fn running(&self, app: &str) -> Option<String> {
+        let st = self.inner.state.locked();
+        st.apps.get(app).and_then(|a| a.running.clone())
+    }
+
     pub fn subscribe(
         &self,
         id: &str,

@@ -8,6 +8,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
+use futures_util::StreamExt as _;
 use tokio::time::Instant;
 
 use super::{now_ms, AppHosts, ImageSource, Inner, LockExt, Replica};
@@ -105,7 +106,31 @@ async fn resolve_image(
             .image_id(&i)
             .await
             .map_err(|e| format!("image {i}: {e}"))?,
-        ImageSource::Tar(tar) => inner.rt.load_image(tar).await.map_err(|e| e.to_string())?,
+        ImageSource::Tar(tar) => {
+            // The upload's own error (truncated, too large, interrupted) is the cause; Docker
+            // only sees a body that broke off. Keep the first one to name it in the reason.
+            let cause = Arc::new(std::sync::Mutex::new(None::<String>));
+            let seen = cause.clone();
+            let tar = tar
+                .inspect(move |item| {
+                    if let Err(e) = item {
+                        if let Ok(mut slot) = seen.lock() {
+                            slot.get_or_insert_with(|| e.to_string());
+                        }
+                    }
+                })
+                .boxed();
+            match inner.rt.load_image(tar).await {
+                Ok(id) => id,
+                Err(e) => {
+                    let upload = cause.lock().ok().and_then(|mut c| c.take());
+                    return Err(match upload {
+                        Some(u) => format!("image load failed: {u}"),
+                        None => e.to_string(),
+                    });
+                }
+            }
+        }
         ImageSource::Reference { reference, creds } => match inner.rt.image_id(&reference).await {
             Ok(i) => i,
             Err(RuntimeError::NotFound { .. }) => {

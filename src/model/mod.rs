@@ -13,3 +13,4 @@ pub mod renewal;
 pub mod route;
 pub mod sni;
 pub mod stats;
+pub mod tar;
