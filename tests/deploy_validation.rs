@@ -21,6 +21,13 @@ struct World {
 
 impl World {
     async fn start(name: &str) -> World {
+        Self::start_with(name, |_| {}).await
+    }
+
+    async fn start_with(
+        name: &str,
+        tweak: impl FnOnce(&mut berth::model::config::Config),
+    ) -> World {
         prepare();
         let dir = tempfile::tempdir().unwrap();
         let app = format!("{name}-{}", std::process::id());
@@ -35,6 +42,7 @@ impl World {
         c.deploy.enabled = berth::model::config::DeployEnabled::Required;
         c.deploy.network = network.clone();
         c.deploy.stop_grace = Duration::from_secs(2);
+        tweak(&mut c);
         let running = berth::daemon::start(c, None).await.expect("daemon starts");
         let (_, token) = running.registry.store().create_token("ci").unwrap();
         World {
@@ -105,6 +113,26 @@ impl World {
             .unwrap();
         let status = resp.status().as_u16();
         (status, resp.json().await.unwrap_or(Value::Null))
+    }
+
+    /// Waits for deployment `id` to end; returns its record.
+    async fn wait(&self, id: &str) -> Value {
+        let deadline = std::time::Instant::now() + Duration::from_secs(30);
+        loop {
+            let resp = self
+                .http
+                .get(self.url(&format!("/v1/deployments/{id}")))
+                .bearer_auth(&self.token)
+                .send()
+                .await
+                .unwrap();
+            let v: Value = resp.json().await.unwrap();
+            if v["state"] != "running" {
+                return v;
+            }
+            assert!(std::time::Instant::now() < deadline, "{v}");
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
     }
 
     /// Containers of this app, running or not.
@@ -238,4 +266,165 @@ async fn image_parts_that_are_not_whole_tars_are_refused() {
     // The whole tar still deploys.
     let (status, body) = w.deploy_upload(w.spec(json!({})), tar).await;
     assert_eq!(status, 202, "{body}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_domain_served_by_another_app_is_refused_before_202() {
+    if skip() {
+        return;
+    }
+    let w = World::start("domtaken").await;
+    let other = format!("{}-b", w.app);
+    let _cleanup_b = Cleanup {
+        app: other.clone(),
+        network: String::new(),
+    };
+    let (status, body) = w.deploy_json(w.spec(json!({}))).await;
+    assert_eq!(status, 202, "{body}");
+    let id = body["id"].as_str().unwrap().to_string();
+    // Wait for the first app's route: it is published once a replica is healthy.
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let resp = w
+            .http
+            .get(w.url(&format!("/v1/deployments/{id}")))
+            .bearer_auth(&w.token)
+            .send()
+            .await
+            .unwrap();
+        let v: Value = resp.json().await.unwrap();
+        if v["state"] == "succeeded" {
+            break;
+        }
+        assert_ne!(v["state"], "failed", "{v}");
+        assert!(std::time::Instant::now() < deadline, "{v}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let taken = format!("{}.test", w.app);
+    for extra in [
+        json!({"domains": [taken.clone()]}),
+        json!({"domains": [format!("{other}.test")], "aliases": [taken.clone()]}),
+    ] {
+        let mut spec = w.spec(json!({}));
+        spec.as_object_mut()
+            .unwrap()
+            .extend(extra.as_object().unwrap().clone());
+        let resp = w
+            .http
+            .post(w.url(&format!("/v1/apps/{other}/deploy")))
+            .bearer_auth(&w.token)
+            .json(&spec)
+            .send()
+            .await
+            .unwrap();
+        let status = resp.status().as_u16();
+        let body: Value = resp.json().await.unwrap_or(Value::Null);
+        assert_eq!(status, 409, "{extra}: {body}");
+        assert_eq!(body["error"]["field"], "domains", "{body}");
+        assert!(body.to_string().contains(&taken), "{body}");
+    }
+    let resp = w
+        .http
+        .get(w.url(&format!("/v1/apps/{other}")))
+        .bearer_auth(&w.token)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 404, "the refused app left no record");
+}
+
+fn docker_ok(args: &[&str]) -> bool {
+    std::process::Command::new("docker")
+        .args(args)
+        .output()
+        .map(|o| o.status.success())
+        .unwrap_or(false)
+}
+
+/// Pruning removes only Berth's own `berth/APP:DEPLOYMENT` tags: an operator's tag on the same
+/// image (`drill-app:v3` in the drill) and the shared test image survive.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pruning_never_removes_an_operators_tag() {
+    if skip() {
+        return;
+    }
+    let w = World::start_with("prune", |c| c.deploy.keep_images = 1).await;
+    let optag = format!("optag-{}:v3", w.app);
+    assert!(docker_ok(&["tag", IMG_V1, &optag]));
+    struct Untag(Vec<String>);
+    impl Drop for Untag {
+        fn drop(&mut self) {
+            for t in &self.0 {
+                let _ = std::process::Command::new("docker")
+                    .args(["rmi", t])
+                    .output();
+            }
+        }
+    }
+    let mut untag = Untag(vec![optag.clone()]);
+    let mut ids = Vec::new();
+    for image in [optag.as_str(), docker_support::IMG_V2] {
+        let (status, body) = w.deploy_json(w.spec(json!({ "image": image }))).await;
+        assert_eq!(status, 202, "{body}");
+        let id = body["id"].as_str().unwrap().to_string();
+        let done = w.wait(&id).await;
+        assert_eq!(done["state"], "succeeded", "{done}");
+        untag.0.push(format!("berth/{}:{id}", w.app));
+        ids.push(id);
+    }
+    // keep_images: 1 → the first deployment's image was pruned: only Berth's tag went.
+    let first = format!("berth/{}:{}", w.app, ids[0]);
+    let second = format!("berth/{}:{}", w.app, ids[1]);
+    assert!(!docker_ok(&["image", "inspect", &first]), "{first} pruned");
+    assert!(
+        docker_ok(&["image", "inspect", &optag]),
+        "operator tag {optag} kept"
+    );
+    assert!(docker_ok(&["image", "inspect", IMG_V1]), "{IMG_V1} kept");
+    assert!(
+        docker_ok(&["image", "inspect", &second]),
+        "{second} (current) kept"
+    );
+}
+
+/// An app that ignores SIGTERM as PID 1 (busybox httpd) stops after its own `stop_timeout`,
+/// not the daemon's 10 s grace, and `stop_signal` reaches the container.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stop_timeout_and_signal_come_from_the_spec() {
+    if skip() {
+        return;
+    }
+    let w = World::start_with("stopsig", |c| {
+        c.deploy.stop_grace = Duration::from_secs(10);
+    })
+    .await;
+    let spec = w.spec(json!({"stop_timeout": "1s", "stop_signal": "SIGQUIT"}));
+    let (status, body) = w.deploy_json(spec).await;
+    assert_eq!(status, 202, "{body}");
+    let done = w.wait(body["id"].as_str().unwrap()).await;
+    assert_eq!(done["state"], "succeeded", "{done}");
+    let out = std::process::Command::new("sh")
+        .arg("-c")
+        .arg(format!(
+            "docker ps -q --filter label=berth.app={} | xargs docker inspect -f '{{{{.Config.StopSignal}}}}'",
+            w.app
+        ))
+        .output()
+        .unwrap();
+    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "SIGQUIT");
+    let started = std::time::Instant::now();
+    let resp = w
+        .http
+        .post(w.url(&format!("/v1/apps/{}/stop", w.app)))
+        .bearer_auth(&w.token)
+        .send()
+        .await
+        .unwrap();
+    assert!(resp.status().is_success(), "{}", resp.status());
+    let took = started.elapsed();
+    assert!(
+        took < Duration::from_secs(6),
+        "stop took {took:?}: the spec's 1s stop_timeout was not used"
+    );
+    println!("stop with stop_timeout 1s took {took:?}");
 }

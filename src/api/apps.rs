@@ -82,6 +82,11 @@ impl From<DeployError> for AppsError {
             DeployError::AppNotFound(_) | DeployError::DeploymentNotFound(_) => {
                 AppsError::Api(ApiError::NotFound(e.to_string()))
             }
+            DeployError::DomainTaken(message) => AppsError::Api(ApiError::Conflict {
+                code: "domain_taken",
+                field: Some("domains".into()),
+                message,
+            }),
             DeployError::NoRollbackTarget(_) => AppsError::Api(ApiError::Conflict {
                 code: "no_rollback_target",
                 field: None,

@@ -4,6 +4,7 @@
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
+use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
@@ -95,6 +96,37 @@ pub struct AppFile {
     pub secrets_file: Option<PathBuf>,
     #[serde(default)]
     pub volumes: Vec<String>,
+    /// Longest wait for one new replica to become healthy (server default 2m).
+    #[serde(
+        default,
+        with = "humantime_serde",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub deploy_timeout: Option<Duration>,
+    /// Longest wait for a draining replica's in-flight requests (server default 30s).
+    #[serde(
+        default,
+        with = "humantime_serde",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub drain_timeout: Option<Duration>,
+    /// A new replica must stay healthy this long after its first good check.
+    #[serde(
+        default,
+        with = "humantime_serde",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub min_ready: Option<Duration>,
+    /// Signal that stops a replica (SIGTERM when unset).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stop_signal: Option<String>,
+    /// How long a replica may take to stop before it is killed (server's `deploy.stop_grace`).
+    #[serde(
+        default,
+        with = "humantime_serde",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub stop_timeout: Option<Duration>,
     /// Servers (names from `berth server list`) to deploy to.
     #[serde(default)]
     pub targets: Vec<String>,
@@ -272,6 +304,19 @@ impl AppFile {
             "env": env,
             "volumes": self.volumes,
         });
+        for (key, value) in [
+            ("deploy_timeout", self.deploy_timeout),
+            ("drain_timeout", self.drain_timeout),
+            ("min_ready", self.min_ready),
+            ("stop_timeout", self.stop_timeout),
+        ] {
+            if let Some(d) = value {
+                spec[key] = json!(humantime::format_duration(d).to_string());
+            }
+        }
+        if let Some(sig) = &self.stop_signal {
+            spec["stop_signal"] = json!(sig);
+        }
         if let Some(h) = &self.health {
             let mut hv = json!({ "path": h.path });
             if let Some(i) = h.interval {
@@ -357,6 +402,29 @@ mod tests {
         assert!(!parsed.env.contains_key("DB"));
         assert_eq!(parsed.secrets["DB"].value(), Some("hunter2"));
         assert!(app.to_spec("x", &BTreeMap::new()).get("secrets").is_none());
+    }
+
+    #[test]
+    fn timeouts_and_stop_signal_reach_the_spec() {
+        let text = "name: a\nimage: x\ndomains: [a.com]\ndeploy_timeout: 5m\ndrain_timeout: 10s\n\
+                    min_ready: 2s\nstop_timeout: 3s\nstop_signal: SIGQUIT\n";
+        let app = AppFile::parse(Path::new("berth.yaml"), text).unwrap();
+        let spec = app.to_spec("x:1", &BTreeMap::new());
+        let parsed: crate::model::deploy::AppSpec = serde_json::from_value(spec.clone()).unwrap();
+        parsed.validate().unwrap();
+        assert_eq!(parsed.deploy_timeout, Duration::from_secs(300), "{spec}");
+        assert_eq!(parsed.drain_timeout, Duration::from_secs(10));
+        assert_eq!(parsed.min_ready, Duration::from_secs(2));
+        assert_eq!(parsed.stop_timeout, Some(Duration::from_secs(3)));
+        assert_eq!(parsed.stop_signal.as_deref(), Some("SIGQUIT"));
+        // Unset: the server's defaults apply (nothing sent).
+        let plain = AppFile::parse(
+            Path::new("berth.yaml"),
+            "name: a\nimage: x\ndomains: [a.com]\n",
+        )
+        .unwrap()
+        .to_spec("x:1", &BTreeMap::new());
+        assert!(plain.get("deploy_timeout").is_none() && plain.get("stop_signal").is_none());
     }
 
     #[test]

@@ -42,6 +42,12 @@ pub trait RoutePublisher: Send + Sync + 'static {
     /// Replaces every route published under `key` (`app/NAME`, `discovered/NAME`) in one
     /// atomic table swap. An empty list removes them. An error changes nothing.
     fn set_routes(&self, key: &str, routes: Vec<RouteSpec>) -> Result<(), String>;
+    /// Whether `set_routes(key, routes)` would be refused (a domain another route serves),
+    /// changing nothing. The engine asks before it accepts a deploy.
+    fn check_routes(&self, key: &str, routes: Vec<RouteSpec>) -> Result<(), String> {
+        let _ = (key, routes);
+        Ok(())
+    }
     /// Requests in flight to backend `backend_id` of route `route`, if that backend is
     /// in the current table.
     fn inflight(&self, route: &str, backend_id: &str) -> Option<u64>;
@@ -62,6 +68,9 @@ pub enum DeployError {
     DeploymentNotFound(String),
     #[error("cannot roll back: {0}")]
     NoRollbackTarget(String),
+    /// 409: a domain or alias of the spec is served by another route.
+    #[error("{0}")]
+    DomainTaken(String),
     #[error(transparent)]
     Store(#[from] DeploymentStoreError),
     #[error(transparent)]
@@ -498,6 +507,18 @@ impl Engine {
         validate_app_name(app)?;
         spec.validate()?;
         spec.check_host_mounts(self.inner.cfg.allow_host_mounts)?;
+        // The domains must be free before the deploy is accepted (the route is published only
+        // after the first replica is healthy; a collision then would fail the deploy late).
+        let probe = RouteSpec {
+            name: Some(app_route_name(app)),
+            domains: spec.domains.clone(),
+            aliases: spec.aliases.clone(),
+            ..RouteSpec::default()
+        };
+        self.inner
+            .publisher
+            .check_routes(&app_route_name(app), vec![probe])
+            .map_err(DeployError::DomainTaken)?;
         let mut spec = spec;
         if !spec.secrets.is_empty() {
             // Sealed before anything is stored; the values in clear are dropped here.
@@ -781,11 +802,13 @@ impl Engine {
     /// `POST /v1/apps/{app}/stop`: drains and stops every replica; the app then runs
     /// nothing (also after a restart) until the next deploy.
     pub async fn stop(&self, app: &str) -> Result<(), DeployError> {
-        let drain = self
-            .inner
-            .store
-            .current(app)?
+        let current = self.inner.store.current(app)?;
+        let drain = current
+            .as_ref()
             .map_or(Duration::from_secs(30), |c| c.spec.drain_timeout);
+        let grace = current
+            .and_then(|c| c.spec.stop_timeout)
+            .unwrap_or(self.inner.cfg.stop_grace);
         let replicas = {
             let mut st = self.inner.state.locked();
             let Some(a) = st.apps.get_mut(app) else {
@@ -811,7 +834,7 @@ impl Engine {
             }
             replicas
         };
-        let result = self.finish_stop(app, &replicas, drain).await;
+        let result = self.finish_stop(app, &replicas, drain, grace).await;
         if let Some(a) = self.inner.state.locked().apps.get_mut(app) {
             a.running = None;
         }
@@ -823,6 +846,7 @@ impl Engine {
         app: &str,
         replicas: &[Replica],
         drain: Duration,
+        grace: Duration,
     ) -> Result<(), DeployError> {
         for r in replicas {
             run::wait_drained(&self.inner, app, &r.container_id, drain).await;
@@ -839,10 +863,7 @@ impl Engine {
             }
         }
         for r in replicas {
-            self.inner
-                .rt
-                .stop(&r.container_id, self.inner.cfg.stop_grace)
-                .await?;
+            self.inner.rt.stop(&r.container_id, grace).await?;
             self.inner.rt.remove(&r.container_id).await?;
         }
         Ok(())

@@ -99,6 +99,31 @@ pub struct AppSpec {
     /// Docker bind/volume specs (`name:/path`, `/host:/path:ro`).
     #[serde(default)]
     pub volumes: Vec<String>,
+    /// Signal that asks a replica to stop (`SIGTERM` when unset). Apps that ignore SIGTERM as
+    /// PID 1 often stop on `SIGQUIT` or `SIGINT`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stop_signal: Option<String>,
+    /// How long a replica may take to stop before it is killed (`deploy.stop_grace` when
+    /// unset).
+    #[serde(
+        default,
+        with = "humantime_serde",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub stop_timeout: Option<Duration>,
+}
+
+/// Longest `stop_timeout` an app may ask for.
+pub const MAX_STOP_TIMEOUT: Duration = Duration::from_secs(600);
+
+/// Signal names Docker accepts for `stop_signal` (with or without the `SIG` prefix).
+const SIGNALS: &[&str] = &[
+    "HUP", "INT", "QUIT", "KILL", "USR1", "USR2", "TERM", "WINCH", "PWR", "STOP",
+];
+
+fn valid_signal(s: &str) -> bool {
+    let name = s.strip_prefix("SIG").unwrap_or(s);
+    SIGNALS.contains(&name) || name.parse::<u8>().is_ok_and(|n| (1..=64).contains(&n))
 }
 
 /// One secret of an app. Its value exists in clear only between the deploy request and
@@ -380,6 +405,19 @@ impl AppSpec {
         }
         for (i, v) in self.volumes.iter().enumerate() {
             parse_volume(v).map_err(|m| err(format!("volumes[{i}]"), m))?;
+        }
+        if let Some(sig) = &self.stop_signal {
+            if !valid_signal(sig) {
+                return Err(err(
+                    "stop_signal",
+                    format!("{sig:?} is not a signal name (SIGTERM, SIGQUIT, SIGINT, ...)"),
+                ));
+            }
+        }
+        if let Some(t) = self.stop_timeout {
+            if t > MAX_STOP_TIMEOUT {
+                return Err(err("stop_timeout", "must be at most 10m"));
+            }
         }
         Ok(())
     }
@@ -721,6 +759,38 @@ mod tests {
         assert_eq!(mounts[0].source, VolumeSource::Named("data"));
         assert!(mounts[1].read_only);
         assert_eq!(mounts[2].host_path(), Some("/srv/a"));
+    }
+
+    #[test]
+    fn stop_signal_and_timeout() {
+        let s = spec(
+            r#"{"image":"x","domains":["a.com"],"stop_signal":"SIGQUIT","stop_timeout":"3s"}"#,
+        );
+        s.validate().unwrap();
+        assert_eq!(s.stop_timeout, Some(Duration::from_secs(3)));
+        assert!(base().stop_signal.is_none() && base().stop_timeout.is_none());
+        // Unset fields stay out of stored specs (older rows and newer rows read alike).
+        let stored = serde_json::to_value(base()).unwrap();
+        assert!(stored.get("stop_signal").is_none() && stored.get("stop_timeout").is_none());
+        for (json, field) in [
+            (
+                r#"{"image":"x","domains":["a.com"],"stop_signal":"SIGFOO"}"#,
+                "stop_signal",
+            ),
+            (
+                r#"{"image":"x","domains":["a.com"],"stop_signal":"99"}"#,
+                "stop_signal",
+            ),
+            (
+                r#"{"image":"x","domains":["a.com"],"stop_timeout":"11m"}"#,
+                "stop_timeout",
+            ),
+        ] {
+            assert_eq!(spec(json).validate().unwrap_err().field, field, "{json}");
+        }
+        for ok in ["TERM", "SIGINT", "9"] {
+            assert!(valid_signal(ok), "{ok}");
+        }
     }
 
     #[test]

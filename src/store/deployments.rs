@@ -213,6 +213,8 @@ fn from_row(row: &Row<'_>) -> rusqlite::Result<RawRow> {
         env: Default::default(),
         secrets: Default::default(),
         volumes: vec![],
+        stop_signal: None,
+        stop_timeout: None,
     };
     Ok((
         DeploymentRecord {
