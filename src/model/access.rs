@@ -18,8 +18,8 @@ use super::host::normalize_host;
 pub enum Scope {
     /// Every `GET` (and `HEAD`): routes, stats, metrics, apps, deployments, logs, certificates.
     Read,
-    /// Deploy, roll back, stop, read status, history and logs of the apps whose name matches
-    /// the pattern (`web`, `web-*`, `*`).
+    /// Deploy, roll back, stop, delete, read status, history and logs of the apps whose name
+    /// matches the pattern (`web`, `web-*`, `*`).
     Deploy(String),
     /// Everything.
     Admin,
@@ -274,6 +274,8 @@ pub const ROUTE_RULES: &[(&str, &str, Rule)] = &[
     ("POST", "/v1/apps/{app}/deploy", Rule::AppWrite),
     ("GET", "/v1/apps", Rule::Read),
     ("GET", "/v1/apps/{app}", Rule::AppRead),
+    // Deleting an app (review apps: a `deploy:pr-*` pipeline removes what it made).
+    ("DELETE", "/v1/apps/{app}", Rule::AppWrite),
     ("GET", "/v1/apps/{app}/deployments", Rule::AppRead),
     ("POST", "/v1/apps/{app}/rollback", Rule::AppWrite),
     ("POST", "/v1/apps/{app}/stop", Rule::AppWrite),
