@@ -517,3 +517,47 @@ async fn apps_can_be_deleted_with_or_without_history() {
         .unwrap();
     assert_eq!(resp.status(), 400);
 }
+
+/// `command`, `entrypoint` and `resources` reach the container; the app serves with them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn command_entrypoint_and_resources_reach_the_container() {
+    if skip() {
+        return;
+    }
+    let w = World::start("cmdres").await;
+    let spec = w.spec(json!({
+        "entrypoint": ["/bin/sh", "-c"],
+        "command": ["echo custom-command; exec /bin/httpd -f -p 8080 -h /www"],
+        "resources": {"memory": "64MiB", "cpus": 0.5},
+        "stop_timeout": "1s",
+    }));
+    let (status, body) = w.deploy_json(spec).await;
+    assert_eq!(status, 202, "{body}");
+    let done = w.wait(body["id"].as_str().unwrap()).await;
+    assert_eq!(done["state"], "succeeded", "{done}");
+    let out = std::process::Command::new("sh")
+        .arg("-c")
+        .arg(format!(
+            "docker ps -q --filter label=berth.app={} | xargs docker inspect",
+            w.app
+        ))
+        .output()
+        .unwrap();
+    let v: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let c = &v[0];
+    assert_eq!(c["Config"]["Entrypoint"], json!(["/bin/sh", "-c"]), "{c}");
+    assert_eq!(
+        c["Config"]["Cmd"],
+        json!(["echo custom-command; exec /bin/httpd -f -p 8080 -h /www"])
+    );
+    assert_eq!(c["HostConfig"]["Memory"], 64 << 20);
+    assert_eq!(c["HostConfig"]["NanoCpus"], 500_000_000);
+    let resp = w
+        .http
+        .get(format!("http://{}/", w.running.http_addr))
+        .header("host", format!("{}.test", w.app))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+}

@@ -226,6 +226,10 @@ fn from_row(row: &Row<'_>) -> rusqlite::Result<RawRow> {
         volumes: vec![],
         stop_signal: None,
         stop_timeout: None,
+        command: None,
+        entrypoint: None,
+        resources: Default::default(),
+        pull: Default::default(),
     };
     Ok((
         DeploymentRecord {
