@@ -23,7 +23,10 @@ use crate::model::health::{unix_ms, BackendHealth, Transition};
 use crate::model::host::normalize_host;
 use crate::model::route::{BalancerKind, Lookup, OnDown, PickContext, PickError, Route};
 
-use super::body::{AccessLog, BodyTooLarge, Completion, RequestBody, ResponseBody};
+use super::body::{
+    AccessLog, BodyPhase, BodyProgress, BodyTooLarge, ClientBodyError, ClientBodyFault, Completion,
+    RequestBody, ResponseBody,
+};
 use super::headers::{is_upgrade_request, set_forwarded_cached, strip_hop_by_hop};
 use super::pool::UpstreamError;
 use super::server::ConnState;
@@ -42,9 +45,12 @@ fn local(status: StatusCode, msg: &'static str) -> Response<ResponseBody> {
     r
 }
 
-/// Which kind of upstream failure an error is.
+/// Which kind of failure a send error is. Only the backend's own failures (connect,
+/// reset, malformed response: `ConnectTimeout`, `Connect`, `Other`) count toward passive
+/// health; the client's body errors never do.
 enum UpstreamFailure {
     BodyTooLarge,
+    ClientBody(ClientBodyFault),
     ConnectTimeout,
     Connect,
     Other,
@@ -60,6 +66,9 @@ fn classify(err: &UpstreamError) -> UpstreamFailure {
     while let Some(e) = cur {
         if e.is::<BodyTooLarge>() {
             return UpstreamFailure::BodyTooLarge;
+        }
+        if let Some(c) = e.downcast_ref::<ClientBodyError>() {
+            return UpstreamFailure::ClientBody(c.kind);
         }
         if let Some(io) = e.downcast_ref::<std::io::Error>() {
             if io.kind() == std::io::ErrorKind::TimedOut {
@@ -87,6 +96,11 @@ impl Proxy {
     ) -> Response<ResponseBody> {
         let start = Instant::now();
         let draining_h1 = conn.draining() && req.version() != Version::HTTP_2;
+        // RFC 9112 §3.2 / RFC 9113 §8.3.1: more than one Host is a 400 (whatever the target),
+        // and so is an HTTP/1.1 request without one. The authority of an absolute-form
+        // target (or `:authority`) wins over Host and is what goes upstream.
+        let host_count = req.headers().get_all(header::HOST).iter().take(2).count();
+        let host_ok = host_count < 2 && (host_count == 1 || req.version() != Version::HTTP_11);
         // Kept as a header value (for HTTP/1 a reference-counted slice of the request head, no
         // copy): it goes upstream as `Host` and `X-Forwarded-Host` as is.
         let raw_host: Option<HeaderValue> = match req.uri().authority() {
@@ -97,6 +111,7 @@ impl Proxy {
                 .filter(|h| h.to_str().is_ok())
                 .cloned(),
         };
+        let raw_host = raw_host.filter(|_| host_ok);
         let host: Option<Cow<'_, str>> = raw_host
             .as_ref()
             .and_then(|v| v.to_str().ok())
@@ -206,6 +221,7 @@ impl Proxy {
             .map_or(self.settings.timeouts.response_header, |a| {
                 a.response_header
             });
+        let client_body_timeout = self.settings.timeouts.client_body;
 
         // Refuse a declared oversized body before touching the upstream.
         let declared = req
@@ -230,6 +246,7 @@ impl Proxy {
             && body.is_end_stream();
         let retryable = replayable && route.backends.len() > 1;
         let mut body = Some(RequestBody::new(body, max_body_size));
+        let progress = body.as_ref().and_then(RequestBody::progress);
         let pq = parts
             .uri
             .path_and_query()
@@ -253,9 +270,9 @@ impl Proxy {
                 headers.insert(API_PROXY_HEADER, api.secret.clone());
             }
         }
-        if !headers.contains_key(header::HOST) {
-            headers.insert(header::HOST, raw_host.clone());
-        }
+        // The Host that chose the route is the one the backend sees (replacing a client's
+        // Host that disagreed with an absolute-form target or `:authority`).
+        headers.insert(header::HOST, raw_host.clone());
         let cookie: Option<String> = match route.balancer {
             BalancerKind::StickyCookie { .. } => headers
                 .get(header::COOKIE)
@@ -309,13 +326,21 @@ impl Proxy {
             *up.uri_mut() = Uri::from(pq.clone());
 
             let host_pool = self.pool.host(backend.authority.as_str());
-            let sent = tokio::time::timeout(
-                response_header_timeout,
+            let sent = send_timed(
                 self.pool.send(&host_pool, up, upgrade),
+                progress.as_deref(),
+                response_header_timeout,
+                client_body_timeout,
             )
             .await;
             match sent {
-                Err(_) => {
+                Err(TimedOut::ClientBody) => {
+                    // The client's fault: no failure counted against the backend.
+                    tracing::debug!(route = %route.name, "client body idle timeout");
+                    backend.stats.record_status(408);
+                    return local(StatusCode::REQUEST_TIMEOUT, "request body timed out\n");
+                }
+                Err(TimedOut::Upstream) => {
                     backend.stats.failures.fetch_add(1, Ordering::Relaxed);
                     backend.stats.record_status(504);
                     return local(StatusCode::GATEWAY_TIMEOUT, "upstream timed out\n");
@@ -325,6 +350,19 @@ impl Proxy {
                     let (status, msg) = match failure {
                         UpstreamFailure::BodyTooLarge => {
                             return local(StatusCode::PAYLOAD_TOO_LARGE, "request body too large\n")
+                        }
+                        UpstreamFailure::ClientBody(fault) => {
+                            // The client's fault: no passive health, no backend failure, no
+                            // WARN. A client that went away will not read the answer.
+                            tracing::debug!(route = %route.name, upstream = %backend.address, error = %e, "client request body failed");
+                            backend.stats.record_status(400);
+                            return local(
+                                StatusCode::BAD_REQUEST,
+                                match fault {
+                                    ClientBodyFault::Malformed => "malformed request body\n",
+                                    ClientBodyFault::Aborted => "incomplete request body\n",
+                                },
+                            );
                         }
                         UpstreamFailure::ConnectTimeout => {
                             (StatusCode::GATEWAY_TIMEOUT, "upstream connect timed out\n")
@@ -449,6 +487,54 @@ impl Proxy {
                 }
             }
         });
+    }
+}
+
+/// Which timer ended a send.
+enum TimedOut {
+    /// The client sent no body bytes for `client_body` (→ 408).
+    ClientBody,
+    /// No response head within `response_header` of the body's end, or the upstream took
+    /// no body bytes for `client_body` (→ 504).
+    Upstream,
+}
+
+/// Runs `send` under the request's timers. Without a body (`progress` is `None`) that is
+/// just the response-header timeout (no allocation, the keep-alive GET path). With one, the
+/// body's idle timer runs while it streams (`client_body` between two reads, blamed on
+/// whichever side the body waits for), and the response-header timer starts only once the
+/// body has been sent completely: a slow, steady upload is never cut.
+async fn send_timed<F: std::future::Future>(
+    send: F,
+    progress: Option<&BodyProgress>,
+    response_header: std::time::Duration,
+    client_body: std::time::Duration,
+) -> Result<F::Output, TimedOut> {
+    let Some(progress) = progress else {
+        return tokio::time::timeout(response_header, send)
+            .await
+            .map_err(|_| TimedOut::Upstream);
+    };
+    tokio::pin!(send);
+    loop {
+        let (phase, since) = progress.phase();
+        let limit = if phase == BodyPhase::Sent {
+            response_header
+        } else {
+            client_body
+        };
+        let deadline = since + limit;
+        if Instant::now() >= deadline {
+            return Err(match phase {
+                BodyPhase::WaitingForClient => TimedOut::ClientBody,
+                _ => TimedOut::Upstream,
+            });
+        }
+        tokio::select! {
+            r = &mut send => return Ok(r),
+            _ = progress.sent(), if phase != BodyPhase::Sent => {}
+            _ = tokio::time::sleep_until(deadline.into()) => {}
+        }
     }
 }
 
