@@ -215,7 +215,7 @@ fn parse_head(buf: &mut BytesMut, head_request: bool) -> io::Result<Option<Head>
             headers.append(name, value);
         }
         // The framing rule both upstream paths share.
-        let decided = framing::response_framing(version, status, head_request, &headers)
+        let decided = framing::response_framing(version, status, head_request, false, &headers)
             .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))?;
         framing::sanitize(&decided, &mut headers);
         let framing = match decided.body {
@@ -598,7 +598,6 @@ mod tests {
             (b"HTTP/1.1 204 No Content\r\n\r\n", false, Framing::Empty, true),
             (b"HTTP/1.1 304 Not Modified\r\ncontent-length: 9\r\n\r\n", false, Framing::Empty, true),
             (b"HTTP/1.1 200 OK\r\ntransfer-encoding: gzip, chunked\r\ncontent-length: 3\r\n\r\n", false, Framing::Chunked(Chunk::Size), false), // both framings: chunked wins, no reuse
-            (b"HTTP/1.1 200 OK\r\ntransfer-encoding: gzip\r\n\r\n", false, Framing::Close, false),
             (b"HTTP/1.1 200 OK\r\n\r\n", false, Framing::Close, false),
             (b"HTTP/1.1 200 OK\r\nconnection: Close\r\ncontent-length: 1\r\n\r\n", false, Framing::Length(1), false),
             (b"HTTP/1.0 200 OK\r\ncontent-length: 1\r\n\r\n", false, Framing::Length(1), false),
@@ -659,6 +658,7 @@ mod tests {
             &b"HTTP/1.1 200 OK\r\ncontent-length: x\r\n\r\n"[..],
             b"HTTP/1.1 200 OK\r\ncontent-length: 1\r\ncontent-length: 2\r\n\r\n",
             b"HTTP/1.1 101 Switching Protocols\r\n\r\n",
+            b"HTTP/1.1 200 OK\r\ntransfer-encoding: gzip\r\n\r\n",
             b"NOT HTTP\r\n\r\n",
             b"HTTP/1.1 200 OK\r\nbad header\r\n\r\n",
         ] {

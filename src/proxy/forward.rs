@@ -98,20 +98,24 @@ impl Proxy {
         let draining_h1 = conn.draining() && req.version() != Version::HTTP_2;
         // RFC 9112 §3.2 / RFC 9113 §8.3.1: more than one Host is a 400 (whatever the target),
         // and so is an HTTP/1.1 request without one. The authority of an absolute-form
-        // target (or `:authority`) wins over Host and is what goes upstream.
-        let host_count = req.headers().get_all(header::HOST).iter().take(2).count();
-        let host_ok = host_count < 2 && (host_count == 1 || req.version() != Version::HTTP_11);
+        // target (or `:authority`) is what routes and what goes upstream as Host; a Host that
+        // names another authority is a 400 (as HAProxy does), never forwarded.
+        let mut hosts = req.headers().get_all(header::HOST).iter();
+        let (first_host, second_host) = (hosts.next(), hosts.next());
+        let authority = req.uri().authority();
+        let host_ok = second_host.is_none()
+            && (first_host.is_some() || req.version() != Version::HTTP_11)
+            && match (authority, first_host) {
+                (Some(a), Some(h)) => a.as_str().as_bytes().eq_ignore_ascii_case(h.as_bytes()),
+                _ => true,
+            };
         // Kept as a header value (for HTTP/1 a reference-counted slice of the request head, no
         // copy): it goes upstream as `Host` and `X-Forwarded-Host` as is.
-        let raw_host: Option<HeaderValue> = match req.uri().authority() {
+        let raw_host: Option<HeaderValue> = match authority {
             Some(a) => HeaderValue::from_str(a.as_str()).ok(),
-            None => req
-                .headers()
-                .get(header::HOST)
-                .filter(|h| h.to_str().is_ok())
-                .cloned(),
-        };
-        let raw_host = raw_host.filter(|_| host_ok);
+            None => first_host.filter(|h| h.to_str().is_ok()).cloned(),
+        }
+        .filter(|_| host_ok);
         let host: Option<Cow<'_, str>> = raw_host
             .as_ref()
             .and_then(|v| v.to_str().ok())

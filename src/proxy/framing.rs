@@ -28,6 +28,9 @@ pub struct ResponseFraming {
     /// must be removed before forwarding and the connection must not be reused (RFC 9112
     /// §6.3: such a message may be a smuggling or splitting attempt).
     pub strip_content_length: bool,
+    /// A valid `Content-Length` written in a non-canonical way (a list `5, 5`, several
+    /// lines, spaces): forwarded as the single value.
+    pub canonical_length: Option<u64>,
 }
 
 /// Why a response head has no trustworthy framing (answered 502, connection closed).
@@ -43,50 +46,67 @@ pub enum FramingError {
     InvalidTransferEncoding,
     #[error("invalid upstream chunk-size line")]
     InvalidChunkSize,
+    #[error("upstream switched protocols, but no upgrade was asked for")]
+    UnrequestedUpgrade,
 }
 
-/// Decides how the final (non-1xx) response to a request is framed. `head_request`: the
-/// request was HEAD (its response never has a body, whatever the headers say).
+/// Decides how the final response to a request is framed. `head_request`: the request was
+/// HEAD (its response never has a body, whatever the headers say); `upgrade_requested`: the
+/// request asked for a protocol upgrade (otherwise a 101 is an error).
+///
+/// Stricter than RFC 9112 where HAProxy 2.6 is (the conformance suite checks Berth is never
+/// more lenient): a `Transfer-Encoding` whose final coding is not `chunked` is refused
+/// rather than read until close, and a `Content-Length` is validated on every response.
 pub fn response_framing(
     version: Version,
     status: StatusCode,
     head_request: bool,
+    upgrade_requested: bool,
     headers: &HeaderMap,
 ) -> Result<ResponseFraming, FramingError> {
+    if status == StatusCode::SWITCHING_PROTOCOLS && !upgrade_requested {
+        return Err(FramingError::UnrequestedUpgrade);
+    }
     let has_te = headers.contains_key(header::TRANSFER_ENCODING);
-    let has_cl = headers.contains_key(header::CONTENT_LENGTH);
+    let mut lines = headers.get_all(header::CONTENT_LENGTH).iter();
+    let (has_cl, cl_plain) = match (lines.next(), lines.next()) {
+        (None, _) => (false, true),
+        (Some(v), None) => (true, parse_digits(v.as_bytes()).is_some()),
+        (Some(_), Some(_)) => (true, false),
+    };
     let strip_content_length = has_te && has_cl;
+    let length = if has_cl && !has_te {
+        Some(content_length(headers)?)
+    } else {
+        None
+    };
+    let canonical_length = length.filter(|_| !cl_plain);
     let no_body = head_request
         || status.is_informational()
         || status == StatusCode::NO_CONTENT
         || status == StatusCode::NOT_MODIFIED;
-    if no_body {
-        return Ok(ResponseFraming {
-            body: BodyFraming::Empty,
-            strip_content_length,
-        });
-    }
-    let body = if has_te {
+    let body = if no_body {
+        BodyFraming::Empty
+    } else if has_te {
         if version == Version::HTTP_10 {
             // RFC 9112 §6.1: treat the framing as faulty.
             return Err(FramingError::TransferEncodingInHttp10);
         }
-        if transfer_encoding_is_chunked(headers)? {
-            BodyFraming::Chunked
-        } else {
-            BodyFraming::Close
+        if !transfer_encoding_is_chunked(headers)? {
+            return Err(FramingError::InvalidTransferEncoding);
         }
-    } else if has_cl {
-        match content_length(headers)? {
-            0 => BodyFraming::Empty,
-            n => BodyFraming::Length(n),
-        }
+        BodyFraming::Chunked
     } else {
-        BodyFraming::Close
+        match length {
+            Some(0) => BodyFraming::Empty,
+            Some(n) => BodyFraming::Length(n),
+            None => BodyFraming::Close,
+        }
     };
     Ok(ResponseFraming {
         body,
         strip_content_length,
+        canonical_length,
     })
 }
 
@@ -249,6 +269,15 @@ fn chunk_extensions_valid(mut rest: &[u8]) -> bool {
 pub fn sanitize(framing: &ResponseFraming, headers: &mut HeaderMap) {
     if framing.strip_content_length {
         headers.remove(header::CONTENT_LENGTH);
+    } else if let Some(n) = framing.canonical_length {
+        headers.insert(header::CONTENT_LENGTH, http::HeaderValue::from(n));
+    }
+}
+
+impl ResponseFraming {
+    /// Whether `sanitize` has anything to change.
+    pub fn rewrites_headers(&self) -> bool {
+        self.strip_content_length || self.canonical_length.is_some()
     }
 }
 
@@ -273,7 +302,18 @@ mod tests {
         head: bool,
         pairs: &[(&str, &str)],
     ) -> Result<ResponseFraming, FramingError> {
-        response_framing(v, StatusCode::from_u16(status).unwrap(), head, &h(pairs))
+        let r = response_framing(
+            v,
+            StatusCode::from_u16(status).unwrap(),
+            head,
+            false,
+            &h(pairs),
+        );
+        // The table below does not look at the canonical length.
+        r.map(|f| ResponseFraming {
+            canonical_length: None,
+            ..f
+        })
     }
 
     #[test]
@@ -285,6 +325,7 @@ mod tests {
             Ok(ResponseFraming {
                 body,
                 strip_content_length: strip,
+                canonical_length: None,
             })
         };
         type Case<'a> = (
@@ -429,7 +470,7 @@ mod tests {
                 200,
                 false,
                 &[("transfer-encoding", "gzip")],
-                ok(Close, false),
+                Err(InvalidTransferEncoding),
             ),
             (
                 v11,
@@ -534,13 +575,40 @@ mod tests {
     }
 
     #[test]
+    fn canonical_length_and_unrequested_upgrade() {
+        for (pairs, want) in [
+            (&[("content-length", "5")][..], None),
+            (&[("content-length", "5, 5")][..], Some(5)),
+            (
+                &[("content-length", "5"), ("content-length", "5")][..],
+                Some(5),
+            ),
+            (&[("content-length", " 5")][..], Some(5)),
+        ] {
+            let fr = response_framing(Version::HTTP_11, StatusCode::OK, false, false, &h(pairs))
+                .unwrap();
+            assert_eq!(fr.canonical_length, want, "{pairs:?}");
+            let mut m = h(pairs);
+            sanitize(&fr, &mut m);
+            assert_eq!(m.get_all(header::CONTENT_LENGTH).iter().count(), 1);
+            assert_eq!(m[header::CONTENT_LENGTH].as_bytes().trim_ascii(), b"5");
+        }
+        let s101 = StatusCode::SWITCHING_PROTOCOLS;
+        assert_eq!(
+            response_framing(Version::HTTP_11, s101, false, false, &HeaderMap::new()),
+            Err(FramingError::UnrequestedUpgrade)
+        );
+        assert!(response_framing(Version::HTTP_11, s101, false, true, &HeaderMap::new()).is_ok());
+    }
+
+    #[test]
     fn sanitize_removes_content_length_only_when_told() {
         let mut m = h(&[("transfer-encoding", "chunked"), ("content-length", "5")]);
-        let fr = response_framing(Version::HTTP_11, StatusCode::OK, false, &m).unwrap();
+        let fr = response_framing(Version::HTTP_11, StatusCode::OK, false, false, &m).unwrap();
         sanitize(&fr, &mut m);
         assert!(!m.contains_key(header::CONTENT_LENGTH));
         let mut m = h(&[("content-length", "5")]);
-        let fr = response_framing(Version::HTTP_11, StatusCode::OK, false, &m).unwrap();
+        let fr = response_framing(Version::HTTP_11, StatusCode::OK, false, false, &m).unwrap();
         sanitize(&fr, &mut m);
         assert!(m.contains_key(header::CONTENT_LENGTH));
     }

@@ -327,17 +327,25 @@ fn checked(
     host: &HostPool,
     resp: Response<Incoming>,
     head_request: bool,
+    upgrade: bool,
     mut conn: Option<PooledConn>,
 ) -> Result<Response<UpstreamBody>, UpstreamError> {
     let (mut parts, body) = resp.into_parts();
-    let decided =
-        framing::response_framing(parts.version, parts.status, head_request, &parts.headers)
-            .map_err(|source| UpstreamError::Framing {
-                addr: host.authority.to_string(),
-                source,
-            })?;
-    if decided.strip_content_length {
+    let decided = framing::response_framing(
+        parts.version,
+        parts.status,
+        head_request,
+        upgrade,
+        &parts.headers,
+    )
+    .map_err(|source| UpstreamError::Framing {
+        addr: host.authority.to_string(),
+        source,
+    })?;
+    if decided.rewrites_headers() {
         framing::sanitize(&decided, &mut parts.headers);
+    }
+    if decided.strip_content_length {
         conn = None;
     }
     Ok(Response::from_parts(parts, UpstreamBody::Hyper(body, conn)))
@@ -412,7 +420,7 @@ impl Pool {
                             sender,
                             host: host.clone(),
                         };
-                        return checked(host, resp, head_request, Some(conn));
+                        return checked(host, resp, head_request, upgrade, Some(conn));
                     }
                     Err(mut e) => {
                         if let Some(r) = e.take_message() {
@@ -434,7 +442,7 @@ impl Pool {
             sender,
             host: host.clone(),
         });
-        checked(host, resp, head_request, pooled)
+        checked(host, resp, head_request, upgrade, pooled)
     }
 
     /// Starts the idle sweeper once (lazily: the pool may be built outside a runtime).
