@@ -580,6 +580,98 @@ impl Body for DirectBody {
     }
 }
 
+/// What [`fuzz_parse_response`] made of a response.
+#[doc(hidden)]
+#[derive(Debug, PartialEq, Eq)]
+pub struct FuzzResponse {
+    pub status: u16,
+    /// Header names (lower case) and values as they would be forwarded.
+    pub headers: Vec<(String, Vec<u8>)>,
+    /// `empty`, `length`, `chunked` or `close`.
+    pub framing: &'static str,
+    pub keep_alive: bool,
+    pub body: Vec<u8>,
+    /// Whether the body ended at its framing (always, for `close`, at the end of input).
+    pub complete: bool,
+}
+
+/// Fuzzing entry point (`tests/fuzz.rs`): runs the direct path's head parser and body
+/// decoder over `input` arriving in reads of `step` bytes, exactly as `send` and
+/// `DirectBody` use them, and returns what would be forwarded, or the error.
+#[doc(hidden)]
+pub fn fuzz_parse_response(
+    input: &[u8],
+    head_request: bool,
+    step: usize,
+) -> Result<FuzzResponse, String> {
+    let step = step.max(1);
+    let mut buf = BytesMut::new();
+    let mut fed = 0;
+    let mut feed = |buf: &mut BytesMut| {
+        if fed >= input.len() {
+            return false;
+        }
+        let end = fed.saturating_add(step).min(input.len());
+        buf.extend_from_slice(&input[fed..end]);
+        fed = end;
+        true
+    };
+    let head = loop {
+        if let Some(h) = parse_head(&mut buf, head_request).map_err(|e| e.to_string())? {
+            break h;
+        }
+        if !feed(&mut buf) {
+            return Err("end of input before a complete head".into());
+        }
+    };
+    let mut body = Vec::new();
+    let (name, complete) = match head.framing {
+        Framing::Empty => ("empty", true),
+        Framing::Length(n) => {
+            while (buf.len() as u64) < n && feed(&mut buf) {}
+            let take = (n.min(buf.len() as u64)) as usize;
+            body.extend_from_slice(&buf.split_to(take));
+            ("length", take as u64 == n)
+        }
+        Framing::Close => {
+            while feed(&mut buf) {}
+            body.extend_from_slice(&buf.split());
+            ("close", true)
+        }
+        Framing::Chunked(start) => {
+            let mut st = Some(start);
+            let done = loop {
+                match decode_chunked(&mut buf, &mut st).map_err(|e| e.to_string())? {
+                    Some(d) => {
+                        body.extend_from_slice(&d);
+                        if st.is_none() {
+                            break true;
+                        }
+                    }
+                    None => {
+                        if !feed(&mut buf) {
+                            break false;
+                        }
+                    }
+                }
+            };
+            ("chunked", done)
+        }
+    };
+    Ok(FuzzResponse {
+        status: head.status.as_u16(),
+        headers: head
+            .headers
+            .iter()
+            .map(|(k, v)| (k.as_str().to_string(), v.as_bytes().to_vec()))
+            .collect(),
+        framing: name,
+        keep_alive: head.keep_alive,
+        body,
+        complete,
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
