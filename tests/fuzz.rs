@@ -10,9 +10,9 @@
 //! just "no panic": see each target. A failure prints the seed and the input (hex) and
 //! writes it to `target/fuzz-findings/`.
 //!
-//! `cargo test --test fuzz` runs each target for `BERTH_FUZZ_SECS` seconds (default 2; CI
-//! runs 20). Long runs: `fuzz/run.sh 600` (release build, one target at a time). Reproduce
-//! with `BERTH_FUZZ_SEED=<seed>`.
+//! `cargo test --test fuzz` runs each target for `BERTH_FUZZ_SECS` seconds (default 2, or 15
+//! when `CI` is set, as in `.ci/run`). Long runs: `fuzz/run.sh 600` (one target at a time,
+//! niced). Reproduce a finding with `BERTH_FUZZ_SEED=<seed>` and the same duration.
 
 use std::collections::{HashMap, HashSet};
 use std::panic::{catch_unwind, AssertUnwindSafe};
@@ -67,10 +67,15 @@ struct Stats {
 /// Runs `exec` on mutated inputs for the configured time. `exec` returns an outcome
 /// signature (for corpus growth) and panics on a property violation.
 fn fuzz(name: &str, seeds: &[Vec<u8>], mut exec: impl FnMut(&[u8]) -> String) -> Stats {
+    // A short run by default; longer in CI (`CI` is set there).
     let secs: u64 = std::env::var("BERTH_FUZZ_SECS")
         .ok()
         .and_then(|v| v.parse().ok())
-        .unwrap_or(2);
+        .unwrap_or(if std::env::var_os("CI").is_some() {
+            15
+        } else {
+            2
+        });
     let seed: u64 = std::env::var("BERTH_FUZZ_SEED")
         .ok()
         .and_then(|v| v.parse().ok())

@@ -1,5 +1,7 @@
-//! Streaming bodies. `RequestBody` forwards the client's body to the upstream and fails once it
-//! exceeds the size limit; `ResponseBody` forwards the upstream's (or a local) body, counts the
+//! Streaming bodies. `RequestBody` forwards the client's body to the upstream, fails once it
+//! exceeds the size limit, wraps the client's body errors as `ClientBodyError` (so they are
+//! told apart from the backend's by type) and records its progress for the request timers;
+//! `ResponseBody` forwards the upstream's (or a local) body, counts the
 //! bytes, and writes the access-log line and releases in-flight counters when it is dropped,
 //! i.e. when the response is finished or the client went away. Nothing is buffered whole.
 

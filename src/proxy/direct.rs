@@ -9,8 +9,9 @@
 //!
 //! What it does: writes the head (`METHOD origin-form HTTP/1.1`, headers as given), reads the
 //! response head with `httparse` (1xx interim answers skipped, 101 refused: no upgrade was
-//! asked for), then streams the body by its framing (RFC 9112 §6.3: none for HEAD/204/304,
-//! chunked, Content-Length, or until close). The connection goes back to the idle queue only
+//! asked for), then streams the body by its framing, decided by the rule both upstream paths
+//! share (`framing.rs`: none for HEAD/204/304, chunked, Content-Length, or until close;
+//! strict chunk-size lines). The connection goes back to the idle queue only
 //! when the body ended exactly at its framing and the upstream keeps it alive.
 //! Invariants: a response head over `MAX_HEAD` bytes or a malformed one is an error (502),
 //! never a panic; header values are slices of the read buffer (no copy).

@@ -1,7 +1,9 @@
 //! One request: route lookup, backend choice (the route's balancer, sticky `Set-Cookie`),
 //! header rewriting, forwarding with timeouts, passive health (transport failures feed the
-//! backend's rise/fall cell) and one retry of bodiless GET/HEAD/OPTIONS on another backend,
-//! error mapping (400/404/413/502/503/504), upgrade tunnels (cut when their backend is removed
+//! backend's rise/fall cell; only the backend's own failures, never a client's body errors)
+//! and one retry of bodiless GET/HEAD/OPTIONS on another backend, the request timers
+//! (`client_body` while the body streams, `response_header` from its end), error mapping
+//! (400/404/408/413/502/503/504), upgrade tunnels (cut when their backend is removed
 //! and drained, or marked down with `on_down: shutdown_sessions`), and the completion
 //! bookkeeping that feeds stats and the access log.
 
@@ -274,9 +276,11 @@ impl Proxy {
                 headers.insert(API_PROXY_HEADER, api.secret.clone());
             }
         }
-        // The Host that chose the route is the one the backend sees (replacing a client's
-        // Host that disagreed with an absolute-form target or `:authority`).
-        headers.insert(header::HOST, raw_host.clone());
+        // The Host that chose the route is the one the backend sees: the absolute-form
+        // target's or `:authority` (h2 clients send no Host), never another one.
+        if headers.get(header::HOST) != Some(raw_host) {
+            headers.insert(header::HOST, raw_host.clone());
+        }
         let cookie: Option<String> = match route.balancer {
             BalancerKind::StickyCookie { .. } => headers
                 .get(header::COOKIE)
