@@ -3,7 +3,9 @@
 { config, lib, pkgs, modulesPath, ... }:
 
 {
+  # system.build.image; in nixpkgs since 25.05 (the pinned nixos-25.11 has it, 24.11 does not).
   imports = [ "${modulesPath}/virtualisation/disk-image.nix" ];
+  image.format = "raw";
 
   services.berth = {
     enable = true;
@@ -32,5 +34,5 @@
     '';
   };
 
-  system.stateVersion = "24.11";
+  system.stateVersion = "25.11";
 }

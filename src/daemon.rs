@@ -312,6 +312,7 @@ async fn start_engine(
     let cfg = crate::deploy::EngineConfig {
         keep_images: d.keep_images,
         stop_grace: d.stop_grace,
+        allow_host_mounts: d.allow_host_mounts,
         ..Default::default()
     };
     let db = registry.store().path().to_path_buf();

@@ -130,6 +130,13 @@ impl RoutePublisher for RegistryRoutes {
         self.0.set_dynamic(key, routes).map_err(|e| e.to_string())
     }
 
+    fn check_routes(&self, key: &str, routes: Vec<RouteSpec>) -> Result<(), String> {
+        self.0.check_dynamic(key, routes).map_err(|e| match e {
+            crate::store::registry::ChangeError::Conflict { message, .. } => message,
+            other => other.to_string(),
+        })
+    }
+
     fn inflight(&self, route: &str, backend_id: &str) -> Option<u64> {
         let t = self.0.table();
         t.route(route)?

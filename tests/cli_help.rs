@@ -238,3 +238,48 @@ fn no_token_over_plain_http_to_non_loopback_names() {
     assert_eq!(code, Some(3), "{err}");
     assert!(accepted.join().unwrap(), "loopback is contacted");
 }
+
+/// `berth … | head -1`: a reader that closes the pipe early ends berth quietly (exit 0), never
+/// with a panic on EPIPE. The read end is closed before berth writes, so the write must fail.
+#[test]
+fn a_closed_stdout_pipe_ends_quietly() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = dir.path().join("cli.yaml");
+    for i in 0..3 {
+        let name = format!("s{i}");
+        let out = berth(
+            &cfg,
+            dir.path(),
+            &[
+                "server",
+                "add",
+                &name,
+                "http://127.0.0.1:9",
+                "--token",
+                "t",
+                "--no-check",
+            ],
+        );
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    for args in [&["server", "list"][..], &["server", "list", "--json"][..]] {
+        let mut child = Command::new(BERTH)
+            .args(args)
+            .current_dir(dir.path())
+            .env("BERTH_CLI_CONFIG", &cfg)
+            .env("NO_COLOR", "1")
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .expect("berth runs");
+        drop(child.stdout.take());
+        let out = child.wait_with_output().expect("berth ends");
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(!stderr.contains("panicked"), "{args:?}: {stderr}");
+        assert_eq!(out.status.code(), Some(0), "{args:?}: {stderr}");
+    }
+}

@@ -11,7 +11,7 @@
   };
   testScript = ''
     server.wait_for_unit("berthd.socket")
-    server.succeed("mkdir -p /srv && echo ok > /srv/index.html && (busybox httpd -f -p 127.0.0.1:8081 -h /srv &)")
+    server.succeed("mkdir -p /srv && echo ok > /srv/index.html && (busybox httpd -f -p 127.0.0.1:8081 -h /srv >/var/log/httpd.log 2>&1 &)")
     server.succeed("pebble-setup-and-start")
     server.wait_until_succeeds("curl -sf --cacert /var/lib/pebble/root.pem --resolve demo.test:443:127.0.0.1 https://demo.test/", timeout=180)
     first = server.succeed("echo | openssl s_client -connect 127.0.0.1:443 -servername demo.test 2>/dev/null | openssl x509 -noout -serial")

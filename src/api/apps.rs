@@ -23,6 +23,7 @@ use super::error::{parse_json, ApiError, ApiJson, ApiPath};
 use super::ApiState;
 use crate::deploy::{AppStatus, DeployError, DeployEvent, Engine, ImageSource};
 use crate::model::deploy::AppSpec;
+use crate::model::tar::{TarCheck, TarError};
 use crate::runtime::RuntimeError;
 use crate::store::deployments::{DeployState, DeploymentRecord};
 
@@ -81,6 +82,11 @@ impl From<DeployError> for AppsError {
             DeployError::AppNotFound(_) | DeployError::DeploymentNotFound(_) => {
                 AppsError::Api(ApiError::NotFound(e.to_string()))
             }
+            DeployError::DomainTaken(message) => AppsError::Api(ApiError::Conflict {
+                code: "domain_taken",
+                field: Some("domains".into()),
+                message,
+            }),
             DeployError::NoRollbackTarget(_) => AppsError::Api(ApiError::Conflict {
                 code: "no_rollback_target",
                 field: None,
@@ -204,6 +210,15 @@ async fn deploy(
     Ok(accepted(id, &app))
 }
 
+/// 422 naming the `image` part: it is not a whole tar archive.
+fn image_invalid(e: TarError) -> AppsError {
+    ApiError::Invalid {
+        field: "image".into(),
+        message: format!("the image part {e}"),
+    }
+    .into()
+}
+
 fn bad_multipart(message: String) -> AppsError {
     ApiError::BadRequest {
         code: "invalid_multipart",
@@ -271,6 +286,10 @@ async fn deploy_upload(
         field: e.field,
         message: e.message,
     })?;
+    if let Some(running) = engine.running(&app) {
+        // Refused before the image is read: the client learns it at once, not after its upload.
+        return Err(DeployError::Conflict { app, running }.into());
+    }
     let mut image = next_part(
         &mut mp,
         "image",
@@ -278,6 +297,23 @@ async fn deploy_upload(
         "the second part must be `image` (a `docker save` tar)",
     )
     .await?;
+    // Before any deployment exists: the part must start like a tar (not empty, first header's
+    // checksum right), so "not a tar" is a 422 that leaves nothing behind.
+    let mut tar = TarCheck::new();
+    let mut head: Vec<Bytes> = Vec::new();
+    while tar.bytes() < 512 {
+        match image.chunk().await {
+            Ok(Some(chunk)) => {
+                tar.update(&chunk).map_err(image_invalid)?;
+                head.push(chunk);
+            }
+            Ok(None) => {
+                tar.finish().map_err(image_invalid)?;
+                break;
+            }
+            Err(e) => return Err(bad_multipart(e.body_text())),
+        }
+    }
     // Small bounded channel: the upload advances only as fast as Docker loads it.
     let (tx, rx) = tokio::sync::mpsc::channel::<Result<Bytes, std::io::Error>>(4);
     let stream = futures_util::stream::unfold(rx, |mut rx| async move {
@@ -288,9 +324,23 @@ async fn deploy_upload(
         .deploy(&app, spec, ImageSource::Tar(stream), &who)
         .await?;
     let mut total: u64 = 0;
+    let mut head = head.into_iter();
     loop {
-        match image.chunk().await {
+        // The head chunks were checked above; the rest are checked as they arrive.
+        let (next, fresh) = match head.next() {
+            Some(chunk) => (Ok(Some(chunk)), false),
+            None => (image.chunk().await, true),
+        };
+        match next {
             Ok(Some(chunk)) => {
+                if fresh {
+                    if let Err(e) = tar.update(&chunk) {
+                        let _ = tx
+                            .send(Err(std::io::Error::other(format!("image part {e}"))))
+                            .await;
+                        return Err(image_invalid(e));
+                    }
+                }
                 total += chunk.len() as u64;
                 if total > max_image {
                     let _ = tx
@@ -308,7 +358,15 @@ async fn deploy_upload(
                     break;
                 }
             }
-            Ok(None) => break,
+            Ok(None) => {
+                if let Err(e) = tar.finish() {
+                    let _ = tx
+                        .send(Err(std::io::Error::other(format!("image part {e}"))))
+                        .await;
+                    return Err(image_invalid(e));
+                }
+                break;
+            }
             Err(e) => {
                 let msg = e.body_text();
                 let _ = tx

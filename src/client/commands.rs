@@ -136,15 +136,15 @@ pub async fn run(cli: Cli, out: &Out) -> Result<u8, ClientError> {
             let path = format!("/v1/apps/{}/logs?follow={follow}&tail={tail}", seg(&app));
             api.sse(&path, |_, data| {
                 if out.json {
-                    println!("{data}");
+                    out.line(data);
                 } else {
                     match serde_json::from_str::<Value>(data) {
-                        Ok(v) if v.get("line").is_some() => println!(
+                        Ok(v) if v.get("line").is_some() => out.line(&format!(
                             "{} {}",
                             field(&v, &["container", "replica"]),
                             field(&v, &["line"])
-                        ),
-                        _ => println!("{data}"),
+                        )),
+                        _ => out.line(data),
                     }
                 }
                 true
@@ -755,6 +755,22 @@ async fn deploy_one(
     let accepted: Value = match tar {
         None => api.json(Method::POST, &path, Some(&spec)).await?,
         Some(tar) => {
+            // A deploy already running would refuse the upload only after the server stopped
+            // reading it (the client then sees "Broken pipe"): ask first, so the answer is the
+            // conflict (exit 5). The server checks again before reading the image part.
+            let status: Result<Value, ClientError> = api
+                .json(Method::GET, &format!("/v1/apps/{}", seg(app)), None)
+                .await;
+            if let Ok(running) = status {
+                if let Some(id) = running.get("deploying").and_then(Value::as_str) {
+                    return Err(ClientError::Api {
+                        status: 409,
+                        message: format!("app {app} already has a deployment in progress: {id}"),
+                        field: None,
+                        detail: Value::Null,
+                    });
+                }
+            }
             let file = tokio::fs::File::open(&tar)
                 .await
                 .map_err(|e| ClientError::Usage(format!("{}: {e}", tar.display())))?;
@@ -873,7 +889,7 @@ async fn follow_deployment_state(
                 .map(text)
                 .unwrap_or_default();
             if out.json {
-                println!("{data}");
+                out.line(data);
             } else {
                 let elapsed = start.elapsed().as_secs_f64();
                 let mark = if TERMINAL.contains(&state.as_str()) {

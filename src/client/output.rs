@@ -29,18 +29,15 @@ impl Out {
     }
 
     pub fn json(&self, v: &Value) {
-        println!(
-            "{}",
-            serde_json::to_string_pretty(v).unwrap_or_else(|_| v.to_string())
-        );
+        stdout_line(&serde_json::to_string_pretty(v).unwrap_or_else(|_| v.to_string()));
     }
 
     pub fn table(&self, headers: &[&str], rows: Vec<Vec<String>>) {
-        println!("{}", render_table(headers, rows));
+        stdout_line(&render_table(headers, rows));
     }
 
     pub fn line(&self, s: &str) {
-        println!("{s}");
+        stdout_line(s);
     }
 
     pub fn error(&self, msg: &str) {
@@ -63,6 +60,19 @@ impl Out {
             _ => return s.to_string(),
         };
         format!("\x1b[{code}m{s}\x1b[0m")
+    }
+}
+
+/// Writes one line to stdout. A reader that went away (`berth deployments APP | head -3`)
+/// ends the program quietly with success, as the shell's SIGPIPE would, instead of the panic
+/// `println!` raises on EPIPE.
+pub fn stdout_line(s: &str) {
+    use std::io::Write;
+    let mut out = std::io::stdout().lock();
+    if let Err(e) = writeln!(out, "{s}").and_then(|()| out.flush()) {
+        if e.kind() == std::io::ErrorKind::BrokenPipe {
+            std::process::exit(0);
+        }
     }
 }
 

@@ -42,6 +42,12 @@ pub trait RoutePublisher: Send + Sync + 'static {
     /// Replaces every route published under `key` (`app/NAME`, `discovered/NAME`) in one
     /// atomic table swap. An empty list removes them. An error changes nothing.
     fn set_routes(&self, key: &str, routes: Vec<RouteSpec>) -> Result<(), String>;
+    /// Whether `set_routes(key, routes)` would be refused (a domain another route serves),
+    /// changing nothing. The engine asks before it accepts a deploy.
+    fn check_routes(&self, key: &str, routes: Vec<RouteSpec>) -> Result<(), String> {
+        let _ = (key, routes);
+        Ok(())
+    }
     /// Requests in flight to backend `backend_id` of route `route`, if that backend is
     /// in the current table.
     fn inflight(&self, route: &str, backend_id: &str) -> Option<u64>;
@@ -62,6 +68,9 @@ pub enum DeployError {
     DeploymentNotFound(String),
     #[error("cannot roll back: {0}")]
     NoRollbackTarget(String),
+    /// 409: a domain or alias of the spec is served by another route.
+    #[error("{0}")]
+    DomainTaken(String),
     #[error(transparent)]
     Store(#[from] DeploymentStoreError),
     #[error(transparent)]
@@ -92,6 +101,8 @@ pub struct EngineConfig {
     pub extra_labels: HashMap<String, String>,
     /// Longest health gate for hand-started (discovered) containers.
     pub discovery_health_timeout: Duration,
+    /// `deploy.allow_host_mounts`: whether specs may bind-mount host paths.
+    pub allow_host_mounts: bool,
 }
 
 impl Default for EngineConfig {
@@ -101,6 +112,7 @@ impl Default for EngineConfig {
             stop_grace: Duration::from_secs(10),
             extra_labels: HashMap::new(),
             discovery_health_timeout: Duration::from_secs(60),
+            allow_host_mounts: false,
         }
     }
 }
@@ -479,6 +491,19 @@ impl Engine {
     ) -> Result<String, DeployError> {
         validate_app_name(app)?;
         spec.validate()?;
+        spec.check_host_mounts(self.inner.cfg.allow_host_mounts)?;
+        // The domains must be free before the deploy is accepted (the route is published only
+        // after the first replica is healthy; a collision then would fail the deploy late).
+        let probe = RouteSpec {
+            name: Some(app_route_name(app)),
+            domains: spec.domains.clone(),
+            aliases: spec.aliases.clone(),
+            ..RouteSpec::default()
+        };
+        self.inner
+            .publisher
+            .check_routes(&app_route_name(app), vec![probe])
+            .map_err(DeployError::DomainTaken)?;
         let id = new_deployment_id();
         let rec = DeploymentRecord {
             id: id.clone(),
@@ -552,6 +577,13 @@ impl Engine {
 
     /// `GET /v1/deployments/{id}/events`: the events so far plus a receiver for the rest
     /// (no gap, no duplicate). None if the deployment did not run in this process.
+    /// The id of the deployment running for `app`, if one is. The API checks it before
+    /// reading an image upload, so a second upload is refused (409) without being streamed.
+    pub fn running(&self, app: &str) -> Option<String> {
+        let st = self.inner.state.locked();
+        st.apps.get(app).and_then(|a| a.running.clone())
+    }
+
     pub fn subscribe(
         &self,
         id: &str,

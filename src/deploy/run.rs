@@ -8,6 +8,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
+use futures_util::StreamExt as _;
 use tokio::time::Instant;
 
 use super::{now_ms, AppHosts, ImageSource, Inner, LockExt, Replica};
@@ -89,7 +90,10 @@ pub(crate) async fn run(inner: Arc<Inner>, rec: DeploymentRecord, image: ImageSo
             "succeeded",
             format!("app {app} now runs deployment {id}"),
         ),
-        Some(r) => inner.emit(&id, "failed", r),
+        Some(r) => {
+            tracing::warn!(%app, deployment = %id, "deployment failed: {r}");
+            inner.emit(&id, "failed", r)
+        }
     }
     inner.mark_done(&id, state);
 }
@@ -105,7 +109,31 @@ async fn resolve_image(
             .image_id(&i)
             .await
             .map_err(|e| format!("image {i}: {e}"))?,
-        ImageSource::Tar(tar) => inner.rt.load_image(tar).await.map_err(|e| e.to_string())?,
+        ImageSource::Tar(tar) => {
+            // The upload's own error (truncated, too large, interrupted) is the cause; Docker
+            // only sees a body that broke off. Keep the first one to name it in the reason.
+            let cause = Arc::new(std::sync::Mutex::new(None::<String>));
+            let seen = cause.clone();
+            let tar = tar
+                .inspect(move |item| {
+                    if let Err(e) = item {
+                        if let Ok(mut slot) = seen.lock() {
+                            slot.get_or_insert_with(|| e.to_string());
+                        }
+                    }
+                })
+                .boxed();
+            match inner.rt.load_image(tar).await {
+                Ok(id) => id,
+                Err(e) => {
+                    let upload = cause.lock().ok().and_then(|mut c| c.take());
+                    return Err(match upload {
+                        Some(u) => format!("image load failed: {u}"),
+                        None => e.to_string(),
+                    });
+                }
+            }
+        }
         ImageSource::Reference { reference, creds } => match inner.rt.image_id(&reference).await {
             Ok(i) => i,
             Err(RuntimeError::NotFound { .. }) => {
@@ -136,6 +164,11 @@ async fn execute(
         .set_image(&rec.id, &image_id)
         .map_err(|e| e.to_string())?;
     inner.emit(&rec.id, "image", format!("image {}", short(&image_id)));
+    // Berth's own tag: pruning removes only these, never a tag an operator made.
+    let (repo, tag) = berth_tag(app, &rec.id);
+    if let Err(e) = inner.rt.tag_image(&image_id, &repo, &tag).await {
+        inner.warn(format!("tagging image {repo}:{tag}: {e}"));
+    }
     inner.rt.ensure_network().await.map_err(|e| e.to_string())?;
 
     let old: Vec<Replica> = inner
@@ -548,6 +581,11 @@ async fn abort(inner: &Arc<Inner>, rec: &DeploymentRecord, progress: &mut Progre
     }
 }
 
+/// The tag Berth gives the image of deployment `id` of `app`: `berth/APP:ID`.
+fn berth_tag(app: &str, id: &str) -> (String, String) {
+    (format!("berth/{app}"), id.to_string())
+}
+
 async fn prune_images(inner: &Inner, id: &str, app: &str) {
     let keep = inner.cfg.keep_images.max(1);
     let history = match inner.store.list(app, 10_000) {
@@ -566,33 +604,22 @@ async fn prune_images(inner: &Inner, id: &str, app: &str) {
             })
         })
         .collect();
-    // Images any container still uses, and those other apps keep, stay.
-    let mut in_use: Vec<String> = match inner.rt.list(&[labels::ROLE.to_string()]).await {
-        Ok(cs) => cs.into_iter().map(|c| c.image_id).collect(),
-        Err(e) => {
-            inner.warn(format!("image pruning skipped: {e}"));
-            return;
-        }
-    };
-    if let Ok(apps) = inner.store.apps() {
-        for (other, _) in apps.into_iter().filter(|(a, _)| a != app) {
-            if let Ok(h) = inner.store.list(&other, 10_000) {
-                in_use.extend(
-                    h.into_iter()
-                        .filter(|d| d.state == DeployState::Succeeded)
-                        .take(keep)
-                        .filter_map(|d| d.image_id),
-                );
-            }
-        }
-    }
-    let doomed = images_to_prune(&uses, keep, &in_use);
+    // Containers and other apps need no list here: untagging is never forced, so Docker keeps
+    // an image a container uses or another tag (another app's, an operator's) names.
+    let doomed = images_to_prune(&uses, keep, &[]);
     let mut removed = Vec::new();
-    for img in doomed {
-        match inner.rt.remove_image(&img).await {
-            Ok(true) => removed.push(short(&img).to_string()),
+    // Only Berth's own tags go (`berth/APP:DEPLOYMENT`); Docker deletes an image with its last
+    // tag, so an image an operator tagged (or another app uses) stays.
+    for d in history
+        .iter()
+        .filter(|d| d.image_id.as_ref().is_some_and(|i| doomed.contains(i)))
+    {
+        let (repo, tag) = berth_tag(app, &d.id);
+        let reference = format!("{repo}:{tag}");
+        match inner.rt.untag_image(&reference).await {
+            Ok(true) => removed.push(reference),
             Ok(false) => {}
-            Err(e) => inner.warn(format!("pruning image {}: {e}", short(&img))),
+            Err(e) => inner.warn(format!("pruning image {reference}: {e}")),
         }
     }
     if !removed.is_empty() {

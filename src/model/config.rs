@@ -434,6 +434,9 @@ pub struct DeployConfig {
     /// Grace period of `docker stop` for old replicas.
     #[serde(with = "humantime_serde")]
     pub stop_grace: Duration,
+    /// Whether app specs may bind-mount host paths (`/srv/x:/x`). Off by default: a token
+    /// allowed to deploy an app must not be able to mount `/` or the Docker socket.
+    pub allow_host_mounts: bool,
 }
 
 impl Default for DeployConfig {
@@ -444,6 +447,7 @@ impl Default for DeployConfig {
             keep_images: 5,
             max_upload_size: ByteSize(10 << 30),
             stop_grace: Duration::from_secs(10),
+            allow_host_mounts: false,
         }
     }
 }

@@ -197,23 +197,134 @@ impl AppSpec {
                 ));
             }
         }
-        for (i, v) in self.volumes.iter().enumerate() {
-            let parts: Vec<&str> = v.split(':').collect();
-            let valid = (2..=3).contains(&parts.len())
-                && !parts[0].is_empty()
-                && parts[1].starts_with('/')
-                && parts
-                    .get(2)
-                    .is_none_or(|m| m.split(',').all(|o| ["ro", "rw", "z", "Z"].contains(&o)));
-            if !valid {
+        for (k, v) in &self.env {
+            if v.contains('\0') {
                 return Err(err(
-                    format!("volumes[{i}]"),
-                    format!("{v:?} must look like NAME:/path, /host/path:/path or …:/path:ro"),
+                    format!("env.{k}"),
+                    "contains a NUL byte, which no process environment can hold",
                 ));
             }
         }
+        for (i, v) in self.volumes.iter().enumerate() {
+            parse_volume(v).map_err(|m| err(format!("volumes[{i}]"), m))?;
+        }
         Ok(())
     }
+
+    /// The host paths this spec bind-mounts (`/host/path:/path`), with their index in
+    /// `volumes`. Named volumes are not host paths. Call after [`AppSpec::validate`].
+    pub fn host_mounts(&self) -> impl Iterator<Item = (usize, &str)> {
+        self.volumes.iter().enumerate().filter_map(|(i, v)| {
+            parse_volume(v)
+                .ok()
+                .and_then(|m| m.host_path().map(|p| (i, p)))
+        })
+    }
+
+    /// Refuses host bind mounts unless the daemon allows them (`deploy.allow_host_mounts`):
+    /// a token that may deploy one app must not be able to mount `/` or the Docker socket.
+    pub fn check_host_mounts(&self, allowed: bool) -> Result<(), SpecError> {
+        if allowed {
+            return Ok(());
+        }
+        match self.host_mounts().next() {
+            Some((i, path)) => Err(err(
+                format!("volumes[{i}]"),
+                format!(
+                    "{path:?} is a host path; bind mounts of host paths are refused unless the \
+                     daemon sets deploy.allow_host_mounts: true (use a named volume, NAME:/path)"
+                ),
+            )),
+            None => Ok(()),
+        }
+    }
+}
+
+/// Where a volume spec's data comes from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum VolumeSource<'a> {
+    /// A Docker named volume (`data:/var/lib/app`).
+    Named(&'a str),
+    /// A host path bind-mounted into the container (`/srv/data:/data`).
+    HostPath(&'a str),
+}
+
+/// One parsed `volumes` entry.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct VolumeMount<'a> {
+    pub source: VolumeSource<'a>,
+    pub target: &'a str,
+    pub read_only: bool,
+}
+
+impl<'a> VolumeMount<'a> {
+    pub fn host_path(&self) -> Option<&'a str> {
+        match self.source {
+            VolumeSource::HostPath(p) => Some(p),
+            VolumeSource::Named(_) => None,
+        }
+    }
+}
+
+/// True for a Docker volume name: `[a-zA-Z0-9][a-zA-Z0-9_.-]*` (Docker's own rule).
+fn is_volume_name(s: &str) -> bool {
+    let mut chars = s.chars();
+    chars.next().is_some_and(|c| c.is_ascii_alphanumeric())
+        && chars.all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '.' | '-'))
+}
+
+/// An absolute path without `.`/`..` segments and without NUL: what Docker mounts as given.
+fn is_clean_absolute(p: &str) -> bool {
+    p.starts_with('/') && !p.contains('\0') && p.split('/').all(|seg| seg != "." && seg != "..")
+}
+
+/// Parses `NAME:/path`, `/host/path:/path` and either with `:ro`/`:rw` (plus SELinux `z`/`Z`).
+/// A relative host path (`./x`, `../x`) is neither a volume name nor a host path: refused,
+/// because Docker would resolve it against its own working directory, not the app's.
+pub fn parse_volume(v: &str) -> Result<VolumeMount<'_>, String> {
+    let shape = || format!("{v:?} must look like NAME:/path, /host/path:/path or …:/path:ro");
+    let parts: Vec<&str> = v.split(':').collect();
+    if !(2..=3).contains(&parts.len()) {
+        return Err(shape());
+    }
+    let source = if parts[0].starts_with('/') {
+        if !is_clean_absolute(parts[0]) {
+            return Err(format!(
+                "{v:?}: host path {:?} must be absolute without '.' or '..' segments",
+                parts[0]
+            ));
+        }
+        VolumeSource::HostPath(parts[0])
+    } else if is_volume_name(parts[0]) {
+        VolumeSource::Named(parts[0])
+    } else {
+        return Err(format!(
+            "{v:?}: {:?} is neither a volume name ([a-zA-Z0-9][a-zA-Z0-9_.-]*) nor an absolute \
+             host path",
+            parts[0]
+        ));
+    };
+    if !is_clean_absolute(parts[1]) {
+        return Err(format!(
+            "{v:?}: container path {:?} must be absolute without '.' or '..' segments",
+            parts[1]
+        ));
+    }
+    let mut read_only = false;
+    if let Some(opts) = parts.get(2) {
+        for o in opts.split(',') {
+            match o {
+                "ro" => read_only = true,
+                "rw" | "z" | "Z" => {}
+                _ => return Err(shape()),
+            }
+        }
+    }
+    Ok(VolumeMount {
+        source,
+        target: parts[1],
+        read_only,
+    })
 }
 
 /// One old replica, as the planner sees it.
@@ -345,6 +456,76 @@ mod tests {
         assert_eq!(s.health.timeout, Duration::from_millis(300));
         assert_eq!(s.min_ready, Duration::from_secs(2));
         assert_eq!(s.strategy, Strategy::Replace);
+    }
+
+    #[test]
+    fn env_values_and_volume_paths_are_checked_before_anything_runs() {
+        let cases: &[(&str, &str)] = &[
+            (
+                r#"{"image":"x","domains":["a.com"],"env":{"A":"x\u0000y"}}"#,
+                "env.A",
+            ),
+            (
+                r#"{"image":"x","domains":["a.com"],"volumes":["../x:/y"]}"#,
+                "volumes[0]",
+            ),
+            (
+                r#"{"image":"x","domains":["a.com"],"volumes":["./x:/y"]}"#,
+                "volumes[0]",
+            ),
+            (
+                r#"{"image":"x","domains":["a.com"],"volumes":["d:/y","/a/../b:/y"]}"#,
+                "volumes[1]",
+            ),
+            (
+                r#"{"image":"x","domains":["a.com"],"volumes":["d:relative"]}"#,
+                "volumes[0]",
+            ),
+            (
+                r#"{"image":"x","domains":["a.com"],"volumes":["d:/y/../z"]}"#,
+                "volumes[0]",
+            ),
+            (
+                r#"{"image":"x","domains":["a.com"],"volumes":["d:/y:rx"]}"#,
+                "volumes[0]",
+            ),
+        ];
+        for (json, field) in cases {
+            let e = spec(json).validate().unwrap_err();
+            assert_eq!(&e.field, field, "{json}: {e}");
+        }
+        let ok = spec(
+            r#"{"image":"x","domains":["a.com"],"volumes":["data:/var/lib/x","my_vol.2:/d:ro","/srv/a:/a:ro,z"]}"#,
+        );
+        ok.validate().unwrap();
+        let mounts: Vec<_> = ok
+            .volumes
+            .iter()
+            .map(|v| parse_volume(v).unwrap())
+            .collect();
+        assert_eq!(mounts[0].source, VolumeSource::Named("data"));
+        assert!(mounts[1].read_only);
+        assert_eq!(mounts[2].host_path(), Some("/srv/a"));
+    }
+
+    #[test]
+    fn host_mounts_need_the_daemons_permission() {
+        for v in [
+            "/:/host",
+            "/var/run/docker.sock:/var/run/docker.sock",
+            "/etc:/e:ro",
+        ] {
+            let s = spec(&format!(
+                r#"{{"image":"x","domains":["a.com"],"volumes":["data:/d",{v:?}]}}"#
+            ));
+            s.validate().unwrap();
+            let e = s.check_host_mounts(false).unwrap_err();
+            assert_eq!(e.field, "volumes[1]", "{v}");
+            assert!(e.message.contains("deploy.allow_host_mounts"), "{e}");
+            s.check_host_mounts(true).unwrap();
+        }
+        let named = spec(r#"{"image":"x","domains":["a.com"],"volumes":["data:/d"]}"#);
+        named.check_host_mounts(false).unwrap();
     }
 
     #[test]

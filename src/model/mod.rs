@@ -12,3 +12,4 @@ pub mod renewal;
 pub mod route;
 pub mod sni;
 pub mod stats;
+pub mod tar;

@@ -256,6 +256,30 @@ impl ContainerRuntime for DockerRuntime {
         }
     }
 
+    async fn tag_image(&self, id: &str, repo: &str, tag: &str) -> Result<(), RuntimeError> {
+        let opts = bollard::query_parameters::TagImageOptions {
+            repo: Some(repo.to_string()),
+            tag: Some(tag.to_string()),
+        };
+        self.docker
+            .tag_image(id, Some(opts))
+            .await
+            .map_err(derr("image tag"))
+    }
+
+    async fn untag_image(&self, reference: &str) -> Result<bool, RuntimeError> {
+        let opts = RemoveImageOptions {
+            force: false,
+            ..Default::default()
+        };
+        match self.docker.remove_image(reference, Some(opts), None).await {
+            Ok(_) => Ok(true),
+            Err(e) if status(&e) == Some(404) => Ok(true),
+            Err(e) if status(&e) == Some(409) => Ok(false),
+            Err(e) => Err(derr("image untag")(e)),
+        }
+    }
+
     async fn create_and_start(&self, spec: &ContainerSpec) -> Result<String, RuntimeError> {
         let body = ContainerCreateBody {
             image: Some(spec.image.clone()),

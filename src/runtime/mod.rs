@@ -134,6 +134,17 @@ pub trait ContainerRuntime: Send + Sync + 'static {
     async fn image_id(&self, reference: &str) -> Result<String, RuntimeError>;
     /// Removes an image; an image still used by a container is left alone (`Ok(false)`).
     async fn remove_image(&self, id: &str) -> Result<bool, RuntimeError>;
+    /// Adds the tag `repo:tag` to a local image (Berth's own `berth/APP:DEPLOYMENT` tags).
+    async fn tag_image(&self, id: &str, repo: &str, tag: &str) -> Result<(), RuntimeError> {
+        let _ = (id, repo, tag);
+        Ok(())
+    }
+    /// Removes one tag (never forced): the image goes only with its last tag and when no
+    /// container uses it; other tags (an operator's own) keep it. `Ok(false)`: still in use.
+    async fn untag_image(&self, reference: &str) -> Result<bool, RuntimeError> {
+        let _ = reference;
+        Ok(false)
+    }
     /// Creates and starts a container; returns its id.
     async fn create_and_start(&self, spec: &ContainerSpec) -> Result<String, RuntimeError>;
     /// Starts an existing, stopped container.

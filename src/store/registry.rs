@@ -449,6 +449,9 @@ fn with_dynamic(
     entries
 }
 
+/// The engine's routes by key (`app/NAME`, `discovered/NAME`).
+type EngineRoutes = BTreeMap<String, Vec<RouteSpec>>;
+
 impl RouteRegistry {
     /// Loads the stored routes, builds the table from them plus `statics`, and publishes it.
     /// Fails (naming the routes) if stored routes conflict with the config file.
@@ -508,11 +511,37 @@ impl RouteRegistry {
     /// domain is already served by another route.
     pub fn set_dynamic(&self, key: &str, routes: Vec<RouteSpec>) -> Result<(), ChangeError> {
         let mut dynamic = self.published();
+        let (entries, next) = self.with_key(&dynamic, key, routes)?;
+        let table =
+            build(&entries, &self.publisher.current()).map_err(|e| absolute_error(&entries, e))?;
+        self.publisher.publish(table);
+        self.listing.store(Arc::new(entries));
+        *dynamic = next;
+        Ok(())
+    }
+
+    /// What [`RouteRegistry::set_dynamic`] would refuse, without changing anything: the deploy
+    /// API asks before it accepts a deploy, so a domain another route serves is a 409 then,
+    /// not a failed deployment later.
+    pub fn check_dynamic(&self, key: &str, routes: Vec<RouteSpec>) -> Result<(), ChangeError> {
+        let dynamic = self.published();
+        self.with_key(&dynamic, key, routes).map(|_| ())
+    }
+
+    /// The entries (and engine routes) with `key` replaced by `routes`, checked for domain
+    /// collisions against config, stored and other engine routes.
+    fn with_key(
+        &self,
+        dynamic: &EngineRoutes,
+        key: &str,
+        routes: Vec<RouteSpec>,
+    ) -> Result<(Vec<RouteEntry>, EngineRoutes), ChangeError> {
         let mut next = dynamic.clone();
+        let changed: HashSet<String> = routes.iter().map(|r| r.name()).collect();
         if routes.is_empty() {
             next.remove(key);
         } else {
-            next.insert(key.to_string(), routes.clone());
+            next.insert(key.to_string(), routes);
         }
         // Config and stored routes as committed (the listing minus the engine's).
         let base: Vec<RouteEntry> = self
@@ -523,19 +552,13 @@ impl RouteRegistry {
             .cloned()
             .collect();
         let entries = with_dynamic(base, &next);
-        let changed: HashSet<String> = routes.iter().map(|r| r.name()).collect();
         if let Some(c) = find_collision(&entries, &changed) {
             return Err(ChangeError::Conflict {
                 field: format!("route {:?}: {}", entries[c.entry].name(), c.field),
                 message: c.message,
             });
         }
-        let table =
-            build(&entries, &self.publisher.current()).map_err(|e| absolute_error(&entries, e))?;
-        self.publisher.publish(table);
-        self.listing.store(Arc::new(entries));
-        *dynamic = next;
-        Ok(())
+        Ok((entries, next))
     }
 
     /// Every route as served: config routes first, then stored ones in creation order.

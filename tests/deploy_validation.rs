@@ -1,0 +1,388 @@
+//! Bad deploys are refused before anything runs (real dockerd, real API, gated on
+//! BERTH_SYSTEM_TESTS=1): a NUL in an env value, relative or host-path volumes, an image part
+//! that is empty, not a tar or truncated, and a second upload while a deploy runs. Each answer
+//! names the field, and no container of the app is ever created by a refused deploy.
+
+mod docker_support;
+
+use std::time::Duration;
+
+use docker_support::{prepare, skip, Cleanup, IMG_V1};
+use serde_json::{json, Value};
+
+struct World {
+    running: berth::daemon::Running,
+    token: String,
+    app: String,
+    http: reqwest::Client,
+    _cleanup: Cleanup,
+    _dir: tempfile::TempDir,
+}
+
+impl World {
+    async fn start(name: &str) -> World {
+        Self::start_with(name, |_| {}).await
+    }
+
+    async fn start_with(
+        name: &str,
+        tweak: impl FnOnce(&mut berth::model::config::Config),
+    ) -> World {
+        prepare();
+        let dir = tempfile::tempdir().unwrap();
+        let app = format!("{name}-{}", std::process::id());
+        let network = format!("berth-v-{app}");
+        let mut c = berth::model::config::Config {
+            data_dir: dir.path().to_path_buf(),
+            ..Default::default()
+        };
+        c.http.listen = "127.0.0.1:0".parse().unwrap();
+        c.api.listen = "127.0.0.1:0".parse().unwrap();
+        c.log.access_log = false;
+        c.deploy.enabled = berth::model::config::DeployEnabled::Required;
+        c.deploy.network = network.clone();
+        c.deploy.stop_grace = Duration::from_secs(2);
+        tweak(&mut c);
+        let running = berth::daemon::start(c, None).await.expect("daemon starts");
+        let (_, token) = running.registry.store().create_token("ci").unwrap();
+        World {
+            running,
+            token,
+            _cleanup: Cleanup {
+                app: app.clone(),
+                network,
+            },
+            app,
+            http: reqwest::Client::new(),
+            _dir: dir,
+        }
+    }
+
+    fn url(&self, path: &str) -> String {
+        format!("http://{}{path}", self.running.api_addr)
+    }
+
+    fn spec(&self, extra: Value) -> Value {
+        let mut s = json!({
+            "image": IMG_V1,
+            "domains": [format!("{}.test", self.app)],
+            "health": {"path": "/health", "interval": "100ms", "timeout": "1s"},
+            "deploy_timeout": "20s",
+        });
+        if let (Value::Object(s), Value::Object(e)) = (&mut s, extra) {
+            s.extend(e);
+        }
+        s
+    }
+
+    async fn deploy_json(&self, spec: Value) -> (u16, Value) {
+        let resp = self
+            .http
+            .post(self.url(&format!("/v1/apps/{}/deploy", self.app)))
+            .bearer_auth(&self.token)
+            .json(&spec)
+            .send()
+            .await
+            .unwrap();
+        let status = resp.status().as_u16();
+        (status, resp.json().await.unwrap_or(Value::Null))
+    }
+
+    async fn deploy_upload(&self, spec: Value, image: Vec<u8>) -> (u16, Value) {
+        let form = reqwest::multipart::Form::new()
+            .part(
+                "spec",
+                reqwest::multipart::Part::text(spec.to_string())
+                    .mime_str("application/json")
+                    .unwrap(),
+            )
+            .part(
+                "image",
+                reqwest::multipart::Part::bytes(image)
+                    .file_name("image.tar")
+                    .mime_str("application/x-tar")
+                    .unwrap(),
+            );
+        let resp = self
+            .http
+            .post(self.url(&format!("/v1/apps/{}/deploy", self.app)))
+            .bearer_auth(&self.token)
+            .multipart(form)
+            .send()
+            .await
+            .unwrap();
+        let status = resp.status().as_u16();
+        (status, resp.json().await.unwrap_or(Value::Null))
+    }
+
+    /// Waits for deployment `id` to end; returns its record.
+    async fn wait(&self, id: &str) -> Value {
+        let deadline = std::time::Instant::now() + Duration::from_secs(30);
+        loop {
+            let resp = self
+                .http
+                .get(self.url(&format!("/v1/deployments/{id}")))
+                .bearer_auth(&self.token)
+                .send()
+                .await
+                .unwrap();
+            let v: Value = resp.json().await.unwrap();
+            if v["state"] != "running" {
+                return v;
+            }
+            assert!(std::time::Instant::now() < deadline, "{v}");
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    /// Containers of this app, running or not.
+    fn containers(&self) -> usize {
+        let out = std::process::Command::new("docker")
+            .args([
+                "ps",
+                "-aq",
+                "--filter",
+                &format!("label=berth.app={}", self.app),
+            ])
+            .output()
+            .unwrap();
+        String::from_utf8_lossy(&out.stdout).lines().count()
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_specs_are_refused_before_anything_runs() {
+    if skip() {
+        return;
+    }
+    let w = World::start("badspec").await;
+    let cases = [
+        (json!({"env": {"A": "x\u{0}y"}}), "env.A", "NUL"),
+        (json!({"volumes": ["../x:/y"]}), "volumes[0]", "neither"),
+        (
+            json!({"volumes": ["d:/y/../z"]}),
+            "volumes[0]",
+            "container path",
+        ),
+        (
+            json!({"volumes": ["data:/d", "/:/host"]}),
+            "volumes[1]",
+            "allow_host_mounts",
+        ),
+        (
+            json!({"volumes": ["/var/run/docker.sock:/var/run/docker.sock"]}),
+            "volumes[0]",
+            "allow_host_mounts",
+        ),
+    ];
+    for (extra, field, words) in cases {
+        let (status, body) = w.deploy_json(w.spec(extra.clone())).await;
+        assert!(status == 400 || status == 422, "{extra}: {status} {body}");
+        assert_eq!(body["error"]["field"], field, "{extra}: {body}");
+        assert!(
+            body.to_string().contains(words),
+            "{extra}: message should mention {words:?}: {body}"
+        );
+    }
+    // Nothing was started, and no app record was left behind.
+    assert_eq!(w.containers(), 0);
+    let resp = w
+        .http
+        .get(w.url(&format!("/v1/apps/{}", w.app)))
+        .bearer_auth(&w.token)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 404, "a refused first deploy leaves no app");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn image_parts_that_are_not_whole_tars_are_refused() {
+    if skip() {
+        return;
+    }
+    let w = World::start("badtar").await;
+    let tar = std::process::Command::new("docker")
+        .args(["save", IMG_V1])
+        .output()
+        .unwrap();
+    assert!(tar.status.success());
+    let tar = tar.stdout;
+    assert!(tar.len() > 4096);
+    let garbage = b"this is not a tar archive at all\n".repeat(100);
+    let cases: [(&str, Vec<u8>, &str); 3] = [
+        ("empty", Vec::new(), "empty"),
+        ("not a tar", garbage, "not a tar"),
+        ("truncated", tar[..tar.len() / 2].to_vec(), "truncated"),
+    ];
+    for (what, image, words) in cases {
+        let (status, body) = w.deploy_upload(w.spec(json!({})), image).await;
+        assert_eq!(status, 422, "{what}: {body}");
+        assert_eq!(body["error"]["field"], "image", "{what}: {body}");
+        assert!(
+            body.to_string().contains(words),
+            "{what}: message should say {words:?}: {body}"
+        );
+    }
+    assert_eq!(
+        w.containers(),
+        0,
+        "a refused image never starts a container"
+    );
+    // The truncated upload had already begun a deployment (the tar streams into Docker as it
+    // arrives): it ends failed, naming the cause, without a container.
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    let last = loop {
+        let resp = w
+            .http
+            .get(w.url(&format!("/v1/apps/{}/deployments", w.app)))
+            .bearer_auth(&w.token)
+            .send()
+            .await
+            .unwrap();
+        let v: Value = resp.json().await.unwrap();
+        let list = v
+            .as_array()
+            .or_else(|| v["deployments"].as_array())
+            .cloned()
+            .unwrap_or_default();
+        if list.iter().all(|d| d["state"] != "running") {
+            break list;
+        }
+        assert!(std::time::Instant::now() < deadline, "still running: {v}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert_eq!(
+        last.len(),
+        1,
+        "only the truncated upload began a deployment: {last:?}"
+    );
+    assert_eq!(last[0]["state"], "failed", "{last:?}");
+    assert!(
+        last[0]["reason"].to_string().contains("truncated"),
+        "the reason names the truncation: {last:?}"
+    );
+    assert_eq!(w.containers(), 0);
+    // The whole tar still deploys.
+    let (status, body) = w.deploy_upload(w.spec(json!({})), tar).await;
+    assert_eq!(status, 202, "{body}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_domain_served_by_another_app_is_refused_before_202() {
+    if skip() {
+        return;
+    }
+    let w = World::start("domtaken").await;
+    let other = format!("{}-b", w.app);
+    let _cleanup_b = Cleanup {
+        app: other.clone(),
+        network: String::new(),
+    };
+    let (status, body) = w.deploy_json(w.spec(json!({}))).await;
+    assert_eq!(status, 202, "{body}");
+    let id = body["id"].as_str().unwrap().to_string();
+    // Wait for the first app's route: it is published once a replica is healthy.
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let resp = w
+            .http
+            .get(w.url(&format!("/v1/deployments/{id}")))
+            .bearer_auth(&w.token)
+            .send()
+            .await
+            .unwrap();
+        let v: Value = resp.json().await.unwrap();
+        if v["state"] == "succeeded" {
+            break;
+        }
+        assert_ne!(v["state"], "failed", "{v}");
+        assert!(std::time::Instant::now() < deadline, "{v}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let taken = format!("{}.test", w.app);
+    for extra in [
+        json!({"domains": [taken.clone()]}),
+        json!({"domains": [format!("{other}.test")], "aliases": [taken.clone()]}),
+    ] {
+        let mut spec = w.spec(json!({}));
+        spec.as_object_mut()
+            .unwrap()
+            .extend(extra.as_object().unwrap().clone());
+        let resp = w
+            .http
+            .post(w.url(&format!("/v1/apps/{other}/deploy")))
+            .bearer_auth(&w.token)
+            .json(&spec)
+            .send()
+            .await
+            .unwrap();
+        let status = resp.status().as_u16();
+        let body: Value = resp.json().await.unwrap_or(Value::Null);
+        assert_eq!(status, 409, "{extra}: {body}");
+        assert_eq!(body["error"]["field"], "domains", "{body}");
+        assert!(body.to_string().contains(&taken), "{body}");
+    }
+    let resp = w
+        .http
+        .get(w.url(&format!("/v1/apps/{other}")))
+        .bearer_auth(&w.token)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 404, "the refused app left no record");
+}
+
+fn docker_ok(args: &[&str]) -> bool {
+    std::process::Command::new("docker")
+        .args(args)
+        .output()
+        .map(|o| o.status.success())
+        .unwrap_or(false)
+}
+
+/// Pruning removes only Berth's own `berth/APP:DEPLOYMENT` tags: an operator's tag on the same
+/// image (`drill-app:v3` in the drill) and the shared test image survive.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pruning_never_removes_an_operators_tag() {
+    if skip() {
+        return;
+    }
+    let w = World::start_with("prune", |c| c.deploy.keep_images = 1).await;
+    let optag = format!("optag-{}:v3", w.app);
+    assert!(docker_ok(&["tag", IMG_V1, &optag]));
+    struct Untag(Vec<String>);
+    impl Drop for Untag {
+        fn drop(&mut self) {
+            for t in &self.0 {
+                let _ = std::process::Command::new("docker")
+                    .args(["rmi", t])
+                    .output();
+            }
+        }
+    }
+    let mut untag = Untag(vec![optag.clone()]);
+    let mut ids = Vec::new();
+    for image in [optag.as_str(), docker_support::IMG_V2] {
+        let (status, body) = w.deploy_json(w.spec(json!({ "image": image }))).await;
+        assert_eq!(status, 202, "{body}");
+        let id = body["id"].as_str().unwrap().to_string();
+        let done = w.wait(&id).await;
+        assert_eq!(done["state"], "succeeded", "{done}");
+        untag.0.push(format!("berth/{}:{id}", w.app));
+        ids.push(id);
+    }
+    // keep_images: 1 → the first deployment's image was pruned: only Berth's tag went.
+    let first = format!("berth/{}:{}", w.app, ids[0]);
+    let second = format!("berth/{}:{}", w.app, ids[1]);
+    assert!(!docker_ok(&["image", "inspect", &first]), "{first} pruned");
+    assert!(
+        docker_ok(&["image", "inspect", &optag]),
+        "operator tag {optag} kept"
+    );
+    assert!(docker_ok(&["image", "inspect", IMG_V1]), "{IMG_V1} kept");
+    assert!(
+        docker_ok(&["image", "inspect", &second]),
+        "{second} (current) kept"
+    );
+}
