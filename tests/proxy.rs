@@ -633,6 +633,8 @@ impl ScriptedBackend {
                             ("/bye", b"HTTP/1.1 200 OK\r\ncontent-length: 3\r\n\r\nbye", true),
                             ("/reason", b"HTTP/1.1 200 Fine Thanks\r\ncontent-length: 2\r\n\r\nok", false),
                             ("/garbage", b"NOT HTTP AT ALL\r\n\r\n", true),
+                            ("/cl-te", b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\nTransfer-Encoding: chunked\r\n\r\n14\r\n01234567890123456789\r\n0\r\n\r\n", true),
+                            ("/cl-plus", b"HTTP/1.1 200 OK\r\nContent-Length: +2\r\n\r\nok", true),
                         ];
                         let (resp, close): (&[u8], bool) = if path == "/chunked" {
                             // The first chunk, a pause, then the rest with a trailer.
@@ -908,5 +910,48 @@ async fn slow_uploads_client_body_timeout_and_response_header_after_body() {
         took >= Duration::from_millis(950) && took < Duration::from_secs(3),
         "504 after {took:?}"
     );
+    d.shutdown().await;
+}
+
+/// Issue 18 item 4: a response with both `Content-Length: 5` and a 20-byte chunked body
+/// reaches the client whole, chunked, without the Content-Length, on either upstream path
+/// (GET: direct, POST: hyper), and the client's keep-alive connection goes on working;
+/// `Content-Length: +2` is a 502 on both paths.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn upstream_content_length_next_to_chunked_and_non_canonical_length() {
+    let b = ScriptedBackend::start().await;
+    let d = start(config(&one_route(&b.addr.to_string()))).await;
+    let c = client();
+    for method in ["GET", "POST"] {
+        let req = |path: &str| {
+            Request::builder()
+                .method(method)
+                .uri(format!("http://{}{path}", d.http_addr))
+                .header("host", "app.test")
+                .body(if method == "POST" { full("x") } else { empty() })
+                .unwrap()
+        };
+        let (parts, body) = send(&c, req("/cl-te")).await.expect(method);
+        assert_eq!(parts.status, StatusCode::OK, "{method}");
+        assert!(
+            parts.headers.get("content-length").is_none(),
+            "{method}: the backend's Content-Length is removed: {:?}",
+            parts.headers
+        );
+        assert_eq!(&body[..], b"01234567890123456789", "{method}");
+        let (s, _, body) = fetch(&c, d.http_addr, "app.test", "/len").await.unwrap();
+        assert_eq!(
+            (s, body.as_str()),
+            (200, "0123456789"),
+            "{method}: next request"
+        );
+
+        let (parts, _) = send(&c, req("/cl-plus")).await.expect(method);
+        assert_eq!(
+            parts.status,
+            StatusCode::BAD_GATEWAY,
+            "{method}: Content-Length: +2"
+        );
+    }
     d.shutdown().await;
 }
