@@ -340,6 +340,7 @@ struct TlsHooksAdapter {
     store: Arc<CertStore>,
     redirect: bool,
     https_port: u16,
+    acme: Option<Arc<AcmeManager>>,
 }
 
 impl crate::proxy::acme_hook::TlsHooks for TlsHooksAdapter {
@@ -356,6 +357,11 @@ impl crate::proxy::acme_hook::TlsHooks for TlsHooksAdapter {
         } else {
             format!("{host}:{}", self.https_port)
         })
+    }
+
+    fn before_handshake(&self, name: &str) -> Option<crate::proxy::acme_hook::HandshakeWait> {
+        let acme = self.acme.as_ref().filter(|a| a.wants_on_demand(name))?;
+        Some(Box::pin(acme.clone().obtain_on_demand(name.to_string())))
     }
 }
 
@@ -402,10 +408,17 @@ async fn start_tls(
     let https_addr = listener.local_addr()?;
     listener_fds.push(("https".to_string(), listener.as_raw_fd()));
     tracing::info!(https = %https_addr, from = %origin, "listening");
+    let acme = config.tls.acme.as_ref().map(|cfg| {
+        Arc::new(
+            AcmeManager::new(cfg.clone(), &config.data_dir, store.clone())
+                .with_on_demand(config.tls.on_demand.clone()),
+        )
+    });
     let _ = proxy.tls_hooks.set(Arc::new(TlsHooksAdapter {
         store: store.clone(),
         redirect: config.tls.redirect,
         https_port: https_addr.port(),
+        acme: acme.clone(),
     }));
     tasks.push(tokio::spawn(crate::proxy::https::serve_https(
         proxy.clone(),
@@ -416,13 +429,6 @@ async fn start_tls(
     tasks.push(tokio::spawn(
         manual.run(config.tls.reload_interval, stop_rx.clone()),
     ));
-    let acme = config.tls.acme.as_ref().map(|cfg| {
-        Arc::new(AcmeManager::new(
-            cfg.clone(),
-            &config.data_dir,
-            store.clone(),
-        ))
-    });
     if let Some(acme) = &acme {
         acme.set_domains(certifiable_domains(&tables.load()));
         tasks.push(tokio::spawn(acme.clone().run(stop_rx.clone())));

@@ -991,7 +991,7 @@ async fn openapi_document_matches_the_router() {
             );
         }
     }
-    assert_eq!(ops, 26);
+    assert_eq!(ops, 27);
     d.stop().await;
 }
 

@@ -386,3 +386,178 @@ async fn pruning_never_removes_an_operators_tag() {
         "{second} (current) kept"
     );
 }
+
+/// An app that ignores SIGTERM as PID 1 (busybox httpd) stops after its own `stop_timeout`,
+/// not the daemon's 10 s grace, and `stop_signal` reaches the container.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stop_timeout_and_signal_come_from_the_spec() {
+    if skip() {
+        return;
+    }
+    let w = World::start_with("stopsig", |c| {
+        c.deploy.stop_grace = Duration::from_secs(10);
+    })
+    .await;
+    let spec = w.spec(json!({"stop_timeout": "1s", "stop_signal": "SIGQUIT"}));
+    let (status, body) = w.deploy_json(spec).await;
+    assert_eq!(status, 202, "{body}");
+    let done = w.wait(body["id"].as_str().unwrap()).await;
+    assert_eq!(done["state"], "succeeded", "{done}");
+    let out = std::process::Command::new("sh")
+        .arg("-c")
+        .arg(format!(
+            "docker ps -q --filter label=berth.app={} | xargs docker inspect -f '{{{{.Config.StopSignal}}}}'",
+            w.app
+        ))
+        .output()
+        .unwrap();
+    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "SIGQUIT");
+    let started = std::time::Instant::now();
+    let resp = w
+        .http
+        .post(w.url(&format!("/v1/apps/{}/stop", w.app)))
+        .bearer_auth(&w.token)
+        .send()
+        .await
+        .unwrap();
+    assert!(resp.status().is_success(), "{}", resp.status());
+    let took = started.elapsed();
+    assert!(
+        took < Duration::from_secs(6),
+        "stop took {took:?}: the spec's 1s stop_timeout was not used"
+    );
+    println!("stop with stop_timeout 1s took {took:?}");
+}
+
+/// `DELETE /v1/apps/{app}`: a failed first deploy's leftover record goes; a running app is
+/// drained, stopped, removed and unrouted, its history kept readable by id when asked.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn apps_can_be_deleted_with_or_without_history() {
+    if skip() {
+        return;
+    }
+    let w = World::start("appdel").await;
+    let w = &w;
+    let api = |path: String| w.url(&path);
+    // A failed first deploy (the image never answers /health) leaves an app record.
+    let bad = w.spec(json!({"image": docker_support::IMG_BAD, "deploy_timeout": "3s"}));
+    let (status, body) = w.deploy_json(bad).await;
+    assert_eq!(status, 202, "{body}");
+    let failed = w.wait(body["id"].as_str().unwrap()).await;
+    assert_eq!(failed["state"], "failed", "{failed}");
+    let get_app = || async {
+        w.http
+            .get(api(format!("/v1/apps/{}", w.app)))
+            .bearer_auth(&w.token)
+            .send()
+            .await
+            .unwrap()
+            .status()
+            .as_u16()
+    };
+    assert_eq!(get_app().await, 200, "the failed app is listed");
+    let del = |history: &'static str| async move {
+        let resp = w
+            .http
+            .delete(api(format!("/v1/apps/{}?history={history}", w.app)))
+            .bearer_auth(&w.token)
+            .send()
+            .await
+            .unwrap();
+        let status = resp.status().as_u16();
+        (status, resp.json::<Value>().await.unwrap_or(Value::Null))
+    };
+    let (status, body) = del("remove").await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["deployments"], 1, "{body}");
+    assert_eq!(get_app().await, 404, "deleted");
+    let (status, _) = del("remove").await;
+    assert_eq!(status, 404, "deleting twice is 404");
+
+    // A running app with two replicas, deleted with its history kept.
+    let (status, body) = w.deploy_json(w.spec(json!({"replicas": 2}))).await;
+    assert_eq!(status, 202, "{body}");
+    let id = body["id"].as_str().unwrap().to_string();
+    assert_eq!(w.wait(&id).await["state"], "succeeded");
+    assert_eq!(w.containers(), 2);
+    let host = format!("{}.test", w.app);
+    let proxied = || async {
+        w.http
+            .get(format!("http://{}/", w.running.http_addr))
+            .header("host", &host)
+            .send()
+            .await
+            .unwrap()
+            .status()
+            .as_u16()
+    };
+    assert_eq!(proxied().await, 200);
+    let (status, body) = del("keep").await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["replicas_removed"], 2, "{body}");
+    assert_eq!(body["history_kept"], true, "{body}");
+    assert_eq!(w.containers(), 0, "replicas removed");
+    assert_eq!(proxied().await, 404, "route removed");
+    assert_eq!(get_app().await, 404, "app forgotten");
+    let resp = w
+        .http
+        .get(api(format!("/v1/deployments/{id}")))
+        .bearer_auth(&w.token)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200, "kept history is readable by id");
+    // Bad query values are refused, naming the parameter.
+    let resp = w
+        .http
+        .delete(api(format!("/v1/apps/{}?history=maybe", w.app)))
+        .bearer_auth(&w.token)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 400);
+}
+
+/// `command`, `entrypoint` and `resources` reach the container; the app serves with them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn command_entrypoint_and_resources_reach_the_container() {
+    if skip() {
+        return;
+    }
+    let w = World::start("cmdres").await;
+    let spec = w.spec(json!({
+        "entrypoint": ["/bin/sh", "-c"],
+        "command": ["echo custom-command; exec /bin/httpd -f -p 8080 -h /www"],
+        "resources": {"memory": "64MiB", "cpus": 0.5},
+        "stop_timeout": "1s",
+    }));
+    let (status, body) = w.deploy_json(spec).await;
+    assert_eq!(status, 202, "{body}");
+    let done = w.wait(body["id"].as_str().unwrap()).await;
+    assert_eq!(done["state"], "succeeded", "{done}");
+    let out = std::process::Command::new("sh")
+        .arg("-c")
+        .arg(format!(
+            "docker ps -q --filter label=berth.app={} | xargs docker inspect",
+            w.app
+        ))
+        .output()
+        .unwrap();
+    let v: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let c = &v[0];
+    assert_eq!(c["Config"]["Entrypoint"], json!(["/bin/sh", "-c"]), "{c}");
+    assert_eq!(
+        c["Config"]["Cmd"],
+        json!(["echo custom-command; exec /bin/httpd -f -p 8080 -h /www"])
+    );
+    assert_eq!(c["HostConfig"]["Memory"], 64 << 20);
+    assert_eq!(c["HostConfig"]["NanoCpus"], 500_000_000);
+    let resp = w
+        .http
+        .get(format!("http://{}/", w.running.http_addr))
+        .header("host", format!("{}.test", w.app))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+}

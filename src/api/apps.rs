@@ -38,7 +38,7 @@ pub fn router() -> Router<ApiState> {
             post(deploy).layer(DefaultBodyLimit::disable()),
         )
         .route("/v1/apps", get(list_apps))
-        .route("/v1/apps/{app}", get(get_app))
+        .route("/v1/apps/{app}", get(get_app).delete(delete_app))
         .route("/v1/apps/{app}/deployments", get(list_deployments))
         .route("/v1/apps/{app}/rollback", post(rollback))
         .route("/v1/apps/{app}/stop", post(stop))
@@ -507,6 +507,36 @@ async fn rollback(
         .rollback(&app, body.deployment.as_deref(), &who)
         .await?;
     Ok(accepted(id, &app))
+}
+
+/// `?history=keep|remove` of `DELETE /v1/apps/{app}`.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct DeleteQuery {
+    #[serde(default)]
+    history: HistoryChoice,
+}
+
+#[derive(Deserialize, Default, Clone, Copy, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+enum HistoryChoice {
+    Keep,
+    #[default]
+    Remove,
+}
+
+/// `DELETE /v1/apps/{app}`: drain, stop and remove its replicas and route, and forget the app
+/// (`?history=keep` keeps its deployments readable by id; the default removes them).
+async fn delete_app(
+    State(state): State<ApiState>,
+    ApiPath(app): ApiPath<String>,
+    uri: axum::http::Uri,
+) -> Result<Json<Value>, AppsError> {
+    let q: DeleteQuery = query(&uri)?;
+    let done = engine(&state)?
+        .delete(&app, q.history == HistoryChoice::Keep)
+        .await?;
+    Ok(Json(serde_json::to_value(done).unwrap_or(Value::Null)))
 }
 
 async fn stop(

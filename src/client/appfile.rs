@@ -4,6 +4,7 @@
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
+use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
@@ -95,6 +96,49 @@ pub struct AppFile {
     pub secrets_file: Option<PathBuf>,
     #[serde(default)]
     pub volumes: Vec<String>,
+    /// Longest wait for one new replica to become healthy (server default 2m).
+    #[serde(
+        default,
+        with = "humantime_serde",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub deploy_timeout: Option<Duration>,
+    /// Longest wait for a draining replica's in-flight requests (server default 30s).
+    #[serde(
+        default,
+        with = "humantime_serde",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub drain_timeout: Option<Duration>,
+    /// A new replica must stay healthy this long after its first good check.
+    #[serde(
+        default,
+        with = "humantime_serde",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub min_ready: Option<Duration>,
+    /// Signal that stops a replica (SIGTERM when unset).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stop_signal: Option<String>,
+    /// How long a replica may take to stop before it is killed (server's `deploy.stop_grace`).
+    #[serde(
+        default,
+        with = "humantime_serde",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub stop_timeout: Option<Duration>,
+    /// Replaces the image's CMD.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub command: Option<Vec<String>>,
+    /// Replaces the image's ENTRYPOINT.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub entrypoint: Option<Vec<String>>,
+    /// `{memory: 256MiB, cpus: 0.5}` per replica.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub resources: Option<crate::model::deploy::Resources>,
+    /// `missing` (default), `always` (moving tags like `:latest`), `never`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pull: Option<crate::model::deploy::PullPolicy>,
     /// Servers (names from `berth server list`) to deploy to.
     #[serde(default)]
     pub targets: Vec<String>,
@@ -272,6 +316,31 @@ impl AppFile {
             "env": env,
             "volumes": self.volumes,
         });
+        for (key, value) in [
+            ("deploy_timeout", self.deploy_timeout),
+            ("drain_timeout", self.drain_timeout),
+            ("min_ready", self.min_ready),
+            ("stop_timeout", self.stop_timeout),
+        ] {
+            if let Some(d) = value {
+                spec[key] = json!(humantime::format_duration(d).to_string());
+            }
+        }
+        if let Some(sig) = &self.stop_signal {
+            spec["stop_signal"] = json!(sig);
+        }
+        if let Some(c) = &self.command {
+            spec["command"] = json!(c);
+        }
+        if let Some(e) = &self.entrypoint {
+            spec["entrypoint"] = json!(e);
+        }
+        if let Some(r) = &self.resources {
+            spec["resources"] = json!(r);
+        }
+        if let Some(p) = &self.pull {
+            spec["pull"] = json!(p);
+        }
         if let Some(h) = &self.health {
             let mut hv = json!({ "path": h.path });
             if let Some(i) = h.interval {
@@ -336,6 +405,36 @@ mod tests {
         assert_eq!(app.name, "shop");
         assert_eq!(app.replicas, 2);
         assert_eq!(app.health.as_ref().unwrap().path, "/");
+    }
+
+    #[test]
+    fn timeouts_and_stop_signal_reach_the_spec() {
+        let text = "name: a\nimage: x\ndomains: [a.com]\ndeploy_timeout: 5m\ndrain_timeout: 10s\n\
+                    min_ready: 2s\nstop_timeout: 3s\nstop_signal: SIGQUIT\n\
+                    command: [./worker, --queue, mail]\nentrypoint: [/bin/sh, -c]\n\
+                    resources: {memory: 128MiB, cpus: 0.25}\npull: always\n";
+        let app = AppFile::parse(Path::new("berth.yaml"), text).unwrap();
+        let spec = app.to_spec("x:1", &BTreeMap::new());
+        let parsed: crate::model::deploy::AppSpec = serde_json::from_value(spec.clone()).unwrap();
+        parsed.validate().unwrap();
+        assert_eq!(parsed.deploy_timeout, Duration::from_secs(300), "{spec}");
+        assert_eq!(parsed.drain_timeout, Duration::from_secs(10));
+        assert_eq!(parsed.min_ready, Duration::from_secs(2));
+        assert_eq!(parsed.stop_timeout, Some(Duration::from_secs(3)));
+        assert_eq!(parsed.stop_signal.as_deref(), Some("SIGQUIT"));
+        assert_eq!(parsed.command.as_deref().unwrap()[2], "mail");
+        assert_eq!(parsed.entrypoint.as_deref().unwrap()[0], "/bin/sh");
+        assert_eq!(parsed.resources.memory.unwrap().0, 128 << 20);
+        assert_eq!(parsed.resources.cpus.unwrap().nano(), 250_000_000);
+        assert_eq!(parsed.pull, crate::model::deploy::PullPolicy::Always);
+        // Unset: the server's defaults apply (nothing sent).
+        let plain = AppFile::parse(
+            Path::new("berth.yaml"),
+            "name: a\nimage: x\ndomains: [a.com]\n",
+        )
+        .unwrap()
+        .to_spec("x:1", &BTreeMap::new());
+        assert!(plain.get("deploy_timeout").is_none() && plain.get("stop_signal").is_none());
     }
 
     #[test]

@@ -14,7 +14,7 @@ use super::api::{check_url, Api};
 use super::appfile::{starter, AppFile};
 use super::output::{field, text, Out};
 use super::settings::{Server, Settings};
-use super::{BackendsCmd, CertsCmd, Cli, ClientError, Command, RoutesCmd, ServerCmd};
+use super::{AppsCmd, BackendsCmd, CertsCmd, Cli, ClientError, Command, RoutesCmd, ServerCmd};
 
 fn seg(s: &str) -> String {
     // Path segments are names/ids; percent-encode anything unusual.
@@ -48,7 +48,34 @@ pub async fn run(cli: Cli, out: &Out) -> Result<u8, ClientError> {
             image_tar,
             detach,
         } => deploy(&g.server, &file, image_tar, detach, out).await,
-        Command::Apps => {
+        Command::Apps {
+            action: Some(AppsCmd::Delete { app, keep_history }),
+        } => {
+            let (_, api) = connect(&g.server).await?;
+            let history = if keep_history { "keep" } else { "remove" };
+            let v: Value = api
+                .json(
+                    Method::DELETE,
+                    &format!("/v1/apps/{}?history={history}", seg(&app)),
+                    None,
+                )
+                .await?;
+            if out.json {
+                out.json(&v);
+            } else {
+                let n = |k: &str| v.get(k).and_then(Value::as_u64).unwrap_or(0);
+                out.line(&format!(
+                    "{app} deleted: {} replicas removed, {} deployments {}",
+                    n("replicas_removed"),
+                    n("deployments"),
+                    if keep_history { "kept" } else { "removed" }
+                ));
+            }
+            Ok(0)
+        }
+        Command::Apps {
+            action: None | Some(AppsCmd::List),
+        } => {
             let (_, api) = connect(&g.server).await?;
             let v: Value = api.json(Method::GET, "/v1/apps", None).await?;
             if out.json {

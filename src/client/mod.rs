@@ -160,8 +160,11 @@ pub enum Command {
     },
     /// Apps, replicas, health, version, domains and certificates.
     Status { app: Option<String> },
-    /// List apps.
-    Apps,
+    /// List apps (default), or delete one.
+    Apps {
+        #[command(subcommand)]
+        action: Option<AppsCmd>,
+    },
     /// An app's deployment history.
     Deployments { app: String },
     /// Roll an app back to the previous (or a given) deployment.
@@ -240,6 +243,23 @@ pub enum RoutesCmd {
     Put { name: String, file: PathBuf },
     /// Delete a route.
     Delete { name: String },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum AppsCmd {
+    /// List apps: replicas, health, deployment, domains.
+    List,
+    /// Delete APP: drain, stop and remove its replicas and route, and forget it.
+    ///
+    /// Removes its deployment history and Berth's image tags too, unless --keep-history.
+    /// Hand-started containers with the app's labels are left alone.
+    Delete {
+        app: String,
+        /// Keep its deployments readable by id (`berth deployments` shows them again after
+        /// the app's next deploy).
+        #[arg(long)]
+        keep_history: bool,
+    },
 }
 
 #[derive(Debug, Subcommand)]

@@ -225,6 +225,22 @@ pub(crate) struct Inner {
 
 /// What `Conflict.running` says while an app is being stopped.
 pub const STOPPING: &str = "stopping";
+/// The `running` marker while an app is being deleted.
+pub const DELETING: &str = "deleting";
+
+/// What `DELETE /v1/apps/{app}` did.
+#[derive(Clone, Debug, Serialize)]
+pub struct AppDeleted {
+    pub app: String,
+    /// Replicas drained, stopped and removed.
+    pub replicas_removed: usize,
+    /// Deployments the app had.
+    pub deployments: usize,
+    /// Whether those deployments stay readable by id.
+    pub history_kept: bool,
+    /// Berth's image tags removed (`berth/APP:DEPLOYMENT`; none when history is kept).
+    pub images_untagged: usize,
+}
 
 /// Route name of a deployed app.
 pub fn app_route_name(app: &str) -> String {
@@ -776,11 +792,13 @@ impl Engine {
     /// `POST /v1/apps/{app}/stop`: drains and stops every replica; the app then runs
     /// nothing (also after a restart) until the next deploy.
     pub async fn stop(&self, app: &str) -> Result<(), DeployError> {
-        let drain = self
-            .inner
-            .store
-            .current(app)?
+        let current = self.inner.store.current(app)?;
+        let drain = current
+            .as_ref()
             .map_or(Duration::from_secs(30), |c| c.spec.drain_timeout);
+        let grace = current
+            .and_then(|c| c.spec.stop_timeout)
+            .unwrap_or(self.inner.cfg.stop_grace);
         let replicas = {
             let mut st = self.inner.state.locked();
             let Some(a) = st.apps.get_mut(app) else {
@@ -806,9 +824,97 @@ impl Engine {
             }
             replicas
         };
-        let result = self.finish_stop(app, &replicas, drain).await;
+        let result = self.finish_stop(app, &replicas, drain, grace).await;
         if let Some(a) = self.inner.state.locked().apps.get_mut(app) {
             a.running = None;
+        }
+        result
+    }
+
+    /// Deletes an app: drains, stops and removes its replicas and its route, then forgets it
+    /// (history kept readable by deployment id, or removed with Berth's image tags). A failed
+    /// first deploy leaves an app record behind; this is how it goes. Hand-started containers
+    /// with the app's labels are the operator's and stay.
+    pub async fn delete(&self, app: &str, keep_history: bool) -> Result<AppDeleted, DeployError> {
+        let history = self.inner.store.list(app, 100_000)?;
+        let current = self.inner.store.current(app)?;
+        let drain = current
+            .as_ref()
+            .map_or(Duration::from_secs(30), |c| c.spec.drain_timeout);
+        let grace = current
+            .as_ref()
+            .and_then(|c| c.spec.stop_timeout)
+            .unwrap_or(self.inner.cfg.stop_grace);
+        let replicas = {
+            let mut st = self.inner.state.locked();
+            if history.is_empty() && !st.apps.contains_key(app) {
+                return Err(DeployError::AppNotFound(app.to_string()));
+            }
+            let a = st.apps.entry(app.to_string()).or_default();
+            if let Some(running) = &a.running {
+                return Err(DeployError::Conflict {
+                    app: app.to_string(),
+                    running: running.clone(),
+                });
+            }
+            // Deploys of this app get Conflict("deleting") until the delete is done.
+            a.running = Some(DELETING.to_string());
+            for r in a.replicas.iter_mut() {
+                r.state = ServerState::Drain;
+            }
+            let replicas = a.replicas.clone();
+            if let Err(e) = self.inner.publish_app(&st, app) {
+                self.inner
+                    .warn(format!("app {app}: publishing drained routes failed: {e}"));
+            }
+            replicas
+        };
+        let result = async {
+            // Persist first: after a crash from here on, reconcile stops the rest.
+            self.inner.store.clear_current(app)?;
+            self.finish_stop(app, &replicas, drain, grace).await?;
+            let deployments = self.inner.store.delete_app(app, keep_history, now_ms())?;
+            let mut images_untagged = 0;
+            if !keep_history {
+                for d in history.iter().filter(|d| d.image_id.is_some()) {
+                    let reference = format!("berth/{app}:{}", d.id);
+                    match self.inner.rt.untag_image(&reference).await {
+                        Ok(true) => images_untagged += 1,
+                        Ok(false) => {}
+                        Err(e) => self.inner.warn(format!("removing image {reference}: {e}")),
+                    }
+                }
+            }
+            Ok::<_, DeployError>(AppDeleted {
+                app: app.to_string(),
+                replicas_removed: replicas.len(),
+                deployments,
+                history_kept: keep_history,
+                images_untagged,
+            })
+        }
+        .await;
+        {
+            let mut st = self.inner.state.locked();
+            match &result {
+                Ok(_) => {
+                    st.apps.remove(app);
+                }
+                Err(_) => {
+                    if let Some(a) = st.apps.get_mut(app) {
+                        a.running = None;
+                    }
+                }
+            }
+        }
+        if let Ok(d) = &result {
+            tracing::info!(
+                app,
+                replicas = d.replicas_removed,
+                deployments = d.deployments,
+                history_kept = keep_history,
+                "app deleted"
+            );
         }
         result
     }
@@ -818,6 +924,7 @@ impl Engine {
         app: &str,
         replicas: &[Replica],
         drain: Duration,
+        grace: Duration,
     ) -> Result<(), DeployError> {
         for r in replicas {
             run::wait_drained(&self.inner, app, &r.container_id, drain).await;
@@ -834,10 +941,7 @@ impl Engine {
             }
         }
         for r in replicas {
-            self.inner
-                .rt
-                .stop(&r.container_id, self.inner.cfg.stop_grace)
-                .await?;
+            self.inner.rt.stop(&r.container_id, grace).await?;
             self.inner.rt.remove(&r.container_id).await?;
         }
         Ok(())

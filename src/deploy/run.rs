@@ -12,7 +12,9 @@ use futures_util::StreamExt as _;
 use tokio::time::Instant;
 
 use super::{now_ms, AppHosts, ImageSource, Inner, LockExt, Replica};
-use crate::model::deploy::{images_to_prune, plan, AppSpec, ImageUse, OldReplica, Step};
+use crate::model::deploy::{
+    images_to_prune, plan, AppSpec, ImageUse, OldReplica, PullPolicy, Step,
+};
 use crate::model::labels::{self, LabelSpec};
 use crate::model::route::{BackendAddr, ServerState};
 use crate::runtime::{last_log_lines, ContainerSpec, RuntimeError};
@@ -134,8 +136,26 @@ async fn resolve_image(
                 }
             }
         }
+        ImageSource::Reference { reference, creds } if rec.spec.pull == PullPolicy::Always => {
+            // A moving tag (`:latest`) gets the registry's current image on every deploy.
+            inner.emit(
+                &rec.id,
+                "image",
+                format!("pulling {reference} (pull: always)"),
+            );
+            inner
+                .rt
+                .pull_image(&reference, creds.as_ref())
+                .await
+                .map_err(|e| e.to_string())?
+        }
         ImageSource::Reference { reference, creds } => match inner.rt.image_id(&reference).await {
             Ok(i) => i,
+            Err(RuntimeError::NotFound { .. }) if rec.spec.pull == PullPolicy::Never => {
+                return Err(format!(
+                    "image {reference} is not present on the server and pull is never"
+                ))
+            }
             Err(RuntimeError::NotFound { .. }) => {
                 inner.emit(&rec.id, "image", format!("pulling {reference}"));
                 inner
@@ -158,6 +178,14 @@ async fn execute(
 ) -> Result<(), String> {
     let spec = &rec.spec;
     let app = &rec.app;
+    // Old replicas stop with the grace their own deployment asked for.
+    let old_grace = inner
+        .store
+        .current(app)
+        .ok()
+        .flatten()
+        .and_then(|c| c.spec.stop_timeout)
+        .unwrap_or(inner.cfg.stop_grace);
     let image_id = resolve_image(inner, rec, image).await?;
     inner
         .store
@@ -269,7 +297,16 @@ async fn execute(
                     progress.stopped_old.push(r);
                 }
                 let rt = inner.rt.clone();
-                let grace = inner.cfg.stop_grace;
+                let grace = old_grace;
+                inner.emit(
+                    &rec.id,
+                    "stopping",
+                    format!(
+                        "old {} stops (up to {}, then killed)",
+                        short(&container_id),
+                        humantime::format_duration(grace)
+                    ),
+                );
                 let cid = container_id.clone();
                 progress
                     .stops
@@ -381,7 +418,15 @@ pub(crate) async fn start_replica(
             .map(|(k, v)| format!("{k}={v}"))
             .collect(),
         volumes: rec.spec.volumes.clone(),
-        cmd: None,
+        cmd: rec.spec.command.clone(),
+        stop_signal: rec.spec.stop_signal.clone(),
+        entrypoint: rec.spec.entrypoint.clone(),
+        memory: rec
+            .spec
+            .resources
+            .memory
+            .map(|m| i64::try_from(m.0).unwrap_or(i64::MAX)),
+        nano_cpus: rec.spec.resources.cpus.map(|c| c.nano()),
     };
     let id = inner
         .rt

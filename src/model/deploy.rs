@@ -91,6 +91,121 @@ pub struct AppSpec {
     /// Docker bind/volume specs (`name:/path`, `/host:/path:ro`).
     #[serde(default)]
     pub volumes: Vec<String>,
+    /// Signal that asks a replica to stop (`SIGTERM` when unset). Apps that ignore SIGTERM as
+    /// PID 1 often stop on `SIGQUIT` or `SIGINT`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stop_signal: Option<String>,
+    /// How long a replica may take to stop before it is killed (`deploy.stop_grace` when
+    /// unset).
+    #[serde(
+        default,
+        with = "humantime_serde",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub stop_timeout: Option<Duration>,
+    /// Replaces the image's `CMD` (e.g. `["./worker", "--queue", "mail"]`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub command: Option<Vec<String>>,
+    /// Replaces the image's `ENTRYPOINT`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub entrypoint: Option<Vec<String>>,
+    /// Memory and CPU limits of each replica.
+    #[serde(default, skip_serializing_if = "Resources::is_empty")]
+    pub resources: Resources,
+    /// When the image reference is pulled (`missing`: only when not present, the default;
+    /// `always`: on every deploy, for moving tags like `:latest`; `never`).
+    #[serde(default, skip_serializing_if = "PullPolicy::is_default")]
+    pub pull: PullPolicy,
+}
+
+/// When a deploy pulls its image reference.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum PullPolicy {
+    #[default]
+    Missing,
+    Always,
+    Never,
+}
+
+impl PullPolicy {
+    fn is_default(&self) -> bool {
+        *self == PullPolicy::Missing
+    }
+}
+
+/// Per-replica limits. `memory` is a size (`256MiB`), `cpus` a number of CPUs (`0.5`).
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Resources {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub memory: Option<super::config::ByteSize>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cpus: Option<Cpus>,
+}
+
+impl Resources {
+    fn is_empty(&self) -> bool {
+        self.memory.is_none() && self.cpus.is_none()
+    }
+}
+
+/// A CPU limit in thousandths of a CPU, written as a number (`0.5`, `2`) or a string (`"1.5"`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(try_from = "CpusRepr", into = "f64")]
+pub struct Cpus(pub u64);
+
+impl Cpus {
+    /// Docker's `NanoCpus`.
+    pub fn nano(self) -> i64 {
+        i64::try_from(self.0.saturating_mul(1_000_000)).unwrap_or(i64::MAX)
+    }
+}
+
+#[derive(Deserialize)]
+#[serde(untagged)]
+enum CpusRepr {
+    N(f64),
+    S(String),
+}
+
+impl TryFrom<CpusRepr> for Cpus {
+    type Error = String;
+    fn try_from(r: CpusRepr) -> Result<Self, String> {
+        let n = match r {
+            CpusRepr::N(n) => n,
+            CpusRepr::S(s) => s
+                .trim()
+                .parse::<f64>()
+                .map_err(|_| format!("{s:?} is not a number of CPUs (e.g. 0.5)"))?,
+        };
+        if !(0.001..=1024.0).contains(&n) {
+            return Err(format!("{n} is out of range (0.001 to 1024 CPUs)"));
+        }
+        Ok(Cpus((n * 1000.0).round() as u64))
+    }
+}
+
+impl From<Cpus> for f64 {
+    fn from(c: Cpus) -> f64 {
+        c.0 as f64 / 1000.0
+    }
+}
+
+/// Smallest memory limit Docker accepts.
+pub const MIN_MEMORY: u64 = 6 << 20;
+
+/// Longest `stop_timeout` an app may ask for.
+pub const MAX_STOP_TIMEOUT: Duration = Duration::from_secs(600);
+
+/// Signal names Docker accepts for `stop_signal` (with or without the `SIG` prefix).
+const SIGNALS: &[&str] = &[
+    "HUP", "INT", "QUIT", "KILL", "USR1", "USR2", "TERM", "WINCH", "PWR", "STOP",
+];
+
+fn valid_signal(s: &str) -> bool {
+    let name = s.strip_prefix("SIG").unwrap_or(s);
+    SIGNALS.contains(&name) || name.parse::<u8>().is_ok_and(|n| (1..=64).contains(&n))
 }
 
 /// A spec problem, naming the field (`replicas`, `env.FOO`, `volumes[1]`).
@@ -207,6 +322,40 @@ impl AppSpec {
         }
         for (i, v) in self.volumes.iter().enumerate() {
             parse_volume(v).map_err(|m| err(format!("volumes[{i}]"), m))?;
+        }
+        if let Some(sig) = &self.stop_signal {
+            if !valid_signal(sig) {
+                return Err(err(
+                    "stop_signal",
+                    format!("{sig:?} is not a signal name (SIGTERM, SIGQUIT, SIGINT, ...)"),
+                ));
+            }
+        }
+        if let Some(t) = self.stop_timeout {
+            if t > MAX_STOP_TIMEOUT {
+                return Err(err("stop_timeout", "must be at most 10m"));
+            }
+        }
+        for (field, argv) in [("command", &self.command), ("entrypoint", &self.entrypoint)] {
+            if let Some(argv) = argv {
+                if argv.is_empty() {
+                    return Err(err(
+                        field,
+                        "must not be empty (leave it out for the image's)",
+                    ));
+                }
+                if let Some(i) = argv.iter().position(|a| a.contains('\0')) {
+                    return Err(err(format!("{field}[{i}]"), "contains a NUL byte"));
+                }
+            }
+        }
+        if let Some(m) = self.resources.memory {
+            if m.0 < MIN_MEMORY {
+                return Err(err(
+                    "resources.memory",
+                    format!("{} is below Docker's minimum of 6MiB", m.0),
+                ));
+            }
         }
         Ok(())
     }
@@ -506,6 +655,86 @@ mod tests {
         assert_eq!(mounts[0].source, VolumeSource::Named("data"));
         assert!(mounts[1].read_only);
         assert_eq!(mounts[2].host_path(), Some("/srv/a"));
+    }
+
+    #[test]
+    fn stop_signal_and_timeout() {
+        let s = spec(
+            r#"{"image":"x","domains":["a.com"],"stop_signal":"SIGQUIT","stop_timeout":"3s"}"#,
+        );
+        s.validate().unwrap();
+        assert_eq!(s.stop_timeout, Some(Duration::from_secs(3)));
+        assert!(base().stop_signal.is_none() && base().stop_timeout.is_none());
+        // Unset fields stay out of stored specs (older rows and newer rows read alike).
+        let stored = serde_json::to_value(base()).unwrap();
+        assert!(stored.get("stop_signal").is_none() && stored.get("stop_timeout").is_none());
+        for (json, field) in [
+            (
+                r#"{"image":"x","domains":["a.com"],"stop_signal":"SIGFOO"}"#,
+                "stop_signal",
+            ),
+            (
+                r#"{"image":"x","domains":["a.com"],"stop_signal":"99"}"#,
+                "stop_signal",
+            ),
+            (
+                r#"{"image":"x","domains":["a.com"],"stop_timeout":"11m"}"#,
+                "stop_timeout",
+            ),
+        ] {
+            assert_eq!(spec(json).validate().unwrap_err().field, field, "{json}");
+        }
+        for ok in ["TERM", "SIGINT", "9"] {
+            assert!(valid_signal(ok), "{ok}");
+        }
+    }
+
+    #[test]
+    fn command_entrypoint_resources_and_pull() {
+        let s = spec(
+            r#"{"image":"x","domains":["a.com"],"command":["./w","--q","mail"],"entrypoint":["/bin/sh","-c"],"resources":{"memory":"256MiB","cpus":0.5},"pull":"always"}"#,
+        );
+        s.validate().unwrap();
+        assert_eq!(s.resources.memory.unwrap().0, 256 << 20);
+        assert_eq!(s.resources.cpus.unwrap().nano(), 500_000_000);
+        assert_eq!(s.pull, PullPolicy::Always);
+        let again: AppSpec = serde_json::from_value(serde_json::to_value(&s).unwrap()).unwrap();
+        assert_eq!(again, s, "stored specs read back the same");
+        assert_eq!(
+            spec(r#"{"image":"x","domains":["a.com"],"resources":{"cpus":"1.5"}}"#)
+                .resources
+                .cpus,
+            Some(Cpus(1500))
+        );
+        // Unset fields stay out of stored specs.
+        let stored = serde_json::to_value(base()).unwrap();
+        for k in ["command", "entrypoint", "resources", "pull"] {
+            assert!(stored.get(k).is_none(), "{k}");
+        }
+        for (json, field) in [
+            (
+                r#"{"image":"x","domains":["a.com"],"command":[]}"#,
+                "command",
+            ),
+            (
+                r#"{"image":"x","domains":["a.com"],"entrypoint":["a\u0000"]}"#,
+                "entrypoint[0]",
+            ),
+            (
+                r#"{"image":"x","domains":["a.com"],"resources":{"memory":"1MiB"}}"#,
+                "resources.memory",
+            ),
+        ] {
+            assert_eq!(spec(json).validate().unwrap_err().field, field, "{json}");
+        }
+        for bad in [
+            r#"{"image":"x","domains":["a.com"],"resources":{"cpus":0}}"#,
+            r#"{"image":"x","domains":["a.com"],"resources":{"cpus":"lots"}}"#,
+            r#"{"image":"x","domains":["a.com"],"resources":{"gpus":1}}"#,
+            r#"{"image":"x","domains":["a.com"],"pull":"sometimes"}"#,
+        ] {
+            assert!(serde_json::from_str::<AppSpec>(bad).is_err(), "{bad}");
+        }
     }
 
     #[test]

@@ -4,10 +4,12 @@
 pub mod balance;
 pub mod config;
 pub mod deploy;
+pub mod dns;
 pub mod health;
 pub mod histogram;
 pub mod host;
 pub mod labels;
+pub mod ondemand;
 pub mod renewal;
 pub mod route;
 pub mod sni;

@@ -286,7 +286,11 @@ impl ContainerRuntime for DockerRuntime {
             labels: Some(spec.labels.clone()),
             env: Some(spec.env.clone()),
             cmd: spec.cmd.clone(),
+            stop_signal: spec.stop_signal.clone(),
+            entrypoint: spec.entrypoint.clone(),
             host_config: Some(HostConfig {
+                memory: spec.memory,
+                nano_cpus: spec.nano_cpus,
                 binds: (!spec.volumes.is_empty()).then(|| spec.volumes.clone()),
                 network_mode: Some(self.network.clone()),
                 restart_policy: Some(RestartPolicy {

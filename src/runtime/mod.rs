@@ -54,6 +54,14 @@ pub struct ContainerSpec {
     pub volumes: Vec<String>,
     /// Overrides the image's command (tests start busybox httpd this way).
     pub cmd: Option<Vec<String>>,
+    /// Signal `docker stop` sends (the image's, usually SIGTERM, when unset).
+    pub stop_signal: Option<String>,
+    /// Overrides the image's entrypoint.
+    pub entrypoint: Option<Vec<String>>,
+    /// Memory limit in bytes.
+    pub memory: Option<i64>,
+    /// CPU limit in billionths of a CPU.
+    pub nano_cpus: Option<i64>,
 }
 
 /// Run state of a container.

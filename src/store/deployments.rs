@@ -32,6 +32,10 @@ CREATE TABLE IF NOT EXISTS app_current (
     app        TEXT PRIMARY KEY,
     deployment TEXT REFERENCES deployments(id)
 );
+CREATE TABLE IF NOT EXISTS deleted_apps (
+    app        TEXT PRIMARY KEY,
+    deleted_at INTEGER NOT NULL
+);
 ";
 
 /// The event log of each deployment (the stages the status page's timeline and
@@ -141,6 +145,13 @@ pub trait DeploymentStore: Send + Sync + 'static {
     fn unfinished(&self) -> Result<Vec<DeploymentRecord>, DeploymentStoreError>;
     /// The app should run nothing (after `stop`).
     fn clear_current(&self, app: &str) -> Result<(), DeploymentStoreError>;
+    /// Forgets an app (see [`delete_app`]); returns how many deployments it had.
+    fn delete_app(
+        &self,
+        app: &str,
+        keep_history: bool,
+        at: i64,
+    ) -> Result<usize, DeploymentStoreError>;
     /// Appends one progress event to a deployment's log.
     fn add_event(&self, deployment: &str, ev: &StoredEvent) -> Result<(), DeploymentStoreError>;
     /// A deployment's event log, oldest first (empty when none was kept).
@@ -174,6 +185,12 @@ fn from_row(row: &Row<'_>) -> rusqlite::Result<(DeploymentRecord, String, String
         deploy_timeout: Default::default(),
         env: Default::default(),
         volumes: vec![],
+        stop_signal: None,
+        stop_timeout: None,
+        command: None,
+        entrypoint: None,
+        resources: Default::default(),
+        pull: Default::default(),
     };
     Ok((
         DeploymentRecord {
@@ -230,7 +247,10 @@ pub fn insert(conn: &Connection, rec: &DeploymentRecord) -> Result<(), Deploymen
         what: "spec",
         message: e.to_string(),
     })?;
-    conn.execute(
+    // A new deployment brings a deleted app (and any history kept for it) back.
+    let tx = conn.unchecked_transaction()?;
+    tx.execute("DELETE FROM deleted_apps WHERE app = ?1", params![rec.app])?;
+    tx.execute(
         &format!("INSERT INTO deployments ({COLUMNS}) VALUES (?1,?2,?3,?4,?5,?6,?7,?8,?9,?10)"),
         params![
             rec.id,
@@ -245,6 +265,7 @@ pub fn insert(conn: &Connection, rec: &DeploymentRecord) -> Result<(), Deploymen
             rec.rollback_of
         ],
     )?;
+    tx.commit()?;
     Ok(())
 }
 
@@ -292,7 +313,8 @@ pub fn list(
     let limit = limit.min(i64::MAX as usize) as i64;
     query(
         conn,
-        "WHERE app = ?1 ORDER BY created_at DESC, rowid DESC LIMIT ?2",
+        "WHERE app = ?1 AND app NOT IN (SELECT app FROM deleted_apps) \
+         ORDER BY created_at DESC, rowid DESC LIMIT ?2",
         &[&app, &limit],
     )
 }
@@ -318,7 +340,8 @@ pub fn current(
 pub fn apps(conn: &Connection) -> Result<Vec<(String, Option<String>)>, DeploymentStoreError> {
     let mut stmt = conn.prepare_cached(
         "SELECT a.app, c.deployment FROM (SELECT DISTINCT app FROM deployments) a
-         LEFT JOIN app_current c ON c.app = a.app ORDER BY a.app",
+         LEFT JOIN app_current c ON c.app = a.app
+         WHERE a.app NOT IN (SELECT app FROM deleted_apps) ORDER BY a.app",
     )?;
     let rows = stmt.query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?;
     Ok(rows.collect::<Result<_, _>>()?)
@@ -335,6 +358,41 @@ pub fn clear_current(conn: &Connection, app: &str) -> Result<(), DeploymentStore
         params![app],
     )?;
     Ok(())
+}
+
+/// Forgets `app`: it runs nothing and is listed nowhere. With `keep_history` its deployment
+/// rows stay readable by id (and come back with the app's next deployment); without, they and
+/// their event logs are deleted. One transaction. Returns the number of deployments it had.
+pub fn delete_app(
+    conn: &mut Connection,
+    app: &str,
+    keep_history: bool,
+    at: i64,
+) -> Result<usize, DeploymentStoreError> {
+    let tx = conn.transaction()?;
+    let count: i64 = tx.query_row(
+        "SELECT COUNT(*) FROM deployments WHERE app = ?1",
+        params![app],
+        |r| r.get(0),
+    )?;
+    tx.execute("DELETE FROM app_current WHERE app = ?1", params![app])?;
+    if keep_history {
+        tx.execute(
+            "INSERT INTO deleted_apps (app, deleted_at) VALUES (?1, ?2)
+             ON CONFLICT(app) DO UPDATE SET deleted_at = excluded.deleted_at",
+            params![app, at],
+        )?;
+    } else {
+        tx.execute(
+            "DELETE FROM deploy_events WHERE deployment IN \
+             (SELECT id FROM deployments WHERE app = ?1)",
+            params![app],
+        )?;
+        tx.execute("DELETE FROM deployments WHERE app = ?1", params![app])?;
+        tx.execute("DELETE FROM deleted_apps WHERE app = ?1", params![app])?;
+    }
+    tx.commit()?;
+    Ok(count as usize)
 }
 
 pub fn add_event(
@@ -444,6 +502,14 @@ impl DeploymentStore for SqliteDeployments {
     fn clear_current(&self, app: &str) -> Result<(), DeploymentStoreError> {
         self.with(|c| clear_current(c, app))
     }
+    fn delete_app(
+        &self,
+        app: &str,
+        keep_history: bool,
+        at: i64,
+    ) -> Result<usize, DeploymentStoreError> {
+        self.with(|c| delete_app(c, app, keep_history, at))
+    }
     fn add_event(&self, deployment: &str, ev: &StoredEvent) -> Result<(), DeploymentStoreError> {
         self.with(|c| add_event(c, deployment, ev))
     }
@@ -478,6 +544,34 @@ mod tests {
             stage: stage.into(),
             message: format!("{stage} at {at}"),
         }
+    }
+
+    #[test]
+    fn deleting_an_app_forgets_it_with_or_without_its_history() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = SqliteDeployments::open(&dir.path().join("berth.db")).unwrap();
+        for (id, app, at) in [("a1", "web", 1), ("a2", "web", 2), ("b1", "api", 3)] {
+            s.insert(&rec(id, app, at)).unwrap();
+            s.add_event(id, &ev(at, "accepted")).unwrap();
+            s.finish(id, DeployState::Succeeded, None, at).unwrap();
+        }
+        // Kept history: gone from every listing, still readable by id.
+        assert_eq!(s.delete_app("web", true, 10).unwrap(), 2);
+        let apps: Vec<String> = s.apps().unwrap().into_iter().map(|(a, _)| a).collect();
+        assert_eq!(apps, ["api"]);
+        assert!(s.list("web", 10).unwrap().is_empty());
+        assert!(s.current("web").unwrap().is_none());
+        assert_eq!(s.get("a1").unwrap().unwrap().app, "web");
+        assert_eq!(s.events("a2").unwrap().len(), 1);
+        // A new deployment brings the app back with the history that was kept.
+        s.insert(&rec("a3", "web", 11)).unwrap();
+        assert_eq!(s.list("web", 10).unwrap().len(), 3);
+        // Without history: rows and event logs go; other apps stay.
+        assert_eq!(s.delete_app("web", false, 12).unwrap(), 3);
+        assert!(s.get("a1").unwrap().is_none());
+        assert!(s.events("a2").unwrap().is_empty());
+        assert_eq!(s.list("api", 10).unwrap().len(), 1);
+        assert_eq!(s.delete_app("nothing", false, 13).unwrap(), 0);
     }
 
     #[test]
