@@ -190,9 +190,14 @@ pub struct Timeouts {
     /// TCP connect to a backend (→ 504).
     #[serde(with = "humantime_serde")]
     pub connect: Duration,
-    /// From sending the request to receiving the backend's response headers (→ 504).
+    /// From the end of the request (its body fully sent) to receiving the backend's response
+    /// headers (→ 504).
     #[serde(with = "humantime_serde")]
     pub response_header: Duration,
+    /// Longest wait for the next piece of a request body from the client (→ 408); a slow but
+    /// steady upload is never cut.
+    #[serde(with = "humantime_serde")]
+    pub client_body: Duration,
     /// A client must send a complete request head within this (slowloris; connection cut).
     #[serde(with = "humantime_serde")]
     pub client_header: Duration,
@@ -209,6 +214,7 @@ impl Default for Timeouts {
         Self {
             connect: Duration::from_secs(5),
             response_header: Duration::from_secs(60),
+            client_body: Duration::from_secs(30),
             client_header: Duration::from_secs(10),
             idle: Duration::from_secs(60),
             drain: Duration::from_secs(30),
@@ -805,6 +811,7 @@ impl Config {
         for (name, d) in [
             ("connect", t.connect),
             ("response_header", t.response_header),
+            ("client_body", t.client_body),
             ("client_header", t.client_header),
             ("idle", t.idle),
         ] {
