@@ -47,6 +47,8 @@ pub enum DaemonError {
     Registry(#[from] ChangeError),
     #[error("deploy engine (deploy.enabled: required): {0}")]
     Deploy(#[from] crate::deploy_publish::EngineStartError),
+    #[error(transparent)]
+    Secrets(#[from] crate::store::secrets::SecretsError),
 }
 
 /// The registry publishes into the proxy's table holder.
@@ -350,10 +352,21 @@ async fn start_engine(
         tracing::info!("deploy engine off (deploy.enabled: off)");
         return Ok(None);
     }
+    // api: app secrets are sealed with this key (created here, logged, when missing).
+    let secrets = match crate::store::secrets::SecretsKey::load_or_create(&config.data_dir) {
+        Ok((key, _)) => Some(Arc::new(key)),
+        // A degraded store refuses deploys anyway: route what runs without the key.
+        Err(e) if store_damaged.is_some() => {
+            tracing::error!(error = %e, "secrets key unavailable (the data dir is unusable)");
+            None
+        }
+        Err(e) => return Err(e.into()),
+    };
     let cfg = crate::deploy::EngineConfig {
         keep_images: d.keep_images,
         stop_grace: d.stop_grace,
         store_damaged,
+        secrets,
         allow_host_mounts: d.allow_host_mounts,
         ..Default::default()
     };

@@ -536,7 +536,9 @@ async fn unopenable_data_dir_still_serves_config_routes() {
     cfg.http.listen = "127.0.0.1:0".parse().unwrap();
     cfg.api.listen = "127.0.0.1:0".parse().unwrap();
     cfg.log.access_log = false;
-    cfg.deploy.enabled = berth::model::config::DeployEnabled::Off;
+    // `auto`: with Docker the engine starts in its degraded mode (no secrets key, no
+    // deploys), without it berthd runs without an engine; either way the routes serve.
+    cfg.deploy.enabled = berth::model::config::DeployEnabled::Auto;
     cfg.routes = vec![serde_json::from_value(serde_json::json!({
         "name": "static", "domains": ["static.test"],
         "backends": [{"address": backend_addr.to_string()}],

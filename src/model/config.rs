@@ -162,6 +162,11 @@ pub struct ApiConfig {
     /// on that name is redirected (only ACME challenges are answered there). Needs TLS.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub domain: Option<Domain>,
+    /// More `Host` names (or IP addresses) the API listener answers to, besides loopback
+    /// names and addresses, its own listen address and `domain`; any other `Host` gets 421
+    /// (DNS-rebinding defence). E.g. the name of an SSH jump host or a VPN address.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub allowed_hosts: Vec<String>,
 }
 
 impl Default for ApiConfig {
@@ -173,6 +178,7 @@ impl Default for ApiConfig {
             auth_failures_per_minute: 10,
             auth_limit_loopback: false,
             domain: None,
+            allowed_hosts: Vec::new(),
         }
     }
 }
@@ -184,9 +190,14 @@ pub struct Timeouts {
     /// TCP connect to a backend (→ 504).
     #[serde(with = "humantime_serde")]
     pub connect: Duration,
-    /// From sending the request to receiving the backend's response headers (→ 504).
+    /// From the end of the request (its body fully sent) to receiving the backend's response
+    /// headers (→ 504).
     #[serde(with = "humantime_serde")]
     pub response_header: Duration,
+    /// Longest wait for the next piece of a request body from the client (→ 408); a slow but
+    /// steady upload is never cut.
+    #[serde(with = "humantime_serde")]
+    pub client_body: Duration,
     /// A client must send a complete request head within this (slowloris; connection cut).
     #[serde(with = "humantime_serde")]
     pub client_header: Duration,
@@ -203,6 +214,7 @@ impl Default for Timeouts {
         Self {
             connect: Duration::from_secs(5),
             response_header: Duration::from_secs(60),
+            client_body: Duration::from_secs(30),
             client_header: Duration::from_secs(10),
             idle: Duration::from_secs(60),
             drain: Duration::from_secs(30),
@@ -799,6 +811,7 @@ impl Config {
         for (name, d) in [
             ("connect", t.connect),
             ("response_header", t.response_header),
+            ("client_body", t.client_body),
             ("client_header", t.client_header),
             ("idle", t.idle),
         ] {
@@ -885,7 +898,25 @@ impl Config {
             ));
         }
         validate_routes("routes", &self.routes)?;
+        self.validate_api_hosts()?;
         self.validate_api_domain()
+    }
+
+    /// `api.allowed_hosts`: host names (no wildcards) or IP addresses.
+    fn validate_api_hosts(&self) -> Result<(), RouteError> {
+        for (i, h) in self.api.allowed_hosts.iter().enumerate() {
+            let ip = h.trim().trim_start_matches('[').trim_end_matches(']');
+            if ip.parse::<std::net::IpAddr>().is_ok() {
+                continue;
+            }
+            if let Err(e) = super::host::parse_domain(h, false) {
+                return Err(RouteError {
+                    field: format!("api.allowed_hosts[{i}]"),
+                    message: format!("{h:?} is neither a host name nor an IP address: it {e}"),
+                });
+            }
+        }
+        Ok(())
     }
 
     /// `api.domain`: a host name (not an IP literal), served over HTTPS, claimed by no route.
@@ -1020,6 +1051,24 @@ mod tests {
             ..AcmeConfig::default()
         });
         assert_eq!(c.validate().unwrap_err().field, "tls.acme.email");
+    }
+
+    #[test]
+    fn api_allowed_hosts_are_names_or_addresses() {
+        let parse = |json: &str| serde_json::from_str::<Config>(json).expect("parses");
+        let c = parse(r#"{"api":{"allowed_hosts":["ops.internal","10.0.0.5","[fd00::1]"]}}"#);
+        assert_eq!(c.api.allowed_hosts.len(), 3);
+        c.validate().expect("valid");
+        for bad in [r#""a b""#, r#""*.example.com""#, r#""""#] {
+            let c = parse(&format!(
+                r#"{{"api":{{"allowed_hosts":["ok.test",{bad}]}}}}"#
+            ));
+            assert_eq!(
+                c.validate().unwrap_err().field,
+                "api.allowed_hosts[1]",
+                "{bad}"
+            );
+        }
     }
 
     #[test]

@@ -1,6 +1,7 @@
 //! Pure types and decisions: names, routes, balancers, configuration, deploy plans and labels.
 //! No I/O, no async.
 
+pub mod access;
 pub mod balance;
 pub mod config;
 pub mod deploy;

@@ -9,6 +9,7 @@
 
 pub mod deployments;
 pub mod registry;
+pub mod secrets;
 mod tokens;
 
 use std::collections::HashMap;
@@ -22,7 +23,7 @@ use thiserror::Error;
 
 use crate::model::route::{BackendSpec, RouteSpec, ServerState};
 
-pub use tokens::{hash_token, TokenInfo, TOKEN_PREFIX};
+pub use tokens::{hash_token, TokenAuth, TokenInfo, TOKEN_PREFIX};
 
 use deployments::{DeployState, DeploymentRecord, DeploymentStoreError, StoredEvent};
 
@@ -211,7 +212,9 @@ const MIGRATIONS: &[&str] = &[
     deployments::MIGRATION_SQL,
     // 3: deployment event logs (idempotent for the same reason).
     deployments::EVENTS_MIGRATION_SQL,
-    // 4: deleted apps. `deployments::MIGRATION_SQL` (step 2) creates this table too since it
+    // 4: token scopes; tokens made before scopes existed keep full access.
+    tokens::SCOPES_MIGRATION_SQL,
+    // 5: deleted apps. `deployments::MIGRATION_SQL` (step 2) creates this table too since it
     // was added there; databases migrated before that get it here (only this path migrates
     // berth.db now, nothing re-runs step 2).
     "CREATE TABLE IF NOT EXISTS deleted_apps (
@@ -1097,8 +1100,8 @@ mod tests {
         {
             let s = Store::open(tmp.path()).unwrap();
             let c = s.conn().unwrap();
-            // As a database migrated to version 3 before `deleted_apps` existed.
-            c.execute_batch("DROP TABLE deleted_apps; PRAGMA user_version = 3;")
+            // As a database migrated to version 4 before `deleted_apps` had its own step.
+            c.execute_batch("DROP TABLE deleted_apps; PRAGMA user_version = 4;")
                 .unwrap();
         }
         let s = Store::open(tmp.path()).unwrap();
