@@ -116,6 +116,39 @@ pub struct AppSpec {
     /// `always`: on every deploy, for moving tags like `:latest`; `never`).
     #[serde(default, skip_serializing_if = "PullPolicy::is_default")]
     pub pull: PullPolicy,
+    /// Commands run around a deploy (`pre_deploy`: migrations before any replica changes).
+    #[serde(default, skip_serializing_if = "Hooks::is_empty")]
+    pub hooks: Hooks,
+}
+
+/// Deploy hooks.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Hooks {
+    /// Runs once in a one-off container of the new image, with the app's env and network,
+    /// after the image is there and before any replica changes; a non-zero exit aborts the
+    /// deploy with nothing changed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pre_deploy: Option<Hook>,
+}
+
+impl Hooks {
+    fn is_empty(&self) -> bool {
+        self.pre_deploy.is_none()
+    }
+}
+
+fn default_hook_timeout() -> Duration {
+    Duration::from_secs(300)
+}
+
+/// One hook: a command (replacing the image's CMD) and how long it may run.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Hook {
+    pub command: Vec<String>,
+    #[serde(default = "default_hook_timeout", with = "humantime_serde")]
+    pub timeout: Duration,
 }
 
 /// When a deploy pulls its image reference.
@@ -347,6 +380,20 @@ impl AppSpec {
                 if let Some(i) = argv.iter().position(|a| a.contains('\0')) {
                     return Err(err(format!("{field}[{i}]"), "contains a NUL byte"));
                 }
+            }
+        }
+        if let Some(h) = &self.hooks.pre_deploy {
+            if h.command.is_empty() {
+                return Err(err("hooks.pre_deploy.command", "must not be empty"));
+            }
+            if let Some(i) = h.command.iter().position(|a| a.contains('\0')) {
+                return Err(err(
+                    format!("hooks.pre_deploy.command[{i}]"),
+                    "contains a NUL byte",
+                ));
+            }
+            if h.timeout.is_zero() || h.timeout > Duration::from_secs(6 * 3600) {
+                return Err(err("hooks.pre_deploy.timeout", "must be between 1s and 6h"));
             }
         }
         if let Some(m) = self.resources.memory {
@@ -708,13 +755,21 @@ mod tests {
         );
         // Unset fields stay out of stored specs.
         let stored = serde_json::to_value(base()).unwrap();
-        for k in ["command", "entrypoint", "resources", "pull"] {
+        for k in ["command", "entrypoint", "resources", "pull", "hooks"] {
             assert!(stored.get(k).is_none(), "{k}");
         }
         for (json, field) in [
             (
                 r#"{"image":"x","domains":["a.com"],"command":[]}"#,
                 "command",
+            ),
+            (
+                r#"{"image":"x","domains":["a.com"],"hooks":{"pre_deploy":{"command":[]}}}"#,
+                "hooks.pre_deploy.command",
+            ),
+            (
+                r#"{"image":"x","domains":["a.com"],"hooks":{"pre_deploy":{"command":["m"],"timeout":"0s"}}}"#,
+                "hooks.pre_deploy.timeout",
             ),
             (
                 r#"{"image":"x","domains":["a.com"],"entrypoint":["a\u0000"]}"#,

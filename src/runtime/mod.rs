@@ -27,6 +27,8 @@ pub enum RuntimeError {
     Pull { reference: String, message: String },
     #[error("Docker {op} failed: {message}")]
     Docker { op: &'static str, message: String },
+    #[error("{what} did not finish within {after:?}")]
+    Timeout { what: &'static str, after: Duration },
 }
 
 /// A byte stream (an image tar, a request body).
@@ -155,6 +157,21 @@ pub trait ContainerRuntime: Send + Sync + 'static {
     }
     /// Creates and starts a container; returns its id.
     async fn create_and_start(&self, spec: &ContainerSpec) -> Result<String, RuntimeError>;
+    /// Runs a one-off container (never restarted) to its end: each output line goes to
+    /// `on_line`, the exit code is returned, and the container is removed in every case.
+    /// Past `timeout` it is killed and the result is `RuntimeError::Timeout`.
+    async fn run_once(
+        &self,
+        spec: &ContainerSpec,
+        timeout: Duration,
+        on_line: &(dyn Fn(String) + Send + Sync),
+    ) -> Result<i64, RuntimeError> {
+        let _ = (spec, timeout, on_line);
+        Err(RuntimeError::Docker {
+            op: "run once",
+            message: "not supported by this runtime".into(),
+        })
+    }
     /// Starts an existing, stopped container.
     async fn start(&self, id: &str) -> Result<(), RuntimeError>;
     /// SIGTERM, then SIGKILL after `grace`.

@@ -191,6 +191,7 @@ fn from_row(row: &Row<'_>) -> rusqlite::Result<(DeploymentRecord, String, String
         entrypoint: None,
         resources: Default::default(),
         pull: Default::default(),
+        hooks: Default::default(),
     };
     Ok((
         DeploymentRecord {
