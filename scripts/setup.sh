@@ -2,7 +2,7 @@
 # Installs what building and testing Berth needs on a Debian machine (idempotent).
 # Usage: scripts/setup.sh [--docker] [--system] [--tools]
 #   --docker  also install and start dockerd (for deploy tests and the demo)
-#   --system  also install what the system tests use (pebble, chromium + node for the status
+#   --system  also install what the system tests use (pebble, knot, chromium + node for the status
 #             page test, systemd tools, nspawn/mmdebstrap)
 #   --tools   also install load/proxy tools for the benchmark (haproxy, nginx, wrk)
 set -euo pipefail
@@ -20,7 +20,8 @@ SUDO=""; [ "$(id -u)" -eq 0 ] || SUDO="sudo"
 pkgs=(build-essential pkg-config curl ca-certificates python3 python3-venv systemd)
 [ $want_docker = 1 ] && pkgs+=(docker.io busybox-static)
 [ $want_tools = 1 ] && pkgs+=(haproxy nginx-light wrk nghttp2-client)
-[ $want_system = 1 ] && pkgs+=(pebble chromium openssl systemd-container mmdebstrap nix-bin docker-registry apache2-utils \
+[ $want_system = 1 ] && pkgs+=(pebble knot knot-dnsutils chromium openssl systemd-container mmdebstrap nix-bin \
+  docker-registry apache2-utils \
   e2fsprogs fdisk mtools dosfstools ovmf openssh-client)  # + qemu from bookworm-backports: vm-tests/qemu/ci.sh
 # Node.js for the status-page browser test: Debian's nodejs + npm, unless a node with npm exists.
 if [ $want_system = 1 ] && ! { command -v node >/dev/null && command -v npm >/dev/null; }; then

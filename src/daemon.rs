@@ -47,6 +47,8 @@ pub enum DaemonError {
     Registry(#[from] ChangeError),
     #[error("deploy engine (deploy.enabled: required): {0}")]
     Deploy(#[from] crate::deploy_publish::EngineStartError),
+    #[error(transparent)]
+    Secrets(#[from] crate::store::secrets::SecretsError),
 }
 
 /// The registry publishes into the proxy's table holder.
@@ -309,9 +311,12 @@ async fn start_engine(
         tracing::info!("deploy engine off (deploy.enabled: off)");
         return Ok(None);
     }
+    // api: app secrets are sealed with this key (created here, logged, when missing).
+    let (key, _) = crate::store::secrets::SecretsKey::load_or_create(&config.data_dir)?;
     let cfg = crate::deploy::EngineConfig {
         keep_images: d.keep_images,
         stop_grace: d.stop_grace,
+        secrets: Some(Arc::new(key)),
         allow_host_mounts: d.allow_host_mounts,
         ..Default::default()
     };
@@ -340,6 +345,7 @@ struct TlsHooksAdapter {
     store: Arc<CertStore>,
     redirect: bool,
     https_port: u16,
+    acme: Option<Arc<AcmeManager>>,
 }
 
 impl crate::proxy::acme_hook::TlsHooks for TlsHooksAdapter {
@@ -356,6 +362,11 @@ impl crate::proxy::acme_hook::TlsHooks for TlsHooksAdapter {
         } else {
             format!("{host}:{}", self.https_port)
         })
+    }
+
+    fn before_handshake(&self, name: &str) -> Option<crate::proxy::acme_hook::HandshakeWait> {
+        let acme = self.acme.as_ref().filter(|a| a.wants_on_demand(name))?;
+        Some(Box::pin(acme.clone().obtain_on_demand(name.to_string())))
     }
 }
 
@@ -402,10 +413,17 @@ async fn start_tls(
     let https_addr = listener.local_addr()?;
     listener_fds.push(("https".to_string(), listener.as_raw_fd()));
     tracing::info!(https = %https_addr, from = %origin, "listening");
+    let acme = config.tls.acme.as_ref().map(|cfg| {
+        Arc::new(
+            AcmeManager::new(cfg.clone(), &config.data_dir, store.clone())
+                .with_on_demand(config.tls.on_demand.clone()),
+        )
+    });
     let _ = proxy.tls_hooks.set(Arc::new(TlsHooksAdapter {
         store: store.clone(),
         redirect: config.tls.redirect,
         https_port: https_addr.port(),
+        acme: acme.clone(),
     }));
     tasks.push(tokio::spawn(crate::proxy::https::serve_https(
         proxy.clone(),
@@ -416,13 +434,6 @@ async fn start_tls(
     tasks.push(tokio::spawn(
         manual.run(config.tls.reload_interval, stop_rx.clone()),
     ));
-    let acme = config.tls.acme.as_ref().map(|cfg| {
-        Arc::new(AcmeManager::new(
-            cfg.clone(),
-            &config.data_dir,
-            store.clone(),
-        ))
-    });
     if let Some(acme) = &acme {
         acme.set_domains(certifiable_domains(&tables.load()));
         tasks.push(tokio::spawn(acme.clone().run(stop_rx.clone())));

@@ -9,9 +9,14 @@ use crate::model::config::LogFormat;
 
 /// Installs the global subscriber. `level` is a filter directive; `RUST_LOG` overrides it.
 pub fn init(level: &str, format: LogFormat) {
-    let filter = EnvFilter::try_from_default_env()
+    let mut filter = EnvFilter::try_from_default_env()
         .or_else(|_| EnvFilter::try_new(level))
         .unwrap_or_else(|_| EnvFilter::new("info"));
+    // bollard's debug output holds whole Docker requests and answers, container environments
+    // included: app secrets would reach the log. Never below info, whatever was asked.
+    if let Ok(d) = "bollard=info".parse() {
+        filter = filter.add_directive(d);
+    }
     let registry = tracing_subscriber::registry().with(filter);
     if std::env::var_os("JOURNAL_STREAM").is_some() {
         if let Ok(journald) = tracing_journald::layer() {

@@ -43,6 +43,8 @@ struct Fake {
     next: AtomicU32,
     events: Mutex<Vec<tokio::sync::mpsc::UnboundedSender<ContainerEvent>>>,
     removed_images: Mutex<Vec<String>>,
+    /// Berth's tags (`berth/APP:DEPLOYMENT`) → image id, as Docker keeps them.
+    tags: Mutex<HashMap<String, String>>,
 }
 
 const IMAGES: &[&str] = &["v1", "v2", "bad-slot1"];
@@ -168,6 +170,25 @@ impl ContainerRuntime for Fake {
     }
     async fn remove_image(&self, id: &str) -> Result<bool, RuntimeError> {
         self.removed_images.lock().unwrap().push(id.to_string());
+        Ok(true)
+    }
+    async fn tag_image(&self, id: &str, repo: &str, tag: &str) -> Result<(), RuntimeError> {
+        self.tags
+            .lock()
+            .unwrap()
+            .insert(format!("{repo}:{tag}"), id.to_string());
+        Ok(())
+    }
+    /// Like Docker: the image goes with its last Berth tag (the fake's images have no other
+    /// tags that count, and containers are not checked here).
+    async fn untag_image(&self, reference: &str) -> Result<bool, RuntimeError> {
+        let mut tags = self.tags.lock().unwrap();
+        let Some(id) = tags.remove(reference) else {
+            return Ok(true);
+        };
+        if !tags.values().any(|other| *other == id) {
+            self.removed_images.lock().unwrap().push(id);
+        }
         Ok(true)
     }
     async fn create_and_start(&self, spec: &ContainerSpec) -> Result<String, RuntimeError> {

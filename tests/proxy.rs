@@ -633,6 +633,8 @@ impl ScriptedBackend {
                             ("/bye", b"HTTP/1.1 200 OK\r\ncontent-length: 3\r\n\r\nbye", true),
                             ("/reason", b"HTTP/1.1 200 Fine Thanks\r\ncontent-length: 2\r\n\r\nok", false),
                             ("/garbage", b"NOT HTTP AT ALL\r\n\r\n", true),
+                            ("/cl-te", b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\nTransfer-Encoding: chunked\r\n\r\n14\r\n01234567890123456789\r\n0\r\n\r\n", true),
+                            ("/cl-plus", b"HTTP/1.1 200 OK\r\nContent-Length: +2\r\n\r\nok", true),
                         ];
                         let (resp, close): (&[u8], bool) = if path == "/chunked" {
                             // The first chunk, a pause, then the rest with a trailer.
@@ -730,5 +732,226 @@ async fn direct_path_framings_reuse_and_stale_connections() {
         .unwrap();
     assert_eq!(s, 502, "a malformed upstream response is a 502");
     assert_eq!(get_ok("/len").await, "0123456789");
+    d.shutdown().await;
+}
+
+/// Issue 18 item 2: the authority of an absolute-form target (HTTP/1.1) or `:authority` (h2)
+/// picks the route, and the backend receives that same Host. A Host naming another
+/// authority (b.test target, Host a.test) is a 400 over both protocols, as are two Host
+/// headers; none of them reaches a backend.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn host_confusion_absolute_form_authority_and_duplicate_host() {
+    let a = TestBackend::start("a").await;
+    let b = TestBackend::start("b").await;
+    let d = start(config(&format!(
+        r#"[{{"name":"a","domains":["a.test"],"backends":[{{"address":"{}"}}]}},
+            {{"name":"b","domains":["b.test"],"backends":[{{"address":"{}"}}]}}]"#,
+        a.addr, b.addr
+    )))
+    .await;
+    let t = Duration::from_secs(3);
+
+    // Absolute form, Host agreeing (up to case): routed by the target, which goes upstream.
+    let out = raw_exchange(
+        d.http_addr,
+        b"GET http://B.test/headers HTTP/1.1\r\nHost: b.test\r\nConnection: close\r\n\r\n",
+        t,
+    )
+    .await;
+    assert!(out.starts_with("HTTP/1.1 200"), "{out}");
+    assert!(out.contains("x-backend: b"), "routed by the target: {out}");
+    assert!(
+        out.contains("\nhost: B.test\n"),
+        "b gets the target's Host: {out}"
+    );
+
+    // h2 with `:authority` b.test alone, then with an agreeing `host`.
+    for host in [None, Some("b.test")] {
+        let mut req = Request::get(format!("http://b.test:{}/headers", d.http_addr.port()));
+        if let Some(h) = host {
+            req = req.header("host", format!("{h}:{}", d.http_addr.port()));
+        }
+        let (status, text) = h2c_to(d.http_addr, req.body(empty()).unwrap()).await;
+        assert_eq!(status, 200, "{text}");
+        assert!(
+            text.contains(&format!("\nhost: b.test:{}", d.http_addr.port())),
+            "b gets Host b.test over h2: {text}"
+        );
+    }
+
+    let before = a.requests() + b.requests();
+    // h2: `:authority` b.test, `host` a.test: 400.
+    let req = Request::get(format!("http://b.test:{}/headers", d.http_addr.port()))
+        .header("host", "a.test")
+        .body(empty())
+        .unwrap();
+    let (status, text) = h2c_to(d.http_addr, req).await;
+    assert_eq!(status, 400, "h2 :authority b.test with host a.test: {text}");
+
+    for raw in [
+        // Target b.test, Host a.test.
+        &b"GET http://b.test/headers HTTP/1.1\r\nHost: a.test\r\nConnection: close\r\n\r\n"[..],
+        // Duplicate Host: 400 whichever way.
+        b"GET /headers HTTP/1.1\r\nHost: a.test\r\nHost: b.test\r\nConnection: close\r\n\r\n",
+        b"GET /headers HTTP/1.1\r\nHost: a.test\r\nHost: a.test\r\nConnection: close\r\n\r\n",
+        b"GET http://b.test/headers HTTP/1.1\r\nHost: b.test\r\nHost: a.test\r\nConnection: close\r\n\r\n",
+        // HTTP/1.1 absolute form without any Host (RFC 9112 §3.2).
+        b"GET http://b.test/headers HTTP/1.1\r\nConnection: close\r\n\r\n",
+    ] {
+        let out = raw_exchange(d.http_addr, raw, t).await;
+        assert!(
+            out.starts_with("HTTP/1.1 400"),
+            "{}: {out}",
+            String::from_utf8_lossy(raw)
+        );
+    }
+    assert_eq!(a.requests() + b.requests(), before, "nothing forwarded");
+    d.shutdown().await;
+}
+
+/// Sends one h2c (prior knowledge) request over a raw connection to `proxy`, returning the
+/// status and the body. The request's URI authority is sent as `:authority` as is.
+async fn h2c_to(proxy: std::net::SocketAddr, req: Request<TestBody>) -> (u16, String) {
+    let tcp = tokio::net::TcpStream::connect(proxy).await.unwrap();
+    let (mut sender, conn) = hyper::client::conn::http2::handshake(
+        hyper_util::rt::TokioExecutor::new(),
+        hyper_util::rt::TokioIo::new(tcp),
+    )
+    .await
+    .unwrap();
+    tokio::spawn(conn);
+    let resp = tokio::time::timeout(Duration::from_secs(10), sender.send_request(req))
+        .await
+        .unwrap()
+        .unwrap();
+    let status = resp.status().as_u16();
+    let body = resp.into_body().collect().await.unwrap().to_bytes();
+    (status, String::from_utf8_lossy(&body).into_owned())
+}
+
+/// Issue 18 item 3: the response-header timer starts when the request body has been sent,
+/// so a steady upload slower than `response_header` succeeds; an upload that stalls longer
+/// than `client_body` is a 408 and not the backend's fault; a backend that never answers a
+/// complete upload is still a 504 after `response_header`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn slow_uploads_client_body_timeout_and_response_header_after_body() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let b = TestBackend::start("b1").await;
+    let silent = SilentBackend::start().await;
+    let mut cfg = config(&format!(
+        r#"[{{"name":"app","domains":["app.test"],"backends":[{{"id":"b1","address":"{}"}}]}},
+            {{"name":"silent","domains":["silent.test"],"backends":[{{"address":"{}"}}]}}]"#,
+        b.addr, silent.addr
+    ));
+    cfg.proxy.timeouts.response_header = Duration::from_secs(1);
+    cfg.proxy.timeouts.client_body = Duration::from_millis(1500);
+    let d = start(cfg).await;
+
+    // 10 bytes at ~2 B/s: 5 s in all, longer than response_header, never idle 1.5 s.
+    let mut s = tokio::net::TcpStream::connect(d.http_addr).await.unwrap();
+    s.write_all(b"POST /upload HTTP/1.1\r\nHost: app.test\r\nContent-Length: 10\r\nConnection: close\r\n\r\n")
+        .await
+        .unwrap();
+    let data = pattern(0, 10);
+    for byte in &data {
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        s.write_all(std::slice::from_ref(byte)).await.unwrap();
+    }
+    let mut out = Vec::new();
+    tokio::time::timeout(Duration::from_secs(5), s.read_to_end(&mut out))
+        .await
+        .unwrap()
+        .unwrap();
+    let out = String::from_utf8_lossy(&out);
+    assert!(out.starts_with("HTTP/1.1 200"), "slow steady upload: {out}");
+    assert!(
+        out.ends_with(&format!("10 {}", checksum(0, &data))),
+        "{out}"
+    );
+
+    // Half a body, then silence: 408 after about client_body.
+    let mut s = tokio::net::TcpStream::connect(d.http_addr).await.unwrap();
+    s.write_all(b"POST /upload HTTP/1.1\r\nHost: app.test\r\nContent-Length: 10\r\n\r\n01234")
+        .await
+        .unwrap();
+    let t0 = Instant::now();
+    let mut out = Vec::new();
+    let _ = tokio::time::timeout(Duration::from_secs(6), async {
+        let mut buf = [0u8; 1024];
+        while !out.windows(4).any(|w| w == b"\r\n\r\n") {
+            match s.read(&mut buf).await {
+                Ok(0) | Err(_) => break,
+                Ok(n) => out.extend_from_slice(&buf[..n]),
+            }
+        }
+    })
+    .await;
+    let took = t0.elapsed();
+    let out = String::from_utf8_lossy(&out);
+    assert!(out.starts_with("HTTP/1.1 408"), "stalled upload: {out}");
+    assert!(
+        took >= Duration::from_millis(1400) && took < Duration::from_secs(4),
+        "408 after {took:?}"
+    );
+    let route = d.tables.load().route("app").unwrap().clone();
+    assert_eq!(route.backends[0].stats.failures.load(Ordering::Relaxed), 0);
+
+    // A complete upload to a backend that never answers: 504 about response_header later.
+    let c = client();
+    let t0 = Instant::now();
+    let req = Request::post(format!("http://{}/upload", d.http_addr))
+        .header("host", "silent.test")
+        .body(full("abc"))
+        .unwrap();
+    let (parts, _) = send(&c, req).await.unwrap();
+    assert_eq!(parts.status, StatusCode::GATEWAY_TIMEOUT);
+    let took = t0.elapsed();
+    assert!(
+        took >= Duration::from_millis(950) && took < Duration::from_secs(3),
+        "504 after {took:?}"
+    );
+    d.shutdown().await;
+}
+
+/// Issue 18 item 4: a response with both `Content-Length: 5` and a 20-byte chunked body
+/// reaches the client whole, chunked, without the Content-Length, on either upstream path
+/// (GET: direct, POST: hyper), and the client's keep-alive connection goes on working;
+/// `Content-Length: +2` is a 502 on both paths.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn upstream_content_length_next_to_chunked_and_non_canonical_length() {
+    let b = ScriptedBackend::start().await;
+    let d = start(config(&one_route(&b.addr.to_string()))).await;
+    let c = client();
+    for method in ["GET", "POST"] {
+        let req = |path: &str| {
+            Request::builder()
+                .method(method)
+                .uri(format!("http://{}{path}", d.http_addr))
+                .header("host", "app.test")
+                .body(if method == "POST" { full("x") } else { empty() })
+                .unwrap()
+        };
+        let (parts, body) = send(&c, req("/cl-te")).await.expect(method);
+        assert_eq!(parts.status, StatusCode::OK, "{method}");
+        assert!(
+            parts.headers.get("content-length").is_none(),
+            "{method}: the backend's Content-Length is removed: {:?}",
+            parts.headers
+        );
+        assert_eq!(&body[..], b"01234567890123456789", "{method}");
+        let (s, _, body) = fetch(&c, d.http_addr, "app.test", "/len").await.unwrap();
+        assert_eq!(
+            (s, body.as_str()),
+            (200, "0123456789"),
+            "{method}: next request"
+        );
+
+        let (parts, _) = send(&c, req("/cl-plus")).await.expect(method);
+        assert_eq!(
+            parts.status,
+            StatusCode::BAD_GATEWAY,
+            "{method}: Content-Length: +2"
+        );
+    }
     d.shutdown().await;
 }

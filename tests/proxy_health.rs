@@ -556,3 +556,131 @@ async fn least_connections_avoids_the_busy_backend() {
     }
     d.shutdown().await;
 }
+
+/// Issue 18 item 1: the client's body errors are the client's. 1,000 requests whose body is
+/// malformed (`0x5` chunk size) or cut off halfway reach the backend through the hyper path,
+/// get a 400 (or nothing, for a client that left), count no failure against the backend and
+/// leave it UP (active checks are slow here, so only passive health could mark it down).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn client_body_errors_never_mark_a_backend_down() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let b = TestBackend::start("b1").await;
+    let d = start(config(&format!(
+        r#"[{{"name":"app","domains":["app.test"],"backends":[{{"id":"b1","address":"{}"}}],
+            "health_check":{{"path":"/health","interval":"60s","timeout":"1s","fall":3,"rise":1}}}}]"#,
+        b.addr
+    )))
+    .await;
+    let addr = d.http_addr;
+    let started = Instant::now();
+    let workers: Vec<_> = (0..8)
+        .map(|w| {
+            tokio::spawn(async move {
+                let mut statuses = Vec::new();
+                for i in 0..125 {
+                    let malformed = (w + i) % 2 == 0;
+                    let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+                    if malformed {
+                        s.write_all(b"POST /upload HTTP/1.1\r\nHost: app.test\r\nTransfer-Encoding: chunked\r\n\r\n0x5\r\nhello\r\n0\r\n\r\n").await.unwrap();
+                    } else {
+                        // Half the declared body, then the client stops sending.
+                        s.write_all(b"POST /upload HTTP/1.1\r\nHost: app.test\r\nContent-Length: 100\r\n\r\n0123456789").await.unwrap();
+                        let _ = s.shutdown().await;
+                    }
+                    let mut out = Vec::new();
+                    let _ = tokio::time::timeout(Duration::from_secs(5), s.read_to_end(&mut out)).await;
+                    let text = String::from_utf8_lossy(&out).into_owned();
+                    statuses.push((malformed, text.get(..12).unwrap_or(&text).to_string()));
+                }
+                statuses
+            })
+        })
+        .collect();
+    let mut results = Vec::new();
+    for w in workers {
+        results.extend(w.await.unwrap());
+    }
+    assert_eq!(results.len(), 1000);
+    assert!(
+        started.elapsed() < Duration::from_secs(60),
+        "bounded in time"
+    );
+    for (malformed, head) in &results {
+        if *malformed {
+            assert_eq!(head, "HTTP/1.1 400", "a malformed client body is a 400");
+        } else {
+            assert!(
+                head.is_empty() || head == "HTTP/1.1 400",
+                "aborted upload: {head:?}"
+            );
+        }
+    }
+    assert!(
+        is_up(&d, "app", "b1"),
+        "client body errors marked the backend down"
+    );
+    let route = d.tables.load().route("app").unwrap().clone();
+    assert_eq!(
+        route.backends[0].stats.failures.load(Ordering::Relaxed),
+        0,
+        "no failure counted against the backend"
+    );
+    let (status, backend, _) = fetch(&client(), addr, "app.test", "/").await.unwrap();
+    assert_eq!((status, backend.as_str()), (200, "b1"));
+    d.shutdown().await;
+}
+
+/// Item 1, the other side: a backend that really fails (passes its health check, but drops
+/// every request's connection without an answer) is still marked down by passive health
+/// after `fall` requests, through both upstream paths.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn backend_failures_still_mark_it_down() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let server = tokio::spawn(async move {
+        while let Ok((mut s, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                let mut buf = Vec::new();
+                let mut chunk = [0u8; 1024];
+                while !buf.windows(4).any(|w| w == b"\r\n\r\n") {
+                    match s.read(&mut chunk).await {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => buf.extend_from_slice(&chunk[..n]),
+                    }
+                }
+                if buf.starts_with(b"GET /health ") {
+                    let _ = s
+                        .write_all(
+                            b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\nconnection: close\r\n\r\nok",
+                        )
+                        .await;
+                }
+                // Anything else: closed without an answer.
+            });
+        }
+    });
+    let d = start(config(&format!(
+        r#"[{{"name":"app","domains":["app.test"],"backends":[{{"id":"b1","address":"{addr}"}}],
+            "health_check":{{"path":"/health","interval":"60s","timeout":"1s","fall":3,"rise":1}}}}]"#
+    )))
+    .await;
+    assert!(eventually(Duration::from_secs(5), || is_up(&d, "app", "b1")).await);
+    let c = client();
+    let (s, _, _) = fetch(&c, d.http_addr, "app.test", "/x").await.unwrap();
+    assert_eq!(s, 502, "direct path");
+    for _ in 0..2 {
+        let req = Request::post(format!("http://{}/upload", d.http_addr))
+            .header("host", "app.test")
+            .body(full("abc"))
+            .unwrap();
+        let (parts, _) = send(&c, req).await.unwrap();
+        assert_eq!(parts.status.as_u16(), 502, "hyper path");
+    }
+    assert!(
+        !is_up(&d, "app", "b1"),
+        "three upstream failures mark it down"
+    );
+    d.shutdown().await;
+    server.abort();
+}

@@ -549,6 +549,47 @@ async fn unreachable_ca_is_reported_in_the_status_list() {
     running.shutdown().await;
 }
 
+/// A wildcard route with HTTP-01 (no `tls.acme.dns`): the status list says that a wildcard
+/// needs DNS-01, before any CA is asked; the wildcard route itself serves plain HTTP.
+#[tokio::test]
+async fn wildcard_without_dns01_is_reported_in_the_status_list() {
+    let tmp = tempfile::tempdir().expect("tmp");
+    let backend = backend().await;
+    let mut cfg = config(tmp.path(), backend);
+    cfg.routes = serde_json::from_value(serde_json::json!([
+        {"name": "wild", "domains": ["*.wild.test"], "backends": [{"address": backend.to_string()}]}
+    ]))
+    .expect("routes");
+    cfg.tls.acme = Some(berth::model::config::AcmeConfig {
+        directory: "https://127.0.0.1:1/dir".into(),
+        ..Default::default()
+    });
+    let running = daemon::start(cfg, None).await.expect("start");
+    let store = running.certs.clone().expect("store");
+    let st = wait_for(Duration::from_secs(10), || {
+        let store = store.clone();
+        async move {
+            store
+                .status()
+                .into_iter()
+                .find(|s| s.domain == "*.wild.test" && s.last_error.is_some())
+        }
+    })
+    .await
+    .expect("status with an error");
+    let e = st.last_error.unwrap_or_default();
+    assert!(
+        e.contains("*.wild.test") && e.contains("DNS-01") && e.contains("tls.acme.dns"),
+        "{e}"
+    );
+    assert!(!e.contains("ACME account"), "no CA is asked: {e}");
+    let r = http_get(running.http_addr, "any.wild.test", "/w")
+        .await
+        .expect("http");
+    assert_eq!((r.status, r.body.as_str()), (200, "backend /w"));
+    running.shutdown().await;
+}
+
 /// `POST /v1/certificates/{domain}/retry` without a working CA: the failed order is retried
 /// at once (backoff cleared); the status page's session works with its CSRF token and is
 /// refused without it; unknown and bring-your-own domains get 404; no ACME at all: 404.
@@ -761,7 +802,11 @@ fn yaml_tls_section_loads_and_names_bad_fields() {
     std::fs::write(&path, "tls:\n  acme:\n    emial: ops@example.com\n").expect("write");
     let e = berth::config::load(&path, true).unwrap_err().to_string();
     assert!(e.contains("emial"), "{e}");
+    std::fs::write(&path, "tls:\n  acme:\n    challenge: dns-02\n").expect("write");
+    let e = berth::config::load(&path, true).unwrap_err().to_string();
+    assert!(e.contains("dns-02") && e.contains("challenge"), "{e}");
+    // DNS-01 exists, but needs its server, zone and key.
     std::fs::write(&path, "tls:\n  acme:\n    challenge: dns-01\n").expect("write");
     let e = berth::config::load(&path, true).unwrap_err().to_string();
-    assert!(e.contains("dns-01") && e.contains("challenge"), "{e}");
+    assert!(e.contains("tls.acme.dns") && e.contains("TSIG"), "{e}");
 }

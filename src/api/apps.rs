@@ -97,6 +97,11 @@ impl From<DeployError> for AppsError {
                 AppsError::Api(ApiError::NotFound(e.to_string()))
             }
             DeployError::Runtime(r) => AppsError::Docker(r.to_string()),
+            DeployError::Secrets(m) => AppsError::Api(ApiError::Conflict {
+                code: "secrets_unavailable",
+                field: Some("secrets".into()),
+                message: m,
+            }),
         }
     }
 }

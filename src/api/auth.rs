@@ -1,15 +1,19 @@
 //! Bearer-token authentication for `/v1/*`. Tokens are created with `berthd token create`;
 //! the store keeps only their SHA-256 and compares in constant time. The token table is read
 //! on every request, so a token created or revoked by another process works (or stops
-//! working) at once. Missing or wrong tokens get a 401 JSON error.
+//! working) at once. Missing or wrong tokens get a 401 JSON error. An authenticated request
+//! (token or status-page session, which has its token's scopes) then needs the scope its
+//! route's rule asks for (`model::access`): 403 naming the missing scope otherwise. A route
+//! without a rule needs `admin`, so a new route cannot be left open by mistake.
 
-use axum::extract::{Request, State};
+use axum::extract::{FromRequestParts, MatchedPath, RawPathParams, Request, State};
 use axum::http::header;
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 
 use super::error::ApiError;
 use super::ApiState;
+use crate::model::access::{rule_for, Need, Rule, Scopes};
 
 /// The id of the token a request was authenticated with (a request extension; absent for a
 /// status-page session). The deploy endpoints record its name as who deployed.
@@ -151,7 +155,7 @@ pub async fn require_token(
         match super::ui::session_auth(&state, sessions, req.method(), req.uri(), req.headers())
             .await
         {
-            Some(Ok(())) => return next.run(req).await,
+            Some(Ok(scopes)) => return authorize(&state, scopes, req, next).await,
             Some(Err(resp)) => return resp,
             None => {}
         }
@@ -188,10 +192,10 @@ pub async fn require_token(
         return invalid();
     }
     let store = state.registry.store().clone();
-    match tokio::task::spawn_blocking(move || store.verify_token(&token)).await {
-        Ok(Ok(Some(id))) => {
-            req.extensions_mut().insert(TokenId(id));
-            next.run(req).await
+    match tokio::task::spawn_blocking(move || store.authenticate(&token)).await {
+        Ok(Ok(Some(auth))) => {
+            req.extensions_mut().insert(TokenId(auth.id));
+            authorize(&state, auth.scopes, req, next).await
         }
         Ok(Ok(None)) => {
             record_failure();
@@ -200,4 +204,120 @@ pub async fn require_token(
         Ok(Err(e)) => ApiError::from(e).into_response(),
         Err(e) => ApiError::Internal(format!("token check task: {e}")).into_response(),
     }
+}
+
+/// What `req` needs under its route's rule (path parameters filled in). A deployment-id route
+/// asked by a token without `read` needs `deploy:` on the deployment's app, looked up here;
+/// an unknown deployment goes on to the handler (its 404 tells nothing about other apps).
+async fn need_of(state: &ApiState, scopes: &Scopes, req: Request) -> (Need, Request) {
+    let route = req
+        .extensions()
+        .get::<MatchedPath>()
+        .map(|m| m.as_str().to_string());
+    let rule = route
+        .and_then(|r| rule_for(req.method().as_str(), &r))
+        .unwrap_or(Rule::Admin);
+    let (mut parts, body) = req.into_parts();
+    let params: Vec<(String, String)> = RawPathParams::from_request_parts(&mut parts, state)
+        .await
+        .map(|p| {
+            p.iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect()
+        })
+        .unwrap_or_default();
+    let req = Request::from_parts(parts, body);
+    let param = |name: &str| {
+        params
+            .iter()
+            .find(|(k, _)| k == name)
+            .map(|(_, v)| v.clone())
+    };
+    let need = match rule {
+        Rule::Public | Rule::Authenticated => Need::Public,
+        Rule::Read => Need::Read,
+        Rule::Admin => Need::Admin,
+        // Without a readable app name (bad encoding) the handler answers 400; meanwhile
+        // only the broader scopes pass.
+        Rule::AppRead => param("app").map_or(Need::Read, Need::AppRead),
+        Rule::AppWrite => param("app").map_or(Need::Admin, Need::AppWrite),
+        Rule::DeploymentRead if scopes.allow(&Need::Read).is_ok() || !scopes.has_deploy() => {
+            Need::Read
+        }
+        Rule::DeploymentRead => {
+            let app = param("id").and_then(|id| {
+                state
+                    .engine
+                    .as_ref()
+                    .and_then(|e| e.deployment(&id).ok())
+                    .map(|d| d.app)
+            });
+            match app {
+                Some(app) => Need::AppRead(app),
+                None => Need::Public,
+            }
+        }
+    };
+    (need, req)
+}
+
+/// Runs the request if `scopes` allow what its route needs; 403 naming the scope otherwise.
+async fn authorize(state: &ApiState, scopes: Scopes, req: Request, next: Next) -> Response {
+    let (need, mut req) = need_of(state, &scopes, req).await;
+    match scopes.allow(&need) {
+        Ok(()) => {
+            req.extensions_mut().insert(scopes);
+            next.run(req).await
+        }
+        Err(missing) => {
+            let path: String = req.uri().path().chars().take(200).collect();
+            let alternatives = match &need {
+                Need::AppRead(_) => format!("{missing} or read"),
+                Need::Admin => missing.clone(),
+                _ => format!("{missing} or admin"),
+            };
+            ApiError::Forbidden {
+                message: format!(
+                    "this token may not {} {path}: that needs scope {alternatives}; the token \
+                     has {scopes}",
+                    req.method()
+                ),
+                required_scope: missing,
+            }
+            .into_response()
+        }
+    }
+}
+
+/// `GET /v1/token`: the token this request authenticated with (a status-page session: its
+/// token) and its scopes. Any valid token may ask; `berth server add` checks a token with it.
+pub async fn whoami(
+    State(state): State<ApiState>,
+    scopes: Option<axum::Extension<Scopes>>,
+    token: Option<axum::Extension<TokenId>>,
+) -> Result<axum::Json<serde_json::Value>, ApiError> {
+    let Some(axum::Extension(scopes)) = scopes else {
+        return Err(ApiError::Internal(
+            "GET /v1/token reached without the token check".into(),
+        ));
+    };
+    let id = token.map(|t| t.0 .0);
+    let name = match id {
+        Some(id) => {
+            let store = state.registry.store().clone();
+            tokio::task::spawn_blocking(move || store.list_tokens())
+                .await
+                .map_err(|e| ApiError::Internal(format!("token list task: {e}")))??
+                .into_iter()
+                .find(|t| t.id == id)
+                .map(|t| t.name)
+        }
+        None => None,
+    };
+    Ok(axum::Json(serde_json::json!({
+        "id": id,
+        "name": name,
+        "session": id.is_none(),
+        "scopes": scopes,
+    })))
 }

@@ -47,6 +47,13 @@ pub enum ApiError {
     },
     /// 413.
     TooLarge { limit: usize },
+    /// 403: the token (or the session's token) lacks a scope; `required_scope` names it.
+    Forbidden {
+        required_scope: String,
+        message: String,
+    },
+    /// 421: the API does not answer for this `Host` (DNS-rebinding defence).
+    Misdirected { host: String },
     /// 500: details are logged, not sent.
     Internal(String),
 }
@@ -62,6 +69,10 @@ struct ErrorDetail<'a> {
     message: &'a str,
     #[serde(skip_serializing_if = "Option::is_none")]
     field: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    required_scope: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    host: Option<&'a str>,
 }
 
 impl ApiError {
@@ -74,6 +85,8 @@ impl ApiError {
             ApiError::Invalid { .. } => StatusCode::UNPROCESSABLE_ENTITY,
             ApiError::Conflict { .. } => StatusCode::CONFLICT,
             ApiError::TooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
+            ApiError::Forbidden { .. } => StatusCode::FORBIDDEN,
+            ApiError::Misdirected { .. } => StatusCode::MISDIRECTED_REQUEST,
             ApiError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
@@ -83,6 +96,8 @@ impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         let status = self.status();
         let too_large;
+        let misdirected;
+        let (mut required_scope, mut host) = (None, None);
         let (code, message, field): (&str, &str, Option<&str>) = match &self {
             ApiError::Unauthorized { code, message } => (code, message, None),
             ApiError::NotFound(m) => ("not_found", m, None),
@@ -104,6 +119,21 @@ impl IntoResponse for ApiError {
                 too_large = format!("request body is larger than {limit} bytes");
                 ("payload_too_large", too_large.as_str(), None)
             }
+            ApiError::Forbidden {
+                required_scope: scope,
+                message,
+            } => {
+                required_scope = Some(scope.as_str());
+                ("forbidden", message.as_str(), None)
+            }
+            ApiError::Misdirected { host: h } => {
+                host = Some(h.as_str());
+                misdirected = format!(
+                    "this API does not answer for host {h:?}; it answers for loopback names \
+                     and addresses, api.domain and api.allowed_hosts"
+                );
+                ("misdirected_request", misdirected.as_str(), None)
+            }
             ApiError::Internal(detail) => {
                 tracing::error!(error = %detail, "API request failed");
                 (
@@ -120,6 +150,8 @@ impl IntoResponse for ApiError {
                     code,
                     message,
                     field,
+                    required_scope,
+                    host,
                 },
             }),
         )

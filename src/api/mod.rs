@@ -2,6 +2,9 @@
 //! OpenAPI document and a health probe. `/v1/*` needs a bearer token (see `auth`); `/healthz`,
 //! `/v1/version` and `/v1/openapi.json` never do; `/metrics` does only when `api.metrics_auth` is set
 //! (default off: the API listens on loopback and Prometheus scrapers rarely carry tokens).
+//! Every request, public ones included, must name the API itself in `Host` (421 otherwise,
+//! see `host_check`); every authenticated one must hold the scope its route needs
+//! (`model::access::ROUTE_RULES`, enforced in `auth`).
 //!
 //! Adding endpoints (deploys, apps): write a module with `pub fn router() -> Router<ApiState>`,
 //! put any handle it needs into `ApiState`, merge it in `router()` below under `protected`, and
@@ -27,6 +30,7 @@ use axum::{Extension, Json, Router};
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 
+use crate::model::access::ApiHosts;
 use crate::model::config::ApiConfig;
 use crate::store::registry::RouteRegistry;
 
@@ -48,11 +52,18 @@ pub struct ApiSettings {
     /// `API_PROXY_HEADER`. A loopback peer with this secret is the proxy, and its `X-Real-IP`
     /// is the client the failed-authentication limit counts (see `auth`).
     pub proxy_secret: Option<String>,
+    /// The `Host` names the listener answers (others: 421).
+    pub hosts: ApiHosts,
 }
 
 impl ApiSettings {
     pub fn from_config(c: &ApiConfig) -> Self {
+        let mut names: Vec<String> = c.allowed_hosts.clone();
+        if let Some(d) = &c.domain {
+            names.push(d.to_string());
+        }
         Self {
+            hosts: ApiHosts::new(Some(c.listen.ip()), &names),
             max_body_size: usize::try_from(c.max_body_size.0).unwrap_or(usize::MAX),
             metrics_auth: c.metrics_auth,
             auth_failures_per_minute: c.auth_failures_per_minute,
@@ -81,6 +92,7 @@ pub struct ApiState {
 /// The complete router.
 pub fn router(state: ApiState) -> Router {
     let protected = Router::new()
+        .route("/v1/token", get(auth::whoami))
         .merge(routes::router())
         .merge(stats::router())
         .merge(apps::router())
@@ -112,7 +124,41 @@ pub fn router(state: ApiState) -> Router {
         ))))
         // ui: `true` once the API listener serves TLS (Secure cookies).
         .layer(Extension(ui::Sessions::new(false)))
+        // Outermost: a request for a foreign name is answered before anything else runs.
+        .layer(middleware::from_fn_with_state(state.clone(), host_check))
         .with_state(state)
+}
+
+/// Answers 421 to a request whose `Host` (or absolute-form authority) is not one of the API's
+/// own names, so a page on a rebound DNS name cannot read the API or `/metrics`. Both the
+/// authority and `Host`, when present, must pass; a request with neither is refused too.
+async fn host_check(
+    axum::extract::State(state): axum::extract::State<ApiState>,
+    req: axum::extract::Request,
+    next: middleware::Next,
+) -> axum::response::Response {
+    let hosts = &state.settings.hosts;
+    let authority = req.uri().authority().map(|a| a.as_str().to_string());
+    let header = req
+        .headers()
+        .get(header::HOST)
+        .map(|h| String::from_utf8_lossy(h.as_bytes()).into_owned());
+    let mut seen = false;
+    for h in [authority, header].into_iter().flatten() {
+        seen = true;
+        if !hosts.allows(&h) {
+            let host: String = h.chars().take(100).collect();
+            tracing::debug!(%host, "API request for a foreign host refused (421)");
+            return ApiError::Misdirected { host }.into_response();
+        }
+    }
+    if !seen {
+        return ApiError::Misdirected {
+            host: String::new(),
+        }
+        .into_response();
+    }
+    next.run(req).await
 }
 
 async fn healthz() -> Json<serde_json::Value> {

@@ -27,6 +27,7 @@ use subtle::ConstantTimeEq;
 
 use super::error::{ApiError, ApiJson};
 use super::ApiState;
+use crate::model::access::Scopes;
 
 /// Name of the session cookie.
 pub const SESSION_COOKIE: &str = "berth_session";
@@ -250,36 +251,35 @@ fn same_origin(headers: &HeaderMap, uri: &Uri) -> bool {
         .is_some_and(|rest| rest.eq_ignore_ascii_case(host))
 }
 
-/// Whether the token that opened a session is still active.
-async fn token_active(state: &ApiState, token_id: i64) -> Result<bool, ApiError> {
+/// The scopes of the token that opened a session, if it is still active (read on every
+/// request, so a session has exactly its token's scopes).
+async fn token_scopes(state: &ApiState, token_id: i64) -> Result<Option<Scopes>, ApiError> {
     let store = state.registry.store().clone();
-    match tokio::task::spawn_blocking(move || store.list_tokens()).await {
-        Ok(Ok(tokens)) => Ok(tokens
-            .iter()
-            .any(|t| t.id == token_id && t.revoked_at.is_none())),
+    match tokio::task::spawn_blocking(move || store.active_token_scopes(token_id)).await {
+        Ok(Ok(scopes)) => Ok(scopes),
         Ok(Err(e)) => Err(ApiError::from(e)),
         Err(e) => Err(ApiError::Internal(format!("token check task: {e}"))),
     }
 }
 
-/// The session a request carries, checked: live, token not revoked. `Ok(None)` when the
-/// request has no session cookie at all.
+/// The session a request carries, checked: live, token not revoked; with the token's scopes.
+/// `Ok(None)` when the request has no session cookie at all.
 async fn session_of(
     state: &ApiState,
     sessions: &Sessions,
     headers: &HeaderMap,
-) -> Result<Option<(String, SessionInfo)>, ApiError> {
+) -> Result<Option<(String, SessionInfo, Scopes)>, ApiError> {
     let tls = via_https_proxy(state, headers);
     let Some(id) = cookie_value(headers, sessions.cookie_name(tls)) else {
         return Ok(None);
     };
     let expired = || unauthorized("session_expired", "the session has expired; log in again");
     let info = sessions.get(id).ok_or_else(expired)?;
-    if !token_active(state, info.token_id).await? {
+    let Some(scopes) = token_scopes(state, info.token_id).await? else {
         sessions.remove(id);
         return Err(expired());
-    }
-    Ok(Some((id.to_string(), info)))
+    };
+    Ok(Some((id.to_string(), info, scopes)))
 }
 
 /// The request came through this daemon's own proxy on `api.domain`, which serves the API over
@@ -324,19 +324,22 @@ fn check_csrf(
 
 /// Used by the API's auth middleware for requests without an `Authorization` header:
 /// `None` when there is no session cookie (the caller reports the missing token), otherwise
-/// whether the session (and, for unsafe methods, its CSRF token) lets the request through.
+/// whether the session (and, for unsafe methods, its CSRF token) lets the request through,
+/// and with which scopes (its token's).
 pub async fn session_auth(
     state: &ApiState,
     sessions: Option<&Sessions>,
     method: &Method,
     uri: &Uri,
     headers: &HeaderMap,
-) -> Option<Result<(), Response>> {
+) -> Option<Result<Scopes, Response>> {
     match session_of(state, sessions?, headers).await {
         Ok(None) => None,
-        Ok(Some((_, info))) => {
-            Some(check_csrf(method, uri, headers, &info).map_err(|f| f.into_response()))
-        }
+        Ok(Some((_, info, scopes))) => Some(
+            check_csrf(method, uri, headers, &info)
+                .map(|()| scopes)
+                .map_err(|f| f.into_response()),
+        ),
         Err(e) => Some(Err(e.into_response())),
     }
 }
@@ -502,7 +505,11 @@ async fn session(
     headers: HeaderMap,
 ) -> Response {
     match session_of(&state, &sessions, &headers).await {
-        Ok(Some((_, info))) => session_json(&info.csrf, info.expires_in).into_response(),
+        Ok(Some((_, info, scopes))) => {
+            let mut body = session_json(&info.csrf, info.expires_in);
+            body.0["scopes"] = serde_json::json!(scopes);
+            body.into_response()
+        }
         Ok(None) => unauthorized("no_session", "not logged in").into_response(),
         Err(e) => e.into_response(),
     }
@@ -516,7 +523,7 @@ async fn logout(
     uri: Uri,
     headers: HeaderMap,
 ) -> Response {
-    let (sid, info) = match session_of(&state, &sessions, &headers).await {
+    let (sid, info, _) = match session_of(&state, &sessions, &headers).await {
         Ok(Some(s)) => s,
         Ok(None) => return unauthorized("no_session", "not logged in").into_response(),
         Err(e) => return e.into_response(),

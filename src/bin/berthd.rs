@@ -40,7 +40,8 @@ enum Command {
         path: Option<PathBuf>,
     },
     /// First run on a server (idempotent): write a commented config if there is none, create
-    /// the data dir, create an API token, print the `berth server add` line for your laptop.
+    /// the data dir and the secrets key, create an admin API token, print the `berth server
+    /// add` line for your laptop.
     Init {
         /// Name the laptop will know this server by.
         #[arg(long, default_value = "production")]
@@ -61,6 +62,11 @@ enum TokenCommand {
         /// A label to recognise the token by in `token list`.
         #[arg(long, default_value = "default")]
         name: String,
+        /// What the token may do (repeat, or comma-separate): `read` (every GET),
+        /// `deploy:APP` (deploy, roll back, stop, status and logs of APP; `*` globs, e.g.
+        /// `deploy:shop-*`), `admin` (everything). Default: admin.
+        #[arg(long = "scope", value_name = "SCOPE")]
+        scopes: Vec<String>,
     },
     /// List tokens (never their secrets).
     List,
@@ -147,6 +153,21 @@ fn init_command(config: Option<PathBuf>, server_name: &str, new_token: bool) -> 
         use std::os::unix::fs::PermissionsExt;
         let _ = std::fs::set_permissions(&config.data_dir, std::fs::Permissions::from_mode(0o700));
     }
+    match berth::store::secrets::SecretsKey::load_or_create(&config.data_dir) {
+        Ok((key, true)) => eprintln!(
+            "berthd init: created the secrets key {} (app secrets are stored encrypted with \
+             it; back it up with berth.db)",
+            key.source().display()
+        ),
+        Ok((key, false)) => eprintln!(
+            "berthd init: secrets key {} exists; keeping it",
+            key.source().display()
+        ),
+        Err(e) => {
+            eprintln!("berthd: {e}");
+            return ExitCode::FAILURE;
+        }
+    }
     let existing = match store.list_tokens() {
         Ok(t) => t
             .into_iter()
@@ -214,25 +235,46 @@ fn token_command(cmd: TokenCommand, config: Option<PathBuf>) -> ExitCode {
         }
     };
     let result = match cmd {
-        TokenCommand::Create { name } => store.create_token(&name).map(|(info, secret)| {
-            println!("{secret}");
-            eprintln!(
-                "created token {} ({:?}); it is shown only this once: store it now",
-                info.id, info.name
-            );
-        }),
+        TokenCommand::Create { name, scopes } => {
+            let scopes = if scopes.is_empty() {
+                Ok(berth::model::access::Scopes::admin())
+            } else {
+                berth::model::access::Scopes::parse(&scopes)
+            };
+            let scopes = match scopes {
+                Ok(s) => s,
+                Err(e) => {
+                    eprintln!("berthd token create: --scope: {e}");
+                    return ExitCode::from(2);
+                }
+            };
+            store
+                .create_token_scoped(&name, &scopes)
+                .map(|(info, secret)| {
+                    println!("{secret}");
+                    eprintln!(
+                        "created token {} ({:?}, scopes {}); it is shown only this once: store \
+                         it now",
+                        info.id, info.name, info.scopes
+                    );
+                })
+        }
         TokenCommand::List => store.list_tokens().map(|tokens| {
-            println!("{:<6} {:<24} {:<22} STATUS", "ID", "NAME", "CREATED");
+            println!(
+                "{:<6} {:<24} {:<22} {:<24} STATUS",
+                "ID", "NAME", "CREATED", "SCOPES"
+            );
             for t in tokens {
                 let status = match t.revoked_at {
                     Some(r) => format!("revoked {}", rfc3339(r)),
                     None => "active".into(),
                 };
                 println!(
-                    "{:<6} {:<24} {:<22} {status}",
+                    "{:<6} {:<24} {:<22} {:<24} {status}",
                     t.id,
                     t.name,
-                    rfc3339(t.created_at)
+                    rfc3339(t.created_at),
+                    t.scopes.to_string()
                 );
             }
         }),

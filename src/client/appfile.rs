@@ -302,10 +302,10 @@ impl AppFile {
         Ok(out)
     }
 
-    /// The deploy request body (the daemon's app spec), with secrets merged into env.
+    /// The deploy request body (the daemon's app spec). Secrets travel in their own field,
+    /// never merged into `env`: the daemon stores them encrypted and shows only fingerprints.
     pub fn to_spec(&self, image: &str, secrets: &BTreeMap<String, String>) -> Value {
-        let mut env = self.env.clone();
-        env.extend(secrets.iter().map(|(k, v)| (k.clone(), v.clone())));
+        let env = &self.env;
         let mut spec = json!({
             "image": image,
             "domains": self.domains,
@@ -350,6 +350,9 @@ impl AppFile {
                 hv["timeout"] = json!(humantime::format_duration(t).to_string());
             }
             spec["health"] = hv;
+        }
+        if !secrets.is_empty() {
+            spec["secrets"] = json!(secrets);
         }
         spec
     }
@@ -405,6 +408,24 @@ mod tests {
         assert_eq!(app.name, "shop");
         assert_eq!(app.replicas, 2);
         assert_eq!(app.health.as_ref().unwrap().path, "/");
+    }
+
+    #[test]
+    fn secrets_are_sent_apart_from_env() {
+        let app = AppFile::parse(
+            Path::new("berth.yaml"),
+            "name: a\nimage: x\ndomains: [a.com]\nenv: {MODE: prod}\nsecrets: [DB]\n",
+        )
+        .unwrap();
+        let secrets = BTreeMap::from([("DB".to_string(), "hunter2".to_string())]);
+        let spec = app.to_spec("x", &secrets);
+        assert_eq!(spec["env"], json!({"MODE": "prod"}));
+        assert_eq!(spec["secrets"], json!({"DB": "hunter2"}));
+        // What the daemon parses: a secret, not an env var.
+        let parsed: crate::model::deploy::AppSpec = serde_json::from_value(spec).unwrap();
+        assert!(!parsed.env.contains_key("DB"));
+        assert_eq!(parsed.secrets["DB"].value(), Some("hunter2"));
+        assert!(app.to_spec("x", &BTreeMap::new()).get("secrets").is_none());
     }
 
     #[test]

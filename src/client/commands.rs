@@ -285,10 +285,18 @@ async fn server(cmd: ServerCmd, out: &Out) -> Result<u8, ClientError> {
             if !no_check {
                 let api = Api::new(&server)?;
                 let v = api.check_version().await?;
-                // A cheap authenticated call proves the token works.
-                let _: Value = api.json(Method::GET, "/v1/routes", None).await?;
+                // An authenticated call any token may make proves the token works (a daemon
+                // from before token scopes has no /v1/token: then any read will do).
+                let scopes = match api.json::<Value>(Method::GET, "/v1/token", None).await {
+                    Ok(t) => field(&t, &["scopes"]),
+                    Err(ClientError::Api { status: 404, .. }) => {
+                        let _: Value = api.json(Method::GET, "/v1/routes", None).await?;
+                        "admin".into()
+                    }
+                    Err(e) => return Err(e),
+                };
                 out.line(&format!(
-                    "connected to berthd {} at {}",
+                    "connected to berthd {} at {} (token scopes: {scopes})",
                     field(&v, &["version"]),
                     server.url
                 ));
@@ -447,6 +455,25 @@ async fn status(servers: &[String], app: Option<String>, out: &Out) -> Result<u8
         &["app", "replicas", "health", "deployment", "domains"],
         app_rows(&apps, out),
     );
+    // Secrets: names and fingerprints only (the server never sends a value).
+    for a in list(&apps, "apps") {
+        let shown: Vec<String> = a
+            .pointer("/current/spec/secrets")
+            .and_then(Value::as_array)
+            .map(|l| {
+                l.iter()
+                    .map(|s| format!("{} ({})", field(s, &["name"]), field(s, &["fingerprint"])))
+                    .collect()
+            })
+            .unwrap_or_default();
+        if !shown.is_empty() {
+            out.line(&format!(
+                "{} secrets: {}",
+                field(a, &["name", "app"]),
+                shown.join(", ")
+            ));
+        }
+    }
     let cert_rows: Vec<Vec<String>> = list(&certs, "certificates")
         .iter()
         .map(|c| {

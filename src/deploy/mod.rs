@@ -75,6 +75,9 @@ pub enum DeployError {
     Store(#[from] DeploymentStoreError),
     #[error(transparent)]
     Runtime(#[from] RuntimeError),
+    /// The stored secrets of a deployment cannot be decrypted (wrong or missing key).
+    #[error("{0}")]
+    Secrets(String),
 }
 
 /// Where the image of a deploy comes from.
@@ -101,6 +104,9 @@ pub struct EngineConfig {
     pub extra_labels: HashMap<String, String>,
     /// Longest health gate for hand-started (discovered) containers.
     pub discovery_health_timeout: Duration,
+    /// Seals app secrets before they are stored and opens them for `docker create`; without
+    /// it, a deploy with secrets is refused.
+    pub secrets: Option<Arc<crate::store::secrets::SecretsKey>>,
     /// `deploy.allow_host_mounts`: whether specs may bind-mount host paths.
     pub allow_host_mounts: bool,
 }
@@ -112,6 +118,7 @@ impl Default for EngineConfig {
             stop_grace: Duration::from_secs(10),
             extra_labels: HashMap::new(),
             discovery_health_timeout: Duration::from_secs(60),
+            secrets: None,
             allow_host_mounts: false,
         }
     }
@@ -485,6 +492,14 @@ impl Engine {
         }
     }
 
+    fn secrets_key(&self) -> Result<&crate::store::secrets::SecretsKey, DeployError> {
+        self.inner.cfg.secrets.as_deref().ok_or_else(|| {
+            DeployError::Secrets(
+                "this server has no secrets key, so it cannot take or use app secrets".into(),
+            )
+        })
+    }
+
     /// `POST /v1/apps/{app}/deploy`: validates, records the deployment and starts it; returns
     /// its id at once. A deploy already running for the app → `Conflict` with its id.
     pub async fn deploy(
@@ -520,6 +535,11 @@ impl Engine {
             .publisher
             .check_routes(&app_route_name(app), vec![probe])
             .map_err(DeployError::DomainTaken)?;
+        let mut spec = spec;
+        if !spec.secrets.is_empty() {
+            // Sealed before anything is stored; the values in clear are dropped here.
+            self.secrets_key()?.seal_spec(&mut spec)?;
+        }
         let id = new_deployment_id();
         let rec = DeploymentRecord {
             id: id.clone(),
@@ -785,6 +805,12 @@ impl Engine {
             )));
         }
         let mut spec = target.spec.clone();
+        if !spec.secrets.is_empty() {
+            // Fail now, clearly, rather than at the first container.
+            self.secrets_key()?
+                .env_of(&spec)
+                .map_err(|e| DeployError::Secrets(format!("cannot roll back: {e}")))?;
+        }
         spec.strategy = Strategy::Rolling;
         self.start_deployment(app, spec, ImageSource::Id(image_id), who, Some(target.id))
     }

@@ -407,16 +407,27 @@ pub(crate) async fn start_replica(
         &rec.id[rec.id.len().saturating_sub(6)..],
         now_ms() & 0xffff
     );
+    let mut env: Vec<String> = rec
+        .spec
+        .env
+        .iter()
+        .map(|(k, v)| format!("{k}={v}"))
+        .collect();
+    if !rec.spec.secrets.is_empty() {
+        // Secrets are opened here only, for Docker's create call (messages name them only).
+        let key = inner.cfg.secrets.as_ref().ok_or_else(|| {
+            format!("replica {slot}: the app has secrets but this server has no secrets key")
+        })?;
+        env.extend(
+            key.env_of(&rec.spec)
+                .map_err(|e| format!("replica {slot}: {e}"))?,
+        );
+    }
     let spec = ContainerSpec {
         name: name.clone(),
         image: image_id.to_string(),
         labels: container_labels(inner, rec, slot),
-        env: rec
-            .spec
-            .env
-            .iter()
-            .map(|(k, v)| format!("{k}={v}"))
-            .collect(),
+        env,
         volumes: rec.spec.volumes.clone(),
         cmd: rec.spec.command.clone(),
         stop_signal: rec.spec.stop_signal.clone(),

@@ -2,6 +2,7 @@
 //! final types while deserialising (addresses, durations, sizes, domains), so a `Config` that
 //! exists is usable; `Config::validate` checks what spans several fields.
 
+use std::collections::BTreeMap;
 use std::fmt;
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -9,6 +10,7 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
+use super::host::parse_domain;
 use super::route::{validate_routes, Domain, RouteError, RouteSpec};
 
 /// A byte count, written as a number or with a unit: `512`, `64KiB`, `10MB`, `1g`.
@@ -160,6 +162,11 @@ pub struct ApiConfig {
     /// on that name is redirected (only ACME challenges are answered there). Needs TLS.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub domain: Option<Domain>,
+    /// More `Host` names (or IP addresses) the API listener answers to, besides loopback
+    /// names and addresses, its own listen address and `domain`; any other `Host` gets 421
+    /// (DNS-rebinding defence). E.g. the name of an SSH jump host or a VPN address.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub allowed_hosts: Vec<String>,
 }
 
 impl Default for ApiConfig {
@@ -171,6 +178,7 @@ impl Default for ApiConfig {
             auth_failures_per_minute: 10,
             auth_limit_loopback: false,
             domain: None,
+            allowed_hosts: Vec::new(),
         }
     }
 }
@@ -182,9 +190,14 @@ pub struct Timeouts {
     /// TCP connect to a backend (→ 504).
     #[serde(with = "humantime_serde")]
     pub connect: Duration,
-    /// From sending the request to receiving the backend's response headers (→ 504).
+    /// From the end of the request (its body fully sent) to receiving the backend's response
+    /// headers (→ 504).
     #[serde(with = "humantime_serde")]
     pub response_header: Duration,
+    /// Longest wait for the next piece of a request body from the client (→ 408); a slow but
+    /// steady upload is never cut.
+    #[serde(with = "humantime_serde")]
+    pub client_body: Duration,
     /// A client must send a complete request head within this (slowloris; connection cut).
     #[serde(with = "humantime_serde")]
     pub client_header: Duration,
@@ -201,6 +214,7 @@ impl Default for Timeouts {
         Self {
             connect: Duration::from_secs(5),
             response_header: Duration::from_secs(60),
+            client_body: Duration::from_secs(30),
             client_header: Duration::from_secs(10),
             idle: Duration::from_secs(60),
             drain: Duration::from_secs(30),
@@ -298,6 +312,79 @@ pub enum AcmeChallenge {
     /// The `acme-tls/1` ALPN protocol on the HTTPS listener (for hosts whose port 80 is closed).
     #[serde(rename = "tls-alpn-01")]
     TlsAlpn01,
+    /// A TXT record at `_acme-challenge.DOMAIN`, written by RFC 2136 update (`tls.acme.dns`).
+    /// The only challenge that can prove a wildcard name.
+    #[serde(rename = "dns-01")]
+    Dns01,
+}
+
+/// A secret given in the config file. Never printed by `Debug` (logs, error dumps).
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct Secret(pub String);
+
+impl fmt::Debug for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("\"<redacted>\"")
+    }
+}
+
+/// The TSIG key that signs DNS updates (`tls.acme.dns.tsig`).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TsigConfig {
+    /// The key's name as the DNS server knows it (`key:` in Knot, `key "NAME"` in BIND).
+    pub name: String,
+    /// `hmac-sha256` (default) or `hmac-sha512`.
+    #[serde(default = "default_tsig_algorithm")]
+    pub algorithm: String,
+    /// The base64 secret itself (prefer `secret_file`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub secret: Option<Secret>,
+    /// A file holding the base64 secret (`ALGORITHM:NAME:SECRET`, as `knsupdate -k` reads, is
+    /// accepted too). Read at start.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub secret_file: Option<PathBuf>,
+}
+
+fn default_tsig_algorithm() -> String {
+    "hmac-sha256".into()
+}
+
+/// Where DNS-01 records are written: an authoritative server that accepts TSIG-signed
+/// RFC 2136 updates (BIND, Knot, PowerDNS, providers' RFC 2136 endpoints).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DnsUpdateConfig {
+    /// `HOST:PORT` (or `HOST`, port 53) of the primary server; updates go there by UDP, TCP
+    /// when the answer is truncated, and the record is checked there before the CA is told.
+    pub server: String,
+    /// The zone the records are written in (the UPDATE's zone section). Every challenge name
+    /// (or its `delegate` target) must be inside it.
+    pub zone: String,
+    pub tsig: TsigConfig,
+    /// TTL of the TXT records.
+    #[serde(default = "default_dns_ttl")]
+    pub ttl: u32,
+    /// How long to wait for the record to be served before telling the CA anyway.
+    #[serde(default = "default_propagation_timeout", with = "humantime_serde")]
+    pub propagation_timeout: Duration,
+    /// CNAME delegation (the acme-dns pattern): `_acme-challenge.DOMAIN` → the name Berth
+    /// writes the TXT record at instead. The operator creates the CNAME once.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub delegate: BTreeMap<String, String>,
+    /// CNAME delegation for every domain not in `delegate`: `_acme-challenge.DOMAIN` →
+    /// `DOMAIN.<delegate_all>` (inside `zone`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub delegate_all: Option<String>,
+}
+
+fn default_dns_ttl() -> u32 {
+    60
+}
+
+fn default_propagation_timeout() -> Duration {
+    Duration::from_secs(60)
 }
 
 /// External account binding (some CAs, e.g. ZeroSSL, require it).
@@ -324,13 +411,155 @@ pub struct AcmeConfig {
     /// PEM root that signs the CA's own HTTPS endpoint (private CAs such as pebble).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub ca_root: Option<PathBuf>,
+    /// The challenge for every domain (`http-01`, `tls-alpn-01` or `dns-01`). Wildcard domains
+    /// and those in `dns_domains` always use DNS-01.
     pub challenge: AcmeChallenge,
+    /// DNS-01 settings; needed when any domain uses DNS-01.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub dns: Option<DnsUpdateConfig>,
+    /// Domains that use DNS-01 whatever `challenge` says (e.g. hosts behind a private network).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub dns_domains: Vec<String>,
     /// How often certificates are checked for renewal (also checked at start).
     #[serde(with = "humantime_serde")]
     pub check_interval: Duration,
     /// Longest wait between retries of a failing order.
     #[serde(with = "humantime_serde")]
     pub max_retry_delay: Duration,
+}
+
+impl AcmeConfig {
+    /// The challenge used for `domain`: DNS-01 for wildcards and `dns_domains`, else
+    /// `challenge`.
+    pub fn challenge_for(&self, domain: &str) -> AcmeChallenge {
+        let d = domain.trim_end_matches('.').to_ascii_lowercase();
+        if d.starts_with("*.")
+            || self
+                .dns_domains
+                .iter()
+                .any(|x| x.trim_end_matches('.').eq_ignore_ascii_case(&d))
+        {
+            AcmeChallenge::Dns01
+        } else {
+            self.challenge
+        }
+    }
+
+    /// Why `domain` cannot be ordered with these settings: it needs DNS-01 (a wildcard, or
+    /// listed in `dns_domains`) and `tls.acme.dns` is not configured.
+    pub fn dns01_missing(&self, domain: &str) -> Option<String> {
+        if self.challenge_for(domain) != AcmeChallenge::Dns01 || self.dns.is_some() {
+            return None;
+        }
+        Some(if domain.starts_with("*.") {
+            "a wildcard certificate can only be validated with DNS-01: configure tls.acme.dns \
+             (server, zone, tsig), or route the names one by one"
+                .into()
+        } else {
+            "DNS-01 is chosen for this domain but tls.acme.dns is not configured".into()
+        })
+    }
+
+    /// Checks the DNS-01 settings (field names in errors).
+    fn validate_dns(&self) -> Result<(), RouteError> {
+        let err = |field: &str, message: String| RouteError {
+            field: format!("tls.acme.{field}"),
+            message,
+        };
+        for (i, d) in self.dns_domains.iter().enumerate() {
+            parse_domain(d, true)
+                .map_err(|e| err(&format!("dns_domains[{i}]"), format!("{d:?}: it {e}")))?;
+        }
+        let Some(dns) = &self.dns else {
+            if self.challenge == AcmeChallenge::Dns01 || !self.dns_domains.is_empty() {
+                return Err(err(
+                    "dns",
+                    "is missing: DNS-01 needs a server, zone and TSIG key to write records with"
+                        .into(),
+                ));
+            }
+            return Ok(());
+        };
+        if dns.server.trim().is_empty() {
+            return Err(err("dns.server", "must not be empty".into()));
+        }
+        crate::model::dns::parse_server(&dns.server).map_err(|m| err("dns.server", m))?;
+        parse_domain(&dns.zone, false)
+            .map_err(|e| err("dns.zone", format!("{:?}: it {e}", dns.zone)))?;
+        if dns.tsig.name.trim().is_empty() {
+            return Err(err("dns.tsig.name", "must not be empty".into()));
+        }
+        if crate::model::dns::TsigAlgorithm::parse(&dns.tsig.algorithm).is_none() {
+            return Err(err(
+                "dns.tsig.algorithm",
+                format!(
+                    "{:?} is not supported (hmac-sha256 or hmac-sha512)",
+                    dns.tsig.algorithm
+                ),
+            ));
+        }
+        match (&dns.tsig.secret, &dns.tsig.secret_file) {
+            (Some(_), Some(_)) => {
+                return Err(err(
+                    "dns.tsig.secret",
+                    "give secret or secret_file, not both".into(),
+                ))
+            }
+            (None, None) => {
+                return Err(err(
+                    "dns.tsig.secret_file",
+                    "is missing (or give secret)".into(),
+                ))
+            }
+            (Some(s), None) => {
+                use base64::Engine;
+                let ok = base64::engine::general_purpose::STANDARD
+                    .decode(s.0.trim())
+                    .is_ok_and(|b| !b.is_empty());
+                if !ok {
+                    // The value is a secret: never echo it.
+                    return Err(err("dns.tsig.secret", "is not base64".into()));
+                }
+            }
+            (None, Some(_)) => {}
+        }
+        if dns.propagation_timeout.is_zero() {
+            return Err(err(
+                "dns.propagation_timeout",
+                "must be greater than zero".into(),
+            ));
+        }
+        if let Some(all) = &dns.delegate_all {
+            let a = parse_domain(all, false)
+                .map_err(|e| err("dns.delegate_all", format!("{all:?}: it {e}")))?;
+            if !crate::model::dns::in_zone(&a, &dns.zone) {
+                return Err(err(
+                    "dns.delegate_all",
+                    format!("{all:?} is outside tls.acme.dns.zone {:?}", dns.zone),
+                ));
+            }
+        }
+        for (from, to) in &dns.delegate {
+            let field = format!("dns.delegate.{from:?}");
+            let f =
+                parse_domain(from, false).map_err(|e| err(&field, format!("{from:?}: it {e}")))?;
+            if !f.starts_with("_acme-challenge.") {
+                return Err(err(
+                    &field,
+                    format!("{from:?} must be a challenge name, _acme-challenge.DOMAIN"),
+                ));
+            }
+            let t = parse_domain(to, false)
+                .map_err(|e| err(&field, format!("target {to:?}: it {e}")))?;
+            if !crate::model::dns::in_zone(&t, &dns.zone) {
+                return Err(err(
+                    &field,
+                    format!("target {to:?} is outside tls.acme.dns.zone {:?}", dns.zone),
+                ));
+            }
+        }
+        Ok(())
+    }
 }
 
 pub const LETS_ENCRYPT_DIRECTORY: &str = "https://acme-v02.api.letsencrypt.org/directory";
@@ -343,6 +572,8 @@ impl Default for AcmeConfig {
             eab: None,
             ca_root: None,
             challenge: AcmeChallenge::Http01,
+            dns: None,
+            dns_domains: Vec::new(),
             check_interval: Duration::from_secs(3600),
             max_retry_delay: Duration::from_secs(6 * 3600),
         }
@@ -373,6 +604,54 @@ pub struct TlsConfig {
     /// How often manual certificate files are checked for changes.
     #[serde(with = "humantime_serde")]
     pub reload_interval: Duration,
+    /// On-demand TLS: certificates for names no route lists, ordered during the first
+    /// handshake when the `ask` endpoint allows the name. Needs `tls.acme`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub on_demand: Option<OnDemandConfig>,
+}
+
+/// `tls.on_demand`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct OnDemandConfig {
+    /// `GET ASK?domain=NAME` must answer 200 for a certificate to be ordered for NAME.
+    pub ask: String,
+    /// At most one order attempt per name in this interval.
+    #[serde(default = "default_name_interval", with = "humantime_serde")]
+    pub name_interval: Duration,
+    /// At most this many order attempts per hour, all names together.
+    #[serde(default = "default_max_per_hour")]
+    pub max_per_hour: u32,
+    /// A name the ask endpoint refused is refused without asking for this long.
+    #[serde(default = "default_refused_ttl", with = "humantime_serde")]
+    pub refused_ttl: Duration,
+    /// How long a handshake waits for the certificate before it is refused (the order goes
+    /// on; the next handshake gets the certificate).
+    #[serde(default = "default_on_demand_timeout", with = "humantime_serde")]
+    pub timeout: Duration,
+}
+
+fn default_name_interval() -> Duration {
+    Duration::from_secs(600)
+}
+fn default_max_per_hour() -> u32 {
+    20
+}
+fn default_refused_ttl() -> Duration {
+    Duration::from_secs(60)
+}
+fn default_on_demand_timeout() -> Duration {
+    Duration::from_secs(30)
+}
+
+impl OnDemandConfig {
+    pub fn limits(&self) -> crate::model::ondemand::Limits {
+        crate::model::ondemand::Limits {
+            name_interval: self.name_interval,
+            max_per_hour: self.max_per_hour,
+            refused_ttl: self.refused_ttl,
+        }
+    }
 }
 
 impl Default for TlsConfig {
@@ -385,6 +664,7 @@ impl Default for TlsConfig {
             certs: Vec::new(),
             default_cert: None,
             reload_interval: Duration::from_secs(10),
+            on_demand: None,
         }
     }
 }
@@ -531,6 +811,7 @@ impl Config {
         for (name, d) in [
             ("connect", t.connect),
             ("response_header", t.response_header),
+            ("client_body", t.client_body),
             ("client_header", t.client_header),
             ("idle", t.idle),
         ] {
@@ -570,12 +851,43 @@ impl Config {
                     ));
                 }
             }
+            acme.validate_dns()?;
             if let Some(eab) = &acme.eab {
                 if eab.kid.is_empty() {
                     return Err(err("tls.acme.eab.kid", "must not be empty".into()));
                 }
                 if eab.hmac_key.is_empty() {
                     return Err(err("tls.acme.eab.hmac_key", "must not be empty".into()));
+                }
+            }
+        }
+        if let Some(od) = &self.tls.on_demand {
+            let ok = url::Url::parse(&od.ask)
+                .is_ok_and(|u| matches!(u.scheme(), "http" | "https") && u.host().is_some());
+            if !ok {
+                return Err(err(
+                    "tls.on_demand.ask",
+                    format!("{:?} is not an http(s) URL", od.ask),
+                ));
+            }
+            if self.tls.acme.is_none() {
+                return Err(err(
+                    "tls.on_demand",
+                    "needs tls.acme (the certificates are ordered through it)".into(),
+                ));
+            }
+            if od.max_per_hour == 0 {
+                return Err(err(
+                    "tls.on_demand.max_per_hour",
+                    "must be at least 1".into(),
+                ));
+            }
+            for (name, d) in [("name_interval", od.name_interval), ("timeout", od.timeout)] {
+                if d.is_zero() {
+                    return Err(err(
+                        &format!("tls.on_demand.{name}"),
+                        "must be greater than zero".into(),
+                    ));
                 }
             }
         }
@@ -586,7 +898,25 @@ impl Config {
             ));
         }
         validate_routes("routes", &self.routes)?;
+        self.validate_api_hosts()?;
         self.validate_api_domain()
+    }
+
+    /// `api.allowed_hosts`: host names (no wildcards) or IP addresses.
+    fn validate_api_hosts(&self) -> Result<(), RouteError> {
+        for (i, h) in self.api.allowed_hosts.iter().enumerate() {
+            let ip = h.trim().trim_start_matches('[').trim_end_matches(']');
+            if ip.parse::<std::net::IpAddr>().is_ok() {
+                continue;
+            }
+            if let Err(e) = super::host::parse_domain(h, false) {
+                return Err(RouteError {
+                    field: format!("api.allowed_hosts[{i}]"),
+                    message: format!("{h:?} is neither a host name nor an IP address: it {e}"),
+                });
+            }
+        }
+        Ok(())
     }
 
     /// `api.domain`: a host name (not an IP literal), served over HTTPS, claimed by no route.
@@ -598,6 +928,11 @@ impl Config {
             field: "api.domain".into(),
             message,
         };
+        if domain.as_str().starts_with("*.") {
+            return Err(err(format!(
+                "\"{domain}\" is a wildcard; the API is served on one host name"
+            )));
+        }
         if domain.as_str().parse::<std::net::IpAddr>().is_ok() {
             return Err(err(format!(
                 "\"{domain}\" is an IP address; give a host name (certificates are issued for \
@@ -719,6 +1054,24 @@ mod tests {
     }
 
     #[test]
+    fn api_allowed_hosts_are_names_or_addresses() {
+        let parse = |json: &str| serde_json::from_str::<Config>(json).expect("parses");
+        let c = parse(r#"{"api":{"allowed_hosts":["ops.internal","10.0.0.5","[fd00::1]"]}}"#);
+        assert_eq!(c.api.allowed_hosts.len(), 3);
+        c.validate().expect("valid");
+        for bad in [r#""a b""#, r#""*.example.com""#, r#""""#] {
+            let c = parse(&format!(
+                r#"{{"api":{{"allowed_hosts":["ok.test",{bad}]}}}}"#
+            ));
+            assert_eq!(
+                c.validate().unwrap_err().field,
+                "api.allowed_hosts[1]",
+                "{bad}"
+            );
+        }
+    }
+
+    #[test]
     fn api_domain_is_a_name_served_over_https_and_unique() {
         let parse = |json: &str| serde_json::from_str::<Config>(json);
         let with_tls = r#""tls":{"certs":[{"cert":"/c.pem","key":"/k.pem"}]}"#;
@@ -775,5 +1128,163 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(e.contains("directroy"), "{e}");
+    }
+
+    #[test]
+    fn dns01_section_parses_validates_and_hides_the_secret() {
+        let parse = |dns: &str| -> Config {
+            serde_json::from_str(&format!(
+                r#"{{"tls":{{"acme":{{"challenge":"dns-01","dns":{dns}}}}}}}"#
+            ))
+            .expect("parses")
+        };
+        let good = r#"{"server":"127.0.0.1:15353","zone":"example.test",
+            "tsig":{"name":"acme-key","secret":"c2VjcmV0LXZhbHVl"},
+            "delegate":{"_acme-challenge.app.example.test":"app.acme.example.test"}}"#;
+        let c = parse(good);
+        c.validate().expect("valid");
+        let acme = c.tls.acme.clone().expect("acme");
+        let dns = acme.dns.clone().expect("dns");
+        assert_eq!(dns.tsig.algorithm, "hmac-sha256");
+        assert_eq!(
+            (dns.ttl, dns.propagation_timeout),
+            (60, Duration::from_secs(60))
+        );
+        let dbg = format!("{c:?}");
+        assert!(!dbg.contains("c2VjcmV0LXZhbHVl"), "secret in Debug: {dbg}");
+        assert_eq!(acme.challenge_for("a.example.test"), AcmeChallenge::Dns01);
+
+        // Wildcards and dns_domains use DNS-01 whatever `challenge` says.
+        let mixed = AcmeConfig {
+            dns_domains: vec!["Private.Example.test.".into()],
+            ..AcmeConfig::default()
+        };
+        assert_eq!(mixed.challenge_for("*.example.test"), AcmeChallenge::Dns01);
+        assert_eq!(
+            mixed.challenge_for("private.example.test"),
+            AcmeChallenge::Dns01
+        );
+        assert_eq!(
+            mixed.challenge_for("www.example.test"),
+            AcmeChallenge::Http01
+        );
+
+        let table: &[(&str, &str)] = &[
+            (
+                r#"{"server":"127.0.0.1:0","zone":"example.test","tsig":{"name":"k","secret":"YQ=="}}"#,
+                "tls.acme.dns.server",
+            ),
+            (
+                r#"{"server":"127.0.0.1","zone":"ex ample","tsig":{"name":"k","secret":"YQ=="}}"#,
+                "tls.acme.dns.zone",
+            ),
+            (
+                r#"{"server":"127.0.0.1","zone":"example.test","tsig":{"name":"","secret":"YQ=="}}"#,
+                "tls.acme.dns.tsig.name",
+            ),
+            (
+                r#"{"server":"127.0.0.1","zone":"example.test","tsig":{"name":"k","algorithm":"hmac-md5","secret":"YQ=="}}"#,
+                "tls.acme.dns.tsig.algorithm",
+            ),
+            (
+                r#"{"server":"127.0.0.1","zone":"example.test","tsig":{"name":"k","secret":"not base64!"}}"#,
+                "tls.acme.dns.tsig.secret",
+            ),
+            (
+                r#"{"server":"127.0.0.1","zone":"example.test","tsig":{"name":"k"}}"#,
+                "tls.acme.dns.tsig.secret_file",
+            ),
+            (
+                r#"{"server":"127.0.0.1","zone":"example.test","tsig":{"name":"k","secret":"YQ==","secret_file":"/k"}}"#,
+                "tls.acme.dns.tsig.secret",
+            ),
+            (
+                r#"{"server":"127.0.0.1","zone":"example.test","tsig":{"name":"k","secret":"YQ=="},"propagation_timeout":"0s"}"#,
+                "tls.acme.dns.propagation_timeout",
+            ),
+            (
+                r#"{"server":"127.0.0.1","zone":"example.test","tsig":{"name":"k","secret":"YQ=="},"delegate_all":"acme.other.test"}"#,
+                "tls.acme.dns.delegate_all",
+            ),
+            (
+                r#"{"server":"127.0.0.1","zone":"example.test","tsig":{"name":"k","secret":"YQ=="},"delegate":{"app.example.test":"t.example.test"}}"#,
+                "tls.acme.dns.delegate.\"app.example.test\"",
+            ),
+            (
+                r#"{"server":"127.0.0.1","zone":"example.test","tsig":{"name":"k","secret":"YQ=="},"delegate":{"_acme-challenge.a.example.test":"t.other.test"}}"#,
+                "tls.acme.dns.delegate.\"_acme-challenge.a.example.test\"",
+            ),
+        ];
+        for (dns, field) in table {
+            let e = parse(dns).validate().expect_err(dns);
+            assert_eq!(&e.field, field, "{dns}: {e:?}");
+            assert!(!e.message.contains("not base64!"), "secret echoed: {e:?}");
+        }
+        // DNS-01 without its settings.
+        let c: Config =
+            serde_json::from_str(r#"{"tls":{"acme":{"challenge":"dns-01"}}}"#).expect("parses");
+        assert_eq!(c.validate().unwrap_err().field, "tls.acme.dns");
+        let c: Config =
+            serde_json::from_str(r#"{"tls":{"acme":{"dns_domains":["a..b"]}}}"#).expect("parses");
+        assert_eq!(c.validate().unwrap_err().field, "tls.acme.dns_domains[0]");
+        let e = serde_json::from_str::<Config>(
+            r#"{"tls":{"acme":{"dns":{"server":"x","zone":"y","tsig":{"name":"k","secert":"a"}}}}}"#,
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(e.contains("secert"), "{e}");
+    }
+
+    #[test]
+    fn on_demand_section_parses_and_validates() {
+        let c: Config = serde_json::from_str(
+            r#"{"tls":{"acme":{},"on_demand":{"ask":"http://127.0.0.1:9/check"}}}"#,
+        )
+        .expect("parses");
+        c.validate().expect("valid");
+        let od = c.tls.on_demand.expect("on_demand");
+        assert_eq!(
+            (
+                od.name_interval,
+                od.max_per_hour,
+                od.refused_ttl,
+                od.timeout
+            ),
+            (
+                Duration::from_secs(600),
+                20,
+                Duration::from_secs(60),
+                Duration::from_secs(30)
+            )
+        );
+        for (json, field) in [
+            (
+                r#"{"tls":{"acme":{},"on_demand":{"ask":"ftp://x/"}}}"#,
+                "tls.on_demand.ask",
+            ),
+            (
+                r#"{"tls":{"acme":{},"on_demand":{"ask":"check"}}}"#,
+                "tls.on_demand.ask",
+            ),
+            (
+                r#"{"tls":{"certs":[{"cert":"/c","key":"/k"}],"on_demand":{"ask":"http://a/"}}}"#,
+                "tls.on_demand",
+            ),
+            (
+                r#"{"tls":{"acme":{},"on_demand":{"ask":"http://a/","max_per_hour":0}}}"#,
+                "tls.on_demand.max_per_hour",
+            ),
+            (
+                r#"{"tls":{"acme":{},"on_demand":{"ask":"http://a/","timeout":"0s"}}}"#,
+                "tls.on_demand.timeout",
+            ),
+        ] {
+            let c: Config = serde_json::from_str(json).expect(json);
+            assert_eq!(c.validate().expect_err(json).field, field, "{json}");
+        }
+        assert!(serde_json::from_str::<Config>(
+            r#"{"tls":{"on_demand":{"ask":"http://a/","rate":1}}}"#
+        )
+        .is_err());
     }
 }

@@ -88,6 +88,14 @@ pub struct AppSpec {
     pub deploy_timeout: Duration,
     #[serde(default)]
     pub env: BTreeMap<String, String>,
+    /// Secret environment variables (see [`Secret`]): values in clear only in a deploy
+    /// request; serialised as a list of `{name, fingerprint}`, never with the value.
+    #[serde(
+        default,
+        with = "secret_list",
+        skip_serializing_if = "BTreeMap::is_empty"
+    )]
+    pub secrets: BTreeMap<String, Secret>,
     /// Docker bind/volume specs (`name:/path`, `/host:/path:ro`).
     #[serde(default)]
     pub volumes: Vec<String>,
@@ -241,6 +249,146 @@ fn valid_signal(s: &str) -> bool {
     SIGNALS.contains(&name) || name.parse::<u8>().is_ok_and(|n| (1..=64).contains(&n))
 }
 
+/// One secret of an app. Its value exists in clear only between the deploy request and
+/// sealing, and while a container is created; the store keeps it sealed (encrypted with the
+/// server's secrets key, see `store::secrets`) next to a keyed fingerprint, and everything
+/// that shows a spec shows the name and the fingerprint only. `Debug` never prints the value.
+#[derive(Clone, Default, PartialEq, Eq)]
+pub struct Secret {
+    plain: Option<String>,
+    sealed: Option<String>,
+    fingerprint: Option<String>,
+}
+
+impl Secret {
+    /// A value as a client sent it.
+    pub fn plain(value: impl Into<String>) -> Self {
+        Secret {
+            plain: Some(value.into()),
+            ..Secret::default()
+        }
+    }
+
+    /// A stored secret: its sealed form and fingerprint.
+    pub fn sealed(sealed: impl Into<String>, fingerprint: impl Into<String>) -> Self {
+        Secret {
+            plain: None,
+            sealed: Some(sealed.into()),
+            fingerprint: Some(fingerprint.into()),
+        }
+    }
+
+    /// The value in clear, if this secret came from a request and is not yet sealed.
+    pub fn value(&self) -> Option<&str> {
+        self.plain.as_deref()
+    }
+
+    /// The sealed form (what the store keeps).
+    pub fn sealed_value(&self) -> Option<&str> {
+        self.sealed.as_deref()
+    }
+
+    /// `sha256:` + hex of a keyed hash of the value: equal values show equal fingerprints.
+    pub fn fingerprint(&self) -> Option<&str> {
+        self.fingerprint.as_deref()
+    }
+
+    /// Keeps the sealed form only (the value in clear is dropped).
+    pub fn seal(&mut self, sealed: String, fingerprint: String) {
+        self.plain = None;
+        self.sealed = Some(sealed);
+        self.fingerprint = Some(fingerprint);
+    }
+
+    /// Keeps the fingerprint only (what a listing read back from JSON carries).
+    fn redacted(fingerprint: Option<String>) -> Self {
+        Secret {
+            plain: None,
+            sealed: None,
+            fingerprint,
+        }
+    }
+
+    /// Sets the sealed form of a secret read back from its redacted JSON.
+    pub fn set_sealed(&mut self, sealed: String) {
+        self.sealed = Some(sealed);
+    }
+}
+
+impl std::fmt::Debug for Secret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "Secret({})",
+            self.fingerprint.as_deref().unwrap_or("unsealed, redacted")
+        )
+    }
+}
+
+/// Serde of `AppSpec::secrets`. Out: `[{"name": N, "fingerprint": F}]`, never a value or its
+/// sealed form. In: `{"NAME": "value"}` (a deploy request) or the list form (a spec read back,
+/// carrying no values).
+mod secret_list {
+    use super::Secret;
+    use serde::de::{self, MapAccess, SeqAccess, Visitor};
+    use serde::ser::SerializeSeq;
+    use serde::{Deserialize, Deserializer, Serialize, Serializer};
+    use std::collections::BTreeMap;
+
+    #[derive(Serialize, Deserialize)]
+    #[serde(deny_unknown_fields)]
+    struct Shown {
+        name: String,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        fingerprint: Option<String>,
+    }
+
+    pub fn serialize<S: Serializer>(m: &BTreeMap<String, Secret>, s: S) -> Result<S::Ok, S::Error> {
+        let mut seq = s.serialize_seq(Some(m.len()))?;
+        for (name, secret) in m {
+            seq.serialize_element(&Shown {
+                name: name.clone(),
+                fingerprint: secret.fingerprint.clone(),
+            })?;
+        }
+        seq.end()
+    }
+
+    struct V;
+
+    impl<'de> Visitor<'de> for V {
+        type Value = BTreeMap<String, Secret>;
+
+        fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+            f.write_str("an object of NAME: value strings")
+        }
+
+        fn visit_map<A: MapAccess<'de>>(self, mut a: A) -> Result<Self::Value, A::Error> {
+            let mut out = BTreeMap::new();
+            while let Some((k, v)) = a.next_entry::<String, String>()? {
+                if out.insert(k.clone(), Secret::plain(v)).is_some() {
+                    return Err(de::Error::custom(format!("secret {k} appears twice")));
+                }
+            }
+            Ok(out)
+        }
+
+        fn visit_seq<A: SeqAccess<'de>>(self, mut a: A) -> Result<Self::Value, A::Error> {
+            let mut out = BTreeMap::new();
+            while let Some(s) = a.next_element::<Shown>()? {
+                out.insert(s.name, Secret::redacted(s.fingerprint));
+            }
+            Ok(out)
+        }
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(
+        d: D,
+    ) -> Result<BTreeMap<String, Secret>, D::Error> {
+        d.deserialize_any(V)
+    }
+}
+
 /// A spec problem, naming the field (`replicas`, `env.FOO`, `volumes[1]`).
 #[derive(Debug, Clone, PartialEq, Eq, Error)]
 #[error("{field}: {message}")]
@@ -334,15 +482,40 @@ impl AppSpec {
                 "must be at least as long as health.timeout",
             ));
         }
-        for k in self.env.keys() {
-            let valid = !k.is_empty()
+        let env_name_ok = |k: &str| {
+            !k.is_empty()
                 && !k.starts_with(|c: char| c.is_ascii_digit())
-                && k.chars().all(|c| c.is_ascii_alphanumeric() || c == '_');
-            if !valid {
+                && k.chars().all(|c| c.is_ascii_alphanumeric() || c == '_')
+        };
+        for k in self.env.keys() {
+            if !env_name_ok(k) {
                 return Err(err(
                     format!("env.{k}"),
                     "variable names are letters, digits and '_', not starting with a digit",
                 ));
+            }
+        }
+        for (k, s) in &self.secrets {
+            if !env_name_ok(k) {
+                return Err(err(
+                    format!("secrets.{k}"),
+                    "variable names are letters, digits and '_', not starting with a digit",
+                ));
+            }
+            if self.env.contains_key(k) {
+                return Err(err(
+                    format!("secrets.{k}"),
+                    "is also set in env; a variable is either plain or secret",
+                ));
+            }
+            if s.value().is_none() && s.sealed_value().is_none() {
+                return Err(err(
+                    format!("secrets.{k}"),
+                    "has no value (send secrets as an object of NAME: value)",
+                ));
+            }
+            if s.value().is_some_and(|v| v.contains('\0')) {
+                return Err(err(format!("secrets.{k}"), "contains a NUL byte"));
             }
         }
         for (k, v) in &self.env {
@@ -655,6 +828,48 @@ mod tests {
     }
 
     #[test]
+    fn secrets_come_in_clear_and_go_out_as_fingerprints() {
+        let mut s = spec(
+            r#"{"image":"x","domains":["a.com"],"env":{"MODE":"prod"},"secrets":{"DB_PASSWORD":"hunter2"}}"#,
+        );
+        s.validate().unwrap();
+        assert_eq!(s.secrets["DB_PASSWORD"].value(), Some("hunter2"));
+        // Neither Debug nor JSON carries the value, sealed or not.
+        assert!(!format!("{s:?}").contains("hunter2"));
+        let out = serde_json::to_string(&s).unwrap();
+        assert!(!out.contains("hunter2"), "{out}");
+        assert!(
+            out.contains(r#""secrets":[{"name":"DB_PASSWORD"}]"#),
+            "{out}"
+        );
+        s.secrets
+            .get_mut("DB_PASSWORD")
+            .unwrap()
+            .seal("v1:sealed".into(), "sha256:00112233".into());
+        s.validate().unwrap();
+        let out = serde_json::to_string(&s).unwrap();
+        assert!(
+            out.contains(r#""secrets":[{"name":"DB_PASSWORD","fingerprint":"sha256:00112233"}]"#),
+            "{out}"
+        );
+        assert!(!out.contains("v1:sealed"), "{out}");
+        assert_eq!(
+            format!("{:?}", s.secrets["DB_PASSWORD"]),
+            "Secret(sha256:00112233)"
+        );
+        // Read back: the fingerprint, no value; validation wants a value or a sealed form.
+        let back: AppSpec = serde_json::from_str(&out).unwrap();
+        assert_eq!(
+            back.secrets["DB_PASSWORD"].fingerprint(),
+            Some("sha256:00112233")
+        );
+        assert_eq!(back.secrets["DB_PASSWORD"].value(), None);
+        assert_eq!(back.validate().unwrap_err().field, "secrets.DB_PASSWORD");
+        // No secrets: the field is left out (specs stored before secrets existed read back).
+        assert!(!serde_json::to_string(&base()).unwrap().contains("secrets"));
+    }
+
+    #[test]
     fn env_values_and_volume_paths_are_checked_before_anything_runs() {
         let cases: &[(&str, &str)] = &[
             (
@@ -851,6 +1066,18 @@ mod tests {
             (
                 r#"{"image":"x","domains":["a.com"],"env":{"A-B":"y"}}"#,
                 "env.A-B",
+            ),
+            (
+                r#"{"image":"x","domains":["a.com"],"secrets":{"A-B":"y"}}"#,
+                "secrets.A-B",
+            ),
+            (
+                r#"{"image":"x","domains":["a.com"],"env":{"K":"1"},"secrets":{"K":"2"}}"#,
+                "secrets.K",
+            ),
+            (
+                r#"{"image":"x","domains":["a.com"],"secrets":[{"name":"K"}]}"#,
+                "secrets.K",
             ),
             (
                 r#"{"image":"x","domains":["a.com"],"volumes":["data:/d","nopath"]}"#,

@@ -29,8 +29,17 @@ pub enum DomainError {
 pub fn normalize_host(raw: &str) -> Option<String> {
     let raw = raw.trim();
     let host = if raw.starts_with('[') {
-        // IPv6 literal: keep up to and including the closing bracket.
+        // IPv6 literal: keep up to and including the closing bracket; after it only a port
+        // may follow (`[::1]x` is not `[::1]`: found by the host fuzz target).
         let end = raw.find(']')?;
+        let rest = &raw[end + 1..];
+        if !rest.is_empty()
+            && !rest
+                .strip_prefix(':')
+                .is_some_and(|p| p.bytes().all(|b| b.is_ascii_digit()))
+        {
+            return None;
+        }
         &raw[..=end]
     } else {
         match raw.rfind(':') {
@@ -40,10 +49,40 @@ pub fn normalize_host(raw: &str) -> Option<String> {
         }
     };
     let host = host.strip_suffix('.').unwrap_or(host);
-    if host.is_empty() {
+    // Nothing of a port or of whitespace may be left inside the name (`a:b:` is not `a:b`,
+    // `a\r:` is not `a\r`; found by the host fuzz target).
+    let bracketed = host.starts_with('[');
+    // `a..` is no name either (and would not normalise to itself).
+    if host.is_empty()
+        || host.ends_with('.')
+        || host
+            .chars()
+            .any(|c| (c == ':' && !bracketed) || c.is_whitespace() || c.is_control())
+    {
         return None;
     }
     Some(host.to_ascii_lowercase())
+}
+
+/// `normalize_host`, without an allocation when the name is already normal (lower case, no
+/// port, no trailing dot), as it almost always is on the request path.
+pub fn normalize_host_cow(raw: &str) -> Option<std::borrow::Cow<'_, str>> {
+    let plain = !raw.is_empty()
+        && !raw.ends_with('.')
+        && raw
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || matches!(b, b'-' | b'.'));
+    if plain {
+        Some(std::borrow::Cow::Borrowed(raw))
+    } else {
+        normalize_host(raw).map(std::borrow::Cow::Owned)
+    }
+}
+
+/// RFC 9112 §3.2: a Host that is not a plausible name or IP literal is a 400, not a 404.
+pub fn is_valid_host_chars(host: &str) -> bool {
+    host.bytes()
+        .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_' | b'[' | b']' | b':'))
 }
 
 /// Validates and normalises a domain an operator configured. Accepts one leading `*.` label
@@ -90,6 +129,30 @@ mod tests {
     use super::*;
 
     #[test]
+    fn normalize_host_cow_matches_normalize_host() {
+        for raw in [
+            "bench.test",
+            "Bench.Test",
+            "example.com.",
+            "example.com:8080",
+            "[::1]:80",
+            " a.b ",
+            "",
+            ".",
+            "a:b",
+            "x-y.z9",
+            "UPPER",
+            "a..b",
+        ] {
+            assert_eq!(
+                normalize_host_cow(raw).map(std::borrow::Cow::into_owned),
+                normalize_host(raw),
+                "{raw:?}"
+            );
+        }
+    }
+
+    #[test]
     fn normalize_table() {
         let cases: &[(&str, Option<&str>)] = &[
             ("example.com", Some("example.com")),
@@ -97,6 +160,15 @@ mod tests {
             ("example.com:8080", Some("example.com")),
             ("example.com.", Some("example.com")),
             ("EXAMPLE.com.:443", Some("example.com")),
+            ("[::1]x", None),
+            ("[::1]:x", None),
+            ("[::1]:", Some("[::1]")),
+            ("a:b:", None),
+            ("DM:x\r:", None),
+            ("a\r:", None),
+            ("a b", None),
+            ("a..", None),
+            ("a\u{202f}.", None),
             ("  a.b  ", Some("a.b")),
             ("[::1]:80", Some("[::1]")),
             ("[::1]", Some("[::1]")),

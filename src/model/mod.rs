@@ -1,13 +1,16 @@
 //! Pure types and decisions: names, routes, balancers, configuration, deploy plans and labels.
 //! No I/O, no async.
 
+pub mod access;
 pub mod balance;
 pub mod config;
 pub mod deploy;
+pub mod dns;
 pub mod health;
 pub mod histogram;
 pub mod host;
 pub mod labels;
+pub mod ondemand;
 pub mod renewal;
 pub mod route;
 pub mod sni;

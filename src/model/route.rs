@@ -18,7 +18,9 @@ use super::health::{slowstart_weight, unix_ms, BackendHealth};
 use super::host::{normalize_host, parse_domain, DomainError};
 use super::stats::BackendStats;
 
-/// A validated, normalised domain name (never a wildcard; wildcards are for certificates).
+/// A validated, normalised domain name. May be a one-label wildcard (`*.example.com`): such a
+/// route serves every name one label below, unless an exact domain claims it, and its
+/// certificate is a wildcard one (DNS-01).
 #[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
 #[serde(try_from = "String", into = "String")]
 pub struct Domain(String);
@@ -32,7 +34,7 @@ impl Domain {
 impl TryFrom<String> for Domain {
     type Error = String;
     fn try_from(s: String) -> Result<Self, String> {
-        parse_domain(&s, false)
+        parse_domain(&s, true)
             .map(Domain)
             .map_err(|e: DomainError| format!("invalid host name {s:?}: it {e}"))
     }
@@ -591,10 +593,14 @@ impl RouteSpec {
         if let Some(n) = &self.name {
             return n.clone();
         }
+        // Names are URL path segments of the API: `*.example.com` → `wildcard.example.com`.
         let base = self
             .domains
             .first()
-            .map(|d| d.to_string())
+            .map(|d| match d.as_str().strip_prefix("*.") {
+                Some(rest) => format!("wildcard.{rest}"),
+                None => d.to_string(),
+            })
             .unwrap_or_default();
         match &self.path_prefix {
             Some(p) if p.as_str() != "/" => format!("{base}{}", p.as_str()),
@@ -1069,20 +1075,31 @@ impl RouteTable {
     }
 
     /// Looks up an already normalised host.
+    /// An exact domain is tried first, then a `*.` wildcard one label up.
     pub fn lookup_normalized(&self, host: &str, path: &str) -> Lookup<'_> {
-        let Some(entry) = self.hosts.get(host) else {
-            return Lookup::NotFound;
-        };
+        if let Some(found) = self.lookup_entry(host, path) {
+            return found;
+        }
+        match super::sni::wildcard_key(host) {
+            Some(w) if self.hosts.contains_key(&w) => {
+                self.lookup_entry(&w, path).unwrap_or(Lookup::NotFound)
+            }
+            _ => Lookup::NotFound,
+        }
+    }
+
+    fn lookup_entry(&self, host: &str, path: &str) -> Option<Lookup<'_>> {
+        let entry = self.hosts.get(host)?;
         for (i, is_alias) in &entry.routes {
             let route = &self.routes[*i];
             if route.path_prefix.matches(path) {
                 if *is_alias && route.alias_mode == AliasMode::Redirect {
-                    return Lookup::Redirect(&route.canonical);
+                    return Some(Lookup::Redirect(&route.canonical));
                 }
-                return Lookup::Route(route);
+                return Some(Lookup::Route(route));
             }
         }
-        Lookup::NotFound
+        None
     }
 
     pub fn routes(&self) -> &[Arc<Route>] {
@@ -1177,6 +1194,38 @@ mod tests {
             };
             assert_eq!(&got, want, "lookup({host:?}, {path:?})");
         }
+    }
+
+    #[test]
+    fn wildcard_domains_serve_one_label_below() {
+        let t = RouteTable::build(
+            &spec(
+                r#"[
+            {"name":"wild","domains":["*.Apps.example.com"],"backends":[{"address":"127.0.0.1:1"}]},
+            {"name":"one","domains":["one.apps.example.com"],"path_prefix":"/x",
+             "backends":[{"address":"127.0.0.1:2"}]}
+        ]"#,
+            ),
+            None,
+        )
+        .expect("valid table");
+        let name = |host: &str, path: &str| match t.lookup(host, path) {
+            Lookup::Route(r) => Some(r.name.clone()),
+            _ => None,
+        };
+        assert_eq!(name("a.apps.example.com", "/").as_deref(), Some("wild"));
+        assert_eq!(name("B.APPS.example.com:443", "/").as_deref(), Some("wild"));
+        // Exact first; a path the exact domain does not serve falls to the wildcard.
+        assert_eq!(name("one.apps.example.com", "/x").as_deref(), Some("one"));
+        assert_eq!(name("one.apps.example.com", "/y").as_deref(), Some("wild"));
+        assert_eq!(name("apps.example.com", "/"), None, "not the apex");
+        assert_eq!(name("a.b.apps.example.com", "/"), None, "exactly one label");
+        let unnamed = spec(r#"[{"domains":["*.b.example.com"],"backends":[]}]"#);
+        assert_eq!(unnamed[0].name(), "wildcard.b.example.com");
+        RouteTable::build(&unnamed, None).expect("a wildcard route without a name is valid");
+        let bad: Result<Vec<RouteSpec>, _> =
+            serde_json::from_str(r#"[{"domains":["a.*.example.com"],"backends":[]}]"#);
+        assert!(bad.is_err());
     }
 
     #[test]

@@ -11,7 +11,17 @@ pub trait TlsHooks: Send + Sync {
     /// Where HTTPS for `host` lives (`host` or `host:port`) if `host` has a certificate and
     /// redirects are on; `None` leaves the request on HTTP.
     fn https_authority(&self, host: &str) -> Option<String>;
+
+    /// Called once the ClientHello of an HTTPS connection is read (never for `acme-tls/1`):
+    /// a future to await before the handshake goes on, when `server_name` has no certificate
+    /// yet and on-demand TLS may obtain one. It bounds its own wait. Default: none.
+    fn before_handshake(&self, _server_name: &str) -> Option<HandshakeWait> {
+        None
+    }
 }
+
+/// What [`TlsHooks::before_handshake`] returns.
+pub type HandshakeWait = std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>>;
 
 /// Path prefix of HTTP-01 challenges (RFC 8555 §8.3).
 pub const CHALLENGE_PREFIX: &str = "/.well-known/acme-challenge/";

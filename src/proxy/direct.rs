@@ -9,8 +9,9 @@
 //!
 //! What it does: writes the head (`METHOD origin-form HTTP/1.1`, headers as given), reads the
 //! response head with `httparse` (1xx interim answers skipped, 101 refused: no upgrade was
-//! asked for), then streams the body by its framing (RFC 9112 §6.3: none for HEAD/204/304,
-//! chunked, Content-Length, or until close). The connection goes back to the idle queue only
+//! asked for), then streams the body by its framing, decided by the rule both upstream paths
+//! share (`framing.rs`: none for HEAD/204/304, chunked, Content-Length, or until close;
+//! strict chunk-size lines). The connection goes back to the idle queue only
 //! when the body ended exactly at its framing and the upstream keeps it alive.
 //! Invariants: a response head over `MAX_HEAD` bytes or a malformed one is an error (502),
 //! never a panic; header values are slices of the read buffer (no copy).
@@ -27,6 +28,7 @@ use http_body::{Body, Frame, SizeHint};
 use tokio::io::AsyncWriteExt;
 
 use super::body::{BoxError, RequestBody};
+use super::framing::{self, BodyFraming};
 use super::net::SendStream;
 use super::pool::HostPool;
 
@@ -196,33 +198,12 @@ fn parse_head(buf: &mut BytesMut, head_request: bool) -> io::Result<Option<Head>
             spans.push((name, off, h.value.len()));
         }
         let mut headers = HeaderMap::with_capacity(spans.len());
-        let mut content_length: Option<u64> = None;
-        let mut chunked = false;
-        let mut has_te = false;
         let mut close = version == Version::HTTP_10;
         let frozen = buf.split_to(n).freeze();
         for (name, off, len) in spans {
             let value = HeaderValue::from_maybe_shared(frozen.slice(off..off + len))
                 .map_err(|_| invalid("invalid upstream header value"))?;
-            if name == header::CONTENT_LENGTH {
-                let v = value
-                    .to_str()
-                    .ok()
-                    .and_then(|s| s.trim().parse::<u64>().ok())
-                    .ok_or_else(|| invalid("invalid upstream Content-Length"))?;
-                if content_length.is_some_and(|c| c != v) {
-                    return Err(invalid("conflicting upstream Content-Length headers"));
-                }
-                content_length = Some(v);
-            } else if name == header::TRANSFER_ENCODING {
-                has_te = true;
-                // Only the last coding decides (RFC 9112 §6.3).
-                chunked = value
-                    .to_str()
-                    .ok()
-                    .and_then(|s| s.rsplit(',').next())
-                    .is_some_and(|last| last.trim().eq_ignore_ascii_case("chunked"));
-            } else if name == header::CONNECTION {
+            if name == header::CONNECTION {
                 let tokens = value.to_str().unwrap_or("");
                 for t in tokens.split(',').map(str::trim) {
                     if t.eq_ignore_ascii_case("close") {
@@ -234,27 +215,17 @@ fn parse_head(buf: &mut BytesMut, head_request: bool) -> io::Result<Option<Head>
             }
             headers.append(name, value);
         }
-        let framing = if head_request
-            || status == StatusCode::NO_CONTENT
-            || status == StatusCode::NOT_MODIFIED
-        {
-            Framing::Empty
-        } else if has_te {
-            if chunked {
-                Framing::Chunked(Chunk::Size)
-            } else {
-                Framing::Close
-            }
-        } else if let Some(len) = content_length {
-            if len == 0 {
-                Framing::Empty
-            } else {
-                Framing::Length(len)
-            }
-        } else {
-            Framing::Close
+        // The framing rule both upstream paths share.
+        let decided = framing::response_framing(version, status, head_request, false, &headers)
+            .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))?;
+        framing::sanitize(&decided, &mut headers);
+        let framing = match decided.body {
+            BodyFraming::Empty => Framing::Empty,
+            BodyFraming::Length(n) => Framing::Length(n),
+            BodyFraming::Chunked => Framing::Chunked(Chunk::Size),
+            BodyFraming::Close => Framing::Close,
         };
-        let keep_alive = !close && framing != Framing::Close;
+        let keep_alive = !close && framing != Framing::Close && !decided.strip_content_length;
         return Ok(Some(Head {
             status,
             reason,
@@ -282,21 +253,8 @@ fn decode_chunked(buf: &mut BytesMut, state: &mut Option<Chunk>) -> io::Result<O
                     }
                     return Ok(None);
                 };
-                let line = &buf[..eol];
-                let digits = line
-                    .iter()
-                    .position(|&b| b == b';' || b == b' ' || b == b'\t')
-                    .map_or(line, |i| &line[..i]);
-                if digits.is_empty() || digits.len() > 15 {
-                    return Err(invalid("invalid upstream chunk size"));
-                }
-                let mut size = 0u64;
-                for &d in digits {
-                    let v = (d as char)
-                        .to_digit(16)
-                        .ok_or_else(|| invalid("invalid upstream chunk size"))?;
-                    size = size * 16 + u64::from(v);
-                }
+                let size = framing::parse_chunk_size_line(&buf[..eol])
+                    .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))?;
                 buf.advance(eol + 2);
                 *state = Some(if size == 0 {
                     Chunk::Trailers
@@ -334,6 +292,15 @@ fn decode_chunked(buf: &mut BytesMut, state: &mut Option<Chunk>) -> io::Result<O
                     }
                     return Ok(None);
                 };
+                let line = &buf[..eol];
+                if eol > 0
+                    && (line.iter().any(|&b| b == b'\r' || b == b'\n' || b == 0)
+                        || !line.contains(&b':')
+                        || line[0] == b' '
+                        || line[0] == b'\t')
+                {
+                    return Err(invalid("malformed upstream trailer line"));
+                }
                 buf.advance(eol + 2);
                 if eol == 0 {
                     *state = None;
@@ -614,6 +581,98 @@ impl Body for DirectBody {
     }
 }
 
+/// What [`fuzz_parse_response`] made of a response.
+#[doc(hidden)]
+#[derive(Debug, PartialEq, Eq)]
+pub struct FuzzResponse {
+    pub status: u16,
+    /// Header names (lower case) and values as they would be forwarded.
+    pub headers: Vec<(String, Vec<u8>)>,
+    /// `empty`, `length`, `chunked` or `close`.
+    pub framing: &'static str,
+    pub keep_alive: bool,
+    pub body: Vec<u8>,
+    /// Whether the body ended at its framing (always, for `close`, at the end of input).
+    pub complete: bool,
+}
+
+/// Fuzzing entry point (`tests/fuzz.rs`): runs the direct path's head parser and body
+/// decoder over `input` arriving in reads of `step` bytes, exactly as `send` and
+/// `DirectBody` use them, and returns what would be forwarded, or the error.
+#[doc(hidden)]
+pub fn fuzz_parse_response(
+    input: &[u8],
+    head_request: bool,
+    step: usize,
+) -> Result<FuzzResponse, String> {
+    let step = step.max(1);
+    let mut buf = BytesMut::new();
+    let mut fed = 0;
+    let mut feed = |buf: &mut BytesMut| {
+        if fed >= input.len() {
+            return false;
+        }
+        let end = fed.saturating_add(step).min(input.len());
+        buf.extend_from_slice(&input[fed..end]);
+        fed = end;
+        true
+    };
+    let head = loop {
+        if let Some(h) = parse_head(&mut buf, head_request).map_err(|e| e.to_string())? {
+            break h;
+        }
+        if !feed(&mut buf) {
+            return Err("end of input before a complete head".into());
+        }
+    };
+    let mut body = Vec::new();
+    let (name, complete) = match head.framing {
+        Framing::Empty => ("empty", true),
+        Framing::Length(n) => {
+            while (buf.len() as u64) < n && feed(&mut buf) {}
+            let take = (n.min(buf.len() as u64)) as usize;
+            body.extend_from_slice(&buf.split_to(take));
+            ("length", take as u64 == n)
+        }
+        Framing::Close => {
+            while feed(&mut buf) {}
+            body.extend_from_slice(&buf.split());
+            ("close", true)
+        }
+        Framing::Chunked(start) => {
+            let mut st = Some(start);
+            let done = loop {
+                match decode_chunked(&mut buf, &mut st).map_err(|e| e.to_string())? {
+                    Some(d) => {
+                        body.extend_from_slice(&d);
+                        if st.is_none() {
+                            break true;
+                        }
+                    }
+                    None => {
+                        if !feed(&mut buf) {
+                            break false;
+                        }
+                    }
+                }
+            };
+            ("chunked", done)
+        }
+    };
+    Ok(FuzzResponse {
+        status: head.status.as_u16(),
+        headers: head
+            .headers
+            .iter()
+            .map(|(k, v)| (k.as_str().to_string(), v.as_bytes().to_vec()))
+            .collect(),
+        framing: name,
+        keep_alive: head.keep_alive,
+        body,
+        complete,
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -631,8 +690,7 @@ mod tests {
             (b"HTTP/1.1 200 OK\r\ncontent-length: 5\r\n\r\n", true, Framing::Empty, true),
             (b"HTTP/1.1 204 No Content\r\n\r\n", false, Framing::Empty, true),
             (b"HTTP/1.1 304 Not Modified\r\ncontent-length: 9\r\n\r\n", false, Framing::Empty, true),
-            (b"HTTP/1.1 200 OK\r\ntransfer-encoding: gzip, chunked\r\ncontent-length: 3\r\n\r\n", false, Framing::Chunked(Chunk::Size), true),
-            (b"HTTP/1.1 200 OK\r\ntransfer-encoding: gzip\r\n\r\n", false, Framing::Close, false),
+            (b"HTTP/1.1 200 OK\r\ntransfer-encoding: gzip, chunked\r\ncontent-length: 3\r\n\r\n", false, Framing::Chunked(Chunk::Size), false), // both framings: chunked wins, no reuse
             (b"HTTP/1.1 200 OK\r\n\r\n", false, Framing::Close, false),
             (b"HTTP/1.1 200 OK\r\nconnection: Close\r\ncontent-length: 1\r\n\r\n", false, Framing::Length(1), false),
             (b"HTTP/1.0 200 OK\r\ncontent-length: 1\r\n\r\n", false, Framing::Length(1), false),
@@ -644,6 +702,20 @@ mod tests {
             assert_eq!(h.framing, *framing, "{}", String::from_utf8_lossy(raw));
             assert_eq!(h.keep_alive, *keep, "{}", String::from_utf8_lossy(raw));
         }
+    }
+
+    #[test]
+    fn content_length_next_to_chunked_is_removed_and_plus_sign_refused() {
+        let h = parse(
+            b"HTTP/1.1 200 OK\r\ncontent-length: 5\r\ntransfer-encoding: chunked\r\n\r\n",
+            false,
+        )
+        .unwrap()
+        .unwrap();
+        assert!(!h.headers.contains_key(header::CONTENT_LENGTH));
+        assert!(!h.keep_alive);
+        assert!(parse(b"HTTP/1.1 200 OK\r\ncontent-length: +2\r\n\r\nok", false).is_err());
+        assert!(parse(b"HTTP/1.1 200 OK\r\ncontent-length:  2 \r\n\r\nok", false).is_ok());
     }
 
     #[test]
@@ -679,6 +751,7 @@ mod tests {
             &b"HTTP/1.1 200 OK\r\ncontent-length: x\r\n\r\n"[..],
             b"HTTP/1.1 200 OK\r\ncontent-length: 1\r\ncontent-length: 2\r\n\r\n",
             b"HTTP/1.1 101 Switching Protocols\r\n\r\n",
+            b"HTTP/1.1 200 OK\r\ntransfer-encoding: gzip\r\n\r\n",
             b"NOT HTTP\r\n\r\n",
             b"HTTP/1.1 200 OK\r\nbad header\r\n\r\n",
         ] {

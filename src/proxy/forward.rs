@@ -1,7 +1,9 @@
 //! One request: route lookup, backend choice (the route's balancer, sticky `Set-Cookie`),
 //! header rewriting, forwarding with timeouts, passive health (transport failures feed the
-//! backend's rise/fall cell) and one retry of bodiless GET/HEAD/OPTIONS on another backend,
-//! error mapping (400/404/413/502/503/504), upgrade tunnels (cut when their backend is removed
+//! backend's rise/fall cell; only the backend's own failures, never a client's body errors)
+//! and one retry of bodiless GET/HEAD/OPTIONS on another backend, the request timers
+//! (`client_body` while the body streams, `response_header` from its end), error mapping
+//! (400/404/408/413/502/503/504), upgrade tunnels (cut when their backend is removed
 //! and drained, or marked down with `on_down: shutdown_sessions`), and the completion
 //! bookkeeping that feeds stats and the access log.
 
@@ -20,10 +22,13 @@ use hyper::body::Incoming;
 use hyper_util::rt::TokioIo;
 
 use crate::model::health::{unix_ms, BackendHealth, Transition};
-use crate::model::host::normalize_host;
+use crate::model::host::{is_valid_host_chars, normalize_host_cow};
 use crate::model::route::{BalancerKind, Lookup, OnDown, PickContext, PickError, Route};
 
-use super::body::{AccessLog, BodyTooLarge, Completion, RequestBody, ResponseBody};
+use super::body::{
+    AccessLog, BodyPhase, BodyProgress, BodyTooLarge, ClientBodyError, ClientBodyFault, Completion,
+    RequestBody, ResponseBody,
+};
 use super::headers::{is_upgrade_request, set_forwarded_cached, strip_hop_by_hop};
 use super::pool::UpstreamError;
 use super::server::ConnState;
@@ -42,9 +47,12 @@ fn local(status: StatusCode, msg: &'static str) -> Response<ResponseBody> {
     r
 }
 
-/// Which kind of upstream failure an error is.
+/// Which kind of failure a send error is. Only the backend's own failures (connect,
+/// reset, malformed response: `ConnectTimeout`, `Connect`, `Other`) count toward passive
+/// health; the client's body errors never do.
 enum UpstreamFailure {
     BodyTooLarge,
+    ClientBody(ClientBodyFault),
     ConnectTimeout,
     Connect,
     Other,
@@ -60,6 +68,9 @@ fn classify(err: &UpstreamError) -> UpstreamFailure {
     while let Some(e) = cur {
         if e.is::<BodyTooLarge>() {
             return UpstreamFailure::BodyTooLarge;
+        }
+        if let Some(c) = e.downcast_ref::<ClientBodyError>() {
+            return UpstreamFailure::ClientBody(c.kind);
         }
         if let Some(io) = e.downcast_ref::<std::io::Error>() {
             if io.kind() == std::io::ErrorKind::TimedOut {
@@ -87,21 +98,31 @@ impl Proxy {
     ) -> Response<ResponseBody> {
         let start = Instant::now();
         let draining_h1 = conn.draining() && req.version() != Version::HTTP_2;
+        // RFC 9112 §3.2 / RFC 9113 §8.3.1: more than one Host is a 400 (whatever the target),
+        // and so is an HTTP/1.1 request without one. The authority of an absolute-form
+        // target (or `:authority`) is what routes and what goes upstream as Host; a Host that
+        // names another authority is a 400 (as HAProxy does), never forwarded.
+        let mut hosts = req.headers().get_all(header::HOST).iter();
+        let (first_host, second_host) = (hosts.next(), hosts.next());
+        let authority = req.uri().authority();
+        let host_ok = second_host.is_none()
+            && (first_host.is_some() || req.version() != Version::HTTP_11)
+            && match (authority, first_host) {
+                (Some(a), Some(h)) => a.as_str().as_bytes().eq_ignore_ascii_case(h.as_bytes()),
+                _ => true,
+            };
         // Kept as a header value (for HTTP/1 a reference-counted slice of the request head, no
         // copy): it goes upstream as `Host` and `X-Forwarded-Host` as is.
-        let raw_host: Option<HeaderValue> = match req.uri().authority() {
+        let raw_host: Option<HeaderValue> = match authority {
             Some(a) => HeaderValue::from_str(a.as_str()).ok(),
-            None => req
-                .headers()
-                .get(header::HOST)
-                .filter(|h| h.to_str().is_ok())
-                .cloned(),
-        };
+            None => first_host.filter(|h| h.to_str().is_ok()).cloned(),
+        }
+        .filter(|_| host_ok);
         let host: Option<Cow<'_, str>> = raw_host
             .as_ref()
             .and_then(|v| v.to_str().ok())
-            .and_then(normalized_host)
-            .filter(|h| valid_host_chars(h));
+            .and_then(normalize_host_cow)
+            .filter(|h| is_valid_host_chars(h));
         let log = self.settings.access_log.then(|| {
             Box::new(AccessLog {
                 start,
@@ -206,6 +227,7 @@ impl Proxy {
             .map_or(self.settings.timeouts.response_header, |a| {
                 a.response_header
             });
+        let client_body_timeout = self.settings.timeouts.client_body;
 
         // Refuse a declared oversized body before touching the upstream.
         let declared = req
@@ -230,6 +252,7 @@ impl Proxy {
             && body.is_end_stream();
         let retryable = replayable && route.backends.len() > 1;
         let mut body = Some(RequestBody::new(body, max_body_size));
+        let progress = body.as_ref().and_then(RequestBody::progress);
         let pq = parts
             .uri
             .path_and_query()
@@ -253,7 +276,9 @@ impl Proxy {
                 headers.insert(API_PROXY_HEADER, api.secret.clone());
             }
         }
-        if !headers.contains_key(header::HOST) {
+        // The Host that chose the route is the one the backend sees: the absolute-form
+        // target's or `:authority` (h2 clients send no Host), never another one.
+        if headers.get(header::HOST) != Some(raw_host) {
             headers.insert(header::HOST, raw_host.clone());
         }
         let cookie: Option<String> = match route.balancer {
@@ -309,13 +334,21 @@ impl Proxy {
             *up.uri_mut() = Uri::from(pq.clone());
 
             let host_pool = self.pool.host(backend.authority.as_str());
-            let sent = tokio::time::timeout(
-                response_header_timeout,
+            let sent = send_timed(
                 self.pool.send(&host_pool, up, upgrade),
+                progress.as_deref(),
+                response_header_timeout,
+                client_body_timeout,
             )
             .await;
             match sent {
-                Err(_) => {
+                Err(TimedOut::ClientBody) => {
+                    // The client's fault: no failure counted against the backend.
+                    tracing::debug!(route = %route.name, "client body idle timeout");
+                    backend.stats.record_status(408);
+                    return local(StatusCode::REQUEST_TIMEOUT, "request body timed out\n");
+                }
+                Err(TimedOut::Upstream) => {
                     backend.stats.failures.fetch_add(1, Ordering::Relaxed);
                     backend.stats.record_status(504);
                     return local(StatusCode::GATEWAY_TIMEOUT, "upstream timed out\n");
@@ -325,6 +358,19 @@ impl Proxy {
                     let (status, msg) = match failure {
                         UpstreamFailure::BodyTooLarge => {
                             return local(StatusCode::PAYLOAD_TOO_LARGE, "request body too large\n")
+                        }
+                        UpstreamFailure::ClientBody(fault) => {
+                            // The client's fault: no passive health, no backend failure, no
+                            // WARN. A client that went away will not read the answer.
+                            tracing::debug!(route = %route.name, upstream = %backend.address, error = %e, "client request body failed");
+                            backend.stats.record_status(400);
+                            return local(
+                                StatusCode::BAD_REQUEST,
+                                match fault {
+                                    ClientBodyFault::Malformed => "malformed request body\n",
+                                    ClientBodyFault::Aborted => "incomplete request body\n",
+                                },
+                            );
                         }
                         UpstreamFailure::ConnectTimeout => {
                             (StatusCode::GATEWAY_TIMEOUT, "upstream connect timed out\n")
@@ -452,6 +498,54 @@ impl Proxy {
     }
 }
 
+/// Which timer ended a send.
+enum TimedOut {
+    /// The client sent no body bytes for `client_body` (→ 408).
+    ClientBody,
+    /// No response head within `response_header` of the body's end, or the upstream took
+    /// no body bytes for `client_body` (→ 504).
+    Upstream,
+}
+
+/// Runs `send` under the request's timers. Without a body (`progress` is `None`) that is
+/// just the response-header timeout (no allocation, the keep-alive GET path). With one, the
+/// body's idle timer runs while it streams (`client_body` between two reads, blamed on
+/// whichever side the body waits for), and the response-header timer starts only once the
+/// body has been sent completely: a slow, steady upload is never cut.
+async fn send_timed<F: std::future::Future>(
+    send: F,
+    progress: Option<&BodyProgress>,
+    response_header: std::time::Duration,
+    client_body: std::time::Duration,
+) -> Result<F::Output, TimedOut> {
+    let Some(progress) = progress else {
+        return tokio::time::timeout(response_header, send)
+            .await
+            .map_err(|_| TimedOut::Upstream);
+    };
+    tokio::pin!(send);
+    loop {
+        let (phase, since) = progress.phase();
+        let limit = if phase == BodyPhase::Sent {
+            response_header
+        } else {
+            client_body
+        };
+        let deadline = since + limit;
+        if Instant::now() >= deadline {
+            return Err(match phase {
+                BodyPhase::WaitingForClient => TimedOut::ClientBody,
+                _ => TimedOut::Upstream,
+            });
+        }
+        tokio::select! {
+            r = &mut send => return Ok(r),
+            _ = progress.sent(), if phase != BodyPhase::Sent => {}
+            _ = tokio::time::sleep_until(deadline.into()) => {}
+        }
+    }
+}
+
 /// Resolves once the backend has been absent from the table for `drain`, or at once when it
 /// is marked down and its route says `on_down: shutdown_sessions` (`cut_when_down`). Health
 /// changes are re-published as new tables, so the generation watch wakes this up.
@@ -486,27 +580,6 @@ async fn backend_gone(
     }
 }
 
-/// `normalize_host`, without an allocation when the name is already normal (lower case, no
-/// port, no trailing dot), as it almost always is.
-fn normalized_host(raw: &str) -> Option<Cow<'_, str>> {
-    let plain = !raw.is_empty()
-        && !raw.ends_with('.')
-        && raw
-            .bytes()
-            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || matches!(b, b'-' | b'.'));
-    if plain {
-        Some(Cow::Borrowed(raw))
-    } else {
-        normalize_host(raw).map(Cow::Owned)
-    }
-}
-
-/// RFC 9112 §3.2: a Host that is not a plausible name or IP literal is a 400, not a 404.
-fn valid_host_chars(host: &str) -> bool {
-    host.bytes()
-        .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_' | b'[' | b']' | b':'))
-}
-
 /// HTTP/2 clients may split `Cookie` into several headers; HTTP/1.1 wants one.
 fn join_cookies(headers: &mut http::HeaderMap) {
     if headers.get_all(header::COOKIE).iter().count() > 1 {
@@ -518,35 +591,6 @@ fn join_cookies(headers: &mut http::HeaderMap) {
             .join("; ");
         if let Ok(v) = HeaderValue::from_str(&joined) {
             headers.insert(header::COOKIE, v);
-        }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn normalized_host_matches_normalize_host() {
-        for raw in [
-            "bench.test",
-            "Bench.Test",
-            "example.com.",
-            "example.com:8080",
-            "[::1]:80",
-            " a.b ",
-            "",
-            ".",
-            "a:b",
-            "x-y.z9",
-            "UPPER",
-            "a..b",
-        ] {
-            assert_eq!(
-                normalized_host(raw).map(Cow::into_owned),
-                normalize_host(raw),
-                "{raw:?}"
-            );
         }
     }
 }

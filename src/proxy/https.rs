@@ -11,7 +11,8 @@ use rustls::ServerConfig;
 use tokio::io::AsyncWriteExt;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
-use tokio_rustls::TlsAcceptor;
+use tokio_rustls::server::TlsStream;
+use tokio_rustls::LazyConfigAcceptor;
 
 use super::server::{connection_builder, serve_connection, ConnTracker};
 use super::Proxy;
@@ -34,6 +35,40 @@ pub fn server_config(
     Ok(Arc::new(cfg))
 }
 
+/// The handshake: read the ClientHello, let the on-demand hook (if any) obtain a certificate
+/// for an unknown name, then finish with `config`. The ClientHello and the rest of the
+/// handshake each get `timeout`; the hook bounds its own wait.
+async fn accept_tls(
+    stream: tokio::net::TcpStream,
+    config: &Arc<ServerConfig>,
+    hooks: Option<Arc<dyn super::acme_hook::TlsHooks>>,
+    timeout: Duration,
+) -> Result<Result<TlsStream<super::net::SendStream>, std::io::Error>, ()> {
+    let lazy = LazyConfigAcceptor::new(
+        rustls::server::Acceptor::default(),
+        super::net::SendStream::new(stream),
+    );
+    let start = match tokio::time::timeout(timeout, lazy).await {
+        Ok(Ok(start)) => start,
+        Ok(Err(e)) => return Ok(Err(e)),
+        Err(_) => return Err(()),
+    };
+    let hello = start.client_hello();
+    let challenge = hello
+        .alpn()
+        .is_some_and(|mut p| p.any(|x| x == ACME_TLS_ALPN));
+    let wait = match (hello.server_name(), hooks) {
+        (Some(name), Some(h)) if !challenge => h.before_handshake(name),
+        _ => None,
+    };
+    if let Some(wait) = wait {
+        wait.await;
+    }
+    tokio::time::timeout(timeout, start.into_stream(config.clone()))
+        .await
+        .map_err(|_| ())
+}
+
 /// Accepts TLS connections until `stop` turns true, then drains like `serve_http`.
 pub async fn serve_https(
     proxy: Arc<Proxy>,
@@ -41,7 +76,6 @@ pub async fn serve_https(
     config: Arc<ServerConfig>,
     mut stop: watch::Receiver<bool>,
 ) {
-    let acceptor = TlsAcceptor::from(config);
     let builder = Arc::new(connection_builder(&proxy));
     let tracker = Arc::new(ConnTracker::default());
     let (drain_tx, drain_rx) = watch::channel(false);
@@ -57,9 +91,10 @@ pub async fn serve_https(
                         let proxy = proxy.clone();
                         let builder = builder.clone();
                         let drain = drain_rx.clone();
-                        let acceptor = acceptor.clone();
+                        let config = config.clone();
                         tokio::spawn(async move {
-                            let tls = match tokio::time::timeout(handshake_timeout, acceptor.accept(super::net::SendStream::new(stream))).await {
+                            let hooks = proxy.tls_hooks.get().cloned();
+                            let tls = match accept_tls(stream, &config, hooks, handshake_timeout).await {
                                 Ok(Ok(tls)) => tls,
                                 Ok(Err(e)) => {
                                     tracing::debug!(%peer, error = %e, "TLS handshake failed");

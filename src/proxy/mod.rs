@@ -8,6 +8,7 @@ pub mod acme_hook;
 pub mod body;
 pub mod direct;
 pub mod forward;
+pub mod framing;
 pub mod headers;
 pub mod health;
 pub mod https;

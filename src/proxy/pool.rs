@@ -29,6 +29,7 @@ use tokio::net::TcpStream;
 
 use super::body::RequestBody;
 use super::direct::{self, DirectBody, DirectConn};
+use super::framing::{self, FramingError};
 use super::net::SendStream;
 
 type Sender = http1::SendRequest<RequestBody>;
@@ -52,6 +53,13 @@ pub enum UpstreamError {
     },
     #[error(transparent)]
     Http(#[from] hyper::Error),
+    /// The upstream's response head has no trustworthy framing (see `framing.rs`).
+    #[error("upstream {addr}: {source}")]
+    Framing {
+        addr: String,
+        #[source]
+        source: FramingError,
+    },
     #[error("upstream {addr}: {source}")]
     Io {
         addr: String,
@@ -311,6 +319,38 @@ impl PooledConn {
     }
 }
 
+/// Holds a response hyper parsed to the framing rule the direct path uses (`framing.rs`): a
+/// head that rule refuses is a framing error (its connection is dropped, never pooled); a
+/// head with both `Transfer-Encoding` and `Content-Length` loses the `Content-Length` and
+/// its connection is not reused.
+fn checked(
+    host: &HostPool,
+    resp: Response<Incoming>,
+    head_request: bool,
+    upgrade: bool,
+    mut conn: Option<PooledConn>,
+) -> Result<Response<UpstreamBody>, UpstreamError> {
+    let (mut parts, body) = resp.into_parts();
+    let decided = framing::response_framing(
+        parts.version,
+        parts.status,
+        head_request,
+        upgrade,
+        &parts.headers,
+    )
+    .map_err(|source| UpstreamError::Framing {
+        addr: host.authority.to_string(),
+        source,
+    })?;
+    if decided.rewrites_headers() {
+        framing::sanitize(&decided, &mut parts.headers);
+    }
+    if decided.strip_content_length {
+        conn = None;
+    }
+    Ok(Response::from_parts(parts, UpstreamBody::Hyper(body, conn)))
+}
+
 /// All upstream connections of one proxy.
 pub struct Pool {
     hosts: Arc<ArcSwap<HostMap>>,
@@ -370,6 +410,7 @@ impl Pool {
         if direct::eligible(req.method(), upgrade, req.body()) {
             return Ok(direct::send(host, &req).await?.map(UpstreamBody::Direct));
         }
+        let head_request = req.method() == http::Method::HEAD;
         let mut req = req;
         if !upgrade {
             if let Some(mut sender) = host.pop().await {
@@ -379,7 +420,7 @@ impl Pool {
                             sender,
                             host: host.clone(),
                         };
-                        return Ok(resp.map(|b| UpstreamBody::Hyper(b, Some(conn))));
+                        return checked(host, resp, head_request, upgrade, Some(conn));
                     }
                     Err(mut e) => {
                         if let Some(r) = e.take_message() {
@@ -401,7 +442,7 @@ impl Pool {
             sender,
             host: host.clone(),
         });
-        Ok(resp.map(|b| UpstreamBody::Hyper(b, pooled)))
+        checked(host, resp, head_request, upgrade, pooled)
     }
 
     /// Starts the idle sweeper once (lazily: the pool may be built outside a runtime).

@@ -1,7 +1,9 @@
 //! Deployment history and each app's current deployment, in SQLite. Self-contained: the
 //! tables come from `MIGRATION_SQL` (idempotent), the functions take a `&Connection`, and
 //! `DeploymentStore` is the narrow trait the deploy engine uses. Marking a deployment
-//! succeeded and making it the app's current one happen in one transaction.
+//! succeeded and making it the app's current one happen in one transaction. App secrets are
+//! stored only sealed (`store::secrets`), in their own column: the `spec` JSON carries their
+//! names and fingerprints, and a row with a secret still in clear is refused.
 
 use std::path::Path;
 use std::sync::Mutex;
@@ -25,7 +27,8 @@ CREATE TABLE IF NOT EXISTS deployments (
     created_by  TEXT NOT NULL,
     created_at  INTEGER NOT NULL,
     finished_at INTEGER,
-    rollback_of TEXT
+    rollback_of TEXT,
+    secrets     TEXT
 );
 CREATE INDEX IF NOT EXISTS deployments_by_app ON deployments(app, created_at);
 CREATE TABLE IF NOT EXISTS app_current (
@@ -158,17 +161,52 @@ pub trait DeploymentStore: Send + Sync + 'static {
     fn events(&self, deployment: &str) -> Result<Vec<StoredEvent>, DeploymentStoreError>;
 }
 
-/// Creates this module's tables.
+/// Creates this module's tables; adds the `secrets` column to tables made before it existed.
 pub fn migrate(conn: &Connection) -> Result<(), DeploymentStoreError> {
     conn.execute_batch(MIGRATION_SQL)?;
     conn.execute_batch(EVENTS_MIGRATION_SQL)?;
+    let has_secrets: bool = conn.query_row(
+        "SELECT COUNT(*) > 0 FROM pragma_table_info('deployments') WHERE name = 'secrets'",
+        [],
+        |r| r.get(0),
+    )?;
+    if !has_secrets {
+        conn.execute_batch("ALTER TABLE deployments ADD COLUMN secrets TEXT")?;
+    }
     Ok(())
 }
 
-const COLUMNS: &str =
-    "id, app, spec, image_id, state, reason, created_by, created_at, finished_at, rollback_of";
+const COLUMNS: &str = "id, app, spec, image_id, state, reason, created_by, created_at, \
+                       finished_at, rollback_of, secrets";
 
-fn from_row(row: &Row<'_>) -> rusqlite::Result<(DeploymentRecord, String, String)> {
+/// The sealed secrets of a spec as stored (`{"NAME": "v1:..."}`); `None` without secrets.
+fn sealed_json(rec: &DeploymentRecord) -> Result<Option<String>, DeploymentStoreError> {
+    if rec.spec.secrets.is_empty() {
+        return Ok(None);
+    }
+    let mut sealed = std::collections::BTreeMap::new();
+    for (name, secret) in &rec.spec.secrets {
+        let Some(s) = secret.sealed_value() else {
+            return Err(DeploymentStoreError::Corrupt {
+                id: rec.id.clone(),
+                what: "secrets",
+                message: format!("secret {name} is not sealed; refusing to store it in clear"),
+            });
+        };
+        sealed.insert(name.as_str(), s);
+    }
+    serde_json::to_string(&sealed)
+        .map(Some)
+        .map_err(|e| DeploymentStoreError::Corrupt {
+            id: rec.id.clone(),
+            what: "secrets",
+            message: e.to_string(),
+        })
+}
+
+type RawRow = (DeploymentRecord, String, String, Option<String>);
+
+fn from_row(row: &Row<'_>) -> rusqlite::Result<RawRow> {
     // Spec and state are parsed after the row is read, so a bad value becomes `Corrupt`.
     let spec: String = row.get(2)?;
     let state: String = row.get(4)?;
@@ -184,6 +222,7 @@ fn from_row(row: &Row<'_>) -> rusqlite::Result<(DeploymentRecord, String, String
         drain_timeout: Default::default(),
         deploy_timeout: Default::default(),
         env: Default::default(),
+        secrets: Default::default(),
         volumes: vec![],
         stop_signal: None,
         stop_timeout: None,
@@ -208,17 +247,31 @@ fn from_row(row: &Row<'_>) -> rusqlite::Result<(DeploymentRecord, String, String
         },
         spec,
         state,
+        row.get(10)?,
     ))
 }
 
 fn finish_row(
-    (mut rec, spec, state): (DeploymentRecord, String, String),
+    (mut rec, spec, state, sealed): RawRow,
 ) -> Result<DeploymentRecord, DeploymentStoreError> {
     rec.spec = serde_json::from_str(&spec).map_err(|e| DeploymentStoreError::Corrupt {
         id: rec.id.clone(),
         what: "spec",
         message: e.to_string(),
     })?;
+    if let Some(sealed) = sealed {
+        let sealed: std::collections::BTreeMap<String, String> = serde_json::from_str(&sealed)
+            .map_err(|e| DeploymentStoreError::Corrupt {
+                id: rec.id.clone(),
+                what: "secrets",
+                message: e.to_string(),
+            })?;
+        for (name, value) in sealed {
+            if let Some(s) = rec.spec.secrets.get_mut(&name) {
+                s.set_sealed(value);
+            }
+        }
+    }
     rec.state = DeployState::parse(&state).ok_or_else(|| DeploymentStoreError::Corrupt {
         id: rec.id.clone(),
         what: "state",
@@ -248,11 +301,12 @@ pub fn insert(conn: &Connection, rec: &DeploymentRecord) -> Result<(), Deploymen
         what: "spec",
         message: e.to_string(),
     })?;
+    let secrets = sealed_json(rec)?;
     // A new deployment brings a deleted app (and any history kept for it) back.
     let tx = conn.unchecked_transaction()?;
     tx.execute("DELETE FROM deleted_apps WHERE app = ?1", params![rec.app])?;
     tx.execute(
-        &format!("INSERT INTO deployments ({COLUMNS}) VALUES (?1,?2,?3,?4,?5,?6,?7,?8,?9,?10)"),
+        &format!("INSERT INTO deployments ({COLUMNS}) VALUES (?1,?2,?3,?4,?5,?6,?7,?8,?9,?10,?11)"),
         params![
             rec.id,
             rec.app,
@@ -263,7 +317,8 @@ pub fn insert(conn: &Connection, rec: &DeploymentRecord) -> Result<(), Deploymen
             rec.created_by,
             rec.created_at,
             rec.finished_at,
-            rec.rollback_of
+            rec.rollback_of,
+            secrets
         ],
     )?;
     tx.commit()?;
@@ -662,6 +717,53 @@ mod tests {
         assert_eq!(s.current("web").unwrap().unwrap().id, "d1");
         s.clear_current("web").unwrap();
         assert!(s.current("web").unwrap().is_none());
+    }
+
+    #[test]
+    fn secrets_are_stored_sealed_only() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("berth.db");
+        let s = SqliteDeployments::open(&path).unwrap();
+        let mut r = rec("d1", "web", 1);
+        r.spec.secrets.insert(
+            "DB_PASSWORD".into(),
+            crate::model::deploy::Secret::plain("hunter2"),
+        );
+        // In clear: refused, nothing written.
+        let e = s.insert(&r).unwrap_err().to_string();
+        assert!(e.contains("not sealed"), "{e}");
+        assert!(s.get("d1").unwrap().is_none());
+        r.spec
+            .secrets
+            .get_mut("DB_PASSWORD")
+            .unwrap()
+            .seal("v1:c2VhbGVk".into(), "sha256:0011".into());
+        s.insert(&r).unwrap();
+        let back = s.get("d1").unwrap().unwrap();
+        assert_eq!(
+            back.spec.secrets["DB_PASSWORD"],
+            r.spec.secrets["DB_PASSWORD"]
+        );
+        let json = serde_json::to_string(&back).unwrap();
+        assert!(!json.contains("v1:c2VhbGVk"), "{json}");
+        assert!(json.contains("sha256:0011"), "{json}");
+    }
+
+    #[test]
+    fn an_old_table_gains_the_secrets_column() {
+        let conn = Connection::open_in_memory().unwrap();
+        conn.execute_batch(
+            "CREATE TABLE deployments (id TEXT PRIMARY KEY, app TEXT NOT NULL, spec TEXT NOT NULL,
+             image_id TEXT, state TEXT NOT NULL, reason TEXT, created_by TEXT NOT NULL,
+             created_at INTEGER NOT NULL, finished_at INTEGER, rollback_of TEXT);
+             INSERT INTO deployments (id, app, spec, state, created_by, created_at)
+             VALUES ('x', 'web', '{\"image\":\"a\",\"domains\":[\"a.com\"]}', 'succeeded', 't', 1);",
+        )
+        .unwrap();
+        let s = SqliteDeployments::from_connection(conn).unwrap();
+        assert_eq!(s.get("x").unwrap().unwrap().spec.image, "a");
+        // Twice is fine.
+        s.with(|c| migrate(c)).unwrap();
     }
 
     #[test]

@@ -9,6 +9,7 @@
 
 pub mod deployments;
 pub mod registry;
+pub mod secrets;
 mod tokens;
 
 use std::collections::HashMap;
@@ -22,7 +23,7 @@ use thiserror::Error;
 
 use crate::model::route::{BackendSpec, RouteSpec, ServerState};
 
-pub use tokens::{hash_token, TokenInfo, TOKEN_PREFIX};
+pub use tokens::{hash_token, TokenAuth, TokenInfo, TOKEN_PREFIX};
 
 /// File name of the database inside the data dir.
 pub const DB_FILE: &str = "berth.db";
@@ -185,6 +186,8 @@ const MIGRATIONS: &[&str] = &[
     deployments::MIGRATION_SQL,
     // 3: deployment event logs (idempotent for the same reason).
     deployments::EVENTS_MIGRATION_SQL,
+    // 4: token scopes; tokens made before scopes existed keep full access.
+    tokens::SCOPES_MIGRATION_SQL,
 ];
 
 fn now() -> i64 {

@@ -28,10 +28,13 @@ use rustls::sign::CertifiedKey;
 use thiserror::Error;
 use tokio::sync::{watch, Notify};
 
+use super::dns01::DnsUpdater;
+pub use super::ondemand::OnDemand;
 use super::pem::{load_files, parse_pair, LoadedCert};
 use super::store::{rfc3339, status_for, CertSource, CertStore};
 use super::{write_file, TlsError};
 use crate::model::config::{AcmeChallenge, AcmeConfig};
+use crate::model::dns::TsigKey;
 use crate::model::renewal::{self, AriWindow};
 
 /// Per-domain bookkeeping of the renewal loop.
@@ -71,7 +74,11 @@ struct ChallengeCleanup<'a> {
     store: &'a CertStore,
     tokens: Vec<String>,
     alpn: Vec<String>,
+    /// DNS-01 records written (name, value), with the updater and key that wrote them.
+    dns: Option<DnsRecords>,
 }
+
+type DnsRecords = (Arc<DnsUpdater>, TsigKey, Vec<(String, String)>);
 
 impl Drop for ChallengeCleanup<'_> {
     fn drop(&mut self) {
@@ -80,6 +87,17 @@ impl Drop for ChallengeCleanup<'_> {
         }
         for d in &self.alpn {
             self.store.remove_alpn(d);
+        }
+        // Normally removed (and awaited) by `issue`; left only when the order was cancelled
+        // (shutdown). Delete them in the background then.
+        if let Some((u, k, records)) = self.dns.take().filter(|(_, _, r)| !r.is_empty()) {
+            if let Ok(rt) = tokio::runtime::Handle::try_current() {
+                rt.spawn(async move {
+                    for (name, value) in records {
+                        let _ = u.remove_txt(&k, &name, &value).await;
+                    }
+                });
+            }
         }
     }
 }
@@ -108,11 +126,11 @@ pub fn alpn_challenge_cert(domain: &str, digest: &[u8]) -> Result<Arc<CertifiedK
 
 /// Operator requests waiting for the renewal loop, and the order it is running.
 #[derive(Default)]
-struct Requests {
+pub(super) struct Requests {
     /// Domains to order now, whatever their schedule or backoff.
-    forced: BTreeSet<String>,
+    pub(super) forced: BTreeSet<String>,
     /// The domain whose order is running.
-    in_flight: Option<String>,
+    pub(super) in_flight: Option<String>,
 }
 
 /// Why a retry request was refused.
@@ -129,12 +147,17 @@ pub enum RetryError {
 /// Orders and renews certificates for the routed domains.
 pub struct AcmeManager {
     cfg: AcmeConfig,
-    dir: PathBuf,
-    store: Arc<CertStore>,
-    domains: watch::Sender<BTreeSet<String>>,
+    /// Writes DNS-01 records (`tls.acme.dns`).
+    dns: Option<Arc<DnsUpdater>>,
+    pub(super) dir: PathBuf,
+    pub(super) store: Arc<CertStore>,
+    pub(super) domains: watch::Sender<BTreeSet<String>>,
     requests: std::sync::Mutex<Requests>,
     /// Wakes the loop when a retry is requested (a permit is kept if it is busy).
-    wake: Notify,
+    pub(super) wake: Notify,
+    /// Names ordered on demand (`tls.on_demand`), certified and renewed like routed ones.
+    pub(super) extra: std::sync::Mutex<BTreeSet<String>>,
+    pub(super) on_demand: Option<super::ondemand::OnDemand>,
 }
 
 /// Puts `domain` into the normal form the domain set uses (lower case, no trailing dot).
@@ -156,13 +179,21 @@ impl AcmeManager {
     /// works at once after a restart. Unusable files (expired, damaged) are reissued later.
     pub fn new(cfg: AcmeConfig, data_dir: &Path, store: Arc<CertStore>) -> Self {
         let dir = data_dir.join("certs").join("acme");
+        let dns = cfg.dns.clone().map(|d| Arc::new(DnsUpdater::new(d)));
+        if let Some(Err(e)) = dns.as_ref().map(|d| d.key()) {
+            // Read again at every order; say so now rather than at the first renewal.
+            tracing::error!(error = %e, "DNS-01 TSIG key unusable");
+        }
         let me = Self {
             cfg,
+            dns,
             dir,
             store,
             domains: watch::Sender::new(BTreeSet::new()),
             requests: std::sync::Mutex::new(Requests::default()),
             wake: Notify::new(),
+            extra: std::sync::Mutex::new(BTreeSet::new()),
+            on_demand: None,
         };
         if let Ok(rd) = std::fs::read_dir(&me.dir) {
             let now = SystemTime::now();
@@ -208,7 +239,7 @@ impl AcmeManager {
         });
     }
 
-    fn requests(&self) -> std::sync::MutexGuard<'_, Requests> {
+    pub(super) fn requests(&self) -> std::sync::MutexGuard<'_, Requests> {
         // Plain data; a panic elsewhere cannot leave it half-written.
         self.requests.lock().unwrap_or_else(|p| p.into_inner())
     }
@@ -219,7 +250,13 @@ impl AcmeManager {
     /// while an order for the domain is running.
     pub fn request_retry(&self, domain: &str) -> Result<String, RetryError> {
         let d = normalize_domain(domain);
-        if !self.domains.borrow().contains(&d) {
+        let on_demand = || {
+            self.extra
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .contains(&d)
+        };
+        if !self.domains.borrow().contains(&d) && !on_demand() {
             return Err(RetryError::NotManaged(d));
         }
         if self.store.manual_covers(&d) {
@@ -312,6 +349,15 @@ impl AcmeManager {
             domain: domain.to_string(),
             message: m,
         };
+        let challenge = self.cfg.challenge_for(domain);
+        // DNS-01 needs its server and key before anything is asked of the CA.
+        let dns = match (challenge, &self.dns) {
+            (AcmeChallenge::Dns01, Some(d)) => Some((d.clone(), d.key().map_err(&err)?)),
+            (AcmeChallenge::Dns01, None) => {
+                return Err(err(self.cfg.dns01_missing(domain).unwrap_or_default()))
+            }
+            _ => None,
+        };
         let ids = [Identifier::Dns(domain.to_string())];
         let mut new_order = NewOrder::new(&ids);
         if let Some(r) = replaces {
@@ -325,10 +371,58 @@ impl AcmeManager {
             store: &self.store,
             tokens: Vec::new(),
             alpn: Vec::new(),
+            dns: dns.clone().map(|(u, k)| (u, k, Vec::new())),
         };
-        let kind = match self.cfg.challenge {
+        let kind = match challenge {
             AcmeChallenge::Http01 => ChallengeType::Http01,
             AcmeChallenge::TlsAlpn01 => ChallengeType::TlsAlpn01,
+            AcmeChallenge::Dns01 => ChallengeType::Dns01,
+        };
+        let result = self
+            .validate_and_finalize(&mut order, domain, challenge, kind, &mut cleanup)
+            .await;
+        // DNS records go now (the order is validated or failed either way); a failure to
+        // delete is logged, never fails the order.
+        if let Some((u, k, records)) = cleanup.dns.as_mut() {
+            for (name, value) in std::mem::take(records) {
+                match u.remove_txt(k, &name, &value).await {
+                    Ok(()) => tracing::info!(%domain, record = %name, "DNS-01 record removed"),
+                    Err(e) => tracing::warn!(%domain, error = %e, "DNS-01 record not removed"),
+                }
+            }
+        }
+        drop(cleanup);
+        let (key_pem, chain_pem) = result?;
+
+        let cert_path = self.cert_path(domain);
+        let key_path = cert_path.with_file_name("key.pem");
+        let loaded = parse_pair(
+            chain_pem.as_bytes(),
+            &cert_path,
+            key_pem.as_bytes(),
+            &key_path,
+            SystemTime::now(),
+        )?;
+        // Key first: a crash between the two writes leaves a pair that fails validation
+        // (and is reissued) rather than a new cert with an old key in service.
+        write_file(&key_path, key_pem.as_bytes(), 0o600)?;
+        write_file(&cert_path, chain_pem.as_bytes(), 0o644)?;
+        Ok(loaded)
+    }
+
+    /// Publishes the challenge answers, tells the CA, waits for validation, finalizes and
+    /// downloads. Returns (key PEM, chain PEM).
+    async fn validate_and_finalize(
+        &self,
+        order: &mut instant_acme::Order,
+        domain: &str,
+        challenge: AcmeChallenge,
+        kind: ChallengeType,
+        cleanup: &mut ChallengeCleanup<'_>,
+    ) -> Result<(String, String), TlsError> {
+        let err = |m: String| TlsError::Order {
+            domain: domain.to_string(),
+            message: m,
         };
         {
             let mut auths = order.authorizations();
@@ -339,11 +433,12 @@ impl AcmeManager {
                     AuthorizationStatus::Valid => continue,
                     s => return Err(err(format!("authorization is {s:?}"))),
                 }
+                let ident = a.identifier().to_string();
                 let mut ch = a
                     .challenge(kind.clone())
                     .ok_or_else(|| err(format!("the CA offers no {kind:?} challenge")))?;
                 let ka = ch.key_authorization();
-                match self.cfg.challenge {
+                match challenge {
                     AcmeChallenge::Http01 => {
                         self.store.add_http01(&ch.token, ka.as_str());
                         cleanup.tokens.push(ch.token.clone());
@@ -352,6 +447,19 @@ impl AcmeManager {
                         let ck = alpn_challenge_cert(domain, ka.digest().as_ref()).map_err(&err)?;
                         self.store.add_alpn(domain, ck);
                         cleanup.alpn.push(domain.to_string());
+                    }
+                    AcmeChallenge::Dns01 => {
+                        let Some((u, k, records)) = cleanup.dns.as_mut() else {
+                            return Err(err("tls.acme.dns is not configured".into()));
+                        };
+                        let name = u.record_name(&ident).map_err(&err)?;
+                        let value = ka.dns_value();
+                        u.add_txt(k, &name, &value).await.map_err(&err)?;
+                        records.push((name.clone(), value.clone()));
+                        let started = std::time::Instant::now();
+                        let served = u.wait_served(&name, &value).await;
+                        tracing::info!(%domain, record = %name, served,
+                            waited_ms = started.elapsed().as_millis() as u64, "DNS-01 record written");
                     }
                 }
                 ch.set_ready()
@@ -395,22 +503,7 @@ impl AcmeManager {
             .poll_certificate(&retry)
             .await
             .map_err(|e| err(format!("certificate: {e}")))?;
-        drop(cleanup);
-
-        let cert_path = self.cert_path(domain);
-        let key_path = cert_path.with_file_name("key.pem");
-        let loaded = parse_pair(
-            chain_pem.as_bytes(),
-            &cert_path,
-            key_pem.as_bytes(),
-            &key_path,
-            SystemTime::now(),
-        )?;
-        // Key first: a crash between the two writes leaves a pair that fails validation
-        // (and is reissued) rather than a new cert with an old key in service.
-        write_file(&key_path, key_pem.as_bytes(), 0o600)?;
-        write_file(&cert_path, chain_pem.as_bytes(), 0o644)?;
-        Ok(loaded)
+        Ok((key_pem, chain_pem))
     }
 
     /// Orders and renews until `stop` turns true. Checks at start, whenever the domain set
@@ -424,9 +517,11 @@ impl AcmeManager {
         let mut ari_supported = true;
         let mut states: HashMap<String, DomainState> = HashMap::new();
         loop {
+            let extra = self.extra_names();
             let wanted: BTreeSet<String> = domains_rx
                 .borrow_and_update()
                 .iter()
+                .chain(extra.iter())
                 .filter(|d| !self.store.manual_covers(d))
                 .cloned()
                 .collect();
@@ -540,6 +635,24 @@ impl AcmeManager {
                     continue;
                 }
 
+                // Due, but the settings cannot prove this name (a wildcard without DNS-01):
+                // say so in the status list instead of asking the CA.
+                if let Some(msg) = self.cfg.dns01_missing(domain) {
+                    self.requests().forced.remove(domain);
+                    let at = now + self.cfg.check_interval;
+                    status.last_error = Some(
+                        TlsError::Order {
+                            domain: domain.clone(),
+                            message: msg,
+                        }
+                        .to_string(),
+                    );
+                    status.next_renewal = Some(rfc3339(at));
+                    self.store.set_status(status);
+                    wake = wake.min(at);
+                    continue;
+                }
+
                 // Due: order, if there is an account.
                 let Some(acct) = &account else {
                     if force {
@@ -612,6 +725,12 @@ impl AcmeManager {
                         status.next_renewal = Some(rfc3339(now + delay));
                         self.store.set_status(status);
                         wake = wake.min(now + delay);
+                        if current.is_none() && extra.contains(domain) {
+                            // A first on-demand order failed: forget the name; the next
+                            // handshake may try again (rate-limited per name).
+                            self.forget_on_demand(domain);
+                            wake = SystemTime::now();
+                        }
                     }
                 }
             }
@@ -700,5 +819,8 @@ mod tests {
             m.request_retry("a.test"),
             Err(RetryError::NotManaged("a.test".into()))
         );
+        // Names certified on demand can.
+        m.extra.lock().expect("extra").insert("od.test".into());
+        assert_eq!(m.request_retry("od.test"), Ok("od.test".into()));
     }
 }

@@ -3,7 +3,9 @@
 //! with its renewal loop. Handshakes only ever `load()` snapshots; writers swap whole maps.
 
 pub mod acme;
+pub mod dns01;
 pub mod manual;
+pub mod ondemand;
 pub mod pem;
 pub mod store;
 

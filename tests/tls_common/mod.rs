@@ -330,6 +330,17 @@ impl Drop for Pebble {
 /// Starts challtestsrv + pebble validating HTTP-01 on `http_port`, TLS-ALPN-01 on `tls_port`;
 /// `validity_secs` shortens the certificates pebble issues.
 pub async fn start_pebble(http_port: u16, tls_port: u16, validity_secs: Option<u64>) -> Pebble {
+    start_pebble_with_dns(http_port, tls_port, validity_secs, None).await
+}
+
+/// Like `start_pebble`; with `dns` set, pebble resolves (and checks DNS-01 records) through
+/// that server instead of a challtestsrv of its own.
+pub async fn start_pebble_with_dns(
+    http_port: u16,
+    tls_port: u16,
+    validity_secs: Option<u64>,
+    dns_server: Option<SocketAddr>,
+) -> Pebble {
     use std::process::Command;
     let dir = tempfile::tempdir().expect("tmp");
     let ca = TestCa::new("Pebble WFE test CA");
@@ -353,30 +364,33 @@ pub async fn start_pebble(http_port: u16, tls_port: u16, validity_secs: Option<u
     let cfg_path = dir.path().join("pebble-config.json");
     std::fs::write(&cfg_path, config.to_string()).expect("config");
     let mut children = Vec::new();
-    children.push(spawn(
-        Command::new("pebble-challtestsrv").args([
-            "-defaultIPv4",
-            "127.0.0.1",
-            "-defaultIPv6",
-            "",
-            "-dns01",
-            &format!("127.0.0.1:{dns}"),
-            "-http01",
-            "",
-            "-https01",
-            "",
-            "-tlsalpn01",
-            "",
-            "-management",
-            &format!("127.0.0.1:{dns_mgmt}"),
-        ]),
-        &dir.path().join("challtestsrv.log"),
-    ));
+    let resolver = dns_server.map_or(format!("127.0.0.1:{dns}"), |a| a.to_string());
+    if dns_server.is_none() {
+        children.push(spawn(
+            Command::new("pebble-challtestsrv").args([
+                "-defaultIPv4",
+                "127.0.0.1",
+                "-defaultIPv6",
+                "",
+                "-dns01",
+                &format!("127.0.0.1:{dns}"),
+                "-http01",
+                "",
+                "-https01",
+                "",
+                "-tlsalpn01",
+                "",
+                "-management",
+                &format!("127.0.0.1:{dns_mgmt}"),
+            ]),
+            &dir.path().join("challtestsrv.log"),
+        ));
+    }
     children.push(spawn(
         Command::new("pebble")
             .arg("-config")
             .arg(&cfg_path)
-            .args(["-dnsserver", &format!("127.0.0.1:{dns}")])
+            .args(["-dnsserver", &resolver])
             .env("PEBBLE_VA_NOSLEEP", "1")
             .env("PEBBLE_WFE_NONCEREJECT", "0")
             .env("PEBBLE_AUTHZREUSE", "0"),
@@ -390,7 +404,9 @@ pub async fn start_pebble(http_port: u16, tls_port: u16, validity_secs: Option<u
         ca,
         _dir: dir,
     };
-    wait_port(SocketAddr::from(([127, 0, 0, 1], dns_mgmt)), "challtestsrv").await;
+    if dns_server.is_none() {
+        wait_port(SocketAddr::from(([127, 0, 0, 1], dns_mgmt)), "challtestsrv").await;
+    }
     wait_port(SocketAddr::from(([127, 0, 0, 1], acme)), "pebble").await;
     wait_port(p.mgmt, "pebble management").await;
     p
@@ -414,4 +430,113 @@ pub async fn wait_port(addr: SocketAddr, what: &str) {
     })
     .await;
     assert!(ok.is_some(), "{what} did not start listening on {addr}");
+}
+
+/// A Knot DNS server (Debian's `knotd`) started by a test, authoritative for `zone` on
+/// 127.0.0.1:`port` (UDP and TCP), accepting TXT updates signed with one TSIG key at the
+/// owners listed; killed on drop.
+pub struct Knot {
+    pub child: std::process::Child,
+    pub addr: SocketAddr,
+    pub zone: String,
+    pub key_name: String,
+    /// Base64 TSIG secret (hmac-sha256).
+    pub secret: String,
+    pub dir: tempfile::TempDir,
+}
+
+impl Drop for Knot {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Knot {
+    /// `kdig +short TXT name` against this server (the values, quotes stripped).
+    pub fn txt(&self, name: &str) -> Vec<String> {
+        let out = std::process::Command::new("kdig")
+            .args([
+                &format!("@{}", self.addr.ip()),
+                "-p",
+                &self.addr.port().to_string(),
+                "+short",
+                "TXT",
+                name,
+            ])
+            .output()
+            .expect("run kdig");
+        String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .map(|l| l.trim().trim_matches('"').to_string())
+            .filter(|l| !l.is_empty())
+            .collect()
+    }
+}
+
+/// Starts knotd for `zone` with `extra_records` (zone-file lines) and an update ACL for TXT
+/// records at `update_owners` (names relative to the zone) signed with key `acme-key`.
+pub async fn start_knot(zone: &str, extra_records: &[&str], update_owners: &[&str]) -> Knot {
+    use base64::Engine;
+    let dir = tempfile::tempdir().expect("tmp");
+    let secret = base64::engine::general_purpose::STANDARD.encode(rand::random::<[u8; 32]>());
+    let port = free_port();
+    let d = dir.path().display().to_string();
+    std::fs::create_dir_all(dir.path().join("run")).expect("run dir");
+    std::fs::create_dir_all(dir.path().join("storage")).expect("storage dir");
+    let owners = update_owners.join(", ");
+    let conf = format!(
+        "server:\n    rundir: \"{d}/run\"\n    listen: 127.0.0.1@{port}\n\
+         database:\n    storage: \"{d}/storage\"\n\
+         log:\n  - target: stdout\n    any: info\n\
+         key:\n  - id: acme-key\n    algorithm: hmac-sha256\n    secret: {secret}\n\
+         acl:\n  - id: acme-update\n    key: acme-key\n    action: update\n\
+         \x20   update-type: [TXT]\n    update-owner: name\n    update-owner-match: equal\n\
+         \x20   update-owner-name: [{owners}]\n\
+         template:\n  - id: default\n    storage: \"{d}\"\n    file: \"%s.zone\"\n    acl: acme-update\n\
+         zone:\n  - domain: {zone}\n"
+    );
+    std::fs::write(dir.path().join("knot.conf"), conf).expect("knot.conf");
+    let mut records = format!(
+        "$ORIGIN {zone}.\n$TTL 60\n@ SOA ns1.{zone}. hostmaster.{zone}. 1 3600 600 86400 60\n\
+         @ NS ns1.{zone}.\nns1 A 127.0.0.1\n@ A 127.0.0.1\n* A 127.0.0.1\n"
+    );
+    for r in extra_records {
+        records.push_str(r);
+        records.push('\n');
+    }
+    std::fs::write(dir.path().join(format!("{zone}.zone")), records).expect("zone file");
+    let child = spawn(
+        std::process::Command::new("knotd")
+            .arg("-c")
+            .arg(dir.path().join("knot.conf")),
+        &dir.path().join("knotd.log"),
+    );
+    let addr = SocketAddr::from(([127, 0, 0, 1], port));
+    let knot = Knot {
+        child,
+        addr,
+        zone: zone.to_string(),
+        key_name: "acme-key".into(),
+        secret,
+        dir,
+    };
+    wait_port(addr, "knotd").await;
+    // Serving the zone (not just listening): the apex A record answers.
+    let ok = wait_for(Duration::from_secs(10), || async {
+        let out = std::process::Command::new("kdig")
+            .args(["@127.0.0.1", "-p", &port.to_string(), "+short", "A", zone])
+            .output()
+            .ok()?;
+        String::from_utf8_lossy(&out.stdout)
+            .contains("127.0.0.1")
+            .then_some(())
+    })
+    .await;
+    assert!(
+        ok.is_some(),
+        "knotd does not serve {zone}: {}",
+        std::fs::read_to_string(knot.dir.path().join("knotd.log")).unwrap_or_default()
+    );
+    knot
 }
