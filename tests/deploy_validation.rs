@@ -561,3 +561,81 @@ async fn command_entrypoint_and_resources_reach_the_container() {
         .unwrap();
     assert_eq!(resp.status(), 200);
 }
+
+/// `hooks.pre_deploy` runs in a one-off container of the new image with the app's env before
+/// any replica changes: its output reaches the deploy's events; a non-zero exit aborts with
+/// nothing changed; no hook container is left behind.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pre_deploy_hook_runs_first_and_aborts_on_failure() {
+    if skip() {
+        return;
+    }
+    let w = World::start("prehook").await;
+    let hook = |script: &str| json!({"pre_deploy": {"command": ["/bin/sh", "-c", script], "timeout": "30s"}});
+    let spec = w.spec(json!({
+        "env": {"GREETING": "hello-from-env"},
+        "hooks": hook("echo migrating $GREETING; echo schema v2"),
+    }));
+    let (status, body) = w.deploy_json(spec).await;
+    assert_eq!(status, 202, "{body}");
+    let id = body["id"].as_str().unwrap().to_string();
+    assert_eq!(w.wait(&id).await["state"], "succeeded");
+    let events: Value = w
+        .http
+        .get(w.url(&format!("/v1/deployments/{id}/events")))
+        .bearer_auth(&w.token)
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .map(Value::String)
+        .unwrap();
+    let text = events.as_str().unwrap();
+    assert!(
+        text.contains("pre_deploy | migrating hello-from-env"),
+        "{text}"
+    );
+    assert!(text.contains("pre_deploy | schema v2"), "{text}");
+    let hooks_left = || {
+        let out = std::process::Command::new("docker")
+            .args([
+                "ps",
+                "-aq",
+                "--filter",
+                &format!("label=berth.hook={}", w.app),
+            ])
+            .output()
+            .unwrap();
+        String::from_utf8_lossy(&out.stdout).lines().count()
+    };
+    assert_eq!(hooks_left(), 0, "the hook container is removed");
+    let before = w.containers();
+    // A failing hook: the deploy fails naming the exit code and output; v1 keeps serving.
+    let spec = w.spec(json!({
+        "image": docker_support::IMG_V2,
+        "hooks": hook("echo cannot migrate >&2; exit 3"),
+    }));
+    let (status, body) = w.deploy_json(spec).await;
+    assert_eq!(status, 202, "{body}");
+    let failed = w.wait(body["id"].as_str().unwrap()).await;
+    assert_eq!(failed["state"], "failed", "{failed}");
+    let reason = failed["reason"].as_str().unwrap();
+    assert!(
+        reason.contains("exited with 3") && reason.contains("cannot migrate"),
+        "{reason}"
+    );
+    assert_eq!(hooks_left(), 0);
+    assert_eq!(w.containers(), before, "no replica was touched");
+    let body = w
+        .http
+        .get(format!("http://{}/", w.running.http_addr))
+        .header("host", format!("{}.test", w.app))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert_eq!(body.trim(), "v1");
+}

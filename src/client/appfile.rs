@@ -139,6 +139,9 @@ pub struct AppFile {
     /// `missing` (default), `always` (moving tags like `:latest`), `never`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub pull: Option<crate::model::deploy::PullPolicy>,
+    /// `{pre_deploy: {command: [...], timeout: 5m}}`: e.g. migrations before replicas change.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub hooks: Option<crate::model::deploy::Hooks>,
     /// Servers (names from `berth server list`) to deploy to.
     #[serde(default)]
     pub targets: Vec<String>,
@@ -341,6 +344,9 @@ impl AppFile {
         if let Some(p) = &self.pull {
             spec["pull"] = json!(p);
         }
+        if let Some(h) = &self.hooks {
+            spec["hooks"] = json!(h);
+        }
         if let Some(h) = &self.health {
             let mut hv = json!({ "path": h.path });
             if let Some(i) = h.interval {
@@ -433,7 +439,8 @@ mod tests {
         let text = "name: a\nimage: x\ndomains: [a.com]\ndeploy_timeout: 5m\ndrain_timeout: 10s\n\
                     min_ready: 2s\nstop_timeout: 3s\nstop_signal: SIGQUIT\n\
                     command: [./worker, --queue, mail]\nentrypoint: [/bin/sh, -c]\n\
-                    resources: {memory: 128MiB, cpus: 0.25}\npull: always\n";
+                    resources: {memory: 128MiB, cpus: 0.25}\npull: always\n\
+                    hooks: {pre_deploy: {command: [./migrate], timeout: 2m}}\n";
         let app = AppFile::parse(Path::new("berth.yaml"), text).unwrap();
         let spec = app.to_spec("x:1", &BTreeMap::new());
         let parsed: crate::model::deploy::AppSpec = serde_json::from_value(spec.clone()).unwrap();
@@ -448,6 +455,9 @@ mod tests {
         assert_eq!(parsed.resources.memory.unwrap().0, 128 << 20);
         assert_eq!(parsed.resources.cpus.unwrap().nano(), 250_000_000);
         assert_eq!(parsed.pull, crate::model::deploy::PullPolicy::Always);
+        let hook = parsed.hooks.pre_deploy.unwrap();
+        assert_eq!(hook.command, ["./migrate"]);
+        assert_eq!(hook.timeout, Duration::from_secs(120));
         // Unset: the server's defaults apply (nothing sent).
         let plain = AppFile::parse(
             Path::new("berth.yaml"),
