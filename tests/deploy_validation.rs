@@ -127,7 +127,19 @@ impl World {
                 .await
                 .unwrap();
             let v: Value = resp.json().await.unwrap();
-            if v["state"] != "running" {
+            // Done when the record says so and the app takes the next change (the engine
+            // clears its claim after removing old replicas and pruning, a moment later).
+            let app: Value = self
+                .http
+                .get(self.url(&format!("/v1/apps/{}", self.app)))
+                .bearer_auth(&self.token)
+                .send()
+                .await
+                .unwrap()
+                .json()
+                .await
+                .unwrap_or(Value::Null);
+            if v["state"] != "running" && app["deploying"].is_null() {
                 return v;
             }
             assert!(std::time::Instant::now() < deadline, "{v}");
@@ -257,6 +269,7 @@ async fn image_parts_that_are_not_whole_tars_are_refused() {
         1,
         "only the truncated upload began a deployment: {last:?}"
     );
+    w.wait(last[0]["id"].as_str().unwrap()).await;
     assert_eq!(last[0]["state"], "failed", "{last:?}");
     assert!(
         last[0]["reason"].to_string().contains("truncated"),

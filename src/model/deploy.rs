@@ -127,6 +127,34 @@ pub struct AppSpec {
     /// Commands run around a deploy (`pre_deploy`: migrations before any replica changes).
     #[serde(default, skip_serializing_if = "Hooks::is_empty")]
     pub hooks: Hooks,
+    /// Credentials for pulling `image` from a private registry. The password travels in the
+    /// deploy request only: it is never stored or shown (rollbacks and repairs use the local
+    /// image by id and need no pull).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub registry: Option<RegistryAuth>,
+}
+
+/// `registry: {server, username, password}` of a deploy request.
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RegistryAuth {
+    /// Registry host (`registry.example.com`, `127.0.0.1:5000`); unset: the image's own.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub server: Option<String>,
+    pub username: String,
+    /// Only ever deserialised: a stored or listed spec has no password.
+    #[serde(default, skip_serializing)]
+    pub password: Option<String>,
+}
+
+impl std::fmt::Debug for RegistryAuth {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RegistryAuth")
+            .field("server", &self.server)
+            .field("username", &self.username)
+            .field("password", &self.password.as_ref().map(|_| "<redacted>"))
+            .finish()
+    }
 }
 
 /// Deploy hooks.
@@ -555,6 +583,19 @@ impl AppSpec {
                 }
             }
         }
+        if let Some(r) = &self.registry {
+            if r.username.trim().is_empty() {
+                return Err(err("registry.username", "must not be empty"));
+            }
+            if let Some(server) = &r.server {
+                if server.is_empty() || server.chars().any(|c| c.is_whitespace() || c == '/') {
+                    return Err(err(
+                        "registry.server",
+                        format!("{server:?} must be a host or host:port"),
+                    ));
+                }
+            }
+        }
         if let Some(h) = &self.hooks.pre_deploy {
             if h.command.is_empty() {
                 return Err(err("hooks.pre_deploy.command", "must not be empty"));
@@ -578,6 +619,23 @@ impl AppSpec {
             }
         }
         Ok(())
+    }
+
+    /// The registry credentials of a deploy request that pulls: `None` without `registry`; an
+    /// error naming `registry.password` when it is missing (stored specs never have it, which
+    /// is fine: rollbacks use the local image by id).
+    pub fn registry_login(&self) -> Result<Option<(Option<String>, String, String)>, SpecError> {
+        let Some(r) = &self.registry else {
+            return Ok(None);
+        };
+        match r.password.as_deref() {
+            Some(p) if !p.is_empty() => Ok(Some((r.server.clone(), r.username.clone(), p.into()))),
+            _ => Err(err(
+                "registry.password",
+                "missing (in berth.yaml, password_env names the environment variable that \
+                 holds it)",
+            )),
+        }
     }
 
     /// The host paths this spec bind-mounts (`/host/path:/path`), with their index in
@@ -1004,6 +1062,45 @@ mod tests {
             r#"{"image":"x","domains":["a.com"],"pull":"sometimes"}"#,
         ] {
             assert!(serde_json::from_str::<AppSpec>(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn registry_password_is_never_serialised_or_printed() {
+        let s = spec(
+            r#"{"image":"r.test/x:1","domains":["a.com"],"registry":{"server":"r.test","username":"ci","password":"hunter2"}}"#,
+        );
+        s.validate().unwrap();
+        let stored = serde_json::to_string(&s).unwrap();
+        assert!(!stored.contains("hunter2"), "{stored}");
+        assert!(stored.contains(r#""username":"ci""#), "{stored}");
+        assert!(!format!("{s:?}").contains("hunter2"));
+        // What was stored reads back without a password (and is not re-validated as a request).
+        let back: AppSpec = serde_json::from_str(&stored).unwrap();
+        assert!(back.registry.unwrap().password.is_none());
+        assert_eq!(
+            spec(r#"{"image":"x","domains":["a.com"],"registry":{"username":"ci"}}"#)
+                .registry_login()
+                .unwrap_err()
+                .field,
+            "registry.password"
+        );
+        let (server, user, pass) = s.registry_login().unwrap().unwrap();
+        assert_eq!(
+            (server.as_deref(), user.as_str(), pass.as_str()),
+            (Some("r.test"), "ci", "hunter2")
+        );
+        for (json, field) in [
+            (
+                r#"{"image":"x","domains":["a.com"],"registry":{"username":" ","password":"p"}}"#,
+                "registry.username",
+            ),
+            (
+                r#"{"image":"x","domains":["a.com"],"registry":{"server":"a/b","username":"u","password":"p"}}"#,
+                "registry.server",
+            ),
+        ] {
+            assert_eq!(spec(json).validate().unwrap_err().field, field, "{json}");
         }
     }
 

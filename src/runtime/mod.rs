@@ -34,13 +34,23 @@ pub enum RuntimeError {
 /// A byte stream (an image tar, a request body).
 pub type ByteStream = BoxStream<'static, Result<Bytes, std::io::Error>>;
 
-/// Registry credentials for a pull.
-#[derive(Clone, Debug, Default, PartialEq, Eq, serde::Deserialize, serde::Serialize)]
+/// Registry credentials for a pull. `Debug` never shows the password.
+#[derive(Clone, Default, PartialEq, Eq, serde::Deserialize, serde::Serialize)]
 pub struct RegistryCreds {
     pub username: String,
     pub password: String,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub server: Option<String>,
+}
+
+impl std::fmt::Debug for RegistryCreds {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RegistryCreds")
+            .field("username", &self.username)
+            .field("password", &"<redacted>")
+            .field("server", &self.server)
+            .finish()
+    }
 }
 
 /// What to create. The container joins the runtime's network; restart policy `unless-stopped`.

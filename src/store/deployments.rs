@@ -231,6 +231,7 @@ fn from_row(row: &Row<'_>) -> rusqlite::Result<RawRow> {
         resources: Default::default(),
         pull: Default::default(),
         hooks: Default::default(),
+        registry: None,
     };
     Ok((
         DeploymentRecord {
