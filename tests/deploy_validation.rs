@@ -652,3 +652,50 @@ async fn pre_deploy_hook_runs_first_and_aborts_on_failure() {
         .unwrap();
     assert_eq!(body.trim(), "v1");
 }
+
+/// `berth logs APP -f` (the real CLI) follows an app that keeps writing lines.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn berth_logs_follow_streams_new_lines() {
+    if skip() {
+        return;
+    }
+    let w = World::start("logsf").await;
+    let spec = w.spec(json!({
+        "command": ["/bin/sh", "-c",
+            "/bin/httpd -f -p 8080 -h /www & i=0; while true; do i=$((i+1)); echo tick-$i; sleep 0.2; done"],
+        "stop_timeout": "1s",
+    }));
+    let (status, body) = w.deploy_json(spec).await;
+    assert_eq!(status, 202, "{body}");
+    assert_eq!(
+        w.wait(body["id"].as_str().unwrap()).await["state"],
+        "succeeded"
+    );
+    let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_berth"))
+        .args(["logs", &w.app, "-f", "--tail", "1"])
+        .env("BERTH_URL", format!("http://{}", w.running.api_addr))
+        .env("BERTH_TOKEN", &w.token)
+        .env("BERTH_CLI_CONFIG", w._dir.path().join("cli.yaml"))
+        .env("NO_COLOR", "1")
+        .stdout(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("berth runs");
+    use tokio::io::AsyncBufReadExt;
+    let mut lines = tokio::io::BufReader::new(child.stdout.take().unwrap()).lines();
+    let mut ticks = Vec::new();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    while ticks.len() < 5 {
+        let line = tokio::time::timeout_at(deadline, lines.next_line())
+            .await
+            .expect("berth logs -f keeps streaming")
+            .unwrap()
+            .expect("stream open");
+        if let Some(n) = line.split("tick-").nth(1) {
+            ticks.push(n.trim().parse::<u64>().unwrap());
+        }
+    }
+    // New lines arrive in order, one after another (followed, not a one-time dump).
+    assert!(ticks.windows(2).all(|p| p[1] == p[0] + 1), "{ticks:?}");
+    let _ = child.kill().await;
+}
