@@ -127,7 +127,19 @@ impl World {
                 .await
                 .unwrap();
             let v: Value = resp.json().await.unwrap();
-            if v["state"] != "running" {
+            // Done when the record says so and the app takes the next change (the engine
+            // clears its claim after removing old replicas and pruning, a moment later).
+            let app: Value = self
+                .http
+                .get(self.url(&format!("/v1/apps/{}", self.app)))
+                .bearer_auth(&self.token)
+                .send()
+                .await
+                .unwrap()
+                .json()
+                .await
+                .unwrap_or(Value::Null);
+            if v["state"] != "running" && app["deploying"].is_null() {
                 return v;
             }
             assert!(std::time::Instant::now() < deadline, "{v}");
@@ -257,6 +269,7 @@ async fn image_parts_that_are_not_whole_tars_are_refused() {
         1,
         "only the truncated upload began a deployment: {last:?}"
     );
+    w.wait(last[0]["id"].as_str().unwrap()).await;
     assert_eq!(last[0]["state"], "failed", "{last:?}");
     assert!(
         last[0]["reason"].to_string().contains("truncated"),
@@ -560,4 +573,129 @@ async fn command_entrypoint_and_resources_reach_the_container() {
         .await
         .unwrap();
     assert_eq!(resp.status(), 200);
+}
+
+/// `hooks.pre_deploy` runs in a one-off container of the new image with the app's env before
+/// any replica changes: its output reaches the deploy's events; a non-zero exit aborts with
+/// nothing changed; no hook container is left behind.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pre_deploy_hook_runs_first_and_aborts_on_failure() {
+    if skip() {
+        return;
+    }
+    let w = World::start("prehook").await;
+    let hook = |script: &str| json!({"pre_deploy": {"command": ["/bin/sh", "-c", script], "timeout": "30s"}});
+    let spec = w.spec(json!({
+        "env": {"GREETING": "hello-from-env"},
+        "hooks": hook("echo migrating $GREETING; echo schema v2"),
+    }));
+    let (status, body) = w.deploy_json(spec).await;
+    assert_eq!(status, 202, "{body}");
+    let id = body["id"].as_str().unwrap().to_string();
+    assert_eq!(w.wait(&id).await["state"], "succeeded");
+    let events: Value = w
+        .http
+        .get(w.url(&format!("/v1/deployments/{id}/events")))
+        .bearer_auth(&w.token)
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .map(Value::String)
+        .unwrap();
+    let text = events.as_str().unwrap();
+    assert!(
+        text.contains("pre_deploy | migrating hello-from-env"),
+        "{text}"
+    );
+    assert!(text.contains("pre_deploy | schema v2"), "{text}");
+    let hooks_left = || {
+        let out = std::process::Command::new("docker")
+            .args([
+                "ps",
+                "-aq",
+                "--filter",
+                &format!("label=berth.hook={}", w.app),
+            ])
+            .output()
+            .unwrap();
+        String::from_utf8_lossy(&out.stdout).lines().count()
+    };
+    assert_eq!(hooks_left(), 0, "the hook container is removed");
+    let before = w.containers();
+    // A failing hook: the deploy fails naming the exit code and output; v1 keeps serving.
+    let spec = w.spec(json!({
+        "image": docker_support::IMG_V2,
+        "hooks": hook("echo cannot migrate >&2; exit 3"),
+    }));
+    let (status, body) = w.deploy_json(spec).await;
+    assert_eq!(status, 202, "{body}");
+    let failed = w.wait(body["id"].as_str().unwrap()).await;
+    assert_eq!(failed["state"], "failed", "{failed}");
+    let reason = failed["reason"].as_str().unwrap();
+    assert!(
+        reason.contains("exited with 3") && reason.contains("cannot migrate"),
+        "{reason}"
+    );
+    assert_eq!(hooks_left(), 0);
+    assert_eq!(w.containers(), before, "no replica was touched");
+    let body = w
+        .http
+        .get(format!("http://{}/", w.running.http_addr))
+        .header("host", format!("{}.test", w.app))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert_eq!(body.trim(), "v1");
+}
+
+/// `berth logs APP -f` (the real CLI) follows an app that keeps writing lines.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn berth_logs_follow_streams_new_lines() {
+    if skip() {
+        return;
+    }
+    let w = World::start("logsf").await;
+    let spec = w.spec(json!({
+        "command": ["/bin/sh", "-c",
+            "/bin/httpd -f -p 8080 -h /www & i=0; while true; do i=$((i+1)); echo tick-$i; sleep 0.2; done"],
+        "stop_timeout": "1s",
+    }));
+    let (status, body) = w.deploy_json(spec).await;
+    assert_eq!(status, 202, "{body}");
+    assert_eq!(
+        w.wait(body["id"].as_str().unwrap()).await["state"],
+        "succeeded"
+    );
+    let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_berth"))
+        .args(["logs", &w.app, "-f", "--tail", "1"])
+        .env("BERTH_URL", format!("http://{}", w.running.api_addr))
+        .env("BERTH_TOKEN", &w.token)
+        .env("BERTH_CLI_CONFIG", w._dir.path().join("cli.yaml"))
+        .env("NO_COLOR", "1")
+        .stdout(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("berth runs");
+    use tokio::io::AsyncBufReadExt;
+    let mut lines = tokio::io::BufReader::new(child.stdout.take().unwrap()).lines();
+    let mut ticks = Vec::new();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    while ticks.len() < 5 {
+        let line = tokio::time::timeout_at(deadline, lines.next_line())
+            .await
+            .expect("berth logs -f keeps streaming")
+            .unwrap()
+            .expect("stream open");
+        if let Some(n) = line.split("tick-").nth(1) {
+            ticks.push(n.trim().parse::<u64>().unwrap());
+        }
+    }
+    // New lines arrive in order, one after another (followed, not a one-time dump).
+    assert!(ticks.windows(2).all(|p| p[1] == p[0] + 1), "{ticks:?}");
+    let _ = child.kill().await;
 }

@@ -1,6 +1,8 @@
 //! Pulls from a real private registry (Debian's `docker-registry`, htpasswd auth) started by
 //! the test on loopback, gated on BERTH_SYSTEM_TESTS=1: `pull: always` picks up a moving
-//! `:latest` tag on every deploy, `pull: missing` (the default) keeps the local image.
+//! `:latest` tag on every deploy, `pull: missing` (the default) keeps the local image, a
+//! missing or wrong password is a clear failure that changes nothing, and the password is
+//! used for the pull only (never stored or shown).
 
 mod docker_support;
 
@@ -188,7 +190,19 @@ impl World {
                 .json()
                 .await
                 .unwrap();
-            if v["state"] != "running" {
+            // Done when the record says so and the app takes the next deploy (the engine
+            // clears its claim after removing old replicas and pruning, a moment later).
+            let app: Value = self
+                .http
+                .get(self.url(&format!("/v1/apps/{}", self.app)))
+                .bearer_auth(&self.token)
+                .send()
+                .await
+                .unwrap()
+                .json()
+                .await
+                .unwrap();
+            if v["state"] != "running" && app["deploying"].is_null() {
                 return v;
             }
             assert!(Instant::now() < deadline, "{v}");
@@ -282,4 +296,37 @@ async fn pull_always_follows_a_moving_tag() {
         "the reason names the missing credentials: {reason}"
     );
     assert_eq!(w.body().await, "v1", "a refused pull changes nothing");
+    // A wrong password: refused by the registry, named in the reason; nothing changes.
+    let login = |password: &str| json!({"pull": "always", "registry": {"server": reg.addr, "username": "berth", "password": password}});
+    let wrong = w.deploy(w.spec(&latest, login("not-the-password"))).await;
+    assert_eq!(wrong["state"], "failed", "{wrong}");
+    let reason = wrong["reason"].as_str().unwrap_or("");
+    assert!(
+        reason.contains("unauthorized") || reason.contains("authentication"),
+        "{reason}"
+    );
+    assert_eq!(w.body().await, "v1");
+    // The right one: the registry's current :latest (v2) is pulled and served.
+    let pulled = w.deploy(w.spec(&latest, login("s3cret"))).await;
+    assert_eq!(pulled["state"], "succeeded", "{pulled}");
+    assert_eq!(w.body().await, "v2", "pull: always got the moved tag");
+    assert_eq!(local_id(&latest), local_id(IMG_V2));
+    // The password is used for the pull only: not stored, not shown.
+    let listing = w
+        .http
+        .get(w.url(&format!("/v1/apps/{}/deployments", w.app)))
+        .bearer_auth(&w.token)
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(listing.contains(r#""username":"berth""#), "{listing}");
+    assert!(!listing.contains("s3cret") && !listing.contains("not-the-password"));
+    for f in ["berth.db", "berth.db-wal"] {
+        let bytes = std::fs::read(w._dir.path().join(f)).unwrap_or_default();
+        let text = String::from_utf8_lossy(&bytes);
+        assert!(!text.contains("s3cret"), "{f} holds the registry password");
+    }
 }

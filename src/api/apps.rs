@@ -24,7 +24,7 @@ use super::ApiState;
 use crate::deploy::{AppStatus, DeployError, DeployEvent, Engine, ImageSource};
 use crate::model::deploy::AppSpec;
 use crate::model::tar::{TarCheck, TarError};
-use crate::runtime::RuntimeError;
+use crate::runtime::{RegistryCreds, RuntimeError};
 use crate::store::deployments::{DeployState, DeploymentRecord};
 
 /// Longest deployment history returned at once.
@@ -199,16 +199,28 @@ async fn deploy(
         }
         .into());
     }
-    let ApiJson(spec) = ApiJson::<AppSpec>::from_request(req, &state).await?;
+    let ApiJson(mut spec) = ApiJson::<AppSpec>::from_request(req, &state).await?;
     let reference = spec.image.clone();
+    // The registry password is used for this pull only: it leaves the spec here.
+    let creds = spec
+        .registry_login()
+        .map_err(|e| ApiError::Invalid {
+            field: e.field,
+            message: e.message,
+        })?
+        .map(|(server, username, password)| RegistryCreds {
+            username,
+            password,
+            server,
+        });
+    if let Some(r) = spec.registry.as_mut() {
+        r.password = None;
+    }
     let id = engine
         .deploy(
             &app,
             spec,
-            ImageSource::Reference {
-                reference,
-                creds: None,
-            },
+            ImageSource::Reference { reference, creds },
             &who,
         )
         .await?;

@@ -139,9 +139,27 @@ pub struct AppFile {
     /// `missing` (default), `always` (moving tags like `:latest`), `never`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub pull: Option<crate::model::deploy::PullPolicy>,
+    /// `{pre_deploy: {command: [...], timeout: 5m}}`: e.g. migrations before replicas change.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub hooks: Option<crate::model::deploy::Hooks>,
+    /// Private registry login for `image`: the password is read from the environment
+    /// variable `password_env` at deploy time and sent with that request only.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub registry: Option<RegistryLogin>,
     /// Servers (names from `berth server list`) to deploy to.
     #[serde(default)]
     pub targets: Vec<String>,
+}
+
+/// `registry:` in berth.yaml.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RegistryLogin {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub server: Option<String>,
+    pub username: String,
+    /// Name of the environment variable holding the password.
+    pub password_env: String,
 }
 
 fn invalid(path: &Path, line: Option<usize>, key: &str, message: impl Into<String>) -> ClientError {
@@ -302,6 +320,22 @@ impl AppFile {
         Ok(out)
     }
 
+    /// The registry password from the environment variable `registry.password_env`.
+    pub fn registry_password(&self, base: &Path) -> Result<Option<String>, ClientError> {
+        let Some(r) = &self.registry else {
+            return Ok(None);
+        };
+        match std::env::var(&r.password_env) {
+            Ok(v) if !v.is_empty() => Ok(Some(v)),
+            _ => Err(invalid(
+                base,
+                None,
+                "registry.password_env",
+                format!("environment variable {} is not set", r.password_env),
+            )),
+        }
+    }
+
     /// The deploy request body (the daemon's app spec). Secrets travel in their own field,
     /// never merged into `env`: the daemon stores them encrypted and shows only fingerprints.
     pub fn to_spec(&self, image: &str, secrets: &BTreeMap<String, String>) -> Value {
@@ -340,6 +374,17 @@ impl AppFile {
         }
         if let Some(p) = &self.pull {
             spec["pull"] = json!(p);
+        }
+        if let Some(h) = &self.hooks {
+            spec["hooks"] = json!(h);
+        }
+        if let Some(r) = &self.registry {
+            // The password is added by the caller for pulls only (`registry_password`).
+            let mut v = json!({ "username": r.username });
+            if let Some(server) = &r.server {
+                v["server"] = json!(server);
+            }
+            spec["registry"] = v;
         }
         if let Some(h) = &self.health {
             let mut hv = json!({ "path": h.path });
@@ -433,7 +478,8 @@ mod tests {
         let text = "name: a\nimage: x\ndomains: [a.com]\ndeploy_timeout: 5m\ndrain_timeout: 10s\n\
                     min_ready: 2s\nstop_timeout: 3s\nstop_signal: SIGQUIT\n\
                     command: [./worker, --queue, mail]\nentrypoint: [/bin/sh, -c]\n\
-                    resources: {memory: 128MiB, cpus: 0.25}\npull: always\n";
+                    resources: {memory: 128MiB, cpus: 0.25}\npull: always\n\
+                    hooks: {pre_deploy: {command: [./migrate], timeout: 2m}}\n";
         let app = AppFile::parse(Path::new("berth.yaml"), text).unwrap();
         let spec = app.to_spec("x:1", &BTreeMap::new());
         let parsed: crate::model::deploy::AppSpec = serde_json::from_value(spec.clone()).unwrap();
@@ -448,6 +494,9 @@ mod tests {
         assert_eq!(parsed.resources.memory.unwrap().0, 128 << 20);
         assert_eq!(parsed.resources.cpus.unwrap().nano(), 250_000_000);
         assert_eq!(parsed.pull, crate::model::deploy::PullPolicy::Always);
+        let hook = parsed.hooks.pre_deploy.unwrap();
+        assert_eq!(hook.command, ["./migrate"]);
+        assert_eq!(hook.timeout, Duration::from_secs(120));
         // Unset: the server's defaults apply (nothing sent).
         let plain = AppFile::parse(
             Path::new("berth.yaml"),

@@ -661,6 +661,7 @@ async fn deploy(
     let app = AppFile::load(file)?;
     let base = file.parent().unwrap_or(Path::new("."));
     let secrets = app.resolve_secrets(base)?;
+    let registry_password = app.registry_password(base)?;
     let settings = Settings::load()?;
 
     let names: Vec<Option<&str>> = if !servers.is_empty() {
@@ -748,11 +749,15 @@ async fn deploy(
             ImageSource::Reference(r) => r.clone(),
             ImageSource::Tar { image, .. } => image.clone(),
         };
-        let spec = app.to_spec(&image, &secrets);
+        let mut spec = app.to_spec(&image, &secrets);
         let tar = match &source {
             ImageSource::Tar { path, .. } => Some(path.clone()),
             _ => None,
         };
+        // Only a pull needs the registry password; an uploaded image does not.
+        if let (Some(pw), None) = (&registry_password, &tar) {
+            spec["registry"]["password"] = json!(pw);
+        }
         let bar = multi.add(ProgressBar::new(0));
         bar.set_prefix(target.clone());
         let app_name = app.name.clone();

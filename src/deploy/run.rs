@@ -200,6 +200,7 @@ async fn execute(
         inner.warn(format!("tagging image {repo}:{tag}: {e}"));
     }
     inner.rt.ensure_network().await.map_err(|e| e.to_string())?;
+    run_pre_deploy(inner, rec, &image_id).await?;
 
     let old: Vec<Replica> = inner
         .state
@@ -396,6 +397,118 @@ pub(crate) fn container_labels(
     l
 }
 
+/// The environment of the app's containers (replicas and hooks): `env`, then the secrets.
+fn container_env(inner: &Inner, rec: &DeploymentRecord) -> Result<Vec<String>, String> {
+    let mut env: Vec<String> = rec
+        .spec
+        .env
+        .iter()
+        .map(|(k, v)| format!("{k}={v}"))
+        .collect();
+    if !rec.spec.secrets.is_empty() {
+        // Secrets are opened here only, for Docker's create call (messages name them only).
+        let key =
+            inner.cfg.secrets.as_ref().ok_or_else(|| {
+                "the app has secrets but this server has no secrets key".to_string()
+            })?;
+        env.extend(key.env_of(&rec.spec).map_err(|e| e.to_string())?);
+    }
+    Ok(env)
+}
+
+/// Most hook output lines copied into the deploy's events (the rest are counted).
+const HOOK_LINES_SHOWN: usize = 500;
+
+/// Runs `hooks.pre_deploy` in a one-off container of the new image (app env, network and
+/// resources; labelled as a hook, so discovery and reconcile never take it for a replica),
+/// streaming its output into the deploy's events. Nothing of the app has changed yet, so a
+/// failure simply ends the deploy.
+async fn run_pre_deploy(
+    inner: &Arc<Inner>,
+    rec: &DeploymentRecord,
+    image_id: &str,
+) -> Result<(), String> {
+    let Some(hook) = &rec.spec.hooks.pre_deploy else {
+        return Ok(());
+    };
+    let env = container_env(inner, rec).map_err(|e| format!("pre_deploy hook: {e}"))?;
+    let mut labels: std::collections::HashMap<String, String> = inner.cfg.extra_labels.clone();
+    labels.insert(labels::HOOK.to_string(), rec.app.clone());
+    labels.insert(labels::HOOK_DEPLOYMENT.to_string(), rec.id.clone());
+    let spec = ContainerSpec {
+        name: format!(
+            "berth-{}-{}-pre-deploy",
+            rec.app,
+            &rec.id[rec.id.len().saturating_sub(6)..]
+        ),
+        image: image_id.to_string(),
+        labels,
+        env,
+        volumes: rec.spec.volumes.clone(),
+        cmd: Some(hook.command.clone()),
+        stop_signal: rec.spec.stop_signal.clone(),
+        entrypoint: rec.spec.entrypoint.clone(),
+        memory: rec
+            .spec
+            .resources
+            .memory
+            .map(|m| i64::try_from(m.0).unwrap_or(i64::MAX)),
+        nano_cpus: rec.spec.resources.cpus.map(|c| c.nano()),
+    };
+    inner.emit(
+        &rec.id,
+        "hook",
+        format!(
+            "pre_deploy: {} (up to {})",
+            hook.command.join(" "),
+            humantime::format_duration(hook.timeout)
+        ),
+    );
+    let seen = std::sync::atomic::AtomicUsize::new(0);
+    let tail = std::sync::Mutex::new(std::collections::VecDeque::<String>::new());
+    let on_line = |chunk: String| {
+        for line in chunk.lines() {
+            let n = seen.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            if n < HOOK_LINES_SHOWN {
+                inner.emit(&rec.id, "hook", format!("pre_deploy | {line}"));
+            }
+            if let Ok(mut t) = tail.lock() {
+                t.push_back(line.to_string());
+                if t.len() > 5 {
+                    t.pop_front();
+                }
+            }
+        }
+    };
+    let code = inner
+        .rt
+        .run_once(&spec, hook.timeout, &on_line)
+        .await
+        .map_err(|e| format!("pre_deploy hook: {e}"))?;
+    let lines = seen.load(std::sync::atomic::Ordering::Relaxed);
+    if lines > HOOK_LINES_SHOWN {
+        inner.emit(
+            &rec.id,
+            "hook",
+            format!(
+                "pre_deploy: {} more lines not shown",
+                lines - HOOK_LINES_SHOWN
+            ),
+        );
+    }
+    if code != 0 {
+        let last = tail
+            .lock()
+            .map(|t| t.iter().cloned().collect::<Vec<_>>().join(" | "))
+            .unwrap_or_default();
+        return Err(format!(
+            "pre_deploy hook exited with {code}; nothing was changed (last output: {last})"
+        ));
+    }
+    inner.emit(&rec.id, "hook", "pre_deploy succeeded (exit 0)");
+    Ok(())
+}
+
 pub(crate) async fn start_replica(
     inner: &Inner,
     rec: &DeploymentRecord,
@@ -409,22 +522,7 @@ pub(crate) async fn start_replica(
         &rec.id[rec.id.len().saturating_sub(6)..],
         now_ms() & 0xffff
     );
-    let mut env: Vec<String> = rec
-        .spec
-        .env
-        .iter()
-        .map(|(k, v)| format!("{k}={v}"))
-        .collect();
-    if !rec.spec.secrets.is_empty() {
-        // Secrets are opened here only, for Docker's create call (messages name them only).
-        let key = inner.cfg.secrets.as_ref().ok_or_else(|| {
-            format!("replica {slot}: the app has secrets but this server has no secrets key")
-        })?;
-        env.extend(
-            key.env_of(&rec.spec)
-                .map_err(|e| format!("replica {slot}: {e}"))?,
-        );
-    }
+    let env = container_env(inner, rec).map_err(|e| format!("replica {slot}: {e}"))?;
     let spec = ContainerSpec {
         name: name.clone(),
         image: image_id.to_string(),

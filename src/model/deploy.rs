@@ -124,6 +124,67 @@ pub struct AppSpec {
     /// `always`: on every deploy, for moving tags like `:latest`; `never`).
     #[serde(default, skip_serializing_if = "PullPolicy::is_default")]
     pub pull: PullPolicy,
+    /// Commands run around a deploy (`pre_deploy`: migrations before any replica changes).
+    #[serde(default, skip_serializing_if = "Hooks::is_empty")]
+    pub hooks: Hooks,
+    /// Credentials for pulling `image` from a private registry. The password travels in the
+    /// deploy request only: it is never stored or shown (rollbacks and repairs use the local
+    /// image by id and need no pull).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub registry: Option<RegistryAuth>,
+}
+
+/// `registry: {server, username, password}` of a deploy request.
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RegistryAuth {
+    /// Registry host (`registry.example.com`, `127.0.0.1:5000`); unset: the image's own.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub server: Option<String>,
+    pub username: String,
+    /// Only ever deserialised: a stored or listed spec has no password.
+    #[serde(default, skip_serializing)]
+    pub password: Option<String>,
+}
+
+impl std::fmt::Debug for RegistryAuth {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RegistryAuth")
+            .field("server", &self.server)
+            .field("username", &self.username)
+            .field("password", &self.password.as_ref().map(|_| "<redacted>"))
+            .finish()
+    }
+}
+
+/// Deploy hooks.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Hooks {
+    /// Runs once in a one-off container of the new image, with the app's env and network,
+    /// after the image is there and before any replica changes; a non-zero exit aborts the
+    /// deploy with nothing changed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pre_deploy: Option<Hook>,
+}
+
+impl Hooks {
+    fn is_empty(&self) -> bool {
+        self.pre_deploy.is_none()
+    }
+}
+
+fn default_hook_timeout() -> Duration {
+    Duration::from_secs(300)
+}
+
+/// One hook: a command (replacing the image's CMD) and how long it may run.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Hook {
+    pub command: Vec<String>,
+    #[serde(default = "default_hook_timeout", with = "humantime_serde")]
+    pub timeout: Duration,
 }
 
 /// When a deploy pulls its image reference.
@@ -522,6 +583,33 @@ impl AppSpec {
                 }
             }
         }
+        if let Some(r) = &self.registry {
+            if r.username.trim().is_empty() {
+                return Err(err("registry.username", "must not be empty"));
+            }
+            if let Some(server) = &r.server {
+                if server.is_empty() || server.chars().any(|c| c.is_whitespace() || c == '/') {
+                    return Err(err(
+                        "registry.server",
+                        format!("{server:?} must be a host or host:port"),
+                    ));
+                }
+            }
+        }
+        if let Some(h) = &self.hooks.pre_deploy {
+            if h.command.is_empty() {
+                return Err(err("hooks.pre_deploy.command", "must not be empty"));
+            }
+            if let Some(i) = h.command.iter().position(|a| a.contains('\0')) {
+                return Err(err(
+                    format!("hooks.pre_deploy.command[{i}]"),
+                    "contains a NUL byte",
+                ));
+            }
+            if h.timeout.is_zero() || h.timeout > Duration::from_secs(6 * 3600) {
+                return Err(err("hooks.pre_deploy.timeout", "must be between 1s and 6h"));
+            }
+        }
         if let Some(m) = self.resources.memory {
             if m.0 < MIN_MEMORY {
                 return Err(err(
@@ -531,6 +619,23 @@ impl AppSpec {
             }
         }
         Ok(())
+    }
+
+    /// The registry credentials of a deploy request that pulls: `None` without `registry`; an
+    /// error naming `registry.password` when it is missing (stored specs never have it, which
+    /// is fine: rollbacks use the local image by id).
+    pub fn registry_login(&self) -> Result<Option<(Option<String>, String, String)>, SpecError> {
+        let Some(r) = &self.registry else {
+            return Ok(None);
+        };
+        match r.password.as_deref() {
+            Some(p) if !p.is_empty() => Ok(Some((r.server.clone(), r.username.clone(), p.into()))),
+            _ => Err(err(
+                "registry.password",
+                "missing (in berth.yaml, password_env names the environment variable that \
+                 holds it)",
+            )),
+        }
     }
 
     /// The host paths this spec bind-mounts (`/host/path:/path`), with their index in
@@ -923,13 +1028,21 @@ mod tests {
         );
         // Unset fields stay out of stored specs.
         let stored = serde_json::to_value(base()).unwrap();
-        for k in ["command", "entrypoint", "resources", "pull"] {
+        for k in ["command", "entrypoint", "resources", "pull", "hooks"] {
             assert!(stored.get(k).is_none(), "{k}");
         }
         for (json, field) in [
             (
                 r#"{"image":"x","domains":["a.com"],"command":[]}"#,
                 "command",
+            ),
+            (
+                r#"{"image":"x","domains":["a.com"],"hooks":{"pre_deploy":{"command":[]}}}"#,
+                "hooks.pre_deploy.command",
+            ),
+            (
+                r#"{"image":"x","domains":["a.com"],"hooks":{"pre_deploy":{"command":["m"],"timeout":"0s"}}}"#,
+                "hooks.pre_deploy.timeout",
             ),
             (
                 r#"{"image":"x","domains":["a.com"],"entrypoint":["a\u0000"]}"#,
@@ -949,6 +1062,45 @@ mod tests {
             r#"{"image":"x","domains":["a.com"],"pull":"sometimes"}"#,
         ] {
             assert!(serde_json::from_str::<AppSpec>(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn registry_password_is_never_serialised_or_printed() {
+        let s = spec(
+            r#"{"image":"r.test/x:1","domains":["a.com"],"registry":{"server":"r.test","username":"ci","password":"hunter2"}}"#,
+        );
+        s.validate().unwrap();
+        let stored = serde_json::to_string(&s).unwrap();
+        assert!(!stored.contains("hunter2"), "{stored}");
+        assert!(stored.contains(r#""username":"ci""#), "{stored}");
+        assert!(!format!("{s:?}").contains("hunter2"));
+        // What was stored reads back without a password (and is not re-validated as a request).
+        let back: AppSpec = serde_json::from_str(&stored).unwrap();
+        assert!(back.registry.unwrap().password.is_none());
+        assert_eq!(
+            spec(r#"{"image":"x","domains":["a.com"],"registry":{"username":"ci"}}"#)
+                .registry_login()
+                .unwrap_err()
+                .field,
+            "registry.password"
+        );
+        let (server, user, pass) = s.registry_login().unwrap().unwrap();
+        assert_eq!(
+            (server.as_deref(), user.as_str(), pass.as_str()),
+            (Some("r.test"), "ci", "hunter2")
+        );
+        for (json, field) in [
+            (
+                r#"{"image":"x","domains":["a.com"],"registry":{"username":" ","password":"p"}}"#,
+                "registry.username",
+            ),
+            (
+                r#"{"image":"x","domains":["a.com"],"registry":{"server":"a/b","username":"u","password":"p"}}"#,
+                "registry.server",
+            ),
+        ] {
+            assert_eq!(spec(json).validate().unwrap_err().field, field, "{json}");
         }
     }
 

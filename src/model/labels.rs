@@ -16,6 +16,11 @@ pub const HEALTH_PATH: &str = "berth.health.path";
 pub const MANAGED: &str = "berth.managed";
 /// Replica slot of a managed container (diagnostics only).
 pub const SLOT: &str = "berth.slot";
+/// On one-off hook containers (`hooks.pre_deploy`): the app. They carry no `berth.app` or
+/// `berth.deployment`, so discovery and reconcile never take them for replicas.
+pub const HOOK: &str = "berth.hook";
+/// On hook containers: the deployment that ran them.
+pub const HOOK_DEPLOYMENT: &str = "berth.hook.deployment";
 pub const DEFAULT_PORT: u16 = 8080;
 pub const DEFAULT_HEALTH_PATH: &str = "/";
 

@@ -281,46 +281,48 @@ impl ContainerRuntime for DockerRuntime {
     }
 
     async fn create_and_start(&self, spec: &ContainerSpec) -> Result<String, RuntimeError> {
-        let body = ContainerCreateBody {
-            image: Some(spec.image.clone()),
-            labels: Some(spec.labels.clone()),
-            env: Some(spec.env.clone()),
-            cmd: spec.cmd.clone(),
-            stop_signal: spec.stop_signal.clone(),
-            entrypoint: spec.entrypoint.clone(),
-            host_config: Some(HostConfig {
-                memory: spec.memory,
-                nano_cpus: spec.nano_cpus,
-                binds: (!spec.volumes.is_empty()).then(|| spec.volumes.clone()),
-                network_mode: Some(self.network.clone()),
-                restart_policy: Some(RestartPolicy {
-                    name: Some(RestartPolicyNameEnum::UNLESS_STOPPED),
-                    maximum_retry_count: None,
+        self.create_started(spec, true).await
+    }
+
+    async fn run_once(
+        &self,
+        spec: &ContainerSpec,
+        timeout: Duration,
+        on_line: &(dyn Fn(String) + Send + Sync),
+    ) -> Result<i64, RuntimeError> {
+        let id = self.create_started(spec, false).await?;
+        let run = async {
+            // The log stream ends when the container stops; then its exit code is read.
+            let mut logs = self.logs(&id, true, None);
+            while let Some(line) = logs.next().await {
+                match line {
+                    Ok(l) => on_line(l),
+                    Err(_) => break,
+                }
+            }
+            let opts = bollard::query_parameters::WaitContainerOptions {
+                condition: "not-running".into(),
+            };
+            let mut wait = self.docker.wait_container(&id, Some(opts));
+            match wait.next().await {
+                Some(Ok(r)) => Ok(r.status_code),
+                Some(Err(BError::DockerContainerWaitError { code, .. })) => Ok(code),
+                Some(Err(e)) => Err(derr("container wait")(e)),
+                None => Err(RuntimeError::Docker {
+                    op: "container wait",
+                    message: "no answer".into(),
                 }),
-                ..Default::default()
-            }),
-            networking_config: Some(NetworkingConfig {
-                endpoints_config: Some(HashMap::from([(
-                    self.network.clone(),
-                    EndpointSettings::default(),
-                )])),
-            }),
-            ..Default::default()
+            }
         };
-        let opts = CreateContainerOptions {
-            name: Some(spec.name.clone()),
-            ..Default::default()
+        let result = match tokio::time::timeout(timeout, run).await {
+            Ok(r) => r,
+            Err(_) => Err(RuntimeError::Timeout {
+                what: "one-off container",
+                after: timeout,
+            }),
         };
-        let created = self
-            .docker
-            .create_container(Some(opts), body)
-            .await
-            .map_err(derr("container create"))?;
-        if let Err(e) = self.docker.start_container(&created.id, None).await {
-            let _ = self.remove(&created.id).await;
-            return Err(derr("container start")(e));
-        }
-        Ok(created.id)
+        let _ = self.remove(&id).await;
+        result
     }
 
     async fn start(&self, id: &str) -> Result<(), RuntimeError> {
@@ -443,5 +445,56 @@ impl ContainerRuntime for DockerRuntime {
                 }
             })
             .boxed()
+    }
+}
+
+impl DockerRuntime {
+    /// Creates and starts a container (`restart`: with restart policy `unless-stopped`).
+    async fn create_started(
+        &self,
+        spec: &ContainerSpec,
+        restart: bool,
+    ) -> Result<String, RuntimeError> {
+        let body = ContainerCreateBody {
+            image: Some(spec.image.clone()),
+            labels: Some(spec.labels.clone()),
+            env: Some(spec.env.clone()),
+            cmd: spec.cmd.clone(),
+            stop_signal: spec.stop_signal.clone(),
+            entrypoint: spec.entrypoint.clone(),
+            host_config: Some(HostConfig {
+                memory: spec.memory,
+                nano_cpus: spec.nano_cpus,
+                binds: (!spec.volumes.is_empty()).then(|| spec.volumes.clone()),
+                network_mode: Some(self.network.clone()),
+                // Replicas come back after a daemon restart; one-off containers never restart.
+                restart_policy: restart.then_some(RestartPolicy {
+                    name: Some(RestartPolicyNameEnum::UNLESS_STOPPED),
+                    maximum_retry_count: None,
+                }),
+                ..Default::default()
+            }),
+            networking_config: Some(NetworkingConfig {
+                endpoints_config: Some(HashMap::from([(
+                    self.network.clone(),
+                    EndpointSettings::default(),
+                )])),
+            }),
+            ..Default::default()
+        };
+        let opts = CreateContainerOptions {
+            name: Some(spec.name.clone()),
+            ..Default::default()
+        };
+        let created = self
+            .docker
+            .create_container(Some(opts), body)
+            .await
+            .map_err(derr("container create"))?;
+        if let Err(e) = self.docker.start_container(&created.id, None).await {
+            let _ = self.remove(&created.id).await;
+            return Err(derr("container start")(e));
+        }
+        Ok(created.id)
     }
 }

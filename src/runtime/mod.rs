@@ -27,18 +27,30 @@ pub enum RuntimeError {
     Pull { reference: String, message: String },
     #[error("Docker {op} failed: {message}")]
     Docker { op: &'static str, message: String },
+    #[error("{what} did not finish within {after:?}")]
+    Timeout { what: &'static str, after: Duration },
 }
 
 /// A byte stream (an image tar, a request body).
 pub type ByteStream = BoxStream<'static, Result<Bytes, std::io::Error>>;
 
-/// Registry credentials for a pull.
-#[derive(Clone, Debug, Default, PartialEq, Eq, serde::Deserialize, serde::Serialize)]
+/// Registry credentials for a pull. `Debug` never shows the password.
+#[derive(Clone, Default, PartialEq, Eq, serde::Deserialize, serde::Serialize)]
 pub struct RegistryCreds {
     pub username: String,
     pub password: String,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub server: Option<String>,
+}
+
+impl std::fmt::Debug for RegistryCreds {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RegistryCreds")
+            .field("username", &self.username)
+            .field("password", &"<redacted>")
+            .field("server", &self.server)
+            .finish()
+    }
 }
 
 /// What to create. The container joins the runtime's network; restart policy `unless-stopped`.
@@ -155,6 +167,21 @@ pub trait ContainerRuntime: Send + Sync + 'static {
     }
     /// Creates and starts a container; returns its id.
     async fn create_and_start(&self, spec: &ContainerSpec) -> Result<String, RuntimeError>;
+    /// Runs a one-off container (never restarted) to its end: each output line goes to
+    /// `on_line`, the exit code is returned, and the container is removed in every case.
+    /// Past `timeout` it is killed and the result is `RuntimeError::Timeout`.
+    async fn run_once(
+        &self,
+        spec: &ContainerSpec,
+        timeout: Duration,
+        on_line: &(dyn Fn(String) + Send + Sync),
+    ) -> Result<i64, RuntimeError> {
+        let _ = (spec, timeout, on_line);
+        Err(RuntimeError::Docker {
+            op: "run once",
+            message: "not supported by this runtime".into(),
+        })
+    }
     /// Starts an existing, stopped container.
     async fn start(&self, id: &str) -> Result<(), RuntimeError>;
     /// SIGTERM, then SIGKILL after `grace`.

@@ -230,6 +230,8 @@ fn from_row(row: &Row<'_>) -> rusqlite::Result<RawRow> {
         entrypoint: None,
         resources: Default::default(),
         pull: Default::default(),
+        hooks: Default::default(),
+        registry: None,
     };
     Ok((
         DeploymentRecord {
