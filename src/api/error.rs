@@ -54,6 +54,11 @@ pub enum ApiError {
     },
     /// 421: the API does not answer for this `Host` (DNS-rebinding defence).
     Misdirected { host: String },
+    /// 503: the store takes no changes (read-only or unopenable data dir, damaged database);
+    /// the message names the cause.
+    StoreUnavailable(String),
+    /// 507: the disk is full; the change was not made.
+    DiskFull(String),
     /// 500: details are logged, not sent.
     Internal(String),
 }
@@ -87,6 +92,8 @@ impl ApiError {
             ApiError::TooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
             ApiError::Forbidden { .. } => StatusCode::FORBIDDEN,
             ApiError::Misdirected { .. } => StatusCode::MISDIRECTED_REQUEST,
+            ApiError::StoreUnavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
+            ApiError::DiskFull(_) => StatusCode::INSUFFICIENT_STORAGE,
             ApiError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
@@ -134,6 +141,8 @@ impl IntoResponse for ApiError {
                 );
                 ("misdirected_request", misdirected.as_str(), None)
             }
+            ApiError::StoreUnavailable(m) => ("store_unavailable", m.as_str(), None),
+            ApiError::DiskFull(m) => ("disk_full", m.as_str(), None),
             ApiError::Internal(detail) => {
                 tracing::error!(error = %detail, "API request failed");
                 (
@@ -188,7 +197,7 @@ impl From<ChangeError> for ApiError {
                 field: Some(field),
                 message,
             },
-            ChangeError::Store(s) => ApiError::Internal(s.to_string()),
+            ChangeError::Store(s) => ApiError::from(s),
             ChangeError::Internal(s) => ApiError::Internal(s),
         }
     }
@@ -196,7 +205,11 @@ impl From<ChangeError> for ApiError {
 
 impl From<StoreError> for ApiError {
     fn from(e: StoreError) -> Self {
-        ApiError::Internal(e.to_string())
+        match e {
+            StoreError::Unavailable(_) => ApiError::StoreUnavailable(e.to_string()),
+            StoreError::DiskFull(_) => ApiError::DiskFull(e.to_string()),
+            other => ApiError::Internal(other.to_string()),
+        }
     }
 }
 
@@ -361,6 +374,20 @@ mod tests {
                 (e.status(), f)
             }
         }
+    }
+
+    #[test]
+    fn store_faults_are_503_and_507_with_their_cause() {
+        let e = ApiError::from(StoreError::Unavailable("data dir is read-only".into()));
+        assert_eq!(e.status(), StatusCode::SERVICE_UNAVAILABLE);
+        assert!(matches!(&e, ApiError::StoreUnavailable(m) if m.contains("read-only")));
+        let e = ApiError::from(ChangeError::Store(StoreError::DiskFull(
+            "SQLITE_FULL".into(),
+        )));
+        assert_eq!(e.status(), StatusCode::INSUFFICIENT_STORAGE);
+        assert!(matches!(&e, ApiError::DiskFull(m) if m.contains("disk full")));
+        let e = ApiError::from(StoreError::Poisoned);
+        assert_eq!(e.status(), StatusCode::INTERNAL_SERVER_ERROR);
     }
 
     #[test]
