@@ -416,6 +416,32 @@ fn container_env(inner: &Inner, rec: &DeploymentRecord) -> Result<Vec<String>, S
     Ok(env)
 }
 
+/// What Docker creates for the app's spec: replicas and hooks alike (a hook replaces `cmd`).
+fn container_spec(
+    rec: &DeploymentRecord,
+    name: String,
+    image_id: &str,
+    labels: std::collections::HashMap<String, String>,
+    env: Vec<String>,
+) -> ContainerSpec {
+    let spec = &rec.spec;
+    ContainerSpec {
+        name,
+        image: image_id.to_string(),
+        labels,
+        env,
+        volumes: spec.volumes.clone(),
+        cmd: spec.command.clone(),
+        stop_signal: spec.stop_signal.clone(),
+        entrypoint: spec.entrypoint.clone(),
+        memory: spec
+            .resources
+            .memory
+            .map(|m| i64::try_from(m.0).unwrap_or(i64::MAX)),
+        nano_cpus: spec.resources.cpus.map(|c| c.nano()),
+    }
+}
+
 /// Most hook output lines copied into the deploy's events (the rest are counted).
 const HOOK_LINES_SHOWN: usize = 500;
 
@@ -435,26 +461,13 @@ async fn run_pre_deploy(
     let mut labels: std::collections::HashMap<String, String> = inner.cfg.extra_labels.clone();
     labels.insert(labels::HOOK.to_string(), rec.app.clone());
     labels.insert(labels::HOOK_DEPLOYMENT.to_string(), rec.id.clone());
-    let spec = ContainerSpec {
-        name: format!(
-            "berth-{}-{}-pre-deploy",
-            rec.app,
-            &rec.id[rec.id.len().saturating_sub(6)..]
-        ),
-        image: image_id.to_string(),
-        labels,
-        env,
-        volumes: rec.spec.volumes.clone(),
-        cmd: Some(hook.command.clone()),
-        stop_signal: rec.spec.stop_signal.clone(),
-        entrypoint: rec.spec.entrypoint.clone(),
-        memory: rec
-            .spec
-            .resources
-            .memory
-            .map(|m| i64::try_from(m.0).unwrap_or(i64::MAX)),
-        nano_cpus: rec.spec.resources.cpus.map(|c| c.nano()),
-    };
+    let name = format!(
+        "berth-{}-{}-pre-deploy",
+        rec.app,
+        &rec.id[rec.id.len().saturating_sub(6)..]
+    );
+    let mut spec = container_spec(rec, name, image_id, labels, env);
+    spec.cmd = Some(hook.command.clone());
     inner.emit(
         &rec.id,
         "hook",
@@ -523,22 +536,8 @@ pub(crate) async fn start_replica(
         now_ms() & 0xffff
     );
     let env = container_env(inner, rec).map_err(|e| format!("replica {slot}: {e}"))?;
-    let spec = ContainerSpec {
-        name: name.clone(),
-        image: image_id.to_string(),
-        labels: container_labels(inner, rec, slot),
-        env,
-        volumes: rec.spec.volumes.clone(),
-        cmd: rec.spec.command.clone(),
-        stop_signal: rec.spec.stop_signal.clone(),
-        entrypoint: rec.spec.entrypoint.clone(),
-        memory: rec
-            .spec
-            .resources
-            .memory
-            .map(|m| i64::try_from(m.0).unwrap_or(i64::MAX)),
-        nano_cpus: rec.spec.resources.cpus.map(|c| c.nano()),
-    };
+    let labels = container_labels(inner, rec, slot);
+    let spec = container_spec(rec, name.clone(), image_id, labels, env);
     let id = inner
         .rt
         .create_and_start(&spec)

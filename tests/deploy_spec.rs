@@ -1,14 +1,20 @@
 //! Bad deploys are refused before anything runs (real dockerd, real API, gated on
 //! BERTH_SYSTEM_TESTS=1): a NUL in an env value, relative or host-path volumes, an image part
 //! that is empty, not a tar or truncated, and a second upload while a deploy runs. Each answer
-//! names the field, and no container of the app is ever created by a refused deploy.
+//! names the field, and no container of the app is ever created by a refused deploy. Also the
+//! app features a deploy spec carries (stop signal/timeout, command, resources, hooks,
+//! deletion, logs) and pulls from a real private registry (Debian's `docker-registry` with
+//! htpasswd auth, started by the test on loopback).
 
 mod docker_support;
 
 use std::time::Duration;
 
-use docker_support::{prepare, skip, Cleanup, IMG_V1};
+use docker_support::{prepare, skip, Cleanup, IMG_V1, IMG_V2};
 use serde_json::{json, Value};
+use std::path::PathBuf;
+use std::process::{Child, Command};
+use std::time::Instant;
 
 struct World {
     running: berth::daemon::Running,
@@ -120,22 +126,14 @@ impl World {
         let deadline = std::time::Instant::now() + Duration::from_secs(30);
         loop {
             let resp = self
-                .http
-                .get(self.url(&format!("/v1/deployments/{id}")))
-                .bearer_auth(&self.token)
-                .send()
-                .await
-                .unwrap();
+                .call(reqwest::Method::GET, &format!("/v1/deployments/{id}"))
+                .await;
             let v: Value = resp.json().await.unwrap();
             // Done when the record says so and the app takes the next change (the engine
             // clears its claim after removing old replicas and pruning, a moment later).
             let app: Value = self
-                .http
-                .get(self.url(&format!("/v1/apps/{}", self.app)))
-                .bearer_auth(&self.token)
-                .send()
+                .call(reqwest::Method::GET, &format!("/v1/apps/{}", self.app))
                 .await
-                .unwrap()
                 .json()
                 .await
                 .unwrap_or(Value::Null);
@@ -145,6 +143,45 @@ impl World {
             assert!(std::time::Instant::now() < deadline, "{v}");
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
+    }
+
+    /// An authenticated request to the API.
+    async fn call(&self, method: reqwest::Method, path: &str) -> reqwest::Response {
+        self.http
+            .request(method, self.url(path))
+            .bearer_auth(&self.token)
+            .send()
+            .await
+            .unwrap()
+    }
+
+    /// `spec` with `image` and the extra fields.
+    fn spec_for(&self, image: &str, extra: Value) -> Value {
+        let mut s = self.spec(extra);
+        s["image"] = json!(image);
+        s
+    }
+
+    /// Deploys (expecting 202) and waits for the end; returns the final record.
+    async fn deploy_wait(&self, spec: Value) -> Value {
+        let (status, body) = self.deploy_json(spec).await;
+        assert_eq!(status, 202, "{body}");
+        self.wait(body["id"].as_str().unwrap()).await
+    }
+
+    /// The app's answer through the proxy, trimmed.
+    async fn body(&self) -> String {
+        self.http
+            .get(format!("http://{}/", self.running.http_addr))
+            .header("host", format!("{}.test", self.app))
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap()
+            .trim()
+            .to_string()
     }
 
     /// Containers of this app, running or not.
@@ -199,12 +236,8 @@ async fn bad_specs_are_refused_before_anything_runs() {
     // Nothing was started, and no app record was left behind.
     assert_eq!(w.containers(), 0);
     let resp = w
-        .http
-        .get(w.url(&format!("/v1/apps/{}", w.app)))
-        .bearer_auth(&w.token)
-        .send()
-        .await
-        .unwrap();
+        .call(reqwest::Method::GET, &format!("/v1/apps/{}", w.app))
+        .await;
     assert_eq!(resp.status(), 404, "a refused first deploy leaves no app");
 }
 
@@ -246,12 +279,11 @@ async fn image_parts_that_are_not_whole_tars_are_refused() {
     let deadline = std::time::Instant::now() + Duration::from_secs(20);
     let last = loop {
         let resp = w
-            .http
-            .get(w.url(&format!("/v1/apps/{}/deployments", w.app)))
-            .bearer_auth(&w.token)
-            .send()
-            .await
-            .unwrap();
+            .call(
+                reqwest::Method::GET,
+                &format!("/v1/apps/{}/deployments", w.app),
+            )
+            .await;
         let v: Value = resp.json().await.unwrap();
         let list = v
             .as_array()
@@ -299,12 +331,8 @@ async fn a_domain_served_by_another_app_is_refused_before_202() {
     let deadline = std::time::Instant::now() + Duration::from_secs(30);
     loop {
         let resp = w
-            .http
-            .get(w.url(&format!("/v1/deployments/{id}")))
-            .bearer_auth(&w.token)
-            .send()
-            .await
-            .unwrap();
+            .call(reqwest::Method::GET, &format!("/v1/deployments/{id}"))
+            .await;
         let v: Value = resp.json().await.unwrap();
         if v["state"] == "succeeded" {
             break;
@@ -337,12 +365,8 @@ async fn a_domain_served_by_another_app_is_refused_before_202() {
         assert!(body.to_string().contains(&taken), "{body}");
     }
     let resp = w
-        .http
-        .get(w.url(&format!("/v1/apps/{other}")))
-        .bearer_auth(&w.token)
-        .send()
-        .await
-        .unwrap();
+        .call(reqwest::Method::GET, &format!("/v1/apps/{other}"))
+        .await;
     assert_eq!(resp.status(), 404, "the refused app left no record");
 }
 
@@ -376,7 +400,7 @@ async fn pruning_never_removes_an_operators_tag() {
     }
     let mut untag = Untag(vec![optag.clone()]);
     let mut ids = Vec::new();
-    for image in [optag.as_str(), docker_support::IMG_V2] {
+    for image in [optag.as_str(), IMG_V2] {
         let (status, body) = w.deploy_json(w.spec(json!({ "image": image }))).await;
         assert_eq!(status, 202, "{body}");
         let id = body["id"].as_str().unwrap().to_string();
@@ -427,12 +451,8 @@ async fn stop_timeout_and_signal_come_from_the_spec() {
     assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "SIGQUIT");
     let started = std::time::Instant::now();
     let resp = w
-        .http
-        .post(w.url(&format!("/v1/apps/{}/stop", w.app)))
-        .bearer_auth(&w.token)
-        .send()
-        .await
-        .unwrap();
+        .call(reqwest::Method::POST, &format!("/v1/apps/{}/stop", w.app))
+        .await;
     assert!(resp.status().is_success(), "{}", resp.status());
     let took = started.elapsed();
     assert!(
@@ -451,7 +471,6 @@ async fn apps_can_be_deleted_with_or_without_history() {
     }
     let w = World::start("appdel").await;
     let w = &w;
-    let api = |path: String| w.url(&path);
     // A failed first deploy (the image never answers /health) leaves an app record.
     let bad = w.spec(json!({"image": docker_support::IMG_BAD, "deploy_timeout": "3s"}));
     let (status, body) = w.deploy_json(bad).await;
@@ -459,24 +478,19 @@ async fn apps_can_be_deleted_with_or_without_history() {
     let failed = w.wait(body["id"].as_str().unwrap()).await;
     assert_eq!(failed["state"], "failed", "{failed}");
     let get_app = || async {
-        w.http
-            .get(api(format!("/v1/apps/{}", w.app)))
-            .bearer_auth(&w.token)
-            .send()
+        w.call(reqwest::Method::GET, &format!("/v1/apps/{}", w.app))
             .await
-            .unwrap()
             .status()
             .as_u16()
     };
     assert_eq!(get_app().await, 200, "the failed app is listed");
     let del = |history: &'static str| async move {
         let resp = w
-            .http
-            .delete(api(format!("/v1/apps/{}?history={history}", w.app)))
-            .bearer_auth(&w.token)
-            .send()
-            .await
-            .unwrap();
+            .call(
+                reqwest::Method::DELETE,
+                &format!("/v1/apps/{}?history={history}", w.app),
+            )
+            .await;
         let status = resp.status().as_u16();
         (status, resp.json::<Value>().await.unwrap_or(Value::Null))
     };
@@ -513,21 +527,16 @@ async fn apps_can_be_deleted_with_or_without_history() {
     assert_eq!(proxied().await, 404, "route removed");
     assert_eq!(get_app().await, 404, "app forgotten");
     let resp = w
-        .http
-        .get(api(format!("/v1/deployments/{id}")))
-        .bearer_auth(&w.token)
-        .send()
-        .await
-        .unwrap();
+        .call(reqwest::Method::GET, &format!("/v1/deployments/{id}"))
+        .await;
     assert_eq!(resp.status(), 200, "kept history is readable by id");
     // Bad query values are refused, naming the parameter.
     let resp = w
-        .http
-        .delete(api(format!("/v1/apps/{}?history=maybe", w.app)))
-        .bearer_auth(&w.token)
-        .send()
-        .await
-        .unwrap();
+        .call(
+            reqwest::Method::DELETE,
+            &format!("/v1/apps/{}?history=maybe", w.app),
+        )
+        .await;
     assert_eq!(resp.status(), 400);
 }
 
@@ -544,9 +553,7 @@ async fn command_entrypoint_and_resources_reach_the_container() {
         "resources": {"memory": "64MiB", "cpus": 0.5},
         "stop_timeout": "1s",
     }));
-    let (status, body) = w.deploy_json(spec).await;
-    assert_eq!(status, 202, "{body}");
-    let done = w.wait(body["id"].as_str().unwrap()).await;
+    let done = w.deploy_wait(spec).await;
     assert_eq!(done["state"], "succeeded", "{done}");
     let out = std::process::Command::new("sh")
         .arg("-c")
@@ -565,14 +572,7 @@ async fn command_entrypoint_and_resources_reach_the_container() {
     );
     assert_eq!(c["HostConfig"]["Memory"], 64 << 20);
     assert_eq!(c["HostConfig"]["NanoCpus"], 500_000_000);
-    let resp = w
-        .http
-        .get(format!("http://{}/", w.running.http_addr))
-        .header("host", format!("{}.test", w.app))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(resp.status(), 200);
+    assert_eq!(w.body().await, "v1");
 }
 
 /// `hooks.pre_deploy` runs in a one-off container of the new image with the app's env before
@@ -594,12 +594,11 @@ async fn pre_deploy_hook_runs_first_and_aborts_on_failure() {
     let id = body["id"].as_str().unwrap().to_string();
     assert_eq!(w.wait(&id).await["state"], "succeeded");
     let events: Value = w
-        .http
-        .get(w.url(&format!("/v1/deployments/{id}/events")))
-        .bearer_auth(&w.token)
-        .send()
+        .call(
+            reqwest::Method::GET,
+            &format!("/v1/deployments/{id}/events"),
+        )
         .await
-        .unwrap()
         .text()
         .await
         .map(Value::String)
@@ -626,7 +625,7 @@ async fn pre_deploy_hook_runs_first_and_aborts_on_failure() {
     let before = w.containers();
     // A failing hook: the deploy fails naming the exit code and output; v1 keeps serving.
     let spec = w.spec(json!({
-        "image": docker_support::IMG_V2,
+        "image": IMG_V2,
         "hooks": hook("echo cannot migrate >&2; exit 3"),
     }));
     let (status, body) = w.deploy_json(spec).await;
@@ -698,4 +697,204 @@ async fn berth_logs_follow_streams_new_lines() {
     // New lines arrive in order, one after another (followed, not a one-time dump).
     assert!(ticks.windows(2).all(|p| p[1] == p[0] + 1), "{ticks:?}");
     let _ = child.kill().await;
+}
+
+/// A `docker-registry serve` process with htpasswd auth (user `berth`, password `s3cret`),
+/// and a private `DOCKER_CONFIG` for the CLI's login and push.
+struct Registry {
+    child: Child,
+    addr: String,
+    docker_config: PathBuf,
+    _dir: tempfile::TempDir,
+}
+
+impl Drop for Registry {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+impl Registry {
+    fn start() -> Registry {
+        let dir = tempfile::tempdir().unwrap();
+        let d = dir.path();
+        let htpasswd = Command::new("htpasswd")
+            .args(["-Bbn", "berth", "s3cret"])
+            .output()
+            .expect("htpasswd (apache2-utils) installed");
+        assert!(htpasswd.status.success());
+        std::fs::write(d.join("htpasswd"), &htpasswd.stdout).unwrap();
+        let port = free_port();
+        let addr = format!("127.0.0.1:{port}");
+        std::fs::write(
+            d.join("config.yml"),
+            format!(
+                "version: 0.1\nlog: {{level: warn}}\nstorage:\n  filesystem: {{rootdirectory: {}}}\n\
+                 http:\n  addr: {addr}\n  secret: test\nauth:\n  htpasswd: {{realm: berth, path: {}}}\n",
+                d.join("data").display(),
+                d.join("htpasswd").display()
+            ),
+        )
+        .unwrap();
+        let child = Command::new("docker-registry")
+            .args(["serve", &d.join("config.yml").display().to_string()])
+            .stdout(std::fs::File::create(d.join("registry.log")).unwrap())
+            .stderr(std::fs::File::create(d.join("registry.err")).unwrap())
+            .spawn()
+            .expect("docker-registry installed (apt-get install docker-registry)");
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while std::net::TcpStream::connect(&addr).is_err() {
+            assert!(
+                Instant::now() < deadline,
+                "registry did not listen on {addr}"
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        let docker_config = d.join("docker-config");
+        std::fs::create_dir_all(&docker_config).unwrap();
+        let r = Registry {
+            child,
+            addr,
+            docker_config,
+            _dir: dir,
+        };
+        r.docker(
+            &["login", &r.addr, "-u", "berth", "--password-stdin"],
+            Some("s3cret"),
+        );
+        r
+    }
+
+    fn docker(&self, args: &[&str], stdin: Option<&str>) {
+        use std::io::Write;
+        let mut cmd = Command::new("docker");
+        cmd.args(args)
+            .env("DOCKER_CONFIG", &self.docker_config)
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped());
+        let mut child = cmd.spawn().unwrap();
+        if let Some(input) = stdin {
+            child
+                .stdin
+                .take()
+                .unwrap()
+                .write_all(input.as_bytes())
+                .unwrap();
+        }
+        let out = child.wait_with_output().unwrap();
+        assert!(
+            out.status.success(),
+            "docker {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+
+    /// Pushes local image `src` as `REGISTRY/repo:tag` and removes the pushed tag locally.
+    fn push(&self, src: &str, reference: &str) {
+        self.docker(&["tag", src, reference], None);
+        self.docker(&["push", "-q", reference], None);
+    }
+}
+
+fn rmi(reference: &str) {
+    let _ = Command::new("docker").args(["rmi", reference]).output();
+}
+
+fn local_id(reference: &str) -> Option<String> {
+    let o = Command::new("docker")
+        .args(["image", "inspect", "-f", "{{.Id}}", reference])
+        .output()
+        .ok()?;
+    o.status
+        .success()
+        .then(|| String::from_utf8_lossy(&o.stdout).trim().to_string())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pull_always_follows_a_moving_tag() {
+    if skip() {
+        return;
+    }
+    let reg = Registry::start();
+    assert!(
+        reg.docker_config.join("config.json").exists(),
+        "docker login stored"
+    );
+    let w = World::start("pullalways").await;
+    let latest = format!("{}/{}:latest", reg.addr, w.app);
+    struct Untag(String);
+    impl Drop for Untag {
+        fn drop(&mut self) {
+            rmi(&self.0);
+        }
+    }
+    let _untag = Untag(latest.clone());
+    // :latest is v1 in the registry and locally (the daemon's Docker is the CLI's).
+    reg.push(IMG_V1, &latest);
+    let v1 = w.deploy_wait(w.spec_for(&latest, json!({}))).await;
+    assert_eq!(v1["state"], "succeeded", "{v1}");
+    assert_eq!(w.body().await, "v1");
+    // The tag moves to v2 in the registry; the local :latest still names v1.
+    reg.push(IMG_V2, &latest);
+    reg.docker(&["tag", IMG_V1, &latest], None);
+    assert_eq!(local_id(&latest), local_id(IMG_V1));
+    // pull: missing (the default) keeps what is local...
+    let kept = w.deploy_wait(w.spec_for(&latest, json!({}))).await;
+    assert_eq!(kept["state"], "succeeded", "{kept}");
+    assert_eq!(w.body().await, "v1", "pull: missing uses the local image");
+    // ...pull: always asks the registry; without credentials it is refused, clearly.
+    let refused = w
+        .deploy_wait(w.spec_for(&latest, json!({"pull": "always"})))
+        .await;
+    assert_eq!(refused["state"], "failed", "{refused}");
+    let reason = refused["reason"].as_str().unwrap_or("");
+    assert!(
+        reason.contains("auth") || reason.contains("unauthorized"),
+        "the reason names the missing credentials: {reason}"
+    );
+    assert_eq!(w.body().await, "v1", "a refused pull changes nothing");
+    // A wrong password: refused by the registry, named in the reason; nothing changes.
+    let login = |password: &str| json!({"pull": "always", "registry": {"server": reg.addr, "username": "berth", "password": password}});
+    let wrong = w
+        .deploy_wait(w.spec_for(&latest, login("not-the-password")))
+        .await;
+    assert_eq!(wrong["state"], "failed", "{wrong}");
+    let reason = wrong["reason"].as_str().unwrap_or("");
+    assert!(
+        reason.contains("unauthorized") || reason.contains("authentication"),
+        "{reason}"
+    );
+    assert_eq!(w.body().await, "v1");
+    // The right one: the registry's current :latest (v2) is pulled and served.
+    let pulled = w.deploy_wait(w.spec_for(&latest, login("s3cret"))).await;
+    assert_eq!(pulled["state"], "succeeded", "{pulled}");
+    assert_eq!(w.body().await, "v2", "pull: always got the moved tag");
+    assert_eq!(local_id(&latest), local_id(IMG_V2));
+    // The password is used for the pull only: not stored, not shown.
+    let listing = w
+        .call(
+            reqwest::Method::GET,
+            &format!("/v1/apps/{}/deployments", w.app),
+        )
+        .await
+        .text()
+        .await
+        .unwrap();
+    assert!(listing.contains(r#""username":"berth""#), "{listing}");
+    assert!(!listing.contains("s3cret") && !listing.contains("not-the-password"));
+    for f in ["berth.db", "berth.db-wal"] {
+        let bytes = std::fs::read(w._dir.path().join(f)).unwrap_or_default();
+        let text = String::from_utf8_lossy(&bytes);
+        assert!(!text.contains("s3cret"), "{f} holds the registry password");
+    }
 }
