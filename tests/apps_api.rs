@@ -143,6 +143,10 @@ fn last_state(events: &[Value]) -> &str {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[cfg_attr(
+    not(berth_system_tests),
+    ignore = "system test: set BERTH_SYSTEM_TESTS=1"
+)]
 async fn deploy_upload_conflict_rollback_logs_stop_over_http() {
     if skip() {
         return;
@@ -338,6 +342,10 @@ fn berth(cfg: &std::path::Path, dir: &std::path::Path, args: &[&str]) -> (i32, S
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[cfg_attr(
+    not(berth_system_tests),
+    ignore = "system test: set BERTH_SYSTEM_TESTS=1"
+)]
 async fn the_berth_cli_end_to_end() {
     if skip() {
         return;

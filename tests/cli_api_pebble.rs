@@ -39,6 +39,10 @@ async fn berth(cfg: &Path, cwd: &Path, args: &[&str]) -> (i32, String) {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[cfg_attr(
+    not(berth_system_tests),
+    ignore = "system test: set BERTH_SYSTEM_TESTS=1"
+)]
 async fn deploy_over_https_on_api_domain_with_an_acme_certificate() {
     if docker_support::skip() {
         return;

@@ -189,6 +189,10 @@ fn on_a_tty(cmd: &Command) -> (i32, Vec<u8>) {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[cfg_attr(
+    not(berth_system_tests),
+    ignore = "system test: set BERTH_SYSTEM_TESTS=1"
+)]
 async fn upload_progress_bar_on_a_tty_and_not_without() {
     if skip() {
         return;
@@ -279,6 +283,10 @@ async fn upload_progress_bar_on_a_tty_and_not_without() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[cfg_attr(
+    not(berth_system_tests),
+    ignore = "system test: set BERTH_SYSTEM_TESTS=1"
+)]
 async fn deploy_builds_with_the_local_docker_build() {
     if skip() {
         return;

@@ -200,6 +200,10 @@ impl World {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[cfg_attr(
+    not(berth_system_tests),
+    ignore = "system test: set BERTH_SYSTEM_TESTS=1"
+)]
 async fn bad_specs_are_refused_before_anything_runs() {
     if skip() {
         return;
@@ -242,6 +246,10 @@ async fn bad_specs_are_refused_before_anything_runs() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[cfg_attr(
+    not(berth_system_tests),
+    ignore = "system test: set BERTH_SYSTEM_TESTS=1"
+)]
 async fn image_parts_that_are_not_whole_tars_are_refused() {
     if skip() {
         return;
@@ -314,6 +322,10 @@ async fn image_parts_that_are_not_whole_tars_are_refused() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[cfg_attr(
+    not(berth_system_tests),
+    ignore = "system test: set BERTH_SYSTEM_TESTS=1"
+)]
 async fn a_domain_served_by_another_app_is_refused_before_202() {
     if skip() {
         return;
@@ -381,6 +393,10 @@ fn docker_ok(args: &[&str]) -> bool {
 /// Pruning removes only Berth's own `berth/APP:DEPLOYMENT` tags: an operator's tag on the same
 /// image (`drill-app:v3` in the drill) and the shared test image survive.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[cfg_attr(
+    not(berth_system_tests),
+    ignore = "system test: set BERTH_SYSTEM_TESTS=1"
+)]
 async fn pruning_never_removes_an_operators_tag() {
     if skip() {
         return;
@@ -427,6 +443,10 @@ async fn pruning_never_removes_an_operators_tag() {
 /// An app that ignores SIGTERM as PID 1 (busybox httpd) stops after its own `stop_timeout`,
 /// not the daemon's 10 s grace, and `stop_signal` reaches the container.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[cfg_attr(
+    not(berth_system_tests),
+    ignore = "system test: set BERTH_SYSTEM_TESTS=1"
+)]
 async fn stop_timeout_and_signal_come_from_the_spec() {
     if skip() {
         return;
@@ -465,6 +485,10 @@ async fn stop_timeout_and_signal_come_from_the_spec() {
 /// `DELETE /v1/apps/{app}`: a failed first deploy's leftover record goes; a running app is
 /// drained, stopped, removed and unrouted, its history kept readable by id when asked.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[cfg_attr(
+    not(berth_system_tests),
+    ignore = "system test: set BERTH_SYSTEM_TESTS=1"
+)]
 async fn apps_can_be_deleted_with_or_without_history() {
     if skip() {
         return;
@@ -542,6 +566,10 @@ async fn apps_can_be_deleted_with_or_without_history() {
 
 /// `command`, `entrypoint` and `resources` reach the container; the app serves with them.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[cfg_attr(
+    not(berth_system_tests),
+    ignore = "system test: set BERTH_SYSTEM_TESTS=1"
+)]
 async fn command_entrypoint_and_resources_reach_the_container() {
     if skip() {
         return;
@@ -579,6 +607,10 @@ async fn command_entrypoint_and_resources_reach_the_container() {
 /// any replica changes: its output reaches the deploy's events; a non-zero exit aborts with
 /// nothing changed; no hook container is left behind.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[cfg_attr(
+    not(berth_system_tests),
+    ignore = "system test: set BERTH_SYSTEM_TESTS=1"
+)]
 async fn pre_deploy_hook_runs_first_and_aborts_on_failure() {
     if skip() {
         return;
@@ -654,6 +686,10 @@ async fn pre_deploy_hook_runs_first_and_aborts_on_failure() {
 
 /// `berth logs APP -f` (the real CLI) follows an app that keeps writing lines.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[cfg_attr(
+    not(berth_system_tests),
+    ignore = "system test: set BERTH_SYSTEM_TESTS=1"
+)]
 async fn berth_logs_follow_streams_new_lines() {
     if skip() {
         return;
@@ -821,6 +857,10 @@ fn local_id(reference: &str) -> Option<String> {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[cfg_attr(
+    not(berth_system_tests),
+    ignore = "system test: set BERTH_SYSTEM_TESTS=1"
+)]
 async fn pull_always_follows_a_moving_tag() {
     if skip() {
         return;

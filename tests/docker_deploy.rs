@@ -45,6 +45,10 @@ fn at(events: &[DeployEvent], stage: &str) -> Vec<i64> {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+#[cfg_attr(
+    not(berth_system_tests),
+    ignore = "system test: set BERTH_SYSTEM_TESTS=1"
+)]
 async fn rolling_deploy_under_load_then_rollback() {
     if skip() {
         return;
@@ -206,6 +210,10 @@ async fn rolling_deploy_under_load_then_rollback() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+#[cfg_attr(
+    not(berth_system_tests),
+    ignore = "system test: set BERTH_SYSTEM_TESTS=1"
+)]
 async fn failing_health_check_aborts_and_v1_keeps_serving() {
     if skip() {
         return;
@@ -273,6 +281,10 @@ async fn failing_health_check_aborts_and_v1_keeps_serving() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+#[cfg_attr(
+    not(berth_system_tests),
+    ignore = "system test: set BERTH_SYSTEM_TESTS=1"
+)]
 async fn replace_strategy_from_an_image_tar() {
     if skip() {
         return;
@@ -330,6 +342,10 @@ async fn replace_strategy_from_an_image_tar() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+#[cfg_attr(
+    not(berth_system_tests),
+    ignore = "system test: set BERTH_SYSTEM_TESTS=1"
+)]
 async fn hand_started_labelled_container_is_routed_then_unrouted() {
     if skip() {
         return;
@@ -404,6 +420,10 @@ async fn hand_started_labelled_container_is_routed_then_unrouted() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+#[cfg_attr(
+    not(berth_system_tests),
+    ignore = "system test: set BERTH_SYSTEM_TESTS=1"
+)]
 async fn engine_killed_mid_deploy_is_reconciled_on_restart() {
     if skip() {
         return;
@@ -539,6 +559,10 @@ async fn child_deployer_process() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+#[cfg_attr(
+    not(berth_system_tests),
+    ignore = "system test: set BERTH_SYSTEM_TESTS=1"
+)]
 async fn kill_9_mid_deploy_then_restart() {
     if skip() {
         return;
@@ -635,6 +659,10 @@ async fn kill_9_mid_deploy_then_restart() {
 /// Docker's unless-stopped policy, routed again after its health check; requests under load
 /// meanwhile succeed, except one the process was answering when it died.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+#[cfg_attr(
+    not(berth_system_tests),
+    ignore = "system test: set BERTH_SYSTEM_TESTS=1"
+)]
 async fn crashed_replica_leaves_the_route_and_comes_back() {
     if skip() {
         return;
@@ -713,6 +741,10 @@ async fn crashed_replica_leaves_the_route_and_comes_back() {
 
 /// Issue 19: at least 20 consecutive rolling deploys under load, with zero failed requests.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+#[cfg_attr(
+    not(berth_system_tests),
+    ignore = "system test: set BERTH_SYSTEM_TESTS=1"
+)]
 async fn twenty_rolling_deploys_under_load_fail_no_request() {
     if skip() {
         return;
@@ -783,6 +815,10 @@ async fn twenty_rolling_deploys_under_load_fail_no_request() {
 /// Issue 19.5 with real containers: `docker kill` and `docker rm -f` of replicas are
 /// repaired by the self-healing loop; `stop` is not undone.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+#[cfg_attr(
+    not(berth_system_tests),
+    ignore = "system test: set BERTH_SYSTEM_TESTS=1"
+)]
 async fn self_healing_after_docker_kill_and_rm() {
     if skip() {
         return;

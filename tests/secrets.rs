@@ -173,6 +173,10 @@ impl Cli {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[cfg_attr(
+    not(berth_system_tests),
+    ignore = "system test: set BERTH_SYSTEM_TESTS=1"
+)]
 async fn secrets_reach_the_container_and_nothing_else() {
     if skip() {
         return;

@@ -319,6 +319,10 @@ fn remove_wal(data: &Path) {
 /// new app B; `kill -9`; delete `berth.db-wal`; start. Before the fix, reconcile removed the
 /// v2 containers and recreated v1, and B answered 404.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[cfg_attr(
+    not(berth_system_tests),
+    ignore = "system test: set BERTH_SYSTEM_TESTS=1"
+)]
 async fn wal_loss_after_kill_9_keeps_and_routes_what_runs() {
     if skip() {
         return;
@@ -435,6 +439,10 @@ async fn wal_loss_after_kill_9_keeps_and_routes_what_runs() {
 /// within a second of the process start; status reports the proxy's health; reconcile
 /// replaces the unhealthy replica in the background.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[cfg_attr(
+    not(berth_system_tests),
+    ignore = "system test: set BERTH_SYSTEM_TESTS=1"
+)]
 async fn start_serves_within_a_second_with_an_unhealthy_replica() {
     if skip() {
         return;

@@ -112,6 +112,10 @@ async fn wait_status(
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[cfg_attr(
+    not(berth_system_tests),
+    ignore = "system test: set BERTH_SYSTEM_TESTS=1"
+)]
 async fn dns01_wildcard_delegation_renewal_and_bad_key() {
     if std::env::var("BERTH_SYSTEM_TESTS").as_deref() != Ok("1") {
         println!("skipped: set BERTH_SYSTEM_TESTS=1 (needs knotd, kdig and pebble)");
@@ -356,6 +360,10 @@ async fn dns01_wildcard_delegation_renewal_and_bad_key() {
 /// (no EDNS: 512 bytes) is fetched again over TCP; a wrong key name (BADKEY) and a zone the
 /// server does not serve (NOTAUTH) give errors naming server, zone and key.
 #[tokio::test]
+#[cfg_attr(
+    not(berth_system_tests),
+    ignore = "system test: set BERTH_SYSTEM_TESTS=1"
+)]
 async fn dns_update_client_tcp_fallback_and_refusals() {
     use berth::model::config::Secret;
     use berth::tls::dns01::DnsUpdater;
@@ -443,6 +451,10 @@ async fn dns_update_client_tcp_fallback_and_refusals() {
 /// `delegate_all`: every challenge name is delegated to `DOMAIN.<delegate_all>` (the operator's
 /// CNAMEs point there); the certificate is issued and the TXT record at the target removed.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[cfg_attr(
+    not(berth_system_tests),
+    ignore = "system test: set BERTH_SYSTEM_TESTS=1"
+)]
 async fn dns01_delegate_all() {
     if std::env::var("BERTH_SYSTEM_TESTS").as_deref() != Ok("1") {
         println!("skipped: set BERTH_SYSTEM_TESTS=1 (needs knotd, kdig and pebble)");

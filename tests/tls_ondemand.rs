@@ -76,6 +76,10 @@ fn count(asked: &Arc<Mutex<Vec<String>>>, name: &str) -> usize {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[cfg_attr(
+    not(berth_system_tests),
+    ignore = "system test: set BERTH_SYSTEM_TESTS=1"
+)]
 async fn on_demand_asks_orders_limits_and_restarts() {
     if std::env::var("BERTH_SYSTEM_TESTS").as_deref() != Ok("1") {
         println!("skipped: set BERTH_SYSTEM_TESTS=1 (needs pebble)");

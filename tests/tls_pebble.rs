@@ -101,6 +101,10 @@ fn mode(p: &Path) -> u32 {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[cfg_attr(
+    not(berth_system_tests),
+    ignore = "system test: set BERTH_SYSTEM_TESTS=1"
+)]
 async fn pebble_issue_renew_alpn_and_failures() {
     if std::env::var("BERTH_SYSTEM_TESTS").as_deref() != Ok("1") {
         println!("skipped: set BERTH_SYSTEM_TESTS=1");
@@ -349,6 +353,10 @@ async fn revoke_at_ca(pebble: &Pebble, data_dir: &Path, leaf: &CertificateDer<'s
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[cfg_attr(
+    not(berth_system_tests),
+    ignore = "system test: set BERTH_SYSTEM_TESTS=1"
+)]
 async fn pebble_revoked_certificate_replaced_on_request() {
     if std::env::var("BERTH_SYSTEM_TESTS").as_deref() != Ok("1") {
         println!("skipped: set BERTH_SYSTEM_TESTS=1");

@@ -8,6 +8,10 @@ use std::process::Command;
 use std::time::Instant;
 
 #[test]
+#[cfg_attr(
+    not(berth_system_tests),
+    ignore = "system test: set BERTH_SYSTEM_TESTS=1"
+)]
 fn status_page_in_headless_chromium() {
     if std::env::var("BERTH_SYSTEM_TESTS").as_deref() != Ok("1") {
         println!("skipped: set BERTH_SYSTEM_TESTS=1");
