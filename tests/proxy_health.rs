@@ -638,8 +638,13 @@ async fn backend_failures_still_mark_it_down() {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
+    // Health probes whose connection the prober has closed (it closes once it has read the
+    // answer, just before it applies the result).
+    let probes_done = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let done = probes_done.clone();
     let server = tokio::spawn(async move {
         while let Ok((mut s, _)) = listener.accept().await {
+            let done = done.clone();
             tokio::spawn(async move {
                 let mut buf = Vec::new();
                 let mut chunk = [0u8; 1024];
@@ -655,6 +660,9 @@ async fn backend_failures_still_mark_it_down() {
                             b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\nconnection: close\r\n\r\nok",
                         )
                         .await;
+                    let _ = s.shutdown().await;
+                    while matches!(s.read(&mut chunk).await, Ok(n) if n > 0) {}
+                    done.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
                 }
                 // Anything else: closed without an answer.
             });
@@ -666,6 +674,18 @@ async fn backend_failures_still_mark_it_down() {
     )))
     .await;
     assert!(eventually(Duration::from_secs(5), || is_up(&d, "app", "b1")).await);
+    // The first active check runs at start; its success resets a failure streak, so the three
+    // failures below must come after it (the next check is 60 s away). Its result is applied
+    // right after the prober closes the connection; that step is not observable from outside,
+    // hence the short settle. Without waiting, this test failed 2 runs in 30 here.
+    assert!(
+        eventually(Duration::from_secs(5), || probes_done
+            .load(std::sync::atomic::Ordering::SeqCst)
+            >= 1)
+        .await,
+        "the first health probe finished"
+    );
+    tokio::time::sleep(Duration::from_millis(100)).await;
     let c = client();
     let (s, _, _) = fetch(&c, d.http_addr, "app.test", "/x").await.unwrap();
     assert_eq!(s, 502, "direct path");
