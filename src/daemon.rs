@@ -168,8 +168,8 @@ pub async fn start_with(
                  reconcile, self-healing and deploys are off until the data dir is fixed and \
                  berthd restarted (`berthd status` shows this)"
             );
-            let store = Store::open_degraded(&data_dir, &cause);
-            Ok((store, Some(cause)))
+            // Only an in-memory SQLite that cannot open (no memory) fails here.
+            Store::open_degraded(&data_dir, &cause).map(|store| (store, Some(cause)))
         }
     })
     .await

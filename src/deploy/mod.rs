@@ -1027,7 +1027,8 @@ impl Engine {
             let mut images_untagged = 0;
             if !keep_history {
                 for d in history.iter().filter(|d| d.image_id.is_some()) {
-                    let reference = format!("berth/{app}:{}", d.id);
+                    let (repo, tag) = run::berth_tag(app, &d.id);
+                    let reference = format!("{repo}:{tag}");
                     match self.inner.rt.untag_image(&reference).await {
                         Ok(true) => images_untagged += 1,
                         Ok(false) => {}

@@ -737,7 +737,7 @@ async fn abort(inner: &Arc<Inner>, rec: &DeploymentRecord, progress: &mut Progre
 }
 
 /// The tag Berth gives the image of deployment `id` of `app`: `berth/APP:ID`.
-fn berth_tag(app: &str, id: &str) -> (String, String) {
+pub(crate) fn berth_tag(app: &str, id: &str) -> (String, String) {
     (format!("berth/{app}"), id.to_string())
 }
 

@@ -277,7 +277,7 @@ impl Store {
     /// dir, a file that is not a database): the last readable `berth.db` opened read-only
     /// (routes and tokens keep working), or else an empty in-memory database. Every write
     /// fails with [`StoreError::Unavailable`] naming `cause`.
-    pub fn open_degraded(data_dir: &Path, cause: &str) -> Store {
+    pub fn open_degraded(data_dir: &Path, cause: &str) -> Result<Store, StoreError> {
         let path = data_dir.join(DB_FILE);
         let read_only = || -> Result<Connection, rusqlite::Error> {
             use rusqlite::OpenFlags;
@@ -308,7 +308,7 @@ impl Store {
             }
             _ => {
                 tracing::warn!(db = %path.display(), "store unreadable: starting with an empty in-memory store");
-                let mut c = Connection::open_in_memory().expect("in-memory SQLite opens");
+                let mut c = Connection::open_in_memory()?;
                 if let Err(e) = migrate(&mut c, &path) {
                     tracing::error!(error = %e, "in-memory store: migration failed");
                 }
@@ -317,11 +317,11 @@ impl Store {
         };
         // Belt and braces: SQLite itself refuses every write on this connection.
         let _ = conn.pragma_update(None, "query_only", "ON");
-        Store {
+        Ok(Store {
             conn: Mutex::new(conn),
             path,
             degraded: Some(cause.to_string()),
-        }
+        })
     }
 
     /// Why the store takes no writes, when it was opened degraded.
@@ -1031,7 +1031,7 @@ mod tests {
             fill(&s, 3);
             secret = s.create_token("t").unwrap().1;
         }
-        let s = Store::open_degraded(tmp.path(), "data dir is read-only (test)");
+        let s = Store::open_degraded(tmp.path(), "data dir is read-only (test)").unwrap();
         assert_eq!(s.degraded(), Some("data dir is read-only (test)"));
         assert_eq!(s.load_routes().unwrap().routes.len(), 3);
         assert!(
@@ -1052,7 +1052,7 @@ mod tests {
         let file = tmp.path().join("not-a-dir");
         std::fs::write(&file, "x").unwrap();
         let cause = Store::open(&file).unwrap_err().to_string();
-        let s = Store::open_degraded(&file, &cause);
+        let s = Store::open_degraded(&file, &cause).unwrap();
         assert!(s.load_routes().unwrap().routes.is_empty());
         assert!(matches!(
             s.put_route(
