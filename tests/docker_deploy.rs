@@ -520,7 +520,7 @@ async fn child_deployer_process() {
         extra_labels: [("berth.test.run".to_string(), run)].into(),
         ..Default::default()
     };
-    let (engine, _publisher) = berth::deploy_publish::start_engine(
+    let (engine, _publisher) = berth::daemon::engine::start_engine(
         tables,
         vec![],
         std::path::Path::new(&db),

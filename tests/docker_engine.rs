@@ -11,8 +11,8 @@ use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use berth::daemon::engine::ProxyRoutes;
 use berth::deploy::{app_route_name, DeployError, Engine, EngineConfig, ImageSource};
-use berth::deploy_publish::ProxyRoutes;
 use berth::model::route::{RouteTable, ServerState};
 use berth::proxy::Tables;
 use berth::runtime::{

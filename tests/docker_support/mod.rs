@@ -13,9 +13,9 @@ use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
+use berth::daemon::engine::ProxyRoutes;
 use berth::daemon::Running;
 use berth::deploy::{Engine, EngineConfig};
-use berth::deploy_publish::ProxyRoutes;
 use berth::model::config::Config;
 use berth::model::deploy::AppSpec;
 use berth::runtime::DockerRuntime;

@@ -1,4 +1,4 @@
-//! Wiring between the deploy engine and the proxy (belongs with daemon.rs): a
+//! Wiring between the deploy engine and the proxy: a
 //! `RoutePublisher` over `proxy::Tables`. It keeps the static routes (from the config file)
 //! and the engine's routes per key, and on every change builds one whole `RouteTable` from
 //! all of them and publishes it: one atomic swap, counters carried over. A change that does

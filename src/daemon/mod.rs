@@ -5,6 +5,8 @@
 //! the binary now on disk, SIGTERM/SIGINT drain and exit 0. The one module that may use all
 //! others.
 
+pub mod engine;
+
 use std::net::SocketAddr;
 use std::os::fd::{AsFd, AsRawFd, RawFd};
 use std::path::PathBuf;
@@ -46,7 +48,7 @@ pub enum DaemonError {
     #[error("routes: {0}")]
     Registry(#[from] ChangeError),
     #[error("deploy engine (deploy.enabled: required): {0}")]
-    Deploy(#[from] crate::deploy_publish::EngineStartError),
+    Deploy(#[from] engine::EngineStartError),
     #[error(transparent)]
     Secrets(#[from] crate::store::secrets::SecretsError),
 }
@@ -370,8 +372,7 @@ async fn start_engine(
         allow_host_mounts: d.allow_host_mounts,
         ..Default::default()
     };
-    match crate::deploy_publish::start_engine_with_registry(registry.clone(), &d.network, cfg).await
-    {
+    match engine::start_engine_with_registry(registry.clone(), &d.network, cfg).await {
         Ok(engine) => {
             tracing::info!(network = %d.network, "deploy engine ready");
             Ok(Some(Arc::new(engine)))
