@@ -8,14 +8,12 @@
 //! passes on a response HAProxy refuses, or passes on complete what HAProxy cuts short.
 //! The table in docs/conformance.md is this test's output (`BERTH_CONFORMANCE_OUT=FILE`).
 
-mod common;
-
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use common::*;
+use crate::support::*;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 /// What the backend answers to a request-side case.

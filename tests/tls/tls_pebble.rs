@@ -7,18 +7,16 @@
 //! renewalInfo, so it cannot tell Berth about the revocation itself) with zero failed
 //! handshakes. Runs only with BERTH_SYSTEM_TESTS=1.
 
-mod tls_common;
-
 use std::net::SocketAddr;
 use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
+use crate::support::*;
 use berth::daemon;
 use berth::model::config::{AcmeChallenge, AcmeConfig, Config};
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::CertificateDer;
-use tls_common::*;
 
 impl Pebble {
     /// Pebble's issuing root (new on every start), fetched from its management port.

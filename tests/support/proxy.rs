@@ -1,9 +1,7 @@
-//! Shared helpers for integration tests: a small real HTTP backend on 127.0.0.1 (HTTP/1.1 and
+//! Proxy-side helpers: a small real HTTP backend on 127.0.0.1 (HTTP/1.1 and
 //! h2c, counts accepted connections and requests, echoes headers, streams, sleeps on demand,
 //! WebSocket echo, switchable health), a daemon starter, and an HTTP client. Every server a
 //! test starts here stops when its handle is dropped.
-#![allow(dead_code)]
-
 use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
@@ -346,14 +344,6 @@ impl Drop for SilentBackend {
     }
 }
 
-/// A port on 127.0.0.1 nobody listens on (bound once, then closed).
-pub fn closed_port() -> SocketAddr {
-    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    let a = l.local_addr().unwrap();
-    drop(l);
-    a
-}
-
 /// Parses a JSON list of route specs.
 pub fn routes(json: &str) -> Vec<berth::model::route::RouteSpec> {
     serde_json::from_str(json).expect("test routes parse")
@@ -454,20 +444,6 @@ pub async fn fetch(
         backend,
         String::from_utf8_lossy(&body).into_owned(),
     ))
-}
-
-/// Polls `f` until it returns true or `within` passes.
-pub async fn eventually(within: Duration, mut f: impl FnMut() -> bool) -> bool {
-    let deadline = Instant::now() + within;
-    loop {
-        if f() {
-            return true;
-        }
-        if Instant::now() >= deadline {
-            return false;
-        }
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
 }
 
 /// Sends raw bytes on a fresh connection and reads until EOF or `within`; returns what came back.

@@ -4,15 +4,14 @@
 //! the API; failed authentication through the proxy is limited per forwarded client address,
 //! and a local client cannot borrow that trust by sending forwarded headers itself.
 
-mod common;
-mod tls_common;
+use crate::support;
+use crate::support::cli::berth;
 
 use std::net::SocketAddr;
-use std::path::Path;
 use std::time::Duration;
 
+use crate::support::TestCa;
 use berth::model::config::{CertFiles, Config};
-use tls_common::TestCa;
 
 const DOMAIN: &str = "api.berth.test";
 
@@ -21,7 +20,7 @@ struct World {
     token: String,
     dir: tempfile::TempDir,
     ca_path: std::path::PathBuf,
-    _echo: common::TestBackend,
+    _echo: support::TestBackend,
 }
 
 impl World {
@@ -35,8 +34,8 @@ impl World {
         let ca_path = dir.path().join("ca.pem");
         std::fs::write(&ca_path, ca.pem()).unwrap();
         // An ordinary app route too, to see what the proxy forwards to apps.
-        let echo = common::TestBackend::start("echo").await;
-        let mut c: Config = common::config(&format!(
+        let echo = support::TestBackend::start("echo").await;
+        let mut c: Config = support::config(&format!(
             r#"[{{"name":"echo","domains":["echo.berth.test"],
                  "backends":[{{"address":"{}"}}]}}]"#,
             echo.addr
@@ -55,7 +54,7 @@ impl World {
         // proxy believes only from a trusted peer.
         c.proxy.trusted_proxies = vec!["127.0.0.0/8".parse().unwrap()];
         c.validate().expect("valid config");
-        let running = common::start(c).await;
+        let running = support::start(c).await;
         let (_, token) = running.registry.store().create_token("laptop").unwrap();
         World {
             running,
@@ -109,28 +108,6 @@ impl World {
         }
         r.send().await.expect("direct request").status().as_u16()
     }
-}
-
-/// Runs the real `berth` binary; returns (exit code, stdout + stderr).
-async fn berth(cfg: &Path, cwd: &Path, env: &[(&str, &str)], args: &[&str]) -> (i32, String) {
-    let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_berth"));
-    cmd.args(args)
-        .current_dir(cwd)
-        .env("BERTH_CLI_CONFIG", cfg)
-        .env("NO_COLOR", "1")
-        .env_remove("BERTH_SERVER")
-        .env_remove("BERTH_TOKEN")
-        .env_remove("BERTH_URL")
-        .env_remove("BERTH_CA_CERT");
-    for (k, v) in env {
-        cmd.env(k, v);
-    }
-    let out = tokio::task::spawn_blocking(move || cmd.output().expect("berth runs"))
-        .await
-        .unwrap();
-    let mut text = String::from_utf8_lossy(&out.stdout).into_owned();
-    text.push_str(&String::from_utf8_lossy(&out.stderr));
-    (out.status.code().unwrap_or(-1), text)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -248,7 +225,7 @@ async fn plain_http_on_api_domain_never_reaches_the_api() {
     let w = World::start().await;
     let http = w.running.http_addr;
     // The host has a certificate: 308 to HTTPS (method and body kept), nothing proxied.
-    let raw = common::raw_exchange(
+    let raw = support::raw_exchange(
         http,
         format!("GET /v1/version HTTP/1.1\r\nHost: {DOMAIN}\r\nConnection: close\r\n\r\n")
             .as_bytes(),

@@ -5,7 +5,7 @@
 //! - an unhealthy replica present at start: a healthy app is served within a second of the
 //!   process start, status follows the proxy's health, reconcile replaces the bad replica.
 
-mod docker_support;
+use crate::support;
 
 use std::io::{BufRead, BufReader};
 use std::net::{SocketAddr, TcpStream};
@@ -14,7 +14,7 @@ use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use docker_support::{prepare, skip, Cleanup, IMG_V1, IMG_V2};
+use crate::support::docker::{prepare, skip, Cleanup, IMG_V1, IMG_V2};
 
 const BERTHD: &str = env!("CARGO_BIN_EXE_berthd");
 
@@ -24,15 +24,6 @@ fn sh(cmd: &str) -> (bool, String) {
     text.push_str(&String::from_utf8_lossy(&out.stderr));
     (out.status.success(), text)
 }
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
 /// A berthd process on fixed loopback ports (the same across restarts).
 struct World {
     dir: tempfile::TempDir,
@@ -49,8 +40,12 @@ impl World {
     fn new(apps: &[&str], network: &str) -> World {
         prepare();
         let dir = tempfile::tempdir().unwrap();
-        let http: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
-        let api: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+        let http: SocketAddr = format!("127.0.0.1:{}", support::free_port())
+            .parse()
+            .unwrap();
+        let api: SocketAddr = format!("127.0.0.1:{}", support::free_port())
+            .parse()
+            .unwrap();
         let config = dir.path().join("berthd.yaml");
         std::fs::write(
             &config,

@@ -530,18 +530,13 @@ async fn the_cli_works_through_a_tunnel_and_metrics_auth_needs_read() {
     let berth = |args: Vec<String>| {
         let cfg = cli_cfg.clone();
         tokio::task::spawn_blocking(move || {
-            let out = std::process::Command::new(env!("CARGO_BIN_EXE_berth"))
-                .args(&args)
-                .env("BERTH_CLI_CONFIG", cfg)
-                .env("NO_COLOR", "1")
-                .env_remove("BERTH_SERVER")
-                .env_remove("BERTH_TOKEN")
-                .env_remove("BERTH_URL")
+            let args: Vec<&str> = args.iter().map(String::as_str).collect();
+            let cwd = std::env::current_dir().unwrap();
+            let out = crate::support::cli::command(&cfg, &cwd, &args)
                 .output()
                 .unwrap();
-            let mut text = String::from_utf8_lossy(&out.stdout).into_owned();
-            text.push_str(&String::from_utf8_lossy(&out.stderr));
-            (out.status.success(), text)
+            let (code, text) = crate::support::cli::text(out);
+            (code == 0, text)
         })
     };
     for (name, url, token) in [

@@ -2,11 +2,11 @@
 //! multipart tar upload, 409 on a concurrent deploy, rollback, stop, logs, a bad spec, 401.
 //! Gated on BERTH_SYSTEM_TESTS=1.
 
-mod docker_support;
+use crate::support;
 
 use std::time::{Duration, Instant};
 
-use docker_support::{prepare, skip, IMG_V1, IMG_V2};
+use crate::support::docker::{prepare, skip, IMG_V1, IMG_V2};
 use serde_json::{json, Value};
 
 struct World {
@@ -327,20 +327,6 @@ async fn deploy_upload_conflict_rollback_logs_stop_over_http() {
     println!("apps_api: daemon shutdown {:?}", t.elapsed());
 }
 
-/// Runs the real `berth` binary with its settings in `cfg`; returns (exit code, stdout+stderr).
-fn berth(cfg: &std::path::Path, dir: &std::path::Path, args: &[&str]) -> (i32, String) {
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_berth"))
-        .args(args)
-        .current_dir(dir)
-        .env("BERTH_CLI_CONFIG", cfg)
-        .env("NO_COLOR", "1")
-        .output()
-        .expect("berth runs");
-    let mut text = String::from_utf8_lossy(&out.stdout).into_owned();
-    text.push_str(&String::from_utf8_lossy(&out.stderr));
-    (out.status.code().unwrap_or(-1), text)
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[cfg_attr(
     not(berth_system_tests),
@@ -360,7 +346,7 @@ async fn the_berth_cli_end_to_end() {
         async move {
             tokio::task::spawn_blocking(move || {
                 let a: Vec<&str> = args.iter().map(String::as_str).collect();
-                berth(&cfg, &dir, &a)
+                support::cli::berth_blocking(&cfg, &dir, &a)
             })
             .await
             .unwrap()

@@ -1,10 +1,11 @@
 //! Shared helpers of the TLS integration tests: a throwaway CA (rcgen), a tiny backend that
 //! echoes the request path, a raw HTTP/1.1 client over TLS (rustls) or TCP, free ports.
-#![allow(dead_code)]
-
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
+
+use super::net::{free_port, wait_port};
+use super::poll::wait_for;
 
 use rcgen::{BasicConstraints, CertificateParams, CertifiedIssuer, IsCa, KeyPair};
 use rustls::pki_types::{CertificateDer, ServerName};
@@ -57,32 +58,6 @@ impl TestCa {
         r.add(self.der()).expect("root");
         r
     }
-}
-
-/// A port that was free a moment ago (for configs that must name ports up front, where the
-/// daemon and pebble need each other's ports before either binds).
-///
-/// Taken below the kernel's ephemeral range (32768-60999 here), never twice in one test
-/// process: a `bind(0)` port comes from the ephemeral range, where any outgoing connection
-/// of this or another process may take it as its source port before the daemon binds it
-/// (seen once as `AddrInUse` in tls_pebble).
-pub fn free_port() -> u16 {
-    use std::sync::atomic::{AtomicU32, Ordering};
-    const LOW: u32 = 20_000;
-    const SPAN: u32 = 12_000;
-    static NEXT: AtomicU32 = AtomicU32::new(0);
-    let seed = std::process::id().wrapping_mul(7_919)
-        ^ std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_or(0, |d| d.subsec_nanos());
-    let _ = NEXT.compare_exchange(0, seed % SPAN + 1, Ordering::Relaxed, Ordering::Relaxed);
-    for _ in 0..SPAN {
-        let port = (LOW + NEXT.fetch_add(1, Ordering::Relaxed) % SPAN) as u16;
-        if std::net::TcpListener::bind(("127.0.0.1", port)).is_ok() {
-            return port;
-        }
-    }
-    panic!("no free port in {LOW}..{}", LOW + SPAN)
 }
 
 /// A backend answering every request with `backend <path>` and closing.
@@ -290,24 +265,6 @@ pub fn serial_of(der: &CertificateDer<'_>) -> String {
         .unwrap_or_default()
 }
 
-/// Polls `f` every 100 ms until it returns `Some` or `deadline` passes.
-pub async fn wait_for<T, F, Fut>(deadline: Duration, mut f: F) -> Option<T>
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = Option<T>>,
-{
-    let end = tokio::time::Instant::now() + deadline;
-    loop {
-        if let Some(v) = f().await {
-            return Some(v);
-        }
-        if tokio::time::Instant::now() >= end {
-            return None;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-}
-
 /// pebble + challtestsrv started by a test, killed on drop.
 pub struct Pebble {
     pub children: Vec<std::process::Child>,
@@ -421,15 +378,6 @@ pub fn spawn(cmd: &mut std::process::Command, log: &std::path::Path) -> std::pro
         .stderr(Stdio::from(err))
         .spawn()
         .unwrap_or_else(|e| panic!("cannot start {cmd:?}: {e}"))
-}
-
-/// Waits (20 s at most) until something listens on `addr`.
-pub async fn wait_port(addr: SocketAddr, what: &str) {
-    let ok = wait_for(Duration::from_secs(20), || async move {
-        TcpStream::connect(addr).await.ok().map(|_| ())
-    })
-    .await;
-    assert!(ok.is_some(), "{what} did not start listening on {addr}");
 }
 
 /// A Knot DNS server (Debian's `knotd`) started by a test, authoritative for `zone` on

@@ -10,17 +10,15 @@
 //! keeps being served. Runs only with
 //! BERTH_SYSTEM_TESTS=1.
 
-mod tls_common;
-
 use std::net::SocketAddr;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
+use crate::support::*;
 use berth::daemon;
 use berth::model::config::{AcmeChallenge, AcmeConfig, Config, DnsUpdateConfig, TsigConfig};
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::CertificateDer;
-use tls_common::*;
 
 const ZONE: &str = "example.test";
 

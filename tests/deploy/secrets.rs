@@ -5,14 +5,14 @@
 //! log. A rollback gets the secret back from its sealed form; with a different key the
 //! rollback is refused with a clear error. Gated on BERTH_SYSTEM_TESTS=1.
 
-mod docker_support;
+use crate::support;
 
 use std::io::Read;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use docker_support::{prepare, skip, Cleanup, IMG_V1, IMG_V2};
+use crate::support::docker::{prepare, skip, Cleanup, IMG_V1, IMG_V2};
 use serde_json::{json, Value};
 
 struct Daemon {
@@ -153,22 +153,12 @@ struct Cli {
 
 impl Cli {
     fn run(&self, args: &[&str], secret: Option<&str>) -> (i32, String) {
-        let mut cmd = Command::new(env!("CARGO_BIN_EXE_berth"));
-        cmd.args(args)
-            .current_dir(&self.work)
-            .env("BERTH_CLI_CONFIG", &self.cfg)
-            .env("NO_COLOR", "1")
-            .env_remove("BERTH_SERVER")
-            .env_remove("BERTH_TOKEN")
-            .env_remove("BERTH_URL")
-            .env_remove("DB_PASSWORD");
+        let mut cmd = support::cli::command(&self.cfg, &self.work, args);
+        cmd.env_remove("DB_PASSWORD");
         if let Some(s) = secret {
             cmd.env("DB_PASSWORD", s);
         }
-        let out = cmd.output().expect("berth runs");
-        let mut text = String::from_utf8_lossy(&out.stdout).into_owned();
-        text.push_str(&String::from_utf8_lossy(&out.stderr));
-        (out.status.code().unwrap_or(-1), text)
+        support::cli::text(cmd.output().expect("berth runs"))
     }
 }
 

@@ -4,12 +4,12 @@
 //! from a locally built base image, `docker save`, upload, deploy, served). Gated on
 //! BERTH_SYSTEM_TESTS=1.
 
-mod docker_support;
+use crate::support;
 
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use docker_support::{prepare, skip, Cleanup, IMG_V1};
+use crate::support::docker::{prepare, skip, Cleanup, IMG_V1};
 
 /// A 64 MiB image on top of the busybox test image: big enough that the upload takes several
 /// frames of the progress bar. Built locally (never pulled), once per machine.
@@ -72,26 +72,12 @@ impl World {
     }
 
     fn command(&self, args: &[&str]) -> Command {
-        let mut cmd = Command::new(env!("CARGO_BIN_EXE_berth"));
-        cmd.args(args)
-            .current_dir(self.work.path())
-            .env("BERTH_CLI_CONFIG", &self.cfg)
-            .env_remove("BERTH_SERVER")
-            .env_remove("BERTH_TOKEN")
-            .env_remove("BERTH_URL");
-        cmd
+        support::cli::command(&self.cfg, self.work.path(), args)
     }
 
     /// Runs `berth` with pipes (no terminal): (exit code, stdout + stderr).
     async fn berth(&self, args: &[&str]) -> (i32, String) {
-        let mut cmd = self.command(args);
-        cmd.env("NO_COLOR", "1");
-        let out = tokio::task::spawn_blocking(move || cmd.output().expect("berth runs"))
-            .await
-            .unwrap();
-        let mut text = String::from_utf8_lossy(&out.stdout).into_owned();
-        text.push_str(&String::from_utf8_lossy(&out.stderr));
-        (out.status.code().unwrap_or(-1), text)
+        support::cli::run(self.command(args)).await
     }
 
     fn write_app_file(&self, source: &str) {

@@ -5,6 +5,7 @@
 //! in the middle of a rolling deploy (old replicas restarted and routed again), reconcile
 //! finishing a complete interrupted deploy, conflicts and spec errors.
 
+use crate::support;
 use std::collections::HashMap;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::sync::atomic::{AtomicU32, Ordering};
@@ -159,15 +160,6 @@ impl Fake {
         let cs = self.containers.lock().unwrap();
         let c = &cs[id];
         SocketAddr::new(c.info.address.unwrap(), c.port).to_string()
-    }
-}
-
-/// Polls `cond` every 20 ms until it holds or `within` passes (then panics with `what`).
-async fn eventually(within: Duration, what: &str, mut cond: impl FnMut() -> bool) {
-    let deadline = tokio::time::Instant::now() + within;
-    while !cond() {
-        assert!(tokio::time::Instant::now() < deadline, "timed out: {what}");
-        tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }
 
@@ -407,19 +399,10 @@ fn by_ref(r: &str) -> ImageSource {
         creds: None,
     }
 }
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn abort_mid_rolling_restores_old_replicas() {
     let w = World::new().await;
-    let port = free_port();
+    let port = support::free_port();
     let engine = w.engine().await;
     let d1 = engine
         .deploy("web", spec("v1", 3, port), by_ref("v1"), "t")
@@ -474,7 +457,7 @@ async fn abort_mid_rolling_restores_old_replicas() {
 async fn conflicts_and_spec_errors() {
     let w = World::new().await;
     let engine = w.engine().await;
-    let port = free_port();
+    let port = support::free_port();
     // min_ready keeps the first deploy running long enough for the conflicting calls.
     let mut slow = spec("v1", 2, port);
     slow.min_ready = Duration::from_secs(2);
@@ -524,7 +507,7 @@ async fn conflicts_and_spec_errors() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn reconcile_finishes_a_complete_interrupted_deploy_and_removes_orphans() {
     let w = World::new().await;
-    let port = free_port();
+    let port = support::free_port();
     let d1;
     {
         let engine = w.engine().await;
@@ -626,7 +609,7 @@ async fn reconcile_finishes_a_complete_interrupted_deploy_and_removes_orphans() 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn images_of_older_deployments_are_pruned() {
     let w = World::new().await;
-    let port = free_port();
+    let port = support::free_port();
     let engine = w
         .engine_with(EngineConfig {
             keep_images: 2,
@@ -663,7 +646,7 @@ async fn images_of_older_deployments_are_pruned() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn failed_replace_restarts_the_old_version_and_min_ready_is_waited() {
     let w = World::new().await;
-    let port = free_port();
+    let port = support::free_port();
     let engine = w.engine().await;
     let mut s1 = spec("v1", 2, port);
     s1.strategy = berth::model::deploy::Strategy::Replace;
@@ -696,7 +679,7 @@ async fn failed_replace_restarts_the_old_version_and_min_ready_is_waited() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn stop_removes_everything_and_survives_a_restart() {
     let w = World::new().await;
-    let port = free_port();
+    let port = support::free_port();
     let first;
     {
         let engine = w.engine().await;
@@ -761,7 +744,7 @@ async fn stop_removes_everything_and_survives_a_restart() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_replica_that_stops_leaves_the_route_and_returns_when_healthy() {
     let w = World::new().await;
-    let port = free_port();
+    let port = support::free_port();
     let engine = w.engine().await;
     let d = engine
         .deploy("web", spec("v1", 2, port), by_ref("v1"), "t")
@@ -848,7 +831,7 @@ async fn a_replica_that_stops_leaves_the_route_and_returns_when_healthy() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn store_behind_reality_adopts_and_never_removes() {
     let w = World::new().await;
-    let port = free_port();
+    let port = support::free_port();
     let old_db = w._dir.path().join("older.db");
     let (d2, b1);
     let store = w.store();
@@ -951,7 +934,7 @@ async fn store_behind_reality_adopts_and_never_removes() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn start_serves_at_once_and_replaces_an_unhealthy_replica_behind() {
     let w = World::new().await;
-    let port = free_port();
+    let port = support::free_port();
     let mut s = spec("v1", 2, port);
     // Reconcile's health gate may wait this long: start must not.
     s.deploy_timeout = Duration::from_secs(3);
@@ -1016,7 +999,7 @@ async fn start_serves_at_once_and_replaces_an_unhealthy_replica_behind() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn self_healing_restores_replicas_but_not_a_stopped_app() {
     let w = World::new().await;
-    let port = free_port();
+    let port = support::free_port();
     let engine = w
         .engine_with(EngineConfig {
             heal_interval: Duration::from_millis(100),
@@ -1035,7 +1018,7 @@ async fn self_healing_restores_replicas_but_not_a_stopped_app() {
 
     // `docker kill` of one replica: started again and routed again.
     w.fake.stop(&ids[0], Duration::ZERO).await.unwrap();
-    eventually(Duration::from_secs(10), "killed replica restarted", || {
+    support::expect_within(Duration::from_secs(10), "killed replica restarted", || {
         w.fake.running_of(&d1) == 2 && w.backends("web").len() == 2
     })
     .await;
@@ -1044,7 +1027,7 @@ async fn self_healing_restores_replicas_but_not_a_stopped_app() {
     // A replica that is gone for good (`docker rm -f`): replaced from the image.
     w.fake.remove(&ids[1]).await.unwrap();
     w.fake.emit(&ids[1], "destroy");
-    eventually(Duration::from_secs(10), "lost replica replaced", || {
+    support::expect_within(Duration::from_secs(10), "lost replica replaced", || {
         w.fake.running_of(&d1) == 2 && w.backends("web").len() == 2
     })
     .await;

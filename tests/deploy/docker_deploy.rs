@@ -4,15 +4,13 @@
 //! hand-started labelled containers are routed and unrouted; an engine killed mid-deploy is
 //! reconciled by a new engine on the same database.
 
-mod docker_support;
-
 use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use crate::support::docker::*;
 use berth::deploy::{DeployError, DeployEvent, EngineConfig, ImageSource};
 use berth::store::deployments::DeployState;
-use docker_support::*;
 use futures_util::StreamExt;
 
 fn reference(r: &str) -> ImageSource {

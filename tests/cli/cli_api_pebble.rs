@@ -5,38 +5,17 @@
 //! proxy's own body limit set far below the image size (the API route has its own).
 //! Runs only with BERTH_SYSTEM_TESTS=1.
 
-mod docker_support;
-mod tls_common;
+use crate::support;
 
 use std::net::SocketAddr;
 use std::path::Path;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
+use crate::support::{client_config, free_port, start_pebble, tls_get, wait_for};
 use berth::model::config::{AcmeChallenge, AcmeConfig, ByteSize, Config};
-use tls_common::{client_config, free_port, start_pebble, tls_get, wait_for};
 
 const DOMAIN: &str = "api.berth.test";
-
-/// Runs the real `berth` binary; (exit code, stdout + stderr).
-async fn berth(cfg: &Path, cwd: &Path, args: &[&str]) -> (i32, String) {
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_berth"));
-    cmd.args(args)
-        .current_dir(cwd)
-        .env("BERTH_CLI_CONFIG", cfg)
-        .env("NO_COLOR", "1")
-        .env("BERTH_RESOLVE", format!("{DOMAIN}=127.0.0.1"))
-        .env_remove("BERTH_SERVER")
-        .env_remove("BERTH_TOKEN")
-        .env_remove("BERTH_URL")
-        .env_remove("BERTH_CA_CERT");
-    let out = tokio::task::spawn_blocking(move || cmd.output().expect("berth runs"))
-        .await
-        .unwrap();
-    let mut text = String::from_utf8_lossy(&out.stdout).into_owned();
-    text.push_str(&String::from_utf8_lossy(&out.stderr));
-    (out.status.code().unwrap_or(-1), text)
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[cfg_attr(
@@ -44,17 +23,17 @@ async fn berth(cfg: &Path, cwd: &Path, args: &[&str]) -> (i32, String) {
     ignore = "system test: set BERTH_SYSTEM_TESTS=1"
 )]
 async fn deploy_over_https_on_api_domain_with_an_acme_certificate() {
-    if docker_support::skip() {
+    if support::docker::skip() {
         return;
     }
-    docker_support::prepare();
+    support::docker::prepare();
     let _ = rustls::crypto::ring::default_provider().install_default();
     let http_port = free_port();
     let pebble = start_pebble(http_port, free_port(), None).await;
     let data = tempfile::tempdir().unwrap();
     let app = format!("apidomain-{}", std::process::id());
     let network = format!("berth-t-{app}");
-    let _cleanup = docker_support::Cleanup {
+    let _cleanup = support::docker::Cleanup {
         app: app.clone(),
         network: network.clone(),
     };
@@ -144,7 +123,7 @@ async fn deploy_over_https_on_api_domain_with_an_acme_certificate() {
     let st = Command::new("docker")
         .args(["save", "-o"])
         .arg(&tar)
-        .arg(docker_support::IMG_V1)
+        .arg(support::docker::IMG_V1)
         .status()
         .unwrap();
     assert!(st.success());
@@ -155,7 +134,7 @@ async fn deploy_over_https_on_api_domain_with_an_acme_certificate() {
         format!(
             "name: {app}\nimage: {}\ndomains: [{app}.test]\nport: 8080\nreplicas: 1\n\
              health:\n  path: /health\n  interval: 100ms\n  timeout: 1s\n",
-            docker_support::IMG_V1
+            support::docker::IMG_V1
         ),
     )
     .unwrap();
@@ -196,4 +175,10 @@ async fn deploy_over_https_on_api_domain_with_an_acme_certificate() {
     assert_eq!(code, 0, "{out}");
     running.shutdown().await;
     drop(pebble);
+}
+
+/// `berth ARGS` resolving the API's domain to loopback.
+async fn berth(cfg: &Path, cwd: &Path, args: &[&str]) -> (i32, String) {
+    let resolve = format!("{DOMAIN}=127.0.0.1");
+    support::cli::berth(cfg, cwd, &[("BERTH_RESOLVE", resolve.as_str())], args).await
 }

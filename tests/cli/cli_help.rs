@@ -3,19 +3,10 @@
 //! the snapshots in tests/snapshots/ after an intended change.
 
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
-
-const BERTH: &str = env!("CARGO_BIN_EXE_berth");
+use std::process::Output;
 
 fn berth(cfg: &Path, cwd: &Path, args: &[&str]) -> Output {
-    Command::new(BERTH)
-        .args(args)
-        .current_dir(cwd)
-        .env("BERTH_CLI_CONFIG", cfg)
-        .env("NO_COLOR", "1")
-        .env_remove("BERTH_SERVER")
-        .env_remove("BERTH_TOKEN")
-        .env_remove("BERTH_URL")
+    crate::support::cli::command(cfg, cwd, args)
         .env("COLUMNS", "100")
         .output()
         .expect("berth runs")
@@ -167,15 +158,8 @@ fn no_token_over_plain_http_to_non_loopback_names() {
     let port = listener.local_addr().unwrap().port();
     let url = format!("http://api.example.test:{port}");
     let run = |args: &[&str], env: &[(&str, &str)]| {
-        let mut cmd = Command::new(BERTH);
-        cmd.args(args)
-            .current_dir(dir.path())
-            .env("BERTH_CLI_CONFIG", &cfg)
-            .env("NO_COLOR", "1")
-            .env("BERTH_RESOLVE", "api.example.test=127.0.0.1")
-            .env_remove("BERTH_SERVER")
-            .env_remove("BERTH_TOKEN")
-            .env_remove("BERTH_URL");
+        let mut cmd = crate::support::cli::command(&cfg, dir.path(), args);
+        cmd.env("BERTH_RESOLVE", "api.example.test=127.0.0.1");
         for (k, v) in env {
             cmd.env(k, v);
         }
@@ -267,11 +251,7 @@ fn a_closed_stdout_pipe_ends_quietly() {
         );
     }
     for args in [&["server", "list"][..], &["server", "list", "--json"][..]] {
-        let mut child = Command::new(BERTH)
-            .args(args)
-            .current_dir(dir.path())
-            .env("BERTH_CLI_CONFIG", &cfg)
-            .env("NO_COLOR", "1")
+        let mut child = crate::support::cli::command(&cfg, dir.path(), args)
             .stdout(std::process::Stdio::piped())
             .stderr(std::process::Stdio::piped())
             .spawn()

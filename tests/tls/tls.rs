@@ -4,14 +4,12 @@
 //! HTTP→HTTPS redirect (and opt-out), HSTS (also on the proxy's own HTTPS answers: 502,
 //! alias redirects; never on plain HTTP), challenge passthrough, the retry endpoint.
 
-mod tls_common;
-
 use std::path::Path;
 use std::time::Duration;
 
+use crate::support::*;
 use berth::daemon;
 use berth::model::config::{CertFiles, Config};
-use tls_common::*;
 
 fn write(dir: &Path, name: &str, data: &str) -> std::path::PathBuf {
     let p = dir.join(name);
@@ -695,13 +693,10 @@ async fn retry_endpoint_with_token_and_with_ui_session() {
         let (url, token) = (format!("http://{api}"), token.clone());
         tokio::task::spawn_blocking(move || {
             let cfg = tempfile::tempdir().expect("tmp");
-            std::process::Command::new(env!("CARGO_BIN_EXE_berth"))
-                .args(args)
-                .env("BERTH_CLI_CONFIG", cfg.path().join("cli.yaml"))
+            let cwd = std::env::current_dir().expect("cwd");
+            crate::support::cli::command(&cfg.path().join("cli.yaml"), &cwd, args)
                 .env("BERTH_URL", url)
                 .env("BERTH_TOKEN", token)
-                .env("NO_COLOR", "1")
-                .env_remove("BERTH_SERVER")
                 .output()
                 .expect("berth runs")
         })

@@ -3,8 +3,6 @@
 //! in-process with the daemon's own route publisher (its registry), and remove every container and the network a
 //! test created (all carry the label `berth.test.run=<run id>`).
 
-#![allow(dead_code)]
-
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::path::PathBuf;

@@ -2,14 +2,12 @@
 //! drain, slow start, uri_hash stickiness, and on_down: shutdown_sessions, with real
 //! backends on loopback and the daemon in-process.
 
-mod common;
-
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use common::*;
+use crate::support::*;
 use futures_util::{SinkExt, StreamExt};
 use http::Request;
 

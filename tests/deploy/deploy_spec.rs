@@ -6,11 +6,11 @@
 //! deletion, logs) and pulls from a real private registry (Debian's `docker-registry` with
 //! htpasswd auth, started by the test on loopback).
 
-mod docker_support;
+use crate::support;
 
 use std::time::Duration;
 
-use docker_support::{prepare, skip, Cleanup, IMG_V1, IMG_V2};
+use crate::support::docker::{prepare, skip, Cleanup, IMG_V1, IMG_V2};
 use serde_json::{json, Value};
 use std::path::PathBuf;
 use std::process::{Child, Command};
@@ -496,7 +496,7 @@ async fn apps_can_be_deleted_with_or_without_history() {
     let w = World::start("appdel").await;
     let w = &w;
     // A failed first deploy (the image never answers /health) leaves an app record.
-    let bad = w.spec(json!({"image": docker_support::IMG_BAD, "deploy_timeout": "3s"}));
+    let bad = w.spec(json!({"image": support::docker::IMG_BAD, "deploy_timeout": "3s"}));
     let (status, body) = w.deploy_json(bad).await;
     assert_eq!(status, 202, "{body}");
     let failed = w.wait(body["id"].as_str().unwrap()).await;
@@ -706,16 +706,17 @@ async fn berth_logs_follow_streams_new_lines() {
         w.wait(body["id"].as_str().unwrap()).await["state"],
         "succeeded"
     );
-    let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_berth"))
-        .args(["logs", &w.app, "-f", "--tail", "1"])
-        .env("BERTH_URL", format!("http://{}", w.running.api_addr))
-        .env("BERTH_TOKEN", &w.token)
-        .env("BERTH_CLI_CONFIG", w._dir.path().join("cli.yaml"))
-        .env("NO_COLOR", "1")
-        .stdout(std::process::Stdio::piped())
-        .kill_on_drop(true)
-        .spawn()
-        .expect("berth runs");
+    let mut child = tokio::process::Command::from(support::cli::command(
+        &w._dir.path().join("cli.yaml"),
+        w._dir.path(),
+        &["logs", &w.app, "-f", "--tail", "1"],
+    ))
+    .env("BERTH_URL", format!("http://{}", w.running.api_addr))
+    .env("BERTH_TOKEN", &w.token)
+    .stdout(std::process::Stdio::piped())
+    .kill_on_drop(true)
+    .spawn()
+    .expect("berth runs");
     use tokio::io::AsyncBufReadExt;
     let mut lines = tokio::io::BufReader::new(child.stdout.take().unwrap()).lines();
     let mut ticks = Vec::new();
@@ -750,15 +751,6 @@ impl Drop for Registry {
         let _ = self.child.wait();
     }
 }
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
 impl Registry {
     fn start() -> Registry {
         let dir = tempfile::tempdir().unwrap();
@@ -769,7 +761,7 @@ impl Registry {
             .expect("htpasswd (apache2-utils) installed");
         assert!(htpasswd.status.success());
         std::fs::write(d.join("htpasswd"), &htpasswd.stdout).unwrap();
-        let port = free_port();
+        let port = support::free_port();
         let addr = format!("127.0.0.1:{port}");
         std::fs::write(
             d.join("config.yml"),

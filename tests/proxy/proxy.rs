@@ -1,12 +1,10 @@
 //! Proxy integration tests: the daemon in-process on 127.0.0.1:0, real test backends, real
 //! HTTP clients (hyper, raw TCP for malformed input, tungstenite for WebSockets).
 
-mod common;
-
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
-use common::*;
+use crate::support::*;
 use futures_util::{SinkExt, StreamExt};
 use http::{Request, StatusCode, Version};
 use http_body_util::BodyExt;

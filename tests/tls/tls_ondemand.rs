@@ -7,17 +7,15 @@
 //! restart serving on-demand certificates from disk without asking again. Runs only with
 //! BERTH_SYSTEM_TESTS=1.
 
-mod tls_common;
-
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use crate::support::*;
 use berth::daemon;
 use berth::model::config::{AcmeChallenge, AcmeConfig, Config, OnDemandConfig};
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::CertificateDer;
-use tls_common::*;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 /// The ask endpoint: records every `domain=` it is asked about; 200 for names starting with

@@ -318,7 +318,7 @@ impl Daemon {
         let http = rx
             .recv_timeout(Duration::from_secs(20))
             .unwrap_or_else(|_| panic!("berthd did not start: {:?}", logs.lock().unwrap()));
-        wait_until(Duration::from_secs(10), || {
+        crate::support::wait_until(Duration::from_secs(10), || {
             TcpStream::connect(http).is_ok() && dir.path().join("control.sock").exists()
         });
         Daemon {
@@ -367,18 +367,6 @@ impl Drop for Daemon {
         let _ = self.child.wait();
     }
 }
-
-fn wait_until(max: Duration, mut f: impl FnMut() -> bool) {
-    let end = Instant::now() + max;
-    while Instant::now() < end {
-        if f() {
-            return;
-        }
-        thread::sleep(Duration::from_millis(10));
-    }
-    panic!("condition not met within {max:?}");
-}
-
 fn pid_alive(pid: u32) -> bool {
     // A zombie still has /proc/PID; treat it as gone.
     match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
@@ -432,7 +420,7 @@ fn fifty_upgrades_under_load_fail_nothing() {
     assert_eq!(d.current_pid(), *pids.last().unwrap());
     // Every old process finishes draining and exits on its own.
     let old = pids[..pids.len() - 1].to_vec();
-    wait_until(Duration::from_secs(15), || {
+    crate::support::wait_until(Duration::from_secs(15), || {
         old.iter().all(|p| !pid_alive(*p))
     });
 }
@@ -523,7 +511,7 @@ fn sighup_reload_applies_valid_and_rejects_invalid_config() {
     std::fs::write(&d.config, "routes: [{domains: [\"bad host\"]}]\n").unwrap();
     // SAFETY: kill(2) on our own child.
     unsafe { libc::kill(pid, libc::SIGHUP) };
-    wait_until(Duration::from_secs(5), || {
+    crate::support::wait_until(Duration::from_secs(5), || {
         d.logs
             .lock()
             .unwrap()
@@ -601,7 +589,7 @@ fn sd_notify_messages_in_order() {
         &[("NOTIFY_SOCKET", sock_path.to_str().unwrap())],
     );
     let has = |needle: &str| msgs.lock().unwrap().iter().any(|m| m.contains(needle));
-    wait_until(Duration::from_secs(5), || has("READY=1"));
+    crate::support::wait_until(Duration::from_secs(5), || has("READY=1"));
     // READY=1 only after the listener was live: the fd-store message for it came first.
     {
         let m = msgs.lock().unwrap();
@@ -616,8 +604,8 @@ fn sd_notify_messages_in_order() {
     let first_pid = d.current_pid();
     // SAFETY: kill(2) on our own child.
     unsafe { libc::kill(first_pid as i32, libc::SIGHUP) };
-    wait_until(Duration::from_secs(5), || has("RELOADING=1"));
-    wait_until(Duration::from_secs(5), || {
+    crate::support::wait_until(Duration::from_secs(5), || has("RELOADING=1"));
+    crate::support::wait_until(Duration::from_secs(5), || {
         let m = msgs.lock().unwrap();
         let r = m.iter().position(|m| m.contains("RELOADING=1")).unwrap();
         assert!(m[r].contains("MONOTONIC_USEC="), "{m:?}");
@@ -627,7 +615,7 @@ fn sd_notify_messages_in_order() {
     assert!(out.status.success());
     let new_pid = d.current_pid();
     assert_ne!(new_pid, first_pid);
-    wait_until(Duration::from_secs(5), || {
+    crate::support::wait_until(Duration::from_secs(5), || {
         has(&format!("MAINPID={new_pid}"))
     });
     // The old process must not say STOPPING=1 after handing over.
@@ -635,8 +623,8 @@ fn sd_notify_messages_in_order() {
     assert!(!has("STOPPING=1"), "{:?}", msgs.lock().unwrap());
     // SAFETY: kill(2) on the pid the daemon reported as itself.
     unsafe { libc::kill(new_pid as i32, libc::SIGTERM) };
-    wait_until(Duration::from_secs(10), || has("STOPPING=1"));
-    wait_until(Duration::from_secs(10), || !pid_alive(new_pid));
+    crate::support::wait_until(Duration::from_secs(10), || has("STOPPING=1"));
+    crate::support::wait_until(Duration::from_secs(10), || !pid_alive(new_pid));
     stop.store(true, Ordering::Relaxed);
     reader.join().unwrap();
 }

@@ -1,0 +1,10 @@
+//! The proxy: routing and forwarding, health checks, HTTP conformance, fuzzing. One test binary (one link) with a module per
+//! former test file; helpers in `tests/support/`.
+
+#[path = "../support/mod.rs"]
+mod support;
+
+mod conformance;
+mod fuzz;
+mod proxy;
+mod proxy_health;
