@@ -486,10 +486,28 @@ pub async fn run(
         };
         let args: Vec<_> = std::env::args_os().skip(1).collect();
         set_phase(Phase::StartingSuccessor);
+        // Deploy ownership (deploy::handover): in-flight deploys pause at a step boundary
+        // before the successor starts, and are its once it is serving.
+        if let Some(engine) = &running.engine {
+            if let Err(e) = engine.pause_for_upgrade(upgrade_timeout).await {
+                let reason = e.to_string();
+                tracing::error!(error = %reason, "upgrade not started; this process keeps serving");
+                set_phase(Phase::Failed {
+                    reason: reason.clone(),
+                });
+                if let Some(r) = upgrade_reply {
+                    let _ = r.send(Err(reason));
+                }
+                continue;
+            }
+        }
         match upgrade::spawn_successor(exe, args, running.listener_fds.clone(), upgrade_timeout)
             .await
         {
             Ok(pid) => {
+                if let Some(engine) = &running.engine {
+                    engine.hand_over(pid);
+                }
                 set_phase(Phase::Draining { successor: pid });
                 if let Some(r) = upgrade_reply {
                     let _ = r.send(Ok(format!("new process {pid} is serving")));
@@ -498,6 +516,9 @@ pub async fn run(
                 break;
             }
             Err(e) => {
+                if let Some(engine) = &running.engine {
+                    engine.resume_after_failed_upgrade();
+                }
                 let reason = e.to_string();
                 tracing::error!(error = %reason, "upgrade failed; this process keeps serving");
                 set_phase(Phase::Failed {
