@@ -8,6 +8,7 @@
 //! so a committed change survives a power cut): async callers use `spawn_blocking`.
 
 pub mod deployments;
+mod frontends;
 pub mod registry;
 pub mod secrets;
 mod tokens;
@@ -221,6 +222,8 @@ const MIGRATIONS: &[&str] = &[
         app        TEXT PRIMARY KEY,
         deleted_at INTEGER NOT NULL
      );",
+    // 6: frontends and pools created through the API.
+    frontends::MIGRATION_SQL,
 ];
 
 fn now() -> i64 {
