@@ -63,7 +63,7 @@ impl crate::proxy::tcp::ListenerSource for FrontendListeners {
             ListenError::Bind { source, .. } | ListenError::Inherited { source, .. } => source,
             other => std::io::Error::other(other.to_string()),
         })?;
-        tracing::debug!(%name, %addr, from = %origin, "frontend listener");
+        tracing::info!(%name, %addr, from = %origin, "frontend listener");
         notify::store_fd(name, l.as_fd());
         Ok(l)
     }

@@ -802,6 +802,88 @@ fn fnv(acc: u64, data: &[u8]) -> u64 {
 }
 
 #[test]
+fn a_frontend_takes_its_socket_from_systemd_socket_activation_by_name() {
+    let Ok(wrapper) = which("systemd-socket-activate") else {
+        if std::env::var_os("BERTH_SYSTEM_TESTS").is_some() {
+            panic!("systemd-socket-activate not installed (apt-get install systemd)");
+        }
+        eprintln!("skipped: systemd-socket-activate is not installed");
+        return;
+    };
+    let a = Member::start("a", true, false);
+    let port = TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let fe: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("berthd.yaml");
+    std::fs::write(
+        &config,
+        format!(
+            "http:\n  listen: 127.0.0.1:0\napi:\n  listen: 127.0.0.1:0\ndata_dir: {}\nlog:\n  access_log: false\npools:\n{}frontends:\n  - name: sa\n    bind: {fe}\n    pool: p\n",
+            dir.path().display(),
+            pool_yaml("p", &[&a], "")
+        ),
+    )
+    .unwrap();
+    let mut child = Command::new(wrapper)
+        .arg("-l")
+        .arg(fe.to_string())
+        .arg("--fdname=frontend.sa.0")
+        .arg(BERTHD)
+        .arg("--config")
+        .arg(&config)
+        .arg("--log-format")
+        .arg("json")
+        .env_remove("NOTIFY_SOCKET")
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let stderr = child.stderr.take().unwrap();
+    let logs = Arc::new(Mutex::new(Vec::new()));
+    let l2 = logs.clone();
+    thread::spawn(move || {
+        for line in BufReader::new(stderr).lines() {
+            let Ok(line) = line else { break };
+            l2.lock().unwrap().push(line);
+        }
+    });
+    // The wrapper listens and starts berthd on the first connection; that very connection
+    // waits in the inherited socket's backlog and is served by the frontend.
+    let mut result = Err(std::io::Error::other("not tried"));
+    let end = Instant::now() + Duration::from_secs(20);
+    while Instant::now() < end {
+        result = hello(fe, None);
+        if result.is_ok() {
+            break;
+        }
+        thread::sleep(Duration::from_millis(100));
+    }
+    let from_systemd = logs.lock().unwrap().iter().any(|l| {
+        l.contains("frontend listener") && l.contains("frontend.sa.0") && l.contains("systemd")
+    });
+    let logs_copy = logs.lock().unwrap().clone();
+    let _ = child.kill();
+    let _ = child.wait();
+    // berthd was exec'd by the wrapper (same pid): killing the child stopped it.
+    assert_eq!(result.expect("served through the activated socket").1, "a");
+    assert!(from_systemd, "{logs_copy:#?}");
+}
+
+fn which(cmd: &str) -> Result<String, ()> {
+    for dir in std::env::var("PATH").unwrap_or_default().split(':') {
+        let p = Path::new(dir).join(cmd);
+        if p.exists() {
+            return Ok(p.to_string_lossy().into_owned());
+        }
+    }
+    Err(())
+}
+
+#[test]
 fn hundred_streams_survive_twenty_upgrades_without_losing_a_byte() {
     let m = Member::start("m", false, false);
     let d = Proc::start(&format!(
