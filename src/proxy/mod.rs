@@ -15,6 +15,7 @@ pub mod https;
 pub mod net;
 pub mod pool;
 pub mod server;
+pub mod tcp;
 
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
