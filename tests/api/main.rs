@@ -1,5 +1,5 @@
-//! The REST API, its access rules, and the status page. One test binary (one link) with a module per
-//! former test file; helpers in `tests/support/`.
+//! The REST API, its access rules, and the status page. One test binary (one link) with a module
+//! per former test file; helpers in `tests/support/`.
 
 #[path = "../support/mod.rs"]
 mod support;

@@ -1,5 +1,5 @@
-//! The `berth` CLI against a real daemon: help and snapshots, HTTPS on api.domain, deploys. One test binary (one link) with a module per
-//! former test file; helpers in `tests/support/`.
+//! The `berth` CLI against a real daemon: help and snapshots, HTTPS on api.domain, deploys. One
+//! test binary (one link) with a module per former test file; helpers in `tests/support/`.
 
 #[path = "../support/mod.rs"]
 mod support;

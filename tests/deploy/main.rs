@@ -1,5 +1,6 @@
-//! Deploys: the engine (fake runtime and real dockerd), app specs, secrets, store recovery, the apps API. One test binary (one link) with a module per
-//! former test file; helpers in `tests/support/`.
+//! Deploys: the engine (fake runtime and real dockerd), app specs, secrets, store recovery, the
+//! apps API, deploys across an upgrade. One test binary (one link) with a module per former test
+//! file; helpers in `tests/support/`.
 
 #[path = "../support/mod.rs"]
 mod support;
@@ -10,3 +11,4 @@ mod docker_deploy;
 mod docker_engine;
 mod secrets;
 mod store_recovery;
+mod upgrade_deploy;

@@ -1,5 +1,5 @@
-//! berthd as a process: socket activation, readiness, reload, upgrade, drain; packaging files. One test binary (one link) with a module per
-//! former test file; helpers in `tests/support/`.
+//! berthd as a process: socket activation, readiness, reload, upgrade, drain; packaging files. One
+//! test binary (one link) with a module per former test file; helpers in `tests/support/`.
 
 #[path = "../support/mod.rs"]
 mod support;

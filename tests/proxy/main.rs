@@ -1,5 +1,5 @@
-//! The proxy: routing and forwarding, health checks, HTTP conformance, fuzzing. One test binary (one link) with a module per
-//! former test file; helpers in `tests/support/`.
+//! The proxy: routing and forwarding, health checks, HTTP conformance, fuzzing, TCP mode. One test
+//! binary (one link) with a module per former test file; helpers in `tests/support/`.
 
 #[path = "../support/mod.rs"]
 mod support;
@@ -8,3 +8,4 @@ mod conformance;
 mod fuzz;
 mod proxy;
 mod proxy_health;
+mod tcp;

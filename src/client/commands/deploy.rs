@@ -301,6 +301,10 @@ pub async fn follow_deployment(
 
 const TERMINAL: &[&str] = &["succeeded", "failed", "aborted", "rolled_back", "cancelled"];
 
+/// How long `berth deploy` keeps reconnecting to a deployment's events after the connection
+/// dropped (an upgrade hands the API to a new berthd process; a restart takes a few seconds).
+const RECONNECT_FOR: Duration = Duration::from_secs(120);
+
 async fn follow_deployment_state(
     api: &Api,
     id: &str,
@@ -310,47 +314,84 @@ async fn follow_deployment_state(
     let start = Instant::now();
     let mut last_state = String::from("unknown");
     let pfx = prefix.map(|p| format!("{p}: ")).unwrap_or_default();
-    api.sse(
-        &format!("/v1/deployments/{}/events", seg(id)),
-        |name, data| {
-            let v: Value = serde_json::from_str(data).unwrap_or(Value::String(data.to_string()));
-            let stage = field(&v, &["stage", "step", "kind"]);
-            let message = field(&v, &["message", "detail"]);
-            let state = v
-                .get("state")
-                .or_else(|| v.get("status"))
-                .map(text)
-                .unwrap_or_default();
-            if out.json {
-                out.line(data);
-            } else {
-                let elapsed = start.elapsed().as_secs_f64();
-                let mark = if TERMINAL.contains(&state.as_str()) {
-                    out.state(&state)
-                } else {
-                    "·".into()
-                };
-                let msg = if message == "-" {
-                    String::new()
-                } else {
-                    format!(" {message}")
-                };
-                if stage == state {
-                    out.line(&format!("{pfx}{mark}{msg} ({elapsed:.1}s)"));
-                } else {
-                    out.line(&format!("{pfx}{mark} {stage}{msg} ({elapsed:.1}s)"));
-                }
+    // Every connection replays the log from the start: print each event once.
+    let mut seen = std::collections::HashSet::<String>::new();
+    let mut lost_at: Option<Instant> = None;
+    loop {
+        let mut finished = false;
+        let res = api
+            .sse(
+                &format!("/v1/deployments/{}/events", seg(id)),
+                |name, data| {
+                    if !seen.insert(data.to_string()) {
+                        return true;
+                    }
+                    lost_at = None;
+                    let v: Value =
+                        serde_json::from_str(data).unwrap_or(Value::String(data.to_string()));
+                    let stage = field(&v, &["stage", "step", "kind"]);
+                    let message = field(&v, &["message", "detail"]);
+                    let state = v
+                        .get("state")
+                        .or_else(|| v.get("status"))
+                        .map(text)
+                        .unwrap_or_default();
+                    if out.json {
+                        out.line(data);
+                    } else {
+                        let elapsed = start.elapsed().as_secs_f64();
+                        let mark = if TERMINAL.contains(&state.as_str()) {
+                            out.state(&state)
+                        } else {
+                            "·".into()
+                        };
+                        let msg = if message == "-" {
+                            String::new()
+                        } else {
+                            format!(" {message}")
+                        };
+                        if stage == state {
+                            out.line(&format!("{pfx}{mark}{msg} ({elapsed:.1}s)"));
+                        } else {
+                            out.line(&format!("{pfx}{mark} {stage}{msg} ({elapsed:.1}s)"));
+                        }
+                    }
+                    if !state.is_empty() {
+                        last_state = state.clone();
+                    }
+                    finished =
+                        TERMINAL.contains(&state.as_str()) || name == "done" || name == "end";
+                    !finished
+                },
+            )
+            .await;
+        if finished {
+            return Ok(last_state);
+        }
+        // The stream ended before the deployment did (berthd upgraded or restarted): the
+        // deployment goes on in the new process; follow it there.
+        let why = match res {
+            Ok(()) => "the event stream ended".to_string(),
+            Err(ClientError::Unreachable { message, .. }) => message,
+            Err(e) => return Err(e),
+        };
+        let since = *lost_at.get_or_insert_with(|| {
+            if !out.json {
+                out.line(&format!(
+                    "{pfx}· connection to berthd lost ({why}); reconnecting"
+                ));
             }
-            if !state.is_empty() {
-                last_state = state.clone();
-            }
-            !(TERMINAL.contains(&state.as_str()) || name == "done" || name == "end")
-        },
-    )
-    .await?;
-    if !TERMINAL.contains(&last_state.as_str()) {
-        // The stream ended without a final state: ask for it.
-        tokio::time::sleep(Duration::from_millis(100)).await;
+            Instant::now()
+        });
+        if since.elapsed() > RECONNECT_FOR {
+            return Err(ClientError::Unreachable {
+                url: format!("/v1/deployments/{id}/events"),
+                message: format!(
+                    "lost the deployment's events ({why}) and could not reconnect within \
+                     {RECONNECT_FOR:?}; `berth deployments APP` shows how it ended"
+                ),
+            });
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
     }
-    Ok(last_state)
 }
