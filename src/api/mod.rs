@@ -123,7 +123,7 @@ pub fn router(state: ApiState) -> Router {
             state.settings.auth_limit_loopback,
         ))))
         // ui: `true` once the API listener serves TLS (Secure cookies).
-        .layer(Extension(ui::Sessions::new(false)))
+        .layer(Extension(auth::session::Sessions::new(false)))
         // Outermost: a request for a foreign name is answered before anything else runs.
         .layer(middleware::from_fn_with_state(state.clone(), host_check))
         .with_state(state)

@@ -39,7 +39,7 @@ pub use handover::HandoverError;
 use health::HealthClient;
 
 /// Where the route changes of the engine go. Implemented over the proxy's `Tables` by the
-/// daemon (see `deploy_publish.rs`); the engine never imports the proxy.
+/// daemon (see `daemon/engine.rs`); the engine never imports the proxy.
 pub trait RoutePublisher: Send + Sync + 'static {
     /// Replaces every route published under `key` (`app/NAME`, `discovered/NAME`) in one
     /// atomic table swap. An empty list removes them. An error changes nothing.

@@ -3,7 +3,16 @@
 //! lifecycle around them: READY only after listeners are live and state is restored,
 //! SIGHUP/`reload` swaps the configuration in place, SIGUSR2/`upgrade` hands the listeners to
 //! the binary now on disk, SIGTERM/SIGINT drain and exit 0. The one module that may use all
-//! others.
+//! others: `engine.rs` starts the deploy engine and holds the one `RoutePublisher`, `tls.rs`
+//! the HTTPS listener, certificates and ACME, `cli.rs` + `admin.rs` are `berthd`'s command
+//! line (`src/bin/berthd.rs` only calls [`main`]).
+
+mod admin;
+mod cli;
+pub mod engine;
+mod tls;
+
+pub use cli::main;
 
 use std::net::SocketAddr;
 use std::os::fd::{AsFd, AsRawFd, RawFd};
@@ -25,7 +34,7 @@ use crate::proxy::health::{self, HealthSettings};
 use crate::proxy::{server, Proxy, Settings, Tables};
 use crate::store::registry::{ChangeError, RouteRegistry, TablePublisher};
 use crate::store::{Store, StoreError};
-use crate::tls::{AcmeManager, CertStore, ManualCerts, TlsError};
+use crate::tls::{AcmeManager, CertStore, TlsError};
 
 #[derive(Debug, Error)]
 pub enum DaemonError {
@@ -46,7 +55,7 @@ pub enum DaemonError {
     #[error("routes: {0}")]
     Registry(#[from] ChangeError),
     #[error("deploy engine (deploy.enabled: required): {0}")]
-    Deploy(#[from] crate::deploy_publish::EngineStartError),
+    Deploy(#[from] engine::EngineStartError),
     #[error(transparent)]
     Secrets(#[from] crate::store::secrets::SecretsError),
 }
@@ -205,7 +214,7 @@ pub async fn start_with(
     let proxy = Arc::new(Proxy::new(settings, tables.clone()));
     // Serve first: the engine publishes what runs (one Docker listing, no health gate) and
     // reconciles in the background; nothing here waits for a health check.
-    let engine = start_engine(&config, &registry, damaged).await?;
+    let engine = engine::start(&config, &registry, damaged).await?;
 
     let (std_listener, origin) = inherited.tcp("http", config.http.listen)?;
     let listener = tokio::net::TcpListener::from_std(std_listener)?;
@@ -233,7 +242,7 @@ pub async fn start_with(
         stop_rx.clone(),
     )];
     let (https_addr, certs, acme) = if config.tls.is_enabled() {
-        let tls = start_tls(
+        let tls = tls::start_tls(
             &config,
             &proxy,
             &tables,
@@ -337,176 +346,6 @@ fn api_route_spec(
             message: e.to_string(),
         })
     })
-}
-
-/// Starts the deploy engine per `deploy.enabled`: `off` → none; `auto` → none with one
-/// warning when Docker does not answer; `required` → that is an error.
-async fn start_engine(
-    config: &Config,
-    registry: &Arc<RouteRegistry>,
-    store_damaged: Option<String>,
-) -> Result<Option<Arc<crate::deploy::Engine>>, DaemonError> {
-    use crate::model::config::DeployEnabled;
-    let d = &config.deploy;
-    if d.enabled == DeployEnabled::Off {
-        tracing::info!("deploy engine off (deploy.enabled: off)");
-        return Ok(None);
-    }
-    // api: app secrets are sealed with this key (created here, logged, when missing).
-    let secrets = match crate::store::secrets::SecretsKey::load_or_create(&config.data_dir) {
-        Ok((key, _)) => Some(Arc::new(key)),
-        // A degraded store refuses deploys anyway: route what runs without the key.
-        Err(e) if store_damaged.is_some() => {
-            tracing::error!(error = %e, "secrets key unavailable (the data dir is unusable)");
-            None
-        }
-        Err(e) => return Err(e.into()),
-    };
-    let cfg = crate::deploy::EngineConfig {
-        keep_images: d.keep_images,
-        stop_grace: d.stop_grace,
-        store_damaged,
-        secrets,
-        allow_host_mounts: d.allow_host_mounts,
-        ..Default::default()
-    };
-    match crate::deploy_publish::start_engine_with_registry(registry.clone(), &d.network, cfg).await
-    {
-        Ok(engine) => {
-            tracing::info!(network = %d.network, "deploy engine ready");
-            Ok(Some(Arc::new(engine)))
-        }
-        Err(e) if d.enabled == DeployEnabled::Auto => {
-            tracing::warn!(
-                error = %e,
-                "deploy engine not started (Docker unavailable); proxy and API run without \
-                 deploys; set deploy.enabled: required to make this fatal, or off to silence it"
-            );
-            Ok(None)
-        }
-        Err(e) => Err(e.into()),
-    }
-}
-
-/// The proxy's view of the certificate store (the proxy does not import `tls`).
-struct TlsHooksAdapter {
-    store: Arc<CertStore>,
-    redirect: bool,
-    https_port: u16,
-    acme: Option<Arc<AcmeManager>>,
-}
-
-impl crate::proxy::acme_hook::TlsHooks for TlsHooksAdapter {
-    fn http01(&self, token: &str) -> Option<String> {
-        self.store.http01(token)
-    }
-
-    fn https_authority(&self, host: &str) -> Option<String> {
-        if !self.redirect || !self.store.has_certificate(host) {
-            return None;
-        }
-        Some(if self.https_port == 443 {
-            host.to_string()
-        } else {
-            format!("{host}:{}", self.https_port)
-        })
-    }
-
-    fn before_handshake(&self, name: &str) -> Option<crate::proxy::acme_hook::HandshakeWait> {
-        let acme = self.acme.as_ref().filter(|a| a.wants_on_demand(name))?;
-        Some(Box::pin(acme.clone().obtain_on_demand(name.to_string())))
-    }
-}
-
-/// Domains of a route table that a public CA could certify (names with a dot, not
-/// `localhost`).
-pub fn certifiable_domains(table: &RouteTable) -> std::collections::BTreeSet<String> {
-    table
-        .routes()
-        .iter()
-        .flat_map(|r| r.spec.domains.iter().chain(r.spec.aliases.iter()))
-        .map(|d| d.as_str().to_string())
-        .filter(|d| d.contains('.') && d != "localhost" && !d.ends_with(".localhost"))
-        .collect()
-}
-
-type TlsParts = (
-    Option<SocketAddr>,
-    Option<Arc<CertStore>>,
-    Option<Arc<AcmeManager>>,
-);
-
-/// Loads certificates, binds the HTTPS listener, and starts the reload and ACME tasks.
-async fn start_tls(
-    config: &Config,
-    proxy: &Arc<Proxy>,
-    tables: &Arc<Tables>,
-    stop_rx: &watch::Receiver<bool>,
-    tasks: &mut Vec<JoinHandle<()>>,
-    inherited: &mut Inherited,
-    listener_fds: &mut Vec<(String, RawFd)>,
-) -> Result<TlsParts, DaemonError> {
-    // Another provider compiled in by some dependency must not make rustls ambiguous.
-    let _ = rustls::crypto::ring::default_provider().install_default();
-    let store = Arc::new(CertStore::new());
-    let manual = {
-        let (store, cfg, dir) = (store.clone(), config.tls.clone(), config.data_dir.clone());
-        tokio::task::spawn_blocking(move || ManualCerts::load(store, &cfg, &dir))
-            .await
-            .map_err(|e| std::io::Error::other(e.to_string()))??
-    };
-    let server_config = crate::proxy::https::server_config(store.clone())?;
-    let (std_listener, origin) = inherited.tcp("https", config.tls.listen)?;
-    let listener = tokio::net::TcpListener::from_std(std_listener)?;
-    let https_addr = listener.local_addr()?;
-    listener_fds.push(("https".to_string(), listener.as_raw_fd()));
-    tracing::info!(https = %https_addr, from = %origin, "listening");
-    let acme = config.tls.acme.as_ref().map(|cfg| {
-        Arc::new(
-            AcmeManager::new(cfg.clone(), &config.data_dir, store.clone())
-                .with_on_demand(config.tls.on_demand.clone()),
-        )
-    });
-    let _ = proxy.tls_hooks.set(Arc::new(TlsHooksAdapter {
-        store: store.clone(),
-        redirect: config.tls.redirect,
-        https_port: https_addr.port(),
-        acme: acme.clone(),
-    }));
-    tasks.push(tokio::spawn(crate::proxy::https::serve_https(
-        proxy.clone(),
-        listener,
-        server_config,
-        stop_rx.clone(),
-    )));
-    tasks.push(tokio::spawn(
-        manual.run(config.tls.reload_interval, stop_rx.clone()),
-    ));
-    if let Some(acme) = &acme {
-        acme.set_domains(certifiable_domains(&tables.load()));
-        tasks.push(tokio::spawn(acme.clone().run(stop_rx.clone())));
-        // Every publish (config reload, deploys) updates the set of domains to certify.
-        let (acme, tables, mut stop) = (acme.clone(), tables.clone(), stop_rx.clone());
-        tasks.push(tokio::spawn(async move {
-            let mut generation = tables.subscribe();
-            loop {
-                tokio::select! {
-                    r = generation.changed() => {
-                        if r.is_err() {
-                            return;
-                        }
-                        acme.set_domains(certifiable_domains(&tables.load()));
-                    }
-                    r = stop.changed() => {
-                        if r.is_err() || *stop.borrow() {
-                            return;
-                        }
-                    }
-                }
-            }
-        }));
-    }
-    Ok((Some(https_addr), Some(store), acme))
 }
 
 /// Runs until SIGTERM/SIGINT or a successful upgrade; reloads on SIGHUP, upgrades on SIGUSR2
