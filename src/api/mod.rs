@@ -87,6 +87,9 @@ pub struct ApiState {
     pub certs: Option<Arc<crate::tls::CertStore>>,
     /// certs: the ACME issuer, if configured (`POST /v1/certificates/{domain}/retry`).
     pub acme: Option<Arc<crate::tls::AcmeManager>>,
+    /// Why `berth.db` takes no changes (read-only or unopenable data dir, failed integrity
+    /// check), for `/v1/stats` (the status page) and `/metrics`.
+    pub store_problem: Option<String>,
 }
 
 /// The complete router.

@@ -280,6 +280,7 @@ pub async fn start_with(
         engine: engine.clone(),
         certs: certs.clone(),
         acme: acme.clone(),
+        store_problem: store_problem.clone(),
     };
     tasks.push(tokio::spawn(api::serve(api_listener, api_state)));
     Ok(Running {
