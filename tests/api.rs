@@ -991,7 +991,7 @@ async fn openapi_document_matches_the_router() {
             );
         }
     }
-    assert_eq!(ops, 28); // main's 27 + GET /v1/token (issue 18 item 7)
+    assert_eq!(ops, 36); // main's 27 + GET /v1/token (issue 18 item 7) + 8 frontend/pool ops (issue 22)
     d.stop().await;
 }
 

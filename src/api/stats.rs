@@ -38,6 +38,9 @@ pub struct StatsDoc {
     /// Unix time in milliseconds when the snapshot was taken.
     pub timestamp_ms: u64,
     pub routes: Vec<RouteStats>,
+    /// frontends: TCP frontends and pool members (connections, bytes).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tcp: Option<crate::proxy::tcp::TcpStats>,
     /// Whether `berth.db` takes changes (the status page shows a banner when not).
     pub store: StoreState,
 }
@@ -170,6 +173,7 @@ pub fn snapshot(table: &RouteTable, sources: &HashMap<String, RouteSource>) -> S
             .map(|d| d.as_millis() as u64)
             .unwrap_or(0),
         routes,
+        tcp: None,
         store: StoreState::of(None),
     }
 }
@@ -182,6 +186,7 @@ fn current(state: &ApiState) -> StatsDoc {
         .map(|e| (e.name(), e.source))
         .collect();
     let mut doc = snapshot(&state.registry.table(), &sources);
+    doc.tcp = Some(state.tcp.stats());
     doc.store = StoreState::of(state.store_problem.as_deref());
     doc
 }
@@ -422,7 +427,7 @@ pub async fn metrics(State(state): State<ApiState>) -> impl IntoResponse {
             header::CONTENT_TYPE,
             "text/plain; version=0.0.4; charset=utf-8",
         )],
-        prometheus(&doc, &table),
+        prometheus(&doc, &table) + &super::frontends::prometheus(&state.tcp.stats()),
     )
 }
 

@@ -58,6 +58,28 @@ pub enum DaemonError {
     Deploy(#[from] engine::EngineStartError),
     #[error(transparent)]
     Secrets(#[from] crate::store::secrets::SecretsError),
+    #[error("frontends: {0}")]
+    Tcp(#[from] crate::proxy::tcp::TcpError),
+}
+
+/// Frontend listeners come from the inherited set (upgrade, socket activation, fd store) or
+/// a fresh bind, and are kept in systemd's fd store while they live.
+struct FrontendListeners(crate::lifecycle::FrontendSockets);
+
+impl crate::proxy::tcp::ListenerSource for FrontendListeners {
+    fn listen(&self, name: &str, addr: SocketAddr) -> std::io::Result<std::net::TcpListener> {
+        let (l, origin) = self.0.listen(name, addr).map_err(|e| match e {
+            ListenError::Bind { source, .. } | ListenError::Inherited { source, .. } => source,
+            other => std::io::Error::other(other.to_string()),
+        })?;
+        tracing::info!(%name, %addr, from = %origin, "frontend listener");
+        notify::store_fd(name, l.as_fd());
+        Ok(l)
+    }
+
+    fn released(&self, name: &str) {
+        notify::remove_fd(name);
+    }
 }
 
 /// The registry publishes into the proxy's table holder.
@@ -95,6 +117,8 @@ pub struct Running {
     listener_fds: Vec<(String, RawFd)>,
     /// Why the store is damaged or takes no writes (`berthd status` says it).
     pub store_problem: Option<String>,
+    /// TCP frontends and pools.
+    pub tcp: Arc<crate::proxy::tcp::TcpProxy>,
 }
 
 impl Running {
@@ -105,8 +129,18 @@ impl Running {
         for t in self.tasks {
             let _ = t.await;
         }
+        self.tcp.stopped().await;
         let drain = self.proxy.settings.timeouts.drain;
-        let _ = tokio::time::timeout(drain, self.proxy.tunnels.wait_idle()).await;
+        let idle = async {
+            tokio::join!(self.proxy.tunnels.wait_idle(), self.tcp.conns.wait_idle());
+        };
+        if tokio::time::timeout(drain, idle).await.is_err() {
+            tracing::info!(
+                tcp = self.tcp.conns.live(),
+                "drain timeout: closing the connections still open"
+            );
+            self.tcp.close_all().await;
+        }
     }
 
     /// Re-reads the config file and swaps in its routes (routes stored through the API stay).
@@ -270,6 +304,28 @@ pub async fn start_with(
         listener,
         stop_rx.clone(),
     )));
+    let tcp = start_tcp(
+        &config,
+        &registry,
+        inherited,
+        &stop_rx,
+        [
+            Some(("http", http_addr)),
+            Some(("api", api_addr)),
+            https_addr.map(|a| ("https", a)),
+        ],
+    )
+    .await;
+    let tcp = match tcp {
+        Ok(t) => t,
+        Err(e) => {
+            let _ = stop.send(true);
+            for t in tasks {
+                let _ = t.await;
+            }
+            return Err(e);
+        }
+    };
     let mut api_settings = ApiSettings::from_config(&config.api);
     api_settings.max_upload_size = config.deploy.max_upload_size.0;
     api_settings.proxy_secret = proxy_secret;
@@ -280,6 +336,7 @@ pub async fn start_with(
         engine: engine.clone(),
         certs: certs.clone(),
         acme: acme.clone(),
+        tcp: tcp.clone(),
         store_problem: store_problem.clone(),
     };
     tasks.push(tokio::spawn(api::serve(api_listener, api_state)));
@@ -299,7 +356,43 @@ pub async fn start_with(
         config_path,
         listener_fds,
         store_problem,
+        tcp,
     })
+}
+
+/// Starts TCP mode: the configuration's frontends and pools plus the stored ones, listening
+/// on inherited sockets where present.
+async fn start_tcp(
+    config: &Config,
+    registry: &Arc<RouteRegistry>,
+    inherited: &mut Inherited,
+    stop_rx: &watch::Receiver<bool>,
+    own: [Option<(&'static str, SocketAddr)>; 3],
+) -> Result<Arc<crate::proxy::tcp::TcpProxy>, DaemonError> {
+    let sockets = Arc::new(FrontendListeners(inherited.take_prefix("frontend.")));
+    let tcp = crate::proxy::tcp::TcpProxy::new(
+        sockets.clone(),
+        own.into_iter().flatten().collect(),
+        config.proxy.timeouts.drain,
+        stop_rx.clone(),
+    );
+    let store = registry.store().clone();
+    let stored = tokio::task::spawn_blocking(move || {
+        Ok::<_, StoreError>((store.load_frontends()?, store.load_pools()?))
+    })
+    .await
+    .map_err(std::io::Error::other)?;
+    let stored = stored.unwrap_or_else(|e| {
+        tracing::error!(error = %e, "stored frontends and pools cannot be read; serving the configured ones");
+        (Vec::new(), Vec::new())
+    });
+    tcp.load((config.frontends.clone(), config.pools.clone()), stored)
+        .await?;
+    for name in sockets.0.close_unclaimed() {
+        tracing::warn!(%name, "inherited frontend listener not used by this configuration; closed");
+        notify::remove_fd(&name);
+    }
+    Ok(tcp)
 }
 
 /// The proxy's treatment of the API route (see `proxy::ApiRoute`): image uploads may be as
@@ -502,9 +595,17 @@ pub async fn run(
                 continue;
             }
         }
-        match upgrade::spawn_successor(exe, args, running.listener_fds.clone(), upgrade_timeout)
-            .await
-        {
+        // Frontend listeners as duplicates, held open until the successor has them.
+        let frontend_fds = running.tcp.listener_fds().await;
+        let mut fds = running.listener_fds.clone();
+        fds.extend(
+            frontend_fds
+                .iter()
+                .map(|(n, fd)| (n.clone(), fd.as_raw_fd())),
+        );
+        let spawned = upgrade::spawn_successor(exe, args, fds, upgrade_timeout).await;
+        drop(frontend_fds);
+        match spawned {
             Ok(pid) => {
                 if let Some(engine) = &running.engine {
                     engine.hand_over(pid);

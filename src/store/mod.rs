@@ -8,6 +8,7 @@
 //! so a committed change survives a power cut): async callers use `spawn_blocking`.
 
 pub mod deployments;
+mod frontends;
 pub mod registry;
 pub mod secrets;
 mod tokens;
@@ -223,6 +224,8 @@ const MIGRATIONS: &[&str] = &[
      );",
     // 6: checkpoints of deployments paused or handed over during an upgrade.
     deployments::CHECKPOINTS_MIGRATION_SQL,
+    // 7: frontends and pools created through the API.
+    frontends::MIGRATION_SQL,
 ];
 
 fn now() -> i64 {
