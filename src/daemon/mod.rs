@@ -337,6 +337,7 @@ pub async fn start_with(
         certs: certs.clone(),
         acme: acme.clone(),
         tcp: tcp.clone(),
+        store_problem: store_problem.clone(),
     };
     tasks.push(tokio::spawn(api::serve(api_listener, api_state)));
     Ok(Running {
