@@ -24,11 +24,9 @@ use thiserror::Error;
 use tokio::sync::{broadcast, watch};
 use tokio::task::JoinHandle;
 
-use crate::model::deploy::{validate_app_name, AppSpec, HealthSpec, SpecError, Strategy};
+use crate::model::deploy::{validate_app_name, AppSpec, SpecError, Strategy, TrafficPolicy};
 use crate::model::labels::LabelSpec;
-use crate::model::route::{
-    BackendAddr, BackendSpec, Domain, HealthCheckSpec, RouteSpec, ServerState,
-};
+use crate::model::route::{BackendAddr, BackendSpec, Domain, RouteSpec, ServerState};
 use crate::runtime::{ByteStream, ContainerRuntime, RegistryCreds, RuntimeError};
 use crate::store::deployments::{
     DeployState, DeploymentRecord, DeploymentStore, DeploymentStoreError, StoredEvent,
@@ -37,7 +35,8 @@ use crate::store::deployments::{
 use health::HealthClient;
 
 /// Where the route changes of the engine go. Implemented over the proxy's `Tables` by the
-/// daemon (see `deploy_publish.rs`); the engine never imports the proxy.
+/// daemon (see `deploy_publish.rs`); of the proxy the engine uses only its one health prober
+/// (`proxy::health::probe_once`, via `health::HealthClient`).
 pub trait RoutePublisher: Send + Sync + 'static {
     /// Replaces every route published under `key` (`app/NAME`, `discovered/NAME`) in one
     /// atomic table swap. An empty list removes them. An error changes nothing.
@@ -192,7 +191,8 @@ pub(crate) struct Replica {
 pub(crate) struct AppHosts {
     pub domains: Vec<Domain>,
     pub aliases: Vec<Domain>,
-    pub health: HealthSpec,
+    /// Balancer, health check, slow start, prefix and retries of the app's route.
+    pub traffic: TrafficPolicy,
 }
 
 impl AppHosts {
@@ -200,7 +200,7 @@ impl AppHosts {
         AppHosts {
             domains: spec.domains.clone(),
             aliases: spec.aliases.clone(),
-            health: spec.health.clone(),
+            traffic: spec.traffic(),
         }
     }
 }
@@ -330,26 +330,14 @@ impl Inner {
             // A route with no ready backend answers 503 (replace downtime); an app that runs
             // nothing (stopped, never deployed) has no route at all.
             Some(a) => match &a.hosts {
-                Some(h) => vec![RouteSpec {
-                    name: Some(app_route_name(app)),
-                    domains: h.domains.clone(),
-                    aliases: h.aliases.clone(),
-                    alias_mode: Default::default(),
-                    path_prefix: None,
-                    balancer: Default::default(),
-                    // The deploy gate checks a replica before it is routed; from then on the
-                    // proxy's prober checks it with the same path, interval and timeout
-                    // (a backend starts up, so a gated replica serves at once).
-                    health_check: Some(HealthCheckSpec {
-                        path: h.health.path.clone(),
-                        interval: h.health.interval,
-                        timeout: h.health.timeout,
-                        ..HealthCheckSpec::default()
-                    }),
-                    slowstart: None,
-                    on_down: Default::default(),
-                    backends: a
-                        .replicas
+                // The deploy gate checks a replica before it is routed; from then on the
+                // proxy's prober checks it with the same check (a backend starts up, so a
+                // gated replica serves at once).
+                Some(h) => vec![h.traffic.route(
+                    app_route_name(app),
+                    h.domains.clone(),
+                    h.aliases.clone(),
+                    a.replicas
                         .iter()
                         .filter(|r| !a.down.contains(&r.container_id))
                         .map(|r| BackendSpec {
@@ -359,8 +347,7 @@ impl Inner {
                             state: r.state,
                         })
                         .collect(),
-                    ..RouteSpec::default()
-                }],
+                )],
                 None => vec![],
             },
             _ => vec![],
@@ -377,17 +364,13 @@ impl Inner {
             .collect();
         let routes = match members.first() {
             None => vec![],
-            Some(first) => vec![RouteSpec {
-                name: Some(discovered_route_name(app)),
-                domains: first.labels.domains.clone(),
-                aliases: first.labels.aliases.clone(),
-                alias_mode: Default::default(),
-                path_prefix: None,
-                balancer: Default::default(),
-                health_check: None,
-                slowstart: None,
-                on_down: Default::default(),
-                backends: members
+            // Hand-started containers are checked continuously like deployed ones, with the
+            // policy their labels give (`berth.health.*`, `berth.balancer`, ...).
+            Some(first) => vec![first.labels.traffic.route(
+                discovered_route_name(app),
+                first.labels.domains.clone(),
+                first.labels.aliases.clone(),
+                members
                     .iter()
                     .map(|d| BackendSpec {
                         id: Some(d.replica.container_id.clone()),
@@ -396,8 +379,7 @@ impl Inner {
                         state: ServerState::Ready,
                     })
                     .collect(),
-                ..RouteSpec::default()
-            }],
+            )],
         };
         self.publisher
             .set_routes(&discovered_route_name(app), routes)
@@ -511,7 +493,7 @@ impl Engine {
             store,
             publisher,
             cfg,
-            health: HealthClient::default(),
+            health: HealthClient,
             state: Mutex::new(State::default()),
             progress: Mutex::new(HashMap::new()),
             tasks: Mutex::new(Vec::new()),
@@ -598,12 +580,12 @@ impl Engine {
         spec.check_host_mounts(self.inner.cfg.allow_host_mounts)?;
         // The domains must be free before the deploy is accepted (the route is published only
         // after the first replica is healthy; a collision then would fail the deploy late).
-        let probe = RouteSpec {
-            name: Some(app_route_name(app)),
-            domains: spec.domains.clone(),
-            aliases: spec.aliases.clone(),
-            ..RouteSpec::default()
-        };
+        let probe = spec.traffic().route(
+            app_route_name(app),
+            spec.domains.clone(),
+            spec.aliases.clone(),
+            vec![],
+        );
         self.inner
             .publisher
             .check_routes(&app_route_name(app), vec![probe])

@@ -27,7 +27,6 @@ use tokio::time::Instant;
 
 use super::run::{address_of, start_replica};
 use super::{now_ms, AppHosts, AppState, DeployError, Inner, LockExt, Replica, RECONCILING};
-use crate::model::deploy::HealthSpec;
 use crate::model::labels::{self, Parsed};
 use crate::model::route::{BackendAddr, ServerState};
 use crate::runtime::{ContainerInfo, RuntimeError};
@@ -163,13 +162,7 @@ pub(crate) async fn serve_first(inner: &Arc<Inner>) -> Result<Startup, DeployErr
                 a.hosts = Some(AppHosts {
                     domains: spec.domains.clone(),
                     aliases: spec.aliases.clone(),
-                    health: HealthSpec {
-                        path: spec.health_path.clone(),
-                        ..a.hosts
-                            .as_ref()
-                            .map(|h| h.health.clone())
-                            .unwrap_or_default()
-                    },
+                    traffic: spec.traffic.clone(),
                 });
                 a.replicas.push(r);
                 if !ids.contains(&dep) {

@@ -387,7 +387,7 @@ pub(crate) fn container_labels(
         domains: spec.domains.clone(),
         aliases: spec.aliases.clone(),
         port: spec.port,
-        health_path: spec.health.path.clone(),
+        traffic: spec.traffic(),
         managed: true,
     });
     l.insert(labels::SLOT.to_string(), slot.to_string());
