@@ -991,7 +991,9 @@ async fn openapi_document_matches_the_router() {
             );
         }
     }
-    assert_eq!(ops, 28); // main's 27 + GET /v1/token (issue 18 item 7)
+    // main's 27 + GET /v1/token (issue 18 item 7) + the app gate: GET gate, POST pause,
+    // POST resume, PUT/DELETE maintenance (issue 21 item 4).
+    assert_eq!(ops, 33);
     d.stop().await;
 }
 

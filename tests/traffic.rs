@@ -233,11 +233,15 @@ async fn sticky_cookie_app_across_a_rolling_deploy() {
     tokio::time::sleep(Duration::from_secs(2)).await;
     stop.store(true, Ordering::Relaxed);
 
-    let v2_replicas: HashSet<String> = env
-        .containers(app)
-        .into_iter()
-        .map(|(id, _, _)| id[..12].to_string())
-        .collect();
+    // Container hostnames are the first 12 characters of their ids.
+    let v2_replicas: HashSet<String> = sh(&format!(
+        "docker ps -q --no-trunc --filter label=berth.test.run={} --filter label=berth.app={app}",
+        env.run
+    ))
+    .1
+    .lines()
+    .map(|id| id[..12].to_string())
+    .collect();
     assert_eq!(v2_replicas.len(), 3, "three v2 replicas run");
     let mut total = 0usize;
     let mut per_replica: HashMap<String, usize> = HashMap::new();
@@ -352,13 +356,23 @@ async fn labelled_containers_are_health_checked_continuously() {
         if other.starts_with(&w.replica) {
             break;
         }
-        assert!(Instant::now() < deadline, "still on the failing container");
+        if Instant::now() > deadline {
+            let t = env.daemon.as_ref().unwrap().tables.load_full();
+            for r in t.routes() {
+                println!("route {} check {:?}", r.name, r.spec.health_check);
+                for b in &r.backends {
+                    println!("  {} {} up={}", b.id, b.address, b.health.is_up());
+                }
+            }
+            panic!("still on the failing container {pinned}, first {first}");
+        }
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
-    println!(
-        "labelled container with failing /health left the route after {:?}",
-        t0.elapsed()
-    );
+    let left_after = t0.elapsed();
+    println!("labelled container with failing /health left the route after {left_after:?}");
+    // interval 100 ms × fall 2, under steady traffic to the same container (which once kept
+    // resetting the check's failure streak: 7.8 s, or never).
+    assert!(left_after < Duration::from_secs(2), "{left_after:?}");
     // Healthy again: it comes back (rise 1) and, source_ip being consistent, takes its client back.
     env.docker(&format!("exec {pinned} cp /www/index.html /www/health"));
     let deadline = Instant::now() + Duration::from_secs(10);
@@ -373,4 +387,327 @@ async fn labelled_containers_are_health_checked_continuously() {
         );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
+}
+
+/// One request through the proxy: (status, Retry-After present, body) or a transport error.
+async fn probe_req(
+    env: &Env,
+    client: &hyper_util::client::legacy::Client<
+        hyper_util::client::legacy::connect::HttpConnector,
+        Empty<Bytes>,
+    >,
+    host: &str,
+    accept: Option<&str>,
+) -> Result<(u16, bool, String), String> {
+    let mut req =
+        http::Request::get(format!("http://{}/", env.http_addr())).header(http::header::HOST, host);
+    if let Some(a) = accept {
+        req = req.header(http::header::ACCEPT, a);
+    }
+    let req = req.body(Empty::<Bytes>::new()).unwrap();
+    let resp = tokio::time::timeout(Duration::from_secs(60), client.request(req))
+        .await
+        .map_err(|_| "timeout".to_string())?
+        .map_err(|e| e.to_string())?;
+    let status = resp.status().as_u16();
+    let retry_after = resp.headers().contains_key(http::header::RETRY_AFTER);
+    let body = resp
+        .into_body()
+        .collect()
+        .await
+        .map_err(|e| e.to_string())?
+        .to_bytes();
+    Ok((
+        status,
+        retry_after,
+        String::from_utf8_lossy(&body).trim().to_string(),
+    ))
+}
+
+/// What a bounded load loop saw.
+#[derive(Debug, Default)]
+struct Seen {
+    ok: HashMap<String, u64>,
+    maintenance: u64,
+    other: Vec<String>,
+}
+
+/// `workers` tasks (half on keep-alive connections, half on a new connection per request)
+/// until `stop`, at most `max` requests in all and `max_time`.
+async fn gate_load(
+    env: Arc<Env>,
+    host: &'static str,
+    workers: usize,
+    max: u64,
+    max_time: Duration,
+    stop: Arc<AtomicBool>,
+) -> Seen {
+    let sent = Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let deadline = Instant::now() + max_time;
+    let mut handles = Vec::new();
+    for w in 0..workers {
+        let (env, stop, sent) = (env.clone(), stop.clone(), sent.clone());
+        handles.push(tokio::spawn(async move {
+            let mut b =
+                hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new());
+            if w % 2 == 1 {
+                b.pool_max_idle_per_host(0);
+            }
+            let client = b.build_http();
+            let mut s = Seen::default();
+            while !stop.load(Ordering::Relaxed)
+                && Instant::now() < deadline
+                && sent.fetch_add(1, Ordering::Relaxed) < max
+            {
+                match probe_req(&env, &client, host, None).await {
+                    Ok((200, _, body)) => *s.ok.entry(body).or_default() += 1,
+                    Ok((503, true, _)) => s.maintenance += 1,
+                    other => s.other.push(format!("{other:?}")),
+                }
+            }
+            s
+        }));
+    }
+    let mut all = Seen::default();
+    for h in handles {
+        let s = h.await.expect("load worker");
+        for (k, v) in s.ok {
+            *all.ok.entry(k).or_default() += v;
+        }
+        all.maintenance += s.maintenance;
+        all.other.extend(s.other);
+    }
+    all
+}
+
+fn one_replica(image: &str, host: &str) -> berth::model::deploy::AppSpec {
+    serde_json::from_value(serde_json::json!({
+        "image": image,
+        "domains": [host],
+        "replicas": 1,
+        "strategy": "replace",
+        "health": {"path": "/health", "interval": "100ms", "timeout": "1s"},
+        "drain_timeout": "3s",
+        "deploy_timeout": "20s",
+    }))
+    .expect("spec")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+#[cfg_attr(
+    not(berth_system_tests),
+    ignore = "system test: set BERTH_SYSTEM_TESTS=1"
+)]
+async fn replace_deploy_of_one_replica_fails_no_request() {
+    if skip() {
+        return;
+    }
+    prepare();
+    let env = Arc::new(Env::new("hold").await);
+    let engine = env.engine().await;
+    let host = "hold.test";
+    let d1 = engine
+        .deploy("hold", one_replica(IMG_V1, host), reference(IMG_V1), "test")
+        .await
+        .unwrap();
+    let r1 = tokio::time::timeout(WAIT, engine.wait(&d1))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(r1.state, DeployState::Succeeded, "{:?}", r1.reason);
+    env.wait_body(host, "v1", Duration::from_secs(10)).await;
+
+    let stop = Arc::new(AtomicBool::new(false));
+    let loader = tokio::spawn(gate_load(
+        env.clone(),
+        host,
+        4,
+        100_000,
+        Duration::from_secs(90),
+        stop.clone(),
+    ));
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let t0 = Instant::now();
+    let d2 = engine
+        .deploy("hold", one_replica(IMG_V2, host), reference(IMG_V2), "test")
+        .await
+        .unwrap();
+    let r2 = tokio::time::timeout(WAIT, engine.wait(&d2))
+        .await
+        .unwrap()
+        .unwrap();
+    let took = t0.elapsed();
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    stop.store(true, Ordering::Relaxed);
+    let seen = loader.await.unwrap();
+    assert_eq!(r2.state, DeployState::Succeeded, "{:?}", r2.reason);
+    println!(
+        "replace deploy of a 1-replica app under load (4 workers, 2 keep-alive, 2 new connection per request): \
+         deploy took {took:?}; answered {:?}, 503 {}, failed {}",
+        seen.ok,
+        seen.maintenance,
+        seen.other.len()
+    );
+    assert!(
+        seen.other.is_empty() && seen.maintenance == 0,
+        "failed requests: {:?}",
+        &seen.other[..seen.other.len().min(5)]
+    );
+    assert!(seen.ok.get("v1").copied().unwrap_or(0) > 0);
+    assert!(seen.ok.get("v2").copied().unwrap_or(0) > 0);
+    assert!(engine.gate("hold").unwrap().is_empty(), "the hold ended");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+#[cfg_attr(
+    not(berth_system_tests),
+    ignore = "system test: set BERTH_SYSTEM_TESTS=1"
+)]
+async fn maintenance_and_pause_under_load_and_across_a_restart() {
+    if skip() {
+        return;
+    }
+    prepare();
+    let env = Arc::new(Env::new("maint").await);
+    let engine = env.engine().await;
+    let host = "maint.test";
+    let mut spec = one_replica(IMG_V1, host);
+    spec.replicas = 2;
+    spec.strategy = berth::model::deploy::Strategy::Rolling;
+    let d1 = engine
+        .deploy("maint", spec, reference(IMG_V1), "test")
+        .await
+        .unwrap();
+    let r1 = tokio::time::timeout(WAIT, engine.wait(&d1))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(r1.state, DeployState::Succeeded, "{:?}", r1.reason);
+    env.wait_body(host, "v1", Duration::from_secs(10)).await;
+
+    // Bad input: 422-style errors naming the field, nothing applied.
+    let bad = engine
+        .maintenance(
+            "maint",
+            Some(berth::model::traffic::Maintenance {
+                retry_after: 0,
+                ..Default::default()
+            }),
+        )
+        .unwrap_err();
+    assert!(bad.to_string().contains("retry_after"), "{bad}");
+    assert!(engine.gate("maint").unwrap().is_empty());
+    assert!(engine.pause("nosuch", Default::default()).is_err());
+
+    // Maintenance on and off under load: only 200 v1 or 503 with Retry-After, no errors.
+    let stop = Arc::new(AtomicBool::new(false));
+    let loader = tokio::spawn(gate_load(
+        env.clone(),
+        host,
+        4,
+        100_000,
+        Duration::from_secs(60),
+        stop.clone(),
+    ));
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    engine
+        .maintenance(
+            "maint",
+            Some(berth::model::traffic::Maintenance {
+                message: Some("Back at 10:00".into()),
+                retry_after: 90,
+                allow: vec![],
+            }),
+        )
+        .unwrap();
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    // Pages while it is on.
+    let c = hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
+        .build_http();
+    let (s, ra, html) = probe_req(&env, &c, host, Some("text/html,*/*"))
+        .await
+        .unwrap();
+    assert_eq!((s, ra), (503, true));
+    assert!(
+        html.contains("Back at 10:00") && html.contains("<html"),
+        "{html}"
+    );
+    let (s, _, json) = probe_req(&env, &c, host, Some("application/json"))
+        .await
+        .unwrap();
+    assert_eq!(s, 503);
+    let v: serde_json::Value = serde_json::from_str(&json).unwrap();
+    assert_eq!(v["retry_after"], 90);
+    engine.maintenance("maint", None).unwrap();
+    tokio::time::sleep(Duration::from_millis(700)).await;
+    stop.store(true, Ordering::Relaxed);
+    let seen = loader.await.unwrap();
+    println!(
+        "maintenance on/off under load (4 workers): 200 {:?}, 503+Retry-After {}, other {}",
+        seen.ok,
+        seen.maintenance,
+        seen.other.len()
+    );
+    assert!(
+        seen.other.is_empty(),
+        "{:?}",
+        &seen.other[..seen.other.len().min(5)]
+    );
+    assert!(seen.maintenance > 0 && seen.ok.get("v1").copied().unwrap_or(0) > 0);
+
+    // Pause: a request is held, not refused, and goes on at resume.
+    engine
+        .pause(
+            "maint",
+            berth::model::traffic::Pause {
+                timeout: Duration::from_secs(20),
+            },
+        )
+        .unwrap();
+    let held = {
+        let env = env.clone();
+        tokio::spawn(async move {
+            let c =
+                hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
+                    .build_http();
+            let t = Instant::now();
+            (probe_req(&env, &c, host, None).await, t.elapsed())
+        })
+    };
+    tokio::time::sleep(Duration::from_millis(800)).await;
+    assert!(!held.is_finished(), "the request was held");
+    engine.resume("maint").unwrap();
+    let (got, waited) = held.await.unwrap();
+    assert_eq!(got.unwrap().0, 200);
+    println!("held request answered 200 after {waited:?} (resumed at ~800ms)");
+    assert!(waited >= Duration::from_millis(700));
+    // A pause with a short timeout: 503 after it.
+    engine
+        .pause(
+            "maint",
+            berth::model::traffic::Pause {
+                timeout: Duration::from_millis(300),
+            },
+        )
+        .unwrap();
+    let t = Instant::now();
+    assert_eq!(probe_req(&env, &c, host, None).await.unwrap().0, 503);
+    assert!(t.elapsed() >= Duration::from_millis(250));
+
+    // Both persist: a new engine on the same database (a restart) restores them.
+    engine
+        .maintenance("maint", Some(Default::default()))
+        .unwrap();
+    drop(engine);
+    let engine = env.engine().await;
+    let gate = engine.gate("maint").unwrap();
+    assert!(
+        gate.paused.is_some() && gate.maintenance.is_some(),
+        "{gate:?}"
+    );
+    let (s, ra, _) = probe_req(&env, &c, host, None).await.unwrap();
+    assert_eq!((s, ra), (503, true), "maintenance after the restart");
+    engine.maintenance("maint", None).unwrap();
+    engine.resume("maint").unwrap();
+    env.wait_body(host, "v1", Duration::from_secs(5)).await;
 }

@@ -18,6 +18,7 @@ pub mod error;
 pub mod ratelimit;
 pub mod routes;
 pub mod stats;
+pub mod traffic;
 pub mod ui;
 
 use std::sync::Arc;
@@ -96,6 +97,7 @@ pub fn router(state: ApiState) -> Router {
         .merge(routes::router())
         .merge(stats::router())
         .merge(apps::router())
+        .merge(traffic::router())
         .merge(certs::router());
     let metrics = Router::new().route("/metrics", get(stats::metrics));
     let (protected, metrics) = if state.settings.metrics_auth {

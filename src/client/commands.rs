@@ -142,6 +142,10 @@ pub async fn run(cli: Cli, out: &Out) -> Result<u8, ClientError> {
             out.line(&format!("rolling back {app}: deployment {id}"));
             follow_deployment(&api, &id, out, None).await
         }
+        cmd @ (Command::Pause { .. } | Command::Resume { .. } | Command::Maintenance { .. }) => {
+            let (_, api) = connect(&g.server).await?;
+            super::traffic::run(cmd, &api, out).await
+        }
         Command::Stop { app } => {
             let (_, api) = connect(&g.server).await?;
             let v: Value = api

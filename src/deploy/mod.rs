@@ -12,6 +12,7 @@ mod discovery;
 pub mod health;
 mod reconcile;
 mod run;
+mod traffic;
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::{Arc, Mutex};
@@ -219,6 +220,24 @@ pub(crate) struct AppState {
     /// Set when the app runs containers of deployments the store has no record of (they
     /// are routed as they run and never removed by reconcile); what was reported.
     pub adopted: Option<String>,
+    /// Pause / maintenance set by the operator (persisted, see `traffic.rs`).
+    pub gate: crate::model::traffic::AppGate,
+    /// A replace deploy of a one-replica app holds requests during its cut-over (not
+    /// persisted: a restart mid-deploy ends the hold with the deploy).
+    pub deploy_hold: Option<Duration>,
+}
+
+impl AppState {
+    /// The gate the app's route carries: the operator's, plus a deploy's hold.
+    pub fn effective_gate(&self) -> Option<crate::model::traffic::AppGate> {
+        let mut g = self.gate.clone();
+        if g.paused.is_none() {
+            g.paused = self
+                .deploy_hold
+                .map(|timeout| crate::model::traffic::Pause { timeout });
+        }
+        (!g.is_empty()).then_some(g)
+    }
 }
 
 #[derive(Clone, Debug)]
@@ -333,21 +352,24 @@ impl Inner {
                 // The deploy gate checks a replica before it is routed; from then on the
                 // proxy's prober checks it with the same check (a backend starts up, so a
                 // gated replica serves at once).
-                Some(h) => vec![h.traffic.route(
-                    app_route_name(app),
-                    h.domains.clone(),
-                    h.aliases.clone(),
-                    a.replicas
-                        .iter()
-                        .filter(|r| !a.down.contains(&r.container_id))
-                        .map(|r| BackendSpec {
-                            id: Some(r.container_id.clone()),
-                            address: r.address.clone(),
-                            weight: 1,
-                            state: r.state,
-                        })
-                        .collect(),
-                )],
+                Some(h) => vec![RouteSpec {
+                    gate: a.effective_gate(),
+                    ..h.traffic.route(
+                        app_route_name(app),
+                        h.domains.clone(),
+                        h.aliases.clone(),
+                        a.replicas
+                            .iter()
+                            .filter(|r| !a.down.contains(&r.container_id))
+                            .map(|r| BackendSpec {
+                                id: Some(r.container_id.clone()),
+                                address: r.address.clone(),
+                                weight: 1,
+                                state: r.state,
+                            })
+                            .collect(),
+                    )
+                }],
                 None => vec![],
             },
             _ => vec![],
@@ -465,6 +487,9 @@ pub struct AppStatus {
     pub heal: Option<String>,
     /// Set when the app runs containers the store has no record of (see `reconcile`).
     pub adopted: Option<String>,
+    /// Pause / maintenance (omitted when neither is on).
+    #[serde(skip_serializing_if = "crate::model::traffic::AppGate::is_empty")]
+    pub gate: crate::model::traffic::AppGate,
 }
 
 /// The engine. Dropping it (or `kill`) aborts its tasks without any cleanup, like `kill -9`;
@@ -778,7 +803,7 @@ impl Engine {
     /// `GET /v1/apps/{app}`: replicas (with Docker state and in-flight counts), current and
     /// previous deployments, the deployment in progress.
     pub async fn app(&self, app: &str) -> Result<AppStatus, DeployError> {
-        let (replicas, down, discovered, deploying, adopted) = {
+        let (replicas, down, discovered, deploying, adopted, gate) = {
             let st = self.inner.state.locked();
             let a = st.apps.get(app);
             (
@@ -791,6 +816,7 @@ impl Engine {
                     .collect::<Vec<_>>(),
                 a.and_then(|a| a.running.clone()),
                 a.and_then(|a| a.adopted.clone()),
+                a.map(|a| a.gate.clone()).unwrap_or_default(),
             )
         };
         let history = self.inner.store.list(app, 50)?;
@@ -842,6 +868,7 @@ impl Engine {
                 .get(app)
                 .and_then(|h| h.line.clone()),
             adopted,
+            gate,
         })
     }
 

@@ -100,6 +100,12 @@ pub(crate) async fn serve_first(inner: &Arc<Inner>) -> Result<Startup, DeployErr
     } else {
         (inner.store.apps()?, inner.store.unfinished()?)
     };
+    // Pause / maintenance survive a restart: loaded before the first route is published.
+    let gates: BTreeMap<String, crate::model::traffic::AppGate> = if inner.store_damaged() {
+        BTreeMap::new()
+    } else {
+        inner.store.gates()?.into_iter().collect()
+    };
     let mut currents: BTreeMap<String, Option<DeploymentRecord>> = BTreeMap::new();
     for (app, current) in apps {
         let cur = match current {
@@ -133,6 +139,7 @@ pub(crate) async fn serve_first(inner: &Arc<Inner>) -> Result<Startup, DeployErr
         let mut a = AppState {
             hosts: cur.as_ref().map(|c| AppHosts::of(&c.spec)),
             running: Some(RECONCILING.to_string()),
+            gate: gates.get(&app).cloned().unwrap_or_default(),
             ..AppState::default()
         };
         if let Some(cur) = &cur {

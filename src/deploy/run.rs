@@ -216,6 +216,8 @@ async fn execute(
         })
         .collect();
     let host = spec.domains[0].to_string();
+    // Replace of a one-replica app: requests wait during the cut-over (ends on drop).
+    let _hold = super::traffic::CutoverHold::start(inner, app, spec, current.len(), old_grace);
     for step in plan(&current, spec) {
         match step {
             Step::StartNew { slot } => {

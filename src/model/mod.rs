@@ -16,3 +16,4 @@ pub mod route;
 pub mod sni;
 pub mod stats;
 pub mod tar;
+pub mod traffic;

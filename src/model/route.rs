@@ -619,6 +619,10 @@ pub struct RouteSpec {
         skip_serializing_if = "Option::is_none"
     )]
     pub hsts_max_age: Option<std::time::Duration>,
+    /// Pause / maintenance of a deployed app (see `model::traffic`). Set by the deploy
+    /// engine from its own persisted state, never read from or written to a route document.
+    #[serde(skip)]
+    pub gate: Option<super::traffic::AppGate>,
 }
 
 fn default_true() -> bool {
@@ -654,6 +658,7 @@ impl Default for RouteSpec {
             retries: DEFAULT_RETRIES,
             https_redirect: true,
             hsts_max_age: None,
+            gate: None,
         }
     }
 }

@@ -228,6 +228,24 @@ impl Proxy {
                 }
             }
         };
+        // Pause / maintenance of a deployed app: only gated routes leave this branch.
+        let route = if route.spec.gate.is_some() {
+            match super::gate::admit(
+                &self.tables,
+                route,
+                host,
+                req.uri().path(),
+                peer.ip(),
+                req.headers(),
+            )
+            .await
+            {
+                Ok(r) => r,
+                Err(resp) => return resp,
+            }
+        } else {
+            route
+        };
         if let Some(log) = done.log.as_mut() {
             log.route = Some(route.name.clone());
         }

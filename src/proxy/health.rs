@@ -151,7 +151,7 @@ fn apply(tables: &Tables, key: &Key, ok: bool) -> bool {
     else {
         return false;
     };
-    match b.health.record(ok, check.rise, check.fall, unix_ms()) {
+    match b.health.record_check(ok, check.rise, check.fall, unix_ms()) {
         Some(Transition::WentDown) => {
             tracing::warn!(route = %key.route, backend = %key.backend, upstream = %key.address, "backend marked down by health checks");
             true

@@ -9,6 +9,7 @@ pub mod body;
 pub mod direct;
 pub mod forward;
 pub mod framing;
+mod gate;
 pub mod headers;
 pub mod health;
 pub mod https;

@@ -221,6 +221,8 @@ const MIGRATIONS: &[&str] = &[
         app        TEXT PRIMARY KEY,
         deleted_at INTEGER NOT NULL
      );",
+    // 6: app gates (pause, maintenance), owned by `deployments`.
+    deployments::GATES_MIGRATION_SQL,
 ];
 
 fn now() -> i64 {
@@ -547,6 +549,17 @@ impl deployments::DeploymentStore for Store {
     }
     fn events(&self, deployment: &str) -> Result<Vec<StoredEvent>, DeploymentStoreError> {
         self.dwith(|c| deployments::events(c, deployment))
+    }
+    fn gates(&self) -> Result<Vec<(String, crate::model::traffic::AppGate)>, DeploymentStoreError> {
+        self.dwith(|c| deployments::gates(c))
+    }
+    fn set_gate(
+        &self,
+        app: &str,
+        gate: &crate::model::traffic::AppGate,
+        at: i64,
+    ) -> Result<(), DeploymentStoreError> {
+        self.dwith(|c| deployments::set_gate(c, app, gate, at))
     }
 }
 
