@@ -17,6 +17,10 @@ import statistics
 import sys
 
 REFERENCE = "haproxy"
+# A/B: the second berthd binary (BERTHD_B) is compared with the first.
+AB = ("berthd_b", "berthd")
+# Below this proxy CPU % a cell's req/s measures the load generator too (overridden by meta).
+MIN_PROXY_CPU = 95.0
 
 
 def load(path):
@@ -119,10 +123,24 @@ def aggregate(raw):
                 "per_round": [{"round": r, **d} for r, d in rounds],
             }
         )
-    ref = {c["scenario"]: c["median"]["rps"] for c in out if c["proxy"] == REFERENCE}
+    ref = {c["scenario"]: c["median"] for c in out if c["proxy"] == REFERENCE}
+    a = {c["scenario"]: c["median"] for c in out if c["proxy"] == AB[1]}
     for c in out:
         r = ref.get(c["scenario"])
-        c["rps_vs_haproxy"] = (c["median"]["rps"] / r) if r else None
+        m = c["median"]
+        c["rps_vs_haproxy"] = (m["rps"] / r["rps"]) if r and r["rps"] else None
+        c["p99_vs_haproxy"] = (m["p99_ms"] / r["p99_ms"]) if r and r["p99_ms"] else None
+        # Per CPU-second: what counts when the load generator, not the proxy, is the limit.
+        c["cpu_per_req_vs_haproxy"] = (
+            m["proxy_cpu_us_per_req"] / r["proxy_cpu_us_per_req"]
+            if r and r["proxy_cpu_us_per_req"]
+            else None
+        )
+        ab = a.get(c["scenario"]) if c["proxy"] == AB[0] else None
+        c["rps_vs_berthd"] = (m["rps"] / ab["rps"]) if ab and ab["rps"] else None
+        c["proxy_cpu_low_rounds"] = sum(
+            1 for d in c["per_round"] if d["proxy_cpu_pct"] < MIN_PROXY_CPU
+        )
     return out
 
 
@@ -137,7 +155,8 @@ def table(cells, markdown=False):
         "RSS MiB",
         "proxy CPU%",
         "CPU us/req (user+sys)",
-        "vs HAProxy",
+        "vs HAProxy (req/s, p99, CPU/req)",
+        "A/B",
     ]
     rows = []
     if not cells:
@@ -157,9 +176,15 @@ def table(cells, markdown=False):
                 f"{m['p99_ms']:.2f}",
                 str(c["errors_total"]),
                 rss,
-                f"{m['proxy_cpu_pct']:.0f}",
+                f"{m['proxy_cpu_pct']:.0f}"
+                + (f" !{c['proxy_cpu_low_rounds']}" if c.get("proxy_cpu_low_rounds") else ""),
                 f"{m['proxy_cpu_us_per_req']:.1f} ({m['proxy_user_us_per_req']:.1f}+{m['proxy_sys_us_per_req']:.1f})",
-                f"{ratio:.2f}x" if ratio is not None else "-",
+                (
+                    f"{ratio:.2f}x, {c['p99_vs_haproxy']:.2f}x, {c['cpu_per_req_vs_haproxy']:.2f}x"
+                    if ratio is not None and c.get("p99_vs_haproxy") and c.get("cpu_per_req_vs_haproxy")
+                    else "-"
+                ),
+                f"{c['rps_vs_berthd']:.3f}x" if c.get("rps_vs_berthd") else "-",
             ]
         )
     if markdown:
@@ -177,7 +202,7 @@ def median_of(xs):
     return statistics.median(xs) if xs else None
 
 
-def extras_report(cells, extra):
+def extras_report(cells, extra, conns_ka="?"):
     """The updates, torture and deploy sections: (text lines, JSON document)."""
     lines, doc = [], {}
     upd = [e for e in extra if e.get("part") == "updates"]
@@ -216,6 +241,27 @@ def extras_report(cells, extra):
     tort = [e for e in extra if e.get("part") == "torture"]
     if tort:
         doc["torture"] = []
+        ka = [e for e in tort if "ka_reload" in e]
+        if ka:
+            lines += ["", "Keep-alive clients through reloads (same connections, without and with reloads):"]
+            khead = ["proxy", "conns", "reloads", "req/s quiet", "req/s reloads", "drop", "failures",
+                     "per 10k", "p99 quiet ms", "p99 reloads ms"]
+            krows = []
+            for e in ka:
+                k = e["ka_reload"]
+                q, r = k["quiet"], k["reload"]
+                drop = 1 - r["rps"] / q["rps"] if q["rps"] else 0.0
+                per10k = 1e4 * r["failures"] / r["requests"] if r["requests"] else 0.0
+                k["rps_drop"] = drop
+                k["failures_per_10k"] = per10k
+                krows.append([e["proxy"].removesuffix("_t"), str(conns_ka),
+                              f"{k['reloads']} in {k['reload_seconds']:.1f}s", f"{q['rps']:.0f}",
+                              f"{r['rps']:.0f}", f"{100 * drop:.1f}%", str(r["failures"]),
+                              f"{per10k:.2f}", f"{q['p99_ms']:.2f}", f"{r['p99_ms']:.2f}"])
+            kw = [max(len(h), *(len(r[i]) for r in krows)) for i, h in enumerate(khead)]
+            lines.append("  " + "  ".join(h.rjust(kw[i]) for i, h in enumerate(khead)))
+            lines += ["  " + "  ".join(v.rjust(kw[i]) for i, v in enumerate(r)) for r in krows]
+            lines.append("  goal (issue 23): 0 failures per 10k, drop <= 10 %")
         lines += ["", "Reload torture (reloads/s under Connection: close load + keep-alive connections):"]
         head = ["proxy", "reloads", "reload fails", "requests", "failures", "per 10k", "close fails",
                 "ka fails", "close req/s", "close p99 ms"]
@@ -254,8 +300,10 @@ def cmd_summary(args):
     raw = load(args.raw)
     with open(args.meta) as f:
         meta = json.load(f)
-    cells = aggregate(raw)
     s = meta["settings"]
+    global MIN_PROXY_CPU
+    MIN_PROXY_CPU = float(s.get("min_proxy_cpu", MIN_PROXY_CPU))
+    cells = aggregate(raw)
     print()
     print(
         f"berthd {meta['commit']} vs HAProxy {meta['haproxy']} vs nginx {meta['nginx']}, "
@@ -267,7 +315,7 @@ def cmd_summary(args):
         f"close = {s['close_connections']} connections with 'Connection: close'"
     )
     print(
-        f"wrk -t1 + backend on CPU {s['load_cpu']}, proxy on CPU {s['proxy_cpu']}; "
+        f"wrk -t{s.get('wrk_threads', 1)} + backend on CPU {s['load_cpu']}, proxy on CPU {s['proxy_cpu']}; "
         f"load average before {meta['load_average_before']}, after {meta['load_average_after']}"
     )
     print()
@@ -277,10 +325,13 @@ def cmd_summary(args):
         "errors: wrk socket errors (connect+read+write+timeout) + HTTP status >= 400, summed "
         "over rounds. RSS: VmRSS after the cell, summed over the proxy's processes "
         "(nginx: master + worker). proxy CPU%: CPU time of the proxy / wall time (100 = one core). "
-        "CPU us/req: proxy CPU time / requests, split into user and kernel time."
+        "CPU us/req: proxy CPU time / requests, split into user and kernel time. "
+        f"'!N': in N rounds the proxy used less than {MIN_PROXY_CPU:.0f} % of its core, so req/s "
+        "measured the load generator too (compare CPU/req there). vs HAProxy: req/s ratio, p99 "
+        "ratio, CPU-per-request ratio (lower is better). A/B: berthd_b req/s / berthd req/s."
     )
     extra = load(args.extra) if args.extra else []
-    lines, extra_doc = extras_report(cells, extra)
+    lines, extra_doc = extras_report(cells, extra, s.get("torture_keepalive_connections", "?"))
     for line in lines:
         print(line)
     if args.json:

@@ -1,21 +1,29 @@
 #!/usr/bin/env bash
 # bench/run.sh: berthd, HAProxy and nginx side by side under wrk, on one machine, in one run.
 #
-# Layout (2 cores): the load generator (wrk, one thread) and the shared backend (an nginx
+# Layout (2 cores): the load generator (wrk, WRK_THREADS=2 threads) and the shared backend (an nginx
 # instance with one worker answering a small fixed 200) are pinned on LOAD_CPU; the proxy under
 # test is pinned on PROXY_CPU. Each proxy runs one worker/thread, keeps connections to the
 # backend alive, logs nothing per request, and routes by Host (bench.test) like berthd does.
 # Rounds are interleaved (round 1: berthd, haproxy, nginx; round 2: ...) and the table shows the
 # median per cell. Results: a table on stdout and JSON in bench/results/latest.json.
+# Every cell reports the proxy's CPU % next to req/s; a cell where the proxy used less than
+# MIN_PROXY_CPU % of its core is flagged ("!"): its req/s measures the load generator as much as
+# the proxy (compare CPU us/req there). Two wrk threads keep the proxy saturated on this machine.
+# A/B: BERTHD_B=/path/to/other/berthd adds "berthd_b" to every cell (same run, same noise) and
+# the table shows berthd_b / berthd.
 #
 # Usage: bash bench/run.sh            (env knobs below, e.g. ROUNDS=5 DURATION=20 bash bench/run.sh)
-#        bash bench/run.sh --only basic,https,updates,torture,deploy   (any subset; default all)
+#        bash bench/run.sh --only basic,https,updates,torture,deploy,tcp   (any subset; default
+#        all but tcp; tcp = TCP mode vs HAProxy mode tcp vs nginx stream, see bench/tcp.sh)
 #        bash bench/run.sh --profile  (berthd only: perf profile under load, see bench/README.md)
 #
 # Parts: basic = keepalive + close over HTTP; https = https-keepalive + https-close (same
 # self-signed ECDSA certificate for all three); updates = berthd keep-alive load with and without
-# ~100 API route updates/s; torture = 10 reloads/s for 10 s under new-connection load (berthd
-# upgrade, HAProxy master-worker SIGUSR2, nginx -s reload); deploy = the docker_deploy system
+# ~100 API route updates/s; torture = 10 reloads/s for 10 s (berthd upgrade, HAProxy
+# master-worker SIGUSR2, nginx -s reload), first under TORTURE_KA_CONNS keep-alive connections
+# alone (errors per 10k and req/s against the same load without reloads), then under
+# new-connection load next to a few keep-alive connections; deploy = the docker_deploy system
 # test's 3-replica rolling deploy timing (needs dockerd).
 #
 # Needs: haproxy, nginx-light, wrk, curl, openssl, python3, taskset/setsid (util-linux), cargo
@@ -40,7 +48,10 @@ UPDATE_RATE=${UPDATE_RATE:-100}   # updates: API updates per second during the l
 UPDATE_ROUNDS=${UPDATE_ROUNDS:-2} # updates: interleaved quiet/updates runs, median shown
 RELOAD_RATE=${RELOAD_RATE:-10}    # torture: reloads per second ...
 RELOAD_SECS=${RELOAD_SECS:-10}    # ... for this long (bounded: RATE*SECS reloads per proxy)
-TORTURE_KA_CONNS=${TORTURE_KA_CONNS:-8} # torture: keep-alive connections next to the close load
+TORTURE_KA_CONNS=${TORTURE_KA_CONNS:-64} # torture: keep-alive connections through reloads
+TORTURE_MIX_KA_CONNS=${TORTURE_MIX_KA_CONNS:-8} # torture: keep-alive connections next to the close load
+WRK_THREADS=${WRK_THREADS:-2}     # wrk threads (2: the proxy, not wrk, is the limit)
+MIN_PROXY_CPU=${MIN_PROXY_CPU:-95} # cells where the proxy used less of its core are flagged
 LOAD_CPU=${LOAD_CPU:-0}           # wrk and the backend
 PROXY_CPU=${PROXY_CPU:-1}         # the proxy under test
 BERTHD=${BERTHD:-$REPO/target/release/berthd}
@@ -56,15 +67,15 @@ while [ $# -gt 0 ]; do
         --only) ONLY=${2:?--only needs a list, e.g. basic,https}; shift ;;
         --only=*) ONLY=${1#--only=} ;;
         --profile) PROFILE=1 ;;
-        -h|--help) sed -n '2,24p' "$0"; exit 0 ;;
+        -h|--help) sed -n '2,25p' "$0"; exit 0 ;;
         *) echo "run.sh: unknown argument $1 (try --help)" >&2; exit 2 ;;
     esac
     shift
 done
 for part in ${ONLY//,/ }; do
     case "$part" in
-        basic|https|updates|torture|deploy) ;;
-        *) echo "run.sh: unknown part $part in --only (basic, https, updates, torture, deploy)" >&2; exit 2 ;;
+        basic|https|updates|torture|deploy|tcp) ;;
+        *) echo "run.sh: unknown part $part in --only (basic, https, updates, torture, deploy, tcp)" >&2; exit 2 ;;
     esac
 done
 want() { case ",$ONLY," in *",$1,"*) return 0 ;; *) return 1 ;; esac; }
@@ -472,7 +483,7 @@ run_wrk() {
     mapfile -t args < <("wrk_args_${scenario//-/_}")
     # wrk stops at -d; `timeout` is a second bound in case it ever hangs.
     timeout --kill-after=5 $((secs + 30)) \
-        taskset -c "$LOAD_CPU" wrk -t1 "${args[@]}" -d"${secs}s" --timeout 5s \
+        taskset -c "$LOAD_CPU" wrk -t"$WRK_THREADS" "${args[@]}" -d"${secs}s" --timeout 5s \
         -H "Host: $HOST_HEADER" "$@" "$(url_of "$proxy" "$scenario")"
 }
 
@@ -537,6 +548,11 @@ profile_berthd() {
     PROXIES=berthd
     preflight
     build_berthd
+    # tcp: TCP mode vs HAProxy mode tcp vs nginx stream (bench/tcp.sh, its own table and JSON).
+    if [ "$ONLY" = tcp ]; then
+        BUILD=0 BERTHD=$BERTHD bash "$BENCH_DIR/tcp.sh"
+        return
+    fi
     start_backend
     start_berthd
     local secs=$(( DURATION > 4 ? DURATION - 2 : 2 ))
@@ -605,6 +621,7 @@ main() {
     ! want updates || scenario_updates
     ! want torture || scenario_torture
     ! want deploy || scenario_deploy
+    ! want tcp || BUILD=0 BERTHD=$BERTHD bash "$BENCH_DIR/tcp.sh"
     local load_after
     load_after=$(cut -d' ' -f1-3 /proc/loadavg)
 
@@ -626,10 +643,12 @@ meta = {
     "load_average_after": "$load_after",
     "settings": {"duration_s": $DURATION, "warmup_s": $WARMUP, "rounds": $ROUNDS,
                  "keepalive_connections": $KA_CONNS, "close_connections": $CLOSE_CONNS,
-                 "load_cpu": $LOAD_CPU, "proxy_cpu": $PROXY_CPU, "wrk_threads": 1,
+                 "load_cpu": $LOAD_CPU, "proxy_cpu": $PROXY_CPU, "wrk_threads": $WRK_THREADS,
+                 "min_proxy_cpu": $MIN_PROXY_CPU,
                  "only": "$ONLY", "scenarios": "$SCENARIOS", "update_rate": $UPDATE_RATE,
                  "update_rounds": $UPDATE_ROUNDS, "reload_rate": $RELOAD_RATE, "reload_secs": $RELOAD_SECS,
-                 "torture_keepalive_connections": $TORTURE_KA_CONNS},
+                 "torture_keepalive_connections": $TORTURE_KA_CONNS,
+                 "torture_mix_keepalive_connections": $TORTURE_MIX_KA_CONNS},
 }
 json.dump(meta, open(sys.argv[1], "w"))
 EOF
@@ -684,7 +703,7 @@ scenario_updates() {
 
 # =============================================================================================
 # torture: RELOAD_RATE reloads/s for RELOAD_SECS s under new-connection load (CLOSE_CONNS
-# connections with Connection: close) plus TORTURE_KA_CONNS keep-alive connections, for each
+# connections with Connection: close) plus TORTURE_MIX_KA_CONNS keep-alive connections (after the keep-alive-only part), for each
 # proxy in its own fresh instance: berthd ("berthd upgrade": a full binary handoff every time),
 # HAProxy master-worker (-W) with expose-fd listeners, reloaded by SIGUSR2 to the master, nginx
 # ("nginx -s reload"). Failures: every wrk error (connect/read/write/timeout) and non-2xx answer.
@@ -789,46 +808,71 @@ reload_loop() {
     echo "$ok $failed $(awk -v t="$t0" -v n="$(date +%s.%N)" 'BEGIN {printf "%.2f", n - t}')"
 }
 
+# torture_wrk PROXY NAME SECS CONNS [wrk args...]: one torture load in the background (its PID in
+# TORTURE_WRK_PID), output in $WORK/torture-PROXY-NAME.txt.
+torture_wrk() {
+    local p=$1 name=$2 secs=$3 conns=$4
+    shift 4
+    timeout --kill-after=5 $((secs + 30)) taskset -c "$LOAD_CPU" wrk -t"$WRK_THREADS" -c"$conns" -d"${secs}s" \
+        --timeout 5s -H "Host: $HOST_HEADER" "$@" -s "$BENCH_DIR/report.lua" "http://127.0.0.1:${PORT[$p]}/" \
+        >"$WORK/torture-$p-$name.txt" &
+    TORTURE_WRK_PID=$!
+}
+
 torture_one() {
     local p=$1 secs=$((RELOAD_SECS + 5))  # load: 1 s before the first reload, >= 3 s after the last
-    log "torture: $p, $((RELOAD_RATE * RELOAD_SECS)) reloads at $RELOAD_RATE/s under load"
     "start_$p"
+    # 1. Keep-alive clients through reloads: TORTURE_KA_CONNS connections alone, first without
+    # reloads (the baseline), then with them. A proxy that closes an idle keep-alive connection
+    # while a request is on its way fails that request; one that answers the last request on an
+    # old connection with "Connection: close" loses nothing.
+    log "torture: $p, $TORTURE_KA_CONNS keep-alive connections, ${secs} s without reloads"
+    run_wrk "$p" keepalive "$WARMUP" >/dev/null
+    torture_wrk "$p" ka-quiet "$secs" "$TORTURE_KA_CONNS"
+    wait "$TORTURE_WRK_PID" || true
+    log "torture: $p, $TORTURE_KA_CONNS keep-alive connections, $((RELOAD_RATE * RELOAD_SECS)) reloads at $RELOAD_RATE/s"
+    torture_wrk "$p" ka-reload "$secs" "$TORTURE_KA_CONNS"
+    local wka=$TORTURE_WRK_PID
+    sleep 1
+    local res_ka
+    res_ka=$(reload_loop "$p")
+    wait "$wka" || true
+    # Let the old processes of the last reloads finish before the next load.
+    sleep 2
+    # 2. New connections per request (plus a few keep-alive ones) through reloads.
+    log "torture: $p, $((RELOAD_RATE * RELOAD_SECS)) reloads at $RELOAD_RATE/s under new-connection load"
     run_wrk "$p" close "$WARMUP" >/dev/null
-    local url="http://127.0.0.1:${PORT[$p]}/"
-    timeout --kill-after=5 $((secs + 30)) taskset -c "$LOAD_CPU" wrk -t1 -c"$CLOSE_CONNS" -d"${secs}s" \
-        --timeout 5s -H "Host: $HOST_HEADER" -H "Connection: close" -s "$BENCH_DIR/report.lua" "$url" \
-        >"$WORK/torture-$p-close.txt" &
-    local wc=$!
-    timeout --kill-after=5 $((secs + 30)) taskset -c "$LOAD_CPU" wrk -t1 -c"$TORTURE_KA_CONNS" -d"${secs}s" \
-        --timeout 5s -H "Host: $HOST_HEADER" -s "$BENCH_DIR/report.lua" "$url" \
-        >"$WORK/torture-$p-keepalive.txt" &
-    local wk=$!
+    torture_wrk "$p" close "$secs" "$CLOSE_CONNS" -H "Connection: close"
+    local wc=$TORTURE_WRK_PID
+    torture_wrk "$p" keepalive "$secs" "$TORTURE_MIX_KA_CONNS"
+    local wk=$TORTURE_WRK_PID
     sleep 1
     local res
     res=$(reload_loop "$p")
     wait "$wc" || true
     wait "$wk" || true
     "stop_$p"
-    python3 - "$p" "$res" "$WORK/torture-$p-close.txt" "$WORK/torture-$p-keepalive.txt" >>"$WORK/extra.jsonl" <<'EOF'
+    python3 - "$p" "$res" "$res_ka" "$WORK/torture-$p" >>"$WORK/extra.jsonl" <<'EOF'
 import json, sys
-proxy, res, fc, fk = sys.argv[1:5]
-ok, failed, secs = res.split()
-def wrk(path):
-    for line in open(path):
+proxy, res, res_ka, prefix = sys.argv[1:5]
+def wrk(name):
+    for line in open(f"{prefix}-{name}.txt"):
         if line.startswith("WRK_JSON "):
-            return json.loads(line[9:])
-    raise SystemExit(f"no WRK_JSON in {path}")
-out = {"part": "torture", "proxy": proxy, "reloads": int(ok), "reload_failures": int(failed),
-       "reload_seconds": float(secs)}
-for kind, path in (("close", fc), ("keepalive", fk)):
-    w = wrk(path)
-    e = w["errors"]
-    out[kind] = {"requests": w["requests"], "errors": e,
-                 "failures": e["connect"] + e["read"] + e["write"] + e["timeout"] + e["status"],
-                 "rps": w["requests"] / (w["duration_us"] / 1e6), "p99_ms": w["p99_us"] / 1000}
+            w = json.loads(line[9:])
+            e = w["errors"]
+            return {"requests": w["requests"], "errors": e,
+                    "failures": e["connect"] + e["read"] + e["write"] + e["timeout"] + e["status"],
+                    "rps": w["requests"] / (w["duration_us"] / 1e6), "p99_ms": w["p99_us"] / 1000}
+    raise SystemExit(f"no WRK_JSON in {prefix}-{name}.txt")
+def reloads(r):
+    ok, failed, secs = r.split()
+    return {"reloads": int(ok), "reload_failures": int(failed), "reload_seconds": float(secs)}
+out = {"part": "torture", "proxy": proxy, **reloads(res),
+       "close": wrk("close"), "keepalive": wrk("keepalive"),
+       "ka_reload": {**reloads(res_ka), "quiet": wrk("ka-quiet"), "reload": wrk("ka-reload")}}
 print(json.dumps(out))
 EOF
-    tail -n 1 "$WORK/extra.jsonl" >&2
+    tail -n 1 "$WORK/extra.jsonl" | cut -c1-300 >&2
 }
 
 scenario_torture() {

@@ -520,15 +520,17 @@ async fn child_deployer_process() {
         extra_labels: [("berth.test.run".to_string(), run)].into(),
         ..Default::default()
     };
-    let (engine, _publisher) = berth::deploy_publish::start_engine(
-        tables,
-        vec![],
-        std::path::Path::new(&db),
-        &network,
-        cfg,
-    )
-    .await
-    .unwrap();
+    // What berthd does: one store for the data dir, the route registry over the proxy's
+    // tables, the engine on both.
+    let data_dir = std::path::Path::new(&db).parent().unwrap();
+    let store = berth::store::Store::open(data_dir).unwrap();
+    let registry = berth::store::registry::RouteRegistry::open(Arc::new(store), vec![], tables)
+        .await
+        .unwrap();
+    let engine =
+        berth::daemon::engine::start_engine_with_registry(Arc::new(registry), &network, cfg)
+            .await
+            .unwrap();
     let spec = |img: &str| -> berth::model::deploy::AppSpec {
         serde_json::from_value(serde_json::json!({
             "image": img, "domains": ["kill.test"], "replicas": 3,

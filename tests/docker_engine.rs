@@ -1,7 +1,7 @@
 //! Deploy engine logic against an in-process fake `ContainerRuntime` (no dockerd needed, runs
 //! always): each fake container is a tiny HTTP server on its own loopback address
-//! (127.0.0.N:port), so the engine's real health gate, the real `ProxyRoutes` publisher and
-//! `RouteTable` are exercised. Covers what is hard to provoke with real containers: an abort
+//! (127.0.0.N:port), so the engine's real health gate, the daemon's publisher (`RegistryRoutes`
+//! over a route registry) and `RouteTable` are exercised. Covers what is hard to provoke with real containers: an abort
 //! in the middle of a rolling deploy (old replicas restarted and routed again), reconcile
 //! finishing a complete interrupted deploy, conflicts and spec errors.
 
@@ -11,8 +11,8 @@ use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use berth::daemon::engine::RegistryRoutes;
 use berth::deploy::{app_route_name, DeployError, Engine, EngineConfig, ImageSource};
-use berth::deploy_publish::ProxyRoutes;
 use berth::model::route::{RouteTable, ServerState};
 use berth::proxy::Tables;
 use berth::runtime::{
@@ -22,6 +22,8 @@ use berth::runtime::{
 use berth::store::deployments::{
     DeployState, DeploymentRecord, DeploymentStore, SqliteDeployments,
 };
+use berth::store::registry::RouteRegistry;
+use berth::store::Store;
 use futures_util::stream::BoxStream;
 use futures_util::StreamExt;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -333,18 +335,26 @@ impl ContainerRuntime for Fake {
 struct World {
     fake: Arc<Fake>,
     tables: Arc<Tables>,
-    publisher: Arc<ProxyRoutes>,
+    publisher: Arc<RegistryRoutes>,
     _dir: tempfile::TempDir,
     db: std::path::PathBuf,
 }
 
 impl World {
-    fn new() -> World {
+    async fn new() -> World {
         let dir = tempfile::tempdir().unwrap();
         let tables = Arc::new(Tables::new(RouteTable::default()));
+        // The publisher the daemon uses: the route registry over the proxy's tables. Its own
+        // store holds only API routes (none here); the deployment history each engine opens
+        // (`store()`) stays a separate connection, so a test can replace the file under it
+        // the way a crash would.
+        let routes = Store::open(&dir.path().join("routes")).unwrap();
+        let registry = RouteRegistry::open(Arc::new(routes), vec![], tables.clone())
+            .await
+            .unwrap();
         World {
             fake: Arc::new(Fake::default()),
-            publisher: Arc::new(ProxyRoutes::new(tables.clone(), vec![])),
+            publisher: Arc::new(RegistryRoutes(Arc::new(registry))),
             tables,
             db: dir.path().join("berth.db"),
             _dir: dir,
@@ -408,7 +418,7 @@ fn free_port() -> u16 {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn abort_mid_rolling_restores_old_replicas() {
-    let w = World::new();
+    let w = World::new().await;
     let port = free_port();
     let engine = w.engine().await;
     let d1 = engine
@@ -462,7 +472,7 @@ async fn abort_mid_rolling_restores_old_replicas() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn conflicts_and_spec_errors() {
-    let w = World::new();
+    let w = World::new().await;
     let engine = w.engine().await;
     let port = free_port();
     // min_ready keeps the first deploy running long enough for the conflicting calls.
@@ -513,7 +523,7 @@ async fn conflicts_and_spec_errors() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn reconcile_finishes_a_complete_interrupted_deploy_and_removes_orphans() {
-    let w = World::new();
+    let w = World::new().await;
     let port = free_port();
     let d1;
     {
@@ -615,7 +625,7 @@ async fn reconcile_finishes_a_complete_interrupted_deploy_and_removes_orphans() 
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn images_of_older_deployments_are_pruned() {
-    let w = World::new();
+    let w = World::new().await;
     let port = free_port();
     let engine = w
         .engine_with(EngineConfig {
@@ -652,7 +662,7 @@ async fn images_of_older_deployments_are_pruned() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn failed_replace_restarts_the_old_version_and_min_ready_is_waited() {
-    let w = World::new();
+    let w = World::new().await;
     let port = free_port();
     let engine = w.engine().await;
     let mut s1 = spec("v1", 2, port);
@@ -685,7 +695,7 @@ async fn failed_replace_restarts_the_old_version_and_min_ready_is_waited() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn stop_removes_everything_and_survives_a_restart() {
-    let w = World::new();
+    let w = World::new().await;
     let port = free_port();
     let first;
     {
@@ -750,7 +760,7 @@ async fn stop_removes_everything_and_survives_a_restart() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_replica_that_stops_leaves_the_route_and_returns_when_healthy() {
-    let w = World::new();
+    let w = World::new().await;
     let port = free_port();
     let engine = w.engine().await;
     let d = engine
@@ -837,7 +847,7 @@ async fn a_replica_that_stops_leaves_the_route_and_returns_when_healthy() {
 /// containers, recreated v1, and left app `b` running unrouted.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn store_behind_reality_adopts_and_never_removes() {
-    let w = World::new();
+    let w = World::new().await;
     let port = free_port();
     let old_db = w._dir.path().join("older.db");
     let (d2, b1);
@@ -940,7 +950,7 @@ async fn store_behind_reality_adopts_and_never_removes() {
 /// `Engine::start` returns (no health gate), reconcile replaces the bad replica behind.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn start_serves_at_once_and_replaces_an_unhealthy_replica_behind() {
-    let w = World::new();
+    let w = World::new().await;
     let port = free_port();
     let mut s = spec("v1", 2, port);
     // Reconcile's health gate may wait this long: start must not.
@@ -1005,7 +1015,7 @@ async fn start_serves_at_once_and_replaces_an_unhealthy_replica_behind() {
 /// stopped on purpose stays stopped.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn self_healing_restores_replicas_but_not_a_stopped_app() {
-    let w = World::new();
+    let w = World::new().await;
     let port = free_port();
     let engine = w
         .engine_with(EngineConfig {

@@ -23,7 +23,7 @@ use rand::{Rng, SeedableRng};
 
 use berth::model::host::{is_valid_host_chars, normalize_host, normalize_host_cow, parse_domain};
 use berth::model::labels;
-use berth::proxy::direct::fuzz_parse_response;
+use berth::proxy::upstream::direct::fuzz_parse_response;
 
 /// Bytes that matter to HTTP framing, favoured by the mutator.
 const INTERESTING: &[u8] = b"\r\n:; \t,=\"0123456789abcdefxX+-.[]\0\x7f\x80\xff";

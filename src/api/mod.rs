@@ -15,6 +15,7 @@ pub mod apps;
 pub mod auth;
 pub mod certs;
 pub mod error;
+pub mod frontends;
 pub mod ratelimit;
 pub mod routes;
 pub mod stats;
@@ -88,6 +89,8 @@ pub struct ApiState {
     pub certs: Option<Arc<crate::tls::CertStore>>,
     /// certs: the ACME issuer, if configured (`POST /v1/certificates/{domain}/retry`).
     pub acme: Option<Arc<crate::tls::AcmeManager>>,
+    /// frontends: TCP frontends and pools.
+    pub tcp: Arc<crate::proxy::tcp::TcpProxy>,
 }
 
 /// The complete router.
@@ -98,7 +101,8 @@ pub fn router(state: ApiState) -> Router {
         .merge(stats::router())
         .merge(apps::router())
         .merge(traffic::router())
-        .merge(certs::router());
+        .merge(certs::router())
+        .merge(frontends::router());
     let metrics = Router::new().route("/metrics", get(stats::metrics));
     let (protected, metrics) = if state.settings.metrics_auth {
         (protected.merge(metrics), Router::new())
@@ -125,7 +129,7 @@ pub fn router(state: ApiState) -> Router {
             state.settings.auth_limit_loopback,
         ))))
         // ui: `true` once the API listener serves TLS (Secure cookies).
-        .layer(Extension(ui::Sessions::new(false)))
+        .layer(Extension(auth::session::Sessions::new(false)))
         // Outermost: a request for a foreign name is answered before anything else runs.
         .layer(middleware::from_fn_with_state(state.clone(), host_check))
         .with_state(state)

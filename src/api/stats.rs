@@ -38,6 +38,9 @@ pub struct StatsDoc {
     /// Unix time in milliseconds when the snapshot was taken.
     pub timestamp_ms: u64,
     pub routes: Vec<RouteStats>,
+    /// frontends: TCP frontends and pool members (connections, bytes).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tcp: Option<crate::proxy::tcp::TcpStats>,
 }
 
 #[derive(Serialize)]
@@ -148,6 +151,7 @@ pub fn snapshot(table: &RouteTable, sources: &HashMap<String, RouteSource>) -> S
             .map(|d| d.as_millis() as u64)
             .unwrap_or(0),
         routes,
+        tcp: None,
     }
 }
 
@@ -158,7 +162,9 @@ fn current(state: &ApiState) -> StatsDoc {
         .iter()
         .map(|e| (e.name(), e.source))
         .collect();
-    snapshot(&state.registry.table(), &sources)
+    let mut doc = snapshot(&state.registry.table(), &sources);
+    doc.tcp = Some(state.tcp.stats());
+    doc
 }
 
 async fn stats(State(state): State<ApiState>) -> Json<StatsDoc> {
@@ -379,7 +385,7 @@ pub async fn metrics(State(state): State<ApiState>) -> impl IntoResponse {
             header::CONTENT_TYPE,
             "text/plain; version=0.0.4; charset=utf-8",
         )],
-        prometheus(&doc, &table),
+        prometheus(&doc, &table) + &super::frontends::prometheus(&state.tcp.stats()),
     )
 }
 

@@ -7,7 +7,6 @@ pub mod appfile;
 pub mod commands;
 pub mod output;
 pub mod settings;
-pub mod traffic;
 
 use std::path::PathBuf;
 use std::process::ExitCode;

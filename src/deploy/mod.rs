@@ -9,6 +9,7 @@
 //! Each API endpoint of issue 4 is one method of `Engine`.
 
 mod discovery;
+mod handover;
 pub mod health;
 mod reconcile;
 mod run;
@@ -33,10 +34,11 @@ use crate::store::deployments::{
     DeployState, DeploymentRecord, DeploymentStore, DeploymentStoreError, StoredEvent,
 };
 
+pub use handover::HandoverError;
 use health::HealthClient;
 
 /// Where the route changes of the engine go. Implemented over the proxy's `Tables` by the
-/// daemon (see `deploy_publish.rs`); of the proxy the engine uses only its one health prober
+/// daemon (see `daemon/engine.rs`); of the proxy the engine uses only its one health prober
 /// (`proxy::health::probe_once`, via `health::HealthClient`).
 pub trait RoutePublisher: Send + Sync + 'static {
     /// Replaces every route published under `key` (`app/NAME`, `discovered/NAME`) in one
@@ -83,6 +85,12 @@ pub enum DeployError {
     /// The stored secrets of a deployment cannot be decrypted (wrong or missing key).
     #[error("{0}")]
     Secrets(String),
+    /// 503: this process is handing its deploys to a new berthd (upgrade); retry shortly.
+    #[error(
+        "berthd is upgrading: this process takes no deploys, stops or deletes now; retry in \
+         a few seconds (the new process takes them)"
+    )]
+    Upgrading,
 }
 
 /// Where the image of a deploy comes from.
@@ -267,6 +275,8 @@ pub(crate) struct Inner {
     pub heal: Mutex<HashMap<String, reconcile::HealState>>,
     /// True once the background reconcile is done.
     reconciled: watch::Sender<bool>,
+    /// Pause and hand-over of in-flight deploys across an upgrade.
+    pub(crate) handover: handover::Handover,
 }
 
 /// What `Conflict.running` says while an app is being stopped.
@@ -428,6 +438,20 @@ impl Inner {
         }
     }
 
+    /// Follows deployment `id` in this process (its events so far are `past`), as for a
+    /// deploy started here: a successor resuming a handed-over deploy.
+    pub(crate) fn track(&self, id: &str, past: Vec<DeployEvent>) {
+        let (tx, _) = broadcast::channel(256);
+        self.progress.locked().insert(
+            id.to_string(),
+            Progress {
+                events: past,
+                tx,
+                done: watch::Sender::new(None),
+            },
+        );
+    }
+
     pub(crate) fn mark_done(&self, deployment: &str, state: DeployState) {
         if let Some(p) = self.progress.locked().get(deployment) {
             p.done.send_replace(Some(state));
@@ -525,11 +549,18 @@ impl Engine {
             warnings: Mutex::new(Vec::new()),
             heal: Mutex::new(HashMap::new()),
             reconciled: watch::Sender::new(false),
+            handover: handover::Handover::default(),
         });
         inner.rt.ensure_network().await?;
         // Serve first: what runs now is routed before this returns (one Docker listing, no
         // health gate); reconcile and repairs follow in the background.
-        let startup = reconcile::serve_first(&inner).await?;
+        let mut startup = reconcile::serve_first(&inner).await?;
+        // Deploys a previous process handed over (or paused and then died): resumed from
+        // their checkpoints once they are ours.
+        for ad in std::mem::take(&mut startup.handed) {
+            let bg = inner.clone();
+            inner.spawn(handover::resume_when_ours(bg, ad));
+        }
         discovery::start(&inner).await?;
         if let Some(why) = &inner.cfg.store_damaged {
             tracing::error!(
@@ -562,6 +593,25 @@ impl Engine {
     pub async fn reconciled(&self) {
         let mut rx = self.inner.reconciled.subscribe();
         let _ = rx.wait_for(|done| *done).await;
+    }
+
+    /// Upgrade, step 1 (before the successor starts): pauses every deploy at its next step
+    /// boundary with its checkpoint persisted, and waits for running repairs. Fails (and
+    /// lets them carry on) if one does not get there within `timeout`. Returns how many
+    /// deploys are paused.
+    pub async fn pause_for_upgrade(&self, timeout: Duration) -> Result<usize, HandoverError> {
+        handover::pause_all(&self.inner, timeout).await
+    }
+
+    /// The upgrade failed: paused deploys carry on in this process.
+    pub fn resume_after_failed_upgrade(&self) {
+        handover::resume_all(&self.inner);
+    }
+
+    /// Upgrade, step 2 (the successor `pid` is serving): the paused deploys are its now;
+    /// this process writes none of them again.
+    pub fn hand_over(&self, pid: u32) {
+        handover::hand_over_all(&self.inner, pid);
     }
 
     /// Aborts every task of this engine at its next await point, without cleanup.
@@ -700,6 +750,9 @@ impl Engine {
     }
 
     fn refuse_if_damaged(&self, app: &str) -> Result<(), DeployError> {
+        if !self.inner.handover.running() {
+            return Err(DeployError::Upgrading);
+        }
         match &self.inner.cfg.store_damaged {
             Some(why) => Err(DeployError::Conflict {
                 app: app.to_string(),

@@ -87,6 +87,8 @@ pub(crate) struct Startup {
     unfinished: Vec<DeploymentRecord>,
     /// Apps the store knew at start (claimed with [`RECONCILING`] until reconciled).
     apps: Vec<String>,
+    /// Deploys with a checkpoint (handed over by an upgrade): resumed, not reconciled.
+    pub handed: Vec<super::handover::Adopted>,
 }
 
 /// Phase 1: publish what runs now, at once.
@@ -106,6 +108,28 @@ pub(crate) async fn serve_first(inner: &Arc<Inner>) -> Result<Startup, DeployErr
     } else {
         inner.store.gates()?.into_iter().collect()
     };
+    // Deploys a predecessor paused at a step boundary and handed over (or died with): the
+    // successor resumes them, so reconcile neither fails them nor touches their apps.
+    let mut handed = Vec::new();
+    let mut crashed = Vec::new();
+    for d in unfinished {
+        let cp = match inner.store.checkpoint(&d.id)? {
+            Some(c) => super::handover::Checkpoint::parse(&c.data)
+                .map_err(|e| {
+                    inner.warn(format!(
+                        "deployment {}: unusable checkpoint ({e}); treated as interrupted",
+                        d.id
+                    ))
+                })
+                .ok(),
+            None => None,
+        };
+        match cp {
+            Some(cp) => handed.push(super::handover::Adopted { rec: d, cp }),
+            None => crashed.push(d),
+        }
+    }
+    let unfinished = crashed;
     let mut currents: BTreeMap<String, Option<DeploymentRecord>> = BTreeMap::new();
     for (app, current) in apps {
         let cur = match current {
@@ -198,6 +222,9 @@ pub(crate) async fn serve_first(inner: &Arc<Inner>) -> Result<Startup, DeployErr
                 a.adopted = Some(msg);
             }
         }
+        if let Some(ad) = handed.iter().find(|h| h.rec.app == app) {
+            super::handover::route_as_checkpointed(&mut a, ad);
+        }
         if a.adopted.is_none() && !currents.contains_key(&app) {
             // Nothing of this app could be adopted (reported above): nothing to route.
             continue;
@@ -207,11 +234,37 @@ pub(crate) async fn serve_first(inner: &Arc<Inner>) -> Result<Startup, DeployErr
             inner.warn(format!("start: publishing routes of {app}: {e}"));
         }
     }
-    let apps = currents.into_keys().collect();
+    // A first deploy handed over: the app has no current deployment yet.
+    for ad in &handed {
+        if !st.apps.contains_key(&ad.rec.app) {
+            let mut a = AppState::default();
+            super::handover::route_as_checkpointed(&mut a, ad);
+            st.apps.insert(ad.rec.app.clone(), a);
+            if let Err(e) = inner.publish_app(&st, &ad.rec.app) {
+                inner.warn(format!("start: publishing routes of {}: {e}", ad.rec.app));
+            }
+        }
+    }
+    drop(st);
+    for ad in &handed {
+        let past = inner
+            .store
+            .events(&ad.rec.id)
+            .unwrap_or_default()
+            .into_iter()
+            .map(|e| super::DeployEvent::new(&ad.rec.id, e.at, &e.stage, e.message))
+            .collect();
+        inner.track(&ad.rec.id, past);
+    }
+    let apps = currents
+        .into_keys()
+        .filter(|app| !handed.iter().any(|h| &h.rec.app == app))
+        .collect();
     Ok(Startup {
         adopted: adopted_count,
         unfinished,
         apps,
+        handed,
     })
 }
 
@@ -516,6 +569,10 @@ const MAX_BACKOFF: Duration = Duration::from_secs(60);
 pub(crate) async fn heal(inner: Arc<Inner>) {
     loop {
         tokio::time::sleep(inner.cfg.heal_interval).await;
+        if !inner.handover.running() {
+            // Paused or handed over for an upgrade: the successor heals.
+            continue;
+        }
         let apps: Vec<String> = {
             let st = inner.state.locked();
             st.apps
@@ -531,7 +588,8 @@ pub(crate) async fn heal(inner: Arc<Inner>) {
                 .get(&app)
                 .and_then(|h| h.next_at)
                 .is_none_or(|t| Instant::now() >= t);
-            if due {
+            if due && inner.handover.running() {
+                let _active = inner.handover.enter(&format!("heal:{app}"));
                 heal_app(&inner, &app).await;
             }
         }

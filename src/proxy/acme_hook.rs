@@ -30,7 +30,7 @@ use bytes::Bytes;
 use http::header::{self, HeaderValue};
 use http::{Request, Response, StatusCode, Uri};
 
-use super::body::ResponseBody;
+use super::response::ResponseBody;
 use super::Proxy;
 use crate::model::host::normalize_host;
 use crate::model::route::{Lookup, Route};

@@ -1,9 +1,8 @@
-//! Streaming bodies. `RequestBody` forwards the client's body to the upstream, fails once it
+//! The client's request body on its way upstream. `RequestBody` forwards it, fails once it
 //! exceeds the size limit, wraps the client's body errors as `ClientBodyError` (so they are
-//! told apart from the backend's by type) and records its progress for the request timers;
-//! `ResponseBody` forwards the upstream's (or a local) body, counts the
-//! bytes, and writes the access-log line and releases in-flight counters when it is dropped,
-//! i.e. when the response is finished or the client went away. Nothing is buffered whole.
+//! told apart from the backend's by type) and records its progress for the request timers.
+//! Nothing is buffered whole. A leaf module: the upstream paths (`upstream/`) use it, and it
+//! uses none of them (the response side lives in `response.rs`).
 
 use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, AtomicU8, Ordering};
@@ -14,12 +13,6 @@ use std::time::Instant;
 use bytes::Bytes;
 use http_body::{Body, Frame, SizeHint};
 use hyper::body::Incoming;
-
-use crate::model::stats::BackendStats;
-
-use super::direct::DirectBody;
-use super::pool::{PooledConn, UpstreamBody};
-use super::server::ConnState;
 
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
@@ -233,190 +226,5 @@ impl Body for RequestBody {
             .as_ref()
             .map(|b| b.size_hint())
             .unwrap_or_else(|| SizeHint::with_exact(0))
-    }
-}
-
-/// What the access log needs to know about a finished request.
-pub struct AccessLog {
-    pub start: Instant,
-    pub client: std::net::SocketAddr,
-    pub host: String,
-    pub method: http::Method,
-    pub path: String,
-    pub status: u16,
-    pub route: Option<String>,
-    pub upstream: Option<String>,
-}
-
-/// Counters released when the response ends.
-pub struct Completion {
-    /// When the request arrived (feeds the backend's latency histogram).
-    pub start: Instant,
-    pub log: Option<Box<AccessLog>>,
-    pub backend: Option<Arc<BackendStats>>,
-    pub conn: Option<Arc<ConnState>>,
-}
-
-impl Drop for Completion {
-    fn drop(&mut self) {
-        if let Some(b) = &self.backend {
-            b.inflight
-                .fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
-            b.latency.record(self.start.elapsed());
-        }
-        if let Some(c) = &self.conn {
-            c.request_done();
-        }
-    }
-}
-
-enum Inner {
-    /// The upstream's body and, until it has ended, the connection it arrives on.
-    Upstream(Incoming, Option<PooledConn>),
-    /// A direct-path body (it returns its connection itself).
-    Direct(DirectBody),
-    Full(Option<Bytes>),
-}
-
-/// Response body sent to the client.
-pub struct ResponseBody {
-    inner: Inner,
-    bytes: u64,
-    done: Option<Completion>,
-}
-
-impl ResponseBody {
-    /// The upstream's body; its connection goes back to the pool once the body has ended
-    /// and `reuse` allows it (and is dropped, closing it, if the body is abandoned before).
-    pub fn upstream(body: UpstreamBody, reuse: bool) -> Self {
-        let inner = match body {
-            UpstreamBody::Hyper(b, conn) => Inner::Upstream(b, conn.filter(|_| reuse)),
-            UpstreamBody::Direct(mut d) => {
-                if !reuse {
-                    d.no_reuse();
-                }
-                Inner::Direct(d)
-            }
-        };
-        Self {
-            inner,
-            bytes: 0,
-            done: None,
-        }
-    }
-
-    pub fn full(data: impl Into<Bytes>) -> Self {
-        let data = data.into();
-        Self {
-            inner: Inner::Full((!data.is_empty()).then_some(data)),
-            bytes: 0,
-            done: None,
-        }
-    }
-
-    /// Attaches the completion (log line, counters) to a locally generated body.
-    pub fn with_completion(mut self, done: Completion) -> Self {
-        self.done = Some(done);
-        self
-    }
-}
-
-impl Drop for ResponseBody {
-    fn drop(&mut self) {
-        // hyper may stop polling once `is_end_stream` says so (known length): the body ended.
-        if let Inner::Upstream(b, conn) = &mut self.inner {
-            if b.is_end_stream() {
-                if let Some(c) = conn.take() {
-                    c.release();
-                }
-            }
-        }
-        if let Some(done) = &mut self.done {
-            if let Some(log) = done.log.take() {
-                if let Some(b) = &done.backend {
-                    b.bytes_out
-                        .fetch_add(self.bytes, std::sync::atomic::Ordering::Relaxed);
-                }
-                tracing::info!(
-                    target: "berth::access",
-                    client = %log.client,
-                    host = %log.host,
-                    method = %log.method,
-                    path = %log.path,
-                    status = log.status,
-                    bytes = self.bytes,
-                    duration_ms = log.start.elapsed().as_secs_f64() * 1000.0,
-                    route = log.route.as_deref().unwrap_or("-"),
-                    upstream = log.upstream.as_deref().unwrap_or("-"),
-                    "request"
-                );
-            } else if let Some(b) = &done.backend {
-                b.bytes_out
-                    .fetch_add(self.bytes, std::sync::atomic::Ordering::Relaxed);
-            }
-        }
-    }
-}
-
-impl Body for ResponseBody {
-    type Data = Bytes;
-    type Error = BoxError;
-
-    fn poll_frame(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
-        let this = &mut *self;
-        let res = match &mut this.inner {
-            Inner::Upstream(b, conn) => match Pin::new(&mut *b).poll_frame(cx) {
-                Poll::Ready(Some(Ok(f))) => {
-                    if b.is_end_stream() {
-                        if let Some(c) = conn.take() {
-                            c.release();
-                        }
-                    }
-                    Poll::Ready(Some(Ok(f)))
-                }
-                Poll::Ready(Some(Err(e))) => {
-                    // A broken body: its connection is not reused.
-                    conn.take();
-                    Poll::Ready(Some(Err(Box::new(e) as BoxError)))
-                }
-                Poll::Ready(None) => {
-                    if let Some(c) = conn.take() {
-                        c.release();
-                    }
-                    Poll::Ready(None)
-                }
-                Poll::Pending => return Poll::Pending,
-            },
-            Inner::Direct(b) => match Pin::new(b).poll_frame(cx) {
-                Poll::Pending => return Poll::Pending,
-                r => r,
-            },
-            Inner::Full(data) => Poll::Ready(data.take().map(|d| Ok(Frame::data(d)))),
-        };
-        if let Poll::Ready(Some(Ok(f))) = &res {
-            if let Some(d) = f.data_ref() {
-                this.bytes += d.len() as u64;
-            }
-        }
-        res
-    }
-
-    fn is_end_stream(&self) -> bool {
-        match &self.inner {
-            Inner::Upstream(b, _) => b.is_end_stream(),
-            Inner::Direct(b) => b.is_end_stream(),
-            Inner::Full(d) => d.is_none(),
-        }
-    }
-
-    fn size_hint(&self) -> SizeHint {
-        match &self.inner {
-            Inner::Upstream(b, _) => b.size_hint(),
-            Inner::Direct(b) => b.size_hint(),
-            Inner::Full(d) => SizeHint::with_exact(d.as_ref().map(|d| d.len() as u64).unwrap_or(0)),
-        }
     }
 }

@@ -1,14 +1,19 @@
-//! One request: route lookup, backend choice (the route's balancer, sticky `Set-Cookie`),
-//! header rewriting, forwarding with timeouts, passive health (transport failures feed the
-//! backend's rise/fall cell; only the backend's own failures, never a client's body errors)
-//! and one retry of bodiless GET/HEAD/OPTIONS on another backend, the request timers
-//! (`client_body` while the body streams, `response_header` from its end), error mapping
-//! (400/404/408/413/502/503/504), upgrade tunnels (cut when their backend is removed
-//! and drained, or marked down with `on_down: shutdown_sessions`), and the completion
-//! bookkeeping that feeds stats and the access log.
+//! One request, in named phases (`Proxy::route_request`): **admit** (Host, ACME HTTP-01) →
+//! **choose the route** (lookup, alias redirects, HTTPS redirect, the API route's rules and
+//! limits; per-route hooks belong here) → **build the upstream request** (413 for a declared
+//! oversized body, hop-by-hop headers, forwarded headers, the routing Host) → **dispatch**
+//! (the route's balancer picks a backend, sticky `Set-Cookie`; the send runs under the
+//! request timers, `client_body` while the body streams and `response_header` from its end;
+//! passive health: transport failures feed the backend's rise/fall cell, only the backend's
+//! own failures, never a client's body errors; one retry of a replayable request on another
+//! backend, by the rule in `upstream::Exchange`) → **respond** (upgrade tunnels, cut when
+//! their backend is removed and drained, or marked down with `on_down: shutdown_sessions`;
+//! hop-by-hop headers, HSTS). Errors map to 400/404/408/413/502/503/504; the completion
+//! bookkeeping feeds stats and the access log.
 
 use std::borrow::Cow;
 use std::net::SocketAddr;
+use std::ops::ControlFlow::{self, Break, Continue};
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Instant;
@@ -23,15 +28,15 @@ use hyper_util::rt::TokioIo;
 
 use crate::model::health::{unix_ms, BackendHealth, Transition};
 use crate::model::host::{is_valid_host_chars, normalize_host_cow};
-use crate::model::route::{BalancerKind, Lookup, OnDown, PickContext, PickError, Route};
+use crate::model::route::{BalancerKind, Lookup, OnDown, Pick, PickContext, PickError, Route};
 
 use super::body::{
-    AccessLog, BodyPhase, BodyProgress, BodyTooLarge, ClientBodyError, ClientBodyFault, Completion,
-    RequestBody, ResponseBody,
+    BodyPhase, BodyProgress, BodyTooLarge, ClientBodyError, ClientBodyFault, RequestBody,
 };
 use super::headers::{is_upgrade_request, set_forwarded_cached, strip_hop_by_hop};
-use super::pool::UpstreamError;
+use super::response::{AccessLog, Completion, ResponseBody};
 use super::server::ConnState;
+use super::upstream::{Exchange, UpstreamBody, UpstreamError};
 use super::{Proxy, Tables, API_PROXY_HEADER};
 
 /// sticky_cookie `indirect`: the proxy's cookie is the proxy's business; the app never sees
@@ -190,22 +195,85 @@ impl Proxy {
         Response::from_parts(parts, body.with_completion(done))
     }
 
+    /// The request's phases, in order: admit, choose the route, build the upstream
+    /// request, dispatch it (pick, send, retry, passive health), respond. Each phase either
+    /// hands the next one what it decided or answers the client itself.
     async fn route_request(
         &self,
-        mut req: Request<Incoming>,
+        req: Request<Incoming>,
         peer: SocketAddr,
         scheme: &'static str,
         raw_host: Option<&HeaderValue>,
         host: Option<&str>,
         done: &mut Completion,
     ) -> Response<ResponseBody> {
+        let (raw_host, host) = match self.admit(&req, scheme, raw_host, host) {
+            Continue(h) => h,
+            Break(answer) => return answer,
+        };
+        let mut chosen = match self.choose_route(&req, scheme, host, done) {
+            Continue(c) => c,
+            Break(answer) => return answer,
+        };
+        // Pause / maintenance of a deployed app (`gate.rs`): only gated routes leave this
+        // branch; a held request may go on with a newer snapshot of its route.
+        if chosen.route.spec.gate.is_some() {
+            match super::gate::admit(
+                &self.tables,
+                chosen.route.clone(),
+                host,
+                req.uri().path(),
+                peer.ip(),
+                req.headers(),
+            )
+            .await
+            {
+                Ok(r) => chosen.route = r,
+                Err(answer) => return answer,
+            }
+        }
+        let mut out = match self.build_upstream(req, peer, scheme, raw_host, &chosen, done) {
+            Continue(o) => o,
+            Break(answer) => return answer,
+        };
+        let (resp, pick) = match self.dispatch(&chosen, &mut out, done).await {
+            Continue(r) => r,
+            Break(answer) => return answer,
+        };
+        self.respond(scheme, &chosen.route, resp, pick, out.client_upgrade)
+    }
+
+    /// Phase 1, admit: a usable Host (else 400), and ACME HTTP-01 answers Berth owns.
+    fn admit<'h>(
+        &self,
+        req: &Request<Incoming>,
+        scheme: &'static str,
+        raw_host: Option<&'h HeaderValue>,
+        host: Option<&'h str>,
+    ) -> ControlFlow<Response<ResponseBody>, (&'h HeaderValue, &'h str)> {
         let (Some(raw_host), Some(host)) = (raw_host, host) else {
-            return local(StatusCode::BAD_REQUEST, "missing or invalid Host header\n");
+            return Break(local(
+                StatusCode::BAD_REQUEST,
+                "missing or invalid Host header\n",
+            ));
         };
         // TLS hook: ACME HTTP-01 answers (tokens Berth does not own go on to the app).
         if let Some(r) = self.answer_http01(scheme, req.uri()) {
-            return r;
+            return Break(r);
         }
+        Continue((raw_host, host))
+    }
+
+    /// Phase 2, choose the route (and with it the backend pool): table lookup (alias
+    /// redirects, 404), the HTTP → HTTPS redirect, the API route's own rules and limits.
+    /// Anything that answers for a route instead of its backends belongs here.
+    fn choose_route(
+        &self,
+        req: &Request<Incoming>,
+        scheme: &'static str,
+        host: &str,
+        done: &mut Completion,
+    ) -> ControlFlow<Response<ResponseBody>, Chosen> {
         let route: Arc<Route> = {
             let table = self.tables.load();
             match table.lookup_normalized(host, req.uri().path()) {
@@ -221,37 +289,19 @@ impl Proxy {
                     if let Ok(v) = HeaderValue::from_str(&location) {
                         r.headers_mut().insert(header::LOCATION, v);
                     }
-                    return r;
+                    return Break(r);
                 }
                 Lookup::NotFound => {
-                    return local(StatusCode::NOT_FOUND, "no route for this host\n");
+                    return Break(local(StatusCode::NOT_FOUND, "no route for this host\n"));
                 }
             }
-        };
-        // Pause / maintenance of a deployed app: only gated routes leave this branch.
-        let route = if route.spec.gate.is_some() {
-            match super::gate::admit(
-                &self.tables,
-                route,
-                host,
-                req.uri().path(),
-                peer.ip(),
-                req.headers(),
-            )
-            .await
-            {
-                Ok(r) => r,
-                Err(resp) => return resp,
-            }
-        } else {
-            route
         };
         if let Some(log) = done.log.as_mut() {
             log.route = Some(route.name.clone());
         }
         // TLS hook: HTTP → HTTPS redirect for hosts with a certificate.
         if let Some(r) = self.https_redirect(scheme, &route, host, req.uri()) {
-            return r;
+            return Break(r);
         }
         // berthd's own API (`api.domain`): never over plain HTTP, its own limits.
         let api_route = self
@@ -260,42 +310,51 @@ impl Proxy {
             .as_ref()
             .filter(|a| a.route == route.name);
         if api_route.is_some() && scheme != "https" {
-            return local(
+            return Break(local(
                 StatusCode::FORBIDDEN,
                 "the Berth API is served over HTTPS only\n",
-            );
+            ));
         }
-        let max_body_size = api_route.map_or(self.settings.max_body_size, |a| a.max_body_size);
-        let response_header_timeout = api_route
-            .map_or(self.settings.timeouts.response_header, |a| {
-                a.response_header
-            });
-        let client_body_timeout = self.settings.timeouts.client_body;
+        Continue(Chosen {
+            max_body_size: api_route.map_or(self.settings.max_body_size, |a| a.max_body_size),
+            response_header_timeout: api_route
+                .map_or(self.settings.timeouts.response_header, |a| {
+                    a.response_header
+                }),
+            api: api_route.is_some(),
+            route,
+        })
+    }
 
-        // Refuse a declared oversized body before touching the upstream.
+    /// Phase 3, build the upstream request once (only the backend differs between attempts):
+    /// a declared oversized body is refused here (413), before any upstream is touched;
+    /// hop-by-hop headers go, forwarded headers and the routing Host are set.
+    fn build_upstream(
+        &self,
+        mut req: Request<Incoming>,
+        peer: SocketAddr,
+        scheme: &'static str,
+        raw_host: &HeaderValue,
+        chosen: &Chosen,
+        done: &Completion,
+    ) -> ControlFlow<Response<ResponseBody>, Outgoing> {
         let declared = req
             .headers()
             .get(header::CONTENT_LENGTH)
             .and_then(|v| v.to_str().ok())
             .and_then(|v| v.parse::<u64>().ok());
-        if declared.is_some_and(|n| n > max_body_size) {
-            return local(StatusCode::PAYLOAD_TOO_LARGE, "request body too large\n");
+        if declared.is_some_and(|n| n > chosen.max_body_size) {
+            return Break(local(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                "request body too large\n",
+            ));
         }
-
-        // Build the upstream head once; only the authority differs between attempts.
         let upgrade = req.version() == Version::HTTP_11 && is_upgrade_request(req.headers());
         let client_upgrade = upgrade.then(|| hyper::upgrade::on(&mut req));
         let (parts, body) = req.into_parts();
-        let method = parts.method;
-        // A bodiless idempotent request can be sent again if its backend failed before
-        // answering (connect error, reset): on a new connection to the same backend when a
-        // pooled one turned out dead, on another backend when the backend failed.
-        let replayable = !upgrade
-            && matches!(method, Method::GET | Method::HEAD | Method::OPTIONS)
-            && body.is_end_stream();
-        let retryable = replayable && route.backends.len() > 1;
-        let mut body = Some(RequestBody::new(body, max_body_size));
-        let progress = body.as_ref().and_then(RequestBody::progress);
+        let exchange = Exchange::of(&parts.method, upgrade, body.is_end_stream());
+        let body = RequestBody::new(body, chosen.max_body_size);
+        let progress = body.progress();
         let pq = parts
             .uri
             .path_and_query()
@@ -315,7 +374,7 @@ impl Proxy {
         if let Some(api) = &self.settings.api_route {
             // Only this proxy may say "came through the proxy": a client's copy is dropped.
             headers.remove(&API_PROXY_HEADER);
-            if api_route.is_some() {
+            if chosen.api {
                 headers.insert(API_PROXY_HEADER, api.secret.clone());
             }
         }
@@ -324,37 +383,62 @@ impl Proxy {
         if headers.get(header::HOST) != Some(raw_host) {
             headers.insert(header::HOST, raw_host.clone());
         }
-        let cookie: Option<String> = match route.balancer {
+        let cookie: Option<String> = match chosen.route.balancer {
             BalancerKind::StickyCookie { .. } => headers
                 .get(header::COOKIE)
                 .and_then(|v| v.to_str().ok())
                 .map(str::to_string),
             _ => None,
         };
-        strip_indirect_cookie(&route.balancer, &mut headers);
+        strip_indirect_cookie(&chosen.route.balancer, &mut headers);
+        Continue(Outgoing {
+            method: parts.method,
+            pq,
+            headers,
+            body: Some(body),
+            progress,
+            exchange,
+            client_upgrade,
+            cookie,
+            client: peer.ip(),
+        })
+    }
+
+    /// Phase 4, dispatch: pick a backend, send under the request timers, count the outcome
+    /// (stats, passive health), and retry a replayable request on another backend after a
+    /// backend failure, up to the route's `retries` times (default once). An error is the answer to send the client.
+    async fn dispatch(
+        &self,
+        chosen: &Chosen,
+        out: &mut Outgoing,
+        done: &mut Completion,
+    ) -> ControlFlow<Response<ResponseBody>, (Response<UpstreamBody>, Pick)> {
+        let route = &chosen.route;
         let ctx = PickContext {
-            cookie: cookie.as_deref(),
-            path: pq.path(),
-            path_and_query: pq.as_str(),
-            client: Some(peer.ip()),
+            cookie: out.cookie.as_deref(),
+            path: out.pq.path(),
+            path_and_query: out.pq.as_str(),
+            client: Some(out.client),
         };
         let health_check = route.spec.health_check.as_ref();
-
+        // The retry rule: a replayable request, a second backend to try, `retries` times.
+        let retryable = out.exchange == Exchange::Replayable && route.backends.len() > 1;
+        let client_body_timeout = self.settings.timeouts.client_body;
         let mut exclude = None;
         let mut attempt = 0u8;
         let mut failed: Option<(StatusCode, &'static str)> = None;
-        let (resp, pick) = loop {
+        loop {
             let pick = match route.pick_for(&ctx, exclude) {
                 Ok(p) => p,
                 Err(PickError::NoBackends) | Err(PickError::AllDown) => {
                     // Nowhere else to retry: the first failure stands.
                     if let Some((status, msg)) = failed {
-                        return local(status, msg);
+                        return Break(local(status, msg));
                     }
-                    return local(
+                    return Break(local(
                         StatusCode::SERVICE_UNAVAILABLE,
                         "no backend available for this host\n",
-                    );
+                    ));
                 }
             };
             let backend = &route.backends[pick.index];
@@ -367,100 +451,113 @@ impl Proxy {
                 log.upstream = Some(backend.address.to_string());
             }
             let may_retry = retryable && u32::from(attempt) < route.spec.retries;
-            let mut up = Request::new(body.take().unwrap_or_else(RequestBody::empty));
-            *up.method_mut() = method.clone();
+            let mut up = Request::new(out.body.take().unwrap_or_else(RequestBody::empty));
+            *up.method_mut() = out.method.clone();
             *up.version_mut() = Version::HTTP_11;
             *up.headers_mut() = if may_retry {
-                headers.clone()
+                out.headers.clone()
             } else {
-                std::mem::take(&mut headers)
+                std::mem::take(&mut out.headers)
             };
             // Origin form: the upstream connection already is the backend.
-            *up.uri_mut() = Uri::from(pq.clone());
+            *up.uri_mut() = Uri::from(out.pq.clone());
 
             let host_pool = self.pool.host(backend.authority.as_str());
             let sent = send_timed(
-                self.pool.send(&host_pool, up, upgrade),
-                progress.as_deref(),
-                response_header_timeout,
+                self.pool.send(&host_pool, up, out.exchange),
+                out.progress.as_deref(),
+                chosen.response_header_timeout,
                 client_body_timeout,
             )
             .await;
-            match sent {
-                Err(TimedOut::ClientBody) => {
-                    // The client's fault: no failure counted against the backend.
-                    tracing::debug!(route = %route.name, "client body idle timeout");
-                    backend.stats.record_status(408);
-                    return local(StatusCode::REQUEST_TIMEOUT, "request body timed out\n");
-                }
-                Err(TimedOut::Upstream) => {
-                    backend.stats.failures.fetch_add(1, Ordering::Relaxed);
-                    backend.stats.record_status(504);
-                    return local(StatusCode::GATEWAY_TIMEOUT, "upstream timed out\n");
-                }
-                Ok(Err(e)) => {
-                    let failure = classify(&e);
-                    let (status, msg) = match failure {
-                        UpstreamFailure::BodyTooLarge => {
-                            return local(StatusCode::PAYLOAD_TOO_LARGE, "request body too large\n")
-                        }
-                        UpstreamFailure::ClientBody(fault) => {
-                            // The client's fault: no passive health, no backend failure, no
-                            // WARN. A client that went away will not read the answer.
-                            tracing::debug!(route = %route.name, upstream = %backend.address, error = %e, "client request body failed");
-                            backend.stats.record_status(400);
-                            return local(
-                                StatusCode::BAD_REQUEST,
-                                match fault {
-                                    ClientBodyFault::Malformed => "malformed request body\n",
-                                    ClientBodyFault::Aborted => "incomplete request body\n",
-                                },
-                            );
-                        }
-                        UpstreamFailure::ConnectTimeout => {
-                            (StatusCode::GATEWAY_TIMEOUT, "upstream connect timed out\n")
-                        }
-                        UpstreamFailure::Connect => {
-                            (StatusCode::BAD_GATEWAY, "upstream refused the connection\n")
-                        }
-                        UpstreamFailure::Other => (StatusCode::BAD_GATEWAY, "upstream failed\n"),
-                    };
-                    backend.stats.failures.fetch_add(1, Ordering::Relaxed);
-                    // Passive health: a transport failure counts like a failed check.
-                    if let Some(hc) = health_check {
-                        if backend.health.record(false, hc.rise, hc.fall, unix_ms())
-                            == Some(Transition::WentDown)
-                        {
-                            tracing::warn!(route = %route.name, upstream = %backend.address, "backend marked down after request failures");
-                            self.tables.passive_changed();
-                        }
-                    }
-                    if may_retry {
-                        failed = Some((status, msg));
-                        tracing::debug!(route = %route.name, upstream = %backend.address, error = %e, "upstream failed; retrying on another backend");
-                        exclude = Some(pick.index);
-                        attempt += 1;
-                        continue;
-                    }
-                    tracing::warn!(route = %route.name, upstream = %backend.address, error = %e, "upstream request failed");
-                    backend.stats.record_status(status.as_u16());
-                    return local(status, msg);
-                }
+            let e = match sent {
                 Ok(Ok(r)) => {
                     if let Some(hc) = health_check {
                         // Resets a failure streak; a plain load when there is none.
                         backend.health.record_success(hc.rise, hc.fall);
                     }
-                    break (r, pick);
+                    backend.stats.record_status(r.status().as_u16());
+                    return Continue((r, pick));
+                }
+                Err(TimedOut::ClientBody) => {
+                    // The client's fault: no failure counted against the backend.
+                    tracing::debug!(route = %route.name, "client body idle timeout");
+                    backend.stats.record_status(408);
+                    return Break(local(
+                        StatusCode::REQUEST_TIMEOUT,
+                        "request body timed out\n",
+                    ));
+                }
+                Err(TimedOut::Upstream) => {
+                    backend.stats.failures.fetch_add(1, Ordering::Relaxed);
+                    backend.stats.record_status(504);
+                    return Break(local(StatusCode::GATEWAY_TIMEOUT, "upstream timed out\n"));
+                }
+                Ok(Err(e)) => e,
+            };
+            let (status, msg) = match classify(&e) {
+                UpstreamFailure::BodyTooLarge => {
+                    return Break(local(
+                        StatusCode::PAYLOAD_TOO_LARGE,
+                        "request body too large\n",
+                    ))
+                }
+                UpstreamFailure::ClientBody(fault) => {
+                    // The client's fault: no passive health, no backend failure, no
+                    // WARN. A client that went away will not read the answer.
+                    tracing::debug!(route = %route.name, upstream = %backend.address, error = %e, "client request body failed");
+                    backend.stats.record_status(400);
+                    return Break(local(
+                        StatusCode::BAD_REQUEST,
+                        match fault {
+                            ClientBodyFault::Malformed => "malformed request body\n",
+                            ClientBodyFault::Aborted => "incomplete request body\n",
+                        },
+                    ));
+                }
+                UpstreamFailure::ConnectTimeout => {
+                    (StatusCode::GATEWAY_TIMEOUT, "upstream connect timed out\n")
+                }
+                UpstreamFailure::Connect => {
+                    (StatusCode::BAD_GATEWAY, "upstream refused the connection\n")
+                }
+                UpstreamFailure::Other => (StatusCode::BAD_GATEWAY, "upstream failed\n"),
+            };
+            backend.stats.failures.fetch_add(1, Ordering::Relaxed);
+            // Passive health: a transport failure counts like a failed check.
+            if let Some(hc) = health_check {
+                if backend.health.record(false, hc.rise, hc.fall, unix_ms())
+                    == Some(Transition::WentDown)
+                {
+                    tracing::warn!(route = %route.name, upstream = %backend.address, "backend marked down after request failures");
+                    self.tables.passive_changed();
                 }
             }
-        };
-        let mut resp = resp;
-        let idx = pick.index;
-        let backend = &route.backends[idx];
-        backend.stats.record_status(resp.status().as_u16());
-        let set_cookie = pick.set_cookie.and_then(|c| HeaderValue::from_str(&c).ok());
+            if !may_retry {
+                tracing::warn!(route = %route.name, upstream = %backend.address, error = %e, "upstream request failed");
+                backend.stats.record_status(status.as_u16());
+                return Break(local(status, msg));
+            }
+            failed = Some((status, msg));
+            tracing::debug!(route = %route.name, upstream = %backend.address, error = %e, "upstream failed; retrying on another backend");
+            exclude = Some(pick.index);
+            attempt += 1;
+        }
+    }
 
+    /// Phase 5, respond: a 101 becomes a tunnel; otherwise the upstream's answer with
+    /// hop-by-hop headers gone, HSTS and the sticky cookie added, its connection reused
+    /// when the upstream keeps it alive.
+    fn respond(
+        &self,
+        scheme: &'static str,
+        route: &Arc<Route>,
+        mut resp: Response<UpstreamBody>,
+        pick: Pick,
+        client_upgrade: Option<hyper::upgrade::OnUpgrade>,
+    ) -> Response<ResponseBody> {
+        let idx = pick.index;
+        let set_cookie = pick.set_cookie.and_then(|c| HeaderValue::from_str(&c).ok());
         if resp.status() == StatusCode::SWITCHING_PROTOCOLS {
             if let Some(client_upgrade) = client_upgrade {
                 let upstream_upgrade = hyper::upgrade::on(&mut resp);
@@ -479,7 +576,7 @@ impl Proxy {
         // said it will close it.
         let reuse = !closing && parts.version == Version::HTTP_11;
         // TLS hook: HSTS.
-        self.add_hsts(scheme, &route, &mut parts.headers);
+        self.add_hsts(scheme, route, &mut parts.headers);
         if let Some(c) = set_cookie {
             parts.headers.append(header::SET_COOKIE, c);
         }
@@ -541,6 +638,32 @@ impl Proxy {
             }
         });
     }
+}
+
+/// What phase 2 decided: the route (its backends are the pool) and the limits that apply.
+struct Chosen {
+    route: Arc<Route>,
+    max_body_size: u64,
+    response_header_timeout: std::time::Duration,
+    /// The route is berthd's own API (`api.domain`).
+    api: bool,
+}
+
+/// The upstream request phase 3 built, sent by phase 4 (the headers cloned per attempt only
+/// when a retry may follow).
+struct Outgoing {
+    method: Method,
+    pq: PathAndQuery,
+    headers: http::HeaderMap,
+    /// Taken by the first attempt (a retried request is bodiless).
+    body: Option<RequestBody>,
+    progress: Option<Arc<BodyProgress>>,
+    exchange: Exchange,
+    client_upgrade: Option<hyper::upgrade::OnUpgrade>,
+    /// The `Cookie` header, read only by a sticky-cookie balancer.
+    cookie: Option<String>,
+    /// The client's address (the `source_ip` balancer).
+    client: std::net::IpAddr,
 }
 
 /// Which timer ended a send.

@@ -15,7 +15,7 @@ use tokio::time::Instant;
 use crate::model::route::{Lookup, Route};
 use crate::model::traffic::{wants_json, Admit, Maintenance};
 
-use super::body::ResponseBody;
+use super::response::ResponseBody;
 use super::Tables;
 
 /// Lets the request through (with the route to use, possibly a newer one), or answers it.

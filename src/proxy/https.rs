@@ -14,7 +14,7 @@ use tokio::sync::watch;
 use tokio_rustls::server::TlsStream;
 use tokio_rustls::LazyConfigAcceptor;
 
-use super::server::{connection_builder, serve_connection, ConnTracker};
+use super::server::{accept_loop, connection_builder, serve_connection};
 use super::Proxy;
 
 /// ALPN id of TLS-ALPN-01 (RFC 8737).
@@ -69,64 +69,48 @@ async fn accept_tls(
         .map_err(|_| ())
 }
 
-/// Accepts TLS connections until `stop` turns true, then drains like `serve_http`.
+/// Serves TLS on `listener` until `stop` turns true, then drains (the accept loop is
+/// `server::accept_loop`, shared with plain HTTP).
 pub async fn serve_https(
     proxy: Arc<Proxy>,
     listener: TcpListener,
     config: Arc<ServerConfig>,
-    mut stop: watch::Receiver<bool>,
+    stop: watch::Receiver<bool>,
 ) {
     let builder = Arc::new(connection_builder(&proxy));
-    let tracker = Arc::new(ConnTracker::default());
-    let (drain_tx, drain_rx) = watch::channel(false);
+    let drain = proxy.settings.timeouts.drain;
     // A handshake must finish within the client header timeout (slowloris on TLS).
     let handshake_timeout = proxy.settings.timeouts.client_header;
-    loop {
-        tokio::select! {
-            accepted = listener.accept() => {
-                match accepted {
-                    Ok((stream, peer)) => {
-                        let _ = stream.set_nodelay(true);
-                        let guard = tracker.enter();
-                        let proxy = proxy.clone();
-                        let builder = builder.clone();
-                        let drain = drain_rx.clone();
-                        let config = config.clone();
-                        tokio::spawn(async move {
-                            let hooks = proxy.tls_hooks.get().cloned();
-                            let tls = match accept_tls(stream, &config, hooks, handshake_timeout).await {
-                                Ok(Ok(tls)) => tls,
-                                Ok(Err(e)) => {
-                                    tracing::debug!(%peer, error = %e, "TLS handshake failed");
-                                    return;
-                                }
-                                Err(_) => {
-                                    tracing::debug!(%peer, "TLS handshake timed out");
-                                    return;
-                                }
-                            };
-                            if tls.get_ref().1.alpn_protocol() == Some(ACME_TLS_ALPN) {
-                                let mut tls = tls;
-                                let _ = tls.shutdown().await;
-                                return;
-                            }
-                            serve_connection(proxy, builder, tls, peer, "https", drain).await;
-                            drop(guard);
-                        });
+    accept_loop(
+        listener,
+        stop,
+        drain,
+        "TLS connections",
+        move |stream, peer, drain_rx| {
+            let proxy = proxy.clone();
+            let builder = builder.clone();
+            let config = config.clone();
+            async move {
+                let hooks = proxy.tls_hooks.get().cloned();
+                let tls = match accept_tls(stream, &config, hooks, handshake_timeout).await {
+                    Ok(Ok(tls)) => tls,
+                    Ok(Err(e)) => {
+                        tracing::debug!(%peer, error = %e, "TLS handshake failed");
+                        return;
                     }
-                    Err(e) => {
-                        tracing::warn!(error = %e, "accept failed");
-                        tokio::time::sleep(Duration::from_millis(20)).await;
+                    Err(_) => {
+                        tracing::debug!(%peer, "TLS handshake timed out");
+                        return;
                     }
+                };
+                if tls.get_ref().1.alpn_protocol() == Some(ACME_TLS_ALPN) {
+                    let mut tls = tls;
+                    let _ = tls.shutdown().await;
+                    return;
                 }
+                serve_connection(proxy, builder, tls, peer, "https", drain_rx).await;
             }
-            _ = stop.changed() => {
-                if *stop.borrow() {
-                    break;
-                }
-            }
-        }
-    }
-    drop(listener);
-    super::server::drain_connections(&proxy, &tracker, &drain_tx, "TLS connections").await;
+        },
+    )
+    .await;
 }

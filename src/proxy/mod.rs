@@ -1,12 +1,11 @@
-//! The reverse proxy: hyper server on the client side, pooled HTTP/1.1 upstream connections
-//! (`pool`) on the other, and the route table as an `ArcSwap` snapshot between them. A request does
+//! The reverse proxy: hyper server on the client side (`server`, `https`), the request's
+//! phases (`forward`), pooled HTTP/1.1 upstream connections (`upstream`) on the other, and the route table as an `ArcSwap` snapshot between them. A request does
 //! one `load()` of the table and touches only atomics; writers publish whole new tables
 //! (`publish`), and the health task re-publishes with compare-and-swap (`refresh`) so it
 //! never overwrites a newer table.
 
 pub mod acme_hook;
 pub mod body;
-pub mod direct;
 pub mod forward;
 pub mod framing;
 mod gate;
@@ -14,8 +13,10 @@ pub mod headers;
 pub mod health;
 pub mod https;
 pub mod net;
-pub mod pool;
+pub mod response;
 pub mod server;
+pub mod tcp;
+pub mod upstream;
 
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
@@ -26,8 +27,8 @@ use tokio::sync::{watch, Notify};
 use crate::model::config::{ProxyConfig, Timeouts};
 use crate::model::route::RouteTable;
 
-use pool::{Pool, PoolSettings};
 use server::ConnTracker;
+use upstream::{Pool, PoolSettings};
 
 /// Proxy settings derived from the configuration.
 #[derive(Debug, Clone)]

@@ -335,10 +335,45 @@ pub async fn serve_connection<T>(
     }
 }
 
-/// Accepts connections until `stop` turns true, then drains open ones (bounded by the drain
-/// timeout) and returns.
-pub async fn serve_http(proxy: Arc<Proxy>, listener: TcpListener, mut stop: watch::Receiver<bool>) {
+/// Serves plain HTTP on `listener` until `stop` turns true, then drains (see
+/// [`accept_loop`]).
+pub async fn serve_http(proxy: Arc<Proxy>, listener: TcpListener, stop: watch::Receiver<bool>) {
     let builder = Arc::new(connection_builder(&proxy));
+    let drain = proxy.settings.timeouts.drain;
+    accept_loop(
+        listener,
+        stop,
+        drain,
+        "connections",
+        move |stream, peer, drain_rx| {
+            serve_connection(
+                proxy.clone(),
+                builder.clone(),
+                super::net::SendStream::new(stream),
+                peer,
+                "http",
+                drain_rx,
+            )
+        },
+    )
+    .await;
+}
+
+/// The accept loop every listener runs (HTTP, HTTPS, and any other frontend): accepts until
+/// `stop` turns true, sets `TCP_NODELAY`, runs `serve` for each connection in its own task
+/// (handing it a receiver that turns true when the listener drains), backs off briefly when
+/// accept fails (EMFILE and friends) instead of spinning. After `stop`: closes the listener,
+/// tells the connections to drain and waits for them, bounded by `drain` (+1 s).
+pub async fn accept_loop<F, Fut>(
+    listener: TcpListener,
+    mut stop: watch::Receiver<bool>,
+    drain: Duration,
+    what: &'static str,
+    serve: F,
+) where
+    F: Fn(tokio::net::TcpStream, SocketAddr, watch::Receiver<bool>) -> Fut,
+    Fut: std::future::Future<Output = ()> + Send + 'static,
+{
     let tracker = Arc::new(ConnTracker::default());
     let (drain_tx, drain_rx) = watch::channel(false);
     loop {
@@ -348,24 +383,13 @@ pub async fn serve_http(proxy: Arc<Proxy>, listener: TcpListener, mut stop: watc
                     Ok((stream, peer)) => {
                         let _ = stream.set_nodelay(true);
                         let guard = tracker.enter();
-                        let proxy = proxy.clone();
-                        let builder = builder.clone();
-                        let drain = drain_rx.clone();
+                        let conn = serve(stream, peer, drain_rx.clone());
                         tokio::spawn(async move {
-                            serve_connection(
-                                proxy,
-                                builder,
-                                super::net::SendStream::new(stream),
-                                peer,
-                                "http",
-                                drain,
-                            )
-                            .await;
+                            conn.await;
                             drop(guard);
                         });
                     }
                     Err(e) => {
-                        // EMFILE and friends: back off briefly instead of spinning.
                         tracing::warn!(error = %e, "accept failed");
                         tokio::time::sleep(Duration::from_millis(20)).await;
                     }
@@ -379,19 +403,7 @@ pub async fn serve_http(proxy: Arc<Proxy>, listener: TcpListener, mut stop: watc
         }
     }
     drop(listener);
-    drain_connections(&proxy, &tracker, &drain_tx, "connections").await;
-}
-
-/// After a listener stopped accepting: tells its connections to drain and waits for them,
-/// bounded by the drain timeout (shared by the HTTP and HTTPS listeners).
-pub async fn drain_connections(
-    proxy: &Proxy,
-    tracker: &ConnTracker,
-    drain_tx: &watch::Sender<bool>,
-    what: &str,
-) {
     let _ = drain_tx.send(true);
-    let drain = proxy.settings.timeouts.drain;
     if tokio::time::timeout(drain + Duration::from_secs(1), tracker.wait_idle())
         .await
         .is_err()

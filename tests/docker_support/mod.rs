@@ -1,6 +1,6 @@
 //! Shared harness of the Docker system tests: gate on BERTH_SYSTEM_TESTS=1, make sure dockerd
 //! runs, build the tiny busybox test images locally (never pulled), start the real proxy
-//! in-process with a `ProxyRoutes` publisher, and remove every container and the network a
+//! in-process with the daemon's own route publisher (its registry), and remove every container and the network a
 //! test created (all carry the label `berth.test.run=<run id>`).
 
 #![allow(dead_code)]
@@ -13,9 +13,9 @@ use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
+use berth::daemon::engine::RegistryRoutes;
 use berth::daemon::Running;
 use berth::deploy::{Engine, EngineConfig};
-use berth::deploy_publish::ProxyRoutes;
 use berth::model::config::Config;
 use berth::model::deploy::AppSpec;
 use berth::runtime::DockerRuntime;
@@ -141,7 +141,7 @@ pub struct Env {
     pub dir: tempfile::TempDir,
     pub db: PathBuf,
     pub daemon: Option<Running>,
-    pub publisher: Arc<ProxyRoutes>,
+    pub publisher: Arc<RegistryRoutes>,
     pub rt: Arc<DockerRuntime>,
     pub http: Client<HttpConnector, Empty<Bytes>>,
 }
@@ -166,7 +166,7 @@ impl Env {
         cfg.data_dir = dir.path().to_path_buf();
         cfg.log.access_log = false;
         let daemon = berth::daemon::start(cfg, None).await.expect("proxy starts");
-        let publisher = Arc::new(ProxyRoutes::new(daemon.tables.clone(), vec![]));
+        let publisher = Arc::new(RegistryRoutes(daemon.registry.clone()));
         let rt = Arc::new(
             DockerRuntime::connect(&network)
                 .await

@@ -6,6 +6,8 @@
 //! route's rule asks for (`model::access`): 403 naming the missing scope otherwise. A route
 //! without a rule needs `admin`, so a new route cannot be left open by mistake.
 
+pub mod session;
+
 use axum::extract::{FromRequestParts, MatchedPath, RawPathParams, Request, State};
 use axum::http::header;
 use axum::middleware::Next;
@@ -151,9 +153,8 @@ pub async fn require_token(
 ) -> Response {
     // ui: without a bearer token, a status-page session cookie (+ CSRF header) may do.
     if req.headers().get(header::AUTHORIZATION).is_none() {
-        let sessions = req.extensions().get::<super::ui::Sessions>();
-        match super::ui::session_auth(&state, sessions, req.method(), req.uri(), req.headers())
-            .await
+        let sessions = req.extensions().get::<session::Sessions>();
+        match session::session_auth(&state, sessions, req.method(), req.uri(), req.headers()).await
         {
             Some(Ok(scopes)) => return authorize(&state, scopes, req, next).await,
             Some(Err(resp)) => return resp,

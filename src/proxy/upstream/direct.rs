@@ -5,7 +5,7 @@
 //!
 //! Why: in the keep-alive benchmark the hyper client dispatch was ~12 % of the proxy CPU in
 //! user space, and the two extra task switches per request cost cache footprint on both
-//! sides of the kernel. Requests with a body and upgrades keep hyper's client (`pool.rs`).
+//! sides of the kernel. Requests with a body and upgrades keep hyper's client (`client.rs`).
 //!
 //! What it does: writes the head (`METHOD origin-form HTTP/1.1`, headers as given), reads the
 //! response head with `httparse` (1xx interim answers skipped, 101 refused: no upgrade was
@@ -27,10 +27,11 @@ use http::{HeaderMap, Method, Request, Response, StatusCode, Version};
 use http_body::{Body, Frame, SizeHint};
 use tokio::io::AsyncWriteExt;
 
-use super::body::{BoxError, RequestBody};
-use super::framing::{self, BodyFraming};
-use super::net::SendStream;
-use super::pool::HostPool;
+use super::error::UpstreamError;
+use super::pool::{Endpoint, IdleQueue, Reusable};
+use crate::proxy::body::{BoxError, RequestBody};
+use crate::proxy::framing::{self, BodyFraming};
+use crate::proxy::net::SendStream;
 
 /// Largest response head accepted (status line + headers), like hyper's client default.
 pub const MAX_HEAD: usize = 256 * 1024;
@@ -58,10 +59,12 @@ impl DirectConn {
             head: Vec::new(),
         }
     }
+}
 
+impl Reusable for DirectConn {
     /// Whether an idle connection may carry a request: not closed by the peer, nothing
     /// unexpected waiting. Costs no syscall unless the socket reported readable.
-    pub fn idle_usable(&mut self) -> bool {
+    fn usable(&mut self) -> bool {
         let mut cx = Context::from_waker(std::task::Waker::noop());
         match self.io.poll_read_ready(&mut cx) {
             Poll::Pending => true,
@@ -85,13 +88,6 @@ pub struct ExchangeError {
 
 fn invalid(msg: &'static str) -> io::Error {
     io::Error::new(io::ErrorKind::InvalidData, msg)
-}
-
-/// Whether a request may take the direct path.
-pub fn eligible(method: &Method, upgrade: bool, body: &RequestBody) -> bool {
-    !upgrade
-        && matches!(*method, Method::GET | Method::HEAD | Method::OPTIONS)
-        && http_body::Body::is_end_stream(body)
 }
 
 fn encode_head(req: &Request<RequestBody>, out: &mut Vec<u8>) {
@@ -317,20 +313,21 @@ fn find_crlf(buf: &[u8]) -> Option<usize> {
 /// Sends `req` (eligible for the direct path) to `host` and reads the response head. A reused
 /// connection that turns out dead before answering is replaced by a fresh one, once.
 pub async fn send(
-    host: &Arc<HostPool>,
+    endpoint: &Endpoint,
+    idle: &Arc<IdleQueue<DirectConn>>,
     req: &Request<RequestBody>,
-) -> Result<Response<DirectBody>, super::pool::UpstreamError> {
+) -> Result<Response<DirectBody>, UpstreamError> {
     let head_request = req.method() == Method::HEAD;
-    let (mut conn, mut reused) = match host.pop_direct() {
+    let (mut conn, mut reused) = match idle.pop() {
         Some(c) => (c, true),
-        None => (host.connect_direct().await?, false),
+        None => (DirectConn::new(endpoint.open().await?), false),
     };
     loop {
         match exchange(&mut conn, req, head_request, reused).await {
             Ok(head) => {
                 let mut resp = Response::new(DirectBody {
                     conn: Some(conn),
-                    host: host.clone(),
+                    idle: idle.clone(),
                     framing: head.framing,
                     keep_alive: head.keep_alive,
                     read_size: READ_CHUNK,
@@ -344,13 +341,13 @@ pub async fn send(
                 return Ok(resp);
             }
             Err(e) if e.fresh_retry => {
-                tracing::debug!(upstream = %host.authority(), error = %e.source, "pooled connection was dead; sending again on a new connection");
-                conn = host.connect_direct().await?;
+                tracing::debug!(upstream = %endpoint.authority(), error = %e.source, "pooled connection was dead; sending again on a new connection");
+                conn = DirectConn::new(endpoint.open().await?);
                 reused = false;
             }
             Err(e) => {
-                return Err(super::pool::UpstreamError::Io {
-                    addr: host.authority().to_string(),
+                return Err(UpstreamError::Io {
+                    addr: endpoint.authority().to_string(),
                     source: e.source,
                 })
             }
@@ -427,11 +424,11 @@ async fn exchange(
     }
 }
 
-/// The body of a direct-path response; hands its connection back to the host's idle queue
+/// The body of a direct-path response; hands its connection back to its idle queue
 /// when it ended cleanly on a keep-alive connection.
 pub struct DirectBody {
     conn: Option<DirectConn>,
-    host: Arc<HostPool>,
+    idle: Arc<IdleQueue<DirectConn>>,
     framing: Framing,
     keep_alive: bool,
     /// Next read size: large bodies are read in growing chunks (fewer syscalls).
@@ -448,7 +445,7 @@ impl DirectBody {
         if let Some(conn) = self.conn.take() {
             // Bytes past the end of the framing would be a broken upstream: not reused.
             if self.keep_alive && conn.buf.is_empty() {
-                self.host.push_direct(conn);
+                self.idle.push(conn);
             }
         }
     }
@@ -823,8 +820,5 @@ mod tests {
             out,
             b"GET /a/b?c=d HTTP/1.1\r\nhost: app.test\r\nx-forwarded-for: 10.0.0.1\r\n\r\n"
         );
-        assert!(eligible(&Method::GET, false, &RequestBody::empty()));
-        assert!(!eligible(&Method::GET, true, &RequestBody::empty()));
-        assert!(!eligible(&Method::POST, false, &RequestBody::empty()));
     }
 }

@@ -3,7 +3,16 @@
 //! lifecycle around them: READY only after listeners are live and state is restored,
 //! SIGHUP/`reload` swaps the configuration in place, SIGUSR2/`upgrade` hands the listeners to
 //! the binary now on disk, SIGTERM/SIGINT drain and exit 0. The one module that may use all
-//! others.
+//! others: `engine.rs` starts the deploy engine and holds the one `RoutePublisher`, `tls.rs`
+//! the HTTPS listener, certificates and ACME, `cli.rs` + `admin.rs` are `berthd`'s command
+//! line (`src/bin/berthd.rs` only calls [`main`]).
+
+mod admin;
+mod cli;
+pub mod engine;
+mod tls;
+
+pub use cli::main;
 
 use std::net::SocketAddr;
 use std::os::fd::{AsFd, AsRawFd, RawFd};
@@ -25,7 +34,7 @@ use crate::proxy::health::{self, HealthSettings};
 use crate::proxy::{server, Proxy, Settings, Tables};
 use crate::store::registry::{ChangeError, RouteRegistry, TablePublisher};
 use crate::store::{Store, StoreError};
-use crate::tls::{AcmeManager, CertStore, ManualCerts, TlsError};
+use crate::tls::{AcmeManager, CertStore, TlsError};
 
 #[derive(Debug, Error)]
 pub enum DaemonError {
@@ -46,9 +55,31 @@ pub enum DaemonError {
     #[error("routes: {0}")]
     Registry(#[from] ChangeError),
     #[error("deploy engine (deploy.enabled: required): {0}")]
-    Deploy(#[from] crate::deploy_publish::EngineStartError),
+    Deploy(#[from] engine::EngineStartError),
     #[error(transparent)]
     Secrets(#[from] crate::store::secrets::SecretsError),
+    #[error("frontends: {0}")]
+    Tcp(#[from] crate::proxy::tcp::TcpError),
+}
+
+/// Frontend listeners come from the inherited set (upgrade, socket activation, fd store) or
+/// a fresh bind, and are kept in systemd's fd store while they live.
+struct FrontendListeners(crate::lifecycle::FrontendSockets);
+
+impl crate::proxy::tcp::ListenerSource for FrontendListeners {
+    fn listen(&self, name: &str, addr: SocketAddr) -> std::io::Result<std::net::TcpListener> {
+        let (l, origin) = self.0.listen(name, addr).map_err(|e| match e {
+            ListenError::Bind { source, .. } | ListenError::Inherited { source, .. } => source,
+            other => std::io::Error::other(other.to_string()),
+        })?;
+        tracing::info!(%name, %addr, from = %origin, "frontend listener");
+        notify::store_fd(name, l.as_fd());
+        Ok(l)
+    }
+
+    fn released(&self, name: &str) {
+        notify::remove_fd(name);
+    }
 }
 
 /// The registry publishes into the proxy's table holder.
@@ -86,6 +117,8 @@ pub struct Running {
     listener_fds: Vec<(String, RawFd)>,
     /// Why the store is damaged or takes no writes (`berthd status` says it).
     pub store_problem: Option<String>,
+    /// TCP frontends and pools.
+    pub tcp: Arc<crate::proxy::tcp::TcpProxy>,
 }
 
 impl Running {
@@ -96,8 +129,18 @@ impl Running {
         for t in self.tasks {
             let _ = t.await;
         }
+        self.tcp.stopped().await;
         let drain = self.proxy.settings.timeouts.drain;
-        let _ = tokio::time::timeout(drain, self.proxy.tunnels.wait_idle()).await;
+        let idle = async {
+            tokio::join!(self.proxy.tunnels.wait_idle(), self.tcp.conns.wait_idle());
+        };
+        if tokio::time::timeout(drain, idle).await.is_err() {
+            tracing::info!(
+                tcp = self.tcp.conns.live(),
+                "drain timeout: closing the connections still open"
+            );
+            self.tcp.close_all().await;
+        }
     }
 
     /// Re-reads the config file and swaps in its routes (routes stored through the API stay).
@@ -205,7 +248,7 @@ pub async fn start_with(
     let proxy = Arc::new(Proxy::new(settings, tables.clone()));
     // Serve first: the engine publishes what runs (one Docker listing, no health gate) and
     // reconciles in the background; nothing here waits for a health check.
-    let engine = start_engine(&config, &registry, damaged).await?;
+    let engine = engine::start(&config, &registry, damaged).await?;
 
     let (std_listener, origin) = inherited.tcp("http", config.http.listen)?;
     let listener = tokio::net::TcpListener::from_std(std_listener)?;
@@ -233,7 +276,7 @@ pub async fn start_with(
         stop_rx.clone(),
     )];
     let (https_addr, certs, acme) = if config.tls.is_enabled() {
-        let tls = start_tls(
+        let tls = tls::start_tls(
             &config,
             &proxy,
             &tables,
@@ -261,6 +304,28 @@ pub async fn start_with(
         listener,
         stop_rx.clone(),
     )));
+    let tcp = start_tcp(
+        &config,
+        &registry,
+        inherited,
+        &stop_rx,
+        [
+            Some(("http", http_addr)),
+            Some(("api", api_addr)),
+            https_addr.map(|a| ("https", a)),
+        ],
+    )
+    .await;
+    let tcp = match tcp {
+        Ok(t) => t,
+        Err(e) => {
+            let _ = stop.send(true);
+            for t in tasks {
+                let _ = t.await;
+            }
+            return Err(e);
+        }
+    };
     let mut api_settings = ApiSettings::from_config(&config.api);
     api_settings.max_upload_size = config.deploy.max_upload_size.0;
     api_settings.proxy_secret = proxy_secret;
@@ -271,6 +336,7 @@ pub async fn start_with(
         engine: engine.clone(),
         certs: certs.clone(),
         acme: acme.clone(),
+        tcp: tcp.clone(),
     };
     tasks.push(tokio::spawn(api::serve(api_listener, api_state)));
     Ok(Running {
@@ -289,7 +355,43 @@ pub async fn start_with(
         config_path,
         listener_fds,
         store_problem,
+        tcp,
     })
+}
+
+/// Starts TCP mode: the configuration's frontends and pools plus the stored ones, listening
+/// on inherited sockets where present.
+async fn start_tcp(
+    config: &Config,
+    registry: &Arc<RouteRegistry>,
+    inherited: &mut Inherited,
+    stop_rx: &watch::Receiver<bool>,
+    own: [Option<(&'static str, SocketAddr)>; 3],
+) -> Result<Arc<crate::proxy::tcp::TcpProxy>, DaemonError> {
+    let sockets = Arc::new(FrontendListeners(inherited.take_prefix("frontend.")));
+    let tcp = crate::proxy::tcp::TcpProxy::new(
+        sockets.clone(),
+        own.into_iter().flatten().collect(),
+        config.proxy.timeouts.drain,
+        stop_rx.clone(),
+    );
+    let store = registry.store().clone();
+    let stored = tokio::task::spawn_blocking(move || {
+        Ok::<_, StoreError>((store.load_frontends()?, store.load_pools()?))
+    })
+    .await
+    .map_err(std::io::Error::other)?;
+    let stored = stored.unwrap_or_else(|e| {
+        tracing::error!(error = %e, "stored frontends and pools cannot be read; serving the configured ones");
+        (Vec::new(), Vec::new())
+    });
+    tcp.load((config.frontends.clone(), config.pools.clone()), stored)
+        .await?;
+    for name in sockets.0.close_unclaimed() {
+        tracing::warn!(%name, "inherited frontend listener not used by this configuration; closed");
+        notify::remove_fd(&name);
+    }
+    Ok(tcp)
 }
 
 /// The proxy's treatment of the API route (see `proxy::ApiRoute`): image uploads may be as
@@ -337,176 +439,6 @@ fn api_route_spec(
             message: e.to_string(),
         })
     })
-}
-
-/// Starts the deploy engine per `deploy.enabled`: `off` → none; `auto` → none with one
-/// warning when Docker does not answer; `required` → that is an error.
-async fn start_engine(
-    config: &Config,
-    registry: &Arc<RouteRegistry>,
-    store_damaged: Option<String>,
-) -> Result<Option<Arc<crate::deploy::Engine>>, DaemonError> {
-    use crate::model::config::DeployEnabled;
-    let d = &config.deploy;
-    if d.enabled == DeployEnabled::Off {
-        tracing::info!("deploy engine off (deploy.enabled: off)");
-        return Ok(None);
-    }
-    // api: app secrets are sealed with this key (created here, logged, when missing).
-    let secrets = match crate::store::secrets::SecretsKey::load_or_create(&config.data_dir) {
-        Ok((key, _)) => Some(Arc::new(key)),
-        // A degraded store refuses deploys anyway: route what runs without the key.
-        Err(e) if store_damaged.is_some() => {
-            tracing::error!(error = %e, "secrets key unavailable (the data dir is unusable)");
-            None
-        }
-        Err(e) => return Err(e.into()),
-    };
-    let cfg = crate::deploy::EngineConfig {
-        keep_images: d.keep_images,
-        stop_grace: d.stop_grace,
-        store_damaged,
-        secrets,
-        allow_host_mounts: d.allow_host_mounts,
-        ..Default::default()
-    };
-    match crate::deploy_publish::start_engine_with_registry(registry.clone(), &d.network, cfg).await
-    {
-        Ok(engine) => {
-            tracing::info!(network = %d.network, "deploy engine ready");
-            Ok(Some(Arc::new(engine)))
-        }
-        Err(e) if d.enabled == DeployEnabled::Auto => {
-            tracing::warn!(
-                error = %e,
-                "deploy engine not started (Docker unavailable); proxy and API run without \
-                 deploys; set deploy.enabled: required to make this fatal, or off to silence it"
-            );
-            Ok(None)
-        }
-        Err(e) => Err(e.into()),
-    }
-}
-
-/// The proxy's view of the certificate store (the proxy does not import `tls`).
-struct TlsHooksAdapter {
-    store: Arc<CertStore>,
-    redirect: bool,
-    https_port: u16,
-    acme: Option<Arc<AcmeManager>>,
-}
-
-impl crate::proxy::acme_hook::TlsHooks for TlsHooksAdapter {
-    fn http01(&self, token: &str) -> Option<String> {
-        self.store.http01(token)
-    }
-
-    fn https_authority(&self, host: &str) -> Option<String> {
-        if !self.redirect || !self.store.has_certificate(host) {
-            return None;
-        }
-        Some(if self.https_port == 443 {
-            host.to_string()
-        } else {
-            format!("{host}:{}", self.https_port)
-        })
-    }
-
-    fn before_handshake(&self, name: &str) -> Option<crate::proxy::acme_hook::HandshakeWait> {
-        let acme = self.acme.as_ref().filter(|a| a.wants_on_demand(name))?;
-        Some(Box::pin(acme.clone().obtain_on_demand(name.to_string())))
-    }
-}
-
-/// Domains of a route table that a public CA could certify (names with a dot, not
-/// `localhost`).
-pub fn certifiable_domains(table: &RouteTable) -> std::collections::BTreeSet<String> {
-    table
-        .routes()
-        .iter()
-        .flat_map(|r| r.spec.domains.iter().chain(r.spec.aliases.iter()))
-        .map(|d| d.as_str().to_string())
-        .filter(|d| d.contains('.') && d != "localhost" && !d.ends_with(".localhost"))
-        .collect()
-}
-
-type TlsParts = (
-    Option<SocketAddr>,
-    Option<Arc<CertStore>>,
-    Option<Arc<AcmeManager>>,
-);
-
-/// Loads certificates, binds the HTTPS listener, and starts the reload and ACME tasks.
-async fn start_tls(
-    config: &Config,
-    proxy: &Arc<Proxy>,
-    tables: &Arc<Tables>,
-    stop_rx: &watch::Receiver<bool>,
-    tasks: &mut Vec<JoinHandle<()>>,
-    inherited: &mut Inherited,
-    listener_fds: &mut Vec<(String, RawFd)>,
-) -> Result<TlsParts, DaemonError> {
-    // Another provider compiled in by some dependency must not make rustls ambiguous.
-    let _ = rustls::crypto::ring::default_provider().install_default();
-    let store = Arc::new(CertStore::new());
-    let manual = {
-        let (store, cfg, dir) = (store.clone(), config.tls.clone(), config.data_dir.clone());
-        tokio::task::spawn_blocking(move || ManualCerts::load(store, &cfg, &dir))
-            .await
-            .map_err(|e| std::io::Error::other(e.to_string()))??
-    };
-    let server_config = crate::proxy::https::server_config(store.clone())?;
-    let (std_listener, origin) = inherited.tcp("https", config.tls.listen)?;
-    let listener = tokio::net::TcpListener::from_std(std_listener)?;
-    let https_addr = listener.local_addr()?;
-    listener_fds.push(("https".to_string(), listener.as_raw_fd()));
-    tracing::info!(https = %https_addr, from = %origin, "listening");
-    let acme = config.tls.acme.as_ref().map(|cfg| {
-        Arc::new(
-            AcmeManager::new(cfg.clone(), &config.data_dir, store.clone())
-                .with_on_demand(config.tls.on_demand.clone()),
-        )
-    });
-    let _ = proxy.tls_hooks.set(Arc::new(TlsHooksAdapter {
-        store: store.clone(),
-        redirect: config.tls.redirect,
-        https_port: https_addr.port(),
-        acme: acme.clone(),
-    }));
-    tasks.push(tokio::spawn(crate::proxy::https::serve_https(
-        proxy.clone(),
-        listener,
-        server_config,
-        stop_rx.clone(),
-    )));
-    tasks.push(tokio::spawn(
-        manual.run(config.tls.reload_interval, stop_rx.clone()),
-    ));
-    if let Some(acme) = &acme {
-        acme.set_domains(certifiable_domains(&tables.load()));
-        tasks.push(tokio::spawn(acme.clone().run(stop_rx.clone())));
-        // Every publish (config reload, deploys) updates the set of domains to certify.
-        let (acme, tables, mut stop) = (acme.clone(), tables.clone(), stop_rx.clone());
-        tasks.push(tokio::spawn(async move {
-            let mut generation = tables.subscribe();
-            loop {
-                tokio::select! {
-                    r = generation.changed() => {
-                        if r.is_err() {
-                            return;
-                        }
-                        acme.set_domains(certifiable_domains(&tables.load()));
-                    }
-                    r = stop.changed() => {
-                        if r.is_err() || *stop.borrow() {
-                            return;
-                        }
-                    }
-                }
-            }
-        }));
-    }
-    Ok((Some(https_addr), Some(store), acme))
 }
 
 /// Runs until SIGTERM/SIGINT or a successful upgrade; reloads on SIGHUP, upgrades on SIGUSR2
@@ -647,10 +579,36 @@ pub async fn run(
         };
         let args: Vec<_> = std::env::args_os().skip(1).collect();
         set_phase(Phase::StartingSuccessor);
-        match upgrade::spawn_successor(exe, args, running.listener_fds.clone(), upgrade_timeout)
-            .await
-        {
+        // Deploy ownership (deploy::handover): in-flight deploys pause at a step boundary
+        // before the successor starts, and are its once it is serving.
+        if let Some(engine) = &running.engine {
+            if let Err(e) = engine.pause_for_upgrade(upgrade_timeout).await {
+                let reason = e.to_string();
+                tracing::error!(error = %reason, "upgrade not started; this process keeps serving");
+                set_phase(Phase::Failed {
+                    reason: reason.clone(),
+                });
+                if let Some(r) = upgrade_reply {
+                    let _ = r.send(Err(reason));
+                }
+                continue;
+            }
+        }
+        // Frontend listeners as duplicates, held open until the successor has them.
+        let frontend_fds = running.tcp.listener_fds().await;
+        let mut fds = running.listener_fds.clone();
+        fds.extend(
+            frontend_fds
+                .iter()
+                .map(|(n, fd)| (n.clone(), fd.as_raw_fd())),
+        );
+        let spawned = upgrade::spawn_successor(exe, args, fds, upgrade_timeout).await;
+        drop(frontend_fds);
+        match spawned {
             Ok(pid) => {
+                if let Some(engine) = &running.engine {
+                    engine.hand_over(pid);
+                }
                 set_phase(Phase::Draining { successor: pid });
                 if let Some(r) = upgrade_reply {
                     let _ = r.send(Ok(format!("new process {pid} is serving")));
@@ -659,6 +617,9 @@ pub async fn run(
                 break;
             }
             Err(e) => {
+                if let Some(engine) = &running.engine {
+                    engine.resume_after_failed_upgrade();
+                }
                 let reason = e.to_string();
                 tracing::error!(error = %reason, "upgrade failed; this process keeps serving");
                 set_phase(Phase::Failed {

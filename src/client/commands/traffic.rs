@@ -5,16 +5,13 @@
 use reqwest::Method;
 use serde_json::{json, Value};
 
-use super::api::Api;
-use super::output::Out;
-use super::{ClientError, Command};
-
-fn seg(s: &str) -> String {
-    url::form_urlencoded::byte_serialize(s.as_bytes()).collect()
-}
+use super::super::output::Out;
+use super::super::{ClientError, Command};
+use super::{connect, seg};
 
 /// Runs one of the gate commands.
-pub async fn run(cmd: Command, api: &Api, out: &Out) -> Result<u8, ClientError> {
+pub async fn run(servers: &[String], cmd: Command, out: &Out) -> Result<u8, ClientError> {
+    let (_, api) = connect(servers).await?;
     let (app, v, line): (String, Value, String) = match cmd {
         Command::Pause { app, timeout } => {
             let v = api
