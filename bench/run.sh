@@ -899,10 +899,10 @@ scenario_deploy() {
         echo '{"part":"deploy","skipped":"dockerd is not running"}' >>"$WORK/extra.jsonl"
         return 0
     fi
-    log "deploy: cargo test --release --test docker_deploy rolling (3 replicas, real dockerd)"
+    log "deploy: cargo test --release --test deploy docker_deploy::rolling (3 replicas, real dockerd)"
     local out=$WORK/deploy-test.txt
     (cd "$REPO" && BERTH_SYSTEM_TESTS=1 timeout --kill-after=10 900 \
-        cargo test --release --test docker_deploy rolling -- --nocapture) >"$out" 2>&1 ||
+        cargo test --release --test deploy docker_deploy::rolling -- --nocapture) >"$out" 2>&1 ||
         { tail -n 40 "$out" >&2; die "the docker_deploy rolling test failed"; }
     python3 - "$out" >>"$WORK/extra.jsonl" <<'EOF'
 import json, re, sys

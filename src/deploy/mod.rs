@@ -362,7 +362,8 @@ impl Inner {
                 // The deploy gate checks a replica before it is routed; from then on the
                 // proxy's prober checks it with the same check (a backend starts up, so a
                 // gated replica serves at once).
-                Some(h) => vec![RouteSpec {
+                // A worker (no domains) has no route.
+                Some(h) if !h.domains.is_empty() => vec![RouteSpec {
                     gate: a.effective_gate(),
                     ..h.traffic.route(
                         app_route_name(app),
@@ -380,7 +381,7 @@ impl Inner {
                             .collect(),
                     )
                 }],
-                None => vec![],
+                _ => vec![],
             },
             _ => vec![],
         };
@@ -661,10 +662,12 @@ impl Engine {
             spec.aliases.clone(),
             vec![],
         );
-        self.inner
-            .publisher
-            .check_routes(&app_route_name(app), vec![probe])
-            .map_err(DeployError::DomainTaken)?;
+        if !spec.is_worker() {
+            self.inner
+                .publisher
+                .check_routes(&app_route_name(app), vec![probe])
+                .map_err(DeployError::DomainTaken)?;
+        }
         let mut spec = spec;
         if !spec.secrets.is_empty() {
             // Sealed before anything is stored; the values in clear are dropped here.

@@ -142,7 +142,9 @@ pub fn parse(name: &str, labels: &HashMap<String, String>) -> Parsed {
             }
         }
     }
-    if domains.is_empty() {
+    let managed = labels.get(MANAGED).map(String::as_str) == Some("true");
+    // A worker Berth started has no domain; a hand-started container needs one to be routed.
+    if domains.is_empty() && !managed {
         return bad("berth.domain.0", "is missing: an app needs a domain".into());
     }
     if let Some(((n, _), _)) = aliases.iter().find(|((n, _), _)| !domains.contains_key(n)) {
@@ -158,7 +160,7 @@ pub fn parse(name: &str, labels: &HashMap<String, String>) -> Parsed {
         aliases: aliases.into_values().collect(),
         port,
         traffic,
-        managed: labels.get(MANAGED).map(String::as_str) == Some("true"),
+        managed,
     })
 }
 
@@ -190,6 +192,7 @@ fn traffic_policy(
     let mut t = TrafficPolicy::default();
     if let Some(p) = get(HEALTH_PATH) {
         t.health.path = p.to_string();
+        t.health.path_given = true;
     }
     if let Some(d) = dur(HEALTH_INTERVAL)? {
         t.health.interval = d;
@@ -595,6 +598,7 @@ mod tests {
                 },
                 health: crate::model::deploy::HealthSpec {
                     path: "/up".into(),
+                    path_given: true,
                     interval: Duration::from_secs(2),
                     timeout: Duration::from_millis(700),
                     fall: 5,
