@@ -141,7 +141,7 @@ impl IntoResponse for AppsError {
     }
 }
 
-fn engine(state: &ApiState) -> Result<&Arc<Engine>, AppsError> {
+pub(super) fn engine(state: &ApiState) -> Result<&Arc<Engine>, AppsError> {
     state.engine.as_ref().ok_or(AppsError::Unavailable)
 }
 

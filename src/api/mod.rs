@@ -19,6 +19,7 @@ pub mod frontends;
 pub mod ratelimit;
 pub mod routes;
 pub mod stats;
+pub mod traffic;
 pub mod ui;
 
 use std::sync::Arc;
@@ -102,6 +103,7 @@ pub fn router(state: ApiState) -> Router {
         .merge(routes::router())
         .merge(stats::router())
         .merge(apps::router())
+        .merge(traffic::router())
         .merge(certs::router())
         .merge(frontends::router());
     let metrics = Router::new().route("/metrics", get(stats::metrics));

@@ -47,6 +47,18 @@ pub struct Health {
         skip_serializing_if = "Option::is_none"
     )]
     pub timeout: Option<std::time::Duration>,
+    /// Consecutive failures that take a serving replica out of the route.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub fall: Option<u32>,
+    /// Consecutive successes that bring it back.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rise: Option<u32>,
+    /// Accepted statuses (`[200, 3xx]`; default 2xx and 3xx).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub expect: Option<Vec<crate::model::route::StatusPattern>>,
+    /// `GET` (default) or `HEAD`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub method: Option<crate::model::route::CheckMethod>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
@@ -86,6 +98,23 @@ pub struct AppFile {
     pub strategy: Strategy,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub health: Option<Health>,
+    /// `round_robin` (default) | `least_connections` | `source_ip` |
+    /// `{kind: sticky_cookie, cookie: NAME, indirect: true}` | `{kind: uri_hash, key: uri}`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub balancer: Option<crate::model::route::BalancerKind>,
+    /// A replica that comes up ramps its share of traffic over this long.
+    #[serde(
+        default,
+        with = "humantime_serde",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub slowstart: Option<Duration>,
+    /// Serve only this path prefix of the domains (several apps on one domain).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub path_prefix: Option<String>,
+    /// Times a failed bodiless GET/HEAD/OPTIONS is retried on another replica (default 1).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub retries: Option<u32>,
     #[serde(default)]
     pub env: BTreeMap<String, String>,
     /// Names of secrets, read from the local environment or `secrets_file` at deploy time.
@@ -177,6 +206,32 @@ fn line_of(text: &str, key: &str) -> Option<usize> {
         .map(|i| i + 1)
 }
 
+/// Line (1-based) of a dotted key (`health.fall`): each segment is looked for after the line
+/// of the one before it and indented deeper; falls back to the deepest segment found.
+fn line_of_path(text: &str, path: &str) -> Option<usize> {
+    let lines: Vec<&str> = text.lines().collect();
+    let indent = |l: &str| l.len() - l.trim_start().len();
+    let mut from = 0usize;
+    let mut min_indent = 0usize;
+    let mut found = None;
+    for (depth, seg) in path.split('.').enumerate() {
+        let seg = seg.split('[').next().unwrap_or(seg);
+        let hit = lines.iter().enumerate().skip(from).find(|(_, l)| {
+            let t = l.trim_start().trim_start_matches("- ");
+            (depth == 0 || indent(l) >= min_indent) && t.starts_with(&format!("{seg}:"))
+        });
+        match hit {
+            Some((i, l)) => {
+                found = Some(i + 1);
+                from = i + 1;
+                min_indent = indent(l) + 1;
+            }
+            None => break,
+        }
+    }
+    found
+}
+
 impl AppFile {
     pub fn load(path: &Path) -> Result<Self, ClientError> {
         let text = std::fs::read_to_string(path).map_err(|e| {
@@ -208,6 +263,7 @@ impl AppFile {
                 (true, Some(r)) => r.split('`').next().unwrap_or_default().to_string(),
                 _ => key,
             };
+
             invalid(path, line, &key, rest)
         })?;
         let name_ok = !app.name.is_empty()
@@ -282,6 +338,32 @@ impl AppFile {
                     "must start with '/'",
                 ));
             }
+        }
+        if let Some(p) = &app.path_prefix {
+            if let Err(m) = crate::model::route::PathPrefix::try_from(p.clone()) {
+                return Err(invalid(
+                    path,
+                    line_of(text, "path_prefix"),
+                    "path_prefix",
+                    m,
+                ));
+            }
+        }
+        // Everything else is checked by the daemon's own rules (the app spec's validation),
+        // here already, so a bad berth.yaml fails before anything is built or uploaded.
+        let spec = app.to_spec("berth-check", &BTreeMap::new());
+        match serde_json::from_value::<crate::model::deploy::AppSpec>(spec) {
+            Ok(s) => {
+                if let Err(e) = s.validate() {
+                    return Err(invalid(
+                        path,
+                        line_of_path(text, &e.field),
+                        &e.field,
+                        e.message,
+                    ));
+                }
+            }
+            Err(e) => return Err(invalid(path, None, "", e.to_string())),
         }
         Ok(app)
     }
@@ -398,7 +480,31 @@ impl AppFile {
             if let Some(t) = h.timeout {
                 hv["timeout"] = json!(humantime::format_duration(t).to_string());
             }
+            if let Some(n) = h.fall {
+                hv["fall"] = json!(n);
+            }
+            if let Some(n) = h.rise {
+                hv["rise"] = json!(n);
+            }
+            if let Some(e) = &h.expect {
+                hv["expect"] = json!(e);
+            }
+            if let Some(m) = &h.method {
+                hv["method"] = json!(m);
+            }
             spec["health"] = hv;
+        }
+        if let Some(b) = &self.balancer {
+            spec["balancer"] = json!(b);
+        }
+        if let Some(d) = self.slowstart {
+            spec["slowstart"] = json!(humantime::format_duration(d).to_string());
+        }
+        if let Some(p) = &self.path_prefix {
+            spec["path_prefix"] = json!(p);
+        }
+        if let Some(r) = self.retries {
+            spec["retries"] = json!(r);
         }
         if !secrets.is_empty() {
             spec["secrets"] = json!(secrets);
@@ -512,6 +618,36 @@ mod tests {
     }
 
     #[test]
+    fn traffic_policy_reaches_the_spec() {
+        let app = AppFile::parse(
+            Path::new("berth.yaml"),
+            "name: a\nimage: x\ndomains: [a.com]\nbalancer:\n  kind: sticky_cookie\n  cookie: PIN\n  indirect: true\nhealth:\n  path: /up\n  fall: 2\n  rise: 4\n  expect: [204]\n  method: HEAD\n  interval: 1s\nslowstart: 20s\npath_prefix: /api/\nretries: 2\n",
+        )
+        .unwrap();
+        let spec: crate::model::deploy::AppSpec =
+            serde_json::from_value(app.to_spec("x:1", &BTreeMap::new())).unwrap();
+        spec.validate().unwrap();
+        assert_eq!(
+            spec.balancer,
+            crate::model::route::BalancerKind::StickyCookie {
+                cookie: "PIN".into(),
+                indirect: true
+            }
+        );
+        assert_eq!((spec.health.fall, spec.health.rise), (2, 4));
+        assert_eq!(spec.health.method, crate::model::route::CheckMethod::Head);
+        assert_eq!(spec.health.interval, Duration::from_secs(1));
+        assert_eq!(spec.slowstart, Some(Duration::from_secs(20)));
+        assert_eq!(spec.path_prefix.as_ref().map(|p| p.as_str()), Some("/api"));
+        assert_eq!(spec.retries, 2);
+        let route = spec
+            .traffic()
+            .route("app/a".into(), spec.domains.clone(), vec![], vec![]);
+        let check = route.health_check.unwrap();
+        assert_eq!((check.fall, check.rise, check.path.as_str()), (2, 4, "/up"));
+    }
+
+    #[test]
     fn errors_name_file_line_and_key() {
         let cases: &[(&str, &str, Option<usize>)] = &[
             (
@@ -541,6 +677,46 @@ mod tests {
                 "name: a\nimage: x\ndomains: []\nhealth:\n  path: /up\n",
                 "health.path",
                 Some(5),
+            ),
+            (
+                "name: a\nimage: x\ndomains: [a.com]\nport: 3000\nhealth:\n  path: /up\n  fall: 0\n",
+                "health.fall",
+                Some(7),
+            ),
+            (
+                "name: a\nimage: x\ndomains: [a.com]\nhealth:\n  path: /up\n  rise: 101\n",
+                "health.rise",
+                Some(6),
+            ),
+            (
+                "name: a\nimage: x\ndomains: [a.com]\nhealth:\n  expect: [200, 7xx]\n",
+                "health.expect",
+                Some(5),
+            ),
+            (
+                "name: a\nimage: x\ndomains: [a.com]\nbalancer: random\n",
+                "balancer",
+                Some(4),
+            ),
+            (
+                "name: a\nimage: x\ndomains: [a.com]\nbalancer:\n  kind: uri_hash\n  indirect: true\n",
+                "balancer",
+                Some(5),
+            ),
+            (
+                "name: a\nimage: x\ndomains: [a.com]\nretries: 9\n",
+                "retries",
+                Some(4),
+            ),
+            (
+                "name: a\nimage: x\ndomains: [a.com]\nslowstart: 2h\n",
+                "slowstart",
+                Some(4),
+            ),
+            (
+                "name: a\nimage: x\ndomains: [a.com]\npath_prefix: api\n",
+                "path_prefix",
+                Some(4),
             ),
         ];
         for (text, key, line) in cases {

@@ -174,6 +174,32 @@ pub enum Command {
     },
     /// Stop an app's containers and remove its routes.
     Stop { app: String },
+    /// Hold new requests to an app (queued, not refused) until `berth resume` or the timeout
+    /// (then 503).
+    Pause {
+        app: String,
+        /// Longest one request is held (e.g. 30s; at most 10m).
+        #[arg(long, default_value = "30s")]
+        timeout: String,
+    },
+    /// Let held and new requests through to a paused app.
+    Resume { app: String },
+    /// Answer every request to an app with a 503 maintenance page (`on`), or stop (`off`).
+    Maintenance {
+        app: String,
+        /// `on` or `off`.
+        #[arg(value_parser = ["on", "off"])]
+        state: String,
+        /// Text shown on the page.
+        #[arg(long)]
+        message: Option<String>,
+        /// Seconds sent as Retry-After.
+        #[arg(long)]
+        retry_after: Option<u32>,
+        /// Client networks (CIDR) that still reach the app; repeatable.
+        #[arg(long)]
+        allow: Vec<String>,
+    },
     /// Show an app's logs.
     Logs {
         app: String,

@@ -11,7 +11,6 @@ use futures_util::StreamExt;
 use tokio::time::Instant;
 
 use super::{DeployError, Discovered, Inner, LockExt, Replica};
-use crate::model::deploy::HealthSpec;
 use crate::model::labels::{self, Parsed};
 use crate::model::route::{BackendAddr, ServerState};
 use crate::runtime::ContainerInfo;
@@ -139,10 +138,7 @@ fn consider(
     let task_inner = inner.clone();
     Some(async move {
         let inner = task_inner;
-        let health = HealthSpec {
-            path: spec.health_path.clone(),
-            ..HealthSpec::default()
-        };
+        let health = spec.traffic.health.clone();
         let deadline = Instant::now() + inner.cfg.discovery_health_timeout;
         let host = spec.domains[0].to_string();
         if let Err(e) = inner

@@ -1,79 +1,37 @@
-//! The deploy health gate: HTTP GET to a container's address on the Berth network until it
-//! answers 2xx/3xx (and Docker's own HEALTHCHECK, if the image has one, says healthy), bounded
-//! by a deadline. The container exiting ends the wait at once.
+//! The deploy health gate: the app's health check (the one prober of `proxy::health`, same
+//! method, path and expected statuses as routing uses) against a container's address on the
+//! Berth network until it passes (and Docker's own HEALTHCHECK, if the image has one, says
+//! healthy), bounded by a deadline. The container exiting ends the wait at once.
 
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use bytes::Bytes;
-use http::{header, Request, Uri};
-use http_body_util::Empty;
-use hyper_util::client::legacy::connect::HttpConnector;
-use hyper_util::client::legacy::Client;
-use hyper_util::rt::{TokioExecutor, TokioTimer};
 use tokio::time::Instant;
 
 use crate::model::deploy::HealthSpec;
 use crate::runtime::{ContainerRuntime, DockerHealth, RunState};
 
-/// HTTP client for health checks: no connection reuse (containers come and go).
-#[derive(Clone)]
-pub struct HealthClient {
-    client: Client<HttpConnector, Empty<Bytes>>,
-}
-
-impl Default for HealthClient {
-    fn default() -> Self {
-        let mut http = HttpConnector::new();
-        http.set_nodelay(true);
-        http.set_connect_timeout(Some(Duration::from_secs(2)));
-        let client = Client::builder(TokioExecutor::new())
-            .pool_max_idle_per_host(0)
-            .pool_timer(TokioTimer::new())
-            .timer(TokioTimer::new())
-            .build(http);
-        Self { client }
-    }
-}
+/// The deploy gate's view of the one health prober (`proxy::health::probe_once`): the gate
+/// and the routing prober run the same check (method, path, expected statuses, timeout), so
+/// a replica the gate lets in is one the prober keeps.
+#[derive(Clone, Default)]
+pub struct HealthClient;
 
 impl HealthClient {
-    /// One check. `Ok(status)` for 2xx/3xx, otherwise a one-line reason.
+    /// One check with `spec`'s method, path and expected statuses, bounded by `timeout`.
+    /// `Ok(status)` on success, otherwise a one-line reason.
     pub async fn check(
         &self,
         addr: SocketAddr,
         host: &str,
-        path: &str,
+        spec: &HealthSpec,
         timeout: Duration,
     ) -> Result<u16, String> {
-        let url = format!("http://{addr}{path}");
-        let uri: Uri = url
-            .parse()
-            .map_err(|e| format!("GET {url}: invalid URL: {e}"))?;
-        let req = Request::get(uri)
-            .header(header::HOST, host)
-            .header(header::USER_AGENT, "berth-health/1")
-            .body(Empty::new())
-            .map_err(|e| format!("GET {url}: {e}"))?;
-        match tokio::time::timeout(timeout, self.client.request(req)).await {
-            Err(_) => Err(format!("GET {url}: no answer within {timeout:?}")),
-            Ok(Err(e)) => {
-                let mut msg = e.to_string();
-                let mut src = std::error::Error::source(&e);
-                while let Some(s) = src {
-                    msg = format!("{msg}: {s}");
-                    src = s.source();
-                }
-                Err(format!("GET {url}: {msg}"))
-            }
-            Ok(Ok(resp)) => {
-                let s = resp.status();
-                if s.is_success() || s.is_redirection() {
-                    Ok(s.as_u16())
-                } else {
-                    Err(format!("GET {url}: answered {s}"))
-                }
-            }
-        }
+        let mut check = spec.check();
+        check.timeout = timeout;
+        crate::proxy::health::probe_once(&addr.to_string(), host, &check)
+            .await
+            .map_err(|e| e.to_string())
     }
 
     /// A worker's gate (an app without domains has nothing to GET): the container runs
@@ -144,7 +102,7 @@ impl HealthClient {
             }
             let remaining = deadline.saturating_duration_since(Instant::now());
             let timeout = spec.timeout.min(remaining.max(Duration::from_millis(50)));
-            match self.check(addr, host, &spec.path, timeout).await {
+            match self.check(addr, host, spec, timeout).await {
                 Ok(_) => match info.health {
                     None | Some(DockerHealth::Healthy) => return Ok(()),
                     Some(h) => last = format!("HTTP check passed; Docker HEALTHCHECK is {h:?}"),

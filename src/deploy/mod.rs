@@ -13,6 +13,7 @@ mod handover;
 pub mod health;
 mod reconcile;
 mod run;
+mod traffic;
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::{Arc, Mutex};
@@ -25,11 +26,9 @@ use thiserror::Error;
 use tokio::sync::{broadcast, watch};
 use tokio::task::JoinHandle;
 
-use crate::model::deploy::{validate_app_name, AppSpec, HealthSpec, SpecError, Strategy};
+use crate::model::deploy::{validate_app_name, AppSpec, SpecError, Strategy, TrafficPolicy};
 use crate::model::labels::LabelSpec;
-use crate::model::route::{
-    BackendAddr, BackendSpec, Domain, HealthCheckSpec, RouteSpec, ServerState,
-};
+use crate::model::route::{BackendAddr, BackendSpec, Domain, RouteSpec, ServerState};
 use crate::runtime::{ByteStream, ContainerRuntime, RegistryCreds, RuntimeError};
 use crate::store::deployments::{
     DeployState, DeploymentRecord, DeploymentStore, DeploymentStoreError, StoredEvent,
@@ -39,7 +38,8 @@ pub use handover::HandoverError;
 use health::HealthClient;
 
 /// Where the route changes of the engine go. Implemented over the proxy's `Tables` by the
-/// daemon (see `daemon/engine.rs`); the engine never imports the proxy.
+/// daemon (see `daemon/engine.rs`); of the proxy the engine uses only its one health prober
+/// (`proxy::health::probe_once`, via `health::HealthClient`).
 pub trait RoutePublisher: Send + Sync + 'static {
     /// Replaces every route published under `key` (`app/NAME`, `discovered/NAME`) in one
     /// atomic table swap. An empty list removes them. An error changes nothing.
@@ -200,7 +200,8 @@ pub(crate) struct Replica {
 pub(crate) struct AppHosts {
     pub domains: Vec<Domain>,
     pub aliases: Vec<Domain>,
-    pub health: HealthSpec,
+    /// Balancer, health check, slow start, prefix and retries of the app's route.
+    pub traffic: TrafficPolicy,
 }
 
 impl AppHosts {
@@ -208,7 +209,7 @@ impl AppHosts {
         AppHosts {
             domains: spec.domains.clone(),
             aliases: spec.aliases.clone(),
-            health: spec.health.clone(),
+            traffic: spec.traffic(),
         }
     }
 }
@@ -227,6 +228,24 @@ pub(crate) struct AppState {
     /// Set when the app runs containers of deployments the store has no record of (they
     /// are routed as they run and never removed by reconcile); what was reported.
     pub adopted: Option<String>,
+    /// Pause / maintenance set by the operator (persisted, see `traffic.rs`).
+    pub gate: crate::model::traffic::AppGate,
+    /// A replace deploy of a one-replica app holds requests during its cut-over (not
+    /// persisted: a restart mid-deploy ends the hold with the deploy).
+    pub deploy_hold: Option<Duration>,
+}
+
+impl AppState {
+    /// The gate the app's route carries: the operator's, plus a deploy's hold.
+    pub fn effective_gate(&self) -> Option<crate::model::traffic::AppGate> {
+        let mut g = self.gate.clone();
+        if g.paused.is_none() {
+            g.paused = self
+                .deploy_hold
+                .map(|timeout| crate::model::traffic::Pause { timeout });
+        }
+        (!g.is_empty()).then_some(g)
+    }
 }
 
 #[derive(Clone, Debug)]
@@ -340,37 +359,27 @@ impl Inner {
             // A route with no ready backend answers 503 (replace downtime); an app that runs
             // nothing (stopped, never deployed) has no route at all.
             Some(a) => match &a.hosts {
+                // The deploy gate checks a replica before it is routed; from then on the
+                // proxy's prober checks it with the same check (a backend starts up, so a
+                // gated replica serves at once).
                 // A worker (no domains) has no route.
                 Some(h) if !h.domains.is_empty() => vec![RouteSpec {
-                    name: Some(app_route_name(app)),
-                    domains: h.domains.clone(),
-                    aliases: h.aliases.clone(),
-                    alias_mode: Default::default(),
-                    path_prefix: None,
-                    balancer: Default::default(),
-                    // The deploy gate checks a replica before it is routed; from then on the
-                    // proxy's prober checks it with the same path, interval and timeout
-                    // (a backend starts up, so a gated replica serves at once).
-                    health_check: Some(HealthCheckSpec {
-                        path: h.health.path.clone(),
-                        interval: h.health.interval,
-                        timeout: h.health.timeout,
-                        ..HealthCheckSpec::default()
-                    }),
-                    slowstart: None,
-                    on_down: Default::default(),
-                    backends: a
-                        .replicas
-                        .iter()
-                        .filter(|r| !a.down.contains(&r.container_id))
-                        .map(|r| BackendSpec {
-                            id: Some(r.container_id.clone()),
-                            address: r.address.clone(),
-                            weight: 1,
-                            state: r.state,
-                        })
-                        .collect(),
-                    ..RouteSpec::default()
+                    gate: a.effective_gate(),
+                    ..h.traffic.route(
+                        app_route_name(app),
+                        h.domains.clone(),
+                        h.aliases.clone(),
+                        a.replicas
+                            .iter()
+                            .filter(|r| !a.down.contains(&r.container_id))
+                            .map(|r| BackendSpec {
+                                id: Some(r.container_id.clone()),
+                                address: r.address.clone(),
+                                weight: 1,
+                                state: r.state,
+                            })
+                            .collect(),
+                    )
                 }],
                 _ => vec![],
             },
@@ -388,17 +397,13 @@ impl Inner {
             .collect();
         let routes = match members.first() {
             None => vec![],
-            Some(first) => vec![RouteSpec {
-                name: Some(discovered_route_name(app)),
-                domains: first.labels.domains.clone(),
-                aliases: first.labels.aliases.clone(),
-                alias_mode: Default::default(),
-                path_prefix: None,
-                balancer: Default::default(),
-                health_check: None,
-                slowstart: None,
-                on_down: Default::default(),
-                backends: members
+            // Hand-started containers are checked continuously like deployed ones, with the
+            // policy their labels give (`berth.health.*`, `berth.balancer`, ...).
+            Some(first) => vec![first.labels.traffic.route(
+                discovered_route_name(app),
+                first.labels.domains.clone(),
+                first.labels.aliases.clone(),
+                members
                     .iter()
                     .map(|d| BackendSpec {
                         id: Some(d.replica.container_id.clone()),
@@ -407,8 +412,7 @@ impl Inner {
                         state: ServerState::Ready,
                     })
                     .collect(),
-                ..RouteSpec::default()
-            }],
+            )],
         };
         self.publisher
             .set_routes(&discovered_route_name(app), routes)
@@ -508,6 +512,9 @@ pub struct AppStatus {
     pub heal: Option<String>,
     /// Set when the app runs containers the store has no record of (see `reconcile`).
     pub adopted: Option<String>,
+    /// Pause / maintenance (omitted when neither is on).
+    #[serde(skip_serializing_if = "crate::model::traffic::AppGate::is_empty")]
+    pub gate: crate::model::traffic::AppGate,
 }
 
 /// The engine. Dropping it (or `kill`) aborts its tasks without any cleanup, like `kill -9`;
@@ -536,7 +543,7 @@ impl Engine {
             store,
             publisher,
             cfg,
-            health: HealthClient::default(),
+            health: HealthClient,
             state: Mutex::new(State::default()),
             progress: Mutex::new(HashMap::new()),
             tasks: Mutex::new(Vec::new()),
@@ -649,12 +656,12 @@ impl Engine {
         spec.check_host_mounts(self.inner.cfg.allow_host_mounts)?;
         // The domains must be free before the deploy is accepted (the route is published only
         // after the first replica is healthy; a collision then would fail the deploy late).
-        let probe = RouteSpec {
-            name: Some(app_route_name(app)),
-            domains: spec.domains.clone(),
-            aliases: spec.aliases.clone(),
-            ..RouteSpec::default()
-        };
+        let probe = spec.traffic().route(
+            app_route_name(app),
+            spec.domains.clone(),
+            spec.aliases.clone(),
+            vec![],
+        );
         if !spec.is_worker() {
             self.inner
                 .publisher
@@ -852,7 +859,7 @@ impl Engine {
     /// `GET /v1/apps/{app}`: replicas (with Docker state and in-flight counts), current and
     /// previous deployments, the deployment in progress.
     pub async fn app(&self, app: &str) -> Result<AppStatus, DeployError> {
-        let (replicas, down, discovered, deploying, adopted) = {
+        let (replicas, down, discovered, deploying, adopted, gate) = {
             let st = self.inner.state.locked();
             let a = st.apps.get(app);
             (
@@ -865,6 +872,7 @@ impl Engine {
                     .collect::<Vec<_>>(),
                 a.and_then(|a| a.running.clone()),
                 a.and_then(|a| a.adopted.clone()),
+                a.map(|a| a.gate.clone()).unwrap_or_default(),
             )
         };
         let history = self.inner.store.list(app, 50)?;
@@ -916,6 +924,7 @@ impl Engine {
                 .get(app)
                 .and_then(|h| h.line.clone()),
             adopted,
+            gate,
         })
     }
 

@@ -27,7 +27,6 @@ use tokio::time::Instant;
 
 use super::run::{address_of, ready, start_replica};
 use super::{now_ms, AppHosts, AppState, DeployError, Inner, LockExt, Replica, RECONCILING};
-use crate::model::deploy::HealthSpec;
 use crate::model::labels::{self, Parsed};
 use crate::model::route::{BackendAddr, ServerState};
 use crate::runtime::{ContainerInfo, RuntimeError};
@@ -95,6 +94,12 @@ pub(crate) async fn serve_first(inner: &Arc<Inner>) -> Result<Startup, DeployErr
     } else {
         (inner.store.apps()?, inner.store.unfinished()?)
     };
+    // Pause / maintenance survive a restart: loaded before the first route is published.
+    let gates: BTreeMap<String, crate::model::traffic::AppGate> = if inner.store_damaged() {
+        BTreeMap::new()
+    } else {
+        inner.store.gates()?.into_iter().collect()
+    };
     // Deploys a predecessor paused at a step boundary and handed over (or died with): the
     // successor resumes them, so reconcile neither fails them nor touches their apps.
     let mut handed = Vec::new();
@@ -150,6 +155,7 @@ pub(crate) async fn serve_first(inner: &Arc<Inner>) -> Result<Startup, DeployErr
         let mut a = AppState {
             hosts: cur.as_ref().map(|c| AppHosts::of(&c.spec)),
             running: Some(RECONCILING.to_string()),
+            gate: gates.get(&app).cloned().unwrap_or_default(),
             ..AppState::default()
         };
         if let Some(cur) = &cur {
@@ -179,13 +185,7 @@ pub(crate) async fn serve_first(inner: &Arc<Inner>) -> Result<Startup, DeployErr
                 a.hosts = Some(AppHosts {
                     domains: spec.domains.clone(),
                     aliases: spec.aliases.clone(),
-                    health: HealthSpec {
-                        path: spec.health_path.clone(),
-                        ..a.hosts
-                            .as_ref()
-                            .map(|h| h.health.clone())
-                            .unwrap_or_default()
-                    },
+                    traffic: spec.traffic.clone(),
                 });
                 a.replicas.push(r);
                 if !ids.contains(&dep) {

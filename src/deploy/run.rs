@@ -339,6 +339,8 @@ async fn steps(
             container_id: c.clone(),
         })
         .collect();
+    // Replace of a one-replica app: requests wait during the cut-over (ends on drop).
+    let _hold = super::traffic::CutoverHold::start(inner, app, spec, current.len(), old_grace);
     let plan = plan(&current, spec);
     let total = plan.len();
     for (i, step) in plan.into_iter().enumerate().skip(from) {
@@ -515,7 +517,7 @@ pub(crate) fn container_labels(
         domains: spec.domains.clone(),
         aliases: spec.aliases.clone(),
         port: spec.port,
-        health_path: spec.health.path.clone(),
+        traffic: spec.traffic(),
         managed: true,
     });
     l.insert(labels::SLOT.to_string(), slot.to_string());

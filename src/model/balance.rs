@@ -127,6 +127,18 @@ pub fn cookie_value<'a>(header: &'a str, name: &str) -> Option<&'a str> {
     })
 }
 
+/// A `Cookie` header value without cookie `name` (sticky_cookie `indirect`: the app never sees
+/// the proxy's cookie). `None` when nothing else is left, so the header can be dropped.
+pub fn without_cookie(header: &str, name: &str) -> Option<String> {
+    let rest: Vec<&str> = header
+        .split(';')
+        .map(str::trim)
+        .filter(|pair| !pair.is_empty())
+        .filter(|pair| pair.split_once('=').is_none_or(|(k, _)| k.trim() != name))
+        .collect();
+    (!rest.is_empty()).then(|| rest.join("; "))
+}
+
 /// Weighted rendezvous (highest random weight) hashing: every candidate scores
 /// `-weight / ln(u)` with `u` uniform in (0,1) from hash(key, id); the highest wins. Adding or
 /// removing one of N equal backends moves only the keys that it wins or won, about 1/N.
@@ -150,6 +162,45 @@ pub fn rendezvous<'a>(
         }
     }
     best.map(|(_, i)| i)
+}
+
+/// The bytes `source_ip` hashes for a client address: the 4 octets of an IPv4 address (an
+/// IPv4-mapped IPv6 address counts as its IPv4 form, so dual-stack listeners agree), the 16
+/// of an IPv6 one.
+pub fn source_key(ip: std::net::IpAddr) -> ([u8; 16], usize) {
+    let mut buf = [0u8; 16];
+    match ip {
+        std::net::IpAddr::V4(v4) => {
+            buf[..4].copy_from_slice(&v4.octets());
+            (buf, 4)
+        }
+        std::net::IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
+            Some(v4) => {
+                buf[..4].copy_from_slice(&v4.octets());
+                (buf, 4)
+            }
+            None => {
+                buf.copy_from_slice(&v6.octets());
+                (buf, 16)
+            }
+        },
+    }
+}
+
+/// `source_ip` balancing: a consistent hash of the client address over the candidates
+/// (weighted rendezvous, seeded apart from `uri_hash` so the two do not correlate). A client
+/// stays on one member while the member set is unchanged; when one of N members leaves, only
+/// the clients that were on it move (about 1/N of them); when one joins, only clients that
+/// now prefer it move. `candidates` yields (index, stable id, weight > 0).
+pub fn source_hash<'a>(
+    ip: std::net::IpAddr,
+    candidates: impl Iterator<Item = (usize, &'a str, u32)>,
+) -> Option<usize> {
+    let (buf, n) = source_key(ip);
+    let mut key = [0u8; 17];
+    key[0] = b'S';
+    key[1..=n].copy_from_slice(&buf[..n]);
+    rendezvous(&key[..=n], candidates)
 }
 
 /// Least connections: the candidate with the fewest in-flight requests per unit of weight.
@@ -236,6 +287,21 @@ mod tests {
         ];
         for (h, name, want) in cases {
             assert_eq!(cookie_value(h, name), *want, "{h}");
+        }
+    }
+
+    #[test]
+    fn indirect_cookie_removal() {
+        let cases: &[(&str, Option<&str>)] = &[
+            ("BERTH_SERVER=abc", None),
+            ("a=1; BERTH_SERVER=abc; b=2", Some("a=1; b=2")),
+            ("a=1;BERTH_SERVER=abc", Some("a=1")),
+            ("XBERTH_SERVER=abc; a=1", Some("XBERTH_SERVER=abc; a=1")),
+            ("a=1", Some("a=1")),
+            ("", None),
+        ];
+        for (h, want) in cases {
+            assert_eq!(without_cookie(h, "BERTH_SERVER").as_deref(), *want, "{h:?}");
         }
     }
 
@@ -328,6 +394,73 @@ mod tests {
             Some(1)
         );
         assert_eq!(rendezvous(b"x", std::iter::empty()), None);
+    }
+
+    fn source_owners(ids: &[String], clients: &[std::net::IpAddr]) -> Vec<String> {
+        clients
+            .iter()
+            .map(|ip| {
+                let i = source_hash(
+                    *ip,
+                    ids.iter().enumerate().map(|(i, id)| (i, id.as_str(), 1)),
+                )
+                .unwrap();
+                ids[i].clone()
+            })
+            .collect()
+    }
+
+    #[test]
+    fn source_hash_moves_only_the_leaving_members_clients() {
+        use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+        // 10,000 client addresses: IPv4 across several /16s plus some IPv6.
+        let clients: Vec<IpAddr> = (0..10_000u32)
+            .map(|k| {
+                if k % 10 == 0 {
+                    IpAddr::V6(Ipv6Addr::new(0x2001, 0xdb8, 0, k as u16, 0, 0, 0, 1))
+                } else {
+                    IpAddr::V4(Ipv4Addr::from(0x0a00_0000 + k * 7919))
+                }
+            })
+            .collect();
+        let ids: Vec<String> = (0..5).map(|i| format!("10.1.0.{i}:5432")).collect();
+        let before = source_owners(&ids, &clients);
+        for id in &ids {
+            let share = before.iter().filter(|o| *o == id).count() as f64 / 10_000.0;
+            assert!((share - 0.2).abs() < 0.04, "{id} owns {share}");
+        }
+        // Deterministic: the same client always lands on the same member.
+        assert_eq!(before, source_owners(&ids, &clients));
+        for leaving in 0..5 {
+            let rest: Vec<String> = ids
+                .iter()
+                .enumerate()
+                .filter(|(i, _)| *i != leaving)
+                .map(|(_, id)| id.clone())
+                .collect();
+            let after = source_owners(&rest, &clients);
+            let moved: Vec<usize> = (0..clients.len())
+                .filter(|k| before[*k] != after[*k])
+                .collect();
+            // Only clients that were on the leaving member move ...
+            assert!(
+                moved.iter().all(|k| before[*k] == ids[leaving]),
+                "member {leaving} left: a client of another member moved"
+            );
+            // ... all of them, and that is about 1/5 of all clients.
+            let owned = before.iter().filter(|o| **o == ids[leaving]).count();
+            assert_eq!(moved.len(), owned);
+            let frac = moved.len() as f64 / clients.len() as f64;
+            assert!(
+                frac <= 0.25,
+                "member {leaving} left: {frac} of clients moved"
+            );
+        }
+        // IPv4-mapped IPv6 is the same client as its IPv4 form.
+        let v4 = IpAddr::V4(Ipv4Addr::new(192, 0, 2, 7));
+        let mapped = IpAddr::V6(Ipv4Addr::new(192, 0, 2, 7).to_ipv6_mapped());
+        assert_eq!(source_owners(&ids, &[v4]), source_owners(&ids, &[mapped]));
+        assert_eq!(source_hash(v4, std::iter::empty()), None);
     }
 
     #[test]

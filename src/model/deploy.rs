@@ -9,7 +9,10 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 use thiserror::Error;
 
-use super::route::Domain;
+use super::route::{
+    BackendSpec, BalancerKind, CheckMethod, Domain, HealthCheckSpec, PathPrefix, RouteSpec,
+    StatusPattern, DEFAULT_RETRIES, MAX_RETRIES,
+};
 
 /// How the old version is replaced.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -22,11 +25,14 @@ pub enum Strategy {
     Replace,
 }
 
-/// HTTP health check run against each new replica before it is routed.
+/// The app's HTTP health check. One check, two uses: the deploy gate runs it against each
+/// new replica before it is routed (until one success), and the proxy's prober runs it
+/// continuously against every routed replica (`fall` failures in a row take a replica out,
+/// `rise` successes bring it back). Both go through the same probe (`proxy::health`).
 #[derive(Clone, Debug, PartialEq, Eq, Deserialize)]
 #[serde(from = "RawHealthSpec")]
 pub struct HealthSpec {
-    /// Path requested with GET; a 2xx or 3xx answer is healthy.
+    /// Path requested; an `expect`ed status (default 2xx or 3xx) is healthy.
     pub path: String,
     /// Whether the spec named `path` (a worker must not: it has no HTTP check). Stored specs
     /// keep it: `path` is written only when it was given.
@@ -37,6 +43,27 @@ pub struct HealthSpec {
     /// Longest one check may take.
     #[serde(with = "humantime_serde")]
     pub timeout: Duration,
+    /// Consecutive failures that take a routed replica out (1-100).
+    pub fall: u32,
+    /// Consecutive successes that bring it back (1-100).
+    pub rise: u32,
+    /// Accepted statuses: codes (`204`) or classes (`2xx`).
+    pub expect: Vec<StatusPattern>,
+    /// `GET` (default) or `HEAD`.
+    pub method: CheckMethod,
+}
+
+fn is_default_fall(v: &u32) -> bool {
+    *v == super::health::DEFAULT_FALL
+}
+fn is_default_rise(v: &u32) -> bool {
+    *v == super::health::DEFAULT_RISE
+}
+fn is_default_expect(v: &[StatusPattern]) -> bool {
+    v == HealthCheckSpec::default().expect.as_slice()
+}
+fn is_default_method(m: &CheckMethod) -> bool {
+    *m == CheckMethod::Get
 }
 
 impl Serialize for HealthSpec {
@@ -49,11 +76,23 @@ impl Serialize for HealthSpec {
             interval: Duration,
             #[serde(with = "humantime_serde")]
             timeout: Duration,
+            #[serde(skip_serializing_if = "is_default_fall")]
+            fall: u32,
+            #[serde(skip_serializing_if = "is_default_rise")]
+            rise: u32,
+            #[serde(skip_serializing_if = "is_default_expect")]
+            expect: &'a [StatusPattern],
+            #[serde(skip_serializing_if = "is_default_method")]
+            method: CheckMethod,
         }
         Written {
             path: self.path_given.then_some(self.path.as_str()),
             interval: self.interval,
             timeout: self.timeout,
+            fall: self.fall,
+            rise: self.rise,
+            expect: &self.expect,
+            method: self.method,
         }
         .serialize(s)
     }
@@ -68,6 +107,10 @@ struct RawHealthSpec {
     interval: Option<Duration>,
     #[serde(default, with = "humantime_serde::option")]
     timeout: Option<Duration>,
+    fall: Option<u32>,
+    rise: Option<u32>,
+    expect: Option<Vec<StatusPattern>>,
+    method: Option<CheckMethod>,
 }
 
 impl From<RawHealthSpec> for HealthSpec {
@@ -78,6 +121,10 @@ impl From<RawHealthSpec> for HealthSpec {
             path: r.path.unwrap_or(d.path),
             interval: r.interval.unwrap_or(d.interval),
             timeout: r.timeout.unwrap_or(d.timeout),
+            fall: r.fall.unwrap_or(d.fall),
+            rise: r.rise.unwrap_or(d.rise),
+            expect: r.expect.unwrap_or(d.expect),
+            method: r.method.unwrap_or(d.method),
         }
     }
 }
@@ -89,8 +136,125 @@ impl Default for HealthSpec {
             path: "/".into(),
             interval: Duration::from_millis(500),
             timeout: Duration::from_secs(2),
+            fall: super::health::DEFAULT_FALL,
+            rise: super::health::DEFAULT_RISE,
+            expect: HealthCheckSpec::default().expect,
+            method: CheckMethod::Get,
         }
     }
+}
+
+impl HealthSpec {
+    /// The check as the prober runs it (the deploy gate and the routing prober alike).
+    pub fn check(&self) -> HealthCheckSpec {
+        HealthCheckSpec {
+            path: self.path.clone(),
+            interval: self.interval,
+            timeout: self.timeout,
+            fall: self.fall,
+            rise: self.rise,
+            expect: self.expect.clone(),
+            method: self.method,
+        }
+    }
+
+    /// Checks the fields; `at` prefixes the field names (`health`).
+    pub fn validate(&self, at: &str) -> Result<(), SpecError> {
+        let f = |n: &str| format!("{at}.{n}");
+        if !self.path.starts_with('/')
+            || self
+                .path
+                .contains(|c: char| c.is_whitespace() || c.is_control())
+        {
+            return Err(err(
+                f("path"),
+                format!("{:?} must start with '/' and contain no spaces", self.path),
+            ));
+        }
+        if self.interval < Duration::from_millis(50) {
+            return Err(err(f("interval"), "must be at least 50ms"));
+        }
+        if self.interval > Duration::from_secs(3600) {
+            return Err(err(f("interval"), "must be at most 1h"));
+        }
+        if self.timeout < Duration::from_millis(50) {
+            return Err(err(f("timeout"), "must be at least 50ms"));
+        }
+        if self.timeout > Duration::from_secs(300) {
+            return Err(err(f("timeout"), "must be at most 5m"));
+        }
+        for (n, v) in [("fall", self.fall), ("rise", self.rise)] {
+            if v < 1 {
+                return Err(err(f(n), "must be ≥ 1"));
+            }
+            if v > 100 {
+                return Err(err(f(n), format!("{v} is out of range (1-100)")));
+            }
+        }
+        if self.expect.is_empty() {
+            return Err(err(f("expect"), "needs at least one status"));
+        }
+        Ok(())
+    }
+}
+
+/// How an app's traffic reaches its replicas, beyond domains: what a route has. Everything
+/// here is optional in the spec; the defaults are round robin, no slow start, no prefix, one
+/// retry.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct TrafficPolicy {
+    pub balancer: BalancerKind,
+    pub health: HealthSpec,
+    pub slowstart: Option<Duration>,
+    pub path_prefix: Option<PathPrefix>,
+    pub retries: u32,
+}
+
+impl Default for TrafficPolicy {
+    fn default() -> Self {
+        Self {
+            balancer: BalancerKind::default(),
+            health: HealthSpec::default(),
+            slowstart: None,
+            path_prefix: None,
+            retries: DEFAULT_RETRIES,
+        }
+    }
+}
+
+impl TrafficPolicy {
+    /// The route that serves an app: its hosts, this policy, the given backends, with the
+    /// app's health check run continuously by the proxy's prober.
+    pub fn route(
+        &self,
+        name: String,
+        domains: Vec<Domain>,
+        aliases: Vec<Domain>,
+        backends: Vec<BackendSpec>,
+    ) -> RouteSpec {
+        RouteSpec {
+            name: Some(name),
+            domains,
+            aliases,
+            path_prefix: self.path_prefix.clone(),
+            balancer: self.balancer.clone(),
+            backends,
+            health_check: Some(self.health.check()),
+            slowstart: self.slowstart,
+            retries: self.retries,
+            ..RouteSpec::default()
+        }
+    }
+}
+
+fn is_default_balancer(b: &BalancerKind) -> bool {
+    *b == BalancerKind::RoundRobin
+}
+fn default_retries() -> u32 {
+    DEFAULT_RETRIES
+}
+fn is_default_retries(r: &u32) -> bool {
+    *r == DEFAULT_RETRIES
 }
 
 fn default_port() -> u16 {
@@ -127,6 +291,28 @@ pub struct AppSpec {
     pub strategy: Strategy,
     #[serde(default)]
     pub health: HealthSpec,
+    /// How requests are spread over the replicas (see `route::BalancerKind`): `round_robin`
+    /// (default), `least_connections`, `sticky_cookie` (`cookie`, `indirect`), `uri_hash`
+    /// (`key`), `source_ip`.
+    #[serde(default, skip_serializing_if = "is_default_balancer")]
+    pub balancer: BalancerKind,
+    /// A replica that comes up ramps its weight from ~0 over this long (at most 1h).
+    #[serde(
+        default,
+        with = "humantime_serde",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub slowstart: Option<Duration>,
+    /// Serve only this path prefix of the domains (several apps on one domain).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub path_prefix: Option<PathPrefix>,
+    /// Times a bodiless GET/HEAD/OPTIONS whose replica failed before answering is sent to
+    /// another replica (0-5, default 1).
+    #[serde(
+        default = "default_retries",
+        skip_serializing_if = "is_default_retries"
+    )]
+    pub retries: u32,
     /// A new replica must stay healthy this long after its first good check.
     #[serde(default, with = "humantime_serde")]
     pub min_ready: Duration,
@@ -578,20 +764,18 @@ impl AppSpec {
                 format!("{} is out of range (1-{MAX_REPLICAS})", self.replicas),
             ));
         }
-        if !self.health.path.starts_with('/') || self.health.path.contains(char::is_whitespace) {
+        self.health.validate("health")?;
+        if self
+            .slowstart
+            .is_some_and(|d| d > Duration::from_secs(3600))
+        {
+            return Err(err("slowstart", "must be at most 1h"));
+        }
+        if self.retries > MAX_RETRIES {
             return Err(err(
-                "health.path",
-                format!(
-                    "{:?} must start with '/' and contain no spaces",
-                    self.health.path
-                ),
+                "retries",
+                format!("{} is out of range (0-{MAX_RETRIES})", self.retries),
             ));
-        }
-        if self.health.interval < Duration::from_millis(50) {
-            return Err(err("health.interval", "must be at least 50ms"));
-        }
-        if self.health.timeout < Duration::from_millis(50) {
-            return Err(err("health.timeout", "must be at least 50ms"));
         }
         if self.deploy_timeout < self.health.timeout {
             return Err(err(
@@ -708,6 +892,17 @@ impl AppSpec {
             }
         }
         Ok(())
+    }
+
+    /// The app's traffic policy (balancer, health, slow start, prefix, retries).
+    pub fn traffic(&self) -> TrafficPolicy {
+        TrafficPolicy {
+            balancer: self.balancer.clone(),
+            health: self.health.clone(),
+            slowstart: self.slowstart,
+            path_prefix: self.path_prefix.clone(),
+            retries: self.retries,
+        }
     }
 
     /// The registry credentials of a deploy request that pulls: `None` without `registry`; an
@@ -1276,6 +1471,30 @@ mod tests {
                 "health.interval",
             ),
             (
+                r#"{"image":"x","domains":["a.com"],"health":{"fall":0}}"#,
+                "health.fall",
+            ),
+            (
+                r#"{"image":"x","domains":["a.com"],"health":{"rise":101}}"#,
+                "health.rise",
+            ),
+            (
+                r#"{"image":"x","domains":["a.com"],"health":{"expect":[]}}"#,
+                "health.expect",
+            ),
+            (
+                r#"{"image":"x","domains":["a.com"],"health":{"timeout":"10m"},"deploy_timeout":"1h"}"#,
+                "health.timeout",
+            ),
+            (
+                r#"{"image":"x","domains":["a.com"],"slowstart":"2h"}"#,
+                "slowstart",
+            ),
+            (
+                r#"{"image":"x","domains":["a.com"],"retries":6}"#,
+                "retries",
+            ),
+            (
                 r#"{"image":"x","domains":["a.com"],"health":{"timeout":"5s"},"deploy_timeout":"1s"}"#,
                 "deploy_timeout",
             ),
@@ -1459,5 +1678,68 @@ mod tests {
         );
         assert_eq!(images_to_prune(&history, 10, &[]), vec!["i5"]);
         assert!(images_to_prune(&[], 5, &[]).is_empty());
+    }
+
+    #[test]
+    fn traffic_policy_builds_the_app_route() {
+        use crate::model::route::{BalancerKind, CheckMethod, StatusPattern};
+        let s = spec(
+            r#"{"image":"x","domains":["a.com"],"balancer":{"kind":"sticky_cookie","indirect":true},
+            "health":{"path":"/up","fall":5,"rise":1,"expect":["204"],"method":"HEAD","interval":"1s"},
+            "slowstart":"10s","path_prefix":"/api","retries":0}"#,
+        );
+        s.validate().unwrap();
+        let r = s.traffic().route(
+            "app/web".into(),
+            s.domains.clone(),
+            vec![],
+            vec![crate::model::route::BackendSpec {
+                id: Some("c1".into()),
+                address: "10.0.0.2:8080".parse().unwrap(),
+                weight: 1,
+                state: Default::default(),
+            }],
+        );
+        assert_eq!(
+            r.balancer,
+            BalancerKind::StickyCookie {
+                cookie: "BERTH_SERVER".into(),
+                indirect: true
+            }
+        );
+        let h = r.health_check.as_ref().unwrap();
+        assert_eq!((h.path.as_str(), h.fall, h.rise), ("/up", 5, 1));
+        assert_eq!(h.expect, vec![StatusPattern::Exact(204)]);
+        assert_eq!(h.method, CheckMethod::Head);
+        assert_eq!(h.interval, Duration::from_secs(1));
+        assert_eq!(r.slowstart, Some(Duration::from_secs(10)));
+        assert_eq!(r.path_prefix.as_ref().unwrap().as_str(), "/api");
+        assert_eq!(r.retries, 0);
+        crate::model::route::validate_routes("routes", std::slice::from_ref(&r)).unwrap();
+        // Defaults: the stored JSON of an old spec does not change.
+        let plain = spec(r#"{"image":"x","domains":["a.com"]}"#);
+        let json = serde_json::to_string(&plain).unwrap();
+        for k in [
+            "balancer",
+            "slowstart",
+            "path_prefix",
+            "retries",
+            "fall",
+            "expect",
+            "method",
+        ] {
+            assert!(!json.contains(k), "{k} in {json}");
+        }
+        assert_eq!(plain.health.fall, 3);
+        // Two apps on one domain under different prefixes are two valid routes.
+        let a = spec(r#"{"image":"x","domains":["a.com"],"path_prefix":"/a"}"#);
+        let b = spec(r#"{"image":"x","domains":["a.com"],"path_prefix":"/b"}"#);
+        let routes = [
+            a.traffic()
+                .route("app/a".into(), a.domains.clone(), vec![], vec![]),
+            b.traffic()
+                .route("app/b".into(), b.domains.clone(), vec![], vec![]),
+        ];
+        crate::model::route::validate_routes("routes", &routes).unwrap();
     }
 }

@@ -84,10 +84,14 @@ pub fn slowstart_weight(weight: u32, elapsed: Duration, slowstart: Option<Durati
     (w as u32).clamp(1, weight)
 }
 
+/// Bit of the packed state: the current streak holds at least one active-check result.
+const ACTIVE_STREAK: u64 = 1 << 33;
+
 /// Runtime health of one backend, shared by every table snapshot that holds it.
 #[derive(Debug)]
 pub struct BackendHealth {
-    /// `HealthState` packed: bit 32 = up, low 32 bits = streak.
+    /// `HealthState` packed: bit 32 = up, low 32 bits = streak, bit 33 = the streak holds an
+    /// active-check result (so a request's success does not cancel failing checks).
     state: AtomicU64,
     /// Unix milliseconds of the last transition (or of creation); drives slow start.
     since_ms: AtomicU64,
@@ -115,22 +119,48 @@ impl BackendHealth {
         self.since_ms.load(Ordering::Acquire)
     }
 
-    /// A success on an up backend with no failure streak changes nothing: one load, no
-    /// clock read. The request path calls this for every good response.
+    /// A request's good response. On an up backend with no failure streak it changes
+    /// nothing: one load, no clock read (the request path calls this for every good
+    /// response). It clears a streak of passive failures, but not one that holds failed
+    /// active checks: an app whose health endpoint fails must leave the route even while
+    /// its other pages answer (before, steady traffic kept resetting the check's streak and
+    /// a failing check took seconds, or forever, to take the backend out).
     pub fn record_success(&self, rise: u32, fall: u32) -> Option<Transition> {
-        if self.state.load(Ordering::Acquire) == HealthState::new(true).pack() {
+        let cur = self.state.load(Ordering::Acquire);
+        if cur == HealthState::new(true).pack() || cur & ACTIVE_STREAK != 0 {
             return None;
         }
         self.record(true, rise, fall, unix_ms())
     }
 
-    /// Feeds one result (active check or passive failure) into the machine, atomically.
+    /// Feeds one passive result (a request's transport failure) into the machine, atomically.
     pub fn record(&self, ok: bool, rise: u32, fall: u32, now_ms: u64) -> Option<Transition> {
+        self.record_from(ok, rise, fall, now_ms, false)
+    }
+
+    /// Feeds one active health-check result into the machine, atomically.
+    pub fn record_check(&self, ok: bool, rise: u32, fall: u32, now_ms: u64) -> Option<Transition> {
+        self.record_from(ok, rise, fall, now_ms, true)
+    }
+
+    fn record_from(
+        &self,
+        ok: bool,
+        rise: u32,
+        fall: u32,
+        now_ms: u64,
+        active: bool,
+    ) -> Option<Transition> {
         let mut cur = self.state.load(Ordering::Acquire);
         loop {
             let mut s = HealthState::unpack(cur);
+            let before = s.streak;
             let t = s.record(ok, rise, fall);
-            let next = s.pack();
+            let mut next = s.pack();
+            // The mark survives while the streak goes on, and is set by an active result.
+            if s.streak > 0 && (active || (cur & ACTIVE_STREAK != 0 && s.streak > before)) {
+                next |= ACTIVE_STREAK;
+            }
             if next == cur {
                 return t;
             }
@@ -233,6 +263,36 @@ mod tests {
         assert_eq!(h.record_success(2, 3), None);
         assert_eq!(h.state(), HealthState::new(true));
         assert_eq!(h.since_ms(), 50);
+    }
+
+    #[test]
+    fn request_successes_do_not_cancel_failing_checks() {
+        // fall 2: one failed check, then request successes, then a second failed check.
+        let h = BackendHealth::new_up(0);
+        assert_eq!(h.record_check(false, 2, 2, 10), None);
+        for _ in 0..100 {
+            assert_eq!(h.record_success(2, 2), None);
+        }
+        assert_eq!(h.state().streak, 1, "the check's failure streak stands");
+        assert_eq!(h.record_check(false, 2, 2, 20), Some(Transition::WentDown));
+        // A passing check clears the streak (and the mark).
+        let h = BackendHealth::new_up(0);
+        h.record_check(false, 2, 3, 10);
+        assert_eq!(h.record_check(true, 2, 3, 11), None);
+        assert_eq!(h.state(), HealthState::new(true));
+        // Passive failures alone are still cleared by a good response.
+        let h = BackendHealth::new_up(0);
+        h.record(false, 2, 3, 10);
+        h.record(false, 2, 3, 11);
+        assert_eq!(h.record_success(2, 3), None);
+        assert_eq!(h.state(), HealthState::new(true));
+        // A passive failure joining a check's streak keeps the mark.
+        let h = BackendHealth::new_up(0);
+        h.record_check(false, 2, 3, 10);
+        h.record(false, 2, 3, 11);
+        h.record_success(2, 3);
+        assert_eq!(h.state().streak, 2);
+        assert_eq!(h.record(false, 2, 3, 12), Some(Transition::WentDown));
     }
 
     #[test]

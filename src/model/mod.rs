@@ -19,3 +19,4 @@ pub mod rules;
 pub mod sni;
 pub mod stats;
 pub mod tar;
+pub mod traffic;

@@ -13,7 +13,9 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 use thiserror::Error;
 
-use super::balance::{cookie_value, least_loaded, rendezvous, sticky_token, RoundRobin};
+use super::balance::{
+    cookie_value, least_loaded, rendezvous, source_hash, sticky_token, RoundRobin,
+};
 use super::health::{slowstart_weight, unix_ms, BackendHealth};
 use super::host::{normalize_host, parse_domain, DomainError};
 use super::stats::BackendStats;
@@ -250,29 +252,43 @@ pub const DEFAULT_STICKY_COOKIE: &str = "BERTH_SERVER";
 /// - `uri_hash`: weighted rendezvous hashing of the key, so adding or removing one of N
 ///   backends moves about 1/N of keys.
 /// - `least_connections`: fewest in-flight requests per unit of weight.
+/// - `source_ip`: consistent (rendezvous) hash of the client address: a client stays on one
+///   backend, and when one of N backends leaves only its clients move (about 1/N).
+///
+/// `sticky_cookie` takes `indirect: true` (HAProxy's `cookie NAME insert indirect`): the
+/// proxy removes its cookie from the request before it reaches the app.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub enum BalancerKind {
     #[default]
     RoundRobin,
     StickyCookie {
         cookie: String,
+        /// Remove the cookie from requests before they reach the backend.
+        indirect: bool,
     },
     UriHash {
         key: HashKey,
     },
     LeastConnections,
+    SourceIp,
 }
 
 impl BalancerKind {
-    fn from_parts(
+    /// Builds a balancer from the tagged form's parts; the message names the option at fault.
+    pub fn from_parts(
         kind: &str,
         cookie: Option<String>,
         key: Option<HashKey>,
+        indirect: Option<bool>,
     ) -> Result<Self, String> {
-        let kinds = "round_robin, sticky_cookie, uri_hash, least_connections";
+        let kinds = "round_robin, sticky_cookie, uri_hash, least_connections, source_ip";
+        if indirect.is_some() && kind != "sticky_cookie" {
+            return Err("`indirect` only applies to sticky_cookie".into());
+        }
         let b = match kind {
             "round_robin" => BalancerKind::RoundRobin,
             "least_connections" => BalancerKind::LeastConnections,
+            "source_ip" => BalancerKind::SourceIp,
             "sticky_cookie" => {
                 let cookie = cookie.unwrap_or_else(|| DEFAULT_STICKY_COOKIE.to_string());
                 if cookie.is_empty()
@@ -287,7 +303,10 @@ impl BalancerKind {
                 }
                 return match key {
                     Some(_) => Err("`key` only applies to uri_hash".into()),
-                    None => Ok(BalancerKind::StickyCookie { cookie }),
+                    None => Ok(BalancerKind::StickyCookie {
+                        cookie,
+                        indirect: indirect.unwrap_or(false),
+                    }),
                 };
             }
             "uri_hash" => {
@@ -320,10 +339,14 @@ impl Serialize for BalancerKind {
         match self {
             BalancerKind::RoundRobin => s.serialize_str("round_robin"),
             BalancerKind::LeastConnections => s.serialize_str("least_connections"),
-            BalancerKind::StickyCookie { cookie } => {
-                let mut m = s.serialize_map(Some(2))?;
+            BalancerKind::SourceIp => s.serialize_str("source_ip"),
+            BalancerKind::StickyCookie { cookie, indirect } => {
+                let mut m = s.serialize_map(Some(if *indirect { 3 } else { 2 }))?;
                 m.serialize_entry("kind", "sticky_cookie")?;
                 m.serialize_entry("cookie", cookie)?;
+                if *indirect {
+                    m.serialize_entry("indirect", &true)?;
+                }
                 m.end()
             }
             BalancerKind::UriHash { key } => {
@@ -345,28 +368,30 @@ impl<'de> Deserialize<'de> for BalancerKind {
                 f.write_str("a balancer name or {kind: NAME, cookie: .., key: ..}")
             }
             fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<BalancerKind, E> {
-                BalancerKind::from_parts(v, None, None).map_err(E::custom)
+                BalancerKind::from_parts(v, None, None, None).map_err(E::custom)
             }
             fn visit_map<A: serde::de::MapAccess<'de>>(
                 self,
                 mut map: A,
             ) -> Result<BalancerKind, A::Error> {
                 use serde::de::Error;
-                let (mut kind, mut cookie, mut key) = (None::<String>, None, None);
+                let (mut kind, mut cookie, mut key, mut indirect) =
+                    (None::<String>, None, None, None);
                 while let Some(k) = map.next_key::<String>()? {
                     match k.as_str() {
                         "kind" => kind = Some(map.next_value()?),
                         "cookie" => cookie = Some(map.next_value()?),
                         "key" => key = Some(map.next_value()?),
+                        "indirect" => indirect = Some(map.next_value()?),
                         other => {
                             return Err(A::Error::custom(format!(
-                                "unknown field `{other}`, expected `kind`, `cookie` or `key`"
+                                "unknown field `{other}`, expected `kind`, `cookie`, `key` or `indirect`"
                             )))
                         }
                     }
                 }
                 let kind = kind.ok_or_else(|| A::Error::missing_field("kind"))?;
-                BalancerKind::from_parts(&kind, cookie, key).map_err(A::Error::custom)
+                BalancerKind::from_parts(&kind, cookie, key, indirect).map_err(A::Error::custom)
             }
         }
         d.deserialize_any(V)
@@ -401,6 +426,27 @@ fn default_rise() -> u32 {
 }
 fn default_expect() -> Vec<StatusPattern> {
     vec![StatusPattern::Class(2), StatusPattern::Class(3)]
+}
+
+/// The HTTP method of a health check.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "UPPERCASE")]
+pub enum CheckMethod {
+    #[default]
+    Get,
+    Head,
+}
+
+impl CheckMethod {
+    pub fn as_http(self) -> http::Method {
+        match self {
+            CheckMethod::Get => http::Method::GET,
+            CheckMethod::Head => http::Method::HEAD,
+        }
+    }
+    fn is_default(&self) -> bool {
+        *self == CheckMethod::Get
+    }
 }
 
 /// An accepted health-check status: an exact code (`204`) or a class (`2xx`).
@@ -473,6 +519,9 @@ pub struct HealthCheckSpec {
     /// Accepted statuses (default `[2xx, 3xx]`).
     #[serde(default = "default_expect")]
     pub expect: Vec<StatusPattern>,
+    /// `GET` (default) or `HEAD`.
+    #[serde(default, skip_serializing_if = "CheckMethod::is_default")]
+    pub method: CheckMethod,
 }
 
 impl Default for HealthCheckSpec {
@@ -484,6 +533,7 @@ impl Default for HealthCheckSpec {
             fall: default_fall(),
             rise: default_rise(),
             expect: default_expect(),
+            method: CheckMethod::Get,
         }
     }
 }
@@ -552,6 +602,13 @@ pub struct RouteSpec {
     /// What happens to open tunnels of a backend that is marked down.
     #[serde(default)]
     pub on_down: OnDown,
+    /// How many times a bodiless GET/HEAD/OPTIONS whose backend failed before answering is
+    /// sent again, each time to another backend (0-5, default 1).
+    #[serde(
+        default = "default_retries",
+        skip_serializing_if = "is_default_retries"
+    )]
+    pub retries: u32,
     /// HTTP requests get 308 to HTTPS when the host has a certificate (tls.redirect on).
     #[serde(default = "default_true")]
     pub https_redirect: bool,
@@ -562,10 +619,26 @@ pub struct RouteSpec {
         skip_serializing_if = "Option::is_none"
     )]
     pub hsts_max_age: Option<std::time::Duration>,
+    /// Pause / maintenance of a deployed app (see `model::traffic`). Set by the deploy
+    /// engine from its own persisted state, never read from or written to a route document.
+    #[serde(skip)]
+    pub gate: Option<super::traffic::AppGate>,
 }
 
 fn default_true() -> bool {
     true
+}
+
+/// Default `retries` of a route.
+pub const DEFAULT_RETRIES: u32 = 1;
+/// Largest accepted `retries`.
+pub const MAX_RETRIES: u32 = 5;
+
+fn default_retries() -> u32 {
+    DEFAULT_RETRIES
+}
+fn is_default_retries(r: &u32) -> bool {
+    *r == DEFAULT_RETRIES
 }
 
 impl Default for RouteSpec {
@@ -582,8 +655,10 @@ impl Default for RouteSpec {
             health_check: None,
             slowstart: None,
             on_down: OnDown::default(),
+            retries: DEFAULT_RETRIES,
             https_redirect: true,
             hsts_max_age: None,
+            gate: None,
         }
     }
 }
@@ -727,6 +802,12 @@ pub fn validate_routes(prefix: &str, routes: &[RouteSpec]) -> Result<(), RouteEr
                 return Err(RouteError::new(f("expect"), "needs at least one status"));
             }
         }
+        if r.retries > MAX_RETRIES {
+            return Err(RouteError::new(
+                format!("{at}.retries"),
+                format!("{} is out of range (0-{MAX_RETRIES})", r.retries),
+            ));
+        }
         if r.slowstart.is_some_and(|d| d > Duration::from_secs(3600)) {
             return Err(RouteError::new(
                 format!("{at}.slowstart"),
@@ -826,6 +907,8 @@ pub struct PickContext<'a> {
     pub path: &'a str,
     /// Path and query.
     pub path_and_query: &'a str,
+    /// The client's address (for `source_ip`).
+    pub client: Option<std::net::IpAddr>,
 }
 
 /// A balancer's choice.
@@ -860,7 +943,7 @@ impl Route {
         };
         let index = match &self.balancer {
             BalancerKind::RoundRobin => self.rr.pick(usable).map(plain),
-            BalancerKind::StickyCookie { cookie } => {
+            BalancerKind::StickyCookie { cookie, .. } => {
                 let pinned = ctx
                     .cookie
                     .and_then(|h| cookie_value(h, cookie))
@@ -892,6 +975,19 @@ impl Route {
                 )
                 .map(plain)
             }
+            BalancerKind::SourceIp => match ctx.client {
+                Some(ip) => source_hash(
+                    ip,
+                    self.backends
+                        .iter()
+                        .enumerate()
+                        .filter(|(i, _)| usable(*i))
+                        .map(|(i, b)| (i, b.id.as_str(), b.effective_weight)),
+                )
+                .map(plain),
+                // No client address (internal callers): spread like round robin.
+                None => self.rr.pick(usable).map(plain),
+            },
             BalancerKind::LeastConnections => {
                 let start = self.rr.position();
                 self.rr.advance();
@@ -1261,6 +1357,11 @@ mod tests {
                 "routes[0].backends[1]",
                 "appears twice",
             ),
+            (
+                r#"[{"domains":["a.com"],"retries":6}]"#,
+                "routes[0].retries",
+                "out of range (0-5)",
+            ),
         ];
         for (json, field, msg) in cases {
             let err = validate_routes("routes", &spec(json)).expect_err(json);
@@ -1338,14 +1439,24 @@ mod tests {
                 r#""sticky_cookie""#,
                 BalancerKind::StickyCookie {
                     cookie: "BERTH_SERVER".into(),
+                    indirect: false,
                 },
             ),
             (
                 r#"{"kind":"sticky_cookie","cookie":"PIN"}"#,
                 BalancerKind::StickyCookie {
                     cookie: "PIN".into(),
+                    indirect: false,
                 },
             ),
+            (
+                r#"{"kind":"sticky_cookie","cookie":"PIN","indirect":true}"#,
+                BalancerKind::StickyCookie {
+                    cookie: "PIN".into(),
+                    indirect: true,
+                },
+            ),
+            (r#""source_ip""#, BalancerKind::SourceIp),
             (
                 r#""uri_hash""#,
                 BalancerKind::UriHash { key: HashKey::Path },
@@ -1377,6 +1488,10 @@ mod tests {
             (
                 r#"{"kind":"round_robin","cookie":"X"}"#,
                 "only applies to sticky_cookie",
+            ),
+            (
+                r#"{"kind":"uri_hash","indirect":true}"#,
+                "`indirect` only applies to sticky_cookie",
             ),
             (
                 r#"{"kind":"sticky_cookie","key":"path"}"#,
@@ -1454,6 +1569,7 @@ mod tests {
             cookie: Some(c),
             path: "/",
             path_and_query: "/",
+            client: None,
         };
         // No cookie: balanced, and a cookie to set.
         let first = r.pick_for(&PickContext::default(), None).unwrap();
@@ -1599,6 +1715,7 @@ mod tests {
                 cookie: None,
                 path: "/p",
                 path_and_query: &pq,
+                client: None,
             };
             let i = h.pick_for(&ctx, None).unwrap().index;
             assert_eq!(h.pick_for(&ctx, None).unwrap().index, i, "stable");
@@ -1606,5 +1723,73 @@ mod tests {
             seen.insert(i);
         }
         assert_eq!(seen.len(), 2, "whole-URI keys spread over both");
+    }
+
+    #[test]
+    fn source_ip_pins_clients_and_skips_down_backends() {
+        let t = RouteTable::build(
+            &spec(
+                r#"[{"name":"s","domains":["s.com"],"balancer":"source_ip",
+                "backends":[{"id":"a","address":"127.0.0.1:1"},{"id":"b","address":"127.0.0.1:2"},
+                {"id":"c","address":"127.0.0.1:3"}]}]"#,
+            ),
+            None,
+        )
+        .unwrap();
+        let r = t.route("s").unwrap();
+        let at = |ip: std::net::IpAddr| {
+            r.pick_for(
+                &PickContext {
+                    client: Some(ip),
+                    ..Default::default()
+                },
+                None,
+            )
+            .unwrap()
+            .index
+        };
+        let mut owners = Vec::new();
+        for k in 0..300u32 {
+            let ip = std::net::IpAddr::V4(std::net::Ipv4Addr::from(0xc000_0200 + k));
+            let i = at(ip);
+            assert_eq!(at(ip), i, "a client stays on its backend");
+            owners.push((ip, i));
+        }
+        let used: HashSet<usize> = owners.iter().map(|o| o.1).collect();
+        assert_eq!(used.len(), 3, "clients spread over all backends");
+        // b goes down: only b's clients move.
+        for _ in 0..3 {
+            r.backends[1].health.record(false, 2, 3, 1);
+        }
+        assert!(!r.backends[1].health.is_up());
+        for (ip, i) in &owners {
+            let now = at(*ip);
+            if *i == 1 {
+                assert_ne!(now, 1);
+            } else {
+                assert_eq!(now, *i, "{ip} moved although its backend is up");
+            }
+        }
+    }
+
+    #[test]
+    fn retries_and_check_method_round_trip() {
+        let r = &spec(
+            r#"[{"domains":["a.com"],"retries":3,"health_check":{"path":"/up","method":"HEAD"}}]"#,
+        )[0];
+        assert_eq!(r.retries, 3);
+        assert_eq!(r.health_check.as_ref().unwrap().method, CheckMethod::Head);
+        let d = &spec(r#"[{"domains":["a.com"],"health_check":{}}]"#)[0];
+        assert_eq!(d.retries, DEFAULT_RETRIES);
+        assert_eq!(d.health_check.as_ref().unwrap().method, CheckMethod::Get);
+        let json = serde_json::to_string(d).unwrap();
+        assert!(
+            !json.contains("retries") && !json.contains("method"),
+            "{json}"
+        );
+        assert!(serde_json::from_str::<RouteSpec>(
+            r#"{"domains":["a.com"],"health_check":{"method":"POST"}}"#
+        )
+        .is_err());
     }
 }

@@ -151,7 +151,7 @@ fn apply(tables: &Tables, key: &Key, ok: bool) -> bool {
     else {
         return false;
     };
-    match b.health.record(ok, check.rise, check.fall, unix_ms()) {
+    match b.health.record_check(ok, check.rise, check.fall, unix_ms()) {
         Some(Transition::WentDown) => {
             tracing::warn!(route = %key.route, backend = %key.backend, upstream = %key.address, "backend marked down by health checks");
             true
@@ -164,32 +164,117 @@ fn apply(tables: &Tables, key: &Key, ok: bool) -> bool {
     }
 }
 
-/// One check: a fresh connection, `GET path` with `Host: <the route's first domain>` (so
-/// virtual-hosted apps answer as they would for real traffic), success when the status is
-/// expected, all within the check timeout.
-async fn probe(authority: &http::uri::Authority, host: &str, check: &HealthCheckSpec) -> bool {
+/// Why one health check failed (one line, for deploy events and logs).
+#[derive(Debug, thiserror::Error)]
+pub enum ProbeError {
+    #[error("{method} {target}: connect: {source}")]
+    Connect {
+        method: http::Method,
+        target: String,
+        source: std::io::Error,
+    },
+    #[error("{method} {target}: {message}")]
+    Http {
+        method: http::Method,
+        target: String,
+        message: String,
+    },
+    #[error("{method} {target}: no answer within {timeout:?}")]
+    Timeout {
+        method: http::Method,
+        target: String,
+        timeout: Duration,
+    },
+    #[error("{method} {target}: answered {status}, expected {expect}")]
+    Status {
+        method: http::Method,
+        target: String,
+        status: u16,
+        expect: String,
+    },
+}
+
+/// THE health check, used by the routing prober below and by the deploy gate
+/// (`deploy::health`): a fresh connection to `authority`, `check.method check.path` with
+/// `Host: host` (so virtual-hosted apps answer as they would for real traffic) and
+/// `Connection: close`, success when the status is one of `check.expect`, all within
+/// `check.timeout`. Returns the status.
+pub async fn probe_once(
+    authority: &str,
+    host: &str,
+    check: &HealthCheckSpec,
+) -> Result<u16, ProbeError> {
+    let method = check.method.as_http();
+    let target = format!("http://{authority}{}", check.path);
+    let http_err = |message: String| ProbeError::Http {
+        method: method.clone(),
+        target: target.clone(),
+        message,
+    };
     let attempt = async {
-        let tcp = tokio::net::TcpStream::connect(authority.as_str())
+        let tcp = tokio::net::TcpStream::connect(authority)
             .await
-            .ok()?;
+            .map_err(|source| ProbeError::Connect {
+                method: method.clone(),
+                target: target.clone(),
+                source,
+            })?;
         let _ = tcp.set_nodelay(true);
         let (mut sender, conn) =
             hyper::client::conn::http1::handshake::<_, Empty<bytes::Bytes>>(TokioIo::new(tcp))
                 .await
-                .ok()?;
+                .map_err(|e| http_err(error_chain(&e)))?;
         let driver = tokio::spawn(conn);
-        let req = Request::get(check.path.as_str())
+        let req = Request::builder()
+            .method(method.clone())
+            .uri(check.path.as_str())
             .header(http::header::HOST, host)
             .header(http::header::USER_AGENT, "berth-health-check")
             .header(http::header::CONNECTION, "close")
             .body(Empty::new())
-            .ok()?;
-        let resp = sender.send_request(req).await.ok();
+            .map_err(|e| http_err(e.to_string()))?;
+        let resp = sender.send_request(req).await;
         driver.abort();
-        resp.map(|r| r.status())
+        resp.map(|r| r.status().as_u16())
+            .map_err(|e| http_err(error_chain(&e)))
     };
-    match tokio::time::timeout(check.timeout, attempt).await {
-        Ok(Some(status)) => check.accepts(status.as_u16()),
-        Ok(None) | Err(_) => false,
+    let status = match tokio::time::timeout(check.timeout, attempt).await {
+        Ok(r) => r?,
+        Err(_) => {
+            return Err(ProbeError::Timeout {
+                method,
+                target,
+                timeout: check.timeout,
+            })
+        }
+    };
+    if check.accepts(status) {
+        Ok(status)
+    } else {
+        Err(ProbeError::Status {
+            method,
+            target,
+            status,
+            expect: check
+                .expect
+                .iter()
+                .map(|p| String::from(*p))
+                .collect::<Vec<_>>()
+                .join(", "),
+        })
     }
+}
+
+fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut msg = e.to_string();
+    let mut src = e.source();
+    while let Some(s) = src {
+        msg = format!("{msg}: {s}");
+        src = s.source();
+    }
+    msg
+}
+
+async fn probe(authority: &http::uri::Authority, host: &str, check: &HealthCheckSpec) -> bool {
+    probe_once(authority.as_str(), host, check).await.is_ok()
 }

@@ -8,6 +8,7 @@ pub mod acme_hook;
 pub mod body;
 pub mod forward;
 pub mod framing;
+mod gate;
 pub mod headers;
 pub mod health;
 pub mod https;

@@ -13,6 +13,7 @@ use serde::{Deserialize, Serialize};
 use thiserror::Error;
 
 use crate::model::deploy::AppSpec;
+use crate::model::traffic::AppGate;
 
 /// Tables of this module. Idempotent; run it once per connection or register it as one step
 /// of the store's `user_version` migrations.
@@ -64,6 +65,16 @@ CREATE TABLE IF NOT EXISTS deploy_checkpoints (
     owner      INTEGER NOT NULL,
     handed_to  INTEGER,
     checkpoint TEXT NOT NULL,
+    updated_at INTEGER NOT NULL
+);
+";
+
+/// Each app's gate (pause, maintenance; `model::traffic::AppGate` as JSON), so both survive
+/// a restart and an upgrade. Idempotent, like `MIGRATION_SQL`.
+pub const GATES_MIGRATION_SQL: &str = "
+CREATE TABLE IF NOT EXISTS app_gates (
+    app        TEXT PRIMARY KEY,
+    gate       TEXT NOT NULL,
     updated_at INTEGER NOT NULL
 );
 ";
@@ -184,6 +195,10 @@ pub trait DeploymentStore: Send + Sync + 'static {
     fn add_event(&self, deployment: &str, ev: &StoredEvent) -> Result<(), DeploymentStoreError>;
     /// A deployment's event log, oldest first (empty when none was kept).
     fn events(&self, deployment: &str) -> Result<Vec<StoredEvent>, DeploymentStoreError>;
+    /// Every app's persisted gate (pause, maintenance).
+    fn gates(&self) -> Result<Vec<(String, AppGate)>, DeploymentStoreError>;
+    /// Persists an app's gate; an empty gate removes the row.
+    fn set_gate(&self, app: &str, gate: &AppGate, at: i64) -> Result<(), DeploymentStoreError>;
     /// Records where deployment `id` stands, written by process `owner` (not handed over).
     fn save_checkpoint(&self, id: &str, owner: u32, data: &str)
         -> Result<(), DeploymentStoreError>;
@@ -201,6 +216,7 @@ pub fn migrate(conn: &Connection) -> Result<(), DeploymentStoreError> {
     conn.execute_batch(MIGRATION_SQL)?;
     conn.execute_batch(EVENTS_MIGRATION_SQL)?;
     conn.execute_batch(CHECKPOINTS_MIGRATION_SQL)?;
+    conn.execute_batch(GATES_MIGRATION_SQL)?;
     let has_secrets: bool = conn.query_row(
         "SELECT COUNT(*) > 0 FROM pragma_table_info('deployments') WHERE name = 'secrets'",
         [],
@@ -254,6 +270,10 @@ fn from_row(row: &Row<'_>) -> rusqlite::Result<RawRow> {
         replicas: 0,
         strategy: Default::default(),
         health: Default::default(),
+        balancer: Default::default(),
+        slowstart: None,
+        path_prefix: None,
+        retries: Default::default(),
         min_ready: Default::default(),
         drain_timeout: Default::default(),
         deploy_timeout: Default::default(),
@@ -520,6 +540,50 @@ pub fn clear_current(conn: &Connection, app: &str) -> Result<(), DeploymentStore
 /// Forgets `app`: it runs nothing and is listed nowhere. With `keep_history` its deployment
 /// rows stay readable by id (and come back with the app's next deployment); without, they and
 /// their event logs are deleted. One transaction. Returns the number of deployments it had.
+/// Every app's persisted gate. A row that does not parse is `Corrupt` (never dropped
+/// silently: a maintenance page that vanished after a restart would be worse).
+pub fn gates(conn: &Connection) -> Result<Vec<(String, AppGate)>, DeploymentStoreError> {
+    let mut stmt = conn.prepare("SELECT app, gate FROM app_gates ORDER BY app")?;
+    let rows = stmt
+        .query_map([], |r| Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?)))?
+        .collect::<Result<Vec<_>, _>>()?;
+    rows.into_iter()
+        .map(|(app, json)| {
+            serde_json::from_str(&json)
+                .map(|g| (app.clone(), g))
+                .map_err(|e| DeploymentStoreError::Corrupt {
+                    id: app,
+                    what: "gate",
+                    message: e.to_string(),
+                })
+        })
+        .collect()
+}
+
+/// Persists an app's gate (an empty one deletes the row).
+pub fn set_gate(
+    conn: &Connection,
+    app: &str,
+    gate: &AppGate,
+    at: i64,
+) -> Result<(), DeploymentStoreError> {
+    if gate.is_empty() {
+        conn.execute("DELETE FROM app_gates WHERE app = ?1", params![app])?;
+        return Ok(());
+    }
+    let json = serde_json::to_string(gate).map_err(|e| DeploymentStoreError::Corrupt {
+        id: app.to_string(),
+        what: "gate",
+        message: e.to_string(),
+    })?;
+    conn.execute(
+        "INSERT INTO app_gates (app, gate, updated_at) VALUES (?1, ?2, ?3)
+         ON CONFLICT(app) DO UPDATE SET gate = excluded.gate, updated_at = excluded.updated_at",
+        params![app, json, at],
+    )?;
+    Ok(())
+}
+
 pub fn delete_app(
     conn: &mut Connection,
     app: &str,
@@ -646,6 +710,12 @@ impl SqliteDeployments {
 impl DeploymentStore for SqliteDeployments {
     fn insert(&self, rec: &DeploymentRecord) -> Result<(), DeploymentStoreError> {
         self.with(|c| insert(c, rec))
+    }
+    fn gates(&self) -> Result<Vec<(String, AppGate)>, DeploymentStoreError> {
+        self.with(|c| gates(c))
+    }
+    fn set_gate(&self, app: &str, gate: &AppGate, at: i64) -> Result<(), DeploymentStoreError> {
+        self.with(|c| set_gate(c, app, gate, at))
     }
     fn set_image(&self, id: &str, image_id: &str) -> Result<(), DeploymentStoreError> {
         self.with(|c| set_image(c, id, image_id))

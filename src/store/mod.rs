@@ -226,6 +226,8 @@ const MIGRATIONS: &[&str] = &[
     deployments::CHECKPOINTS_MIGRATION_SQL,
     // 7: frontends and pools created through the API.
     frontends::MIGRATION_SQL,
+    // 8: app gates (pause, maintenance), owned by `deployments`.
+    deployments::GATES_MIGRATION_SQL,
 ];
 
 fn now() -> i64 {
@@ -572,6 +574,17 @@ impl deployments::DeploymentStore for Store {
     }
     fn drop_checkpoint(&self, id: &str) -> Result<(), DeploymentStoreError> {
         self.dwith(|c| deployments::drop_checkpoint(c, id))
+    }
+    fn gates(&self) -> Result<Vec<(String, crate::model::traffic::AppGate)>, DeploymentStoreError> {
+        self.dwith(|c| deployments::gates(c))
+    }
+    fn set_gate(
+        &self,
+        app: &str,
+        gate: &crate::model::traffic::AppGate,
+        at: i64,
+    ) -> Result<(), DeploymentStoreError> {
+        self.dwith(|c| deployments::set_gate(c, app, gate, at))
     }
 }
 

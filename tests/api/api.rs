@@ -991,7 +991,9 @@ async fn openapi_document_matches_the_router() {
             );
         }
     }
-    assert_eq!(ops, 36); // main's 27 + GET /v1/token (issue 18 item 7) + 8 frontend/pool ops (issue 22)
+    // main's 27 + GET /v1/token (issue 18 item 7) + 8 frontend/pool ops (issue 22) + the app
+    // gate: GET gate, POST pause, POST resume, PUT/DELETE maintenance (issue 21 item 4).
+    assert_eq!(ops, 41);
     d.stop().await;
 }
 

@@ -11,4 +11,5 @@ mod docker_deploy;
 mod docker_engine;
 mod secrets;
 mod store_recovery;
+mod traffic;
 mod upgrade_deploy;

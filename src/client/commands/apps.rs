@@ -222,6 +222,22 @@ pub(super) async fn status(
             ));
         }
     }
+    // Pause / maintenance (issue 21): one line per app that has either on.
+    for a in list(&apps, "apps") {
+        let name = field(a, &["name", "app"]);
+        if let Some(m) = a.pointer("/gate/maintenance") {
+            out.line(&format!(
+                "{name}: maintenance on (503, Retry-After {}s)",
+                field(m, &["retry_after"])
+            ));
+        }
+        if let Some(p) = a.pointer("/gate/paused") {
+            out.line(&format!(
+                "{name}: paused (requests held up to {})",
+                field(p, &["timeout"])
+            ));
+        }
+    }
     let cert_rows: Vec<Vec<String>> = list(&certs, "certificates")
         .iter()
         .map(|c| {

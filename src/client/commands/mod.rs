@@ -9,6 +9,7 @@ mod deploy;
 mod init;
 mod routes;
 mod server;
+mod traffic;
 
 pub use deploy::follow_deployment;
 
@@ -55,6 +56,9 @@ pub async fn run(cli: Cli, out: &Out) -> Result<u8, ClientError> {
             apps::rollback(&g.server, app, deployment, out).await
         }
         Command::Stop { app } => apps::stop(&g.server, app, out).await,
+        cmd @ (Command::Pause { .. } | Command::Resume { .. } | Command::Maintenance { .. }) => {
+            traffic::run(&g.server, cmd, out).await
+        }
         Command::Logs { app, follow, tail } => apps::logs(&g.server, app, follow, tail, out).await,
         Command::Routes(cmd) => routes::routes(&g.server, cmd, out).await,
         Command::Backends { route, action } => {
