@@ -90,6 +90,9 @@ pub struct ApiState {
     pub acme: Option<Arc<crate::tls::AcmeManager>>,
     /// frontends: TCP frontends and pools.
     pub tcp: Arc<crate::proxy::tcp::TcpProxy>,
+    /// Why `berth.db` takes no changes (read-only or unopenable data dir, failed integrity
+    /// check), for `/v1/stats` (the status page) and `/metrics`.
+    pub store_problem: Option<String>,
 }
 
 /// The complete router.

@@ -335,7 +335,7 @@ pub(crate) fn hand_over_all(inner: &Inner, pid: u32) {
                 "handed over to berthd process {pid}; it carries on after step {done} of {total}"
             ),
         );
-        if let Err(e) = inner.store.hand_over(id, pid) {
+        if let Err(e) = inner.store.hand_over(id, std::process::id(), pid) {
             // The successor resumes it anyway once this process has exited.
             inner.warn(format!(
                 "deployment {id}: recording the hand-over failed: {e}"
@@ -374,7 +374,30 @@ pub(crate) async fn resume_when_ours(inner: Arc<Inner>, ad: Adopted) {
     let me = std::process::id();
     let id = ad.rec.id.clone();
     let mut handed_at: Option<Instant> = None;
+    // Counted as a running deploy: an upgrade of this process before the deploy is resumed
+    // waits until it is parked (below) and hands it on.
+    let active = inner.handover.enter(&id);
     let how = loop {
+        if !inner.handover.running() {
+            // This process is being upgraded in turn: park the deploy and pass it on (the
+            // checkpoint then names this process as owner, so the next one waits for it).
+            inner
+                .handover
+                .paused
+                .locked()
+                .insert(id.clone(), (ad.cp.steps_done, ad.cp.steps_total));
+            let mut rx = inner.handover.pause.subscribe();
+            let next = rx
+                .wait_for(|p| *p != Ownership::Paused)
+                .await
+                .map(|p| p.clone())
+                .unwrap_or(Ownership::Run);
+            inner.handover.paused.locked().remove(&id);
+            if matches!(next, Ownership::HandOver(_)) {
+                return;
+            }
+            continue;
+        }
         match inner.store.checkpoint(&id) {
             Ok(Some(c)) => {
                 let owner_gone = c.owner == me || !process_alive(c.owner);
@@ -421,8 +444,8 @@ pub(crate) async fn resume_when_ours(inner: Arc<Inner>, ad: Adopted) {
             ad.cp.steps_done, ad.cp.steps_total
         ),
     );
-    let _active = inner.handover.enter(&id);
     super::run::resume(inner.clone(), ad.rec, ad.cp).await;
+    drop(active);
 }
 
 #[cfg(test)]

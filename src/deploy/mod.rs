@@ -340,7 +340,8 @@ impl Inner {
             // A route with no ready backend answers 503 (replace downtime); an app that runs
             // nothing (stopped, never deployed) has no route at all.
             Some(a) => match &a.hosts {
-                Some(h) => vec![RouteSpec {
+                // A worker (no domains) has no route.
+                Some(h) if !h.domains.is_empty() => vec![RouteSpec {
                     name: Some(app_route_name(app)),
                     domains: h.domains.clone(),
                     aliases: h.aliases.clone(),
@@ -371,7 +372,7 @@ impl Inner {
                         .collect(),
                     ..RouteSpec::default()
                 }],
-                None => vec![],
+                _ => vec![],
             },
             _ => vec![],
         };
@@ -654,10 +655,12 @@ impl Engine {
             aliases: spec.aliases.clone(),
             ..RouteSpec::default()
         };
-        self.inner
-            .publisher
-            .check_routes(&app_route_name(app), vec![probe])
-            .map_err(DeployError::DomainTaken)?;
+        if !spec.is_worker() {
+            self.inner
+                .publisher
+                .check_routes(&app_route_name(app), vec![probe])
+                .map_err(DeployError::DomainTaken)?;
+        }
         let mut spec = spec;
         if !spec.secrets.is_empty() {
             // Sealed before anything is stored; the values in clear are dropped here.

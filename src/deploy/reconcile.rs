@@ -25,7 +25,7 @@ use std::time::Duration;
 
 use tokio::time::Instant;
 
-use super::run::{address_of, start_replica};
+use super::run::{address_of, ready, start_replica};
 use super::{now_ms, AppHosts, AppState, DeployError, Inner, LockExt, Replica, RECONCILING};
 use crate::model::deploy::HealthSpec;
 use crate::model::labels::{self, Parsed};
@@ -43,24 +43,16 @@ fn known(inner: &Inner, id: &str) -> bool {
 }
 
 async fn all_healthy(inner: &Inner, d: &DeploymentRecord, cs: &[&ContainerInfo]) -> bool {
-    let host = d.spec.domains[0].to_string();
     for c in cs {
         let Some(ip) = c.address else { return false };
         let addr = std::net::SocketAddr::new(ip, d.spec.port);
-        let deadline = Instant::now() + d.spec.health.timeout * 3;
-        if inner
-            .health
-            .wait_healthy(
-                inner.rt.as_ref(),
-                &c.id,
-                addr,
-                &host,
-                &d.spec.health,
-                deadline,
-            )
-            .await
-            .is_err()
-        {
+        let deadline = Instant::now()
+            + if d.spec.is_worker() {
+                d.spec.worker_steady() + d.spec.health.timeout
+            } else {
+                d.spec.health.timeout * 3
+            };
+        if ready(inner, &d.spec, &c.id, addr, deadline).await.is_err() {
             return false;
         }
     }
@@ -380,7 +372,6 @@ async fn reconcile_app(
             .collect();
         // Running ones first: they are the cheapest to keep.
         mine.sort_by_key(|c| !c.running());
-        let host = cur.spec.domains[0].to_string();
         for c in mine {
             if replicas.len() as u32 >= cur.spec.replicas {
                 // A surplus replica may be routed since `serve_first`: out of the route
@@ -399,18 +390,7 @@ async fn reconcile_app(
             let ok = match address_of(inner, &c.id, cur.spec.port).await {
                 Ok(addr) => {
                     let deadline = Instant::now() + cur.spec.deploy_timeout;
-                    match inner
-                        .health
-                        .wait_healthy(
-                            inner.rt.as_ref(),
-                            &c.id,
-                            addr,
-                            &host,
-                            &cur.spec.health,
-                            deadline,
-                        )
-                        .await
-                    {
+                    match ready(inner, &cur.spec, &c.id, addr, deadline).await {
                         Ok(()) => Some(addr),
                         Err(e) => {
                             inner.warn(format!(
@@ -528,19 +508,7 @@ async fn replace_one(
         .ok_or_else(|| format!("deployment {} has no image id", cur.id))?;
     let new = start_replica(inner, cur, &image, slot).await?;
     let deadline = Instant::now() + cur.spec.deploy_timeout;
-    let host = cur.spec.domains[0].to_string();
-    if let Err(e) = inner
-        .health
-        .wait_healthy(
-            inner.rt.as_ref(),
-            &new.id,
-            new.addr,
-            &host,
-            &cur.spec.health,
-            deadline,
-        )
-        .await
-    {
+    if let Err(e) = ready(inner, &cur.spec, &new.id, new.addr, deadline).await {
         let _ = inner.rt.remove(&new.id).await;
         return Err(format!("new replica {} unhealthy: {e}", new.name));
     }

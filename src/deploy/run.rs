@@ -339,7 +339,6 @@ async fn steps(
             container_id: c.clone(),
         })
         .collect();
-    let host = spec.domains[0].to_string();
     let plan = plan(&current, spec);
     let total = plan.len();
     for (i, step) in plan.into_iter().enumerate().skip(from) {
@@ -361,7 +360,7 @@ async fn steps(
                     .new
                     .get(&slot)
                     .ok_or_else(|| format!("internal: replica {slot} was not started"))?;
-                gate(inner, rec, new, slot, &host).await?;
+                gate(inner, rec, new, slot).await?;
                 inner.emit(&rec.id, "healthy", format!("replica {slot} is healthy"));
             }
             Step::RouteNew { slot } => {
@@ -708,40 +707,51 @@ pub(crate) async fn address_of(inner: &Inner, id: &str, port: u16) -> Result<Soc
     }
 }
 
-/// Health gate: healthy within `deploy_timeout`, then still healthy after `min_ready`.
-async fn gate(
+/// The readiness check of one replica of `spec`: its HTTP health check (apps with domains),
+/// or for a worker, running steadily (see `HealthClient::wait_running`).
+pub(crate) async fn ready(
     inner: &Inner,
-    rec: &DeploymentRecord,
-    new: &New,
-    slot: u32,
-    host: &str,
+    spec: &AppSpec,
+    container_id: &str,
+    addr: SocketAddr,
+    deadline: Instant,
 ) -> Result<(), String> {
-    let spec: &AppSpec = &rec.spec;
-    let deadline = Instant::now() + spec.deploy_timeout;
-    let mut res = inner
-        .health
-        .wait_healthy(
-            inner.rt.as_ref(),
-            &new.id,
-            new.addr,
-            host,
-            &spec.health,
-            deadline,
-        )
-        .await;
-    if res.is_ok() && !spec.min_ready.is_zero() {
-        tokio::time::sleep(spec.min_ready).await;
-        let deadline = Instant::now() + spec.health.timeout;
-        res = inner
+    if spec.is_worker() {
+        inner
             .health
-            .wait_healthy(
+            .wait_running(
                 inner.rt.as_ref(),
-                &new.id,
-                new.addr,
-                host,
+                container_id,
+                spec.worker_steady(),
                 &spec.health,
                 deadline,
             )
+            .await
+    } else {
+        inner
+            .health
+            .wait_healthy(
+                inner.rt.as_ref(),
+                container_id,
+                addr,
+                &spec.health_host(),
+                &spec.health,
+                deadline,
+            )
+            .await
+    }
+}
+
+/// Health gate: healthy within `deploy_timeout`, then still healthy after `min_ready` (a
+/// worker's steady run already covers `min_ready`).
+async fn gate(inner: &Inner, rec: &DeploymentRecord, new: &New, slot: u32) -> Result<(), String> {
+    let spec: &AppSpec = &rec.spec;
+    let deadline = Instant::now() + spec.deploy_timeout;
+    let mut res = ready(inner, spec, &new.id, new.addr, deadline).await;
+    if res.is_ok() && !spec.min_ready.is_zero() && !spec.is_worker() {
+        tokio::time::sleep(spec.min_ready).await;
+        let deadline = Instant::now() + spec.health.timeout;
+        res = ready(inner, spec, &new.id, new.addr, deadline)
             .await
             .map_err(|e| format!("unhealthy again after min_ready {:?}: {e}", spec.min_ready));
     }
@@ -780,26 +790,27 @@ async fn abort(inner: &Arc<Inner>, rec: &DeploymentRecord, progress: &mut Progre
             .ok()
             .flatten()
             .map(|d| d.spec);
-        let (health, host) = match &old_spec {
-            Some(s) => (s.health.clone(), s.domains[0].to_string()),
-            None => (Default::default(), String::from("localhost")),
-        };
         let deadline = Instant::now()
             + old_spec
                 .as_ref()
                 .map_or(Duration::from_secs(60), |s| s.deploy_timeout);
-        if let Err(e) = inner
-            .health
-            .wait_healthy(
-                inner.rt.as_ref(),
-                &old.container_id,
-                addr,
-                &host,
-                &health,
-                deadline,
-            )
-            .await
-        {
+        let res = match &old_spec {
+            Some(s) => ready(inner, s, &old.container_id, addr, deadline).await,
+            None => {
+                inner
+                    .health
+                    .wait_healthy(
+                        inner.rt.as_ref(),
+                        &old.container_id,
+                        addr,
+                        "localhost",
+                        &Default::default(),
+                        deadline,
+                    )
+                    .await
+            }
+        };
+        if let Err(e) = res {
             inner.warn(format!(
                 "abort: old {} did not become healthy again: {e}",
                 old.name

@@ -187,8 +187,9 @@ pub trait DeploymentStore: Send + Sync + 'static {
     /// Records where deployment `id` stands, written by process `owner` (not handed over).
     fn save_checkpoint(&self, id: &str, owner: u32, data: &str)
         -> Result<(), DeploymentStoreError>;
-    /// Hands the checkpointed deployment `id` to process `to`.
-    fn hand_over(&self, id: &str, to: u32) -> Result<(), DeploymentStoreError>;
+    /// Hands the checkpointed deployment `id` from process `from` (now its owner of record:
+    /// the one `to` waits for) to process `to`.
+    fn hand_over(&self, id: &str, from: u32, to: u32) -> Result<(), DeploymentStoreError>;
     /// The checkpoint of deployment `id`, if it has one.
     fn checkpoint(&self, id: &str) -> Result<Option<StoredCheckpoint>, DeploymentStoreError>;
     /// Forgets the checkpoint of `id` (its owner carries on writing it).
@@ -418,12 +419,14 @@ pub fn save_checkpoint(
 pub fn hand_over(
     conn: &Connection,
     id: &str,
+    from: u32,
     to: u32,
     at: i64,
 ) -> Result<(), DeploymentStoreError> {
     conn.execute(
-        "UPDATE deploy_checkpoints SET handed_to = ?2, updated_at = ?3 WHERE deployment = ?1",
-        params![id, to, at],
+        "UPDATE deploy_checkpoints SET owner = ?2, handed_to = ?3, updated_at = ?4 \
+         WHERE deployment = ?1",
+        params![id, from, to, at],
     )?;
     Ok(())
 }
@@ -696,8 +699,8 @@ impl DeploymentStore for SqliteDeployments {
     ) -> Result<(), DeploymentStoreError> {
         self.with(|c| save_checkpoint(c, id, owner, data, now_ms()))
     }
-    fn hand_over(&self, id: &str, to: u32) -> Result<(), DeploymentStoreError> {
-        self.with(|c| hand_over(c, id, to, now_ms()))
+    fn hand_over(&self, id: &str, from: u32, to: u32) -> Result<(), DeploymentStoreError> {
+        self.with(|c| hand_over(c, id, from, to, now_ms()))
     }
     fn checkpoint(&self, id: &str) -> Result<Option<StoredCheckpoint>, DeploymentStoreError> {
         self.with(|c| checkpoint(c, id))
@@ -743,7 +746,7 @@ mod tests {
         s.insert(&rec("d1", "web", 1)).unwrap();
         assert_eq!(s.checkpoint("d1").unwrap(), None);
         s.save_checkpoint("d1", 10, "{\"step\":3}").unwrap();
-        s.hand_over("d1", 11).unwrap();
+        s.hand_over("d1", 10, 11).unwrap();
         // A second process (the successor) reads what the first wrote.
         let other = SqliteDeployments::open(&path).unwrap();
         assert_eq!(

@@ -561,8 +561,8 @@ impl deployments::DeploymentStore for Store {
     ) -> Result<(), DeploymentStoreError> {
         self.dwith(|c| deployments::save_checkpoint(c, id, owner, data, deployments::now_ms()))
     }
-    fn hand_over(&self, id: &str, to: u32) -> Result<(), DeploymentStoreError> {
-        self.dwith(|c| deployments::hand_over(c, id, to, deployments::now_ms()))
+    fn hand_over(&self, id: &str, from: u32, to: u32) -> Result<(), DeploymentStoreError> {
+        self.dwith(|c| deployments::hand_over(c, id, from, to, deployments::now_ms()))
     }
     fn checkpoint(
         &self,

@@ -896,3 +896,167 @@ async fn self_healing_after_docker_kill_and_rm() {
     assert!(env.containers(app).is_empty());
     assert_eq!(env.get(host).await.unwrap().0, 404);
 }
+
+/// Issue 19.8: a worker (an app without domains): deployed, gated by "running without a
+/// restart for min_ready" instead of HTTP, never routed; rolling and replace deploys; self-
+/// healing brings a killed replica back; a crash-looping worker fails its gate; a worker with
+/// `health.path` is refused naming the field.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+#[cfg_attr(
+    not(berth_system_tests),
+    ignore = "system test: set BERTH_SYSTEM_TESTS=1"
+)]
+async fn worker_without_domains_deploys_heals_and_is_never_routed() {
+    if skip() {
+        return;
+    }
+    let env = Arc::new(Env::new("worker").await);
+    let engine = env
+        .engine_with(EngineConfig {
+            heal_interval: Duration::from_millis(500),
+            ..env.engine_config()
+        })
+        .await;
+    engine.reconciled().await;
+    let app = "worker";
+    let worker = |image: &str, strategy: &str, cmd: &str| -> berth::model::deploy::AppSpec {
+        serde_json::from_value(serde_json::json!({
+            "image": image,
+            "replicas": 2,
+            "strategy": strategy,
+            "min_ready": "1s",
+            "deploy_timeout": "20s",
+            "stop_timeout": "3s",
+            "command": ["/bin/sh", "-c", cmd],
+        }))
+        .expect("worker spec")
+    };
+    let steady = "trap 'exit 0' TERM; while true; do sleep 1; done";
+    let tables_have_route = |env: &Env| {
+        env.daemon
+            .as_ref()
+            .unwrap()
+            .tables
+            .load()
+            .routes()
+            .iter()
+            .any(|r| r.name == format!("app/{app}"))
+    };
+
+    // A worker with an HTTP health path: refused before anything runs, naming the field.
+    let mut bad = worker(IMG_V1, "rolling", steady);
+    bad.health = serde_json::from_value(serde_json::json!({"path": "/health"})).unwrap();
+    match engine.deploy(app, bad, reference(IMG_V1), "test").await {
+        Err(DeployError::Invalid(e)) => assert_eq!(e.field, "health.path"),
+        other => panic!("a worker with health.path must be refused: {other:?}"),
+    }
+    assert!(env.containers(app).is_empty());
+
+    for (image, strategy) in [
+        (IMG_V1, "rolling"),
+        (IMG_V2, "rolling"),
+        (IMG_V1, "replace"),
+    ] {
+        let t0 = Instant::now();
+        let d = engine
+            .deploy(
+                app,
+                worker(image, strategy, steady),
+                reference(image),
+                "test",
+            )
+            .await
+            .unwrap();
+        let r = tokio::time::timeout(WAIT, engine.wait(&d))
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(
+            r.state,
+            DeployState::Succeeded,
+            "{strategy}: {:?}",
+            r.reason
+        );
+        // Gated by running steadily for min_ready (1 s) per new replica.
+        assert!(t0.elapsed() >= Duration::from_secs(1), "{:?}", t0.elapsed());
+        assert_eq!(deployments_running(&env, app), vec![d.clone(); 2]);
+        assert_eq!(env.containers(app).len(), 2, "{strategy}: no leftovers");
+        assert!(!tables_have_route(&env), "a worker is never routed");
+        let st = engine.app(app).await.unwrap();
+        assert_eq!(st.replicas.len(), 2, "{st:?}");
+        assert!(
+            st.replicas.iter().all(|r| r.running == Some(true)),
+            "{st:?}"
+        );
+        assert_eq!(st.current.as_ref().map(|c| c.id.as_str()), Some(d.as_str()));
+    }
+
+    // Self-healing: a killed replica is started again; a removed one is replaced.
+    let names: Vec<String> = env.containers(app).into_iter().map(|c| c.0).collect();
+    let running = |env: &Env| env.containers(app).iter().filter(|c| c.2).count();
+    env.docker(&format!("kill {}", names[0].trim_start_matches('/')));
+    let t0 = Instant::now();
+    let deadline = t0 + Duration::from_secs(30);
+    while running(&env) < 2 {
+        assert!(Instant::now() < deadline, "worker replica not restored");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    println!(
+        "HEAL worker: docker kill of 1/2 replicas, running again in {:?}",
+        t0.elapsed()
+    );
+    env.docker(&format!("rm -f {}", names[1].trim_start_matches('/')));
+    let t0 = Instant::now();
+    let deadline = t0 + Duration::from_secs(30);
+    loop {
+        let st = engine.app(app).await.unwrap();
+        if running(&env) == 2 && env.containers(app).len() == 2 && st.heal.is_none() {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "worker replica not replaced: {st:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    println!(
+        "HEAL worker: docker rm -f of 1/2 replicas, replaced in {:?}",
+        t0.elapsed()
+    );
+    assert!(!tables_have_route(&env));
+
+    // A worker that exits after half a second never passes its gate: the deploy fails and
+    // the running version stays.
+    let before = deployments_running(&env, app);
+    let d = engine
+        .deploy(
+            app,
+            worker(IMG_V2, "rolling", "sleep 0.5; exit 3"),
+            reference(IMG_V2),
+            "test",
+        )
+        .await
+        .unwrap();
+    let r = tokio::time::timeout(WAIT, engine.wait(&d))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(r.state, DeployState::Failed);
+    assert!(
+        r.reason.as_deref().unwrap_or("").contains("not running")
+            || r.reason.as_deref().unwrap_or("").contains("restarted"),
+        "{:?}",
+        r.reason
+    );
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while deployments_running(&env, app) != before || env.containers(app).len() != 2 {
+        assert!(
+            Instant::now() < deadline,
+            "the old worker replicas keep running: {:?}",
+            env.containers(app)
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    engine.stop(app).await.unwrap();
+    assert!(env.containers(app).is_empty());
+}

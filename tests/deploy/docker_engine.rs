@@ -240,6 +240,7 @@ impl ContainerRuntime for Fake {
                 (n % 250) as u8 + 1,
             ))),
             health: None,
+            restart_count: 0,
         };
         self.containers.lock().unwrap().insert(
             id.clone(),

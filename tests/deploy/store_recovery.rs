@@ -563,5 +563,94 @@ async fn unopenable_data_dir_still_serves_config_routes() {
         running.registry.route("new").is_none(),
         "nothing half-applied"
     );
+    // `/metrics` says so (no token needed by default): the gauge and the reason.
+    let metrics = reqwest::Client::new()
+        .get(format!("http://{}/metrics", running.api_addr))
+        .timeout(Duration::from_secs(5))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(metrics.contains("\nberth_store_up 0\n"), "{metrics}");
+    let reason = metrics
+        .lines()
+        .find(|l| l.starts_with("berth_store_problem{reason=\""))
+        .unwrap_or_else(|| panic!("no berth_store_problem in {metrics}"));
+    assert!(
+        reason.contains("data dir") && reason.ends_with("} 1"),
+        "{reason}"
+    );
+    running.shutdown().await;
+}
+
+/// Issue 19.3: a store that takes no writes but whose last state is readable (here the
+/// `-shm` file cannot be created): the status page's data (`/v1/stats`, with a token from
+/// that state) and `/metrics` report it, `berthd status` too; a healthy store says `ok`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn read_only_store_shows_on_the_status_page_and_in_metrics() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let token = {
+        let store = berth::store::Store::open(&data).unwrap();
+        store.create_token("ops").unwrap().1
+    };
+    let start = |data: PathBuf| async move {
+        let mut cfg = berth::model::config::Config {
+            data_dir: data,
+            ..Default::default()
+        };
+        cfg.http.listen = "127.0.0.1:0".parse().unwrap();
+        cfg.api.listen = "127.0.0.1:0".parse().unwrap();
+        cfg.log.access_log = false;
+        cfg.deploy.enabled = berth::model::config::DeployEnabled::Off;
+        berth::daemon::start(cfg, None)
+            .await
+            .expect("berthd starts")
+    };
+    let get = |addr: SocketAddr, path: &'static str, token: String| async move {
+        let resp = reqwest::Client::new()
+            .get(format!("http://{addr}{path}"))
+            .bearer_auth(token)
+            .timeout(Duration::from_secs(5))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(resp.status().as_u16(), 200, "{path}");
+        resp.text().await.unwrap()
+    };
+
+    // Healthy first: ok, and the gauge is 1.
+    let running = start(data.clone()).await;
+    assert_eq!(running.store_problem, None);
+    let stats: serde_json::Value =
+        serde_json::from_str(&get(running.api_addr, "/v1/stats", token.clone()).await).unwrap();
+    assert_eq!(stats["store"], serde_json::json!({"ok": true}), "{stats}");
+    let metrics = get(running.api_addr, "/metrics", token.clone()).await;
+    assert!(metrics.contains("\nberth_store_up 1\n"), "{metrics}");
+    assert!(!metrics.contains("berth_store_problem{"), "{metrics}");
+    running.shutdown().await;
+
+    // Then the database cannot be opened for writing.
+    std::fs::create_dir(data.join("berth.db-shm")).unwrap();
+    let running = start(data.clone()).await;
+    let problem = running.store_problem.clone().expect("reported");
+    let stats: serde_json::Value =
+        serde_json::from_str(&get(running.api_addr, "/v1/stats", token.clone()).await).unwrap();
+    assert_eq!(stats["store"]["ok"], false, "{stats}");
+    assert_eq!(stats["store"]["problem"], problem.as_str(), "{stats}");
+    let metrics = get(running.api_addr, "/metrics", token.clone()).await;
+    assert!(metrics.contains("\nberth_store_up 0\n"), "{metrics}");
+    assert!(
+        metrics.contains("berth_store_problem{reason=\""),
+        "{metrics}"
+    );
+    // The status page renders that field as its banner.
+    let js = get(running.api_addr, "/ui/app.js", token.clone()).await;
+    assert!(
+        js.contains("store-banner") && js.contains("Store DEGRADED"),
+        "app.js"
+    );
     running.shutdown().await;
 }

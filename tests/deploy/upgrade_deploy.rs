@@ -1,6 +1,7 @@
 //! Issue 19.4 drills with real `berthd` processes, the real `berth` CLI and a real dockerd
 //! (BERTH_SYSTEM_TESTS=1):
-//! - ten `berthd upgrade`s, each in the middle of a rolling deploy followed by `berth deploy`,
+//! - ten `berthd upgrade`s (the last one twice in a row), each in the middle of a rolling
+//!   deploy followed by `berth deploy`,
 //!   under a bounded request loop (keep-alive and new connections): no request fails, every
 //!   deploy is handed over, resumed by the new process and `succeeded`, `berth deploy` follows
 //!   it across the upgrade and exits 0, the app ends at its replica count with no orphans;
@@ -402,6 +403,18 @@ async fn ten_upgrades_mid_rolling_deploy_under_load() {
             .and_then(|p| p.parse().ok())
             .unwrap_or_else(|| panic!("upgrade {i}: {out}"));
         pids.push(pid);
+        if i == 9 {
+            // The last one twice in a row: the new process is upgraded again while it still
+            // waits for its predecessor to exit; it passes the deploy on untouched.
+            let (ok, out) = w.ctl("upgrade");
+            assert!(ok, "second upgrade {i}: {out}");
+            pids.push(
+                out.split_whitespace()
+                    .nth(2)
+                    .and_then(|p| p.parse().ok())
+                    .unwrap_or_else(|| panic!("upgrade {i}: {out}")),
+            );
+        }
         let (code, rest) = finish(child, &rx, Duration::from_secs(120));
         lines.extend(rest);
         let text = lines.join("\n");
@@ -427,8 +440,9 @@ async fn ten_upgrades_mid_rolling_deploy_under_load() {
     let ok = stats.ok.load(Ordering::Relaxed);
     let failed = stats.failed.lock().unwrap().clone();
     eprintln!(
-        "10 upgrades mid rolling deploy: {} requests, {} failed, {succeeded}/10 deploys \
+        "{} upgrades mid rolling deploy: {} requests, {} failed, {succeeded}/10 deploys \
          succeeded, {:.1}s",
+        pids.len() - 1,
         ok + failed.len() as u64,
         failed.len(),
         elapsed.as_secs_f64()
