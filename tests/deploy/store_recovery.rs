@@ -7,16 +7,15 @@
 
 use crate::support;
 
-use std::io::{BufRead, BufReader};
 use std::net::{SocketAddr, TcpStream};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Command};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use crate::support::docker::{prepare, skip, Cleanup, IMG_V1, IMG_V2};
 
-const BERTHD: &str = env!("CARGO_BIN_EXE_berthd");
+use crate::support::BERTHD;
 
 fn sh(cmd: &str) -> (bool, String) {
     let out = Command::new("sh").arg("-c").arg(cmd).output().expect("sh");
@@ -110,24 +109,7 @@ impl World {
     fn spawn(&mut self) -> Instant {
         self.logs.lock().unwrap().clear();
         let t0 = Instant::now();
-        let mut child = Command::new(BERTHD)
-            .arg("--config")
-            .arg(&self.config)
-            .args(["--log-format", "json"])
-            .env_remove("NOTIFY_SOCKET")
-            .env_remove("LISTEN_FDS")
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap();
-        let stderr = child.stderr.take().unwrap();
-        let logs = self.logs.clone();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stderr).lines() {
-                let Ok(line) = line else { break };
-                logs.lock().unwrap().push(line);
-            }
-        });
+        let child = support::spawn_berthd(&self.config, &self.logs);
         self.child = Some(child);
         t0
     }

@@ -20,7 +20,7 @@ use std::time::{Duration, Instant};
 
 use crate::support::docker::{prepare, skip, Cleanup, IMG_V1, IMG_V2};
 
-const BERTHD: &str = env!("CARGO_BIN_EXE_berthd");
+use crate::support::BERTHD;
 fn sh(cmd: &str) -> (bool, String) {
     let out = Command::new("sh").arg("-c").arg(cmd).output().expect("sh");
     let mut text = String::from_utf8_lossy(&out.stdout).into_owned();
@@ -141,24 +141,7 @@ impl World {
     }
 
     fn start(&mut self) {
-        let mut child = Command::new(BERTHD)
-            .arg("--config")
-            .arg(&self.config)
-            .args(["--log-format", "json"])
-            .env_remove("NOTIFY_SOCKET")
-            .env_remove("LISTEN_FDS")
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap();
-        let stderr = child.stderr.take().unwrap();
-        let logs = self.logs.clone();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stderr).lines() {
-                let Ok(line) = line else { break };
-                logs.lock().unwrap().push(line);
-            }
-        });
+        let child = support::spawn_berthd(&self.config, &self.logs);
         self.child = Some(child);
         let deadline = Instant::now() + Duration::from_secs(20);
         while TcpStream::connect(self.api).is_err() {

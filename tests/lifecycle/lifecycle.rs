@@ -13,7 +13,7 @@ use std::sync::{Arc, Mutex};
 use std::thread;
 use std::time::{Duration, Instant};
 
-const BERTHD: &str = env!("CARGO_BIN_EXE_berthd");
+use crate::support::BERTHD;
 
 /// A raw HTTP/1.1 backend: keep-alive, `/slow` waits 800 ms, `Upgrade` requests get a 101
 /// and then a byte echo (enough for a tunnel test; the proxy does not parse frames).
@@ -367,14 +367,6 @@ impl Drop for Daemon {
         let _ = self.child.wait();
     }
 }
-fn pid_alive(pid: u32) -> bool {
-    // A zombie still has /proc/PID; treat it as gone.
-    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
-        Ok(s) => !s.contains(") Z "),
-        Err(_) => false,
-    }
-}
-
 fn get(addr: SocketAddr, host: &str, path: &str) -> Result<(u16, String), String> {
     let c = TcpStream::connect(addr).map_err(|e| e.to_string())?;
     c.set_read_timeout(Some(Duration::from_secs(10))).ok();
@@ -421,7 +413,7 @@ fn fifty_upgrades_under_load_fail_nothing() {
     // Every old process finishes draining and exits on its own.
     let old = pids[..pids.len() - 1].to_vec();
     crate::support::wait_until(Duration::from_secs(15), || {
-        old.iter().all(|p| !pid_alive(*p))
+        old.iter().all(|p| !crate::support::pid_alive(*p))
     });
 }
 
@@ -624,7 +616,9 @@ fn sd_notify_messages_in_order() {
     // SAFETY: kill(2) on the pid the daemon reported as itself.
     unsafe { libc::kill(new_pid as i32, libc::SIGTERM) };
     crate::support::wait_until(Duration::from_secs(10), || has("STOPPING=1"));
-    crate::support::wait_until(Duration::from_secs(10), || !pid_alive(new_pid));
+    crate::support::wait_until(Duration::from_secs(10), || {
+        !crate::support::pid_alive(new_pid)
+    });
     stop.store(true, Ordering::Relaxed);
     reader.join().unwrap();
 }

@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
 
-const BERTHD: &str = env!("CARGO_BIN_EXE_berthd");
+use crate::support::BERTHD;
 
 // ---------------------------------------------------------------- members
 
@@ -133,17 +133,6 @@ fn hello(frontend: SocketAddr, source: Option<IpAddr>) -> std::io::Result<(TcpSt
         ));
     }
     Ok((c, line.trim().to_string()))
-}
-
-fn wait_until(max: Duration, what: &str, mut f: impl FnMut() -> bool) {
-    let end = Instant::now() + max;
-    while Instant::now() < end {
-        if f() {
-            return;
-        }
-        thread::sleep(Duration::from_millis(20));
-    }
-    panic!("{what}: not within {max:?}");
 }
 
 // ---------------------------------------------------------------- API client
@@ -316,7 +305,7 @@ fn config_frontend_balances_and_counts_bytes() {
     }
     assert_eq!(seen.get("a"), Some(&5), "round robin: {seen:?}");
     assert_eq!(seen.get("b"), Some(&5), "round robin: {seen:?}");
-    wait_until(Duration::from_secs(5), "stats", || {
+    crate::support::wait_until_named(Duration::from_secs(5), "stats", || {
         let (_, v) = d.api.call("GET", "/v1/stats", None);
         v["tcp"]["frontends"]["echo"]["connections_total"] == 10
             && v["tcp"]["frontends"]["echo"]["bytes_in"] == 40
@@ -624,7 +613,7 @@ fn drain_maint_limits_health_and_proxy_protocol() {
         waited >= Duration::from_millis(800) && waited < Duration::from_secs(4),
         "maint closed after {waited:?}"
     );
-    wait_until(Duration::from_secs(3), "a has no open connection", || {
+    crate::support::wait_until_named(Duration::from_secs(3), "a has no open connection", || {
         a.open.load(Ordering::Relaxed) == 0
     });
 
@@ -639,7 +628,7 @@ fn drain_maint_limits_health_and_proxy_protocol() {
     assert_eq!(d.api.call("PUT", "/v1/pools/p", Some(body)).0, 200);
     let c_addr = c.addr;
     drop(c);
-    wait_until(Duration::from_secs(5), "c marked down", || {
+    crate::support::wait_until_named(Duration::from_secs(5), "c marked down", || {
         let (_, v) = d.api.call("GET", "/v1/pools/p", None);
         v["health"]["c"] == "down"
     });
@@ -718,7 +707,7 @@ impl Proc {
         let api_addr = rx
             .recv_timeout(Duration::from_secs(30))
             .unwrap_or_else(|_| panic!("berthd did not start: {:?}", logs.lock().unwrap()));
-        wait_until(Duration::from_secs(10), "control socket", || {
+        crate::support::wait_until_named(Duration::from_secs(10), "control socket", || {
             dir.path().join("control.sock").exists()
         });
         Proc {
@@ -782,14 +771,6 @@ impl Drop for Proc {
         let _ = self.child.wait();
     }
 }
-
-fn pid_alive(pid: u32) -> bool {
-    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
-        Ok(s) => !s.contains(") Z "),
-        Err(_) => false,
-    }
-}
-
 fn kill_all(pids: &[u32]) {
     for p in pids {
         // SAFETY: plain kill(2) on pids of berthd processes this test started.
@@ -966,10 +947,10 @@ fn hundred_streams_survive_twenty_upgrades_without_losing_a_byte() {
     let old = pids[..pids.len() - 1].to_vec();
     let exited = {
         let end = Instant::now() + Duration::from_secs(15);
-        while Instant::now() < end && old.iter().any(|p| pid_alive(*p)) {
+        while Instant::now() < end && old.iter().any(|p| crate::support::pid_alive(*p)) {
             thread::sleep(Duration::from_millis(50));
         }
-        old.iter().all(|p| !pid_alive(*p))
+        old.iter().all(|p| !crate::support::pid_alive(*p))
     };
     kill_all(&old);
     eprintln!(
@@ -1063,7 +1044,7 @@ fn new_connections_through_ten_upgrades_per_second_fail_none() {
     }
     let old = pids[..pids.len() - 1].to_vec();
     let end = Instant::now() + Duration::from_secs(15);
-    while Instant::now() < end && old.iter().any(|p| pid_alive(*p)) {
+    while Instant::now() < end && old.iter().any(|p| crate::support::pid_alive(*p)) {
         thread::sleep(Duration::from_millis(50));
     }
     kill_all(&old);

@@ -22,7 +22,12 @@ pub async fn expect_within(within: Duration, what: &str, f: impl FnMut() -> bool
 }
 
 /// Blocking [`eventually`] for tests without a runtime; panics when `within` passes.
-pub fn wait_until(within: Duration, mut f: impl FnMut() -> bool) {
+pub fn wait_until(within: Duration, f: impl FnMut() -> bool) {
+    wait_until_named(within, "condition", f)
+}
+
+/// [`wait_until`] naming what it waited for in the panic.
+pub fn wait_until_named(within: Duration, what: &str, mut f: impl FnMut() -> bool) {
     let end = Instant::now() + within;
     while Instant::now() < end {
         if f() {
@@ -30,7 +35,7 @@ pub fn wait_until(within: Duration, mut f: impl FnMut() -> bool) {
         }
         std::thread::sleep(Duration::from_millis(10));
     }
-    panic!("condition not met within {within:?}");
+    panic!("{what}: not met within {within:?}");
 }
 
 /// Polls the async `f` every 100 ms until it returns `Some` or `deadline` passes.

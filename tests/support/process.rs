@@ -1,0 +1,41 @@
+//! `berthd` as a child process: spawned with its log lines collected, and process checks.
+
+use std::io::{BufRead, BufReader};
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
+
+pub const BERTHD: &str = env!("CARGO_BIN_EXE_berthd");
+
+/// Spawns `berthd --config CONFIG --log-format json` without the caller's `NOTIFY_SOCKET` and
+/// `LISTEN_FDS`; its stderr lines are appended to `logs` (for assertions and failure messages).
+/// Returns once the process is spawned, not when it serves.
+pub fn spawn_berthd(config: &Path, logs: &Arc<Mutex<Vec<String>>>) -> Child {
+    let mut child = Command::new(BERTHD)
+        .arg("--config")
+        .arg(config)
+        .args(["--log-format", "json"])
+        .env_remove("NOTIFY_SOCKET")
+        .env_remove("LISTEN_FDS")
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("berthd starts");
+    let stderr = child.stderr.take().expect("berthd stderr");
+    let logs = logs.clone();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stderr).lines() {
+            let Ok(line) = line else { break };
+            logs.lock().unwrap().push(line);
+        }
+    });
+    child
+}
+
+/// True while process `pid` runs (a zombie, which still has /proc/PID, counts as gone).
+pub fn pid_alive(pid: u32) -> bool {
+    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+        Ok(s) => !s.contains(") Z "),
+        Err(_) => false,
+    }
+}
