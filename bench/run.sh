@@ -14,7 +14,8 @@
 # the table shows berthd_b / berthd.
 #
 # Usage: bash bench/run.sh            (env knobs below, e.g. ROUNDS=5 DURATION=20 bash bench/run.sh)
-#        bash bench/run.sh --only basic,https,updates,torture,deploy   (any subset; default all)
+#        bash bench/run.sh --only basic,https,updates,torture,deploy,tcp   (any subset; default
+#        all but tcp; tcp = TCP mode vs HAProxy mode tcp vs nginx stream, see bench/tcp.sh)
 #        bash bench/run.sh --profile  (berthd only: perf profile under load, see bench/README.md)
 #
 # Parts: basic = keepalive + close over HTTP; https = https-keepalive + https-close (same
@@ -66,15 +67,15 @@ while [ $# -gt 0 ]; do
         --only) ONLY=${2:?--only needs a list, e.g. basic,https}; shift ;;
         --only=*) ONLY=${1#--only=} ;;
         --profile) PROFILE=1 ;;
-        -h|--help) sed -n '2,24p' "$0"; exit 0 ;;
+        -h|--help) sed -n '2,25p' "$0"; exit 0 ;;
         *) echo "run.sh: unknown argument $1 (try --help)" >&2; exit 2 ;;
     esac
     shift
 done
 for part in ${ONLY//,/ }; do
     case "$part" in
-        basic|https|updates|torture|deploy) ;;
-        *) echo "run.sh: unknown part $part in --only (basic, https, updates, torture, deploy)" >&2; exit 2 ;;
+        basic|https|updates|torture|deploy|tcp) ;;
+        *) echo "run.sh: unknown part $part in --only (basic, https, updates, torture, deploy, tcp)" >&2; exit 2 ;;
     esac
 done
 want() { case ",$ONLY," in *",$1,"*) return 0 ;; *) return 1 ;; esac; }
@@ -547,6 +548,11 @@ profile_berthd() {
     PROXIES=berthd
     preflight
     build_berthd
+    # tcp: TCP mode vs HAProxy mode tcp vs nginx stream (bench/tcp.sh, its own table and JSON).
+    if [ "$ONLY" = tcp ]; then
+        BUILD=0 BERTHD=$BERTHD bash "$BENCH_DIR/tcp.sh"
+        return
+    fi
     start_backend
     start_berthd
     local secs=$(( DURATION > 4 ? DURATION - 2 : 2 ))
@@ -615,6 +621,7 @@ main() {
     ! want updates || scenario_updates
     ! want torture || scenario_torture
     ! want deploy || scenario_deploy
+    ! want tcp || BUILD=0 BERTHD=$BERTHD bash "$BENCH_DIR/tcp.sh"
     local load_after
     load_after=$(cut -d' ' -f1-3 /proc/loadavg)
 
@@ -892,10 +899,10 @@ scenario_deploy() {
         echo '{"part":"deploy","skipped":"dockerd is not running"}' >>"$WORK/extra.jsonl"
         return 0
     fi
-    log "deploy: cargo test --release --test docker_deploy rolling (3 replicas, real dockerd)"
+    log "deploy: cargo test --release --test deploy docker_deploy::rolling (3 replicas, real dockerd)"
     local out=$WORK/deploy-test.txt
     (cd "$REPO" && BERTH_SYSTEM_TESTS=1 timeout --kill-after=10 900 \
-        cargo test --release --test docker_deploy rolling -- --nocapture) >"$out" 2>&1 ||
+        cargo test --release --test deploy docker_deploy::rolling -- --nocapture) >"$out" 2>&1 ||
         { tail -n 40 "$out" >&2; die "the docker_deploy rolling test failed"; }
     python3 - "$out" >>"$WORK/extra.jsonl" <<'EOF'
 import json, re, sys

@@ -85,7 +85,7 @@ checks+=,unsupported_method,ignored_auth,missing_required_header,use_after_free
 checks+=,ensure_resource_availability
 started=$(date +%s)
 status=0
-# The event stream never ends by design, so it is left out here (tests/api.rs covers it).
+# The event stream never ends by design, so it is left out here (tests/api/api.rs covers it).
 # Run from the temp dir: schemathesis keeps a .schemathesis/ cache in the working directory.
 (cd "$work" && "$venv/bin/schemathesis" run "http://127.0.0.1:$api_port/v1/openapi.json" \
   -H "Authorization: Bearer $token" \

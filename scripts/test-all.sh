@@ -10,7 +10,7 @@ if [ "${1:-}" = "--quick" ] || [ "${BERTH_SYSTEM_TESTS:-1}" = "0" ]; then
 else
   export BERTH_SYSTEM_TESTS=1
   source scripts/setup.sh --docker --system
-  source scripts/setup.sh --tools  # haproxy: tests/conformance.rs compares Berth with it
+  source scripts/setup.sh --tools  # haproxy: tests/proxy/conformance.rs compares Berth with it
 fi
 export PATH="$HOME/.cargo/bin:$PATH"
 start=$(date +%s)

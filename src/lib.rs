@@ -6,7 +6,6 @@ pub mod client;
 pub mod config;
 pub mod daemon;
 pub mod deploy;
-pub mod deploy_publish;
 pub mod lifecycle;
 pub mod logging;
 pub mod model;

@@ -246,6 +246,16 @@
     const t = doc.timestamp_ms || Date.now();
     S.lastStats = doc;
     setText($('updated'), 'updated ' + new Date(t).toLocaleTimeString());
+    // The store takes no changes (read-only/unopenable data dir, damaged database).
+    const store = doc.store || { ok: true };
+    const banner = $('store-banner');
+    if (banner) {
+      banner.hidden = store.ok !== false;
+      setText(banner, store.ok === false
+        ? 'Store DEGRADED: ' + (store.problem || 'unknown cause') +
+          ' — routes are served as they are; changes, deploys and self-healing are off until it is fixed and berthd restarted.'
+        : '');
+    }
     const seen = new Set();
     for (const r of doc.routes || []) {
       seen.add(r.name);

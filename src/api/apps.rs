@@ -60,6 +60,8 @@ pub enum AppsError {
     Unavailable,
     /// 502: Docker refused or failed.
     Docker(String),
+    /// 503: the process is handing its deploys to its successor (upgrade).
+    Upgrading(String),
 }
 
 impl From<ApiError> for AppsError {
@@ -102,6 +104,7 @@ impl From<DeployError> for AppsError {
                 field: Some("secrets".into()),
                 message: m,
             }),
+            DeployError::Upgrading => AppsError::Upgrading(e.to_string()),
         }
     }
 }
@@ -128,6 +131,7 @@ impl IntoResponse for AppsError {
                 None,
             ),
             AppsError::Docker(m) => (StatusCode::BAD_GATEWAY, "docker_error", m, None),
+            AppsError::Upgrading(m) => (StatusCode::SERVICE_UNAVAILABLE, "upgrading", m, None),
         };
         let mut err = json!({ "code": code, "message": message });
         if let Some(d) = extra {

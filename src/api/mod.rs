@@ -15,6 +15,7 @@ pub mod apps;
 pub mod auth;
 pub mod certs;
 pub mod error;
+pub mod frontends;
 pub mod ratelimit;
 pub mod routes;
 pub mod stats;
@@ -87,6 +88,11 @@ pub struct ApiState {
     pub certs: Option<Arc<crate::tls::CertStore>>,
     /// certs: the ACME issuer, if configured (`POST /v1/certificates/{domain}/retry`).
     pub acme: Option<Arc<crate::tls::AcmeManager>>,
+    /// frontends: TCP frontends and pools.
+    pub tcp: Arc<crate::proxy::tcp::TcpProxy>,
+    /// Why `berth.db` takes no changes (read-only or unopenable data dir, failed integrity
+    /// check), for `/v1/stats` (the status page) and `/metrics`.
+    pub store_problem: Option<String>,
 }
 
 /// The complete router.
@@ -96,7 +102,8 @@ pub fn router(state: ApiState) -> Router {
         .merge(routes::router())
         .merge(stats::router())
         .merge(apps::router())
-        .merge(certs::router());
+        .merge(certs::router())
+        .merge(frontends::router());
     let metrics = Router::new().route("/metrics", get(stats::metrics));
     let (protected, metrics) = if state.settings.metrics_auth {
         (protected.merge(metrics), Router::new())
@@ -123,7 +130,7 @@ pub fn router(state: ApiState) -> Router {
             state.settings.auth_limit_loopback,
         ))))
         // ui: `true` once the API listener serves TLS (Secure cookies).
-        .layer(Extension(ui::Sessions::new(false)))
+        .layer(Extension(auth::session::Sessions::new(false)))
         // Outermost: a request for a foreign name is answered before anything else runs.
         .layer(middleware::from_fn_with_state(state.clone(), host_check))
         .with_state(state)

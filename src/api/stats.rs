@@ -38,6 +38,31 @@ pub struct StatsDoc {
     /// Unix time in milliseconds when the snapshot was taken.
     pub timestamp_ms: u64,
     pub routes: Vec<RouteStats>,
+    /// frontends: TCP frontends and pool members (connections, bytes).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tcp: Option<crate::proxy::tcp::TcpStats>,
+    /// Whether `berth.db` takes changes (the status page shows a banner when not).
+    pub store: StoreState,
+}
+
+/// The store's state, as `berthd status`, the status page and `/metrics` report it.
+#[derive(Clone, Debug, Default, Serialize, PartialEq, Eq)]
+pub struct StoreState {
+    /// False when the data dir is read-only or unopenable, or the database is damaged:
+    /// changes are refused (503), reconcile, self-healing and deploys are off.
+    pub ok: bool,
+    /// Why not.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub problem: Option<String>,
+}
+
+impl StoreState {
+    pub fn of(problem: Option<&str>) -> Self {
+        StoreState {
+            ok: problem.is_none(),
+            problem: problem.map(str::to_string),
+        }
+    }
 }
 
 #[derive(Serialize)]
@@ -148,6 +173,8 @@ pub fn snapshot(table: &RouteTable, sources: &HashMap<String, RouteSource>) -> S
             .map(|d| d.as_millis() as u64)
             .unwrap_or(0),
         routes,
+        tcp: None,
+        store: StoreState::of(None),
     }
 }
 
@@ -158,7 +185,10 @@ fn current(state: &ApiState) -> StatsDoc {
         .iter()
         .map(|e| (e.name(), e.source))
         .collect();
-    snapshot(&state.registry.table(), &sources)
+    let mut doc = snapshot(&state.registry.table(), &sources);
+    doc.tcp = Some(state.tcp.stats());
+    doc.store = StoreState::of(state.store_problem.as_deref());
+    doc
 }
 
 async fn stats(State(state): State<ApiState>) -> Json<StatsDoc> {
@@ -361,6 +391,23 @@ pub fn prometheus(doc: &StatsDoc, table: &RouteTable) -> String {
         let n = doc.routes.iter().filter(|r| r.source == src).count();
         let _ = writeln!(out, "{name}{{source=\"{}\"}} {n}", src.as_str());
     }
+    let name = "berth_store_up";
+    let _ = writeln!(
+        out,
+        "# HELP {name} 1 when berth.db takes changes; 0 when the data dir is read-only or \
+         unopenable or the database is damaged (see berth_store_problem).\n# TYPE {name} gauge\n\
+         {name} {}",
+        u8::from(doc.store.ok)
+    );
+    if let Some(problem) = &doc.store.problem {
+        let name = "berth_store_problem";
+        let _ = writeln!(
+            out,
+            "# HELP {name} Why berth.db takes no changes (the reason label), while it does \
+             not.\n# TYPE {name} gauge\n{name}{{reason=\"{}\"}} 1",
+            label(problem)
+        );
+    }
     out
 }
 
@@ -373,13 +420,14 @@ pub async fn metrics(State(state): State<ApiState>) -> impl IntoResponse {
         .iter()
         .map(|e| (e.name(), e.source))
         .collect();
-    let doc = snapshot(&table, &sources);
+    let mut doc = snapshot(&table, &sources);
+    doc.store = StoreState::of(state.store_problem.as_deref());
     (
         [(
             header::CONTENT_TYPE,
             "text/plain; version=0.0.4; charset=utf-8",
         )],
-        prometheus(&doc, &table),
+        prometheus(&doc, &table) + &super::frontends::prometheus(&state.tcp.stats()),
     )
 }
 

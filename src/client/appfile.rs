@@ -32,8 +32,9 @@ fn default_dockerfile() -> PathBuf {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Health {
-    #[serde(default = "default_health_path")]
-    pub path: String,
+    /// Absent: the server's default (`/`). A worker (no `domains`) must not set it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub path: Option<String>,
     #[serde(
         default,
         with = "humantime_serde",
@@ -46,10 +47,6 @@ pub struct Health {
         skip_serializing_if = "Option::is_none"
     )]
     pub timeout: Option<std::time::Duration>,
-}
-
-fn default_health_path() -> String {
-    "/".into()
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
@@ -76,6 +73,8 @@ pub struct AppFile {
     pub image: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub build: Option<Build>,
+    /// Empty or absent: a background worker (no route, no HTTP health check).
+    #[serde(default)]
     pub domains: Vec<Domain>,
     #[serde(default)]
     pub aliases: Vec<Domain>,
@@ -248,12 +247,14 @@ impl AppFile {
             }
             _ => {}
         }
-        if app.domains.is_empty() {
+        if app.domains.is_empty() && app.health.as_ref().is_some_and(|h| h.path.is_some()) {
             return Err(invalid(
                 path,
-                line_of(text, "domains"),
-                "domains",
-                "list at least one domain",
+                line_of(text, "path"),
+                "health.path",
+                "an app without domains (a worker) gets no HTTP health check: it is healthy \
+                 once its container has run without restarting for min_ready (default 3s), or \
+                 when its Docker HEALTHCHECK says so; remove health.path or add domains",
             ));
         }
         if app.port == 0 {
@@ -273,7 +274,7 @@ impl AppFile {
             ));
         }
         if let Some(h) = &app.health {
-            if !h.path.starts_with('/') {
+            if h.path.as_deref().is_some_and(|p| !p.starts_with('/')) {
                 return Err(invalid(
                     path,
                     line_of(text, "path"),
@@ -387,7 +388,10 @@ impl AppFile {
             spec["registry"] = v;
         }
         if let Some(h) = &self.health {
-            let mut hv = json!({ "path": h.path });
+            let mut hv = json!({});
+            if let Some(p) = &h.path {
+                hv["path"] = json!(p);
+            }
             if let Some(i) = h.interval {
                 hv["interval"] = json!(humantime::format_duration(i).to_string());
             }
@@ -452,7 +456,7 @@ mod tests {
         let app = AppFile::parse(Path::new("berth.yaml"), &starter("shop")).unwrap();
         assert_eq!(app.name, "shop");
         assert_eq!(app.replicas, 2);
-        assert_eq!(app.health.as_ref().unwrap().path, "/");
+        assert_eq!(app.health.as_ref().unwrap().path.as_deref(), Some("/"));
     }
 
     #[test]
@@ -532,7 +536,12 @@ mod tests {
             ),
             ("name: A_B\nimage: x\ndomains: [a.com]\n", "name", Some(1)),
             ("name: a\ndomains: [a.com]\n", "image", None),
-            ("name: a\nimage: x\ndomains: []\n", "domains", Some(3)),
+            // No domains: a worker, which has no HTTP health check.
+            (
+                "name: a\nimage: x\ndomains: []\nhealth:\n  path: /up\n",
+                "health.path",
+                Some(5),
+            ),
         ];
         for (text, key, line) in cases {
             match AppFile::parse(Path::new("berth.yaml"), text) {

@@ -253,12 +253,7 @@ fn replica_started(inner: &Arc<Inner>, app: &str, id: &str) {
             }
         };
         let deadline = Instant::now() + spec.deploy_timeout;
-        let host = spec.domains[0].to_string();
-        if let Err(e) = inner
-            .health
-            .wait_healthy(inner.rt.as_ref(), &replica.container_id, addr, &host, &spec.health, deadline)
-            .await
-        {
+        if let Err(e) = super::run::ready(&inner, &spec, &replica.container_id, addr, deadline).await {
             inner.warn(format!(
                 "replica {} runs again but is not healthy: {e}; left out of the route",
                 replica.name

@@ -76,6 +76,50 @@ impl HealthClient {
         }
     }
 
+    /// A worker's gate (an app without domains has nothing to GET): the container runs
+    /// without a restart for `steady`, or, if its image has a HEALTHCHECK, Docker says
+    /// healthy. Exiting or restarting ends the wait at once.
+    pub async fn wait_running(
+        &self,
+        rt: &dyn ContainerRuntime,
+        container_id: &str,
+        steady: Duration,
+        spec: &HealthSpec,
+        deadline: Instant,
+    ) -> Result<(), String> {
+        let poll = spec.interval.min(Duration::from_millis(250));
+        let mut first: Option<(Instant, i64)> = None;
+        loop {
+            let info = rt
+                .inspect(container_id)
+                .await
+                .map_err(|e| format!("inspect failed: {e}"))?;
+            if !matches!(info.state, RunState::Running) {
+                return Err(format!("container is {:?}, not running", info.state));
+            }
+            let (since, restarts) = *first.get_or_insert((Instant::now(), info.restart_count));
+            if info.restart_count != restarts {
+                return Err(format!(
+                    "container restarted {} time(s) while it was checked",
+                    info.restart_count - restarts
+                ));
+            }
+            let last = match info.health {
+                Some(DockerHealth::Healthy) => return Ok(()),
+                Some(h) => format!("Docker HEALTHCHECK is {h:?}"),
+                None if since.elapsed() >= steady => return Ok(()),
+                None => format!(
+                    "running for {:.1}s of the {steady:?} a worker must run steadily",
+                    since.elapsed().as_secs_f64()
+                ),
+            };
+            if Instant::now() + poll > deadline {
+                return Err(last);
+            }
+            tokio::time::sleep(poll).await;
+        }
+    }
+
     /// Polls until healthy or `deadline`. The error is the last check's reason.
     pub async fn wait_healthy(
         &self,

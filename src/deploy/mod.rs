@@ -9,6 +9,7 @@
 //! Each API endpoint of issue 4 is one method of `Engine`.
 
 mod discovery;
+mod handover;
 pub mod health;
 mod reconcile;
 mod run;
@@ -34,10 +35,11 @@ use crate::store::deployments::{
     DeployState, DeploymentRecord, DeploymentStore, DeploymentStoreError, StoredEvent,
 };
 
+pub use handover::HandoverError;
 use health::HealthClient;
 
 /// Where the route changes of the engine go. Implemented over the proxy's `Tables` by the
-/// daemon (see `deploy_publish.rs`); the engine never imports the proxy.
+/// daemon (see `daemon/engine.rs`); the engine never imports the proxy.
 pub trait RoutePublisher: Send + Sync + 'static {
     /// Replaces every route published under `key` (`app/NAME`, `discovered/NAME`) in one
     /// atomic table swap. An empty list removes them. An error changes nothing.
@@ -83,6 +85,12 @@ pub enum DeployError {
     /// The stored secrets of a deployment cannot be decrypted (wrong or missing key).
     #[error("{0}")]
     Secrets(String),
+    /// 503: this process is handing its deploys to a new berthd (upgrade); retry shortly.
+    #[error(
+        "berthd is upgrading: this process takes no deploys, stops or deletes now; retry in \
+         a few seconds (the new process takes them)"
+    )]
+    Upgrading,
 }
 
 /// Where the image of a deploy comes from.
@@ -248,6 +256,8 @@ pub(crate) struct Inner {
     pub heal: Mutex<HashMap<String, reconcile::HealState>>,
     /// True once the background reconcile is done.
     reconciled: watch::Sender<bool>,
+    /// Pause and hand-over of in-flight deploys across an upgrade.
+    pub(crate) handover: handover::Handover,
 }
 
 /// What `Conflict.running` says while an app is being stopped.
@@ -330,7 +340,8 @@ impl Inner {
             // A route with no ready backend answers 503 (replace downtime); an app that runs
             // nothing (stopped, never deployed) has no route at all.
             Some(a) => match &a.hosts {
-                Some(h) => vec![RouteSpec {
+                // A worker (no domains) has no route.
+                Some(h) if !h.domains.is_empty() => vec![RouteSpec {
                     name: Some(app_route_name(app)),
                     domains: h.domains.clone(),
                     aliases: h.aliases.clone(),
@@ -361,7 +372,7 @@ impl Inner {
                         .collect(),
                     ..RouteSpec::default()
                 }],
-                None => vec![],
+                _ => vec![],
             },
             _ => vec![],
         };
@@ -422,6 +433,20 @@ impl Inner {
             p.events.push(ev.clone());
             let _ = p.tx.send(ev);
         }
+    }
+
+    /// Follows deployment `id` in this process (its events so far are `past`), as for a
+    /// deploy started here: a successor resuming a handed-over deploy.
+    pub(crate) fn track(&self, id: &str, past: Vec<DeployEvent>) {
+        let (tx, _) = broadcast::channel(256);
+        self.progress.locked().insert(
+            id.to_string(),
+            Progress {
+                events: past,
+                tx,
+                done: watch::Sender::new(None),
+            },
+        );
     }
 
     pub(crate) fn mark_done(&self, deployment: &str, state: DeployState) {
@@ -518,11 +543,18 @@ impl Engine {
             warnings: Mutex::new(Vec::new()),
             heal: Mutex::new(HashMap::new()),
             reconciled: watch::Sender::new(false),
+            handover: handover::Handover::default(),
         });
         inner.rt.ensure_network().await?;
         // Serve first: what runs now is routed before this returns (one Docker listing, no
         // health gate); reconcile and repairs follow in the background.
-        let startup = reconcile::serve_first(&inner).await?;
+        let mut startup = reconcile::serve_first(&inner).await?;
+        // Deploys a previous process handed over (or paused and then died): resumed from
+        // their checkpoints once they are ours.
+        for ad in std::mem::take(&mut startup.handed) {
+            let bg = inner.clone();
+            inner.spawn(handover::resume_when_ours(bg, ad));
+        }
         discovery::start(&inner).await?;
         if let Some(why) = &inner.cfg.store_damaged {
             tracing::error!(
@@ -555,6 +587,25 @@ impl Engine {
     pub async fn reconciled(&self) {
         let mut rx = self.inner.reconciled.subscribe();
         let _ = rx.wait_for(|done| *done).await;
+    }
+
+    /// Upgrade, step 1 (before the successor starts): pauses every deploy at its next step
+    /// boundary with its checkpoint persisted, and waits for running repairs. Fails (and
+    /// lets them carry on) if one does not get there within `timeout`. Returns how many
+    /// deploys are paused.
+    pub async fn pause_for_upgrade(&self, timeout: Duration) -> Result<usize, HandoverError> {
+        handover::pause_all(&self.inner, timeout).await
+    }
+
+    /// The upgrade failed: paused deploys carry on in this process.
+    pub fn resume_after_failed_upgrade(&self) {
+        handover::resume_all(&self.inner);
+    }
+
+    /// Upgrade, step 2 (the successor `pid` is serving): the paused deploys are its now;
+    /// this process writes none of them again.
+    pub fn hand_over(&self, pid: u32) {
+        handover::hand_over_all(&self.inner, pid);
     }
 
     /// Aborts every task of this engine at its next await point, without cleanup.
@@ -604,10 +655,12 @@ impl Engine {
             aliases: spec.aliases.clone(),
             ..RouteSpec::default()
         };
-        self.inner
-            .publisher
-            .check_routes(&app_route_name(app), vec![probe])
-            .map_err(DeployError::DomainTaken)?;
+        if !spec.is_worker() {
+            self.inner
+                .publisher
+                .check_routes(&app_route_name(app), vec![probe])
+                .map_err(DeployError::DomainTaken)?;
+        }
         let mut spec = spec;
         if !spec.secrets.is_empty() {
             // Sealed before anything is stored; the values in clear are dropped here.
@@ -693,6 +746,9 @@ impl Engine {
     }
 
     fn refuse_if_damaged(&self, app: &str) -> Result<(), DeployError> {
+        if !self.inner.handover.running() {
+            return Err(DeployError::Upgrading);
+        }
         match &self.inner.cfg.store_damaged {
             Some(why) => Err(DeployError::Conflict {
                 app: app.to_string(),

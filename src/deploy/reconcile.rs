@@ -25,7 +25,7 @@ use std::time::Duration;
 
 use tokio::time::Instant;
 
-use super::run::{address_of, start_replica};
+use super::run::{address_of, ready, start_replica};
 use super::{now_ms, AppHosts, AppState, DeployError, Inner, LockExt, Replica, RECONCILING};
 use crate::model::deploy::HealthSpec;
 use crate::model::labels::{self, Parsed};
@@ -43,24 +43,16 @@ fn known(inner: &Inner, id: &str) -> bool {
 }
 
 async fn all_healthy(inner: &Inner, d: &DeploymentRecord, cs: &[&ContainerInfo]) -> bool {
-    let host = d.spec.domains[0].to_string();
     for c in cs {
         let Some(ip) = c.address else { return false };
         let addr = std::net::SocketAddr::new(ip, d.spec.port);
-        let deadline = Instant::now() + d.spec.health.timeout * 3;
-        if inner
-            .health
-            .wait_healthy(
-                inner.rt.as_ref(),
-                &c.id,
-                addr,
-                &host,
-                &d.spec.health,
-                deadline,
-            )
-            .await
-            .is_err()
-        {
+        let deadline = Instant::now()
+            + if d.spec.is_worker() {
+                d.spec.worker_steady() + d.spec.health.timeout
+            } else {
+                d.spec.health.timeout * 3
+            };
+        if ready(inner, &d.spec, &c.id, addr, deadline).await.is_err() {
             return false;
         }
     }
@@ -88,6 +80,8 @@ pub(crate) struct Startup {
     unfinished: Vec<DeploymentRecord>,
     /// Apps the store knew at start (claimed with [`RECONCILING`] until reconciled).
     apps: Vec<String>,
+    /// Deploys with a checkpoint (handed over by an upgrade): resumed, not reconciled.
+    pub handed: Vec<super::handover::Adopted>,
 }
 
 /// Phase 1: publish what runs now, at once.
@@ -101,6 +95,28 @@ pub(crate) async fn serve_first(inner: &Arc<Inner>) -> Result<Startup, DeployErr
     } else {
         (inner.store.apps()?, inner.store.unfinished()?)
     };
+    // Deploys a predecessor paused at a step boundary and handed over (or died with): the
+    // successor resumes them, so reconcile neither fails them nor touches their apps.
+    let mut handed = Vec::new();
+    let mut crashed = Vec::new();
+    for d in unfinished {
+        let cp = match inner.store.checkpoint(&d.id)? {
+            Some(c) => super::handover::Checkpoint::parse(&c.data)
+                .map_err(|e| {
+                    inner.warn(format!(
+                        "deployment {}: unusable checkpoint ({e}); treated as interrupted",
+                        d.id
+                    ))
+                })
+                .ok(),
+            None => None,
+        };
+        match cp {
+            Some(cp) => handed.push(super::handover::Adopted { rec: d, cp }),
+            None => crashed.push(d),
+        }
+    }
+    let unfinished = crashed;
     let mut currents: BTreeMap<String, Option<DeploymentRecord>> = BTreeMap::new();
     for (app, current) in apps {
         let cur = match current {
@@ -198,6 +214,9 @@ pub(crate) async fn serve_first(inner: &Arc<Inner>) -> Result<Startup, DeployErr
                 a.adopted = Some(msg);
             }
         }
+        if let Some(ad) = handed.iter().find(|h| h.rec.app == app) {
+            super::handover::route_as_checkpointed(&mut a, ad);
+        }
         if a.adopted.is_none() && !currents.contains_key(&app) {
             // Nothing of this app could be adopted (reported above): nothing to route.
             continue;
@@ -207,11 +226,37 @@ pub(crate) async fn serve_first(inner: &Arc<Inner>) -> Result<Startup, DeployErr
             inner.warn(format!("start: publishing routes of {app}: {e}"));
         }
     }
-    let apps = currents.into_keys().collect();
+    // A first deploy handed over: the app has no current deployment yet.
+    for ad in &handed {
+        if !st.apps.contains_key(&ad.rec.app) {
+            let mut a = AppState::default();
+            super::handover::route_as_checkpointed(&mut a, ad);
+            st.apps.insert(ad.rec.app.clone(), a);
+            if let Err(e) = inner.publish_app(&st, &ad.rec.app) {
+                inner.warn(format!("start: publishing routes of {}: {e}", ad.rec.app));
+            }
+        }
+    }
+    drop(st);
+    for ad in &handed {
+        let past = inner
+            .store
+            .events(&ad.rec.id)
+            .unwrap_or_default()
+            .into_iter()
+            .map(|e| super::DeployEvent::new(&ad.rec.id, e.at, &e.stage, e.message))
+            .collect();
+        inner.track(&ad.rec.id, past);
+    }
+    let apps = currents
+        .into_keys()
+        .filter(|app| !handed.iter().any(|h| &h.rec.app == app))
+        .collect();
     Ok(Startup {
         adopted: adopted_count,
         unfinished,
         apps,
+        handed,
     })
 }
 
@@ -327,7 +372,6 @@ async fn reconcile_app(
             .collect();
         // Running ones first: they are the cheapest to keep.
         mine.sort_by_key(|c| !c.running());
-        let host = cur.spec.domains[0].to_string();
         for c in mine {
             if replicas.len() as u32 >= cur.spec.replicas {
                 // A surplus replica may be routed since `serve_first`: out of the route
@@ -346,18 +390,7 @@ async fn reconcile_app(
             let ok = match address_of(inner, &c.id, cur.spec.port).await {
                 Ok(addr) => {
                     let deadline = Instant::now() + cur.spec.deploy_timeout;
-                    match inner
-                        .health
-                        .wait_healthy(
-                            inner.rt.as_ref(),
-                            &c.id,
-                            addr,
-                            &host,
-                            &cur.spec.health,
-                            deadline,
-                        )
-                        .await
-                    {
+                    match ready(inner, &cur.spec, &c.id, addr, deadline).await {
                         Ok(()) => Some(addr),
                         Err(e) => {
                             inner.warn(format!(
@@ -475,19 +508,7 @@ async fn replace_one(
         .ok_or_else(|| format!("deployment {} has no image id", cur.id))?;
     let new = start_replica(inner, cur, &image, slot).await?;
     let deadline = Instant::now() + cur.spec.deploy_timeout;
-    let host = cur.spec.domains[0].to_string();
-    if let Err(e) = inner
-        .health
-        .wait_healthy(
-            inner.rt.as_ref(),
-            &new.id,
-            new.addr,
-            &host,
-            &cur.spec.health,
-            deadline,
-        )
-        .await
-    {
+    if let Err(e) = ready(inner, &cur.spec, &new.id, new.addr, deadline).await {
         let _ = inner.rt.remove(&new.id).await;
         return Err(format!("new replica {} unhealthy: {e}", new.name));
     }
@@ -516,6 +537,10 @@ const MAX_BACKOFF: Duration = Duration::from_secs(60);
 pub(crate) async fn heal(inner: Arc<Inner>) {
     loop {
         tokio::time::sleep(inner.cfg.heal_interval).await;
+        if !inner.handover.running() {
+            // Paused or handed over for an upgrade: the successor heals.
+            continue;
+        }
         let apps: Vec<String> = {
             let st = inner.state.locked();
             st.apps
@@ -531,7 +556,8 @@ pub(crate) async fn heal(inner: Arc<Inner>) {
                 .get(&app)
                 .and_then(|h| h.next_at)
                 .is_none_or(|t| Instant::now() >= t);
-            if due {
+            if due && inner.handover.running() {
+                let _active = inner.handover.enter(&format!("heal:{app}"));
                 heal_app(&inner, &app).await;
             }
         }

@@ -11,6 +11,7 @@ use std::time::Duration;
 use futures_util::StreamExt as _;
 use tokio::time::Instant;
 
+use super::handover::{self, Checkpoint, NewRec, ReplicaRec};
 use super::{now_ms, AppHosts, ImageSource, Inner, LockExt, Replica};
 use crate::model::deploy::{
     images_to_prune, plan, AppSpec, ImageUse, OldReplica, PullPolicy, Step,
@@ -44,10 +45,58 @@ fn short(id: &str) -> &str {
 }
 
 pub(crate) async fn run(inner: Arc<Inner>, rec: DeploymentRecord, image: ImageSource) {
+    let _active = inner.handover.enter(&rec.id);
+    let mut progress = Progress::default();
+    let outcome = execute(&inner, &rec, image, &mut progress).await;
+    conclude(&inner, &rec, progress, outcome).await;
+}
+
+/// Carries on a deploy from the checkpoint its previous owner (the process before an
+/// upgrade) wrote at a step boundary.
+pub(crate) async fn resume(inner: Arc<Inner>, rec: DeploymentRecord, cp: Checkpoint) {
+    let mut progress = Progress {
+        new: cp
+            .new
+            .iter()
+            .map(|(slot, n)| {
+                (
+                    *slot,
+                    New {
+                        id: n.id.clone(),
+                        name: n.name.clone(),
+                        addr: n.addr,
+                    },
+                )
+            })
+            .collect(),
+        routed_new: cp.routed_new.clone(),
+        stopped_old: cp.stopped_old.iter().map(ReplicaRec::replica).collect(),
+        stops: Vec::new(),
+    };
+    let input = PlanInput {
+        image_id: cp.image_id.clone(),
+        old: cp.old.clone(),
+        old_grace: Duration::from_millis(cp.old_grace_ms),
+    };
+    let outcome = steps(&inner, &rec, &input, cp.steps_done, &mut progress).await;
+    conclude(&inner, &rec, progress, outcome).await;
+}
+
+/// Commits or aborts a deploy whose steps ended with `outcome` (`Ok(true)`: handed over to a
+/// successor, which concludes it; nothing more is written here).
+async fn conclude(
+    inner: &Arc<Inner>,
+    rec: &DeploymentRecord,
+    mut progress: Progress,
+    outcome: Result<bool, String>,
+) {
     let id = rec.id.clone();
     let app = rec.app.clone();
-    let mut progress = Progress::default();
-    let mut outcome = execute(&inner, &rec, image, &mut progress).await;
+    let mut outcome = match outcome {
+        Ok(true) => return,
+        Ok(false) => Ok(()),
+        Err(e) => Err(e),
+    };
     for stop in std::mem::take(&mut progress.stops) {
         let res = match stop.await {
             Ok(r) => r.map_err(|e| e.to_string()),
@@ -61,7 +110,7 @@ pub(crate) async fn run(inner: Arc<Inner>, rec: DeploymentRecord, image: ImageSo
         Ok(()) => (DeployState::Succeeded, None),
         Err(reason) => {
             inner.emit(&id, "aborting", reason.clone());
-            abort(&inner, &rec, &mut progress).await;
+            abort(inner, rec, &mut progress).await;
             (DeployState::Failed, Some(reason))
         }
     };
@@ -77,7 +126,7 @@ pub(crate) async fn run(inner: Arc<Inner>, rec: DeploymentRecord, image: ImageSo
                 inner.warn(format!("removing old container {}: {e}", old.name));
             }
         }
-        prune_images(&inner, &id, &app).await;
+        prune_images(inner, &id, &app).await;
     }
     {
         let mut st = inner.state.locked();
@@ -100,6 +149,54 @@ pub(crate) async fn run(inner: Arc<Inner>, rec: DeploymentRecord, image: ImageSo
         }
     }
     inner.mark_done(&id, state);
+}
+
+/// What a deploy's plan is made from (recomputed identically when a successor resumes it).
+struct PlanInput {
+    image_id: String,
+    /// Container ids of the old replicas when the plan was made.
+    old: Vec<String>,
+    old_grace: Duration,
+}
+
+/// A step boundary: returns `Ok(true)` when the deploy was handed over to a successor.
+async fn at_boundary(
+    inner: &Arc<Inner>,
+    rec: &DeploymentRecord,
+    input: &PlanInput,
+    (done, total): (usize, usize),
+    progress: &mut Progress,
+) -> Result<bool, String> {
+    if inner.handover.running() {
+        return Ok(false);
+    }
+    // The checkpoint says the stopped old replicas are stopped: make it true.
+    for stop in std::mem::take(&mut progress.stops) {
+        match stop.await {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => return Err(format!("stopping an old replica failed: {e}")),
+            Err(e) => return Err(format!("stopping an old replica failed: {e}")),
+        }
+    }
+    let mut cp = Checkpoint::new(&input.image_id, &input.old, done, total, input.old_grace);
+    cp.new = progress
+        .new
+        .iter()
+        .map(|(slot, n)| {
+            (
+                *slot,
+                NewRec {
+                    id: n.id.clone(),
+                    name: n.name.clone(),
+                    addr: n.addr,
+                },
+            )
+        })
+        .collect();
+    cp.routed_new = progress.routed_new.clone();
+    cp.stopped_old = progress.stopped_old.iter().map(ReplicaRec::of).collect();
+    cp.new_hosts = !progress.routed_new.is_empty();
+    handover::boundary(inner, rec, cp).await
 }
 
 async fn resolve_image(
@@ -177,8 +274,7 @@ async fn execute(
     rec: &DeploymentRecord,
     image: ImageSource,
     progress: &mut Progress,
-) -> Result<(), String> {
-    let spec = &rec.spec;
+) -> Result<bool, String> {
     let app = &rec.app;
     // Old replicas stop with the grace their own deployment asked for.
     let old_grace = inner
@@ -215,11 +311,43 @@ async fn execute(
             container_id: r.container_id.clone(),
         })
         .collect();
-    let host = spec.domains[0].to_string();
-    for step in plan(&current, spec) {
+    let input = PlanInput {
+        image_id,
+        old: current.into_iter().map(|o| o.container_id).collect(),
+        old_grace,
+    };
+    steps(inner, rec, &input, 0, progress).await
+}
+
+/// Runs the plan from step `from` (0 for a new deploy, the checkpoint's position when a
+/// successor resumes one), with a hand-over boundary before each step.
+async fn steps(
+    inner: &Arc<Inner>,
+    rec: &DeploymentRecord,
+    input: &PlanInput,
+    from: usize,
+    progress: &mut Progress,
+) -> Result<bool, String> {
+    let spec = &rec.spec;
+    let app = &rec.app;
+    let image_id = input.image_id.as_str();
+    let old_grace = input.old_grace;
+    let current: Vec<OldReplica> = input
+        .old
+        .iter()
+        .map(|c| OldReplica {
+            container_id: c.clone(),
+        })
+        .collect();
+    let plan = plan(&current, spec);
+    let total = plan.len();
+    for (i, step) in plan.into_iter().enumerate().skip(from) {
+        if at_boundary(inner, rec, input, (i, total), progress).await? {
+            return Ok(true);
+        }
         match step {
             Step::StartNew { slot } => {
-                let new = start_replica(inner, rec, &image_id, slot).await?;
+                let new = start_replica(inner, rec, image_id, slot).await?;
                 inner.emit(
                     &rec.id,
                     "start",
@@ -232,7 +360,7 @@ async fn execute(
                     .new
                     .get(&slot)
                     .ok_or_else(|| format!("internal: replica {slot} was not started"))?;
-                gate(inner, rec, new, slot, &host).await?;
+                gate(inner, rec, new, slot).await?;
                 inner.emit(&rec.id, "healthy", format!("replica {slot} is healthy"));
             }
             Step::RouteNew { slot } => {
@@ -322,7 +450,7 @@ async fn execute(
             }
         }
     }
-    Ok(())
+    Ok(false)
 }
 
 fn set_routing(
@@ -579,40 +707,51 @@ pub(crate) async fn address_of(inner: &Inner, id: &str, port: u16) -> Result<Soc
     }
 }
 
-/// Health gate: healthy within `deploy_timeout`, then still healthy after `min_ready`.
-async fn gate(
+/// The readiness check of one replica of `spec`: its HTTP health check (apps with domains),
+/// or for a worker, running steadily (see `HealthClient::wait_running`).
+pub(crate) async fn ready(
     inner: &Inner,
-    rec: &DeploymentRecord,
-    new: &New,
-    slot: u32,
-    host: &str,
+    spec: &AppSpec,
+    container_id: &str,
+    addr: SocketAddr,
+    deadline: Instant,
 ) -> Result<(), String> {
-    let spec: &AppSpec = &rec.spec;
-    let deadline = Instant::now() + spec.deploy_timeout;
-    let mut res = inner
-        .health
-        .wait_healthy(
-            inner.rt.as_ref(),
-            &new.id,
-            new.addr,
-            host,
-            &spec.health,
-            deadline,
-        )
-        .await;
-    if res.is_ok() && !spec.min_ready.is_zero() {
-        tokio::time::sleep(spec.min_ready).await;
-        let deadline = Instant::now() + spec.health.timeout;
-        res = inner
+    if spec.is_worker() {
+        inner
             .health
-            .wait_healthy(
+            .wait_running(
                 inner.rt.as_ref(),
-                &new.id,
-                new.addr,
-                host,
+                container_id,
+                spec.worker_steady(),
                 &spec.health,
                 deadline,
             )
+            .await
+    } else {
+        inner
+            .health
+            .wait_healthy(
+                inner.rt.as_ref(),
+                container_id,
+                addr,
+                &spec.health_host(),
+                &spec.health,
+                deadline,
+            )
+            .await
+    }
+}
+
+/// Health gate: healthy within `deploy_timeout`, then still healthy after `min_ready` (a
+/// worker's steady run already covers `min_ready`).
+async fn gate(inner: &Inner, rec: &DeploymentRecord, new: &New, slot: u32) -> Result<(), String> {
+    let spec: &AppSpec = &rec.spec;
+    let deadline = Instant::now() + spec.deploy_timeout;
+    let mut res = ready(inner, spec, &new.id, new.addr, deadline).await;
+    if res.is_ok() && !spec.min_ready.is_zero() && !spec.is_worker() {
+        tokio::time::sleep(spec.min_ready).await;
+        let deadline = Instant::now() + spec.health.timeout;
+        res = ready(inner, spec, &new.id, new.addr, deadline)
             .await
             .map_err(|e| format!("unhealthy again after min_ready {:?}: {e}", spec.min_ready));
     }
@@ -651,26 +790,27 @@ async fn abort(inner: &Arc<Inner>, rec: &DeploymentRecord, progress: &mut Progre
             .ok()
             .flatten()
             .map(|d| d.spec);
-        let (health, host) = match &old_spec {
-            Some(s) => (s.health.clone(), s.domains[0].to_string()),
-            None => (Default::default(), String::from("localhost")),
-        };
         let deadline = Instant::now()
             + old_spec
                 .as_ref()
                 .map_or(Duration::from_secs(60), |s| s.deploy_timeout);
-        if let Err(e) = inner
-            .health
-            .wait_healthy(
-                inner.rt.as_ref(),
-                &old.container_id,
-                addr,
-                &host,
-                &health,
-                deadline,
-            )
-            .await
-        {
+        let res = match &old_spec {
+            Some(s) => ready(inner, s, &old.container_id, addr, deadline).await,
+            None => {
+                inner
+                    .health
+                    .wait_healthy(
+                        inner.rt.as_ref(),
+                        &old.container_id,
+                        addr,
+                        "localhost",
+                        &Default::default(),
+                        deadline,
+                    )
+                    .await
+            }
+        };
+        if let Err(e) = res {
             inner.warn(format!(
                 "abort: old {} did not become healthy again: {e}",
                 old.name

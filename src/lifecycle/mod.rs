@@ -184,10 +184,69 @@ impl Inherited {
         Ok((l, Origin::Bound))
     }
 
+    /// Takes every inherited descriptor whose name starts with `prefix` (frontend listeners,
+    /// `frontend.NAME.I`), to be claimed by name later through [`FrontendSockets`].
+    pub fn take_prefix(&mut self, prefix: &str) -> FrontendSockets {
+        let names: Vec<String> = self
+            .fds
+            .keys()
+            .filter(|n| n.starts_with(prefix))
+            .cloned()
+            .collect();
+        let mut fds = HashMap::new();
+        for n in names {
+            if let Some(v) = self.fds.remove(&n) {
+                fds.insert(n, v);
+            }
+        }
+        FrontendSockets {
+            fds: std::sync::Mutex::new(fds),
+        }
+    }
+
     /// Closes the descriptors nobody claimed (systemd keeps its own copies listening) and
     /// returns their names.
     pub fn close_unclaimed(&mut self) -> Vec<String> {
         self.fds.drain().map(|(name, _)| name).collect()
+    }
+}
+
+/// Inherited frontend listeners (upgrade hand-over, socket activation, fd store), claimed by
+/// name when the frontend starts; a name with no inherited socket, or one listening on another
+/// address than the frontend now wants, is bound fresh.
+#[derive(Debug, Default)]
+pub struct FrontendSockets {
+    fds: std::sync::Mutex<HashMap<String, (OwnedFd, Origin)>>,
+}
+
+impl FrontendSockets {
+    /// The inherited socket named `name` if it listens on `addr` (port 0: any port), else a
+    /// fresh bind of `addr`.
+    pub fn listen(
+        &self,
+        name: &str,
+        addr: SocketAddr,
+    ) -> Result<(std::net::TcpListener, Origin), ListenError> {
+        let taken = self.fds.lock().ok().and_then(|mut m| m.remove(name));
+        if let Some((fd, origin)) = taken {
+            let l = std::net::TcpListener::from(fd);
+            let matches = l.local_addr().is_ok_and(|local| {
+                local.ip() == addr.ip() && (addr.port() == 0 || local.port() == addr.port())
+            });
+            if matches && l.set_nonblocking(true).is_ok() {
+                return Ok((l, origin));
+            }
+            tracing::info!(%name, %addr, "inherited listener is for another address; binding anew");
+        }
+        Ok((bind_tcp(name, addr)?, Origin::Bound))
+    }
+
+    /// Closes what nobody claimed and returns the names.
+    pub fn close_unclaimed(&self) -> Vec<String> {
+        self.fds
+            .lock()
+            .map(|mut m| m.drain().map(|(n, _)| n).collect())
+            .unwrap_or_default()
     }
 }
 

@@ -67,6 +67,16 @@ pub fn store_fd(name: &str, fd: BorrowedFd<'_>) {
     }
 }
 
+/// Removes the descriptors named `name` from systemd's fd store (a listener closed for good).
+pub fn remove_fd(name: &str) {
+    if !enabled() {
+        return;
+    }
+    if let Err(e) = sd_notify::notify(&[NotifyState::FdStoreRemove, NotifyState::FdName(name)]) {
+        tracing::debug!(error = %e, %name, "fd store not available");
+    }
+}
+
 /// Watchdog interval requested by systemd for this process, if any.
 pub fn watchdog_interval() -> Option<Duration> {
     sd_notify::watchdog_enabled()

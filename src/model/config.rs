@@ -741,6 +741,9 @@ pub struct Config {
     pub routes: Vec<RouteSpec>,
     pub tls: TlsConfig,
     pub deploy: DeployConfig,
+    /// Extra listeners (`mode: tcp`) and the pools they send to (read-only through the API).
+    pub frontends: Vec<crate::model::frontend::FrontendSpec>,
+    pub pools: Vec<crate::model::pool::PoolSpec>,
 }
 
 impl Default for Config {
@@ -755,6 +758,8 @@ impl Default for Config {
             routes: Vec::new(),
             tls: TlsConfig::default(),
             deploy: DeployConfig::default(),
+            frontends: Vec::new(),
+            pools: Vec::new(),
         }
     }
 }
@@ -898,8 +903,35 @@ impl Config {
             ));
         }
         validate_routes("routes", &self.routes)?;
+        self.validate_frontends()?;
         self.validate_api_hosts()?;
         self.validate_api_domain()
+    }
+
+    /// The daemon's own listeners, which no frontend may overlap.
+    pub fn reserved_listeners(&self) -> Vec<(&'static str, std::net::SocketAddr)> {
+        let mut r = vec![("http", self.http.listen), ("api", self.api.listen)];
+        if self.tls.is_enabled() {
+            r.push(("https", self.tls.listen));
+        }
+        r
+    }
+
+    /// `frontends` and `pools`: each valid, names unique, pools exist, binds do not overlap.
+    fn validate_frontends(&self) -> Result<(), RouteError> {
+        let f: Vec<_> = self
+            .frontends
+            .iter()
+            .enumerate()
+            .map(|(i, f)| (format!("frontends[{i}]"), f))
+            .collect();
+        let p: Vec<_> = self
+            .pools
+            .iter()
+            .enumerate()
+            .map(|(i, p)| (format!("pools[{i}]"), p))
+            .collect();
+        crate::model::frontend::validate_set(&f, &p, &self.reserved_listeners())
     }
 
     /// `api.allowed_hosts`: host names (no wildcards) or IP addresses.

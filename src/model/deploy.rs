@@ -23,11 +23,14 @@ pub enum Strategy {
 }
 
 /// HTTP health check run against each new replica before it is routed.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields, default)]
+#[derive(Clone, Debug, PartialEq, Eq, Deserialize)]
+#[serde(from = "RawHealthSpec")]
 pub struct HealthSpec {
     /// Path requested with GET; a 2xx or 3xx answer is healthy.
     pub path: String,
+    /// Whether the spec named `path` (a worker must not: it has no HTTP check). Stored specs
+    /// keep it: `path` is written only when it was given.
+    pub path_given: bool,
     /// Pause between two checks.
     #[serde(with = "humantime_serde")]
     pub interval: Duration,
@@ -36,9 +39,53 @@ pub struct HealthSpec {
     pub timeout: Duration,
 }
 
+impl Serialize for HealthSpec {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        #[derive(Serialize)]
+        struct Written<'a> {
+            #[serde(skip_serializing_if = "Option::is_none")]
+            path: Option<&'a str>,
+            #[serde(with = "humantime_serde")]
+            interval: Duration,
+            #[serde(with = "humantime_serde")]
+            timeout: Duration,
+        }
+        Written {
+            path: self.path_given.then_some(self.path.as_str()),
+            interval: self.interval,
+            timeout: self.timeout,
+        }
+        .serialize(s)
+    }
+}
+
+/// `HealthSpec` as written, to know whether `path` was given.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawHealthSpec {
+    path: Option<String>,
+    #[serde(default, with = "humantime_serde::option")]
+    interval: Option<Duration>,
+    #[serde(default, with = "humantime_serde::option")]
+    timeout: Option<Duration>,
+}
+
+impl From<RawHealthSpec> for HealthSpec {
+    fn from(r: RawHealthSpec) -> Self {
+        let d = HealthSpec::default();
+        HealthSpec {
+            path_given: r.path.is_some(),
+            path: r.path.unwrap_or(d.path),
+            interval: r.interval.unwrap_or(d.interval),
+            timeout: r.timeout.unwrap_or(d.timeout),
+        }
+    }
+}
+
 impl Default for HealthSpec {
     fn default() -> Self {
         Self {
+            path_given: false,
             path: "/".into(),
             interval: Duration::from_millis(500),
             timeout: Duration::from_secs(2),
@@ -65,6 +112,9 @@ fn default_deploy_timeout() -> Duration {
 pub struct AppSpec {
     /// Image reference (`name:tag`) or image id (`sha256:…`).
     pub image: String,
+    /// Where the app answers. Empty: a worker (no route; healthy once its container runs
+    /// steadily, see `AppSpec::is_worker`).
+    #[serde(default)]
     pub domains: Vec<Domain>,
     #[serde(default)]
     pub aliases: Vec<Domain>,
@@ -453,7 +503,32 @@ pub fn validate_app_name(name: &str) -> Result<(), SpecError> {
     }
 }
 
+/// How long a worker's container must run without restarting to pass its gate when the
+/// spec sets no `min_ready`.
+pub const WORKER_STEADY: Duration = Duration::from_secs(3);
+
 impl AppSpec {
+    /// An app without domains: a background worker (no route, no HTTP health check).
+    pub fn is_worker(&self) -> bool {
+        self.domains.is_empty()
+    }
+
+    /// The Host header of HTTP health checks (workers have none).
+    pub fn health_host(&self) -> String {
+        self.domains
+            .first()
+            .map_or_else(|| "localhost".to_string(), |d| d.to_string())
+    }
+
+    /// A worker's gate: how long its container must run without restarting.
+    pub fn worker_steady(&self) -> Duration {
+        if self.min_ready.is_zero() {
+            WORKER_STEADY
+        } else {
+            self.min_ready
+        }
+    }
+
     /// Checks everything serde cannot: the first problem found, naming its field.
     pub fn validate(&self) -> Result<(), SpecError> {
         let image = self.image.trim();
@@ -463,8 +538,22 @@ impl AppSpec {
         if image.chars().any(|c| c.is_whitespace() || c.is_control()) {
             return Err(err("image", format!("{image:?} contains whitespace")));
         }
-        if self.domains.is_empty() {
-            return Err(err("domains", "an app needs at least one domain"));
+        if self.is_worker() {
+            if !self.aliases.is_empty() {
+                return Err(err(
+                    "aliases",
+                    "an app without domains (a worker) has no route, so no aliases",
+                ));
+            }
+            if self.health.path_given {
+                return Err(err(
+                    "health.path",
+                    "an app without domains (a worker) gets no HTTP health check: it is healthy \
+                     once its container has run without restarting for min_ready (default \
+                     3s), or when its Docker HEALTHCHECK says so; remove health.path or add \
+                     domains",
+                ));
+            }
         }
         let mut seen = BTreeSet::new();
         for (i, d) in self.domains.iter().enumerate() {
@@ -1125,11 +1214,45 @@ mod tests {
     }
 
     #[test]
+    fn workers_have_no_domains_and_keep_their_health_spec_path_free() {
+        let w = spec(r#"{"image":"x","replicas":2,"health":{"interval":"1s"}}"#);
+        assert!(w.is_worker());
+        w.validate().unwrap();
+        assert_eq!(w.worker_steady(), WORKER_STEADY);
+        assert_eq!(w.health_host(), "localhost");
+        // Stored and read back (rollback validates again): still without a path.
+        let back: AppSpec = serde_json::from_str(&serde_json::to_string(&w).unwrap()).unwrap();
+        assert_eq!(back, w);
+        back.validate().unwrap();
+        let slow = spec(r#"{"image":"x","domains":[],"min_ready":"7s"}"#);
+        assert_eq!(slow.worker_steady(), Duration::from_secs(7));
+        // A web app's given path survives the round trip; a defaulted one stays defaulted.
+        let web = spec(r#"{"image":"x","domains":["a.com"],"health":{"path":"/up"}}"#);
+        let back: AppSpec = serde_json::from_str(&serde_json::to_string(&web).unwrap()).unwrap();
+        assert_eq!(
+            (back.health.path.as_str(), back.health.path_given),
+            ("/up", true)
+        );
+        let plain = spec(r#"{"image":"x","domains":["a.com"]}"#);
+        assert_eq!(
+            (plain.health.path.as_str(), plain.health.path_given),
+            ("/", false)
+        );
+        assert!(!plain.is_worker());
+    }
+
+    #[test]
     fn validation_names_the_field() {
         let cases: &[(&str, &str)] = &[
             (r#"{"image":" ","domains":["a.com"]}"#, "image"),
             (r#"{"image":"a b","domains":["a.com"]}"#, "image"),
-            (r#"{"image":"x","domains":[]}"#, "domains"),
+            // No domains: a worker, which has no HTTP check and no route.
+            (
+                r#"{"image":"x","domains":[],"health":{"path":"/up"}}"#,
+                "health.path",
+            ),
+            (r#"{"image":"x","health":{"path":"/"}}"#, "health.path"),
+            (r#"{"image":"x","aliases":["a.com"]}"#, "aliases"),
             (r#"{"image":"x","domains":["a.com","a.com"]}"#, "domains[1]"),
             (
                 r#"{"image":"x","domains":["a.com"],"aliases":["a.com"]}"#,

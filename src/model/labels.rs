@@ -115,7 +115,9 @@ pub fn parse(name: &str, labels: &HashMap<String, String>) -> Parsed {
             }
         }
     }
-    if domains.is_empty() {
+    let managed = labels.get(MANAGED).map(String::as_str) == Some("true");
+    // A worker Berth started has no domain; a hand-started container needs one to be routed.
+    if domains.is_empty() && !managed {
         return bad("berth.domain.0", "is missing: an app needs a domain".into());
     }
     if let Some(((n, _), _)) = aliases.iter().find(|((n, _), _)| !domains.contains_key(n)) {
@@ -131,7 +133,7 @@ pub fn parse(name: &str, labels: &HashMap<String, String>) -> Parsed {
         aliases: aliases.into_values().collect(),
         port,
         health_path,
-        managed: labels.get(MANAGED).map(String::as_str) == Some("true"),
+        managed,
     })
 }
 

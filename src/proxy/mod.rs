@@ -14,6 +14,7 @@ pub mod https;
 pub mod net;
 pub mod response;
 pub mod server;
+pub mod tcp;
 pub mod upstream;
 
 use std::sync::{Arc, OnceLock};

@@ -139,6 +139,7 @@ impl DockerRuntime {
                 None
             },
             health,
+            restart_count: c.restart_count.unwrap_or(0),
         })
     }
 }

@@ -108,6 +108,8 @@ pub struct ContainerInfo {
     /// Address on the runtime's network, if attached and running.
     pub address: Option<IpAddr>,
     pub health: Option<DockerHealth>,
+    /// Restarts by Docker's restart policy (a worker's gate wants none while it waits).
+    pub restart_count: i64,
 }
 
 impl ContainerInfo {

@@ -54,6 +54,31 @@ CREATE TABLE IF NOT EXISTS deploy_events (
 );
 ";
 
+/// Where an in-flight deployment stands when its process hands it to a successor (upgrade):
+/// who may write it (`owner`, a process id), whom it was handed to, and the engine's own JSON
+/// (plan position and what it did so far). A row exists only while a deployment is paused at
+/// a step boundary or handed over; `finish` deletes it. Idempotent, like `MIGRATION_SQL`.
+pub const CHECKPOINTS_MIGRATION_SQL: &str = "
+CREATE TABLE IF NOT EXISTS deploy_checkpoints (
+    deployment TEXT PRIMARY KEY,
+    owner      INTEGER NOT NULL,
+    handed_to  INTEGER,
+    checkpoint TEXT NOT NULL,
+    updated_at INTEGER NOT NULL
+);
+";
+
+/// A stored deployment checkpoint (see `CHECKPOINTS_MIGRATION_SQL`).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct StoredCheckpoint {
+    /// The process that paused the deployment (and wrote it until then).
+    pub owner: u32,
+    /// The process it was handed to, once handed over.
+    pub handed_to: Option<u32>,
+    /// The engine's JSON.
+    pub data: String,
+}
+
 /// Event logs kept per app: those of older deployments are deleted when one finishes.
 pub const EVENT_LOGS_KEPT: usize = 50;
 
@@ -159,12 +184,23 @@ pub trait DeploymentStore: Send + Sync + 'static {
     fn add_event(&self, deployment: &str, ev: &StoredEvent) -> Result<(), DeploymentStoreError>;
     /// A deployment's event log, oldest first (empty when none was kept).
     fn events(&self, deployment: &str) -> Result<Vec<StoredEvent>, DeploymentStoreError>;
+    /// Records where deployment `id` stands, written by process `owner` (not handed over).
+    fn save_checkpoint(&self, id: &str, owner: u32, data: &str)
+        -> Result<(), DeploymentStoreError>;
+    /// Hands the checkpointed deployment `id` from process `from` (now its owner of record:
+    /// the one `to` waits for) to process `to`.
+    fn hand_over(&self, id: &str, from: u32, to: u32) -> Result<(), DeploymentStoreError>;
+    /// The checkpoint of deployment `id`, if it has one.
+    fn checkpoint(&self, id: &str) -> Result<Option<StoredCheckpoint>, DeploymentStoreError>;
+    /// Forgets the checkpoint of `id` (its owner carries on writing it).
+    fn drop_checkpoint(&self, id: &str) -> Result<(), DeploymentStoreError>;
 }
 
 /// Creates this module's tables; adds the `secrets` column to tables made before it existed.
 pub fn migrate(conn: &Connection) -> Result<(), DeploymentStoreError> {
     conn.execute_batch(MIGRATION_SQL)?;
     conn.execute_batch(EVENTS_MIGRATION_SQL)?;
+    conn.execute_batch(CHECKPOINTS_MIGRATION_SQL)?;
     let has_secrets: bool = conn.query_row(
         "SELECT COUNT(*) > 0 FROM pragma_table_info('deployments') WHERE name = 'secrets'",
         [],
@@ -354,7 +390,71 @@ pub fn finish(
             params![id],
         )?;
     }
+    // A finished deployment is nobody's to resume.
+    tx.execute(
+        "DELETE FROM deploy_checkpoints WHERE deployment = ?1",
+        params![id],
+    )?;
     tx.commit()?;
+    Ok(())
+}
+
+pub fn save_checkpoint(
+    conn: &Connection,
+    id: &str,
+    owner: u32,
+    data: &str,
+    at: i64,
+) -> Result<(), DeploymentStoreError> {
+    conn.execute(
+        "INSERT INTO deploy_checkpoints (deployment, owner, handed_to, checkpoint, updated_at)
+         VALUES (?1, ?2, NULL, ?3, ?4)
+         ON CONFLICT(deployment) DO UPDATE SET owner = excluded.owner, handed_to = NULL,
+           checkpoint = excluded.checkpoint, updated_at = excluded.updated_at",
+        params![id, owner, data, at],
+    )?;
+    Ok(())
+}
+
+pub fn hand_over(
+    conn: &Connection,
+    id: &str,
+    from: u32,
+    to: u32,
+    at: i64,
+) -> Result<(), DeploymentStoreError> {
+    conn.execute(
+        "UPDATE deploy_checkpoints SET owner = ?2, handed_to = ?3, updated_at = ?4 \
+         WHERE deployment = ?1",
+        params![id, from, to, at],
+    )?;
+    Ok(())
+}
+
+pub fn checkpoint(
+    conn: &Connection,
+    id: &str,
+) -> Result<Option<StoredCheckpoint>, DeploymentStoreError> {
+    Ok(conn
+        .query_row(
+            "SELECT owner, handed_to, checkpoint FROM deploy_checkpoints WHERE deployment = ?1",
+            params![id],
+            |r| {
+                Ok(StoredCheckpoint {
+                    owner: r.get(0)?,
+                    handed_to: r.get(1)?,
+                    data: r.get(2)?,
+                })
+            },
+        )
+        .optional()?)
+}
+
+pub fn drop_checkpoint(conn: &Connection, id: &str) -> Result<(), DeploymentStoreError> {
+    conn.execute(
+        "DELETE FROM deploy_checkpoints WHERE deployment = ?1",
+        params![id],
+    )?;
     Ok(())
 }
 
@@ -491,6 +591,14 @@ pub fn events(
     Ok(rows.collect::<Result<_, _>>()?)
 }
 
+/// Unix milliseconds now.
+pub fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0)
+}
+
 /// `DeploymentStore` over one SQLite connection (the store's single writer).
 pub struct SqliteDeployments {
     conn: Mutex<Connection>,
@@ -583,6 +691,23 @@ impl DeploymentStore for SqliteDeployments {
     fn events(&self, deployment: &str) -> Result<Vec<StoredEvent>, DeploymentStoreError> {
         self.with(|c| events(c, deployment))
     }
+    fn save_checkpoint(
+        &self,
+        id: &str,
+        owner: u32,
+        data: &str,
+    ) -> Result<(), DeploymentStoreError> {
+        self.with(|c| save_checkpoint(c, id, owner, data, now_ms()))
+    }
+    fn hand_over(&self, id: &str, from: u32, to: u32) -> Result<(), DeploymentStoreError> {
+        self.with(|c| hand_over(c, id, from, to, now_ms()))
+    }
+    fn checkpoint(&self, id: &str) -> Result<Option<StoredCheckpoint>, DeploymentStoreError> {
+        self.with(|c| checkpoint(c, id))
+    }
+    fn drop_checkpoint(&self, id: &str) -> Result<(), DeploymentStoreError> {
+        self.with(|c| drop_checkpoint(c, id))
+    }
 }
 
 #[cfg(test)]
@@ -611,6 +736,39 @@ mod tests {
             stage: stage.into(),
             message: format!("{stage} at {at}"),
         }
+    }
+
+    #[test]
+    fn checkpoints_are_handed_over_and_end_with_the_deployment() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("berth.db");
+        let s = SqliteDeployments::open(&path).unwrap();
+        s.insert(&rec("d1", "web", 1)).unwrap();
+        assert_eq!(s.checkpoint("d1").unwrap(), None);
+        s.save_checkpoint("d1", 10, "{\"step\":3}").unwrap();
+        s.hand_over("d1", 10, 11).unwrap();
+        // A second process (the successor) reads what the first wrote.
+        let other = SqliteDeployments::open(&path).unwrap();
+        assert_eq!(
+            other.checkpoint("d1").unwrap(),
+            Some(StoredCheckpoint {
+                owner: 10,
+                handed_to: Some(11),
+                data: "{\"step\":3}".into()
+            })
+        );
+        // Saving again (paused again by its new owner) clears the hand-over.
+        other.save_checkpoint("d1", 11, "{}").unwrap();
+        assert_eq!(s.checkpoint("d1").unwrap().unwrap().handed_to, None);
+        s.drop_checkpoint("d1").unwrap();
+        assert_eq!(s.checkpoint("d1").unwrap(), None);
+        s.save_checkpoint("d1", 11, "{}").unwrap();
+        other.finish("d1", DeployState::Succeeded, None, 5).unwrap();
+        assert_eq!(
+            s.checkpoint("d1").unwrap(),
+            None,
+            "finished: nobody resumes it"
+        );
     }
 
     #[test]

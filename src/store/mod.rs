@@ -8,6 +8,7 @@
 //! so a committed change survives a power cut): async callers use `spawn_blocking`.
 
 pub mod deployments;
+mod frontends;
 pub mod registry;
 pub mod secrets;
 mod tokens;
@@ -221,6 +222,10 @@ const MIGRATIONS: &[&str] = &[
         app        TEXT PRIMARY KEY,
         deleted_at INTEGER NOT NULL
      );",
+    // 6: checkpoints of deployments paused or handed over during an upgrade.
+    deployments::CHECKPOINTS_MIGRATION_SQL,
+    // 7: frontends and pools created through the API.
+    frontends::MIGRATION_SQL,
 ];
 
 fn now() -> i64 {
@@ -547,6 +552,26 @@ impl deployments::DeploymentStore for Store {
     }
     fn events(&self, deployment: &str) -> Result<Vec<StoredEvent>, DeploymentStoreError> {
         self.dwith(|c| deployments::events(c, deployment))
+    }
+    fn save_checkpoint(
+        &self,
+        id: &str,
+        owner: u32,
+        data: &str,
+    ) -> Result<(), DeploymentStoreError> {
+        self.dwith(|c| deployments::save_checkpoint(c, id, owner, data, deployments::now_ms()))
+    }
+    fn hand_over(&self, id: &str, from: u32, to: u32) -> Result<(), DeploymentStoreError> {
+        self.dwith(|c| deployments::hand_over(c, id, from, to, deployments::now_ms()))
+    }
+    fn checkpoint(
+        &self,
+        id: &str,
+    ) -> Result<Option<deployments::StoredCheckpoint>, DeploymentStoreError> {
+        self.dwith(|c| deployments::checkpoint(c, id))
+    }
+    fn drop_checkpoint(&self, id: &str) -> Result<(), DeploymentStoreError> {
+        self.dwith(|c| deployments::drop_checkpoint(c, id))
     }
 }
 

@@ -652,20 +652,6 @@ impl RouteRegistry {
         Ok(outcomes)
     }
 
-    /// Rebuilds the served table from the same route set and publishes it, under the writer
-    /// lock so it cannot overwrite a concurrent change. For writers of runtime state that is
-    /// not in any spec (health transitions, slow-start ramp steps): they must call this
-    /// instead of publishing a rebuilt table themselves.
-    pub async fn republish(&self) -> Result<(), ChangeError> {
-        let inner = self.inner.lock().await;
-        let dynamic = self.published();
-        let entries = with_dynamic(inner.entries(), &dynamic);
-        let table =
-            build(&entries, &self.publisher.current()).map_err(|e| absolute_error(&entries, e))?;
-        self.publisher.publish(table);
-        Ok(())
-    }
-
     /// Replaces the static routes (config reload). Stored routes and overrides stay. Nothing
     /// is persisted; an invalid combination changes nothing.
     pub async fn replace_statics(&self, statics: Vec<RouteSpec>) -> Result<(), ChangeError> {

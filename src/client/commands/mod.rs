@@ -1,0 +1,93 @@
+//! One function per CLI command, one file per command group. Each talks to the API through
+//! `Api`, prints through `Out`, and returns the process exit code (0 only when the thing asked
+//! for happened). `run` is the only dispatch; a new command group is a new file here plus one
+//! arm below.
+
+mod apps;
+mod certs;
+mod deploy;
+mod init;
+mod routes;
+mod server;
+
+pub use deploy::follow_deployment;
+
+use serde_json::Value;
+
+use super::api::Api;
+use super::output::Out;
+use super::settings::Settings;
+use super::{AppsCmd, CertsCmd, Cli, ClientError, Command};
+
+fn seg(s: &str) -> String {
+    // Path segments are names/ids; percent-encode anything unusual.
+    url::form_urlencoded::byte_serialize(s.as_bytes()).collect()
+}
+
+async fn connect(cli_servers: &[String]) -> Result<(String, Api), ClientError> {
+    let settings = Settings::load()?;
+    let (name, server) = settings.resolve(cli_servers.first().map(String::as_str))?;
+    let api = Api::new(&server)?;
+    api.check_version().await?;
+    Ok((name, api))
+}
+
+pub async fn run(cli: Cli, out: &Out) -> Result<u8, ClientError> {
+    let g = cli.global;
+    match cli.command {
+        Command::Server(cmd) => server::server(cmd, out).await,
+        Command::Init { name, force } => init::init(name, force, out),
+        Command::Completions { shell } => init::completions(&shell),
+        Command::Deploy {
+            file,
+            image_tar,
+            detach,
+        } => deploy::deploy(&g.server, &file, image_tar, detach, out).await,
+        Command::Apps {
+            action: Some(AppsCmd::Delete { app, keep_history }),
+        } => apps::delete(&g.server, app, keep_history, out).await,
+        Command::Apps {
+            action: None | Some(AppsCmd::List),
+        } => apps::list_apps(&g.server, out).await,
+        Command::Status { app } => apps::status(&g.server, app, out).await,
+        Command::Deployments { app } => apps::deployments(&g.server, app, out).await,
+        Command::Rollback { app, deployment } => {
+            apps::rollback(&g.server, app, deployment, out).await
+        }
+        Command::Stop { app } => apps::stop(&g.server, app, out).await,
+        Command::Logs { app, follow, tail } => apps::logs(&g.server, app, follow, tail, out).await,
+        Command::Routes(cmd) => routes::routes(&g.server, cmd, out).await,
+        Command::Backends { route, action } => {
+            routes::backends(&g.server, &route, action, out).await
+        }
+        Command::Certs { action } => {
+            certs::certs(&g.server, action.unwrap_or(CertsCmd::List), out).await
+        }
+    }
+}
+
+/// Unix milliseconds (or seconds) from the API as an RFC 3339 time; other text unchanged.
+pub(super) fn when(v: &str) -> String {
+    match v.parse::<u64>() {
+        Ok(n) => {
+            let secs = if n > 100_000_000_000 { n / 1000 } else { n };
+            humantime::format_rfc3339_seconds(
+                std::time::UNIX_EPOCH + std::time::Duration::from_secs(secs),
+            )
+            .to_string()
+        }
+        Err(_) => v.to_string(),
+    }
+}
+
+pub(super) fn list<'a>(v: &'a Value, key: &str) -> Vec<&'a Value> {
+    match v {
+        Value::Array(a) => a.iter().collect(),
+        Value::Object(o) => o
+            .get(key)
+            .and_then(Value::as_array)
+            .map(|a| a.iter().collect())
+            .unwrap_or_default(),
+        _ => Vec::new(),
+    }
+}

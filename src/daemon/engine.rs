@@ -1,0 +1,126 @@
+//! The deploy engine inside the daemon: started per `deploy.enabled`, its history in the
+//! daemon's one `Store`, its routes published through the route registry (`RegistryRoutes`,
+//! the only `RoutePublisher` the daemon and the tests use). The registry builds one whole
+//! `RouteTable` from config, stored and engine routes on every change: one atomic swap,
+//! counters carried over. A change that does not validate (a domain already taken) is refused
+//! and changes nothing.
+
+use std::sync::Arc;
+
+use super::DaemonError;
+use crate::deploy::RoutePublisher;
+use crate::model::config::Config;
+use crate::model::route::{RouteSpec, RouteTable};
+use crate::store::registry::RouteRegistry;
+
+/// The proxy's health of a backend (what it routes by), if the backend is in `table`.
+fn backend_healthy(table: &RouteTable, route: &str, backend_id: &str) -> Option<bool> {
+    table
+        .route(route)?
+        .backends
+        .iter()
+        .find(|b| b.id == backend_id)
+        .map(|b| b.health.is_up())
+}
+
+/// Why the deploy engine could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum EngineStartError {
+    #[error("docker: {0}")]
+    Runtime(#[from] crate::runtime::RuntimeError),
+    #[error(transparent)]
+    Deploy(#[from] crate::deploy::DeployError),
+}
+
+/// `RoutePublisher` over the daemon's route registry: the engine's routes become one more
+/// input of the registry's table build, next to config and API routes (see
+/// `store::registry`), so neither side overwrites the other and a config reload keeps them.
+pub struct RegistryRoutes(pub Arc<crate::store::registry::RouteRegistry>);
+
+impl RoutePublisher for RegistryRoutes {
+    fn set_routes(&self, key: &str, routes: Vec<RouteSpec>) -> Result<(), String> {
+        self.0.set_dynamic(key, routes).map_err(|e| e.to_string())
+    }
+
+    fn check_routes(&self, key: &str, routes: Vec<RouteSpec>) -> Result<(), String> {
+        self.0.check_dynamic(key, routes).map_err(|e| match e {
+            crate::store::registry::ChangeError::Conflict { message, .. } => message,
+            other => other.to_string(),
+        })
+    }
+
+    fn inflight(&self, route: &str, backend_id: &str) -> Option<u64> {
+        let t = self.0.table();
+        t.route(route)?
+            .backends
+            .iter()
+            .find(|b| b.id == backend_id)
+            .map(|b| b.stats.inflight.load(std::sync::atomic::Ordering::Relaxed))
+    }
+
+    fn healthy(&self, route: &str, backend_id: &str) -> Option<bool> {
+        backend_healthy(&self.0.table(), route, backend_id)
+    }
+}
+
+/// Starts the deploy engine inside the daemon: history in the daemon's `Store` (the one
+/// connection to `berth.db`), routes published through `registry`. Returns as soon as what
+/// runs is routed; reconcile continues in the background (`Engine::reconciled`).
+pub async fn start_engine_with_registry(
+    registry: Arc<crate::store::registry::RouteRegistry>,
+    network: &str,
+    cfg: crate::deploy::EngineConfig,
+) -> Result<crate::deploy::Engine, EngineStartError> {
+    let store = registry.store().clone();
+    let rt = crate::runtime::DockerRuntime::connect(network).await?;
+    let publisher = Arc::new(RegistryRoutes(registry));
+    Ok(crate::deploy::Engine::start(Arc::new(rt), store, publisher, cfg).await?)
+}
+
+/// Starts the deploy engine per `deploy.enabled`: `off` → none; `auto` → none with one
+/// warning when Docker does not answer; `required` → that is an error.
+pub(super) async fn start(
+    config: &Config,
+    registry: &Arc<RouteRegistry>,
+    store_damaged: Option<String>,
+) -> Result<Option<Arc<crate::deploy::Engine>>, DaemonError> {
+    use crate::model::config::DeployEnabled;
+    let d = &config.deploy;
+    if d.enabled == DeployEnabled::Off {
+        tracing::info!("deploy engine off (deploy.enabled: off)");
+        return Ok(None);
+    }
+    // api: app secrets are sealed with this key (created here, logged, when missing).
+    let secrets = match crate::store::secrets::SecretsKey::load_or_create(&config.data_dir) {
+        Ok((key, _)) => Some(Arc::new(key)),
+        // A degraded store refuses deploys anyway: route what runs without the key.
+        Err(e) if store_damaged.is_some() => {
+            tracing::error!(error = %e, "secrets key unavailable (the data dir is unusable)");
+            None
+        }
+        Err(e) => return Err(e.into()),
+    };
+    let cfg = crate::deploy::EngineConfig {
+        keep_images: d.keep_images,
+        stop_grace: d.stop_grace,
+        store_damaged,
+        secrets,
+        allow_host_mounts: d.allow_host_mounts,
+        ..Default::default()
+    };
+    match start_engine_with_registry(registry.clone(), &d.network, cfg).await {
+        Ok(engine) => {
+            tracing::info!(network = %d.network, "deploy engine ready");
+            Ok(Some(Arc::new(engine)))
+        }
+        Err(e) if d.enabled == DeployEnabled::Auto => {
+            tracing::warn!(
+                error = %e,
+                "deploy engine not started (Docker unavailable); proxy and API run without \
+                 deploys; set deploy.enabled: required to make this fatal, or off to silence it"
+            );
+            Ok(None)
+        }
+        Err(e) => Err(e.into()),
+    }
+}

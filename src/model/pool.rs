@@ -1,0 +1,351 @@
+//! Pools: a named set of members (address, weight, admin state, connection limit), the
+//! balancer that picks one, an optional TCP health check and the optional PROXY protocol
+//! header sent to members. Pure types, parsing and validation; no I/O. A pool is referenced by
+//! name from frontends (and their rules); `frontend::validate_set` checks those references.
+//!
+//! Invariant: a `PoolSpec` that passed [`PoolSpec::validate`] has unique member ids and every
+//! member address parses as `ip:port`.
+
+use std::collections::BTreeSet;
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+use super::balance::rendezvous;
+use super::route::{RouteError, ServerState};
+
+/// Names of pools and frontends: 1-63 of `[a-z0-9_-]`, starting with a letter or digit.
+pub fn check_name(field: &str, name: &str) -> Result<(), RouteError> {
+    let ok = !name.is_empty()
+        && name.len() <= 63
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'_')
+        && name.as_bytes()[0].is_ascii_alphanumeric();
+    if ok {
+        Ok(())
+    } else {
+        Err(err(
+            field,
+            format!("{name:?} is not a valid name (1-63 of a-z, 0-9, '-', '_', starting with a letter or digit)"),
+        ))
+    }
+}
+
+pub(crate) fn err(field: impl Into<String>, message: impl Into<String>) -> RouteError {
+    RouteError {
+        field: field.into(),
+        message: message.into(),
+    }
+}
+
+/// How a pool picks a member for a new connection.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum PoolBalance {
+    /// Weighted round robin.
+    #[default]
+    RoundRobin,
+    /// Fewest open connections per unit of weight.
+    LeastConnections,
+    /// Consistent hash of the client IP address: a client keeps its member while that member
+    /// is usable; when one of N members leaves, only the clients it had (about 1/N) move.
+    Source,
+}
+
+/// PROXY protocol header sent to members before the client's bytes.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ProxyProtocol {
+    #[default]
+    None,
+    /// The binary version 2 header (HAProxy's `send-proxy-v2`).
+    V2,
+}
+
+fn default_weight() -> u32 {
+    1
+}
+
+/// One member of a pool.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MemberSpec {
+    /// Stable identifier within the pool; defaults to the address.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub id: Option<String>,
+    /// `ip:port` (`[v6]:port`).
+    pub address: String,
+    /// Relative share, 0-1000 (0: no new connections).
+    #[serde(default = "default_weight")]
+    pub weight: u32,
+    /// ready | drain (open connections finish, new go elsewhere) | maint (open connections
+    /// are closed after `proxy.timeouts.drain`).
+    #[serde(default)]
+    pub state: ServerState,
+    /// Most open connections at once; a full member gets no new ones (0 or absent: no limit).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_connections: Option<u32>,
+}
+
+impl MemberSpec {
+    pub fn id(&self) -> String {
+        self.id.clone().unwrap_or_else(|| self.address.clone())
+    }
+}
+
+fn default_check_interval() -> Duration {
+    Duration::from_secs(5)
+}
+fn default_check_timeout() -> Duration {
+    Duration::from_secs(2)
+}
+fn default_rise() -> u32 {
+    super::health::DEFAULT_RISE
+}
+fn default_fall() -> u32 {
+    super::health::DEFAULT_FALL
+}
+
+/// Active health check by TCP connect; with `send`, those bytes are written after connecting;
+/// with `expect`, the member must answer bytes containing that text within `timeout`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TcpCheckSpec {
+    #[serde(default = "default_check_interval", with = "humantime_serde")]
+    pub interval: Duration,
+    #[serde(default = "default_check_timeout", with = "humantime_serde")]
+    pub timeout: Duration,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub send: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub expect: Option<String>,
+    #[serde(default = "default_rise")]
+    pub rise: u32,
+    #[serde(default = "default_fall")]
+    pub fall: u32,
+}
+
+/// A pool as configured (config file `pools:` and `PUT /v1/pools/{name}`).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PoolSpec {
+    /// Unique name (the path names it in the API).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
+    #[serde(default)]
+    pub members: Vec<MemberSpec>,
+    #[serde(default)]
+    pub balance: PoolBalance,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub health_check: Option<TcpCheckSpec>,
+    #[serde(default)]
+    pub proxy_protocol: ProxyProtocol,
+}
+
+impl PoolSpec {
+    pub fn name(&self) -> &str {
+        self.name.as_deref().unwrap_or("")
+    }
+
+    /// Checks one pool; `at` is its field path (`pools[2]`, or `` for an API body).
+    pub fn validate(&self, at: &str) -> Result<(), RouteError> {
+        let f = |rest: &str| {
+            if at.is_empty() {
+                rest.to_string()
+            } else {
+                format!("{at}.{rest}")
+            }
+        };
+        check_name(&f("name"), self.name())?;
+        let mut ids = BTreeSet::new();
+        for (i, m) in self.members.iter().enumerate() {
+            let mf = f(&format!("members[{i}]"));
+            parse_member_address(&m.address).map_err(|msg| err(format!("{mf}.address"), msg))?;
+            if m.weight > 1000 {
+                return Err(err(format!("{mf}.weight"), "must be 0-1000"));
+            }
+            let id = m.id();
+            if id.is_empty() || id.len() > 200 || id.chars().any(|c| c.is_control()) {
+                return Err(err(
+                    format!("{mf}.id"),
+                    "must be 1-200 printable characters",
+                ));
+            }
+            if !ids.insert(id.clone()) {
+                return Err(err(format!("{mf}.id"), format!("duplicate member {id:?}")));
+            }
+        }
+        if let Some(h) = &self.health_check {
+            if h.interval < Duration::from_millis(100) {
+                return Err(err(f("health_check.interval"), "must be at least 100ms"));
+            }
+            if h.timeout.is_zero() {
+                return Err(err(f("health_check.timeout"), "must be more than 0"));
+            }
+            if h.rise == 0 || h.fall == 0 {
+                return Err(err(
+                    f("health_check.rise"),
+                    "rise and fall must be at least 1",
+                ));
+            }
+            if h.expect.as_deref().is_some_and(str::is_empty) {
+                return Err(err(f("health_check.expect"), "must not be empty"));
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Parses a member address: `ip:port` or `[ipv6]:port`, port 1-65535.
+pub fn parse_member_address(raw: &str) -> Result<SocketAddr, String> {
+    let addr: SocketAddr = raw
+        .trim()
+        .parse()
+        .map_err(|_| format!("{raw:?} is not an ip:port address"))?;
+    if addr.port() == 0 {
+        return Err(format!("{raw:?}: port must be 1-65535"));
+    }
+    if addr.ip().is_unspecified() {
+        return Err(format!("{raw:?}: cannot connect to an unspecified address"));
+    }
+    Ok(addr)
+}
+
+/// What the balancer sees of one member at pick time.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Candidate<'a> {
+    pub id: &'a str,
+    pub weight: u32,
+    /// Ready, health up, weight > 0 and below its connection limit.
+    pub usable: bool,
+    pub open: u64,
+}
+
+/// The source-hash pick: rendezvous hashing of the client IP over the usable members, so a
+/// member leaving moves only its own clients. Returns the member index.
+pub fn pick_source(client: std::net::IpAddr, members: &[Candidate<'_>]) -> Option<usize> {
+    let key = match client {
+        std::net::IpAddr::V4(v4) => v4.octets().to_vec(),
+        std::net::IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
+            Some(v4) => v4.octets().to_vec(),
+            None => v6.octets().to_vec(),
+        },
+    };
+    rendezvous(
+        &key,
+        members
+            .iter()
+            .enumerate()
+            .filter(|(_, c)| c.usable)
+            .map(|(i, c)| (i, c.id, c.weight)),
+    )
+}
+
+/// Least connections over the usable members; ties rotate from `start`.
+pub fn pick_least(start: usize, members: &[Candidate<'_>]) -> Option<usize> {
+    super::balance::least_loaded(
+        start,
+        members
+            .iter()
+            .enumerate()
+            .filter(|(_, c)| c.usable)
+            .map(|(i, c)| (i, c.open, c.weight)),
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::net::{IpAddr, Ipv4Addr};
+
+    fn pool(yaml: &str) -> PoolSpec {
+        serde_yaml::from_str(yaml).unwrap()
+    }
+
+    #[test]
+    fn parses_and_validates_a_pool() {
+        let p = pool(
+            "name: db\nbalance: source\nproxy_protocol: v2\nmembers:\n  - address: 10.0.0.1:5432\n    max_connections: 100\n  - id: b\n    address: '[::1]:5432'\n    state: drain\nhealth_check:\n  interval: 1s\n  send: PING\n  expect: PONG\n",
+        );
+        p.validate("pools[0]").unwrap();
+        assert_eq!(p.balance, PoolBalance::Source);
+        assert_eq!(p.proxy_protocol, ProxyProtocol::V2);
+        assert_eq!(p.members[0].id(), "10.0.0.1:5432");
+        assert_eq!(p.members[1].state, ServerState::Drain);
+        assert_eq!(
+            p.health_check.as_ref().unwrap().interval,
+            Duration::from_secs(1)
+        );
+    }
+
+    #[test]
+    fn bad_member_address_names_the_field() {
+        let p = pool("name: db\nmembers:\n  - address: 10.0.0.1:5432\n  - address: db.local\n");
+        let e = p.validate("pools[3]").unwrap_err();
+        assert_eq!(e.field, "pools[3].members[1].address");
+        let p = pool("name: db\nmembers:\n  - address: 10.0.0.1:0\n");
+        assert_eq!(p.validate("").unwrap_err().field, "members[0].address");
+        let p = pool("name: db\nmembers:\n  - address: 0.0.0.0:80\n");
+        assert_eq!(p.validate("").unwrap_err().field, "members[0].address");
+    }
+
+    #[test]
+    fn duplicate_ids_names_and_checks_are_rejected() {
+        let p = pool("name: db\nmembers:\n  - address: 10.0.0.1:1\n  - address: 10.0.0.1:1\n");
+        assert_eq!(p.validate("").unwrap_err().field, "members[1].id");
+        let p = pool("name: Bad Name\n");
+        assert_eq!(p.validate("").unwrap_err().field, "name");
+        let p = pool("name: db\nhealth_check:\n  interval: 1ms\n");
+        assert_eq!(p.validate("").unwrap_err().field, "health_check.interval");
+        assert!(serde_yaml::from_str::<PoolSpec>("name: db\nbalance: random\n").is_err());
+        assert!(serde_yaml::from_str::<PoolSpec>("name: db\nmembers: []\ntypo: 1\n").is_err());
+    }
+
+    fn cands(ids: &[String]) -> Vec<Candidate<'_>> {
+        ids.iter()
+            .map(|id| Candidate {
+                id,
+                weight: 1,
+                usable: true,
+                open: 0,
+            })
+            .collect()
+    }
+
+    #[test]
+    fn source_hash_moves_only_the_clients_of_a_leaving_member() {
+        let ids: Vec<String> = (0..5).map(|i| format!("10.0.0.{i}:80")).collect();
+        let all = cands(&ids);
+        let mut less = all.clone();
+        less[2].usable = false;
+        let (mut moved, n) = (0, 10_000u32);
+        for k in 0..n {
+            let ip = IpAddr::V4(Ipv4Addr::from(0x0a00_0000 + k * 7919));
+            let before = pick_source(ip, &all).unwrap();
+            let after = pick_source(ip, &less).unwrap();
+            if before != after {
+                assert_eq!(before, 2, "a client of a staying member moved");
+                moved += 1;
+            }
+        }
+        let frac = f64::from(moved) / f64::from(n);
+        assert!((0.15..0.25).contains(&frac), "moved {frac}");
+    }
+
+    #[test]
+    fn least_connections_skips_unusable_and_busy_members() {
+        let ids: Vec<String> = (0..3).map(|i| i.to_string()).collect();
+        let mut c = cands(&ids);
+        c[0].open = 5;
+        c[1].open = 1;
+        c[2].open = 0;
+        c[2].usable = false;
+        assert_eq!(pick_least(0, &c), Some(1));
+        c[1].usable = false;
+        assert_eq!(pick_least(0, &c), Some(0));
+        c[0].usable = false;
+        assert_eq!(pick_least(0, &c), None);
+    }
+}

@@ -1,0 +1,911 @@
+//! TCP mode: frontends that listen on their own addresses and send each connection to a member
+//! of a pool (`model::frontend`, `model::pool`). Listeners are data: a frontend put at runtime
+//! binds at once (a bind error changes nothing), a removed one stops accepting and its open
+//! connections drain (closed after `proxy.timeouts.drain`). Every listener is named
+//! (`frontend.NAME.I`) so the daemon can hand it to a successor or the systemd fd store.
+//!
+//! The accept path reads one `ArcSwap` of the pools and one of its frontend's spec; member
+//! counters and health are atomics shared across pool updates (same id and address). Changes
+//! are serialised by one control-plane mutex and follow validate → bind → persist → publish;
+//! the caller supplies the persist step (this module does not know the store).
+
+mod conn;
+mod health;
+pub mod proxy_v2;
+
+use std::collections::{BTreeMap, HashMap};
+use std::net::SocketAddr;
+use std::os::fd::{AsRawFd, BorrowedFd, OwnedFd};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use arc_swap::ArcSwap;
+use serde::Serialize;
+use thiserror::Error;
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+
+use super::server::ConnTracker;
+use crate::model::balance::RoundRobin;
+use crate::model::frontend::{listener_name, validate_set, FrontendSpec};
+use crate::model::health::BackendHealth;
+use crate::model::pool::{
+    parse_member_address, PoolBalance, PoolSpec, ProxyProtocol, TcpCheckSpec,
+};
+use crate::model::route::{RouteError, ServerState};
+
+/// Where listening sockets come from: an inherited one by name (upgrade, socket activation,
+/// fd store) or a fresh bind. The daemon implements it on top of `lifecycle`.
+pub trait ListenerSource: Send + Sync {
+    /// A listening, non-blocking socket for `addr`, named `name`.
+    fn listen(&self, name: &str, addr: SocketAddr) -> std::io::Result<std::net::TcpListener>;
+    /// The socket named `name` is closed for good (the fd store forgets it).
+    fn released(&self, name: &str);
+}
+
+#[derive(Debug, Error)]
+pub enum TcpError {
+    #[error("no {what} named {name:?}")]
+    NotFound { what: &'static str, name: String },
+    #[error("{what} {name:?} comes from the configuration file and is read-only through the API")]
+    ReadOnly { what: &'static str, name: String },
+    #[error("pool {pool:?} is used by frontend {frontend:?}")]
+    InUse { pool: String, frontend: String },
+    #[error(transparent)]
+    Invalid(#[from] RouteError),
+    #[error("{field}: cannot listen on {addr}: {source}")]
+    Bind {
+        field: String,
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
+}
+
+/// A change failed in this module or in the caller's persist step.
+#[derive(Debug)]
+pub enum ChangeError<E> {
+    Tcp(TcpError),
+    Persist(E),
+}
+
+impl<E> From<TcpError> for ChangeError<E> {
+    fn from(e: TcpError) -> Self {
+        ChangeError::Tcp(e)
+    }
+}
+
+impl<E> From<RouteError> for ChangeError<E> {
+    fn from(e: RouteError) -> Self {
+        ChangeError::Tcp(TcpError::Invalid(e))
+    }
+}
+
+/// Connection and byte counters of a frontend.
+#[derive(Debug, Default)]
+pub struct FrontendStats {
+    pub total: AtomicU64,
+    pub active: AtomicU64,
+    /// Connections closed because no member was usable or reachable.
+    pub failed: AtomicU64,
+    /// Client → member.
+    pub bytes_in: AtomicU64,
+    /// Member → client.
+    pub bytes_out: AtomicU64,
+}
+
+/// Runtime of a frontend shared with its accept tasks and connections.
+#[derive(Debug)]
+pub struct FrontendShared {
+    pub stats: FrontendStats,
+    /// Bumped to close every open connection of the frontend.
+    kill: watch::Sender<u64>,
+}
+
+/// Runtime of a member shared by every pool snapshot that holds it (same pool, id, address).
+#[derive(Debug)]
+pub struct MemberShared {
+    pub health: BackendHealth,
+    pub open: AtomicU64,
+    pub total: AtomicU64,
+    pub failures: AtomicU64,
+    pub bytes_in: AtomicU64,
+    pub bytes_out: AtomicU64,
+    /// Bumped to close every open connection to the member (maint).
+    kill: watch::Sender<u64>,
+    /// Unix ms of the next health check.
+    next_check_ms: AtomicU64,
+}
+
+impl MemberShared {
+    fn new() -> Self {
+        Self {
+            health: BackendHealth::new_up(0),
+            open: AtomicU64::new(0),
+            total: AtomicU64::new(0),
+            failures: AtomicU64::new(0),
+            bytes_in: AtomicU64::new(0),
+            bytes_out: AtomicU64::new(0),
+            kill: watch::channel(0).0,
+            next_check_ms: AtomicU64::new(0),
+        }
+    }
+}
+
+/// One member in a pool snapshot.
+#[derive(Debug, Clone)]
+pub struct Member {
+    pub id: String,
+    pub addr: SocketAddr,
+    pub weight: u32,
+    pub state: ServerState,
+    pub max_connections: u32,
+    pub shared: Arc<MemberShared>,
+}
+
+/// A pool snapshot.
+#[derive(Debug)]
+pub struct PoolRt {
+    pub name: String,
+    pub balance: PoolBalance,
+    pub proxy_protocol: ProxyProtocol,
+    pub check: Option<TcpCheckSpec>,
+    pub members: Vec<Member>,
+    rr: RoundRobin,
+}
+
+type Pools = HashMap<String, Arc<PoolRt>>;
+
+struct ListenerRt {
+    name: String,
+    addr: SocketAddr,
+    local: SocketAddr,
+    fd: std::os::fd::RawFd,
+    stop: watch::Sender<bool>,
+    task: JoinHandle<()>,
+}
+
+struct FrontendEntry {
+    spec: FrontendSpec,
+    read_only: bool,
+    cfg: Arc<ArcSwap<FrontendSpec>>,
+    shared: Arc<FrontendShared>,
+    listeners: Vec<ListenerRt>,
+}
+
+struct PoolEntry {
+    spec: PoolSpec,
+    read_only: bool,
+}
+
+#[derive(Default)]
+struct Control {
+    frontends: BTreeMap<String, FrontendEntry>,
+    pools: BTreeMap<String, PoolEntry>,
+}
+
+/// A frontend as the API lists it.
+#[derive(Debug, Clone, Serialize)]
+pub struct FrontendView {
+    pub name: String,
+    pub read_only: bool,
+    pub spec: FrontendSpec,
+    /// The addresses actually listened on (port 0 resolved).
+    pub listening: Vec<SocketAddr>,
+}
+
+/// A pool as the API lists it.
+#[derive(Debug, Clone, Serialize)]
+pub struct PoolView {
+    pub name: String,
+    pub read_only: bool,
+    pub spec: PoolSpec,
+    /// Member id → "up" | "down".
+    pub health: BTreeMap<String, &'static str>,
+}
+
+/// The TCP proxy.
+pub struct TcpProxy {
+    ctl: tokio::sync::Mutex<Control>,
+    pools: Arc<ArcSwap<Pools>>,
+    source: Arc<dyn ListenerSource>,
+    reserved: Vec<(&'static str, SocketAddr)>,
+    drain: Duration,
+    stop: watch::Receiver<bool>,
+    /// Open TCP connections (a draining process waits for them, bounded by the drain timeout).
+    pub conns: Arc<ConnTracker>,
+    /// Frontend counters by name, for stats readers that must not wait on `ctl`.
+    counters: ArcSwap<Vec<(String, Arc<FrontendShared>)>>,
+}
+
+impl TcpProxy {
+    /// A proxy with no frontends. `reserved` are the daemon's own listeners (no frontend may
+    /// overlap them); `stop` becoming true stops every accept loop (process drain).
+    pub fn new(
+        source: Arc<dyn ListenerSource>,
+        reserved: Vec<(&'static str, SocketAddr)>,
+        drain: Duration,
+        stop: watch::Receiver<bool>,
+    ) -> Arc<Self> {
+        let me = Arc::new(Self {
+            ctl: tokio::sync::Mutex::new(Control::default()),
+            pools: Arc::new(ArcSwap::from_pointee(Pools::new())),
+            source,
+            reserved,
+            drain,
+            stop: stop.clone(),
+            conns: Arc::new(ConnTracker::default()),
+            counters: ArcSwap::from_pointee(Vec::new()),
+        });
+        tokio::spawn(health::run(me.pools.clone(), stop));
+        me
+    }
+
+    /// Loads the configuration's frontends and pools (read-only) and the stored ones, and
+    /// starts listening. Fails, binding nothing, when the set is invalid or a bind fails.
+    pub async fn load(
+        &self,
+        config: (Vec<FrontendSpec>, Vec<PoolSpec>),
+        stored: (Vec<FrontendSpec>, Vec<PoolSpec>),
+    ) -> Result<(), TcpError> {
+        let mut ctl = self.ctl.lock().await;
+        let mut fes: Vec<(String, FrontendSpec, bool)> = Vec::new();
+        let mut pools: Vec<(String, PoolSpec, bool)> = Vec::new();
+        for (i, f) in config.0.into_iter().enumerate() {
+            fes.push((format!("frontends[{i}]"), f, true));
+        }
+        for f in stored.0 {
+            fes.push((format!("stored frontend {:?}", f.name()), f, false));
+        }
+        for (i, p) in config.1.into_iter().enumerate() {
+            pools.push((format!("pools[{i}]"), p, true));
+        }
+        for p in stored.1 {
+            pools.push((format!("stored pool {:?}", p.name()), p, false));
+        }
+        {
+            let f: Vec<(String, &FrontendSpec)> =
+                fes.iter().map(|(at, f, _)| (at.clone(), f)).collect();
+            let p: Vec<(String, &PoolSpec)> =
+                pools.iter().map(|(at, p, _)| (at.clone(), p)).collect();
+            validate_set(&f, &p, &self.reserved)?;
+        }
+        for (_, p, ro) in pools {
+            ctl.pools.insert(
+                p.name().to_string(),
+                PoolEntry {
+                    spec: p,
+                    read_only: ro,
+                },
+            );
+        }
+        self.publish_pools(&ctl);
+        let mut bound = Vec::new();
+        for (at, f, _) in &fes {
+            match self.bind_all(at, f, None) {
+                Ok(l) => bound.push(l),
+                Err(e) => {
+                    // Nothing listens: close what this load bound.
+                    for set in bound {
+                        for (name, _, _) in set {
+                            self.source.released(&name);
+                        }
+                    }
+                    return Err(e);
+                }
+            }
+        }
+        for ((_, f, ro), listeners) in fes.into_iter().zip(bound) {
+            let entry = self.start_frontend(f, ro, listeners);
+            ctl.frontends.insert(entry.spec.name().to_string(), entry);
+        }
+        self.refresh_counters(&ctl);
+        Ok(())
+    }
+
+    /// Binds every address of `f` that `old` does not already listen on. Returns (name,
+    /// address, socket) for the new ones.
+    fn bind_all(
+        &self,
+        at: &str,
+        f: &FrontendSpec,
+        old: Option<&FrontendEntry>,
+    ) -> Result<Vec<(String, SocketAddr, std::net::TcpListener)>, TcpError> {
+        let mut out = Vec::new();
+        for (i, addr) in f.addrs().into_iter().enumerate() {
+            if old.is_some_and(|o| {
+                o.listeners
+                    .iter()
+                    .any(|l| l.addr == addr && addr.port() != 0)
+            }) {
+                continue;
+            }
+            let name = listener_name(f.name(), i);
+            match self.source.listen(&name, addr) {
+                Ok(l) => out.push((name, addr, l)),
+                Err(source) => {
+                    for (n, _, _) in &out {
+                        self.source.released(n);
+                    }
+                    let field = if at.is_empty() {
+                        format!("bind[{i}]")
+                    } else {
+                        format!("{at}.bind[{i}]")
+                    };
+                    return Err(TcpError::Bind {
+                        field,
+                        addr,
+                        source,
+                    });
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    fn spawn_listener(
+        &self,
+        cfg: &Arc<ArcSwap<FrontendSpec>>,
+        shared: &Arc<FrontendShared>,
+        name: String,
+        addr: SocketAddr,
+        std: std::net::TcpListener,
+    ) -> Option<ListenerRt> {
+        let fd = std.as_raw_fd();
+        let listener = match tokio::net::TcpListener::from_std(std) {
+            Ok(l) => l,
+            Err(e) => {
+                tracing::error!(%name, error = %e, "cannot register listener");
+                return None;
+            }
+        };
+        let local = listener.local_addr().unwrap_or(addr);
+        let (stop_tx, stop_rx) = watch::channel(false);
+        let task = tokio::spawn(accept_loop(
+            listener,
+            cfg.clone(),
+            shared.clone(),
+            self.pools.clone(),
+            self.conns.clone(),
+            stop_rx,
+            self.stop.clone(),
+        ));
+        tracing::info!(frontend = %cfg.load().name(), listener = %name, %local, "tcp frontend listening");
+        Some(ListenerRt {
+            name,
+            addr,
+            local,
+            fd,
+            stop: stop_tx,
+            task,
+        })
+    }
+
+    fn start_frontend(
+        &self,
+        spec: FrontendSpec,
+        read_only: bool,
+        listeners: Vec<(String, SocketAddr, std::net::TcpListener)>,
+    ) -> FrontendEntry {
+        let cfg = Arc::new(ArcSwap::from_pointee(spec.clone()));
+        let shared = Arc::new(FrontendShared {
+            stats: FrontendStats::default(),
+            kill: watch::channel(0).0,
+        });
+        let listeners = listeners
+            .into_iter()
+            .filter_map(|(n, a, l)| self.spawn_listener(&cfg, &shared, n, a, l))
+            .collect();
+        FrontendEntry {
+            spec,
+            read_only,
+            cfg,
+            shared,
+            listeners,
+        }
+    }
+
+    /// Builds and publishes the pool snapshots from `ctl`, carrying member runtimes over.
+    fn publish_pools(&self, ctl: &Control) {
+        let old = self.pools.load_full();
+        let mut next = Pools::new();
+        for (name, entry) in &ctl.pools {
+            let prev = old.get(name);
+            let members: Vec<Member> = entry
+                .spec
+                .members
+                .iter()
+                .filter_map(|m| {
+                    let addr = parse_member_address(&m.address).ok()?;
+                    let id = m.id();
+                    let prev_m =
+                        prev.and_then(|p| p.members.iter().find(|x| x.id == id && x.addr == addr));
+                    let shared = prev_m
+                        .map(|x| x.shared.clone())
+                        .unwrap_or_else(|| Arc::new(MemberShared::new()));
+                    if m.state == ServerState::Maint
+                        && prev_m.is_none_or(|x| x.state != ServerState::Maint)
+                    {
+                        self.close_member_later(name.clone(), id.clone(), shared.clone());
+                    }
+                    Some(Member {
+                        id,
+                        addr,
+                        weight: m.weight,
+                        state: m.state,
+                        max_connections: m.max_connections.unwrap_or(0),
+                        shared,
+                    })
+                })
+                .collect();
+            let weights: Vec<u32> = members.iter().map(|m| m.weight).collect();
+            let start = prev.map(|p| p.rr.position()).unwrap_or(0);
+            next.insert(
+                name.clone(),
+                Arc::new(PoolRt {
+                    name: name.clone(),
+                    balance: entry.spec.balance,
+                    proxy_protocol: entry.spec.proxy_protocol,
+                    check: entry.spec.health_check.clone(),
+                    members,
+                    rr: RoundRobin::with_start(&weights, start),
+                }),
+            );
+        }
+        self.pools.store(Arc::new(next));
+    }
+
+    /// A member put in maint: its open connections are closed after the drain timeout, if it
+    /// is still in maint then.
+    fn close_member_later(&self, pool: String, id: String, shared: Arc<MemberShared>) {
+        let (pools, drain) = (self.pools.clone(), self.drain);
+        tokio::spawn(async move {
+            tokio::time::sleep(drain).await;
+            let still = pools.load().get(&pool).is_none_or(|p| {
+                p.members
+                    .iter()
+                    .find(|m| m.id == id)
+                    .is_none_or(|m| m.state == ServerState::Maint)
+            });
+            if still {
+                tracing::info!(%pool, member = %id, "maint: closing open connections after the drain timeout");
+                shared.kill.send_modify(|g| *g += 1);
+            }
+        });
+    }
+
+    /// Every frontend listener, for the upgrade hand-over: (name, duplicated descriptor). The
+    /// duplicates keep the sockets open however the frontends change meanwhile.
+    pub async fn listener_fds(&self) -> Vec<(String, OwnedFd)> {
+        let ctl = self.ctl.lock().await;
+        let mut out = Vec::new();
+        for fe in ctl.frontends.values() {
+            for l in &fe.listeners {
+                // SAFETY: the listener task owns the descriptor and is alive while `ctl` is
+                // locked (tasks are stopped only under this lock).
+                let fd = unsafe { BorrowedFd::borrow_raw(l.fd) };
+                if let Ok(dup) = fd.try_clone_to_owned() {
+                    out.push((l.name.clone(), dup));
+                }
+            }
+        }
+        out
+    }
+
+    /// Frontends with their live addresses.
+    pub async fn frontends(&self) -> Vec<FrontendView> {
+        let ctl = self.ctl.lock().await;
+        ctl.frontends
+            .values()
+            .map(|f| FrontendView {
+                name: f.spec.name().to_string(),
+                read_only: f.read_only,
+                spec: f.spec.clone(),
+                listening: f.listeners.iter().map(|l| l.local).collect(),
+            })
+            .collect()
+    }
+
+    /// Pools with their members' health.
+    pub async fn pools(&self) -> Vec<PoolView> {
+        let ctl = self.ctl.lock().await;
+        let rt = self.pools.load();
+        ctl.pools
+            .values()
+            .map(|p| {
+                let health = rt
+                    .get(p.spec.name())
+                    .map(|r| {
+                        r.members
+                            .iter()
+                            .map(|m| {
+                                (
+                                    m.id.clone(),
+                                    if m.shared.health.is_up() {
+                                        "up"
+                                    } else {
+                                        "down"
+                                    },
+                                )
+                            })
+                            .collect()
+                    })
+                    .unwrap_or_default();
+                PoolView {
+                    name: p.spec.name().to_string(),
+                    read_only: p.read_only,
+                    spec: p.spec.clone(),
+                    health,
+                }
+            })
+            .collect()
+    }
+
+    fn refresh_counters(&self, ctl: &Control) {
+        self.counters.store(Arc::new(
+            ctl.frontends
+                .iter()
+                .map(|(n, f)| (n.clone(), f.shared.clone()))
+                .collect(),
+        ));
+    }
+
+    /// Counters for `/v1/stats` and `/metrics` (no lock).
+    pub fn stats(&self) -> TcpStats {
+        let rd = |a: &AtomicU64| a.load(Ordering::Relaxed);
+        let frontends = self
+            .counters
+            .load()
+            .iter()
+            .map(|(name, f)| {
+                let s = &f.stats;
+                (
+                    name.clone(),
+                    CounterView {
+                        connections_total: rd(&s.total),
+                        connections_active: rd(&s.active),
+                        connections_failed: rd(&s.failed),
+                        bytes_in: rd(&s.bytes_in),
+                        bytes_out: rd(&s.bytes_out),
+                        up: None,
+                    },
+                )
+            })
+            .collect();
+        let pools = self
+            .pools
+            .load()
+            .values()
+            .map(|p| {
+                let members = p
+                    .members
+                    .iter()
+                    .map(|m| {
+                        let s = &m.shared;
+                        (
+                            m.id.clone(),
+                            CounterView {
+                                connections_total: rd(&s.total),
+                                connections_active: rd(&s.open),
+                                connections_failed: rd(&s.failures),
+                                bytes_in: rd(&s.bytes_in),
+                                bytes_out: rd(&s.bytes_out),
+                                up: Some(s.health.is_up()),
+                            },
+                        )
+                    })
+                    .collect();
+                (p.name.clone(), members)
+            })
+            .collect();
+        TcpStats { frontends, pools }
+    }
+
+    /// Creates or replaces a pool: validate → persist → publish.
+    pub async fn put_pool<E>(
+        &self,
+        spec: PoolSpec,
+        persist: impl FnOnce(&PoolSpec) -> Result<(), E>,
+    ) -> Result<bool, ChangeError<E>> {
+        let mut ctl = self.ctl.lock().await;
+        let name = spec.name().to_string();
+        let existed = match ctl.pools.get(&name) {
+            Some(p) if p.read_only => return Err(TcpError::ReadOnly { what: "pool", name }.into()),
+            Some(_) => true,
+            None => false,
+        };
+        spec.validate("")?;
+        self.check_set(&ctl, None, Some(&spec))?;
+        persist(&spec).map_err(ChangeError::Persist)?;
+        ctl.pools.insert(
+            name,
+            PoolEntry {
+                spec,
+                read_only: false,
+            },
+        );
+        self.publish_pools(&ctl);
+        Ok(!existed)
+    }
+
+    /// Removes a pool no frontend uses.
+    pub async fn delete_pool<E>(
+        &self,
+        name: &str,
+        persist: impl FnOnce(&str) -> Result<(), E>,
+    ) -> Result<(), ChangeError<E>> {
+        let mut ctl = self.ctl.lock().await;
+        match ctl.pools.get(name) {
+            None => {
+                return Err(TcpError::NotFound {
+                    what: "pool",
+                    name: name.into(),
+                }
+                .into())
+            }
+            Some(p) if p.read_only => {
+                return Err(TcpError::ReadOnly {
+                    what: "pool",
+                    name: name.into(),
+                }
+                .into())
+            }
+            Some(_) => {}
+        }
+        if let Some(f) = ctl.frontends.values().find(|f| {
+            f.spec.pool == name || f.spec.rules.iter().any(|r| r.pool.as_deref() == Some(name))
+        }) {
+            return Err(TcpError::InUse {
+                pool: name.into(),
+                frontend: f.spec.name().into(),
+            }
+            .into());
+        }
+        persist(name).map_err(ChangeError::Persist)?;
+        ctl.pools.remove(name);
+        self.publish_pools(&ctl);
+        Ok(())
+    }
+
+    /// Validates the set as it would be with `fe` and/or `pool` put.
+    fn check_set(
+        &self,
+        ctl: &Control,
+        fe: Option<&FrontendSpec>,
+        pool: Option<&PoolSpec>,
+    ) -> Result<(), RouteError> {
+        // Running frontends are checked at the addresses they listen on (port 0 resolved).
+        let resolved: Vec<FrontendSpec> = ctl
+            .frontends
+            .values()
+            .filter(|x| fe.is_none_or(|n| n.name() != x.spec.name()))
+            .map(|x| {
+                let mut spec = x.spec.clone();
+                spec.bind = crate::model::frontend::Binds::Many(
+                    x.listeners.iter().map(|l| l.local.to_string()).collect(),
+                );
+                spec
+            })
+            .collect();
+        // The new one last, so a conflict is reported on its fields.
+        let mut f: Vec<(String, &FrontendSpec)> = resolved
+            .iter()
+            .map(|x| (format!("frontend {:?}", x.name()), x))
+            .collect();
+        if let Some(fe) = fe {
+            f.push((String::new(), fe));
+        }
+        let mut p: Vec<(String, &PoolSpec)> = Vec::new();
+        if let Some(pool) = pool {
+            p.push((String::new(), pool));
+        }
+        for x in ctl.pools.values() {
+            if pool.is_none_or(|n| n.name() != x.spec.name()) {
+                p.push((format!("pool {:?}", x.spec.name()), &x.spec));
+            }
+        }
+        validate_set(&f, &p, &self.reserved)
+    }
+
+    /// Creates or replaces a frontend: validate → bind new addresses → persist → start
+    /// accepting (and stop listeners for addresses no longer bound). Returns true when
+    /// created, plus the addresses it listens on.
+    pub async fn put_frontend<E>(
+        &self,
+        spec: FrontendSpec,
+        persist: impl FnOnce(&FrontendSpec) -> Result<(), E>,
+    ) -> Result<(bool, Vec<SocketAddr>), ChangeError<E>> {
+        let mut ctl = self.ctl.lock().await;
+        let name = spec.name().to_string();
+        if ctl.frontends.get(&name).is_some_and(|f| f.read_only) {
+            return Err(TcpError::ReadOnly {
+                what: "frontend",
+                name,
+            }
+            .into());
+        }
+        spec.validate("")?;
+        self.check_set(&ctl, Some(&spec), None)?;
+        let new = self.bind_all("", &spec, ctl.frontends.get(&name))?;
+        if let Err(e) = persist(&spec) {
+            for (n, _, _) in &new {
+                self.source.released(n);
+            }
+            return Err(ChangeError::Persist(e));
+        }
+        let addrs = spec.addrs();
+        let created = match ctl.frontends.get_mut(&name) {
+            None => {
+                let entry = self.start_frontend(spec, false, new);
+                let listening = entry.listeners.iter().map(|l| l.local).collect();
+                ctl.frontends.insert(name, entry);
+                self.refresh_counters(&ctl);
+                return Ok((true, listening));
+            }
+            Some(entry) => {
+                entry.cfg.store(Arc::new(spec.clone()));
+                entry.spec = spec;
+                // Stop listeners whose address is gone.
+                let mut kept = Vec::new();
+                for l in entry.listeners.drain(..) {
+                    if l.addr.port() != 0 && addrs.contains(&l.addr) {
+                        kept.push(l);
+                    } else {
+                        let _ = l.stop.send(true);
+                        self.source.released(&l.name);
+                    }
+                }
+                for (n, a, l) in new {
+                    if let Some(rt) = self.spawn_listener(&entry.cfg, &entry.shared, n, a, l) {
+                        kept.push(rt);
+                    }
+                }
+                // Names follow the bind order.
+                for l in &mut kept {
+                    if let Some(i) = addrs.iter().position(|a| *a == l.addr) {
+                        l.name = listener_name(&name, i);
+                    }
+                }
+                entry.listeners = kept;
+                false
+            }
+        };
+        let listening = ctl
+            .frontends
+            .get(&name)
+            .map(|e| e.listeners.iter().map(|l| l.local).collect())
+            .unwrap_or_default();
+        Ok((created, listening))
+    }
+
+    /// Removes a frontend: its listeners close at once; open connections drain and are
+    /// closed after the drain timeout.
+    pub async fn delete_frontend<E>(
+        &self,
+        name: &str,
+        persist: impl FnOnce(&str) -> Result<(), E>,
+    ) -> Result<(), ChangeError<E>> {
+        let mut ctl = self.ctl.lock().await;
+        match ctl.frontends.get(name) {
+            None => {
+                return Err(TcpError::NotFound {
+                    what: "frontend",
+                    name: name.into(),
+                }
+                .into())
+            }
+            Some(f) if f.read_only => {
+                return Err(TcpError::ReadOnly {
+                    what: "frontend",
+                    name: name.into(),
+                }
+                .into())
+            }
+            Some(_) => {}
+        }
+        persist(name).map_err(ChangeError::Persist)?;
+        let Some(entry) = ctl.frontends.remove(name) else {
+            return Ok(());
+        };
+        self.refresh_counters(&ctl);
+        let mut tasks = Vec::new();
+        for l in entry.listeners {
+            let _ = l.stop.send(true);
+            self.source.released(&l.name);
+            tasks.push(l.task);
+        }
+        // The port is closed when the accept task has dropped its listener.
+        for t in tasks {
+            let _ = t.await;
+        }
+        let (shared, drain, name) = (entry.shared, self.drain, name.to_string());
+        tokio::spawn(async move {
+            let deadline = tokio::time::Instant::now() + drain;
+            while shared.stats.active.load(Ordering::Relaxed) > 0
+                && tokio::time::Instant::now() < deadline
+            {
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+            if shared.stats.active.load(Ordering::Relaxed) > 0 {
+                tracing::info!(frontend = %name, "removed frontend: closing connections open past the drain timeout");
+                shared.kill.send_modify(|g| *g += 1);
+            }
+        });
+        Ok(())
+    }
+
+    /// Waits until every accept loop has stopped (after the process stop signal).
+    pub async fn stopped(&self) {
+        let mut ctl = self.ctl.lock().await;
+        for f in ctl.frontends.values_mut() {
+            for l in &mut f.listeners {
+                let _ = l.stop.send(true);
+                let _ = (&mut l.task).await;
+            }
+        }
+    }
+
+    /// Closes every open connection (the process's drain timeout has passed).
+    pub async fn close_all(&self) {
+        let ctl = self.ctl.lock().await;
+        for f in ctl.frontends.values() {
+            f.shared.kill.send_modify(|g| *g += 1);
+        }
+    }
+}
+
+/// One counter set in `/v1/stats`.
+#[derive(Debug, Clone, Serialize)]
+pub struct CounterView {
+    pub connections_total: u64,
+    pub connections_active: u64,
+    pub connections_failed: u64,
+    pub bytes_in: u64,
+    pub bytes_out: u64,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub up: Option<bool>,
+}
+
+/// TCP counters by frontend and by pool member.
+#[derive(Debug, Clone, Serialize)]
+pub struct TcpStats {
+    pub frontends: BTreeMap<String, CounterView>,
+    pub pools: BTreeMap<String, BTreeMap<String, CounterView>>,
+}
+
+async fn accept_loop(
+    listener: tokio::net::TcpListener,
+    cfg: Arc<ArcSwap<FrontendSpec>>,
+    shared: Arc<FrontendShared>,
+    pools: Arc<ArcSwap<Pools>>,
+    conns: Arc<ConnTracker>,
+    mut stop: watch::Receiver<bool>,
+    mut process_stop: watch::Receiver<bool>,
+) {
+    let local = listener.local_addr().ok();
+    loop {
+        if *stop.borrow() || *process_stop.borrow() {
+            break;
+        }
+        tokio::select! {
+            r = listener.accept() => match r {
+                Ok((sock, peer)) => {
+                    let guard = conns.enter();
+                    let (spec, pools, shared) = (cfg.load_full(), pools.load_full(), shared.clone());
+                    let local = sock.local_addr().ok().or(local).unwrap_or(peer);
+                    tokio::spawn(async move {
+                        conn::serve(pools, spec, shared, sock, peer, local).await;
+                        drop(guard);
+                    });
+                }
+                Err(e) => {
+                    // EMFILE and friends: back off instead of spinning.
+                    tracing::warn!(error = %e, "tcp accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+            },
+            r = stop.changed() => if r.is_err() { break },
+            r = process_stop.changed() => if r.is_err() { break },
+        }
+    }
+}

@@ -1,0 +1,442 @@
+//! The deploy endpoints against real dockerd, through HTTP with a token: JSON deploy + SSE,
+//! multipart tar upload, 409 on a concurrent deploy, rollback, stop, logs, a bad spec, 401.
+//! Gated on BERTH_SYSTEM_TESTS=1.
+
+use crate::support;
+
+use std::time::{Duration, Instant};
+
+use crate::support::docker::{prepare, skip, IMG_V1, IMG_V2};
+use serde_json::{json, Value};
+
+struct World {
+    running: berth::daemon::Running,
+    token: String,
+    app: String,
+    http: reqwest::Client,
+    _cleanup: Cleanup,
+    _dir: tempfile::TempDir,
+}
+
+/// Removes the test's containers and network, also when an assertion fails.
+struct Cleanup {
+    app: String,
+    network: String,
+}
+
+impl World {
+    async fn start(name: &str) -> World {
+        prepare();
+        let dir = tempfile::tempdir().unwrap();
+        let run = format!("{name}-{}", std::process::id());
+        let mut c = berth::model::config::Config {
+            data_dir: dir.path().to_path_buf(),
+            ..Default::default()
+        };
+        c.http.listen = "127.0.0.1:0".parse().unwrap();
+        c.api.listen = "127.0.0.1:0".parse().unwrap();
+        c.log.access_log = false;
+        c.deploy.enabled = berth::model::config::DeployEnabled::Required;
+        c.deploy.network = format!("berth-t-{run}");
+        c.deploy.stop_grace = Duration::from_secs(2);
+        let running = berth::daemon::start(c, None).await.expect("daemon starts");
+        let (_, token) = running
+            .registry
+            .store()
+            .create_token("ci-deployer")
+            .unwrap();
+        World {
+            running,
+            token,
+            _cleanup: Cleanup {
+                app: run.clone(),
+                network: format!("berth-t-{run}"),
+            },
+            app: run,
+            http: reqwest::Client::new(),
+            _dir: dir,
+        }
+    }
+
+    fn url(&self, path: &str) -> String {
+        format!("http://{}{path}", self.running.api_addr)
+    }
+
+    fn spec(&self, image: &str, replicas: u32) -> Value {
+        json!({
+            "image": image,
+            "domains": [self.host()],
+            "replicas": replicas,
+            "health": {"path": "/health", "interval": "100ms", "timeout": "1s"},
+            "drain_timeout": "3s",
+            "deploy_timeout": "30s",
+        })
+    }
+
+    fn host(&self) -> String {
+        format!("{}.test", self.app)
+    }
+
+    async fn call(&self, method: reqwest::Method, path: &str, body: Option<Value>) -> (u16, Value) {
+        let mut r = self
+            .http
+            .request(method, self.url(path))
+            .bearer_auth(&self.token);
+        if let Some(b) = body {
+            r = r.json(&b);
+        }
+        let resp = r.send().await.unwrap();
+        let s = resp.status().as_u16();
+        let v = resp.json().await.unwrap_or(Value::Null);
+        (s, v)
+    }
+
+    /// Follows the deployment's SSE stream to its end; returns every event.
+    async fn follow(&self, id: &str) -> Vec<Value> {
+        let resp = self
+            .http
+            .get(self.url(&format!("/v1/deployments/{id}/events")))
+            .bearer_auth(&self.token)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(resp.status(), 200);
+        let text = tokio::time::timeout(Duration::from_secs(60), resp.text())
+            .await
+            .expect("event stream ends after the terminal event")
+            .unwrap();
+        text.split("\n\n")
+            .filter_map(|b| b.lines().find_map(|l| l.strip_prefix("data: ")))
+            .map(|d| serde_json::from_str(d).unwrap())
+            .collect()
+    }
+
+    async fn proxied(&self) -> String {
+        let resp = self
+            .http
+            .get(format!("http://{}/", self.running.http_addr))
+            .header("host", self.host())
+            .send()
+            .await
+            .unwrap();
+        resp.text().await.unwrap()
+    }
+}
+
+impl Drop for Cleanup {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("sh")
+            .arg("-c")
+            .arg(format!(
+                "docker ps -aq --filter label=berth.app={} | xargs -r docker rm -f >/dev/null 2>&1; docker network rm {} >/dev/null 2>&1",
+                self.app, self.network
+            ))
+            .status();
+    }
+}
+
+fn last_state(events: &[Value]) -> &str {
+    events
+        .last()
+        .and_then(|e| e["state"].as_str())
+        .unwrap_or("")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[cfg_attr(
+    not(berth_system_tests),
+    ignore = "system test: set BERTH_SYSTEM_TESTS=1"
+)]
+async fn deploy_upload_conflict_rollback_logs_stop_over_http() {
+    if skip() {
+        return;
+    }
+    let w = World::start("apps").await;
+    let app = w.app.clone();
+    let t0 = Instant::now();
+
+    // Unauthenticated → 401.
+    let r = w.http.get(w.url("/v1/apps")).send().await.unwrap();
+    assert_eq!(r.status(), 401);
+
+    // A bad spec → 422 naming the field.
+    let mut bad = w.spec(IMG_V1, 2);
+    bad["replicas"] = json!("two");
+    let (s, v) = w
+        .call(
+            reqwest::Method::POST,
+            &format!("/v1/apps/{app}/deploy"),
+            Some(bad),
+        )
+        .await;
+    assert_eq!(s, 422, "{v}");
+    assert_eq!(v["error"]["field"], "replicas", "{v}");
+
+    // v1 by JSON (image already loaded), 2 replicas; follow SSE to success.
+    let (s, v) = w
+        .call(
+            reqwest::Method::POST,
+            &format!("/v1/apps/{app}/deploy"),
+            Some(w.spec(IMG_V1, 2)),
+        )
+        .await;
+    assert_eq!(s, 202, "{v}");
+    let d1 = v["id"].as_str().unwrap().to_string();
+    assert_eq!(v["state"], "running");
+    // A second deploy while v1 runs → 409 with the running id.
+    let (s, v) = w
+        .call(
+            reqwest::Method::POST,
+            &format!("/v1/apps/{app}/deploy"),
+            Some(w.spec(IMG_V2, 2)),
+        )
+        .await;
+    assert_eq!(s, 409, "{v}");
+    assert_eq!(v["error"]["code"], "deploy_in_progress");
+    assert_eq!(v["error"]["deployment"], d1.as_str());
+    let ev = w.follow(&d1).await;
+    assert_eq!(last_state(&ev), "succeeded", "{ev:?}");
+    assert!(ev
+        .iter()
+        .all(|e| e["at"].is_i64() && e["stage"].is_string()));
+    assert_eq!(ev.last().unwrap()["done"], true);
+    assert_eq!(w.proxied().await.trim(), "v1");
+    let t_v1 = t0.elapsed();
+
+    // v2 as a multipart upload of a `docker save` tar.
+    let tar = std::process::Command::new("docker")
+        .args(["save", IMG_V2])
+        .output()
+        .unwrap();
+    assert!(tar.status.success());
+    let form = reqwest::multipart::Form::new()
+        .part(
+            "spec",
+            reqwest::multipart::Part::text(w.spec(IMG_V2, 2).to_string())
+                .mime_str("application/json")
+                .unwrap(),
+        )
+        .part(
+            "image",
+            reqwest::multipart::Part::bytes(tar.stdout)
+                .file_name("image.tar")
+                .mime_str("application/x-tar")
+                .unwrap(),
+        );
+    let resp = w
+        .http
+        .post(w.url(&format!("/v1/apps/{app}/deploy")))
+        .bearer_auth(&w.token)
+        .multipart(form)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 202);
+    let v: Value = resp.json().await.unwrap();
+    let d2 = v["id"].as_str().unwrap().to_string();
+    let ev = w.follow(&d2).await;
+    assert_eq!(last_state(&ev), "succeeded", "{ev:?}");
+    assert_eq!(w.proxied().await.trim(), "v2");
+
+    // Status, history, who.
+    let (s, v) = w
+        .call(reqwest::Method::GET, &format!("/v1/apps/{app}"), None)
+        .await;
+    assert_eq!(s, 200, "{v}");
+    assert_eq!(v["current"]["id"], d2.as_str());
+    assert_eq!(v["previous"]["id"], d1.as_str());
+    assert_eq!(v["current"]["created_by"], "ci-deployer");
+    assert_eq!(v["replicas"].as_array().unwrap().len(), 2);
+    assert_eq!(v["health"], "healthy");
+    assert_eq!(v["domains"][0], w.host());
+    let (s, v) = w
+        .call(
+            reqwest::Method::GET,
+            &format!("/v1/apps/{app}/deployments"),
+            None,
+        )
+        .await;
+    assert_eq!(s, 200);
+    assert_eq!(v["deployments"].as_array().unwrap().len(), 2);
+    // The deployed route is in the one table next to API routes.
+    let (s, v) = w.call(reqwest::Method::GET, "/v1/routes", None).await;
+    assert_eq!(s, 200);
+    assert!(v.to_string().contains(&format!("app/{app}")), "{v}");
+
+    // Rollback → v1.
+    let (s, v) = w
+        .call(
+            reqwest::Method::POST,
+            &format!("/v1/apps/{app}/rollback"),
+            Some(json!({})),
+        )
+        .await;
+    assert_eq!(s, 202, "{v}");
+    let d3 = v["id"].as_str().unwrap().to_string();
+    let ev = w.follow(&d3).await;
+    assert_eq!(last_state(&ev), "succeeded", "{ev:?}");
+    assert_eq!(w.proxied().await.trim(), "v1");
+
+    // Logs (not followed) end by themselves; each event names its container.
+    let resp = w
+        .http
+        .get(w.url(&format!("/v1/apps/{app}/logs?follow=false&tail=5")))
+        .bearer_auth(&w.token)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    let text = tokio::time::timeout(Duration::from_secs(20), resp.text())
+        .await
+        .unwrap()
+        .unwrap();
+    for d in text.lines().filter_map(|l| l.strip_prefix("data: ")) {
+        let v: Value = serde_json::from_str(d).unwrap();
+        assert!(v["container"].is_string() && v["line"].is_string(), "{v}");
+    }
+
+    // Stop: no route, no containers.
+    let (s, v) = w
+        .call(
+            reqwest::Method::POST,
+            &format!("/v1/apps/{app}/stop"),
+            Some(json!({})),
+        )
+        .await;
+    assert_eq!(s, 200, "{v}");
+    let status = w
+        .http
+        .get(format!("http://{}/", w.running.http_addr))
+        .header("host", w.host())
+        .send()
+        .await
+        .unwrap()
+        .status();
+    assert_ne!(status, 200);
+    let (_, v) = w.call(reqwest::Method::GET, "/v1/certificates", None).await;
+    assert_eq!(v["certificates"], json!([]));
+    println!(
+        "apps_api: v1 deploy (2 replicas) via HTTP+SSE {:?}; whole flow {:?}",
+        t_v1,
+        t0.elapsed()
+    );
+    let World { running, http, .. } = w;
+    drop(http);
+    let t = Instant::now();
+    running.shutdown().await;
+    println!("apps_api: daemon shutdown {:?}", t.elapsed());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[cfg_attr(
+    not(berth_system_tests),
+    ignore = "system test: set BERTH_SYSTEM_TESTS=1"
+)]
+async fn the_berth_cli_end_to_end() {
+    if skip() {
+        return;
+    }
+    let w = World::start("cli").await;
+    let app = w.app.clone();
+    let work = tempfile::tempdir().unwrap();
+    let cfg = work.path().join("cli.toml");
+    let url = format!("http://{}", w.running.api_addr);
+    let run = |args: Vec<String>| {
+        let (cfg, dir) = (cfg.clone(), work.path().to_path_buf());
+        async move {
+            tokio::task::spawn_blocking(move || {
+                let a: Vec<&str> = args.iter().map(String::as_str).collect();
+                support::cli::berth_blocking(&cfg, &dir, &a)
+            })
+            .await
+            .unwrap()
+        }
+    };
+    let s = |v: &[&str]| v.iter().map(|x| x.to_string()).collect::<Vec<_>>();
+
+    let (code, out) = run(s(&["server", "add", "local", &url, "--token", &w.token])).await;
+    assert_eq!(code, 0, "{out}");
+
+    std::fs::write(
+        work.path().join("berth.yaml"),
+        format!(
+            "name: {app}\nimage: {IMG_V1}\ndomains: [{}]\nport: 8080\nreplicas: 2\n\
+             health:\n  path: /health\n  interval: 100ms\n  timeout: 1s\n",
+            w.host()
+        ),
+    )
+    .unwrap();
+    let tar = work.path().join("v1.tar");
+    let st = std::process::Command::new("docker")
+        .args(["save", "-o"])
+        .arg(&tar)
+        .arg(IMG_V1)
+        .status()
+        .unwrap();
+    assert!(st.success());
+    let t = Instant::now();
+    let (code, out) = run(s(&["deploy", "--image-tar", tar.to_str().unwrap()])).await;
+    assert_eq!(code, 0, "{out}");
+    assert!(out.contains("succeeded"), "{out}");
+    println!(
+        "apps_api: berth deploy --image-tar (2 replicas) {:?}",
+        t.elapsed()
+    );
+    assert_eq!(w.proxied().await.trim(), "v1");
+
+    let (code, out) = run(s(&["apps"])).await;
+    assert_eq!(code, 0, "{out}");
+    assert!(out.contains(&app) && out.contains("healthy"), "{out}");
+    assert!(out.contains("2/2"), "{out}");
+    println!("apps_api: berth apps:\n{out}");
+    let (code, out) = run(s(&["status", &app, "--json"])).await;
+    assert_eq!(code, 0, "{out}");
+    let v: Value = serde_json::from_str(&out).unwrap_or_else(|e| panic!("{e}: {out}"));
+    assert_eq!(v["apps"][0]["name"], app.as_str(), "{v}");
+
+    // A second deployment (v2 by reference) to have something to roll back to.
+    std::fs::write(
+        work.path().join("berth.yaml"),
+        format!(
+            "name: {app}\nimage: {IMG_V2}\ndomains: [{}]\nport: 8080\nreplicas: 2\n\
+             health:\n  path: /health\n  interval: 100ms\n  timeout: 1s\n",
+            w.host()
+        ),
+    )
+    .unwrap();
+    let (code, out) = run(s(&["deploy"])).await;
+    assert_eq!(code, 0, "{out}");
+    assert_eq!(w.proxied().await.trim(), "v2");
+    let (code, out) = run(s(&["deployments", &app])).await;
+    assert_eq!(code, 0, "{out}");
+    assert!(out.matches("succeeded").count() >= 2, "{out}");
+    let (code, out) = run(s(&["rollback", &app])).await;
+    assert_eq!(code, 0, "{out}");
+    assert_eq!(w.proxied().await.trim(), "v1", "{out}");
+    let (code, out) = run(s(&["logs", &app, "--tail", "5"])).await;
+    assert_eq!(code, 0, "{out}");
+    let (code, out) = run(s(&["stop", &app])).await;
+    assert_eq!(code, 0, "{out}");
+
+    // Wrong token → exit code 4 and a clear message.
+    let (code, out) = run(s(&[
+        "server",
+        "add",
+        "bad",
+        &url,
+        "--token",
+        "berth_wrong_token",
+    ]))
+    .await;
+    let (code2, out2) = if code == 0 {
+        run(s(&["--server", "bad", "apps"])).await
+    } else {
+        (code, out.clone())
+    };
+    assert_eq!(code2, 4, "{out}\n{out2}");
+    assert!(out2.to_lowercase().contains("token"), "{out2}");
+    println!("apps_api: wrong token: {out2}");
+    let World { running, http, .. } = w;
+    drop(http);
+    running.shutdown().await;
+}

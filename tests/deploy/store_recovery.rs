@@ -1,0 +1,674 @@
+//! Issue 19 drills with a real `berthd` process and a real dockerd (BERTH_SYSTEM_TESTS=1):
+//! - the store loses its last commits (`kill -9`, then the `-wal` file deleted): what runs is
+//!   kept and routed (adopted, reported at ERROR), nothing is removed or recreated;
+//! - `berthd backup` while berthd runs, and the copy is a consistent database;
+//! - an unhealthy replica present at start: a healthy app is served within a second of the
+//!   process start, status follows the proxy's health, reconcile replaces the bad replica.
+
+use crate::support;
+
+use std::io::{BufRead, BufReader};
+use std::net::{SocketAddr, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use crate::support::docker::{prepare, skip, Cleanup, IMG_V1, IMG_V2};
+
+const BERTHD: &str = env!("CARGO_BIN_EXE_berthd");
+
+fn sh(cmd: &str) -> (bool, String) {
+    let out = Command::new("sh").arg("-c").arg(cmd).output().expect("sh");
+    let mut text = String::from_utf8_lossy(&out.stdout).into_owned();
+    text.push_str(&String::from_utf8_lossy(&out.stderr));
+    (out.status.success(), text)
+}
+/// A berthd process on fixed loopback ports (the same across restarts).
+struct World {
+    dir: tempfile::TempDir,
+    config: PathBuf,
+    http: SocketAddr,
+    api: SocketAddr,
+    token: String,
+    child: Option<Child>,
+    logs: Arc<Mutex<Vec<String>>>,
+    _cleanup: Vec<Cleanup>,
+}
+
+impl World {
+    fn new(apps: &[&str], network: &str) -> World {
+        prepare();
+        let dir = tempfile::tempdir().unwrap();
+        let http: SocketAddr = format!("127.0.0.1:{}", support::free_port())
+            .parse()
+            .unwrap();
+        let api: SocketAddr = format!("127.0.0.1:{}", support::free_port())
+            .parse()
+            .unwrap();
+        let config = dir.path().join("berthd.yaml");
+        std::fs::write(
+            &config,
+            format!(
+                "http:\n  listen: {http}\napi:\n  listen: {api}\ndata_dir: {}\nlog:\n  \
+                 access_log: false\ndeploy:\n  enabled: required\n  network: {network}\n  \
+                 stop_grace: 2s\n",
+                dir.path().join("data").display()
+            ),
+        )
+        .unwrap();
+        let cleanup = apps
+            .iter()
+            .map(|a| Cleanup {
+                app: a.to_string(),
+                network: network.to_string(),
+            })
+            .collect();
+        let mut w = World {
+            dir,
+            config,
+            http,
+            api,
+            token: String::new(),
+            child: None,
+            logs: Arc::new(Mutex::new(Vec::new())),
+            _cleanup: cleanup,
+        };
+        w.new_token();
+        w
+    }
+
+    fn data(&self) -> PathBuf {
+        self.dir.path().join("data")
+    }
+
+    fn berthd(&self, args: &[&str]) -> (bool, String) {
+        let out = Command::new(BERTHD)
+            .arg("--config")
+            .arg(&self.config)
+            .args(args)
+            .output()
+            .unwrap();
+        let mut text = String::from_utf8_lossy(&out.stdout).into_owned();
+        text.push_str(&String::from_utf8_lossy(&out.stderr));
+        (out.status.success(), text)
+    }
+
+    /// `berthd token create` (works next to a running daemon, and after a store loss).
+    fn new_token(&mut self) {
+        let out = Command::new(BERTHD)
+            .arg("--config")
+            .arg(&self.config)
+            .args(["token", "create", "--name", "test"])
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{out:?}");
+        self.token = String::from_utf8_lossy(&out.stdout).trim().to_string();
+    }
+
+    /// Spawns berthd; returns when the process is spawned (not when it serves).
+    fn spawn(&mut self) -> Instant {
+        self.logs.lock().unwrap().clear();
+        let t0 = Instant::now();
+        let mut child = Command::new(BERTHD)
+            .arg("--config")
+            .arg(&self.config)
+            .args(["--log-format", "json"])
+            .env_remove("NOTIFY_SOCKET")
+            .env_remove("LISTEN_FDS")
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let stderr = child.stderr.take().unwrap();
+        let logs = self.logs.clone();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines() {
+                let Ok(line) = line else { break };
+                logs.lock().unwrap().push(line);
+            }
+        });
+        self.child = Some(child);
+        t0
+    }
+
+    fn start(&mut self) {
+        self.spawn();
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while TcpStream::connect(self.api).is_err() {
+            assert!(
+                Instant::now() < deadline,
+                "berthd did not start: {:?}",
+                self.logs.lock().unwrap()
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    fn kill_9(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            c.kill().unwrap();
+            c.wait().unwrap();
+        }
+    }
+
+    fn terminate(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = Command::new("kill")
+                .arg("-TERM")
+                .arg(c.id().to_string())
+                .status();
+            let deadline = Instant::now() + Duration::from_secs(30);
+            loop {
+                if c.try_wait().unwrap().is_some() {
+                    return;
+                }
+                if Instant::now() > deadline {
+                    let _ = c.kill();
+                    let _ = c.wait();
+                    panic!("berthd did not stop on SIGTERM");
+                }
+                std::thread::sleep(Duration::from_millis(50));
+            }
+        }
+    }
+
+    fn logged(&self, needle: &str) -> Option<String> {
+        self.logs
+            .lock()
+            .unwrap()
+            .iter()
+            .find(|l| l.contains(needle))
+            .cloned()
+    }
+
+    async fn api_call(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        body: Option<serde_json::Value>,
+    ) -> (u16, serde_json::Value) {
+        let mut req = reqwest::Client::new()
+            .request(method, format!("http://{}{path}", self.api))
+            .bearer_auth(&self.token)
+            .timeout(Duration::from_secs(30));
+        if let Some(b) = body {
+            req = req.json(&b);
+        }
+        let resp = req.send().await.expect("API answers");
+        let status = resp.status().as_u16();
+        (status, resp.json().await.unwrap_or(serde_json::Value::Null))
+    }
+
+    /// Deploys and waits for the outcome; returns the deployment id.
+    async fn deploy(&self, app: &str, image: &str, replicas: u32) -> String {
+        let spec = serde_json::json!({
+            "image": image, "domains": [format!("{app}.test")], "replicas": replicas,
+            "health": {"path": "/health", "interval": "200ms", "timeout": "1s"},
+            "drain_timeout": "2s", "deploy_timeout": "20s",
+        });
+        // Right after a start, an app the store knows takes deploys once it is reconciled
+        // (409 `reconcile after start` until then).
+        let deadline = Instant::now() + Duration::from_secs(60);
+        let v = loop {
+            let (status, v) = self
+                .api_call(
+                    reqwest::Method::POST,
+                    &format!("/v1/apps/{app}/deploy"),
+                    Some(spec.clone()),
+                )
+                .await;
+            if status == 409 && v["error"]["deployment"] == "reconcile after start" {
+                assert!(Instant::now() < deadline, "{v}");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                continue;
+            }
+            assert_eq!(status, 202, "{v}");
+            break v;
+        };
+        let id = v["deployment"]
+            .as_str()
+            .or_else(|| v["id"].as_str())
+            .unwrap_or_else(|| panic!("deployment id in {v}"))
+            .to_string();
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            let (_, d) = self
+                .api_call(reqwest::Method::GET, &format!("/v1/deployments/{id}"), None)
+                .await;
+            match d["state"].as_str() {
+                Some("succeeded") => return id,
+                Some("failed") => panic!("deploy {id} failed: {d}"),
+                _ => {}
+            }
+            assert!(Instant::now() < deadline, "deploy {id} did not finish");
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
+
+    async fn get(&self, host: &str) -> Result<(u16, String), String> {
+        let resp = reqwest::Client::new()
+            .get(format!("http://{}/", self.http))
+            .header("host", host)
+            .timeout(Duration::from_secs(5))
+            .send()
+            .await
+            .map_err(|e| e.to_string())?;
+        let s = resp.status().as_u16();
+        Ok((s, resp.text().await.unwrap_or_default().trim().to_string()))
+    }
+
+    async fn wait_body(&self, host: &str, want: &str, within: Duration) {
+        let deadline = Instant::now() + within;
+        loop {
+            let got = self.get(host).await;
+            if matches!(&got, Ok((200, b)) if b == want) {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{host}: waited for {want:?}, last {got:?}; logs: {:?}",
+                self.logs.lock().unwrap()
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+}
+
+impl Drop for World {
+    fn drop(&mut self) {
+        self.kill_9();
+    }
+}
+
+/// Containers of `app` (running or not): (id, deployment label, running).
+fn containers(app: &str) -> Vec<(String, String, bool)> {
+    // One listing (ps then inspect would race with a container's removal).
+    let (ok, out) = sh(&format!(
+        "docker ps -a --no-trunc --filter label=berth.app={app} \
+         --format '{{{{.ID}}}} {{{{.Label \"berth.deployment\"}}}} {{{{.State}}}}'"
+    ));
+    assert!(ok, "{out}");
+    out.lines()
+        .filter_map(|l| {
+            let mut p = l.split_whitespace();
+            Some((
+                p.next()?.to_string(),
+                p.next()?.to_string(),
+                p.next()? == "running",
+            ))
+        })
+        .collect()
+}
+
+fn remove_wal(data: &Path) {
+    for ext in ["-wal", "-shm"] {
+        let p = data.join(format!("berth.db{ext}"));
+        if p.exists() {
+            std::fs::remove_file(&p).unwrap();
+        }
+    }
+}
+
+/// The drill of issue 19.1: deploy v1 (checkpointed by a clean stop), then v2 of app A and a
+/// new app B; `kill -9`; delete `berth.db-wal`; start. Before the fix, reconcile removed the
+/// v2 containers and recreated v1, and B answered 404.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[cfg_attr(
+    not(berth_system_tests),
+    ignore = "system test: set BERTH_SYSTEM_TESTS=1"
+)]
+async fn wal_loss_after_kill_9_keeps_and_routes_what_runs() {
+    if skip() {
+        return;
+    }
+    let pid = std::process::id();
+    let (a, b) = (format!("wala{pid}"), format!("walb{pid}"));
+    let network = format!("berth-t-wal{pid}");
+    let mut w = World::new(&[&a, &b], &network);
+    w.start();
+    let v1 = w.deploy(&a, IMG_V1, 2).await;
+    w.wait_body(&format!("{a}.test"), "v1", Duration::from_secs(10))
+        .await;
+    w.terminate();
+    // With berthd stopped, the last connection to close checkpoints the WAL into berth.db:
+    // v1 is in the main file from now on (as after any SQLite auto-checkpoint).
+    drop(berth::store::Store::open(&w.data()).unwrap());
+    assert!(!w.data().join("berth.db-wal").exists());
+    w.start();
+    w.wait_body(&format!("{a}.test"), "v1", Duration::from_secs(20))
+        .await;
+
+    // `berthd backup` while berthd runs: a consistent copy that knows v1.
+    let backup = w.dir.path().join("backup.db");
+    let (ok, out) = w.berthd(&["backup", backup.to_str().unwrap()]);
+    assert!(ok, "{out}");
+    assert!(out.contains("quick_check ok"), "{out}");
+    {
+        use berth::store::deployments::DeploymentStore;
+        let copy = berth::store::deployments::SqliteDeployments::open(&backup).unwrap();
+        assert_eq!(copy.current(&a).unwrap().unwrap().id, v1);
+    }
+
+    let v2 = w.deploy(&a, IMG_V2, 2).await;
+    let b1 = w.deploy(&b, IMG_V1, 1).await;
+    w.wait_body(&format!("{a}.test"), "v2", Duration::from_secs(10))
+        .await;
+    w.wait_body(&format!("{b}.test"), "v1", Duration::from_secs(10))
+        .await;
+    let v2_ids: Vec<String> = containers(&a)
+        .into_iter()
+        .filter(|c| c.1 == v2 && c.2)
+        .map(|c| c.0)
+        .collect();
+    assert_eq!(v2_ids.len(), 2);
+
+    w.kill_9();
+    assert!(
+        w.data().join("berth.db-wal").exists(),
+        "the last commits are in the WAL"
+    );
+    remove_wal(&w.data());
+    w.start();
+    // The token lived in the lost commits too (it was created before the first start, so
+    // it survived); make sure we can talk to the API either way.
+    w.new_token();
+    w.wait_body(&format!("{a}.test"), "v2", Duration::from_secs(5))
+        .await;
+    w.wait_body(&format!("{b}.test"), "v1", Duration::from_secs(5))
+        .await;
+    // Reconcile done: still v2, nothing of A removed or recreated, B still routed.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while w.logged("reconcile done").is_none() {
+        assert!(Instant::now() < deadline, "{:?}", w.logs.lock().unwrap());
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let now = containers(&a);
+    assert_eq!(
+        now.iter()
+            .filter(|c| c.2)
+            .map(|c| c.0.clone())
+            .collect::<Vec<_>>()
+            .len(),
+        2,
+        "{now:?}"
+    );
+    for id in &v2_ids {
+        assert!(
+            now.iter().any(|c| &c.0 == id && c.2),
+            "v2 {id} kept: {now:?}"
+        );
+    }
+    assert!(!now.iter().any(|c| c.1 == v1), "v1 not recreated: {now:?}");
+    for _ in 0..20 {
+        assert_eq!(w.get(&format!("{a}.test")).await, Ok((200, "v2".into())));
+        assert_eq!(w.get(&format!("{b}.test")).await, Ok((200, "v1".into())));
+    }
+    let line = w.logged("store is behind").expect("loud log line");
+    assert!(line.contains("\"ERROR\""), "{line}");
+    assert!(line.contains(&v2) || w.logged(&v2).is_some(), "{line}");
+    assert!(w.logged(&b1).is_some());
+    let (_, app) = w
+        .api_call(reqwest::Method::GET, &format!("/v1/apps/{a}"), None)
+        .await;
+    assert!(app["adopted"].is_string(), "{app}");
+
+    // A deploy makes the store current again.
+    let v3 = w.deploy(&a, IMG_V1, 2).await;
+    w.wait_body(&format!("{a}.test"), "v1", Duration::from_secs(10))
+        .await;
+    // The replaced containers are removed right after the outcome is stored.
+    let deadline = Instant::now() + Duration::from_secs(15);
+    loop {
+        let now = containers(&a);
+        if now.iter().all(|c| c.1 == v3) {
+            break;
+        }
+        assert!(Instant::now() < deadline, "{now:?}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    w.terminate();
+}
+
+/// Issue 19.2: with an unhealthy replica present, a restarted berthd serves a healthy app
+/// within a second of the process start; status reports the proxy's health; reconcile
+/// replaces the unhealthy replica in the background.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[cfg_attr(
+    not(berth_system_tests),
+    ignore = "system test: set BERTH_SYSTEM_TESTS=1"
+)]
+async fn start_serves_within_a_second_with_an_unhealthy_replica() {
+    if skip() {
+        return;
+    }
+    let pid = std::process::id();
+    let (h, g) = (format!("sick{pid}"), format!("fine{pid}"));
+    let network = format!("berth-t-sick{pid}");
+    let mut w = World::new(&[&h, &g], &network);
+    w.start();
+    let dh = w.deploy(&h, IMG_V1, 2).await;
+    w.deploy(&g, IMG_V2, 1).await;
+    w.terminate();
+    // One replica of `sick` fails its health check from now on (it still serves `/`).
+    let sick: Vec<(String, String, bool)> = containers(&h);
+    let bad = sick.iter().find(|c| c.1 == dh).unwrap().0.clone();
+    let (ok, out) = sh(&format!("docker exec {bad} /bin/busybox rm /www/health"));
+    assert!(ok, "{out}");
+
+    let t0 = w.spawn();
+    let served = loop {
+        if let Ok((200, body)) = w.get(&format!("{g}.test")).await {
+            assert_eq!(body, "v2");
+            break t0.elapsed();
+        }
+        assert!(
+            t0.elapsed() < Duration::from_secs(20),
+            "{:?}",
+            w.logs.lock().unwrap()
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    };
+    println!("start to first served request: {served:?}");
+    assert!(served < Duration::from_secs(1), "took {served:?}");
+    // `sick` serves too (its healthy replica) at once.
+    w.wait_body(&format!("{h}.test"), "v1", Duration::from_secs(1))
+        .await;
+
+    // Status follows the proxy: never 2/2 while a replica fails its checks; then reconcile
+    // replaces the bad replica and it is 2/2 again, with the bad container gone.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let (_, app) = w
+            .api_call(reqwest::Method::GET, &format!("/v1/apps/{h}"), None)
+            .await;
+        let bad_routed = app["replicas"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .any(|r| r["container_id"].as_str() == Some(bad.as_str()) && r["routed"] == true);
+        let bad_unhealthy = app["replicas"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .any(|r| r["container_id"].as_str() == Some(bad.as_str()) && r["healthy"] == false);
+        assert!(!(bad_routed && bad_unhealthy), "{app}");
+        let gone = !containers(&h).iter().any(|c| c.0 == bad);
+        if gone && app["ready"] == "2/2" {
+            break;
+        }
+        assert!(Instant::now() < deadline, "not replaced: {app}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    w.terminate();
+}
+
+/// Issue 19.3: a data dir that cannot be opened (here: it is a file) stops changes, not the
+/// routes. Runs always (no Docker).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unopenable_data_dir_still_serves_config_routes() {
+    use berth::store::registry::{ChangeError, RouteChange};
+    use berth::store::{RouteSource, StoreError};
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    let backend = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let backend_addr = backend.local_addr().unwrap();
+    tokio::spawn(async move {
+        loop {
+            let Ok((mut s, _)) = backend.accept().await else {
+                return;
+            };
+            tokio::spawn(async move {
+                let mut buf = [0u8; 2048];
+                let _ = s.read(&mut buf).await;
+                let _ = s
+                    .write_all(
+                        b"HTTP/1.1 200 OK\r\ncontent-length: 6\r\nconnection: close\r\n\r\nstatic",
+                    )
+                    .await;
+            });
+        }
+    });
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    std::fs::write(&data, "a file where the data dir should be").unwrap();
+    let mut cfg = berth::model::config::Config {
+        data_dir: data,
+        ..Default::default()
+    };
+    cfg.http.listen = "127.0.0.1:0".parse().unwrap();
+    cfg.api.listen = "127.0.0.1:0".parse().unwrap();
+    cfg.log.access_log = false;
+    // `auto`: with Docker the engine starts in its degraded mode (no secrets key, no
+    // deploys), without it berthd runs without an engine; either way the routes serve.
+    cfg.deploy.enabled = berth::model::config::DeployEnabled::Auto;
+    cfg.routes = vec![serde_json::from_value(serde_json::json!({
+        "name": "static", "domains": ["static.test"],
+        "backends": [{"address": backend_addr.to_string()}],
+    }))
+    .unwrap()];
+    let running = berth::daemon::start(cfg, None)
+        .await
+        .expect("berthd starts without a usable data dir");
+    let problem = running
+        .store_problem
+        .clone()
+        .expect("the problem is reported");
+    assert!(problem.contains("data dir"), "{problem}");
+    let resp = reqwest::Client::new()
+        .get(format!("http://{}/", running.http_addr))
+        .header("host", "static.test")
+        .timeout(Duration::from_secs(5))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status().as_u16(), 200);
+    assert_eq!(resp.text().await.unwrap(), "static");
+    let err = running
+        .registry
+        .apply(RouteChange::PutRoute {
+            name: "new".into(),
+            source: RouteSource::Api,
+            spec: serde_json::from_value(serde_json::json!({"domains": ["new.test"]})).unwrap(),
+        })
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(&err, ChangeError::Store(StoreError::Unavailable(m)) if m.contains("data dir")),
+        "{err}"
+    );
+    assert!(
+        running.registry.route("new").is_none(),
+        "nothing half-applied"
+    );
+    // `/metrics` says so (no token needed by default): the gauge and the reason.
+    let metrics = reqwest::Client::new()
+        .get(format!("http://{}/metrics", running.api_addr))
+        .timeout(Duration::from_secs(5))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(metrics.contains("\nberth_store_up 0\n"), "{metrics}");
+    let reason = metrics
+        .lines()
+        .find(|l| l.starts_with("berth_store_problem{reason=\""))
+        .unwrap_or_else(|| panic!("no berth_store_problem in {metrics}"));
+    assert!(
+        reason.contains("data dir") && reason.ends_with("} 1"),
+        "{reason}"
+    );
+    running.shutdown().await;
+}
+
+/// Issue 19.3: a store that takes no writes but whose last state is readable (here the
+/// `-shm` file cannot be created): the status page's data (`/v1/stats`, with a token from
+/// that state) and `/metrics` report it, `berthd status` too; a healthy store says `ok`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn read_only_store_shows_on_the_status_page_and_in_metrics() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let token = {
+        let store = berth::store::Store::open(&data).unwrap();
+        store.create_token("ops").unwrap().1
+    };
+    let start = |data: PathBuf| async move {
+        let mut cfg = berth::model::config::Config {
+            data_dir: data,
+            ..Default::default()
+        };
+        cfg.http.listen = "127.0.0.1:0".parse().unwrap();
+        cfg.api.listen = "127.0.0.1:0".parse().unwrap();
+        cfg.log.access_log = false;
+        cfg.deploy.enabled = berth::model::config::DeployEnabled::Off;
+        berth::daemon::start(cfg, None)
+            .await
+            .expect("berthd starts")
+    };
+    let get = |addr: SocketAddr, path: &'static str, token: String| async move {
+        let resp = reqwest::Client::new()
+            .get(format!("http://{addr}{path}"))
+            .bearer_auth(token)
+            .timeout(Duration::from_secs(5))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(resp.status().as_u16(), 200, "{path}");
+        resp.text().await.unwrap()
+    };
+
+    // Healthy first: ok, and the gauge is 1.
+    let running = start(data.clone()).await;
+    assert_eq!(running.store_problem, None);
+    let stats: serde_json::Value =
+        serde_json::from_str(&get(running.api_addr, "/v1/stats", token.clone()).await).unwrap();
+    assert_eq!(stats["store"], serde_json::json!({"ok": true}), "{stats}");
+    let metrics = get(running.api_addr, "/metrics", token.clone()).await;
+    assert!(metrics.contains("\nberth_store_up 1\n"), "{metrics}");
+    assert!(!metrics.contains("berth_store_problem{"), "{metrics}");
+    running.shutdown().await;
+
+    // Then the database cannot be opened for writing.
+    std::fs::create_dir(data.join("berth.db-shm")).unwrap();
+    let running = start(data.clone()).await;
+    let problem = running.store_problem.clone().expect("reported");
+    let stats: serde_json::Value =
+        serde_json::from_str(&get(running.api_addr, "/v1/stats", token.clone()).await).unwrap();
+    assert_eq!(stats["store"]["ok"], false, "{stats}");
+    assert_eq!(stats["store"]["problem"], problem.as_str(), "{stats}");
+    let metrics = get(running.api_addr, "/metrics", token.clone()).await;
+    assert!(metrics.contains("\nberth_store_up 0\n"), "{metrics}");
+    assert!(
+        metrics.contains("berth_store_problem{reason=\""),
+        "{metrics}"
+    );
+    // The status page renders that field as its banner.
+    let js = get(running.api_addr, "/ui/app.js", token.clone()).await;
+    assert!(
+        js.contains("store-banner") && js.contains("Store DEGRADED"),
+        "app.js"
+    );
+    running.shutdown().await;
+}

@@ -1,0 +1,677 @@
+//! Lifecycle tests against the real `berthd` binary: hitless upgrades under load (new and
+//! keep-alive connections), a failing successor, WebSocket tunnels across an upgrade, SIGHUP
+//! reloads (valid and invalid), sd_notify messages on our own NOTIFY_SOCKET, systemd socket
+//! activation, and graceful stop. Backends and clients are raw TCP on 127.0.0.1 so every
+//! failure (refused, reset, EOF, wrong status) is counted exactly.
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::thread;
+use std::time::{Duration, Instant};
+
+const BERTHD: &str = env!("CARGO_BIN_EXE_berthd");
+
+/// A raw HTTP/1.1 backend: keep-alive, `/slow` waits 800 ms, `Upgrade` requests get a 101
+/// and then a byte echo (enough for a tunnel test; the proxy does not parse frames).
+struct Backend {
+    addr: SocketAddr,
+    stop: Arc<AtomicBool>,
+}
+
+impl Backend {
+    fn start(body: &'static str) -> Backend {
+        let l = TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = l.local_addr().unwrap();
+        let stop = Arc::new(AtomicBool::new(false));
+        let s = stop.clone();
+        l.set_nonblocking(true).unwrap();
+        thread::spawn(move || {
+            while !s.load(Ordering::Relaxed) {
+                match l.accept() {
+                    Ok((c, _)) => {
+                        c.set_nonblocking(false).unwrap();
+                        thread::spawn(move || serve_backend_conn(c, body));
+                    }
+                    Err(_) => thread::sleep(Duration::from_millis(2)),
+                }
+            }
+        });
+        Backend { addr, stop }
+    }
+}
+
+impl Drop for Backend {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+    }
+}
+
+fn serve_backend_conn(c: TcpStream, body: &'static str) {
+    let _ = c.set_read_timeout(Some(Duration::from_secs(30)));
+    let mut w = c.try_clone().unwrap();
+    let mut r = BufReader::new(c);
+    loop {
+        let mut head = String::new();
+        loop {
+            let mut line = String::new();
+            match r.read_line(&mut line) {
+                Ok(0) | Err(_) => return,
+                Ok(_) => {}
+            }
+            if line == "\r\n" {
+                break;
+            }
+            head.push_str(&line);
+        }
+        let lower = head.to_ascii_lowercase();
+        if lower.contains("upgrade: websocket") {
+            let _ = w.write_all(
+                b"HTTP/1.1 101 Switching Protocols\r\nupgrade: websocket\r\nconnection: upgrade\r\n\r\n",
+            );
+            let mut buf = [0u8; 1024];
+            loop {
+                match r.read(&mut buf) {
+                    Ok(0) | Err(_) => return,
+                    Ok(n) => {
+                        if w.write_all(&buf[..n]).is_err() {
+                            return;
+                        }
+                    }
+                }
+            }
+        }
+        if head.starts_with("GET /slow") {
+            thread::sleep(Duration::from_millis(800));
+        }
+        let resp = format!(
+            "HTTP/1.1 200 OK\r\ncontent-length: {}\r\ncontent-type: text/plain\r\n\r\n{}",
+            body.len(),
+            body
+        );
+        if w.write_all(resp.as_bytes()).is_err() {
+            return;
+        }
+    }
+}
+
+/// Reads one HTTP/1.1 response (content-length bodies only). Returns (status, close, body).
+fn read_response(r: &mut BufReader<TcpStream>) -> Result<(u16, bool, String), String> {
+    let mut status_line = String::new();
+    match r.read_line(&mut status_line) {
+        Ok(0) => return Err("EOF before response".into()),
+        Err(e) => return Err(format!("read: {e}")),
+        Ok(_) => {}
+    }
+    let status: u16 = status_line
+        .split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .ok_or_else(|| format!("bad status line {status_line:?}"))?;
+    let mut len = 0usize;
+    let mut close = false;
+    loop {
+        let mut line = String::new();
+        r.read_line(&mut line).map_err(|e| format!("read: {e}"))?;
+        if line == "\r\n" || line.is_empty() {
+            break;
+        }
+        let l = line.to_ascii_lowercase();
+        if let Some(v) = l.strip_prefix("content-length:") {
+            len = v.trim().parse().unwrap_or(0);
+        }
+        if l.starts_with("connection:") && l.contains("close") {
+            close = true;
+        }
+    }
+    let mut body = vec![0; len];
+    r.read_exact(&mut body).map_err(|e| format!("body: {e}"))?;
+    Ok((status, close, String::from_utf8_lossy(&body).into_owned()))
+}
+
+#[derive(Default)]
+struct LoadStats {
+    ok: AtomicU64,
+    failed: AtomicU64,
+    errors: Mutex<Vec<String>>,
+}
+
+impl LoadStats {
+    fn fail(&self, e: String) {
+        self.failed.fetch_add(1, Ordering::Relaxed);
+        let mut errs = self.errors.lock().unwrap();
+        if errs.len() < 20 {
+            errs.push(e);
+        }
+    }
+}
+
+/// Bounded load: `new_conn` workers open a connection per request, `keepalive` workers reuse
+/// one until the server says close. Runs until `stop` or `max` elapses.
+fn load(
+    addr: SocketAddr,
+    new_conn: usize,
+    keepalive: usize,
+    stop: Arc<AtomicBool>,
+    max: Duration,
+) -> (Arc<LoadStats>, Vec<thread::JoinHandle<()>>) {
+    let stats = Arc::new(LoadStats::default());
+    let deadline = Instant::now() + max;
+    let mut handles = Vec::new();
+    for _ in 0..new_conn {
+        let (stats, stop) = (stats.clone(), stop.clone());
+        handles.push(thread::spawn(move || {
+            while !stop.load(Ordering::Relaxed) && Instant::now() < deadline {
+                let res = (|| {
+                    let c = TcpStream::connect(addr).map_err(|e| format!("connect: {e}"))?;
+                    c.set_read_timeout(Some(Duration::from_secs(10))).ok();
+                    (&c).write_all(
+                        b"GET / HTTP/1.1\r\nhost: app.test\r\nconnection: close\r\n\r\n",
+                    )
+                    .map_err(|e| format!("write: {e}"))?;
+                    let (status, _, _) = read_response(&mut BufReader::new(c))?;
+                    if status != 200 {
+                        return Err(format!("status {status}"));
+                    }
+                    Ok(())
+                })();
+                match res {
+                    Ok(()) => stats.ok.fetch_add(1, Ordering::Relaxed),
+                    Err(e) => {
+                        stats.fail(format!("new-conn: {e}"));
+                        0
+                    }
+                };
+            }
+        }));
+    }
+    for _ in 0..keepalive {
+        let (stats, stop) = (stats.clone(), stop.clone());
+        handles.push(thread::spawn(move || {
+            let mut conn: Option<BufReader<TcpStream>> = None;
+            while !stop.load(Ordering::Relaxed) && Instant::now() < deadline {
+                if conn.is_none() {
+                    match TcpStream::connect(addr) {
+                        Ok(c) => {
+                            c.set_read_timeout(Some(Duration::from_secs(10))).ok();
+                            conn = Some(BufReader::new(c));
+                        }
+                        Err(e) => {
+                            stats.fail(format!("keep-alive connect: {e}"));
+                            continue;
+                        }
+                    }
+                }
+                let r = conn.as_mut().unwrap();
+                let res = r
+                    .get_mut()
+                    .write_all(b"GET / HTTP/1.1\r\nhost: app.test\r\n\r\n")
+                    .map_err(|e| format!("write: {e}"))
+                    .and_then(|_| read_response(r));
+                match res {
+                    Ok((200, close, _)) => {
+                        stats.ok.fetch_add(1, Ordering::Relaxed);
+                        if close {
+                            conn = None;
+                        }
+                    }
+                    Ok((s, _, _)) => {
+                        stats.fail(format!("keep-alive: status {s}"));
+                        conn = None;
+                    }
+                    Err(e) => {
+                        stats.fail(format!("keep-alive: {e}"));
+                        conn = None;
+                    }
+                }
+                thread::sleep(Duration::from_millis(1));
+            }
+        }));
+    }
+    (stats, handles)
+}
+
+struct Daemon {
+    child: Child,
+    http: SocketAddr,
+    config: PathBuf,
+    logs: Arc<Mutex<Vec<String>>>,
+    _dir: tempfile::TempDir,
+}
+
+fn write_config(dir: &Path, listen: &str, backend: SocketAddr, extra_route: bool) -> PathBuf {
+    let mut cfg = format!(
+        "http:\n  listen: {listen}\napi:\n  listen: 127.0.0.1:0\ndata_dir: {}\nlog:\n  access_log: false\nproxy:\n  timeouts:\n    drain: 5s\nroutes:\n  - domains: [app.test]\n    backends:\n      - address: {backend}\n",
+        dir.display()
+    );
+    if extra_route {
+        cfg.push_str(&format!(
+            "  - domains: [new.test]\n    backends:\n      - address: {backend}\n"
+        ));
+    }
+    let path = dir.join("berthd.yaml");
+    std::fs::write(&path, cfg).unwrap();
+    path
+}
+
+impl Daemon {
+    fn start(backend: SocketAddr, env: &[(&str, &str)]) -> Daemon {
+        Self::start_with(backend, env, None)
+    }
+
+    fn start_with(
+        backend: SocketAddr,
+        env: &[(&str, &str)],
+        wrapper: Option<Vec<String>>,
+    ) -> Daemon {
+        let dir = tempfile::tempdir().unwrap();
+        let config = write_config(dir.path(), "127.0.0.1:0", backend, false);
+        let mut cmd = match &wrapper {
+            Some(w) => {
+                let mut c = Command::new(&w[0]);
+                c.args(&w[1..]).arg(BERTHD);
+                c
+            }
+            None => Command::new(BERTHD),
+        };
+        cmd.arg("--config")
+            .arg(&config)
+            .arg("--log-format")
+            .arg("json")
+            .env_remove("NOTIFY_SOCKET")
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped());
+        for (k, v) in env {
+            cmd.env(k, v);
+        }
+        let mut child = cmd.spawn().unwrap();
+        if let Some(w) = &wrapper {
+            // systemd-socket-activate starts the program on the first connection.
+            let addr: SocketAddr = w[2].parse().unwrap();
+            thread::spawn(move || {
+                let end = Instant::now() + Duration::from_secs(10);
+                while Instant::now() < end && TcpStream::connect(addr).is_err() {
+                    thread::sleep(Duration::from_millis(20));
+                }
+            });
+        }
+        let stderr = child.stderr.take().unwrap();
+        let logs = Arc::new(Mutex::new(Vec::new()));
+        let (tx, rx) = std::sync::mpsc::channel();
+        let l2 = logs.clone();
+        thread::spawn(move || {
+            for line in BufReader::new(stderr).lines() {
+                let Ok(line) = line else { break };
+                if line.contains("\"listening\"") {
+                    if let Some(i) = line.find("\"http\":\"") {
+                        let rest = &line[i + 8..];
+                        let addr = &rest[..rest.find('"').unwrap()];
+                        let _ = tx.send(addr.parse::<SocketAddr>().unwrap());
+                    }
+                }
+                l2.lock().unwrap().push(line);
+            }
+        });
+        let http = rx
+            .recv_timeout(Duration::from_secs(20))
+            .unwrap_or_else(|_| panic!("berthd did not start: {:?}", logs.lock().unwrap()));
+        crate::support::wait_until(Duration::from_secs(10), || {
+            TcpStream::connect(http).is_ok() && dir.path().join("control.sock").exists()
+        });
+        Daemon {
+            child,
+            http,
+            config,
+            logs,
+            _dir: dir,
+        }
+    }
+
+    fn ctl(&self, cmd: &str) -> std::process::Output {
+        Command::new(BERTHD)
+            .arg("--config")
+            .arg(&self.config)
+            .arg(cmd)
+            .output()
+            .unwrap()
+    }
+
+    fn current_pid(&self) -> u32 {
+        let out = self.ctl("status");
+        let s = String::from_utf8_lossy(&out.stdout);
+        s.split_whitespace().nth(1).unwrap().parse().unwrap()
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        if let Ok(out) = Command::new(BERTHD)
+            .arg("--config")
+            .arg(&self.config)
+            .arg("status")
+            .output()
+        {
+            if let Some(pid) = String::from_utf8_lossy(&out.stdout)
+                .split_whitespace()
+                .nth(1)
+                .and_then(|p| p.parse::<i32>().ok())
+            {
+                // SAFETY: plain kill(2) on a pid the daemon reported as itself.
+                unsafe { libc::kill(pid, libc::SIGKILL) };
+            }
+        }
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+fn pid_alive(pid: u32) -> bool {
+    // A zombie still has /proc/PID; treat it as gone.
+    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+        Ok(s) => !s.contains(") Z "),
+        Err(_) => false,
+    }
+}
+
+fn get(addr: SocketAddr, host: &str, path: &str) -> Result<(u16, String), String> {
+    let c = TcpStream::connect(addr).map_err(|e| e.to_string())?;
+    c.set_read_timeout(Some(Duration::from_secs(10))).ok();
+    (&c).write_all(
+        format!("GET {path} HTTP/1.1\r\nhost: {host}\r\nconnection: close\r\n\r\n").as_bytes(),
+    )
+    .map_err(|e| e.to_string())?;
+    let (s, _, b) = read_response(&mut BufReader::new(c))?;
+    Ok((s, b))
+}
+
+#[test]
+fn fifty_upgrades_under_load_fail_nothing() {
+    let backend = Backend::start("ok");
+    let d = Daemon::start(backend.addr, &[]);
+    let stop = Arc::new(AtomicBool::new(false));
+    let (stats, handles) = load(d.http, 4, 4, stop.clone(), Duration::from_secs(120));
+    thread::sleep(Duration::from_millis(300));
+    let mut pids = vec![d.current_pid()];
+    for i in 0..50 {
+        let out = d.ctl("upgrade");
+        assert!(
+            out.status.success(),
+            "upgrade {i} failed: {} {}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let msg = String::from_utf8_lossy(&out.stdout).to_string();
+        let pid: u32 = msg.split_whitespace().nth(2).unwrap().parse().unwrap();
+        pids.push(pid);
+        thread::sleep(Duration::from_millis(20));
+    }
+    thread::sleep(Duration::from_millis(300));
+    stop.store(true, Ordering::Relaxed);
+    for h in handles {
+        h.join().unwrap();
+    }
+    let ok = stats.ok.load(Ordering::Relaxed);
+    let failed = stats.failed.load(Ordering::Relaxed);
+    eprintln!("50 upgrades: {ok} requests ok, {failed} failed");
+    assert_eq!(failed, 0, "failures: {:?}", stats.errors.lock().unwrap());
+    assert!(ok > 500, "load loop made too few requests ({ok})");
+    assert_eq!(d.current_pid(), *pids.last().unwrap());
+    // Every old process finishes draining and exits on its own.
+    let old = pids[..pids.len() - 1].to_vec();
+    crate::support::wait_until(Duration::from_secs(15), || {
+        old.iter().all(|p| !pid_alive(*p))
+    });
+}
+
+#[test]
+fn failing_successor_keeps_the_old_process_serving() {
+    let backend = Backend::start("ok");
+    let d = Daemon::start(backend.addr, &[("BERTH_DEBUG_FAIL_UPGRADE", "1")]);
+    let pid = d.current_pid();
+    let stop = Arc::new(AtomicBool::new(false));
+    let (stats, handles) = load(d.http, 2, 2, stop.clone(), Duration::from_secs(60));
+    thread::sleep(Duration::from_millis(200));
+    for _ in 0..3 {
+        let out = d.ctl("upgrade");
+        assert!(
+            !out.status.success(),
+            "a dying successor must fail the upgrade"
+        );
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(err.contains("exited before it was ready"), "{err}");
+    }
+    thread::sleep(Duration::from_millis(200));
+    stop.store(true, Ordering::Relaxed);
+    for h in handles {
+        h.join().unwrap();
+    }
+    assert_eq!(
+        stats.failed.load(Ordering::Relaxed),
+        0,
+        "{:?}",
+        stats.errors.lock().unwrap()
+    );
+    assert!(stats.ok.load(Ordering::Relaxed) > 50);
+    assert_eq!(
+        d.current_pid(),
+        pid,
+        "the old process is still the one serving"
+    );
+    let status = String::from_utf8_lossy(&d.ctl("status").stdout).to_string();
+    assert!(status.contains("upgrade failed"), "{status}");
+}
+
+#[test]
+fn websocket_tunnel_survives_an_upgrade() {
+    let backend = Backend::start("ok");
+    let d = Daemon::start(backend.addr, &[]);
+    let c = TcpStream::connect(d.http).unwrap();
+    c.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    let mut w = c.try_clone().unwrap();
+    let mut r = BufReader::new(c);
+    w.write_all(b"GET /ws HTTP/1.1\r\nhost: app.test\r\nconnection: Upgrade\r\nupgrade: websocket\r\nsec-websocket-version: 13\r\nsec-websocket-key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n").unwrap();
+    let mut line = String::new();
+    r.read_line(&mut line).unwrap();
+    assert!(line.starts_with("HTTP/1.1 101"), "{line}");
+    loop {
+        line.clear();
+        r.read_line(&mut line).unwrap();
+        if line == "\r\n" {
+            break;
+        }
+    }
+    let mut echo = |msg: &[u8]| {
+        w.write_all(msg).unwrap();
+        let mut buf = vec![0; msg.len()];
+        r.read_exact(&mut buf).unwrap();
+        assert_eq!(buf, msg);
+    };
+    echo(b"before");
+    let out = d.ctl("upgrade");
+    assert!(out.status.success());
+    for i in 0..5 {
+        echo(format!("after-{i}").as_bytes());
+        thread::sleep(Duration::from_millis(100));
+    }
+    // New connections reach the new process while the tunnel lives in the old one.
+    assert_eq!(get(d.http, "app.test", "/").unwrap().0, 200);
+    echo(b"still here");
+}
+
+#[test]
+fn sighup_reload_applies_valid_and_rejects_invalid_config() {
+    let backend = Backend::start("ok");
+    let d = Daemon::start(backend.addr, &[]);
+    let pid = d.child.id() as i32;
+    assert_eq!(get(d.http, "new.test", "/").unwrap().0, 404);
+
+    // Invalid: old config stays in force.
+    std::fs::write(&d.config, "routes: [{domains: [\"bad host\"]}]\n").unwrap();
+    // SAFETY: kill(2) on our own child.
+    unsafe { libc::kill(pid, libc::SIGHUP) };
+    crate::support::wait_until(Duration::from_secs(5), || {
+        d.logs
+            .lock()
+            .unwrap()
+            .iter()
+            .any(|l| l.contains("reload rejected"))
+    });
+    assert_eq!(get(d.http, "app.test", "/").unwrap().0, 200);
+
+    // Valid: new route served, and `berthd reload` reports success.
+    write_config(
+        d.config.parent().unwrap(),
+        "127.0.0.1:0",
+        backend.addr,
+        true,
+    );
+    let out = d.ctl("reload");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(get(d.http, "new.test", "/").unwrap().0, 200);
+    assert_eq!(get(d.http, "app.test", "/").unwrap().0, 200);
+    // The invalid-reload error names the file and the key.
+    std::fs::write(&d.config, "proxy: {workerz: 1}\n").unwrap();
+    let out = d.ctl("reload");
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("berthd.yaml") && err.contains("workerz"),
+        "{err}"
+    );
+}
+
+#[test]
+fn sigterm_drains_in_flight_requests_and_exits_zero() {
+    let backend = Backend::start("ok");
+    let mut d = Daemon::start(backend.addr, &[]);
+    let http = d.http;
+    let slow = thread::spawn(move || get(http, "app.test", "/slow"));
+    thread::sleep(Duration::from_millis(200));
+    // SAFETY: kill(2) on our own child.
+    unsafe { libc::kill(d.child.id() as i32, libc::SIGTERM) };
+    let (status, body) = slow.join().unwrap().expect("in-flight request completes");
+    assert_eq!((status, body.as_str()), (200, "ok"));
+    let code = d.child.wait().unwrap();
+    assert!(code.success(), "exit status {code}");
+}
+
+#[test]
+fn sd_notify_messages_in_order() {
+    use std::os::unix::net::UnixDatagram;
+    let backend = Backend::start("ok");
+    let dir = tempfile::tempdir().unwrap();
+    let sock_path = dir.path().join("notify.sock");
+    let sock = UnixDatagram::bind(&sock_path).unwrap();
+    sock.set_read_timeout(Some(Duration::from_millis(200)))
+        .unwrap();
+    let msgs = Arc::new(Mutex::new(Vec::<String>::new()));
+    let m2 = msgs.clone();
+    let stop = Arc::new(AtomicBool::new(false));
+    let s2 = stop.clone();
+    let reader = thread::spawn(move || {
+        let mut buf = vec![0u8; 4096];
+        while !s2.load(Ordering::Relaxed) {
+            if let Ok(n) = sock.recv(&mut buf) {
+                m2.lock()
+                    .unwrap()
+                    .push(String::from_utf8_lossy(&buf[..n]).into_owned());
+            }
+        }
+    });
+    let d = Daemon::start(
+        backend.addr,
+        &[("NOTIFY_SOCKET", sock_path.to_str().unwrap())],
+    );
+    let has = |needle: &str| msgs.lock().unwrap().iter().any(|m| m.contains(needle));
+    crate::support::wait_until(Duration::from_secs(5), || has("READY=1"));
+    // READY=1 only after the listener was live: the fd-store message for it came first.
+    {
+        let m = msgs.lock().unwrap();
+        let ready = m.iter().position(|m| m.contains("READY=1")).unwrap();
+        let stored = m
+            .iter()
+            .position(|m| m.contains("FDNAME=http"))
+            .expect("FDSTORE for http");
+        assert!(stored < ready, "{m:?}");
+        assert!(m[ready].contains("STATUS=serving on"), "{m:?}");
+    }
+    let first_pid = d.current_pid();
+    // SAFETY: kill(2) on our own child.
+    unsafe { libc::kill(first_pid as i32, libc::SIGHUP) };
+    crate::support::wait_until(Duration::from_secs(5), || has("RELOADING=1"));
+    crate::support::wait_until(Duration::from_secs(5), || {
+        let m = msgs.lock().unwrap();
+        let r = m.iter().position(|m| m.contains("RELOADING=1")).unwrap();
+        assert!(m[r].contains("MONOTONIC_USEC="), "{m:?}");
+        m[r + 1..].iter().any(|m| m.contains("READY=1"))
+    });
+    let out = d.ctl("upgrade");
+    assert!(out.status.success());
+    let new_pid = d.current_pid();
+    assert_ne!(new_pid, first_pid);
+    crate::support::wait_until(Duration::from_secs(5), || {
+        has(&format!("MAINPID={new_pid}"))
+    });
+    // The old process must not say STOPPING=1 after handing over.
+    thread::sleep(Duration::from_millis(300));
+    assert!(!has("STOPPING=1"), "{:?}", msgs.lock().unwrap());
+    // SAFETY: kill(2) on the pid the daemon reported as itself.
+    unsafe { libc::kill(new_pid as i32, libc::SIGTERM) };
+    crate::support::wait_until(Duration::from_secs(10), || has("STOPPING=1"));
+    crate::support::wait_until(Duration::from_secs(10), || !pid_alive(new_pid));
+    stop.store(true, Ordering::Relaxed);
+    reader.join().unwrap();
+}
+
+#[test]
+fn systemd_socket_activation_with_named_fds() {
+    let Ok(path) = which("systemd-socket-activate") else {
+        if std::env::var_os("BERTH_SYSTEM_TESTS").is_some() {
+            panic!("systemd-socket-activate not installed (apt-get install systemd)");
+        }
+        eprintln!("skipped: set BERTH_SYSTEM_TESTS=1 (needs systemd-socket-activate)");
+        return;
+    };
+    let backend = Backend::start("ok");
+    let port = {
+        let l = TcpListener::bind("127.0.0.1:0").unwrap();
+        l.local_addr().unwrap().port()
+    };
+    let d = Daemon::start_with(
+        backend.addr,
+        &[],
+        Some(vec![
+            path,
+            "-l".into(),
+            format!("127.0.0.1:{port}"),
+            "--fdname=http".into(),
+        ]),
+    );
+    assert_eq!(d.http.port(), port);
+    assert_eq!(
+        get(d.http, "app.test", "/").unwrap(),
+        (200, "ok".to_string())
+    );
+    assert!(d
+        .logs
+        .lock()
+        .unwrap()
+        .iter()
+        .any(|l| l.contains("\"listening\"") && l.contains("systemd")));
+}
+
+fn which(cmd: &str) -> Result<String, ()> {
+    for dir in std::env::var("PATH").unwrap_or_default().split(':') {
+        let p = Path::new(dir).join(cmd);
+        if p.exists() {
+            return Ok(p.to_string_lossy().into_owned());
+        }
+    }
+    Err(())
+}

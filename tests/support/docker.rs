@@ -1,0 +1,377 @@
+//! Shared harness of the Docker system tests: gate on BERTH_SYSTEM_TESTS=1, make sure dockerd
+//! runs, build the tiny busybox test images locally (never pulled), start the real proxy
+//! in-process with the daemon's own route publisher (its registry), and remove every container and the network a
+//! test created (all carry the label `berth.test.run=<run id>`).
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::Command;
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::{Arc, OnceLock};
+use std::time::{Duration, Instant};
+
+use berth::daemon::engine::RegistryRoutes;
+use berth::daemon::Running;
+use berth::deploy::{Engine, EngineConfig};
+use berth::model::config::Config;
+use berth::model::deploy::AppSpec;
+use berth::runtime::DockerRuntime;
+use berth::store::deployments::SqliteDeployments;
+use bytes::Bytes;
+use http_body_util::{BodyExt, Empty};
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::client::legacy::Client;
+use hyper_util::rt::TokioExecutor;
+
+pub const IMG_V1: &str = "berth-test-demo:v1";
+pub const IMG_V2: &str = "berth-test-demo:v2";
+/// Serves `/` but not `/health`, and prints a line at start (checked in the abort reason).
+pub const IMG_BAD: &str = "berth-test-demo:bad";
+
+/// True (after printing the skip line) when system tests are off.
+pub fn skip() -> bool {
+    if std::env::var("BERTH_SYSTEM_TESTS").as_deref() != Ok("1") {
+        println!("skipped: set BERTH_SYSTEM_TESTS=1");
+        return true;
+    }
+    false
+}
+
+fn sh(cmd: &str) -> (bool, String) {
+    let out = Command::new("sh")
+        .arg("-c")
+        .arg(cmd)
+        .output()
+        .expect("sh runs");
+    let mut text = String::from_utf8_lossy(&out.stdout).into_owned();
+    text.push_str(&String::from_utf8_lossy(&out.stderr));
+    (out.status.success(), text)
+}
+
+fn docker_up() -> bool {
+    sh("docker info >/dev/null 2>&1").0
+}
+
+/// Starts dockerd (`--iptables=false`, as ENVIRONMENT.md says) if it is not running.
+fn ensure_dockerd() {
+    if docker_up() {
+        return;
+    }
+    let (ok, out) = sh(
+        "command -v dockerd >/dev/null || { echo 'dockerd missing: apt-get install docker.io'; exit 1; }
+         (setsid dockerd --iptables=false >/tmp/berth-test-dockerd.log 2>&1 &)",
+    );
+    assert!(ok, "{out}");
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while !docker_up() {
+        assert!(
+            Instant::now() < deadline,
+            "dockerd did not come up; see /tmp/berth-test-dockerd.log"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+/// Builds one image from a busybox rootfs with `docker import`, unless it exists.
+fn build_image(tag: &str, index: &str, health: bool, banner: Option<&str>) {
+    if sh(&format!("docker image inspect {tag} >/dev/null 2>&1")).0 {
+        return;
+    }
+    let dir = tempfile::tempdir().expect("tempdir");
+    let root = dir.path().join("root");
+    let r = root.as_path();
+    std::fs::create_dir_all(r.join("bin")).unwrap();
+    std::fs::create_dir_all(r.join("www")).unwrap();
+    let busybox = ["/bin/busybox", "/usr/bin/busybox"]
+        .into_iter()
+        .find(|p| std::path::Path::new(p).exists())
+        .expect("busybox-static installed (apt-get install busybox-static)");
+    std::fs::copy(busybox, r.join("bin/busybox")).unwrap();
+    for l in ["sh", "httpd", "echo", "kill", "sleep"] {
+        std::os::unix::fs::symlink("busybox", r.join("bin").join(l)).unwrap();
+    }
+    std::fs::write(r.join("www/index.html"), index).unwrap();
+    if health {
+        std::fs::write(r.join("www/health"), "ok\n").unwrap();
+    }
+    // httpd as a child of sh so SIGTERM ends it (PID 1 ignores unhandled signals).
+    let banner = banner.map(|b| format!("echo {b}; ")).unwrap_or_default();
+    let script = format!(
+        "{banner}trap 'kill $P; exit 0' TERM; /bin/httpd -f -p 8080 -h /www & P=$!; wait $P"
+    );
+    let cmd = serde_json::to_string(&["/bin/sh", "-c", &script]).unwrap();
+    let tar = dir.path().join("rootfs.tar");
+    let (ok, out) = sh(&format!("tar -C {} -cf {} .", r.display(), tar.display()));
+    assert!(ok, "tar: {out}");
+    let o = Command::new("docker")
+        .arg("import")
+        .arg("-c")
+        .arg(format!("CMD {cmd}"))
+        .arg("-c")
+        .arg("LABEL berth.test=1")
+        .arg(&tar)
+        .arg(tag)
+        .output()
+        .expect("docker runs");
+    let (ok, out) = (
+        o.status.success(),
+        String::from_utf8_lossy(&o.stderr).into_owned(),
+    );
+    assert!(ok, "docker import {tag}: {out}");
+}
+
+/// dockerd running and the three test images present (once per process).
+pub fn prepare() {
+    static ONCE: OnceLock<()> = OnceLock::new();
+    ONCE.get_or_init(|| {
+        ensure_dockerd();
+        build_image(IMG_V1, "v1\n", true, None);
+        build_image(IMG_V2, "v2\n", true, None);
+        build_image(IMG_BAD, "bad\n", false, Some("bad-build-starting"));
+    });
+}
+
+/// One test's world: its own network, database, proxy and cleanup label.
+pub struct Env {
+    pub run: String,
+    pub network: String,
+    pub dir: tempfile::TempDir,
+    pub db: PathBuf,
+    pub daemon: Option<Running>,
+    pub publisher: Arc<RegistryRoutes>,
+    pub rt: Arc<DockerRuntime>,
+    pub http: Client<HttpConnector, Empty<Bytes>>,
+}
+
+static SEQ: AtomicU32 = AtomicU32::new(0);
+
+impl Env {
+    pub async fn new(name: &str) -> Env {
+        prepare();
+        let run = format!(
+            "{name}-{}-{}",
+            std::process::id(),
+            SEQ.fetch_add(1, Ordering::Relaxed)
+        );
+        let network = format!("berth-test-{run}");
+        let dir = tempfile::tempdir().expect("tempdir");
+        let db = dir.path().join("berth.db");
+        let mut cfg = Config::default();
+        cfg.http.listen = "127.0.0.1:0".parse().unwrap();
+        // Own API port and berth.db per test daemon (not 9922 and /var/lib/berth).
+        cfg.api.listen = "127.0.0.1:0".parse().unwrap();
+        cfg.data_dir = dir.path().to_path_buf();
+        cfg.log.access_log = false;
+        let daemon = berth::daemon::start(cfg, None).await.expect("proxy starts");
+        let publisher = Arc::new(RegistryRoutes(daemon.registry.clone()));
+        let rt = Arc::new(
+            DockerRuntime::connect(&network)
+                .await
+                .expect("docker connects"),
+        );
+        // Label the network for cleanup: create it here with the test label.
+        let (ok, out) = sh(&format!(
+            "docker network create --label berth.test.run={run} {network}"
+        ));
+        assert!(ok, "{out}");
+        let mut http = Client::builder(TokioExecutor::new());
+        http.pool_idle_timeout(Duration::from_secs(5));
+        Env {
+            run,
+            network,
+            dir,
+            db,
+            daemon: Some(daemon),
+            publisher,
+            rt,
+            http: http.build_http(),
+        }
+    }
+
+    pub fn http_addr(&self) -> SocketAddr {
+        self.daemon.as_ref().unwrap().http_addr
+    }
+
+    pub fn engine_config(&self) -> EngineConfig {
+        EngineConfig {
+            stop_grace: Duration::from_secs(5),
+            extra_labels: HashMap::from([("berth.test.run".to_string(), self.run.clone())]),
+            discovery_health_timeout: Duration::from_secs(20),
+            ..EngineConfig::default()
+        }
+    }
+
+    /// A new engine on this test's database (what a restarted berthd does), once its
+    /// background reconcile is done.
+    pub async fn engine(&self) -> Engine {
+        let e = self.engine_with(self.engine_config()).await;
+        e.reconciled().await;
+        e
+    }
+
+    /// A new engine as `Engine::start` returns it: routes published, reconcile running.
+    pub async fn engine_with(&self, cfg: EngineConfig) -> Engine {
+        let store = Arc::new(SqliteDeployments::open(&self.db).expect("db opens"));
+        Engine::start(self.rt.clone(), store, self.publisher.clone(), cfg)
+            .await
+            .expect("engine starts")
+    }
+
+    pub fn spec(&self, image: &str, replicas: u32, domain: &str) -> AppSpec {
+        serde_json::from_value(serde_json::json!({
+            "image": image,
+            "domains": [domain],
+            "replicas": replicas,
+            "health": {"path": "/health", "interval": "100ms", "timeout": "1s"},
+            "drain_timeout": "5s",
+            "deploy_timeout": "20s",
+        }))
+        .expect("spec")
+    }
+
+    /// GET through the proxy: (status, body) or the transport error.
+    pub async fn get(&self, host: &str) -> Result<(u16, String), String> {
+        let req = http::Request::get(format!("http://{}/", self.http_addr()))
+            .header(http::header::HOST, host)
+            .body(Empty::<Bytes>::new())
+            .unwrap();
+        let resp = tokio::time::timeout(Duration::from_secs(10), self.http.request(req))
+            .await
+            .map_err(|_| "timeout".to_string())?
+            .map_err(|e| e.to_string())?;
+        let status = resp.status().as_u16();
+        let body = resp
+            .into_body()
+            .collect()
+            .await
+            .map_err(|e| e.to_string())?
+            .to_bytes();
+        Ok((status, String::from_utf8_lossy(&body).trim().to_string()))
+    }
+
+    /// Polls `host` until the body is `want` (status 200) or the deadline passes.
+    pub async fn wait_body(&self, host: &str, want: &str, within: Duration) {
+        let deadline = Instant::now() + within;
+        loop {
+            let got = self.get(host).await;
+            if matches!(&got, Ok((200, b)) if b == want) {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{host}: waited for {want:?}, last {got:?}"
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    /// Containers of this test (running or not): (name, labels, running).
+    pub fn containers(&self, app: &str) -> Vec<(String, HashMap<String, String>, bool)> {
+        let (ok, out) = sh(&format!(
+            "docker ps -aq --filter label=berth.test.run={} --filter label=berth.app={app} | xargs -r docker inspect",
+            self.run
+        ));
+        assert!(ok, "{out}");
+        let v: serde_json::Value = if out.trim().is_empty() {
+            serde_json::json!([])
+        } else {
+            serde_json::from_str(&out).expect("docker inspect json")
+        };
+        v.as_array()
+            .unwrap()
+            .iter()
+            .map(|c| {
+                let labels: HashMap<String, String> =
+                    serde_json::from_value(c["Config"]["Labels"].clone()).unwrap_or_default();
+                (
+                    c["Name"].as_str().unwrap_or("").to_string(),
+                    labels,
+                    c["State"]["Running"].as_bool().unwrap_or(false),
+                )
+            })
+            .collect()
+    }
+
+    /// Runs a docker CLI command (hand-started containers).
+    pub fn docker(&self, args: &str) -> String {
+        let (ok, out) = sh(&format!("docker {args}"));
+        assert!(ok, "docker {args}: {out}");
+        out.trim().to_string()
+    }
+}
+
+impl Drop for Env {
+    fn drop(&mut self) {
+        let _ = sh(&format!(
+            "docker ps -aq --filter label=berth.test.run={} | xargs -r docker rm -f >/dev/null 2>&1; docker network rm {} >/dev/null 2>&1",
+            self.run, self.network
+        ));
+    }
+}
+
+/// For tests that run the real `berth` CLI against a daemon of their own (whose containers
+/// carry `berth.app=<app>`, not the run label): removes the app's containers, the network and
+/// images built under the app's name, also when an assertion fails.
+pub struct Cleanup {
+    pub app: String,
+    pub network: String,
+}
+
+impl Drop for Cleanup {
+    fn drop(&mut self) {
+        let _ = sh(&format!(
+            "docker ps -aq --filter label=berth.app={0} | xargs -r docker rm -f >/dev/null 2>&1; \
+             docker network rm {1} >/dev/null 2>&1; \
+             docker images -q {0} | xargs -r docker rmi -f >/dev/null 2>&1",
+            self.app, self.network
+        ));
+    }
+}
+
+/// Result of a bounded load loop.
+#[derive(Debug, Default)]
+pub struct Load {
+    pub ok: HashMap<String, u64>,
+    pub failed: Vec<String>,
+}
+
+/// Sends requests from `workers` tasks until `stop` is set, at most `max` requests in all
+/// and at most `max_time`.
+pub async fn load(
+    env: Arc<Env>,
+    host: &'static str,
+    workers: usize,
+    max: u64,
+    max_time: Duration,
+    stop: Arc<std::sync::atomic::AtomicBool>,
+) -> Load {
+    let sent = Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let deadline = Instant::now() + max_time;
+    let mut handles = Vec::new();
+    for _ in 0..workers {
+        let (env, stop, sent) = (env.clone(), stop.clone(), sent.clone());
+        handles.push(tokio::spawn(async move {
+            let mut l = Load::default();
+            while !stop.load(Ordering::Relaxed)
+                && Instant::now() < deadline
+                && sent.fetch_add(1, Ordering::Relaxed) < max
+            {
+                match env.get(host).await {
+                    Ok((200, body)) => *l.ok.entry(body).or_default() += 1,
+                    other => l.failed.push(format!("{other:?}")),
+                }
+            }
+            l
+        }));
+    }
+    let mut all = Load::default();
+    for h in handles {
+        let l = h.await.expect("load worker");
+        for (k, v) in l.ok {
+            *all.ok.entry(k).or_default() += v;
+        }
+        all.failed.extend(l.failed);
+    }
+    all
+}

@@ -1,0 +1,46 @@
+//! Ports for tests: a free one for a server the test starts later, a closed one to connect to,
+//! and waiting until something listens.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+/// A port on 127.0.0.1 that was free just now, for a server that binds it later (pebble,
+/// a child berthd). Taken from 20000-31999, below Linux's ephemeral range, and handed out once
+/// per process: a `bind(0)` port comes from the ephemeral range, where any outgoing connection
+/// of this or another process may take it as its source port before the daemon binds it
+/// (seen once as `AddrInUse` in tls_pebble).
+pub fn free_port() -> u16 {
+    use std::sync::atomic::{AtomicU32, Ordering};
+    const LOW: u32 = 20_000;
+    const SPAN: u32 = 12_000;
+    static NEXT: AtomicU32 = AtomicU32::new(0);
+    let seed = std::process::id().wrapping_mul(7_919)
+        ^ std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.subsec_nanos());
+    let _ = NEXT.compare_exchange(0, seed % SPAN + 1, Ordering::Relaxed, Ordering::Relaxed);
+    for _ in 0..SPAN {
+        let port = (LOW + NEXT.fetch_add(1, Ordering::Relaxed) % SPAN) as u16;
+        if std::net::TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            return port;
+        }
+    }
+    panic!("no free port in {LOW}..{}", LOW + SPAN)
+}
+
+/// A port on 127.0.0.1 nobody listens on (bound once, then closed).
+pub fn closed_port() -> SocketAddr {
+    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let a = l.local_addr().unwrap();
+    drop(l);
+    a
+}
+
+/// Waits (20 s at most) until something listens on `addr`.
+pub async fn wait_port(addr: SocketAddr, what: &str) {
+    let ok = super::poll::wait_for(Duration::from_secs(20), || async move {
+        tokio::net::TcpStream::connect(addr).await.ok().map(|_| ())
+    })
+    .await;
+    assert!(ok.is_some(), "{what} did not start listening on {addr}");
+}
