@@ -84,10 +84,66 @@ impl ConnState {
 
 /// IO wrapper that notes when a request head starts arriving, and answers 408 then EOF when
 /// the supervisor says the head took too long.
+///
+/// Read-ahead (plain TCP only): hyper's version detection (`auto`, h1 or h2c prior knowledge)
+/// first reads just 24 bytes, then the h1 parser reads the rest of the head: two `recvfrom`
+/// per new connection. The first read therefore asks the socket for up to `READ_AHEAD` bytes
+/// and keeps what the caller had no room for in `ahead`, served by the next reads without a
+/// syscall. Nothing is parsed or changed here: the same bytes arrive in the same order.
 struct TrackedIo<T> {
     inner: T,
     state: Arc<ConnState>,
     first: bool,
+    /// The first read has yet to happen and should read ahead.
+    read_ahead: bool,
+    /// Bytes read ahead and not yet handed out.
+    ahead: Option<bytes::Bytes>,
+}
+
+/// How much the first read of a plain-TCP connection asks for (a typical request head fits).
+const READ_AHEAD: usize = 4096;
+
+impl<T: AsyncRead + Unpin> TrackedIo<T> {
+    fn new(inner: T, state: Arc<ConnState>, read_ahead: bool) -> Self {
+        Self {
+            inner,
+            state,
+            first: true,
+            read_ahead,
+            ahead: None,
+        }
+    }
+
+    /// Reads from the read-ahead bytes first, then from the socket.
+    fn read_inner(
+        &mut self,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        if let Some(ahead) = &mut self.ahead {
+            let n = ahead.len().min(buf.remaining());
+            buf.put_slice(&ahead.split_to(n));
+            if ahead.is_empty() {
+                self.ahead = None;
+            }
+            return Poll::Ready(Ok(()));
+        }
+        if self.read_ahead && buf.remaining() < READ_AHEAD {
+            let mut store = [std::mem::MaybeUninit::<u8>::uninit(); READ_AHEAD];
+            let mut tmp = ReadBuf::uninit(&mut store);
+            std::task::ready!(Pin::new(&mut self.inner).poll_read(cx, &mut tmp))?;
+            self.read_ahead = false;
+            let got = tmp.filled();
+            let n = got.len().min(buf.remaining());
+            buf.put_slice(&got[..n]);
+            if got.len() > n {
+                self.ahead = Some(bytes::Bytes::copy_from_slice(&got[n..]));
+            }
+            return Poll::Ready(Ok(()));
+        }
+        self.read_ahead = false;
+        Pin::new(&mut self.inner).poll_read(cx, buf)
+    }
 }
 
 const RESPONSE_408: &[u8] =
@@ -109,7 +165,7 @@ impl<T: AsyncRead + AsyncWrite + Unpin> AsyncRead for TrackedIo<T> {
             return Poll::Ready(Ok(()));
         }
         let before = buf.filled().len();
-        let res = Pin::new(&mut this.inner).poll_read(cx, buf);
+        let res = this.read_inner(cx, buf);
         match &res {
             Poll::Ready(Ok(())) if buf.filled().len() > before => {
                 let now = now_ms();
@@ -232,11 +288,9 @@ pub async fn serve_connection<T>(
     T: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
     let state = Arc::new(ConnState::new(peer));
-    let io = TokioIo::new(TrackedIo {
-        inner: io,
-        state: state.clone(),
-        first: true,
-    });
+    // A TLS stream already hands out decrypted records from its own buffer.
+    let read_ahead = scheme == "http";
+    let io = TokioIo::new(TrackedIo::new(io, state.clone(), read_ahead));
     let svc_state = state.clone();
     let svc_proxy = proxy.clone();
     let service = hyper::service::service_fn(move |req: http::Request<Incoming>| {
@@ -412,5 +466,42 @@ pub async fn accept_loop<F, Fut>(
             left = tracker.live(),
             "drain timeout passed; closing remaining {what}"
         );
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    /// Read-ahead hands out exactly the bytes the socket delivered, in order, whatever the
+    /// callers' buffer sizes (hyper's 24-byte version probe, then its parser's reads).
+    #[tokio::test]
+    async fn read_ahead_keeps_bytes_and_order() {
+        let head: Vec<u8> = b"GET /a HTTP/1.1\r\nhost: app.test\r\nx-long: "
+            .iter()
+            .copied()
+            .chain(std::iter::repeat_n(b'x', 5000))
+            .chain(*b"\r\n\r\n")
+            .collect();
+        for sizes in [[24usize, 8192], [1, 3], [4096, 7], [9000, 9000]] {
+            let (mut client, server) = tokio::io::duplex(64 * 1024);
+            client.write_all(&head).await.unwrap();
+            drop(client);
+            let state = Arc::new(ConnState::new("127.0.0.1:1".parse().unwrap()));
+            let mut io = TrackedIo::new(server, state, true);
+            let mut got = Vec::new();
+            let mut i = 0;
+            loop {
+                let mut buf = vec![0u8; sizes[i % 2]];
+                i += 1;
+                let n = io.read(&mut buf).await.unwrap();
+                if n == 0 {
+                    break;
+                }
+                got.extend_from_slice(&buf[..n]);
+            }
+            assert_eq!(got, head, "read sizes {sizes:?}");
+        }
     }
 }
