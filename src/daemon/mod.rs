@@ -144,6 +144,13 @@ impl Running {
         if cfg.tls != self.config.tls {
             restart_needed.push("tls");
         }
+        // Config-file frontends and pools are bound at start; the API changes them live.
+        if cfg.frontends != self.config.frontends {
+            restart_needed.push("frontends");
+        }
+        if cfg.pools != self.config.pools {
+            restart_needed.push("pools");
+        }
         self.registry.replace_statics(cfg.routes.clone()).await?;
         let mut msg = format!(
             "configuration reloaded from {} ({} static routes)",

@@ -83,56 +83,7 @@ pub fn binds_overlap(a: SocketAddr, b: SocketAddr) -> bool {
     a.ip() == b.ip() || (v4(a.ip()).is_some() && v4(a.ip()) == v4(b.ip()))
 }
 
-/// A rule: when every given condition matches, the connection or request goes to `pool`.
-/// TCP frontends may only match on the client address; the HTTP conditions are evaluated by
-/// `mode: http` frontends.
-#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct RuleSpec {
-    /// Client address ranges (CIDR); any one matches.
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub client: Vec<ipnet::IpNet>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub host: Option<String>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub path: Option<serde_json::Value>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub url: Option<serde_json::Value>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub header: Option<serde_json::Value>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub method: Option<String>,
-    /// The pool that takes what matches.
-    pub pool: String,
-}
-
-impl RuleSpec {
-    /// The HTTP-only condition this rule uses, if any.
-    fn http_condition(&self) -> Option<&'static str> {
-        if self.host.is_some() {
-            Some("host")
-        } else if self.path.is_some() {
-            Some("path")
-        } else if self.url.is_some() {
-            Some("url")
-        } else if self.header.is_some() {
-            Some("header")
-        } else if self.method.is_some() {
-            Some("method")
-        } else {
-            None
-        }
-    }
-
-    /// True when the client address matches (no `client` condition matches everyone).
-    pub fn matches_client(&self, ip: IpAddr) -> bool {
-        let ip = match ip {
-            IpAddr::V6(v6) => v6.to_ipv4_mapped().map(IpAddr::V4).unwrap_or(ip),
-            v4 => v4,
-        };
-        self.client.is_empty() || self.client.iter().any(|n| n.contains(&ip))
-    }
-}
+pub use super::rules::RuleSpec;
 
 fn default_connect_timeout() -> Duration {
     Duration::from_secs(5)
@@ -198,7 +149,7 @@ impl FrontendSpec {
         self.rules
             .iter()
             .find(|r| r.matches_client(client))
-            .map(|r| r.pool.as_str())
+            .and_then(|r| r.pool.as_deref())
             .unwrap_or(&self.pool)
     }
 
@@ -237,11 +188,14 @@ impl FrontendSpec {
             return Err(err(f("timeouts"), "connect and idle must be more than 0"));
         }
         for (i, r) in self.rules.iter().enumerate() {
-            if let Some(cond) = r.http_condition() {
+            if let Some(cond) = r.http_only_field() {
                 return Err(err(
                     f(&format!("rules[{i}].{cond}")),
-                    format!("{cond} is an HTTP condition; a tcp frontend can match on client only"),
+                    format!("{cond} is HTTP only; a tcp frontend's rules match on client and name a pool"),
                 ));
+            }
+            if r.pool.is_none() {
+                return Err(err(f(&format!("rules[{i}].pool")), "name a pool"));
             }
         }
         Ok(())
@@ -283,10 +237,13 @@ pub fn validate_set(
             ));
         }
         for (i, r) in fe.rules.iter().enumerate() {
-            if !pool_names.contains_key(r.pool.as_str()) {
+            let Some(pool) = r.pool.as_deref() else {
+                continue;
+            };
+            if !pool_names.contains_key(pool) {
                 return Err(err(
                     join(at, &format!("rules[{i}].pool")),
-                    format!("no pool named {:?}", r.pool),
+                    format!("no pool named {pool:?}"),
                 ));
             }
         }
@@ -410,7 +367,7 @@ mod tests {
         );
 
         let f5 =
-            fe("name: five\nbind: 127.0.0.1:7003\npool: a\nrules:\n  - path: /api\n    pool: a\n");
+            fe("name: five\nbind: 127.0.0.1:7003\npool: a\nrules:\n  - path: {prefix: /api}\n    pool: a\n");
         let e = set(&[f5], &p, &[]).unwrap_err();
         assert_eq!(e.field, "frontends[0].rules[0].path");
 

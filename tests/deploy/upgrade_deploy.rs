@@ -132,7 +132,7 @@ impl World {
             format!(
                 "name: {}\nimage: {image}\ndomains: [{}]\nport: 8080\nreplicas: 2\n\
                  strategy: rolling\nmin_ready: 1s\ndrain_timeout: 2s\ndeploy_timeout: 30s\n\
-                 health:\n  path: /health\n  interval: 100ms\n  timeout: 1s\n",
+                 health:\n  path: /health\n  interval: 100ms\n  timeout: 3s\n",
                 self.app,
                 self.host()
             ),

@@ -674,10 +674,12 @@ struct Proc {
 }
 
 impl Proc {
+    /// Drain and upgrade timeouts are long: connections must outlive every upgrade of a test
+    /// even on a loaded machine (the drain bound would close them on purpose).
     fn start(yaml: &str) -> Proc {
         let dir = tempfile::tempdir().unwrap();
         let text = format!(
-            "http:\n  listen: 127.0.0.1:0\napi:\n  listen: 127.0.0.1:0\ndata_dir: {}\nlog:\n  access_log: false\nproxy:\n  timeouts:\n    drain: 60s\n{yaml}",
+            "http:\n  listen: 127.0.0.1:0\napi:\n  listen: 127.0.0.1:0\ndata_dir: {}\nlog:\n  access_log: false\nlifecycle:\n  upgrade_timeout: 120s\nproxy:\n  timeouts:\n    drain: 300s\n{yaml}",
             dir.path().display()
         );
         let config = dir.path().join("berthd.yaml");

@@ -18,8 +18,10 @@ use super::{FrontendShared, Member, MemberShared, PoolRt};
 use crate::model::frontend::FrontendSpec;
 use crate::model::pool::{pick_least, pick_source, Candidate, PoolBalance, ProxyProtocol};
 
-/// Copy buffer per direction.
-const BUF: usize = 64 * 1024;
+/// Copy buffer per direction: small at first (short connections pay little to zero it),
+/// grown once a read fills it (streams move big chunks with few system calls).
+const BUF_START: usize = 8 * 1024;
+const BUF_MAX: usize = 64 * 1024;
 
 /// Lowers a member's open count when the connection ends.
 struct OpenGuard(Arc<MemberShared>);
@@ -172,7 +174,7 @@ where
     R: AsyncRead + Unpin,
     W: AsyncWrite + Unpin,
 {
-    let mut buf = vec![0u8; BUF];
+    let mut buf = vec![0u8; BUF_START];
     loop {
         let n = r.read(&mut buf).await?;
         if n == 0 {
@@ -180,6 +182,9 @@ where
             return Ok(());
         }
         w.write_all(&buf[..n]).await?;
+        if n == buf.len() && buf.len() < BUF_MAX {
+            buf.resize(BUF_MAX, 0);
+        }
         for c in counters {
             c.fetch_add(n as u64, Ordering::Relaxed);
         }

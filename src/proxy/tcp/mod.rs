@@ -652,11 +652,9 @@ impl TcpProxy {
             }
             Some(_) => {}
         }
-        if let Some(f) = ctl
-            .frontends
-            .values()
-            .find(|f| f.spec.pool == name || f.spec.rules.iter().any(|r| r.pool == name))
-        {
+        if let Some(f) = ctl.frontends.values().find(|f| {
+            f.spec.pool == name || f.spec.rules.iter().any(|r| r.pool.as_deref() == Some(name))
+        }) {
             return Err(TcpError::InUse {
                 pool: name.into(),
                 frontend: f.spec.name().into(),
