@@ -301,7 +301,11 @@ pub fn to_labels(spec: &LabelSpec) -> HashMap<String, String> {
     let t = &spec.traffic;
     let h = &t.health;
     let fmt_d = |d: Duration| humantime::format_duration(d).to_string();
-    l.insert(HEALTH_PATH.to_string(), h.path.clone());
+    // Written only when it was given, so a label round trip keeps `path_given` (workers have
+    // no HTTP health path; a web app without one uses the default).
+    if h.path_given {
+        l.insert(HEALTH_PATH.to_string(), h.path.clone());
+    }
     l.insert(HEALTH_INTERVAL.to_string(), fmt_d(h.interval));
     l.insert(HEALTH_TIMEOUT.to_string(), fmt_d(h.timeout));
     l.insert(HEALTH_FALL.to_string(), h.fall.to_string());
