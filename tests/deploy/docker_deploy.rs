@@ -572,7 +572,7 @@ async fn kill_9_mid_deploy_then_restart() {
     let mut child = std::process::Command::new(std::env::current_exe().unwrap())
         .args([
             "--exact",
-            "child_deployer_process",
+            "docker_deploy::child_deployer_process",
             "--ignored",
             "--nocapture",
             "--test-threads=1",
@@ -603,7 +603,9 @@ async fn kill_9_mid_deploy_then_restart() {
     while !(stopped >= 1 && started >= 2) {
         let line = rx
             .recv_timeout(deadline.saturating_duration_since(Instant::now()))
-            .expect("child progress");
+            .expect(
+                "child progress (the child test process ended early: does its --exact name match?)",
+            );
         // libtest may print "test NAME ... " in front of the first line.
         let line = match line.find("CHILD ") {
             Some(i) => line[i..].to_string(),
