@@ -548,11 +548,6 @@ profile_berthd() {
     PROXIES=berthd
     preflight
     build_berthd
-    # tcp: TCP mode vs HAProxy mode tcp vs nginx stream (bench/tcp.sh, its own table and JSON).
-    if [ "$ONLY" = tcp ]; then
-        BUILD=0 BERTHD=$BERTHD bash "$BENCH_DIR/tcp.sh"
-        return
-    fi
     start_backend
     start_berthd
     local secs=$(( DURATION > 4 ? DURATION - 2 : 2 ))
@@ -589,6 +584,11 @@ main() {
     fi
     preflight
     build_berthd
+    # tcp: TCP mode vs HAProxy mode tcp vs nginx stream (bench/tcp.sh, its own table and JSON).
+    if [ "$ONLY" = tcp ]; then
+        BUILD=0 BERTHD=$BERTHD bash "$BENCH_DIR/tcp.sh"
+        return
+    fi
     local commit dirty
     commit=$(git -C "$REPO" rev-parse --short HEAD 2>/dev/null || echo unknown)
     dirty=$(git -C "$REPO" status --porcelain -- src Cargo.toml Cargo.lock 2>/dev/null | head -1)
