@@ -44,6 +44,8 @@ for tool in haproxy nginx wrk curl python3 taskset; do
 done
 
 WORK=$(mktemp -d /tmp/berth-bench-tcp.XXXXXX)
+# nginx's workers run as nobody when started as root: mktemp's 0700 hid /big from them (403).
+chmod 755 "$WORK"
 declare -a STARTED=()
 declare -A PID_OF=()
 cleanup() {
