@@ -138,6 +138,8 @@ async fn accept_loop(
     let conn_stop = stop.clone();
     loop {
         tokio::select! {
+            biased;
+            _ = stop.wait_for(|s| *s) => return,
             r = listener.accept() => {
                 let Ok((stream, _)) = r else { continue };
                 state.accepted.fetch_add(1, Ordering::SeqCst);
@@ -150,13 +152,16 @@ async fn accept_loop(
                     });
                     let builder = auto::Builder::new(TokioExecutor::new());
                     let conn = builder.serve_connection_with_upgrades(TokioIo::new(stream), svc);
+                    // Stop first: a request sent after `stop()` returned must never be served
+                    // by this connection (tests kill a backend, then expect the next request to
+                    // go elsewhere; an unbiased select let a pooled connection answer it).
                     tokio::select! {
-                        _ = conn => {}
+                        biased;
                         _ = stop.wait_for(|s| *s) => {}
+                        _ = conn => {}
                     }
                 });
             }
-            _ = stop.wait_for(|s| *s) => return,
         }
     }
 }
