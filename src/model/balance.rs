@@ -427,6 +427,7 @@ mod tests {
         let before = source_owners(&ids, &clients);
         for id in &ids {
             let share = before.iter().filter(|o| *o == id).count() as f64 / 10_000.0;
+            eprintln!("source hash: {id} owns {share:.4} of 10,000 clients");
             assert!((share - 0.2).abs() < 0.04, "{id} owns {share}");
         }
         // Deterministic: the same client always lands on the same member.
@@ -451,6 +452,7 @@ mod tests {
             let owned = before.iter().filter(|o| **o == ids[leaving]).count();
             assert_eq!(moved.len(), owned);
             let frac = moved.len() as f64 / clients.len() as f64;
+            eprintln!("source hash: member {leaving} left, {frac:.4} of clients moved");
             assert!(
                 frac <= 0.25,
                 "member {leaving} left: {frac} of clients moved"

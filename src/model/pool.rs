@@ -12,7 +12,7 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
-use super::balance::rendezvous;
+use super::balance::source_hash;
 use super::route::{RouteError, ServerState};
 
 /// Names of pools and frontends: 1-63 of `[a-z0-9_-]`, starting with a letter or digit.
@@ -226,15 +226,8 @@ pub struct Candidate<'a> {
 /// The source-hash pick: rendezvous hashing of the client IP over the usable members, so a
 /// member leaving moves only its own clients. Returns the member index.
 pub fn pick_source(client: std::net::IpAddr, members: &[Candidate<'_>]) -> Option<usize> {
-    let key = match client {
-        std::net::IpAddr::V4(v4) => v4.octets().to_vec(),
-        std::net::IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
-            Some(v4) => v4.octets().to_vec(),
-            None => v6.octets().to_vec(),
-        },
-    };
-    rendezvous(
-        &key,
+    source_hash(
+        client,
         members
             .iter()
             .enumerate()
