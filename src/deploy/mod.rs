@@ -8,6 +8,7 @@
 //! publishes never reorder; a new replica enters a route only after its health gate passed.
 //! Each API endpoint of issue 4 is one method of `Engine`.
 
+pub mod canary;
 mod discovery;
 mod handover;
 pub mod health;
@@ -58,6 +59,15 @@ pub trait RoutePublisher: Send + Sync + 'static {
     fn healthy(&self, _route: &str, _backend_id: &str) -> Option<bool> {
         None
     }
+    /// What the proxy counted for that backend so far (requests, 5xx + upstream failures,
+    /// latency), if it is in the current table: canary analysis sums it per version.
+    fn counts(
+        &self,
+        _route: &str,
+        _backend_id: &str,
+    ) -> Option<crate::model::canary::VersionCounts> {
+        None
+    }
 }
 
 /// Errors of the engine's API (the API layer maps them to HTTP statuses).
@@ -85,6 +95,11 @@ pub enum DeployError {
     /// The stored secrets of a deployment cannot be decrypted (wrong or missing key).
     #[error("{0}")]
     Secrets(String),
+    /// 409: promote, abort or a traffic split asked of an app that runs no canary.
+    #[error(
+        "app {0} has no canary in progress (deploy with strategy: canary to run two versions)"
+    )]
+    NoCanary(String),
     /// 503: this process is handing its deploys to a new berthd (upgrade); retry shortly.
     #[error(
         "berthd is upgrading: this process takes no deploys, stops or deletes now; retry in \
@@ -152,7 +167,8 @@ pub struct DeployEvent {
     /// Unix milliseconds.
     pub at: i64,
     /// `accepted`, `image`, `start`, `healthy`, `routed`, `drain`, `drained`, `stopped`,
-    /// `aborting`, `restored`, `removed`, `succeeded`, `failed`, `pruned`.
+    /// `aborting`, `restored`, `removed`, `succeeded`, `failed`, `pruned`; a canary adds
+    /// `step`, `analysis`, `split`, `promote`, `rollback`.
     pub stage: String,
     pub message: String,
     /// `running` until the last event, then `succeeded` or `failed` (what clients stop on).
@@ -233,6 +249,9 @@ pub(crate) struct AppState {
     /// A replace deploy of a one-replica app holds requests during its cut-over (not
     /// persisted: a restart mid-deploy ends the hold with the deploy).
     pub deploy_hold: Option<Duration>,
+    /// How the route splits traffic between the versions (deployment ids) of `replicas`
+    /// while a canary runs (see `canary.rs`); `None`: one version, no split.
+    pub split: Option<crate::model::canary::VersionSplit>,
 }
 
 impl AppState {
@@ -277,6 +296,8 @@ pub(crate) struct Inner {
     reconciled: watch::Sender<bool>,
     /// Pause and hand-over of in-flight deploys across an upgrade.
     pub(crate) handover: handover::Handover,
+    /// Running canaries: their hand controls (promote, abort, split) and live status.
+    pub(crate) canaries: canary::Canaries,
 }
 
 /// What `Conflict.running` says while an app is being stopped.
@@ -365,6 +386,14 @@ impl Inner {
                 // A worker (no domains) has no route.
                 Some(h) if !h.domains.is_empty() => vec![RouteSpec {
                     gate: a.effective_gate(),
+                    split: a.split.as_ref().map(|s| crate::model::canary::RouteSplit {
+                        split: s.clone(),
+                        members: a
+                            .replicas
+                            .iter()
+                            .map(|r| (r.container_id.clone(), r.deployment.clone()))
+                            .collect(),
+                    }),
                     ..h.traffic.route(
                         app_route_name(app),
                         h.domains.clone(),
@@ -515,6 +544,9 @@ pub struct AppStatus {
     /// Pause / maintenance (omitted when neither is on).
     #[serde(skip_serializing_if = "crate::model::traffic::AppGate::is_empty")]
     pub gate: crate::model::traffic::AppGate,
+    /// The canary in progress: step, split, both versions' live figures (omitted otherwise).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub canary: Option<canary::CanaryStatus>,
 }
 
 /// The engine. Dropping it (or `kill`) aborts its tasks without any cleanup, like `kill -9`;
@@ -551,6 +583,7 @@ impl Engine {
             heal: Mutex::new(HashMap::new()),
             reconciled: watch::Sender::new(false),
             handover: handover::Handover::default(),
+            canaries: canary::Canaries::default(),
         });
         inner.rt.ensure_network().await?;
         // Serve first: what runs now is routed before this returns (one Docker listing, no
@@ -741,6 +774,7 @@ impl Engine {
                 match rec.spec.strategy {
                     Strategy::Rolling => "rolling",
                     Strategy::Replace => "replace",
+                    Strategy::Canary => "canary",
                 },
                 rec.spec.image,
                 rec.spec.replicas
@@ -925,6 +959,7 @@ impl Engine {
                 .and_then(|h| h.line.clone()),
             adopted,
             gate,
+            canary: self.inner.canaries.status(app),
         })
     }
 
@@ -987,6 +1022,7 @@ impl Engine {
                 .map_err(|e| DeployError::Secrets(format!("cannot roll back: {e}")))?;
         }
         spec.strategy = Strategy::Rolling;
+        spec.canary = None;
         self.start_deployment(app, spec, ImageSource::Id(image_id), who, Some(target.id))
     }
 

@@ -293,8 +293,23 @@ async fn reconcile_all(inner: &Arc<Inner>, startup: Startup) -> Result<(), Deplo
             .iter()
             .filter(|c| deployment_of(c) == Some(d.id.as_str()) && c.running())
             .collect();
-        let complete = mine.len() as u32 >= d.spec.replicas && all_healthy(inner, &d, &mine).await;
-        if complete {
+        // An interrupted canary is never finished here: it was not promoted (promotion commits
+        // before anything of the old version is removed), so it is aborted; the traffic is
+        // already on stable (`serve_first` routes the current deployment only).
+        let canary = d.spec.strategy == crate::model::deploy::Strategy::Canary;
+        let complete =
+            !canary && mine.len() as u32 >= d.spec.replicas && all_healthy(inner, &d, &mine).await;
+        if canary {
+            let reason = "interrupted: berthd stopped during the canary; aborted on start (the \
+                          stable version kept the traffic)";
+            inner
+                .store
+                .finish(&d.id, DeployState::Failed, Some(reason), now_ms())?;
+            if let Err(e) = inner.store.set_traffic_split(&d.app, None, now_ms() / 1000) {
+                inner.warn(format!("reconcile: app {}: clearing its split: {e}", d.app));
+            }
+            tracing::warn!(deployment = %d.id, app = %d.app, "{reason}");
+        } else if complete {
             inner
                 .store
                 .finish(&d.id, DeployState::Succeeded, None, now_ms())?;

@@ -3,6 +3,7 @@
 
 pub mod access;
 pub mod balance;
+pub mod canary;
 pub mod config;
 pub mod deploy;
 pub mod dns;

@@ -238,6 +238,46 @@ pub(super) async fn status(
             ));
         }
     }
+    // A canary in progress (issue 21): its step, the split, both versions' live figures.
+    for a in list(&apps, "apps") {
+        let name = field(a, &["name", "app"]);
+        if let Some(c) = a.get("canary") {
+            let live = |k: &str| {
+                let l = &c[k];
+                format!(
+                    "{} req, {}% errors, p99 {}",
+                    l["requests"],
+                    l["error_rate"],
+                    l["p99_ms"]
+                        .as_u64()
+                        .map_or("-".to_string(), |ms| format!("{ms}ms"))
+                )
+            };
+            let split = c["split"]
+                .as_object()
+                .map(|m| {
+                    m.iter()
+                        .map(|(k, w)| format!("{k}={w}%"))
+                        .collect::<Vec<_>>()
+                        .join(" ")
+                })
+                .unwrap_or_default();
+            out.line(&format!(
+                "{name}: canary {} ({} step {}/{}), split {split}{}; stable: {}; canary: {}",
+                field(c, &["deployment"]),
+                field(c, &["phase"]),
+                c["step"],
+                c["steps"],
+                if c["sticky"].as_bool() == Some(true) {
+                    " (sticky)"
+                } else {
+                    ""
+                },
+                live("stable_live"),
+                live("canary_live")
+            ));
+        }
+    }
     let cert_rows: Vec<Vec<String>> = list(&certs, "certificates")
         .iter()
         .map(|c| {
