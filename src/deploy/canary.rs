@@ -10,12 +10,14 @@
 //! `berth traffic` (a manual split) stops the automatic steps: the split stays until promote
 //! or abort (A/B between two versions).
 //!
-//! What a crash does: nothing about the split is in the route table a new process serves
-//! first (it routes the current deployment only, which is stable until promotion commits), so
-//! traffic is back on stable within a second of the restart; reconcile then fails the
-//! interrupted canary and removes its containers. A crash after promotion committed leaves the
-//! canary as the current deployment. An upgrade during a canary aborts it (traffic back on
-//! stable, containers removed): redeploy afterwards.
+//! What a crash does: the route table a new process serves first holds the current deployment
+//! only (stable until promotion commits), so traffic is back on stable within a second of the
+//! restart; reconcile then fails the interrupted canary and removes its containers (also one
+//! that was mid-promotion: stopped stable replicas are started again). The one exception is a
+//! split set by hand (A/B, persisted in `app_traffic`): that canary is routed as split again
+//! and waits for promote or abort. A crash after promotion committed leaves the canary as the
+//! current deployment. An upgrade during a canary aborts it (traffic back on stable,
+//! containers removed): redeploy afterwards.
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex};
@@ -35,7 +37,7 @@ use crate::model::route::{BackendAddr, ServerState};
 use crate::store::deployments::DeploymentRecord;
 
 /// How often a step looks at the counts (and at hand commands).
-const TICK: Duration = Duration::from_millis(200);
+const TICK: Duration = Duration::from_millis(100);
 
 /// A hand command to a running canary.
 #[derive(Debug)]
@@ -215,6 +217,29 @@ fn back_to_stable(inner: &Inner, rec: &DeploymentRecord, why: String) -> String 
     why
 }
 
+/// Applies a split set by hand (already validated and persisted) and shows it.
+fn apply_manual(inner: &Inner, rec: &DeploymentRecord, s: &VersionSplit) -> Result<(), String> {
+    publish_split(inner, &rec.app, Some(s.clone()))?;
+    inner.emit(
+        &rec.id,
+        "split",
+        format!(
+            "traffic split by hand: {}; automatic steps stop until promote or abort",
+            s.weights
+                .iter()
+                .map(|(v, w)| format!("{v}={w}%"))
+                .collect::<Vec<_>>()
+                .join(" ")
+        ),
+    );
+    inner.canaries.update(&rec.app, |st| {
+        st.phase = "manual".into();
+        st.split = s.weights.clone();
+        st.sticky = s.sticky;
+    });
+    Ok(())
+}
+
 /// Runs a canary deploy of `rec` next to the `old` replicas (the stable version). `Err` is
 /// the failure reason (traffic is already back on stable); `conclude` aborts or commits.
 pub(super) async fn run_canary(
@@ -339,24 +364,7 @@ pub(super) async fn run_canary(
                         return Err(back_to_stable(inner, rec, "canary aborted by hand".into()));
                     }
                     Some(Command::Split(s)) => {
-                        publish_split(inner, app, Some(s.clone()))?;
-                        inner.emit(
-                            &rec.id,
-                            "split",
-                            format!(
-                                "traffic split by hand: {}; automatic steps stop until promote or abort",
-                                s.weights
-                                    .iter()
-                                    .map(|(v, w)| format!("{v}={w}%"))
-                                    .collect::<Vec<_>>()
-                                    .join(" ")
-                            ),
-                        );
-                        inner.canaries.update(app, |st| {
-                            st.phase = "manual".into();
-                            st.split = s.weights.clone();
-                            st.sticky = s.sticky;
-                        });
+                        apply_manual(inner, rec, &s)?;
                         manual = Some(s);
                         base = counts(inner, app, &rec.id);
                         started = Instant::now();
@@ -406,12 +414,27 @@ pub(super) async fn run_canary(
             }
         }
     }
-    // 3. Promotion: the canary takes every new request, the old replicas drain and stop.
+    promote(inner, rec, &stable, old, cs.sticky, old_grace, progress).await
+}
+
+/// Promotion: the canary takes every new request, the old replicas drain, stop and leave
+/// the route one by one; the split goes and the stored one with it. `conclude` commits.
+async fn promote(
+    inner: &Arc<Inner>,
+    rec: &DeploymentRecord,
+    stable: &str,
+    old: &[Replica],
+    sticky: bool,
+    old_grace: Duration,
+    progress: &mut Progress,
+) -> Result<(), String> {
+    let app = &rec.app;
+    let spec = &rec.spec;
     inner.canaries.update(app, |s| s.phase = "promoting".into());
     publish_split(
         inner,
         app,
-        Some(VersionSplit::canary(&stable, &rec.id, 100, cs.sticky)),
+        Some(VersionSplit::canary(stable, &rec.id, 100, sticky)),
     )?;
     inner.emit(
         &rec.id,
@@ -456,6 +479,140 @@ pub(super) async fn run_canary(
         inner.warn(format!("canary {}: clearing the split failed: {e}", rec.id));
     }
     Ok(())
+}
+
+/// A canary that a manual split held when berthd stopped (see `reconcile::serve_first`).
+pub(crate) struct Resumed {
+    pub rec: DeploymentRecord,
+    /// The app's current (stable) deployment.
+    pub stable: DeploymentRecord,
+    pub split: VersionSplit,
+}
+
+/// Carries on a canary held by a manual split after a restart: routed as split already
+/// (`serve_first`), it waits for promote, abort or another split, like before the restart.
+pub(super) async fn resume(inner: Arc<Inner>, r: Resumed) {
+    let Resumed { rec, stable, split } = r;
+    let _active = inner.handover.enter(&rec.id);
+    let past = inner
+        .store
+        .events(&rec.id)
+        .unwrap_or_default()
+        .into_iter()
+        .map(|e| super::DeployEvent::new(&rec.id, e.at, &e.stage, e.message))
+        .collect();
+    inner.track(&rec.id, past);
+    let (old, canary): (Vec<Replica>, Vec<Replica>) = inner
+        .state
+        .locked()
+        .apps
+        .get(&rec.app)
+        .map(|a| a.replicas.clone())
+        .unwrap_or_default()
+        .into_iter()
+        .partition(|r| r.deployment != rec.id);
+    let mut progress = Progress::default();
+    for (slot, c) in canary.iter().enumerate() {
+        if let Ok(addr) = format!("{}:{}", c.address.host(), c.address.port()).parse() {
+            progress.new.insert(
+                slot as u32,
+                run::New {
+                    id: c.container_id.clone(),
+                    name: c.name.clone(),
+                    addr,
+                },
+            );
+        }
+        progress.routed_new.push(c.container_id.clone());
+    }
+    inner.emit(
+        &rec.id,
+        "split",
+        format!(
+            "berthd restarted: the split set by hand is restored ({} of the canary's replicas run); waiting for promote or abort",
+            canary.len()
+        ),
+    );
+    let old_grace = stable.spec.stop_timeout.unwrap_or(inner.cfg.stop_grace);
+    let outcome = held(
+        &inner,
+        &rec,
+        &stable.id,
+        split,
+        &old,
+        old_grace,
+        &mut progress,
+    )
+    .await;
+    run::conclude(&inner, &rec, progress, outcome.map(|()| false)).await;
+}
+
+/// The manual hold of a resumed canary: commands until promote (then promotion) or abort.
+async fn held(
+    inner: &Arc<Inner>,
+    rec: &DeploymentRecord,
+    stable: &str,
+    split: VersionSplit,
+    old: &[Replica],
+    old_grace: Duration,
+    progress: &mut Progress,
+) -> Result<(), String> {
+    let app = &rec.app;
+    let mut rx = inner.canaries.register(
+        app,
+        CanaryStatus {
+            deployment: rec.id.clone(),
+            stable: stable.to_string(),
+            phase: "manual".into(),
+            step: 0,
+            steps: rec.spec.canary.as_ref().map_or(0, |c| c.steps.len()),
+            split: split.weights.clone(),
+            sticky: split.sticky,
+            stable_live: LiveFigures::default(),
+            canary_live: LiveFigures::default(),
+        },
+    );
+    let _registered = Registered {
+        inner,
+        app: app.clone(),
+        deployment: rec.id.clone(),
+    };
+    let mut sticky = split.sticky;
+    let mut base = counts(inner, app, &rec.id);
+    loop {
+        tokio::select! {
+            cmd = rx.recv() => match cmd {
+                Some(Command::Promote) => {
+                    inner.emit(&rec.id, "promote", "promoted by hand");
+                    break;
+                }
+                Some(Command::Abort) | None => {
+                    return Err(back_to_stable(inner, rec, "canary aborted by hand".into()));
+                }
+                Some(Command::Split(s)) => {
+                    apply_manual(inner, rec, &s)?;
+                    sticky = s.sticky;
+                    base = counts(inner, app, &rec.id);
+                    continue;
+                }
+            },
+            _ = tokio::time::sleep(TICK) => {}
+        }
+        if !inner.handover.running() {
+            return Err(back_to_stable(
+                inner,
+                rec,
+                "berthd is upgrading: the canary was aborted (redeploy after the upgrade)".into(),
+            ));
+        }
+        let now = counts(inner, app, &rec.id);
+        let (s, c) = (now.0.since(&base.0), now.1.since(&base.1));
+        inner.canaries.update(app, |st| {
+            st.stable_live = LiveFigures::of(&s);
+            st.canary_live = LiveFigures::of(&c);
+        });
+    }
+    promote(inner, rec, stable, old, sticky, old_grace, progress).await
 }
 
 /// A version of a running app: its deployment id and, when unambiguous, its image tag.

@@ -595,6 +595,11 @@ impl Engine {
             let bg = inner.clone();
             inner.spawn(handover::resume_when_ours(bg, ad));
         }
+        // Canaries held by a manual split (A/B): waiting for promote or abort again.
+        for r in std::mem::take(&mut startup.ab) {
+            let bg = inner.clone();
+            inner.spawn(canary::resume(bg, r));
+        }
         discovery::start(&inner).await?;
         if let Some(why) = &inner.cfg.store_damaged {
             tracing::error!(

@@ -84,7 +84,7 @@ pub(crate) async fn resume(inner: Arc<Inner>, rec: DeploymentRecord, cp: Checkpo
 
 /// Commits or aborts a deploy whose steps ended with `outcome` (`Ok(true)`: handed over to a
 /// successor, which concludes it; nothing more is written here).
-async fn conclude(
+pub(super) async fn conclude(
     inner: &Arc<Inner>,
     rec: &DeploymentRecord,
     mut progress: Progress,

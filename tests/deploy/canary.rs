@@ -426,7 +426,7 @@ async fn failing_canary_is_aborted_at_its_first_analysis() {
         .collect();
     assert!(other.is_empty(), "only the canary's 500s fail: {other:?}");
     // The analysis needs min_requests canary requests; at 20% errors that is ~10 failures,
-    // plus what one 200 ms analysis tick lets through.
+    // plus what one 100 ms analysis tick lets through.
     // (`min_requests` counts the canary's own requests, so the step weight is already in it.)
     let expected = min_requests * 20 / 100;
     let bound = expected * 2;
@@ -654,4 +654,82 @@ async fn a_restart_mid_canary_leaves_traffic_on_stable_and_aborts_it() {
     println!(
         "restart mid-canary: the restarted engine routed stable only after {served_in:?}; canary {d2} failed: {reason}"
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+#[cfg_attr(
+    not(berth_system_tests),
+    ignore = "system test: set BERTH_SYSTEM_TESTS=1"
+)]
+async fn a_split_set_by_hand_survives_a_restart() {
+    if skip() {
+        return;
+    }
+    prepare();
+    images();
+    let env = Arc::new(Env::new("abkill").await);
+    let engine = env.engine().await;
+    let (host, app) = ("abkill.test", "abkill");
+    let (d1, r1) = deploy_and_wait(&engine, app, spec(V1, host, 1, None), V1).await;
+    assert_eq!(r1.state, DeployState::Succeeded, "{:?}", r1.reason);
+    let canary = serde_json::json!({
+        "steps": [{"weight": "50%", "hold": "10m"}],
+        "analysis": {"min_requests": 1000000},
+    });
+    let d2 = engine
+        .deploy(app, spec(V2, host, 1, Some(canary)), reference(V2), "test")
+        .await
+        .unwrap();
+    let deadline = Instant::now() + WAIT;
+    while engine
+        .app(app)
+        .await
+        .ok()
+        .and_then(|a| a.canary)
+        .is_none_or(|c| c.phase != "step")
+    {
+        assert!(Instant::now() < deadline, "canary reaches its step");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let weights: BTreeMap<String, u32> = [(d1.clone(), 80), (d2.clone(), 20)].into();
+    engine.set_traffic(app, &weights, None).unwrap();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while engine.app(app).await.unwrap().canary.unwrap().phase != "manual" {
+        assert!(Instant::now() < deadline, "split applied");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    drop(engine);
+    let engine = env.engine_with(env.engine_config()).await;
+    // Served as split at once, before reconcile is done.
+    let mut n = HashMap::new();
+    for _ in 0..100 {
+        let (s, body, _) = get_keepalive(&env, host, None).await.unwrap();
+        assert_eq!(s, 200);
+        *n.entry(body).or_insert(0) += 1;
+    }
+    println!("restart with an 80/20 split set by hand: first 100 requests after the restart {n:?}");
+    assert_eq!((n.get("v1"), n.get("v2")), (Some(&80), Some(&20)));
+    engine.reconciled().await;
+    let c = engine
+        .app(app)
+        .await
+        .unwrap()
+        .canary
+        .expect("canary resumed");
+    assert_eq!((c.phase.as_str(), c.split[&d2]), ("manual", 20));
+    engine.promote(app).unwrap();
+    let r2 = tokio::time::timeout(WAIT, engine.wait(&d2))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(r2.state, DeployState::Succeeded, "{:?}", r2.reason);
+    for _ in 0..20 {
+        assert_eq!(get_keepalive(&env, host, None).await.unwrap().1, "v2");
+    }
+    let left: Vec<String> = env
+        .containers(app)
+        .into_iter()
+        .map(|(_, labels, _)| labels.get("berth.deployment").cloned().unwrap_or_default())
+        .collect();
+    assert_eq!(left, vec![d2.clone()], "only the promoted version remains");
 }
