@@ -21,7 +21,6 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use futures_util::stream::BoxStream;
 use futures_util::StreamExt;
-use serde::Serialize;
 use thiserror::Error;
 use tokio::sync::{broadcast, watch};
 use tokio::task::JoinHandle;
@@ -145,36 +144,16 @@ impl Default for EngineConfig {
     }
 }
 
-/// One progress event of a deployment (the SSE stream of `GET /v1/deployments/{id}/events`).
-#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
-pub struct DeployEvent {
-    pub deployment: String,
-    /// Unix milliseconds.
-    pub at: i64,
-    /// `accepted`, `image`, `start`, `healthy`, `routed`, `drain`, `drained`, `stopped`,
-    /// `aborting`, `restored`, `removed`, `succeeded`, `failed`, `pruned`.
-    pub stage: String,
-    pub message: String,
-    /// `running` until the last event, then `succeeded` or `failed` (what clients stop on).
-    pub state: DeployState,
-    /// True on the last event.
-    pub done: bool,
-}
+pub use crate::model::api::{AppDeleted, AppStatus, DeployEvent, ReplicaStatus, Stage};
 
-impl DeployEvent {
-    /// An event of `stage`; `succeeded` and `failed` end the stream.
-    pub fn new(deployment: &str, at: i64, stage: &str, message: String) -> Self {
-        DeployEvent {
-            deployment: deployment.to_string(),
-            at,
-            stage: stage.to_string(),
-            message,
-            state: match stage {
-                "succeeded" => DeployState::Succeeded,
-                "failed" => DeployState::Failed,
-                _ => DeployState::Running,
-            },
-            done: matches!(stage, "succeeded" | "failed"),
+/// A stored event as its stream shows it; a stage this version does not know (a log written
+/// by a newer berthd before a downgrade) is left out, with a warning.
+pub(crate) fn replayed(id: &str, e: StoredEvent) -> Option<DeployEvent> {
+    match Stage::parse(&e.stage) {
+        Some(stage) => Some(DeployEvent::new(id, e.at, stage, e.message)),
+        None => {
+            tracing::warn!(deployment = id, stage = %e.stage, "stored event of an unknown stage left out");
+            None
         }
     }
 }
@@ -283,20 +262,6 @@ pub(crate) struct Inner {
 pub const STOPPING: &str = "stopping";
 /// The `running` marker while an app is being deleted.
 pub const DELETING: &str = "deleting";
-
-/// What `DELETE /v1/apps/{app}` did.
-#[derive(Clone, Debug, Serialize)]
-pub struct AppDeleted {
-    pub app: String,
-    /// Replicas drained, stopped and removed.
-    pub replicas_removed: usize,
-    /// Deployments the app had.
-    pub deployments: usize,
-    /// Whether those deployments stay readable by id.
-    pub history_kept: bool,
-    /// Berth's image tags removed (`berth/APP:DEPLOYMENT`; none when history is kept).
-    pub images_untagged: usize,
-}
 
 /// What `Conflict.running` says while reconcile (after a start) has not finished an app.
 pub const RECONCILING: &str = "reconcile after start";
@@ -418,19 +383,19 @@ impl Inner {
             .set_routes(&discovered_route_name(app), routes)
     }
 
-    pub(crate) fn emit(&self, deployment: &str, stage: &str, message: impl Into<String>) {
+    pub(crate) fn emit(&self, deployment: &str, stage: Stage, message: impl Into<String>) {
         let message = message.into();
-        tracing::info!(deployment, stage, "{message}");
+        tracing::info!(deployment, stage = stage.as_str(), "{message}");
         let ev = DeployEvent::new(deployment, now_ms(), stage, message);
         // The log outlives this process (the status page's timeline after a restart). A
         // failed write costs the log, never the deployment.
         let stored = StoredEvent {
             at: ev.at,
-            stage: ev.stage.clone(),
+            stage: ev.stage.as_str().to_string(),
             message: ev.message.clone(),
         };
         if let Err(e) = self.store.add_event(deployment, &stored) {
-            tracing::warn!(deployment, stage, error = %e, "deployment event not stored");
+            tracing::warn!(deployment, stage = stage.as_str(), error = %e, "deployment event not stored");
         }
         let mut p = self.progress.locked();
         if let Some(p) = p.get_mut(deployment) {
@@ -476,45 +441,6 @@ impl Inner {
             w.push(msg);
         }
     }
-}
-
-/// A replica as `GET /v1/apps/{app}` shows it.
-#[derive(Clone, Debug, Serialize)]
-pub struct ReplicaStatus {
-    pub container_id: String,
-    pub name: String,
-    pub address: String,
-    pub deployment: Option<String>,
-    /// Routing state: `ready` or `drain`.
-    pub routing: ServerState,
-    /// False while the container is out of the route: it stopped outside a deploy (until it
-    /// runs again and passes its health check), or the proxy's health checks mark it down.
-    pub routed: bool,
-    /// The proxy's health of this backend (the same the proxy routes by), when routed.
-    pub healthy: Option<bool>,
-    /// Docker's run state and HEALTHCHECK status, when inspect succeeds.
-    pub running: Option<bool>,
-    pub docker_health: Option<String>,
-    pub inflight: Option<u64>,
-}
-
-/// `GET /v1/apps/{app}`.
-#[derive(Clone, Debug, Serialize)]
-pub struct AppStatus {
-    pub name: String,
-    pub replicas: Vec<ReplicaStatus>,
-    /// Hand-started containers routed for this app.
-    pub discovered: Vec<ReplicaStatus>,
-    pub current: Option<DeploymentRecord>,
-    pub previous: Option<DeploymentRecord>,
-    pub deploying: Option<String>,
-    /// The self-healing loop's line while the app is short of replicas.
-    pub heal: Option<String>,
-    /// Set when the app runs containers the store has no record of (see `reconcile`).
-    pub adopted: Option<String>,
-    /// Pause / maintenance (omitted when neither is on).
-    #[serde(skip_serializing_if = "crate::model::traffic::AppGate::is_empty")]
-    pub gate: crate::model::traffic::AppGate,
 }
 
 /// The engine. Dropping it (or `kill`) aborts its tasks without any cleanup, like `kill -9`;
@@ -735,7 +661,7 @@ impl Engine {
         }
         self.inner.emit(
             &id,
-            "accepted",
+            Stage::Accepted,
             format!(
                 "{} deploy of {} ({} replicas) requested by {who}",
                 match rec.spec.strategy {
@@ -815,7 +741,7 @@ impl Engine {
             .store
             .events(id)?
             .into_iter()
-            .map(|e| DeployEvent::new(id, e.at, &e.stage, e.message))
+            .filter_map(|e| replayed(id, e))
             .collect())
     }
 
