@@ -147,6 +147,11 @@ pub struct PoolSpec {
     /// HTTP frontends: the `Host` header members see (default: the client's own).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub host: Option<String>,
+    /// HTTP frontends: the active HTTP check of members (as a route's `health_check`: path,
+    /// interval, timeout, rise, fall, expect, method); with it, failed requests count against
+    /// a member too (passive health).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub http_check: Option<super::route::HealthCheckSpec>,
     /// Follow a deployed app: the members are its replicas (kept current by the deploy
     /// engine), `members` stays empty.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -217,6 +222,14 @@ impl PoolSpec {
                     format!("{h:?} is not a host (1-255 visible ASCII characters, no spaces)"),
                 ));
             }
+        }
+        if self.http_check.is_some() {
+            // The checks of a route: reported under this pool's own field path.
+            let route = self.route_spec().map_err(|e| err(f(&e.field), e.message))?;
+            super::route::validate_routes("r", &[route]).map_err(|e| {
+                let rest = e.field.strip_prefix("r[0].health_check").unwrap_or("");
+                err(f(&format!("http_check{rest}")), e.message)
+            })?;
         }
         match (&self.app, &self.version) {
             (None, Some(_)) => return Err(err(f("version"), "a version needs an app")),
@@ -320,6 +333,7 @@ impl PoolSpec {
                 PoolBalance::Source => BalancerKind::SourceIp,
             },
             backends,
+            health_check: self.http_check.clone(),
             https_redirect: false,
             ..RouteSpec::default()
         })
@@ -418,6 +432,19 @@ mod tests {
         crate::model::route::RouteTable::build(&[r, q.route_spec().unwrap()], None).unwrap();
         let bad = pool("name: x\nhost: 'a b'\n");
         assert_eq!(bad.validate("").unwrap_err().field, "host");
+        let checked = pool("name: x\nhttp_check: {path: /health, interval: 1s, fall: 2}\n");
+        checked.validate("").unwrap();
+        assert_eq!(
+            checked.route_spec().unwrap().health_check.unwrap().path,
+            "/health"
+        );
+        let bad = pool("name: x\nhttp_check: {path: health}\n");
+        assert_eq!(
+            bad.validate("pools[1]").unwrap_err().field,
+            "pools[1].http_check.path"
+        );
+        let bad = pool("name: x\nhttp_check: {fall: 0}\n");
+        assert_eq!(bad.validate("").unwrap_err().field, "http_check.fall");
     }
 
     #[test]

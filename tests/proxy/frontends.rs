@@ -701,3 +701,57 @@ fn a_pool_that_follows_an_app_takes_its_version_and_switches_with_a_drain() {
         assert!(backend("/").await.starts_with("new"));
     });
 }
+
+/// A pool's `http_check` runs on the routes' prober: a member whose check fails gets no
+/// requests until it passes again.
+#[test]
+fn a_failing_http_check_takes_a_member_out_until_it_passes() {
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let (a, b) =
+        rt.block_on(async { (TestBackend::start("a").await, TestBackend::start("b").await) });
+    let d = InProc::start(&format!(
+        "pools:\n{}frontends:\n  - {{name: web, mode: http, bind: 127.0.0.1:0, pool: p}}\n",
+        pool(
+            "p",
+            &[&a, &b],
+            "    http_check: {path: /health, interval: 50ms, timeout: 1s, fall: 1, rise: 1}\n"
+        ),
+    ));
+    let fe = d.api.frontend_addr("web");
+    let spread = |n: usize| {
+        let mut seen = BTreeMap::new();
+        for _ in 0..n {
+            let r = get(fe, "GET", "/", "x.test", &[]);
+            *seen
+                .entry(r.header("x-backend").unwrap_or("").to_string())
+                .or_insert(0) += 1;
+        }
+        seen
+    };
+    let both = spread(10);
+    assert_eq!(
+        (both.get("a"), both.get("b")),
+        (Some(&5), Some(&5)),
+        "{both:?}"
+    );
+    crate::support::wait_until_named(Duration::from_secs(5), "checks ran", || {
+        a.state
+            .health_requests
+            .load(std::sync::atomic::Ordering::SeqCst)
+            > 0
+    });
+    a.state
+        .unhealthy
+        .store(true, std::sync::atomic::Ordering::SeqCst);
+    crate::support::wait_until_named(Duration::from_secs(5), "a marked down", || {
+        !spread(4).contains_key("a")
+    });
+    assert_eq!(spread(10).get("b"), Some(&10));
+    a.state
+        .unhealthy
+        .store(false, std::sync::atomic::Ordering::SeqCst);
+    crate::support::wait_until_named(Duration::from_secs(5), "a back", || {
+        spread(4).contains_key("a")
+    });
+    drop(rt);
+}
