@@ -755,3 +755,65 @@ fn a_failing_http_check_takes_a_member_out_until_it_passes() {
     });
     drop(rt);
 }
+
+/// A WebSocket through an HTTP frontend lives in its pool's table: it stays open past the drain
+/// timeout while its member stays, and is cut once the member left the pool and the drain
+/// timeout (1 s here) passed.
+#[test]
+fn a_websocket_through_a_frontend_follows_its_pool() {
+    use futures_util::{SinkExt, StreamExt};
+    use tokio_tungstenite::tungstenite::Message;
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let (a, b) =
+        rt.block_on(async { (TestBackend::start("a").await, TestBackend::start("b").await) });
+    let d = InProc::start("");
+    let put_pool = |members: &[&TestBackend]| {
+        let members: Vec<_> = members
+            .iter()
+            .map(|m| json!({"id": m.name, "address": m.addr.to_string()}))
+            .collect();
+        let (s, v) = d
+            .api
+            .call("PUT", "/v1/pools/p", Some(json!({ "members": members })));
+        assert!(s == 200 || s == 201, "{v}");
+    };
+    put_pool(&[&a]);
+    let (s, v) = d.api.call(
+        "PUT",
+        "/v1/frontends/web",
+        Some(json!({"mode": "http", "bind": "127.0.0.1:0", "pool": "p"})),
+    );
+    assert_eq!(s, 201, "{v}");
+    let fe = d.api.frontend_addr("web");
+    let mut ws = d.rt.block_on(async {
+        let stream = tokio::net::TcpStream::connect(fe).await.unwrap();
+        tokio_tungstenite::client_async("ws://app.test/ws", stream)
+            .await
+            .expect("websocket handshake through the frontend")
+            .0
+    });
+    let mut echo = |msg: &str| {
+        d.rt.block_on(async {
+            ws.send(Message::text(msg)).await.ok()?;
+            match tokio::time::timeout(Duration::from_secs(5), ws.next()).await {
+                Ok(Some(Ok(Message::Text(t)))) => Some(t.as_str().to_string()),
+                _ => None,
+            }
+        })
+    };
+    assert_eq!(echo("one").as_deref(), Some("a: one"));
+    std::thread::sleep(Duration::from_millis(1500));
+    assert_eq!(
+        echo("two").as_deref(),
+        Some("a: two"),
+        "past the drain timeout, member kept"
+    );
+    put_pool(&[&b]);
+    std::thread::sleep(Duration::from_millis(2500));
+    assert_eq!(
+        echo("three"),
+        None,
+        "cut after the member left and the drain passed"
+    );
+    drop(rt);
+}
