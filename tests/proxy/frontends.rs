@@ -817,3 +817,161 @@ fn a_websocket_through_a_frontend_follows_its_pool() {
     );
     drop(rt);
 }
+
+/// Removes a docker test's containers and network, also when an assertion fails.
+struct DockerCleanup {
+    app: String,
+    network: String,
+}
+
+impl Drop for DockerCleanup {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("sh")
+            .arg("-c")
+            .arg(format!(
+                "docker ps -aq --filter label=berth.app={} | xargs -r docker rm -f >/dev/null 2>&1; docker network rm {} >/dev/null 2>&1",
+                self.app, self.network
+            ))
+            .status();
+    }
+}
+
+/// With the real deploy engine: a pool that follows an app's deployment serves that
+/// deployment's replica through an HTTP frontend, and `POST /v1/pools/{name}/version`
+/// switches it to the next deployment's.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[cfg_attr(
+    not(berth_system_tests),
+    ignore = "system test: set BERTH_SYSTEM_TESTS=1"
+)]
+async fn a_pool_follows_a_deployed_app_and_switches_version() {
+    use crate::support::docker::{prepare, skip, IMG_V1, IMG_V2};
+    if skip() {
+        return;
+    }
+    prepare();
+    let dir = tempfile::tempdir().unwrap();
+    let app = format!("fe-{}", std::process::id());
+    let network = format!("berth-t-{app}");
+    let _cleanup = DockerCleanup {
+        app: app.clone(),
+        network: network.clone(),
+    };
+    let mut c = berth::model::config::Config {
+        data_dir: dir.path().to_path_buf(),
+        ..Default::default()
+    };
+    c.http.listen = "127.0.0.1:0".parse().unwrap();
+    c.api.listen = "127.0.0.1:0".parse().unwrap();
+    c.log.access_log = false;
+    c.deploy.enabled = berth::model::config::DeployEnabled::Required;
+    c.deploy.network = network.clone();
+    c.deploy.stop_grace = Duration::from_secs(2);
+    let running = berth::daemon::start(c, None).await.expect("daemon starts");
+    let (_, token) = running.registry.store().create_token("t").unwrap();
+    let http = reqwest::Client::new();
+    let api = running.api_addr;
+    let call = |method: reqwest::Method, path: String, body: Option<serde_json::Value>| {
+        let (http, token) = (http.clone(), token.clone());
+        async move {
+            let mut r = http
+                .request(method, format!("http://{api}{path}"))
+                .bearer_auth(&token);
+            if let Some(b) = body {
+                r = r.json(&b);
+            }
+            let resp = r.send().await.unwrap();
+            let s = resp.status().as_u16();
+            (
+                s,
+                resp.json::<serde_json::Value>().await.unwrap_or_default(),
+            )
+        }
+    };
+    let deploy = |image: &'static str| {
+        let call = &call;
+        let app = app.clone();
+        async move {
+            let spec = json!({"image": image, "domains": [format!("{app}.test")], "replicas": 1,
+                "health": {"path": "/health", "interval": "100ms", "timeout": "1s"},
+                "drain_timeout": "1s", "deploy_timeout": "30s"});
+            let (s, v) = call(
+                reqwest::Method::POST,
+                format!("/v1/apps/{app}/deploy"),
+                Some(spec),
+            )
+            .await;
+            assert_eq!(s, 202, "{v}");
+            let id = v["id"].as_str().unwrap().to_string();
+            let t = Instant::now();
+            loop {
+                let (_, d) =
+                    call(reqwest::Method::GET, format!("/v1/deployments/{id}"), None).await;
+                match d["state"].as_str() {
+                    Some("succeeded") => break,
+                    Some("running") | None => {}
+                    other => panic!("deployment {id}: {other:?} {d}"),
+                }
+                assert!(
+                    t.elapsed() < Duration::from_secs(60),
+                    "deploy {id} did not finish"
+                );
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+            id
+        }
+    };
+    let d1 = deploy(IMG_V1).await;
+    let (s, v) = call(
+        reqwest::Method::PUT,
+        "/v1/pools/shop".into(),
+        Some(json!({"app": app, "version": d1})),
+    )
+    .await;
+    assert_eq!(s, 201, "{v}");
+    let (s, v) = call(
+        reqwest::Method::PUT,
+        "/v1/frontends/shop".into(),
+        Some(json!({"mode": "http", "bind": "127.0.0.1:0", "pool": "shop"})),
+    )
+    .await;
+    assert_eq!(s, 201, "{v}");
+    let fe = v["listening"][0].as_str().unwrap().to_string();
+    let body = || {
+        let http = http.clone();
+        let fe = fe.clone();
+        async move {
+            let r = http.get(format!("http://{fe}/")).send().await.unwrap();
+            (r.status().as_u16(), r.text().await.unwrap())
+        }
+    };
+    assert_eq!(body().await, (200, "v1\n".to_string()));
+    let d2 = deploy(IMG_V2).await;
+    // d1's replica was replaced by the deploy: the pool following d1 has no member left.
+    let t = Instant::now();
+    while body().await.0 != 503 {
+        assert!(
+            t.elapsed() < Duration::from_secs(10),
+            "d1's replica still in the pool"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let (s, v) = call(
+        reqwest::Method::POST,
+        "/v1/pools/shop/version".into(),
+        Some(json!({"version": d2})),
+    )
+    .await;
+    assert_eq!(s, 200, "{v}");
+    assert_eq!(v["spec"]["version"], d2.as_str(), "{v}");
+    assert_eq!(body().await, (200, "v2\n".to_string()));
+    // Unknown pool → 404; a body without a version → 422 or 400.
+    let (s, _) = call(
+        reqwest::Method::POST,
+        "/v1/pools/nope/version".into(),
+        Some(json!({"version": d2})),
+    )
+    .await;
+    assert_eq!(s, 404);
+    running.shutdown().await;
+}
