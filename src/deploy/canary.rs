@@ -23,15 +23,16 @@ use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use serde::Serialize;
 use tokio::sync::mpsc;
 use tokio::time::Instant;
 
 use super::run::{self, Progress};
 use super::{now_ms, AppHosts, DeployError, Engine, Inner, LockExt, Replica};
+use crate::model::api::Stage;
 use crate::model::canary::{
     analyse, step_action, CanarySpec, StepAction, VersionCounts, VersionSplit,
 };
+pub use crate::model::canary::{CanaryStatus, LiveFigures};
 use crate::model::deploy::SpecError;
 use crate::model::route::{BackendAddr, ServerState};
 use crate::store::deployments::DeploymentRecord;
@@ -46,46 +47,6 @@ pub(crate) enum Command {
     Abort,
     /// A manual split (already validated and persisted): kept until promote or abort.
     Split(VersionSplit),
-}
-
-/// One version's figures over the current step.
-#[derive(Clone, Debug, Default, PartialEq, Serialize)]
-pub struct LiveFigures {
-    pub requests: u64,
-    /// 5xx answers plus upstream failures, in percent of `requests`.
-    pub error_rate: f64,
-    /// 99th-percentile latency in milliseconds (none without requests).
-    pub p99_ms: Option<u64>,
-}
-
-impl LiveFigures {
-    fn of(c: &VersionCounts) -> Self {
-        LiveFigures {
-            requests: c.requests,
-            error_rate: (c.error_rate() * 10_000.0).round() / 100.0,
-            p99_ms: c.p99().map(|d| d.as_millis() as u64),
-        }
-    }
-}
-
-/// A canary in progress, as `GET /v1/apps/{app}` and the status page show it.
-#[derive(Clone, Debug, PartialEq, Serialize)]
-pub struct CanaryStatus {
-    /// The canary's deployment id.
-    pub deployment: String,
-    /// The stable deployment id.
-    pub stable: String,
-    /// `starting`, `step`, `manual` (a split set by hand), `promoting`, `aborting`.
-    pub phase: String,
-    /// 1-based step in force (0 while the canary's replicas start).
-    pub step: usize,
-    pub steps: usize,
-    /// Version → percent of new requests.
-    pub split: BTreeMap<String, u32>,
-    pub sticky: bool,
-    /// Figures since the current step (or manual split) began.
-    pub stable_live: LiveFigures,
-    pub canary_live: LiveFigures,
 }
 
 struct Entry {
@@ -204,7 +165,7 @@ fn back_to_stable(inner: &Inner, rec: &DeploymentRecord, why: String) -> String 
     }
     inner.emit(
         &rec.id,
-        "rollback",
+        Stage::Rollback,
         "traffic is back on the stable version; the canary drains",
     );
     // The manual split named the canary: it goes with it.
@@ -217,12 +178,72 @@ fn back_to_stable(inner: &Inner, rec: &DeploymentRecord, why: String) -> String 
     why
 }
 
+/// What woke a canary's loop.
+enum Wake {
+    /// The next analysis tick.
+    Tick,
+    Promote,
+    /// A split set by hand, already applied.
+    Split(VersionSplit),
+}
+
+/// Waits for a hand command or the next tick. An abort (by hand, or because berthd is
+/// upgrading) takes the traffic back to stable and ends the canary with the reason.
+async fn wake(
+    inner: &Inner,
+    rec: &DeploymentRecord,
+    rx: &mut mpsc::UnboundedReceiver<Command>,
+) -> Result<Wake, String> {
+    tokio::select! {
+        cmd = rx.recv() => match cmd {
+            Some(Command::Promote) => {
+                inner.emit(&rec.id, Stage::Promote, "promoted by hand");
+                Ok(Wake::Promote)
+            }
+            Some(Command::Abort) | None => {
+                Err(back_to_stable(inner, rec, "canary aborted by hand".into()))
+            }
+            Some(Command::Split(s)) => {
+                apply_manual(inner, rec, &s)?;
+                Ok(Wake::Split(s))
+            }
+        },
+        _ = tokio::time::sleep(TICK) => {
+            if !inner.handover.running() {
+                return Err(back_to_stable(
+                    inner,
+                    rec,
+                    "berthd is upgrading: the canary was aborted (redeploy after the upgrade)"
+                        .into(),
+                ));
+            }
+            Ok(Wake::Tick)
+        }
+    }
+}
+
+/// Both versions' counts since `base` (stable, canary), shown as the canary's live figures.
+fn live(
+    inner: &Inner,
+    app: &str,
+    canary: &str,
+    base: &(VersionCounts, VersionCounts),
+) -> (VersionCounts, VersionCounts) {
+    let now = counts(inner, app, canary);
+    let (s, c) = (now.0.since(&base.0), now.1.since(&base.1));
+    inner.canaries.update(app, |st| {
+        st.stable_live = LiveFigures::of(&s);
+        st.canary_live = LiveFigures::of(&c);
+    });
+    (s, c)
+}
+
 /// Applies a split set by hand (already validated and persisted) and shows it.
 fn apply_manual(inner: &Inner, rec: &DeploymentRecord, s: &VersionSplit) -> Result<(), String> {
     publish_split(inner, &rec.app, Some(s.clone()))?;
     inner.emit(
         &rec.id,
-        "split",
+        Stage::Split,
         format!(
             "traffic split by hand: {}; automatic steps stop until promote or abort",
             s.weights
@@ -289,7 +310,7 @@ pub(super) async fn run_canary(
         let new = run::start_replica(inner, rec, image_id, slot).await?;
         inner.emit(
             &rec.id,
-            "start",
+            Stage::Start,
             format!(
                 "canary replica {slot}: container {} at {}",
                 new.name, new.addr
@@ -302,7 +323,7 @@ pub(super) async fn run_canary(
         }
         inner.emit(
             &rec.id,
-            "healthy",
+            Stage::Healthy,
             format!("canary replica {slot} is healthy"),
         );
         let mut st = inner.state.locked();
@@ -333,7 +354,7 @@ pub(super) async fn run_canary(
             )?;
             inner.emit(
                 &rec.id,
-                "step",
+                Stage::Step,
                 format!(
                     "step {}/{total}: {weight}% of new requests to the canary for {}",
                     k + 1,
@@ -354,39 +375,17 @@ pub(super) async fn run_canary(
         let mut base = counts(inner, app, &rec.id);
         let mut started = Instant::now();
         loop {
-            tokio::select! {
-                cmd = rx.recv() => match cmd {
-                    Some(Command::Promote) => {
-                        inner.emit(&rec.id, "promote", "promoted by hand");
-                        break 'steps;
-                    }
-                    Some(Command::Abort) | None => {
-                        return Err(back_to_stable(inner, rec, "canary aborted by hand".into()));
-                    }
-                    Some(Command::Split(s)) => {
-                        apply_manual(inner, rec, &s)?;
-                        manual = Some(s);
-                        base = counts(inner, app, &rec.id);
-                        started = Instant::now();
-                        continue;
-                    }
-                },
-                _ = tokio::time::sleep(TICK) => {}
+            match wake(inner, rec, &mut rx).await? {
+                Wake::Promote => break 'steps,
+                Wake::Split(s) => {
+                    manual = Some(s);
+                    base = counts(inner, app, &rec.id);
+                    started = Instant::now();
+                    continue;
+                }
+                Wake::Tick => {}
             }
-            if !inner.handover.running() {
-                return Err(back_to_stable(
-                    inner,
-                    rec,
-                    "berthd is upgrading: the canary was aborted (redeploy after the upgrade)"
-                        .into(),
-                ));
-            }
-            let now = counts(inner, app, &rec.id);
-            let (s, c) = (now.0.since(&base.0), now.1.since(&base.1));
-            inner.canaries.update(app, |st| {
-                st.stable_live = LiveFigures::of(&s);
-                st.canary_live = LiveFigures::of(&c);
-            });
+            let (s, c) = live(inner, app, &rec.id, &base);
             if manual.is_some() {
                 continue;
             }
@@ -397,7 +396,7 @@ pub(super) async fn run_canary(
                 StepAction::Advance => {
                     inner.emit(
                         &rec.id,
-                        "analysis",
+                        Stage::Analysis,
                         format!(
                             "step {}/{total} passed: canary {}; stable {}",
                             k + 1,
@@ -438,26 +437,13 @@ async fn promote(
     )?;
     inner.emit(
         &rec.id,
-        "promote",
+        Stage::Promote,
         "the canary takes all new requests; the stable replicas drain",
     );
     for o in old {
         run::set_routing(inner, app, &o.container_id, ServerState::Drain)?;
         let left = run::wait_drained(inner, app, &o.container_id, spec.drain_timeout).await;
-        let removed = {
-            let mut st = inner.state.locked();
-            let a = st.apps.entry(app.clone()).or_default();
-            let pos = a
-                .replicas
-                .iter()
-                .position(|r| r.container_id == o.container_id);
-            let removed = pos.map(|p| a.replicas.remove(p));
-            inner
-                .publish_app(&st, app)
-                .map_err(|e| format!("publishing the route failed: {e}"))?;
-            removed
-        };
-        if let Some(r) = removed {
+        if let Some(r) = run::take_out(inner, app, &o.container_id)? {
             progress.stopped_old.push(r);
         }
         let rt = inner.rt.clone();
@@ -467,7 +453,7 @@ async fn promote(
             .push(tokio::spawn(async move { rt.stop(&cid, old_grace).await }));
         inner.emit(
             &rec.id,
-            "stopped",
+            Stage::Stopped,
             format!(
                 "old {} is out of the route ({left} in flight at the end of its drain); stopping",
                 run::short(&o.container_id)
@@ -499,7 +485,7 @@ pub(super) async fn resume(inner: Arc<Inner>, r: Resumed) {
         .events(&rec.id)
         .unwrap_or_default()
         .into_iter()
-        .map(|e| super::DeployEvent::new(&rec.id, e.at, &e.stage, e.message))
+        .filter_map(|e| super::replayed(&rec.id, e))
         .collect();
     inner.track(&rec.id, past);
     let (old, canary): (Vec<Replica>, Vec<Replica>) = inner
@@ -527,7 +513,7 @@ pub(super) async fn resume(inner: Arc<Inner>, r: Resumed) {
     }
     inner.emit(
         &rec.id,
-        "split",
+        Stage::Split,
         format!(
             "berthd restarted: the split set by hand is restored ({} of the canary's replicas run); waiting for promote or abort",
             canary.len()
@@ -580,37 +566,16 @@ async fn held(
     let mut sticky = split.sticky;
     let mut base = counts(inner, app, &rec.id);
     loop {
-        tokio::select! {
-            cmd = rx.recv() => match cmd {
-                Some(Command::Promote) => {
-                    inner.emit(&rec.id, "promote", "promoted by hand");
-                    break;
-                }
-                Some(Command::Abort) | None => {
-                    return Err(back_to_stable(inner, rec, "canary aborted by hand".into()));
-                }
-                Some(Command::Split(s)) => {
-                    apply_manual(inner, rec, &s)?;
-                    sticky = s.sticky;
-                    base = counts(inner, app, &rec.id);
-                    continue;
-                }
-            },
-            _ = tokio::time::sleep(TICK) => {}
+        match wake(inner, rec, &mut rx).await? {
+            Wake::Promote => break,
+            Wake::Split(s) => {
+                sticky = s.sticky;
+                base = counts(inner, app, &rec.id);
+            }
+            Wake::Tick => {
+                live(inner, app, &rec.id, &base);
+            }
         }
-        if !inner.handover.running() {
-            return Err(back_to_stable(
-                inner,
-                rec,
-                "berthd is upgrading: the canary was aborted (redeploy after the upgrade)".into(),
-            ));
-        }
-        let now = counts(inner, app, &rec.id);
-        let (s, c) = (now.0.since(&base.0), now.1.since(&base.1));
-        inner.canaries.update(app, |st| {
-            st.stable_live = LiveFigures::of(&s);
-            st.canary_live = LiveFigures::of(&c);
-        });
     }
     promote(inner, rec, stable, old, sticky, old_grace, progress).await
 }

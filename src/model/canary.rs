@@ -299,6 +299,50 @@ fn fmt_ms(d: Duration) -> String {
     format!("{}ms", d.as_millis())
 }
 
+/// One version's figures over the current step.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct LiveFigures {
+    pub requests: u64,
+    /// 5xx answers plus upstream failures, in percent of `requests`.
+    pub error_rate: f64,
+    /// 99th-percentile latency in milliseconds (none without requests).
+    pub p99_ms: Option<u64>,
+}
+
+// `error_rate` is always a finite number (never NaN), so equality is an equivalence.
+impl Eq for LiveFigures {}
+impl Eq for CanaryStatus {}
+
+impl LiveFigures {
+    pub fn of(c: &VersionCounts) -> Self {
+        LiveFigures {
+            requests: c.requests,
+            error_rate: (c.error_rate() * 10_000.0).round() / 100.0,
+            p99_ms: c.p99().map(|d| d.as_millis() as u64),
+        }
+    }
+}
+
+/// A canary in progress, as `GET /v1/apps/{app}` and the status page show it.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct CanaryStatus {
+    /// The canary's deployment id.
+    pub deployment: String,
+    /// The stable deployment id.
+    pub stable: String,
+    /// `starting`, `step`, `manual` (a split set by hand), `promoting`, `aborting`.
+    pub phase: String,
+    /// 1-based step in force (0 while the canary's replicas start).
+    pub step: usize,
+    pub steps: usize,
+    /// Version → percent of new requests.
+    pub split: BTreeMap<String, u32>,
+    pub sticky: bool,
+    /// Figures since the current step (or manual split) began.
+    pub stable_live: LiveFigures,
+    pub canary_live: LiveFigures,
+}
+
 /// The analysis of one step so far.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Verdict {

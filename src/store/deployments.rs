@@ -9,7 +9,6 @@ use std::path::Path;
 use std::sync::Mutex;
 
 use rusqlite::{params, Connection, OptionalExtension, Row};
-use serde::{Deserialize, Serialize};
 use thiserror::Error;
 
 use crate::model::deploy::AppSpec;
@@ -114,52 +113,7 @@ pub enum DeploymentStoreError {
     },
 }
 
-/// Lifecycle of a deployment.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum DeployState {
-    Running,
-    Succeeded,
-    Failed,
-}
-
-impl DeployState {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            DeployState::Running => "running",
-            DeployState::Succeeded => "succeeded",
-            DeployState::Failed => "failed",
-        }
-    }
-    fn parse(s: &str) -> Option<Self> {
-        Some(match s {
-            "running" => DeployState::Running,
-            "succeeded" => DeployState::Succeeded,
-            "failed" => DeployState::Failed,
-            _ => return None,
-        })
-    }
-}
-
-/// One deployment as stored.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub struct DeploymentRecord {
-    pub id: String,
-    pub app: String,
-    pub spec: AppSpec,
-    /// Resolved image id (`sha256:…`), once known.
-    pub image_id: Option<String>,
-    pub state: DeployState,
-    /// Why it failed.
-    pub reason: Option<String>,
-    /// Who asked (token name, `rollback`, `reconcile`).
-    pub created_by: String,
-    /// Unix milliseconds.
-    pub created_at: i64,
-    pub finished_at: Option<i64>,
-    /// The deployment this one rolls back to.
-    pub rollback_of: Option<String>,
-}
+pub use crate::model::api::{DeployState, DeploymentRecord};
 
 /// What the deploy engine needs from storage.
 pub trait DeploymentStore: Send + Sync + 'static {
@@ -556,17 +510,26 @@ pub fn clear_current(conn: &Connection, app: &str) -> Result<(), DeploymentStore
 /// Every app's persisted gate. A row that does not parse is `Corrupt` (never dropped
 /// silently: a maintenance page that vanished after a restart would be worse).
 pub fn gates(conn: &Connection) -> Result<Vec<(String, AppGate)>, DeploymentStoreError> {
-    let mut stmt = conn.prepare("SELECT app, gate FROM app_gates ORDER BY app")?;
+    app_json_rows(conn, "SELECT app, gate FROM app_gates ORDER BY app", "gate")
+}
+
+/// Rows of (app, JSON) parsed; one that does not parse is `Corrupt` naming the app and `what`.
+pub(super) fn app_json_rows<T: serde::de::DeserializeOwned>(
+    conn: &Connection,
+    sql: &str,
+    what: &'static str,
+) -> Result<Vec<(String, T)>, DeploymentStoreError> {
+    let mut stmt = conn.prepare(sql)?;
     let rows = stmt
         .query_map([], |r| Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?)))?
         .collect::<Result<Vec<_>, _>>()?;
     rows.into_iter()
         .map(|(app, json)| {
             serde_json::from_str(&json)
-                .map(|g| (app.clone(), g))
+                .map(|v| (app.clone(), v))
                 .map_err(|e| DeploymentStoreError::Corrupt {
                     id: app,
-                    what: "gate",
+                    what,
                     message: e.to_string(),
                 })
         })

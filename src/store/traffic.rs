@@ -19,21 +19,11 @@ CREATE TABLE IF NOT EXISTS app_traffic (
 
 /// Every app's persisted split. A row that does not parse is `Corrupt`, never dropped.
 pub fn splits(conn: &Connection) -> Result<Vec<(String, VersionSplit)>, DeploymentStoreError> {
-    let mut stmt = conn.prepare("SELECT app, split FROM app_traffic ORDER BY app")?;
-    let rows = stmt
-        .query_map([], |r| Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?)))?
-        .collect::<Result<Vec<_>, _>>()?;
-    rows.into_iter()
-        .map(|(app, json)| {
-            serde_json::from_str(&json)
-                .map(|s| (app.clone(), s))
-                .map_err(|e| DeploymentStoreError::Corrupt {
-                    id: app,
-                    what: "traffic split",
-                    message: e.to_string(),
-                })
-        })
-        .collect()
+    super::deployments::app_json_rows(
+        conn,
+        "SELECT app, split FROM app_traffic ORDER BY app",
+        "traffic split",
+    )
 }
 
 /// Persists an app's split; `None` deletes the row.

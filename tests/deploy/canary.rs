@@ -202,7 +202,7 @@ fn events(engine: &berth::deploy::Engine, id: &str) -> Vec<(i64, String, String)
         .stored_events(id)
         .expect("events")
         .into_iter()
-        .map(|e| (e.at, e.stage, e.message))
+        .map(|e| (e.at, e.stage.as_str().to_string(), e.message))
         .collect()
 }
 
@@ -239,6 +239,42 @@ async fn deploy_and_wait(
         .expect("deploy ends")
         .expect("record");
     (id, rec)
+}
+
+/// Deploys v2 as a canary whose one 50% step holds for 10 minutes and never has enough
+/// requests to be judged: v2 runs next to v1 until the test acts. Returns its id once the
+/// step is in force.
+async fn held_canary(
+    engine: &berth::deploy::Engine,
+    app: &str,
+    host: &str,
+    replicas: u32,
+) -> String {
+    let canary = serde_json::json!({
+        "steps": [{"weight": "50%", "hold": "10m"}],
+        "analysis": {"min_requests": 1000000},
+    });
+    let d2 = engine
+        .deploy(
+            app,
+            spec(V2, host, replicas, Some(canary)),
+            reference(V2),
+            "test",
+        )
+        .await
+        .unwrap();
+    let deadline = Instant::now() + WAIT;
+    while engine
+        .app(app)
+        .await
+        .ok()
+        .and_then(|a| a.canary)
+        .is_none_or(|c| c.phase != "step")
+    {
+        assert!(Instant::now() < deadline, "canary reaches its step");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    d2
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -470,25 +506,7 @@ async fn ab_split_by_version_and_sticky_clients() {
     let (d1, r1) = deploy_and_wait(&engine, app, spec(V1, host, 2, None), V1).await;
     assert_eq!(r1.state, DeployState::Succeeded, "{:?}", r1.reason);
     // v2 next to v1: a canary whose first step holds long; the split is then set by hand.
-    let canary = serde_json::json!({
-        "steps": [{"weight": "50%", "hold": "10m"}],
-        "analysis": {"min_requests": 1000000},
-    });
-    let d2 = engine
-        .deploy(app, spec(V2, host, 1, Some(canary)), reference(V2), "test")
-        .await
-        .unwrap();
-    let deadline = Instant::now() + WAIT;
-    while engine
-        .app(app)
-        .await
-        .ok()
-        .and_then(|a| a.canary)
-        .is_none_or(|c| c.phase != "step")
-    {
-        assert!(Instant::now() < deadline, "canary reaches its first step");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    let d2 = held_canary(&engine, app, host, 1).await;
     // Refused splits change nothing (422 naming the version or `weights`).
     for (w, field) in [
         (vec![("v1", 90), ("v3", 10)], "weights.v3"),
@@ -594,25 +612,7 @@ async fn a_restart_mid_canary_leaves_traffic_on_stable_and_aborts_it() {
     let (host, app) = ("canarykill.test", "canarykill");
     let (d1, r1) = deploy_and_wait(&engine, app, spec(V1, host, 2, None), V1).await;
     assert_eq!(r1.state, DeployState::Succeeded, "{:?}", r1.reason);
-    let canary = serde_json::json!({
-        "steps": [{"weight": "50%", "hold": "10m"}],
-        "analysis": {"min_requests": 1000000},
-    });
-    let d2 = engine
-        .deploy(app, spec(V2, host, 2, Some(canary)), reference(V2), "test")
-        .await
-        .unwrap();
-    let deadline = Instant::now() + WAIT;
-    while engine
-        .app(app)
-        .await
-        .ok()
-        .and_then(|a| a.canary)
-        .is_none_or(|c| c.phase != "step")
-    {
-        assert!(Instant::now() < deadline, "canary reaches its step");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    let d2 = held_canary(&engine, app, host, 2).await;
     let mut both = HashMap::new();
     for _ in 0..40 {
         let (_, body, _) = get_keepalive(&env, host, None).await.unwrap();
@@ -672,25 +672,7 @@ async fn a_split_set_by_hand_survives_a_restart() {
     let (host, app) = ("abkill.test", "abkill");
     let (d1, r1) = deploy_and_wait(&engine, app, spec(V1, host, 1, None), V1).await;
     assert_eq!(r1.state, DeployState::Succeeded, "{:?}", r1.reason);
-    let canary = serde_json::json!({
-        "steps": [{"weight": "50%", "hold": "10m"}],
-        "analysis": {"min_requests": 1000000},
-    });
-    let d2 = engine
-        .deploy(app, spec(V2, host, 1, Some(canary)), reference(V2), "test")
-        .await
-        .unwrap();
-    let deadline = Instant::now() + WAIT;
-    while engine
-        .app(app)
-        .await
-        .ok()
-        .and_then(|a| a.canary)
-        .is_none_or(|c| c.phase != "step")
-    {
-        assert!(Instant::now() < deadline, "canary reaches its step");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    let d2 = held_canary(&engine, app, host, 1).await;
     let weights: BTreeMap<String, u32> = [(d1.clone(), 80), (d2.clone(), 20)].into();
     engine.set_traffic(app, &weights, None).unwrap();
     let deadline = Instant::now() + Duration::from_secs(10);

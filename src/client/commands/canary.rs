@@ -2,10 +2,9 @@
 //! calls of the canary endpoints; the server validates (a split naming an unknown version or
 //! not summing to 100 is refused with the version named) and nothing is half-applied.
 
-use std::collections::BTreeMap;
-
 use reqwest::Method;
-use serde_json::{json, Value};
+
+use crate::model::api::{CanaryStatus, TrafficWeights, VersionSplit};
 
 use super::super::output::Out;
 use super::super::{ClientError, Command};
@@ -14,7 +13,7 @@ use super::{connect, seg};
 /// `v1=90` → ("v1", 90).
 fn parse_weight(arg: &str) -> Result<(String, u32), ClientError> {
     let bad = || {
-        ClientError::Other(format!(
+        ClientError::Usage(format!(
             "{arg:?}: a split is VERSION=PERCENT (e.g. v1=90 v2=10), VERSION a deployment id \
              or image tag"
         ))
@@ -31,63 +30,62 @@ fn parse_weight(arg: &str) -> Result<(String, u32), ClientError> {
     Ok((v.trim().to_string(), w))
 }
 
-fn split_line(v: &Value) -> String {
-    v.get("weights")
-        .and_then(Value::as_object)
-        .map(|m| {
-            m.iter()
-                .map(|(k, w)| format!("{k}={w}%"))
-                .collect::<Vec<_>>()
-                .join(" ")
-        })
-        .unwrap_or_default()
+fn split_line(v: &VersionSplit) -> String {
+    let mut line = v
+        .weights
+        .iter()
+        .map(|(k, w)| format!("{k}={w}%"))
+        .collect::<Vec<_>>()
+        .join(" ");
+    if v.sticky {
+        line.push_str(" (sticky)");
+    }
+    line
+}
+
+/// `POST /v1/apps/{app}/promote|abort`.
+async fn act(servers: &[String], app: &str, what: &str) -> Result<CanaryStatus, ClientError> {
+    let (_, api) = connect(servers).await?;
+    api.json::<_, ()>(Method::POST, &format!("/v1/apps/{}/{what}", seg(app)), None)
+        .await
 }
 
 /// Runs one of the canary commands.
 pub async fn run(servers: &[String], cmd: Command, out: &Out) -> Result<u8, ClientError> {
-    let (_, api) = connect(servers).await?;
-    let (v, line) = match cmd {
+    match cmd {
         Command::Promote { app } => {
-            let v: Value = api
-                .json(
-                    Method::POST,
-                    &format!("/v1/apps/{}/promote", seg(&app)),
-                    Some(&json!({})),
-                )
-                .await?;
-            let line = format!(
-                "{app}: canary {} is being promoted (follow: berth status {app})",
-                v.get("deployment").and_then(Value::as_str).unwrap_or("?")
-            );
-            (v, line)
+            let c = act(servers, &app, "promote").await?;
+            if out.json {
+                out.json(&c);
+            } else {
+                out.line(&format!(
+                    "{app}: canary {} is being promoted (follow: berth status {app})",
+                    c.deployment
+                ));
+            }
         }
         Command::Abort { app } => {
-            let v: Value = api
-                .json(
-                    Method::POST,
-                    &format!("/v1/apps/{}/abort", seg(&app)),
-                    Some(&json!({})),
-                )
-                .await?;
-            let line = format!(
-                "{app}: canary {} aborted; traffic is back on {}",
-                v.get("deployment").and_then(Value::as_str).unwrap_or("?"),
-                v.get("stable").and_then(Value::as_str).unwrap_or("stable")
-            );
-            (v, line)
+            let c = act(servers, &app, "abort").await?;
+            if out.json {
+                out.json(&c);
+            } else {
+                out.line(&format!(
+                    "{app}: canary {} aborted; traffic is back on {}",
+                    c.deployment, c.stable
+                ));
+            }
         }
         Command::Traffic { app, split, sticky } => {
+            let (_, api) = connect(servers).await?;
             let path = format!("/v1/apps/{}/traffic", seg(&app));
-            if split.is_empty() {
-                let v: Value = api.json(Method::GET, &path, None).await?;
-                let line = format!("{app}: {}", split_line(&v));
-                (v, line)
+            let v: VersionSplit = if split.is_empty() {
+                api.get(&path).await?
             } else {
-                let mut weights = BTreeMap::new();
+                let mut weights = TrafficWeights::new();
                 for s in &split {
                     let (k, w) = parse_weight(s)?;
                     if weights.insert(k.clone(), w).is_some() {
-                        return Err(ClientError::Other(format!("{k} is named twice")));
+                        return Err(ClientError::Usage(format!("{k} is named twice")));
                     }
                 }
                 let path = if sticky {
@@ -95,9 +93,12 @@ pub async fn run(servers: &[String], cmd: Command, out: &Out) -> Result<u8, Clie
                 } else {
                     path
                 };
-                let v: Value = api.json(Method::PUT, &path, Some(&json!(weights))).await?;
-                let line = format!("{app}: traffic split {}", split_line(&v));
-                (v, line)
+                api.json(Method::PUT, &path, Some(&weights)).await?
+            };
+            if out.json {
+                out.json(&v);
+            } else {
+                out.line(&format!("{app}: traffic split {}", split_line(&v)));
             }
         }
         other => {
@@ -105,11 +106,6 @@ pub async fn run(servers: &[String], cmd: Command, out: &Out) -> Result<u8, Clie
                 "internal: {other:?} is not a canary command"
             )))
         }
-    };
-    if out.json {
-        out.json(&v);
-    } else {
-        out.line(&line);
     }
     Ok(0)
 }
