@@ -637,9 +637,24 @@ impl Engine {
         if let Some(s) = &a.split {
             return Ok(s.clone());
         }
+        // No split: each version's share of the ready replicas (one version: 100; a rolling
+        // deploy in progress: its new replicas' share so far).
+        let mut ready: BTreeMap<String, u32> = BTreeMap::new();
+        for r in a.replicas.iter().filter(|r| r.state == ServerState::Ready) {
+            *ready.entry(r.deployment.clone()).or_default() += 1;
+        }
+        let total: u32 = ready.values().sum();
         let mut weights = BTreeMap::new();
-        for r in &a.replicas {
-            weights.insert(r.deployment.clone(), 100);
+        let mut given = 0;
+        let n = ready.len();
+        for (i, (v, count)) in ready.into_iter().enumerate() {
+            let w = if i + 1 == n {
+                100 - given
+            } else {
+                count * 100 / total
+            };
+            given += w;
+            weights.insert(v, w);
         }
         Ok(VersionSplit {
             weights,
