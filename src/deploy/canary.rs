@@ -95,6 +95,24 @@ impl Canaries {
     }
 }
 
+/// Registers `rec`'s canary with its first status; the guard unregisters it however the run
+/// ends.
+fn register<'a>(
+    inner: &'a Inner,
+    rec: &DeploymentRecord,
+    status: CanaryStatus,
+) -> (mpsc::UnboundedReceiver<Command>, Registered<'a>) {
+    let rx = inner.canaries.register(&rec.app, status);
+    (
+        rx,
+        Registered {
+            inner,
+            app: rec.app.clone(),
+            deployment: rec.id.clone(),
+        },
+    )
+}
+
 /// Unregisters the canary however its run ends.
 struct Registered<'a> {
     inner: &'a Inner,
@@ -281,8 +299,9 @@ pub(super) async fn run_canary(
         .first()
         .map(|r| r.deployment.clone())
         .unwrap_or_default();
-    let mut rx = inner.canaries.register(
-        app,
+    let (mut rx, _registered) = register(
+        inner,
+        rec,
         CanaryStatus {
             deployment: rec.id.clone(),
             stable: stable.clone(),
@@ -295,11 +314,6 @@ pub(super) async fn run_canary(
             canary_live: LiveFigures::default(),
         },
     );
-    let _registered = Registered {
-        inner,
-        app: app.clone(),
-        deployment: rec.id.clone(),
-    };
     // 1. The canary's replicas, health-gated, routed with weight 0.
     publish_split(
         inner,
@@ -544,8 +558,9 @@ async fn held(
     progress: &mut Progress,
 ) -> Result<(), String> {
     let app = &rec.app;
-    let mut rx = inner.canaries.register(
-        app,
+    let (mut rx, _registered) = register(
+        inner,
+        rec,
         CanaryStatus {
             deployment: rec.id.clone(),
             stable: stable.to_string(),
@@ -558,11 +573,6 @@ async fn held(
             canary_live: LiveFigures::default(),
         },
     );
-    let _registered = Registered {
-        inner,
-        app: app.clone(),
-        deployment: rec.id.clone(),
-    };
     let mut sticky = split.sticky;
     let mut base = counts(inner, app, &rec.id);
     loop {

@@ -241,6 +241,20 @@ async fn deploy_and_wait(
     (id, rec)
 }
 
+/// A test world with `app` running v1 on two replicas; returns v1's deployment id.
+async fn v1_with_two_replicas(
+    app: &'static str,
+    host: &'static str,
+) -> (Arc<Env>, berth::deploy::Engine, String) {
+    prepare();
+    images();
+    let env = Arc::new(Env::new(app).await);
+    let engine = env.engine().await;
+    let (d1, r1) = deploy_and_wait(&engine, app, spec(V1, host, 2, None), V1).await;
+    assert_eq!(r1.state, DeployState::Succeeded, "{:?}", r1.reason);
+    (env, engine, d1)
+}
+
 /// Deploys v2 as a canary whose one 50% step holds for 10 minutes and never has enough
 /// requests to be judged: v2 runs next to v1 until the test acts. Returns its id once the
 /// step is in force.
@@ -286,14 +300,8 @@ async fn canary_steps_follow_their_weights_and_promote() {
     if skip() {
         return;
     }
-    prepare();
-    images();
-    let env = Arc::new(Env::new("canary").await);
-    let engine = env.engine().await;
     let (host, app) = ("canary.test", "canary");
-    let (_, r1) = deploy_and_wait(&engine, app, spec(V1, host, 2, None), V1).await;
-    assert_eq!(r1.state, DeployState::Succeeded, "{:?}", r1.reason);
-
+    let (env, engine, _) = v1_with_two_replicas(app, host).await;
     let stop = Arc::new(AtomicBool::new(false));
     let loader = tokio::spawn(load(
         env.clone(),
@@ -384,14 +392,8 @@ async fn failing_canary_is_aborted_at_its_first_analysis() {
     if skip() {
         return;
     }
-    prepare();
-    images();
-    let env = Arc::new(Env::new("canarybad").await);
-    let engine = env.engine().await;
     let (host, app) = ("canarybad.test", "canarybad");
-    let (d1, r1) = deploy_and_wait(&engine, app, spec(V1, host, 2, None), V1).await;
-    assert_eq!(r1.state, DeployState::Succeeded, "{:?}", r1.reason);
-
+    let (env, engine, d1) = v1_with_two_replicas(app, host).await;
     let stop = Arc::new(AtomicBool::new(false));
     let loader = tokio::spawn(load(
         env.clone(),
@@ -498,13 +500,8 @@ async fn ab_split_by_version_and_sticky_clients() {
     if skip() {
         return;
     }
-    prepare();
-    images();
-    let env = Arc::new(Env::new("ab").await);
-    let engine = env.engine().await;
     let (host, app) = ("ab.test", "ab");
-    let (d1, r1) = deploy_and_wait(&engine, app, spec(V1, host, 2, None), V1).await;
-    assert_eq!(r1.state, DeployState::Succeeded, "{:?}", r1.reason);
+    let (env, engine, d1) = v1_with_two_replicas(app, host).await;
     // v2 next to v1: a canary whose first step holds long; the split is then set by hand.
     let d2 = held_canary(&engine, app, host, 1).await;
     // Refused splits change nothing (422 naming the version or `weights`).
@@ -605,13 +602,8 @@ async fn a_restart_mid_canary_leaves_traffic_on_stable_and_aborts_it() {
     if skip() {
         return;
     }
-    prepare();
-    images();
-    let env = Arc::new(Env::new("canarykill").await);
-    let engine = env.engine().await;
     let (host, app) = ("canarykill.test", "canarykill");
-    let (d1, r1) = deploy_and_wait(&engine, app, spec(V1, host, 2, None), V1).await;
-    assert_eq!(r1.state, DeployState::Succeeded, "{:?}", r1.reason);
+    let (env, engine, d1) = v1_with_two_replicas(app, host).await;
     let d2 = held_canary(&engine, app, host, 2).await;
     let mut both = HashMap::new();
     for _ in 0..40 {
