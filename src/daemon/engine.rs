@@ -106,6 +106,7 @@ pub(super) async fn start(
         store_damaged,
         secrets,
         allow_host_mounts: d.allow_host_mounts,
+        pull_ceiling: d.pull,
         ..Default::default()
     };
     match start_engine_with_registry(registry.clone(), &d.network, cfg).await {
