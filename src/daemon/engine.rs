@@ -164,6 +164,7 @@ pub(super) async fn start(
         store_damaged,
         secrets,
         allow_host_mounts: d.allow_host_mounts,
+        pull_ceiling: d.pull,
         ..Default::default()
     };
     match start_engine_with_feed(registry.clone(), &d.network, cfg, apps).await {

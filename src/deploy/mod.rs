@@ -136,6 +136,8 @@ pub struct EngineConfig {
     pub secrets: Option<Arc<crate::store::secrets::SecretsKey>>,
     /// `deploy.allow_host_mounts`: whether specs may bind-mount host paths.
     pub allow_host_mounts: bool,
+    /// `deploy.pull`: ceiling over every app's pull policy.
+    pub pull_ceiling: crate::model::deploy::PullPolicy,
 }
 
 impl Default for EngineConfig {
@@ -149,6 +151,7 @@ impl Default for EngineConfig {
             store_damaged: None,
             secrets: None,
             allow_host_mounts: false,
+            pull_ceiling: crate::model::deploy::PullPolicy::Always,
         }
     }
 }

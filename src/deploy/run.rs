@@ -204,6 +204,19 @@ async fn resolve_image(
     rec: &DeploymentRecord,
     image: ImageSource,
 ) -> Result<String, String> {
+    // The server's `deploy.pull` caps what the app asks for (an offline host says `never`).
+    let pull = rec.spec.pull.under(inner.cfg.pull_ceiling);
+    if pull != rec.spec.pull && matches!(image, ImageSource::Reference { .. }) {
+        inner.emit(
+            &rec.id,
+            Stage::Image,
+            format!(
+                "pull: {} lowered to {} by the server's deploy.pull",
+                pull_name(rec.spec.pull),
+                pull_name(pull)
+            ),
+        );
+    }
     let id = match image {
         ImageSource::Id(i) => inner
             .rt
@@ -235,7 +248,7 @@ async fn resolve_image(
                 }
             }
         }
-        ImageSource::Reference { reference, creds } if rec.spec.pull == PullPolicy::Always => {
+        ImageSource::Reference { reference, creds } if pull == PullPolicy::Always => {
             // A moving tag (`:latest`) gets the registry's current image on every deploy.
             inner.emit(
                 &rec.id,
@@ -250,10 +263,16 @@ async fn resolve_image(
         }
         ImageSource::Reference { reference, creds } => match inner.rt.image_id(&reference).await {
             Ok(i) => i,
-            Err(RuntimeError::NotFound { .. }) if rec.spec.pull == PullPolicy::Never => {
-                return Err(format!(
-                    "image {reference} is not present on the server and pull is never"
-                ))
+            Err(RuntimeError::NotFound { .. }) if pull == PullPolicy::Never => {
+                return Err(if rec.spec.pull == PullPolicy::Never {
+                    format!("image {reference} is not present on the server and pull is never")
+                } else {
+                    format!(
+                        "image {reference} is not present on the server, and the server's \
+                         deploy.pull is never (no registry is contacted): upload the image \
+                         (`berth deploy --image-tar`, or `build:`) or load it on the server"
+                    )
+                });
             }
             Err(RuntimeError::NotFound { .. }) => {
                 inner.emit(&rec.id, Stage::Image, format!("pulling {reference}"));
@@ -267,6 +286,14 @@ async fn resolve_image(
         },
     };
     Ok(id)
+}
+
+fn pull_name(p: PullPolicy) -> &'static str {
+    match p {
+        PullPolicy::Never => "never",
+        PullPolicy::Missing => "missing",
+        PullPolicy::Always => "always",
+    }
 }
 
 async fn execute(

@@ -9,6 +9,7 @@ mod apps_api;
 mod deploy_spec;
 mod docker_deploy;
 mod docker_engine;
+mod pull_ceiling;
 mod secrets;
 mod store_recovery;
 mod traffic;
