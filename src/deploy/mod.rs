@@ -64,6 +64,8 @@ pub trait RoutePublisher: Send + Sync + 'static {
     fn healthy(&self, _route: &str, _backend_id: &str) -> Option<bool> {
         None
     }
+    /// The replicas of `app` now (every deployment's), for pools that follow the app.
+    fn set_replicas(&self, _app: &str, _replicas: Vec<crate::model::pool::AppReplica>) {}
 }
 
 /// Errors of the engine's API (the API layer maps them to HTTP statuses).
