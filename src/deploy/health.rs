@@ -1,37 +1,57 @@
-//! The deploy health gate: the app's health check (the one prober of `proxy::health`, same
-//! method, path and expected statuses as routing uses) against a container's address on the
+//! The deploy health gate: the app's health check (the one prober of `proxy::health`, behind
+//! the [`HealthProbe`] interface; same method, path and expected statuses as routing uses) against a container's address on the
 //! Berth network until it passes (and Docker's own HEALTHCHECK, if the image has one, says
 //! healthy), bounded by a deadline. The container exiting ends the wait at once.
 
 use std::net::SocketAddr;
+use std::sync::Arc;
 use std::time::Duration;
 
+use futures_util::future::BoxFuture;
 use tokio::time::Instant;
 
 use crate::model::deploy::HealthSpec;
+use crate::model::health::ProbeError;
+use crate::model::route::HealthCheckSpec;
 use crate::runtime::{ContainerRuntime, DockerHealth, RunState};
 
-/// The deploy gate's view of the one health prober (`proxy::health::probe_once`): the gate
-/// and the routing prober run the same check (method, path, expected statuses, timeout), so
-/// a replica the gate lets in is one the prober keeps.
-#[derive(Clone, Default)]
-pub struct HealthClient;
+/// The one health check of the proxy (`proxy::health::probe_once`), as the deploy gate asks
+/// for it: the daemon implements it (with [`super::RoutePublisher`]) so the deploy engine
+/// depends on this interface, not on the proxy, and the gate and the routing prober run the
+/// same check (method, path, expected statuses, timeout).
+pub trait HealthProbe: Send + Sync + 'static {
+    /// One check of `check` against `authority` with `Host: host`; the status on success.
+    fn probe<'a>(
+        &'a self,
+        authority: &'a str,
+        host: &'a str,
+        check: &'a HealthCheckSpec,
+    ) -> BoxFuture<'a, Result<u16, ProbeError>>;
+}
+
+/// The deploy gate's checks: HTTP through the [`HealthProbe`], Docker's state and HEALTHCHECK
+/// through the runtime. A replica the gate lets in is one the prober keeps.
+#[derive(Clone)]
+pub struct HealthClient {
+    probe: Arc<dyn HealthProbe>,
+}
 
 impl HealthClient {
+    pub fn new(probe: Arc<dyn HealthProbe>) -> Self {
+        HealthClient { probe }
+    }
+
     /// One check with `spec`'s method, path and expected statuses, bounded by `timeout`.
-    /// `Ok(status)` on success, otherwise a one-line reason.
     pub async fn check(
         &self,
         addr: SocketAddr,
         host: &str,
         spec: &HealthSpec,
         timeout: Duration,
-    ) -> Result<u16, String> {
+    ) -> Result<u16, ProbeError> {
         let mut check = spec.check();
         check.timeout = timeout;
-        crate::proxy::health::probe_once(&addr.to_string(), host, &check)
-            .await
-            .map_err(|e| e.to_string())
+        self.probe.probe(&addr.to_string(), host, &check).await
     }
 
     /// A worker's gate (an app without domains has nothing to GET): the container runs
@@ -107,7 +127,7 @@ impl HealthClient {
                     None | Some(DockerHealth::Healthy) => return Ok(()),
                     Some(h) => last = format!("HTTP check passed; Docker HEALTHCHECK is {h:?}"),
                 },
-                Err(e) => last = e,
+                Err(e) => last = e.to_string(),
             }
             if Instant::now() + spec.interval > deadline {
                 return Err(last);

@@ -19,11 +19,12 @@ use std::sync::{Mutex, MutexGuard};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use rusqlite::{params, Connection, OptionalExtension, TransactionBehavior};
-use serde::{Deserialize, Serialize};
+use serde::Serialize;
 use thiserror::Error;
 
 use crate::model::route::{BackendSpec, RouteSpec, ServerState};
 
+pub use crate::model::routeset::{RouteSource, StoreOp, StoredRoute};
 pub use tokens::{hash_token, TokenAuth, TokenInfo, TOKEN_PREFIX};
 
 use deployments::{DeployState, DeploymentRecord, DeploymentStoreError, StoredEvent};
@@ -92,37 +93,6 @@ impl From<rusqlite::Error> for StoreError {
     }
 }
 
-/// Who owns a stored route. Config routes are never stored (they come from the file).
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum RouteSource {
-    /// Static route from the configuration file: read-only at run time.
-    Config,
-    /// Created through the REST API.
-    Api,
-    /// Published by the deploy orchestrator.
-    Deploy,
-}
-
-impl RouteSource {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            RouteSource::Config => "config",
-            RouteSource::Api => "api",
-            RouteSource::Deploy => "deploy",
-        }
-    }
-
-    fn parse(s: &str) -> Option<Self> {
-        match s {
-            "config" => Some(RouteSource::Config),
-            "api" => Some(RouteSource::Api),
-            "deploy" => Some(RouteSource::Deploy),
-            _ => None,
-        }
-    }
-}
-
 fn state_str(s: ServerState) -> &'static str {
     match s {
         ServerState::Ready => "ready",
@@ -140,14 +110,6 @@ fn parse_state(s: &str) -> Option<ServerState> {
     }
 }
 
-/// A route kept in the store, with its backends and their states filled in.
-#[derive(Clone, Debug, PartialEq)]
-pub struct StoredRoute {
-    pub source: RouteSource,
-    /// `name` is always set.
-    pub spec: RouteSpec,
-}
-
 /// Everything the route registry needs at start.
 #[derive(Clone, Debug, Default, PartialEq)]
 pub struct StoredRoutes {
@@ -156,25 +118,6 @@ pub struct StoredRoutes {
     /// States of backends that belong to no stored route (overrides on config routes),
     /// keyed by (route name, backend id).
     pub other_states: HashMap<(String, String), ServerState>,
-}
-
-/// One write, applied with others in a single transaction by [`Store::apply`].
-#[derive(Clone, Debug, PartialEq)]
-pub enum StoreOp {
-    /// Inserts or replaces a route (by `spec.name`), its backends and their states.
-    PutRoute {
-        source: RouteSource,
-        spec: Box<RouteSpec>,
-    },
-    /// Removes a route, its backends and their states. Removing a missing route is a no-op.
-    DeleteRoute { name: String },
-    /// Sets one backend's state. On a route that is not stored (a config route) this is an
-    /// override that wins over the file's state, `ready` included, until changed again.
-    SetState {
-        route: String,
-        backend: String,
-        state: ServerState,
-    },
 }
 
 const MIGRATIONS: &[&str] = &[
