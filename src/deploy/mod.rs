@@ -37,13 +37,13 @@ use crate::runtime::{ByteStream, RegistryCreds, RuntimeError};
 use crate::store::deployments::DeploymentStoreError;
 use crate::store::registry::ChangeError;
 
-pub use engine::{AppDeleted, Engine};
-pub use events::DeployEvent;
+pub use crate::model::api::{AppDeleted, AppStatus, DeployEvent, ReplicaStatus, Stage};
+pub use engine::Engine;
+pub(crate) use events::replayed;
 pub use handover::HandoverError;
 pub use health::HealthProbe;
 pub use state::{app_route_name, discovered_route_name, DELETING, RECONCILING, STOPPING};
 pub(crate) use state::{now_ms, AppHosts, AppState, Discovered, Inner, LockExt, Replica, State};
-pub use status::{AppStatus, ReplicaStatus};
 
 /// Where the route changes of the engine go. Implemented over the proxy's `Tables` by the
 /// daemon (see `daemon/engine.rs`); of the proxy the engine uses only its one health prober,
@@ -66,6 +66,8 @@ pub trait RoutePublisher: HealthProbe {
     fn healthy(&self, _route: &str, _backend_id: &str) -> Option<bool> {
         None
     }
+    /// The replicas of `app` now (every deployment's), for pools that follow the app.
+    fn set_replicas(&self, _app: &str, _replicas: Vec<crate::model::pool::AppReplica>) {}
 }
 
 /// Errors of the engine's API (the API layer maps them to HTTP statuses).

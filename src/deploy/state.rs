@@ -163,6 +163,21 @@ impl Inner {
     /// Publishes the route of a deployed app from `state` (caller holds the lock).
     /// An app with hosts but no replicas keeps a route without backends (503).
     pub(crate) fn publish_app(&self, state: &State, app: &str) -> Result<(), ChangeError> {
+        // Pools that follow the app (`model::pool`): workers too, so before the route.
+        let replicas = state.apps.get(app).map(|a| {
+            a.replicas
+                .iter()
+                .filter(|r| !a.down.contains(&r.container_id))
+                .map(|r| crate::model::pool::AppReplica {
+                    id: r.container_id.clone(),
+                    deployment: r.deployment.clone(),
+                    address: r.address.to_string(),
+                    state: r.state,
+                })
+                .collect()
+        });
+        self.publisher
+            .set_replicas(app, replicas.unwrap_or_default());
         let routes = match state.apps.get(app) {
             // A route with no ready backend answers 503 (replace downtime); an app that runs
             // nothing (stopped, never deployed) has no route at all.

@@ -8,41 +8,11 @@
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 
-use serde::{Deserialize, Serialize};
+use serde::Serialize;
 use thiserror::Error;
 
+pub use super::api::RouteSource;
 use super::route::{BackendSpec, HostClaims, RouteFault, RouteSpec, ServerState};
-
-/// Who owns a stored route. Config routes are never stored (they come from the file).
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum RouteSource {
-    /// Static route from the configuration file: read-only at run time.
-    Config,
-    /// Created through the REST API.
-    Api,
-    /// Published by the deploy orchestrator.
-    Deploy,
-}
-
-impl RouteSource {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            RouteSource::Config => "config",
-            RouteSource::Api => "api",
-            RouteSource::Deploy => "deploy",
-        }
-    }
-
-    pub fn parse(s: &str) -> Option<Self> {
-        match s {
-            "config" => Some(RouteSource::Config),
-            "api" => Some(RouteSource::Api),
-            "deploy" => Some(RouteSource::Deploy),
-            _ => None,
-        }
-    }
-}
 
 /// A route kept in the store, with its backends and their states filled in.
 #[derive(Clone, Debug, PartialEq)]

@@ -48,11 +48,14 @@ pub struct ConnState {
     read_waker: AtomicWaker,
     /// The client's IP as a header value, formatted once per connection (forwarded headers).
     pub peer_ip: Option<http::HeaderValue>,
+    /// Set when the connection was accepted by an HTTP frontend (routed by its rules).
+    pub frontend: Option<Arc<super::frontends::FrontendConn>>,
 }
 
 impl ConnState {
-    fn new(peer: SocketAddr) -> Self {
+    fn new(peer: SocketAddr, frontend: Option<Arc<super::frontends::FrontendConn>>) -> Self {
         Self {
+            frontend,
             peer_ip: super::headers::peer_header_value(peer.ip()),
             inflight: AtomicU32::new(0),
             last_active: AtomicU64::new(now_ms()),
@@ -79,6 +82,13 @@ impl ConnState {
     /// Whether responses should ask the client to close (process draining).
     pub fn draining(&self) -> bool {
         self.draining.load(Ordering::Relaxed)
+    }
+
+    /// One request per connection (`keepalive: close` of an HTTP frontend).
+    pub fn closes_after_response(&self) -> bool {
+        self.frontend
+            .as_ref()
+            .is_some_and(|f| f.keepalive == crate::model::frontend::KeepAlive::Close)
     }
 }
 
@@ -283,11 +293,26 @@ pub async fn serve_connection<T>(
     io: T,
     peer: SocketAddr,
     scheme: &'static str,
-    mut drain: watch::Receiver<bool>,
+    drain: watch::Receiver<bool>,
 ) where
     T: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
-    let state = Arc::new(ConnState::new(peer));
+    serve_connection_on(proxy, builder, io, peer, scheme, drain, None).await
+}
+
+/// [`serve_connection`] for a connection accepted by an HTTP frontend (`frontend` set).
+pub async fn serve_connection_on<T>(
+    proxy: Arc<Proxy>,
+    builder: Arc<auto::Builder<TokioExecutor>>,
+    io: T,
+    peer: SocketAddr,
+    scheme: &'static str,
+    mut drain: watch::Receiver<bool>,
+    frontend: Option<Arc<super::frontends::FrontendConn>>,
+) where
+    T: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let state = Arc::new(ConnState::new(peer, frontend));
     // A TLS stream already hands out decrypted records from its own buffer.
     let read_ahead = scheme == "http";
     let io = TokioIo::new(TrackedIo::new(io, state.clone(), read_ahead));
@@ -420,10 +445,26 @@ pub async fn serve_http(proxy: Arc<Proxy>, listener: TcpListener, stop: watch::R
 /// tells the connections to drain and waits for them, bounded by `drain` (+1 s).
 pub async fn accept_loop<F, Fut>(
     listener: TcpListener,
+    stop: watch::Receiver<bool>,
+    drain: Duration,
+    what: &'static str,
+    serve: F,
+) where
+    F: Fn(tokio::net::TcpStream, SocketAddr, watch::Receiver<bool>) -> Fut,
+    Fut: std::future::Future<Output = ()> + Send + 'static,
+{
+    accept_loop_until(listener, stop, drain, what, serve, None).await
+}
+
+/// [`accept_loop`] that says on `closed` when the listening socket is closed (before the
+/// connections drain): a removed frontend's port is free at that moment.
+pub async fn accept_loop_until<F, Fut>(
+    listener: TcpListener,
     mut stop: watch::Receiver<bool>,
     drain: Duration,
     what: &'static str,
     serve: F,
+    closed: Option<tokio::sync::oneshot::Sender<()>>,
 ) where
     F: Fn(tokio::net::TcpStream, SocketAddr, watch::Receiver<bool>) -> Fut,
     Fut: std::future::Future<Output = ()> + Send + 'static,
@@ -457,6 +498,9 @@ pub async fn accept_loop<F, Fut>(
         }
     }
     drop(listener);
+    if let Some(c) = closed {
+        let _ = c.send(());
+    }
     let _ = drain_tx.send(true);
     if tokio::time::timeout(drain + Duration::from_secs(1), tracker.wait_idle())
         .await
@@ -488,7 +532,7 @@ mod tests {
             let (mut client, server) = tokio::io::duplex(64 * 1024);
             client.write_all(&head).await.unwrap();
             drop(client);
-            let state = Arc::new(ConnState::new("127.0.0.1:1".parse().unwrap()));
+            let state = Arc::new(ConnState::new("127.0.0.1:1".parse().unwrap(), None));
             let mut io = TrackedIo::new(server, state, true);
             let mut got = Vec::new();
             let mut i = 0;
