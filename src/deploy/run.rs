@@ -12,6 +12,7 @@ use futures_util::StreamExt as _;
 use tokio::time::Instant;
 
 use super::handover::{self, Checkpoint, NewRec, ReplicaRec};
+use super::health::GateError;
 use super::{now_ms, AppHosts, ImageSource, Inner, LockExt, Replica, Stage};
 use crate::model::deploy::{
     images_to_prune, plan, AppSpec, ImageUse, OldReplica, PullPolicy, Step,
@@ -752,7 +753,7 @@ pub(crate) async fn ready(
     container_id: &str,
     addr: SocketAddr,
     deadline: Instant,
-) -> Result<(), String> {
+) -> Result<(), GateError> {
     if spec.is_worker() {
         inner
             .health
@@ -784,7 +785,9 @@ pub(crate) async fn ready(
 async fn gate(inner: &Inner, rec: &DeploymentRecord, new: &New, slot: u32) -> Result<(), String> {
     let spec: &AppSpec = &rec.spec;
     let deadline = Instant::now() + spec.deploy_timeout;
-    let mut res = ready(inner, spec, &new.id, new.addr, deadline).await;
+    let mut res = ready(inner, spec, &new.id, new.addr, deadline)
+        .await
+        .map_err(|e| e.to_string());
     if res.is_ok() && !spec.min_ready.is_zero() && !spec.is_worker() {
         tokio::time::sleep(spec.min_ready).await;
         let deadline = Instant::now() + spec.health.timeout;
