@@ -13,6 +13,7 @@
 
 pub mod apps;
 pub mod auth;
+pub mod canary;
 pub mod certs;
 pub mod error;
 pub mod frontends;
@@ -106,6 +107,7 @@ pub fn router(state: ApiState) -> Router {
         .merge(stats::router())
         .merge(apps::router())
         .merge(traffic::router())
+        .merge(canary::router())
         .merge(certs::router())
         .merge(frontends::router());
     let metrics = Router::new().route("/metrics", get(stats::metrics));

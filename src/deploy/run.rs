@@ -31,16 +31,16 @@ pub(crate) struct New {
 
 /// What the executor did so far, for abort.
 #[derive(Default)]
-struct Progress {
-    new: BTreeMap<u32, New>,
-    routed_new: Vec<String>,
-    stopped_old: Vec<Replica>,
+pub(super) struct Progress {
+    pub(super) new: BTreeMap<u32, New>,
+    pub(super) routed_new: Vec<String>,
+    pub(super) stopped_old: Vec<Replica>,
     /// `docker stop` of drained old replicas runs in the background (a replica out of the
     /// route with nothing in flight needs no waiting); awaited before commit or abort.
-    stops: Vec<tokio::task::JoinHandle<Result<(), RuntimeError>>>,
+    pub(super) stops: Vec<tokio::task::JoinHandle<Result<(), RuntimeError>>>,
 }
 
-fn short(id: &str) -> &str {
+pub(super) fn short(id: &str) -> &str {
     let id = id.strip_prefix("sha256:").unwrap_or(id);
     &id[..id.len().min(12)]
 }
@@ -85,7 +85,7 @@ pub(crate) async fn resume(inner: Arc<Inner>, rec: DeploymentRecord, cp: Checkpo
 
 /// Commits or aborts a deploy whose steps ended with `outcome` (`Ok(true)`: handed over to a
 /// successor, which concludes it; nothing more is written here).
-async fn conclude(
+pub(super) async fn conclude(
     inner: &Arc<Inner>,
     rec: &DeploymentRecord,
     mut progress: Progress,
@@ -339,6 +339,13 @@ async fn execute(
             container_id: r.container_id.clone(),
         })
         .collect();
+    if rec.spec.strategy == crate::model::deploy::Strategy::Canary && !old.is_empty() {
+        // Next to the stable version, step by step (`canary.rs`); a first deploy has
+        // nothing to compare with and runs the rolling plan.
+        return super::canary::run_canary(inner, rec, &image_id, &old, old_grace, progress)
+            .await
+            .map(|()| false);
+    }
     let input = PlanInput {
         image_id,
         old: current.into_iter().map(|o| o.container_id).collect(),
@@ -449,20 +456,7 @@ async fn steps(
                 );
             }
             Step::StopOld { container_id } => {
-                let removed = {
-                    let mut st = inner.state.locked();
-                    let a = st.apps.entry(app.clone()).or_default();
-                    let pos = a
-                        .replicas
-                        .iter()
-                        .position(|r| r.container_id == container_id);
-                    let removed = pos.map(|p| a.replicas.remove(p));
-                    inner
-                        .publish_app(&st, app)
-                        .map_err(|e| format!("publishing the route failed: {e}"))?;
-                    removed
-                };
-                if let Some(r) = removed {
+                if let Some(r) = take_out(inner, app, &container_id)? {
                     progress.stopped_old.push(r);
                 }
                 let rt = inner.rt.clone();
@@ -491,7 +485,26 @@ async fn steps(
     Ok(false)
 }
 
-fn set_routing(
+/// Takes a replica out of the app's route (one table swap); returns it.
+pub(super) fn take_out(
+    inner: &Inner,
+    app: &str,
+    container_id: &str,
+) -> Result<Option<Replica>, String> {
+    let mut st = inner.state.locked();
+    let a = st.apps.entry(app.to_string()).or_default();
+    let pos = a
+        .replicas
+        .iter()
+        .position(|r| r.container_id == container_id);
+    let removed = pos.map(|p| a.replicas.remove(p));
+    inner
+        .publish_app(&st, app)
+        .map_err(|e| format!("publishing the route failed: {e}"))?;
+    Ok(removed)
+}
+
+pub(super) fn set_routing(
     inner: &Inner,
     app: &str,
     container_id: &str,
@@ -782,7 +795,12 @@ pub(crate) async fn ready(
 
 /// Health gate: healthy within `deploy_timeout`, then still healthy after `min_ready` (a
 /// worker's steady run already covers `min_ready`).
-async fn gate(inner: &Inner, rec: &DeploymentRecord, new: &New, slot: u32) -> Result<(), String> {
+pub(super) async fn gate(
+    inner: &Inner,
+    rec: &DeploymentRecord,
+    new: &New,
+    slot: u32,
+) -> Result<(), String> {
     let spec: &AppSpec = &rec.spec;
     let deadline = Instant::now() + spec.deploy_timeout;
     let mut res = ready(inner, spec, &new.id, new.addr, deadline)

@@ -25,6 +25,11 @@ use super::deploy::{AppSpec, RegistryAuth};
 use super::route::{BackendSpec, RouteSpec, ServerState};
 use super::traffic::AppGate;
 
+pub use super::canary::{CanaryStatus, LiveFigures, VersionSplit};
+
+/// `PUT /v1/apps/{app}/traffic`: version (deployment id or image tag) → whole percent.
+pub type TrafficWeights = BTreeMap<String, u32>;
+
 /// The API version (`GET /v1/version` → `api`): the daemon speaks it, the `berth` CLI refuses a
 /// daemon that speaks another.
 pub const API_VERSION: u64 = 1;
@@ -397,6 +402,16 @@ pub enum Stage {
     Resumed,
     /// The replayed outcome of a deployment an earlier berthd left running (interrupted).
     Running,
+    /// A canary step began: its weight and hold.
+    Step,
+    /// A canary step was judged (the figures of both versions).
+    Analysis,
+    /// The split between the versions was set by hand (or restored after a restart).
+    Split,
+    /// A canary is promoted: it takes all traffic, the stable replicas drain.
+    Promote,
+    /// A canary was aborted: traffic is back on the stable version.
+    Rollback,
     /// Last event: the deployment succeeded.
     Succeeded,
     /// Last event: the deployment failed (the old version serves).
@@ -405,7 +420,7 @@ pub enum Stage {
 
 impl Stage {
     /// Every stage (for tests and documentation).
-    pub const ALL: [Stage; 22] = [
+    pub const ALL: [Stage; 27] = [
         Stage::Accepted,
         Stage::Image,
         Stage::Hook,
@@ -426,6 +441,11 @@ impl Stage {
         Stage::Paused,
         Stage::Resumed,
         Stage::Running,
+        Stage::Step,
+        Stage::Analysis,
+        Stage::Split,
+        Stage::Promote,
+        Stage::Rollback,
         Stage::Succeeded,
         Stage::Failed,
     ];
@@ -453,6 +473,11 @@ impl Stage {
             Stage::Paused => "paused",
             Stage::Resumed => "resumed",
             Stage::Running => "running",
+            Stage::Step => "step",
+            Stage::Analysis => "analysis",
+            Stage::Split => "split",
+            Stage::Promote => "promote",
+            Stage::Rollback => "rollback",
             Stage::Succeeded => "succeeded",
             Stage::Failed => "failed",
         }
@@ -582,6 +607,9 @@ pub struct AppStatus {
     /// Pause / maintenance (omitted when neither is on).
     #[serde(default, skip_serializing_if = "AppGate::is_empty")]
     pub gate: AppGate,
+    /// The canary in progress: step, split, both versions' live figures (omitted otherwise).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub canary: Option<CanaryStatus>,
 }
 
 /// An app's health in one word.
@@ -822,6 +850,7 @@ mod tests {
             heal: None,
             adopted: None,
             gate: AppGate::default(),
+            canary: None,
         }
     }
 

@@ -23,6 +23,9 @@ pub enum Strategy {
     Rolling,
     /// Stop all old replicas, then start all new ones: downtime accepted.
     Replace,
+    /// Start the new version next to the stable one and shift traffic to it in `canary.steps`,
+    /// judged by `canary.analysis` between steps (see `model::canary`); promote or abort.
+    Canary,
 }
 
 /// The app's HTTP health check. One check, two uses: the deploy gate runs it against each
@@ -291,6 +294,9 @@ pub struct AppSpec {
     pub replicas: u32,
     #[serde(default)]
     pub strategy: Strategy,
+    /// Steps, analysis thresholds and stickiness of `strategy: canary`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub canary: Option<super::canary::CanarySpec>,
     #[serde(default)]
     pub health: HealthSpec,
     /// How requests are spread over the replicas (see `route::BalancerKind`): `round_robin`
@@ -724,6 +730,7 @@ impl AppSpec {
             port: default_port(),
             replicas: default_replicas(),
             strategy: Strategy::default(),
+            canary: None,
             health: HealthSpec::default(),
             balancer: BalancerKind::default(),
             slowstart: None,
@@ -817,6 +824,30 @@ impl AppSpec {
             ));
         }
         self.health.validate("health")?;
+        match (&self.canary, self.strategy) {
+            (Some(c), Strategy::Canary) => {
+                if self.is_worker() {
+                    return Err(err(
+                        "strategy",
+                        "canary needs domains: a worker has no traffic to split",
+                    ));
+                }
+                c.validate("canary")?;
+            }
+            (None, Strategy::Canary) => {
+                return Err(err(
+                    "canary",
+                    "strategy: canary needs canary.steps (e.g. [{weight: 10%, hold: 1m}])",
+                ))
+            }
+            (Some(_), _) => {
+                return Err(err(
+                    "canary",
+                    "only used with strategy: canary (remove it or set the strategy)",
+                ))
+            }
+            (None, _) => {}
+        }
         if self
             .slowstart
             .is_some_and(|d| d > Duration::from_secs(3600))
@@ -1118,7 +1149,9 @@ pub fn plan(current: &[OldReplica], desired: &AppSpec) -> Vec<Step> {
     let new = desired.replicas;
     let mut steps = Vec::new();
     match desired.strategy {
-        Strategy::Rolling => {
+        // A canary runs its own steps (`deploy::canary`); this plan is its fallback when
+        // there is no stable version to compare with (a first deploy).
+        Strategy::Rolling | Strategy::Canary => {
             let rounds = (new as usize).max(current.len());
             for i in 0..rounds {
                 if i < new as usize {
@@ -1586,6 +1619,22 @@ mod tests {
             (
                 r#"{"image":"x","domains":["a.com"],"volumes":["data:/d:rx"]}"#,
                 "volumes[0]",
+            ),
+            (
+                r#"{"image":"x","domains":["a.com"],"strategy":"canary"}"#,
+                "canary",
+            ),
+            (
+                r#"{"image":"x","domains":["a.com"],"canary":{"steps":[{"weight":5,"hold":"1m"}]}}"#,
+                "canary",
+            ),
+            (
+                r#"{"image":"x","strategy":"canary","canary":{"steps":[{"weight":5,"hold":"1m"}]}}"#,
+                "strategy",
+            ),
+            (
+                r#"{"image":"x","domains":["a.com"],"strategy":"canary","canary":{"steps":[{"weight":5,"hold":"1m"}],"analysis":{"max_error_rate":"101%"}}}"#,
+                "canary.analysis.max_error_rate",
             ),
         ];
         for (json, field) in cases {

@@ -266,7 +266,10 @@ impl Contract {
 fn app_spec() -> AppSpec {
     let mut s: AppSpec = serde_json::from_value(json!({
         "image": "web:2", "domains": ["web.test"], "aliases": ["www.web.test"], "port": 8080,
-        "replicas": 2, "strategy": "rolling",
+        "replicas": 2, "strategy": "canary",
+        "canary": {"steps": [{"weight": "10%", "hold": "1m"}],
+                   "analysis": {"max_error_rate": "1%", "max_p99": "500ms", "min_requests": 50},
+                   "sticky": true},
         "health": {"path": "/up", "interval": "1s", "timeout": "2s", "fall": 2, "rise": 3,
                    "expect": ["204"], "method": "HEAD"},
         "balancer": {"kind": "sticky_cookie", "cookie": "PIN", "indirect": true},
@@ -346,7 +349,27 @@ fn app() -> App {
         heal: Some("replacing web-d1-2".into()),
         adopted: Some("runs containers of d9".into()),
         gate: gate(),
+        canary: Some(canary_status()),
     })
+}
+
+fn canary_status() -> CanaryStatus {
+    let live = LiveFigures {
+        requests: 120,
+        error_rate: 1.25,
+        p99_ms: Some(42),
+    };
+    CanaryStatus {
+        deployment: "d2".into(),
+        stable: "d1".into(),
+        phase: "step".into(),
+        step: 1,
+        steps: 2,
+        split: [("d1".to_string(), 90), ("d2".to_string(), 10)].into(),
+        sticky: true,
+        stable_live: live.clone(),
+        canary_live: live,
+    }
 }
 
 fn route_spec() -> RouteSpec {
@@ -685,6 +708,42 @@ fn contract_errors() -> Vec<String> {
         "/v1/apps/{app}/maintenance",
         "request",
         &gate().maintenance.unwrap(),
+    );
+    // Canary and A/B.
+    for what in ["promote", "abort"] {
+        c.check_op(
+            "CanaryStatus",
+            "post",
+            &format!("/v1/apps/{{app}}/{what}"),
+            "200",
+            &canary_status(),
+        );
+    }
+    let split = VersionSplit {
+        weights: [("d1".to_string(), 90), ("d2".to_string(), 10)].into(),
+        sticky: true,
+    };
+    c.check_op(
+        "VersionSplit",
+        "get",
+        "/v1/apps/{app}/traffic",
+        "200",
+        &split,
+    );
+    c.check_op(
+        "VersionSplit",
+        "put",
+        "/v1/apps/{app}/traffic",
+        "200",
+        &split,
+    );
+    let weights: TrafficWeights = [("v1".to_string(), 90), ("v2".to_string(), 10)].into();
+    c.check_op(
+        "TrafficWeights",
+        "put",
+        "/v1/apps/{app}/traffic",
+        "request",
+        &weights,
     );
     // Certificates.
     c.check_op(

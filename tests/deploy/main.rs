@@ -6,6 +6,7 @@
 mod support;
 
 mod apps_api;
+mod canary;
 mod deploy_spec;
 mod docker_deploy;
 mod docker_engine;
