@@ -33,6 +33,7 @@ use tokio::net::TcpListener;
 use tokio::sync::watch;
 
 use crate::model::access::ApiHosts;
+use crate::model::api::{Healthz, Version};
 use crate::model::config::ApiConfig;
 use crate::store::registry::RouteRegistry;
 
@@ -170,15 +171,20 @@ async fn host_check(
     next.run(req).await
 }
 
-async fn healthz() -> Json<serde_json::Value> {
-    Json(serde_json::json!({ "status": "ok" }))
+async fn healthz() -> Json<Healthz> {
+    Json(Healthz {
+        status: "ok".into(),
+    })
 }
 
 /// API version this daemon speaks; the `berth` CLI refuses to talk to a different one.
-pub const API_VERSION: u64 = 1;
+pub use crate::model::api::API_VERSION;
 
-async fn version() -> Json<serde_json::Value> {
-    Json(serde_json::json!({ "api": API_VERSION, "berthd": env!("CARGO_PKG_VERSION") }))
+async fn version() -> Json<Version> {
+    Json(Version {
+        api: API_VERSION,
+        berthd: env!("CARGO_PKG_VERSION").into(),
+    })
 }
 
 async fn openapi() -> impl IntoResponse {

@@ -7,13 +7,14 @@ use std::time::Duration;
 use futures_util::StreamExt;
 use reqwest::{Method, StatusCode};
 use serde::de::DeserializeOwned;
-use serde_json::Value;
+use serde::Serialize;
 
 use super::settings::Server;
 use super::ClientError;
+use crate::model::api::{ErrorBody, ErrorDetail, Version};
 
 /// The API version this client speaks (`GET /v1/version` → `{"api": N}`).
-pub const API_VERSION: u64 = 1;
+pub use crate::model::api::API_VERSION;
 
 pub struct Api {
     base: String,
@@ -143,39 +144,43 @@ impl Api {
         Err(error_from(resp).await)
     }
 
-    pub async fn json<T: DeserializeOwned>(
+    /// Sends `body` (if any) as JSON and reads the answer as a `T` (a `model::api` type).
+    pub async fn json<T: DeserializeOwned, B: Serialize + ?Sized>(
         &self,
         method: Method,
         path: &str,
-        body: Option<&Value>,
+        body: Option<&B>,
     ) -> Result<T, ClientError> {
         let mut req = self.request(method, path);
         if let Some(b) = body {
             req = req.json(b);
         }
         let resp = self.send(req).await?;
-        if resp.status() == StatusCode::NO_CONTENT {
-            return serde_json::from_value(Value::Null)
-                .map_err(|e| ClientError::Other(format!("unexpected empty answer: {e}")));
-        }
-        resp.json::<T>()
-            .await
-            .map_err(|e| ClientError::Other(format!("unexpected answer from berthd: {e}")))
+        read_json(resp).await
+    }
+
+    /// `GET path` read as a `T`.
+    pub async fn get<T: DeserializeOwned>(&self, path: &str) -> Result<T, ClientError> {
+        self.json::<T, ()>(Method::GET, path, None).await
     }
 
     /// Compares API versions; a daemon that does not say is treated as a mismatch.
-    pub async fn check_version(&self) -> Result<Value, ClientError> {
-        let v: Value = self
-            .json(Method::GET, "/v1/version", None)
-            .await
-            .map_err(|e| match e {
-                ClientError::Api { status: 404, .. } => ClientError::VersionMismatch {
-                    client: API_VERSION,
-                    server: "unknown (the daemon has no /v1/version)".into(),
-                },
-                other => other,
-            })?;
-        let server_api = v.get("api").and_then(Value::as_u64);
+    pub async fn check_version(&self) -> Result<Version, ClientError> {
+        #[derive(serde::Deserialize)]
+        struct AnyVersion {
+            api: Option<u64>,
+        }
+        // Read loosely first: a daemon of another API version may answer another shape.
+        let raw: serde_json::Value = self.get("/v1/version").await.map_err(|e| match e {
+            ClientError::Api { status: 404, .. } => ClientError::VersionMismatch {
+                client: API_VERSION,
+                server: "unknown (the daemon has no /v1/version)".into(),
+            },
+            other => other,
+        })?;
+        let server_api = serde_json::from_value::<AnyVersion>(raw.clone())
+            .ok()
+            .and_then(|v| v.api);
         if server_api != Some(API_VERSION) {
             return Err(ClientError::VersionMismatch {
                 client: API_VERSION,
@@ -184,7 +189,7 @@ impl Api {
                     .unwrap_or_else(|| "unknown".into()),
             });
         }
-        Ok(v)
+        serde_json::from_value(raw).map_err(|e| unexpected(&e))
     }
 
     /// Follows a Server-Sent Events stream, calling `on_event(event_name, data)` for each
@@ -255,32 +260,50 @@ fn root_cause(e: &(dyn std::error::Error + 'static)) -> String {
     }
 }
 
+/// Reads a success answer as a `T`; a body that is not one is an error naming what failed
+/// to parse (a renamed or missing field), never a guess.
+pub async fn read_json<T: DeserializeOwned>(resp: reqwest::Response) -> Result<T, ClientError> {
+    let empty = resp.status() == StatusCode::NO_CONTENT;
+    let url = resp.url().to_string();
+    let bytes = resp.bytes().await.map_err(|e| ClientError::Unreachable {
+        url,
+        message: root_cause(&e),
+    })?;
+    let text: &[u8] = if empty && bytes.is_empty() {
+        b"null"
+    } else {
+        &bytes
+    };
+    serde_json::from_slice(text).map_err(|e| unexpected(&e))
+}
+
+fn unexpected(e: &serde_json::Error) -> ClientError {
+    ClientError::Other(format!(
+        "unexpected answer from berthd: {e} (is the client older or newer than the daemon?)"
+    ))
+}
+
 /// Turns an error answer into a `ClientError`, reading berthd's JSON error body
-/// (`{"error": {"code", "message", "field"?, "deployment"?}}`).
+/// (`model::api::ErrorBody`).
 async fn error_from(resp: reqwest::Response) -> ClientError {
     let status = resp.status().as_u16();
     let text = resp.text().await.unwrap_or_default();
-    let body: Value = serde_json::from_str(&text).unwrap_or(Value::Null);
-    let err = body.get("error").cloned().unwrap_or(Value::Null);
-    let message = err
-        .get("message")
-        .and_then(Value::as_str)
-        .map(str::to_string)
-        .unwrap_or_else(|| {
-            if text.trim().is_empty() {
-                format!("HTTP {status}")
-            } else {
-                text.trim().chars().take(300).collect()
-            }
-        });
-    let field = err.get("field").and_then(Value::as_str).map(str::to_string);
+    let err: Option<ErrorDetail> = serde_json::from_str::<ErrorBody>(&text)
+        .ok()
+        .map(|b| b.error);
+    let message = match &err {
+        Some(e) => e.message.clone(),
+        None if text.trim().is_empty() => format!("HTTP {status}"),
+        None => text.trim().chars().take(300).collect(),
+    };
+    let field = err.as_ref().and_then(|e| e.field.clone());
     match status {
         401 => ClientError::Unauthorized(message),
         _ => ClientError::Api {
             status,
             message,
             field,
-            detail: err,
+            detail: err.map(Box::new),
         },
     }
 }

@@ -5,14 +5,14 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use serde::Serialize;
 use tokio::sync::{broadcast, watch};
 
 use super::events::Progress;
 use super::health::HealthClient;
 use super::{
-    app_route_name, discovery, handover, now_ms, reconcile, run, DeployError, EngineConfig,
-    HandoverError, ImageSource, Inner, LockExt, Replica, RoutePublisher, State, DELETING, STOPPING,
+    app_route_name, discovery, handover, now_ms, reconcile, run, AppDeleted, DeployError,
+    EngineConfig, HandoverError, ImageSource, Inner, LockExt, Replica, RoutePublisher, Stage,
+    State, DELETING, STOPPING,
 };
 use crate::model::deploy::{validate_app_name, AppSpec, Strategy};
 use crate::model::route::ServerState;
@@ -237,7 +237,7 @@ impl Engine {
         }
         self.inner.emit(
             &id,
-            "accepted",
+            Stage::Accepted,
             format!(
                 "{} deploy of {} ({} replicas) requested by {who}",
                 match rec.spec.strategy {
@@ -504,20 +504,6 @@ impl Engine {
         }
         Ok(())
     }
-}
-
-/// What `DELETE /v1/apps/{app}` did.
-#[derive(Clone, Debug, Serialize)]
-pub struct AppDeleted {
-    pub app: String,
-    /// Replicas drained, stopped and removed.
-    pub replicas_removed: usize,
-    /// Deployments the app had.
-    pub deployments: usize,
-    /// Whether those deployments stay readable by id.
-    pub history_kept: bool,
-    /// Berth's image tags removed (`berth/APP:DEPLOYMENT`; none when history is kept).
-    pub images_untagged: usize,
 }
 
 fn new_deployment_id() -> String {

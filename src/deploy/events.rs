@@ -1,42 +1,23 @@
 //! Deployment progress: the events of a deployment (stored, and broadcast to the SSE
 //! stream of `GET /v1/deployments/{id}/events`) and waiting for a deployment to finish.
 
-use serde::Serialize;
 use tokio::sync::{broadcast, watch};
 
-use super::{now_ms, DeployError, Engine, Inner, LockExt};
+use super::{now_ms, DeployError, DeployEvent, Engine, Inner, LockExt, Stage};
 use crate::store::deployments::{DeployState, DeploymentRecord, StoredEvent};
 
-/// One progress event of a deployment (the SSE stream of `GET /v1/deployments/{id}/events`).
-#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
-pub struct DeployEvent {
-    pub deployment: String,
-    /// Unix milliseconds.
-    pub at: i64,
-    /// `accepted`, `image`, `start`, `healthy`, `routed`, `drain`, `drained`, `stopped`,
-    /// `aborting`, `restored`, `removed`, `succeeded`, `failed`, `pruned`.
-    pub stage: String,
-    pub message: String,
-    /// `running` until the last event, then `succeeded` or `failed` (what clients stop on).
-    pub state: DeployState,
-    /// True on the last event.
-    pub done: bool,
-}
-
-impl DeployEvent {
-    /// An event of `stage`; `succeeded` and `failed` end the stream.
-    pub fn new(deployment: &str, at: i64, stage: &str, message: String) -> Self {
-        DeployEvent {
-            deployment: deployment.to_string(),
-            at,
-            stage: stage.to_string(),
-            message,
-            state: match stage {
-                "succeeded" => DeployState::Succeeded,
-                "failed" => DeployState::Failed,
-                _ => DeployState::Running,
-            },
-            done: matches!(stage, "succeeded" | "failed"),
+/// A stored event as its stream shows it; a stage this version does not know (a log written
+/// by a newer berthd before a downgrade) is left out, with a warning.
+pub(crate) fn replayed(id: &str, e: StoredEvent) -> Option<DeployEvent> {
+    match Stage::parse(&e.stage) {
+        Some(stage) => Some(DeployEvent::new(id, e.at, stage, e.message)),
+        None => {
+            tracing::warn!(
+                deployment = id,
+                stage = %e.stage,
+                "stored event of an unknown stage left out"
+            );
+            None
         }
     }
 }
@@ -48,19 +29,19 @@ pub(super) struct Progress {
 }
 
 impl Inner {
-    pub(crate) fn emit(&self, deployment: &str, stage: &str, message: impl Into<String>) {
+    pub(crate) fn emit(&self, deployment: &str, stage: Stage, message: impl Into<String>) {
         let message = message.into();
-        tracing::info!(deployment, stage, "{message}");
+        tracing::info!(deployment, stage = stage.as_str(), "{message}");
         let ev = DeployEvent::new(deployment, now_ms(), stage, message);
         // The log outlives this process (the status page's timeline after a restart). A
         // failed write costs the log, never the deployment.
         let stored = StoredEvent {
             at: ev.at,
-            stage: ev.stage.clone(),
+            stage: ev.stage.as_str().to_string(),
             message: ev.message.clone(),
         };
         if let Err(e) = self.store.add_event(deployment, &stored) {
-            tracing::warn!(deployment, stage, error = %e, "deployment event not stored");
+            tracing::warn!(deployment, stage = stage.as_str(), error = %e, "deployment event not stored");
         }
         let mut p = self.progress.locked();
         if let Some(p) = p.get_mut(deployment) {
@@ -123,7 +104,7 @@ impl Engine {
             .store
             .events(id)?
             .into_iter()
-            .map(|e| DeployEvent::new(id, e.at, &e.stage, e.message))
+            .filter_map(|e| replayed(id, e))
             .collect())
     }
 }

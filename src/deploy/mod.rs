@@ -36,12 +36,12 @@ use crate::model::route::RouteSpec;
 use crate::runtime::{ByteStream, RegistryCreds, RuntimeError};
 use crate::store::deployments::DeploymentStoreError;
 
-pub use engine::{AppDeleted, Engine};
-pub use events::DeployEvent;
+pub use crate::model::api::{AppDeleted, AppStatus, DeployEvent, ReplicaStatus, Stage};
+pub use engine::Engine;
+pub(crate) use events::replayed;
 pub use handover::HandoverError;
 pub use state::{app_route_name, discovered_route_name, DELETING, RECONCILING, STOPPING};
 pub(crate) use state::{now_ms, AppHosts, AppState, Discovered, Inner, LockExt, Replica, State};
-pub use status::{AppStatus, ReplicaStatus};
 
 /// Where the route changes of the engine go. Implemented over the proxy's `Tables` by the
 /// daemon (see `daemon/engine.rs`); of the proxy the engine uses only its one health prober

@@ -3,51 +3,12 @@
 
 use futures_util::stream::BoxStream;
 use futures_util::StreamExt;
-use serde::Serialize;
 
-use super::{app_route_name, discovered_route_name, DeployError, Engine, LockExt};
-use crate::model::route::ServerState;
+use super::{
+    app_route_name, discovered_route_name, AppStatus, DeployError, Engine, LockExt, ReplicaStatus,
+};
 use crate::runtime::RuntimeError;
 use crate::store::deployments::{DeployState, DeploymentRecord};
-
-/// A replica as `GET /v1/apps/{app}` shows it.
-#[derive(Clone, Debug, Serialize)]
-pub struct ReplicaStatus {
-    pub container_id: String,
-    pub name: String,
-    pub address: String,
-    pub deployment: Option<String>,
-    /// Routing state: `ready` or `drain`.
-    pub routing: ServerState,
-    /// False while the container is out of the route: it stopped outside a deploy (until it
-    /// runs again and passes its health check), or the proxy's health checks mark it down.
-    pub routed: bool,
-    /// The proxy's health of this backend (the same the proxy routes by), when routed.
-    pub healthy: Option<bool>,
-    /// Docker's run state and HEALTHCHECK status, when inspect succeeds.
-    pub running: Option<bool>,
-    pub docker_health: Option<String>,
-    pub inflight: Option<u64>,
-}
-
-/// `GET /v1/apps/{app}`.
-#[derive(Clone, Debug, Serialize)]
-pub struct AppStatus {
-    pub name: String,
-    pub replicas: Vec<ReplicaStatus>,
-    /// Hand-started containers routed for this app.
-    pub discovered: Vec<ReplicaStatus>,
-    pub current: Option<DeploymentRecord>,
-    pub previous: Option<DeploymentRecord>,
-    pub deploying: Option<String>,
-    /// The self-healing loop's line while the app is short of replicas.
-    pub heal: Option<String>,
-    /// Set when the app runs containers the store has no record of (see `reconcile`).
-    pub adopted: Option<String>,
-    /// Pause / maintenance (omitted when neither is on).
-    #[serde(skip_serializing_if = "crate::model::traffic::AppGate::is_empty")]
-    pub gate: crate::model::traffic::AppGate,
-}
 
 impl Engine {
     /// The id of the deployment running for `app`, if one is (or [`RECONCILING`],
