@@ -975,3 +975,52 @@ async fn a_pool_follows_a_deployed_app_and_switches_version() {
     assert_eq!(s, 404);
     running.shutdown().await;
 }
+
+/// HTTP/2 (prior knowledge) clients on a frontend are routed by the same rules (`:authority`
+/// is the host they see), several streams on one connection.
+#[test]
+fn h2c_requests_are_routed_by_the_rules() {
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let (a, b) =
+        rt.block_on(async { (TestBackend::start("a").await, TestBackend::start("b").await) });
+    let d = InProc::start(&format!(
+        "pools:\n{}{}frontends:\n  - {{name: web, mode: http, bind: 127.0.0.1:0, pool: pa, rules: [{{host: b.test, pool: pb}}, {{path: {{prefix: /b}}, pool: pb}}]}}\n",
+        pool("pa", &[&a], ""),
+        pool("pb", &[&b], ""),
+    ));
+    let fe = d.api.frontend_addr("web");
+    d.rt.block_on(async {
+        let io = hyper_util::rt::TokioIo::new(tokio::net::TcpStream::connect(fe).await.unwrap());
+        let (mut send, conn) =
+            hyper::client::conn::http2::handshake(hyper_util::rt::TokioExecutor::new(), io)
+                .await
+                .expect("h2c handshake with the frontend");
+        tokio::spawn(conn);
+        for (host, path, want) in [
+            ("a.test", "/", "a"),
+            ("b.test", "/", "b"),
+            ("a.test", "/b/x", "b"),
+            ("a.test", "/c", "a"),
+        ] {
+            let req = http::Request::builder()
+                .uri(format!("http://{host}{path}"))
+                .body(crate::support::proxy::empty())
+                .unwrap();
+            let resp = send.send_request(req).await.unwrap();
+            let by = resp
+                .headers()
+                .get("x-backend")
+                .map(|v| v.to_str().unwrap().to_string());
+            assert_eq!(
+                (resp.status().as_u16(), by.as_deref()),
+                (200, Some(want)),
+                "{host}{path}"
+            );
+        }
+    });
+    assert_eq!(
+        a.accepted() + b.accepted(),
+        2,
+        "one pooled member connection each"
+    );
+}
