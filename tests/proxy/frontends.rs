@@ -236,6 +236,15 @@ fn keepalive_modes_as_seen_by_client_and_member() {
         assert!(!r.body.contains("connection: close"), "{}", r.body);
     }
     assert_eq!(ka.accepted(), 1, "default keeps the member connection");
+    // Pool members are counted like route backends in /v1/stats.
+    let (_, stats) = d.api.call("GET", "/v1/stats", None);
+    let ka_stats = stats["http_pools"]
+        .as_array()
+        .and_then(|a| a.iter().find(|p| p["name"] == "ka"))
+        .unwrap_or_else(|| panic!("{stats}"));
+    assert_eq!(ka_stats["source"], "config", "{stats}");
+    assert_eq!(ka_stats["backends"][0]["requests"], 3, "{stats}");
+    assert_eq!(ka_stats["backends"][0]["responses"]["2xx"], 3, "{stats}");
     // close: the answer says so and the proxy closes; the member is asked to close too.
     let fe = d.api.frontend_addr("cl");
     for i in 1..=3 {
