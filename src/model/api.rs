@@ -216,6 +216,16 @@ pub struct StateInput {
 }
 
 // ---------------------------------------------------------------------------------------
+// Frontends and pools
+
+/// `POST /v1/pools/{name}/version` body: the deployment a pool that follows an app switches to.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PoolVersionInput {
+    pub version: String,
+}
+
+// ---------------------------------------------------------------------------------------
 // Deployments
 
 /// Lifecycle of a deployment.

@@ -745,6 +745,16 @@ fn contract_errors() -> Vec<String> {
         "request",
         &weights,
     );
+    // Pools that follow an app.
+    c.check_op(
+        "PoolVersionInput",
+        "post",
+        "/v1/pools/{name}/version",
+        "request",
+        &PoolVersionInput {
+            version: "20261205-1".into(),
+        },
+    );
     // Certificates.
     c.check_op(
         "CertificateList",
