@@ -305,7 +305,9 @@ def extras_report(cells, extra, conns_ka="?", markdown=False):
                               f"{r['rps']:.0f}", f"{100 * drop:.1f}%", str(r["failures"]),
                               f"{per10k:.2f}", f"{q['p99_ms']:.2f}", f"{r['p99_ms']:.2f}"])
             lines += small_table(khead, krows, markdown)
-            lines.append("  goal (issue 23): 0 failures per 10k, drop <= 10 %")
+            lines.append("  goal (issue 23): 0 failures per 10k, drop <= 10 %; berthd: " + next(
+                ("met" if e["ka_reload"]["failures_per_10k"] == 0 and e["ka_reload"]["rps_drop"] <= 0.10
+                 else "not met" for e in ka if e["proxy"] == "berthd_t"), "not measured"))
         lines += ["", "Reload torture (reloads/s under Connection: close load + keep-alive connections):"]
         head = ["proxy", "reloads", "reload fails", "requests", "failures", "per 10k", "close fails",
                 "ka fails", "close req/s", "close p99 ms"]
@@ -340,8 +342,10 @@ def extras_report(cells, extra, conns_ka="?", markdown=False):
                          f"{e['per_conn_bytes'] / 1024:.1f}", f"{vs:.2f}x" if vs else "-",
                          f"{r['closed'] / 1024:.1f}", f"{r['settled'] / 1024:.1f}", f"{e['returned_pct']:.0f}%"])
         lines += small_table(head, rows, markdown)
+        b = next((e for e in mem if e["proxy"] == "berthd"), None)
+        verdict = ("met" if b["per_conn_vs_haproxy"] <= 1.0 else "not met") if b and b.get("per_conn_vs_haproxy") else "not measured"
         lines.append("  per conn: (RSS idle - RSS base) / connections; returned: share of that growth given "
-                     "back 2.5 s after the close; goal (issue 23): per conn <= HAProxy's")
+                     f"back 2.5 s after the close; goal (issue 23): per conn <= HAProxy's; berthd: {verdict}")
     dep = [e for e in extra if e.get("part") == "deploy"]
     if dep:
         d = dep[-1]
