@@ -13,7 +13,7 @@ use bytes::BytesMut;
 use http_body_util::BodyExt;
 use serde::de::DeserializeOwned;
 
-use crate::store::registry::ChangeError;
+use crate::store::registry::{ChangeError, RouteSetError};
 use crate::store::StoreError;
 
 /// Default largest request body (overridden by `api.max_body_size`).
@@ -167,22 +167,31 @@ impl IntoResponse for ApiError {
 impl From<ChangeError> for ApiError {
     fn from(e: ChangeError) -> Self {
         match e {
-            ChangeError::RouteNotFound(_) | ChangeError::BackendNotFound { .. } => {
+            ChangeError::Rejected(r) => ApiError::from(r),
+            ChangeError::Store(s) => ApiError::from(s),
+            ChangeError::Internal(s) => ApiError::Internal(s),
+        }
+    }
+}
+
+impl From<RouteSetError> for ApiError {
+    fn from(e: RouteSetError) -> Self {
+        match e {
+            RouteSetError::RouteNotFound(_) | RouteSetError::BackendNotFound { .. } => {
                 ApiError::NotFound(e.to_string())
             }
-            ChangeError::ReadOnly(_) => ApiError::Conflict {
+            RouteSetError::ReadOnly(_) => ApiError::Conflict {
                 code: "read_only",
                 field: None,
                 message: e.to_string(),
             },
-            ChangeError::Invalid { field, message } => ApiError::Invalid { field, message },
-            ChangeError::Conflict { field, message } => ApiError::Conflict {
+            RouteSetError::Invalid { field, message } => ApiError::Invalid { field, message },
+            RouteSetError::Conflict { field, message } => ApiError::Conflict {
                 code: "conflict",
                 field: Some(field),
                 message,
             },
-            ChangeError::Store(s) => ApiError::from(s),
-            ChangeError::Internal(s) => ApiError::Internal(s),
+            RouteSetError::Internal(s) => ApiError::Internal(s),
         }
     }
 }

@@ -7,13 +7,15 @@
 
 use std::sync::Arc;
 
+use futures_util::future::BoxFuture;
 use tokio::sync::watch;
 
 use super::DaemonError;
-use crate::deploy::RoutePublisher;
+use crate::deploy::{HealthProbe, RoutePublisher};
 use crate::model::config::Config;
+use crate::model::health::ProbeError;
 use crate::model::pool::{AppReplica, AppReplicas};
-use crate::model::route::{RouteSpec, RouteTable};
+use crate::model::route::{HealthCheckSpec, RouteSpec, RouteTable};
 use crate::store::registry::RouteRegistry;
 
 /// The proxy's health of a backend (what it routes by), if the backend is in `table`.
@@ -40,16 +42,33 @@ pub enum EngineStartError {
 /// `store::registry`), so neither side overwrites the other and a config reload keeps them.
 pub struct RegistryRoutes(pub Arc<crate::store::registry::RouteRegistry>);
 
+/// The deploy gate's health check is the proxy's one prober.
+impl HealthProbe for RegistryRoutes {
+    fn probe<'a>(
+        &'a self,
+        authority: &'a str,
+        host: &'a str,
+        check: &'a HealthCheckSpec,
+    ) -> BoxFuture<'a, Result<u16, ProbeError>> {
+        Box::pin(crate::proxy::health::probe_once(authority, host, check))
+    }
+}
+
 impl RoutePublisher for RegistryRoutes {
-    fn set_routes(&self, key: &str, routes: Vec<RouteSpec>) -> Result<(), String> {
-        self.0.set_dynamic(key, routes).map_err(|e| e.to_string())
+    fn set_routes(
+        &self,
+        key: &str,
+        routes: Vec<RouteSpec>,
+    ) -> Result<(), crate::store::registry::ChangeError> {
+        self.0.set_dynamic(key, routes)
     }
 
-    fn check_routes(&self, key: &str, routes: Vec<RouteSpec>) -> Result<(), String> {
-        self.0.check_dynamic(key, routes).map_err(|e| match e {
-            crate::store::registry::ChangeError::Conflict { message, .. } => message,
-            other => other.to_string(),
-        })
+    fn check_routes(
+        &self,
+        key: &str,
+        routes: Vec<RouteSpec>,
+    ) -> Result<(), crate::store::registry::ChangeError> {
+        self.0.check_dynamic(key, routes)
     }
 
     fn inflight(&self, route: &str, backend_id: &str) -> Option<u64> {
@@ -112,11 +131,30 @@ struct DaemonPublisher {
     apps: watch::Sender<Arc<AppReplicas>>,
 }
 
+impl HealthProbe for DaemonPublisher {
+    fn probe<'a>(
+        &'a self,
+        authority: &'a str,
+        host: &'a str,
+        check: &'a HealthCheckSpec,
+    ) -> BoxFuture<'a, Result<u16, ProbeError>> {
+        self.routes.probe(authority, host, check)
+    }
+}
+
 impl RoutePublisher for DaemonPublisher {
-    fn set_routes(&self, key: &str, routes: Vec<RouteSpec>) -> Result<(), String> {
+    fn set_routes(
+        &self,
+        key: &str,
+        routes: Vec<RouteSpec>,
+    ) -> Result<(), crate::store::registry::ChangeError> {
         self.routes.set_routes(key, routes)
     }
-    fn check_routes(&self, key: &str, routes: Vec<RouteSpec>) -> Result<(), String> {
+    fn check_routes(
+        &self,
+        key: &str,
+        routes: Vec<RouteSpec>,
+    ) -> Result<(), crate::store::registry::ChangeError> {
         self.routes.check_routes(key, routes)
     }
     fn inflight(&self, route: &str, backend_id: &str) -> Option<u64> {
@@ -173,6 +211,7 @@ pub(super) async fn start(
         store_damaged,
         secrets,
         allow_host_mounts: d.allow_host_mounts,
+        pull_ceiling: d.pull,
         ..Default::default()
     };
     match start_engine_with_feed(registry.clone(), &d.network, cfg, apps).await {

@@ -335,7 +335,11 @@ pub async fn start_with(
         tcp: tcp.clone(),
         store_problem: store_problem.clone(),
     };
-    tasks.push(tokio::spawn(api::serve(api_listener, api_state)));
+    tasks.push(tokio::spawn(api::serve(
+        api_listener,
+        api_state,
+        server::ConnLimits::of(&config.proxy.timeouts),
+    )));
     Ok(Running {
         http_addr,
         api_addr,
@@ -494,7 +498,8 @@ pub async fn run(
                 let Some(req) = req else { continue };
                 match req.command {
                     Command::Reload => {
-                        let _ = req.reply.send(reload(&mut running).await);
+                        // The control socket speaks text: the error is its message.
+                        let _ = req.reply.send(reload(&mut running).await.map_err(|e| e.to_string()));
                         continue;
                     }
                     Command::Status => {
@@ -614,9 +619,9 @@ pub async fn run(
     Ok(())
 }
 
-async fn reload(running: &mut Running) -> Result<String, String> {
+async fn reload(running: &mut Running) -> Result<String, DaemonError> {
     notify::reloading();
-    let result = running.reload().await.map_err(|e| e.to_string());
+    let result = running.reload().await;
     let status = format!("serving on {}", running.http_addr);
     match &result {
         Ok(_) => notify::ready(&status),

@@ -18,6 +18,7 @@ use crate::model::deploy::{validate_app_name, AppSpec, Strategy};
 use crate::model::route::ServerState;
 use crate::runtime::ContainerRuntime;
 use crate::store::deployments::{DeployState, DeploymentRecord, DeploymentStore};
+use crate::store::registry::{ChangeError, RouteSetError};
 
 /// The engine. Dropping it (or `kill`) aborts its tasks without any cleanup, like `kill -9`;
 /// a new engine on the same store reconciles.
@@ -43,9 +44,9 @@ impl Engine {
         let inner = Arc::new(Inner {
             rt,
             store,
+            health: HealthClient::new(publisher.clone()),
             publisher,
             cfg,
-            health: HealthClient,
             state: Mutex::new(State::default()),
             progress: Mutex::new(HashMap::new()),
             tasks: Mutex::new(Vec::new()),
@@ -174,7 +175,12 @@ impl Engine {
             self.inner
                 .publisher
                 .check_routes(&app_route_name(app), vec![probe])
-                .map_err(DeployError::DomainTaken)?;
+                .map_err(|e| {
+                    DeployError::DomainTaken(match e {
+                        ChangeError::Rejected(RouteSetError::Conflict { message, .. }) => message,
+                        other => other.to_string(),
+                    })
+                })?;
         }
         let mut spec = spec;
         if !spec.secrets.is_empty() {

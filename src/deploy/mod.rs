@@ -36,24 +36,26 @@ use crate::model::deploy::SpecError;
 use crate::model::route::RouteSpec;
 use crate::runtime::{ByteStream, RegistryCreds, RuntimeError};
 use crate::store::deployments::DeploymentStoreError;
+use crate::store::registry::ChangeError;
 
 pub use crate::model::api::{AppDeleted, AppStatus, DeployEvent, ReplicaStatus, Stage};
 pub use engine::Engine;
 pub(crate) use events::replayed;
 pub use handover::HandoverError;
+pub use health::HealthProbe;
 pub use state::{app_route_name, discovered_route_name, DELETING, RECONCILING, STOPPING};
 pub(crate) use state::{now_ms, AppHosts, AppState, Discovered, Inner, LockExt, Replica, State};
 
 /// Where the route changes of the engine go. Implemented over the proxy's `Tables` by the
-/// daemon (see `daemon/engine.rs`); of the proxy the engine uses only its one health prober
-/// (`proxy::health::probe_once`, via `health::HealthClient`).
-pub trait RoutePublisher: Send + Sync + 'static {
+/// daemon (see `daemon/engine.rs`); of the proxy the engine uses only its one health prober,
+/// through the [`HealthProbe`] half of this interface.
+pub trait RoutePublisher: HealthProbe {
     /// Replaces every route published under `key` (`app/NAME`, `discovered/NAME`) in one
     /// atomic table swap. An empty list removes them. An error changes nothing.
-    fn set_routes(&self, key: &str, routes: Vec<RouteSpec>) -> Result<(), String>;
+    fn set_routes(&self, key: &str, routes: Vec<RouteSpec>) -> Result<(), ChangeError>;
     /// Whether `set_routes(key, routes)` would be refused (a domain another route serves),
     /// changing nothing. The engine asks before it accepts a deploy.
-    fn check_routes(&self, key: &str, routes: Vec<RouteSpec>) -> Result<(), String> {
+    fn check_routes(&self, key: &str, routes: Vec<RouteSpec>) -> Result<(), ChangeError> {
         let _ = (key, routes);
         Ok(())
     }
@@ -151,6 +153,8 @@ pub struct EngineConfig {
     pub secrets: Option<Arc<crate::store::secrets::SecretsKey>>,
     /// `deploy.allow_host_mounts`: whether specs may bind-mount host paths.
     pub allow_host_mounts: bool,
+    /// `deploy.pull`: ceiling over every app's pull policy.
+    pub pull_ceiling: crate::model::deploy::PullPolicy,
 }
 
 impl Default for EngineConfig {
@@ -164,6 +168,7 @@ impl Default for EngineConfig {
             store_damaged: None,
             secrets: None,
             allow_host_mounts: false,
+            pull_ceiling: crate::model::deploy::PullPolicy::Always,
         }
     }
 }

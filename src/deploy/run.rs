@@ -12,6 +12,7 @@ use futures_util::StreamExt as _;
 use tokio::time::Instant;
 
 use super::handover::{self, Checkpoint, NewRec, ReplicaRec};
+use super::health::GateError;
 use super::{now_ms, AppHosts, ImageSource, Inner, LockExt, Replica, Stage};
 use crate::model::deploy::{
     images_to_prune, plan, AppSpec, ImageUse, OldReplica, PullPolicy, Step,
@@ -204,6 +205,19 @@ async fn resolve_image(
     rec: &DeploymentRecord,
     image: ImageSource,
 ) -> Result<String, String> {
+    // The server's `deploy.pull` caps what the app asks for (an offline host says `never`).
+    let pull = rec.spec.pull.under(inner.cfg.pull_ceiling);
+    if pull != rec.spec.pull && matches!(image, ImageSource::Reference { .. }) {
+        inner.emit(
+            &rec.id,
+            Stage::Image,
+            format!(
+                "pull: {} lowered to {} by the server's deploy.pull",
+                pull_name(rec.spec.pull),
+                pull_name(pull)
+            ),
+        );
+    }
     let id = match image {
         ImageSource::Id(i) => inner
             .rt
@@ -235,7 +249,7 @@ async fn resolve_image(
                 }
             }
         }
-        ImageSource::Reference { reference, creds } if rec.spec.pull == PullPolicy::Always => {
+        ImageSource::Reference { reference, creds } if pull == PullPolicy::Always => {
             // A moving tag (`:latest`) gets the registry's current image on every deploy.
             inner.emit(
                 &rec.id,
@@ -250,10 +264,16 @@ async fn resolve_image(
         }
         ImageSource::Reference { reference, creds } => match inner.rt.image_id(&reference).await {
             Ok(i) => i,
-            Err(RuntimeError::NotFound { .. }) if rec.spec.pull == PullPolicy::Never => {
-                return Err(format!(
-                    "image {reference} is not present on the server and pull is never"
-                ))
+            Err(RuntimeError::NotFound { .. }) if pull == PullPolicy::Never => {
+                return Err(if rec.spec.pull == PullPolicy::Never {
+                    format!("image {reference} is not present on the server and pull is never")
+                } else {
+                    format!(
+                        "image {reference} is not present on the server, and the server's \
+                         deploy.pull is never (no registry is contacted): upload the image \
+                         (`berth deploy --image-tar`, or `build:`) or load it on the server"
+                    )
+                });
             }
             Err(RuntimeError::NotFound { .. }) => {
                 inner.emit(&rec.id, Stage::Image, format!("pulling {reference}"));
@@ -267,6 +287,14 @@ async fn resolve_image(
         },
     };
     Ok(id)
+}
+
+fn pull_name(p: PullPolicy) -> &'static str {
+    match p {
+        PullPolicy::Never => "never",
+        PullPolicy::Missing => "missing",
+        PullPolicy::Always => "always",
+    }
 }
 
 async fn execute(
@@ -738,7 +766,7 @@ pub(crate) async fn ready(
     container_id: &str,
     addr: SocketAddr,
     deadline: Instant,
-) -> Result<(), String> {
+) -> Result<(), GateError> {
     if spec.is_worker() {
         inner
             .health
@@ -775,7 +803,9 @@ pub(super) async fn gate(
 ) -> Result<(), String> {
     let spec: &AppSpec = &rec.spec;
     let deadline = Instant::now() + spec.deploy_timeout;
-    let mut res = ready(inner, spec, &new.id, new.addr, deadline).await;
+    let mut res = ready(inner, spec, &new.id, new.addr, deadline)
+        .await
+        .map_err(|e| e.to_string());
     if res.is_ok() && !spec.min_ready.is_zero() && !spec.is_worker() {
         tokio::time::sleep(spec.min_ready).await;
         let deadline = Instant::now() + spec.health.timeout;

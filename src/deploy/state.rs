@@ -17,6 +17,7 @@ use crate::model::labels::LabelSpec;
 use crate::model::route::{BackendAddr, BackendSpec, Domain, RouteSpec, ServerState};
 use crate::runtime::ContainerRuntime;
 use crate::store::deployments::DeploymentStore;
+use crate::store::registry::ChangeError;
 
 /// One routed replica.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -166,7 +167,7 @@ impl Inner {
 
     /// Publishes the route of a deployed app from `state` (caller holds the lock).
     /// An app with hosts but no replicas keeps a route without backends (503).
-    pub(crate) fn publish_app(&self, state: &State, app: &str) -> Result<(), String> {
+    pub(crate) fn publish_app(&self, state: &State, app: &str) -> Result<(), ChangeError> {
         // Pools that follow the app (`model::pool`): workers too, so before the route.
         let replicas = state.apps.get(app).map(|a| {
             a.replicas
@@ -224,7 +225,7 @@ impl Inner {
     }
 
     /// Publishes the route of hand-started containers of `app` (caller holds the lock).
-    pub(crate) fn publish_discovered(&self, state: &State, app: &str) -> Result<(), String> {
+    pub(crate) fn publish_discovered(&self, state: &State, app: &str) -> Result<(), ChangeError> {
         let members: Vec<&Discovered> = state
             .discovered
             .values()

@@ -69,6 +69,22 @@ pub struct ErrorBody {
     pub error: ErrorDetail,
 }
 
+impl ErrorBody {
+    /// An error with a code and a message only.
+    pub fn new(code: impl Into<String>, message: impl Into<String>) -> Self {
+        ErrorBody {
+            error: ErrorDetail {
+                code: code.into(),
+                message: message.into(),
+                field: None,
+                required_scope: None,
+                host: None,
+                deployment: None,
+            },
+        }
+    }
+}
+
 /// What went wrong; `code` is stable, `message` is for people.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ErrorDetail {
@@ -86,6 +102,18 @@ pub struct ErrorDetail {
     /// 409 `deploy_in_progress`: the running deployment.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub deployment: Option<String>,
+}
+
+/// `POST /ui/login` and `GET /ui/session` (the status page): the session's CSRF token.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SessionInfo {
+    /// Sent back in the CSRF header of every changing request.
+    pub csrf_token: String,
+    /// Seconds until the session ends.
+    pub expires_in_s: u64,
+    /// The session token's scopes (`GET /ui/session` only).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub scopes: Option<Scopes>,
 }
 
 // ---------------------------------------------------------------------------------------
@@ -185,6 +213,16 @@ pub struct BackendList {
 #[serde(deny_unknown_fields)]
 pub struct StateInput {
     pub state: ServerState,
+}
+
+// ---------------------------------------------------------------------------------------
+// Frontends and pools
+
+/// `POST /v1/pools/{name}/version` body: the deployment a pool that follows an app switches to.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PoolVersionInput {
+    pub version: String,
 }
 
 // ---------------------------------------------------------------------------------------

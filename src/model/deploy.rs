@@ -445,6 +445,24 @@ impl PullPolicy {
     fn is_default(&self) -> bool {
         *self == PullPolicy::Missing
     }
+
+    /// The policy a deploy runs with: the app's, lowered to the daemon's `deploy.pull`
+    /// ceiling (`never` < `missing` < `always`). Under a `never` ceiling no deploy contacts a
+    /// registry: the image must be on the server (uploaded, built, or loaded before).
+    pub fn under(self, ceiling: PullPolicy) -> PullPolicy {
+        fn rank(p: PullPolicy) -> u8 {
+            match p {
+                PullPolicy::Never => 0,
+                PullPolicy::Missing => 1,
+                PullPolicy::Always => 2,
+            }
+        }
+        if rank(self) <= rank(ceiling) {
+            self
+        } else {
+            ceiling
+        }
+    }
 }
 
 /// Per-replica limits. `memory` is a size (`256MiB`), `cpus` a number of CPUs (`0.5`).
@@ -1833,5 +1851,24 @@ mod tests {
                 .route("app/b".into(), b.domains.clone(), vec![], vec![]),
         ];
         crate::model::route::validate_routes("routes", &routes).unwrap();
+    }
+
+    #[test]
+    fn pull_ceiling_only_lowers() {
+        use PullPolicy::*;
+        // (app, daemon ceiling) -> effective
+        for (app, ceiling, want) in [
+            (Always, Always, Always),
+            (Missing, Always, Missing),
+            (Never, Always, Never),
+            (Always, Missing, Missing),
+            (Missing, Missing, Missing),
+            (Never, Missing, Never),
+            (Always, Never, Never),
+            (Missing, Never, Never),
+            (Never, Never, Never),
+        ] {
+            assert_eq!(app.under(ceiling), want, "{app:?} under {ceiling:?}");
+        }
     }
 }

@@ -189,6 +189,36 @@ pub fn unix_ms() -> u64 {
         .unwrap_or(0)
 }
 
+/// Why one health check failed (one line, for deploy events and logs).
+#[derive(Debug, thiserror::Error)]
+pub enum ProbeError {
+    #[error("{method} {target}: connect: {source}")]
+    Connect {
+        method: http::Method,
+        target: String,
+        source: std::io::Error,
+    },
+    #[error("{method} {target}: {message}")]
+    Http {
+        method: http::Method,
+        target: String,
+        message: String,
+    },
+    #[error("{method} {target}: no answer within {timeout:?}")]
+    Timeout {
+        method: http::Method,
+        target: String,
+        timeout: Duration,
+    },
+    #[error("{method} {target}: answered {status}, expected {expect}")]
+    Status {
+        method: http::Method,
+        target: String,
+        status: u16,
+        expect: String,
+    },
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -17,6 +17,7 @@ pub mod ondemand;
 pub mod pool;
 pub mod renewal;
 pub mod route;
+pub mod routeset;
 pub mod rules;
 pub mod sni;
 pub mod stats;

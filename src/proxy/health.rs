@@ -20,6 +20,8 @@ use tokio::time::Instant;
 use crate::model::health::{unix_ms, Transition};
 use crate::model::route::{HealthCheckSpec, ServerState};
 
+pub use crate::model::health::ProbeError;
+
 use super::Tables;
 
 /// How often a ramping slow start re-publishes the table.
@@ -162,36 +164,6 @@ fn apply(tables: &Tables, key: &Key, ok: bool) -> bool {
         }
         None => false,
     }
-}
-
-/// Why one health check failed (one line, for deploy events and logs).
-#[derive(Debug, thiserror::Error)]
-pub enum ProbeError {
-    #[error("{method} {target}: connect: {source}")]
-    Connect {
-        method: http::Method,
-        target: String,
-        source: std::io::Error,
-    },
-    #[error("{method} {target}: {message}")]
-    Http {
-        method: http::Method,
-        target: String,
-        message: String,
-    },
-    #[error("{method} {target}: no answer within {timeout:?}")]
-    Timeout {
-        method: http::Method,
-        target: String,
-        timeout: Duration,
-    },
-    #[error("{method} {target}: answered {status}, expected {expect}")]
-    Status {
-        method: http::Method,
-        target: String,
-        status: u16,
-        expect: String,
-    },
 }
 
 /// THE health check, used by the routing prober below and by the deploy gate

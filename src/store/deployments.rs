@@ -602,7 +602,7 @@ pub fn add_event(
          (SELECT COALESCE(MAX(seq), -1) + 1 FROM deploy_events WHERE deployment = ?1), ?2, ?3, ?4)",
         params![deployment, ev.at, ev.stage, ev.message],
     )?;
-    if matches!(ev.stage.as_str(), "succeeded" | "failed") {
+    if crate::model::api::Stage::parse(&ev.stage).is_some_and(|s| s.is_terminal()) {
         // Keep the logs of the app's newest deployments only.
         conn.execute(
             "DELETE FROM deploy_events WHERE deployment IN (SELECT id FROM deployments \

@@ -25,6 +25,7 @@ use thiserror::Error;
 
 use crate::model::route::{BackendSpec, RouteSpec, ServerState};
 
+pub use crate::model::routeset::{RouteSource, StoreOp, StoredRoute};
 pub use tokens::{hash_token, TokenAuth, TokenInfo, TOKEN_PREFIX};
 
 use deployments::{DeployState, DeploymentRecord, DeploymentStoreError, StoredEvent};
@@ -93,8 +94,6 @@ impl From<rusqlite::Error> for StoreError {
     }
 }
 
-pub use crate::model::api::RouteSource;
-
 fn state_str(s: ServerState) -> &'static str {
     match s {
         ServerState::Ready => "ready",
@@ -112,14 +111,6 @@ fn parse_state(s: &str) -> Option<ServerState> {
     }
 }
 
-/// A route kept in the store, with its backends and their states filled in.
-#[derive(Clone, Debug, PartialEq)]
-pub struct StoredRoute {
-    pub source: RouteSource,
-    /// `name` is always set.
-    pub spec: RouteSpec,
-}
-
 /// Everything the route registry needs at start.
 #[derive(Clone, Debug, Default, PartialEq)]
 pub struct StoredRoutes {
@@ -128,25 +119,6 @@ pub struct StoredRoutes {
     /// States of backends that belong to no stored route (overrides on config routes),
     /// keyed by (route name, backend id).
     pub other_states: HashMap<(String, String), ServerState>,
-}
-
-/// One write, applied with others in a single transaction by [`Store::apply`].
-#[derive(Clone, Debug, PartialEq)]
-pub enum StoreOp {
-    /// Inserts or replaces a route (by `spec.name`), its backends and their states.
-    PutRoute {
-        source: RouteSource,
-        spec: Box<RouteSpec>,
-    },
-    /// Removes a route, its backends and their states. Removing a missing route is a no-op.
-    DeleteRoute { name: String },
-    /// Sets one backend's state. On a route that is not stored (a config route) this is an
-    /// override that wins over the file's state, `ready` included, until changed again.
-    SetState {
-        route: String,
-        backend: String,
-        state: ServerState,
-    },
 }
 
 const MIGRATIONS: &[&str] = &[

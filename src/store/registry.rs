@@ -20,17 +20,28 @@ use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use arc_swap::ArcSwap;
-use serde::Serialize;
+
 use thiserror::Error;
 
-use crate::model::route::{
-    BackendSpec, PathPrefix, RouteError, RouteSpec, RouteTable, ServerState,
+use crate::model::route::{RouteFault, RouteSpec, RouteTable};
+use crate::model::routeset::{
+    absolute_error, find_collision, relative_error, with_dynamic, EngineRoutes, RouteSet,
 };
+pub use crate::model::routeset::{Outcome, RouteChange, RouteEntry, RouteSetError, MAX_NAME_LEN};
 
-use super::{RouteSource, Store, StoreError, StoreOp, StoredRoute};
+use super::{RouteSource, Store, StoreError};
 
-/// Longest route name or backend id accepted.
-pub const MAX_NAME_LEN: usize = 200;
+/// Why the registry refused or failed a change; nothing changed.
+#[derive(Debug, Error)]
+pub enum ChangeError {
+    /// The change is not valid on the route set (names the field, see [`RouteSetError`]).
+    #[error(transparent)]
+    Rejected(#[from] RouteSetError),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error("internal error: {0}")]
+    Internal(String),
+}
 
 /// Where a new table goes. The daemon implements it for the proxy's table holder, so this
 /// module needs nothing from the proxy.
@@ -41,418 +52,15 @@ pub trait TablePublisher: Send + Sync {
     fn publish(&self, table: RouteTable);
 }
 
-/// One requested change to the route set.
-// A change is built once per API call and consumed at once; boxing the spec buys nothing.
-#[allow(clippy::large_enum_variant)]
-#[derive(Clone, Debug, PartialEq)]
-pub enum RouteChange {
-    /// Creates or replaces route `name` (the spec's own `name`, if set, must match).
-    PutRoute {
-        name: String,
-        source: RouteSource,
-        spec: RouteSpec,
-    },
-    DeleteRoute {
-        name: String,
-    },
-    /// Creates or replaces backend `id` of route `route` (the spec's `id`, if set, must match).
-    PutBackend {
-        route: String,
-        id: String,
-        backend: BackendSpec,
-    },
-    DeleteBackend {
-        route: String,
-        id: String,
-    },
-    /// Allowed on config routes too: runtime state is not configuration (as HAProxy's
-    /// `set server state` works on servers from the file). Persisted as an override.
-    SetState {
-        route: String,
-        backend: String,
-        state: ServerState,
-    },
-}
-
-/// What a successful change did.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Outcome {
-    Created,
-    Updated,
-    Deleted,
-}
-
-#[derive(Debug, Error)]
-pub enum ChangeError {
-    #[error("route {0:?} does not exist")]
-    RouteNotFound(String),
-    #[error("route {route:?} has no backend {backend:?}")]
-    BackendNotFound { route: String, backend: String },
-    #[error(
-        "route {0:?} comes from the configuration file and is read-only; change the file and \
-         reload berthd instead"
-    )]
-    ReadOnly(String),
-    /// The change is malformed. `field` is relative to the object the change carried (the
-    /// route spec, or the backend spec for backend changes).
-    #[error("{field}: {message}")]
-    Invalid { field: String, message: String },
-    /// A domain (with its path prefix) is already served by another route.
-    #[error("{field}: {message}")]
-    Conflict { field: String, message: String },
-    #[error(transparent)]
-    Store(#[from] StoreError),
-    #[error("internal error: {0}")]
-    Internal(String),
-}
-
-/// A route as served, with where it came from.
-#[derive(Clone, Debug, PartialEq, Serialize)]
-pub struct RouteEntry {
-    pub source: RouteSource,
-    /// `name` is always set; backend states include runtime overrides.
-    pub spec: RouteSpec,
-}
-
-impl RouteEntry {
-    pub fn name(&self) -> String {
-        self.spec.name()
-    }
-    /// Config routes cannot be changed at run time (except backend states).
-    pub fn read_only(&self) -> bool {
-        self.source == RouteSource::Config
-    }
-}
-
-#[derive(Clone, Debug, Default)]
-struct Inner {
-    statics: Vec<RouteSpec>,
-    /// Config routes the daemon derives from settings rather than `routes:` (the API's own
-    /// route on `api.domain`): read-only like `statics`, kept across config reloads.
-    pinned: Vec<RouteSpec>,
-    /// Runtime states of config-route backends, keyed by (route, backend id).
-    overrides: HashMap<(String, String), ServerState>,
-    stored: Vec<StoredRoute>,
-}
-
-impl Inner {
-    fn entries(&self) -> Vec<RouteEntry> {
-        let statics = self.statics.iter().chain(self.pinned.iter()).map(|s| {
-            let mut spec = s.clone();
-            let name = spec.name();
-            for b in &mut spec.backends {
-                if let Some(st) = self.overrides.get(&(name.clone(), b.id())) {
-                    b.state = *st;
-                }
-            }
-            spec.name = Some(name);
-            RouteEntry {
-                source: RouteSource::Config,
-                spec,
-            }
-        });
-        let stored = self.stored.iter().map(|r| RouteEntry {
-            source: r.source,
-            spec: r.spec.clone(),
-        });
-        statics.chain(stored).collect()
-    }
-
-    fn is_static(&self, name: &str) -> bool {
-        self.statics
-            .iter()
-            .chain(self.pinned.iter())
-            .any(|s| s.name() == name)
-    }
-
-    fn stored_mut(&mut self, name: &str) -> Option<&mut StoredRoute> {
-        self.stored.iter_mut().find(|r| r.spec.name() == name)
-    }
-
-    /// Applies one change to this (scratch) copy and returns the store op(s) that persist it.
-    fn plan(&mut self, change: &RouteChange) -> Result<(Outcome, Vec<StoreOp>), ChangeError> {
-        match change {
-            RouteChange::PutRoute { name, source, spec } => {
-                check_name("name", name)?;
-                if self.is_static(name) {
-                    return Err(ChangeError::ReadOnly(name.clone()));
-                }
-                if *source == RouteSource::Config {
-                    return Err(ChangeError::Internal("config routes are not stored".into()));
-                }
-                if let Some(n) = &spec.name {
-                    if n != name {
-                        return Err(ChangeError::Invalid {
-                            field: "name".into(),
-                            message: format!(
-                                "{n:?} differs from the route name in the path ({name:?}); \
-                                 omit it or make them equal"
-                            ),
-                        });
-                    }
-                }
-                let mut spec = spec.clone();
-                spec.name = Some(name.clone());
-                for (k, b) in spec.backends.iter_mut().enumerate() {
-                    check_name(&format!("backends[{k}].id"), &b.id())?;
-                    // Store the id explicitly so it survives an address change.
-                    b.id = Some(b.id());
-                }
-                let op = StoreOp::PutRoute {
-                    source: *source,
-                    spec: Box::new(spec.clone()),
-                };
-                let outcome = match self.stored_mut(name) {
-                    Some(r) => {
-                        r.source = *source;
-                        r.spec = spec;
-                        Outcome::Updated
-                    }
-                    None => {
-                        self.stored.push(StoredRoute {
-                            source: *source,
-                            spec,
-                        });
-                        Outcome::Created
-                    }
-                };
-                Ok((outcome, vec![op]))
-            }
-            RouteChange::DeleteRoute { name } => {
-                if self.is_static(name) {
-                    return Err(ChangeError::ReadOnly(name.clone()));
-                }
-                let before = self.stored.len();
-                self.stored.retain(|r| r.spec.name() != *name);
-                if self.stored.len() == before {
-                    return Err(ChangeError::RouteNotFound(name.clone()));
-                }
-                Ok((
-                    Outcome::Deleted,
-                    vec![StoreOp::DeleteRoute { name: name.clone() }],
-                ))
-            }
-            RouteChange::PutBackend { route, id, backend } => {
-                if self.is_static(route) {
-                    return Err(ChangeError::ReadOnly(route.clone()));
-                }
-                check_name("id", id)?;
-                if let Some(given) = &backend.id {
-                    if given != id {
-                        return Err(ChangeError::Invalid {
-                            field: "id".into(),
-                            message: format!(
-                                "{given:?} differs from the backend id in the path ({id:?}); \
-                                 omit it or make them equal"
-                            ),
-                        });
-                    }
-                }
-                let r = self
-                    .stored_mut(route)
-                    .ok_or_else(|| ChangeError::RouteNotFound(route.clone()))?;
-                let mut b = backend.clone();
-                b.id = Some(id.clone());
-                let outcome = match r.spec.backends.iter_mut().find(|x| x.id() == *id) {
-                    Some(slot) => {
-                        *slot = b;
-                        Outcome::Updated
-                    }
-                    None => {
-                        r.spec.backends.push(b);
-                        Outcome::Created
-                    }
-                };
-                let op = StoreOp::PutRoute {
-                    source: r.source,
-                    spec: Box::new(r.spec.clone()),
-                };
-                Ok((outcome, vec![op]))
-            }
-            RouteChange::DeleteBackend { route, id } => {
-                if self.is_static(route) {
-                    return Err(ChangeError::ReadOnly(route.clone()));
-                }
-                let r = self
-                    .stored_mut(route)
-                    .ok_or_else(|| ChangeError::RouteNotFound(route.clone()))?;
-                let before = r.spec.backends.len();
-                r.spec.backends.retain(|b| b.id() != *id);
-                if r.spec.backends.len() == before {
-                    return Err(ChangeError::BackendNotFound {
-                        route: route.clone(),
-                        backend: id.clone(),
-                    });
-                }
-                let op = StoreOp::PutRoute {
-                    source: r.source,
-                    spec: Box::new(r.spec.clone()),
-                };
-                Ok((Outcome::Deleted, vec![op]))
-            }
-            RouteChange::SetState {
-                route,
-                backend,
-                state,
-            } => {
-                let not_found = || ChangeError::BackendNotFound {
-                    route: route.clone(),
-                    backend: backend.clone(),
-                };
-                if let Some(s) = self
-                    .statics
-                    .iter()
-                    .chain(self.pinned.iter())
-                    .find(|s| s.name() == *route)
-                {
-                    if !s.backends.iter().any(|b| b.id() == *backend) {
-                        return Err(not_found());
-                    }
-                    self.overrides
-                        .insert((route.clone(), backend.clone()), *state);
-                } else {
-                    let r = self
-                        .stored_mut(route)
-                        .ok_or_else(|| ChangeError::RouteNotFound(route.clone()))?;
-                    let b = r
-                        .spec
-                        .backends
-                        .iter_mut()
-                        .find(|b| b.id() == *backend)
-                        .ok_or_else(not_found)?;
-                    b.state = *state;
-                }
-                Ok((
-                    Outcome::Updated,
-                    vec![StoreOp::SetState {
-                        route: route.clone(),
-                        backend: backend.clone(),
-                        state: *state,
-                    }],
-                ))
-            }
-        }
-    }
-}
-
-fn check_name(field: &str, name: &str) -> Result<(), ChangeError> {
-    let invalid = |message: String| ChangeError::Invalid {
-        field: field.into(),
-        message,
-    };
-    if name.is_empty() {
-        return Err(invalid("must not be empty".into()));
-    }
-    if name.len() > MAX_NAME_LEN {
-        return Err(invalid(format!(
-            "is {} bytes long (at most {MAX_NAME_LEN})",
-            name.len()
-        )));
-    }
-    if name.chars().any(|c| c.is_control()) {
-        return Err(invalid(format!("{name:?} contains control characters")));
-    }
-    Ok(())
-}
-
-/// A domain collision found before building the table.
-struct Collision {
-    /// Index (into the entries) of the route whose field collides.
-    entry: usize,
-    /// Field relative to that route's spec (`domains[0]`, `aliases[1]`).
-    field: String,
-    message: String,
-    /// The route lists the same host twice itself (a malformed spec, not a conflict).
-    same_route: bool,
-}
-
-/// Finds a (host, path prefix) pair claimed twice. Routes in `changed` are checked last, so a
-/// collision is reported against the route being changed, naming the route that owns it.
-fn find_collision(entries: &[RouteEntry], changed: &HashSet<String>) -> Option<Collision> {
-    let mut order: Vec<usize> = (0..entries.len()).collect();
-    order.sort_by_key(|&i| changed.contains(&entries[i].name()));
-    let mut claims: HashMap<(String, String), usize> = HashMap::new();
-    for i in order {
-        let e = &entries[i];
-        let prefix = e
-            .spec
-            .path_prefix
-            .clone()
-            .unwrap_or_else(PathPrefix::root)
-            .as_str()
-            .to_string();
-        let hosts = e
-            .spec
-            .domains
-            .iter()
-            .enumerate()
-            .map(|(k, d)| (format!("domains[{k}]"), d))
-            .chain(
-                e.spec
-                    .aliases
-                    .iter()
-                    .enumerate()
-                    .map(|(k, d)| (format!("aliases[{k}]"), d)),
-            );
-        for (field, d) in hosts {
-            let key = (d.to_string(), prefix.clone());
-            let on = if prefix == "/" {
-                String::new()
-            } else {
-                format!(" with path prefix {prefix:?}")
-            };
-            if let Some(&owner) = claims.get(&key) {
-                let message = if owner == i {
-                    format!("domain \"{d}\"{on} is listed twice in this route")
-                } else {
-                    let o = &entries[owner];
-                    format!(
-                        "domain \"{d}\"{on} is already served by route {:?} (source: {})",
-                        o.name(),
-                        o.source.as_str()
-                    )
-                };
-                return Some(Collision {
-                    entry: i,
-                    field,
-                    message,
-                    same_route: owner == i,
-                });
-            }
-            claims.insert(key, i);
-        }
-    }
-    None
-}
-
 /// The route set: static routes, stored routes, and the single writer that changes them.
 pub struct RouteRegistry {
     store: Arc<Store>,
     publisher: Arc<dyn TablePublisher>,
-    inner: tokio::sync::Mutex<Inner>,
+    inner: tokio::sync::Mutex<RouteSet>,
     /// The deploy engine's routes by key. Held while any table is built and published.
     published: Mutex<BTreeMap<String, Vec<RouteSpec>>>,
     listing: ArcSwap<Vec<RouteEntry>>,
 }
-
-/// Config + stored entries followed by the engine's routes.
-fn with_dynamic(
-    mut entries: Vec<RouteEntry>,
-    dynamic: &BTreeMap<String, Vec<RouteSpec>>,
-) -> Vec<RouteEntry> {
-    entries.extend(dynamic.values().flatten().map(|spec| {
-        let mut spec = spec.clone();
-        spec.name = Some(spec.name());
-        RouteEntry {
-            source: RouteSource::Deploy,
-            spec,
-        }
-    }));
-    entries
-}
-
-/// The engine's routes by key (`app/NAME`, `discovered/NAME`).
-type EngineRoutes = BTreeMap<String, Vec<RouteSpec>>;
 
 impl RouteRegistry {
     /// Loads the stored routes, builds the table from them plus `statics`, and publishes it.
@@ -466,7 +74,7 @@ impl RouteRegistry {
         let loaded = tokio::task::spawn_blocking(move || s.load_routes())
             .await
             .map_err(|e| ChangeError::Internal(format!("store task: {e}")))??;
-        let inner = Inner {
+        let inner = RouteSet {
             statics,
             pinned: Vec::new(),
             overrides: loaded.other_states,
@@ -476,18 +84,19 @@ impl RouteRegistry {
         let stored_names: HashSet<String> = inner.stored.iter().map(|r| r.spec.name()).collect();
         if let Some(c) = find_collision(&entries, &stored_names) {
             let e = &entries[c.entry];
-            return Err(ChangeError::Conflict {
+            return Err(RouteSetError::Conflict {
                 field: format!("stored route {:?}: {}", e.name(), c.field),
                 message: format!(
                     "{}; remove one of them (DELETE /v1/routes/{} or edit the config file)",
                     c.message,
                     e.name()
                 ),
-            });
+            }
+            .into());
         }
         // At boot every backend starts at full weight (no slow start): no previous table.
         let specs: Vec<RouteSpec> = entries.iter().map(|e| e.spec.clone()).collect();
-        let table = RouteTable::build(&specs, None).map_err(|e| absolute_error(&entries, e))?;
+        let table = RouteTable::try_build(&specs, None).map_err(|e| absolute_error(&entries, e))?;
         publisher.publish(table);
         tracing::info!(
             config_routes = inner.statics.len(),
@@ -555,10 +164,11 @@ impl RouteRegistry {
             .collect();
         let entries = with_dynamic(base, &next);
         if let Some(c) = find_collision(&entries, &changed) {
-            return Err(ChangeError::Conflict {
+            return Err(RouteSetError::Conflict {
                 field: format!("route {:?}: {}", entries[c.entry].name(), c.field),
                 message: c.message,
-            });
+            }
+            .into());
         }
         Ok((entries, next))
     }
@@ -628,16 +238,17 @@ impl RouteRegistry {
                 _ => format!("route {:?}: {}", e.name(), c.field),
             };
             return Err(if c.same_route {
-                ChangeError::Invalid {
+                RouteSetError::Invalid {
                     field,
                     message: c.message,
                 }
             } else {
-                ChangeError::Conflict {
+                RouteSetError::Conflict {
                     field,
                     message: c.message,
                 }
-            });
+            }
+            .into());
         }
         let table = build(&entries, &self.publisher.current())
             .map_err(|e| relative_error(&entries, &carried, e))?;
@@ -676,7 +287,7 @@ impl RouteRegistry {
     }
 
     /// Validates and publishes a new set of config routes (`statics` + `pinned`).
-    fn publish_config(&self, inner: &mut Inner, next: Inner) -> Result<(), ChangeError> {
+    fn publish_config(&self, inner: &mut RouteSet, next: RouteSet) -> Result<(), ChangeError> {
         let stored: HashSet<String> = next.stored.iter().map(|r| r.spec.name()).collect();
         if let Some(s) = next
             .statics
@@ -684,12 +295,13 @@ impl RouteRegistry {
             .chain(next.pinned.iter())
             .find(|s| stored.contains(&s.name()))
         {
-            return Err(ChangeError::Conflict {
+            return Err(RouteSetError::Conflict {
                 field: format!("routes: {:?}", s.name()),
                 message: "a route with this name was created through the API; delete it there \
                           first or rename the config route"
                     .into(),
-            });
+            }
+            .into());
         }
         let dynamic = self.published();
         let entries = with_dynamic(next.entries(), &dynamic);
@@ -700,10 +312,11 @@ impl RouteRegistry {
             .map(|s| s.name())
             .collect();
         if let Some(c) = find_collision(&entries, &static_names) {
-            return Err(ChangeError::Conflict {
+            return Err(RouteSetError::Conflict {
                 field: format!("config route {:?}: {}", entries[c.entry].name(), c.field),
                 message: c.message,
-            });
+            }
+            .into());
         }
         let table =
             build(&entries, &self.publisher.current()).map_err(|e| absolute_error(&entries, e))?;
@@ -715,80 +328,15 @@ impl RouteRegistry {
     }
 }
 
-fn build(entries: &[RouteEntry], current: &RouteTable) -> Result<RouteTable, RouteError> {
+fn build(entries: &[RouteEntry], current: &RouteTable) -> Result<RouteTable, RouteFault> {
     let specs: Vec<RouteSpec> = entries.iter().map(|e| e.spec.clone()).collect();
-    RouteTable::build(&specs, Some(current))
-}
-
-/// Splits `routes[i].rest` into (i, rest).
-fn split_field(field: &str) -> Option<(usize, &str)> {
-    let rest = field.strip_prefix("routes[")?;
-    let end = rest.find(']')?;
-    let i = rest[..end].parse().ok()?;
-    let rest = &rest[end + 1..];
-    Some((i, rest.strip_prefix('.').unwrap_or(rest)))
-}
-
-/// Rewrites a table-build error so its field is relative to what the change carried.
-fn relative_error(
-    entries: &[RouteEntry],
-    carried: &HashMap<String, &RouteChange>,
-    e: RouteError,
-) -> ChangeError {
-    let Some((i, rest)) = split_field(&e.field) else {
-        return ChangeError::Invalid {
-            field: e.field,
-            message: e.message,
-        };
-    };
-    let Some(entry) = entries.get(i) else {
-        return ChangeError::Invalid {
-            field: e.field,
-            message: e.message,
-        };
-    };
-    let name = entry.name();
-    let field = match carried.get(&name) {
-        Some(RouteChange::PutRoute { .. }) => rest.to_string(),
-        Some(RouteChange::PutBackend { id, .. }) => {
-            let k = entry.spec.backends.iter().position(|b| b.id() == *id);
-            match k.and_then(|k| rest.strip_prefix(&format!("backends[{k}]"))) {
-                Some(r) => {
-                    let r = r.strip_prefix('.').unwrap_or(r);
-                    if r.is_empty() {
-                        "id".to_string()
-                    } else {
-                        r.to_string()
-                    }
-                }
-                None => format!("route {name:?}: {rest}"),
-            }
-        }
-        _ => format!("route {name:?}: {rest}"),
-    };
-    ChangeError::Invalid {
-        field,
-        message: e.message,
-    }
-}
-
-/// A table-build error at load time, naming the route.
-fn absolute_error(entries: &[RouteEntry], e: RouteError) -> ChangeError {
-    match split_field(&e.field).and_then(|(i, rest)| entries.get(i).map(|x| (x, rest))) {
-        Some((entry, rest)) => ChangeError::Invalid {
-            field: format!("{} route {:?}: {rest}", entry.source.as_str(), entry.name()),
-            message: e.message,
-        },
-        None => ChangeError::Invalid {
-            field: e.field,
-            message: e.message,
-        },
-    }
+    RouteTable::try_build(&specs, Some(current))
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::model::route::{BackendSpec, ServerState};
     use std::sync::Mutex;
 
     /// Records published tables instead of serving them.
@@ -977,14 +525,18 @@ mod tests {
         for (change, want) in cases {
             let err = reg.apply(change.clone()).await.expect_err(want);
             let got = match &err {
-                ChangeError::Conflict { field, message } => {
+                ChangeError::Rejected(RouteSetError::Conflict { field, message }) => {
                     let owner = message.split('"').nth(3).unwrap_or("");
                     format!("conflict {field} \"{owner}\"")
                 }
-                ChangeError::Invalid { field, .. } => format!("invalid {field}"),
-                ChangeError::ReadOnly(_) => "read_only".into(),
-                ChangeError::RouteNotFound(_) => "route_not_found".into(),
-                ChangeError::BackendNotFound { .. } => "backend_not_found".into(),
+                ChangeError::Rejected(RouteSetError::Invalid { field, .. }) => {
+                    format!("invalid {field}")
+                }
+                ChangeError::Rejected(RouteSetError::ReadOnly(_)) => "read_only".into(),
+                ChangeError::Rejected(RouteSetError::RouteNotFound(_)) => "route_not_found".into(),
+                ChangeError::Rejected(RouteSetError::BackendNotFound { .. }) => {
+                    "backend_not_found".into()
+                }
                 other => format!("{other}"),
             };
             assert_eq!(got, want, "{change:?}: {err}");
@@ -1080,7 +632,10 @@ mod tests {
             ])
             .await
             .unwrap_err();
-        assert!(matches!(err, ChangeError::Conflict { .. }), "{err}");
+        assert!(
+            matches!(err, ChangeError::Rejected(RouteSetError::Conflict { .. })),
+            "{err}"
+        );
         assert_eq!(reg.routes().len(), 1);
         reg.apply(put("a", r#"{"domains":["a.test"]}"#))
             .await
@@ -1125,7 +680,8 @@ mod tests {
         );
         let err = reg.pin_static(clash).await.unwrap_err();
         assert!(
-            matches!(err, ChangeError::Conflict { .. }) && err.to_string().contains("\"web\""),
+            matches!(err, ChangeError::Rejected(RouteSetError::Conflict { .. }))
+                && err.to_string().contains("\"web\""),
             "{err}"
         );
         assert!(sink.current().route("berth-api").is_none());
@@ -1143,7 +699,10 @@ mod tests {
             })
             .await
             .unwrap_err();
-        assert!(matches!(err, ChangeError::ReadOnly(_)), "{err}");
+        assert!(
+            matches!(err, ChangeError::Rejected(RouteSetError::ReadOnly(_))),
+            "{err}"
+        );
         let err = reg
             .apply(put(
                 "other",
@@ -1151,7 +710,10 @@ mod tests {
             ))
             .await
             .unwrap_err();
-        assert!(matches!(err, ChangeError::Conflict { .. }), "{err}");
+        assert!(
+            matches!(err, ChangeError::Rejected(RouteSetError::Conflict { .. })),
+            "{err}"
+        );
         reg.replace_statics(Vec::new()).await.unwrap();
         assert!(sink.current().route("static").is_none());
         assert!(sink.current().route("berth-api").is_some());

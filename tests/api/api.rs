@@ -5,7 +5,6 @@
 //! 200 route updates under load with zero failed requests.
 
 use std::collections::{HashMap, HashSet};
-use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -13,55 +12,26 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use http::{header, Method, Request, Response, StatusCode};
+use http::{header, Method, Request, StatusCode};
 use http_body_util::{BodyExt, Full};
-use hyper::body::Incoming;
-use hyper::service::service_fn;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::client::legacy::Client;
-use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::rt::TokioExecutor;
 use serde_json::{json, Value};
-use tokio::net::TcpListener;
-use tokio::task::JoinHandle;
 
 use berth::daemon::Running;
+
+use crate::support::TestBackend;
 use berth::model::config::Config;
 use berth::model::route::RouteSpec;
 
 type HttpClient = Client<HttpConnector, Full<Bytes>>;
 
-/// A tiny upstream that answers every request with its name.
-struct Backend {
-    addr: SocketAddr,
-    task: JoinHandle<()>,
-}
-
-impl Drop for Backend {
-    fn drop(&mut self) {
-        self.task.abort();
-    }
-}
-
-async fn backend(name: &'static str) -> Backend {
-    let listener = TcpListener::bind("127.0.0.1:0")
-        .await
-        .expect("bind backend");
-    let addr = listener.local_addr().expect("backend addr");
-    let task = tokio::spawn(async move {
-        while let Ok((stream, _)) = listener.accept().await {
-            tokio::spawn(async move {
-                let svc = service_fn(move |_req: Request<Incoming>| async move {
-                    Ok::<_, Infallible>(Response::new(Full::new(Bytes::from_static(
-                        name.as_bytes(),
-                    ))))
-                });
-                let _ = hyper::server::conn::http1::Builder::new()
-                    .serve_connection(TokioIo::new(stream), svc)
-                    .await;
-            });
-        }
-    });
-    Backend { addr, task }
+/// A test backend (`support::proxy::TestBackend`) that answers every request with its name.
+async fn backend(name: &'static str) -> TestBackend {
+    let b = TestBackend::start(name).await;
+    b.state.name_only.store(true, Ordering::SeqCst);
+    b
 }
 
 fn client() -> HttpClient {

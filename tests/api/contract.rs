@@ -13,11 +13,15 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
 
+use berth::api::stats::{
+    BackendStatsView, LatencyView, RouteStats, StatsDoc, StatusClasses, StoreState,
+};
 use berth::model::access::Scopes;
 use berth::model::api::*;
 use berth::model::deploy::{AppSpec, Secret};
 use berth::model::route::{BackendSpec, RouteSpec, ServerState};
 use berth::model::traffic::{AppGate, Maintenance, Pause};
+use berth::proxy::tcp::{CounterView, TcpStats};
 use serde::Serialize;
 use serde_json::{json, Value};
 
@@ -428,6 +432,61 @@ fn error_body() -> ErrorBody {
     }
 }
 
+fn stats() -> StatsDoc {
+    let counters = || CounterView {
+        connections_total: 5,
+        connections_active: 1,
+        connections_failed: 0,
+        bytes_in: 10,
+        bytes_out: 20,
+        up: Some(true),
+    };
+    StatsDoc {
+        timestamp_ms: 1_700_000_000_000,
+        routes: vec![RouteStats {
+            name: "api".into(),
+            source: RouteSource::Config,
+            requests: 3,
+            inflight: 0,
+            backends: vec![BackendStatsView {
+                id: "a".into(),
+                address: "127.0.0.1:8080".into(),
+                state: ServerState::Ready,
+                health: "up",
+                weight: 1,
+                effective_weight: 1,
+                inflight: 0,
+                requests: 3,
+                responses: StatusClasses {
+                    s2xx: 3,
+                    s3xx: 0,
+                    s4xx: 0,
+                    s5xx: 0,
+                },
+                failures: 0,
+                bytes_out: 100,
+                tunnels: 0,
+                latency: LatencyView {
+                    count: 3,
+                    p50_ms: Some(1.5),
+                    p99_ms: Some(9.0),
+                },
+            }],
+        }],
+        tcp: Some(TcpStats {
+            frontends: BTreeMap::from([("pg".to_string(), counters())]),
+            pools: BTreeMap::from([(
+                "db".to_string(),
+                BTreeMap::from([("10.0.0.5:5432".to_string(), counters())]),
+            )]),
+        }),
+        store: StoreState {
+            ok: false,
+            problem: Some("read-only data dir".into()),
+        },
+    }
+}
+
 /// Runs every sample; returns the errors (empty: the document and the types agree).
 fn contract_errors() -> Vec<String> {
     let mut c = Contract::load();
@@ -686,6 +745,16 @@ fn contract_errors() -> Vec<String> {
         "request",
         &weights,
     );
+    // Pools that follow an app.
+    c.check_op(
+        "PoolVersionInput",
+        "post",
+        "/v1/pools/{name}/version",
+        "request",
+        &PoolVersionInput {
+            version: "20261205-1".into(),
+        },
+    );
     // Certificates.
     c.check_op(
         "CertificateList",
@@ -706,6 +775,8 @@ fn contract_errors() -> Vec<String> {
             status: "queued".into(),
         },
     );
+    // Statistics (their types live in api::stats and proxy::tcp: serialise-only).
+    c.check_op("StatsDoc", "get", "/v1/stats", "200", &stats());
     let mut errors = std::mem::take(&mut c.errors);
     errors.extend(c.unused());
     errors

@@ -10,6 +10,7 @@ mod canary;
 mod deploy_spec;
 mod docker_deploy;
 mod docker_engine;
+mod pull_ceiling;
 mod secrets;
 mod store_recovery;
 mod traffic;

@@ -64,6 +64,9 @@ pub struct BackendState {
     pub unhealthy: AtomicBool,
     /// Requests currently being answered.
     pub inflight: AtomicUsize,
+    /// When true, paths without a meaning of their own answer the bare name (`a`) instead of
+    /// `NAME PATH\n`: for tests that count which backend answered by the body.
+    pub name_only: AtomicBool,
 }
 
 /// A running test backend. Stops (listener and every open connection) on drop or `stop()`.
@@ -184,7 +187,8 @@ impl Drop for InflightDec {
 
 /// Paths: `/health`, `/headers` (request head as text), `/stream?n=BYTES`, `/upload` (reads the
 /// body, answers `len checksum`), `/sleep?ms=N`, `/status?code=N`, `/hop` (response with
-/// hop-by-hop headers), `/ws` (WebSocket echo); anything else answers `NAME PATH`.
+/// hop-by-hop headers), `/ws` (WebSocket echo); anything else answers `NAME PATH` (or `NAME`,
+/// see `BackendState::name_only`).
 /// Every response carries `x-backend: NAME`.
 async fn handle(
     name: Arc<str>,
@@ -307,6 +311,7 @@ async fn handle(
             h.insert("sec-websocket-accept", accept.parse().unwrap());
             r
         }
+        _ if state.name_only.load(Ordering::SeqCst) => Response::new(full(name.to_string())),
         _ => Response::new(full(format!("{name} {path}\n"))),
     };
     if let Ok(v) = name.parse() {

@@ -14,7 +14,7 @@ use crate::model::stats::BackendStats;
 
 use super::spec::{BalancerKind, RouteSpec};
 use super::types::{AliasMode, BackendAddr, HashKey, PathPrefix, ServerState};
-use super::validate::{validate_routes, RouteError};
+use super::validate::{check_routes, RouteError, RouteFault};
 
 /// One backend inside a table snapshot.
 #[derive(Debug)]
@@ -281,7 +281,24 @@ impl RouteTable {
         previous: Option<&RouteTable>,
         now_ms: u64,
     ) -> Result<RouteTable, RouteError> {
-        validate_routes("routes", specs)?;
+        Self::try_build_at(specs, previous, now_ms).map_err(|f| f.into_error("routes"))
+    }
+
+    /// `build`, with the position of a problem (route and backend index) rather than its
+    /// field name: for callers that report it relative to what they changed.
+    pub fn try_build(
+        specs: &[RouteSpec],
+        previous: Option<&RouteTable>,
+    ) -> Result<RouteTable, RouteFault> {
+        Self::try_build_at(specs, previous, unix_ms())
+    }
+
+    fn try_build_at(
+        specs: &[RouteSpec],
+        previous: Option<&RouteTable>,
+        now_ms: u64,
+    ) -> Result<RouteTable, RouteFault> {
+        check_routes("routes", specs)?;
         let mut routes = Vec::with_capacity(specs.len());
         let mut hosts: HashMap<String, HostEntry> = HashMap::new();
         for (i, spec) in specs.iter().enumerate() {
@@ -293,8 +310,10 @@ impl RouteTable {
                 let id = b.id();
                 let authority: http::uri::Authority =
                     b.address.to_string().parse().map_err(|_| {
-                        RouteError::new(
-                            format!("routes[{i}].backends[{k}].address"),
+                        RouteFault::backend(
+                            i,
+                            k,
+                            "address",
                             format!("{} is not a valid URI authority", b.address),
                         )
                     })?;
