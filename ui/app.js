@@ -536,11 +536,10 @@
 
   function appCard(a) {
     const replicas = [].concat(a.replicas || [], a.discovered || []);
-    const healthy = replicas.filter((r) => ['healthy', 'running'].includes(replicaHealth(r))).length;
-    // berthd's own summary wins: it counts replicas in the route against the desired number
-    // (a crashed replica that is gone from Docker would otherwise leave "1/1 healthy").
-    const overall = a.health || (replicas.length === 0 ? 'no replicas' : healthy === replicas.length ? 'healthy' : healthy === 0 ? 'down' : 'degraded');
-    const count = typeof a.ready === 'string' ? a.ready + ' ready' : `${healthy}/${replicas.length} healthy`;
+    // berthd's summary (model::api::AppSummary, the same rule as `berth status`): replicas in
+    // the route against the desired number. `unknown` only when the app could not be read.
+    const overall = a.health || 'unknown';
+    const count = a.ready ? a.ready + ' ready' : '?';
     const rb = h('button', { type: 'button', class: 'act', 'data-action': 'rollback', disabled: !a.previous && a.previous !== undefined },
       'Roll back');
     rb.addEventListener('click', () => act(

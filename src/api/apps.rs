@@ -15,13 +15,16 @@ use axum::{Json, Router};
 use bytes::Bytes;
 use futures_util::stream::{Stream, StreamExt};
 use serde::Deserialize;
-use serde_json::{json, Value};
 use tokio::sync::broadcast::error::RecvError;
 
 use super::auth::TokenId;
 use super::error::{parse_json, ApiError, ApiJson, ApiPath};
 use super::ApiState;
-use crate::deploy::{AppStatus, DeployError, DeployEvent, Engine, ImageSource};
+use crate::deploy::{DeployError, DeployEvent, Engine, ImageSource};
+use crate::model::api::{
+    App, AppDeleted, AppList, AppStopped, CertificateList, DeployAccepted, DeploymentList,
+    ErrorBody, ErrorDetail, LogLine, RollbackInput, Stage, StreamError,
+};
 use crate::model::deploy::AppSpec;
 use crate::model::tar::{TarCheck, TarError};
 use crate::runtime::{RegistryCreds, RuntimeError};
@@ -133,11 +136,15 @@ impl IntoResponse for AppsError {
             AppsError::Docker(m) => (StatusCode::BAD_GATEWAY, "docker_error", m, None),
             AppsError::Upgrading(m) => (StatusCode::SERVICE_UNAVAILABLE, "upgrading", m, None),
         };
-        let mut err = json!({ "code": code, "message": message });
-        if let Some(d) = extra {
-            err["deployment"] = Value::String(d);
-        }
-        (status, Json(json!({ "error": err }))).into_response()
+        let error = ErrorDetail {
+            code: code.to_string(),
+            message,
+            field: None,
+            required_scope: None,
+            host: None,
+            deployment: extra,
+        };
+        (status, Json(ErrorBody { error })).into_response()
     }
 }
 
@@ -160,11 +167,12 @@ async fn who(state: &ApiState, token: Option<TokenId>) -> String {
 }
 
 fn accepted(id: String, app: &str) -> Response {
-    (
-        StatusCode::ACCEPTED,
-        Json(json!({ "id": id, "app": app, "state": DeployState::Running })),
-    )
-        .into_response()
+    let body = DeployAccepted {
+        id,
+        app: app.to_string(),
+        state: DeployState::Running,
+    };
+    (StatusCode::ACCEPTED, Json(body)).into_response()
 }
 
 /// `POST /v1/apps/{app}/deploy`: `application/json` (an `AppSpec`; its image is used if local,
@@ -406,60 +414,18 @@ async fn deploy_upload(
     Ok(accepted(id, &app))
 }
 
-/// What `GET /v1/apps[/{app}]` shows for one app: the engine's status plus a summary.
-fn app_json(a: &AppStatus) -> Value {
-    let mut v = serde_json::to_value(a).unwrap_or(Value::Null);
-    let spec = a.current.as_ref().map(|c| &c.spec);
-    let domains: Vec<String> = spec
-        .map(|s| {
-            s.domains
-                .iter()
-                .chain(s.aliases.iter())
-                .map(|d| d.to_string())
-                .collect()
-        })
-        .unwrap_or_default();
-    let ready = a
-        .replicas
-        .iter()
-        .filter(|r| {
-            r.routing == crate::model::route::ServerState::Ready
-                && r.routed
-                && r.running != Some(false)
-        })
-        .count();
-    let desired = spec.map_or(0, |s| s.replicas as usize);
-    let health = if a.deploying.is_some() {
-        "deploying"
-    } else if a.current.is_none() && a.discovered.is_empty() {
-        "stopped"
-    } else if ready >= desired {
-        "healthy"
-    } else if ready > 0 {
-        "degraded"
-    } else {
-        "down"
-    };
-    if let Value::Object(o) = &mut v {
-        o.insert("domains".into(), json!(domains));
-        o.insert("health".into(), json!(health));
-        o.insert("ready".into(), json!(format!("{ready}/{desired}")));
-    }
-    v
-}
-
-async fn list_apps(State(state): State<ApiState>) -> Result<Json<Value>, AppsError> {
+async fn list_apps(State(state): State<ApiState>) -> Result<Json<AppList>, AppsError> {
     let apps = engine(&state)?.apps().await?;
-    Ok(Json(
-        json!({ "apps": apps.iter().map(app_json).collect::<Vec<_>>() }),
-    ))
+    Ok(Json(AppList {
+        apps: apps.into_iter().map(App::of).collect(),
+    }))
 }
 
 async fn get_app(
     State(state): State<ApiState>,
     ApiPath(app): ApiPath<String>,
-) -> Result<Json<Value>, AppsError> {
-    Ok(Json(app_json(&engine(&state)?.app(&app).await?)))
+) -> Result<Json<App>, AppsError> {
+    Ok(Json(App::of(engine(&state)?.app(&app).await?)))
 }
 
 /// Query string parsing that answers a JSON 400 (axum's `Query` rejection is plain text).
@@ -481,7 +447,7 @@ async fn list_deployments(
     State(state): State<ApiState>,
     ApiPath(app): ApiPath<String>,
     uri: axum::http::Uri,
-) -> Result<Json<Value>, AppsError> {
+) -> Result<Json<DeploymentList>, AppsError> {
     let q: HistoryQuery = query(&uri)?;
     let engine = engine(&state)?;
     let list = engine.deployments(&app, q.limit.unwrap_or(50).min(MAX_HISTORY))?;
@@ -489,7 +455,7 @@ async fn list_deployments(
         // Distinguish "no such app" from an empty page.
         engine.app(&app).await?;
     }
-    Ok(Json(json!({ "deployments": list })))
+    Ok(Json(DeploymentList { deployments: list }))
 }
 
 async fn get_deployment(
@@ -497,12 +463,6 @@ async fn get_deployment(
     ApiPath(id): ApiPath<String>,
 ) -> Result<Json<DeploymentRecord>, AppsError> {
     Ok(Json(engine(&state)?.deployment(&id)?))
-}
-
-#[derive(Deserialize, Default)]
-#[serde(deny_unknown_fields)]
-struct RollbackBody {
-    deployment: Option<String>,
 }
 
 async fn rollback(
@@ -519,8 +479,8 @@ async fn rollback(
             code: "invalid_body",
             message: e.body_text(),
         })?;
-    let body: RollbackBody = if body.iter().all(|b| b.is_ascii_whitespace()) {
-        RollbackBody::default()
+    let body: RollbackInput = if body.iter().all(|b| b.is_ascii_whitespace()) {
+        RollbackInput::default()
     } else {
         parse_json(&body)?
     };
@@ -552,20 +512,23 @@ async fn delete_app(
     State(state): State<ApiState>,
     ApiPath(app): ApiPath<String>,
     uri: axum::http::Uri,
-) -> Result<Json<Value>, AppsError> {
+) -> Result<Json<AppDeleted>, AppsError> {
     let q: DeleteQuery = query(&uri)?;
     let done = engine(&state)?
         .delete(&app, q.history == HistoryChoice::Keep)
         .await?;
-    Ok(Json(serde_json::to_value(done).unwrap_or(Value::Null)))
+    Ok(Json(done))
 }
 
 async fn stop(
     State(state): State<ApiState>,
     ApiPath(app): ApiPath<String>,
-) -> Result<Json<Value>, AppsError> {
+) -> Result<Json<AppStopped>, AppsError> {
     engine(&state)?.stop(&app).await?;
-    Ok(Json(json!({ "app": app, "state": "stopped" })))
+    Ok(Json(AppStopped {
+        app,
+        state: "stopped".into(),
+    }))
 }
 
 fn sse_json(v: &impl serde::Serialize) -> Event {
@@ -600,7 +563,7 @@ async fn events(
                 past.push(DeployEvent {
                     deployment: id.clone(),
                     at: rec.finished_at.unwrap_or(rec.created_at),
-                    stage: state.as_str().to_string(),
+                    stage: Stage::of_state(state),
                     message,
                     state,
                     done: state != DeployState::Running,
@@ -662,18 +625,21 @@ async fn logs(
                     .and_then(|r| r.split_once("] "))
                     .map(|(c, l)| (c.to_string(), l.to_string()))
                     .unwrap_or_else(|| (String::new(), l.clone()));
-                sse_json(&json!({ "container": container, "line": line }))
+                sse_json(&LogLine { container, line })
             }
             Err(e) => Event::default()
                 .event("error")
-                .data(json!({ "message": e.to_string() }).to_string()),
+                .json_data(StreamError {
+                    message: e.to_string(),
+                })
+                .unwrap_or_else(|_| Event::default().event("error")),
         })
     });
     Ok(Sse::new(events).keep_alive(KeepAlive::default()))
 }
 
 /// `GET /v1/certificates`: every certificate served (empty when TLS is off).
-async fn certificates(State(state): State<ApiState>) -> Json<Value> {
+async fn certificates(State(state): State<ApiState>) -> Json<CertificateList> {
     let list = state
         .certs
         .as_ref()
@@ -683,5 +649,5 @@ async fn certificates(State(state): State<ApiState>) -> Json<Value> {
             l
         })
         .unwrap_or_default();
-    Json(json!({ "certificates": list }))
+    Json(CertificateList { certificates: list })
 }

@@ -10,10 +10,10 @@ use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::routing::post;
 use axum::{Json, Router};
-use serde_json::json;
 
 use super::error::{ApiError, ApiPath};
 use super::ApiState;
+use crate::model::api::CertRetryQueued;
 use crate::tls::RetryError;
 
 pub fn router() -> Router<ApiState> {
@@ -34,7 +34,10 @@ async fn retry(
     match acme.request_retry(&domain) {
         Ok(domain) => Ok((
             StatusCode::ACCEPTED,
-            Json(json!({ "domain": domain, "status": "queued" })),
+            Json(CertRetryQueued {
+                domain,
+                status: "queued".into(),
+            }),
         )
             .into_response()),
         Err(e @ (RetryError::NotManaged(_) | RetryError::Manual(_))) => {

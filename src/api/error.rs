@@ -3,6 +3,7 @@
 //! response is `{"error": {"code": "...", "message": "...", "field": "..."}}` (`field` only when
 //! one field is at fault). Internal details are logged, never sent.
 
+use crate::model::api::{ErrorBody, ErrorDetail};
 use axum::extract::{FromRequest, FromRequestParts, Path, Request};
 use axum::http::request::Parts;
 use axum::http::{header, HeaderValue, StatusCode};
@@ -11,7 +12,6 @@ use axum::Json;
 use bytes::BytesMut;
 use http_body_util::BodyExt;
 use serde::de::DeserializeOwned;
-use serde::Serialize;
 
 use crate::store::registry::ChangeError;
 use crate::store::StoreError;
@@ -61,23 +61,6 @@ pub enum ApiError {
     DiskFull(String),
     /// 500: details are logged, not sent.
     Internal(String),
-}
-
-#[derive(Serialize)]
-struct ErrorBody<'a> {
-    error: ErrorDetail<'a>,
-}
-
-#[derive(Serialize)]
-struct ErrorDetail<'a> {
-    code: &'a str,
-    message: &'a str,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    field: Option<&'a str>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    required_scope: Option<&'a str>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    host: Option<&'a str>,
 }
 
 impl ApiError {
@@ -156,11 +139,12 @@ impl IntoResponse for ApiError {
             status,
             Json(ErrorBody {
                 error: ErrorDetail {
-                    code,
-                    message,
-                    field,
-                    required_scope,
-                    host,
+                    code: code.to_string(),
+                    message: message.to_string(),
+                    field: field.map(str::to_string),
+                    required_scope: required_scope.map(str::to_string),
+                    host: host.map(str::to_string),
+                    deployment: None,
                 },
             }),
         )

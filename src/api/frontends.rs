@@ -6,7 +6,7 @@
 use axum::extract::State;
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
-use axum::routing::get;
+use axum::routing::{get, post};
 use axum::{Json, Router};
 use serde_json::{json, Value};
 
@@ -26,11 +26,13 @@ pub fn router() -> Router<ApiState> {
             "/v1/frontends/{name}",
             get(get_frontend).put(put_frontend).delete(delete_frontend),
         )
+        .route("/v1/config", get(effective_config))
         .route("/v1/pools", get(list_pools))
         .route(
             "/v1/pools/{name}",
             get(get_pool).put(put_pool).delete(delete_pool),
         )
+        .route("/v1/pools/{name}/version", post(set_version))
 }
 
 impl From<TcpError> for ApiError {
@@ -196,6 +198,28 @@ async fn put_pool(
     Ok((status, Json(to_value(&view)?)).into_response())
 }
 
+/// The body of `POST /v1/pools/{name}/version`.
+#[derive(serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct VersionInput {
+    version: String,
+}
+
+/// Switches a pool that follows an app to another deployment of it.
+async fn set_version(
+    State(state): State<ApiState>,
+    ApiPath(name): ApiPath<String>,
+    ApiJson(body): ApiJson<VersionInput>,
+) -> Result<Json<Value>, ApiError> {
+    let store = state.registry.store().clone();
+    state
+        .tcp
+        .set_version(&name, body.version, |s| blocking(|| store.put_pool(s)))
+        .await?;
+    let view = state.tcp.pools().await.into_iter().find(|p| p.name == name);
+    Ok(Json(to_value(&view)?))
+}
+
 async fn delete_pool(
     State(state): State<ApiState>,
     ApiPath(name): ApiPath<String>,
@@ -206,6 +230,79 @@ async fn delete_pool(
         .delete_pool(&name, |n| blocking(|| store.delete_pool(n)))
         .await?;
     Ok(StatusCode::NO_CONTENT)
+}
+
+/// The effective configuration: what `GET /v1/config` answers.
+#[derive(serde::Serialize)]
+struct Effective {
+    http: Listen,
+    api: Listen,
+    routes: Vec<crate::model::route::RouteSpec>,
+    frontends: Vec<FrontendSpec>,
+    pools: Vec<PoolSpec>,
+}
+
+#[derive(serde::Serialize)]
+struct Listen {
+    listen: std::net::SocketAddr,
+}
+
+/// `GET /v1/config`: the routes (config file, API, deployed apps; not the API's own route,
+/// which `api.domain` makes), frontends and pools in force, with the HTTP and API listen
+/// addresses (binds are checked against them), as YAML that `berthd check-config` accepts.
+async fn effective_config(State(state): State<ApiState>) -> Result<Response, ApiError> {
+    let addr = |name: &str| {
+        state
+            .tcp
+            .reserved()
+            .iter()
+            .find(|(n, _)| *n == name)
+            .map(|(_, a)| *a)
+            .ok_or_else(|| ApiError::Internal(format!("no {name} listener")))
+    };
+    let doc = Effective {
+        http: Listen {
+            listen: addr("http")?,
+        },
+        api: Listen {
+            listen: addr("api")?,
+        },
+        routes: state
+            .registry
+            .routes()
+            .iter()
+            .filter(|r| r.name() != crate::model::config::API_ROUTE_NAME)
+            .map(|r| r.spec.clone())
+            .collect(),
+        frontends: state
+            .tcp
+            .frontends()
+            .await
+            .into_iter()
+            .map(|f| f.spec)
+            .collect(),
+        pools: state
+            .tcp
+            .pools()
+            .await
+            .into_iter()
+            .map(|p| p.spec)
+            .collect(),
+    };
+    let yaml =
+        serde_yaml::to_string(&doc).map_err(|e| ApiError::Internal(format!("serialising: {e}")))?;
+    let text = format!(
+        "# berthd's effective routes, frontends and pools (GET /v1/config); \
+         `berthd check-config FILE` accepts this file.\n{yaml}"
+    );
+    Ok((
+        [(
+            axum::http::header::CONTENT_TYPE,
+            "application/yaml; charset=utf-8",
+        )],
+        text,
+    )
+        .into_response())
 }
 
 /// The TCP counters in Prometheus text form (appended to `/metrics`).

@@ -33,8 +33,9 @@ use tokio::net::TcpListener;
 use tokio::sync::watch;
 
 use crate::model::access::ApiHosts;
+use crate::model::api::{Healthz, Version};
 use crate::model::config::ApiConfig;
-use crate::proxy::server::{accept_loop, supervise, ConnLimits, ConnState};
+use crate::proxy::server::{accept_loop, supervise, Accepted, ConnLimits, ConnState};
 use crate::store::registry::RouteRegistry;
 
 use error::{ApiError, BodyLimit};
@@ -171,15 +172,20 @@ async fn host_check(
     next.run(req).await
 }
 
-async fn healthz() -> Json<serde_json::Value> {
-    Json(serde_json::json!({ "status": "ok" }))
+async fn healthz() -> Json<Healthz> {
+    Json(Healthz {
+        status: "ok".into(),
+    })
 }
 
 /// API version this daemon speaks; the `berth` CLI refuses to talk to a different one.
-pub const API_VERSION: u64 = 1;
+pub use crate::model::api::API_VERSION;
 
-async fn version() -> Json<serde_json::Value> {
-    Json(serde_json::json!({ "api": API_VERSION, "berthd": env!("CARGO_PKG_VERSION") }))
+async fn version() -> Json<Version> {
+    Json(Version {
+        api: API_VERSION,
+        berthd: env!("CARGO_PKG_VERSION").into(),
+    })
 }
 
 async fn openapi() -> impl IntoResponse {
@@ -214,7 +220,12 @@ pub async fn serve(listener: TcpListener, state: ApiState, limits: ConnLimits) {
         move |stream, peer, drain| {
             let (app, builder) = (app.clone(), builder.clone());
             async move {
-                supervise(&builder, stream, peer, true, limits, drain, move |conn| {
+                let accepted = Accepted {
+                    peer,
+                    frontend: None,
+                    read_ahead: true,
+                };
+                supervise(&builder, stream, accepted, limits, drain, move |conn| {
                     hyper::service::service_fn(move |req: http::Request<hyper::body::Incoming>| {
                         api_request(app.clone(), conn.clone(), peer, req)
                     })

@@ -4,17 +4,17 @@
 //! then agree. Config routes are listed with `read_only: true`; changing them is a 409, except
 //! a backend's runtime state.
 
+use crate::model::api::{
+    BackendHealth, BackendList, BackendView, RouteList, RouteView, StateInput,
+};
+use crate::model::route::{BackendSpec, RouteSpec};
+use crate::store::registry::{Outcome, RouteChange, RouteEntry};
+use crate::store::RouteSource;
 use axum::extract::State;
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, put};
 use axum::{Json, Router};
-use serde::{Deserialize, Serialize};
-use serde_json::Value;
-
-use crate::model::route::{BackendSpec, RouteSpec, ServerState};
-use crate::store::registry::{Outcome, RouteChange, RouteEntry};
-use crate::store::RouteSource;
 
 use super::error::{ApiError, ApiJson, ApiPath};
 use super::ApiState;
@@ -35,65 +35,31 @@ pub fn router() -> Router<ApiState> {
         .route("/v1/routes/{name}/backends/{id}/state", put(put_state))
 }
 
-/// A route as the API shows it.
-#[derive(Serialize)]
-pub struct RouteView {
-    pub name: String,
-    pub source: RouteSource,
-    pub read_only: bool,
-    /// The RouteSpec without `name` (the PUT body that would recreate it).
-    pub spec: Value,
-}
-
-#[derive(Serialize)]
-struct RouteList {
-    routes: Vec<RouteView>,
-}
-
-#[derive(Serialize)]
-struct BackendList {
-    backends: Vec<Value>,
-}
-
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct StateBody {
-    state: ServerState,
-}
-
-fn to_value<T: Serialize>(v: &T) -> Result<Value, ApiError> {
-    serde_json::to_value(v).map_err(|e| ApiError::Internal(format!("serialising: {e}")))
-}
-
 /// A backend with its id always present, and its live health (`up`/`down`) when served.
-fn backend_view(state: &ApiState, route: &str, b: &BackendSpec) -> Result<Value, ApiError> {
-    let mut b = b.clone();
-    let id = b.id();
-    b.id = Some(id.clone());
-    let mut v = to_value(&b)?;
+fn backend_view(state: &ApiState, route: &str, b: &BackendSpec) -> BackendView {
+    let mut spec = b.clone();
+    let id = spec.id();
     let table = state.registry.table();
     let health = table
         .route(route)
         .and_then(|r| r.backends.iter().find(|x| x.id == id))
-        .map(|x| if x.health.is_up() { "up" } else { "down" });
-    if let (Some(h), Some(o)) = (health, v.as_object_mut()) {
-        o.insert("health".into(), Value::from(h));
-    }
-    Ok(v)
+        .map(|x| BackendHealth::of(x.health.is_up()));
+    spec.id = Some(id);
+    BackendView { spec, health }
 }
 
-fn route_view(e: &RouteEntry) -> Result<RouteView, ApiError> {
+fn route_view(e: &RouteEntry) -> RouteView {
     let mut spec = e.spec.clone();
     spec.name = None;
     for b in &mut spec.backends {
         b.id = Some(b.id());
     }
-    Ok(RouteView {
+    RouteView {
         name: e.name(),
         source: e.source,
         read_only: e.read_only(),
-        spec: to_value(&spec)?,
-    })
+        spec,
+    }
 }
 
 fn find_route(state: &ApiState, name: &str) -> Result<RouteEntry, ApiError> {
@@ -123,21 +89,16 @@ fn status_of(outcome: Outcome) -> StatusCode {
     }
 }
 
-async fn list_routes(State(state): State<ApiState>) -> Result<Json<Value>, ApiError> {
-    let routes = state
-        .registry
-        .routes()
-        .iter()
-        .map(route_view)
-        .collect::<Result<Vec<_>, _>>()?;
-    Ok(Json(to_value(&RouteList { routes })?))
+async fn list_routes(State(state): State<ApiState>) -> Json<RouteList> {
+    let routes = state.registry.routes().iter().map(route_view).collect();
+    Json(RouteList { routes })
 }
 
 async fn get_route(
     State(state): State<ApiState>,
     ApiPath(name): ApiPath<String>,
 ) -> Result<Json<RouteView>, ApiError> {
-    Ok(Json(route_view(&find_route(&state, &name)?)?))
+    Ok(Json(route_view(&find_route(&state, &name)?)))
 }
 
 async fn put_route(
@@ -153,7 +114,7 @@ async fn put_route(
             spec,
         })
         .await?;
-    let view = route_view(&find_route(&state, &name)?)?;
+    let view = route_view(&find_route(&state, &name)?);
     Ok((status_of(outcome), Json(view)).into_response())
 }
 
@@ -171,27 +132,27 @@ async fn delete_route(
 async fn list_backends(
     State(state): State<ApiState>,
     ApiPath(name): ApiPath<String>,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<BackendList>, ApiError> {
     let entry = find_route(&state, &name)?;
     let backends = entry
         .spec
         .backends
         .iter()
         .map(|b| backend_view(&state, &name, b))
-        .collect::<Result<Vec<_>, _>>()?;
-    Ok(Json(to_value(&BackendList { backends })?))
+        .collect();
+    Ok(Json(BackendList { backends }))
 }
 
 async fn get_backend(
     State(state): State<ApiState>,
     ApiPath((name, id)): ApiPath<(String, String)>,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<BackendView>, ApiError> {
     let entry = find_route(&state, &name)?;
     Ok(Json(backend_view(
         &state,
         &name,
         &find_backend(&entry, &id)?,
-    )?))
+    )))
 }
 
 async fn put_backend(
@@ -208,7 +169,7 @@ async fn put_backend(
         })
         .await?;
     let entry = find_route(&state, &name)?;
-    let view = backend_view(&state, &name, &find_backend(&entry, &id)?)?;
+    let view = backend_view(&state, &name, &find_backend(&entry, &id)?);
     Ok((status_of(outcome), Json(view)).into_response())
 }
 
@@ -226,8 +187,8 @@ async fn delete_backend(
 async fn put_state(
     State(state): State<ApiState>,
     ApiPath((name, id)): ApiPath<(String, String)>,
-    ApiJson(body): ApiJson<StateBody>,
-) -> Result<Json<Value>, ApiError> {
+    ApiJson(body): ApiJson<StateInput>,
+) -> Result<Json<BackendView>, ApiError> {
     state
         .registry
         .apply(RouteChange::SetState {
@@ -241,5 +202,5 @@ async fn put_state(
         &state,
         &name,
         &find_backend(&entry, &id)?,
-    )?))
+    )))
 }

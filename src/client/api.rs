@@ -7,21 +7,24 @@
 //! closes such a connection only before reading any byte of a next request, so a request
 //! that saw the connection close before any byte of a response is sent again on a new one:
 //! idempotent methods after a close or a reset, other methods only after a clean close on a
-//! connection that may have been reused (this client had an answer before). Streamed bodies
-//! (image uploads) cannot be replayed and are not retried.
+//! connection that may have been reused (this client had an answer before). A request refused
+//! with 503 `upgrading` (deploys, stops and deletes while berthd hands over to its new
+//! process; nothing was changed) is sent again every 300 ms for up to a minute. Streamed
+//! bodies (image uploads) cannot be replayed and are not retried.
 
 use std::time::Duration;
 
 use futures_util::StreamExt;
 use reqwest::{Method, StatusCode};
 use serde::de::DeserializeOwned;
-use serde_json::Value;
+use serde::Serialize;
 
 use super::settings::Server;
 use super::ClientError;
+use crate::model::api::{ErrorBody, ErrorDetail, Version};
 
 /// The API version this client speaks (`GET /v1/version` → `{"api": N}`).
-pub const API_VERSION: u64 = 1;
+pub use crate::model::api::API_VERSION;
 
 pub struct Api {
     base: String,
@@ -70,6 +73,14 @@ fn dropped(e: &reqwest::Error) -> Option<Dropped> {
         cur = err.source();
     }
     None
+}
+
+/// How long a request refused with 503 `upgrading` (berthd handing over to its new process)
+/// is sent again before the refusal is reported.
+const UPGRADE_WAIT: Duration = Duration::from_secs(60);
+
+fn is_upgrading(e: &ClientError) -> bool {
+    matches!(e, ClientError::Api { status: 503, detail: Some(d), .. } if d.code == "upgrading")
 }
 
 /// Whether a request that failed with `how` may be sent again.
@@ -201,11 +212,33 @@ impl Api {
         };
         let mut request = req.build().map_err(|e| unreachable(&e))?;
         let mut attempt = 0;
+        let upgrade_wait_until = std::time::Instant::now() + UPGRADE_WAIT;
+        let mut said_upgrading = false;
         let resp = loop {
             let again = request.try_clone();
             let maybe_reused = self.answered.load(Ordering::Relaxed);
             let method = request.method().clone();
             match self.http.execute(request).await {
+                Ok(r) if r.status() == StatusCode::SERVICE_UNAVAILABLE => {
+                    self.answered.store(true, Ordering::Relaxed);
+                    let err = error_from(r).await;
+                    // Refused before anything changed while berthd hands over to its new
+                    // process: send it again once the new one serves.
+                    match again {
+                        Some(next)
+                            if is_upgrading(&err)
+                                && std::time::Instant::now() < upgrade_wait_until =>
+                        {
+                            if !said_upgrading {
+                                said_upgrading = true;
+                                eprintln!("berthd is upgrading; sending the request again when the new process serves");
+                            }
+                            request = next;
+                            tokio::time::sleep(Duration::from_millis(300)).await;
+                        }
+                        _ => return Err(err),
+                    }
+                }
                 Ok(r) => break r,
                 Err(e) => match (again, dropped(&e)) {
                     (Some(next), Some(how))
@@ -226,39 +259,43 @@ impl Api {
         Err(error_from(resp).await)
     }
 
-    pub async fn json<T: DeserializeOwned>(
+    /// Sends `body` (if any) as JSON and reads the answer as a `T` (a `model::api` type).
+    pub async fn json<T: DeserializeOwned, B: Serialize + ?Sized>(
         &self,
         method: Method,
         path: &str,
-        body: Option<&Value>,
+        body: Option<&B>,
     ) -> Result<T, ClientError> {
         let mut req = self.request(method, path);
         if let Some(b) = body {
             req = req.json(b);
         }
         let resp = self.send(req).await?;
-        if resp.status() == StatusCode::NO_CONTENT {
-            return serde_json::from_value(Value::Null)
-                .map_err(|e| ClientError::Other(format!("unexpected empty answer: {e}")));
-        }
-        resp.json::<T>()
-            .await
-            .map_err(|e| ClientError::Other(format!("unexpected answer from berthd: {e}")))
+        read_json(resp).await
+    }
+
+    /// `GET path` read as a `T`.
+    pub async fn get<T: DeserializeOwned>(&self, path: &str) -> Result<T, ClientError> {
+        self.json::<T, ()>(Method::GET, path, None).await
     }
 
     /// Compares API versions; a daemon that does not say is treated as a mismatch.
-    pub async fn check_version(&self) -> Result<Value, ClientError> {
-        let v: Value = self
-            .json(Method::GET, "/v1/version", None)
-            .await
-            .map_err(|e| match e {
-                ClientError::Api { status: 404, .. } => ClientError::VersionMismatch {
-                    client: API_VERSION,
-                    server: "unknown (the daemon has no /v1/version)".into(),
-                },
-                other => other,
-            })?;
-        let server_api = v.get("api").and_then(Value::as_u64);
+    pub async fn check_version(&self) -> Result<Version, ClientError> {
+        #[derive(serde::Deserialize)]
+        struct AnyVersion {
+            api: Option<u64>,
+        }
+        // Read loosely first: a daemon of another API version may answer another shape.
+        let raw: serde_json::Value = self.get("/v1/version").await.map_err(|e| match e {
+            ClientError::Api { status: 404, .. } => ClientError::VersionMismatch {
+                client: API_VERSION,
+                server: "unknown (the daemon has no /v1/version)".into(),
+            },
+            other => other,
+        })?;
+        let server_api = serde_json::from_value::<AnyVersion>(raw.clone())
+            .ok()
+            .and_then(|v| v.api);
         if server_api != Some(API_VERSION) {
             return Err(ClientError::VersionMismatch {
                 client: API_VERSION,
@@ -267,7 +304,7 @@ impl Api {
                     .unwrap_or_else(|| "unknown".into()),
             });
         }
-        Ok(v)
+        serde_json::from_value(raw).map_err(|e| unexpected(&e))
     }
 
     /// Follows a Server-Sent Events stream, calling `on_event(event_name, data)` for each
@@ -338,32 +375,50 @@ fn root_cause(e: &(dyn std::error::Error + 'static)) -> String {
     }
 }
 
+/// Reads a success answer as a `T`; a body that is not one is an error naming what failed
+/// to parse (a renamed or missing field), never a guess.
+pub async fn read_json<T: DeserializeOwned>(resp: reqwest::Response) -> Result<T, ClientError> {
+    let empty = resp.status() == StatusCode::NO_CONTENT;
+    let url = resp.url().to_string();
+    let bytes = resp.bytes().await.map_err(|e| ClientError::Unreachable {
+        url,
+        message: root_cause(&e),
+    })?;
+    let text: &[u8] = if empty && bytes.is_empty() {
+        b"null"
+    } else {
+        &bytes
+    };
+    serde_json::from_slice(text).map_err(|e| unexpected(&e))
+}
+
+fn unexpected(e: &serde_json::Error) -> ClientError {
+    ClientError::Other(format!(
+        "unexpected answer from berthd: {e} (is the client older or newer than the daemon?)"
+    ))
+}
+
 /// Turns an error answer into a `ClientError`, reading berthd's JSON error body
-/// (`{"error": {"code", "message", "field"?, "deployment"?}}`).
+/// (`model::api::ErrorBody`).
 async fn error_from(resp: reqwest::Response) -> ClientError {
     let status = resp.status().as_u16();
     let text = resp.text().await.unwrap_or_default();
-    let body: Value = serde_json::from_str(&text).unwrap_or(Value::Null);
-    let err = body.get("error").cloned().unwrap_or(Value::Null);
-    let message = err
-        .get("message")
-        .and_then(Value::as_str)
-        .map(str::to_string)
-        .unwrap_or_else(|| {
-            if text.trim().is_empty() {
-                format!("HTTP {status}")
-            } else {
-                text.trim().chars().take(300).collect()
-            }
-        });
-    let field = err.get("field").and_then(Value::as_str).map(str::to_string);
+    let err: Option<ErrorDetail> = serde_json::from_str::<ErrorBody>(&text)
+        .ok()
+        .map(|b| b.error);
+    let message = match &err {
+        Some(e) => e.message.clone(),
+        None if text.trim().is_empty() => format!("HTTP {status}"),
+        None => text.trim().chars().take(300).collect(),
+    };
+    let field = err.as_ref().and_then(|e| e.field.clone());
     match status {
         401 => ClientError::Unauthorized(message),
         _ => ClientError::Api {
             status,
             message,
             field,
-            detail: err,
+            detail: err.map(Box::new),
         },
     }
 }
@@ -485,15 +540,58 @@ mod tests {
         // GET: retried on a new connection.
         let (url, seen) = flaky_server();
         let a = api(&url);
-        let _: Value = a.json(Method::GET, "/v1/x", None).await.unwrap();
-        let _: Value = a.json(Method::GET, "/v1/x", None).await.unwrap();
+        let _: serde_json::Value = a.get("/v1/x").await.unwrap();
+        let _: serde_json::Value = a.get("/v1/x").await.unwrap();
         assert_eq!(seen.load(std::sync::atomic::Ordering::SeqCst), 3);
         // POST on a reused connection that closed cleanly: retried too.
         let (url, seen) = flaky_server();
         let a = api(&url);
         let body = serde_json::json!({"a": 1});
-        let _: Value = a.json(Method::POST, "/v1/x", Some(&body)).await.unwrap();
-        let _: Value = a.json(Method::POST, "/v1/x", Some(&body)).await.unwrap();
+        let _: serde_json::Value = a.json(Method::POST, "/v1/x", Some(&body)).await.unwrap();
+        let _: serde_json::Value = a.json(Method::POST, "/v1/x", Some(&body)).await.unwrap();
+        assert_eq!(seen.load(std::sync::atomic::Ordering::SeqCst), 3);
+    }
+
+    /// Answers 503 `upgrading` twice (as the old process does while it hands over), then 200.
+    #[tokio::test]
+    async fn a_request_refused_while_berthd_upgrades_is_sent_again() {
+        use std::io::{BufRead, BufReader, Write};
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = l.local_addr().unwrap();
+        let seen = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let count = seen.clone();
+        std::thread::spawn(move || {
+            for conn in l.incoming().take(3) {
+                let Ok(c) = conn else { return };
+                let mut w = c.try_clone().unwrap();
+                let mut r = BufReader::new(c);
+                let mut line = String::new();
+                while r.read_line(&mut line).unwrap_or(0) > 0 && line != "\r\n" {
+                    line.clear();
+                }
+                let n = count.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                let body = if n < 2 {
+                    r#"{"error":{"code":"upgrading","message":"berthd is handing over"}}"#
+                } else {
+                    "{}"
+                };
+                let status = if n < 2 {
+                    "503 Service Unavailable"
+                } else {
+                    "200 OK"
+                };
+                let _ = write!(
+                    w,
+                    "HTTP/1.1 {status}\r\ncontent-type: application/json\r\nconnection: close\r\ncontent-length: {}\r\n\r\n{body}",
+                    body.len()
+                );
+            }
+        });
+        let a = api(&format!("http://{addr}"));
+        let _: serde_json::Value = a
+            .json::<_, ()>(Method::DELETE, "/v1/apps/x", None)
+            .await
+            .unwrap();
         assert_eq!(seen.load(std::sync::atomic::Ordering::SeqCst), 3);
     }
 

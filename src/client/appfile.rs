@@ -7,9 +7,11 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
-use serde_json::{json, Value};
 
-use crate::model::route::Domain;
+use crate::model::deploy::{
+    default_port, default_replicas, AppSpec, HealthSpec, RegistryAuth, Secret, Strategy,
+};
+use crate::model::route::{Domain, PathPrefix};
 
 use super::ClientError;
 
@@ -27,53 +29,6 @@ fn default_context() -> PathBuf {
 }
 fn default_dockerfile() -> PathBuf {
     PathBuf::from("Dockerfile")
-}
-
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct Health {
-    /// Absent: the server's default (`/`). A worker (no `domains`) must not set it.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub path: Option<String>,
-    #[serde(
-        default,
-        with = "humantime_serde",
-        skip_serializing_if = "Option::is_none"
-    )]
-    pub interval: Option<std::time::Duration>,
-    #[serde(
-        default,
-        with = "humantime_serde",
-        skip_serializing_if = "Option::is_none"
-    )]
-    pub timeout: Option<std::time::Duration>,
-    /// Consecutive failures that take a serving replica out of the route.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub fall: Option<u32>,
-    /// Consecutive successes that bring it back.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub rise: Option<u32>,
-    /// Accepted statuses (`[200, 3xx]`; default 2xx and 3xx).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub expect: Option<Vec<crate::model::route::StatusPattern>>,
-    /// `GET` (default) or `HEAD`.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub method: Option<crate::model::route::CheckMethod>,
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
-#[serde(rename_all = "snake_case")]
-pub enum Strategy {
-    #[default]
-    Rolling,
-    Replace,
-}
-
-fn default_port() -> u16 {
-    8080
-}
-fn default_replicas() -> u32 {
-    1
 }
 
 /// The app file as written.
@@ -96,8 +51,9 @@ pub struct AppFile {
     pub replicas: u32,
     #[serde(default)]
     pub strategy: Strategy,
+    /// The daemon's own health-check type: same keys, same defaults.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub health: Option<Health>,
+    pub health: Option<HealthSpec>,
     /// `round_robin` (default) | `least_connections` | `source_ip` |
     /// `{kind: sticky_cookie, cookie: NAME, indirect: true}` | `{kind: uri_hash, key: uri}`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -303,7 +259,7 @@ impl AppFile {
             }
             _ => {}
         }
-        if app.domains.is_empty() && app.health.as_ref().is_some_and(|h| h.path.is_some()) {
+        if app.domains.is_empty() && app.health.as_ref().is_some_and(|h| h.path_given) {
             return Err(invalid(
                 path,
                 line_of(text, "path"),
@@ -330,7 +286,7 @@ impl AppFile {
             ));
         }
         if let Some(h) = &app.health {
-            if h.path.as_deref().is_some_and(|p| !p.starts_with('/')) {
+            if h.path_given && !h.path.starts_with('/') {
                 return Err(invalid(
                     path,
                     line_of(text, "path"),
@@ -340,7 +296,7 @@ impl AppFile {
             }
         }
         if let Some(p) = &app.path_prefix {
-            if let Err(m) = crate::model::route::PathPrefix::try_from(p.clone()) {
+            if let Err(m) = PathPrefix::try_from(p.clone()) {
                 return Err(invalid(
                     path,
                     line_of(text, "path_prefix"),
@@ -351,19 +307,13 @@ impl AppFile {
         }
         // Everything else is checked by the daemon's own rules (the app spec's validation),
         // here already, so a bad berth.yaml fails before anything is built or uploaded.
-        let spec = app.to_spec("berth-check", &BTreeMap::new());
-        match serde_json::from_value::<crate::model::deploy::AppSpec>(spec) {
-            Ok(s) => {
-                if let Err(e) = s.validate() {
-                    return Err(invalid(
-                        path,
-                        line_of_path(text, &e.field),
-                        &e.field,
-                        e.message,
-                    ));
-                }
-            }
-            Err(e) => return Err(invalid(path, None, "", e.to_string())),
+        if let Err(e) = app.to_spec("berth-check", &BTreeMap::new())?.validate() {
+            return Err(invalid(
+                path,
+                line_of_path(text, &e.field),
+                &e.field,
+                e.message,
+            ));
         }
         Ok(app)
     }
@@ -419,97 +369,72 @@ impl AppFile {
         }
     }
 
-    /// The deploy request body (the daemon's app spec). Secrets travel in their own field,
-    /// never merged into `env`: the daemon stores them encrypted and shows only fingerprints.
-    pub fn to_spec(&self, image: &str, secrets: &BTreeMap<String, String>) -> Value {
-        let env = &self.env;
-        let mut spec = json!({
-            "image": image,
-            "domains": self.domains,
-            "aliases": self.aliases,
-            "port": self.port,
-            "replicas": self.replicas,
-            "strategy": self.strategy,
-            "env": env,
-            "volumes": self.volumes,
-        });
-        for (key, value) in [
-            ("deploy_timeout", self.deploy_timeout),
-            ("drain_timeout", self.drain_timeout),
-            ("min_ready", self.min_ready),
-            ("stop_timeout", self.stop_timeout),
-        ] {
-            if let Some(d) = value {
-                spec[key] = json!(humantime::format_duration(d).to_string());
-            }
-        }
-        if let Some(sig) = &self.stop_signal {
-            spec["stop_signal"] = json!(sig);
-        }
-        if let Some(c) = &self.command {
-            spec["command"] = json!(c);
-        }
-        if let Some(e) = &self.entrypoint {
-            spec["entrypoint"] = json!(e);
-        }
-        if let Some(r) = &self.resources {
-            spec["resources"] = json!(r);
-        }
-        if let Some(p) = &self.pull {
-            spec["pull"] = json!(p);
-        }
-        if let Some(h) = &self.hooks {
-            spec["hooks"] = json!(h);
-        }
-        if let Some(r) = &self.registry {
-            // The password is added by the caller for pulls only (`registry_password`).
-            let mut v = json!({ "username": r.username });
-            if let Some(server) = &r.server {
-                v["server"] = json!(server);
-            }
-            spec["registry"] = v;
-        }
+    /// The daemon's app spec for this file: `AppSpec::new` (the defaults a request that
+    /// omits a field gets) with what the file sets. Secrets travel in their own field, never
+    /// merged into `env`: the daemon stores them encrypted and shows only fingerprints. The
+    /// registry password is not set here (only a pull needs it, see `registry_password`).
+    pub fn to_spec(
+        &self,
+        image: &str,
+        secrets: &BTreeMap<String, String>,
+    ) -> Result<AppSpec, ClientError> {
+        let mut spec = AppSpec::new(image);
+        spec.domains = self.domains.clone();
+        spec.aliases = self.aliases.clone();
+        spec.port = self.port;
+        spec.replicas = self.replicas;
+        spec.strategy = self.strategy;
+        spec.env = self.env.clone();
+        spec.volumes = self.volumes.clone();
         if let Some(h) = &self.health {
-            let mut hv = json!({});
-            if let Some(p) = &h.path {
-                hv["path"] = json!(p);
-            }
-            if let Some(i) = h.interval {
-                hv["interval"] = json!(humantime::format_duration(i).to_string());
-            }
-            if let Some(t) = h.timeout {
-                hv["timeout"] = json!(humantime::format_duration(t).to_string());
-            }
-            if let Some(n) = h.fall {
-                hv["fall"] = json!(n);
-            }
-            if let Some(n) = h.rise {
-                hv["rise"] = json!(n);
-            }
-            if let Some(e) = &h.expect {
-                hv["expect"] = json!(e);
-            }
-            if let Some(m) = &h.method {
-                hv["method"] = json!(m);
-            }
-            spec["health"] = hv;
+            spec.health = h.clone();
         }
         if let Some(b) = &self.balancer {
-            spec["balancer"] = json!(b);
+            spec.balancer = b.clone();
         }
-        if let Some(d) = self.slowstart {
-            spec["slowstart"] = json!(humantime::format_duration(d).to_string());
-        }
-        if let Some(p) = &self.path_prefix {
-            spec["path_prefix"] = json!(p);
-        }
+        spec.slowstart = self.slowstart;
+        spec.path_prefix = match &self.path_prefix {
+            Some(p) => Some(
+                PathPrefix::try_from(p.clone())
+                    .map_err(|m| ClientError::Usage(format!("path_prefix: {m}")))?,
+            ),
+            None => None,
+        };
         if let Some(r) = self.retries {
-            spec["retries"] = json!(r);
+            spec.retries = r;
         }
-        if !secrets.is_empty() {
-            spec["secrets"] = json!(secrets);
+        if let Some(d) = self.deploy_timeout {
+            spec.deploy_timeout = d;
         }
-        spec
+        if let Some(d) = self.drain_timeout {
+            spec.drain_timeout = d;
+        }
+        if let Some(d) = self.min_ready {
+            spec.min_ready = d;
+        }
+        spec.stop_timeout = self.stop_timeout;
+        spec.stop_signal = self.stop_signal.clone();
+        spec.command = self.command.clone();
+        spec.entrypoint = self.entrypoint.clone();
+        if let Some(r) = &self.resources {
+            spec.resources = r.clone();
+        }
+        if let Some(p) = self.pull {
+            spec.pull = p;
+        }
+        if let Some(h) = &self.hooks {
+            spec.hooks = h.clone();
+        }
+        spec.registry = self.registry.as_ref().map(|r| RegistryAuth {
+            server: r.server.clone(),
+            username: r.username.clone(),
+            password: None,
+        });
+        spec.secrets = secrets
+            .iter()
+            .map(|(name, value)| (name.clone(), Secret::plain(value)))
+            .collect();
+        Ok(spec)
     }
 }
 
@@ -556,13 +481,16 @@ env:
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::model::api::DeployRequest;
 
     #[test]
     fn starter_parses() {
         let app = AppFile::parse(Path::new("berth.yaml"), &starter("shop")).unwrap();
         assert_eq!(app.name, "shop");
         assert_eq!(app.replicas, 2);
-        assert_eq!(app.health.as_ref().unwrap().path.as_deref(), Some("/"));
+        let health = app.health.as_ref().unwrap();
+        assert!(health.path_given);
+        assert_eq!(health.path, "/");
     }
 
     #[test]
@@ -573,14 +501,18 @@ mod tests {
         )
         .unwrap();
         let secrets = BTreeMap::from([("DB".to_string(), "hunter2".to_string())]);
-        let spec = app.to_spec("x", &secrets);
-        assert_eq!(spec["env"], json!({"MODE": "prod"}));
-        assert_eq!(spec["secrets"], json!({"DB": "hunter2"}));
+        let spec = app.to_spec("x", &secrets).unwrap();
+        let sent = serde_json::to_value(DeployRequest::new(spec)).unwrap();
+        assert_eq!(sent["env"], serde_json::json!({"MODE": "prod"}));
+        assert_eq!(sent["secrets"], serde_json::json!({"DB": "hunter2"}));
         // What the daemon parses: a secret, not an env var.
-        let parsed: crate::model::deploy::AppSpec = serde_json::from_value(spec).unwrap();
+        let parsed: AppSpec = serde_json::from_value(sent).unwrap();
         assert!(!parsed.env.contains_key("DB"));
         assert_eq!(parsed.secrets["DB"].value(), Some("hunter2"));
-        assert!(app.to_spec("x", &BTreeMap::new()).get("secrets").is_none());
+        let none = serde_json::to_value(DeployRequest::new(
+            app.to_spec("x", &BTreeMap::new()).unwrap(),
+        ));
+        assert!(none.unwrap().get("secrets").is_none());
     }
 
     #[test]
@@ -591,8 +523,11 @@ mod tests {
                     resources: {memory: 128MiB, cpus: 0.25}\npull: always\n\
                     hooks: {pre_deploy: {command: [./migrate], timeout: 2m}}\n";
         let app = AppFile::parse(Path::new("berth.yaml"), text).unwrap();
-        let spec = app.to_spec("x:1", &BTreeMap::new());
-        let parsed: crate::model::deploy::AppSpec = serde_json::from_value(spec.clone()).unwrap();
+        let spec = serde_json::to_value(DeployRequest::new(
+            app.to_spec("x:1", &BTreeMap::new()).unwrap(),
+        ))
+        .unwrap();
+        let parsed: AppSpec = serde_json::from_value(spec.clone()).unwrap();
         parsed.validate().unwrap();
         assert_eq!(parsed.deploy_timeout, Duration::from_secs(300), "{spec}");
         assert_eq!(parsed.drain_timeout, Duration::from_secs(10));
@@ -607,14 +542,19 @@ mod tests {
         let hook = parsed.hooks.pre_deploy.unwrap();
         assert_eq!(hook.command, ["./migrate"]);
         assert_eq!(hook.timeout, Duration::from_secs(120));
-        // Unset: the server's defaults apply (nothing sent).
+        // Unset: the spec the daemon builds for a request that omits the field.
         let plain = AppFile::parse(
             Path::new("berth.yaml"),
             "name: a\nimage: x\ndomains: [a.com]\n",
         )
         .unwrap()
-        .to_spec("x:1", &BTreeMap::new());
-        assert!(plain.get("deploy_timeout").is_none() && plain.get("stop_signal").is_none());
+        .to_spec("x:1", &BTreeMap::new())
+        .unwrap();
+        let omitted: AppSpec =
+            serde_json::from_str(r#"{"image":"x:1","domains":["a.com"]}"#).unwrap();
+        assert_eq!(plain, omitted);
+        let sent = serde_json::to_value(DeployRequest::new(plain)).unwrap();
+        assert!(sent.get("stop_signal").is_none() && sent.get("stop_timeout").is_none());
     }
 
     #[test]
@@ -624,8 +564,10 @@ mod tests {
             "name: a\nimage: x\ndomains: [a.com]\nbalancer:\n  kind: sticky_cookie\n  cookie: PIN\n  indirect: true\nhealth:\n  path: /up\n  fall: 2\n  rise: 4\n  expect: [204]\n  method: HEAD\n  interval: 1s\nslowstart: 20s\npath_prefix: /api/\nretries: 2\n",
         )
         .unwrap();
-        let spec: crate::model::deploy::AppSpec =
-            serde_json::from_value(app.to_spec("x:1", &BTreeMap::new())).unwrap();
+        let sent = serde_json::to_value(DeployRequest::new(
+            app.to_spec("x:1", &BTreeMap::new()).unwrap(),
+        ));
+        let spec: AppSpec = serde_json::from_value(sent.unwrap()).unwrap();
         spec.validate().unwrap();
         assert_eq!(
             spec.balancer,

@@ -52,7 +52,8 @@ pub enum ClientError {
         status: u16,
         message: String,
         field: Option<String>,
-        detail: serde_json::Value,
+        /// The daemon's error body, when it sent one.
+        detail: Option<Box<crate::model::api::ErrorDetail>>,
     },
     #[error("{0}")]
     Usage(String),
@@ -179,8 +180,8 @@ pub enum Command {
     Pause {
         app: String,
         /// Longest one request is held (e.g. 30s; at most 10m).
-        #[arg(long, default_value = "30s")]
-        timeout: String,
+        #[arg(long, default_value = "30s", value_parser = humantime::parse_duration)]
+        timeout: std::time::Duration,
     },
     /// Let held and new requests through to a paused app.
     Resume { app: String },
@@ -198,7 +199,7 @@ pub enum Command {
         retry_after: Option<u32>,
         /// Client networks (CIDR) that still reach the app; repeatable.
         #[arg(long)]
-        allow: Vec<String>,
+        allow: Vec<ipnet::IpNet>,
     },
     /// Show an app's logs.
     Logs {

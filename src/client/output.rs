@@ -4,7 +4,6 @@
 use std::io::IsTerminal;
 
 use comfy_table::{presets, ContentArrangement, Table};
-use serde_json::Value;
 
 pub struct Out {
     pub json: bool,
@@ -28,8 +27,12 @@ impl Out {
         }
     }
 
-    pub fn json(&self, v: &Value) {
-        stdout_line(&serde_json::to_string_pretty(v).unwrap_or_else(|_| v.to_string()));
+    /// Prints a `model::api` answer (or any serialisable value) as pretty JSON.
+    pub fn json(&self, v: &impl serde::Serialize) {
+        match serde_json::to_string_pretty(v) {
+            Ok(text) => stdout_line(&text),
+            Err(e) => self.error(&format!("cannot print the answer as JSON: {e}")),
+        }
     }
 
     pub fn table(&self, headers: &[&str], rows: Vec<Vec<String>>) {
@@ -103,41 +106,14 @@ pub fn render_table(headers: &[&str], rows: Vec<Vec<String>>) -> String {
         .join("\n")
 }
 
-/// Reads a field as display text from JSON, trying several names; "-" when absent.
-pub fn field(v: &Value, names: &[&str]) -> String {
-    for n in names {
-        let mut cur = v;
-        let mut found = true;
-        for part in n.split('.') {
-            match cur.get(part) {
-                Some(x) => cur = x,
-                None => {
-                    found = false;
-                    break;
-                }
-            }
-        }
-        if found {
-            return text(cur);
-        }
-    }
-    "-".into()
-}
-
-/// JSON value as short display text.
-pub fn text(v: &Value) -> String {
-    match v {
-        Value::Null => "-".into(),
-        Value::String(s) => s.clone(),
-        Value::Array(a) => a.iter().map(text).collect::<Vec<_>>().join(","),
-        other => other.to_string(),
-    }
+/// An optional value as display text: `-` when the daemon sent none (`null`).
+pub fn or_dash(v: Option<impl std::fmt::Display>) -> String {
+    v.map_or_else(|| "-".into(), |v| v.to_string())
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use serde_json::json;
 
     #[test]
     fn table_snapshot() {
@@ -155,11 +131,9 @@ mod tests {
     }
 
     #[test]
-    fn fields() {
-        let v = json!({"a": {"b": 3}, "d": ["x", "y"], "n": null});
-        assert_eq!(field(&v, &["a.b"]), "3");
-        assert_eq!(field(&v, &["missing", "d"]), "x,y");
-        assert_eq!(field(&v, &["n"]), "-");
-        assert_eq!(field(&v, &["zzz"]), "-");
+    fn dashes_only_for_none() {
+        assert_eq!(or_dash(Some(3)), "3");
+        assert_eq!(or_dash(Some("x")), "x");
+        assert_eq!(or_dash(None::<u8>), "-");
     }
 }

@@ -1,15 +1,18 @@
 //! The deploy engine inside the daemon: started per `deploy.enabled`, its history in the
 //! daemon's one `Store`, its routes published through the route registry (`RegistryRoutes`,
-//! the only `RoutePublisher` the daemon and the tests use). The registry builds one whole
+//! wrapped by `DaemonPublisher`, which also feeds app replicas to pools that follow an app). The registry builds one whole
 //! `RouteTable` from config, stored and engine routes on every change: one atomic swap,
 //! counters carried over. A change that does not validate (a domain already taken) is refused
 //! and changes nothing.
 
 use std::sync::Arc;
 
+use tokio::sync::watch;
+
 use super::DaemonError;
 use crate::deploy::RoutePublisher;
 use crate::model::config::Config;
+use crate::model::pool::{AppReplica, AppReplicas};
 use crate::model::route::{RouteSpec, RouteTable};
 use crate::store::registry::RouteRegistry;
 
@@ -77,12 +80,67 @@ pub async fn start_engine_with_registry(
     Ok(crate::deploy::Engine::start(Arc::new(rt), store, publisher, cfg).await?)
 }
 
+/// [`start_engine_with_registry`] that also feeds every app's replicas to `apps`.
+async fn start_engine_with_feed(
+    registry: Arc<crate::store::registry::RouteRegistry>,
+    network: &str,
+    cfg: crate::deploy::EngineConfig,
+    apps: watch::Sender<Arc<AppReplicas>>,
+) -> Result<crate::deploy::Engine, EngineStartError> {
+    let store = registry.store().clone();
+    let rt = crate::runtime::DockerRuntime::connect(network).await?;
+    let publisher = Arc::new(DaemonPublisher {
+        routes: RegistryRoutes(registry),
+        apps,
+    });
+    Ok(crate::deploy::Engine::start(Arc::new(rt), store, publisher, cfg).await?)
+}
+
+/// The daemon's publisher: routes into the registry, and every app's replicas into the feed
+/// that pools following an app read (`proxy::tcp`).
+struct DaemonPublisher {
+    routes: RegistryRoutes,
+    apps: watch::Sender<Arc<AppReplicas>>,
+}
+
+impl RoutePublisher for DaemonPublisher {
+    fn set_routes(&self, key: &str, routes: Vec<RouteSpec>) -> Result<(), String> {
+        self.routes.set_routes(key, routes)
+    }
+    fn check_routes(&self, key: &str, routes: Vec<RouteSpec>) -> Result<(), String> {
+        self.routes.check_routes(key, routes)
+    }
+    fn inflight(&self, route: &str, backend_id: &str) -> Option<u64> {
+        self.routes.inflight(route, backend_id)
+    }
+    fn healthy(&self, route: &str, backend_id: &str) -> Option<bool> {
+        self.routes.healthy(route, backend_id)
+    }
+    fn set_replicas(&self, app: &str, replicas: Vec<AppReplica>) {
+        self.apps.send_if_modified(|m| {
+            let now = m.get(app).map_or(&[][..], Vec::as_slice);
+            if now == replicas.as_slice() {
+                return false;
+            }
+            let mut next = AppReplicas::clone(m);
+            if replicas.is_empty() {
+                next.remove(app);
+            } else {
+                next.insert(app.to_string(), replicas);
+            }
+            *m = Arc::new(next);
+            true
+        });
+    }
+}
+
 /// Starts the deploy engine per `deploy.enabled`: `off` → none; `auto` → none with one
 /// warning when Docker does not answer; `required` → that is an error.
 pub(super) async fn start(
     config: &Config,
     registry: &Arc<RouteRegistry>,
     store_damaged: Option<String>,
+    apps: watch::Sender<Arc<AppReplicas>>,
 ) -> Result<Option<Arc<crate::deploy::Engine>>, DaemonError> {
     use crate::model::config::DeployEnabled;
     let d = &config.deploy;
@@ -109,7 +167,7 @@ pub(super) async fn start(
         pull_ceiling: d.pull,
         ..Default::default()
     };
-    match start_engine_with_registry(registry.clone(), &d.network, cfg).await {
+    match start_engine_with_feed(registry.clone(), &d.network, cfg, apps).await {
         Ok(engine) => {
             tracing::info!(network = %d.network, "deploy engine ready");
             Ok(Some(Arc::new(engine)))

@@ -236,7 +236,9 @@ pub async fn start_with(
     let proxy = Arc::new(Proxy::new(settings, tables.clone()));
     // Serve first: the engine publishes what runs (one Docker listing, no health gate) and
     // reconciles in the background; nothing here waits for a health check.
-    let engine = engine::start(&config, &registry, damaged).await?;
+    // Deployed apps' replicas, for pools that follow an app (engine → `proxy::tcp`).
+    let (apps_tx, apps_rx) = watch::channel(Arc::new(crate::model::pool::AppReplicas::new()));
+    let engine = engine::start(&config, &registry, damaged, apps_tx).await?;
 
     let (std_listener, origin) = inherited.tcp("http", config.http.listen)?;
     let listener = tokio::net::TcpListener::from_std(std_listener)?;
@@ -258,11 +260,15 @@ pub async fn start_with(
     }
 
     let (stop, stop_rx) = watch::channel(false);
-    let mut tasks = vec![health::spawn(
-        tables.clone(),
-        HealthSettings::default(),
-        stop_rx.clone(),
-    )];
+    let mut tasks = vec![
+        health::spawn(tables.clone(), HealthSettings::default(), stop_rx.clone()),
+        // The pools of HTTP frontends, checked by the same prober.
+        health::spawn(
+            proxy.frontends.pools.clone(),
+            HealthSettings::default(),
+            stop_rx.clone(),
+        ),
+    ];
     let (https_addr, certs, acme) = if config.tls.is_enabled() {
         let tls = tls::start_tls(
             &config,
@@ -302,6 +308,8 @@ pub async fn start_with(
             Some(("api", api_addr)),
             https_addr.map(|a| ("https", a)),
         ],
+        &proxy,
+        apps_rx,
     )
     .await;
     let tcp = match tcp {

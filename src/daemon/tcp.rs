@@ -42,6 +42,8 @@ pub(super) async fn start_tcp(
     inherited: &mut Inherited,
     stop_rx: &watch::Receiver<bool>,
     own: [Option<(&'static str, SocketAddr)>; 3],
+    http: &Arc<crate::proxy::Proxy>,
+    apps: watch::Receiver<Arc<crate::model::pool::AppReplicas>>,
 ) -> Result<Arc<crate::proxy::tcp::TcpProxy>, DaemonError> {
     let sockets = Arc::new(FrontendListeners(inherited.take_prefix("frontend.")));
     let tcp = crate::proxy::tcp::TcpProxy::new(
@@ -49,6 +51,8 @@ pub(super) async fn start_tcp(
         own.into_iter().flatten().collect(),
         config.proxy.timeouts.drain,
         stop_rx.clone(),
+        http.clone(),
+        apps,
     );
     let store = registry.store().clone();
     let stored = tokio::task::spawn_blocking(move || {

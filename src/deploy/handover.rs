@@ -27,7 +27,7 @@ use thiserror::Error;
 use tokio::sync::watch;
 use tokio::time::Instant;
 
-use super::{AppHosts, AppState, Inner, LockExt, Replica};
+use super::{AppHosts, AppState, Inner, LockExt, Replica, Stage};
 use crate::model::route::{BackendAddr, ServerState};
 use crate::store::deployments::DeploymentRecord;
 
@@ -243,7 +243,7 @@ pub(crate) async fn boundary(
         .map_err(|e| format!("saving the deploy checkpoint: {e}"))?;
     inner.emit(
         &rec.id,
-        "paused",
+        Stage::Paused,
         format!(
             "paused after step {} of {} for a berthd upgrade",
             cp.steps_done, cp.steps_total
@@ -273,7 +273,7 @@ pub(crate) async fn boundary(
             }
             inner.emit(
                 &rec.id,
-                "resumed",
+                Stage::Resumed,
                 "the upgrade did not happen; carrying on",
             );
             Ok(false)
@@ -330,7 +330,7 @@ pub(crate) fn hand_over_all(inner: &Inner, pid: u32) {
         // The last write of this process to the deployment.
         inner.emit(
             id,
-            "handover",
+            Stage::Handover,
             format!(
                 "handed over to berthd process {pid}; it carries on after step {done} of {total}"
             ),
@@ -438,7 +438,7 @@ pub(crate) async fn resume_when_ours(inner: Arc<Inner>, ad: Adopted) {
     };
     inner.emit(
         &id,
-        "resumed",
+        Stage::Resumed,
         format!(
             "berthd process {me} carries on after step {} of {} ({how})",
             ad.cp.steps_done, ad.cp.steps_total

@@ -26,7 +26,7 @@ use std::time::Duration;
 use tokio::time::Instant;
 
 use super::run::{address_of, ready, start_replica};
-use super::{now_ms, AppHosts, AppState, DeployError, Inner, LockExt, Replica, RECONCILING};
+use super::{now_ms, AppHosts, AppState, DeployError, Inner, LockExt, Replica, Stage, RECONCILING};
 use crate::model::labels::{self, Parsed};
 use crate::model::route::{BackendAddr, ServerState};
 use crate::runtime::{ContainerInfo, RuntimeError};
@@ -244,7 +244,7 @@ pub(crate) async fn serve_first(inner: &Arc<Inner>) -> Result<Startup, DeployErr
             .events(&ad.rec.id)
             .unwrap_or_default()
             .into_iter()
-            .map(|e| super::DeployEvent::new(&ad.rec.id, e.at, &e.stage, e.message))
+            .filter_map(|e| super::replayed(&ad.rec.id, e))
             .collect();
         inner.track(&ad.rec.id, past);
     }
@@ -613,7 +613,7 @@ async fn heal_app(inner: &Arc<Inner>, app: &str) {
         {
             inner.emit(
                 &cur.id,
-                "healed",
+                Stage::Healed,
                 format!("app {app}: {live}/{want} replicas run again"),
             );
         }
@@ -636,7 +636,7 @@ async fn heal_app(inner: &Arc<Inner>, app: &str) {
     if first {
         // One event per episode (and one per failed attempt, below), not one per pass.
         tracing::warn!(app, "{line}");
-        inner.emit(&cur.id, "heal", format!("app {app}: {line}"));
+        inner.emit(&cur.id, Stage::Heal, format!("app {app}: {line}"));
     }
     inner.heal.locked().entry(app.to_string()).or_default().line = Some(line);
 
@@ -706,7 +706,7 @@ async fn heal_app(inner: &Arc<Inner>, app: &str) {
                 restored += 1;
                 inner.emit(
                     &cur.id,
-                    "heal",
+                    Stage::Heal,
                     format!("app {app}: new replica {name} takes traffic"),
                 );
             }
@@ -733,6 +733,6 @@ async fn heal_app(inner: &Arc<Inner>, app: &str) {
         s.line = Some(msg.clone());
         drop(h);
         tracing::error!(app, "{msg}");
-        inner.emit(&cur.id, "heal", format!("app {app}: {msg}"));
+        inner.emit(&cur.id, Stage::Heal, format!("app {app}: {msg}"));
     }
 }

@@ -12,7 +12,7 @@ use futures_util::StreamExt as _;
 use tokio::time::Instant;
 
 use super::handover::{self, Checkpoint, NewRec, ReplicaRec};
-use super::{now_ms, AppHosts, ImageSource, Inner, LockExt, Replica};
+use super::{now_ms, AppHosts, ImageSource, Inner, LockExt, Replica, Stage};
 use crate::model::deploy::{
     images_to_prune, plan, AppSpec, ImageUse, OldReplica, PullPolicy, Step,
 };
@@ -109,7 +109,7 @@ async fn conclude(
     let (state, reason) = match outcome {
         Ok(()) => (DeployState::Succeeded, None),
         Err(reason) => {
-            inner.emit(&id, "aborting", reason.clone());
+            inner.emit(&id, Stage::Aborting, reason.clone());
             abort(inner, rec, &mut progress).await;
             (DeployState::Failed, Some(reason))
         }
@@ -140,12 +140,12 @@ async fn conclude(
     match reason {
         None => inner.emit(
             &id,
-            "succeeded",
+            Stage::Succeeded,
             format!("app {app} now runs deployment {id}"),
         ),
         Some(r) => {
             tracing::warn!(%app, deployment = %id, "deployment failed: {r}");
-            inner.emit(&id, "failed", r)
+            inner.emit(&id, Stage::Failed, r)
         }
     }
     inner.mark_done(&id, state);
@@ -209,7 +209,7 @@ async fn resolve_image(
     if pull != rec.spec.pull && matches!(image, ImageSource::Reference { .. }) {
         inner.emit(
             &rec.id,
-            "image",
+            Stage::Image,
             format!(
                 "pull: {} lowered to {} by the server's deploy.pull",
                 pull_name(rec.spec.pull),
@@ -252,7 +252,7 @@ async fn resolve_image(
             // A moving tag (`:latest`) gets the registry's current image on every deploy.
             inner.emit(
                 &rec.id,
-                "image",
+                Stage::Image,
                 format!("pulling {reference} (pull: always)"),
             );
             inner
@@ -275,7 +275,7 @@ async fn resolve_image(
                 });
             }
             Err(RuntimeError::NotFound { .. }) => {
-                inner.emit(&rec.id, "image", format!("pulling {reference}"));
+                inner.emit(&rec.id, Stage::Image, format!("pulling {reference}"));
                 inner
                     .rt
                     .pull_image(&reference, creds.as_ref())
@@ -316,7 +316,7 @@ async fn execute(
         .store
         .set_image(&rec.id, &image_id)
         .map_err(|e| e.to_string())?;
-    inner.emit(&rec.id, "image", format!("image {}", short(&image_id)));
+    inner.emit(&rec.id, Stage::Image, format!("image {}", short(&image_id)));
     // Berth's own tag: pruning removes only these, never a tag an operator made.
     let (repo, tag) = berth_tag(app, &rec.id);
     if let Err(e) = inner.rt.tag_image(&image_id, &repo, &tag).await {
@@ -379,7 +379,7 @@ async fn steps(
                 let new = start_replica(inner, rec, image_id, slot).await?;
                 inner.emit(
                     &rec.id,
-                    "start",
+                    Stage::Start,
                     format!("replica {slot}: container {} at {}", new.name, new.addr),
                 );
                 progress.new.insert(slot, new);
@@ -390,7 +390,11 @@ async fn steps(
                     .get(&slot)
                     .ok_or_else(|| format!("internal: replica {slot} was not started"))?;
                 gate(inner, rec, new, slot).await?;
-                inner.emit(&rec.id, "healthy", format!("replica {slot} is healthy"));
+                inner.emit(
+                    &rec.id,
+                    Stage::Healthy,
+                    format!("replica {slot} is healthy"),
+                );
             }
             Step::RouteNew { slot } => {
                 let new = progress
@@ -413,13 +417,17 @@ async fn steps(
                         .publish_app(&st, app)
                         .map_err(|e| format!("publishing the route failed: {e}"))?;
                 }
-                inner.emit(&rec.id, "routed", format!("replica {slot} takes traffic"));
+                inner.emit(
+                    &rec.id,
+                    Stage::Routed,
+                    format!("replica {slot} takes traffic"),
+                );
             }
             Step::DrainOld { container_id } => {
                 set_routing(inner, app, &container_id, ServerState::Drain)?;
                 inner.emit(
                     &rec.id,
-                    "drain",
+                    Stage::Drain,
                     format!("old {} drains", short(&container_id)),
                 );
             }
@@ -427,7 +435,7 @@ async fn steps(
                 let left = wait_drained(inner, app, &container_id, spec.drain_timeout).await;
                 inner.emit(
                     &rec.id,
-                    "drained",
+                    Stage::Drained,
                     if left == 0 {
                         format!("old {} has no requests in flight", short(&container_id))
                     } else {
@@ -460,7 +468,7 @@ async fn steps(
                 let grace = old_grace;
                 inner.emit(
                     &rec.id,
-                    "stopping",
+                    Stage::Stopping,
                     format!(
                         "old {} stops (up to {}, then killed)",
                         short(&container_id),
@@ -473,7 +481,7 @@ async fn steps(
                     .push(tokio::spawn(async move { rt.stop(&cid, grace).await }));
                 inner.emit(
                     &rec.id,
-                    "stopped",
+                    Stage::Stopped,
                     format!("old {} is out of the route; stopping", short(&container_id)),
                 );
             }
@@ -627,7 +635,7 @@ async fn run_pre_deploy(
     spec.cmd = Some(hook.command.clone());
     inner.emit(
         &rec.id,
-        "hook",
+        Stage::Hook,
         format!(
             "pre_deploy: {} (up to {})",
             hook.command.join(" "),
@@ -640,7 +648,7 @@ async fn run_pre_deploy(
         for line in chunk.lines() {
             let n = seen.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
             if n < HOOK_LINES_SHOWN {
-                inner.emit(&rec.id, "hook", format!("pre_deploy | {line}"));
+                inner.emit(&rec.id, Stage::Hook, format!("pre_deploy | {line}"));
             }
             if let Ok(mut t) = tail.lock() {
                 t.push_back(line.to_string());
@@ -659,7 +667,7 @@ async fn run_pre_deploy(
     if lines > HOOK_LINES_SHOWN {
         inner.emit(
             &rec.id,
-            "hook",
+            Stage::Hook,
             format!(
                 "pre_deploy: {} more lines not shown",
                 lines - HOOK_LINES_SHOWN
@@ -675,7 +683,7 @@ async fn run_pre_deploy(
             "pre_deploy hook exited with {code}; nothing was changed (last output: {last})"
         ));
     }
-    inner.emit(&rec.id, "hook", "pre_deploy succeeded (exit 0)");
+    inner.emit(&rec.id, Stage::Hook, "pre_deploy succeeded (exit 0)");
     Ok(())
 }
 
@@ -859,7 +867,7 @@ async fn abort(inner: &Arc<Inner>, rec: &DeploymentRecord, progress: &mut Progre
         drop(st);
         inner.emit(
             &rec.id,
-            "restored",
+            Stage::Restored,
             format!("old {} takes traffic again", old.name),
         );
     }
@@ -899,7 +907,7 @@ async fn abort(inner: &Arc<Inner>, rec: &DeploymentRecord, progress: &mut Progre
     }
     for (_, new) in std::mem::take(&mut progress.new) {
         match inner.rt.remove(&new.id).await {
-            Ok(()) => inner.emit(&rec.id, "removed", format!("new {} removed", new.name)),
+            Ok(()) => inner.emit(&rec.id, Stage::Removed, format!("new {} removed", new.name)),
             Err(e) => inner.warn(format!("abort: removing new {}: {e}", new.name)),
         }
     }
@@ -949,7 +957,7 @@ async fn prune_images(inner: &Inner, id: &str, app: &str) {
     if !removed.is_empty() {
         inner.emit(
             id,
-            "pruned",
+            Stage::Pruned,
             format!("removed old images {}", removed.join(", ")),
         );
     }

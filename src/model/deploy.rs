@@ -257,10 +257,12 @@ fn is_default_retries(r: &u32) -> bool {
     *r == DEFAULT_RETRIES
 }
 
-fn default_port() -> u16 {
+/// `port` when a spec does not say.
+pub fn default_port() -> u16 {
     8080
 }
-fn default_replicas() -> u32 {
+/// `replicas` when a spec does not say.
+pub fn default_replicas() -> u32 {
     1
 }
 fn default_drain() -> Duration {
@@ -712,6 +714,38 @@ pub fn validate_app_name(name: &str) -> Result<(), SpecError> {
 pub const WORKER_STEADY: Duration = Duration::from_secs(3);
 
 impl AppSpec {
+    /// A spec of `image` with every other field at the default a request that omits it
+    /// gets (the same defaults serde applies): what `berth deploy` starts from.
+    pub fn new(image: impl Into<String>) -> AppSpec {
+        AppSpec {
+            image: image.into(),
+            domains: Vec::new(),
+            aliases: Vec::new(),
+            port: default_port(),
+            replicas: default_replicas(),
+            strategy: Strategy::default(),
+            health: HealthSpec::default(),
+            balancer: BalancerKind::default(),
+            slowstart: None,
+            path_prefix: None,
+            retries: default_retries(),
+            min_ready: Duration::ZERO,
+            drain_timeout: default_drain(),
+            deploy_timeout: default_deploy_timeout(),
+            env: BTreeMap::new(),
+            secrets: BTreeMap::new(),
+            volumes: Vec::new(),
+            stop_signal: None,
+            stop_timeout: None,
+            command: None,
+            entrypoint: None,
+            resources: Resources::default(),
+            pull: PullPolicy::default(),
+            hooks: Hooks::default(),
+            registry: None,
+        }
+    }
+
     /// An app without domains: a background worker (no route, no HTTP health check).
     pub fn is_worker(&self) -> bool {
         self.domains.is_empty()
@@ -1167,6 +1201,15 @@ mod tests {
 
     fn base() -> AppSpec {
         spec(r#"{"image":"demo:v1","domains":["a.example.com"]}"#)
+    }
+
+    #[test]
+    fn new_is_what_an_omitted_field_means() {
+        assert_eq!(AppSpec::new("demo:v1"), spec(r#"{"image":"demo:v1"}"#));
+        // And it survives the trip through its own JSON (what `berth deploy` sends).
+        let s = AppSpec::new("demo:v1");
+        let back: AppSpec = serde_json::from_value(serde_json::to_value(&s).unwrap()).unwrap();
+        assert_eq!(back, s);
     }
 
     #[test]

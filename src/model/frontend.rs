@@ -26,6 +26,28 @@ pub enum Mode {
     Http,
 }
 
+/// Connection reuse of an HTTP frontend (Aqueduct's and HAProxy's `option` of the same
+/// names). HTTP/1 only: an HTTP/2 client connection is multiplexed and stays open.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum KeepAlive {
+    /// Both sides keep connections open (upstream connections are pooled).
+    #[default]
+    Default,
+    /// One request per connection on both sides: `Connection: close` to the client and to the
+    /// member, a new upstream connection per request.
+    Close,
+    /// Clients keep their connection; every request goes upstream on a new connection that
+    /// closes after the response.
+    ServerClose,
+}
+
+impl KeepAlive {
+    fn is_default(&self) -> bool {
+        *self == KeepAlive::Default
+    }
+}
+
 /// The binds of a frontend: `"10.2.2.2:80,*:8080"` or a list; `*` (or an empty host) means
 /// every address (`[::]`, which takes IPv4 clients too).
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -84,6 +106,7 @@ pub fn binds_overlap(a: SocketAddr, b: SocketAddr) -> bool {
 }
 
 pub use super::rules::RuleSpec;
+use super::rules::RuleTable;
 
 fn default_connect_timeout() -> Duration {
     Duration::from_secs(5)
@@ -128,6 +151,9 @@ pub struct FrontendSpec {
     pub rules: Vec<RuleSpec>,
     #[serde(default)]
     pub timeouts: TcpTimeouts,
+    /// HTTP frontends: connection reuse towards clients and members.
+    #[serde(default, skip_serializing_if = "KeepAlive::is_default")]
+    pub keepalive: KeepAlive,
 }
 
 impl FrontendSpec {
@@ -163,12 +189,6 @@ impl FrontendSpec {
             }
         };
         check_name(&f("name"), self.name())?;
-        if self.mode == Mode::Http {
-            return Err(err(
-                f("mode"),
-                "mode http frontends are not supported yet (use routes); mode tcp is",
-            ));
-        }
         let items = self.bind.items();
         if items.is_empty() {
             return Err(err(f("bind"), "at least one address to listen on"));
@@ -186,6 +206,16 @@ impl FrontendSpec {
         }
         if self.timeouts.connect.is_zero() || self.timeouts.idle.is_zero() {
             return Err(err(f("timeouts"), "connect and idle must be more than 0"));
+        }
+        if self.mode == Mode::Http {
+            // Rules are compiled (regexes, templates, pools) by `validate_set`.
+            return Ok(());
+        }
+        if !self.keepalive.is_default() {
+            return Err(err(
+                f("keepalive"),
+                "keepalive is HTTP only; a tcp frontend copies bytes and never closes early",
+            ));
         }
         for (i, r) in self.rules.iter().enumerate() {
             if let Some(cond) = r.http_only_field() {
@@ -244,6 +274,24 @@ pub fn validate_set(
                 return Err(err(
                     join(at, &format!("rules[{i}].pool")),
                     format!("no pool named {pool:?}"),
+                ));
+            }
+        }
+        if fe.mode == Mode::Http {
+            // Compiles every regex and template: a bad one names its rule.
+            RuleTable::build(at, &fe.rules, &fe.pool, |p| pool_names.contains_key(p))?;
+            let used = |name: &str| {
+                fe.pool == name || fe.rules.iter().any(|r| r.pool.as_deref() == Some(name))
+            };
+            if let Some((_, p)) = pools.iter().find(|(_, p)| {
+                used(p.name()) && p.proxy_protocol != super::pool::ProxyProtocol::None
+            }) {
+                return Err(err(
+                    join(at, "pool"),
+                    format!(
+                        "pool {:?} sends PROXY protocol headers, which only tcp frontends do",
+                        p.name()
+                    ),
                 ));
             }
         }
@@ -376,12 +424,36 @@ mod tests {
             set(&[f1.clone(), dup], &p, &[]).unwrap_err().field,
             "frontends[1].name"
         );
-        let http = fe("name: h\nmode: http\nbind: 127.0.0.1:7005\npool: a\n");
+        let http = fe("name: h\nmode: http\nbind: 127.0.0.1:7005\npool: a\nkeepalive: server-close\nrules:\n  - {path: {prefix: /x}, strip_prefix: /x, pool: a}\n");
+        assert!(set(std::slice::from_ref(&http), &p, &[]).is_ok());
+        assert_eq!(http.keepalive, KeepAlive::ServerClose);
+        let tcp_ka = fe("name: t\nbind: 127.0.0.1:7006\npool: a\nkeepalive: close\n");
         assert_eq!(
-            set(&[http], &p, &[]).unwrap_err().field,
-            "frontends[0].mode"
+            set(&[tcp_ka], &p, &[]).unwrap_err().field,
+            "frontends[0].keepalive"
         );
         assert!(set(&[f1], &p, &[]).is_ok());
+    }
+
+    #[test]
+    fn http_frontend_rules_compile_when_the_set_is_validated() {
+        let p = [pool("a"), pool("b")];
+        let bad_re = fe("name: h\nmode: http\nbind: 127.0.0.1:7010\npool: a\nrules:\n  - {host: x.test, pool: b}\n  - {method: GET, pool: a}\n  - {path: {regex: '(open'}, pool: b}\n");
+        let e = set(&[bad_re], &p, &[]).unwrap_err();
+        assert_eq!(e.field, "frontends[0].rules[2].path.regex");
+        let unknown = fe("name: h\nmode: http\nbind: 127.0.0.1:7010\npool: a\nrules:\n  - {header: {name: x, present: true}, pool: zz}\n");
+        assert_eq!(
+            set(&[unknown], &p, &[]).unwrap_err().field,
+            "frontends[0].rules[0].pool"
+        );
+        let v2: PoolSpec = serde_yaml::from_str("name: pp\nproxy_protocol: v2\n").unwrap();
+        let to_v2 = fe("name: h\nmode: http\nbind: 127.0.0.1:7010\npool: a\nrules:\n  - {path: {prefix: /p}, pool: pp}\n");
+        assert_eq!(
+            set(&[to_v2], &[pool("a"), v2], &[]).unwrap_err().field,
+            "frontends[0].pool"
+        );
+        let redirect_only = fe("name: h\nmode: http\nbind: 127.0.0.1:7010\npool: a\nrules:\n  - {redirect: {location: 'https://{host}{uri}'}}\n");
+        assert!(set(&[redirect_only], &p, &[]).is_ok());
     }
 
     #[test]

@@ -2,6 +2,7 @@
 //! No I/O, no async.
 
 pub mod access;
+pub mod api;
 pub mod balance;
 pub mod config;
 pub mod deploy;

@@ -13,7 +13,9 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 
 use super::balance::source_hash;
-use super::route::{RouteError, ServerState};
+use super::route::{
+    BackendAddr, BackendSpec, BalancerKind, Domain, PathPrefix, RouteError, RouteSpec, ServerState,
+};
 
 /// Names of pools and frontends: 1-63 of `[a-z0-9_-]`, starting with a letter or digit.
 pub fn check_name(field: &str, name: &str) -> Result<(), RouteError> {
@@ -142,7 +144,43 @@ pub struct PoolSpec {
     pub health_check: Option<TcpCheckSpec>,
     #[serde(default)]
     pub proxy_protocol: ProxyProtocol,
+    /// HTTP frontends: the `Host` header members see (default: the client's own).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub host: Option<String>,
+    /// HTTP frontends: the active HTTP check of members (as a route's `health_check`: path,
+    /// interval, timeout, rise, fall, expect, method); with it, failed requests count against
+    /// a member too (passive health).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub http_check: Option<super::route::HealthCheckSpec>,
+    /// Follow a deployed app: the members are its replicas (kept current by the deploy
+    /// engine), `members` stays empty.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub app: Option<String>,
+    /// With `app`: only the replicas of this deployment (`POST /v1/pools/{name}/version`
+    /// switches; the old members drain). Without: every replica of the app.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub version: Option<String>,
 }
+
+/// One replica of a deployed app, as the pools that follow the app see it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct AppReplica {
+    /// Container id (the member id).
+    pub id: String,
+    /// The deployment (version) it belongs to.
+    pub deployment: String,
+    /// `ip:port` on the app network.
+    pub address: String,
+    pub state: ServerState,
+}
+
+/// Replicas by app name.
+pub type AppReplicas = std::collections::BTreeMap<String, Vec<AppReplica>>;
+
+/// The domain of the routes that carry pools for HTTP frontends. Such a route is never looked
+/// up by host (a frontend's rules name its pool); a route spec needs a domain, and `.invalid`
+/// (RFC 2606) can never be a real one.
+pub const POOL_ROUTE_DOMAIN: &str = "pools.berth.invalid";
 
 impl PoolSpec {
     pub fn name(&self) -> &str {
@@ -177,6 +215,40 @@ impl PoolSpec {
                 return Err(err(format!("{mf}.id"), format!("duplicate member {id:?}")));
             }
         }
+        if let Some(h) = &self.host {
+            if h.is_empty() || h.len() > 255 || !h.bytes().all(|b| b.is_ascii_graphic()) {
+                return Err(err(
+                    f("host"),
+                    format!("{h:?} is not a host (1-255 visible ASCII characters, no spaces)"),
+                ));
+            }
+        }
+        if self.http_check.is_some() {
+            // The checks of a route: reported under this pool's own field path.
+            let route = self.route_spec().map_err(|e| err(f(&e.field), e.message))?;
+            super::route::validate_routes("r", &[route]).map_err(|e| {
+                let rest = e.field.strip_prefix("r[0].health_check").unwrap_or("");
+                err(f(&format!("http_check{rest}")), e.message)
+            })?;
+        }
+        match (&self.app, &self.version) {
+            (None, Some(_)) => return Err(err(f("version"), "a version needs an app")),
+            (Some(app), version) => {
+                check_name(&f("app"), app)?;
+                if !self.members.is_empty() {
+                    return Err(err(
+                        f("members"),
+                        "a pool that follows an app takes its members from the app's replicas",
+                    ));
+                }
+                if let Some(v) = version {
+                    if v.is_empty() || v.len() > 200 || v.chars().any(|c| c.is_control()) {
+                        return Err(err(f("version"), "must be 1-200 printable characters"));
+                    }
+                }
+            }
+            (None, None) => {}
+        }
         if let Some(h) = &self.health_check {
             if h.interval < Duration::from_millis(100) {
                 return Err(err(f("health_check.interval"), "must be at least 100ms"));
@@ -195,6 +267,76 @@ impl PoolSpec {
             }
         }
         Ok(())
+    }
+}
+
+impl PoolSpec {
+    /// The pool with its members in force: as configured, or for a pool that follows an
+    /// app, that app's replicas of its version (replicas whose address is not `ip:port` are
+    /// left out).
+    pub fn resolved(&self, apps: &AppReplicas) -> PoolSpec {
+        let Some(app) = &self.app else {
+            return self.clone();
+        };
+        let members = apps
+            .get(app)
+            .map(|rs| {
+                rs.iter()
+                    .filter(|r| self.version.as_ref().is_none_or(|v| *v == r.deployment))
+                    .filter(|r| parse_member_address(&r.address).is_ok())
+                    .map(|r| MemberSpec {
+                        id: Some(r.id.clone()),
+                        address: r.address.clone(),
+                        weight: default_weight(),
+                        state: r.state,
+                        max_connections: None,
+                    })
+                    .collect()
+            })
+            .unwrap_or_default();
+        PoolSpec {
+            members,
+            ..self.clone()
+        }
+    }
+
+    /// The route an HTTP frontend sends this pool's requests through (members as backends,
+    /// the pool's balancer), so HTTP frontends share the request path, retries, passive
+    /// health and stats of routes. Call after [`PoolSpec::validate`].
+    pub fn route_spec(&self) -> Result<RouteSpec, RouteError> {
+        let bad = |f: String, m: String| err(f, m);
+        let mut backends = Vec::with_capacity(self.members.len());
+        for (i, m) in self.members.iter().enumerate() {
+            let address: BackendAddr = m
+                .address
+                .trim()
+                .parse()
+                .map_err(|e: String| bad(format!("members[{i}].address"), e))?;
+            backends.push(BackendSpec {
+                id: Some(m.id()),
+                address,
+                weight: m.weight,
+                state: m.state,
+            });
+        }
+        let domain =
+            Domain::try_from(POOL_ROUTE_DOMAIN.to_string()).map_err(|e| bad("name".into(), e))?;
+        let prefix =
+            PathPrefix::try_from(format!("/{}", self.name())).map_err(|e| bad("name".into(), e))?;
+        Ok(RouteSpec {
+            name: Some(self.name().to_string()),
+            domains: vec![domain],
+            path_prefix: Some(prefix),
+            balancer: match self.balance {
+                PoolBalance::RoundRobin => BalancerKind::RoundRobin,
+                PoolBalance::LeastConnections => BalancerKind::LeastConnections,
+                PoolBalance::Source => BalancerKind::SourceIp,
+            },
+            backends,
+            health_check: self.http_check.clone(),
+            https_redirect: false,
+            ..RouteSpec::default()
+        })
     }
 }
 
@@ -271,6 +413,74 @@ mod tests {
             p.health_check.as_ref().unwrap().interval,
             Duration::from_secs(1)
         );
+    }
+
+    #[test]
+    fn a_pool_becomes_a_route_for_http_frontends() {
+        let p = pool("name: web_1\nbalance: source\nhost: app.internal\nmembers:\n  - address: 127.0.0.1:8080\n    weight: 3\n  - id: b\n    address: '[::1]:8081'\n    state: drain\n");
+        p.validate("").unwrap();
+        let r = p.route_spec().unwrap();
+        assert_eq!(r.name(), "web_1");
+        assert_eq!(r.balancer, BalancerKind::SourceIp);
+        assert_eq!(r.backends.len(), 2);
+        assert_eq!(r.backends[0].id(), "127.0.0.1:8080");
+        assert_eq!(r.backends[0].weight, 3);
+        assert_eq!(r.backends[1].state, ServerState::Drain);
+        assert!(!r.https_redirect);
+        // Every pool's route fits in one table (unique names and prefixes).
+        let q = pool("name: web\nmembers:\n  - address: 127.0.0.1:1\n");
+        crate::model::route::RouteTable::build(&[r, q.route_spec().unwrap()], None).unwrap();
+        let bad = pool("name: x\nhost: 'a b'\n");
+        assert_eq!(bad.validate("").unwrap_err().field, "host");
+        let checked = pool("name: x\nhttp_check: {path: /health, interval: 1s, fall: 2}\n");
+        checked.validate("").unwrap();
+        assert_eq!(
+            checked.route_spec().unwrap().health_check.unwrap().path,
+            "/health"
+        );
+        let bad = pool("name: x\nhttp_check: {path: health}\n");
+        assert_eq!(
+            bad.validate("pools[1]").unwrap_err().field,
+            "pools[1].http_check.path"
+        );
+        let bad = pool("name: x\nhttp_check: {fall: 0}\n");
+        assert_eq!(bad.validate("").unwrap_err().field, "http_check.fall");
+    }
+
+    #[test]
+    fn a_pool_that_follows_an_app_takes_the_replicas_of_its_version() {
+        let r = |id: &str, dep: &str, addr: &str| AppReplica {
+            id: id.into(),
+            deployment: dep.into(),
+            address: addr.into(),
+            state: ServerState::Ready,
+        };
+        let mut apps = AppReplicas::new();
+        apps.insert(
+            "shop".into(),
+            vec![
+                r("c1", "d1", "10.0.0.1:80"),
+                r("c2", "d2", "10.0.0.2:80"),
+                r("c3", "d2", "10.0.0.3:80"),
+                r("c4", "d2", "shop-4:80"),
+            ],
+        );
+        let p = pool("name: web\napp: shop\nversion: d2\n");
+        p.validate("").unwrap();
+        let ids: Vec<String> = p.resolved(&apps).members.iter().map(|m| m.id()).collect();
+        assert_eq!(ids, ["c2", "c3"]);
+        let all = pool("name: web\napp: shop\n");
+        assert_eq!(all.resolved(&apps).members.len(), 3);
+        let none = pool("name: web\napp: other\n");
+        assert!(none.resolved(&apps).members.is_empty());
+        let plain = pool("name: web\nmembers:\n  - address: 10.0.0.9:1\n");
+        assert_eq!(plain.resolved(&apps), plain);
+        let bad = pool("name: web\nversion: d2\n");
+        assert_eq!(bad.validate("").unwrap_err().field, "version");
+        let bad = pool("name: web\napp: shop\nmembers:\n  - address: 10.0.0.9:1\n");
+        assert_eq!(bad.validate("").unwrap_err().field, "members");
+        let bad = pool("name: web\napp: Shop!\n");
+        assert_eq!(bad.validate("").unwrap_err().field, "app");
     }
 
     #[test]

@@ -8,6 +8,7 @@ pub mod acme_hook;
 pub mod body;
 pub mod forward;
 pub mod framing;
+pub mod frontends;
 mod gate;
 pub mod headers;
 pub mod health;
@@ -151,16 +152,20 @@ pub struct Proxy {
     pub tunnels: Arc<ConnTracker>,
     /// ACME HTTP-01 answers and HTTPS redirects; set once when TLS is configured.
     pub tls_hooks: OnceLock<Arc<dyn acme_hook::TlsHooks>>,
+    /// HTTP frontends: their rule tables and pools (`frontends.rs`).
+    pub frontends: frontends::HttpFrontends,
 }
 
 impl Proxy {
     pub fn new(settings: Settings, tables: Arc<Tables>) -> Self {
-        let pool = Pool::new(PoolSettings {
+        let pool_settings = PoolSettings {
             connect_timeout: settings.timeouts.connect,
             idle_timeout: settings.pool_idle_timeout,
             max_idle_per_host: settings.pool_max_idle_per_host,
-        });
+        };
+        let pool = Pool::new(pool_settings.clone());
         Self {
+            frontends: frontends::HttpFrontends::new(&pool_settings),
             settings,
             tables,
             pool,

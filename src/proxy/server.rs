@@ -63,11 +63,14 @@ pub struct ConnState {
     read_waker: AtomicWaker,
     /// The client's IP as a header value, formatted once per connection (forwarded headers).
     pub peer_ip: Option<http::HeaderValue>,
+    /// Set when the connection was accepted by an HTTP frontend (routed by its rules).
+    pub frontend: Option<Arc<super::frontends::FrontendConn>>,
 }
 
 impl ConnState {
-    fn new(peer: SocketAddr) -> Self {
+    fn new(peer: SocketAddr, frontend: Option<Arc<super::frontends::FrontendConn>>) -> Self {
         Self {
+            frontend,
             peer_ip: super::headers::peer_header_value(peer.ip()),
             inflight: AtomicU32::new(0),
             last_active: AtomicU64::new(now_ms()),
@@ -95,6 +98,13 @@ impl ConnState {
     /// Whether responses should ask the client to close (process draining).
     pub fn draining(&self) -> bool {
         self.draining.load(Ordering::Relaxed)
+    }
+
+    /// One request per connection (`keepalive: close` of an HTTP frontend).
+    pub fn closes_after_response(&self) -> bool {
+        self.frontend
+            .as_ref()
+            .is_some_and(|f| f.keepalive == crate::model::frontend::KeepAlive::Close)
     }
 }
 
@@ -340,26 +350,47 @@ pub async fn serve_connection<T>(
 ) where
     T: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
+    serve_connection_on(proxy, builder, io, peer, scheme, drain, None).await
+}
+
+/// [`serve_connection`] for a connection accepted by an HTTP frontend (`frontend` set).
+pub async fn serve_connection_on<T>(
+    proxy: Arc<Proxy>,
+    builder: Arc<auto::Builder<TokioExecutor>>,
+    io: T,
+    peer: SocketAddr,
+    scheme: &'static str,
+    drain: watch::Receiver<bool>,
+    frontend: Option<Arc<super::frontends::FrontendConn>>,
+) where
+    T: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
     let limits = ConnLimits::of(&proxy.settings.timeouts);
     // A TLS stream already hands out decrypted records from its own buffer.
     let read_ahead = scheme == "http";
-    supervise(
-        &builder,
-        io,
+    let accepted = Accepted {
         peer,
+        frontend,
         read_ahead,
-        limits,
-        drain,
-        move |state| {
-            hyper::service::service_fn(move |req: http::Request<Incoming>| {
-                let proxy = proxy.clone();
-                let conn = state.clone();
-                conn.request_started();
-                async move { Ok::<_, Infallible>(proxy.handle(req, peer, scheme, conn).await) }
-            })
-        },
-    )
+    };
+    supervise(&builder, io, accepted, limits, drain, move |state| {
+        hyper::service::service_fn(move |req: http::Request<Incoming>| {
+            let proxy = proxy.clone();
+            let conn = state.clone();
+            conn.request_started();
+            async move { Ok::<_, Infallible>(proxy.handle(req, peer, scheme, conn).await) }
+        })
+    })
     .await;
+}
+
+/// Who a supervised connection is with.
+pub struct Accepted {
+    pub peer: SocketAddr,
+    /// Set when an HTTP frontend accepted it (routed by its rules).
+    pub frontend: Option<Arc<super::frontends::FrontendConn>>,
+    /// Read ahead on the first read (plain TCP; a TLS stream buffers records itself).
+    pub read_ahead: bool,
 }
 
 /// The timeouts a supervised connection obeys.
@@ -392,8 +423,7 @@ impl ConnLimits {
 pub async fn supervise<T, S, B>(
     builder: &auto::Builder<TokioExecutor>,
     io: T,
-    peer: SocketAddr,
-    read_ahead: bool,
+    accepted: Accepted,
     limits: ConnLimits,
     mut drain: watch::Receiver<bool>,
     make_service: impl FnOnce(Arc<ConnState>) -> S,
@@ -408,7 +438,12 @@ pub async fn supervise<T, S, B>(
     B::Data: Send,
     B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
 {
-    let state = Arc::new(ConnState::new(peer));
+    let Accepted {
+        peer,
+        frontend,
+        read_ahead,
+    } = accepted;
+    let state = Arc::new(ConnState::new(peer, frontend));
     let io = TokioIo::new(TrackedIo::new(io, state.clone(), read_ahead));
     let service = make_service(state.clone());
     let conn = builder.serve_connection_with_upgrades(io, service);
@@ -567,10 +602,26 @@ pub async fn serve_http(proxy: Arc<Proxy>, listener: TcpListener, stop: watch::R
 /// tells the connections to drain and waits for them, bounded by `drain` (+ `LINGER` + 1 s).
 pub async fn accept_loop<F, Fut>(
     listener: TcpListener,
+    stop: watch::Receiver<bool>,
+    drain: Duration,
+    what: &'static str,
+    serve: F,
+) where
+    F: Fn(tokio::net::TcpStream, SocketAddr, watch::Receiver<bool>) -> Fut,
+    Fut: std::future::Future<Output = ()> + Send + 'static,
+{
+    accept_loop_until(listener, stop, drain, what, serve, None).await
+}
+
+/// [`accept_loop`] that says on `closed` when the listening socket is closed (before the
+/// connections drain): a removed frontend's port is free at that moment.
+pub async fn accept_loop_until<F, Fut>(
+    listener: TcpListener,
     mut stop: watch::Receiver<bool>,
     drain: Duration,
     what: &'static str,
     serve: F,
+    closed: Option<tokio::sync::oneshot::Sender<()>>,
 ) where
     F: Fn(tokio::net::TcpStream, SocketAddr, watch::Receiver<bool>) -> Fut,
     Fut: std::future::Future<Output = ()> + Send + 'static,
@@ -604,6 +655,9 @@ pub async fn accept_loop<F, Fut>(
         }
     }
     drop(listener);
+    if let Some(c) = closed {
+        let _ = c.send(());
+    }
     let _ = drain_tx.send(true);
     // Idle connections close at the drain timeout, then linger for the client's FIN.
     if tokio::time::timeout(drain + LINGER + Duration::from_secs(1), tracker.wait_idle())
@@ -636,7 +690,7 @@ mod tests {
             let (mut client, server) = tokio::io::duplex(64 * 1024);
             client.write_all(&head).await.unwrap();
             drop(client);
-            let state = Arc::new(ConnState::new("127.0.0.1:1".parse().unwrap()));
+            let state = Arc::new(ConnState::new("127.0.0.1:1".parse().unwrap(), None));
             let mut io = TrackedIo::new(server, state, true);
             let mut got = Vec::new();
             let mut i = 0;

@@ -9,7 +9,6 @@ use std::path::Path;
 use std::sync::Mutex;
 
 use rusqlite::{params, Connection, OptionalExtension, Row};
-use serde::{Deserialize, Serialize};
 use thiserror::Error;
 
 use crate::model::deploy::AppSpec;
@@ -114,52 +113,7 @@ pub enum DeploymentStoreError {
     },
 }
 
-/// Lifecycle of a deployment.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum DeployState {
-    Running,
-    Succeeded,
-    Failed,
-}
-
-impl DeployState {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            DeployState::Running => "running",
-            DeployState::Succeeded => "succeeded",
-            DeployState::Failed => "failed",
-        }
-    }
-    fn parse(s: &str) -> Option<Self> {
-        Some(match s {
-            "running" => DeployState::Running,
-            "succeeded" => DeployState::Succeeded,
-            "failed" => DeployState::Failed,
-            _ => return None,
-        })
-    }
-}
-
-/// One deployment as stored.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub struct DeploymentRecord {
-    pub id: String,
-    pub app: String,
-    pub spec: AppSpec,
-    /// Resolved image id (`sha256:…`), once known.
-    pub image_id: Option<String>,
-    pub state: DeployState,
-    /// Why it failed.
-    pub reason: Option<String>,
-    /// Who asked (token name, `rollback`, `reconcile`).
-    pub created_by: String,
-    /// Unix milliseconds.
-    pub created_at: i64,
-    pub finished_at: Option<i64>,
-    /// The deployment this one rolls back to.
-    pub rollback_of: Option<String>,
-}
+pub use crate::model::api::{DeployState, DeploymentRecord};
 
 /// What the deploy engine needs from storage.
 pub trait DeploymentStore: Send + Sync + 'static {

@@ -19,7 +19,7 @@ use std::sync::{Mutex, MutexGuard};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use rusqlite::{params, Connection, OptionalExtension, TransactionBehavior};
-use serde::{Deserialize, Serialize};
+use serde::Serialize;
 use thiserror::Error;
 
 use crate::model::route::{BackendSpec, RouteSpec, ServerState};
@@ -92,36 +92,7 @@ impl From<rusqlite::Error> for StoreError {
     }
 }
 
-/// Who owns a stored route. Config routes are never stored (they come from the file).
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum RouteSource {
-    /// Static route from the configuration file: read-only at run time.
-    Config,
-    /// Created through the REST API.
-    Api,
-    /// Published by the deploy orchestrator.
-    Deploy,
-}
-
-impl RouteSource {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            RouteSource::Config => "config",
-            RouteSource::Api => "api",
-            RouteSource::Deploy => "deploy",
-        }
-    }
-
-    fn parse(s: &str) -> Option<Self> {
-        match s {
-            "config" => Some(RouteSource::Config),
-            "api" => Some(RouteSource::Api),
-            "deploy" => Some(RouteSource::Deploy),
-            _ => None,
-        }
-    }
-}
+pub use crate::model::api::RouteSource;
 
 fn state_str(s: ServerState) -> &'static str {
     match s {

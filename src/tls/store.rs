@@ -12,7 +12,6 @@ use std::time::SystemTime;
 use arc_swap::ArcSwap;
 use rustls::server::{ClientHello, ResolvesServerCert};
 use rustls::sign::CertifiedKey;
-use serde::Serialize;
 
 use super::pem::LoadedCert;
 use crate::model::sni::{self, normalize_server_name, Selection};
@@ -26,31 +25,7 @@ struct Snapshot {
     default: Option<Arc<CertifiedKey>>,
 }
 
-/// Where a certificate came from.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "snake_case")]
-pub enum CertSource {
-    Acme,
-    Manual,
-    Default,
-}
-
-/// One line of `GET /v1/certificates`.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
-pub struct CertStatus {
-    /// The domain (ACME) or the first name of the certificate (manual).
-    pub domain: String,
-    pub names: Vec<String>,
-    pub source: CertSource,
-    /// Where the certificate file lives (manual) or will live (ACME).
-    pub path: String,
-    pub issuer: Option<String>,
-    /// RFC 3339.
-    pub not_after: Option<String>,
-    /// RFC 3339; when the next renewal (or retry) is due. ACME only.
-    pub next_renewal: Option<String>,
-    pub last_error: Option<String>,
-}
+pub use crate::model::api::{CertSource, CertStatus};
 
 /// Format for status times.
 pub fn rfc3339(t: SystemTime) -> String {

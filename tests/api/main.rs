@@ -6,5 +6,6 @@ mod support;
 
 mod access;
 mod api;
+mod contract;
 mod ui_browser;
 mod ui_http;

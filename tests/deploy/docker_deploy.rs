@@ -9,7 +9,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use crate::support::docker::*;
-use berth::deploy::{DeployError, DeployEvent, EngineConfig, ImageSource};
+use berth::deploy::{DeployError, DeployEvent, EngineConfig, ImageSource, Stage};
 use berth::store::deployments::DeployState;
 use futures_util::StreamExt;
 
@@ -37,7 +37,7 @@ fn deployments_running(env: &Env, app: &str) -> Vec<String> {
 fn at(events: &[DeployEvent], stage: &str) -> Vec<i64> {
     events
         .iter()
-        .filter(|e| e.stage == stage)
+        .filter(|e| e.stage.as_str() == stage)
         .map(|e| e.at)
         .collect()
 }
@@ -149,7 +149,7 @@ async fn rolling_deploy_under_load_then_rollback() {
     for s in &starts {
         let prev = events
             .iter()
-            .filter(|e| e.at <= *s && e.stage != "start")
+            .filter(|e| e.at <= *s && e.stage != Stage::Start)
             .map(|e| e.at)
             .max()
             .unwrap();
@@ -275,7 +275,7 @@ async fn failing_health_check_aborts_and_v1_keeps_serving() {
     assert_eq!(engine.app(app).await.unwrap().current.unwrap().id, d1);
     // The app accepts the next deploy (the lock was released).
     let (events, _) = engine.subscribe(&d2).unwrap();
-    assert_eq!(events.last().unwrap().stage, "failed");
+    assert_eq!(events.last().unwrap().stage, Stage::Failed);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -445,17 +445,17 @@ async fn engine_killed_mid_deploy_is_reconciled_on_restart() {
             .await
             .unwrap();
         let (seen, mut rx) = engine.subscribe(&d2).unwrap();
-        let mut stopped = seen.iter().filter(|e| e.stage == "stopped").count();
+        let mut stopped = seen.iter().filter(|e| e.stage == Stage::Stopped).count();
         // Kill after the first old replica was stopped and the second new one started:
         // one v2 routed, one v2 unrouted, one v1 stopped, two v1 serving.
-        let mut started = seen.iter().filter(|e| e.stage == "start").count();
+        let mut started = seen.iter().filter(|e| e.stage == Stage::Start).count();
         while !(stopped >= 1 && started >= 2) {
             let ev = tokio::time::timeout(WAIT, rx.recv())
                 .await
                 .unwrap()
                 .unwrap();
-            stopped += (ev.stage == "stopped") as usize;
-            started += (ev.stage == "start") as usize;
+            stopped += (ev.stage == Stage::Stopped) as usize;
+            started += (ev.stage == Stage::Start) as usize;
         }
         engine.kill();
         // Simulated kill -9: the engine's tasks are aborted, nothing is cleaned up.
@@ -874,7 +874,7 @@ async fn self_healing_after_docker_kill_and_rm() {
         .stored_events(&d)
         .unwrap()
         .into_iter()
-        .map(|e| e.stage)
+        .map(|e| e.stage.as_str().to_string())
         .collect();
     assert!(stages.iter().any(|s| s == "heal"), "{stages:?}");
 

@@ -13,7 +13,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use berth::daemon::engine::RegistryRoutes;
-use berth::deploy::{app_route_name, DeployError, Engine, EngineConfig, ImageSource};
+use berth::deploy::{app_route_name, DeployError, Engine, EngineConfig, ImageSource, Stage};
 use berth::model::route::{RouteTable, ServerState};
 use berth::proxy::Tables;
 use berth::runtime::{
@@ -641,7 +641,10 @@ async fn images_of_older_deployments_are_pruned() {
         vec!["sha256:bad-slot1".to_string()]
     );
     let (events, _) = engine.subscribe(&d).unwrap();
-    assert!(events.iter().any(|e| e.stage == "pruned"), "{events:?}");
+    assert!(
+        events.iter().any(|e| e.stage == Stage::Pruned),
+        "{events:?}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -658,8 +661,12 @@ async fn failed_replace_restarts_the_old_version_and_min_ready_is_waited() {
         DeployState::Succeeded
     );
     let (events, _) = engine.subscribe(&d1).unwrap();
-    let start = events.iter().find(|e| e.stage == "start").unwrap().at;
-    let healthy = events.iter().find(|e| e.stage == "healthy").unwrap().at;
+    let start = events.iter().find(|e| e.stage == Stage::Start).unwrap().at;
+    let healthy = events
+        .iter()
+        .find(|e| e.stage == Stage::Healthy)
+        .unwrap()
+        .at;
     assert!(healthy - start >= 300, "min_ready waited: {events:?}");
 
     let mut s2 = spec("bad-slot1", 2, port);
@@ -704,7 +711,7 @@ async fn stop_removes_everything_and_survives_a_restart() {
         .stored_events(&first)
         .unwrap()
         .into_iter()
-        .map(|e| e.stage)
+        .map(|e| e.stage.as_str().to_string())
         .collect();
     assert_eq!(
         stages.first().map(String::as_str),
@@ -1037,7 +1044,7 @@ async fn self_healing_restores_replicas_but_not_a_stopped_app() {
         .stored_events(&d1)
         .unwrap()
         .into_iter()
-        .map(|e| e.stage)
+        .map(|e| e.stage.as_str().to_string())
         .collect();
     assert!(stages.iter().any(|s| s == "heal"), "{stages:?}");
     let deadline = tokio::time::Instant::now() + Duration::from_secs(5);

@@ -5,6 +5,7 @@
 mod support;
 
 mod conformance;
+mod frontends;
 mod fuzz;
 mod proxy;
 mod proxy_health;

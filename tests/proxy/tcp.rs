@@ -137,13 +137,13 @@ fn hello(frontend: SocketAddr, source: Option<IpAddr>) -> std::io::Result<(TcpSt
 
 // ---------------------------------------------------------------- API client
 
-struct Api {
-    addr: SocketAddr,
-    token: String,
+pub(crate) struct Api {
+    pub(crate) addr: SocketAddr,
+    pub(crate) token: String,
 }
 
 impl Api {
-    fn call(&self, method: &str, path: &str, body: Option<Value>) -> (u16, Value) {
+    pub(crate) fn call(&self, method: &str, path: &str, body: Option<Value>) -> (u16, Value) {
         let body = body.map(|b| b.to_string()).unwrap_or_default();
         // No retry: a connection that reaches the old process's API as it drains is still
         // answered (with `Connection: close`), never dropped (issue 19).
@@ -185,7 +185,7 @@ impl Api {
         (status, serde_json::from_str(&body).unwrap_or(Value::Null))
     }
 
-    fn raw(&self, path: &str) -> String {
+    pub(crate) fn raw(&self, path: &str) -> String {
         let mut c = TcpStream::connect(self.addr).unwrap();
         write!(
             c,
@@ -198,7 +198,7 @@ impl Api {
         s
     }
 
-    fn frontend_addr(&self, name: &str) -> SocketAddr {
+    pub(crate) fn frontend_addr(&self, name: &str) -> SocketAddr {
         let (s, v) = self.call("GET", &format!("/v1/frontends/{name}"), None);
         assert_eq!(s, 200, "{v}");
         v["listening"][0].as_str().unwrap().parse().unwrap()
@@ -212,15 +212,15 @@ fn token_for(dir: &Path) -> String {
 
 // ---------------------------------------------------------------- in-process daemon
 
-struct InProc {
-    rt: tokio::runtime::Runtime,
-    running: Option<berth::daemon::Running>,
-    api: Api,
+pub(crate) struct InProc {
+    pub(crate) rt: tokio::runtime::Runtime,
+    pub(crate) running: Option<berth::daemon::Running>,
+    pub(crate) api: Api,
     _dir: tempfile::TempDir,
 }
 
 impl InProc {
-    fn start(yaml: &str) -> InProc {
+    pub(crate) fn start(yaml: &str) -> InProc {
         let dir = tempfile::tempdir().unwrap();
         let text = format!(
             "http:\n  listen: 127.0.0.1:0\napi:\n  listen: 127.0.0.1:0\ndata_dir: {}\nlog:\n  access_log: false\nproxy:\n  timeouts:\n    drain: 1s\n{yaml}",
@@ -643,10 +643,10 @@ fn drain_maint_limits_health_and_proxy_protocol() {
 
 // ---------------------------------------------------------------- upgrades (berthd processes)
 
-struct Proc {
+pub(crate) struct Proc {
     child: Child,
     config: PathBuf,
-    api: Api,
+    pub(crate) api: Api,
     logs: Arc<Mutex<Vec<String>>>,
     _dir: tempfile::TempDir,
 }
@@ -654,7 +654,7 @@ struct Proc {
 impl Proc {
     /// Drain and upgrade timeouts are long: connections must outlive every upgrade of a test
     /// even on a loaded machine (the drain bound would close them on purpose).
-    fn start(yaml: &str) -> Proc {
+    pub(crate) fn start(yaml: &str) -> Proc {
         let dir = tempfile::tempdir().unwrap();
         let text = format!(
             "http:\n  listen: 127.0.0.1:0\napi:\n  listen: 127.0.0.1:0\ndata_dir: {}\nlog:\n  access_log: false\nlifecycle:\n  upgrade_timeout: 120s\nproxy:\n  timeouts:\n    drain: 300s\n{yaml}",
@@ -712,7 +712,7 @@ impl Proc {
     }
 
     /// `berthd upgrade`; returns the new pid.
-    fn upgrade(&self) -> u32 {
+    pub(crate) fn upgrade(&self) -> u32 {
         let out = Command::new(BERTHD)
             .arg("--config")
             .arg(&self.config)
@@ -736,7 +736,7 @@ impl Proc {
         msg.split_whitespace().nth(2).unwrap().parse().unwrap()
     }
 
-    fn pid(&self) -> Option<i32> {
+    pub(crate) fn pid(&self) -> Option<i32> {
         let out = Command::new(BERTHD)
             .arg("--config")
             .arg(&self.config)
@@ -760,7 +760,7 @@ impl Drop for Proc {
         let _ = self.child.wait();
     }
 }
-fn kill_all(pids: &[u32]) {
+pub(crate) fn kill_all(pids: &[u32]) {
     for p in pids {
         // SAFETY: plain kill(2) on pids of berthd processes this test started.
         unsafe { libc::kill(*p as i32, libc::SIGKILL) };

@@ -296,7 +296,7 @@ pub async fn whoami(
     State(state): State<ApiState>,
     scopes: Option<axum::Extension<Scopes>>,
     token: Option<axum::Extension<TokenId>>,
-) -> Result<axum::Json<serde_json::Value>, ApiError> {
+) -> Result<axum::Json<crate::model::api::TokenInfo>, ApiError> {
     let Some(axum::Extension(scopes)) = scopes else {
         return Err(ApiError::Internal(
             "GET /v1/token reached without the token check".into(),
@@ -315,10 +315,10 @@ pub async fn whoami(
         }
         None => None,
     };
-    Ok(axum::Json(serde_json::json!({
-        "id": id,
-        "name": name,
-        "session": id.is_none(),
-        "scopes": scopes,
-    })))
+    Ok(axum::Json(crate::model::api::TokenInfo {
+        id,
+        name,
+        session: id.is_none(),
+        scopes,
+    }))
 }

@@ -1,12 +1,16 @@
 //! `berth apps`, `status`, `deployments`, `rollback`, `stop`, `logs`: one deployed app.
 
 use reqwest::Method;
-use serde_json::{json, Value};
+use serde::Serialize;
 
 use super::deploy::follow_deployment;
-use super::{connect, list, seg, when};
-use crate::client::output::{field, Out};
+use super::{connect, seg, when};
+use crate::client::output::{or_dash, Out};
 use crate::client::ClientError;
+use crate::model::api::{
+    App, AppDeleted, AppList, AppStopped, CertStatus, CertificateList, DeployAccepted,
+    DeploymentList, LogLine, RollbackInput,
+};
 
 pub(super) async fn delete(
     servers: &[String],
@@ -16,8 +20,8 @@ pub(super) async fn delete(
 ) -> Result<u8, ClientError> {
     let (_, api) = connect(servers).await?;
     let history = if keep_history { "keep" } else { "remove" };
-    let v: Value = api
-        .json(
+    let v: AppDeleted = api
+        .json::<_, ()>(
             Method::DELETE,
             &format!("/v1/apps/{}?history={history}", seg(&app)),
             None,
@@ -26,11 +30,10 @@ pub(super) async fn delete(
     if out.json {
         out.json(&v);
     } else {
-        let n = |k: &str| v.get(k).and_then(Value::as_u64).unwrap_or(0);
         out.line(&format!(
             "{app} deleted: {} replicas removed, {} deployments {}",
-            n("replicas_removed"),
-            n("deployments"),
+            v.replicas_removed,
+            v.deployments,
             if keep_history { "kept" } else { "removed" }
         ));
     }
@@ -39,13 +42,13 @@ pub(super) async fn delete(
 
 pub(super) async fn list_apps(servers: &[String], out: &Out) -> Result<u8, ClientError> {
     let (_, api) = connect(servers).await?;
-    let v: Value = api.json(Method::GET, "/v1/apps", None).await?;
+    let v: AppList = api.get("/v1/apps").await?;
     if out.json {
         out.json(&v);
     } else {
         out.table(
             &["app", "replicas", "health", "deployment", "domains"],
-            app_rows(&v, out),
+            app_rows(&v.apps, out),
         );
     }
     Ok(0)
@@ -57,26 +60,23 @@ pub(super) async fn deployments(
     out: &Out,
 ) -> Result<u8, ClientError> {
     let (_, api) = connect(servers).await?;
-    let v: Value = api
-        .json(
-            Method::GET,
-            &format!("/v1/apps/{}/deployments", seg(&app)),
-            None,
-        )
+    let v: DeploymentList = api
+        .get(&format!("/v1/apps/{}/deployments", seg(&app)))
         .await?;
     if out.json {
         out.json(&v);
     } else {
-        let rows = list(&v, "deployments")
+        let rows = v
+            .deployments
             .iter()
             .map(|d| {
                 vec![
-                    field(d, &["id"]),
-                    out.state(&field(d, &["state", "status"])),
-                    field(d, &["image", "spec.image"]),
-                    when(&field(d, &["created_at", "started_at"])),
-                    when(&field(d, &["finished_at"])),
-                    field(d, &["error", "reason"]),
+                    d.id.clone(),
+                    out.state(d.state.as_str()),
+                    d.spec.image.clone(),
+                    when(d.created_at),
+                    or_dash(d.finished_at.map(when)),
+                    or_dash(d.reason.as_deref()),
                 ]
             })
             .collect();
@@ -95,34 +95,26 @@ pub(super) async fn rollback(
     out: &Out,
 ) -> Result<u8, ClientError> {
     let (_, api) = connect(servers).await?;
-    let body = match &deployment {
-        Some(d) => json!({ "deployment": d }),
-        None => json!({}),
-    };
-    let v: Value = api
+    let body = RollbackInput { deployment };
+    let v: DeployAccepted = api
         .json(
             Method::POST,
             &format!("/v1/apps/{}/rollback", seg(&app)),
             Some(&body),
         )
         .await?;
-    let id = field(&v, &["id", "deployment", "deployment_id"]);
     if out.json {
         out.json(&v);
         return Ok(0);
     }
-    out.line(&format!("rolling back {app}: deployment {id}"));
-    follow_deployment(&api, &id, out, None).await
+    out.line(&format!("rolling back {app}: deployment {}", v.id));
+    follow_deployment(&api, &v.id, out, None).await
 }
 
 pub(super) async fn stop(servers: &[String], app: String, out: &Out) -> Result<u8, ClientError> {
     let (_, api) = connect(servers).await?;
-    let v: Value = api
-        .json(
-            Method::POST,
-            &format!("/v1/apps/{}/stop", seg(&app)),
-            Some(&json!({})),
-        )
+    let v: AppStopped = api
+        .json::<_, ()>(Method::POST, &format!("/v1/apps/{}/stop", seg(&app)), None)
         .await?;
     if out.json {
         out.json(&v);
@@ -145,13 +137,10 @@ pub(super) async fn logs(
         if out.json {
             out.line(data);
         } else {
-            match serde_json::from_str::<Value>(data) {
-                Ok(v) if v.get("line").is_some() => out.line(&format!(
-                    "{} {}",
-                    field(&v, &["container", "replica"]),
-                    field(&v, &["line"])
-                )),
-                _ => out.line(data),
+            match serde_json::from_str::<LogLine>(data) {
+                Ok(l) => out.line(&format!("{} {}", l.container, l.line)),
+                // An `error` event: its message as sent.
+                Err(_) => out.line(data),
             }
         }
         true
@@ -160,19 +149,27 @@ pub(super) async fn logs(
     Ok(0)
 }
 
-fn app_rows(v: &Value, out: &Out) -> Vec<Vec<String>> {
-    list(v, "apps")
-        .iter()
+fn app_rows(apps: &[App], out: &Out) -> Vec<Vec<String>> {
+    apps.iter()
         .map(|a| {
             vec![
-                field(a, &["name", "app"]),
-                field(a, &["ready", "replicas"]),
-                out.state(&field(a, &["health", "state"])),
-                field(a, &["current.id", "current_deployment", "deployment"]),
-                field(a, &["domains"]),
+                a.status.name.clone(),
+                a.ready.clone(),
+                out.state(a.health.as_str()),
+                or_dash(a.status.current.as_ref().map(|c| &c.id)),
+                a.domains.join(","),
             ]
         })
         .collect()
+}
+
+/// `berth status --json`.
+#[derive(Serialize)]
+struct StatusReport {
+    server: String,
+    apps: Vec<App>,
+    /// Empty when the token may not read them.
+    certificates: Vec<CertStatus>,
 }
 
 pub(super) async fn status(
@@ -181,21 +178,22 @@ pub(super) async fn status(
     out: &Out,
 ) -> Result<u8, ClientError> {
     let (name, api) = connect(servers).await?;
-    let apps: Value = match &app {
-        Some(a) => {
-            let one: Value = api
-                .json(Method::GET, &format!("/v1/apps/{}", seg(a)), None)
-                .await?;
-            Value::Array(vec![one])
-        }
-        None => api.json(Method::GET, "/v1/apps", None).await?,
+    let apps: Vec<App> = match &app {
+        Some(a) => vec![api.get(&format!("/v1/apps/{}", seg(a))).await?],
+        None => api.get::<AppList>("/v1/apps").await?.apps,
     };
-    let certs: Value = api
-        .json(Method::GET, "/v1/certificates", None)
+    // A deploy-scoped token may not read the certificates: the apps still show.
+    let certificates = api
+        .get::<CertificateList>("/v1/certificates")
         .await
-        .unwrap_or(Value::Null);
+        .map(|l| l.certificates)
+        .unwrap_or_default();
     if out.json {
-        out.json(&json!({ "server": name, "apps": apps, "certificates": certs }));
+        out.json(&StatusReport {
+            server: name,
+            apps,
+            certificates,
+        });
         return Ok(0);
     }
     out.line(&format!("server: {name}"));
@@ -204,49 +202,43 @@ pub(super) async fn status(
         app_rows(&apps, out),
     );
     // Secrets: names and fingerprints only (the server never sends a value).
-    for a in list(&apps, "apps") {
+    for a in &apps {
         let shown: Vec<String> = a
-            .pointer("/current/spec/secrets")
-            .and_then(Value::as_array)
-            .map(|l| {
-                l.iter()
-                    .map(|s| format!("{} ({})", field(s, &["name"]), field(s, &["fingerprint"])))
-                    .collect()
-            })
-            .unwrap_or_default();
+            .status
+            .current
+            .iter()
+            .flat_map(|c| c.spec.secrets.iter())
+            .map(|(name, s)| format!("{name} ({})", or_dash(s.fingerprint())))
+            .collect();
         if !shown.is_empty() {
-            out.line(&format!(
-                "{} secrets: {}",
-                field(a, &["name", "app"]),
-                shown.join(", ")
-            ));
+            out.line(&format!("{} secrets: {}", a.status.name, shown.join(", ")));
         }
     }
     // Pause / maintenance (issue 21): one line per app that has either on.
-    for a in list(&apps, "apps") {
-        let name = field(a, &["name", "app"]);
-        if let Some(m) = a.pointer("/gate/maintenance") {
+    for a in &apps {
+        let name = &a.status.name;
+        if let Some(m) = &a.status.gate.maintenance {
             out.line(&format!(
                 "{name}: maintenance on (503, Retry-After {}s)",
-                field(m, &["retry_after"])
+                m.retry_after
             ));
         }
-        if let Some(p) = a.pointer("/gate/paused") {
+        if let Some(p) = &a.status.gate.paused {
             out.line(&format!(
                 "{name}: paused (requests held up to {})",
-                field(p, &["timeout"])
+                humantime::format_duration(p.timeout)
             ));
         }
     }
-    let cert_rows: Vec<Vec<String>> = list(&certs, "certificates")
+    let cert_rows: Vec<Vec<String>> = certificates
         .iter()
         .map(|c| {
             vec![
-                field(c, &["domain"]),
-                field(c, &["issuer"]),
-                field(c, &["not_after"]),
-                field(c, &["next_renewal"]),
-                field(c, &["last_error"]),
+                c.domain.clone(),
+                or_dash(c.issuer.as_deref()),
+                or_dash(c.not_after.as_deref()),
+                or_dash(c.next_renewal.as_deref()),
+                or_dash(c.last_error.as_deref()),
             ]
         })
         .collect();

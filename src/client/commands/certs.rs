@@ -1,30 +1,31 @@
 //! `berth certs`: list certificates and retry an order.
 
 use reqwest::Method;
-use serde_json::{json, Value};
 
-use super::{connect, list, seg};
-use crate::client::output::{field, Out};
+use super::{connect, seg};
+use crate::client::output::{or_dash, Out};
 use crate::client::{CertsCmd, ClientError};
+use crate::model::api::{CertRetryQueued, CertSource, CertificateList};
 
 pub(super) async fn certs(servers: &[String], cmd: CertsCmd, out: &Out) -> Result<u8, ClientError> {
     let (_, api) = connect(servers).await?;
     match cmd {
         CertsCmd::List => {
-            let v: Value = api.json(Method::GET, "/v1/certificates", None).await?;
+            let v: CertificateList = api.get("/v1/certificates").await?;
             if out.json {
                 out.json(&v);
             } else {
-                let rows = list(&v, "certificates")
+                let rows = v
+                    .certificates
                     .iter()
                     .map(|c| {
                         vec![
-                            field(c, &["domain"]),
-                            field(c, &["source"]),
-                            field(c, &["issuer"]),
-                            field(c, &["not_after"]),
-                            field(c, &["next_renewal"]),
-                            field(c, &["last_error"]),
+                            c.domain.clone(),
+                            source_name(c.source).to_string(),
+                            or_dash(c.issuer.as_deref()),
+                            or_dash(c.not_after.as_deref()),
+                            or_dash(c.next_renewal.as_deref()),
+                            or_dash(c.last_error.as_deref()),
                         ]
                     })
                     .collect();
@@ -42,11 +43,11 @@ pub(super) async fn certs(servers: &[String], cmd: CertsCmd, out: &Out) -> Resul
             }
         }
         CertsCmd::Retry { domain } => {
-            let v: Value = api
-                .json(
+            let v: CertRetryQueued = api
+                .json::<_, ()>(
                     Method::POST,
                     &format!("/v1/certificates/{}/retry", seg(&domain)),
-                    Some(&json!({})),
+                    None,
                 )
                 .await?;
             if out.json {
@@ -54,10 +55,18 @@ pub(super) async fn certs(servers: &[String], cmd: CertsCmd, out: &Out) -> Resul
             } else {
                 out.line(&format!(
                     "{}: certificate order queued (see `berth certs`)",
-                    field(&v, &["domain"])
+                    v.domain
                 ));
             }
         }
     }
     Ok(0)
+}
+
+fn source_name(s: CertSource) -> &'static str {
+    match s {
+        CertSource::Acme => "acme",
+        CertSource::Manual => "manual",
+        CertSource::Default => "default",
+    }
 }

@@ -5,14 +5,15 @@ use std::time::{Duration, Instant};
 
 use indicatif::{MultiProgress, ProgressBar, ProgressStyle};
 use reqwest::Method;
-use serde_json::{json, Value};
+use serde::Serialize;
 
 use super::seg;
-use crate::client::api::Api;
+use crate::client::api::{read_json, Api};
 use crate::client::appfile::AppFile;
-use crate::client::output::{field, text, Out};
+use crate::client::output::Out;
 use crate::client::settings::Settings;
 use crate::client::ClientError;
+use crate::model::api::{App, DeployAccepted, DeployEvent, DeployRequest, DeployState};
 
 /// Where the image comes from for a deploy.
 enum ImageSource {
@@ -123,15 +124,16 @@ pub(super) async fn deploy(
             ImageSource::Reference(r) => r.clone(),
             ImageSource::Tar { image, .. } => image.clone(),
         };
-        let mut spec = app.to_spec(&image, &secrets);
+        let mut spec = app.to_spec(&image, &secrets)?;
         let tar = match &source {
             ImageSource::Tar { path, .. } => Some(path.clone()),
             _ => None,
         };
         // Only a pull needs the registry password; an uploaded image does not.
-        if let (Some(pw), None) = (&registry_password, &tar) {
-            spec["registry"]["password"] = json!(pw);
+        if let (Some(pw), None, Some(r)) = (&registry_password, &tar, &mut spec.registry) {
+            r.password = Some(pw.clone());
         }
+        let spec = DeployRequest::new(spec);
         let bar = multi.add(ProgressBar::new(0));
         bar.set_prefix(target.clone());
         let app_name = app.name.clone();
@@ -151,56 +153,73 @@ pub(super) async fn deploy(
     }
     let mut code = 0u8;
     let mut summary = Vec::new();
-    for (target, r) in results {
+    for (server, r) in results {
         match r {
             Ok(state) => {
                 if state != "succeeded" && !detach {
                     code = code.max(crate::client::exit::FAILURE);
                 }
-                summary.push(json!({"server": target, "state": state}));
+                summary.push(TargetOutcome {
+                    server,
+                    state: Some(state),
+                    error: None,
+                });
             }
             Err(e) => {
                 code = code.max(e.exit_code());
-                out.error(&format!("{target}: {e}"));
-                summary.push(json!({"server": target, "error": e.to_string()}));
+                out.error(&format!("{server}: {e}"));
+                summary.push(TargetOutcome {
+                    server,
+                    state: None,
+                    error: Some(e.to_string()),
+                });
             }
         }
     }
     if out.json {
-        out.json(&Value::Array(summary));
+        out.json(&summary);
     }
     Ok(code)
+}
+
+/// One line of `berth deploy --json`: how the deploy to one server ended.
+#[derive(Serialize)]
+struct TargetOutcome {
+    server: String,
+    /// `succeeded`, `failed`, or `accepted` (`--detach`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    state: Option<&'static str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    error: Option<String>,
 }
 
 #[allow(clippy::too_many_arguments)]
 async fn deploy_one(
     api: &Api,
     app: &str,
-    spec: Value,
+    spec: DeployRequest,
     tar: Option<PathBuf>,
     detach: bool,
     out: &Out,
     bar: &ProgressBar,
     multi_target: bool,
-) -> Result<String, ClientError> {
+) -> Result<&'static str, ClientError> {
     api.check_version().await?;
     let path = format!("/v1/apps/{}/deploy", seg(app));
-    let accepted: Value = match tar {
+    let accepted: DeployAccepted = match tar {
         None => api.json(Method::POST, &path, Some(&spec)).await?,
         Some(tar) => {
             // A deploy already running would refuse the upload only after the server stopped
             // reading it (the client then sees "Broken pipe"): ask first, so the answer is the
             // conflict (exit 5). The server checks again before reading the image part.
-            let status: Result<Value, ClientError> = api
-                .json(Method::GET, &format!("/v1/apps/{}", seg(app)), None)
-                .await;
+            let status: Result<App, ClientError> = api.get(&format!("/v1/apps/{}", seg(app))).await;
             if let Ok(running) = status {
-                if let Some(id) = running.get("deploying").and_then(Value::as_str) {
+                if let Some(id) = &running.status.deploying {
                     return Err(ClientError::Api {
                         status: 409,
                         message: format!("app {app} already has a deployment in progress: {id}"),
                         field: None,
-                        detail: Value::Null,
+                        detail: None,
                     });
                 }
             }
@@ -230,7 +249,9 @@ async fn deploy_one(
             .file_name("image.tar")
             .mime_str("application/x-tar")
             .map_err(|e| ClientError::Other(e.to_string()))?;
-            let spec_part = reqwest::multipart::Part::text(spec.to_string())
+            let spec_json = serde_json::to_string(&spec)
+                .map_err(|e| ClientError::Other(format!("cannot encode the app spec: {e}")))?;
+            let spec_part = reqwest::multipart::Part::text(spec_json)
                 .mime_str("application/json")
                 .map_err(|e| ClientError::Other(e.to_string()))?;
             let form = reqwest::multipart::Form::new()
@@ -264,24 +285,22 @@ async fn deploy_one(
             if !out.tty && !out.json {
                 out.line(&format!("uploaded {len} bytes"));
             }
-            resp.json()
-                .await
-                .map_err(|e| ClientError::Other(format!("unexpected answer from berthd: {e}")))?
+            read_json(resp).await?
         }
     };
-    let id = field(&accepted, &["id", "deployment", "deployment_id"]);
+    let id = accepted.id;
     if detach {
         if !out.json {
             out.line(&format!("deployment {id} accepted"));
         }
-        return Ok("accepted".into());
+        return Ok("accepted");
     }
     if !out.json {
         out.line(&format!("deploying {app}: deployment {id}"));
     }
     let prefix = multi_target.then(|| bar.prefix());
     let state = follow_deployment_state(api, &id, out, prefix).await?;
-    Ok(state)
+    Ok(state.as_str())
 }
 
 /// Follows a deployment's events and returns the exit code (0 only when it succeeded).
@@ -292,14 +311,12 @@ pub async fn follow_deployment(
     prefix: Option<String>,
 ) -> Result<u8, ClientError> {
     let state = follow_deployment_state(api, id, out, prefix).await?;
-    Ok(if state == "succeeded" {
+    Ok(if state == DeployState::Succeeded {
         0
     } else {
         crate::client::exit::FAILURE
     })
 }
-
-const TERMINAL: &[&str] = &["succeeded", "failed", "aborted", "rolled_back", "cancelled"];
 
 /// How long `berth deploy` keeps reconnecting to a deployment's events after the connection
 /// dropped (an upgrade hands the API to a new berthd process; a restart takes a few seconds).
@@ -310,63 +327,49 @@ async fn follow_deployment_state(
     id: &str,
     out: &Out,
     prefix: Option<String>,
-) -> Result<String, ClientError> {
+) -> Result<DeployState, ClientError> {
     let start = Instant::now();
-    let mut last_state = String::from("unknown");
     let pfx = prefix.map(|p| format!("{p}: ")).unwrap_or_default();
     // Every connection replays the log from the start: print each event once.
     let mut seen = std::collections::HashSet::<String>::new();
     let mut lost_at: Option<Instant> = None;
     loop {
-        let mut finished = false;
+        let mut finished: Option<DeployState> = None;
+        let mut bad: Option<ClientError> = None;
         let res = api
             .sse(
                 &format!("/v1/deployments/{}/events", seg(id)),
                 |name, data| {
-                    if !seen.insert(data.to_string()) {
+                    if name != "message" || !seen.insert(data.to_string()) {
                         return true;
                     }
                     lost_at = None;
-                    let v: Value =
-                        serde_json::from_str(data).unwrap_or(Value::String(data.to_string()));
-                    let stage = field(&v, &["stage", "step", "kind"]);
-                    let message = field(&v, &["message", "detail"]);
-                    let state = v
-                        .get("state")
-                        .or_else(|| v.get("status"))
-                        .map(text)
-                        .unwrap_or_default();
+                    let ev: DeployEvent = match serde_json::from_str(data) {
+                        Ok(ev) => ev,
+                        Err(e) => {
+                            bad = Some(ClientError::Other(format!(
+                                "unexpected deployment event from berthd: {e}: {data}"
+                            )));
+                            return false;
+                        }
+                    };
                     if out.json {
                         out.line(data);
                     } else {
-                        let elapsed = start.elapsed().as_secs_f64();
-                        let mark = if TERMINAL.contains(&state.as_str()) {
-                            out.state(&state)
-                        } else {
-                            "·".into()
-                        };
-                        let msg = if message == "-" {
-                            String::new()
-                        } else {
-                            format!(" {message}")
-                        };
-                        if stage == state {
-                            out.line(&format!("{pfx}{mark}{msg} ({elapsed:.1}s)"));
-                        } else {
-                            out.line(&format!("{pfx}{mark} {stage}{msg} ({elapsed:.1}s)"));
-                        }
+                        out.line(&progress_line(&pfx, &ev, start.elapsed(), out));
                     }
-                    if !state.is_empty() {
-                        last_state = state.clone();
+                    if ev.state != DeployState::Running {
+                        finished = Some(ev.state);
                     }
-                    finished =
-                        TERMINAL.contains(&state.as_str()) || name == "done" || name == "end";
-                    !finished
+                    finished.is_none()
                 },
             )
             .await;
-        if finished {
-            return Ok(last_state);
+        if let Some(e) = bad {
+            return Err(e);
+        }
+        if let Some(state) = finished {
+            return Ok(state);
         }
         // The stream ended before the deployment did (berthd upgraded or restarted): the
         // deployment goes on in the new process; follow it there.
@@ -393,5 +396,44 @@ async fn follow_deployment_state(
             });
         }
         tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+/// One progress line: `· STAGE MESSAGE (1.2s)`; the last event shows its outcome instead of
+/// the dot (`succeeded MESSAGE (9.9s)`).
+fn progress_line(pfx: &str, ev: &DeployEvent, elapsed: Duration, out: &Out) -> String {
+    let elapsed = elapsed.as_secs_f64();
+    let mark = if ev.state == DeployState::Running {
+        "·".to_string()
+    } else {
+        out.state(ev.state.as_str())
+    };
+    let msg = &ev.message;
+    if ev.stage.as_str() == ev.state.as_str() {
+        format!("{pfx}{mark} {msg} ({elapsed:.1}s)")
+    } else {
+        format!("{pfx}{mark} {} {msg} ({elapsed:.1}s)", ev.stage)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::api::Stage;
+
+    #[test]
+    fn progress_lines() {
+        let out = Out::plain(false);
+        let t = Duration::from_millis(1234);
+        let ev = DeployEvent::new("d1", 0, Stage::Routed, "replica 1 takes traffic".into());
+        assert_eq!(
+            progress_line("", &ev, t, &out),
+            "· routed replica 1 takes traffic (1.2s)"
+        );
+        let ev = DeployEvent::new("d1", 0, Stage::Succeeded, "2 replicas".into());
+        assert_eq!(
+            progress_line("prod: ", &ev, t, &out),
+            "prod: succeeded 2 replicas (1.2s)"
+        );
     }
 }

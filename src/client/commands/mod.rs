@@ -13,8 +13,6 @@ mod traffic;
 
 pub use deploy::follow_deployment;
 
-use serde_json::Value;
-
 use super::api::Api;
 use super::output::Out;
 use super::settings::Settings;
@@ -70,28 +68,9 @@ pub async fn run(cli: Cli, out: &Out) -> Result<u8, ClientError> {
     }
 }
 
-/// Unix milliseconds (or seconds) from the API as an RFC 3339 time; other text unchanged.
-pub(super) fn when(v: &str) -> String {
-    match v.parse::<u64>() {
-        Ok(n) => {
-            let secs = if n > 100_000_000_000 { n / 1000 } else { n };
-            humantime::format_rfc3339_seconds(
-                std::time::UNIX_EPOCH + std::time::Duration::from_secs(secs),
-            )
-            .to_string()
-        }
-        Err(_) => v.to_string(),
-    }
-}
-
-pub(super) fn list<'a>(v: &'a Value, key: &str) -> Vec<&'a Value> {
-    match v {
-        Value::Array(a) => a.iter().collect(),
-        Value::Object(o) => o
-            .get(key)
-            .and_then(Value::as_array)
-            .map(|a| a.iter().collect())
-            .unwrap_or_default(),
-        _ => Vec::new(),
-    }
+/// Unix milliseconds from the API as an RFC 3339 time (seconds precision).
+pub(super) fn when(ms: i64) -> String {
+    let secs = u64::try_from(ms / 1000).unwrap_or(0);
+    humantime::format_rfc3339_seconds(std::time::UNIX_EPOCH + std::time::Duration::from_secs(secs))
+        .to_string()
 }

@@ -4,11 +4,12 @@ use std::io::Read;
 use std::path::Path;
 
 use reqwest::Method;
-use serde_json::{json, Value};
 
-use super::{connect, list, seg};
-use crate::client::output::{field, Out};
+use super::{connect, seg};
+use crate::client::output::{or_dash, Out};
 use crate::client::{BackendsCmd, ClientError, RoutesCmd};
+use crate::model::api::{BackendList, BackendView, RouteList, RouteView, StateInput};
+use crate::model::route::{BackendSpec, BalancerKind, RouteSpec, ServerState};
 
 pub(super) async fn routes(
     servers: &[String],
@@ -18,29 +19,11 @@ pub(super) async fn routes(
     let (_, api) = connect(servers).await?;
     match cmd {
         RoutesCmd::List => {
-            let v: Value = api.json(Method::GET, "/v1/routes", None).await?;
+            let v: RouteList = api.get("/v1/routes").await?;
             if out.json {
                 out.json(&v);
             } else {
-                let rows = list(&v, "routes")
-                    .iter()
-                    .map(|r| {
-                        let backends = r
-                            .get("backends")
-                            .or_else(|| r.get("spec").and_then(|s| s.get("backends")))
-                            .and_then(Value::as_array)
-                            .map(|b| b.len().to_string())
-                            .unwrap_or_else(|| "-".into());
-                        vec![
-                            field(r, &["name"]),
-                            field(r, &["domains", "spec.domains"]),
-                            field(r, &["path_prefix", "spec.path_prefix"]),
-                            field(r, &["balancer", "spec.balancer"]),
-                            backends,
-                            field(r, &["source"]),
-                        ]
-                    })
-                    .collect();
+                let rows = v.routes.iter().map(route_row).collect();
                 out.table(
                     &[
                         "name", "domains", "prefix", "balancer", "backends", "source",
@@ -50,9 +33,7 @@ pub(super) async fn routes(
             }
         }
         RoutesCmd::Get { name } => {
-            let v: Value = api
-                .json(Method::GET, &format!("/v1/routes/{}", seg(&name)), None)
-                .await?;
+            let v: RouteView = api.get(&format!("/v1/routes/{}", seg(&name))).await?;
             out.json(&v);
         }
         RoutesCmd::Put { name, file } => {
@@ -66,13 +47,15 @@ pub(super) async fn routes(
                 std::fs::read_to_string(&file)
                     .map_err(|e| ClientError::Usage(format!("{}: {e}", file.display())))?
             };
-            let body: Value = serde_yaml::from_str(&text).map_err(|e| ClientError::AppFile {
-                path: file.clone(),
-                line: e.location().map(|l| l.line()),
-                key: String::new(),
-                message: e.to_string(),
-            })?;
-            let v: Value = api
+            // Parsed with the daemon's own type: a typo is named here, with its line.
+            let body: RouteSpec =
+                serde_yaml::from_str(&text).map_err(|e| ClientError::AppFile {
+                    path: file.clone(),
+                    line: e.location().map(|l| l.line()),
+                    key: String::new(),
+                    message: e.to_string(),
+                })?;
+            let v: RouteView = api
                 .json(
                     Method::PUT,
                     &format!("/v1/routes/{}", seg(&name)),
@@ -104,19 +87,20 @@ pub(super) async fn backends(
     let base = format!("/v1/routes/{}/backends", seg(route));
     let (id, state) = match &action {
         BackendsCmd::List => {
-            let v: Value = api.json(Method::GET, &base, None).await?;
+            let v: BackendList = api.get(&base).await?;
             if out.json {
                 out.json(&v);
             } else {
-                let rows = list(&v, "backends")
+                let rows = v
+                    .backends
                     .iter()
                     .map(|b| {
                         vec![
-                            field(b, &["id"]),
-                            field(b, &["address"]),
-                            field(b, &["weight"]),
-                            out.state(&field(b, &["state"])),
-                            out.state(&field(b, &["health"])),
+                            b.spec.id(),
+                            b.spec.address.to_string(),
+                            b.spec.weight.to_string(),
+                            out.state(state_name(b.spec.state)),
+                            out.state(&or_dash(b.health.map(|h| h.as_str()))),
                         ]
                     })
                     .collect();
@@ -124,17 +108,19 @@ pub(super) async fn backends(
             }
             return Ok(0);
         }
-        BackendsCmd::Drain { id } => (id, "drain"),
-        BackendsCmd::Ready { id } => (id, "ready"),
-        BackendsCmd::Maint { id } => (id, "maint"),
+        BackendsCmd::Drain { id } => (id, ServerState::Drain),
+        BackendsCmd::Ready { id } => (id, ServerState::Ready),
+        BackendsCmd::Maint { id } => (id, ServerState::Maint),
         BackendsCmd::Weight { id, weight } => {
             let path = format!("{base}/{}", seg(id));
-            let mut b: Value = api.json(Method::GET, &path, None).await?;
-            b["weight"] = json!(weight);
-            if let Some(o) = b.as_object_mut() {
-                o.retain(|k, _| matches!(k.as_str(), "address" | "weight" | "state"));
-            }
-            let v: Value = api.json(Method::PUT, &path, Some(&b)).await?;
+            let b: BackendView = api.get(&path).await?;
+            // The backend as it is, with the new weight (the id comes from the path).
+            let body = BackendSpec {
+                id: None,
+                weight: *weight,
+                ..b.spec
+            };
+            let v: BackendView = api.json(Method::PUT, &path, Some(&body)).await?;
             if out.json {
                 out.json(&v);
             } else {
@@ -143,17 +129,48 @@ pub(super) async fn backends(
             return Ok(0);
         }
     };
-    let v: Value = api
+    let v: BackendView = api
         .json(
             Method::PUT,
             &format!("{base}/{}/state", seg(id)),
-            Some(&json!({ "state": state })),
+            Some(&StateInput { state }),
         )
         .await?;
     if out.json {
         out.json(&v);
     } else {
-        out.line(&format!("{route}/{id}: {}", out.state(state)));
+        out.line(&format!("{route}/{id}: {}", out.state(state_name(state))));
     }
     Ok(0)
+}
+
+fn state_name(s: ServerState) -> &'static str {
+    match s {
+        ServerState::Ready => "ready",
+        ServerState::Drain => "drain",
+        ServerState::Maint => "maint",
+    }
+}
+
+/// A balancer as the API writes it: `round_robin`, or the tagged form as JSON.
+fn balancer_name(b: &BalancerKind) -> String {
+    let text = serde_json::to_string(b).unwrap_or_default();
+    match text.strip_prefix('"').and_then(|t| t.strip_suffix('"')) {
+        Some(name) => name.to_string(),
+        None => text,
+    }
+}
+
+/// `berth routes list`: name, domains, prefix, balancer, backends, source.
+fn route_row(r: &RouteView) -> Vec<String> {
+    let s = &r.spec;
+    let domains: Vec<String> = s.domains.iter().map(|d| d.to_string()).collect();
+    vec![
+        r.name.clone(),
+        domains.join(","),
+        or_dash(s.path_prefix.as_ref().map(|p| p.as_str())),
+        balancer_name(&s.balancer),
+        s.backends.len().to_string(),
+        r.source.as_str().to_string(),
+    ]
 }

@@ -2,13 +2,13 @@
 
 use std::io::Read;
 
-use reqwest::Method;
-use serde_json::{json, Value};
+use serde::Serialize;
 
 use crate::client::api::{check_url, Api};
-use crate::client::output::{field, Out};
+use crate::client::output::Out;
 use crate::client::settings::{Server, Settings};
 use crate::client::{ClientError, ServerCmd};
+use crate::model::api::{RouteList, TokenInfo};
 
 pub(super) async fn server(cmd: ServerCmd, out: &Out) -> Result<u8, ClientError> {
     let mut settings = Settings::load()?;
@@ -57,18 +57,17 @@ pub(super) async fn server(cmd: ServerCmd, out: &Out) -> Result<u8, ClientError>
                 let v = api.check_version().await?;
                 // An authenticated call any token may make proves the token works (a daemon
                 // from before token scopes has no /v1/token: then any read will do).
-                let scopes = match api.json::<Value>(Method::GET, "/v1/token", None).await {
-                    Ok(t) => field(&t, &["scopes"]),
+                let scopes = match api.get::<TokenInfo>("/v1/token").await {
+                    Ok(t) => t.scopes.to_string(),
                     Err(ClientError::Api { status: 404, .. }) => {
-                        let _: Value = api.json(Method::GET, "/v1/routes", None).await?;
+                        let _: RouteList = api.get("/v1/routes").await?;
                         "admin".into()
                     }
                     Err(e) => return Err(e),
                 };
                 out.line(&format!(
                     "connected to berthd {} at {} (token scopes: {scopes})",
-                    field(&v, &["version"]),
-                    server.url
+                    v.berthd, server.url
                 ));
             }
             settings.servers.insert(name.clone(), server);
@@ -81,14 +80,16 @@ pub(super) async fn server(cmd: ServerCmd, out: &Out) -> Result<u8, ClientError>
         }
         ServerCmd::List => {
             if out.json {
-                let list: Vec<Value> = settings
+                let list: Vec<ServerLine> = settings
                     .servers
                     .iter()
-                    .map(|(n, s)| {
-                        json!({"name": n, "url": s.url, "current": settings.current.as_deref() == Some(n)})
+                    .map(|(n, s)| ServerLine {
+                        current: settings.current.as_deref() == Some(n),
+                        name: n,
+                        url: &s.url,
                     })
                     .collect();
-                out.json(&Value::Array(list));
+                out.json(&list);
             } else {
                 let rows = settings
                     .servers
@@ -127,4 +128,12 @@ pub(super) async fn server(cmd: ServerCmd, out: &Out) -> Result<u8, ClientError>
             Ok(0)
         }
     }
+}
+
+/// One line of `berth server list --json`.
+#[derive(Serialize)]
+struct ServerLine<'a> {
+    current: bool,
+    name: &'a str,
+    url: &'a str,
 }

@@ -3,7 +3,8 @@
 //! field at fault.
 
 use reqwest::Method;
-use serde_json::{json, Value};
+
+use crate::model::traffic::{AppGate, Maintenance, Pause};
 
 use super::super::output::Out;
 use super::super::{ClientError, Command};
@@ -12,24 +13,27 @@ use super::{connect, seg};
 /// Runs one of the gate commands.
 pub async fn run(servers: &[String], cmd: Command, out: &Out) -> Result<u8, ClientError> {
     let (_, api) = connect(servers).await?;
-    let (app, v, line): (String, Value, String) = match cmd {
+    let (app, v, line): (String, AppGate, String) = match cmd {
         Command::Pause { app, timeout } => {
             let v = api
                 .json(
                     Method::POST,
                     &format!("/v1/apps/{}/pause", seg(&app)),
-                    Some(&json!({ "timeout": timeout })),
+                    Some(&Pause { timeout }),
                 )
                 .await?;
-            let line = format!("{app} paused: new requests are held (up to {timeout} each) until `berth resume {app}`");
+            let line = format!(
+                "{app} paused: new requests are held (up to {} each) until `berth resume {app}`",
+                humantime::format_duration(timeout)
+            );
             (app, v, line)
         }
         Command::Resume { app } => {
             let v = api
-                .json(
+                .json::<_, ()>(
                     Method::POST,
                     &format!("/v1/apps/{}/resume", seg(&app)),
-                    Some(&json!({})),
+                    None,
                 )
                 .await?;
             let line = format!("{app} resumed");
@@ -44,20 +48,16 @@ pub async fn run(servers: &[String], cmd: Command, out: &Out) -> Result<u8, Clie
         } => {
             let path = format!("/v1/apps/{}/maintenance", seg(&app));
             if state == "off" {
-                let v = api.json(Method::DELETE, &path, None).await?;
+                let v = api.json::<_, ()>(Method::DELETE, &path, None).await?;
                 let line = format!("{app}: maintenance off, traffic restored");
                 (app, v, line)
             } else {
-                let mut body = json!({});
-                if let Some(m) = message {
-                    body["message"] = json!(m);
-                }
-                if let Some(r) = retry_after {
-                    body["retry_after"] = json!(r);
-                }
-                if !allow.is_empty() {
-                    body["allow"] = json!(allow);
-                }
+                let d = Maintenance::default();
+                let body = Maintenance {
+                    message,
+                    retry_after: retry_after.unwrap_or(d.retry_after),
+                    allow,
+                };
                 let v = api.json(Method::PUT, &path, Some(&body)).await?;
                 let line = format!("{app}: maintenance on (503 with Retry-After)");
                 (app, v, line)

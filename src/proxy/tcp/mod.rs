@@ -31,7 +31,7 @@ use crate::model::balance::RoundRobin;
 use crate::model::frontend::{listener_name, validate_set, FrontendSpec};
 use crate::model::health::BackendHealth;
 use crate::model::pool::{
-    parse_member_address, PoolBalance, PoolSpec, ProxyProtocol, TcpCheckSpec,
+    parse_member_address, AppReplicas, PoolBalance, PoolSpec, ProxyProtocol, TcpCheckSpec,
 };
 use crate::model::route::{RouteError, ServerState};
 
@@ -163,6 +163,16 @@ struct ListenerRt {
     fd: std::os::fd::RawFd,
     stop: watch::Sender<bool>,
     task: JoinHandle<()>,
+    /// HTTP listeners: resolves when the socket is closed (their task goes on draining).
+    closed: Option<tokio::sync::oneshot::Receiver<()>>,
+}
+
+impl ListenerRt {
+    /// Whether this listener already listens on `addr` as bound (configured, or the port the
+    /// kernel chose for a port-0 bind).
+    fn serves(&self, addr: SocketAddr) -> bool {
+        addr.port() != 0 && (self.addr == addr || self.local == addr)
+    }
 }
 
 struct FrontendEntry {
@@ -216,6 +226,10 @@ pub struct TcpProxy {
     pub conns: Arc<ConnTracker>,
     /// Frontend counters by name, for stats readers that must not wait on `ctl`.
     counters: ArcSwap<Vec<(String, Arc<FrontendShared>)>>,
+    /// The HTTP proxy that serves `mode: http` frontends.
+    http: Arc<super::Proxy>,
+    /// Deployed apps' replicas (the deploy engine's feed) for pools that follow an app.
+    apps: watch::Receiver<Arc<AppReplicas>>,
 }
 
 impl TcpProxy {
@@ -226,6 +240,8 @@ impl TcpProxy {
         reserved: Vec<(&'static str, SocketAddr)>,
         drain: Duration,
         stop: watch::Receiver<bool>,
+        http: Arc<super::Proxy>,
+        apps: watch::Receiver<Arc<AppReplicas>>,
     ) -> Arc<Self> {
         let me = Arc::new(Self {
             ctl: tokio::sync::Mutex::new(Control::default()),
@@ -236,8 +252,11 @@ impl TcpProxy {
             stop: stop.clone(),
             conns: Arc::new(ConnTracker::default()),
             counters: ArcSwap::from_pointee(Vec::new()),
+            http,
+            apps: apps.clone(),
         });
-        tokio::spawn(health::run(me.pools.clone(), stop));
+        tokio::spawn(health::run(me.pools.clone(), stop.clone()));
+        tokio::spawn(follow_apps(Arc::downgrade(&me), apps, stop));
         me
     }
 
@@ -296,10 +315,12 @@ impl TcpProxy {
             }
         }
         for ((_, f, ro), listeners) in fes.into_iter().zip(bound) {
+            self.publish_http(&ctl, Some(&f));
             let entry = self.start_frontend(f, ro, listeners);
             ctl.frontends.insert(entry.spec.name().to_string(), entry);
         }
         self.refresh_counters(&ctl);
+        self.publish_http(&ctl, None);
         Ok(())
     }
 
@@ -313,11 +334,7 @@ impl TcpProxy {
     ) -> Result<Vec<(String, SocketAddr, std::net::TcpListener)>, TcpError> {
         let mut out = Vec::new();
         for (i, addr) in f.addrs().into_iter().enumerate() {
-            if old.is_some_and(|o| {
-                o.listeners
-                    .iter()
-                    .any(|l| l.addr == addr && addr.port() != 0)
-            }) {
+            if old.is_some_and(|o| o.listeners.iter().any(|l| l.serves(addr))) {
                 continue;
             }
             let name = listener_name(f.name(), i);
@@ -361,6 +378,19 @@ impl TcpProxy {
         };
         let local = listener.local_addr().unwrap_or(addr);
         let (stop_tx, stop_rx) = watch::channel(false);
+        if cfg.load().mode == crate::model::frontend::Mode::Http {
+            let (task, closed) = self.spawn_http_listener(cfg, shared, listener, &stop_tx, stop_rx);
+            tracing::info!(frontend = %cfg.load().name(), listener = %name, %local, "http frontend listening");
+            return Some(ListenerRt {
+                name,
+                addr,
+                local,
+                fd,
+                stop: stop_tx,
+                task,
+                closed: Some(closed),
+            });
+        }
         let task = tokio::spawn(accept_loop(
             listener,
             cfg.clone(),
@@ -378,7 +408,93 @@ impl TcpProxy {
             fd,
             stop: stop_tx,
             task,
+            closed: None,
         })
+    }
+
+    /// An HTTP frontend's listener: the proxy's own accept loop and connection handling, each
+    /// connection tagged with its frontend (rules route it). Stops on the listener's own
+    /// signal or the process's.
+    fn spawn_http_listener(
+        &self,
+        cfg: &Arc<ArcSwap<FrontendSpec>>,
+        shared: &Arc<FrontendShared>,
+        listener: tokio::net::TcpListener,
+        stop_tx: &watch::Sender<bool>,
+        stop_rx: watch::Receiver<bool>,
+    ) -> (JoinHandle<()>, tokio::sync::oneshot::Receiver<()>) {
+        let mut process = self.stop.clone();
+        let tx = stop_tx.clone();
+        tokio::spawn(async move {
+            loop {
+                if *process.borrow() {
+                    let _ = tx.send(true);
+                    return;
+                }
+                tokio::select! {
+                    r = process.changed() => if r.is_err() { return },
+                    _ = tx.closed() => return,
+                }
+            }
+        });
+        let proxy = self.http.clone();
+        let builder = Arc::new(super::server::connection_builder(&proxy));
+        let name: Arc<str> = Arc::from(cfg.load().name());
+        let rules = self.http.frontends.cell(&name);
+        let (cfg, shared, conns) = (cfg.clone(), shared.clone(), self.conns.clone());
+        let (closed_tx, closed_rx) = tokio::sync::oneshot::channel();
+        let serve = move |stream: tokio::net::TcpStream, peer: SocketAddr, drain| {
+            let fc = Arc::new(super::frontends::FrontendConn {
+                name: name.clone(),
+                rules: rules.clone(),
+                keepalive: cfg.load().keepalive,
+            });
+            let (proxy, builder, shared) = (proxy.clone(), builder.clone(), shared.clone());
+            let guard = conns.enter();
+            async move {
+                shared.stats.total.fetch_add(1, Ordering::Relaxed);
+                shared.stats.active.fetch_add(1, Ordering::Relaxed);
+                super::server::serve_connection_on(
+                    proxy,
+                    builder,
+                    super::net::SendStream::new(stream),
+                    peer,
+                    "http",
+                    drain,
+                    Some(fc),
+                )
+                .await;
+                shared.stats.active.fetch_sub(1, Ordering::Relaxed);
+                drop(guard);
+            }
+        };
+        let task = tokio::spawn(super::server::accept_loop_until(
+            listener,
+            stop_rx,
+            self.drain,
+            "frontend connections",
+            serve,
+            Some(closed_tx),
+        ));
+        (task, closed_rx)
+    }
+
+    /// Publishes the HTTP frontends' rule tables and the pools' routes (with `extra`, a
+    /// frontend about to start).
+    fn publish_http(&self, ctl: &Control, extra: Option<&FrontendSpec>) {
+        let apps = self.apps.borrow().clone();
+        let pools: Vec<PoolSpec> = ctl.pools.values().map(|p| p.spec.resolved(&apps)).collect();
+        let r = self.http.frontends.publish(
+            ctl.frontends
+                .values()
+                .map(|f| &f.spec)
+                .filter(|f| extra.is_none_or(|x| x.name() != f.name()))
+                .chain(extra),
+            pools.iter(),
+        );
+        if let Err(e) = r {
+            tracing::error!(error = %e, "an HTTP frontend or pool could not be compiled; its requests get 503");
+        }
     }
 
     fn start_frontend(
@@ -408,11 +524,12 @@ impl TcpProxy {
     /// Builds and publishes the pool snapshots from `ctl`, carrying member runtimes over.
     fn publish_pools(&self, ctl: &Control) {
         let old = self.pools.load_full();
+        let apps = self.apps.borrow().clone();
         let mut next = Pools::new();
         for (name, entry) in &ctl.pools {
             let prev = old.get(name);
-            let members: Vec<Member> = entry
-                .spec
+            let spec = entry.spec.resolved(&apps);
+            let members: Vec<Member> = spec
                 .members
                 .iter()
                 .filter_map(|m| {
@@ -490,6 +607,11 @@ impl TcpProxy {
             }
         }
         out
+    }
+
+    /// The daemon's own listeners (name, bound address) that no frontend may overlap.
+    pub fn reserved(&self) -> &[(&'static str, SocketAddr)] {
+        &self.reserved
     }
 
     /// Frontends with their live addresses.
@@ -625,7 +747,60 @@ impl TcpProxy {
             },
         );
         self.publish_pools(&ctl);
+        self.publish_http(&ctl, None);
         Ok(!existed)
+    }
+
+    /// Switches a pool that follows an app to another version (deployment): its members
+    /// become that deployment's replicas; the old ones get no new traffic and their open
+    /// connections and requests finish. Returns the pool's new spec.
+    pub async fn set_version<E>(
+        &self,
+        name: &str,
+        version: String,
+        persist: impl FnOnce(&PoolSpec) -> Result<(), E>,
+    ) -> Result<PoolSpec, ChangeError<E>> {
+        let mut ctl = self.ctl.lock().await;
+        let entry = match ctl.pools.get(name) {
+            None => {
+                return Err(TcpError::NotFound {
+                    what: "pool",
+                    name: name.into(),
+                }
+                .into())
+            }
+            Some(p) if p.read_only => {
+                return Err(TcpError::ReadOnly {
+                    what: "pool",
+                    name: name.into(),
+                }
+                .into())
+            }
+            Some(p) => p,
+        };
+        if entry.spec.app.is_none() {
+            return Err(TcpError::Invalid(RouteError {
+                field: "version".into(),
+                message: format!("pool {name:?} does not follow an app (set `app` first)"),
+            })
+            .into());
+        }
+        let spec = PoolSpec {
+            version: Some(version),
+            ..entry.spec.clone()
+        };
+        spec.validate("")?;
+        persist(&spec).map_err(ChangeError::Persist)?;
+        ctl.pools.insert(
+            name.to_string(),
+            PoolEntry {
+                spec: spec.clone(),
+                read_only: false,
+            },
+        );
+        self.publish_pools(&ctl);
+        self.publish_http(&ctl, None);
+        Ok(spec)
     }
 
     /// Removes a pool no frontend uses.
@@ -664,6 +839,7 @@ impl TcpProxy {
         persist(name).map_err(ChangeError::Persist)?;
         ctl.pools.remove(name);
         self.publish_pools(&ctl);
+        self.publish_http(&ctl, None);
         Ok(())
     }
 
@@ -725,6 +901,20 @@ impl TcpProxy {
             .into());
         }
         spec.validate("")?;
+        if let Some(old) = ctl
+            .frontends
+            .get(&name)
+            .filter(|o| o.spec.mode != spec.mode)
+        {
+            return Err(TcpError::Invalid(RouteError {
+                field: "mode".into(),
+                message: format!(
+                    "frontend {name:?} is {:?}; delete it to change its mode",
+                    old.spec.mode
+                ),
+            })
+            .into());
+        }
         self.check_set(&ctl, Some(&spec), None)?;
         let new = self.bind_all("", &spec, ctl.frontends.get(&name))?;
         if let Err(e) = persist(&spec) {
@@ -736,10 +926,12 @@ impl TcpProxy {
         let addrs = spec.addrs();
         let created = match ctl.frontends.get_mut(&name) {
             None => {
+                self.publish_http(&ctl, Some(&spec));
                 let entry = self.start_frontend(spec, false, new);
                 let listening = entry.listeners.iter().map(|l| l.local).collect();
                 ctl.frontends.insert(name, entry);
                 self.refresh_counters(&ctl);
+                self.publish_http(&ctl, None);
                 return Ok((true, listening));
             }
             Some(entry) => {
@@ -747,8 +939,9 @@ impl TcpProxy {
                 entry.spec = spec;
                 // Stop listeners whose address is gone.
                 let mut kept = Vec::new();
-                for l in entry.listeners.drain(..) {
-                    if l.addr.port() != 0 && addrs.contains(&l.addr) {
+                for mut l in entry.listeners.drain(..) {
+                    if let Some(a) = addrs.iter().find(|a| l.serves(**a)) {
+                        l.addr = *a;
                         kept.push(l);
                     } else {
                         let _ = l.stop.send(true);
@@ -770,6 +963,7 @@ impl TcpProxy {
                 false
             }
         };
+        self.publish_http(&ctl, None);
         let listening = ctl
             .frontends
             .get(&name)
@@ -808,15 +1002,24 @@ impl TcpProxy {
             return Ok(());
         };
         self.refresh_counters(&ctl);
+        self.publish_http(&ctl, None);
         let mut tasks = Vec::new();
         for l in entry.listeners {
             let _ = l.stop.send(true);
             self.source.released(&l.name);
-            tasks.push(l.task);
+            tasks.push((l.task, l.closed));
         }
-        // The port is closed when the accept task has dropped its listener.
-        for t in tasks {
-            let _ = t.await;
+        // The port is closed when the accept task has dropped its listener (an HTTP
+        // listener's task then drains its connections on its own).
+        for (t, closed) in tasks {
+            match closed {
+                Some(c) => {
+                    let _ = c.await;
+                }
+                None => {
+                    let _ = t.await;
+                }
+            }
         }
         let (shared, drain, name) = (entry.shared, self.drain, name.to_string());
         tokio::spawn(async move {
@@ -871,6 +1074,27 @@ pub struct CounterView {
 pub struct TcpStats {
     pub frontends: BTreeMap<String, CounterView>,
     pub pools: BTreeMap<String, BTreeMap<String, CounterView>>,
+}
+
+/// Re-publishes every pool when the deploy engine's replica feed changes (pools that follow an
+/// app get its new replicas; members that left drain like removed ones).
+async fn follow_apps(
+    me: std::sync::Weak<TcpProxy>,
+    mut apps: watch::Receiver<Arc<AppReplicas>>,
+    mut stop: watch::Receiver<bool>,
+) {
+    loop {
+        tokio::select! {
+            r = apps.changed() => if r.is_err() { return },
+            _ = stop.wait_for(|s| *s) => return,
+        }
+        let Some(me) = me.upgrade() else { return };
+        let ctl = me.ctl.lock().await;
+        if ctl.pools.values().any(|p| p.spec.app.is_some()) {
+            me.publish_pools(&ctl);
+            me.publish_http(&ctl, None);
+        }
+    }
 }
 
 async fn accept_loop(

@@ -1,0 +1,331 @@
+//! HTTP frontends (`mode: http`): connections accepted on a frontend's own addresses are served
+//! by the same request path as the default listeners (`server`, `forward`); only phase 2 differs:
+//! instead of the host/prefix route table, the frontend's ordered rules (`model::rules`) choose
+//! a pool or answer with a redirect, and the rule's actions (header changes, prefix strip) and
+//! the pool's Host override ride along to the later phases in [`FrontendChoice`].
+//!
+//! Invariant: the request path reads one `ArcSwap` of the compiled rule tables and one of the
+//! pools' routes, never a lock. Pools are routes in their own `Tables` (`PoolSpec::route_spec`),
+//! so balancing, retries, stats and upgrade tunnels behave as they do for routes. Writers
+//! (`proxy::tcp`, under its control-plane mutex) publish both after validation.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::ops::ControlFlow::{self, Break, Continue};
+use std::sync::{Arc, Mutex};
+
+use arc_swap::{ArcSwap, ArcSwapOption};
+use http::header::{self, HeaderName, HeaderValue};
+use http::uri::PathAndQuery;
+use http::{Request, Response, StatusCode};
+use hyper::body::Incoming;
+
+use crate::model::frontend::{FrontendSpec, KeepAlive, Mode};
+use crate::model::pool::PoolSpec;
+use crate::model::route::{RouteError, RouteSpec, RouteTable};
+use crate::model::rules::{Action, HeaderOps, RequestView, RuleTable};
+
+use super::forward::{local, Chosen};
+use super::response::{Completion, ResponseBody};
+use super::upstream::{Pool, PoolSettings};
+use super::{Proxy, Tables};
+
+/// Header changes of one rule, parsed once when the table is published.
+#[derive(Debug, Default)]
+struct Ops {
+    set: Vec<(HeaderName, HeaderValue)>,
+    add: Vec<(HeaderName, HeaderValue)>,
+    remove: Vec<HeaderName>,
+}
+
+impl Ops {
+    /// `None` when a name or value does not parse (validation refuses those first).
+    fn compile(o: &HeaderOps) -> Option<Ops> {
+        let pair = |(k, v): (&String, &String)| {
+            Some((
+                HeaderName::from_bytes(k.as_bytes()).ok()?,
+                HeaderValue::from_str(v).ok()?,
+            ))
+        };
+        Some(Ops {
+            set: o.set.iter().map(pair).collect::<Option<_>>()?,
+            add: o.add.iter().map(pair).collect::<Option<_>>()?,
+            remove: o
+                .remove
+                .iter()
+                .map(|k| HeaderName::from_bytes(k.as_bytes()).ok())
+                .collect::<Option<_>>()?,
+        })
+    }
+
+    /// Removes, then sets (replacing every value), then appends.
+    fn apply(&self, headers: &mut http::HeaderMap) {
+        for n in &self.remove {
+            headers.remove(n);
+        }
+        for (n, v) in &self.set {
+            headers.insert(n.clone(), v.clone());
+        }
+        for (n, v) in &self.add {
+            headers.append(n.clone(), v.clone());
+        }
+    }
+}
+
+/// One HTTP frontend, compiled.
+#[derive(Debug)]
+pub struct HttpFrontend {
+    rules: RuleTable,
+    /// Per rule: (request, response) header changes.
+    ops: Vec<(Option<Ops>, Option<Ops>)>,
+}
+
+/// The compiled rules of one frontend as its connections read them: replaced on every
+/// publish; a removed frontend's connections keep the last rules while they drain.
+pub type RulesCell = ArcSwapOption<HttpFrontend>;
+
+/// Runtime of every HTTP frontend.
+pub struct HttpFrontends {
+    /// Control plane only (publish, listener start): never touched by a request.
+    cells: Mutex<HashMap<String, Arc<RulesCell>>>,
+    /// Host overrides by pool name.
+    hosts: ArcSwap<HashMap<String, HeaderValue>>,
+    /// Every pool as a route (probed, refreshed and counted like the main table).
+    pub pools: Arc<Tables>,
+    /// Upstream connections that are never reused (`keepalive: close | server-close`).
+    fresh: Pool,
+}
+
+impl HttpFrontends {
+    pub fn new(settings: &PoolSettings) -> Self {
+        Self {
+            cells: Mutex::new(HashMap::new()),
+            hosts: ArcSwap::from_pointee(HashMap::new()),
+            pools: Arc::new(Tables::new(RouteTable::default())),
+            fresh: Pool::new(PoolSettings {
+                max_idle_per_host: 0,
+                ..settings.clone()
+            }),
+        }
+    }
+
+    /// Compiles and swaps in the rule tables of the HTTP frontends in `frontends` and the routes
+    /// of `pools` (counters, health and cursors of unchanged members carry over). The set was
+    /// validated (`frontend::validate_set`); should a frontend still not compile, it is left out
+    /// (its requests get 503) and the error is returned for the log.
+    pub fn publish<'a>(
+        &self,
+        frontends: impl Iterator<Item = &'a FrontendSpec>,
+        pools: impl Iterator<Item = &'a PoolSpec>,
+    ) -> Result<(), RouteError> {
+        let pools: Vec<&PoolSpec> = pools.collect();
+        let mut first_err = None;
+        let mut specs: Vec<RouteSpec> = Vec::with_capacity(pools.len());
+        let mut hosts = HashMap::new();
+        for p in &pools {
+            match p.route_spec() {
+                Ok(s) => specs.push(s),
+                Err(e) => {
+                    first_err.get_or_insert(e);
+                }
+            }
+            if let Some(h) = p
+                .host
+                .as_deref()
+                .and_then(|h| HeaderValue::from_str(h).ok())
+            {
+                hosts.insert(p.name().to_string(), h);
+            }
+        }
+        let known = |n: &str| pools.iter().any(|p| p.name() == n);
+        let mut compiled: HashMap<String, Option<Arc<HttpFrontend>>> = HashMap::new();
+        for f in frontends.filter(|f| f.mode == Mode::Http) {
+            match RuleTable::build("", &f.rules, &f.pool, known) {
+                Ok(rules) => {
+                    let ops = f
+                        .rules
+                        .iter()
+                        .map(|r| {
+                            (
+                                r.request_headers.as_ref().and_then(Ops::compile),
+                                r.response_headers.as_ref().and_then(Ops::compile),
+                            )
+                        })
+                        .collect();
+                    compiled.insert(
+                        f.name().to_string(),
+                        Some(Arc::new(HttpFrontend { rules, ops })),
+                    );
+                }
+                Err(e) => {
+                    compiled.insert(f.name().to_string(), None);
+                    first_err.get_or_insert(e);
+                }
+            }
+        }
+        let prev = self.pools.load_full();
+        match RouteTable::build(&specs, Some(&prev)) {
+            Ok(t) => self.pools.publish(t),
+            Err(e) => {
+                first_err.get_or_insert(e);
+            }
+        }
+        self.hosts.store(Arc::new(hosts));
+        let mut cells = self.cells.lock().unwrap_or_else(|p| p.into_inner());
+        cells.retain(|name, _| compiled.contains_key(name));
+        for (name, fe) in compiled {
+            cells.entry(name).or_default().store(fe);
+        }
+        first_err.map_or(Ok(()), Err)
+    }
+
+    /// The rules cell of a frontend (created empty if new; `publish` fills it).
+    pub fn cell(&self, name: &str) -> Arc<RulesCell> {
+        let mut cells = self.cells.lock().unwrap_or_else(|p| p.into_inner());
+        cells.entry(name.to_string()).or_default().clone()
+    }
+}
+
+/// What a connection accepted on an HTTP frontend carries.
+#[derive(Debug)]
+pub struct FrontendConn {
+    pub name: Arc<str>,
+    pub rules: Arc<RulesCell>,
+    /// The frontend's mode when the connection was accepted.
+    pub keepalive: KeepAlive,
+}
+
+/// What a frontend's rules decided for one request, applied by the later phases.
+pub struct FrontendChoice {
+    fe: Arc<HttpFrontend>,
+    rule: Option<usize>,
+    /// The path without the stripped prefix.
+    path: Option<String>,
+    host: Option<HeaderValue>,
+    keepalive: KeepAlive,
+    pub tables: Arc<Tables>,
+}
+
+impl FrontendChoice {
+    /// Upstream connections for this request are new and closed after it.
+    pub fn fresh_upstream(&self) -> bool {
+        self.keepalive != KeepAlive::Default
+    }
+
+    /// Phase 3: the stripped path, the pool's Host, the rule's request headers, and
+    /// `Connection: close` when the member's connection must not be reused.
+    pub fn apply_request(&self, headers: &mut http::HeaderMap, pq: &mut PathAndQuery) {
+        if let Some(path) = &self.path {
+            let joined = match pq.query() {
+                Some(q) => format!("{path}?{q}"),
+                None => path.clone(),
+            };
+            if let Ok(p) = PathAndQuery::try_from(joined) {
+                *pq = p;
+            }
+        }
+        if let Some(h) = &self.host {
+            headers.insert(header::HOST, h.clone());
+        }
+        if let Some((Some(ops), _)) = self.rule.and_then(|i| self.fe.ops.get(i)) {
+            ops.apply(headers);
+        }
+        if self.fresh_upstream() {
+            headers.insert(header::CONNECTION, HeaderValue::from_static("close"));
+        }
+    }
+
+    /// Phase 5: the rule's response headers.
+    pub fn apply_response(&self, headers: &mut http::HeaderMap) {
+        if let Some((_, Some(ops))) = self.rule.and_then(|i| self.fe.ops.get(i)) {
+            ops.apply(headers);
+        }
+    }
+
+    /// The upstream connections to use instead of the shared pooled ones, if any.
+    pub fn upstream<'p>(&self, proxy: &'p Proxy) -> Option<&'p Pool> {
+        self.fresh_upstream().then_some(&proxy.frontends.fresh)
+    }
+}
+
+impl Proxy {
+    /// Phase 2 for a frontend connection: the first matching rule picks the pool (or answers
+    /// with its redirect); no rule → the frontend's default pool.
+    pub(super) fn choose_by_rules(
+        &self,
+        fc: &FrontendConn,
+        req: &Request<Incoming>,
+        scheme: &'static str,
+        host: &str,
+        peer: SocketAddr,
+        done: &mut Completion,
+    ) -> ControlFlow<Response<ResponseBody>, Chosen> {
+        let Some(fe) = fc.rules.load_full() else {
+            return Break(local(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "this frontend is not serving\n",
+            ));
+        };
+        let headers: Vec<(&str, &str)> = req
+            .headers()
+            .iter()
+            .filter_map(|(n, v)| v.to_str().ok().map(|v| (n.as_str(), v)))
+            .collect();
+        let view = RequestView {
+            scheme,
+            host,
+            path: req.uri().path(),
+            query: req.uri().query(),
+            method: req.method().as_str(),
+            client: peer.ip(),
+            headers: &headers,
+        };
+        let (pool, rule, path) = match fe.rules.evaluate(&view) {
+            Action::Redirect {
+                status, location, ..
+            } => {
+                let status = StatusCode::from_u16(status).unwrap_or(StatusCode::FOUND);
+                let mut r = local(status, "redirect\n");
+                match HeaderValue::from_str(&location) {
+                    Ok(v) => {
+                        r.headers_mut().insert(header::LOCATION, v);
+                    }
+                    Err(_) => {
+                        return Break(local(
+                            StatusCode::BAD_REQUEST,
+                            "the redirect location is not a valid header value\n",
+                        ))
+                    }
+                }
+                return Break(r);
+            }
+            Action::Forward {
+                pool, rule, path, ..
+            } => (pool.to_string(), rule, path),
+        };
+        let tables = self.frontends.pools.clone();
+        let Some(route) = tables.load().route(&pool).cloned() else {
+            return Break(local(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "no backend available for this host\n",
+            ));
+        };
+        if let Some(log) = done.log.as_mut() {
+            log.route = Some(format!("{}/{pool}", fc.name));
+        }
+        Continue(Chosen {
+            route,
+            max_body_size: self.settings.max_body_size,
+            response_header_timeout: self.settings.timeouts.response_header,
+            api: false,
+            frontend: Some(Box::new(FrontendChoice {
+                host: self.frontends.hosts.load().get(&pool).cloned(),
+                fe,
+                rule,
+                path,
+                keepalive: fc.keepalive,
+                tables,
+            })),
+        })
+    }
+}
