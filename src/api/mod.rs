@@ -36,7 +36,7 @@ use tokio::sync::watch;
 use crate::model::access::ApiHosts;
 use crate::model::api::{Healthz, Version};
 use crate::model::config::ApiConfig;
-use crate::proxy::server::{accept_loop, supervise, ConnLimits, ConnState};
+use crate::proxy::server::{accept_loop, supervise, Accepted, ConnLimits, ConnState};
 use crate::store::registry::RouteRegistry;
 
 use error::{ApiError, BodyLimit};
@@ -222,22 +222,16 @@ pub async fn serve(listener: TcpListener, state: ApiState, limits: ConnLimits) {
         move |stream, peer, drain| {
             let (app, builder) = (app.clone(), builder.clone());
             async move {
-                supervise(
-                    &builder,
-                    stream,
+                let accepted = Accepted {
                     peer,
-                    true,
-                    limits,
-                    drain,
-                    None,
-                    move |conn| {
-                        hyper::service::service_fn(
-                            move |req: http::Request<hyper::body::Incoming>| {
-                                api_request(app.clone(), conn.clone(), peer, req)
-                            },
-                        )
-                    },
-                )
+                    frontend: None,
+                    read_ahead: true,
+                };
+                supervise(&builder, stream, accepted, limits, drain, move |conn| {
+                    hyper::service::service_fn(move |req: http::Request<hyper::body::Incoming>| {
+                        api_request(app.clone(), conn.clone(), peer, req)
+                    })
+                })
                 .await;
             }
         },

@@ -7,8 +7,10 @@
 //! closes such a connection only before reading any byte of a next request, so a request
 //! that saw the connection close before any byte of a response is sent again on a new one:
 //! idempotent methods after a close or a reset, other methods only after a clean close on a
-//! connection that may have been reused (this client had an answer before). Streamed bodies
-//! (image uploads) cannot be replayed and are not retried.
+//! connection that may have been reused (this client had an answer before). A request refused
+//! with 503 `upgrading` (deploys, stops and deletes while berthd hands over to its new
+//! process; nothing was changed) is sent again every 300 ms for up to a minute. Streamed
+//! bodies (image uploads) cannot be replayed and are not retried.
 
 use std::time::Duration;
 
@@ -71,6 +73,14 @@ fn dropped(e: &reqwest::Error) -> Option<Dropped> {
         cur = err.source();
     }
     None
+}
+
+/// How long a request refused with 503 `upgrading` (berthd handing over to its new process)
+/// is sent again before the refusal is reported.
+const UPGRADE_WAIT: Duration = Duration::from_secs(60);
+
+fn is_upgrading(e: &ClientError) -> bool {
+    matches!(e, ClientError::Api { status: 503, detail: Some(d), .. } if d.code == "upgrading")
 }
 
 /// Whether a request that failed with `how` may be sent again.
@@ -202,11 +212,33 @@ impl Api {
         };
         let mut request = req.build().map_err(|e| unreachable(&e))?;
         let mut attempt = 0;
+        let upgrade_wait_until = std::time::Instant::now() + UPGRADE_WAIT;
+        let mut said_upgrading = false;
         let resp = loop {
             let again = request.try_clone();
             let maybe_reused = self.answered.load(Ordering::Relaxed);
             let method = request.method().clone();
             match self.http.execute(request).await {
+                Ok(r) if r.status() == StatusCode::SERVICE_UNAVAILABLE => {
+                    self.answered.store(true, Ordering::Relaxed);
+                    let err = error_from(r).await;
+                    // Refused before anything changed while berthd hands over to its new
+                    // process: send it again once the new one serves.
+                    match again {
+                        Some(next)
+                            if is_upgrading(&err)
+                                && std::time::Instant::now() < upgrade_wait_until =>
+                        {
+                            if !said_upgrading {
+                                said_upgrading = true;
+                                eprintln!("berthd is upgrading; sending the request again when the new process serves");
+                            }
+                            request = next;
+                            tokio::time::sleep(Duration::from_millis(300)).await;
+                        }
+                        _ => return Err(err),
+                    }
+                }
                 Ok(r) => break r,
                 Err(e) => match (again, dropped(&e)) {
                     (Some(next), Some(how))
@@ -508,14 +540,8 @@ mod tests {
         // GET: retried on a new connection.
         let (url, seen) = flaky_server();
         let a = api(&url);
-        let _: serde_json::Value = a
-            .json(Method::GET, "/v1/x", None::<&serde_json::Value>)
-            .await
-            .unwrap();
-        let _: serde_json::Value = a
-            .json(Method::GET, "/v1/x", None::<&serde_json::Value>)
-            .await
-            .unwrap();
+        let _: serde_json::Value = a.get("/v1/x").await.unwrap();
+        let _: serde_json::Value = a.get("/v1/x").await.unwrap();
         assert_eq!(seen.load(std::sync::atomic::Ordering::SeqCst), 3);
         // POST on a reused connection that closed cleanly: retried too.
         let (url, seen) = flaky_server();
@@ -523,6 +549,49 @@ mod tests {
         let body = serde_json::json!({"a": 1});
         let _: serde_json::Value = a.json(Method::POST, "/v1/x", Some(&body)).await.unwrap();
         let _: serde_json::Value = a.json(Method::POST, "/v1/x", Some(&body)).await.unwrap();
+        assert_eq!(seen.load(std::sync::atomic::Ordering::SeqCst), 3);
+    }
+
+    /// Answers 503 `upgrading` twice (as the old process does while it hands over), then 200.
+    #[tokio::test]
+    async fn a_request_refused_while_berthd_upgrades_is_sent_again() {
+        use std::io::{BufRead, BufReader, Write};
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = l.local_addr().unwrap();
+        let seen = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let count = seen.clone();
+        std::thread::spawn(move || {
+            for conn in l.incoming().take(3) {
+                let Ok(c) = conn else { return };
+                let mut w = c.try_clone().unwrap();
+                let mut r = BufReader::new(c);
+                let mut line = String::new();
+                while r.read_line(&mut line).unwrap_or(0) > 0 && line != "\r\n" {
+                    line.clear();
+                }
+                let n = count.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                let body = if n < 2 {
+                    r#"{"error":{"code":"upgrading","message":"berthd is handing over"}}"#
+                } else {
+                    "{}"
+                };
+                let status = if n < 2 {
+                    "503 Service Unavailable"
+                } else {
+                    "200 OK"
+                };
+                let _ = write!(
+                    w,
+                    "HTTP/1.1 {status}\r\ncontent-type: application/json\r\nconnection: close\r\ncontent-length: {}\r\n\r\n{body}",
+                    body.len()
+                );
+            }
+        });
+        let a = api(&format!("http://{addr}"));
+        let _: serde_json::Value = a
+            .json::<_, ()>(Method::DELETE, "/v1/apps/x", None)
+            .await
+            .unwrap();
         assert_eq!(seen.load(std::sync::atomic::Ordering::SeqCst), 3);
     }
 

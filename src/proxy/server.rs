@@ -368,24 +368,29 @@ pub async fn serve_connection_on<T>(
     let limits = ConnLimits::of(&proxy.settings.timeouts);
     // A TLS stream already hands out decrypted records from its own buffer.
     let read_ahead = scheme == "http";
-    supervise(
-        &builder,
-        io,
+    let accepted = Accepted {
         peer,
-        read_ahead,
-        limits,
-        drain,
         frontend,
-        move |state| {
-            hyper::service::service_fn(move |req: http::Request<Incoming>| {
-                let proxy = proxy.clone();
-                let conn = state.clone();
-                conn.request_started();
-                async move { Ok::<_, Infallible>(proxy.handle(req, peer, scheme, conn).await) }
-            })
-        },
-    )
+        read_ahead,
+    };
+    supervise(&builder, io, accepted, limits, drain, move |state| {
+        hyper::service::service_fn(move |req: http::Request<Incoming>| {
+            let proxy = proxy.clone();
+            let conn = state.clone();
+            conn.request_started();
+            async move { Ok::<_, Infallible>(proxy.handle(req, peer, scheme, conn).await) }
+        })
+    })
     .await;
+}
+
+/// Who a supervised connection is with.
+pub struct Accepted {
+    pub peer: SocketAddr,
+    /// Set when an HTTP frontend accepted it (routed by its rules).
+    pub frontend: Option<Arc<super::frontends::FrontendConn>>,
+    /// Read ahead on the first read (plain TCP; a TLS stream buffers records itself).
+    pub read_ahead: bool,
 }
 
 /// The timeouts a supervised connection obeys.
@@ -415,15 +420,12 @@ impl ConnLimits {
 /// [`ConnState::request_started`] for each request and [`ConnState::request_done`] when its
 /// response ends, and add `Connection: close` to HTTP/1 responses while
 /// [`ConnState::draining`].
-#[allow(clippy::too_many_arguments)] // one connection's whole context; a struct would only rename it
 pub async fn supervise<T, S, B>(
     builder: &auto::Builder<TokioExecutor>,
     io: T,
-    peer: SocketAddr,
-    read_ahead: bool,
+    accepted: Accepted,
     limits: ConnLimits,
     mut drain: watch::Receiver<bool>,
-    frontend: Option<Arc<super::frontends::FrontendConn>>,
     make_service: impl FnOnce(Arc<ConnState>) -> S,
 ) where
     T: AsyncRead + AsyncWrite + Unpin + Send + 'static,
@@ -436,6 +438,11 @@ pub async fn supervise<T, S, B>(
     B::Data: Send,
     B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
 {
+    let Accepted {
+        peer,
+        frontend,
+        read_ahead,
+    } = accepted;
     let state = Arc::new(ConnState::new(peer, frontend));
     let io = TokioIo::new(TrackedIo::new(io, state.clone(), read_ahead));
     let service = make_service(state.clone());
