@@ -432,6 +432,40 @@ fn error_body() -> ErrorBody {
     }
 }
 
+/// One route's (or HTTP pool's) counters.
+fn route_stats(name: &str, source: RouteSource) -> RouteStats {
+    RouteStats {
+        name: name.into(),
+        source,
+        requests: 3,
+        inflight: 0,
+        backends: vec![BackendStatsView {
+            id: "a".into(),
+            address: "127.0.0.1:8080".into(),
+            state: ServerState::Ready,
+            health: "up",
+            weight: 1,
+            effective_weight: 1,
+            inflight: 0,
+            requests: 3,
+            responses: StatusClasses {
+                s2xx: 3,
+                s3xx: 0,
+                s4xx: 0,
+                s5xx: 0,
+            },
+            failures: 0,
+            bytes_out: 100,
+            tunnels: 0,
+            latency: LatencyView {
+                count: 3,
+                p50_ms: Some(1.5),
+                p99_ms: Some(9.0),
+            },
+        }],
+    }
+}
+
 fn stats() -> StatsDoc {
     let counters = || CounterView {
         connections_total: 5,
@@ -443,36 +477,8 @@ fn stats() -> StatsDoc {
     };
     StatsDoc {
         timestamp_ms: 1_700_000_000_000,
-        routes: vec![RouteStats {
-            name: "api".into(),
-            source: RouteSource::Config,
-            requests: 3,
-            inflight: 0,
-            backends: vec![BackendStatsView {
-                id: "a".into(),
-                address: "127.0.0.1:8080".into(),
-                state: ServerState::Ready,
-                health: "up",
-                weight: 1,
-                effective_weight: 1,
-                inflight: 0,
-                requests: 3,
-                responses: StatusClasses {
-                    s2xx: 3,
-                    s3xx: 0,
-                    s4xx: 0,
-                    s5xx: 0,
-                },
-                failures: 0,
-                bytes_out: 100,
-                tunnels: 0,
-                latency: LatencyView {
-                    count: 3,
-                    p50_ms: Some(1.5),
-                    p99_ms: Some(9.0),
-                },
-            }],
-        }],
+        routes: vec![route_stats("api", RouteSource::Config)],
+        http_pools: vec![route_stats("web", RouteSource::Api)],
         tcp: Some(TcpStats {
             frontends: BTreeMap::from([("pg".to_string(), counters())]),
             pools: BTreeMap::from([(
