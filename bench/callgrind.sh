@@ -1,38 +1,61 @@
 #!/usr/bin/env bash
-# bench/callgrind.sh: user-space instructions per request of one proxy under keep-alive load,
-# counted by valgrind's callgrind (deterministic, so usable on a busy machine where req/s and
-# even CPU time move with the other jobs).
+# bench/callgrind.sh: user-space instructions per request of berthd and HAProxy, counted by
+# valgrind's callgrind (deterministic, so usable on a busy machine where req/s and even CPU
+# time move with the other jobs), plus syscalls per request counted natively by the kernel's
+# raw_syscalls tracepoint (perf stat; also load-independent).
 #
-# Usage: bash bench/callgrind.sh [BERTHD_BINARY]     (default target/release/berthd)
-#        PROXY=haproxy bash bench/callgrind.sh       (HAProxy with the bench's settings)
-# Env: CONNS=16 WARM=3 SECS=8 BASE_PORT=18580 KEEP=1 (keep the work dir with callgrind.out).
-# Prints "IR_PER_REQ <n> requests=<r> ir=<total>" and the top inclusive functions.
+# Usage: bash bench/callgrind.sh                        every proxy x scenario, markdown table
+#        PROXIES=berthd SCENARIOS=close bash bench/callgrind.sh   one cell
+#        BERTHD_B=/path/other/berthd bash bench/callgrind.sh     adds a berthd_b row (A/B)
+# Env: BERTHD (default target/release/berthd), PROXIES="berthd [berthd_b] haproxy",
+#      SCENARIOS="keepalive close https-keepalive https-close", CONNS=16, WARM=2,
+#      REQS (requests per measured run; default 20000 for keep-alive, 4000 for close,
+#      1500 for https-close), SYSCALLS=1 (also count syscalls natively), TOP=0 (print the
+#      top N inclusive functions of each cell), KEEP=1 (keep the work dir with callgrind.out),
+#      BASE_PORT=18580, OUT=path (JSON lines; default none).
+# Prints one "IR_PER_REQ" line per cell and a markdown table at the end.
 #
-# Method: the proxy starts under `valgrind --tool=callgrind --instr-atstart=no`, one nginx
-# backend answers a fixed 200, wrk warms up (uncounted), then instrumentation is switched on
-# for a measured wrk run and off again; the total Ir divided by wrk's request count is the
-# figure. Connection set-up of the measured run's CONNS connections is included (~1-2 %).
+# Method: the proxy starts under `valgrind --tool=callgrind --instr-atstart=no`; one nginx
+# backend (not instrumented) answers a fixed 29-byte 200; wrk warms up WARM s (uncounted),
+# then instrumentation is switched on (`callgrind_control -i on`) for a measured run of exactly
+# REQS requests (wrk with bench/fixed_count.lua: each of the CONNS connections stops after
+# its share) and off again; total Ir / requests is the figure. Scenarios: keepalive (CONNS
+# reused connections), close (`Connection: close`: a new TCP connection per request, so the
+# figure includes accept, connection set-up and teardown), https-keepalive, https-close (a full
+# TLS 1.3 handshake per request, ECDSA P-256, no resumption). The setup of the CONNS keep-alive
+# connections is included in the keep-alive figures (<1 % at the default REQS).
+# Syscalls: the same load without valgrind, `perf stat -e raw_syscalls:sys_enter -p PID`.
 set -euo pipefail
 
 BENCH_DIR=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 REPO=$(dirname "$BENCH_DIR")
-BIN=${1:-$REPO/target/release/berthd}
-PROXY=${PROXY:-berthd}
+BERTHD=${BERTHD:-${1:-$REPO/target/release/berthd}}
+BERTHD_B=${BERTHD_B:-}
+PROXIES=${PROXIES:-"berthd ${BERTHD_B:+berthd_b }haproxy"}
+SCENARIOS=${SCENARIOS:-"keepalive close https-keepalive https-close"}
 CONNS=${CONNS:-16}
-WARM=${WARM:-3}
-SECS=${SECS:-8}
+WARM=${WARM:-2}
+SYSCALLS=${SYSCALLS:-1}
 BASE_PORT=${BASE_PORT:-18580}
+OUT=${OUT:-}
 BACKEND_PORT=$BASE_PORT
 PROXY_PORT=$((BASE_PORT + 1))
-API_PORT=$((BASE_PORT + 2))
+TLS_PORT=$((BASE_PORT + 2))
+API_PORT=$((BASE_PORT + 3))
 
-for tool in valgrind callgrind_control callgrind_annotate wrk nginx curl; do
-    command -v "$tool" >/dev/null || { echo "callgrind.sh: missing $tool (apt-get install -y valgrind wrk nginx-light curl)" >&2; exit 1; }
+for tool in valgrind callgrind_control callgrind_annotate wrk nginx curl openssl; do
+    command -v "$tool" >/dev/null || { echo "callgrind.sh: missing $tool (apt-get install -y valgrind wrk nginx-light curl openssl)" >&2; exit 1; }
 done
+if [ "$SYSCALLS" = 1 ] && ! perf stat -e raw_syscalls:sys_enter true >/dev/null 2>&1; then
+    echo "callgrind.sh: perf cannot count raw_syscalls:sys_enter here; syscalls not counted" >&2
+    SYSCALLS=0
+fi
 
 WORK=$(mktemp -d /tmp/berth-callgrind.XXXXXX)
+chmod 755 "$WORK"
 PIDS=()
 cleanup() {
+    local p
     for p in "${PIDS[@]}"; do kill -TERM "$p" 2>/dev/null || true; done
     sleep 0.5
     for p in "${PIDS[@]}"; do kill -KILL "$p" 2>/dev/null || true; done
@@ -40,16 +63,21 @@ cleanup() {
     if [ "${KEEP:-0}" = 1 ]; then echo "work dir kept: $WORK" >&2; else rm -rf "$WORK"; fi
 }
 trap cleanup EXIT
+log() { printf '[callgrind %s] %s\n' "$(date -u +%H:%M:%S)" "$*" >&2; }
 
-wait_200() { # wait_200 PORT: until a request through it returns 200 (60 s: valgrind starts slowly)
+wait_200() { # wait_200 URL: until a request through it returns 200 (60 s: valgrind starts slowly)
     local deadline=$((SECONDS + 60))
-    until [ "$(curl -s -o /dev/null -w '%{http_code}' -H 'Host: bench.test' --max-time 2 "http://127.0.0.1:$1/" || true)" = 200 ]; do
-        [ "$SECONDS" -lt "$deadline" ] || { cat "$WORK"/*.log >&2 || true; echo "no 200 on port $1" >&2; exit 1; }
+    until [ "$(curl -sk -o /dev/null -w '%{http_code}' -H 'Host: bench.test' --max-time 2 "$1" || true)" = 200 ]; do
+        [ "$SECONDS" -lt "$deadline" ] || { tail -n 20 "$WORK"/*.log >&2 || true; echo "no 200 from $1" >&2; exit 1; }
         sleep 0.2
     done
 }
 
-mkdir -p "$WORK/backend/tmp"
+mkdir -p "$WORK/backend/tmp" "$WORK/cert"
+openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes -days 7 \
+    -subj "/CN=bench.test" -addext "subjectAltName=DNS:bench.test" \
+    -keyout "$WORK/cert/key.pem" -out "$WORK/cert/cert.pem" 2>/dev/null
+cat "$WORK/cert/cert.pem" "$WORK/cert/key.pem" >"$WORK/cert/combined.pem"
 cat >"$WORK/backend/nginx.conf" <<EOF
 worker_processes 1;
 daemon off;
@@ -74,12 +102,12 @@ http {
 EOF
 nginx -c "$WORK/backend/nginx.conf" -p "$WORK/backend" -e "$WORK/backend/error.log" >"$WORK/backend.log" 2>&1 &
 PIDS+=($!)
-wait_200 "$BACKEND_PORT"
+wait_200 "http://127.0.0.1:$BACKEND_PORT/"
 
-case "$PROXY" in
-    berthd)
-        mkdir -p "$WORK/data" && chmod 700 "$WORK/data"
-        cat >"$WORK/berthd.yaml" <<EOF
+# The proxies, configured like bench/run.sh's (one worker/thread, Host routing, forwarded
+# headers, keep-alive to the backend, no access log).
+mkdir -p "$WORK/data" && chmod 700 "$WORK/data"
+cat >"$WORK/berthd.yaml" <<EOF
 http:
   listen: "127.0.0.1:$PROXY_PORT"
 api:
@@ -90,16 +118,17 @@ proxy:
 log:
   level: warn
   access_log: false
+tls:
+  listen: "127.0.0.1:$TLS_PORT"
+  redirect: false
+  certs: [{cert: "$WORK/cert/cert.pem", key: "$WORK/cert/key.pem"}]
+  default_cert: {cert: "$WORK/cert/cert.pem", key: "$WORK/cert/key.pem"}
 routes:
   - domains: ["bench.test"]
     backends:
       - address: "127.0.0.1:$BACKEND_PORT"
 EOF
-        valgrind --tool=callgrind --instr-atstart=no --callgrind-out-file="$WORK/callgrind.out" \
-            "$BIN" --config "$WORK/berthd.yaml" >"$WORK/proxy.log" 2>&1 &
-        ;;
-    haproxy)
-        cat >"$WORK/haproxy.cfg" <<EOF
+cat >"$WORK/haproxy.cfg" <<EOF
 global
     nbthread 1
     maxconn 4096
@@ -108,43 +137,137 @@ defaults
     timeout connect 5s
     timeout client 60s
     timeout server 60s
+    timeout http-request 10s
+    timeout http-keep-alive 60s
     option forwardfor
     http-reuse always
 frontend fe
     bind 127.0.0.1:$PROXY_PORT
-    http-request set-header X-Forwarded-Proto http
+    bind 127.0.0.1:$TLS_PORT ssl crt $WORK/cert/combined.pem alpn http/1.1
+    http-request set-header X-Forwarded-Proto https if { ssl_fc }
+    http-request set-header X-Forwarded-Proto http if !{ ssl_fc }
     http-request set-header X-Forwarded-Host %[req.hdr(host)]
     http-request set-header X-Real-IP %[src]
     acl bench hdr(host) -i bench.test
-    http-request return status 404 content-type text/plain string "no route" if !bench
+    http-request return status 404 content-type text/plain string "no route for this host" if !bench
     use_backend be if bench
 backend be
     server s1 127.0.0.1:$BACKEND_PORT
 EOF
-        valgrind --tool=callgrind --instr-atstart=no --callgrind-out-file="$WORK/callgrind.out" \
-            haproxy -db -f "$WORK/haproxy.cfg" >"$WORK/proxy.log" 2>&1 &
-        ;;
-    *) echo "callgrind.sh: PROXY must be berthd or haproxy" >&2; exit 2 ;;
-esac
-VPID=$!
-PIDS+=($VPID)
-wait_200 "$PROXY_PORT"
 
-url="http://127.0.0.1:$PROXY_PORT/"
-timeout 60 wrk -t1 -c"$CONNS" -d"${WARM}s" -H 'Host: bench.test' "$url" >/dev/null
-callgrind_control -i on "$VPID" >/dev/null
-timeout 120 wrk -t1 -c"$CONNS" -d"${SECS}s" -H 'Host: bench.test' "$url" >"$WORK/wrk.txt"
-callgrind_control -i off "$VPID" >/dev/null
-callgrind_control -d "$VPID" >/dev/null
-sleep 1
-reqs=$(awk '/requests in/ {print $1}' "$WORK/wrk.txt")
-errs=$(grep -E 'Non-2xx|Socket errors' "$WORK/wrk.txt" || true)
-[ -z "$errs" ] || echo "wrk reported: $errs" >&2
-# The dump written by `callgrind_control -d` holds the instrumented part.
-out=$(ls -t "$WORK"/callgrind.out* | head -1)
-callgrind_annotate "$out" >"$WORK/annotate.txt" 2>/dev/null || true
-total=$(awk '/PROGRAM TOTALS/ {gsub(",", "", $1); print $1; exit}' "$WORK/annotate.txt")
-[ -n "$total" ] && [ -n "$reqs" ] || { echo "callgrind.sh: no totals (see $WORK)" >&2; KEEP=1; exit 1; }
-echo "IR_PER_REQ $((total / reqs)) requests=$reqs ir=$total proxy=$PROXY bin=$BIN"
-callgrind_annotate --inclusive=yes "$out" >"$WORK/inclusive.txt" 2>/dev/null || true
-grep -E '^ *[0-9,]+ \(' "$WORK/inclusive.txt" | head -"${TOP:-30}" | cut -c1-200 || true
+proxy_cmd() { # proxy_cmd PROXY: the command line of one proxy
+    case "$1" in
+        berthd) echo "$BERTHD" --config "$WORK/berthd.yaml" ;;
+        berthd_b) echo "$BERTHD_B" --config "$WORK/berthd.yaml" ;;
+        haproxy) echo haproxy -db -f "$WORK/haproxy.cfg" ;;
+        *) echo "callgrind.sh: unknown proxy $1" >&2; exit 2 ;;
+    esac
+}
+
+url_of() { case "$1" in https-*) echo "https://127.0.0.1:$TLS_PORT/" ;; *) echo "http://127.0.0.1:$PROXY_PORT/" ;; esac; }
+default_reqs() {
+    case "$1" in
+        keepalive|https-keepalive) echo 20000 ;;
+        close) echo 4000 ;;
+        https-close) echo 1500 ;;
+    esac
+}
+
+# load SCENARIO REQS: wrk with exactly REQS requests spread over CONNS connections (the
+# lua script stops each connection after its share); prints wrk's output.
+load() {
+    local scenario=$1 reqs=$2 extra=()
+    case "$scenario" in *close) extra=(-H "Connection: close") ;; esac
+    timeout --kill-after=5 600 env BENCH_REQS="$reqs" BENCH_CONNS="$CONNS" \
+        wrk -t1 -c"$CONNS" -d600s --timeout 30s -H 'Host: bench.test' "${extra[@]}" \
+        -s "$BENCH_DIR/fixed_count.lua" "$(url_of "$scenario")"
+}
+# warm SCENARIO: unmeasured load for WARM seconds.
+warm() {
+    local extra=()
+    case "$1" in *close) extra=(-H "Connection: close") ;; esac
+    timeout --kill-after=5 60 wrk -t1 -c"$CONNS" -d"${WARM}s" -H 'Host: bench.test' "${extra[@]}" \
+        "$(url_of "$1")" >/dev/null
+}
+requests_of() { awk '/^FIXED_COUNT/ {print $2}' "$1"; }
+
+declare -A IR=() SYS=() REQN=()
+one_cell() { # one_cell PROXY SCENARIO
+    local p=$1 s=$2 reqs=${REQS:-$(default_reqs "$2")} pid tag=$1-$2
+    # shellcheck disable=SC2046
+    valgrind --tool=callgrind --instr-atstart=no --callgrind-out-file="$WORK/cg-$tag.out" \
+        $(proxy_cmd "$p") >"$WORK/proxy-$tag.log" 2>&1 &
+    pid=$!
+    PIDS+=("$pid")
+    wait_200 "$(url_of "$s")"
+    warm "$s"
+    callgrind_control -i on "$pid" >/dev/null
+    load "$s" "$reqs" >"$WORK/wrk-$tag.txt"
+    callgrind_control -i off "$pid" >/dev/null
+    callgrind_control -d "$pid" >/dev/null
+    sleep 0.5
+    kill -TERM "$pid" 2>/dev/null || true
+    wait "$pid" 2>/dev/null || true
+    local n errs out total
+    n=$(requests_of "$WORK/wrk-$tag.txt")
+    errs=$(grep -E 'Non-2xx|Socket errors' "$WORK/wrk-$tag.txt" || true)
+    [ -z "$errs" ] || log "$tag: wrk reported: $errs"
+    # The dump written by `callgrind_control -d` holds the instrumented part (the largest
+    # file; the one written at exit has the rest).
+    out=$(ls -S "$WORK"/cg-"$tag".out* | head -1)
+    callgrind_annotate "$out" >"$WORK/annotate-$tag.txt" 2>/dev/null || true
+    total=$(awk '/PROGRAM TOTALS/ {gsub(",", "", $1); print $1; exit}' "$WORK/annotate-$tag.txt")
+    [ -n "$total" ] && [ -n "$n" ] || { log "$tag: no totals (see $WORK)"; KEEP=1; exit 1; }
+    IR[$tag]=$((total / n))
+    REQN[$tag]=$n
+    echo "IR_PER_REQ ${IR[$tag]} proxy=$p scenario=$s requests=$n ir=$total"
+    if [ "${TOP:-0}" -gt 0 ]; then
+        callgrind_annotate --inclusive=yes "$out" 2>/dev/null | grep -E '^ *[0-9,]+ \(' |
+            head -"$TOP" | cut -c1-200 || true
+    fi
+    if [ "$SYSCALLS" = 1 ]; then
+        # shellcheck disable=SC2046
+        $(proxy_cmd "$p") >"$WORK/native-$tag.log" 2>&1 &
+        pid=$!
+        PIDS+=("$pid")
+        wait_200 "$(url_of "$s")"
+        warm "$s"
+        perf stat -x, -e raw_syscalls:sys_enter -p "$pid" -o "$WORK/perf-$tag.txt" &
+        local perf_pid=$!
+        load "$s" "$reqs" >"$WORK/wrk-native-$tag.txt"
+        kill -INT "$perf_pid" 2>/dev/null || true
+        wait "$perf_pid" 2>/dev/null || true
+        kill -TERM "$pid" 2>/dev/null || true
+        wait "$pid" 2>/dev/null || true
+        local calls nn
+        calls=$(awk -F, '/raw_syscalls:sys_enter/ {print $1}' "$WORK/perf-$tag.txt")
+        nn=$(requests_of "$WORK/wrk-native-$tag.txt")
+        SYS[$tag]=$(awk -v c="$calls" -v n="$nn" 'BEGIN {printf "%.2f", c / n}')
+        echo "SYSCALLS_PER_REQ ${SYS[$tag]} proxy=$p scenario=$s requests=$nn syscalls=$calls"
+    fi
+    [ -z "$OUT" ] || printf '{"proxy":"%s","scenario":"%s","requests":%d,"ir":%d,"ir_per_req":%d,"syscalls_per_req":%s}\n' \
+        "$p" "$s" "$n" "$total" "${IR[$tag]}" "${SYS[$tag]:-null}" >>"$OUT"
+}
+
+for s in $SCENARIOS; do
+    for p in $PROXIES; do
+        log "$p, $s"
+        one_cell "$p" "$s"
+    done
+done
+
+echo
+echo "| scenario | $(for p in $PROXIES; do printf '%s Ir/req (syscalls/req) | ' "$p"; done)berthd / haproxy |"
+echo "|---|$(for _ in $PROXIES; do printf -- '---|'; done)---|"
+for s in $SCENARIOS; do
+    row="| $s |"
+    for p in $PROXIES; do
+        row="$row ${IR[$p-$s]} (${SYS[$p-$s]:--}) |"
+    done
+    if [ -n "${IR[haproxy-$s]:-}" ] && [ -n "${IR[berthd-$s]:-}" ]; then
+        row="$row $(awk -v a="${IR[berthd-$s]}" -v b="${IR[haproxy-$s]}" 'BEGIN {printf "%.2fx", a / b}') |"
+    else
+        row="$row - |"
+    fi
+    echo "$row"
+done

@@ -198,11 +198,57 @@ def table(cells, markdown=False):
     return "\n".join([fmt(head), fmt(["-" * w for w in widths])] + [fmt(r) for r in rows])
 
 
+# Issue 23's targets, as ratios to HAProxy in the same round: (scenario, label, value of one
+# round's berthd and haproxy cells, goal test, goal text).
+TARGETS = [
+    ("keepalive", "keep-alive req/s", lambda b, h: b["rps"] / h["rps"], lambda v: v >= 1.10, ">= 1.10x"),
+    ("keepalive", "keep-alive p99", lambda b, h: b["p99_ms"] / h["p99_ms"], lambda v: v <= 0.90, "<= 0.90x"),
+    ("close", "new connection req/s", lambda b, h: b["rps"] / h["rps"], lambda v: v >= 1.10, ">= 1.10x"),
+    ("https-keepalive", "HTTPS keep-alive req/s", lambda b, h: b["rps"] / h["rps"], lambda v: v >= 1.20, ">= 1.20x"),
+    ("https-close", "HTTPS handshake per CPU-second",
+     lambda b, h: h["proxy_cpu_us_per_req"] / b["proxy_cpu_us_per_req"], lambda v: v >= 1.50, ">= 1.50x"),
+]
+
+
+def targets_report(cells, markdown=False):
+    """Per-round ratios of berthd to HAProxy for each target; met when met in most rounds."""
+    by = {(c["proxy"], c["scenario"]): {r["round"]: r for r in c["per_round"]} for c in cells}
+    rows, doc = [], []
+    for scenario, label, value, ok, goal in TARGETS:
+        b, h = by.get(("berthd", scenario)), by.get((REFERENCE, scenario))
+        if not b or not h:
+            continue
+        vals = [value(b[r], h[r]) for r in sorted(b) if r in h and h[r]["rps"] and b[r]["rps"]]
+        if not vals:
+            continue
+        met = sum(1 for v in vals if ok(v))
+        verdict = "met" if 2 * met > len(vals) else "not met"
+        doc.append({"target": label, "goal": goal, "per_round": vals, "rounds_met": met,
+                    "rounds": len(vals), "met": verdict == "met"})
+        rows.append([label, goal, f"{statistics.median(vals):.2f}x",
+                     " ".join(f"{v:.2f}" for v in vals), f"{met}/{len(vals)}", verdict])
+    if not rows:
+        return [], doc
+    lines = ["", "Issue 23 targets (berthd / HAProxy per round; met = met in most rounds):"]
+    lines += small_table(["target", "goal", "median", "per round", "rounds met", "verdict"], rows, markdown)
+    return lines, doc
+
+
+def small_table(head, rows, markdown=False):
+    """A right-aligned text table indented by two spaces, or a markdown table."""
+    if markdown:
+        lines = ["| " + " | ".join(head) + " |", "|" + "|".join("---" for _ in head) + "|"]
+        return lines + ["| " + " | ".join(r) + " |" for r in rows]
+    widths = [max(len(h), *(len(r[i]) for r in rows)) for i, h in enumerate(head)]
+    lines = ["  " + "  ".join(h.rjust(widths[i]) for i, h in enumerate(head))]
+    return lines + ["  " + "  ".join(v.rjust(widths[i]) for i, v in enumerate(r)) for r in rows]
+
+
 def median_of(xs):
     return statistics.median(xs) if xs else None
 
 
-def extras_report(cells, extra, conns_ka="?"):
+def extras_report(cells, extra, conns_ka="?", markdown=False):
     """The updates, torture and deploy sections: (text lines, JSON document)."""
     lines, doc = [], {}
     upd = [e for e in extra if e.get("part") == "updates"]
@@ -258,10 +304,10 @@ def extras_report(cells, extra, conns_ka="?"):
                               f"{k['reloads']} in {k['reload_seconds']:.1f}s", f"{q['rps']:.0f}",
                               f"{r['rps']:.0f}", f"{100 * drop:.1f}%", str(r["failures"]),
                               f"{per10k:.2f}", f"{q['p99_ms']:.2f}", f"{r['p99_ms']:.2f}"])
-            kw = [max(len(h), *(len(r[i]) for r in krows)) for i, h in enumerate(khead)]
-            lines.append("  " + "  ".join(h.rjust(kw[i]) for i, h in enumerate(khead)))
-            lines += ["  " + "  ".join(v.rjust(kw[i]) for i, v in enumerate(r)) for r in krows]
-            lines.append("  goal (issue 23): 0 failures per 10k, drop <= 10 %")
+            lines += small_table(khead, krows, markdown)
+            lines.append("  goal (issue 23): 0 failures per 10k, drop <= 10 %; berthd: " + next(
+                ("met" if e["ka_reload"]["failures_per_10k"] == 0 and e["ka_reload"]["rps_drop"] <= 0.10
+                 else "not met" for e in ka if e["proxy"] == "berthd_t"), "not measured"))
         lines += ["", "Reload torture (reloads/s under Connection: close load + keep-alive connections):"]
         head = ["proxy", "reloads", "reload fails", "requests", "failures", "per 10k", "close fails",
                 "ka fails", "close req/s", "close p99 ms"]
@@ -276,10 +322,30 @@ def extras_report(cells, extra, conns_ka="?"):
                          str(e["reload_failures"]), str(req), str(fails), f"{per10k:.2f}",
                          str(e["close"]["failures"]), str(e["keepalive"]["failures"]),
                          f"{e['close']['rps']:.0f}", f"{e['close']['p99_ms']:.2f}"])
-        widths = [max(len(h), *(len(r[i]) for r in rows)) for i, h in enumerate(head)]
-        lines.append("  " + "  ".join(h.rjust(widths[i]) for i, h in enumerate(head)))
-        lines += ["  " + "  ".join(v.rjust(widths[i]) for i, v in enumerate(r)) for r in rows]
+        lines += small_table(head, rows, markdown)
         lines.append("  failures: wrk connect+read+write+timeout errors + status >= 400, both loads together")
+    mem = [e for e in extra if e.get("part") == "memory"]
+    if mem:
+        doc["memory"] = mem
+        ref = next((e for e in mem if e["proxy"] == REFERENCE), None)
+        lines += ["", f"Memory: RSS with {mem[0]['conns']} idle keep-alive client connections "
+                  "(each carried one request), and after they closed:"]
+        head = ["proxy", "held", "RSS base MiB", "RSS idle MiB", "per conn KiB", "vs HAProxy",
+                "RSS closed MiB", "RSS +2 s MiB", "returned"]
+        rows = []
+        for e in mem:
+            r = e["rss_kb"]
+            vs = (e["per_conn_bytes"] / ref["per_conn_bytes"]) if ref and ref["per_conn_bytes"] else None
+            e["per_conn_vs_haproxy"] = vs
+            rows.append([e["proxy"], f"{e['opened']}" + (f" ({e['failed']} failed)" if e["failed"] else ""),
+                         f"{r['base'] / 1024:.1f}", f"{r['idle'] / 1024:.1f}",
+                         f"{e['per_conn_bytes'] / 1024:.1f}", f"{vs:.2f}x" if vs else "-",
+                         f"{r['closed'] / 1024:.1f}", f"{r['settled'] / 1024:.1f}", f"{e['returned_pct']:.0f}%"])
+        lines += small_table(head, rows, markdown)
+        b = next((e for e in mem if e["proxy"] == "berthd"), None)
+        verdict = ("met" if b["per_conn_vs_haproxy"] <= 1.0 else "not met") if b and b.get("per_conn_vs_haproxy") else "not measured"
+        lines.append("  per conn: (RSS idle - RSS base) / connections; returned: share of that growth given "
+                     f"back 2.5 s after the close; goal (issue 23): per conn <= HAProxy's; berthd: {verdict}")
     dep = [e for e in extra if e.get("part") == "deploy"]
     if dep:
         d = dep[-1]
@@ -330,12 +396,15 @@ def cmd_summary(args):
         "measured the load generator too (compare CPU/req there). vs HAProxy: req/s ratio, p99 "
         "ratio, CPU-per-request ratio (lower is better). A/B: berthd_b req/s / berthd req/s."
     )
+    target_lines, target_doc = targets_report(cells, args.markdown)
+    for line in target_lines:
+        print(line)
     extra = load(args.extra) if args.extra else []
-    lines, extra_doc = extras_report(cells, extra, s.get("torture_keepalive_connections", "?"))
+    lines, extra_doc = extras_report(cells, extra, s.get("torture_keepalive_connections", "?"), args.markdown)
     for line in lines:
         print(line)
     if args.json:
-        doc = {"meta": meta, "cells": cells, **extra_doc}
+        doc = {"meta": meta, "cells": cells, "targets": target_doc, **extra_doc}
         with open(args.json, "w") as f:
             json.dump(doc, f, indent=2)
             f.write("\n")

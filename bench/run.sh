@@ -50,6 +50,8 @@ RELOAD_RATE=${RELOAD_RATE:-10}    # torture: reloads per second ...
 RELOAD_SECS=${RELOAD_SECS:-10}    # ... for this long (bounded: RATE*SECS reloads per proxy)
 TORTURE_KA_CONNS=${TORTURE_KA_CONNS:-64} # torture: keep-alive connections through reloads
 TORTURE_MIX_KA_CONNS=${TORTURE_MIX_KA_CONNS:-8} # torture: keep-alive connections next to the close load
+MEMORY_CONNS=${MEMORY_CONNS:-10000} # memory: idle keep-alive client connections held open
+MEMORY_TIMEOUT=${MEMORY_TIMEOUT:-180} # memory: bound (s) on opening, sampling and closing them
 WRK_THREADS=${WRK_THREADS:-2}     # wrk threads (2: the proxy, not wrk, is the limit)
 MIN_PROXY_CPU=${MIN_PROXY_CPU:-95} # cells where the proxy used less of its core are flagged
 LOAD_CPU=${LOAD_CPU:-0}           # wrk and the backend
@@ -59,7 +61,7 @@ BERTHD_B=${BERTHD_B:-}            # optional second berthd binary ("berthd_b") f
 BUILD=${BUILD:-1}                 # 1: cargo build --release first (no-op when up to date)
 OUT=${OUT:-$BENCH_DIR/results/latest.json}
 HOST_HEADER=bench.test
-ONLY=basic,https,updates,torture,deploy
+ONLY=basic,https,updates,torture,memory,deploy
 PROFILE=0
 ARGS=("$@")   # kept for the re-exec below (the loop shifts them away)
 while [ $# -gt 0 ]; do
@@ -74,8 +76,8 @@ while [ $# -gt 0 ]; do
 done
 for part in ${ONLY//,/ }; do
     case "$part" in
-        basic|https|updates|torture|deploy|tcp) ;;
-        *) echo "run.sh: unknown part $part in --only (basic, https, updates, torture, deploy, tcp)" >&2; exit 2 ;;
+        basic|https|updates|torture|memory|deploy|tcp) ;;
+        *) echo "run.sh: unknown part $part in --only (basic, https, updates, torture, memory, deploy, tcp)" >&2; exit 2 ;;
     esac
 done
 want() { case ",$ONLY," in *",$1,"*) return 0 ;; *) return 1 ;; esac; }
@@ -109,11 +111,13 @@ BACKEND_PORT=$BASE_PORT
 BACKEND2_PORT=$((BASE_PORT + 6))  # second listener of the same backend (route updates switch to it)
 declare -A PORT=([berthd]=$((BASE_PORT + 1)) [haproxy]=$((BASE_PORT + 2)) [nginx]=$((BASE_PORT + 3))
                 [berthd_b]=$((BASE_PORT + 4)) [berthd_u]=$((BASE_PORT + 5))
-                [berthd_t]=$((BASE_PORT + 21)) [haproxy_t]=$((BASE_PORT + 22)) [nginx_t]=$((BASE_PORT + 23)))
+                [berthd_t]=$((BASE_PORT + 21)) [haproxy_t]=$((BASE_PORT + 22)) [nginx_t]=$((BASE_PORT + 23))
+                [berthd_m]=$((BASE_PORT + 31)) [haproxy_m]=$((BASE_PORT + 32)) [nginx_m]=$((BASE_PORT + 33))
+                [berthd_b_m]=$((BASE_PORT + 34)))
 declare -A TLS_PORT=([berthd]=$((BASE_PORT + 41)) [haproxy]=$((BASE_PORT + 42)) [nginx]=$((BASE_PORT + 43))
                     [berthd_b]=$((BASE_PORT + 44)))
 declare -A API_PORT=([berthd]=$((BASE_PORT + 9)) [berthd_b]=$((BASE_PORT + 10)) [berthd_u]=$((BASE_PORT + 11))
-                    [berthd_t]=$((BASE_PORT + 12)))
+                    [berthd_t]=$((BASE_PORT + 12)) [berthd_m]=$((BASE_PORT + 13)) [berthd_b_m]=$((BASE_PORT + 14)))
 
 log() { printf '[bench %s] %s\n' "$(date -u +%H:%M:%S)" "$*" >&2; }
 die() { log "error: $*"; exit 1; }
@@ -620,6 +624,7 @@ main() {
     done
     ! want updates || scenario_updates
     ! want torture || scenario_torture
+    ! want memory || scenario_memory
     ! want deploy || scenario_deploy
     ! want tcp || BUILD=0 BERTHD=$BERTHD bash "$BENCH_DIR/tcp.sh"
     local load_after
@@ -654,7 +659,10 @@ json.dump(meta, open(sys.argv[1], "w"))
 EOF
     mkdir -p "$(dirname "$OUT")"
     python3 "$BENCH_DIR/report.py" summary "$WORK/raw.jsonl" "$WORK/meta.json" --extra "$WORK/extra.jsonl" --json "$OUT"
-    log "JSON written to $OUT"
+    # The same report as markdown, ready to paste into bench/README.md.
+    python3 "$BENCH_DIR/report.py" summary "$WORK/raw.jsonl" "$WORK/meta.json" --extra "$WORK/extra.jsonl" \
+        --markdown >"${OUT%.json}.md"
+    log "JSON written to $OUT, markdown to ${OUT%.json}.md"
 }
 
 # =============================================================================================
@@ -887,6 +895,74 @@ scenario_torture() {
     done
 }
 want_proxy() { case " $PROXIES " in *" $1 "*) return 0 ;; *) return 1 ;; esac; }
+
+# =============================================================================================
+# memory: RSS per MEMORY_CONNS idle keep-alive client connections (each carried one request),
+# and RSS after they closed, for each proxy in its own fresh instance (plain HTTP, same config
+# as the load cells but with room for the connections). bench/idle_conns.py opens, samples and
+# closes; the file descriptor limit is raised for everything started from here on.
+# =============================================================================================
+start_berthd_m() { start_berthd_as berthd_m "$BERTHD"; }
+start_berthd_b_m() { start_berthd_as berthd_b_m "$BERTHD_B"; }
+start_haproxy_m() {
+    local d=$WORK/haproxy_m
+    mkdir -p "$d"
+    [ -f "$WORK/haproxy/haproxy.cfg" ] || write_haproxy_cfg
+    sed -e "s|^    bind 127.0.0.1:${PORT[haproxy]}\$|    bind 127.0.0.1:${PORT[haproxy_m]}|" \
+        -e '/ssl crt/d' -e "s|^    maxconn 4096\$|    maxconn $((MEMORY_CONNS + 1000))|" \
+        -e "s|^defaults\$|defaults\n    maxconn $((MEMORY_CONNS + 1000))|" \
+        -e "s|^global\$|global\n    ulimit-n $MEMORY_NOFILE\n    no strict-limits|" \
+        "$WORK/haproxy/haproxy.cfg" >"$d/haproxy.cfg"
+    haproxy -c -q -f "$d/haproxy.cfg" || die "haproxy rejected the memory config"
+    start haproxy_m "$PROXY_CPU" haproxy -db -f "$d/haproxy.cfg"
+    wait_http "${PORT[haproxy_m]}" haproxy_m
+}
+start_nginx_m() {
+    local d=$WORK/nginx_m
+    mkdir -p "$d/tmp"
+    [ -f "$WORK/nginx/nginx.conf" ] || write_nginx_conf
+    sed -e "s|$WORK/nginx/|$d/|g" -e "s|$WORK/nginx |$d |g" \
+        -e "s|127.0.0.1:${PORT[nginx]}|127.0.0.1:${PORT[nginx_m]}|g" -e '/ssl/d' \
+        -e "s|worker_connections 4096;|worker_connections $((MEMORY_CONNS + 1000));|" \
+        "$WORK/nginx/nginx.conf" >"$d/nginx.conf"
+    nginx -t -q -c "$d/nginx.conf" -p "$d" -e "$d/error.log" || die "nginx rejected the memory config"
+    start nginx_m "$PROXY_CPU" nginx -c "$d/nginx.conf" -p "$d" -e "$d/error.log"
+    wait_http "${PORT[nginx_m]}" nginx_m
+}
+
+scenario_memory() {
+    local p m pids
+    # Each side (client script, proxy) holds MEMORY_CONNS sockets plus a few: raise the soft
+    # limit to what is needed, as far as the hard limit allows.
+    local need=$((MEMORY_CONNS + 2048)) hard
+    hard=$(ulimit -Hn)
+    [ "$hard" = unlimited ] || [ "$hard" -ge "$need" ] ||
+        die "memory: the file descriptor hard limit ($hard) is below $need (MEMORY_CONNS + 2048)"
+    [ "$hard" = unlimited ] && hard=$((2 * need))
+    ulimit -n "$hard"
+    MEMORY_NOFILE=$hard
+    for p in $PROXIES; do
+        m=${p}_m
+        [ -n "${PORT[$m]:-}" ] || continue
+        log "memory: $p, $MEMORY_CONNS idle keep-alive connections"
+        "start_$m"
+        # One request first: a proxy's lazily built state (upstream pool, buffers) is baseline.
+        curl -s -o /dev/null -H "Host: $HOST_HEADER" "http://127.0.0.1:${PORT[$m]}/"
+        sleep 1
+        pids=$(pids_of "$m")
+        local pid_args=()
+        for pid in $pids; do pid_args+=(--pid "$pid"); done
+        timeout --kill-after=5 $((MEMORY_TIMEOUT + 30)) taskset -c "$LOAD_CPU" python3 "$BENCH_DIR/idle_conns.py" \
+            --port "${PORT[$m]}" --conns "$MEMORY_CONNS" --timeout "$MEMORY_TIMEOUT" "${pid_args[@]}" \
+            >"$WORK/memory-$p.txt" || { cat "$WORK/memory-$p.txt" >&2; die "memory: idle_conns.py failed for $p"; }
+        ensure_alive "$m"
+        sed -n 's/^MEMORY_JSON //p' "$WORK/memory-$p.txt" |
+            python3 -c 'import json,sys; d=json.loads(sys.stdin.read()); d.update(part="memory", proxy=sys.argv[1]); print(json.dumps(d))' "$p" \
+            >>"$WORK/extra.jsonl"
+        tail -n 1 "$WORK/extra.jsonl" >&2
+        kill -TERM "${PROC_PID[$m]}" 2>/dev/null || true
+    done
+}
 
 # =============================================================================================
 # deploy: a 3-replica rolling deploy with the image already loaded, timed from the API call to

@@ -55,6 +55,7 @@ api:
 data_dir: $work/data
 deploy:
   network: berth-schemathesis-$$
+  pull: never   # the random specs' image names must never make dockerd contact a registry
 log:
   level: warn
   access_log: false

@@ -534,6 +534,31 @@
     return r.running ? 'running' : 'unknown';
   }
 
+  // A canary in progress: step, split, both versions' live error rate and p99.
+  function canaryFacts(c) {
+    const live = (l) => l ? `${l.requests} req · ${l.error_rate}% errors · p99 ${l.p99_ms == null ? '-' : l.p99_ms + ' ms'}` : '-';
+    const split = Object.entries(c.split || {}).map(([v, w]) => `${shortId(v)} ${w}%`).join(' / ');
+    return [
+      h('dt', null, 'canary'), h('dd', { class: 'canary' }, `${shortId(c.deployment)} · ${c.phase} · step ${c.step}/${c.steps}${c.sticky ? ' · sticky' : ''}`),
+      h('dt', null, 'split'), h('dd', { class: 'canary-split' }, split),
+      h('dt', null, 'stable'), h('dd', { class: 'canary-stable' }, live(c.stable_live)),
+      h('dt', null, 'canary live'), h('dd', { class: 'canary-live' }, live(c.canary_live)),
+    ];
+  }
+
+  function canaryButtons(a) {
+    if (!a.canary) return [];
+    const promote = h('button', { type: 'button', class: 'act', 'data-action': 'promote' }, 'Promote');
+    promote.addEventListener('click', () => act(
+      `Promote the canary of ${a.name} now? It takes all traffic; the stable replicas drain and stop.`,
+      'Promote', 'POST', `/v1/apps/${encodeURIComponent(a.name)}/promote`, {}, `Canary of ${a.name} is being promoted.`));
+    const abort = h('button', { type: 'button', class: 'act', 'data-action': 'abort' }, 'Abort');
+    abort.addEventListener('click', () => act(
+      `Abort the canary of ${a.name}? Traffic goes back to the stable version at once and the canary is removed.`,
+      'Abort', 'POST', `/v1/apps/${encodeURIComponent(a.name)}/abort`, {}, `Canary of ${a.name} aborted.`));
+    return [promote, abort];
+  }
+
   function appCard(a) {
     const replicas = [].concat(a.replicas || [], a.discovered || []);
     // berthd's summary (model::api::AppSummary, the same rule as `berth status`): replicas in
@@ -552,12 +577,13 @@
         h('dt', null, 'current'), h('dd', null, depLabel(a.current)),
         h('dt', null, 'previous'), h('dd', null, depLabel(a.previous)),
         a.deploying ? [h('dt', null, 'deploying'), h('dd', null, a.deploying)] : null,
+        a.canary ? canaryFacts(a.canary) : null,
         h('dt', null, 'replicas'), h('dd', { class: 'replica-count' }, count)),
       replicas.length ? h('ul', { class: 'replicas' }, replicas.map((r) =>
         h('li', { 'data-health': replicaHealth(r) },
           (r.name || r.container_id || '?') + ' · ' + (r.address || '') + ' · ' + replicaHealth(r) +
           (r.routing ? ' · ' + r.routing : '')))) : null,
-      h('div', { class: 'buttons' }, rb));
+      h('div', { class: 'buttons' }, rb, canaryButtons(a)));
   }
 
   // ---------- deployments timeline ----------

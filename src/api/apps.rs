@@ -108,6 +108,11 @@ impl From<DeployError> for AppsError {
                 message: m,
             }),
             DeployError::Upgrading => AppsError::Upgrading(e.to_string()),
+            DeployError::NoCanary(_) => AppsError::Api(ApiError::Conflict {
+                code: "no_canary",
+                field: None,
+                message: e.to_string(),
+            }),
         }
     }
 }

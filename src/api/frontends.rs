@@ -198,18 +198,11 @@ async fn put_pool(
     Ok((status, Json(to_value(&view)?)).into_response())
 }
 
-/// The body of `POST /v1/pools/{name}/version`.
-#[derive(serde::Deserialize)]
-#[serde(deny_unknown_fields)]
-struct VersionInput {
-    version: String,
-}
-
 /// Switches a pool that follows an app to another deployment of it.
 async fn set_version(
     State(state): State<ApiState>,
     ApiPath(name): ApiPath<String>,
-    ApiJson(body): ApiJson<VersionInput>,
+    ApiJson(body): ApiJson<crate::model::api::PoolVersionInput>,
 ) -> Result<Json<Value>, ApiError> {
     let store = state.registry.store().clone();
     state

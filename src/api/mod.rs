@@ -13,6 +13,7 @@
 
 pub mod apps;
 pub mod auth;
+pub mod canary;
 pub mod certs;
 pub mod error;
 pub mod frontends;
@@ -35,6 +36,7 @@ use tokio::sync::watch;
 use crate::model::access::ApiHosts;
 use crate::model::api::{Healthz, Version};
 use crate::model::config::ApiConfig;
+use crate::proxy::server::{accept_loop, supervise, Accepted, ConnLimits, ConnState};
 use crate::store::registry::RouteRegistry;
 
 use error::{ApiError, BodyLimit};
@@ -105,6 +107,7 @@ pub fn router(state: ApiState) -> Router {
         .merge(stats::router())
         .merge(apps::router())
         .merge(traffic::router())
+        .merge(canary::router())
         .merge(certs::router())
         .merge(frontends::router());
     let metrics = Router::new().route("/metrics", get(stats::metrics));
@@ -199,18 +202,105 @@ async fn method_not_allowed() -> ApiError {
     ApiError::MethodNotAllowed
 }
 
-/// Serves the API on `listener` until `stop` becomes true.
-pub async fn serve(listener: TcpListener, state: ApiState) {
-    let mut stop = state.stop.clone();
+/// Serves the API on `listener` until `stop` becomes true, then drains like the proxy
+/// (house rule 7, `proxy::server::supervise`): each connection's next HTTP/1 response carries
+/// `Connection: close`, a keep-alive connection is closed only between requests (never under
+/// a request that has begun to arrive), and what is still open after the drain timeout is
+/// closed. A client whose idle connection meets that close retries on a new one (the `berth`
+/// CLI does; see `client::api`).
+pub async fn serve(listener: TcpListener, state: ApiState, limits: ConnLimits) {
+    let stop = state.stop.clone();
     let app = router(state);
-    let shutdown = async move {
-        let _ = stop.wait_for(|s| *s).await;
+    let builder = Arc::new(hyper_util::server::conn::auto::Builder::new(
+        hyper_util::rt::TokioExecutor::new(),
+    ));
+    accept_loop(
+        listener,
+        stop,
+        limits.drain,
+        "API connections",
+        move |stream, peer, drain| {
+            let (app, builder) = (app.clone(), builder.clone());
+            async move {
+                let accepted = Accepted {
+                    peer,
+                    frontend: None,
+                    read_ahead: true,
+                };
+                supervise(&builder, stream, accepted, limits, drain, move |conn| {
+                    hyper::service::service_fn(move |req: http::Request<hyper::body::Incoming>| {
+                        api_request(app.clone(), conn.clone(), peer, req)
+                    })
+                })
+                .await;
+            }
+        },
+    )
+    .await;
+}
+
+/// One API request on a supervised connection: counted in flight until its response body
+/// ends (or is dropped), `Connection: close` on HTTP/1 while draining.
+async fn api_request(
+    mut app: Router,
+    conn: Arc<ConnState>,
+    peer: std::net::SocketAddr,
+    req: http::Request<hyper::body::Incoming>,
+) -> Result<http::Response<InflightBody>, std::convert::Infallible> {
+    conn.request_started();
+    let guard = Inflight(conn.clone());
+    let close = conn.draining() && req.version() != http::Version::HTTP_2;
+    let mut req = req.map(axum::body::Body::new);
+    req.extensions_mut()
+        .insert(axum::extract::ConnectInfo(peer));
+    // Router is always ready (its poll_ready returns Ready), so `call` needs no poll_ready.
+    let mut resp = match tower_service::Service::call(&mut app, req).await {
+        Ok(r) => r,
+        Err(never) => match never {},
     };
-    let app = app.into_make_service_with_connect_info::<std::net::SocketAddr>();
-    if let Err(e) = axum::serve(listener, app)
-        .with_graceful_shutdown(shutdown)
-        .await
-    {
-        tracing::error!(error = %e, "API server failed");
+    if close {
+        resp.headers_mut().insert(
+            header::CONNECTION,
+            header::HeaderValue::from_static("close"),
+        );
+    }
+    Ok(resp.map(|body| InflightBody {
+        body,
+        _guard: guard,
+    }))
+}
+
+/// Marks the request done on its connection when dropped.
+struct Inflight(Arc<ConnState>);
+
+impl Drop for Inflight {
+    fn drop(&mut self) {
+        self.0.request_done();
+    }
+}
+
+/// An API response body that keeps its request counted in flight until it ends.
+struct InflightBody {
+    body: axum::body::Body,
+    _guard: Inflight,
+}
+
+impl http_body::Body for InflightBody {
+    type Data = bytes::Bytes;
+    type Error = axum::Error;
+
+    fn poll_frame(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<http_body::Frame<Self::Data>, Self::Error>>> {
+        std::pin::Pin::new(&mut self.body).poll_frame(cx)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.body.is_end_stream()
+    }
+
+    fn size_hint(&self) -> http_body::SizeHint {
+        self.body.size_hint()
     }
 }

@@ -41,6 +41,10 @@ pub struct StatsDoc {
     /// frontends: TCP frontends and pool members (connections, bytes).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub tcp: Option<crate::proxy::tcp::TcpStats>,
+    /// The pools of HTTP frontends, counted like routes (requests per member, statuses,
+    /// latency); `source`: `config` for the file's pools, `api` for the others.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub http_pools: Vec<RouteStats>,
     /// Whether `berth.db` takes changes (the status page shows a banner when not).
     pub store: StoreState,
 }
@@ -174,6 +178,7 @@ pub fn snapshot(table: &RouteTable, sources: &HashMap<String, RouteSource>) -> S
             .unwrap_or(0),
         routes,
         tcp: None,
+        http_pools: Vec::new(),
         store: StoreState::of(None),
     }
 }
@@ -187,6 +192,8 @@ fn current(state: &ApiState) -> StatsDoc {
         .collect();
     let mut doc = snapshot(&state.registry.table(), &sources);
     doc.tcp = Some(state.tcp.stats());
+    let (pools, sources) = state.tcp.http_pools();
+    doc.http_pools = snapshot(&pools, &sources).routes;
     doc.store = StoreState::of(state.store_problem.as_deref());
     doc
 }

@@ -21,6 +21,7 @@ use super::auth::session::{
 };
 use super::error::{ApiError, ApiJson};
 use super::ApiState;
+use crate::model::api::SessionInfo;
 
 /// Longest token accepted by the login form (a real one is 70 bytes).
 const MAX_TOKEN_LEN: usize = 512;
@@ -119,8 +120,12 @@ struct LoginBody {
     token: String,
 }
 
-fn session_json(csrf: &str, expires_in: Duration) -> Json<serde_json::Value> {
-    Json(serde_json::json!({ "csrf_token": csrf, "expires_in_s": expires_in.as_secs() }))
+fn session_json(csrf: &str, expires_in: Duration) -> Json<SessionInfo> {
+    Json(SessionInfo {
+        csrf_token: csrf.to_string(),
+        expires_in_s: expires_in.as_secs(),
+        scopes: None,
+    })
 }
 
 /// `POST /ui/login` `{"token": "..."}` → session cookie + `{"csrf_token", "expires_in_s"}`.
@@ -198,7 +203,7 @@ async fn session(
     match session_of(&state, &sessions, &headers).await {
         Ok(Some((_, info, scopes))) => {
             let mut body = session_json(&info.csrf, info.expires_in);
-            body.0["scopes"] = serde_json::json!(scopes);
+            body.0.scopes = Some(scopes);
             body.into_response()
         }
         Ok(None) => unauthorized("no_session", "not logged in").into_response(),

@@ -1,6 +1,16 @@
 //! HTTP client for berthd's REST API: bearer token, JSON errors turned into `ClientError`s,
 //! the API-version handshake, and Server-Sent Event streams (deploy events, logs).
 //! Refuses to send a token over plain HTTP to anything but loopback.
+//!
+//! Retries: a keep-alive connection can meet berthd's close of it (idle timeout, or the old
+//! process ending after `berthd upgrade`) in the instant a request is sent on it. berthd
+//! closes such a connection only before reading any byte of a next request, so a request
+//! that saw the connection close before any byte of a response is sent again on a new one:
+//! idempotent methods after a close or a reset, other methods only after a clean close on a
+//! connection that may have been reused (this client had an answer before). A request refused
+//! with 503 `upgrading` (deploys, stops and deletes while berthd hands over to its new
+//! process; nothing was changed) is sent again every 300 ms for up to a minute. Streamed
+//! bodies (image uploads) cannot be replayed and are not retried.
 
 use std::time::Duration;
 
@@ -20,6 +30,66 @@ pub struct Api {
     base: String,
     token: String,
     http: reqwest::Client,
+    /// Set once an answer arrived: later requests may go out on a pooled (reused) connection.
+    answered: std::sync::atomic::AtomicBool,
+}
+
+/// Sends after a connection closed under a request (see the module doc).
+const RETRIES: u32 = 2;
+
+/// How a request failed before any byte of a response, when that is safe to retry.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Dropped {
+    /// The server closed the connection (FIN) before answering.
+    Closed,
+    /// The connection was reset before an answer.
+    Reset,
+}
+
+/// Whether `e` is a connection that ended before any response byte (not a connect error, a
+/// timeout, or an error after the response began).
+fn dropped(e: &reqwest::Error) -> Option<Dropped> {
+    if e.is_connect() || e.is_timeout() || e.is_body() || e.is_decode() || e.is_status() {
+        return None;
+    }
+    let mut cur: Option<&(dyn std::error::Error + 'static)> = Some(e);
+    while let Some(err) = cur {
+        if let Some(h) = err.downcast_ref::<hyper::Error>() {
+            if h.is_incomplete_message() {
+                return Some(Dropped::Closed);
+            }
+        }
+        if let Some(io) = err.downcast_ref::<std::io::Error>() {
+            return match io.kind() {
+                std::io::ErrorKind::BrokenPipe | std::io::ErrorKind::UnexpectedEof => {
+                    Some(Dropped::Closed)
+                }
+                std::io::ErrorKind::ConnectionReset | std::io::ErrorKind::ConnectionAborted => {
+                    Some(Dropped::Reset)
+                }
+                _ => None,
+            };
+        }
+        cur = err.source();
+    }
+    None
+}
+
+/// How long a request refused with 503 `upgrading` (berthd handing over to its new process)
+/// is sent again before the refusal is reported.
+const UPGRADE_WAIT: Duration = Duration::from_secs(60);
+
+fn is_upgrading(e: &ClientError) -> bool {
+    matches!(e, ClientError::Api { status: 503, detail: Some(d), .. } if d.code == "upgrading")
+}
+
+/// Whether a request that failed with `how` may be sent again.
+fn may_retry(method: &Method, how: Dropped, maybe_reused: bool) -> bool {
+    let idempotent = matches!(
+        *method,
+        Method::GET | Method::HEAD | Method::OPTIONS | Method::PUT | Method::DELETE | Method::TRACE
+    );
+    idempotent || (how == Dropped::Closed && maybe_reused)
 }
 
 /// Whether a URL's host is loopback (plain HTTP is only allowed there).
@@ -116,6 +186,7 @@ impl Api {
             base: url.as_str().trim_end_matches('/').to_string(),
             token: server.token.clone(),
             http,
+            answered: std::sync::atomic::AtomicBool::new(false),
         })
     }
 
@@ -134,10 +205,54 @@ impl Api {
         &self,
         req: reqwest::RequestBuilder,
     ) -> Result<reqwest::Response, ClientError> {
-        let resp = req.send().await.map_err(|e| ClientError::Unreachable {
+        use std::sync::atomic::Ordering;
+        let unreachable = |e: &reqwest::Error| ClientError::Unreachable {
             url: self.base.clone(),
-            message: root_cause(&e),
-        })?;
+            message: root_cause(e),
+        };
+        let mut request = req.build().map_err(|e| unreachable(&e))?;
+        let mut attempt = 0;
+        let upgrade_wait_until = std::time::Instant::now() + UPGRADE_WAIT;
+        let mut said_upgrading = false;
+        let resp = loop {
+            let again = request.try_clone();
+            let maybe_reused = self.answered.load(Ordering::Relaxed);
+            let method = request.method().clone();
+            match self.http.execute(request).await {
+                Ok(r) if r.status() == StatusCode::SERVICE_UNAVAILABLE => {
+                    self.answered.store(true, Ordering::Relaxed);
+                    let err = error_from(r).await;
+                    // Refused before anything changed while berthd hands over to its new
+                    // process: send it again once the new one serves.
+                    match again {
+                        Some(next)
+                            if is_upgrading(&err)
+                                && std::time::Instant::now() < upgrade_wait_until =>
+                        {
+                            if !said_upgrading {
+                                said_upgrading = true;
+                                eprintln!("berthd is upgrading; sending the request again when the new process serves");
+                            }
+                            request = next;
+                            tokio::time::sleep(Duration::from_millis(300)).await;
+                        }
+                        _ => return Err(err),
+                    }
+                }
+                Ok(r) => break r,
+                Err(e) => match (again, dropped(&e)) {
+                    (Some(next), Some(how))
+                        if attempt < RETRIES && may_retry(&method, how, maybe_reused) =>
+                    {
+                        attempt += 1;
+                        request = next;
+                        tokio::time::sleep(Duration::from_millis(50 * u64::from(attempt))).await;
+                    }
+                    _ => return Err(unreachable(&e)),
+                },
+            }
+        };
+        self.answered.store(true, Ordering::Relaxed);
         if resp.status().is_success() {
             return Ok(resp);
         }
@@ -359,5 +474,135 @@ mod tests {
         );
         assert_eq!(find_event_end(b"data: x\n\nrest"), Some(9));
         assert_eq!(find_event_end(b"data: x\n"), None);
+    }
+
+    /// A raw HTTP/1.1 server on loopback. Connection 1 answers its first request (keep-alive)
+    /// and then closes after reading the second one without answering (what a connection
+    /// closed under a request looks like to a client); every later connection answers.
+    /// Returns the address and the count of requests read.
+    fn flaky_server() -> (String, std::sync::Arc<std::sync::atomic::AtomicUsize>) {
+        use std::io::{BufRead, BufReader, Write};
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = l.local_addr().unwrap();
+        let seen = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let count = seen.clone();
+        std::thread::spawn(move || {
+            for (n, conn) in l.incoming().enumerate().take(4) {
+                let Ok(c) = conn else { return };
+                let mut w = c.try_clone().unwrap();
+                let mut r = BufReader::new(c);
+                let mut answered = 0;
+                loop {
+                    let mut len = 0usize;
+                    let mut line = String::new();
+                    loop {
+                        line.clear();
+                        if r.read_line(&mut line).unwrap_or(0) == 0 {
+                            break;
+                        }
+                        if let Some(v) = line.to_ascii_lowercase().strip_prefix("content-length:") {
+                            len = v.trim().parse().unwrap_or(0);
+                        }
+                        if line == "\r\n" {
+                            break;
+                        }
+                    }
+                    if line != "\r\n" {
+                        break;
+                    }
+                    let mut body = vec![0; len];
+                    let _ = std::io::Read::read_exact(&mut r, &mut body);
+                    count.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                    if n == 0 && answered == 1 {
+                        break; // read it, close without an answer
+                    }
+                    let _ = w.write_all(
+                        b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: 2\r\n\r\n{}",
+                    );
+                    answered += 1;
+                }
+            }
+        });
+        (format!("http://{addr}"), seen)
+    }
+
+    fn api(url: &str) -> Api {
+        Api::new(&Server {
+            url: url.to_string(),
+            token: "t".into(),
+            ca_cert: None,
+        })
+        .unwrap()
+    }
+
+    #[tokio::test]
+    async fn a_request_closed_under_on_a_reused_connection_is_sent_again() {
+        // GET: retried on a new connection.
+        let (url, seen) = flaky_server();
+        let a = api(&url);
+        let _: serde_json::Value = a.get("/v1/x").await.unwrap();
+        let _: serde_json::Value = a.get("/v1/x").await.unwrap();
+        assert_eq!(seen.load(std::sync::atomic::Ordering::SeqCst), 3);
+        // POST on a reused connection that closed cleanly: retried too.
+        let (url, seen) = flaky_server();
+        let a = api(&url);
+        let body = serde_json::json!({"a": 1});
+        let _: serde_json::Value = a.json(Method::POST, "/v1/x", Some(&body)).await.unwrap();
+        let _: serde_json::Value = a.json(Method::POST, "/v1/x", Some(&body)).await.unwrap();
+        assert_eq!(seen.load(std::sync::atomic::Ordering::SeqCst), 3);
+    }
+
+    /// Answers 503 `upgrading` twice (as the old process does while it hands over), then 200.
+    #[tokio::test]
+    async fn a_request_refused_while_berthd_upgrades_is_sent_again() {
+        use std::io::{BufRead, BufReader, Write};
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = l.local_addr().unwrap();
+        let seen = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let count = seen.clone();
+        std::thread::spawn(move || {
+            for conn in l.incoming().take(3) {
+                let Ok(c) = conn else { return };
+                let mut w = c.try_clone().unwrap();
+                let mut r = BufReader::new(c);
+                let mut line = String::new();
+                while r.read_line(&mut line).unwrap_or(0) > 0 && line != "\r\n" {
+                    line.clear();
+                }
+                let n = count.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                let body = if n < 2 {
+                    r#"{"error":{"code":"upgrading","message":"berthd is handing over"}}"#
+                } else {
+                    "{}"
+                };
+                let status = if n < 2 {
+                    "503 Service Unavailable"
+                } else {
+                    "200 OK"
+                };
+                let _ = write!(
+                    w,
+                    "HTTP/1.1 {status}\r\ncontent-type: application/json\r\nconnection: close\r\ncontent-length: {}\r\n\r\n{body}",
+                    body.len()
+                );
+            }
+        });
+        let a = api(&format!("http://{addr}"));
+        let _: serde_json::Value = a
+            .json::<_, ()>(Method::DELETE, "/v1/apps/x", None)
+            .await
+            .unwrap();
+        assert_eq!(seen.load(std::sync::atomic::Ordering::SeqCst), 3);
+    }
+
+    #[test]
+    fn retry_rules() {
+        use Dropped::*;
+        assert!(may_retry(&Method::GET, Reset, false));
+        assert!(may_retry(&Method::DELETE, Closed, false));
+        assert!(may_retry(&Method::POST, Closed, true));
+        assert!(!may_retry(&Method::POST, Closed, false));
+        assert!(!may_retry(&Method::POST, Reset, true));
+        assert!(!may_retry(&Method::PATCH, Reset, true));
     }
 }

@@ -51,6 +51,10 @@ pub struct AppFile {
     pub replicas: u32,
     #[serde(default)]
     pub strategy: Strategy,
+    /// `strategy: canary`: `{steps: [{weight: 10%, hold: 1m}], analysis: {max_error_rate: 1%,
+    /// max_p99: 500ms, min_requests: 100}, sticky: true}`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub canary: Option<crate::model::canary::CanarySpec>,
     /// The daemon's own health-check type: same keys, same defaults.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub health: Option<HealthSpec>,
@@ -384,6 +388,7 @@ impl AppFile {
         spec.port = self.port;
         spec.replicas = self.replicas;
         spec.strategy = self.strategy;
+        spec.canary = self.canary.clone();
         spec.env = self.env.clone();
         spec.volumes = self.volumes.clone();
         if let Some(h) = &self.health {
@@ -590,6 +595,23 @@ mod tests {
     }
 
     #[test]
+    fn canary_reaches_the_spec() {
+        let app = AppFile::parse(
+            Path::new("berth.yaml"),
+            "name: a\nimage: x\ndomains: [a.com]\nstrategy: canary\ncanary:\n  steps:\n    - {weight: 10%, hold: 30s}\n    - {weight: 50%, hold: 1m}\n  analysis: {max_error_rate: 1%, max_p99: 300ms, min_requests: 50}\n  sticky: true\n",
+        )
+        .unwrap();
+        let spec = app.to_spec("x", &BTreeMap::new()).unwrap();
+        spec.validate().unwrap();
+        assert_eq!(spec.strategy, Strategy::Canary);
+        let c = spec.canary.unwrap();
+        assert_eq!(c.steps.len(), 2);
+        assert_eq!(c.steps[1].weight, crate::model::canary::Percent::whole(50));
+        assert_eq!(c.analysis.min_requests, 50);
+        assert!(c.sticky);
+    }
+
+    #[test]
     fn errors_name_file_line_and_key() {
         let cases: &[(&str, &str, Option<usize>)] = &[
             (
@@ -659,6 +681,21 @@ mod tests {
                 "name: a\nimage: x\ndomains: [a.com]\npath_prefix: api\n",
                 "path_prefix",
                 Some(4),
+            ),
+            (
+                "name: a\nimage: x\ndomains: [a.com]\nstrategy: canary\ncanary:\n  steps: [{weight: 5%, hold: 2m}]\n  analysis:\n    max_error_rate: 150%\n",
+                "canary.analysis.max_error_rate",
+                Some(8),
+            ),
+            (
+                "name: a\nimage: x\ndomains: [a.com]\nstrategy: canary\ncanary:\n  steps:\n    - weight: 0%\n      hold: 1m\n",
+                "canary.steps[0].weight",
+                Some(7),
+            ),
+            (
+                "name: a\nimage: x\ndomains: [a.com]\nstrategy: canary\n",
+                "canary",
+                None,
             ),
         ];
         for (text, key, line) in cases {

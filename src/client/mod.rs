@@ -201,6 +201,20 @@ pub enum Command {
         #[arg(long)]
         allow: Vec<ipnet::IpNet>,
     },
+    /// Promote an app's running canary now: it takes all traffic, the stable replicas drain.
+    Promote { app: String },
+    /// Abort an app's running canary now: traffic back on stable, the canary removed.
+    Abort { app: String },
+    /// Show, or set by hand, how an app's traffic is split between its running versions
+    /// (A/B, during a canary): `berth traffic APP v1=90 v2=10`.
+    Traffic {
+        app: String,
+        /// VERSION=PERCENT pairs summing to 100 (VERSION: deployment id or image tag).
+        split: Vec<String>,
+        /// Keep each client on one version (a cookie names it).
+        #[arg(long)]
+        sticky: bool,
+    },
     /// Show an app's logs.
     Logs {
         app: String,

@@ -83,6 +83,15 @@ impl RoutePublisher for RegistryRoutes {
     fn healthy(&self, route: &str, backend_id: &str) -> Option<bool> {
         backend_healthy(&self.0.table(), route, backend_id)
     }
+
+    fn counts(&self, route: &str, backend_id: &str) -> Option<crate::model::canary::VersionCounts> {
+        let t = self.0.table();
+        t.route(route)?
+            .backends
+            .iter()
+            .find(|b| b.id == backend_id)
+            .map(|b| crate::model::canary::VersionCounts::of(&b.stats))
+    }
 }
 
 /// Starts the deploy engine inside the daemon: history in the daemon's `Store` (the one
@@ -202,6 +211,7 @@ pub(super) async fn start(
         store_damaged,
         secrets,
         allow_host_mounts: d.allow_host_mounts,
+        pull_ceiling: d.pull,
         ..Default::default()
     };
     match start_engine_with_feed(registry.clone(), &d.network, cfg, apps).await {

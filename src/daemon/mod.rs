@@ -335,7 +335,11 @@ pub async fn start_with(
         tcp: tcp.clone(),
         store_problem: store_problem.clone(),
     };
-    tasks.push(tokio::spawn(api::serve(api_listener, api_state)));
+    tasks.push(tokio::spawn(api::serve(
+        api_listener,
+        api_state,
+        server::ConnLimits::of(&config.proxy.timeouts),
+    )));
     Ok(Running {
         http_addr,
         api_addr,

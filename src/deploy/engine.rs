@@ -54,6 +54,7 @@ impl Engine {
             heal: Mutex::new(HashMap::new()),
             reconciled: watch::Sender::new(false),
             handover: handover::Handover::default(),
+            canaries: super::canary::Canaries::default(),
         });
         inner.rt.ensure_network().await?;
         // Serve first: what runs now is routed before this returns (one Docker listing, no
@@ -64,6 +65,11 @@ impl Engine {
         for ad in std::mem::take(&mut startup.handed) {
             let bg = inner.clone();
             inner.spawn(handover::resume_when_ours(bg, ad));
+        }
+        // Canaries held by a manual split (A/B): waiting for promote or abort again.
+        for r in std::mem::take(&mut startup.ab) {
+            let bg = inner.clone();
+            inner.spawn(super::canary::resume(bg, r));
         }
         discovery::start(&inner).await?;
         if let Some(why) = &inner.cfg.store_damaged {
@@ -249,6 +255,7 @@ impl Engine {
                 match rec.spec.strategy {
                     Strategy::Rolling => "rolling",
                     Strategy::Replace => "replace",
+                    Strategy::Canary => "canary",
                 },
                 rec.spec.image,
                 rec.spec.replicas
@@ -334,6 +341,7 @@ impl Engine {
                 .map_err(|e| DeployError::Secrets(format!("cannot roll back: {e}")))?;
         }
         spec.strategy = Strategy::Rolling;
+        spec.canary = None;
         self.start_deployment(app, spec, ImageSource::Id(image_id), who, Some(target.id))
     }
 

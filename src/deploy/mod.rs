@@ -14,6 +14,7 @@
 //! `discovery.rs` routes hand-started containers, `handover.rs` passes deploys across an
 //! upgrade, `traffic.rs` pause/maintenance, `health.rs` the deploy gate's checks.
 
+pub mod canary;
 mod discovery;
 mod engine;
 mod events;
@@ -68,6 +69,15 @@ pub trait RoutePublisher: HealthProbe {
     }
     /// The replicas of `app` now (every deployment's), for pools that follow the app.
     fn set_replicas(&self, _app: &str, _replicas: Vec<crate::model::pool::AppReplica>) {}
+    /// What the proxy counted for that backend so far (requests, 5xx + upstream failures,
+    /// latency), if it is in the current table: canary analysis sums it per version.
+    fn counts(
+        &self,
+        _route: &str,
+        _backend_id: &str,
+    ) -> Option<crate::model::canary::VersionCounts> {
+        None
+    }
 }
 
 /// Errors of the engine's API (the API layer maps them to HTTP statuses).
@@ -101,6 +111,11 @@ pub enum DeployError {
          a few seconds (the new process takes them)"
     )]
     Upgrading,
+    /// 409: promote, abort or a traffic split asked of an app that runs no canary.
+    #[error(
+        "app {0} has no canary in progress (deploy with strategy: canary to run two versions)"
+    )]
+    NoCanary(String),
 }
 
 /// Where the image of a deploy comes from.
@@ -138,6 +153,8 @@ pub struct EngineConfig {
     pub secrets: Option<Arc<crate::store::secrets::SecretsKey>>,
     /// `deploy.allow_host_mounts`: whether specs may bind-mount host paths.
     pub allow_host_mounts: bool,
+    /// `deploy.pull`: ceiling over every app's pull policy.
+    pub pull_ceiling: crate::model::deploy::PullPolicy,
 }
 
 impl Default for EngineConfig {
@@ -151,6 +168,7 @@ impl Default for EngineConfig {
             store_damaged: None,
             secrets: None,
             allow_host_mounts: false,
+            pull_ceiling: crate::model::deploy::PullPolicy::Always,
         }
     }
 }

@@ -81,6 +81,9 @@ pub(crate) struct Startup {
     apps: Vec<String>,
     /// Deploys with a checkpoint (handed over by an upgrade): resumed, not reconciled.
     pub handed: Vec<super::handover::Adopted>,
+    /// Canaries held by a manual split (A/B) when berthd stopped: routed as split, resumed
+    /// (waiting for promote or abort), not reconciled.
+    pub ab: Vec<super::canary::Resumed>,
 }
 
 /// Phase 1: publish what runs now, at once.
@@ -130,6 +133,34 @@ pub(crate) async fn serve_first(inner: &Arc<Inner>) -> Result<Startup, DeployErr
         };
         currents.insert(app, cur);
     }
+    // A/B splits set by hand survive a restart: the canary they split to is resumed (held
+    // until promote or abort) instead of failed, and both versions are routed as split.
+    let splits: BTreeMap<String, crate::model::canary::VersionSplit> = if inner.store_damaged() {
+        BTreeMap::new()
+    } else {
+        inner.store.traffic_splits()?.into_iter().collect()
+    };
+    let mut ab = Vec::new();
+    let mut unfinished = unfinished;
+    unfinished.retain(|d| {
+        let stable = currents.get(&d.app).cloned().flatten();
+        match (splits.get(&d.app), stable) {
+            (Some(split), Some(cur))
+                if d.spec.strategy == crate::model::deploy::Strategy::Canary
+                    && split.weights.len() == 2
+                    && split.weights.contains_key(&d.id)
+                    && split.weights.contains_key(&cur.id) =>
+            {
+                ab.push(super::canary::Resumed {
+                    rec: d.clone(),
+                    stable: cur,
+                    split: split.clone(),
+                });
+                false
+            }
+            _ => true,
+        }
+    });
     // Running containers whose deployment the store has no record of, by app.
     let mut unknown: BTreeMap<String, Vec<&ContainerInfo>> = BTreeMap::new();
     // Only containers on this engine's network: another berthd on the same Docker host
@@ -217,6 +248,18 @@ pub(crate) async fn serve_first(inner: &Arc<Inner>) -> Result<Startup, DeployErr
         if let Some(ad) = handed.iter().find(|h| h.rec.app == app) {
             super::handover::route_as_checkpointed(&mut a, ad);
         }
+        if let Some(r) = ab.iter().find(|r| r.rec.app == app) {
+            a.replicas.extend(
+                managed
+                    .iter()
+                    .filter(|c| c.running() && deployment_of(c) == Some(r.rec.id.as_str()))
+                    .filter(|c| c.labels.get(labels::APP) == Some(&app))
+                    .filter_map(|c| replica_of(c, r.rec.spec.port, &r.rec.id)),
+            );
+            a.hosts = Some(AppHosts::of(&r.rec.spec));
+            a.split = Some(r.split.clone());
+            a.running = Some(r.rec.id.clone());
+        }
         if a.adopted.is_none() && !currents.contains_key(&app) {
             // Nothing of this app could be adopted (reported above): nothing to route.
             continue;
@@ -251,12 +294,14 @@ pub(crate) async fn serve_first(inner: &Arc<Inner>) -> Result<Startup, DeployErr
     let apps = currents
         .into_keys()
         .filter(|app| !handed.iter().any(|h| &h.rec.app == app))
+        .filter(|app| !ab.iter().any(|r| &r.rec.app == app))
         .collect();
     Ok(Startup {
         adopted: adopted_count,
         unfinished,
         apps,
         handed,
+        ab,
     })
 }
 
@@ -293,8 +338,23 @@ async fn reconcile_all(inner: &Arc<Inner>, startup: Startup) -> Result<(), Deplo
             .iter()
             .filter(|c| deployment_of(c) == Some(d.id.as_str()) && c.running())
             .collect();
-        let complete = mine.len() as u32 >= d.spec.replicas && all_healthy(inner, &d, &mine).await;
-        if complete {
+        // An interrupted canary is never finished here: it was not promoted (promotion commits
+        // before anything of the old version is removed), so it is aborted; the traffic is
+        // already on stable (`serve_first` routes the current deployment only).
+        let canary = d.spec.strategy == crate::model::deploy::Strategy::Canary;
+        let complete =
+            !canary && mine.len() as u32 >= d.spec.replicas && all_healthy(inner, &d, &mine).await;
+        if canary {
+            let reason = "interrupted: berthd stopped during the canary; aborted on start (the \
+                          stable version kept the traffic)";
+            inner
+                .store
+                .finish(&d.id, DeployState::Failed, Some(reason), now_ms())?;
+            if let Err(e) = inner.store.set_traffic_split(&d.app, None, now_ms() / 1000) {
+                inner.warn(format!("reconcile: app {}: clearing its split: {e}", d.app));
+            }
+            tracing::warn!(deployment = %d.id, app = %d.app, "{reason}");
+        } else if complete {
             inner
                 .store
                 .finish(&d.id, DeployState::Succeeded, None, now_ms())?;

@@ -31,16 +31,16 @@ pub(crate) struct New {
 
 /// What the executor did so far, for abort.
 #[derive(Default)]
-struct Progress {
-    new: BTreeMap<u32, New>,
-    routed_new: Vec<String>,
-    stopped_old: Vec<Replica>,
+pub(super) struct Progress {
+    pub(super) new: BTreeMap<u32, New>,
+    pub(super) routed_new: Vec<String>,
+    pub(super) stopped_old: Vec<Replica>,
     /// `docker stop` of drained old replicas runs in the background (a replica out of the
     /// route with nothing in flight needs no waiting); awaited before commit or abort.
-    stops: Vec<tokio::task::JoinHandle<Result<(), RuntimeError>>>,
+    pub(super) stops: Vec<tokio::task::JoinHandle<Result<(), RuntimeError>>>,
 }
 
-fn short(id: &str) -> &str {
+pub(super) fn short(id: &str) -> &str {
     let id = id.strip_prefix("sha256:").unwrap_or(id);
     &id[..id.len().min(12)]
 }
@@ -85,7 +85,7 @@ pub(crate) async fn resume(inner: Arc<Inner>, rec: DeploymentRecord, cp: Checkpo
 
 /// Commits or aborts a deploy whose steps ended with `outcome` (`Ok(true)`: handed over to a
 /// successor, which concludes it; nothing more is written here).
-async fn conclude(
+pub(super) async fn conclude(
     inner: &Arc<Inner>,
     rec: &DeploymentRecord,
     mut progress: Progress,
@@ -205,6 +205,19 @@ async fn resolve_image(
     rec: &DeploymentRecord,
     image: ImageSource,
 ) -> Result<String, String> {
+    // The server's `deploy.pull` caps what the app asks for (an offline host says `never`).
+    let pull = rec.spec.pull.under(inner.cfg.pull_ceiling);
+    if pull != rec.spec.pull && matches!(image, ImageSource::Reference { .. }) {
+        inner.emit(
+            &rec.id,
+            Stage::Image,
+            format!(
+                "pull: {} lowered to {} by the server's deploy.pull",
+                pull_name(rec.spec.pull),
+                pull_name(pull)
+            ),
+        );
+    }
     let id = match image {
         ImageSource::Id(i) => inner
             .rt
@@ -236,7 +249,7 @@ async fn resolve_image(
                 }
             }
         }
-        ImageSource::Reference { reference, creds } if rec.spec.pull == PullPolicy::Always => {
+        ImageSource::Reference { reference, creds } if pull == PullPolicy::Always => {
             // A moving tag (`:latest`) gets the registry's current image on every deploy.
             inner.emit(
                 &rec.id,
@@ -251,10 +264,16 @@ async fn resolve_image(
         }
         ImageSource::Reference { reference, creds } => match inner.rt.image_id(&reference).await {
             Ok(i) => i,
-            Err(RuntimeError::NotFound { .. }) if rec.spec.pull == PullPolicy::Never => {
-                return Err(format!(
-                    "image {reference} is not present on the server and pull is never"
-                ))
+            Err(RuntimeError::NotFound { .. }) if pull == PullPolicy::Never => {
+                return Err(if rec.spec.pull == PullPolicy::Never {
+                    format!("image {reference} is not present on the server and pull is never")
+                } else {
+                    format!(
+                        "image {reference} is not present on the server, and the server's \
+                         deploy.pull is never (no registry is contacted): upload the image \
+                         (`berth deploy --image-tar`, or `build:`) or load it on the server"
+                    )
+                });
             }
             Err(RuntimeError::NotFound { .. }) => {
                 inner.emit(&rec.id, Stage::Image, format!("pulling {reference}"));
@@ -268,6 +287,14 @@ async fn resolve_image(
         },
     };
     Ok(id)
+}
+
+fn pull_name(p: PullPolicy) -> &'static str {
+    match p {
+        PullPolicy::Never => "never",
+        PullPolicy::Missing => "missing",
+        PullPolicy::Always => "always",
+    }
 }
 
 async fn execute(
@@ -312,6 +339,13 @@ async fn execute(
             container_id: r.container_id.clone(),
         })
         .collect();
+    if rec.spec.strategy == crate::model::deploy::Strategy::Canary && !old.is_empty() {
+        // Next to the stable version, step by step (`canary.rs`); a first deploy has
+        // nothing to compare with and runs the rolling plan.
+        return super::canary::run_canary(inner, rec, &image_id, &old, old_grace, progress)
+            .await
+            .map(|()| false);
+    }
     let input = PlanInput {
         image_id,
         old: current.into_iter().map(|o| o.container_id).collect(),
@@ -422,20 +456,7 @@ async fn steps(
                 );
             }
             Step::StopOld { container_id } => {
-                let removed = {
-                    let mut st = inner.state.locked();
-                    let a = st.apps.entry(app.clone()).or_default();
-                    let pos = a
-                        .replicas
-                        .iter()
-                        .position(|r| r.container_id == container_id);
-                    let removed = pos.map(|p| a.replicas.remove(p));
-                    inner
-                        .publish_app(&st, app)
-                        .map_err(|e| format!("publishing the route failed: {e}"))?;
-                    removed
-                };
-                if let Some(r) = removed {
+                if let Some(r) = take_out(inner, app, &container_id)? {
                     progress.stopped_old.push(r);
                 }
                 let rt = inner.rt.clone();
@@ -464,7 +485,26 @@ async fn steps(
     Ok(false)
 }
 
-fn set_routing(
+/// Takes a replica out of the app's route (one table swap); returns it.
+pub(super) fn take_out(
+    inner: &Inner,
+    app: &str,
+    container_id: &str,
+) -> Result<Option<Replica>, String> {
+    let mut st = inner.state.locked();
+    let a = st.apps.entry(app.to_string()).or_default();
+    let pos = a
+        .replicas
+        .iter()
+        .position(|r| r.container_id == container_id);
+    let removed = pos.map(|p| a.replicas.remove(p));
+    inner
+        .publish_app(&st, app)
+        .map_err(|e| format!("publishing the route failed: {e}"))?;
+    Ok(removed)
+}
+
+pub(super) fn set_routing(
     inner: &Inner,
     app: &str,
     container_id: &str,
@@ -755,7 +795,12 @@ pub(crate) async fn ready(
 
 /// Health gate: healthy within `deploy_timeout`, then still healthy after `min_ready` (a
 /// worker's steady run already covers `min_ready`).
-async fn gate(inner: &Inner, rec: &DeploymentRecord, new: &New, slot: u32) -> Result<(), String> {
+pub(super) async fn gate(
+    inner: &Inner,
+    rec: &DeploymentRecord,
+    new: &New,
+    slot: u32,
+) -> Result<(), String> {
     let spec: &AppSpec = &rec.spec;
     let deadline = Instant::now() + spec.deploy_timeout;
     let mut res = ready(inner, spec, &new.id, new.addr, deadline)

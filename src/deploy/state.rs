@@ -67,6 +67,9 @@ pub(crate) struct AppState {
     /// A replace deploy of a one-replica app holds requests during its cut-over (not
     /// persisted: a restart mid-deploy ends the hold with the deploy).
     pub deploy_hold: Option<Duration>,
+    /// How the route splits traffic between the versions (deployment ids) of `replicas`
+    /// while a canary runs (see `canary.rs`); `None`: one version, no split.
+    pub split: Option<crate::model::canary::VersionSplit>,
 }
 
 impl AppState {
@@ -111,6 +114,8 @@ pub(crate) struct Inner {
     pub(super) reconciled: watch::Sender<bool>,
     /// Pause and hand-over of in-flight deploys across an upgrade.
     pub(crate) handover: handover::Handover,
+    /// Running canaries: their hand controls (promote, abort, split) and live status.
+    pub(crate) canaries: super::canary::Canaries,
 }
 
 /// What `Conflict.running` says while an app is being stopped.
@@ -188,6 +193,14 @@ impl Inner {
                 // A worker (no domains) has no route.
                 Some(h) if !h.domains.is_empty() => vec![RouteSpec {
                     gate: a.effective_gate(),
+                    split: a.split.as_ref().map(|s| crate::model::canary::RouteSplit {
+                        split: s.clone(),
+                        members: a
+                            .replicas
+                            .iter()
+                            .map(|r| (r.container_id.clone(), r.deployment.clone()))
+                            .collect(),
+                    }),
                     ..h.traffic.route(
                         app_route_name(app),
                         h.domains.clone(),

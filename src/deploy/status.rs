@@ -133,6 +133,7 @@ impl Engine {
                 .and_then(|h| h.line.clone()),
             adopted,
             gate,
+            canary: self.inner.canaries.status(app),
         })
     }
 

@@ -25,6 +25,11 @@ use super::deploy::{AppSpec, RegistryAuth};
 use super::route::{BackendSpec, RouteSpec, ServerState};
 use super::traffic::AppGate;
 
+pub use super::canary::{CanaryStatus, LiveFigures, VersionSplit};
+
+/// `PUT /v1/apps/{app}/traffic`: version (deployment id or image tag) → whole percent.
+pub type TrafficWeights = BTreeMap<String, u32>;
+
 /// The API version (`GET /v1/version` → `api`): the daemon speaks it, the `berth` CLI refuses a
 /// daemon that speaks another.
 pub const API_VERSION: u64 = 1;
@@ -64,6 +69,22 @@ pub struct ErrorBody {
     pub error: ErrorDetail,
 }
 
+impl ErrorBody {
+    /// An error with a code and a message only.
+    pub fn new(code: impl Into<String>, message: impl Into<String>) -> Self {
+        ErrorBody {
+            error: ErrorDetail {
+                code: code.into(),
+                message: message.into(),
+                field: None,
+                required_scope: None,
+                host: None,
+                deployment: None,
+            },
+        }
+    }
+}
+
 /// What went wrong; `code` is stable, `message` is for people.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ErrorDetail {
@@ -81,6 +102,18 @@ pub struct ErrorDetail {
     /// 409 `deploy_in_progress`: the running deployment.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub deployment: Option<String>,
+}
+
+/// `POST /ui/login` and `GET /ui/session` (the status page): the session's CSRF token.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SessionInfo {
+    /// Sent back in the CSRF header of every changing request.
+    pub csrf_token: String,
+    /// Seconds until the session ends.
+    pub expires_in_s: u64,
+    /// The session token's scopes (`GET /ui/session` only).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub scopes: Option<Scopes>,
 }
 
 // ---------------------------------------------------------------------------------------
@@ -180,6 +213,16 @@ pub struct BackendList {
 #[serde(deny_unknown_fields)]
 pub struct StateInput {
     pub state: ServerState,
+}
+
+// ---------------------------------------------------------------------------------------
+// Frontends and pools
+
+/// `POST /v1/pools/{name}/version` body: the deployment a pool that follows an app switches to.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PoolVersionInput {
+    pub version: String,
 }
 
 // ---------------------------------------------------------------------------------------
@@ -369,6 +412,16 @@ pub enum Stage {
     Resumed,
     /// The replayed outcome of a deployment an earlier berthd left running (interrupted).
     Running,
+    /// A canary step began: its weight and hold.
+    Step,
+    /// A canary step was judged (the figures of both versions).
+    Analysis,
+    /// The split between the versions was set by hand (or restored after a restart).
+    Split,
+    /// A canary is promoted: it takes all traffic, the stable replicas drain.
+    Promote,
+    /// A canary was aborted: traffic is back on the stable version.
+    Rollback,
     /// Last event: the deployment succeeded.
     Succeeded,
     /// Last event: the deployment failed (the old version serves).
@@ -377,7 +430,7 @@ pub enum Stage {
 
 impl Stage {
     /// Every stage (for tests and documentation).
-    pub const ALL: [Stage; 22] = [
+    pub const ALL: [Stage; 27] = [
         Stage::Accepted,
         Stage::Image,
         Stage::Hook,
@@ -398,6 +451,11 @@ impl Stage {
         Stage::Paused,
         Stage::Resumed,
         Stage::Running,
+        Stage::Step,
+        Stage::Analysis,
+        Stage::Split,
+        Stage::Promote,
+        Stage::Rollback,
         Stage::Succeeded,
         Stage::Failed,
     ];
@@ -425,6 +483,11 @@ impl Stage {
             Stage::Paused => "paused",
             Stage::Resumed => "resumed",
             Stage::Running => "running",
+            Stage::Step => "step",
+            Stage::Analysis => "analysis",
+            Stage::Split => "split",
+            Stage::Promote => "promote",
+            Stage::Rollback => "rollback",
             Stage::Succeeded => "succeeded",
             Stage::Failed => "failed",
         }
@@ -554,6 +617,9 @@ pub struct AppStatus {
     /// Pause / maintenance (omitted when neither is on).
     #[serde(default, skip_serializing_if = "AppGate::is_empty")]
     pub gate: AppGate,
+    /// The canary in progress: step, split, both versions' live figures (omitted otherwise).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub canary: Option<CanaryStatus>,
 }
 
 /// An app's health in one word.
@@ -794,6 +860,7 @@ mod tests {
             heal: None,
             adopted: None,
             gate: AppGate::default(),
+            canary: None,
         }
     }
 

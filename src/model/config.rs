@@ -711,6 +711,9 @@ pub struct DeployConfig {
     /// Whether app specs may bind-mount host paths (`/srv/x:/x`). Off by default: a token
     /// allowed to deploy an app must not be able to mount `/` or the Docker socket.
     pub allow_host_mounts: bool,
+    /// Ceiling over every app's `pull` policy (`never` < `missing` < `always`): `never` keeps
+    /// deploys off registries entirely (offline hosts, CI), `missing` stops `pull: always`.
+    pub pull: crate::model::deploy::PullPolicy,
 }
 
 impl Default for DeployConfig {
@@ -722,6 +725,7 @@ impl Default for DeployConfig {
             max_upload_size: ByteSize(10 << 30),
             stop_grace: Duration::from_secs(10),
             allow_host_mounts: false,
+            pull: crate::model::deploy::PullPolicy::Always,
         }
     }
 }

@@ -23,6 +23,9 @@ pub enum Strategy {
     Rolling,
     /// Stop all old replicas, then start all new ones: downtime accepted.
     Replace,
+    /// Start the new version next to the stable one and shift traffic to it in `canary.steps`,
+    /// judged by `canary.analysis` between steps (see `model::canary`); promote or abort.
+    Canary,
 }
 
 /// The app's HTTP health check. One check, two uses: the deploy gate runs it against each
@@ -291,6 +294,9 @@ pub struct AppSpec {
     pub replicas: u32,
     #[serde(default)]
     pub strategy: Strategy,
+    /// Steps, analysis thresholds and stickiness of `strategy: canary`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub canary: Option<super::canary::CanarySpec>,
     #[serde(default)]
     pub health: HealthSpec,
     /// How requests are spread over the replicas (see `route::BalancerKind`): `round_robin`
@@ -438,6 +444,24 @@ pub enum PullPolicy {
 impl PullPolicy {
     fn is_default(&self) -> bool {
         *self == PullPolicy::Missing
+    }
+
+    /// The policy a deploy runs with: the app's, lowered to the daemon's `deploy.pull`
+    /// ceiling (`never` < `missing` < `always`). Under a `never` ceiling no deploy contacts a
+    /// registry: the image must be on the server (uploaded, built, or loaded before).
+    pub fn under(self, ceiling: PullPolicy) -> PullPolicy {
+        fn rank(p: PullPolicy) -> u8 {
+            match p {
+                PullPolicy::Never => 0,
+                PullPolicy::Missing => 1,
+                PullPolicy::Always => 2,
+            }
+        }
+        if rank(self) <= rank(ceiling) {
+            self
+        } else {
+            ceiling
+        }
     }
 }
 
@@ -706,6 +730,7 @@ impl AppSpec {
             port: default_port(),
             replicas: default_replicas(),
             strategy: Strategy::default(),
+            canary: None,
             health: HealthSpec::default(),
             balancer: BalancerKind::default(),
             slowstart: None,
@@ -799,6 +824,30 @@ impl AppSpec {
             ));
         }
         self.health.validate("health")?;
+        match (&self.canary, self.strategy) {
+            (Some(c), Strategy::Canary) => {
+                if self.is_worker() {
+                    return Err(err(
+                        "strategy",
+                        "canary needs domains: a worker has no traffic to split",
+                    ));
+                }
+                c.validate("canary")?;
+            }
+            (None, Strategy::Canary) => {
+                return Err(err(
+                    "canary",
+                    "strategy: canary needs canary.steps (e.g. [{weight: 10%, hold: 1m}])",
+                ))
+            }
+            (Some(_), _) => {
+                return Err(err(
+                    "canary",
+                    "only used with strategy: canary (remove it or set the strategy)",
+                ))
+            }
+            (None, _) => {}
+        }
         if self
             .slowstart
             .is_some_and(|d| d > Duration::from_secs(3600))
@@ -1100,7 +1149,9 @@ pub fn plan(current: &[OldReplica], desired: &AppSpec) -> Vec<Step> {
     let new = desired.replicas;
     let mut steps = Vec::new();
     match desired.strategy {
-        Strategy::Rolling => {
+        // A canary runs its own steps (`deploy::canary`); this plan is its fallback when
+        // there is no stable version to compare with (a first deploy).
+        Strategy::Rolling | Strategy::Canary => {
             let rounds = (new as usize).max(current.len());
             for i in 0..rounds {
                 if i < new as usize {
@@ -1569,6 +1620,22 @@ mod tests {
                 r#"{"image":"x","domains":["a.com"],"volumes":["data:/d:rx"]}"#,
                 "volumes[0]",
             ),
+            (
+                r#"{"image":"x","domains":["a.com"],"strategy":"canary"}"#,
+                "canary",
+            ),
+            (
+                r#"{"image":"x","domains":["a.com"],"canary":{"steps":[{"weight":5,"hold":"1m"}]}}"#,
+                "canary",
+            ),
+            (
+                r#"{"image":"x","strategy":"canary","canary":{"steps":[{"weight":5,"hold":"1m"}]}}"#,
+                "strategy",
+            ),
+            (
+                r#"{"image":"x","domains":["a.com"],"strategy":"canary","canary":{"steps":[{"weight":5,"hold":"1m"}],"analysis":{"max_error_rate":"101%"}}}"#,
+                "canary.analysis.max_error_rate",
+            ),
         ];
         for (json, field) in cases {
             let e = spec(json).validate().expect_err(json);
@@ -1784,5 +1851,24 @@ mod tests {
                 .route("app/b".into(), b.domains.clone(), vec![], vec![]),
         ];
         crate::model::route::validate_routes("routes", &routes).unwrap();
+    }
+
+    #[test]
+    fn pull_ceiling_only_lowers() {
+        use PullPolicy::*;
+        // (app, daemon ceiling) -> effective
+        for (app, ceiling, want) in [
+            (Always, Always, Always),
+            (Missing, Always, Missing),
+            (Never, Always, Never),
+            (Always, Missing, Missing),
+            (Missing, Missing, Missing),
+            (Never, Missing, Never),
+            (Always, Never, Never),
+            (Missing, Never, Never),
+            (Never, Never, Never),
+        ] {
+            assert_eq!(app.under(ceiling), want, "{app:?} under {ceiling:?}");
+        }
     }
 }

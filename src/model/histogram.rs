@@ -126,6 +126,39 @@ impl HistogramSnapshot {
         Some(Duration::from_micros(bucket_upper_us(BUCKETS - 1)))
     }
 
+    /// An empty snapshot (the neutral element of [`HistogramSnapshot::add`]).
+    pub fn empty() -> Self {
+        HistogramSnapshot {
+            counts: vec![0; BUCKETS],
+            sum_us: 0,
+        }
+    }
+
+    /// Adds `other`'s observations (several backends of one app version, summed).
+    pub fn add(&mut self, other: &HistogramSnapshot) {
+        if self.counts.len() < other.counts.len() {
+            self.counts.resize(other.counts.len(), 0);
+        }
+        for (c, o) in self.counts.iter_mut().zip(&other.counts) {
+            *c += o;
+        }
+        self.sum_us += other.sum_us;
+    }
+
+    /// The observations made after `earlier` (a snapshot of the same histogram): what one
+    /// canary step saw. Saturating, so a racy snapshot never underflows.
+    pub fn since(&self, earlier: &HistogramSnapshot) -> HistogramSnapshot {
+        HistogramSnapshot {
+            counts: self
+                .counts
+                .iter()
+                .enumerate()
+                .map(|(i, c)| c.saturating_sub(earlier.counts.get(i).copied().unwrap_or(0)))
+                .collect(),
+            sum_us: self.sum_us.saturating_sub(earlier.sum_us),
+        }
+    }
+
     /// Observations strictly below `upper_us` microseconds. Exact when `upper_us` is a bucket
     /// boundary (every power of two is one), which is what Prometheus `le` labels use.
     pub fn count_below_us(&self, upper_us: u64) -> u64 {
@@ -203,6 +236,28 @@ mod tests {
         }
         assert_eq!(s.count_below_us(1 << 20), 1048); // values < 1.048576 s
         assert_eq!(s.count_below_us(u64::MAX), 10_000);
+    }
+
+    #[test]
+    fn snapshots_add_and_subtract() {
+        let a = LatencyHistogram::default();
+        let b = LatencyHistogram::default();
+        for ms in [1u64, 2, 3] {
+            a.record(Duration::from_millis(ms));
+        }
+        let early = a.snapshot();
+        a.record(Duration::from_millis(900));
+        b.record(Duration::from_millis(5));
+        let step = a.snapshot().since(&early);
+        assert_eq!(step.count(), 1);
+        assert_eq!(step.sum(), Duration::from_millis(900));
+        let mut sum = HistogramSnapshot::empty();
+        sum.add(&a.snapshot());
+        sum.add(&b.snapshot());
+        assert_eq!(sum.count(), 5);
+        assert!(sum.quantile(1.0).unwrap() >= Duration::from_millis(900));
+        // A snapshot older than `earlier` (a race) gives zeros, never wraps.
+        assert_eq!(early.since(&a.snapshot()).count(), 0);
     }
 
     #[test]

@@ -4,6 +4,7 @@
 pub mod access;
 pub mod api;
 pub mod balance;
+pub mod canary;
 pub mod config;
 pub mod deploy;
 pub mod dns;

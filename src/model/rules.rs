@@ -387,10 +387,11 @@ fn check_ops(field: &str, ops: &HeaderOps) -> Result<(), RouteError> {
         if !valid_header_name(k) {
             return Err(bad(format!("{field}.{k}"), "not a valid header name"));
         }
-        if v.bytes().any(|b| b == b'\r' || b == b'\n' || b == 0) {
+        // What `http::HeaderValue` accepts: visible ASCII, spaces, tabs and obs-text.
+        if v.bytes().any(|b| (b < 0x20 && b != b'\t') || b == 0x7f) {
             return Err(bad(
                 format!("{field}.{k}"),
-                "header values cannot hold CR, LF or NUL",
+                "header values cannot hold control characters (CR, LF, NUL, ...)",
             ));
         }
     }
@@ -1098,6 +1099,10 @@ mod tests {
         assert_eq!(
             build_err("- {request_headers: {set: {x: \"a\\r\\nb\"}}, pool: a}").field,
             "frontends[0].rules[0].request_headers.x"
+        );
+        assert_eq!(
+            build_err("- {response_headers: {add: {x: \"a\\u0001b\"}}, pool: a}").field,
+            "frontends[0].rules[0].response_headers.x"
         );
         assert_eq!(
             build_err("- {response_headers: {remove: ['a b']}, pool: a}").field,

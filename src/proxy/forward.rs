@@ -395,13 +395,17 @@ impl Proxy {
         if let Some(f) = &chosen.frontend {
             f.apply_request(&mut headers, &mut pq);
         }
-        let cookie: Option<String> = match chosen.route.balancer {
-            BalancerKind::StickyCookie { .. } => headers
-                .get(header::COOKIE)
-                .and_then(|v| v.to_str().ok())
-                .map(str::to_string),
-            _ => None,
-        };
+        // Read for a sticky-cookie balancer and for a sticky version split (canary, A/B).
+        let sticky_split = chosen
+            .route
+            .versions
+            .as_ref()
+            .is_some_and(|v| v.cookie().is_some());
+        let cookie: Option<String> = (sticky_split
+            || matches!(chosen.route.balancer, BalancerKind::StickyCookie { .. }))
+        .then(|| headers.get(header::COOKIE).and_then(|v| v.to_str().ok()))
+        .flatten()
+        .map(str::to_string);
         strip_indirect_cookie(&chosen.route.balancer, &mut headers);
         Continue(Outgoing {
             method: parts.method,
@@ -576,6 +580,9 @@ impl Proxy {
         let route = &chosen.route;
         let idx = pick.index;
         let set_cookie = pick.set_cookie.and_then(|c| HeaderValue::from_str(&c).ok());
+        let version_cookie = pick
+            .version_cookie
+            .and_then(|c| HeaderValue::from_str(&c).ok());
         if resp.status() == StatusCode::SWITCHING_PROTOCOLS {
             if let Some(client_upgrade) = client_upgrade {
                 let upstream_upgrade = hyper::upgrade::on(&mut resp);
@@ -583,7 +590,7 @@ impl Proxy {
                 self.spawn_tunnel(client_upgrade, upstream_upgrade, route.clone(), idx, tables);
                 let (mut parts, _) = resp.into_parts();
                 strip_hop_by_hop(&mut parts.headers, true);
-                if let Some(c) = set_cookie {
+                for c in [set_cookie, version_cookie].into_iter().flatten() {
                     parts.headers.append(header::SET_COOKIE, c);
                 }
                 return Response::from_parts(parts, ResponseBody::full(Bytes::new()));
@@ -600,7 +607,7 @@ impl Proxy {
         }
         // TLS hook: HSTS.
         self.add_hsts(scheme, route, &mut parts.headers);
-        if let Some(c) = set_cookie {
+        for c in [set_cookie, version_cookie].into_iter().flatten() {
             parts.headers.append(header::SET_COOKIE, c);
         }
         // Speak our own protocol version to the client, whatever the upstream used.

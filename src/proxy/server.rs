@@ -2,7 +2,12 @@
 //! and a per-connection supervisor that enforces the header-read (slowloris) and idle
 //! timeouts and drains without racing keep-alive clients (house rule 7): while draining,
 //! HTTP/1 responses carry `Connection: close`, HTTP/2 gets GOAWAY, and only connections idle
-//! past the drain timeout are closed.
+//! for the drain timeout since the drain began are closed. An idle HTTP/1 connection is closed only between
+//! requests: the reader hands hyper an end-of-stream only when the socket has nothing for it
+//! at that instant (bytes of a next request that already arrived are served instead), then
+//! the socket is half-closed and read until the client closes too, so a request sent in the
+//! same instant meets a clean close, never a reset. The proxy and the API use the same
+//! supervisor ([`supervise`]).
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
@@ -33,6 +38,14 @@ fn now_ms() -> u64 {
 }
 
 const PROTO_UNKNOWN: u8 = 0;
+/// Idle close states (`ConnState::closing`): not asked; asked (the next read that finds the
+/// socket empty ends the connection); committed (end-of-stream handed out, lingering).
+const CLOSE_NONE: u8 = 0;
+const CLOSE_ASKED: u8 = 1;
+const CLOSE_COMMITTED: u8 = 2;
+/// How long a connection closed for idleness is read (and discarded) after our FIN, waiting
+/// for the client's, before it is dropped.
+const LINGER: Duration = Duration::from_secs(1);
 const PROTO_H1: u8 = 1;
 const PROTO_H2: u8 = 2;
 
@@ -45,6 +58,8 @@ pub struct ConnState {
     draining: AtomicBool,
     timed_out: AtomicBool,
     proto: AtomicU8,
+    /// Idle close in progress (`CLOSE_*`).
+    closing: AtomicU8,
     read_waker: AtomicWaker,
     /// The client's IP as a header value, formatted once per connection (forwarded headers).
     pub peer_ip: Option<http::HeaderValue>,
@@ -63,6 +78,7 @@ impl ConnState {
             draining: AtomicBool::new(false),
             timed_out: AtomicBool::new(false),
             proto: AtomicU8::new(PROTO_UNKNOWN),
+            closing: AtomicU8::new(CLOSE_NONE),
             read_waker: AtomicWaker::new(),
         }
     }
@@ -108,6 +124,8 @@ struct TrackedIo<T> {
     read_ahead: bool,
     /// Bytes read ahead and not yet handed out.
     ahead: Option<bytes::Bytes>,
+    /// Our write side is shut down (idle close: now reading until the client's FIN).
+    shut: bool,
 }
 
 /// How much the first read of a plain-TCP connection asks for (a typical request head fits).
@@ -121,6 +139,7 @@ impl<T: AsyncRead + Unpin> TrackedIo<T> {
             first: true,
             read_ahead,
             ahead: None,
+            shut: false,
         }
     }
 
@@ -175,7 +194,23 @@ impl<T: AsyncRead + AsyncWrite + Unpin> AsyncRead for TrackedIo<T> {
             return Poll::Ready(Ok(()));
         }
         let before = buf.filled().len();
+        let closing = this.state.closing.load(Ordering::Acquire);
+        if closing == CLOSE_COMMITTED {
+            return Poll::Ready(Ok(()));
+        }
         let res = this.read_inner(cx, buf);
+        if closing == CLOSE_ASKED {
+            match &res {
+                // Nothing of a next request has arrived: end the connection here. A request
+                // sent from now on meets our FIN (and the linger below), not a reset.
+                Poll::Pending => {
+                    this.state.closing.store(CLOSE_COMMITTED, Ordering::Release);
+                    return Poll::Ready(Ok(()));
+                }
+                // A next request arrived in time: it is served as usual.
+                _ => this.state.closing.store(CLOSE_NONE, Ordering::Release),
+            }
+        }
         match &res {
             Poll::Ready(Ok(())) if buf.filled().len() > before => {
                 let now = now_ms();
@@ -202,7 +237,7 @@ impl<T: AsyncRead + AsyncWrite + Unpin> AsyncRead for TrackedIo<T> {
     }
 }
 
-impl<T: AsyncWrite + Unpin> AsyncWrite for TrackedIo<T> {
+impl<T: AsyncRead + AsyncWrite + Unpin> AsyncWrite for TrackedIo<T> {
     fn poll_write(
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
@@ -224,7 +259,25 @@ impl<T: AsyncWrite + Unpin> AsyncWrite for TrackedIo<T> {
         Pin::new(&mut self.inner).poll_flush(cx)
     }
     fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
-        Pin::new(&mut self.inner).poll_shutdown(cx)
+        let this = &mut *self;
+        if !this.shut {
+            std::task::ready!(Pin::new(&mut this.inner).poll_shutdown(cx))?;
+            this.shut = true;
+        }
+        if this.state.closing.load(Ordering::Acquire) != CLOSE_COMMITTED {
+            return Poll::Ready(Ok(()));
+        }
+        // Idle close: read until the client's FIN (bounded by the supervisor, `LINGER`), so
+        // bytes it sent before seeing ours are discarded instead of answered with a reset.
+        let mut scratch = [std::mem::MaybeUninit::<u8>::uninit(); 1024];
+        loop {
+            let mut tmp = ReadBuf::uninit(&mut scratch);
+            match Pin::new(&mut this.inner).poll_read(cx, &mut tmp) {
+                Poll::Ready(Ok(())) if !tmp.filled().is_empty() => continue,
+                Poll::Ready(_) => return Poll::Ready(Ok(())),
+                Poll::Pending => return Poll::Pending,
+            }
+        }
     }
 }
 
@@ -307,48 +360,126 @@ pub async fn serve_connection_on<T>(
     io: T,
     peer: SocketAddr,
     scheme: &'static str,
-    mut drain: watch::Receiver<bool>,
+    drain: watch::Receiver<bool>,
     frontend: Option<Arc<super::frontends::FrontendConn>>,
 ) where
     T: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
-    let state = Arc::new(ConnState::new(peer, frontend));
+    let limits = ConnLimits::of(&proxy.settings.timeouts);
     // A TLS stream already hands out decrypted records from its own buffer.
     let read_ahead = scheme == "http";
+    let accepted = Accepted {
+        peer,
+        frontend,
+        read_ahead,
+    };
+    supervise(&builder, io, accepted, limits, drain, move |state| {
+        hyper::service::service_fn(move |req: http::Request<Incoming>| {
+            let proxy = proxy.clone();
+            let conn = state.clone();
+            conn.request_started();
+            async move { Ok::<_, Infallible>(proxy.handle(req, peer, scheme, conn).await) }
+        })
+    })
+    .await;
+}
+
+/// Who a supervised connection is with.
+pub struct Accepted {
+    pub peer: SocketAddr,
+    /// Set when an HTTP frontend accepted it (routed by its rules).
+    pub frontend: Option<Arc<super::frontends::FrontendConn>>,
+    /// Read ahead on the first read (plain TCP; a TLS stream buffers records itself).
+    pub read_ahead: bool,
+}
+
+/// The timeouts a supervised connection obeys.
+#[derive(Debug, Clone, Copy)]
+pub struct ConnLimits {
+    /// A request head must arrive within this once it started (then 408).
+    pub client_header: Duration,
+    /// A connection idle this long is closed (between requests only).
+    pub idle: Duration,
+    /// Once draining, a connection idle this long since the drain began (or since its last
+    /// request, if later) is closed; the idle timeout still applies if it comes first.
+    pub drain: Duration,
+}
+
+impl ConnLimits {
+    pub fn of(t: &crate::model::config::Timeouts) -> Self {
+        ConnLimits {
+            client_header: t.client_header,
+            idle: t.idle,
+            drain: t.drain,
+        }
+    }
+}
+
+/// Runs one HTTP/1.1 or h2c connection with the service `make_service` builds from the
+/// connection's shared state, until it ends, is timed out or drained. The service must call
+/// [`ConnState::request_started`] for each request and [`ConnState::request_done`] when its
+/// response ends, and add `Connection: close` to HTTP/1 responses while
+/// [`ConnState::draining`].
+pub async fn supervise<T, S, B>(
+    builder: &auto::Builder<TokioExecutor>,
+    io: T,
+    accepted: Accepted,
+    limits: ConnLimits,
+    mut drain: watch::Receiver<bool>,
+    make_service: impl FnOnce(Arc<ConnState>) -> S,
+) where
+    T: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    S: hyper::service::Service<http::Request<Incoming>, Response = http::Response<B>>
+        + Send
+        + 'static,
+    S::Future: Send + 'static,
+    S::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+    B: hyper::body::Body + Send + 'static,
+    B::Data: Send,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    let Accepted {
+        peer,
+        frontend,
+        read_ahead,
+    } = accepted;
+    let state = Arc::new(ConnState::new(peer, frontend));
     let io = TokioIo::new(TrackedIo::new(io, state.clone(), read_ahead));
-    let svc_state = state.clone();
-    let svc_proxy = proxy.clone();
-    let service = hyper::service::service_fn(move |req: http::Request<Incoming>| {
-        let proxy = svc_proxy.clone();
-        let conn = svc_state.clone();
-        conn.request_started();
-        async move { Ok::<_, Infallible>(proxy.handle(req, peer, scheme, conn).await) }
-    });
+    let service = make_service(state.clone());
     let conn = builder.serve_connection_with_upgrades(io, service);
     tokio::pin!(conn);
 
-    let t = &proxy.settings.timeouts;
-    let header_ms = t.client_header.as_millis() as u64;
-    let idle_ms = t.idle.as_millis() as u64;
-    let drain_ms = t.drain.as_millis() as u64;
-    let mut draining = *drain.borrow();
+    let header_ms = limits.client_header.as_millis() as u64;
+    let idle_ms = limits.idle.as_millis() as u64;
+    let drain_ms = limits.drain.as_millis() as u64;
+    let linger_ms = LINGER.as_millis() as u64;
+    // When the drain began (0: not draining). A connection idle at that moment gets the whole
+    // drain timeout from then for a next request (answered with `Connection: close`): closing
+    // it at once would race the very clients the drain's `Connection: close` answers just
+    // sent to their other pooled connections.
+    let mut drain_started = if *drain.borrow() { now_ms() } else { 0 };
     let mut drain_open = true;
     let mut shutdown_sent = false;
-    if draining {
+    // When an idle close was asked of the reader (0: not asked).
+    let mut close_asked = 0u64;
+    if drain_started != 0 {
         state.draining.store(true, Ordering::Relaxed);
     }
+    // When a connection last active at `last` is closed for idleness.
+    let idle_deadline = |last: u64, drain_started: u64| {
+        if drain_started == 0 {
+            last + idle_ms
+        } else {
+            (last + idle_ms).min(last.max(drain_started) + drain_ms)
+        }
+    };
     loop {
         // Next moment something may be due; re-evaluated whenever the timer fires.
         let now = now_ms();
-        let idle_limit = if draining {
-            idle_ms.min(drain_ms)
-        } else {
-            idle_ms
-        };
         let due = {
             let hs = state.head_started.load(Ordering::Relaxed);
             let last = state.last_active.load(Ordering::Relaxed);
-            let mut due = last + idle_limit;
+            let mut due = idle_deadline(last, drain_started);
             if state.proto.load(Ordering::Relaxed) != PROTO_H2 {
                 // A head may start arriving at any moment without waking this loop, so
                 // without one in progress re-check within one header timeout.
@@ -358,10 +489,16 @@ pub async fn serve_connection_on<T>(
                     now + header_ms
                 });
             }
+            if close_asked != 0 {
+                due = due.min(close_asked + linger_ms);
+            }
             due.max(now + 5)
         };
         let sleep = tokio::time::sleep(Duration::from_millis(due - now));
+        // Biased: the connection first, so bytes that arrived together with a timer are
+        // read (and seen by the checks below) before the timer is acted on.
         tokio::select! {
+            biased;
             res = conn.as_mut() => {
                 if let Err(e) = res {
                     tracing::debug!(%peer, error = %e, "client connection ended with an error");
@@ -372,8 +509,8 @@ pub async fn serve_connection_on<T>(
                 if changed.is_err() {
                     drain_open = false;
                 }
-                if *drain.borrow() || changed.is_err() {
-                    draining = true;
+                if (*drain.borrow() || changed.is_err()) && drain_started == 0 {
+                    drain_started = now_ms();
                     state.draining.store(true, Ordering::Relaxed);
                     if state.proto.load(Ordering::Relaxed) == PROTO_H2 && !shutdown_sent {
                         shutdown_sent = true;
@@ -383,6 +520,18 @@ pub async fn serve_connection_on<T>(
             }
             _ = sleep => {
                 let now = now_ms();
+                if close_asked != 0 {
+                    if state.closing.load(Ordering::Acquire) != CLOSE_NONE {
+                        // Closing (or lingering for the client's FIN): bounded.
+                        if now >= close_asked + linger_ms {
+                            tracing::debug!(%peer, "idle connection closed (linger over)");
+                            return;
+                        }
+                        continue;
+                    }
+                    // A next request arrived before the close: it is being served.
+                    close_asked = 0;
+                }
                 if state.inflight.load(Ordering::Relaxed) != 0 {
                     continue;
                 }
@@ -400,14 +549,22 @@ pub async fn serve_connection_on<T>(
                     continue;
                 }
                 let last = state.last_active.load(Ordering::Relaxed);
-                if now >= last + idle_limit {
-                    if h2 && !shutdown_sent {
-                        shutdown_sent = true;
-                        conn.as_mut().graceful_shutdown();
-                        continue;
+                if now >= idle_deadline(last, drain_started) {
+                    if h2 {
+                        if !shutdown_sent {
+                            shutdown_sent = true;
+                            conn.as_mut().graceful_shutdown();
+                            continue;
+                        }
+                        tracing::debug!(%peer, "closing idle connection");
+                        return;
                     }
+                    // HTTP/1: never close under a request that may be arriving; the reader
+                    // ends the connection only if the socket is empty when it next looks.
                     tracing::debug!(%peer, "closing idle connection");
-                    return;
+                    state.closing.store(CLOSE_ASKED, Ordering::Release);
+                    state.read_waker.wake();
+                    close_asked = now;
                 }
             }
         }
@@ -442,7 +599,7 @@ pub async fn serve_http(proxy: Arc<Proxy>, listener: TcpListener, stop: watch::R
 /// `stop` turns true, sets `TCP_NODELAY`, runs `serve` for each connection in its own task
 /// (handing it a receiver that turns true when the listener drains), backs off briefly when
 /// accept fails (EMFILE and friends) instead of spinning. After `stop`: closes the listener,
-/// tells the connections to drain and waits for them, bounded by `drain` (+1 s).
+/// tells the connections to drain and waits for them, bounded by `drain` (+ `LINGER` + 1 s).
 pub async fn accept_loop<F, Fut>(
     listener: TcpListener,
     stop: watch::Receiver<bool>,
@@ -502,7 +659,8 @@ pub async fn accept_loop_until<F, Fut>(
         let _ = c.send(());
     }
     let _ = drain_tx.send(true);
-    if tokio::time::timeout(drain + Duration::from_secs(1), tracker.wait_idle())
+    // Idle connections close at the drain timeout, then linger for the client's FIN.
+    if tokio::time::timeout(drain + LINGER + Duration::from_secs(1), tracker.wait_idle())
         .await
         .is_err()
     {

@@ -153,6 +153,17 @@ pub trait DeploymentStore: Send + Sync + 'static {
     fn gates(&self) -> Result<Vec<(String, AppGate)>, DeploymentStoreError>;
     /// Persists an app's gate; an empty gate removes the row.
     fn set_gate(&self, app: &str, gate: &AppGate, at: i64) -> Result<(), DeploymentStoreError>;
+    /// Every app's persisted manual version split (`store::traffic`).
+    fn traffic_splits(
+        &self,
+    ) -> Result<Vec<(String, crate::model::canary::VersionSplit)>, DeploymentStoreError>;
+    /// Persists an app's manual version split; `None` removes it.
+    fn set_traffic_split(
+        &self,
+        app: &str,
+        split: Option<&crate::model::canary::VersionSplit>,
+        at: i64,
+    ) -> Result<(), DeploymentStoreError>;
     /// Records where deployment `id` stands, written by process `owner` (not handed over).
     fn save_checkpoint(&self, id: &str, owner: u32, data: &str)
         -> Result<(), DeploymentStoreError>;
@@ -171,6 +182,7 @@ pub fn migrate(conn: &Connection) -> Result<(), DeploymentStoreError> {
     conn.execute_batch(EVENTS_MIGRATION_SQL)?;
     conn.execute_batch(CHECKPOINTS_MIGRATION_SQL)?;
     conn.execute_batch(GATES_MIGRATION_SQL)?;
+    conn.execute_batch(super::traffic::MIGRATION_SQL)?;
     let has_secrets: bool = conn.query_row(
         "SELECT COUNT(*) > 0 FROM pragma_table_info('deployments') WHERE name = 'secrets'",
         [],
@@ -223,6 +235,7 @@ fn from_row(row: &Row<'_>) -> rusqlite::Result<RawRow> {
         port: 0,
         replicas: 0,
         strategy: Default::default(),
+        canary: None,
         health: Default::default(),
         balancer: Default::default(),
         slowstart: None,
@@ -497,17 +510,26 @@ pub fn clear_current(conn: &Connection, app: &str) -> Result<(), DeploymentStore
 /// Every app's persisted gate. A row that does not parse is `Corrupt` (never dropped
 /// silently: a maintenance page that vanished after a restart would be worse).
 pub fn gates(conn: &Connection) -> Result<Vec<(String, AppGate)>, DeploymentStoreError> {
-    let mut stmt = conn.prepare("SELECT app, gate FROM app_gates ORDER BY app")?;
+    app_json_rows(conn, "SELECT app, gate FROM app_gates ORDER BY app", "gate")
+}
+
+/// Rows of (app, JSON) parsed; one that does not parse is `Corrupt` naming the app and `what`.
+pub(super) fn app_json_rows<T: serde::de::DeserializeOwned>(
+    conn: &Connection,
+    sql: &str,
+    what: &'static str,
+) -> Result<Vec<(String, T)>, DeploymentStoreError> {
+    let mut stmt = conn.prepare(sql)?;
     let rows = stmt
         .query_map([], |r| Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?)))?
         .collect::<Result<Vec<_>, _>>()?;
     rows.into_iter()
         .map(|(app, json)| {
             serde_json::from_str(&json)
-                .map(|g| (app.clone(), g))
+                .map(|v| (app.clone(), v))
                 .map_err(|e| DeploymentStoreError::Corrupt {
                     id: app,
-                    what: "gate",
+                    what,
                     message: e.to_string(),
                 })
         })
@@ -580,7 +602,7 @@ pub fn add_event(
          (SELECT COALESCE(MAX(seq), -1) + 1 FROM deploy_events WHERE deployment = ?1), ?2, ?3, ?4)",
         params![deployment, ev.at, ev.stage, ev.message],
     )?;
-    if matches!(ev.stage.as_str(), "succeeded" | "failed") {
+    if crate::model::api::Stage::parse(&ev.stage).is_some_and(|s| s.is_terminal()) {
         // Keep the logs of the app's newest deployments only.
         conn.execute(
             "DELETE FROM deploy_events WHERE deployment IN (SELECT id FROM deployments \
@@ -670,6 +692,19 @@ impl DeploymentStore for SqliteDeployments {
     }
     fn set_gate(&self, app: &str, gate: &AppGate, at: i64) -> Result<(), DeploymentStoreError> {
         self.with(|c| set_gate(c, app, gate, at))
+    }
+    fn traffic_splits(
+        &self,
+    ) -> Result<Vec<(String, crate::model::canary::VersionSplit)>, DeploymentStoreError> {
+        self.with(|c| super::traffic::splits(c))
+    }
+    fn set_traffic_split(
+        &self,
+        app: &str,
+        split: Option<&crate::model::canary::VersionSplit>,
+        at: i64,
+    ) -> Result<(), DeploymentStoreError> {
+        self.with(|c| super::traffic::set_split(c, app, split, at))
     }
     fn set_image(&self, id: &str, image_id: &str) -> Result<(), DeploymentStoreError> {
         self.with(|c| set_image(c, id, image_id))

@@ -12,6 +12,7 @@ mod frontends;
 pub mod registry;
 pub mod secrets;
 mod tokens;
+pub mod traffic;
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -171,6 +172,8 @@ const MIGRATIONS: &[&str] = &[
     frontends::MIGRATION_SQL,
     // 8: app gates (pause, maintenance), owned by `deployments`.
     deployments::GATES_MIGRATION_SQL,
+    // 9: manual version splits of apps (A/B, canary by hand), owned by `traffic`.
+    traffic::MIGRATION_SQL,
 ];
 
 fn now() -> i64 {
@@ -528,6 +531,19 @@ impl deployments::DeploymentStore for Store {
         at: i64,
     ) -> Result<(), DeploymentStoreError> {
         self.dwith(|c| deployments::set_gate(c, app, gate, at))
+    }
+    fn traffic_splits(
+        &self,
+    ) -> Result<Vec<(String, crate::model::canary::VersionSplit)>, DeploymentStoreError> {
+        self.dwith(|c| traffic::splits(c))
+    }
+    fn set_traffic_split(
+        &self,
+        app: &str,
+        split: Option<&crate::model::canary::VersionSplit>,
+        at: i64,
+    ) -> Result<(), DeploymentStoreError> {
+        self.dwith(|c| traffic::set_split(c, app, split, at))
     }
 }
 

@@ -963,8 +963,9 @@ async fn openapi_document_matches_the_router() {
     }
     // main's 27 + GET /v1/token (issue 18 item 7) + 8 frontend/pool ops (issue 22) + the app
     // gate: GET gate, POST pause, POST resume, PUT/DELETE maintenance (issue 21 item 4) + GET
-    // /v1/config and POST /v1/pools/{name}/version (issue 22).
-    assert_eq!(ops, 43);
+    // /v1/config and POST /v1/pools/{name}/version (issue 22) + POST promote, POST abort,
+    // GET/PUT traffic (issue 21 items 2 and 3).
+    assert_eq!(ops, 47);
     d.stop().await;
 }
 

@@ -13,11 +13,15 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
 
+use berth::api::stats::{
+    BackendStatsView, LatencyView, RouteStats, StatsDoc, StatusClasses, StoreState,
+};
 use berth::model::access::Scopes;
 use berth::model::api::*;
 use berth::model::deploy::{AppSpec, Secret};
 use berth::model::route::{BackendSpec, RouteSpec, ServerState};
 use berth::model::traffic::{AppGate, Maintenance, Pause};
+use berth::proxy::tcp::{CounterView, TcpStats};
 use serde::Serialize;
 use serde_json::{json, Value};
 
@@ -262,7 +266,10 @@ impl Contract {
 fn app_spec() -> AppSpec {
     let mut s: AppSpec = serde_json::from_value(json!({
         "image": "web:2", "domains": ["web.test"], "aliases": ["www.web.test"], "port": 8080,
-        "replicas": 2, "strategy": "rolling",
+        "replicas": 2, "strategy": "canary",
+        "canary": {"steps": [{"weight": "10%", "hold": "1m"}],
+                   "analysis": {"max_error_rate": "1%", "max_p99": "500ms", "min_requests": 50},
+                   "sticky": true},
         "health": {"path": "/up", "interval": "1s", "timeout": "2s", "fall": 2, "rise": 3,
                    "expect": ["204"], "method": "HEAD"},
         "balancer": {"kind": "sticky_cookie", "cookie": "PIN", "indirect": true},
@@ -342,7 +349,27 @@ fn app() -> App {
         heal: Some("replacing web-d1-2".into()),
         adopted: Some("runs containers of d9".into()),
         gate: gate(),
+        canary: Some(canary_status()),
     })
+}
+
+fn canary_status() -> CanaryStatus {
+    let live = LiveFigures {
+        requests: 120,
+        error_rate: 1.25,
+        p99_ms: Some(42),
+    };
+    CanaryStatus {
+        deployment: "d2".into(),
+        stable: "d1".into(),
+        phase: "step".into(),
+        step: 1,
+        steps: 2,
+        split: [("d1".to_string(), 90), ("d2".to_string(), 10)].into(),
+        sticky: true,
+        stable_live: live.clone(),
+        canary_live: live,
+    }
 }
 
 fn route_spec() -> RouteSpec {
@@ -401,6 +428,63 @@ fn error_body() -> ErrorBody {
             required_scope: Some("deploy:web".into()),
             host: Some("evil.test".into()),
             deployment: Some("d2".into()),
+        },
+    }
+}
+
+fn stats() -> StatsDoc {
+    let counters = || CounterView {
+        connections_total: 5,
+        connections_active: 1,
+        connections_failed: 0,
+        bytes_in: 10,
+        bytes_out: 20,
+        up: Some(true),
+    };
+    let route = || RouteStats {
+        name: "api".into(),
+        source: RouteSource::Config,
+        requests: 3,
+        inflight: 0,
+        backends: vec![BackendStatsView {
+            id: "a".into(),
+            address: "127.0.0.1:8080".into(),
+            state: ServerState::Ready,
+            health: "up",
+            weight: 1,
+            effective_weight: 1,
+            inflight: 0,
+            requests: 3,
+            responses: StatusClasses {
+                s2xx: 3,
+                s3xx: 0,
+                s4xx: 0,
+                s5xx: 0,
+            },
+            failures: 0,
+            bytes_out: 100,
+            tunnels: 0,
+            latency: LatencyView {
+                count: 3,
+                p50_ms: Some(1.5),
+                p99_ms: Some(9.0),
+            },
+        }],
+    };
+    StatsDoc {
+        timestamp_ms: 1_700_000_000_000,
+        routes: vec![route()],
+        http_pools: vec![route()],
+        tcp: Some(TcpStats {
+            frontends: BTreeMap::from([("pg".to_string(), counters())]),
+            pools: BTreeMap::from([(
+                "db".to_string(),
+                BTreeMap::from([("10.0.0.5:5432".to_string(), counters())]),
+            )]),
+        }),
+        store: StoreState {
+            ok: false,
+            problem: Some("read-only data dir".into()),
         },
     }
 }
@@ -627,6 +711,52 @@ fn contract_errors() -> Vec<String> {
         "request",
         &gate().maintenance.unwrap(),
     );
+    // Canary and A/B.
+    for what in ["promote", "abort"] {
+        c.check_op(
+            "CanaryStatus",
+            "post",
+            &format!("/v1/apps/{{app}}/{what}"),
+            "200",
+            &canary_status(),
+        );
+    }
+    let split = VersionSplit {
+        weights: [("d1".to_string(), 90), ("d2".to_string(), 10)].into(),
+        sticky: true,
+    };
+    c.check_op(
+        "VersionSplit",
+        "get",
+        "/v1/apps/{app}/traffic",
+        "200",
+        &split,
+    );
+    c.check_op(
+        "VersionSplit",
+        "put",
+        "/v1/apps/{app}/traffic",
+        "200",
+        &split,
+    );
+    let weights: TrafficWeights = [("v1".to_string(), 90), ("v2".to_string(), 10)].into();
+    c.check_op(
+        "TrafficWeights",
+        "put",
+        "/v1/apps/{app}/traffic",
+        "request",
+        &weights,
+    );
+    // Pools that follow an app.
+    c.check_op(
+        "PoolVersionInput",
+        "post",
+        "/v1/pools/{name}/version",
+        "request",
+        &PoolVersionInput {
+            version: "20261205-1".into(),
+        },
+    );
     // Certificates.
     c.check_op(
         "CertificateList",
@@ -647,6 +777,8 @@ fn contract_errors() -> Vec<String> {
             status: "queued".into(),
         },
     );
+    // Statistics (their types live in api::stats and proxy::tcp: serialise-only).
+    c.check_op("StatsDoc", "get", "/v1/stats", "200", &stats());
     let mut errors = std::mem::take(&mut c.errors);
     errors.extend(c.unused());
     errors

@@ -153,7 +153,15 @@ async fn berth_talks_to_the_api_over_https_on_api_domain() {
     )
     .await;
     assert_eq!(code, 0, "{out}");
-    assert!(out.contains("connected to berthd"), "{out}");
+    // Real values from the typed answers (this line printed `berthd -` while the CLI read
+    // a `version` field the daemon never sent).
+    assert!(
+        out.contains(&format!(
+            "connected to berthd {} at {url} (token scopes: admin)",
+            env!("CARGO_PKG_VERSION")
+        )),
+        "{out}"
+    );
     let saved = std::fs::read_to_string(&cfg).unwrap();
     assert!(saved.contains("ca_cert:"), "{saved}");
 
@@ -161,7 +169,36 @@ async fn berth_talks_to_the_api_over_https_on_api_domain() {
     // read-only, pointing at the API listener on loopback.
     let (code, out) = berth(&cfg, cwd, &env, &["--server", "prod", "routes", "list"]).await;
     assert_eq!(code, 0, "{out}");
-    assert!(out.contains("berth-api") && out.contains(DOMAIN), "{out}");
+    let row: Vec<&str> = out
+        .lines()
+        .find(|l| l.starts_with("berth-api "))
+        .unwrap_or_else(|| panic!("no berth-api row: {out}"))
+        .split_whitespace()
+        .collect();
+    // name, domains, prefix (none: `-`), balancer, backends, source.
+    assert_eq!(
+        row,
+        ["berth-api", DOMAIN, "-", "round_robin", "1", "config"],
+        "{out}"
+    );
+    let (code, out) = berth(
+        &cfg,
+        cwd,
+        &env,
+        &["--server", "prod", "backends", "berth-api", "list"],
+    )
+    .await;
+    assert_eq!(code, 0, "{out}");
+    let api_addr = w.running.api_addr.to_string();
+    let row: Vec<&str> = out
+        .lines()
+        .nth(1)
+        .unwrap_or_else(|| panic!("no backend row: {out}"))
+        .split_whitespace()
+        .collect();
+    // id, address, weight, state, health: every column a value.
+    assert_eq!(row.len(), 5, "{out}");
+    assert_eq!(&row[1..], [api_addr.as_str(), "1", "ready", "up"], "{out}");
     let (code, out) = berth(
         &cfg,
         cwd,

@@ -440,3 +440,163 @@ async fn the_berth_cli_end_to_end() {
     drop(http);
     running.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[cfg_attr(
+    not(berth_system_tests),
+    ignore = "system test: set BERTH_SYSTEM_TESTS=1"
+)]
+async fn canary_promote_abort_and_traffic_over_http_and_the_cli() {
+    if skip() {
+        return;
+    }
+    let w = World::start("canaryapi").await;
+    let app = w.app.clone();
+    let work = tempfile::tempdir().unwrap();
+    let cfg = work.path().join("cli.toml");
+    let url = format!("http://{}", w.running.api_addr);
+    let run = |args: Vec<String>| {
+        let (cfg, dir) = (cfg.clone(), work.path().to_path_buf());
+        async move {
+            tokio::task::spawn_blocking(move || {
+                let a: Vec<&str> = args.iter().map(String::as_str).collect();
+                support::cli::berth_blocking(&cfg, &dir, &a)
+            })
+            .await
+            .unwrap()
+        }
+    };
+    let s = |v: &[&str]| v.iter().map(|x| x.to_string()).collect::<Vec<_>>();
+    let (code, out) = run(s(&["server", "add", "local", &url, "--token", &w.token])).await;
+    assert_eq!(code, 0, "{out}");
+
+    // No canary yet: promote, abort and a split are 409; unknown app 404.
+    let (s1, v) = w
+        .call(
+            reqwest::Method::POST,
+            &format!("/v1/apps/{app}/deploy"),
+            Some(w.spec(IMG_V1, 1)),
+        )
+        .await;
+    assert_eq!(s1, 202, "{v}");
+    let d1 = v["id"].as_str().unwrap().to_string();
+    assert_eq!(last_state(&w.follow(&d1).await), "succeeded");
+    for path in ["promote", "abort"] {
+        let (st, v) = w
+            .call(
+                reqwest::Method::POST,
+                &format!("/v1/apps/{app}/{path}"),
+                Some(json!({})),
+            )
+            .await;
+        assert_eq!(st, 409, "{path}: {v}");
+        assert_eq!(v["error"]["code"], "no_canary", "{v}");
+    }
+    let (st, v) = w
+        .call(reqwest::Method::GET, "/v1/apps/nosuchapp/traffic", None)
+        .await;
+    assert_eq!(st, 404, "{v}");
+    let (st, v) = w
+        .call(
+            reqwest::Method::GET,
+            &format!("/v1/apps/{app}/traffic"),
+            None,
+        )
+        .await;
+    assert_eq!((st, v["weights"][&d1].as_u64()), (200, Some(100)), "{v}");
+
+    // A bad canary spec in berth.yaml names file, line and key before anything is sent.
+    std::fs::write(
+        work.path().join("berth.yaml"),
+        format!(
+            "name: {app}\nimage: {IMG_V2}\ndomains: [{}]\nstrategy: canary\ncanary:\n  steps: [{{weight: 5%, hold: 2m}}]\n  analysis:\n    max_error_rate: 150%\n",
+            w.host()
+        ),
+    )
+    .unwrap();
+    let (code, out) = run(s(&["deploy", "--detach"])).await;
+    assert_ne!(code, 0, "{out}");
+    assert!(
+        out.contains("berth.yaml:8") && out.contains("canary.analysis.max_error_rate"),
+        "{out}"
+    );
+
+    // A canary of v2 that holds its first step long; driven by hand from here.
+    std::fs::write(
+        work.path().join("berth.yaml"),
+        format!(
+            "name: {app}\nimage: {IMG_V2}\ndomains: [{}]\nport: 8080\nreplicas: 1\n\
+             health:\n  path: /health\n  interval: 100ms\n  timeout: 1s\n\
+             strategy: canary\ncanary:\n  steps: [{{weight: 50%, hold: 10m}}]\n  analysis: {{min_requests: 1000000}}\n",
+            w.host()
+        ),
+    )
+    .unwrap();
+    let (code, out) = run(s(&["deploy", "--detach"])).await;
+    assert_eq!(code, 0, "{out}");
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let d2 = loop {
+        let (_, v) = w
+            .call(reqwest::Method::GET, &format!("/v1/apps/{app}"), None)
+            .await;
+        if v["canary"]["phase"] == "step" {
+            break v["canary"]["deployment"].as_str().unwrap().to_string();
+        }
+        assert!(Instant::now() < deadline, "canary reaches its step: {v}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    // Refused splits: 422 naming the version or the sum; nothing changes.
+    for (body, field) in [
+        (json!({"v1": 90, "v3": 10}), "weights.v3"),
+        (json!({"v1": 80, "v2": 30}), "weights"),
+    ] {
+        let (st, v) = w
+            .call(
+                reqwest::Method::PUT,
+                &format!("/v1/apps/{app}/traffic"),
+                Some(body),
+            )
+            .await;
+        assert_eq!(st, 422, "{v}");
+        assert_eq!(v["error"]["field"], field, "{v}");
+    }
+    let (_, v) = w
+        .call(
+            reqwest::Method::GET,
+            &format!("/v1/apps/{app}/traffic"),
+            None,
+        )
+        .await;
+    assert_eq!(v["weights"][&d2], 50, "{v}");
+    let (code, out) = run(s(&["traffic", &app, "v1=90", "v9=10"])).await;
+    assert_ne!(code, 0, "{out}");
+    assert!(out.contains("weights.v9"), "{out}");
+    // By hand through the CLI: 70/30, sticky.
+    let (code, out) = run(s(&["traffic", &app, "v1=70", "v2=30", "--sticky"])).await;
+    assert_eq!(code, 0, "{out}");
+    assert!(out.contains(&format!("{d2}=30%")), "{out}");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let (code, out) = run(s(&["status"])).await;
+        assert_eq!(code, 0, "{out}");
+        if out.contains(&format!("{app}: canary {d2} (manual step 1/1), split")) {
+            assert!(out.contains("(sticky)"), "{out}");
+            println!("apps_api: berth status with a canary:\n{out}");
+            break;
+        }
+        assert!(Instant::now() < deadline, "status shows the split: {out}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    // Promote by hand: v2 takes over, v1 goes.
+    let (code, out) = run(s(&["promote", &app])).await;
+    assert_eq!(code, 0, "{out}");
+    assert_eq!(last_state(&w.follow(&d2).await), "succeeded");
+    assert_eq!(w.proxied().await.trim(), "v2");
+    let (_, v) = w
+        .call(reqwest::Method::GET, &format!("/v1/apps/{app}"), None)
+        .await;
+    assert!(v.get("canary").is_none(), "{v}");
+    assert_eq!(v["current"]["id"], d2.as_str(), "{v}");
+    let (code, out) = run(s(&["abort", &app])).await;
+    assert_ne!(code, 0, "no canary to abort: {out}");
+}

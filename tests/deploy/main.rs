@@ -6,9 +6,11 @@
 mod support;
 
 mod apps_api;
+mod canary;
 mod deploy_spec;
 mod docker_deploy;
 mod docker_engine;
+mod pull_ceiling;
 mod secrets;
 mod store_recovery;
 mod traffic;

@@ -333,7 +333,16 @@ fn load(
                     Ok((200, b)) if b == "v1" || b == "v2" => {
                         stats.ok.fetch_add(1, Ordering::Relaxed);
                     }
-                    other => stats.failed.lock().unwrap().push(format!("{other:?}")),
+                    other => {
+                        let at = std::time::SystemTime::now()
+                            .duration_since(std::time::UNIX_EPOCH)
+                            .map_or(0.0, |d| d.as_secs_f64());
+                        stats
+                            .failed
+                            .lock()
+                            .unwrap()
+                            .push(format!("at {at:.3}: {other:?}"))
+                    }
                 }
             }
         }));
@@ -447,6 +456,12 @@ async fn ten_upgrades_mid_rolling_deploy_under_load() {
         failed.len(),
         elapsed.as_secs_f64()
     );
+    if !failed.is_empty() {
+        // berthd's log (every process writes to the same pipe) for the post-mortem.
+        let path = std::env::temp_dir().join(format!("upgmid-{}.log", std::process::id()));
+        let _ = std::fs::write(&path, w.logs.lock().unwrap().join("\n"));
+        eprintln!("berthd log: {}", path.display());
+    }
     assert!(failed.is_empty(), "failed requests: {failed:?}");
     assert!(ok > 1000, "too few requests ({ok})");
     // Every predecessor drained and exited on its own.

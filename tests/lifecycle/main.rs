@@ -6,3 +6,4 @@ mod support;
 
 mod lifecycle;
 mod nix_files;
+mod upgrade_race;

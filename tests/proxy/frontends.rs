@@ -236,6 +236,15 @@ fn keepalive_modes_as_seen_by_client_and_member() {
         assert!(!r.body.contains("connection: close"), "{}", r.body);
     }
     assert_eq!(ka.accepted(), 1, "default keeps the member connection");
+    // Pool members are counted like route backends in /v1/stats.
+    let (_, stats) = d.api.call("GET", "/v1/stats", None);
+    let ka_stats = stats["http_pools"]
+        .as_array()
+        .and_then(|a| a.iter().find(|p| p["name"] == "ka"))
+        .unwrap_or_else(|| panic!("{stats}"));
+    assert_eq!(ka_stats["source"], "config", "{stats}");
+    assert_eq!(ka_stats["backends"][0]["requests"], 3, "{stats}");
+    assert_eq!(ka_stats["backends"][0]["responses"]["2xx"], 3, "{stats}");
     // close: the answer says so and the proxy closes; the member is asked to close too.
     let fe = d.api.frontend_addr("cl");
     for i in 1..=3 {
@@ -974,4 +983,53 @@ async fn a_pool_follows_a_deployed_app_and_switches_version() {
     .await;
     assert_eq!(s, 404);
     running.shutdown().await;
+}
+
+/// HTTP/2 (prior knowledge) clients on a frontend are routed by the same rules (`:authority`
+/// is the host they see), several streams on one connection.
+#[test]
+fn h2c_requests_are_routed_by_the_rules() {
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let (a, b) =
+        rt.block_on(async { (TestBackend::start("a").await, TestBackend::start("b").await) });
+    let d = InProc::start(&format!(
+        "pools:\n{}{}frontends:\n  - {{name: web, mode: http, bind: 127.0.0.1:0, pool: pa, rules: [{{host: b.test, pool: pb}}, {{path: {{prefix: /b}}, pool: pb}}]}}\n",
+        pool("pa", &[&a], ""),
+        pool("pb", &[&b], ""),
+    ));
+    let fe = d.api.frontend_addr("web");
+    d.rt.block_on(async {
+        let io = hyper_util::rt::TokioIo::new(tokio::net::TcpStream::connect(fe).await.unwrap());
+        let (mut send, conn) =
+            hyper::client::conn::http2::handshake(hyper_util::rt::TokioExecutor::new(), io)
+                .await
+                .expect("h2c handshake with the frontend");
+        tokio::spawn(conn);
+        for (host, path, want) in [
+            ("a.test", "/", "a"),
+            ("b.test", "/", "b"),
+            ("a.test", "/b/x", "b"),
+            ("a.test", "/c", "a"),
+        ] {
+            let req = http::Request::builder()
+                .uri(format!("http://{host}{path}"))
+                .body(crate::support::proxy::empty())
+                .unwrap();
+            let resp = send.send_request(req).await.unwrap();
+            let by = resp
+                .headers()
+                .get("x-backend")
+                .map(|v| v.to_str().unwrap().to_string());
+            assert_eq!(
+                (resp.status().as_u16(), by.as_deref()),
+                (200, Some(want)),
+                "{host}{path}"
+            );
+        }
+    });
+    assert_eq!(
+        a.accepted() + b.accepted(),
+        2,
+        "one pooled member connection each"
+    );
 }

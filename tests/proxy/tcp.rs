@@ -145,37 +145,26 @@ pub(crate) struct Api {
 impl Api {
     pub(crate) fn call(&self, method: &str, path: &str, body: Option<Value>) -> (u16, Value) {
         let body = body.map(|b| b.to_string()).unwrap_or_default();
-        // Right after an upgrade the API connection may land on the old process as its API
-        // server shuts down (the API listener is not part of what this test measures): retry.
-        let mut attempt = 0;
-        let raw = loop {
-            attempt += 1;
-            let r = (|| -> std::io::Result<Vec<u8>> {
-                let mut c = TcpStream::connect(self.addr)?;
-                c.set_read_timeout(Some(Duration::from_secs(20)))?;
-                write!(
-                    c,
-                    "{method} {path} HTTP/1.1\r\nhost: {}\r\nauthorization: Bearer {}\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
-                    self.addr,
-                    self.token,
-                    body.len()
-                )?;
-                let mut raw = Vec::new();
-                c.read_to_end(&mut raw)?;
-                if raw.len() < 12 {
-                    return Err(std::io::Error::new(ErrorKind::UnexpectedEof, "no response"));
-                }
-                Ok(raw)
-            })();
-            match r {
-                Ok(raw) => break raw,
-                Err(e) if attempt < 5 => {
-                    eprintln!("API {method} {path}: {e}; retrying");
-                    thread::sleep(Duration::from_millis(100));
-                }
-                Err(e) => panic!("API {method} {path}: {e}"),
+        // No retry: a connection that reaches the old process's API as it drains is still
+        // answered (with `Connection: close`), never dropped (issue 19).
+        let r = (|| -> std::io::Result<Vec<u8>> {
+            let mut c = TcpStream::connect(self.addr)?;
+            c.set_read_timeout(Some(Duration::from_secs(20)))?;
+            write!(
+                c,
+                "{method} {path} HTTP/1.1\r\nhost: {}\r\nauthorization: Bearer {}\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
+                self.addr,
+                self.token,
+                body.len()
+            )?;
+            let mut raw = Vec::new();
+            c.read_to_end(&mut raw)?;
+            if raw.len() < 12 {
+                return Err(std::io::Error::new(ErrorKind::UnexpectedEof, "no response"));
             }
-        };
+            Ok(raw)
+        })();
+        let raw = r.unwrap_or_else(|e| panic!("API {method} {path}: {e}"));
         let text = String::from_utf8_lossy(&raw).to_string();
         let status: u16 = text[9..12].parse().unwrap();
         let body = text.split_once("\r\n\r\n").map(|x| x.1).unwrap_or("");

@@ -75,6 +75,16 @@ fn ensure_dockerd() {
 
 /// Builds one image from a busybox rootfs with `docker import`, unless it exists.
 fn build_image(tag: &str, index: &str, health: bool, banner: Option<&str>) {
+    build_image_with(tag, index, health, banner, None)
+}
+
+/// A test image whose `/cgi-bin/app` runs `cgi` (a busybox `sh` script that prints the CGI
+/// answer; `$RANDOM` works), with `/health`; built locally unless it exists.
+pub fn build_cgi_image(tag: &str, index: &str, cgi: &str) {
+    build_image_with(tag, index, true, None, Some(cgi))
+}
+
+fn build_image_with(tag: &str, index: &str, health: bool, banner: Option<&str>, cgi: Option<&str>) {
     if sh(&format!("docker image inspect {tag} >/dev/null 2>&1")).0 {
         return;
     }
@@ -88,8 +98,15 @@ fn build_image(tag: &str, index: &str, health: bool, banner: Option<&str>) {
         .find(|p| std::path::Path::new(p).exists())
         .expect("busybox-static installed (apt-get install busybox-static)");
     std::fs::copy(busybox, r.join("bin/busybox")).unwrap();
-    for l in ["sh", "httpd", "echo", "kill", "sleep"] {
+    for l in ["sh", "httpd", "echo", "kill", "sleep", "cat"] {
         std::os::unix::fs::symlink("busybox", r.join("bin").join(l)).unwrap();
+    }
+    if let Some(cgi) = cgi {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::create_dir_all(r.join("www/cgi-bin")).unwrap();
+        let path = r.join("www/cgi-bin/app");
+        std::fs::write(&path, format!("#!/bin/sh\n{cgi}")).unwrap();
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755)).unwrap();
     }
     std::fs::write(r.join("www/index.html"), index).unwrap();
     if health {

@@ -122,13 +122,13 @@ impl AuthGate {
         let wait = l.blocked(ip, self.proxied, self.now)?;
         let mut resp = (
             axum::http::StatusCode::TOO_MANY_REQUESTS,
-            axum::Json(serde_json::json!({"error": {
-                "code": "too_many_auth_failures",
-                "message": format!(
+            axum::Json(crate::model::api::ErrorBody::new(
+                "too_many_auth_failures",
+                format!(
                     "too many failed authentications from {ip}; retry in {} s",
                     wait.as_secs().max(1)
                 ),
-            }})),
+            )),
         )
             .into_response();
         if let Ok(v) = header::HeaderValue::from_str(&wait.as_secs().max(1).to_string()) {

@@ -199,7 +199,7 @@ impl IntoResponse for Forbidden {
     fn into_response(self) -> Response {
         (
             StatusCode::FORBIDDEN,
-            Json(serde_json::json!({ "error": { "code": self.code, "message": self.message } })),
+            Json(crate::model::api::ErrorBody::new(self.code, self.message)),
         )
             .into_response()
     }

@@ -230,6 +230,36 @@ pub(super) async fn status(
             ));
         }
     }
+    // A canary in progress (issue 21): its step, the split, both versions' live figures.
+    for a in &apps {
+        if let Some(c) = &a.status.canary {
+            let live = |l: &crate::model::canary::LiveFigures| {
+                format!(
+                    "{} req, {}% errors, p99 {}",
+                    l.requests,
+                    l.error_rate,
+                    l.p99_ms.map_or("-".to_string(), |ms| format!("{ms}ms"))
+                )
+            };
+            let split = c
+                .split
+                .iter()
+                .map(|(k, w)| format!("{k}={w}%"))
+                .collect::<Vec<_>>()
+                .join(" ");
+            out.line(&format!(
+                "{}: canary {} ({} step {}/{}), split {split}{}; stable: {}; canary: {}",
+                a.status.name,
+                c.deployment,
+                c.phase,
+                c.step,
+                c.steps,
+                if c.sticky { " (sticky)" } else { "" },
+                live(&c.stable_live),
+                live(&c.canary_live)
+            ));
+        }
+    }
     let cert_rows: Vec<Vec<String>> = certificates
         .iter()
         .map(|c| {

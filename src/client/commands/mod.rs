@@ -4,6 +4,7 @@
 //! arm below.
 
 mod apps;
+mod canary;
 mod certs;
 mod deploy;
 mod init;
@@ -56,6 +57,9 @@ pub async fn run(cli: Cli, out: &Out) -> Result<u8, ClientError> {
         Command::Stop { app } => apps::stop(&g.server, app, out).await,
         cmd @ (Command::Pause { .. } | Command::Resume { .. } | Command::Maintenance { .. }) => {
             traffic::run(&g.server, cmd, out).await
+        }
+        cmd @ (Command::Promote { .. } | Command::Abort { .. } | Command::Traffic { .. }) => {
+            canary::run(&g.server, cmd, out).await
         }
         Command::Logs { app, follow, tail } => apps::logs(&g.server, app, follow, tail, out).await,
         Command::Routes(cmd) => routes::routes(&g.server, cmd, out).await,

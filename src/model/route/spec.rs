@@ -399,6 +399,10 @@ pub struct RouteSpec {
     /// engine from its own persisted state, never read from or written to a route document.
     #[serde(skip)]
     pub gate: Option<crate::model::traffic::AppGate>,
+    /// Split of a deployed app's traffic between its versions (canary, A/B; see
+    /// `model::canary`). Set by the deploy engine, never part of a route document.
+    #[serde(skip)]
+    pub split: Option<crate::model::canary::RouteSplit>,
 }
 
 fn default_true() -> bool {
@@ -435,6 +439,7 @@ impl Default for RouteSpec {
             https_redirect: true,
             hsts_max_age: None,
             gate: None,
+            split: None,
         }
     }
 }

@@ -63,6 +63,9 @@ pub struct Route {
     rr: RoundRobin,
     /// Whether some backend's effective weight is still ramping (slow start).
     ramping: bool,
+    /// The version split, when the route carries one: a version is chosen first, then a
+    /// backend of that version by the balancer.
+    pub versions: Option<crate::model::canary::VersionPicker>,
 }
 
 /// Why a route could not pick a backend.
@@ -94,6 +97,8 @@ pub struct Pick {
     pub index: usize,
     /// For `sticky_cookie`: the `Set-Cookie` value to send, when the request had no valid pin.
     pub set_cookie: Option<String>,
+    /// A sticky version split's `Set-Cookie` value, when the request named no usable version.
+    pub version_cookie: Option<String>,
 }
 
 impl Route {
@@ -103,36 +108,70 @@ impl Route {
             .map(|p| p.index)
     }
 
-    /// Chooses a backend for a request with the route's balancer.
+    /// Chooses a backend for a request: the version first when the route splits traffic
+    /// between versions (a version without a usable backend falls back to any), then a
+    /// backend with the route's balancer.
     pub fn pick_for(
         &self,
         ctx: &PickContext<'_>,
         exclude: Option<usize>,
     ) -> Result<Pick, PickError> {
+        let Some(choice) = self.versions.as_ref().and_then(|v| v.choose(ctx.cookie)) else {
+            return self.pick_in(ctx, exclude, None);
+        };
+        match self.pick_in(ctx, exclude, Some(choice.version)) {
+            Ok(p) => Ok(Pick {
+                version_cookie: choice.set_cookie,
+                ..p
+            }),
+            Err(_) => self.pick_in(ctx, exclude, None),
+        }
+    }
+
+    /// The balancer's pick among the backends of `version` (all backends when `None`).
+    fn pick_in(
+        &self,
+        ctx: &PickContext<'_>,
+        exclude: Option<usize>,
+        version: Option<usize>,
+    ) -> Result<Pick, PickError> {
         if self.backends.is_empty() {
             return Err(PickError::NoBackends);
         }
-        let usable = |i: usize| Some(i) != exclude && self.backends[i].eligible();
+        let in_version = |i: usize| match (version, &self.versions) {
+            (Some(v), Some(vp)) => vp.member(i, v),
+            _ => true,
+        };
+        let usable = |i: usize| Some(i) != exclude && self.backends[i].eligible() && in_version(i);
         let plain = |index: usize| Pick {
             index,
             set_cookie: None,
+            version_cookie: None,
+        };
+        // Within a version, its own cursor: its replicas share its traffic evenly.
+        let rr = match (version, &self.versions) {
+            (Some(v), Some(vp)) => vp.round_robin(v).unwrap_or(&self.rr),
+            _ => &self.rr,
         };
         let index = match &self.balancer {
-            BalancerKind::RoundRobin => self.rr.pick(usable).map(plain),
+            BalancerKind::RoundRobin => rr.pick(usable).map(plain),
             BalancerKind::StickyCookie { cookie, .. } => {
                 let pinned = ctx
                     .cookie
                     .and_then(|h| cookie_value(h, cookie))
                     .and_then(|tok| self.backends.iter().position(|b| b.token == tok))
-                    .filter(|i| Some(*i) != exclude && self.backends[*i].accepts_pinned());
+                    .filter(|i| {
+                        Some(*i) != exclude && self.backends[*i].accepts_pinned() && in_version(*i)
+                    });
                 match pinned {
                     Some(i) => Some(plain(i)),
-                    None => self.rr.pick(usable).map(|i| Pick {
+                    None => rr.pick(usable).map(|i| Pick {
                         index: i,
                         set_cookie: Some(format!(
                             "{cookie}={}; Path=/; HttpOnly; SameSite=Lax",
                             self.backends[i].token
                         )),
+                        version_cookie: None,
                     }),
                 }
             }
@@ -162,11 +201,11 @@ impl Route {
                 )
                 .map(plain),
                 // No client address (internal callers): spread like round robin.
-                None => self.rr.pick(usable).map(plain),
+                None => rr.pick(usable).map(plain),
             },
             BalancerKind::LeastConnections => {
-                let start = self.rr.position();
-                self.rr.advance();
+                let start = rr.position();
+                rr.advance();
                 least_loaded(
                     start,
                     self.backends
@@ -322,6 +361,16 @@ impl RouteTable {
                 .collect();
             let rr = RoundRobin::with_start(&weights, prev.map(|p| p.rr.position()).unwrap_or(0));
             let prefix = spec.path_prefix.clone().unwrap_or_else(PathPrefix::root);
+            let versions = spec.split.as_ref().map(|s| {
+                crate::model::canary::VersionPicker::new(
+                    &name,
+                    &s.split,
+                    backends
+                        .iter()
+                        .zip(&weights)
+                        .map(|(b, w)| (s.members.get(&b.id).map(String::as_str), *w)),
+                )
+            });
             let route = Arc::new(Route {
                 name,
                 canonical: spec.domains[0].to_string(),
@@ -332,6 +381,7 @@ impl RouteTable {
                 spec: spec.clone(),
                 rr,
                 ramping,
+                versions,
             });
             for d in &spec.domains {
                 hosts

@@ -371,7 +371,8 @@ fn sticky_cookie_pins_and_repins() {
             r.pick_for(&ctx(cookie), None).unwrap(),
             Pick {
                 index: first.index,
-                set_cookie: None
+                set_cookie: None,
+                version_cookie: None,
             }
         );
     }

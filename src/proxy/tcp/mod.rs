@@ -230,6 +230,8 @@ pub struct TcpProxy {
     http: Arc<super::Proxy>,
     /// Deployed apps' replicas (the deploy engine's feed) for pools that follow an app.
     apps: watch::Receiver<Arc<AppReplicas>>,
+    /// Where each pool came from, for stats readers that must not wait on `ctl`.
+    pool_sources: ArcSwap<HashMap<String, crate::model::api::RouteSource>>,
 }
 
 impl TcpProxy {
@@ -254,6 +256,7 @@ impl TcpProxy {
             counters: ArcSwap::from_pointee(Vec::new()),
             http,
             apps: apps.clone(),
+            pool_sources: ArcSwap::from_pointee(HashMap::new()),
         });
         tokio::spawn(health::run(me.pools.clone(), stop.clone()));
         tokio::spawn(follow_apps(Arc::downgrade(&me), apps, stop));
@@ -482,6 +485,20 @@ impl TcpProxy {
     /// Publishes the HTTP frontends' rule tables and the pools' routes (with `extra`, a
     /// frontend about to start).
     fn publish_http(&self, ctl: &Control, extra: Option<&FrontendSpec>) {
+        use crate::model::api::RouteSource;
+        self.pool_sources.store(Arc::new(
+            ctl.pools
+                .iter()
+                .map(|(n, p)| {
+                    let source = if p.read_only {
+                        RouteSource::Config
+                    } else {
+                        RouteSource::Api
+                    };
+                    (n.clone(), source)
+                })
+                .collect(),
+        ));
         let apps = self.apps.borrow().clone();
         let pools: Vec<PoolSpec> = ctl.pools.values().map(|p| p.spec.resolved(&apps)).collect();
         let r = self.http.frontends.publish(
@@ -612,6 +629,19 @@ impl TcpProxy {
     /// The daemon's own listeners (name, bound address) that no frontend may overlap.
     pub fn reserved(&self) -> &[(&'static str, SocketAddr)] {
         &self.reserved
+    }
+
+    /// The pools as HTTP frontends use them (routes with counters) and where each came from.
+    pub fn http_pools(
+        &self,
+    ) -> (
+        Arc<crate::model::route::RouteTable>,
+        HashMap<String, crate::model::api::RouteSource>,
+    ) {
+        (
+            self.http.frontends.pools.load_full(),
+            self.pool_sources.load().as_ref().clone(),
+        )
     }
 
     /// Frontends with their live addresses.
