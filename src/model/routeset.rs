@@ -187,17 +187,7 @@ impl RouteSet {
                         "config routes are not stored".into(),
                     ));
                 }
-                if let Some(n) = &spec.name {
-                    if n != name {
-                        return Err(RouteSetError::Invalid {
-                            field: "name".into(),
-                            message: format!(
-                                "{n:?} differs from the route name in the path ({name:?}); \
-                                 omit it or make them equal"
-                            ),
-                        });
-                    }
-                }
+                same_as_path("name", "route name", spec.name.as_ref(), name)?;
                 let mut spec = spec.clone();
                 spec.name = Some(name.clone());
                 for (k, b) in spec.backends.iter_mut().enumerate() {
@@ -244,17 +234,7 @@ impl RouteSet {
                     return Err(RouteSetError::ReadOnly(route.clone()));
                 }
                 check_name("id", id)?;
-                if let Some(given) = &backend.id {
-                    if given != id {
-                        return Err(RouteSetError::Invalid {
-                            field: "id".into(),
-                            message: format!(
-                                "{given:?} differs from the backend id in the path ({id:?}); \
-                                 omit it or make them equal"
-                            ),
-                        });
-                    }
-                }
+                same_as_path("id", "backend id", backend.id.as_ref(), id)?;
                 let r = self
                     .stored_mut(route)
                     .ok_or_else(|| RouteSetError::RouteNotFound(route.clone()))?;
@@ -339,6 +319,25 @@ impl RouteSet {
                 ))
             }
         }
+    }
+}
+
+/// A name the body repeats (`field`) must equal the one in the path.
+fn same_as_path(
+    field: &str,
+    what: &str,
+    given: Option<&String>,
+    path: &str,
+) -> Result<(), RouteSetError> {
+    match given {
+        Some(given) if given != path => Err(RouteSetError::Invalid {
+            field: field.into(),
+            message: format!(
+                "{given:?} differs from the {what} in the path ({path:?}); omit it or make them \
+                 equal"
+            ),
+        }),
+        _ => Ok(()),
     }
 }
 
@@ -516,6 +515,18 @@ mod tests {
         assert!(
             matches!(&err, RouteSetError::Invalid { field, .. } if field == "name"),
             "{err}"
+        );
+        let err = s
+            .plan(&RouteChange::PutRoute {
+                name: "api".into(),
+                source: RouteSource::Api,
+                spec: spec(r#"{"name":"web","domains":["b.test"]}"#),
+            })
+            .unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "name: \"web\" differs from the route name in the path (\"api\"); omit it or make \
+             them equal"
         );
         let (outcome, ops) = s
             .plan(&RouteChange::PutRoute {
