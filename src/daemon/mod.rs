@@ -610,6 +610,7 @@ pub async fn run(
     } else {
         notify::stopping();
         tracing::info!("stopping: draining connections");
+        crate::proxy::server::no_idle_grace();
         if control_origin == crate::lifecycle::Origin::Bound {
             let _ = std::fs::remove_file(&control_path);
         }

@@ -46,6 +46,20 @@ const CLOSE_COMMITTED: u8 = 2;
 /// How long a connection closed for idleness is read (and discarded) after our FIN, waiting
 /// for the client's, before it is dropped.
 const LINGER: Duration = Duration::from_secs(1);
+
+/// Whether a keep-alive connection idle when the drain begins gets the whole drain timeout for
+/// a next request (see [`supervise`]). That grace is for an upgrade: the successor serves new
+/// connections, and the old process's `Connection: close` answers send clients to their other
+/// pooled connections. A stop with no successor turns it off ([`no_idle_grace`]): nobody will
+/// serve what those clients do next, so waiting would only hold the stop up for the drain
+/// timeout (30 s by default) whenever one client keeps an idle connection.
+static IDLE_GRACE: AtomicBool = AtomicBool::new(true);
+
+/// This process stops with no successor: idle connections close as soon as the drain begins
+/// (between requests only, as always); requests in flight still get the drain timeout.
+pub fn no_idle_grace() {
+    IDLE_GRACE.store(false, Ordering::Relaxed);
+}
 const PROTO_H1: u8 = 1;
 const PROTO_H2: u8 = 2;
 
@@ -469,8 +483,10 @@ pub async fn supervise<T, S, B>(
     let idle_deadline = |last: u64, drain_started: u64| {
         if drain_started == 0 {
             last + idle_ms
-        } else {
+        } else if IDLE_GRACE.load(Ordering::Relaxed) {
             (last + idle_ms).min(last.max(drain_started) + drain_ms)
+        } else {
+            (last + idle_ms).min(last.max(drain_started))
         }
     };
     loop {

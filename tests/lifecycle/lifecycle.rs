@@ -553,6 +553,65 @@ fn sigterm_drains_in_flight_requests_and_exits_zero() {
     assert!(code.success(), "exit status {code}");
 }
 
+/// A stop has no successor, so keep-alive connections idle when it begins (a browser's, the
+/// CLI's) close at once instead of holding the stop up for the drain timeout (5 s here, 30 s
+/// by default): before, `berthd` took the whole drain timeout to exit whenever a client kept
+/// an idle connection to the proxy or the API.
+#[test]
+fn sigterm_with_idle_keep_alive_clients_exits_well_before_the_drain_timeout() {
+    let backend = Backend::start("ok");
+    let mut d = Daemon::start(backend.addr, &[]);
+    let api: SocketAddr = {
+        let mut found = None;
+        crate::support::wait_until(Duration::from_secs(5), || {
+            found = d.logs.lock().unwrap().iter().find_map(|l| {
+                let v: serde_json::Value = serde_json::from_str(l).ok()?;
+                (v["fields"]["message"] == "API listening")
+                    .then(|| v["fields"]["api"].as_str()?.parse().ok())
+                    .flatten()
+            });
+            found.is_some()
+        });
+        found.unwrap()
+    };
+    // One answered request on each, then the connections stay open and idle.
+    let idle = |addr: SocketAddr, host: &str, path: &str| {
+        let s = TcpStream::connect(addr).unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+        write!(&s, "GET {path} HTTP/1.1\r\nHost: {host}\r\n\r\n").unwrap();
+        let mut r = BufReader::new(s.try_clone().unwrap());
+        let mut len = 0usize;
+        let mut line = String::new();
+        loop {
+            line.clear();
+            r.read_line(&mut line).unwrap();
+            if let Some(v) = line.to_ascii_lowercase().strip_prefix("content-length:") {
+                len = v.trim().parse().unwrap();
+            }
+            if line == "\r\n" {
+                break;
+            }
+        }
+        let mut body = vec![0u8; len];
+        r.read_exact(&mut body).unwrap();
+        s
+    };
+    let _proxy_conn = idle(d.http, "app.test", "/");
+    let _api_conn = idle(api, "localhost", "/healthz");
+    thread::sleep(Duration::from_millis(200));
+    let t0 = Instant::now();
+    // SAFETY: kill(2) on our own child.
+    unsafe { libc::kill(d.child.id() as i32, libc::SIGTERM) };
+    let code = d.child.wait().unwrap();
+    let took = t0.elapsed();
+    assert!(code.success(), "exit status {code}");
+    println!("stopped in {took:?} with two idle keep-alive clients (drain timeout 5 s)");
+    assert!(
+        took < Duration::from_secs(3),
+        "stop took {took:?}: idle keep-alive connections held it up"
+    );
+}
+
 #[test]
 fn sd_notify_messages_in_order() {
     use std::os::unix::net::UnixDatagram;
