@@ -194,6 +194,24 @@ struct Control {
     pools: BTreeMap<String, PoolEntry>,
 }
 
+impl Control {
+    /// The pool `name` if the API may change it: 404 when unknown, read-only when it comes
+    /// from the config file.
+    fn writable_pool(&self, name: &str) -> Result<&PoolEntry, TcpError> {
+        match self.pools.get(name) {
+            None => Err(TcpError::NotFound {
+                what: "pool",
+                name: name.into(),
+            }),
+            Some(p) if p.read_only => Err(TcpError::ReadOnly {
+                what: "pool",
+                name: name.into(),
+            }),
+            Some(p) => Ok(p),
+        }
+    }
+}
+
 /// A frontend as the API lists it.
 #[derive(Debug, Clone, Serialize)]
 pub struct FrontendView {
@@ -791,23 +809,7 @@ impl TcpProxy {
         persist: impl FnOnce(&PoolSpec) -> Result<(), E>,
     ) -> Result<PoolSpec, ChangeError<E>> {
         let mut ctl = self.ctl.lock().await;
-        let entry = match ctl.pools.get(name) {
-            None => {
-                return Err(TcpError::NotFound {
-                    what: "pool",
-                    name: name.into(),
-                }
-                .into())
-            }
-            Some(p) if p.read_only => {
-                return Err(TcpError::ReadOnly {
-                    what: "pool",
-                    name: name.into(),
-                }
-                .into())
-            }
-            Some(p) => p,
-        };
+        let entry = ctl.writable_pool(name)?;
         if entry.spec.app.is_none() {
             return Err(TcpError::Invalid(RouteError {
                 field: "version".into(),
@@ -840,23 +842,7 @@ impl TcpProxy {
         persist: impl FnOnce(&str) -> Result<(), E>,
     ) -> Result<(), ChangeError<E>> {
         let mut ctl = self.ctl.lock().await;
-        match ctl.pools.get(name) {
-            None => {
-                return Err(TcpError::NotFound {
-                    what: "pool",
-                    name: name.into(),
-                }
-                .into())
-            }
-            Some(p) if p.read_only => {
-                return Err(TcpError::ReadOnly {
-                    what: "pool",
-                    name: name.into(),
-                }
-                .into())
-            }
-            Some(_) => {}
-        }
+        ctl.writable_pool(name)?;
         if let Some(f) = ctl.frontends.values().find(|f| {
             f.spec.pool == name || f.spec.rules.iter().any(|r| r.pool.as_deref() == Some(name))
         }) {
