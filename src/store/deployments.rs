@@ -543,21 +543,55 @@ pub fn set_gate(
     gate: &AppGate,
     at: i64,
 ) -> Result<(), DeploymentStoreError> {
-    if gate.is_empty() {
-        conn.execute("DELETE FROM app_gates WHERE app = ?1", params![app])?;
-        return Ok(());
-    }
-    let json = serde_json::to_string(gate).map_err(|e| DeploymentStoreError::Corrupt {
-        id: app.to_string(),
+    let row = AppJsonRow {
+        table: "app_gates",
+        column: "gate",
         what: "gate",
-        message: e.to_string(),
-    })?;
-    conn.execute(
-        "INSERT INTO app_gates (app, gate, updated_at) VALUES (?1, ?2, ?3)
-         ON CONFLICT(app) DO UPDATE SET gate = excluded.gate, updated_at = excluded.updated_at",
-        params![app, json, at],
-    )?;
-    Ok(())
+    };
+    row.set(conn, app, (!gate.is_empty()).then_some(gate), at)
+}
+
+/// A table holding one JSON value per app (`app` primary key, the value, `updated_at`).
+pub(super) struct AppJsonRow {
+    pub table: &'static str,
+    pub column: &'static str,
+    /// What the value is, in a `Corrupt` error.
+    pub what: &'static str,
+}
+
+impl AppJsonRow {
+    /// Writes `app`'s value, or deletes its row for `None`.
+    pub fn set<T: serde::Serialize>(
+        &self,
+        conn: &Connection,
+        app: &str,
+        value: Option<&T>,
+        at: i64,
+    ) -> Result<(), DeploymentStoreError> {
+        let AppJsonRow {
+            table,
+            column,
+            what,
+        } = self;
+        let Some(value) = value else {
+            conn.execute(&format!("DELETE FROM {table} WHERE app = ?1"), params![app])?;
+            return Ok(());
+        };
+        let json = serde_json::to_string(value).map_err(|e| DeploymentStoreError::Corrupt {
+            id: app.to_string(),
+            what,
+            message: e.to_string(),
+        })?;
+        conn.execute(
+            &format!(
+                "INSERT INTO {table} (app, {column}, updated_at) VALUES (?1, ?2, ?3)
+                 ON CONFLICT(app) DO UPDATE SET {column} = excluded.{column}, \
+                 updated_at = excluded.updated_at"
+            ),
+            params![app, json, at],
+        )?;
+        Ok(())
+    }
 }
 
 pub fn delete_app(
@@ -975,6 +1009,21 @@ mod tests {
         let json = serde_json::to_string(&back).unwrap();
         assert!(!json.contains("v1:c2VhbGVk"), "{json}");
         assert!(json.contains("sha256:0011"), "{json}");
+    }
+
+    #[test]
+    fn gates_round_trip_and_an_empty_one_deletes_the_row() {
+        let conn = Connection::open_in_memory().unwrap();
+        conn.execute_batch(GATES_MIGRATION_SQL).unwrap();
+        let gate = AppGate {
+            paused: Some(Default::default()),
+            maintenance: None,
+        };
+        set_gate(&conn, "web", &gate, 1).unwrap();
+        set_gate(&conn, "web", &gate, 2).unwrap();
+        assert_eq!(gates(&conn).unwrap(), vec![("web".to_string(), gate)]);
+        set_gate(&conn, "web", &AppGate::default(), 3).unwrap();
+        assert!(gates(&conn).unwrap().is_empty());
     }
 
     #[test]

@@ -3,7 +3,7 @@
 //! published; deleted when the deployment it splits to ends (promoted or aborted), so a row
 //! never outlives the versions it names. Idempotent, like the other migrations.
 
-use rusqlite::{params, Connection};
+use rusqlite::Connection;
 
 use super::deployments::DeploymentStoreError;
 use crate::model::canary::VersionSplit;
@@ -33,21 +33,12 @@ pub fn set_split(
     split: Option<&VersionSplit>,
     at: i64,
 ) -> Result<(), DeploymentStoreError> {
-    let Some(split) = split else {
-        conn.execute("DELETE FROM app_traffic WHERE app = ?1", params![app])?;
-        return Ok(());
-    };
-    let json = serde_json::to_string(split).map_err(|e| DeploymentStoreError::Corrupt {
-        id: app.to_string(),
+    let row = super::deployments::AppJsonRow {
+        table: "app_traffic",
+        column: "split",
         what: "traffic split",
-        message: e.to_string(),
-    })?;
-    conn.execute(
-        "INSERT INTO app_traffic (app, split, updated_at) VALUES (?1, ?2, ?3)
-         ON CONFLICT(app) DO UPDATE SET split = excluded.split, updated_at = excluded.updated_at",
-        params![app, json, at],
-    )?;
-    Ok(())
+    };
+    row.set(conn, app, split, at)
 }
 
 #[cfg(test)]
