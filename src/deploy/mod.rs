@@ -57,29 +57,19 @@ pub trait RoutePublisher: HealthProbe {
     fn set_routes(&self, key: &str, routes: Vec<RouteSpec>) -> Result<(), ChangeError>;
     /// Whether `set_routes(key, routes)` would be refused (a domain another route serves),
     /// changing nothing. The engine asks before it accepts a deploy.
-    fn check_routes(&self, key: &str, routes: Vec<RouteSpec>) -> Result<(), ChangeError> {
-        let _ = (key, routes);
-        Ok(())
-    }
+    fn check_routes(&self, key: &str, routes: Vec<RouteSpec>) -> Result<(), ChangeError>;
     /// Requests in flight to backend `backend_id` of route `route`, if that backend is
     /// in the current table.
     fn inflight(&self, route: &str, backend_id: &str) -> Option<u64>;
     /// The proxy's own health of that backend (active and passive checks), if it is in the
     /// current table: what status reports, so it never says healthy while the route is down.
-    fn healthy(&self, _route: &str, _backend_id: &str) -> Option<bool> {
-        None
-    }
+    fn healthy(&self, route: &str, backend_id: &str) -> Option<bool>;
     /// The replicas of `app` now (every deployment's), for pools that follow the app.
     fn set_replicas(&self, _app: &str, _replicas: Vec<crate::model::pool::AppReplica>) {}
     /// What the proxy counted for that backend so far (requests, 5xx + upstream failures,
     /// latency), if it is in the current table: canary analysis sums it per version.
-    fn counts(
-        &self,
-        _route: &str,
-        _backend_id: &str,
-    ) -> Option<crate::model::canary::VersionCounts> {
-        None
-    }
+    /// (No default: a publisher that wraps another once forgot this and answered `None`.)
+    fn counts(&self, route: &str, backend_id: &str) -> Option<crate::model::canary::VersionCounts>;
 }
 
 /// Errors of the engine's API (the API layer maps them to HTTP statuses).
