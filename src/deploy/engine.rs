@@ -15,7 +15,6 @@ use super::{
     State, DELETING, STOPPING,
 };
 use crate::model::deploy::{validate_app_name, AppSpec, Strategy};
-use crate::model::route::ServerState;
 use crate::runtime::ContainerRuntime;
 use crate::store::deployments::{DeployState, DeploymentRecord, DeploymentStore};
 use crate::store::registry::{ChangeError, RouteSetError};
@@ -368,18 +367,10 @@ impl Engine {
         }
         let replicas = {
             let mut st = self.inner.state.locked();
-            let Some(a) = st.apps.get_mut(app) else {
+            if !st.apps.contains_key(app) {
                 return Err(DeployError::AppNotFound(app.to_string()));
-            };
-            for r in a.replicas.iter_mut() {
-                r.state = ServerState::Drain;
             }
-            let replicas = a.replicas.clone();
-            if let Err(e) = self.inner.publish_app(&st, app) {
-                self.inner
-                    .warn(format!("app {app}: publishing drained routes failed: {e}"));
-            }
-            replicas
+            self.inner.drain_all(&mut st, app)
         };
         let result = self.finish_stop(app, &replicas, drain, grace).await;
         if let Some(a) = self.inner.state.locked().apps.get_mut(app) {
@@ -411,15 +402,7 @@ impl Engine {
             let a = st.apps.entry(app.to_string()).or_default();
             // Deploys of this app get Conflict("deleting") until the delete is done.
             a.claim(app, DELETING)?;
-            for r in a.replicas.iter_mut() {
-                r.state = ServerState::Drain;
-            }
-            let replicas = a.replicas.clone();
-            if let Err(e) = self.inner.publish_app(&st, app) {
-                self.inner
-                    .warn(format!("app {app}: publishing drained routes failed: {e}"));
-            }
-            replicas
+            self.inner.drain_all(&mut st, app)
         };
         let result = async {
             // Persist first: after a crash from here on, reconcile stops the rest.
