@@ -13,11 +13,14 @@ use std::time::Duration;
 use http::Request;
 use http_body_util::Empty;
 use hyper_util::rt::TokioIo;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
 use tokio::sync::{mpsc, watch, Semaphore};
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
 
 use crate::model::health::{unix_ms, Transition};
+use crate::model::pool::TcpCheckSpec;
 use crate::model::route::{HealthCheckSpec, ServerState};
 
 pub use crate::model::health::ProbeError;
@@ -249,4 +252,34 @@ fn error_chain(e: &dyn std::error::Error) -> String {
 
 async fn probe(authority: &http::uri::Authority, host: &str, check: &HealthCheckSpec) -> bool {
     probe_once(authority.as_str(), host, check).await.is_ok()
+}
+
+/// THE TCP check (pools' `health_check`): connect, optionally send, optionally expect; all within `check.timeout`.
+pub async fn probe_tcp(addr: std::net::SocketAddr, check: &TcpCheckSpec) -> bool {
+    let attempt = async {
+        let mut s = TcpStream::connect(addr).await.ok()?;
+        if let Some(send) = &check.send {
+            s.write_all(send.as_bytes()).await.ok()?;
+        }
+        if let Some(expect) = &check.expect {
+            let mut got = Vec::new();
+            let mut buf = [0u8; 1024];
+            while got.len() < 64 * 1024 {
+                let n = s.read(&mut buf).await.ok()?;
+                if n == 0 {
+                    return None;
+                }
+                got.extend_from_slice(&buf[..n]);
+                if got.windows(expect.len()).any(|w| w == expect.as_bytes()) {
+                    return Some(());
+                }
+            }
+            return None;
+        }
+        Some(())
+    };
+    matches!(
+        tokio::time::timeout(check.timeout, attempt).await,
+        Ok(Some(()))
+    )
 }

@@ -8,8 +8,6 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use arc_swap::ArcSwap;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpStream;
 use tokio::sync::watch;
 
 use super::Pools;
@@ -46,7 +44,7 @@ pub(super) async fn run(pools: Arc<ArcSwap<Pools>>, mut stop: watch::Receiver<bo
                 }
                 let (m, check, pool) = (m.clone(), check.clone(), pool.name.clone());
                 tokio::spawn(async move {
-                    let ok = probe(m.addr, &check).await;
+                    let ok = crate::proxy::health::probe_tcp(m.addr, &check).await;
                     let t = m
                         .shared
                         .health
@@ -64,34 +62,4 @@ pub(super) async fn run(pools: Arc<ArcSwap<Pools>>, mut stop: watch::Receiver<bo
             }
         }
     }
-}
-
-/// One check: connect, optionally send, optionally expect; all within `check.timeout`.
-async fn probe(addr: std::net::SocketAddr, check: &TcpCheckSpec) -> bool {
-    let attempt = async {
-        let mut s = TcpStream::connect(addr).await.ok()?;
-        if let Some(send) = &check.send {
-            s.write_all(send.as_bytes()).await.ok()?;
-        }
-        if let Some(expect) = &check.expect {
-            let mut got = Vec::new();
-            let mut buf = [0u8; 1024];
-            while got.len() < 64 * 1024 {
-                let n = s.read(&mut buf).await.ok()?;
-                if n == 0 {
-                    return None;
-                }
-                got.extend_from_slice(&buf[..n]);
-                if got.windows(expect.len()).any(|w| w == expect.as_bytes()) {
-                    return Some(());
-                }
-            }
-            return None;
-        }
-        Some(())
-    };
-    matches!(
-        tokio::time::timeout(check.timeout, attempt).await,
-        Ok(Some(()))
-    )
 }
