@@ -35,6 +35,15 @@ pub fn check_name(field: &str, name: &str) -> Result<(), RouteError> {
     }
 }
 
+/// `rest` under the field path `at` (`pools[2]` + `name`; an API body's `at` is empty).
+pub(crate) fn field_at(at: &str, rest: &str) -> String {
+    if at.is_empty() {
+        rest.to_string()
+    } else {
+        format!("{at}.{rest}")
+    }
+}
+
 pub(crate) fn err(field: impl Into<String>, message: impl Into<String>) -> RouteError {
     RouteError {
         field: field.into(),
@@ -189,13 +198,7 @@ impl PoolSpec {
 
     /// Checks one pool; `at` is its field path (`pools[2]`, or `` for an API body).
     pub fn validate(&self, at: &str) -> Result<(), RouteError> {
-        let f = |rest: &str| {
-            if at.is_empty() {
-                rest.to_string()
-            } else {
-                format!("{at}.{rest}")
-            }
-        };
+        let f = |rest: &str| field_at(at, rest);
         check_name(&f("name"), self.name())?;
         let mut ids = BTreeSet::new();
         for (i, m) in self.members.iter().enumerate() {
@@ -222,6 +225,13 @@ impl PoolSpec {
                     format!("{h:?} is not a host (1-255 visible ASCII characters, no spaces)"),
                 ));
             }
+        }
+        if self.http_check.is_some() && self.health_check.is_some() {
+            // A member has one health, fed by one check (HTTP and TCP frontends share it).
+            return Err(err(
+                f("http_check"),
+                "a pool has one active check: `http_check` (an HTTP request) or `health_check` (a TCP connect, optionally send/expect), not both",
+            ));
         }
         if self.http_check.is_some() {
             // The checks of a route: reported under this pool's own field path.
@@ -445,6 +455,11 @@ mod tests {
         );
         let bad = pool("name: x\nhttp_check: {fall: 0}\n");
         assert_eq!(bad.validate("").unwrap_err().field, "http_check.fall");
+        let both = pool("name: x\nhttp_check: {path: /health}\nhealth_check: {interval: 1s}\n");
+        assert_eq!(
+            both.validate("pools[0]").unwrap_err().field,
+            "pools[0].http_check"
+        );
     }
 
     #[test]
