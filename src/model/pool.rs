@@ -1,6 +1,6 @@
 //! Pools: a named set of members (address, weight, admin state, connection limit), the
-//! balancer that picks one, an optional TCP health check and the optional PROXY protocol
-//! header sent to members. Pure types, parsing and validation; no I/O. A pool is referenced by
+//! balancer that picks one, an optional active check (TCP `health_check` or HTTP
+//! `http_check`, one of them) and the optional PROXY protocol header sent to members. Pure types, parsing and validation; no I/O. A pool is referenced by
 //! name from frontends (and their rules); `frontend::validate_set` checks those references.
 //!
 //! Invariant: a `PoolSpec` that passed [`PoolSpec::validate`] has unique member ids and every
@@ -156,9 +156,10 @@ pub struct PoolSpec {
     /// HTTP frontends: the `Host` header members see (default: the client's own).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub host: Option<String>,
-    /// HTTP frontends: the active HTTP check of members (as a route's `health_check`: path,
-    /// interval, timeout, rise, fall, expect, method); with it, failed requests count against
-    /// a member too (passive health).
+    /// The active HTTP check of members (as a route's `health_check`: path, interval,
+    /// timeout, rise, fall, expect, method); with it, failed HTTP requests count against a
+    /// member too (passive health). A pool has this or `health_check`, not both: a member has
+    /// one health, which HTTP and TCP frontends share.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub http_check: Option<super::route::HealthCheckSpec>,
     /// Follow a deployed app: the members are its replicas (kept current by the deploy

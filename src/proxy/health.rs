@@ -213,11 +213,11 @@ fn apply(tables: &Tables, key: &Key, ok: bool) -> bool {
     };
     match b.health.record_check(ok, rise, fall, unix_ms()) {
         Some(Transition::WentDown) => {
-            tracing::warn!(route = %key.route, backend = %key.backend, upstream = %key.address, "backend marked down by health checks");
+            tracing::warn!(route = %key.route, pool = key.pool, backend = %key.backend, upstream = %key.address, "backend marked down by health checks");
             true
         }
         Some(Transition::WentUp) => {
-            tracing::info!(route = %key.route, backend = %key.backend, upstream = %key.address, "backend marked up by health checks");
+            tracing::info!(route = %key.route, pool = key.pool, backend = %key.backend, upstream = %key.address, "backend marked up by health checks");
             true
         }
         None => false,
