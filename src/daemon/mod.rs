@@ -266,15 +266,12 @@ pub async fn start_with(
     }
 
     let (stop, stop_rx) = watch::channel(false);
-    let mut tasks = vec![
-        health::spawn(tables.clone(), HealthSettings::default(), stop_rx.clone()),
-        // The pools of HTTP frontends, checked by the same prober.
-        health::spawn(
-            proxy.frontends.pools.clone(),
-            HealthSettings::default(),
-            stop_rx.clone(),
-        ),
-    ];
+    // One prober: routes' backends and every pool's members (HTTP and TCP checks).
+    let mut tasks = vec![health::spawn(
+        tables.clone(),
+        HealthSettings::default(),
+        stop_rx.clone(),
+    )];
     let (https_addr, certs, acme) = if config.tls.is_enabled() {
         let tls = tls::start_tls(
             &config,
