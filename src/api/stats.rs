@@ -191,14 +191,18 @@ pub fn route_stats(
 }
 
 fn current(state: &ApiState) -> StatsDoc {
+    doc_of(state, &state.registry.table())
+}
+
+/// The stats document of `table` (routes and HTTP pools), the TCP counters and the store.
+fn doc_of(state: &ApiState, table: &RouteTable) -> StatsDoc {
     let sources: HashMap<String, RouteSource> = state
         .registry
         .routes()
         .iter()
         .map(|e| (e.name(), e.source))
         .collect();
-    let table = state.registry.table();
-    let mut doc = snapshot(&table, &sources);
+    let mut doc = snapshot(table, &sources);
     doc.tcp = Some(state.tcp.stats());
     doc.http_pools = route_stats(table.pools(), &state.tcp.pool_sources());
     doc.store = StoreState::of(state.store_problem.as_deref());
@@ -458,21 +462,18 @@ fn backend_metrics(out: &mut String, f: &Family, stats: &[RouteStats], routes: &
 /// `GET /metrics`.
 pub async fn metrics(State(state): State<ApiState>) -> impl IntoResponse {
     let table = state.registry.table();
-    let sources: HashMap<String, RouteSource> = state
-        .registry
-        .routes()
-        .iter()
-        .map(|e| (e.name(), e.source))
-        .collect();
-    let mut doc = snapshot(&table, &sources);
-    doc.http_pools = route_stats(table.pools(), &state.tcp.pool_sources());
-    doc.store = StoreState::of(state.store_problem.as_deref());
+    let doc = doc_of(&state, &table);
+    let tcp = doc
+        .tcp
+        .as_ref()
+        .map(super::frontends::prometheus)
+        .unwrap_or_default();
     (
         [(
             header::CONTENT_TYPE,
             "text/plain; version=0.0.4; charset=utf-8",
         )],
-        prometheus(&doc, &table) + &super::frontends::prometheus(&state.tcp.stats()),
+        prometheus(&doc, &table) + &tcp,
     )
 }
 
