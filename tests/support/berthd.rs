@@ -26,6 +26,8 @@ pub struct BerthdProcess {
     pub logs: Arc<Mutex<Vec<String>>>,
     /// Timeout of one [`BerthdProcess::api_call`] (30 s unless a test sets it).
     pub api_timeout: Duration,
+    /// Removed after berthd is killed (the containers of the apps the test deployed).
+    pub cleanup: Vec<super::docker::Cleanup>,
 }
 
 impl BerthdProcess {
@@ -55,6 +57,7 @@ impl BerthdProcess {
             child: None,
             logs: Arc::new(Mutex::new(Vec::new())),
             api_timeout: Duration::from_secs(30),
+            cleanup: Vec::new(),
         }
     }
 
