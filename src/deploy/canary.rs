@@ -26,6 +26,7 @@ use std::time::Duration;
 use tokio::sync::mpsc;
 use tokio::time::Instant;
 
+use super::failure::StepError;
 use super::run::{self, Progress};
 use super::{now_ms, AppHosts, DeployError, Engine, Inner, LockExt, Replica};
 use crate::model::api::Stage;
@@ -544,7 +545,13 @@ pub(super) async fn resume(inner: Arc<Inner>, r: Resumed) {
         &mut progress,
     )
     .await;
-    run::conclude(&inner, &rec, progress, outcome.map(|()| false)).await;
+    run::conclude(
+        &inner,
+        &rec,
+        progress,
+        outcome.map(|()| false).map_err(StepError::Canary),
+    )
+    .await;
 }
 
 /// The manual hold of a resumed canary: commands until promote (then promotion) or abort.

@@ -206,15 +206,9 @@ impl Engine {
         {
             let mut st = self.inner.state.locked();
             let a = st.apps.entry(app.to_string()).or_default();
-            if let Some(running) = &a.running {
-                return Err(DeployError::Conflict {
-                    app: app.to_string(),
-                    running: running.clone(),
-                });
-            }
             // Claimed here, so no second deploy can slip in; persisted (below, outside the
             // state lock) before anything runs.
-            a.running = Some(id.clone());
+            a.claim(app, &id)?;
             let (tx, _) = broadcast::channel(256);
             let mut progress = self.inner.progress.locked();
             if progress.len() > 200 {
@@ -361,14 +355,8 @@ impl Engine {
             let Some(a) = st.apps.get_mut(app) else {
                 return Err(DeployError::AppNotFound(app.to_string()));
             };
-            if let Some(running) = &a.running {
-                return Err(DeployError::Conflict {
-                    app: app.to_string(),
-                    running: running.clone(),
-                });
-            }
             // Deploys of this app get Conflict("stopping") until the stop is done.
-            a.running = Some(STOPPING.to_string());
+            a.claim(app, STOPPING)?;
         }
         // Persist first (outside the state lock): after a crash from here on, reconcile
         // stops the rest.
@@ -421,14 +409,8 @@ impl Engine {
                 return Err(DeployError::AppNotFound(app.to_string()));
             }
             let a = st.apps.entry(app.to_string()).or_default();
-            if let Some(running) = &a.running {
-                return Err(DeployError::Conflict {
-                    app: app.to_string(),
-                    running: running.clone(),
-                });
-            }
             // Deploys of this app get Conflict("deleting") until the delete is done.
-            a.running = Some(DELETING.to_string());
+            a.claim(app, DELETING)?;
             for r in a.replicas.iter_mut() {
                 r.state = ServerState::Drain;
             }

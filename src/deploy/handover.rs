@@ -27,6 +27,7 @@ use thiserror::Error;
 use tokio::sync::watch;
 use tokio::time::Instant;
 
+use super::failure::StepError;
 use super::{AppHosts, AppState, Inner, LockExt, Replica, Stage};
 use crate::model::route::{BackendAddr, ServerState};
 use crate::store::deployments::DeploymentRecord;
@@ -56,6 +57,16 @@ pub enum HandoverError {
          health gate); the upgrade was not started, try again when they are done"
     )]
     Busy(String),
+}
+
+/// Why a stored checkpoint cannot be resumed (reconcile then treats the deploy as
+/// interrupted).
+#[derive(Debug, Error)]
+pub enum CheckpointError {
+    #[error(transparent)]
+    Json(#[from] serde_json::Error),
+    #[error("checkpoint version {0} (this berthd reads {CHECKPOINT_VERSION})")]
+    Version(u32),
 }
 
 /// One replica as routed (or stopped) when the checkpoint was written.
@@ -127,13 +138,10 @@ pub(crate) struct Checkpoint {
 }
 
 impl Checkpoint {
-    pub fn parse(data: &str) -> Result<Checkpoint, String> {
-        let cp: Checkpoint = serde_json::from_str(data).map_err(|e| e.to_string())?;
+    pub fn parse(data: &str) -> Result<Checkpoint, CheckpointError> {
+        let cp: Checkpoint = serde_json::from_str(data)?;
         if cp.version != CHECKPOINT_VERSION {
-            return Err(format!(
-                "checkpoint version {} (this berthd reads {CHECKPOINT_VERSION})",
-                cp.version
-            ));
+            return Err(CheckpointError::Version(cp.version));
         }
         Ok(cp)
     }
@@ -197,6 +205,20 @@ impl Handover {
         *self.pause.borrow() == Ownership::Run
     }
 
+    /// Deploy `id`, paused after step `at` (done, of), waits until the upgrade goes on or
+    /// not; returns what became of the pause.
+    async fn wait_paused(&self, id: &str, at: (usize, usize)) -> Ownership {
+        self.paused.locked().insert(id.to_string(), at);
+        let mut rx = self.pause.subscribe();
+        let next = rx
+            .wait_for(|p| *p != Ownership::Paused)
+            .await
+            .map(|p| p.clone())
+            .unwrap_or(Ownership::Run);
+        self.paused.locked().remove(id);
+        next
+    }
+
     pub fn enter(&self, key: &str) -> Active<'_> {
         self.active.locked().insert(key.to_string());
         Active {
@@ -226,7 +248,7 @@ pub(crate) async fn boundary(
     inner: &Arc<Inner>,
     rec: &DeploymentRecord,
     mut cp: Checkpoint,
-) -> Result<bool, String> {
+) -> Result<bool, StepError> {
     if inner.handover.running() {
         return Ok(false);
     }
@@ -236,11 +258,11 @@ pub(crate) async fn boundary(
             cp.routed = a.replicas.iter().map(ReplicaRec::of).collect();
         }
     }
-    let data = serde_json::to_string(&cp).map_err(|e| format!("deploy checkpoint: {e}"))?;
+    let data = serde_json::to_string(&cp).map_err(StepError::CheckpointEncode)?;
     inner
         .store
         .save_checkpoint(&rec.id, std::process::id(), &data)
-        .map_err(|e| format!("saving the deploy checkpoint: {e}"))?;
+        .map_err(StepError::CheckpointSave)?;
     inner.emit(
         &rec.id,
         Stage::Paused,
@@ -249,18 +271,10 @@ pub(crate) async fn boundary(
             cp.steps_done, cp.steps_total
         ),
     );
-    inner
+    let next = inner
         .handover
-        .paused
-        .locked()
-        .insert(rec.id.clone(), (cp.steps_done, cp.steps_total));
-    let mut rx = inner.handover.pause.subscribe();
-    let next = rx
-        .wait_for(|p| *p != Ownership::Paused)
-        .await
-        .map(|p| p.clone())
-        .unwrap_or(Ownership::Run);
-    inner.handover.paused.locked().remove(&rec.id);
+        .wait_paused(&rec.id, (cp.steps_done, cp.steps_total))
+        .await;
     match next {
         Ownership::HandOver(_) => Ok(true),
         _ => {
@@ -381,18 +395,10 @@ pub(crate) async fn resume_when_ours(inner: Arc<Inner>, ad: Adopted) {
         if !inner.handover.running() {
             // This process is being upgraded in turn: park the deploy and pass it on (the
             // checkpoint then names this process as owner, so the next one waits for it).
-            inner
+            let next = inner
                 .handover
-                .paused
-                .locked()
-                .insert(id.clone(), (ad.cp.steps_done, ad.cp.steps_total));
-            let mut rx = inner.handover.pause.subscribe();
-            let next = rx
-                .wait_for(|p| *p != Ownership::Paused)
-                .await
-                .map(|p| p.clone())
-                .unwrap_or(Ownership::Run);
-            inner.handover.paused.locked().remove(&id);
+                .wait_paused(&id, (ad.cp.steps_done, ad.cp.steps_total))
+                .await;
             if matches!(next, Ownership::HandOver(_)) {
                 return;
             }
@@ -473,7 +479,9 @@ mod tests {
         assert_eq!(Checkpoint::parse(&data).unwrap(), cp);
         assert_eq!(cp.routed[0].replica().state, ServerState::Drain);
         cp.version = 99;
-        let err = Checkpoint::parse(&serde_json::to_string(&cp).unwrap()).unwrap_err();
-        assert!(err.contains("version 99"), "{err}");
+        let err = Checkpoint::parse(&serde_json::to_string(&cp).unwrap())
+            .unwrap_err()
+            .to_string();
+        assert_eq!(err, "checkpoint version 99 (this berthd reads 1)");
     }
 }

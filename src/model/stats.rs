@@ -17,6 +17,8 @@ pub struct BackendStats {
     /// Failed attempts: connect errors, resets, timeouts.
     pub failures: AtomicU64,
     pub bytes_out: AtomicU64,
+    /// Bytes from clients to the backend (TCP frontends; HTTP requests do not count them).
+    pub bytes_in: AtomicU64,
     /// Open WebSocket (upgrade) tunnels.
     pub tunnels: AtomicU64,
     /// Request durations (until the response body ended), for p50/p99.
