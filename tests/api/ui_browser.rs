@@ -13,8 +13,7 @@ use std::time::Instant;
     ignore = "system test: set BERTH_SYSTEM_TESTS=1"
 )]
 fn status_page_in_headless_chromium() {
-    if std::env::var("BERTH_SYSTEM_TESTS").as_deref() != Ok("1") {
-        println!("skipped: set BERTH_SYSTEM_TESTS=1");
+    if crate::support::system_tests_off("chromium, node and dockerd") {
         return;
     }
     let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/ui/run.sh");

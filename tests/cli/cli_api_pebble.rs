@@ -13,7 +13,7 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use crate::support::{client_config, free_port, start_pebble, tls_get, wait_for};
-use berth::model::config::{AcmeChallenge, AcmeConfig, ByteSize, Config};
+use berth::model::config::{AcmeChallenge, ByteSize, Config};
 
 const DOMAIN: &str = "api.berth.test";
 
@@ -44,13 +44,7 @@ async fn deploy_over_https_on_api_domain_with_an_acme_certificate() {
     c.api.domain = Some(DOMAIN.to_string().try_into().unwrap());
     c.tls.enabled = Some(true);
     c.tls.listen = "127.0.0.1:0".parse().unwrap();
-    c.tls.acme = Some(AcmeConfig {
-        directory: pebble.directory.clone(),
-        email: Some("ops@berth.test".into()),
-        ca_root: Some(pebble.ca_pem.clone()),
-        challenge: AcmeChallenge::Http01,
-        ..AcmeConfig::default()
-    });
+    c.tls.acme = Some(pebble.acme(AcmeChallenge::Http01));
     // Far below the image tar: uploads on the API route must not be held to it.
     c.proxy.max_body_size = ByteSize(64 << 10);
     c.data_dir = data.path().to_path_buf();
@@ -129,15 +123,9 @@ async fn deploy_over_https_on_api_domain_with_an_acme_certificate() {
     assert!(st.success());
     let size = std::fs::metadata(&tar).unwrap().len();
     assert!(size > 64 << 10, "{size}");
-    std::fs::write(
-        work.path().join("berth.yaml"),
-        format!(
-            "name: {app}\nimage: {}\ndomains: [{app}.test]\nport: 8080\nreplicas: 1\n\
-             health:\n  path: /health\n  interval: 100ms\n  timeout: 1s\n",
-            support::docker::IMG_V1
-        ),
-    )
-    .unwrap();
+    let image = format!("image: {}", support::docker::IMG_V1);
+    let host = format!("{app}.test");
+    support::docker::write_app_file(work.path(), &app, &image, &host, 1, "");
     let t = Instant::now();
     let (code, out) = berth(
         &cfg,

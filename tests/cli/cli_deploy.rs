@@ -81,16 +81,8 @@ impl World {
     }
 
     fn write_app_file(&self, source: &str) {
-        std::fs::write(
-            self.work.path().join("berth.yaml"),
-            format!(
-                "name: {}\n{source}\ndomains: [{}]\nport: 8080\nreplicas: 1\n\
-                 health:\n  path: /health\n  interval: 100ms\n  timeout: 1s\n",
-                self.app,
-                self.host()
-            ),
-        )
-        .unwrap();
+        let (dir, host) = (self.work.path(), self.host());
+        support::docker::write_app_file(dir, &self.app, source, &host, 1, "");
     }
 
     async fn proxied(&self, path: &str) -> (u16, String) {

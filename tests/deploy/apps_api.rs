@@ -6,7 +6,7 @@ use crate::support;
 
 use std::time::{Duration, Instant};
 
-use crate::support::docker::{prepare, skip, IMG_V1, IMG_V2};
+use crate::support::docker::{prepare, skip, write_app_file, Cleanup, IMG_V1, IMG_V2};
 use serde_json::{json, Value};
 
 struct World {
@@ -16,12 +16,6 @@ struct World {
     http: reqwest::Client,
     _cleanup: Cleanup,
     _dir: tempfile::TempDir,
-}
-
-/// Removes the test's containers and network, also when an assertion fails.
-struct Cleanup {
-    app: String,
-    network: String,
 }
 
 impl World {
@@ -120,18 +114,6 @@ impl World {
             .await
             .unwrap();
         resp.text().await.unwrap()
-    }
-}
-
-impl Drop for Cleanup {
-    fn drop(&mut self) {
-        let _ = std::process::Command::new("sh")
-            .arg("-c")
-            .arg(format!(
-                "docker ps -aq --filter label=berth.app={} | xargs -r docker rm -f >/dev/null 2>&1; docker network rm {} >/dev/null 2>&1",
-                self.app, self.network
-            ))
-            .status();
     }
 }
 
@@ -339,33 +321,16 @@ async fn the_berth_cli_end_to_end() {
     let w = World::start("cli").await;
     let app = w.app.clone();
     let work = tempfile::tempdir().unwrap();
-    let cfg = work.path().join("cli.toml");
+    let cli = support::cli::Cli::in_dir(work.path());
     let url = format!("http://{}", w.running.api_addr);
-    let run = |args: Vec<String>| {
-        let (cfg, dir) = (cfg.clone(), work.path().to_path_buf());
-        async move {
-            tokio::task::spawn_blocking(move || {
-                let a: Vec<&str> = args.iter().map(String::as_str).collect();
-                support::cli::berth_blocking(&cfg, &dir, &a)
-            })
-            .await
-            .unwrap()
-        }
-    };
-    let s = |v: &[&str]| v.iter().map(|x| x.to_string()).collect::<Vec<_>>();
 
-    let (code, out) = run(s(&["server", "add", "local", &url, "--token", &w.token])).await;
+    let (code, out) = cli
+        .run(&["server", "add", "local", &url, "--token", &w.token])
+        .await;
     assert_eq!(code, 0, "{out}");
 
-    std::fs::write(
-        work.path().join("berth.yaml"),
-        format!(
-            "name: {app}\nimage: {IMG_V1}\ndomains: [{}]\nport: 8080\nreplicas: 2\n\
-             health:\n  path: /health\n  interval: 100ms\n  timeout: 1s\n",
-            w.host()
-        ),
-    )
-    .unwrap();
+    let image = format!("image: {IMG_V1}");
+    write_app_file(work.path(), &app, &image, &w.host(), 2, "");
     let tar = work.path().join("v1.tar");
     let st = std::process::Command::new("docker")
         .args(["save", "-o"])
@@ -375,7 +340,9 @@ async fn the_berth_cli_end_to_end() {
         .unwrap();
     assert!(st.success());
     let t = Instant::now();
-    let (code, out) = run(s(&["deploy", "--image-tar", tar.to_str().unwrap()])).await;
+    let (code, out) = cli
+        .run(&["deploy", "--image-tar", tar.to_str().unwrap()])
+        .await;
     assert_eq!(code, 0, "{out}");
     assert!(out.contains("succeeded"), "{out}");
     println!(
@@ -384,52 +351,39 @@ async fn the_berth_cli_end_to_end() {
     );
     assert_eq!(w.proxied().await.trim(), "v1");
 
-    let (code, out) = run(s(&["apps"])).await;
+    let (code, out) = cli.run(&["apps"]).await;
     assert_eq!(code, 0, "{out}");
     assert!(out.contains(&app) && out.contains("healthy"), "{out}");
     assert!(out.contains("2/2"), "{out}");
     println!("apps_api: berth apps:\n{out}");
-    let (code, out) = run(s(&["status", &app, "--json"])).await;
+    let (code, out) = cli.run(&["status", &app, "--json"]).await;
     assert_eq!(code, 0, "{out}");
     let v: Value = serde_json::from_str(&out).unwrap_or_else(|e| panic!("{e}: {out}"));
     assert_eq!(v["apps"][0]["name"], app.as_str(), "{v}");
 
     // A second deployment (v2 by reference) to have something to roll back to.
-    std::fs::write(
-        work.path().join("berth.yaml"),
-        format!(
-            "name: {app}\nimage: {IMG_V2}\ndomains: [{}]\nport: 8080\nreplicas: 2\n\
-             health:\n  path: /health\n  interval: 100ms\n  timeout: 1s\n",
-            w.host()
-        ),
-    )
-    .unwrap();
-    let (code, out) = run(s(&["deploy"])).await;
+    let image = format!("image: {IMG_V2}");
+    write_app_file(work.path(), &app, &image, &w.host(), 2, "");
+    let (code, out) = cli.run(&["deploy"]).await;
     assert_eq!(code, 0, "{out}");
     assert_eq!(w.proxied().await.trim(), "v2");
-    let (code, out) = run(s(&["deployments", &app])).await;
+    let (code, out) = cli.run(&["deployments", &app]).await;
     assert_eq!(code, 0, "{out}");
     assert!(out.matches("succeeded").count() >= 2, "{out}");
-    let (code, out) = run(s(&["rollback", &app])).await;
+    let (code, out) = cli.run(&["rollback", &app]).await;
     assert_eq!(code, 0, "{out}");
     assert_eq!(w.proxied().await.trim(), "v1", "{out}");
-    let (code, out) = run(s(&["logs", &app, "--tail", "5"])).await;
+    let (code, out) = cli.run(&["logs", &app, "--tail", "5"]).await;
     assert_eq!(code, 0, "{out}");
-    let (code, out) = run(s(&["stop", &app])).await;
+    let (code, out) = cli.run(&["stop", &app]).await;
     assert_eq!(code, 0, "{out}");
 
     // Wrong token → exit code 4 and a clear message.
-    let (code, out) = run(s(&[
-        "server",
-        "add",
-        "bad",
-        &url,
-        "--token",
-        "berth_wrong_token",
-    ]))
-    .await;
+    let (code, out) = cli
+        .run(&["server", "add", "bad", &url, "--token", "berth_wrong_token"])
+        .await;
     let (code2, out2) = if code == 0 {
-        run(s(&["--server", "bad", "apps"])).await
+        cli.run(&["--server", "bad", "apps"]).await
     } else {
         (code, out.clone())
     };
@@ -453,21 +407,11 @@ async fn canary_promote_abort_and_traffic_over_http_and_the_cli() {
     let w = World::start("canaryapi").await;
     let app = w.app.clone();
     let work = tempfile::tempdir().unwrap();
-    let cfg = work.path().join("cli.toml");
+    let cli = support::cli::Cli::in_dir(work.path());
     let url = format!("http://{}", w.running.api_addr);
-    let run = |args: Vec<String>| {
-        let (cfg, dir) = (cfg.clone(), work.path().to_path_buf());
-        async move {
-            tokio::task::spawn_blocking(move || {
-                let a: Vec<&str> = args.iter().map(String::as_str).collect();
-                support::cli::berth_blocking(&cfg, &dir, &a)
-            })
-            .await
-            .unwrap()
-        }
-    };
-    let s = |v: &[&str]| v.iter().map(|x| x.to_string()).collect::<Vec<_>>();
-    let (code, out) = run(s(&["server", "add", "local", &url, "--token", &w.token])).await;
+    let (code, out) = cli
+        .run(&["server", "add", "local", &url, "--token", &w.token])
+        .await;
     assert_eq!(code, 0, "{out}");
 
     // No canary yet: promote, abort and a split are 409; unknown app 404.
@@ -514,7 +458,7 @@ async fn canary_promote_abort_and_traffic_over_http_and_the_cli() {
         ),
     )
     .unwrap();
-    let (code, out) = run(s(&["deploy", "--detach"])).await;
+    let (code, out) = cli.run(&["deploy", "--detach"]).await;
     assert_ne!(code, 0, "{out}");
     assert!(
         out.contains("berth.yaml:8") && out.contains("canary.analysis.max_error_rate"),
@@ -522,17 +466,11 @@ async fn canary_promote_abort_and_traffic_over_http_and_the_cli() {
     );
 
     // A canary of v2 that holds its first step long; driven by hand from here.
-    std::fs::write(
-        work.path().join("berth.yaml"),
-        format!(
-            "name: {app}\nimage: {IMG_V2}\ndomains: [{}]\nport: 8080\nreplicas: 1\n\
-             health:\n  path: /health\n  interval: 100ms\n  timeout: 1s\n\
-             strategy: canary\ncanary:\n  steps: [{{weight: 50%, hold: 10m}}]\n  analysis: {{min_requests: 1000000}}\n",
-            w.host()
-        ),
-    )
-    .unwrap();
-    let (code, out) = run(s(&["deploy", "--detach"])).await;
+    let image = format!("image: {IMG_V2}");
+    let canary = "strategy: canary\ncanary:\n  steps: [{weight: 50%, hold: 10m}]\n  analysis: \
+                  {min_requests: 1000000}\n";
+    write_app_file(work.path(), &app, &image, &w.host(), 1, canary);
+    let (code, out) = cli.run(&["deploy", "--detach"]).await;
     assert_eq!(code, 0, "{out}");
     let deadline = Instant::now() + Duration::from_secs(60);
     let d2 = loop {
@@ -568,16 +506,18 @@ async fn canary_promote_abort_and_traffic_over_http_and_the_cli() {
         )
         .await;
     assert_eq!(v["weights"][&d2], 50, "{v}");
-    let (code, out) = run(s(&["traffic", &app, "v1=90", "v9=10"])).await;
+    let (code, out) = cli.run(&["traffic", &app, "v1=90", "v9=10"]).await;
     assert_ne!(code, 0, "{out}");
     assert!(out.contains("weights.v9"), "{out}");
     // By hand through the CLI: 70/30, sticky.
-    let (code, out) = run(s(&["traffic", &app, "v1=70", "v2=30", "--sticky"])).await;
+    let (code, out) = cli
+        .run(&["traffic", &app, "v1=70", "v2=30", "--sticky"])
+        .await;
     assert_eq!(code, 0, "{out}");
     assert!(out.contains(&format!("{d2}=30%")), "{out}");
     let deadline = Instant::now() + Duration::from_secs(10);
     loop {
-        let (code, out) = run(s(&["status"])).await;
+        let (code, out) = cli.run(&["status"]).await;
         assert_eq!(code, 0, "{out}");
         if out.contains(&format!("{app}: canary {d2} (manual step 1/1), split")) {
             assert!(out.contains("(sticky)"), "{out}");
@@ -588,7 +528,7 @@ async fn canary_promote_abort_and_traffic_over_http_and_the_cli() {
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
     // Promote by hand: v2 takes over, v1 goes.
-    let (code, out) = run(s(&["promote", &app])).await;
+    let (code, out) = cli.run(&["promote", &app]).await;
     assert_eq!(code, 0, "{out}");
     assert_eq!(last_state(&w.follow(&d2).await), "succeeded");
     assert_eq!(w.proxied().await.trim(), "v2");
@@ -597,6 +537,6 @@ async fn canary_promote_abort_and_traffic_over_http_and_the_cli() {
         .await;
     assert!(v.get("canary").is_none(), "{v}");
     assert_eq!(v["current"]["id"], d2.as_str(), "{v}");
-    let (code, out) = run(s(&["abort", &app])).await;
+    let (code, out) = cli.run(&["abort", &app]).await;
     assert_ne!(code, 0, "no canary to abort: {out}");
 }

@@ -4,7 +4,6 @@
 //! hand-started labelled containers are routed and unrouted; an engine killed mid-deploy is
 //! reconciled by a new engine on the same database.
 
-use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -12,13 +11,6 @@ use crate::support::docker::*;
 use berth::deploy::{DeployError, DeployEvent, EngineConfig, ImageSource, Stage};
 use berth::store::deployments::DeployState;
 use futures_util::StreamExt;
-
-fn reference(r: &str) -> ImageSource {
-    ImageSource::Reference {
-        reference: r.to_string(),
-        creds: None,
-    }
-}
 
 const WAIT: Duration = Duration::from_secs(120);
 
@@ -56,28 +48,13 @@ async fn rolling_deploy_under_load_then_rollback() {
     let host = "rolling.test";
     let app = "rolling";
 
-    let d1 = engine
-        .deploy(app, env.spec(IMG_V1, 3, host), reference(IMG_V1), "test")
-        .await
-        .unwrap();
-    let r1 = tokio::time::timeout(WAIT, engine.wait(&d1))
-        .await
-        .unwrap()
-        .unwrap();
-    assert_eq!(r1.state, DeployState::Succeeded, "{:?}", r1.reason);
+    let d1 = env.deploy_ok(&engine, app, IMG_V1, 3, host).await;
+    let r1 = engine.wait(&d1).await.unwrap();
     env.wait_body(host, "v1", Duration::from_secs(5)).await;
     assert_eq!(deployments_running(&env, app), vec![d1.clone(); 3]);
 
     // One deploy per app at a time: a second one gets Conflict with the running id.
-    let stop = Arc::new(AtomicBool::new(false));
-    let loader = tokio::spawn(load(
-        env.clone(),
-        "rolling.test",
-        4,
-        200_000,
-        Duration::from_secs(90),
-        stop.clone(),
-    ));
+    let loader = Loader::start(&env, "rolling.test", 4, 200_000, Duration::from_secs(90));
     tokio::time::sleep(Duration::from_millis(300)).await;
     let t0 = Instant::now();
     let d2 = engine
@@ -98,8 +75,7 @@ async fn rolling_deploy_under_load_then_rollback() {
         .unwrap();
     let total = t0.elapsed();
     tokio::time::sleep(Duration::from_millis(300)).await;
-    stop.store(true, std::sync::atomic::Ordering::Relaxed);
-    let l = loader.await.unwrap();
+    let l = loader.finish().await;
     assert_eq!(r2.state, DeployState::Succeeded, "{:?}", r2.reason);
 
     let mut events = events_so_far;
@@ -219,24 +195,9 @@ async fn failing_health_check_aborts_and_v1_keeps_serving() {
     let env = Arc::new(Env::new("abort").await);
     let engine = env.engine().await;
     let (app, host) = ("abort", "abort.test");
-    let d1 = engine
-        .deploy(app, env.spec(IMG_V1, 2, host), reference(IMG_V1), "test")
-        .await
-        .unwrap();
-    assert_eq!(
-        engine.wait(&d1).await.unwrap().state,
-        DeployState::Succeeded
-    );
+    let d1 = env.deploy_ok(&engine, app, IMG_V1, 2, host).await;
 
-    let stop = Arc::new(AtomicBool::new(false));
-    let loader = tokio::spawn(load(
-        env.clone(),
-        "abort.test",
-        2,
-        100_000,
-        Duration::from_secs(60),
-        stop.clone(),
-    ));
+    let loader = Loader::start(&env, "abort.test", 2, 100_000, Duration::from_secs(60));
     let mut bad = env.spec(IMG_BAD, 2, host);
     bad.deploy_timeout = Duration::from_secs(3);
     let d2 = engine
@@ -247,8 +208,7 @@ async fn failing_health_check_aborts_and_v1_keeps_serving() {
         .await
         .unwrap()
         .unwrap();
-    stop.store(true, std::sync::atomic::Ordering::Relaxed);
-    let l = loader.await.unwrap();
+    let l = loader.finish().await;
 
     assert_eq!(r2.state, DeployState::Failed);
     let reason = r2.reason.unwrap();
@@ -432,14 +392,7 @@ async fn engine_killed_mid_deploy_is_reconciled_on_restart() {
     let d2;
     {
         let engine = env.engine().await;
-        d1 = engine
-            .deploy(app, env.spec(IMG_V1, 3, host), reference(IMG_V1), "test")
-            .await
-            .unwrap();
-        assert_eq!(
-            engine.wait(&d1).await.unwrap().state,
-            DeployState::Succeeded
-        );
+        d1 = env.deploy_ok(&engine, app, IMG_V1, 3, host).await;
         d2 = engine
             .deploy(app, env.spec(IMG_V2, 3, host), reference(IMG_V2), "test")
             .await
@@ -489,14 +442,7 @@ async fn engine_killed_mid_deploy_is_reconciled_on_restart() {
     assert_eq!(status.replicas.len(), 3);
     assert_eq!(status.current.unwrap().id, d1);
     // And the app deploys normally afterwards.
-    let d3 = engine
-        .deploy(app, env.spec(IMG_V2, 3, host), reference(IMG_V2), "test")
-        .await
-        .unwrap();
-    assert_eq!(
-        engine.wait(&d3).await.unwrap().state,
-        DeployState::Succeeded
-    );
+    let d3 = env.deploy_ok(&engine, app, IMG_V2, 3, host).await;
     env.wait_body(host, "v2", Duration::from_secs(5)).await;
     assert_eq!(deployments_running(&env, app), vec![d3.clone(); 3]);
 }
@@ -672,28 +618,13 @@ async fn crashed_replica_leaves_the_route_and_comes_back() {
     let env = Arc::new(Env::new("crash").await);
     let engine = env.engine().await;
     let (app, host) = ("crash", "crash.test");
-    let d1 = engine
-        .deploy(app, env.spec(IMG_V1, 2, host), reference(IMG_V1), "test")
-        .await
-        .unwrap();
-    assert_eq!(
-        engine.wait(&d1).await.unwrap().state,
-        DeployState::Succeeded
-    );
+    env.deploy_ok(&engine, app, IMG_V1, 2, host).await;
     env.wait_body(host, "v1", Duration::from_secs(5)).await;
     let victim = engine.app(app).await.unwrap().replicas[0]
         .container_id
         .clone();
 
-    let stop = Arc::new(AtomicBool::new(false));
-    let loader = tokio::spawn(load(
-        env.clone(),
-        host,
-        2,
-        50_000,
-        Duration::from_secs(60),
-        stop.clone(),
-    ));
+    let loader = Loader::start(&env, host, 2, 50_000, Duration::from_secs(60));
     tokio::time::sleep(Duration::from_millis(300)).await;
     let pid = env.docker(&format!("inspect -f '{{{{.State.Pid}}}}' {victim}"));
     let killed = std::process::Command::new("kill")
@@ -724,8 +655,7 @@ async fn crashed_replica_leaves_the_route_and_comes_back() {
         tokio::time::sleep(Duration::from_millis(20)).await;
     };
     tokio::time::sleep(Duration::from_millis(500)).await;
-    stop.store(true, std::sync::atomic::Ordering::Relaxed);
-    let l = loader.await.unwrap();
+    let l = loader.finish().await;
     let ok: u64 = l.ok.values().sum();
     println!(
         "crashed replica back in the route after {back:?} (seen out of it: {saw_out}); \
@@ -755,26 +685,10 @@ async fn twenty_rolling_deploys_under_load_fail_no_request() {
     let env = Arc::new(Env::new("roll20").await);
     let engine = env.engine().await;
     let (app, host) = ("roll20", "roll20.test");
-    let d = engine
-        .deploy(app, env.spec(IMG_V1, 2, host), reference(IMG_V1), "test")
-        .await
-        .unwrap();
-    let r = tokio::time::timeout(WAIT, engine.wait(&d))
-        .await
-        .unwrap()
-        .unwrap();
-    assert_eq!(r.state, DeployState::Succeeded, "{:?}", r.reason);
+    env.deploy_ok(&engine, app, IMG_V1, 2, host).await;
     env.wait_body(host, "v1", Duration::from_secs(5)).await;
 
-    let stop = Arc::new(AtomicBool::new(false));
-    let loader = tokio::spawn(load(
-        env.clone(),
-        host,
-        4,
-        1_000_000,
-        Duration::from_secs(600),
-        stop.clone(),
-    ));
+    let loader = Loader::start(&env, host, 4, 1_000_000, Duration::from_secs(600));
     tokio::time::sleep(Duration::from_millis(300)).await;
     let t0 = Instant::now();
     for i in 0..DEPLOYS {
@@ -796,8 +710,7 @@ async fn twenty_rolling_deploys_under_load_fail_no_request() {
     }
     let took = t0.elapsed();
     tokio::time::sleep(Duration::from_millis(300)).await;
-    stop.store(true, std::sync::atomic::Ordering::Relaxed);
-    let l = loader.await.unwrap();
+    let l = loader.finish().await;
     let ok: u64 = l.ok.values().sum();
     println!(
         "ROLL20 {DEPLOYS} rolling deploys in {took:?}: {ok} requests ok {:?}, failed {}",
@@ -834,15 +747,7 @@ async fn self_healing_after_docker_kill_and_rm() {
         .await;
     engine.reconciled().await;
     let (app, host) = ("heal", "heal.test");
-    let d = engine
-        .deploy(app, env.spec(IMG_V1, 2, host), reference(IMG_V1), "test")
-        .await
-        .unwrap();
-    let r = tokio::time::timeout(WAIT, engine.wait(&d))
-        .await
-        .unwrap()
-        .unwrap();
-    assert_eq!(r.state, DeployState::Succeeded, "{:?}", r.reason);
+    let d = env.deploy_ok(&engine, app, IMG_V1, 2, host).await;
     env.wait_body(host, "v1", Duration::from_secs(5)).await;
     let names: Vec<String> = env.containers(app).into_iter().map(|c| c.0).collect();
     assert_eq!(names.len(), 2);

@@ -236,15 +236,9 @@ async fn secrets_reach_the_container_and_nothing_else() {
     let (code, out) = cli.run(&["server", "add", "local", &url, "--token", &token], None);
     assert_eq!(code, 0, "{out}");
     let app_file = |image: &str| {
-        std::fs::write(
-            work.join("berth.yaml"),
-            format!(
-                "name: {app}\nimage: {image}\ndomains: [{app}.test]\nport: 8080\nreplicas: 1\n\
-                 health:\n  path: /health\n  interval: 100ms\n  timeout: 1s\n\
-                 env:\n  MODE: visible-{app}\nsecrets: [DB_PASSWORD]\n"
-            ),
-        )
-        .unwrap();
+        let (source, host) = (format!("image: {image}"), format!("{app}.test"));
+        let extra = format!("env:\n  MODE: visible-{app}\nsecrets: [DB_PASSWORD]\n");
+        support::docker::write_app_file(&work, &app, &source, &host, 1, &extra);
     };
 
     // Deploy v1 with the secret from the local environment, through a deploy-only token.

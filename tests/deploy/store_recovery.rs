@@ -5,282 +5,99 @@
 //! - an unhealthy replica present at start: a healthy app is served within a second of the
 //!   process start, status follows the proxy's health, reconcile replaces the bad replica.
 
-use crate::support;
-
-use std::net::{SocketAddr, TcpStream};
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command};
-use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use crate::support::docker::{prepare, skip, Cleanup, IMG_V1, IMG_V2};
+use crate::support::berthd::BerthdProcess;
+use crate::support::docker::{app_containers as containers, prepare, sh, skip, Cleanup};
+use crate::support::docker::{IMG_V1, IMG_V2};
 
-use crate::support::BERTHD;
-
-fn sh(cmd: &str) -> (bool, String) {
-    let out = Command::new("sh").arg("-c").arg(cmd).output().expect("sh");
-    let mut text = String::from_utf8_lossy(&out.stdout).into_owned();
-    text.push_str(&String::from_utf8_lossy(&out.stderr));
-    (out.status.success(), text)
-}
-/// A berthd process on fixed loopback ports (the same across restarts).
-struct World {
-    dir: tempfile::TempDir,
-    config: PathBuf,
-    http: SocketAddr,
-    api: SocketAddr,
-    token: String,
-    child: Option<Child>,
-    logs: Arc<Mutex<Vec<String>>>,
-    _cleanup: Vec<Cleanup>,
-}
-
-impl World {
-    fn new(apps: &[&str], network: &str) -> World {
-        prepare();
-        let dir = tempfile::tempdir().unwrap();
-        let http: SocketAddr = format!("127.0.0.1:{}", support::free_port())
-            .parse()
-            .unwrap();
-        let api: SocketAddr = format!("127.0.0.1:{}", support::free_port())
-            .parse()
-            .unwrap();
-        let config = dir.path().join("berthd.yaml");
-        std::fs::write(
-            &config,
-            format!(
-                "http:\n  listen: {http}\napi:\n  listen: {api}\ndata_dir: {}\nlog:\n  \
-                 access_log: false\ndeploy:\n  enabled: required\n  network: {network}\n  \
-                 stop_grace: 2s\n",
-                dir.path().join("data").display()
-            ),
-        )
-        .unwrap();
-        let cleanup = apps
-            .iter()
-            .map(|a| Cleanup {
-                app: a.to_string(),
-                network: network.to_string(),
-            })
-            .collect();
-        let mut w = World {
-            dir,
-            config,
-            http,
-            api,
-            token: String::new(),
-            child: None,
-            logs: Arc::new(Mutex::new(Vec::new())),
-            _cleanup: cleanup,
-        };
-        w.new_token();
-        w
-    }
-
-    fn data(&self) -> PathBuf {
-        self.dir.path().join("data")
-    }
-
-    fn berthd(&self, args: &[&str]) -> (bool, String) {
-        let out = Command::new(BERTHD)
-            .arg("--config")
-            .arg(&self.config)
-            .args(args)
-            .output()
-            .unwrap();
-        let mut text = String::from_utf8_lossy(&out.stdout).into_owned();
-        text.push_str(&String::from_utf8_lossy(&out.stderr));
-        (out.status.success(), text)
-    }
-
-    /// `berthd token create` (works next to a running daemon, and after a store loss).
-    fn new_token(&mut self) {
-        let out = Command::new(BERTHD)
-            .arg("--config")
-            .arg(&self.config)
-            .args(["token", "create", "--name", "test"])
-            .output()
-            .unwrap();
-        assert!(out.status.success(), "{out:?}");
-        self.token = String::from_utf8_lossy(&out.stdout).trim().to_string();
-    }
-
-    /// Spawns berthd; returns when the process is spawned (not when it serves).
-    fn spawn(&mut self) -> Instant {
-        self.logs.lock().unwrap().clear();
-        let t0 = Instant::now();
-        let child = support::spawn_berthd(&self.config, &self.logs);
-        self.child = Some(child);
-        t0
-    }
-
-    fn start(&mut self) {
-        self.spawn();
-        let deadline = Instant::now() + Duration::from_secs(20);
-        while TcpStream::connect(self.api).is_err() {
-            assert!(
-                Instant::now() < deadline,
-                "berthd did not start: {:?}",
-                self.logs.lock().unwrap()
-            );
-            std::thread::sleep(Duration::from_millis(20));
-        }
-    }
-
-    fn kill_9(&mut self) {
-        if let Some(mut c) = self.child.take() {
-            c.kill().unwrap();
-            c.wait().unwrap();
-        }
-    }
-
-    fn terminate(&mut self) {
-        if let Some(mut c) = self.child.take() {
-            let _ = Command::new("kill")
-                .arg("-TERM")
-                .arg(c.id().to_string())
-                .status();
-            let deadline = Instant::now() + Duration::from_secs(30);
-            loop {
-                if c.try_wait().unwrap().is_some() {
-                    return;
-                }
-                if Instant::now() > deadline {
-                    let _ = c.kill();
-                    let _ = c.wait();
-                    panic!("berthd did not stop on SIGTERM");
-                }
-                std::thread::sleep(Duration::from_millis(50));
-            }
-        }
-    }
-
-    fn logged(&self, needle: &str) -> Option<String> {
-        self.logs
-            .lock()
-            .unwrap()
-            .iter()
-            .find(|l| l.contains(needle))
-            .cloned()
-    }
-
-    async fn api_call(
-        &self,
-        method: reqwest::Method,
-        path: &str,
-        body: Option<serde_json::Value>,
-    ) -> (u16, serde_json::Value) {
-        let mut req = reqwest::Client::new()
-            .request(method, format!("http://{}{path}", self.api))
-            .bearer_auth(&self.token)
-            .timeout(Duration::from_secs(30));
-        if let Some(b) = body {
-            req = req.json(&b);
-        }
-        let resp = req.send().await.expect("API answers");
-        let status = resp.status().as_u16();
-        (status, resp.json().await.unwrap_or(serde_json::Value::Null))
-    }
-
-    /// Deploys and waits for the outcome; returns the deployment id.
-    async fn deploy(&self, app: &str, image: &str, replicas: u32) -> String {
-        let spec = serde_json::json!({
-            "image": image, "domains": [format!("{app}.test")], "replicas": replicas,
-            "health": {"path": "/health", "interval": "200ms", "timeout": "1s"},
-            "drain_timeout": "2s", "deploy_timeout": "20s",
-        });
-        // Right after a start, an app the store knows takes deploys once it is reconciled
-        // (409 `reconcile after start` until then).
-        let deadline = Instant::now() + Duration::from_secs(60);
-        let v = loop {
-            let (status, v) = self
-                .api_call(
-                    reqwest::Method::POST,
-                    &format!("/v1/apps/{app}/deploy"),
-                    Some(spec.clone()),
-                )
-                .await;
-            if status == 409 && v["error"]["deployment"] == "reconcile after start" {
-                assert!(Instant::now() < deadline, "{v}");
-                tokio::time::sleep(Duration::from_millis(100)).await;
-                continue;
-            }
-            assert_eq!(status, 202, "{v}");
-            break v;
-        };
-        let id = v["deployment"]
-            .as_str()
-            .or_else(|| v["id"].as_str())
-            .unwrap_or_else(|| panic!("deployment id in {v}"))
-            .to_string();
-        let deadline = Instant::now() + Duration::from_secs(60);
-        loop {
-            let (_, d) = self
-                .api_call(reqwest::Method::GET, &format!("/v1/deployments/{id}"), None)
-                .await;
-            match d["state"].as_str() {
-                Some("succeeded") => return id,
-                Some("failed") => panic!("deploy {id} failed: {d}"),
-                _ => {}
-            }
-            assert!(Instant::now() < deadline, "deploy {id} did not finish");
-            tokio::time::sleep(Duration::from_millis(200)).await;
-        }
-    }
-
-    async fn get(&self, host: &str) -> Result<(u16, String), String> {
-        let resp = reqwest::Client::new()
-            .get(format!("http://{}/", self.http))
-            .header("host", host)
-            .timeout(Duration::from_secs(5))
-            .send()
-            .await
-            .map_err(|e| e.to_string())?;
-        let s = resp.status().as_u16();
-        Ok((s, resp.text().await.unwrap_or_default().trim().to_string()))
-    }
-
-    async fn wait_body(&self, host: &str, want: &str, within: Duration) {
-        let deadline = Instant::now() + within;
-        loop {
-            let got = self.get(host).await;
-            if matches!(&got, Ok((200, b)) if b == want) {
-                return;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "{host}: waited for {want:?}, last {got:?}; logs: {:?}",
-                self.logs.lock().unwrap()
-            );
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-    }
-}
-
-impl Drop for World {
-    fn drop(&mut self) {
-        self.kill_9();
-    }
-}
-
-/// Containers of `app` (running or not): (id, deployment label, running).
-fn containers(app: &str) -> Vec<(String, String, bool)> {
-    // One listing (ps then inspect would race with a container's removal).
-    let (ok, out) = sh(&format!(
-        "docker ps -a --no-trunc --filter label=berth.app={app} \
-         --format '{{{{.ID}}}} {{{{.Label \"berth.deployment\"}}}} {{{{.State}}}}'"
+/// A berthd process on fixed loopback ports (the same across restarts) deploying on
+/// `network`, with a token; the apps' containers are removed after berthd is killed.
+fn world(apps: &[&str], network: &str) -> BerthdProcess {
+    prepare();
+    let mut w = BerthdProcess::new(&format!(
+        "deploy:\n  enabled: required\n  network: {network}\n  stop_grace: 2s\n"
     ));
-    assert!(ok, "{out}");
-    out.lines()
-        .filter_map(|l| {
-            let mut p = l.split_whitespace();
-            Some((
-                p.next()?.to_string(),
-                p.next()?.to_string(),
-                p.next()? == "running",
-            ))
+    w.new_token();
+    w.cleanup = apps
+        .iter()
+        .map(|a| Cleanup {
+            app: a.to_string(),
+            network: network.to_string(),
         })
-        .collect()
+        .collect();
+    w
+}
+
+/// Deploys and waits for the outcome; returns the deployment id.
+async fn deploy(w: &BerthdProcess, app: &str, image: &str, replicas: u32) -> String {
+    let spec = serde_json::json!({
+        "image": image, "domains": [format!("{app}.test")], "replicas": replicas,
+        "health": {"path": "/health", "interval": "200ms", "timeout": "1s"},
+        "drain_timeout": "2s", "deploy_timeout": "20s",
+    });
+    // Right after a start, an app the store knows takes deploys once it is reconciled
+    // (409 `reconcile after start` until then).
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let v = loop {
+        let (status, v) = w
+            .api_call(
+                reqwest::Method::POST,
+                &format!("/v1/apps/{app}/deploy"),
+                Some(spec.clone()),
+            )
+            .await;
+        if status == 409 && v["error"]["deployment"] == "reconcile after start" {
+            assert!(Instant::now() < deadline, "{v}");
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            continue;
+        }
+        assert_eq!(status, 202, "{v}");
+        break v;
+    };
+    let id = v["deployment"]
+        .as_str()
+        .or_else(|| v["id"].as_str())
+        .unwrap_or_else(|| panic!("deployment id in {v}"))
+        .to_string();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let (_, d) = w
+            .api_call(reqwest::Method::GET, &format!("/v1/deployments/{id}"), None)
+            .await;
+        match d["state"].as_str() {
+            Some("succeeded") => return id,
+            Some("failed") => panic!("deploy {id} failed: {d}"),
+            _ => {}
+        }
+        assert!(Instant::now() < deadline, "deploy {id} did not finish");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+/// GET `/` for `host` through the proxy (a new client, 5 s).
+async fn get(w: &BerthdProcess, host: &str) -> Result<(u16, String), String> {
+    w.get(&reqwest::Client::new(), host, Duration::from_secs(5))
+        .await
+}
+
+/// Polls `host` until it answers 200 with `want`, within `within`.
+async fn wait_body(w: &BerthdProcess, host: &str, want: &str, within: Duration) {
+    let deadline = Instant::now() + within;
+    loop {
+        let got = get(w, host).await;
+        if matches!(&got, Ok((200, b)) if b == want) {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{host}: waited for {want:?}, last {got:?}; logs: {:?}",
+            w.logs.lock().unwrap()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
 }
 
 fn remove_wal(data: &Path) {
@@ -307,23 +124,21 @@ async fn wal_loss_after_kill_9_keeps_and_routes_what_runs() {
     let pid = std::process::id();
     let (a, b) = (format!("wala{pid}"), format!("walb{pid}"));
     let network = format!("berth-t-wal{pid}");
-    let mut w = World::new(&[&a, &b], &network);
+    let mut w = world(&[&a, &b], &network);
     w.start();
-    let v1 = w.deploy(&a, IMG_V1, 2).await;
-    w.wait_body(&format!("{a}.test"), "v1", Duration::from_secs(10))
-        .await;
+    let v1 = deploy(&w, &a, IMG_V1, 2).await;
+    wait_body(&w, &format!("{a}.test"), "v1", Duration::from_secs(10)).await;
     w.terminate();
     // With berthd stopped, the last connection to close checkpoints the WAL into berth.db:
     // v1 is in the main file from now on (as after any SQLite auto-checkpoint).
     drop(berth::store::Store::open(&w.data()).unwrap());
     assert!(!w.data().join("berth.db-wal").exists());
     w.start();
-    w.wait_body(&format!("{a}.test"), "v1", Duration::from_secs(20))
-        .await;
+    wait_body(&w, &format!("{a}.test"), "v1", Duration::from_secs(20)).await;
 
     // `berthd backup` while berthd runs: a consistent copy that knows v1.
     let backup = w.dir.path().join("backup.db");
-    let (ok, out) = w.berthd(&["backup", backup.to_str().unwrap()]);
+    let (ok, out) = w.ctl(&["backup", backup.to_str().unwrap()]);
     assert!(ok, "{out}");
     assert!(out.contains("quick_check ok"), "{out}");
     {
@@ -332,12 +147,10 @@ async fn wal_loss_after_kill_9_keeps_and_routes_what_runs() {
         assert_eq!(copy.current(&a).unwrap().unwrap().id, v1);
     }
 
-    let v2 = w.deploy(&a, IMG_V2, 2).await;
-    let b1 = w.deploy(&b, IMG_V1, 1).await;
-    w.wait_body(&format!("{a}.test"), "v2", Duration::from_secs(10))
-        .await;
-    w.wait_body(&format!("{b}.test"), "v1", Duration::from_secs(10))
-        .await;
+    let v2 = deploy(&w, &a, IMG_V2, 2).await;
+    let b1 = deploy(&w, &b, IMG_V1, 1).await;
+    wait_body(&w, &format!("{a}.test"), "v2", Duration::from_secs(10)).await;
+    wait_body(&w, &format!("{b}.test"), "v1", Duration::from_secs(10)).await;
     let v2_ids: Vec<String> = containers(&a)
         .into_iter()
         .filter(|c| c.1 == v2 && c.2)
@@ -355,10 +168,8 @@ async fn wal_loss_after_kill_9_keeps_and_routes_what_runs() {
     // The token lived in the lost commits too (it was created before the first start, so
     // it survived); make sure we can talk to the API either way.
     w.new_token();
-    w.wait_body(&format!("{a}.test"), "v2", Duration::from_secs(5))
-        .await;
-    w.wait_body(&format!("{b}.test"), "v1", Duration::from_secs(5))
-        .await;
+    wait_body(&w, &format!("{a}.test"), "v2", Duration::from_secs(5)).await;
+    wait_body(&w, &format!("{b}.test"), "v1", Duration::from_secs(5)).await;
     // Reconcile done: still v2, nothing of A removed or recreated, B still routed.
     let deadline = Instant::now() + Duration::from_secs(30);
     while w.logged("reconcile done").is_none() {
@@ -383,8 +194,8 @@ async fn wal_loss_after_kill_9_keeps_and_routes_what_runs() {
     }
     assert!(!now.iter().any(|c| c.1 == v1), "v1 not recreated: {now:?}");
     for _ in 0..20 {
-        assert_eq!(w.get(&format!("{a}.test")).await, Ok((200, "v2".into())));
-        assert_eq!(w.get(&format!("{b}.test")).await, Ok((200, "v1".into())));
+        assert_eq!(get(&w, &format!("{a}.test")).await, Ok((200, "v2".into())));
+        assert_eq!(get(&w, &format!("{b}.test")).await, Ok((200, "v1".into())));
     }
     let line = w.logged("store is behind").expect("loud log line");
     assert!(line.contains("\"ERROR\""), "{line}");
@@ -396,9 +207,8 @@ async fn wal_loss_after_kill_9_keeps_and_routes_what_runs() {
     assert!(app["adopted"].is_string(), "{app}");
 
     // A deploy makes the store current again.
-    let v3 = w.deploy(&a, IMG_V1, 2).await;
-    w.wait_body(&format!("{a}.test"), "v1", Duration::from_secs(10))
-        .await;
+    let v3 = deploy(&w, &a, IMG_V1, 2).await;
+    wait_body(&w, &format!("{a}.test"), "v1", Duration::from_secs(10)).await;
     // The replaced containers are removed right after the outcome is stored.
     let deadline = Instant::now() + Duration::from_secs(15);
     loop {
@@ -427,10 +237,10 @@ async fn start_serves_within_a_second_with_an_unhealthy_replica() {
     let pid = std::process::id();
     let (h, g) = (format!("sick{pid}"), format!("fine{pid}"));
     let network = format!("berth-t-sick{pid}");
-    let mut w = World::new(&[&h, &g], &network);
+    let mut w = world(&[&h, &g], &network);
     w.start();
-    let dh = w.deploy(&h, IMG_V1, 2).await;
-    w.deploy(&g, IMG_V2, 1).await;
+    let dh = deploy(&w, &h, IMG_V1, 2).await;
+    deploy(&w, &g, IMG_V2, 1).await;
     w.terminate();
     // One replica of `sick` fails its health check from now on (it still serves `/`).
     let sick: Vec<(String, String, bool)> = containers(&h);
@@ -440,7 +250,7 @@ async fn start_serves_within_a_second_with_an_unhealthy_replica() {
 
     let t0 = w.spawn();
     let served = loop {
-        if let Ok((200, body)) = w.get(&format!("{g}.test")).await {
+        if let Ok((200, body)) = get(&w, &format!("{g}.test")).await {
             assert_eq!(body, "v2");
             break t0.elapsed();
         }
@@ -454,8 +264,7 @@ async fn start_serves_within_a_second_with_an_unhealthy_replica() {
     println!("start to first served request: {served:?}");
     assert!(served < Duration::from_secs(1), "took {served:?}");
     // `sick` serves too (its healthy replica) at once.
-    w.wait_body(&format!("{h}.test"), "v1", Duration::from_secs(1))
-        .await;
+    wait_body(&w, &format!("{h}.test"), "v1", Duration::from_secs(1)).await;
 
     // Status follows the proxy: never 2/2 while a replica fails its checks; then reconcile
     // replaces the bad replica and it is 2/2 again, with the bad container gone.

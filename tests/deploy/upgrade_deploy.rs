@@ -11,108 +11,53 @@
 use crate::support;
 
 use std::io::{BufRead, BufReader};
-use std::net::{SocketAddr, TcpStream};
-use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use crate::support::docker::{prepare, skip, Cleanup, IMG_V1, IMG_V2};
+use crate::support::berthd::BerthdProcess;
+use crate::support::docker::{app_containers as containers, prepare, skip, Cleanup};
+use crate::support::docker::{IMG_V1, IMG_V2};
+use crate::support::pid_alive;
 
-use crate::support::BERTHD;
-fn sh(cmd: &str) -> (bool, String) {
-    let out = Command::new("sh").arg("-c").arg(cmd).output().expect("sh");
-    let mut text = String::from_utf8_lossy(&out.stdout).into_owned();
-    text.push_str(&String::from_utf8_lossy(&out.stderr));
-    (out.status.success(), text)
+/// A berthd on fixed loopback ports (the app's containers are removed after it is killed), a
+/// `berth` CLI configured for it, an app file.
+struct World {
+    d: BerthdProcess,
+    app: String,
 }
 
-/// Containers of `app` (running or not): (id, deployment label, running).
-fn containers(app: &str) -> Vec<(String, String, bool)> {
-    let (ok, out) = sh(&format!(
-        "docker ps -a --no-trunc --filter label=berth.app={app} \
-         --format '{{{{.ID}}}} {{{{.Label \"berth.deployment\"}}}} {{{{.State}}}}'"
-    ));
-    assert!(ok, "{out}");
-    out.lines()
-        .filter_map(|l| {
-            let mut p = l.split_whitespace();
-            Some((
-                p.next()?.to_string(),
-                p.next()?.to_string(),
-                p.next()? == "running",
-            ))
-        })
-        .collect()
-}
-
-fn pid_alive(pid: u32) -> bool {
-    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
-        Ok(s) => !s
-            .rfind(')')
-            .and_then(|i| s[i + 1..].split_whitespace().next())
-            .is_some_and(|st| st == "Z" || st == "X"),
-        Err(_) => false,
+impl std::ops::Deref for World {
+    type Target = BerthdProcess;
+    fn deref(&self) -> &BerthdProcess {
+        &self.d
     }
 }
 
-/// A berthd on fixed loopback ports, a `berth` CLI configured for it, an app file.
-struct World {
-    dir: tempfile::TempDir,
-    config: PathBuf,
-    http: SocketAddr,
-    api: SocketAddr,
-    token: String,
-    child: Option<Child>,
-    logs: Arc<Mutex<Vec<String>>>,
-    app: String,
-    _cleanup: Cleanup,
+impl std::ops::DerefMut for World {
+    fn deref_mut(&mut self) -> &mut BerthdProcess {
+        &mut self.d
+    }
 }
 
 impl World {
     fn new(app: &str) -> World {
         prepare();
-        let dir = tempfile::tempdir().unwrap();
-        let http: SocketAddr = format!("127.0.0.1:{}", support::free_port())
-            .parse()
-            .unwrap();
-        let api: SocketAddr = format!("127.0.0.1:{}", support::free_port())
-            .parse()
-            .unwrap();
         let network = format!("berth-test-{app}-{}", std::process::id());
-        let config = dir.path().join("berthd.yaml");
-        std::fs::write(
-            &config,
-            format!(
-                "http:\n  listen: {http}\napi:\n  listen: {api}\ndata_dir: {}\nlog:\n  \
-                 access_log: false\nproxy:\n  timeouts:\n    drain: 3s\ndeploy:\n  enabled: \
-                 required\n  network: {network}\n  stop_grace: 2s\n",
-                dir.path().join("data").display()
-            ),
-        )
-        .unwrap();
-        let out = Command::new(BERTHD)
-            .arg("--config")
-            .arg(&config)
-            .args(["token", "create", "--name", "test"])
-            .output()
-            .unwrap();
-        assert!(out.status.success(), "{out:?}");
-        let token = String::from_utf8_lossy(&out.stdout).trim().to_string();
-        World {
-            dir,
-            config,
-            http,
-            api,
-            token,
-            child: None,
-            logs: Arc::new(Mutex::new(Vec::new())),
+        let mut d = BerthdProcess::new(&format!(
+            "proxy:\n  timeouts:\n    drain: 3s\ndeploy:\n  enabled: required\n  network: \
+             {network}\n  stop_grace: 2s\n"
+        ));
+        d.api_timeout = Duration::from_secs(10);
+        d.new_token();
+        d.cleanup.push(Cleanup {
             app: app.to_string(),
-            _cleanup: Cleanup {
-                app: app.to_string(),
-                network,
-            },
+            network,
+        });
+        World {
+            d,
+            app: app.to_string(),
         }
     }
 
@@ -141,13 +86,7 @@ impl World {
     }
 
     fn start(&mut self) {
-        let child = support::spawn_berthd(&self.config, &self.logs);
-        self.child = Some(child);
-        let deadline = Instant::now() + Duration::from_secs(20);
-        while TcpStream::connect(self.api).is_err() {
-            assert!(Instant::now() < deadline, "berthd did not start");
-            std::thread::sleep(Duration::from_millis(20));
-        }
+        self.d.start();
         if !self.dir.path().join("cli.toml").exists() {
             // `berth server add` checks that berthd answers.
             let out = self
@@ -160,35 +99,8 @@ impl World {
         }
     }
 
-    fn ctl(&self, cmd: &str) -> (bool, String) {
-        let out = Command::new(BERTHD)
-            .arg("--config")
-            .arg(&self.config)
-            .arg(cmd)
-            .output()
-            .unwrap();
-        let mut text = String::from_utf8_lossy(&out.stdout).into_owned();
-        text.push_str(&String::from_utf8_lossy(&out.stderr));
-        (out.status.success(), text)
-    }
-
-    fn current_pid(&self) -> Option<u32> {
-        let (ok, out) = self.ctl("status");
-        if !ok {
-            return None;
-        }
-        out.split_whitespace().nth(1)?.parse().ok()
-    }
-
     async fn api_get(&self, path: &str) -> serde_json::Value {
-        let resp = reqwest::Client::new()
-            .get(format!("http://{}{path}", self.api))
-            .bearer_auth(&self.token)
-            .timeout(Duration::from_secs(10))
-            .send()
-            .await
-            .expect("API answers");
-        resp.json().await.unwrap_or(serde_json::Value::Null)
+        self.api_call(reqwest::Method::GET, path, None).await.1
     }
 
     /// Starts `berth deploy` in the background; its output lines go to the returned channel.
@@ -218,34 +130,9 @@ impl World {
     }
 
     async fn get(&self, client: &reqwest::Client) -> Result<(u16, String), String> {
-        let resp = client
-            .get(format!("http://{}/", self.http))
-            .header("host", self.host())
-            .timeout(Duration::from_secs(10))
-            .send()
+        self.d
+            .get(client, &self.host(), Duration::from_secs(10))
             .await
-            .map_err(|e| format!("{e:?}"))?;
-        let s = resp.status().as_u16();
-        Ok((s, resp.text().await.unwrap_or_default().trim().to_string()))
-    }
-
-    fn stop_all(&mut self) {
-        if let Some(pid) = self.current_pid() {
-            let _ = Command::new("kill")
-                .arg("-TERM")
-                .arg(pid.to_string())
-                .status();
-        }
-        if let Some(mut c) = self.child.take() {
-            let _ = c.kill();
-            let _ = c.wait();
-        }
-    }
-}
-
-impl Drop for World {
-    fn drop(&mut self) {
-        self.stop_all();
     }
 }
 
@@ -404,7 +291,7 @@ async fn ten_upgrades_mid_rolling_deploy_under_load() {
         let (child, rx) = w.spawn_deploy();
         // Mid-deploy: the first new replica takes traffic, the old ones are still there.
         let mut lines = wait_line(&rx, "routed", Duration::from_secs(60));
-        let (ok, out) = w.ctl("upgrade");
+        let (ok, out) = w.ctl(&["upgrade"]);
         assert!(ok, "upgrade {i}: {out}");
         let pid: u32 = out
             .split_whitespace()
@@ -415,7 +302,7 @@ async fn ten_upgrades_mid_rolling_deploy_under_load() {
         if i == 9 {
             // The last one twice in a row: the new process is upgraded again while it still
             // waits for its predecessor to exit; it passes the deploy on untouched.
-            let (ok, out) = w.ctl("upgrade");
+            let (ok, out) = w.ctl(&["upgrade"]);
             assert!(ok, "second upgrade {i}: {out}");
             pids.push(
                 out.split_whitespace()
@@ -492,10 +379,7 @@ async fn kill_9_of_berthd_mid_deploy_rolls_back_cleanly() {
     let (child, rx) = w.spawn_deploy();
     let mut lines = wait_line(&rx, "routed", Duration::from_secs(60));
     let t0 = Instant::now();
-    if let Some(mut c) = w.child.take() {
-        c.kill().unwrap(); // SIGKILL
-        c.wait().unwrap();
-    }
+    w.kill_9();
     w.start();
     let (code, rest) = finish(child, &rx, Duration::from_secs(120));
     lines.extend(rest);

@@ -1,8 +1,9 @@
 //! Lifecycle tests against the real `berthd` binary: hitless upgrades under load (new and
 //! keep-alive connections), a failing successor, WebSocket tunnels across an upgrade, SIGHUP
 //! reloads (valid and invalid), sd_notify messages on our own NOTIFY_SOCKET, systemd socket
-//! activation, and graceful stop. Backends and clients are raw TCP on 127.0.0.1 so every
-//! failure (refused, reset, EOF, wrong status) is counted exactly.
+//! activation, and graceful stop. The backend is the shared test backend (`support::proxy`, on
+//! a runtime of its own); clients are raw TCP on 127.0.0.1 so every failure (refused, reset,
+//! EOF, wrong status) is counted exactly.
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
@@ -13,89 +14,12 @@ use std::sync::{Arc, Mutex};
 use std::thread;
 use std::time::{Duration, Instant};
 
-use crate::support::BERTHD;
+use crate::support::{BlockingBackend, BERTHD};
 
-/// A raw HTTP/1.1 backend: keep-alive, `/slow` waits 800 ms, `Upgrade` requests get a 101
-/// and then a byte echo (enough for a tunnel test; the proxy does not parse frames).
-struct Backend {
-    addr: SocketAddr,
-    stop: Arc<AtomicBool>,
-}
-
-impl Backend {
-    fn start(body: &'static str) -> Backend {
-        let l = TcpListener::bind("127.0.0.1:0").unwrap();
-        let addr = l.local_addr().unwrap();
-        let stop = Arc::new(AtomicBool::new(false));
-        let s = stop.clone();
-        l.set_nonblocking(true).unwrap();
-        thread::spawn(move || {
-            while !s.load(Ordering::Relaxed) {
-                match l.accept() {
-                    Ok((c, _)) => {
-                        c.set_nonblocking(false).unwrap();
-                        thread::spawn(move || serve_backend_conn(c, body));
-                    }
-                    Err(_) => thread::sleep(Duration::from_millis(2)),
-                }
-            }
-        });
-        Backend { addr, stop }
-    }
-}
-
-impl Drop for Backend {
-    fn drop(&mut self) {
-        self.stop.store(true, Ordering::Relaxed);
-    }
-}
-
-fn serve_backend_conn(c: TcpStream, body: &'static str) {
-    let _ = c.set_read_timeout(Some(Duration::from_secs(30)));
-    let mut w = c.try_clone().unwrap();
-    let mut r = BufReader::new(c);
-    loop {
-        let mut head = String::new();
-        loop {
-            let mut line = String::new();
-            match r.read_line(&mut line) {
-                Ok(0) | Err(_) => return,
-                Ok(_) => {}
-            }
-            if line == "\r\n" {
-                break;
-            }
-            head.push_str(&line);
-        }
-        let lower = head.to_ascii_lowercase();
-        if lower.contains("upgrade: websocket") {
-            let _ = w.write_all(
-                b"HTTP/1.1 101 Switching Protocols\r\nupgrade: websocket\r\nconnection: upgrade\r\n\r\n",
-            );
-            let mut buf = [0u8; 1024];
-            loop {
-                match r.read(&mut buf) {
-                    Ok(0) | Err(_) => return,
-                    Ok(n) => {
-                        if w.write_all(&buf[..n]).is_err() {
-                            return;
-                        }
-                    }
-                }
-            }
-        }
-        if head.starts_with("GET /slow") {
-            thread::sleep(Duration::from_millis(800));
-        }
-        let resp = format!(
-            "HTTP/1.1 200 OK\r\ncontent-length: {}\r\ncontent-type: text/plain\r\n\r\n{}",
-            body.len(),
-            body
-        );
-        if w.write_all(resp.as_bytes()).is_err() {
-            return;
-        }
-    }
+/// The backend of these tests: answers `ok` (the body `/` and the load loops expect),
+/// `/sleep?ms=N` after N ms, and echoes WebSocket messages on `/ws`.
+fn backend() -> BlockingBackend {
+    BlockingBackend::start_name_only("ok")
 }
 
 /// Reads one HTTP/1.1 response (content-length bodies only). Returns (status, close, body).
@@ -380,7 +304,7 @@ fn get(addr: SocketAddr, host: &str, path: &str) -> Result<(u16, String), String
 
 #[test]
 fn fifty_upgrades_under_load_fail_nothing() {
-    let backend = Backend::start("ok");
+    let backend = backend();
     let d = Daemon::start(backend.addr, &[]);
     let stop = Arc::new(AtomicBool::new(false));
     let (stats, handles) = load(d.http, 4, 4, stop.clone(), Duration::from_secs(120));
@@ -419,7 +343,7 @@ fn fifty_upgrades_under_load_fail_nothing() {
 
 #[test]
 fn failing_successor_keeps_the_old_process_serving() {
-    let backend = Backend::start("ok");
+    let backend = backend();
     let d = Daemon::start(backend.addr, &[("BERTH_DEBUG_FAIL_UPGRADE", "1")]);
     let pid = d.current_pid();
     let stop = Arc::new(AtomicBool::new(false));
@@ -457,28 +381,18 @@ fn failing_successor_keeps_the_old_process_serving() {
 
 #[test]
 fn websocket_tunnel_survives_an_upgrade() {
-    let backend = Backend::start("ok");
+    let backend = backend();
     let d = Daemon::start(backend.addr, &[]);
+    use tokio_tungstenite::tungstenite::{client, Message};
     let c = TcpStream::connect(d.http).unwrap();
     c.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
-    let mut w = c.try_clone().unwrap();
-    let mut r = BufReader::new(c);
-    w.write_all(b"GET /ws HTTP/1.1\r\nhost: app.test\r\nconnection: Upgrade\r\nupgrade: websocket\r\nsec-websocket-version: 13\r\nsec-websocket-key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n").unwrap();
-    let mut line = String::new();
-    r.read_line(&mut line).unwrap();
-    assert!(line.starts_with("HTTP/1.1 101"), "{line}");
-    loop {
-        line.clear();
-        r.read_line(&mut line).unwrap();
-        if line == "\r\n" {
-            break;
-        }
-    }
+    // The handshake checks the 101 and the backend's Sec-WebSocket-Accept.
+    let (mut ws, resp) = client("ws://app.test/ws", c).expect("WebSocket handshake");
+    assert_eq!(resp.status(), 101);
     let mut echo = |msg: &[u8]| {
-        w.write_all(msg).unwrap();
-        let mut buf = vec![0; msg.len()];
-        r.read_exact(&mut buf).unwrap();
-        assert_eq!(buf, msg);
+        ws.send(Message::binary(msg.to_vec())).unwrap();
+        let got = ws.read().unwrap();
+        assert_eq!(got.into_data().as_ref(), msg);
     };
     echo(b"before");
     let out = d.ctl("upgrade");
@@ -494,7 +408,7 @@ fn websocket_tunnel_survives_an_upgrade() {
 
 #[test]
 fn sighup_reload_applies_valid_and_rejects_invalid_config() {
-    let backend = Backend::start("ok");
+    let backend = backend();
     let d = Daemon::start(backend.addr, &[]);
     let pid = d.child.id() as i32;
     assert_eq!(get(d.http, "new.test", "/").unwrap().0, 404);
@@ -540,15 +454,15 @@ fn sighup_reload_applies_valid_and_rejects_invalid_config() {
 
 #[test]
 fn sigterm_drains_in_flight_requests_and_exits_zero() {
-    let backend = Backend::start("ok");
+    let backend = backend();
     let mut d = Daemon::start(backend.addr, &[]);
     let http = d.http;
-    let slow = thread::spawn(move || get(http, "app.test", "/slow"));
+    let slow = thread::spawn(move || get(http, "app.test", "/sleep?ms=800"));
     thread::sleep(Duration::from_millis(200));
     // SAFETY: kill(2) on our own child.
     unsafe { libc::kill(d.child.id() as i32, libc::SIGTERM) };
     let (status, body) = slow.join().unwrap().expect("in-flight request completes");
-    assert_eq!((status, body.as_str()), (200, "ok"));
+    assert_eq!((status, body.as_str()), (200, "ok slept 800\n"));
     let code = d.child.wait().unwrap();
     assert!(code.success(), "exit status {code}");
 }
@@ -559,7 +473,7 @@ fn sigterm_drains_in_flight_requests_and_exits_zero() {
 /// an idle connection to the proxy or the API.
 #[test]
 fn sigterm_with_idle_keep_alive_clients_exits_well_before_the_drain_timeout() {
-    let backend = Backend::start("ok");
+    let backend = backend();
     let mut d = Daemon::start(backend.addr, &[]);
     let api: SocketAddr = {
         let mut found = None;
@@ -615,7 +529,7 @@ fn sigterm_with_idle_keep_alive_clients_exits_well_before_the_drain_timeout() {
 #[test]
 fn sd_notify_messages_in_order() {
     use std::os::unix::net::UnixDatagram;
-    let backend = Backend::start("ok");
+    let backend = backend();
     let dir = tempfile::tempdir().unwrap();
     let sock_path = dir.path().join("notify.sock");
     let sock = UnixDatagram::bind(&sock_path).unwrap();
@@ -691,7 +605,7 @@ fn systemd_socket_activation_with_named_fds() {
         eprintln!("skipped: set BERTH_SYSTEM_TESTS=1 (needs systemd-socket-activate)");
         return;
     };
-    let backend = Backend::start("ok");
+    let backend = backend();
     let port = {
         let l = TcpListener::bind("127.0.0.1:0").unwrap();
         l.local_addr().unwrap().port()

@@ -6,111 +6,23 @@
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpStream};
-use std::path::PathBuf;
-use std::process::{Child, Command};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use crate::support::{self, TestBackend, BERTHD};
+use crate::support::berthd::BerthdProcess;
+use crate::support::{self, BlockingBackend, TestBackend};
 
-/// A berthd child process on a fixed loopback port (the one the clients keep using across
-/// upgrades), its config file and its log lines (every successor writes to the same pipe).
-pub(crate) struct Berthd {
-    pub child: Child,
-    pub http: SocketAddr,
-    pub config: PathBuf,
-    pub logs: Arc<Mutex<Vec<String>>>,
-    _dir: tempfile::TempDir,
-}
-
-impl Berthd {
-    /// Starts berthd routing `app.test` to `backend`; `proxy_timeouts` is YAML for
-    /// `proxy.timeouts` (indented by four spaces per line).
-    pub fn start(backend: SocketAddr, proxy_timeouts: &str) -> Berthd {
-        let dir = tempfile::tempdir().unwrap();
-        let http: SocketAddr = format!("127.0.0.1:{}", support::free_port())
-            .parse()
-            .unwrap();
-        let api: SocketAddr = format!("127.0.0.1:{}", support::free_port())
-            .parse()
-            .unwrap();
-        let config = dir.path().join("berthd.yaml");
-        std::fs::write(
-            &config,
-            format!(
-                "http:\n  listen: {http}\napi:\n  listen: {api}\ndata_dir: {}\nlog:\n  \
-                 access_log: false\nproxy:\n  timeouts:\n{proxy_timeouts}\nroutes:\n  - domains: \
-                 [app.test]\n    backends:\n      - address: {backend}\n",
-                dir.path().display()
-            ),
-        )
-        .unwrap();
-        let logs = Arc::new(Mutex::new(Vec::new()));
-        let child = support::spawn_berthd(&config, &logs);
-        support::wait_until_named(Duration::from_secs(20), "berthd serves", || {
-            TcpStream::connect(http).is_ok() && dir.path().join("control.sock").exists()
-        });
-        Berthd {
-            child,
-            http,
-            config,
-            logs,
-            _dir: dir,
-        }
-    }
-
-    /// `berthd --config C CMD`: (success, stdout + stderr).
-    pub fn ctl(&self, cmd: &str) -> (bool, String) {
-        let out = Command::new(BERTHD)
-            .arg("--config")
-            .arg(&self.config)
-            .arg(cmd)
-            .output()
-            .unwrap();
-        let mut text = String::from_utf8_lossy(&out.stdout).into_owned();
-        text.push_str(&String::from_utf8_lossy(&out.stderr));
-        (out.status.success(), text)
-    }
-
-    /// Runs `berthd upgrade` and returns the new pid.
-    pub fn upgrade(&self) -> u32 {
-        let (ok, out) = self.ctl("upgrade");
-        assert!(ok, "upgrade: {out}");
-        out.split_whitespace()
-            .find_map(|w| w.parse().ok())
-            .unwrap_or_else(|| panic!("no pid in {out:?}"))
-    }
-
-    pub fn current_pid(&self) -> Option<u32> {
-        let (ok, out) = self.ctl("status");
-        if !ok {
-            return None;
-        }
-        out.split_whitespace().nth(1)?.parse().ok()
-    }
-
-    /// Log lines containing `needle`.
-    pub fn log_lines(&self, needle: &str) -> Vec<String> {
-        self.logs
-            .lock()
-            .unwrap()
-            .iter()
-            .filter(|l| l.contains(needle))
-            .cloned()
-            .collect()
-    }
-}
-
-impl Drop for Berthd {
-    fn drop(&mut self) {
-        if let Some(pid) = self.current_pid() {
-            // SAFETY: plain kill(2) on the pid the daemon reported as itself.
-            unsafe { libc::kill(pid as i32, libc::SIGKILL) };
-        }
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
+/// berthd (a child process on fixed loopback ports, which the clients keep using across
+/// upgrades) routing `app.test` to `backend`; `proxy_timeouts` is YAML for `proxy.timeouts`
+/// (indented by four spaces per line).
+fn start_berthd(backend: SocketAddr, proxy_timeouts: &str) -> BerthdProcess {
+    let mut d = BerthdProcess::new(&format!(
+        "proxy:\n  timeouts:\n{proxy_timeouts}\nroutes:\n  - domains: [app.test]\n    \
+         backends:\n      - address: {backend}\n"
+    ));
+    d.start();
+    d
 }
 
 /// Failures of a bounded load loop, by client kind.
@@ -327,9 +239,8 @@ fn thirty_upgrades_under_reqwest_and_raw_load_fail_nothing() {
         .ok()
         .and_then(|v| v.parse().ok())
         .unwrap_or(30);
-    let rt = tokio::runtime::Runtime::new().unwrap();
-    let backend = rt.block_on(TestBackend::start("b"));
-    let d = Berthd::start(backend.addr, "    drain: 1s");
+    let backend = BlockingBackend::start("b");
+    let d = start_berthd(backend.addr, "    drain: 1s");
     let stop = Arc::new(AtomicBool::new(false));
     let t0 = Instant::now();
     let (tally, handles) = load(d.http, 3, 1_000_000, Duration::from_secs(300), stop.clone());

@@ -2,7 +2,7 @@
 //! `BERTH_TOKEN`, `BERTH_URL`, `BERTH_CA_CERT` from the caller, `NO_COLOR`), its own settings
 //! file and working directory; output is stdout followed by stderr.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
 pub const BERTH: &str = env!("CARGO_BIN_EXE_berth");
@@ -48,4 +48,25 @@ pub async fn berth(cfg: &Path, cwd: &Path, env: &[(&str, &str)], args: &[&str]) 
 /// `berth ARGS` from a blocking context.
 pub fn berth_blocking(cfg: &Path, cwd: &Path, args: &[&str]) -> (i32, String) {
     text(command(cfg, cwd, args).output().expect("berth runs"))
+}
+
+/// One user of the CLI: a settings file and a working directory kept across runs.
+pub struct Cli {
+    pub cfg: PathBuf,
+    pub dir: PathBuf,
+}
+
+impl Cli {
+    /// Settings in `dir/cli.toml`, working directory `dir`.
+    pub fn in_dir(dir: &Path) -> Cli {
+        Cli {
+            cfg: dir.join("cli.toml"),
+            dir: dir.to_path_buf(),
+        }
+    }
+
+    /// `berth ARGS` (off the async workers): (exit code, stdout + stderr).
+    pub async fn run(&self, args: &[&str]) -> (i32, String) {
+        berth(&self.cfg, &self.dir, &[], args).await
+    }
 }

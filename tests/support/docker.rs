@@ -13,10 +13,11 @@ use std::time::{Duration, Instant};
 
 use berth::daemon::engine::RegistryRoutes;
 use berth::daemon::Running;
-use berth::deploy::{Engine, EngineConfig};
+use berth::deploy::{Engine, EngineConfig, ImageSource};
 use berth::model::config::Config;
 use berth::model::deploy::AppSpec;
 use berth::runtime::DockerRuntime;
+use berth::store::deployments::DeployState;
 use berth::store::deployments::SqliteDeployments;
 use bytes::Bytes;
 use http_body_util::{BodyExt, Empty};
@@ -31,14 +32,11 @@ pub const IMG_BAD: &str = "berth-test-demo:bad";
 
 /// True (after printing the skip line) when system tests are off.
 pub fn skip() -> bool {
-    if std::env::var("BERTH_SYSTEM_TESTS").as_deref() != Ok("1") {
-        println!("skipped: set BERTH_SYSTEM_TESTS=1");
-        return true;
-    }
-    false
+    super::system_tests_off("")
 }
 
-fn sh(cmd: &str) -> (bool, String) {
+/// Runs `cmd` with `sh -c`: (success, stdout + stderr).
+pub fn sh(cmd: &str) -> (bool, String) {
     let out = Command::new("sh")
         .arg("-c")
         .arg(cmd)
@@ -247,6 +245,29 @@ impl Env {
         .expect("spec")
     }
 
+    /// Deploys `replicas` of `image` as `app` on `host` (the spec of [`Env::spec`]) and waits,
+    /// 120 s at most, until it succeeded; returns the deployment id.
+    pub async fn deploy_ok(
+        &self,
+        engine: &Engine,
+        app: &str,
+        image: &str,
+        replicas: u32,
+        host: &str,
+    ) -> String {
+        let spec = self.spec(image, replicas, host);
+        let id = engine
+            .deploy(app, spec, reference(image), "test")
+            .await
+            .unwrap_or_else(|e| panic!("deploy {app} {image}: {e}"));
+        let r = tokio::time::timeout(Duration::from_secs(120), engine.wait(&id))
+            .await
+            .unwrap_or_else(|_| panic!("deploy {id} of {app} did not finish within 120 s"))
+            .unwrap();
+        assert_eq!(r.state, DeployState::Succeeded, "{:?}", r.reason);
+        id
+    }
+
     /// GET through the proxy: (status, body) or the transport error.
     pub async fn get(&self, host: &str) -> Result<(u16, String), String> {
         let req = http::Request::get(format!("http://{}/", self.http_addr()))
@@ -327,6 +348,56 @@ impl Drop for Env {
     }
 }
 
+/// A local test image by reference (no registry credentials).
+pub fn reference(image: &str) -> ImageSource {
+    ImageSource::Reference {
+        reference: image.to_string(),
+        creds: None,
+    }
+}
+
+/// Containers of `app` (label `berth.app`, running or not), for tests with a berthd of their
+/// own: (id, `berth.deployment` label, running). One listing: `ps` then `inspect` would race
+/// with a container's removal.
+pub fn app_containers(app: &str) -> Vec<(String, String, bool)> {
+    let (ok, out) = sh(&format!(
+        "docker ps -a --no-trunc --filter label=berth.app={app} \
+         --format '{{{{.ID}}}} {{{{.Label \"berth.deployment\"}}}} {{{{.State}}}}'"
+    ));
+    assert!(ok, "{out}");
+    out.lines()
+        .filter_map(|l| {
+            let mut p = l.split_whitespace();
+            Some((
+                p.next()?.to_string(),
+                p.next()?.to_string(),
+                p.next()? == "running",
+            ))
+        })
+        .collect()
+}
+
+/// Writes `dir/berth.yaml` for `app`: `source` (an `image: ...` or `build: ...` line), the one
+/// domain `host`, port 8080, `replicas`, the test images' health check (`/health` every 100 ms,
+/// 1 s timeout), then `extra` (more YAML lines, each ending in a newline).
+pub fn write_app_file(
+    dir: &std::path::Path,
+    app: &str,
+    source: &str,
+    host: &str,
+    replicas: u32,
+    extra: &str,
+) {
+    std::fs::write(
+        dir.join("berth.yaml"),
+        format!(
+            "name: {app}\n{source}\ndomains: [{host}]\nport: 8080\nreplicas: {replicas}\n\
+             health:\n  path: /health\n  interval: 100ms\n  timeout: 1s\n{extra}"
+        ),
+    )
+    .expect("write berth.yaml");
+}
+
 /// For tests that run the real `berth` CLI against a daemon of their own (whose containers
 /// carry `berth.app=<app>`, not the run label): removes the app's containers, the network and
 /// images built under the app's name, also when an assertion fails.
@@ -343,6 +414,40 @@ impl Drop for Cleanup {
              docker images -q {0} | xargs -r docker rmi -f >/dev/null 2>&1",
             self.app, self.network
         ));
+    }
+}
+
+/// A bounded load loop ([`load`]) running in the background until [`Loader::finish`].
+pub struct Loader {
+    stop: Arc<std::sync::atomic::AtomicBool>,
+    task: tokio::task::JoinHandle<Load>,
+}
+
+impl Loader {
+    /// Starts [`load`] against `host`: `workers` tasks, at most `max` requests and `max_time`.
+    pub fn start(
+        env: &Arc<Env>,
+        host: &'static str,
+        workers: usize,
+        max: u64,
+        max_time: Duration,
+    ) -> Loader {
+        let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let task = tokio::spawn(load(
+            env.clone(),
+            host,
+            workers,
+            max,
+            max_time,
+            stop.clone(),
+        ));
+        Loader { stop, task }
+    }
+
+    /// Stops the loop and returns what it saw.
+    pub async fn finish(self) -> Load {
+        self.stop.store(true, Ordering::Relaxed);
+        self.task.await.expect("load loop")
     }
 }
 

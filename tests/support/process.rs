@@ -32,10 +32,14 @@ pub fn spawn_berthd(config: &Path, logs: &Arc<Mutex<Vec<String>>>) -> Child {
     child
 }
 
-/// True while process `pid` runs (a zombie, which still has /proc/PID, counts as gone).
+/// True while process `pid` runs (a zombie or a dead one, which may still have /proc/PID,
+/// counts as gone). The state is the first field after the command name's last `)`.
 pub fn pid_alive(pid: u32) -> bool {
     match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
-        Ok(s) => !s.contains(") Z "),
+        Ok(s) => !s
+            .rfind(')')
+            .and_then(|i| s[i + 1..].split_whitespace().next())
+            .is_some_and(|st| st == "Z" || st == "X"),
         Err(_) => false,
     }
 }

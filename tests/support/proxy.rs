@@ -131,6 +131,51 @@ impl Drop for TestBackend {
     }
 }
 
+/// A [`TestBackend`] for tests without an async runtime (the lifecycle tests drive `berthd`
+/// with threads and blocking sockets): it runs on a small runtime of its own, which stops with
+/// it.
+pub struct BlockingBackend {
+    pub addr: SocketAddr,
+    pub state: Arc<BackendState>,
+    backend: Option<TestBackend>,
+    rt: Option<tokio::runtime::Runtime>,
+}
+
+impl BlockingBackend {
+    /// Starts a backend on a fresh port (see [`TestBackend::start`]).
+    pub fn start(name: &str) -> BlockingBackend {
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build()
+            .expect("backend runtime");
+        let backend = rt.block_on(TestBackend::start(name));
+        BlockingBackend {
+            addr: backend.addr,
+            state: backend.state.clone(),
+            backend: Some(backend),
+            rt: Some(rt),
+        }
+    }
+
+    /// Starts a backend answering the bare `name` on paths without a meaning of their own
+    /// (see [`BackendState::name_only`]).
+    pub fn start_name_only(name: &str) -> BlockingBackend {
+        let b = Self::start(name);
+        b.state.name_only.store(true, Ordering::SeqCst);
+        b
+    }
+}
+
+impl Drop for BlockingBackend {
+    fn drop(&mut self) {
+        drop(self.backend.take());
+        if let Some(rt) = self.rt.take() {
+            rt.shutdown_background();
+        }
+    }
+}
+
 async fn accept_loop(
     name: String,
     listener: TcpListener,

@@ -284,6 +284,71 @@ impl Drop for Pebble {
     }
 }
 
+impl Pebble {
+    /// Pebble's issuing root (new on every start), fetched from its management port.
+    pub async fn root(&self) -> rustls::RootCertStore {
+        use rustls::pki_types::pem::PemObject;
+        let (resp, _) = tls_get(
+            self.mgmt,
+            client_config(self.ca.roots()),
+            "localhost",
+            "/roots/0",
+        )
+        .await
+        .expect("fetch pebble root");
+        assert_eq!(resp.status, 200, "{resp:?}");
+        let der = CertificateDer::from_pem_slice(resp.body.as_bytes()).expect("root PEM");
+        let mut roots = rustls::RootCertStore::empty();
+        roots.add(der).expect("root");
+        roots
+    }
+
+    /// Berth's ACME settings for this pebble: its directory, the CA of its HTTPS, `challenge`.
+    pub fn acme(
+        &self,
+        challenge: berth::model::config::AcmeChallenge,
+    ) -> berth::model::config::AcmeConfig {
+        berth::model::config::AcmeConfig {
+            directory: self.directory.clone(),
+            email: Some("ops@berth.test".into()),
+            ca_root: Some(self.ca_pem.clone()),
+            challenge,
+            ..Default::default()
+        }
+    }
+}
+
+/// Logs berth's `info` lines into the test's output (the timeline of an ACME test).
+pub fn init_info_logs() {
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter("berth=info")
+        .with_test_writer()
+        .try_init();
+}
+
+/// Waits until a certificate status of `domain` matches `f`; panics with the whole list when
+/// `deadline` passes.
+pub async fn wait_cert_status(
+    store: &berth::tls::CertStore,
+    domain: &str,
+    f: impl Fn(&berth::tls::CertStatus) -> bool,
+    deadline: Duration,
+) -> berth::tls::CertStatus {
+    let found = wait_for(deadline, || async {
+        store
+            .status()
+            .into_iter()
+            .find(|s| s.domain == domain && f(s))
+    })
+    .await;
+    found.unwrap_or_else(|| {
+        panic!(
+            "no matching status for {domain} in time: {:?}",
+            store.status()
+        )
+    })
+}
+
 /// Starts challtestsrv + pebble validating HTTP-01 on `http_port`, TLS-ALPN-01 on `tls_port`;
 /// `validity_secs` shortens the certificates pebble issues.
 pub async fn start_pebble(http_port: u16, tls_port: u16, validity_secs: Option<u64>) -> Pebble {

@@ -515,28 +515,24 @@ async fn alpn_h2_and_tls12_are_served() {
     running.shutdown().await;
 }
 
+/// ACME with a directory nobody serves: nothing listens on port 1, so account creation fails
+/// at once.
+fn unreachable_acme() -> berth::model::config::AcmeConfig {
+    berth::model::config::AcmeConfig {
+        directory: "https://127.0.0.1:1/dir".into(),
+        ..Default::default()
+    }
+}
+
 #[tokio::test]
 async fn unreachable_ca_is_reported_in_the_status_list() {
     let tmp = tempfile::tempdir().expect("tmp");
     let mut cfg = config(tmp.path(), backend().await);
-    cfg.tls.acme = Some(berth::model::config::AcmeConfig {
-        // Nothing listens on port 1: account creation fails at once.
-        directory: "https://127.0.0.1:1/dir".into(),
-        ..Default::default()
-    });
+    cfg.tls.acme = Some(unreachable_acme());
     let running = daemon::start(cfg, None).await.expect("start");
     let store = running.certs.clone().expect("store");
-    let st = wait_for(Duration::from_secs(10), || {
-        let store = store.clone();
-        async move {
-            store
-                .status()
-                .into_iter()
-                .find(|s| s.domain == "a.test" && s.last_error.is_some())
-        }
-    })
-    .await
-    .expect("status with an error");
+    let failed = |s: &berth::tls::CertStatus| s.last_error.is_some();
+    let st = wait_cert_status(&store, "a.test", failed, Duration::from_secs(10)).await;
     let e = st.last_error.unwrap_or_default();
     assert!(
         e.contains("ACME account") && e.contains("127.0.0.1:1"),
@@ -558,23 +554,11 @@ async fn wildcard_without_dns01_is_reported_in_the_status_list() {
         {"name": "wild", "domains": ["*.wild.test"], "backends": [{"address": backend.to_string()}]}
     ]))
     .expect("routes");
-    cfg.tls.acme = Some(berth::model::config::AcmeConfig {
-        directory: "https://127.0.0.1:1/dir".into(),
-        ..Default::default()
-    });
+    cfg.tls.acme = Some(unreachable_acme());
     let running = daemon::start(cfg, None).await.expect("start");
     let store = running.certs.clone().expect("store");
-    let st = wait_for(Duration::from_secs(10), || {
-        let store = store.clone();
-        async move {
-            store
-                .status()
-                .into_iter()
-                .find(|s| s.domain == "*.wild.test" && s.last_error.is_some())
-        }
-    })
-    .await
-    .expect("status with an error");
+    let failed = |s: &berth::tls::CertStatus| s.last_error.is_some();
+    let st = wait_cert_status(&store, "*.wild.test", failed, Duration::from_secs(10)).await;
     let e = st.last_error.unwrap_or_default();
     assert!(
         e.contains("*.wild.test") && e.contains("DNS-01") && e.contains("tls.acme.dns"),
@@ -602,10 +586,7 @@ async fn retry_endpoint_with_token_and_with_ui_session() {
         cert: write(dir, "m.crt", &m_cert),
         key: write(dir, "m.key", &m_key),
     }];
-    cfg.tls.acme = Some(berth::model::config::AcmeConfig {
-        directory: "https://127.0.0.1:1/dir".into(),
-        ..Default::default()
-    });
+    cfg.tls.acme = Some(unreachable_acme());
     let running = daemon::start(cfg, None).await.expect("start");
     let store = running.certs.clone().expect("store");
     let api = running.api_addr;

@@ -17,26 +17,8 @@ use std::time::{Duration, Instant};
 use crate::support::*;
 use berth::daemon;
 use berth::model::config::{AcmeChallenge, AcmeConfig, Config, DnsUpdateConfig, TsigConfig};
-use rustls::pki_types::pem::PemObject;
-use rustls::pki_types::CertificateDer;
 
 const ZONE: &str = "example.test";
-
-async fn pebble_root(pebble: &Pebble) -> rustls::RootCertStore {
-    let (resp, _) = tls_get(
-        pebble.mgmt,
-        client_config(pebble.ca.roots()),
-        "localhost",
-        "/roots/0",
-    )
-    .await
-    .expect("fetch pebble root");
-    assert_eq!(resp.status, 200, "{resp:?}");
-    let der = CertificateDer::from_pem_slice(resp.body.as_bytes()).expect("root PEM");
-    let mut roots = rustls::RootCertStore::empty();
-    roots.add(der).expect("root");
-    roots
-}
 
 fn daemon_config(
     data_dir: &Path,
@@ -51,10 +33,6 @@ fn daemon_config(
     c.tls.enabled = Some(true);
     c.tls.listen = "127.0.0.1:0".parse().expect("addr");
     c.tls.acme = Some(AcmeConfig {
-        directory: pebble.directory.clone(),
-        email: Some("ops@berth.test".into()),
-        ca_root: Some(pebble.ca_pem.clone()),
-        challenge: AcmeChallenge::Dns01,
         dns: Some(DnsUpdateConfig {
             server: knot.addr.to_string(),
             zone: ZONE.into(),
@@ -74,7 +52,7 @@ fn daemon_config(
             .collect(),
             delegate_all: None,
         }),
-        ..AcmeConfig::default()
+        ..pebble.acme(AcmeChallenge::Dns01)
     });
     c.data_dir = data_dir.to_path_buf();
     c.log.access_log = false;
@@ -88,42 +66,17 @@ fn daemon_config(
     c
 }
 
-async fn wait_status(
-    store: &berth::tls::CertStore,
-    domain: &str,
-    f: impl Fn(&berth::tls::CertStatus) -> bool,
-    deadline: Duration,
-) -> berth::tls::CertStatus {
-    let found = wait_for(deadline, || async {
-        store
-            .status()
-            .into_iter()
-            .find(|s| s.domain == domain && f(s))
-    })
-    .await;
-    found.unwrap_or_else(|| {
-        panic!(
-            "no matching status for {domain} in time: {:?}",
-            store.status()
-        )
-    })
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[cfg_attr(
     not(berth_system_tests),
     ignore = "system test: set BERTH_SYSTEM_TESTS=1"
 )]
 async fn dns01_wildcard_delegation_renewal_and_bad_key() {
-    if std::env::var("BERTH_SYSTEM_TESTS").as_deref() != Ok("1") {
-        println!("skipped: set BERTH_SYSTEM_TESTS=1 (needs knotd, kdig and pebble)");
+    if system_tests_off("knotd, kdig and pebble") {
         return;
     }
     let started = Instant::now();
-    let _ = tracing_subscriber::fmt()
-        .with_env_filter("berth=info")
-        .with_test_writer()
-        .try_init();
+    init_info_logs();
     let knot = start_knot(
         ZONE,
         &["_acme-challenge.app 60 CNAME app.acme.example.test."],
@@ -150,8 +103,8 @@ async fn dns01_wildcard_delegation_renewal_and_bad_key() {
     let store = d.certs.clone().expect("store");
     let issue_started = Instant::now();
     let issued = |s: &berth::tls::CertStatus| s.not_after.is_some();
-    let wild = wait_status(&store, "*.example.test", issued, Duration::from_secs(90)).await;
-    let app = wait_status(&store, "app.example.test", issued, Duration::from_secs(90)).await;
+    let wild = wait_cert_status(&store, "*.example.test", issued, Duration::from_secs(90)).await;
+    let app = wait_cert_status(&store, "app.example.test", issued, Duration::from_secs(90)).await;
     let issued_in = issue_started.elapsed();
     assert_eq!(wild.names, vec!["*.example.test"], "{wild:?}");
     assert_eq!(app.names, vec!["app.example.test"], "{app:?}");
@@ -163,7 +116,7 @@ async fn dns01_wildcard_delegation_renewal_and_bad_key() {
         assert!(s.last_error.is_none(), "{s:?}");
     }
     // An update outside the server's ACL: BADKEY, named with the record, no certificate.
-    let denied = wait_status(
+    let denied = wait_cert_status(
         &store,
         "denied.example.test",
         |s| s.last_error.is_some(),
@@ -193,7 +146,7 @@ async fn dns01_wildcard_delegation_renewal_and_bad_key() {
     );
 
     // One wildcard certificate serves two different subdomains, routed by the wildcard route.
-    let client = client_config(pebble_root(&pebble).await);
+    let client = client_config(pebble.root().await);
     let https = d.https_addr.expect("https");
     let mut serials = Vec::new();
     for name in ["one.example.test", "two.example.test"] {
@@ -294,7 +247,7 @@ async fn dns01_wildcard_delegation_renewal_and_bad_key() {
     }
     let r = r.expect("retry accepted within 30 s");
     assert_eq!(r.status, 202, "{r:?}");
-    let refused = wait_status(
+    let refused = wait_cert_status(
         &store,
         "app.example.test",
         |s| s.last_error.is_some(),
@@ -365,8 +318,7 @@ async fn dns01_wildcard_delegation_renewal_and_bad_key() {
 async fn dns_update_client_tcp_fallback_and_refusals() {
     use berth::model::config::Secret;
     use berth::tls::dns01::DnsUpdater;
-    if std::env::var("BERTH_SYSTEM_TESTS").as_deref() != Ok("1") {
-        println!("skipped: set BERTH_SYSTEM_TESTS=1 (needs knotd and kdig)");
+    if system_tests_off("knotd and kdig") {
         return;
     }
     // 12 TXT values of 60 bytes at `big`: about 900 bytes, more than a plain UDP answer holds.
@@ -456,8 +408,7 @@ async fn dns_update_client_tcp_fallback_and_refusals() {
     ignore = "system test: set BERTH_SYSTEM_TESTS=1"
 )]
 async fn dns01_delegate_all() {
-    if std::env::var("BERTH_SYSTEM_TESTS").as_deref() != Ok("1") {
-        println!("skipped: set BERTH_SYSTEM_TESTS=1 (needs knotd, kdig and pebble)");
+    if system_tests_off("knotd, kdig and pebble") {
         return;
     }
     let knot = start_knot(
@@ -482,7 +433,7 @@ async fn dns01_delegate_all() {
     .expect("routes");
     let d = daemon::start(cfg, None).await.expect("daemon");
     let store = d.certs.clone().expect("store");
-    let st = wait_status(
+    let st = wait_cert_status(
         &store,
         "shop.example.test",
         |s| s.not_after.is_some() || s.last_error.is_some(),
@@ -491,7 +442,7 @@ async fn dns01_delegate_all() {
     .await;
     assert!(st.last_error.is_none() && st.not_after.is_some(), "{st:?}");
     assert!(knot.txt("shop.example.test.acme.example.test").is_empty());
-    let client = client_config(pebble_root(&pebble).await);
+    let client = client_config(pebble.root().await);
     let (resp, leaf) = tls_get(
         d.https_addr.expect("https"),
         client,

@@ -13,9 +13,7 @@ use std::time::{Duration, Instant};
 
 use crate::support::*;
 use berth::daemon;
-use berth::model::config::{AcmeChallenge, AcmeConfig, Config, OnDemandConfig};
-use rustls::pki_types::pem::PemObject;
-use rustls::pki_types::CertificateDer;
+use berth::model::config::{AcmeChallenge, Config, OnDemandConfig};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 /// The ask endpoint: records every `domain=` it is asked about; 200 for names starting with
@@ -79,15 +77,11 @@ fn count(asked: &Arc<Mutex<Vec<String>>>, name: &str) -> usize {
     ignore = "system test: set BERTH_SYSTEM_TESTS=1"
 )]
 async fn on_demand_asks_orders_limits_and_restarts() {
-    if std::env::var("BERTH_SYSTEM_TESTS").as_deref() != Ok("1") {
-        println!("skipped: set BERTH_SYSTEM_TESTS=1 (needs pebble)");
+    if system_tests_off("pebble") {
         return;
     }
     let started = Instant::now();
-    let _ = tracing_subscriber::fmt()
-        .with_env_filter("berth=info")
-        .with_test_writer()
-        .try_init();
+    init_info_logs();
     let backend = backend().await;
     let (ask, asked) = ask_server().await;
     let (http_port, https_port) = (free_port(), free_port());
@@ -100,13 +94,7 @@ async fn on_demand_asks_orders_limits_and_restarts() {
         c.api.listen = "127.0.0.1:0".parse().expect("addr");
         c.tls.enabled = Some(true);
         c.tls.listen = SocketAddr::from(([127, 0, 0, 1], https_port));
-        c.tls.acme = Some(AcmeConfig {
-            directory: pebble.directory.clone(),
-            email: Some("ops@berth.test".into()),
-            ca_root: Some(pebble.ca_pem.clone()),
-            challenge,
-            ..AcmeConfig::default()
-        });
+        c.tls.acme = Some(pebble.acme(challenge));
         c.tls.on_demand = Some(OnDemandConfig {
             ask: format!("http://{ask}/check"),
             name_interval: Duration::from_secs(600),
@@ -129,19 +117,7 @@ async fn on_demand_asks_orders_limits_and_restarts() {
         .await
         .expect("daemon");
     let https = d.https_addr.expect("https");
-    let (resp, _) = tls_get(
-        pebble.mgmt,
-        client_config(pebble.ca.roots()),
-        "localhost",
-        "/roots/0",
-    )
-    .await
-    .expect("pebble root");
-    let mut roots = rustls::RootCertStore::empty();
-    roots
-        .add(CertificateDer::from_pem_slice(resp.body.as_bytes()).expect("root PEM"))
-        .expect("root");
-    let client = client_config(roots);
+    let client = client_config(pebble.root().await);
 
     // An allowed name: the first handshake is held until the certificate is there.
     let t = Instant::now();
