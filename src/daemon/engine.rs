@@ -163,6 +163,11 @@ impl RoutePublisher for DaemonPublisher {
     fn healthy(&self, route: &str, backend_id: &str) -> Option<bool> {
         self.routes.healthy(route, backend_id)
     }
+    // Canary analysis reads these: without them every canary of a real berthd saw 0
+    // requests and was aborted as "not enough traffic to judge it".
+    fn counts(&self, route: &str, backend_id: &str) -> Option<crate::model::canary::VersionCounts> {
+        self.routes.counts(route, backend_id)
+    }
     fn set_replicas(&self, app: &str, replicas: Vec<AppReplica>) {
         self.apps.send_if_modified(|m| {
             let now = m.get(app).map_or(&[][..], Vec::as_slice);

@@ -45,11 +45,21 @@ fn share(n: &BTreeMap<String, usize>, v: &str) -> f64 {
     n.get(v).copied().unwrap_or(0) as f64 * 100.0 / total.max(1) as f64
 }
 
+/// Deployments of the app's containers (running or not), sorted. One `docker ps` (no
+/// inspect: a container removed between listing and inspecting is not an error here).
 fn deployments_running(env: &Env, app: &str) -> Vec<String> {
-    let mut d: Vec<String> = env
-        .containers(app)
-        .into_iter()
-        .map(|(_, labels, _)| labels.get("berth.deployment").cloned().unwrap_or_default())
+    let out = std::process::Command::new("docker")
+        .args(["ps", "-a", "--filter"])
+        .arg(format!("label=berth.test.run={}", env.run))
+        .args(["--filter"])
+        .arg(format!("label=berth.app={app}"))
+        .args(["--format", "{{.Label \"berth.deployment\"}}"])
+        .output()
+        .expect("docker ps");
+    assert!(out.status.success(), "{out:?}");
+    let mut d: Vec<String> = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(str::to_string)
         .collect();
     d.sort();
     d
