@@ -29,6 +29,7 @@ use serde::{Deserialize, Serialize};
 use tokio::sync::mpsc;
 use tokio::time::Instant;
 
+use super::failure::StepError;
 use super::handover::{self, Checkpoint, ReplicaRec};
 use super::run::{self, Progress};
 use super::{now_ms, AppHosts, DeployError, Engine, Inner, LockExt, Replica};
@@ -540,7 +541,9 @@ async fn park(
     cp.new_hosts = true;
     cp.canary = Some(here);
     cp.version = handover::CANARY_CHECKPOINT_VERSION;
-    handover::boundary(inner, rec, cp).await
+    handover::boundary(inner, rec, cp)
+        .await
+        .map_err(String::from)
 }
 
 /// In the successor of an upgrade: carries on a canary its predecessor parked, at the step
@@ -721,7 +724,7 @@ pub(super) async fn resume(inner: Arc<Inner>, r: Resumed) {
         &mut progress,
     )
     .await;
-    run::conclude(&inner, &rec, progress, outcome).await;
+    run::conclude(&inner, &rec, progress, outcome.map_err(StepError::Canary)).await;
 }
 
 /// The manual hold of a resumed canary: commands until promote (then promotion) or abort.

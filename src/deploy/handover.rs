@@ -27,6 +27,7 @@ use thiserror::Error;
 use tokio::sync::watch;
 use tokio::time::Instant;
 
+use super::failure::StepError;
 use super::{AppHosts, AppState, Inner, LockExt, Replica, Stage};
 use crate::model::route::{BackendAddr, ServerState};
 use crate::store::deployments::DeploymentRecord;
@@ -60,6 +61,16 @@ pub enum HandoverError {
          health gate); the upgrade was not started, try again when they are done"
     )]
     Busy(String),
+}
+
+/// Why a stored checkpoint cannot be resumed (reconcile then treats the deploy as
+/// interrupted).
+#[derive(Debug, Error)]
+pub enum CheckpointError {
+    #[error(transparent)]
+    Json(#[from] serde_json::Error),
+    #[error("checkpoint version {0} (this berthd reads {CHECKPOINT_VERSION})")]
+    Version(u32),
 }
 
 /// One replica as routed (or stopped) when the checkpoint was written.
@@ -134,15 +145,12 @@ pub(crate) struct Checkpoint {
 }
 
 impl Checkpoint {
-    pub fn parse(data: &str) -> Result<Checkpoint, String> {
-        let cp: Checkpoint = serde_json::from_str(data).map_err(|e| e.to_string())?;
+    pub fn parse(data: &str) -> Result<Checkpoint, CheckpointError> {
+        let cp: Checkpoint = serde_json::from_str(data)?;
         let known = cp.version == CHECKPOINT_VERSION
             || (cp.version == CANARY_CHECKPOINT_VERSION && cp.canary.is_some());
         if !known {
-            return Err(format!(
-                "checkpoint version {} (this berthd reads {CHECKPOINT_VERSION})",
-                cp.version
-            ));
+            return Err(CheckpointError::Version(cp.version));
         }
         Ok(cp)
     }
@@ -236,7 +244,7 @@ pub(crate) async fn boundary(
     inner: &Arc<Inner>,
     rec: &DeploymentRecord,
     mut cp: Checkpoint,
-) -> Result<bool, String> {
+) -> Result<bool, StepError> {
     if inner.handover.running() {
         return Ok(false);
     }
@@ -246,11 +254,11 @@ pub(crate) async fn boundary(
             cp.routed = a.replicas.iter().map(ReplicaRec::of).collect();
         }
     }
-    let data = serde_json::to_string(&cp).map_err(|e| format!("deploy checkpoint: {e}"))?;
+    let data = serde_json::to_string(&cp).map_err(StepError::CheckpointEncode)?;
     inner
         .store
         .save_checkpoint(&rec.id, std::process::id(), &data)
-        .map_err(|e| format!("saving the deploy checkpoint: {e}"))?;
+        .map_err(StepError::CheckpointSave)?;
     inner.emit(
         &rec.id,
         Stage::Paused,
@@ -537,7 +545,9 @@ mod tests {
         assert_eq!(Checkpoint::parse(&data).unwrap(), cp);
         assert_eq!(cp.routed[0].replica().state, ServerState::Drain);
         cp.version = 99;
-        let err = Checkpoint::parse(&serde_json::to_string(&cp).unwrap()).unwrap_err();
-        assert!(err.contains("version 99"), "{err}");
+        let err = Checkpoint::parse(&serde_json::to_string(&cp).unwrap())
+            .unwrap_err()
+            .to_string();
+        assert_eq!(err, "checkpoint version 99 (this berthd reads 1)");
     }
 }

@@ -12,12 +12,15 @@
 //! and how it becomes routes), `events.rs` (progress events), `status.rs` (what the API
 //! reports); `run.rs` runs one deployment, `reconcile.rs` repairs after start,
 //! `discovery.rs` routes hand-started containers, `handover.rs` passes deploys across an
-//! upgrade, `traffic.rs` pause/maintenance, `versions.rs` versions side by side (A/B), `health.rs` the deploy gate's checks.
+//! upgrade, `failure.rs` says why a step failed (`StepError`, stored as the reason),
+//! `traffic.rs` pause/maintenance, `versions.rs` versions side
+//! by side (A/B), `health.rs` the deploy gate's checks.
 
 pub mod canary;
 mod discovery;
 mod engine;
 mod events;
+mod failure;
 mod handover;
 pub mod health;
 mod reconcile;

@@ -25,6 +25,7 @@ use std::time::Duration;
 
 use tokio::time::Instant;
 
+use super::failure::StepError;
 use super::run::{address_of, ready, start_replica};
 use super::{now_ms, AppHosts, AppState, DeployError, Inner, LockExt, Replica, Stage, RECONCILING};
 use crate::model::labels::{self, Parsed};
@@ -595,16 +596,19 @@ async fn replace_one(
     inner: &Arc<Inner>,
     cur: &DeploymentRecord,
     slot: u32,
-) -> Result<Replica, String> {
+) -> Result<Replica, StepError> {
     let image = cur
         .image_id
         .clone()
-        .ok_or_else(|| format!("deployment {} has no image id", cur.id))?;
+        .ok_or_else(|| StepError::NoImageId(cur.id.clone()))?;
     let new = start_replica(inner, cur, &image, slot).await?;
     let deadline = Instant::now() + cur.spec.deploy_timeout;
-    if let Err(e) = ready(inner, &cur.spec, &new.id, new.addr, deadline).await {
+    if let Err(source) = ready(inner, &cur.spec, &new.id, new.addr, deadline).await {
         let _ = inner.rt.remove(&new.id).await;
-        return Err(format!("new replica {} unhealthy: {e}", new.name));
+        return Err(StepError::ReplacementUnhealthy {
+            name: new.name,
+            source: Box::new(source),
+        });
     }
     Ok(Replica {
         container_id: new.id,
@@ -760,7 +764,7 @@ async fn heal_app(inner: &Arc<Inner>, app: &str) {
         let new = match replace_one(inner, &cur, slot).await {
             Ok(new) => new,
             Err(e) => {
-                errors.push(e);
+                errors.push(e.to_string());
                 break;
             }
         };

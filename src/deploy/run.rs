@@ -11,6 +11,7 @@ use std::time::Duration;
 use futures_util::StreamExt as _;
 use tokio::time::Instant;
 
+use super::failure::{GateFailure, StepError};
 use super::handover::{self, Checkpoint, NewRec, ReplicaRec};
 use super::health::GateError;
 use super::{now_ms, AppHosts, ImageSource, Inner, LockExt, Replica, Stage};
@@ -81,17 +82,16 @@ pub(crate) async fn resume(inner: Arc<Inner>, rec: DeploymentRecord, cp: Checkpo
     };
     let outcome = match cp.canary {
         // A canary an upgrade parked: its walk goes on (`canary.rs`).
-        Some(here) => {
-            super::canary::carry_on(
-                &inner,
-                &rec,
-                &input.image_id,
-                here,
-                input.old_grace,
-                &mut progress,
-            )
-            .await
-        }
+        Some(here) => super::canary::carry_on(
+            &inner,
+            &rec,
+            &input.image_id,
+            here,
+            input.old_grace,
+            &mut progress,
+        )
+        .await
+        .map_err(StepError::Canary),
         None => steps(&inner, &rec, &input, cp.steps_done, &mut progress).await,
     };
     conclude(&inner, &rec, progress, outcome).await;
@@ -103,7 +103,7 @@ pub(super) async fn conclude(
     inner: &Arc<Inner>,
     rec: &DeploymentRecord,
     mut progress: Progress,
-    outcome: Result<bool, String>,
+    outcome: Result<bool, StepError>,
 ) {
     let id = rec.id.clone();
     let app = rec.app.clone();
@@ -114,16 +114,17 @@ pub(super) async fn conclude(
     };
     for stop in std::mem::take(&mut progress.stops) {
         let res = match stop.await {
-            Ok(r) => r.map_err(|e| e.to_string()),
-            Err(e) => Err(e.to_string()),
+            Ok(r) => r.map_err(StepError::StopOld),
+            Err(e) => Err(StepError::StopTask(e)),
         };
         if let (Err(e), true) = (res, outcome.is_ok()) {
-            outcome = Err(format!("stopping an old replica failed: {e}"));
+            outcome = Err(e);
         }
     }
     let (state, reason) = match outcome {
         Ok(()) => (DeployState::Succeeded, None),
-        Err(reason) => {
+        Err(e) => {
+            let reason = e.to_string();
             inner.emit(&id, Stage::Aborting, reason.clone());
             abort(inner, rec, &mut progress).await;
             (DeployState::Failed, Some(reason))
@@ -182,7 +183,7 @@ async fn at_boundary(
     input: &PlanInput,
     (done, total): (usize, usize),
     progress: &mut Progress,
-) -> Result<bool, String> {
+) -> Result<bool, StepError> {
     if inner.handover.running() {
         return Ok(false);
     }
@@ -190,8 +191,8 @@ async fn at_boundary(
     for stop in std::mem::take(&mut progress.stops) {
         match stop.await {
             Ok(Ok(())) => {}
-            Ok(Err(e)) => return Err(format!("stopping an old replica failed: {e}")),
-            Err(e) => return Err(format!("stopping an old replica failed: {e}")),
+            Ok(Err(e)) => return Err(StepError::StopOld(e)),
+            Err(e) => return Err(StepError::StopTask(e)),
         }
     }
     let mut cp = Checkpoint::new(&input.image_id, &input.old, done, total, input.old_grace);
@@ -224,7 +225,7 @@ async fn resolve_image(
     inner: &Inner,
     rec: &DeploymentRecord,
     image: ImageSource,
-) -> Result<String, String> {
+) -> Result<String, StepError> {
     // The server's `deploy.pull` caps what the app asks for (an offline host says `never`).
     let pull = rec.spec.pull.under(inner.cfg.pull_ceiling);
     if pull != rec.spec.pull && matches!(image, ImageSource::Reference { .. }) {
@@ -243,7 +244,7 @@ async fn resolve_image(
             .rt
             .image_id(&i)
             .await
-            .map_err(|e| format!("image {i}: {e}"))?,
+            .map_err(|source| StepError::Image { image: i, source })?,
         ImageSource::Tar(tar) => {
             // The upload's own error (truncated, too large, interrupted) is the cause; Docker
             // only sees a body that broke off. Keep the first one to name it in the reason.
@@ -263,8 +264,8 @@ async fn resolve_image(
                 Err(e) => {
                     let upload = cause.lock().ok().and_then(|mut c| c.take());
                     return Err(match upload {
-                        Some(u) => format!("image load failed: {u}"),
-                        None => e.to_string(),
+                        Some(u) => StepError::Upload(u),
+                        None => e.into(),
                     });
                 }
             }
@@ -276,34 +277,22 @@ async fn resolve_image(
                 Stage::Image,
                 format!("pulling {reference} (pull: always)"),
             );
-            inner
-                .rt
-                .pull_image(&reference, creds.as_ref())
-                .await
-                .map_err(|e| e.to_string())?
+            inner.rt.pull_image(&reference, creds.as_ref()).await?
         }
         ImageSource::Reference { reference, creds } => match inner.rt.image_id(&reference).await {
             Ok(i) => i,
             Err(RuntimeError::NotFound { .. }) if pull == PullPolicy::Never => {
                 return Err(if rec.spec.pull == PullPolicy::Never {
-                    format!("image {reference} is not present on the server and pull is never")
+                    StepError::NotPresent { reference }
                 } else {
-                    format!(
-                        "image {reference} is not present on the server, and the server's \
-                         deploy.pull is never (no registry is contacted): upload the image \
-                         (`berth deploy --image-tar`, or `build:`) or load it on the server"
-                    )
+                    StepError::NotPresentServerNever { reference }
                 });
             }
             Err(RuntimeError::NotFound { .. }) => {
                 inner.emit(&rec.id, Stage::Image, format!("pulling {reference}"));
-                inner
-                    .rt
-                    .pull_image(&reference, creds.as_ref())
-                    .await
-                    .map_err(|e| e.to_string())?
+                inner.rt.pull_image(&reference, creds.as_ref()).await?
             }
-            Err(e) => return Err(e.to_string()),
+            Err(e) => return Err(e.into()),
         },
     };
     Ok(id)
@@ -322,7 +311,7 @@ async fn execute(
     rec: &DeploymentRecord,
     image: ImageSource,
     progress: &mut Progress,
-) -> Result<bool, String> {
+) -> Result<bool, StepError> {
     let app = &rec.app;
     // Old replicas stop with the grace their own deployment asked for.
     let old_grace = inner
@@ -333,17 +322,14 @@ async fn execute(
         .and_then(|c| c.spec.stop_timeout)
         .unwrap_or(inner.cfg.stop_grace);
     let image_id = resolve_image(inner, rec, image).await?;
-    inner
-        .store
-        .set_image(&rec.id, &image_id)
-        .map_err(|e| e.to_string())?;
+    inner.store.set_image(&rec.id, &image_id)?;
     inner.emit(&rec.id, Stage::Image, format!("image {}", short(&image_id)));
     // Berth's own tag: pruning removes only these, never a tag an operator made.
     let (repo, tag) = berth_tag(app, &rec.id);
     if let Err(e) = inner.rt.tag_image(&image_id, &repo, &tag).await {
         inner.warn(format!("tagging image {repo}:{tag}: {e}"));
     }
-    inner.rt.ensure_network().await.map_err(|e| e.to_string())?;
+    inner.rt.ensure_network().await?;
     run_pre_deploy(inner, rec, &image_id).await?;
 
     let old: Vec<Replica> = inner
@@ -363,13 +349,15 @@ async fn execute(
         // Next to the stable version, step by step (`canary.rs`).
         Strategy::Canary if !old.is_empty() => {
             return super::canary::run_canary(inner, rec, &image_id, &old, old_grace, progress)
-                .await;
+                .await
+                .map_err(StepError::Canary);
         }
         // Next to the running versions, kept (`versions.rs`).
         Strategy::SideBySide if !old.is_empty() => {
             return super::versions::run_side_by_side(inner, rec, &image_id, &old, progress)
                 .await
-                .map(|()| false);
+                .map(|()| false)
+                .map_err(StepError::Canary);
         }
         // A first deploy has nothing to run next to: the rolling plan.
         Strategy::Canary | Strategy::SideBySide => inner.emit(
@@ -396,7 +384,7 @@ async fn steps(
     input: &PlanInput,
     from: usize,
     progress: &mut Progress,
-) -> Result<bool, String> {
+) -> Result<bool, StepError> {
     let spec = &rec.spec;
     let app = &rec.app;
     let image_id = input.image_id.as_str();
@@ -430,7 +418,7 @@ async fn steps(
                 let new = progress
                     .new
                     .get(&slot)
-                    .ok_or_else(|| format!("internal: replica {slot} was not started"))?;
+                    .ok_or(StepError::NotStarted { slot })?;
                 gate(inner, rec, new, slot).await?;
                 inner.emit(
                     &rec.id,
@@ -442,7 +430,7 @@ async fn steps(
                 let new = progress
                     .new
                     .get(&slot)
-                    .ok_or_else(|| format!("internal: replica {slot} was not started"))?;
+                    .ok_or(StepError::NotStarted { slot })?;
                 {
                     let mut st = inner.state.locked();
                     let a = st.apps.entry(app.clone()).or_default();
@@ -455,9 +443,7 @@ async fn steps(
                         state: ServerState::Ready,
                     });
                     progress.routed_new.push(new.id.clone());
-                    inner
-                        .publish_app(&st, app)
-                        .map_err(|e| format!("publishing the route failed: {e}"))?;
+                    inner.publish_app(&st, app).map_err(StepError::Publish)?;
                 }
                 inner.emit(
                     &rec.id,
@@ -524,7 +510,7 @@ pub(super) fn take_out(
     inner: &Inner,
     app: &str,
     container_id: &str,
-) -> Result<Option<Replica>, String> {
+) -> Result<Option<Replica>, StepError> {
     let mut st = inner.state.locked();
     let a = st.apps.entry(app.to_string()).or_default();
     let pos = a
@@ -532,9 +518,7 @@ pub(super) fn take_out(
         .iter()
         .position(|r| r.container_id == container_id);
     let removed = pos.map(|p| a.replicas.remove(p));
-    inner
-        .publish_app(&st, app)
-        .map_err(|e| format!("publishing the route failed: {e}"))?;
+    inner.publish_app(&st, app).map_err(StepError::Publish)?;
     Ok(removed)
 }
 
@@ -543,7 +527,7 @@ pub(super) fn set_routing(
     app: &str,
     container_id: &str,
     to: ServerState,
-) -> Result<(), String> {
+) -> Result<(), StepError> {
     let mut st = inner.state.locked();
     if let Some(a) = st.apps.get_mut(app) {
         for r in a
@@ -554,9 +538,7 @@ pub(super) fn set_routing(
             r.state = to;
         }
     }
-    inner
-        .publish_app(&st, app)
-        .map_err(|e| format!("publishing the route failed: {e}"))
+    inner.publish_app(&st, app).map_err(StepError::Publish)
 }
 
 /// Waits until backend `container_id` of the app's route has nothing in flight (seen twice,
@@ -611,7 +593,7 @@ pub(crate) fn container_labels(
 }
 
 /// The environment of the app's containers (replicas and hooks): `env`, then the secrets.
-fn container_env(inner: &Inner, rec: &DeploymentRecord) -> Result<Vec<String>, String> {
+fn container_env(inner: &Inner, rec: &DeploymentRecord) -> Result<Vec<String>, StepError> {
     let mut env: Vec<String> = rec
         .spec
         .env
@@ -620,11 +602,8 @@ fn container_env(inner: &Inner, rec: &DeploymentRecord) -> Result<Vec<String>, S
         .collect();
     if !rec.spec.secrets.is_empty() {
         // Secrets are opened here only, for Docker's create call (messages name them only).
-        let key =
-            inner.cfg.secrets.as_ref().ok_or_else(|| {
-                "the app has secrets but this server has no secrets key".to_string()
-            })?;
-        env.extend(key.env_of(&rec.spec).map_err(|e| e.to_string())?);
+        let key = inner.cfg.secrets.as_ref().ok_or(StepError::NoSecretsKey)?;
+        env.extend(key.env_of(&rec.spec)?);
     }
     Ok(env)
 }
@@ -666,11 +645,11 @@ async fn run_pre_deploy(
     inner: &Arc<Inner>,
     rec: &DeploymentRecord,
     image_id: &str,
-) -> Result<(), String> {
+) -> Result<(), StepError> {
     let Some(hook) = &rec.spec.hooks.pre_deploy else {
         return Ok(());
     };
-    let env = container_env(inner, rec).map_err(|e| format!("pre_deploy hook: {e}"))?;
+    let env = container_env(inner, rec).map_err(|e| StepError::Hook(Box::new(e)))?;
     let mut labels: std::collections::HashMap<String, String> = inner.cfg.extra_labels.clone();
     labels.insert(labels::HOOK.to_string(), rec.app.clone());
     labels.insert(labels::HOOK_DEPLOYMENT.to_string(), rec.id.clone());
@@ -710,7 +689,7 @@ async fn run_pre_deploy(
         .rt
         .run_once(&spec, hook.timeout, &on_line)
         .await
-        .map_err(|e| format!("pre_deploy hook: {e}"))?;
+        .map_err(|e| StepError::Hook(Box::new(e.into())))?;
     let lines = seen.load(std::sync::atomic::Ordering::Relaxed);
     if lines > HOOK_LINES_SHOWN {
         inner.emit(
@@ -727,9 +706,7 @@ async fn run_pre_deploy(
             .lock()
             .map(|t| t.iter().cloned().collect::<Vec<_>>().join(" | "))
             .unwrap_or_default();
-        return Err(format!(
-            "pre_deploy hook exited with {code}; nothing was changed (last output: {last})"
-        ));
+        return Err(StepError::HookExit { code, last });
     }
     inner.emit(&rec.id, Stage::Hook, "pre_deploy succeeded (exit 0)");
     Ok(())
@@ -740,7 +717,7 @@ pub(crate) async fn start_replica(
     rec: &DeploymentRecord,
     image_id: &str,
     slot: u32,
-) -> Result<New, String> {
+) -> Result<New, StepError> {
     // Unique even when reconcile recreates a slot of an older deployment.
     let name = format!(
         "berth-{}-{}-{slot}-{:04x}",
@@ -748,45 +725,48 @@ pub(crate) async fn start_replica(
         &rec.id[rec.id.len().saturating_sub(6)..],
         now_ms() & 0xffff
     );
-    let env = container_env(inner, rec).map_err(|e| format!("replica {slot}: {e}"))?;
+    let env = container_env(inner, rec).map_err(|e| e.of_replica(slot))?;
     let labels = container_labels(inner, rec, slot);
     let spec = container_spec(rec, name.clone(), image_id, labels, env);
     let id = inner
         .rt
         .create_and_start(&spec)
         .await
-        .map_err(|e| format!("replica {slot}: {e}"))?;
+        .map_err(|e| StepError::from(e).of_replica(slot))?;
     let addr = address_of(inner, &id, rec.spec.port).await;
     match addr {
         Ok(addr) => Ok(New { id, name, addr }),
         Err(e) => {
             // Not yet tracked by the caller: clean it up here.
             let _ = inner.rt.remove(&id).await;
-            Err(format!("replica {slot}: {e}"))
+            Err(e.of_replica(slot))
         }
     }
 }
 
 /// The container's address on the Berth network (Docker assigns it at start).
-pub(crate) async fn address_of(inner: &Inner, id: &str, port: u16) -> Result<SocketAddr, String> {
+pub(crate) async fn address_of(
+    inner: &Inner,
+    id: &str,
+    port: u16,
+) -> Result<SocketAddr, StepError> {
     let deadline = Instant::now() + Duration::from_secs(5);
     loop {
-        let info = inner.rt.inspect(id).await.map_err(|e| e.to_string())?;
+        let info = inner.rt.inspect(id).await?;
         if let Some(ip) = info.address {
             return Ok(SocketAddr::new(ip, port));
         }
         if !info.running() {
             let logs = last_log_lines(inner.rt.as_ref(), id, 20).await;
-            return Err(format!(
-                "container exited right after start ({:?}); last log lines:\n{logs}",
-                info.state
-            ));
+            return Err(StepError::ExitedAtStart {
+                state: info.state,
+                logs,
+            });
         }
         if Instant::now() > deadline {
-            return Err(format!(
-                "container has no address on network {}",
-                inner.rt.network()
-            ));
+            return Err(StepError::NoAddress {
+                network: inner.rt.network().to_string(),
+            });
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
@@ -834,30 +814,31 @@ pub(super) async fn gate(
     rec: &DeploymentRecord,
     new: &New,
     slot: u32,
-) -> Result<(), String> {
+) -> Result<(), StepError> {
     let spec: &AppSpec = &rec.spec;
     let deadline = Instant::now() + spec.deploy_timeout;
     let mut res = ready(inner, spec, &new.id, new.addr, deadline)
         .await
-        .map_err(|e| e.to_string());
+        .map_err(GateFailure::Gate);
     if res.is_ok() && !spec.min_ready.is_zero() && !spec.is_worker() {
         tokio::time::sleep(spec.min_ready).await;
         let deadline = Instant::now() + spec.health.timeout;
         res = ready(inner, spec, &new.id, new.addr, deadline)
             .await
-            .map_err(|e| format!("unhealthy again after min_ready {:?}: {e}", spec.min_ready));
+            .map_err(|source| GateFailure::Again {
+                min_ready: spec.min_ready,
+                source,
+            });
     }
     match res {
         Ok(()) => Ok(()),
-        Err(e) => {
-            let logs = last_log_lines(inner.rt.as_ref(), &new.id, 20).await;
-            Err(format!(
-                "replica {slot} ({}) did not become healthy within {:?}: {e}; last log lines:\n{}",
-                new.name,
-                spec.deploy_timeout,
-                if logs.is_empty() { "(none)" } else { &logs }
-            ))
-        }
+        Err(cause) => Err(StepError::Unhealthy {
+            slot,
+            name: new.name.clone(),
+            timeout: spec.deploy_timeout,
+            cause: Box::new(cause),
+            logs: last_log_lines(inner.rt.as_ref(), &new.id, 20).await,
+        }),
     }
 }
 
