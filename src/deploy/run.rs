@@ -356,8 +356,7 @@ async fn execute(
         Strategy::SideBySide if !old.is_empty() => {
             return super::versions::run_side_by_side(inner, rec, &image_id, &old, progress)
                 .await
-                .map(|()| false)
-                .map_err(StepError::Canary);
+                .map(|()| false);
         }
         // A first deploy has nothing to run next to: the rolling plan.
         Strategy::Canary | Strategy::SideBySide => inner.emit(

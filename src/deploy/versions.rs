@@ -21,6 +21,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 
 use super::canary::{image_tag, publish_split, resolve_version, start_beside};
+use super::failure::StepError;
 use super::run::{self, Progress};
 use super::{now_ms, DeployError, Engine, Inner, LockExt, Replica, Stage};
 use crate::model::canary::VersionSplit;
@@ -52,7 +53,7 @@ pub(super) async fn run_side_by_side(
     image_id: &str,
     old: &[Replica],
     progress: &mut Progress,
-) -> Result<(), String> {
+) -> Result<(), StepError> {
     let app = &rec.app;
     let current = old
         .first()
@@ -65,15 +66,17 @@ pub(super) async fn run_side_by_side(
         .get(app)
         .and_then(|a| a.split.clone());
     let split = VersionSplit::joined(base.as_ref(), &current, &rec.id);
-    publish_split(inner, app, Some(split.clone()))?;
+    publish_split(inner, app, Some(split.clone())).map_err(StepError::Canary)?;
     let started = async {
-        start_beside(inner, rec, image_id, progress, "replica").await?;
+        start_beside(inner, rec, image_id, progress, "replica")
+            .await
+            .map_err(StepError::Canary)?;
         // Persisted before the deploy commits: a crash from here on finds the split naming
         // a deployment that did not succeed, and drops it from the split.
         inner
             .store
             .set_traffic_split(app, Some(&split), now_ms() / 1000)
-            .map_err(|e| format!("persisting the split failed: {e}"))
+            .map_err(StepError::Store)
     }
     .await;
     if let Err(e) = started {
