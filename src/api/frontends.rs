@@ -108,18 +108,35 @@ async fn list_frontends(State(state): State<ApiState>) -> Result<Json<Value>, Ap
     Ok(Json(json!({ "frontends": to_value(&frontends)? })))
 }
 
+/// The view named `name` of `views` (404 naming `what` when there is none).
+fn named<T: serde::Serialize>(
+    views: Vec<T>,
+    name_of: fn(&T) -> &str,
+    what: &str,
+    name: &str,
+) -> Result<Json<Value>, ApiError> {
+    let v = views
+        .into_iter()
+        .find(|v| name_of(v) == name)
+        .ok_or_else(|| ApiError::NotFound(format!("{what} {name:?} does not exist")))?;
+    Ok(Json(to_value(&v)?))
+}
+
+/// A PUT's answer: 201 with the view when created, 200 when replaced.
+fn put_answer<T: serde::Serialize>(created: bool, view: Option<T>) -> Result<Response, ApiError> {
+    let status = if created {
+        StatusCode::CREATED
+    } else {
+        StatusCode::OK
+    };
+    Ok((status, Json(to_value(&view)?)).into_response())
+}
+
 async fn get_frontend(
     State(state): State<ApiState>,
     ApiPath(name): ApiPath<String>,
 ) -> Result<Json<Value>, ApiError> {
-    let f = state
-        .tcp
-        .frontends()
-        .await
-        .into_iter()
-        .find(|f| f.name == name)
-        .ok_or_else(|| ApiError::NotFound(format!("frontend {name:?} does not exist")))?;
-    Ok(Json(to_value(&f)?))
+    named(state.tcp.frontends().await, |f| &f.name, "frontend", &name)
 }
 
 async fn put_frontend(
@@ -139,12 +156,7 @@ async fn put_frontend(
         .await
         .into_iter()
         .find(|f| f.name == name);
-    let status = if created {
-        StatusCode::CREATED
-    } else {
-        StatusCode::OK
-    };
-    Ok((status, Json(to_value(&view)?)).into_response())
+    put_answer(created, view)
 }
 
 async fn delete_frontend(
@@ -168,14 +180,7 @@ async fn get_pool(
     State(state): State<ApiState>,
     ApiPath(name): ApiPath<String>,
 ) -> Result<Json<Value>, ApiError> {
-    let p = state
-        .tcp
-        .pools()
-        .await
-        .into_iter()
-        .find(|p| p.name == name)
-        .ok_or_else(|| ApiError::NotFound(format!("pool {name:?} does not exist")))?;
-    Ok(Json(to_value(&p)?))
+    named(state.tcp.pools().await, |p| &p.name, "pool", &name)
 }
 
 async fn put_pool(
@@ -190,12 +195,7 @@ async fn put_pool(
         .put_pool(spec, |s| blocking(|| store.put_pool(s)))
         .await?;
     let view = state.tcp.pools().await.into_iter().find(|p| p.name == name);
-    let status = if created {
-        StatusCode::CREATED
-    } else {
-        StatusCode::OK
-    };
-    Ok((status, Json(to_value(&view)?)).into_response())
+    put_answer(created, view)
 }
 
 /// Switches a pool that follows an app to another deployment of it.
@@ -230,6 +230,9 @@ async fn delete_pool(
 struct Effective {
     http: Listen,
     api: Listen,
+    /// The HTTPS listener, when it runs (its certificates are the configuration file's).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    tls: Option<Tls>,
     routes: Vec<crate::model::route::RouteSpec>,
     frontends: Vec<FrontendSpec>,
     pools: Vec<PoolSpec>,
@@ -240,19 +243,27 @@ struct Listen {
     listen: std::net::SocketAddr,
 }
 
+#[derive(serde::Serialize)]
+struct Tls {
+    enabled: bool,
+    listen: std::net::SocketAddr,
+}
+
 /// `GET /v1/config`: the routes (config file, API, deployed apps; not the API's own route,
-/// which `api.domain` makes), frontends and pools in force, with the HTTP and API listen
-/// addresses (binds are checked against them), as YAML that `berthd check-config` accepts.
+/// which `api.domain` makes), frontends and pools in force, with the HTTP, API and HTTPS
+/// listen addresses (binds are checked against them; all as bound, so a port-0 listener or
+/// frontend shows its real port), as YAML that `berthd check-config` accepts.
 async fn effective_config(State(state): State<ApiState>) -> Result<Response, ApiError> {
-    let addr = |name: &str| {
+    let find = |name: &str| {
         state
             .tcp
             .reserved()
             .iter()
             .find(|(n, _)| *n == name)
             .map(|(_, a)| *a)
-            .ok_or_else(|| ApiError::Internal(format!("no {name} listener")))
     };
+    let addr =
+        |name: &str| find(name).ok_or_else(|| ApiError::Internal(format!("no {name} listener")));
     let doc = Effective {
         http: Listen {
             listen: addr("http")?,
@@ -260,6 +271,10 @@ async fn effective_config(State(state): State<ApiState>) -> Result<Response, Api
         api: Listen {
             listen: addr("api")?,
         },
+        tls: find("https").map(|listen| Tls {
+            enabled: true,
+            listen,
+        }),
         routes: state
             .registry
             .routes()
@@ -267,13 +282,7 @@ async fn effective_config(State(state): State<ApiState>) -> Result<Response, Api
             .filter(|r| r.name() != crate::model::config::API_ROUTE_NAME)
             .map(|r| r.spec.clone())
             .collect(),
-        frontends: state
-            .tcp
-            .frontends()
-            .await
-            .into_iter()
-            .map(|f| f.spec)
-            .collect(),
+        frontends: state.tcp.running_frontends().await,
         pools: state
             .tcp
             .pools()

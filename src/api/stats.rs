@@ -8,6 +8,7 @@ use std::collections::HashMap;
 use std::convert::Infallible;
 use std::fmt::Write as _;
 use std::sync::atomic::Ordering;
+use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use axum::extract::State;
@@ -20,7 +21,7 @@ use futures_util::Stream;
 use serde::Serialize;
 
 use crate::model::histogram::HistogramSnapshot;
-use crate::model::route::{RouteTable, ServerState};
+use crate::model::route::{Route, RouteTable, ServerState};
 use crate::store::RouteSource;
 
 use super::ApiState;
@@ -123,10 +124,26 @@ fn ms(d: Option<Duration>) -> Option<f64> {
     d.map(|d| (d.as_secs_f64() * 1_000_000.0).round() / 1000.0)
 }
 
-/// Takes a stats snapshot of `table`; `sources` says where each route came from.
+/// Takes a stats snapshot of `table`'s routes; `sources` says where each route came from.
 pub fn snapshot(table: &RouteTable, sources: &HashMap<String, RouteSource>) -> StatsDoc {
-    let routes = table
-        .routes()
+    StatsDoc {
+        timestamp_ms: SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map(|d| d.as_millis() as u64)
+            .unwrap_or(0),
+        routes: route_stats(table.routes(), sources),
+        tcp: None,
+        http_pools: Vec::new(),
+        store: StoreState::of(None),
+    }
+}
+
+/// The counters of `routes` (routes or pools: one model) and their backends.
+pub fn route_stats(
+    routes: &[Arc<Route>],
+    sources: &HashMap<String, RouteSource>,
+) -> Vec<RouteStats> {
+    routes
         .iter()
         .map(|r| {
             let backends: Vec<BackendStatsView> = r
@@ -170,30 +187,24 @@ pub fn snapshot(table: &RouteTable, sources: &HashMap<String, RouteSource>) -> S
                 backends,
             }
         })
-        .collect();
-    StatsDoc {
-        timestamp_ms: SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .map(|d| d.as_millis() as u64)
-            .unwrap_or(0),
-        routes,
-        tcp: None,
-        http_pools: Vec::new(),
-        store: StoreState::of(None),
-    }
+        .collect()
 }
 
 fn current(state: &ApiState) -> StatsDoc {
+    doc_of(state, &state.registry.table())
+}
+
+/// The stats document of `table` (routes and HTTP pools), the TCP counters and the store.
+fn doc_of(state: &ApiState, table: &RouteTable) -> StatsDoc {
     let sources: HashMap<String, RouteSource> = state
         .registry
         .routes()
         .iter()
         .map(|e| (e.name(), e.source))
         .collect();
-    let mut doc = snapshot(&state.registry.table(), &sources);
+    let mut doc = snapshot(table, &sources);
     doc.tcp = Some(state.tcp.stats());
-    let (pools, sources) = state.tcp.http_pools();
-    doc.http_pools = snapshot(&pools, &sources).routes;
+    doc.http_pools = route_stats(table.pools(), &state.tcp.pool_sources());
     doc.store = StoreState::of(state.store_problem.as_deref());
     doc
 }
@@ -248,147 +259,23 @@ fn label(v: &str) -> String {
 /// Histogram `le` bounds: powers of two from 128 µs to ~33.5 s (exact bucket boundaries).
 const LE_EXPONENTS: std::ops::RangeInclusive<u32> = 7..=25;
 
-/// Renders the Prometheus text exposition.
+/// Renders the Prometheus text exposition: routes' backends (`berth_backend_*{route,
+/// backend}`), HTTP pools' members (`berth_pool_member_*{pool, member}`, the same counters:
+/// pools are routes of the same table), the route count and the store's state.
 pub fn prometheus(doc: &StatsDoc, table: &RouteTable) -> String {
     let mut out = String::with_capacity(4096);
-    type Metric = (
-        &'static str,
-        &'static str,
-        &'static str,
-        fn(&BackendStatsView) -> u64,
-    );
-    let counters: &[Metric] = &[
-        (
-            "berth_backend_requests_total",
-            "counter",
-            "Requests sent to the backend.",
-            |b| b.requests,
-        ),
-        (
-            "berth_backend_failures_total",
-            "counter",
-            "Failed attempts (connect errors, resets, timeouts).",
-            |b| b.failures,
-        ),
-        (
-            "berth_backend_sent_bytes_total",
-            "counter",
-            "Response body bytes sent to clients.",
-            |b| b.bytes_out,
-        ),
-        (
-            "berth_backend_inflight",
-            "gauge",
-            "Requests being served now.",
-            |b| b.inflight,
-        ),
-        (
-            "berth_backend_tunnels",
-            "gauge",
-            "Open upgrade (WebSocket) tunnels.",
-            |b| b.tunnels,
-        ),
-        ("berth_backend_weight", "gauge", "Configured weight.", |b| {
-            u64::from(b.weight)
-        }),
-        (
-            "berth_backend_effective_weight",
-            "gauge",
-            "Weight in force (lower while slow start ramps).",
-            |b| u64::from(b.effective_weight),
-        ),
-        (
-            "berth_backend_up",
-            "gauge",
-            "1 if health checks consider the backend up.",
-            |b| u64::from(b.health == "up"),
-        ),
-    ];
-    for (name, kind, help, get) in counters {
-        let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");
-        for r in &doc.routes {
-            for b in &r.backends {
-                let _ = writeln!(
-                    out,
-                    "{name}{{route=\"{}\",backend=\"{}\"}} {}",
-                    label(&r.name),
-                    label(&b.id),
-                    get(b)
-                );
-            }
-        }
-    }
-    let name = "berth_backend_responses_total";
-    let _ = writeln!(
-        out,
-        "# HELP {name} Responses by status class.\n# TYPE {name} counter"
-    );
-    for r in &doc.routes {
-        for b in &r.backends {
-            for (class, v) in [
-                ("2xx", b.responses.s2xx),
-                ("3xx", b.responses.s3xx),
-                ("4xx", b.responses.s4xx),
-                ("5xx", b.responses.s5xx),
-            ] {
-                let _ = writeln!(
-                    out,
-                    "{name}{{route=\"{}\",backend=\"{}\",code=\"{class}\"}} {v}",
-                    label(&r.name),
-                    label(&b.id)
-                );
-            }
-        }
-    }
-    let name = "berth_backend_state";
-    let _ = writeln!(
-        out,
-        "# HELP {name} Administrative state (1 for the current one).\n# TYPE {name} gauge"
-    );
-    for r in &doc.routes {
-        for b in &r.backends {
-            for (s, v) in [
-                ("ready", ServerState::Ready),
-                ("drain", ServerState::Drain),
-                ("maint", ServerState::Maint),
-            ] {
-                let _ = writeln!(
-                    out,
-                    "{name}{{route=\"{}\",backend=\"{}\",state=\"{s}\"}} {}",
-                    label(&r.name),
-                    label(&b.id),
-                    u8::from(b.state == v)
-                );
-            }
-        }
-    }
-    let name = "berth_backend_latency_seconds";
-    let _ = writeln!(
-        out,
-        "# HELP {name} Request duration through the proxy, until the response body ended.\n# TYPE {name} histogram"
-    );
-    for r in table.routes() {
-        for b in &r.backends {
-            let h = b.stats.latency.snapshot();
-            let labels = format!("route=\"{}\",backend=\"{}\"", label(&r.name), label(&b.id));
-            for e in LE_EXPONENTS {
-                let us = 1u64 << e;
-                let _ = writeln!(
-                    out,
-                    "{name}_bucket{{{labels},le=\"{}\"}} {}",
-                    us as f64 / 1e6,
-                    h.count_below_us(us)
-                );
-            }
-            let _ = writeln!(
-                out,
-                "{name}_bucket{{{labels},le=\"+Inf\"}} {}\n{name}_sum{{{labels}}} {}\n{name}_count{{{labels}}} {}",
-                h.count(),
-                h.sum().as_secs_f64(),
-                h.count()
-            );
-        }
-    }
+    let routes = Family {
+        prefix: "berth_backend",
+        group: "route",
+        member: "backend",
+    };
+    backend_metrics(&mut out, &routes, &doc.routes, table.routes());
+    let pools = Family {
+        prefix: "berth_pool_member",
+        group: "pool",
+        member: "member",
+    };
+    backend_metrics(&mut out, &pools, &doc.http_pools, table.pools());
     let name = "berth_routes";
     let _ = writeln!(
         out,
@@ -418,23 +305,175 @@ pub fn prometheus(doc: &StatsDoc, table: &RouteTable) -> String {
     out
 }
 
+/// Names of one metric family of backends: `{prefix}_requests_total{{group}="..",{member}=".."}`.
+struct Family {
+    prefix: &'static str,
+    group: &'static str,
+    member: &'static str,
+}
+
+/// The per-backend metrics of `stats` (counters) and `routes` (latency histograms).
+fn backend_metrics(out: &mut String, f: &Family, stats: &[RouteStats], routes: &[Arc<Route>]) {
+    type Metric = (
+        &'static str,
+        &'static str,
+        &'static str,
+        fn(&BackendStatsView) -> u64,
+    );
+    let counters: &[Metric] = &[
+        (
+            "requests_total",
+            "counter",
+            "Requests sent to the backend.",
+            |b| b.requests,
+        ),
+        (
+            "failures_total",
+            "counter",
+            "Failed attempts (connect errors, resets, timeouts).",
+            |b| b.failures,
+        ),
+        (
+            "sent_bytes_total",
+            "counter",
+            "Response body bytes sent to clients.",
+            |b| b.bytes_out,
+        ),
+        ("inflight", "gauge", "Requests being served now.", |b| {
+            b.inflight
+        }),
+        (
+            "tunnels",
+            "gauge",
+            "Open upgrade (WebSocket) tunnels.",
+            |b| b.tunnels,
+        ),
+        ("weight", "gauge", "Configured weight.", |b| {
+            u64::from(b.weight)
+        }),
+        (
+            "effective_weight",
+            "gauge",
+            "Weight in force (lower while slow start ramps).",
+            |b| u64::from(b.effective_weight),
+        ),
+        (
+            "up",
+            "gauge",
+            "1 if health checks consider the backend up.",
+            |b| u64::from(b.health == "up"),
+        ),
+    ];
+    let labels =
+        |r: &str, b: &str| format!("{}=\"{}\",{}=\"{}\"", f.group, label(r), f.member, label(b));
+    for (suffix, kind, help, get) in counters {
+        let name = format!("{}_{suffix}", f.prefix);
+        let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");
+        for r in stats {
+            for b in &r.backends {
+                let _ = writeln!(out, "{name}{{{}}} {}", labels(&r.name, &b.id), get(b));
+            }
+        }
+    }
+    // Series split by one more label: status class, administrative state.
+    type Split = (
+        &'static str,
+        &'static str,
+        &'static str,
+        &'static str,
+        fn(&BackendStatsView) -> Vec<(&'static str, u64)>,
+    );
+    let splits: &[Split] = &[
+        (
+            "responses_total",
+            "counter",
+            "Responses by status class.",
+            "code",
+            |b| {
+                vec![
+                    ("2xx", b.responses.s2xx),
+                    ("3xx", b.responses.s3xx),
+                    ("4xx", b.responses.s4xx),
+                    ("5xx", b.responses.s5xx),
+                ]
+            },
+        ),
+        (
+            "state",
+            "gauge",
+            "Administrative state (1 for the current one).",
+            "state",
+            |b| {
+                [
+                    ("ready", ServerState::Ready),
+                    ("drain", ServerState::Drain),
+                    ("maint", ServerState::Maint),
+                ]
+                .into_iter()
+                .map(|(s, v)| (s, u64::from(b.state == v)))
+                .collect()
+            },
+        ),
+    ];
+    for (suffix, kind, help, key, values) in splits {
+        let name = format!("{}_{suffix}", f.prefix);
+        let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");
+        for r in stats {
+            for b in &r.backends {
+                for (k, v) in values(b) {
+                    let _ = writeln!(
+                        out,
+                        "{name}{{{},{key}=\"{k}\"}} {v}",
+                        labels(&r.name, &b.id)
+                    );
+                }
+            }
+        }
+    }
+    let name = format!("{}_latency_seconds", f.prefix);
+    let _ = writeln!(
+        out,
+        "# HELP {name} Request duration through the proxy, until the response body ended.\n# TYPE {name} histogram"
+    );
+    for r in routes {
+        for b in &r.backends {
+            let h = b.stats.latency.snapshot();
+            let labels = labels(&r.name, &b.id);
+            for e in LE_EXPONENTS {
+                let us = 1u64 << e;
+                let _ = writeln!(
+                    out,
+                    "{name}_bucket{{{labels},le=\"{}\"}} {}",
+                    us as f64 / 1e6,
+                    h.count_below_us(us)
+                );
+            }
+            let _ = writeln!(
+                out,
+                "{name}_bucket{{{labels},le=\"+Inf\"}} {}\n{name}_sum{{{labels}}} {}\n{name}_count{{{labels}}} {}",
+                h.count(),
+                h.sum().as_secs_f64(),
+                h.count()
+            );
+        }
+    }
+}
+
 /// `GET /metrics`.
 pub async fn metrics(State(state): State<ApiState>) -> impl IntoResponse {
     let table = state.registry.table();
-    let sources: HashMap<String, RouteSource> = state
-        .registry
-        .routes()
-        .iter()
-        .map(|e| (e.name(), e.source))
-        .collect();
-    let mut doc = snapshot(&table, &sources);
-    doc.store = StoreState::of(state.store_problem.as_deref());
+    let doc = doc_of(&state, &table);
+    let tcp = doc
+        .tcp
+        .as_ref()
+        .map(super::frontends::prometheus)
+        .unwrap_or_default();
     (
         [(
             header::CONTENT_TYPE,
             "text/plain; version=0.0.4; charset=utf-8",
         )],
-        prometheus(&doc, &table) + &super::frontends::prometheus(&state.tcp.stats()),
+        prometheus(&doc, &table) + &tcp,
     )
 }
 
@@ -483,5 +522,44 @@ mod tests {
         assert!(a.latency.p50_ms.unwrap() >= 3.0 && a.latency.p50_ms.unwrap() < 3.5);
         assert!(a.latency.p99_ms.unwrap() >= 40.0 && a.latency.p99_ms.unwrap() < 45.0);
         assert_eq!(doc.routes[0].requests, 5);
+    }
+
+    #[test]
+    fn http_pools_get_per_member_metrics_like_route_backends() {
+        let specs: Vec<RouteSpec> = serde_json::from_str(
+            r#"[{"name":"web","domains":["a.test"],"backends":[{"id":"r","address":"127.0.0.1:1"}]}]"#,
+        )
+        .unwrap();
+        let pools: Vec<crate::model::pool::PoolSpec> = serde_yaml::from_str(
+            "- name: web\n  members: [{id: m1, address: '127.0.0.1:2'}, {id: m2, address: '127.0.0.1:3', state: drain}]\n",
+        )
+        .unwrap();
+        let table = RouteTable::build(&specs, None)
+            .unwrap()
+            .with_pools(&pools)
+            .unwrap();
+        let m1 = &table.pools()[0].backends[0].stats;
+        m1.requests.fetch_add(4, Ordering::Relaxed);
+        m1.record_status(200);
+        m1.latency.record(Duration::from_millis(3));
+        table.pools()[0].backends[1]
+            .health
+            .record_check(false, 1, 1, 1);
+        let mut doc = snapshot(&table, &HashMap::new());
+        doc.http_pools = route_stats(table.pools(), &HashMap::new());
+        assert_eq!(doc.http_pools[0].requests, 4);
+        let text = prometheus(&doc, &table);
+        for want in [
+            r#"berth_pool_member_requests_total{pool="web",member="m1"} 4"#,
+            r#"berth_pool_member_responses_total{pool="web",member="m1",code="2xx"} 1"#,
+            r#"berth_pool_member_up{pool="web",member="m2"} 0"#,
+            r#"berth_pool_member_state{pool="web",member="m2",state="drain"} 1"#,
+            r#"berth_pool_member_latency_seconds_count{pool="web",member="m1"} 1"#,
+            // The route of the same name is its own series.
+            r#"berth_backend_requests_total{route="web",backend="r"} 0"#,
+        ] {
+            assert!(text.contains(want), "missing {want}\n{text}");
+        }
+        assert!(!text.contains(r#"route="web",backend="m1""#), "{text}");
     }
 }

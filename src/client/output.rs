@@ -39,6 +39,15 @@ impl Out {
         stdout_line(&render_table(headers, rows));
     }
 
+    /// The answer `v` as JSON with `--json`, else the one line `text` makes of it.
+    pub fn answer(&self, v: &impl serde::Serialize, text: impl FnOnce() -> String) {
+        if self.json {
+            self.json(v);
+        } else {
+            self.line(&text());
+        }
+    }
+
     pub fn line(&self, s: &str) {
         stdout_line(s);
     }

@@ -163,8 +163,6 @@ impl RoutePublisher for DaemonPublisher {
     fn healthy(&self, route: &str, backend_id: &str) -> Option<bool> {
         self.routes.healthy(route, backend_id)
     }
-    // Canary analysis reads these: without them every canary of a real berthd saw 0
-    // requests and was aborted as "not enough traffic to judge it".
     fn counts(&self, route: &str, backend_id: &str) -> Option<crate::model::canary::VersionCounts> {
         self.routes.counts(route, backend_id)
     }
@@ -233,5 +231,37 @@ pub(super) async fn start(
             Ok(None)
         }
         Err(e) => Err(e.into()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::proxy::Tables;
+
+    /// The daemon's publisher answers the engine's questions as the registry does. `counts`
+    /// was missing here and fell to the trait's `None`: in berthd, canary analysis saw no
+    /// requests (tests that publish through `RegistryRoutes` directly did not notice).
+    #[tokio::test]
+    async fn daemon_publisher_answers_like_the_registry() {
+        let tmp = tempfile::tempdir().unwrap();
+        let store = Arc::new(crate::store::Store::open(tmp.path()).unwrap());
+        let web: RouteSpec = serde_json::from_str(
+            r#"{"name":"web","domains":["web.test"],"backends":[{"id":"b1","address":"127.0.0.1:1"}]}"#,
+        )
+        .unwrap();
+        let tables = Arc::new(Tables::new(RouteTable::default()));
+        let registry = Arc::new(RouteRegistry::open(store, vec![web], tables).await.unwrap());
+        let direct = RegistryRoutes(registry.clone());
+        let (apps, _) = watch::channel(Arc::new(AppReplicas::default()));
+        let daemon = DaemonPublisher {
+            routes: RegistryRoutes(registry),
+            apps,
+        };
+        assert!(direct.counts("web", "b1").is_some());
+        assert_eq!(daemon.counts("web", "b1"), direct.counts("web", "b1"));
+        assert_eq!(daemon.inflight("web", "b1"), direct.inflight("web", "b1"));
+        assert_eq!(daemon.healthy("web", "b1"), direct.healthy("web", "b1"));
+        assert_eq!(daemon.counts("web", "nope"), None);
     }
 }

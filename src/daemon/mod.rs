@@ -131,26 +131,19 @@ impl Running {
             return Ok("no configuration file; nothing to reload".into());
         };
         let cfg = config::load(path, true)?;
-        let mut restart_needed = Vec::new();
-        if cfg.http != self.config.http {
-            restart_needed.push("http");
-        }
-        if cfg.api != self.config.api {
-            restart_needed.push("api");
-        }
-        if cfg.proxy != self.config.proxy {
-            restart_needed.push("proxy");
-        }
-        if cfg.tls != self.config.tls {
-            restart_needed.push("tls");
-        }
+        let old = &self.config;
         // Config-file frontends and pools are bound at start; the API changes them live.
-        if cfg.frontends != self.config.frontends {
-            restart_needed.push("frontends");
-        }
-        if cfg.pools != self.config.pools {
-            restart_needed.push("pools");
-        }
+        let restart_needed: Vec<&str> = [
+            ("http", cfg.http != old.http),
+            ("api", cfg.api != old.api),
+            ("proxy", cfg.proxy != old.proxy),
+            ("tls", cfg.tls != old.tls),
+            ("frontends", cfg.frontends != old.frontends),
+            ("pools", cfg.pools != old.pools),
+        ]
+        .into_iter()
+        .filter_map(|(section, changed)| changed.then_some(section))
+        .collect();
         self.registry.replace_statics(cfg.routes.clone()).await?;
         let mut msg = format!(
             "configuration reloaded from {} ({} static routes)",
@@ -260,15 +253,12 @@ pub async fn start_with(
     }
 
     let (stop, stop_rx) = watch::channel(false);
-    let mut tasks = vec![
-        health::spawn(tables.clone(), HealthSettings::default(), stop_rx.clone()),
-        // The pools of HTTP frontends, checked by the same prober.
-        health::spawn(
-            proxy.frontends.pools.clone(),
-            HealthSettings::default(),
-            stop_rx.clone(),
-        ),
-    ];
+    // One prober: routes' backends and every pool's members (HTTP and TCP checks).
+    let mut tasks = vec![health::spawn(
+        tables.clone(),
+        HealthSettings::default(),
+        stop_rx.clone(),
+    )];
     let (https_addr, certs, acme) = if config.tls.is_enabled() {
         let tls = tls::start_tls(
             &config,

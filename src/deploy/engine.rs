@@ -206,13 +206,7 @@ impl Engine {
         {
             let mut st = self.inner.state.locked();
             let a = st.apps.entry(app.to_string()).or_default();
-            if let Some(running) = &a.running {
-                return Err(DeployError::Conflict {
-                    app: app.to_string(),
-                    running: running.clone(),
-                });
-            }
-            if rec.spec.strategy == Strategy::Canary && a.split.is_some() {
+            if a.running.is_none() && rec.spec.strategy == Strategy::Canary && a.split.is_some() {
                 return Err(DeployError::Versions(format!(
                     "app {app} runs several versions side by side: a canary needs one stable \
                      version (remove the others with `berth version rm`, or deploy with \
@@ -221,7 +215,7 @@ impl Engine {
             }
             // Claimed here, so no second deploy can slip in; persisted (below, outside the
             // state lock) before anything runs.
-            a.running = Some(id.clone());
+            a.claim(app, &id)?;
             let (tx, _) = broadcast::channel(256);
             let mut progress = self.inner.progress.locked();
             if progress.len() > 200 {
@@ -369,14 +363,8 @@ impl Engine {
             let Some(a) = st.apps.get_mut(app) else {
                 return Err(DeployError::AppNotFound(app.to_string()));
             };
-            if let Some(running) = &a.running {
-                return Err(DeployError::Conflict {
-                    app: app.to_string(),
-                    running: running.clone(),
-                });
-            }
             // Deploys of this app get Conflict("stopping") until the stop is done.
-            a.running = Some(STOPPING.to_string());
+            a.claim(app, STOPPING)?;
         }
         // Persist first (outside the state lock): after a crash from here on, reconcile
         // stops the rest.
@@ -429,14 +417,8 @@ impl Engine {
                 return Err(DeployError::AppNotFound(app.to_string()));
             }
             let a = st.apps.entry(app.to_string()).or_default();
-            if let Some(running) = &a.running {
-                return Err(DeployError::Conflict {
-                    app: app.to_string(),
-                    running: running.clone(),
-                });
-            }
             // Deploys of this app get Conflict("deleting") until the delete is done.
-            a.running = Some(DELETING.to_string());
+            a.claim(app, DELETING)?;
             for r in a.replicas.iter_mut() {
                 r.state = ServerState::Drain;
             }

@@ -215,6 +215,20 @@ impl Handover {
         *self.pause.borrow() == Ownership::Run
     }
 
+    /// Deploy `id`, paused after step `at` (done, of), waits until the upgrade goes on or
+    /// not; returns what became of the pause.
+    async fn wait_paused(&self, id: &str, at: (usize, usize)) -> Ownership {
+        self.paused.locked().insert(id.to_string(), at);
+        let mut rx = self.pause.subscribe();
+        let next = rx
+            .wait_for(|p| *p != Ownership::Paused)
+            .await
+            .map(|p| p.clone())
+            .unwrap_or(Ownership::Run);
+        self.paused.locked().remove(id);
+        next
+    }
+
     pub fn enter(&self, key: &str) -> Active<'_> {
         self.active.locked().insert(key.to_string());
         Active {
@@ -267,18 +281,10 @@ pub(crate) async fn boundary(
             cp.steps_done, cp.steps_total
         ),
     );
-    inner
+    let next = inner
         .handover
-        .paused
-        .locked()
-        .insert(rec.id.clone(), (cp.steps_done, cp.steps_total));
-    let mut rx = inner.handover.pause.subscribe();
-    let next = rx
-        .wait_for(|p| *p != Ownership::Paused)
-        .await
-        .map(|p| p.clone())
-        .unwrap_or(Ownership::Run);
-    inner.handover.paused.locked().remove(&rec.id);
+        .wait_paused(&rec.id, (cp.steps_done, cp.steps_total))
+        .await;
     match next {
         Ownership::HandOver(_) => Ok(true),
         _ => {
@@ -411,18 +417,10 @@ pub(crate) async fn resume_when_ours(inner: Arc<Inner>, ad: Adopted) {
         if !inner.handover.running() {
             // This process is being upgraded in turn: park the deploy and pass it on (the
             // checkpoint then names this process as owner, so the next one waits for it).
-            inner
+            let next = inner
                 .handover
-                .paused
-                .locked()
-                .insert(id.clone(), (ad.cp.steps_done, ad.cp.steps_total));
-            let mut rx = inner.handover.pause.subscribe();
-            let next = rx
-                .wait_for(|p| *p != Ownership::Paused)
-                .await
-                .map(|p| p.clone())
-                .unwrap_or(Ownership::Run);
-            inner.handover.paused.locked().remove(&id);
+                .wait_paused(&id, (ad.cp.steps_done, ad.cp.steps_total))
+                .await;
             if matches!(next, Ownership::HandOver(_)) {
                 return;
             }

@@ -73,6 +73,19 @@ pub(crate) struct AppState {
 }
 
 impl AppState {
+    /// Claims the app for one change (a deploy's id, `STOPPING`, `DELETING`) under the state
+    /// lock; refused with `Conflict` while another change holds it.
+    pub fn claim(&mut self, app: &str, by: &str) -> Result<(), super::DeployError> {
+        if let Some(running) = &self.running {
+            return Err(super::DeployError::Conflict {
+                app: app.to_string(),
+                running: running.clone(),
+            });
+        }
+        self.running = Some(by.to_string());
+        Ok(())
+    }
+
     /// The gate the app's route carries: the operator's, plus a deploy's hold.
     pub fn effective_gate(&self) -> Option<crate::model::traffic::AppGate> {
         let mut g = self.gate.clone();

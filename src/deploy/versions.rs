@@ -366,13 +366,7 @@ impl Engine {
                 .apps
                 .get_mut(app)
                 .ok_or_else(|| DeployError::AppNotFound(app.to_string()))?;
-            if let Some(running) = &a.running {
-                return Err(DeployError::Conflict {
-                    app: app.to_string(),
-                    running: running.clone(),
-                });
-            }
-            a.running = Some(removing(&id));
+            a.claim(app, &removing(&id))?;
         }
         let rest = split.without(&id);
         let release = |inner: &Inner| release_removal(inner, app, &id);

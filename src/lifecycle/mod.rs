@@ -36,6 +36,16 @@ pub enum ListenError {
     Handoff { env: &'static str, message: String },
 }
 
+impl ListenError {
+    fn inherited(name: &str, fd: RawFd, source: std::io::Error) -> Self {
+        Self::Inherited {
+            name: name.into(),
+            fd,
+            source,
+        }
+    }
+}
+
 /// Where a listener came from (reported in logs and STATUS=).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Origin {
@@ -127,16 +137,9 @@ impl Inherited {
             let raw = fd.as_raw_fd();
             let l = std::net::TcpListener::from(fd);
             l.set_nonblocking(true)
-                .map_err(|source| ListenError::Inherited {
-                    name: name.into(),
-                    fd: raw,
-                    source,
-                })?;
-            l.local_addr().map_err(|source| ListenError::Inherited {
-                name: name.into(),
-                fd: raw,
-                source,
-            })?;
+                .map_err(|source| ListenError::inherited(name, raw, source))?;
+            l.local_addr()
+                .map_err(|source| ListenError::inherited(name, raw, source))?;
             return Ok((l, origin));
         }
         Ok((bind_tcp(name, addr)?, Origin::Bound))
@@ -152,11 +155,7 @@ impl Inherited {
             let raw = fd.as_raw_fd();
             let l = std::os::unix::net::UnixListener::from(fd);
             l.set_nonblocking(true)
-                .map_err(|source| ListenError::Inherited {
-                    name: name.into(),
-                    fd: raw,
-                    source,
-                })?;
+                .map_err(|source| ListenError::inherited(name, raw, source))?;
             return Ok((l, origin));
         }
         let wrap = |source| ListenError::Bind {

@@ -12,7 +12,7 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
-use super::pool::{check_name, err, PoolSpec};
+use super::pool::{check_name, err, field_at, PoolSpec};
 use super::route::RouteError;
 
 /// What a frontend carries.
@@ -181,13 +181,7 @@ impl FrontendSpec {
 
     /// Checks one frontend on its own; `at` is its field path.
     pub fn validate(&self, at: &str) -> Result<(), RouteError> {
-        let f = |rest: &str| {
-            if at.is_empty() {
-                rest.to_string()
-            } else {
-                format!("{at}.{rest}")
-            }
-        };
+        let f = |rest: &str| field_at(at, rest);
         check_name(&f("name"), self.name())?;
         let items = self.bind.items();
         if items.is_empty() {

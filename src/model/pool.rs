@@ -1,6 +1,6 @@
 //! Pools: a named set of members (address, weight, admin state, connection limit), the
-//! balancer that picks one, an optional TCP health check and the optional PROXY protocol
-//! header sent to members. Pure types, parsing and validation; no I/O. A pool is referenced by
+//! balancer that picks one, an optional active check (TCP `health_check` or HTTP
+//! `http_check`, one of them) and the optional PROXY protocol header sent to members. Pure types, parsing and validation; no I/O. A pool is referenced by
 //! name from frontends (and their rules); `frontend::validate_set` checks those references.
 //!
 //! Invariant: a `PoolSpec` that passed [`PoolSpec::validate`] has unique member ids and every
@@ -32,6 +32,15 @@ pub fn check_name(field: &str, name: &str) -> Result<(), RouteError> {
             field,
             format!("{name:?} is not a valid name (1-63 of a-z, 0-9, '-', '_', starting with a letter or digit)"),
         ))
+    }
+}
+
+/// `rest` under the field path `at` (`pools[2]` + `name`; an API body's `at` is empty).
+pub(crate) fn field_at(at: &str, rest: &str) -> String {
+    if at.is_empty() {
+        rest.to_string()
+    } else {
+        format!("{at}.{rest}")
     }
 }
 
@@ -147,9 +156,10 @@ pub struct PoolSpec {
     /// HTTP frontends: the `Host` header members see (default: the client's own).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub host: Option<String>,
-    /// HTTP frontends: the active HTTP check of members (as a route's `health_check`: path,
-    /// interval, timeout, rise, fall, expect, method); with it, failed requests count against
-    /// a member too (passive health).
+    /// The active HTTP check of members (as a route's `health_check`: path, interval,
+    /// timeout, rise, fall, expect, method); with it, failed HTTP requests count against a
+    /// member too (passive health). A pool has this or `health_check`, not both: a member has
+    /// one health, which HTTP and TCP frontends share.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub http_check: Option<super::route::HealthCheckSpec>,
     /// Follow a deployed app: the members are its replicas (kept current by the deploy
@@ -189,13 +199,7 @@ impl PoolSpec {
 
     /// Checks one pool; `at` is its field path (`pools[2]`, or `` for an API body).
     pub fn validate(&self, at: &str) -> Result<(), RouteError> {
-        let f = |rest: &str| {
-            if at.is_empty() {
-                rest.to_string()
-            } else {
-                format!("{at}.{rest}")
-            }
-        };
+        let f = |rest: &str| field_at(at, rest);
         check_name(&f("name"), self.name())?;
         let mut ids = BTreeSet::new();
         for (i, m) in self.members.iter().enumerate() {
@@ -222,6 +226,13 @@ impl PoolSpec {
                     format!("{h:?} is not a host (1-255 visible ASCII characters, no spaces)"),
                 ));
             }
+        }
+        if self.http_check.is_some() && self.health_check.is_some() {
+            // A member has one health, fed by one check (HTTP and TCP frontends share it).
+            return Err(err(
+                f("http_check"),
+                "a pool has one active check: `http_check` (an HTTP request) or `health_check` (a TCP connect, optionally send/expect), not both",
+            ));
         }
         if self.http_check.is_some() {
             // The checks of a route: reported under this pool's own field path.
@@ -445,6 +456,11 @@ mod tests {
         );
         let bad = pool("name: x\nhttp_check: {fall: 0}\n");
         assert_eq!(bad.validate("").unwrap_err().field, "http_check.fall");
+        let both = pool("name: x\nhttp_check: {path: /health}\nhealth_check: {interval: 1s}\n");
+        assert_eq!(
+            both.validate("pools[0]").unwrap_err().field,
+            "pools[0].http_check"
+        );
     }
 
     #[test]

@@ -20,6 +20,8 @@ pub struct BackendStats {
     /// `failures` and `responses_5xx`, so per-request error rates subtract them once.
     pub failures_answered: AtomicU64,
     pub bytes_out: AtomicU64,
+    /// Bytes from clients to the backend (TCP frontends; HTTP requests do not count them).
+    pub bytes_in: AtomicU64,
     /// Open WebSocket (upgrade) tunnels.
     pub tunnels: AtomicU64,
     /// Request durations (until the response body ended), for p50/p99.

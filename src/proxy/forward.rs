@@ -550,7 +550,7 @@ impl Proxy {
                     == Some(Transition::WentDown)
                 {
                     tracing::warn!(route = %route.name, upstream = %backend.address, "backend marked down after request failures");
-                    chosen.tables(&self.tables).passive_changed();
+                    self.tables.passive_changed();
                 }
             }
             if !may_retry {
@@ -589,7 +589,7 @@ impl Proxy {
         if resp.status() == StatusCode::SWITCHING_PROTOCOLS {
             if let Some(client_upgrade) = client_upgrade {
                 let upstream_upgrade = hyper::upgrade::on(&mut resp);
-                let tables = chosen.tables(&self.tables).clone();
+                let tables = self.tables.clone();
                 self.spawn_tunnel(client_upgrade, upstream_upgrade, route.clone(), idx, tables);
                 let (mut parts, _) = resp.into_parts();
                 strip_hop_by_hop(&mut parts.headers, true);
@@ -651,7 +651,7 @@ impl Proxy {
             let started = Instant::now();
             let result = tokio::select! {
                 r = tokio::io::copy_bidirectional(&mut c, &mut u) => Some(r),
-                _ = backend_gone(&tables, &route_name, &backend_id, drain, cut_when_down) => None,
+                _ = backend_gone(&tables, &route, &backend_id, drain, cut_when_down) => None,
             };
             stats.tunnels.fetch_sub(1, Ordering::Relaxed);
             match result {
@@ -682,13 +682,6 @@ pub(super) struct Chosen {
     pub(super) api: bool,
     /// Set when an HTTP frontend's rules chose the route (a pool).
     pub(super) frontend: Option<Box<super::frontends::FrontendChoice>>,
-}
-
-impl Chosen {
-    /// The table the route lives in (the main one, or the frontends' pools).
-    fn tables<'a>(&'a self, main: &'a Arc<Tables>) -> &'a Arc<Tables> {
-        self.frontend.as_ref().map_or(main, |f| &f.tables)
-    }
 }
 
 /// The upstream request phase 3 built, sent by phase 4 (the headers cloned per attempt only
@@ -761,7 +754,7 @@ async fn send_timed<F: std::future::Future>(
 /// changes are re-published as new tables, so the generation watch wakes this up.
 async fn backend_gone(
     tables: &Tables,
-    route: &str,
+    route: &Route,
     backend: &str,
     drain: std::time::Duration,
     cut_when_down: Option<Arc<BackendHealth>>,
@@ -769,7 +762,7 @@ async fn backend_gone(
     let mut rx = tables.subscribe();
     let present = |t: &Tables| {
         t.load()
-            .route(route)
+            .same(route)
             .is_some_and(|r| r.backends.iter().any(|b| b.id == backend))
     };
     let down = || cut_when_down.as_ref().is_some_and(|h| !h.is_up());

@@ -4,10 +4,11 @@
 //! a pool or answer with a redirect, and the rule's actions (header changes, prefix strip) and
 //! the pool's Host override ride along to the later phases in [`FrontendChoice`].
 //!
-//! Invariant: the request path reads one `ArcSwap` of the compiled rule tables and one of the
-//! pools' routes, never a lock. Pools are routes in their own `Tables` (`PoolSpec::route_spec`),
-//! so balancing, retries, stats and upgrade tunnels behave as they do for routes. Writers
-//! (`proxy::tcp`, under its control-plane mutex) publish both after validation.
+//! Invariant: the request path reads one `ArcSwap` of the compiled rule tables and the route
+//! table, never a lock. Pools live in the proxy's one route table next to the routes
+//! (`RouteTable::pools`, built by `PoolSpec::route_spec`), so balancing, retries, health,
+//! stats and upgrade tunnels are the routes' own. Writers (`proxy::tcp`, under its
+//! control-plane mutex) publish the pools (`Tables::publish_pools`), then the rules.
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -22,13 +23,13 @@ use hyper::body::Incoming;
 
 use crate::model::frontend::{FrontendSpec, KeepAlive, Mode};
 use crate::model::pool::PoolSpec;
-use crate::model::route::{RouteError, RouteSpec, RouteTable};
+use crate::model::route::RouteError;
 use crate::model::rules::{Action, HeaderOps, RequestView, RuleTable};
 
 use super::forward::{local, Chosen};
 use super::response::{Completion, ResponseBody};
 use super::upstream::{Pool, PoolSettings};
-use super::{Proxy, Tables};
+use super::Proxy;
 
 /// Header changes of one rule, parsed once when the table is published.
 #[derive(Debug, Default)]
@@ -90,8 +91,6 @@ pub struct HttpFrontends {
     cells: Mutex<HashMap<String, Arc<RulesCell>>>,
     /// Host overrides by pool name.
     hosts: ArcSwap<HashMap<String, HeaderValue>>,
-    /// Every pool as a route (probed, refreshed and counted like the main table).
-    pub pools: Arc<Tables>,
     /// Upstream connections that are never reused (`keepalive: close | server-close`).
     fresh: Pool,
 }
@@ -101,7 +100,6 @@ impl HttpFrontends {
         Self {
             cells: Mutex::new(HashMap::new()),
             hosts: ArcSwap::from_pointee(HashMap::new()),
-            pools: Arc::new(Tables::new(RouteTable::default())),
             fresh: Pool::new(PoolSettings {
                 max_idle_per_host: 0,
                 ..settings.clone()
@@ -109,10 +107,10 @@ impl HttpFrontends {
         }
     }
 
-    /// Compiles and swaps in the rule tables of the HTTP frontends in `frontends` and the routes
-    /// of `pools` (counters, health and cursors of unchanged members carry over). The set was
-    /// validated (`frontend::validate_set`); should a frontend still not compile, it is left out
-    /// (its requests get 503) and the error is returned for the log.
+    /// Compiles and swaps in the rule tables of the HTTP frontends in `frontends` and the Host
+    /// overrides of `pools` (published in the route table first). The set was validated
+    /// (`frontend::validate_set`); should a frontend still not compile, it is left out (its
+    /// requests get 503) and the error is returned for the log.
     pub fn publish<'a>(
         &self,
         frontends: impl Iterator<Item = &'a FrontendSpec>,
@@ -120,15 +118,8 @@ impl HttpFrontends {
     ) -> Result<(), RouteError> {
         let pools: Vec<&PoolSpec> = pools.collect();
         let mut first_err = None;
-        let mut specs: Vec<RouteSpec> = Vec::with_capacity(pools.len());
         let mut hosts = HashMap::new();
         for p in &pools {
-            match p.route_spec() {
-                Ok(s) => specs.push(s),
-                Err(e) => {
-                    first_err.get_or_insert(e);
-                }
-            }
             if let Some(h) = p
                 .host
                 .as_deref()
@@ -161,13 +152,6 @@ impl HttpFrontends {
                     compiled.insert(f.name().to_string(), None);
                     first_err.get_or_insert(e);
                 }
-            }
-        }
-        let prev = self.pools.load_full();
-        match RouteTable::build(&specs, Some(&prev)) {
-            Ok(t) => self.pools.publish(t),
-            Err(e) => {
-                first_err.get_or_insert(e);
             }
         }
         self.hosts.store(Arc::new(hosts));
@@ -203,7 +187,6 @@ pub struct FrontendChoice {
     path: Option<String>,
     host: Option<HeaderValue>,
     keepalive: KeepAlive,
-    pub tables: Arc<Tables>,
 }
 
 impl FrontendChoice {
@@ -303,8 +286,7 @@ impl Proxy {
                 pool, rule, path, ..
             } => (pool.to_string(), rule, path),
         };
-        let tables = self.frontends.pools.clone();
-        let Some(route) = tables.load().route(&pool).cloned() else {
+        let Some(route) = self.tables.load().pool(&pool).cloned() else {
             return Break(local(
                 StatusCode::SERVICE_UNAVAILABLE,
                 "no backend available for this host\n",
@@ -324,7 +306,6 @@ impl Proxy {
                 rule,
                 path,
                 keepalive: fc.keepalive,
-                tables,
             })),
         })
     }

@@ -1,5 +1,7 @@
 //! Active health checks and table refreshes. One task (see `spawn`) checks every backend of
-//! every route that has a `health_check`, concurrently up to a bound, feeds the results into
+//! every route that has a `health_check` and every member of every pool with a check (HTTP
+//! `http_check`, or TCP connect/send/expect `health_check`; HTTP and TCP frontends share the
+//! member's one health cell), concurrently up to a bound, feeds the results into
 //! each backend's rise/fall cell (`model::health::BackendHealth`), and re-publishes the table
 //! whenever a backend goes up or down (passive failures on the request path only poke this
 //! task), and every 500 ms while a slow start is ramping. Re-publishing is a compare-and-swap
@@ -13,12 +15,15 @@ use std::time::Duration;
 use http::Request;
 use http_body_util::Empty;
 use hyper_util::rt::TokioIo;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
 use tokio::sync::{mpsc, watch, Semaphore};
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
 
 use crate::model::health::{unix_ms, Transition};
-use crate::model::route::{HealthCheckSpec, ServerState};
+use crate::model::pool::TcpCheckSpec;
+use crate::model::route::{HealthCheckSpec, Route, RouteKind, ServerState};
 
 pub use crate::model::health::ProbeError;
 
@@ -40,12 +45,45 @@ impl Default for HealthSettings {
     }
 }
 
-/// One backend to check: route name, backend id, address.
+/// One backend to check: route (or pool) name, backend id, address.
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
 struct Key {
+    pool: bool,
     route: String,
     backend: String,
     address: String,
+}
+
+/// The active check of a route or pool.
+#[derive(Clone, Copy)]
+enum Check<'a> {
+    Http(&'a HealthCheckSpec),
+    Tcp(&'a TcpCheckSpec),
+}
+
+impl Check<'_> {
+    /// A route's HTTP check; a pool's HTTP check, else its TCP check (validation allows one).
+    fn of(route: &Route) -> Option<Check<'_>> {
+        match (&route.spec.health_check, &route.kind) {
+            (Some(h), _) => Some(Check::Http(h)),
+            (None, RouteKind::Pool { tcp_check: Some(t) }) => Some(Check::Tcp(t)),
+            _ => None,
+        }
+    }
+
+    fn interval(&self) -> Duration {
+        match self {
+            Check::Http(h) => h.interval,
+            Check::Tcp(t) => t.interval,
+        }
+    }
+
+    fn rise_fall(&self) -> (u32, u32) {
+        match self {
+            Check::Http(h) => (h.rise, h.fall),
+            Check::Tcp(t) => (t.rise, t.fall),
+        }
+    }
 }
 
 /// Starts the prober; it ends when `stop` turns true.
@@ -70,8 +108,8 @@ async fn run(tables: Arc<Tables>, settings: HealthSettings, mut stop: watch::Rec
         let table = tables.load_full();
         let mut live = HashSet::new();
         let mut wake = now + SLOWSTART_REFRESH;
-        for route in table.routes() {
-            let Some(check) = &route.spec.health_check else {
+        for route in table.all() {
+            let Some(check) = Check::of(route) else {
                 continue;
             };
             for b in &route.backends {
@@ -79,6 +117,7 @@ async fn run(tables: Arc<Tables>, settings: HealthSettings, mut stop: watch::Rec
                     continue;
                 }
                 let key = Key {
+                    pool: route.kind != RouteKind::Route,
                     route: route.name.clone(),
                     backend: b.id.clone(),
                     address: b.address.to_string(),
@@ -87,18 +126,31 @@ async fn run(tables: Arc<Tables>, settings: HealthSettings, mut stop: watch::Rec
                 let due = *next_due.entry(key.clone()).or_insert(now);
                 if due <= now && !in_flight.contains(&key) {
                     in_flight.insert(key.clone());
-                    next_due.insert(key.clone(), now + check.interval);
-                    wake = wake.min(now + check.interval);
+                    next_due.insert(key.clone(), now + check.interval());
+                    wake = wake.min(now + check.interval());
                     let tx = tx.clone();
                     let sem = sem.clone();
-                    let check = check.clone();
                     let host = route.canonical.clone();
                     let authority = b.authority.clone();
+                    let attempt = match check {
+                        Check::Http(h) => {
+                            let h = h.clone();
+                            futures_util::future::Either::Left(async move {
+                                probe_once(authority.as_str(), &host, &h).await.is_ok()
+                            })
+                        }
+                        Check::Tcp(t) => {
+                            let t = t.clone();
+                            futures_util::future::Either::Right(async move {
+                                probe_tcp(authority.as_str(), &t).await
+                            })
+                        }
+                    };
                     tokio::spawn(async move {
                         let Ok(_permit) = sem.acquire_owned().await else {
                             return;
                         };
-                        let ok = probe(&authority, &host, &check).await;
+                        let ok = attempt.await;
                         let _ = tx.send((key, ok)).await;
                     });
                 } else if due > now {
@@ -140,12 +192,18 @@ async fn run(tables: Arc<Tables>, settings: HealthSettings, mut stop: watch::Rec
 /// Records one check result; true when the backend changed state.
 fn apply(tables: &Tables, key: &Key, ok: bool) -> bool {
     let table = tables.load();
-    let Some(route) = table.route(&key.route) else {
+    let route = if key.pool {
+        table.pool(&key.route)
+    } else {
+        table.route(&key.route)
+    };
+    let Some(route) = route else {
         return false;
     };
-    let Some(check) = &route.spec.health_check else {
+    let Some(check) = Check::of(route) else {
         return false;
     };
+    let (rise, fall) = check.rise_fall();
     let Some(b) = route
         .backends
         .iter()
@@ -153,13 +211,13 @@ fn apply(tables: &Tables, key: &Key, ok: bool) -> bool {
     else {
         return false;
     };
-    match b.health.record_check(ok, check.rise, check.fall, unix_ms()) {
+    match b.health.record_check(ok, rise, fall, unix_ms()) {
         Some(Transition::WentDown) => {
-            tracing::warn!(route = %key.route, backend = %key.backend, upstream = %key.address, "backend marked down by health checks");
+            tracing::warn!(route = %key.route, pool = key.pool, backend = %key.backend, upstream = %key.address, "backend marked down by health checks");
             true
         }
         Some(Transition::WentUp) => {
-            tracing::info!(route = %key.route, backend = %key.backend, upstream = %key.address, "backend marked up by health checks");
+            tracing::info!(route = %key.route, pool = key.pool, backend = %key.backend, upstream = %key.address, "backend marked up by health checks");
             true
         }
         None => false,
@@ -247,6 +305,32 @@ fn error_chain(e: &dyn std::error::Error) -> String {
     msg
 }
 
-async fn probe(authority: &http::uri::Authority, host: &str, check: &HealthCheckSpec) -> bool {
-    probe_once(authority.as_str(), host, check).await.is_ok()
+/// THE TCP check (pools' `health_check`): connect, optionally send, optionally expect; all within `check.timeout`.
+pub async fn probe_tcp(addr: &str, check: &TcpCheckSpec) -> bool {
+    let attempt = async {
+        let mut s = TcpStream::connect(addr).await.ok()?;
+        if let Some(send) = &check.send {
+            s.write_all(send.as_bytes()).await.ok()?;
+        }
+        if let Some(expect) = &check.expect {
+            let mut got = Vec::new();
+            let mut buf = [0u8; 1024];
+            while got.len() < 64 * 1024 {
+                let n = s.read(&mut buf).await.ok()?;
+                if n == 0 {
+                    return None;
+                }
+                got.extend_from_slice(&buf[..n]);
+                if got.windows(expect.len()).any(|w| w == expect.as_bytes()) {
+                    return Some(());
+                }
+            }
+            return None;
+        }
+        Some(())
+    };
+    matches!(
+        tokio::time::timeout(check.timeout, attempt).await,
+        Ok(Some(()))
+    )
 }

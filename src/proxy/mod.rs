@@ -26,7 +26,8 @@ use arc_swap::ArcSwap;
 use tokio::sync::{watch, Notify};
 
 use crate::model::config::{ProxyConfig, Timeouts};
-use crate::model::route::RouteTable;
+use crate::model::pool::PoolSpec;
+use crate::model::route::{RouteError, RouteTable};
 
 use server::ConnTracker;
 use upstream::{Pool, PoolSettings};
@@ -80,7 +81,11 @@ impl Settings {
     }
 }
 
-/// The current route table plus a generation counter that open tunnels watch.
+/// The current route table (routes and pools, see `model::route::RouteTable`) plus a
+/// generation counter that open tunnels watch. Two writers replace one half each: the route
+/// registry the routes (`publish`), the frontends' control plane the pools
+/// (`publish_pools`); each carries the other half over with compare-and-swap, so neither
+/// overwrites the other's newer half.
 pub struct Tables {
     current: ArcSwap<RouteTable>,
     generation: watch::Sender<u64>,
@@ -107,10 +112,31 @@ impl Tables {
         self.current.load_full()
     }
 
-    /// Swaps in a new table atomically.
+    /// Swaps in the routes of `table` atomically (the current pools stay).
     pub fn publish(&self, table: RouteTable) {
-        self.current.store(Arc::new(table));
+        self.current.rcu(|cur| Arc::new(table.with_routes_of(cur)));
         self.generation.send_modify(|g| *g += 1);
+    }
+
+    /// Swaps in `pools` (validated) as the table's pools, carrying members' counters and
+    /// health over; the routes stay. Changes nothing on an error.
+    pub fn publish_pools(&self, pools: &[PoolSpec]) -> Result<(), RouteError> {
+        let mut failed = None;
+        self.current.rcu(|cur| match cur.with_pools(pools) {
+            Ok(t) => {
+                failed = None;
+                Arc::new(t)
+            }
+            Err(e) => {
+                failed = Some(e);
+                cur.clone()
+            }
+        });
+        if let Some(e) = failed {
+            return Err(e);
+        }
+        self.generation.send_modify(|g| *g += 1);
+        Ok(())
     }
 
     /// Rebuilds the current table from its own specs (new slow-start weights, health changes

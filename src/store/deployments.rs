@@ -705,8 +705,10 @@ impl SqliteDeployments {
             conn: Mutex::new(conn),
         })
     }
+}
 
-    fn with<T>(
+impl DeploymentDb for SqliteDeployments {
+    fn with_db<T>(
         &self,
         f: impl FnOnce(&mut Connection) -> Result<T, DeploymentStoreError>,
     ) -> Result<T, DeploymentStoreError> {
@@ -717,20 +719,31 @@ impl SqliteDeployments {
     }
 }
 
-impl DeploymentStore for SqliteDeployments {
+/// The owner of the one connection the deployments tables are read and written on: the
+/// daemon's `Store`, or `SqliteDeployments` (tests, tools). `DeploymentStore` is written once,
+/// over this.
+pub trait DeploymentDb: Send + Sync + 'static {
+    /// Runs `f` on the connection (one at a time).
+    fn with_db<T>(
+        &self,
+        f: impl FnOnce(&mut Connection) -> Result<T, DeploymentStoreError>,
+    ) -> Result<T, DeploymentStoreError>;
+}
+
+impl<D: DeploymentDb> DeploymentStore for D {
     fn insert(&self, rec: &DeploymentRecord) -> Result<(), DeploymentStoreError> {
-        self.with(|c| insert(c, rec))
+        self.with_db(|c| insert(c, rec))
     }
     fn gates(&self) -> Result<Vec<(String, AppGate)>, DeploymentStoreError> {
-        self.with(|c| gates(c))
+        self.with_db(|c| gates(c))
     }
     fn set_gate(&self, app: &str, gate: &AppGate, at: i64) -> Result<(), DeploymentStoreError> {
-        self.with(|c| set_gate(c, app, gate, at))
+        self.with_db(|c| set_gate(c, app, gate, at))
     }
     fn traffic_splits(
         &self,
     ) -> Result<Vec<(String, crate::model::canary::VersionSplit)>, DeploymentStoreError> {
-        self.with(|c| super::traffic::splits(c))
+        self.with_db(|c| super::traffic::splits(c))
     }
     fn set_traffic_split(
         &self,
@@ -738,10 +751,10 @@ impl DeploymentStore for SqliteDeployments {
         split: Option<&crate::model::canary::VersionSplit>,
         at: i64,
     ) -> Result<(), DeploymentStoreError> {
-        self.with(|c| super::traffic::set_split(c, app, split, at))
+        self.with_db(|c| super::traffic::set_split(c, app, split, at))
     }
     fn set_image(&self, id: &str, image_id: &str) -> Result<(), DeploymentStoreError> {
-        self.with(|c| set_image(c, id, image_id))
+        self.with_db(|c| set_image(c, id, image_id))
     }
     fn finish(
         &self,
@@ -750,25 +763,25 @@ impl DeploymentStore for SqliteDeployments {
         reason: Option<&str>,
         at: i64,
     ) -> Result<(), DeploymentStoreError> {
-        self.with(|c| finish(c, id, state, reason, at))
+        self.with_db(|c| finish(c, id, state, reason, at))
     }
     fn get(&self, id: &str) -> Result<Option<DeploymentRecord>, DeploymentStoreError> {
-        self.with(|c| get(c, id))
+        self.with_db(|c| get(c, id))
     }
     fn list(&self, app: &str, limit: usize) -> Result<Vec<DeploymentRecord>, DeploymentStoreError> {
-        self.with(|c| list(c, app, limit))
+        self.with_db(|c| list(c, app, limit))
     }
     fn current(&self, app: &str) -> Result<Option<DeploymentRecord>, DeploymentStoreError> {
-        self.with(|c| current(c, app))
+        self.with_db(|c| current(c, app))
     }
     fn apps(&self) -> Result<Vec<(String, Option<String>)>, DeploymentStoreError> {
-        self.with(|c| apps(c))
+        self.with_db(|c| apps(c))
     }
     fn unfinished(&self) -> Result<Vec<DeploymentRecord>, DeploymentStoreError> {
-        self.with(|c| unfinished(c))
+        self.with_db(|c| unfinished(c))
     }
     fn clear_current(&self, app: &str) -> Result<(), DeploymentStoreError> {
-        self.with(|c| clear_current(c, app))
+        self.with_db(|c| clear_current(c, app))
     }
     fn delete_app(
         &self,
@@ -776,13 +789,13 @@ impl DeploymentStore for SqliteDeployments {
         keep_history: bool,
         at: i64,
     ) -> Result<usize, DeploymentStoreError> {
-        self.with(|c| delete_app(c, app, keep_history, at))
+        self.with_db(|c| delete_app(c, app, keep_history, at))
     }
     fn add_event(&self, deployment: &str, ev: &StoredEvent) -> Result<(), DeploymentStoreError> {
-        self.with(|c| add_event(c, deployment, ev))
+        self.with_db(|c| add_event(c, deployment, ev))
     }
     fn events(&self, deployment: &str) -> Result<Vec<StoredEvent>, DeploymentStoreError> {
-        self.with(|c| events(c, deployment))
+        self.with_db(|c| events(c, deployment))
     }
     fn save_checkpoint(
         &self,
@@ -790,16 +803,16 @@ impl DeploymentStore for SqliteDeployments {
         owner: u32,
         data: &str,
     ) -> Result<(), DeploymentStoreError> {
-        self.with(|c| save_checkpoint(c, id, owner, data, now_ms()))
+        self.with_db(|c| save_checkpoint(c, id, owner, data, now_ms()))
     }
     fn hand_over(&self, id: &str, from: u32, to: u32) -> Result<(), DeploymentStoreError> {
-        self.with(|c| hand_over(c, id, from, to, now_ms()))
+        self.with_db(|c| hand_over(c, id, from, to, now_ms()))
     }
     fn checkpoint(&self, id: &str) -> Result<Option<StoredCheckpoint>, DeploymentStoreError> {
-        self.with(|c| checkpoint(c, id))
+        self.with_db(|c| checkpoint(c, id))
     }
     fn drop_checkpoint(&self, id: &str) -> Result<(), DeploymentStoreError> {
-        self.with(|c| drop_checkpoint(c, id))
+        self.with_db(|c| drop_checkpoint(c, id))
     }
 }
 
@@ -1040,7 +1053,7 @@ mod tests {
         let s = SqliteDeployments::from_connection(conn).unwrap();
         assert_eq!(s.get("x").unwrap().unwrap().spec.image, "a");
         // Twice is fine.
-        s.with(|c| migrate(c)).unwrap();
+        s.with_db(|c| migrate(c)).unwrap();
     }
 
     #[test]

@@ -28,7 +28,7 @@ use crate::model::route::{BackendSpec, RouteSpec, ServerState};
 pub use crate::model::routeset::{RouteSource, StoreOp, StoredRoute};
 pub use tokens::{hash_token, TokenAuth, TokenInfo, TOKEN_PREFIX};
 
-use deployments::{DeployState, DeploymentRecord, DeploymentStoreError, StoredEvent};
+use deployments::DeploymentStoreError;
 
 /// File name of the database inside the data dir.
 pub const DB_FILE: &str = "berth.db";
@@ -453,102 +453,8 @@ impl Store {
 
 /// The deploy engine's history lives in the same database, behind the same one connection
 /// (one writer, one durability setting, one migration path).
-impl deployments::DeploymentStore for Store {
-    fn insert(&self, rec: &DeploymentRecord) -> Result<(), DeploymentStoreError> {
-        self.dwith(|c| deployments::insert(c, rec))
-    }
-    fn set_image(&self, id: &str, image_id: &str) -> Result<(), DeploymentStoreError> {
-        self.dwith(|c| deployments::set_image(c, id, image_id))
-    }
-    fn finish(
-        &self,
-        id: &str,
-        state: DeployState,
-        reason: Option<&str>,
-        at: i64,
-    ) -> Result<(), DeploymentStoreError> {
-        self.dwith(|c| deployments::finish(c, id, state, reason, at))
-    }
-    fn get(&self, id: &str) -> Result<Option<DeploymentRecord>, DeploymentStoreError> {
-        self.dwith(|c| deployments::get(c, id))
-    }
-    fn list(&self, app: &str, limit: usize) -> Result<Vec<DeploymentRecord>, DeploymentStoreError> {
-        self.dwith(|c| deployments::list(c, app, limit))
-    }
-    fn current(&self, app: &str) -> Result<Option<DeploymentRecord>, DeploymentStoreError> {
-        self.dwith(|c| deployments::current(c, app))
-    }
-    fn apps(&self) -> Result<Vec<(String, Option<String>)>, DeploymentStoreError> {
-        self.dwith(|c| deployments::apps(c))
-    }
-    fn unfinished(&self) -> Result<Vec<DeploymentRecord>, DeploymentStoreError> {
-        self.dwith(|c| deployments::unfinished(c))
-    }
-    fn clear_current(&self, app: &str) -> Result<(), DeploymentStoreError> {
-        self.dwith(|c| deployments::clear_current(c, app))
-    }
-    fn delete_app(
-        &self,
-        app: &str,
-        keep_history: bool,
-        at: i64,
-    ) -> Result<usize, DeploymentStoreError> {
-        self.dwith(|c| deployments::delete_app(c, app, keep_history, at))
-    }
-    fn add_event(&self, deployment: &str, ev: &StoredEvent) -> Result<(), DeploymentStoreError> {
-        self.dwith(|c| deployments::add_event(c, deployment, ev))
-    }
-    fn events(&self, deployment: &str) -> Result<Vec<StoredEvent>, DeploymentStoreError> {
-        self.dwith(|c| deployments::events(c, deployment))
-    }
-    fn save_checkpoint(
-        &self,
-        id: &str,
-        owner: u32,
-        data: &str,
-    ) -> Result<(), DeploymentStoreError> {
-        self.dwith(|c| deployments::save_checkpoint(c, id, owner, data, deployments::now_ms()))
-    }
-    fn hand_over(&self, id: &str, from: u32, to: u32) -> Result<(), DeploymentStoreError> {
-        self.dwith(|c| deployments::hand_over(c, id, from, to, deployments::now_ms()))
-    }
-    fn checkpoint(
-        &self,
-        id: &str,
-    ) -> Result<Option<deployments::StoredCheckpoint>, DeploymentStoreError> {
-        self.dwith(|c| deployments::checkpoint(c, id))
-    }
-    fn drop_checkpoint(&self, id: &str) -> Result<(), DeploymentStoreError> {
-        self.dwith(|c| deployments::drop_checkpoint(c, id))
-    }
-    fn gates(&self) -> Result<Vec<(String, crate::model::traffic::AppGate)>, DeploymentStoreError> {
-        self.dwith(|c| deployments::gates(c))
-    }
-    fn set_gate(
-        &self,
-        app: &str,
-        gate: &crate::model::traffic::AppGate,
-        at: i64,
-    ) -> Result<(), DeploymentStoreError> {
-        self.dwith(|c| deployments::set_gate(c, app, gate, at))
-    }
-    fn traffic_splits(
-        &self,
-    ) -> Result<Vec<(String, crate::model::canary::VersionSplit)>, DeploymentStoreError> {
-        self.dwith(|c| traffic::splits(c))
-    }
-    fn set_traffic_split(
-        &self,
-        app: &str,
-        split: Option<&crate::model::canary::VersionSplit>,
-        at: i64,
-    ) -> Result<(), DeploymentStoreError> {
-        self.dwith(|c| traffic::set_split(c, app, split, at))
-    }
-}
-
-impl Store {
-    fn dwith<T>(
+impl deployments::DeploymentDb for Store {
+    fn with_db<T>(
         &self,
         f: impl FnOnce(&mut Connection) -> Result<T, DeploymentStoreError>,
     ) -> Result<T, DeploymentStoreError> {
@@ -779,6 +685,7 @@ fn string_triples(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use deployments::{DeployState, DeploymentRecord};
 
     fn route(json: &str) -> RouteSpec {
         serde_json::from_str(json).expect("test route parses")

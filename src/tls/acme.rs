@@ -102,22 +102,45 @@ impl Drop for ChallengeCleanup<'_> {
     }
 }
 
+/// Why the TLS-ALPN-01 challenge certificate could not be made.
+#[derive(Debug, thiserror::Error)]
+pub enum ChallengeCertError {
+    #[error("key authorization digest is not SHA-256")]
+    Digest,
+    #[error(transparent)]
+    Generate(#[from] rcgen::Error),
+    #[error(transparent)]
+    Key(#[from] rustls::Error),
+}
+
+/// Why the CA's renewal information (ARI) could not be read (the renewal then goes by the
+/// certificate's lifetime).
+#[derive(Debug, thiserror::Error)]
+enum AriError {
+    #[error(transparent)]
+    Certificate(#[from] rustls::Error),
+    /// instant-acme's own message for a certificate it cannot identify.
+    #[error("{0}")]
+    Identifier(String),
+    #[error(transparent)]
+    Acme(#[from] instant_acme::Error),
+}
+
 /// The TLS-ALPN-01 certificate for `domain` (RFC 8737: self-signed, the domain as its only
 /// SAN, the critical acmeIdentifier extension holding SHA-256 of the key authorization).
-pub fn alpn_challenge_cert(domain: &str, digest: &[u8]) -> Result<Arc<CertifiedKey>, String> {
+pub fn alpn_challenge_cert(
+    domain: &str,
+    digest: &[u8],
+) -> Result<Arc<CertifiedKey>, ChallengeCertError> {
     if digest.len() != 32 {
-        return Err("key authorization digest is not SHA-256".into());
+        return Err(ChallengeCertError::Digest);
     }
-    let key = rcgen::KeyPair::generate().map_err(|e| e.to_string())?;
-    let mut params =
-        rcgen::CertificateParams::new(vec![domain.to_string()]).map_err(|e| e.to_string())?;
+    let key = rcgen::KeyPair::generate()?;
+    let mut params = rcgen::CertificateParams::new(vec![domain.to_string()])?;
     params.custom_extensions = vec![rcgen::CustomExtension::new_acme_identifier(digest)];
-    let cert = params.self_signed(&key).map_err(|e| e.to_string())?;
+    let cert = params.self_signed(&key)?;
     let der = PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(key.serialize_der()));
-    let signing = super::provider()
-        .key_provider
-        .load_private_key(der)
-        .map_err(|e| e.to_string())?;
+    let signing = super::provider().key_provider.load_private_key(der)?;
     Ok(Arc::new(CertifiedKey::new(
         vec![cert.der().clone()],
         signing,
@@ -352,7 +375,13 @@ impl AcmeManager {
         let challenge = self.cfg.challenge_for(domain);
         // DNS-01 needs its server and key before anything is asked of the CA.
         let dns = match (challenge, &self.dns) {
-            (AcmeChallenge::Dns01, Some(d)) => Some((d.clone(), d.key().map_err(&err)?)),
+            (AcmeChallenge::Dns01, Some(d)) => Some((
+                d.clone(),
+                d.key().map_err(|source| TlsError::Dns {
+                    domain: domain.to_string(),
+                    source,
+                })?,
+            )),
             (AcmeChallenge::Dns01, None) => {
                 return Err(err(self.cfg.dns01_missing(domain).unwrap_or_default()))
             }
@@ -424,6 +453,10 @@ impl AcmeManager {
             domain: domain.to_string(),
             message: m,
         };
+        let dns_err = |source| TlsError::Dns {
+            domain: domain.to_string(),
+            source,
+        };
         {
             let mut auths = order.authorizations();
             while let Some(a) = auths.next().await {
@@ -444,7 +477,12 @@ impl AcmeManager {
                         cleanup.tokens.push(ch.token.clone());
                     }
                     AcmeChallenge::TlsAlpn01 => {
-                        let ck = alpn_challenge_cert(domain, ka.digest().as_ref()).map_err(&err)?;
+                        let ck = alpn_challenge_cert(domain, ka.digest().as_ref()).map_err(
+                            |source| TlsError::ChallengeCert {
+                                domain: domain.to_string(),
+                                source,
+                            },
+                        )?;
                         self.store.add_alpn(domain, ck);
                         cleanup.alpn.push(domain.to_string());
                     }
@@ -452,9 +490,9 @@ impl AcmeManager {
                         let Some((u, k, records)) = cleanup.dns.as_mut() else {
                             return Err(err("tls.acme.dns is not configured".into()));
                         };
-                        let name = u.record_name(&ident).map_err(&err)?;
+                        let name = u.record_name(&ident).map_err(&dns_err)?;
                         let value = ka.dns_value();
-                        u.add_txt(k, &name, &value).await.map_err(&err)?;
+                        u.add_txt(k, &name, &value).await.map_err(&dns_err)?;
                         records.push((name.clone(), value.clone()));
                         let started = std::time::Instant::now();
                         let served = u.wait_served(&name, &value).await;
@@ -760,12 +798,9 @@ impl AcmeManager {
 async fn fetch_ari(
     account: &Account,
     cert: &LoadedCert,
-) -> Result<Option<(AriWindow, Duration)>, String> {
-    let der = cert
-        .certified
-        .end_entity_cert()
-        .map_err(|e| e.to_string())?;
-    let id = CertificateIdentifier::try_from(der)?;
+) -> Result<Option<(AriWindow, Duration)>, AriError> {
+    let der = cert.certified.end_entity_cert()?;
+    let id = CertificateIdentifier::try_from(der).map_err(AriError::Identifier)?;
     match account.renewal_info(&id).await {
         Ok((info, retry_after)) => {
             let w = info.suggested_window;
@@ -778,7 +813,7 @@ async fn fetch_ari(
             )))
         }
         Err(instant_acme::Error::Unsupported(_)) => Ok(None),
-        Err(e) => Err(e.to_string()),
+        Err(e) => Err(e.into()),
     }
 }
 

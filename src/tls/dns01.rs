@@ -7,16 +7,17 @@
 //! a restart) and never appears in logs or error messages; errors name the server, zone, key
 //! and record.
 
-use std::net::SocketAddr;
-use std::path::Path;
+use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant, SystemTime};
 
 use base64::Engine;
+use thiserror::Error;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpStream, UdpSocket};
 
 use crate::model::config::DnsUpdateConfig;
-use crate::model::dns::{self, Answer, TsigAlgorithm, TsigKey, TxtChange};
+use crate::model::dns::{self, Answer, DnsError, TsigAlgorithm, TsigKey, TxtChange};
 
 /// How long one UDP attempt or one TCP exchange may take.
 const EXCHANGE_TIMEOUT: Duration = Duration::from_secs(3);
@@ -24,6 +25,55 @@ const EXCHANGE_TIMEOUT: Duration = Duration::from_secs(3);
 const UDP_ATTEMPTS: usize = 3;
 /// Allowed clock difference for TSIG (RFC 8945 recommends 300 s).
 const FUDGE: u16 = 300;
+
+/// Why a DNS-01 record could not be written, removed or checked. `who` names the server, zone
+/// and key (never the secret); `what` adds the operation and record (`adding TXT NAME`).
+#[derive(Debug, Error)]
+pub enum DnsUpdateError {
+    #[error("tls.acme.dns.tsig.secret_file {}: {source}", path.display())]
+    SecretFile {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("tls.acme.dns.tsig.algorithm {0:?} is unsupported")]
+    Algorithm(String),
+    #[error("tls.acme.dns.tsig has no secret")]
+    NoSecret,
+    /// `field` names where the secret came from (the key or the file).
+    #[error("{field}: the secret is not base64")]
+    NotBase64 { field: String },
+    /// A configured name the wire format refuses (the parsing helpers' own message).
+    #[error("{0}")]
+    Config(String),
+    #[error("{who}: cannot resolve: {source}")]
+    Resolve { who: String, source: std::io::Error },
+    #[error("{who}: the name has no address")]
+    NoAddress { who: String },
+    #[error("{who}: UDP socket: {source}")]
+    Socket { who: String, source: std::io::Error },
+    #[error("{who}: {source}")]
+    Connect { who: String, source: std::io::Error },
+    /// Every UDP attempt failed; `last` says how the last one did.
+    #[error("{who}: {last}")]
+    NoAnswer { who: String, last: String },
+    #[error("{who} over TCP: {source}")]
+    Tcp { who: String, source: std::io::Error },
+    #[error("{who} over TCP: no answer within {EXCHANGE_TIMEOUT:?}")]
+    TcpTimeout { who: String },
+    #[error(transparent)]
+    Query(DnsError),
+    #[error("{what}: {source}")]
+    Message { what: String, source: DnsError },
+    #[error(
+        "{what}: refused with {}{}{}",
+        dns::rcode_name(*code),
+        if dns::rcode_hint(*code).is_empty() { "" } else { ": " },
+        dns::rcode_hint(*code)
+    )]
+    Refused { what: String, code: u16 },
+    #[error("{what}: the server said NOERROR but {why}")]
+    Unverified { what: String, why: &'static str },
+}
 
 /// Writes and removes DNS-01 records for one configured server and zone.
 pub struct DnsUpdater {
@@ -35,9 +85,11 @@ fn random_id() -> u16 {
 }
 
 /// Reads the base64 secret from a file: the bare secret, or `ALGORITHM:NAME:SECRET`.
-fn read_secret_file(path: &Path) -> Result<String, String> {
-    let text = std::fs::read_to_string(path)
-        .map_err(|e| format!("tls.acme.dns.tsig.secret_file {}: {e}", path.display()))?;
+fn read_secret_file(path: &Path) -> Result<String, DnsUpdateError> {
+    let text = std::fs::read_to_string(path).map_err(|source| DnsUpdateError::SecretFile {
+        path: path.to_path_buf(),
+        source,
+    })?;
     let t = text.trim();
     Ok(t.rsplit(':').next().unwrap_or(t).trim().to_string())
 }
@@ -60,14 +112,10 @@ impl DnsUpdater {
     }
 
     /// The TSIG key, with the secret read now (from the file, if configured that way).
-    pub fn key(&self) -> Result<TsigKey, String> {
+    pub fn key(&self) -> Result<TsigKey, DnsUpdateError> {
         let t = &self.cfg.tsig;
-        let algorithm = TsigAlgorithm::parse(&t.algorithm).ok_or_else(|| {
-            format!(
-                "tls.acme.dns.tsig.algorithm {:?} is unsupported",
-                t.algorithm
-            )
-        })?;
+        let algorithm = TsigAlgorithm::parse(&t.algorithm)
+            .ok_or_else(|| DnsUpdateError::Algorithm(t.algorithm.clone()))?;
         let (b64, field) = match (&t.secret, &t.secret_file) {
             (Some(s), _) => (
                 s.0.trim().to_string(),
@@ -77,13 +125,13 @@ impl DnsUpdater {
                 read_secret_file(p)?,
                 format!("tls.acme.dns.tsig.secret_file {}", p.display()),
             ),
-            (None, None) => return Err("tls.acme.dns.tsig has no secret".into()),
+            (None, None) => return Err(DnsUpdateError::NoSecret),
         };
         let secret = base64::engine::general_purpose::STANDARD
             .decode(&b64)
             .ok()
             .filter(|s| !s.is_empty())
-            .ok_or_else(|| format!("{field}: the secret is not base64"))?;
+            .ok_or(DnsUpdateError::NotBase64 { field })?;
         Ok(TsigKey {
             name: t.name.trim().trim_end_matches('.').to_ascii_lowercase(),
             algorithm,
@@ -93,40 +141,50 @@ impl DnsUpdater {
 
     /// Where the TXT record for `domain` (a name or `*.name`) is written: `_acme-challenge.`
     /// + the name, or its `delegate` / `delegate_all` target (see `model::dns::record_name`).
-    pub fn record_name(&self, domain: &str) -> Result<String, String> {
+    pub fn record_name(&self, domain: &str) -> Result<String, DnsUpdateError> {
         dns::record_name(
             domain,
             &self.cfg.zone,
             &self.cfg.delegate,
             self.cfg.delegate_all.as_deref(),
         )
+        .map_err(DnsUpdateError::Config)
     }
 
-    async fn server_addr(&self) -> Result<SocketAddr, String> {
-        let (host, port) = dns::parse_server(&self.cfg.server)?;
+    async fn server_addr(&self) -> Result<SocketAddr, DnsUpdateError> {
+        let (host, port) = dns::parse_server(&self.cfg.server).map_err(DnsUpdateError::Config)?;
         let mut addrs = tokio::net::lookup_host((host.as_str(), port))
             .await
-            .map_err(|e| format!("{}: cannot resolve: {e}", self.who()))?;
+            .map_err(|source| DnsUpdateError::Resolve {
+                who: self.who(),
+                source,
+            })?;
         addrs
             .next()
-            .ok_or_else(|| format!("{}: the name has no address", self.who()))
+            .ok_or_else(|| DnsUpdateError::NoAddress { who: self.who() })
     }
 
     /// Sends `msg`, returns the raw response (UDP, then TCP if the answer was truncated).
-    async fn exchange(&self, msg: &[u8]) -> Result<Vec<u8>, String> {
+    async fn exchange(&self, msg: &[u8]) -> Result<Vec<u8>, DnsUpdateError> {
         let addr = self.server_addr().await?;
         let id = u16::from_be_bytes([msg[0], msg[1]]);
-        let bind: SocketAddr = if addr.is_ipv4() {
-            "0.0.0.0:0".parse().map_err(|_| "bind address")?
+        let bind = if addr.is_ipv4() {
+            SocketAddr::from((Ipv4Addr::UNSPECIFIED, 0))
         } else {
-            "[::]:0".parse().map_err(|_| "bind address")?
+            SocketAddr::from((Ipv6Addr::UNSPECIFIED, 0))
         };
         let sock = UdpSocket::bind(bind)
             .await
-            .map_err(|e| format!("{}: UDP socket: {e}", self.who()))?;
+            .map_err(|source| DnsUpdateError::Socket {
+                who: self.who(),
+                source,
+            })?;
         sock.connect(addr)
             .await
-            .map_err(|e| format!("{}: {e}", self.who()))?;
+            .map_err(|source| DnsUpdateError::Connect {
+                who: self.who(),
+                source,
+            })?;
         let mut last = String::from("no answer");
         for _ in 0..UDP_ATTEMPTS {
             if let Err(e) = sock.send(msg).await {
@@ -157,10 +215,13 @@ impl DnsUpdater {
                 }
             }
         }
-        Err(format!("{}: {last}", self.who()))
+        Err(DnsUpdateError::NoAnswer {
+            who: self.who(),
+            last,
+        })
     }
 
-    async fn exchange_tcp(&self, addr: SocketAddr, msg: &[u8]) -> Result<Vec<u8>, String> {
+    async fn exchange_tcp(&self, addr: SocketAddr, msg: &[u8]) -> Result<Vec<u8>, DnsUpdateError> {
         let fut = async {
             let mut s = TcpStream::connect(addr).await?;
             let mut framed = (msg.len() as u16).to_be_bytes().to_vec();
@@ -174,31 +235,38 @@ impl DnsUpdater {
         };
         match tokio::time::timeout(EXCHANGE_TIMEOUT, fut).await {
             Ok(Ok(b)) => Ok(b),
-            Ok(Err(e)) => Err(format!("{} over TCP: {e}", self.who())),
-            Err(_) => Err(format!(
-                "{} over TCP: no answer within {EXCHANGE_TIMEOUT:?}",
-                self.who()
-            )),
+            Ok(Err(source)) => Err(DnsUpdateError::Tcp {
+                who: self.who(),
+                source,
+            }),
+            Err(_) => Err(DnsUpdateError::TcpTimeout { who: self.who() }),
         }
     }
 
     /// Sends one signed UPDATE and checks the answer (rcode, TSIG error, response MAC).
-    async fn update(&self, key: &TsigKey, name: &str, change: TxtChange) -> Result<(), String> {
-        let what = match &change {
+    async fn update(
+        &self,
+        key: &TsigKey,
+        name: &str,
+        change: TxtChange,
+    ) -> Result<(), DnsUpdateError> {
+        let op = match &change {
             TxtChange::Add { .. } => "adding",
             TxtChange::Delete { .. } => "deleting",
         };
-        let ctx = || format!("{}: {what} TXT {name}", self.who());
-        let msg = dns::update_txt(random_id(), &self.cfg.zone, name, &change)
-            .map_err(|e| format!("{}: {e}", ctx()))?;
+        let what = || format!("{}: {op} TXT {name}", self.who());
+        let message = |source| DnsUpdateError::Message {
+            what: what(),
+            source,
+        };
+        let msg = dns::update_txt(random_id(), &self.cfg.zone, name, &change).map_err(message)?;
         let now = SystemTime::now()
             .duration_since(SystemTime::UNIX_EPOCH)
             .map(|d| d.as_secs())
             .unwrap_or(0);
-        let (signed, mac) =
-            dns::sign(&msg, key, now, FUDGE).map_err(|e| format!("{}: {e}", ctx()))?;
+        let (signed, mac) = dns::sign(&msg, key, now, FUDGE).map_err(message)?;
         let raw = self.exchange(&signed).await?;
-        let resp = dns::parse_response(&raw).map_err(|e| format!("{}: {e}", ctx()))?;
+        let resp = dns::parse_response(&raw).map_err(message)?;
         let tsig_error = resp.tsig.as_ref().map_or(0, |t| t.error);
         let code = if tsig_error != 0 {
             tsig_error
@@ -206,20 +274,19 @@ impl DnsUpdater {
             resp.rcode
         };
         if code != 0 {
-            let hint = dns::rcode_hint(code);
-            return Err(format!(
-                "{}: refused with {}{}{hint}",
-                ctx(),
-                dns::rcode_name(code),
-                if hint.is_empty() { "" } else { ": " }
-            ));
+            return Err(DnsUpdateError::Refused { what: what(), code });
         }
         dns::verify_response(&raw, &resp, key, &mac)
-            .map_err(|e| format!("{}: the server said NOERROR but {e}", ctx()))
+            .map_err(|why| DnsUpdateError::Unverified { what: what(), why })
     }
 
     /// Adds the TXT record `value` at `name`.
-    pub async fn add_txt(&self, key: &TsigKey, name: &str, value: &str) -> Result<(), String> {
+    pub async fn add_txt(
+        &self,
+        key: &TsigKey,
+        name: &str,
+        value: &str,
+    ) -> Result<(), DnsUpdateError> {
         self.update(
             key,
             name,
@@ -232,7 +299,12 @@ impl DnsUpdater {
     }
 
     /// Deletes the TXT record `value` at `name` (other values there stay).
-    pub async fn remove_txt(&self, key: &TsigKey, name: &str, value: &str) -> Result<(), String> {
+    pub async fn remove_txt(
+        &self,
+        key: &TsigKey,
+        name: &str,
+        value: &str,
+    ) -> Result<(), DnsUpdateError> {
         self.update(
             key,
             name,
@@ -244,10 +316,13 @@ impl DnsUpdater {
     }
 
     /// Whether the server answers a TXT query for `name` with `value` now.
-    pub async fn serves(&self, name: &str, value: &str) -> Result<bool, String> {
-        let msg = dns::query_txt(random_id(), name).map_err(|e| e.to_string())?;
+    pub async fn serves(&self, name: &str, value: &str) -> Result<bool, DnsUpdateError> {
+        let msg = dns::query_txt(random_id(), name).map_err(DnsUpdateError::Query)?;
         let raw = self.exchange(&msg).await?;
-        let resp = dns::parse_response(&raw).map_err(|e| format!("{}: {e}", self.who()))?;
+        let resp = dns::parse_response(&raw).map_err(|source| DnsUpdateError::Message {
+            what: self.who(),
+            source,
+        })?;
         Ok(resp
             .answers
             .iter()

@@ -50,6 +50,18 @@ pub enum TlsError {
     Account(String),
     #[error("ACME order for {domain}: {message}")]
     Order { domain: String, message: String },
+    /// DNS-01: the TSIG key, or writing the TXT record, failed.
+    #[error("ACME order for {domain}: {source}")]
+    Dns {
+        domain: String,
+        source: dns01::DnsUpdateError,
+    },
+    /// TLS-ALPN-01: the challenge certificate could not be made.
+    #[error("ACME order for {domain}: {source}")]
+    ChallengeCert {
+        domain: String,
+        source: acme::ChallengeCertError,
+    },
 }
 
 impl TlsError {

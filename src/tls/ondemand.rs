@@ -172,14 +172,24 @@ impl AcmeManager {
     }
 
     /// `GET ask?domain=NAME`: `Ok` on 200, else why not.
-    async fn ask(&self, od: &OnDemand, name: &str) -> Result<(), String> {
-        let mut url =
-            url::Url::parse(&od.cfg.ask).map_err(|e| format!("tls.on_demand.ask: {e}"))?;
+    async fn ask(&self, od: &OnDemand, name: &str) -> Result<(), AskError> {
+        let mut url = url::Url::parse(&od.cfg.ask)?;
         url.query_pairs_mut().append_pair("domain", name);
         match od.http.get(url).send().await {
             Ok(r) if r.status() == reqwest::StatusCode::OK => Ok(()),
-            Ok(r) => Err(format!("ask endpoint answered {}", r.status().as_u16())),
-            Err(e) => Err(format!("ask endpoint unreachable: {e}")),
+            Ok(r) => Err(AskError::Refused(r.status().as_u16())),
+            Err(e) => Err(AskError::Unreachable(e)),
         }
     }
+}
+
+/// Why the `ask` endpoint did not allow a certificate.
+#[derive(Debug, thiserror::Error)]
+enum AskError {
+    #[error("tls.on_demand.ask: {0}")]
+    Url(#[from] url::ParseError),
+    #[error("ask endpoint answered {0}")]
+    Refused(u16),
+    #[error("ask endpoint unreachable: {0}")]
+    Unreachable(reqwest::Error),
 }

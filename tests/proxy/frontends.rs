@@ -245,6 +245,16 @@ fn keepalive_modes_as_seen_by_client_and_member() {
     assert_eq!(ka_stats["source"], "config", "{stats}");
     assert_eq!(ka_stats["backends"][0]["requests"], 3, "{stats}");
     assert_eq!(ka_stats["backends"][0]["responses"]["2xx"], 3, "{stats}");
+    // ... and in /metrics, per pool member, by the routes' own renderer.
+    let metrics = d.api.raw("/metrics");
+    for want in [
+        "berth_pool_member_requests_total{pool=\"ka\",member=\"ka\"} 3",
+        "berth_pool_member_responses_total{pool=\"ka\",member=\"ka\",code=\"2xx\"} 3",
+        "berth_pool_member_up{pool=\"ka\",member=\"ka\"} 1",
+        "berth_pool_member_latency_seconds_count{pool=\"ka\",member=\"ka\"} 3",
+    ] {
+        assert!(metrics.contains(want), "missing {want}\n{metrics}");
+    }
     // close: the answer says so and the proxy closes; the member is asked to close too.
     let fe = d.api.frontend_addr("cl");
     for i in 1..=3 {
@@ -475,7 +485,7 @@ fn effective_config_passes_check_config_and_round_trips() {
     let rt = tokio::runtime::Runtime::new().unwrap();
     let a = rt.block_on(TestBackend::start("a"));
     let d = InProc::start(&format!(
-        "routes:\n  - domains: [static.test]\n    backends: [{{address: '{}'}}]\npools:\n{}frontends:\n  - {{name: cfg-http, mode: http, bind: 127.0.0.1:0, pool: pa, keepalive: server-close, rules: [{{path: {{regex: '^/x'}}, pool: pa, strip_prefix: /x}}]}}\n",
+        "tls:\n  enabled: true\n  listen: 127.0.0.1:0\nroutes:\n  - domains: [static.test]\n    backends: [{{address: '{}'}}]\npools:\n{}frontends:\n  - {{name: cfg-http, mode: http, bind: 127.0.0.1:0, pool: pa, keepalive: server-close, rules: [{{path: {{regex: '^/x'}}, pool: pa, strip_prefix: /x}}]}}\n",
         a.addr,
         pool("pa", &[&a], "    host: inner.test\n"),
     ));
@@ -532,10 +542,19 @@ fn effective_config_passes_check_config_and_round_trips() {
         d.rt.block_on(async { (running.tcp.frontends().await, running.tcp.pools().await) });
     assert_eq!(parsed.routes, routes);
     assert_eq!(parsed.routes.len(), 2);
-    assert_eq!(
-        parsed.frontends,
-        frontends.into_iter().map(|f| f.spec).collect::<Vec<_>>()
-    );
+    // The frontends as they run: each port-0 bind names the port it listens on.
+    assert!(!body.contains(":0\n") && !body.contains(":0'"), "{body}");
+    let running_specs: Vec<_> = frontends
+        .into_iter()
+        .map(|f| {
+            assert_eq!(f.listening.len(), 1);
+            berth::model::frontend::FrontendSpec {
+                bind: berth::model::frontend::Binds::One(f.listening[0].to_string()),
+                ..f.spec
+            }
+        })
+        .collect();
+    assert_eq!(parsed.frontends, running_specs);
     assert_eq!(parsed.frontends.len(), 2);
     assert_eq!(
         parsed.pools,
@@ -544,6 +563,10 @@ fn effective_config_passes_check_config_and_round_trips() {
     assert_eq!(parsed.pools.len(), 2);
     assert_eq!(parsed.http.listen, running.http_addr);
     assert_eq!(parsed.api.listen, running.api_addr);
+    // The HTTPS listener, at its bound port.
+    assert!(parsed.tls.is_enabled());
+    assert_eq!(Some(parsed.tls.listen), running.https_addr);
+    assert_ne!(parsed.tls.listen.port(), 0);
     drop(rt);
 }
 
@@ -762,6 +785,68 @@ fn a_failing_http_check_takes_a_member_out_until_it_passes() {
     crate::support::wait_until_named(Duration::from_secs(5), "a back", || {
         spread(4).contains_key("a")
     });
+    drop(rt);
+}
+
+/// One table, one prober, one stats model: a pool's TCP `health_check` feeds the one health
+/// cell of each member, so an HTTP frontend on the pool stops sending to a member whose
+/// port is closed (before, only TCP frontends saw TCP checks, and HTTP requests went on
+/// hitting the dead member), and `/v1/stats` shows the same member down in `http_pools` and
+/// in `tcp.pools`, with the HTTP requests counted once for both.
+#[test]
+fn a_pools_tcp_check_and_counters_are_shared_by_http_and_tcp_frontends() {
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let a = rt.block_on(TestBackend::start("a"));
+    // A port nothing listens on.
+    let dead = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        l.local_addr().unwrap()
+    };
+    let d = InProc::start(&format!(
+        "pools:\n  - name: p\n    health_check: {{interval: 100ms, timeout: 500ms, fall: 1, rise: 1}}\n    members:\n      - {{id: a, address: '{}'}}\n      - {{id: dead, address: '{dead}'}}\nfrontends:\n  - {{name: web, mode: http, bind: 127.0.0.1:0, pool: p}}\n  - {{name: raw, mode: tcp, bind: 127.0.0.1:0, pool: p}}\n",
+        a.addr
+    ));
+    let health = |v: &serde_json::Value| {
+        let http = v["http_pools"]
+            .as_array()
+            .and_then(|a| a.iter().find(|p| p["name"] == "p"))
+            .and_then(|p| p["backends"].as_array())
+            .and_then(|b| b.iter().find(|b| b["id"] == "dead"))
+            .map(|b| b["health"].clone());
+        (http, v["tcp"]["pools"]["p"]["dead"]["up"].clone())
+    };
+    crate::support::wait_until_named(Duration::from_secs(5), "dead member down", || {
+        let (_, v) = d.api.call("GET", "/v1/stats", None);
+        health(&v) == (Some(json!("down")), json!(false))
+    });
+    let fe = d.api.frontend_addr("web");
+    for _ in 0..6 {
+        let r = get(fe, "GET", "/", "x.test", &[]);
+        assert_eq!(r.status, 200);
+        assert_eq!(r.header("x-backend"), Some("a"));
+    }
+    // One member, one set of counters: the TCP view counts the HTTP requests too.
+    let (_, v) = d.api.call("GET", "/v1/stats", None);
+    let http_a = v["http_pools"]
+        .as_array()
+        .and_then(|a| a.iter().find(|p| p["name"] == "p"))
+        .and_then(|p| p["backends"].as_array())
+        .and_then(|b| b.iter().find(|b| b["id"] == "a"))
+        .cloned()
+        .unwrap_or_else(|| panic!("{v}"));
+    assert_eq!(http_a["requests"], 6, "{v}");
+    assert_eq!(v["tcp"]["pools"]["p"]["a"]["connections_total"], 6, "{v}");
+    assert_eq!(
+        v["tcp"]["pools"]["p"]["dead"]["connections_total"], 0,
+        "{v}"
+    );
+    // The TCP frontend skips the dead member as well.
+    let raw = d.api.frontend_addr("raw");
+    for _ in 0..3 {
+        let mut c = TcpStream::connect(raw).unwrap();
+        let r = exchange(&mut c, "GET", "/", "x.test", &[]);
+        assert_eq!(r.header("x-backend"), Some("a"));
+    }
     drop(rt);
 }
 

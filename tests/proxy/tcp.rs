@@ -457,6 +457,13 @@ fn bad_input_is_422_naming_the_field_and_changes_nothing() {
             "balance",
         ),
         ("/v1/pools/Q", json!({"members": []}), 422, "name"),
+        // A member has one health: an HTTP check or a TCP check, not both.
+        (
+            "/v1/pools/q",
+            json!({"members": [], "http_check": {"path": "/health"}, "health_check": {"interval": "1s"}}),
+            422,
+            "http_check",
+        ),
         (
             "/v1/pools/q",
             json!({"name": "other", "members": []}),

@@ -27,16 +27,14 @@ pub(super) async fn delete(
             None,
         )
         .await?;
-    if out.json {
-        out.json(&v);
-    } else {
-        out.line(&format!(
+    out.answer(&v, || {
+        format!(
             "{app} deleted: {} replicas removed, {} deployments {}",
             v.replicas_removed,
             v.deployments,
             if keep_history { "kept" } else { "removed" }
-        ));
-    }
+        )
+    });
     Ok(0)
 }
 
@@ -116,11 +114,7 @@ pub(super) async fn stop(servers: &[String], app: String, out: &Out) -> Result<u
     let v: AppStopped = api
         .json::<_, ()>(Method::POST, &format!("/v1/apps/{}/stop", seg(&app)), None)
         .await?;
-    if out.json {
-        out.json(&v);
-    } else {
-        out.line(&format!("{app} stopped"));
-    }
+    out.answer(&v, || format!("{app} stopped"));
     Ok(0)
 }
 

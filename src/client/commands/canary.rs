@@ -56,25 +56,21 @@ pub async fn run(servers: &[String], cmd: Command, out: &Out) -> Result<u8, Clie
     match cmd {
         Command::Promote { app } => {
             let c = act(servers, &app, "promote").await?;
-            if out.json {
-                out.json(&c);
-            } else {
-                out.line(&format!(
+            out.answer(&c, || {
+                format!(
                     "{app}: canary {} is being promoted (follow: berth status {app})",
                     c.deployment
-                ));
-            }
+                )
+            });
         }
         Command::Abort { app } => {
             let c = act(servers, &app, "abort").await?;
-            if out.json {
-                out.json(&c);
-            } else {
-                out.line(&format!(
+            out.answer(&c, || {
+                format!(
                     "{app}: canary {} aborted; traffic is back on {}",
                     c.deployment, c.stable
-                ));
-            }
+                )
+            });
         }
         Command::Traffic { app, split, sticky } => {
             let (_, api) = connect(servers).await?;
@@ -96,11 +92,7 @@ pub async fn run(servers: &[String], cmd: Command, out: &Out) -> Result<u8, Clie
                 };
                 api.json(Method::PUT, &path, Some(&weights)).await?
             };
-            if out.json {
-                out.json(&v);
-            } else {
-                out.line(&format!("{app}: traffic split {}", split_line(&v)));
-            }
+            out.answer(&v, || format!("{app}: traffic split {}", split_line(&v)));
         }
         Command::Version(VersionCmd::Rm { app, version }) => {
             let (_, api) = connect(servers).await?;

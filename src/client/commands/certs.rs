@@ -50,14 +50,9 @@ pub(super) async fn certs(servers: &[String], cmd: CertsCmd, out: &Out) -> Resul
                     None,
                 )
                 .await?;
-            if out.json {
-                out.json(&v);
-            } else {
-                out.line(&format!(
-                    "{}: certificate order queued (see `berth certs`)",
-                    v.domain
-                ));
-            }
+            out.answer(&v, || {
+                format!("{}: certificate order queued (see `berth certs`)", v.domain)
+            });
         }
     }
     Ok(0)

@@ -62,11 +62,7 @@ pub(super) async fn routes(
                     Some(&body),
                 )
                 .await?;
-            if out.json {
-                out.json(&v);
-            } else {
-                out.line(&format!("route {name} saved"));
-            }
+            out.answer(&v, || format!("route {name} saved"));
         }
         RoutesCmd::Delete { name } => {
             api.send(api.request(Method::DELETE, &format!("/v1/routes/{}", seg(&name))))
@@ -121,11 +117,7 @@ pub(super) async fn backends(
                 ..b.spec
             };
             let v: BackendView = api.json(Method::PUT, &path, Some(&body)).await?;
-            if out.json {
-                out.json(&v);
-            } else {
-                out.line(&format!("{route}/{id}: weight {weight}"));
-            }
+            out.answer(&v, || format!("{route}/{id}: weight {weight}"));
             return Ok(0);
         }
     };

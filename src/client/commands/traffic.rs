@@ -70,10 +70,6 @@ pub async fn run(servers: &[String], cmd: Command, out: &Out) -> Result<u8, Clie
         }
     };
     let _ = app;
-    if out.json {
-        out.json(&v);
-    } else {
-        out.line(&line);
-    }
+    out.answer(&v, || line);
     Ok(0)
 }

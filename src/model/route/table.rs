@@ -1,5 +1,12 @@
 //! The immutable `RouteTable` snapshot the proxy reads once per request: build (which
 //! validates), host/path lookup, and the balancer's pick over one route's backends.
+//!
+//! One table holds both kinds of backend set: routes (looked up by host and path on the
+//! default listeners) and pools (`model::pool`, named by frontends and their rules, never
+//! looked up by host). Both are [`Route`]s, so one prober, one balancer and one set of
+//! counters serve them; the two halves have different writers (the route registry, the
+//! frontends' control plane), so each is replaced on its own ([`RouteTable::with_routes_of`],
+//! [`RouteTable::with_pools`]) and the other is carried over.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -10,6 +17,7 @@ use crate::model::balance::{
 };
 use crate::model::health::{slowstart_weight, unix_ms, BackendHealth};
 use crate::model::host::normalize_host;
+use crate::model::pool::{PoolSpec, TcpCheckSpec};
 use crate::model::stats::BackendStats;
 
 use super::spec::{BalancerKind, RouteSpec};
@@ -50,10 +58,21 @@ impl Backend {
     }
 }
 
-/// One route inside a table snapshot.
+/// What a [`Route`] of the table is.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RouteKind {
+    /// A route: looked up by host and path.
+    Route,
+    /// A pool: named by frontends; checked by its HTTP check (`spec.health_check`) or by
+    /// this TCP check.
+    Pool { tcp_check: Option<TcpCheckSpec> },
+}
+
+/// One route (or pool) inside a table snapshot.
 #[derive(Debug)]
 pub struct Route {
     pub name: String,
+    pub kind: RouteKind,
     pub canonical: String,
     pub alias_mode: AliasMode,
     pub path_prefix: PathPrefix,
@@ -241,7 +260,7 @@ pub enum Lookup<'a> {
     NotFound,
 }
 
-#[derive(Debug, Default)]
+#[derive(Debug, Default, Clone)]
 struct HostEntry {
     /// Sorted by prefix length, longest first.
     routes: Vec<(usize, bool)>,
@@ -252,6 +271,8 @@ struct HostEntry {
 pub struct RouteTable {
     routes: Vec<Arc<Route>>,
     hosts: HashMap<String, HostEntry>,
+    /// The pools, by name order of their specs (unique names).
+    pools: Vec<Arc<Route>>,
 }
 
 impl RouteTable {
@@ -272,7 +293,64 @@ impl RouteTable {
     /// watchers see health changes).
     pub fn rebuild(&self) -> Result<RouteTable, RouteError> {
         let specs: Vec<RouteSpec> = self.routes.iter().map(|r| r.spec.clone()).collect();
-        Self::build(&specs, Some(self))
+        let mut next = Self::build(&specs, Some(self))?;
+        next.pools = self.build_pools(
+            self.pools.iter().map(|p| (p.spec.clone(), p.kind.clone())),
+            unix_ms(),
+        )?;
+        Ok(next)
+    }
+
+    /// This table's routes with the pools of `other` (the routes' writer publishes over
+    /// whatever pools are current).
+    pub fn with_routes_of(&self, other: &RouteTable) -> RouteTable {
+        RouteTable {
+            routes: self.routes.clone(),
+            hosts: self.hosts.clone(),
+            pools: other.pools.clone(),
+        }
+    }
+
+    /// This table's routes with `pools` (validated: `PoolSpec::validate`, unique names) as
+    /// its pools. Counters and health of members that were already in this table's pools
+    /// (same pool, id and address) carry over.
+    pub fn with_pools(&self, pools: &[PoolSpec]) -> Result<RouteTable, RouteError> {
+        let mut specs = Vec::with_capacity(pools.len());
+        for (i, p) in pools.iter().enumerate() {
+            let spec = p.route_spec().map_err(|e| RouteError {
+                field: format!("pools[{i}].{}", e.field),
+                message: e.message,
+            })?;
+            specs.push((
+                spec,
+                RouteKind::Pool {
+                    tcp_check: p.health_check.clone(),
+                },
+            ));
+        }
+        let built: Vec<RouteSpec> = specs.iter().map(|(s, _)| s.clone()).collect();
+        check_routes("pools", &built).map_err(|f| f.into_error("pools"))?;
+        Ok(RouteTable {
+            routes: self.routes.clone(),
+            hosts: self.hosts.clone(),
+            pools: self.build_pools(specs.into_iter(), unix_ms())?,
+        })
+    }
+
+    /// Builds pool routes carrying runtime state over from this table's pools.
+    fn build_pools(
+        &self,
+        specs: impl Iterator<Item = (RouteSpec, RouteKind)>,
+        now_ms: u64,
+    ) -> Result<Vec<Arc<Route>>, RouteError> {
+        specs
+            .enumerate()
+            .map(|(i, (spec, kind))| {
+                let name = spec.name();
+                let prev = self.pool(&name);
+                build_route(i, &spec, kind, prev, true, now_ms).map_err(|f| f.into_error("pools"))
+            })
+            .collect()
     }
 
     /// `build` with an explicit clock (unix milliseconds) for slow-start weights.
@@ -302,87 +380,8 @@ impl RouteTable {
         let mut routes = Vec::with_capacity(specs.len());
         let mut hosts: HashMap<String, HostEntry> = HashMap::new();
         for (i, spec) in specs.iter().enumerate() {
-            let name = spec.name();
-            let prev = previous.and_then(|p| p.route(&name));
-            let mut backends = Vec::with_capacity(spec.backends.len());
-            let mut ramping = false;
-            for (k, b) in spec.backends.iter().enumerate() {
-                let id = b.id();
-                let authority: http::uri::Authority =
-                    b.address.to_string().parse().map_err(|_| {
-                        RouteFault::backend(
-                            i,
-                            k,
-                            "address",
-                            format!("{} is not a valid URI authority", b.address),
-                        )
-                    })?;
-                let old = prev.and_then(|p| p.backends.iter().find(|x| x.id == id));
-                let stats = old.map(|x| x.stats.clone()).unwrap_or_default();
-                let health = old
-                    .filter(|x| x.address == b.address)
-                    .map(|x| x.health.clone())
-                    .unwrap_or_else(|| {
-                        // New to a running table: ramp (slow start); at boot: full weight.
-                        Arc::new(BackendHealth::new_up(if previous.is_some() {
-                            now_ms
-                        } else {
-                            0
-                        }))
-                    });
-                let elapsed = Duration::from_millis(now_ms.saturating_sub(health.since_ms()));
-                let effective_weight = slowstart_weight(b.weight, elapsed, spec.slowstart);
-                if health.is_up() && b.state != ServerState::Maint && effective_weight < b.weight {
-                    ramping = true;
-                }
-                backends.push(Backend {
-                    token: sticky_token(&name, &id),
-                    id,
-                    address: b.address.clone(),
-                    authority,
-                    weight: b.weight,
-                    effective_weight,
-                    state: b.state,
-                    stats,
-                    health,
-                });
-            }
-            // Down backends are skipped at pick time (health is read live), so the schedule
-            // only needs admin state and weights.
-            let weights: Vec<u32> = backends
-                .iter()
-                .map(|b| {
-                    if b.state == ServerState::Ready {
-                        b.effective_weight
-                    } else {
-                        0
-                    }
-                })
-                .collect();
-            let rr = RoundRobin::with_start(&weights, prev.map(|p| p.rr.position()).unwrap_or(0));
-            let prefix = spec.path_prefix.clone().unwrap_or_else(PathPrefix::root);
-            let versions = spec.split.as_ref().map(|s| {
-                crate::model::canary::VersionPicker::new(
-                    &name,
-                    &s.split,
-                    backends
-                        .iter()
-                        .zip(&weights)
-                        .map(|(b, w)| (s.members.get(&b.id).map(String::as_str), *w)),
-                )
-            });
-            let route = Arc::new(Route {
-                name,
-                canonical: spec.domains[0].to_string(),
-                alias_mode: spec.alias_mode,
-                path_prefix: prefix,
-                balancer: spec.balancer.clone(),
-                backends,
-                spec: spec.clone(),
-                rr,
-                ramping,
-                versions,
-            });
+            let prev = previous.and_then(|p| p.route(&spec.name()));
+            let route = build_route(i, spec, RouteKind::Route, prev, previous.is_some(), now_ms)?;
             for d in &spec.domains {
                 hosts
                     .entry(d.to_string())
@@ -404,7 +403,11 @@ impl RouteTable {
                 .routes
                 .sort_by_key(|(i, _)| std::cmp::Reverse(routes[*i].path_prefix.as_str().len()));
         }
-        Ok(RouteTable { routes, hosts })
+        Ok(RouteTable {
+            routes,
+            hosts,
+            pools: Vec::new(),
+        })
     }
 
     /// Looks up a raw `Host` value and a request path.
@@ -451,8 +454,204 @@ impl RouteTable {
         self.routes.iter().find(|r| r.name == name)
     }
 
+    /// The pools (routes named by frontends).
+    pub fn pools(&self) -> &[Arc<Route>] {
+        &self.pools
+    }
+
+    pub fn pool(&self, name: &str) -> Option<&Arc<Route>> {
+        self.pools.iter().find(|r| r.name == name)
+    }
+
+    /// The route or pool of this table that is `r`'s counterpart (same kind and name).
+    pub fn same(&self, r: &Route) -> Option<&Arc<Route>> {
+        match r.kind {
+            RouteKind::Route => self.route(&r.name),
+            RouteKind::Pool { .. } => self.pool(&r.name),
+        }
+    }
+
+    /// Every route and every pool.
+    pub fn all(&self) -> impl Iterator<Item = &Arc<Route>> {
+        self.routes.iter().chain(&self.pools)
+    }
+
     /// Whether any route has a backend in slow start.
     pub fn ramping(&self) -> bool {
-        self.routes.iter().any(|r| r.ramping)
+        self.all().any(|r| r.ramping)
+    }
+}
+
+/// Builds route `i` of a list (a route or a pool), carrying counters, health and the
+/// round-robin cursor over from `prev`; `running` says whether a table is being served
+/// (backends new to it ramp through slow start; at boot they start at full weight).
+fn build_route(
+    i: usize,
+    spec: &RouteSpec,
+    kind: RouteKind,
+    prev: Option<&Arc<Route>>,
+    running: bool,
+    now_ms: u64,
+) -> Result<Arc<Route>, RouteFault> {
+    let name = spec.name();
+    let mut backends = Vec::with_capacity(spec.backends.len());
+    let mut ramping = false;
+    for (k, b) in spec.backends.iter().enumerate() {
+        let id = b.id();
+        let authority: http::uri::Authority = b.address.to_string().parse().map_err(|_| {
+            RouteFault::backend(
+                i,
+                k,
+                "address",
+                format!("{} is not a valid URI authority", b.address),
+            )
+        })?;
+        let old = prev.and_then(|p| p.backends.iter().find(|x| x.id == id));
+        let stats = old.map(|x| x.stats.clone()).unwrap_or_default();
+        let health = old
+            .filter(|x| x.address == b.address)
+            .map(|x| x.health.clone())
+            .unwrap_or_else(|| {
+                // New to a running table: ramp (slow start); at boot: full weight.
+                Arc::new(BackendHealth::new_up(if running { now_ms } else { 0 }))
+            });
+        let elapsed = Duration::from_millis(now_ms.saturating_sub(health.since_ms()));
+        let effective_weight = slowstart_weight(b.weight, elapsed, spec.slowstart);
+        if health.is_up() && b.state != ServerState::Maint && effective_weight < b.weight {
+            ramping = true;
+        }
+        backends.push(Backend {
+            token: sticky_token(&name, &id),
+            id,
+            address: b.address.clone(),
+            authority,
+            weight: b.weight,
+            effective_weight,
+            state: b.state,
+            stats,
+            health,
+        });
+    }
+    // Down backends are skipped at pick time (health is read live), so the schedule
+    // only needs admin state and weights.
+    let weights: Vec<u32> = backends
+        .iter()
+        .map(|b| {
+            if b.state == ServerState::Ready {
+                b.effective_weight
+            } else {
+                0
+            }
+        })
+        .collect();
+    let rr = RoundRobin::with_start(&weights, prev.map(|p| p.rr.position()).unwrap_or(0));
+    let prefix = spec.path_prefix.clone().unwrap_or_else(PathPrefix::root);
+    let versions = spec.split.as_ref().map(|s| {
+        crate::model::canary::VersionPicker::new(
+            &name,
+            &s.split,
+            backends
+                .iter()
+                .zip(&weights)
+                .map(|(b, w)| (s.members.get(&b.id).map(String::as_str), *w)),
+        )
+    });
+    let route = Arc::new(Route {
+        name,
+        kind,
+        canonical: spec.domains[0].to_string(),
+        alias_mode: spec.alias_mode,
+        path_prefix: prefix,
+        balancer: spec.balancer.clone(),
+        backends,
+        spec: spec.clone(),
+        rr,
+        ramping,
+        versions,
+    });
+    Ok(route)
+}
+
+#[cfg(test)]
+mod pool_tests {
+    use super::*;
+    use std::sync::atomic::Ordering;
+
+    fn routes(yaml: &str) -> Vec<RouteSpec> {
+        serde_yaml::from_str(yaml).unwrap()
+    }
+
+    fn pools(yaml: &str) -> Vec<PoolSpec> {
+        serde_yaml::from_str(yaml).unwrap()
+    }
+
+    const ROUTES: &str =
+        "- name: web\n  domains: [a.test]\n  backends: [{address: '127.0.0.1:1'}]\n";
+    const POOLS: &str = "- name: web\n  members: [{address: '127.0.0.1:2'}, {id: b, address: '127.0.0.1:3'}]\n  health_check: {interval: 1s, send: PING}\n- name: db\n  http_check: {path: /health}\n  members: [{address: '127.0.0.1:4'}]\n";
+
+    #[test]
+    fn routes_and_pools_live_in_one_table_and_each_half_is_replaced_alone() {
+        let t = RouteTable::build(&routes(ROUTES), None).unwrap();
+        let t = t.with_pools(&pools(POOLS)).unwrap();
+        assert_eq!(t.routes().len(), 1);
+        assert_eq!(t.pools().len(), 2);
+        // A pool is never found by host; a route and a pool may share a name.
+        assert!(matches!(
+            t.lookup("pools.berth.invalid", "/web"),
+            Lookup::NotFound
+        ));
+        let pool = t.pool("web").unwrap();
+        let route = t.route("web").unwrap();
+        assert!(Arc::ptr_eq(t.same(pool).unwrap(), pool));
+        assert!(Arc::ptr_eq(t.same(route).unwrap(), route));
+        assert_eq!(route.kind, RouteKind::Route);
+        assert!(
+            matches!(&pool.kind, RouteKind::Pool { tcp_check: Some(c) } if c.send.as_deref() == Some("PING"))
+        );
+        assert_eq!(t.all().count(), 3);
+
+        // Pool members keep their counters and health across a pools publish.
+        pool.backends[1]
+            .stats
+            .requests
+            .fetch_add(7, Ordering::Relaxed);
+        pool.backends[1].health.record_check(false, 1, 1, 5);
+        let t2 = t.with_pools(&pools(POOLS)).unwrap();
+        let b = &t2.pool("web").unwrap().backends[1];
+        assert!(Arc::ptr_eq(&b.stats, &pool.backends[1].stats));
+        assert!(!b.health.is_up());
+        // The routes of t2 are t's (same Arcs).
+        assert!(Arc::ptr_eq(&t2.routes()[0], route));
+
+        // A routes publish carries the current pools over; a rebuild keeps both halves.
+        let r = RouteTable::build(&routes(ROUTES), Some(&t2)).unwrap();
+        assert!(r.pools().is_empty());
+        let merged = r.with_routes_of(&t2);
+        assert_eq!(merged.pools().len(), 2);
+        assert!(Arc::ptr_eq(&merged.pools()[0], &t2.pools()[0]));
+        let re = merged.rebuild().unwrap();
+        assert_eq!(re.pools().len(), 2);
+        assert_eq!(re.pool("web").unwrap().kind, pool.kind);
+        assert!(Arc::ptr_eq(
+            &re.pool("web").unwrap().backends[1].health,
+            &pool.backends[1].health
+        ));
+        assert!(re.pool("db").unwrap().spec.health_check.is_some());
+
+        // A member whose address changed starts with fresh health (same id, other member).
+        let moved = pools(&POOLS.replace("127.0.0.1:3", "127.0.0.1:9"));
+        let t3 = t2.with_pools(&moved).unwrap();
+        assert!(t3.pool("web").unwrap().backends[1].health.is_up());
+        // Removing every pool empties that half only.
+        let t4 = t3.with_pools(&[]).unwrap();
+        assert!(t4.pools().is_empty());
+        assert_eq!(t4.routes().len(), 1);
+    }
+
+    #[test]
+    fn pools_with_one_name_twice_are_refused() {
+        let twice = pools("- name: a\n- name: a\n");
+        let e = RouteTable::default().with_pools(&twice).unwrap_err();
+        assert!(e.field.starts_with("pools"), "{e:?}");
     }
 }

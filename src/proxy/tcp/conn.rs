@@ -14,21 +14,22 @@ use std::time::{Duration, Instant};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
 
-use super::{FrontendShared, Member, MemberShared, PoolRt};
+use super::{FrontendShared, Member, PoolRt};
 use crate::model::frontend::FrontendSpec;
 use crate::model::pool::{pick_least, pick_source, Candidate, PoolBalance, ProxyProtocol};
+use crate::model::stats::BackendStats;
 
 /// Copy buffer per direction: small at first (short connections pay little to zero it),
 /// grown once a read fills it (streams move big chunks with few system calls).
 const BUF_START: usize = 8 * 1024;
 const BUF_MAX: usize = 64 * 1024;
 
-/// Lowers a member's open count when the connection ends.
-struct OpenGuard(Arc<MemberShared>);
+/// Lowers a member's open count (its backend's `inflight`) when the connection ends.
+struct OpenGuard(Arc<BackendStats>);
 
 impl Drop for OpenGuard {
     fn drop(&mut self) {
-        self.0.open.fetch_sub(1, Ordering::AcqRel);
+        self.0.inflight.fetch_sub(1, Ordering::AcqRel);
     }
 }
 
@@ -51,7 +52,7 @@ impl PoolRt {
                             id: &m.id,
                             weight: m.weight,
                             usable: usable(i),
-                            open: m.shared.open.load(Ordering::Relaxed),
+                            open: m.stats.inflight.load(Ordering::Relaxed),
                         })
                         .collect();
                     if self.balance == PoolBalance::Source {
@@ -64,8 +65,8 @@ impl PoolRt {
                 }
             }?;
             let m = &self.members[idx];
-            let now = m.shared.open.fetch_add(1, Ordering::AcqRel) + 1;
-            let guard = OpenGuard(m.shared.clone());
+            let now = m.stats.inflight.fetch_add(1, Ordering::AcqRel) + 1;
+            let guard = OpenGuard(m.stats.clone());
             if m.max_connections > 0 && now > u64::from(m.max_connections) {
                 drop(guard);
                 skip.push(idx);
@@ -81,9 +82,9 @@ impl Member {
     fn usable(&self) -> bool {
         self.state == crate::model::route::ServerState::Ready
             && self.weight > 0
-            && self.shared.health.is_up()
+            && self.health.is_up()
             && (self.max_connections == 0
-                || self.shared.open.load(Ordering::Relaxed) < u64::from(self.max_connections))
+                || self.stats.inflight.load(Ordering::Relaxed) < u64::from(self.max_connections))
     }
 }
 
@@ -115,17 +116,17 @@ pub(super) async fn serve(
         match tokio::time::timeout(spec.timeouts.connect, TcpStream::connect(m.addr)).await {
             Ok(Ok(s)) => break (m.clone(), guard, s),
             Ok(Err(e)) => {
-                m.shared.failures.fetch_add(1, Ordering::Relaxed);
+                m.stats.failures.fetch_add(1, Ordering::Relaxed);
                 tracing::debug!(member = %m.addr, error = %e, "connect failed; trying the next member");
             }
             Err(_) => {
-                m.shared.failures.fetch_add(1, Ordering::Relaxed);
+                m.stats.failures.fetch_add(1, Ordering::Relaxed);
                 tracing::debug!(member = %m.addr, "connect timed out; trying the next member");
             }
         }
     };
-    let ms = member.shared.clone();
-    ms.total.fetch_add(1, Ordering::Relaxed);
+    let ms = member.stats.clone();
+    ms.requests.fetch_add(1, Ordering::Relaxed);
     stats.active.fetch_add(1, Ordering::Relaxed);
     let _ = client.set_nodelay(true);
     let _ = upstream.set_nodelay(true);
@@ -136,7 +137,7 @@ pub(super) async fn serve(
             return;
         }
     }
-    let mut member_kill = ms.kill.subscribe();
+    let mut member_kill = member.shared.kill.subscribe();
     let start = Instant::now();
     let last = AtomicU64::new(0);
     let idle = spec.timeouts.idle;

@@ -4,13 +4,14 @@
 //! connections drain (closed after `proxy.timeouts.drain`). Every listener is named
 //! (`frontend.NAME.I`) so the daemon can hand it to a successor or the systemd fd store.
 //!
-//! The accept path reads one `ArcSwap` of the pools and one of its frontend's spec; member
-//! counters and health are atomics shared across pool updates (same id and address). Changes
+//! The accept path reads one `ArcSwap` of the pools and one of its frontend's spec. The pools
+//! themselves live in the proxy's one route table (`Tables::publish_pools`): a member's
+//! health (checked by the one prober, `proxy::health`) and counters are the `Arc`s of its
+//! backend there, so HTTP and TCP frontends, `/v1/stats` and `/metrics` see one member. Changes
 //! are serialised by one control-plane mutex and follow validate → bind → persist → publish;
 //! the caller supplies the persist step (this module does not know the store).
 
 mod conn;
-mod health;
 pub mod proxy_v2;
 
 use std::collections::{BTreeMap, HashMap};
@@ -28,12 +29,11 @@ use tokio::task::JoinHandle;
 
 use super::server::ConnTracker;
 use crate::model::balance::RoundRobin;
-use crate::model::frontend::{listener_name, validate_set, FrontendSpec};
+use crate::model::frontend::{listener_name, parse_bind, validate_set, Binds, FrontendSpec};
 use crate::model::health::BackendHealth;
-use crate::model::pool::{
-    parse_member_address, AppReplicas, PoolBalance, PoolSpec, ProxyProtocol, TcpCheckSpec,
-};
+use crate::model::pool::{parse_member_address, AppReplicas, PoolBalance, PoolSpec, ProxyProtocol};
 use crate::model::route::{RouteError, ServerState};
+use crate::model::stats::BackendStats;
 
 /// Where listening sockets come from: an inherited one by name (upgrade, socket activation,
 /// fd store) or a fresh bind. The daemon implements it on top of `lifecycle`.
@@ -105,31 +105,8 @@ pub struct FrontendShared {
 /// Runtime of a member shared by every pool snapshot that holds it (same pool, id, address).
 #[derive(Debug)]
 pub struct MemberShared {
-    pub health: BackendHealth,
-    pub open: AtomicU64,
-    pub total: AtomicU64,
-    pub failures: AtomicU64,
-    pub bytes_in: AtomicU64,
-    pub bytes_out: AtomicU64,
     /// Bumped to close every open connection to the member (maint).
     kill: watch::Sender<u64>,
-    /// Unix ms of the next health check.
-    next_check_ms: AtomicU64,
-}
-
-impl MemberShared {
-    fn new() -> Self {
-        Self {
-            health: BackendHealth::new_up(0),
-            open: AtomicU64::new(0),
-            total: AtomicU64::new(0),
-            failures: AtomicU64::new(0),
-            bytes_in: AtomicU64::new(0),
-            bytes_out: AtomicU64::new(0),
-            kill: watch::channel(0).0,
-            next_check_ms: AtomicU64::new(0),
-        }
-    }
 }
 
 /// One member in a pool snapshot.
@@ -140,6 +117,11 @@ pub struct Member {
     pub weight: u32,
     pub state: ServerState,
     pub max_connections: u32,
+    /// The member's health in the route table (shared with HTTP frontends).
+    pub health: Arc<BackendHealth>,
+    /// The member's counters in the route table: `inflight` = open connections, `requests` =
+    /// connections made, `failures` = failed connects, `bytes_in` / `bytes_out`.
+    pub stats: Arc<BackendStats>,
     pub shared: Arc<MemberShared>,
 }
 
@@ -149,7 +131,6 @@ pub struct PoolRt {
     pub name: String,
     pub balance: PoolBalance,
     pub proxy_protocol: ProxyProtocol,
-    pub check: Option<TcpCheckSpec>,
     pub members: Vec<Member>,
     rr: RoundRobin,
 }
@@ -183,6 +164,35 @@ struct FrontendEntry {
     listeners: Vec<ListenerRt>,
 }
 
+impl FrontendEntry {
+    /// The spec as it runs: a port-0 bind names the port the kernel chose.
+    fn running_spec(&self) -> FrontendSpec {
+        let mut spec = self.spec.clone();
+        let items = spec.bind.items();
+        if items
+            .iter()
+            .any(|b| parse_bind(b).is_ok_and(|a| a.port() == 0))
+        {
+            let resolved: Vec<String> = items
+                .into_iter()
+                .map(|b| match parse_bind(&b) {
+                    Ok(a) if a.port() == 0 => self
+                        .listeners
+                        .iter()
+                        .find(|l| l.addr == a)
+                        .map_or(b, |l| l.local.to_string()),
+                    _ => b,
+                })
+                .collect();
+            spec.bind = match <[String; 1]>::try_from(resolved) {
+                Ok([one]) => Binds::One(one),
+                Err(many) => Binds::Many(many),
+            };
+        }
+        spec
+    }
+}
+
 struct PoolEntry {
     spec: PoolSpec,
     read_only: bool,
@@ -198,17 +208,32 @@ impl Control {
     /// The pool `name` if the API may change it: 404 when unknown, read-only when it comes
     /// from the config file.
     fn writable_pool(&self, name: &str) -> Result<&PoolEntry, TcpError> {
-        match self.pools.get(name) {
-            None => Err(TcpError::NotFound {
-                what: "pool",
-                name: name.into(),
-            }),
-            Some(p) if p.read_only => Err(TcpError::ReadOnly {
-                what: "pool",
-                name: name.into(),
-            }),
-            Some(p) => Ok(p),
-        }
+        writable(&self.pools, "pool", name, |p| p.read_only)
+    }
+
+    /// The frontend `name` if the API may change it (as [`Control::writable_pool`]).
+    fn writable_frontend(&self, name: &str) -> Result<&FrontendEntry, TcpError> {
+        writable(&self.frontends, "frontend", name, |f| f.read_only)
+    }
+}
+
+/// Entry `name` of `map`: 404 when unknown, read-only when it comes from the config file.
+fn writable<'a, T>(
+    map: &'a BTreeMap<String, T>,
+    what: &'static str,
+    name: &str,
+    read_only: fn(&T) -> bool,
+) -> Result<&'a T, TcpError> {
+    match map.get(name) {
+        None => Err(TcpError::NotFound {
+            what,
+            name: name.into(),
+        }),
+        Some(e) if read_only(e) => Err(TcpError::ReadOnly {
+            what,
+            name: name.into(),
+        }),
+        Some(e) => Ok(e),
     }
 }
 
@@ -276,7 +301,6 @@ impl TcpProxy {
             apps: apps.clone(),
             pool_sources: ArcSwap::from_pointee(HashMap::new()),
         });
-        tokio::spawn(health::run(me.pools.clone(), stop.clone()));
         tokio::spawn(follow_apps(Arc::downgrade(&me), apps, stop));
         me
     }
@@ -365,13 +389,8 @@ impl TcpProxy {
                     for (n, _, _) in &out {
                         self.source.released(n);
                     }
-                    let field = if at.is_empty() {
-                        format!("bind[{i}]")
-                    } else {
-                        format!("{at}.bind[{i}]")
-                    };
                     return Err(TcpError::Bind {
-                        field,
+                        field: crate::model::pool::field_at(at, &format!("bind[{i}]")),
                         addr,
                         source,
                     });
@@ -500,8 +519,14 @@ impl TcpProxy {
         (task, closed_rx)
     }
 
-    /// Publishes the HTTP frontends' rule tables and the pools' routes (with `extra`, a
-    /// frontend about to start).
+    /// Publishes the pools, then every frontend's rules (after a pool changed).
+    fn publish_all(&self, ctl: &Control) {
+        self.publish_pools(ctl);
+        self.publish_http(ctl, None);
+    }
+
+    /// Publishes the HTTP frontends' rule tables and the pools' Host overrides and sources
+    /// (with `extra`, a frontend about to start).
     fn publish_http(&self, ctl: &Control, extra: Option<&FrontendSpec>) {
         use crate::model::api::RouteSource;
         self.pool_sources.store(Arc::new(
@@ -556,29 +581,41 @@ impl TcpProxy {
         }
     }
 
-    /// Builds and publishes the pool snapshots from `ctl`, carrying member runtimes over.
+    /// Publishes the pools of `ctl` in the route table, then the TCP snapshots built from it
+    /// (members take their health and counters from the table; the maint kill switch carries
+    /// over by id and address).
     fn publish_pools(&self, ctl: &Control) {
-        let old = self.pools.load_full();
         let apps = self.apps.borrow().clone();
+        let specs: Vec<PoolSpec> = ctl.pools.values().map(|p| p.spec.resolved(&apps)).collect();
+        if let Err(e) = self.http.tables.publish_pools(&specs) {
+            // The set was validated; should it still not build, the previous pools stay.
+            tracing::error!(error = %e, "the pools could not be published; the previous ones stay");
+        }
+        let table = self.http.tables.load_full();
+        let old = self.pools.load_full();
         let mut next = Pools::new();
-        for (name, entry) in &ctl.pools {
+        for spec in &specs {
+            let name = spec.name();
             let prev = old.get(name);
-            let spec = entry.spec.resolved(&apps);
+            let routed = table.pool(name);
             let members: Vec<Member> = spec
                 .members
                 .iter()
                 .filter_map(|m| {
                     let addr = parse_member_address(&m.address).ok()?;
                     let id = m.id();
+                    let b = routed.and_then(|r| r.backends.iter().find(|b| b.id == id))?;
                     let prev_m =
                         prev.and_then(|p| p.members.iter().find(|x| x.id == id && x.addr == addr));
-                    let shared = prev_m
-                        .map(|x| x.shared.clone())
-                        .unwrap_or_else(|| Arc::new(MemberShared::new()));
+                    let shared = prev_m.map(|x| x.shared.clone()).unwrap_or_else(|| {
+                        Arc::new(MemberShared {
+                            kill: watch::channel(0).0,
+                        })
+                    });
                     if m.state == ServerState::Maint
                         && prev_m.is_none_or(|x| x.state != ServerState::Maint)
                     {
-                        self.close_member_later(name.clone(), id.clone(), shared.clone());
+                        self.close_member_later(name.to_string(), id.clone(), shared.clone());
                     }
                     Some(Member {
                         id,
@@ -586,6 +623,8 @@ impl TcpProxy {
                         weight: m.weight,
                         state: m.state,
                         max_connections: m.max_connections.unwrap_or(0),
+                        health: b.health.clone(),
+                        stats: b.stats.clone(),
                         shared,
                     })
                 })
@@ -593,12 +632,11 @@ impl TcpProxy {
             let weights: Vec<u32> = members.iter().map(|m| m.weight).collect();
             let start = prev.map(|p| p.rr.position()).unwrap_or(0);
             next.insert(
-                name.clone(),
+                name.to_string(),
                 Arc::new(PoolRt {
-                    name: name.clone(),
-                    balance: entry.spec.balance,
-                    proxy_protocol: entry.spec.proxy_protocol,
-                    check: entry.spec.health_check.clone(),
+                    name: name.to_string(),
+                    balance: spec.balance,
+                    proxy_protocol: spec.proxy_protocol,
                     members,
                     rr: RoundRobin::with_start(&weights, start),
                 }),
@@ -649,17 +687,9 @@ impl TcpProxy {
         &self.reserved
     }
 
-    /// The pools as HTTP frontends use them (routes with counters) and where each came from.
-    pub fn http_pools(
-        &self,
-    ) -> (
-        Arc<crate::model::route::RouteTable>,
-        HashMap<String, crate::model::api::RouteSource>,
-    ) {
-        (
-            self.http.frontends.pools.load_full(),
-            self.pool_sources.load().as_ref().clone(),
-        )
+    /// Where each pool came from (the pools themselves are in the route table).
+    pub fn pool_sources(&self) -> HashMap<String, crate::model::api::RouteSource> {
+        self.pool_sources.load().as_ref().clone()
     }
 
     /// Frontends with their live addresses.
@@ -676,6 +706,15 @@ impl TcpProxy {
             .collect()
     }
 
+    /// Frontends as they run (`GET /v1/config`): port-0 binds show the bound port.
+    pub async fn running_frontends(&self) -> Vec<FrontendSpec> {
+        let ctl = self.ctl.lock().await;
+        ctl.frontends
+            .values()
+            .map(FrontendEntry::running_spec)
+            .collect()
+    }
+
     /// Pools with their members' health.
     pub async fn pools(&self) -> Vec<PoolView> {
         let ctl = self.ctl.lock().await;
@@ -688,16 +727,7 @@ impl TcpProxy {
                     .map(|r| {
                         r.members
                             .iter()
-                            .map(|m| {
-                                (
-                                    m.id.clone(),
-                                    if m.shared.health.is_up() {
-                                        "up"
-                                    } else {
-                                        "down"
-                                    },
-                                )
-                            })
+                            .map(|m| (m.id.clone(), if m.health.is_up() { "up" } else { "down" }))
                             .collect()
                     })
                     .unwrap_or_default();
@@ -751,16 +781,16 @@ impl TcpProxy {
                     .members
                     .iter()
                     .map(|m| {
-                        let s = &m.shared;
+                        let s = &m.stats;
                         (
                             m.id.clone(),
                             CounterView {
-                                connections_total: rd(&s.total),
-                                connections_active: rd(&s.open),
+                                connections_total: rd(&s.requests),
+                                connections_active: rd(&s.inflight),
                                 connections_failed: rd(&s.failures),
                                 bytes_in: rd(&s.bytes_in),
                                 bytes_out: rd(&s.bytes_out),
-                                up: Some(s.health.is_up()),
+                                up: Some(m.health.is_up()),
                             },
                         )
                     })
@@ -794,8 +824,7 @@ impl TcpProxy {
                 read_only: false,
             },
         );
-        self.publish_pools(&ctl);
-        self.publish_http(&ctl, None);
+        self.publish_all(&ctl);
         Ok(!existed)
     }
 
@@ -830,8 +859,7 @@ impl TcpProxy {
                 read_only: false,
             },
         );
-        self.publish_pools(&ctl);
-        self.publish_http(&ctl, None);
+        self.publish_all(&ctl);
         Ok(spec)
     }
 
@@ -854,8 +882,7 @@ impl TcpProxy {
         }
         persist(name).map_err(ChangeError::Persist)?;
         ctl.pools.remove(name);
-        self.publish_pools(&ctl);
-        self.publish_http(&ctl, None);
+        self.publish_all(&ctl);
         Ok(())
     }
 
@@ -871,13 +898,7 @@ impl TcpProxy {
             .frontends
             .values()
             .filter(|x| fe.is_none_or(|n| n.name() != x.spec.name()))
-            .map(|x| {
-                let mut spec = x.spec.clone();
-                spec.bind = crate::model::frontend::Binds::Many(
-                    x.listeners.iter().map(|l| l.local.to_string()).collect(),
-                );
-                spec
-            })
+            .map(FrontendEntry::running_spec)
             .collect();
         // The new one last, so a conflict is reported on its fields.
         let mut f: Vec<(String, &FrontendSpec)> = resolved
@@ -996,23 +1017,7 @@ impl TcpProxy {
         persist: impl FnOnce(&str) -> Result<(), E>,
     ) -> Result<(), ChangeError<E>> {
         let mut ctl = self.ctl.lock().await;
-        match ctl.frontends.get(name) {
-            None => {
-                return Err(TcpError::NotFound {
-                    what: "frontend",
-                    name: name.into(),
-                }
-                .into())
-            }
-            Some(f) if f.read_only => {
-                return Err(TcpError::ReadOnly {
-                    what: "frontend",
-                    name: name.into(),
-                }
-                .into())
-            }
-            Some(_) => {}
-        }
+        ctl.writable_frontend(name)?;
         persist(name).map_err(ChangeError::Persist)?;
         let Some(entry) = ctl.frontends.remove(name) else {
             return Ok(());
@@ -1107,8 +1112,7 @@ async fn follow_apps(
         let Some(me) = me.upgrade() else { return };
         let ctl = me.ctl.lock().await;
         if ctl.pools.values().any(|p| p.spec.app.is_some()) {
-            me.publish_pools(&ctl);
-            me.publish_http(&ctl, None);
+            me.publish_all(&ctl);
         }
     }
 }
