@@ -205,6 +205,13 @@ impl Engine {
         {
             let mut st = self.inner.state.locked();
             let a = st.apps.entry(app.to_string()).or_default();
+            if a.running.is_none() && rec.spec.strategy == Strategy::Canary && a.split.is_some() {
+                return Err(DeployError::Versions(format!(
+                    "app {app} runs several versions side by side: a canary needs one stable \
+                     version (remove the others with `berth version rm`, or deploy with \
+                     strategy: side_by_side or rolling)"
+                )));
+            }
             // Claimed here, so no second deploy can slip in; persisted (below, outside the
             // state lock) before anything runs.
             a.claim(app, &id)?;
@@ -249,6 +256,7 @@ impl Engine {
                     Strategy::Rolling => "rolling",
                     Strategy::Replace => "replace",
                     Strategy::Canary => "canary",
+                    Strategy::SideBySide => "side-by-side",
                 },
                 rec.spec.image,
                 rec.spec.replicas
@@ -471,12 +479,17 @@ impl Engine {
                 a.replicas.clear();
                 a.hosts = None;
                 a.adopted = None;
+                // Versions side by side were stopped with the rest.
+                a.split = None;
             }
             if let Err(e) = self.inner.publish_app(&st, app) {
                 self.inner
                     .warn(format!("app {app}: removing routes failed: {e}"));
             }
         }
+        self.inner
+            .store
+            .set_traffic_split(app, None, now_ms() / 1000)?;
         for r in replicas {
             self.inner.rt.stop(&r.container_id, grace).await?;
             self.inner.rt.remove(&r.container_id).await?;

@@ -13,7 +13,8 @@
 //! reports); `run.rs` runs one deployment, `reconcile.rs` repairs after start,
 //! `discovery.rs` routes hand-started containers, `handover.rs` passes deploys across an
 //! upgrade, `failure.rs` says why a step failed (`StepError`, stored as the reason),
-//! `traffic.rs` pause/maintenance, `health.rs` the deploy gate's checks.
+//! `traffic.rs` pause/maintenance, `versions.rs` versions side
+//! by side (A/B), `health.rs` the deploy gate's checks.
 
 pub mod canary;
 mod discovery;
@@ -27,6 +28,7 @@ mod run;
 mod state;
 mod status;
 mod traffic;
+mod versions;
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -40,7 +42,9 @@ use crate::runtime::{ByteStream, RegistryCreds, RuntimeError};
 use crate::store::deployments::DeploymentStoreError;
 use crate::store::registry::ChangeError;
 
-pub use crate::model::api::{AppDeleted, AppStatus, DeployEvent, ReplicaStatus, Stage};
+pub use crate::model::api::{
+    AppDeleted, AppStatus, DeployEvent, ReplicaStatus, Stage, VersionStatus,
+};
 pub use engine::Engine;
 pub(crate) use events::replayed;
 pub use handover::HandoverError;
@@ -108,6 +112,10 @@ pub enum DeployError {
         "app {0} has no canary in progress (deploy with strategy: canary to run two versions)"
     )]
     NoCanary(String),
+    /// 409: a version change the app's versions do not allow (removing its only or current
+    /// version, a canary while several versions run).
+    #[error("{0}")]
+    Versions(String),
 }
 
 /// Where the image of a deploy comes from.
