@@ -925,7 +925,8 @@ async fn openapi_document_matches_the_router() {
             let concrete = path
                 .replace("{name}", "static")
                 .replace("{id}", "s1")
-                .replace("{app}", "nosuchapp");
+                .replace("{app}", "nosuchapp")
+                .replace("{version}", "v9");
             let body = op.get("requestBody").map(|_| {
                 json!({"state": "ready", "domains": ["x.test"], "address": "127.0.0.1:1"})
                     .to_string()
@@ -964,8 +965,9 @@ async fn openapi_document_matches_the_router() {
     // main's 27 + GET /v1/token (issue 18 item 7) + 8 frontend/pool ops (issue 22) + the app
     // gate: GET gate, POST pause, POST resume, PUT/DELETE maintenance (issue 21 item 4) + GET
     // /v1/config and POST /v1/pools/{name}/version (issue 22) + POST promote, POST abort,
-    // GET/PUT traffic (issue 21 items 2 and 3).
-    assert_eq!(ops, 47);
+    // GET/PUT traffic (issue 21 items 2 and 3) + DELETE /v1/apps/{app}/versions/{version}
+    // (issue 21 item 3: removing a kept version).
+    assert_eq!(ops, 48);
     d.stop().await;
 }
 
