@@ -443,7 +443,7 @@ async fn an_upgrade_mid_canary_hands_the_canary_over() {
     let mut lines = wait_line(&rx, "step 1/2", Duration::from_secs(60));
     tokio::time::sleep(Duration::from_millis(1500)).await;
     let t = Instant::now();
-    let (ok, out) = w.ctl("upgrade");
+    let (ok, out) = w.ctl(&["upgrade"]);
     assert!(ok, "upgrade: {out}");
     let upgrade_took = t.elapsed();
     lines.extend(wait_line(
