@@ -36,7 +36,7 @@ use tokio::sync::watch;
 use crate::model::access::ApiHosts;
 use crate::model::api::{Healthz, Version};
 use crate::model::config::ApiConfig;
-use crate::proxy::server::{accept_loop, supervise, Accepted, ConnLimits, ConnState};
+use crate::proxy::server::{accept_loop, supervise, Accepted, ConnBuilder, ConnLimits, ConnState};
 use crate::store::registry::RouteRegistry;
 
 use error::{ApiError, BodyLimit};
@@ -211,9 +211,7 @@ async fn method_not_allowed() -> ApiError {
 pub async fn serve(listener: TcpListener, state: ApiState, limits: ConnLimits) {
     let stop = state.stop.clone();
     let app = router(state);
-    let builder = Arc::new(hyper_util::server::conn::auto::Builder::new(
-        hyper_util::rt::TokioExecutor::new(),
-    ));
+    let builder = Arc::new(ConnBuilder::new());
     accept_loop(
         listener,
         stop,
@@ -225,7 +223,6 @@ pub async fn serve(listener: TcpListener, state: ApiState, limits: ConnLimits) {
                 let accepted = Accepted {
                     peer,
                     frontend: None,
-                    read_ahead: true,
                 };
                 supervise(&builder, stream, accepted, limits, drain, move |conn| {
                     hyper::service::service_fn(move |req: http::Request<hyper::body::Incoming>| {

@@ -19,8 +19,8 @@ use std::time::{Duration, Instant};
 
 use futures_util::task::AtomicWaker;
 use hyper::body::Incoming;
+use hyper::server::conn::{http1, http2};
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
-use hyper_util::server::conn::auto;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpListener;
 use tokio::sync::{watch, Notify};
@@ -125,39 +125,48 @@ impl ConnState {
 /// IO wrapper that notes when a request head starts arriving, and answers 408 then EOF when
 /// the supervisor says the head took too long.
 ///
-/// Read-ahead (plain TCP only): hyper's version detection (`auto`, h1 or h2c prior knowledge)
-/// first reads just 24 bytes, then the h1 parser reads the rest of the head: two `recvfrom`
-/// per new connection. The first read therefore asks the socket for up to `READ_AHEAD` bytes
-/// and keeps what the caller had no room for in `ahead`, served by the next reads without a
-/// syscall. Nothing is parsed or changed here: the same bytes arrive in the same order.
+/// `ahead` holds the bytes the protocol detection ([`TrackedIo::poll_sniff`]) read before
+/// hyper's connection existed; hyper's first reads get them before the socket is read again.
+/// Nothing is parsed or changed here: the same bytes arrive in the same order.
 struct TrackedIo<T> {
     inner: T,
     state: Arc<ConnState>,
     first: bool,
-    /// The first read has yet to happen and should read ahead.
-    read_ahead: bool,
-    /// Bytes read ahead and not yet handed out.
+    /// Bytes the detection read and hyper has not yet been handed.
     ahead: Option<bytes::Bytes>,
     /// Our write side is shut down (idle close: now reading until the client's FIN).
     shut: bool,
 }
 
-/// How much the first read of a plain-TCP connection asks for (a typical request head fits).
-const READ_AHEAD: usize = 4096;
+/// How much the detection's first read asks for: a typical request head fits, so hyper's
+/// parser gets it whole in its first read.
+const SNIFF_READ: usize = 4096;
 
-impl<T: AsyncRead + Unpin> TrackedIo<T> {
-    fn new(inner: T, state: Arc<ConnState>, read_ahead: bool) -> Self {
+/// The HTTP/2 connection preface (RFC 9113 §3.4): h2c with prior knowledge, or h2 over TLS.
+const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
+
+/// What a connection's first bytes say.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Sniffed {
+    /// HTTP/1, and also an end of stream before the preface was complete: hyper's HTTP/1
+    /// side then ends the connection as it always has (the idle close's shutdown and linger
+    /// included).
+    Http1,
+    Http2,
+}
+
+impl<T: AsyncRead + AsyncWrite + Unpin> TrackedIo<T> {
+    fn new(inner: T, state: Arc<ConnState>) -> Self {
         Self {
             inner,
             state,
             first: true,
-            read_ahead,
             ahead: None,
             shut: false,
         }
     }
 
-    /// Reads from the read-ahead bytes first, then from the socket.
+    /// Reads from the detection's bytes first, then from the socket.
     fn read_inner(
         &mut self,
         cx: &mut Context<'_>,
@@ -171,21 +180,50 @@ impl<T: AsyncRead + Unpin> TrackedIo<T> {
             }
             return Poll::Ready(Ok(()));
         }
-        if self.read_ahead && buf.remaining() < READ_AHEAD {
-            let mut store = [std::mem::MaybeUninit::<u8>::uninit(); READ_AHEAD];
-            let mut tmp = ReadBuf::uninit(&mut store);
-            std::task::ready!(Pin::new(&mut self.inner).poll_read(cx, &mut tmp))?;
-            self.read_ahead = false;
-            let got = tmp.filled();
-            let n = got.len().min(buf.remaining());
-            buf.put_slice(&got[..n]);
-            if got.len() > n {
-                self.ahead = Some(bytes::Bytes::copy_from_slice(&got[n..]));
-            }
-            return Poll::Ready(Ok(()));
-        }
-        self.read_ahead = false;
         Pin::new(&mut self.inner).poll_read(cx, buf)
+    }
+
+    /// Protocol detection: reads the connection's first bytes (through this wrapper's own
+    /// `poll_read`, so the header timeout and idle close see them) and keeps them in `ahead`.
+    /// One read of up to `SNIFF_READ` bytes decides, unless what arrived is a strict prefix of
+    /// the HTTP/2 preface; then it reads on (collecting into `prefix`) until the bytes match
+    /// the preface, differ from it, or the stream ends (what was read, maybe nothing, goes to
+    /// HTTP/1, which treats it as any truncated head or end of stream).
+    fn poll_sniff(
+        &mut self,
+        cx: &mut Context<'_>,
+        prefix: &mut Vec<u8>,
+    ) -> Poll<std::io::Result<Sniffed>> {
+        loop {
+            let mut store = [std::mem::MaybeUninit::<u8>::uninit(); SNIFF_READ];
+            let mut chunk = ReadBuf::uninit(&mut store);
+            std::task::ready!(Pin::new(&mut *self).poll_read(cx, &mut chunk))?;
+            let got = chunk.filled();
+            if got.is_empty() {
+                if !prefix.is_empty() {
+                    self.ahead = Some(bytes::Bytes::from(std::mem::take(prefix)));
+                }
+                return Poll::Ready(Ok(Sniffed::Http1));
+            }
+            let seen = if prefix.is_empty() {
+                bytes::Bytes::copy_from_slice(got)
+            } else {
+                prefix.extend_from_slice(got);
+                bytes::Bytes::from(std::mem::take(prefix))
+            };
+            if seen.len() < H2_PREFACE.len() && H2_PREFACE.starts_with(&seen) {
+                // The preface may be arriving in pieces (clients send it whole; rare).
+                prefix.extend_from_slice(&seen);
+                continue;
+            }
+            let version = if seen.starts_with(H2_PREFACE) {
+                Sniffed::Http2
+            } else {
+                Sniffed::Http1
+            };
+            self.ahead = Some(seen);
+            return Poll::Ready(Ok(version));
+        }
     }
 }
 
@@ -334,29 +372,166 @@ impl Drop for ConnGuard {
     }
 }
 
-/// Builds the hyper connection builder once per listener.
-pub fn connection_builder(proxy: &Proxy) -> auto::Builder<TokioExecutor> {
+/// hyper's HTTP/1 and HTTP/2 connection builders, made once per listener. Which of the two
+/// serves a connection its first bytes decide ([`supervise`]).
+pub struct ConnBuilder {
+    h1: http1::Builder,
+    h2: http2::Builder<TokioExecutor>,
+}
+
+impl ConnBuilder {
+    /// hyper's defaults for both protocols (the API listener).
+    pub fn new() -> Self {
+        ConnBuilder {
+            h1: http1::Builder::new(),
+            h2: http2::Builder::new(TokioExecutor::new()),
+        }
+    }
+}
+
+impl Default for ConnBuilder {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+/// Builds the proxy's connection builders once per listener.
+pub fn connection_builder(proxy: &Proxy) -> ConnBuilder {
     let s = &proxy.settings;
-    let mut b = auto::Builder::new(TokioExecutor::new());
+    let mut b = ConnBuilder::new();
     // No hyper header-read timeout: `serve_connection`'s supervisor enforces the client
     // header timeout (and answers 408); hyper's would arm a boxed timer on every request.
-    b.http1()
-        .timer(TokioTimer::new())
-        .header_read_timeout(None)
+    b.h1.timer(TokioTimer::new())
+        .header_read_timeout(None::<Duration>)
         .keep_alive(true)
         .max_buf_size(s.max_header_size.max(8192))
         .writev(true);
-    b.http2()
-        .timer(TokioTimer::new())
+    b.h2.timer(TokioTimer::new())
         .max_header_list_size(s.max_header_size as u32)
         .max_concurrent_streams(256);
     b
 }
 
+type ConnIo<T> = TokioIo<TrackedIo<T>>;
+
+/// One client connection's hyper side: first the protocol detection, then hyper's HTTP/1
+/// (with upgrades) or HTTP/2 connection.
+///
+/// Why not hyper-util's `auto` connection: it reads 24 bytes to tell the versions apart and
+/// hands them back through a rewind wrapper, so hyper's HTTP/1 parser saw those 24 bytes alone,
+/// found the head incomplete and grew its 8 KiB read buffer to 16 KiB (a realloc and an 8 KiB
+/// copy per connection, and 16 KiB kept by every idle keep-alive connection); its state also
+/// reserves room for an HTTP/2 connection inside every HTTP/1 one. Here the detection reads
+/// once, up to `SNIFF_READ` bytes, and hyper's parser gets them all in its first read. The
+/// HTTP/1 connection lives inline (it is `Unpin`), the rare HTTP/2 one in a box.
+// The large variant is the one a connection spends its life in; boxing it would add an
+// allocation per connection and save nothing (the sniffing state lasts one read).
+#[allow(clippy::large_enum_variant)]
+enum Serving<'b, T, S>
+where
+    S: hyper::service::HttpService<Incoming>,
+{
+    Sniffing {
+        builder: &'b ConnBuilder,
+        parts: Option<(TrackedIo<T>, S)>,
+        prefix: Vec<u8>,
+    },
+    Http1(http1::UpgradeableConnection<ConnIo<T>, S>),
+    Http2(Pin<Box<http2::Connection<ConnIo<T>, S, TokioExecutor>>>),
+    Ended,
+}
+
+impl<'b, T, S, B> Serving<'b, T, S>
+where
+    T: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    S: hyper::service::HttpService<Incoming, ResBody = B> + Unpin,
+    S::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+    B: hyper::body::Body + 'static,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+    TokioExecutor: hyper::rt::bounds::Http2ServerConnExec<S::Future, B>,
+{
+    fn new(builder: &'b ConnBuilder, io: TrackedIo<T>, service: S) -> Self {
+        Serving::Sniffing {
+            builder,
+            parts: Some((io, service)),
+            prefix: Vec::new(),
+        }
+    }
+
+    /// HTTP/1: close after the response in progress, if any; HTTP/2: GOAWAY. A connection
+    /// still being sniffed has sent no complete request: it just ends.
+    fn graceful_shutdown(&mut self) {
+        match self {
+            Serving::Http1(c) => Pin::new(c).graceful_shutdown(),
+            Serving::Http2(c) => c.as_mut().graceful_shutdown(),
+            Serving::Sniffing { .. } => *self = Serving::Ended,
+            Serving::Ended => {}
+        }
+    }
+}
+
+impl<T, S, B> std::future::Future for Serving<'_, T, S>
+where
+    T: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    S: hyper::service::HttpService<Incoming, ResBody = B> + Unpin,
+    S::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+    B: hyper::body::Body + 'static,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+    TokioExecutor: hyper::rt::bounds::Http2ServerConnExec<S::Future, B>,
+{
+    type Output = Result<(), Box<dyn std::error::Error + Send + Sync>>;
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let this = &mut *self;
+        loop {
+            match this {
+                Serving::Sniffing {
+                    builder,
+                    parts,
+                    prefix,
+                } => {
+                    let builder: &ConnBuilder = builder;
+                    let Some((io, _)) = parts.as_mut() else {
+                        *this = Serving::Ended;
+                        continue;
+                    };
+                    let sniffed = match std::task::ready!(io.poll_sniff(cx, prefix)) {
+                        Ok(v) => v,
+                        Err(e) => {
+                            *this = Serving::Ended;
+                            return Poll::Ready(Err(e.into()));
+                        }
+                    };
+                    let Some((io, service)) = parts.take() else {
+                        continue;
+                    };
+                    *this = match sniffed {
+                        Sniffed::Http1 => Serving::Http1(
+                            builder
+                                .h1
+                                .serve_connection(TokioIo::new(io), service)
+                                .with_upgrades(),
+                        ),
+                        Sniffed::Http2 => {
+                            io.state.proto.store(PROTO_H2, Ordering::Relaxed);
+                            Serving::Http2(Box::pin(
+                                builder.h2.serve_connection(TokioIo::new(io), service),
+                            ))
+                        }
+                    };
+                }
+                Serving::Http1(c) => return Pin::new(c).poll(cx).map_err(Into::into),
+                Serving::Http2(c) => return c.as_mut().poll(cx).map_err(Into::into),
+                Serving::Ended => return Poll::Ready(Ok(())),
+            }
+        }
+    }
+}
+
 /// Serves one accepted client connection until it ends, is timed out, or drained.
 pub async fn serve_connection<T>(
     proxy: Arc<Proxy>,
-    builder: Arc<auto::Builder<TokioExecutor>>,
+    builder: Arc<ConnBuilder>,
     io: T,
     peer: SocketAddr,
     scheme: &'static str,
@@ -370,7 +545,7 @@ pub async fn serve_connection<T>(
 /// [`serve_connection`] for a connection accepted by an HTTP frontend (`frontend` set).
 pub async fn serve_connection_on<T>(
     proxy: Arc<Proxy>,
-    builder: Arc<auto::Builder<TokioExecutor>>,
+    builder: Arc<ConnBuilder>,
     io: T,
     peer: SocketAddr,
     scheme: &'static str,
@@ -380,13 +555,7 @@ pub async fn serve_connection_on<T>(
     T: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
     let limits = ConnLimits::of(&proxy.settings.timeouts);
-    // A TLS stream already hands out decrypted records from its own buffer.
-    let read_ahead = scheme == "http";
-    let accepted = Accepted {
-        peer,
-        frontend,
-        read_ahead,
-    };
+    let accepted = Accepted { peer, frontend };
     supervise(&builder, io, accepted, limits, drain, move |state| {
         hyper::service::service_fn(move |req: http::Request<Incoming>| {
             let proxy = proxy.clone();
@@ -403,8 +572,6 @@ pub struct Accepted {
     pub peer: SocketAddr,
     /// Set when an HTTP frontend accepted it (routed by its rules).
     pub frontend: Option<Arc<super::frontends::FrontendConn>>,
-    /// Read ahead on the first read (plain TCP; a TLS stream buffers records itself).
-    pub read_ahead: bool,
 }
 
 /// The timeouts a supervised connection obeys.
@@ -435,7 +602,7 @@ impl ConnLimits {
 /// response ends, and add `Connection: close` to HTTP/1 responses while
 /// [`ConnState::draining`].
 pub async fn supervise<T, S, B>(
-    builder: &auto::Builder<TokioExecutor>,
+    builder: &ConnBuilder,
     io: T,
     accepted: Accepted,
     limits: ConnLimits,
@@ -445,6 +612,7 @@ pub async fn supervise<T, S, B>(
     T: AsyncRead + AsyncWrite + Unpin + Send + 'static,
     S: hyper::service::Service<http::Request<Incoming>, Response = http::Response<B>>
         + Send
+        + Unpin
         + 'static,
     S::Future: Send + 'static,
     S::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
@@ -452,16 +620,10 @@ pub async fn supervise<T, S, B>(
     B::Data: Send,
     B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
 {
-    let Accepted {
-        peer,
-        frontend,
-        read_ahead,
-    } = accepted;
+    let Accepted { peer, frontend } = accepted;
     let state = Arc::new(ConnState::new(peer, frontend));
-    let io = TokioIo::new(TrackedIo::new(io, state.clone(), read_ahead));
     let service = make_service(state.clone());
-    let conn = builder.serve_connection_with_upgrades(io, service);
-    tokio::pin!(conn);
+    let mut conn = Serving::new(builder, TrackedIo::new(io, state.clone()), service);
 
     let header_ms = limits.client_header.as_millis() as u64;
     let idle_ms = limits.idle.as_millis() as u64;
@@ -515,7 +677,7 @@ pub async fn supervise<T, S, B>(
         // read (and seen by the checks below) before the timer is acted on.
         tokio::select! {
             biased;
-            res = conn.as_mut() => {
+            res = &mut conn => {
                 if let Err(e) = res {
                     tracing::debug!(%peer, error = %e, "client connection ended with an error");
                 }
@@ -530,7 +692,7 @@ pub async fn supervise<T, S, B>(
                     state.draining.store(true, Ordering::Relaxed);
                     if state.proto.load(Ordering::Relaxed) == PROTO_H2 && !shutdown_sent {
                         shutdown_sent = true;
-                        conn.as_mut().graceful_shutdown();
+                        conn.graceful_shutdown();
                     }
                 }
             }
@@ -559,7 +721,7 @@ pub async fn supervise<T, S, B>(
                         state.timed_out.store(true, Ordering::Relaxed);
                         state.read_waker.wake();
                         // Let hyper observe EOF and finish; bounded in case it does not.
-                        let _ = tokio::time::timeout(Duration::from_secs(1), conn.as_mut()).await;
+                        let _ = tokio::time::timeout(Duration::from_secs(1), &mut conn).await;
                         return;
                     }
                     continue;
@@ -569,7 +731,7 @@ pub async fn supervise<T, S, B>(
                     if h2 {
                         if !shutdown_sent {
                             shutdown_sent = true;
-                            conn.as_mut().graceful_shutdown();
+                            conn.graceful_shutdown();
                             continue;
                         }
                         tracing::debug!(%peer, "closing idle connection");
@@ -692,34 +854,63 @@ mod tests {
     use super::*;
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
-    /// Read-ahead hands out exactly the bytes the socket delivered, in order, whatever the
-    /// callers' buffer sizes (hyper's 24-byte version probe, then its parser's reads).
+    /// The detection keeps exactly the bytes the client sent, in order, whatever hyper's read
+    /// sizes afterwards, and tells the HTTP/2 preface (whole or in pieces) from HTTP/1, a
+    /// near-miss of the preface, a truncated preface and an empty stream.
     #[tokio::test]
-    async fn read_ahead_keeps_bytes_and_order() {
-        let head: Vec<u8> = b"GET /a HTTP/1.1\r\nhost: app.test\r\nx-long: "
+    async fn sniffing_keeps_bytes_and_order() {
+        let h1: Vec<u8> = b"GET /a HTTP/1.1\r\nhost: app.test\r\nx-long: "
             .iter()
             .copied()
             .chain(std::iter::repeat_n(b'x', 5000))
             .chain(*b"\r\n\r\n")
             .collect();
-        for sizes in [[24usize, 8192], [1, 3], [4096, 7], [9000, 9000]] {
-            let (mut client, server) = tokio::io::duplex(64 * 1024);
-            client.write_all(&head).await.unwrap();
-            drop(client);
-            let state = Arc::new(ConnState::new("127.0.0.1:1".parse().unwrap(), None));
-            let mut io = TrackedIo::new(server, state, true);
-            let mut got = Vec::new();
-            let mut i = 0;
-            loop {
-                let mut buf = vec![0u8; sizes[i % 2]];
-                i += 1;
-                let n = io.read(&mut buf).await.unwrap();
-                if n == 0 {
-                    break;
+        let h2: Vec<u8> = H2_PREFACE.iter().copied().chain(*b"\0\0\0\x04").collect();
+        let cases: [(&[u8], &[usize], Sniffed); 7] = [
+            (&h1, &[usize::MAX], Sniffed::Http1),
+            (&h1, &[2, usize::MAX], Sniffed::Http1),
+            (&h2, &[usize::MAX], Sniffed::Http2),
+            (&h2, &[3, 9, 1, usize::MAX], Sniffed::Http2),
+            (b"PRI * HTTP/1.1\r\n\r\n", &[usize::MAX], Sniffed::Http1),
+            (b"PRI * HTT", &[4, usize::MAX], Sniffed::Http1),
+            (b"", &[], Sniffed::Http1),
+        ];
+        for (input, pieces, want) in cases {
+            for sizes in [[24usize, 8192], [1, 3], [9000, 9000]] {
+                let (mut client, server) = tokio::io::duplex(64 * 1024);
+                let (sent, pieces) = (input.to_vec(), pieces.to_vec());
+                let writer = tokio::spawn(async move {
+                    let mut at = 0;
+                    for p in pieces {
+                        let end = at + p.min(sent.len() - at);
+                        client.write_all(&sent[at..end]).await.unwrap();
+                        at = end;
+                        tokio::time::sleep(Duration::from_millis(2)).await;
+                    }
+                    // Dropping `client` ends the stream.
+                });
+                let state = Arc::new(ConnState::new("127.0.0.1:1".parse().unwrap(), None));
+                let mut io = TrackedIo::new(server, state);
+                let mut prefix = Vec::new();
+                let got_version = std::future::poll_fn(|cx| io.poll_sniff(cx, &mut prefix))
+                    .await
+                    .unwrap();
+                let shown = String::from_utf8_lossy(&input[..input.len().min(20)]).into_owned();
+                assert_eq!(got_version, want, "{shown:?}");
+                writer.await.unwrap();
+                let mut got = Vec::new();
+                let mut i = 0;
+                loop {
+                    let mut buf = vec![0u8; sizes[i % 2]];
+                    i += 1;
+                    let n = io.read(&mut buf).await.unwrap();
+                    if n == 0 {
+                        break;
+                    }
+                    got.extend_from_slice(&buf[..n]);
                 }
-                got.extend_from_slice(&buf[..n]);
+                assert_eq!(got, input, "{shown:?}, read sizes {sizes:?}");
             }
-            assert_eq!(got, head, "read sizes {sizes:?}");
         }
     }
 }
