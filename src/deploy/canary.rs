@@ -136,13 +136,11 @@ pub(super) fn publish_split(
     inner: &Inner,
     app: &str,
     split: Option<VersionSplit>,
-) -> Result<(), String> {
+) -> Result<(), StepError> {
     let mut st = inner.state.locked();
     let a = st.apps.entry(app.to_string()).or_default();
     a.split = split;
-    inner
-        .publish_app(&st, app)
-        .map_err(|e| format!("publishing the route failed: {e}"))
+    inner.publish_app(&st, app).map_err(StepError::Publish)
 }
 
 /// What the proxy counted so far for the replicas of `stable` and `canary`.
@@ -171,7 +169,7 @@ fn counts(inner: &Inner, app: &str, canary: &str) -> (VersionCounts, VersionCoun
 
 /// Takes all traffic off the canary at once (split gone, its replicas drain, in one swap),
 /// then returns the reason for `run::conclude`, which aborts the rest.
-fn back_to_stable(inner: &Inner, rec: &DeploymentRecord, why: String) -> String {
+fn back_to_stable(inner: &Inner, rec: &DeploymentRecord, why: String) -> StepError {
     inner
         .canaries
         .update(&rec.app, |s| s.phase = "aborting".into());
@@ -202,7 +200,7 @@ fn back_to_stable(inner: &Inner, rec: &DeploymentRecord, why: String) -> String 
     {
         inner.warn(format!("canary {}: clearing the split failed: {e}", rec.id));
     }
-    why
+    StepError::Canary(why)
 }
 
 /// What woke a canary's loop.
@@ -222,7 +220,7 @@ async fn wake(
     inner: &Inner,
     rec: &DeploymentRecord,
     rx: &mut mpsc::UnboundedReceiver<Command>,
-) -> Result<Wake, String> {
+) -> Result<Wake, StepError> {
     tokio::select! {
         cmd = rx.recv() => match cmd {
             Some(Command::Promote) => {
@@ -263,7 +261,7 @@ fn live(
 }
 
 /// Applies a split set by hand (already validated and persisted) and shows it.
-fn apply_manual(inner: &Inner, rec: &DeploymentRecord, s: &VersionSplit) -> Result<(), String> {
+fn apply_manual(inner: &Inner, rec: &DeploymentRecord, s: &VersionSplit) -> Result<(), StepError> {
     publish_split(inner, &rec.app, Some(s.clone()))?;
     inner.emit(
         &rec.id,
@@ -293,7 +291,7 @@ pub(super) async fn start_beside(
     image_id: &str,
     progress: &mut Progress,
     what: &str,
-) -> Result<(), String> {
+) -> Result<(), StepError> {
     let (app, spec) = (&rec.app, &rec.spec);
     for slot in 0..spec.replicas {
         let new = run::start_replica(inner, rec, image_id, slot).await?;
@@ -319,9 +317,7 @@ pub(super) async fn start_beside(
             state: ServerState::Ready,
         });
         progress.routed_new.push(id);
-        inner
-            .publish_app(&st, app)
-            .map_err(|e| format!("publishing the route failed: {e}"))?;
+        inner.publish_app(&st, app).map_err(StepError::Publish)?;
     }
     Ok(())
 }
@@ -335,13 +331,10 @@ pub(super) async fn run_canary(
     old: &[Replica],
     old_grace: Duration,
     progress: &mut Progress,
-) -> Result<bool, String> {
+) -> Result<bool, StepError> {
     let app = &rec.app;
     let spec = &rec.spec;
-    let cs: &CanarySpec = spec
-        .canary
-        .as_ref()
-        .ok_or_else(|| "internal: strategy canary without a canary spec".to_string())?;
+    let cs: &CanarySpec = spec.canary.as_ref().ok_or(StepError::NoCanarySpec)?;
     let stable = old
         .first()
         .map(|r| r.deployment.clone())
@@ -401,13 +394,9 @@ async fn walk(
     progress: &mut Progress,
     rx: &mut mpsc::UnboundedReceiver<Command>,
     at: At,
-) -> Result<bool, String> {
+) -> Result<bool, StepError> {
     let app = &rec.app;
-    let cs: &CanarySpec = rec
-        .spec
-        .canary
-        .as_ref()
-        .ok_or_else(|| "internal: strategy canary without a canary spec".to_string())?;
+    let cs: &CanarySpec = rec.spec.canary.as_ref().ok_or(StepError::NoCanarySpec)?;
     let mut manual = at.manual;
     let total = cs.steps.len();
     'steps: for (k, step) in cs.steps.iter().enumerate().skip(at.step) {
@@ -529,7 +518,7 @@ async fn park(
     old_grace: Duration,
     progress: &mut Progress,
     here: Parked,
-) -> Result<bool, String> {
+) -> Result<bool, StepError> {
     let old: Vec<String> = here
         .stable_replicas
         .iter()
@@ -541,9 +530,7 @@ async fn park(
     cp.new_hosts = true;
     cp.canary = Some(here);
     cp.version = handover::CANARY_CHECKPOINT_VERSION;
-    handover::boundary(inner, rec, cp)
-        .await
-        .map_err(String::from)
+    handover::boundary(inner, rec, cp).await
 }
 
 /// In the successor of an upgrade: carries on a canary its predecessor parked, at the step
@@ -555,7 +542,7 @@ pub(super) async fn carry_on(
     here: Parked,
     old_grace: Duration,
     progress: &mut Progress,
-) -> Result<bool, String> {
+) -> Result<bool, StepError> {
     let old: Vec<Replica> = here
         .stable_replicas
         .iter()
@@ -620,7 +607,7 @@ async fn promote(
     sticky: bool,
     old_grace: Duration,
     progress: &mut Progress,
-) -> Result<(), String> {
+) -> Result<(), StepError> {
     let app = &rec.app;
     let spec = &rec.spec;
     inner.canaries.update(app, |s| s.phase = "promoting".into());
@@ -724,7 +711,7 @@ pub(super) async fn resume(inner: Arc<Inner>, r: Resumed) {
         &mut progress,
     )
     .await;
-    run::conclude(&inner, &rec, progress, outcome.map_err(StepError::Canary)).await;
+    run::conclude(&inner, &rec, progress, outcome).await;
 }
 
 /// The manual hold of a resumed canary: commands until promote (then promotion) or abort.
@@ -736,7 +723,7 @@ async fn held(
     old: &[Replica],
     old_grace: Duration,
     progress: &mut Progress,
-) -> Result<bool, String> {
+) -> Result<bool, StepError> {
     let (mut rx, _registered) = register(
         inner,
         rec,

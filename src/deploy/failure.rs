@@ -82,9 +82,11 @@ pub(crate) enum StepError {
         name: String,
         source: Box<GateError>,
     },
-    /// A canary's own reason (`canary.rs` still words its failures as text).
+    /// A canary's own verdict: aborted by hand, or the analysis numbers that broke a threshold.
     #[error("{0}")]
     Canary(String),
+    #[error("internal: strategy canary without a canary spec")]
+    NoCanarySpec,
 }
 
 /// How a new replica failed its health gate.
@@ -107,14 +109,6 @@ impl StepError {
             slot,
             source: Box::new(self),
         }
-    }
-}
-
-/// `canary.rs` returns its reasons as text (typed later with the rest of that file): the
-/// run's typed failures join them with their message unchanged.
-impl From<StepError> for String {
-    fn from(e: StepError) -> String {
-        e.to_string()
     }
 }
 

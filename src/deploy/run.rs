@@ -82,16 +82,17 @@ pub(crate) async fn resume(inner: Arc<Inner>, rec: DeploymentRecord, cp: Checkpo
     };
     let outcome = match cp.canary {
         // A canary an upgrade parked: its walk goes on (`canary.rs`).
-        Some(here) => super::canary::carry_on(
-            &inner,
-            &rec,
-            &input.image_id,
-            here,
-            input.old_grace,
-            &mut progress,
-        )
-        .await
-        .map_err(StepError::Canary),
+        Some(here) => {
+            super::canary::carry_on(
+                &inner,
+                &rec,
+                &input.image_id,
+                here,
+                input.old_grace,
+                &mut progress,
+            )
+            .await
+        }
         None => steps(&inner, &rec, &input, cp.steps_done, &mut progress).await,
     };
     conclude(&inner, &rec, progress, outcome).await;
@@ -349,8 +350,7 @@ async fn execute(
         // Next to the stable version, step by step (`canary.rs`).
         Strategy::Canary if !old.is_empty() => {
             return super::canary::run_canary(inner, rec, &image_id, &old, old_grace, progress)
-                .await
-                .map_err(StepError::Canary);
+                .await;
         }
         // Next to the running versions, kept (`versions.rs`).
         Strategy::SideBySide if !old.is_empty() => {

@@ -66,11 +66,9 @@ pub(super) async fn run_side_by_side(
         .get(app)
         .and_then(|a| a.split.clone());
     let split = VersionSplit::joined(base.as_ref(), &current, &rec.id);
-    publish_split(inner, app, Some(split.clone())).map_err(StepError::Canary)?;
+    publish_split(inner, app, Some(split.clone()))?;
     let started = async {
-        start_beside(inner, rec, image_id, progress, "replica")
-            .await
-            .map_err(StepError::Canary)?;
+        start_beside(inner, rec, image_id, progress, "replica").await?;
         // Persisted before the deploy commits: a crash from here on finds the split naming
         // a deployment that did not succeed, and drops it from the split.
         inner
@@ -308,7 +306,8 @@ impl Engine {
         self.inner
             .store
             .set_traffic_split(app, Some(&split), now_ms() / 1000)?;
-        publish_split(&self.inner, app, Some(split.clone())).map_err(DeployError::Versions)?;
+        publish_split(&self.inner, app, Some(split.clone()))
+            .map_err(|e| DeployError::Versions(e.to_string()))?;
         tracing::info!(app, split = %list(&split), "traffic split between versions");
         Ok(split)
     }
