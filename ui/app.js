@@ -578,6 +578,9 @@
         h('dt', null, 'previous'), h('dd', null, depLabel(a.previous)),
         a.deploying ? [h('dt', null, 'deploying'), h('dd', null, a.deploying)] : null,
         a.canary ? canaryFacts(a.canary) : null,
+        // Several versions (side by side, a canary): each with its replicas and weight.
+        a.versions && a.versions.length ? [h('dt', null, 'versions'), h('dd', { class: 'versions' },
+          a.versions.map((v) => `${v.label || shortId(v.deployment)} ${v.ready}/${v.desired}${v.weight == null ? '' : ' · ' + v.weight + '%'}`).join(' / '))] : null,
         h('dt', null, 'replicas'), h('dd', { class: 'replica-count' }, count)),
       replicas.length ? h('ul', { class: 'replicas' }, replicas.map((r) =>
         h('li', { 'data-health': replicaHealth(r) },

@@ -113,6 +113,11 @@ impl From<DeployError> for AppsError {
                 field: None,
                 message: e.to_string(),
             }),
+            DeployError::Versions(message) => AppsError::Api(ApiError::Conflict {
+                code: "versions",
+                field: None,
+                message,
+            }),
         }
     }
 }

@@ -5,7 +5,8 @@
 use std::collections::BTreeMap;
 
 use axum::extract::State;
-use axum::routing::{get, post};
+use axum::http::StatusCode;
+use axum::routing::{delete, get, post};
 use axum::{Json, Router};
 use bytes::Bytes;
 use serde::Deserialize;
@@ -21,6 +22,7 @@ pub fn router() -> Router<ApiState> {
         .route("/v1/apps/{app}/promote", post(promote))
         .route("/v1/apps/{app}/abort", post(abort))
         .route("/v1/apps/{app}/traffic", get(traffic).put(set_traffic))
+        .route("/v1/apps/{app}/versions/{version}", delete(remove_version))
 }
 
 /// `POST /v1/apps/{app}/promote`: the canary takes all traffic now (202-like: the
@@ -68,4 +70,16 @@ async fn set_traffic(
         })?;
     let weights: BTreeMap<String, u32> = parse_json(&body)?;
     Ok(Json(engine(&state)?.set_traffic(&app, &weights, q.sticky)?))
+}
+
+/// `DELETE /v1/apps/{app}/versions/{version}` (deployment id or image tag): 202 with the
+/// split in force; the version drains and its containers go in the background.
+async fn remove_version(
+    State(state): State<ApiState>,
+    ApiPath((app, version)): ApiPath<(String, String)>,
+) -> Result<(StatusCode, Json<VersionSplit>), AppsError> {
+    Ok((
+        StatusCode::ACCEPTED,
+        Json(engine(&state)?.remove_version(&app, &version)?),
+    ))
 }

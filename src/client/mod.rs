@@ -134,6 +134,12 @@ pub struct Global {
 }
 
 #[derive(Debug, Subcommand)]
+pub enum VersionCmd {
+    /// Drain and remove one version (deployment id or image tag) of an app that runs several.
+    Rm { app: String, version: String },
+}
+
+#[derive(Debug, Subcommand)]
 pub enum Command {
     /// Manage the servers this CLI knows (URL + token).
     #[command(subcommand)]
@@ -158,6 +164,10 @@ pub enum Command {
         /// Return once the deployment is accepted instead of following it.
         #[arg(long)]
         detach: bool,
+        /// Keep the running versions: the new one starts next to them with weight 0
+        /// (`strategy: side_by_side`); move traffic with `berth traffic`.
+        #[arg(long)]
+        keep: bool,
     },
     /// Apps, replicas, health, version, domains and certificates.
     Status { app: Option<String> },
@@ -206,7 +216,7 @@ pub enum Command {
     /// Abort an app's running canary now: traffic back on stable, the canary removed.
     Abort { app: String },
     /// Show, or set by hand, how an app's traffic is split between its running versions
-    /// (A/B, during a canary): `berth traffic APP v1=90 v2=10`.
+    /// (A/B: versions deployed side by side, or a canary): `berth traffic APP v1=90 v2=10`.
     Traffic {
         app: String,
         /// VERSION=PERCENT pairs summing to 100 (VERSION: deployment id or image tag).
@@ -215,6 +225,10 @@ pub enum Command {
         #[arg(long)]
         sticky: bool,
     },
+    /// Versions an app runs side by side: `berth version rm APP VERSION` drains and removes
+    /// one (its weight goes to the others).
+    #[command(subcommand)]
+    Version(VersionCmd),
     /// Show an app's logs.
     Logs {
         app: String,

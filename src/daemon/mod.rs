@@ -73,6 +73,19 @@ impl TablePublisher for Tables {
     }
 }
 
+/// A start that fails half-way stops the tasks it already spawned, then returns `e`.
+async fn unwind<T>(
+    stop: &watch::Sender<bool>,
+    tasks: Vec<JoinHandle<()>>,
+    e: DaemonError,
+) -> Result<T, DaemonError> {
+    let _ = stop.send(true);
+    for t in tasks {
+        let _ = t.await;
+    }
+    Err(e)
+}
+
 /// A started daemon: its bound addresses and the handles to stop it.
 pub struct Running {
     pub http_addr: SocketAddr,
@@ -272,13 +285,7 @@ pub async fn start_with(
         .await;
         match tls {
             Ok(t) => t,
-            Err(e) => {
-                let _ = stop.send(true);
-                for t in tasks {
-                    let _ = t.await;
-                }
-                return Err(e);
-            }
+            Err(e) => return unwind(&stop, tasks, e).await,
         }
     } else {
         (None, None, None)
@@ -304,13 +311,7 @@ pub async fn start_with(
     .await;
     let tcp = match tcp {
         Ok(t) => t,
-        Err(e) => {
-            let _ = stop.send(true);
-            for t in tasks {
-                let _ = t.await;
-            }
-            return Err(e);
-        }
+        Err(e) => return unwind(&stop, tasks, e).await,
     };
     let mut api_settings = ApiSettings::from_config(&config.api);
     api_settings.max_upload_size = config.deploy.max_upload_size.0;

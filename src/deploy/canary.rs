@@ -16,17 +16,21 @@
 //! that was mid-promotion: stopped stable replicas are started again). The one exception is a
 //! split set by hand (A/B, persisted in `app_traffic`): that canary is routed as split again
 //! and waits for promote or abort. A crash after promotion committed leaves the canary as the
-//! current deployment. An upgrade during a canary aborts it (traffic back on stable,
-//! containers removed): redeploy afterwards.
+//! current deployment. An upgrade during a canary hands it over: at its next analysis tick
+//! the canary parks (its point in the walk, split and replicas in the deploy's checkpoint,
+//! traffic split as it was), the successor routes that split from its first table and walks
+//! on from the same step with the rest of its hold (counts start again in the new process).
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use serde::{Deserialize, Serialize};
 use tokio::sync::mpsc;
 use tokio::time::Instant;
 
 use super::failure::StepError;
+use super::handover::{self, Checkpoint, ReplicaRec};
 use super::run::{self, Progress};
 use super::{now_ms, AppHosts, DeployError, Engine, Inner, LockExt, Replica};
 use crate::model::api::Stage;
@@ -128,7 +132,11 @@ impl Drop for Registered<'_> {
 }
 
 /// Sets the app's split and publishes it (one table swap).
-fn publish_split(inner: &Inner, app: &str, split: Option<VersionSplit>) -> Result<(), String> {
+pub(super) fn publish_split(
+    inner: &Inner,
+    app: &str,
+    split: Option<VersionSplit>,
+) -> Result<(), String> {
     let mut st = inner.state.locked();
     let a = st.apps.entry(app.to_string()).or_default();
     a.split = split;
@@ -204,10 +212,12 @@ enum Wake {
     Promote,
     /// A split set by hand, already applied.
     Split(VersionSplit),
+    /// berthd is upgrading: park at this point for the successor.
+    Upgrade,
 }
 
-/// Waits for a hand command or the next tick. An abort (by hand, or because berthd is
-/// upgrading) takes the traffic back to stable and ends the canary with the reason.
+/// Waits for a hand command or the next tick. An abort by hand takes the traffic back to
+/// stable and ends the canary with the reason; an upgrade parks it (`park`).
 async fn wake(
     inner: &Inner,
     rec: &DeploymentRecord,
@@ -229,12 +239,7 @@ async fn wake(
         },
         _ = tokio::time::sleep(TICK) => {
             if !inner.handover.running() {
-                return Err(back_to_stable(
-                    inner,
-                    rec,
-                    "berthd is upgrading: the canary was aborted (redeploy after the upgrade)"
-                        .into(),
-                ));
+                return Ok(Wake::Upgrade);
             }
             Ok(Wake::Tick)
         }
@@ -280,6 +285,47 @@ fn apply_manual(inner: &Inner, rec: &DeploymentRecord, s: &VersionSplit) -> Resu
     Ok(())
 }
 
+/// Starts `rec`'s replicas next to the running ones, each health-gated and then routed
+/// (with whatever weight the app's split gives its version: 0 while it starts).
+pub(super) async fn start_beside(
+    inner: &Arc<Inner>,
+    rec: &DeploymentRecord,
+    image_id: &str,
+    progress: &mut Progress,
+    what: &str,
+) -> Result<(), String> {
+    let (app, spec) = (&rec.app, &rec.spec);
+    for slot in 0..spec.replicas {
+        let new = run::start_replica(inner, rec, image_id, slot).await?;
+        inner.emit(
+            &rec.id,
+            Stage::Start,
+            format!("{what} {slot}: container {} at {}", new.name, new.addr),
+        );
+        let (id, name, addr) = (new.id.clone(), new.name.clone(), new.addr);
+        progress.new.insert(slot, new);
+        if let Some(new) = progress.new.get(&slot) {
+            run::gate(inner, rec, new, slot).await?;
+        }
+        inner.emit(&rec.id, Stage::Healthy, format!("{what} {slot} is healthy"));
+        let mut st = inner.state.locked();
+        let a = st.apps.entry(app.clone()).or_default();
+        a.hosts = Some(AppHosts::of(spec));
+        a.replicas.push(Replica {
+            container_id: id.clone(),
+            name,
+            address: BackendAddr::new(addr.ip().to_string(), addr.port()),
+            deployment: rec.id.clone(),
+            state: ServerState::Ready,
+        });
+        progress.routed_new.push(id);
+        inner
+            .publish_app(&st, app)
+            .map_err(|e| format!("publishing the route failed: {e}"))?;
+    }
+    Ok(())
+}
+
 /// Runs a canary deploy of `rec` next to the `old` replicas (the stable version). `Err` is
 /// the failure reason (traffic is already back on stable); `conclude` aborts or commits.
 pub(super) async fn run_canary(
@@ -289,7 +335,7 @@ pub(super) async fn run_canary(
     old: &[Replica],
     old_grace: Duration,
     progress: &mut Progress,
-) -> Result<(), String> {
+) -> Result<bool, String> {
     let app = &rec.app;
     let spec = &rec.spec;
     let cs: &CanarySpec = spec
@@ -321,51 +367,61 @@ pub(super) async fn run_canary(
         app,
         Some(VersionSplit::canary(&stable, &rec.id, 0, cs.sticky)),
     )?;
-    for slot in 0..spec.replicas {
-        let new = run::start_replica(inner, rec, image_id, slot).await?;
-        inner.emit(
-            &rec.id,
-            Stage::Start,
-            format!(
-                "canary replica {slot}: container {} at {}",
-                new.name, new.addr
-            ),
-        );
-        let (id, name, addr) = (new.id.clone(), new.name.clone(), new.addr);
-        progress.new.insert(slot, new);
-        if let Some(new) = progress.new.get(&slot) {
-            run::gate(inner, rec, new, slot).await?;
-        }
-        inner.emit(
-            &rec.id,
-            Stage::Healthy,
-            format!("canary replica {slot} is healthy"),
-        );
-        let mut st = inner.state.locked();
-        let a = st.apps.entry(app.clone()).or_default();
-        a.hosts = Some(AppHosts::of(spec));
-        a.replicas.push(Replica {
-            container_id: id.clone(),
-            name,
-            address: BackendAddr::new(addr.ip().to_string(), addr.port()),
-            deployment: rec.id.clone(),
-            state: ServerState::Ready,
-        });
-        progress.routed_new.push(id);
-        inner
-            .publish_app(&st, app)
-            .map_err(|e| format!("publishing the route failed: {e}"))?;
-    }
+    start_beside(inner, rec, image_id, progress, "canary replica").await?;
     // 2. The steps (or a manual split, until promote or abort).
-    let mut manual: Option<VersionSplit> = None;
+    walk(
+        inner,
+        rec,
+        image_id,
+        (&stable, old, old_grace),
+        progress,
+        &mut rx,
+        At::default(),
+    )
+    .await
+}
+
+/// Where a canary's walk starts: step index, time of that step's hold already done, a split
+/// set by hand (then no automatic steps).
+#[derive(Default)]
+struct At {
+    step: usize,
+    held: Duration,
+    manual: Option<VersionSplit>,
+}
+
+/// Walks `canary.steps` from `at` (or holds a split set by hand) until promotion (then
+/// `Ok(false)`), a breach or an abort (`Err`, traffic already back on stable), or an upgrade
+/// that handed the canary to the successor (`Ok(true)`).
+async fn walk(
+    inner: &Arc<Inner>,
+    rec: &DeploymentRecord,
+    image_id: &str,
+    (stable, old, old_grace): (&str, &[Replica], Duration),
+    progress: &mut Progress,
+    rx: &mut mpsc::UnboundedReceiver<Command>,
+    at: At,
+) -> Result<bool, String> {
+    let app = &rec.app;
+    let cs: &CanarySpec = rec
+        .spec
+        .canary
+        .as_ref()
+        .ok_or_else(|| "internal: strategy canary without a canary spec".to_string())?;
+    let mut manual = at.manual;
     let total = cs.steps.len();
-    'steps: for (k, step) in cs.steps.iter().enumerate() {
+    'steps: for (k, step) in cs.steps.iter().enumerate().skip(at.step) {
         let weight = step.weight.as_whole().unwrap_or(0);
+        let held = if k == at.step {
+            at.held
+        } else {
+            Duration::ZERO
+        };
         if manual.is_none() {
             publish_split(
                 inner,
                 app,
-                Some(VersionSplit::canary(&stable, &rec.id, weight, cs.sticky)),
+                Some(VersionSplit::canary(stable, &rec.id, weight, cs.sticky)),
             )?;
             inner.emit(
                 &rec.id,
@@ -373,14 +429,14 @@ pub(super) async fn run_canary(
                 format!(
                     "step {}/{total}: {weight}% of new requests to the canary for {}",
                     k + 1,
-                    humantime::format_duration(step.hold)
+                    humantime::format_duration(step.hold.saturating_sub(held))
                 ),
             );
         }
         let split_now = |manual: &Option<VersionSplit>| {
             manual
                 .clone()
-                .unwrap_or_else(|| VersionSplit::canary(&stable, &rec.id, weight, cs.sticky))
+                .unwrap_or_else(|| VersionSplit::canary(stable, &rec.id, weight, cs.sticky))
         };
         inner.canaries.update(app, |s| {
             s.phase = if manual.is_some() { "manual" } else { "step" }.into();
@@ -388,14 +444,30 @@ pub(super) async fn run_canary(
             s.split = split_now(&manual).weights;
         });
         let mut base = counts(inner, app, &rec.id);
-        let mut started = Instant::now();
+        let mut started = Instant::now()
+            .checked_sub(held)
+            .unwrap_or_else(Instant::now);
         loop {
-            match wake(inner, rec, &mut rx).await? {
+            match wake(inner, rec, rx).await? {
                 Wake::Promote => break 'steps,
                 Wake::Split(s) => {
                     manual = Some(s);
                     base = counts(inner, app, &rec.id);
                     started = Instant::now();
+                    continue;
+                }
+                Wake::Upgrade => {
+                    let here = Parked {
+                        step: k,
+                        held_ms: started.elapsed().as_millis() as u64,
+                        split: split_now(&manual),
+                        manual: manual.is_some(),
+                        stable: stable.to_string(),
+                        stable_replicas: old.iter().map(ReplicaRec::of).collect(),
+                    };
+                    if park(inner, rec, image_id, old_grace, progress, here).await? {
+                        return Ok(true);
+                    }
                     continue;
                 }
                 Wake::Tick => {}
@@ -428,7 +500,114 @@ pub(super) async fn run_canary(
             }
         }
     }
-    promote(inner, rec, &stable, old, cs.sticky, old_grace, progress).await
+    let sticky = manual.as_ref().map_or(cs.sticky, |m| m.sticky);
+    promote(inner, rec, stable, old, sticky, old_grace, progress)
+        .await
+        .map(|()| false)
+}
+
+/// Where a canary stood when an upgrade parked it (in the deploy's checkpoint): the
+/// successor routes `split` at once and walks on from `step` with `held_ms` of its hold done.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+pub(crate) struct Parked {
+    pub step: usize,
+    pub held_ms: u64,
+    pub split: VersionSplit,
+    /// The split was set by hand: no automatic steps.
+    pub manual: bool,
+    pub stable: String,
+    pub stable_replicas: Vec<ReplicaRec>,
+}
+
+/// An upgrade asked deploys to pause: the canary's point is checkpointed (its replicas and
+/// split stay routed as they are) and it waits. `Ok(true)`: handed over to the successor,
+/// which carries on (`carry_on`); `Ok(false)`: the upgrade did not happen, walk on here.
+async fn park(
+    inner: &Arc<Inner>,
+    rec: &DeploymentRecord,
+    image_id: &str,
+    old_grace: Duration,
+    progress: &mut Progress,
+    here: Parked,
+) -> Result<bool, String> {
+    let old: Vec<String> = here
+        .stable_replicas
+        .iter()
+        .map(|r| r.container_id.clone())
+        .collect();
+    let steps = rec.spec.canary.as_ref().map_or(0, |c| c.steps.len());
+    let mut cp = Checkpoint::new(image_id, &old, here.step, steps, old_grace);
+    run::fill_checkpoint(&mut cp, progress);
+    cp.new_hosts = true;
+    cp.canary = Some(here);
+    cp.version = handover::CANARY_CHECKPOINT_VERSION;
+    handover::boundary(inner, rec, cp)
+        .await
+        .map_err(String::from)
+}
+
+/// In the successor of an upgrade: carries on a canary its predecessor parked, at the step
+/// and split it had (already routed by `serve_first`), with the rest of that step's hold.
+pub(super) async fn carry_on(
+    inner: &Arc<Inner>,
+    rec: &DeploymentRecord,
+    image_id: &str,
+    here: Parked,
+    old_grace: Duration,
+    progress: &mut Progress,
+) -> Result<bool, String> {
+    let old: Vec<Replica> = here
+        .stable_replicas
+        .iter()
+        .map(ReplicaRec::replica)
+        .collect();
+    let steps = rec.spec.canary.as_ref().map_or(0, |c| c.steps.len());
+    let (mut rx, _registered) = register(
+        inner,
+        rec,
+        CanaryStatus {
+            deployment: rec.id.clone(),
+            stable: here.stable.clone(),
+            phase: if here.manual { "manual" } else { "step" }.into(),
+            step: here.step + 1,
+            steps,
+            split: here.split.weights.clone(),
+            sticky: here.split.sticky,
+            stable_live: LiveFigures::default(),
+            canary_live: LiveFigures::default(),
+        },
+    );
+    inner.emit(
+        &rec.id,
+        Stage::Step,
+        format!(
+            "the canary carries on after the upgrade at step {}/{steps} ({} of its hold done), \
+             split {}",
+            here.step + 1,
+            humantime::format_duration(Duration::from_millis(here.held_ms)),
+            here.split
+                .weights
+                .iter()
+                .map(|(v, w)| format!("{v}={w}%"))
+                .collect::<Vec<_>>()
+                .join(" ")
+        ),
+    );
+    let at = At {
+        step: here.step,
+        held: Duration::from_millis(here.held_ms),
+        manual: here.manual.then(|| here.split.clone()),
+    };
+    walk(
+        inner,
+        rec,
+        image_id,
+        (&here.stable, &old, old_grace),
+        progress,
+        &mut rx,
+        at,
+    )
+    .await
 }
 
 /// Promotion: the canary takes every new request, the old replicas drain, stop and leave
@@ -545,13 +724,7 @@ pub(super) async fn resume(inner: Arc<Inner>, r: Resumed) {
         &mut progress,
     )
     .await;
-    run::conclude(
-        &inner,
-        &rec,
-        progress,
-        outcome.map(|()| false).map_err(StepError::Canary),
-    )
-    .await;
+    run::conclude(&inner, &rec, progress, outcome.map_err(StepError::Canary)).await;
 }
 
 /// The manual hold of a resumed canary: commands until promote (then promotion) or abort.
@@ -563,8 +736,7 @@ async fn held(
     old: &[Replica],
     old_grace: Duration,
     progress: &mut Progress,
-) -> Result<(), String> {
-    let app = &rec.app;
+) -> Result<bool, String> {
     let (mut rx, _registered) = register(
         inner,
         rec,
@@ -580,25 +752,25 @@ async fn held(
             canary_live: LiveFigures::default(),
         },
     );
-    let mut sticky = split.sticky;
-    let mut base = counts(inner, app, &rec.id);
-    loop {
-        match wake(inner, rec, &mut rx).await? {
-            Wake::Promote => break,
-            Wake::Split(s) => {
-                sticky = s.sticky;
-                base = counts(inner, app, &rec.id);
-            }
-            Wake::Tick => {
-                live(inner, app, &rec.id, &base);
-            }
-        }
-    }
-    promote(inner, rec, stable, old, sticky, old_grace, progress).await
+    let image_id = rec.image_id.clone().unwrap_or_default();
+    let at = At {
+        manual: Some(split),
+        ..At::default()
+    };
+    walk(
+        inner,
+        rec,
+        &image_id,
+        (stable, old, old_grace),
+        progress,
+        &mut rx,
+        at,
+    )
+    .await
 }
 
 /// A version of a running app: its deployment id and, when unambiguous, its image tag.
-fn resolve_version(key: &str, running: &[(String, String)]) -> Option<String> {
+pub(super) fn resolve_version(key: &str, running: &[(String, String)]) -> Option<String> {
     if running.iter().any(|(id, _)| id == key) {
         return Some(key.to_string());
     }
@@ -610,7 +782,7 @@ fn resolve_version(key: &str, running: &[(String, String)]) -> Option<String> {
 }
 
 /// The tag of an image reference (`registry:5000/web:v2` → `v2`), if it has one.
-fn image_tag(image: &str) -> String {
+pub(super) fn image_tag(image: &str) -> String {
     let last = image.rsplit('/').next().unwrap_or(image);
     match last.split_once(':') {
         Some((_, tag)) if !image.starts_with("sha256:") => tag.to_string(),
@@ -691,30 +863,7 @@ impl Engine {
         sticky: Option<bool>,
     ) -> Result<VersionSplit, DeployError> {
         self.refuse_if_damaged(app)?;
-        let running: Vec<(String, String)> = {
-            let st = self.inner.state.locked();
-            let a = st
-                .apps
-                .get(app)
-                .filter(|a| a.hosts.is_some())
-                .ok_or_else(|| DeployError::AppNotFound(app.to_string()))?;
-            let mut ids: Vec<String> = a.replicas.iter().map(|r| r.deployment.clone()).collect();
-            ids.sort();
-            ids.dedup();
-            ids.into_iter()
-                .map(|id| {
-                    let tag = self
-                        .inner
-                        .store
-                        .get(&id)
-                        .ok()
-                        .flatten()
-                        .map(|d| image_tag(&d.spec.image))
-                        .unwrap_or_default();
-                    (id, tag)
-                })
-                .collect()
-        };
+        let running = self.running_versions(app)?;
         let mut split = VersionSplit::default();
         for (k, w) in weights {
             let id = resolve_version(k, &running).ok_or_else(|| {
@@ -734,6 +883,13 @@ impl Engine {
                     ),
                 })
             })?;
+            if *w > 100 {
+                // Named as the caller wrote it (not as the deployment id it resolves to).
+                return Err(DeployError::Invalid(SpecError {
+                    field: format!("weights.{k}"),
+                    message: format!("{w} is out of range (0-100)"),
+                }));
+            }
             if split.weights.insert(id.clone(), *w).is_some() {
                 return Err(DeployError::Invalid(SpecError {
                     field: format!("weights.{k}"),
@@ -744,7 +900,14 @@ impl Engine {
         let ids: Vec<&str> = running.iter().map(|(id, _)| id.as_str()).collect();
         split.validate(&ids).map_err(DeployError::Invalid)?;
         let status = self.inner.canaries.status(app);
-        split.sticky = sticky.unwrap_or_else(|| status.as_ref().is_some_and(|s| s.sticky));
+        let kept = self.kept_split(app);
+        split.sticky = sticky.unwrap_or_else(|| {
+            status.as_ref().is_some_and(|s| s.sticky) || kept.as_ref().is_some_and(|k| k.sticky)
+        });
+        if status.is_none() && kept.is_some() {
+            // Versions side by side (`versions.rs`): persisted, then published.
+            return self.set_kept_split(app, split, &running);
+        }
         if ids.len() < 2 {
             // One version: it already has every request; nothing to persist.
             return Ok(split);

@@ -15,7 +15,6 @@ use super::{
     State, DELETING, STOPPING,
 };
 use crate::model::deploy::{validate_app_name, AppSpec, Strategy};
-use crate::model::route::ServerState;
 use crate::runtime::ContainerRuntime;
 use crate::store::deployments::{DeployState, DeploymentRecord, DeploymentStore};
 use crate::store::registry::{ChangeError, RouteSetError};
@@ -206,6 +205,13 @@ impl Engine {
         {
             let mut st = self.inner.state.locked();
             let a = st.apps.entry(app.to_string()).or_default();
+            if a.running.is_none() && rec.spec.strategy == Strategy::Canary && a.split.is_some() {
+                return Err(DeployError::Versions(format!(
+                    "app {app} runs several versions side by side: a canary needs one stable \
+                     version (remove the others with `berth version rm`, or deploy with \
+                     strategy: side_by_side or rolling)"
+                )));
+            }
             // Claimed here, so no second deploy can slip in; persisted (below, outside the
             // state lock) before anything runs.
             a.claim(app, &id)?;
@@ -250,6 +256,7 @@ impl Engine {
                     Strategy::Rolling => "rolling",
                     Strategy::Replace => "replace",
                     Strategy::Canary => "canary",
+                    Strategy::SideBySide => "side-by-side",
                 },
                 rec.spec.image,
                 rec.spec.replicas
@@ -368,18 +375,10 @@ impl Engine {
         }
         let replicas = {
             let mut st = self.inner.state.locked();
-            let Some(a) = st.apps.get_mut(app) else {
+            if !st.apps.contains_key(app) {
                 return Err(DeployError::AppNotFound(app.to_string()));
-            };
-            for r in a.replicas.iter_mut() {
-                r.state = ServerState::Drain;
             }
-            let replicas = a.replicas.clone();
-            if let Err(e) = self.inner.publish_app(&st, app) {
-                self.inner
-                    .warn(format!("app {app}: publishing drained routes failed: {e}"));
-            }
-            replicas
+            self.inner.drain_all(&mut st, app)
         };
         let result = self.finish_stop(app, &replicas, drain, grace).await;
         if let Some(a) = self.inner.state.locked().apps.get_mut(app) {
@@ -411,15 +410,7 @@ impl Engine {
             let a = st.apps.entry(app.to_string()).or_default();
             // Deploys of this app get Conflict("deleting") until the delete is done.
             a.claim(app, DELETING)?;
-            for r in a.replicas.iter_mut() {
-                r.state = ServerState::Drain;
-            }
-            let replicas = a.replicas.clone();
-            if let Err(e) = self.inner.publish_app(&st, app) {
-                self.inner
-                    .warn(format!("app {app}: publishing drained routes failed: {e}"));
-            }
-            replicas
+            self.inner.drain_all(&mut st, app)
         };
         let result = async {
             // Persist first: after a crash from here on, reconcile stops the rest.
@@ -488,12 +479,17 @@ impl Engine {
                 a.replicas.clear();
                 a.hosts = None;
                 a.adopted = None;
+                // Versions side by side were stopped with the rest.
+                a.split = None;
             }
             if let Err(e) = self.inner.publish_app(&st, app) {
                 self.inner
                     .warn(format!("app {app}: removing routes failed: {e}"));
             }
         }
+        self.inner
+            .store
+            .set_traffic_split(app, None, now_ms() / 1000)?;
         for r in replicas {
             self.inner.rt.stop(&r.container_id, grace).await?;
             self.inner.rt.remove(&r.container_id).await?;

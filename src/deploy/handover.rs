@@ -34,6 +34,10 @@ use crate::store::deployments::DeploymentRecord;
 
 /// Checkpoint format version (a successor refuses others and leaves the deploy to reconcile).
 const CHECKPOINT_VERSION: u32 = 1;
+/// The version of a parked canary's checkpoint: a berthd that does not know canaries refuses
+/// it (then reconcile fails the canary and stable keeps the traffic) instead of running the
+/// rolling plan from its step count.
+pub(crate) const CANARY_CHECKPOINT_VERSION: u32 = 2;
 
 /// Longest wait of a successor for its predecessor to exit before resuming a handed-over
 /// deploy (the predecessor's drain is bounded too; this only guards against a hung one).
@@ -135,12 +139,17 @@ pub(crate) struct Checkpoint {
     pub routed: Vec<ReplicaRec>,
     /// Whether the route answers for the new spec's domains already.
     pub new_hosts: bool,
+    /// A canary's point in its walk (`canary::Parked`): the successor carries on there.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub canary: Option<super::canary::Parked>,
 }
 
 impl Checkpoint {
     pub fn parse(data: &str) -> Result<Checkpoint, CheckpointError> {
         let cp: Checkpoint = serde_json::from_str(data)?;
-        if cp.version != CHECKPOINT_VERSION {
+        let known = cp.version == CHECKPOINT_VERSION
+            || (cp.version == CANARY_CHECKPOINT_VERSION && cp.canary.is_some());
+        if !known {
             return Err(CheckpointError::Version(cp.version));
         }
         Ok(cp)
@@ -165,6 +174,7 @@ impl Checkpoint {
             stopped_old: Vec::new(),
             routed: Vec::new(),
             new_hosts: false,
+            canary: None,
         }
     }
 }
@@ -380,6 +390,18 @@ pub(crate) fn route_as_checkpointed(a: &mut AppState, ad: &Adopted) {
         a.hosts = Some(AppHosts::of(&ad.rec.spec));
     }
     a.running = Some(ad.rec.id.clone());
+    // A parked canary's split, as it was.
+    if let Some(c) = &ad.cp.canary {
+        a.split = Some(c.split.clone());
+    }
+    // A replace deploy of a one-replica app held requests during its cut-over: the hold is
+    // back from the first route this process serves, not only once the deploy resumes (the
+    // predecessor may still be draining then, and its old replica is already gone).
+    a.deploy_hold = super::traffic::cutover_hold(
+        &ad.rec.spec,
+        ad.cp.old.len(),
+        Duration::from_millis(ad.cp.old_grace_ms),
+    );
 }
 
 /// Background, in the successor: waits until deploy `ad` is this process's to write (handed
@@ -430,9 +452,18 @@ pub(crate) async fn resume_when_ours(inner: Arc<Inner>, ad: Adopted) {
             Ok(None) => {
                 // The owner took it back (its upgrade failed; this process is being stopped)
                 // or finished it.
-                if let Some(a) = inner.state.locked().apps.get_mut(&ad.rec.app) {
-                    if a.running.as_deref() == Some(id.as_str()) {
-                        a.running = None;
+                {
+                    let mut st = inner.state.locked();
+                    if let Some(a) = st.apps.get_mut(&ad.rec.app) {
+                        if a.running.as_deref() == Some(id.as_str()) {
+                            a.running = None;
+                            // Its cut-over hold (`route_as_checkpointed`) goes with it.
+                            if a.deploy_hold.take().is_some() {
+                                if let Err(e) = inner.publish_app(&st, &ad.rec.app) {
+                                    inner.warn(format!("deployment {id}: ending its hold: {e}"));
+                                }
+                            }
+                        }
                     }
                 }
                 tracing::info!(deployment = %id, "deploy stays with the previous process");
@@ -457,6 +488,39 @@ pub(crate) async fn resume_when_ours(inner: Arc<Inner>, ad: Adopted) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_handed_over_one_replica_replace_holds_requests_from_the_first_route() {
+        let spec = |strategy: &str| -> crate::model::deploy::AppSpec {
+            serde_json::from_value(serde_json::json!({
+                "image": "web:2", "domains": ["web.test"], "strategy": strategy,
+            }))
+            .unwrap()
+        };
+        let adopted = |strategy: &str| Adopted {
+            rec: DeploymentRecord {
+                id: "d2".into(),
+                app: "web".into(),
+                spec: spec(strategy),
+                image_id: None,
+                state: crate::store::deployments::DeployState::Running,
+                reason: None,
+                created_by: "t".into(),
+                created_at: 1,
+                finished_at: None,
+                rollback_of: None,
+            },
+            cp: Checkpoint::new("sha256:ab", &["c1".into()], 2, 5, Duration::from_secs(3)),
+        };
+        let mut a = AppState::default();
+        route_as_checkpointed(&mut a, &adopted("replace"));
+        // Before: no hold until the deploy resumed (requests got 503 in between).
+        assert!(a.deploy_hold.is_some());
+        assert!(a.effective_gate().is_some_and(|g| g.paused.is_some()));
+        let mut a = AppState::default();
+        route_as_checkpointed(&mut a, &adopted("rolling"));
+        assert!(a.deploy_hold.is_none());
+    }
 
     #[test]
     fn liveness_of_processes() {

@@ -13,7 +13,8 @@
 //! reports); `run.rs` runs one deployment, `reconcile.rs` repairs after start,
 //! `discovery.rs` routes hand-started containers, `handover.rs` passes deploys across an
 //! upgrade, `failure.rs` says why a step failed (`StepError`, stored as the reason),
-//! `traffic.rs` pause/maintenance, `health.rs` the deploy gate's checks.
+//! `traffic.rs` pause/maintenance, `versions.rs` versions side
+//! by side (A/B), `health.rs` the deploy gate's checks.
 
 pub mod canary;
 mod discovery;
@@ -27,6 +28,7 @@ mod run;
 mod state;
 mod status;
 mod traffic;
+mod versions;
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -40,7 +42,9 @@ use crate::runtime::{ByteStream, RegistryCreds, RuntimeError};
 use crate::store::deployments::DeploymentStoreError;
 use crate::store::registry::ChangeError;
 
-pub use crate::model::api::{AppDeleted, AppStatus, DeployEvent, ReplicaStatus, Stage};
+pub use crate::model::api::{
+    AppDeleted, AppStatus, DeployEvent, ReplicaStatus, Stage, VersionStatus,
+};
 pub use engine::Engine;
 pub(crate) use events::replayed;
 pub use handover::HandoverError;
@@ -57,29 +61,19 @@ pub trait RoutePublisher: HealthProbe {
     fn set_routes(&self, key: &str, routes: Vec<RouteSpec>) -> Result<(), ChangeError>;
     /// Whether `set_routes(key, routes)` would be refused (a domain another route serves),
     /// changing nothing. The engine asks before it accepts a deploy.
-    fn check_routes(&self, key: &str, routes: Vec<RouteSpec>) -> Result<(), ChangeError> {
-        let _ = (key, routes);
-        Ok(())
-    }
+    fn check_routes(&self, key: &str, routes: Vec<RouteSpec>) -> Result<(), ChangeError>;
     /// Requests in flight to backend `backend_id` of route `route`, if that backend is
     /// in the current table.
     fn inflight(&self, route: &str, backend_id: &str) -> Option<u64>;
     /// The proxy's own health of that backend (active and passive checks), if it is in the
     /// current table: what status reports, so it never says healthy while the route is down.
-    fn healthy(&self, _route: &str, _backend_id: &str) -> Option<bool> {
-        None
-    }
+    fn healthy(&self, route: &str, backend_id: &str) -> Option<bool>;
     /// The replicas of `app` now (every deployment's), for pools that follow the app.
     fn set_replicas(&self, _app: &str, _replicas: Vec<crate::model::pool::AppReplica>) {}
     /// What the proxy counted for that backend so far (requests, 5xx + upstream failures,
     /// latency), if it is in the current table: canary analysis sums it per version.
-    fn counts(
-        &self,
-        _route: &str,
-        _backend_id: &str,
-    ) -> Option<crate::model::canary::VersionCounts> {
-        None
-    }
+    /// (No default: a publisher that wraps another once forgot this and answered `None`.)
+    fn counts(&self, route: &str, backend_id: &str) -> Option<crate::model::canary::VersionCounts>;
 }
 
 /// Errors of the engine's API (the API layer maps them to HTTP statuses).
@@ -118,6 +112,10 @@ pub enum DeployError {
         "app {0} has no canary in progress (deploy with strategy: canary to run two versions)"
     )]
     NoCanary(String),
+    /// 409: a version change the app's versions do not allow (removing its only or current
+    /// version, a canary while several versions run).
+    #[error("{0}")]
+    Versions(String),
 }
 
 /// Where the image of a deploy comes from.

@@ -162,6 +162,13 @@ pub(crate) async fn serve_first(inner: &Arc<Inner>) -> Result<Startup, DeployErr
             _ => true,
         }
     });
+    // Versions kept side by side (`versions.rs`): routed with their stored split.
+    let busy: BTreeSet<String> = ab
+        .iter()
+        .map(|r| r.rec.app.clone())
+        .chain(handed.iter().map(|h| h.rec.app.clone()))
+        .collect();
+    let kept = super::versions::kept_at_start(inner, &splits, &currents, &busy)?;
     // Running containers whose deployment the store has no record of, by app.
     let mut unknown: BTreeMap<String, Vec<&ContainerInfo>> = BTreeMap::new();
     // Only containers on this engine's network: another berthd on the same Docker host
@@ -261,6 +268,18 @@ pub(crate) async fn serve_first(inner: &Arc<Inner>) -> Result<Startup, DeployErr
             a.split = Some(r.split.clone());
             a.running = Some(r.rec.id.clone());
         }
+        if let Some((split, recs)) = kept.get(&app) {
+            for d in recs {
+                a.replicas.extend(
+                    managed
+                        .iter()
+                        .filter(|c| c.running() && deployment_of(c) == Some(d.id.as_str()))
+                        .filter(|c| c.labels.get(labels::APP) == Some(&app))
+                        .filter_map(|c| replica_of(c, d.spec.port, &d.id)),
+                );
+            }
+            a.split = Some(split.clone());
+        }
         if a.adopted.is_none() && !currents.contains_key(&app) {
             // Nothing of this app could be adopted (reported above): nothing to route.
             continue;
@@ -343,9 +362,21 @@ async fn reconcile_all(inner: &Arc<Inner>, startup: Startup) -> Result<(), Deplo
         // before anything of the old version is removed), so it is aborted; the traffic is
         // already on stable (`serve_first` routes the current deployment only).
         let canary = d.spec.strategy == crate::model::deploy::Strategy::Canary;
-        let complete =
-            !canary && mine.len() as u32 >= d.spec.replicas && all_healthy(inner, &d, &mine).await;
-        if canary {
+        // A side-by-side deploy is not finished either: the split `serve_first` restored
+        // does not name it (`versions.rs`), so it is failed and its containers removed.
+        let beside = d.spec.strategy == crate::model::deploy::Strategy::SideBySide;
+        let complete = !canary
+            && !beside
+            && mine.len() as u32 >= d.spec.replicas
+            && all_healthy(inner, &d, &mine).await;
+        if beside {
+            let reason = "interrupted: berthd stopped during the side-by-side deploy; failed on \
+                          start (the running versions kept their split)";
+            inner
+                .store
+                .finish(&d.id, DeployState::Failed, Some(reason), now_ms())?;
+            tracing::warn!(deployment = %d.id, app = %d.app, "{reason}");
+        } else if canary {
             let reason = "interrupted: berthd stopped during the canary; aborted on start (the \
                           stable version kept the traffic)";
             inner
@@ -495,6 +526,9 @@ async fn reconcile_app(
             slot += 1;
         }
     }
+    // Versions kept side by side stay as they run (routed since `serve_first`; the
+    // proxy's prober checks them).
+    replicas.extend(super::versions::kept_replicas(inner, app, cur.as_ref()));
     // Other containers of this app: removed only when the store knows their deployment
     // (failed or interrupted deploys, replaced versions). One it does not know is newer
     // than the store: adopted by `serve_first` if it runs, reported here if not.

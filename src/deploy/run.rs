@@ -16,7 +16,7 @@ use super::handover::{self, Checkpoint, NewRec, ReplicaRec};
 use super::health::GateError;
 use super::{now_ms, AppHosts, ImageSource, Inner, LockExt, Replica, Stage};
 use crate::model::deploy::{
-    images_to_prune, plan, AppSpec, ImageUse, OldReplica, PullPolicy, Step,
+    images_to_prune, plan, AppSpec, ImageUse, OldReplica, PullPolicy, Step, Strategy,
 };
 use crate::model::labels::{self, LabelSpec};
 use crate::model::route::{BackendAddr, ServerState};
@@ -80,7 +80,20 @@ pub(crate) async fn resume(inner: Arc<Inner>, rec: DeploymentRecord, cp: Checkpo
         old: cp.old.clone(),
         old_grace: Duration::from_millis(cp.old_grace_ms),
     };
-    let outcome = steps(&inner, &rec, &input, cp.steps_done, &mut progress).await;
+    let outcome = match cp.canary {
+        // A canary an upgrade parked: its walk goes on (`canary.rs`).
+        Some(here) => super::canary::carry_on(
+            &inner,
+            &rec,
+            &input.image_id,
+            here,
+            input.old_grace,
+            &mut progress,
+        )
+        .await
+        .map_err(StepError::Canary),
+        None => steps(&inner, &rec, &input, cp.steps_done, &mut progress).await,
+    };
     conclude(&inner, &rec, progress, outcome).await;
 }
 
@@ -123,6 +136,7 @@ pub(super) async fn conclude(
             "deployment {id}: recording the outcome failed: {e}"
         ));
     }
+    super::versions::concluded(inner, rec, state);
     if state == DeployState::Succeeded {
         for old in &progress.stopped_old {
             if let Err(e) = inner.rt.remove(&old.container_id).await {
@@ -182,6 +196,12 @@ async fn at_boundary(
         }
     }
     let mut cp = Checkpoint::new(&input.image_id, &input.old, done, total, input.old_grace);
+    fill_checkpoint(&mut cp, progress);
+    handover::boundary(inner, rec, cp).await
+}
+
+/// What a checkpoint says of the deploy's own containers: started, routed, stopped.
+pub(super) fn fill_checkpoint(cp: &mut Checkpoint, progress: &Progress) {
     cp.new = progress
         .new
         .iter()
@@ -199,7 +219,6 @@ async fn at_boundary(
     cp.routed_new = progress.routed_new.clone();
     cp.stopped_old = progress.stopped_old.iter().map(ReplicaRec::of).collect();
     cp.new_hosts = !progress.routed_new.is_empty();
-    handover::boundary(inner, rec, cp).await
 }
 
 async fn resolve_image(
@@ -326,13 +345,27 @@ async fn execute(
             container_id: r.container_id.clone(),
         })
         .collect();
-    if rec.spec.strategy == crate::model::deploy::Strategy::Canary && !old.is_empty() {
-        // Next to the stable version, step by step (`canary.rs`); a first deploy has
-        // nothing to compare with and runs the rolling plan.
-        return super::canary::run_canary(inner, rec, &image_id, &old, old_grace, progress)
-            .await
-            .map(|()| false)
-            .map_err(StepError::Canary);
+    match rec.spec.strategy {
+        // Next to the stable version, step by step (`canary.rs`).
+        Strategy::Canary if !old.is_empty() => {
+            return super::canary::run_canary(inner, rec, &image_id, &old, old_grace, progress)
+                .await
+                .map_err(StepError::Canary);
+        }
+        // Next to the running versions, kept (`versions.rs`).
+        Strategy::SideBySide if !old.is_empty() => {
+            return super::versions::run_side_by_side(inner, rec, &image_id, &old, progress)
+                .await
+                .map(|()| false);
+        }
+        // A first deploy has nothing to run next to: the rolling plan.
+        Strategy::Canary | Strategy::SideBySide => inner.emit(
+            &rec.id,
+            Stage::Accepted,
+            "first deploy of the app: nothing runs to compare with or keep, so it runs as a \
+             rolling deploy",
+        ),
+        Strategy::Rolling | Strategy::Replace => super::versions::before_plain(inner, rec),
     }
     let input = PlanInput {
         image_id,

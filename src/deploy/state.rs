@@ -180,6 +180,22 @@ impl Inner {
 
     /// Publishes the route of a deployed app from `state` (caller holds the lock).
     /// An app with hosts but no replicas keeps a route without backends (503).
+    /// Sets every replica of `app` to drain (one table swap) and returns them: how stop and
+    /// delete begin.
+    pub(crate) fn drain_all(&self, st: &mut State, app: &str) -> Vec<Replica> {
+        let Some(a) = st.apps.get_mut(app) else {
+            return Vec::new();
+        };
+        for r in a.replicas.iter_mut() {
+            r.state = ServerState::Drain;
+        }
+        let replicas = a.replicas.clone();
+        if let Err(e) = self.publish_app(st, app) {
+            self.warn(format!("app {app}: publishing drained routes failed: {e}"));
+        }
+        replicas
+    }
+
     pub(crate) fn publish_app(&self, state: &State, app: &str) -> Result<(), ChangeError> {
         // Pools that follow the app (`model::pool`): workers too, so before the route.
         let replicas = state.apps.get(app).map(|a| {

@@ -6,6 +6,7 @@ use futures_util::StreamExt;
 
 use super::{
     app_route_name, discovered_route_name, AppStatus, DeployError, Engine, LockExt, ReplicaStatus,
+    VersionStatus,
 };
 use crate::runtime::RuntimeError;
 use crate::store::deployments::{DeployState, DeploymentRecord};
@@ -67,7 +68,7 @@ impl Engine {
     /// `GET /v1/apps/{app}`: replicas (with Docker state and in-flight counts), current and
     /// previous deployments, the deployment in progress.
     pub async fn app(&self, app: &str) -> Result<AppStatus, DeployError> {
-        let (replicas, down, discovered, deploying, adopted, gate) = {
+        let (replicas, down, discovered, deploying, adopted, gate, split) = {
             let st = self.inner.state.locked();
             let a = st.apps.get(app);
             (
@@ -81,6 +82,7 @@ impl Engine {
                 a.and_then(|a| a.running.clone()),
                 a.and_then(|a| a.adopted.clone()),
                 a.map(|a| a.gate.clone()).unwrap_or_default(),
+                a.and_then(|a| a.split.clone()),
             )
         };
         let history = self.inner.store.list(app, 50)?;
@@ -118,6 +120,7 @@ impl Engine {
             });
         }
         let discovered_status = rs.split_off(replicas.len());
+        let versions = self.versions_of(&rs, split.as_ref());
         Ok(AppStatus {
             name: app.to_string(),
             replicas: rs,
@@ -134,7 +137,46 @@ impl Engine {
             adopted,
             gate,
             canary: self.inner.canaries.status(app),
+            versions,
         })
+    }
+
+    /// One line per version of `replicas` when there are several (else none).
+    fn versions_of(
+        &self,
+        replicas: &[ReplicaStatus],
+        split: Option<&crate::model::canary::VersionSplit>,
+    ) -> Vec<VersionStatus> {
+        let mut ids: Vec<&str> = replicas
+            .iter()
+            .filter_map(|r| r.deployment.as_deref())
+            .collect();
+        ids.sort();
+        ids.dedup();
+        if ids.len() < 2 {
+            return Vec::new();
+        }
+        ids.into_iter()
+            .map(|id| {
+                let rec = self.inner.store.get(id).ok().flatten();
+                let of = replicas
+                    .iter()
+                    .filter(|r| r.deployment.as_deref() == Some(id));
+                VersionStatus {
+                    deployment: id.to_string(),
+                    label: rec
+                        .as_ref()
+                        .map(|d| super::canary::image_tag(&d.spec.image))
+                        .unwrap_or_default(),
+                    ready: of.clone().filter(|r| r.serves()).count() as u32,
+                    desired: rec.as_ref().map_or(0, |d| d.spec.replicas),
+                    draining: of
+                        .filter(|r| r.routing == crate::model::route::ServerState::Drain)
+                        .count() as u32,
+                    weight: split.and_then(|s| s.weights.get(id).copied()),
+                }
+            })
+            .collect()
     }
 
     /// `GET /v1/apps/{app}/logs`: log lines of every replica, prefixed with the container

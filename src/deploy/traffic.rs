@@ -85,6 +85,23 @@ impl Engine {
     }
 }
 
+/// How long a deploy of `spec` over `old_replicas` holds requests during its cut-over: a
+/// replace deploy of a one-replica app does, long enough for the whole cut-over (drain, stop,
+/// start, health gate); others do not.
+pub(super) fn cutover_hold(
+    spec: &crate::model::deploy::AppSpec,
+    old_replicas: usize,
+    stop_grace: std::time::Duration,
+) -> Option<std::time::Duration> {
+    (spec.strategy == crate::model::deploy::Strategy::Replace
+        && spec.replicas == 1
+        && old_replicas == 1)
+        .then(|| {
+            (spec.drain_timeout + stop_grace + spec.deploy_timeout)
+                .min(crate::model::traffic::MAX_PAUSE_TIMEOUT)
+        })
+}
+
 /// A replace deploy of a one-replica app holds new requests from the moment the old replica
 /// drains until the new one takes traffic (or the deploy ends), so the cut-over fails no
 /// request: they wait instead of getting 503. Dropping the guard ends the hold, on every
@@ -103,15 +120,7 @@ impl CutoverHold {
         old_replicas: usize,
         stop_grace: std::time::Duration,
     ) -> Option<Self> {
-        if spec.strategy != crate::model::deploy::Strategy::Replace
-            || spec.replicas != 1
-            || old_replicas != 1
-        {
-            return None;
-        }
-        // Long enough for the whole cut-over: drain, stop, start, health gate.
-        let timeout = (spec.drain_timeout + stop_grace + spec.deploy_timeout)
-            .min(crate::model::traffic::MAX_PAUSE_TIMEOUT);
+        let timeout = cutover_hold(spec, old_replicas, stop_grace)?;
         let mut st = inner.state.locked();
         let a = st.apps.entry(app.to_string()).or_default();
         a.deploy_hold = Some(timeout);

@@ -299,6 +299,11 @@ pub const ROUTE_RULES: &[(&str, &str, Rule)] = &[
     ("POST", "/v1/apps/{app}/abort", Rule::AppWrite),
     ("GET", "/v1/apps/{app}/traffic", Rule::AppRead),
     ("PUT", "/v1/apps/{app}/traffic", Rule::AppWrite),
+    (
+        "DELETE",
+        "/v1/apps/{app}/versions/{version}",
+        Rule::AppWrite,
+    ),
     ("GET", "/v1/deployments/{id}", Rule::DeploymentRead),
     ("GET", "/v1/deployments/{id}/events", Rule::DeploymentRead),
     ("GET", "/v1/certificates", Rule::Read),

@@ -620,6 +620,43 @@ pub struct AppStatus {
     /// The canary in progress: step, split, both versions' live figures (omitted otherwise).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub canary: Option<CanaryStatus>,
+    /// Each version (deployment) with replicas in the route, when there are several
+    /// (versions side by side, a canary, a deploy in progress); omitted otherwise.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub versions: Vec<VersionStatus>,
+}
+
+/// One version of an app in `AppStatus.versions`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct VersionStatus {
+    /// The deployment id.
+    pub deployment: String,
+    /// The image tag (`web:v2` → `v2`), which `berth traffic` accepts too; empty without one.
+    pub label: String,
+    /// Replicas that serve (routed, healthy, not draining).
+    pub ready: u32,
+    /// Replicas its deployment asks for.
+    pub desired: u32,
+    /// Replicas draining (leaving the route).
+    pub draining: u32,
+    /// Percent of new requests, when a split is in force.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub weight: Option<u32>,
+}
+
+impl VersionStatus {
+    /// `1/1 v2 (10%)`: ready/desired, label (or short id), weight.
+    pub fn summary(&self) -> String {
+        let name = if self.label.is_empty() {
+            self.deployment.clone()
+        } else {
+            self.label.clone()
+        };
+        match self.weight {
+            Some(w) => format!("{}/{} {name} ({w}%)", self.ready, self.desired),
+            None => format!("{}/{} {name}", self.ready, self.desired),
+        }
+    }
 }
 
 /// An app's health in one word.
@@ -670,7 +707,15 @@ impl AppSummary {
     /// The one rule for an app's health (the API, `berth status` and the status page show
     /// what it returns).
     pub fn of(a: &AppStatus) -> AppSummary {
-        let ready = a.replicas.iter().filter(|r| r.serves()).count();
+        // Several versions: the current deployment's replicas against what it asks for (the
+        // others are shown per version, see `App::of`).
+        let current = a.current.as_ref().map(|c| c.id.as_str());
+        let ready = a
+            .replicas
+            .iter()
+            .filter(|r| r.serves())
+            .filter(|r| a.versions.len() < 2 || r.deployment.as_deref() == current)
+            .count();
         let desired = a.current.as_ref().map_or(0, |c| c.spec.replicas as usize);
         let health = if a.deploying.is_some() {
             AppHealth::Deploying
@@ -719,10 +764,21 @@ impl App {
             })
             .unwrap_or_default();
         App {
-            status,
             domains,
             health: summary.health,
-            ready: format!("{}/{}", summary.ready, summary.desired),
+            ready: if status.versions.len() > 1 {
+                // One `ready/desired` per version (a canary's "2/1" was both versions
+                // counted against the stable one's count).
+                status
+                    .versions
+                    .iter()
+                    .map(VersionStatus::summary)
+                    .collect::<Vec<_>>()
+                    .join(" + ")
+            } else {
+                format!("{}/{}", summary.ready, summary.desired)
+            },
+            status,
         }
     }
 }
@@ -861,7 +917,42 @@ mod tests {
             adopted: None,
             gate: AppGate::default(),
             canary: None,
+            versions: vec![],
         }
+    }
+
+    #[test]
+    fn several_versions_count_per_version() {
+        // A canary (or versions side by side): stable d1 with 1 replica, d2 with 1. Before,
+        // the replicas column read "2/1" (both versions against the stable one's count).
+        let on = |d: &str| ReplicaStatus {
+            deployment: Some(d.into()),
+            ..replica(ServerState::Ready, true, Some(true))
+        };
+        let version = |d: &str, label: &str, ready, weight| VersionStatus {
+            deployment: d.into(),
+            label: label.into(),
+            ready,
+            desired: 1,
+            draining: 0,
+            weight,
+        };
+        let mut s = status(Some(1), vec![on("d1"), on("d2")], 0, false);
+        s.versions = vec![
+            version("d1", "v1", 1, Some(90)),
+            version("d2", "", 1, Some(10)),
+        ];
+        let sum = AppSummary::of(&s);
+        assert_eq!(
+            (sum.health, sum.ready, sum.desired),
+            (AppHealth::Healthy, 1, 1)
+        );
+        assert_eq!(App::of(s.clone()).ready, "1/1 v1 (90%) + 1/1 d2 (10%)");
+        // The current version short of replicas: degraded, whatever the other runs.
+        s.replicas = vec![on("d2")];
+        s.versions = vec![version("d1", "v1", 0, None), version("d2", "v2", 1, None)];
+        assert_eq!(AppSummary::of(&s).health, AppHealth::Down);
+        assert_eq!(App::of(s).ready, "0/1 v1 + 1/1 v2");
     }
 
     #[test]

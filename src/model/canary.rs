@@ -244,12 +244,14 @@ impl Default for VersionCounts {
 
 impl VersionCounts {
     /// What the proxy counted for one backend: requests sent, 5xx answers plus upstream
-    /// failures (a failure answered to the client as 502/504 is one of each), latencies.
+    /// failures, latencies. A failure answered to the client as 502/504 is in both counters
+    /// and counts once.
     pub fn of(stats: &super::stats::BackendStats) -> Self {
         use std::sync::atomic::Ordering::Relaxed;
         VersionCounts {
             requests: stats.requests.load(Relaxed),
-            errors: stats.responses_5xx.load(Relaxed) + stats.failures.load(Relaxed),
+            errors: (stats.responses_5xx.load(Relaxed) + stats.failures.load(Relaxed))
+                .saturating_sub(stats.failures_answered.load(Relaxed)),
             latency: stats.latency.snapshot(),
         }
     }
@@ -470,6 +472,62 @@ impl VersionSplit {
             return Err(err("weights", format!("weights sum to {sum}, not 100")));
         }
         Ok(())
+    }
+
+    /// The split after a side-by-side deploy: `new` joins with weight 0, the versions of
+    /// `base` keep theirs (no split yet: `current` had every request).
+    pub fn joined(base: Option<&VersionSplit>, current: &str, new: &str) -> Self {
+        let mut s = base.cloned().unwrap_or_else(|| {
+            let mut weights = BTreeMap::new();
+            weights.insert(current.to_string(), 100);
+            VersionSplit {
+                weights,
+                sticky: false,
+            }
+        });
+        s.weights.insert(new.to_string(), 0);
+        s
+    }
+
+    /// The split without `version` (removed, draining): its weight goes to the others in
+    /// proportion to theirs (largest remainders get the odd percents, ties by name); when
+    /// the others all have 0, it is spread evenly. The result still sums to 100 (or is
+    /// empty when no version is left).
+    pub fn without(&self, version: &str) -> Self {
+        let rest: Vec<(&String, u32)> = self
+            .weights
+            .iter()
+            .filter(|(v, _)| v.as_str() != version)
+            .map(|(v, w)| (v, *w))
+            .collect();
+        let sticky = self.sticky;
+        if rest.is_empty() {
+            return VersionSplit {
+                weights: BTreeMap::new(),
+                sticky,
+            };
+        }
+        let total: u32 = rest.iter().map(|(_, w)| *w).sum();
+        // Each version's share of 100 as a fraction total/denominator, floored; the percents
+        // still missing go to the largest remainders.
+        let n = rest.len() as u32;
+        let (mut given, mut parts): (u32, Vec<(&String, u32, u32)>) = (0, Vec::new());
+        for (v, w) in &rest {
+            let (num, den) = if total == 0 { (1, n) } else { (*w, total) };
+            let floor = 100 * num / den;
+            let rem = 100 * num % den;
+            given += floor;
+            parts.push((v, floor, rem));
+        }
+        let mut order: Vec<usize> = (0..parts.len()).collect();
+        order.sort_by(|a, b| parts[*b].2.cmp(&parts[*a].2).then(a.cmp(b)));
+        for i in order.into_iter().take((100 - given) as usize) {
+            parts[i].1 += 1;
+        }
+        VersionSplit {
+            weights: parts.into_iter().map(|(v, w, _)| (v.clone(), w)).collect(),
+            sticky,
+        }
     }
 
     /// The version with the most weight (ties: the first by name).
@@ -979,5 +1037,74 @@ mod tests {
             assert_eq!(c.version, 0);
             assert!(c.set_cookie.unwrap().starts_with(&format!("{name}=d1;")));
         }
+    }
+
+    fn split(pairs: &[(&str, u32)]) -> VersionSplit {
+        VersionSplit {
+            weights: pairs.iter().map(|(v, w)| (v.to_string(), *w)).collect(),
+            sticky: false,
+        }
+    }
+
+    #[test]
+    fn side_by_side_joins_at_zero_and_removal_spreads_the_weight() {
+        // The first kept deploy: the running version had every request.
+        assert_eq!(
+            VersionSplit::joined(None, "d1", "d2"),
+            split(&[("d1", 100), ("d2", 0)])
+        );
+        let s = split(&[("d1", 30), ("d2", 70)]);
+        let three = VersionSplit::joined(Some(&s), "d2", "d3");
+        assert_eq!(three, split(&[("d1", 30), ("d2", 70), ("d3", 0)]));
+        assert!(three.validate(&["d1", "d2", "d3"]).is_ok());
+        // Removing a version: its weight goes to the others in proportion to theirs.
+        let s = split(&[("d1", 30), ("d2", 30), ("d3", 40)]);
+        assert_eq!(s.without("d1"), split(&[("d2", 43), ("d3", 57)]));
+        assert_eq!(s.without("d3"), split(&[("d1", 50), ("d2", 50)]));
+        // The others all at 0: spread evenly, odd percents to the first by name.
+        let s = split(&[("d1", 100), ("d2", 0), ("d3", 0), ("d4", 0)]);
+        assert_eq!(
+            s.without("d1"),
+            split(&[("d2", 34), ("d3", 33), ("d4", 33)])
+        );
+        // A version without weight leaves the others as they are.
+        assert_eq!(
+            split(&[("d1", 90), ("d2", 10), ("d3", 0)]).without("d3"),
+            split(&[("d1", 90), ("d2", 10)])
+        );
+        // Unknown version: nothing changes; the last one: nothing left.
+        assert_eq!(
+            split(&[("d1", 90), ("d2", 10)]).without("d9"),
+            split(&[("d1", 90), ("d2", 10)])
+        );
+        assert!(split(&[("d1", 100)]).without("d1").weights.is_empty());
+        // Every result sums to 100.
+        for ws in [[1u32, 1, 98], [33, 33, 34], [0, 50, 50], [7, 0, 93]] {
+            let s = split(&[("a", ws[0]), ("b", ws[1]), ("c", ws[2])]);
+            for v in ["a", "b", "c"] {
+                assert_eq!(
+                    s.without(v).weights.values().sum::<u32>(),
+                    100,
+                    "{ws:?} - {v}"
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn an_answered_failure_counts_once() {
+        use std::sync::atomic::Ordering::Relaxed;
+        let b = crate::model::stats::BackendStats::default();
+        b.requests.store(5, Relaxed);
+        // An app's 500, a connect failure answered 502, a timeout answered 504, one
+        // failure retried on another backend (not answered from here).
+        b.record_status(500);
+        b.record_answered_failure(502);
+        b.record_answered_failure(504);
+        b.failures.fetch_add(1, Relaxed);
+        b.record_status(200);
+        let c = VersionCounts::of(&b);
+        // Before: 3 (5xx) + 3 (failures) = 6 errors of 5 requests.
+        assert_eq!((c.requests, c.errors), (5, 4));
     }
 }

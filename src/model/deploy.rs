@@ -26,6 +26,10 @@ pub enum Strategy {
     /// Start the new version next to the stable one and shift traffic to it in `canary.steps`,
     /// judged by `canary.analysis` between steps (see `model::canary`); promote or abort.
     Canary,
+    /// Start the new version next to the running ones and keep them all (A/B by version):
+    /// the new version joins the app's split with weight 0; `berth traffic` moves traffic,
+    /// `berth version rm` drains and removes a version. A first deploy runs as rolling.
+    SideBySide,
 }
 
 /// The app's HTTP health check. One check, two uses: the deploy gate runs it against each
@@ -834,6 +838,12 @@ impl AppSpec {
                 }
                 c.validate("canary")?;
             }
+            (None, Strategy::SideBySide) if self.is_worker() => {
+                return Err(err(
+                    "strategy",
+                    "side_by_side needs domains: a worker has no traffic to split",
+                ))
+            }
             (None, Strategy::Canary) => {
                 return Err(err(
                     "canary",
@@ -1151,7 +1161,9 @@ pub fn plan(current: &[OldReplica], desired: &AppSpec) -> Vec<Step> {
     match desired.strategy {
         // A canary runs its own steps (`deploy::canary`); this plan is its fallback when
         // there is no stable version to compare with (a first deploy).
-        Strategy::Rolling | Strategy::Canary => {
+        // Side by side too: it starts its replicas next to the running ones itself
+        // (`deploy::versions`); this plan is its first deploy.
+        Strategy::Rolling | Strategy::Canary | Strategy::SideBySide => {
             let rounds = (new as usize).max(current.len());
             for i in 0..rounds {
                 if i < new as usize {

@@ -16,6 +16,9 @@ pub struct BackendStats {
     pub responses_5xx: AtomicU64,
     /// Failed attempts: connect errors, resets, timeouts.
     pub failures: AtomicU64,
+    /// Failed attempts the proxy answered itself (502/504, not retried): counted in both
+    /// `failures` and `responses_5xx`, so per-request error rates subtract them once.
+    pub failures_answered: AtomicU64,
     pub bytes_out: AtomicU64,
     /// Bytes from clients to the backend (TCP frontends; HTTP requests do not count them).
     pub bytes_in: AtomicU64,
@@ -26,6 +29,13 @@ pub struct BackendStats {
 }
 
 impl BackendStats {
+    /// Counts a failed attempt the proxy answers itself with `status` (502, 504).
+    pub fn record_answered_failure(&self, status: u16) {
+        self.failures.fetch_add(1, Ordering::Relaxed);
+        self.failures_answered.fetch_add(1, Ordering::Relaxed);
+        self.record_status(status);
+    }
+
     /// Counts a response status.
     pub fn record_status(&self, status: u16) {
         let c = match status {

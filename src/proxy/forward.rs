@@ -510,8 +510,7 @@ impl Proxy {
                     ));
                 }
                 Err(TimedOut::Upstream) => {
-                    backend.stats.failures.fetch_add(1, Ordering::Relaxed);
-                    backend.stats.record_status(504);
+                    backend.stats.record_answered_failure(504);
                     return Break(local(StatusCode::GATEWAY_TIMEOUT, "upstream timed out\n"));
                 }
                 Ok(Err(e)) => e,
@@ -557,6 +556,10 @@ impl Proxy {
             if !may_retry {
                 tracing::warn!(route = %route.name, upstream = %backend.address, error = %e, "upstream request failed");
                 backend.stats.record_status(status.as_u16());
+                backend
+                    .stats
+                    .failures_answered
+                    .fetch_add(1, Ordering::Relaxed);
                 return Break(local(status, msg));
             }
             failed = Some((status, msg));

@@ -350,6 +350,14 @@ fn app() -> App {
         adopted: Some("runs containers of d9".into()),
         gate: gate(),
         canary: Some(canary_status()),
+        versions: vec![VersionStatus {
+            deployment: "d1".into(),
+            label: "v1".into(),
+            ready: 1,
+            desired: 1,
+            draining: 0,
+            weight: Some(90),
+        }],
     })
 }
 
@@ -737,6 +745,13 @@ fn contract_errors() -> Vec<String> {
         "put",
         "/v1/apps/{app}/traffic",
         "200",
+        &split,
+    );
+    c.check_op(
+        "VersionSplit",
+        "delete",
+        "/v1/apps/{app}/versions/{version}",
+        "202",
         &split,
     );
     let weights: TrafficWeights = [("v1".to_string(), 90), ("v2".to_string(), 10)].into();

@@ -540,3 +540,142 @@ async fn canary_promote_abort_and_traffic_over_http_and_the_cli() {
     let (code, out) = cli.run(&["abort", &app]).await;
     assert_ne!(code, 0, "no canary to abort: {out}");
 }
+
+/// Issue 21: versions side by side over the API and the CLI against a real berthd:
+/// `berth deploy --keep` starts v2 next to v1 at weight 0, `berth traffic` splits 50/50 (a
+/// split naming a version that does not run is 422 naming it), `berth status` shows each
+/// version's replicas and weight, `DELETE /v1/apps/{app}/versions/{version}` refuses an
+/// unknown version (422 `version`) and the current one (409), and `berth version rm` drains
+/// and removes v1.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[cfg_attr(
+    not(berth_system_tests),
+    ignore = "system test: set BERTH_SYSTEM_TESTS=1"
+)]
+async fn versions_side_by_side_over_http_and_the_cli() {
+    if skip() {
+        return;
+    }
+    let w = World::start("versapi").await;
+    let app = w.app.clone();
+    let work = tempfile::tempdir().unwrap();
+    let cfg = work.path().join("cli.toml");
+    let url = format!("http://{}", w.running.api_addr);
+    let run = |args: Vec<String>| {
+        let (cfg, dir) = (cfg.clone(), work.path().to_path_buf());
+        async move {
+            tokio::task::spawn_blocking(move || {
+                let a: Vec<&str> = args.iter().map(String::as_str).collect();
+                support::cli::berth_blocking(&cfg, &dir, &a)
+            })
+            .await
+            .unwrap()
+        }
+    };
+    let s = |v: &[&str]| v.iter().map(|x| x.to_string()).collect::<Vec<_>>();
+    let (code, out) = run(s(&["server", "add", "local", &url, "--token", &w.token])).await;
+    assert_eq!(code, 0, "{out}");
+    let (st, v) = w
+        .call(
+            reqwest::Method::POST,
+            &format!("/v1/apps/{app}/deploy"),
+            Some(w.spec(IMG_V1, 1)),
+        )
+        .await;
+    assert_eq!(st, 202, "{v}");
+    let d1 = v["id"].as_str().unwrap().to_string();
+    assert_eq!(last_state(&w.follow(&d1).await), "succeeded");
+    // v2 next to v1, by the CLI: v1 keeps every request.
+    std::fs::write(
+        work.path().join("berth.yaml"),
+        format!(
+            "name: {app}\nimage: {IMG_V2}\ndomains: [{}]\nport: 8080\nreplicas: 1\n\
+             health:\n  path: /health\n  interval: 100ms\n  timeout: 1s\n",
+            w.host()
+        ),
+    )
+    .unwrap();
+    let (code, out) = run(s(&["deploy", "--keep"])).await;
+    assert_eq!(code, 0, "{out}");
+    assert!(out.contains("with weight 0"), "{out}");
+    let (_, v) = w
+        .call(reqwest::Method::GET, &format!("/v1/apps/{app}"), None)
+        .await;
+    let d2 = v["current"]["id"].as_str().unwrap().to_string();
+    assert_ne!(d1, d2);
+    assert_eq!(w.proxied().await.trim(), "v1");
+    // Refused: a version that does not run, named as written; nothing changes.
+    let (st, v) = w
+        .call(
+            reqwest::Method::PUT,
+            &format!("/v1/apps/{app}/traffic"),
+            Some(json!({"v1": 50, "v3": 50})),
+        )
+        .await;
+    assert_eq!(
+        (st, v["error"]["field"].as_str()),
+        (422, Some("weights.v3")),
+        "{v}"
+    );
+    let (code, out) = run(s(&["traffic", &app, "v1=50", "v2=50"])).await;
+    assert_eq!(code, 0, "{out}");
+    assert!(out.contains(&format!("{d1}=50%")), "{out}");
+    let mut seen = std::collections::BTreeMap::new();
+    for _ in 0..40 {
+        *seen
+            .entry(w.proxied().await.trim().to_string())
+            .or_insert(0) += 1;
+    }
+    assert_eq!(
+        (seen.get("v1"), seen.get("v2")),
+        (Some(&20), Some(&20)),
+        "{seen:?}"
+    );
+    let (code, out) = run(s(&["status"])).await;
+    assert_eq!(code, 0, "{out}");
+    assert!(out.contains("1/1 v1 (50%) + 1/1 v2 (50%)"), "{out}");
+    println!("apps_api: berth status with two versions:\n{out}");
+    // Removal: an unknown version is 422, the current one 409.
+    let (st, v) = w
+        .call(
+            reqwest::Method::DELETE,
+            &format!("/v1/apps/{app}/versions/v9"),
+            None,
+        )
+        .await;
+    assert_eq!(
+        (st, v["error"]["field"].as_str()),
+        (422, Some("version")),
+        "{v}"
+    );
+    let (st, v) = w
+        .call(
+            reqwest::Method::DELETE,
+            &format!("/v1/apps/{app}/versions/v2"),
+            None,
+        )
+        .await;
+    assert_eq!(
+        (st, v["error"]["code"].as_str()),
+        (409, Some("versions")),
+        "{v}"
+    );
+    let (code, out) = run(s(&["version", "rm", &app, "v1"])).await;
+    assert_eq!(code, 0, "{out}");
+    assert!(out.contains(&format!("{d2}=100%")), "{out}");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let (_, v) = w
+            .call(reqwest::Method::GET, &format!("/v1/apps/{app}"), None)
+            .await;
+        if v["replicas"].as_array().map(Vec::len) == Some(1) && v.get("versions").is_none() {
+            assert_eq!(v["ready"], "1/1", "{v}");
+            break;
+        }
+        assert!(Instant::now() < deadline, "v1 drained and removed: {v}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(w.proxied().await.trim(), "v2");
+    let (code, out) = run(s(&["version", "rm", &app, "v2"])).await;
+    assert_ne!(code, 0, "one version left: {out}");
+}

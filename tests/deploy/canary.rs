@@ -20,12 +20,12 @@ use bytes::Bytes;
 use http_body_util::{BodyExt, Empty};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
-const V1: &str = "berth-test-canary:v1";
-const V2: &str = "berth-test-canary:v2";
+pub(crate) const V1: &str = "berth-test-canary:v1";
+pub(crate) const V2: &str = "berth-test-canary:v2";
 const V2_BAD: &str = "berth-test-canary:v2bad";
-const WAIT: Duration = Duration::from_secs(180);
+pub(crate) const WAIT: Duration = Duration::from_secs(180);
 
-fn images() {
+pub(crate) fn images() {
     let ok = |v: &str| format!("printf 'Content-Type: text/plain\\r\\n\\r\\n{v}\\n'\n");
     build_cgi_image(V1, "v1\n", &ok("v1"));
     build_cgi_image(V2, "v2\n", &ok("v2"));
@@ -39,14 +39,19 @@ fn images() {
     );
 }
 
-fn unix_ms() -> i64 {
+pub(crate) fn unix_ms() -> i64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map(|d| d.as_millis() as i64)
         .unwrap_or(0)
 }
 
-fn spec(image: &str, host: &str, replicas: u32, canary: Option<serde_json::Value>) -> AppSpec {
+pub(crate) fn spec(
+    image: &str,
+    host: &str,
+    replicas: u32,
+    canary: Option<serde_json::Value>,
+) -> AppSpec {
     let mut v = serde_json::json!({
         "image": image,
         "domains": [host],
@@ -66,13 +71,13 @@ fn spec(image: &str, host: &str, replicas: u32, canary: Option<serde_json::Value
 
 /// One answer: when the request was sent (unix ms) and the version, or the failure.
 #[derive(Debug, Clone)]
-struct Seen {
-    at: i64,
-    answer: Result<String, String>,
+pub(crate) struct Seen {
+    pub(crate) at: i64,
+    pub(crate) answer: Result<String, String>,
 }
 
 /// GET /cgi-bin/app on a new connection, `Connection: close`: (status, body).
-async fn get_new_connection(env: &Env, host: &str) -> Result<(u16, String), String> {
+pub(crate) async fn get_new_connection(env: &Env, host: &str) -> Result<(u16, String), String> {
     let io = async {
         let mut s = tokio::net::TcpStream::connect(env.http_addr())
             .await
@@ -108,7 +113,7 @@ async fn get_new_connection(env: &Env, host: &str) -> Result<(u16, String), Stri
 
 /// GET /cgi-bin/app through the shared keep-alive client, with an optional cookie; returns
 /// (status, body, Set-Cookie pair).
-async fn get_keepalive(
+pub(crate) async fn get_keepalive(
     env: &Env,
     host: &str,
     cookie: Option<&str>,
@@ -144,7 +149,7 @@ async fn get_keepalive(
 
 /// Load from `keepalive` + `fresh` workers until `stop`, at most `max` requests in all and
 /// `max_time`; every answer with its send time.
-async fn load(
+pub(crate) async fn load(
     env: Arc<Env>,
     host: &'static str,
     (keepalive, fresh): (usize, usize),
@@ -217,7 +222,7 @@ fn v2_share(seen: &[Seen], from: i64, to: i64) -> (f64, usize) {
     )
 }
 
-async fn deploy_and_wait(
+pub(crate) async fn deploy_and_wait(
     engine: &berth::deploy::Engine,
     app: &str,
     s: AppSpec,
@@ -699,4 +704,133 @@ async fn a_split_set_by_hand_survives_a_restart() {
         .map(|(_, labels, _)| labels.get("berth.deployment").cloned().unwrap_or_default())
         .collect();
     assert_eq!(left, vec![d2.clone()], "only the promoted version remains");
+}
+
+/// Issue 21: a `berthd upgrade` mid-canary hands the canary over instead of aborting it. The
+/// engine's own upgrade steps (pause at a boundary, hand over to the successor's pid, the
+/// predecessor dies, a new engine on the same store and proxy takes over) under load: the
+/// split stays as it was, the successor walks on from the same step and promotes, no request
+/// fails.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+#[cfg_attr(
+    not(berth_system_tests),
+    ignore = "system test: set BERTH_SYSTEM_TESTS=1"
+)]
+async fn an_upgrade_mid_canary_hands_it_over_and_it_walks_on() {
+    if skip() {
+        return;
+    }
+    let (host, app) = ("canaryup.test", "canaryup");
+    let (env, engine, d1) = v1_with_two_replicas(app, host).await;
+    let stop = Arc::new(AtomicBool::new(false));
+    let loader = tokio::spawn(load(
+        env.clone(),
+        host,
+        (4, 2),
+        60_000,
+        Duration::from_secs(150),
+        stop.clone(),
+    ));
+    let canary = serde_json::json!({
+        "steps": [{"weight": "20%", "hold": "4s"}, {"weight": "60%", "hold": "3s"}],
+        "analysis": {"max_error_rate": "5%", "min_requests": 20},
+    });
+    let d2 = engine
+        .deploy(app, spec(V2, host, 2, Some(canary)), reference(V2), "test")
+        .await
+        .unwrap();
+    let deadline = Instant::now() + WAIT;
+    while engine
+        .app(app)
+        .await
+        .ok()
+        .and_then(|a| a.canary)
+        .is_none_or(|c| c.phase != "step")
+    {
+        assert!(Instant::now() < deadline, "canary reaches its first step");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    // The upgrade: pause, hand over to the successor (this process's pid, as the successor
+    // runs in it), the predecessor dies, the successor starts on the same store.
+    let upgrade_at = unix_ms();
+    let paused = engine
+        .pause_for_upgrade(Duration::from_secs(10))
+        .await
+        .expect("the canary parks");
+    assert_eq!(paused, 1);
+    engine.hand_over(std::process::id());
+    drop(engine);
+    let engine = env.engine_with(env.engine_config()).await;
+    let carried_at = unix_ms();
+    let r2 = tokio::time::timeout(WAIT, engine.wait(&d2))
+        .await
+        .expect("canary ends")
+        .expect("record");
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    stop.store(true, Ordering::Relaxed);
+    let seen = loader.await.unwrap();
+    let ev = events(&engine, &d2);
+    for (at, stage, msg) in &ev {
+        println!("{at} {stage}: {msg}");
+    }
+    assert_eq!(r2.state, DeployState::Succeeded, "{:?}", r2.reason);
+    let failed: Vec<&String> = seen
+        .iter()
+        .filter_map(|s| s.answer.as_ref().err())
+        .collect();
+    // The rest of step 1 after the upgrade, then step 2 (from their events).
+    let step2_at = ev
+        .iter()
+        .find(|(_, st, m)| st == "step" && m.starts_with("step 2/2"))
+        .map(|e| e.0)
+        .expect("step 2 in the successor");
+    let promoted_at = ev
+        .iter()
+        .find(|(_, st, _)| st == "promote")
+        .map(|e| e.0)
+        .expect("promoted");
+    let (across, n_across) = v2_share(&seen, upgrade_at, step2_at);
+    let (step2, n_step2) = v2_share(&seen, step2_at + 300, promoted_at);
+    println!(
+        "upgrade mid-canary: {} requests, {} failed; v2 share from the upgrade to step 2: \
+         {across:.1}% of {n_across} (step 20%); during step 2: {step2:.1}% of {n_step2} (step \
+         60%); the successor carried on {} ms after the upgrade began",
+        seen.len(),
+        failed.len(),
+        carried_at - upgrade_at
+    );
+    assert!(
+        failed.is_empty(),
+        "failed: {:?}",
+        &failed[..failed.len().min(5)]
+    );
+    assert!(ev.iter().any(|(_, st, _)| st == "handover"), "handed over");
+    assert!(
+        ev.iter()
+            .any(|(_, _, m)| m.contains("carries on after the upgrade at step 1/2")),
+        "the successor walks on from step 1"
+    );
+    assert!(
+        !ev.iter()
+            .any(|(_, st, _)| st == "aborting" || st == "rollback"),
+        "not aborted"
+    );
+    assert!(
+        (across - 20.0).abs() <= 5.0,
+        "v2 share across the upgrade {across:.1}%"
+    );
+    assert!(
+        (step2 - 60.0).abs() <= 5.0,
+        "v2 share in step 2 {step2:.1}%"
+    );
+    let left: Vec<String> = env
+        .containers(app)
+        .into_iter()
+        .map(|(_, labels, _)| labels.get("berth.deployment").cloned().unwrap_or_default())
+        .collect();
+    assert!(
+        left.len() == 2 && left.iter().all(|d| *d == d2),
+        "only the promoted canary runs ({d1} gone): {left:?}"
+    );
 }

@@ -1064,3 +1064,38 @@ async fn self_healing_restores_replicas_but_not_a_stopped_app() {
     assert_eq!(w.fake.count(), 0);
     assert!(engine.app("web").await.unwrap().heal.is_none());
 }
+
+/// Issue 21: a first deploy with `strategy: canary` or `side_by_side` has nothing to run next
+/// to: it runs as rolling, and its events say so.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_first_canary_or_side_by_side_deploy_runs_rolling_and_says_so() {
+    let w = World::new().await;
+    let engine = w.engine().await;
+    let port = support::free_port();
+    for (app, domain, strategy) in [
+        ("firstcanary", "canary.fake.test", "canary"),
+        ("firstbeside", "beside.fake.test", "side_by_side"),
+    ] {
+        let mut v = serde_json::to_value(spec("v1", 1, port)).unwrap();
+        v["domains"] = serde_json::json!([domain]);
+        v["strategy"] = strategy.into();
+        if strategy == "canary" {
+            v["canary"] = serde_json::json!({"steps": [{"weight": "10%", "hold": "1s"}]});
+        }
+        let s: berth::model::deploy::AppSpec = serde_json::from_value(v).unwrap();
+        let d = engine.deploy(app, s, by_ref("v1"), "t").await.unwrap();
+        let r = engine.wait(&d).await.unwrap();
+        assert_eq!(
+            r.state,
+            DeployState::Succeeded,
+            "{strategy}: {:?}",
+            r.reason
+        );
+        let said = engine
+            .stored_events(&d)
+            .unwrap()
+            .into_iter()
+            .any(|e| e.message.contains("runs as a rolling deploy"));
+        assert!(said, "{strategy}: the first deploy says it runs as rolling");
+    }
+}

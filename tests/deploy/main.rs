@@ -15,3 +15,4 @@ mod secrets;
 mod store_recovery;
 mod traffic;
 mod upgrade_deploy;
+mod versions;

@@ -1,4 +1,5 @@
-//! `berth promote APP`, `berth abort APP`, `berth traffic APP [v1=90 v2=10] [--sticky]`: thin
+//! `berth promote APP`, `berth abort APP`, `berth traffic APP [v1=90 v2=10] [--sticky]`,
+//! `berth version rm APP VERSION`: thin
 //! calls of the canary endpoints; the server validates (a split naming an unknown version or
 //! not summing to 100 is refused with the version named) and nothing is half-applied.
 
@@ -7,7 +8,7 @@ use reqwest::Method;
 use crate::model::api::{CanaryStatus, TrafficWeights, VersionSplit};
 
 use super::super::output::Out;
-use super::super::{ClientError, Command};
+use super::super::{ClientError, Command, VersionCmd};
 use super::{connect, seg};
 
 /// `v1=90` → ("v1", 90).
@@ -92,6 +93,20 @@ pub async fn run(servers: &[String], cmd: Command, out: &Out) -> Result<u8, Clie
                 api.json(Method::PUT, &path, Some(&weights)).await?
             };
             out.answer(&v, || format!("{app}: traffic split {}", split_line(&v)));
+        }
+        Command::Version(VersionCmd::Rm { app, version }) => {
+            let (_, api) = connect(servers).await?;
+            let path = format!("/v1/apps/{}/versions/{}", seg(&app), seg(&version));
+            let v: VersionSplit = api.json::<_, ()>(Method::DELETE, &path, None).await?;
+            if out.json {
+                out.json(&v);
+            } else {
+                out.line(&format!(
+                    "{app}: version {version} drains and is removed (follow: berth status {app}); \
+                     traffic split {}",
+                    split_line(&v)
+                ));
+            }
         }
         other => {
             return Err(ClientError::Other(format!(

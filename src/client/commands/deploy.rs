@@ -31,9 +31,20 @@ pub(super) async fn deploy(
     file: &Path,
     image_tar: Option<PathBuf>,
     detach: bool,
+    keep: bool,
     out: &Out,
 ) -> Result<u8, ClientError> {
-    let app = AppFile::load(file)?;
+    let mut app = AppFile::load(file)?;
+    if keep {
+        // `--keep` is `strategy: side_by_side` for this deploy.
+        if app.strategy == crate::model::deploy::Strategy::Canary {
+            return Err(ClientError::Usage(format!(
+                "{}: strategy: canary and --keep exclude each other (--keep deploys side by side)",
+                file.display()
+            )));
+        }
+        app.strategy = crate::model::deploy::Strategy::SideBySide;
+    }
     let base = file.parent().unwrap_or(Path::new("."));
     let secrets = app.resolve_secrets(base)?;
     let registry_password = app.registry_password(base)?;

@@ -42,7 +42,8 @@ pub async fn run(cli: Cli, out: &Out) -> Result<u8, ClientError> {
             file,
             image_tar,
             detach,
-        } => deploy::deploy(&g.server, &file, image_tar, detach, out).await,
+            keep,
+        } => deploy::deploy(&g.server, &file, image_tar, detach, keep, out).await,
         Command::Apps {
             action: Some(AppsCmd::Delete { app, keep_history }),
         } => apps::delete(&g.server, app, keep_history, out).await,
@@ -58,9 +59,10 @@ pub async fn run(cli: Cli, out: &Out) -> Result<u8, ClientError> {
         cmd @ (Command::Pause { .. } | Command::Resume { .. } | Command::Maintenance { .. }) => {
             traffic::run(&g.server, cmd, out).await
         }
-        cmd @ (Command::Promote { .. } | Command::Abort { .. } | Command::Traffic { .. }) => {
-            canary::run(&g.server, cmd, out).await
-        }
+        cmd @ (Command::Promote { .. }
+        | Command::Abort { .. }
+        | Command::Traffic { .. }
+        | Command::Version(_)) => canary::run(&g.server, cmd, out).await,
         Command::Logs { app, follow, tail } => apps::logs(&g.server, app, follow, tail, out).await,
         Command::Routes(cmd) => routes::routes(&g.server, cmd, out).await,
         Command::Backends { route, action } => {
