@@ -12,7 +12,7 @@ use std::path::Path;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use crate::support::{client_config, free_port, start_pebble, tls_get, wait_for};
+use crate::support::{free_port, start_pebble, wait_for};
 use berth::model::config::{AcmeChallenge, ByteSize, Config};
 
 const DOMAIN: &str = "api.berth.test";
@@ -81,18 +81,10 @@ async fn deploy_over_https_on_api_domain_with_an_acme_certificate() {
     );
 
     // The CLI trusts pebble's root (new on every pebble start) through --ca-cert.
-    let (resp, _) = tls_get(
-        pebble.mgmt,
-        client_config(pebble.ca.roots()),
-        "localhost",
-        "/roots/0",
-    )
-    .await
-    .expect("pebble root");
-    assert_eq!(resp.status, 200);
+    let root_pem = pebble.root_pem().await;
     let work = tempfile::tempdir().unwrap();
     let root = work.path().join("pebble-root.pem");
-    std::fs::write(&root, &resp.body).unwrap();
+    std::fs::write(&root, &root_pem).unwrap();
     let cfg = work.path().join("cli.yaml");
     let url = format!("https://{DOMAIN}:{}", https.port());
     let (code, out) = berth(

@@ -13,7 +13,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use crate::support::docker::*;
-use berth::deploy::{DeployError, ImageSource};
+use berth::deploy::DeployError;
 use berth::model::deploy::AppSpec;
 use berth::store::deployments::DeployState;
 use bytes::Bytes;
@@ -37,13 +37,6 @@ pub(crate) fn images() {
          Content-Type: text/plain\\r\\n\\r\\nv2 failed\\n'; else printf 'Content-Type: \
          text/plain\\r\\n\\r\\nv2\\n'; fi\n",
     );
-}
-
-pub(crate) fn reference(r: &str) -> ImageSource {
-    ImageSource::Reference {
-        reference: r.to_string(),
-        creds: None,
-    }
 }
 
 pub(crate) fn unix_ms() -> i64 {

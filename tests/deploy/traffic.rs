@@ -14,7 +14,6 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use crate::support::docker::*;
-use berth::deploy::ImageSource;
 use berth::store::deployments::DeployState;
 use bytes::Bytes;
 use http_body_util::{BodyExt, Empty};
@@ -22,24 +21,6 @@ use http_body_util::{BodyExt, Empty};
 const WHO_V1: &str = "berth-test-who:v1";
 const WHO_V2: &str = "berth-test-who:v2";
 const WAIT: Duration = Duration::from_secs(120);
-
-fn reference(r: &str) -> ImageSource {
-    ImageSource::Reference {
-        reference: r.to_string(),
-        creds: None,
-    }
-}
-
-fn sh(cmd: &str) -> (bool, String) {
-    let out = Command::new("sh")
-        .arg("-c")
-        .arg(cmd)
-        .output()
-        .expect("sh runs");
-    let mut text = String::from_utf8_lossy(&out.stdout).into_owned();
-    text.push_str(&String::from_utf8_lossy(&out.stderr));
-    (out.status.success(), text)
-}
 
 /// Builds a `who` image (busybox httpd + CGI) unless it exists.
 fn build_who(tag: &str, version: &str) {

@@ -10,9 +10,7 @@ use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use super::canary::{
-    deploy_and_wait, get_keepalive, images, load, reference, spec, unix_ms, Seen, V1, V2,
-};
+use super::canary::{deploy_and_wait, get_keepalive, images, load, spec, unix_ms, Seen, V1, V2};
 use crate::support::docker::*;
 use berth::deploy::DeployError;
 use berth::model::deploy::{AppSpec, Strategy};

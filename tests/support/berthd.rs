@@ -74,9 +74,8 @@ impl BerthdProcess {
             .args(args)
             .output()
             .expect("berthd runs");
-        let mut text = String::from_utf8_lossy(&out.stdout).into_owned();
-        text.push_str(&String::from_utf8_lossy(&out.stderr));
-        (out.status.success(), text)
+        let (code, text) = super::cli::text(out);
+        (code == 0, text)
     }
 
     /// `berthd token create` into [`BerthdProcess::token`] (works next to a running daemon,

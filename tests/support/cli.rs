@@ -21,7 +21,7 @@ pub fn command(cfg: &Path, cwd: &Path, args: &[&str]) -> Command {
     cmd
 }
 
-/// (exit code, stdout + stderr) of a finished run.
+/// (exit code, stdout + stderr) of a finished run (-1 when a signal ended it).
 pub fn text(out: Output) -> (i32, String) {
     let mut text = String::from_utf8_lossy(&out.stdout).into_owned();
     text.push_str(&String::from_utf8_lossy(&out.stderr));

@@ -42,9 +42,8 @@ pub fn sh(cmd: &str) -> (bool, String) {
         .arg(cmd)
         .output()
         .expect("sh runs");
-    let mut text = String::from_utf8_lossy(&out.stdout).into_owned();
-    text.push_str(&String::from_utf8_lossy(&out.stderr));
-    (out.status.success(), text)
+    let (code, text) = super::cli::text(out);
+    (code == 0, text)
 }
 
 fn docker_up() -> bool {

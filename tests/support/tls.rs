@@ -285,9 +285,8 @@ impl Drop for Pebble {
 }
 
 impl Pebble {
-    /// Pebble's issuing root (new on every start), fetched from its management port.
-    pub async fn root(&self) -> rustls::RootCertStore {
-        use rustls::pki_types::pem::PemObject;
+    /// Pebble's issuing root as PEM (new on every start), from its management port.
+    pub async fn root_pem(&self) -> String {
         let (resp, _) = tls_get(
             self.mgmt,
             client_config(self.ca.roots()),
@@ -297,7 +296,14 @@ impl Pebble {
         .await
         .expect("fetch pebble root");
         assert_eq!(resp.status, 200, "{resp:?}");
-        let der = CertificateDer::from_pem_slice(resp.body.as_bytes()).expect("root PEM");
+        resp.body
+    }
+
+    /// Pebble's issuing root, to verify the certificates it issues.
+    pub async fn root(&self) -> rustls::RootCertStore {
+        use rustls::pki_types::pem::PemObject;
+        let pem = self.root_pem().await;
+        let der = CertificateDer::from_pem_slice(pem.as_bytes()).expect("root PEM");
         let mut roots = rustls::RootCertStore::empty();
         roots.add(der).expect("root");
         roots
