@@ -662,8 +662,11 @@ async fn crashed_replica_leaves_the_route_and_comes_back() {
          {ok} requests ok, {} failed",
         l.failed.len()
     );
+    // The one request the process was answering when it died: its head had reached the
+    // client, so its body breaks off (no proxy can retry a response it has begun to send).
+    // Anything else (a refused connection, a 502/503, a second failure) fails the test.
     assert!(
-        l.failed.is_empty(),
+        l.failed.len() <= 1 && l.failed.iter().all(|f| f.contains("body")),
         "failed requests: {:?}",
         &l.failed[..l.failed.len().min(5)]
     );
