@@ -768,6 +768,32 @@ pub(super) fn resolve_version(key: &str, running: &[(String, String)]) -> Option
     }
 }
 
+/// [`resolve_version`], or the 422 naming `field` and listing the app's running versions.
+pub(super) fn running_version(
+    app: &str,
+    key: &str,
+    field: String,
+    running: &[(String, String)],
+) -> Result<String, DeployError> {
+    resolve_version(key, running).ok_or_else(|| {
+        let list = running
+            .iter()
+            .map(|(id, tag)| {
+                if tag.is_empty() {
+                    id.clone()
+                } else {
+                    format!("{id} ({tag})")
+                }
+            })
+            .collect::<Vec<_>>()
+            .join(", ");
+        DeployError::Invalid(SpecError {
+            field,
+            message: format!("{key:?} names no running version of app {app} (running: {list})"),
+        })
+    })
+}
+
 /// The tag of an image reference (`registry:5000/web:v2` → `v2`), if it has one.
 pub(super) fn image_tag(image: &str) -> String {
     let last = image.rsplit('/').next().unwrap_or(image);
@@ -853,23 +879,7 @@ impl Engine {
         let running = self.running_versions(app)?;
         let mut split = VersionSplit::default();
         for (k, w) in weights {
-            let id = resolve_version(k, &running).ok_or_else(|| {
-                DeployError::Invalid(SpecError {
-                    field: format!("weights.{k}"),
-                    message: format!(
-                        "{k:?} names no running version of app {app} (running: {})",
-                        running
-                            .iter()
-                            .map(|(id, tag)| if tag.is_empty() {
-                                id.clone()
-                            } else {
-                                format!("{id} ({tag})")
-                            })
-                            .collect::<Vec<_>>()
-                            .join(", ")
-                    ),
-                })
-            })?;
+            let id = running_version(app, k, format!("weights.{k}"), &running)?;
             if *w > 100 {
                 // Named as the caller wrote it (not as the deployment id it resolves to).
                 return Err(DeployError::Invalid(SpecError {

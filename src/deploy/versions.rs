@@ -20,12 +20,12 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 
-use super::canary::{image_tag, publish_split, resolve_version, start_beside};
+use super::canary::{image_tag, publish_split, running_version, start_beside};
 use super::failure::StepError;
 use super::run::{self, Progress};
 use super::{now_ms, DeployError, Engine, Inner, LockExt, Replica, Stage};
 use crate::model::canary::VersionSplit;
-use crate::model::deploy::{SpecError, Strategy};
+use crate::model::deploy::Strategy;
 use crate::model::route::ServerState;
 use crate::store::deployments::{DeployState, DeploymentRecord};
 
@@ -319,23 +319,7 @@ impl Engine {
     pub fn remove_version(&self, app: &str, version: &str) -> Result<VersionSplit, DeployError> {
         self.refuse_if_damaged(app)?;
         let running = self.running_versions(app)?;
-        let id = resolve_version(version, &running).ok_or_else(|| {
-            DeployError::Invalid(SpecError {
-                field: "version".into(),
-                message: format!(
-                    "{version:?} names no running version of app {app} (running: {})",
-                    running
-                        .iter()
-                        .map(|(id, tag)| if tag.is_empty() {
-                            id.clone()
-                        } else {
-                            format!("{id} ({tag})")
-                        })
-                        .collect::<Vec<_>>()
-                        .join(", ")
-                ),
-            })
-        })?;
+        let id = running_version(app, version, "version".into(), &running)?;
         let Some(split) = self.kept_split(app) else {
             return Err(DeployError::Versions(format!(
                 "app {app} runs one version{}: stop it with `berth stop {app}`",
