@@ -9,7 +9,8 @@
 //! idempotent methods after a close or a reset, other methods only after a clean close on a
 //! connection that may have been reused (this client had an answer before). A request refused
 //! with 503 `upgrading` (deploys, stops and deletes while berthd hands over to its new
-//! process; nothing was changed) is sent again every 300 ms for up to a minute. Streamed
+//! process) or with 409 `reconcile after start` (the app is not yet reconciled after berthd
+//! started) changed nothing and is sent again every 300 ms for up to a minute. Streamed
 //! bodies (image uploads) cannot be replayed and are not retried.
 
 use std::time::Duration;
@@ -81,6 +82,13 @@ const UPGRADE_WAIT: Duration = Duration::from_secs(60);
 
 fn is_upgrading(e: &ClientError) -> bool {
     matches!(e, ClientError::Api { status: 503, detail: Some(d), .. } if d.code == "upgrading")
+}
+
+/// Whether `e` is the 409 an app answers while berthd's reconcile after a start has not
+/// finished it (deploys, rollbacks, stops and deletes wait for it; nothing was changed).
+fn is_reconciling(e: &ClientError) -> bool {
+    matches!(e, ClientError::Api { status: 409, detail: Some(d), .. }
+        if d.deployment.as_deref() == Some(crate::deploy::RECONCILING))
 }
 
 /// Whether a request that failed with `how` may be sent again.
@@ -213,25 +221,35 @@ impl Api {
         let mut request = req.build().map_err(|e| unreachable(&e))?;
         let mut attempt = 0;
         let upgrade_wait_until = std::time::Instant::now() + UPGRADE_WAIT;
-        let mut said_upgrading = false;
+        let mut said_waiting = false;
         let resp = loop {
             let again = request.try_clone();
             let maybe_reused = self.answered.load(Ordering::Relaxed);
             let method = request.method().clone();
             match self.http.execute(request).await {
-                Ok(r) if r.status() == StatusCode::SERVICE_UNAVAILABLE => {
+                Ok(r)
+                    if r.status() == StatusCode::SERVICE_UNAVAILABLE
+                        || r.status() == StatusCode::CONFLICT =>
+                {
                     self.answered.store(true, Ordering::Relaxed);
                     let err = error_from(r).await;
                     // Refused before anything changed while berthd hands over to its new
-                    // process: send it again once the new one serves.
-                    match again {
-                        Some(next)
-                            if is_upgrading(&err)
-                                && std::time::Instant::now() < upgrade_wait_until =>
+                    // process, or has not yet reconciled the app after a start: send it
+                    // again once it can take it.
+                    let waiting = if is_upgrading(&err) {
+                        Some("berthd is upgrading; sending the request again when the new process serves")
+                    } else if is_reconciling(&err) {
+                        Some("berthd has just started and is reconciling this app; sending the request again when it is done")
+                    } else {
+                        None
+                    };
+                    match (again, waiting) {
+                        (Some(next), Some(why))
+                            if std::time::Instant::now() < upgrade_wait_until =>
                         {
-                            if !said_upgrading {
-                                said_upgrading = true;
-                                eprintln!("berthd is upgrading; sending the request again when the new process serves");
+                            if !said_waiting {
+                                said_waiting = true;
+                                eprintln!("{why}");
                             }
                             request = next;
                             tokio::time::sleep(Duration::from_millis(300)).await;
@@ -426,6 +444,28 @@ async fn error_from(resp: reqwest::Response) -> ClientError {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn waits_for_upgrades_and_reconcile_but_not_for_a_deploy() {
+        let err = |status, code: &str, deployment: Option<&str>| ClientError::Api {
+            status,
+            message: String::new(),
+            field: None,
+            detail: Some(Box::new(ErrorDetail {
+                code: code.into(),
+                message: String::new(),
+                field: None,
+                required_scope: None,
+                host: None,
+                deployment: deployment.map(str::to_string),
+            })),
+        };
+        assert!(is_upgrading(&err(503, "upgrading", None)));
+        let reconciling = err(409, "deploy_in_progress", Some(crate::deploy::RECONCILING));
+        assert!(is_reconciling(&reconciling));
+        let deploying = err(409, "deploy_in_progress", Some("d-123"));
+        assert!(!is_reconciling(&deploying) && !is_upgrading(&deploying));
+    }
 
     #[test]
     fn url_policy() {

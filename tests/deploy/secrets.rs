@@ -58,6 +58,25 @@ impl Daemon {
         Daemon { child, log, api }
     }
 
+    /// Waits until the log has a line whose message is `message` (e.g. "reconcile done":
+    /// until then an app the store knows refuses deploys with 409 `reconcile after start`).
+    fn wait_log(&self, message: &str) {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            let text = std::fs::read_to_string(&self.log).unwrap_or_default();
+            if text.lines().any(|l| {
+                serde_json::from_str::<Value>(l).is_ok_and(|v| v["fields"]["message"] == message)
+            }) {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "no {message:?} in the log:\n{text}"
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
     fn stop(mut self) -> String {
         // SIGTERM: drain and exit.
         unsafe_free_kill(self.child.id());
@@ -413,6 +432,7 @@ async fn secrets_reach_the_container_and_nothing_else() {
     // The right key as a systemd credential (LoadCredential=) wins over the data dir's file:
     // the rollback to v2 works after a restart, from the stored sealed copy.
     let daemon = Daemon::start(&cfg, tmp.path().join("berthd3.log"), Some(&creds));
+    daemon.wait_log("reconcile done");
     let r = http
         .post(format!("http://{}/v1/apps/{app}/rollback", daemon.api))
         .bearer_auth(&token)
