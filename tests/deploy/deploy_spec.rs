@@ -316,9 +316,13 @@ async fn image_parts_that_are_not_whole_tars_are_refused() {
         "the reason names the truncation: {last:?}"
     );
     assert_eq!(w.containers(), 0);
-    // The whole tar still deploys.
+    // The whole tar still deploys. Waited for: a deploy still running when the test ends
+    // creates its containers after the cleanup ran, and they outlive the test (each later
+    // berthd start on this host then inspects them).
     let (status, body) = w.deploy_upload(w.spec(json!({})), tar).await;
     assert_eq!(status, 202, "{body}");
+    let done = w.wait(body["id"].as_str().unwrap()).await;
+    assert_eq!(done["state"], "succeeded", "{done}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

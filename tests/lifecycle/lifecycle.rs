@@ -458,7 +458,11 @@ fn sigterm_drains_in_flight_requests_and_exits_zero() {
     let mut d = Daemon::start(backend.addr, &[]);
     let http = d.http;
     let slow = thread::spawn(move || get(http, "app.test", "/sleep?ms=800"));
-    thread::sleep(Duration::from_millis(200));
+    // In flight means at the backend: a SIGTERM before berthd accepted the connection would
+    // test the listener's close instead (under load, 200 ms was not always enough).
+    crate::support::wait_until_named(Duration::from_secs(10), "request at the backend", || {
+        backend.state.inflight.load(Ordering::SeqCst) >= 1
+    });
     // SAFETY: kill(2) on our own child.
     unsafe { libc::kill(d.child.id() as i32, libc::SIGTERM) };
     let (status, body) = slow.join().unwrap().expect("in-flight request completes");
@@ -583,8 +587,11 @@ fn sd_notify_messages_in_order() {
     crate::support::wait_until(Duration::from_secs(5), || {
         has(&format!("MAINPID={new_pid}"))
     });
-    // The old process must not say STOPPING=1 after handing over.
-    thread::sleep(Duration::from_millis(300));
+    // The old process must not say STOPPING=1 after handing over: checked once it has exited
+    // (a fixed wait could look before a slow predecessor got that far).
+    crate::support::wait_until_named(Duration::from_secs(15), "predecessor exits", || {
+        !crate::support::pid_alive(first_pid)
+    });
     assert!(!has("STOPPING=1"), "{:?}", msgs.lock().unwrap());
     // SAFETY: kill(2) on the pid the daemon reported as itself.
     unsafe { libc::kill(new_pid as i32, libc::SIGTERM) };

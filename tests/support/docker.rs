@@ -305,11 +305,20 @@ impl Env {
 
     /// Containers of this test (running or not): (name, labels, running).
     pub fn containers(&self, app: &str) -> Vec<(String, HashMap<String, String>, bool)> {
-        let (ok, out) = sh(&format!(
-            "docker ps -aq --filter label=berth.test.run={} --filter label=berth.app={app} | xargs -r docker inspect",
-            self.run
-        ));
-        assert!(ok, "{out}");
+        // `ps` then `inspect` races with a removal (self-healing, a deploy's cleanup): a
+        // container gone in between fails the inspect with "No such object"; list again.
+        let mut tries = 0;
+        let out = loop {
+            let (ok, out) = sh(&format!(
+                "docker ps -aq --filter label=berth.test.run={} --filter label=berth.app={app} | xargs -r docker inspect",
+                self.run
+            ));
+            if ok {
+                break out;
+            }
+            tries += 1;
+            assert!(tries < 10 && out.contains("No such object"), "{out}");
+        };
         let v: serde_json::Value = if out.trim().is_empty() {
             serde_json::json!([])
         } else {
