@@ -10,7 +10,7 @@ use crate::support;
 
 use std::time::Duration;
 
-use crate::support::docker::{prepare, skip, Cleanup, IMG_V1, IMG_V2};
+use crate::support::docker::{deploy_config, prepare, skip, Cleanup, IMG_V1, IMG_V2};
 use serde_json::{json, Value};
 use std::path::PathBuf;
 use std::process::{Child, Command};
@@ -38,16 +38,7 @@ impl World {
         let dir = tempfile::tempdir().unwrap();
         let app = format!("{name}-{}", std::process::id());
         let network = format!("berth-v-{app}");
-        let mut c = berth::model::config::Config {
-            data_dir: dir.path().to_path_buf(),
-            ..Default::default()
-        };
-        c.http.listen = "127.0.0.1:0".parse().unwrap();
-        c.api.listen = "127.0.0.1:0".parse().unwrap();
-        c.log.access_log = false;
-        c.deploy.enabled = berth::model::config::DeployEnabled::Required;
-        c.deploy.network = network.clone();
-        c.deploy.stop_grace = Duration::from_secs(2);
+        let mut c = deploy_config(dir.path(), &network);
         tweak(&mut c);
         let running = berth::daemon::start(c, None).await.expect("daemon starts");
         let (_, token) = running.registry.store().create_token("ci").unwrap();

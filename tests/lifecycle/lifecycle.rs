@@ -24,36 +24,14 @@ fn backend() -> BlockingBackend {
 
 /// Reads one HTTP/1.1 response (content-length bodies only). Returns (status, close, body).
 fn read_response(r: &mut BufReader<TcpStream>) -> Result<(u16, bool, String), String> {
-    let mut status_line = String::new();
-    match r.read_line(&mut status_line) {
-        Ok(0) => return Err("EOF before response".into()),
-        Err(e) => return Err(format!("read: {e}")),
-        Ok(_) => {}
+    use crate::support::RawReadError as E;
+    match crate::support::read_raw_response(r) {
+        Ok(resp) => Ok((resp.status, resp.close, resp.body)),
+        Err(E::NoResponse(None)) => Err("EOF before response".into()),
+        Err(E::NoResponse(Some(e)) | E::Head(e)) => Err(format!("read: {e}")),
+        Err(E::BadStatus(line)) => Err(format!("bad status line {line:?}")),
+        Err(E::Body(e)) => Err(format!("body: {e}")),
     }
-    let status: u16 = status_line
-        .split_whitespace()
-        .nth(1)
-        .and_then(|s| s.parse().ok())
-        .ok_or_else(|| format!("bad status line {status_line:?}"))?;
-    let mut len = 0usize;
-    let mut close = false;
-    loop {
-        let mut line = String::new();
-        r.read_line(&mut line).map_err(|e| format!("read: {e}"))?;
-        if line == "\r\n" || line.is_empty() {
-            break;
-        }
-        let l = line.to_ascii_lowercase();
-        if let Some(v) = l.strip_prefix("content-length:") {
-            len = v.trim().parse().unwrap_or(0);
-        }
-        if l.starts_with("connection:") && l.contains("close") {
-            close = true;
-        }
-    }
-    let mut body = vec![0; len];
-    r.read_exact(&mut body).map_err(|e| format!("body: {e}"))?;
-    Ok((status, close, String::from_utf8_lossy(&body).into_owned()))
 }
 
 #[derive(Default)]
@@ -605,11 +583,7 @@ fn sd_notify_messages_in_order() {
 
 #[test]
 fn systemd_socket_activation_with_named_fds() {
-    let Ok(path) = which("systemd-socket-activate") else {
-        if std::env::var_os("BERTH_SYSTEM_TESTS").is_some() {
-            panic!("systemd-socket-activate not installed (apt-get install systemd)");
-        }
-        eprintln!("skipped: set BERTH_SYSTEM_TESTS=1 (needs systemd-socket-activate)");
+    let Some(path) = crate::support::socket_activate_tool() else {
         return;
     };
     let backend = backend();
@@ -638,14 +612,4 @@ fn systemd_socket_activation_with_named_fds() {
         .unwrap()
         .iter()
         .any(|l| l.contains("\"listening\"") && l.contains("systemd")));
-}
-
-fn which(cmd: &str) -> Result<String, ()> {
-    for dir in std::env::var("PATH").unwrap_or_default().split(':') {
-        let p = Path::new(dir).join(cmd);
-        if p.exists() {
-            return Ok(p.to_string_lossy().into_owned());
-        }
-    }
-    Err(())
 }
