@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
 
-use crate::support::BERTHD;
+use crate::support::{berthd_bin, BERTHD};
 
 // ---------------------------------------------------------------- members
 
@@ -309,7 +309,17 @@ fn config_frontend_balances_and_counts_bytes() {
         metrics.contains("berth_tcp_frontend_connections_total{frontend=\"echo\"} 10"),
         "{metrics}"
     );
-    assert!(metrics.contains("berth_tcp_member_received_bytes_total{pool=\"p\",member=\"a\"} 20"));
+    // Pool members are one family whatever the frontend's mode: connections count as
+    // requests, bytes both ways.
+    for want in [
+        "berth_pool_member_received_bytes_total{pool=\"p\",member=\"a\"} 20",
+        "berth_pool_member_sent_bytes_total{pool=\"p\",member=\"a\"} 30",
+        "berth_pool_member_requests_total{pool=\"p\",member=\"a\"} 5",
+        "berth_pool_member_up{pool=\"p\",member=\"a\"} 1",
+    ] {
+        assert!(metrics.contains(want), "missing {want}\n{metrics}");
+    }
+    assert!(!metrics.contains("berth_tcp_member_"), "{metrics}");
     // Config objects are read-only through the API.
     let (s, v) = d.api.call("DELETE", "/v1/frontends/echo", None);
     assert_eq!(s, 409, "{v}");
@@ -670,7 +680,7 @@ impl Proc {
         let config = dir.path().join("berthd.yaml");
         std::fs::write(&config, text).unwrap();
         let token = token_for(dir.path());
-        let mut child = Command::new(BERTHD)
+        let mut child = Command::new(berthd_bin())
             .arg("--config")
             .arg(&config)
             .arg("--log-format")
@@ -720,7 +730,7 @@ impl Proc {
 
     /// `berthd upgrade`; returns the new pid.
     pub(crate) fn upgrade(&self) -> u32 {
-        let out = Command::new(BERTHD)
+        let out = Command::new(berthd_bin())
             .arg("--config")
             .arg(&self.config)
             .arg("upgrade")
@@ -744,7 +754,7 @@ impl Proc {
     }
 
     pub(crate) fn pid(&self) -> Option<i32> {
-        let out = Command::new(BERTHD)
+        let out = Command::new(berthd_bin())
             .arg("--config")
             .arg(&self.config)
             .arg("status")
@@ -1024,15 +1034,21 @@ fn new_connections_through_ten_upgrades_per_second_fail_none() {
     thread::sleep(Duration::from_millis(300));
     let mut pids = vec![d.pid().unwrap() as u32];
     let start = Instant::now();
+    let mut each = Vec::new();
+    let ok_before = ok.load(Ordering::Relaxed);
     for i in 0..30u32 {
         // Paced at 10 per second (an upgrade that takes longer delays the next).
         let due = start + Duration::from_millis(100 * u64::from(i));
         if let Some(wait) = due.checked_duration_since(Instant::now()) {
             thread::sleep(wait);
         }
+        let t = Instant::now();
         pids.push(d.upgrade());
+        each.push(t.elapsed());
     }
     let took = start.elapsed();
+    let during = ok.load(Ordering::Relaxed) - ok_before;
+    each.sort();
     thread::sleep(Duration::from_millis(300));
     stop.store(true, Ordering::Relaxed);
     for h in handles {
@@ -1051,8 +1067,12 @@ fn new_connections_through_ten_upgrades_per_second_fail_none() {
     );
     let other = other.lock().unwrap().clone();
     eprintln!(
-        "30 upgrades in {took:.1?} ({:.1}/s): {ok} connections ok, {refused} refused, {reset} reset, {} other errors",
+        "30 upgrades in {took:.1?} ({:.1}/s; one `berthd upgrade` took {:.0?} min, {:.0?} median, {:.0?} max): {ok} connections ok ({during} during the upgrades, {:.0}/s), {refused} refused, {reset} reset, {} other errors",
         30.0 / took.as_secs_f64(),
+        each[0],
+        each[each.len() / 2],
+        each[each.len() - 1],
+        during as f64 / took.as_secs_f64(),
         other.len()
     );
     assert_eq!((refused, reset), (0, 0), "other: {other:?}");

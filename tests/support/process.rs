@@ -7,11 +7,17 @@ use std::sync::{Arc, Mutex};
 
 pub const BERTHD: &str = env!("CARGO_BIN_EXE_berthd");
 
+/// The berthd binary the process tests run: `BERTH_TEST_BERTHD` when set (e.g. a release build,
+/// to measure what the debug build is too slow to show), else the one cargo built.
+pub fn berthd_bin() -> std::ffi::OsString {
+    std::env::var_os("BERTH_TEST_BERTHD").unwrap_or_else(|| BERTHD.into())
+}
+
 /// Spawns `berthd --config CONFIG --log-format json` without the caller's `NOTIFY_SOCKET` and
 /// `LISTEN_FDS`; its stderr lines are appended to `logs` (for assertions and failure messages).
 /// Returns once the process is spawned, not when it serves.
 pub fn spawn_berthd(config: &Path, logs: &Arc<Mutex<Vec<String>>>) -> Child {
-    let mut child = Command::new(BERTHD)
+    let mut child = Command::new(berthd_bin())
         .arg("--config")
         .arg(config)
         .args(["--log-format", "json"])
