@@ -1053,3 +1053,95 @@ fn h2c_requests_are_routed_by_the_rules() {
         "one pooled member connection each"
     );
 }
+
+/// The default listeners are the frontends `http` and `https`: listed read-only, without a
+/// default pool, with the routes as their rules (exact host, longest prefix first; a redirect
+/// alias as a 301 rule); a route put through the API is a rule at once; PUT/DELETE on them
+/// answer 409 naming them; `GET /v1/config` shows them as a comment; and requests on the
+/// listener are decided by those rules (no match → 404).
+#[test]
+fn the_default_listeners_are_frontends_whose_rules_are_the_routes() {
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let a = rt.block_on(TestBackend::start("a"));
+    let b = rt.block_on(TestBackend::start("b"));
+    let d = InProc::start(&format!(
+        "tls:\n  enabled: true\n  listen: 127.0.0.1:0\nroutes:\n  - name: site\n    domains: [site.test]\n    aliases: [old.test]\n    backends: [{{address: '{}'}}]\n  - name: api\n    domains: [site.test]\n    path_prefix: /api\n    backends: [{{address: '{}'}}]\n",
+        a.addr, b.addr
+    ));
+    let running = d.running.as_ref().unwrap();
+    let (http_addr, https_addr) = (running.http_addr, running.https_addr.unwrap());
+    let (s, v) = d.api.call("GET", "/v1/frontends", None);
+    assert_eq!(s, 200, "{v}");
+    let list = v["frontends"].as_array().unwrap();
+    let names: Vec<&str> = list.iter().filter_map(|f| f["name"].as_str()).collect();
+    assert_eq!(names, ["http", "https"], "{v}");
+    let http = &list[0];
+    assert_eq!(http["read_only"], true);
+    assert_eq!(http["spec"]["mode"], "http");
+    assert_eq!(http["listening"], json!([http_addr.to_string()]));
+    assert_eq!(list[1]["listening"], json!([https_addr.to_string()]));
+    assert!(http["spec"].get("pool").is_none(), "{http}");
+    assert_eq!(
+        http["spec"]["rules"],
+        json!([
+            {"host": "site.test", "path": {"regex": "^/api(/|$)"}, "pool": "api"},
+            {"host": "site.test", "pool": "site"},
+            {"host": "old.test", "redirect": {"status": 301, "location": "{scheme}://site.test{uri}"}},
+        ])
+    );
+    assert_eq!(list[1]["spec"]["rules"], http["spec"]["rules"]);
+    let (s, one) = d.api.call("GET", "/v1/frontends/https", None);
+    assert_eq!((s, &one), (200, &list[1]));
+
+    // Read-only: 409 naming the frontend; nothing changes.
+    let body = json!({"bind": "127.0.0.1:0", "mode": "http", "pool": "x"});
+    let (s, v) = d.api.call("PUT", "/v1/frontends/http", Some(body));
+    assert_eq!(s, 409, "{v}");
+    assert!(v.to_string().contains("\\\"http\\\""), "{v}");
+    let (s, v) = d.api.call("DELETE", "/v1/frontends/https", None);
+    assert_eq!(s, 409, "{v}");
+    assert!(v.to_string().contains("\\\"https\\\""), "{v}");
+
+    // Requests on the listener, decided by those rules.
+    let r = get(http_addr, "GET", "/api/users", "site.test", &[]);
+    assert_eq!((r.status, r.header("x-backend")), (200, Some("b")));
+    let r = get(http_addr, "GET", "/apix", "site.test", &[]);
+    assert_eq!((r.status, r.header("x-backend")), (200, Some("a")));
+    let r = get(http_addr, "GET", "/p?q=1", "old.test", &[]);
+    assert_eq!(r.status, 301);
+    assert_eq!(r.header("location"), Some("http://site.test/p?q=1"));
+    let r = get(http_addr, "GET", "/", "nothing.test", &[]);
+    assert_eq!(r.status, 404);
+
+    // A route put through the API is a rule of both at once (a wildcard: one label deep).
+    let (s, v) = d.api.call(
+        "PUT",
+        "/v1/routes/wild",
+        Some(json!({"domains": ["*.site.test"], "backends": [{"address": b.addr.to_string()}]})),
+    );
+    assert!(s == 200 || s == 201, "{v}");
+    let (_, v) = d.api.call("GET", "/v1/frontends/http", None);
+    let rules = v["spec"]["rules"].as_array().unwrap();
+    assert_eq!(rules.len(), 4, "{v}");
+    assert_eq!(rules[3]["host"], "*.site.test");
+    assert_eq!(rules[3]["pool"], "wild");
+    assert!(rules[3]["url"]["regex"].is_string(), "{v}");
+    let r = get(http_addr, "GET", "/", "x.site.test", &[]);
+    assert_eq!((r.status, r.header("x-backend")), (200, Some("b")));
+    let r = get(http_addr, "GET", "/", "y.x.site.test", &[]);
+    assert_eq!(r.status, 404);
+
+    // GET /v1/config lists them as a comment (the file declares them through http, tls, routes).
+    let raw = d.api.raw("/v1/config");
+    assert!(
+        raw.contains(&format!("#   http: mode http, bind {http_addr}")),
+        "{raw}"
+    );
+    assert!(
+        raw.contains(&format!("#   https: mode http, bind {https_addr}")),
+        "{raw}"
+    );
+    assert!(raw.contains(r#"#     - {"host":"*.site.test","#), "{raw}");
+    drop(d);
+    drop(rt);
+}

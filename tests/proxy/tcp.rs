@@ -337,7 +337,17 @@ fn config_frontend_balances_and_counts_bytes() {
         metrics.contains("berth_tcp_frontend_connections_total{frontend=\"echo\"} 10"),
         "{metrics}"
     );
-    assert!(metrics.contains("berth_tcp_member_received_bytes_total{pool=\"p\",member=\"a\"} 20"));
+    // Pool members are one family whatever the frontend's mode: connections count as
+    // requests, bytes both ways.
+    for want in [
+        "berth_pool_member_received_bytes_total{pool=\"p\",member=\"a\"} 20",
+        "berth_pool_member_sent_bytes_total{pool=\"p\",member=\"a\"} 30",
+        "berth_pool_member_requests_total{pool=\"p\",member=\"a\"} 5",
+        "berth_pool_member_up{pool=\"p\",member=\"a\"} 1",
+    ] {
+        assert!(metrics.contains(want), "missing {want}\n{metrics}");
+    }
+    assert!(!metrics.contains("berth_tcp_member_"), "{metrics}");
     // Config objects are read-only through the API.
     let (s, v) = d.api.call("DELETE", "/v1/frontends/echo", None);
     assert_eq!(s, 409, "{v}");
@@ -955,15 +965,21 @@ fn new_connections_through_ten_upgrades_per_second_fail_none() {
     thread::sleep(Duration::from_millis(300));
     let mut pids = vec![d.pid().unwrap()];
     let start = Instant::now();
+    let mut each = Vec::new();
+    let ok_before = ok.load(Ordering::Relaxed);
     for i in 0..30u32 {
         // Paced at 10 per second (an upgrade that takes longer delays the next).
         let due = start + Duration::from_millis(100 * u64::from(i));
         if let Some(wait) = due.checked_duration_since(Instant::now()) {
             thread::sleep(wait);
         }
+        let t = Instant::now();
         pids.push(d.upgrade());
+        each.push(t.elapsed());
     }
     let took = start.elapsed();
+    let during = ok.load(Ordering::Relaxed) - ok_before;
+    each.sort();
     thread::sleep(Duration::from_millis(300));
     stop.store(true, Ordering::Relaxed);
     for h in handles {
@@ -982,8 +998,12 @@ fn new_connections_through_ten_upgrades_per_second_fail_none() {
     );
     let other = other.lock().unwrap().clone();
     eprintln!(
-        "30 upgrades in {took:.1?} ({:.1}/s): {ok} connections ok, {refused} refused, {reset} reset, {} other errors",
+        "30 upgrades in {took:.1?} ({:.1}/s; one `berthd upgrade` took {:.0?} min, {:.0?} median, {:.0?} max): {ok} connections ok ({during} during the upgrades, {:.0}/s), {refused} refused, {reset} reset, {} other errors",
         30.0 / took.as_secs_f64(),
+        each[0],
+        each[each.len() / 2],
+        each[each.len() - 1],
+        during as f64 / took.as_secs_f64(),
         other.len()
     );
     assert_eq!((refused, reset), (0, 0), "other: {other:?}");

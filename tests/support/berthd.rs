@@ -81,7 +81,7 @@ impl BerthdProcess {
 
     /// `berthd --config C ARGS`: (success, stdout + stderr).
     pub fn ctl(&self, args: &[&str]) -> (bool, String) {
-        let out = Command::new(BERTHD)
+        let out = Command::new(super::process::berthd_bin())
             .arg("--config")
             .arg(&self.config)
             .args(args)
@@ -99,7 +99,7 @@ impl BerthdProcess {
 
     /// `berthd token create ARGS` (`--name`, `--scope`): the token it prints.
     pub fn create_token(&self, args: &[&str]) -> String {
-        let out = Command::new(BERTHD)
+        let out = Command::new(super::process::berthd_bin())
             .arg("--config")
             .arg(&self.config)
             .args(["token", "create"])

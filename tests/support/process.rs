@@ -8,6 +8,12 @@ use std::thread::JoinHandle;
 
 pub const BERTHD: &str = env!("CARGO_BIN_EXE_berthd");
 
+/// The berthd binary the process tests run: `BERTH_TEST_BERTHD` when set (e.g. a release build,
+/// to measure what the debug build is too slow to show), else the one cargo built.
+pub fn berthd_bin() -> std::ffi::OsString {
+    std::env::var_os("BERTH_TEST_BERTHD").unwrap_or_else(|| BERTHD.into())
+}
+
 /// Spawns `berthd --config CONFIG --log-format json` without the caller's `NOTIFY_SOCKET`,
 /// `LISTEN_FDS`, `JOURNAL_STREAM` (logs go to stderr, not journald) and
 /// `CREDENTIALS_DIRECTORY` (unless `credentials` sets it, like systemd's `LoadCredential=`);
@@ -19,7 +25,7 @@ pub fn spawn_berthd(
     logs: &Arc<Mutex<Vec<String>>>,
     credentials: Option<&Path>,
 ) -> (Child, JoinHandle<()>) {
-    let mut cmd = Command::new(BERTHD);
+    let mut cmd = Command::new(berthd_bin());
     cmd.arg("--config")
         .arg(config)
         .args(["--log-format", "json"])
