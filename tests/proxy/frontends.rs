@@ -257,7 +257,9 @@ fn keepalive_modes_as_seen_by_client_and_member() {
 #[test]
 fn api_frontend_serves_at_once_refuses_bad_input_and_delete_drains() {
     let (a, b) = (BlockingBackend::start("a"), BlockingBackend::start("b"));
-    let d = InProc::start("");
+    // A berthd process of its own (see tcp::api_frontend_binds_at_once_and_delete_closes_the_
+    // port_and_drains): a child spawned by another test would hold this process's listeners.
+    let d = Proc::start_draining("1s", "");
     for (name, m) in [("pa", &a), ("pb", &b)] {
         let (s, v) = d.api.call(
             "PUT",

@@ -358,7 +358,10 @@ fn config_frontend_balances_and_counts_bytes() {
 #[test]
 fn api_frontend_binds_at_once_and_delete_closes_the_port_and_drains() {
     let a = Member::start("a", true, false);
-    let d = InProc::start("");
+    // A berthd process of its own, not one inside this test process: a child that another
+    // test spawns meanwhile holds a copy of every descriptor of this process until its exec,
+    // and so kept the deleted frontend's port accepting after the 204 (seen once under load).
+    let d = Proc::start_draining("1s", "");
     let (s, v) = d.api.call(
         "PUT",
         "/v1/pools/web",
@@ -699,8 +702,13 @@ impl Proc {
     /// Drain and upgrade timeouts are long: connections must outlive every upgrade of a test
     /// even on a loaded machine (the drain bound would close them on purpose).
     pub(crate) fn start(yaml: &str) -> Proc {
+        Proc::start_draining("300s", yaml)
+    }
+
+    /// [`Proc::start`] with `proxy.timeouts.drain` set to `drain`.
+    pub(crate) fn start_draining(drain: &str, yaml: &str) -> Proc {
         let mut d = BerthdProcess::new(&format!(
-            "lifecycle:\n  upgrade_timeout: 120s\nproxy:\n  timeouts:\n    drain: 300s\n{yaml}"
+            "lifecycle:\n  upgrade_timeout: 120s\nproxy:\n  timeouts:\n    drain: {drain}\n{yaml}"
         ));
         d.new_token();
         d.start_within(Duration::from_secs(30));
