@@ -425,7 +425,7 @@ async fn an_upgrade_mid_canary_hands_the_canary_over() {
         format!(
             "name: {}\nimage: {IMG_V2}\ndomains: [{}]\nport: 8080\nreplicas: 2\n\
              strategy: canary\ncanary:\n  steps: [{{weight: 20%, hold: 5s}}, {{weight: 60%, \
-             hold: 2s}}]\n  analysis: {{max_error_rate: 5%, min_requests: 10}}\n\
+             hold: 8s}}]\n  analysis: {{max_error_rate: 5%, min_requests: 10}}\n\
              drain_timeout: 2s\ndeploy_timeout: 30s\n\
              health:\n  path: /health\n  interval: 100ms\n  timeout: 3s\n",
             w.app,
@@ -449,9 +449,21 @@ async fn an_upgrade_mid_canary_hands_the_canary_over() {
         "carries on after the upgrade",
         Duration::from_secs(30),
     ));
-    tokio::time::sleep(Duration::from_millis(1000)).await;
+    // Until the successor's canary status counts requests (the canary still runs: step 2
+    // holds 8 s; under load the upgrade can take most of step 1's 5 s, so a fixed wait here
+    // once found the canary already promoted).
+    let deadline = Instant::now() + Duration::from_secs(8);
+    let app = loop {
+        let app = w.api_get(&format!("/v1/apps/{}", w.app)).await;
+        if app["canary"]["canary_live"]["requests"].as_u64() > Some(0)
+            || app["canary"].is_null()
+            || Instant::now() > deadline
+        {
+            break app;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
     let traffic = w.api_get(&format!("/v1/apps/{}/traffic", w.app)).await;
-    let app = w.api_get(&format!("/v1/apps/{}", w.app)).await;
     eprintln!(
         "successor mid-step: traffic {traffic}\ncanary {}",
         app["canary"]
