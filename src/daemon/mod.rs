@@ -135,6 +135,11 @@ impl Running {
             );
             self.tcp.close_all().await;
         }
+        // Before the runtime goes: its teardown would fail the engine's Docker calls one by
+        // one under a reconcile or deploy still running.
+        if let Some(engine) = &self.engine {
+            engine.shutdown().await;
+        }
     }
 
     /// Re-reads the config file and swaps in its routes (routes stored through the API stay).
