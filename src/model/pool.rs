@@ -12,7 +12,6 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
-use super::balance::source_hash;
 use super::route::{
     BackendAddr, BackendSpec, BalancerKind, Domain, PathPrefix, RouteError, RouteSpec, ServerState,
 };
@@ -366,45 +365,11 @@ pub fn parse_member_address(raw: &str) -> Result<SocketAddr, String> {
     Ok(addr)
 }
 
-/// What the balancer sees of one member at pick time.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct Candidate<'a> {
-    pub id: &'a str,
-    pub weight: u32,
-    /// Ready, health up, weight > 0 and below its connection limit.
-    pub usable: bool,
-    pub open: u64,
-}
-
-/// The source-hash pick: rendezvous hashing of the client IP over the usable members, so a
-/// member leaving moves only its own clients. Returns the member index.
-pub fn pick_source(client: std::net::IpAddr, members: &[Candidate<'_>]) -> Option<usize> {
-    source_hash(
-        client,
-        members
-            .iter()
-            .enumerate()
-            .filter(|(_, c)| c.usable)
-            .map(|(i, c)| (i, c.id, c.weight)),
-    )
-}
-
-/// Least connections over the usable members; ties rotate from `start`.
-pub fn pick_least(start: usize, members: &[Candidate<'_>]) -> Option<usize> {
-    super::balance::least_loaded(
-        start,
-        members
-            .iter()
-            .enumerate()
-            .filter(|(_, c)| c.usable)
-            .map(|(i, c)| (i, c.open, c.weight)),
-    )
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
     use std::net::{IpAddr, Ipv4Addr};
+    use std::sync::atomic::Ordering;
 
     fn pool(yaml: &str) -> PoolSpec {
         serde_yaml::from_str(yaml).unwrap()
@@ -522,30 +487,48 @@ mod tests {
         assert!(serde_yaml::from_str::<PoolSpec>("name: db\nmembers: []\ntypo: 1\n").is_err());
     }
 
-    fn cands(ids: &[String]) -> Vec<Candidate<'_>> {
-        ids.iter()
-            .map(|id| Candidate {
-                id,
-                weight: 1,
-                usable: true,
-                open: 0,
-            })
-            .collect()
+    /// A pool of `n` members in a table, as TCP and HTTP frontends pick from it.
+    fn table(n: usize, balance: &str) -> crate::model::route::RouteTable {
+        let members: Vec<String> = (0..n)
+            .map(|i| format!("{{id: m{i}, address: '10.0.0.{i}:80'}}"))
+            .collect();
+        let p = pool(&format!(
+            "name: p\nbalance: {balance}\nmembers: [{}]\n",
+            members.join(", ")
+        ));
+        crate::model::route::RouteTable::default()
+            .with_pools(&[p])
+            .unwrap()
+    }
+
+    fn pick(t: &crate::model::route::RouteTable, ip: IpAddr) -> Option<usize> {
+        let ctx = crate::model::route::PickContext {
+            client: Some(ip),
+            ..Default::default()
+        };
+        t.pool("p")?
+            .pick_where(&ctx, |_| true)
+            .ok()
+            .map(|p| p.index)
     }
 
     #[test]
     fn source_hash_moves_only_the_clients_of_a_leaving_member() {
-        let ids: Vec<String> = (0..5).map(|i| format!("10.0.0.{i}:80")).collect();
-        let all = cands(&ids);
-        let mut less = all.clone();
-        less[2].usable = false;
-        let (mut moved, n) = (0, 10_000u32);
-        for k in 0..n {
-            let ip = IpAddr::V4(Ipv4Addr::from(0x0a00_0000 + k * 7919));
-            let before = pick_source(ip, &all).unwrap();
-            let after = pick_source(ip, &less).unwrap();
-            if before != after {
-                assert_eq!(before, 2, "a client of a staying member moved");
+        let t = table(5, "source");
+        let (n, ips) = (
+            10_000u32,
+            (0..10_000u32).map(|k| IpAddr::V4(Ipv4Addr::from(0x0a00_0000 + k * 7919))),
+        );
+        let before: Vec<usize> = ips.clone().map(|ip| pick(&t, ip).unwrap()).collect();
+        // Member 2 leaves (its check fails).
+        t.pool("p").unwrap().backends[2]
+            .health
+            .record_check(false, 1, 1, 1);
+        let mut moved = 0;
+        for (ip, b) in ips.zip(before) {
+            let after = pick(&t, ip).unwrap();
+            if after != b {
+                assert_eq!(b, 2, "a client of a staying member moved");
                 moved += 1;
             }
         }
@@ -555,16 +538,18 @@ mod tests {
 
     #[test]
     fn least_connections_skips_unusable_and_busy_members() {
-        let ids: Vec<String> = (0..3).map(|i| i.to_string()).collect();
-        let mut c = cands(&ids);
-        c[0].open = 5;
-        c[1].open = 1;
-        c[2].open = 0;
-        c[2].usable = false;
-        assert_eq!(pick_least(0, &c), Some(1));
-        c[1].usable = false;
-        assert_eq!(pick_least(0, &c), Some(0));
-        c[0].usable = false;
-        assert_eq!(pick_least(0, &c), None);
+        let t = table(3, "least_connections");
+        let p = t.pool("p").unwrap();
+        let open = |i: usize, n: u64| p.backends[i].stats.inflight.store(n, Ordering::Relaxed);
+        open(0, 5);
+        open(1, 1);
+        open(2, 0);
+        p.backends[2].health.record_check(false, 1, 1, 1);
+        let ip = IpAddr::V4(Ipv4Addr::LOCALHOST);
+        assert_eq!(pick(&t, ip), Some(1));
+        p.backends[1].health.record_check(false, 1, 1, 1);
+        assert_eq!(pick(&t, ip), Some(0));
+        p.backends[0].health.record_check(false, 1, 1, 1);
+        assert_eq!(pick(&t, ip), None);
     }
 }
