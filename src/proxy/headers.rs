@@ -93,8 +93,31 @@ static HOP_BY_HOP: [HeaderName; 9] = [
 ];
 
 /// The peer address as a header value, formatted once per client connection.
+///
+/// Once per accepted connection, so IPv4 is written digit by digit into a stack buffer:
+/// `Ipv4Addr`'s `Display` goes through `core::fmt` and a `String` (~1,300 instructions of a
+/// ~47,000-instruction new-connection request, callgrind).
 pub fn peer_header_value(peer: IpAddr) -> Option<HeaderValue> {
-    HeaderValue::from_str(&canonical_ip(peer).to_string()).ok()
+    match canonical_ip(peer) {
+        IpAddr::V4(v4) => {
+            let mut out = [0u8; 15];
+            let mut n = 0;
+            for (i, octet) in v4.octets().into_iter().enumerate() {
+                if i > 0 {
+                    out[n] = b'.';
+                    n += 1;
+                }
+                for div in [100, 10, 1] {
+                    if div == 1 || octet >= div {
+                        out[n] = b'0' + octet / div % 10;
+                        n += 1;
+                    }
+                }
+            }
+            HeaderValue::from_bytes(&out[..n]).ok()
+        }
+        v6 => HeaderValue::from_str(&v6.to_string()).ok(),
+    }
 }
 
 /// Strips IPv4-mapped IPv6 (`::ffff:1.2.3.4`) down to IPv4.
@@ -203,6 +226,26 @@ mod tests {
             );
         }
         h
+    }
+
+    #[test]
+    fn peer_value_is_the_canonical_address() {
+        for ip in [
+            "0.0.0.0",
+            "1.2.3.4",
+            "9.99.100.109",
+            "10.0.100.9",
+            "127.0.0.1",
+            "192.168.10.255",
+            "255.255.255.255",
+            "::1",
+            "2001:db8::42",
+            "::ffff:203.0.113.7",
+        ] {
+            let ip: IpAddr = ip.parse().unwrap();
+            let want = canonical_ip(ip).to_string();
+            assert_eq!(peer_header_value(ip).unwrap(), want.as_str(), "{ip}");
+        }
     }
 
     #[test]
