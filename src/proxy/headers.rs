@@ -35,9 +35,12 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap, keep_upgrade: bool) -> bool {
     // each `remove` hashes the name, so only present ones are removed.
     let mut present = 0u16;
     for name in headers.keys() {
-        if let Some(i) = HOP_BY_HOP.iter().position(|h| h == name) {
+        if let Some(i) = hop_by_hop_index(name) {
             present |= 1 << i;
         }
+    }
+    if present == 0 && !keep_upgrade {
+        return false;
     }
     let mut close = false;
     if present & 1 != 0 {
@@ -91,6 +94,25 @@ static HOP_BY_HOP: [HeaderName; 9] = [
     KEEP_ALIVE,
     PROXY_CONNECTION,
 ];
+
+/// Where `name` is in `HOP_BY_HOP`, if it is one of them: one `match` on the name's text
+/// (the compiler switches on its length first) instead of nine `HeaderName` comparisons per
+/// header, twice per request (request and response; ~1,700 instructions of a ~28,000
+/// instruction keep-alive request, callgrind).
+fn hop_by_hop_index(name: &HeaderName) -> Option<usize> {
+    Some(match name.as_str() {
+        "connection" => 0,
+        "upgrade" => 1,
+        "te" => 2,
+        "trailer" => 3,
+        "transfer-encoding" => 4,
+        "proxy-authenticate" => 5,
+        "proxy-authorization" => 6,
+        "keep-alive" => 7,
+        "proxy-connection" => 8,
+        _ => return None,
+    })
+}
 
 /// The peer address as a header value, formatted once per client connection.
 ///
@@ -230,6 +252,24 @@ mod tests {
             );
         }
         h
+    }
+
+    #[test]
+    fn hop_by_hop_index_matches_the_list() {
+        for (i, name) in HOP_BY_HOP.iter().enumerate() {
+            assert_eq!(hop_by_hop_index(name), Some(i), "{name}");
+        }
+        for other in [
+            "host",
+            "x-connection",
+            "tee",
+            "trailers",
+            "keep-alive-x",
+            "content-length",
+        ] {
+            let name = HeaderName::from_static(other);
+            assert_eq!(hop_by_hop_index(&name), None, "{other}");
+        }
     }
 
     #[test]
