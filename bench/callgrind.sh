@@ -253,6 +253,8 @@ syscall_cell() { # syscall_cell PROXY SCENARIO REQS: syscalls per request, nativ
     warm "$s"
     perf stat -x, -e raw_syscalls:sys_enter -p "$pid" -o "$WORK/perf-$tag.txt" &
     local perf_pid=$!
+    # perf needs a moment to attach (longer on a busy machine): calls before that are lost.
+    sleep 1
     load "$s" "$reqs" >"$WORK/wrk-native-$tag.txt"
     kill -INT "$perf_pid" 2>/dev/null || true
     wait "$perf_pid" 2>/dev/null || true
