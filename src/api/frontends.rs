@@ -10,9 +10,10 @@ use axum::routing::{get, post};
 use axum::{Json, Router};
 use serde_json::{json, Value};
 
-use crate::model::frontend::FrontendSpec;
+use crate::model::frontend::{Binds, FrontendSpec, KeepAlive, Mode, TcpTimeouts};
 use crate::model::pool::PoolSpec;
-use crate::proxy::tcp::{ChangeError, TcpError};
+use crate::model::route::{route_rules, RouteSpec, HTTPS_FRONTEND, HTTP_FRONTEND};
+use crate::proxy::tcp::{ChangeError, FrontendView, TcpError};
 use crate::store::{blocking, StoreError};
 
 use super::error::{ApiError, ApiJson, ApiPath};
@@ -39,7 +40,7 @@ impl From<TcpError> for ApiError {
     fn from(e: TcpError) -> Self {
         match e {
             TcpError::NotFound { .. } => ApiError::NotFound(e.to_string()),
-            TcpError::ReadOnly { .. } => ApiError::Conflict {
+            TcpError::ReadOnly { .. } | TcpError::DefaultFrontend { .. } => ApiError::Conflict {
                 code: "read_only",
                 field: None,
                 message: e.to_string(),
@@ -103,8 +104,48 @@ fn check_name(path: &str, body: &mut Option<String>) -> Result<(), ApiError> {
     }
 }
 
+/// The default frontends as the API lists them: `http` on berthd's HTTP listener and `https`
+/// on its HTTPS one (when it runs), read-only, their rules the routes in force
+/// (`model::route::route_rules`), no default pool (no match → 404).
+fn default_frontends(state: &ApiState) -> Vec<FrontendView> {
+    let routes: Vec<RouteSpec> = state
+        .registry
+        .routes()
+        .iter()
+        .map(|r| r.spec.clone())
+        .collect();
+    let rules = route_rules(&routes);
+    [HTTP_FRONTEND, HTTPS_FRONTEND]
+        .into_iter()
+        .filter_map(|name| {
+            let (_, addr) = state.tcp.reserved().iter().find(|(n, _)| *n == name)?;
+            Some(FrontendView {
+                name: name.to_string(),
+                read_only: true,
+                spec: FrontendSpec {
+                    name: Some(name.to_string()),
+                    mode: Mode::Http,
+                    bind: Binds::One(addr.to_string()),
+                    pool: String::new(),
+                    rules: rules.clone(),
+                    timeouts: TcpTimeouts::default(),
+                    keepalive: KeepAlive::Default,
+                },
+                listening: vec![*addr],
+            })
+        })
+        .collect()
+}
+
+/// Every frontend: the default ones first, then the configured and API-made ones.
+async fn all_frontends(state: &ApiState) -> Vec<FrontendView> {
+    let mut all = default_frontends(state);
+    all.extend(state.tcp.frontends().await);
+    all
+}
+
 async fn list_frontends(State(state): State<ApiState>) -> Result<Json<Value>, ApiError> {
-    let frontends = state.tcp.frontends().await;
+    let frontends = all_frontends(&state).await;
     Ok(Json(json!({ "frontends": to_value(&frontends)? })))
 }
 
@@ -136,7 +177,7 @@ async fn get_frontend(
     State(state): State<ApiState>,
     ApiPath(name): ApiPath<String>,
 ) -> Result<Json<Value>, ApiError> {
-    named(state.tcp.frontends().await, |f| &f.name, "frontend", &name)
+    named(all_frontends(&state).await, |f| &f.name, "frontend", &name)
 }
 
 async fn put_frontend(
@@ -293,9 +334,26 @@ async fn effective_config(State(state): State<ApiState>) -> Result<Response, Api
     };
     let yaml =
         serde_yaml::to_string(&doc).map_err(|e| ApiError::Internal(format!("serialising: {e}")))?;
+    // The default frontends are the listeners above with the routes as rules: shown as a
+    // comment, since the file declares them through `http`, `tls` and `routes`.
+    let mut defaults = String::new();
+    for fe in default_frontends(&state) {
+        defaults.push_str(&format!(
+            "#   {}: mode http, bind {}, no default pool (no match: 404), rules:\n",
+            fe.name, fe.listening[0]
+        ));
+        for r in &fe.spec.rules {
+            let rule = serde_json::to_string(r)
+                .map_err(|e| ApiError::Internal(format!("serialising: {e}")))?;
+            defaults.push_str(&format!("#     - {rule}\n"));
+        }
+    }
     let text = format!(
         "# berthd's effective routes, frontends and pools (GET /v1/config); \
-         `berthd check-config FILE` accepts this file.\n{yaml}"
+         `berthd check-config FILE` accepts this file.\n{yaml}\
+         # The default frontends (read-only; GET /v1/frontends lists them): berthd's own \
+         listeners, whose rules are\n# the routes (those above, and the API's own on \
+         api.domain), exact hosts first, longest prefix first:\n{defaults}"
     );
     Ok((
         [(
@@ -307,7 +365,8 @@ async fn effective_config(State(state): State<ApiState>) -> Result<Response, Api
         .into_response())
 }
 
-/// The TCP counters in Prometheus text form (appended to `/metrics`).
+/// The TCP frontends' counters in Prometheus text form (appended to `/metrics`). Pool members
+/// are not here: they are `berth_pool_member_*` (`api::stats`), whatever the frontend's mode.
 pub fn prometheus(stats: &crate::proxy::tcp::TcpStats) -> String {
     use crate::proxy::tcp::CounterView;
     use std::fmt::Write;
@@ -350,35 +409,6 @@ pub fn prometheus(stats: &crate::proxy::tcp::TcpStats) -> String {
         let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");
         for (fe, c) in &stats.frontends {
             let _ = writeln!(out, "{name}{{frontend=\"{}\"}} {}", escape(fe), pick(c));
-        }
-        let name = format!("berth_tcp_member_{suffix}");
-        let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");
-        for (pool, members) in &stats.pools {
-            for (id, c) in members {
-                let _ = writeln!(
-                    out,
-                    "{name}{{pool=\"{}\",member=\"{}\"}} {}",
-                    escape(pool),
-                    escape(id),
-                    pick(c)
-                );
-            }
-        }
-    }
-    let name = "berth_tcp_member_up";
-    let _ = writeln!(
-        out,
-        "# HELP {name} 1 when the member passes its health check.\n# TYPE {name} gauge"
-    );
-    for (pool, members) in &stats.pools {
-        for (id, c) in members {
-            let up = u8::from(c.up.unwrap_or(true));
-            let _ = writeln!(
-                out,
-                "{name}{{pool=\"{}\",member=\"{}\"}} {up}",
-                escape(pool),
-                escape(id)
-            );
         }
     }
     out

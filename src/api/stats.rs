@@ -260,22 +260,42 @@ fn label(v: &str) -> String {
 const LE_EXPONENTS: std::ops::RangeInclusive<u32> = 7..=25;
 
 /// Renders the Prometheus text exposition: routes' backends (`berth_backend_*{route,
-/// backend}`), HTTP pools' members (`berth_pool_member_*{pool, member}`, the same counters:
-/// pools are routes of the same table), the route count and the store's state.
+/// backend}`), pools' members (`berth_pool_member_*{pool, member}`, the same counters: pools
+/// are routes of the same table; one family whatever the frontends' mode, a TCP connection
+/// counts as a request and its bytes both ways), the route count and the store's state.
 pub fn prometheus(doc: &StatsDoc, table: &RouteTable) -> String {
     let mut out = String::with_capacity(4096);
     let routes = Family {
         prefix: "berth_backend",
         group: "route",
         member: "backend",
+        mode_help: "",
     };
     backend_metrics(&mut out, &routes, &doc.routes, table.routes());
     let pools = Family {
         prefix: "berth_pool_member",
         group: "pool",
         member: "member",
+        mode_help: " TCP frontends' connections count as requests.",
     };
     backend_metrics(&mut out, &pools, &doc.http_pools, table.pools());
+    // Bytes from clients: counted for TCP connections only (an HTTP request's are not).
+    let name = "berth_pool_member_received_bytes_total";
+    let _ = writeln!(
+        out,
+        "# HELP {name} Bytes from clients to the member over TCP frontends.\n# TYPE {name} counter"
+    );
+    for p in table.pools() {
+        for b in &p.backends {
+            let _ = writeln!(
+                out,
+                "{name}{{pool=\"{}\",member=\"{}\"}} {}",
+                label(&p.name),
+                label(&b.id),
+                b.stats.bytes_in.load(Ordering::Relaxed)
+            );
+        }
+    }
     let name = "berth_routes";
     let _ = writeln!(
         out,
@@ -310,6 +330,8 @@ struct Family {
     prefix: &'static str,
     group: &'static str,
     member: &'static str,
+    /// Appended to the help of the counters whose meaning the frontend's mode refines.
+    mode_help: &'static str,
 }
 
 /// The per-backend metrics of `stats` (counters) and `routes` (latency histograms).
@@ -368,6 +390,12 @@ fn backend_metrics(out: &mut String, f: &Family, stats: &[RouteStats], routes: &
         |r: &str, b: &str| format!("{}=\"{}\",{}=\"{}\"", f.group, label(r), f.member, label(b));
     for (suffix, kind, help, get) in counters {
         let name = format!("{}_{suffix}", f.prefix);
+        let help = match *suffix {
+            "requests_total" | "failures_total" | "sent_bytes_total" | "inflight" => {
+                format!("{}{}", help, f.mode_help)
+            }
+            _ => help.to_string(),
+        };
         let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");
         for r in stats {
             for b in &r.backends {
@@ -540,6 +568,7 @@ mod tests {
             .unwrap();
         let m1 = &table.pools()[0].backends[0].stats;
         m1.requests.fetch_add(4, Ordering::Relaxed);
+        m1.bytes_in.fetch_add(11, Ordering::Relaxed);
         m1.record_status(200);
         m1.latency.record(Duration::from_millis(3));
         table.pools()[0].backends[1]
@@ -555,6 +584,7 @@ mod tests {
             r#"berth_pool_member_up{pool="web",member="m2"} 0"#,
             r#"berth_pool_member_state{pool="web",member="m2",state="drain"} 1"#,
             r#"berth_pool_member_latency_seconds_count{pool="web",member="m1"} 1"#,
+            r#"berth_pool_member_received_bytes_total{pool="web",member="m1"} 11"#,
             // The route of the same name is its own series.
             r#"berth_backend_requests_total{route="web",backend="r"} 0"#,
         ] {

@@ -26,7 +26,7 @@ use tokio::task::JoinHandle;
 
 use crate::api::{self, ApiSettings, ApiState};
 use crate::config::{self, ConfigError};
-use crate::lifecycle::control::{self, Command};
+use crate::lifecycle::control::{self, Command, CommandError};
 use crate::lifecycle::upgrade::{self, Phase};
 use crate::lifecycle::{notify, Inherited, ListenError};
 use crate::model::config::Config;
@@ -134,6 +134,11 @@ impl Running {
                 "drain timeout: closing the connections still open"
             );
             self.tcp.close_all().await;
+        }
+        // Before the runtime goes: its teardown would fail the engine's Docker calls one by
+        // one under a reconcile or deploy still running.
+        if let Some(engine) = &self.engine {
+            engine.shutdown().await;
         }
     }
 
@@ -489,8 +494,8 @@ pub async fn run(
                 let Some(req) = req else { continue };
                 match req.command {
                     Command::Reload => {
-                        // The control socket speaks text: the error is its message.
-                        let _ = req.reply.send(reload(&mut running).await.map_err(|e| e.to_string()));
+                        let answer = reload(&mut running).await;
+                        let _ = req.reply.send(answer.map_err(|e| CommandError::ReloadRejected(Box::new(e))));
                         continue;
                     }
                     Command::Status => {
@@ -525,12 +530,12 @@ pub async fn run(
         let exe = match upgrade::current_binary() {
             Ok(e) => e,
             Err(e) => {
-                let reason = format!("cannot find the berthd binary: {e}");
+                let e = CommandError::NoBinary(e);
                 set_phase(Phase::Failed {
-                    reason: reason.clone(),
+                    reason: e.to_string(),
                 });
                 if let Some(r) = upgrade_reply {
-                    let _ = r.send(Err(reason));
+                    let _ = r.send(Err(e));
                 }
                 continue;
             }
@@ -543,11 +548,9 @@ pub async fn run(
             if let Err(e) = engine.pause_for_upgrade(upgrade_timeout).await {
                 let reason = e.to_string();
                 tracing::error!(error = %reason, "upgrade not started; this process keeps serving");
-                set_phase(Phase::Failed {
-                    reason: reason.clone(),
-                });
+                set_phase(Phase::Failed { reason });
                 if let Some(r) = upgrade_reply {
-                    let _ = r.send(Err(reason));
+                    let _ = r.send(Err(CommandError::NotStarted(Box::new(e))));
                 }
                 continue;
             }
@@ -585,7 +588,7 @@ pub async fn run(
                 });
                 notify::status(&format!("upgrade failed: {reason}; {status}"));
                 if let Some(r) = upgrade_reply {
-                    let _ = r.send(Err(reason));
+                    let _ = r.send(Err(CommandError::Upgrade(e)));
                 }
             }
         }

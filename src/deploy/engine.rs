@@ -130,6 +130,27 @@ impl Engine {
         }
     }
 
+    /// The process stops: every task of this engine ends at its next await point (what it
+    /// leaves is what reconcile finds at the next start, as after a kill) and is waited for,
+    /// so none still calls Docker or arms a timer while the runtime shuts down. (Left to the
+    /// runtime's teardown, a reconcile in progress saw each Docker call fail and took its
+    /// replicas for broken, and the self-healing timer panicked.)
+    pub async fn shutdown(&self) {
+        // An aborted task may spawn another before its next await: bounded rounds.
+        for _ in 0..100 {
+            let tasks: Vec<_> = self.inner.tasks.locked().drain(..).collect();
+            if tasks.is_empty() {
+                return;
+            }
+            for t in &tasks {
+                t.abort();
+            }
+            for t in tasks {
+                let _ = t.await;
+            }
+        }
+    }
+
     fn secrets_key(&self) -> Result<&crate::store::secrets::SecretsKey, DeployError> {
         self.inner.cfg.secrets.as_deref().ok_or_else(|| {
             DeployError::Secrets(

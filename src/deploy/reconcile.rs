@@ -493,6 +493,16 @@ async fn reconcile_app(
                         }
                     }
                 }
+                // Docker did not answer (dockerd restarting or overloaded, this process
+                // stopping): that says nothing about the replica, which keeps running and
+                // routed; the app is left as it runs (self-healing looks again).
+                Err(StepError::Runtime(e)) if !matches!(e, RuntimeError::NotFound { .. }) => {
+                    inner.warn(format!(
+                        "reconcile: app {app}: inspecting {}: {e}; left as it runs",
+                        c.name
+                    ));
+                    return Ok(());
+                }
                 Err(e) => {
                     inner.warn(format!("reconcile: {}: {e}; replacing it", c.name));
                     None

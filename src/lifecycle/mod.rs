@@ -16,7 +16,7 @@ use std::path::Path;
 use socket2::{Domain, Protocol, Socket, Type};
 use thiserror::Error;
 
-pub use upgrade::{Handoff, Phase, HANDOFF_ENV, HANDOFF_VERSION};
+pub use upgrade::{Handoff, HandoffError, Phase, HANDOFF_ENV, HANDOFF_VERSION};
 
 #[derive(Debug, Error)]
 pub enum ListenError {
@@ -32,8 +32,11 @@ pub enum ListenError {
         fd: RawFd,
         source: std::io::Error,
     },
-    #[error("invalid upgrade handoff ({env}): {message}")]
-    Handoff { env: &'static str, message: String },
+    #[error("invalid upgrade handoff ({env}): {source}")]
+    Handoff {
+        env: &'static str,
+        source: HandoffError,
+    },
 }
 
 impl ListenError {
@@ -100,15 +103,18 @@ impl Inherited {
             // SAFETY: single-threaded, see above.
             unsafe { std::env::remove_var(HANDOFF_ENV) };
             let handoff =
-                Handoff::parse(&raw.to_string_lossy()).map_err(|message| ListenError::Handoff {
+                Handoff::parse(&raw.to_string_lossy()).map_err(|source| ListenError::Handoff {
                     env: HANDOFF_ENV,
-                    message,
+                    source,
                 })?;
             for (name, fd) in &handoff.fds {
                 if !fd_is_open(*fd) {
                     return Err(ListenError::Handoff {
                         env: HANDOFF_ENV,
-                        message: format!("descriptor {fd} for {name:?} is not open"),
+                        source: HandoffError::NotOpen {
+                            name: name.clone(),
+                            fd: *fd,
+                        },
                     });
                 }
                 // SAFETY: the previous process cleared CLOEXEC on exactly these descriptors

@@ -32,20 +32,31 @@ pub struct Handoff {
     pub parent_pid: u32,
 }
 
+/// Why the handoff from the previous process cannot be used (the successor then exits
+/// before "ready", and the previous process carries on).
+#[derive(Debug, Error)]
+pub enum HandoffError {
+    #[error("{0}")]
+    Json(#[from] serde_json::Error),
+    #[error("handoff version {found} is not supported (this binary speaks {HANDOFF_VERSION})")]
+    Version { found: u32 },
+    #[error("descriptor {fd} for {name:?} is not open")]
+    NotOpen { name: String, fd: RawFd },
+}
+
 impl Handoff {
-    pub fn parse(raw: &str) -> Result<Self, String> {
+    pub fn parse(raw: &str) -> Result<Self, HandoffError> {
         #[derive(Deserialize)]
         struct Probe {
             version: u32,
         }
-        let probe: Probe = serde_json::from_str(raw).map_err(|e| e.to_string())?;
+        let probe: Probe = serde_json::from_str(raw)?;
         if probe.version != HANDOFF_VERSION {
-            return Err(format!(
-                "handoff version {} is not supported (this binary speaks {HANDOFF_VERSION})",
-                probe.version
-            ));
+            return Err(HandoffError::Version {
+                found: probe.version,
+            });
         }
-        serde_json::from_str(raw).map_err(|e| e.to_string())
+        Ok(serde_json::from_str(raw)?)
     }
 
     /// Tells the previous process we are serving. Consumes the pipe.
@@ -283,8 +294,13 @@ mod tests {
         let s = serde_json::to_string(&h).unwrap();
         assert_eq!(Handoff::parse(&s).unwrap(), h);
         let future = s.replace("\"version\":1", "\"version\":2");
-        assert!(Handoff::parse(&future).unwrap_err().contains("version 2"));
-        assert!(Handoff::parse("not json").is_err());
+        let err = Handoff::parse(&future).unwrap_err();
+        assert!(matches!(err, HandoffError::Version { found: 2 }), "{err:?}");
+        assert!(err.to_string().contains("version 2"), "{err}");
+        assert!(matches!(
+            Handoff::parse("not json"),
+            Err(HandoffError::Json(_))
+        ));
     }
 
     #[test]

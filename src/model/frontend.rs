@@ -145,7 +145,9 @@ pub struct FrontendSpec {
     #[serde(default)]
     pub mode: Mode,
     pub bind: Binds,
-    /// Where connections go when no rule matches.
+    /// Where connections go when no rule matches. Empty (and left out) only in the listing
+    /// of the default frontends `http` and `https`, which answer 404 instead.
+    #[serde(skip_serializing_if = "String::is_empty")]
     pub pool: String,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub rules: Vec<RuleSpec>,
@@ -183,6 +185,15 @@ impl FrontendSpec {
     pub fn validate(&self, at: &str) -> Result<(), RouteError> {
         let f = |rest: &str| field_at(at, rest);
         check_name(&f("name"), self.name())?;
+        if super::route::is_default_frontend(self.name()) {
+            return Err(err(
+                f("name"),
+                format!(
+                    "{:?} is berthd's default frontend on its own listener (its rules are the routes); choose another name",
+                    self.name()
+                ),
+            ));
+        }
         let items = self.bind.items();
         if items.is_empty() {
             return Err(err(f("bind"), "at least one address to listen on"));
@@ -427,6 +438,15 @@ mod tests {
             "frontends[0].keepalive"
         );
         assert!(set(&[f1], &p, &[]).is_ok());
+        // The default frontends' names are taken: their rules are the routes.
+        for name in ["http", "https"] {
+            let f = fe(&format!(
+                "name: {name}\nmode: http\nbind: 127.0.0.1:7007\npool: a\n"
+            ));
+            let e = set(&[f], &p, &[]).unwrap_err();
+            assert_eq!(e.field, "frontends[0].name");
+            assert!(e.message.contains("routes"), "{e}");
+        }
     }
 
     #[test]

@@ -28,11 +28,12 @@ use hyper_util::rt::TokioIo;
 
 use crate::model::health::{unix_ms, BackendHealth, Transition};
 use crate::model::host::{is_valid_host_chars, normalize_host_cow};
-use crate::model::route::{BalancerKind, Lookup, OnDown, Pick, PickContext, PickError, Route};
+use crate::model::route::{BalancerKind, OnDown, Pick, PickContext, PickError, Route, RouteKind};
 
 use super::body::{
     BodyPhase, BodyProgress, BodyTooLarge, ClientBodyError, ClientBodyFault, RequestBody,
 };
+use super::frontends::Decision;
 use super::headers::{is_upgrade_request, set_forwarded_cached, strip_hop_by_hop};
 use super::response::{AccessLog, Completion, ResponseBody};
 use super::server::ConnState;
@@ -213,13 +214,7 @@ impl Proxy {
             Continue(h) => h,
             Break(answer) => return answer,
         };
-        // Connections of an HTTP frontend are routed by its rules (`frontends.rs`).
-        let frontend = done.conn.as_ref().and_then(|c| c.frontend.clone());
-        let chosen = match &frontend {
-            Some(fc) => self.choose_by_rules(fc, &req, scheme, host, peer, done),
-            None => self.choose_route(&req, scheme, host, done),
-        };
-        let mut chosen = match chosen {
+        let mut chosen = match self.choose(&req, scheme, host, peer, done) {
             Continue(c) => c,
             Break(answer) => return answer,
         };
@@ -272,40 +267,52 @@ impl Proxy {
         Continue((raw_host, host))
     }
 
-    /// Phase 2, choose the route (and with it the backend pool): table lookup (alias
-    /// redirects, 404), the HTTP → HTTPS redirect, the API route's own rules and limits.
-    /// Anything that answers for a route instead of its backends belongs here.
-    fn choose_route(
+    /// Phase 2, choose the route (and with it the backend pool). Every connection belongs to
+    /// an HTTP frontend, whose rules decide (first match wins): an operator frontend's ordered
+    /// rules (`frontends.rs`), or on the default listeners, the frontends `http` and `https`,
+    /// the routes' host + path-prefix rules (`model::route::route_rules`), evaluated in their
+    /// compiled form, the table's host index. Then what applies to whatever was chosen: the
+    /// HTTP → HTTPS redirect, the API route's own rules and limits. Anything that answers for
+    /// a route instead of its backends belongs here.
+    fn choose(
         &self,
         req: &Request<Incoming>,
         scheme: &'static str,
         host: &str,
+        peer: SocketAddr,
         done: &mut Completion,
     ) -> ControlFlow<Response<ResponseBody>, Chosen> {
-        let route: Arc<Route> = {
+        let decision = {
             let table = self.tables.load();
-            match table.lookup_normalized(host, req.uri().path()) {
-                Lookup::Route(r) => r.clone(),
-                Lookup::Redirect(to) => {
-                    let pq = req
-                        .uri()
-                        .path_and_query()
-                        .map(|p| p.as_str())
-                        .unwrap_or("/");
-                    let location = format!("{scheme}://{to}{pq}");
-                    let mut r = local(StatusCode::MOVED_PERMANENTLY, "moved permanently\n");
-                    if let Ok(v) = HeaderValue::from_str(&location) {
-                        r.headers_mut().insert(header::LOCATION, v);
-                    }
-                    return Break(r);
-                }
-                Lookup::NotFound => {
-                    return Break(local(StatusCode::NOT_FOUND, "no route for this host\n"));
-                }
+            match done.conn.as_ref().and_then(|c| c.frontend.as_deref()) {
+                None => Decision::by_routes(&table, req.uri(), scheme, host),
+                Some(fc) => self.decide_by_rules(fc, &table, req, scheme, host, peer),
             }
         };
+        let (route, frontend) = match decision {
+            Decision::Forward(route, frontend) => (route, frontend),
+            Decision::Redirect {
+                status,
+                location,
+                body,
+            } => {
+                let Ok(location) = HeaderValue::from_str(&location) else {
+                    return Break(local(
+                        StatusCode::BAD_REQUEST,
+                        "the redirect location is not a valid header value\n",
+                    ));
+                };
+                let mut r = local(status, body);
+                r.headers_mut().insert(header::LOCATION, location);
+                return Break(r);
+            }
+            Decision::Answer(status, body) => return Break(local(status, body)),
+        };
         if let Some(log) = done.log.as_mut() {
-            log.route = Some(route.name.clone());
+            log.route = Some(match &frontend {
+                Some(f) => format!("{}/{}", f.frontend_name(), route.name),
+                None => route.name.clone(),
+            });
         }
         // TLS hook: HTTP → HTTPS redirect for hosts with a certificate.
         if let Some(r) = self.https_redirect(scheme, &route, host, req.uri()) {
@@ -316,7 +323,7 @@ impl Proxy {
             .settings
             .api_route
             .as_ref()
-            .filter(|a| a.route == route.name);
+            .filter(|a| a.route == route.name && route.kind == RouteKind::Route);
         if api_route.is_some() && scheme != "https" {
             return Break(local(
                 StatusCode::FORBIDDEN,
@@ -331,7 +338,7 @@ impl Proxy {
                 }),
             api: api_route.is_some(),
             route,
-            frontend: None,
+            frontend,
         })
     }
 

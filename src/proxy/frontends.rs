@@ -1,8 +1,11 @@
 //! HTTP frontends (`mode: http`): connections accepted on a frontend's own addresses are served
-//! by the same request path as the default listeners (`server`, `forward`); only phase 2 differs:
-//! instead of the host/prefix route table, the frontend's ordered rules (`model::rules`) choose
-//! a pool or answer with a redirect, and the rule's actions (header changes, prefix strip) and
-//! the pool's Host override ride along to the later phases in [`FrontendChoice`].
+//! by the same request path as the default listeners (`server`, `forward`), which are the
+//! default frontends `http` and `https` (their rules are the routes, `model::route::route_rules`).
+//! Phase 2 (`Proxy::choose`) asks the connection's frontend for a [`Decision`]: an operator
+//! frontend's ordered rules (`model::rules`) choose a pool or answer with a redirect, and the
+//! rule's actions (header changes, prefix strip) and the pool's Host override ride along to
+//! the later phases in [`FrontendChoice`]; the default frontends decide through the routes'
+//! compiled form, the table's host index ([`Decision::by_routes`]).
 //!
 //! Invariant: the request path reads one `ArcSwap` of the compiled rule tables and the route
 //! table, never a lock. Pools live in the proxy's one route table next to the routes
@@ -12,22 +15,19 @@
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
-use std::ops::ControlFlow::{self, Break, Continue};
 use std::sync::{Arc, Mutex};
 
 use arc_swap::{ArcSwap, ArcSwapOption};
 use http::header::{self, HeaderName, HeaderValue};
 use http::uri::PathAndQuery;
-use http::{Request, Response, StatusCode};
+use http::{Request, StatusCode, Uri};
 use hyper::body::Incoming;
 
 use crate::model::frontend::{FrontendSpec, KeepAlive, Mode};
 use crate::model::pool::PoolSpec;
-use crate::model::route::RouteError;
+use crate::model::route::{Lookup, Route, RouteError, RouteTable};
 use crate::model::rules::{Action, HeaderOps, RequestView, RuleTable};
 
-use super::forward::{local, Chosen};
-use super::response::{Completion, ResponseBody};
 use super::upstream::{Pool, PoolSettings};
 use super::Proxy;
 
@@ -181,6 +181,7 @@ pub struct FrontendConn {
 
 /// What a frontend's rules decided for one request, applied by the later phases.
 pub struct FrontendChoice {
+    name: Arc<str>,
     fe: Arc<HttpFrontend>,
     rule: Option<usize>,
     /// The path without the stripped prefix.
@@ -190,6 +191,11 @@ pub struct FrontendChoice {
 }
 
 impl FrontendChoice {
+    /// The operator frontend whose rule chose (for the access log).
+    pub fn frontend_name(&self) -> &str {
+        &self.name
+    }
+
     /// Upstream connections for this request are new and closed after it.
     pub fn fresh_upstream(&self) -> bool {
         self.keepalive != KeepAlive::Default
@@ -231,23 +237,57 @@ impl FrontendChoice {
     }
 }
 
+/// What a frontend's rules decided for one request (phase 2, `Proxy::choose`).
+pub(super) enum Decision {
+    /// Send to this route or pool, with an operator rule's actions.
+    Forward(Arc<Route>, Option<Box<FrontendChoice>>),
+    /// Answer with a redirect to `location`.
+    Redirect {
+        status: StatusCode,
+        location: String,
+        body: &'static str,
+    },
+    /// Answer with this status and text.
+    Answer(StatusCode, &'static str),
+}
+
+impl Decision {
+    /// The default frontends' rules (the routes: host + path prefix → route, redirect
+    /// aliases → 301 to the canonical domain, no match → 404), in their compiled form: the
+    /// table's host index is an implementation of first-match host rules.
+    pub(super) fn by_routes(table: &RouteTable, uri: &Uri, scheme: &str, host: &str) -> Self {
+        match table.lookup_normalized(host, uri.path()) {
+            Lookup::Route(r) => Decision::Forward(r.clone(), None),
+            Lookup::Redirect(to) => {
+                let pq = uri.path_and_query().map(|p| p.as_str()).unwrap_or("/");
+                Decision::Redirect {
+                    status: StatusCode::MOVED_PERMANENTLY,
+                    location: format!("{scheme}://{to}{pq}"),
+                    body: "moved permanently\n",
+                }
+            }
+            Lookup::NotFound => Decision::Answer(StatusCode::NOT_FOUND, "no route for this host\n"),
+        }
+    }
+}
+
 impl Proxy {
-    /// Phase 2 for a frontend connection: the first matching rule picks the pool (or answers
-    /// with its redirect); no rule → the frontend's default pool.
-    pub(super) fn choose_by_rules(
+    /// An operator frontend's rules: the first matching rule picks the pool (or answers with
+    /// its redirect); no rule → the frontend's default pool.
+    pub(super) fn decide_by_rules(
         &self,
         fc: &FrontendConn,
+        table: &RouteTable,
         req: &Request<Incoming>,
         scheme: &'static str,
         host: &str,
         peer: SocketAddr,
-        done: &mut Completion,
-    ) -> ControlFlow<Response<ResponseBody>, Chosen> {
+    ) -> Decision {
         let Some(fe) = fc.rules.load_full() else {
-            return Break(local(
+            return Decision::Answer(
                 StatusCode::SERVICE_UNAVAILABLE,
                 "this frontend is not serving\n",
-            ));
+            );
         };
         let headers: Vec<(&str, &str)> = req
             .headers()
@@ -267,46 +307,32 @@ impl Proxy {
             Action::Redirect {
                 status, location, ..
             } => {
-                let status = StatusCode::from_u16(status).unwrap_or(StatusCode::FOUND);
-                let mut r = local(status, "redirect\n");
-                match HeaderValue::from_str(&location) {
-                    Ok(v) => {
-                        r.headers_mut().insert(header::LOCATION, v);
-                    }
-                    Err(_) => {
-                        return Break(local(
-                            StatusCode::BAD_REQUEST,
-                            "the redirect location is not a valid header value\n",
-                        ))
-                    }
+                return Decision::Redirect {
+                    status: StatusCode::from_u16(status).unwrap_or(StatusCode::FOUND),
+                    location,
+                    body: "redirect\n",
                 }
-                return Break(r);
             }
             Action::Forward {
                 pool, rule, path, ..
             } => (pool.to_string(), rule, path),
         };
-        let Some(route) = self.tables.load().pool(&pool).cloned() else {
-            return Break(local(
+        let Some(route) = table.pool(&pool).cloned() else {
+            return Decision::Answer(
                 StatusCode::SERVICE_UNAVAILABLE,
                 "no backend available for this host\n",
-            ));
+            );
         };
-        if let Some(log) = done.log.as_mut() {
-            log.route = Some(format!("{}/{pool}", fc.name));
-        }
-        Continue(Chosen {
+        Decision::Forward(
             route,
-            max_body_size: self.settings.max_body_size,
-            response_header_timeout: self.settings.timeouts.response_header,
-            api: false,
-            frontend: Some(Box::new(FrontendChoice {
+            Some(Box::new(FrontendChoice {
+                name: fc.name.clone(),
                 host: self.frontends.hosts.load().get(&pool).cloned(),
                 fe,
                 rule,
                 path,
                 keepalive: fc.keepalive,
             })),
-        })
+        )
     }
 }

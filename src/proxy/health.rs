@@ -66,7 +66,12 @@ impl Check<'_> {
     fn of(route: &Route) -> Option<Check<'_>> {
         match (&route.spec.health_check, &route.kind) {
             (Some(h), _) => Some(Check::Http(h)),
-            (None, RouteKind::Pool { tcp_check: Some(t) }) => Some(Check::Tcp(t)),
+            (
+                None,
+                RouteKind::Pool {
+                    tcp_check: Some(t), ..
+                },
+            ) => Some(Check::Tcp(t)),
             _ => None,
         }
     }

@@ -271,6 +271,8 @@ async fn scopes_are_enforced_on_every_documented_operation() {
         status(reqwest::Method::DELETE, "/v1/routes/static").await,
         403
     );
+    // Its idle keep-alive connection would hold the drain for the whole timeout (30 s).
+    drop(http);
     running.shutdown().await;
 }
 
@@ -379,6 +381,8 @@ async fn a_status_page_session_has_its_tokens_scopes() {
         let v: Value = r.json().await.unwrap();
         assert_eq!(v["error"]["required_scope"], scope, "{path}");
     }
+    // Its idle keep-alive connection would hold the drain for the whole timeout (30 s).
+    drop(http);
     running.shutdown().await;
 }
 
@@ -587,5 +591,7 @@ async fn the_cli_works_through_a_tunnel_and_metrics_auth_needs_read() {
         assert_eq!(r.status(), want);
     }
     task.abort();
+    // Its idle keep-alive connection would hold the drain for the whole timeout (30 s).
+    drop(http);
     running.shutdown().await;
 }

@@ -9,7 +9,7 @@ use crate::support;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use crate::support::docker::{prepare, skip, Cleanup, IMG_V1};
+use crate::support::docker::{deploy_config, prepare, skip, Cleanup, IMG_V1};
 
 /// A 64 MiB image on top of the busybox test image: big enough that the upload takes several
 /// frames of the progress bar. Built locally (never pulled), once per machine.
@@ -37,16 +37,7 @@ impl World {
         let data = tempfile::tempdir().unwrap();
         let app = format!("{name}-{}", std::process::id());
         let network = format!("berth-t-{app}");
-        let mut c = berth::model::config::Config {
-            data_dir: data.path().to_path_buf(),
-            ..Default::default()
-        };
-        c.http.listen = "127.0.0.1:0".parse().unwrap();
-        c.api.listen = "127.0.0.1:0".parse().unwrap();
-        c.log.access_log = false;
-        c.deploy.enabled = berth::model::config::DeployEnabled::Required;
-        c.deploy.network = network.clone();
-        c.deploy.stop_grace = Duration::from_secs(2);
+        let c = deploy_config(data.path(), &network);
         let running = berth::daemon::start(c, None).await.expect("daemon starts");
         let (_, token) = running.registry.store().create_token("test").unwrap();
         let work = tempfile::tempdir().unwrap();

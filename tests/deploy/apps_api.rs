@@ -6,7 +6,9 @@ use crate::support;
 
 use std::time::{Duration, Instant};
 
-use crate::support::docker::{prepare, skip, write_app_file, Cleanup, IMG_V1, IMG_V2};
+use crate::support::docker::{
+    deploy_config, prepare, skip, write_app_file, Cleanup, IMG_V1, IMG_V2,
+};
 use serde_json::{json, Value};
 
 struct World {
@@ -23,16 +25,7 @@ impl World {
         prepare();
         let dir = tempfile::tempdir().unwrap();
         let run = format!("{name}-{}", std::process::id());
-        let mut c = berth::model::config::Config {
-            data_dir: dir.path().to_path_buf(),
-            ..Default::default()
-        };
-        c.http.listen = "127.0.0.1:0".parse().unwrap();
-        c.api.listen = "127.0.0.1:0".parse().unwrap();
-        c.log.access_log = false;
-        c.deploy.enabled = berth::model::config::DeployEnabled::Required;
-        c.deploy.network = format!("berth-t-{run}");
-        c.deploy.stop_grace = Duration::from_secs(2);
+        let c = deploy_config(dir.path(), &format!("berth-t-{run}"));
         let running = berth::daemon::start(c, None).await.expect("daemon starts");
         let (_, token) = running
             .registry
@@ -50,6 +43,20 @@ impl World {
             http: reqwest::Client::new(),
             _dir: dir,
         }
+    }
+
+    /// [`World::start`], plus a CLI user (settings and working directory in the returned
+    /// dir) whose server `local` is this daemon with the deploy token.
+    async fn with_cli(name: &str) -> (World, tempfile::TempDir, support::cli::Cli) {
+        let w = World::start(name).await;
+        let work = tempfile::tempdir().unwrap();
+        let cli = support::cli::Cli::in_dir(work.path());
+        let url = format!("http://{}", w.running.api_addr);
+        let (code, out) = cli
+            .run(&["server", "add", "local", &url, "--token", &w.token])
+            .await;
+        assert_eq!(code, 0, "{out}");
+        (w, work, cli)
     }
 
     fn url(&self, path: &str) -> String {
@@ -318,16 +325,9 @@ async fn the_berth_cli_end_to_end() {
     if skip() {
         return;
     }
-    let w = World::start("cli").await;
+    let (w, work, cli) = World::with_cli("cli").await;
     let app = w.app.clone();
-    let work = tempfile::tempdir().unwrap();
-    let cli = support::cli::Cli::in_dir(work.path());
-    let url = format!("http://{}", w.running.api_addr);
-
-    let (code, out) = cli
-        .run(&["server", "add", "local", &url, "--token", &w.token])
-        .await;
-    assert_eq!(code, 0, "{out}");
+    let url = w.url("");
 
     let image = format!("image: {IMG_V1}");
     write_app_file(work.path(), &app, &image, &w.host(), 2, "");
@@ -404,15 +404,8 @@ async fn canary_promote_abort_and_traffic_over_http_and_the_cli() {
     if skip() {
         return;
     }
-    let w = World::start("canaryapi").await;
+    let (w, work, cli) = World::with_cli("canaryapi").await;
     let app = w.app.clone();
-    let work = tempfile::tempdir().unwrap();
-    let cli = support::cli::Cli::in_dir(work.path());
-    let url = format!("http://{}", w.running.api_addr);
-    let (code, out) = cli
-        .run(&["server", "add", "local", &url, "--token", &w.token])
-        .await;
-    assert_eq!(code, 0, "{out}");
 
     // No canary yet: promote, abort and a split are 409; unknown app 404.
     let (s1, v) = w

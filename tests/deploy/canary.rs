@@ -16,8 +16,6 @@ use crate::support::docker::*;
 use berth::deploy::DeployError;
 use berth::model::deploy::AppSpec;
 use berth::store::deployments::DeployState;
-use bytes::Bytes;
-use http_body_util::{BodyExt, Empty};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 pub(crate) const V1: &str = "berth-test-canary:v1";
@@ -118,33 +116,11 @@ pub(crate) async fn get_keepalive(
     host: &str,
     cookie: Option<&str>,
 ) -> Result<(u16, String, Option<String>), String> {
-    let mut req = http::Request::get(format!("http://{}/cgi-bin/app", env.http_addr()))
-        .header(http::header::HOST, host);
-    if let Some(c) = cookie {
-        req = req.header(http::header::COOKIE, c);
-    }
-    let req = req.body(Empty::<Bytes>::new()).unwrap();
-    let resp = tokio::time::timeout(Duration::from_secs(10), env.http.request(req))
-        .await
-        .map_err(|_| "timeout".to_string())?
-        .map_err(|e| e.to_string())?;
-    let status = resp.status().as_u16();
-    let set = resp
-        .headers()
-        .get(http::header::SET_COOKIE)
-        .and_then(|v| v.to_str().ok())
+    let a = env.request(host, "/cgi-bin/app", cookie).await?;
+    let pin = a
+        .set_cookie
         .map(|s| s.split(';').next().unwrap_or_default().to_string());
-    let body = resp
-        .into_body()
-        .collect()
-        .await
-        .map_err(|e| e.to_string())?
-        .to_bytes();
-    Ok((
-        status,
-        String::from_utf8_lossy(&body).trim().to_string(),
-        set,
-    ))
+    Ok((a.status, a.body, pin))
 }
 
 /// Load from `keepalive` + `fresh` workers until `stop`, at most `max` requests in all and
@@ -192,6 +168,16 @@ pub(crate) async fn load(
     }
     all.sort_by_key(|s| s.at);
     all
+}
+
+/// [`load`] from 4 keep-alive and 2 new-connection workers as a [`Background`] task.
+pub(crate) fn load_in_background(
+    env: &Arc<Env>,
+    host: &'static str,
+    max: u64,
+    max_time: Duration,
+) -> Background<Vec<Seen>> {
+    Background::start(|stop| load(env.clone(), host, (4, 2), max, max_time, stop))
 }
 
 /// The stored events of a deployment: (unix ms, stage, message).
@@ -300,15 +286,7 @@ async fn canary_steps_follow_their_weights_and_promote() {
     }
     let (host, app) = ("canary.test", "canary");
     let (env, engine, _) = v1_with_two_replicas(app, host).await;
-    let stop = Arc::new(AtomicBool::new(false));
-    let loader = tokio::spawn(load(
-        env.clone(),
-        host,
-        (4, 2),
-        200_000,
-        Duration::from_secs(150),
-        stop.clone(),
-    ));
+    let loader = load_in_background(&env, host, 200_000, Duration::from_secs(150));
     tokio::time::sleep(Duration::from_millis(500)).await;
     let canary = serde_json::json!({
         "steps": [{"weight": "10%", "hold": "5s"}, {"weight": "50%", "hold": "5s"}],
@@ -318,8 +296,7 @@ async fn canary_steps_follow_their_weights_and_promote() {
     let (d2, r2) = deploy_and_wait(&engine, app, spec(V2, host, 2, Some(canary)), V2).await;
     let took = t0.elapsed();
     tokio::time::sleep(Duration::from_millis(500)).await;
-    stop.store(true, Ordering::Relaxed);
-    let seen = loader.await.unwrap();
+    let seen = loader.finish().await;
     assert_eq!(r2.state, DeployState::Succeeded, "{:?}", r2.reason);
 
     let ev = events(&engine, &d2);
@@ -392,15 +369,7 @@ async fn failing_canary_is_aborted_at_its_first_analysis() {
     }
     let (host, app) = ("canarybad.test", "canarybad");
     let (env, engine, d1) = v1_with_two_replicas(app, host).await;
-    let stop = Arc::new(AtomicBool::new(false));
-    let loader = tokio::spawn(load(
-        env.clone(),
-        host,
-        (4, 2),
-        200_000,
-        Duration::from_secs(120),
-        stop.clone(),
-    ));
+    let loader = load_in_background(&env, host, 200_000, Duration::from_secs(120));
     tokio::time::sleep(Duration::from_millis(500)).await;
     let min_requests = 50u64;
     let weight = 20u64;
@@ -411,8 +380,7 @@ async fn failing_canary_is_aborted_at_its_first_analysis() {
     let (d2, r2) = deploy_and_wait(&engine, app, spec(V2_BAD, host, 2, Some(canary)), V2_BAD).await;
     // Keep the load on a little after the abort: everything goes to v1.
     tokio::time::sleep(Duration::from_secs(2)).await;
-    stop.store(true, Ordering::Relaxed);
-    let seen = loader.await.unwrap();
+    let seen = loader.finish().await;
     assert_eq!(r2.state, DeployState::Failed);
     let reason = r2.reason.clone().unwrap_or_default();
     assert!(
@@ -652,10 +620,9 @@ async fn a_restart_mid_canary_leaves_traffic_on_stable_and_aborts_it() {
     ignore = "system test: set BERTH_SYSTEM_TESTS=1"
 )]
 async fn a_split_set_by_hand_survives_a_restart() {
-    if skip() {
+    if !docker_ready() {
         return;
     }
-    prepare();
     images();
     let env = Arc::new(Env::new("abkill").await);
     let engine = env.engine().await;
@@ -722,15 +689,7 @@ async fn an_upgrade_mid_canary_hands_it_over_and_it_walks_on() {
     }
     let (host, app) = ("canaryup.test", "canaryup");
     let (env, engine, d1) = v1_with_two_replicas(app, host).await;
-    let stop = Arc::new(AtomicBool::new(false));
-    let loader = tokio::spawn(load(
-        env.clone(),
-        host,
-        (4, 2),
-        60_000,
-        Duration::from_secs(150),
-        stop.clone(),
-    ));
+    let loader = load_in_background(&env, host, 60_000, Duration::from_secs(150));
     let canary = serde_json::json!({
         "steps": [{"weight": "20%", "hold": "4s"}, {"weight": "60%", "hold": "3s"}],
         "analysis": {"max_error_rate": "5%", "min_requests": 20},
@@ -768,8 +727,7 @@ async fn an_upgrade_mid_canary_hands_it_over_and_it_walks_on() {
         .expect("canary ends")
         .expect("record");
     tokio::time::sleep(Duration::from_millis(300)).await;
-    stop.store(true, Ordering::Relaxed);
-    let seen = loader.await.unwrap();
+    let seen = loader.finish().await;
     let ev = events(&engine, &d2);
     for (at, stage, msg) in &ev {
         println!("{at} {stage}: {msg}");

@@ -50,6 +50,8 @@ struct Fake {
     unhealthy: Mutex<std::collections::HashSet<String>>,
     /// Berth's tags (`berth/APP:DEPLOYMENT`) → image id, as Docker keeps them.
     tags: Mutex<HashMap<String, String>>,
+    /// Containers whose `inspect` fails as when Docker does not answer (listing still works).
+    inspect_fails: Mutex<std::collections::HashSet<String>>,
 }
 
 const IMAGES: &[&str] = &["v1", "v2", "bad-slot1"];
@@ -160,6 +162,20 @@ impl Fake {
         let cs = self.containers.lock().unwrap();
         let c = &cs[id];
         SocketAddr::new(c.info.address.unwrap(), c.port).to_string()
+    }
+
+    /// What Docker's inspect says of `id` (no address unless running).
+    fn info(&self, id: &str) -> Result<ContainerInfo, RuntimeError> {
+        let cs = self.containers.lock().unwrap();
+        let c = cs.get(id).ok_or(RuntimeError::NotFound {
+            what: "container",
+            id: id.into(),
+        })?;
+        let mut info = c.info.clone();
+        if !info.running() {
+            info.address = None;
+        }
+        Ok(info)
     }
 }
 
@@ -280,22 +296,19 @@ impl ContainerRuntime for Fake {
         Ok(())
     }
     async fn inspect(&self, id: &str) -> Result<ContainerInfo, RuntimeError> {
-        let cs = self.containers.lock().unwrap();
-        let c = cs.get(id).ok_or(RuntimeError::NotFound {
-            what: "container",
-            id: id.into(),
-        })?;
-        let mut info = c.info.clone();
-        if !info.running() {
-            info.address = None;
+        if self.inspect_fails.lock().unwrap().contains(id) {
+            return Err(RuntimeError::Docker {
+                op: "container inspect",
+                message: "client error (Connect)".into(),
+            });
         }
-        Ok(info)
+        self.info(id)
     }
     async fn list(&self, labels: &[String]) -> Result<Vec<ContainerInfo>, RuntimeError> {
         let mut out = Vec::new();
         let ids: Vec<String> = self.containers.lock().unwrap().keys().cloned().collect();
         for id in ids {
-            let info = self.inspect(&id).await?;
+            let info = self.info(&id)?;
             let all = labels.iter().all(|l| match l.split_once('=') {
                 Some((k, v)) => info.labels.get(k).map(String::as_str) == Some(v),
                 None => info.labels.contains_key(l),
@@ -1004,6 +1017,52 @@ async fn start_serves_at_once_and_replaces_an_unhealthy_replica_behind() {
 
 /// Issue 19.5: stopped or vanished replicas are restored by the self-healing loop; an app
 /// stopped on purpose stays stopped.
+/// A Docker error while reconcile inspects a replica (dockerd restarting or overloaded, or
+/// berthd stopping mid-reconcile) says nothing about the replica: it keeps running and routed.
+/// Before, reconcile took any failed inspect for a broken replica and replaced it ("inspect
+/// failed: client error (Connect); replacing it", seen when a stop met a running reconcile).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reconcile_keeps_a_replica_docker_could_not_inspect() {
+    let w = World::new().await;
+    let port = support::free_port();
+    let d1;
+    {
+        let engine = w.engine().await;
+        d1 = engine
+            .deploy("web", spec("v1", 2, port), by_ref("v1"), "t")
+            .await
+            .unwrap();
+        assert_eq!(
+            engine.wait(&d1).await.unwrap().state,
+            DeployState::Succeeded
+        );
+    }
+    let ids = w.fake.ids_of(&d1);
+    let addresses = |w: &World| -> Vec<String> {
+        let mut a: Vec<String> = w.backends("web").into_iter().map(|b| b.0).collect();
+        a.sort();
+        a
+    };
+    let routed = addresses(&w);
+    assert_eq!(routed.len(), 2);
+    w.fake.inspect_fails.lock().unwrap().insert(ids[0].clone());
+    let engine = w.engine().await;
+    assert_eq!(w.fake.ids_of(&d1), ids, "no replica replaced");
+    assert_eq!(w.fake.running_of(&d1), 2);
+    assert_eq!(addresses(&w), routed, "both still routed");
+    // Docker answers again: the app takes deploys (reconcile released it).
+    w.fake.inspect_fails.lock().unwrap().clear();
+    let d2 = engine
+        .deploy("web", spec("v2", 2, port), by_ref("v2"), "t")
+        .await
+        .unwrap();
+    assert_eq!(
+        engine.wait(&d2).await.unwrap().state,
+        DeployState::Succeeded
+    );
+    assert_eq!(w.fake.running_of(&d2), 2);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn self_healing_restores_replicas_but_not_a_stopped_app() {
     let w = World::new().await;

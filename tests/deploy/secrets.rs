@@ -9,99 +9,12 @@ use crate::support;
 
 use std::io::Read;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::process::Command;
+use std::time::Duration;
 
-use crate::support::docker::{prepare, skip, Cleanup, IMG_V1, IMG_V2};
+use crate::support::berthd::BerthdProcess;
+use crate::support::docker::{docker_ready, Cleanup, IMG_V1, IMG_V2};
 use serde_json::{json, Value};
-
-struct Daemon {
-    child: Child,
-    log: PathBuf,
-    api: String,
-}
-
-impl Daemon {
-    /// Starts `berthd run` with `cfg` (and a systemd-style credentials directory, if given);
-    /// waits until the API answers.
-    fn start(cfg: &Path, log: PathBuf, creds: Option<&Path>) -> Daemon {
-        let file = std::fs::File::create(&log).unwrap();
-        let mut cmd = Command::new(env!("CARGO_BIN_EXE_berthd"));
-        cmd.arg("--config")
-            .arg(cfg)
-            .arg("--log-format")
-            .arg("json")
-            .arg("run")
-            .env_remove("CREDENTIALS_DIRECTORY")
-            .env_remove("JOURNAL_STREAM")
-            .stdout(Stdio::null())
-            .stderr(file);
-        if let Some(c) = creds {
-            cmd.env("CREDENTIALS_DIRECTORY", c);
-        }
-        let child = cmd.spawn().expect("berthd starts");
-        let deadline = Instant::now() + Duration::from_secs(60);
-        let api = loop {
-            let text = std::fs::read_to_string(&log).unwrap_or_default();
-            let found = text.lines().find_map(|l| {
-                let v: Value = serde_json::from_str(l).ok()?;
-                (v["fields"]["message"] == "API listening")
-                    .then(|| v["fields"]["api"].as_str().map(str::to_string))
-                    .flatten()
-            });
-            if let Some(a) = found {
-                break a;
-            }
-            assert!(Instant::now() < deadline, "berthd did not listen:\n{text}");
-            std::thread::sleep(Duration::from_millis(100));
-        };
-        Daemon { child, log, api }
-    }
-
-    /// Waits until the log has a line whose message is `message` (e.g. "reconcile done":
-    /// until then an app the store knows refuses deploys with 409 `reconcile after start`).
-    fn wait_log(&self, message: &str) {
-        let deadline = Instant::now() + Duration::from_secs(60);
-        loop {
-            let text = std::fs::read_to_string(&self.log).unwrap_or_default();
-            if text.lines().any(|l| {
-                serde_json::from_str::<Value>(l).is_ok_and(|v| v["fields"]["message"] == message)
-            }) {
-                return;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "no {message:?} in the log:\n{text}"
-            );
-            std::thread::sleep(Duration::from_millis(100));
-        }
-    }
-
-    fn stop(mut self) -> String {
-        // SIGTERM: drain and exit.
-        unsafe_free_kill(self.child.id());
-        let deadline = Instant::now() + Duration::from_secs(30);
-        while self.child.try_wait().unwrap().is_none() {
-            assert!(Instant::now() < deadline, "berthd did not stop");
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        std::fs::read_to_string(&self.log).unwrap_or_default()
-    }
-}
-
-impl Drop for Daemon {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn unsafe_free_kill(pid: u32) {
-    let _ = Command::new("kill")
-        .arg("-TERM")
-        .arg(pid.to_string())
-        .status();
-}
 
 fn sh(cmd: &str) -> String {
     let out = Command::new("sh").arg("-c").arg(cmd).output().unwrap();
@@ -187,10 +100,9 @@ impl Cli {
     ignore = "system test: set BERTH_SYSTEM_TESTS=1"
 )]
 async fn secrets_reach_the_container_and_nothing_else() {
-    if skip() {
+    if !docker_ready() {
         return;
     }
-    prepare();
     let app = format!("sec-{}", std::process::id());
     let network = format!("berth-t-{app}");
     let _cleanup = Cleanup {
@@ -198,44 +110,20 @@ async fn secrets_reach_the_container_and_nothing_else() {
         network: network.clone(),
     };
     let tmp = tempfile::tempdir().unwrap();
-    let data = tmp.path().join("data");
-    let cfg = tmp.path().join("berthd.yaml");
-    std::fs::write(
-        &cfg,
-        format!(
-            "http:\n  listen: 127.0.0.1:0\napi:\n  listen: 127.0.0.1:0\ndata_dir: {}\n\
-             deploy:\n  enabled: required\n  network: {network}\n  stop_grace: 2s\n\
-             log:\n  level: trace\n  access_log: true\n",
-            data.display()
-        ),
-    )
-    .unwrap();
+    let mut daemon = BerthdProcess::with_log(
+        "  level: trace\n  access_log: true\n",
+        &format!("deploy:\n  enabled: required\n  network: {network}\n  stop_grace: 2s\n"),
+    );
+    let data = daemon.data();
     // Distinctive, and no substring of anything hex or base64url-looking by accident.
     let value = format!("s3cr3t~{}~{}", std::process::id(), app.len() * 7919);
-    let token_out = Command::new(env!("CARGO_BIN_EXE_berthd"))
-        .arg("--config")
-        .arg(&cfg)
-        .args([
-            "token",
-            "create",
-            "--name",
-            "ci",
-            "--scope",
-            &format!("deploy:{app}"),
-        ])
-        .output()
-        .unwrap();
-    assert!(token_out.status.success(), "{token_out:?}");
-    let token = String::from_utf8(token_out.stdout)
-        .unwrap()
-        .trim()
-        .to_string();
+    let token = daemon.create_token(&["--name", "ci", "--scope", &format!("deploy:{app}")]);
     let (_, admin) = {
         let s = berth::store::Store::open(&data).unwrap();
         s.create_token("admin").unwrap()
     };
 
-    let daemon = Daemon::start(&cfg, tmp.path().join("berthd.log"), None);
+    daemon.start_within(Duration::from_secs(60));
     let key_mode = {
         use std::os::unix::fs::PermissionsExt;
         std::fs::metadata(data.join("secrets.key"))
@@ -408,7 +296,7 @@ async fn secrets_reach_the_container_and_nothing_else() {
     std::fs::create_dir(&creds).unwrap();
     std::fs::copy(data.join("secrets.key"), creds.join("berth-secrets-key")).unwrap();
     std::fs::write(data.join("secrets.key"), format!("{}\n", "ab".repeat(32))).unwrap();
-    let daemon = Daemon::start(&cfg, tmp.path().join("berthd2.log"), None);
+    daemon.start_within(Duration::from_secs(60));
     let url = format!("http://{}", daemon.api);
     let r = http
         .post(format!("{url}/v1/apps/{app}/rollback"))
@@ -431,7 +319,8 @@ async fn secrets_reach_the_container_and_nothing_else() {
 
     // The right key as a systemd credential (LoadCredential=) wins over the data dir's file:
     // the rollback to v2 works after a restart, from the stored sealed copy.
-    let daemon = Daemon::start(&cfg, tmp.path().join("berthd3.log"), Some(&creds));
+    daemon.credentials = Some(creds);
+    daemon.start_within(Duration::from_secs(60));
     daemon.wait_log("reconcile done");
     let r = http
         .post(format!("http://{}/v1/apps/{app}/rollback", daemon.api))

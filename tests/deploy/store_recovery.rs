@@ -77,6 +77,21 @@ async fn deploy(w: &BerthdProcess, app: &str, image: &str, replicas: u32) -> Str
     }
 }
 
+/// berthd's log messages as `+MS message` lines, MS since `since`: where a start spent its time.
+fn timeline(w: &BerthdProcess, since: std::time::SystemTime) -> String {
+    let logs = w.logs.lock().unwrap();
+    let lines = logs.iter().filter_map(|l| {
+        let v: serde_json::Value = serde_json::from_str(l).ok()?;
+        let at = humantime::parse_rfc3339(v["timestamp"].as_str()?).ok()?;
+        let ms = at.duration_since(since).map_or(0, |d| d.as_millis());
+        Some(format!(
+            "+{ms}ms {}",
+            v["fields"]["message"].as_str().unwrap_or("")
+        ))
+    });
+    lines.collect::<Vec<_>>().join("\n")
+}
+
 /// GET `/` for `host` through the proxy (a new client, 5 s).
 async fn get(w: &BerthdProcess, host: &str) -> Result<(u16, String), String> {
     w.get(&reqwest::Client::new(), host, Duration::from_secs(5))
@@ -248,6 +263,7 @@ async fn start_serves_within_a_second_with_an_unhealthy_replica() {
     let (ok, out) = sh(&format!("docker exec {bad} /bin/busybox rm /www/health"));
     assert!(ok, "{out}");
 
+    let spawned_at = std::time::SystemTime::now();
     let t0 = w.spawn();
     let served = loop {
         if let Ok((200, body)) = get(&w, &format!("{g}.test")).await {
@@ -261,8 +277,12 @@ async fn start_serves_within_a_second_with_an_unhealthy_replica() {
         );
         tokio::time::sleep(Duration::from_millis(5)).await;
     };
-    println!("start to first served request: {served:?}");
-    assert!(served < Duration::from_secs(1), "took {served:?}");
+    let phases = timeline(&w, spawned_at);
+    println!("start to first served request: {served:?}; berthd's log since the spawn:\n{phases}");
+    assert!(
+        served < Duration::from_secs(1),
+        "took {served:?}:\n{phases}"
+    );
     // `sick` serves too (its healthy replica) at once.
     wait_body(&w, &format!("{h}.test"), "v1", Duration::from_secs(1)).await;
 
@@ -292,6 +312,78 @@ async fn start_serves_within_a_second_with_an_unhealthy_replica() {
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
     w.terminate();
+}
+
+/// SIGTERM while reconcile still health-gates a replica: berthd exits 0 and leaves what runs as
+/// it runs. The engine's tasks end before the runtime's teardown; before, they ran into it:
+/// every Docker call and health probe failed ("... replacing it") and the next timer panicked
+/// ("A Tokio 1.x context was found, but it is being shutdown"; seen in the secrets test).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[cfg_attr(
+    not(berth_system_tests),
+    ignore = "system test: set BERTH_SYSTEM_TESTS=1"
+)]
+async fn a_stop_during_reconcile_exits_cleanly_and_keeps_what_runs() {
+    if skip() {
+        return;
+    }
+    let pid = std::process::id();
+    let app = format!("stopmid{pid}");
+    let network = format!("berth-t-stopmid{pid}");
+    let mut w = world(&[&app], &network);
+    w.start();
+    let d = deploy(&w, &app, IMG_V1, 1).await;
+    w.terminate();
+    let replica = containers(&app).into_iter().find(|c| c.1 == d).unwrap().0;
+    // Its health check fails from now on: reconcile gates it for the deploy timeout (20 s).
+    let (ok, out) = sh(&format!(
+        "docker exec {replica} /bin/busybox rm /www/health"
+    ));
+    assert!(ok, "{out}");
+
+    // Its own berthd (stderr to a file: complete once the process has exited), killed by
+    // `w` if the test fails first.
+    let log = w.dir.path().join("stop.log");
+    let child = std::process::Command::new(crate::support::BERTHD)
+        .arg("--config")
+        .arg(&w.config)
+        .args(["--log-format", "json"])
+        .env_remove("NOTIFY_SOCKET")
+        .env_remove("LISTEN_FDS")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::fs::File::create(&log).unwrap())
+        .spawn()
+        .unwrap();
+    let pid = child.id();
+    w.child = Some(child);
+    let text = || std::fs::read_to_string(&log).unwrap_or_default();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !text().contains("control socket ready") {
+        assert!(
+            Instant::now() < deadline,
+            "berthd did not start:\n{}",
+            text()
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(
+        !text().contains("reconcile done"),
+        "stopped too late:\n{}",
+        text()
+    );
+    // SAFETY: kill(2) on our own child, not yet waited for.
+    unsafe { libc::kill(pid as i32, libc::SIGTERM) };
+    let status = w.child.as_mut().unwrap().wait().unwrap();
+    w.child = None;
+    let text = text();
+    assert!(status.success(), "{status}:\n{text}");
+    assert!(!text.contains("panicked"), "{text}");
+    assert!(!text.contains("replacing it"), "{text}");
+    let now = containers(&app);
+    assert!(
+        now.iter().any(|c| c.0 == replica && c.2),
+        "the replica runs on: {now:?}\n{text}"
+    );
 }
 
 /// Issue 19.3: a data dir that cannot be opened (here: it is a file) stops changes, not the

@@ -3,12 +3,11 @@
 //! client pinned and every request answered, and hand-started labelled containers are
 //! health-checked continuously like deployed ones.
 //!
-//! The test images (`berth-test-who:*`) are built here from the local busybox: a CGI script
-//! answers `<version> <container hostname> [<Cookie header the app received>]`, so a test can
-//! tell replicas apart and see what reached the app.
+//! The test images (`berth-test-who-app:*`) are built with support's image builder: a CGI
+//! script answers `<version> <container hostname> [<Cookie header the app received>]`, so a
+//! test can tell replicas apart and see what reached the app.
 
 use std::collections::{HashMap, HashSet};
-use std::process::Command;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -18,55 +17,18 @@ use berth::store::deployments::DeployState;
 use bytes::Bytes;
 use http_body_util::{BodyExt, Empty};
 
-const WHO_V1: &str = "berth-test-who:v1";
-const WHO_V2: &str = "berth-test-who:v2";
+// Not `berth-test-who:*`: images of that name built before the CGI moved to `/cgi-bin/app`
+// may still be on the host, and existing images are not rebuilt.
+const WHO_V1: &str = "berth-test-who-app:v1";
+const WHO_V2: &str = "berth-test-who-app:v2";
 const WAIT: Duration = Duration::from_secs(120);
 
-/// Builds a `who` image (busybox httpd + CGI) unless it exists.
+/// Builds a `who` image (busybox httpd + the CGI at `/cgi-bin/app`) unless it exists.
 fn build_who(tag: &str, version: &str) {
-    if sh(&format!("docker image inspect {tag} >/dev/null 2>&1")).0 {
-        return;
-    }
-    let dir = tempfile::tempdir().expect("tempdir");
-    let r = dir.path().join("root");
-    std::fs::create_dir_all(r.join("bin")).unwrap();
-    std::fs::create_dir_all(r.join("www/cgi-bin")).unwrap();
-    std::fs::copy("/bin/busybox", r.join("bin/busybox")).expect("busybox-static installed");
-    for l in ["sh", "httpd", "echo", "kill", "sleep", "cat", "rm", "cp"] {
-        std::os::unix::fs::symlink("busybox", r.join("bin").join(l)).unwrap();
-    }
-    std::fs::write(r.join("www/index.html"), format!("{version}\n")).unwrap();
-    std::fs::write(r.join("www/health"), "ok\n").unwrap();
-    let cgi = r.join("www/cgi-bin/who");
-    std::fs::write(
-        &cgi,
-        format!(
-            "#!/bin/sh\necho 'Content-Type: text/plain'\necho\necho \"{version} $(cat /etc/hostname) [$HTTP_COOKIE]\"\n"
-        ),
-    )
-    .unwrap();
-    use std::os::unix::fs::PermissionsExt;
-    std::fs::set_permissions(&cgi, std::fs::Permissions::from_mode(0o755)).unwrap();
-    let script = "trap 'kill $P; exit 0' TERM; /bin/httpd -f -p 8080 -h /www & P=$!; wait $P";
-    let cmd = serde_json::to_string(&["/bin/sh", "-c", script]).unwrap();
-    let tar = dir.path().join("rootfs.tar");
-    let (ok, out) = sh(&format!("tar -C {} -cf {} .", r.display(), tar.display()));
-    assert!(ok, "tar: {out}");
-    let o = Command::new("docker")
-        .arg("import")
-        .arg("-c")
-        .arg(format!("CMD {cmd}"))
-        .arg("-c")
-        .arg("LABEL berth.test=1")
-        .arg(&tar)
-        .arg(tag)
-        .output()
-        .expect("docker runs");
-    assert!(
-        o.status.success(),
-        "docker import {tag}: {}",
-        String::from_utf8_lossy(&o.stderr)
+    let cgi = format!(
+        "echo 'Content-Type: text/plain'\necho\necho \"{version} $(cat /etc/hostname) [$HTTP_COOKIE]\"\n"
     );
+    build_cgi_image(tag, &format!("{version}\n"), &cgi);
 }
 
 /// One answer of the `who` CGI: (version, replica hostname, cookie header the app saw).
@@ -84,39 +46,20 @@ struct Client {
     pins: u32,
 }
 
-/// GET /cgi-bin/who with the client's cookies; remembers a new pin.
+/// GET /cgi-bin/app (the `who` CGI) with the client's cookies; remembers a new pin.
 async fn who(env: &Env, host: &str, c: &mut Client, cookie_name: &str) -> Result<Who, String> {
     let mut cookie = "c=1".to_string();
     if let Some(j) = &c.jar {
         cookie = format!("{cookie}; {j}");
     }
-    let req = http::Request::get(format!("http://{}/cgi-bin/who", env.http_addr()))
-        .header(http::header::HOST, host)
-        .header(http::header::COOKIE, cookie)
-        .body(Empty::<Bytes>::new())
-        .unwrap();
-    let resp = tokio::time::timeout(Duration::from_secs(10), env.http.request(req))
-        .await
-        .map_err(|_| "timeout".to_string())?
-        .map_err(|e| e.to_string())?;
-    let status = resp.status().as_u16();
-    if let Some(set) = resp
-        .headers()
-        .get(http::header::SET_COOKIE)
-        .and_then(|v| v.to_str().ok())
-    {
+    let a = env.request(host, "/cgi-bin/app", Some(&cookie)).await?;
+    if let Some(set) = &a.set_cookie {
         let pair = set.split(';').next().unwrap_or_default().to_string();
         assert!(pair.starts_with(&format!("{cookie_name}=")), "{set}");
         c.jar = Some(pair);
         c.pins += 1;
     }
-    let body = resp
-        .into_body()
-        .collect()
-        .await
-        .map_err(|e| e.to_string())?
-        .to_bytes();
-    let text = String::from_utf8_lossy(&body).trim().to_string();
+    let (status, text) = (a.status, a.body);
     if status != 200 {
         return Err(format!("{status} {text}"));
     }
@@ -154,10 +97,9 @@ fn sticky_spec(image: &str, host: &str) -> berth::model::deploy::AppSpec {
     ignore = "system test: set BERTH_SYSTEM_TESTS=1"
 )]
 async fn sticky_cookie_app_across_a_rolling_deploy() {
-    if skip() {
+    if !docker_ready() {
         return;
     }
-    prepare();
     build_who(WHO_V1, "v1");
     build_who(WHO_V2, "v2");
     let env = Arc::new(Env::new("sticky").await);
@@ -277,10 +219,9 @@ async fn sticky_cookie_app_across_a_rolling_deploy() {
     ignore = "system test: set BERTH_SYSTEM_TESTS=1"
 )]
 async fn labelled_containers_are_health_checked_continuously() {
-    if skip() {
+    if !docker_ready() {
         return;
     }
-    prepare();
     build_who(WHO_V1, "v1");
     let env = Env::new("labelhealth").await;
     let engine = env.engine().await;
@@ -478,10 +419,9 @@ fn one_replica(image: &str, host: &str) -> berth::model::deploy::AppSpec {
     ignore = "system test: set BERTH_SYSTEM_TESTS=1"
 )]
 async fn replace_deploy_of_one_replica_fails_no_request() {
-    if skip() {
+    if !docker_ready() {
         return;
     }
-    prepare();
     let env = Arc::new(Env::new("hold").await);
     let engine = env.engine().await;
     let host = "hold.test";
@@ -496,15 +436,9 @@ async fn replace_deploy_of_one_replica_fails_no_request() {
     assert_eq!(r1.state, DeployState::Succeeded, "{:?}", r1.reason);
     env.wait_body(host, "v1", Duration::from_secs(10)).await;
 
-    let stop = Arc::new(AtomicBool::new(false));
-    let loader = tokio::spawn(gate_load(
-        env.clone(),
-        host,
-        4,
-        100_000,
-        Duration::from_secs(90),
-        stop.clone(),
-    ));
+    let loader = Background::start(|stop| {
+        gate_load(env.clone(), host, 4, 100_000, Duration::from_secs(90), stop)
+    });
     tokio::time::sleep(Duration::from_millis(500)).await;
     let t0 = Instant::now();
     let d2 = engine
@@ -517,8 +451,7 @@ async fn replace_deploy_of_one_replica_fails_no_request() {
         .unwrap();
     let took = t0.elapsed();
     tokio::time::sleep(Duration::from_millis(500)).await;
-    stop.store(true, Ordering::Relaxed);
-    let seen = loader.await.unwrap();
+    let seen = loader.finish().await;
     assert_eq!(r2.state, DeployState::Succeeded, "{:?}", r2.reason);
     println!(
         "replace deploy of a 1-replica app under load (4 workers, 2 keep-alive, 2 new connection per request): \
@@ -543,10 +476,9 @@ async fn replace_deploy_of_one_replica_fails_no_request() {
     ignore = "system test: set BERTH_SYSTEM_TESTS=1"
 )]
 async fn maintenance_and_pause_under_load_and_across_a_restart() {
-    if skip() {
+    if !docker_ready() {
         return;
     }
-    prepare();
     let env = Arc::new(Env::new("maint").await);
     let engine = env.engine().await;
     let host = "maint.test";
@@ -579,15 +511,9 @@ async fn maintenance_and_pause_under_load_and_across_a_restart() {
     assert!(engine.pause("nosuch", Default::default()).is_err());
 
     // Maintenance on and off under load: only 200 v1 or 503 with Retry-After, no errors.
-    let stop = Arc::new(AtomicBool::new(false));
-    let loader = tokio::spawn(gate_load(
-        env.clone(),
-        host,
-        4,
-        100_000,
-        Duration::from_secs(60),
-        stop.clone(),
-    ));
+    let loader = Background::start(|stop| {
+        gate_load(env.clone(), host, 4, 100_000, Duration::from_secs(60), stop)
+    });
     tokio::time::sleep(Duration::from_millis(500)).await;
     engine
         .maintenance(
@@ -619,8 +545,7 @@ async fn maintenance_and_pause_under_load_and_across_a_restart() {
     assert_eq!(v["retry_after"], 90);
     engine.maintenance("maint", None).unwrap();
     tokio::time::sleep(Duration::from_millis(700)).await;
-    stop.store(true, Ordering::Relaxed);
-    let seen = loader.await.unwrap();
+    let seen = loader.finish().await;
     println!(
         "maintenance on/off under load (4 workers): 200 {:?}, 503+Retry-After {}, other {}",
         seen.ok,

@@ -61,6 +61,16 @@ impl World {
         }
     }
 
+    /// A started daemon (see [`World::new`]) with the app's first deploy (v1) done.
+    fn with_v1(app: &str) -> World {
+        let mut w = World::new(app);
+        w.start();
+        w.write_app_file(IMG_V1);
+        let out = w.berth().arg("deploy").output().unwrap();
+        assert!(out.status.success(), "first deploy: {out:?}");
+        w
+    }
+
     fn host(&self) -> String {
         format!("{}.test", self.app)
     }
@@ -273,11 +283,7 @@ async fn ten_upgrades_mid_rolling_deploy_under_load() {
     if skip() {
         return;
     }
-    let mut w = World::new("upgmid");
-    w.start();
-    w.write_app_file(IMG_V1);
-    let out = w.berth().arg("deploy").output().unwrap();
-    assert!(out.status.success(), "first deploy: {out:?}");
+    let w = World::with_v1("upgmid");
     let w = Arc::new(w);
 
     let t0 = Instant::now();
@@ -368,11 +374,7 @@ async fn kill_9_of_berthd_mid_deploy_rolls_back_cleanly() {
     if skip() {
         return;
     }
-    let mut w = World::new("kill9d");
-    w.start();
-    w.write_app_file(IMG_V1);
-    let out = w.berth().arg("deploy").output().unwrap();
-    assert!(out.status.success(), "first deploy: {out:?}");
+    let mut w = World::with_v1("kill9d");
     let v1 = containers(&w.app)[0].1.clone();
 
     w.write_app_file(IMG_V2);
@@ -417,11 +419,7 @@ async fn an_upgrade_mid_canary_hands_the_canary_over() {
     if skip() {
         return;
     }
-    let mut w = World::new("upgcanary");
-    w.start();
-    w.write_app_file(IMG_V1);
-    let out = w.berth().arg("deploy").output().unwrap();
-    assert!(out.status.success(), "first deploy: {out:?}");
+    let w = World::with_v1("upgcanary");
     std::fs::write(
         w.dir.path().join("berth.yaml"),
         format!(

@@ -10,7 +10,9 @@ use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use super::canary::{deploy_and_wait, get_keepalive, images, load, spec, unix_ms, Seen, V1, V2};
+use super::canary::{
+    deploy_and_wait, get_keepalive, images, load, load_in_background, spec, unix_ms, Seen, V1, V2,
+};
 use crate::support::docker::*;
 use berth::deploy::DeployError;
 use berth::model::deploy::{AppSpec, Strategy};
@@ -69,10 +71,9 @@ fn deployments_running(env: &Env, app: &str) -> Vec<String> {
     ignore = "system test: set BERTH_SYSTEM_TESTS=1"
 )]
 async fn three_versions_side_by_side_split_remove_and_restart() {
-    if skip() {
+    if !docker_ready() {
         return;
     }
-    prepare();
     images();
     build_cgi_image(
         V3,
@@ -157,15 +158,7 @@ async fn three_versions_side_by_side_split_remove_and_restart() {
         assert!((got - want).abs() <= 2.0, "{v}: {got:.2}% vs {want}%");
     }
     // Remove v1 under load: its weight goes to v2 and v3, it drains, its container goes.
-    let stop = Arc::new(AtomicBool::new(false));
-    let loader = tokio::spawn(load(
-        env.clone(),
-        host,
-        (4, 2),
-        20_000,
-        Duration::from_secs(120),
-        stop.clone(),
-    ));
+    let loader = load_in_background(&env, host, 20_000, Duration::from_secs(120));
     tokio::time::sleep(Duration::from_millis(500)).await;
     let removed_at = unix_ms();
     let rest = engine.remove_version(app, "v1").unwrap();
@@ -178,8 +171,7 @@ async fn three_versions_side_by_side_split_remove_and_restart() {
     }
     let gone_in = t.elapsed();
     tokio::time::sleep(Duration::from_millis(500)).await;
-    stop.store(true, std::sync::atomic::Ordering::Relaxed);
-    let seen = loader.await.unwrap();
+    let seen = loader.finish().await;
     let (n, failed) = tally(&seen);
     let late_v1 = seen
         .iter()

@@ -24,36 +24,14 @@ fn backend() -> BlockingBackend {
 
 /// Reads one HTTP/1.1 response (content-length bodies only). Returns (status, close, body).
 fn read_response(r: &mut BufReader<TcpStream>) -> Result<(u16, bool, String), String> {
-    let mut status_line = String::new();
-    match r.read_line(&mut status_line) {
-        Ok(0) => return Err("EOF before response".into()),
-        Err(e) => return Err(format!("read: {e}")),
-        Ok(_) => {}
+    use crate::support::RawReadError as E;
+    match crate::support::read_raw_response(r) {
+        Ok(resp) => Ok((resp.status, resp.close, resp.body)),
+        Err(E::NoResponse(None)) => Err("EOF before response".into()),
+        Err(E::NoResponse(Some(e)) | E::Head(e)) => Err(format!("read: {e}")),
+        Err(E::BadStatus(line)) => Err(format!("bad status line {line:?}")),
+        Err(E::Body(e)) => Err(format!("body: {e}")),
     }
-    let status: u16 = status_line
-        .split_whitespace()
-        .nth(1)
-        .and_then(|s| s.parse().ok())
-        .ok_or_else(|| format!("bad status line {status_line:?}"))?;
-    let mut len = 0usize;
-    let mut close = false;
-    loop {
-        let mut line = String::new();
-        r.read_line(&mut line).map_err(|e| format!("read: {e}"))?;
-        if line == "\r\n" || line.is_empty() {
-            break;
-        }
-        let l = line.to_ascii_lowercase();
-        if let Some(v) = l.strip_prefix("content-length:") {
-            len = v.trim().parse().unwrap_or(0);
-        }
-        if l.starts_with("connection:") && l.contains("close") {
-            close = true;
-        }
-    }
-    let mut body = vec![0; len];
-    r.read_exact(&mut body).map_err(|e| format!("body: {e}"))?;
-    Ok((status, close, String::from_utf8_lossy(&body).into_owned()))
 }
 
 #[derive(Default)]
@@ -458,7 +436,11 @@ fn sigterm_drains_in_flight_requests_and_exits_zero() {
     let mut d = Daemon::start(backend.addr, &[]);
     let http = d.http;
     let slow = thread::spawn(move || get(http, "app.test", "/sleep?ms=800"));
-    thread::sleep(Duration::from_millis(200));
+    // In flight means at the backend: a SIGTERM before berthd accepted the connection would
+    // test the listener's close instead (under load, 200 ms was not always enough).
+    crate::support::wait_until_named(Duration::from_secs(10), "request at the backend", || {
+        backend.state.inflight.load(Ordering::SeqCst) >= 1
+    });
     // SAFETY: kill(2) on our own child.
     unsafe { libc::kill(d.child.id() as i32, libc::SIGTERM) };
     let (status, body) = slow.join().unwrap().expect("in-flight request completes");
@@ -583,8 +565,11 @@ fn sd_notify_messages_in_order() {
     crate::support::wait_until(Duration::from_secs(5), || {
         has(&format!("MAINPID={new_pid}"))
     });
-    // The old process must not say STOPPING=1 after handing over.
-    thread::sleep(Duration::from_millis(300));
+    // The old process must not say STOPPING=1 after handing over: checked once it has exited
+    // (a fixed wait could look before a slow predecessor got that far).
+    crate::support::wait_until_named(Duration::from_secs(15), "predecessor exits", || {
+        !crate::support::pid_alive(first_pid)
+    });
     assert!(!has("STOPPING=1"), "{:?}", msgs.lock().unwrap());
     // SAFETY: kill(2) on the pid the daemon reported as itself.
     unsafe { libc::kill(new_pid as i32, libc::SIGTERM) };
@@ -598,11 +583,7 @@ fn sd_notify_messages_in_order() {
 
 #[test]
 fn systemd_socket_activation_with_named_fds() {
-    let Ok(path) = which("systemd-socket-activate") else {
-        if std::env::var_os("BERTH_SYSTEM_TESTS").is_some() {
-            panic!("systemd-socket-activate not installed (apt-get install systemd)");
-        }
-        eprintln!("skipped: set BERTH_SYSTEM_TESTS=1 (needs systemd-socket-activate)");
+    let Some(path) = crate::support::socket_activate_tool() else {
         return;
     };
     let backend = backend();
@@ -631,14 +612,4 @@ fn systemd_socket_activation_with_named_fds() {
         .unwrap()
         .iter()
         .any(|l| l.contains("\"listening\"") && l.contains("systemd")));
-}
-
-fn which(cmd: &str) -> Result<String, ()> {
-    for dir in std::env::var("PATH").unwrap_or_default().split(':') {
-        let p = Path::new(dir).join(cmd);
-        if p.exists() {
-            return Ok(p.to_string_lossy().into_owned());
-        }
-    }
-    Err(())
 }

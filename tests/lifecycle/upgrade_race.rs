@@ -4,7 +4,7 @@
 //! or reset; and from which local port, to find the connection in berthd's debug log) — and
 //! many `berthd upgrade`s. Every failure is counted; none is allowed.
 
-use std::io::{BufRead, BufReader, Read, Write};
+use std::io::{BufReader, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -52,41 +52,19 @@ fn raw_exchange(conn: &mut BufReader<TcpStream>, close: bool) -> Result<(u16, bo
     conn.get_mut()
         .write_all(req.as_bytes())
         .map_err(|e| format!("write: {e}"))?;
-    let mut line = String::new();
-    match conn.read_line(&mut line) {
-        Ok(0) => return Err("request written, then EOF before any response byte".into()),
-        Err(e) => {
-            return Err(format!(
-                "request written, then {e} before any response byte"
-            ))
+    use crate::support::RawReadError as E;
+    match crate::support::read_raw_response(conn) {
+        Ok(resp) => Ok((resp.status, resp.close)),
+        Err(E::NoResponse(None)) => {
+            Err("request written, then EOF before any response byte".into())
         }
-        Ok(_) => {}
+        Err(E::NoResponse(Some(e))) => Err(format!(
+            "request written, then {e} before any response byte"
+        )),
+        Err(E::BadStatus(line)) => Err(format!("bad status line {line:?}")),
+        Err(E::Head(e)) => Err(format!("head: {e}")),
+        Err(E::Body(e)) => Err(format!("body: {e}")),
     }
-    let status: u16 = line
-        .split_whitespace()
-        .nth(1)
-        .and_then(|s| s.parse().ok())
-        .ok_or_else(|| format!("bad status line {line:?}"))?;
-    let (mut len, mut server_close) = (0usize, false);
-    loop {
-        line.clear();
-        conn.read_line(&mut line)
-            .map_err(|e| format!("head: {e}"))?;
-        if line == "\r\n" || line.is_empty() {
-            break;
-        }
-        let l = line.to_ascii_lowercase();
-        if let Some(v) = l.strip_prefix("content-length:") {
-            len = v.trim().parse().unwrap_or(0);
-        }
-        if l.starts_with("connection:") && l.contains("close") {
-            server_close = true;
-        }
-    }
-    let mut body = vec![0; len];
-    conn.read_exact(&mut body)
-        .map_err(|e| format!("body: {e}"))?;
-    Ok((status, server_close))
 }
 
 /// How often a reqwest keep-alive client sends two requests at once (longer than the drain

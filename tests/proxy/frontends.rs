@@ -3,8 +3,8 @@
 //! the pool's Host override); keep-alive modes as seen on the wire from both sides; a frontend
 //! put through the API serves at once, survives `berthd upgrade`, and is gone after DELETE
 //! while an in-flight request finishes; bad input is a 422 naming the field and leaves the
-//! running frontend as it was. Members are `support::proxy::TestBackend`s (`/headers` echoes
-//! the request head they received).
+//! running frontend as it was. Members are `support::proxy::TestBackend`s, run by
+//! `BlockingBackend` (`/headers` echoes the request head they received).
 
 use std::collections::BTreeMap;
 use std::io::{ErrorKind, Read, Write};
@@ -13,8 +13,8 @@ use std::time::{Duration, Instant};
 
 use serde_json::json;
 
-use super::tcp::{kill_all, InProc, Proc};
-use crate::support::proxy::TestBackend;
+use super::tcp::{kill_all, pool_yaml as pool, InProc, Proc};
+use crate::support::proxy::{BlockingBackend, TestBackend};
 
 /// One response as read off the wire.
 #[derive(Debug)]
@@ -104,27 +104,11 @@ fn closed_by_peer(c: &mut TcpStream) -> bool {
         || matches!(c.read(&mut b), Err(e) if e.kind() == ErrorKind::ConnectionReset)
 }
 
-fn pool(name: &str, members: &[&TestBackend], extra: &str) -> String {
-    let mut s = format!("  - name: {name}\n{extra}    members:\n");
-    for m in members {
-        s.push_str(&format!(
-            "      - id: {}\n        address: {}\n",
-            m.name, m.addr
-        ));
-    }
-    s
-}
-
 #[test]
 fn rules_choose_the_pool_in_order_and_apply_their_actions() {
-    let rt = tokio::runtime::Runtime::new().unwrap();
-    let (a, b, c) = rt.block_on(async {
-        (
-            TestBackend::start("a").await,
-            TestBackend::start("b").await,
-            TestBackend::start("c").await,
-        )
-    });
+    let a = BlockingBackend::start("a");
+    let b = BlockingBackend::start("b");
+    let c = BlockingBackend::start("c");
     let d = InProc::start(&format!(
         "pools:\n{}{}{}frontends:\n  - name: web\n    mode: http\n    bind: 127.0.0.1:0\n    pool: pa\n    rules:\n{}",
         pool("pa", &[&a], "    host: internal.a\n"),
@@ -208,19 +192,13 @@ fn rules_choose_the_pool_in_order_and_apply_their_actions() {
     assert!(r.body.contains("host: internal.a"), "{}", r.body);
     assert!(r.body.contains("x-forwarded-host: shop.test"), "{}", r.body);
     // The default listener knows nothing of frontend pools.
-    drop(rt);
 }
 
 #[test]
 fn keepalive_modes_as_seen_by_client_and_member() {
-    let rt = tokio::runtime::Runtime::new().unwrap();
-    let (ka, cl, sc) = rt.block_on(async {
-        (
-            TestBackend::start("ka").await,
-            TestBackend::start("cl").await,
-            TestBackend::start("sc").await,
-        )
-    });
+    let ka = BlockingBackend::start("ka");
+    let cl = BlockingBackend::start("cl");
+    let sc = BlockingBackend::start("sc");
     let d = InProc::start(&format!(
         "pools:\n{}{}{}frontends:\n  - {{name: ka, mode: http, bind: 127.0.0.1:0, pool: ka}}\n  - {{name: cl, mode: http, bind: 127.0.0.1:0, pool: cl, keepalive: close}}\n  - {{name: sc, mode: http, bind: 127.0.0.1:0, pool: sc, keepalive: server-close}}\n",
         pool("ka", &[&ka], ""),
@@ -274,14 +252,11 @@ fn keepalive_modes_as_seen_by_client_and_member() {
         assert!(r.body.contains("connection: close"), "{}", r.body);
         assert_eq!(sc.accepted(), i, "a new member connection per request");
     }
-    drop(rt);
 }
 
 #[test]
 fn api_frontend_serves_at_once_refuses_bad_input_and_delete_drains() {
-    let rt = tokio::runtime::Runtime::new().unwrap();
-    let (a, b) =
-        rt.block_on(async { (TestBackend::start("a").await, TestBackend::start("b").await) });
+    let (a, b) = (BlockingBackend::start("a"), BlockingBackend::start("b"));
     let d = InProc::start("");
     for (name, m) in [("pa", &a), ("pb", &b)] {
         let (s, v) = d.api.call(
@@ -416,13 +391,11 @@ fn api_frontend_serves_at_once_refuses_bad_input_and_delete_drains() {
     assert_eq!(r.body, "b slept 700\n");
     assert!(took >= Duration::from_millis(700));
     assert_eq!(d.api.call("GET", "/v1/frontends/web", None).0, 404);
-    drop(rt);
 }
 
 #[test]
 fn api_frontend_survives_an_upgrade_and_delete_closes_it() {
-    let rt = tokio::runtime::Runtime::new().unwrap();
-    let a = rt.block_on(TestBackend::start("a"));
+    let a = BlockingBackend::start("a");
     let d = Proc::start("");
     let (s, v) = d.api.call(
         "PUT",
@@ -451,7 +424,7 @@ fn api_frontend_survives_an_upgrade_and_delete_closes_it() {
         exchange(&mut open, "GET", "/", "outer.test", &[]).status,
         200
     );
-    let old = d.pid().unwrap() as u32;
+    let old = d.pid().unwrap();
     let new = d.upgrade();
     assert_ne!(old, new);
     assert_eq!(d.api.frontend_addr("web"), fe, "the socket was handed over");
@@ -477,13 +450,11 @@ fn api_frontend_survives_an_upgrade_and_delete_closes_it() {
     assert_eq!(d.api.call("GET", "/v1/frontends/web", None).0, 404);
     assert!(TcpStream::connect(fe).is_err());
     kill_all(&[old]);
-    drop(rt);
 }
 
 #[test]
 fn effective_config_passes_check_config_and_round_trips() {
-    let rt = tokio::runtime::Runtime::new().unwrap();
-    let a = rt.block_on(TestBackend::start("a"));
+    let a = BlockingBackend::start("a");
     let d = InProc::start(&format!(
         "tls:\n  enabled: true\n  listen: 127.0.0.1:0\nroutes:\n  - domains: [static.test]\n    backends: [{{address: '{}'}}]\npools:\n{}frontends:\n  - {{name: cfg-http, mode: http, bind: 127.0.0.1:0, pool: pa, keepalive: server-close, rules: [{{path: {{regex: '^/x'}}, pool: pa, strip_prefix: /x}}]}}\n",
         a.addr,
@@ -567,7 +538,6 @@ fn effective_config_passes_check_config_and_round_trips() {
     assert!(parsed.tls.is_enabled());
     assert_eq!(Some(parsed.tls.listen), running.https_addr);
     assert_ne!(parsed.tls.listen.port(), 0);
-    drop(rt);
 }
 
 /// Frontend listeners bound on demand (what the daemon's inherited-or-bind source does when
@@ -738,9 +708,7 @@ fn a_pool_that_follows_an_app_takes_its_version_and_switches_with_a_drain() {
 /// requests until it passes again.
 #[test]
 fn a_failing_http_check_takes_a_member_out_until_it_passes() {
-    let rt = tokio::runtime::Runtime::new().unwrap();
-    let (a, b) =
-        rt.block_on(async { (TestBackend::start("a").await, TestBackend::start("b").await) });
+    let (a, b) = (BlockingBackend::start("a"), BlockingBackend::start("b"));
     let d = InProc::start(&format!(
         "pools:\n{}frontends:\n  - {{name: web, mode: http, bind: 127.0.0.1:0, pool: p}}\n",
         pool(
@@ -785,7 +753,6 @@ fn a_failing_http_check_takes_a_member_out_until_it_passes() {
     crate::support::wait_until_named(Duration::from_secs(5), "a back", || {
         spread(4).contains_key("a")
     });
-    drop(rt);
 }
 
 /// One table, one prober, one stats model: a pool's TCP `health_check` feeds the one health
@@ -795,8 +762,7 @@ fn a_failing_http_check_takes_a_member_out_until_it_passes() {
 /// in `tcp.pools`, with the HTTP requests counted once for both.
 #[test]
 fn a_pools_tcp_check_and_counters_are_shared_by_http_and_tcp_frontends() {
-    let rt = tokio::runtime::Runtime::new().unwrap();
-    let a = rt.block_on(TestBackend::start("a"));
+    let a = BlockingBackend::start("a");
     // A port nothing listens on.
     let dead = {
         let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
@@ -847,7 +813,6 @@ fn a_pools_tcp_check_and_counters_are_shared_by_http_and_tcp_frontends() {
         let r = exchange(&mut c, "GET", "/", "x.test", &[]);
         assert_eq!(r.header("x-backend"), Some("a"));
     }
-    drop(rt);
 }
 
 /// A WebSocket through an HTTP frontend lives in its pool's table: it stays open past the drain
@@ -857,11 +822,9 @@ fn a_pools_tcp_check_and_counters_are_shared_by_http_and_tcp_frontends() {
 fn a_websocket_through_a_frontend_follows_its_pool() {
     use futures_util::{SinkExt, StreamExt};
     use tokio_tungstenite::tungstenite::Message;
-    let rt = tokio::runtime::Runtime::new().unwrap();
-    let (a, b) =
-        rt.block_on(async { (TestBackend::start("a").await, TestBackend::start("b").await) });
+    let (a, b) = (BlockingBackend::start("a"), BlockingBackend::start("b"));
     let d = InProc::start("");
-    let put_pool = |members: &[&TestBackend]| {
+    let put_pool = |members: &[&BlockingBackend]| {
         let members: Vec<_> = members
             .iter()
             .map(|m| json!({"id": m.name, "address": m.addr.to_string()}))
@@ -909,25 +872,6 @@ fn a_websocket_through_a_frontend_follows_its_pool() {
         None,
         "cut after the member left and the drain passed"
     );
-    drop(rt);
-}
-
-/// Removes a docker test's containers and network, also when an assertion fails.
-struct DockerCleanup {
-    app: String,
-    network: String,
-}
-
-impl Drop for DockerCleanup {
-    fn drop(&mut self) {
-        let _ = std::process::Command::new("sh")
-            .arg("-c")
-            .arg(format!(
-                "docker ps -aq --filter label=berth.app={} | xargs -r docker rm -f >/dev/null 2>&1; docker network rm {} >/dev/null 2>&1",
-                self.app, self.network
-            ))
-            .status();
-    }
 }
 
 /// With the real deploy engine: a pool that follows an app's deployment serves that
@@ -939,7 +883,7 @@ impl Drop for DockerCleanup {
     ignore = "system test: set BERTH_SYSTEM_TESTS=1"
 )]
 async fn a_pool_follows_a_deployed_app_and_switches_version() {
-    use crate::support::docker::{prepare, skip, IMG_V1, IMG_V2};
+    use crate::support::docker::{deploy_config, prepare, skip, Cleanup, IMG_V1, IMG_V2};
     if skip() {
         return;
     }
@@ -947,20 +891,11 @@ async fn a_pool_follows_a_deployed_app_and_switches_version() {
     let dir = tempfile::tempdir().unwrap();
     let app = format!("fe-{}", std::process::id());
     let network = format!("berth-t-{app}");
-    let _cleanup = DockerCleanup {
+    let _cleanup = Cleanup {
         app: app.clone(),
         network: network.clone(),
     };
-    let mut c = berth::model::config::Config {
-        data_dir: dir.path().to_path_buf(),
-        ..Default::default()
-    };
-    c.http.listen = "127.0.0.1:0".parse().unwrap();
-    c.api.listen = "127.0.0.1:0".parse().unwrap();
-    c.log.access_log = false;
-    c.deploy.enabled = berth::model::config::DeployEnabled::Required;
-    c.deploy.network = network.clone();
-    c.deploy.stop_grace = Duration::from_secs(2);
+    let c = deploy_config(dir.path(), &network);
     let running = berth::daemon::start(c, None).await.expect("daemon starts");
     let (_, token) = running.registry.store().create_token("t").unwrap();
     let http = reqwest::Client::new();
@@ -1067,6 +1002,8 @@ async fn a_pool_follows_a_deployed_app_and_switches_version() {
     )
     .await;
     assert_eq!(s, 404);
+    // Its idle keep-alive connection would hold the drain for the whole timeout (30 s).
+    drop(http);
     running.shutdown().await;
 }
 
@@ -1074,9 +1011,7 @@ async fn a_pool_follows_a_deployed_app_and_switches_version() {
 /// is the host they see), several streams on one connection.
 #[test]
 fn h2c_requests_are_routed_by_the_rules() {
-    let rt = tokio::runtime::Runtime::new().unwrap();
-    let (a, b) =
-        rt.block_on(async { (TestBackend::start("a").await, TestBackend::start("b").await) });
+    let (a, b) = (BlockingBackend::start("a"), BlockingBackend::start("b"));
     let d = InProc::start(&format!(
         "pools:\n{}{}frontends:\n  - {{name: web, mode: http, bind: 127.0.0.1:0, pool: pa, rules: [{{host: b.test, pool: pb}}, {{path: {{prefix: /b}}, pool: pb}}]}}\n",
         pool("pa", &[&a], ""),
@@ -1117,4 +1052,96 @@ fn h2c_requests_are_routed_by_the_rules() {
         2,
         "one pooled member connection each"
     );
+}
+
+/// The default listeners are the frontends `http` and `https`: listed read-only, without a
+/// default pool, with the routes as their rules (exact host, longest prefix first; a redirect
+/// alias as a 301 rule); a route put through the API is a rule at once; PUT/DELETE on them
+/// answer 409 naming them; `GET /v1/config` shows them as a comment; and requests on the
+/// listener are decided by those rules (no match → 404).
+#[test]
+fn the_default_listeners_are_frontends_whose_rules_are_the_routes() {
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let a = rt.block_on(TestBackend::start("a"));
+    let b = rt.block_on(TestBackend::start("b"));
+    let d = InProc::start(&format!(
+        "tls:\n  enabled: true\n  listen: 127.0.0.1:0\nroutes:\n  - name: site\n    domains: [site.test]\n    aliases: [old.test]\n    backends: [{{address: '{}'}}]\n  - name: api\n    domains: [site.test]\n    path_prefix: /api\n    backends: [{{address: '{}'}}]\n",
+        a.addr, b.addr
+    ));
+    let running = d.running.as_ref().unwrap();
+    let (http_addr, https_addr) = (running.http_addr, running.https_addr.unwrap());
+    let (s, v) = d.api.call("GET", "/v1/frontends", None);
+    assert_eq!(s, 200, "{v}");
+    let list = v["frontends"].as_array().unwrap();
+    let names: Vec<&str> = list.iter().filter_map(|f| f["name"].as_str()).collect();
+    assert_eq!(names, ["http", "https"], "{v}");
+    let http = &list[0];
+    assert_eq!(http["read_only"], true);
+    assert_eq!(http["spec"]["mode"], "http");
+    assert_eq!(http["listening"], json!([http_addr.to_string()]));
+    assert_eq!(list[1]["listening"], json!([https_addr.to_string()]));
+    assert!(http["spec"].get("pool").is_none(), "{http}");
+    assert_eq!(
+        http["spec"]["rules"],
+        json!([
+            {"host": "site.test", "path": {"regex": "^/api(/|$)"}, "pool": "api"},
+            {"host": "site.test", "pool": "site"},
+            {"host": "old.test", "redirect": {"status": 301, "location": "{scheme}://site.test{uri}"}},
+        ])
+    );
+    assert_eq!(list[1]["spec"]["rules"], http["spec"]["rules"]);
+    let (s, one) = d.api.call("GET", "/v1/frontends/https", None);
+    assert_eq!((s, &one), (200, &list[1]));
+
+    // Read-only: 409 naming the frontend; nothing changes.
+    let body = json!({"bind": "127.0.0.1:0", "mode": "http", "pool": "x"});
+    let (s, v) = d.api.call("PUT", "/v1/frontends/http", Some(body));
+    assert_eq!(s, 409, "{v}");
+    assert!(v.to_string().contains("\\\"http\\\""), "{v}");
+    let (s, v) = d.api.call("DELETE", "/v1/frontends/https", None);
+    assert_eq!(s, 409, "{v}");
+    assert!(v.to_string().contains("\\\"https\\\""), "{v}");
+
+    // Requests on the listener, decided by those rules.
+    let r = get(http_addr, "GET", "/api/users", "site.test", &[]);
+    assert_eq!((r.status, r.header("x-backend")), (200, Some("b")));
+    let r = get(http_addr, "GET", "/apix", "site.test", &[]);
+    assert_eq!((r.status, r.header("x-backend")), (200, Some("a")));
+    let r = get(http_addr, "GET", "/p?q=1", "old.test", &[]);
+    assert_eq!(r.status, 301);
+    assert_eq!(r.header("location"), Some("http://site.test/p?q=1"));
+    let r = get(http_addr, "GET", "/", "nothing.test", &[]);
+    assert_eq!(r.status, 404);
+
+    // A route put through the API is a rule of both at once (a wildcard: one label deep).
+    let (s, v) = d.api.call(
+        "PUT",
+        "/v1/routes/wild",
+        Some(json!({"domains": ["*.site.test"], "backends": [{"address": b.addr.to_string()}]})),
+    );
+    assert!(s == 200 || s == 201, "{v}");
+    let (_, v) = d.api.call("GET", "/v1/frontends/http", None);
+    let rules = v["spec"]["rules"].as_array().unwrap();
+    assert_eq!(rules.len(), 4, "{v}");
+    assert_eq!(rules[3]["host"], "*.site.test");
+    assert_eq!(rules[3]["pool"], "wild");
+    assert!(rules[3]["url"]["regex"].is_string(), "{v}");
+    let r = get(http_addr, "GET", "/", "x.site.test", &[]);
+    assert_eq!((r.status, r.header("x-backend")), (200, Some("b")));
+    let r = get(http_addr, "GET", "/", "y.x.site.test", &[]);
+    assert_eq!(r.status, 404);
+
+    // GET /v1/config lists them as a comment (the file declares them through http, tls, routes).
+    let raw = d.api.raw("/v1/config");
+    assert!(
+        raw.contains(&format!("#   http: mode http, bind {http_addr}")),
+        "{raw}"
+    );
+    assert!(
+        raw.contains(&format!("#   https: mode http, bind {https_addr}")),
+        "{raw}"
+    );
+    assert!(raw.contains(r#"#     - {"host":"*.site.test","#), "{raw}");
+    drop(d);
+    drop(rt);
 }

@@ -5,8 +5,8 @@
 
 use std::io::{BufRead, BufReader, ErrorKind, Read, Write};
 use std::net::{IpAddr, Ipv4Addr, Shutdown, SocketAddr, TcpListener, TcpStream};
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::path::Path;
+use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::thread;
@@ -14,6 +14,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
 
+use crate::support::berthd::BerthdProcess;
 use crate::support::BERTHD;
 
 // ---------------------------------------------------------------- members
@@ -261,12 +262,39 @@ impl Drop for InProc {
     }
 }
 
-fn pool_yaml(name: &str, members: &[&Member], extra: &str) -> String {
+/// A member of a pool in the config file: this file's TCP `Member`s, `frontends.rs`'s HTTP
+/// backends.
+pub(crate) trait PoolMember {
+    fn id(&self) -> &str;
+    fn addr(&self) -> SocketAddr;
+}
+
+impl PoolMember for Member {
+    fn id(&self) -> &str {
+        &self.id
+    }
+    fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+}
+
+impl PoolMember for crate::support::proxy::BlockingBackend {
+    fn id(&self) -> &str {
+        &self.name
+    }
+    fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+}
+
+/// One entry of `pools:` (`extra`: more keys of the pool, indented by four spaces).
+pub(crate) fn pool_yaml<M: PoolMember>(name: &str, members: &[&M], extra: &str) -> String {
     let mut s = format!("  - name: {name}\n{extra}    members:\n");
     for m in members {
         s.push_str(&format!(
             "      - id: {}\n        address: {}\n",
-            m.id, m.addr
+            m.id(),
+            m.addr()
         ));
     }
     s
@@ -309,7 +337,17 @@ fn config_frontend_balances_and_counts_bytes() {
         metrics.contains("berth_tcp_frontend_connections_total{frontend=\"echo\"} 10"),
         "{metrics}"
     );
-    assert!(metrics.contains("berth_tcp_member_received_bytes_total{pool=\"p\",member=\"a\"} 20"));
+    // Pool members are one family whatever the frontend's mode: connections count as
+    // requests, bytes both ways.
+    for want in [
+        "berth_pool_member_received_bytes_total{pool=\"p\",member=\"a\"} 20",
+        "berth_pool_member_sent_bytes_total{pool=\"p\",member=\"a\"} 30",
+        "berth_pool_member_requests_total{pool=\"p\",member=\"a\"} 5",
+        "berth_pool_member_up{pool=\"p\",member=\"a\"} 1",
+    ] {
+        assert!(metrics.contains(want), "missing {want}\n{metrics}");
+    }
+    assert!(!metrics.contains("berth_tcp_member_"), "{metrics}");
     // Config objects are read-only through the API.
     let (s, v) = d.api.call("DELETE", "/v1/frontends/echo", None);
     assert_eq!(s, 409, "{v}");
@@ -650,123 +688,40 @@ fn drain_maint_limits_health_and_proxy_protocol() {
 
 // ---------------------------------------------------------------- upgrades (berthd processes)
 
+/// `berthd` as a child process (the shared [`BerthdProcess`]) with the API client of these
+/// tests.
 pub(crate) struct Proc {
-    child: Child,
-    config: PathBuf,
+    d: BerthdProcess,
     pub(crate) api: Api,
-    logs: Arc<Mutex<Vec<String>>>,
-    _dir: tempfile::TempDir,
 }
 
 impl Proc {
     /// Drain and upgrade timeouts are long: connections must outlive every upgrade of a test
     /// even on a loaded machine (the drain bound would close them on purpose).
     pub(crate) fn start(yaml: &str) -> Proc {
-        let dir = tempfile::tempdir().unwrap();
-        let text = format!(
-            "http:\n  listen: 127.0.0.1:0\napi:\n  listen: 127.0.0.1:0\ndata_dir: {}\nlog:\n  access_log: false\nlifecycle:\n  upgrade_timeout: 120s\nproxy:\n  timeouts:\n    drain: 300s\n{yaml}",
-            dir.path().display()
-        );
-        let config = dir.path().join("berthd.yaml");
-        std::fs::write(&config, text).unwrap();
-        let token = token_for(dir.path());
-        let mut child = Command::new(BERTHD)
-            .arg("--config")
-            .arg(&config)
-            .arg("--log-format")
-            .arg("json")
-            .env_remove("NOTIFY_SOCKET")
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap();
-        let stderr = child.stderr.take().unwrap();
-        let logs = Arc::new(Mutex::new(Vec::new()));
-        let (tx, rx) = std::sync::mpsc::channel();
-        let l2 = logs.clone();
-        thread::spawn(move || {
-            for line in BufReader::new(stderr).lines() {
-                let Ok(line) = line else { break };
-                if line.contains("API listening") {
-                    if let Some(i) = line.find("\"api\":\"") {
-                        let rest = &line[i + 7..];
-                        let _ = tx.send(
-                            rest[..rest.find('"').unwrap()]
-                                .parse::<SocketAddr>()
-                                .unwrap(),
-                        );
-                    }
-                }
-                l2.lock().unwrap().push(line);
-            }
-        });
-        let api_addr = rx
-            .recv_timeout(Duration::from_secs(30))
-            .unwrap_or_else(|_| panic!("berthd did not start: {:?}", logs.lock().unwrap()));
-        crate::support::wait_until_named(Duration::from_secs(10), "control socket", || {
-            dir.path().join("control.sock").exists()
-        });
-        Proc {
-            child,
-            config,
-            api: Api {
-                addr: api_addr,
-                token,
-            },
-            logs,
-            _dir: dir,
-        }
+        let mut d = BerthdProcess::new(&format!(
+            "lifecycle:\n  upgrade_timeout: 120s\nproxy:\n  timeouts:\n    drain: 300s\n{yaml}"
+        ));
+        d.new_token();
+        d.start_within(Duration::from_secs(30));
+        let api = Api {
+            addr: d.api,
+            token: d.token.clone(),
+        };
+        Proc { d, api }
     }
 
     /// `berthd upgrade`; returns the new pid.
     pub(crate) fn upgrade(&self) -> u32 {
-        let out = Command::new(BERTHD)
-            .arg("--config")
-            .arg(&self.config)
-            .arg("upgrade")
-            .output()
-            .unwrap();
-        assert!(
-            out.status.success(),
-            "upgrade failed: {} {}\n{:?}",
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr),
-            self.logs
-                .lock()
-                .unwrap()
-                .iter()
-                .rev()
-                .take(20)
-                .collect::<Vec<_>>()
-        );
-        let msg = String::from_utf8_lossy(&out.stdout).to_string();
-        msg.split_whitespace().nth(2).unwrap().parse().unwrap()
+        self.d.upgrade()
     }
 
-    pub(crate) fn pid(&self) -> Option<i32> {
-        let out = Command::new(BERTHD)
-            .arg("--config")
-            .arg(&self.config)
-            .arg("status")
-            .output()
-            .ok()?;
-        String::from_utf8_lossy(&out.stdout)
-            .split_whitespace()
-            .nth(1)
-            .and_then(|p| p.parse().ok())
+    /// The pid `berthd status` reports as serving.
+    pub(crate) fn pid(&self) -> Option<u32> {
+        self.d.current_pid()
     }
 }
 
-impl Drop for Proc {
-    fn drop(&mut self) {
-        if let Some(pid) = self.pid() {
-            // SAFETY: plain kill(2) on the pid the daemon reported as itself.
-            unsafe { libc::kill(pid, libc::SIGKILL) };
-        }
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
 pub(crate) fn kill_all(pids: &[u32]) {
     for p in pids {
         // SAFETY: plain kill(2) on pids of berthd processes this test started.
@@ -782,11 +737,7 @@ fn fnv(acc: u64, data: &[u8]) -> u64 {
 
 #[test]
 fn a_frontend_takes_its_socket_from_systemd_socket_activation_by_name() {
-    let Ok(wrapper) = which("systemd-socket-activate") else {
-        if std::env::var_os("BERTH_SYSTEM_TESTS").is_some() {
-            panic!("systemd-socket-activate not installed (apt-get install systemd)");
-        }
-        eprintln!("skipped: systemd-socket-activate is not installed");
+    let Some(wrapper) = crate::support::socket_activate_tool() else {
         return;
     };
     let a = Member::start("a", true, false);
@@ -852,16 +803,6 @@ fn a_frontend_takes_its_socket_from_systemd_socket_activation_by_name() {
     assert!(from_systemd, "{logs_copy:#?}");
 }
 
-fn which(cmd: &str) -> Result<String, ()> {
-    for dir in std::env::var("PATH").unwrap_or_default().split(':') {
-        let p = Path::new(dir).join(cmd);
-        if p.exists() {
-            return Ok(p.to_string_lossy().into_owned());
-        }
-    }
-    Err(())
-}
-
 #[test]
 fn hundred_streams_survive_twenty_upgrades_without_losing_a_byte() {
     let m = Member::start("m", false, false);
@@ -925,7 +866,7 @@ fn hundred_streams_survive_twenty_upgrades_without_losing_a_byte() {
         }));
     }
     thread::sleep(Duration::from_millis(300));
-    let mut pids = vec![d.pid().unwrap() as u32];
+    let mut pids = vec![d.pid().unwrap()];
     for _ in 0..20 {
         pids.push(d.upgrade());
         thread::sleep(Duration::from_millis(100));
@@ -1022,17 +963,23 @@ fn new_connections_through_ten_upgrades_per_second_fail_none() {
         }));
     }
     thread::sleep(Duration::from_millis(300));
-    let mut pids = vec![d.pid().unwrap() as u32];
+    let mut pids = vec![d.pid().unwrap()];
     let start = Instant::now();
+    let mut each = Vec::new();
+    let ok_before = ok.load(Ordering::Relaxed);
     for i in 0..30u32 {
         // Paced at 10 per second (an upgrade that takes longer delays the next).
         let due = start + Duration::from_millis(100 * u64::from(i));
         if let Some(wait) = due.checked_duration_since(Instant::now()) {
             thread::sleep(wait);
         }
+        let t = Instant::now();
         pids.push(d.upgrade());
+        each.push(t.elapsed());
     }
     let took = start.elapsed();
+    let during = ok.load(Ordering::Relaxed) - ok_before;
+    each.sort();
     thread::sleep(Duration::from_millis(300));
     stop.store(true, Ordering::Relaxed);
     for h in handles {
@@ -1051,8 +998,12 @@ fn new_connections_through_ten_upgrades_per_second_fail_none() {
     );
     let other = other.lock().unwrap().clone();
     eprintln!(
-        "30 upgrades in {took:.1?} ({:.1}/s): {ok} connections ok, {refused} refused, {reset} reset, {} other errors",
+        "30 upgrades in {took:.1?} ({:.1}/s; one `berthd upgrade` took {:.0?} min, {:.0?} median, {:.0?} max): {ok} connections ok ({during} during the upgrades, {:.0}/s), {refused} refused, {reset} reset, {} other errors",
         30.0 / took.as_secs_f64(),
+        each[0],
+        each[each.len() / 2],
+        each[each.len() - 1],
+        during as f64 / took.as_secs_f64(),
         other.len()
     );
     assert_eq!((refused, reset), (0, 0), "other: {other:?}");
@@ -1080,7 +1031,7 @@ fn api_frontend_survives_an_upgrade_and_delete_closes_it() {
     assert_eq!(hello(fe, None).unwrap().1, "a");
     // A connection open across the upgrade keeps working.
     let (mut open, _) = hello(fe, None).unwrap();
-    let old = d.pid().unwrap() as u32;
+    let old = d.pid().unwrap();
     let new = d.upgrade();
     assert_ne!(old, new);
     // Same port (the socket was handed over), now served by the new process.

@@ -1,14 +1,16 @@
 //! `berthd` as a child process on fixed loopback ports (the same across restarts and upgrades,
 //! so clients keep using them): its config file and data dir, control commands (`status`,
 //! `upgrade`, `token create`, `backup`), its log lines (every successor writes to the same
-//! pipe), the API with a token, and stopping it. The upgrade and store-recovery drills of
-//! `tests/lifecycle/upgrade_race.rs`, `tests/deploy/upgrade_deploy.rs` and
-//! `tests/deploy/store_recovery.rs` share it.
+//! pipe), the API with a token, a systemd credentials directory, and stopping it. The upgrade,
+//! store-recovery and secrets drills of `tests/lifecycle/upgrade_race.rs`,
+//! `tests/deploy/upgrade_deploy.rs`, `tests/deploy/store_recovery.rs` and
+//! `tests/deploy/secrets.rs` share it.
 
 use std::net::{SocketAddr, TcpStream};
 use std::path::PathBuf;
 use std::process::{Child, Command};
 use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use super::net::free_port;
@@ -28,6 +30,10 @@ pub struct BerthdProcess {
     pub api_timeout: Duration,
     /// Removed after berthd is killed (the containers of the apps the test deployed).
     pub cleanup: Vec<super::docker::Cleanup>,
+    /// `CREDENTIALS_DIRECTORY` of the next spawn (systemd's `LoadCredential=`); none unless set.
+    pub credentials: Option<PathBuf>,
+    /// The thread collecting the spawned process's log lines.
+    reader: Option<JoinHandle<()>>,
 }
 
 impl BerthdProcess {
@@ -35,6 +41,12 @@ impl BerthdProcess {
     /// `DIR/data`, no access log, then `extra`: more top-level YAML (`proxy:`, `deploy:`,
     /// `routes:`), each line ending in a newline.
     pub fn new(extra: &str) -> BerthdProcess {
+        BerthdProcess::with_log("  access_log: false\n", extra)
+    }
+
+    /// As [`BerthdProcess::new`], with `log` as the lines under `log:` (e.g.
+    /// `"  level: trace\n  access_log: true\n"`).
+    pub fn with_log(log: &str, extra: &str) -> BerthdProcess {
         let dir = tempfile::tempdir().expect("tempdir");
         let http = SocketAddr::from(([127, 0, 0, 1], free_port()));
         let api = SocketAddr::from(([127, 0, 0, 1], free_port()));
@@ -42,8 +54,7 @@ impl BerthdProcess {
         std::fs::write(
             &config,
             format!(
-                "http:\n  listen: {http}\napi:\n  listen: {api}\ndata_dir: {}\nlog:\n  \
-                 access_log: false\n{extra}",
+                "http:\n  listen: {http}\napi:\n  listen: {api}\ndata_dir: {}\nlog:\n{log}{extra}",
                 dir.path().join("data").display()
             ),
         )
@@ -58,6 +69,8 @@ impl BerthdProcess {
             logs: Arc::new(Mutex::new(Vec::new())),
             api_timeout: Duration::from_secs(30),
             cleanup: Vec::new(),
+            credentials: None,
+            reader: None,
         }
     }
 
@@ -68,7 +81,7 @@ impl BerthdProcess {
 
     /// `berthd --config C ARGS`: (success, stdout + stderr).
     pub fn ctl(&self, args: &[&str]) -> (bool, String) {
-        let out = Command::new(BERTHD)
+        let out = Command::new(super::process::berthd_bin())
             .arg("--config")
             .arg(&self.config)
             .args(args)
@@ -81,14 +94,20 @@ impl BerthdProcess {
     /// `berthd token create` into [`BerthdProcess::token`] (works next to a running daemon,
     /// and after a store loss).
     pub fn new_token(&mut self) {
-        let out = Command::new(BERTHD)
+        self.token = self.create_token(&["--name", "test"]);
+    }
+
+    /// `berthd token create ARGS` (`--name`, `--scope`): the token it prints.
+    pub fn create_token(&self, args: &[&str]) -> String {
+        let out = Command::new(super::process::berthd_bin())
             .arg("--config")
             .arg(&self.config)
-            .args(["token", "create", "--name", "test"])
+            .args(["token", "create"])
+            .args(args)
             .output()
             .expect("berthd runs");
         assert!(out.status.success(), "{out:?}");
-        self.token = String::from_utf8_lossy(&out.stdout).trim().to_string();
+        String::from_utf8_lossy(&out.stdout).trim().to_string()
     }
 
     /// Spawns berthd (log lines of an earlier process cleared); returns when the process is
@@ -96,15 +115,22 @@ impl BerthdProcess {
     pub fn spawn(&mut self) -> Instant {
         self.logs.lock().unwrap().clear();
         let t0 = Instant::now();
-        self.child = Some(spawn_berthd(&self.config, &self.logs));
+        let (child, reader) = spawn_berthd(&self.config, &self.logs, self.credentials.as_deref());
+        self.child = Some(child);
+        self.reader = Some(reader);
         t0
     }
 
     /// Spawns berthd and waits (20 s at most) until the API and the proxy accept connections
     /// and the control socket exists.
     pub fn start(&mut self) {
+        self.start_within(Duration::from_secs(20));
+    }
+
+    /// [`BerthdProcess::start`] with another bound.
+    pub fn start_within(&mut self, bound: Duration) {
         self.spawn();
-        let deadline = Instant::now() + Duration::from_secs(20);
+        let deadline = Instant::now() + bound;
         while TcpStream::connect(self.api).is_err()
             || TcpStream::connect(self.http).is_err()
             || !self.data().join("control.sock").exists()
@@ -130,7 +156,10 @@ impl BerthdProcess {
     /// Runs `berthd upgrade` and returns the new pid (`new process PID is serving`).
     pub fn upgrade(&self) -> u32 {
         let (ok, out) = self.ctl(&["upgrade"]);
-        assert!(ok, "upgrade: {out}");
+        assert!(ok, "upgrade: {out}\n{:?}", {
+            let logs = self.logs.lock().unwrap();
+            logs.iter().rev().take(20).cloned().collect::<Vec<_>>()
+        });
         out.split_whitespace()
             .find_map(|w| w.parse().ok())
             .unwrap_or_else(|| panic!("no pid in {out:?}"))
@@ -161,6 +190,48 @@ impl BerthdProcess {
                 }
                 std::thread::sleep(Duration::from_millis(50));
             }
+        }
+    }
+
+    /// SIGTERM, as [`BerthdProcess::terminate`]; then, once its last line is read (5 s at
+    /// most), the process's whole log.
+    pub fn stop(&mut self) -> String {
+        self.terminate();
+        if let Some(reader) = self.reader.take() {
+            let deadline = Instant::now() + Duration::from_secs(5);
+            while !reader.is_finished() && Instant::now() < deadline {
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            if reader.is_finished() {
+                let _ = reader.join();
+            }
+        }
+        self.log_text()
+    }
+
+    /// The log lines of the process spawned last (and its successors), one per line.
+    pub fn log_text(&self) -> String {
+        self.logs.lock().unwrap().join("\n")
+    }
+
+    /// Waits (60 s at most) for a log line whose message is `message` (e.g. "reconcile done":
+    /// until then an app the store knows refuses deploys with 409 `reconcile after start`).
+    pub fn wait_log(&self, message: &str) {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            let found = self.logs.lock().unwrap().iter().any(|l| {
+                serde_json::from_str::<serde_json::Value>(l)
+                    .is_ok_and(|v| v["fields"]["message"] == message)
+            });
+            if found {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "no {message:?} in the log:\n{}",
+                self.log_text()
+            );
+            std::thread::sleep(Duration::from_millis(100));
         }
     }
 

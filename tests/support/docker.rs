@@ -35,6 +35,33 @@ pub fn skip() -> bool {
     super::system_tests_off("")
 }
 
+/// The start of a Docker system test: false (after the skip line) when system tests are off;
+/// otherwise dockerd runs and the test images exist ([`prepare`]).
+pub fn docker_ready() -> bool {
+    if skip() {
+        return false;
+    }
+    prepare();
+    true
+}
+
+/// The config of an in-process daemon that deploys with Docker: HTTP and API on loopback
+/// ports the kernel picks, data in `data_dir`, no access log, deploys required on `network`,
+/// 2 s stop grace.
+pub fn deploy_config(data_dir: &std::path::Path, network: &str) -> Config {
+    let mut c = Config {
+        data_dir: data_dir.to_path_buf(),
+        ..Default::default()
+    };
+    c.http.listen = "127.0.0.1:0".parse().unwrap();
+    c.api.listen = "127.0.0.1:0".parse().unwrap();
+    c.log.access_log = false;
+    c.deploy.enabled = berth::model::config::DeployEnabled::Required;
+    c.deploy.network = network.to_string();
+    c.deploy.stop_grace = Duration::from_secs(2);
+    c
+}
+
 /// Runs `cmd` with `sh -c`: (success, stdout + stderr).
 pub fn sh(cmd: &str) -> (bool, String) {
     let out = Command::new("sh")
@@ -95,7 +122,8 @@ fn build_image_with(tag: &str, index: &str, health: bool, banner: Option<&str>, 
         .find(|p| std::path::Path::new(p).exists())
         .expect("busybox-static installed (apt-get install busybox-static)");
     std::fs::copy(busybox, r.join("bin/busybox")).unwrap();
-    for l in ["sh", "httpd", "echo", "kill", "sleep", "cat"] {
+    // `rm` and `cp`: tests turn a replica's health check off and on with `docker exec`.
+    for l in ["sh", "httpd", "echo", "kill", "sleep", "cat", "rm", "cp"] {
         std::os::unix::fs::symlink("busybox", r.join("bin").join(l)).unwrap();
     }
     if let Some(cgi) = cgi {
@@ -144,6 +172,16 @@ pub fn prepare() {
         build_image(IMG_V2, "v2\n", true, None);
         build_image(IMG_BAD, "bad\n", false, Some("bad-build-starting"));
     });
+}
+
+/// One answer through the proxy ([`Env::request`]).
+#[derive(Debug)]
+pub struct Answer {
+    pub status: u16,
+    /// The body, trimmed.
+    pub body: String,
+    /// The whole `Set-Cookie` header, if any.
+    pub set_cookie: Option<String>,
 }
 
 /// One test's world: its own network, database, proxy and cleanup label.
@@ -269,22 +307,45 @@ impl Env {
 
     /// GET through the proxy: (status, body) or the transport error.
     pub async fn get(&self, host: &str) -> Result<(u16, String), String> {
-        let req = http::Request::get(format!("http://{}/", self.http_addr()))
-            .header(http::header::HOST, host)
-            .body(Empty::<Bytes>::new())
-            .unwrap();
+        let a = self.request(host, "/", None).await?;
+        Ok((a.status, a.body))
+    }
+
+    /// GET `path` for `host` through the proxy with the shared keep-alive client and an
+    /// optional Cookie header; 10 s at most. Errors: "timeout" or the transport's text.
+    pub async fn request(
+        &self,
+        host: &str,
+        path: &str,
+        cookie: Option<&str>,
+    ) -> Result<Answer, String> {
+        let mut req = http::Request::get(format!("http://{}{path}", self.http_addr()))
+            .header(http::header::HOST, host);
+        if let Some(c) = cookie {
+            req = req.header(http::header::COOKIE, c);
+        }
+        let req = req.body(Empty::<Bytes>::new()).unwrap();
         let resp = tokio::time::timeout(Duration::from_secs(10), self.http.request(req))
             .await
             .map_err(|_| "timeout".to_string())?
             .map_err(|e| e.to_string())?;
         let status = resp.status().as_u16();
+        let set_cookie = resp
+            .headers()
+            .get(http::header::SET_COOKIE)
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_string);
         let body = resp
             .into_body()
             .collect()
             .await
             .map_err(|e| e.to_string())?
             .to_bytes();
-        Ok((status, String::from_utf8_lossy(&body).trim().to_string()))
+        Ok(Answer {
+            status,
+            body: String::from_utf8_lossy(&body).trim().to_string(),
+            set_cookie,
+        })
     }
 
     /// Polls `host` until the body is `want` (status 200) or the deadline passes.
@@ -305,11 +366,20 @@ impl Env {
 
     /// Containers of this test (running or not): (name, labels, running).
     pub fn containers(&self, app: &str) -> Vec<(String, HashMap<String, String>, bool)> {
-        let (ok, out) = sh(&format!(
-            "docker ps -aq --filter label=berth.test.run={} --filter label=berth.app={app} | xargs -r docker inspect",
-            self.run
-        ));
-        assert!(ok, "{out}");
+        // `ps` then `inspect` races with a removal (self-healing, a deploy's cleanup): a
+        // container gone in between fails the inspect with "No such object"; list again.
+        let mut tries = 0;
+        let out = loop {
+            let (ok, out) = sh(&format!(
+                "docker ps -aq --filter label=berth.test.run={} --filter label=berth.app={app} | xargs -r docker inspect",
+                self.run
+            ));
+            if ok {
+                break out;
+            }
+            tries += 1;
+            assert!(tries < 10 && out.contains("No such object"), "{out}");
+        };
         let v: serde_json::Value = if out.trim().is_empty() {
             serde_json::json!([])
         } else {
@@ -416,11 +486,34 @@ impl Drop for Cleanup {
     }
 }
 
-/// A bounded load loop ([`load`]) running in the background until [`Loader::finish`].
-pub struct Loader {
+/// A bounded loop (a test's load: its own bounds in count and time) running as a task until
+/// [`Background::finish`] sets its stop flag and collects what it returned.
+pub struct Background<T> {
     stop: Arc<std::sync::atomic::AtomicBool>,
-    task: tokio::task::JoinHandle<Load>,
+    task: tokio::task::JoinHandle<T>,
 }
+
+impl<T: Send + 'static> Background<T> {
+    /// Spawns `run(stop)`; the loop checks `stop` between requests.
+    pub fn start<F, Fut>(run: F) -> Background<T>
+    where
+        F: FnOnce(Arc<std::sync::atomic::AtomicBool>) -> Fut,
+        Fut: std::future::Future<Output = T> + Send + 'static,
+    {
+        let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let task = tokio::spawn(run(stop.clone()));
+        Background { stop, task }
+    }
+
+    /// Stops the loop and returns what it saw.
+    pub async fn finish(self) -> T {
+        self.stop.store(true, Ordering::Relaxed);
+        self.task.await.expect("load loop")
+    }
+}
+
+/// A bounded load loop ([`load`]) running in the background until [`Loader::finish`].
+pub struct Loader(Background<Load>);
 
 impl Loader {
     /// Starts [`load`] against `host`: `workers` tasks, at most `max` requests and `max_time`.
@@ -431,22 +524,14 @@ impl Loader {
         max: u64,
         max_time: Duration,
     ) -> Loader {
-        let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
-        let task = tokio::spawn(load(
-            env.clone(),
-            host,
-            workers,
-            max,
-            max_time,
-            stop.clone(),
-        ));
-        Loader { stop, task }
+        Loader(Background::start(|stop| {
+            load(env.clone(), host, workers, max, max_time, stop)
+        }))
     }
 
     /// Stops the loop and returns what it saw.
     pub async fn finish(self) -> Load {
-        self.stop.store(true, Ordering::Relaxed);
-        self.task.await.expect("load loop")
+        self.0.finish().await
     }
 }
 

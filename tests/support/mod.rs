@@ -6,13 +6,17 @@
 //!   switchable health; `BlockingBackend` runs it for tests without a runtime), a silent
 //!   backend, HTTP clients (`client`, `fetch`, `send`, `raw_exchange`).
 //! - `berthd`: `berthd` as a child process on fixed ports across restarts and upgrades
-//!   (`BerthdProcess`: config, control commands, tokens, logs, kill/terminate).
-//! - `process`: spawning `berthd` with its log lines collected; `pid_alive`.
+//!   (`BerthdProcess`: config, control commands, tokens, a credentials directory, logs and
+//!   waiting for a log message, stop/kill/terminate).
+//! - `process`: spawning `berthd` with its log lines collected; `pid_alive`;
+//!   `socket_activate_tool` (systemd-socket-activate, or the skip).
 //! - `cli`: the one runner of the `berth` CLI.
-//! - `net`: free and closed ports, waiting for a listener. `poll`: bounded polling.
+//! - `net`: free and closed ports, waiting for a listener, one HTTP/1.1 response off a raw
+//!   connection (`read_raw_response`). `poll`: bounded polling.
 //! - `tls`: a throwaway CA, raw HTTP/1.1 over TLS or TCP, pebble + challtestsrv, Knot.
-//! - `docker`: the Docker system-test harness (images built locally, `Env`, `Cleanup`, `load`,
-//!   containers of an app).
+//! - `docker`: the Docker system-test harness (`docker_ready`, images built locally incl. CGI
+//!   ones, `deploy_config` for an in-process daemon, `Env` and `Env::request`, `Cleanup`,
+//!   `load`/`Loader` and any bounded loop as a `Background` task, containers of an app).
 //!
 //! Kept apart on purpose: `tests/proxy/proxy.rs::ScriptedBackend` writes hand-made response
 //! bytes (close-delimited bodies, 103 before 200, CL+TE, garbage, a keep-alive connection closed

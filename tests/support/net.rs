@@ -1,5 +1,5 @@
 //! Ports for tests: a free one for a server the test starts later, a closed one to connect to,
-//! and waiting until something listens.
+//! and waiting until something listens. One HTTP/1.1 response read off a raw connection.
 
 use std::net::SocketAddr;
 use std::time::Duration;
@@ -43,4 +43,60 @@ pub async fn wait_port(addr: SocketAddr, what: &str) {
     })
     .await;
     assert!(ok.is_some(), "{what} did not start listening on {addr}");
+}
+
+/// One HTTP/1.1 response read by [`read_raw_response`].
+#[derive(Debug)]
+pub struct RawResponse {
+    pub status: u16,
+    /// The server said `Connection: close`.
+    pub close: bool,
+    pub body: String,
+}
+
+/// How far [`read_raw_response`] got; callers word it (some count one kind as a clean refusal).
+#[derive(Debug)]
+pub enum RawReadError {
+    /// Nothing of the response arrived: end of stream (`None`) or this error.
+    NoResponse(Option<std::io::Error>),
+    BadStatus(String),
+    Head(std::io::Error),
+    Body(std::io::Error),
+}
+
+/// Reads one HTTP/1.1 response with a Content-Length body (or none) from `r`.
+pub fn read_raw_response(r: &mut impl std::io::BufRead) -> Result<RawResponse, RawReadError> {
+    let mut line = String::new();
+    match r.read_line(&mut line) {
+        Ok(0) => return Err(RawReadError::NoResponse(None)),
+        Err(e) => return Err(RawReadError::NoResponse(Some(e))),
+        Ok(_) => {}
+    }
+    let status: u16 = line
+        .split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .ok_or_else(|| RawReadError::BadStatus(line.clone()))?;
+    let (mut len, mut close) = (0usize, false);
+    loop {
+        line.clear();
+        r.read_line(&mut line).map_err(RawReadError::Head)?;
+        if line == "\r\n" || line.is_empty() {
+            break;
+        }
+        let l = line.to_ascii_lowercase();
+        if let Some(v) = l.strip_prefix("content-length:") {
+            len = v.trim().parse().unwrap_or(0);
+        }
+        if l.starts_with("connection:") && l.contains("close") {
+            close = true;
+        }
+    }
+    let mut body = vec![0; len];
+    r.read_exact(&mut body).map_err(RawReadError::Body)?;
+    Ok(RawResponse {
+        status,
+        close,
+        body: String::from_utf8_lossy(&body).into_owned(),
+    })
 }

@@ -135,6 +135,7 @@ impl Drop for TestBackend {
 /// with threads and blocking sockets): it runs on a small runtime of its own, which stops with
 /// it.
 pub struct BlockingBackend {
+    pub name: String,
     pub addr: SocketAddr,
     pub state: Arc<BackendState>,
     backend: Option<TestBackend>,
@@ -151,11 +152,17 @@ impl BlockingBackend {
             .expect("backend runtime");
         let backend = rt.block_on(TestBackend::start(name));
         BlockingBackend {
+            name: backend.name.clone(),
             addr: backend.addr,
             state: backend.state.clone(),
             backend: Some(backend),
             rt: Some(rt),
         }
+    }
+
+    /// Connections accepted so far (see [`TestBackend::accepted`]).
+    pub fn accepted(&self) -> usize {
+        self.state.accepted.load(Ordering::SeqCst)
     }
 
     /// Starts a backend answering the bare `name` on paths without a meaning of their own

@@ -246,9 +246,17 @@ async fn pebble_issue_renew_alpn_and_failures() {
         "status shows the new certificate"
     );
 
-    // Restart: the certificate and the account key come from disk; nothing is re-ordered.
+    // Restart: the certificate and the account key come from disk; nothing is re-ordered
+    // while the certificate is not due (40 s after the renewal: a loaded host can get here
+    // later, and then a new order is right).
     let account_key = std::fs::read(acme_dir.join("account.key")).expect("account key");
+    let due = after
+        .next_renewal
+        .as_deref()
+        .and_then(|t| humantime::parse_rfc3339(t).ok())
+        .expect("next renewal of the renewed certificate");
     d1.shutdown().await;
+    let restarted_at = std::time::SystemTime::now();
     let d1 = daemon::start(config1(), None)
         .await
         .expect("daemon 1 again");
@@ -258,10 +266,18 @@ async fn pebble_issue_renew_alpn_and_failures() {
     assert_eq!(serial_of(&leaf), latest, "the stored certificate is served");
     let store1 = d1.certs.clone().expect("store");
     let again = wait_status(&store1, "a.berth.test", false, Duration::from_secs(5)).await;
-    assert_eq!(
-        again.not_after, after.not_after,
-        "no new order after restart"
-    );
+    // A margin for the status read after the start.
+    if restarted_at + Duration::from_secs(5) < due {
+        assert_eq!(
+            again.not_after, after.not_after,
+            "no new order after restart"
+        );
+    } else {
+        println!(
+            "restarted after the renewal was due ({:?}): not checked",
+            after.next_renewal
+        );
+    }
     assert_eq!(
         std::fs::read(acme_dir.join("account.key")).expect("key"),
         account_key

@@ -6,13 +6,16 @@
 //!
 //! Files: `types.rs` (domains, addresses, prefixes, states), `spec.rs` (route and backend specs,
 //! balancer and health-check specs, serde), `validate.rs` (`validate_routes`, `RouteError`),
-//! `table.rs` (`RouteTable`: build, lookup, pick).
+//! `table.rs` (`RouteTable`: build, lookup, pick), `as_rules.rs` (routes as the rules of the
+//! default frontends `http` and `https`; the host index is their compiled form).
 
+mod as_rules;
 mod spec;
 mod table;
 mod types;
 mod validate;
 
+pub use as_rules::*;
 pub use spec::*;
 pub use table::*;
 pub use types::*;

@@ -17,7 +17,7 @@ use crate::model::balance::{
 };
 use crate::model::health::{slowstart_weight, unix_ms, BackendHealth};
 use crate::model::host::normalize_host;
-use crate::model::pool::{PoolSpec, TcpCheckSpec};
+use crate::model::pool::{PoolSpec, ProxyProtocol, TcpCheckSpec};
 use crate::model::stats::BackendStats;
 
 use super::spec::{BalancerKind, RouteSpec};
@@ -31,6 +31,9 @@ pub struct Backend {
     pub address: BackendAddr,
     /// `address` as a URI authority, parsed once at build time.
     pub authority: http::uri::Authority,
+    /// `address` as a socket address when its host is an IP literal (every pool member's is):
+    /// what a TCP frontend connects to.
+    pub socket: Option<std::net::SocketAddr>,
     /// Configured weight.
     pub weight: u32,
     /// Weight in force in this snapshot: `weight`, or less while slow start ramps.
@@ -64,8 +67,13 @@ pub enum RouteKind {
     /// A route: looked up by host and path.
     Route,
     /// A pool: named by frontends; checked by its HTTP check (`spec.health_check`) or by
-    /// this TCP check.
-    Pool { tcp_check: Option<TcpCheckSpec> },
+    /// this TCP check. What only TCP frontends read rides along: the PROXY protocol header
+    /// and each member's connection limit (by backend index, 0 = none).
+    Pool {
+        tcp_check: Option<TcpCheckSpec>,
+        proxy_protocol: ProxyProtocol,
+        max_connections: Vec<u32>,
+    },
 }
 
 /// One route (or pool) inside a table snapshot.
@@ -127,6 +135,16 @@ impl Route {
             .map(|p| p.index)
     }
 
+    /// Chooses a backend for a new TCP connection (or any caller with its own conditions):
+    /// the balancer's pick among the eligible backends `allowed` accepts.
+    pub fn pick_where(
+        &self,
+        ctx: &PickContext<'_>,
+        allowed: impl Fn(usize) -> bool,
+    ) -> Result<Pick, PickError> {
+        self.pick_in(ctx, allowed, None)
+    }
+
     /// Chooses a backend for a request: the version first when the route splits traffic
     /// between versions (a version without a usable backend falls back to any), then a
     /// backend with the route's balancer.
@@ -135,23 +153,25 @@ impl Route {
         ctx: &PickContext<'_>,
         exclude: Option<usize>,
     ) -> Result<Pick, PickError> {
+        let allowed = |i: usize| Some(i) != exclude;
         let Some(choice) = self.versions.as_ref().and_then(|v| v.choose(ctx.cookie)) else {
-            return self.pick_in(ctx, exclude, None);
+            return self.pick_in(ctx, allowed, None);
         };
-        match self.pick_in(ctx, exclude, Some(choice.version)) {
+        match self.pick_in(ctx, allowed, Some(choice.version)) {
             Ok(p) => Ok(Pick {
                 version_cookie: choice.set_cookie,
                 ..p
             }),
-            Err(_) => self.pick_in(ctx, exclude, None),
+            Err(_) => self.pick_in(ctx, allowed, None),
         }
     }
 
-    /// The balancer's pick among the backends of `version` (all backends when `None`).
+    /// The balancer's pick among the backends of `version` (all backends when `None`) that
+    /// `allowed` accepts.
     fn pick_in(
         &self,
         ctx: &PickContext<'_>,
-        exclude: Option<usize>,
+        allowed: impl Fn(usize) -> bool,
         version: Option<usize>,
     ) -> Result<Pick, PickError> {
         if self.backends.is_empty() {
@@ -161,7 +181,7 @@ impl Route {
             (Some(v), Some(vp)) => vp.member(i, v),
             _ => true,
         };
-        let usable = |i: usize| Some(i) != exclude && self.backends[i].eligible() && in_version(i);
+        let usable = |i: usize| allowed(i) && self.backends[i].eligible() && in_version(i);
         let plain = |index: usize| Pick {
             index,
             set_cookie: None,
@@ -180,7 +200,7 @@ impl Route {
                     .and_then(|h| cookie_value(h, cookie))
                     .and_then(|tok| self.backends.iter().position(|b| b.token == tok))
                     .filter(|i| {
-                        Some(*i) != exclude && self.backends[*i].accepts_pinned() && in_version(*i)
+                        allowed(*i) && self.backends[*i].accepts_pinned() && in_version(*i)
                     });
                 match pinned {
                     Some(i) => Some(plain(i)),
@@ -325,6 +345,12 @@ impl RouteTable {
                 spec,
                 RouteKind::Pool {
                     tcp_check: p.health_check.clone(),
+                    proxy_protocol: p.proxy_protocol,
+                    max_connections: p
+                        .members
+                        .iter()
+                        .map(|m| m.max_connections.unwrap_or(0))
+                        .collect(),
                 },
             ));
         }
@@ -524,6 +550,7 @@ fn build_route(
             token: sticky_token(&name, &id),
             id,
             address: b.address.clone(),
+            socket: authority.as_str().parse().ok(),
             authority,
             weight: b.weight,
             effective_weight,
@@ -606,7 +633,7 @@ mod pool_tests {
         assert!(Arc::ptr_eq(t.same(route).unwrap(), route));
         assert_eq!(route.kind, RouteKind::Route);
         assert!(
-            matches!(&pool.kind, RouteKind::Pool { tcp_check: Some(c) } if c.send.as_deref() == Some("PING"))
+            matches!(&pool.kind, RouteKind::Pool { tcp_check: Some(c), .. } if c.send.as_deref() == Some("PING"))
         );
         assert_eq!(t.all().count(), 3);
 

@@ -4,12 +4,13 @@
 //! connections drain (closed after `proxy.timeouts.drain`). Every listener is named
 //! (`frontend.NAME.I`) so the daemon can hand it to a successor or the systemd fd store.
 //!
-//! The accept path reads one `ArcSwap` of the pools and one of its frontend's spec. The pools
-//! themselves live in the proxy's one route table (`Tables::publish_pools`): a member's
-//! health (checked by the one prober, `proxy::health`) and counters are the `Arc`s of its
-//! backend there, so HTTP and TCP frontends, `/v1/stats` and `/metrics` see one member. Changes
-//! are serialised by one control-plane mutex and follow validate → bind → persist → publish;
-//! the caller supplies the persist step (this module does not know the store).
+//! The accept path reads one `ArcSwap` of its frontend's spec and the proxy's one route table
+//! (`Tables::load`), where the pools live (`Tables::publish_pools`): a member is a backend of
+//! its pool there, with its health (checked by the one prober, `proxy::health`), counters,
+//! balancer cursor and admin state, so HTTP and TCP frontends, `/v1/stats` and `/metrics` see
+//! one member and a pool change is one publish. Changes are serialised by one control-plane
+//! mutex and follow validate → bind → persist → publish; the caller supplies the persist step
+//! (this module does not know the store).
 
 mod conn;
 pub mod proxy_v2;
@@ -28,12 +29,9 @@ use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
 use super::server::ConnTracker;
-use crate::model::balance::RoundRobin;
 use crate::model::frontend::{listener_name, parse_bind, validate_set, Binds, FrontendSpec};
-use crate::model::health::BackendHealth;
-use crate::model::pool::{parse_member_address, AppReplicas, PoolBalance, PoolSpec, ProxyProtocol};
-use crate::model::route::{RouteError, ServerState};
-use crate::model::stats::BackendStats;
+use crate::model::pool::{AppReplicas, PoolSpec};
+use crate::model::route::{is_default_frontend, RouteError};
 
 /// Where listening sockets come from: an inherited one by name (upgrade, socket activation,
 /// fd store) or a fresh bind. The daemon implements it on top of `lifecycle`.
@@ -50,6 +48,8 @@ pub enum TcpError {
     NotFound { what: &'static str, name: String },
     #[error("{what} {name:?} comes from the configuration file and is read-only through the API")]
     ReadOnly { what: &'static str, name: String },
+    #[error("frontend {name:?} is berthd's {name} listener: its rules are the routes (change them through /v1/routes), and it is read-only through the API")]
+    DefaultFrontend { name: String },
     #[error("pool {pool:?} is used by frontend {frontend:?}")]
     InUse { pool: String, frontend: String },
     #[error(transparent)]
@@ -101,41 +101,6 @@ pub struct FrontendShared {
     /// Bumped to close every open connection of the frontend.
     kill: watch::Sender<u64>,
 }
-
-/// Runtime of a member shared by every pool snapshot that holds it (same pool, id, address).
-#[derive(Debug)]
-pub struct MemberShared {
-    /// Bumped to close every open connection to the member (maint).
-    kill: watch::Sender<u64>,
-}
-
-/// One member in a pool snapshot.
-#[derive(Debug, Clone)]
-pub struct Member {
-    pub id: String,
-    pub addr: SocketAddr,
-    pub weight: u32,
-    pub state: ServerState,
-    pub max_connections: u32,
-    /// The member's health in the route table (shared with HTTP frontends).
-    pub health: Arc<BackendHealth>,
-    /// The member's counters in the route table: `inflight` = open connections, `requests` =
-    /// connections made, `failures` = failed connects, `bytes_in` / `bytes_out`.
-    pub stats: Arc<BackendStats>,
-    pub shared: Arc<MemberShared>,
-}
-
-/// A pool snapshot.
-#[derive(Debug)]
-pub struct PoolRt {
-    pub name: String,
-    pub balance: PoolBalance,
-    pub proxy_protocol: ProxyProtocol,
-    pub members: Vec<Member>,
-    rr: RoundRobin,
-}
-
-type Pools = HashMap<String, Arc<PoolRt>>;
 
 struct ListenerRt {
     name: String,
@@ -260,7 +225,6 @@ pub struct PoolView {
 /// The TCP proxy.
 pub struct TcpProxy {
     ctl: tokio::sync::Mutex<Control>,
-    pools: Arc<ArcSwap<Pools>>,
     source: Arc<dyn ListenerSource>,
     reserved: Vec<(&'static str, SocketAddr)>,
     drain: Duration,
@@ -290,7 +254,6 @@ impl TcpProxy {
     ) -> Arc<Self> {
         let me = Arc::new(Self {
             ctl: tokio::sync::Mutex::new(Control::default()),
-            pools: Arc::new(ArcSwap::from_pointee(Pools::new())),
             source,
             reserved,
             drain,
@@ -435,10 +398,10 @@ impl TcpProxy {
             listener,
             cfg.clone(),
             shared.clone(),
-            self.pools.clone(),
+            self.http.tables.clone(),
             self.conns.clone(),
-            stop_rx,
-            self.stop.clone(),
+            (stop_rx, self.stop.clone()),
+            self.drain,
         ));
         tracing::info!(frontend = %cfg.load().name(), listener = %name, %local, "tcp frontend listening");
         Some(ListenerRt {
@@ -581,9 +544,9 @@ impl TcpProxy {
         }
     }
 
-    /// Publishes the pools of `ctl` in the route table, then the TCP snapshots built from it
-    /// (members take their health and counters from the table; the maint kill switch carries
-    /// over by id and address).
+    /// Publishes the pools of `ctl` in the route table (members' counters and health carry
+    /// over; a member put in maint has its open TCP connections closed after the drain
+    /// timeout, see `conn::maint_cut`).
     fn publish_pools(&self, ctl: &Control) {
         let apps = self.apps.borrow().clone();
         let specs: Vec<PoolSpec> = ctl.pools.values().map(|p| p.spec.resolved(&apps)).collect();
@@ -591,77 +554,6 @@ impl TcpProxy {
             // The set was validated; should it still not build, the previous pools stay.
             tracing::error!(error = %e, "the pools could not be published; the previous ones stay");
         }
-        let table = self.http.tables.load_full();
-        let old = self.pools.load_full();
-        let mut next = Pools::new();
-        for spec in &specs {
-            let name = spec.name();
-            let prev = old.get(name);
-            let routed = table.pool(name);
-            let members: Vec<Member> = spec
-                .members
-                .iter()
-                .filter_map(|m| {
-                    let addr = parse_member_address(&m.address).ok()?;
-                    let id = m.id();
-                    let b = routed.and_then(|r| r.backends.iter().find(|b| b.id == id))?;
-                    let prev_m =
-                        prev.and_then(|p| p.members.iter().find(|x| x.id == id && x.addr == addr));
-                    let shared = prev_m.map(|x| x.shared.clone()).unwrap_or_else(|| {
-                        Arc::new(MemberShared {
-                            kill: watch::channel(0).0,
-                        })
-                    });
-                    if m.state == ServerState::Maint
-                        && prev_m.is_none_or(|x| x.state != ServerState::Maint)
-                    {
-                        self.close_member_later(name.to_string(), id.clone(), shared.clone());
-                    }
-                    Some(Member {
-                        id,
-                        addr,
-                        weight: m.weight,
-                        state: m.state,
-                        max_connections: m.max_connections.unwrap_or(0),
-                        health: b.health.clone(),
-                        stats: b.stats.clone(),
-                        shared,
-                    })
-                })
-                .collect();
-            let weights: Vec<u32> = members.iter().map(|m| m.weight).collect();
-            let start = prev.map(|p| p.rr.position()).unwrap_or(0);
-            next.insert(
-                name.to_string(),
-                Arc::new(PoolRt {
-                    name: name.to_string(),
-                    balance: spec.balance,
-                    proxy_protocol: spec.proxy_protocol,
-                    members,
-                    rr: RoundRobin::with_start(&weights, start),
-                }),
-            );
-        }
-        self.pools.store(Arc::new(next));
-    }
-
-    /// A member put in maint: its open connections are closed after the drain timeout, if it
-    /// is still in maint then.
-    fn close_member_later(&self, pool: String, id: String, shared: Arc<MemberShared>) {
-        let (pools, drain) = (self.pools.clone(), self.drain);
-        tokio::spawn(async move {
-            tokio::time::sleep(drain).await;
-            let still = pools.load().get(&pool).is_none_or(|p| {
-                p.members
-                    .iter()
-                    .find(|m| m.id == id)
-                    .is_none_or(|m| m.state == ServerState::Maint)
-            });
-            if still {
-                tracing::info!(%pool, member = %id, "maint: closing open connections after the drain timeout");
-                shared.kill.send_modify(|g| *g += 1);
-            }
-        });
     }
 
     /// Every frontend listener, for the upgrade hand-over: (name, duplicated descriptor). The
@@ -718,16 +610,16 @@ impl TcpProxy {
     /// Pools with their members' health.
     pub async fn pools(&self) -> Vec<PoolView> {
         let ctl = self.ctl.lock().await;
-        let rt = self.pools.load();
+        let table = self.http.tables.load();
         ctl.pools
             .values()
             .map(|p| {
-                let health = rt
-                    .get(p.spec.name())
+                let health = table
+                    .pool(p.spec.name())
                     .map(|r| {
-                        r.members
+                        r.backends
                             .iter()
-                            .map(|m| (m.id.clone(), if m.health.is_up() { "up" } else { "down" }))
+                            .map(|b| (b.id.clone(), if b.health.is_up() { "up" } else { "down" }))
                             .collect()
                     })
                     .unwrap_or_default();
@@ -773,12 +665,14 @@ impl TcpProxy {
             })
             .collect();
         let pools = self
-            .pools
+            .http
+            .tables
             .load()
-            .values()
+            .pools()
+            .iter()
             .map(|p| {
                 let members = p
-                    .members
+                    .backends
                     .iter()
                     .map(|m| {
                         let s = &m.stats;
@@ -928,8 +822,11 @@ impl TcpProxy {
         spec: FrontendSpec,
         persist: impl FnOnce(&FrontendSpec) -> Result<(), E>,
     ) -> Result<(bool, Vec<SocketAddr>), ChangeError<E>> {
-        let mut ctl = self.ctl.lock().await;
         let name = spec.name().to_string();
+        if is_default_frontend(&name) {
+            return Err(TcpError::DefaultFrontend { name }.into());
+        }
+        let mut ctl = self.ctl.lock().await;
         if ctl.frontends.get(&name).is_some_and(|f| f.read_only) {
             return Err(TcpError::ReadOnly {
                 what: "frontend",
@@ -1016,6 +913,9 @@ impl TcpProxy {
         name: &str,
         persist: impl FnOnce(&str) -> Result<(), E>,
     ) -> Result<(), ChangeError<E>> {
+        if is_default_frontend(name) {
+            return Err(TcpError::DefaultFrontend { name: name.into() }.into());
+        }
         let mut ctl = self.ctl.lock().await;
         ctl.writable_frontend(name)?;
         persist(name).map_err(ChangeError::Persist)?;
@@ -1121,10 +1021,10 @@ async fn accept_loop(
     listener: tokio::net::TcpListener,
     cfg: Arc<ArcSwap<FrontendSpec>>,
     shared: Arc<FrontendShared>,
-    pools: Arc<ArcSwap<Pools>>,
+    tables: Arc<super::Tables>,
     conns: Arc<ConnTracker>,
-    mut stop: watch::Receiver<bool>,
-    mut process_stop: watch::Receiver<bool>,
+    (mut stop, mut process_stop): (watch::Receiver<bool>, watch::Receiver<bool>),
+    drain: Duration,
 ) {
     let local = listener.local_addr().ok();
     loop {
@@ -1135,10 +1035,10 @@ async fn accept_loop(
             r = listener.accept() => match r {
                 Ok((sock, peer)) => {
                     let guard = conns.enter();
-                    let (spec, pools, shared) = (cfg.load_full(), pools.load_full(), shared.clone());
+                    let (spec, tables, shared) = (cfg.load_full(), tables.clone(), shared.clone());
                     let local = sock.local_addr().ok().or(local).unwrap_or(peer);
                     tokio::spawn(async move {
-                        conn::serve(pools, spec, shared, sock, peer, local).await;
+                        conn::serve(tables, spec, shared, sock, peer, local, drain).await;
                         drop(guard);
                     });
                 }
