@@ -10,7 +10,9 @@
 # Env: BERTHD (default target/release/berthd), PROXIES="berthd [berthd_b] haproxy",
 #      SCENARIOS="keepalive close https-keepalive https-close", CONNS=16, WARM=2,
 #      REQS (requests per measured run; default 20000 for keep-alive, 4000 for close,
-#      1500 for https-close), SYSCALLS=1 (also count syscalls natively), TOP=0 (print the
+#      1500 for https-close), SYSCALLS=1 (also count syscalls natively), CALLGRIND=0 (skip
+#      valgrind: syscall counts only), STRACE=1 (also `strace -c -f` the same native load and
+#      print the per-syscall table, per 1,000 requests), TOP=0 (print the
 #      top N inclusive functions of each cell), KEEP=1 (keep the work dir with callgrind.out),
 #      BASE_PORT=18580, OUT=path (JSON lines; default none).
 # Prints one "IR_PER_REQ" line per cell and a markdown table at the end.
@@ -46,6 +48,12 @@ API_PORT=$((BASE_PORT + 3))
 for tool in valgrind callgrind_control callgrind_annotate wrk nginx curl openssl; do
     command -v "$tool" >/dev/null || { echo "callgrind.sh: missing $tool (apt-get install -y valgrind wrk nginx-light curl openssl)" >&2; exit 1; }
 done
+CALLGRIND=${CALLGRIND:-1}
+STRACE=${STRACE:-0}
+if [ "$STRACE" = 1 ] && ! command -v strace >/dev/null; then
+    echo "callgrind.sh: STRACE=1 needs strace (apt-get install -y strace)" >&2
+    exit 1
+fi
 if [ "$SYSCALLS" = 1 ] && ! perf stat -e raw_syscalls:sys_enter true >/dev/null 2>&1; then
     echo "callgrind.sh: perf cannot count raw_syscalls:sys_enter here; syscalls not counted" >&2
     SYSCALLS=0
@@ -191,9 +199,17 @@ warm() {
 }
 requests_of() { awk '/^FIXED_COUNT/ {print $2}' "$1"; }
 
-declare -A IR=() SYS=() REQN=()
+declare -A IR=() IRT=() SYS=() REQN=()
 one_cell() { # one_cell PROXY SCENARIO
     local p=$1 s=$2 reqs=${REQS:-$(default_reqs "$2")} pid tag=$1-$2
+    [ "$CALLGRIND" = 1 ] && callgrind_cell "$p" "$s" "$reqs"
+    [ "$SYSCALLS" = 1 ] && syscall_cell "$p" "$s" "$reqs"
+    [ "$STRACE" = 1 ] && strace_cell "$p" "$s" "$reqs"
+    [ -z "$OUT" ] || printf '{"proxy":"%s","scenario":"%s","requests":%d,"ir":%d,"ir_per_req":%s,"syscalls_per_req":%s}\n' \
+        "$p" "$s" "${REQN[$tag]:-0}" "${IRT[$tag]:-0}" "${IR[$tag]:-null}" "${SYS[$tag]:-null}" >>"$OUT"
+}
+callgrind_cell() { # callgrind_cell PROXY SCENARIO REQS: Ir per request under valgrind
+    local p=$1 s=$2 reqs=$3 pid tag=$1-$2
     # shellcheck disable=SC2046
     valgrind --tool=callgrind --instr-atstart=no --callgrind-out-file="$WORK/cg-$tag.out" \
         $(proxy_cmd "$p") >"$WORK/proxy-$tag.log" 2>&1 &
@@ -225,28 +241,53 @@ one_cell() { # one_cell PROXY SCENARIO
         callgrind_annotate --inclusive=yes "$out" 2>/dev/null | grep -E '^ *[0-9,]+ \(' |
             head -"$TOP" | cut -c1-200 || true
     fi
-    if [ "$SYSCALLS" = 1 ]; then
-        # shellcheck disable=SC2046
-        $(proxy_cmd "$p") >"$WORK/native-$tag.log" 2>&1 &
-        pid=$!
-        PIDS+=("$pid")
-        wait_200 "$(url_of "$s")"
-        warm "$s"
-        perf stat -x, -e raw_syscalls:sys_enter -p "$pid" -o "$WORK/perf-$tag.txt" &
-        local perf_pid=$!
-        load "$s" "$reqs" >"$WORK/wrk-native-$tag.txt"
-        kill -INT "$perf_pid" 2>/dev/null || true
-        wait "$perf_pid" 2>/dev/null || true
-        kill -TERM "$pid" 2>/dev/null || true
-        wait "$pid" 2>/dev/null || true
-        local calls nn
-        calls=$(awk -F, '/raw_syscalls:sys_enter/ {print $1}' "$WORK/perf-$tag.txt")
-        nn=$(requests_of "$WORK/wrk-native-$tag.txt")
-        SYS[$tag]=$(awk -v c="$calls" -v n="$nn" 'BEGIN {printf "%.2f", c / n}')
-        echo "SYSCALLS_PER_REQ ${SYS[$tag]} proxy=$p scenario=$s requests=$nn syscalls=$calls"
-    fi
-    [ -z "$OUT" ] || printf '{"proxy":"%s","scenario":"%s","requests":%d,"ir":%d,"ir_per_req":%d,"syscalls_per_req":%s}\n' \
-        "$p" "$s" "$n" "$total" "${IR[$tag]}" "${SYS[$tag]:-null}" >>"$OUT"
+    IRT[$tag]=$total
+}
+syscall_cell() { # syscall_cell PROXY SCENARIO REQS: syscalls per request, native (perf stat)
+    local p=$1 s=$2 reqs=$3 pid tag=$1-$2
+    # shellcheck disable=SC2046
+    $(proxy_cmd "$p") >"$WORK/native-$tag.log" 2>&1 &
+    pid=$!
+    PIDS+=("$pid")
+    wait_200 "$(url_of "$s")"
+    warm "$s"
+    perf stat -x, -e raw_syscalls:sys_enter -p "$pid" -o "$WORK/perf-$tag.txt" &
+    local perf_pid=$!
+    # perf needs a moment to attach (longer on a busy machine): calls before that are lost.
+    sleep 1
+    load "$s" "$reqs" >"$WORK/wrk-native-$tag.txt"
+    kill -INT "$perf_pid" 2>/dev/null || true
+    wait "$perf_pid" 2>/dev/null || true
+    kill -TERM "$pid" 2>/dev/null || true
+    wait "$pid" 2>/dev/null || true
+    local calls nn
+    calls=$(awk -F, '/raw_syscalls:sys_enter/ {print $1}' "$WORK/perf-$tag.txt")
+    nn=$(requests_of "$WORK/wrk-native-$tag.txt")
+    SYS[$tag]=$(awk -v c="$calls" -v n="$nn" 'BEGIN {printf "%.2f", c / n}')
+    echo "SYSCALLS_PER_REQ ${SYS[$tag]} proxy=$p scenario=$s requests=$nn syscalls=$calls"
+}
+strace_cell() { # strace_cell PROXY SCENARIO REQS: `strace -c -f` table, per 1,000 requests
+    local p=$1 s=$2 reqs=$3 pid tag=$1-$2
+    # shellcheck disable=SC2046
+    $(proxy_cmd "$p") >"$WORK/strace-proxy-$tag.log" 2>&1 &
+    pid=$!
+    PIDS+=("$pid")
+    wait_200 "$(url_of "$s")"
+    warm "$s"
+    # -f: every thread (tokio's blocking pool included); -c: counts only, summed at detach.
+    strace -c -f -U name,calls,errors -o "$WORK/strace-$tag.txt" -p "$pid" 2>/dev/null &
+    local strace_pid=$!
+    sleep 0.5
+    load "$s" "$reqs" >"$WORK/wrk-strace-$tag.txt"
+    kill -INT "$strace_pid" 2>/dev/null || true
+    wait "$strace_pid" 2>/dev/null || true
+    kill -TERM "$pid" 2>/dev/null || true
+    wait "$pid" 2>/dev/null || true
+    local nn
+    nn=$(requests_of "$WORK/wrk-strace-$tag.txt")
+    echo "STRACE proxy=$p scenario=$s requests=$nn (calls per 1,000 requests; strace slows the proxy, so epoll_wait batches differently than natively)"
+    awk -v n="$nn" 'NR > 2 && $1 !~ /^-/ {printf "  %-18s %9.1f calls %9.1f errors\n", $1, $2 * 1000 / n, ($3 == "" ? 0 : $3) * 1000 / n}' \
+        "$WORK/strace-$tag.txt"
 }
 
 for s in $SCENARIOS; do
@@ -262,7 +303,7 @@ echo "|---|$(for _ in $PROXIES; do printf -- '---|'; done)---|"
 for s in $SCENARIOS; do
     row="| $s |"
     for p in $PROXIES; do
-        row="$row ${IR[$p-$s]} (${SYS[$p-$s]:--}) |"
+        row="$row ${IR[$p-$s]:--} (${SYS[$p-$s]:--}) |"
     done
     if [ -n "${IR[haproxy-$s]:-}" ] && [ -n "${IR[berthd-$s]:-}" ]; then
         row="$row $(awk -v a="${IR[berthd-$s]}" -v b="${IR[haproxy-$s]}" 'BEGIN {printf "%.2fx", a / b}') |"

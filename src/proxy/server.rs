@@ -749,6 +749,45 @@ pub async fn supervise<T, S, B>(
     }
 }
 
+/// `TCP_NODELAY` for accepted connections without a `setsockopt` per connection: Linux
+/// copies the option from the listening socket to every socket `accept` returns, so it is set
+/// once on the listener. Whether it carried over is checked on the first connection (one
+/// `getsockopt`); where it did not, every connection gets its own `setsockopt` as before.
+enum NoDelay {
+    /// Not known yet (no connection accepted).
+    Unchecked,
+    /// Accepted sockets come with it.
+    Inherited,
+    /// Set on each accepted socket.
+    PerConnection,
+}
+
+impl NoDelay {
+    fn on_listener(listener: &TcpListener) -> Self {
+        match socket2::SockRef::from(listener).set_nodelay(true) {
+            Ok(()) => NoDelay::Unchecked,
+            Err(_) => NoDelay::PerConnection,
+        }
+    }
+
+    fn accepted(&mut self, stream: &tokio::net::TcpStream) {
+        match self {
+            NoDelay::Inherited => {}
+            NoDelay::PerConnection => {
+                let _ = stream.set_nodelay(true);
+            }
+            NoDelay::Unchecked => {
+                if stream.nodelay().unwrap_or(false) {
+                    *self = NoDelay::Inherited;
+                } else {
+                    let _ = stream.set_nodelay(true);
+                    *self = NoDelay::PerConnection;
+                }
+            }
+        }
+    }
+}
+
 /// Serves plain HTTP on `listener` until `stop` turns true, then drains (see
 /// [`accept_loop`]).
 pub async fn serve_http(proxy: Arc<Proxy>, listener: TcpListener, stop: watch::Receiver<bool>) {
@@ -774,7 +813,7 @@ pub async fn serve_http(proxy: Arc<Proxy>, listener: TcpListener, stop: watch::R
 }
 
 /// The accept loop every listener runs (HTTP, HTTPS, and any other frontend): accepts until
-/// `stop` turns true, sets `TCP_NODELAY`, runs `serve` for each connection in its own task
+/// `stop` turns true, gives every connection `TCP_NODELAY` ([`NoDelay`]), runs `serve` for each connection in its own task
 /// (handing it a receiver that turns true when the listener drains), backs off briefly when
 /// accept fails (EMFILE and friends) instead of spinning. After `stop`: closes the listener,
 /// tells the connections to drain and waits for them, bounded by `drain` (+ `LINGER` + 1 s).
@@ -806,12 +845,13 @@ pub async fn accept_loop_until<F, Fut>(
 {
     let tracker = Arc::new(ConnTracker::default());
     let (drain_tx, drain_rx) = watch::channel(false);
+    let mut nodelay = NoDelay::on_listener(&listener);
     loop {
         tokio::select! {
             accepted = listener.accept() => {
                 match accepted {
                     Ok((stream, peer)) => {
-                        let _ = stream.set_nodelay(true);
+                        nodelay.accepted(&stream);
                         let guard = tracker.enter();
                         let conn = serve(stream, peer, drain_rx.clone());
                         tokio::spawn(async move {
@@ -853,6 +893,30 @@ pub async fn accept_loop_until<F, Fut>(
 mod tests {
     use super::*;
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    /// Every accepted socket has `TCP_NODELAY`: the first is checked (inherited from the
+    /// listener on Linux), the rest take the same way without a syscall of their own.
+    #[tokio::test]
+    async fn accepted_sockets_have_nodelay() {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let mut nodelay = NoDelay::on_listener(&listener);
+        for i in 0..3 {
+            let _client = tokio::net::TcpStream::connect(addr).await.unwrap();
+            let (stream, _) = listener.accept().await.unwrap();
+            nodelay.accepted(&stream);
+            assert!(stream.nodelay().unwrap(), "connection {i}");
+            assert!(!matches!(nodelay, NoDelay::Unchecked), "connection {i}");
+        }
+        // Where the option does not carry over, each connection gets it set.
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let mut nodelay = NoDelay::PerConnection;
+        let _client = tokio::net::TcpStream::connect(addr).await.unwrap();
+        let (stream, _) = listener.accept().await.unwrap();
+        nodelay.accepted(&stream);
+        assert!(stream.nodelay().unwrap());
+    }
 
     /// The detection keeps exactly the bytes the client sent, in order, whatever hyper's read
     /// sizes afterwards, and tells the HTTP/2 preface (whole or in pieces) from HTTP/1, a

@@ -49,6 +49,8 @@ pub struct DirectConn {
     buf: BytesMut,
     /// The request head being written (kept to reuse its allocation).
     head: Vec<u8>,
+    /// `parse_head_with`'s scratch list (kept to reuse its allocation).
+    spans: Vec<Span>,
 }
 
 impl DirectConn {
@@ -57,6 +59,7 @@ impl DirectConn {
             io,
             buf: BytesMut::new(),
             head: Vec::new(),
+            spans: Vec::new(),
         }
     }
 }
@@ -143,13 +146,31 @@ struct Head {
     keep_alive: bool,
 }
 
+/// Where a header's name and value are in a response head: the name parsed, the value as an
+/// offset and length into the head (it becomes a shared slice of the frozen head).
+type Span = (HeaderName, usize, usize);
+
 /// Parses one complete response head at the start of `buf`, if there is one. Interim 1xx
 /// answers are consumed and skipped.
 fn parse_head(buf: &mut BytesMut, head_request: bool) -> io::Result<Option<Head>> {
+    parse_head_with(buf, head_request, &mut Vec::new())
+}
+
+/// [`parse_head`] with the connection's scratch list of spans (emptied first; kept between
+/// responses so parsing a head allocates nothing for it).
+fn parse_head_with(
+    buf: &mut BytesMut,
+    head_request: bool,
+    spans: &mut Vec<Span>,
+) -> io::Result<Option<Head>> {
     loop {
-        let mut slots = [httparse::EMPTY_HEADER; MAX_HEADERS];
-        let mut r = httparse::Response::new(&mut slots);
-        let n = match r.parse(buf) {
+        // httparse fills the slots it uses: no 4 KiB of empty headers written per response.
+        let mut slots =
+            [const { std::mem::MaybeUninit::<httparse::Header<'_>>::uninit() }; MAX_HEADERS];
+        let mut r = httparse::Response::new(&mut []);
+        let parsed = httparse::ParserConfig::default()
+            .parse_response_with_uninit_headers(&mut r, buf, &mut slots);
+        let n = match parsed {
             Ok(httparse::Status::Complete(n)) => n,
             Ok(httparse::Status::Partial) => {
                 if buf.len() > MAX_HEAD {
@@ -186,7 +207,7 @@ fn parse_head(buf: &mut BytesMut, head_request: bool) -> io::Result<Option<Head>
         // Offsets of names and values inside the head, so the values can be shared slices of
         // the frozen head instead of copies.
         let base = buf.as_ptr() as usize;
-        let mut spans = Vec::with_capacity(r.headers.len());
+        spans.clear();
         for h in r.headers.iter() {
             let name = HeaderName::from_bytes(h.name.as_bytes())
                 .map_err(|_| invalid("invalid upstream header name"))?;
@@ -196,7 +217,7 @@ fn parse_head(buf: &mut BytesMut, head_request: bool) -> io::Result<Option<Head>
         let mut headers = HeaderMap::with_capacity(spans.len());
         let mut close = version == Version::HTTP_10;
         let frozen = buf.split_to(n).freeze();
-        for (name, off, len) in spans {
+        for (name, off, len) in spans.drain(..) {
             let value = HeaderValue::from_maybe_shared(frozen.slice(off..off + len))
                 .map_err(|_| invalid("invalid upstream header value"))?;
             if name == header::CONNECTION {
@@ -385,7 +406,7 @@ async fn exchange(
     let mut received = false;
     loop {
         if received {
-            match parse_head(&mut conn.buf, head_request) {
+            match parse_head_with(&mut conn.buf, head_request, &mut conn.spans) {
                 Ok(Some(h)) => return Ok(h),
                 Ok(None) => {}
                 Err(e) => {
