@@ -21,7 +21,12 @@
 //! Kept apart on purpose: `tests/proxy/proxy.rs::ScriptedBackend` writes hand-made response
 //! bytes (close-delimited bodies, 103 before 200, CL+TE, garbage, a keep-alive connection closed
 //! behind the proxy's back) that a real HTTP server such as `TestBackend` (hyper) cannot send;
-//! it only serves that file's direct-path framing tests.
+//! it only serves that file's direct-path framing tests. `tests/lifecycle/lifecycle.rs::Daemon`
+//! runs berthd the way systemd does (under `systemd-socket-activate`, with `NOTIFY_SOCKET`,
+//! `LISTEN_FDS` and a port-0 listener read back from the log) for the socket-activation and
+//! sd-notify tests; `BerthdProcess` runs it on fixed ports that survive restarts and upgrades.
+//! `tests/proxy/tcp.rs::InProc` is `proxy::start` with its own runtime, for the blocking TCP and
+//! frontend tests (as `BlockingBackend` is `TestBackend` with its own runtime).
 
 #![allow(dead_code, unused_imports)]
 
