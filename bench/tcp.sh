@@ -2,7 +2,7 @@
 # bench/tcp.sh: TCP (L4) mode side by side: berthd `mode: tcp` frontend vs HAProxy `mode tcp`
 # vs nginx `stream`, one run, same machine. Called by `bench/run.sh --only tcp`, or alone.
 #
-# Layout as in run.sh (2 cores): wrk (one thread) and the backend (nginx, one worker) pinned on
+# Layout as in run.sh (2 cores): wrk ($WRK_THREADS threads, 2 by default) and the backend (nginx, one worker) pinned on
 # LOAD_CPU, the proxy under test on PROXY_CPU, one worker/thread each, nothing logged per
 # connection. The proxies only move bytes (no HTTP parsing); wrk speaks HTTP to the backend
 # through them. Two loads:
@@ -20,6 +20,7 @@ REPO=$(dirname "$BENCH_DIR")
 DURATION=${DURATION:-10}
 WARMUP=${WARMUP:-2}
 ROUNDS=${ROUNDS:-3}
+WRK_THREADS=${WRK_THREADS:-2}   # 2, as in run.sh: with one thread wrk, not the proxy, was the limit (85-92 % proxy CPU)
 CONN_CONNS=${CONN_CONNS:-16}
 STREAM_CONNS=${STREAM_CONNS:-8}
 BIG_MIB=${BIG_MIB:-1}
@@ -206,7 +207,7 @@ run_wrk() { # run_wrk PROXY LOAD SECONDS [extra]
     local args=(-c"$CONN_CONNS" -H "Connection: close" "http://127.0.0.1:${PORT[$p]}/")
     [ "$load" = stream ] && args=(-c"$STREAM_CONNS" "http://127.0.0.1:${PORT[$p]}/big")
     timeout --kill-after=5 $((secs + 30)) taskset -c "$LOAD_CPU" \
-        wrk -t1 -d"${secs}s" --timeout 5s "$@" "${args[@]}"
+        wrk -t"$WRK_THREADS" -d"${secs}s" --timeout 5s "$@" "${args[@]}"
 }
 
 measure() { # measure PROXY LOAD ROUND: one JSON line into raw.jsonl
