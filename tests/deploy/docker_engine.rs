@@ -1015,8 +1015,6 @@ async fn start_serves_at_once_and_replaces_an_unhealthy_replica_behind() {
     assert!(now.contains(&good), "{now:?}");
 }
 
-/// Issue 19.5: stopped or vanished replicas are restored by the self-healing loop; an app
-/// stopped on purpose stays stopped.
 /// A Docker error while reconcile inspects a replica (dockerd restarting or overloaded, or
 /// berthd stopping mid-reconcile) says nothing about the replica: it keeps running and routed.
 /// Before, reconcile took any failed inspect for a broken replica and replaced it ("inspect
@@ -1063,6 +1061,8 @@ async fn reconcile_keeps_a_replica_docker_could_not_inspect() {
     assert_eq!(w.fake.running_of(&d2), 2);
 }
 
+/// Issue 19.5: stopped or vanished replicas are restored by the self-healing loop; an app
+/// stopped on purpose stays stopped.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn self_healing_restores_replicas_but_not_a_stopped_app() {
     let w = World::new().await;
