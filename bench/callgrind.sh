@@ -243,23 +243,31 @@ callgrind_cell() { # callgrind_cell PROXY SCENARIO REQS: Ir per request under va
     fi
     IRT[$tag]=$total
 }
-syscall_cell() { # syscall_cell PROXY SCENARIO REQS: syscalls per request, native (perf stat)
-    local p=$1 s=$2 reqs=$3 pid tag=$1-$2
+attached_run() { # attached_run PROXY SCENARIO REQS NAME SETTLE TOOL...: the proxy natively
+    # under REQS requests of the load, with TOOL (its pid appended) attached after warm-up;
+    # the load's output goes to $WORK/wrk-NAME-PROXY-SCENARIO.txt.
+    local p=$1 s=$2 reqs=$3 name=$4 settle=$5 pid tool_pid tag=$1-$2
+    shift 5
     # shellcheck disable=SC2046
-    $(proxy_cmd "$p") >"$WORK/native-$tag.log" 2>&1 &
+    $(proxy_cmd "$p") >"$WORK/$name-proxy-$tag.log" 2>&1 &
     pid=$!
     PIDS+=("$pid")
     wait_200 "$(url_of "$s")"
     warm "$s"
-    perf stat -x, -e raw_syscalls:sys_enter -p "$pid" -o "$WORK/perf-$tag.txt" &
-    local perf_pid=$!
-    # perf needs a moment to attach (longer on a busy machine): calls before that are lost.
-    sleep 1
-    load "$s" "$reqs" >"$WORK/wrk-native-$tag.txt"
-    kill -INT "$perf_pid" 2>/dev/null || true
-    wait "$perf_pid" 2>/dev/null || true
+    "$@" "$pid" 2>/dev/null &
+    tool_pid=$!
+    # The tool needs a moment to attach (longer on a busy machine): calls before that are lost.
+    sleep "$settle"
+    load "$s" "$reqs" >"$WORK/wrk-$name-$tag.txt"
+    kill -INT "$tool_pid" 2>/dev/null || true
+    wait "$tool_pid" 2>/dev/null || true
     kill -TERM "$pid" 2>/dev/null || true
     wait "$pid" 2>/dev/null || true
+}
+syscall_cell() { # syscall_cell PROXY SCENARIO REQS: syscalls per request, native (perf stat)
+    local p=$1 s=$2 reqs=$3 tag=$1-$2
+    attached_run "$p" "$s" "$reqs" native 1 \
+        perf stat -x, -e raw_syscalls:sys_enter -o "$WORK/perf-$tag.txt" -p
     local calls nn
     calls=$(awk -F, '/raw_syscalls:sys_enter/ {print $1}' "$WORK/perf-$tag.txt")
     nn=$(requests_of "$WORK/wrk-native-$tag.txt")
@@ -267,22 +275,10 @@ syscall_cell() { # syscall_cell PROXY SCENARIO REQS: syscalls per request, nativ
     echo "SYSCALLS_PER_REQ ${SYS[$tag]} proxy=$p scenario=$s requests=$nn syscalls=$calls"
 }
 strace_cell() { # strace_cell PROXY SCENARIO REQS: `strace -c -f` table, per 1,000 requests
-    local p=$1 s=$2 reqs=$3 pid tag=$1-$2
-    # shellcheck disable=SC2046
-    $(proxy_cmd "$p") >"$WORK/strace-proxy-$tag.log" 2>&1 &
-    pid=$!
-    PIDS+=("$pid")
-    wait_200 "$(url_of "$s")"
-    warm "$s"
+    local p=$1 s=$2 reqs=$3 tag=$1-$2
     # -f: every thread (tokio's blocking pool included); -c: counts only, summed at detach.
-    strace -c -f -U name,calls,errors -o "$WORK/strace-$tag.txt" -p "$pid" 2>/dev/null &
-    local strace_pid=$!
-    sleep 0.5
-    load "$s" "$reqs" >"$WORK/wrk-strace-$tag.txt"
-    kill -INT "$strace_pid" 2>/dev/null || true
-    wait "$strace_pid" 2>/dev/null || true
-    kill -TERM "$pid" 2>/dev/null || true
-    wait "$pid" 2>/dev/null || true
+    attached_run "$p" "$s" "$reqs" strace 0.5 \
+        strace -c -f -U name,calls,errors -o "$WORK/strace-$tag.txt" -p
     local nn
     nn=$(requests_of "$WORK/wrk-strace-$tag.txt")
     echo "STRACE proxy=$p scenario=$s requests=$nn (calls per 1,000 requests; strace slows the proxy, so epoll_wait batches differently than natively)"
