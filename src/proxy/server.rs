@@ -813,10 +813,11 @@ pub async fn serve_http(proxy: Arc<Proxy>, listener: TcpListener, stop: watch::R
 }
 
 /// The accept loop every listener runs (HTTP, HTTPS, and any other frontend): accepts until
-/// `stop` turns true, gives every connection `TCP_NODELAY` ([`NoDelay`]), runs `serve` for each connection in its own task
-/// (handing it a receiver that turns true when the listener drains), backs off briefly when
-/// accept fails (EMFILE and friends) instead of spinning. After `stop`: closes the listener,
-/// tells the connections to drain and waits for them, bounded by `drain` (+ `LINGER` + 1 s).
+/// `stop` turns true, gives every connection `TCP_NODELAY` ([`NoDelay`]), runs `serve` for
+/// each connection in its own task (handing it a receiver that turns true when the listener
+/// drains), backs off briefly when accept fails (EMFILE and friends) instead of spinning.
+/// After `stop`: closes the listener, tells the connections to drain and waits for them,
+/// bounded by `drain` (+ `LINGER` + 1 s).
 pub async fn accept_loop<F, Fut>(
     listener: TcpListener,
     stop: watch::Receiver<bool>,
