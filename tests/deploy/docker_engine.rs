@@ -413,19 +413,28 @@ fn by_ref(r: &str) -> ImageSource {
         creds: None,
     }
 }
+/// Deploys with `engine` and waits for the outcome, which must be `Succeeded`; the id.
+async fn deploy_ok(
+    engine: &Engine,
+    app: &str,
+    s: berth::model::deploy::AppSpec,
+    image: ImageSource,
+    by: &str,
+) -> String {
+    let id = engine.deploy(app, s, image, by).await.unwrap();
+    assert_eq!(
+        engine.wait(&id).await.unwrap().state,
+        DeployState::Succeeded
+    );
+    id
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn abort_mid_rolling_restores_old_replicas() {
     let w = World::new().await;
     let port = support::free_port();
     let engine = w.engine().await;
-    let d1 = engine
-        .deploy("web", spec("v1", 3, port), by_ref("v1"), "t")
-        .await
-        .unwrap();
-    assert_eq!(
-        engine.wait(&d1).await.unwrap().state,
-        DeployState::Succeeded
-    );
+    let d1 = deploy_ok(&engine, "web", spec("v1", 3, port), by_ref("v1"), "t").await;
     let v1_backends = w.backends("web");
     assert_eq!(v1_backends.len(), 3);
 
@@ -631,11 +640,7 @@ async fn images_of_older_deployments_are_pruned() {
         })
         .await;
     for img in ["v1", "v2"] {
-        let d = engine
-            .deploy("web", spec(img, 1, port), by_ref(img), "t")
-            .await
-            .unwrap();
-        assert_eq!(engine.wait(&d).await.unwrap().state, DeployState::Succeeded);
+        deploy_ok(&engine, "web", spec(img, 1, port), by_ref(img), "t").await;
     }
     assert!(w.fake.removed_images.lock().unwrap().is_empty(), "2 kept");
     // A failed deploy's image is not kept.
@@ -668,11 +673,7 @@ async fn failed_replace_restarts_the_old_version_and_min_ready_is_waited() {
     let mut s1 = spec("v1", 2, port);
     s1.strategy = berth::model::deploy::Strategy::Replace;
     s1.min_ready = Duration::from_millis(300);
-    let d1 = engine.deploy("web", s1, by_ref("v1"), "t").await.unwrap();
-    assert_eq!(
-        engine.wait(&d1).await.unwrap().state,
-        DeployState::Succeeded
-    );
+    let d1 = deploy_ok(&engine, "web", s1, by_ref("v1"), "t").await;
     let (events, _) = engine.subscribe(&d1).unwrap();
     let start = events.iter().find(|e| e.stage == Stage::Start).unwrap().at;
     let healthy = events
@@ -743,11 +744,7 @@ async fn stop_removes_everything_and_survives_a_restart() {
     );
     assert_eq!(w.fake.count(), 0);
     assert!(w.tables.load().route(&app_route_name("web")).is_none());
-    let d = engine
-        .deploy("web", spec("v2", 1, port), by_ref("v2"), "t")
-        .await
-        .unwrap();
-    assert_eq!(engine.wait(&d).await.unwrap().state, DeployState::Succeeded);
+    deploy_ok(&engine, "web", spec("v2", 1, port), by_ref("v2"), "t").await;
     assert_eq!(w.backends("web").len(), 1);
     let lines: Vec<String> = engine
         .logs("web", false, Some(10))
@@ -767,11 +764,7 @@ async fn a_replica_that_stops_leaves_the_route_and_returns_when_healthy() {
     let w = World::new().await;
     let port = support::free_port();
     let engine = w.engine().await;
-    let d = engine
-        .deploy("web", spec("v1", 2, port), by_ref("v1"), "t")
-        .await
-        .unwrap();
-    assert_eq!(engine.wait(&d).await.unwrap().state, DeployState::Succeeded);
+    let d = deploy_ok(&engine, "web", spec("v1", 2, port), by_ref("v1"), "t").await;
     assert_eq!(w.backends("web").len(), 2);
     // The route is checked continuously with the app's own health check.
     let check = w
@@ -834,14 +827,7 @@ async fn a_replica_that_stops_leaves_the_route_and_returns_when_healthy() {
         .iter()
         .all(|r| r.routed));
     // A deploy afterwards still replaces both.
-    let d2 = engine
-        .deploy("web", spec("v2", 2, port), by_ref("v2"), "t")
-        .await
-        .unwrap();
-    assert_eq!(
-        engine.wait(&d2).await.unwrap().state,
-        DeployState::Succeeded
-    );
+    deploy_ok(&engine, "web", spec("v2", 2, port), by_ref("v2"), "t").await;
     assert_eq!(w.backends("web").len(), 2);
     assert_eq!(w.fake.running_of(&d), 0);
 }
@@ -866,30 +852,12 @@ async fn store_behind_reality_adopts_and_never_removes() {
         .await
         .unwrap();
         engine.reconciled().await;
-        let d1 = engine
-            .deploy("web", spec("v1", 2, port), by_ref("v1"), "t")
-            .await
-            .unwrap();
-        assert_eq!(
-            engine.wait(&d1).await.unwrap().state,
-            DeployState::Succeeded
-        );
+        let d1 = deploy_ok(&engine, "web", spec("v1", 2, port), by_ref("v1"), "t").await;
         berth::store::backup(w._dir.path(), &old_db).unwrap();
-        d2 = engine
-            .deploy("web", spec("v2", 2, port), by_ref("v2"), "t")
-            .await
-            .unwrap();
-        assert_eq!(
-            engine.wait(&d2).await.unwrap().state,
-            DeployState::Succeeded
-        );
+        d2 = deploy_ok(&engine, "web", spec("v2", 2, port), by_ref("v2"), "t").await;
         let mut bspec = spec("v1", 1, port);
         bspec.domains = vec![serde_json::from_value(serde_json::json!("b.test")).unwrap()];
-        b1 = engine.deploy("b", bspec, by_ref("v1"), "t").await.unwrap();
-        assert_eq!(
-            engine.wait(&b1).await.unwrap().state,
-            DeployState::Succeeded
-        );
+        b1 = deploy_ok(&engine, "b", bspec, by_ref("v1"), "t").await;
         assert_eq!(w.fake.running_of(&d1), 0);
     } // dropped like kill -9
       // Its aborted tasks let go of the connection asynchronously: a process killed with -9
@@ -937,14 +905,7 @@ async fn store_behind_reality_adopts_and_never_removes() {
     assert!(engine.apps().await.unwrap().iter().any(|a| a.name == "b"));
 
     // A deploy makes the store current again: the adopted replicas are replaced.
-    let d3 = engine
-        .deploy("web", spec("v1", 2, port), by_ref("v1"), "t")
-        .await
-        .unwrap();
-    assert_eq!(
-        engine.wait(&d3).await.unwrap().state,
-        DeployState::Succeeded
-    );
+    let d3 = deploy_ok(&engine, "web", spec("v1", 2, port), by_ref("v1"), "t").await;
     assert_eq!(w.fake.running_of(&d2), 0);
     assert_eq!(w.fake.running_of(&d3), 2);
     assert!(engine.app("web").await.unwrap().adopted.is_none());
@@ -962,11 +923,7 @@ async fn start_serves_at_once_and_replaces_an_unhealthy_replica_behind() {
     let d1;
     {
         let engine = w.engine().await;
-        d1 = engine.deploy("web", s, by_ref("v1"), "t").await.unwrap();
-        assert_eq!(
-            engine.wait(&d1).await.unwrap().state,
-            DeployState::Succeeded
-        );
+        d1 = deploy_ok(&engine, "web", s, by_ref("v1"), "t").await;
     }
     let ids = w.fake.ids_of(&d1);
     let bad = ids[0].clone();
@@ -1026,14 +983,7 @@ async fn reconcile_keeps_a_replica_docker_could_not_inspect() {
     let d1;
     {
         let engine = w.engine().await;
-        d1 = engine
-            .deploy("web", spec("v1", 2, port), by_ref("v1"), "t")
-            .await
-            .unwrap();
-        assert_eq!(
-            engine.wait(&d1).await.unwrap().state,
-            DeployState::Succeeded
-        );
+        d1 = deploy_ok(&engine, "web", spec("v1", 2, port), by_ref("v1"), "t").await;
     }
     let ids = w.fake.ids_of(&d1);
     let addresses = |w: &World| -> Vec<String> {
@@ -1050,14 +1000,7 @@ async fn reconcile_keeps_a_replica_docker_could_not_inspect() {
     assert_eq!(addresses(&w), routed, "both still routed");
     // Docker answers again: the app takes deploys (reconcile released it).
     w.fake.inspect_fails.lock().unwrap().clear();
-    let d2 = engine
-        .deploy("web", spec("v2", 2, port), by_ref("v2"), "t")
-        .await
-        .unwrap();
-    assert_eq!(
-        engine.wait(&d2).await.unwrap().state,
-        DeployState::Succeeded
-    );
+    let d2 = deploy_ok(&engine, "web", spec("v2", 2, port), by_ref("v2"), "t").await;
     assert_eq!(w.fake.running_of(&d2), 2);
 }
 
@@ -1073,14 +1016,7 @@ async fn self_healing_restores_replicas_but_not_a_stopped_app() {
             ..EngineConfig::default()
         })
         .await;
-    let d1 = engine
-        .deploy("web", spec("v1", 2, port), by_ref("v1"), "t")
-        .await
-        .unwrap();
-    assert_eq!(
-        engine.wait(&d1).await.unwrap().state,
-        DeployState::Succeeded
-    );
+    let d1 = deploy_ok(&engine, "web", spec("v1", 2, port), by_ref("v1"), "t").await;
     let ids = w.fake.ids_of(&d1);
 
     // `docker kill` of one replica: started again and routed again.
