@@ -14,6 +14,10 @@
 #      valgrind: syscall counts only), STRACE=1 (also `strace -c -f` the same native load and
 #      print the per-syscall table, per 1,000 requests), TOP=0 (print the
 #      top N inclusive functions of each cell), KEEP=1 (keep the work dir with callgrind.out),
+#      COUNTS=1 (also run the same native load with perf stat on the proxy, on the backend's
+#      worker and on wrk, and nstat around it: page faults, context switches, CPU migrations,
+#      syscalls and CPU time per request of all three, TCP segments and ACKs per request on
+#      loopback; PIN=1 puts the proxy on CPU 1 and wrk + backend on CPU 0 as run.sh does),
 #      BASE_PORT=18580, OUT=path (JSON lines; default none).
 # Prints one "IR_PER_REQ" line per cell and a markdown table at the end.
 #
@@ -50,6 +54,15 @@ for tool in valgrind callgrind_control callgrind_annotate wrk nginx curl openssl
 done
 CALLGRIND=${CALLGRIND:-1}
 STRACE=${STRACE:-0}
+COUNTS=${COUNTS:-0}
+PIN=${PIN:-0}
+if [ "$COUNTS" = 1 ]; then
+    for tool in perf nstat; do
+        command -v "$tool" >/dev/null || { echo "callgrind.sh: COUNTS=1 needs $tool (apt-get install -y linux-perf iproute2)" >&2; exit 1; }
+    done
+fi
+# PIN=1: the proxy on CPU 1, wrk and the backend on CPU 0 (as bench/run.sh); else unpinned.
+if [ "$PIN" = 1 ]; then PROXY_PIN=(taskset -c 1); LOAD_PIN=(taskset -c 0); else PROXY_PIN=(); LOAD_PIN=(); fi
 if [ "$STRACE" = 1 ] && ! command -v strace >/dev/null; then
     echo "callgrind.sh: STRACE=1 needs strace (apt-get install -y strace)" >&2
     exit 1
@@ -108,8 +121,9 @@ http {
     }
 }
 EOF
-nginx -c "$WORK/backend/nginx.conf" -p "$WORK/backend" -e "$WORK/backend/error.log" >"$WORK/backend.log" 2>&1 &
-PIDS+=($!)
+${LOAD_PIN[@]+"${LOAD_PIN[@]}"} nginx -c "$WORK/backend/nginx.conf" -p "$WORK/backend" -e "$WORK/backend/error.log" >"$WORK/backend.log" 2>&1 &
+BACKEND_PID=$!
+PIDS+=("$BACKEND_PID")
 wait_200 "http://127.0.0.1:$BACKEND_PORT/"
 
 # The proxies, configured like bench/run.sh's (one worker/thread, Host routing, forwarded
@@ -165,9 +179,9 @@ EOF
 
 proxy_cmd() { # proxy_cmd PROXY: the command line of one proxy
     case "$1" in
-        berthd) echo "$BERTHD" --config "$WORK/berthd.yaml" ;;
-        berthd_b) echo "$BERTHD_B" --config "$WORK/berthd.yaml" ;;
-        haproxy) echo haproxy -db -f "$WORK/haproxy.cfg" ;;
+        berthd) echo "${PROXY_PIN[@]+"${PROXY_PIN[@]}"}" "$BERTHD" --config "$WORK/berthd.yaml" ;;
+        berthd_b) echo "${PROXY_PIN[@]+"${PROXY_PIN[@]}"}" "$BERTHD_B" --config "$WORK/berthd.yaml" ;;
+        haproxy) echo "${PROXY_PIN[@]+"${PROXY_PIN[@]}"}" haproxy -db -f "$WORK/haproxy.cfg" ;;
         *) echo "callgrind.sh: unknown proxy $1" >&2; exit 2 ;;
     esac
 }
@@ -187,14 +201,14 @@ load() {
     local scenario=$1 reqs=$2 extra=()
     case "$scenario" in *close) extra=(-H "Connection: close") ;; esac
     timeout --kill-after=5 600 env BENCH_REQS="$reqs" BENCH_CONNS="$CONNS" \
-        wrk -t1 -c"$CONNS" -d600s --timeout 30s -H 'Host: bench.test' "${extra[@]}" \
+        ${LOAD_PIN[@]+"${LOAD_PIN[@]}"} wrk -t1 -c"$CONNS" -d600s --timeout 30s -H 'Host: bench.test' "${extra[@]}" \
         -s "$BENCH_DIR/fixed_count.lua" "$(url_of "$scenario")"
 }
 # warm SCENARIO: unmeasured load for WARM seconds.
 warm() {
     local extra=()
     case "$1" in *close) extra=(-H "Connection: close") ;; esac
-    timeout --kill-after=5 60 wrk -t1 -c"$CONNS" -d"${WARM}s" -H 'Host: bench.test' "${extra[@]}" \
+    timeout --kill-after=5 60 ${LOAD_PIN[@]+"${LOAD_PIN[@]}"} wrk -t1 -c"$CONNS" -d"${WARM}s" -H 'Host: bench.test' "${extra[@]}" \
         "$(url_of "$1")" >/dev/null
 }
 requests_of() { awk '/^FIXED_COUNT/ {print $2}' "$1"; }
@@ -205,6 +219,7 @@ one_cell() { # one_cell PROXY SCENARIO
     [ "$CALLGRIND" = 1 ] && callgrind_cell "$p" "$s" "$reqs"
     [ "$SYSCALLS" = 1 ] && syscall_cell "$p" "$s" "$reqs"
     [ "$STRACE" = 1 ] && strace_cell "$p" "$s" "$reqs"
+    [ "$COUNTS" = 1 ] && counts_cell "$p" "$s" "$reqs"
     [ -z "$OUT" ] || printf '{"proxy":"%s","scenario":"%s","requests":%d,"ir":%d,"ir_per_req":%s,"syscalls_per_req":%s}\n' \
         "$p" "$s" "${REQN[$tag]:-0}" "${IRT[$tag]:-0}" "${IR[$tag]:-null}" "${SYS[$tag]:-null}" >>"$OUT"
 }
@@ -286,6 +301,60 @@ strace_cell() { # strace_cell PROXY SCENARIO REQS: `strace -c -f` table, per 1,0
         "$WORK/strace-$tag.txt"
 }
 
+cpu_ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; } # utime + stime of a process, in ticks
+declare -A COUNTROW=()
+counts_cell() { # counts_cell PROXY SCENARIO REQS: per-request counts of proxy, backend, wrk, TCP
+    local p=$1 s=$2 reqs=$3 pid tag=$1-$2 worker pp pb c0 c1 b0 b1 nn hz
+    worker=$(pgrep -P "$BACKEND_PID" | head -1)
+    # shellcheck disable=SC2046
+    $(proxy_cmd "$p") >"$WORK/counts-proxy-$tag.log" 2>&1 &
+    pid=$!
+    PIDS+=("$pid")
+    wait_200 "$(url_of "$s")"
+    warm "$s"
+    local events=page-faults,context-switches,cpu-migrations,raw_syscalls:sys_enter
+    perf stat -x, -e "$events" -o "$WORK/counts-p-$tag.txt" -p "$pid" 2>/dev/null &
+    pp=$!
+    perf stat -x, -e "$events" -o "$WORK/counts-b-$tag.txt" -p "$worker" 2>/dev/null &
+    pb=$!
+    sleep 1
+    export NSTAT_HISTORY=$WORK/nstat.history
+    nstat -n >/dev/null
+    c0=$(cpu_ticks "$pid")
+    b0=$(cpu_ticks "$worker")
+    # wrk under perf stat (it follows the child): its own faults, switches, syscalls, CPU.
+    local extra=()
+    case "$s" in *close) extra=(-H "Connection: close") ;; esac
+    perf stat -x, -e "$events,task-clock" -o "$WORK/counts-w-$tag.txt" -- timeout --kill-after=5 600 env BENCH_REQS="$reqs" BENCH_CONNS="$CONNS" \
+        ${LOAD_PIN[@]+"${LOAD_PIN[@]}"} wrk -t1 -c"$CONNS" -d600s --timeout 30s -H 'Host: bench.test' \
+        "${extra[@]}" -s "$BENCH_DIR/fixed_count.lua" "$(url_of "$s")" >"$WORK/wrk-counts-$tag.txt"
+    c1=$(cpu_ticks "$pid")
+    b1=$(cpu_ticks "$worker")
+    nstat -z >"$WORK/nstat-$tag.txt"
+    kill -INT "$pp" "$pb" 2>/dev/null || true
+    wait "$pp" "$pb" 2>/dev/null || true
+    kill -TERM "$pid" 2>/dev/null || true
+    wait "$pid" 2>/dev/null || true
+    nn=$(requests_of "$WORK/wrk-counts-$tag.txt")
+    hz=$(getconf CLK_TCK)
+    per() { # per FILE: "faults/ctxsw/migrations/syscalls" per request from a perf stat -x, file
+        awk -F, -v n="$nn" '$1 ~ /^[0-9.]+$/ {v[$3] = $1 / n}
+            END {printf "%.3f / %.3f / %.3f / %.2f", v["page-faults"], v["context-switches"], v["cpu-migrations"], v["raw_syscalls:sys_enter"]}' "$1"
+    }
+    local tcp wrk_us
+    tcp=$(awk -v n="$nn" '{v[$1] = $2} END {printf "%.2f / %.3f / %.3f / %.3f", v["TcpOutSegs"] / n, v["TcpExtTCPPureAcks"] / n, v["TcpExtDelayedACKs"] / n, v["TcpExtTCPAutoCorking"] / n}' "$WORK/nstat-$tag.txt")
+    wrk_us=$(awk -F, -v n="$nn" '$3 == "task-clock" {printf "%.1f", $1 * 1000 / n}' "$WORK/counts-w-$tag.txt")
+    local pu bu
+    pu=$(awk -v a="$c0" -v b="$c1" -v n="$nn" -v hz="$hz" 'BEGIN {printf "%.1f", (b - a) * 1e6 / hz / n}')
+    bu=$(awk -v a="$b0" -v b="$b1" -v n="$nn" -v hz="$hz" 'BEGIN {printf "%.1f", (b - a) * 1e6 / hz / n}')
+    echo "COUNTS proxy=$p scenario=$s requests=$nn"
+    printf '  %-8s cpu %5s us  faults/ctxsw/migr/syscalls %s\n' proxy "$pu" "$(per "$WORK/counts-p-$tag.txt")"
+    printf '  %-8s cpu %5s us  faults/ctxsw/migr/syscalls %s\n' backend "$bu" "$(per "$WORK/counts-b-$tag.txt")"
+    printf '  %-8s cpu %5s us  faults/ctxsw/migr/syscalls %s\n' wrk "${wrk_us:--}" "$(per "$WORK/counts-w-$tag.txt")"
+    echo "  tcp (all of loopback) out segments / pure ACKs / delayed ACKs / autocorked: $tcp"
+    COUNTROW[$tag]="$(per "$WORK/counts-p-$tag.txt") | $(per "$WORK/counts-b-$tag.txt") | $(per "$WORK/counts-w-$tag.txt") | $tcp | $pu / $bu / ${wrk_us:--}"
+}
+
 for s in $SCENARIOS; do
     for p in $PROXIES; do
         log "$p, $s"
@@ -308,3 +377,16 @@ for s in $SCENARIOS; do
     fi
     echo "$row"
 done
+if [ "$COUNTS" = 1 ]; then
+    echo
+    echo "Per request: page faults / context switches / CPU migrations / syscalls of the proxy, the backend's"
+    echo "worker and wrk; TCP out segments / pure ACKs / delayed ACKs / autocorked sends (all of loopback);"
+    echo "CPU us of proxy / backend / wrk (the only load-dependent column):"
+    echo "| scenario | proxy | proxy | backend | wrk | tcp | CPU us |"
+    echo "|---|---|---|---|---|---|---|"
+    for s in $SCENARIOS; do
+        for p in $PROXIES; do
+            echo "| $s | $p | ${COUNTROW[$p-$s]:--} |"
+        done
+    done
+fi
