@@ -221,14 +221,15 @@ impl Proxy {
         // Pause / maintenance of a deployed app (`gate.rs`): only gated routes leave this
         // branch; a held request may go on with a newer snapshot of its route.
         if chosen.route.spec.gate.is_some() {
-            match super::gate::admit(
+            // Boxed: a held request's state stays out of every request's future.
+            match Box::pin(super::gate::admit(
                 &self.tables,
                 chosen.route.clone(),
                 host,
                 req.uri().path(),
                 peer.ip(),
                 req.headers(),
-            )
+            ))
             .await
             {
                 Ok(r) => chosen.route = r,
@@ -491,13 +492,27 @@ impl Proxy {
                 .and_then(|f| f.upstream(self))
                 .unwrap_or(&self.pool);
             let host_pool = upstream.host(backend.authority.as_str());
-            let sent = send_timed(
-                upstream.send(&host_pool, up, out.exchange),
-                out.progress.as_deref(),
-                chosen.response_header_timeout,
-                client_body_timeout,
-            )
-            .await;
+            let sent = match out.progress.as_deref() {
+                // The common case (no body): just the response-header timer, the send future
+                // built in place inside it (an `async fn` taking it as an argument, or a
+                // local holding it, would keep it twice in this future).
+                None => tokio::time::timeout(
+                    chosen.response_header_timeout,
+                    upstream.send(&host_pool, up, out.exchange),
+                )
+                .await
+                .map_err(|_| TimedOut::Upstream),
+                // A request body: its own timers, boxed (rare; such requests allocate anyway).
+                Some(progress) => {
+                    Box::pin(send_timed(
+                        upstream.send(&host_pool, up, out.exchange),
+                        progress,
+                        chosen.response_header_timeout,
+                        client_body_timeout,
+                    ))
+                    .await
+                }
+            };
             let e = match sent {
                 Ok(Ok(r)) => {
                     if let Some(hc) = health_check {
@@ -717,22 +732,17 @@ enum TimedOut {
     Upstream,
 }
 
-/// Runs `send` under the request's timers. Without a body (`progress` is `None`) that is
-/// just the response-header timeout (no allocation, the keep-alive GET path). With one, the
-/// body's idle timer runs while it streams (`client_body` between two reads, blamed on
-/// whichever side the body waits for), and the response-header timer starts only once the
-/// body has been sent completely: a slow, steady upload is never cut.
+/// Runs `send` of a request with a body under its timers (without a body, `dispatch` runs it
+/// under the response-header timeout alone): the body's idle timer runs while it streams
+/// (`client_body` between two reads, blamed on whichever side the body waits for), and the
+/// response-header timer starts only once the body has been sent completely: a slow, steady
+/// upload is never cut.
 async fn send_timed<F: std::future::Future>(
     send: F,
-    progress: Option<&BodyProgress>,
+    progress: &BodyProgress,
     response_header: std::time::Duration,
     client_body: std::time::Duration,
 ) -> Result<F::Output, TimedOut> {
-    let Some(progress) = progress else {
-        return tokio::time::timeout(response_header, send)
-            .await
-            .map_err(|_| TimedOut::Upstream);
-    };
     tokio::pin!(send);
     loop {
         let (phase, since) = progress.phase();

@@ -77,6 +77,8 @@ pub async fn serve_https(
     config: Arc<ServerConfig>,
     stop: watch::Receiver<bool>,
 ) {
+    // The ClientHello's ACK rides on the server's first flight, a request's on its response.
+    super::server::delay_acks(&listener);
     let builder = Arc::new(connection_builder(&proxy));
     let drain = proxy.settings.timeouts.drain;
     // A handshake must finish within the client header timeout (slowloris on TLS).

@@ -339,9 +339,10 @@ pub async fn send(
     req: &Request<RequestBody>,
 ) -> Result<Response<DirectBody>, UpstreamError> {
     let head_request = req.method() == Method::HEAD;
+    // A new connection is boxed: its connect state stays out of every request's future.
     let (mut conn, mut reused) = match idle.pop() {
         Some(c) => (c, true),
-        None => (DirectConn::new(endpoint.open().await?), false),
+        None => (DirectConn::new(Box::pin(endpoint.open()).await?), false),
     };
     loop {
         match exchange(&mut conn, req, head_request, reused).await {
@@ -363,7 +364,7 @@ pub async fn send(
             }
             Err(e) if e.fresh_retry => {
                 tracing::debug!(upstream = %endpoint.authority(), error = %e.source, "pooled connection was dead; sending again on a new connection");
-                conn = DirectConn::new(endpoint.open().await?);
+                conn = DirectConn::new(Box::pin(endpoint.open()).await?);
                 reused = false;
             }
             Err(e) => {

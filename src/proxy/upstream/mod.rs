@@ -156,12 +156,15 @@ impl Pool {
             Exchange::Replayable => Ok(direct::send(&host.endpoint, &host.direct, &req)
                 .await?
                 .map(UpstreamBody::Direct)),
-            Exchange::Streaming | Exchange::Upgrade => Ok(client::send(
+            // Boxed: hyper's client path would otherwise size every request's future (it
+            // sits in hyper's per-connection slot and is copied into it per request); these
+            // requests carry a body or an upgrade and allocate anyway.
+            Exchange::Streaming | Exchange::Upgrade => Ok(Box::pin(client::send(
                 &host.endpoint,
                 &host.hyper,
                 req,
                 exchange == Exchange::Upgrade,
-            )
+            ))
             .await?
             .map(UpstreamBody::Hyper)),
         }
@@ -256,6 +259,36 @@ impl Body for UpstreamBody {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// `Pool::send`'s future is part of every request's future, which hyper keeps per
+    /// connection and moves into place per request: hyper's client path (bodies, upgrades)
+    /// is boxed, so the direct path's requests do not carry its size.
+    #[test]
+    fn send_future_does_not_hold_the_client_path() {
+        let settings = PoolSettings {
+            connect_timeout: Duration::from_secs(1),
+            idle_timeout: Duration::from_secs(60),
+            max_idle_per_host: 4,
+        };
+        let pool = Pool::new(settings.clone());
+        let host = HostPool::new("127.0.0.1:9", &settings);
+        let send = pool.send(
+            &host,
+            Request::new(RequestBody::empty()),
+            Exchange::Replayable,
+        );
+        let client = client::send(
+            &host.endpoint,
+            &host.hyper,
+            Request::new(RequestBody::empty()),
+            false,
+        );
+        let (send, client) = (std::mem::size_of_val(&send), std::mem::size_of_val(&client));
+        assert!(
+            send < client,
+            "Pool::send's future ({send} bytes) holds hyper's client path ({client} bytes)"
+        );
+    }
 
     #[test]
     fn one_rule_for_path_and_replay() {
