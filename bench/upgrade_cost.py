@@ -11,8 +11,9 @@ wait4() hands back each process's exact rusage when it exits. Per upgrade it rep
   the thread schedstats the moment `berthd upgrade` returns), its thread count then;
 * old process, upgrade -> exit: CPU the old process spent from the upgrade command to its exit
   (it keeps serving until the successor is ready, then drains);
-* total: CPU of all berthd processes over the whole run, per request, against a quiet run of
-  the same load (same request count basis): the extra CPU per upgrade.
+* total: CPU (and minor page faults) of all berthd processes over the whole run, per request,
+  against a quiet run of the same load: the extra CPU per upgrade. With --no-load (an idle
+  berthd) the total divided by the upgrades is the fixed cost per upgrade.
 
 Setup like bench/run.sh's torture: one nginx backend (CPU LOAD_CPU), berthd with the bench
 config (`proxy.workers: 1`, no access log) pinned on PROXY_CPU, wrk -t2 -c CONNS on LOAD_CPU.
@@ -71,6 +72,12 @@ def cpu_of(pid):
     return max(total, ticks)
 
 
+def minflt_of(pid):
+    """Minor page faults of a live process so far (all its threads)."""
+    with open(f"/proc/{pid}/stat") as f:
+        return int(f.read().rsplit(")", 1)[1].split()[7])
+
+
 def threads_of(pid):
     try:
         with open(f"/proc/{pid}/status") as f:
@@ -107,7 +114,7 @@ class Reaper:
                 return
             if pid == 0:
                 return
-            self.exited[pid] = (ru.ru_utime + ru.ru_stime, ru.ru_nvcsw + ru.ru_nivcsw, status)
+            self.exited[pid] = (ru.ru_utime + ru.ru_stime, ru.ru_minflt, status)
 
     def wait_for(self, pid, secs):
         deadline = time.time() + secs
@@ -192,6 +199,7 @@ log:
                         "-H", "Host: bench.test", f"http://127.0.0.1:{port}/"],
                        stdout=subprocess.DEVNULL, check=False, timeout=30)
         cpu_start = cpu_of(first.pid)
+        minflt_start = minflt_of(first.pid)
         load = ["sleep", str(args.secs)] if args.no_load else [
             "taskset", "-c", LOAD_CPU, "wrk", "-t2", f"-c{args.conns}", f"-d{args.secs}s", "--timeout", "5s",
             "-H", "Host: bench.test", f"http://127.0.0.1:{port}/"]
@@ -232,10 +240,13 @@ log:
         reaper.wait_for(cur, 40)
         reaper.poll()
         total = 0.0
+        minflt = 0
         for pid in berthd_pids:
             if pid in reaper.exited:
                 total += reaper.exited[pid][0]
+                minflt += reaper.exited[pid][1]
         total -= cpu_start
+        minflt -= minflt_start
         m = re.search(r"(\d+) requests in", out)
         reqs = int(m.group(1)) if m else 0
         errs = re.search(r"Socket errors: connect (\d+), read (\d+), write (\d+), timeout (\d+)", out)
@@ -251,6 +262,7 @@ log:
             "cpu_total_s": round(total, 3),
             "cpu_ms_per_upgrade": round(total / len([u for u in ups if u.get("ok")]) * 1e3, 1) if args.no_load and ups else None,
             "cpu_us_per_req": round(total / reqs * 1e6, 2) if reqs else None,
+            "minor_faults": minflt,
             "live_cpu_at_end_s": round(live_cpu, 3) if live_cpu else None,
         }
         if done:
@@ -260,6 +272,7 @@ log:
             olds = [u["old_cpu_after"] for u in done if u["old_cpu_after"] is not None]
             if olds:
                 res["old_cpu_upgrade_to_exit_ms"] = round(sum(olds) / len(olds) * 1e3, 1)
+            res["minor_faults_per_upgrade"] = round(minflt / n)
             res["upgrade_wall_ms_median"] = round(sorted(u["wall_s"] for u in done)[n // 2] * 1e3, 1)
         print(json.dumps(res))
         if args.keep:
