@@ -6,8 +6,11 @@
 //! requests: the reader hands hyper an end-of-stream only when the socket has nothing for it
 //! at that instant (bytes of a next request that already arrived are served instead), then
 //! the socket is half-closed and read until the client closes too, so a request sent in the
-//! same instant meets a clean close, never a reset. The proxy and the API use the same
-//! supervisor ([`supervise`]).
+//! same instant meets a clean close, never a reset. An HTTP/1 connection idle between
+//! requests for [`PARK_AFTER`] is parked through the same kind of hand-off: hyper's connection
+//! ends without closing the socket and is dropped with its buffers, and the next bytes build a
+//! new one (bytes hyper had read of a next head are handed over). The proxy and the API use
+//! the same supervisor ([`supervise`]).
 
 use std::convert::Infallible;
 use std::future::Future;
