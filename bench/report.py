@@ -285,6 +285,12 @@ def extras_report(cells, extra, conns_ka="?", markdown=False):
             "(wrk socket errors + status >= 400; goal 0)",
         ]
     tort = [e for e in extra if e.get("part") == "torture"]
+
+    def reloads_cell(e):
+        """Reloads done, of the number asked for when known, and in how long."""
+        asked = f" of {e['reloads_asked']}" if "reloads_asked" in e else ""
+        return f"{e['reloads']}{asked} in {e['reload_seconds']:.1f}s"
+
     if tort:
         doc["torture"] = []
         ka = [e for e in tort if "ka_reload" in e]
@@ -301,7 +307,7 @@ def extras_report(cells, extra, conns_ka="?", markdown=False):
                 k["rps_drop"] = drop
                 k["failures_per_10k"] = per10k
                 krows.append([e["proxy"].removesuffix("_t"), str(conns_ka),
-                              f"{k['reloads']} in {k['reload_seconds']:.1f}s", f"{q['rps']:.0f}",
+                              reloads_cell(k), f"{q['rps']:.0f}",
                               f"{r['rps']:.0f}", f"{100 * drop:.1f}%", str(r["failures"]),
                               f"{per10k:.2f}", f"{q['p99_ms']:.2f}", f"{r['p99_ms']:.2f}"])
             lines += small_table(khead, krows, markdown)
@@ -318,7 +324,7 @@ def extras_report(cells, extra, conns_ka="?", markdown=False):
             per10k = 1e4 * fails / req if req else 0.0
             row = dict(e, requests=req, failures=fails, failures_per_10k=per10k)
             doc["torture"].append(row)
-            rows.append([e["proxy"].removesuffix("_t"), f"{e['reloads']} in {e['reload_seconds']:.1f}s",
+            rows.append([e["proxy"].removesuffix("_t"), reloads_cell(e),
                          str(e["reload_failures"]), str(req), str(fails), f"{per10k:.2f}",
                          str(e["close"]["failures"]), str(e["keepalive"]["failures"]),
                          f"{e['close']['rps']:.0f}", f"{e['close']['p99_ms']:.2f}"])

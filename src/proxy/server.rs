@@ -6,10 +6,14 @@
 //! requests: the reader hands hyper an end-of-stream only when the socket has nothing for it
 //! at that instant (bytes of a next request that already arrived are served instead), then
 //! the socket is half-closed and read until the client closes too, so a request sent in the
-//! same instant meets a clean close, never a reset. The proxy and the API use the same
-//! supervisor ([`supervise`]).
+//! same instant meets a clean close, never a reset. An HTTP/1 connection idle between
+//! requests for [`PARK_AFTER`] is parked through the same kind of hand-off: hyper's connection
+//! ends without closing the socket and is dropped with its buffers, and the next bytes build a
+//! new one (bytes hyper had read of a next head are handed over). The proxy and the API use
+//! the same supervisor ([`supervise`]).
 
 use std::convert::Infallible;
+use std::future::Future;
 use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicU8, AtomicUsize, Ordering};
@@ -43,6 +47,11 @@ const PROTO_UNKNOWN: u8 = 0;
 const CLOSE_NONE: u8 = 0;
 const CLOSE_ASKED: u8 = 1;
 const CLOSE_COMMITTED: u8 = 2;
+/// Park states (same field, [`PARK_AFTER`]): asked (the next read that finds the socket empty,
+/// with no write blocked, hands hyper an end of stream); committed (handed out: hyper ends
+/// without shutting the socket down, and its connection is taken apart).
+const PARK_ASKED: u8 = 3;
+const PARK_COMMITTED: u8 = 4;
 /// How long a connection closed for idleness is read (and discarded) after our FIN, waiting
 /// for the client's, before it is dropped.
 const LINGER: Duration = Duration::from_secs(1);
@@ -72,8 +81,10 @@ pub struct ConnState {
     draining: AtomicBool,
     timed_out: AtomicBool,
     proto: AtomicU8,
-    /// Idle close in progress (`CLOSE_*`).
+    /// Idle close or park in progress (`CLOSE_*`, `PARK_*`).
     closing: AtomicU8,
+    /// How many times the connection was parked ([`PARK_AFTER`]).
+    parks: AtomicU32,
     read_waker: AtomicWaker,
     /// The client's IP as a header value, formatted once per connection (forwarded headers).
     pub peer_ip: Option<http::HeaderValue>,
@@ -93,6 +104,7 @@ impl ConnState {
             timed_out: AtomicBool::new(false),
             proto: AtomicU8::new(PROTO_UNKNOWN),
             closing: AtomicU8::new(CLOSE_NONE),
+            parks: AtomicU32::new(0),
             read_waker: AtomicWaker::new(),
         }
     }
@@ -136,6 +148,9 @@ struct TrackedIo<T> {
     ahead: Option<bytes::Bytes>,
     /// Our write side is shut down (idle close: now reading until the client's FIN).
     shut: bool,
+    /// The last write or flush found the socket full: hyper may hold unsent bytes, so the
+    /// connection is not parked.
+    write_blocked: bool,
 }
 
 /// How much the detection's first read asks for: a typical request head fits, so hyper's
@@ -163,7 +178,23 @@ impl<T: AsyncRead + AsyncWrite + Unpin> TrackedIo<T> {
             first: true,
             ahead: None,
             shut: false,
+            write_blocked: false,
         }
+    }
+
+    /// A parked connection's wait: one read into a stack buffer (so nothing is held while
+    /// waiting); what arrived goes to `ahead` for the next hyper connection. `false`: end of
+    /// stream (the client's, or the idle close's hand-off).
+    fn poll_unpark(&mut self, cx: &mut Context<'_>) -> Poll<std::io::Result<bool>> {
+        let mut store = [std::mem::MaybeUninit::<u8>::uninit(); SNIFF_READ];
+        let mut chunk = ReadBuf::uninit(&mut store);
+        std::task::ready!(Pin::new(&mut *self).poll_read(cx, &mut chunk))?;
+        let got = chunk.filled();
+        if got.is_empty() {
+            return Poll::Ready(Ok(false));
+        }
+        self.ahead = Some(bytes::Bytes::copy_from_slice(got));
+        Poll::Ready(Ok(true))
     }
 
     /// Reads from the detection's bytes first, then from the socket.
@@ -247,7 +278,7 @@ impl<T: AsyncRead + AsyncWrite + Unpin> AsyncRead for TrackedIo<T> {
         }
         let before = buf.filled().len();
         let closing = this.state.closing.load(Ordering::Acquire);
-        if closing == CLOSE_COMMITTED {
+        if closing == CLOSE_COMMITTED || closing == PARK_COMMITTED {
             return Poll::Ready(Ok(()));
         }
         let res = this.read_inner(cx, buf);
@@ -260,6 +291,23 @@ impl<T: AsyncRead + AsyncWrite + Unpin> AsyncRead for TrackedIo<T> {
                     return Poll::Ready(Ok(()));
                 }
                 // A next request arrived in time: it is served as usual.
+                _ => this.state.closing.store(CLOSE_NONE, Ordering::Release),
+            }
+        } else if closing == PARK_ASKED {
+            match &res {
+                // Nothing has arrived, nothing is in flight or waiting to be sent: hyper gets
+                // an end of stream and ends between requests, leaving the socket open
+                // (`poll_shutdown`); the supervisor takes its connection apart. Bytes sent
+                // from now on wait in the socket for the parked connection's read.
+                Poll::Pending
+                    if !this.write_blocked
+                        && this.state.inflight.load(Ordering::Relaxed) == 0
+                        && this.state.head_started.load(Ordering::Relaxed) == 0 =>
+                {
+                    this.state.closing.store(PARK_COMMITTED, Ordering::Release);
+                    return Poll::Ready(Ok(()));
+                }
+                // Bytes arrived, or hyper is not between requests: not now.
                 _ => this.state.closing.store(CLOSE_NONE, Ordering::Release),
             }
         }
@@ -295,23 +343,33 @@ impl<T: AsyncRead + AsyncWrite + Unpin> AsyncWrite for TrackedIo<T> {
         cx: &mut Context<'_>,
         buf: &[u8],
     ) -> Poll<std::io::Result<usize>> {
-        Pin::new(&mut self.inner).poll_write(cx, buf)
+        let res = Pin::new(&mut self.inner).poll_write(cx, buf);
+        self.write_blocked = res.is_pending();
+        res
     }
     fn poll_write_vectored(
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
         bufs: &[std::io::IoSlice<'_>],
     ) -> Poll<std::io::Result<usize>> {
-        Pin::new(&mut self.inner).poll_write_vectored(cx, bufs)
+        let res = Pin::new(&mut self.inner).poll_write_vectored(cx, bufs);
+        self.write_blocked = res.is_pending();
+        res
     }
     fn is_write_vectored(&self) -> bool {
         self.inner.is_write_vectored()
     }
     fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
-        Pin::new(&mut self.inner).poll_flush(cx)
+        let res = Pin::new(&mut self.inner).poll_flush(cx);
+        self.write_blocked = res.is_pending();
+        res
     }
     fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
         let this = &mut *self;
+        if this.state.closing.load(Ordering::Acquire) == PARK_COMMITTED {
+            // hyper ending for a park (everything flushed): the socket stays open.
+            return Pin::new(&mut this.inner).poll_flush(cx);
+        }
         if !this.shut {
             std::task::ready!(Pin::new(&mut this.inner).poll_shutdown(cx))?;
             this.shut = true;
@@ -414,30 +472,54 @@ pub fn connection_builder(proxy: &Proxy) -> ConnBuilder {
 
 type ConnIo<T> = TokioIo<TrackedIo<T>>;
 
+/// How long an HTTP/1 connection waits between requests (nothing in flight, no head arriving,
+/// the response flushed) before it is parked: hyper's connection is ended without closing the
+/// socket and dropped with everything it holds (its 8 KiB read and write buffers, the slot for
+/// the request future), and the connection waits for its next bytes holding no buffer
+/// ([`Stage::Parked`]). hyper 1.x keeps those buffers for the whole life of an idle keep-alive
+/// connection and cannot be told to let them go. Half a second: a client that sends a request
+/// more often than twice a second never parks (a hot keep-alive connection pays nothing: the
+/// supervisor looks at most twice a second), and a parked connection's next request pays only
+/// a new hyper connection (a few allocations), small beside the half second it waited.
+pub(crate) const PARK_AFTER: Duration = Duration::from_millis(500);
+
 /// One client connection's hyper side: first the protocol detection, then hyper's HTTP/1
-/// (with upgrades) or HTTP/2 connection.
+/// (with upgrades) or HTTP/2 connection; an idle HTTP/1 connection is parked between requests
+/// ([`PARK_AFTER`]).
 ///
 /// Why not hyper-util's `auto` connection: it reads 24 bytes to tell the versions apart and
 /// hands them back through a rewind wrapper, so hyper's HTTP/1 parser saw those 24 bytes alone,
 /// found the head incomplete and grew its 8 KiB read buffer to 16 KiB (a realloc and an 8 KiB
 /// copy per connection, and 16 KiB kept by every idle keep-alive connection); its state also
 /// reserves room for an HTTP/2 connection inside every HTTP/1 one. Here the detection reads
-/// once, up to `SNIFF_READ` bytes, and hyper's parser gets them all in its first read. The
-/// HTTP/1 connection lives inline (it is `Unpin`), the rare HTTP/2 one in a box.
-// The large variant is the one a connection spends its life in; boxing it would add an
-// allocation per connection and save nothing (the sniffing state lasts one read).
-#[allow(clippy::large_enum_variant)]
-enum Serving<'b, T, S>
+/// once, up to `SNIFF_READ` bytes, and hyper's parser gets them all in its first read.
+/// hyper's connection (either version) lives in a box, so a parked connection's task keeps
+/// only the socket, the service and the supervisor's state.
+struct Serving<'b, T, S>
+where
+    S: hyper::service::HttpService<Incoming>,
+{
+    builder: &'b ConnBuilder,
+    state: &'b ConnState,
+    stage: Stage<T, S>,
+}
+
+enum Stage<T, S>
 where
     S: hyper::service::HttpService<Incoming>,
 {
     Sniffing {
-        builder: &'b ConnBuilder,
         parts: Option<(TrackedIo<T>, S)>,
         prefix: Vec<u8>,
     },
-    Http1(http1::UpgradeableConnection<ConnIo<T>, S>),
+    Http1(Box<http1::UpgradeableConnection<ConnIo<T>, S>>),
     Http2(Pin<Box<http2::Connection<ConnIo<T>, S, TokioExecutor>>>),
+    /// HTTP/1 between requests with no hyper connection: the next bytes (read into a stack
+    /// buffer, then handed to a new hyper HTTP/1 connection, never re-sniffed) unpark it; an
+    /// end of stream (the client's, or the idle close's hand-off) closes it.
+    Parked(Option<(TrackedIo<T>, S)>),
+    /// Parked connection ending: our FIN, then (idle close) the linger for the client's.
+    Closing(TrackedIo<T>),
     Ended,
 }
 
@@ -450,27 +532,91 @@ where
     B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
     TokioExecutor: hyper::rt::bounds::Http2ServerConnExec<S::Future, B>,
 {
-    fn new(builder: &'b ConnBuilder, io: TrackedIo<T>, service: S) -> Self {
-        Serving::Sniffing {
+    fn new(builder: &'b ConnBuilder, state: &'b ConnState, io: TrackedIo<T>, service: S) -> Self {
+        Serving {
             builder,
-            parts: Some((io, service)),
-            prefix: Vec::new(),
+            state,
+            stage: Stage::Sniffing {
+                parts: Some((io, service)),
+                prefix: Vec::new(),
+            },
         }
     }
 
     /// HTTP/1: close after the response in progress, if any; HTTP/2: GOAWAY. A connection
     /// still being sniffed has sent no complete request: it just ends.
     fn graceful_shutdown(&mut self) {
-        match self {
-            Serving::Http1(c) => Pin::new(c).graceful_shutdown(),
-            Serving::Http2(c) => c.as_mut().graceful_shutdown(),
-            Serving::Sniffing { .. } => *self = Serving::Ended,
-            Serving::Ended => {}
+        match &mut self.stage {
+            Stage::Http1(c) => Pin::new(&mut **c).graceful_shutdown(),
+            Stage::Http2(c) => c.as_mut().graceful_shutdown(),
+            Stage::Sniffing { .. } => self.stage = Stage::Ended,
+            Stage::Parked(_) | Stage::Closing(_) | Stage::Ended => {}
         }
+    }
+
+    /// Whether hyper's HTTP/1 connection is serving (so it can be parked).
+    fn serving_http1(&self) -> bool {
+        matches!(self.stage, Stage::Http1(_))
+    }
+
+    fn http1(&self, io: TrackedIo<T>, service: S) -> Stage<T, S> {
+        Stage::Http1(Box::new(
+            self.builder
+                .h1
+                .serve_connection(TokioIo::new(io), service)
+                .with_upgrades(),
+        ))
+    }
+
+    /// hyper's HTTP/1 connection ended with `res`. If it ended because the reader handed it
+    /// the park's end of stream (`PARK_COMMITTED`), takes back the socket, the service and
+    /// the bytes hyper read but did not consume, and parks (or, with such bytes, serves them
+    /// at once with a new connection). Returns the connection's outcome otherwise.
+    fn http1_ended(&mut self, res: hyper::Result<()>) -> Option<hyper::Result<()>> {
+        if self.state.closing.load(Ordering::Acquire) != PARK_COMMITTED {
+            self.stage = Stage::Ended;
+            return Some(res);
+        }
+        self.state.closing.store(CLOSE_NONE, Ordering::Release);
+        let Stage::Http1(conn) = std::mem::replace(&mut self.stage, Stage::Ended) else {
+            return Some(res);
+        };
+        // `None`: upgraded (the end of stream was not ours to hand back).
+        let parts = conn.into_parts()?;
+        match res {
+            // The end of stream between requests: hyper flushed and "shut down" (a no-op for
+            // `PARK_COMMITTED`); its read buffer is empty.
+            Ok(()) => {}
+            // hyper held the first part of a next (pipelined) head and was reading the rest:
+            // it reports an incomplete message and writes nothing (hyper's server answers only
+            // parse errors, and the end of stream is not one). The bytes are in `read_buf`.
+            Err(e) if e.is_incomplete_message() && !parts.read_buf.is_empty() => {}
+            // The end of stream met hyper mid-message (cannot happen: a park is asked with no
+            // request in flight and committed only then): end as hyper would have.
+            Err(e) => return Some(Err(e)),
+        }
+        self.state.parks.fetch_add(1, Ordering::Relaxed);
+        let mut io = parts.io.into_inner();
+        if parts.read_buf.is_empty() {
+            self.stage = Stage::Parked(Some((io, parts.service)));
+        } else {
+            io.ahead = Some(parts.read_buf);
+            self.stage = self.http1(io, parts.service);
+        }
+        None
     }
 }
 
-impl<T, S, B> std::future::Future for Serving<'_, T, S>
+/// What [`Serving::poll_serve`] reports.
+enum Progress {
+    /// The connection ended (hyper's result, or the parked connection's close).
+    Ended(Result<(), Box<dyn std::error::Error + Send + Sync>>),
+    /// hyper's connection was just built (after the detection, or to unpark): the supervisor
+    /// looks at its timers again (the park's among them). Poll on.
+    Started,
+}
+
+impl<T, S, B> Serving<'_, T, S>
 where
     T: AsyncRead + AsyncWrite + Unpin + Send + 'static,
     S: hyper::service::HttpService<Incoming, ResBody = B> + Unpin,
@@ -479,52 +625,84 @@ where
     B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
     TokioExecutor: hyper::rt::bounds::Http2ServerConnExec<S::Future, B>,
 {
-    type Output = Result<(), Box<dyn std::error::Error + Send + Sync>>;
-
-    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
-        let this = &mut *self;
+    /// Drives the connection until it ends, or until hyper's connection was (re)built.
+    fn poll_serve(&mut self, cx: &mut Context<'_>) -> Poll<Progress> {
+        let ended = |res: Result<(), Box<dyn std::error::Error + Send + Sync>>| {
+            Poll::Ready(Progress::Ended(res))
+        };
         loop {
-            match this {
-                Serving::Sniffing {
-                    builder,
-                    parts,
-                    prefix,
-                } => {
-                    let builder: &ConnBuilder = builder;
+            match &mut self.stage {
+                Stage::Sniffing { parts, prefix } => {
                     let Some((io, _)) = parts.as_mut() else {
-                        *this = Serving::Ended;
+                        self.stage = Stage::Ended;
                         continue;
                     };
                     let sniffed = match std::task::ready!(io.poll_sniff(cx, prefix)) {
                         Ok(v) => v,
                         Err(e) => {
-                            *this = Serving::Ended;
-                            return Poll::Ready(Err(e.into()));
+                            self.stage = Stage::Ended;
+                            return ended(Err(e.into()));
                         }
                     };
                     let Some((io, service)) = parts.take() else {
                         continue;
                     };
-                    *this = match sniffed {
-                        Sniffed::Http1 => Serving::Http1(
-                            builder
-                                .h1
-                                .serve_connection(TokioIo::new(io), service)
-                                .with_upgrades(),
-                        ),
+                    self.stage = match sniffed {
+                        Sniffed::Http1 => self.http1(io, service),
                         Sniffed::Http2 => {
                             io.state.proto.store(PROTO_H2, Ordering::Relaxed);
-                            Serving::Http2(Box::pin(
-                                builder.h2.serve_connection(TokioIo::new(io), service),
+                            Stage::Http2(Box::pin(
+                                self.builder.h2.serve_connection(TokioIo::new(io), service),
                             ))
                         }
                     };
+                    return Poll::Ready(Progress::Started);
                 }
-                Serving::Http1(c) => return Pin::new(c).poll(cx).map_err(Into::into),
-                Serving::Http2(c) => return c.as_mut().poll(cx).map_err(Into::into),
-                Serving::Ended => return Poll::Ready(Ok(())),
+                Stage::Http1(c) => {
+                    let res = std::task::ready!(Pin::new(&mut **c).poll(cx));
+                    return match self.http1_ended(res) {
+                        Some(res) => ended(res.map_err(Into::into)),
+                        None => Poll::Ready(Progress::Started),
+                    };
+                }
+                Stage::Http2(c) => {
+                    return c.as_mut().poll(cx).map_err(Into::into).map(Progress::Ended)
+                }
+                Stage::Parked(parts) => {
+                    let Some((io, _)) = parts.as_mut() else {
+                        self.stage = Stage::Ended;
+                        continue;
+                    };
+                    let more = match std::task::ready!(io.poll_unpark(cx)) {
+                        Ok(more) => more,
+                        Err(e) => {
+                            self.stage = Stage::Ended;
+                            return ended(Err(e.into()));
+                        }
+                    };
+                    let Some((io, service)) = parts.take() else {
+                        continue;
+                    };
+                    if !more {
+                        self.stage = Stage::Closing(io);
+                        continue;
+                    }
+                    self.stage = self.http1(io, service);
+                    return Poll::Ready(Progress::Started);
+                }
+                Stage::Closing(io) => {
+                    let res = std::task::ready!(Pin::new(io).poll_shutdown(cx));
+                    self.stage = Stage::Ended;
+                    return ended(res.map_err(Into::into));
+                }
+                Stage::Ended => return ended(Ok(())),
             }
         }
+    }
+
+    /// Drives the connection until it ends.
+    async fn until_ended(&mut self) {
+        while let Progress::Started = std::future::poll_fn(|cx| self.poll_serve(cx)).await {}
     }
 }
 
@@ -623,7 +801,7 @@ pub async fn supervise<T, S, B>(
     let Accepted { peer, frontend } = accepted;
     let state = Arc::new(ConnState::new(peer, frontend));
     let service = make_service(state.clone());
-    let mut conn = Serving::new(builder, TrackedIo::new(io, state.clone()), service);
+    let mut conn = Serving::new(builder, &state, TrackedIo::new(io, state.clone()), service);
 
     let header_ms = limits.client_header.as_millis() as u64;
     let idle_ms = limits.idle.as_millis() as u64;
@@ -638,6 +816,9 @@ pub async fn supervise<T, S, B>(
     let mut shutdown_sent = false;
     // When an idle close was asked of the reader (0: not asked).
     let mut close_asked = 0u64;
+    let park_ms = PARK_AFTER.as_millis() as u64;
+    // When an HTTP/1 connection served by hyper is next looked at for parking.
+    let mut park_at = now_ms() + park_ms;
     if drain_started != 0 {
         state.draining.store(true, Ordering::Relaxed);
     }
@@ -670,6 +851,9 @@ pub async fn supervise<T, S, B>(
             if close_asked != 0 {
                 due = due.min(close_asked + linger_ms);
             }
+            if conn.serving_http1() {
+                due = due.min(park_at);
+            }
             due.max(now + 5)
         };
         let sleep = tokio::time::sleep(Duration::from_millis(due - now));
@@ -677,9 +861,16 @@ pub async fn supervise<T, S, B>(
         // read (and seen by the checks below) before the timer is acted on.
         tokio::select! {
             biased;
-            res = &mut conn => {
-                if let Err(e) = res {
-                    tracing::debug!(%peer, error = %e, "client connection ended with an error");
+            progress = std::future::poll_fn(|cx| conn.poll_serve(cx)) => {
+                match progress {
+                    Progress::Started => {
+                        park_at = now_ms() + park_ms;
+                        continue;
+                    }
+                    Progress::Ended(Err(e)) => {
+                        tracing::debug!(%peer, error = %e, "client connection ended with an error");
+                    }
+                    Progress::Ended(Ok(())) => {}
                 }
                 return;
             }
@@ -710,10 +901,30 @@ pub async fn supervise<T, S, B>(
                     // A next request arrived before the close: it is being served.
                     close_asked = 0;
                 }
-                if state.inflight.load(Ordering::Relaxed) != 0 {
+                if state.closing.load(Ordering::Acquire) == PARK_ASKED {
+                    // Not taken up by the reader (cannot happen: asking wakes it): withdrawn,
+                    // so it can never meet hyper mid-request.
+                    state.closing.store(CLOSE_NONE, Ordering::Release);
+                }
+                let busy = state.inflight.load(Ordering::Relaxed) != 0;
+                let hs = state.head_started.load(Ordering::Relaxed);
+                if conn.serving_http1() && now >= park_at {
+                    let last = state.last_active.load(Ordering::Relaxed);
+                    park_at = if busy || hs != 0 {
+                        now + park_ms
+                    } else if now >= last + park_ms {
+                        // Idle long enough: the reader hands hyper an end of stream if the
+                        // socket is still empty when hyper next reads (right after this).
+                        state.closing.store(PARK_ASKED, Ordering::Release);
+                        state.read_waker.wake();
+                        now + park_ms
+                    } else {
+                        last + park_ms
+                    };
+                }
+                if busy {
                     continue;
                 }
-                let hs = state.head_started.load(Ordering::Relaxed);
                 let h2 = state.proto.load(Ordering::Relaxed) == PROTO_H2;
                 if hs != 0 && !h2 {
                     if now >= hs + header_ms {
@@ -721,7 +932,7 @@ pub async fn supervise<T, S, B>(
                         state.timed_out.store(true, Ordering::Relaxed);
                         state.read_waker.wake();
                         // Let hyper observe EOF and finish; bounded in case it does not.
-                        let _ = tokio::time::timeout(Duration::from_secs(1), &mut conn).await;
+                        let _ = tokio::time::timeout(Duration::from_secs(1), conn.until_ended()).await;
                         return;
                     }
                     continue;
@@ -737,8 +948,14 @@ pub async fn supervise<T, S, B>(
                         tracing::debug!(%peer, "closing idle connection");
                         return;
                     }
+                    if state.closing.load(Ordering::Acquire) == PARK_COMMITTED {
+                        // hyper is ending for a park (a flush still pending): close once
+                        // parked.
+                        continue;
+                    }
                     // HTTP/1: never close under a request that may be arriving; the reader
-                    // ends the connection only if the socket is empty when it next looks.
+                    // ends the connection only if the socket is empty when it next looks
+                    // (hyper's reader, or a parked connection's).
                     tracing::debug!(%peer, "closing idle connection");
                     state.closing.store(CLOSE_ASKED, Ordering::Release);
                     state.read_waker.wake();
@@ -953,6 +1170,290 @@ mod tests {
         let (stream, _) = listener.accept().await.unwrap();
         nodelay.accepted(&stream);
         assert!(stream.nodelay().unwrap());
+    }
+
+    /// A supervised server on loopback for the park tests: every request is answered with its
+    /// path and how many times its connection had been parked before (`/a parks=1`), with
+    /// `Connection: close` while draining; an `Upgrade` request switches the connection to an
+    /// echo of what the client sends.
+    async fn park_server(limits: ConnLimits) -> (SocketAddr, watch::Sender<bool>) {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let (drain_tx, drain_rx) = watch::channel(false);
+        let builder = Arc::new(ConnBuilder::new());
+        tokio::spawn(async move {
+            while let Ok((stream, peer)) = listener.accept().await {
+                let (builder, drain) = (builder.clone(), drain_rx.clone());
+                tokio::spawn(async move {
+                    let accepted = Accepted {
+                        peer,
+                        frontend: None,
+                    };
+                    supervise(&builder, stream, accepted, limits, drain, |conn| {
+                        hyper::service::service_fn(move |req: http::Request<Incoming>| {
+                            conn.request_started();
+                            let conn = conn.clone();
+                            async move { Ok::<_, Infallible>(park_answer(req, &conn)) }
+                        })
+                    })
+                    .await;
+                });
+            }
+        });
+        (addr, drain_tx)
+    }
+
+    fn park_answer(
+        mut req: http::Request<Incoming>,
+        conn: &ConnState,
+    ) -> http::Response<http_body_util::Full<bytes::Bytes>> {
+        let parks = conn.parks.load(Ordering::Relaxed);
+        let text = format!("{} parks={parks}", req.uri().path());
+        let mut resp = http::Response::new(http_body_util::Full::new(bytes::Bytes::from(text)));
+        if req.headers().contains_key(http::header::UPGRADE) {
+            let on = hyper::upgrade::on(&mut req);
+            tokio::spawn(async move {
+                let Ok(up) = on.await else { return };
+                let mut up = TokioIo::new(up);
+                let mut buf = [0u8; 256];
+                while let Ok(n) = up.read(&mut buf).await {
+                    if n == 0 || up.write_all(&buf[..n]).await.is_err() {
+                        break;
+                    }
+                }
+            });
+            resp = http::Response::new(http_body_util::Full::new(bytes::Bytes::new()));
+            *resp.status_mut() = http::StatusCode::SWITCHING_PROTOCOLS;
+            let h = resp.headers_mut();
+            h.insert(http::header::CONNECTION, "upgrade".parse().unwrap());
+            h.insert(http::header::UPGRADE, "echo".parse().unwrap());
+        } else if conn.draining() {
+            let h = resp.headers_mut();
+            h.insert(http::header::CONNECTION, "close".parse().unwrap());
+        }
+        conn.request_done();
+        resp
+    }
+
+    fn park_limits() -> ConnLimits {
+        ConnLimits {
+            client_header: Duration::from_secs(5),
+            idle: Duration::from_secs(30),
+            drain: Duration::from_secs(1),
+        }
+    }
+
+    /// Reads one response (head, then a `content-length` body) from `s`, keeping what follows
+    /// it in `pending`; returns the head (lowercase) and the body. Bounded: 5 s.
+    async fn next_response(
+        s: &mut tokio::net::TcpStream,
+        pending: &mut Vec<u8>,
+    ) -> (String, String) {
+        let read = async {
+            loop {
+                if let Some(end) = pending.windows(4).position(|w| w == b"\r\n\r\n") {
+                    let head = String::from_utf8_lossy(&pending[..end]).to_lowercase();
+                    let len = head
+                        .lines()
+                        .find_map(|l| l.strip_prefix("content-length:"))
+                        .map_or(0, |v| v.trim().parse::<usize>().unwrap());
+                    if pending.len() >= end + 4 + len {
+                        let body = String::from_utf8_lossy(&pending[end + 4..end + 4 + len]);
+                        let body = body.into_owned();
+                        pending.drain(..end + 4 + len);
+                        return (head, body);
+                    }
+                }
+                let mut buf = [0u8; 4096];
+                let n = s.read(&mut buf).await.expect("read a response");
+                assert!(
+                    n > 0,
+                    "connection closed; got {:?}",
+                    String::from_utf8_lossy(pending)
+                );
+                pending.extend_from_slice(&buf[..n]);
+            }
+        };
+        tokio::time::timeout(Duration::from_secs(5), read)
+            .await
+            .expect("a response within 5 s")
+    }
+
+    fn get(path: &str) -> Vec<u8> {
+        format!("GET {path} HTTP/1.1\r\nhost: park.test\r\n\r\n").into_bytes()
+    }
+
+    /// Reads until the server closes; returns what came and how long it took. Bounded: 6 s.
+    async fn until_closed(s: &mut tokio::net::TcpStream) -> (String, Duration) {
+        let t0 = Instant::now();
+        let mut out = Vec::new();
+        tokio::time::timeout(Duration::from_secs(6), s.read_to_end(&mut out))
+            .await
+            .expect("closed within 6 s")
+            .expect("closed cleanly (FIN, not a reset)");
+        (String::from_utf8_lossy(&out).into_owned(), t0.elapsed())
+    }
+
+    /// An HTTP/1 connection idle for `PARK_AFTER` is parked (hyper's connection and its
+    /// buffers dropped) and serves its next requests as before, on the same socket.
+    #[tokio::test]
+    async fn idle_http1_connection_parks_and_serves_again() {
+        let (addr, _drain) = park_server(park_limits()).await;
+        let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+        let mut pending = Vec::new();
+        s.write_all(&get("/a")).await.unwrap();
+        assert_eq!(next_response(&mut s, &mut pending).await.1, "/a parks=0");
+        // Keep-alive requests sooner than `PARK_AFTER` apart: never parked.
+        for i in 0..3 {
+            tokio::time::sleep(PARK_AFTER / 4).await;
+            s.write_all(&get(&format!("/hot{i}"))).await.unwrap();
+            let body = next_response(&mut s, &mut pending).await.1;
+            assert_eq!(body, format!("/hot{i} parks=0"));
+        }
+        for round in 1..=2 {
+            tokio::time::sleep(PARK_AFTER * 2).await;
+            s.write_all(&get("/b")).await.unwrap();
+            let (head, body) = next_response(&mut s, &mut pending).await;
+            assert!(head.starts_with("http/1.1 200"), "{head}");
+            assert_eq!(body, format!("/b parks={round}"));
+        }
+    }
+
+    /// No byte is lost: the first part of a pipelined second head, read by hyper together
+    /// with the first request, is still there after the park, and the rest completes it.
+    #[tokio::test]
+    async fn pipelined_head_split_across_the_park() {
+        let (addr, _drain) = park_server(park_limits()).await;
+        let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+        let mut pending = Vec::new();
+        let mut first = get("/one");
+        first.extend_from_slice(b"GET /two HTTP/1.1\r\nho");
+        s.write_all(&first).await.unwrap();
+        assert_eq!(next_response(&mut s, &mut pending).await.1, "/one parks=0");
+        tokio::time::sleep(PARK_AFTER * 2).await;
+        s.write_all(b"st: park.test\r\n\r\n").await.unwrap();
+        // Parked while hyper held "GET /two HTTP/1.1\r\nho": the bytes went to the next
+        // connection.
+        assert_eq!(next_response(&mut s, &mut pending).await.1, "/two parks=1");
+        s.write_all(&get("/three")).await.unwrap();
+        assert_eq!(
+            next_response(&mut s, &mut pending).await.1,
+            "/three parks=1"
+        );
+        assert!(pending.is_empty());
+    }
+
+    /// Requests sent around the moment of the park (before, during, after) are all answered
+    /// on their connection, none reset or lost.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn requests_racing_the_park_are_answered() {
+        let (addr, _drain) = park_server(park_limits()).await;
+        let mut tasks = Vec::new();
+        for i in 0..40u64 {
+            tasks.push(tokio::spawn(async move {
+                let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+                let mut pending = Vec::new();
+                s.write_all(&get("/first")).await.unwrap();
+                assert_eq!(
+                    next_response(&mut s, &mut pending).await.1,
+                    "/first parks=0"
+                );
+                let wait = PARK_AFTER - Duration::from_millis(20) + Duration::from_millis(2 * i);
+                tokio::time::sleep(wait).await;
+                s.write_all(&get("/second")).await.unwrap();
+                let (head, body) = next_response(&mut s, &mut pending).await;
+                assert!(head.starts_with("http/1.1 200"), "{head}");
+                assert!(body.starts_with("/second parks="), "{body}");
+                body.ends_with('1')
+            }));
+        }
+        let mut parked = 0;
+        for t in tasks {
+            parked += usize::from(t.await.unwrap());
+        }
+        assert!(
+            parked >= 1,
+            "no connection was parked before its second request"
+        );
+    }
+
+    /// A connection upgraded (here to an echo) after a park works as on a fresh connection.
+    #[tokio::test]
+    async fn upgrade_after_a_park() {
+        let (addr, _drain) = park_server(park_limits()).await;
+        let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+        let mut pending = Vec::new();
+        s.write_all(&get("/a")).await.unwrap();
+        assert_eq!(next_response(&mut s, &mut pending).await.1, "/a parks=0");
+        tokio::time::sleep(PARK_AFTER * 2).await;
+        s.write_all(
+            b"GET /ws HTTP/1.1\r\nhost: park.test\r\nconnection: upgrade\r\nupgrade: echo\r\n\r\n",
+        )
+        .await
+        .unwrap();
+        let (head, _) = next_response(&mut s, &mut pending).await;
+        assert!(head.starts_with("http/1.1 101"), "{head}");
+        s.write_all(b"hello through the tunnel").await.unwrap();
+        let mut got = vec![0u8; 24];
+        tokio::time::timeout(Duration::from_secs(5), s.read_exact(&mut got))
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(got, b"hello through the tunnel");
+    }
+
+    /// A parked connection obeys the supervisor: the idle timeout closes it (our FIN), a head
+    /// that starts after the park gets the header timeout (408), and a drain answers its next
+    /// request with `Connection: close` and closes it when idle for the drain timeout.
+    #[tokio::test]
+    async fn parked_connection_keeps_idle_header_and_drain_rules() {
+        let limits = ConnLimits {
+            client_header: Duration::from_millis(800),
+            idle: Duration::from_millis(1500),
+            drain: Duration::from_secs(1),
+        };
+        let (addr, _drain) = park_server(limits).await;
+        // Idle timeout.
+        let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+        let mut pending = Vec::new();
+        s.write_all(&get("/a")).await.unwrap();
+        assert_eq!(next_response(&mut s, &mut pending).await.1, "/a parks=0");
+        let (rest, took) = until_closed(&mut s).await;
+        assert_eq!(rest, "");
+        assert!(took >= Duration::from_millis(1300), "closed after {took:?}");
+        // Header timeout once a head starts after the park.
+        let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+        s.write_all(&get("/a")).await.unwrap();
+        assert_eq!(next_response(&mut s, &mut pending).await.1, "/a parks=0");
+        tokio::time::sleep(PARK_AFTER * 2).await;
+        s.write_all(b"GET /slow HTTP/1.1\r\nho").await.unwrap();
+        let (rest, took) = until_closed(&mut s).await;
+        assert!(rest.starts_with("HTTP/1.1 408"), "{rest}");
+        assert!(took >= Duration::from_millis(700), "408 after {took:?}");
+        // Drain (idle timeout 30 s): the next request is answered with `Connection: close`; an
+        // idle connection closes after the drain timeout (1 s).
+        let (addr, drain) = park_server(park_limits()).await;
+        let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+        let mut idle = tokio::net::TcpStream::connect(addr).await.unwrap();
+        for c in [&mut s, &mut idle] {
+            c.write_all(&get("/a")).await.unwrap();
+            assert_eq!(next_response(c, &mut pending).await.1, "/a parks=0");
+        }
+        tokio::time::sleep(PARK_AFTER * 2).await;
+        drain.send(true).unwrap();
+        let drained = Instant::now();
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        s.write_all(&get("/b")).await.unwrap();
+        let (head, body) = next_response(&mut s, &mut pending).await;
+        assert!(head.contains("connection: close"), "{head}");
+        assert_eq!(body, "/b parks=1");
+        assert_eq!(until_closed(&mut s).await.0, "");
+        assert_eq!(until_closed(&mut idle).await.0, "");
+        let took = drained.elapsed();
+        assert!(
+            took >= Duration::from_millis(900),
+            "closed {took:?} after the drain"
+        );
     }
 
     /// The detection keeps exactly the bytes the client sent, in order, whatever hyper's read

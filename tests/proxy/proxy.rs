@@ -498,6 +498,63 @@ async fn websocket_echo_survives_table_swaps() {
     d.shutdown().await;
 }
 
+/// Keep-alive connections idle long enough to be parked (`PARK_AFTER`, 500 ms: hyper's
+/// connection dropped, the socket kept) through the whole proxy: a pipelined second request
+/// whose head is split across the park is answered, and a WebSocket upgrade on a parked
+/// connection works.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn parked_keep_alive_connections_pipelining_and_websocket() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let b = TestBackend::start("b1").await;
+    let d = start(config(&one_route(&b.addr.to_string()))).await;
+    let park = Duration::from_millis(1200);
+
+    let mut s = tokio::net::TcpStream::connect(d.http_addr).await.unwrap();
+    s.write_all(b"GET /one HTTP/1.1\r\nHost: app.test\r\n\r\nGET /two HTTP/1.1\r\nHo")
+        .await
+        .unwrap();
+    let mut got = Vec::new();
+    let responses = |got: &[u8]| String::from_utf8_lossy(got).matches("HTTP/1.1 200").count();
+    let read_until = async |s: &mut tokio::net::TcpStream, got: &mut Vec<u8>, n: usize| {
+        tokio::time::timeout(Duration::from_secs(5), async {
+            let mut buf = [0u8; 4096];
+            while responses(got) < n || !got.ends_with(b"\n") {
+                let k = s.read(&mut buf).await.unwrap();
+                assert!(k > 0, "closed: {}", String::from_utf8_lossy(got));
+                got.extend_from_slice(&buf[..k]);
+            }
+        })
+        .await
+        .expect("responses within 5 s");
+    };
+    read_until(&mut s, &mut got, 1).await;
+    tokio::time::sleep(park).await;
+    s.write_all(b"st: app.test\r\n\r\n").await.unwrap();
+    read_until(&mut s, &mut got, 2).await;
+    let text = String::from_utf8_lossy(&got);
+    assert!(text.contains("b1 /one\n"), "{text}");
+    assert!(text.contains("b1 /two\n"), "{text}");
+
+    // The same connection, parked again, upgrades to a WebSocket.
+    tokio::time::sleep(park).await;
+    let (mut ws, resp) = tokio_tungstenite::client_async("ws://app.test/ws", s)
+        .await
+        .expect("websocket handshake on a parked connection");
+    assert_eq!(resp.status(), StatusCode::SWITCHING_PROTOCOLS);
+    use tokio_tungstenite::tungstenite::Message;
+    ws.send(Message::text("after the park")).await.unwrap();
+    match tokio::time::timeout(Duration::from_secs(5), ws.next()).await {
+        Ok(Some(Ok(Message::Text(t)))) => assert_eq!(t.as_str(), "b1: after the park"),
+        other => panic!("no echo: {other:?}"),
+    }
+    assert_eq!(
+        b.requests(),
+        3,
+        "two plain requests and the upgrade, each once"
+    );
+    d.shutdown().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn slowloris_is_cut_and_others_are_unaffected() {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};

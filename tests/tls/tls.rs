@@ -515,6 +515,54 @@ async fn alpn_h2_and_tls12_are_served() {
     running.shutdown().await;
 }
 
+/// An HTTP/1.1 keep-alive connection over TLS is parked when idle (500 ms: hyper's
+/// connection dropped, the TLS session kept) and serves its next requests on the same
+/// session.
+#[tokio::test]
+async fn tls_keep_alive_connection_serves_after_idle_parks() {
+    use http_body_util::BodyExt;
+    let tmp = tempfile::tempdir().expect("tmp");
+    let dir = tmp.path();
+    let ca = TestCa::new("Berth Test CA");
+    let (cert, key) = ca.leaf(&["a.test"], false);
+    let mut cfg = config(dir, backend().await);
+    cfg.tls.certs = vec![CertFiles {
+        cert: write(dir, "a.crt", &cert),
+        key: write(dir, "a.key", &key),
+    }];
+    let running = daemon::start(cfg, None).await.expect("start");
+    let https = running.https_addr.expect("https");
+    let tcp = tokio::net::TcpStream::connect(https)
+        .await
+        .expect("connect");
+    let tls = tokio_rustls::TlsConnector::from(client_config(ca.roots()))
+        .connect("a.test".try_into().expect("name"), tcp)
+        .await
+        .expect("handshake");
+    let (mut send, conn) = hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(tls))
+        .await
+        .expect("h1 handshake");
+    let conn = tokio::spawn(conn);
+    for (i, pause) in [0u64, 1200, 50, 1200].into_iter().enumerate() {
+        tokio::time::sleep(Duration::from_millis(pause)).await;
+        let req = http::Request::builder()
+            .uri(format!("/r{i}"))
+            .header("host", "a.test")
+            .body(http_body_util::Empty::<bytes::Bytes>::new())
+            .expect("request");
+        let resp = tokio::time::timeout(Duration::from_secs(10), send.send_request(req))
+            .await
+            .expect("in time")
+            .expect("response on the same TLS connection");
+        assert_eq!(resp.status(), 200, "request {i}");
+        let body = resp.into_body().collect().await.expect("body").to_bytes();
+        assert_eq!(body, format!("backend /r{i}").as_bytes(), "request {i}");
+    }
+    drop(send);
+    let _ = conn.await;
+    running.shutdown().await;
+}
+
 /// ACME with a directory nobody serves: nothing listens on port 1, so account creation fails
 /// at once.
 fn unreachable_acme() -> berth::model::config::AcmeConfig {

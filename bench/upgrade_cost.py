@@ -1,0 +1,299 @@
+#!/usr/bin/env python3
+"""CPU cost of `berthd upgrade` under keep-alive load, in figures other jobs on the machine do
+not distort: CPU time (utime+stime) of every berthd process, taken from the kernel's own
+accounting, not wall-clock rates.
+
+This script makes itself a child subreaper (prctl PR_SET_CHILD_SUBREAPER), so every successor
+berthd starts (detached: its parent is a short-lived intermediate) is re-parented to it, and
+wait4() hands back each process's exact rusage when it exits. Per upgrade it reports:
+
+* successor start: CPU of the new process from exec to "ready" (read from /proc/PID/stat and
+  the thread schedstats the moment `berthd upgrade` returns), its thread count then;
+* old process, upgrade -> exit: CPU the old process spent from the upgrade command to its exit
+  (it keeps serving until the successor is ready, then drains);
+* total: CPU (and minor page faults) of all berthd processes over the whole run, per request,
+  against a quiet run of the same load: the extra CPU per upgrade. With --no-load (an idle
+  berthd) the total divided by the upgrades is the fixed cost per upgrade.
+
+Setup like bench/run.sh's torture: one nginx backend (CPU LOAD_CPU), berthd with the bench
+config (`proxy.workers: 1`, no access log) pinned on PROXY_CPU, wrk -t2 -c CONNS on LOAD_CPU.
+The upgrade client itself runs on LOAD_CPU so it does not land on the proxy's core. Bounded:
+UPGRADES upgrades at most, wrk with a fixed duration, every wait with a timeout.
+
+Usage: python3 bench/upgrade_cost.py BERTHD [--upgrades 20] [--interval 0.1] [--conns 64]
+       [--secs 12] [--deploy off|auto] [--quiet]   (env: LOAD_CPU=0 PROXY_CPU=1 PORT=18700)
+"""
+
+import argparse
+import ctypes
+import json
+import os
+import re
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+
+CLK_TCK = os.sysconf("SC_CLK_TCK")
+LOAD_CPU = os.environ.get("LOAD_CPU", "0")
+PROXY_CPU = os.environ.get("PROXY_CPU", "1")
+BASE = int(os.environ.get("PORT", "18700"))
+
+
+def subreaper():
+    libc = ctypes.CDLL(None, use_errno=True)
+    if libc.prctl(36, 1, 0, 0, 0) != 0:  # PR_SET_CHILD_SUBREAPER
+        raise SystemExit("prctl(PR_SET_CHILD_SUBREAPER) failed")
+
+
+def cpu_of(pid):
+    """utime+stime (s) of a live process, all threads, at ns precision where schedstat has it."""
+    total = 0.0
+    try:
+        tasks = os.listdir(f"/proc/{pid}/task")
+    except FileNotFoundError:
+        return None
+    for t in tasks:
+        try:
+            with open(f"/proc/{pid}/task/{t}/schedstat") as f:
+                total += int(f.read().split()[0]) / 1e9
+        except (FileNotFoundError, ProcessLookupError):
+            pass
+    # Threads that already exited are in the process's stat (cutime excluded: children).
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            fields = f.read().rsplit(")", 1)[1].split()
+        ticks = (int(fields[11]) + int(fields[12])) / CLK_TCK
+    except FileNotFoundError:
+        return None
+    return max(total, ticks)
+
+
+def minflt_of(pid):
+    """Minor page faults of a live process so far (all its threads)."""
+    with open(f"/proc/{pid}/stat") as f:
+        return int(f.read().rsplit(")", 1)[1].split()[7])
+
+
+def threads_of(pid):
+    try:
+        with open(f"/proc/{pid}/status") as f:
+            for line in f:
+                if line.startswith("Threads:"):
+                    return int(line.split()[1])
+    except FileNotFoundError:
+        pass
+    return None
+
+
+def wait_port(port, secs=10):
+    deadline = time.time() + secs
+    while time.time() < deadline:
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=0.2):
+                return
+        except OSError:
+            time.sleep(0.05)
+    raise SystemExit(f"nothing listens on {port}")
+
+
+class Reaper:
+    """Collects the rusage of every child (and adopted orphan) as it exits."""
+
+    def __init__(self):
+        self.exited = {}
+
+    def poll(self):
+        while True:
+            try:
+                pid, status, ru = os.wait4(-1, os.WNOHANG)
+            except ChildProcessError:
+                return
+            if pid == 0:
+                return
+            self.exited[pid] = (ru.ru_utime + ru.ru_stime, ru.ru_minflt, status)
+
+    def wait_for(self, pid, secs):
+        deadline = time.time() + secs
+        while pid not in self.exited and time.time() < deadline:
+            self.poll()
+            time.sleep(0.01)
+        return self.exited.get(pid)
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("berthd")
+    ap.add_argument("--upgrades", type=int, default=20)
+    ap.add_argument("--interval", type=float, default=0.1, help="at most one upgrade per this many s")
+    ap.add_argument("--conns", type=int, default=64)
+    ap.add_argument("--secs", type=int, default=12)
+    ap.add_argument("--deploy", default=None, help="deploy.enabled for berthd (default: the bench's)")
+    ap.add_argument("--quiet", action="store_true", help="no upgrades (the baseline)")
+    ap.add_argument("--no-load", action="store_true", help="upgrades of an idle berthd: fixed costs only")
+    ap.add_argument("--keep", action="store_true")
+    args = ap.parse_args()
+    subreaper()
+    reaper = Reaper()
+    work = tempfile.mkdtemp(prefix="upgrade-cost.")
+    backend_port, port, api_port = BASE, BASE + 1, BASE + 2
+    procs = []
+    berthd_pids = []
+    try:
+        os.makedirs(f"{work}/backend/tmp")
+        with open(f"{work}/backend/nginx.conf", "w") as f:
+            f.write(f"""worker_processes 1;
+daemon off;
+pid {work}/backend/nginx.pid;
+error_log {work}/backend/error.log warn;
+events {{ worker_connections 4096; }}
+http {{
+    access_log off;
+    client_body_temp_path {work}/backend/tmp/body;
+    proxy_temp_path {work}/backend/tmp/proxy;
+    fastcgi_temp_path {work}/backend/tmp/fastcgi;
+    uwsgi_temp_path {work}/backend/tmp/uwsgi;
+    scgi_temp_path {work}/backend/tmp/scgi;
+    keepalive_requests 10000000;
+    keepalive_timeout 120s;
+    server {{
+        listen 127.0.0.1:{backend_port};
+        default_type text/plain;
+        location / {{ return 200 "hello from the bench backend\\n"; }}
+    }}
+}}
+""")
+        procs.append(subprocess.Popen(["taskset", "-c", LOAD_CPU, "nginx", "-c", f"{work}/backend/nginx.conf",
+                                       "-p", f"{work}/backend", "-e", f"{work}/backend/error.log"]))
+        wait_port(backend_port)
+        os.makedirs(f"{work}/data", mode=0o700)
+        cfg = f"{work}/berthd.yaml"
+        deploy = f"deploy:\n  enabled: {args.deploy}\n" if args.deploy else ""
+        with open(cfg, "w") as f:
+            f.write(f"""http:
+  listen: "127.0.0.1:{port}"
+api:
+  listen: "127.0.0.1:{api_port}"
+data_dir: "{work}/data"
+proxy:
+  workers: 1
+log:
+  level: {os.environ.get("LOG_LEVEL", "warn")}
+  access_log: false
+{deploy}routes:
+  - domains: ["bench.test"]
+    backends:
+      - address: "127.0.0.1:{backend_port}"
+""")
+        log = open(f"{work}/berthd.log", "w")
+        first = subprocess.Popen(["taskset", "-c", PROXY_CPU, args.berthd, "--config", cfg],
+                                 stdout=log, stderr=subprocess.STDOUT)
+        berthd_pids.append(first.pid)
+        wait_port(port)
+        time.sleep(0.5)
+        # Warm-up so the pool and the caches are what they are under load.
+        subprocess.run(["taskset", "-c", LOAD_CPU, "wrk", "-t2", f"-c{args.conns}", "-d1s",
+                        "-H", "Host: bench.test", f"http://127.0.0.1:{port}/"],
+                       stdout=subprocess.DEVNULL, check=False, timeout=30)
+        cpu_start = cpu_of(first.pid)
+        minflt_start = minflt_of(first.pid)
+        load = ["sleep", str(args.secs)] if args.no_load else [
+            "taskset", "-c", LOAD_CPU, "wrk", "-t2", f"-c{args.conns}", f"-d{args.secs}s", "--timeout", "5s",
+            "-H", "Host: bench.test", f"http://127.0.0.1:{port}/"]
+        wrk = subprocess.Popen(["timeout", str(args.secs + 30)] + load, stdout=subprocess.PIPE, text=True)
+        time.sleep(1)
+        ups = []
+        cur = first.pid
+        t0 = time.time()
+        deadline = t0 + args.secs - 2
+        for i in range(0 if args.quiet else args.upgrades):
+            due = t0 + i * args.interval
+            if time.time() < due:
+                time.sleep(due - time.time())
+            if time.time() > deadline:
+                break
+            before = cpu_of(cur)
+            ts = time.time()
+            r = subprocess.run(["taskset", "-c", LOAD_CPU, args.berthd, "--config", cfg, "upgrade"],
+                               capture_output=True, text=True, timeout=30)
+            te = time.time()
+            m = re.search(r"new process (\d+) is serving", r.stdout + r.stderr)
+            if r.returncode != 0 or not m:
+                ups.append({"ok": False, "out": (r.stdout + r.stderr)[-300:]})
+                continue
+            new = int(m.group(1))
+            berthd_pids.append(new)
+            ups.append({"ok": True, "old": cur, "new": new, "old_before": before, "wall_s": te - ts,
+                        "new_cpu_at_ready": cpu_of(new), "new_threads": threads_of(new)})
+            cur = new
+            reaper.poll()
+        out, _ = wrk.communicate(timeout=args.secs + 40)
+        # Old processes exit once drained; the last one serves on.
+        for u in ups:
+            if u.get("ok"):
+                reaper.wait_for(u["old"], 40)
+        live_cpu = cpu_of(cur)
+        os.kill(cur, signal.SIGTERM)
+        reaper.wait_for(cur, 40)
+        reaper.poll()
+        total = 0.0
+        minflt = 0
+        for pid in berthd_pids:
+            if pid in reaper.exited:
+                total += reaper.exited[pid][0]
+                minflt += reaper.exited[pid][1]
+        total -= cpu_start
+        minflt -= minflt_start
+        m = re.search(r"(\d+) requests in", out)
+        reqs = int(m.group(1)) if m else 0
+        errs = re.search(r"Socket errors: connect (\d+), read (\d+), write (\d+), timeout (\d+)", out)
+        non2xx = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
+        failures = (sum(int(x) for x in errs.groups()) if errs else 0) + (int(non2xx.group(1)) if non2xx else 0)
+        done = [u for u in ups if u.get("ok")]
+        for u in done:
+            ex = reaper.exited.get(u["old"])
+            u["old_cpu_after"] = ex[0] - u["old_before"] if ex else None
+        res = {
+            "upgrades_ok": len(done), "upgrades_failed": len(ups) - len(done),
+            "requests": reqs, "failures": failures,
+            "cpu_total_s": round(total, 3),
+            "cpu_ms_per_upgrade": round(total / len([u for u in ups if u.get("ok")]) * 1e3, 1) if args.no_load and ups else None,
+            "cpu_us_per_req": round(total / reqs * 1e6, 2) if reqs else None,
+            "minor_faults": minflt,
+            "live_cpu_at_end_s": round(live_cpu, 3) if live_cpu else None,
+        }
+        if done:
+            n = len(done)
+            res["successor_cpu_to_ready_ms"] = round(sum(u["new_cpu_at_ready"] for u in done) / n * 1e3, 1)
+            res["successor_threads_at_ready"] = sorted({u["new_threads"] for u in done})
+            olds = [u["old_cpu_after"] for u in done if u["old_cpu_after"] is not None]
+            if olds:
+                res["old_cpu_upgrade_to_exit_ms"] = round(sum(olds) / len(olds) * 1e3, 1)
+            res["minor_faults_per_upgrade"] = round(minflt / n)
+            res["upgrade_wall_ms_median"] = round(sorted(u["wall_s"] for u in done)[n // 2] * 1e3, 1)
+        print(json.dumps(res))
+        if args.keep:
+            print(f"work dir kept: {work}", file=sys.stderr)
+    finally:
+        for pid in berthd_pids:
+            try:
+                os.kill(pid, signal.SIGTERM)
+            except ProcessLookupError:
+                pass
+        for p in procs:
+            p.terminate()
+        for p in procs:
+            try:
+                p.wait(timeout=5)
+            except subprocess.TimeoutExpired:
+                p.kill()
+        reaper.poll()
+        if not args.keep:
+            shutil.rmtree(work, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()
