@@ -444,11 +444,9 @@ async fn hsts_on_generated_https_answers() {
     running.shutdown().await;
 }
 
-#[tokio::test]
-async fn alpn_h2_and_tls12_are_served() {
-    use http_body_util::BodyExt;
-    let tmp = tempfile::tempdir().expect("tmp");
-    let dir = tmp.path();
+/// A daemon (files in `dir`) serving `a.test` over HTTPS with a leaf of a fresh test CA:
+/// the CA, the daemon and its HTTPS address.
+async fn serving_a_test(dir: &Path) -> (TestCa, daemon::Running, std::net::SocketAddr) {
     let ca = TestCa::new("Berth Test CA");
     let (cert, key) = ca.leaf(&["a.test"], false);
     let mut cfg = config(dir, backend().await);
@@ -458,6 +456,14 @@ async fn alpn_h2_and_tls12_are_served() {
     }];
     let running = daemon::start(cfg, None).await.expect("start");
     let https = running.https_addr.expect("https");
+    (ca, running, https)
+}
+
+#[tokio::test]
+async fn alpn_h2_and_tls12_are_served() {
+    use http_body_util::BodyExt;
+    let tmp = tempfile::tempdir().expect("tmp");
+    let (ca, running, https) = serving_a_test(tmp.path()).await;
 
     // HTTP/2 negotiated by ALPN.
     let provider = std::sync::Arc::new(rustls::crypto::ring::default_provider());
@@ -522,16 +528,7 @@ async fn alpn_h2_and_tls12_are_served() {
 async fn tls_keep_alive_connection_serves_after_idle_parks() {
     use http_body_util::BodyExt;
     let tmp = tempfile::tempdir().expect("tmp");
-    let dir = tmp.path();
-    let ca = TestCa::new("Berth Test CA");
-    let (cert, key) = ca.leaf(&["a.test"], false);
-    let mut cfg = config(dir, backend().await);
-    cfg.tls.certs = vec![CertFiles {
-        cert: write(dir, "a.crt", &cert),
-        key: write(dir, "a.key", &key),
-    }];
-    let running = daemon::start(cfg, None).await.expect("start");
-    let https = running.https_addr.expect("https");
+    let (ca, running, https) = serving_a_test(tmp.path()).await;
     let tcp = tokio::net::TcpStream::connect(https)
         .await
         .expect("connect");
