@@ -182,19 +182,27 @@ impl<T: AsyncRead + AsyncWrite + Unpin> TrackedIo<T> {
         }
     }
 
-    /// A parked connection's wait: one read into a stack buffer (so nothing is held while
-    /// waiting); what arrived goes to `ahead` for the next hyper connection. `false`: end of
-    /// stream (the client's, or the idle close's hand-off).
-    fn poll_unpark(&mut self, cx: &mut Context<'_>) -> Poll<std::io::Result<bool>> {
+    /// One read of up to `SNIFF_READ` bytes into a stack buffer (so nothing is held while
+    /// waiting), through this wrapper's own `poll_read` (the header timeout and idle close see
+    /// it); `None`: end of stream.
+    fn poll_chunk(&mut self, cx: &mut Context<'_>) -> Poll<std::io::Result<Option<bytes::Bytes>>> {
         let mut store = [std::mem::MaybeUninit::<u8>::uninit(); SNIFF_READ];
         let mut chunk = ReadBuf::uninit(&mut store);
         std::task::ready!(Pin::new(&mut *self).poll_read(cx, &mut chunk))?;
         let got = chunk.filled();
-        if got.is_empty() {
-            return Poll::Ready(Ok(false));
-        }
-        self.ahead = Some(bytes::Bytes::copy_from_slice(got));
-        Poll::Ready(Ok(true))
+        Poll::Ready(Ok(
+            (!got.is_empty()).then(|| bytes::Bytes::copy_from_slice(got))
+        ))
+    }
+
+    /// A parked connection's wait: one [`Self::poll_chunk`]; what arrived goes to `ahead` for
+    /// the next hyper connection. `false`: end of stream (the client's, or the idle close's
+    /// hand-off).
+    fn poll_unpark(&mut self, cx: &mut Context<'_>) -> Poll<std::io::Result<bool>> {
+        let got = std::task::ready!(self.poll_chunk(cx))?;
+        let more = got.is_some();
+        self.ahead = got;
+        Poll::Ready(Ok(more))
     }
 
     /// Reads from the detection's bytes first, then from the socket.
@@ -226,20 +234,16 @@ impl<T: AsyncRead + AsyncWrite + Unpin> TrackedIo<T> {
         prefix: &mut Vec<u8>,
     ) -> Poll<std::io::Result<Sniffed>> {
         loop {
-            let mut store = [std::mem::MaybeUninit::<u8>::uninit(); SNIFF_READ];
-            let mut chunk = ReadBuf::uninit(&mut store);
-            std::task::ready!(Pin::new(&mut *self).poll_read(cx, &mut chunk))?;
-            let got = chunk.filled();
-            if got.is_empty() {
+            let Some(got) = std::task::ready!(self.poll_chunk(cx))? else {
                 if !prefix.is_empty() {
                     self.ahead = Some(bytes::Bytes::from(std::mem::take(prefix)));
                 }
                 return Poll::Ready(Ok(Sniffed::Http1));
-            }
+            };
             let seen = if prefix.is_empty() {
-                bytes::Bytes::copy_from_slice(got)
+                got
             } else {
-                prefix.extend_from_slice(got);
+                prefix.extend_from_slice(&got);
                 bytes::Bytes::from(std::mem::take(prefix))
             };
             if seen.len() < H2_PREFACE.len() && H2_PREFACE.starts_with(&seen) {
