@@ -77,7 +77,8 @@ impl RoutePublisher for RegistryRoutes {
             .backends
             .iter()
             .find(|b| b.id == backend_id)
-            .map(|b| b.stats.inflight.load(std::sync::atomic::Ordering::Relaxed))
+            // After the caller's publish (which set `retired`), `SeqCst`: see `BackendStats::retired`.
+            .map(|b| b.stats.inflight.load(std::sync::atomic::Ordering::SeqCst))
     }
 
     fn healthy(&self, route: &str, backend_id: &str) -> Option<bool> {

@@ -540,9 +540,19 @@ pub(super) fn set_routing(
     inner.publish_app(&st, app).map_err(StepError::Publish)
 }
 
-/// Waits until backend `container_id` of the app's route has nothing in flight (seen twice,
-/// 10 ms apart, to cover a request that read the previous table just before the swap), or
-/// `timeout`. Returns what is still in flight.
+/// Drains backend `container_id` of the app's route within `timeout`: first in `drain` (no
+/// new requests, but those pinned to it by a sticky cookie still come) until nothing is in
+/// flight (seen twice, 10 ms apart) or half of `timeout` has passed; then in `maint` (nothing
+/// new at all: pinned clients are re-pinned) until nothing is in flight or `timeout` has
+/// passed. Returns what is still in flight; the caller takes the backend out of the route
+/// and stops its container next.
+///
+/// Why two phases: pinned clients keep a `drain` backend busy, so there "nothing in flight"
+/// is only a gap between two of their requests, and with a few of them never comes at all;
+/// a stop at the deadline then cut the requests in flight. In `maint`, a request that picked
+/// the backend from a snapshot older than that publish is either counted before the read
+/// below or sees the backend retired and picks again (`BackendStats::retired`), so zero
+/// there means none will come, and the second half of `timeout` is theirs to finish.
 pub(crate) async fn wait_drained(
     inner: &Inner,
     app: &str,
@@ -550,19 +560,31 @@ pub(crate) async fn wait_drained(
     timeout: Duration,
 ) -> u64 {
     let route = super::app_route_name(app);
-    let deadline = Instant::now() + timeout;
+    let start = Instant::now();
+    let (pinned_until, deadline) = (start + timeout / 2, start + timeout);
     let mut zeros = 0;
     loop {
         let n = inner.publisher.inflight(&route, container_id).unwrap_or(0);
         if n == 0 {
             zeros += 1;
             if zeros >= 2 {
-                return 0;
+                break;
             }
         } else {
             zeros = 0;
         }
-        if Instant::now() >= deadline {
+        if Instant::now() >= pinned_until {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    if let Err(e) = set_routing(inner, app, container_id, ServerState::Maint) {
+        // The backend stays in `drain`; its removal (the caller's next step) ends it too.
+        tracing::warn!(app, container = %short(container_id), error = %e, "putting a drained replica in maint failed");
+    }
+    loop {
+        let n = inner.publisher.inflight(&route, container_id).unwrap_or(0);
+        if n == 0 || Instant::now() >= deadline {
             return n;
         }
         tokio::time::sleep(Duration::from_millis(10)).await;

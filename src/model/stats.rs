@@ -1,7 +1,7 @@
 //! Per-backend counters and a latency histogram. Plain atomics, shared by every table snapshot
 //! that holds the backend, so a table swap never resets them and the request path never locks.
 
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
 /// Live counters for one backend of one route.
 #[derive(Debug, Default)]
@@ -26,6 +26,13 @@ pub struct BackendStats {
     pub tunnels: AtomicU64,
     /// Request durations (until the response body ended), for p50/p99.
     pub latency: super::histogram::LatencyHistogram,
+    /// Set once the current table no longer sends anything here (the backend is gone from
+    /// its route, or in `maint`). A request that picked this backend from an older snapshot
+    /// counts itself in `inflight` first and reads this flag second (both `SeqCst`); the
+    /// drain waits the other way round (flag published, then `inflight` read), so either
+    /// the request sees the flag and picks again from the current table, or the drain sees
+    /// the request: nothing starts on a backend after its drain saw zero.
+    pub retired: AtomicBool,
 }
 
 impl BackendStats {

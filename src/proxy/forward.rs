@@ -240,7 +240,7 @@ impl Proxy {
             Continue(o) => o,
             Break(answer) => return answer,
         };
-        let (resp, pick) = match self.dispatch(&chosen, &mut out, done).await {
+        let (resp, pick) = match self.dispatch(&mut chosen, &mut out, done).await {
             Continue(r) => r,
             Break(answer) => return answer,
         };
@@ -433,25 +433,26 @@ impl Proxy {
     /// backend failure, up to the route's `retries` times (default once). An error is the answer to send the client.
     async fn dispatch(
         &self,
-        chosen: &Chosen,
+        chosen: &mut Chosen,
         out: &mut Outgoing,
         done: &mut Completion,
     ) -> ControlFlow<Response<ResponseBody>, (Response<UpstreamBody>, Pick)> {
-        let route = &chosen.route;
         let ctx = PickContext {
             cookie: out.cookie.as_deref(),
             path: out.pq.path(),
             path_and_query: out.pq.as_str(),
             client: Some(out.client),
         };
-        let health_check = route.spec.health_check.as_ref();
         // The retry rule: a replayable request, a second backend to try, `retries` times.
-        let retryable = out.exchange == Exchange::Replayable && route.backends.len() > 1;
+        let retryable = out.exchange == Exchange::Replayable && chosen.route.backends.len() > 1;
         let client_body_timeout = self.settings.timeouts.client_body;
         let mut exclude = None;
         let mut attempt = 0u8;
+        let mut repicks = 0u8;
         let mut failed: Option<(StatusCode, &'static str)> = None;
         loop {
+            let route = &chosen.route;
+            let health_check = route.spec.health_check.as_ref();
             let pick = match route.pick_for(&ctx, exclude) {
                 Ok(p) => p,
                 Err(PickError::NoBackends) | Err(PickError::AllDown) => {
@@ -466,8 +467,24 @@ impl Proxy {
                 }
             };
             let backend = &route.backends[pick.index];
+            // Counted first, the flag read second (see `BackendStats::retired`): a snapshot
+            // older than the publish that took this backend out (or put it in maint) picks
+            // again from the current table, so a finished drain never gets a new request.
+            backend.stats.inflight.fetch_add(1, Ordering::SeqCst);
+            if backend.stats.retired.load(Ordering::SeqCst) {
+                backend.stats.inflight.fetch_sub(1, Ordering::Relaxed);
+                let current = self.tables.load().same(route).cloned();
+                // No counterpart (the route itself is gone) or the same snapshot (the flag
+                // ran ahead of it): this pick stands, as it did before the flag.
+                if let Some(r) = current.filter(|r| repicks < 4 && !Arc::ptr_eq(r, route)) {
+                    chosen.route = r;
+                    exclude = None;
+                    repicks += 1;
+                    continue;
+                }
+                backend.stats.inflight.fetch_add(1, Ordering::SeqCst);
+            }
             backend.stats.requests.fetch_add(1, Ordering::Relaxed);
-            backend.stats.inflight.fetch_add(1, Ordering::Relaxed);
             if let Some(prev) = done.backend.replace(backend.stats.clone()) {
                 prev.inflight.fetch_sub(1, Ordering::Relaxed);
             }

@@ -92,6 +92,8 @@ pub struct Tables {
     /// Poked from the request path when a passive failure changed a backend's health; the
     /// health task answers with a `refresh()`.
     passive: Notify,
+    /// Serialises [`Self::settle`]: each run marks from the table current when it holds it.
+    marking: std::sync::Mutex<()>,
 }
 
 impl Tables {
@@ -100,6 +102,7 @@ impl Tables {
             current: ArcSwap::from_pointee(table),
             generation: watch::Sender::new(0),
             passive: Notify::new(),
+            marking: std::sync::Mutex::new(()),
         }
     }
 
@@ -114,7 +117,18 @@ impl Tables {
 
     /// Swaps in the routes of `table` atomically (the current pools stay).
     pub fn publish(&self, table: RouteTable) {
-        self.current.rcu(|cur| Arc::new(table.with_routes_of(cur)));
+        let previous = self.current.rcu(|cur| Arc::new(table.with_routes_of(cur)));
+        self.settle(&previous);
+    }
+
+    /// After a swap away from `previous`: the backends' `retired` flags from the table now
+    /// current (before the publisher returns, so a drain that waits next sees them), then
+    /// the generation watchers.
+    fn settle(&self, previous: &RouteTable) {
+        {
+            let _one = self.marking.lock().unwrap_or_else(|e| e.into_inner());
+            self.current.load().mark_retired(previous);
+        }
         self.generation.send_modify(|g| *g += 1);
     }
 
@@ -122,7 +136,7 @@ impl Tables {
     /// health over; the routes stay. Changes nothing on an error.
     pub fn publish_pools(&self, pools: &[PoolSpec]) -> Result<(), RouteError> {
         let mut failed = None;
-        self.current.rcu(|cur| match cur.with_pools(pools) {
+        let previous = self.current.rcu(|cur| match cur.with_pools(pools) {
             Ok(t) => {
                 failed = None;
                 Arc::new(t)
@@ -135,7 +149,7 @@ impl Tables {
         if let Some(e) = failed {
             return Err(e);
         }
-        self.generation.send_modify(|g| *g += 1);
+        self.settle(&previous);
         Ok(())
     }
 
@@ -143,14 +157,14 @@ impl Tables {
     /// visible to watchers) and swaps it in with compare-and-swap: if another writer
     /// published meanwhile, the rebuild is redone on top of theirs, never over it.
     pub fn refresh(&self) {
-        self.current.rcu(|cur| match cur.rebuild() {
+        let previous = self.current.rcu(|cur| match cur.rebuild() {
             Ok(t) => Arc::new(t),
             Err(e) => {
                 tracing::error!(error = %e, "rebuilding the current route table failed");
                 cur.clone()
             }
         });
-        self.generation.send_modify(|g| *g += 1);
+        self.settle(&previous);
     }
 
     /// Notified after every publish.

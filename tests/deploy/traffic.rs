@@ -150,6 +150,23 @@ async fn sticky_cookie_app_across_a_rolling_deploy() {
         .unwrap()
         .unwrap();
     assert_eq!(r2.state, DeployState::Succeeded, "{:?}", r2.reason);
+    // Pinned clients kept each old replica busy while it drained; every drain still ended
+    // with nothing in flight before its container stopped (it once hit its timeout with
+    // pinned requests in flight, and the stop cut them: 200 with an empty body).
+    let drains: Vec<String> = engine
+        .stored_events(&d2)
+        .expect("events")
+        .into_iter()
+        .filter(|e| e.stage.as_str() == "drained")
+        .map(|e| e.message)
+        .collect();
+    assert_eq!(drains.len(), 3, "{drains:?}");
+    assert!(
+        drains
+            .iter()
+            .all(|m| m.ends_with("has no requests in flight")),
+        "{drains:?}"
+    );
     // Let every client run on the new replicas for a while.
     tokio::time::sleep(Duration::from_secs(2)).await;
     stop.store(true, Ordering::Relaxed);

@@ -502,6 +502,27 @@ impl RouteTable {
         self.routes.iter().chain(&self.pools)
     }
 
+    /// Sets every backend's `retired` flag (see `BackendStats::retired`) from this table,
+    /// the one now served: set for a backend of `previous` that this table no longer holds
+    /// (its counters are not carried over) and for one in `maint`, cleared otherwise. Called
+    /// after each swap, with the table current at that moment, so the flags end as the
+    /// newest table says whatever order concurrent swaps finish in.
+    pub fn mark_retired(&self, previous: &RouteTable) {
+        use std::sync::atomic::Ordering::SeqCst;
+        let held: std::collections::HashSet<*const crate::model::stats::BackendStats> = self
+            .all()
+            .flat_map(|r| r.backends.iter().map(|b| Arc::as_ptr(&b.stats)))
+            .collect();
+        for b in previous.all().flat_map(|r| r.backends.iter()) {
+            if !held.contains(&Arc::as_ptr(&b.stats)) {
+                b.stats.retired.store(true, SeqCst);
+            }
+        }
+        for b in self.all().flat_map(|r| r.backends.iter()) {
+            b.stats.retired.store(b.state == ServerState::Maint, SeqCst);
+        }
+    }
+
     /// Whether any route has a backend in slow start.
     pub fn ramping(&self) -> bool {
         self.all().any(|r| r.ramping)

@@ -580,3 +580,61 @@ fn retries_and_check_method_round_trip() {
     )
     .is_err());
 }
+
+#[test]
+fn retired_flags_follow_the_newest_table() {
+    use std::sync::atomic::Ordering::SeqCst;
+    let base = r#"[{"name":"w","domains":["a.com"],"backends":[
+        {"id":"a","address":"127.0.0.1:1"},{"id":"b","address":"127.0.0.1:2","state":"STATE"},
+        {"id":"c","address":"127.0.0.1:3"}]}]"#;
+    let retired = |t: &RouteTable| -> Vec<bool> {
+        t.route("w")
+            .unwrap()
+            .backends
+            .iter()
+            .map(|b| b.stats.retired.load(SeqCst))
+            .collect()
+    };
+    let t0 = RouteTable::build(&spec(&base.replace("STATE", "ready")), None).unwrap();
+    assert_eq!(retired(&t0), [false, false, false]);
+    // Drain still takes pinned requests: not retired. Maint takes none: retired, on the
+    // counters an older snapshot (t0) shares.
+    let t1 = RouteTable::build(&spec(&base.replace("STATE", "drain")), Some(&t0)).unwrap();
+    t1.mark_retired(&t0);
+    assert_eq!(retired(&t0), [false, false, false]);
+    let t2 = RouteTable::build(&spec(&base.replace("STATE", "maint")), Some(&t1)).unwrap();
+    t2.mark_retired(&t1);
+    assert_eq!(retired(&t0), [false, true, false]);
+    // Back to ready: cleared.
+    let t3 = RouteTable::build(&spec(&base.replace("STATE", "ready")), Some(&t2)).unwrap();
+    t3.mark_retired(&t2);
+    assert_eq!(retired(&t0), [false, false, false]);
+    // Removed from the route: retired; a backend of that id added again is a new one.
+    let without_b = spec(
+        r#"[{"name":"w","domains":["a.com"],"backends":[
+        {"id":"a","address":"127.0.0.1:1"},{"id":"c","address":"127.0.0.1:3"}]}]"#,
+    );
+    let t4 = RouteTable::build(&without_b, Some(&t3)).unwrap();
+    t4.mark_retired(&t3);
+    assert_eq!(retired(&t0), [false, true, false]);
+    let t5 = RouteTable::build(&spec(&base.replace("STATE", "ready")), Some(&t4)).unwrap();
+    t5.mark_retired(&t4);
+    assert_eq!(retired(&t5), [false, false, false]);
+    assert_eq!(
+        retired(&t0),
+        [false, true, false],
+        "the old counters stay retired"
+    );
+    // The whole route gone: every backend retired.
+    let other =
+        RouteTable::build(&spec(r#"[{"name":"o","domains":["o.com"]}]"#), Some(&t5)).unwrap();
+    other.mark_retired(&t5);
+    assert_eq!(retired(&t5), [true, true, true]);
+    // Marked from an older `previous` after a newer swap (two writers): the newest table
+    // decides, so nothing it holds is left retired.
+    let t6 = RouteTable::build(&spec(&base.replace("STATE", "ready")), None).unwrap();
+    let t7 = RouteTable::build(&spec(&base.replace("STATE", "ready")), Some(&t6)).unwrap();
+    t7.mark_retired(&t6);
+    t7.mark_retired(&t0);
+    assert_eq!(retired(&t7), [false, false, false]);
+}
