@@ -81,7 +81,11 @@ pub(crate) struct ReplicaRec {
     pub host: String,
     pub port: u16,
     pub deployment: String,
+    /// `drain` or `maint` (an older successor, which reads only this, keeps it draining).
     pub drain: bool,
+    /// `maint`: a drain's second phase (`run::wait_drained`), nothing routed to it.
+    #[serde(default)]
+    pub maint: bool,
 }
 
 impl ReplicaRec {
@@ -92,7 +96,8 @@ impl ReplicaRec {
             host: r.address.host().to_string(),
             port: r.address.port(),
             deployment: r.deployment.clone(),
-            drain: r.state == ServerState::Drain,
+            drain: r.state != ServerState::Ready,
+            maint: r.state == ServerState::Maint,
         }
     }
 
@@ -102,10 +107,10 @@ impl ReplicaRec {
             name: self.name.clone(),
             address: BackendAddr::new(self.host.clone(), self.port),
             deployment: self.deployment.clone(),
-            state: if self.drain {
-                ServerState::Drain
-            } else {
-                ServerState::Ready
+            state: match (self.maint, self.drain) {
+                (true, _) => ServerState::Maint,
+                (false, true) => ServerState::Drain,
+                (false, false) => ServerState::Ready,
             },
         }
     }
@@ -538,10 +543,21 @@ mod tests {
             port: 8080,
             deployment: "d0".into(),
             drain: true,
+            maint: false,
         }];
         let data = serde_json::to_string(&cp).unwrap();
         assert_eq!(Checkpoint::parse(&data).unwrap(), cp);
         assert_eq!(cp.routed[0].replica().state, ServerState::Drain);
+        // Every state survives the hand-over (a drain's second phase is `maint`), and a
+        // checkpoint written before `maint` existed still reads.
+        for state in [ServerState::Ready, ServerState::Drain, ServerState::Maint] {
+            let mut r = cp.routed[0].replica();
+            r.state = state;
+            assert_eq!(ReplicaRec::of(&r).replica().state, state);
+        }
+        let old = data.replace(",\"maint\":false", "");
+        assert!(!old.contains("maint"), "{old}");
+        assert_eq!(Checkpoint::parse(&old).unwrap(), cp);
         cp.version = 99;
         let err = Checkpoint::parse(&serde_json::to_string(&cp).unwrap())
             .unwrap_err()

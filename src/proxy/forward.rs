@@ -474,8 +474,8 @@ impl Proxy {
             if backend.stats.retired.load(Ordering::SeqCst) {
                 backend.stats.inflight.fetch_sub(1, Ordering::Relaxed);
                 let current = self.tables.load().same(route).cloned();
-                // No counterpart (the route itself is gone) or the same snapshot (the flag
-                // ran ahead of it): this pick stands, as it did before the flag.
+                // No counterpart (the route itself is gone), nothing newer than this
+                // snapshot, or four re-picks already: this pick stands, as before the flag.
                 if let Some(r) = current.filter(|r| repicks < 4 && !Arc::ptr_eq(r, route)) {
                     chosen.route = r;
                     exclude = None;
