@@ -952,8 +952,6 @@ where
                         }
                     }
                 }
-                // The timer is made inside `select!` (not bound to a local first): a local
-                // would keep a second `Sleep` in the connection's future.
                 _ = tokio::time::sleep(nap) => {
                     let now = now_ms();
                     if close_asked != 0 {
@@ -1705,7 +1703,6 @@ mod tests {
 
     /// What the supervisor loop may keep beside the [`Supervisor`] it borrows: its timer, the
     /// drain wait, a few instants, the 408 path's bounded wait (they overlap). Optimized
-    /// builds measured 440 B with the timer bound to a local first; unoptimized builds keep
-    /// more temporaries.
+    /// builds measure 440 B; unoptimized builds keep more temporaries.
     const LOOP_STATE_MAX: usize = if cfg!(debug_assertions) { 1024 } else { 512 };
 }
