@@ -406,8 +406,10 @@ impl ConnTracker {
     pub fn live(&self) -> usize {
         self.live.load(Ordering::Acquire)
     }
-    /// Counts one more live connection until the guard drops.
+    /// Counts one more live connection until the guard drops. Its memory comes and goes:
+    /// noted for the allocator's housekeeping ([`super::conn_memory`]), as is its end.
     pub fn enter(self: &Arc<Self>) -> ConnGuard {
+        super::conn_memory::note_activity();
         self.live.fetch_add(1, Ordering::AcqRel);
         ConnGuard(self.clone())
     }
@@ -428,6 +430,7 @@ pub struct ConnGuard(Arc<ConnTracker>);
 
 impl Drop for ConnGuard {
     fn drop(&mut self) {
+        super::conn_memory::note_activity();
         if self.0.live.fetch_sub(1, Ordering::AcqRel) == 1 {
             self.0.idle.notify_waiters();
         }
@@ -600,6 +603,8 @@ where
             Err(e) => return Some(Err(e)),
         }
         self.state.parks.fetch_add(1, Ordering::Relaxed);
+        // hyper's connection was taken apart: its buffers are freed here (issue 23).
+        super::conn_memory::note_activity();
         let mut io = parts.io.into_inner();
         if parts.read_buf.is_empty() {
             self.stage = Stage::Parked(Some((io, parts.service)));
@@ -816,6 +821,27 @@ where
     async move { supervisor.run().await }
 }
 
+/// [`PARK_AFTER`] and [`LINGER`] in the supervisor's milliseconds.
+const PARK_MS: u64 = PARK_AFTER.as_millis() as u64;
+const LINGER_MS: u64 = LINGER.as_millis() as u64;
+
+fn millis(d: Duration) -> u64 {
+    d.as_millis() as u64
+}
+
+/// When a connection last active at `last` is closed for idleness (`drain_started`: when the
+/// drain began, 0 if not draining; see [`supervise`]).
+fn idle_deadline(last: u64, drain_started: u64, limits: &ConnLimits) -> u64 {
+    let idle_ms = millis(limits.idle);
+    if drain_started == 0 {
+        last + idle_ms
+    } else if IDLE_GRACE.load(Ordering::Relaxed) {
+        (last + idle_ms).min(last.max(drain_started) + millis(limits.drain))
+    } else {
+        (last + idle_ms).min(last.max(drain_started))
+    }
+}
+
 /// One supervised connection: what [`supervise`]'s future owns.
 struct Supervisor<T, S>
 where
@@ -867,11 +893,11 @@ where
             limits,
             peer,
         } = self;
-        let peer = *peer;
-        let header_ms = limits.client_header.as_millis() as u64;
-        let idle_ms = limits.idle.as_millis() as u64;
-        let drain_ms = limits.drain.as_millis() as u64;
-        let linger_ms = LINGER.as_millis() as u64;
+        // What lives across the awaits below is kept by every connection for its whole life
+        // (idle ones included): `peer` stays a reference, the limits are read where used and
+        // the constants are constants (issue 23, `connection_future_size`).
+        let peer: &SocketAddr = peer;
+        let limits: &ConnLimits = limits;
         // When the drain began (0: not draining). A connection idle at that moment gets the whole
         // drain timeout from then for a next request (answered with `Connection: close`): closing
         // it at once would race the very clients the drain's `Connection: close` answers just
@@ -881,23 +907,15 @@ where
         let mut shutdown_sent = false;
         // When an idle close was asked of the reader (0: not asked).
         let mut close_asked = 0u64;
-        let park_ms = PARK_AFTER.as_millis() as u64;
         // When an HTTP/1 connection served by hyper is next looked at for parking.
-        let mut park_at = now_ms() + park_ms;
+        let mut park_at = now_ms() + PARK_MS;
         if drain_started != 0 {
             state.draining.store(true, Ordering::Relaxed);
         }
-        // When a connection last active at `last` is closed for idleness.
-        let idle_deadline = |last: u64, drain_started: u64| {
-            if drain_started == 0 {
-                last + idle_ms
-            } else if IDLE_GRACE.load(Ordering::Relaxed) {
-                (last + idle_ms).min(last.max(drain_started) + drain_ms)
-            } else {
-                (last + idle_ms).min(last.max(drain_started))
-            }
-        };
+        let idle_deadline =
+            |last: u64, drain_started: u64| idle_deadline(last, drain_started, limits);
         loop {
+            let header_ms = millis(limits.client_header);
             // Next moment something may be due; re-evaluated whenever the timer fires.
             let now = now_ms();
             let due = {
@@ -914,7 +932,7 @@ where
                     });
                 }
                 if close_asked != 0 {
-                    due = due.min(close_asked + linger_ms);
+                    due = due.min(close_asked + LINGER_MS);
                 }
                 if conn.serving_http1() {
                     due = due.min(park_at);
@@ -929,7 +947,7 @@ where
                 progress = std::future::poll_fn(|cx| conn.poll_serve(cx)) => {
                     match progress {
                         Progress::Started => {
-                            park_at = now_ms() + park_ms;
+                            park_at = now_ms() + PARK_MS;
                             continue;
                         }
                         Progress::Ended(Err(e)) => {
@@ -957,7 +975,7 @@ where
                     if close_asked != 0 {
                         if state.closing.load(Ordering::Acquire) != CLOSE_NONE {
                             // Closing (or lingering for the client's FIN): bounded.
-                            if now >= close_asked + linger_ms {
+                            if now >= close_asked + LINGER_MS {
                                 tracing::debug!(%peer, "idle connection closed (linger over)");
                                 return;
                             }
@@ -976,15 +994,15 @@ where
                     if conn.serving_http1() && now >= park_at {
                         let last = state.last_active.load(Ordering::Relaxed);
                         park_at = if busy || hs != 0 {
-                            now + park_ms
-                        } else if now >= last + park_ms {
+                            now + PARK_MS
+                        } else if now >= last + PARK_MS {
                             // Idle long enough: the reader hands hyper an end of stream if the
                             // socket is still empty when hyper next reads (right after this).
                             state.closing.store(PARK_ASKED, Ordering::Release);
                             state.read_waker.wake();
-                            now + park_ms
+                            now + PARK_MS
                         } else {
-                            last + park_ms
+                            last + PARK_MS
                         };
                     }
                     if busy {
@@ -992,7 +1010,7 @@ where
                     }
                     let h2 = state.proto.load(Ordering::Relaxed) == PROTO_H2;
                     if hs != 0 && !h2 {
-                        if now >= hs + header_ms {
+                        if now >= hs + millis(limits.client_header) {
                             tracing::debug!(%peer, "request head not received in time; 408");
                             state.timed_out.store(true, Ordering::Relaxed);
                             state.read_waker.wake();

@@ -7,6 +7,7 @@ mod support;
 mod conformance;
 mod frontends;
 mod fuzz;
+mod idle_memory;
 mod proxy;
 mod proxy_health;
 mod tcp;
