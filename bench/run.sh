@@ -52,6 +52,7 @@ TORTURE_KA_CONNS=${TORTURE_KA_CONNS:-64} # torture: keep-alive connections throu
 TORTURE_MIX_KA_CONNS=${TORTURE_MIX_KA_CONNS:-8} # torture: keep-alive connections next to the close load
 MEMORY_CONNS=${MEMORY_CONNS:-10000} # memory: idle keep-alive client connections held open
 MEMORY_TIMEOUT=${MEMORY_TIMEOUT:-180} # memory: bound (s) on opening, sampling and closing them
+MEMORY_SETTLE=${MEMORY_SETTLE:-2}    # memory: s after the last connection opened (and after the close) before sampling
 WRK_THREADS=${WRK_THREADS:-2}     # wrk threads (2: the proxy, not wrk, is the limit)
 MIN_PROXY_CPU=${MIN_PROXY_CPU:-95} # cells where the proxy used less of its core are flagged
 LOAD_CPU=${LOAD_CPU:-0}           # wrk and the backend
@@ -979,7 +980,7 @@ scenario_memory() {
         local pid_args=()
         for pid in $pids; do pid_args+=(--pid "$pid"); done
         timeout --kill-after=5 $((MEMORY_TIMEOUT + 30)) taskset -c "$LOAD_CPU" python3 "$BENCH_DIR/idle_conns.py" \
-            --port "${PORT[$m]}" --conns "$MEMORY_CONNS" --timeout "$MEMORY_TIMEOUT" "${pid_args[@]}" \
+            --port "${PORT[$m]}" --conns "$MEMORY_CONNS" --timeout "$MEMORY_TIMEOUT" --settle "$MEMORY_SETTLE" "${pid_args[@]}" \
             >"$WORK/memory-$p.txt" || { cat "$WORK/memory-$p.txt" >&2; die "memory: idle_conns.py failed for $p"; }
         ensure_alive "$m"
         sed -n 's/^MEMORY_JSON //p' "$WORK/memory-$p.txt" |
