@@ -894,8 +894,9 @@ where
             peer,
         } = self;
         // What lives across the awaits below is kept by every connection for its whole life
-        // (idle ones included): `peer` stays a reference, the limits are read where used and
-        // the constants are constants (issue 23, `connection_future_size`).
+        // (idle ones included): `peer` stays a reference, the limits are read where used (no
+        // closure keeping them), the constants are constants (issue 23, `connection_future_size`:
+        // 664 B, so tokio's task cell fits mimalloc's 768-byte size class instead of 896).
         let peer: &SocketAddr = peer;
         let limits: &ConnLimits = limits;
         // When the drain began (0: not draining). A connection idle at that moment gets the whole
@@ -912,8 +913,6 @@ where
         if drain_started != 0 {
             state.draining.store(true, Ordering::Relaxed);
         }
-        let idle_deadline =
-            |last: u64, drain_started: u64| idle_deadline(last, drain_started, limits);
         loop {
             let header_ms = millis(limits.client_header);
             // Next moment something may be due; re-evaluated whenever the timer fires.
@@ -921,7 +920,7 @@ where
             let due = {
                 let hs = state.head_started.load(Ordering::Relaxed);
                 let last = state.last_active.load(Ordering::Relaxed);
-                let mut due = idle_deadline(last, drain_started);
+                let mut due = idle_deadline(last, drain_started, limits);
                 if state.proto.load(Ordering::Relaxed) != PROTO_H2 {
                     // A head may start arriving at any moment without waking this loop, so
                     // without one in progress re-check within one header timeout.
@@ -1021,7 +1020,7 @@ where
                         continue;
                     }
                     let last = state.last_active.load(Ordering::Relaxed);
-                    if now >= idle_deadline(last, drain_started) {
+                    if now >= idle_deadline(last, drain_started, limits) {
                         if h2 {
                             if !shutdown_sent {
                                 shutdown_sent = true;
@@ -1714,6 +1713,10 @@ mod tests {
             "spawned {spawned} B, future {future} B"
         );
         assert!(
+            spawned <= SPAWNED_MAX,
+            "spawned {spawned} B: tokio's task cell outgrows mimalloc's 768-byte class"
+        );
+        assert!(
             supervised <= owned + LOOP_STATE_MAX,
             "supervise {supervised} B, Supervisor {owned} B"
         );
@@ -1721,6 +1724,14 @@ mod tests {
 
     /// What the supervisor loop may keep beside the [`Supervisor`] it borrows: its timer, the
     /// drain wait, a few instants, the 408 path's bounded wait (they overlap). Optimized
-    /// builds measure 440 B; unoptimized builds keep more temporaries.
-    const LOOP_STATE_MAX: usize = if cfg!(debug_assertions) { 1024 } else { 512 };
+    /// builds measure 368 B (440 B before the loop stopped keeping a copy of the peer, the
+    /// limits in milliseconds and a closure over them); unoptimized builds keep more
+    /// temporaries.
+    const LOOP_STATE_MAX: usize = if cfg!(debug_assertions) { 1024 } else { 384 };
+
+    /// What the accept loop spawns per connection, at most. tokio's task cell is 128-byte
+    /// aligned: header 32 B + scheduler and task id 16 B + stage tag 8 B + this future +
+    /// trailer 48 B. With 664 B it is 768 B, one of mimalloc's size classes; 8 B more and every
+    /// connection's task takes 896 B (issue 23). Optimized builds measure 664 B.
+    const SPAWNED_MAX: usize = if cfg!(debug_assertions) { 1024 } else { 664 };
 }
