@@ -169,6 +169,16 @@ start() {
     PROC_PID[$name]=$pid
 }
 
+# The words after the first argument, rotated left by it: rotate 1 a b c -> b c a.
+rotate() {
+    local k=$1
+    shift
+    local words=("$@") n=$# i
+    for (( i = 0; i < n; i++ )); do
+        printf '%s ' "${words[$(( (i + k) % n ))]}"
+    done
+}
+
 # All PIDs of a started server: the main process and its children (nginx workers).
 pids_of() {
     local main=${PROC_PID[$1]}
@@ -625,10 +635,15 @@ main() {
     local cells
     cells=$(( ROUNDS * $(echo $PROXIES | wc -w) * $(echo $SCENARIOS | wc -w) ))
     log "$cells cells of ${WARMUP}+${DURATION} s: about $(( cells * (WARMUP + DURATION + 1) / 60 + 1 )) min"
+    # Scenario by scenario inside a round, so the proxies' cells of one scenario are measured
+    # back to back (the per-round ratios compare runs ~12 s apart, not ~50 s), and the
+    # proxies' order rotates from round to round (no proxy always runs first or last).
+    local order
     for round in $(seq 1 "$ROUNDS"); do
         [ -n "$SCENARIOS" ] || break
-        for p in $PROXIES; do
-            for s in $SCENARIOS; do
+        order=$(rotate "$(( round - 1 ))" $PROXIES)
+        for s in $SCENARIOS; do
+            for p in $order; do
                 measure "$p" "$s" "$round"
             done
         done

@@ -11,11 +11,11 @@ use futures_util::future::BoxFuture;
 use tokio::sync::watch;
 
 use super::DaemonError;
-use crate::deploy::{HealthProbe, RoutePublisher};
+use crate::deploy::{Draining, HealthProbe, RoutePublisher};
 use crate::model::config::Config;
 use crate::model::health::ProbeError;
 use crate::model::pool::{AppReplica, AppReplicas};
-use crate::model::route::{HealthCheckSpec, RouteSpec, RouteTable};
+use crate::model::route::{HealthCheckSpec, RouteSpec, RouteTable, ServerState};
 use crate::store::registry::RouteRegistry;
 
 /// The proxy's health of a backend (what it routes by), if the backend is in `table`.
@@ -79,6 +79,35 @@ impl RoutePublisher for RegistryRoutes {
             .find(|b| b.id == backend_id)
             // After the caller's publish (which set `retired`), `SeqCst`: see `BackendStats::retired`.
             .map(|b| b.stats.inflight.load(std::sync::atomic::Ordering::SeqCst))
+    }
+
+    fn draining(&self, route: &str, backend_id: &str, state: ServerState) -> Draining {
+        use std::sync::atomic::Ordering::SeqCst;
+        // How closed a state is: a pool copy less closed than the drain's still takes new work.
+        let closed = |s: ServerState| match s {
+            ServerState::Ready => 0,
+            ServerState::Drain => 1,
+            ServerState::Maint => 2,
+        };
+        let t = self.0.table();
+        let own = t.route(route).into_iter();
+        let mut d = Draining {
+            inflight: 0,
+            settled: true,
+        };
+        for b in own.flat_map(|r| r.backends.iter()) {
+            if b.id == backend_id {
+                // After the caller's publish, `SeqCst`: see `BackendStats::retired`.
+                d.inflight += b.stats.inflight.load(SeqCst);
+            }
+        }
+        for b in t.pools().iter().flat_map(|p| p.backends.iter()) {
+            if b.id == backend_id {
+                d.inflight += b.stats.inflight.load(SeqCst);
+                d.settled &= closed(b.state) >= closed(state);
+            }
+        }
+        d
     }
 
     fn healthy(&self, route: &str, backend_id: &str) -> Option<bool> {
@@ -160,6 +189,9 @@ impl RoutePublisher for DaemonPublisher {
     }
     fn inflight(&self, route: &str, backend_id: &str) -> Option<u64> {
         self.routes.inflight(route, backend_id)
+    }
+    fn draining(&self, route: &str, backend_id: &str, state: ServerState) -> Draining {
+        self.routes.draining(route, backend_id, state)
     }
     fn healthy(&self, route: &str, backend_id: &str) -> Option<bool> {
         self.routes.healthy(route, backend_id)
@@ -264,5 +296,75 @@ mod tests {
         assert_eq!(daemon.inflight("web", "b1"), direct.inflight("web", "b1"));
         assert_eq!(daemon.healthy("web", "b1"), direct.healthy("web", "b1"));
         assert_eq!(daemon.counts("web", "nope"), None);
+    }
+
+    /// A drain counts what goes to the replica through pools that hold it (TCP connections,
+    /// HTTP frontends' requests), and is not done while such a pool still holds it in a
+    /// state less closed than the drain's (the pools follow the replica feed a moment later).
+    #[tokio::test]
+    async fn draining_counts_the_pools_that_hold_the_replica() {
+        use std::sync::atomic::Ordering::SeqCst;
+        let tmp = tempfile::tempdir().unwrap();
+        let store = Arc::new(crate::store::Store::open(tmp.path()).unwrap());
+        let web: RouteSpec = serde_json::from_str(
+            r#"{"name":"web","domains":["web.test"],"backends":[{"id":"c1","address":"127.0.0.1:1","state":"drain"},{"id":"c2","address":"127.0.0.1:2"}]}"#,
+        )
+        .unwrap();
+        let tables = Arc::new(Tables::new(RouteTable::default()));
+        let registry = Arc::new(
+            RouteRegistry::open(store, vec![web], tables.clone())
+                .await
+                .unwrap(),
+        );
+        let (apps, _) = watch::channel(Arc::new(AppReplicas::default()));
+        let daemon = DaemonPublisher {
+            routes: RegistryRoutes(registry),
+            apps,
+        };
+        let pool = |state: &str| -> crate::model::pool::PoolSpec {
+            serde_yaml::from_str(&format!(
+                "name: db\nmembers:\n  - id: c1\n    address: 127.0.0.1:1\n    state: {state}\n  - id: c2\n    address: 127.0.0.1:2\n"
+            ))
+            .unwrap()
+        };
+        let view = |state| daemon.draining("web", "c1", state);
+        // No pool holds it: the route alone.
+        assert!(view(ServerState::Drain).done());
+        tables.publish_pools(&[pool("ready")]).unwrap();
+        let t = tables.load();
+        let (route_c1, pool_c1, pool_c2) = (
+            t.route("web").unwrap().backends[0].stats.clone(),
+            t.pools()[0].backends[0].stats.clone(),
+            t.pools()[0].backends[1].stats.clone(),
+        );
+        // The pool still holds it ready: not done, whatever is in flight.
+        assert_eq!(
+            view(ServerState::Drain),
+            Draining {
+                inflight: 0,
+                settled: false
+            }
+        );
+        tables.publish_pools(&[pool("drain")]).unwrap();
+        assert!(view(ServerState::Drain).done());
+        assert!(
+            !view(ServerState::Maint).done(),
+            "drain is less closed than maint"
+        );
+        // A connection through the pool and a request through the route both count; another
+        // replica's do not.
+        pool_c1.inflight.fetch_add(1, SeqCst);
+        route_c1.inflight.fetch_add(2, SeqCst);
+        pool_c2.inflight.fetch_add(5, SeqCst);
+        assert_eq!(view(ServerState::Drain).inflight, 3);
+        pool_c1.inflight.fetch_sub(1, SeqCst);
+        route_c1.inflight.fetch_sub(2, SeqCst);
+        tables.publish_pools(&[pool("maint")]).unwrap();
+        assert!(view(ServerState::Maint).done());
+        // The wrapper answers like the registry.
+        assert_eq!(
+            daemon.draining("web", "c2", ServerState::Drain),
+            RegistryRoutes(daemon.routes.0.clone()).draining("web", "c2", ServerState::Drain)
+        );
     }
 }

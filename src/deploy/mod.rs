@@ -37,7 +37,7 @@ use std::time::Duration;
 use thiserror::Error;
 
 use crate::model::deploy::SpecError;
-use crate::model::route::RouteSpec;
+use crate::model::route::{RouteSpec, ServerState};
 use crate::runtime::{ByteStream, RegistryCreds, RuntimeError};
 use crate::store::deployments::DeploymentStoreError;
 use crate::store::registry::ChangeError;
@@ -52,6 +52,22 @@ pub use health::HealthProbe;
 pub use state::{app_route_name, discovered_route_name, DELETING, RECONCILING, STOPPING};
 pub(crate) use state::{now_ms, AppHosts, AppState, Discovered, Inner, LockExt, Replica, State};
 
+/// What a drain sees of one replica: [`RoutePublisher::draining`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Draining {
+    /// Requests and connections in flight to the replica (its route and its pools).
+    pub inflight: u64,
+    /// Every pool that holds the replica holds it in the drain's state or a more closed one.
+    pub settled: bool,
+}
+
+impl Draining {
+    /// Nothing in flight, and nothing can start any more through a pool that lags behind.
+    pub fn done(&self) -> bool {
+        self.inflight == 0 && self.settled
+    }
+}
+
 /// Where the route changes of the engine go. Implemented over the proxy's `Tables` by the
 /// daemon (see `daemon/engine.rs`); of the proxy the engine uses only its one health prober,
 /// through the [`HealthProbe`] half of this interface.
@@ -65,6 +81,12 @@ pub trait RoutePublisher: HealthProbe {
     /// Requests in flight to backend `backend_id` of route `route`, if that backend is
     /// in the current table.
     fn inflight(&self, route: &str, backend_id: &str) -> Option<u64>;
+    /// What a drain of replica `backend_id` (a container id) waits for: everything in flight
+    /// to it through route `route` and through every pool that holds it (pools that follow
+    /// the app, fed by [`RoutePublisher::set_replicas`]: HTTP frontends' requests and TCP
+    /// connections), and whether every such pool already holds it in `state` or a more
+    /// closed one (a pool republished later could still open new connections to it).
+    fn draining(&self, route: &str, backend_id: &str, state: ServerState) -> Draining;
     /// The proxy's own health of that backend (active and passive checks), if it is in the
     /// current table: what status reports, so it never says healthy while the route is down.
     fn healthy(&self, route: &str, backend_id: &str) -> Option<bool>;

@@ -553,6 +553,11 @@ pub(super) fn set_routing(
 /// the backend from a snapshot older than that publish is either counted before the read
 /// below or sees the backend retired and picks again (`BackendStats::retired`), so zero
 /// there means none will come, and the second half of `timeout` is theirs to finish.
+///
+/// "In flight" includes what goes to the replica through pools that follow the app (HTTP
+/// frontends' requests, TCP connections), and counts as zero only once those pools were
+/// republished with the phase's state (they follow the engine's replica feed a moment
+/// later): a TCP connection open through such a pool once had its replica stopped under it.
 pub(crate) async fn wait_drained(
     inner: &Inner,
     app: &str,
@@ -564,8 +569,11 @@ pub(crate) async fn wait_drained(
     let (pinned_until, deadline) = (start + timeout / 2, start + timeout);
     let mut zeros = 0;
     loop {
-        let n = inner.publisher.inflight(&route, container_id).unwrap_or(0);
-        if n == 0 {
+        if inner
+            .publisher
+            .draining(&route, container_id, ServerState::Drain)
+            .done()
+        {
             zeros += 1;
             if zeros >= 2 {
                 break;
@@ -583,9 +591,11 @@ pub(crate) async fn wait_drained(
         tracing::warn!(app, container = %short(container_id), error = %e, "putting a drained replica in maint failed");
     }
     loop {
-        let n = inner.publisher.inflight(&route, container_id).unwrap_or(0);
-        if n == 0 || Instant::now() >= deadline {
-            return n;
+        let d = inner
+            .publisher
+            .draining(&route, container_id, ServerState::Maint);
+        if d.done() || Instant::now() >= deadline {
+            return d.inflight;
         }
         tokio::time::sleep(Duration::from_millis(10)).await;
     }

@@ -22,10 +22,19 @@ struct World {
 
 impl World {
     async fn start(name: &str) -> World {
+        World::start_with(name, |_, _| {}).await
+    }
+
+    /// [`World::start`] with `edit(config, app name)` applied to the daemon's config first.
+    async fn start_with(
+        name: &str,
+        edit: impl FnOnce(&mut berth::model::config::Config, &str),
+    ) -> World {
         prepare();
         let dir = tempfile::tempdir().unwrap();
         let run = format!("{name}-{}", std::process::id());
-        let c = deploy_config(dir.path(), &format!("berth-t-{run}"));
+        let mut c = deploy_config(dir.path(), &format!("berth-t-{run}"));
+        edit(&mut c, &run);
         let running = berth::daemon::start(c, None).await.expect("daemon starts");
         let (_, token) = running
             .registry
@@ -671,4 +680,122 @@ async fn versions_side_by_side_over_http_and_the_cli() {
     assert_eq!(w.proxied().await.trim(), "v2");
     let (code, out) = run(s(&["version", "rm", &app, "v2"])).await;
     assert_ne!(code, 0, "one version left: {out}");
+}
+
+/// A TCP frontend whose pool follows the app: a connection open through it to an old replica
+/// is part of that replica's drain. The rolling deploy waits for it (within `drain_timeout`)
+/// instead of stopping the container under it: the old replica's slow answer arrives whole,
+/// and the drain ends with nothing in flight. (Before, the drain counted the app route's
+/// HTTP requests only, saw zero at once, and the container stop cut the connection.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[cfg_attr(
+    not(berth_system_tests),
+    ignore = "system test: set BERTH_SYSTEM_TESTS=1"
+)]
+async fn a_tcp_connection_through_a_pool_that_follows_the_app_is_drained() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    if skip() {
+        return;
+    }
+    // `/cgi-bin/app` answers after 3 s; `/` at once.
+    const SLOW_V1: &str = "berth-test-slow-app:v1";
+    const SLOW_V2: &str = "berth-test-slow-app:v2";
+    for (tag, v) in [(SLOW_V1, "v1"), (SLOW_V2, "v2")] {
+        support::docker::build_cgi_image(
+            tag,
+            &format!("{v}\n"),
+            &format!("sleep 3\necho 'Content-Type: text/plain'\necho\necho '{v} slow'\n"),
+        );
+    }
+    let w = World::start_with("tcpdrain", |c, app| {
+        c.pools = vec![serde_yaml::from_str(&format!("name: app\napp: {app}\n")).unwrap()];
+        c.frontends =
+            vec![
+                serde_yaml::from_str("name: raw\nmode: tcp\nbind: 127.0.0.1:0\npool: app\n")
+                    .unwrap(),
+            ];
+    })
+    .await;
+    let app = w.app.clone();
+    let spec = |image: &str| {
+        let mut s = w.spec(image, 1);
+        s["drain_timeout"] = json!("8s");
+        s
+    };
+    let (s, v) = w
+        .call(
+            reqwest::Method::POST,
+            &format!("/v1/apps/{app}/deploy"),
+            Some(spec(SLOW_V1)),
+        )
+        .await;
+    assert_eq!(s, 202, "{v}");
+    let ev = w.follow(v["id"].as_str().unwrap()).await;
+    assert_eq!(last_state(&ev), "succeeded", "{ev:?}");
+    let addr = w.running.tcp.frontends().await[0].listening[0];
+    async fn get(addr: std::net::SocketAddr, path: &str) -> std::io::Result<String> {
+        let mut c = tokio::net::TcpStream::connect(addr).await?;
+        c.write_all(format!("GET {path} HTTP/1.0\r\nHost: x\r\n\r\n").as_bytes())
+            .await?;
+        let mut out = String::new();
+        c.read_to_string(&mut out).await?;
+        Ok(out)
+    }
+    // The pool follows the replica feed a moment after the deploy: wait until it answers.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let r = tokio::time::timeout(Duration::from_secs(2), get(addr, "/")).await;
+        if matches!(&r, Ok(Ok(t)) if t.ends_with("v1\n")) {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the TCP frontend never reached v1: {r:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    // A slow request on v1 through the TCP frontend, then the deploy of v2 while it runs.
+    let slow = tokio::spawn(async move {
+        tokio::time::timeout(Duration::from_secs(15), get(addr, "/cgi-bin/app")).await
+    });
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let (s, v) = w
+        .call(
+            reqwest::Method::POST,
+            &format!("/v1/apps/{app}/deploy"),
+            Some(spec(SLOW_V2)),
+        )
+        .await;
+    assert_eq!(s, 202, "{v}");
+    let ev = w.follow(v["id"].as_str().unwrap()).await;
+    assert_eq!(last_state(&ev), "succeeded", "{ev:?}");
+    let answer = slow.await.unwrap().expect("answered within 15 s");
+    let answer = answer.expect("the connection was not cut");
+    assert!(
+        answer.starts_with("HTTP/1.1 200 ") && answer.ends_with("\n\nv1 slow\n"),
+        "{answer:?}"
+    );
+    let drained: Vec<&str> = ev
+        .iter()
+        .filter(|e| e["stage"] == "drained")
+        .filter_map(|e| e["message"].as_str())
+        .collect();
+    assert_eq!(drained.len(), 1, "{ev:?}");
+    assert!(
+        drained[0].ends_with("has no requests in flight"),
+        "{drained:?}"
+    );
+    // The drain waited for the connection: the old replica stopped after the answer.
+    let at = |stage: &str| {
+        ev.iter()
+            .find(|e| e["stage"] == stage)
+            .and_then(|e| e["at"].as_i64())
+            .unwrap_or_else(|| panic!("no {stage} event: {ev:?}"))
+    };
+    assert!(
+        at("drained") - at("drain") >= 1_000,
+        "drain {} ms, drained {} ms",
+        at("drain"),
+        at("drained")
+    );
 }

@@ -62,9 +62,12 @@ fn reserve(
             .ok()?
             .index;
         let b = &pool.backends[idx];
-        let now = b.stats.inflight.fetch_add(1, Ordering::AcqRel) + 1;
+        // Counted first, the flag read second (see `BackendStats::retired`): a member that a
+        // newer table took out (or put in maint) after this snapshot was loaded gets nothing
+        // new, so a deploy's drain that saw its count at zero is not reopened.
+        let now = b.stats.inflight.fetch_add(1, Ordering::SeqCst) + 1;
         let guard = OpenGuard(b.stats.clone());
-        if limit(idx) > 0 && now > limit(idx) {
+        if (limit(idx) > 0 && now > limit(idx)) || b.stats.retired.load(Ordering::SeqCst) {
             drop(guard);
             skip.push(idx);
             continue;
