@@ -426,13 +426,22 @@ fn api_route_spec(
     })
 }
 
+/// How [`run`] ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Stopped {
+    /// SIGTERM/SIGINT: stopped and drained.
+    Shutdown,
+    /// A successor took over and this process drained: nothing of it is needed any more.
+    HandedOver,
+}
+
 /// Runs until SIGTERM/SIGINT or a successful upgrade; reloads on SIGHUP, upgrades on SIGUSR2
 /// or a control-socket request.
 pub async fn run(
     config: Config,
     config_path: Option<PathBuf>,
     mut inherited: Inherited,
-) -> Result<(), DaemonError> {
+) -> Result<Stopped, DaemonError> {
     use tokio::signal::unix::{signal, SignalKind};
     let mut term = signal(SignalKind::terminate())?;
     let mut int = signal(SignalKind::interrupt())?;
@@ -636,7 +645,11 @@ pub async fn run(
     }
     running.shutdown().await;
     tracing::info!("stopped");
-    Ok(())
+    Ok(if handed_over {
+        Stopped::HandedOver
+    } else {
+        Stopped::Shutdown
+    })
 }
 
 async fn reload(running: &mut Running) -> Result<String, DaemonError> {
