@@ -111,9 +111,6 @@ pub struct Running {
     listener_fds: Vec<(String, RawFd)>,
     /// Why the store is damaged or takes no writes (`berthd status` says it).
     pub store_problem: Option<String>,
-    /// The database file, when it opened for writing and passed its integrity check (or was
-    /// vouched for by the previous process): handed to a successor as `store_checked`.
-    store_sound: Option<PathBuf>,
     /// TCP frontends and pools.
     pub tcp: Arc<crate::proxy::tcp::TcpProxy>,
 }
@@ -197,46 +194,34 @@ pub async fn start_with(
     // Nothing is served until the registry has published config + stored routes.
     let tables = Arc::new(Tables::new(RouteTable::default()));
     let data_dir = config.data_dir.clone();
-    // A predecessor handing over vouches for the file it has open (see `Handoff::store_checked`):
-    // its check passed when the file was opened cold and no crash came since. Every cold start
-    // (boot, restart, after a crash) and every other file is checked.
-    let vouched = inherited
-        .handoff
-        .as_ref()
-        .and_then(|h| h.store_checked.clone());
-    let (store, damaged, vouched) =
-        tokio::task::spawn_blocking(move || match Store::open(&data_dir) {
-            Ok(store) if vouched.as_deref() == Some(store.path()) => {
-                Ok::<_, StoreError>((store, None, true))
-            }
-            Ok(store) => {
-                // A check that cannot even run (SQLITE_CORRUPT on a damaged page) is damage too:
-                // it stops reconcile, not the proxy.
-                let damaged = store.quick_check().unwrap_or_else(|e| Some(e.to_string()));
-                Ok((store, damaged, false))
-            }
-            // An unopenable or read-only data dir stops changes, not the routes: serve the
-            // config routes and whatever of the store is readable.
-            Err(e) => {
-                let cause = e.to_string();
-                tracing::error!(
-                    error = %cause,
-                    "the store cannot be opened for writing: serving the configured routes and \
-                     the last readable state; changes through the API are refused (503) and \
-                     reconcile, self-healing and deploys are off until the data dir is fixed and \
-                     berthd restarted (`berthd status` shows this)"
-                );
-                // Only an in-memory SQLite that cannot open (no memory) fails here.
-                Store::open_degraded(&data_dir, &cause).map(|store| (store, Some(cause), false))
-            }
-        })
-        .await
-        .map_err(std::io::Error::other)??;
+    // Every start checks, a successor started by `berthd upgrade` too: the file may have
+    // changed under the running process (a restore, a disk fault), and reconcile acting on
+    // damaged state could destroy what runs.
+    let (store, damaged) = tokio::task::spawn_blocking(move || match Store::open(&data_dir) {
+        Ok(store) => {
+            // A check that cannot even run (SQLITE_CORRUPT on a damaged page) is damage too:
+            // it stops reconcile, not the proxy.
+            let damaged = store.quick_check().unwrap_or_else(|e| Some(e.to_string()));
+            Ok::<_, StoreError>((store, damaged))
+        }
+        // An unopenable or read-only data dir stops changes, not the routes: serve the
+        // config routes and whatever of the store is readable.
+        Err(e) => {
+            let cause = e.to_string();
+            tracing::error!(
+                error = %cause,
+                "the store cannot be opened for writing: serving the configured routes and \
+                 the last readable state; changes through the API are refused (503) and \
+                 reconcile, self-healing and deploys are off until the data dir is fixed and \
+                 berthd restarted (`berthd status` shows this)"
+            );
+            // Only an in-memory SQLite that cannot open (no memory) fails here.
+            Store::open_degraded(&data_dir, &cause).map(|store| (store, Some(cause)))
+        }
+    })
+    .await
+    .map_err(std::io::Error::other)??;
     let store_problem = damaged.clone();
-    // A path that is not UTF-8 cannot travel in the JSON handoff: the successor then checks.
-    let store_sound = (store.degraded().is_none() && damaged.is_none())
-        .then(|| store.path().to_path_buf())
-        .filter(|p| p.to_str().is_some());
     // A damaged store stops reconcile (it could destroy what runs on wrong data), not the
     // proxy: routes load from what is readable and the engine routes what runs.
     if store.degraded().is_some() {
@@ -251,8 +236,6 @@ pub async fn start_with(
              {db}, start berthd (README, \"Backup and restore\")",
             db = store.path().display(),
         );
-    } else if vouched {
-        tracing::info!(db = %store.path().display(), "store opened (checked by the previous process, which handed it over)");
     } else {
         tracing::info!(db = %store.path().display(), "store opened (quick_check ok)");
     }
@@ -374,7 +357,6 @@ pub async fn start_with(
         config_path,
         listener_fds,
         store_problem,
-        store_sound,
         tcp,
     })
 }
@@ -595,9 +577,7 @@ pub async fn run(
                 .iter()
                 .map(|(n, fd)| (n.clone(), fd.as_raw_fd())),
         );
-        let spawned =
-            upgrade::spawn_successor(exe, args, fds, running.store_sound.clone(), upgrade_timeout)
-                .await;
+        let spawned = upgrade::spawn_successor(exe, args, fds, upgrade_timeout).await;
         drop(frontend_fds);
         match spawned {
             Ok(pid) => {

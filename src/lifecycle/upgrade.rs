@@ -30,15 +30,6 @@ pub struct Handoff {
     pub ready_fd: Option<RawFd>,
     /// The process handing over.
     pub parent_pid: u32,
-    /// The database file the process handing over has open and knows to be sound: its
-    /// integrity check (`PRAGMA quick_check`) passed when that file was opened cold, and every
-    /// change since went through SQLite's transactions in a process that did not crash. A
-    /// successor opening this same file skips its own check (it reads the whole file: the
-    /// largest part of opening the store, and growing with it). Absent (older binaries, a
-    /// store that failed its check, was opened degraded, or a different file): the
-    /// successor checks.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub store_checked: Option<PathBuf>,
 }
 
 /// Why the handoff from the previous process cannot be used (the successor then exits
@@ -187,7 +178,6 @@ pub async fn spawn_successor(
     exe: PathBuf,
     args: Vec<std::ffi::OsString>,
     listeners: Vec<(String, RawFd)>,
-    store_checked: Option<PathBuf>,
     timeout: Duration,
 ) -> Result<u32, UpgradeError> {
     use std::os::unix::process::CommandExt;
@@ -198,7 +188,6 @@ pub async fn spawn_successor(
         fds: listeners.iter().cloned().collect(),
         ready_fd: Some(writer.as_raw_fd()),
         parent_pid: std::process::id(),
-        store_checked,
     };
     let payload = serde_json::to_string(&handoff).map_err(std::io::Error::other)?;
     let mut cmd = Command::new(&exe);
@@ -301,13 +290,9 @@ mod tests {
             fds: [("http".to_string(), 3)].into_iter().collect(),
             ready_fd: Some(7),
             parent_pid: 42,
-            store_checked: Some(PathBuf::from("/var/lib/berth/berth.db")),
         };
         let s = serde_json::to_string(&h).unwrap();
         assert_eq!(Handoff::parse(&s).unwrap(), h);
-        // From a binary that predates `store_checked`: the successor checks the store.
-        let older = r#"{"version":1,"fds":{"http":3},"ready_fd":7,"parent_pid":42}"#;
-        assert_eq!(Handoff::parse(older).unwrap().store_checked, None);
         let future = s.replace("\"version\":1", "\"version\":2");
         let err = Handoff::parse(&future).unwrap_err();
         assert!(matches!(err, HandoffError::Version { found: 2 }), "{err:?}");
