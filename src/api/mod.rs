@@ -210,7 +210,10 @@ async fn method_not_allowed() -> ApiError {
 /// CLI does; see `client::api`).
 pub async fn serve(listener: TcpListener, state: ApiState, limits: ConnLimits) {
     let stop = state.stop.clone();
-    let app = router(state);
+    let app = Arc::new(LazyRouter {
+        state,
+        app: std::sync::OnceLock::new(),
+    });
     let builder = Arc::new(ConnBuilder::new());
     accept_loop(
         listener,
@@ -218,7 +221,7 @@ pub async fn serve(listener: TcpListener, state: ApiState, limits: ConnLimits) {
         limits.drain,
         "API connections",
         move |stream, peer, drain| {
-            let (app, builder) = (app.clone(), builder.clone());
+            let (app, builder) = (app.router(), builder.clone());
             async move {
                 let accepted = Accepted {
                     peer,
@@ -234,6 +237,23 @@ pub async fn serve(listener: TcpListener, state: ApiState, limits: ConnLimits) {
         },
     )
     .await;
+}
+
+/// The router, built when the API accepts its first connection instead of at start. Building
+/// it is the largest part of a daemon's start in instructions (~1.6 M of ~4.8 M, most of it
+/// axum's route tree; measured with callgrind, bench/README.md, issue 23), paid again by
+/// every successor `berthd upgrade` starts, and a successor seldom serves an API request
+/// before the next upgrade. Nothing in it has side effects: the same router is built, later.
+struct LazyRouter {
+    state: ApiState,
+    app: std::sync::OnceLock<Router>,
+}
+
+impl LazyRouter {
+    /// The router (a cheap clone of the one built on the first call).
+    fn router(&self) -> Router {
+        self.app.get_or_init(|| router(self.state.clone())).clone()
+    }
 }
 
 /// One API request on a supervised connection: counted in flight until its response body

@@ -166,7 +166,17 @@ pub fn main() -> ExitCode {
                 Some(path).filter(|p| p.exists()),
                 inherited,
             )) {
-                Ok(()) => ExitCode::SUCCESS,
+                Ok(crate::daemon::Stopped::HandedOver) => {
+                    // Handed over and drained: exit without tearing the runtime down (joining
+                    // its threads, freeing every task and buffer one by one) on the core the
+                    // successor now serves from; the kernel frees it all at exit anyway. What
+                    // matters is already done: every change was committed to SQLite
+                    // (synchronous=FULL) before it was acted on, `shutdown` closed every
+                    // connection and task, and logs are written synchronously.
+                    std::mem::forget(runtime);
+                    ExitCode::SUCCESS
+                }
+                Ok(crate::daemon::Stopped::Shutdown) => ExitCode::SUCCESS,
                 Err(e) => {
                     tracing::error!(error = %e, "berthd failed");
                     eprintln!("berthd: {e}");

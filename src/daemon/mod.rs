@@ -194,9 +194,14 @@ pub async fn start_with(
     // Nothing is served until the registry has published config + stored routes.
     let tables = Arc::new(Tables::new(RouteTable::default()));
     let data_dir = config.data_dir.clone();
+    // Every start checks, a successor started by `berthd upgrade` too: the file may have
+    // changed under the running process (a restore, a disk fault), and reconcile acting on
+    // damaged state could destroy what runs.
     let (store, damaged) = tokio::task::spawn_blocking(move || match Store::open(&data_dir) {
         Ok(store) => {
-            let damaged = store.quick_check()?;
+            // A check that cannot even run (SQLITE_CORRUPT on a damaged page) is damage too:
+            // it stops reconcile, not the proxy.
+            let damaged = store.quick_check().unwrap_or_else(|e| Some(e.to_string()));
             Ok::<_, StoreError>((store, damaged))
         }
         // An unopenable or read-only data dir stops changes, not the routes: serve the
@@ -403,13 +408,22 @@ fn api_route_spec(
     })
 }
 
+/// How [`run`] ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Stopped {
+    /// SIGTERM/SIGINT: stopped and drained.
+    Shutdown,
+    /// A successor took over and this process drained: nothing of it is needed any more.
+    HandedOver,
+}
+
 /// Runs until SIGTERM/SIGINT or a successful upgrade; reloads on SIGHUP, upgrades on SIGUSR2
 /// or a control-socket request.
 pub async fn run(
     config: Config,
     config_path: Option<PathBuf>,
     mut inherited: Inherited,
-) -> Result<(), DaemonError> {
+) -> Result<Stopped, DaemonError> {
     use tokio::signal::unix::{signal, SignalKind};
     let mut term = signal(SignalKind::terminate())?;
     let mut int = signal(SignalKind::interrupt())?;
@@ -611,7 +625,11 @@ pub async fn run(
     }
     running.shutdown().await;
     tracing::info!("stopped");
-    Ok(())
+    Ok(if handed_over {
+        Stopped::HandedOver
+    } else {
+        Stopped::Shutdown
+    })
 }
 
 async fn reload(running: &mut Running) -> Result<String, DaemonError> {

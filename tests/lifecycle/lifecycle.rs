@@ -169,7 +169,18 @@ impl Daemon {
         env: &[(&str, &str)],
         wrapper: Option<Vec<String>>,
     ) -> Daemon {
+        Self::start_prepared(backend, env, wrapper, |_| {})
+    }
+
+    /// Like `start_with`, after `prepare` ran on the data dir.
+    fn start_prepared(
+        backend: SocketAddr,
+        env: &[(&str, &str)],
+        wrapper: Option<Vec<String>>,
+        prepare: impl FnOnce(&Path),
+    ) -> Daemon {
         let dir = tempfile::tempdir().unwrap();
+        prepare(dir.path());
         let config = write_config(dir.path(), "127.0.0.1:0", backend, false);
         let mut cmd = match &wrapper {
             Some(w) => {
@@ -317,6 +328,69 @@ fn fifty_upgrades_under_load_fail_nothing() {
     crate::support::wait_until(Duration::from_secs(15), || {
         old.iter().all(|p| !crate::support::pid_alive(*p))
     });
+}
+
+/// `berth.db` with a page of its own table overwritten: the store opens, its integrity check
+/// fails (the daemon serves, degraded).
+fn damaged_store(dir: &Path) {
+    let db = dir.join("berth.db");
+    // The schema first, as berthd leaves it, so its start reads no filler page.
+    drop(berth::store::Store::open(dir).unwrap());
+    {
+        let conn = rusqlite::Connection::open(&db).unwrap();
+        conn.execute_batch("CREATE TABLE filler (x BLOB);").unwrap();
+        for _ in 0..300 {
+            conn.execute("INSERT INTO filler VALUES (zeroblob(1000))", [])
+                .unwrap();
+        }
+    }
+    // Closing checkpointed everything into berth.db: damage a page near its end (filler's).
+    use std::io::{Seek, SeekFrom};
+    let len = std::fs::metadata(&db).unwrap().len();
+    assert!(len > 40 * 4096, "{len}");
+    let mut f = std::fs::OpenOptions::new().write(true).open(&db).unwrap();
+    f.seek(SeekFrom::Start(len - 8 * 4096)).unwrap();
+    f.write_all(&[0xA5; 4096]).unwrap();
+}
+
+/// Every process checks the store, a successor started by `berthd upgrade` too; a store so
+/// damaged that the check itself fails (SQLITE_CORRUPT) is served degraded across the
+/// upgrade (it once made berthd exit at start).
+#[test]
+fn a_damaged_store_is_checked_by_every_process_and_served_degraded() {
+    let backend = backend();
+    let d = Daemon::start_prepared(backend.addr, &[], None, damaged_store);
+    let first = d.current_pid();
+    let status = String::from_utf8_lossy(&d.ctl("status").stdout).to_string();
+    assert!(status.contains("store: DEGRADED"), "{status}");
+    let out = d.ctl("upgrade");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_ne!(d.current_pid(), first);
+    let status = String::from_utf8_lossy(&d.ctl("status").stdout).to_string();
+    assert!(status.contains("store: DEGRADED"), "{status}");
+    // Both processes ran the check and found the damage.
+    let end = Instant::now() + Duration::from_secs(10);
+    let found = || {
+        let logs = d.logs.lock().unwrap();
+        logs.iter()
+            .filter(|l| l.contains("failed its integrity check"))
+            .count()
+    };
+    while found() < 2 && Instant::now() < end {
+        thread::sleep(Duration::from_millis(20));
+    }
+    let n = found();
+    let logs = d.logs.lock().unwrap().join("\n");
+    assert_eq!(n, 2, "{logs}");
+    assert_eq!(
+        get(d.http, "app.test", "/").unwrap().0,
+        200,
+        "still serving"
+    );
 }
 
 #[test]
