@@ -101,6 +101,20 @@ impl World {
         (s, v)
     }
 
+    /// POSTs `spec` as a deploy of the app (202 expected) and follows it to its end; returns
+    /// every event.
+    async fn deploy_and_follow(&self, spec: Value) -> Vec<Value> {
+        let (s, v) = self
+            .call(
+                reqwest::Method::POST,
+                &format!("/v1/apps/{}/deploy", self.app),
+                Some(spec),
+            )
+            .await;
+        assert_eq!(s, 202, "{v}");
+        self.follow(v["id"].as_str().unwrap()).await
+    }
+
     /// Follows the deployment's SSE stream to its end; returns every event.
     async fn follow(&self, id: &str) -> Vec<Value> {
         let resp = self
@@ -716,21 +730,12 @@ async fn a_tcp_connection_through_a_pool_that_follows_the_app_is_drained() {
             ];
     })
     .await;
-    let app = w.app.clone();
     let spec = |image: &str| {
         let mut s = w.spec(image, 1);
         s["drain_timeout"] = json!("8s");
         s
     };
-    let (s, v) = w
-        .call(
-            reqwest::Method::POST,
-            &format!("/v1/apps/{app}/deploy"),
-            Some(spec(SLOW_V1)),
-        )
-        .await;
-    assert_eq!(s, 202, "{v}");
-    let ev = w.follow(v["id"].as_str().unwrap()).await;
+    let ev = w.deploy_and_follow(spec(SLOW_V1)).await;
     assert_eq!(last_state(&ev), "succeeded", "{ev:?}");
     let addr = w.running.tcp.frontends().await[0].listening[0];
     async fn get(addr: std::net::SocketAddr, path: &str) -> std::io::Result<String> {
@@ -759,15 +764,7 @@ async fn a_tcp_connection_through_a_pool_that_follows_the_app_is_drained() {
         tokio::time::timeout(Duration::from_secs(15), get(addr, "/cgi-bin/app")).await
     });
     tokio::time::sleep(Duration::from_millis(300)).await;
-    let (s, v) = w
-        .call(
-            reqwest::Method::POST,
-            &format!("/v1/apps/{app}/deploy"),
-            Some(spec(SLOW_V2)),
-        )
-        .await;
-    assert_eq!(s, 202, "{v}");
-    let ev = w.follow(v["id"].as_str().unwrap()).await;
+    let ev = w.deploy_and_follow(spec(SLOW_V2)).await;
     assert_eq!(last_state(&ev), "succeeded", "{ev:?}");
     let answer = slow.await.unwrap().expect("answered within 15 s");
     let answer = answer.expect("the connection was not cut");
