@@ -113,6 +113,18 @@ ssh_opts=(-i "$work/id_ed25519" -o IdentitiesOnly=yes -o BatchMode=yes
 vssh() { timeout 600 ssh "${ssh_opts[@]}" -p "$ssh_port" root@127.0.0.1 "$@"; }
 vssh_t() { local t=$1; shift; timeout "$t" ssh "${ssh_opts[@]}" -p "$ssh_port" root@127.0.0.1 "$@"; }
 vscp() { timeout 300 scp -q "${ssh_opts[@]}" -P "$ssh_port" "$@"; }
+# vssh, tried again (5 times, 3 s apart) while the connection itself fails (ssh's exit 255):
+# cloud-init restarts sshd during the first boot, and a connection made at that moment is reset
+# ("kex_exchange_identification: read: Connection reset by peer") although SSH was up before.
+vssh_retry() {
+  local i rc=255
+  for i in 1 2 3 4 5; do
+    vssh "$@" && return 0 || rc=$?
+    [ "$rc" = 255 ] || return "$rc"
+    sleep 3
+  done
+  return "$rc"
+}
 
 collect_logs() {
   [ "$vm_up" = 1 ] || return 0
@@ -214,11 +226,11 @@ EOF
   vm_up=1
   timing[ssh_up_s]=$(( $(date +%s) - start ))
   log "SSH up after ${timing[ssh_up_s]}s"
-  vssh 'timeout 300 cloud-init status --wait >/dev/null; cloud-init status' | tee -a "$art/run.log" >&2 || true
+  vssh_retry 'timeout 300 cloud-init status --wait >/dev/null; cloud-init status' | tee -a "$art/run.log" >&2 || true
   # The first-boot token: from the file berth-first-boot.service wrote; it must match the
   # console's copy.
   local line secret
-  line=$(vssh 'cat /var/lib/berth/first-boot-token') || { log "no /var/lib/berth/first-boot-token"; return 1; }
+  line=$(vssh_retry 'cat /var/lib/berth/first-boot-token') || { log "no /var/lib/berth/first-boot-token"; return 1; }
   secret=${line##*--token }
   [ -n "$secret" ] && [ "$secret" != "$line" ] || { log "first-boot token file has no token"; return 1; }
   if [ -z "$token" ]; then
