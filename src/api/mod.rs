@@ -225,6 +225,7 @@ pub async fn serve(listener: TcpListener, state: ApiState, limits: ConnLimits) {
             async move {
                 let accepted = Accepted {
                     peer,
+                    https: false,
                     frontend: None,
                 };
                 supervise(&builder, stream, accepted, limits, drain, move |conn| {

@@ -2,6 +2,7 @@
 //! forwarded headers (`X-Forwarded-For/-Proto/-Host`, `X-Real-IP`). Only peers inside
 //! `trusted_proxies` may pass their own forwarded headers through.
 
+use std::cell::RefCell;
 use std::net::IpAddr;
 
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
@@ -114,13 +115,53 @@ fn hop_by_hop_index(name: &HeaderName) -> Option<usize> {
     })
 }
 
-/// The peer address as a header value, formatted once per client connection.
+/// How many peer addresses each thread keeps formatted ([`peer_header_value`]).
+const PEER_VALUES: usize = 64;
+
+thread_local! {
+    /// Recently seen peers' header values, by a hash of the address (direct-mapped).
+    static PEER_VALUE_CACHE: RefCell<[Option<(IpAddr, HeaderValue)>; PEER_VALUES]> =
+        const { RefCell::new([const { None }; PEER_VALUES]) };
+}
+
+/// The peer address as a header value, once per client connection.
 ///
-/// Once per accepted connection, so IPv4 is written digit by digit into a stack buffer:
+/// Connections from the same address share one value: clients open several connections
+/// each, and behind a load balancer or NAT many connections come from few addresses. A new
+/// value costs every idle connection two allocations for its whole life (the text, and the
+/// shared header `Bytes` makes of it when the value is first cloned into a request: 16 + 24
+/// bytes, issue 23's memory target); a value from this thread's cache costs none (a clone
+/// is a reference count). The cache holds [`PEER_VALUES`] addresses per thread, a newer one
+/// replacing the one in its slot.
+pub fn peer_header_value(peer: IpAddr) -> Option<HeaderValue> {
+    let ip = canonical_ip(peer);
+    let slot = peer_slot(ip);
+    let cached = PEER_VALUE_CACHE.try_with(|c| match &c.borrow()[slot] {
+        Some((at, v)) if *at == ip => Some(v.clone()),
+        _ => None,
+    });
+    if let Ok(Some(v)) = cached {
+        return Some(v);
+    }
+    let v = format_peer(ip)?;
+    let _ = PEER_VALUE_CACHE.try_with(|c| c.borrow_mut()[slot] = Some((ip, v.clone())));
+    Some(v)
+}
+
+/// The cache slot of an address: a multiplicative hash of its last 8 bytes.
+fn peer_slot(ip: IpAddr) -> usize {
+    let low = match ip {
+        IpAddr::V4(v4) => u64::from(u32::from(v4)),
+        IpAddr::V6(v6) => u128::from(v6) as u64 ^ (u128::from(v6) >> 64) as u64,
+    };
+    (low.wrapping_mul(0x9e37_79b9_7f4a_7c15) >> 58) as usize % PEER_VALUES
+}
+
+/// Formats the (canonical) peer address. IPv4 is written digit by digit into a stack buffer:
 /// `Ipv4Addr`'s `Display` goes through `core::fmt` and a `String` (~1,300 instructions of a
 /// ~47,000-instruction new-connection request, callgrind).
-pub fn peer_header_value(peer: IpAddr) -> Option<HeaderValue> {
-    match canonical_ip(peer) {
+fn format_peer(ip: IpAddr) -> Option<HeaderValue> {
+    match ip {
         IpAddr::V4(v4) => {
             let mut out = [0u8; 15];
             let mut n = 0;
@@ -289,7 +330,31 @@ mod tests {
             let ip: IpAddr = ip.parse().unwrap();
             let want = canonical_ip(ip).to_string();
             assert_eq!(peer_header_value(ip).unwrap(), want.as_str(), "{ip}");
+            // The second time from the cache: same text.
+            assert_eq!(peer_header_value(ip).unwrap(), want.as_str(), "{ip}");
         }
+    }
+
+    /// Connections from one address share one value (no allocation of their own); addresses
+    /// that meet in a slot replace each other and still format right.
+    #[test]
+    fn peer_values_are_shared_per_address() {
+        let a: IpAddr = "198.51.100.7".parse().unwrap();
+        let first = peer_header_value(a).unwrap();
+        let second = peer_header_value(a).unwrap();
+        assert_eq!(first.as_bytes().as_ptr(), second.as_bytes().as_ptr());
+        let mapped: IpAddr = "::ffff:198.51.100.7".parse().unwrap();
+        assert_eq!(
+            peer_header_value(mapped).unwrap().as_bytes().as_ptr(),
+            first.as_bytes().as_ptr()
+        );
+        // More addresses than slots: every answer is still the address itself.
+        for i in 0..(4 * PEER_VALUES as u32) {
+            let ip = IpAddr::V4(std::net::Ipv4Addr::from(0x0a00_0000 + i * 7919));
+            assert_eq!(peer_header_value(ip).unwrap(), ip.to_string().as_str());
+        }
+        let again = peer_header_value(a).unwrap();
+        assert_eq!(again, "198.51.100.7");
     }
 
     #[test]

@@ -14,7 +14,7 @@
 
 use std::convert::Infallible;
 use std::future::Future;
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicU8, AtomicUsize, Ordering};
 use std::sync::{Arc, OnceLock};
@@ -88,15 +88,28 @@ pub struct ConnState {
     read_waker: AtomicWaker,
     /// The client's IP as a header value, formatted once per connection (forwarded headers).
     pub peer_ip: Option<http::HeaderValue>,
+    /// The client's address and port: here, not in the connection's task or its service
+    /// (`peer_addr`; issue 23: each idle connection's task fits a smaller size class).
+    peer_host: IpAddr,
+    peer_port: u16,
+    /// Accepted over TLS (`scheme`).
+    https: bool,
     /// Set when the connection was accepted by an HTTP frontend (routed by its rules).
     pub frontend: Option<Arc<super::frontends::FrontendConn>>,
 }
 
 impl ConnState {
-    fn new(peer: SocketAddr, frontend: Option<Arc<super::frontends::FrontendConn>>) -> Self {
+    fn new(
+        peer: SocketAddr,
+        https: bool,
+        frontend: Option<Arc<super::frontends::FrontendConn>>,
+    ) -> Self {
         Self {
             frontend,
             peer_ip: super::headers::peer_header_value(peer.ip()),
+            peer_host: peer.ip(),
+            peer_port: peer.port(),
+            https,
             inflight: AtomicU32::new(0),
             last_active: AtomicU64::new(now_ms()),
             head_started: AtomicU64::new(0),
@@ -106,6 +119,20 @@ impl ConnState {
             closing: AtomicU8::new(CLOSE_NONE),
             parks: AtomicU32::new(0),
             read_waker: AtomicWaker::new(),
+        }
+    }
+
+    /// The client's address.
+    pub fn peer_addr(&self) -> SocketAddr {
+        SocketAddr::new(self.peer_host, self.peer_port)
+    }
+
+    /// `https` for a connection accepted over TLS, else `http`.
+    pub fn scheme(&self) -> &'static str {
+        if self.https {
+            "https"
+        } else {
+            "http"
         }
     }
 
@@ -748,13 +775,23 @@ where
     T: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
     let limits = ConnLimits::of(&proxy.settings.timeouts);
-    let accepted = Accepted { peer, frontend };
+    debug_assert!(scheme == "http" || scheme == "https", "{scheme}");
+    let accepted = Accepted {
+        peer,
+        https: scheme == "https",
+        frontend,
+    };
+    // The service keeps only what it cannot find in the connection's state: it lives in the
+    // task of every idle connection (`connection_future_size`).
     supervise(&builder, io, accepted, limits, drain, move |state| {
         hyper::service::service_fn(move |req: http::Request<Incoming>| {
             let proxy = proxy.clone();
             let conn = state.clone();
             conn.request_started();
-            async move { Ok::<_, Infallible>(proxy.handle(req, peer, scheme, conn).await) }
+            async move {
+                let (peer, scheme) = (conn.peer_addr(), conn.scheme());
+                Ok::<_, Infallible>(proxy.handle(req, peer, scheme, conn).await)
+            }
         })
     })
 }
@@ -762,6 +799,8 @@ where
 /// Who a supervised connection is with.
 pub struct Accepted {
     pub peer: SocketAddr,
+    /// Over TLS ([`ConnState::scheme`]).
+    pub https: bool,
     /// Set when an HTTP frontend accepted it (routed by its rules).
     pub frontend: Option<Arc<super::frontends::FrontendConn>>,
 }
@@ -825,18 +864,14 @@ where
 const PARK_MS: u64 = PARK_AFTER.as_millis() as u64;
 const LINGER_MS: u64 = LINGER.as_millis() as u64;
 
-fn millis(d: Duration) -> u64 {
-    d.as_millis() as u64
-}
-
 /// When a connection last active at `last` is closed for idleness (`drain_started`: when the
 /// drain began, 0 if not draining; see [`supervise`]).
-fn idle_deadline(last: u64, drain_started: u64, limits: &ConnLimits) -> u64 {
-    let idle_ms = millis(limits.idle);
+fn idle_deadline(last: u64, drain_started: u64, limits: &LimitsMs) -> u64 {
+    let idle_ms = u64::from(limits.idle);
     if drain_started == 0 {
         last + idle_ms
     } else if IDLE_GRACE.load(Ordering::Relaxed) {
-        (last + idle_ms).min(last.max(drain_started) + millis(limits.drain))
+        (last + idle_ms).min(last.max(drain_started) + u64::from(limits.drain))
     } else {
         (last + idle_ms).min(last.max(drain_started))
     }
@@ -848,10 +883,29 @@ where
     S: hyper::service::HttpService<Incoming>,
 {
     conn: Serving<T, S>,
-    state: Arc<ConnState>,
     drain: watch::Receiver<bool>,
-    limits: ConnLimits,
-    peer: SocketAddr,
+    limits: LimitsMs,
+}
+
+/// [`ConnLimits`] in milliseconds, as a connection keeps them for its whole life (12 bytes
+/// instead of 48: the task of every idle connection holds them). A limit above `u32::MAX`
+/// milliseconds (49.7 days) counts as 49.7 days.
+#[derive(Debug, Clone, Copy)]
+struct LimitsMs {
+    client_header: u32,
+    idle: u32,
+    drain: u32,
+}
+
+impl LimitsMs {
+    fn of(l: &ConnLimits) -> Self {
+        let ms = |d: Duration| u32::try_from(d.as_millis()).unwrap_or(u32::MAX);
+        LimitsMs {
+            client_header: ms(l.client_header),
+            idle: ms(l.idle),
+            drain: ms(l.drain),
+        }
+    }
 }
 
 impl<T, S, B> Supervisor<T, S>
@@ -871,16 +925,18 @@ where
         drain: watch::Receiver<bool>,
         make_service: impl FnOnce(Arc<ConnState>) -> S,
     ) -> Self {
-        let Accepted { peer, frontend } = accepted;
-        let state = Arc::new(ConnState::new(peer, frontend));
+        let Accepted {
+            peer,
+            https,
+            frontend,
+        } = accepted;
+        let state = Arc::new(ConnState::new(peer, https, frontend));
         let service = make_service(state.clone());
         let io = TrackedIo::new(io, state.clone());
         Supervisor {
-            conn: Serving::new(builder.clone(), state.clone(), io, service),
-            state,
+            conn: Serving::new(builder.clone(), state, io, service),
             drain,
-            limits,
-            peer,
+            limits: LimitsMs::of(&limits),
         }
     }
 
@@ -888,17 +944,15 @@ where
     async fn run(&mut self) {
         let Supervisor {
             conn,
-            state,
             drain,
             limits,
-            peer,
         } = self;
         // What lives across the awaits below is kept by every connection for its whole life
-        // (idle ones included): `peer` stays a reference, the limits are read where used (no
-        // closure keeping them), the constants are constants (issue 23, `connection_future_size`:
-        // 664 B, so tokio's task cell fits mimalloc's 768-byte size class instead of 896).
-        let peer: &SocketAddr = peer;
-        let limits: &ConnLimits = limits;
+        // (idle ones included): the peer is in the connection's state (logs only), the limits
+        // are read where used (no closure keeping them), the constants are constants (issue
+        // 23, `connection_future_size`).
+        let limits: &LimitsMs = limits;
+        let state = conn.state.clone();
         // When the drain began (0: not draining). A connection idle at that moment gets the whole
         // drain timeout from then for a next request (answered with `Connection: close`): closing
         // it at once would race the very clients the drain's `Connection: close` answers just
@@ -914,7 +968,7 @@ where
             state.draining.store(true, Ordering::Relaxed);
         }
         loop {
-            let header_ms = millis(limits.client_header);
+            let header_ms = u64::from(limits.client_header);
             // Next moment something may be due; re-evaluated whenever the timer fires.
             let now = now_ms();
             let due = {
@@ -950,7 +1004,7 @@ where
                             continue;
                         }
                         Progress::Ended(Err(e)) => {
-                            tracing::debug!(%peer, error = %e, "client connection ended with an error");
+                            tracing::debug!(peer = %state.peer_addr(), error = %e, "client connection ended with an error");
                         }
                         Progress::Ended(Ok(())) => {}
                     }
@@ -975,7 +1029,7 @@ where
                         if state.closing.load(Ordering::Acquire) != CLOSE_NONE {
                             // Closing (or lingering for the client's FIN): bounded.
                             if now >= close_asked + LINGER_MS {
-                                tracing::debug!(%peer, "idle connection closed (linger over)");
+                                tracing::debug!(peer = %state.peer_addr(), "idle connection closed (linger over)");
                                 return;
                             }
                             continue;
@@ -1009,8 +1063,8 @@ where
                     }
                     let h2 = state.proto.load(Ordering::Relaxed) == PROTO_H2;
                     if hs != 0 && !h2 {
-                        if now >= hs + millis(limits.client_header) {
-                            tracing::debug!(%peer, "request head not received in time; 408");
+                        if now >= hs + u64::from(limits.client_header) {
+                            tracing::debug!(peer = %state.peer_addr(), "request head not received in time; 408");
                             state.timed_out.store(true, Ordering::Relaxed);
                             state.read_waker.wake();
                             // Let hyper observe EOF and finish; bounded in case it does not.
@@ -1027,7 +1081,7 @@ where
                                 conn.graceful_shutdown();
                                 continue;
                             }
-                            tracing::debug!(%peer, "closing idle connection");
+                            tracing::debug!(peer = %state.peer_addr(), "closing idle connection");
                             return;
                         }
                         if state.closing.load(Ordering::Acquire) == PARK_COMMITTED {
@@ -1038,7 +1092,7 @@ where
                         // HTTP/1: never close under a request that may be arriving; the reader
                         // ends the connection only if the socket is empty when it next looks
                         // (hyper's reader, or a parked connection's).
-                        tracing::debug!(%peer, "closing idle connection");
+                        tracing::debug!(peer = %state.peer_addr(), "closing idle connection");
                         state.closing.store(CLOSE_ASKED, Ordering::Release);
                         state.read_waker.wake();
                         close_asked = now;
@@ -1276,6 +1330,7 @@ mod tests {
                 tokio::spawn(async move {
                     let accepted = Accepted {
                         peer,
+                        https: false,
                         frontend: None,
                     };
                     supervise(&builder, stream, accepted, limits, drain, |conn| {
@@ -1580,7 +1635,7 @@ mod tests {
                     }
                     // Dropping `client` ends the stream.
                 });
-                let state = Arc::new(ConnState::new("127.0.0.1:1".parse().unwrap(), None));
+                let state = Arc::new(ConnState::new("127.0.0.1:1".parse().unwrap(), false, None));
                 let mut io = TrackedIo::new(server, state);
                 let mut prefix = Vec::new();
                 let got_version = std::future::poll_fn(|cx| io.poll_sniff(cx, &mut prefix))
@@ -1667,6 +1722,7 @@ mod tests {
             let proxy = proxy.clone();
             let accepted = Accepted {
                 peer,
+                https: false,
                 frontend: None,
             };
             let limits = park_limits();
@@ -1714,7 +1770,7 @@ mod tests {
         );
         assert!(
             spawned <= SPAWNED_MAX,
-            "spawned {spawned} B: tokio's task cell outgrows mimalloc's 768-byte class"
+            "spawned {spawned} B: tokio's task cell outgrows 640 B (mimalloc's 768-byte block)"
         );
         assert!(
             supervised <= owned + LOOP_STATE_MAX,
@@ -1724,14 +1780,20 @@ mod tests {
 
     /// What the supervisor loop may keep beside the [`Supervisor`] it borrows: its timer, the
     /// drain wait, a few instants, the 408 path's bounded wait (they overlap). Optimized
-    /// builds measure 368 B (440 B before the loop stopped keeping a copy of the peer, the
+    /// builds measure 360 B (440 B before the loop stopped keeping a copy of the peer, the
     /// limits in milliseconds and a closure over them); unoptimized builds keep more
     /// temporaries.
     const LOOP_STATE_MAX: usize = if cfg!(debug_assertions) { 1024 } else { 384 };
 
     /// What the accept loop spawns per connection, at most. tokio's task cell is 128-byte
     /// aligned: header 32 B + scheduler and task id 16 B + stage tag 8 B + this future +
-    /// trailer 48 B. With 664 B it is 768 B, one of mimalloc's size classes; 8 B more and every
-    /// connection's task takes 896 B (issue 23). Optimized builds measure 664 B.
-    const SPAWNED_MAX: usize = if cfg!(debug_assertions) { 1024 } else { 664 };
+    /// trailer 48 B. With 536 B it is 640 B. Being 128-byte aligned costs a block of the next
+    /// size class: mimalloc's 640- and 768-byte blocks start after its page header, not on a
+    /// 128-byte boundary, so an aligned request is served by over-allocating (size + 127) from
+    /// the class above (bpftrace of the live blocks with 10,000 idle connections: 73 tasks per
+    /// 64 KiB page with 768-byte cells, i.e. 896-byte blocks; 85 per page with 640-byte
+    /// cells, i.e. 768-byte blocks). 8 B more and every connection's task takes 896 B again
+    /// (issue 23). Optimized builds measure 536 B (664 B before the peer, the scheme and the
+    /// limits moved out of the task).
+    const SPAWNED_MAX: usize = if cfg!(debug_assertions) { 1024 } else { 536 };
 }
