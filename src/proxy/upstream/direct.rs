@@ -37,7 +37,14 @@ use crate::proxy::net::SendStream;
 pub const MAX_HEAD: usize = 256 * 1024;
 /// Most response headers accepted.
 const MAX_HEADERS: usize = 128;
-/// Read size while waiting for more of a head, and the first read size of a body.
+/// Read size while waiting for a response head (the buffer's first size): a typical head and
+/// a small body arrive whole in one read. A larger head grows the buffer (doubling), a body
+/// that needs more reads grows it to `READ_CHUNK` and up, and a connection keeps what its
+/// buffer grew to. So an idle pooled connection that carried only small answers holds 2 KiB,
+/// not 8: a burst that left 250 upstream connections in the pool held 2 MiB of buffers
+/// (issue 23: 0.2 KiB of the per-idle-client-connection figure), now 0.5 MiB.
+const HEAD_READ: usize = 2 * 1024;
+/// The first read size of a body that did not arrive with its head.
 const READ_CHUNK: usize = 8 * 1024;
 /// Body reads double (from `READ_CHUNK`) while they fill the buffer, up to this size.
 const MAX_BODY_READ: usize = 256 * 1024;
@@ -418,7 +425,7 @@ async fn exchange(
                 }
             }
         }
-        conn.buf.reserve(READ_CHUNK);
+        conn.buf.reserve(HEAD_READ);
         let n = match std::future::poll_fn(|cx| {
             tokio_util::io::poll_read_buf(Pin::new(&mut conn.io), cx, &mut conn.buf)
         })
@@ -842,5 +849,92 @@ mod tests {
             out,
             b"GET /a/b?c=d HTTP/1.1\r\nhost: app.test\r\nx-forwarded-for: 10.0.0.1\r\n\r\n"
         );
+    }
+}
+
+#[cfg(test)]
+mod buffer_tests {
+    use super::*;
+    use crate::proxy::upstream::pool::PoolSettings;
+    use http_body_util::BodyExt;
+    use std::time::Duration;
+    use tokio::io::AsyncReadExt;
+
+    /// A loopback upstream answering each request with a body of the length its path asks
+    /// for (`/<n>`), keep-alive.
+    async fn upstream() -> std::net::SocketAddr {
+        let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = l.local_addr().unwrap();
+        tokio::spawn(async move {
+            while let Ok((mut s, _)) = l.accept().await {
+                tokio::spawn(async move {
+                    let mut req = Vec::new();
+                    let mut b = [0u8; 1024];
+                    loop {
+                        let Ok(n) = s.read(&mut b).await else { return };
+                        if n == 0 {
+                            return;
+                        }
+                        req.extend_from_slice(&b[..n]);
+                        while let Some(end) = req.windows(4).position(|w| w == b"\r\n\r\n") {
+                            let head = String::from_utf8_lossy(&req[..end]).to_string();
+                            req.drain(..end + 4);
+                            let len: usize = head
+                                .split(' ')
+                                .nth(1)
+                                .and_then(|p| p.trim_start_matches('/').parse().ok())
+                                .unwrap_or(0);
+                            let mut out =
+                                format!("HTTP/1.1 200 OK\r\ncontent-length: {len}\r\n\r\n")
+                                    .into_bytes();
+                            out.resize(out.len() + len, b'x');
+                            if s.write_all(&out).await.is_err() {
+                                return;
+                            }
+                        }
+                    }
+                });
+            }
+        });
+        addr
+    }
+
+    async fn get(endpoint: &Endpoint, idle: &Arc<IdleQueue<DirectConn>>, len: usize) {
+        let req = Request::builder()
+            .uri(format!("/{len}"))
+            .header("host", "buffer.test")
+            .body(RequestBody::empty())
+            .unwrap();
+        let resp = send(endpoint, idle, &req).await.unwrap();
+        let body = resp.into_body().collect().await.unwrap().to_bytes();
+        assert_eq!(body.len(), len);
+    }
+
+    /// A pooled connection that carried small answers holds a 2 KiB buffer; one that read a
+    /// body in several reads keeps the larger buffer it grew (no regrowth per request).
+    #[tokio::test(flavor = "current_thread")]
+    async fn pooled_buffer_is_sized_by_what_the_connection_carried() {
+        let addr = upstream().await;
+        let settings = PoolSettings {
+            connect_timeout: Duration::from_secs(5),
+            idle_timeout: Duration::from_secs(60),
+            max_idle_per_host: 4,
+        };
+        let endpoint = Endpoint::new(&addr.to_string(), &settings);
+        let idle = Arc::new(IdleQueue::new(&settings));
+        for _ in 0..3 {
+            get(&endpoint, &idle, 100).await;
+        }
+        let conn = idle.pop().unwrap();
+        assert!(conn.buf.capacity() <= 2 * 1024, "{}", conn.buf.capacity());
+        idle.push(conn);
+        get(&endpoint, &idle, 100_000).await;
+        let conn = idle.pop().unwrap();
+        let grown = conn.buf.capacity();
+        assert!(grown >= READ_CHUNK, "{grown}");
+        idle.push(conn);
+        // Small answers after it reuse what it grew to.
+        get(&endpoint, &idle, 100).await;
+        assert!(idle.pop().unwrap().buf.capacity() >= READ_CHUNK);
     }
 }
