@@ -36,7 +36,9 @@ use tokio::sync::watch;
 use crate::model::access::ApiHosts;
 use crate::model::api::{Healthz, Version};
 use crate::model::config::ApiConfig;
-use crate::proxy::server::{accept_loop, supervise, Accepted, ConnBuilder, ConnLimits, ConnState};
+use crate::proxy::server::{
+    accept_loop, supervise, Accepted, ConnBuilder, ConnLimits, ConnState, Scheme,
+};
 use crate::store::registry::RouteRegistry;
 
 use error::{ApiError, BodyLimit};
@@ -225,7 +227,7 @@ pub async fn serve(listener: TcpListener, state: ApiState, limits: ConnLimits) {
             async move {
                 let accepted = Accepted {
                     peer,
-                    https: false,
+                    scheme: Scheme::Http,
                     frontend: None,
                 };
                 supervise(&builder, stream, accepted, limits, drain, move |conn| {

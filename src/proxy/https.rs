@@ -14,7 +14,7 @@ use tokio::sync::watch;
 use tokio_rustls::server::TlsStream;
 use tokio_rustls::LazyConfigAcceptor;
 
-use super::server::{accept_loop, connection_builder, serve_connection};
+use super::server::{accept_loop, connection_builder, serve_connection, Scheme};
 use super::Proxy;
 
 /// ALPN id of TLS-ALPN-01 (RFC 8737).
@@ -110,7 +110,7 @@ pub async fn serve_https(
                     let _ = tls.shutdown().await;
                     return;
                 }
-                serve_connection(proxy, builder, tls, peer, "https", drain_rx).await;
+                serve_connection(proxy, builder, tls, peer, Scheme::Https, drain_rx).await;
             }
         },
     )

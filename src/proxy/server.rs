@@ -72,6 +72,22 @@ pub fn no_idle_grace() {
 const PROTO_H1: u8 = 1;
 const PROTO_H2: u8 = 2;
 
+/// How a client connection reached the proxy (forwarded headers, routing by scheme).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Scheme {
+    Http,
+    Https,
+}
+
+impl Scheme {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Scheme::Http => "http",
+            Scheme::Https => "https",
+        }
+    }
+}
+
 /// Shared state of one client connection, updated by the IO wrapper and the request handler.
 #[derive(Debug)]
 pub struct ConnState {
@@ -92,8 +108,8 @@ pub struct ConnState {
     /// (`peer_addr`; issue 23: each idle connection's task fits a smaller size class).
     peer_host: IpAddr,
     peer_port: u16,
-    /// Accepted over TLS (`scheme`).
-    https: bool,
+    /// How the client reached us (`scheme`).
+    scheme: Scheme,
     /// Set when the connection was accepted by an HTTP frontend (routed by its rules).
     pub frontend: Option<Arc<super::frontends::FrontendConn>>,
 }
@@ -101,7 +117,7 @@ pub struct ConnState {
 impl ConnState {
     fn new(
         peer: SocketAddr,
-        https: bool,
+        scheme: Scheme,
         frontend: Option<Arc<super::frontends::FrontendConn>>,
     ) -> Self {
         Self {
@@ -109,7 +125,7 @@ impl ConnState {
             peer_ip: super::headers::peer_header_value(peer.ip()),
             peer_host: peer.ip(),
             peer_port: peer.port(),
-            https,
+            scheme,
             inflight: AtomicU32::new(0),
             last_active: AtomicU64::new(now_ms()),
             head_started: AtomicU64::new(0),
@@ -129,11 +145,7 @@ impl ConnState {
 
     /// `https` for a connection accepted over TLS, else `http`.
     pub fn scheme(&self) -> &'static str {
-        if self.https {
-            "https"
-        } else {
-            "http"
-        }
+        self.scheme.as_str()
     }
 
     /// A request head was parsed and handed to the service.
@@ -752,7 +764,7 @@ pub fn serve_connection<T>(
     builder: Arc<ConnBuilder>,
     io: T,
     peer: SocketAddr,
-    scheme: &'static str,
+    scheme: Scheme,
     drain: watch::Receiver<bool>,
 ) -> impl Future<Output = ()> + Send
 where
@@ -767,7 +779,7 @@ pub fn serve_connection_on<T>(
     builder: Arc<ConnBuilder>,
     io: T,
     peer: SocketAddr,
-    scheme: &'static str,
+    scheme: Scheme,
     drain: watch::Receiver<bool>,
     frontend: Option<Arc<super::frontends::FrontendConn>>,
 ) -> impl Future<Output = ()> + Send
@@ -775,10 +787,9 @@ where
     T: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
     let limits = ConnLimits::of(&proxy.settings.timeouts);
-    debug_assert!(scheme == "http" || scheme == "https", "{scheme}");
     let accepted = Accepted {
         peer,
-        https: scheme == "https",
+        scheme,
         frontend,
     };
     // The service keeps only what it cannot find in the connection's state: it lives in the
@@ -799,8 +810,8 @@ where
 /// Who a supervised connection is with.
 pub struct Accepted {
     pub peer: SocketAddr,
-    /// Over TLS ([`ConnState::scheme`]).
-    pub https: bool,
+    /// How the client reached us ([`ConnState::scheme`]).
+    pub scheme: Scheme,
     /// Set when an HTTP frontend accepted it (routed by its rules).
     pub frontend: Option<Arc<super::frontends::FrontendConn>>,
 }
@@ -927,10 +938,10 @@ where
     ) -> Self {
         let Accepted {
             peer,
-            https,
+            scheme,
             frontend,
         } = accepted;
-        let state = Arc::new(ConnState::new(peer, https, frontend));
+        let state = Arc::new(ConnState::new(peer, scheme, frontend));
         let service = make_service(state.clone());
         let io = TrackedIo::new(io, state.clone());
         Supervisor {
@@ -1177,7 +1188,7 @@ pub async fn serve_http(proxy: Arc<Proxy>, listener: TcpListener, stop: watch::R
                 builder.clone(),
                 super::net::SendStream::new(stream),
                 peer,
-                "http",
+                Scheme::Http,
                 drain_rx,
             )
         },
@@ -1330,7 +1341,7 @@ mod tests {
                 tokio::spawn(async move {
                     let accepted = Accepted {
                         peer,
-                        https: false,
+                        scheme: Scheme::Http,
                         frontend: None,
                     };
                     supervise(&builder, stream, accepted, limits, drain, |conn| {
@@ -1635,7 +1646,11 @@ mod tests {
                     }
                     // Dropping `client` ends the stream.
                 });
-                let state = Arc::new(ConnState::new("127.0.0.1:1".parse().unwrap(), false, None));
+                let state = Arc::new(ConnState::new(
+                    "127.0.0.1:1".parse().unwrap(),
+                    Scheme::Http,
+                    None,
+                ));
                 let mut io = TrackedIo::new(server, state);
                 let mut prefix = Vec::new();
                 let got_version = std::future::poll_fn(|cx| io.poll_sniff(cx, &mut prefix))
@@ -1697,7 +1712,7 @@ mod tests {
             builder.clone(),
             stream,
             peer,
-            "http",
+            Scheme::Http,
             drain_rx.clone(),
         );
         let future = std::mem::size_of_val(&conn);
@@ -1708,7 +1723,7 @@ mod tests {
             builder.clone(),
             stream,
             peer,
-            "http",
+            Scheme::Http,
             drain_rx.clone(),
         );
         let guard = tracker.enter();
@@ -1722,7 +1737,7 @@ mod tests {
             let proxy = proxy.clone();
             let accepted = Accepted {
                 peer,
-                https: false,
+                scheme: Scheme::Http,
                 frontend: None,
             };
             let limits = park_limits();

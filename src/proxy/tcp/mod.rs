@@ -463,7 +463,7 @@ impl TcpProxy {
                     builder,
                     super::net::SendStream::new(stream),
                     peer,
-                    "http",
+                    super::server::Scheme::Http,
                     drain,
                     Some(fc),
                 )
