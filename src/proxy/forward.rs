@@ -118,16 +118,16 @@ fn classify(err: &UpstreamError) -> UpstreamFailure {
 }
 
 impl Proxy {
-    /// Handles one request from `peer`. Never panics on client input; every failure becomes
-    /// a short plain-text response with the matching status.
+    /// Handles one request on the client connection `conn` (its peer and scheme are the
+    /// connection's). Never panics on client input; every failure becomes a short plain-text
+    /// response with the matching status.
     pub async fn handle(
         &self,
         req: Request<Incoming>,
-        peer: SocketAddr,
-        scheme: &'static str,
         conn: Arc<ConnState>,
     ) -> Response<ResponseBody> {
         let start = Instant::now();
+        let (peer, scheme) = (conn.peer_addr(), conn.scheme());
         // HTTP frontends with `keepalive: close` answer one request per connection.
         let draining_h1 =
             (conn.draining() || conn.closes_after_response()) && req.version() != Version::HTTP_2;

@@ -799,10 +799,7 @@ where
             let proxy = proxy.clone();
             let conn = state.clone();
             conn.request_started();
-            async move {
-                let (peer, scheme) = (conn.peer_addr(), conn.scheme());
-                Ok::<_, Infallible>(proxy.handle(req, peer, scheme, conn).await)
-            }
+            async move { Ok::<_, Infallible>(proxy.handle(req, conn).await) }
         })
     })
 }
@@ -1745,7 +1742,7 @@ mod tests {
                 hyper::service::service_fn(move |req: http::Request<Incoming>| {
                     let proxy = proxy.clone();
                     let conn = state.clone();
-                    async move { Ok::<_, Infallible>(proxy.handle(req, peer, "http", conn).await) }
+                    async move { Ok::<_, Infallible>(proxy.handle(req, conn).await) }
                 })
             };
             (stream, accepted, limits, service)
