@@ -7,6 +7,7 @@
 pub mod acme_hook;
 pub mod body;
 pub mod conn_memory;
+pub mod drain;
 pub mod forward;
 pub mod framing;
 pub mod frontends;
