@@ -1233,8 +1233,25 @@ pub async fn accept_loop_until<F, Fut>(
     let tracker = Arc::new(ConnTracker::default());
     let (drain_tx, drain_rx) = super::drain::channel();
     let mut nodelay = NoDelay::on_listener(&listener);
+    // One wait for the stop for the whole loop: a `stop.changed()` made in every turn drew a
+    // random branch order and registered (then dropped) a waiter with the channel per accepted
+    // connection. A dropped sender stops the loop too.
+    let stopped = async {
+        loop {
+            if *stop.borrow_and_update() {
+                break;
+            }
+            if stop.changed().await.is_err() {
+                break;
+            }
+        }
+    };
+    tokio::pin!(stopped);
     loop {
+        // Biased, accept first: a flood of connections cannot starve the stop, since the
+        // listener answers `Pending` once the task's cooperative budget is spent.
         tokio::select! {
+            biased;
             accepted = listener.accept() => {
                 match accepted {
                     Ok((stream, peer)) => {
@@ -1249,11 +1266,7 @@ pub async fn accept_loop_until<F, Fut>(
                     }
                 }
             }
-            _ = stop.changed() => {
-                if *stop.borrow() {
-                    break;
-                }
-            }
+            _ = &mut stopped => break,
         }
     }
     drop(listener);
