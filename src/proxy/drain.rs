@@ -138,12 +138,20 @@ impl Clone for DrainRx {
     }
 }
 
+/// Above this many slots, a table whose receivers all left is given back (a burst of
+/// connections does not keep its table for the listener's life); below it, it is kept for the
+/// next connections.
+const KEEP_SLOTS: usize = 1024;
+
 impl Drop for DrainRx {
     fn drop(&mut self) {
         if self.slot != NO_SLOT {
             let mut w = self.shared.waiters();
             w.wakers[self.slot as usize] = None;
             w.free.push(self.slot);
+            if w.free.len() == w.wakers.len() && w.wakers.len() > KEEP_SLOTS {
+                *w = Waiters::default();
+            }
         }
     }
 }
@@ -218,5 +226,27 @@ mod tests {
             .is_pending());
         assert_eq!(c.slot, 0, "the freed slot is taken again");
         assert_eq!(tx.shared.waiters().wakers.len(), 1);
+    }
+
+    #[tokio::test]
+    async fn a_burst_gives_its_table_back_once_it_left() {
+        let (tx, rx) = channel();
+        let mut burst: Vec<DrainRx> = (0..KEEP_SLOTS + 1).map(|_| rx.clone()).collect();
+        for r in &mut burst {
+            assert!(poll_fn(|cx| Poll::Ready(r.poll_drain(cx)))
+                .await
+                .is_pending());
+        }
+        assert_eq!(tx.shared.waiters().wakers.len(), KEEP_SLOTS + 1);
+        let last = burst.pop();
+        drop(burst);
+        assert_eq!(
+            tx.shared.waiters().wakers.len(),
+            KEEP_SLOTS + 1,
+            "one is still there"
+        );
+        drop(last);
+        let w = tx.shared.waiters();
+        assert_eq!((w.wakers.capacity(), w.free.capacity()), (0, 0));
     }
 }
