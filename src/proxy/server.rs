@@ -168,6 +168,11 @@ impl ConnState {
         self.drain_started.load(Ordering::Relaxed) != 0
     }
 
+    /// The drain began now.
+    fn start_drain(&self) {
+        self.drain_started.store(now_ms(), Ordering::Relaxed);
+    }
+
     /// One request per connection (`keepalive: close` of an HTTP frontend).
     pub fn closes_after_response(&self) -> bool {
         self.frontend
@@ -875,9 +880,11 @@ where
 const PARK_MS: u64 = PARK_AFTER.as_millis() as u64;
 const LINGER_MS: u64 = LINGER.as_millis() as u64;
 
-/// When a connection last active at `last` is closed for idleness (`drain_started`: when the
-/// drain began, 0 if not draining; see [`supervise`]).
-fn idle_deadline(last: u64, drain_started: u64, limits: &LimitsMs) -> u64 {
+/// When the connection is closed for idleness: its last activity plus the idle timeout, and
+/// once draining, no later than the drain's (see [`supervise`]).
+fn idle_deadline(state: &ConnState, limits: &LimitsMs) -> u64 {
+    let last = state.last_active.load(Ordering::Relaxed);
+    let drain_started = state.drain_started.load(Ordering::Relaxed);
     let idle_ms = u64::from(limits.idle);
     if drain_started == 0 {
         last + idle_ms
@@ -963,10 +970,7 @@ where
         // would race the very clients the drain's `Connection: close` answers just sent to
         // their other pooled connections.
         if self.drain.is_draining() {
-            self.conn
-                .state
-                .drain_started
-                .store(now_ms(), Ordering::Relaxed);
+            self.conn.state.start_drain();
         }
         let mut shutdown_sent = false;
         // When an idle close was asked of the reader (0: not asked).
@@ -979,12 +983,7 @@ where
             let now = now_ms();
             let due = {
                 let hs = self.conn.state.head_started.load(Ordering::Relaxed);
-                let last = self.conn.state.last_active.load(Ordering::Relaxed);
-                let mut due = idle_deadline(
-                    last,
-                    self.conn.state.drain_started.load(Ordering::Relaxed),
-                    &self.limits,
-                );
+                let mut due = idle_deadline(&self.conn.state, &self.limits);
                 if self.conn.state.proto.load(Ordering::Relaxed) != PROTO_H2 {
                     // A head may start arriving at any moment without waking this loop, so
                     // without one in progress re-check within one header timeout.
@@ -1021,7 +1020,7 @@ where
                     return;
                 }
                 () = std::future::poll_fn(|cx| self.drain.poll_drain(cx)), if !self.conn.state.draining() => {
-                    self.conn.state.drain_started.store(now_ms(), Ordering::Relaxed);
+                    self.conn.state.start_drain();
                     if self.conn.state.proto.load(Ordering::Relaxed) == PROTO_H2 && !shutdown_sent {
                         shutdown_sent = true;
                         self.conn.graceful_shutdown();
@@ -1077,8 +1076,7 @@ where
                         }
                         continue;
                     }
-                    let last = self.conn.state.last_active.load(Ordering::Relaxed);
-                    if now >= idle_deadline(last, self.conn.state.drain_started.load(Ordering::Relaxed), &self.limits) {
+                    if now >= idle_deadline(&self.conn.state, &self.limits) {
                         if h2 {
                             if !shutdown_sent {
                                 shutdown_sent = true;

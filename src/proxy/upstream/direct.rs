@@ -926,7 +926,7 @@ mod buffer_tests {
             get(&endpoint, &idle, 100).await;
         }
         let conn = idle.pop().unwrap();
-        assert!(conn.buf.capacity() <= 2 * 1024, "{}", conn.buf.capacity());
+        assert!(conn.buf.capacity() <= HEAD_READ, "{}", conn.buf.capacity());
         idle.push(conn);
         get(&endpoint, &idle, 100_000).await;
         let conn = idle.pop().unwrap();
