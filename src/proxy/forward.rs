@@ -190,6 +190,10 @@ impl Proxy {
         if draining_h1 {
             resp.headers_mut()
                 .insert(header::CONNECTION, HeaderValue::from_static("close"));
+            if resp.status() != StatusCode::SWITCHING_PROTOCOLS {
+                // hyper closes after this response: its last bytes go with the FIN.
+                done.last_response();
+            }
         }
         if let Some(log) = done.log.as_mut() {
             log.status = resp.status().as_u16();
@@ -378,7 +382,12 @@ impl Proxy {
             .cloned()
             .unwrap_or_else(|| PathAndQuery::from_static("/"));
         let mut headers = parts.headers;
-        strip_hop_by_hop(&mut headers, upgrade);
+        let asked_close = strip_hop_by_hop(&mut headers, upgrade);
+        if asked_close && !upgrade && parts.version != Version::HTTP_2 {
+            // hyper closes after answering a `Connection: close` request (any HTTP/1
+            // version): the answer's last bytes go with the FIN.
+            done.last_response();
+        }
         join_cookies(&mut headers);
         set_forwarded_cached(
             &mut headers,

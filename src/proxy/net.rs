@@ -10,6 +10,14 @@
 //! Invariants: readiness is tokio's (`poll_write_ready` then `try_io`, which clears the write
 //! readiness on `WouldBlock`), so the task is woken exactly as with `TcpStream::poll_write`;
 //! no `unsafe` (socket2's safe `send`/`send_vectored`).
+//!
+//! The last bytes of a client connection (the response of a request that asked to close, or
+//! of a draining connection, once its body has ended: [`TailWrites`]) go out with
+//! `MSG_MORE`: the kernel holds them until the shutdown that follows, and sends them and the
+//! FIN in one segment. The client then acknowledges both at once, with its own FIN: 7
+//! segments per connection instead of 9 (tcpdump, issue 23). Bytes held that way are never
+//! left behind: the shutdown sends them, and a stream dropped without one shuts its write
+//! side down first.
 
 use std::io::{self, IoSlice};
 use std::pin::Pin;
@@ -24,21 +32,82 @@ const SMALL_WRITE: usize = 1024;
 
 /// A TCP stream that writes with `send`/`sendmsg`.
 #[derive(Debug)]
-pub struct SendStream(TcpStream);
+pub struct SendStream {
+    stream: TcpStream,
+    /// Writes are the connection's last bytes: sent with `MSG_MORE` ([`TailWrites`]).
+    tail: bool,
+    /// Bytes sent with `MSG_MORE` may wait in the socket for the shutdown.
+    held: bool,
+}
+
+/// A client connection's transport that can send the connection's last bytes together with
+/// its FIN (see the module documentation).
+pub trait TailWrites {
+    /// `on`: whatever is written from now on ends the connection (its shutdown follows
+    /// without waiting for anything else). Transports that cannot hold bytes ignore it.
+    fn tail_writes(&mut self, _on: bool) {}
+}
+
+impl TailWrites for TcpStream {}
+
+#[cfg(test)]
+impl TailWrites for tokio::io::DuplexStream {}
+
+impl TailWrites for SendStream {
+    fn tail_writes(&mut self, on: bool) {
+        self.tail = on;
+    }
+}
+
+impl<T: TailWrites> TailWrites for tokio_rustls::server::TlsStream<T> {
+    fn tail_writes(&mut self, on: bool) {
+        self.get_mut().0.tail_writes(on);
+    }
+}
+
+impl Drop for SendStream {
+    fn drop(&mut self) {
+        if self.held {
+            // Dropped without a shutdown (an error path): send what waits, with the FIN.
+            let _ = SockRef::from(&self.stream).shutdown(std::net::Shutdown::Write);
+        }
+    }
+}
 
 impl SendStream {
     pub fn new(stream: TcpStream) -> Self {
-        Self(stream)
+        Self {
+            stream,
+            tail: false,
+            held: false,
+        }
+    }
+
+    /// `send` flags: `MSG_MORE` for the connection's last bytes.
+    fn flags(&self) -> libc::c_int {
+        if self.tail {
+            libc::MSG_MORE
+        } else {
+            0
+        }
+    }
+
+    /// Notes that a send with `MSG_MORE` left bytes for the shutdown to push.
+    fn sent(&mut self, res: Poll<io::Result<usize>>) -> Poll<io::Result<usize>> {
+        if self.tail && matches!(res, Poll::Ready(Ok(n)) if n > 0) {
+            self.held = true;
+        }
+        res
     }
 
     /// Polls for read readiness (tokio's cached readiness; no syscall).
     pub fn poll_read_ready(&self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        self.0.poll_read_ready(cx)
+        self.stream.poll_read_ready(cx)
     }
 
     /// One non-blocking read.
     pub fn try_read(&self, buf: &mut [u8]) -> io::Result<usize> {
-        self.0.try_read(buf)
+        self.stream.try_read(buf)
     }
 
     /// Runs one non-blocking socket write once the socket is writable; `WouldBlock` waits
@@ -49,10 +118,10 @@ impl SendStream {
         mut op: impl FnMut(SockRef<'_>) -> io::Result<usize>,
     ) -> Poll<io::Result<usize>> {
         loop {
-            ready!(self.0.poll_write_ready(cx))?;
+            ready!(self.stream.poll_write_ready(cx))?;
             match self
-                .0
-                .try_io(Interest::WRITABLE, || op(SockRef::from(&self.0)))
+                .stream
+                .try_io(Interest::WRITABLE, || op(SockRef::from(&self.stream)))
             {
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
                 res => return Poll::Ready(res),
@@ -67,7 +136,7 @@ impl AsyncRead for SendStream {
         cx: &mut Context<'_>,
         buf: &mut ReadBuf<'_>,
     ) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.0).poll_read(cx, buf)
+        Pin::new(&mut self.stream).poll_read(cx, buf)
     }
 }
 
@@ -77,7 +146,10 @@ impl AsyncWrite for SendStream {
         cx: &mut Context<'_>,
         buf: &[u8],
     ) -> Poll<io::Result<usize>> {
-        self.poll_send(cx, |s| s.send(buf))
+        let this = self.get_mut();
+        let flags = this.flags();
+        let res = this.poll_send(cx, |s| s.send_with_flags(buf, flags));
+        this.sent(res)
     }
 
     fn poll_write_vectored(
@@ -85,10 +157,12 @@ impl AsyncWrite for SendStream {
         cx: &mut Context<'_>,
         bufs: &[IoSlice<'_>],
     ) -> Poll<io::Result<usize>> {
+        let this = self.get_mut();
+        let flags = this.flags();
         let mut nonempty = bufs.iter().filter(|b| !b.is_empty());
-        match (nonempty.next(), nonempty.next()) {
+        let res = match (nonempty.next(), nonempty.next()) {
             (None, _) => Poll::Ready(Ok(0)),
-            (Some(one), None) => self.poll_send(cx, |s| s.send(one)),
+            (Some(one), None) => this.poll_send(cx, |s| s.send_with_flags(one, flags)),
             _ => {
                 // A small head + body (the usual response): one copy on the stack and a
                 // plain `send` is cheaper in the kernel than `sendmsg`'s msghdr and iovec
@@ -101,12 +175,13 @@ impl AsyncWrite for SendStream {
                         flat[at..at + b.len()].copy_from_slice(b);
                         at += b.len();
                     }
-                    self.poll_send(cx, |s| s.send(&flat[..at]))
+                    this.poll_send(cx, |s| s.send_with_flags(&flat[..at], flags))
                 } else {
-                    self.poll_send(cx, |s| s.send_vectored(bufs))
+                    this.poll_send(cx, |s| s.send_vectored_with_flags(bufs, flags))
                 }
             }
-        }
+        };
+        this.sent(res)
     }
 
     fn is_write_vectored(&self) -> bool {
@@ -118,13 +193,18 @@ impl AsyncWrite for SendStream {
     }
 
     fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.0).poll_shutdown(cx)
+        let res = ready!(Pin::new(&mut self.stream).poll_shutdown(cx));
+        // Failed or not, the held bytes are the kernel's now (a failed shutdown means the
+        // connection is gone).
+        self.held = false;
+        Poll::Ready(res)
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::time::Duration;
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
     /// Round trip over real loopback sockets: plain, vectored (several and single non-empty
@@ -171,5 +251,69 @@ mod tests {
         let rest = &got[11 + SMALL_WRITE + 1..];
         assert_eq!(rest.len(), big.len());
         assert!(rest.iter().all(|&b| b == b'x'));
+    }
+
+    /// A connected pair: a std client socket and the server's `SendStream`.
+    async fn pair() -> (std::net::TcpStream, SendStream) {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let client = std::net::TcpStream::connect(listener.local_addr().unwrap()).unwrap();
+        let (server, _) = listener.accept().await.unwrap();
+        (client, SendStream::new(server))
+    }
+
+    /// Tail writes wait in the socket for the shutdown and arrive with the FIN: once the
+    /// client has the last byte, the end of stream is already there (one segment). Bytes
+    /// written before stay unheld.
+    #[tokio::test]
+    async fn tail_bytes_arrive_with_the_fin() {
+        use std::io::Read;
+        let (client, mut w) = pair().await;
+        let reader = std::thread::spawn(move || {
+            let mut client = client;
+            let mut early = [0u8; 6];
+            client.read_exact(&mut early).unwrap();
+            let early_at = std::time::Instant::now();
+            let mut last = [0u8; 9];
+            client.read_exact(&mut last).unwrap();
+            let last_at = std::time::Instant::now();
+            client.set_nonblocking(true).unwrap();
+            let eof = client.read(&mut [0u8; 16]).map_err(|e| e.kind());
+            (early, early_at, last, last_at, eof)
+        });
+        w.write_all(b"early ").await.unwrap();
+        w.tail_writes(true);
+        w.write_all(b"last").await.unwrap();
+        let parts = [IoSlice::new(b" "), IoSlice::new(b"byte")];
+        assert_eq!(w.write_vectored(&parts).await.unwrap(), 5);
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        let shutdown_at = std::time::Instant::now();
+        w.shutdown().await.unwrap();
+        let (early, early_at, last, last_at, eof) = reader.join().unwrap();
+        assert_eq!(&early, b"early ");
+        assert!(
+            early_at < shutdown_at,
+            "bytes written before tail_writes are not held"
+        );
+        assert_eq!(&last, b"last byte");
+        assert!(last_at >= shutdown_at, "the tail waited for the shutdown");
+        assert_eq!(eof, Ok(0), "the FIN came with the last bytes");
+    }
+
+    /// A stream dropped without a shutdown still delivers its held bytes, even when the
+    /// client sent bytes nobody read (close() alone would answer them with a reset that
+    /// discards what waits in the send queue).
+    #[tokio::test]
+    async fn held_bytes_survive_a_drop_with_unread_input() {
+        use std::io::{Read, Write};
+        let (mut client, mut w) = pair().await;
+        client.write_all(b"never read").unwrap();
+        w.tail_writes(true);
+        w.write_all(b"answer").await.unwrap();
+        // The unread bytes are in the server's receive queue before the drop.
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        drop(w);
+        let mut got = [0u8; 6];
+        client.read_exact(&mut got).unwrap();
+        assert_eq!(&got, b"answer");
     }
 }

@@ -38,6 +38,15 @@ pub struct Completion {
     pub conn: Option<Arc<ConnState>>,
 }
 
+impl Completion {
+    /// The response ends its connection ([`ConnState::last_response`]).
+    pub fn last_response(&self) {
+        if let Some(c) = &self.conn {
+            c.last_response();
+        }
+    }
+}
+
 impl Drop for Completion {
     fn drop(&mut self) {
         if let Some(b) = &self.backend {

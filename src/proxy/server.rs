@@ -30,6 +30,7 @@ use tokio::net::TcpListener;
 use tokio::sync::{watch, Notify};
 
 use super::drain::DrainRx;
+use super::net::TailWrites;
 use super::Proxy;
 
 fn clock_base() -> Instant {
@@ -99,6 +100,9 @@ pub struct ConnState {
     /// supervisor loop, whose state every idle connection's task holds.
     drain_started: AtomicU64,
     timed_out: AtomicBool,
+    /// The response in flight is the connection's last: the request asked to close, or the
+    /// response says so (draining). Its bytes go out with the FIN once its body has ended.
+    last_response: AtomicBool,
     proto: AtomicU8,
     /// Idle close or park in progress (`CLOSE_*`, `PARK_*`).
     closing: AtomicU8,
@@ -134,6 +138,7 @@ impl ConnState {
             head_started: AtomicU64::new(0),
             drain_started: AtomicU64::new(0),
             timed_out: AtomicBool::new(false),
+            last_response: AtomicBool::new(false),
             proto: AtomicU8::new(PROTO_UNKNOWN),
             closing: AtomicU8::new(CLOSE_NONE),
             parks: AtomicU32::new(0),
@@ -161,6 +166,19 @@ impl ConnState {
     pub fn request_done(&self) {
         self.last_active.store(now_ms(), Ordering::Relaxed);
         self.inflight.fetch_sub(1, Ordering::Relaxed);
+    }
+
+    /// The response to the request in flight ends the connection (hyper closes it once the
+    /// response is written: the request said `Connection: close`, or the response will). Call
+    /// only when that is certain: its last bytes wait for the shutdown.
+    pub fn last_response(&self) {
+        self.last_response.store(true, Ordering::Relaxed);
+    }
+
+    /// Whether what is written now are the connection's last bytes: its last response, whose
+    /// body has ended (so the shutdown follows the write, nothing else is awaited).
+    fn writing_tail(&self) -> bool {
+        self.last_response.load(Ordering::Relaxed) && self.inflight.load(Ordering::Relaxed) == 0
     }
 
     /// Whether responses should ask the client to close (process draining).
@@ -217,7 +235,7 @@ enum Sniffed {
     Http2,
 }
 
-impl<T: AsyncRead + AsyncWrite + Unpin> TrackedIo<T> {
+impl<T: AsyncRead + AsyncWrite + TailWrites + Unpin> TrackedIo<T> {
     fn new(inner: T, state: Arc<ConnState>) -> Self {
         Self {
             inner,
@@ -227,6 +245,13 @@ impl<T: AsyncRead + AsyncWrite + Unpin> TrackedIo<T> {
             shut: false,
             write_blocked: false,
         }
+    }
+
+    /// Tells the transport whether what is written now are the connection's last bytes
+    /// ([`ConnState::writing_tail`]).
+    fn mark_tail(&mut self) {
+        let tail = self.state.writing_tail();
+        self.inner.tail_writes(tail);
     }
 
     /// One read of up to `SNIFF_READ` bytes into a stack buffer (so nothing is held while
@@ -312,7 +337,7 @@ impl<T: AsyncRead + AsyncWrite + Unpin> TrackedIo<T> {
 const RESPONSE_408: &[u8] =
     b"HTTP/1.1 408 Request Timeout\r\nconnection: close\r\ncontent-type: text/plain\r\ncontent-length: 16\r\n\r\nrequest timeout\n";
 
-impl<T: AsyncRead + AsyncWrite + Unpin> AsyncRead for TrackedIo<T> {
+impl<T: AsyncRead + AsyncWrite + TailWrites + Unpin> AsyncRead for TrackedIo<T> {
     fn poll_read(
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
@@ -388,12 +413,13 @@ impl<T: AsyncRead + AsyncWrite + Unpin> AsyncRead for TrackedIo<T> {
     }
 }
 
-impl<T: AsyncRead + AsyncWrite + Unpin> AsyncWrite for TrackedIo<T> {
+impl<T: AsyncRead + AsyncWrite + TailWrites + Unpin> AsyncWrite for TrackedIo<T> {
     fn poll_write(
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
         buf: &[u8],
     ) -> Poll<std::io::Result<usize>> {
+        self.mark_tail();
         let res = Pin::new(&mut self.inner).poll_write(cx, buf);
         self.write_blocked = res.is_pending();
         res
@@ -403,6 +429,7 @@ impl<T: AsyncRead + AsyncWrite + Unpin> AsyncWrite for TrackedIo<T> {
         cx: &mut Context<'_>,
         bufs: &[std::io::IoSlice<'_>],
     ) -> Poll<std::io::Result<usize>> {
+        self.mark_tail();
         let res = Pin::new(&mut self.inner).poll_write_vectored(cx, bufs);
         self.write_blocked = res.is_pending();
         res
@@ -411,6 +438,8 @@ impl<T: AsyncRead + AsyncWrite + Unpin> AsyncWrite for TrackedIo<T> {
         self.inner.is_write_vectored()
     }
     fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        // A TLS stream writes its pending records here.
+        self.mark_tail();
         let res = Pin::new(&mut self.inner).poll_flush(cx);
         self.write_blocked = res.is_pending();
         res
@@ -422,6 +451,8 @@ impl<T: AsyncRead + AsyncWrite + Unpin> AsyncWrite for TrackedIo<T> {
             return Pin::new(&mut this.inner).poll_flush(cx);
         }
         if !this.shut {
+            // A TLS stream writes its close_notify here, before the FIN.
+            this.mark_tail();
             std::task::ready!(Pin::new(&mut this.inner).poll_shutdown(cx))?;
             this.shut = true;
         }
@@ -579,7 +610,7 @@ where
 
 impl<T, S, B> Serving<T, S>
 where
-    T: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    T: AsyncRead + AsyncWrite + TailWrites + Unpin + Send + 'static,
     S: hyper::service::HttpService<Incoming, ResBody = B> + Unpin,
     S::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
     B: hyper::body::Body + 'static,
@@ -674,7 +705,7 @@ enum Progress {
 
 impl<T, S, B> Serving<T, S>
 where
-    T: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    T: AsyncRead + AsyncWrite + TailWrites + Unpin + Send + 'static,
     S: hyper::service::HttpService<Incoming, ResBody = B> + Unpin,
     S::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
     B: hyper::body::Body + 'static,
@@ -776,7 +807,7 @@ pub fn serve_connection<T>(
     drain: DrainRx,
 ) -> impl Future<Output = ()> + Send
 where
-    T: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    T: AsyncRead + AsyncWrite + TailWrites + Unpin + Send + 'static,
 {
     serve_connection_on(proxy, builder, io, peer, scheme, drain, None)
 }
@@ -792,7 +823,7 @@ pub fn serve_connection_on<T>(
     frontend: Option<Arc<super::frontends::FrontendConn>>,
 ) -> impl Future<Output = ()> + Send
 where
-    T: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    T: AsyncRead + AsyncWrite + TailWrites + Unpin + Send + 'static,
 {
     let limits = ConnLimits::of(&proxy.settings.timeouts);
     let accepted = Accepted {
@@ -861,7 +892,7 @@ pub fn supervise<T, S, B>(
     make_service: impl FnOnce(Arc<ConnState>) -> S,
 ) -> impl Future<Output = ()> + Send
 where
-    T: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    T: AsyncRead + AsyncWrite + TailWrites + Unpin + Send + 'static,
     S: hyper::service::Service<http::Request<Incoming>, Response = http::Response<B>>
         + Send
         + Unpin
@@ -928,7 +959,7 @@ impl LimitsMs {
 
 impl<T, S, B> Supervisor<T, S>
 where
-    T: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    T: AsyncRead + AsyncWrite + TailWrites + Unpin + Send + 'static,
     S: hyper::service::HttpService<Incoming, ResBody = B> + Unpin,
     S::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
     B: hyper::body::Body + 'static,

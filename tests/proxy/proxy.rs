@@ -1022,3 +1022,126 @@ async fn upstream_content_length_next_to_chunked_and_non_canonical_length() {
     }
     d.shutdown().await;
 }
+
+/// A raw backend for [`closing_response_carries_the_fin_and_streams_are_not_held`]: `/drip`
+/// answers a chunked `first`, notes when it wrote it, and sends `last` and the end once `go`
+/// is notified; anything else answers `hello` with a length. Every answer closes.
+async fn drip_backend(
+    wrote_first: std::sync::Arc<std::sync::Mutex<Option<Instant>>>,
+    go: std::sync::Arc<tokio::sync::Notify>,
+) -> std::net::SocketAddr {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = l.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((mut s, _)) = l.accept().await {
+            let (wrote_first, go) = (wrote_first.clone(), go.clone());
+            tokio::spawn(async move {
+                let mut head = Vec::new();
+                let mut buf = [0u8; 1024];
+                while !head.windows(4).any(|w| w == b"\r\n\r\n") {
+                    match s.read(&mut buf).await {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => head.extend_from_slice(&buf[..n]),
+                    }
+                }
+                if head.starts_with(b"GET /drip ") {
+                    let first = b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\nConnection: close\r\n\r\n5\r\nfirst\r\n";
+                    s.write_all(first).await.unwrap();
+                    *wrote_first.lock().unwrap() = Some(Instant::now());
+                    go.notified().await;
+                    s.write_all(b"4\r\nlast\r\n0\r\n\r\n").await.unwrap();
+                } else {
+                    let answer =
+                        b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\nConnection: close\r\n\r\nhello";
+                    s.write_all(answer).await.unwrap();
+                }
+            });
+        }
+    });
+    addr
+}
+
+/// The answer to a `Connection: close` request ends its connection, and its last bytes go
+/// out with the FIN in one segment (issue 23: 7 segments per connection instead of 9): once
+/// the client has read the whole response, the end of stream is already there. A streamed
+/// body's earlier bytes are not held for the FIN: they reach the client while the backend
+/// still holds the rest (a held write would wait for the kernel's 200 ms cork ceiling).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn closing_response_carries_the_fin_and_streams_are_not_held() {
+    use std::io::{Read, Write};
+    let wrote_first = std::sync::Arc::new(std::sync::Mutex::new(None));
+    let go = std::sync::Arc::new(tokio::sync::Notify::new());
+    let backend = drip_backend(wrote_first.clone(), go.clone()).await;
+    let d = start(config(&one_route(&backend.to_string()))).await;
+    let proxy = d.http_addr;
+
+    let eofs = tokio::task::spawn_blocking(move || {
+        (0..20)
+            .map(|_| {
+                let mut s = std::net::TcpStream::connect(proxy).unwrap();
+                s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+                s.write_all(b"GET /small HTTP/1.1\r\nHost: app.test\r\nConnection: close\r\n\r\n")
+                    .unwrap();
+                let mut got = Vec::new();
+                let mut buf = [0u8; 4096];
+                while !got.ends_with(b"\r\n\r\nhello") {
+                    let n = s.read(&mut buf).unwrap();
+                    assert!(n > 0, "closed early: {}", String::from_utf8_lossy(&got));
+                    got.extend_from_slice(&buf[..n]);
+                }
+                let text = String::from_utf8_lossy(&got).to_lowercase();
+                assert!(text.starts_with("http/1.1 200"), "{text}");
+                assert!(text.contains("connection: close\r\n"), "{text}");
+                s.set_nonblocking(true).unwrap();
+                s.read(&mut buf).map_err(|e| e.kind())
+            })
+            .collect::<Vec<_>>()
+    })
+    .await
+    .unwrap();
+    assert!(
+        eofs.iter().all(|r| *r == Ok(0)),
+        "the FIN came with the response's last bytes every time: {eofs:?}"
+    );
+
+    // Streamed: the first chunk arrives while the backend holds the rest. Three tries, the
+    // best counts (a held chunk would take >= 200 ms every time; a busy test host only
+    // sometimes delays one).
+    let mut best = Duration::MAX;
+    for _ in 0..3 {
+        *wrote_first.lock().unwrap() = None;
+        let (wrote_first, go) = (wrote_first.clone(), go.clone());
+        let (delay, body) = tokio::task::spawn_blocking(move || {
+            let mut s = std::net::TcpStream::connect(proxy).unwrap();
+            s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+            s.write_all(b"GET /drip HTTP/1.1\r\nHost: app.test\r\nConnection: close\r\n\r\n")
+                .unwrap();
+            let mut got = Vec::new();
+            let mut buf = [0u8; 4096];
+            while !String::from_utf8_lossy(&got).contains("first") {
+                let n = s.read(&mut buf).unwrap();
+                assert!(n > 0, "closed early: {}", String::from_utf8_lossy(&got));
+                got.extend_from_slice(&buf[..n]);
+            }
+            let delay = wrote_first
+                .lock()
+                .unwrap()
+                .expect("backend wrote first")
+                .elapsed();
+            go.notify_one();
+            s.read_to_end(&mut got).unwrap();
+            (delay, String::from_utf8_lossy(&got).into_owned())
+        })
+        .await
+        .unwrap();
+        assert!(body.contains("first") && body.contains("last"), "{body}");
+        assert!(body.ends_with("0\r\n\r\n"), "{body}");
+        best = best.min(delay);
+    }
+    assert!(
+        best < Duration::from_millis(150),
+        "the first chunk reached the client {best:?} after the backend wrote it"
+    );
+    d.shutdown().await;
+}
