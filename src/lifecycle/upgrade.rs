@@ -217,37 +217,52 @@ pub async fn spawn_successor(
         });
     }
     // Clear CLOEXEC on exactly the descriptors we hand over, spawn, then restore. Only the
-    // upgrade path spawns processes, and it runs one at a time.
+    // upgrade path spawns processes, and it runs one at a time. The spawn (fork, the
+    // intermediate's fork, exec) blocks until the successor has exec'd: it runs on a blocking
+    // thread, so the runtime's workers go on serving meanwhile (with `proxy.workers: 1`, the
+    // only one would otherwise stall every connection for it).
     let inheritable: Vec<RawFd> = listeners
         .iter()
         .map(|(_, fd)| *fd)
         .chain(std::iter::once(writer.as_raw_fd()))
         .collect();
-    for fd in &inheritable {
-        set_cloexec(*fd, false);
-    }
-    let spawned = cmd.spawn();
-    for fd in &inheritable {
-        set_cloexec(*fd, true);
-    }
-    drop(writer);
-    let mut intermediate: Child = spawned.map_err(|source| UpgradeError::Spawn {
-        exe: exe.clone(),
-        source,
-    })?;
-    // `spawn` returned after the successor's exec, so the intermediate has written the pid
-    // line and exited; reap it.
-    let _ = intermediate.wait();
-    let first = read_line(&mut reader);
-    let pid: u32 = match first.strip_prefix("pid ").and_then(|p| p.parse().ok()) {
-        Some(p) => p,
-        None => {
-            return Err(UpgradeError::Protocol {
+    let spawn_exe = exe.clone();
+    let started = tokio::task::spawn_blocking(move || {
+        let began = std::time::Instant::now();
+        for fd in &inheritable {
+            set_cloexec(*fd, false);
+        }
+        let spawned = cmd.spawn();
+        for fd in &inheritable {
+            set_cloexec(*fd, true);
+        }
+        drop(writer);
+        let mut intermediate: Child = spawned.map_err(|source| UpgradeError::Spawn {
+            exe: spawn_exe,
+            source,
+        })?;
+        // `spawn` returned after the successor's exec, so the intermediate has written the
+        // pid line and exited; reap it.
+        let _ = intermediate.wait();
+        let first = read_line(&mut reader);
+        tracing::debug!(
+            took_us = began.elapsed().as_micros() as u64,
+            "successor spawned"
+        );
+        match first
+            .strip_prefix("pid ")
+            .and_then(|p| p.parse::<u32>().ok())
+        {
+            Some(pid) => Ok((pid, reader)),
+            None => Err(UpgradeError::Protocol {
                 pid: intermediate.id(),
                 msg: first,
-            })
+            }),
         }
-    };
+    })
+    .await
+    .map_err(|e| UpgradeError::Io(std::io::Error::other(e)))?;
+    let (pid, mut reader) = started?;
     tracing::info!(pid, exe = %exe.display(), "started new process; waiting for it to be ready");
 
     // The read ends with a line (ready) or EOF (the successor exited or closed the pipe).
