@@ -43,10 +43,10 @@ async fn accept_tls(
     config: &Arc<ServerConfig>,
     hooks: Option<Arc<dyn super::acme_hook::TlsHooks>>,
     timeout: Duration,
-) -> Result<Result<TlsStream<super::net::SendStream>, std::io::Error>, ()> {
+) -> Result<Result<TlsStream<super::net::ClientStream>, std::io::Error>, ()> {
     let lazy = LazyConfigAcceptor::new(
         rustls::server::Acceptor::default(),
-        super::net::SendStream::new(stream),
+        super::net::ClientStream::new(stream),
     );
     let start = match tokio::time::timeout(timeout, lazy).await {
         Ok(Ok(start)) => start,

@@ -11,8 +11,8 @@
 //! readiness on `WouldBlock`), so the task is woken exactly as with `TcpStream::poll_write`;
 //! no `unsafe` (socket2's safe `send`/`send_vectored`).
 //!
-//! The last bytes of a client connection (the response of a request that asked to close, or
-//! of a draining connection, once its body has ended: [`TailWrites`]) go out with
+//! A client connection's [`ClientStream`] sends its last bytes (the response of a request that
+//! asked to close, or of a draining connection, once its body has ended: [`TailWrites`]) with
 //! `MSG_MORE`: the kernel holds them until the shutdown that follows, and sends them and the
 //! FIN in one segment. The client then acknowledges both at once, with its own FIN: 7
 //! segments per connection instead of 9 (tcpdump, issue 23). Bytes held that way are never
@@ -32,9 +32,15 @@ const SMALL_WRITE: usize = 1024;
 
 /// A TCP stream that writes with `send`/`sendmsg`.
 #[derive(Debug)]
-pub struct SendStream {
-    stream: TcpStream,
-    /// Writes are the connection's last bytes: sent with `MSG_MORE` ([`TailWrites`]).
+pub struct SendStream(TcpStream);
+
+/// A client connection's TCP stream: a [`SendStream`] that sends the connection's last bytes
+/// with `MSG_MORE` ([`TailWrites`]). Apart from the upstream's `SendStream`: an idle upstream
+/// connection is moved in and out of its pool with every request, and stays as small as it was.
+#[derive(Debug)]
+pub struct ClientStream {
+    inner: SendStream,
+    /// Writes are the connection's last bytes: sent with `MSG_MORE`.
     tail: bool,
     /// Bytes sent with `MSG_MORE` may wait in the socket for the shutdown.
     held: bool,
@@ -53,7 +59,7 @@ impl TailWrites for TcpStream {}
 #[cfg(test)]
 impl TailWrites for tokio::io::DuplexStream {}
 
-impl TailWrites for SendStream {
+impl TailWrites for ClientStream {
     fn tail_writes(&mut self, on: bool) {
         self.tail = on;
     }
@@ -65,19 +71,10 @@ impl<T: TailWrites> TailWrites for tokio_rustls::server::TlsStream<T> {
     }
 }
 
-impl Drop for SendStream {
-    fn drop(&mut self) {
-        if self.held {
-            // Dropped without a shutdown (an error path): send what waits, with the FIN.
-            let _ = SockRef::from(&self.stream).shutdown(std::net::Shutdown::Write);
-        }
-    }
-}
-
-impl SendStream {
+impl ClientStream {
     pub fn new(stream: TcpStream) -> Self {
         Self {
-            stream,
+            inner: SendStream(stream),
             tail: false,
             held: false,
         }
@@ -99,15 +96,78 @@ impl SendStream {
         }
         res
     }
+}
+
+impl Drop for ClientStream {
+    fn drop(&mut self) {
+        if self.held {
+            // Dropped without a shutdown (an error path): send what waits, with the FIN.
+            let _ = SockRef::from(&self.inner.0).shutdown(std::net::Shutdown::Write);
+        }
+    }
+}
+
+impl AsyncRead for ClientStream {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner.0).poll_read(cx, buf)
+    }
+}
+
+impl AsyncWrite for ClientStream {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        let this = self.get_mut();
+        let res = this.inner.poll_write_flags(cx, buf, this.flags());
+        this.sent(res)
+    }
+
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        let this = self.get_mut();
+        let res = this.inner.poll_write_vectored_flags(cx, bufs, this.flags());
+        this.sent(res)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        true
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, _cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        let res = ready!(Pin::new(&mut self.inner.0).poll_shutdown(cx));
+        // Failed or not, the held bytes are the kernel's now (a failed shutdown means the
+        // connection is gone).
+        self.held = false;
+        Poll::Ready(res)
+    }
+}
+
+impl SendStream {
+    pub fn new(stream: TcpStream) -> Self {
+        Self(stream)
+    }
 
     /// Polls for read readiness (tokio's cached readiness; no syscall).
     pub fn poll_read_ready(&self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        self.stream.poll_read_ready(cx)
+        self.0.poll_read_ready(cx)
     }
 
     /// One non-blocking read.
     pub fn try_read(&self, buf: &mut [u8]) -> io::Result<usize> {
-        self.stream.try_read(buf)
+        self.0.try_read(buf)
     }
 
     /// Runs one non-blocking socket write once the socket is writable; `WouldBlock` waits
@@ -118,10 +178,10 @@ impl SendStream {
         mut op: impl FnMut(SockRef<'_>) -> io::Result<usize>,
     ) -> Poll<io::Result<usize>> {
         loop {
-            ready!(self.stream.poll_write_ready(cx))?;
+            ready!(self.0.poll_write_ready(cx))?;
             match self
-                .stream
-                .try_io(Interest::WRITABLE, || op(SockRef::from(&self.stream)))
+                .0
+                .try_io(Interest::WRITABLE, || op(SockRef::from(&self.0)))
             {
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
                 res => return Poll::Ready(res),
@@ -136,33 +196,32 @@ impl AsyncRead for SendStream {
         cx: &mut Context<'_>,
         buf: &mut ReadBuf<'_>,
     ) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.stream).poll_read(cx, buf)
+        Pin::new(&mut self.0).poll_read(cx, buf)
     }
 }
 
-impl AsyncWrite for SendStream {
-    fn poll_write(
-        self: Pin<&mut Self>,
+impl SendStream {
+    /// One `send` of `buf` with `flags`.
+    fn poll_write_flags(
+        &self,
         cx: &mut Context<'_>,
         buf: &[u8],
+        flags: libc::c_int,
     ) -> Poll<io::Result<usize>> {
-        let this = self.get_mut();
-        let flags = this.flags();
-        let res = this.poll_send(cx, |s| s.send_with_flags(buf, flags));
-        this.sent(res)
+        self.poll_send(cx, |s| s.send_with_flags(buf, flags))
     }
 
-    fn poll_write_vectored(
-        self: Pin<&mut Self>,
+    /// One `send` (small, flattened) or `sendmsg` of `bufs` with `flags`.
+    fn poll_write_vectored_flags(
+        &self,
         cx: &mut Context<'_>,
         bufs: &[IoSlice<'_>],
+        flags: libc::c_int,
     ) -> Poll<io::Result<usize>> {
-        let this = self.get_mut();
-        let flags = this.flags();
         let mut nonempty = bufs.iter().filter(|b| !b.is_empty());
-        let res = match (nonempty.next(), nonempty.next()) {
+        match (nonempty.next(), nonempty.next()) {
             (None, _) => Poll::Ready(Ok(0)),
-            (Some(one), None) => this.poll_send(cx, |s| s.send_with_flags(one, flags)),
+            (Some(one), None) => self.poll_send(cx, |s| s.send_with_flags(one, flags)),
             _ => {
                 // A small head + body (the usual response): one copy on the stack and a
                 // plain `send` is cheaper in the kernel than `sendmsg`'s msghdr and iovec
@@ -175,13 +234,30 @@ impl AsyncWrite for SendStream {
                         flat[at..at + b.len()].copy_from_slice(b);
                         at += b.len();
                     }
-                    this.poll_send(cx, |s| s.send_with_flags(&flat[..at], flags))
+                    self.poll_send(cx, |s| s.send_with_flags(&flat[..at], flags))
                 } else {
-                    this.poll_send(cx, |s| s.send_vectored_with_flags(bufs, flags))
+                    self.poll_send(cx, |s| s.send_vectored_with_flags(bufs, flags))
                 }
             }
-        };
-        this.sent(res)
+        }
+    }
+}
+
+impl AsyncWrite for SendStream {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        self.poll_write_flags(cx, buf, 0)
+    }
+
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        self.poll_write_vectored_flags(cx, bufs, 0)
     }
 
     fn is_write_vectored(&self) -> bool {
@@ -193,11 +269,7 @@ impl AsyncWrite for SendStream {
     }
 
     fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        let res = ready!(Pin::new(&mut self.stream).poll_shutdown(cx));
-        // Failed or not, the held bytes are the kernel's now (a failed shutdown means the
-        // connection is gone).
-        self.held = false;
-        Poll::Ready(res)
+        Pin::new(&mut self.0).poll_shutdown(cx)
     }
 }
 
@@ -253,12 +325,12 @@ mod tests {
         assert!(rest.iter().all(|&b| b == b'x'));
     }
 
-    /// A connected pair: a std client socket and the server's `SendStream`.
-    async fn pair() -> (std::net::TcpStream, SendStream) {
+    /// A connected pair: a std client socket and the server's `ClientStream`.
+    async fn pair() -> (std::net::TcpStream, ClientStream) {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let client = std::net::TcpStream::connect(listener.local_addr().unwrap()).unwrap();
         let (server, _) = listener.accept().await.unwrap();
-        (client, SendStream::new(server))
+        (client, ClientStream::new(server))
     }
 
     /// Tail writes wait in the socket for the shutdown and arrive with the FIN: once the

@@ -1208,7 +1208,7 @@ pub async fn serve_http(proxy: Arc<Proxy>, listener: TcpListener, stop: watch::R
             serve_connection(
                 proxy.clone(),
                 builder.clone(),
-                super::net::SendStream::new(stream),
+                super::net::ClientStream::new(stream),
                 peer,
                 Scheme::Http,
                 drain_rx,
@@ -1736,7 +1736,7 @@ mod tests {
             clients.push(std::net::TcpStream::connect(addr).unwrap());
             async {
                 let (stream, peer) = listener.accept().await.unwrap();
-                (super::super::net::SendStream::new(stream), peer)
+                (super::super::net::ClientStream::new(stream), peer)
             }
         };
 
@@ -1812,7 +1812,7 @@ mod tests {
             supervised - owned,
             std::mem::size_of::<ConnState>(),
             std::mem::size_of::<tokio::time::Sleep>(),
-            std::mem::size_of::<TrackedIo<super::super::net::SendStream>>(),
+            std::mem::size_of::<TrackedIo<super::super::net::ClientStream>>(),
         );
         assert!(
             spawned <= future + 16,

@@ -461,7 +461,7 @@ impl TcpProxy {
                 super::server::serve_connection_on(
                     proxy,
                     builder,
-                    super::net::SendStream::new(stream),
+                    super::net::ClientStream::new(stream),
                     peer,
                     super::server::Scheme::Http,
                     drain,
