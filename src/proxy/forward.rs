@@ -383,9 +383,14 @@ impl Proxy {
             .unwrap_or_else(|| PathAndQuery::from_static("/"));
         let mut headers = parts.headers;
         let asked_close = strip_hop_by_hop(&mut headers, upgrade);
-        if asked_close && !upgrade && parts.version != Version::HTTP_2 {
+        if asked_close
+            && !upgrade
+            && parts.version != Version::HTTP_2
+            && parts.method != Method::CONNECT
+        {
             // hyper closes after answering a `Connection: close` request (any HTTP/1
-            // version): the answer's last bytes go with the FIN.
+            // version; not a tunnel: an upgrade, or CONNECT, which hyper may treat as one):
+            // the answer's last bytes go with the FIN.
             done.last_response();
         }
         join_cookies(&mut headers);
