@@ -131,6 +131,7 @@ impl Proxy {
         // HTTP frontends with `keepalive: close` answer one request per connection.
         let draining_h1 =
             (conn.draining() || conn.closes_after_response()) && req.version() != Version::HTTP_2;
+        let bodiless = req.body().is_end_stream();
         // RFC 9112 §3.2 / RFC 9113 §8.3.1: more than one Host is a 400 (whatever the target),
         // and so is an HTTP/1.1 request without one. The authority of an absolute-form
         // target (or `:authority`) is what routes and what goes upstream as Host; a Host that
@@ -190,8 +191,9 @@ impl Proxy {
         if draining_h1 {
             resp.headers_mut()
                 .insert(header::CONNECTION, HeaderValue::from_static("close"));
-            if resp.status() != StatusCode::SWITCHING_PROTOCOLS {
-                // hyper closes after this response: its last bytes go with the FIN.
+            if bodiless && resp.status() != StatusCode::SWITCHING_PROTOCOLS {
+                // hyper closes right after this response (the request has no body it would
+                // wait for): its last bytes go with the FIN.
                 done.last_response();
             }
         }
@@ -373,7 +375,8 @@ impl Proxy {
         let upgrade = req.version() == Version::HTTP_11 && is_upgrade_request(req.headers());
         let client_upgrade = upgrade.then(|| hyper::upgrade::on(&mut req));
         let (parts, body) = req.into_parts();
-        let exchange = Exchange::of(&parts.method, upgrade, body.is_end_stream());
+        let bodiless = body.is_end_stream();
+        let exchange = Exchange::of(&parts.method, upgrade, bodiless);
         let body = RequestBody::new(body, chosen.max_body_size);
         let progress = body.progress();
         let mut pq = parts
@@ -384,13 +387,15 @@ impl Proxy {
         let mut headers = parts.headers;
         let asked_close = strip_hop_by_hop(&mut headers, upgrade);
         if asked_close
+            && bodiless
             && !upgrade
             && parts.version != Version::HTTP_2
             && parts.method != Method::CONNECT
         {
-            // hyper closes after answering a `Connection: close` request (any HTTP/1
-            // version; not a tunnel: an upgrade, or CONNECT, which hyper may treat as one):
-            // the answer's last bytes go with the FIN.
+            // hyper closes right after answering a `Connection: close` request (any HTTP/1
+            // version) that has no body (with one, an answer given before the body ended
+            // waits for it; not a tunnel: an upgrade, or CONNECT, which hyper may treat as
+            // one): the answer's last bytes go with the FIN.
             done.last_response();
         }
         join_cookies(&mut headers);

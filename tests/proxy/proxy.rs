@@ -1025,7 +1025,8 @@ async fn upstream_content_length_next_to_chunked_and_non_canonical_length() {
 
 /// A raw backend for [`closing_response_carries_the_fin_and_streams_are_not_held`]: `/drip`
 /// answers a chunked `first`, notes when it wrote it, and sends `last` and the end once `go`
-/// is notified; anything else answers `hello` with a length. Every answer closes.
+/// is notified; `POST /early` answers 413 at once while the body still comes; anything else
+/// answers `hello` with a length. Every answer closes.
 async fn drip_backend(
     wrote_first: std::sync::Arc<std::sync::Mutex<Option<Instant>>>,
     go: std::sync::Arc<tokio::sync::Notify>,
@@ -1051,6 +1052,18 @@ async fn drip_backend(
                     *wrote_first.lock().unwrap() = Some(Instant::now());
                     go.notified().await;
                     s.write_all(b"4\r\nlast\r\n0\r\n\r\n").await.unwrap();
+                } else if head.starts_with(b"POST /early ") {
+                    // Answers before the request body ended, and keeps reading it.
+                    let answer = b"HTTP/1.1 413 Payload Too Large\r\nContent-Length: 4\r\nConnection: close\r\n\r\nbig\n";
+                    s.write_all(answer).await.unwrap();
+                    let _ = tokio::time::timeout(Duration::from_secs(2), async {
+                        while let Ok(n) = s.read(&mut buf).await {
+                            if n == 0 {
+                                break;
+                            }
+                        }
+                    })
+                    .await;
                 } else {
                     let answer =
                         b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\nConnection: close\r\n\r\nhello";
@@ -1142,6 +1155,36 @@ async fn closing_response_carries_the_fin_and_streams_are_not_held() {
     assert!(
         best < Duration::from_millis(150),
         "the first chunk reached the client {best:?} after the backend wrote it"
+    );
+
+    // An answer given before the request body ended is not held either (hyper waits for the
+    // body before it shuts the connection down, so nothing would push it).
+    let mut best = Duration::MAX;
+    for _ in 0..3 {
+        let delay = tokio::task::spawn_blocking(move || {
+            let mut s = std::net::TcpStream::connect(proxy).unwrap();
+            s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+            let head = "POST /early HTTP/1.1\r\nHost: app.test\r\nContent-Length: 1000000\r\nConnection: close\r\n\r\n";
+            s.write_all(head.as_bytes()).unwrap();
+            s.write_all(&[b'x'; 1000]).unwrap();
+            let sent = Instant::now();
+            let mut got = Vec::new();
+            let mut buf = [0u8; 4096];
+            while !got.ends_with(b"big\n") {
+                let n = s.read(&mut buf).unwrap();
+                assert!(n > 0, "closed early: {}", String::from_utf8_lossy(&got));
+                got.extend_from_slice(&buf[..n]);
+            }
+            assert!(got.starts_with(b"HTTP/1.1 413"), "{}", String::from_utf8_lossy(&got));
+            sent.elapsed()
+        })
+        .await
+        .unwrap();
+        best = best.min(delay);
+    }
+    assert!(
+        best < Duration::from_millis(150),
+        "an early answer reached the client after {best:?}"
     );
     d.shutdown().await;
 }
