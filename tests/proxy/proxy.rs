@@ -1075,6 +1075,26 @@ async fn drip_backend(
     addr
 }
 
+/// A blocking client connection to `proxy` (reads give up after 5 s) that has sent `raw`.
+fn send_raw(proxy: std::net::SocketAddr, raw: &[u8]) -> std::net::TcpStream {
+    use std::io::Write;
+    let mut s = std::net::TcpStream::connect(proxy).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    s.write_all(raw).unwrap();
+    s
+}
+
+/// Reads from `s` into `got` until `done(got)`; the connection must not end before.
+fn read_until(s: &mut std::net::TcpStream, got: &mut Vec<u8>, done: impl Fn(&[u8]) -> bool) {
+    use std::io::Read;
+    let mut buf = [0u8; 4096];
+    while !done(got) {
+        let n = s.read(&mut buf).unwrap();
+        assert!(n > 0, "closed early: {}", String::from_utf8_lossy(got));
+        got.extend_from_slice(&buf[..n]);
+    }
+}
+
 /// The answer to a `Connection: close` request ends its connection, and its last bytes go
 /// out with the FIN in one segment (issue 23: 7 segments per connection instead of 9): once
 /// the client has read the whole response, the end of stream is already there. A streamed
@@ -1092,22 +1112,17 @@ async fn closing_response_carries_the_fin_and_streams_are_not_held() {
     let eofs = tokio::task::spawn_blocking(move || {
         (0..20)
             .map(|_| {
-                let mut s = std::net::TcpStream::connect(proxy).unwrap();
-                s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
-                s.write_all(b"GET /small HTTP/1.1\r\nHost: app.test\r\nConnection: close\r\n\r\n")
-                    .unwrap();
+                let mut s = send_raw(
+                    proxy,
+                    b"GET /small HTTP/1.1\r\nHost: app.test\r\nConnection: close\r\n\r\n",
+                );
                 let mut got = Vec::new();
-                let mut buf = [0u8; 4096];
-                while !got.ends_with(b"\r\n\r\nhello") {
-                    let n = s.read(&mut buf).unwrap();
-                    assert!(n > 0, "closed early: {}", String::from_utf8_lossy(&got));
-                    got.extend_from_slice(&buf[..n]);
-                }
+                read_until(&mut s, &mut got, |got| got.ends_with(b"\r\n\r\nhello"));
                 let text = String::from_utf8_lossy(&got).to_lowercase();
                 assert!(text.starts_with("http/1.1 200"), "{text}");
                 assert!(text.contains("connection: close\r\n"), "{text}");
                 s.set_nonblocking(true).unwrap();
-                s.read(&mut buf).map_err(|e| e.kind())
+                s.read(&mut [0u8; 64]).map_err(|e| e.kind())
             })
             .collect::<Vec<_>>()
     })
@@ -1126,17 +1141,14 @@ async fn closing_response_carries_the_fin_and_streams_are_not_held() {
         *wrote_first.lock().unwrap() = None;
         let (wrote_first, go) = (wrote_first.clone(), go.clone());
         let (delay, body) = tokio::task::spawn_blocking(move || {
-            let mut s = std::net::TcpStream::connect(proxy).unwrap();
-            s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
-            s.write_all(b"GET /drip HTTP/1.1\r\nHost: app.test\r\nConnection: close\r\n\r\n")
-                .unwrap();
+            let mut s = send_raw(
+                proxy,
+                b"GET /drip HTTP/1.1\r\nHost: app.test\r\nConnection: close\r\n\r\n",
+            );
             let mut got = Vec::new();
-            let mut buf = [0u8; 4096];
-            while !String::from_utf8_lossy(&got).contains("first") {
-                let n = s.read(&mut buf).unwrap();
-                assert!(n > 0, "closed early: {}", String::from_utf8_lossy(&got));
-                got.extend_from_slice(&buf[..n]);
-            }
+            read_until(&mut s, &mut got, |got| {
+                String::from_utf8_lossy(got).contains("first")
+            });
             let delay = wrote_first
                 .lock()
                 .unwrap()
@@ -1162,19 +1174,12 @@ async fn closing_response_carries_the_fin_and_streams_are_not_held() {
     let mut best = Duration::MAX;
     for _ in 0..3 {
         let delay = tokio::task::spawn_blocking(move || {
-            let mut s = std::net::TcpStream::connect(proxy).unwrap();
-            s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
             let head = "POST /early HTTP/1.1\r\nHost: app.test\r\nContent-Length: 1000000\r\nConnection: close\r\n\r\n";
-            s.write_all(head.as_bytes()).unwrap();
+            let mut s = send_raw(proxy, head.as_bytes());
             s.write_all(&[b'x'; 1000]).unwrap();
             let sent = Instant::now();
             let mut got = Vec::new();
-            let mut buf = [0u8; 4096];
-            while !got.ends_with(b"big\n") {
-                let n = s.read(&mut buf).unwrap();
-                assert!(n > 0, "closed early: {}", String::from_utf8_lossy(&got));
-                got.extend_from_slice(&buf[..n]);
-            }
+            read_until(&mut s, &mut got, |got| got.ends_with(b"big\n"));
             assert!(got.starts_with(b"HTTP/1.1 413"), "{}", String::from_utf8_lossy(&got));
             sent.elapsed()
         })
