@@ -304,6 +304,7 @@ pub async fn start_with(
         proxy.clone(),
         listener,
         stop_rx.clone(),
+        inherited.take_conns(),
     )));
     let tcp = tcp::start_tcp(
         &config,
@@ -580,7 +581,12 @@ pub async fn run(
         let spawned = upgrade::spawn_successor(exe, args, fds, upgrade_timeout).await;
         drop(frontend_fds);
         match spawned {
-            Ok(pid) => {
+            Ok(upgrade::Successor { pid, conns }) => {
+                // Keep-alive clients of the plain-HTTP listener go to the successor at their
+                // next request boundary instead of being asked to reconnect (issue 23).
+                if let Some(conns) = conns {
+                    crate::proxy::server::hand_over_to(conns);
+                }
                 if let Some(engine) = &running.engine {
                     engine.hand_over(pid);
                 }

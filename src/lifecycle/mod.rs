@@ -4,6 +4,7 @@
 //! bound fresh (house rule 6). Inherited descriptors are collected once, before any thread
 //! starts, and each one is claimed at most once; unclaimed ones are closed.
 
+pub mod conns;
 pub mod control;
 pub mod notify;
 pub mod upgrade;
@@ -73,6 +74,9 @@ pub struct Inherited {
     fds: HashMap<String, (OwnedFd, Origin)>,
     /// Present when this process was started by `berthd upgrade`.
     pub handoff: Option<Handoff>,
+    /// The socket on which the previous process hands over client connections
+    /// ([`conns`]), until the plain-HTTP listener takes it ([`Inherited::take_conns`]).
+    conns: Option<OwnedFd>,
 }
 
 impl Inherited {
@@ -102,7 +106,7 @@ impl Inherited {
         if let Some(raw) = std::env::var_os(HANDOFF_ENV) {
             // SAFETY: single-threaded, see above.
             unsafe { std::env::remove_var(HANDOFF_ENV) };
-            let handoff =
+            let mut handoff =
                 Handoff::parse(&raw.to_string_lossy()).map_err(|source| ListenError::Handoff {
                     env: HANDOFF_ENV,
                     source,
@@ -128,9 +132,25 @@ impl Inherited {
             if let Some(fd) = handoff.ready_fd {
                 set_cloexec(fd, true);
             }
+            if let Some(fd) = handoff.conns_fd {
+                if fd_is_open(fd) {
+                    // SAFETY: as above: named in the handoff for us, taken once.
+                    let owned = unsafe { OwnedFd::from_raw_fd(fd) };
+                    set_cloexec(owned.as_raw_fd(), true);
+                    me.conns = Some(owned);
+                } else {
+                    handoff.conns_fd = None;
+                }
+            }
             me.handoff = Some(handoff);
         }
         Ok(me)
+    }
+
+    /// The previous process's connection socket, once ([`conns`]). A successor that does
+    /// not take it (or fails to) drops it, and the previous process drains instead.
+    pub fn take_conns(&mut self) -> Option<OwnedFd> {
+        self.conns.take()
     }
 
     /// Takes a TCP listener by name, or binds `addr` when none was inherited.
@@ -212,6 +232,12 @@ impl Inherited {
     /// Closes the descriptors nobody claimed (systemd keeps its own copies listening) and
     /// returns their names.
     pub fn close_unclaimed(&mut self) -> Vec<String> {
+        // A connection socket nobody took: closed, and "ready" will not offer to take any.
+        if self.conns.take().is_some() {
+            if let Some(h) = self.handoff.as_mut() {
+                h.conns_fd = None;
+            }
+        }
         self.fds.drain().map(|(name, _)| name).collect()
     }
 }

@@ -30,6 +30,12 @@ pub struct Handoff {
     pub ready_fd: Option<RawFd>,
     /// The process handing over.
     pub parent_pid: u32,
+    /// Our end of the socket on which the previous process hands over client connections
+    /// ([`super::conns`]). Absent from a previous process that does not hand any over; a
+    /// successor that does not know the field ignores it and answers a plain `ready`, so the
+    /// previous process then hands nothing over.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub conns_fd: Option<RawFd>,
 }
 
 /// Why the handoff from the previous process cannot be used (the successor then exits
@@ -59,7 +65,8 @@ impl Handoff {
         Ok(serde_json::from_str(raw)?)
     }
 
-    /// Tells the previous process we are serving. Consumes the pipe.
+    /// Tells the previous process we are serving (and, when it gave us a connection socket,
+    /// that we take connections on it: `ready PID conns`). Consumes the pipe.
     pub fn signal_ready(&mut self) {
         if let Some(fd) = self.ready_fd.take() {
             use std::io::Write;
@@ -67,7 +74,12 @@ impl Handoff {
             // SAFETY: the handoff named this descriptor as our end of the readiness pipe and
             // nothing else in this process uses it; it is closed when `f` drops.
             let mut f = unsafe { std::fs::File::from_raw_fd(fd) };
-            let _ = writeln!(f, "ready {}", std::process::id());
+            let conns = if self.conns_fd.is_some() {
+                " conns"
+            } else {
+                ""
+            };
+            let _ = writeln!(f, "ready {}{conns}", std::process::id());
         }
     }
 }
@@ -166,6 +178,15 @@ fn pid_line(buf: &mut [u8; 32], pid: libc::pid_t) -> usize {
     5 + len
 }
 
+/// A successor that is serving.
+#[derive(Debug)]
+pub struct Successor {
+    pub pid: u32,
+    /// Our end of the connection socket, when the successor takes connections on it
+    /// (it answered `ready PID conns`; see [`super::conns`]).
+    pub conns: Option<super::conns::ConnSender>,
+}
+
 /// Starts the successor and waits until it is ready. Returns its pid on success; on failure
 /// the successor is killed.
 ///
@@ -179,15 +200,25 @@ pub async fn spawn_successor(
     args: Vec<std::ffi::OsString>,
     listeners: Vec<(String, RawFd)>,
     timeout: Duration,
-) -> Result<u32, UpgradeError> {
+) -> Result<Successor, UpgradeError> {
     use std::os::unix::process::CommandExt;
 
     let (mut reader, writer) = std::io::pipe()?;
+    // The connection socket is best effort: without it the successor starts as before and
+    // this process drains its keep-alive clients the old way.
+    let conns = match super::conns::pair() {
+        Ok(pair) => Some(pair),
+        Err(e) => {
+            tracing::warn!(error = %e, "no socket for handing connections over; they will be drained");
+            None
+        }
+    };
     let handoff = Handoff {
         version: HANDOFF_VERSION,
         fds: listeners.iter().cloned().collect(),
         ready_fd: Some(writer.as_raw_fd()),
         parent_pid: std::process::id(),
+        conns_fd: conns.as_ref().map(|(_, theirs)| theirs.as_raw_fd()),
     };
     let payload = serde_json::to_string(&handoff).map_err(std::io::Error::other)?;
     let mut cmd = Command::new(&exe);
@@ -225,6 +256,7 @@ pub async fn spawn_successor(
         .iter()
         .map(|(_, fd)| *fd)
         .chain(std::iter::once(writer.as_raw_fd()))
+        .chain(handoff.conns_fd)
         .collect();
     let spawn_exe = exe.clone();
     let started = tokio::task::spawn_blocking(move || {
@@ -263,6 +295,8 @@ pub async fn spawn_successor(
     .await
     .map_err(|e| UpgradeError::Io(std::io::Error::other(e)))?;
     let (pid, mut reader) = started?;
+    // The successor has its copy; ours would keep the socket open after it exits.
+    let conns = conns.map(|(ours, _theirs)| ours);
     tracing::info!(pid, exe = %exe.display(), "started new process; waiting for it to be ready");
 
     // The read ends with a line (ready) or EOF (the successor exited or closed the pipe).
@@ -274,7 +308,11 @@ pub async fn spawn_successor(
         unsafe { libc::kill(pid as libc::pid_t, libc::SIGKILL) };
     };
     match outcome {
-        Ok(Ok(line)) if line == format!("ready {pid}") => Ok(pid),
+        Ok(Ok(line)) if line == format!("ready {pid}") => Ok(Successor { pid, conns: None }),
+        Ok(Ok(line)) if line == format!("ready {pid} conns") && conns.is_some() => Ok(Successor {
+            pid,
+            conns: conns.map(super::conns::ConnSender::new),
+        }),
         Ok(Ok(line)) if line.is_empty() => Err(UpgradeError::Exited {
             pid,
             status: "see its log; it is init's child, not ours".into(),
@@ -305,6 +343,7 @@ mod tests {
             fds: [("http".to_string(), 3)].into_iter().collect(),
             ready_fd: Some(7),
             parent_pid: 42,
+            conns_fd: None,
         };
         let s = serde_json::to_string(&h).unwrap();
         assert_eq!(Handoff::parse(&s).unwrap(), h);

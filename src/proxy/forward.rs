@@ -373,6 +373,12 @@ impl Proxy {
             ));
         }
         let upgrade = req.version() == Version::HTTP_11 && is_upgrade_request(req.headers());
+        if upgrade || req.method() == Method::CONNECT {
+            // A tunnel's connection never goes to a successor process.
+            if let Some(conn) = &done.conn {
+                conn.may_tunnel();
+            }
+        }
         let client_upgrade = upgrade.then(|| hyper::upgrade::on(&mut req));
         let (parts, body) = req.into_parts();
         let bodiless = body.is_end_stream();

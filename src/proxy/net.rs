@@ -52,6 +52,13 @@ pub trait TailWrites {
     /// `on`: whatever is written from now on ends the connection (its shutdown follows
     /// without waiting for anything else). Transports that cannot hold bytes ignore it.
     fn tail_writes(&mut self, _on: bool) {}
+
+    /// The socket, for a transport whose whole state is the socket's (plain TCP with nothing
+    /// buffered or held): such a connection can be handed to a successor process between
+    /// requests ([`crate::lifecycle::conns`]). `None` for TLS and anything else.
+    fn handover_fd(&self) -> Option<std::os::fd::BorrowedFd<'_>> {
+        None
+    }
 }
 
 impl TailWrites for TcpStream {}
@@ -62,6 +69,11 @@ impl TailWrites for tokio::io::DuplexStream {}
 impl TailWrites for ClientStream {
     fn tail_writes(&mut self, on: bool) {
         self.tail = on;
+    }
+
+    fn handover_fd(&self) -> Option<std::os::fd::BorrowedFd<'_>> {
+        // Bytes held for a FIN belong to a closing connection, never handed over.
+        (!self.held).then(|| std::os::fd::AsFd::as_fd(&self.inner.0))
     }
 }
 

@@ -54,6 +54,30 @@ const CLOSE_COMMITTED: u8 = 2;
 /// without shutting the socket down, and its connection is taken apart).
 const PARK_ASKED: u8 = 3;
 const PARK_COMMITTED: u8 = 4;
+/// Hand-over asked (draining with a successor that takes connections, [`hand_over_to`]): like
+/// `PARK_ASKED`, but it stays asked across requests until the reader finds the connection
+/// between requests (then `PARK_COMMITTED`, and the parked connection is sent).
+const HANDOVER_ASKED: u8 = 5;
+/// How long a connection may stay asked for the hand-over (never between requests at a read:
+/// a client pipelining without pause) before it is drained the old way instead.
+const HANDOVER_WAIT_MS: u64 = 1000;
+/// How often the supervisor wakes the reader of a connection asked for the hand-over.
+const HANDOVER_POKE_MS: u64 = 100;
+
+/// The successor that takes this process's keep-alive connections while it drains (set once,
+/// when an upgrade succeeded with a successor that takes them).
+static HANDOVER: OnceLock<crate::lifecycle::conns::ConnSender> = OnceLock::new();
+
+/// From now on, draining plain-HTTP/1 connections of the main listener are sent to the
+/// successor at their next request boundary instead of being answered `Connection: close`
+/// (issue 23: their clients would otherwise all reconnect at once). A connection that cannot
+/// be sent is drained as before.
+pub fn hand_over_to(sender: crate::lifecycle::conns::ConnSender) {
+    let _ = HANDOVER.set(sender);
+}
+
+/// Listener name of the main plain-HTTP listener in hand-over messages.
+const HANDOVER_LISTENER: &str = "http";
 /// How long a connection closed for idleness is read (and discarded) after our FIN, waiting
 /// for the client's, before it is dropped.
 const LINGER: Duration = Duration::from_secs(1);
@@ -108,6 +132,9 @@ pub struct ConnState {
     closing: AtomicU8,
     /// How many times the connection was parked ([`PARK_AFTER`]).
     parks: AtomicU32,
+    /// The connection may be handed to a successor (plain TCP on the main HTTP listener, no
+    /// tunnel asked for: cleared for good by an upgrade or CONNECT request).
+    portable: AtomicBool,
     read_waker: AtomicWaker,
     /// The client's IP as a header value, formatted once per connection (forwarded headers).
     pub peer_ip: Option<http::HeaderValue>,
@@ -142,6 +169,7 @@ impl ConnState {
             proto: AtomicU8::new(PROTO_UNKNOWN),
             closing: AtomicU8::new(CLOSE_NONE),
             parks: AtomicU32::new(0),
+            portable: AtomicBool::new(false),
             read_waker: AtomicWaker::new(),
         }
     }
@@ -166,6 +194,25 @@ impl ConnState {
     pub fn request_done(&self) {
         self.last_active.store(now_ms(), Ordering::Relaxed);
         self.inflight.fetch_sub(1, Ordering::Relaxed);
+        if self.closing.load(Ordering::Relaxed) == HANDOVER_ASKED {
+            // hyper may have looked for the next request before this: look again, now that
+            // the connection is between requests.
+            self.read_waker.wake();
+        }
+    }
+
+    /// The request may turn the connection into a tunnel (an upgrade, CONNECT): it is never
+    /// handed to a successor (its reader must never hand anyone an end of stream).
+    pub fn may_tunnel(&self) {
+        self.portable.store(false, Ordering::Relaxed);
+        if self.closing.load(Ordering::Relaxed) == HANDOVER_ASKED {
+            let _ = self.closing.compare_exchange(
+                HANDOVER_ASKED,
+                CLOSE_NONE,
+                Ordering::AcqRel,
+                Ordering::Relaxed,
+            );
+        }
     }
 
     /// The response to the request in flight ends the connection (hyper closes it once the
@@ -369,7 +416,7 @@ impl<T: AsyncRead + AsyncWrite + TailWrites + Unpin> AsyncRead for TrackedIo<T> 
                 // A next request arrived in time: it is served as usual.
                 _ => this.state.closing.store(CLOSE_NONE, Ordering::Release),
             }
-        } else if closing == PARK_ASKED {
+        } else if closing == PARK_ASKED || closing == HANDOVER_ASKED {
             match &res {
                 // Nothing has arrived, nothing is in flight or waiting to be sent: hyper gets
                 // an end of stream and ends between requests, leaving the socket open
@@ -383,8 +430,12 @@ impl<T: AsyncRead + AsyncWrite + TailWrites + Unpin> AsyncRead for TrackedIo<T> 
                     this.state.closing.store(PARK_COMMITTED, Ordering::Release);
                     return Poll::Ready(Ok(()));
                 }
-                // Bytes arrived, or hyper is not between requests: not now.
-                _ => this.state.closing.store(CLOSE_NONE, Ordering::Release),
+                // Bytes arrived, or hyper is not between requests: not now (a hand-over stays
+                // asked for the next boundary).
+                _ if closing == PARK_ASKED => {
+                    this.state.closing.store(CLOSE_NONE, Ordering::Release)
+                }
+                _ => {}
             }
         }
         match &res {
@@ -639,6 +690,28 @@ where
         }
     }
 
+    /// Sends a parked connection to the successor ([`hand_over_to`]). `Ok(true)`: sent, and
+    /// this process's copy is closed (the socket lives on in the successor); `Ok(false)`: not
+    /// parked (nothing done); `Err`: not sent, the connection stays parked here.
+    fn hand_over(&mut self) -> std::io::Result<bool> {
+        let Stage::Parked(Some((io, _))) = &self.stage else {
+            return Ok(false);
+        };
+        let Some(sender) = HANDOVER.get() else {
+            return Ok(false);
+        };
+        if io.ahead.is_some() || io.shut {
+            return Err(std::io::Error::other("bytes of a request already read"));
+        }
+        let Some(fd) = io.inner.handover_fd() else {
+            return Err(std::io::Error::other("transport cannot be handed over"));
+        };
+        sender.send(HANDOVER_LISTENER, fd)?;
+        // Our descriptor closes here; the successor's keeps the connection open.
+        self.stage = Stage::Ended;
+        Ok(true)
+    }
+
     /// Whether hyper's HTTP/1 connection is serving (so it can be parked).
     fn serving_http1(&self) -> bool {
         matches!(self.stage, Stage::Http1(_))
@@ -692,6 +765,17 @@ where
         }
         None
     }
+}
+
+/// What the drain did to a connection ([`Supervisor::drain_or_hand_over`]).
+enum Drained {
+    /// Sent to the successor: this process is done with it.
+    HandedOver,
+    /// The reader hands hyper an end of stream at the next request boundary; the parked
+    /// connection is then sent.
+    Asked,
+    /// Drained here (`Connection: close`, GOAWAY).
+    Draining,
 }
 
 /// What [`Serving::poll_serve`] reports.
@@ -979,13 +1063,67 @@ where
             scheme,
             frontend,
         } = accepted;
+        let portable = scheme == Scheme::Http && frontend.is_none() && io.handover_fd().is_some();
         let state = Arc::new(ConnState::new(peer, scheme, frontend));
+        state.portable.store(portable, Ordering::Relaxed);
         let service = make_service(state.clone());
         let io = TrackedIo::new(io, state.clone());
         Supervisor {
             conn: Serving::new(builder.clone(), state, io, service),
             drain,
             limits: LimitsMs::of(&limits),
+        }
+    }
+
+    /// The drain reached this connection: hand it to the successor if one takes connections
+    /// and this one can go (sent at once when parked; else asked of the reader, for the next
+    /// request boundary), or drain it the old way.
+    fn drain_or_hand_over(&mut self) -> Drained {
+        let state = &self.conn.state;
+        let h2 = state.proto.load(Ordering::Relaxed) == PROTO_H2;
+        if state.draining()
+            || h2
+            || !state.portable.load(Ordering::Relaxed)
+            || HANDOVER.get().is_none()
+        {
+            self.give_up_hand_over();
+            return Drained::Draining;
+        }
+        match self.conn.hand_over() {
+            Ok(true) => return Drained::HandedOver,
+            Ok(false) => {}
+            Err(e) => {
+                tracing::debug!(peer = %self.conn.state.peer_addr(), error = %e, "connection not handed over; draining it");
+                self.give_up_hand_over();
+                return Drained::Draining;
+            }
+        }
+        if self.conn.serving_http1() || matches!(self.conn.stage, Stage::Sniffing { .. }) {
+            let closing = &self.conn.state.closing;
+            // An idle close in progress goes on (the client is leaving anyway).
+            let _ = closing.compare_exchange(
+                CLOSE_NONE,
+                HANDOVER_ASKED,
+                Ordering::AcqRel,
+                Ordering::Relaxed,
+            );
+            self.conn.state.read_waker.wake();
+            return Drained::Asked;
+        }
+        self.give_up_hand_over();
+        Drained::Draining
+    }
+
+    /// Drains the old way: `Connection: close` on the next answer (the hand-over withdrawn).
+    fn give_up_hand_over(&mut self) {
+        let _ = self.conn.state.closing.compare_exchange(
+            HANDOVER_ASKED,
+            CLOSE_NONE,
+            Ordering::AcqRel,
+            Ordering::Relaxed,
+        );
+        if !self.conn.state.draining() {
+            self.conn.state.start_drain();
         }
     }
 
@@ -1000,10 +1138,16 @@ where
         // from then for a next request (answered with `Connection: close`): closing it at once
         // would race the very clients the drain's `Connection: close` answers just sent to
         // their other pooled connections.
-        if self.drain.is_draining() {
-            self.conn.state.start_drain();
-        }
         let mut shutdown_sent = false;
+        // When the hand-over to the successor was asked (0: not asked).
+        let mut handover_asked = 0u64;
+        if self.drain.is_draining() {
+            match self.drain_or_hand_over() {
+                Drained::HandedOver => return,
+                Drained::Asked => handover_asked = now_ms(),
+                Drained::Draining => {}
+            }
+        }
         // When an idle close was asked of the reader (0: not asked).
         let mut close_asked = 0u64;
         // When an HTTP/1 connection served by hyper is next looked at for parking.
@@ -1030,6 +1174,9 @@ where
                 if self.conn.serving_http1() {
                     due = due.min(park_at);
                 }
+                if handover_asked != 0 {
+                    due = due.min(now + HANDOVER_POKE_MS);
+                }
                 due.max(now + 5)
             };
             let nap = Duration::from_millis(due - now);
@@ -1041,6 +1188,14 @@ where
                     match progress {
                         Progress::Started => {
                             park_at = now_ms() + PARK_MS;
+                            if handover_asked != 0 {
+                                // Parked for the hand-over (or a pipelined request came first).
+                                match self.drain_or_hand_over() {
+                                    Drained::HandedOver => return,
+                                    Drained::Asked => {}
+                                    Drained::Draining => handover_asked = 0,
+                                }
+                            }
                             continue;
                         }
                         Progress::Ended(Err(e)) => {
@@ -1050,8 +1205,15 @@ where
                     }
                     return;
                 }
-                () = std::future::poll_fn(|cx| self.drain.poll_drain(cx)), if !self.conn.state.draining() => {
-                    self.conn.state.start_drain();
+                () = std::future::poll_fn(|cx| self.drain.poll_drain(cx)), if !self.conn.state.draining() && handover_asked == 0 => {
+                    match self.drain_or_hand_over() {
+                        Drained::HandedOver => return,
+                        Drained::Asked => {
+                            handover_asked = now_ms();
+                            continue;
+                        }
+                        Drained::Draining => {}
+                    }
                     if self.conn.state.proto.load(Ordering::Relaxed) == PROTO_H2 && !shutdown_sent {
                         shutdown_sent = true;
                         self.conn.graceful_shutdown();
@@ -1076,9 +1238,24 @@ where
                         // so it can never meet hyper mid-request.
                         self.conn.state.closing.store(CLOSE_NONE, Ordering::Release);
                     }
+                    if handover_asked != 0 {
+                        let closing = self.conn.state.closing.load(Ordering::Acquire);
+                        if closing == PARK_COMMITTED {
+                            // hyper is ending for the hand-over (a flush pending).
+                            continue;
+                        }
+                        if closing == HANDOVER_ASKED && now < handover_asked + HANDOVER_WAIT_MS {
+                            self.conn.state.read_waker.wake();
+                            continue;
+                        }
+                        // Never between requests in time, or it became a tunnel: drained the
+                        // old way.
+                        handover_asked = 0;
+                        self.give_up_hand_over();
+                    }
                     let busy = self.conn.state.inflight.load(Ordering::Relaxed) != 0;
                     let hs = self.conn.state.head_started.load(Ordering::Relaxed);
-                    if self.conn.serving_http1() && now >= park_at {
+                    if self.conn.serving_http1() && now >= park_at && handover_asked == 0 {
                         let last = self.conn.state.last_active.load(Ordering::Relaxed);
                         park_at = if busy || hs != 0 {
                             now + PARK_MS
@@ -1195,11 +1372,25 @@ pub fn delay_acks(listener: &TcpListener) {
 
 /// Serves plain HTTP on `listener` until `stop` turns true, then drains (see
 /// [`accept_loop`]).
-pub async fn serve_http(proxy: Arc<Proxy>, listener: TcpListener, stop: watch::Receiver<bool>) {
+/// `handed`: the previous process's connection socket (after an upgrade): the connections
+/// it hands over are served as if accepted here ([`crate::lifecycle::conns`]).
+pub async fn serve_http(
+    proxy: Arc<Proxy>,
+    listener: TcpListener,
+    stop: watch::Receiver<bool>,
+    handed: Option<std::os::fd::OwnedFd>,
+) {
     delay_acks(&listener);
     let builder = Arc::new(connection_builder(&proxy));
     let drain = proxy.settings.timeouts.drain;
-    accept_loop(
+    let handed = handed.and_then(|fd| match crate::lifecycle::conns::ConnReceiver::new(fd) {
+        Ok(rx) => Some(rx),
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot take connections from the previous process; it drains them");
+            None
+        }
+    });
+    accept_loop_until(
         listener,
         stop,
         drain,
@@ -1214,6 +1405,8 @@ pub async fn serve_http(proxy: Arc<Proxy>, listener: TcpListener, stop: watch::R
                 drain_rx,
             )
         },
+        None,
+        handed,
     )
     .await;
 }
@@ -1234,7 +1427,41 @@ pub async fn accept_loop<F, Fut>(
     F: Fn(tokio::net::TcpStream, SocketAddr, DrainRx) -> Fut,
     Fut: std::future::Future<Output = ()> + Send + 'static,
 {
-    accept_loop_until(listener, stop, drain, what, serve, None).await
+    accept_loop_until(listener, stop, drain, what, serve, None, None).await
+}
+
+/// The next connection the previous process hands over (the main HTTP listener's); `None`
+/// when there is no such socket any more (closed by the previous process, or failed).
+async fn recv_handed(
+    handed: Option<&crate::lifecycle::conns::ConnReceiver>,
+) -> Option<(tokio::net::TcpStream, SocketAddr)> {
+    let rx = handed?;
+    loop {
+        let got = match rx.recv().await {
+            Ok(Some(got)) => got,
+            Ok(None) => return None,
+            Err(e) => {
+                tracing::warn!(error = %e, "connection socket from the previous process failed");
+                return None;
+            }
+        };
+        if got.listener != HANDOVER_LISTENER {
+            tracing::warn!(listener = %got.listener, "handed-over connection for an unknown listener closed");
+            continue;
+        }
+        let std = std::net::TcpStream::from(got.conn);
+        // The socket was non-blocking in the previous process already (the flag belongs to
+        // the socket, shared by both descriptors); set again in case.
+        let stream = std.set_nonblocking(true).and_then(|()| {
+            let stream = tokio::net::TcpStream::from_std(std)?;
+            let peer = stream.peer_addr()?;
+            Ok((stream, peer))
+        });
+        match stream {
+            Ok(s) => return Some(s),
+            Err(e) => tracing::debug!(error = %e, "handed-over connection unusable; closed"),
+        }
+    }
 }
 
 /// A connection's future that releases `guard` when it ends (or is dropped).
@@ -1247,7 +1474,9 @@ fn counted<Fut: Future<Output = ()>>(conn: Fut, guard: ConnGuard) -> impl Future
 }
 
 /// [`accept_loop`] that says on `closed` when the listening socket is closed (before the
-/// connections drain): a removed frontend's port is free at that moment.
+/// connections drain): a removed frontend's port is free at that moment. Connections that
+/// arrive on `handed` (from the previous process, during an upgrade) are served like accepted
+/// ones, also after the stop (then drained at once), until the previous process closes it.
 pub async fn accept_loop_until<F, Fut>(
     listener: TcpListener,
     mut stop: watch::Receiver<bool>,
@@ -1255,6 +1484,7 @@ pub async fn accept_loop_until<F, Fut>(
     what: &'static str,
     serve: F,
     closed: Option<tokio::sync::oneshot::Sender<()>>,
+    mut handed: Option<crate::lifecycle::conns::ConnReceiver>,
 ) where
     F: Fn(tokio::net::TcpStream, SocketAddr, DrainRx) -> Fut,
     Fut: std::future::Future<Output = ()> + Send + 'static,
@@ -1276,18 +1506,25 @@ pub async fn accept_loop_until<F, Fut>(
         }
     };
     tokio::pin!(stopped);
+    let take = |stream: tokio::net::TcpStream, peer: SocketAddr| {
+        let guard = tracker.enter();
+        let conn = serve(stream, peer, drain_rx.clone());
+        tokio::spawn(counted(conn, guard));
+    };
     loop {
         // Biased, accept first: a flood of connections cannot starve the stop, since the
         // listener answers `Pending` once the task's cooperative budget is spent.
         tokio::select! {
             biased;
+            got = recv_handed(handed.as_ref()), if handed.is_some() => match got {
+                Some((stream, peer)) => take(stream, peer),
+                None => handed = None,
+            },
             accepted = listener.accept() => {
                 match accepted {
                     Ok((stream, peer)) => {
                         nodelay.accepted(&stream);
-                        let guard = tracker.enter();
-                        let conn = serve(stream, peer, drain_rx.clone());
-                        tokio::spawn(counted(conn, guard));
+                        take(stream, peer);
                     }
                     Err(e) => {
                         tracing::warn!(error = %e, "accept failed");
@@ -1303,8 +1540,19 @@ pub async fn accept_loop_until<F, Fut>(
         let _ = c.send(());
     }
     drain_tx.drain();
+    // Connections the previous process still hands over (it may be draining yet) are taken
+    // until it closes the socket: one left in the socket's queue would be closed unanswered.
+    let rest = async {
+        while let Some((stream, peer)) = recv_handed(handed.as_ref()).await {
+            take(stream, peer);
+        }
+    };
+    let done = async {
+        rest.await;
+        tracker.wait_idle().await;
+    };
     // Idle connections close at the drain timeout, then linger for the client's FIN.
-    if tokio::time::timeout(drain + LINGER + Duration::from_secs(1), tracker.wait_idle())
+    if tokio::time::timeout(drain + LINGER + Duration::from_secs(1), done)
         .await
         .is_err()
     {

@@ -458,6 +458,85 @@ fn websocket_tunnel_survives_an_upgrade() {
     echo(b"still here");
 }
 
+/// Keep-alive clients stay on their connections through upgrades (issue 23): the old
+/// process hands each plain-HTTP/1 connection to its successor at a request boundary instead
+/// of answering `Connection: close`. A connection idle through five upgrades is answered by
+/// the last process, keep-alive; one sending requests back to back all along never gets a
+/// `Connection: close` nor an error; every old process exits well before the drain timeout
+/// (5 s), which an idle connection left with it would hold it up for.
+#[test]
+fn keep_alive_connections_move_to_the_successor() {
+    let backend = backend();
+    let d = Daemon::start(backend.addr, &[]);
+    let request = b"GET / HTTP/1.1\r\nhost: app.test\r\n\r\n";
+    let idle = TcpStream::connect(d.http).unwrap();
+    idle.set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    let mut idle = BufReader::new(idle);
+    idle.get_mut().write_all(request).unwrap();
+    assert_eq!(read_response(&mut idle).unwrap(), (200, false, "ok".into()));
+
+    let stop = Arc::new(AtomicBool::new(false));
+    let busy = {
+        let (stop, addr) = (stop.clone(), d.http);
+        thread::spawn(move || -> Result<(u64, u64), String> {
+            let c = TcpStream::connect(addr).map_err(|e| e.to_string())?;
+            c.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+            let mut c = BufReader::new(c);
+            let (mut answered, mut closes) = (0u64, 0u64);
+            let end = Instant::now() + Duration::from_secs(30);
+            while !stop.load(Ordering::Relaxed) && Instant::now() < end {
+                c.get_mut()
+                    .write_all(request)
+                    .map_err(|e| format!("write after {answered}: {e}"))?;
+                let (status, close, _) =
+                    read_response(&mut c).map_err(|e| format!("after {answered}: {e}"))?;
+                if status != 200 {
+                    return Err(format!("status {status} after {answered}"));
+                }
+                answered += 1;
+                if close {
+                    closes += 1;
+                    break;
+                }
+            }
+            Ok((answered, closes))
+        })
+    };
+    thread::sleep(Duration::from_millis(200));
+    let mut pids = vec![d.current_pid()];
+    for i in 0..5 {
+        let out = d.ctl("upgrade");
+        assert!(out.status.success(), "upgrade {i}: {out:?}");
+        pids.push(d.current_pid());
+        thread::sleep(Duration::from_millis(200));
+    }
+    stop.store(true, Ordering::Relaxed);
+    let (answered, closes) = busy.join().unwrap().unwrap();
+    println!(
+        "busy connection: {answered} answers through 5 upgrades, {closes} with Connection: close"
+    );
+    assert_eq!(closes, 0, "the busy connection was asked to close");
+    assert!(
+        answered > 50,
+        "too few answers on the busy connection ({answered})"
+    );
+
+    // The idle connection is now the last process's: answered keep-alive.
+    idle.get_mut().write_all(request).unwrap();
+    assert_eq!(read_response(&mut idle).unwrap(), (200, false, "ok".into()));
+    let old = pids[..pids.len() - 1].to_vec();
+    let began = Instant::now();
+    crate::support::wait_until(Duration::from_secs(3), || {
+        old.iter().all(|p| !crate::support::pid_alive(*p))
+    });
+    println!(
+        "old processes gone {:?} after the last check",
+        began.elapsed()
+    );
+    assert_eq!(d.current_pid(), *pids.last().unwrap());
+}
+
 #[test]
 fn sighup_reload_applies_valid_and_rejects_invalid_config() {
     let backend = backend();

@@ -479,6 +479,7 @@ impl TcpProxy {
             "frontend connections",
             serve,
             Some(closed_tx),
+            None,
         ));
         (task, closed_rx)
     }
