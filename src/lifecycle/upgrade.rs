@@ -355,6 +355,16 @@ mod tests {
             Handoff::parse("not json"),
             Err(HandoffError::Json(_))
         ));
+        // A previous process that hands no connections over leaves the field out; a
+        // successor that does not know it ignores it (no `deny_unknown_fields`).
+        assert_eq!(h.conns_fd, None);
+        assert!(!s.contains("conns_fd"), "{s}");
+        let with = Handoff {
+            conns_fd: Some(9),
+            ..h.clone()
+        };
+        let s = serde_json::to_string(&with).unwrap();
+        assert_eq!(Handoff::parse(&s).unwrap().conns_fd, Some(9));
     }
 
     #[test]

@@ -11,6 +11,13 @@
 //! ends without closing the socket and is dropped with its buffers, and the next bytes build a
 //! new one (bytes hyper had read of a next head are handed over). The proxy and the API use
 //! the same supervisor ([`supervise`]).
+//!
+//! During an upgrade whose successor takes connections ([`hand_over_to`]), the drain first
+//! tries the same hand-off once more: a plain-HTTP/1 connection of the main listener is parked
+//! at its next request boundary and its socket sent to the successor
+//! ([`crate::lifecycle::conns`]), which serves it as if it had accepted it (its accept loop
+//! takes them, [`accept_loop_until`]). Until then its answers stay keep-alive; if it is never
+//! between requests within [`HANDOVER_WAIT_MS`], or cannot be sent, it drains as above.
 
 use std::convert::Infallible;
 use std::future::Future;
@@ -1556,10 +1563,14 @@ pub async fn accept_loop_until<F, Fut>(
         .await
         .is_err()
     {
-        tracing::warn!(
-            left = tracker.live(),
-            "drain timeout passed; closing remaining {what}"
-        );
+        match tracker.live() {
+            // Only the previous process's socket was still open (it drains a tunnel, say):
+            // nothing of ours is cut.
+            0 => tracing::debug!(
+                "drain over; the previous process still holds its connection socket"
+            ),
+            left => tracing::warn!(left, "drain timeout passed; closing remaining {what}"),
+        }
     }
 }
 

@@ -461,8 +461,8 @@ fn websocket_tunnel_survives_an_upgrade() {
 /// Keep-alive clients stay on their connections through upgrades (issue 23): the old
 /// process hands each plain-HTTP/1 connection to its successor at a request boundary instead
 /// of answering `Connection: close`. A connection idle through five upgrades is answered by
-/// the last process, keep-alive; one sending requests back to back all along never gets a
-/// `Connection: close` nor an error; every old process exits well before the drain timeout
+/// the last process, keep-alive; one sending requests back to back all along (now and then
+/// two in one write) never gets a `Connection: close` nor an error; every old process exits well before the drain timeout
 /// (5 s), which an idle connection left with it would hold it up for.
 #[test]
 fn keep_alive_connections_move_to_the_successor() {
@@ -485,18 +485,32 @@ fn keep_alive_connections_move_to_the_successor() {
             let mut c = BufReader::new(c);
             let (mut answered, mut closes) = (0u64, 0u64);
             let end = Instant::now() + Duration::from_secs(30);
+            let pair = [request.as_slice(), request.as_slice()].concat();
+            let mut round = 0u64;
             while !stop.load(Ordering::Relaxed) && Instant::now() < end {
+                // Every fourth round two requests in one write (pipelined): the second one's
+                // bytes may be read with the first, and must be answered all the same.
+                round += 1;
+                let (bytes, n) = if round.is_multiple_of(4) {
+                    (pair.as_slice(), 2)
+                } else {
+                    (request.as_slice(), 1)
+                };
                 c.get_mut()
-                    .write_all(request)
+                    .write_all(bytes)
                     .map_err(|e| format!("write after {answered}: {e}"))?;
-                let (status, close, _) =
-                    read_response(&mut c).map_err(|e| format!("after {answered}: {e}"))?;
-                if status != 200 {
-                    return Err(format!("status {status} after {answered}"));
+                for _ in 0..n {
+                    let (status, close, _) =
+                        read_response(&mut c).map_err(|e| format!("after {answered}: {e}"))?;
+                    if status != 200 {
+                        return Err(format!("status {status} after {answered}"));
+                    }
+                    answered += 1;
+                    if close {
+                        closes += 1;
+                    }
                 }
-                answered += 1;
-                if close {
-                    closes += 1;
+                if closes > 0 {
                     break;
                 }
             }
