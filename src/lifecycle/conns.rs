@@ -5,8 +5,12 @@
 //! of the listener that accepted it. The successor serves what arrives as if it had accepted
 //! it; the client sees nothing but its next answer coming from the new process.
 //!
-//! Message: `conn 1 <listener>` (no newline), one descriptor. Anything else is refused and
-//! any descriptor that came with it is closed.
+//! An idle upstream connection (the direct path's, plain TCP with nothing read ahead) may go
+//! just before a client connection, named `upstream HOST:PORT`: the successor adds it to its
+//! pool, so the client's next request finds it there instead of connecting.
+//!
+//! Message: `conn 1 <name>` (no newline), one descriptor. Anything else is refused and any
+//! descriptor that came with it is closed.
 
 use std::io;
 use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
@@ -14,8 +18,8 @@ use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
 use tokio::io::Interest;
 
 const PREFIX: &[u8] = b"conn 1 ";
-/// The longest listener name a message may carry.
-const MAX_NAME: usize = 64;
+/// The longest name a message may carry (a listener's, or `upstream HOST:PORT`).
+const MAX_NAME: usize = 300;
 
 /// A connected `SOCK_SEQPACKET` pair, both ends close-on-exec: `(ours, theirs)`.
 pub fn pair() -> io::Result<(OwnedFd, OwnedFd)> {

@@ -185,6 +185,13 @@ impl Tables {
     }
 }
 
+impl Proxy {
+    /// The upstream connection pool (the upgrade's hand-over takes and adopts idle ones).
+    pub(crate) fn upstream(&self) -> &Pool {
+        &self.pool
+    }
+}
+
 /// Everything a request needs: settings, the table, the upstream pool.
 pub struct Proxy {
     pub settings: Settings,

@@ -172,6 +172,11 @@ impl SendStream {
         Self(stream)
     }
 
+    /// The socket (to hand an idle connection to a successor process).
+    pub fn as_fd(&self) -> std::os::fd::BorrowedFd<'_> {
+        std::os::fd::AsFd::as_fd(&self.0)
+    }
+
     /// Polls for read readiness (tokio's cached readiness; no syscall).
     pub fn poll_read_ready(&self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         self.0.poll_read_ready(cx)

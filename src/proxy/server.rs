@@ -85,6 +85,30 @@ pub fn hand_over_to(sender: crate::lifecycle::conns::ConnSender) {
 
 /// Listener name of the main plain-HTTP listener in hand-over messages.
 const HANDOVER_LISTENER: &str = "http";
+/// Prefix of an idle upstream connection's name in hand-over messages (`upstream ADDR`).
+const HANDOVER_UPSTREAM: &str = "upstream ";
+
+/// The main listener's proxy, whose idle upstream connections go along with the client
+/// connections handed over (set by [`serve_http`]).
+static UPSTREAM_DONOR: OnceLock<std::sync::Weak<Proxy>> = OnceLock::new();
+
+/// Sends one idle upstream connection ahead of a client connection: the successor adds it to
+/// its pool before it serves the client, whose next request then finds it there instead of
+/// connecting (the backend sees no new connection either). Best effort: one that cannot be
+/// sent is closed, as it would have been at this process's exit.
+fn send_upstream_along(sender: &crate::lifecycle::conns::ConnSender) {
+    let Some(proxy) = UPSTREAM_DONOR.get().and_then(std::sync::Weak::upgrade) else {
+        return;
+    };
+    let Some((authority, conn)) = proxy.upstream().take_idle_direct() else {
+        return;
+    };
+    let Some(fd) = conn.idle_fd() else { return };
+    let name = format!("{HANDOVER_UPSTREAM}{authority}");
+    if let Err(e) = sender.send(&name, fd) {
+        tracing::debug!(error = %e, %authority, "idle upstream connection not handed over");
+    }
+}
 /// How long a connection closed for idleness is read (and discarded) after our FIN, waiting
 /// for the client's, before it is dropped.
 const LINGER: Duration = Duration::from_secs(1);
@@ -713,6 +737,7 @@ where
         let Some(fd) = io.inner.handover_fd() else {
             return Err(std::io::Error::other("transport cannot be handed over"));
         };
+        send_upstream_along(sender);
         sender.send(HANDOVER_LISTENER, fd)?;
         // Our descriptor closes here; the successor's keeps the connection open.
         self.stage = Stage::Ended;
@@ -1388,10 +1413,14 @@ pub async fn serve_http(
     handed: Option<std::os::fd::OwnedFd>,
 ) {
     delay_acks(&listener);
+    let _ = UPSTREAM_DONOR.set(Arc::downgrade(&proxy));
     let builder = Arc::new(connection_builder(&proxy));
     let drain = proxy.settings.timeouts.drain;
     let handed = handed.and_then(|fd| match crate::lifecycle::conns::ConnReceiver::new(fd) {
-        Ok(rx) => Some(rx),
+        Ok(rx) => Some(Handed {
+            rx,
+            proxy: proxy.clone(),
+        }),
         Err(e) => {
             tracing::warn!(error = %e, "cannot take connections from the previous process; it drains them");
             None
@@ -1437,12 +1466,18 @@ pub async fn accept_loop<F, Fut>(
     accept_loop_until(listener, stop, drain, what, serve, None, None).await
 }
 
-/// The next connection the previous process hands over (the main HTTP listener's); `None`
-/// when there is no such socket any more (closed by the previous process, or failed).
-async fn recv_handed(
-    handed: Option<&crate::lifecycle::conns::ConnReceiver>,
-) -> Option<(tokio::net::TcpStream, SocketAddr)> {
-    let rx = handed?;
+/// What the successor takes from the previous process: client connections for the main
+/// listener, idle upstream connections for `proxy`'s pool.
+pub struct Handed {
+    rx: crate::lifecycle::conns::ConnReceiver,
+    proxy: Arc<Proxy>,
+}
+
+/// The next client connection the previous process hands over (the main HTTP listener's),
+/// after adding any idle upstream connections sent ahead of it to the pool; `None` when there
+/// is no such socket any more (closed by the previous process, or failed).
+async fn recv_handed(handed: Option<&Handed>) -> Option<(tokio::net::TcpStream, SocketAddr)> {
+    let Handed { rx, proxy } = handed?;
     loop {
         let got = match rx.recv().await {
             Ok(Some(got)) => got,
@@ -1452,6 +1487,19 @@ async fn recv_handed(
                 return None;
             }
         };
+        if let Some(authority) = got.listener.strip_prefix(HANDOVER_UPSTREAM) {
+            let std = std::net::TcpStream::from(got.conn);
+            match std
+                .set_nonblocking(true)
+                .and_then(|()| tokio::net::TcpStream::from_std(std))
+            {
+                Ok(stream) => proxy.upstream().adopt_direct(authority, stream),
+                Err(e) => {
+                    tracing::debug!(error = %e, "handed-over upstream connection unusable; closed")
+                }
+            }
+            continue;
+        }
         if got.listener != HANDOVER_LISTENER {
             tracing::warn!(listener = %got.listener, "handed-over connection for an unknown listener closed");
             continue;
@@ -1491,7 +1539,7 @@ pub async fn accept_loop_until<F, Fut>(
     what: &'static str,
     serve: F,
     closed: Option<tokio::sync::oneshot::Sender<()>>,
-    mut handed: Option<crate::lifecycle::conns::ConnReceiver>,
+    mut handed: Option<Handed>,
 ) where
     F: Fn(tokio::net::TcpStream, SocketAddr, DrainRx) -> Fut,
     Fut: std::future::Future<Output = ()> + Send + 'static,

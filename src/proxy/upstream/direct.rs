@@ -69,6 +69,12 @@ impl DirectConn {
             spans: Vec::new(),
         }
     }
+
+    /// The socket of an idle connection (nothing read ahead: its whole state is the
+    /// socket's), to hand it to a successor process.
+    pub fn idle_fd(&self) -> Option<std::os::fd::BorrowedFd<'_>> {
+        self.buf.is_empty().then(|| self.io.as_fd())
+    }
 }
 
 impl Reusable for DirectConn {

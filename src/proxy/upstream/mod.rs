@@ -170,6 +170,23 @@ impl Pool {
         }
     }
 
+    /// One idle connection of the direct path, with its backend address (for the hand-over
+    /// to a successor: it goes along with a client connection, so the successor's first
+    /// request on it finds a pooled upstream connection instead of connecting).
+    pub fn take_idle_direct(&self) -> Option<(Box<str>, DirectConn)> {
+        let hosts = self.hosts.load();
+        hosts
+            .iter()
+            .find_map(|(authority, h)| h.direct.pop().map(|c| (authority.clone(), c)))
+    }
+
+    /// An idle connection to `authority` from the previous process joins this pool.
+    pub fn adopt_direct(&self, authority: &str, stream: tokio::net::TcpStream) {
+        self.host(authority)
+            .direct
+            .push(DirectConn::new(crate::proxy::net::SendStream::new(stream)));
+    }
+
     /// Starts the idle sweeper once (lazily: the pool may be built outside a runtime).
     fn start_sweeper(&self) {
         if self.sweeper.swap(true, Ordering::Relaxed) {
