@@ -63,17 +63,9 @@ impl ConnSender {
         payload[..PREFIX.len()].copy_from_slice(PREFIX);
         payload[PREFIX.len()..PREFIX.len() + listener.len()].copy_from_slice(listener.as_bytes());
         let len = PREFIX.len() + listener.len();
-        let mut iov = libc::iovec {
-            iov_base: payload.as_mut_ptr().cast(),
-            iov_len: len,
-        };
+        let mut iov = iovec(&mut payload[..len]);
         let mut control = Control::new();
-        // SAFETY: zeroed msghdr is valid; the pointers set below outlive the sendmsg call.
-        let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
-        msg.msg_iov = &mut iov;
-        msg.msg_iovlen = 1;
-        msg.msg_control = control.buf.as_mut_ptr().cast();
-        msg.msg_controllen = control.space();
+        let msg = control.header(&mut iov);
         // SAFETY: `msg_control` points at a buffer of CMSG_SPACE(sizeof(int)) aligned bytes,
         // so the first header and its data fit; the descriptor is borrowed for the call (the
         // kernel takes its own reference).
@@ -113,6 +105,26 @@ impl Control {
         let need = unsafe { libc::CMSG_SPACE(std::mem::size_of::<RawFd>() as u32) } as usize;
         debug_assert!(need <= std::mem::size_of_val(&self.buf));
         need
+    }
+
+    /// A message header for one buffer (`iov`) and this room for the descriptor; both must
+    /// outlive the header's use in `sendmsg`/`recvmsg`.
+    fn header(&mut self, iov: &mut libc::iovec) -> libc::msghdr {
+        // SAFETY: a zeroed msghdr is valid (null pointers, zero lengths).
+        let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
+        msg.msg_iov = iov;
+        msg.msg_iovlen = 1;
+        msg.msg_controllen = self.space();
+        msg.msg_control = self.buf.as_mut_ptr().cast();
+        msg
+    }
+}
+
+/// One buffer for `sendmsg`/`recvmsg` (it must outlive the call).
+fn iovec(buf: &mut [u8]) -> libc::iovec {
+    libc::iovec {
+        iov_base: buf.as_mut_ptr().cast(),
+        iov_len: buf.len(),
     }
 }
 
@@ -163,17 +175,9 @@ enum Received {
 
 fn recv_one(sock: RawFd) -> io::Result<Received> {
     let mut payload = [0u8; PREFIX.len() + MAX_NAME + 1];
-    let mut iov = libc::iovec {
-        iov_base: payload.as_mut_ptr().cast(),
-        iov_len: payload.len(),
-    };
+    let mut iov = iovec(&mut payload);
     let mut control = Control::new();
-    // SAFETY: zeroed msghdr is valid; the pointers set below outlive the recvmsg call.
-    let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
-    msg.msg_iov = &mut iov;
-    msg.msg_iovlen = 1;
-    msg.msg_control = control.buf.as_mut_ptr().cast();
-    msg.msg_controllen = control.space();
+    let mut msg = control.header(&mut iov);
     // SAFETY: `msg` points at live buffers of the sizes it states. MSG_CMSG_CLOEXEC: a
     // received descriptor never leaks into a process we start.
     let n = unsafe { libc::recvmsg(sock, &mut msg, libc::MSG_DONTWAIT | libc::MSG_CMSG_CLOEXEC) };
