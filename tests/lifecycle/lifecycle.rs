@@ -563,6 +563,88 @@ fn keep_alive_connections_move_to_the_successor() {
     assert_eq!(d.current_pid(), *pids.last().unwrap());
 }
 
+/// A backend that answers its first upgrade request with `101` only when `go` says so, then
+/// echoes what the client sends.
+fn held_upgrade_backend(go: std::sync::mpsc::Receiver<()>) -> SocketAddr {
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    thread::spawn(move || {
+        let Ok((mut conn, _)) = listener.accept() else {
+            return;
+        };
+        let mut head = Vec::new();
+        let mut byte = [0u8; 1];
+        while !head.ends_with(b"\r\n\r\n") {
+            match conn.read(&mut byte) {
+                Ok(1) => head.push(byte[0]),
+                _ => return,
+            }
+        }
+        if go.recv_timeout(Duration::from_secs(20)).is_err() {
+            return;
+        }
+        let answer =
+            b"HTTP/1.1 101 Switching Protocols\r\nconnection: upgrade\r\nupgrade: echo\r\n\r\n";
+        if conn.write_all(answer).is_err() {
+            return;
+        }
+        let mut buf = [0u8; 1024];
+        while let Ok(n) = conn.read(&mut buf) {
+            if n == 0 || conn.write_all(&buf[..n]).is_err() {
+                return;
+            }
+        }
+    });
+    addr
+}
+
+/// An upgrade request still waiting for its `101` when an upgrade of berthd begins: its
+/// connection is never handed to the successor (it becomes a tunnel), and the tunnel works
+/// once the answer comes (issue 23: a connection asked for the hand-over gets an end of
+/// stream at its next request boundary, which must never reach a tunnel). The `101` comes
+/// right after the old process began to drain, well within the hand-over's 1 s wait.
+#[test]
+fn an_upgrade_request_in_flight_during_an_upgrade_becomes_a_working_tunnel() {
+    let (go, held) = std::sync::mpsc::channel();
+    let backend = held_upgrade_backend(held);
+    let d = Daemon::start(backend, &[]);
+    let c = TcpStream::connect(d.http).unwrap();
+    c.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    let mut c = BufReader::new(c);
+    c.get_mut()
+        .write_all(
+            b"GET /tunnel HTTP/1.1\r\nhost: app.test\r\nconnection: upgrade\r\nupgrade: echo\r\n\r\n",
+        )
+        .unwrap();
+    thread::sleep(Duration::from_millis(200));
+    let out = d.ctl("upgrade");
+    assert!(out.status.success(), "upgrade: {out:?}");
+    // The old process drains from the moment the command returned.
+    thread::sleep(Duration::from_millis(100));
+    go.send(()).unwrap();
+    let mut status = String::new();
+    c.read_line(&mut status).unwrap();
+    assert!(status.starts_with("HTTP/1.1 101"), "{status:?}");
+    loop {
+        let mut line = String::new();
+        c.read_line(&mut line).unwrap();
+        if line == "\r\n" {
+            break;
+        }
+        assert!(!line.is_empty(), "end of stream in the 101's head");
+    }
+    // The tunnel first finds the client silent (a reader asked for the hand-over would end
+    // it there), then echoes, past the hand-over's wait and pokes (100 ms each).
+    for i in 0..8 {
+        thread::sleep(Duration::from_millis(150));
+        let msg = format!("ping {i}\n");
+        c.get_mut().write_all(msg.as_bytes()).unwrap();
+        let mut got = String::new();
+        c.read_line(&mut got).unwrap();
+        assert_eq!(got, msg, "echo {i} through the tunnel");
+    }
+}
+
 #[test]
 fn sighup_reload_applies_valid_and_rejects_invalid_config() {
     let backend = backend();
