@@ -236,14 +236,17 @@ impl ConnState {
     /// handed to a successor (its reader must never hand anyone an end of stream).
     pub fn may_tunnel(&self) {
         self.portable.store(false, Ordering::Relaxed);
-        if self.closing.load(Ordering::Relaxed) == HANDOVER_ASKED {
-            let _ = self.closing.compare_exchange(
-                HANDOVER_ASKED,
-                CLOSE_NONE,
-                Ordering::AcqRel,
-                Ordering::Relaxed,
-            );
-        }
+        self.withdraw_hand_over();
+    }
+
+    /// A hand-over asked of the reader is withdrawn (any other close or park state stays).
+    fn withdraw_hand_over(&self) {
+        let _ = self.closing.compare_exchange(
+            HANDOVER_ASKED,
+            CLOSE_NONE,
+            Ordering::AcqRel,
+            Ordering::Relaxed,
+        );
     }
 
     /// The response to the request in flight ends the connection (hyper closes it once the
@@ -732,7 +735,9 @@ where
             return Ok(false);
         };
         if io.ahead.is_some() || io.shut {
-            return Err(std::io::Error::other("bytes of a request already read"));
+            return Err(std::io::Error::other(
+                "bytes of a request already read, or the connection is closing",
+            ));
         }
         let Some(fd) = io.inner.handover_fd() else {
             return Err(std::io::Error::other("transport cannot be handed over"));
@@ -1148,12 +1153,7 @@ where
 
     /// Drains the old way: `Connection: close` on the next answer (the hand-over withdrawn).
     fn give_up_hand_over(&mut self) {
-        let _ = self.conn.state.closing.compare_exchange(
-            HANDOVER_ASKED,
-            CLOSE_NONE,
-            Ordering::AcqRel,
-            Ordering::Relaxed,
-        );
+        self.conn.state.withdraw_hand_over();
         if !self.conn.state.draining() {
             self.conn.state.start_drain();
         }
@@ -1488,11 +1488,7 @@ async fn recv_handed(handed: Option<&Handed>) -> Option<(tokio::net::TcpStream, 
             }
         };
         if let Some(authority) = got.listener.strip_prefix(HANDOVER_UPSTREAM) {
-            let std = std::net::TcpStream::from(got.conn);
-            match std
-                .set_nonblocking(true)
-                .and_then(|()| tokio::net::TcpStream::from_std(std))
-            {
+            match handed_stream(got.conn) {
                 Ok(stream) => proxy.upstream().adopt_direct(authority, stream),
                 Err(e) => {
                     tracing::debug!(error = %e, "handed-over upstream connection unusable; closed")
@@ -1504,11 +1500,7 @@ async fn recv_handed(handed: Option<&Handed>) -> Option<(tokio::net::TcpStream, 
             tracing::warn!(listener = %got.listener, "handed-over connection for an unknown listener closed");
             continue;
         }
-        let std = std::net::TcpStream::from(got.conn);
-        // The socket was non-blocking in the previous process already (the flag belongs to
-        // the socket, shared by both descriptors); set again in case.
-        let stream = std.set_nonblocking(true).and_then(|()| {
-            let stream = tokio::net::TcpStream::from_std(std)?;
+        let stream = handed_stream(got.conn).and_then(|stream| {
             let peer = stream.peer_addr()?;
             Ok((stream, peer))
         });
@@ -1517,6 +1509,15 @@ async fn recv_handed(handed: Option<&Handed>) -> Option<(tokio::net::TcpStream, 
             Err(e) => tracing::debug!(error = %e, "handed-over connection unusable; closed"),
         }
     }
+}
+
+/// A handed-over TCP socket as this runtime's stream. The socket was non-blocking in the
+/// previous process already (the flag belongs to the socket, shared by both descriptors); set
+/// again in case.
+fn handed_stream(fd: std::os::fd::OwnedFd) -> std::io::Result<tokio::net::TcpStream> {
+    let std = std::net::TcpStream::from(fd);
+    std.set_nonblocking(true)?;
+    tokio::net::TcpStream::from_std(std)
 }
 
 /// A connection's future that releases `guard` when it ends (or is dropped).
