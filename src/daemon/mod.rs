@@ -484,10 +484,14 @@ pub async fn run(
     let status = format!("serving on {}", running.http_addr);
     match inherited.handoff.as_mut() {
         Some(handoff) => {
+            // The parent systemd sees when it reads MAINPID: not the previous process once
+            // this process has detached itself (`upgrade::detach_if_asked`).
+            let parent = std::os::unix::process::parent_id();
             notify::ready_as_main(&status);
             handoff.signal_ready();
             tracing::info!(
                 previous = handoff.parent_pid,
+                parent,
                 "took over from the previous process"
             );
         }

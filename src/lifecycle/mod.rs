@@ -111,6 +111,8 @@ impl Inherited {
                     env: HANDOFF_ENV,
                     source,
                 })?;
+            // SAFETY: single-threaded, see above.
+            unsafe { upgrade::detach_if_asked(&handoff) };
             for (name, fd) in &handoff.fds {
                 if !fd_is_open(*fd) {
                     return Err(ListenError::Handoff {

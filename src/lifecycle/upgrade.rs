@@ -3,7 +3,8 @@
 //! versioned handoff message in `BERTH_HANDOFF`, then waits on a pipe for the successor's
 //! "ready". Only then does it stop accepting and drain; if the successor exits, says
 //! something else, or is not ready in time, it is killed and this process carries on. The
-//! successor is detached (its parent becomes init) so systemd can supervise it as MAINPID.
+//! successor detaches itself (its parent becomes init) so systemd can supervise it as
+//! MAINPID: see [`spawn_successor`] and [`detach_if_asked`].
 
 use std::collections::BTreeMap;
 use std::io::Read;
@@ -36,6 +37,13 @@ pub struct Handoff {
     /// previous process then hands nothing over.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub conns_fd: Option<RawFd>,
+    /// Asks the successor to detach itself first thing ([`detach_if_asked`]): it forks, the
+    /// intermediate writes `pid N` on the readiness pipe and exits. Absent (false) from a
+    /// previous process that detaches the successor by forking twice itself; a successor
+    /// that does not know the field does not detach and answers `ready` as the first line,
+    /// which [`spawn_successor`] accepts (it is then this process's child).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub detach: bool,
 }
 
 /// Why the handoff from the previous process cannot be used (the successor then exits
@@ -79,8 +87,63 @@ impl Handoff {
             } else {
                 ""
             };
-            let _ = writeln!(f, "ready {}{conns}", std::process::id());
+            // One write: the line arrives whole.
+            let line = format!("ready {}{conns}\n", std::process::id());
+            let _ = f.write_all(line.as_bytes());
         }
+    }
+}
+
+/// Detaches this process from the previous one when its handoff asks for it (`detach`):
+/// forks; the parent (the intermediate, the previous process's own child) exits at once, so
+/// the child's parent becomes init (under systemd, the service manager itself). The child
+/// writes `pid N` (its own pid) on the readiness pipe, waits until it has been re-parented
+/// (at most a second; it is, as soon as the intermediate has exited) so that it is not the
+/// intermediate's child when it tells systemd it is the main process, and returns to start
+/// up. Nothing happens without a handoff or without `detach`, or when
+/// `BERTH_DEBUG_NO_DETACH` is set (the tests' stand-in for an older binary).
+///
+/// Why here and not in the previous process: forking the serving process copies its page
+/// tables (twice, with the intermediate) and write-protects its memory, so it takes a
+/// copy-on-write fault on every page it writes afterwards; the previous process now starts
+/// us with `posix_spawn` and this fork copies a process that has barely started. The child
+/// writes the `pid` line itself so that it always comes before its `ready`.
+///
+/// # Safety
+/// Must run before any other thread exists (`fork` of a multi-threaded process leaves the
+/// child with only the calling thread).
+pub unsafe fn detach_if_asked(handoff: &Handoff) {
+    if !handoff.detach || std::env::var_os("BERTH_DEBUG_NO_DETACH").is_some() {
+        return;
+    }
+    let Some(ready) = handoff.ready_fd else {
+        return;
+    };
+    let intermediate = std::process::id();
+    // SAFETY: the caller guarantees this process is single-threaded, so the child is a full
+    // copy; the parent only calls `_exit`.
+    let pid = unsafe { libc::fork() };
+    if pid < 0 {
+        // Not detached: the previous process sees `ready` first and keeps us as its child
+        // (as with an older binary).
+        eprintln!(
+            "berthd: cannot detach from the previous process: {}",
+            std::io::Error::last_os_error()
+        );
+        return;
+    }
+    if pid > 0 {
+        // SAFETY: ends the intermediate without running anything of the copy it is.
+        unsafe { libc::_exit(0) };
+    }
+    let mut buf = [0u8; 32];
+    let n = pid_line(&mut buf, std::process::id() as libc::pid_t);
+    // SAFETY: `ready` is the readiness pipe the handoff names; a short write to a pipe of
+    // at most 32 bytes is atomic.
+    unsafe { libc::write(ready, buf.as_ptr().cast(), n) };
+    let until = std::time::Instant::now() + Duration::from_secs(1);
+    while std::os::unix::process::parent_id() == intermediate && std::time::Instant::now() < until {
+        std::thread::sleep(Duration::from_micros(100));
     }
 }
 
@@ -157,7 +220,7 @@ fn read_line(reader: &mut impl Read) -> String {
     String::from_utf8_lossy(&buf).into_owned()
 }
 
-/// Formats `pid N\n` into `buf` without allocating (runs between fork and exec).
+/// Formats `pid N\n` into `buf` without allocating.
 fn pid_line(buf: &mut [u8; 32], pid: libc::pid_t) -> usize {
     let mut digits = [0u8; 20];
     let mut n = pid.unsigned_abs();
@@ -190,20 +253,23 @@ pub struct Successor {
 /// Starts the successor and waits until it is ready. Returns its pid on success; on failure
 /// the successor is killed.
 ///
-/// The successor is detached: a short-lived intermediate child forks it and exits at once, so
-/// its parent becomes init (under systemd, the service manager itself). systemd treats a
-/// `MAINPID=` that is not its own child as "alien": it cannot wait for it, and `systemctl
-/// stop`/`restart` then skips the SIGTERM drain and sends SIGKILL at once. The intermediate
-/// reports the successor's pid on the readiness pipe (`pid N`) before `ready N`.
+/// The successor is detached: systemd treats a `MAINPID=` that is not its own child as
+/// "alien": it cannot wait for it, and `systemctl stop`/`restart` then skips the SIGTERM drain
+/// and sends SIGKILL at once. It is started with `posix_spawn` (no copy of this serving
+/// process's page tables, no copy-on-write faults in it afterwards) and asked to detach itself
+/// ([`detach_if_asked`]): its first act is a fork whose parent, our child, exits at once, so
+/// the successor's parent becomes init; the successor reports its pid on the readiness pipe
+/// (`pid N`), then `ready N` when it serves. A successor that does not know the request (an older
+/// binary) answers `ready N` as the first line: it is accepted and stays this process's child
+/// until this process exits.
 pub async fn spawn_successor(
     exe: PathBuf,
     args: Vec<std::ffi::OsString>,
     listeners: Vec<(String, RawFd)>,
     timeout: Duration,
 ) -> Result<Successor, UpgradeError> {
-    use std::os::unix::process::CommandExt;
-
-    let (mut reader, writer) = std::io::pipe()?;
+    let deadline = tokio::time::Instant::now() + timeout;
+    let (reader, writer) = std::io::pipe()?;
     // The connection socket is best effort: without it the successor starts as before and
     // this process drains its keep-alive clients the old way.
     let conns = match super::conns::pair() {
@@ -219,6 +285,7 @@ pub async fn spawn_successor(
         ready_fd: Some(writer.as_raw_fd()),
         parent_pid: std::process::id(),
         conns_fd: conns.as_ref().map(|(_, theirs)| theirs.as_raw_fd()),
+        detach: true,
     };
     let payload = serde_json::to_string(&handoff).map_err(std::io::Error::other)?;
     let mut cmd = Command::new(&exe);
@@ -229,29 +296,12 @@ pub async fn spawn_successor(
         .env_remove("LISTEN_PID")
         .env_remove("LISTEN_FDNAMES")
         .env_remove("WATCHDOG_PID");
-    let ready_w = writer.as_raw_fd();
-    // SAFETY: runs in the forked child before exec and only calls async-signal-safe functions
-    // (fork, write, _exit) on a stack buffer.
-    unsafe {
-        cmd.pre_exec(move || {
-            let pid = libc::fork();
-            if pid < 0 {
-                return Err(std::io::Error::last_os_error());
-            }
-            if pid > 0 {
-                let mut buf = [0u8; 32];
-                let n = pid_line(&mut buf, pid);
-                libc::write(ready_w, buf.as_ptr().cast(), n);
-                libc::_exit(0);
-            }
-            Ok(())
-        });
-    }
     // Clear CLOEXEC on exactly the descriptors we hand over, spawn, then restore. Only the
-    // upgrade path spawns processes, and it runs one at a time. The spawn (fork, the
-    // intermediate's fork, exec) blocks until the successor has exec'd: it runs on a blocking
-    // thread, so the runtime's workers go on serving meanwhile (with `proxy.workers: 1`, the
-    // only one would otherwise stall every connection for it).
+    // upgrade path spawns processes, and it runs one at a time. The spawn blocks until the
+    // successor has exec'd: it runs on a blocking thread, so the runtime's workers go on
+    // serving meanwhile (with `proxy.workers: 1`, the only one would otherwise stall every
+    // connection for it). No `pre_exec`, so std uses `posix_spawn` (vfork-like: the serving
+    // process is not copied).
     let inheritable: Vec<RawFd> = listeners
         .iter()
         .map(|(_, fd)| *fd)
@@ -259,7 +309,7 @@ pub async fn spawn_successor(
         .chain(handoff.conns_fd)
         .collect();
     let spawn_exe = exe.clone();
-    let started = tokio::task::spawn_blocking(move || {
+    let child: Child = tokio::task::spawn_blocking(move || {
         let began = std::time::Instant::now();
         for fd in &inheritable {
             set_cloexec(*fd, false);
@@ -269,65 +319,122 @@ pub async fn spawn_successor(
             set_cloexec(*fd, true);
         }
         drop(writer);
-        let mut intermediate: Child = spawned.map_err(|source| UpgradeError::Spawn {
-            exe: spawn_exe,
-            source,
-        })?;
-        // `spawn` returned after the successor's exec, so the intermediate has written the
-        // pid line and exited; reap it.
-        let _ = intermediate.wait();
-        let first = read_line(&mut reader);
         tracing::debug!(
             took_us = began.elapsed().as_micros() as u64,
             "successor spawned"
         );
-        match first
-            .strip_prefix("pid ")
-            .and_then(|p| p.parse::<u32>().ok())
-        {
-            Some(pid) => Ok((pid, reader)),
-            None => Err(UpgradeError::Protocol {
-                pid: intermediate.id(),
-                msg: first,
-            }),
-        }
+        spawned.map_err(|source| UpgradeError::Spawn {
+            exe: spawn_exe,
+            source,
+        })
     })
     .await
-    .map_err(|e| UpgradeError::Io(std::io::Error::other(e)))?;
-    let (pid, mut reader) = started?;
+    .map_err(|e| UpgradeError::Io(std::io::Error::other(e)))??;
     // The successor has its copy; ours would keep the socket open after it exits.
     let conns = conns.map(|(ours, _theirs)| ours);
-    tracing::info!(pid, exe = %exe.display(), "started new process; waiting for it to be ready");
+    let child_pid = child.id();
 
-    // The read ends with a line (ready) or EOF (the successor exited or closed the pipe).
-    let read = tokio::task::spawn_blocking(move || read_line(&mut reader));
-    let outcome = tokio::time::timeout(timeout, read).await;
-    // Not our child (init reaps it): kill by pid.
+    // Lines are read on a blocking thread; each read ends with a line or at EOF (the
+    // successor exited or closed the pipe).
+    let mut reader = Some(reader);
+    let mut next_line = async || -> Result<Option<String>, UpgradeError> {
+        let Some(mut r) = reader.take() else {
+            return Ok(None);
+        };
+        let read = tokio::task::spawn_blocking(move || (read_line(&mut r), r));
+        match tokio::time::timeout_at(deadline, read).await {
+            Ok(Ok((line, r))) => {
+                reader = Some(r);
+                Ok(Some(line))
+            }
+            Ok(Err(e)) => Err(UpgradeError::Io(std::io::Error::other(e))),
+            Err(_) => Ok(None),
+        }
+    };
+    let first = next_line().await;
+    let reap = |mut child: Child| async move {
+        tokio::task::spawn_blocking(move || child.wait().map(|s| s.to_string()))
+            .await
+            .ok()
+            .and_then(Result::ok)
+            .unwrap_or_else(|| "unknown status".into())
+    };
+    let (pid, line) = match first {
+        Ok(Some(line)) if line.starts_with("pid ") => {
+            // Our child was the intermediate: it exits right after its fork.
+            let status = reap(child).await;
+            let Some(pid) = line
+                .strip_prefix("pid ")
+                .and_then(|p| p.parse::<u32>().ok())
+            else {
+                return Err(UpgradeError::Protocol {
+                    pid: child_pid,
+                    msg: format!("{line} (intermediate: {status})"),
+                });
+            };
+            tracing::info!(pid, exe = %exe.display(), "started new process; waiting for it to be ready");
+            (pid, next_line().await)
+        }
+        Ok(Some(line)) if line.starts_with("ready ") => {
+            // An older binary, which does not detach itself: it stays our child.
+            tracing::warn!(
+                pid = child_pid,
+                "the new binary did not detach itself; it stays this process's child until this process exits"
+            );
+            (child_pid, Ok(Some(line)))
+        }
+        Ok(Some(line)) if line.is_empty() => {
+            let status = reap(child).await;
+            return Err(UpgradeError::Exited {
+                pid: child_pid,
+                status,
+            });
+        }
+        other => {
+            // SAFETY: plain kill(2) of our own child, reaped just below.
+            unsafe { libc::kill(child_pid as libc::pid_t, libc::SIGKILL) };
+            let _ = reap(child).await;
+            return Err(match other {
+                Ok(Some(msg)) => UpgradeError::Protocol {
+                    pid: child_pid,
+                    msg,
+                },
+                Ok(None) => UpgradeError::Timeout {
+                    pid: child_pid,
+                    timeout,
+                },
+                Err(e) => e,
+            });
+        }
+    };
+    // Not our child when it detached itself (init reaps it): kill by pid.
     let kill = || {
-        // SAFETY: plain kill(2) on the pid the intermediate reported.
+        // SAFETY: plain kill(2) on the pid the successor (or its intermediate) reported.
         unsafe { libc::kill(pid as libc::pid_t, libc::SIGKILL) };
     };
-    match outcome {
-        Ok(Ok(line)) if line == format!("ready {pid}") => Ok(Successor { pid, conns: None }),
-        Ok(Ok(line)) if line == format!("ready {pid} conns") && conns.is_some() => Ok(Successor {
-            pid,
-            conns: conns.map(super::conns::ConnSender::new),
-        }),
-        Ok(Ok(line)) if line.is_empty() => Err(UpgradeError::Exited {
+    match line {
+        Ok(Some(line)) if line == format!("ready {pid}") => Ok(Successor { pid, conns: None }),
+        Ok(Some(line)) if line == format!("ready {pid} conns") && conns.is_some() => {
+            Ok(Successor {
+                pid,
+                conns: conns.map(super::conns::ConnSender::new),
+            })
+        }
+        Ok(Some(line)) if line.is_empty() => Err(UpgradeError::Exited {
             pid,
             status: "see its log; it is init's child, not ours".into(),
         }),
-        Ok(Ok(line)) => {
+        Ok(Some(line)) => {
             kill();
             Err(UpgradeError::Protocol { pid, msg: line })
         }
-        Ok(Err(e)) => {
-            kill();
-            Err(UpgradeError::Io(std::io::Error::other(e)))
-        }
-        Err(_) => {
+        Ok(None) => {
             kill();
             Err(UpgradeError::Timeout { pid, timeout })
+        }
+        Err(e) => {
+            kill();
+            Err(e)
         }
     }
 }
@@ -344,6 +451,7 @@ mod tests {
             ready_fd: Some(7),
             parent_pid: 42,
             conns_fd: None,
+            detach: false,
         };
         let s = serde_json::to_string(&h).unwrap();
         assert_eq!(Handoff::parse(&s).unwrap(), h);
@@ -365,6 +473,15 @@ mod tests {
         };
         let s = serde_json::to_string(&with).unwrap();
         assert_eq!(Handoff::parse(&s).unwrap().conns_fd, Some(9));
+        // The same for `detach`: left out when false (what an older previous process sends),
+        // parsed when true.
+        assert!(!s.contains("detach"), "{s}");
+        let detach = Handoff {
+            detach: true,
+            ..h.clone()
+        };
+        let s = serde_json::to_string(&detach).unwrap();
+        assert!(Handoff::parse(&s).unwrap().detach, "{s}");
     }
 
     #[test]

@@ -431,6 +431,69 @@ fn failing_successor_keeps_the_old_process_serving() {
     assert!(status.contains("upgrade failed"), "{status}");
 }
 
+/// The parent the process that took over from `previous` had at that moment (its log line
+/// "took over from the previous process", field `parent`, read as it told systemd MAINPID).
+fn parent_at_take_over(logs: &Mutex<Vec<String>>, previous: u32) -> u32 {
+    let field =
+        |v: &serde_json::Value, name: &str| v["fields"][name].as_u64().or_else(|| v[name].as_u64());
+    let logs = logs.lock().unwrap();
+    logs.iter()
+        .filter(|l| l.contains("took over from the previous process"))
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .find(|v| field(v, "previous") == Some(u64::from(previous)))
+        .and_then(|v| field(&v, "parent"))
+        .unwrap_or_else(|| panic!("no take-over line with a parent after {previous}: {logs:?}"))
+        as u32
+}
+
+/// The successor detaches itself (it is started with `posix_spawn` and forks first thing), so
+/// it is not the old process's child when it tells systemd it is the main process; a new
+/// binary that does not detach itself (an older version; `BERTH_DEBUG_NO_DETACH` stands in for
+/// one) is still taken: its `ready` comes first, it serves, and it upgrades in turn.
+#[test]
+fn successors_detach_themselves_and_one_that_does_not_still_takes_over() {
+    let backend = backend();
+    for detach in [true, false] {
+        let env: &[(&str, &str)] = if detach {
+            &[]
+        } else {
+            &[("BERTH_DEBUG_NO_DETACH", "1")]
+        };
+        let d = Daemon::start(backend.addr, env);
+        for round in 0..3 {
+            let old = d.current_pid();
+            let out = d.ctl("upgrade");
+            assert!(
+                out.status.success(),
+                "detach {detach}, round {round}: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+            let new = d.current_pid();
+            assert_ne!(new, old, "detach {detach}, round {round}");
+            let parent = parent_at_take_over(&d.logs, old);
+            if detach {
+                assert_ne!(parent, old, "round {round}: the old process's child");
+            } else {
+                assert_eq!(
+                    parent, old,
+                    "round {round}: not detached, so the old process's child"
+                );
+            }
+            assert_eq!(
+                get(d.http, "app.test", "/").unwrap().0,
+                200,
+                "detach {detach}, round {round}"
+            );
+        }
+        let logs = d.logs.lock().unwrap().join("\n");
+        assert_eq!(
+            logs.contains("did not detach itself"),
+            !detach,
+            "detach {detach}: the warning about an undetached successor"
+        );
+    }
+}
+
 #[test]
 fn websocket_tunnel_survives_an_upgrade() {
     let backend = backend();
