@@ -300,11 +300,18 @@ pub async fn start_with(
     } else {
         (None, None, None)
     };
+    let conns = inherited.take_conns();
+    // A copy of the connection socket to name, before `ready`, the HTTP frontends whose
+    // connections this process takes too (`lifecycle::conns`).
+    let announce = conns.as_ref().and_then(|fd| fd.try_clone().ok());
+    if announce.is_some() {
+        server::open_frontend_inboxes();
+    }
     tasks.push(tokio::spawn(server::serve_http(
         proxy.clone(),
         listener,
         stop_rx.clone(),
-        inherited.take_conns(),
+        conns,
     )));
     let tcp = tcp::start_tcp(
         &config,
@@ -324,6 +331,16 @@ pub async fn start_with(
         Ok(t) => t,
         Err(e) => return unwind(&stop, tasks, e).await,
     };
+    // The HTTP frontends are listening (each with its inbox): named to the previous process
+    // before `ready`, which it reads with the `ready`.
+    if let Some(sock) = &announce {
+        for name in server::frontend_inbox_names() {
+            if let Err(e) = crate::lifecycle::conns::announce(sock.as_fd(), &name) {
+                tracing::warn!(error = %e, %name, "cannot take this frontend's connections; the previous process drains them");
+            }
+        }
+    }
+    drop(announce);
     let mut api_settings = ApiSettings::from_config(&config.api);
     api_settings.max_upload_size = config.deploy.max_upload_size.0;
     api_settings.proxy_secret = proxy_secret;

@@ -11,6 +11,12 @@
 //!
 //! Message: `conn 1 <name>` (no newline), one descriptor. Anything else is refused and any
 //! descriptor that came with it is closed.
+//!
+//! The other way, before it says `ready`, the successor names the listeners beyond the main
+//! one it takes connections for (`takes 1 <name>`, no descriptor; today an HTTP frontend's,
+//! `frontend NAME`): the previous process hands over a frontend's connections only when its
+//! successor named that frontend (an older successor names none, and one that lacks the
+//! frontend would have nowhere to serve them), and drains the rest as before.
 
 use std::io;
 use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
@@ -18,6 +24,7 @@ use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
 use tokio::io::Interest;
 
 const PREFIX: &[u8] = b"conn 1 ";
+const TAKES: &[u8] = b"takes 1 ";
 /// The longest name a message may carry (a listener's, or `upstream HOST:PORT`).
 const MAX_NAME: usize = 300;
 
@@ -42,11 +49,43 @@ pub fn pair() -> io::Result<(OwnedFd, OwnedFd)> {
 
 /// The previous process's end: sends connections.
 #[derive(Debug)]
-pub struct ConnSender(OwnedFd);
+pub struct ConnSender {
+    sock: OwnedFd,
+    /// The listeners beyond the main one the successor named (`takes 1 <name>`).
+    takes: std::collections::HashSet<String>,
+}
 
 impl ConnSender {
-    pub fn new(fd: OwnedFd) -> Self {
-        ConnSender(fd)
+    /// Our end, once the successor said `ready`: what it named before that is read now.
+    pub fn new(sock: OwnedFd) -> Self {
+        let mut takes = std::collections::HashSet::new();
+        let mut buf = [std::mem::MaybeUninit::<u8>::uninit(); TAKES.len() + MAX_NAME + 1];
+        // Bounded: the successor sends one message per listener it names.
+        while takes.len() < 10_000 {
+            let got = socket2::SockRef::from(&sock).recv_with_flags(&mut buf, libc::MSG_DONTWAIT);
+            let Ok(n) = got else { break };
+            if n == 0 {
+                break;
+            }
+            if n == buf.len() {
+                // Longer than any name: cut off by the buffer, skipped.
+                continue;
+            }
+            // SAFETY: `recv` initialised the first `n` bytes.
+            let msg = unsafe { std::slice::from_raw_parts(buf.as_ptr().cast::<u8>(), n) };
+            match msg.strip_prefix(TAKES).map(std::str::from_utf8) {
+                Some(Ok(name)) => {
+                    takes.insert(name.to_string());
+                }
+                _ => tracing::debug!("unknown message from the successor skipped"),
+            }
+        }
+        ConnSender { sock, takes }
+    }
+
+    /// Whether the successor takes connections of `listener` (beyond the main one).
+    pub fn takes(&self, listener: &str) -> bool {
+        self.takes.contains(listener)
     }
 
     /// Sends `conn` (accepted by `listener`) without blocking. On success the successor has a
@@ -79,7 +118,7 @@ impl ConnSender {
         // SAFETY: `msg` is fully initialised above.
         let n = unsafe {
             libc::sendmsg(
-                self.0.as_raw_fd(),
+                self.sock.as_raw_fd(),
                 &msg,
                 libc::MSG_DONTWAIT | libc::MSG_NOSIGNAL,
             )
@@ -89,6 +128,20 @@ impl ConnSender {
         }
         Ok(())
     }
+}
+
+/// The successor names `listener` as one it takes connections for (see the module's text),
+/// on its end of the pair, before it says `ready`.
+pub fn announce(sock: BorrowedFd<'_>, listener: &str) -> io::Result<()> {
+    if listener.len() > MAX_NAME {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            "listener name too long",
+        ));
+    }
+    let msg = [TAKES, listener.as_bytes()].concat();
+    socket2::SockRef::from(&sock).send_with_flags(&msg, libc::MSG_DONTWAIT | libc::MSG_NOSIGNAL)?;
+    Ok(())
 }
 
 /// Aligned room for one `SCM_RIGHTS` header with one descriptor.

@@ -19,6 +19,7 @@
 //! takes them, [`accept_loop_until`]). Until then its answers stay keep-alive; if it is never
 //! between requests within [`HANDOVER_WAIT_MS`], or cannot be sent, it drains as above.
 
+use std::collections::HashMap;
 use std::convert::Infallible;
 use std::future::Future;
 use std::net::{IpAddr, SocketAddr};
@@ -75,16 +76,82 @@ const HANDOVER_POKE_MS: u64 = 100;
 /// when an upgrade succeeded with a successor that takes them).
 static HANDOVER: OnceLock<crate::lifecycle::conns::ConnSender> = OnceLock::new();
 
-/// From now on, draining plain-HTTP/1 connections of the main listener are sent to the
-/// successor at their next request boundary instead of being answered `Connection: close`
-/// (issue 23: their clients would otherwise all reconnect at once). A connection that cannot
-/// be sent is drained as before.
+/// From now on, draining plain-HTTP/1 connections of the main listener (and of the HTTP
+/// frontends the successor named, [`crate::lifecycle::conns`]) are sent to the successor at
+/// their next request boundary instead of being answered `Connection: close` (issue 23: their
+/// clients would otherwise all reconnect at once). A connection that cannot be sent is
+/// drained as before.
 pub fn hand_over_to(sender: crate::lifecycle::conns::ConnSender) {
     let _ = HANDOVER.set(sender);
 }
 
 /// Listener name of the main plain-HTTP listener in hand-over messages.
 const HANDOVER_LISTENER: &str = "http";
+/// Prefix of an HTTP frontend's name in hand-over messages (`frontend NAME`).
+const HANDOVER_FRONTEND: &str = "frontend ";
+
+/// The name a connection goes by in hand-over messages: the main listener's, or its HTTP
+/// frontend's (allocated only while draining).
+fn handover_name(state: &ConnState) -> std::borrow::Cow<'static, str> {
+    match &state.frontend {
+        None => HANDOVER_LISTENER.into(),
+        Some(fc) => format!("{HANDOVER_FRONTEND}{}", fc.name).into(),
+    }
+}
+
+/// In a successor, until the previous process closes its connection socket: each HTTP
+/// frontend's inbox, by frontend name, for the connections handed over to it (the main
+/// listener's loop receives them all and passes these on). `None` in a process started
+/// without a previous one, and once the socket closed (the frontends' loops then stop
+/// waiting for more).
+static FRONTEND_INBOX: std::sync::Mutex<Option<HashMap<String, FrontendInbox>>> =
+    std::sync::Mutex::new(None);
+
+type FrontendInbox = tokio::sync::mpsc::UnboundedSender<(tokio::net::TcpStream, SocketAddr)>;
+
+/// A successor opens the frontends' inboxes before it starts its frontends (see
+/// [`FRONTEND_INBOX`]).
+pub fn open_frontend_inboxes() {
+    if let Ok(mut inbox) = FRONTEND_INBOX.lock() {
+        *inbox = Some(HashMap::new());
+    }
+}
+
+/// The inbox of HTTP frontend `name` in a successor (its first listener's accept loop takes
+/// what arrives there); `None` when inboxes are not open or the frontend has one already.
+pub fn frontend_inbox(name: &str) -> Option<Handed> {
+    let mut inbox = FRONTEND_INBOX.lock().ok()?;
+    let inboxes = inbox.as_mut()?;
+    if inboxes.contains_key(name) {
+        return None;
+    }
+    let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+    inboxes.insert(name.to_string(), tx);
+    Some(Handed::Inbox(rx))
+}
+
+/// The names, as hand-over messages give them, of the HTTP frontends with an inbox: what a
+/// successor tells the previous process it takes ([`crate::lifecycle::conns::announce`]).
+pub fn frontend_inbox_names() -> Vec<String> {
+    FRONTEND_INBOX
+        .lock()
+        .ok()
+        .and_then(|i| {
+            i.as_ref().map(|m| {
+                m.keys()
+                    .map(|k| format!("{HANDOVER_FRONTEND}{k}"))
+                    .collect()
+            })
+        })
+        .unwrap_or_default()
+}
+
+/// The previous process's socket closed: no frontend connection comes any more.
+fn close_frontend_inboxes() {
+    if let Ok(mut inbox) = FRONTEND_INBOX.lock() {
+        *inbox = None;
+    }
+}
 /// Prefix of an idle upstream connection's name in hand-over messages (`upstream ADDR`).
 const HANDOVER_UPSTREAM: &str = "upstream ";
 
@@ -743,7 +810,7 @@ where
             return Err(std::io::Error::other("transport cannot be handed over"));
         };
         send_upstream_along(sender);
-        sender.send(HANDOVER_LISTENER, fd)?;
+        sender.send(&handover_name(&self.state), fd)?;
         // Our descriptor closes here; the successor's keeps the connection open.
         self.stage = Stage::Ended;
         Ok(true)
@@ -1100,7 +1167,13 @@ where
             scheme,
             frontend,
         } = accepted;
-        let portable = scheme == Scheme::Http && frontend.is_none() && io.handover_fd().is_some();
+        // An HTTP frontend's connection too, unless it answers one request per connection
+        // (whether the successor takes that frontend's is checked at the hand-over).
+        let portable = scheme == Scheme::Http
+            && io.handover_fd().is_some()
+            && frontend
+                .as_ref()
+                .is_none_or(|f| f.keepalive != crate::model::frontend::KeepAlive::Close);
         let state = Arc::new(ConnState::new(peer, scheme, frontend));
         state.portable.store(portable, Ordering::Relaxed);
         let service = make_service(state.clone());
@@ -1118,10 +1191,14 @@ where
     fn drain_or_hand_over(&mut self) -> Drained {
         let state = &self.conn.state;
         let h2 = state.proto.load(Ordering::Relaxed) == PROTO_H2;
+        let taken = |sender: &crate::lifecycle::conns::ConnSender| match &state.frontend {
+            None => true,
+            Some(_) => sender.takes(&handover_name(state)),
+        };
         if state.draining()
             || h2
             || !state.portable.load(Ordering::Relaxed)
-            || HANDOVER.get().is_none()
+            || !HANDOVER.get().is_some_and(taken)
         {
             self.give_up_hand_over();
             return Drained::Draining;
@@ -1417,7 +1494,7 @@ pub async fn serve_http(
     let builder = Arc::new(connection_builder(&proxy));
     let drain = proxy.settings.timeouts.drain;
     let handed = handed.and_then(|fd| match crate::lifecycle::conns::ConnReceiver::new(fd) {
-        Ok(rx) => Some(Handed {
+        Ok(rx) => Some(Handed::Socket {
             rx,
             proxy: proxy.clone(),
         }),
@@ -1466,24 +1543,37 @@ pub async fn accept_loop<F, Fut>(
     accept_loop_until(listener, stop, drain, what, serve, None, None).await
 }
 
-/// What the successor takes from the previous process: client connections for the main
-/// listener, idle upstream connections for `proxy`'s pool.
-pub struct Handed {
-    rx: crate::lifecycle::conns::ConnReceiver,
-    proxy: Arc<Proxy>,
+/// What a successor's accept loop takes from the previous process.
+pub enum Handed {
+    /// The main listener's: the connection socket itself (client connections for the main
+    /// listener, idle upstream connections for `proxy`'s pool, HTTP frontends' connections
+    /// passed on to their inboxes).
+    Socket {
+        rx: crate::lifecycle::conns::ConnReceiver,
+        proxy: Arc<Proxy>,
+    },
+    /// An HTTP frontend's: its inbox ([`frontend_inbox`]).
+    Inbox(tokio::sync::mpsc::UnboundedReceiver<(tokio::net::TcpStream, SocketAddr)>),
 }
 
 /// The next client connection the previous process hands over (the main HTTP listener's),
 /// after adding any idle upstream connections sent ahead of it to the pool; `None` when there
 /// is no such socket any more (closed by the previous process, or failed).
-async fn recv_handed(handed: Option<&Handed>) -> Option<(tokio::net::TcpStream, SocketAddr)> {
-    let Handed { rx, proxy } = handed?;
+async fn recv_handed(handed: Option<&mut Handed>) -> Option<(tokio::net::TcpStream, SocketAddr)> {
+    let (rx, proxy) = match handed? {
+        Handed::Socket { rx, proxy } => (rx, proxy),
+        Handed::Inbox(inbox) => return inbox.recv().await,
+    };
     loop {
         let got = match rx.recv().await {
             Ok(Some(got)) => got,
-            Ok(None) => return None,
+            Ok(None) => {
+                close_frontend_inboxes();
+                return None;
+            }
             Err(e) => {
                 tracing::warn!(error = %e, "connection socket from the previous process failed");
+                close_frontend_inboxes();
                 return None;
             }
         };
@@ -1496,14 +1586,27 @@ async fn recv_handed(handed: Option<&Handed>) -> Option<(tokio::net::TcpStream, 
             }
             continue;
         }
-        if got.listener != HANDOVER_LISTENER {
-            tracing::warn!(listener = %got.listener, "handed-over connection for an unknown listener closed");
-            continue;
-        }
         let stream = handed_stream(got.conn).and_then(|stream| {
             let peer = stream.peer_addr()?;
             Ok((stream, peer))
         });
+        if let Some(frontend) = got.listener.strip_prefix(HANDOVER_FRONTEND) {
+            let Ok(s) = stream else { continue };
+            let inbox = FRONTEND_INBOX
+                .lock()
+                .ok()
+                .and_then(|i| i.as_ref().and_then(|m| m.get(frontend).cloned()));
+            // Named by this process, so its inbox is there (a frontend removed meanwhile:
+            // the connection is closed, between requests).
+            if inbox.is_none_or(|tx| tx.send(s).is_err()) {
+                tracing::warn!(%frontend, "handed-over connection for a frontend this process no longer has closed");
+            }
+            continue;
+        }
+        if got.listener != HANDOVER_LISTENER {
+            tracing::warn!(listener = %got.listener, "handed-over connection for an unknown listener closed");
+            continue;
+        }
         match stream {
             Ok(s) => return Some(s),
             Err(e) => tracing::debug!(error = %e, "handed-over connection unusable; closed"),
@@ -1572,7 +1675,7 @@ pub async fn accept_loop_until<F, Fut>(
         // listener answers `Pending` once the task's cooperative budget is spent.
         tokio::select! {
             biased;
-            got = recv_handed(handed.as_ref()), if handed.is_some() => match got {
+            got = recv_handed(handed.as_mut()), if handed.is_some() => match got {
                 Some((stream, peer)) => take(stream, peer),
                 None => handed = None,
             },
@@ -1599,7 +1702,7 @@ pub async fn accept_loop_until<F, Fut>(
     // Connections the previous process still hands over (it may be draining yet) are taken
     // until it closes the socket: one left in the socket's queue would be closed unanswered.
     let rest = async {
-        while let Some((stream, peer)) = recv_handed(handed.as_ref()).await {
+        while let Some((stream, peer)) = recv_handed(handed.as_mut()).await {
             take(stream, peer);
         }
     };

@@ -180,8 +180,8 @@ impl Daemon {
         prepare: impl FnOnce(&Path),
     ) -> Daemon {
         let dir = tempfile::tempdir().unwrap();
-        prepare(dir.path());
         let config = write_config(dir.path(), "127.0.0.1:0", backend, false);
+        prepare(dir.path());
         let mut cmd = match &wrapper {
             Some(w) => {
                 let mut c = Command::new(&w[0]);
@@ -532,8 +532,64 @@ fn websocket_tunnel_survives_an_upgrade() {
 fn keep_alive_connections_move_to_the_successor() {
     let backend = backend();
     let d = Daemon::start(backend.addr, &[]);
+    let mut upstream_before = 0;
+    let pids =
+        keep_alive_through_five_upgrades(&d, d.http, || upstream_before = backend.accepted());
+    // Idle upstream connections went along with the client ones: no process connected anew.
+    let upstream_opened = backend.accepted() - upstream_before;
+    println!("upstream connections opened during the upgrades: {upstream_opened}");
+    // Without the hand-along every successor connects at least once (the busy client's next
+    // request): 5 here. With it, none (0, 0, 1 in three runs: a client connection can go
+    // when no idle upstream connection is left to send along, and its next request connects).
+    assert!(
+        upstream_opened <= 2,
+        "{upstream_opened} upstream connections opened through 5 upgrades"
+    );
+    old_processes_gone(&d, &pids);
+}
+
+/// The same for an HTTP frontend's connections (`frontends:`, mode http): the successor
+/// names the frontend before `ready`, and the previous process hands that frontend's
+/// connections over as it does the main listener's.
+#[test]
+fn keep_alive_connections_of_an_http_frontend_move_to_the_successor() {
+    let backend = backend();
+    let addr = backend.addr;
+    let d = Daemon::start_prepared(backend.addr, &[], None, |dir| {
+        let path = dir.join("berthd.yaml");
+        let mut cfg = std::fs::read_to_string(&path).unwrap();
+        cfg.push_str(&format!(
+            "pools:\n  - name: p\n    members:\n      - {{id: a, address: '{addr}'}}\nfrontends:\n  - {{name: web, mode: http, bind: 127.0.0.1:0, pool: p}}\n"
+        ));
+        std::fs::write(&path, cfg).unwrap();
+    });
+    let mut frontend = None;
+    crate::support::wait_until(Duration::from_secs(10), || {
+        frontend = d.logs.lock().unwrap().iter().find_map(|l| {
+            let v: serde_json::Value = serde_json::from_str(l).ok()?;
+            if v["fields"]["message"] != "http frontend listening" {
+                return None;
+            }
+            v["fields"]["local"].as_str()?.parse::<SocketAddr>().ok()
+        });
+        frontend.is_some()
+    });
+    let frontend = frontend.expect("the frontend's listening line");
+    let pids = keep_alive_through_five_upgrades(&d, frontend, || {});
+    old_processes_gone(&d, &pids);
+}
+
+/// Through five upgrades: a connection to `addr` idle all along is answered keep-alive by the
+/// last process; one sending back to back (every fourth round two requests in one write)
+/// never gets `Connection: close` nor an error. `before_upgrades` runs once both connections
+/// are established, right before the first upgrade. Returns the pids, first to last.
+fn keep_alive_through_five_upgrades(
+    d: &Daemon,
+    addr: SocketAddr,
+    before_upgrades: impl FnOnce(),
+) -> Vec<u32> {
     let request = b"GET / HTTP/1.1\r\nhost: app.test\r\n\r\n";
-    let idle = TcpStream::connect(d.http).unwrap();
+    let idle = TcpStream::connect(addr).unwrap();
     idle.set_read_timeout(Some(Duration::from_secs(10)))
         .unwrap();
     let mut idle = BufReader::new(idle);
@@ -542,7 +598,7 @@ fn keep_alive_connections_move_to_the_successor() {
 
     let stop = Arc::new(AtomicBool::new(false));
     let busy = {
-        let (stop, addr) = (stop.clone(), d.http);
+        let stop = stop.clone();
         thread::spawn(move || -> Result<(u64, u64), String> {
             let c = TcpStream::connect(addr).map_err(|e| e.to_string())?;
             c.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
@@ -582,7 +638,7 @@ fn keep_alive_connections_move_to_the_successor() {
         })
     };
     thread::sleep(Duration::from_millis(200));
-    let upstream_before = backend.accepted();
+    before_upgrades();
     let mut pids = vec![d.current_pid()];
     for i in 0..5 {
         let out = d.ctl("upgrade");
@@ -600,20 +656,15 @@ fn keep_alive_connections_move_to_the_successor() {
         answered > 50,
         "too few answers on the busy connection ({answered})"
     );
-
     // The idle connection is now the last process's: answered keep-alive.
     idle.get_mut().write_all(request).unwrap();
     assert_eq!(read_response(&mut idle).unwrap(), (200, false, "ok".into()));
-    // Idle upstream connections went along with the client ones: no process connected anew.
-    let upstream_opened = backend.accepted() - upstream_before;
-    println!("upstream connections opened during the upgrades: {upstream_opened}");
-    // Without the hand-along every successor connects at least once (the busy client's next
-    // request): 5 here. With it, none (0, 0, 1 in three runs: a client connection can go
-    // when no idle upstream connection is left to send along, and its next request connects).
-    assert!(
-        upstream_opened <= 2,
-        "{upstream_opened} upstream connections opened through 5 upgrades"
-    );
+    pids
+}
+
+/// Every old process exits within 3 s (the drain timeout is 5 s: an idle connection left
+/// with one would hold it up that long); the last one serves.
+fn old_processes_gone(d: &Daemon, pids: &[u32]) {
     let old = pids[..pids.len() - 1].to_vec();
     let began = Instant::now();
     crate::support::wait_until(Duration::from_secs(3), || {

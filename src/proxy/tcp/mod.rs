@@ -444,6 +444,7 @@ impl TcpProxy {
         let proxy = self.http.clone();
         let builder = Arc::new(super::server::connection_builder(&proxy));
         let name: Arc<str> = Arc::from(cfg.load().name());
+        let inbox = super::server::frontend_inbox(&name);
         let rules = self.http.frontends.cell(&name);
         let (cfg, shared, conns) = (cfg.clone(), shared.clone(), self.conns.clone());
         let (closed_tx, closed_rx) = tokio::sync::oneshot::channel();
@@ -479,7 +480,7 @@ impl TcpProxy {
             "frontend connections",
             serve,
             Some(closed_tx),
-            None,
+            inbox,
         ));
         (task, closed_rx)
     }
