@@ -38,7 +38,7 @@ pub struct Handoff {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub conns_fd: Option<RawFd>,
     /// Asks the successor to detach itself first thing ([`detach_if_asked`]): it forks, the
-    /// intermediate writes `pid N` on the readiness pipe and exits. Absent (false) from a
+    /// intermediate exits, the child writes `pid N` on the readiness pipe. Absent (false) from a
     /// previous process that detaches the successor by forking twice itself; a successor
     /// that does not know the field does not detach and answers `ready` as the first line,
     /// which [`spawn_successor`] accepts (it is then this process's child).
