@@ -409,7 +409,8 @@ pub async fn spawn_successor(
     };
     // Not our child when it detached itself (init reaps it): kill by pid.
     let kill = || {
-        // SAFETY: plain kill(2) on the pid the successor (or its intermediate) reported.
+        // SAFETY: plain kill(2) on the pid the successor reported (or our child's, for an
+        // older binary that did not detach).
         unsafe { libc::kill(pid as libc::pid_t, libc::SIGKILL) };
     };
     match line {

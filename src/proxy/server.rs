@@ -95,63 +95,66 @@ const HANDOVER_FRONTEND: &str = "frontend ";
 fn handover_name(state: &ConnState) -> std::borrow::Cow<'static, str> {
     match &state.frontend {
         None => HANDOVER_LISTENER.into(),
-        Some(fc) => format!("{HANDOVER_FRONTEND}{}", fc.name).into(),
+        Some(fc) => frontend_handover_name(&fc.name).into(),
     }
 }
 
+/// HTTP frontend `name`'s name in hand-over messages (`frontend NAME`).
+fn frontend_handover_name(name: &str) -> String {
+    format!("{HANDOVER_FRONTEND}{name}")
+}
+
 /// In a successor, until the previous process closes its connection socket: each HTTP
-/// frontend's inbox, by frontend name, for the connections handed over to it (the main
-/// listener's loop receives them all and passes these on). `None` in a process started
-/// without a previous one, and once the socket closed (the frontends' loops then stop
+/// frontend's inbox, by its name in hand-over messages, for the connections handed over to it
+/// (the main listener's loop receives them all and passes these on). `None` in a process
+/// started without a previous one, and once the socket closed (the frontends' loops then stop
 /// waiting for more).
 static FRONTEND_INBOX: std::sync::Mutex<Option<HashMap<String, FrontendInbox>>> =
     std::sync::Mutex::new(None);
 
 type FrontendInbox = tokio::sync::mpsc::UnboundedSender<(tokio::net::TcpStream, SocketAddr)>;
 
+/// Runs `f` on the frontends' inboxes (`None` if the lock was poisoned).
+fn with_inboxes<R>(f: impl FnOnce(&mut Option<HashMap<String, FrontendInbox>>) -> R) -> Option<R> {
+    FRONTEND_INBOX
+        .lock()
+        .ok()
+        .map(|mut inboxes| f(&mut inboxes))
+}
+
 /// A successor opens the frontends' inboxes before it starts its frontends (see
 /// [`FRONTEND_INBOX`]).
 pub fn open_frontend_inboxes() {
-    if let Ok(mut inbox) = FRONTEND_INBOX.lock() {
-        *inbox = Some(HashMap::new());
-    }
+    with_inboxes(|i| *i = Some(HashMap::new()));
+}
+
+/// The previous process's socket closed: no frontend connection comes any more.
+fn close_frontend_inboxes() {
+    with_inboxes(|i| *i = None);
 }
 
 /// The inbox of HTTP frontend `name` in a successor (its first listener's accept loop takes
 /// what arrives there); `None` when inboxes are not open or the frontend has one already.
 pub fn frontend_inbox(name: &str) -> Option<Handed> {
-    let mut inbox = FRONTEND_INBOX.lock().ok()?;
-    let inboxes = inbox.as_mut()?;
-    if inboxes.contains_key(name) {
-        return None;
-    }
-    let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
-    inboxes.insert(name.to_string(), tx);
-    Some(Handed::Inbox(rx))
+    with_inboxes(|i| {
+        let inboxes = i.as_mut()?;
+        let key = frontend_handover_name(name);
+        if inboxes.contains_key(&key) {
+            return None;
+        }
+        let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+        inboxes.insert(key, tx);
+        Some(Handed::Inbox(rx))
+    })
+    .flatten()
 }
 
 /// The names, as hand-over messages give them, of the HTTP frontends with an inbox: what a
 /// successor tells the previous process it takes ([`crate::lifecycle::conns::announce`]).
 pub fn frontend_inbox_names() -> Vec<String> {
-    FRONTEND_INBOX
-        .lock()
-        .ok()
-        .and_then(|i| {
-            i.as_ref().map(|m| {
-                m.keys()
-                    .map(|k| format!("{HANDOVER_FRONTEND}{k}"))
-                    .collect()
-            })
-        })
-        .unwrap_or_default()
+    with_inboxes(|i| i.iter().flat_map(|m| m.keys().cloned()).collect()).unwrap_or_default()
 }
 
-/// The previous process's socket closed: no frontend connection comes any more.
-fn close_frontend_inboxes() {
-    if let Ok(mut inbox) = FRONTEND_INBOX.lock() {
-        *inbox = None;
-    }
-}
 /// Prefix of an idle upstream connection's name in hand-over messages (`upstream ADDR`).
 const HANDOVER_UPSTREAM: &str = "upstream ";
 
@@ -1556,9 +1559,10 @@ pub enum Handed {
     Inbox(tokio::sync::mpsc::UnboundedReceiver<(tokio::net::TcpStream, SocketAddr)>),
 }
 
-/// The next client connection the previous process hands over (the main HTTP listener's),
-/// after adding any idle upstream connections sent ahead of it to the pool; `None` when there
-/// is no such socket any more (closed by the previous process, or failed).
+/// The next client connection the previous process hands over to this accept loop: on the main
+/// HTTP listener's socket, after adding any idle upstream connections sent ahead of it to the
+/// pool and passing HTTP frontends' connections on to their inboxes; on a frontend's inbox,
+/// what arrives there. `None` when there is no such socket (or inbox) any more.
 async fn recv_handed(handed: Option<&mut Handed>) -> Option<(tokio::net::TcpStream, SocketAddr)> {
     let (rx, proxy) = match handed? {
         Handed::Socket { rx, proxy } => (rx, proxy),
@@ -1590,16 +1594,13 @@ async fn recv_handed(handed: Option<&mut Handed>) -> Option<(tokio::net::TcpStre
             let peer = stream.peer_addr()?;
             Ok((stream, peer))
         });
-        if let Some(frontend) = got.listener.strip_prefix(HANDOVER_FRONTEND) {
+        if got.listener.starts_with(HANDOVER_FRONTEND) {
             let Ok(s) = stream else { continue };
-            let inbox = FRONTEND_INBOX
-                .lock()
-                .ok()
-                .and_then(|i| i.as_ref().and_then(|m| m.get(frontend).cloned()));
+            let inbox = with_inboxes(|i| i.as_ref()?.get(&got.listener).cloned()).flatten();
             // Named by this process, so its inbox is there (a frontend removed meanwhile:
             // the connection is closed, between requests).
             if inbox.is_none_or(|tx| tx.send(s).is_err()) {
-                tracing::warn!(%frontend, "handed-over connection for a frontend this process no longer has closed");
+                tracing::warn!(frontend = %got.listener, "handed-over connection for a frontend this process no longer has closed");
             }
             continue;
         }
