@@ -203,6 +203,10 @@ class Reaper:
 
 
 def main():
+    # This script and what it starts without an explicit CPU (`taskset` itself before it execs,
+    # the upgrade client) belong to the load side: without this they ran wherever the scheduler
+    # put them, often on the proxy's core (perf: `taskset` ~1.5 ms there per upgrade).
+    os.sched_setaffinity(0, {int(LOAD_CPU)})
     ap = argparse.ArgumentParser()
     ap.add_argument("--b", default=None, help="second binary: A/B in one invocation, runs alternate")
     ap.add_argument("--rounds", type=int, default=1, help="runs of each binary")
