@@ -330,6 +330,16 @@ def extras_report(cells, extra, conns_ka="?", markdown=False):
                               f"{k['failures_per_10k']:.2f}", f"{k['p99_ms_quiet']:.2f}",
                               f"{k['p99_ms_reloads']:.2f}"])
             lines += small_table(khead, krows, markdown)
+
+            def busy(run):
+                b = run.get("busy_pct")
+                return f"{b['proxy_core']}/{b['load_core']}" if b else "?"
+            for e in ka:
+                pairs = e["ka_reload"].get("pairs") or []
+                if pairs:
+                    lines.append(f"  {e['proxy'].removesuffix('_t')}: busy % of the proxy's/load's core, "
+                                 "quiet -> reloads, per pair: "
+                                 + ", ".join(f"{busy(p['quiet'])} -> {busy(p['reload'])}" for p in pairs))
             lines.append("  goal (issue 23): 0 failures per 10k, drop <= 10 % (median pair); berthd: " + next(
                 (("met" if e["ka_reload"]["failures_per_10k"] == 0 and e["ka_reload"]["rps_drop"] <= 0.10
                   else "not met")

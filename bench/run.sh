@@ -921,6 +921,12 @@ torture_wrk() {
     TORTURE_WRK_PID=$!
 }
 
+# busy_mark FILE: appends the busy ticks of the proxy's and the load's core and the time, before
+# and after a torture load: whether both cores were saturated (see the torture's pairs).
+busy_mark() {
+    echo "$(cpu_busy_ticks "$PROXY_CPU") $(cpu_busy_ticks "$LOAD_CPU") ${EPOCHREALTIME/,/.}" >>"$1"
+}
+
 torture_one() {
     local p=$1 secs=$((RELOAD_SECS + 5))  # load: 1 s before the first reload, >= 3 s after the last
     "start_$p"
@@ -935,14 +941,18 @@ torture_one() {
     run_wrk "$p" keepalive "$WARMUP" >/dev/null
     for ((r = 1; r <= TORTURE_KA_ROUNDS; r++)); do
         log "torture: $p, $TORTURE_KA_CONNS keep-alive connections, ${secs} s without reloads (pair $r of $TORTURE_KA_ROUNDS)"
+        busy_mark "$WORK/torture-$p-ka-quiet-$r.busy"
         torture_wrk "$p" "ka-quiet-$r" "$secs" "$TORTURE_KA_CONNS"
         wait "$TORTURE_WRK_PID" || true
+        busy_mark "$WORK/torture-$p-ka-quiet-$r.busy"
         log "torture: $p, $TORTURE_KA_CONNS keep-alive connections, $((RELOAD_RATE * RELOAD_SECS)) reloads at $RELOAD_RATE/s (pair $r of $TORTURE_KA_ROUNDS)"
+        busy_mark "$WORK/torture-$p-ka-reload-$r.busy"
         torture_wrk "$p" "ka-reload-$r" "$secs" "$TORTURE_KA_CONNS"
         local wka=$TORTURE_WRK_PID
         sleep 1
         res_ka+="$(reload_loop "$p"),"
         wait "$wka" || true
+        busy_mark "$WORK/torture-$p-ka-reload-$r.busy"
         # Let the old processes of the last reloads finish before the next load.
         sleep 2
     done
@@ -960,7 +970,7 @@ torture_one() {
     wait "$wk" || true
     "stop_$p"
     python3 - "$p" "$res" "$res_ka" "$WORK/torture-$p" $((RELOAD_RATE * RELOAD_SECS)) >>"$WORK/extra.jsonl" <<'EOF'
-import json, sys
+import json, os, sys
 proxy, res, res_ka, prefix, asked = sys.argv[1:6]
 def wrk(name):
     for line in open(f"{prefix}-{name}.txt"):
@@ -971,12 +981,21 @@ def wrk(name):
                     "failures": e["connect"] + e["read"] + e["write"] + e["timeout"] + e["status"],
                     "rps": w["requests"] / (w["duration_us"] / 1e6), "p99_ms": w["p99_us"] / 1000}
     raise SystemExit(f"no WRK_JSON in {prefix}-{name}.txt")
+def busy(name):
+    """Busy % of the proxy's and the load's core over one torture load (None if not marked)."""
+    try:
+        (p0, l0, t0), (p1, l1, t1) = [map(float, line.split()) for line in open(f"{prefix}-{name}.busy")]
+    except (OSError, ValueError):
+        return None
+    tick = os.sysconf("SC_CLK_TCK") * (t1 - t0)
+    return {"proxy_core": round(100 * (p1 - p0) / tick), "load_core": round(100 * (l1 - l0) / tick)}
 def reloads(r):
     ok, failed, secs = r.split()
     return {"reloads": int(ok), "reloads_asked": int(asked), "reload_failures": int(failed),
             "reload_seconds": float(secs)}
 # One entry per quiet/reloads pair ("ok failed secs" each, comma-separated).
-pairs = [{**reloads(r), "quiet": wrk(f"ka-quiet-{i}"), "reload": wrk(f"ka-reload-{i}")}
+pairs = [{**reloads(r), "quiet": {**wrk(f"ka-quiet-{i}"), "busy_pct": busy(f"ka-quiet-{i}")},
+          "reload": {**wrk(f"ka-reload-{i}"), "busy_pct": busy(f"ka-reload-{i}")}}
          for i, r in enumerate(filter(None, res_ka.split(",")), start=1)]
 out = {"part": "torture", "proxy": proxy, **reloads(res),
        "close": wrk("close"), "keepalive": wrk("keepalive"), "ka_reload": {"pairs": pairs}}
