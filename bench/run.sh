@@ -772,7 +772,9 @@ follow_log() {
 }
 # wait_log REGEX: until a line appended to the followed log matches (<= 3 s); the line in LOG_LINE.
 wait_log() {
-    local line deadline=$((${EPOCHREALTIME//[.,]/} + 3000000))
+    local line deadline
+    now_us
+    deadline=$((NOW_US + 3000000))
     while :; do
         if IFS= read -r -u "$LOG_FD" line; then
             line=$LOG_PART$line
@@ -784,7 +786,8 @@ wait_log() {
         else
             # End of the file for now, maybe in the middle of a line: keep that part.
             LOG_PART+=$line
-            [ "${EPOCHREALTIME//[.,]/}" -lt "$deadline" ] || return 1
+            now_us
+            [ "$NOW_US" -lt "$deadline" ] || return 1
             nap 0.005
         fi
     done
@@ -933,10 +936,10 @@ torture_one() {
     # 1. Keep-alive clients through reloads: TORTURE_KA_CONNS connections alone, first without
     # reloads (the baseline), then with them. A proxy that closes an idle keep-alive connection
     # while a request is on its way fails that request; one that answers the last request on an
-    # old connection with "Connection: close" loses nothing. TORTURE_KA_ROUNDS pairs, each a quiet run right before a run with reloads: the drop is
-    # taken per pair (the two runs next to each other in time) and the median pair counts. One
-    # pair alone moved with the host by more than the goal's 10 % (drops of -7 % to +15 % for
-    # the same binary in one hour).
+    # old connection with "Connection: close" loses nothing. TORTURE_KA_ROUNDS pairs, each a
+    # quiet run right before a run with reloads: the drop is taken per pair (the two runs next
+    # to each other in time) and the median pair counts. One pair alone moved with the host by
+    # more than the goal's 10 % (-34 % to +34 % for one binary in one morning).
     local r res_ka=""
     run_wrk "$p" keepalive "$WARMUP" >/dev/null
     for ((r = 1; r <= TORTURE_KA_ROUNDS; r++)); do
