@@ -305,6 +305,30 @@ pub fn set_cloexec(fd: RawFd, on: bool) -> bool {
     }
 }
 
+/// Sets `TCP_DEFER_ACCEPT` on a listening socket (`secs` = 0 turns it off): the kernel
+/// queues a connection for `accept` only once data arrived on it, or after about `secs` of
+/// silence. Neither socket2 nor std has a setter for this option. The listener is ours
+/// (bound here, inherited from systemd or handed over by the previous process).
+pub fn set_defer_accept(listener: std::os::fd::BorrowedFd<'_>, secs: u32) -> std::io::Result<()> {
+    let value = libc::c_int::try_from(secs).unwrap_or(libc::c_int::MAX);
+    // SAFETY: setsockopt on a descriptor borrowed for this call, reading one c_int that lives
+    // on this stack frame for the call; the length passed is that int's size.
+    let rc = unsafe {
+        libc::setsockopt(
+            listener.as_raw_fd(),
+            libc::IPPROTO_TCP,
+            libc::TCP_DEFER_ACCEPT,
+            (&value as *const libc::c_int).cast(),
+            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+        )
+    };
+    if rc == 0 {
+        Ok(())
+    } else {
+        Err(std::io::Error::last_os_error())
+    }
+}
+
 /// Binds a fresh TCP listener (SO_REUSEADDR, non-blocking, backlog 4096).
 pub fn bind_tcp(name: &str, addr: SocketAddr) -> Result<std::net::TcpListener, ListenError> {
     let wrap = |source| ListenError::Bind {

@@ -255,7 +255,17 @@ pub struct ProxyConfig {
     pub pool: PoolConfig,
     /// Peers whose `X-Forwarded-*` headers are believed (CIDRs).
     pub trusted_proxies: Vec<ipnet::IpNet>,
+    /// HTTP and HTTPS listeners (and `mode: http` frontends) take a new connection only once
+    /// its client has sent something, or after about this long (`TCP_DEFER_ACCEPT`, like
+    /// nginx's `deferred` and HAProxy's `defer-accept`); `0s` = off. Whole seconds (a part of
+    /// a second counts as one), at most `MAX_DEFER_ACCEPT`. Never on `mode: tcp` frontends,
+    /// where the server may speak first.
+    #[serde(with = "humantime_serde")]
+    pub defer_accept: Duration,
 }
+
+/// Longest `proxy.defer_accept`: a silent client is accepted after about this long anyway.
+pub const MAX_DEFER_ACCEPT: Duration = Duration::from_secs(60);
 
 impl Default for ProxyConfig {
     fn default() -> Self {
@@ -266,7 +276,17 @@ impl Default for ProxyConfig {
             timeouts: Timeouts::default(),
             pool: PoolConfig::default(),
             trusted_proxies: Vec::new(),
+            defer_accept: Duration::from_secs(1),
         }
+    }
+}
+
+impl ProxyConfig {
+    /// `defer_accept` in the whole seconds `TCP_DEFER_ACCEPT` takes (rounded up; 0 = off).
+    pub fn defer_accept_secs(&self) -> u32 {
+        let d = self.defer_accept.min(MAX_DEFER_ACCEPT);
+        let whole = d.as_secs() + u64::from(d.subsec_nanos() > 0);
+        u32::try_from(whole).unwrap_or(u32::MAX)
     }
 }
 
@@ -792,6 +812,16 @@ impl Config {
                 ),
             ));
         }
+        if self.proxy.defer_accept > MAX_DEFER_ACCEPT {
+            return Err(err(
+                "proxy.defer_accept",
+                format!(
+                    "{} is too long (at most {}; 0s = off)",
+                    humantime::format_duration(self.proxy.defer_accept),
+                    humantime::format_duration(MAX_DEFER_ACCEPT)
+                ),
+            ));
+        }
         if self.proxy.max_header_size.0 < 1024 {
             return Err(err(
                 "proxy.max_header_size",
@@ -1055,11 +1085,35 @@ mod tests {
     }
 
     #[test]
+    fn defer_accept_is_whole_seconds_rounded_up() {
+        let mut p = ProxyConfig::default();
+        assert_eq!(p.defer_accept_secs(), 1, "on by default");
+        for (given, secs) in [
+            (0, 0),
+            (1, 1),
+            (500, 1),
+            (1_200, 2),
+            (60_000, 60),
+            (90_000, 60),
+        ] {
+            p.defer_accept = Duration::from_millis(given);
+            assert_eq!(p.defer_accept_secs(), secs, "{given} ms");
+        }
+        let off: ProxyConfig = serde_yaml::from_str("defer_accept: 0s").expect("parses");
+        assert_eq!(off.defer_accept_secs(), 0);
+    }
+
+    #[test]
     fn defaults_validate_and_limits_are_checked() {
         Config::default().validate().expect("defaults are valid");
         let mut c = Config::default();
         c.proxy.workers = 5000;
         assert_eq!(c.validate().unwrap_err().field, "proxy.workers");
+        let mut c = Config::default();
+        c.proxy.defer_accept = Duration::from_secs(61);
+        let e = c.validate().unwrap_err();
+        assert_eq!(e.field, "proxy.defer_accept");
+        assert!(e.message.contains("1m 1s is too long"), "{}", e.message);
         let mut c = Config::default();
         c.proxy.timeouts.connect = Duration::ZERO;
         assert_eq!(c.validate().unwrap_err().field, "proxy.timeouts.connect");

@@ -77,8 +77,9 @@ pub async fn serve_https(
     config: Arc<ServerConfig>,
     stop: watch::Receiver<bool>,
 ) {
-    // The ClientHello's ACK rides on the server's first flight, a request's on its response.
-    super::server::delay_acks(&listener);
+    // The ClientHello's ACK rides on the server's first flight, a request's on its response;
+    // the connection is accepted with its ClientHello.
+    super::server::prepare_client_first_listener(&listener, &proxy.settings);
     let builder = Arc::new(connection_builder(&proxy));
     let drain = proxy.settings.timeouts.drain;
     // A handshake must finish within the client header timeout (slowloris on TLS).

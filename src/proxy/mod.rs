@@ -44,6 +44,8 @@ pub struct Settings {
     pub access_log: bool,
     pub pool_idle_timeout: Duration,
     pub pool_max_idle_per_host: usize,
+    /// `TCP_DEFER_ACCEPT` seconds for client-speaks-first listeners (0 = off).
+    pub defer_accept_secs: u32,
     /// The API's own route on `api.domain`, when the daemon serves it (see [`ApiRoute`]).
     pub api_route: Option<ApiRoute>,
 }
@@ -78,6 +80,7 @@ impl Settings {
             access_log,
             pool_idle_timeout: p.pool.idle_timeout,
             pool_max_idle_per_host: p.pool.max_idle_per_host,
+            defer_accept_secs: p.defer_accept_secs(),
             api_route: None,
         }
     }

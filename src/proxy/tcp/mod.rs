@@ -440,7 +440,7 @@ impl TcpProxy {
                 }
             }
         });
-        super::server::delay_acks(&listener);
+        super::server::prepare_client_first_listener(&listener, &self.http.settings);
         let proxy = self.http.clone();
         let builder = Arc::new(super::server::connection_builder(&proxy));
         let name: Arc<str> = Arc::from(cfg.load().name());
