@@ -1771,18 +1771,24 @@ mod tests {
         }
     }
 
+    /// A loopback listener readied as `serve_http` readies its own, deferring `secs`.
+    async fn client_first_listener(secs: u32) -> TcpListener {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let mut settings = crate::proxy::Settings::from_config(
+            &crate::model::config::ProxyConfig::default(),
+            false,
+        );
+        settings.defer_accept_secs = secs;
+        prepare_client_first_listener(&listener, &settings);
+        listener
+    }
+
     /// With `proxy.defer_accept` a connection is accepted once its client has sent
     /// something (and its bytes are there at once); with `0s`, as soon as it is connected.
     #[tokio::test]
     async fn deferred_accept_waits_for_the_first_bytes() {
         for secs in [0, 5] {
-            let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-            let mut settings = crate::proxy::Settings::from_config(
-                &crate::model::config::ProxyConfig::default(),
-                false,
-            );
-            settings.defer_accept_secs = secs;
-            prepare_client_first_listener(&listener, &settings);
+            let listener = client_first_listener(secs).await;
             let mut client = tokio::net::TcpStream::connect(listener.local_addr().unwrap())
                 .await
                 .unwrap();
@@ -1814,13 +1820,7 @@ mod tests {
     /// timeout then applies to it as to any other.
     #[tokio::test]
     async fn deferred_accept_takes_a_silent_client_after_the_deferral() {
-        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let mut settings = crate::proxy::Settings::from_config(
-            &crate::model::config::ProxyConfig::default(),
-            false,
-        );
-        settings.defer_accept_secs = 1;
-        prepare_client_first_listener(&listener, &settings);
+        let listener = client_first_listener(1).await;
         let started = Instant::now();
         let _client = tokio::net::TcpStream::connect(listener.local_addr().unwrap())
             .await
