@@ -38,7 +38,7 @@ use tokio::net::TcpListener;
 use tokio::sync::{watch, Notify};
 
 use super::drain::DrainRx;
-use super::net::TailWrites;
+use super::net::{TailWrites, WriteTurn};
 use super::Proxy;
 
 fn clock_base() -> Instant {
@@ -367,6 +367,11 @@ struct TrackedIo<T> {
     /// The last write or flush found the socket full: hyper may hold unsent bytes, so the
     /// connection is not parked.
     write_blocked: bool,
+    /// Bytes were read since the last write: the next write waits for its [`WriteTurn`]
+    /// (an answer leaves with the rest of its scheduler batch; later writes of the same
+    /// answer, e.g. body chunks, go out as they come).
+    turn_due: bool,
+    turn: WriteTurn,
 }
 
 /// How much the detection's first read asks for: a typical request head fits, so hyper's
@@ -395,7 +400,19 @@ impl<T: AsyncRead + AsyncWrite + TailWrites + Unpin> TrackedIo<T> {
             ahead: None,
             shut: false,
             write_blocked: false,
+            turn_due: false,
+            turn: WriteTurn::default(),
         }
+    }
+
+    /// `Ready` when a write may go out now: at once, or after the [`WriteTurn`] owed since
+    /// the last read.
+    fn poll_write_turn(&mut self, cx: &mut Context<'_>) -> Poll<()> {
+        if self.turn_due {
+            std::task::ready!(self.turn.poll_turn(cx));
+            self.turn_due = false;
+        }
+        Poll::Ready(())
     }
 
     /// Tells the transport whether what is written now are the connection's last bytes
@@ -555,6 +572,7 @@ impl<T: AsyncRead + AsyncWrite + TailWrites + Unpin> AsyncRead for TrackedIo<T> 
                     this.state.proto.store(proto, Ordering::Relaxed);
                 }
                 this.state.last_active.store(now, Ordering::Relaxed);
+                this.turn_due = true;
                 if this.state.inflight.load(Ordering::Relaxed) == 0
                     && this.state.head_started.load(Ordering::Relaxed) == 0
                 {
@@ -574,6 +592,10 @@ impl<T: AsyncRead + AsyncWrite + TailWrites + Unpin> AsyncWrite for TrackedIo<T>
         cx: &mut Context<'_>,
         buf: &[u8],
     ) -> Poll<std::io::Result<usize>> {
+        if self.poll_write_turn(cx).is_pending() {
+            self.write_blocked = true;
+            return Poll::Pending;
+        }
         self.mark_tail();
         let res = Pin::new(&mut self.inner).poll_write(cx, buf);
         self.write_blocked = res.is_pending();
@@ -584,6 +606,10 @@ impl<T: AsyncRead + AsyncWrite + TailWrites + Unpin> AsyncWrite for TrackedIo<T>
         cx: &mut Context<'_>,
         bufs: &[std::io::IoSlice<'_>],
     ) -> Poll<std::io::Result<usize>> {
+        if self.poll_write_turn(cx).is_pending() {
+            self.write_blocked = true;
+            return Poll::Pending;
+        }
         self.mark_tail();
         let res = Pin::new(&mut self.inner).poll_write_vectored(cx, bufs);
         self.write_blocked = res.is_pending();
