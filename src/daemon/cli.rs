@@ -84,17 +84,6 @@ pub(super) enum TokenCommand {
     /// Revoke a token by id; it stops working at once, also in a running daemon.
     Revoke { id: i64 },
 }
-
-/// Task polls between two looks at the reactor (timers, I/O) while tasks stay ready; tokio's
-/// default is 61. A worker also polls the reactor whenever it runs out of tasks, so under
-/// load a batch is everything that became ready during the previous one (HAProxy runs up to
-/// 200 tasks per loop, `tune.runqueue-depth`). At 61 a busy worker cut its batches after
-/// ~15 requests (30,000 reactor polls in 5 s at 88,000 req/s) and so spread its sends
-/// ([`crate::proxy::net::WriteTurn`] groups them within a batch). 256 bounds the wait of newly
-/// ready I/O and timers behind ready tasks at 256 task polls (under a millisecond at full load
-/// on the bench machine). Issue 23, bench/README.md.
-const EVENT_INTERVAL: u32 = 256;
-
 /// `berthd`'s `main`: must run before any thread is spawned (it collects inherited sockets).
 pub fn main() -> ExitCode {
     // Inherited sockets (systemd, previous process) are collected before any thread exists.
@@ -163,7 +152,6 @@ pub fn main() -> ExitCode {
             };
             let runtime = match tokio::runtime::Builder::new_multi_thread()
                 .worker_threads(workers)
-                .event_interval(EVENT_INTERVAL)
                 .enable_all()
                 .build()
             {

@@ -18,9 +18,6 @@
 //! segments per connection instead of 9 (tcpdump, issue 23). Bytes held that way are never
 //! left behind: the shutdown sends them, and a stream dropped without one shuts its write
 //! side down first.
-//!
-//! [`WriteTurn`]: the first write after a read waits for one turn of the scheduler, so the
-//! writes of one batch of ready connections leave together (see its documentation).
 
 use std::io::{self, IoSlice};
 use std::pin::Pin;
@@ -29,45 +26,6 @@ use std::task::{ready, Context, Poll};
 use socket2::SockRef;
 use tokio::io::{AsyncRead, AsyncWrite, Interest, ReadBuf};
 use tokio::net::TcpStream;
-
-/// The write that answers what a connection task just read waits for one turn of the
-/// scheduler: the task returns `Pending` once, woken at once, and is queued behind the other
-/// tasks that the same reactor poll made ready. So a batch of ready connections first reads
-/// and processes, then sends, one send after another, the way HAProxy's event loop runs its
-/// receive tasklets before its streams.
-///
-/// Why (issue 23): the proxy's sends wake the processes on the other end (the backend, the
-/// clients). Spread out between the batch's reads and parsing, each send found its peer
-/// asleep or busy with one request, so the peers ran in small slices and preempted each
-/// other: under the keep-alive benchmark the load core (wrk + backend) spent 11.0 us per
-/// request behind berthd and 9.0 behind HAProxy at the same req/s, with 7-10x HAProxy's
-/// involuntary context switches and twice its `epoll_wait` calls (bpftrace, bench/README).
-/// Grouping the sends gives the peers whole batches.
-///
-/// Invariant: a turn is one `Pending` with the task's own waker woken first, so nothing can
-/// wait on it; the next poll goes on. In a task polled alone the turn costs one extra poll.
-#[derive(Debug, Default)]
-pub struct WriteTurn {
-    yielded: bool,
-}
-
-impl WriteTurn {
-    /// `Pending` once (the task's waker woken), then `Ready` and reset for the next turn.
-    pub fn poll_turn(&mut self, cx: &mut Context<'_>) -> Poll<()> {
-        if std::mem::take(&mut self.yielded) {
-            return Poll::Ready(());
-        }
-        self.yielded = true;
-        cx.waker().wake_by_ref();
-        Poll::Pending
-    }
-}
-
-/// One [`WriteTurn`], as a future (before an upstream request head is written).
-pub async fn write_turn() {
-    let mut turn = WriteTurn::default();
-    std::future::poll_fn(|cx| turn.poll_turn(cx)).await
-}
 
 /// Vectored writes up to this size are flattened on the stack and sent with one `send`.
 const SMALL_WRITE: usize = 1024;
@@ -446,74 +404,5 @@ mod tests {
         let mut got = [0u8; 6];
         client.read_exact(&mut got).unwrap();
         assert_eq!(&got, b"answer");
-    }
-
-    /// Connection tasks made ready together all read before any of them writes: each one's
-    /// write waits for its turn behind the others (the scheduler this daemon runs, one
-    /// worker, and the single-threaded one). Without the turn each task would read and
-    /// write in one go.
-    #[test]
-    fn write_turn_lets_the_whole_batch_read_before_it_writes() {
-        use std::sync::{Arc, Mutex};
-        for multi in [true, false] {
-            let rt = if multi {
-                tokio::runtime::Builder::new_multi_thread()
-                    .worker_threads(1)
-                    .build()
-                    .unwrap()
-            } else {
-                tokio::runtime::Builder::new_current_thread()
-                    .build()
-                    .unwrap()
-            };
-            let log = Arc::new(Mutex::new(Vec::new()));
-            let outer = log.clone();
-            rt.block_on(async move {
-                tokio::spawn(async move {
-                    let tasks: Vec<_> = (0..3)
-                        .map(|i| {
-                            let log = outer.clone();
-                            tokio::spawn(async move {
-                                log.lock().unwrap().push(format!("read {i}"));
-                                write_turn().await;
-                                log.lock().unwrap().push(format!("write {i}"));
-                            })
-                        })
-                        .collect();
-                    for t in tasks {
-                        t.await.unwrap();
-                    }
-                })
-                .await
-                .unwrap();
-            });
-            let log = log.lock().unwrap();
-            assert_eq!(log.len(), 6, "{log:?}");
-            assert!(
-                log[..3].iter().all(|e| e.starts_with("read")),
-                "multi-thread {multi}: {log:?}"
-            );
-            // And a turn is one yield: each task wrote once, in the order the batch ran.
-            assert!(log[3..].iter().all(|e| e.starts_with("write")), "{log:?}");
-        }
-    }
-
-    #[test]
-    fn a_write_turn_is_one_pending_with_the_task_woken() {
-        struct Count(std::sync::atomic::AtomicUsize);
-        impl std::task::Wake for Count {
-            fn wake(self: std::sync::Arc<Self>) {
-                self.0.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-            }
-        }
-        let count = std::sync::Arc::new(Count(Default::default()));
-        let waker = std::task::Waker::from(count.clone());
-        let mut cx = Context::from_waker(&waker);
-        let mut turn = WriteTurn::default();
-        for _ in 0..2 {
-            assert!(turn.poll_turn(&mut cx).is_pending());
-            assert!(turn.poll_turn(&mut cx).is_ready());
-        }
-        assert_eq!(count.0.load(std::sync::atomic::Ordering::Relaxed), 2);
     }
 }

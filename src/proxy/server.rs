@@ -38,7 +38,7 @@ use tokio::net::TcpListener;
 use tokio::sync::{watch, Notify};
 
 use super::drain::DrainRx;
-use super::net::{TailWrites, WriteTurn};
+use super::net::TailWrites;
 use super::Proxy;
 
 fn clock_base() -> Instant {
@@ -367,11 +367,6 @@ struct TrackedIo<T> {
     /// The last write or flush found the socket full: hyper may hold unsent bytes, so the
     /// connection is not parked.
     write_blocked: bool,
-    /// Bytes were read since the last write: the next write waits for its [`WriteTurn`]
-    /// (an answer leaves with the rest of its scheduler batch; later writes of the same
-    /// answer, e.g. body chunks, go out as they come).
-    turn_due: bool,
-    turn: WriteTurn,
 }
 
 /// How much the detection's first read asks for: a typical request head fits, so hyper's
@@ -400,35 +395,7 @@ impl<T: AsyncRead + AsyncWrite + TailWrites + Unpin> TrackedIo<T> {
             ahead: None,
             shut: false,
             write_blocked: false,
-            turn_due: false,
-            turn: WriteTurn::default(),
         }
-    }
-
-    /// Records whether the last write or flush left bytes waiting. When bytes that waited
-    /// (for their [`WriteTurn`], or for room in the socket) are out and a hand-over is asked,
-    /// the reader is woken: hyper may have looked for the next request while they waited,
-    /// found the connection busy, and would not look again before the next request arrives;
-    /// under back-to-back requests it would never be between requests when it looks, and the
-    /// hand-over would fall back to draining after `HANDOVER_WAIT_MS`.
-    fn set_write_blocked(&mut self, blocked: bool) {
-        if self.write_blocked
-            && !blocked
-            && self.state.closing.load(Ordering::Acquire) == HANDOVER_ASKED
-        {
-            self.state.read_waker.wake();
-        }
-        self.write_blocked = blocked;
-    }
-
-    /// `Ready` when a write may go out now: at once, or after the [`WriteTurn`] owed since
-    /// the last read.
-    fn poll_write_turn(&mut self, cx: &mut Context<'_>) -> Poll<()> {
-        if self.turn_due {
-            std::task::ready!(self.turn.poll_turn(cx));
-            self.turn_due = false;
-        }
-        Poll::Ready(())
     }
 
     /// Tells the transport whether what is written now are the connection's last bytes
@@ -588,7 +555,6 @@ impl<T: AsyncRead + AsyncWrite + TailWrites + Unpin> AsyncRead for TrackedIo<T> 
                     this.state.proto.store(proto, Ordering::Relaxed);
                 }
                 this.state.last_active.store(now, Ordering::Relaxed);
-                this.turn_due = true;
                 if this.state.inflight.load(Ordering::Relaxed) == 0
                     && this.state.head_started.load(Ordering::Relaxed) == 0
                 {
@@ -608,13 +574,9 @@ impl<T: AsyncRead + AsyncWrite + TailWrites + Unpin> AsyncWrite for TrackedIo<T>
         cx: &mut Context<'_>,
         buf: &[u8],
     ) -> Poll<std::io::Result<usize>> {
-        if self.poll_write_turn(cx).is_pending() {
-            self.set_write_blocked(true);
-            return Poll::Pending;
-        }
         self.mark_tail();
         let res = Pin::new(&mut self.inner).poll_write(cx, buf);
-        self.set_write_blocked(res.is_pending());
+        self.write_blocked = res.is_pending();
         res
     }
     fn poll_write_vectored(
@@ -622,13 +584,9 @@ impl<T: AsyncRead + AsyncWrite + TailWrites + Unpin> AsyncWrite for TrackedIo<T>
         cx: &mut Context<'_>,
         bufs: &[std::io::IoSlice<'_>],
     ) -> Poll<std::io::Result<usize>> {
-        if self.poll_write_turn(cx).is_pending() {
-            self.set_write_blocked(true);
-            return Poll::Pending;
-        }
         self.mark_tail();
         let res = Pin::new(&mut self.inner).poll_write_vectored(cx, bufs);
-        self.set_write_blocked(res.is_pending());
+        self.write_blocked = res.is_pending();
         res
     }
     fn is_write_vectored(&self) -> bool {
@@ -638,7 +596,7 @@ impl<T: AsyncRead + AsyncWrite + TailWrites + Unpin> AsyncWrite for TrackedIo<T>
         // A TLS stream writes its pending records here.
         self.mark_tail();
         let res = Pin::new(&mut self.inner).poll_flush(cx);
-        self.set_write_blocked(res.is_pending());
+        self.write_blocked = res.is_pending();
         res
     }
     fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
@@ -2185,69 +2143,6 @@ mod tests {
             took >= Duration::from_millis(900),
             "closed {took:?} after the drain"
         );
-    }
-
-    /// A hand-over asked while an answer waits for its write turn: once the answer is out the
-    /// reader is woken, and the next look for a request (nothing has arrived) ends hyper for
-    /// the hand-over. Without that wake a client sending back to back is never between
-    /// requests when hyper looks (bench: the upgrade torture's keep-alive drop went from 6 %
-    /// to 21 % with the write turn, every busy connection waiting out `HANDOVER_WAIT_MS`).
-    #[tokio::test]
-    async fn an_answer_out_after_its_turn_wakes_the_reader_for_a_hand_over() {
-        struct Count(AtomicUsize);
-        impl std::task::Wake for Count {
-            fn wake(self: Arc<Self>) {
-                self.0.fetch_add(1, Ordering::Relaxed);
-            }
-        }
-        let count = Arc::new(Count(AtomicUsize::new(0)));
-        let waker = std::task::Waker::from(count.clone());
-        let mut cx = Context::from_waker(&waker);
-        let (mut client, server) = tokio::io::duplex(64 * 1024);
-        let state = Arc::new(ConnState::new(
-            "127.0.0.1:1".parse().unwrap(),
-            Scheme::Http,
-            None,
-        ));
-        let mut io = TrackedIo::new(server, state.clone());
-        client
-            .write_all(b"GET / HTTP/1.1\r\nhost: a.test\r\n\r\n")
-            .await
-            .unwrap();
-        let mut store = [0u8; 256];
-        let mut buf = ReadBuf::new(&mut store);
-        assert!(matches!(
-            Pin::new(&mut io).poll_read(&mut cx, &mut buf),
-            Poll::Ready(Ok(()))
-        ));
-        assert!(!buf.filled().is_empty());
-        state.request_started();
-        // The supervisor asks for the hand-over; the answer's body ends before hyper writes it.
-        state.closing.store(HANDOVER_ASKED, Ordering::Release);
-        state.request_done();
-        let answer = b"HTTP/1.1 200 OK\r\ncontent-length: 0\r\n\r\n";
-        assert!(Pin::new(&mut io).poll_write(&mut cx, answer).is_pending());
-        // hyper looks for the next request while its answer waits: busy, not ended.
-        let mut buf = ReadBuf::new(&mut store);
-        assert!(Pin::new(&mut io).poll_read(&mut cx, &mut buf).is_pending());
-        assert_eq!(state.closing.load(Ordering::Acquire), HANDOVER_ASKED);
-        let woken = count.0.load(Ordering::Relaxed);
-        assert!(matches!(
-            Pin::new(&mut io).poll_write(&mut cx, answer),
-            Poll::Ready(Ok(n)) if n == answer.len()
-        ));
-        assert!(
-            count.0.load(Ordering::Relaxed) > woken,
-            "the reader was not woken once the answer was out"
-        );
-        // Woken, hyper looks again: between requests now, so it ends for the hand-over.
-        let mut buf = ReadBuf::new(&mut store);
-        assert!(matches!(
-            Pin::new(&mut io).poll_read(&mut cx, &mut buf),
-            Poll::Ready(Ok(()))
-        ));
-        assert!(buf.filled().is_empty());
-        assert_eq!(state.closing.load(Ordering::Acquire), PARK_COMMITTED);
     }
 
     /// The detection keeps exactly the bytes the client sent, in order, whatever hyper's read

@@ -408,8 +408,6 @@ async fn exchange(
     };
     let mut head = std::mem::take(&mut conn.head);
     encode_head(req, &mut head);
-    // Sent with the other requests of this scheduler batch (`WriteTurn`).
-    crate::proxy::net::write_turn().await;
     let written = conn.io.write_all(&head).await;
     conn.head = head;
     if let Err(e) = written {
